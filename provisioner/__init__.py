@@ -1,0 +1,1 @@
+"""inletsctl: provisions exit servers for the inlets runtime."""
