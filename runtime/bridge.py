@@ -1,0 +1,180 @@
+"""Bridge one TCP connection to one tunnel stream, with backpressure both ways.
+
+Implemented as an ``asyncio.Protocol`` that is also the stream's handler: no task
+per connection, no copies beyond the socket's own. Backpressure:
+
+- TCP -> tunnel: when the stream has no credit, reading from the socket pauses
+  until the peer grants more (``on_writable``).
+- tunnel -> TCP: credit is returned only once the socket's write buffer is below
+  its high-water mark, so a slow TCP reader stalls its own stream and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+from .mux import ResetCode
+from .session import Channel
+
+log = logging.getLogger("inlets.bridge")
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def tune_socket(sock: socket.socket | None) -> None:
+    """TCP_NODELAY on every tunnelled socket: Nagle costs tens of ms at p99."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+class TcpBridge(asyncio.Protocol):
+    def __init__(self, channel: Channel | None = None) -> None:
+        self.channel = channel
+        self.transport: asyncio.Transport | None = None
+        self._pending: memoryview | None = None  # socket data waiting for credit
+        self._early: list[bytes] = []  # stream data that arrived before the socket connected
+        self._eof_from_socket = False
+        self._eof_sent = False  # FIN passed to the stream
+        self._eof_from_stream = False
+        self._write_paused = False
+        self._unacked = 0
+        self._done = False
+
+    def attach(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.handler = self
+
+    # ------------------------------------------------------------ socket side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        if self._done:  # the stream was reset while the socket was connecting
+            self.abort()
+            return
+        tune_socket(transport.get_extra_info("socket"))
+        transport.set_write_buffer_limits(high=256 * 1024)
+        early, self._early = self._early, []
+        for data in early:
+            self.on_data(data)
+        if self._eof_from_stream:
+            self._write_eof_to_socket()
+
+    def data_received(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or self._done:
+            return
+        if self._pending is not None:  # should not happen while paused; keep order anyway
+            self._pending = memoryview(bytes(self._pending) + data)
+            return
+        count = channel.write(data)
+        if count < len(data):
+            self._pending = memoryview(data)[count:]
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._eof_from_socket = True
+        if self._pending is None:
+            self._send_eof()
+        return True  # keep the socket open for the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._done:
+            return
+        self._done = True
+        if self.channel is not None:
+            if self._eof_sent and self._eof_from_stream:
+                return
+            reason = f"connection lost: {exc}" if exc else "connection closed"
+            self.channel.reset(ResetCode.CANCEL, reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._unacked and self.channel is not None:
+            self.channel.consumed(self._unacked)
+            self._unacked = 0
+
+    # ------------------------------------------------------------ stream side
+
+    def on_data(self, data: bytes) -> None:
+        if self.transport is None:
+            if not self._done:
+                self._early.append(data)
+            return
+        self.transport.write(data)
+        if self._write_paused:
+            self._unacked += len(data)
+        elif self.channel is not None:
+            self.channel.consumed(len(data))
+
+    def on_eof(self) -> None:
+        self._eof_from_stream = True
+        if self.transport is not None:
+            self._write_eof_to_socket()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        self._done = True
+        self.abort()
+
+    def on_writable(self) -> None:
+        if self._pending is None or self.channel is None or self._done:
+            return
+        count = self.channel.write(self._pending)
+        self._pending = self._pending[count:] if count < len(self._pending) else None
+        if self._pending is None:
+            if self._eof_from_socket:
+                self._send_eof()
+            elif self.transport is not None:
+                self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _send_eof(self) -> None:
+        if self._eof_sent or self.channel is None:
+            return
+        self._eof_sent = True
+        self.channel.write_eof()
+        self._maybe_close()
+
+    def _write_eof_to_socket(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._eof_sent and self._eof_from_stream and self.transport is not None:
+            self._done = True
+            self.transport.close()
+
+    def fail(self) -> None:
+        """The socket never came up; the stream is reset by the caller."""
+        self._done = True
+
+    def abort(self) -> None:
+        """Close with a TCP RST, so the far end learns at once that the stream failed."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        transport.abort()

@@ -1,0 +1,180 @@
+"""The control plane every tunnel server shares: TLS websocket, auth, health, handshake.
+
+Mode-specific servers (TCP, HTTP) plug in through ``admit``/``release``: the control
+plane authenticates and shakes hands, then asks the mode whether it will serve
+what the client advertised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Awaitable, Callable
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .auth import TokenSet
+from .handshake import CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
+from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
+from .session import Channel, Session
+
+log = logging.getLogger("inlets.server")
+
+CONNECT_PATH = "/connect"
+HELLO_TIMEOUT = 10.0
+
+#: An authenticated GET route on the control port (``/metrics``, ``/status``).
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+@dataclass
+class ControlConfig:
+    tokens: TokenSet
+    host: str | None = None  # None: every interface, IPv4 and IPv6
+    port: int = 8123
+    ssl_context: ssl.SSLContext | None = None
+    keepalive: float = 20.0  # a dead client is detected within this many seconds
+    window: int = DEFAULT_WINDOW
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_streams: int = DEFAULT_MAX_STREAMS
+    routes: dict[str, Route] = field(default_factory=dict)
+
+
+@dataclass
+class ClientInfo:
+    """What the server knows of one connected client (for status and logs)."""
+
+    session: Session
+    client_id: str
+    remote: str
+    services: list[str]
+    connected_at: float = field(default_factory=time.time)
+
+
+def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _close_reason(text: str) -> str:
+    """A websocket close reason fits in 123 bytes of UTF-8."""
+    return text.encode()[:120].decode(errors="ignore")
+
+
+def format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        mode: str,
+        config: ControlConfig,
+        admit: Callable[[Session, Hello], Awaitable[list[str]]],
+        release: Callable[[Session], None],
+        on_client_stream: Callable[[Channel], None] | None = None,
+    ) -> None:
+        self.mode = mode
+        self.config = config
+        self._admit = admit
+        self._release = release
+        self._on_client_stream = on_client_stream
+        self.clients: dict[Session, ClientInfo] = {}
+        self.started_at = time.time()
+        self._server: Server | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            ssl=cfg.ssl_context,
+            process_request=self._process_request,
+            compression=None,
+            max_size=cfg.max_frame + 64 * 1024,
+            max_queue=64,
+            write_limit=512 * 1024,
+            ping_interval=cfg.keepalive / 2,
+            ping_timeout=cfg.keepalive / 2,
+            server_header=None,
+            logger=logging.getLogger("inlets.websockets"),
+        )
+
+    @property
+    def addresses(self) -> list[tuple]:
+        assert self._server is not None
+        return [sock.getsockname() for sock in self._server.sockets]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # ------------------------------------------------------------- HTTP requests
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return _response(200, b"OK\n")
+        authorized = self.config.tokens.check_header(request.headers.get("Authorization"))
+        route = self.config.routes.get(path)
+        if path != CONNECT_PATH and route is None:
+            return _response(404, b"not found\n")
+        if not authorized:
+            log.warning("event=unauthorized remote=%s path=%s", format_address(connection.remote_address), path)
+            return _response(401, b"unauthorized: missing or wrong bearer token\n")
+        if route is not None:
+            status, content_type, body = route()
+            return _response(status, body, content_type)
+        return None  # carry on with the websocket upgrade
+
+    # ------------------------------------------------------------- tunnel clients
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        remote = format_address(websocket.remote_address)
+        try:
+            hello = parse_hello(await asyncio.wait_for(websocket.recv(), HELLO_TIMEOUT))
+            if hello.mode != self.mode:
+                raise HandshakeError(
+                    CLOSE_WRONG_MODE, f"this server serves {self.mode} tunnels; use 'inlets {self.mode} client'"
+                )
+            mux = Multiplexer(
+                client=False,
+                recv_window=self.config.window,
+                send_window=hello.window,
+                max_frame=self.config.max_frame,
+                max_streams=self.config.max_streams,
+            )
+            session = Session(websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote)
+            services = await self._admit(session, hello)
+        except HandshakeError as exc:
+            log.warning("event=handshake_refused remote=%s reason=%r", remote, str(exc))
+            await websocket.close(exc.code, _close_reason(str(exc)))
+            return
+        except (asyncio.TimeoutError, ConnectionClosed):
+            return
+        try:
+            await websocket.send(Welcome(services, self.config.window, self.config.max_frame).encode())
+        except ConnectionClosed:
+            self._release(session)
+            return
+        info = ClientInfo(session, hello.client_id, remote, services)
+        self.clients[session] = info
+        log.info("event=client_connected client=%s remote=%s services=%s", info.client_id, remote, ",".join(services))
+        try:
+            await session.run()
+        finally:
+            self.clients.pop(session, None)
+            self._release(session)
+            log.info("event=client_disconnected client=%s remote=%s", info.client_id, remote)

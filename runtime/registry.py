@@ -1,0 +1,56 @@
+"""Which sessions serve which service, and whose turn is next.
+
+Several clients may advertise the same service: new connections go round robin
+across the live ones, and a session that closed is never picked again, so once a
+dead client is detected no new connection fails on it.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+
+
+class Registry(Generic[S]):
+    def __init__(self) -> None:
+        self._serving: dict[str, list[S]] = {}
+        self._turn: dict[str, int] = {}
+
+    def add(self, session: S, services: list[str]) -> list[str]:
+        """Register ``session`` for ``services``; returns the services that are new."""
+        new = []
+        for service in services:
+            sessions = self._serving.setdefault(service, [])
+            if not sessions:
+                new.append(service)
+            if session not in sessions:
+                sessions.append(session)
+        return new
+
+    def remove(self, session: S) -> list[str]:
+        """Forget ``session``; returns the services nobody serves any more."""
+        gone = []
+        for service, sessions in list(self._serving.items()):
+            if session in sessions:
+                sessions.remove(session)
+                if not sessions:
+                    del self._serving[service]
+                    self._turn.pop(service, None)
+                    gone.append(service)
+        return gone
+
+    def candidates(self, service: str) -> list[S]:
+        """Sessions for ``service`` in the order to try them, rotating the start each call."""
+        sessions = self._serving.get(service)
+        if not sessions:
+            return []
+        turn = self._turn.get(service, 0) % len(sessions)
+        self._turn[service] = turn + 1
+        return sessions[turn:] + sessions[:turn]
+
+    def services(self) -> list[str]:
+        return list(self._serving)
+
+    def sessions_for(self, service: str) -> list[S]:
+        return list(self._serving.get(service, []))

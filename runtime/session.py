@@ -1,0 +1,312 @@
+"""Asyncio glue between one websocket and the sans-I/O ``Multiplexer``.
+
+A ``Session`` reads messages, feeds them to the multiplexer and dispatches the
+events to each stream's handler; a single writer task sends what the multiplexer
+queued. Stream handlers are plain callback objects (``StreamHandler``), so a TCP
+socket can be bridged without a coroutine per direction (see ``bridge.py``);
+``AsyncStream`` offers a coroutine interface for protocol code (HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Callable, Protocol
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from .mux import (
+    DataReceived,
+    Multiplexer,
+    ProtocolError,
+    ResetCode,
+    StreamEnded,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+log = logging.getLogger("inlets.session")
+
+#: Above this many queued outgoing bytes, channels stop accepting data until the
+#: websocket drains: bounds memory across all streams, not just per stream.
+OUT_HIGH_WATER = 4 * 1024 * 1024
+OUT_LOW_WATER = 1024 * 1024
+
+
+class StreamHandler(Protocol):
+    def on_data(self, data: bytes) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_reset(self, code: int, reason: str) -> None: ...
+    def on_writable(self) -> None: ...
+
+
+class Channel:
+    """One stream of a session, as seen by the code that bridges it."""
+
+    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out")
+
+    def __init__(self, session: Session, stream_id: int, target: str) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.target = target
+        self.handler: StreamHandler | None = None
+        self.bytes_in = 0  # received from the peer
+        self.bytes_out = 0  # sent to the peer
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
+        return self.session._write(self, data)
+
+    def write_eof(self) -> None:
+        self.session._write_eof(self)
+
+    def reset(self, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+        self.session._reset(self, code, reason)
+
+    def consumed(self, count: int) -> None:
+        """Return credit for bytes the handler has passed on (written to its socket)."""
+        self.session._consumed(self, count)
+
+    @property
+    def is_open(self) -> bool:
+        return self.session.mux.is_open(self.stream_id)
+
+
+class Session:
+    """A live tunnel connection: one websocket carrying many streams."""
+
+    def __init__(
+        self,
+        websocket: Connection,
+        mux: Multiplexer,
+        *,
+        on_stream: Callable[[Channel], None] | None = None,
+        name: str = "",
+    ) -> None:
+        self.websocket = websocket
+        self.mux = mux
+        self.on_stream = on_stream
+        self.name = name
+        self.channels: dict[int, Channel] = {}
+        self.closed = asyncio.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._wakeup = asyncio.Event()
+        self._blocked: set[Channel] = set()
+        self._close_reason = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the session until the websocket closes; then reset every stream."""
+        writer = asyncio.create_task(self._writer())
+        try:
+            async for message in self.websocket:
+                if isinstance(message, str):
+                    raise ProtocolError("text message after handshake")
+                self._dispatch(self.mux.receive(message))
+                self._flush()
+        except ProtocolError as exc:
+            log.warning("event=protocol_error session=%s error=%r", self.name, str(exc))
+            self._close_reason = f"protocol error: {exc}"
+            await self.websocket.close(1002, str(exc)[:120])
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            self._teardown(self._close_reason or "tunnel connection closed")
+
+    def _teardown(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for channel in list(self.channels.values()):
+            handler = channel.handler
+            self.channels.pop(channel.stream_id, None)
+            if handler is not None:
+                handler.on_reset(ResetCode.CANCEL, reason)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.websocket.close(code, reason)
+
+    # -------------------------------------------------------------------- streams
+
+    def open_stream(self, target: str, handler: StreamHandler) -> Channel:
+        if self.closed.is_set():
+            raise StreamError("session is closed")
+        stream_id = self.mux.open_stream(target)
+        channel = Channel(self, stream_id, target)
+        channel.handler = handler
+        self.channels[stream_id] = channel
+        self._flush()
+        return channel
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.channels)
+
+    # ----------------------------------------------------------------- internals
+
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                channel = self.channels.get(event.stream_id)
+                if channel is not None:
+                    size = len(event.data)
+                    channel.bytes_in += size
+                    self.bytes_in += size
+                    if channel.handler is not None:
+                        channel.handler.on_data(event.data)
+            elif isinstance(event, WindowUpdated):
+                channel = self.channels.get(event.stream_id)
+                if channel is not None and channel.handler is not None:
+                    channel.handler.on_writable()
+            elif isinstance(event, StreamOpened):
+                channel = Channel(self, event.stream_id, event.target)
+                self.channels[event.stream_id] = channel
+                if self.on_stream is None:
+                    self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
+                else:
+                    self.on_stream(channel)
+            elif isinstance(event, StreamEnded):
+                channel = self.channels.get(event.stream_id)
+                if channel is not None:
+                    if not self.mux.is_open(event.stream_id):
+                        self.channels.pop(event.stream_id, None)
+                    if channel.handler is not None:
+                        channel.handler.on_eof()
+            elif isinstance(event, StreamReset):
+                channel = self.channels.pop(event.stream_id, None)
+                self._blocked.discard(channel)  # type: ignore[arg-type]
+                if channel is not None and channel.handler is not None:
+                    channel.handler.on_reset(event.code, event.reason)
+
+    def _write(self, channel: Channel, data: bytes | memoryview) -> int:
+        if self.mux.buffered >= OUT_HIGH_WATER:
+            self._blocked.add(channel)
+            return 0
+        try:
+            count = self.mux.send_data(channel.stream_id, data)
+        except StreamError:
+            return 0
+        if count:
+            channel.bytes_out += count
+            self.bytes_out += count
+            self._flush()
+        return count
+
+    def _write_eof(self, channel: Channel) -> None:
+        try:
+            self.mux.send_eof(channel.stream_id)
+        except StreamError:
+            return
+        if not self.mux.is_open(channel.stream_id):
+            self.channels.pop(channel.stream_id, None)
+        self._flush()
+
+    def _reset(self, channel: Channel, code: int, reason: str) -> None:
+        self.channels.pop(channel.stream_id, None)
+        self._blocked.discard(channel)
+        if not self.closed.is_set():
+            self.mux.reset_stream(channel.stream_id, code, reason)
+            self._flush()
+
+    def _consumed(self, channel: Channel, count: int) -> None:
+        self.mux.consumed(channel.stream_id, count)
+        if self.mux.buffered:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._wakeup.set()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                for message in self.mux.data_to_send():
+                    await self.websocket.send(message)
+                if self._blocked and self.mux.buffered < OUT_LOW_WATER:
+                    blocked, self._blocked = self._blocked, set()
+                    for channel in blocked:
+                        if channel.handler is not None and channel.stream_id in self.channels:
+                            channel.handler.on_writable()
+        except ConnectionClosed:
+            pass
+
+
+class AsyncStream:
+    """Coroutine-style access to a channel, for protocol code such as the HTTP proxy.
+
+    Received data is buffered (bounded by the stream window: credit returns only as
+    ``read`` hands data out), writes wait for credit.
+    """
+
+    def __init__(self) -> None:
+        self.channel: Channel | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self._reset: tuple[int, str] | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    def attach(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.handler = self
+
+    # StreamHandler callbacks
+    def on_data(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def on_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        self._reset = (code, reason)
+        self._readable.set()
+        self._writable.set()
+
+    def on_writable(self) -> None:
+        self._writable.set()
+
+    # coroutine interface
+    async def read(self) -> bytes:
+        """Next chunk; b"" at end of stream. Raises ``ConnectionResetError`` on reset."""
+        while not self._chunks:
+            if self._reset is not None:
+                raise ConnectionResetError(self._reset[1] or "stream reset")
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._chunks.popleft()
+        assert self.channel is not None
+        self.channel.consumed(len(data))
+        return data
+
+    async def write(self, data: bytes) -> None:
+        assert self.channel is not None
+        view = memoryview(data)
+        while view:
+            if self._reset is not None:
+                raise ConnectionResetError(self._reset[1] or "stream reset")
+            count = self.channel.write(view)
+            view = view[count:]
+            if view:
+                self._writable.clear()
+                await self._writable.wait()
+
+    def write_eof(self) -> None:
+        if self.channel is not None and self._reset is None:
+            self.channel.write_eof()
+
+    def reset(self, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+        if self.channel is not None and self._reset is None:
+            self._reset = (code, reason)
+            self.channel.reset(code, reason)

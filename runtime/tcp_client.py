@@ -1,0 +1,106 @@
+"""`inlets tcp client`: the upstreams a client advertises, and dialling them on demand.
+
+The client dials only what it was configured with: a stream for any other target
+is reset, whatever the server asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from .bridge import TcpBridge
+from .mux import ResetCode
+from .session import Channel
+from .tcp_server import tcp_service
+
+log = logging.getLogger("inlets.tcp")
+
+DIAL_TIMEOUT = 10.0
+
+
+class UpstreamError(ValueError):
+    """A malformed --upstream/--ports value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+
+def _port(text: str, what: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise UpstreamError(f"{what} must be a port between 1 and 65535, got {text!r}")
+    return int(text)
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, with IPv6 hosts in brackets: [::1]:22."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise UpstreamError(f"expected [IPv6]:PORT, got {text!r}")
+        return host, _port(rest[1:], "upstream port")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise UpstreamError(f"expected HOST:PORT, got {text!r}")
+    return host, _port(port, "upstream port")
+
+
+def parse_upstreams(upstreams: list[str], ports: list[str]) -> dict[int, Upstream]:
+    """Map public port -> upstream from ``--upstream HOST --ports 80,443`` and/or ``--upstream 2222=HOST:22``."""
+    mapping: dict[int, Upstream] = {}
+    plain_hosts: list[str] = []
+    for item in upstreams:
+        if "=" in item:
+            public, _, target = item.partition("=")
+            host, port = _split_host_port(target.strip())
+            mapping[_port(public, "public port")] = Upstream(host, port)
+        elif item.strip():
+            plain_hosts.append(item.strip().strip("[]"))
+    port_list = [p for group in ports for p in group.split(",") if p.strip()]
+    if len(plain_hosts) > 1:
+        raise UpstreamError("give one plain --upstream HOST (use PORT=HOST:PORT for more)")
+    if plain_hosts and not port_list:
+        raise UpstreamError(f"--upstream {plain_hosts[0]} needs --ports")
+    if port_list and not plain_hosts:
+        raise UpstreamError("--ports needs a plain --upstream HOST")
+    for text in port_list:
+        port = _port(text.strip(), "--ports entry")
+        mapping.setdefault(port, Upstream(plain_hosts[0], port))
+    if not mapping:
+        raise UpstreamError("nothing to serve: give --upstream HOST --ports P or --upstream PORT=HOST:PORT")
+    return mapping
+
+
+class TcpUpstreams:
+    """Handles streams the server opens: dial the configured upstream and bridge it."""
+
+    def __init__(self, mapping: dict[int, Upstream]) -> None:
+        self.by_service = {tcp_service(port): upstream for port, upstream in mapping.items()}
+
+    @property
+    def services(self) -> list[str]:
+        return list(self.by_service)
+
+    def on_stream(self, channel: Channel) -> None:
+        upstream = self.by_service.get(channel.target)
+        if upstream is None:
+            log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
+            channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
+            return
+        bridge = TcpBridge()
+        bridge.attach(channel)
+        asyncio.ensure_future(self._dial(bridge, channel, upstream))
+
+    async def _dial(self, bridge: TcpBridge, channel: Channel, upstream: Upstream) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: bridge, upstream.host, upstream.port), DIAL_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "dial timed out"
+            log.info("event=upstream_failed upstream=%s:%d error=%r", upstream.host, upstream.port, reason)
+            bridge.fail()
+            channel.reset(ResetCode.REFUSED, f"upstream {upstream.host}:{upstream.port}: {reason}")

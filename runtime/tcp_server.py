@@ -1,0 +1,118 @@
+"""`inlets tcp server`: opens the data ports clients advertise and forwards them.
+
+Data-plane sockets are bound apart from the control plane (``--data-addr``), opened
+when the first client advertises a port and closed when the last one leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .bridge import TcpBridge
+from .control import ControlConfig, ControlPlane
+from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from .mux import StreamError
+from .registry import Registry
+from .session import Session
+
+log = logging.getLogger("inlets.tcp")
+
+
+def tcp_service(port: int) -> str:
+    return f"tcp:{port}"
+
+
+def parse_tcp_service(service: str) -> int:
+    """The port of a ``tcp:N`` service name; ``HandshakeError`` for anything else."""
+    kind, _, number = service.partition(":")
+    if kind != "tcp" or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not a TCP service: {service!r}")
+    return int(number)
+
+
+class DataPlaneConnection(TcpBridge):
+    """A user's connection to a data port: tunnelled to the next client serving it."""
+
+    def __init__(self, server: TcpTunnelServer, service: str) -> None:
+        super().__init__()
+        self.server = server
+        self.service = service
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        for session in self.server.registry.candidates(self.service):
+            if session.closed.is_set():
+                continue
+            try:
+                self.attach(session.open_stream(self.service, self))
+            except StreamError:
+                continue
+            self.server.connections_total[self.service] = self.server.connections_total.get(self.service, 0) + 1
+            return
+        log.info("event=no_client service=%s", self.service)
+        self.abort()
+
+
+class TcpTunnelServer:
+    def __init__(self, config: ControlConfig, data_addr: str | None = None, allow_ports: set[int] | None = None) -> None:
+        self.data_addr = data_addr or None
+        self.allow_ports = allow_ports
+        self.registry: Registry[Session] = Registry()
+        self.control = ControlPlane("tcp", config, self._admit, self._release)
+        self.listeners: dict[str, asyncio.base_events.Server] = {}
+        self.connections_total: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.control.start()
+
+    async def stop(self) -> None:
+        await self.control.stop()
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
+
+    def data_port(self, service: str) -> int | None:
+        listener = self.listeners.get(service)
+        return listener.sockets[0].getsockname()[1] if listener and listener.sockets else None
+
+    async def _admit(self, session: Session, hello: Hello) -> list[str]:
+        if not hello.services:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no ports")
+        ports = [parse_tcp_service(s) for s in hello.services]
+        if self.allow_ports is not None:
+            refused = sorted(set(ports) - self.allow_ports)
+            if refused:
+                allowed = ",".join(map(str, sorted(self.allow_ports)))
+                raise HandshakeError(
+                    CLOSE_SERVICE_REFUSED, f"port(s) {','.join(map(str, refused))} not allowed (--allow-ports {allowed})"
+                )
+        services = [tcp_service(p) for p in ports]
+        async with self._lock:
+            opened = []
+            try:
+                for port, service in zip(ports, services):
+                    if service not in self.listeners:
+                        self.listeners[service] = await self._listen(port, service)
+                        opened.append(service)
+            except OSError as exc:
+                for service in opened:
+                    self.listeners.pop(service).close()
+                where = f"{self.data_addr or '*'}:{port}"
+                raise HandshakeError(CLOSE_SERVICE_REFUSED, f"server cannot listen on {where}: {exc.strerror}") from None
+            self.registry.add(session, services)
+        return services
+
+    async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: DataPlaneConnection(self, service), self.data_addr, port)
+        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        return listener
+
+    def _release(self, session: Session) -> None:
+        for service in self.registry.remove(session):
+            listener = self.listeners.pop(service, None)
+            if listener is not None:
+                listener.close()
+                log.info("event=closed service=%s reason=no_clients", service)
