@@ -1,0 +1,304 @@
+"""The sans-I/O multiplexer, without sockets: framing, flow control, limits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime.mux import (
+    HEADER,
+    DataReceived,
+    FrameType,
+    Multiplexer,
+    ProtocolError,
+    ResetCode,
+    StreamEnded,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+
+def pair(window: int = 64 * 1024, max_frame: int = 16 * 1024, max_streams: int = 100) -> tuple[Multiplexer, Multiplexer]:
+    client = Multiplexer(client=True, recv_window=window, send_window=window, max_frame=max_frame, max_streams=max_streams)
+    server = Multiplexer(client=False, recv_window=window, send_window=window, max_frame=max_frame, max_streams=max_streams)
+    return client, server
+
+
+def deliver(sender: Multiplexer, receiver: Multiplexer) -> list:
+    events = []
+    for message in sender.data_to_send():
+        events.extend(receiver.receive(message))
+    return events
+
+
+def frame(ftype: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(ftype, stream_id, len(payload)) + payload
+
+
+def test_open_data_fin_roundtrip() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:80")
+    assert sid % 2 == 0
+    assert server.send_data(sid, b"hello") == 5
+    server.send_eof(sid)
+    events = deliver(server, client)
+    assert events == [StreamOpened(sid, "tcp:80"), DataReceived(sid, b"hello"), StreamEnded(sid)]
+    assert client.send_data(sid, b"back") == 4
+    client.send_eof(sid)
+    assert deliver(client, server) == [DataReceived(sid, b"back"), StreamEnded(sid)]
+    assert not client.is_open(sid) and not server.is_open(sid)
+
+
+def test_client_and_server_ids_do_not_collide() -> None:
+    client, server = pair()
+    a, b = client.open_stream("x"), server.open_stream("y")
+    assert a % 2 == 1 and b % 2 == 0
+    assert deliver(client, server) == [StreamOpened(a, "x")]
+    assert deliver(server, client) == [StreamOpened(b, "y")]
+
+
+def test_send_stops_at_window_and_resumes_on_update() -> None:
+    client, server = pair(window=32 * 1024, max_frame=8 * 1024)
+    sid = server.open_stream("t")
+    assert server.send_data(sid, b"a" * 100_000) == 32 * 1024
+    assert server.send_data(sid, b"more") == 0
+    events = deliver(server, client)
+    got = sum(len(e.data) for e in events if isinstance(e, DataReceived))
+    assert got == 32 * 1024
+    assert max(len(e.data) for e in events if isinstance(e, DataReceived)) == 8 * 1024
+    client.consumed(sid, 4 * 1024)  # below the batching threshold: no update yet
+    assert client.data_to_send() == []
+    client.consumed(sid, 4 * 1024)
+    assert deliver(client, server) == [WindowUpdated(sid)]
+    assert server.send_window(sid) == 8 * 1024
+
+
+def test_peer_exceeding_window_is_a_protocol_error() -> None:
+    client, server = pair(window=16 * 1024, max_frame=32 * 1024)
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="window"):
+        client.receive(frame(FrameType.DATA, sid, b"x" * (16 * 1024 + 1)))
+
+
+def test_oversized_frame_is_a_protocol_error() -> None:
+    client, server = pair(window=1 << 20, max_frame=1024)
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        client.receive(frame(FrameType.DATA, sid, b"x" * 1025))
+
+
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        (b"", "empty"),
+        (b"\x02\x00\x00", "truncated frame header"),
+        (HEADER.pack(FrameType.DATA, 2, 10) + b"abc", "truncated frame payload"),
+        (frame(99, 2), "unknown frame type"),
+        (frame(FrameType.DATA, 0, b"x"), "reserved"),
+        (frame(FrameType.DATA, 8, b"x"), "unknown stream"),
+        (frame(FrameType.OPEN, 1, b"x"), "bad stream id"),  # client-parity id from the server
+        (frame(FrameType.OPEN, 2, b""), "target length"),
+        (frame(FrameType.OPEN, 2, b"\xff\xfe"), "utf-8"),
+        (frame(FrameType.WINDOW, 2, b"\x00"), "4 bytes"),
+        (frame(FrameType.RESET, 2, b"\x00"), "RESET payload"),
+    ],
+)
+def test_malformed_input_is_rejected(message: bytes, match: str) -> None:
+    client, _ = pair()
+    with pytest.raises(ProtocolError, match=match):
+        client.receive(message)
+
+
+def test_stream_ids_must_increase() -> None:
+    client, _ = pair()
+    client.receive(frame(FrameType.OPEN, 4, b"a"))
+    with pytest.raises(ProtocolError, match="bad stream id"):
+        client.receive(frame(FrameType.OPEN, 2, b"b"))
+
+
+def test_data_after_fin_and_double_fin() -> None:
+    client, server = pair()
+    sid = server.open_stream("t")
+    server.send_eof(sid)
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="after FIN"):
+        client.receive(frame(FrameType.DATA, sid, b"x"))
+    with pytest.raises(ProtocolError, match="second FIN"):
+        client.receive(frame(FrameType.FIN, sid))
+
+
+def test_window_overflow_and_zero_increment() -> None:
+    client, server = pair()
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="increment of 0"):
+        server.receive(frame(FrameType.WINDOW, sid, struct.pack("!I", 0)))
+    with pytest.raises(ProtocolError, match="overflow"):
+        server.receive(frame(FrameType.WINDOW, sid, struct.pack("!I", 2**31 - 1)))
+
+
+def test_reset_carries_code_and_reason_and_later_frames_are_dropped() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:22")
+    deliver(server, client)
+    client.reset_stream(sid, ResetCode.REFUSED, "upstream 127.0.0.1:22: Connection refused")
+    server.send_data(sid, b"in flight") if server.is_open(sid) else None
+    events = deliver(client, server)
+    assert events == [StreamReset(sid, ResetCode.REFUSED, "upstream 127.0.0.1:22: Connection refused")]
+    assert not server.is_open(sid)
+    # data the server sent before it saw the reset arrives for a stream that is gone: dropped, no error
+    assert deliver(server, client) == []
+    with pytest.raises(StreamError):
+        server.send_data(sid, b"x")
+
+
+def test_too_many_streams_are_refused_not_fatal() -> None:
+    client, server = pair(max_streams=2)
+    ids = [server.open_stream(f"t{i}") for i in range(3)]
+    events = deliver(server, client)
+    assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == ids[:2]
+    assert deliver(client, server) == [StreamReset(ids[2], ResetCode.TOO_MANY_STREAMS, "limit of 2 open streams")]
+    # closing one frees a slot
+    client.reset_stream(ids[0])
+    deliver(client, server)
+    sid = server.open_stream("again")
+    assert deliver(server, client) == [StreamOpened(sid, "again")]
+
+
+def test_small_frames_are_coalesced_into_one_message() -> None:
+    _, server = pair()
+    for i in range(50):
+        sid = server.open_stream(f"tcp:{i}")
+        server.send_data(sid, b"x")
+    assert len(server.data_to_send()) == 1
+
+
+def test_invalid_local_calls() -> None:
+    client, _ = pair()
+    with pytest.raises(StreamError):
+        client.send_data(99, b"x")
+    with pytest.raises(ValueError):
+        client.open_stream("")
+    with pytest.raises(ValueError):
+        Multiplexer(client=True, recv_window=0)
+
+
+# ----------------------------------------------------------------- properties
+
+actions = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "deliver_s2c", "deliver_c2s", "read", "eof"]),
+        st.integers(min_value=0, max_value=3),  # stream index
+        st.integers(min_value=1, max_value=40_000),  # size
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000))
+def test_random_interleavings_deliver_every_byte_in_order_within_window(actions, window: int, max_frame: int) -> None:
+    """Whatever order writes, deliveries, reads and closes come in, each stream's bytes
+    arrive complete, in order, exactly once, and never beyond the granted window."""
+    client, server = pair(window=window, max_frame=max_frame)
+    sids = [server.open_stream(f"s{i}") for i in range(4)]
+    sent = {sid: bytearray() for sid in sids}  # accepted by send_data
+    pending = {sid: bytearray() for sid in sids}  # the application still wants to send
+    received = {sid: bytearray() for sid in sids}
+    unread = {sid: 0 for sid in sids}  # delivered, not yet consumed by the receiving app
+    ended: set[int] = set()
+    eof_requested: set[int] = set()
+    counter = 0
+
+    def pump_writes() -> None:
+        for sid in sids:
+            if pending[sid]:
+                n = server.send_data(sid, bytes(pending[sid]))
+                sent[sid] += pending[sid][:n]
+                del pending[sid][:n]
+            if sid in eof_requested and not pending[sid] and server.is_open(sid):
+                server.send_eof(sid)
+
+    def deliver_s2c() -> None:
+        for event in deliver(server, client):
+            if isinstance(event, DataReceived):
+                received[event.stream_id] += event.data
+                unread[event.stream_id] += len(event.data)
+                # never more in flight than the window allows
+                assert unread[event.stream_id] <= window
+            elif isinstance(event, StreamEnded):
+                ended.add(event.stream_id)
+
+    for action, index, size in actions:
+        sid = sids[index]
+        if action == "write" and sid not in eof_requested:
+            chunk = bytes((counter + i) % 251 for i in range(size))
+            counter += size
+            pending[sid] += chunk
+            pump_writes()
+        elif action == "deliver_s2c":
+            deliver_s2c()
+        elif action == "deliver_c2s":
+            deliver(client, server)
+            pump_writes()
+        elif action == "read":
+            take = min(size, unread[sid])
+            unread[sid] -= take
+            client.consumed(sid, take)
+        elif action == "eof":
+            eof_requested.add(sid)
+            pump_writes()
+
+    # drain: the receiver reads everything, the sender finishes, until quiet
+    for sid in sids:
+        eof_requested.add(sid)
+    for _ in range(10_000):
+        pump_writes()
+        deliver_s2c()
+        for sid in sids:
+            client.consumed(sid, unread[sid])
+            unread[sid] = 0
+        deliver(client, server)
+        if all(not pending[s] for s in sids) and ended == set(sids):
+            break
+    for sid in sids:
+        assert received[sid] == sent[sid]
+    assert ended == set(sids)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decoder_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    client, server = pair()
+    server.open_stream("t")
+    deliver(server, client)
+    try:
+        client.receive(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(FrameType) + [7]), st.integers(0, 12), st.binary(max_size=64)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_structured_frames_never_crash_the_decoder(frames) -> None:
+    client, server = pair()
+    server.open_stream("t")
+    deliver(server, client)
+    message = b"".join(frame(t, s, p) for t, s, p in frames)
+    try:
+        client.receive(message)
+    except ProtocolError:
+        pass
