@@ -1,0 +1,208 @@
+"""The ``inletsctl`` command: create, delete, list and status of exit servers.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import manage, output
+from .create import CreateOptions, create
+from .errors import ProvisionError
+from .providers import Credentials
+from .state import STATE_ENV, ServerState, state_root
+
+app = typer.Typer(
+    name="inletsctl",
+    help="Create exit servers for inlets tunnels and print the exact client command that connects to them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+StateDir = Annotated[
+    Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
+]
+Provider = Annotated[Optional[str], typer.Option(help="local (this machine) or digitalocean.")]
+TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first).")]
+Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
+ApiUrl = Annotated[Optional[str], typer.Option(help="Cloud API endpoint (tests, proxies) [env: DIGITALOCEAN_API_URL].")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+
+def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str]) -> Credentials:
+    return Credentials(token_file, token, api_url)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  inletsctl create --provider local --ports 8080\n\n"
+        "  inletsctl create my-tunnel --provider digitalocean --ports 80,443 --ttl 2h\n\n"
+        "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com"
+    )
+)
+def create_cmd(
+    name: Annotated[Optional[str], typer.Argument(help="Name of the exit server [default: a random readable name].")] = None,
+    provider: Provider = "local",
+    mode: Annotated[str, typer.Option(help="tcp (ports) or http (domains).")] = "tcp",
+    ports: Annotated[Optional[str], typer.Option(help="TCP data ports, e.g. 80,443 [default: 80,443; local: 8080].")] = None,
+    domain: Annotated[Optional[list[str]], typer.Option(help="Domain served in --mode http (repeatable).")] = None,
+    http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
+    control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1].")] = None,
+    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb].")] = None,
+    ssh_key: Annotated[Optional[str], typer.Option(help="SSH key fingerprint or id to install on the VM.")] = None,
+    access_token_file: TokenFile = None,
+    access_token: Token = None,
+    api_url: ApiUrl = None,
+    ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server.")] = 600.0,
+    delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
+    runtime_spec: Annotated[Optional[str], typer.Option(help="pip requirement installed on the VM [default: this version].")] = None,
+    embed_wheel: Annotated[bool, typer.Option("--embed-wheel", help="Put this inletsctl's runtime in the user-data.")] = False,
+    show_token: Annotated[bool, typer.Option("--show-token", help="Print the token too.")] = False,
+    json_output: Json = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Create an exit server, wait until its tunnel answers, print the client command."""
+    opts = CreateOptions(
+        provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
+        domains=list(domain or []), http_port=http_port, control_port=control_port, region=region, size=plan,
+        ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
+        runtime_spec=runtime_spec, embed_wheel=embed_wheel, creds=_creds(access_token_file, access_token, api_url),
+    )
+    progress = output.Progress(quiet=json_output)
+    try:
+        summary = create(opts, progress)
+    finally:
+        progress.close()
+    token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
+    if json_output:
+        output.print_json(summary | ({"token": token} if token else {}))
+    else:
+        output.print_summary(summary, token)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  inletsctl delete brave-otter-3f2a\n\n"
+        "  inletsctl delete --provider digitalocean --ip 203.0.113.10\n\n"
+        "  inletsctl delete --provider digitalocean --id 12345678"
+    )
+)
+def delete_cmd(
+    name: Annotated[Optional[str], typer.Argument(help="Name of the exit server.")] = None,
+    id: Annotated[Optional[str], typer.Option("--id", help="Provider id of the VM (with --provider).")] = None,
+    ip: Annotated[Optional[str], typer.Option(help="Public IP of the VM (with --provider).")] = None,
+    provider: Provider = None,
+    access_token_file: TokenFile = None,
+    access_token: Token = None,
+    api_url: ApiUrl = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone.")] = 300.0,
+    state_dir: StateDir = None,
+) -> None:
+    """Delete an exit server, wait until it is gone, and remove its local state."""
+    progress = output.Progress()
+    try:
+        done = manage.delete(
+            state_root(state_dir), _creds(access_token_file, access_token, api_url), progress,
+            name=name, host_id=id, ip=ip, provider_name=provider, timeout=timeout,
+        )
+    finally:
+        progress.close()
+    print(done)
+
+
+@app.command(
+    epilog="Examples:\n\n  inletsctl list\n\n  inletsctl list --provider digitalocean --prune\n\n  inletsctl list --json"
+)
+def list_cmd(
+    provider: Provider = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete exit servers whose --ttl has passed.")] = False,
+    access_token_file: TokenFile = None,
+    access_token: Token = None,
+    api_url: ApiUrl = None,
+    json_output: Json = False,
+    state_dir: StateDir = None,
+) -> None:
+    """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
+    root, creds, notes = state_root(state_dir), _creds(access_token_file, access_token, api_url), []
+    rows = manage.list_servers(root, creds, provider, notes)
+    pruned: list[str] = []
+    if prune:
+        progress = output.Progress(quiet=json_output)
+        try:
+            pruned = manage.prune(root, creds, rows, progress)
+        finally:
+            progress.close()
+        rows = manage.list_servers(root, creds, provider, [])
+    if json_output:
+        output.print_json({"servers": rows, "notes": notes, "pruned": pruned})
+        return
+    for line in notes + pruned:
+        print(line, file=sys.stderr)
+    if not rows:
+        print("no exit servers")
+        return
+    output.print_table(rows, ["name", "provider", "id", "ip", "mode", "status", "created", "expires", "where"])
+
+
+@app.command(epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
+def status_cmd(
+    name: Annotated[str, typer.Argument(help="Name of the exit server.")],
+    access_token_file: TokenFile = None,
+    access_token: Token = None,
+    api_url: ApiUrl = None,
+    json_output: Json = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
+    result = manage.status(state_root(state_dir), _creds(access_token_file, access_token, api_url), name)
+    if json_output:
+        output.print_json(result)
+        return
+    for key in ("name", "provider", "id", "ip", "vm"):
+        print(f"{key:<9} {result[key]}")
+    server = result["server"]
+    if server["endpoint"] == "/healthz":
+        print(f"{'server':<9} /healthz answered {server['http_status']} {server['body']}".rstrip())
+    else:
+        print(f"{'server':<9} /status:")
+        output.print_json(server["status"])
+
+
+# typer names commands after the functions; keep Python's builtins unshadowed.
+for _command in app.registered_commands:
+    _command.name = _command.callback.__name__.removesuffix("_cmd")  # type: ignore[union-attr]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage errors and ProvisionErrors as one line on stderr, non-zero exit."""
+    try:
+        status = app(args=argv, prog_name="inletsctl", standalone_mode=False)
+    except typer.TyperException as exc:  # click usage errors: bad flags and values
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "inletsctl"
+        typer.echo(f"{command}: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(2)
+    except ProvisionError as exc:
+        typer.echo(f"inletsctl: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""``inletsctl create``: secrets, user-data, the VM, the wait, and the summary, in that order."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import material as material_mod
+from .errors import NotFound, ProvisionError
+from .names import check_name, random_name
+from .providers import Credentials, make
+from .providers.base import Host, Plan, Provisioner
+from .render import UserDataOptions, client_command, user_data
+from .spec import CONTROL_PORT, TunnelSpec, build_spec, parse_ttl
+from .state import ServerState, state_root
+from .wait import Progress, wait_until_gone, wait_until_ready
+from .wheel import DIST, build_runtime_wheel, version
+
+LOCAL_DEFAULT_PORTS = (8080,)
+LOCAL_HTTP_PORT = 8000
+
+
+@dataclass
+class CreateOptions:
+    provider: str
+    state_root: Path
+    name: str | None = None
+    mode: str = "tcp"
+    ports: str | None = None
+    domains: list[str] = field(default_factory=list)
+    http_port: int | None = None
+    control_port: int | None = None
+    region: str | None = None
+    size: str | None = None
+    ssh_key: str | None = None
+    ttl: str | None = None
+    timeout: float = 600.0
+    delete_on_failure: bool = False
+    runtime_spec: str | None = None
+    embed_wheel: bool = False
+    creds: Credentials = field(default_factory=Credentials)
+
+
+def _spec(opts: CreateOptions) -> TunnelSpec:
+    local = opts.provider == "local"
+    if opts.control_port is not None:
+        control_port = opts.control_port
+    elif local:
+        from .providers.local import free_port
+
+        control_port = free_port()
+    else:
+        control_port = CONTROL_PORT
+    return build_spec(
+        opts.mode,
+        opts.ports,
+        opts.domains,
+        default_ports=LOCAL_DEFAULT_PORTS if local else (80, 443),
+        http_port=opts.http_port or (LOCAL_HTTP_PORT if local else 80),
+        control_port=control_port,
+    )
+
+
+def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
+    """Create one exit server and return its summary; the VM is left alone on failure unless asked."""
+    name = check_name(opts.name) if opts.name else random_name()
+    spec = _spec(opts)
+    if opts.timeout <= 0:
+        raise ProvisionError("--timeout must be positive")
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    expires_at = now + parse_ttl(opts.ttl) if opts.ttl else None
+    provider = make(opts.provider, opts.state_root, opts.creds)
+    state = ServerState(opts.state_root, name)
+    if state.exists() or state.dir.exists():
+        raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name")
+    if provider.user_data_limit and any(h.name == name for h in provider.list()):
+        raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
+    progress("generating token and TLS material")
+    secrets = material_mod.generate(name)
+    text = ""
+    if provider.user_data_limit:
+        wheel = build_runtime_wheel() if opts.embed_wheel else None
+        package = opts.runtime_spec or f"{DIST}=={version()}"
+        text = user_data(
+            spec, secrets, UserDataOptions(name, package, wheel, expires_at, provider.user_data_limit)
+        )
+    state.reserve()
+    try:
+        state.write_secret(state.token_file, (secrets.token + "\n").encode())
+        state.write_public(state.ca_file, secrets.ca_cert)
+        if opts.provider == "local":
+            state.write_public(state.cert_file, secrets.server.cert)
+            state.write_secret(state.key_file, secrets.server.key)
+        meta: dict[str, Any] = {
+            "name": name, "provider": opts.provider, "mode": spec.mode, "ports": list(spec.ports),
+            "domains": list(spec.domains), "http_port": spec.http_port if spec.mode == "http" else None,
+            "control_port": spec.control_port, "created_at": _iso(now),
+            "expires_at": _iso(expires_at) if expires_at else None, "region": opts.region, "size": opts.size,
+            "id": None, "ip": None,
+        }
+        state.save(meta)
+        plan = Plan(name, spec, text, state.dir, opts.region, opts.size, opts.ssh_key, expires_at)
+        progress(f"creating {name!r} on {opts.provider}")
+        host = provider.create(plan)
+    except BaseException:
+        state.remove()
+        raise
+    meta["id"] = host.id
+    state.save(meta)
+    try:
+        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress)
+    except ProvisionError as exc:
+        raise _failed(exc, provider, host, state, opts, progress) from None
+    meta.update(ip=host.ip, data_addr=host.data_addr or host.ip)
+    meta["client_command"] = client_command(spec, host.ip or "", state.token_file, state.ca_file)
+    state.save(meta)
+    return summary(meta, state)
+
+
+def _failed(
+    exc: ProvisionError, provider: Provisioner, host: Host, state: ServerState, opts: CreateOptions, progress: Progress
+) -> ProvisionError:
+    if not opts.delete_on_failure:
+        return ProvisionError(f"{exc}; delete it with: {delete_command(state.name, state.root)}")
+    try:
+        provider.delete(host.id)
+        wait_until_gone(provider, host.id, min(opts.timeout, 300.0), progress)
+    except NotFound:
+        pass
+    except ProvisionError as again:
+        return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command(state.name, state.root)}")
+    state.remove()
+    return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
+    """What ``create`` prints (and ``--json`` emits): everything but the token itself."""
+    data_host = meta.get("data_addr") or meta.get("ip")
+    if meta["mode"] == "tcp":
+        endpoints = [f"{_hostport(data_host, p)}" for p in meta["ports"]]
+    else:
+        endpoints = [f"http://{d}:{meta['http_port']}" for d in meta["domains"]] or [
+            f"http://{_hostport(data_host, meta['http_port'])}"
+        ]
+    return {
+        "name": meta["name"], "provider": meta["provider"], "id": meta["id"], "ip": meta["ip"],
+        "mode": meta["mode"], "ports": meta["ports"], "domains": meta["domains"], "endpoints": endpoints,
+        "control_port": meta["control_port"], "created_at": meta["created_at"], "expires_at": meta["expires_at"],
+        "token_file": str(state.token_file), "ca_file": str(state.ca_file),
+        "client_command": meta["client_command"], "delete_command": delete_command(meta["name"], state.root),
+    }
+
+
+def delete_command(name: str, root: Path) -> str:
+    """``inletsctl delete NAME``, naming the state folder when it is not the default one."""
+    extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
+    return f"inletsctl delete {name}{extra}"
+
+
+def _hostport(host: str | None, port: int) -> str:
+    host = host or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

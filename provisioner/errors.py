@@ -1,0 +1,15 @@
+"""The one exception type inletsctl turns into a one-line error and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class ProvisionError(Exception):
+    """A user-facing failure: the message is one line that says what to do."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NotFound(ProvisionError):
+    """The exit server (VM, process or local state) does not exist."""

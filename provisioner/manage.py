@@ -1,0 +1,162 @@
+"""``inletsctl delete``, ``list`` and ``status``: the cloud joined with local state."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+from pathlib import Path
+from typing import Any
+
+from .errors import NotFound, ProvisionError
+from .providers import PROVIDERS, Credentials, make
+from .providers.base import Host, Provisioner
+from .state import ServerState, all_states
+from .wait import Progress, status_json, wait_until_gone
+
+DELETE_TIMEOUT = 300.0
+
+
+def _provider_for(name: str, root: Path, creds: Credentials) -> Provisioner:
+    if name not in PROVIDERS:
+        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
+    return make(name, root, creds)
+
+
+def delete(
+    root: Path,
+    creds: Credentials,
+    progress: Progress,
+    name: str | None = None,
+    host_id: str | None = None,
+    ip: str | None = None,
+    provider_name: str | None = None,
+    timeout: float = DELETE_TIMEOUT,
+) -> str:
+    """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
+    if sum(x is not None for x in (name, host_id, ip)) != 1:
+        raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
+    states = all_states(root)
+    meta: dict[str, Any] | None = None
+    if name is not None:
+        meta = next((m for m in states if m.get("name") == name), None)
+        if meta is None and provider_name is None:
+            raise NotFound(f"no exit server named {name!r} in {root} (to delete one made elsewhere add --provider)")
+    if provider_name is None:
+        if meta is None:
+            raise ProvisionError("--id and --ip need --provider")
+        provider_name = str(meta["provider"])
+    provider = _provider_for(provider_name, root, creds)
+    if meta is not None and meta.get("provider") == provider_name and meta.get("id"):
+        host_id = str(meta["id"])
+    elif host_id is None:
+        host_id = _find(provider, name=name, ip=ip).id
+    if meta is None:
+        meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
+    label = (meta or {}).get("name") or name or host_id
+    try:
+        provider.delete(host_id)
+        progress(f"deleting {label} ({provider_name} {host_id})")
+        wait_until_gone(provider, host_id, timeout, progress)
+        done = f"deleted {label} ({provider_name} {host_id})"
+    except NotFound:
+        if meta is None:
+            raise NotFound(f"{provider_name}: no exit server with id {host_id}") from None
+        done = f"{label} was already gone on {provider_name}; removed its local state"
+    if meta is not None:
+        ServerState(root, str(meta["name"])).remove()
+    return done
+
+
+def _find(provider: Provisioner, name: str | None = None, ip: str | None = None) -> Host:
+    for host in provider.list():
+        if (name is not None and host.name == name) or (ip is not None and host.ip == ip):
+            return host
+    what = f"named {name!r}" if name is not None else f"with IP {ip}"
+    raise NotFound(f"{provider.name}: no exit server {what} (tagged inlets)")
+
+
+def list_servers(
+    root: Path, creds: Credentials, provider_name: str | None, notes: list[str]
+) -> list[dict[str, Any]]:
+    """Rows of cloud hosts joined with local state; ``where`` says which side holds each."""
+    states = all_states(root)
+    names = [provider_name] if provider_name else ["local", *sorted({str(m["provider"]) for m in states} - {"local"})]
+    rows: list[dict[str, Any]] = []
+    for pname in names:
+        local_rows = [m for m in states if m.get("provider") == pname]
+        try:
+            hosts = _provider_for(pname, root, creds).list()
+        except ProvisionError as exc:
+            if provider_name:
+                raise
+            notes.append(f"{pname}: not checked ({exc})")
+            rows += [_row(m, None, "local state (cloud not checked)") for m in local_rows]
+            continue
+        by_id = {h.id: h for h in hosts}
+        for meta in local_rows:
+            host = by_id.pop(str(meta.get("id")), None)
+            rows.append(_row(meta, host, "both" if host else "local state only"))
+        rows += [_row(None, host, f"{pname} only") for host in by_id.values()]
+    return rows
+
+
+def _row(meta: dict[str, Any] | None, host: Host | None, where: str) -> dict[str, Any]:
+    meta = meta or {}
+    return {
+        "name": meta.get("name") or (host.name if host else None),
+        "provider": meta.get("provider") or (host.provider if host else None),
+        "id": str(meta.get("id") or (host.id if host else "")),
+        "ip": (host.ip if host and host.ip else None) or meta.get("ip"),
+        "mode": meta.get("mode") or (host.mode if host else None),
+        "status": host.status if host else "absent",
+        "created": meta.get("created_at") or (host.created_at if host else None),
+        "expires": meta.get("expires_at") or (host.expires_at if host else None),
+        "where": where,
+    }
+
+
+def expired(row: dict[str, Any], now: datetime.datetime | None = None) -> bool:
+    if not row.get("expires"):
+        return False
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    when = datetime.datetime.strptime(row["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    return when <= now
+
+
+def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: Progress) -> list[str]:
+    """Delete every expired exit server (the cloud bills a powered-off VM until it is deleted)."""
+    done = []
+    for row in rows:
+        if not expired(row):
+            continue
+        try:
+            if row["where"] == "both" or row["where"].startswith("local state"):
+                done.append(delete(root, creds, progress, name=row["name"]))
+            else:
+                done.append(delete(root, creds, progress, host_id=row["id"], provider_name=row["provider"]))
+        except ProvisionError as exc:
+            done.append(f"could not delete {row['name']}: {exc}")
+    return done
+
+
+def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
+    """The provider's view and the exit server's own answer over pinned TLS."""
+    state = ServerState(root, name)
+    meta = state.load()
+    result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
+    provider = _provider_for(str(meta["provider"]), root, creds)
+    try:
+        host = provider.status(str(meta.get("id")))
+        result["vm"] = host.detail or host.status
+    except NotFound:
+        result["vm"] = "gone"
+    if not meta.get("ip"):
+        raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
+    try:
+        result["server"] = status_json(str(meta["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+    except (OSError, http.client.HTTPException) as exc:
+        raise ProvisionError(
+            f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: "
+            f"{getattr(exc, 'strerror', None) or exc}; vm: {result['vm']}"
+        ) from None
+    return result

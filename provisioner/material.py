@@ -1,0 +1,35 @@
+"""Secrets generated for each exit server: the bearer token and the pinned TLS material.
+
+The server certificate names ``inlets-exit-server`` (runtime.certs.EXIT_SERVER_NAME)
+rather than an IP: the IP is unknown when the user-data is rendered, and the client
+is told that name with ``--tls-server-name`` while pinning this server's own CA.
+The CA key is thrown away after signing, so nothing can mint another certificate.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from runtime.certs import EXIT_SERVER_NAME, Pem, generate_ca, issue_server_cert
+
+TOKEN_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class Material:
+    token: str
+    ca_cert: bytes
+    server: Pem
+
+
+def new_token() -> str:
+    """64 characters from ``secrets``: URL-safe, so it survives files, headers and YAML."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(TOKEN_LENGTH))
+
+
+def generate(name: str, extra_names: list[str] | None = None) -> Material:
+    ca = generate_ca(common_name=f"inlets exit server CA ({name})")
+    server = issue_server_cert(ca, [EXIT_SERVER_NAME, *(extra_names or [])])
+    return Material(token=new_token(), ca_cert=ca.cert, server=server)

@@ -1,0 +1,128 @@
+"""DigitalOcean droplets through apache-libcloud's DigitalOcean driver.
+
+The API endpoint can be pointed elsewhere with ``--api-url`` or
+$DIGITALOCEAN_API_URL (tests, proxies); the default is DigitalOcean's own.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import requests
+from libcloud.common.exceptions import BaseHTTPError
+from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+from libcloud.compute.providers import get_driver
+from libcloud.compute.types import Provider
+
+from ..errors import NotFound, ProvisionError
+from .base import ACTIVE, TAG, Host, Plan, expiry_tag, parse_expiry_tag
+
+TOKEN_ENV = ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN")
+API_URL_ENV = "DIGITALOCEAN_API_URL"
+DEFAULT_REGION = "lon1"
+DEFAULT_SIZE = "s-1vcpu-1gb"
+DEFAULT_IMAGE = "ubuntu-24-04-x64"
+MAX_PAGES = 20
+
+
+class DigitalOceanProvider:
+    name = "digitalocean"
+    user_data_limit = 64 * 1024
+
+    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
+        self._driver = get_driver(Provider.DIGITAL_OCEAN)(token)
+        conn = self._driver.connection
+        conn.timeout = timeout
+        if api_url:
+            parsed = urllib.parse.urlsplit(api_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ProvisionError(f"invalid DigitalOcean API URL {api_url!r}: use http(s)://HOST[:PORT]")
+            conn.host = parsed.hostname
+            conn.secure = parsed.scheme == "https"
+            conn.port = parsed.port or (443 if conn.secure else 80)
+        self._endpoint = f"{'https' if conn.secure else 'http'}://{conn.host}:{conn.port}"
+        conn.connect()  # the constructor already connected to the default host
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        """Turn the driver's exceptions into one-line errors."""
+        try:
+            yield
+        except InvalidCredsError as exc:
+            raise ProvisionError(f"digitalocean: access token rejected (401) while {what}: {exc.value}") from None
+        except BaseHTTPError as exc:
+            if exc.code == 404:
+                raise NotFound(f"digitalocean: not found while {what}") from None
+            raise ProvisionError(f"digitalocean: {what} failed: {exc.message}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ProvisionError(
+                f"digitalocean: cannot reach the API at {self._endpoint} while {what} ({exc.__class__.__name__})"
+            ) from None
+        except (LibcloudError, ValueError, KeyError) as exc:
+            raise ProvisionError(f"digitalocean: unexpected answer while {what}: {exc}") from None
+
+    def create(self, plan: Plan) -> Host:
+        tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
+        if plan.expires_at is not None:
+            tags.append(expiry_tag(plan.expires_at))
+        attrs: dict[str, Any] = {"tags": tags}
+        if plan.ssh_key:
+            attrs["ssh_keys"] = [plan.ssh_key]
+        d = self._driver
+        size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
+        image = NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d)
+        region = NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d)
+        with self._api(f"creating droplet {plan.name!r}"):
+            node = d.create_node(plan.name, size, image, region, ex_create_attr=attrs, ex_user_data=plan.user_data)
+        return Host(id=str(node.id), name=node.name, provider=self.name, status="new", mode=plan.spec.mode)
+
+    def status(self, host_id: str) -> Host:
+        if not host_id.isdigit():
+            raise NotFound(f"digitalocean: no droplet with id {host_id!r} (ids are numbers)")
+        with self._api(f"reading droplet {host_id}"):
+            data = self._driver.connection.request(f"/v2/droplets/{host_id}").object["droplet"]
+        return self._host(data)
+
+    def delete(self, host_id: str) -> None:
+        if not host_id.isdigit():
+            raise NotFound(f"digitalocean: no droplet with id {host_id!r} (ids are numbers)")
+        with self._api(f"deleting droplet {host_id}"):
+            self._driver.connection.request(f"/v2/droplets/{host_id}", method="DELETE")
+
+    def list(self) -> list[Host]:
+        hosts: list[Host] = []
+        with self._api("listing droplets"):
+            for page in range(1, MAX_PAGES + 1):
+                params = {"tag_name": TAG, "per_page": 200, "page": page}
+                body = self._driver.connection.request("/v2/droplets", params=params).object
+                hosts += [self._host(d) for d in body.get("droplets", [])]
+                if not body.get("links", {}).get("pages", {}).get("next"):
+                    break
+        return hosts
+
+    def _host(self, data: dict[str, Any]) -> Host:
+        ip = None
+        for net in (data.get("networks") or {}).get("v4", []):
+            if net.get("type") == "public":
+                ip = net.get("ip_address")
+        tags = list(data.get("tags") or [])
+        mode = next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-mode:")), None)
+        status = str(data.get("status", "unknown"))
+        if status == "active" and not ip:
+            status = "active-without-ip"
+        return Host(
+            id=str(data["id"]),
+            name=str(data.get("name", "")),
+            provider=self.name,
+            status=ACTIVE if status == "active" else status,
+            ip=ip,
+            mode=mode,
+            created_at=data.get("created_at"),
+            expires_at=parse_expiry_tag(tags),
+            detail=f"droplet status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"region": str((data.get("region") or {}).get("slug", "")), "tags": json.dumps(tags)},
+        )

@@ -1,0 +1,191 @@
+"""The embedded default: the exit server runs on this machine as a background process.
+
+No cloud account. The process gets the same token, TLS material and server flags a
+VM would. Its control plane listens on 127.0.0.1 and its data plane on another
+loopback address (127.0.0.2 by default), so a client whose upstream is
+127.0.0.1:PORT and the server's public PORT never collide and the printed client
+command works exactly as printed. The pid is kept in the state folder; the
+command line names the state folder, which is this provider's "tag".
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import NotFound, ProvisionError
+from ..spec import ServerFiles, server_argv
+from .base import ACTIVE, FAILED, Host, Plan
+
+CONTROL_ADDR = "127.0.0.1"
+DATA_ADDR = "127.0.0.2"
+PID_FILE = "server.pid"
+STOP_TIMEOUT = 10.0
+
+
+def inlets_command() -> list[str]:
+    """The ``inlets`` of this installation (beside this Python), else the module itself."""
+    script = Path(sys.executable).with_name("inlets")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
+
+
+def free_port(host: str = CONTROL_ADDR) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_ours(pid: int, state_dir: Path) -> bool:
+    """The pid is alive and still the server of ``state_dir`` (pids get reused)."""
+    return str(state_dir / "token") in _cmdline(pid)
+
+
+class LocalProvider:
+    name = "local"
+    user_data_limit = 0
+
+    def __init__(self, root: Path, data_addr: str = DATA_ADDR) -> None:
+        self._root = root
+        self._data_addr = data_addr
+        self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
+
+    def create(self, plan: Plan) -> Host:
+        if plan.region or plan.size or plan.ssh_key:
+            raise ProvisionError("--region, --plan and --ssh-key do not apply to --provider local")
+        files = ServerFiles(
+            str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")
+        )
+        argv = server_argv(
+            plan.spec, files, inlets_command(), control_addr=CONTROL_ADDR, data_addr=self._data_addr
+        )
+        if plan.expires_at is not None:
+            seconds = max(1, int((plan.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
+            timeout = shutil.which("timeout")
+            if timeout is None:
+                raise ProvisionError("--ttl with --provider local needs coreutils' timeout command")
+            argv = [timeout, "--signal=TERM", "--kill-after=10", str(seconds), *argv]
+        log_path = plan.state_dir / "server.log"
+        log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            )
+        except OSError as exc:
+            raise ProvisionError(f"cannot start the local exit server: {exc.strerror}") from None
+        finally:
+            log.close()
+        (plan.state_dir / PID_FILE).write_text(f"{proc.pid}\n")
+        self._children.append(proc)
+        return Host(
+            id=str(proc.pid), name=plan.name, provider=self.name, status="starting", ip=CONTROL_ADDR,
+            data_addr=self._data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
+        )
+
+    def _reap(self) -> None:
+        for proc in self._children:
+            proc.poll()
+
+    def _state_of(self, pid: int) -> Path | None:
+        for arg in _cmdline(pid):
+            path = Path(arg)
+            if path.name == "token" and path.parent.parent == self._root:
+                return path.parent
+        return None
+
+    def status(self, host_id: str) -> Host:
+        self._reap()
+        if not host_id.isdigit():
+            raise NotFound(f"local: no exit server process {host_id!r}")
+        pid = int(host_id)
+        state_dir = self._state_of(pid)
+        if state_dir is None:
+            log = self._find_log(pid)
+            tail = ""
+            if log is not None:
+                lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+                tail = f": {lines[-1][:300]}" if lines else ""
+            if log is not None:
+                return Host(host_id, log.parent.name, self.name, FAILED, detail=f"server process exited{tail}")
+            raise NotFound(f"local: no exit server process with pid {pid}")
+        return self._host(pid, state_dir)
+
+    def _find_log(self, pid: int) -> Path | None:
+        if not self._root.is_dir():
+            return None
+        for child in self._root.iterdir():
+            try:
+                if (child / PID_FILE).read_text().strip() == str(pid):
+                    return child / "server.log"
+            except OSError:
+                continue
+        return None
+
+    def _host(self, pid: int, state_dir: Path) -> Host:
+        meta: dict[str, object] = {}
+        try:
+            meta = json.loads((state_dir / "server.json").read_text())
+        except (OSError, ValueError):
+            pass
+        argv = _cmdline(pid)
+        port = int(argv[argv.index("--control-port") + 1]) if "--control-port" in argv else None
+        data = argv[argv.index("--data-addr") + 1] if "--data-addr" in argv else None
+        mode = next((m for m in ("tcp", "http") if m in argv), None)
+        return Host(
+            id=str(pid), name=state_dir.name, provider=self.name, status=ACTIVE, ip=CONTROL_ADDR,
+            data_addr=data, control_port=port, mode=mode, created_at=meta.get("created_at"),  # type: ignore[arg-type]
+            expires_at=meta.get("expires_at"), detail=f"process {pid} running",  # type: ignore[arg-type]
+        )
+
+    def delete(self, host_id: str) -> None:
+        self._reap()
+        if not host_id.isdigit() or self._state_of(int(host_id)) is None:
+            raise NotFound(f"local: no exit server process with pid {host_id}")
+        pid = int(host_id)
+        try:
+            os.killpg(pid, signal.SIGTERM)  # its own session: the server and any wrapper
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and _cmdline(pid):
+            self._reap()
+            time.sleep(0.05)
+        if _cmdline(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def list(self) -> list[Host]:
+        hosts = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            state_dir = self._state_of(pid)
+            try:
+                leader = os.getsid(pid) == pid  # the recorded pid leads its own session
+            except OSError:
+                continue
+            if state_dir is not None and leader and "server" in _cmdline(pid):
+                hosts.append(self._host(pid, state_dir))
+        return hosts

@@ -1,0 +1,157 @@
+"""What an exit server serves (mode, ports, domains) and the exact commands that serve it.
+
+The server argv is built here once and used three ways: the systemd unit in the
+cloud-init user-data, the local provider's background process, and the test fake's
+"booting" droplet; so all three run the same flags.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from runtime.certs import EXIT_SERVER_NAME
+
+from .errors import ProvisionError
+
+Mode = Literal["tcp", "http"]
+CONTROL_PORT = 8123
+DEFAULT_TCP_PORTS = (80, 443)
+DEFAULT_HTTP_PORT = 80
+DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_TTL_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    """The tunnel an exit server offers, independent of where it runs."""
+
+    mode: Mode
+    ports: tuple[int, ...] = ()  # tcp: data ports opened for the client
+    domains: tuple[str, ...] = ()  # http: host names the client serves
+    http_port: int = DEFAULT_HTTP_PORT  # http: data-plane port
+    control_port: int = CONTROL_PORT
+    http_upstream: str = DEFAULT_HTTP_UPSTREAM
+
+    @property
+    def data_ports(self) -> tuple[int, ...]:
+        return self.ports if self.mode == "tcp" else (self.http_port,)
+
+
+def parse_ports(text: str) -> tuple[int, ...]:
+    """``80,443`` -> (80, 443); every port 1-65535, no duplicates."""
+    ports: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ProvisionError(f"invalid port {item!r} in --ports {text!r}: ports are 1-65535")
+        if int(item) in ports:
+            raise ProvisionError(f"port {item} given twice in --ports {text!r}")
+        ports.append(int(item))
+    return tuple(ports)
+
+
+def check_domain(domain: str) -> str:
+    name = domain.strip().lower().rstrip(".")
+    if not _DOMAIN_RE.match(name):
+        raise ProvisionError(f"invalid domain {domain!r}")
+    return name
+
+
+def parse_ttl(text: str) -> datetime.timedelta:
+    """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live."""
+    match = _TTL_RE.match(text.strip())
+    if not text.strip() or not match or not any(match.groups()):
+        raise ProvisionError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    ttl = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if ttl.total_seconds() < 1:
+        raise ProvisionError(f"invalid --ttl {text!r}: must be at least 1s")
+    return ttl
+
+
+def build_spec(
+    mode: str,
+    ports: str | None,
+    domains: list[str],
+    *,
+    default_ports: tuple[int, ...] = DEFAULT_TCP_PORTS,
+    http_port: int = DEFAULT_HTTP_PORT,
+    control_port: int = CONTROL_PORT,
+    http_upstream: str = DEFAULT_HTTP_UPSTREAM,
+) -> TunnelSpec:
+    """Validate the create options into a spec, with one-line errors."""
+    if mode not in ("tcp", "http"):
+        raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
+    if not 1 <= control_port <= 65535:
+        raise ProvisionError(f"invalid control port {control_port}: ports are 1-65535")
+    if mode == "tcp":
+        if domains:
+            raise ProvisionError("--domain is for --mode http; give --ports for --mode tcp")
+        parsed = parse_ports(ports) if ports else default_ports
+        if control_port in parsed:
+            raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
+        return TunnelSpec("tcp", ports=parsed, control_port=control_port)
+    if ports:
+        raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
+    if not 1 <= http_port <= 65535 or http_port == control_port:
+        raise ProvisionError(f"invalid HTTP data port {http_port}")
+    names = tuple(dict.fromkeys(check_domain(d) for d in domains))
+    return TunnelSpec(
+        "http", domains=names, http_port=http_port, control_port=control_port, http_upstream=http_upstream
+    )
+
+
+@dataclass(frozen=True)
+class ServerFiles:
+    """Where the server reads its secrets (on the VM, or in the local state folder)."""
+
+    token: str
+    cert: str
+    key: str
+
+
+VM_FILES = ServerFiles("/etc/inlets/token", "/etc/inlets/server.crt", "/etc/inlets/server.key")
+VM_INLETS = "/opt/inlets/venv/bin/inlets"
+
+
+def server_argv(
+    spec: TunnelSpec,
+    files: ServerFiles,
+    inlets: list[str] | None = None,
+    *,
+    control_addr: str | None = None,
+    data_addr: str | None = None,
+) -> list[str]:
+    """The ``inlets tcp|http server`` command line for ``spec``."""
+    argv = list(inlets or [VM_INLETS]) + [spec.mode, "server"]
+    if control_addr:
+        argv += ["--control-addr", control_addr]
+    argv += ["--control-port", str(spec.control_port)]
+    if data_addr:
+        argv += ["--data-addr", data_addr]
+    argv += ["--token-file", files.token, "--tls-cert", files.cert, "--tls-key", files.key]
+    if spec.mode == "tcp":
+        argv += ["--allow-ports", ",".join(map(str, spec.ports))]
+    else:
+        argv += ["--port", str(spec.http_port)]
+    return argv
+
+
+def client_upstreams(spec: TunnelSpec) -> list[str]:
+    if spec.mode == "tcp":
+        return ["127.0.0.1"]
+    if not spec.domains:
+        return [spec.http_upstream]
+    return [f"{domain}={spec.http_upstream}" for domain in spec.domains]
+
+
+def control_url(host: str, port: int) -> str:
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"wss://{bracketed}:{port}"
+
+
+TLS_SERVER_NAME = EXIT_SERVER_NAME

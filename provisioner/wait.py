@@ -1,0 +1,139 @@
+"""Wait, bounded in time, until a new exit server is up: VM active, then /healthz over pinned TLS."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from runtime.certs import EXIT_SERVER_NAME
+from runtime.tls import client_context
+
+from .errors import NotFound, ProvisionError
+from .providers.base import ACTIVE, FAILED, Host, Provisioner
+
+Progress = Callable[[str], None]
+
+
+class WaitTimeout(ProvisionError):
+    """The deadline passed; the message says what was seen last."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+
+
+def https_get(
+    host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0
+) -> Answer:
+    """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP)."""
+    context = client_context(ca_file)
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        tls = context.wrap_socket(raw, server_hostname=EXIT_SERVER_NAME)
+    except BaseException:
+        raw.close()
+        raise
+    with tls:
+        headers = f"GET {path} HTTP/1.1\r\nHost: {EXIT_SERVER_NAME}\r\nConnection: close\r\nUser-Agent: inletsctl\r\n"
+        if token:
+            headers += f"Authorization: Bearer {token}\r\n"
+        tls.sendall((headers + "\r\n").encode())
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        body = response.read(64 * 1024).decode(errors="replace")
+        return Answer(response.status, body)
+
+
+def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
+    """None when /healthz answers 200; otherwise what went wrong, in a few words."""
+    try:
+        answer = https_get(host, port, "/healthz", ca_file, timeout=3.0)
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS verification failed: {exc.verify_message}"
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc}"
+    return None if answer.status == 200 else f"/healthz answered {answer.status}"
+
+
+def wait_until_ready(
+    provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0
+) -> Host:
+    """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    seen = host.detail or f"status {host.status!r}"
+    while True:
+        try:
+            host = _merge(host, provider.status(host.id))
+            seen = host.detail or f"status {host.status!r}"
+        except NotFound:
+            seen = "not visible in the API yet"
+        if host.status == FAILED:
+            raise ProvisionError(f"exit server {host.name!r} failed: {seen}")
+        if host.status == ACTIVE and host.ip:
+            break
+        progress(f"waiting for {host.provider} to start {host.name!r} ({seen})")
+        if time.monotonic() + interval > deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host.name!r} to become active; last seen: {seen}")
+        time.sleep(interval)
+    port = host.control_port or 8123
+    assert host.ip is not None
+    while True:
+        error = healthz_error(host.ip, port, ca_file)
+        if error is None:
+            return host
+        try:
+            current = provider.status(host.id)
+            if current.status == FAILED:
+                raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
+        except NotFound:
+            raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
+        progress(f"waiting for the tunnel server at https://{host.ip}:{port}/healthz ({error})")
+        if time.monotonic() + interval > deadline:
+            raise WaitTimeout(
+                f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but "
+                f"https://{host.ip}:{port}/healthz never answered (last: {error})"
+            )
+        time.sleep(min(interval, 0.5))
+
+
+def _merge(old: Host, new: Host) -> Host:
+    """Keep what create() knew (local addresses, ports) when status() omits it."""
+    for name in ("data_addr", "control_port", "mode"):
+        if getattr(new, name) is None:
+            setattr(new, name, getattr(old, name))
+    return new
+
+
+def wait_until_gone(provider: Provisioner, host_id: str, timeout: float, progress: Progress, interval: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            host = provider.status(host_id)
+        except NotFound:
+            return
+        if host.status == FAILED:
+            return
+        progress(f"waiting for {host.name or host_id} to be deleted ({host.detail or host.status})")
+        if time.monotonic() + interval > deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host_id} to be deleted (last: {host.detail})")
+        time.sleep(interval)
+
+
+def status_json(host: str, port: int, ca_file: Path, token: str) -> dict[str, object]:
+    """The server's authenticated /status, falling back to /healthz where /status is missing."""
+    answer = https_get(host, port, "/status", ca_file, token=token)
+    if answer.status == 200:
+        try:
+            return {"endpoint": "/status", "status": json.loads(answer.body)}
+        except ValueError:
+            return {"endpoint": "/status", "status": answer.body.strip()}
+    health = https_get(host, port, "/healthz", ca_file)
+    return {"endpoint": "/healthz", "http_status": health.status, "body": health.body.strip()[:500]}

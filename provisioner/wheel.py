@@ -1,0 +1,71 @@
+"""Build a wheel of the running ``runtime`` package to embed in user-data.
+
+With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no
+published package of ours (its dependencies still come from the VM's package index).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import runtime
+
+DIST = "inlets-py"
+
+
+@dataclass(frozen=True)
+class EmbeddedWheel:
+    filename: str
+    data: bytes
+
+
+def version() -> str:
+    try:
+        return metadata.version(DIST)
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _requirements() -> list[str]:
+    try:
+        reqs = metadata.requires(DIST) or []
+    except metadata.PackageNotFoundError:
+        return []
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def build_runtime_wheel() -> EmbeddedWheel:
+    """A minimal, valid wheel (PEP 427) holding only ``runtime/`` and the ``inlets`` script."""
+    ver = version()
+    dist_info = f"inlets_py-{ver}.dist-info"
+    files: dict[str, bytes] = {}
+    package_dir = Path(runtime.__file__).resolve().parent
+    for path in sorted(package_dir.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            files[f"runtime/{path.relative_to(package_dir).as_posix()}"] = path.read_bytes()
+    meta = [f"Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
+    meta += [f"Requires-Dist: {req}" for req in _requirements()]
+    files[f"{dist_info}/METADATA"] = ("\n".join(meta) + "\n").encode()
+    files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: inletsctl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\ninlets = runtime.cli:main\n"
+    record = [_record_line(name, data) for name, data in files.items()] + [f"{dist_info}/RECORD,,"]
+    files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return EmbeddedWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue())
