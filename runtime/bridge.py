@@ -151,10 +151,14 @@ class TcpBridge(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:
-            transport.close()
+        try:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
+        except OSError:  # the peer is already gone: nothing left to half-close
+            self.abort()
+            return
         self._maybe_close()
 
     def _maybe_close(self) -> None:

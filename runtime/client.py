@@ -99,7 +99,7 @@ class TunnelClient:
                 send_window=welcome.window,
                 max_frame=welcome.max_frame,
             )
-            self.session = Session(websocket, mux, on_stream=self.on_stream, name="server")
+            self.session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
             log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
             self.connected.set()
             await self.session.run()
@@ -123,8 +123,8 @@ class TunnelClient:
                 max_size=16 * 1024 * 1024,
                 max_queue=64,
                 write_limit=512 * 1024,
-                ping_interval=cfg.keepalive / 2,
-                ping_timeout=cfg.keepalive / 2,
+                ping_interval=None,  # Session runs its own keepalive
+                close_timeout=5,
                 open_timeout=15,
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),

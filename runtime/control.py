@@ -105,8 +105,8 @@ class ControlPlane:
             max_size=cfg.max_frame + 64 * 1024,
             max_queue=64,
             write_limit=512 * 1024,
-            ping_interval=cfg.keepalive / 2,
-            ping_timeout=cfg.keepalive / 2,
+            ping_interval=None,  # Session runs its own keepalive
+            close_timeout=5,
             server_header=None,
             logger=logging.getLogger("inlets.websockets"),
         )
@@ -156,7 +156,10 @@ class ControlPlane:
                 max_frame=self.config.max_frame,
                 max_streams=self.config.max_streams,
             )
-            session = Session(websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote)
+            session = Session(
+                websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote,
+                keepalive=self.config.keepalive,
+            )
             services = await self._admit(session, hello)
         except HandshakeError as exc:
             log.warning("event=handshake_refused remote=%s reason=%r", remote, str(exc))

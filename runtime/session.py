@@ -86,6 +86,7 @@ class Session:
         *,
         on_stream: Callable[[Channel], None] | None = None,
         name: str = "",
+        keepalive: float | None = None,
     ) -> None:
         self.websocket = websocket
         self.mux = mux
@@ -98,14 +99,19 @@ class Session:
         self._wakeup = asyncio.Event()
         self._blocked: set[Channel] = set()
         self._close_reason = ""
+        self.keepalive = keepalive
+        self._last_rx = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
         """Serve the session until the websocket closes; then reset every stream."""
         writer = asyncio.create_task(self._writer())
+        watchdog = asyncio.create_task(self._watchdog()) if self.keepalive else None
+        loop = asyncio.get_running_loop()
         try:
             async for message in self.websocket:
+                self._last_rx = loop.time()
                 if isinstance(message, str):
                     raise ProtocolError("text message after handshake")
                 self._dispatch(self.mux.receive(message))
@@ -118,6 +124,8 @@ class Session:
             pass
         finally:
             writer.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
             self._teardown(self._close_reason or "tunnel connection closed")
 
     def _teardown(self, reason: str) -> None:
@@ -129,6 +137,36 @@ class Session:
             self.channels.pop(channel.stream_id, None)
             if handler is not None:
                 handler.on_reset(ResetCode.CANCEL, reason)
+
+    async def _watchdog(self) -> None:
+        """Detect a dead peer within ``keepalive`` seconds, even on a stalled TCP connection.
+
+        Our own rather than the websockets library's: its ping waits on a full send
+        buffer and then on the closing handshake, so a stalled peer could hang it.
+        Any message received counts as a sign of life; otherwise a ping must be answered.
+        """
+        assert self.keepalive is not None
+        interval = self.keepalive / 2
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if loop.time() - self._last_rx < interval:
+                    continue
+                try:
+                    await asyncio.wait_for(self._ping(), interval)
+                except asyncio.TimeoutError:
+                    log.warning("event=keepalive_timeout session=%s after=%.1fs", self.name, self.keepalive)
+                    self._close_reason = "keepalive timeout"
+                    self.websocket.transport.abort()
+                    return
+        except ConnectionClosed:
+            return
+
+    async def _ping(self) -> None:
+        pong = await self.websocket.ping()
+        await pong
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.websocket.close(code, reason)
@@ -153,37 +191,41 @@ class Session:
 
     def _dispatch(self, events: list) -> None:
         for event in events:
-            if isinstance(event, DataReceived):
-                channel = self.channels.get(event.stream_id)
+            channel = self.channels.get(event.stream_id)
+            try:
+                if isinstance(event, DataReceived):
+                    if channel is not None:
+                        size = len(event.data)
+                        channel.bytes_in += size
+                        self.bytes_in += size
+                        if channel.handler is not None:
+                            channel.handler.on_data(event.data)
+                elif isinstance(event, WindowUpdated):
+                    if channel is not None and channel.handler is not None:
+                        channel.handler.on_writable()
+                elif isinstance(event, StreamOpened):
+                    channel = Channel(self, event.stream_id, event.target)
+                    self.channels[event.stream_id] = channel
+                    if self.on_stream is None:
+                        self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
+                    else:
+                        self.on_stream(channel)
+                elif isinstance(event, StreamEnded):
+                    if channel is not None:
+                        if not self.mux.is_open(event.stream_id):
+                            self.channels.pop(event.stream_id, None)
+                        if channel.handler is not None:
+                            channel.handler.on_eof()
+                elif isinstance(event, StreamReset):
+                    self.channels.pop(event.stream_id, None)
+                    if channel is not None:
+                        self._blocked.discard(channel)
+                        if channel.handler is not None:
+                            channel.handler.on_reset(event.code, event.reason)
+            except Exception:  # one stream's failure must not take the tunnel down
+                log.exception("event=stream_handler_failed session=%s stream=%d", self.name, event.stream_id)
                 if channel is not None:
-                    size = len(event.data)
-                    channel.bytes_in += size
-                    self.bytes_in += size
-                    if channel.handler is not None:
-                        channel.handler.on_data(event.data)
-            elif isinstance(event, WindowUpdated):
-                channel = self.channels.get(event.stream_id)
-                if channel is not None and channel.handler is not None:
-                    channel.handler.on_writable()
-            elif isinstance(event, StreamOpened):
-                channel = Channel(self, event.stream_id, event.target)
-                self.channels[event.stream_id] = channel
-                if self.on_stream is None:
-                    self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
-                else:
-                    self.on_stream(channel)
-            elif isinstance(event, StreamEnded):
-                channel = self.channels.get(event.stream_id)
-                if channel is not None:
-                    if not self.mux.is_open(event.stream_id):
-                        self.channels.pop(event.stream_id, None)
-                    if channel.handler is not None:
-                        channel.handler.on_eof()
-            elif isinstance(event, StreamReset):
-                channel = self.channels.pop(event.stream_id, None)
-                self._blocked.discard(channel)  # type: ignore[arg-type]
-                if channel is not None and channel.handler is not None:
-                    channel.handler.on_reset(event.code, event.reason)
+                    self._reset(channel, ResetCode.INTERNAL, "internal error")
 
     def _write(self, channel: Channel, data: bytes | memoryview) -> int:
         if self.mux.buffered >= OUT_HIGH_WATER:

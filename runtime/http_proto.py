@@ -1,0 +1,353 @@
+"""HTTP/1.1 message framing for the proxy, without I/O.
+
+Parsing is llhttp (through ``httptools``): measured ~40x faster than h11 for a
+typical request and response (0.7 + 1.1 us vs 35 + 40 us), which is most of the
+per-request budget of a proxy. This module turns its callbacks into h11-style
+events (``RequestHead``/``ResponseHead``, ``Body``, ``EndOfMessage``), adds the
+checks a proxy needs on top of llhttp (one framing header, header limits, Host),
+and serialises the heads the proxy forwards. Bodies pass through as they arrive:
+nothing here holds a whole body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httptools
+from httptools.parser.errors import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_TARGET = 8 * 1024
+
+#: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
+    b"transfer-encoding upgrade".split()
+)
+
+
+class HttpError(Exception):
+    """A request the proxy refuses; ``status`` is the 4xx to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers
+    host: str = ""  # lower-case name from Host, port and trailing dot removed
+    keep_alive: bool = True
+    chunked: bool = False
+    content_length: int | None = None
+    upgrade: bool = False
+    expect_continue: bool = False
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool = True
+    chunked: bool = False
+    content_length: int | None = None
+
+    @property
+    def close_delimited(self) -> bool:
+        """Body runs until the connection closes (no length, not chunked)."""
+        return not self.chunked and self.content_length is None and not no_body_status(self.status)
+
+
+@dataclass
+class Body:
+    data: bytes
+
+
+@dataclass
+class EndOfMessage:
+    pass
+
+
+@dataclass
+class Upgraded:
+    """The message before switched protocols; ``tail`` is what followed it, raw."""
+
+    tail: bytes = b""
+
+
+Event = RequestHead | ResponseHead | Body | EndOfMessage | Upgraded
+
+
+def no_body_status(status: int) -> bool:
+    return status < 200 or status in (204, 304)
+
+
+def host_of(value: bytes) -> str:
+    """``Example.COM.:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    return text.rpartition(":")[0].rstrip(".") if ":" in text else text.rstrip(".")
+
+
+def _connection_tokens(headers: Headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def _keep_alive(version: bytes, tokens: set[bytes]) -> bool:
+    return b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+
+
+class _Reader:
+    """Common callback plumbing: collects events, enforces header limits."""
+
+    def __init__(self, parser_class: type, max_header_bytes: int, max_headers: int) -> None:
+        self._parser = parser_class(self)
+        self._parser_class = parser_class
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self._events: list[Event] = []
+        self._headers: Headers = []
+        self._header_bytes = 0
+        self._in_head = False
+        self._head_fed = 0
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # chunked trailers: dropped
+        self._header_bytes += len(name) + len(value) + 4
+        if len(self._headers) >= self.max_headers:
+            raise HttpError(431, f"more than {self.max_headers} header fields")
+        if self._header_bytes > self.max_header_bytes:
+            raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(EndOfMessage())
+
+    def _feed(self, data: bytes) -> list[Event]:
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self._events.append(Upgraded(bytes(data[offset:])))
+        except HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                raise cause from None
+            raise HttpError(400, f"bad HTTP message: {cause or exc}") from None
+        except HttpParserError as exc:
+            raise HttpError(400, f"bad HTTP message: {exc}") from None
+        if self._in_head:
+            self._head_fed += len(data)
+            if self._head_fed > self.max_header_bytes + MAX_TARGET:
+                raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
+        events, self._events = self._events, []
+        return events
+
+    def _framing(self, headers: Headers) -> tuple[bool, int | None]:
+        """(chunked, content_length); ``HttpError`` 400 for anything ambiguous (request smuggling)."""
+        chunked, length, seen_te, seen_cl = False, None, 0, 0
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                seen_te += 1
+                if value.strip().lower() != b"chunked":
+                    raise HttpError(400, "unsupported Transfer-Encoding (only chunked)")
+                chunked = True
+            elif lname == b"content-length":
+                seen_cl += 1
+                text = value.strip()
+                if not text.isdigit() or len(text) > 18:
+                    raise HttpError(400, "invalid Content-Length")
+                length = int(text)
+        if seen_te > 1 or seen_cl > 1 or (seen_te and seen_cl):
+            raise HttpError(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
+        return chunked, length
+
+
+class RequestReader(_Reader):
+    """Bytes from a user -> request events. Raises ``HttpError`` for what must be refused."""
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+        super().__init__(httptools.HttpRequestParser, max_header_bytes, max_headers)
+        self._target = b""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._target = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > MAX_TARGET:
+            raise HttpError(414, f"request target longer than {MAX_TARGET} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_fed = 0
+        parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise HttpError(405, "CONNECT is not supported by this reverse proxy")
+        version = parser.get_http_version().encode()
+        headers = self._headers
+        chunked, length = self._framing(headers)
+        hosts = [v for n, v in headers if n.lower() == b"host"]
+        if len(hosts) > 1:
+            raise HttpError(400, "more than one Host header")
+        if not hosts and version == b"1.1":
+            raise HttpError(400, "missing Host header")
+        tokens = _connection_tokens(headers)
+        upgrade = b"upgrade" in tokens and any(n.lower() == b"upgrade" for n, _ in headers)
+        expect = any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in headers)
+        self._events.append(
+            RequestHead(
+                method, self._target, version, headers, host_of(hosts[0]) if hosts else "",
+                _keep_alive(version, tokens), chunked, length, upgrade, expect,
+            )
+        )
+
+    def feed(self, data: bytes) -> list[Event]:
+        return self._feed(data)
+
+
+class ResponseReader(_Reader):
+    """Bytes from an upstream -> response events, for one request at a time.
+
+    Call ``expect(head_request)`` before each request is sent: a response to HEAD
+    has no body whatever its headers say, which llhttp cannot be told.
+    """
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+        super().__init__(httptools.HttpResponseParser, max_header_bytes, max_headers)
+        self._reason = b""
+        self._head_request = False
+        self._skip = False
+        self.head: ResponseHead | None = None
+
+    def expect(self, head_request: bool) -> None:
+        self._head_request = head_request
+        self.head = None
+        if self._skip:  # previous answer to HEAD: llhttp still waits for its body
+            self._parser = self._parser_class(self)
+            self._skip = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_fed = 0
+        parser = self._parser
+        status = parser.get_status_code()
+        version = parser.get_http_version().encode()
+        headers = self._headers
+        try:
+            chunked, length = self._framing(headers)
+        except HttpError as exc:
+            raise HttpError(502, f"upstream sent an ambiguous response: {exc}") from None
+        head = ResponseHead(status, self._reason, version, headers, _keep_alive(version, _connection_tokens(headers)),
+                            chunked, length)
+        if no_body_status(status):
+            head.chunked, head.content_length = False, None
+        self._events.append(head)
+        if 100 <= status < 200:
+            return
+        self.head = head
+        if self._head_request:
+            head.chunked = False  # keep content-length: it describes the GET answer
+            self._events.append(EndOfMessage())
+            self._skip = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._skip:
+            self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        if not self._skip and self.head is not None:
+            self._events.append(EndOfMessage())
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._skip:
+            return []  # nothing may follow an answer to HEAD until the next request
+        try:
+            return self._feed(data)
+        except HttpError as exc:
+            raise HttpError(502, f"upstream sent a bad response: {exc}") if exc.status < 500 else exc from None
+
+
+# ------------------------------------------------------------------ serialising
+
+
+def filter_headers(headers: Headers, remove: frozenset[bytes]) -> Headers:
+    """Drop hop-by-hop headers, those the Connection header names, and ``remove`` (lower-case names)."""
+    named = _connection_tokens(headers)
+    return [(n, v) for n, v in headers if (ln := n.lower()) not in HOP_BY_HOP and ln not in named and ln not in remove]
+
+
+def request_bytes(head: RequestHead, headers: Headers) -> bytes:
+    lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+@dataclass
+class SimpleResponse:
+    """A response the proxy makes itself (errors, 401)."""
+
+    status: int
+    body: bytes
+    headers: Headers = field(default_factory=list)
+
+    def encode(self, reason: str, close: bool, head_only: bool = False) -> bytes:
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
+        headers += self.headers
+        if close:
+            headers.append((b"Connection", b"close"))
+        return response_bytes(self.status, reason.encode(), headers) + (b"" if head_only else self.body)
