@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import ssl
+import warnings
 
 import pytest
 from tunnel_helpers import (
@@ -249,16 +250,43 @@ def test_plain_client_cannot_talk_to_a_tls_server(tls: TlsFiles, token: str) -> 
     run(scenario())
 
 
-def test_server_refuses_an_old_tls_version(tls: TlsFiles, token: str) -> None:
+def _tls11_client(ca) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    return ctx
+
+
+def test_server_refuses_tls_older_than_1_2(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
+        # control: this machine's OpenSSL can speak TLS 1.1 to a server that allows it
+        permissive = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        permissive.load_cert_chain(tls.cert, tls.key)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            permissive.minimum_version = ssl.TLSVersion.TLSv1
+        permissive.set_ciphers("ALL:@SECLEVEL=0")
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=permissive)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port_of(probe), ssl=_tls11_client(tls.ca))
+            writer.close()
+        except (ssl.SSLError, ConnectionError) as exc:
+            pytest.skip(f"this OpenSSL cannot offer TLS 1.1 at all ({exc}), so the refusal cannot be shown")
+        finally:
+            probe.close()
         server = await start_server(tls, token)
         port = server.control.addresses[0][1]
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(tls.ca)
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            await asyncio.open_connection("127.0.0.1", port, ssl=_tls11_client(tls.ca))
+        # and TLS 1.2 is accepted
+        ctx = client_context(tls.ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        assert writer.get_extra_info("ssl_object").version() == "TLSv1.2"
+        writer.close()
         await server.stop()
 
     run(scenario())

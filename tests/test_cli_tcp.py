@@ -1,0 +1,217 @@
+"""The `inlets` command as users run it: real processes, real flags, real errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tunnel_helpers import TlsFiles, free_port
+
+INLETS = [sys.executable, "-c", "from runtime.cli import main; main()"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+
+
+def spawn(*args: str, log: Path) -> subprocess.Popen:
+    handle = open(log, "w")
+    return subprocess.Popen([*INLETS, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_port(port: int, timeout: float = 15, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{host}:{port} never accepted")
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text()
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path}:\n{path.read_text()}")
+
+
+def echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def echo_port():
+    """A threaded echo server on loopback."""
+    import socketserver
+    import threading
+
+    class Echo(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tcp", "server"], "no token: give --token, --token-file or $INLETS_TOKEN"),
+        (["tcp", "server", "--token", "x"], "choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext"),
+        (["tcp", "server", "--token", "x", "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "TLS file not found"),
+        (["tcp", "server", "--token-file", "/nonexistent/token"], "token file not found: /nonexistent/token"),
+        (["tcp", "server", "--token", "x", "--plaintext", "--allow-ports", "80,http"], "--allow-ports must be"),
+        (["tcp", "server", "--control-port", "70000"], "Invalid value for '--control-port'"),
+        (["tcp", "server", "--frobnicate"], "No such option: --frobnicate"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "127.0.0.1"], "needs --ports"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "99999=127.0.0.1:22"], "public port must be"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "22=nohostport"], "expected HOST:PORT"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "h", "--ports", "80,0"], "--ports entry must be"),
+        (["tcp", "client", "--url", "http://h:1", "--token", "x", "--upstream", "22=h:22"], "--url must start with wss://"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "22=h:22", "--tls-ca", "/nope.crt"], "CA file not found"),
+        (["tcp", "client", "--url", "wss://h:1", "--upstream", "22=h:22"], "no token"),
+    ],
+)
+def test_bad_input_gets_one_line_and_non_zero_exit(args: list[str], message: str) -> None:
+    result = inlets(*args, env={"INLETS_TOKEN": ""})
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_help_on_every_command() -> None:
+    for args in (["--help"], ["tcp", "--help"], ["tcp", "server", "--help"], ["tcp", "client", "--help"]):
+        result = inlets(*args)
+        assert result.returncode == 0 and "Usage:" in result.stdout
+
+
+def test_processes_carry_traffic_survive_a_server_kill_and_stop_cleanly(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
+) -> None:
+    control, public = free_port(), free_port()
+    server_args = [
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.1",
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), "--log-level", "debug",
+    ]
+    server = spawn(*server_args, log=tmp_path / "server.log")
+    client = spawn(
+        "tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+        "--upstream", f"{public}=127.0.0.1:{echo_port}", "--log-level", "debug",
+        log=tmp_path / "client.log",
+    )
+    try:
+        wait_port(public)
+        assert echo_once(public, b"first") == b"first"
+        server.send_signal(signal.SIGKILL)
+        server.wait(5)
+        server = spawn(*server_args, log=tmp_path / "server2.log")
+        wait_port(public)  # the client reconnected by itself and re-advertised
+        assert echo_once(public, b"second") == b"second"
+        wait_for_text(tmp_path / "client.log", "event=connect_failed")
+    finally:
+        for process in (client, server):
+            process.send_signal(signal.SIGTERM)
+        codes = [p.wait(10) for p in (client, server)]
+    assert codes == [0, 0]
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert token not in logs, "the token leaked into a log"
+    assert "Traceback" not in logs
+
+
+def test_wrong_token_exits_with_a_clear_message(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn(
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--tls-cert", str(tls.cert),
+        "--tls-key", str(tls.key), "--token-file", str(token_file), log=tmp_path / "server.log",
+    )
+    try:
+        wait_port(control)
+        result = inlets(
+            "tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token", "not-the-token", "--tls-ca", str(tls.ca),
+            "--upstream", "2222=127.0.0.1:22",
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 1
+    assert "inlets: error: the server refused the token (HTTP 401)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "not-the-token" not in (tmp_path / "server.log").read_text()
+
+
+def test_port_not_allowed_is_refused_with_the_reason(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn(
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--tls-cert", str(tls.cert),
+        "--tls-key", str(tls.key), "--token-file", str(token_file), "--allow-ports", "8080,8443",
+        log=tmp_path / "server.log",
+    )
+    try:
+        wait_port(control)
+        result = inlets(
+            "tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca",
+            str(tls.ca), "--upstream", "127.0.0.1", "--ports", "8080,22",
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 1
+    assert "port(s) 22 not allowed (--allow-ports 8080,8443)" in result.stderr
+
+
+def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_file: Path) -> None:
+    control = free_port()
+    args = [
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--auto-tls",
+        "--auto-tls-path", str(tmp_path / "tls"), "--auto-tls-san", "127.0.0.1", "--token-file", str(token_file),
+    ]
+    for attempt in range(2):
+        server = spawn(*args, log=tmp_path / f"server{attempt}.log")
+        try:
+            wait_port(control)
+            ca = (tmp_path / "tls" / "ca.crt").read_bytes()
+            if attempt == 0:
+                first_ca = ca
+            else:
+                assert ca == first_ca, "restart must keep the CA clients pinned"
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert oct((tmp_path / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    assert oct((tmp_path / "tls").stat().st_mode & 0o777) == "0o700"
