@@ -1,0 +1,58 @@
+"""`pip install .` (not editable) gives working `inlets` and `inletsctl` commands."""
+
+from __future__ import annotations
+
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_installs_into_a_fresh_venv_with_working_commands(tmp_path: Path) -> None:
+    try:
+        import setuptools  # noqa: F401  # the build backend, used without build isolation
+    except ImportError:
+        pytest.skip("setuptools is not installed in the test environment, so the wheel cannot be built offline")
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
+        check=True, timeout=300, capture_output=True,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # Dependencies come from the test environment (no network needed); the project itself only from the wheel.
+    purelib = Path(subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
+    (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q", str(wheel)],
+        check=True, timeout=300, capture_output=True,
+    )
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for command in ("inlets", "inletsctl"):
+        result = subprocess.run(
+            [venv / "bin" / command, "--help"], cwd=outside, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Usage:" in result.stdout
+    where = subprocess.run(
+        [venv / "bin" / "python", "-c", "import runtime, provisioner; print(runtime.__file__, provisioner.__file__)"],
+        cwd=outside, capture_output=True, text=True, check=True,
+    ).stdout
+    assert str(ROOT) not in where and str(venv) in where, where
+    templates = subprocess.run(
+        [venv / "bin" / "python", "-c",
+         "from importlib import resources; print(sorted(p.name for p in resources.files('provisioner.templates').iterdir()))"],
+        cwd=outside, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "user-data.yaml.j2" in templates, "the cloud-init templates must ship inside the wheel"
