@@ -116,6 +116,9 @@ class LocalProvider:
             raise NotFound(f"local: no exit server process {host_id!r}")
         pid = int(host_id)
         state_dir = self._state_of(pid)
+        child = next((p for p in self._children if p.pid == pid), None)
+        if state_dir is None and child is not None and child.returncode is None:
+            return Host(host_id, "", self.name, "starting", detail=f"process {pid} starting")
         if state_dir is None:
             log = self._find_log(pid)
             tail = ""

@@ -1,0 +1,115 @@
+"""The local provider end to end, as the README runs it: create, the printed client, traffic, delete."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+
+from prov_support import (
+    free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes() != b""
+    except OSError:
+        return False
+
+
+def test_create_client_traffic_list_status_delete(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    port = free_port("127.0.0.2")
+    created = run_inletsctl("create", "readme-demo", "--provider", "local", "--ports", str(port),
+                            "--state-dir", str(state), "--json", "--timeout", "30")
+    assert created.code == 0, created.err
+    summary = created.json()
+    token = (state / "readme-demo" / "token").read_text().strip()
+    assert len(token) == 64 and token not in created.out + created.err  # never printed without --show-token
+    assert summary["endpoints"] == [f"127.0.0.2:{port}"]
+    assert "--tls-server-name inlets-exit-server" in summary["client_command"]
+    assert summary["client_command"].startswith("inlets tcp client --url wss://127.0.0.1:")
+    with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
+        body = get_through(f"http://127.0.0.2:{port}/crossed")
+        assert body == "hello from the upstream, path=/crossed"
+    listed = run_inletsctl("list", "--state-dir", str(state), "--json")
+    assert listed.code == 0, listed.err
+    (row,) = listed.json()["servers"]
+    assert (row["name"], row["provider"], row["where"], row["status"]) == ("readme-demo", "local", "both", "active")
+    status = run_inletsctl("status", "readme-demo", "--state-dir", str(state))
+    assert status.code == 0 and "answered 200" in status.out, status
+    pid = int(summary["id"])
+    deleted = run_inletsctl("delete", "readme-demo", "--state-dir", str(state))
+    assert deleted.code == 0, deleted.err
+    assert not _pid_alive(pid) and not (state / "readme-demo").exists()
+    again = run_inletsctl("delete", "readme-demo", "--state-dir", str(state))
+    one_line_error(again, "no exit server named 'readme-demo'")
+
+
+def test_secrets_are_private_and_pinned(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "private-one", "--state-dir", str(state), "--ports", str(free_port("127.0.0.2")),
+                      "--show-token", "--json", "--timeout", "30")
+    assert created.code == 0, created.err
+    folder = state / "private-one"
+    try:
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        for secret in ("token", "server.key", "server.json", "server.log"):
+            assert stat.S_IMODE(os.stat(folder / secret).st_mode) == 0o600, secret
+        assert not (folder / "ca.key").exists()  # nobody can mint another certificate
+        assert created.json()["token"] == (folder / "token").read_text().strip()
+        from cryptography import x509
+        cert = x509.load_pem_x509_certificate((folder / "server.crt").read_bytes())
+        ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == ["inlets-exit-server"]
+        # the server refuses a client pinned to another CA (no trust on first use)
+        from provisioner.wait import healthz_error
+        meta = created.json()
+        other = tmp_path / "other-ca.crt"
+        from runtime.certs import generate_ca
+        other.write_bytes(generate_ca().cert)
+        assert healthz_error("127.0.0.1", meta["control_port"], folder / "ca.crt") is None
+        assert "verification failed" in (healthz_error("127.0.0.1", meta["control_port"], other) or "")
+    finally:
+        assert run_cli(capsys, "delete", "private-one", "--state-dir", str(state)).code == 0
+
+
+def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(capsys, "create", "doomed", "--state-dir", str(state), "--control-port", str(taken),
+                         "--ports", "18081", "--timeout", "60")
+        assert time.monotonic() - started < 30
+    one_line_error(result, "failed", "inletsctl delete doomed")
+    cleaned = run_cli(capsys, "delete", "doomed", "--state-dir", str(state))
+    assert cleaned.code == 0 and "already gone" in cleaned.out, cleaned
+    assert not (state / "doomed").exists()
+
+
+def test_ttl_stops_the_server_and_prune_removes_it(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "short-lived", "--state-dir", str(state), "--ttl", "2s",
+                      "--ports", str(free_port("127.0.0.2")), "--json", "--timeout", "30")
+    assert created.code == 0, created.err
+    assert created.json()["expires_at"]
+    pid = int(created.json()["id"])
+    deadline = time.monotonic() + 20
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _pid_alive(pid), "the exit server outlived its --ttl"
+    time.sleep(1.0)  # the expiry is recorded with second precision
+    listed = run_cli(capsys, "list", "--state-dir", str(state), "--json")
+    (row,) = listed.json()["servers"]
+    assert row["where"] == "local state only" and row["expires"]
+    pruned = run_cli(capsys, "list", "--state-dir", str(state), "--prune", "--json")
+    assert pruned.code == 0 and pruned.json()["servers"] == [], pruned
+    assert not (state / "short-lived").exists()
