@@ -13,7 +13,7 @@ import random
 import socket
 import ssl
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +45,7 @@ class ClientConfig:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     client_id: str = ""
+    extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
 
 
 def connect_url(url: str) -> str:
@@ -147,7 +148,8 @@ class TunnelClient:
         return websocket
 
     async def _handshake(self, websocket: ClientConnection):
-        hello = Hello(self.config.mode, self.config.services, self.client_id, self.config.window)
+        hello = Hello(self.config.mode, self.config.services, self.client_id, self.config.window,
+                      extra=self.config.extra)
         await websocket.send(hello.encode())
         try:
             return parse_welcome(await asyncio.wait_for(websocket.recv(), 15))

@@ -45,6 +45,8 @@ class ControlConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_streams: int = DEFAULT_MAX_STREAMS
     routes: dict[str, Route] = field(default_factory=dict)
+    #: Called with (path, status) for every HTTP request to the control port (metrics).
+    on_request: Callable[[str, int], None] | None = None
 
 
 @dataclass
@@ -124,6 +126,12 @@ class ControlPlane:
     # ------------------------------------------------------------- HTTP requests
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._answer(connection, request)
+        if self.config.on_request is not None:  # 101: the websocket upgrade goes ahead
+            self.config.on_request(request.path.split("?", 1)[0], response.status_code if response else 101)
+        return response
+
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(200, b"OK\n")
