@@ -110,6 +110,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         raise
     meta["id"] = host.id
     state.save(meta)
+    host.control_port = host.control_port or spec.control_port
     try:
         host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress)
     except ProvisionError as exc:

@@ -1,0 +1,176 @@
+"""The DigitalOcean provider's whole lifecycle against a stateful fake of its API on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from prov_fake_do import FakeDigitalOcean
+from prov_support import (
+    free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
+)
+
+TOKEN = "dop_v1_" + "f" * 64
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "do-token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=True) as api:
+        yield api
+
+
+def _do(fake: FakeDigitalOcean, token_file: Path, state: Path, *args: str) -> list[str]:
+    return [*args, "--api-url", fake.url, "--access-token-file", str(token_file), "--state-dir", str(state)]
+
+
+def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path) -> None:
+    """The droplet "boots" the user-data's own server; the printed command connects to it."""
+    state, port, control = tmp_path / "state", free_port(), free_port()
+    created = run_inletsctl(*_do(fake, token_file, state, "create", "do-e2e", "--provider", "digitalocean",
+                                 "--ports", str(port), "--control-port", str(control), "--ttl", "2h",
+                                 "--json", "--timeout", "30"))
+    assert created.code == 0, created.err
+    summary = created.json()
+    (droplet_id,) = fake.droplets
+    ip = fake.ip_of(droplet_id)
+    assert (summary["id"], summary["ip"], summary["endpoints"]) == (str(droplet_id), ip, [f"{ip}:{port}"])
+    sent = next(body for method, path, body in fake.requests if method == "POST")
+    assert sent["region"] == "lon1" and sent["size"] == "s-1vcpu-1gb" and sent["image"] == "ubuntu-24-04-x64"
+    assert "inlets" in sent["tags"] and "inlets-mode:tcp" in sent["tags"]
+    assert any(t.startswith("inlets-expires:") for t in sent["tags"])
+    assert sent["user_data"].startswith("#cloud-config")
+    token = (state / "do-e2e" / "token").read_text().strip()
+    assert token in sent["user_data"] and token not in created.out + created.err
+    with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
+        assert get_through(f"http://{ip}:{port}/via-droplet") == "hello from the upstream, path=/via-droplet"
+    listed = run_inletsctl(*_do(fake, token_file, state, "list", "--provider", "digitalocean", "--json"))
+    (row,) = listed.json()["servers"]
+    assert (row["name"], row["where"], row["ip"], row["mode"]) == ("do-e2e", "both", ip, "tcp")
+    assert row["expires"] == summary["expires_at"]
+    status = run_inletsctl(*_do(fake, token_file, state, "status", "do-e2e"))
+    assert status.code == 0 and "droplet status 'active'" in status.out and "answered 200" in status.out, status
+    deleted = run_inletsctl(*_do(fake, token_file, state, "delete", "do-e2e"))
+    assert deleted.code == 0, deleted.err
+    assert fake.droplets == {} and fake.processes == {} and not (state / "do-e2e").exists()
+
+
+def test_credentials_come_from_file_flag_then_environment(fake: FakeDigitalOcean, tmp_path: Path, capsys, monkeypatch) -> None:
+    state = tmp_path / "state"
+    monkeypatch.delenv("DIGITALOCEAN_ACCESS_TOKEN", raising=False)
+    monkeypatch.delenv("INLETS_ACCESS_TOKEN", raising=False)
+    missing = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--state-dir", str(state))
+    one_line_error(missing, "--access-token-file", "--access-token", "DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN")
+    monkeypatch.setenv("INLETS_ACCESS_TOKEN", TOKEN)
+    assert run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--state-dir", str(state)).code == 0
+    monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", "wrong")
+    rejected = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--state-dir", str(state))
+    one_line_error(rejected, "401")
+    flagged = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--access-token", TOKEN,
+                      "--state-dir", str(state))
+    assert flagged.code == 0, flagged.err
+    unreadable = tmp_path / "a-directory"
+    unreadable.mkdir()
+    bad_file = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url,
+                       "--access-token-file", str(unreadable), "--access-token", TOKEN, "--state-dir", str(state))
+    one_line_error(bad_file, "cannot read access token file", str(unreadable))
+
+
+def test_api_errors_are_one_line_and_leave_nothing_behind(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    bad_region = run_cli(capsys, *_do(fake, token_file, state, "create", "x1", "--provider", "digitalocean", "--region", "mars1"))
+    one_line_error(bad_region, "invalid region", "422")
+    bad_plan = run_cli(capsys, *_do(fake, token_file, state, "create", "x1", "--provider", "digitalocean", "--plan", "huge"))
+    one_line_error(bad_plan, "invalid size", "422")
+    assert fake.droplets == {} and not (state / "x1").exists()
+    with FakeDigitalOcean("another-token", tmp_path / "other") as other:
+        wrong = run_cli(capsys, "create", "x1", "--provider", "digitalocean", "--api-url", other.url,
+                        "--access-token-file", str(token_file), "--state-dir", str(state))
+    one_line_error(wrong, "access token rejected (401)")
+    unreachable = run_cli(capsys, "create", "x1", "--provider", "digitalocean", "--api-url", f"http://127.0.0.1:{free_port()}",
+                          "--access-token-file", str(token_file), "--state-dir", str(state))
+    one_line_error(unreachable, "cannot reach the API")
+    assert not (state / "x1").exists()
+
+
+def test_names_already_taken_locally_or_in_the_cloud(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    fake.add_droplet("taken-in-cloud", ["inlets"])
+    cloud = run_cli(capsys, *_do(fake, token_file, state, "create", "taken-in-cloud", "--provider", "digitalocean"))
+    one_line_error(cloud, "already has an exit server named 'taken-in-cloud'")
+    (state / "taken-here").mkdir(parents=True)
+    (state / "taken-here" / "server.json").write_text(json.dumps({"name": "taken-here", "provider": "digitalocean"}))
+    here = run_cli(capsys, *_do(fake, token_file, state, "create", "taken-here", "--provider", "digitalocean"))
+    one_line_error(here, "already exists")
+    assert len(fake.droplets) == 1
+
+
+def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as stuck:
+        started = time.monotonic()
+        kept = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean", "--timeout", "3"))
+        assert time.monotonic() - started < 15
+        one_line_error(kept, "timed out", "droplet status 'new'", "inletsctl delete stuck")
+        assert len(stuck.droplets) == 1 and (state / "stuck").exists()
+        gone = run_cli(capsys, *_do(stuck, token_file, state, "delete", "stuck"))
+        assert gone.code == 0 and stuck.droplets == {} and not (state / "stuck").exists(), gone
+        cleaned = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean",
+                                       "--timeout", "3", "--delete-on-failure"))
+        one_line_error(cleaned, "timed out", "deleted it (--delete-on-failure)")
+        assert stuck.droplets == {} and not (state / "stuck").exists()
+
+
+def test_active_droplet_whose_tunnel_never_answers_times_out(token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False) as silent:
+        result = run_cli(capsys, *_do(silent, token_file, state, "create", "silent", "--provider", "digitalocean",
+                                      "--timeout", "3", "--control-port", str(free_port())))
+        one_line_error(result, "timed out", "/healthz never answered", "inletsctl delete silent")
+
+
+def test_list_flags_one_sided_entries_and_delete_by_ip_and_id(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    fake.gone_after_polls = 2  # deletion takes a moment, as on DigitalOcean
+    orphan = fake.add_droplet("made-elsewhere", ["inlets", "inlets-mode:http", "inlets-expires:1700000000"])
+    fake.add_droplet("not-ours", ["web"])
+    (state / "lost").mkdir(parents=True, mode=0o700)
+    (state / "lost" / "server.json").write_text(json.dumps(
+        {"name": "lost", "provider": "digitalocean", "id": "123", "ip": "203.0.113.9", "mode": "tcp"}))
+    listed = run_cli(capsys, *_do(fake, token_file, state, "list", "--json"))
+    rows = {r["name"]: r for r in listed.json()["servers"]}
+    assert set(rows) == {"made-elsewhere", "lost"}
+    assert rows["made-elsewhere"]["where"] == "digitalocean only" and rows["made-elsewhere"]["mode"] == "http"
+    assert rows["made-elsewhere"]["expires"] == "2023-11-14T22:13:20Z"
+    assert rows["lost"]["where"] == "local state only"
+    table = run_cli(capsys, *_do(fake, token_file, state, "list"))
+    assert "digitalocean only" in table.out and "local state only" in table.out
+    by_ip = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--ip", fake.ip_of(orphan["id"])))
+    assert by_ip.code == 0 and orphan["id"] not in fake.droplets, by_ip
+    missing = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id", "999"))
+    one_line_error(missing, "no exit server with id 999")
+    no_provider = run_cli(capsys, *_do(fake, token_file, state, "delete", "--ip", "203.0.113.1"))
+    one_line_error(no_provider, "--provider")
+    lost = run_cli(capsys, *_do(fake, token_file, state, "delete", "lost"))
+    assert lost.code == 0 and "already gone" in lost.out and not (state / "lost").exists()
+
+
+def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    expired = fake.add_droplet("expired-one", ["inlets", "inlets-expires:1700000000"])
+    alive = fake.add_droplet("alive-one", ["inlets", f"inlets-expires:{int(time.time()) + 3600}"])
+    pruned = run_cli(capsys, *_do(fake, token_file, state, "list", "--provider", "digitalocean", "--prune", "--json"))
+    assert pruned.code == 0, pruned.err
+    assert expired["id"] not in fake.droplets and alive["id"] in fake.droplets
+    assert [r["name"] for r in pruned.json()["servers"]] == ["alive-one"]
