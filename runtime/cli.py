@@ -299,3 +299,9 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         sys.exit(130)
     sys.exit(status if isinstance(status, int) else 0)
+
+
+# `inlets http ...`: imported last, because cli_http uses the options and helpers above.
+from .cli_http import http_app  # noqa: E402
+
+app.add_typer(http_app, name="http")

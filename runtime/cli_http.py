@@ -1,0 +1,138 @@
+"""`inlets http server|client`: the HTTP tunnel commands, on the shared options of ``cli``.
+
+``cli`` imports ``http_app`` at its end and registers it (import ``runtime.cli``,
+not this module, first: this module needs the helpers defined above that line).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .cli import (
+    AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext,
+    TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile, Url, client_config, control_config,
+    fail, run_client, run_until_signalled, setup_logs,
+)
+from .client import TunnelClient
+from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
+from .http_options import HttpOptions, OptionError
+from .http_server import HttpTunnelServer
+
+log = logging.getLogger("inlets")
+
+http_app = typer.Typer(help="HTTP tunnels: a Host-routed reverse proxy to your apps.", no_args_is_help=True)
+
+Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
+Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
+
+
+@http_app.command("server")
+def http_server(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Data-plane (HTTP) port.")] = 8000,
+    data_addr: DataAddr = "",
+    upstream_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds an upstream may stay silent before 504.")
+    ] = 60.0,
+    control_addr: ControlAddr = "",
+    control_port: ControlPort = 8123,
+    token: Token = None,
+    token_file: TokenFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    auto_tls: AutoTls = False,
+    auto_tls_path: AutoTlsPath = None,
+    auto_tls_san: AutoTlsSan = None,
+    plaintext: Plaintext = False,
+    keepalive: Keepalive = 20.0,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
+) -> None:
+    """Run an HTTP tunnel server: requests on --port go to the client serving their Host.
+
+    Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
+    (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
+    """
+    setup_logs(log_level, log_format)
+    config = control_config(
+        control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
+        tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
+        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive,
+    )
+    server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout)
+
+    async def start() -> None:
+        try:
+            await server.start()
+        except OSError as exc:
+            fail(f"cannot listen (control {control_addr or '*'}:{control_port}, data {data_addr or '*'}:{port}): "
+                 f"{exc.strerror or exc}", 1)
+        scheme = "wss" if config.ssl_context else "ws"
+        log.info("event=started mode=http control=%s://%s:%d data=http://%s:%d version=%s",
+                 scheme, control_addr or "*", control_port, data_addr or "*", port, __version__)
+
+    run_until_signalled(start, stop=server.stop)
+
+
+@http_app.command("client")
+def http_client(
+    url: Url,
+    upstream: Annotated[
+        list[str], typer.Option(help="HOSTNAME=URL for one host, or a bare URL for every other host; repeatable.")
+    ],
+    upstream_insecure: Annotated[bool, typer.Option(help="Do not verify https:// upstreams.")] = False,
+    upstream_ca: Annotated[Optional[Path], typer.Option(help="CA for https:// upstreams (else system store).")] = None,
+    rewrite_host: Annotated[bool, typer.Option(help="Send the upstream's host in Host instead of the original.")] = False,
+    request_header_add: Headers = None,
+    request_header_remove: Names = None,
+    response_header_add: Headers = None,
+    response_header_remove: Names = None,
+    basic_auth_username: Annotated[Optional[str], typer.Option(help="Protect the site with basic auth.")] = None,
+    basic_auth_password: Annotated[Optional[str], typer.Option(help="Password for --basic-auth-username.")] = None,
+    bearer_token: Annotated[Optional[str], typer.Option(help="Protect the site: require this bearer token.")] = None,
+    token: Token = None,
+    token_file: TokenFile = None,
+    tls_ca: TlsCa = None,
+    tls_server_name: TlsServerName = None,
+    tls_insecure: TlsInsecure = False,
+    keepalive: Keepalive = 20.0,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
+) -> None:
+    """Run an HTTP tunnel client: the server's HTTP port reaches these upstreams by Host.
+
+    Example: inlets http client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
+    --upstream example.com=http://127.0.0.1:3000 --upstream http://127.0.0.1:8080
+    """
+    setup_logs(log_level, log_format)
+    if bool(basic_auth_username) != bool(basic_auth_password):
+        fail("--basic-auth-username and --basic-auth-password go together")
+    try:
+        mapping = parse_upstreams(upstream)
+        tls = upstream_tls(upstream_ca, upstream_insecure)
+    except UpstreamError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot load --upstream-ca {upstream_ca}: {exc.strerror or exc}")
+    upstreams = HttpUpstreams(mapping, tls)
+    try:
+        options = HttpOptions.build(
+            request_add=request_header_add or [], request_remove=request_header_remove or [],
+            response_add=response_header_add or [], response_remove=response_header_remove or [],
+            rewrite_host=upstreams.host_headers() if rewrite_host else None,
+            basic_auth=(basic_auth_username, basic_auth_password) if basic_auth_username else None,  # type: ignore[arg-type]
+            bearer_token=bearer_token,
+        )
+    except OptionError as exc:
+        fail(str(exc))
+    config = client_config(
+        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+        tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services,
+    )
+    config.extra = options.to_extra()
+    run_client(TunnelClient(config, upstreams.on_stream))
+

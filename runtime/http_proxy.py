@@ -1,0 +1,413 @@
+"""One user connection on the HTTP data plane: parse, route, forward, answer.
+
+The socket side is an ``asyncio.Protocol`` that feeds a ``RequestReader``; one
+coroutine per connection takes the requests in order, routes each by Host to a
+tunnel client (``Leg``), streams bodies both ways and keeps both legs alive
+between requests. Bodies are never held whole: reading from the user pauses when
+the queue passes ``HIGH_WATER``, and credit returns to the tunnel only once the
+user's socket took the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING
+
+from .bridge import tune_socket
+from .http_leg import Leg, LegFailed, UpstreamTimeout
+from .http_proto import (
+    LAST_CHUNK, Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, SimpleResponse,
+    Upgraded, chunk, filter_headers, request_bytes, response_bytes,
+)
+from .mux import StreamError
+
+if TYPE_CHECKING:
+    from .http_server import HttpTunnelServer
+
+log = logging.getLogger("inlets.http")
+
+HIGH_WATER = 512 * 1024
+REASONS = {400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed", 414: "URI Too Long",
+           431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+_FORWARDED = frozenset((b"x-forwarded-proto", b"x-forwarded-host"))
+
+
+class FrontConnection(asyncio.Protocol):
+    def __init__(self, server: HttpTunnelServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.reader = RequestReader()
+        self.events: collections.deque[Event | HttpError] = collections.deque()
+        self.buffered = 0
+        self.raw = False
+        self.eof = False
+        self.leg: Leg | None = None
+        self._waiter: asyncio.Future | None = None
+        self._drain: asyncio.Future | None = None
+        self._paused_reading = False
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ socket
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        tune_socket(sock)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b"unknown"
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        self._task = asyncio.ensure_future(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        if self.raw:
+            self.events.append(Body(data))
+            self.buffered += len(data)
+        else:
+            try:
+                events = self.reader.feed(data)
+            except HttpError as exc:
+                self.events.append(exc)
+                self.transport.pause_reading()  # type: ignore[union-attr]
+                self._paused_reading = True
+            else:
+                for event in events:
+                    if type(event) is Body:
+                        self.buffered += len(event.data)
+                    elif type(event) is Upgraded:
+                        self.raw = True
+                        self.buffered += len(event.tail)
+                self.events.extend(events)
+        if self.buffered > HIGH_WATER and not self._paused_reading:
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            self._paused_reading = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True  # answer what was asked before closing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.transport = None
+        self._wake()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _next(self) -> Event | HttpError | None:
+        """Next event from the user; ``None`` once the user closed."""
+        while not self.events:
+            if self.eof:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self.events.popleft()
+        if type(event) is Body:
+            self.buffered -= len(event.data)  # type: ignore[union-attr]
+            if self._paused_reading and self.buffered < HIGH_WATER // 2 and self.transport is not None:
+                self._paused_reading = False
+                self.transport.resume_reading()
+        return event
+
+    async def _drained(self) -> None:
+        if self._drain is not None:
+            await self._drain
+        if self.transport is None:
+            raise ConnectionResetError("user went away")
+
+    async def _send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("user went away")
+        transport.write(data)
+        if self._drain is not None:
+            await self._drain
+            if self.transport is None:
+                raise ConnectionResetError("user went away")
+
+    # ------------------------------------------------------------------ requests
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                event = await self._next()
+                if event is None:
+                    break
+                if isinstance(event, HttpError):
+                    await self._refuse(event.status, str(event), None, close=True)
+                    break
+                if type(event) is not RequestHead:
+                    continue  # the rest of a request already answered
+                if not await self._exchange(event):  # type: ignore[arg-type]
+                    break
+        except (ConnectionError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - one broken connection must not take the server down
+            log.exception("event=proxy_error peer=%s", self.peer.decode())
+        finally:
+            if self.leg is not None:
+                self.leg.finish()
+                self.leg = None
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _refuse(self, status: int, message: str, head: RequestHead | None, *, close: bool,
+                      extra: list | None = None, host: str = "", started: float = 0.0) -> None:
+        body = (message.rstrip() + "\n").encode()
+        response = SimpleResponse(status, body, extra or [])
+        await self._send(response.encode(REASONS.get(status, "Error"), close, head is not None and head.method == b"HEAD"))
+        if head is not None:
+            self.server.observe(status, host, head.method, started)
+        else:
+            self.server.observe(status, "", b"", asyncio.get_running_loop().time())
+
+    def _pick(self, service: str) -> Leg | None:
+        leg = self.leg
+        if leg is not None:
+            if leg.service == service and leg.usable:
+                return leg
+            leg.finish()
+            self.leg = None
+        for session in self.server.registry.candidates(service):
+            if session.closed.is_set():
+                continue
+            try:
+                self.leg = Leg(session, service)
+            except StreamError:
+                continue
+            return self.leg
+        return None
+
+    async def _exchange(self, head: RequestHead) -> bool:
+        """Proxy one request; returns whether the user connection stays open."""
+        server = self.server
+        started = asyncio.get_running_loop().time()
+        service, label = server.route(head.host)
+        # An answer given before the body was read ends the connection: the body is not drained.
+        close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
+        if service is None:
+            await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
+                               close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
+        for attempt in (1, 2):
+            leg = self._pick(service)
+            if leg is None:
+                await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
+                                   close=close_on_refusal, host=label, started=started)
+                return not close_on_refusal
+            options = server.options_for(leg.session)
+            if options.protected:
+                auth = next((v for n, v in head.headers if n.lower() == b"authorization"), None)
+                if not options.authorized(auth):
+                    await self._refuse(401, "unauthorized", head, close=close_on_refusal,
+                                       extra=[options.challenge()], host=label, started=started)
+                    return not close_on_refusal
+            reused = leg.received > 0
+            try:
+                return await self._forward(head, leg, options, label, started)
+            except _Retry:
+                if reused and attempt == 1:
+                    continue  # a kept-alive upstream closed as we reused it: once more, fresh
+                await self._refuse(502, "upstream closed the connection without answering", head,
+                                   close=True, host=label, started=started)
+                return False
+        return False
+
+    def _request_head(self, head: RequestHead, leg: Leg, options) -> bytes:
+        remove = options.request_remove | _FORWARDED
+        if options.protected:
+            remove = remove | {b"authorization"}
+        headers = filter_headers(head.headers, remove)
+        forwarded_for = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
+        if forwarded_for:
+            headers = [(n, v) for n, v in headers if n.lower() != b"x-forwarded-for"]
+        host = next((v for n, v in head.headers if n.lower() == b"host"), b"")
+        rewrite = options.rewrite_host.get(leg.service)
+        if rewrite is not None:
+            headers = [(n, rewrite if n.lower() == b"host" else v) for n, v in headers]
+        headers += [(b"X-Forwarded-For", b", ".join(forwarded_for + [self.peer])),
+                    (b"X-Forwarded-Proto", b"http"), (b"X-Forwarded-Host", host)]
+        headers += options.request_add
+        if head.chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        if head.upgrade:
+            upgrade = b", ".join(v for n, v in head.headers if n.lower() == b"upgrade")
+            headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
+        return request_bytes(head, headers)
+
+    async def _forward(self, head: RequestHead, leg: Leg, options, label: str, started: float) -> bool:
+        leg.start_exchange(head.method == b"HEAD")
+        server = self.server
+        loop = asyncio.get_running_loop()
+        timer = _Timer(leg, server.upstream_timeout)
+        pump: asyncio.Task | None = None
+        response: ResponseHead | None = None
+        user_chunked = close_after = False
+        try:
+            await leg.write(self._request_head(head, leg, options))
+            if head.has_body:
+                pump = asyncio.ensure_future(self._pump(leg, head.chunked))
+            while True:
+                event = await leg.next_event()
+                kind = type(event)
+                if kind is Body:
+                    await self._send(chunk(event.data) if user_chunked else event.data)  # type: ignore[union-attr]
+                elif kind is ResponseHead:
+                    if event.status < 200:  # type: ignore[union-attr]
+                        if event.status == 101 and head.upgrade:  # type: ignore[union-attr]
+                            timer.cancel()
+                            return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
+                        if event.status != 101:  # type: ignore[union-attr]
+                            await self._send(self._response_head(event, options, False, False))  # type: ignore[arg-type]
+                        continue
+                    response = event  # type: ignore[assignment]
+                    user_chunked = response.chunked and head.version == b"1.1"
+                    close_after = (not head.keep_alive or head.upgrade or response.close_delimited
+                                   or (response.chunked and not user_chunked) or (pump is not None and not pump.done()))
+                    await self._send(self._response_head(response, options, user_chunked, close_after))
+                elif kind is EndOfMessage:
+                    if user_chunked:
+                        await self._send(LAST_CHUNK)
+                    break
+                elif event is None:  # upstream closed
+                    if response is None:
+                        if head.has_body:
+                            raise LegFailed("upstream closed the connection without answering")
+                        raise _Retry()
+                    if not response.close_delimited:
+                        raise LegFailed("upstream closed mid-response")
+                    break
+                if not leg.events:
+                    if self._drain is not None:
+                        await self._drained()
+                    leg.release()
+            leg.release()
+        except UpstreamTimeout:
+            if response is not None:
+                raise ConnectionResetError("upstream stalled mid-response") from None
+            await self._refuse(504, f"upstream did not answer within {server.upstream_timeout:g}s", head,
+                               close=True, host=label, started=started)
+            return False
+        except (LegFailed, HttpError) as exc:
+            if response is not None:
+                raise ConnectionResetError(str(exc)) from None
+            status = exc.status if isinstance(exc, HttpError) else 502
+            await self._refuse(status, f"bad gateway: {exc}", head, close=True, host=label, started=started)
+            return False
+        finally:
+            timer.cancel()
+            if pump is not None and not pump.done():
+                pump.cancel()
+                leg.abort(LegFailed("request body abandoned"))  # the upstream still waits for it
+        if pump is not None and pump.done() and not pump.cancelled() and pump.exception() is not None:
+            close_after = True
+        server.observe(response.status, label, head.method, started)
+        if response.close_delimited or not response.keep_alive or not leg.usable:
+            leg.finish()
+            self.leg = None
+        return not close_after
+
+    def _response_head(self, response: ResponseHead, options, chunked: bool, close: bool) -> bytes:
+        headers = filter_headers(response.headers, options.response_remove) + options.response_add
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        if close:
+            headers.append((b"Connection", b"close"))
+        return response_bytes(response.status, response.reason, headers)
+
+    async def _pump(self, leg: Leg, chunked: bool) -> None:
+        """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
+        while True:
+            event = await self._next()
+            if event is None or isinstance(event, HttpError):
+                leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
+                return
+            if type(event) is Body:
+                await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]
+            elif type(event) is EndOfMessage:
+                if chunked:
+                    await leg.write(LAST_CHUNK)
+                return
+
+    async def _switch(self, head: RequestHead, response: ResponseHead, leg: Leg, options, label: str,
+                      started: float) -> bool:
+        """101 Switching Protocols: from here on, bytes both ways as they are (websockets)."""
+        headers = filter_headers(response.headers, options.response_remove) + options.response_add
+        upgrade = b", ".join(v for n, v in response.headers if n.lower() == b"upgrade")
+        headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
+        await self._send(response_bytes(101, response.reason, headers))
+        self.server.observe(101, label, head.method, started)
+        self.server.upgraded += 1
+
+        async def up() -> None:
+            while (event := await self._next()) is not None:
+                if type(event) is Upgraded and event.tail:  # type: ignore[union-attr]
+                    await leg.write(event.tail)  # type: ignore[union-attr]
+                elif type(event) is Body:
+                    await leg.write(event.data)  # type: ignore[union-attr]
+            leg.channel.write_eof()
+
+        async def down() -> None:
+            while (event := await leg.next_event()) is not None:
+                data = event.tail if type(event) is Upgraded else getattr(event, "data", b"")  # type: ignore[union-attr]
+                if data:
+                    await self._send(data)
+                leg.release()
+            if self.transport is not None and self.transport.can_write_eof():
+                self.transport.write_eof()
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.server.upgraded -= 1
+        return False
+
+
+class _Retry(Exception):
+    """The upstream closed before answering: a reused keep-alive connection may retry once."""
+
+
+class _Timer:
+    """Fires when neither direction of an exchange moved for ``timeout`` seconds (one timer per request)."""
+
+    def __init__(self, leg: Leg, timeout: float) -> None:
+        self.leg = leg
+        self.timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_at(leg.last_activity + timeout, self._check)
+
+    def _check(self) -> None:
+        due = self.leg.last_activity + self.timeout
+        if self._loop.time() >= due:
+            self.leg.fire_timeout()
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()

@@ -1,0 +1,137 @@
+"""`inlets http server`: a Host-routed reverse proxy whose upstreams are tunnel clients.
+
+Clients advertise ``http:NAME`` services (``http:*`` for the catch-all) and their
+options (``http_options``); the data plane (``http_proxy``) routes each request by
+Host to an exact name, then the catch-all, round robin across the clients serving
+it. The control plane is the one every mode shares, plus ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from .control import CONNECT_PATH, ControlConfig, ControlPlane
+from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from .http_options import HttpOptions, OptionError
+from .http_proxy import FrontConnection
+from .metrics import OTHER, HttpMetrics
+from .registry import Registry
+from .session import Session
+
+log = logging.getLogger("inlets.http")
+
+CATCH_ALL = "http:*"
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_\-]{0,62})(\.[a-z0-9_]([a-z0-9_\-]{0,62}))*$")
+
+
+def http_service(host: str) -> str:
+    """``http:example.com``; ``http:*`` for the catch-all (``host`` ``*`` or empty)."""
+    return CATCH_ALL if host in ("", "*") else f"http:{host.lower().rstrip('.')}"
+
+
+def parse_http_service(service: str) -> str:
+    """The host name of an ``http:NAME`` service (``*`` for the catch-all); ``HandshakeError`` otherwise."""
+    kind, _, host = service.partition(":")
+    if kind != "http" or not (host == "*" or _HOSTNAME.match(host) or _is_ip(host)):
+        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not an HTTP service: {service!r} (expected http:HOSTNAME)")
+    return host
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class HttpTunnelServer:
+    def __init__(
+        self,
+        config: ControlConfig,
+        port: int = 8000,
+        data_addr: str | None = None,
+        upstream_timeout: float = 60.0,
+    ) -> None:
+        self.port = port
+        self.data_addr = data_addr or None
+        self.upstream_timeout = upstream_timeout
+        self.registry: Registry[Session] = Registry()
+        self.options: dict[Session, HttpOptions] = {}
+        self.upgraded = 0  # connections switched to another protocol (websockets) right now
+        self.control = ControlPlane("http", config, self._admit, self._release)
+        self.metrics = HttpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        config.routes.setdefault("/metrics", self.metrics.route)
+        config.on_request = self.metrics.control_request
+        self._default_options = HttpOptions()
+        self._listener: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """Control plane, then the data plane; ``OSError`` (say, port taken) leaves nothing running."""
+        self._loop = asyncio.get_running_loop()
+        await self.control.start()
+        try:
+            self._listener = await self._loop.create_server(
+                lambda: FrontConnection(self), self.data_addr, self.port, backlog=1024
+            )
+        except OSError:
+            await self.control.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        await self.control.stop()
+
+    @property
+    def data_port(self) -> int:
+        assert self._listener is not None and self._listener.sockets
+        return self._listener.sockets[0].getsockname()[1]
+
+    # ------------------------------------------------------------ data plane
+
+    def route(self, host: str) -> tuple[str | None, str]:
+        """(service to use or None, metrics label): exact name, then the catch-all."""
+        service = f"http:{host}"
+        if self.registry.sessions_for(service):
+            return service, host
+        if self.registry.sessions_for(CATCH_ALL):
+            return CATCH_ALL, OTHER
+        return None, OTHER
+
+    def options_for(self, session: Session) -> HttpOptions:
+        return self.options.get(session, self._default_options)
+
+    def observe(self, status: int, label: str, method: bytes, started: float) -> None:
+        assert self._loop is not None
+        self.metrics.observe(status, label or OTHER, method, self._loop.time() - started)
+
+    # ------------------------------------------------------------ control plane
+
+    async def _admit(self, session: Session, hello: Hello) -> list[str]:
+        if not hello.services:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no HTTP upstreams")
+        services = [http_service(parse_http_service(s)) for s in hello.services]
+        try:
+            options = HttpOptions.from_extra(hello.extra)
+        except OptionError as exc:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, f"bad HTTP options: {exc}") from None
+        unknown = set(options.rewrite_host) - set(services)
+        if unknown:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, f"rewrite_host names services not advertised: {sorted(unknown)}")
+        self.options[session] = options
+        self.registry.add(session, services)
+        return services
+
+    def _release(self, session: Session) -> None:
+        self.options.pop(session, None)
+        for service in self.registry.remove(session):
+            host = service.partition(":")[2]
+            if host != "*":
+                self.metrics.forget_host(host)
+            log.info("event=no_clients service=%s", service)
