@@ -112,7 +112,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     state.save(meta)
     host.control_port = host.control_port or spec.control_port
     try:
-        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress)
+        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress, provider.poll_interval)
     except ProvisionError as exc:
         raise _failed(exc, provider, host, state, opts, progress) from None
     meta.update(ip=host.ip, data_addr=host.data_addr or host.ip)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import gzip
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -98,7 +99,7 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
     if options.wheel is not None:
         wheel = {
             "path": f"/opt/inlets/{options.wheel.filename}",
-            "b64": base64.b64encode(options.wheel.data).decode(),
+            "b64": base64.b64encode(gzip.compress(options.wheel.data, 9, mtime=0)).decode(),
         }
     text = render(
         "user-data.yaml.j2",

@@ -80,9 +80,9 @@ def wait_until_ready(
         if host.status == ACTIVE and host.ip:
             break
         progress(f"waiting for {host.provider} to start {host.name!r} ({seen})")
-        if time.monotonic() + interval > deadline:
+        if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host.name!r} to become active; last seen: {seen}")
-        time.sleep(interval)
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
     port = host.control_port or 8123
     assert host.ip is not None
     while True:
@@ -96,12 +96,12 @@ def wait_until_ready(
         except NotFound:
             raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
         progress(f"waiting for the tunnel server at https://{host.ip}:{port}/healthz ({error})")
-        if time.monotonic() + interval > deadline:
+        if time.monotonic() >= deadline:
             raise WaitTimeout(
                 f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but "
                 f"https://{host.ip}:{port}/healthz never answered (last: {error})"
             )
-        time.sleep(min(interval, 0.5))
+        time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
 def _merge(old: Host, new: Host) -> Host:
@@ -122,9 +122,9 @@ def wait_until_gone(provider: Provisioner, host_id: str, timeout: float, progres
         if host.status == FAILED:
             return
         progress(f"waiting for {host.name or host_id} to be deleted ({host.detail or host.status})")
-        if time.monotonic() + interval > deadline:
+        if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host_id} to be deleted (last: {host.detail})")
-        time.sleep(interval)
+        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
 def status_json(host: str, port: int, ca_file: Path, token: str) -> dict[str, object]:

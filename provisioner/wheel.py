@@ -2,10 +2,14 @@
 
 With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no
 published package of ours (its dependencies still come from the VM's package index).
+User-data is capped (DigitalOcean: 64 KiB), so the wheel is made small: members are
+stored uncompressed for the user-data's gzip to compress them as one stream, and
+docstrings are dropped from modules other than the CLI's (typer shows those as help).
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import io
@@ -45,6 +49,17 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
+def _compact(source: str) -> str:
+    """The same module without docstrings or comments (the AST round trip keeps the code)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
+
+
 def build_runtime_wheel() -> EmbeddedWheel:
     """A minimal, valid wheel (PEP 427) holding only ``runtime/`` and the ``inlets`` script."""
     ver = version()
@@ -53,8 +68,11 @@ def build_runtime_wheel() -> EmbeddedWheel:
     package_dir = Path(runtime.__file__).resolve().parent
     for path in sorted(package_dir.rglob("*.py")):
         if "__pycache__" not in path.parts:
-            files[f"runtime/{path.relative_to(package_dir).as_posix()}"] = path.read_bytes()
-    meta = [f"Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
+            source = path.read_text()
+            if not path.name.startswith("cli"):
+                source = _compact(source)
+            files[f"runtime/{path.relative_to(package_dir).as_posix()}"] = source.encode()
+    meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
     meta += [f"Requires-Dist: {req}" for req in _requirements()]
     files[f"{dist_info}/METADATA"] = ("\n".join(meta) + "\n").encode()
     files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: inletsctl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
@@ -62,10 +80,10 @@ def build_runtime_wheel() -> EmbeddedWheel:
     record = [_record_line(name, data) for name, data in files.items()] + [f"{dist_info}/RECORD,,"]
     files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, data in files.items():
             info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
     return EmbeddedWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue())

@@ -55,6 +55,8 @@ class Provisioner(Protocol):
     name: str
     #: the rendered user-data must fit in this many bytes (0: no user-data is sent)
     user_data_limit: int
+    #: seconds between status polls while waiting (cloud APIs have rate limits)
+    poll_interval: float
 
     def create(self, plan: Plan) -> Host: ...
 

@@ -61,6 +61,7 @@ def _is_ours(pid: int, state_dir: Path) -> bool:
 class LocalProvider:
     name = "local"
     user_data_limit = 0
+    poll_interval = 0.2
 
     def __init__(self, root: Path, data_addr: str = DATA_ADDR) -> None:
         self._root = root

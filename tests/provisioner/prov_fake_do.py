@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import gzip
 import itertools
 import json
 import os
@@ -124,7 +125,9 @@ class FakeDigitalOcean:
         unit = None
         for item in doc["write_files"]:
             data = item.get("content", "")
-            raw = base64.b64decode(data) if item.get("encoding") == "b64" else data.encode()
+            encoding = item.get("encoding", "text")
+            raw = base64.b64decode(data) if "b64" in encoding else data.encode()
+            raw = gzip.decompress(raw) if encoding.startswith("gz") else raw
             if item["path"] == UNIT_PATH:
                 unit = raw.decode()
             target = root / item["path"].lstrip("/")

@@ -1,0 +1,145 @@
+"""Rendered cloud-init user-data: valid for cloud-init, hardened, and the same server flags everywhere."""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from provisioner.errors import ProvisionError
+from provisioner.material import generate
+from provisioner.render import UserDataOptions, client_command, systemd_unit, user_data
+from provisioner.spec import VM_FILES, build_spec, server_argv
+from provisioner.wheel import build_runtime_wheel
+
+EXPIRY = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+VARIANTS = {
+    "tcp-defaults": (build_spec("tcp", None, []), {}),
+    "tcp-low-and-high-ports": (build_spec("tcp", "22,80,443,5432", []), {}),
+    "tcp-ttl": (build_spec("tcp", "80", []), {"expires_at": EXPIRY}),
+    "http-domains": (build_spec("http", None, ["example.com", "api.example.com"]), {}),
+    "http-catch-all-ttl": (build_spec("http", None, []), {"expires_at": EXPIRY}),
+    "tcp-runtime-spec": (build_spec("tcp", "443", []), {"package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl"}),
+    "tcp-embedded-wheel-ttl": (build_spec("tcp", "80,443", []), {"wheel": True, "expires_at": EXPIRY}),
+}
+MATERIAL = generate("render-test")
+
+
+def _render(variant: str) -> tuple[str, object]:
+    spec, extra = VARIANTS[variant]
+    options = UserDataOptions(
+        name=variant, package=str(extra.get("package", "inlets-py==0.1.0")),
+        wheel=build_runtime_wheel() if extra.get("wheel") else None, expires_at=extra.get("expires_at"),  # type: ignore[arg-type]
+    )
+    return user_data(spec, MATERIAL, options), spec
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_variant_passes_cloud_init_schema(variant: str, tmp_path: Path) -> None:
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (scripts/install-test-tools.sh installs Debian's cloud-init)")
+    text, _ = _render(variant)
+    path = tmp_path / "user-data.yaml"
+    path.write_text(text)
+    result = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_schema_check_catches_a_broken_document(tmp_path: Path) -> None:
+    """A control: the same check refuses user-data with a wrongly typed key."""
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (scripts/install-test-tools.sh installs Debian's cloud-init)")
+    text, _ = _render("tcp-defaults")
+    path = tmp_path / "broken.yaml"
+    path.write_text(text.replace("defer: true", "defer: 'sometimes'", 1))
+    result = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_secrets_owner_only_and_service_hardened(variant: str) -> None:
+    text, spec = _render(variant)
+    doc = yaml.safe_load(text)
+    assert text.startswith("#cloud-config\n")
+    assert any(isinstance(u, dict) and u["name"] == "inlets" and u["system"] for u in doc["users"])
+    files = {f["path"]: f for f in doc["write_files"]}
+    for secret in (VM_FILES.token, VM_FILES.cert, VM_FILES.key):
+        assert files[secret]["permissions"] == "0600" and files[secret]["owner"] == "inlets:inlets"
+        assert files[secret]["defer"] is True  # written after the user exists
+    assert files[VM_FILES.token]["content"].strip() == MATERIAL.token
+    unit = files["/etc/systemd/system/inlets.service"]["content"]
+    for line in ("User=inlets", "Restart=always", "NoNewPrivileges=true", "ProtectSystem=strict",
+                 "AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"):
+        assert line in unit.splitlines(), line
+    exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    assert shlex.split(exec_start.removeprefix("ExecStart=")) == server_argv(spec, VM_FILES)  # type: ignore[arg-type]
+    commands = [c if isinstance(c, list) else [c] for c in doc["runcmd"]]
+    assert ["systemctl", "enable", "--now", "inlets.service"] in commands
+    assert (["systemctl", "enable", "--now", "inlets-expire.timer"] in commands) == ("ttl" in variant)
+    if "ttl" in variant:
+        timer = files["/etc/systemd/system/inlets-expire.timer"]["content"]
+        assert "OnCalendar=2030-01-02 03:04:05 UTC" in timer and "Persistent=true" in timer
+    assert len(text.encode()) <= 64 * 1024
+
+
+def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
+    text, _ = _render("tcp-embedded-wheel-ttl")
+    doc = yaml.safe_load(text)
+    (wheel_file,) = [f for f in doc["write_files"] if f["path"].endswith(".whl")]
+    pip = [c for c in doc["runcmd"] if isinstance(c, list) and c[0].endswith("/pip")][0]
+    assert pip[-1] == wheel_file["path"]  # installs the embedded wheel, not a published package
+    import base64
+    import gzip
+    path = tmp_path / Path(wheel_file["path"]).name
+    assert wheel_file["encoding"] == "gz+b64"
+    path.write_bytes(gzip.decompress(base64.b64decode(wheel_file["content"])))
+    assert zipfile.ZipFile(path).testzip() is None
+    target = tmp_path / "site"
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                              "--target", str(target), str(path)], capture_output=True, text=True, timeout=90)
+    assert install.returncode == 0, install.stderr
+    assert (target / "bin" / "inlets").exists()
+    import os
+    env = dict(os.environ, PYTHONPATH=str(target))
+    run = subprocess.run([sys.executable, "-c", "import runtime.cli, runtime.tcp_server; print(runtime.__file__)"],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert run.returncode == 0 and str(target) in run.stdout, run.stderr
+
+
+def test_user_data_over_the_provider_limit_is_a_clear_error() -> None:
+    spec, _ = VARIANTS["tcp-defaults"]
+    with pytest.raises(ProvisionError, match=r"over the provider's limit of 4096.*--embed-wheel"):
+        user_data(spec, MATERIAL, UserDataOptions("big", "inlets-py==0.1.0", build_runtime_wheel(), None, limit=4096))
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian's systemd package)")
+    inlets = Path(sys.executable).with_name("inlets")
+    spec = build_spec("tcp", "80,443", [])
+    unit = tmp_path / "inlets.service"
+    unit.write_text(systemd_unit(server_argv(spec, VM_FILES, [str(inlets)]), "tcp"))
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    problems = [l for l in (result.stdout + result.stderr).splitlines() if "inlets.service" in l]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_client_command_forms() -> None:
+    tcp = build_spec("tcp", "80,443", [])
+    http = build_spec("http", None, ["example.com"])
+    assert client_command(tcp, "203.0.113.10", "/s/tok en", "/s/ca.crt") == (
+        "inlets tcp client --url wss://203.0.113.10:8123 --token-file '/s/tok en' --tls-ca /s/ca.crt "
+        "--tls-server-name inlets-exit-server --upstream 127.0.0.1 --ports 80,443"
+    )
+    assert "--upstream example.com=http://127.0.0.1:8080" in client_command(http, "2001:db8::1", "/t", "/c")
+    assert "wss://[2001:db8::1]:8123" in client_command(http, "2001:db8::1", "/t", "/c")
