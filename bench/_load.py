@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from _target import ACK_UNIT
 from _util import BenchError, connect, percentile
@@ -105,6 +105,7 @@ class ShortConns:
     p50_ms: float
     p99_ms: float
     first_error: str = ""
+    samples_ms: list[float] = field(default_factory=list)
 
 
 def short_connections(port: int, count: int, max_seconds: float, payload: int = 32) -> ShortConns:
@@ -140,7 +141,7 @@ def short_connections(port: int, count: int, max_seconds: float, payload: int = 
         samples.append(time.perf_counter() - t)
     total = time.perf_counter() - t_start
     return ShortConns(count, failures, total, percentile(samples, 50) * 1e3, percentile(samples, 99) * 1e3,
-                      first_error)
+                      first_error, [s * 1e3 for s in samples])
 
 
 def open_idle(port: int, count: int, max_seconds: float) -> list[socket.socket]:

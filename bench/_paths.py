@@ -12,11 +12,12 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
-from _util import LOOPBACK, BenchError, Proc, Procs, descendants, free_port, port_accepts, spawn, wait_until
+from _util import LOOPBACK, BenchError, Proc, Procs, descendants, free_ports, port_accepts, spawn, wait_until
 
 HERE = FsPath(__file__).resolve().parent
 SSHD_CANDIDATES = ("/usr/sbin", "/usr/local/sbin")
@@ -86,13 +87,12 @@ def inlets_command() -> list[str]:
 def tunnel(t: Target, tmp: FsPath, setup_timeout: float = 30) -> Iterator[Path]:
     """``inlets tcp server`` (auto TLS, token file) plus ``inlets tcp client`` with remapped ports."""
     procs = Procs()
-    d = tmp / "tunnel"
-    d.mkdir(exist_ok=True)
+    d = FsPath(tempfile.mkdtemp(prefix="tunnel-", dir=tmp))
     token = d / "token"
     token.write_text(secrets.token_urlsafe(32) + "\n")
     os.chmod(token, 0o600)
     tls = d / "tls"
-    control, sink_pub, echo_pub = free_port(), free_port(), free_port()
+    control, sink_pub, echo_pub = free_ports(3)
     inlets = inlets_command()
     try:
         server = procs.add(spawn("inlets-server", inlets + [
@@ -146,17 +146,19 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def sshd(tmp: FsPath) -> Iterator[Sshd]:
-    """A private sshd on a high loopback port: own config, host key and authorized key."""
+def sshd(tmp: FsPath, name: str = "ssh") -> Iterator[Sshd]:
+    """A private sshd on a high loopback port: own config, host key and authorized key.
+
+    One per ssh path, so each path's server-side memory is its own sshd's process tree.
+    """
     sshd_bin = ensure_sshd()
-    d = tmp / "ssh"
-    d.mkdir(mode=0o700, exist_ok=True)
+    d = FsPath(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))  # unique: a retry must not reuse keys
     for name in ("host_ed25519", "client_ed25519"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True, timeout=30)
     (d / "authorized_keys").write_bytes((d / "client_ed25519.pub").read_bytes())
     os.chmod(d / "authorized_keys", 0o600)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
-    port = free_port()
+    port, = free_ports(1)
     user = os.environ.get("USER") or "root"
     (d / "sshd_config").write_text(f"""\
 Port {port}
@@ -200,7 +202,7 @@ def _ssh_argv(s: Sshd, forwards: list[str], cipher: str | None) -> list[str]:
 def ssh_forward(kind: str, t: Target, s: Sshd, cipher: str | None = None, setup_timeout: float = 20) -> Iterator[Path]:
     """``ssh -N -R`` (sshd listens, ssh dials the target) or ``ssh -N -L`` (the reverse)."""
     assert kind in ("-R", "-L")
-    sink_pub, echo_pub = free_port(), free_port()
+    sink_pub, echo_pub = free_ports(2)
     forwards = [kind, f"{LOOPBACK}:{sink_pub}:127.0.0.1:{t.sink_port}",
                 kind, f"{LOOPBACK}:{echo_pub}:127.0.0.1:{t.echo_port}"]
     procs = Procs()
@@ -215,3 +217,10 @@ def ssh_forward(kind: str, t: Target, s: Sshd, cipher: str | None = None, setup_
                    note=f"OpenSSH ssh -N {kind} via sshd, cipher {cipher or 'default'}", procs=[s.proc, client])
     finally:
         procs.stop_all()
+
+
+@contextlib.contextmanager
+def ssh_path(kind: str, t: Target, tmp: FsPath, cipher: str | None = None) -> Iterator[Path]:
+    """A dedicated sshd plus one ``ssh -N`` forward, so the path's memory is only its own."""
+    with sshd(tmp, f"sshd{kind}") as s, ssh_forward(kind, t, s, cipher) as path:
+        yield path

@@ -50,6 +50,20 @@ def free_port(host: str = LOOPBACK) -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """``n`` distinct free ports: all held bound until chosen, so two calls cannot return the same one."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def raise_nofile() -> int:
     """1,000 idle streams need ~4,000 descriptors across the processes; children inherit this."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -199,6 +213,22 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, ValueError, IndexError):
             pass
     return total / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat), to spot load from other processes."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")  # steal (the 8th) is not on this machine
+
+
+def foreign_share(our_pids: list[int], window: float = 1.0) -> float:
+    """Share of the machine's CPU used by processes other than ``our_pids`` over ``window`` seconds."""
+    busy0, ours0, t0 = machine_busy_seconds(), cpu_seconds(our_pids), time.monotonic()
+    time.sleep(window)
+    busy, ours, wall = machine_busy_seconds() - busy0, cpu_seconds(our_pids) - ours0, time.monotonic() - t0
+    return max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
 
 
 def percentile(values: list[float], q: float) -> float:
