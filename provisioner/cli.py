@@ -54,6 +54,7 @@ def create_cmd(
     mode: Annotated[str, typer.Option(help="tcp (ports) or http (domains).")] = "tcp",
     ports: Annotated[Optional[str], typer.Option(help="TCP data ports, e.g. 80,443 [default: 80,443; local: 8080].")] = None,
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain served in --mode http (repeatable).")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1].")] = None,
@@ -74,7 +75,7 @@ def create_cmd(
     """Create an exit server, wait until its tunnel answers, print the client command."""
     opts = CreateOptions(
         provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
-        domains=list(domain or []), http_port=http_port, control_port=control_port, region=region, size=plan,
+        domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
         runtime_spec=runtime_spec, embed_wheel=embed_wheel, creds=_creds(access_token_file, access_token, api_url),
     )

@@ -32,6 +32,7 @@ class CreateOptions:
     ports: str | None = None
     domains: list[str] = field(default_factory=list)
     http_port: int | None = None
+    upstream: str | None = None
     control_port: int | None = None
     region: str | None = None
     size: str | None = None
@@ -61,6 +62,7 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         default_ports=LOCAL_DEFAULT_PORTS if local else (80, 443),
         http_port=opts.http_port or (LOCAL_HTTP_PORT if local else 80),
         control_port=control_port,
+        upstream=opts.upstream,
     )
 
 

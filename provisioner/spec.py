@@ -20,6 +20,7 @@ Mode = Literal["tcp", "http"]
 CONTROL_PORT = 8123
 DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_HTTP_PORT = 80
+DEFAULT_TCP_UPSTREAM = "127.0.0.1"
 DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _TTL_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -34,7 +35,7 @@ class TunnelSpec:
     domains: tuple[str, ...] = ()  # http: host names the client serves
     http_port: int = DEFAULT_HTTP_PORT  # http: data-plane port
     control_port: int = CONTROL_PORT
-    http_upstream: str = DEFAULT_HTTP_UPSTREAM
+    upstream: str = DEFAULT_TCP_UPSTREAM  # what the printed client forwards to: tcp host, or http URL
 
     @property
     def data_ports(self) -> tuple[int, ...]:
@@ -81,7 +82,7 @@ def build_spec(
     default_ports: tuple[int, ...] = DEFAULT_TCP_PORTS,
     http_port: int = DEFAULT_HTTP_PORT,
     control_port: int = CONTROL_PORT,
-    http_upstream: str = DEFAULT_HTTP_UPSTREAM,
+    upstream: str | None = None,
 ) -> TunnelSpec:
     """Validate the create options into a spec, with one-line errors."""
     if mode not in ("tcp", "http"):
@@ -94,15 +95,19 @@ def build_spec(
         parsed = parse_ports(ports) if ports else default_ports
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
-        return TunnelSpec("tcp", ports=parsed, control_port=control_port)
+        host = upstream or DEFAULT_TCP_UPSTREAM
+        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", host):
+            raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
+        return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host)
     if ports:
         raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
     if not 1 <= http_port <= 65535 or http_port == control_port:
         raise ProvisionError(f"invalid HTTP data port {http_port}")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
-    return TunnelSpec(
-        "http", domains=names, http_port=http_port, control_port=control_port, http_upstream=http_upstream
-    )
+    url = upstream or DEFAULT_HTTP_UPSTREAM
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+        raise ProvisionError(f"invalid --upstream {url!r} for --mode http: give a URL such as http://127.0.0.1:8080")
+    return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url)
 
 
 @dataclass(frozen=True)
@@ -142,11 +147,9 @@ def server_argv(
 
 
 def client_upstreams(spec: TunnelSpec) -> list[str]:
-    if spec.mode == "tcp":
-        return ["127.0.0.1"]
-    if not spec.domains:
-        return [spec.http_upstream]
-    return [f"{domain}={spec.http_upstream}" for domain in spec.domains]
+    if spec.mode == "tcp" or not spec.domains:
+        return [spec.upstream]
+    return [f"{domain}={spec.upstream}" for domain in spec.domains]
 
 
 def control_url(host: str, port: int) -> str:

@@ -112,13 +112,14 @@ def run_client(command: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(timeout=5)
 
 
-def get_through(url: str, timeout: float = 20.0) -> str:
-    """GET ``url`` until it answers (the client needs a moment to connect), bounded in time."""
+def get_through(url: str, timeout: float = 20.0, host: str | None = None) -> str:
+    """GET ``url`` (with a Host header) until it answers 200 (the client needs a moment), bounded in time."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:
+            with urllib.request.urlopen(request, timeout=3) as response:
                 return response.read().decode()
         except OSError as exc:
             last = exc
