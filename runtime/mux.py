@@ -26,7 +26,7 @@ HEADER = struct.Struct("!BII")
 WINDOW_PAYLOAD = struct.Struct("!I")
 RESET_CODE = struct.Struct("!H")
 
-DEFAULT_WINDOW = 1024 * 1024
+DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
 MAX_WINDOW = 2**31 - 1
