@@ -5,7 +5,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-apt_packages=(openssh-server openssh-client curl)
+apt_packages=(openssh-server openssh-client curl cloud-init)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -17,5 +17,17 @@ if [ ${#missing[@]} -gt 0 ]; then
       || echo "install-test-tools: apt-get failed (see /tmp/inlets-apt.log); tests needing ${missing[*]} will skip"
   else
     echo "install-test-tools: cannot install ${missing[*]} (need root and apt-get); tests needing them will skip"
+  fi
+fi
+
+# Prism (Stoplight) serves DigitalOcean's OpenAPI spec as a validating mock for the
+# provisioner tests; it goes into tools/node_modules from tools/package-lock.json.
+if [ ! -x "$root/tools/node_modules/.bin/prism" ]; then
+  if command -v npm >/dev/null; then
+    echo "install-test-tools: installing Prism into tools/node_modules"
+    (cd "$root/tools" && npm ci --no-audit --no-fund) >/tmp/inlets-npm.log 2>&1 \
+      || echo "install-test-tools: npm ci in tools/ failed (see /tmp/inlets-npm.log); Prism tests will skip"
+  else
+    echo "install-test-tools: npm not found; the Prism (DigitalOcean spec) tests will skip"
   fi
 fi
