@@ -182,3 +182,24 @@ class TcpBridge(asyncio.Protocol):
             except OSError:
                 pass
         transport.abort()
+
+
+DIAL_TIMEOUT = 10.0
+
+
+def dial(channel: Channel, host: str, port: int) -> None:
+    """Bridge ``channel`` to a new connection to host:port; reset the stream if that fails."""
+    bridge = TcpBridge()
+    bridge.attach(channel)
+    asyncio.ensure_future(_dial(bridge, channel, host, port))
+
+
+async def _dial(bridge: TcpBridge, channel: Channel, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port), DIAL_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "dial timed out"
+        log.info("event=upstream_failed upstream=%s:%d error=%r", host, port, reason)
+        bridge.fail()
+        channel.reset(ResetCode.REFUSED, f"upstream {host}:{port}: {reason}")

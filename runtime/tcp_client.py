@@ -6,18 +6,15 @@ is reset, whatever the server asks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
-from .bridge import TcpBridge
+from .bridge import dial
 from .mux import ResetCode
 from .session import Channel
 from .tcp_server import tcp_service
 
 log = logging.getLogger("inlets.tcp")
-
-DIAL_TIMEOUT = 10.0
 
 
 class UpstreamError(ValueError):
@@ -91,16 +88,4 @@ class TcpUpstreams:
             log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
-        bridge = TcpBridge()
-        bridge.attach(channel)
-        asyncio.ensure_future(self._dial(bridge, channel, upstream))
-
-    async def _dial(self, bridge: TcpBridge, channel: Channel, upstream: Upstream) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(loop.create_connection(lambda: bridge, upstream.host, upstream.port), DIAL_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "dial timed out"
-            log.info("event=upstream_failed upstream=%s:%d error=%r", upstream.host, upstream.port, reason)
-            bridge.fail()
-            channel.reset(ResetCode.REFUSED, f"upstream {upstream.host}:{upstream.port}: {reason}")
+        dial(channel, upstream.host, upstream.port)

@@ -1,0 +1,79 @@
+"""Address allow-lists: which sources may use the data plane, which targets a client may reach."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str, option: str = "--allow-ips") -> list[Network]:
+    """``10.0.0.0/8,2001:db8::/32,192.0.2.7`` -> networks; ValueError names the bad entry."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{option}: {item!r} is not an IP address or CIDR network") from None
+    if not networks:
+        raise ValueError(f"{option} needs at least one address or network")
+    return networks
+
+
+class SourceAllowList:
+    """Sources permitted on the data plane. IPv4-mapped IPv6 sources match IPv4 rules."""
+
+    def __init__(self, networks: list[Network]) -> None:
+        self.networks = networks
+
+    def allows(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    host: str  # a name, an address, or a CIDR network
+    port: int | None  # None: any port
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if "/" in self.host:
+            try:
+                return ipaddress.ip_address(host) in ipaddress.ip_network(self.host, strict=False)
+            except ValueError:
+                return False  # a name never matches a network rule: no DNS games
+        return host.lower() == self.host.lower()
+
+
+def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> list[TargetRule]:
+    """``127.0.0.1:5432,10.0.0.0/8:*,db.internal:5432,[::1]:6379`` -> rules."""
+    rules = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, sep, rest = item[1:].partition("]")
+            port = rest[1:] if sep and rest.startswith(":") else ""
+        else:
+            host, _, port = item.rpartition(":")
+        if not host or not port:
+            raise ValueError(f"{option}: expected HOST:PORT or CIDR:* , got {item!r}")
+        if port == "*":
+            rules.append(TargetRule(host, None))
+        elif port.isdigit() and 1 <= int(port) <= 65535:
+            rules.append(TargetRule(host, int(port)))
+        else:
+            raise ValueError(f"{option}: bad port in {item!r}")
+    if not rules:
+        raise ValueError(f"{option} needs at least one HOST:PORT")
+    return rules
