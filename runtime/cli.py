@@ -19,8 +19,9 @@ import typer
 from . import __version__, logs
 from .auth import TokenError, TokenSet, read_tokens
 from .certs import ensure_auto_tls
-from .client import ClientConfig, FatalClientError, TunnelClient
+from .client import ClientConfig, FatalClientError, TunnelClient, connect_url
 from .control import ControlConfig
+from .proxy import ProxyConfigError, choose as choose_proxy
 from .tcp_client import TcpUpstreams, UpstreamError, parse_upstreams
 from .tcp_server import TcpTunnelServer
 from .tls import TlsConfigError, client_context, server_context
@@ -75,6 +76,9 @@ Url = Annotated[str, typer.Option(help="Server URL: wss://HOST:8123 (a path is k
 TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate to pin the server to (else the system trust store).")]
 TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server certificate must carry, when not the URL host.")]
 TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
+Proxy = Annotated[Optional[str], typer.Option(
+    help="Reach the server through this proxy: http://[USER:PASS@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
+    "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
 
 
 def setup_logs(level: str, fmt: str) -> None:
@@ -136,6 +140,7 @@ def client_config(
     keepalive: float,
     mode: str,
     services: list[str],
+    proxy: str | None = None,
 ) -> ClientConfig:
     try:
         tokens = read_tokens(token, token_file)
@@ -143,6 +148,10 @@ def client_config(
         fail(str(exc))
     if not url.startswith(("ws://", "wss://")):
         fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
+    try:  # a bad --proxy or *_PROXY variable: one line now rather than at every retry
+        choose_proxy(proxy, connect_url(url))
+    except (ProxyConfigError, FatalClientError) as exc:
+        fail(str(exc))
     try:
         ssl_context = client_context(tls_ca, insecure=tls_insecure) if url.startswith("wss://") else None
     except TlsConfigError as exc:
@@ -155,6 +164,7 @@ def client_config(
         ssl_context=ssl_context,
         server_name=tls_server_name,
         keepalive=keepalive,
+        proxy=proxy,
     )
 
 
@@ -250,6 +260,7 @@ def tcp_client(
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
+    proxy: Proxy = None,
     keepalive: Keepalive = 20.0,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
@@ -266,7 +277,7 @@ def tcp_client(
         fail(str(exc))
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
-        tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services,
+        tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
     )
     run_client(TunnelClient(config, upstreams.on_stream))
 

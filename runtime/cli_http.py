@@ -14,7 +14,7 @@ import typer
 
 from . import __version__
 from .cli import (
-    AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext,
+    AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext, Proxy,
     TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile, Url, client_config, control_config,
     fail, run_client, run_until_signalled, setup_logs,
 )
@@ -99,6 +99,7 @@ def http_client(
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
+    proxy: Proxy = None,
     keepalive: Keepalive = 20.0,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
@@ -131,7 +132,7 @@ def http_client(
         fail(str(exc))
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
-        tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services,
+        tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
     )
     config.extra = options.to_extra()
     run_client(TunnelClient(config, upstreams.on_stream))

@@ -18,11 +18,12 @@ from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, ProxyError
 
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_WINDOW, Multiplexer
+from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
 
 log = logging.getLogger("inlets.client")
@@ -46,6 +47,7 @@ class ClientConfig:
     backoff_max: float = 30.0
     client_id: str = ""
     extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
+    proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
 
 
 def connect_url(url: str) -> str:
@@ -73,9 +75,15 @@ class TunnelClient:
         self.session: Session | None = None
         self.connected = asyncio.Event()
         self.ws_url = connect_url(config.url)
+        try:
+            self.proxy = choose_proxy(config.proxy, self.ws_url)
+        except ProxyConfigError as exc:
+            raise FatalClientError(str(exc)) from None
 
     async def run_forever(self) -> None:
         delay = self.config.backoff_initial
+        if self.proxy.url:
+            log.info("event=proxy proxy=%s source=%s", self.proxy.shown, self.proxy.source)
         while True:
             try:
                 await self.run_once()
@@ -129,6 +137,7 @@ class TunnelClient:
                 open_timeout=15,
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),
+                proxy=self.proxy.url,
                 **kwargs,
             )
         except InvalidStatus as exc:
@@ -142,6 +151,12 @@ class TunnelClient:
             raise FatalClientError(f"{self.config.url}: {_describe(exc)} (check --tls-ca / --tls-server-name)") from None
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None
+        except (ProxyError, OSError) as exc:
+            if not self.proxy.url:
+                raise
+            parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries
+            target = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+            raise explain_proxy_failure(exc, self.proxy.url, target) from None
         sock = websocket.transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

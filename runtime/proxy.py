@@ -1,0 +1,140 @@
+"""Outbound proxies for the client: which one applies, and why one refused, in one line.
+
+Tunnelling through the proxy is websockets' own job (HTTP CONNECT, and SOCKS through
+python-socks). This module only decides which proxy applies (``--proxy``, else the
+standard environment variables), rejects a malformed one before the first attempt,
+keeps proxy passwords out of every message, and turns the library's proxy exceptions
+into a line that says which proxy answered what, so a user behind a corporate proxy
+can tell a wrong password (407) from a blocked port (403) from a proxy that is down.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import urllib.request
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
+from websockets.proxy import parse_proxy
+
+SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
+
+_HINTS = {
+    407: "proxy credentials missing or wrong: use --proxy http://USER:PASSWORD@HOST:PORT",
+    403: "the proxy does not allow a tunnel to this host and port",
+}
+_UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+class ProxyConfigError(ValueError):
+    """A proxy setting that can never work (bad scheme, no host, ...): the message is safe to print."""
+
+
+class ProxyFailure(ConnectionError):
+    """A proxy refused or could not be reached. Transient as far as the client knows: it retries."""
+
+
+@dataclass(frozen=True)
+class ProxyChoice:
+    url: str | None  # None: connect directly
+    source: str  # "--proxy", "HTTPS_PROXY", ... for the log line
+
+    @property
+    def shown(self) -> str:
+        return redact(self.url) if self.url else "none"
+
+
+def redact(url: str) -> str:
+    """``scheme://[user@]host:port``: the password never reaches a log or an error."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    host = f"[{host}]" if ":" in host else host
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}" + (f":{port}" if port else "")
+
+
+def normalize(url: str, source: str) -> str:
+    """Validate a proxy URL; a bare ``host:port`` means an HTTP proxy, as curl takes it."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise ProxyConfigError(f"{source}: proxy scheme {scheme!r} is not supported (use http://, https:// or socks5://)")
+    try:
+        parse_proxy(url)
+    except (InvalidProxy, ValueError) as exc:
+        reason = getattr(exc, "msg", "") or "malformed URL"  # str(exc) would repeat the password
+        raise ProxyConfigError(f"{source}: invalid proxy {redact(url)}: {reason}") from None
+    if scheme.startswith("socks"):
+        try:
+            import python_socks  # noqa: F401
+        except ImportError:
+            raise ProxyConfigError(f"{source}: SOCKS proxies need the python-socks package") from None
+    return url
+
+
+def choose(setting: str | None, ws_url: str) -> ProxyChoice:
+    """The proxy for ``ws_url``: ``--proxy`` if given, else the environment.
+
+    The environment is read like websockets and curl read it: ``NO_PROXY`` first, then
+    ``WSS_PROXY``/``WS_PROXY``, ``SOCKS_PROXY``, ``HTTPS_PROXY`` (and ``HTTP_PROXY`` for
+    ws://), then ``ALL_PROXY``, which websockets alone would ignore.
+    """
+    if setting is not None and setting.strip():
+        if setting.strip().lower() in DIRECT:
+            return ProxyChoice(None, "--proxy")
+        return ProxyChoice(normalize(setting, "--proxy"), "--proxy")
+    parts = urlsplit(ws_url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    if urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
+        return ProxyChoice(None, "NO_PROXY")
+    proxies = urllib.request.getproxies()
+    keys = ["wss", "socks", "https"] if parts.scheme == "wss" else ["ws", "socks", "https", "http"]
+    for key in keys + ["all"]:
+        value = proxies.get(key)
+        if value:
+            name = _env_name(key)
+            if key == "socks" and value.startswith("http://"):  # as websockets reads SOCKS_PROXY
+                value = "socks5h://" + value[len("http://"):]
+            return ProxyChoice(normalize(value, name), name)
+    return ProxyChoice(None, "environment")
+
+
+def _env_name(key: str) -> str:
+    upper = f"{key.upper()}_PROXY"
+    return upper if os.environ.get(upper) else f"{key}_proxy"
+
+
+def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
+    """One line saying which proxy answered what while reaching ``target`` (HOST:PORT)."""
+    shown = redact(proxy)
+    if isinstance(exc, InvalidProxyStatus):
+        response = exc.response
+        line = f"proxy {shown} answered HTTP {response.status_code} {response.reason_phrase} to CONNECT {target}"
+        hint = _HINTS.get(response.status_code)
+        return ProxyFailure(f"{line} ({hint})" if hint else line)
+    if isinstance(exc, InvalidProxyMessage):
+        return ProxyFailure(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
+    if isinstance(exc, ProxyError):  # SOCKS: the proxy's own reply is the cause
+        cause = exc.__cause__
+        return ProxyFailure(f"proxy {shown} refused the connection to {target}: {cause or exc}")
+    if isinstance(exc, socket.gaierror):
+        return ProxyFailure(f"proxy {shown} unreachable: cannot resolve its name ({exc.strerror})")
+    if isinstance(exc, OSError):
+        root = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        reason = root.strerror or str(root) or type(root).__name__
+        if isinstance(exc, TimeoutError) and not root.strerror:
+            reason = "timed out"
+        if root.errno in _UNREACHABLE or isinstance(exc, ConnectionRefusedError) or "proxy" in str(exc).lower():
+            return ProxyFailure(f"proxy {shown} unreachable: {reason}")
+        return ProxyFailure(f"through proxy {shown}: {reason}")
+    return ProxyFailure(f"through proxy {shown}: {exc}")
