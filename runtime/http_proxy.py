@@ -140,7 +140,8 @@ class FrontConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             raise ConnectionResetError("user went away")
-        transport.write(data)
+        if data:
+            transport.write(data)
         if self._drain is not None:
             await self._drain
             if self.transport is None:
@@ -268,27 +269,28 @@ class FrontConnection(asyncio.Protocol):
             await leg.write(self._request_head(head, leg, options))
             if head.has_body:
                 pump = asyncio.ensure_future(self._pump(leg, head.chunked))
+            out: list[bytes] = []  # written in one go when the queue runs dry: one syscall per response
             while True:
                 event = await leg.next_event()
                 kind = type(event)
                 if kind is Body:
-                    await self._send(chunk(event.data) if user_chunked else event.data)  # type: ignore[union-attr]
+                    out.append(chunk(event.data) if user_chunked else event.data)  # type: ignore[union-attr]
                 elif kind is ResponseHead:
-                    if event.status < 200:  # type: ignore[union-attr]
-                        if event.status == 101 and head.upgrade:  # type: ignore[union-attr]
-                            timer.cancel()
-                            return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
-                        if event.status != 101:  # type: ignore[union-attr]
-                            await self._send(self._response_head(event, options, False, False))  # type: ignore[arg-type]
-                        continue
-                    response = event  # type: ignore[assignment]
-                    user_chunked = response.chunked and head.version == b"1.1"
-                    close_after = (not head.keep_alive or head.upgrade or response.close_delimited
-                                   or (response.chunked and not user_chunked) or (pump is not None and not pump.done()))
-                    await self._send(self._response_head(response, options, user_chunked, close_after))
+                    if event.status >= 200:  # type: ignore[union-attr]
+                        response = event  # type: ignore[assignment]
+                        user_chunked = response.chunked and head.version == b"1.1"
+                        close_after = (not head.keep_alive or head.upgrade or response.close_delimited
+                                       or (response.chunked and not user_chunked)
+                                       or (pump is not None and not pump.done()))
+                        out.append(self._response_head(response, options, user_chunked, close_after))
+                    elif event.status == 101 and head.upgrade:  # type: ignore[union-attr]
+                        timer.cancel()
+                        return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
+                    elif event.status != 101:  # type: ignore[union-attr]  # 100 Continue and friends
+                        out.append(self._response_head(event, options, False, False))  # type: ignore[arg-type]
                 elif kind is EndOfMessage:
                     if user_chunked:
-                        await self._send(LAST_CHUNK)
+                        out.append(LAST_CHUNK)
                     break
                 elif event is None:  # upstream closed
                     if response is None:
@@ -299,9 +301,10 @@ class FrontConnection(asyncio.Protocol):
                         raise LegFailed("upstream closed mid-response")
                     break
                 if not leg.events:
-                    if self._drain is not None:
-                        await self._drained()
+                    await self._send(b"".join(out))
+                    out.clear()
                     leg.release()
+            await self._send(b"".join(out))
             leg.release()
         except UpstreamTimeout:
             if response is not None:

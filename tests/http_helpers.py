@@ -167,6 +167,12 @@ class Stack:
             await asyncio.gather(*self.tasks, return_exceptions=True)
             for closer in reversed(self.closers):
                 await closer()
+            # Handlers still running (say, an upstream sleeping through a 504 test) are cancelled
+            # here: left to the garbage collector on a stopped loop, they would raise in finalisers.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         try:
             self.run(shutdown(), 15)

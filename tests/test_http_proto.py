@@ -1,0 +1,158 @@
+"""HTTP framing, limits and options without sockets (http_proto, http_options)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from runtime.http_options import HttpOptions, OptionError
+from runtime.http_proto import (
+    Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader, Upgraded,
+    filter_headers, host_of,
+)
+
+
+def feed_all(reader, data: bytes, step: int | None = None) -> list:
+    events = []
+    step = step or len(data)
+    for i in range(0, len(data), step):
+        events += reader.feed(data[i : i + step])
+    return events
+
+
+def test_request_events_any_split():
+    raw = (b"POST /up?x=1 HTTP/1.1\r\nHost: Example.COM.:8080\r\nTransfer-Encoding: chunked\r\n"
+           b"Expect: 100-continue\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    for step in (1, 7, len(raw)):
+        events = feed_all(RequestReader(), raw, step)
+        head = events[0]
+        assert isinstance(head, RequestHead)
+        assert (head.method, head.target, head.host, head.chunked, head.expect_continue) == (
+            b"POST", b"/up?x=1", "example.com", True, True)
+        assert b"".join(e.data for e in events if isinstance(e, Body)) == b"abcde"
+        assert isinstance(events[-1], EndOfMessage)
+
+
+def test_pipelined_requests_keep_order():
+    raw = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    heads = [e for e in RequestReader().feed(raw) if isinstance(e, RequestHead)]
+    assert [(h.target, h.host, h.keep_alive) for h in heads] == [(b"/a", "a", True), (b"/b", "b", False)]
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+])
+def test_smuggling_and_malformed_requests_are_400(raw):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(raw)
+    assert info.value.status == 400
+
+
+def test_header_limits_are_431():
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(many)
+    assert info.value.status == 431
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n"
+    with pytest.raises(HttpError) as info:
+        feed_all(RequestReader(), big, 4096)  # split: the limit holds across reads too
+    assert info.value.status == 431
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert info.value.status == 414
+
+
+def test_connect_is_refused():
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
+    assert info.value.status == 405
+
+
+def test_upgrade_request_hands_over_the_raw_tail():
+    raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00"
+    events = RequestReader().feed(raw)
+    assert events[0].upgrade and isinstance(events[-1], Upgraded) and events[-1].tail == b"\x81\x00"
+
+
+def test_response_reader_interim_head_and_close_delimited():
+    reader = ResponseReader()
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert [type(e) for e in events] == [ResponseHead, ResponseHead, Body, EndOfMessage]
+    assert events[0].status == 100 and events[1].status == 200 and events[1].reason == b"OK"
+    # the answer to HEAD has no body, whatever its Content-Length says; the next exchange parses fine
+    reader.expect(head_request=True)
+    events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert [type(e) for e in events] == [ResponseHead, EndOfMessage] and events[0].content_length == 1000
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert [type(e) for e in events] == [ResponseHead, EndOfMessage]
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+    assert events[0].close_delimited and not events[0].keep_alive and events[1].data == b"until close"
+
+
+def test_response_smuggling_is_502():
+    reader = ResponseReader()
+    reader.expect(False)
+    with pytest.raises(HttpError) as info:
+        reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+    assert info.value.status == 502
+
+
+def test_host_and_hop_by_hop():
+    assert host_of(b"[::1]:8000") == "::1"
+    assert host_of(b"WWW.Example.com.") == "www.example.com"
+    headers = [(b"Connection", b"keep-alive, X-Secret"), (b"X-Secret", b"1"), (b"Keep-Alive", b"5"),
+               (b"TE", b"trailers"), (b"Accept", b"*/*"), (b"X-Drop", b"1")]
+    assert filter_headers(headers, frozenset({b"x-drop"})) == [(b"Accept", b"*/*")]
+
+
+def test_options_round_trip_and_auth():
+    options = HttpOptions.build(request_add=["X-A: 1"], request_remove=["X-B"], response_add=["X-C: 2"],
+                                response_remove=["Server"], basic_auth=("alice", "s3cret"))
+    extra = options.to_extra()
+    assert "s3cret" not in str(extra)  # only a digest travels
+    back = HttpOptions.from_extra(extra)
+    assert back.request_add == [(b"X-A", b"1")] and back.response_remove == frozenset({b"server"})
+    good = b"Basic " + base64.b64encode(b"alice:s3cret")
+    assert back.authorized(good)
+    for bad in (None, b"Basic " + base64.b64encode(b"alice:wrong"), b"Bearer s3cret", b"Basic !!!"):
+        assert not back.authorized(bad)
+    bearer = HttpOptions.from_extra(HttpOptions.build(bearer_token="tkn").to_extra())
+    assert bearer.authorized(b"Bearer tkn") and not bearer.authorized(b"Bearer nope")
+
+
+@pytest.mark.parametrize("extra", [
+    {"http": []},
+    {"http": {"request_add": [["X-A", "1\r\nInjected: yes"]]}},
+    {"http": {"request_add": [["Bad Name", "1"]]}},
+    {"http": {"request_remove": ["x"] * 1000}},
+    {"http": {"basic_sha256": "not-a-digest"}},
+    {"http": {"basic_sha256": "0" * 64, "bearer_sha256": "1" * 64}},
+    {"http": {"rewrite_host": {"http:*": "evil\r\nhost"}}},
+])
+def test_server_refuses_malformed_options(extra):
+    with pytest.raises(OptionError):
+        HttpOptions.from_extra(extra)
+
+
+def test_cli_option_errors():
+    with pytest.raises(OptionError):
+        HttpOptions.build(request_add=["no-colon"])
+    with pytest.raises(OptionError):
+        HttpOptions.build(basic_auth=("a", "b"), bearer_token="c")
