@@ -42,6 +42,7 @@ class FrameType(enum.IntEnum):
     WINDOW = 3  # payload: u32 credit increment
     FIN = 4  # sender will send no more data (TCP half-close)
     RESET = 5  # payload: u16 code + utf-8 reason; the stream is gone both ways
+    GOAWAY = 6  # stream 0; payload: utf-8 reason. Open no new streams towards the sender
 
 
 class ResetCode(enum.IntEnum):
@@ -94,7 +95,15 @@ class WindowUpdated:
     stream_id: int
 
 
-Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated
+@dataclass(frozen=True)
+class GoAway:
+    """The peer is draining: open no new streams; the open ones may finish."""
+
+    reason: str
+    stream_id: int = 0
+
+
+Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated | GoAway
 
 
 class _Stream:
@@ -137,10 +146,14 @@ class Multiplexer:
         self._peer_open = 0  # streams the peer opened that are still live
         self._out: list[bytes] = []
         self.buffered = 0  # bytes queued in _out
+        self.going_away = False  # we sent GOAWAY
+        self.peer_going_away = False  # the peer sent GOAWAY
 
     # ----------------------------------------------------------------- local calls
 
     def open_stream(self, target: str) -> int:
+        if self.going_away or self.peer_going_away:
+            raise StreamError("the connection is draining: no new streams")
         raw = target.encode()
         if not raw or len(raw) > MAX_TARGET:
             raise ValueError(f"target must be 1..{MAX_TARGET} bytes")
@@ -181,6 +194,12 @@ class Multiplexer:
             return
         self._forgotten(stream_id)
         self._queue_reset(stream_id, code, reason)
+
+    def go_away(self, reason: str = "") -> None:
+        """Drain: ask the peer to open no new streams. Streams it opens meanwhile are still served."""
+        if not self.going_away:
+            self.going_away = True
+            self._queue(FrameType.GOAWAY, 0, reason.encode()[:MAX_REASON])
 
     def consumed(self, stream_id: int, count: int) -> None:
         """The application took ``count`` bytes of this stream: grant that credit back."""
@@ -246,8 +265,8 @@ class Multiplexer:
         return events
 
     def _receive_frame(self, ftype: int, stream_id: int, payload: memoryview, events: list[Event]) -> None:
-        if stream_id == 0:
-            raise ProtocolError("stream id 0 is reserved")
+        if (stream_id == 0) != (ftype == FrameType.GOAWAY):
+            raise ProtocolError("stream id 0 is for GOAWAY, and GOAWAY only")
         if ftype == FrameType.DATA:
             self._on_data(stream_id, payload, events)
         elif ftype == FrameType.WINDOW:
@@ -258,6 +277,12 @@ class Multiplexer:
             self._on_fin(stream_id, payload, events)
         elif ftype == FrameType.RESET:
             self._on_reset(stream_id, payload, events)
+        elif ftype == FrameType.GOAWAY:
+            if len(payload) > MAX_REASON:
+                raise ProtocolError("GOAWAY reason too long")
+            if not self.peer_going_away:
+                self.peer_going_away = True
+                events.append(GoAway(bytes(payload).decode(errors="replace")))
         else:
             raise ProtocolError(f"unknown frame type {ftype}")
 

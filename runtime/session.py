@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .mux import (
     DataReceived,
+    GoAway,
     Multiplexer,
     ProtocolError,
     ResetCode,
@@ -101,6 +102,8 @@ class Session:
         self._close_reason = ""
         self.keepalive = keepalive
         self._last_rx = 0.0
+        #: Called once when the peer drains (GOAWAY): stop routing new streams here.
+        self.on_goaway: Callable[[Session], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -168,6 +171,23 @@ class Session:
         pong = await self.websocket.ping()
         await pong
 
+    def go_away(self, reason: str = "") -> None:
+        """Tell the peer to open no new streams here; open streams carry on."""
+        if not self.closed.is_set():
+            self.mux.go_away(reason)
+            self._flush()
+
+    async def drain(self, timeout: float, reason: str = "draining") -> None:
+        """GOAWAY, wait up to ``timeout`` seconds for open streams to finish, then close."""
+        self.go_away(reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.channels and not self.closed.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.channels:
+            log.warning("event=drain_timeout session=%s open_streams=%d", self.name, len(self.channels))
+        await self.close(1001, reason)
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await self.websocket.close(code, reason)
 
@@ -216,6 +236,10 @@ class Session:
                             self.channels.pop(event.stream_id, None)
                         if channel.handler is not None:
                             channel.handler.on_eof()
+                elif isinstance(event, GoAway):
+                    log.info("event=peer_draining session=%s reason=%r", self.name, event.reason)
+                    if self.on_goaway is not None:
+                        self.on_goaway(self)
                 elif isinstance(event, StreamReset):
                     self.channels.pop(event.stream_id, None)
                     if channel is not None:

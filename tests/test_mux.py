@@ -15,6 +15,7 @@ from runtime.mux import (
     Multiplexer,
     ProtocolError,
     ResetCode,
+    GoAway,
     StreamEnded,
     StreamError,
     StreamOpened,
@@ -101,7 +102,8 @@ def test_oversized_frame_is_a_protocol_error() -> None:
         (b"\x02\x00\x00", "truncated frame header"),
         (HEADER.pack(FrameType.DATA, 2, 10) + b"abc", "truncated frame payload"),
         (frame(99, 2), "unknown frame type"),
-        (frame(FrameType.DATA, 0, b"x"), "reserved"),
+        (frame(FrameType.DATA, 0, b"x"), "stream id 0 is for GOAWAY"),
+        (frame(FrameType.GOAWAY, 2, b""), "stream id 0 is for GOAWAY"),
         (frame(FrameType.DATA, 8, b"x"), "unknown stream"),
         (frame(FrameType.OPEN, 1, b"x"), "bad stream id"),  # client-parity id from the server
         (frame(FrameType.OPEN, 2, b""), "target length"),
@@ -302,3 +304,22 @@ def test_structured_frames_never_crash_the_decoder(frames) -> None:
         client.receive(message)
     except ProtocolError:
         pass
+
+
+def test_goaway_stops_new_streams_both_ways_but_open_ones_finish() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:80")
+    deliver(server, client)
+    client.go_away("rotating token")
+    # a stream the server opened before it saw GOAWAY is still served
+    late = server.open_stream("tcp:80")
+    assert deliver(client, server) == [GoAway("rotating token")]
+    assert deliver(server, client) == [StreamOpened(late, "tcp:80")]
+    with pytest.raises(StreamError, match="draining"):
+        server.open_stream("tcp:80")
+    with pytest.raises(StreamError, match="draining"):
+        client.open_stream("forward:x:1")
+    assert server.send_data(sid, b"still flowing") == 13
+    assert deliver(server, client) == [DataReceived(sid, b"still flowing")]
+    client.go_away("again")  # once only
+    assert client.data_to_send() == []

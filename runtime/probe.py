@@ -1,0 +1,82 @@
+"""Small authenticated GETs to a tunnel server's control port (``/status``, ``/healthz``).
+
+Blocking on purpose: used by one-shot commands (``inlets status``, inletsctl's waiter).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .tls import client_context
+
+
+class ProbeError(Exception):
+    """The server could not be asked; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    tls: bool
+    prefix: str  # path prefix, for a server behind a reverse proxy
+
+
+def parse_url(url: str) -> Endpoint:
+    """``wss://host:8123`` (the client's --url) or ``https://host:8123``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("wss", "https", "ws", "http") or not parts.hostname:
+        raise ProbeError(f"--url must be wss://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
+    tls = parts.scheme in ("wss", "https")
+    try:
+        port = parts.port or (443 if tls else 80)  # as the client's --url means it
+    except ValueError:
+        raise ProbeError(f"bad port in {url!r}") from None
+    return Endpoint(parts.hostname, port, tls, parts.path.rstrip("/"))
+
+
+def get(
+    endpoint: Endpoint,
+    path: str,
+    *,
+    ca_file: Path | None = None,
+    server_name: str | None = None,
+    token: str | None = None,
+    timeout: float = 5.0,
+) -> Answer:
+    """GET ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
+    name = server_name or endpoint.host
+    try:
+        raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    except OSError as exc:
+        raise ProbeError(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
+    try:
+        sock: socket.socket = raw
+        if endpoint.tls:
+            sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
+        host_header = f"[{name}]" if ":" in name else name
+        request = f"GET {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
+        if token:
+            request += f"Authorization: Bearer {token}\r\n"
+        sock.sendall((request + "\r\n").encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
+    except ssl.SSLCertVerificationError as exc:
+        raise ProbeError(f"TLS certificate verification failed: {exc.verify_message} (check --tls-ca)") from None
+    except (OSError, http.client.HTTPException) as exc:
+        detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
+        raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None
+    finally:
+        raw.close()
