@@ -135,7 +135,8 @@ def list_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
-    root, creds, notes = state_root(state_dir), _creds(access_token_file, access_token, api_url), []
+    root, creds = state_root(state_dir), _creds(access_token_file, access_token, api_url)
+    notes: list[str] = []
     rows = manage.list_servers(root, creds, provider, notes)
     pruned: list[str] = []
     if prune:

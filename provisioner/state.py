@@ -25,11 +25,11 @@ METADATA = "server.json"
 def state_root(override: Path | None = None) -> Path:
     """``--state-dir``, else $INLETSCTL_STATE_DIR, else $XDG_CONFIG_HOME/inletsctl (~/.config)."""
     if override is not None:
-        return override.expanduser()
+        return override.expanduser().absolute()
     if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV]).expanduser()
+        return Path(os.environ[STATE_ENV]).expanduser().absolute()
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "inletsctl"
+    return (Path(base) / "inletsctl").absolute()
 
 
 def _private_dir(path: Path) -> None:

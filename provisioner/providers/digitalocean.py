@@ -78,7 +78,9 @@ class DigitalOceanProvider:
         image = NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d)
         region = NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d)
         with self._api(f"creating droplet {plan.name!r}"):
-            node = d.create_node(plan.name, size, image, region, ex_create_attr=attrs, ex_user_data=plan.user_data)
+            node = d.create_node(  # type: ignore[call-arg]  # the DigitalOcean driver's extensions
+                plan.name, size, image, region, ex_create_attr=attrs, ex_user_data=plan.user_data
+            )
         return Host(id=str(node.id), name=node.name, provider=self.name, status="new", mode=plan.spec.mode)
 
     def status(self, host_id: str) -> Host:

@@ -101,12 +101,12 @@ def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Pa
 
 def test_ttl_stops_the_server_and_prune_removes_it(tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
-    created = run_cli(capsys, "create", "short-lived", "--state-dir", str(state), "--ttl", "2s",
+    created = run_cli(capsys, "create", "short-lived", "--state-dir", str(state), "--ttl", "5s",
                       "--ports", str(free_port("127.0.0.2")), "--json", "--timeout", "30")
     assert created.code == 0, created.err
     assert created.json()["expires_at"]
     pid = int(created.json()["id"])
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _pid_alive(pid), "the exit server outlived its --ttl"
