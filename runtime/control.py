@@ -21,9 +21,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .auth import TokenSet
-from .handshake import CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
+from .forwarding import ForwardingPolicy
+from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
-from .session import Channel, Session
+from .session import Session
 
 log = logging.getLogger("inlets.server")
 
@@ -47,6 +48,8 @@ class ControlConfig:
     routes: dict[str, Route] = field(default_factory=dict)
     #: Called with (path, status) for every HTTP request to the control port (metrics).
     on_request: Callable[[str, int], None] | None = None
+    #: Local forwarding (client-opened streams); None: refused.
+    forwarding: ForwardingPolicy | None = None
 
 
 @dataclass
@@ -57,6 +60,7 @@ class ClientInfo:
     client_id: str
     remote: str
     services: list[str]
+    authorization: str = field(default="", repr=False)  # to re-check on token rotation; never shown
     connected_at: float = field(default_factory=time.time)
 
 
@@ -84,13 +88,12 @@ class ControlPlane:
         config: ControlConfig,
         admit: Callable[[Session, Hello], Awaitable[list[str]]],
         release: Callable[[Session], None],
-        on_client_stream: Callable[[Channel], None] | None = None,
     ) -> None:
         self.mode = mode
         self.config = config
         self._admit = admit
         self._release = release
-        self._on_client_stream = on_client_stream
+        self._on_client_stream = config.forwarding.on_stream if config.forwarding else None
         self.clients: dict[Session, ClientInfo] = {}
         self.started_at = time.time()
         self._server: Server | None = None
@@ -122,6 +125,24 @@ class ControlPlane:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept no new clients, let open streams finish within ``timeout``."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        sessions = list(self.clients)
+        await asyncio.gather(*(s.drain(timeout, "server shutting down") for s in sessions), return_exceptions=True)
+        await self.stop()
+
+    def revoke_stale_tokens(self) -> int:
+        """After the token set changed: disconnect clients whose token is no longer accepted."""
+        revoked = 0
+        for session, info in list(self.clients.items()):
+            if not self.config.tokens.check_header(info.authorization):
+                log.warning("event=token_revoked client=%s remote=%s", info.client_id, info.remote)
+                asyncio.ensure_future(session.close(1008, "token revoked"))
+                revoked += 1
+        return revoked
 
     # ------------------------------------------------------------- HTTP requests
 
@@ -157,6 +178,10 @@ class ControlPlane:
                 raise HandshakeError(
                     CLOSE_WRONG_MODE, f"this server serves {self.mode} tunnels; use 'inlets {self.mode} client'"
                 )
+            if hello.extra.get("forwards"):
+                if self.config.forwarding is None:
+                    raise HandshakeError(CLOSE_SERVICE_REFUSED, "this server does not offer client forwarding")
+                self.config.forwarding.check_hello(hello)
             mux = Multiplexer(
                 client=False,
                 recv_window=self.config.window,
@@ -180,7 +205,8 @@ class ControlPlane:
         except ConnectionClosed:
             self._release(session)
             return
-        info = ClientInfo(session, hello.client_id, remote, services)
+        session.on_goaway = self._release  # a draining client gets no new connections
+        info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
         self.clients[session] = info
         log.info("event=client_connected client=%s remote=%s services=%s", info.client_id, remote, ",".join(services))
         try:
