@@ -184,6 +184,10 @@ class Bench:
                     time.sleep(self.cfg.settle)
                     r.metrics["rss_server_streams"] = rss_mib(path.server_pids())
                     r.metrics["rss_client_streams"] = rss_mib(path.client_pids())
+                    for side in ("server", "client"):
+                        base = r.metrics.get(f"rss_{side}_loaded")
+                        if base is not None:
+                            r.metrics[f"kib_{side}_stream"] = (r.metrics[f"rss_{side}_streams"] - base) * 1024 / len(socks)
                     r.metrics["fds_server_streams"] = fd_count(path.server_pids())
                     r.metrics["fds_client_streams"] = fd_count(path.client_pids())
             finally:
@@ -257,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.throughput()
         log("sequential connections ...")
         bench.short_connections()
+        time.sleep(cfg.settle)
+        bench.memory("loaded")
         log("idle streams ...")
         bench.idle_streams()
         time.sleep(cfg.settle)
