@@ -10,8 +10,9 @@ import asyncio
 import logging
 
 from .bridge import TcpBridge
-from .control import ControlConfig, ControlPlane
+from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from .metrics import TcpMetrics
 from .mux import StreamError
 from .registry import Registry
 from .session import Session
@@ -38,6 +39,9 @@ class DataPlaneConnection(TcpBridge):
         super().__init__()
         self.server = server
         self.service = service
+        # prometheus children bound once per connection: (open gauge, total, bytes in, bytes out)
+        self.counters = server.metrics.port(parse_tcp_service(service))
+        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -49,9 +53,26 @@ class DataPlaneConnection(TcpBridge):
             except StreamError:
                 continue
             self.server.connections_total[self.service] = self.server.connections_total.get(self.service, 0) + 1
+            self.counters[0].inc()
+            self.counters[1].inc()
+            self._counted = True
             return
         log.info("event=no_client service=%s", self.service)
         self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        self.counters[2].inc(len(data))
+        super().data_received(data)
+
+    def on_data(self, data: bytes) -> None:
+        self.counters[3].inc(len(data))
+        super().on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.counters[0].dec()
+        super().connection_lost(exc)
 
 
 class TcpTunnelServer:
@@ -60,6 +81,9 @@ class TcpTunnelServer:
         self.allow_ports = allow_ports
         self.registry: Registry[Session] = Registry()
         self.control = ControlPlane("tcp", config, self._admit, self._release)
+        self.metrics = TcpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
+        config.on_request = self.metrics.control_request
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.connections_total: dict[str, int] = {}
         self._lock = asyncio.Lock()
