@@ -1,0 +1,115 @@
+"""`inlets http server|client` as real processes: one-line errors, traffic, bounded memory on a 1 GiB upload."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from http_helpers import LOOPBACK, Stack, need
+from tunnel_helpers import free_port
+
+INLETS = [str(Path(sys.executable).parent / "inlets")]
+
+
+def inlets(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(INLETS + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "ftp://x"], "upstream must be http://"),
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "a.test=http://x/path"], "no path"),
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "bad host=http://x"], "invalid host"),
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "http://a", "--upstream", "http://b"],
+     "more than one catch-all"),
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "http://a",
+      "--basic-auth-username", "u"], "go together"),
+    (["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "http://a",
+      "--request-header-add", "NoColon"], "Name: value"),
+    (["http", "client", "--url", "https://h:1", "--token", "t", "--upstream", "http://a"], "--url must start"),
+    (["http", "server", "--token", "t"], "choose one of"),
+    (["http", "server", "--token", "t", "--plaintext", "--port", "0"], "--port"),
+    (["http", "server", "--token", "t", "--plaintext", "--upstream-timeout", "abc"], "--upstream-timeout"),
+])
+def test_bad_input_is_one_line(args, message):
+    out = inlets(*args)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def _status(pid: int, key: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) // 1024  # type: ignore[union-attr]
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited while waiting for {what}: {proc.stderr.read()}")  # type: ignore
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
+    """The issue's bound: a 1 GiB chunked upload must not grow the server's memory past a few MiB."""
+    need("curl")
+    token = secrets.token_hex(32)
+    (tmp_path / "token").write_text(token + "\n")
+    stack = Stack()
+    procs: list[subprocess.Popen] = []
+    try:
+        app, up = stack.upstream("U")
+        control, data = free_port(), free_port()
+        server = subprocess.Popen(INLETS + [
+            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
+            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp_path / "tls"),
+            "--auto-tls-san", LOOPBACK, "--token-file", str(tmp_path / "token")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(server)
+        _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", server)
+        client = subprocess.Popen(INLETS + [
+            "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
+            "--tls-ca", str(tmp_path / "tls" / "ca.crt"), "--upstream", f"up.test=http://{LOOPBACK}:{up}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(client)
+
+        def served() -> bool:
+            out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: up.test",
+                                  f"http://{LOOPBACK}:{data}/"], capture_output=True, text=True, timeout=10)
+            return out.stdout == "200"
+
+        _wait(served, 20, "the tunnel to serve", client)
+        baseline = _status(server.pid, "VmRSS")
+        size = 1024 * 1024 * 1024
+        feeder = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+        started = time.monotonic()
+        out = subprocess.run(["curl", "-sS", "-m", "90", "-H", "Host: up.test", "-T", "-",
+                              f"http://{LOOPBACK}:{data}/sha256"], stdin=feeder.stdout, capture_output=True,
+                             timeout=100)
+        feeder.wait(10)
+        elapsed = time.monotonic() - started
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["size"] == size
+        peak = _status(server.pid, "VmHWM")
+        growth = peak - baseline
+        print(f"1 GiB upload in {elapsed:.1f}s; server RSS {baseline} MiB -> peak {peak} MiB (+{growth} MiB)")
+        assert growth < 16, f"server memory grew by {growth} MiB during a 1 GiB upload"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        logs = "".join(proc.communicate(timeout=10)[1] for proc in procs)
+        stack.close()
+    assert token not in logs  # tokens never logged
+    assert all(proc.returncode == 0 for proc in procs), logs  # SIGTERM: clean exit
