@@ -14,12 +14,14 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, ProxyError
 
+from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_WINDOW, Multiplexer
@@ -47,6 +49,8 @@ class ClientConfig:
     backoff_max: float = 30.0
     client_id: str = ""
     extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
+    token_file: Path | None = None  # when given, re-read at every connection (rotation)
+    drain_timeout: float = 30.0
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
 
 
@@ -75,47 +79,118 @@ class TunnelClient:
         self.session: Session | None = None
         self.connected = asyncio.Event()
         self.ws_url = connect_url(config.url)
+        self._changed = asyncio.Event()  # self.session was replaced (rotation)
+        self._stopping = False
         try:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
             raise FatalClientError(str(exc)) from None
 
+    def current_token(self) -> str:
+        """The token for the next connection: re-read from its file, so rotation needs no restart."""
+        if self.config.token_file is None:
+            return self.config.token
+        try:
+            return read_tokens(None, self.config.token_file)[0]
+        except TokenError as exc:
+            raise FatalClientError(str(exc)) from None
+
     async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = self.config.backoff_initial
         if self.proxy.url:
             log.info("event=proxy proxy=%s source=%s", self.proxy.shown, self.proxy.source)
-        while True:
+        while not self._stopping:
             try:
-                await self.run_once()
-                delay = self.config.backoff_initial  # it was up: start over
-                log.warning("event=disconnected url=%s", self.config.url)
+                session = await self.open_session()
             except FatalClientError:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 log.warning("event=connect_failed url=%s error=%r retry_in=%.1fs", self.config.url, _describe(exc), delay)
+            else:
+                started = loop.time()
+                await self._follow(session)
+                if self._stopping:
+                    return
+                log.warning("event=disconnected url=%s", self.config.url)
+                if loop.time() - started > 10:
+                    delay = self.config.backoff_initial  # it was up for a while: start over
             sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
             delay = min(delay * 2, self.config.backoff_max)
             await asyncio.sleep(sleep)
 
     async def run_once(self) -> None:
         """One connection: returns when it closes; raises on failure to connect."""
+        await self._follow(await self.open_session())
+
+    async def open_session(self) -> Session:
+        """Connect, authenticate and shake hands; the session then runs in the background."""
         websocket = await self._connect()
         try:
             welcome = await self._handshake(websocket)
-            mux = Multiplexer(
-                client=True,
-                recv_window=self.config.window,
-                send_window=welcome.window,
-                max_frame=welcome.max_frame,
-            )
-            self.session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
-            log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
-            self.connected.set()
-            await self.session.run()
+        except BaseException:
+            await websocket.close()
+            raise
+        mux = Multiplexer(client=True, recv_window=self.config.window, send_window=welcome.window, max_frame=welcome.max_frame)
+        session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
+        asyncio.ensure_future(self._run(session))
+        log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
+        return session
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await session.run()
+        finally:
+            await session.websocket.close()
+
+    async def _follow(self, session: Session) -> None:
+        """Serve until the current session closes, following replacements made by ``rotate``."""
+        self.session = session
+        self.connected.set()
+        try:
+            while True:
+                self._changed.clear()
+                current = self.session
+                assert current is not None
+                closed = asyncio.ensure_future(current.closed.wait())
+                changed = asyncio.ensure_future(self._changed.wait())
+                await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                changed.cancel()
+                if not self._changed.is_set():
+                    return
+        except asyncio.CancelledError:  # the owner stopped us: drop the connection now
+            if self.session is not None:
+                self.session.websocket.transport.abort()
+            raise
         finally:
             self.connected.clear()
             self.session = None
-            await websocket.close()
+
+    async def rotate(self) -> None:
+        """Make before break: connect again (re-reading the token), then drain the old connection.
+
+        New connections go to the new session from the moment the server admits it; the
+        old one gets GOAWAY and closes once its streams finish.
+        """
+        old = self.session
+        try:
+            new = await self.open_session()
+        except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            log.warning("event=reconnect_failed error=%r keeping=current_connection", _describe(exc))
+            return
+        if old is None or self.session is None:
+            await new.close(1000, "not needed")
+            return
+        self.session = new
+        self._changed.set()
+        asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new streams, open ones finish within the drain timeout."""
+        self._stopping = True
+        if self.session is not None:
+            await self.session.drain(self.config.drain_timeout, "client shutting down")
 
     async def _connect(self) -> ClientConnection:
         cfg = self.config
@@ -127,7 +202,7 @@ class TunnelClient:
         try:
             websocket = await connect(
                 self.ws_url,
-                additional_headers={"Authorization": f"Bearer {cfg.token}"},
+                additional_headers={"Authorization": f"Bearer {self.current_token()}"},
                 compression=None,
                 max_size=16 * 1024 * 1024,
                 max_queue=64,
@@ -175,7 +250,3 @@ class TunnelClient:
             raise
         except HandshakeError as exc:
             raise FatalClientError(f"bad handshake from server: {exc}") from None
-
-    def stop(self) -> None:
-        if self.session is not None:
-            asyncio.ensure_future(self.session.close())
