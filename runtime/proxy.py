@@ -25,6 +25,7 @@ DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect dir
 
 _HINTS = {
     407: "proxy credentials missing or wrong: use --proxy http://USER:PASSWORD@HOST:PORT",
+    401: "proxy credentials wrong: check USER:PASSWORD in --proxy",  # tinyproxy's answer to a wrong password
     403: "the proxy does not allow a tunnel to this host and port",
 }
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
@@ -119,7 +120,7 @@ def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
     shown = redact(proxy)
     if isinstance(exc, InvalidProxyStatus):
         response = exc.response
-        line = f"proxy {shown} answered HTTP {response.status_code} {response.reason_phrase} to CONNECT {target}"
+        line = f"proxy {shown} refused CONNECT {target}: HTTP {response.status_code} {response.reason_phrase}"
         hint = _HINTS.get(response.status_code)
         return ProxyFailure(f"{line} ({hint})" if hint else line)
     if isinstance(exc, InvalidProxyMessage):
@@ -128,13 +129,12 @@ def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
         cause = exc.__cause__
         return ProxyFailure(f"proxy {shown} refused the connection to {target}: {cause or exc}")
     if isinstance(exc, socket.gaierror):
-        return ProxyFailure(f"proxy {shown} unreachable: cannot resolve its name ({exc.strerror})")
+        return ProxyFailure(f"through proxy {shown}: name resolution failed ({exc.strerror})")
     if isinstance(exc, OSError):
         root = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        reason = root.strerror or str(root) or type(root).__name__
-        if isinstance(exc, TimeoutError) and not root.strerror:
-            reason = "timed out"
-        if root.errno in _UNREACHABLE or isinstance(exc, ConnectionRefusedError) or "proxy" in str(exc).lower():
-            return ProxyFailure(f"proxy {shown} unreachable: {reason}")
-        return ProxyFailure(f"through proxy {shown}: {reason}")
+        if root.errno in _UNREACHABLE:  # only the proxy is dialled: a refusal is the proxy's
+            return ProxyFailure(f"proxy {shown} unreachable: {os.strerror(root.errno)}")
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return ProxyFailure(f"through proxy {shown}: timed out")
+        return ProxyFailure(f"through proxy {shown}: {root.strerror or root}")
     return ProxyFailure(f"through proxy {shown}: {exc}")
