@@ -96,6 +96,10 @@ class TcpMetrics(ServerMetrics):
             "tcp_dataplane_bytes", "Bytes through the data plane: in = from the public side, out = to it.",
             ["port", "direction"], registry=self.registry,
         )
+        self.refused = Counter(
+            "tcp_dataplane_refused", "Data-plane connections refused, by public port and reason.",
+            ["port", "reason"], registry=self.registry,
+        )
 
     def port(self, port: int) -> tuple:
         """Bound children for one port: (gauge, total, bytes in, bytes out), cheap to update per chunk."""

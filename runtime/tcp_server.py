@@ -10,12 +10,16 @@ import asyncio
 import logging
 
 from .bridge import TcpBridge
+from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
+from .proxy_protocol import Address
+from .proxy_protocol import encode as encode_proxy_header
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from .metrics import TcpMetrics
 from .mux import StreamError
 from .registry import Registry
 from .session import Session
+from .status import status_route
 
 log = logging.getLogger("inlets.tcp")
 
@@ -39,12 +43,30 @@ class DataPlaneConnection(TcpBridge):
         super().__init__()
         self.server = server
         self.service = service
+        self.port = parse_tcp_service(service)
         # prometheus children bound once per connection: (open gauge, total, bytes in, bytes out)
-        self.counters = server.metrics.port(parse_tcp_service(service))
+        self.counters = server.metrics.port(self.port)
         self._counted = False
+        self._header: HeaderReader | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.peer = address(transport.get_extra_info("peername"))
+        self.local = address(transport.get_extra_info("sockname"))
+        version = self.server.options.lb_proxy_protocol
+        if version:  # the real source comes in the balancer's header
+            self._header = HeaderReader(version)
+            self._header_timer = asyncio.get_running_loop().call_later(
+                HEADER_TIMEOUT, self._refuse, "proxy_header_timeout"
+            )
+            return
+        self._admit(self.peer, self.local, b"")
+
+    def _admit(self, source: Address, destination: Address, rest: bytes) -> None:
+        if not self.server.options.allows(source):
+            self._refuse("source_not_allowed", source)
+            return
         for session in self.server.registry.candidates(self.service):
             if session.closed.is_set():
                 continue
@@ -56,11 +78,38 @@ class DataPlaneConnection(TcpBridge):
             self.counters[0].inc()
             self.counters[1].inc()
             self._counted = True
+            version = self.server.options.proxy_protocol
+            if version and self.channel is not None:
+                self.channel.write(encode_proxy_header(version, source, destination))
+            if rest:
+                self.data_received(rest)
             return
         log.info("event=no_client service=%s", self.service)
+        self._refuse("no_client")
+
+    def _refuse(self, reason: str, source: Address | None = None) -> None:
+        self.server.metrics.refused.labels(str(self.port), reason).inc()
+        if reason != "no_client":
+            log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
+        self._done = True
         self.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            try:
+                done = self._header.feed(data)
+            except ProxyProtocolError as exc:
+                log.info("event=refused service=%s reason=bad_proxy_header error=%r", self.service, str(exc))
+                self._refuse("bad_proxy_header")
+                return
+            if done is None:
+                return
+            header, rest = done
+            self._header = None
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._admit(header.source or self.peer, header.destination or self.local, rest)
+            return
         self.counters[2].inc(len(data))
         super().data_received(data)
 
@@ -69,6 +118,8 @@ class DataPlaneConnection(TcpBridge):
         super().on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
         if self._counted:
             self._counted = False
             self.counters[0].dec()
@@ -76,13 +127,21 @@ class DataPlaneConnection(TcpBridge):
 
 
 class TcpTunnelServer:
-    def __init__(self, config: ControlConfig, data_addr: str | None = None, allow_ports: set[int] | None = None) -> None:
+    def __init__(
+        self,
+        config: ControlConfig,
+        data_addr: str | None = None,
+        allow_ports: set[int] | None = None,
+        options: DataPlaneOptions | None = None,
+    ) -> None:
         self.data_addr = data_addr or None
         self.allow_ports = allow_ports
+        self.options = options or DataPlaneOptions()
         self.registry: Registry[Session] = Registry()
         self.control = ControlPlane("tcp", config, self._admit, self._release)
         self.metrics = TcpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
         config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
+        config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request
         self.listeners: dict[str, asyncio.base_events.Server] = {}
         self.connections_total: dict[str, int] = {}
@@ -92,7 +151,15 @@ class TcpTunnelServer:
         await self.control.start()
 
     async def stop(self) -> None:
+        self._close_listeners()
         await self.control.stop()
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept nothing new; open connections get ``timeout`` seconds to finish."""
+        self._close_listeners()
+        await self.control.drain(timeout)
+
+    def _close_listeners(self) -> None:
         for listener in self.listeners.values():
             listener.close()
         self.listeners.clear()
@@ -102,7 +169,7 @@ class TcpTunnelServer:
         return listener.sockets[0].getsockname()[1] if listener and listener.sockets else None
 
     async def _admit(self, session: Session, hello: Hello) -> list[str]:
-        if not hello.services:
+        if not hello.services and not hello.extra.get("forwards"):
             raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no ports")
         ports = [parse_tcp_service(s) for s in hello.services]
         if self.allow_ports is not None:
