@@ -51,6 +51,7 @@ class FakeDigitalOcean:
         self.user_data: dict[int, str] = {}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.requests: list[tuple[str, str, Any]] = []
+        self.booted: dict[int, list[str]] = {}  # the command each droplet "booted"
         self._deleting: dict[int, int] = {}
         self._ids = itertools.count(300_000_000 + (os.getpid() % 1000) * 1000)
         self._lock = threading.Lock()
@@ -139,11 +140,23 @@ class FakeDigitalOcean:
         exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         assert argv[0] == VM_INLETS, argv
-        argv = [inlets_binary()] + [written.get(arg, arg) for arg in argv[1:]]
+        env = dict(os.environ)
+        pip = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0].endswith("/pip"))
+        if pip[-1] in written:  # an embedded wheel: install it and run the runtime from it
+            site = root / "opt" / "inlets" / "site"
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                            "--target", str(site), written[pip[-1]]], check=True, timeout=60, capture_output=True)
+            env["PYTHONPATH"] = str(site)
+            inlets = [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
+        else:  # a package spec: this installation's inlets stands in for the published package
+            inlets = [inlets_binary()]
+        argv = inlets + [written.get(arg, arg) for arg in argv[1:]]
         ip = self.ip_of(droplet["id"])
         argv += ["--control-addr", ip, "--data-addr", ip]  # the droplet's only "interface"
+        self.booted[droplet["id"]] = argv
         log = open(root / "server.log", "ab")
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                env=env, cwd=root)
 
     # ----------------------------------------------------------------- HTTP
 

@@ -112,7 +112,7 @@ def run_client(command: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(timeout=5)
 
 
-def get_through(url: str, timeout: float = 20.0, host: str | None = None) -> str:
+def get_through(url: str, timeout: float = 20.0, host: str | None = None, logs: tuple[Path, ...] = ()) -> str:
     """GET ``url`` (with a Host header) until it answers 200 (the client needs a moment), bounded in time."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -124,7 +124,15 @@ def get_through(url: str, timeout: float = 20.0, host: str | None = None) -> str
         except OSError as exc:
             last = exc
             time.sleep(0.2)
-    raise AssertionError(f"{url} never answered through the tunnel: {last}")
+    tails = "".join(f"\n--- {log}:\n" + "\n".join(_tail(log)) for log in logs)
+    raise AssertionError(f"{url} never answered through the tunnel: {last}{tails}")
+
+
+def _tail(path: Path, lines: int = 15) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return [f"(unreadable: {exc})"]
 
 
 def split_command(command: str) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -54,7 +56,8 @@ def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalO
     token = (state / "do-e2e" / "token").read_text().strip()
     assert token in sent["user_data"] and token not in created.out + created.err
     with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
-        assert get_through(f"http://{ip}:{port}/via-droplet") == "hello from the upstream, path=/via-droplet"
+        logs = (tmp_path / "client.log", fake.workdir / f"droplet-{droplet_id}" / "server.log")
+        assert get_through(f"http://{ip}:{port}/via-droplet", logs=logs) == "hello from the upstream, path=/via-droplet"
     listed = run_inletsctl(*_do(fake, token_file, state, "list", "--provider", "digitalocean", "--json"))
     (row,) = listed.json()["servers"]
     assert (row["name"], row["where"], row["ip"], row["mode"]) == ("do-e2e", "both", ip, "tcp")
@@ -64,6 +67,29 @@ def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalO
     deleted = run_inletsctl(*_do(fake, token_file, state, "delete", "do-e2e"))
     assert deleted.code == 0, deleted.err
     assert fake.droplets == {} and fake.processes == {} and not (state / "do-e2e").exists()
+
+
+def test_http_mode_from_an_embedded_wheel_routes_by_host(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """--embed-wheel: the droplet runs the runtime installed from the wheel inside its user-data."""
+    inlets = Path(sys.executable).with_name("inlets")
+    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
+    state, data_port, upstream_port, control = tmp_path / "state", free_port(), free_port(), free_port()
+    created = run_cli(capsys, *_do(fake, token_file, state, "create", "do-http", "--provider", "digitalocean",
+                                   "--mode", "http", "--domain", "site.example.test", "--http-port", str(data_port),
+                                   "--upstream", f"http://127.0.0.1:{upstream_port}", "--control-port", str(control),
+                                   "--embed-wheel", "--json", "--timeout", "30"))
+    assert created.code == 0, created.err
+    summary = created.json()
+    (argv,) = fake.booted.values()
+    assert argv[:2] == [sys.executable, "-c"] and "http" in argv  # not this venv's inlets: the wheel's
+    try:
+        with http_upstream(upstream_port), run_client(summary["client_command"], tmp_path / "client.log"):
+            logs = (tmp_path / "client.log", fake.workdir / f"droplet-{summary['id']}" / "server.log")
+            body = get_through(f"http://{summary['ip']}:{data_port}/from-wheel", host="site.example.test", logs=logs)
+            assert body == "hello from the upstream, path=/from-wheel"
+    finally:
+        assert run_cli(capsys, *_do(fake, token_file, state, "delete", "do-http")).code == 0
 
 
 def test_credentials_come_from_file_flag_then_environment(fake: FakeDigitalOcean, tmp_path: Path, capsys, monkeypatch) -> None:

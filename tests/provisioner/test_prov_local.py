@@ -37,7 +37,7 @@ def test_create_client_traffic_list_status_delete(tmp_path: Path) -> None:
     assert "--tls-server-name inlets-exit-server" in summary["client_command"]
     assert summary["client_command"].startswith("inlets tcp client --url wss://127.0.0.1:")
     with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
-        body = get_through(f"http://127.0.0.2:{port}/crossed")
+        body = get_through(f"http://127.0.0.2:{port}/crossed", logs=(tmp_path / "client.log", state / "readme-demo" / "server.log"))
         assert body == "hello from the upstream, path=/crossed"
     listed = run_inletsctl("list", "--state-dir", str(state), "--json")
     assert listed.code == 0, listed.err
@@ -134,7 +134,8 @@ def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
     assert f"--upstream app.example.test=http://127.0.0.1:{upstream_port}" in summary["client_command"]
     try:
         with http_upstream(upstream_port), run_client(summary["client_command"], tmp_path / "client.log"):
-            body = get_through(f"http://127.0.0.2:{data_port}/by-host", host="app.example.test")
+            logs = (tmp_path / "client.log", state / summary["name"] / "server.log")
+            body = get_through(f"http://127.0.0.2:{data_port}/by-host", host="app.example.test", logs=logs)
             assert body == "hello from the upstream, path=/by-host"
     finally:
         assert run_cli(capsys, "delete", summary["name"], "--state-dir", str(state)).code == 0
