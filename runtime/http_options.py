@@ -14,6 +14,9 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
+
+from .http_proto import HOP_BY_HOP
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
@@ -144,6 +147,28 @@ class HttpOptions:
         if options.basic_digest and options.bearer_digest:
             raise OptionError("choose basic auth or a bearer token, not both")
         return options
+
+    # --------------------------------------------------------------- proxying
+
+    @cached_property
+    def request_drop(self) -> frozenset[bytes]:
+        """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
+        own = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+        if self.protected:
+            own.add(b"authorization")  # the tunnel's credentials stay at the tunnel
+        return HOP_BY_HOP | self.request_remove | own
+
+    @cached_property
+    def response_drop(self) -> frozenset[bytes]:
+        return HOP_BY_HOP | self.response_remove
+
+    @cached_property
+    def request_add_lines(self) -> list[bytes]:
+        return [n + b": " + v + b"\r\n" for n, v in self.request_add]
+
+    @cached_property
+    def response_add_lines(self) -> list[bytes]:
+        return [n + b": " + v + b"\r\n" for n, v in self.response_add]
 
     # ------------------------------------------------------------ protection
 

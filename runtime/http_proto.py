@@ -27,6 +27,10 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
     b"transfer-encoding upgrade".split()
 )
+#: Headers the proxy looks at; noted while parsing so that no later pass scans them all.
+_NOTED = frozenset(
+    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()
+)
 
 
 class HttpError(Exception):
@@ -49,6 +53,9 @@ class RequestHead:
     content_length: int | None = None
     upgrade: bool = False
     expect_continue: bool = False
+    lower: list[bytes] = field(default_factory=list)  # header names, lower case, parallel to headers
+    noted: dict[bytes, list[bytes]] = field(default_factory=dict)  # values of the _NOTED headers
+    connection: set[bytes] = field(default_factory=set)  # tokens of the Connection header
 
     @property
     def has_body(self) -> bool:
@@ -64,6 +71,9 @@ class ResponseHead:
     keep_alive: bool = True
     chunked: bool = False
     content_length: int | None = None
+    lower: list[bytes] = field(default_factory=list)
+    noted: dict[bytes, list[bytes]] = field(default_factory=dict)
+    connection: set[bytes] = field(default_factory=set)
 
     @property
     def close_delimited(self) -> bool:
@@ -103,12 +113,15 @@ def host_of(value: bytes) -> str:
     return text.rpartition(":")[0].rstrip(".") if ":" in text else text.rstrip(".")
 
 
+def _tokens(values: list[bytes] | None) -> set[bytes]:
+    """Comma-separated tokens of a header's values, lower case (``Connection: keep-alive, Upgrade``)."""
+    if not values:
+        return set()
+    return {t.strip().lower() for value in values for t in value.split(b",")}
+
+
 def _connection_tokens(headers: Headers) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return tokens
+    return _tokens([v for n, v in headers if n.lower() == b"connection"])
 
 
 def _keep_alive(version: bytes, tokens: set[bytes]) -> bool:
@@ -125,12 +138,16 @@ class _Reader:
         self.max_headers = max_headers
         self._events: list[Event] = []
         self._headers: Headers = []
+        self._lower: list[bytes] = []
+        self._noted: dict[bytes, list[bytes]] = {}
         self._header_bytes = 0
         self._in_head = False
         self._head_fed = 0
 
     def on_message_begin(self) -> None:
         self._headers = []
+        self._lower = []
+        self._noted = {}
         self._header_bytes = 0
         self._in_head = True
 
@@ -143,6 +160,10 @@ class _Reader:
         if self._header_bytes > self.max_header_bytes:
             raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
         self._headers.append((name, value))
+        lname = name.lower()
+        self._lower.append(lname)
+        if lname in _NOTED:
+            self._noted.setdefault(lname, []).append(value)
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Body(body))
@@ -170,25 +191,20 @@ class _Reader:
         events, self._events = self._events, []
         return events
 
-    def _framing(self, headers: Headers) -> tuple[bool, int | None]:
+    def _framing(self) -> tuple[bool, int | None]:
         """(chunked, content_length); ``HttpError`` 400 for anything ambiguous (request smuggling)."""
-        chunked, length, seen_te, seen_cl = False, None, 0, 0
-        for name, value in headers:
-            lname = name.lower()
-            if lname == b"transfer-encoding":
-                seen_te += 1
-                if value.strip().lower() != b"chunked":
-                    raise HttpError(400, "unsupported Transfer-Encoding (only chunked)")
-                chunked = True
-            elif lname == b"content-length":
-                seen_cl += 1
-                text = value.strip()
-                if not text.isdigit() or len(text) > 18:
-                    raise HttpError(400, "invalid Content-Length")
-                length = int(text)
-        if seen_te > 1 or seen_cl > 1 or (seen_te and seen_cl):
+        te = self._noted.get(b"transfer-encoding", ())
+        cl = self._noted.get(b"content-length", ())
+        if len(te) > 1 or len(cl) > 1 or (te and cl):
             raise HttpError(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
-        return chunked, length
+        if te and te[0].strip().lower() != b"chunked":
+            raise HttpError(400, "unsupported Transfer-Encoding (only chunked)")
+        if cl:
+            text = cl[0].strip()
+            if not text.isdigit() or len(text) > 18:
+                raise HttpError(400, "invalid Content-Length")
+            return False, int(text)
+        return bool(te), None
 
 
 class RequestReader(_Reader):
@@ -215,20 +231,20 @@ class RequestReader(_Reader):
         if method == b"CONNECT":
             raise HttpError(405, "CONNECT is not supported by this reverse proxy")
         version = parser.get_http_version().encode()
-        headers = self._headers
-        chunked, length = self._framing(headers)
-        hosts = [v for n, v in headers if n.lower() == b"host"]
+        noted = self._noted
+        chunked, length = self._framing()
+        hosts = noted.get(b"host", ())
         if len(hosts) > 1:
             raise HttpError(400, "more than one Host header")
         if not hosts and version == b"1.1":
             raise HttpError(400, "missing Host header")
-        tokens = _connection_tokens(headers)
-        upgrade = b"upgrade" in tokens and any(n.lower() == b"upgrade" for n, _ in headers)
-        expect = any(n.lower() == b"expect" and v.strip().lower() == b"100-continue" for n, v in headers)
+        tokens = _tokens(noted.get(b"connection"))
+        upgrade = b"upgrade" in tokens and b"upgrade" in noted
+        expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
         self._events.append(
             RequestHead(
-                method, self._target, version, headers, host_of(hosts[0]) if hosts else "",
-                _keep_alive(version, tokens), chunked, length, upgrade, expect,
+                method, self._target, version, self._headers, host_of(hosts[0]) if hosts else "",
+                _keep_alive(version, tokens), chunked, length, upgrade, expect, self._lower, noted, tokens,
             )
         )
 
@@ -270,13 +286,13 @@ class ResponseReader(_Reader):
         parser = self._parser
         status = parser.get_status_code()
         version = parser.get_http_version().encode()
-        headers = self._headers
         try:
-            chunked, length = self._framing(headers)
+            chunked, length = self._framing()
         except HttpError as exc:
             raise HttpError(502, f"upstream sent an ambiguous response: {exc}") from None
-        head = ResponseHead(status, self._reason, version, headers, _keep_alive(version, _connection_tokens(headers)),
-                            chunked, length)
+        tokens = _tokens(self._noted.get(b"connection"))
+        head = ResponseHead(status, self._reason, version, self._headers, _keep_alive(version, tokens),
+                            chunked, length, self._lower, self._noted, tokens)
         if no_body_status(status):
             head.chunked, head.content_length = False, None
         self._events.append(head)
@@ -312,6 +328,13 @@ def filter_headers(headers: Headers, remove: frozenset[bytes]) -> Headers:
     """Drop hop-by-hop headers, those the Connection header names, and ``remove`` (lower-case names)."""
     named = _connection_tokens(headers)
     return [(n, v) for n, v in headers if (ln := n.lower()) not in HOP_BY_HOP and ln not in named and ln not in remove]
+
+
+def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
+    """``Name: value`` lines of the headers to forward: one pass, no hop-by-hop, none in ``drop``."""
+    if tokens:
+        return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop and ln not in tokens]
+    return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop]
 
 
 def request_bytes(head: RequestHead, headers: Headers) -> bytes:

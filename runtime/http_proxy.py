@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING
 
 from .bridge import tune_socket
 from .http_leg import Leg, LegFailed, UpstreamTimeout
+from .http_options import HttpOptions
 from .http_proto import (
     LAST_CHUNK, Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, SimpleResponse,
-    Upgraded, chunk, filter_headers, request_bytes, response_bytes,
+    Upgraded, chunk, kept_lines,
 )
 from .mux import StreamError
 
@@ -32,7 +33,7 @@ HIGH_WATER = 512 * 1024
 REASONS = {400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
            504: "Gateway Timeout"}
-_FORWARDED = frozenset((b"x-forwarded-proto", b"x-forwarded-host"))
+_HOST = frozenset((b"host",))
 
 
 class FrontConnection(asyncio.Protocol):
@@ -50,6 +51,7 @@ class FrontConnection(asyncio.Protocol):
         self._drain: asyncio.Future | None = None
         self._paused_reading = False
         self._task: asyncio.Task | None = None
+        self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
 
     # ------------------------------------------------------------------ socket
 
@@ -100,7 +102,7 @@ class FrontConnection(asyncio.Protocol):
             drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._drain = asyncio.get_running_loop().create_future()
+        self._drain = self._loop.create_future()
 
     def resume_writing(self) -> None:
         drain, self._drain = self._drain, None
@@ -117,7 +119,7 @@ class FrontConnection(asyncio.Protocol):
         while not self.events:
             if self.eof:
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -181,7 +183,7 @@ class FrontConnection(asyncio.Protocol):
         if head is not None:
             self.server.observe(status, host, head.method, started)
         else:
-            self.server.observe(status, "", b"", asyncio.get_running_loop().time())
+            self.server.observe(status, "", b"", self._loop.time())
 
     def _pick(self, service: str) -> Leg | None:
         leg = self.leg
@@ -203,7 +205,7 @@ class FrontConnection(asyncio.Protocol):
     async def _exchange(self, head: RequestHead) -> bool:
         """Proxy one request; returns whether the user connection stays open."""
         server = self.server
-        started = asyncio.get_running_loop().time()
+        started = self._loop.time()
         service, label = server.route(head.host)
         # An answer given before the body was read ends the connection: the body is not drained.
         close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
@@ -219,8 +221,7 @@ class FrontConnection(asyncio.Protocol):
                 return not close_on_refusal
             options = server.options_for(leg.session)
             if options.protected:
-                auth = next((v for n, v in head.headers if n.lower() == b"authorization"), None)
-                if not options.authorized(auth):
+                if not options.authorized(head.noted.get(b"authorization", (None,))[0]):
                     await self._refuse(401, "unauthorized", head, close=close_on_refusal,
                                        extra=[options.challenge()], host=label, started=started)
                     return not close_on_refusal
@@ -235,33 +236,31 @@ class FrontConnection(asyncio.Protocol):
                 return False
         return False
 
-    def _request_head(self, head: RequestHead, leg: Leg, options) -> bytes:
-        remove = options.request_remove | _FORWARDED
-        if options.protected:
-            remove = remove | {b"authorization"}
-        headers = filter_headers(head.headers, remove)
-        forwarded_for = [v for n, v in headers if n.lower() == b"x-forwarded-for"]
-        if forwarded_for:
-            headers = [(n, v) for n, v in headers if n.lower() != b"x-forwarded-for"]
-        host = next((v for n, v in head.headers if n.lower() == b"host"), b"")
+    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions) -> bytes:
+        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass."""
+        noted = head.noted
         rewrite = options.rewrite_host.get(leg.service)
+        drop = options.request_drop | _HOST if rewrite is not None else options.request_drop
+        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+        lines += kept_lines(head.headers, head.lower, drop, head.connection)
         if rewrite is not None:
-            headers = [(n, rewrite if n.lower() == b"host" else v) for n, v in headers]
-        headers += [(b"X-Forwarded-For", b", ".join(forwarded_for + [self.peer])),
-                    (b"X-Forwarded-Proto", b"http"), (b"X-Forwarded-Host", host)]
-        headers += options.request_add
+            lines.append(b"Host: " + rewrite + b"\r\n")
+        forwarded_for = noted.get(b"x-forwarded-for", [])
+        host = noted.get(b"host", (b"",))[0]
+        lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [self.peer]),
+                  b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n"]
+        lines += options.request_add_lines
         if head.chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked\r\n")
         if head.upgrade:
-            upgrade = b", ".join(v for n, v in head.headers if n.lower() == b"upgrade")
-            headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
-        return request_bytes(head, headers)
+            lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(noted[b"upgrade"]), b"\r\n"]
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     async def _forward(self, head: RequestHead, leg: Leg, options, label: str, started: float) -> bool:
         leg.start_exchange(head.method == b"HEAD")
         server = self.server
-        loop = asyncio.get_running_loop()
-        timer = _Timer(leg, server.upstream_timeout)
+        server.exchanges.add(leg)  # watched for --upstream-timeout
         pump: asyncio.Task | None = None
         response: ResponseHead | None = None
         user_chunked = close_after = False
@@ -284,7 +283,7 @@ class FrontConnection(asyncio.Protocol):
                                        or (pump is not None and not pump.done()))
                         out.append(self._response_head(response, options, user_chunked, close_after))
                     elif event.status == 101 and head.upgrade:  # type: ignore[union-attr]
-                        timer.cancel()
+                        server.exchanges.discard(leg)
                         return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
                     elif event.status != 101:  # type: ignore[union-attr]  # 100 Continue and friends
                         out.append(self._response_head(event, options, False, False))  # type: ignore[arg-type]
@@ -319,7 +318,7 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(status, f"bad gateway: {exc}", head, close=True, host=label, started=started)
             return False
         finally:
-            timer.cancel()
+            server.exchanges.discard(leg)
             if pump is not None and not pump.done():
                 pump.cancel()
                 leg.abort(LegFailed("request body abandoned"))  # the upstream still waits for it
@@ -331,13 +330,19 @@ class FrontConnection(asyncio.Protocol):
             self.leg = None
         return not close_after
 
-    def _response_head(self, response: ResponseHead, options, chunked: bool, close: bool) -> bytes:
-        headers = filter_headers(response.headers, options.response_remove) + options.response_add
+    def _response_head(self, response: ResponseHead, options: HttpOptions, chunked: bool, close: bool,
+                       upgrade: bool = False) -> bytes:
+        lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
+        lines += kept_lines(response.headers, response.lower, options.response_drop, response.connection)
+        lines += options.response_add_lines
         if chunked:
-            headers.append((b"Transfer-Encoding", b"chunked"))
+            lines.append(b"Transfer-Encoding: chunked\r\n")
         if close:
-            headers.append((b"Connection", b"close"))
-        return response_bytes(response.status, response.reason, headers)
+            lines.append(b"Connection: close\r\n")
+        if upgrade:
+            lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(response.noted.get(b"upgrade", [])), b"\r\n"]
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     async def _pump(self, leg: Leg, chunked: bool) -> None:
         """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
@@ -356,10 +361,7 @@ class FrontConnection(asyncio.Protocol):
     async def _switch(self, head: RequestHead, response: ResponseHead, leg: Leg, options, label: str,
                       started: float) -> bool:
         """101 Switching Protocols: from here on, bytes both ways as they are (websockets)."""
-        headers = filter_headers(response.headers, options.response_remove) + options.response_add
-        upgrade = b", ".join(v for n, v in response.headers if n.lower() == b"upgrade")
-        headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
-        await self._send(response_bytes(101, response.reason, headers))
+        await self._send(self._response_head(response, options, False, False, upgrade=True))
         self.server.observe(101, label, head.method, started)
         self.server.upgraded += 1
 
@@ -394,23 +396,3 @@ class FrontConnection(asyncio.Protocol):
 
 class _Retry(Exception):
     """The upstream closed before answering: a reused keep-alive connection may retry once."""
-
-
-class _Timer:
-    """Fires when neither direction of an exchange moved for ``timeout`` seconds (one timer per request)."""
-
-    def __init__(self, leg: Leg, timeout: float) -> None:
-        self.leg = leg
-        self.timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self._handle = self._loop.call_at(leg.last_activity + timeout, self._check)
-
-    def _check(self) -> None:
-        due = self.leg.last_activity + self.timeout
-        if self._loop.time() >= due:
-            self.leg.fire_timeout()
-        else:
-            self._handle = self._loop.call_at(due, self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()

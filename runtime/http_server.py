@@ -15,6 +15,7 @@ import re
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from .http_options import HttpOptions, OptionError
+from .http_leg import Leg
 from .http_proxy import FrontConnection
 from .metrics import OTHER, HttpMetrics
 from .registry import Registry
@@ -70,6 +71,8 @@ class HttpTunnelServer:
         self._default_options = HttpOptions()
         self._listener: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.exchanges: set[Leg] = set()  # requests waiting on an upstream, for the timeout sweep
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Control plane, then the data plane; ``OSError`` (say, port taken) leaves nothing running."""
@@ -82,8 +85,11 @@ class HttpTunnelServer:
         except OSError:
             await self.control.stop()
             raise
+        self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._listener is not None:
             self._listener.close()
         await self.control.stop()
@@ -94,6 +100,18 @@ class HttpTunnelServer:
         return self._listener.sockets[0].getsockname()[1]
 
     # ------------------------------------------------------------ data plane
+
+    async def _sweep(self) -> None:
+        """Time out exchanges where nothing moved for ``upstream_timeout``: one timer for all
+        requests (a timer per request costs more than the rest of a small request's routing)."""
+        assert self._loop is not None
+        interval = min(1.0, self.upstream_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            deadline = self._loop.time() - self.upstream_timeout
+            for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline]:
+                self.exchanges.discard(leg)
+                leg.fire_timeout()
 
     def route(self, host: str) -> tuple[str | None, str]:
         """(service to use or None, metrics label): exact name, then the catch-all."""
