@@ -38,6 +38,9 @@ def http_server(
     upstream_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds an upstream may stay silent before 504.")
     ] = 60.0,
+    idle_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a kept-alive user connection may wait for its next request.")
+    ] = 75.0,
     control_addr: ControlAddr = "",
     control_port: ControlPort = 8123,
     token: Token = None,
@@ -63,7 +66,8 @@ def http_server(
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive,
     )
-    server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout)
+    server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
+                             idle_timeout=idle_timeout)
 
     async def start() -> None:
         try:

@@ -52,6 +52,7 @@ class FrontConnection(asyncio.Protocol):
         self._paused_reading = False
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
+        self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
 
     # ------------------------------------------------------------------ socket
 
@@ -62,6 +63,7 @@ class FrontConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        self.server.connections.add(self)
         self._task = asyncio.ensure_future(self._run())
 
     def data_received(self, data: bytes) -> None:
@@ -154,7 +156,9 @@ class FrontConnection(asyncio.Protocol):
     async def _run(self) -> None:
         try:
             while True:
+                self.idle_since = self._loop.time()
                 event = await self._next()
+                self.idle_since = None
                 if event is None:
                     break
                 if isinstance(event, HttpError):
@@ -169,6 +173,7 @@ class FrontConnection(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - one broken connection must not take the server down
             log.exception("event=proxy_error peer=%s", self.peer.decode())
         finally:
+            self.server.connections.discard(self)
             if self.leg is not None:
                 self.leg.finish()
                 self.leg = None

@@ -57,10 +57,13 @@ class HttpTunnelServer:
         port: int = 8000,
         data_addr: str | None = None,
         upstream_timeout: float = 60.0,
+        idle_timeout: float = 75.0,
     ) -> None:
         self.port = port
         self.data_addr = data_addr or None
         self.upstream_timeout = upstream_timeout
+        self.idle_timeout = idle_timeout  # a kept-alive user connection with no request closes after this
+        self.connections: set[FrontConnection] = set()
         self.registry: Registry[Session] = Registry()
         self.options: dict[Session, HttpOptions] = {}
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
@@ -102,16 +105,22 @@ class HttpTunnelServer:
     # ------------------------------------------------------------ data plane
 
     async def _sweep(self) -> None:
-        """Time out exchanges where nothing moved for ``upstream_timeout``: one timer for all
-        requests (a timer per request costs more than the rest of a small request's routing)."""
+        """Time out exchanges where nothing moved for ``upstream_timeout``, and idle keep-alive
+        connections: one timer for all (a timer per request costs as much as routing it)."""
         assert self._loop is not None
-        interval = min(1.0, self.upstream_timeout / 4)
+        interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            deadline = self._loop.time() - self.upstream_timeout
+            now = self._loop.time()
+            deadline = now - self.upstream_timeout
             for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline]:
                 self.exchanges.discard(leg)
                 leg.fire_timeout()
+            idle = now - self.idle_timeout
+            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= idle]:
+                self.connections.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.close()
 
     def route(self, host: str) -> tuple[str | None, str]:
         """(service to use or None, metrics label): exact name, then the catch-all."""

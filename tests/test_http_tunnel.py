@@ -249,3 +249,11 @@ def test_two_clients_balanced_then_failover(env):
     env["stack"].stop_client(env["b2_task"])
     time.sleep(0.2)
     assert [who() for _ in range(6)] == ["B1"] * 6
+
+
+def test_idle_keep_alive_connection_is_closed(env, tls, token):
+    server = env["stack"].server(tls, token, idle_timeout=0.5)
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""  # closed by the server, not by the timeout of this socket
+        assert 0.4 < time.monotonic() - started < 2.0
