@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures.proxy_daemons import Daemon, free_port, tinyproxy
+from fixtures.proxy_daemons import Daemon, dante, free_port, tinyproxy
 from tunnel_helpers import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,13 @@ def accepts(port: int) -> bool:
 @pytest.fixture(scope="module")
 def auth_proxy(tmp_path_factory: pytest.TempPathFactory):
     daemon = tinyproxy(tmp_path_factory.mktemp("tinyproxy-cli"), auth=(USER, PASSWORD))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def socks_proxy(tmp_path_factory: pytest.TempPathFactory):
+    daemon = dante(tmp_path_factory.mktemp("dante-cli"))
     yield daemon
     daemon.stop()
 
@@ -125,6 +132,26 @@ def test_client_uses_https_proxy_from_the_environment_and_never_logs_its_passwor
     assert f"event=proxy proxy=http://{USER}@127.0.0.1:{auth_proxy.port} source=HTTPS_PROXY" in output
     assert f"remote={auth_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
     assert PASSWORD not in output and "Traceback" not in output
+
+
+def test_client_uses_all_proxy_socks5_from_the_environment(
+    tmp_path: Path, tls: TlsFiles, socks_proxy: Daemon, tunnel_server, echo_port: int
+) -> None:
+    """The command runs on uvloop when installed: SOCKS through it, end to end."""
+    control, token_file, server_log = tunnel_server
+    public, log = free_port(), tmp_path / "client.log"
+    env = clean_env(ALL_PROXY=f"socks5://127.0.0.1:{socks_proxy.port}")
+    client = spawn(client_args(control, token_file, tls, public, echo_port), log, env)
+    try:
+        wait_for(lambda: accepts(public), "the data port the client advertised")
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as sock:
+            sock.sendall(b"through dante")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b"through dante"
+    finally:
+        assert finish(client) == 0
+    assert f"event=proxy proxy=socks5://127.0.0.1:{socks_proxy.port} source=ALL_PROXY" in log.read_text()
+    assert f"remote={socks_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
 
 
 def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retrying(
