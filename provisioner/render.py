@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-import gzip
+import lzma
 import shlex
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +22,8 @@ from .spec import TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, contr
 from .wheel import EmbeddedWheel
 
 SERVICE_USER = "inlets"
+#: run by cloud-init on the VM: cloud-init decodes only gzip, the wheel is sent xz-compressed
+UNPACK_XZ = "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read()))"
 CONFIG_DIR = "/etc/inlets"
 
 
@@ -97,9 +99,12 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
         )
     wheel = None
     if options.wheel is not None:
+        packed = lzma.compress(options.wheel.data, preset=9 | lzma.PRESET_EXTREME)  # ~15% smaller than gzip
         wheel = {
             "path": f"/opt/inlets/{options.wheel.filename}",
-            "b64": base64.b64encode(gzip.compress(options.wheel.data, 9, mtime=0)).decode(),
+            "xz_path": f"/opt/inlets/{options.wheel.filename}.xz",
+            "b64": base64.b64encode(packed).decode(),
+            "unpack": UNPACK_XZ,
         }
     text = render(
         "user-data.yaml.j2",

@@ -3,8 +3,8 @@
 With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no
 published package of ours (its dependencies still come from the VM's package index).
 User-data is capped (DigitalOcean: 64 KiB), so the wheel is made small: members are
-stored uncompressed for the user-data's gzip to compress them as one stream, and
-docstrings are dropped from modules other than the CLI's (typer shows those as help).
+stored uncompressed for render.py's xz to compress them as one stream, and docstrings
+and comments are dropped from modules other than the CLI's (typer shows those as help).
 """
 
 from __future__ import annotations

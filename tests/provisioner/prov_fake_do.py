@@ -141,11 +141,19 @@ class FakeDigitalOcean:
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         assert argv[0] == VM_INLETS, argv
         env = dict(os.environ)
+
+        def here(arg: str) -> str:  # a VM path, inside this droplet's folder
+            return str(root / arg.lstrip("/")) if arg.startswith("/opt/inlets/") else arg
+
+        for command in doc["runcmd"]:  # run the user-data's own Python steps (unpacking the wheel)
+            if isinstance(command, list) and command[:2] == ["python3", "-c"]:
+                subprocess.run([sys.executable, "-c", command[2], *map(here, command[3:])],
+                               check=True, timeout=60, capture_output=True)
         pip = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0].endswith("/pip"))
-        if pip[-1] in written:  # an embedded wheel: install it and run the runtime from it
+        if Path(here(pip[-1])).is_file():  # an embedded wheel: install it and run the runtime from it
             site = root / "opt" / "inlets" / "site"
             subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                            "--target", str(site), written[pip[-1]]], check=True, timeout=60, capture_output=True)
+                            "--target", str(site), here(pip[-1])], check=True, timeout=60, capture_output=True)
             env["PYTHONPATH"] = str(site)
             inlets = [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
         else:  # a package spec: this installation's inlets stands in for the published package

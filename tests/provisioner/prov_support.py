@@ -152,3 +152,13 @@ def one_line_error(result: Result, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], (needle, errors[0])
     return errors[0]
+
+
+def assert_server_answered(result: Result) -> None:
+    """``inletsctl status --json``: the server answered its /status (or /healthz before /status existed)."""
+    assert result.code == 0, result.err
+    server = result.json()["server"]
+    if server["endpoint"] == "/status":
+        assert isinstance(server["status"], dict) and server["status"].get("version"), server
+    else:
+        assert server["endpoint"] == "/healthz" and server["http_status"] == 200, server

@@ -13,6 +13,7 @@ import pytest
 
 from prov_fake_do import FakeDigitalOcean
 from prov_support import (
+    assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
 
@@ -62,8 +63,9 @@ def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalO
     (row,) = listed.json()["servers"]
     assert (row["name"], row["where"], row["ip"], row["mode"]) == ("do-e2e", "both", ip, "tcp")
     assert row["expires"] == summary["expires_at"]
-    status = run_inletsctl(*_do(fake, token_file, state, "status", "do-e2e"))
-    assert status.code == 0 and "droplet status 'active'" in status.out and "answered 200" in status.out, status
+    status = run_inletsctl(*_do(fake, token_file, state, "status", "do-e2e", "--json"))
+    assert_server_answered(status)
+    assert status.json()["vm"].startswith("droplet status 'active'")
     deleted = run_inletsctl(*_do(fake, token_file, state, "delete", "do-e2e"))
     assert deleted.code == 0, deleted.err
     assert fake.droplets == {} and fake.processes == {} and not (state / "do-e2e").exists()

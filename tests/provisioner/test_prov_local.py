@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prov_support import (
+    assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
 
@@ -43,8 +44,10 @@ def test_create_client_traffic_list_status_delete(tmp_path: Path) -> None:
     assert listed.code == 0, listed.err
     (row,) = listed.json()["servers"]
     assert (row["name"], row["provider"], row["where"], row["status"]) == ("readme-demo", "local", "both", "active")
-    status = run_inletsctl("status", "readme-demo", "--state-dir", str(state))
-    assert status.code == 0 and "answered 200" in status.out, status
+    status = run_inletsctl("status", "readme-demo", "--state-dir", str(state), "--json")
+    assert_server_answered(status)
+    human = run_inletsctl("status", "readme-demo", "--state-dir", str(state))
+    assert human.code == 0 and "process" in human.out and "server" in human.out, human
     pid = int(summary["id"])
     deleted = run_inletsctl("delete", "readme-demo", "--state-dir", str(state))
     assert deleted.code == 0, deleted.err

@@ -94,14 +94,15 @@ def test_secrets_owner_only_and_service_hardened(variant: str) -> None:
 def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
     text, _ = _render("tcp-embedded-wheel-ttl")
     doc = yaml.safe_load(text)
-    (wheel_file,) = [f for f in doc["write_files"] if f["path"].endswith(".whl")]
+    (packed,) = [f for f in doc["write_files"] if f["path"].endswith(".whl.xz")]
+    (unpack,) = [c for c in doc["runcmd"] if isinstance(c, list) and c[:2] == ["python3", "-c"]]
     pip = [c for c in doc["runcmd"] if isinstance(c, list) and c[0].endswith("/pip")][0]
-    assert pip[-1] == wheel_file["path"]  # installs the embedded wheel, not a published package
+    assert unpack[3:] == [packed["path"], pip[-1]]  # installs the embedded wheel, not a published package
     import base64
-    import gzip
-    path = tmp_path / Path(wheel_file["path"]).name
-    assert wheel_file["encoding"] == "gz+b64"
-    path.write_bytes(gzip.decompress(base64.b64decode(wheel_file["content"])))
+    (tmp_path / "packed.xz").write_bytes(base64.b64decode(packed["content"]))
+    path = tmp_path / Path(pip[-1]).name
+    # the user-data's own unpacking step, as cloud-init runs it
+    subprocess.run([sys.executable, "-c", unpack[2], str(tmp_path / "packed.xz"), str(path)], check=True, timeout=60)
     assert zipfile.ZipFile(path).testzip() is None
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
