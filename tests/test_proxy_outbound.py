@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 import pytest
 from fixtures.integrity import Upstream as HashingUpstream, exchange, payloads
