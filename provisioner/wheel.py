@@ -4,7 +4,7 @@ With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no
 published package of ours (its dependencies still come from the VM's package index).
 User-data is capped (DigitalOcean: 64 KiB), so the wheel is made small: members are
 stored uncompressed for render.py's xz to compress them as one stream, and docstrings
-and comments are dropped from modules other than the CLI's (typer shows those as help).
+and comments are dropped (the VM only runs the server: its ``--help`` loses its prose).
 """
 
 from __future__ import annotations
@@ -68,9 +68,7 @@ def build_runtime_wheel() -> EmbeddedWheel:
     package_dir = Path(runtime.__file__).resolve().parent
     for path in sorted(package_dir.rglob("*.py")):
         if "__pycache__" not in path.parts:
-            source = path.read_text()
-            if not path.name.startswith("cli"):
-                source = _compact(source)
+            source = _compact(path.read_text())
             files[f"runtime/{path.relative_to(package_dir).as_posix()}"] = source.encode()
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
     meta += [f"Requires-Dist: {req}" for req in _requirements()]
