@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .cli import (
+from .cli_common import (
     AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext, Proxy,
     TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile, Url, client_config, control_config,
     fail, run_client, run_until_signalled, setup_logs,
