@@ -257,3 +257,21 @@ def test_idle_keep_alive_connection_is_closed(env, tls, token):
         started = time.monotonic()
         assert sock.recv(10) == b""  # closed by the server, not by the timeout of this socket
         assert 0.4 < time.monotonic() - started < 2.0
+
+
+def test_client_resets_a_stream_for_a_host_it_did_not_advertise(env):
+    """The server cannot make a client dial what it did not advertise."""
+    from runtime.http_leg import Leg, LegFailed
+
+    server = env["server"]
+
+    async def attempt() -> str:
+        session = server.registry.sessions_for("http:app.test")[0]
+        leg = Leg(session, "http:not-advertised.test")
+        try:
+            await leg.next_event()
+        except LegFailed as exc:
+            return str(exc)
+        return "no reset"
+
+    assert "not served by this client" in env["stack"].run(attempt(), 10)
