@@ -93,7 +93,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     try:
         state.write_secret(state.token_file, (secrets.token + "\n").encode())
         state.write_public(state.ca_file, secrets.ca_cert)
-        if opts.provider == "local":
+        if provider.keeps_server_key:  # elsewhere the key travels only inside the user-data
             state.write_public(state.cert_file, secrets.server.cert)
             state.write_secret(state.key_file, secrets.server.key)
         meta: dict[str, Any] = {

@@ -57,6 +57,8 @@ class Provisioner(Protocol):
     user_data_limit: int
     #: seconds between status polls while waiting (cloud APIs have rate limits)
     poll_interval: float
+    #: the server reads its certificate and key from the local state folder (no VM)
+    keeps_server_key: bool
 
     def create(self, plan: Plan) -> Host: ...
 

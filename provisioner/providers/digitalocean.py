@@ -33,6 +33,7 @@ class DigitalOceanProvider:
     name = "digitalocean"
     user_data_limit = 64 * 1024
     poll_interval = 2.0
+    keeps_server_key = False
 
     def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
         self._driver = get_driver(Provider.DIGITAL_OCEAN)(token)

@@ -62,6 +62,7 @@ class LocalProvider:
     name = "local"
     user_data_limit = 0
     poll_interval = 0.2
+    keeps_server_key = True
 
     def __init__(self, root: Path, data_addr: str = DATA_ADDR) -> None:
         self._root = root
