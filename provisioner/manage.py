@@ -90,7 +90,7 @@ def list_servers(
             if provider_name:
                 raise
             notes.append(f"{pname}: not checked ({exc})")
-            rows += [_row(m, None, "local state (cloud not checked)") for m in local_rows]
+            rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
             continue
         by_id = {h.id: h for h in hosts}
         for meta in local_rows:
