@@ -141,7 +141,7 @@ def _cmd(argv: list[str]) -> str:
     return lines[0] if lines else ""
 
 
-def environment(cfg: Config, foreign: float | None) -> str:
+def environment(cfg: Config, foreign: float | None, started: datetime.datetime) -> str:
     root = Path(__file__).resolve().parent.parent
     rev = _cmd(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     if _cmd(["git", "-C", str(root), "status", "--porcelain", "--", "runtime"]) not in ("", "?"):
@@ -156,7 +156,7 @@ def environment(cfg: Config, foreign: float | None) -> str:
     except ImportError:
         loop = "asyncio"
     lines = [
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}  {platform.node()}  "
+        f"started {started:%Y-%m-%d %H:%M UTC}  {platform.node()}  "
         f"{cpu} x{os.cpu_count()}  Linux {platform.release()}",
         f"runtime at git {rev}",
         f"python {platform.python_version()} ({loop} in target)  {_cmd(['ssh', '-V'])}  "

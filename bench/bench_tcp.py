@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import sys
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, wanted, json_out = parse_args(argv)
     raise_nofile()
     started = time.monotonic()
+    started_at = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory(prefix="inlets-bench-") as tmpname, contextlib.ExitStack() as stack:
         tmp = FsPath(tmpname)
         target = stack.enter_context(_paths.target(tmp))
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results
     foreign = bench.foreign_busy / (bench.foreign_wall * (os.cpu_count() or 1)) if bench.foreign_wall else None
     print()
-    print(environment(cfg, foreign))
+    print(environment(cfg, foreign, started_at))
     print()
     print(table(results, cfg))
     print()
