@@ -182,8 +182,8 @@ class Session:
         self.go_away(reason)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.channels and not self.closed.is_set() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        while (self.channels or self.mux.buffered) and not self.closed.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.02)  # also until GOAWAY and the last frames are on the wire
         if self.channels:
             log.warning("event=drain_timeout session=%s open_streams=%d", self.name, len(self.channels))
         await self.close(1001, reason)
