@@ -290,7 +290,7 @@ class FrontConnection(asyncio.Protocol):
                     elif event.status == 101 and head.upgrade:  # type: ignore[union-attr]
                         server.exchanges.discard(leg)
                         return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
-                    elif event.status != 101:  # type: ignore[union-attr]  # 100 Continue and friends
+                    elif event.status != 101 and head.version == b"1.1":  # type: ignore[union-attr]  # 100 Continue
                         out.append(self._response_head(event, options, False, False))  # type: ignore[arg-type]
                 elif kind is EndOfMessage:
                     if user_chunked:

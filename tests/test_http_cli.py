@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -63,7 +64,8 @@ def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
 
 
 def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
-    """The issue's bound: a 1 GiB chunked upload must not grow the server's memory past a few MiB."""
+    """The issue's bound: a 1 GiB chunked upload must not grow the server's memory past a few MiB;
+    nor may a download whose user stopped reading."""
     need("curl")
     token = secrets.token_hex(32)
     (tmp_path / "token").write_text(token + "\n")
@@ -106,6 +108,20 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
         growth = peak - baseline
         print(f"1 GiB upload in {elapsed:.1f}s; server RSS {baseline} MiB -> peak {peak} MiB (+{growth} MiB)")
         assert growth < 16, f"server memory grew by {growth} MiB during a 1 GiB upload"
+
+        # the other direction: a user who stops reading a 512 MiB download holds the server at its window
+        with socket.create_connection((LOOPBACK, data), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: up.test\r\n\r\n" % (512 * 1024 * 1024))
+            received = len(sock.recv(65536))
+            time.sleep(1.5)  # not reading: the tunnel must stall this stream, not buffer it
+            stalled = _status(server.pid, "VmRSS")
+            while received < 512 * 1024 * 1024:
+                piece = sock.recv(1024 * 1024)
+                assert piece, "download cut short"
+                received += len(piece)
+        print(f"stalled 512 MiB download: server RSS {stalled} MiB (baseline {baseline} MiB)")
+        assert stalled - baseline < 16, f"server memory grew to {stalled} MiB while the user did not read"
     finally:
         for proc in reversed(procs):
             proc.terminate()
