@@ -4,8 +4,9 @@
 One run on this machine: nginx (Debian package, own config in a temp dir, high
 loopback port) serves a 1 KiB file; wrk (Debian package) measures requests/s and
 p50/p99 latency with keep-alive connections, straight to nginx, through
-``inlets http server/client`` (TLS, token), and through OpenSSH ``ssh -R`` and
-``ssh -L`` (private sshd, see _paths.py). Missing packages are installed with
+``inlets http server/client`` (TLS, token), through ``inlets tcp`` (the core
+without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
+(private sshd, see _paths.py). Missing packages are installed with
 apt-get when run as root. Every wrk run is bounded by ``--seconds``.
 
     .venv/bin/python bench/bench_http.py            # full run, about a minute
@@ -34,7 +35,9 @@ sys.path.insert(0, str(FsPath(__file__).resolve().parent))
 import _paths  # noqa: E402
 from _util import LOOPBACK, BenchError, Procs, free_port, port_accepts, raise_nofile, spawn, wait_until, which  # noqa: E402
 
-PATHS = ("direct", "tunnel", "ssh-R", "ssh-L")
+PATHS = ("direct", "tunnel", "tcp-tunnel", "ssh-R", "ssh-L")
+#: tcp-tunnel: the same wrk load through ``inlets tcp`` (no HTTP parsing): the runtime core's ceiling,
+#: so the table shows what the HTTP layer costs on top of it.
 
 
 def ensure_packages(*tools: str) -> None:
@@ -167,17 +170,17 @@ def measure(name: str, port: int, args: argparse.Namespace) -> Result:
 def table(results: dict[str, Result], args: argparse.Namespace) -> str:
     ssh_r, ssh_l = results.get("ssh-R"), results.get("ssh-L")
     lines = [f"wrk -t{args.threads} -c{args.connections} -d{args.seconds}s, nginx 1 KiB file, median of {args.repeat}",
-             f"{'path':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s vs ssh -R':>16} {'p99 vs ssh -L':>14}"]
+             f"{'path':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s vs ssh -R':>16} {'p99 vs ssh -L':>14}"]
     for name in PATHS:
         r = results.get(name)
         if r is None:
             continue
         if r.error:
-            lines.append(f"{name:<8} FAILED: {r.error.splitlines()[0]}")
+            lines.append(f"{name:<10} FAILED: {r.error.splitlines()[0]}")
             continue
         vs_r = f"{r.rps / ssh_r.rps:.2f}x" if ssh_r and ssh_r.rps else "-"
         vs_l = f"{r.p99_ms / ssh_l.p99_ms:.2f}x" if ssh_l and ssh_l.p99_ms else "-"
-        lines.append(f"{name:<8} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {vs_r:>16} {vs_l:>14}")
+        lines.append(f"{name:<10} {r.rps:>10.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} {vs_r:>16} {vs_l:>14}")
     t = results.get("tunnel")
     if t and not t.error and ssh_r and ssh_l and not (ssh_r.error or ssh_l.error):
         ok_rps = t.rps >= 3 * ssh_r.rps
@@ -217,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                     elif name == "tunnel":
                         with tunnel(upstream, tmp) as port:
                             results[name] = measure(name, port, args)
+                    elif name == "tcp-tunnel":
+                        target = SimpleNamespace(sink_port=upstream, echo_port=upstream)
+                        with _paths.tunnel(target, tmp) as path:  # type: ignore[arg-type]
+                            results[name] = measure(name, path.sink_port, args)
                     else:
                         with ssh("-R" if name == "ssh-R" else "-L", upstream, sshd) as port:  # type: ignore[arg-type]
                             results[name] = measure(name, port, args)
