@@ -114,7 +114,20 @@ class Leg:
             count, self._unconsumed = self._unconsumed, 0
             self.channel.consumed(count)
 
-    async def write(self, data: bytes) -> None:
+    def write_now(self, data: bytes) -> memoryview | None:
+        """Queue what credit allows, synchronously; returns what is left (``None``: all of it went)."""
+        if self.failure is not None or self.timed_out:
+            return memoryview(data)  # ``write`` raises the reason
+        try:
+            count = self.channel.write(data)
+        except StreamError:
+            return memoryview(data)
+        if count == len(data):
+            self.last_activity = self._loop.time()
+            return None
+        return memoryview(data)[count:]
+
+    async def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while True:
             if self.failure is not None:

@@ -140,6 +140,15 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             raise ConnectionResetError("user went away")
 
+    def _write(self, data: bytes) -> bool:
+        """Write without a coroutine call; True when the caller must wait for the user to drain."""
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("user went away")
+        if data:
+            transport.write(data)
+        return self._drain is not None
+
     async def _send(self, data: bytes) -> None:
         transport = self.transport
         if transport is None:
@@ -270,7 +279,9 @@ class FrontConnection(asyncio.Protocol):
         response: ResponseHead | None = None
         user_chunked = close_after = False
         try:
-            await leg.write(self._request_head(head, leg, options))
+            rest = leg.write_now(self._request_head(head, leg, options))
+            if rest is not None:
+                await leg.write(rest)
             if head.has_body:
                 pump = asyncio.ensure_future(self._pump(leg, head.chunked))
             out: list[bytes] = []  # written in one go when the queue runs dry: one syscall per response
@@ -305,10 +316,12 @@ class FrontConnection(asyncio.Protocol):
                         raise LegFailed("upstream closed mid-response")
                     break
                 if not leg.events:
-                    await self._send(b"".join(out))
+                    if self._write(b"".join(out)):
+                        await self._drained()
                     out.clear()
                     leg.release()
-            await self._send(b"".join(out))
+            if self._write(b"".join(out)):
+                await self._drained()
             leg.release()
         except UpstreamTimeout:
             if response is not None:

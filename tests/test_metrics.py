@@ -78,6 +78,12 @@ def test_http_metrics_match_the_requests_made(tls, token):
         assert found[key(total, code="400", host="_other", method="_other")] == 1
         assert sum(v for (name, _), v in found.items() if name == total) == 9
         assert found[key("http_dataplane_request_duration_seconds_count", code="200", host="m.test", method="GET")] == 3
+        buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in found.items()
+                         if name == "http_dataplane_request_duration_seconds_bucket"
+                         and dict(labels)["code"] == "200" and dict(labels)["method"] == "GET")
+        assert buckets[-1] == (float("inf"), 3) and all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+        assert 0 < found[key("http_dataplane_request_duration_seconds_sum", code="200", host="m.test",
+                             method="GET")] < 3
         assert not any("random" in str(labels) for _, labels in found)  # bounded label values
         assert found[key("http_controlplane_connected_gauge")] == 1
         control_total = "http_controlplane_requests_total"
