@@ -1,7 +1,9 @@
 """Render the cloud-init user-data, systemd units and client command from ``templates/``.
 
-Templates live in the top-level ``templates/`` folder, installed as the package
-``provisioner.templates`` so that a wheel install finds them too.
+Templates live in the top-level ``templates/`` folder (found by runtime.templating, which
+renders the same unit for ``inlets --generate=systemd``), installed as the package
+``provisioner.templates`` so that a wheel install finds them too. This environment adds
+shell quoting (``| q``) for the client command.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import datetime
 import lzma
 import shlex
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import jinja2
+
+from runtime.templating import template_dir
 
 from .errors import ProvisionError
 from .material import Material
@@ -27,15 +30,8 @@ UNPACK_XZ = "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.decompress(ope
 CONFIG_DIR = "/etc/inlets"
 
 
-def _template_dir() -> Path:
-    try:
-        return Path(str(resources.files("provisioner.templates")))
-    except ModuleNotFoundError:  # running from a source tree without installing
-        return Path(__file__).resolve().parent.parent / "templates"
-
-
 _env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(_template_dir())),
+    loader=jinja2.FileSystemLoader(str(template_dir())),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     trim_blocks=True,

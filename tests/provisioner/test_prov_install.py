@@ -43,7 +43,7 @@ def test_wheel_contains_templates_and_renders_from_them(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
         "import provisioner.render as r, provisioner.spec as s, provisioner.material as m\n"
-        "print(r._template_dir())\n"
+        "print(r.template_dir())\n"
         "text = r.user_data(s.build_spec('tcp', '80', []), m.generate('x'), r.UserDataOptions('x', 'inlets-py==0.1.0'))\n"
         "assert text.startswith('#cloud-config')\n"
     )
