@@ -176,9 +176,13 @@ def status_cmd(
     server = result["server"]
     if server["endpoint"] == "/healthz":
         print(f"{'server':<9} /healthz answered {server['http_status']} {server['body']}".rstrip())
+    elif isinstance(server["status"], dict):
+        from runtime.status import render_table  # the same view as ``inlets status``
+
+        print()
+        print(render_table(server["status"]))
     else:
-        print(f"{'server':<9} /status:")
-        output.print_json(server["status"])
+        print(f"{'server':<9} /status answered {server['status']}")
 
 
 # typer names commands after the functions; keep Python's builtins unshadowed.

@@ -135,6 +135,23 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
+def test_expiry_timer_verifies_and_fires_at_the_expiry(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian's systemd package)")
+    text, _ = _render("tcp-ttl")
+    files = {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+    paths = []
+    for name in ("inlets-expire.timer", "inlets-expire.service"):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(files[f"/etc/systemd/system/{name}"])
+    verify = subprocess.run([tool, "verify", *map(str, paths)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and "inlets-expire" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr
+    on_calendar = next(l for l in files["/etc/systemd/system/inlets-expire.timer"].splitlines() if l.startswith("OnCalendar="))
+    calendar = subprocess.run([tool, "calendar", on_calendar.removeprefix("OnCalendar=")], capture_output=True, text=True, timeout=60)
+    assert calendar.returncode == 0 and "Next elapse: Wed 2030-01-02 03:04:05 UTC" in calendar.stdout, calendar.stdout
+
+
 def test_client_command_forms() -> None:
     tcp = build_spec("tcp", "80,443", [])
     http = build_spec("http", None, ["example.com"])
