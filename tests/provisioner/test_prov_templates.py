@@ -28,6 +28,7 @@ VARIANTS = {
     "http-catch-all-ttl": (build_spec("http", None, []), {"expires_at": EXPIRY}),
     "tcp-runtime-spec": (build_spec("tcp", "443", []), {"package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl"}),
     "tcp-embedded-wheel-ttl": (build_spec("tcp", "80,443", []), {"wheel": True, "expires_at": EXPIRY}),
+    "http-domains-embedded-wheel": (build_spec("http", None, ["example.com"], http_port=8080), {"wheel": True}),
 }
 MATERIAL = generate("render-test")
 
