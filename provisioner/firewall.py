@@ -1,0 +1,53 @@
+"""The inbound ports an exit server needs, computed once for every cloud's firewall.
+
+TCP mode: the control port and exactly the data ports asked for (ports under 1024
+included, which inletsctl's EC2 rule leaves out). HTTP mode: the control port, the
+HTTP data port, and 443 (kept for HTTPS / Let's Encrypt on the data plane; inletsctl's
+Azure rule forgets the control port). Nothing else: no SSH unless a port list asks for 22.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec import TunnelSpec
+
+HTTPS_PORT = 443
+ANY_IPV4 = "0.0.0.0/0"
+ANY_IPV6 = "::/0"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One inbound TCP port open to everyone."""
+
+    port: int
+    purpose: str  # "control" or "data"
+    protocol: str = "tcp"
+
+    @property
+    def sources(self) -> tuple[str, str]:
+        return (ANY_IPV4, ANY_IPV6)
+
+
+def inbound_ports(spec: TunnelSpec) -> tuple[int, ...]:
+    """Sorted, unique TCP ports to open for ``spec``."""
+    return tuple(rule.port for rule in inbound_rules(spec))
+
+
+def inbound_rules(spec: TunnelSpec) -> list[Rule]:
+    """One rule per port, sorted by port; the control port is marked as such."""
+    data = set(spec.ports) if spec.mode == "tcp" else {spec.http_port, HTTPS_PORT}
+    data.discard(spec.control_port)
+    rules = [Rule(spec.control_port, "control")] + [Rule(port, "data") for port in data]
+    return sorted(rules, key=lambda rule: rule.port)
+
+
+def firewall_name(server_name: str) -> str:
+    """The name of the firewall / security group made for one exit server."""
+    return f"inlets-{server_name}"[:63]
+
+
+def describe(spec: TunnelSpec) -> str:
+    """``tcp 80,443,8123 from anywhere``: for summaries and descriptions."""
+    return "tcp " + ",".join(map(str, inbound_ports(spec))) + " from anywhere"
