@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .bridge import tune_socket
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
+from .http_upgrade import switch_protocols
 from .http_proto import (
     LAST_CHUNK, Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, SimpleResponse,
     Upgraded, chunk, kept_lines,
@@ -300,7 +301,7 @@ class FrontConnection(asyncio.Protocol):
                         out.append(self._response_head(response, options, user_chunked, close_after))
                     elif event.status == 101 and head.upgrade:  # type: ignore[union-attr]
                         server.exchanges.discard(leg)
-                        return await self._switch(head, event, leg, options, label, started)  # type: ignore[arg-type]
+                        return await switch_protocols(self, head, event, leg, options, label, started)  # type: ignore[arg-type]
                     elif event.status != 101 and head.version == b"1.1":  # type: ignore[union-attr]  # 100 Continue
                         out.append(self._response_head(event, options, False, False))  # type: ignore[arg-type]
                 elif kind is EndOfMessage:
@@ -375,41 +376,6 @@ class FrontConnection(asyncio.Protocol):
                 if chunked:
                     await leg.write(LAST_CHUNK)
                 return
-
-    async def _switch(self, head: RequestHead, response: ResponseHead, leg: Leg, options, label: str,
-                      started: float) -> bool:
-        """101 Switching Protocols: from here on, bytes both ways as they are (websockets)."""
-        await self._send(self._response_head(response, options, False, False, upgrade=True))
-        self.server.observe(101, label, head.method, started)
-        self.server.upgraded += 1
-
-        async def up() -> None:
-            while (event := await self._next()) is not None:
-                if type(event) is Upgraded and event.tail:  # type: ignore[union-attr]
-                    await leg.write(event.tail)  # type: ignore[union-attr]
-                elif type(event) is Body:
-                    await leg.write(event.data)  # type: ignore[union-attr]
-            leg.channel.write_eof()
-
-        async def down() -> None:
-            while (event := await leg.next_event()) is not None:
-                data = event.tail if type(event) is Upgraded else getattr(event, "data", b"")  # type: ignore[union-attr]
-                if data:
-                    await self._send(data)
-                leg.release()
-            if self.transport is not None and self.transport.can_write_eof():
-                self.transport.write_eof()
-
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-        try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.exception()
-        finally:
-            for task in tasks:
-                task.cancel()
-            self.server.upgraded -= 1
-        return False
 
 
 class _Retry(Exception):
