@@ -1,0 +1,124 @@
+"""Vultr instances through apache-libcloud's Vultr (API v2) driver, behind a firewall group of their own.
+
+The endpoint can be pointed elsewhere with ``--api-url`` or $VULTR_API_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+from libcloud.compute.providers import get_driver
+from libcloud.compute.types import Provider
+
+from ..cloud import Endpoint, api_errors, point, strict_responses
+from ..errors import NotFound
+from ..firewall import firewall_name, inbound_rules
+from .base import ACTIVE, TAG, Host, Plan
+
+TOKEN_ENV = ("VULTR_API_KEY", "INLETS_ACCESS_TOKEN")
+API_URL_ENV = "VULTR_API_URL"
+DEFAULT_REGION = "lhr"
+DEFAULT_SIZE = "vc2-1c-1gb"
+DEFAULT_IMAGE = "2284"  # os_id of "Ubuntu 24.04 LTS x64"
+MAX_PAGES = 20
+GONE_TIMEOUT = 300.0
+
+
+class VultrProvider:
+    name = "vultr"
+    user_data_limit = 48 * 1024  # sent base64-encoded; stays under 64 KiB on the wire
+    poll_interval = 3.0
+    keeps_server_key = False
+    firewall_note = "firewall group opening only the tunnel's ports"
+
+    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        self._driver = get_driver(Provider.VULTR)(token, api_version="2")
+        strict_responses(self._driver.connection)
+        self._endpoint = point(self._driver.connection, endpoint, timeout)
+
+    def _api(self, what: str) -> Any:
+        return api_errors(self.name, self._endpoint, what)
+
+    def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None) -> Any:
+        data = json.dumps(body) if body is not None else None
+        return self._driver.connection.request(path, method=method, data=data, params=params).object
+
+    def create(self, plan: Plan) -> Host:
+        with self._api(f"creating firewall group for {plan.name!r}"):
+            group = self._request("/v2/firewalls", "POST", {"description": firewall_name(plan.name)})["firewall_group"]
+        try:
+            with self._api(f"adding firewall rules for {plan.name!r}"):
+                for rule in inbound_rules(plan.spec):
+                    for ip_type, subnet in (("v4", "0.0.0.0"), ("v6", "::")):
+                        self._request(f"/v2/firewalls/{group['id']}/rules", "POST", {
+                            "ip_type": ip_type, "protocol": rule.protocol, "subnet": subnet, "subnet_size": 0,
+                            "port": str(rule.port), "notes": f"inlets {rule.purpose}",
+                        })
+            d = self._driver
+            size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
+            region = NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d)
+            with self._api(f"creating instance {plan.name!r}"):
+                node = d.create_node(
+                    plan.name, size, region, NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                    ex_ssh_key_ids=[plan.ssh_key] if plan.ssh_key else None, ex_userdata=plan.user_data,
+                    ex_hostname=plan.name, ex_tag=TAG, ex_firewall_group_id=group["id"], ex_enable_ipv6=True,
+                )
+        except BaseException:
+            self._delete_firewall(str(group["id"]))
+            raise
+        return Host(id=str(node.id), name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
+
+    def status(self, host_id: str) -> Host:
+        with self._api(f"reading instance {host_id}"):
+            return self._host(self._request(f"/v2/instances/{host_id}")["instance"])
+
+    def delete(self, host_id: str) -> None:
+        """Delete the instance, wait until it is gone, then delete its firewall group."""
+        host = self.status(host_id)
+        with self._api(f"deleting instance {host_id}"):
+            self._request(f"/v2/instances/{host_id}", "DELETE")
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.status(host_id)
+            except NotFound:
+                break
+            time.sleep(self.poll_interval)
+        if host.extra.get("firewall_group_id"):
+            self._delete_firewall(host.extra["firewall_group_id"])
+
+    def _delete_firewall(self, group_id: str) -> None:
+        try:
+            with self._api(f"deleting firewall group {group_id}"):
+                self._request(f"/v2/firewalls/{group_id}", "DELETE")
+        except NotFound:
+            pass
+
+    def list(self) -> list[Host]:
+        hosts: list[Host] = []
+        params: dict[str, Any] = {"tag": TAG, "per_page": 500}
+        with self._api("listing instances"):
+            for _ in range(MAX_PAGES):
+                body = self._request("/v2/instances", params=params)
+                hosts += [self._host(i) for i in body.get("instances", [])]  # filtered by the API
+                cursor = (body.get("meta") or {}).get("links", {}).get("next")
+                if not cursor:
+                    break
+                params["cursor"] = cursor
+        return hosts
+
+    def _host(self, data: dict[str, Any]) -> Host:
+        ip = data.get("main_ip") if data.get("main_ip") not in (None, "", "0.0.0.0") else None
+        status = str(data.get("status", "unknown"))
+        power = str(data.get("power_status", ""))
+        active = status == "active" and power == "running"
+        return Host(
+            id=str(data["id"]), name=str(data.get("label", "")), provider=self.name,
+            status=ACTIVE if active else status, ip=ip, created_at=data.get("date_created"),
+            detail=f"instance status {status!r}, power {power!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"region": str(data.get("region", "")), "firewall_group_id": str(data.get("firewall_group_id") or "")},
+        )
+
