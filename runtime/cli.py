@@ -22,14 +22,6 @@ from .cli_common import (
     TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, run_client,
     run_server, setup_logs,
 )
-from .client import TunnelClient
-from .forwarding import ForwardingPolicy, LocalForwarder, parse_local_forward
-from .generate import GenerateError
-from .generate import generate as generate_service
-from .probe import ProbeError, get, parse_url
-from .status import render_table
-from .tcp_client import TcpUpstreams, UpstreamError, parse_upstreams
-from .tcp_server import TcpTunnelServer
 
 log = logging.getLogger("inlets")
 
@@ -49,6 +41,9 @@ def maybe_generate(kind: str | None, command: list[str]) -> None:
     """With --generate, print the service definition for these exact flags and exit."""
     if kind is None:
         return
+    from .generate import GenerateError
+    from .generate import generate as generate_service
+
     argv = sys.argv[1 + len(command) :]
     try:
         typer.echo(generate_service(kind, command, argv), nl=False)
@@ -107,6 +102,9 @@ def tcp_server(
     """
     maybe_generate(generate, ["tcp", "server"])
     setup_logs(log_level, log_format)
+    from .forwarding import ForwardingPolicy
+    from .tcp_server import TcpTunnelServer
+
     allowed = parse_allow_ports(allow_ports)
     options = data_plane_options(allow_ips=allow_ips, proxy_protocol=proxy_protocol, lb_proxy_protocol=lb_proxy_protocol)
     if client_forwarding_allow and not client_forwarding:
@@ -162,6 +160,10 @@ def tcp_client(
     """
     maybe_generate(generate, ["tcp", "client"])
     setup_logs(log_level, log_format)
+    from .client import TunnelClient
+    from .forwarding import LocalForwarder, parse_local_forward
+    from .tcp_client import TcpUpstreams, UpstreamError, parse_upstreams
+
     try:
         forwards = [parse_local_forward(item) for item in local or []]
     except ValueError as exc:
@@ -207,6 +209,9 @@ def status(
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
+    from .probe import ProbeError, get, parse_url
+    from .status import render_table
+
     try:
         secret = read_tokens(token, token_file)[0]
         endpoint = parse_url(url)

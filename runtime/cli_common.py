@@ -14,20 +14,19 @@ import os
 import signal
 import socket
 from pathlib import Path
-from typing import Annotated, Awaitable, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, NoReturn, Optional
 
 import typer
 
 from . import logs
 from .allowlist import SourceAllowList, parse_networks
 from .auth import TokenError, TokenSet, read_tokens
-from .certs import ensure_auto_tls
-from .client import ClientConfig, FatalClientError, TunnelClient, connect_url
-from .control import ControlConfig
 from .dataplane import DataPlaneOptions
-from .proxy import ProxyConfigError
-from .proxy import choose as choose_proxy
 from .tls import TlsConfigError, client_context, server_context
+
+if TYPE_CHECKING:  # imported where used: a server never loads the client stack, and vice versa
+    from .client import ClientConfig, TunnelClient
+    from .control import ControlConfig
 
 log = logging.getLogger("inlets")
 
@@ -111,6 +110,8 @@ def control_config(
     keepalive: float,
 ) -> ControlConfig:
     """Validate the control-plane flags every server shares."""
+    from .control import ControlConfig
+
     try:
         tokens = TokenSet(read_tokens(token, token_file))
     except TokenError as exc:
@@ -125,6 +126,8 @@ def control_config(
                 fail("--tls-cert and --tls-key go together")
             ssl_context = server_context(tls_cert, tls_key)
         elif auto_tls:
+            from .certs import ensure_auto_tls  # cryptography: only when generating
+
             names = auto_tls_san or ["localhost", "127.0.0.1", "::1", socket.gethostname()]
             files = ensure_auto_tls(auto_tls_path or default_data_dir() / "auto-tls", names)
             ssl_context = server_context(files.cert, files.key)
@@ -174,6 +177,10 @@ def client_config(
     proxy: str | None = None,
     drain_timeout: float = 30.0,
 ) -> ClientConfig:
+    from .client import ClientConfig, FatalClientError, connect_url
+    from .proxy import ProxyConfigError
+    from .proxy import choose as choose_proxy
+
     try:
         tokens = read_tokens(token, token_file)
     except TokenError as exc:
@@ -272,6 +279,7 @@ def run_server(server, *, describe: str, drain_timeout: float, token: str | None
 
 def run_client(client: TunnelClient, start: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``client`` until signalled: SIGHUP reconnects make-before-break, SIGTERM drains."""
+    from .client import FatalClientError
 
     async def begin() -> None:
         if start is not None:

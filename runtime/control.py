@@ -22,6 +22,7 @@ from websockets.http11 import Request, Response
 
 from .auth import TokenSet
 from .forwarding import ForwardingPolicy
+from .ratelimit import FailedLoginLimiter
 from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from .session import Session
@@ -50,6 +51,9 @@ class ControlConfig:
     on_request: Callable[[str, int], None] | None = None
     #: Local forwarding (client-opened streams); None: refused.
     forwarding: ForwardingPolicy | None = None
+    #: Failed logins a source may make per window before it gets 429.
+    login_limit: int = 10
+    login_window: float = 60.0
 
 
 @dataclass
@@ -96,6 +100,7 @@ class ControlPlane:
         self._on_client_stream = config.forwarding.on_stream if config.forwarding else None
         self.clients: dict[Session, ClientInfo] = {}
         self.started_at = time.time()
+        self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
         self._server: Server | None = None
 
     async def start(self) -> None:
@@ -156,12 +161,18 @@ class ControlPlane:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _response(200, b"OK\n")
-        authorized = self.config.tokens.check_header(request.headers.get("Authorization"))
         route = self.config.routes.get(path)
         if path != CONNECT_PATH and route is None:
             return _response(404, b"not found\n")
-        if not authorized:
-            log.warning("event=unauthorized remote=%s path=%s", format_address(connection.remote_address), path)
+        source = str(connection.remote_address[0]) if connection.remote_address else "?"
+        if self.logins.blocked(source):
+            return _response(429, b"too many failed logins: try again later\n")
+        if not self.config.tokens.check_header(request.headers.get("Authorization")):
+            if self.logins.failed(source):  # once per window per source, not once per attempt
+                log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
+                            source, self.logins.limit, self.logins.window)
+            else:
+                log.info("event=unauthorized remote=%s path=%s", format_address(connection.remote_address), path)
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
         if route is not None:
             status, content_type, body = route()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tunnel_helpers import TlsFiles
 
 INLETS = [sys.executable, "-c", "from runtime.cli import main; main()"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,3 +56,22 @@ def echo_once(port: int, payload: bytes) -> bytes:
         while data := sock.recv(65536):
             chunks.append(data)
     return b"".join(chunks)
+
+
+def server_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
+    return [
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.1",
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), *extra,
+    ]
+
+
+def client_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
+    return ["tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+            "--tls-ca", str(tls.ca), *extra]
+
+
+def stop_all(*processes: subprocess.Popen) -> list[int]:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return [p.wait(15) for p in processes]

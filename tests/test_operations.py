@@ -17,7 +17,7 @@ import pytest
 import yaml
 from fixtures.proxy_daemons import Daemon, _spawn, binary
 from prometheus_client.parser import text_string_to_metric_families
-from process_helpers import echo_once, inlets, spawn, wait_for_text, wait_port
+from process_helpers import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
 from tunnel_helpers import (
     TlsFiles, control_url, echo_server, free_port, port_of, run, serve, start_client, start_server, stop, wait_listening,
 )
@@ -27,25 +27,6 @@ from runtime.dataplane import DataPlaneOptions
 from runtime.mux import ResetCode
 from runtime.proxy_protocol import encode
 from runtime.tcp_client import Upstream
-
-
-def server_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
-    return [
-        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.1",
-        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), *extra,
-    ]
-
-
-def client_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
-    return ["tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
-            "--tls-ca", str(tls.ca), *extra]
-
-
-def stop_all(*processes: subprocess.Popen) -> list[int]:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    return [p.wait(15) for p in processes]
 
 
 @pytest.fixture
