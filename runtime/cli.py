@@ -18,7 +18,7 @@ from .allowlist import parse_target_rules
 from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
+    LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
     TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, run_client,
     run_server, setup_logs,
 )
@@ -91,6 +91,7 @@ def tcp_server(
         Optional[str], typer.Option(help="Targets clients may reach: 127.0.0.1:5432,10.0.0.0/8:*,db.internal:5432.")
     ] = None,
     keepalive: Keepalive = 20.0,
+    max_client_streams: MaxClientStreams = 4096,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -114,7 +115,7 @@ def tcp_server(
     config = control_config(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
-        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive,
+        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
     )
     if client_forwarding:
         try:

@@ -61,6 +61,9 @@ AutoTlsPath = Annotated[
 AutoTlsSan = Annotated[Optional[list[str]], typer.Option(help="Name or IP the certificate is for (repeatable).")]
 Plaintext = Annotated[bool, typer.Option(help="Plain ws://, only behind a TLS-terminating proxy.")]
 Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a dead peer is detected.")]
+MaxClientStreams = Annotated[
+    int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
+]
 DrainTimeout = Annotated[
     float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
 ]
@@ -108,6 +111,7 @@ def control_config(
     auto_tls_san: list[str] | None,
     plaintext: bool,
     keepalive: float,
+    max_client_streams: int = 4096,
 ) -> ControlConfig:
     """Validate the control-plane flags every server shares."""
     from .control import ControlConfig
@@ -135,7 +139,8 @@ def control_config(
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))
     return ControlConfig(
-        tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive
+        tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
+        max_streams=max_client_streams,
     )
 
 

@@ -155,6 +155,7 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
     args = [
         "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--auto-tls",
         "--auto-tls-path", str(tmp_path / "tls"), "--auto-tls-san", "127.0.0.1", "--token-file", str(token_file),
+        "--log-level", "debug",
     ]
     for attempt in range(2):
         server = spawn(*args, log=tmp_path / f"server{attempt}.log")
@@ -168,6 +169,8 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
         finally:
             server.terminate()
             server.wait(10)
+    logs = "".join(p.read_text() for p in tmp_path.glob("server*.log"))
+    assert "PRIVATE KEY" not in logs and (tmp_path / "tls" / "server.key").read_text()[40:80] not in logs
     assert oct((tmp_path / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls").stat().st_mode & 0o777) == "0o700"

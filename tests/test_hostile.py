@@ -1,0 +1,192 @@
+"""Hostile peers on the control plane: the server closes them, keeps serving everyone else,
+and never trusts them further than it must."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop
+from tunnel_helpers import wait_listening
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import runtime.control
+from runtime.allowlist import parse_target_rules
+from runtime.forwarding import ForwardingPolicy, format_target
+from runtime.handshake import Hello, HandshakeError, parse_hello
+from runtime.mux import HEADER, FrameType, ResetCode
+from runtime.session import AsyncStream
+from runtime.tcp_client import Upstream
+from runtime.tls import client_context
+
+
+async def raw_client(server, tls: TlsFiles, token: str, *, source: str = "127.0.0.1"):
+    """A websocket to the control plane that speaks whatever the test sends."""
+    return await connect(
+        control_url(server) + "/connect", ssl=client_context(tls.ca), compression=None, max_size=None,
+        additional_headers={"Authorization": f"Bearer {token}"}, local_addr=(source, 0), ping_interval=None,
+    )
+
+
+async def hello(ws, services: list[str]) -> dict:
+    await ws.send(Hello("tcp", services, "hostile", 1 << 20).encode())
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def still_serving(server, tls: TlsFiles, token: str) -> None:
+    """An honest client still gets through after the hostile one."""
+    echo = await echo_server()
+    public = free_port()
+    client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+    await wait_listening("127.0.0.1", public)
+    reader, writer = await asyncio.open_connection("127.0.0.1", public)
+    writer.write(b"fine")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"fine"
+    writer.close()
+    await stop(task)
+    echo.close()
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        (b"\x00" * (3 * 1024 * 1024), 1009),  # larger than any frame may be
+        ("text after the handshake", 1002),
+        (HEADER.pack(99, 2, 0), 1002),  # unknown frame type
+        (HEADER.pack(FrameType.DATA, 7, 4) + b"ab", 1002),  # truncated
+        (HEADER.pack(FrameType.DATA, 1, 1) + b"x", 1002),  # data for a stream never opened
+    ],
+)
+def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message, code: int) -> None:
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        try:
+            await ws.send(message)
+        except ConnectionClosed:
+            pass
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+        await asyncio.sleep(0.1)
+        assert not server.control.clients and not server.listeners  # its ports are closed again
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
+    async def refused(ws_message) -> str:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        await ws.send(ws_message)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        await server.stop()
+        return f"{closed.value.rcvd.code} {closed.value.rcvd.reason}"
+
+    async def scenario() -> None:
+        future = json.dumps({"type": "hello", "protocol": 99, "version": "9.0", "mode": "tcp", "services": [],
+                             "window": 1 << 20})
+        assert (await refused(future)).startswith("4001 peer speaks tunnel protocol 99")
+        assert (await refused("not json")).startswith("4000 hello is not JSON")
+        http = Hello("http", ["http:example.com"], "x", 1 << 20).encode()
+        assert (await refused(http)).startswith("4002 this server serves tcp tunnels")
+        assert (await refused(Hello("tcp", ["tcp:99999"], "x", 1 << 20).encode())).startswith("4003 not a TCP service")
+
+    run(scenario())
+
+
+def test_a_client_that_never_says_hello_is_dropped(tls: TlsFiles, token: str, monkeypatch) -> None:
+    monkeypatch.setattr(runtime.control, "HELLO_TIMEOUT", 0.5)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_stream_open_flood_is_limited_per_client(tls: TlsFiles, token: str) -> None:
+    async def scenario() -> None:
+        echo = await echo_server()
+        target = format_target("127.0.0.1", port_of(echo))
+        server = await start_server(tls, token, max_streams=50,
+                                    forwarding=ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [target]})
+        streams = []
+        for _ in range(200):
+            stream = AsyncStream()
+            stream.attach(client.session.open_stream(target, stream))
+            streams.append(stream)
+        refused, served = 0, 0
+        for stream in streams:
+            try:
+                await stream.write(b"x")
+                if await asyncio.wait_for(stream.read(), 5) == b"x":
+                    served += 1
+            except ConnectionResetError:
+                assert stream._reset[0] == ResetCode.TOO_MANY_STREAMS
+                refused += 1
+        assert served == 50 and refused == 150
+        assert client.session is not None and not client.session.closed.is_set()  # refused, not disconnected
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles, token: str, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
+    async def status(source: str, offered: str) -> int:
+        try:
+            ws = await raw_client(server_ref[0], tls, offered, source=source)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    server_ref: list = []
+
+    async def scenario() -> None:
+        server_ref.append(await start_server(tls, token))
+        codes = [await status("127.0.0.9", "guess-%d" % i) for i in range(14)]
+        assert codes == [401] * 10 + [429] * 4
+        assert await status("127.0.0.9", token) == 429  # blocked for the window, even with the token
+        assert await status("127.0.0.1", token) == 101  # other sources are not affected
+        await server_ref[0].stop()
+
+    run(scenario())
+    limited = [r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]
+    assert len(limited) == 1 and "remote=127.0.0.9" in limited[0].getMessage()
+    assert token not in caplog.text and "guess-3" not in caplog.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text(max_size=300),
+    st.dictionaries(st.sampled_from(["type", "protocol", "mode", "services", "window", "client_id", "extra"]),
+                    st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=10)),
+                              st.dictionaries(st.text(max_size=5), st.integers())),
+                    max_size=7).map(json.dumps),
+))
+def test_hello_parser_only_ever_refuses_cleanly(text: str) -> None:
+    try:
+        hello_msg = parse_hello(text)
+    except HandshakeError as exc:
+        assert 4000 <= exc.code < 4100 and str(exc)
+    else:
+        assert isinstance(hello_msg.services, list) and hello_msg.window >= 16 * 1024
