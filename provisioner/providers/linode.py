@@ -1,0 +1,155 @@
+"""Linode instances through apache-libcloud's Linode (API v4) driver, behind a Cloud Firewall of their own.
+
+The endpoint can be pointed elsewhere with ``--api-url`` or $LINODE_API_URL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import secrets
+import time
+from typing import Any
+
+from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+from libcloud.compute.providers import get_driver
+from libcloud.compute.types import Provider
+
+from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
+from ..errors import NotFound
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+
+TOKEN_ENV = ("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN")
+API_URL_ENV = "LINODE_API_URL"
+DEFAULT_REGION = "eu-west"  # London
+DEFAULT_SIZE = "g6-nanode-1"
+DEFAULT_IMAGE = "linode/ubuntu24.04"
+MAX_PAGES = 20
+GONE_TIMEOUT = 300.0
+
+
+class LinodeProvider:
+    name = "linode"
+    user_data_limit = 49_000  # metadata.user_data is base64 and must stay under 65,535 bytes
+    poll_interval = 3.0
+    keeps_server_key = False
+    firewall_note = "Cloud Firewall opening only the tunnel's ports"
+
+    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        self._driver = get_driver(Provider.LINODE)(token, api_version="4.0")
+        strict_responses(self._driver.connection)
+        self._endpoint = point(self._driver.connection, endpoint, timeout)
+
+    def _api(self, what: str) -> Any:
+        return api_errors(self.name, self._endpoint, what)
+
+    def _request(self, path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> Any:
+        data = json.dumps(body) if body is not None else None
+        return self._driver.connection.request(path, method=method, data=data, **kwargs).object
+
+    def create(self, plan: Plan) -> Host:
+        rules = inbound_rules(plan.spec)
+        firewall = {
+            "label": firewall_name(plan.name),
+            "tags": [TAG],
+            "rules": {
+                "inbound_policy": "DROP",
+                "outbound_policy": "ACCEPT",
+                "inbound": [{
+                    "label": "inlets", "action": "ACCEPT", "protocol": "TCP",
+                    "ports": ",".join(str(r.port) for r in rules),
+                    "addresses": {"ipv4": [ANY_IPV4], "ipv6": [ANY_IPV6]},
+                }],
+                "outbound": [],
+            },
+        }
+        with self._api(f"creating firewall for {plan.name!r}"):
+            firewall_id = str(self._request("/v4/networking/firewalls", "POST", firewall)["id"])
+        node_id = None
+        try:
+            d = self._driver
+            with self._api(f"creating instance {plan.name!r}"):
+                node = d.create_node(
+                    NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d),
+                    plan.name,
+                    NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d),
+                    NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                    root_pass=secrets.token_urlsafe(32),  # required by the API; never stored: log in with --ssh-key
+                    ex_authorized_keys=[plan.ssh_key] if plan.ssh_key else None,
+                    ex_tags=tag_list(plan),
+                    ex_userdata=plan.user_data,
+                )
+                node_id = str(node.id)
+            with self._api(f"attaching firewall {firewall_id} to instance {node_id}"):
+                self._request(f"/v4/networking/firewalls/{firewall_id}/devices", "POST", {"type": "linode", "id": int(node_id)})
+        except BaseException:
+            if node_id is not None:
+                self._quiet(f"/v4/linode/instances/{node_id}")
+            self._quiet(f"/v4/networking/firewalls/{firewall_id}")
+            raise
+        return Host(id=node_id, name=plan.name, provider=self.name, status="provisioning", mode=plan.spec.mode)
+
+    def status(self, host_id: str) -> Host:
+        if not host_id.isdigit():
+            raise NotFound(f"linode: no instance with id {host_id!r} (ids are numbers)")
+        with self._api(f"reading instance {host_id}"):
+            return self._host(self._request(f"/v4/linode/instances/{host_id}"))
+
+    def delete(self, host_id: str) -> None:
+        """Delete the instance, wait until it is gone, then delete the firewall made for it."""
+        self.status(host_id)
+        with self._api(f"reading firewalls of instance {host_id}"):
+            firewalls = self._request(f"/v4/linode/instances/{host_id}/firewalls").get("data", [])
+        with self._api(f"deleting instance {host_id}"):
+            self._request(f"/v4/linode/instances/{host_id}", "DELETE")
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.status(host_id)
+            except NotFound:
+                break
+            time.sleep(self.poll_interval)
+        for firewall in firewalls:
+            if str(firewall.get("label", "")).startswith("inlets-"):
+                self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
+
+    def _quiet(self, path: str) -> None:
+        """Best-effort DELETE while cleaning up (the first error is the one reported)."""
+        try:
+            with self._api(f"deleting {path}"):
+                self._request(path, "DELETE")
+        except NotFound:
+            pass
+        except Exception:  # noqa: BLE001 - cleanup must not hide the original failure
+            pass
+
+    def list(self) -> list[Host]:
+        hosts: list[Host] = []
+        headers = {"X-Filter": json.dumps({"tags": TAG})}
+        with self._api("listing instances"):
+            for page in range(1, MAX_PAGES + 1):
+                body = self._request("/v4/linode/instances", params={"page": page, "page_size": 500}, headers=headers)
+                hosts += [self._host(i) for i in body.get("data", [])]
+                if page >= int(body.get("pages") or 1):
+                    break
+        return hosts
+
+    def _host(self, data: dict[str, Any]) -> Host:
+        ip = next((a for a in data.get("ipv4") or [] if not _private(a)), None)
+        status = str(data.get("status", "unknown"))
+        tags = list(data.get("tags") or [])
+        state = ACTIVE if status == "running" else status
+        return Host(
+            id=str(data["id"]), name=str(data.get("label", "")), provider=self.name, status=state, ip=ip,
+            mode=mode_from_tags(tags), created_at=data.get("created"), expires_at=parse_expiry_tag(tags),
+            detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"region": str(data.get("region", "")), "tags": json.dumps(tags)},
+        )
+
+
+def _private(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_private
+    except ValueError:
+        return True
