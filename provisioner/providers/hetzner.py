@@ -1,0 +1,151 @@
+"""Hetzner Cloud servers through the official ``hcloud`` SDK (libcloud has no Hetzner driver).
+
+Each server gets a Cloud Firewall of its own with exactly the tunnel's ports, deleted
+after the server. The endpoint can be pointed elsewhere with ``--api-url`` or
+$HCLOUD_ENDPOINT (the variable the hcloud CLI reads).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import requests
+
+from ..cloud import label_map, labels_expiry
+from ..errors import NotFound, ProvisionError
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from .base import ACTIVE, TAG, Host, Plan
+
+TOKEN_ENV = ("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN")
+API_URL_ENV = "HCLOUD_ENDPOINT"
+DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
+DEFAULT_REGION = "nbg1"
+DEFAULT_SIZE = "cx22"
+DEFAULT_IMAGE = "ubuntu-24.04"
+GONE_TIMEOUT = 300.0
+
+
+class HetznerProvider:
+    name = "hetzner"
+    user_data_limit = 32 * 1024  # the API's documented limit for user_data
+    poll_interval = 3.0
+    keeps_server_key = False
+    firewall_note = "Cloud Firewall opening only the tunnel's ports"
+
+    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
+        from hcloud import Client
+
+        self._url = (api_url or DEFAULT_API_URL).rstrip("/")
+        if not self._url.startswith(("http://", "https://")):
+            raise ProvisionError(f"invalid Hetzner API URL {api_url!r} (--api-url or ${API_URL_ENV}): use http(s)://HOST[:PORT]/v1")
+        self._client = Client(token=token, api_endpoint=self._url, application_name="inletsctl", timeout=timeout,
+                              poll_interval=1.0, poll_max_retries=60)
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        from hcloud import APIException
+
+        try:
+            yield
+        except APIException as exc:
+            if exc.code == "not_found" or exc.code == 404:
+                raise NotFound(f"hetzner: not found while {what}") from None
+            if exc.code in ("unauthorized", "forbidden", 401, 403):
+                raise ProvisionError(f"hetzner: token rejected ({exc.code}) while {what}: {exc.message}") from None
+            raise ProvisionError(f"hetzner: {what} failed ({exc.code}): {_one_line(exc.message)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ProvisionError(f"hetzner: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProvisionError(f"hetzner: unexpected answer while {what}: {_one_line(str(exc))}") from None
+
+    def create(self, plan: Plan) -> Host:
+        from hcloud.firewalls import FirewallRule
+        from hcloud.images import Image
+        from hcloud.locations import Location
+        from hcloud.server_types import ServerType
+        from hcloud.ssh_keys import SSHKey
+
+        labels = label_map(plan)
+        rules = [
+            FirewallRule(direction="in", protocol=r.protocol, port=str(r.port), source_ips=[ANY_IPV4, ANY_IPV6],
+                         description=f"inlets {r.purpose}")
+            for r in inbound_rules(plan.spec)
+        ]
+        with self._api(f"creating firewall for {plan.name!r}"):
+            firewall = self._client.firewalls.create(name=firewall_name(plan.name), rules=rules, labels={TAG: "true"}).firewall
+        try:
+            with self._api(f"creating server {plan.name!r}"):
+                created = self._client.servers.create(
+                    plan.name,
+                    server_type=ServerType(name=plan.size or DEFAULT_SIZE),
+                    image=Image(name=DEFAULT_IMAGE),
+                    location=Location(name=plan.region or DEFAULT_REGION),
+                    ssh_keys=[SSHKey(name=plan.ssh_key)] if plan.ssh_key else None,
+                    user_data=plan.user_data,
+                    labels=labels,
+                    firewalls=[firewall],
+                )
+        except BaseException:
+            self._delete_firewall(firewall.id)
+            raise
+        return Host(id=str(created.server.id), name=plan.name, provider=self.name, status="initializing", mode=plan.spec.mode)
+
+    def status(self, host_id: str) -> Host:
+        if not host_id.isdigit():
+            raise NotFound(f"hetzner: no server with id {host_id!r} (ids are numbers)")
+        with self._api(f"reading server {host_id}"):
+            return self._host(self._client.servers.get_by_id(int(host_id)))
+
+    def delete(self, host_id: str) -> None:
+        """Delete the server, wait until it is gone, then delete the firewall made for it."""
+        if not host_id.isdigit():
+            raise NotFound(f"hetzner: no server with id {host_id!r} (ids are numbers)")
+        with self._api(f"reading server {host_id}"):
+            server = self._client.servers.get_by_id(int(host_id))
+            firewall_ids = [f.firewall.id for f in (server.public_net.firewalls or [])] if server.public_net else []
+        with self._api(f"deleting server {host_id}"):
+            self._client.servers.delete(server)
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.status(host_id)
+            except NotFound:
+                break
+            time.sleep(self.poll_interval)
+        for firewall_id in firewall_ids:
+            with self._api(f"reading firewall {firewall_id}"):
+                name = self._client.firewalls.get_by_id(firewall_id).name or ""
+            if name.startswith("inlets-"):
+                self._delete_firewall(firewall_id)
+
+    def _delete_firewall(self, firewall_id: int) -> None:
+        from hcloud.firewalls import Firewall
+
+        try:
+            with self._api(f"deleting firewall {firewall_id}"):
+                self._client.firewalls.delete(Firewall(id=firewall_id))
+        except NotFound:
+            pass
+
+    def list(self) -> list[Host]:
+        with self._api("listing servers"):
+            return [self._host(s) for s in self._client.servers.get_all(label_selector=TAG)]
+
+    def _host(self, server: Any) -> Host:
+        ipv4 = server.public_net.ipv4 if server.public_net else None
+        ip = ipv4.ip if ipv4 is not None else None
+        labels = dict(server.labels or {})
+        status = str(server.status)
+        return Host(
+            id=str(server.id), name=str(server.name), provider=self.name, status=ACTIVE if status == "running" else status,
+            ip=ip, mode=labels.get("inlets-mode"), expires_at=labels_expiry(labels),
+            created_at=server.created.strftime("%Y-%m-%dT%H:%M:%SZ") if server.created else None,
+            detail=f"server status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"labels": ",".join(f"{k}={v}" for k, v in labels.items())},
+        )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
