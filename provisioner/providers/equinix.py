@@ -1,0 +1,105 @@
+"""Equinix Metal devices through apache-libcloud's Equinix Metal driver (``cloud_init`` user-data).
+
+Equinix Metal has no cloud firewall in front of a device: every port of its public IP
+is reachable, and only the exit server's own listeners (8123 and the asked ports)
+answer. The summary says so. The endpoint can be pointed elsewhere with ``--api-url``
+or $METAL_API_URL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+from libcloud.compute.providers import get_driver
+from libcloud.compute.types import Provider
+
+from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
+from ..errors import NotFound, ProvisionError
+from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
+
+TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN")
+PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")
+API_URL_ENV = "METAL_API_URL"
+DEFAULT_REGION = "ld"  # metro: London
+DEFAULT_SIZE = "c3.small.x86"
+DEFAULT_IMAGE = "ubuntu_24_04"
+MAX_PAGES = 20
+
+
+class EquinixProvider:
+    name = "equinix"
+    user_data_limit = 64 * 1024
+    poll_interval = 5.0
+    keeps_server_key = False
+    firewall_note = (
+        "none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
+        "(only the tunnel's listeners answer)"
+    )
+
+    def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        if not project_id:
+            raise ProvisionError(f"no Equinix Metal project: give --project-id or set ${PROJECT_ENV[0]}")
+        self._project = project_id
+        self._driver = get_driver(Provider.EQUINIXMETAL)(token)
+        strict_responses(self._driver.connection)
+        self._endpoint = point(self._driver.connection, endpoint, timeout)
+
+    def _api(self, what: str) -> Any:
+        return api_errors(self.name, self._endpoint, what)
+
+    def _request(self, path: str, method: str = "GET", params: Any = None) -> Any:
+        return self._driver.connection.request(path, method=method, params=params).object
+
+    def create(self, plan: Plan) -> Host:
+        d = self._driver
+        metro = plan.region or DEFAULT_REGION
+        extra: dict[str, Any] = {"tags": tag_list(plan)}
+        if plan.ssh_key:
+            extra["project_ssh_keys"] = [plan.ssh_key]
+        with self._api(f"creating device {plan.name!r}"):
+            node = d.create_node(
+                plan.name,
+                NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d),
+                NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                NodeLocation(metro, metro, "", d, extra={"code": metro}),
+                ex_project_id=self._project,
+                cloud_init=plan.user_data,
+                **extra,
+            )
+        return Host(id=str(node.id), name=plan.name, provider=self.name, status="queued", mode=plan.spec.mode)
+
+    def status(self, host_id: str) -> Host:
+        with self._api(f"reading device {host_id}"):
+            return self._host(self._request(f"/metal/v1/devices/{host_id}"))
+
+    def delete(self, host_id: str) -> None:
+        """Delete the device (no firewall or reserved IP was made for it)."""
+        with self._api(f"deleting device {host_id}"):
+            self._request(f"/metal/v1/devices/{host_id}", "DELETE")
+
+    def list(self) -> list[Host]:
+        hosts: list[Host] = []
+        with self._api("listing devices"):
+            for page in range(1, MAX_PAGES + 1):
+                params = {"tag": TAG, "page": page, "per_page": 100}
+                body = self._request(f"/metal/v1/projects/{self._project}/devices", params=params)
+                hosts += [self._host(dev) for dev in body.get("devices", [])]  # filtered by the API
+                if not (body.get("meta") or {}).get("next"):
+                    break
+        return hosts
+
+    def _host(self, data: dict[str, Any]) -> Host:
+        ip = next((a.get("address") for a in data.get("ip_addresses") or []
+                   if a.get("public") and a.get("address_family") == 4), None)
+        state = str(data.get("state", "unknown"))
+        tags = list(data.get("tags") or [])
+        name = str(data.get("hostname", ""))
+        return Host(
+            id=str(data["id"]), name=name, provider=self.name,
+            status=ACTIVE if state == "active" else FAILED if state == "failed" else state,
+            ip=ip, mode=mode_from_tags(tags), created_at=data.get("created_at"), expires_at=parse_expiry_tag(tags),
+            detail=f"device state {state!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"metro": str((data.get("metro") or {}).get("code", "")), "tags": json.dumps(tags)},
+        )
