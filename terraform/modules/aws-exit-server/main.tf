@@ -1,0 +1,139 @@
+# An EC2 instance running an inlets exit server, made the way inletsctl's ec2 provider
+# makes one: the same user-data, a security group (inlets-NAME) opening exactly the
+# control port and the mode's data ports (TCP ports under 1024 included; HTTP mode 80,
+# 443 and the control port), and the same tags, so `inletsctl list` / `delete` see it.
+
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.0"
+    }
+  }
+}
+
+module "secrets" {
+  source      = "../inlets-secrets"
+  name        = var.name
+  token       = var.token
+  ca_cert     = var.ca_cert
+  server_cert = var.server_cert
+  server_key  = var.server_key
+}
+
+# The creation time, pinned in state so the expiry (and so the user-data) stays the same
+# on every later plan.
+resource "terraform_data" "created_at" {
+  input = plantimestamp()
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
+module "userdata" {
+  source          = "../inlets-userdata"
+  name            = var.name
+  mode            = var.mode
+  ports           = var.ports
+  domains         = var.domains
+  http_port       = var.http_port
+  control_port    = var.control_port
+  token           = module.secrets.token
+  server_cert     = module.secrets.server_cert
+  server_key      = module.secrets.server_key
+  package         = var.package
+  wheel_filename  = var.wheel_filename
+  wheel_xz_base64 = var.wheel_xz_base64
+  ttl             = var.ttl
+  created_at      = var.ttl == null ? null : terraform_data.created_at.output
+  limit           = 16 * 1024 # EC2's user-data limit
+}
+
+data "aws_ami" "ubuntu" {
+  count       = var.ami == null ? 1 : 0
+  most_recent = true
+  owners      = ["099720109477"] # Canonical
+  filter {
+    name   = "name"
+    values = ["ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*"]
+  }
+  filter {
+    name   = "state"
+    values = ["available"]
+  }
+}
+
+locals {
+  firewall_name = substr("inlets-${var.name}", 0, 63)
+  rules = merge(
+    { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv4) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = pair[1], ipv6 = null } },
+    { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv6) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = null, ipv6 = pair[1] } },
+  )
+  inlets_tags = merge(
+    {
+      Name          = var.name
+      "inlets"      = "true"
+      "inlets-name" = var.name
+      "inlets-mode" = var.mode
+      "inlets-sg"   = aws_security_group.exit_server.id # inletsctl delete removes it too
+    },
+    module.userdata.expires_unix == null ? {} : { "inlets-expires" = tostring(module.userdata.expires_unix) },
+  )
+}
+
+resource "aws_security_group" "exit_server" {
+  name        = local.firewall_name
+  description = "inlets exit server ${var.name} (${var.mode})"
+  vpc_id      = var.vpc_id
+  tags        = merge(var.tags, { Name = local.firewall_name, "inlets" = "true", "inlets-name" = var.name })
+}
+
+# Inbound: exactly the control port and the data ports, nothing else (no SSH unless asked).
+resource "aws_vpc_security_group_ingress_rule" "tunnel" {
+  for_each          = local.rules
+  security_group_id = aws_security_group.exit_server.id
+  description       = each.value.port == var.control_port ? "inlets control plane" : "inlets data plane"
+  ip_protocol       = "tcp"
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = each.value.ipv4
+  cidr_ipv6         = each.value.ipv6
+}
+
+# Outbound: the VM installs packages and the runtime at boot.
+resource "aws_vpc_security_group_egress_rule" "all_ipv4" {
+  security_group_id = aws_security_group.exit_server.id
+  description       = "packages and the runtime at boot"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_instance" "exit_server" {
+  ami                                  = var.ami != null ? var.ami : data.aws_ami.ubuntu[0].id
+  instance_type                        = var.instance_type
+  subnet_id                            = var.subnet_id
+  vpc_security_group_ids               = [aws_security_group.exit_server.id]
+  associate_public_ip_address          = true
+  key_name                             = var.key_name
+  user_data                            = module.userdata.user_data
+  user_data_replace_on_change          = true
+  instance_initiated_shutdown_behavior = var.ttl == null ? "stop" : "terminate" # the expiry timer powers off
+  tags                                 = merge(var.tags, local.inlets_tags)
+
+  metadata_options {
+    http_tokens = "required"
+  }
+}
+
+module "client" {
+  source       = "../inlets-client-command"
+  host         = aws_instance.exit_server.public_ip
+  mode         = var.mode
+  ports        = module.userdata.ports
+  domains      = module.userdata.domains
+  control_port = var.control_port
+  upstream     = var.upstream
+  token_file   = var.client_token_file
+  ca_file      = var.client_ca_file
+}

@@ -1,0 +1,155 @@
+variable "name" {
+  description = "Exit server name: 1-63 lower-case letters, digits and inner hyphens (the instance's Name and inlets-name tags, as inletsctl)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", var.name))
+    error_message = "Use 1-63 lower-case letters, digits and inner hyphens."
+  }
+}
+
+variable "mode" {
+  description = "Tunnel mode: tcp or http."
+  type        = string
+  default     = "tcp"
+}
+
+variable "ports" {
+  description = "TCP mode: data ports (null: 80 and 443)."
+  type        = list(number)
+  default     = null
+}
+
+variable "domains" {
+  description = "HTTP mode: domains the client serves (none: catch-all)."
+  type        = list(string)
+  default     = []
+}
+
+variable "http_port" {
+  description = "HTTP mode: the data-plane port."
+  type        = number
+  default     = 80
+}
+
+variable "control_port" {
+  description = "The control-plane port."
+  type        = number
+  default     = 8123
+}
+
+variable "upstream" {
+  description = "What the printed client forwards to: a host (tcp) or URL (http); null: 127.0.0.1 / http://127.0.0.1:8080."
+  type        = string
+  default     = null
+}
+
+variable "ttl" {
+  description = "Lifetime in inletsctl's --ttl syntax (30m, 2h, 1d12h): the instance powers itself off then (and, shut down from inside, is terminated) and carries the inlets-expires tag. Null: no expiry."
+  type        = string
+  default     = null
+}
+
+variable "package" {
+  description = "pip requirement of the runtime on the VM (null: the version pinned by this checkout)."
+  type        = string
+  default     = null
+}
+
+variable "wheel_filename" {
+  description = "Embed a wheel instead (see terraform/tools/wheel_xz_base64.py)."
+  type        = string
+  default     = null
+}
+
+variable "wheel_xz_base64" {
+  description = "The embedded wheel, xz-compressed and base64-encoded."
+  type        = string
+  default     = null
+}
+
+variable "token" {
+  description = "Bearer token (null: generated, 64 letters and digits)."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "ca_cert" {
+  description = "CA certificate PEM (null: a per-server CA is generated, with server_cert and server_key)."
+  type        = string
+  default     = null
+}
+
+variable "server_cert" {
+  description = "Server certificate PEM naming inlets-exit-server, signed by ca_cert."
+  type        = string
+  default     = null
+}
+
+variable "server_key" {
+  description = "Private key PEM of server_cert."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "client_token_file" {
+  description = "Path of the token file in the printed client command."
+  type        = string
+  default     = "inlets-token"
+}
+
+variable "client_ca_file" {
+  description = "Path of the CA file in the printed client command."
+  type        = string
+  default     = "inlets-ca.crt"
+}
+
+
+variable "instance_type" {
+  description = "EC2 instance type."
+  type        = string
+  default     = "t3.micro"
+}
+
+variable "ami" {
+  description = "AMI ID (null: the newest Canonical Ubuntu 24.04 LTS image in the region, as inletsctl)."
+  type        = string
+  default     = null
+}
+
+variable "subnet_id" {
+  description = "Subnet to launch in (null: the default VPC's default subnet)."
+  type        = string
+  default     = null
+}
+
+variable "vpc_id" {
+  description = "VPC of the security group (null: the default VPC). Must match subnet_id."
+  type        = string
+  default     = null
+}
+
+variable "key_name" {
+  description = "EC2 key pair name for SSH (optional; the tunnel needs none, and port 22 is opened only if listed in ports)."
+  type        = string
+  default     = null
+}
+
+variable "allowed_cidrs_ipv4" {
+  description = "IPv4 sources allowed to reach the control and data ports."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "allowed_cidrs_ipv6" {
+  description = "IPv6 sources allowed (default VPCs have no IPv6, as inletsctl assumes)."
+  type        = list(string)
+  default     = []
+}
+
+variable "tags" {
+  description = "Extra tags on the instance and security group (the inlets tags are always set)."
+  type        = map(string)
+  default     = {}
+}

@@ -1,0 +1,136 @@
+variable "name" {
+  description = "Exit server name: 1-63 lower-case letters, digits and inner hyphens (the droplet's name, as inletsctl)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", var.name))
+    error_message = "Use 1-63 lower-case letters, digits and inner hyphens."
+  }
+}
+
+variable "region" {
+  description = "DigitalOcean region slug."
+  type        = string
+  default     = "lon1"
+}
+
+variable "size" {
+  description = "Droplet size slug."
+  type        = string
+  default     = "s-1vcpu-1gb"
+}
+
+variable "image" {
+  description = "Droplet image slug (a current Ubuntu LTS, as inletsctl)."
+  type        = string
+  default     = "ubuntu-24-04-x64"
+}
+
+variable "ssh_keys" {
+  description = "SSH key IDs or fingerprints to install (optional; the tunnel needs none)."
+  type        = list(string)
+  default     = []
+}
+
+variable "mode" {
+  description = "Tunnel mode: tcp or http."
+  type        = string
+  default     = "tcp"
+}
+
+variable "ports" {
+  description = "TCP mode: data ports (null: 80 and 443)."
+  type        = list(number)
+  default     = null
+}
+
+variable "domains" {
+  description = "HTTP mode: domains the client serves (none: catch-all)."
+  type        = list(string)
+  default     = []
+}
+
+variable "http_port" {
+  description = "HTTP mode: the data-plane port."
+  type        = number
+  default     = 80
+}
+
+variable "control_port" {
+  description = "The control-plane port."
+  type        = number
+  default     = 8123
+}
+
+variable "upstream" {
+  description = "What the printed client forwards to: a host (tcp) or URL (http); null: 127.0.0.1 / http://127.0.0.1:8080."
+  type        = string
+  default     = null
+}
+
+variable "ttl" {
+  description = "Lifetime in inletsctl's --ttl syntax (30m, 2h, 1d12h): the droplet powers itself off then and carries the inlets-expires tag that inletsctl list --prune reads. Null: no expiry."
+  type        = string
+  default     = null
+}
+
+variable "package" {
+  description = "pip requirement of the runtime on the VM (null: the version pinned by this checkout)."
+  type        = string
+  default     = null
+}
+
+variable "wheel_filename" {
+  description = "Embed a wheel instead (see terraform/tools/wheel_xz_base64.py)."
+  type        = string
+  default     = null
+}
+
+variable "wheel_xz_base64" {
+  description = "The embedded wheel, xz-compressed and base64-encoded."
+  type        = string
+  default     = null
+}
+
+variable "token" {
+  description = "Bearer token (null: generated, 64 letters and digits)."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "ca_cert" {
+  description = "CA certificate PEM (null: a per-server CA is generated, with server_cert and server_key)."
+  type        = string
+  default     = null
+}
+
+variable "server_cert" {
+  description = "Server certificate PEM naming inlets-exit-server, signed by ca_cert."
+  type        = string
+  default     = null
+}
+
+variable "server_key" {
+  description = "Private key PEM of server_cert."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "client_token_file" {
+  description = "Path of the token file in the printed client command."
+  type        = string
+  default     = "inlets-token"
+}
+
+variable "client_ca_file" {
+  description = "Path of the CA file in the printed client command."
+  type        = string
+  default     = "inlets-ca.crt"
+}
+
+variable "tags" {
+  description = "Extra droplet tags (the inlets tags are always set)."
+  type        = list(string)
+  default     = []
+}

@@ -1,0 +1,48 @@
+# terraform test of the client command module (no provider). tests/test_terraform.py
+# compares its output with inletsctl's client_command() byte for byte.
+
+run "tcp" {
+  variables {
+    host  = "203.0.113.10"
+    ports = [80, 443]
+  }
+  assert {
+    condition     = output.command == "inlets tcp client --url wss://203.0.113.10:8123 --token-file inlets-token --tls-ca inlets-ca.crt --tls-server-name inlets-exit-server --upstream 127.0.0.1 --ports 80,443"
+    error_message = "Got: ${output.command}"
+  }
+}
+
+run "ipv6_and_quoting" {
+  variables {
+    host       = "2001:db8::1"
+    ports      = [22]
+    token_file = "/home/me/my token"
+  }
+  assert {
+    condition     = output.url == "wss://[2001:db8::1]:8123" && strcontains(output.command, "--token-file '/home/me/my token' ")
+    error_message = "Got: ${output.command}"
+  }
+}
+
+run "http_domains" {
+  variables {
+    host     = "198.51.100.7"
+    mode     = "http"
+    domains  = ["example.com", "api.example.com"]
+    upstream = "http://127.0.0.1:3000"
+  }
+  assert {
+    condition     = endswith(output.command, "--tls-server-name inlets-exit-server --upstream example.com=http://127.0.0.1:3000 --upstream api.example.com=http://127.0.0.1:3000")
+    error_message = "Got: ${output.command}"
+  }
+}
+
+run "rejects_a_url_upstream_in_tcp_mode" {
+  command = plan
+  variables {
+    host     = "198.51.100.7"
+    ports    = [80]
+    upstream = "http://127.0.0.1:3000"
+  }
+  expect_failures = [output.command]
+}

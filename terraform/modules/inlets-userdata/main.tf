@@ -1,0 +1,84 @@
+# Renders the same #cloud-config document as inletsctl (provisioner/render.py) from
+# templates generated out of inletsctl's jinja2 templates by
+# scripts/gen_terraform_template.py. Values computed here mirror render.user_data():
+# the tests compare the two renderings byte for byte.
+
+locals {
+  generated = jsondecode(file("${path.module}/templates/generated.json"))
+
+  ports     = var.mode == "tcp" ? (var.ports == null ? [80, 443] : var.ports) : []
+  ports_csv = join(",", [for p in local.ports : format("%d", p)])
+  domains   = var.mode == "http" ? distinct([for d in var.domains : trimsuffix(lower(trimspace(d)), ".")]) : []
+
+  # ttl: inletsctl's syntax, in seconds
+  ttl_parts = var.ttl == null ? null : regex("^(?:(\\d+)d)?(?:(\\d+)h)?(?:(\\d+)m)?(?:(\\d+)s)?$", trimspace(var.ttl))
+  ttl_seconds = local.ttl_parts == null ? null : sum([
+    for i, unit in [86400, 3600, 60, 1] : local.ttl_parts[i] == null || local.ttl_parts[i] == "" ? 0 : tonumber(local.ttl_parts[i]) * unit
+  ])
+
+  # expiry: the timestamp strings inletsctl writes, and the Unix time of its expiry tag
+  expires_at = local.ttl_seconds == null || var.created_at == null ? null : timeadd(var.created_at, "${local.ttl_seconds}s")
+  expires = local.expires_at == null ? null : {
+    iso         = formatdate("YYYY-MM-DD'T'hh:mm:ss'Z'", local.expires_at)
+    on_calendar = formatdate("YYYY-MM-DD hh:mm:ss 'UTC'", local.expires_at)
+  }
+  created_parts = var.created_at == null ? null : [for x in regex("^(\\d{4})-(\\d{2})-(\\d{2})T(\\d{2}):(\\d{2}):(\\d{2})", var.created_at) : tonumber(x)]
+  # days since 1970-01-01 of a civil date (H. Hinnant's days_from_civil)
+  civil_y   = local.created_parts == null ? 0 : local.created_parts[0] - (local.created_parts[1] <= 2 ? 1 : 0)
+  civil_era = floor(local.civil_y / 400)
+  civil_yoe = local.civil_y - local.civil_era * 400
+  civil_doy = local.created_parts == null ? 0 : floor((153 * ((local.created_parts[1] + 9) % 12) + 2) / 5) + local.created_parts[2] - 1
+  civil_doe = local.civil_yoe * 365 + floor(local.civil_yoe / 4) - floor(local.civil_yoe / 100) + local.civil_doy
+  created_unix = local.created_parts == null ? null : (
+    (local.civil_era * 146097 + local.civil_doe - 719468) * 86400
+    + local.created_parts[3] * 3600 + local.created_parts[4] * 60 + local.created_parts[5]
+  )
+  expires_unix = local.expires == null ? null : local.created_unix + local.ttl_seconds
+
+  units = concat(
+    [["inlets.service", templatefile("${path.module}/templates/inlets.service.${var.mode}.tftpl", {
+      control_port = format("%d", var.control_port)
+      ports        = local.ports_csv
+      http_port    = format("%d", var.http_port)
+    })]],
+    local.expires == null ? [] : [
+      ["inlets-expire.service", templatefile("${path.module}/templates/inlets-expire.service.tftpl", {
+        expires_at = local.expires.iso
+      })],
+      ["inlets-expire.timer", templatefile("${path.module}/templates/inlets-expire.timer.tftpl", {
+        expires_at  = local.expires.iso
+        on_calendar = local.expires.on_calendar
+      })],
+    ],
+  )
+
+  wheel = var.wheel_filename == null || var.wheel_xz_base64 == null ? null : {
+    path    = "/opt/inlets/${var.wheel_filename}"
+    xz_path = "/opt/inlets/${var.wheel_filename}.xz"
+    b64     = var.wheel_xz_base64
+    unpack  = local.generated.unpack_xz
+  }
+  package = local.wheel != null ? local.wheel.path : coalesce(var.package, local.generated.package)
+
+  user_data = templatefile("${path.module}/templates/user-data.yaml.tftpl", {
+    name        = var.name
+    mode        = var.mode
+    user        = local.generated.service_user
+    config_dir  = local.generated.config_dir
+    files       = local.generated.files
+    token       = var.token
+    server_cert = var.server_cert
+    server_key  = var.server_key
+    units       = local.units
+    wheel       = local.wheel
+    package     = local.package
+    expires     = local.expires
+  })
+  # bytes, not characters: base64 is 4 characters per 3 bytes, less its padding
+  user_data_base64 = base64encode(local.user_data)
+  user_data_bytes  = nonsensitive(length(local.user_data_base64) / 4 * 3 - length(regexall("=", local.user_data_base64)))
+
+  # sorted by number, as provisioner/firewall.py's inbound_ports()
+  firewall_wanted = var.mode == "tcp" ? concat([var.control_port], local.ports) : [var.http_port, 443, var.control_port]
+  firewall_ports  = [for p in sort(distinct([for p in local.firewall_wanted : format("%05d", p)])) : tonumber(p)]
+}

@@ -1,0 +1,84 @@
+output "user_data" {
+  description = "The #cloud-config user-data, byte for byte what inletsctl renders for the same inputs."
+  value       = local.user_data
+  sensitive   = true
+
+  precondition {
+    condition     = var.mode == "tcp" || var.ports == null
+    error_message = "The ports are for mode tcp; give domains for mode http."
+  }
+  precondition {
+    condition     = var.mode == "http" || length(var.domains) == 0
+    error_message = "The domains are for mode http; give ports for mode tcp."
+  }
+  precondition {
+    condition     = !contains(local.ports, var.control_port) && (var.mode == "tcp" || var.http_port != var.control_port)
+    error_message = "A data port equals the control port (${var.control_port}); choose other ports."
+  }
+  precondition {
+    condition     = var.ttl == null || var.created_at != null
+    error_message = "A ttl needs created_at, the UTC time it counts from (the exit-server modules pin the creation time)."
+  }
+  precondition {
+    condition     = local.ttl_seconds == null ? true : local.ttl_seconds >= 1
+    error_message = "The ttl must be at least 1s."
+  }
+  precondition {
+    condition     = (var.wheel_filename == null) == (var.wheel_xz_base64 == null)
+    error_message = "Give wheel_filename and wheel_xz_base64 together (or neither)."
+  }
+  precondition {
+    condition     = local.user_data_bytes <= var.limit
+    error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${var.wheel_filename != null ? ": drop the embedded wheel and install a published package" : ""}."
+  }
+}
+
+output "user_data_bytes" {
+  description = "Size of the user-data in bytes."
+  value       = local.user_data_bytes
+}
+
+output "mode" {
+  description = "The tunnel mode."
+  value       = var.mode
+}
+
+output "ports" {
+  description = "TCP mode: the data ports (empty in HTTP mode)."
+  value       = local.ports
+}
+
+output "domains" {
+  description = "HTTP mode: the domains, normalised as inletsctl does (lower case, no trailing dot, no repeats)."
+  value       = local.domains
+}
+
+output "http_port" {
+  description = "HTTP mode: the data-plane port (null in TCP mode)."
+  value       = var.mode == "http" ? var.http_port : null
+}
+
+output "control_port" {
+  description = "The control-plane port."
+  value       = var.control_port
+}
+
+output "firewall_ports" {
+  description = "Every TCP port a firewall must open, and no other: the control port and the data ports (HTTP mode: the HTTP port, 443 and the control port)."
+  value       = local.firewall_ports
+}
+
+output "expires_at" {
+  description = "When the exit server powers itself off (UTC, RFC 3339), or null."
+  value       = local.expires == null ? null : local.expires.iso
+}
+
+output "expires_unix" {
+  description = "The expiry as Unix time (the value of inletsctl's inlets-expires tag), or null."
+  value       = local.expires_unix
+}
+
+output "tls_server_name" {
+  description = "The name in the server certificate the client verifies (--tls-server-name)."
+  value       = local.generated.tls_server_name
+}

@@ -1,0 +1,197 @@
+# terraform test of the userdata module: no provider, no network. The byte-for-byte
+# comparison with inletsctl's rendering is tests/test_terraform.py (it needs Python).
+
+variables {
+  name        = "tftest"
+  token       = "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD"
+  server_cert = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+  server_key  = "-----BEGIN PRIVATE KEY-----\nMIGHfake\n-----END PRIVATE KEY-----\n"
+}
+
+run "tcp_defaults" {
+  assert {
+    condition     = strcontains(output.user_data, "inlets tcp server --control-port 8123 --token-file /etc/inlets/token --tls-cert /etc/inlets/server.crt --tls-key /etc/inlets/server.key --allow-ports 80,443\n")
+    error_message = "The unit must run the tcp server with inletsctl's flags."
+  }
+  assert {
+    condition     = startswith(output.user_data, "#cloud-config\n# inlets exit server \"tftest\" (tcp mode)")
+    error_message = "The user-data must start with #cloud-config."
+  }
+  assert {
+    condition     = output.firewall_ports == [80, 443, 8123]
+    error_message = "TCP mode opens the control port and the data ports."
+  }
+  assert {
+    condition     = output.expires_at == null && !strcontains(output.user_data, "inlets-expire")
+    error_message = "No ttl, no expiry timer."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "      -----BEGIN CERTIFICATE-----\n      MIIBfake\n      -----END CERTIFICATE-----\n  - path: /etc/inlets/server.key")
+    error_message = "The certificate must be indented into its block scalar."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, 'inlets-py==")
+    error_message = "The pinned package spec is the default."
+  }
+}
+
+run "tcp_low_ports_with_ttl" {
+  variables {
+    ports      = [22, 5432]
+    ttl        = "1d2h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.firewall_ports == [22, 5432, 8123]
+    error_message = "Ports under 1024 are opened too."
+  }
+  assert {
+    condition     = output.expires_at == "2030-01-03T05:04:05Z" && output.expires_unix == 1893647045
+    error_message = "Expiry is created_at plus the ttl."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "OnCalendar=2030-01-03 05:04:05 UTC") && strcontains(output.user_data, "- [systemctl, enable, --now, inlets-expire.timer]")
+    error_message = "The expiry timer is installed and enabled."
+  }
+}
+
+run "expiry_across_a_leap_day" {
+  variables {
+    ttl        = "2h"
+    created_at = "2024-02-28T23:00:00Z"
+  }
+  assert {
+    condition     = output.expires_at == "2024-02-29T01:00:00Z" && output.expires_unix == 1709168400
+    error_message = "Unix time must follow the calendar."
+  }
+}
+
+run "expiry_across_new_year" {
+  variables {
+    ttl        = "30s"
+    created_at = "2031-01-01T00:00:00.250Z"
+  }
+  assert {
+    condition     = output.expires_at == "2031-01-01T00:00:30Z" && output.expires_unix == 1924992030
+    error_message = "Fractions of a second are dropped, as inletsctl does."
+  }
+}
+
+run "http_mode" {
+  variables {
+    mode      = "http"
+    http_port = 8080
+    domains   = ["Example.com.", "example.com", "api.example.com"]
+  }
+  assert {
+    condition     = strcontains(output.user_data, "inlets http server --control-port 8123 --token-file /etc/inlets/token --tls-cert /etc/inlets/server.crt --tls-key /etc/inlets/server.key --port 8080\n")
+    error_message = "The unit must run the http server on the HTTP port."
+  }
+  assert {
+    condition     = output.firewall_ports == [443, 8080, 8123] && length(output.ports) == 0
+    error_message = "HTTP mode opens the HTTP port, 443 and the control port."
+  }
+  assert {
+    condition     = jsonencode(output.domains) == jsonencode(["example.com", "api.example.com"])
+    error_message = "Domains are normalised as inletsctl does."
+  }
+}
+
+run "embedded_wheel" {
+  variables {
+    wheel_filename  = "inlets_py-0.1.0-py3-none-any.whl"
+    wheel_xz_base64 = "/Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAEZmFrZQAAAAA="
+  }
+  assert {
+    condition     = strcontains(output.user_data, "encoding: b64\n    content: /Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAEZmFrZQAAAAA=\n")
+    error_message = "The wheel travels base64-encoded."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, '/opt/inlets/inlets_py-0.1.0-py3-none-any.whl']")
+    error_message = "pip installs the embedded wheel instead of the package spec."
+  }
+}
+
+run "rejects_an_unknown_mode" {
+  command = plan
+  variables {
+    mode = "udp"
+  }
+  expect_failures = [var.mode]
+}
+
+run "rejects_a_data_port_on_the_control_port" {
+  command = plan
+  variables {
+    ports = [80, 8123]
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_ports_in_http_mode" {
+  command = plan
+  variables {
+    mode  = "http"
+    ports = [80]
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_bad_port" {
+  command = plan
+  variables {
+    ports = [0, 70000]
+  }
+  expect_failures = [var.ports]
+}
+
+run "rejects_a_ttl_without_created_at" {
+  command = plan
+  variables {
+    ttl = "2h"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_malformed_ttl" {
+  command = plan
+  variables {
+    ttl        = "2 hours"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  expect_failures = [var.ttl]
+}
+
+run "rejects_a_zero_ttl" {
+  command = plan
+  variables {
+    ttl        = "0s"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_non_utc_created_at" {
+  command = plan
+  variables {
+    ttl        = "2h"
+    created_at = "2030-01-02T03:04:05+01:00"
+  }
+  expect_failures = [var.created_at]
+}
+
+run "rejects_user_data_over_the_limit" {
+  command = plan
+  variables {
+    limit = 1024
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_wheel_without_its_content" {
+  command = plan
+  variables {
+    wheel_filename = "inlets_py-0.1.0-py3-none-any.whl"
+  }
+  expect_failures = [output.user_data]
+}

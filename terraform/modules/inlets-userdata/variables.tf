@@ -1,0 +1,131 @@
+variable "name" {
+  description = "Name of the exit server (appears in the user-data's header comment)."
+  type        = string
+}
+
+variable "mode" {
+  description = "Tunnel mode: tcp (raw TCP ports) or http (Host-routed reverse proxy)."
+  type        = string
+  default     = "tcp"
+  validation {
+    condition     = contains(["tcp", "http"], var.mode)
+    error_message = "The mode must be tcp or http."
+  }
+}
+
+variable "ports" {
+  description = "TCP mode: data ports the server opens for the client (ports under 1024 work). Null means 80 and 443, as inletsctl."
+  type        = list(number)
+  default     = null
+  validation {
+    condition     = var.ports == null ? true : length(var.ports) > 0 && alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
+    error_message = "The ports must be distinct whole numbers from 1 to 65535 (at least one)."
+  }
+}
+
+variable "domains" {
+  description = "HTTP mode: host names the client serves (none: the client is the catch-all)."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for d in var.domains : can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253])
+    error_message = "Every domain must be a valid DNS name, such as example.com."
+  }
+}
+
+variable "http_port" {
+  description = "HTTP mode: the data-plane port."
+  type        = number
+  default     = 80
+  validation {
+    condition     = var.http_port == floor(var.http_port) && var.http_port >= 1 && var.http_port <= 65535
+    error_message = "The http_port must be a port from 1 to 65535."
+  }
+}
+
+variable "control_port" {
+  description = "The tunnel's control-plane (websocket) port."
+  type        = number
+  default     = 8123
+  validation {
+    condition     = var.control_port == floor(var.control_port) && var.control_port >= 1 && var.control_port <= 65535
+    error_message = "The control_port must be a port from 1 to 65535."
+  }
+}
+
+variable "token" {
+  description = "Bearer token the client authenticates with (one line; inletsctl and the exit-server modules make 64 letters and digits)."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("^[!-~]{16,}$", var.token))
+    error_message = "The token must be at least 16 printable ASCII characters without spaces or line breaks."
+  }
+}
+
+variable "server_cert" {
+  description = "PEM certificate of the exit server, naming inlets-exit-server and signed by the CA the client pins (the CA itself stays with the client)."
+  type        = string
+  validation {
+    condition     = can(regex("-----BEGIN CERTIFICATE-----", var.server_cert))
+    error_message = "The server_cert must be a PEM certificate."
+  }
+}
+
+variable "server_key" {
+  description = "PEM private key of server_cert."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.server_key))
+    error_message = "The server_key must be a PEM private key."
+  }
+}
+
+variable "package" {
+  description = "pip requirement the VM installs the runtime from (null: this checkout's pinned version, as inletsctl). Ignored when a wheel is embedded."
+  type        = string
+  default     = null
+}
+
+variable "wheel_filename" {
+  description = "Embed a wheel instead of installing package: its file name (e.g. inlets_py-0.1.0-py3-none-any.whl). Needs wheel_xz_base64."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.wheel_filename == null ? true : can(regex("^[A-Za-z0-9_.+-]+\\.whl$", var.wheel_filename))
+    error_message = "The wheel_filename must be a wheel file name ending in .whl."
+  }
+}
+
+variable "wheel_xz_base64" {
+  description = "The embedded wheel, xz-compressed and base64-encoded (terraform/tools/wheel_xz_base64.py makes it exactly as inletsctl --embed-wheel does)."
+  type        = string
+  default     = null
+}
+
+variable "ttl" {
+  description = "Lifetime after created_at, in inletsctl's --ttl syntax (30m, 2h, 1d12h, 45s): a systemd timer powers the VM off then. Null: no expiry."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.ttl == null ? true : can(regex("^(?:(\\d+)d)?(?:(\\d+)h)?(?:(\\d+)m)?(?:(\\d+)s)?$", trimspace(var.ttl))) && trimspace(var.ttl) != ""
+    error_message = "The ttl must look like 30m, 2h, 1d12h or 45s."
+  }
+}
+
+variable "created_at" {
+  description = "UTC time (RFC 3339, ending in Z) the ttl counts from. The exit-server modules pin the creation time; a fixed value keeps the user-data stable across plans."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.created_at == null ? true : can(regex("^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d+)?Z$", var.created_at))
+    error_message = "The created_at must be an RFC 3339 UTC time such as 2030-01-02T03:04:05Z."
+  }
+}
+
+variable "limit" {
+  description = "Size limit of the provider's user-data in bytes (DigitalOcean 65536, EC2 16384)."
+  type        = number
+  default     = 65536
+}

@@ -1,0 +1,351 @@
+"""Terraform modules (issue 7): the same user-data and client command as inletsctl, byte for byte.
+
+Terraform runs offline: every run gets its own CLI configuration whose only provider
+source is a local filesystem mirror (never the registry), so the provider-free modules
+always run and the provider modules are validated only where their providers are
+present on this machine (otherwise skipped, saying which are missing).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.material import Material, generate
+from provisioner.render import UserDataOptions, client_command, user_data
+from provisioner.spec import build_spec, parse_ttl
+from provisioner.wheel import build_runtime_wheel
+from runtime.certs import Pem
+
+ROOT = Path(__file__).resolve().parent.parent
+TF_DIR = ROOT / "terraform"
+TERRAFORM = shutil.which("terraform") or ("/usr/local/bin/terraform" if os.access("/usr/local/bin/terraform", os.X_OK) else None)
+NO_TERRAFORM = "terraform is not installed (expected at /usr/local/bin/terraform or on PATH)"
+#: where provider plugins may already be on this machine (Terraform's implied local
+#: mirror folders, the plugin cache, and this image's mirror); INLETS_TF_PLUGIN_DIRS adds more
+PLUGIN_DIRS = [
+    *filter(None, os.environ.get("INLETS_TF_PLUGIN_DIRS", "").split(os.pathsep)),
+    os.environ.get("TF_PLUGIN_CACHE_DIR", ""),
+    str(Path.home() / ".terraform.d/plugins"),
+    str(Path.home() / ".local/share/terraform/plugins"),
+    "/usr/local/share/terraform/plugins",
+    "/usr/share/terraform/plugins",
+    "/opt/tf-plugins",
+]
+CREATED = "2030-01-02T03:04:05Z"
+MATERIAL = generate("terraform-test")
+
+
+# ---------------------------------------------------------------- running terraform
+
+
+def plugin_dirs() -> list[Path]:
+    return [Path(d) for d in dict.fromkeys(PLUGIN_DIRS) if d and Path(d).is_dir()]
+
+
+def available_providers() -> dict[str, Path]:
+    """``namespace/type`` -> mirror folder, for providers unpacked for this platform."""
+    found: dict[str, Path] = {}
+    for base in plugin_dirs():
+        for binary in base.glob("registry.terraform.io/*/*/*/linux_amd64/terraform-provider-*"):
+            namespace, kind = binary.parts[-5], binary.parts[-4]
+            found.setdefault(f"{namespace}/{kind}", base)
+    return found
+
+
+def offline_env(tmp: Path) -> dict[str, str]:
+    """Terraform that installs providers only from the local mirrors and never phones home."""
+    mirrors = "".join(f'  filesystem_mirror {{\n    path = "{d}"\n  }}\n' for d in plugin_dirs())
+    if not mirrors:  # an empty provider_installation block would mean "direct": point at nothing instead
+        (tmp / "no-plugins").mkdir(exist_ok=True)
+        mirrors = f'  filesystem_mirror {{\n    path = "{tmp / "no-plugins"}"\n  }}\n'
+    config = tmp / "terraformrc"
+    config.write_text(f"disable_checkpoint = true\nprovider_installation {{\n{mirrors}}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    env.update(TF_CLI_CONFIG_FILE=str(config), TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1", TF_INPUT="0")
+    return env
+
+
+def tf(workdir: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert TERRAFORM is not None
+    proc = subprocess.run(
+        [TERRAFORM, f"-chdir={workdir}", *args, "-no-color"],
+        capture_output=True, text=True, timeout=timeout, env=offline_env(workdir.parent), stdin=subprocess.DEVNULL,
+    )
+    if check:
+        assert proc.returncode == 0, f"terraform {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def workspace(tmp: Path) -> Path:
+    """A copy of terraform/ in ``tmp`` (runs leave .terraform folders and state there, not in the repo)."""
+    shutil.copytree(TF_DIR, tmp / "terraform", ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+    return tmp / "terraform"
+
+
+def hcl_json(value: Any) -> Any:
+    """A value for a .tf.json file, where strings are templates: escape ``${`` and ``%{``."""
+    if isinstance(value, str):
+        return value.replace("${", "$${").replace("%{", "%%{")
+    if isinstance(value, list):
+        return [hcl_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: hcl_json(v) for k, v in value.items()}
+    return value
+
+
+def apply_root(root: Path, modules: dict[str, dict[str, Any]], outputs: dict[str, tuple[str, bool]]) -> dict[str, Any]:
+    """``terraform init && apply`` of a provider-free root module; returns its outputs."""
+    config: dict[str, Any] = {"module": {}, "output": {}}
+    for name, inputs in modules.items():
+        inputs = dict(inputs)
+        config["module"][name] = {"source": inputs.pop("source"), **hcl_json(inputs)}
+    for name, (expr, sensitive) in outputs.items():
+        config["output"][name] = {"value": expr, "sensitive": sensitive}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "main.tf.json").write_text(json.dumps(config, indent=1))
+    tf(root, "init", "-input=false", "-backend=false")
+    tf(root, "apply", "-auto-approve", "-input=false")
+    result = tf(root, "output", "-json")
+    return {name: out["value"] for name, out in json.loads(result.stdout).items()}
+
+
+# ---------------------------------------------------------------- the variants compared
+
+
+WHEEL = build_runtime_wheel()
+WEIRD = Material(
+    token="tok-" + "x" * 60,
+    ca_cert=MATERIAL.ca_cert,
+    server=Pem(
+        # CRLF line ends, whitespace (and a Python-only whitespace character, \x1c) around,
+        # a blank line inside: trim and indent must treat them exactly as jinja does
+        cert=b" \x1c\t" + MATERIAL.server.cert.replace(b"\n", b"\r\n") + b"\r\n\r\n ",
+        key=MATERIAL.server.key.replace(b"-----\n", b"-----\n\n", 1) + b"\n\n",
+    ),
+)
+#: name -> (build_spec args, Terraform-only inputs, user_data options, material)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tcp_defaults": {"spec": ("tcp", None, []), "tf": {}},
+    "tcp_low_high_ports_ttl": {
+        "spec": ("tcp", "22,80,443,5432", []), "tf": {"ports": [22, 80, 443, 5432], "ttl": "1d2h"}, "ttl": "1d2h",
+    },
+    "tcp_control_port_runtime_spec": {
+        "spec": ("tcp", "443", []), "spec_kw": {"control_port": 9443},
+        "tf": {"ports": [443], "control_port": 9443, "package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl"},
+        "package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl",
+    },
+    "http_domains": {"spec": ("http", None, ["example.com", "api.example.com"]), "tf": {"mode": "http", "domains": ["example.com", "api.example.com"]}},
+    "http_catch_all_port_ttl": {
+        "spec": ("http", None, []), "spec_kw": {"http_port": 8080},
+        "tf": {"mode": "http", "http_port": 8080, "ttl": "45s"}, "ttl": "45s",
+    },
+    "tcp_embedded_wheel_ttl": {
+        "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True}, "ttl": "90m", "wheel": True,
+    },
+    "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
+}
+
+
+def python_user_data(name: str) -> str:
+    v = VARIANTS[name]
+    spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
+    created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
+    options = UserDataOptions(
+        name=name, package=v.get("package", "inlets-py==0.1.0"), wheel=WHEEL if v.get("wheel") else None,
+        expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None,
+    )
+    return user_data(spec, v.get("material", MATERIAL), options)
+
+
+def terraform_inputs(name: str) -> dict[str, Any]:
+    v = VARIANTS[name]
+    material: Material = v.get("material", MATERIAL)
+    inputs: dict[str, Any] = {
+        "source": "../modules/inlets-userdata", "name": name, "token": material.token,
+        "server_cert": material.server.cert.decode(), "server_key": material.server.key.decode(),
+        "created_at": CREATED,
+    }
+    extra = dict(v["tf"])
+    if extra.pop("wheel", False):
+        import base64
+        import lzma
+
+        inputs["wheel_filename"] = WHEEL.filename
+        inputs["wheel_xz_base64"] = base64.b64encode(lzma.compress(WHEEL.data, preset=9 | lzma.PRESET_EXTREME)).decode()
+    inputs.update(extra)
+    return inputs
+
+
+#: client command cases: name -> (build_spec args and kwargs, host, token file, ca file, Terraform inputs)
+CLIENT_CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any], str, str, str, dict[str, Any]]] = {
+    "tcp_ipv4": (("tcp", "80,443", []), {}, "203.0.113.10", "/home/me/.config/inletsctl/brave/token", "ca.crt",
+                 {"ports": [80, 443]}),
+    "tcp_ipv6_upstream_spaces": (("tcp", "22", []), {"upstream": "192.168.1.10", "control_port": 9000}, "2001:db8::10",
+                                 "/home/me/my tokens/it's here", "inlets-ca.crt",
+                                 {"ports": [22], "upstream": "192.168.1.10", "control_port": 9000}),
+    "http_domains": (("http", None, ["Example.COM.", "api.example.com", "example.com"]), {"upstream": "http://127.0.0.1:3000"},
+                     "198.51.100.7", "inlets-token", "inlets-ca.crt",
+                     {"mode": "http", "domains": ["Example.COM.", "api.example.com", "example.com"], "upstream": "http://127.0.0.1:3000"}),
+    "http_catch_all_odd_url": (("http", None, []), {"upstream": "http://127.0.0.1:8080/a'b?c=$d"}, "198.51.100.8",
+                               "inlets-token", "inlets-ca.crt", {"mode": "http", "upstream": "http://127.0.0.1:8080/a'b?c=$d"}),
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every variant and client case rendered by Terraform in one apply of a local-only root module."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    ws = workspace(tmp_path_factory.mktemp("tf-render"))
+    modules: dict[str, dict[str, Any]] = {f"ud_{n}": terraform_inputs(n) for n in VARIANTS}
+    outputs = {f"ud_{n}": (f"${{module.ud_{n}.user_data}}", True) for n in VARIANTS}
+    outputs |= {f"meta_{n}": (f"${{[module.ud_{n}.expires_at, module.ud_{n}.expires_unix, module.ud_{n}.firewall_ports]}}", False) for n in VARIANTS}
+    for case, (_, _, host, token_file, ca_file, extra) in CLIENT_CASES.items():
+        modules[f"cc_{case}"] = {"source": "../modules/inlets-client-command", "host": host, "token_file": token_file,
+                                 "ca_file": ca_file, **extra}
+        outputs[f"cc_{case}"] = (f"${{module.cc_{case}.command}}", False)
+    return apply_root(ws / "harness", modules, outputs)
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_terraform_user_data_is_byte_identical_to_inletsctl(rendered: dict[str, Any], variant: str) -> None:
+    expected = python_user_data(variant)
+    got = rendered[f"ud_{variant}"]
+    assert got.encode() == expected.encode(), "\n".join(
+        __import__("difflib").unified_diff(expected.splitlines(), got.splitlines(), "inletsctl", "terraform", lineterm="")
+    )
+
+
+def test_expiry_and_firewall_outputs_match_inletsctl(rendered: dict[str, Any]) -> None:
+    from provisioner.providers.base import expiry_tag
+
+    created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
+    for name, v in VARIANTS.items():
+        expires_at, expires_unix, firewall = rendered[f"meta_{name}"]
+        spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
+        if v.get("ttl"):
+            when = created + parse_ttl(v["ttl"])
+            assert expires_at == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert f"inlets-expires:{expires_unix}" == expiry_tag(when)
+        else:
+            assert expires_at is None and expires_unix is None
+        wanted = {spec.control_port, *spec.ports} if spec.mode == "tcp" else {spec.http_port, 443, spec.control_port}
+        assert sorted(firewall) == sorted(wanted), name
+    assert sorted(rendered["meta_tcp_low_high_ports_ttl"][2]) == [22, 80, 443, 5432, 8123]  # under 1024 included
+
+
+@pytest.mark.parametrize("case", sorted(CLIENT_CASES))
+def test_terraform_client_command_is_inletsctls(rendered: dict[str, Any], case: str) -> None:
+    args, kwargs, host, token_file, ca_file, _ = CLIENT_CASES[case]
+    expected = client_command(build_spec(*args, **kwargs), host, token_file, ca_file)
+    assert rendered[f"cc_{case}"] == expected
+
+
+def test_the_comparison_catches_a_difference(rendered: dict[str, Any]) -> None:
+    """A control: one changed input is a different document, so equality above means something."""
+    spec = build_spec("tcp", "2222", [])
+    other = user_data(spec, MATERIAL, UserDataOptions(name="tcp_odd_pem_whitespace", package="inlets-py==0.1.0"))
+    assert rendered["ud_tcp_odd_pem_whitespace"] != other
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_terraform_user_data_passes_cloud_init_schema(rendered: dict[str, Any], variant: str, tmp_path: Path) -> None:
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (scripts/install-test-tools.sh installs Debian's cloud-init)")
+    path = tmp_path / "user-data.yaml"
+    path.write_text(rendered[f"ud_{variant}"])
+    result = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+
+
+def test_generated_templates_are_current() -> None:
+    """templates/*.j2 changed without regenerating: run python scripts/gen_terraform_template.py."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/gen_terraform_template.py"), "--check"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_generator_refuses_constructs_it_cannot_translate() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gen_terraform_template as gen
+    from runtime.templating import environment
+
+    for source in ("{{ name | upper }}", "{% for x in units %}a{% else %}b{% endfor %}", "{{ undefined_thing }}", "{% if name is defined %}{% endif %}"):
+        with pytest.raises(gen.Unsupported):
+            gen.Translator("inline", {"name": "string", "units": "list"}).body(environment.parse(source).body)
+
+
+def test_terraform_fmt_check() -> None:
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    proc = subprocess.run(
+        [TERRAFORM, "fmt", "-check", "-recursive", "-diff", "-no-color", str(TF_DIR)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull},
+    )
+    assert proc.returncode == 0, "terraform fmt -check -recursive found unformatted files:\n" + proc.stdout + proc.stderr
+
+
+def test_userdata_module_terraform_test(tmp_path: Path) -> None:
+    """``terraform init`` + ``terraform test`` of the userdata module's .tftest.hcl files (no provider, no network)."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    ws = workspace(tmp_path)
+    for module in ("inlets-userdata", "inlets-client-command"):
+        tests = sorted((ws / "modules" / module / "tests").glob("*.tftest.hcl"))
+        assert tests, f"{module} has no .tftest.hcl files"
+        tf(ws / "modules" / module, "init", "-input=false", "-backend=false")
+        proc = tf(ws / "modules" / module, "test", check=False, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        match = re.search(r"Success! (\d+) passed, (\d+) failed", proc.stdout)
+        assert match and int(match.group(1)) >= 3 and match.group(2) == "0", proc.stdout
+
+
+# ---------------------------------------------------------------- provider modules
+
+
+def required_providers(module: Path) -> set[str]:
+    """``namespace/type`` of every provider a module (and the local modules it calls) requires."""
+    found: set[str] = set()
+    for tf_file in module.glob("*.tf"):
+        found |= set(re.findall(r'source\s*=\s*"(?:registry\.terraform\.io/)?([a-z0-9-]+/[a-z0-9-]+)"', tf_file.read_text()))
+        for sub in re.findall(r'source\s*=\s*"(\.\.?/[^"]+)"', tf_file.read_text()):
+            found |= required_providers((module / sub).resolve())
+    return found
+
+
+PROVIDER_MODULES = ["modules/inlets-secrets", "modules/digitalocean-exit-server", "modules/aws-exit-server",
+                    "examples/digitalocean", "examples/aws"]
+
+
+@pytest.mark.parametrize("module", PROVIDER_MODULES)
+def test_provider_module_validates(module: str, tmp_path: Path) -> None:
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    needed = required_providers(TF_DIR / module)
+    assert needed, f"{module} declares no providers"
+    have = available_providers()
+    missing = sorted(needed - set(have))
+    if missing:
+        pytest.skip(
+            f"terraform validate of {module} needs providers {', '.join(sorted(needed))}; not available offline here: "
+            f"{', '.join(missing)} (looked in: {', '.join(str(d) for d in plugin_dirs()) or 'no plugin folder exists'})"
+        )
+    ws = workspace(tmp_path)
+    tf(ws / module, "init", "-input=false", "-backend=false")
+    tf(ws / module, "validate")
