@@ -9,8 +9,10 @@ from pathlib import Path
 from ..credentials import access_token
 from ..errors import ProvisionError
 from .base import Provisioner
+from .clouds import CLOUDS, NOT_OFFERED
 
 PROVIDERS = ("local", "digitalocean")
+PROVIDERS += CLOUDS  # the libcloud and SDK clouds, built in providers/clouds.py
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class Credentials:
 
 def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
     """The provider called ``name``; a one-line error for unknown names and missing credentials."""
+    if name in CLOUDS or name in NOT_OFFERED:
+        from .clouds import build
+
+        return build(name, state_root, creds)
     if name == "local":
         from .local import LocalProvider
 

@@ -1,0 +1,99 @@
+"""``inletsctl`` with the cloud providers, end to end through the CLI: credentials from the
+environment, ``--api-url`` pointing at a loopback server with recorded answers (see
+prov_cloud_recorded), ``list`` by tag and ``delete --ip``; bad input is one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, recorded
+from prov_support import one_line_error, run_cli
+
+CLOUD_ENV = ("VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CLI_TOKEN", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT", "METAL_AUTH_TOKEN",
+             "PACKET_AUTH_TOKEN", "METAL_PROJECT_ID", "PACKET_PROJECT_ID", "INLETS_ACCESS_TOKEN", "VULTR_API_URL",
+             "LINODE_API_URL", "METAL_API_URL", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_API_URL")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CLOUD_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def api() -> Iterator[RecordedAPI]:
+    server = RecordedAPI()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("provider, env", [
+    ("vultr", "$VULTR_API_KEY"), ("linode", "$LINODE_TOKEN"), ("hetzner", "$HCLOUD_TOKEN"), ("equinix", "$METAL_AUTH_TOKEN"),
+])
+def test_missing_credentials_name_every_way(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str, env: str) -> None:
+    result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
+    one_line_error(result, "--access-token-file", "--access-token", env)
+
+
+@pytest.mark.parametrize("provider", ["scaleway", "ovh"])
+def test_scaleway_and_ovh_say_why_they_are_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
+    result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
+    one_line_error(result, f"--provider {provider}: not offered", "user-data")
+
+
+def test_vultr_list_by_tag_and_delete_by_ip(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                            api: RecordedAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
+    listed = json.loads(libcloud_fixture("vultr_v2", "list_nodes.json"))
+    api.route("GET", "/v2/instances", Answer(200, listed))
+    one = {"instance": listed["instances"][0]}
+    api.route("GET", "/v2/instances/123", [Answer(200, one), Answer(404, {"error": "invalid instance ID", "status": 404})])
+    api.route("DELETE", "/v2/instances/123", Answer(204))
+    result = run_cli(capsys, "list", "--provider", "vultr", "--api-url", api.url, "--json", "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    rows = result.json()["servers"]
+    assert [r["ip"] for r in rows][0] == "45.76.83.44" and rows[0]["where"] == "vultr only"
+    result = run_cli(capsys, "delete", "--provider", "vultr", "--ip", "45.76.83.44", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert "deleted" in result.out and api.requests("DELETE", "/v2/instances/123")
+
+
+def test_hetzner_list_via_env_endpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                       api: RecordedAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    monkeypatch.setenv("HCLOUD_ENDPOINT", api.url + "/v1")
+    api.route("GET", "/v1/servers", Answer(200, recorded("hetzner", "servers_list.json")))
+    result = run_cli(capsys, "list", "--provider", "hetzner", "--json", "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert result.json()["servers"][0]["ip"] == "1.2.3.4"
+    assert api.requests("GET", "/v1/servers")[0].query["label_selector"] == ["inlets"]
+
+
+def test_linode_rejected_token_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                           api: RecordedAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LINODE_TOKEN", "bad")
+    api.route("GET", "/v4/linode/instances", Answer(401, {"errors": [{"reason": "Invalid Token"}]}))
+    result = run_cli(capsys, "list", "--provider", "linode", "--api-url", api.url, "--state-dir", str(tmp_path))
+    one_line_error(result, "linode: credentials rejected", "Invalid Token")
+
+
+def test_bad_api_url_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAL_AUTH_TOKEN", "x")
+    monkeypatch.setenv("METAL_PROJECT_ID", "p")
+    result = run_cli(capsys, "list", "--provider", "equinix", "--api-url", "ftp://nowhere", "--state-dir", str(tmp_path))
+    one_line_error(result, "invalid equinix API URL", "$METAL_API_URL")
+
+
+def test_unreachable_api_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prov_support import free_port
+
+    monkeypatch.setenv("VULTR_API_KEY", "x")
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(capsys, "list", "--provider", "vultr", "--api-url", url, "--state-dir", str(tmp_path))
+    one_line_error(result, "vultr: cannot reach the API at", url)
