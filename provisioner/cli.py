@@ -29,15 +29,29 @@ app = typer.Typer(
 StateDir = Annotated[
     Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
 ]
-Provider = Annotated[Optional[str], typer.Option(help="local (this machine) or digitalocean.")]
+Provider = Annotated[Optional[str], typer.Option(help="local (this machine), digitalocean, ec2, or ssh (a host you already have).")]
 TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first).")]
 Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
 ApiUrl = Annotated[Optional[str], typer.Option(help="Cloud API endpoint (tests, proxies) [env: DIGITALOCEAN_API_URL].")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+SecretFile = Annotated[Optional[Path], typer.Option(help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
+Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
+Region = Annotated[Optional[str], typer.Option(help="ec2: the region to look in [env: AWS_REGION, AWS_DEFAULT_REGION; default eu-west-1].")]
 
 
-def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str]) -> Credentials:
-    return Credentials(token_file, token, api_url)
+def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str], **more: object) -> Credentials:
+    return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
+
+
+def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) -> object:
+    """The --provider ssh flags (checked by the provider); other providers refuse --host."""
+    if provider != "ssh":
+        if host is not None:
+            raise ProvisionError("--host is for --provider ssh")
+        return None
+    from .ssh_connect import SshOptions
+
+    return SshOptions.from_flags(host, *rest)  # type: ignore[arg-type]
 
 
 @app.command(
@@ -45,7 +59,9 @@ def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[s
         "Examples:\n\n"
         "  inletsctl create --provider local --ports 8080\n\n"
         "  inletsctl create my-tunnel --provider digitalocean --ports 80,443 --ttl 2h\n\n"
-        "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com"
+        "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com\n\n"
+        "  AWS_PROFILE=work inletsctl create --provider ec2 --region eu-west-1 --ports 22,80,443\n\n"
+        "  inletsctl create --provider ssh --host root@203.0.113.10 --ssh-key ~/.ssh/id_ed25519 --ports 80,443"
     )
 )
 def create_cmd(
@@ -59,10 +75,20 @@ def create_cmd(
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1].")] = None,
     plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb].")] = None,
-    ssh_key: Annotated[Optional[str], typer.Option(help="SSH key fingerprint or id to install on the VM.")] = None,
+    ssh_key: Annotated[Optional[str], typer.Option(help="digitalocean: key fingerprint or id to install; ec2: key pair name or .pub file; ssh: private key file to log in with.")] = None,
     access_token_file: TokenFile = None,
     access_token: Token = None,
+    secret_key_file: SecretFile = None,
+    secret_key: Secret = None,
     api_url: ApiUrl = None,
+    host: Annotated[Optional[str], typer.Option(help="ssh: USER@HOST of the existing host to install the exit server on.")] = None,
+    ssh_port: Annotated[int, typer.Option("--port", "--ssh-port", help="ssh: SSH port of --host.")] = 22,
+    host_key_fingerprint: Annotated[Optional[str], typer.Option(help="ssh: pin the host key (SHA256:... as ssh-keygen -lf prints it) instead of known_hosts.")] = None,
+    accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="ssh: trust a host key not in known_hosts yet, and add it there.")] = False,
+    known_hosts: Annotated[Optional[Path], typer.Option(help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
+    supervisor: Annotated[str, typer.Option(help="ssh: systemd, plain (a restart loop, for hosts without systemd as PID 1), or auto.")] = "auto",
+    remote_python: Annotated[str, typer.Option(help="ssh: the host's Python; the exit server's venv reuses the packages it has (nothing downloaded when it has them all).")] = "python3",
+    data_addr: Annotated[Optional[str], typer.Option(help="ssh: address the data ports listen on [default: all interfaces].")] = None,
     ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server.")] = 600.0,
     delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
@@ -77,7 +103,12 @@ def create_cmd(
         provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
         domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
-        runtime_spec=runtime_spec, embed_wheel=embed_wheel, creds=_creds(access_token_file, access_token, api_url),
+        runtime_spec=runtime_spec, embed_wheel=embed_wheel,
+        creds=_creds(
+            access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
+            ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
+                             known_hosts, supervisor, remote_python, data_addr),
+        ),
     )
     progress = output.Progress(quiet=json_output)
     try:
@@ -106,6 +137,9 @@ def delete_cmd(
     provider: Provider = None,
     access_token_file: TokenFile = None,
     access_token: Token = None,
+    secret_key_file: SecretFile = None,
+    secret_key: Secret = None,
+    region: Region = None,
     api_url: ApiUrl = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone.")] = 300.0,
     state_dir: StateDir = None,
@@ -114,7 +148,9 @@ def delete_cmd(
     progress = output.Progress()
     try:
         done = manage.delete(
-            state_root(state_dir), _creds(access_token_file, access_token, api_url), progress,
+            state_root(state_dir),
+            _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region),
+            progress,
             name=name, host_id=id, ip=ip, provider_name=provider, timeout=timeout,
         )
     finally:
@@ -130,12 +166,16 @@ def list_cmd(
     prune: Annotated[bool, typer.Option("--prune", help="Delete exit servers whose --ttl has passed.")] = False,
     access_token_file: TokenFile = None,
     access_token: Token = None,
+    secret_key_file: SecretFile = None,
+    secret_key: Secret = None,
+    region: Region = None,
     api_url: ApiUrl = None,
     json_output: Json = False,
     state_dir: StateDir = None,
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
-    root, creds = state_root(state_dir), _creds(access_token_file, access_token, api_url)
+    root = state_root(state_dir)
+    creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     notes: list[str] = []
     rows = manage.list_servers(root, creds, provider, notes)
     pruned: list[str] = []
@@ -162,12 +202,16 @@ def status_cmd(
     name: Annotated[str, typer.Argument(help="Name of the exit server.")],
     access_token_file: TokenFile = None,
     access_token: Token = None,
+    secret_key_file: SecretFile = None,
+    secret_key: Secret = None,
+    region: Region = None,
     api_url: ApiUrl = None,
     json_output: Json = False,
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
-    result = manage.status(state_root(state_dir), _creds(access_token_file, access_token, api_url), name)
+    creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
+    result = manage.status(state_root(state_dir), creds, name)
     if json_output:
         output.print_json(result)
         return

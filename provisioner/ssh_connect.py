@@ -1,0 +1,216 @@
+"""SSH connections for ``--provider ssh``: paramiko, with host keys always checked.
+
+A host key is accepted only when it is in known_hosts, when it matches the pinned
+``--host-key-fingerprint``, or (``--accept-new-host-key``, like OpenSSH's
+``StrictHostKeyChecking=accept-new``) when the host is not in known_hosts at all;
+a key that differs from a known one is always refused. The key seen at create is
+pinned in the exit server's state folder, so later status and delete calls accept
+nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import json
+import re
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import paramiko
+
+from .errors import ProvisionError
+
+CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 300.0
+SUPERVISORS = ("auto", "systemd", "plain")
+_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """Where and how to reach the host; saved as ``ssh.json`` beside the exit server's secrets."""
+
+    user: str
+    host: str
+    port: int = 22
+    key_file: str | None = None
+    fingerprint: str | None = None
+    accept_new: bool = False
+    known_hosts: str | None = None
+    supervisor: str = "auto"
+    remote_python: str = "python3"
+    data_addr: str | None = None
+
+    @classmethod
+    def from_flags(
+        cls, target: str | None, port: int, key_file: str | None, fingerprint: str | None, accept_new: bool,
+        known_hosts: Path | None, supervisor: str, remote_python: str, data_addr: str | None,
+    ) -> "SshOptions":
+        if not target:
+            raise ProvisionError("--provider ssh needs --host USER@HOST")
+        user, _, host = target.rpartition("@")
+        host = host.strip("[]")
+        if not host or any(c.isspace() for c in target):
+            raise ProvisionError(f"invalid --host {target!r}: use USER@HOST, e.g. root@203.0.113.10")
+        if not 1 <= port <= 65535:
+            raise ProvisionError(f"invalid --port {port}: ports are 1-65535")
+        if fingerprint is not None and not _FINGERPRINT_RE.match(fingerprint.strip()):
+            raise ProvisionError(
+                f"invalid --host-key-fingerprint {fingerprint!r}: give SHA256:... as `ssh-keygen -lf KEY` prints it"
+            )
+        if supervisor not in SUPERVISORS:
+            raise ProvisionError(f"unknown --supervisor {supervisor!r}: choose one of {', '.join(SUPERVISORS)}")
+        if key_file is not None:
+            key_file = str(Path(key_file).expanduser().absolute())
+            load_key(key_file)  # a bad key file is an error before anything is made
+        return cls(
+            user or getpass.getuser(), host, port, key_file, fingerprint.strip() if fingerprint else None, accept_new,
+            str(known_hosts.expanduser()) if known_hosts else None, supervisor, remote_python, data_addr,
+        )
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}" + (f":{self.port}" if self.port != 22 else "")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        path.chmod(0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> "SshOptions":
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ProvisionError(f"cannot read {path}: {exc.__class__.__name__}") from None
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """``SHA256:...``, the form ``ssh-keygen -lf`` and OpenSSH's prompts print."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def load_key(path: str) -> paramiko.PKey:
+    """The private key in ``path``, or a one-line error (missing, unreadable, encrypted, not a key)."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except FileNotFoundError:
+        raise ProvisionError(f"--ssh-key {path}: no such file") from None
+    except PermissionError:
+        raise ProvisionError(f"--ssh-key {path}: permission denied") from None
+    except paramiko.PasswordRequiredException:
+        raise ProvisionError(f"--ssh-key {path} is encrypted: load it into ssh-agent and leave out --ssh-key") from None
+    except (paramiko.SSHException, OSError, ValueError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:120] or exc.__class__.__name__
+        raise ProvisionError(f"--ssh-key {path} is not a usable private key ({reason})") from None
+
+
+def _host_entry(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    """Called only for keys not in the loaded known_hosts: pinned fingerprint or accept-new, else refuse."""
+
+    def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None) -> None:
+        self._opts, self._pinned, self._known_hosts = opts, pinned, known_hosts
+        self.accepted: paramiko.PKey | None = None
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        seen = fingerprint(key)
+        where = f"{self._opts.host}:{self._opts.port}"
+        if self._pinned is not None:
+            if seen != self._pinned:
+                raise ProvisionError(
+                    f"host key of {where} is {key.get_name()} {seen}, not the pinned {self._pinned}: refusing to connect"
+                )
+        elif not self._opts.accept_new:
+            raise ProvisionError(
+                f"host key of {where} ({key.get_name()} {seen}) is not in {self._known_hosts or '~/.ssh/known_hosts'}: "
+                f"check it, then pass --host-key-fingerprint {seen} (or --accept-new-host-key)"
+            )
+        elif self._known_hosts is not None:  # accept-new: remember it as OpenSSH does
+            self._known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with open(self._known_hosts, "a") as out:
+                out.write(f"{_host_entry(self._opts.host, self._opts.port)} {key.get_name()} {key.get_base64()}\n")
+        self.accepted = key
+
+
+def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHClient:
+    """An authenticated client; ``pinned_file`` (the state's known_hosts) overrides every other trust."""
+    client = paramiko.SSHClient()
+    known: Path | None = Path(opts.known_hosts) if opts.known_hosts else Path("~/.ssh/known_hosts").expanduser()
+    pinned = opts.fingerprint
+    if pinned_file is not None:
+        _load(client, pinned_file)
+        known, pinned = None, "SHA256:(the key seen at create)"
+    elif pinned is None and known is not None and known.exists():
+        _load(client, known)
+    policy = _Policy(opts, pinned, known)
+    client.set_missing_host_key_policy(policy)
+    pkey = load_key(opts.key_file) if opts.key_file else None
+    where = f"{opts.user}@{opts.host}:{opts.port}"
+    try:
+        client.connect(
+            opts.host, port=opts.port, username=opts.user, pkey=pkey, look_for_keys=pkey is None,
+            allow_agent=pkey is None, timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
+            auth_timeout=CONNECT_TIMEOUT,
+        )
+    except ProvisionError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise ProvisionError(
+            f"host key of {opts.host}:{opts.port} changed: it is {fingerprint(exc.key)}, known as "
+            f"{fingerprint(exc.expected_key)}: refusing to connect"
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        how = f"the key {opts.key_file}" if opts.key_file else "ssh-agent and ~/.ssh keys"
+        raise ProvisionError(f"ssh: {where} refused {how}") from None
+    except (paramiko.SSHException, socket.timeout, OSError) as exc:
+        client.close()
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or exc.__class__.__name__
+        raise ProvisionError(f"ssh: cannot connect to {where}: {reason}") from None
+    return client
+
+
+def _load(client: paramiko.SSHClient, path: Path) -> None:
+    try:
+        client.load_host_keys(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise ProvisionError(f"cannot read known_hosts {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def pin(client: paramiko.SSHClient, opts: SshOptions, path: Path) -> str:
+    """Write the key this connection presented to ``path`` (the state's known_hosts); its fingerprint."""
+    key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
+    path.write_text(f"{_host_entry(opts.host, opts.port)} {key.get_name()} {key.get_base64()}\n")
+    path.chmod(0o600)
+    return fingerprint(key)
+
+
+def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str]:
+    """Run ``command`` on the host; (exit status, stdout, stderr), bounded by ``timeout``."""
+    try:
+        chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
+        if stdin:
+            chan_in.write(stdin)
+        chan_in.channel.shutdown_write()
+        out = chan_out.read().decode(errors="replace")
+        err = chan_err.read().decode(errors="replace")
+        return chan_out.channel.recv_exit_status(), out, err
+    except (paramiko.SSHException, socket.timeout, OSError) as exc:
+        raise ProvisionError(f"ssh: running a command on the host failed: {exc.__class__.__name__}") from None
+
+
+def upload(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` made ``mode`` before the first byte lands (secrets are never readable)."""
+    with sftp.open(path, "wb") as out:
+        out.chmod(mode)
+        out.write(data)
+

@@ -1,0 +1,218 @@
+"""``--provider ssh`` against a real OpenSSH sshd on a high loopback port, started by the test.
+
+The host is this machine and systemd is not PID 1 here (as in CI), so these tests cover
+the plain-supervisor fallback (``--supervisor plain``: a restart loop started with
+setsid/nohup), not the systemd unit; the unit itself is the one ``render.systemd_unit``
+gives cloud-init, checked by the template tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
+
+SSHD = "/usr/sbin/sshd"
+DATA_ADDR = "127.0.0.2"  # the exit server's data plane; the client's upstream is on 127.0.0.1
+
+
+@dataclass
+class Sshd:
+    port: int
+    client_key: Path
+    fingerprint: str  # SHA256:... of the host key, as ssh-keygen -lf prints it
+    log: Path
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real sshd on 127.0.0.1:<free port> with its own config, host key and authorized key."""
+    for tool in (SSHD, shutil.which("ssh-keygen")):
+        if not tool or not os.access(tool, os.X_OK):
+            pytest.skip(f"OpenSSH ({SSHD} and ssh-keygen, Debian's openssh-server) is not installed")
+    if os.geteuid() != 0:
+        pytest.skip("the ssh provider tests log in as root to this machine's sshd and need to run as root")
+    tmp = tmp_path_factory.mktemp("prov_ssh")
+    _keygen(tmp / "host_key")
+    _keygen(tmp / "client_key")
+    (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
+    port = free_port()
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\nPidFile {tmp}/sshd.pid\n"
+        f"AuthorizedKeysFile {tmp}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # sshd's privilege-separation folder
+    log = tmp / "sshd.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"sshd did not start: {log.read_text(errors='replace')[-2000:]}")
+                time.sleep(0.1)
+        printed = subprocess.run(["ssh-keygen", "-lf", str(tmp / "host_key.pub")], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+        yield Sshd(port, tmp / "client_key", printed.split()[1], log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture
+def prov_ssh_name(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique exit-server name; whatever a failed test left on this machine is removed after it."""
+    name = f"t-ssh-{os.getpid()}-{request.node.name[-12:].strip('_').replace('_', '-')}".lower()
+    yield name
+    pid_file = Path(f"/opt/inlets/{name}/supervisor.pid")
+    try:
+        pid = int(pid_file.read_text())
+        os.killpg(pid, 9)
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(f"/opt/inlets/{name}", ignore_errors=True)
+    shutil.rmtree(f"/etc/inlets/{name}", ignore_errors=True)
+
+
+def _ssh_args(sshd: Sshd, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(sshd.port), "--ssh-key", str(sshd.client_key),
+            "--known-hosts", str(tmp_path / "known_hosts"), "--supervisor", "plain",
+            "--remote-python", sys.executable, "--state-dir", str(tmp_path / "state"), *extra]
+
+
+def test_plain_supervisor_create_carries_traffic_then_delete(
+    prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """create over SSH (host key pinned by fingerprint) -> the printed client carries traffic -> delete."""
+    name, port, control = prov_ssh_name, free_port(), free_port()
+    started = time.monotonic()
+    created = run_inletsctl("create", name, *_ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint",
+                            prov_ssh_sshd.fingerprint, "--data-addr", DATA_ADDR, "--ports", str(port),
+                            "--control-port", str(control), "--json", "--timeout", "60"), timeout=120)
+    assert created.code == 0, created.err + prov_ssh_sshd.log.read_text(errors="replace")[-1500:]
+    summary = created.json()
+    assert summary["ip"] == "127.0.0.1" and summary["endpoints"] == [f"{DATA_ADDR}:{port}"]
+    assert summary["id"] == f"root@127.0.0.1:{prov_ssh_sshd.port}/{name}"
+    state = tmp_path / "state" / name
+    token = (state / "token").read_text().strip()
+    assert token not in created.out + created.err
+    assert not (state / "server.key").exists()  # the key lives on the host only
+    for secret in ("token", "server.key", "server.crt"):
+        assert stat.S_IMODE(os.stat(f"/etc/inlets/{name}/{secret}").st_mode) == 0o600
+    assert Path(f"/etc/inlets/{name}/token").read_text().strip() == token
+    assert Path(f"/opt/inlets/{name}/supervisor").read_text().strip() == "plain"
+    assert time.monotonic() - started < 60
+
+    with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
+        logs = (tmp_path / "client.log", Path(f"/opt/inlets/{name}/server.log"))
+        assert get_through(f"http://{DATA_ADDR}:{port}/over-ssh", logs=logs) == "hello from the upstream, path=/over-ssh"
+
+    listed = run_cli(capsys, "list", "--provider", "ssh", "--json", "--state-dir", str(tmp_path / "state"))
+    (row,) = listed.json()["servers"]
+    assert (row["name"], row["where"], row["status"]) == (name, "both", "active")
+    status = run_cli(capsys, "status", name, "--json", "--state-dir", str(tmp_path / "state"))
+    assert status.code == 0, status.err
+    assert status.json()["vm"].startswith("plain supervisor: active")
+
+    supervisor = int(Path(f"/opt/inlets/{name}/supervisor.pid").read_text())
+    deleted = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
+    assert deleted.code == 0, deleted.err
+    assert not Path(f"/opt/inlets/{name}").exists() and not Path(f"/etc/inlets/{name}").exists()
+    assert not state.exists()
+    assert not Path(f"/proc/{supervisor}").exists() or b"supervise" not in Path(f"/proc/{supervisor}/cmdline").read_bytes()
+    again = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
+    one_line_error(again, "no exit server named")
+
+
+def test_unknown_host_key_is_refused(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--ports", "9"))
+    one_line_error(result, "not in", str(tmp_path / "known_hosts"), prov_ssh_sshd.fingerprint, "--accept-new-host-key")
+    assert not (tmp_path / "state" / prov_ssh_name).exists() and not Path(f"/opt/inlets/{prov_ssh_name}").exists()
+
+
+def test_wrong_fingerprint_is_refused(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    wrong = "SHA256:" + "A" * 43
+    result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(
+        prov_ssh_sshd, tmp_path, "--host-key-fingerprint", wrong, "--accept-new-host-key", "--ports", "9"))
+    one_line_error(result, prov_ssh_sshd.fingerprint, f"not the pinned {wrong}", "refusing")
+    assert not (tmp_path / "known_hosts").exists()
+
+
+def test_changed_host_key_is_refused_even_with_accept_new(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    _keygen(other)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{prov_ssh_sshd.port} {' '.join((other.with_suffix('.pub')).read_text().split()[:2])}\n")
+    result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", "9"))
+    one_line_error(result, "changed", prov_ssh_sshd.fingerprint, "refusing")
+
+
+def test_accept_new_host_key_records_it_like_openssh(prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
+    """accept-new adds the key to known_hosts; the next connection trusts known_hosts alone."""
+    from provisioner.ssh_connect import SshOptions, connect, run
+
+    kh = tmp_path / "known_hosts"
+    opts = SshOptions("root", "127.0.0.1", prov_ssh_sshd.port, str(prov_ssh_sshd.client_key), accept_new=True,
+                      known_hosts=str(kh))
+    client = connect(opts)
+    try:
+        assert run(client, "echo hi")[:2] == (0, "hi\n")
+    finally:
+        client.close()
+    assert kh.read_text().startswith(f"[127.0.0.1]:{prov_ssh_sshd.port} ssh-ed25519 ")
+    client = connect(SshOptions("root", "127.0.0.1", prov_ssh_sshd.port, str(prov_ssh_sshd.client_key), known_hosts=str(kh)))
+    client.close()
+
+
+def test_bad_key_file_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "not-a-key"
+    junk.write_text("this is not a private key\n")
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", "9")
+    args[args.index("--ssh-key") + 1] = str(junk)
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), f"--ssh-key {junk}", "not a usable private key")
+    args[args.index("--ssh-key") + 1] = str(tmp_path / "missing")
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "no such file")
+    assert not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def test_key_the_host_does_not_accept_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    stranger = tmp_path / "stranger"
+    _keygen(stranger)
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--ssh-key") + 1] = str(stranger)
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "refused the key", str(stranger))
+
+
+def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    one_line_error(run_cli(capsys, "create", "--provider", "ssh", *state), "--host USER@HOST")
+    one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--host-key-fingerprint", "md5:xx",
+                           *state), "invalid --host-key-fingerprint")
+    one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--supervisor", "runit", *state),
+                   "unknown --supervisor")
+    one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host is for --provider ssh")
