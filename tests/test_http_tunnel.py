@@ -275,3 +275,36 @@ def test_client_resets_a_stream_for_a_host_it_did_not_advertise(env):
         return "no reset"
 
     assert "not served by this client" in env["stack"].run(attempt(), 10)
+
+
+def test_pipelined_requests_answered_in_order(env):
+    requests = b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(3))
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        sock.sendall(requests + b"GET /last HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 4
+    positions = [answer.find(b'"target": "%s"' % target) for target in (b"/p0", b"/p1", b"/p2", b"/last")]
+    assert -1 not in positions and positions == sorted(positions)
+
+
+def test_upstream_speaking_garbage_is_502(env, tls, token):
+    import asyncio
+
+    async def garbage(reader, writer):
+        await reader.read(1024)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def start():
+        server = await asyncio.start_server(garbage, LOOPBACK, 0)
+        env["stack"].closers.append(lambda: _aclose(server))
+        return server.sockets[0].getsockname()[1]
+
+    port = env["stack"].run(start())
+    server = env["stack"].server(tls, token)
+    env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
+    code, body = status_of(server.data_port, "/", "anything.test")
+    assert code == 502 and b"bad" in body.lower()
