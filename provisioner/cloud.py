@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import requests
 from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
 
 from .errors import NotFound, ProvisionError
 from .providers.base import TAG, Plan, expiry_tag
@@ -108,6 +108,13 @@ def api_errors(provider: str, endpoint: Endpoint, what: str) -> Iterator[None]:
         if exc.code in (401, 403):
             raise ProvisionError(f"{provider}: credentials rejected ({exc.code}) while {what}: {exc.message}") from None
         raise ProvisionError(f"{provider}: {what} failed ({exc.code}): {exc.message}") from None
+    except ProviderError as exc:  # drivers that keep their own error types (GCE)
+        message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else " ".join(str(exc.value).split())[:300]
+        if exc.http_code == 404:
+            raise NotFound(f"{provider}: not found while {what}") from None
+        if exc.http_code in (401, 403):
+            raise ProvisionError(f"{provider}: credentials rejected ({exc.http_code}) while {what}: {message}") from None
+        raise ProvisionError(f"{provider}: {what} failed ({exc.http_code}): {message}") from None
     except requests.exceptions.RequestException as exc:
         raise ProvisionError(
             f"{provider}: cannot reach the API at {endpoint.url} while {what} ({exc.__class__.__name__})"

@@ -18,7 +18,7 @@ from .base import Provisioner
 if TYPE_CHECKING:
     from . import Credentials
 
-CLOUDS = ("linode", "vultr", "equinix", "hetzner")
+CLOUDS = ("gce", "linode", "vultr", "equinix", "hetzner")
 
 #: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
 NOT_OFFERED = {

@@ -34,6 +34,7 @@ def api() -> Iterator[RecordedAPI]:
 
 @pytest.mark.parametrize("provider, env", [
     ("vultr", "$VULTR_API_KEY"), ("linode", "$LINODE_TOKEN"), ("hetzner", "$HCLOUD_TOKEN"), ("equinix", "$METAL_AUTH_TOKEN"),
+    ("gce", "$GOOGLE_APPLICATION_CREDENTIALS"),
 ])
 def test_missing_credentials_name_every_way(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str, env: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))

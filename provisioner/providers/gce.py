@@ -1,0 +1,185 @@
+"""Google Compute Engine instances through apache-libcloud's GCE driver (``user-data`` metadata).
+
+Credentials: a service-account JSON key (``--access-token-file`` or
+$GOOGLE_APPLICATION_CREDENTIALS); the project is the key's ``project_id`` unless
+$GOOGLE_CLOUD_PROJECT says otherwise. Each instance carries a network tag that one
+firewall rule of its own opens exactly the tunnel's ports to; the rule is deleted
+with the instance. ``--api-url`` or $GCE_API_URL points both the OAuth2 token
+endpoint and the Compute API elsewhere. Host ids are ``ZONE/NAME``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from libcloud.compute.drivers.gce import (
+    GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
+)
+
+from ..cloud import Endpoint, api_errors, label_map, labels_expiry
+from ..errors import NotFound, ProvisionError
+from ..firewall import ANY_IPV4, firewall_name, inbound_ports
+from .base import ACTIVE, TAG, Host, Plan
+
+KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+API_URL_ENV = "GCE_API_URL"
+DEFAULT_REGION = "europe-west2-a"  # zone: London
+DEFAULT_SIZE = "e2-small"
+DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+COMPUTE = "https://www.googleapis.com/compute/v1"
+
+
+def service_account(key_file: Path | None, key_json: str | None) -> dict[str, str]:
+    """The service-account key: --access-token-file, --access-token (the JSON itself), then $GOOGLE_APPLICATION_CREDENTIALS."""
+    where = "--access-token"
+    text = key_json
+    if key_file is not None or (not text and os.environ.get(KEY_ENV)):
+        path = key_file or Path(os.environ[KEY_ENV])
+        where = str(path)
+        try:
+            text = path.expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProvisionError(f"cannot read the GCE service-account key {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not text:
+        raise ProvisionError(
+            f"no GCE service-account key: give --access-token-file KEY.json, --access-token JSON, or set ${KEY_ENV}"
+        )
+    try:
+        key = json.loads(text)
+        account = {"client_email": str(key["client_email"]), "private_key": str(key["private_key"]),
+                   "project_id": os.environ.get(PROJECT_ENV) or str(key.get("project_id") or "")}
+    except (ValueError, KeyError, TypeError):
+        raise ProvisionError(f"{where} is not a service-account JSON key (needs client_email and private_key)") from None
+    if not account["project_id"]:
+        raise ProvisionError(f"the GCE key has no project_id: set ${PROJECT_ENV}")
+    return account
+
+
+def _driver_class(endpoint: Endpoint | None) -> type[GCENodeDriver]:
+    if endpoint is None:
+        return GCENodeDriver
+
+    class Connection(GCEConnection):  # the token request and the API both go to ``endpoint``
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["url"] = endpoint.url
+            super().__init__(*args, **kwargs)
+
+    return type("EndpointGCENodeDriver", (GCENodeDriver,), {"connectionCls": Connection})
+
+
+class GCEProvider:
+    name = "gce"
+    user_data_limit = 256 * 1024  # one metadata value
+    poll_interval = 3.0
+    keeps_server_key = False
+    firewall_note = "VPC firewall rule opening only the tunnel's ports to this instance's network tag"
+
+    def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        self.project = account["project_id"]
+        self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
+        state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with api_errors(self.name, self._endpoint, "signing in with the service account"):
+            self._driver = _driver_class(endpoint)(
+                account["client_email"], account["private_key"], project=self.project, auth_type="SA",
+                credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
+            )
+        self._base = f"{COMPUTE}/projects/{self.project}"
+
+    def _api(self, what: str) -> Any:
+        return api_errors(self.name, self._endpoint, what)
+
+    def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
+        conn = self._driver.connection
+        data = json.dumps(body) if body is not None else None
+        call = conn.async_request if wait else conn.request
+        return call(path, method=method, data=data, params=params).object
+
+    def create(self, plan: Plan) -> Host:
+        d, zone = self._driver, plan.region or DEFAULT_REGION
+        tag = firewall_name(plan.name)
+        network = GCENetwork("default", "default", None, d, extra={"selfLink": f"{self._base}/global/networks/default"})
+        with self._api(f"creating firewall rule {tag!r}"):
+            d.ex_create_firewall(
+                tag, [{"IPProtocol": "tcp", "ports": [str(p) for p in inbound_ports(plan.spec)]}],
+                network=network, source_ranges=[ANY_IPV4], target_tags=[tag],
+                description=f"inlets exit server {plan.name}",
+            )
+        try:
+            location = GCEZone(zone, zone, "UP", None, None, d, extra={"selfLink": f"{self._base}/zones/{zone}"})
+            size = plan.size or DEFAULT_SIZE
+            machine = GCENodeSize(size, size, 0, 0, 0, 0, d, extra={"selfLink": f"{self._base}/zones/{zone}/machineTypes/{size}"})
+            image = GCENodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d, extra={"selfLink": f"{COMPUTE}/{DEFAULT_IMAGE}"})
+            disk = GCEDiskType("pd-balanced", "pd-balanced", location, d,
+                               extra={"selfLink": f"{self._base}/zones/{zone}/diskTypes/pd-balanced"})
+            metadata = {"items": [{"key": "user-data", "value": plan.user_data}]}
+            if plan.ssh_key:
+                metadata["items"].append({"key": "ssh-keys", "value": plan.ssh_key})
+            with self._api(f"creating instance {plan.name!r}"):
+                node = d.create_node(plan.name, machine, image, location, ex_network=network, ex_tags=[tag],
+                                     ex_metadata=metadata, ex_labels=label_map(plan), ex_disk_type=disk)
+        except BaseException:
+            self._delete_firewall(tag)
+            raise
+        return Host(id=f"{zone}/{plan.name}", name=node.name, provider=self.name, status="PROVISIONING", mode=plan.spec.mode)
+
+    def _split(self, host_id: str) -> tuple[str, str]:
+        zone, _, name = host_id.partition("/")
+        if not zone or not name:
+            raise NotFound(f"gce: no instance {host_id!r} (ids are ZONE/NAME)")
+        return zone, name
+
+    def status(self, host_id: str) -> Host:
+        zone, name = self._split(host_id)
+        with self._api(f"reading instance {host_id}"):
+            return self._host(self._request(f"/zones/{zone}/instances/{name}"))
+
+    def delete(self, host_id: str) -> None:
+        """Delete the instance (waiting on the operation), then the firewall rule made for it."""
+        zone, name = self._split(host_id)
+        with self._api(f"reading instance {host_id}"):
+            data = self._request(f"/zones/{zone}/instances/{name}")
+        with self._api(f"deleting instance {host_id}"):
+            self._request(f"/zones/{zone}/instances/{name}", "DELETE", wait=True)
+        for tag in (data.get("tags") or {}).get("items", []):
+            if tag == firewall_name(name):
+                self._delete_firewall(tag)
+
+    def _delete_firewall(self, name: str) -> None:
+        try:
+            with self._api(f"deleting firewall rule {name}"):
+                self._request(f"/global/firewalls/{name}", "DELETE", wait=True)
+        except NotFound:
+            pass
+
+    def list(self) -> list[Host]:
+        hosts: list[Host] = []
+        params: dict[str, Any] = {"filter": f"labels.{TAG}=true", "maxResults": 500}
+        with self._api("listing instances"):
+            for _ in range(20):
+                body = self._request("/aggregated/instances", params=params)
+                for scope in (body.get("items") or {}).values():
+                    hosts += [self._host(i) for i in scope.get("instances", [])]
+                if not body.get("nextPageToken"):
+                    break
+                params["pageToken"] = body["nextPageToken"]
+        return hosts
+
+    def _host(self, data: dict[str, Any]) -> Host:
+        zone = str(data.get("zone", "")).rsplit("/", 1)[-1]
+        ip = None
+        for nic in data.get("networkInterfaces") or []:
+            for access in nic.get("accessConfigs") or []:
+                ip = ip or access.get("natIP")
+        status = str(data.get("status", "unknown"))
+        labels = dict(data.get("labels") or {})
+        return Host(
+            id=f"{zone}/{data['name']}", name=str(data["name"]), provider=self.name,
+            status=ACTIVE if status == "RUNNING" else status, ip=ip, mode=labels.get("inlets-mode"),
+            created_at=data.get("creationTimestamp"), expires_at=labels_expiry(labels),
+            detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"zone": zone},
+        )
