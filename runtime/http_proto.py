@@ -140,30 +140,34 @@ class _Reader:
         self._headers: Headers = []
         self._lower: list[bytes] = []
         self._noted: dict[bytes, list[bytes]] = {}
-        self._header_bytes = 0
         self._in_head = False
-        self._head_fed = 0
+        self._head_fed = 0  # bytes fed in earlier reads while inside a head
+        self._feeding = 0
 
     def on_message_begin(self) -> None:
         self._headers = []
         self._lower = []
         self._noted = {}
-        self._header_bytes = 0
         self._in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # chunked trailers: dropped
-        self._header_bytes += len(name) + len(value) + 4
-        if len(self._headers) >= self.max_headers:
-            raise HttpError(431, f"more than {self.max_headers} header fields")
-        if self._header_bytes > self.max_header_bytes:
+        """Called per header: kept lean (the section's size is checked once, in ``_check_size``)."""
+        if self._in_head:  # else: chunked trailers, dropped
+            headers = self._headers
+            if len(headers) >= self.max_headers:
+                raise HttpError(431, f"more than {self.max_headers} header fields")
+            headers.append((name, value))
+            lname = name.lower()
+            self._lower.append(lname)
+            if lname in _NOTED:
+                self._noted.setdefault(lname, []).append(value)
+
+    def _check_size(self) -> None:
+        """Across reads ``_feed`` bounds what llhttp buffers; this catches a large section in one read."""
+        if self._feeding > self.max_header_bytes and (
+            sum(len(n) + len(v) + 4 for n, v in self._headers) > self.max_header_bytes
+        ):
             raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
-        self._headers.append((name, value))
-        lname = name.lower()
-        self._lower.append(lname)
-        if lname in _NOTED:
-            self._noted.setdefault(lname, []).append(value)
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Body(body))
@@ -172,6 +176,7 @@ class _Reader:
         self._events.append(EndOfMessage())
 
     def _feed(self, data: bytes) -> list[Event]:
+        self._feeding = self._head_fed + len(data)  # bytes this head may span: small means no size check
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -226,6 +231,7 @@ class RequestReader(_Reader):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_fed = 0
+        self._check_size()
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
@@ -283,6 +289,7 @@ class ResponseReader(_Reader):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_fed = 0
+        self._check_size()
         parser = self._parser
         status = parser.get_status_code()
         version = parser.get_http_version().encode()
