@@ -33,7 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-tcp_app = typer.Typer(help="TCP tunnels: forward ports byte for byte.", no_args_is_help=True)
+tcp_app = typer.Typer(help="TCP (and UDP) tunnels: forward ports byte for byte, datagram for datagram.",
+                      no_args_is_help=True)
 app.add_typer(tcp_app, name="tcp")
 
 
@@ -137,6 +138,9 @@ def tcp_client(
         Optional[list[str]], typer.Option(help="HOST (with --ports) or PUBLIC_PORT=HOST:PORT; repeatable.")
     ] = None,
     ports: Annotated[Optional[list[str]], typer.Option(help="Ports to forward to the plain --upstream HOST: 80,443.")] = None,
+    udp_ports: Annotated[
+        Optional[list[str]], typer.Option(help="UDP ports to forward to the plain --upstream HOST: 53,51820.")
+    ] = None,
     local: Annotated[
         Optional[list[str]],
         typer.Option(help="LOCAL_PORT:HOST:REMOTE_PORT: bring HOST:REMOTE_PORT on the server's side here (repeatable)."),
@@ -157,7 +161,8 @@ def tcp_client(
     """Run a TCP tunnel client: the server's data ports reach these upstreams.
 
     Example: inlets tcp client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
-    --upstream 127.0.0.1 --ports 80,443 --upstream 2222=192.168.1.10:22
+    --upstream 127.0.0.1 --ports 80,443 --udp-ports 53 --upstream 2222=192.168.1.10:22
+    --upstream udp:5353=192.168.1.2:53
     """
     maybe_generate(generate, ["tcp", "client"])
     setup_logs(log_level, log_format)
@@ -170,7 +175,8 @@ def tcp_client(
     except ValueError as exc:
         fail(str(exc))
     try:
-        mapping = parse_upstreams(upstream or [], ports or []) if (upstream or ports or not forwards) else {}
+        wanted = upstream or ports or udp_ports or not forwards
+        mapping = parse_upstreams(upstream or [], ports or [], udp_ports or []) if wanted else {}
     except UpstreamError as exc:
         fail(str(exc))
     upstreams = TcpUpstreams(mapping)

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 OTHER = "_other"
@@ -126,8 +126,40 @@ class TcpMetrics(ServerMetrics):
             ["port", "reason"], registry=self.registry,
         )
 
+    def watch_udp(self, ports: Callable[[], dict]) -> None:
+        """Report the UDP ports of this server (``{service: UdpPort}``) at scrape time."""
+        self.registry.register(_UdpCollector(ports))
+
     def port(self, port: int) -> tuple:
         """Bound children for one port: (gauge, total, bytes in, bytes out), cheap to update per chunk."""
         label = str(port)
         return (self.connections.labels(label), self.connections_total.labels(label),
                 self.bytes.labels(label, "in"), self.bytes.labels(label, "out"))
+
+
+class _UdpCollector:
+    """UDP counters live on each port's protocol object (plain ints on the hot path);
+    they become metrics only when scraped."""
+
+    def __init__(self, ports: Callable[[], dict]) -> None:
+        self.ports = ports
+
+    def collect(self):
+        datagrams = CounterMetricFamily("udp_dataplane_datagrams", "UDP datagrams through the data plane.",
+                                        labels=["port", "direction"])
+        volume = CounterMetricFamily("udp_dataplane_bytes", "UDP payload bytes through the data plane.",
+                                     labels=["port", "direction"])
+        dropped = CounterMetricFamily("udp_dataplane_dropped", "UDP datagrams dropped, by reason.",
+                                      labels=["port", "reason"])
+        flows = GaugeMetricFamily("udp_dataplane_flows_gauge", "UDP flows (source addresses) open now.",
+                                  labels=["port"])
+        for service, udp in list(self.ports().items()):
+            port, counters = service.partition(":")[2], udp.counters
+            datagrams.add_metric([port, "in"], counters.datagrams_in)
+            datagrams.add_metric([port, "out"], counters.datagrams_out)
+            volume.add_metric([port, "in"], counters.bytes_in)
+            volume.add_metric([port, "out"], counters.bytes_out)
+            for reason, count in counters.dropped.items():
+                dropped.add_metric([port, reason], count)
+            flows.add_metric([port], len(udp.flows))
+        yield from (datagrams, volume, dropped, flows)

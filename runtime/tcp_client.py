@@ -13,6 +13,7 @@ from .bridge import dial
 from .mux import ResetCode
 from .session import Channel
 from .tcp_server import tcp_service
+from .udp import dial_udp
 
 log = logging.getLogger("inlets.tcp")
 
@@ -46,37 +47,47 @@ def _split_host_port(text: str) -> tuple[str, int]:
     return host, _port(port, "upstream port")
 
 
-def parse_upstreams(upstreams: list[str], ports: list[str]) -> dict[int, Upstream]:
-    """Map public port -> upstream from ``--upstream HOST --ports 80,443`` and/or ``--upstream 2222=HOST:22``."""
-    mapping: dict[int, Upstream] = {}
+def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str] | None = None) -> dict[str, Upstream]:
+    """Map service -> upstream from ``--upstream HOST --ports 80,443 [--udp-ports 53]`` and/or the
+    remap forms ``--upstream 2222=HOST:22`` (TCP) and ``--upstream udp:5353=HOST:53``."""
+    mapping: dict[str, Upstream] = {}
     plain_hosts: list[str] = []
     for item in upstreams:
         if "=" in item:
             public, _, target = item.partition("=")
+            kind, colon, number = public.strip().rpartition(":")
+            if colon and kind not in ("tcp", "udp"):
+                raise UpstreamError(f"expected [udp:]PUBLIC_PORT=HOST:PORT, got {item!r}")
             host, port = _split_host_port(target.strip())
-            mapping[_port(public, "public port")] = Upstream(host, port)
+            mapping[f"{kind or 'tcp'}:{_port(number, 'public port')}"] = Upstream(host, port)
         elif item.strip():
             plain_hosts.append(item.strip().strip("[]"))
-    port_list = [p for group in ports for p in group.split(",") if p.strip()]
+    lists = {
+        "tcp": [p for group in ports for p in group.split(",") if p.strip()],
+        "udp": [p for group in udp_ports or [] for p in group.split(",") if p.strip()],
+    }
     if len(plain_hosts) > 1:
         raise UpstreamError("give one plain --upstream HOST (use PORT=HOST:PORT for more)")
-    if plain_hosts and not port_list:
-        raise UpstreamError(f"--upstream {plain_hosts[0]} needs --ports")
-    if port_list and not plain_hosts:
-        raise UpstreamError("--ports needs a plain --upstream HOST")
-    for text in port_list:
-        port = _port(text.strip(), "--ports entry")
-        mapping.setdefault(port, Upstream(plain_hosts[0], port))
+    if plain_hosts and not (lists["tcp"] or lists["udp"]):
+        raise UpstreamError(f"--upstream {plain_hosts[0]} needs --ports (or --udp-ports)")
+    if (lists["tcp"] or lists["udp"]) and not plain_hosts:
+        raise UpstreamError("--ports and --udp-ports need a plain --upstream HOST")
+    for kind, texts in lists.items():
+        for text in texts:
+            port = _port(text.strip(), f"--{'udp-' if kind == 'udp' else ''}ports entry")
+            mapping.setdefault(f"{kind}:{port}", Upstream(plain_hosts[0], port))
     if not mapping:
         raise UpstreamError("nothing to serve: give --upstream HOST --ports P or --upstream PORT=HOST:PORT")
     return mapping
 
 
 class TcpUpstreams:
-    """Handles streams the server opens: dial the configured upstream and bridge it."""
+    """Handles streams the server opens: dial the configured upstream (TCP or UDP) and bridge it."""
 
-    def __init__(self, mapping: dict[int, Upstream]) -> None:
-        self.by_service = {tcp_service(port): upstream for port, upstream in mapping.items()}
+    def __init__(self, mapping: dict[str, Upstream] | dict[int, Upstream]) -> None:
+        self.by_service = {
+            key if isinstance(key, str) else tcp_service(key): upstream for key, upstream in mapping.items()
+        }
 
     @property
     def services(self) -> list[str]:
@@ -88,4 +99,7 @@ class TcpUpstreams:
             log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
-        dial(channel, upstream.host, upstream.port)
+        if channel.target.startswith("udp:"):
+            dial_udp(channel, upstream.host, upstream.port)
+        else:
+            dial(channel, upstream.host, upstream.port)

@@ -20,6 +20,7 @@ from .mux import StreamError
 from .registry import Registry
 from .session import Session
 from .status import status_route
+from .udp import UdpPort
 
 log = logging.getLogger("inlets.tcp")
 
@@ -28,12 +29,16 @@ def tcp_service(port: int) -> str:
     return f"tcp:{port}"
 
 
-def parse_tcp_service(service: str) -> int:
-    """The port of a ``tcp:N`` service name; ``HandshakeError`` for anything else."""
+def parse_port_service(service: str) -> tuple[str, int]:
+    """(``tcp`` or ``udp``, port) of a ``tcp:N``/``udp:N`` service name; ``HandshakeError`` otherwise."""
     kind, _, number = service.partition(":")
-    if kind != "tcp" or not number.isdigit() or not 1 <= int(number) <= 65535:
-        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not a TCP service: {service!r}")
-    return int(number)
+    if kind not in ("tcp", "udp") or not number.isdigit() or not 1 <= int(number) <= 65535:
+        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not a TCP or UDP service: {service!r}")
+    return kind, int(number)
+
+
+def parse_tcp_service(service: str) -> int:
+    return parse_port_service(service)[1]
 
 
 class DataPlaneConnection(TcpBridge):
@@ -143,7 +148,9 @@ class TcpTunnelServer:
         config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request
-        self.listeners: dict[str, asyncio.base_events.Server] = {}
+        self.listeners: dict[str, asyncio.base_events.Server | asyncio.DatagramTransport] = {}
+        self.udp_ports: dict[str, UdpPort] = {}
+        self.metrics.watch_udp(lambda: self.udp_ports)
         self.connections_total: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
@@ -166,12 +173,15 @@ class TcpTunnelServer:
 
     def data_port(self, service: str) -> int | None:
         listener = self.listeners.get(service)
+        if isinstance(listener, asyncio.DatagramTransport):
+            return listener.get_extra_info("sockname")[1]
         return listener.sockets[0].getsockname()[1] if listener and listener.sockets else None
 
     async def _admit(self, session: Session, hello: Hello) -> list[str]:
         if not hello.services and not hello.extra.get("forwards"):
             raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no ports")
-        ports = [parse_tcp_service(s) for s in hello.services]
+        parsed = [parse_port_service(s) for s in hello.services]
+        ports = [port for _, port in parsed]
         if self.allow_ports is not None:
             refused = sorted(set(ports) - self.allow_ports)
             if refused:
@@ -179,13 +189,14 @@ class TcpTunnelServer:
                 raise HandshakeError(
                     CLOSE_SERVICE_REFUSED, f"port(s) {','.join(map(str, refused))} not allowed (--allow-ports {allowed})"
                 )
-        services = [tcp_service(p) for p in ports]
+        services = [f"{kind}:{port}" for kind, port in parsed]
         async with self._lock:
             opened = []
             try:
-                for port, service in zip(ports, services):
+                for (kind, port), service in zip(parsed, services):
                     if service not in self.listeners:
-                        self.listeners[service] = await self._listen(port, service)
+                        listen = self._listen_udp if kind == "udp" else self._listen
+                        self.listeners[service] = await listen(port, service)
                         opened.append(service)
             except OSError as exc:
                 for service in opened:
@@ -201,9 +212,25 @@ class TcpTunnelServer:
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
         return listener
 
+    async def _listen_udp(self, port: int, service: str) -> asyncio.DatagramTransport:
+        loop = asyncio.get_running_loop()
+        udp = UdpPort(service, self.registry.candidates, allows=self.options.allows)
+        hosts = [self.data_addr] if self.data_addr else ["::", "0.0.0.0"]  # every interface: dual stack if we can
+        for host in hosts:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: udp, local_addr=(host, port))
+                break
+            except OSError:
+                if host == hosts[-1]:
+                    raise
+        self.udp_ports[service] = udp
+        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        return transport
+
     def _release(self, session: Session) -> None:
         for service in self.registry.remove(session):
             listener = self.listeners.pop(service, None)
+            self.udp_ports.pop(service, None)
             if listener is not None:
                 listener.close()
                 log.info("event=closed service=%s reason=no_clients", service)
