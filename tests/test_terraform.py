@@ -349,3 +349,165 @@ def test_provider_module_validates(module: str, tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     tf(ws / module, "init", "-input=false", "-backend=false")
     tf(ws / module, "validate")
+
+
+# ---------------------------------------------------------------- AWS module with the real aws provider
+#
+# This machine's plugin mirror may hold hashicorp/aws but not hashicorp/random and
+# hashicorp/tls. The aws-exit-server module's own resources are still worth exercising
+# with the real aws provider, so these tests swap the inlets-secrets module (the only
+# user of random/tls) for a provider-free stand-in with the same variables and outputs,
+# returning fixed material made by inletsctl's own code. Everything else is unchanged.
+
+
+def secrets_stub(real: Path, material: Material) -> dict[str, Any]:
+    """A provider-free module with ``real``'s variables and outputs (a .tf.json document)."""
+    text = "\n".join(p.read_text() for p in real.glob("*.tf"))
+    values = {
+        "token": material.token, "ca_cert": material.ca_cert.decode(), "server_cert": material.server.cert.decode(),
+        "server_key": material.server.key.decode(), "tls_server_name": "inlets-exit-server",
+    }
+    variables = {}
+    for name, body in re.findall(r'^variable "(\w+)" \{(.*?)^\}', text, re.M | re.S):
+        kind = re.search(r"^\s*type\s*=\s*(.+)$", body, re.M)
+        variables[name] = {"type": kind.group(1).strip() if kind else "any"}
+        if re.search(r"^\s*default\s*=", body, re.M):
+            variables[name]["default"] = None
+    outputs = {}
+    for name, body in re.findall(r'^output "(\w+)" \{(.*?)^\}', text, re.M | re.S):
+        assert name in values, f"secrets stub has no value for new output {name!r}: extend secrets_stub()"
+        outputs[name] = {"value": hcl_json(values[name]), "sensitive": bool(re.search(r"sensitive\s*=\s*true", body))}
+    assert set(variables) >= {"name", "token", "ca_cert", "server_cert", "server_key"}, variables
+    return {"variable": variables, "output": outputs}
+
+
+def aws_workspace(tmp: Path) -> Path:
+    have = available_providers()
+    if "hashicorp/aws" not in have:
+        pytest.skip(f"hashicorp/aws is not available offline here (looked in: {', '.join(map(str, plugin_dirs())) or 'no plugin folder'})")
+    ws = workspace(tmp)
+    secrets = ws / "modules/inlets-secrets"
+    for path in secrets.glob("*.tf"):
+        path.unlink()
+    (secrets / "main.tf.json").write_text(json.dumps(secrets_stub(TF_DIR / "modules/inlets-secrets", MATERIAL), indent=1))
+    return ws
+
+
+@pytest.mark.parametrize("module", ["modules/aws-exit-server", "examples/aws"])
+def test_aws_module_validates_with_the_real_aws_provider(module: str, tmp_path: Path) -> None:
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    ws = aws_workspace(tmp_path)
+    tf(ws / module, "init", "-input=false", "-backend=false")
+    tf(ws / module, "validate")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """moto's EC2 API server on loopback, as a separate process (its own state)."""
+    import time
+    import urllib.request
+
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[test]')")
+    tmp_path = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    log = (tmp_path / "moto.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError("moto server did not start: " + (tmp_path / "moto.log").read_text()) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict[str, Any]:
+    """terraform apply of aws-exit-server with the real aws provider against moto's EC2 API."""
+    import boto3
+
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    ws = aws_workspace(tmp_path_factory.mktemp("tf-aws"))
+    ec2 = boto3.client("ec2", endpoint_url=moto_ec2, region_name="eu-west-1", aws_access_key_id="test", aws_secret_access_key="test")
+    ami = ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
+    root = ws / "moto"
+    root.mkdir()
+    (root / "main.tf.json").write_text(json.dumps({
+        "provider": {"aws": {
+            "region": "eu-west-1", "access_key": "test", "secret_key": "test", "skip_credentials_validation": True,
+            "skip_requesting_account_id": True, "skip_metadata_api_check": True,
+            "endpoints": [{"ec2": moto_ec2, "sts": moto_ec2}],
+        }},
+        "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [22, 80, 443],
+                            "ttl": "2h", "ami": ami}},
+        "output": {k: {"value": f"${{module.exit.{k}}}"} for k in ("id", "ip", "client_command", "security_group_id", "expires_at", "delete_hint")},
+    }, indent=1))
+    tf(root, "init", "-input=false")
+    tf(root, "apply", "-auto-approve", "-input=false", timeout=150)
+    out = {k: v["value"] for k, v in json.loads(tf(root, "output", "-json").stdout).items()}
+    return {"out": out, "ec2": ec2, "url": moto_ec2}
+
+
+@pytest.mark.timeout(180)
+def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tags(aws_applied: dict[str, Any]) -> None:
+    """The instance's user-data read back through the EC2 API is inletsctl's rendering; the
+    security group opens exactly 8123 and the TCP ports asked for (22 included); the tags are inletsctl's."""
+    import base64
+
+    from provisioner.providers.base import expiry_tag
+
+    out, ec2 = aws_applied["out"], aws_applied["ec2"]
+    attr = ec2.describe_instance_attribute(InstanceId=out["id"], Attribute="userData")
+    got = base64.b64decode(attr["UserData"]["Value"]).decode()
+    expires = datetime.datetime.fromisoformat(out["expires_at"].replace("Z", "+00:00"))
+    expected = user_data(build_spec("tcp", "22,80,443", []), MATERIAL,
+                         UserDataOptions(name="tf-moto", package="inlets-py==0.1.0", expires_at=expires, limit=16 * 1024))
+    assert got == expected
+
+    rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [out["security_group_id"]]}])["SecurityGroupRules"]
+    ingress = sorted((r["IpProtocol"], r["FromPort"], r["ToPort"], r.get("CidrIpv4")) for r in rules if not r["IsEgress"])
+    assert ingress == [("tcp", p, p, "0.0.0.0/0") for p in (22, 80, 443, 8123)]
+    instance = ec2.describe_instances(InstanceIds=[out["id"]])["Reservations"][0]["Instances"][0]
+    groups = instance["SecurityGroups"] or [g for n in instance.get("NetworkInterfaces", []) for g in n["Groups"]]
+    assert [g["GroupId"] for g in groups] == [out["security_group_id"]], instance
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags == {"Name": "tf-moto", "inlets": "true", "inlets-name": "tf-moto", "inlets-mode": "tcp",
+                    "inlets-sg": out["security_group_id"], "inlets-expires": expiry_tag(expires).split(":", 1)[1]}
+    assert out["client_command"] == client_command(build_spec("tcp", "22,80,443", []), out["ip"], "inlets-token", "inlets-ca.crt")
+    assert out["delete_hint"].startswith("terraform destroy")
+
+
+@pytest.mark.timeout(180)
+def test_inletsctl_ec2_lists_and_deletes_the_terraform_made_server(aws_applied: dict[str, Any]) -> None:
+    """inletsctl's ec2 provider (issue 6) finds the instance by its tags and deletes it with its security group."""
+    try:
+        from provisioner.providers.ec2 import AwsCredentials, EC2Provider
+    except ImportError as exc:
+        pytest.skip(f"inletsctl has no ec2 provider in this checkout ({exc})")
+    out, ec2 = aws_applied["out"], aws_applied["ec2"]
+    provider = EC2Provider(AwsCredentials("test", "test", None, "test"), "eu-west-1", aws_applied["url"])
+    host = next(h for h in provider.list() if h.id == out["id"])
+    assert (host.name, host.mode, host.ip, host.expires_at) == ("tf-moto", "tcp", out["ip"], out["expires_at"])
+    provider.delete(out["id"])
+    assert all(h.id != out["id"] for h in provider.list())
+    groups = ec2.describe_security_groups()["SecurityGroups"]
+    assert out["security_group_id"] not in [g["GroupId"] for g in groups]
