@@ -18,7 +18,7 @@ from .base import Provisioner
 if TYPE_CHECKING:
     from . import Credentials
 
-CLOUDS = ("gce", "linode", "vultr", "equinix", "hetzner")
+CLOUDS = ("gce", "azure", "linode", "vultr", "equinix", "hetzner")
 
 #: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
 NOT_OFFERED = {
@@ -73,6 +73,12 @@ def build(name: str, state_root: Path, creds: "Credentials") -> Provisioner:
         url = _api_url(name, creds, gce.API_URL_ENV)
         account = gce.service_account(creds.token_file, creds.token)
         return gce.GCEProvider(account, state_root, parse_api_url(name, url, gce.API_URL_ENV) if url else None)
+    if name == "azure":
+        from . import azure
+
+        url = _api_url(name, creds, azure.API_URL_ENV)
+        principal = azure.service_principal(creds.token_file, creds.token)
+        return azure.AzureProvider(principal, parse_api_url(name, url, azure.API_URL_ENV) if url else None)
     if name in NOT_OFFERED:
         raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
     raise ProvisionError(f"unknown cloud {name!r}")

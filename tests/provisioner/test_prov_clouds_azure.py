@@ -1,0 +1,132 @@
+"""Azure: libcloud's Azure ARM driver signs in (client credentials) and makes real HTTP
+requests to a loopback server. The token, public IP, NIC, VM and instance-view answers
+are libcloud's own recordings; the resource-group, NSG and VNet answers are hand-written
+in ARM's documented shape (no recording of those exists here; see recorded/README.md).
+No registry package ships Azure's REST API specs, so Prism is not used here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from provisioner.cloud import parse_api_url
+from provisioner.errors import NotFound, ProvisionError
+from provisioner.providers.azure import AzureProvider, service_principal
+
+TENANT = "77777777-7777-7777-7777-777777777777"  # the tenant of libcloud's recorded token
+SUB = "99999999"
+GROUP = f"/subscriptions/{SUB}/resourceGroups/inlets-rec-check"
+NET = GROUP + "/providers/Microsoft.Network"
+VM = GROUP + "/providers/Microsoft.Compute/virtualMachines/rec-check"
+REC = "_subscriptions_99999999_resourceGroups_"
+
+
+def _ip() -> dict:
+    body = json.loads(libcloud_fixture("azure_arm", REC + "REVIZOR_providers_Microsoft_Network_publicIPAddresses_test_public_ip.json"))
+    body["properties"]["ipAddress"] = "203.0.113.7"  # the recording predates the address; the field is ARM's
+    return body
+
+
+@pytest.fixture
+def api() -> Iterator[RecordedAPI]:
+    server = RecordedAPI()
+    server.route("POST", f"/{TENANT}/oauth2/token", Answer(200, libcloud_fixture("azure_arm", f"_{TENANT.replace('-', '_')}_oauth2_token.json")))
+    server.route("PUT", GROUP, Answer(201, recorded("azure", "resource_group.json")))
+    server.route("PUT", NET + "/networkSecurityGroups/inlets-nsg", Answer(201, recorded("azure", "network_security_group.json")))
+    server.route("PUT", NET + "/virtualNetworks/inlets-vnet", Answer(201, recorded("azure", "virtual_network.json")))
+    server.route("PUT", NET + "/publicIPAddresses/inlets-ip", Answer(201, _ip()))
+    server.route("GET", NET + "/publicIPAddresses/inlets-ip", Answer(200, _ip()))
+    server.route("PUT", NET + "/networkInterfaces/inlets-nic",
+                 Answer(201, libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Network_networkInterfaces_test_node_1_nic.json")))
+    vm = libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Compute_virtualMachines_test_node_1.json")
+    server.route("PUT", VM, Answer(201, vm))
+    server.route("GET", VM, Answer(200, vm))
+    server.route("GET", VM + "/instanceView",
+                 Answer(200, libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Compute_virtualMachines_test_node_1_InstanceView.json")))
+    # libcloud reads the NIC and instance view the recorded VM names (its _to_node): their recordings too
+    server.route("GET", r"/subscriptions/[-0-9]+/resourceGroups/0+/providers/Microsoft.Network/networkInterfaces/[^/]+",
+                 Answer(200, libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Network_networkInterfaces_test_node_1_nic.json")))
+    server.route("GET", r"/subscriptions/[-0-9]+/resourceGroups/0+/providers/Microsoft.Compute/virtualMachines/[^/]+/InstanceView",
+                 Answer(200, libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Compute_virtualMachines_test_node_1_InstanceView.json")))
+    server.route("GET", f"/subscriptions/{SUB}/resourcegroups", Answer(200, recorded("azure", "resource_groups_list.json")))
+    server.route("DELETE", GROUP, Answer(202))
+    yield server
+    server.close()
+
+
+def provider(api: RecordedAPI) -> AzureProvider:
+    principal = {"tenant": TENANT, "subscription": SUB, "client": "client-id", "secret": "s3cret"}
+    p = AzureProvider(principal, parse_api_url("azure", api.url, "AZURE_API_URL"))
+    p.poll_interval = 0.01
+    return p
+
+
+def test_create_sends_custom_data_tags_and_exact_nsg(api: RecordedAPI, tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, ports="22,80,443", ssh_key="ssh-ed25519 AAAAC3Nza example")
+    host = provider(api).create(plan)
+    assert host.id == "inlets-rec-check"
+    token = api.requests("POST", f"/{TENANT}/oauth2/token")[0]
+    assert b"grant_type=client_credentials" in token.raw and b"client_secret=s3cret" in token.raw
+    (group,) = api.requests("PUT", GROUP)
+    assert group.json["tags"] == {"inlets": "true", "inlets-mode": "tcp", "inlets-expires": "1893553445", "inlets-name": "rec-check"}
+    (nsg,) = api.requests("PUT", NET + "/networkSecurityGroups/inlets-nsg")
+    (rule,) = nsg.json["properties"]["securityRules"]
+    assert rule["properties"]["destinationPortRanges"] == ["22", "80", "443", "8123"]
+    assert rule["properties"]["direction"] == "Inbound" and rule["properties"]["protocol"] == "Tcp"
+    (vnet,) = api.requests("PUT", NET + "/virtualNetworks/inlets-vnet")
+    assert vnet.json["properties"]["subnets"][0]["properties"]["networkSecurityGroup"]["id"].endswith("/inlets-nsg")
+    (vm,) = api.requests("PUT", VM)
+    props = vm.json["properties"]
+    assert base64.b64decode(props["osProfile"]["customData"]).decode() == plan.user_data
+    assert props["storageProfile"]["imageReference"] == {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
+    assert props["osProfile"]["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"] == "ssh-ed25519 AAAAC3Nza example"
+    assert props["hardwareProfile"]["vmSize"] == "Standard_B1s" and vm.json["tags"]["inlets"] == "true"
+    assert vm.headers["Authorization"] == "Bearer " + "3" * 55
+    assert api.unrouted() == []
+
+
+def test_http_mode_opens_80_443_and_control(api: RecordedAPI, tmp_path: Path) -> None:
+    provider(api).create(make_plan(tmp_path, mode="http"))
+    rule = api.requests("PUT", NET + "/networkSecurityGroups/inlets-nsg")[0].json["properties"]["securityRules"][0]
+    assert rule["properties"]["destinationPortRanges"] == ["80", "443", "8123"]
+
+
+def test_status_list_by_tag_and_delete_the_group(api: RecordedAPI) -> None:
+    api.route("GET", GROUP, [Answer(200, recorded("azure", "resource_group.json"))] * 2
+              + [Answer(404, recorded("azure", "resource_group_not_found.json"))])
+    p = provider(api)
+    host = p.status("inlets-rec-check")
+    assert host.status == "active" and host.ip == "203.0.113.7" and host.name == "rec-check"
+    assert [h.id for h in p.list()] == ["inlets-rec-check"]
+    assert api.requests("GET", f"/subscriptions/{SUB}/resourcegroups")[0].query["$filter"] == ["tagName eq 'inlets'"]
+    p.delete("inlets-rec-check")
+    assert api.requests("DELETE", GROUP)
+    with pytest.raises(NotFound):
+        p.status("inlets-rec-check")
+
+
+def test_refused_vm_removes_the_group_with_one_line(api: RecordedAPI, tmp_path: Path) -> None:
+    api.routes.insert(0, ("PUT", re.compile(re.escape(VM)), Answer(409, {"error": {
+        "code": "SkuNotAvailable", "message": "The requested size for resource is currently not available"}})))
+    api.route("GET", GROUP, Answer(404, recorded("azure", "resource_group_not_found.json")))
+    with pytest.raises(ProvisionError, match=r"\(409\): The requested size") as info:
+        provider(api).create(make_plan(tmp_path, size="Standard_Nope"))
+    assert "\n" not in str(info.value) and api.requests("DELETE", GROUP)
+
+
+def test_missing_principal_names_every_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ProvisionError, match=r"--access-token-file.*\$AZURE_CLIENT_ID, \$AZURE_CLIENT_SECRET"):
+        service_principal(None, None)
+    bad = tmp_path / "auth.json"
+    bad.write_text("{}")
+    with pytest.raises(ProvisionError, match="not an Azure auth file"):
+        service_principal(bad, None)
