@@ -15,25 +15,6 @@ from process_helpers import echo_once, inlets, spawn, wait_for_text, wait_port
 from tunnel_helpers import TlsFiles, free_port
 
 @pytest.fixture
-def echo_port():
-    """A threaded echo server on loopback."""
-    import socketserver
-    import threading
-
-    class Echo(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            while data := self.request.recv(65536):
-                self.request.sendall(data)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
 def token_file(tmp_path: Path, token: str) -> Path:
     path = tmp_path / "token"
     path.write_text(token + "\n")

@@ -157,11 +157,11 @@ def test_client_never_dials_what_it_did_not_advertise(tls: TlsFiles, token: str)
 
 
 def test_status_shows_clients_and_refuses_a_wrong_token(
-    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port_fixture: int
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
 ) -> None:
     control, public = free_port(), free_port()
     server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
-    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port_fixture}"),
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
                    log=tmp_path / "client.log")
     try:
         wait_port(public)
@@ -183,23 +183,6 @@ def test_status_shows_clients_and_refuses_a_wrong_token(
     gone = inlets("status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca))
     assert gone.returncode == 1 and "cannot reach 127.0.0.1" in gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture
-def echo_port_fixture():
-    import socketserver
-
-    class Echo(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            while data := self.request.recv(65536):
-                self.request.sendall(data)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
 
 
 # ---------------------------------------------------------------- --generate
@@ -409,14 +392,14 @@ class Traffic(threading.Thread):
             time.sleep(0.01)
 
 
-def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, echo_port_fixture: int) -> None:
+def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
     old, new = "old-token-" + "a" * 40, "new-token-" + "b" * 40
     server_tokens, client_token = tmp_path / "server-tokens", tmp_path / "client-token"
     server_tokens.write_text(old + "\n")
     client_token.write_text(old + "\n")
     control, public = free_port(), free_port()
     server = spawn(*server_args(control, tls, server_tokens), log=tmp_path / "server.log")
-    client = spawn(*client_args(control, tls, client_token, "--upstream", f"{public}=127.0.0.1:{echo_port_fixture}"),
+    client = spawn(*client_args(control, tls, client_token, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
                    log=tmp_path / "client.log")
     traffic = Traffic(public)
     try:

@@ -90,24 +90,6 @@ def tunnel_server(tmp_path: Path, tls: TlsFiles, token: str):
     finish(process)
 
 
-@pytest.fixture
-def echo_port():
-    import socketserver
-    import threading
-
-    class Echo(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            while data := self.request.recv(65536):
-                self.request.sendall(data)
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
 def client_args(control: int, token_file: Path, tls: TlsFiles, public: int, upstream_port: int) -> list[str]:
     return ["tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca",
             str(tls.ca), "--upstream", f"{public}=127.0.0.1:{upstream_port}", "--log-level", "debug"]
