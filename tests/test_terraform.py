@@ -272,6 +272,14 @@ def test_terraform_user_data_passes_cloud_init_schema(rendered: dict[str, Any], 
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
 
 
+def test_wheel_tool_makes_the_inputs_the_comparison_used() -> None:
+    """terraform/tools/wheel_xz_base64.py prints the embedded-wheel inputs that render as inletsctl does."""
+    proc = subprocess.run([sys.executable, str(TF_DIR / "tools/wheel_xz_base64.py")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    inputs = terraform_inputs("tcp_embedded_wheel_ttl")
+    assert json.loads(proc.stdout) == {k: inputs[k] for k in ("wheel_filename", "wheel_xz_base64")}
+
+
 def test_generated_templates_are_current() -> None:
     """templates/*.j2 changed without regenerating: run python scripts/gen_terraform_template.py."""
     proc = subprocess.run(
