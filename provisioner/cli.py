@@ -15,6 +15,7 @@ from . import manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
 from .providers import Credentials
+from .providers.clouds import HELP_API_ENV, HELP_ENV, HELP_PROVIDERS, firewall_note
 from .state import STATE_ENV, ServerState, state_root
 
 app = typer.Typer(
@@ -29,10 +30,10 @@ app = typer.Typer(
 StateDir = Annotated[
     Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
 ]
-Provider = Annotated[Optional[str], typer.Option(help="local (this machine), digitalocean, ec2, or ssh (a host you already have).")]
-TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first).")]
+Provider = Annotated[Optional[str], typer.Option(help="local (this machine), digitalocean, ec2, ssh (a host you already have), " + HELP_PROVIDERS + ".")]
+TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first); " + HELP_ENV + ".")]
 Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
-ApiUrl = Annotated[Optional[str], typer.Option(help="Cloud API endpoint (tests, proxies) [env: DIGITALOCEAN_API_URL].")]
+ApiUrl = Annotated[Optional[str], typer.Option(help="Cloud API endpoint (tests, proxies, private regions) [env: DIGITALOCEAN_API_URL, " + HELP_API_ENV + "].")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 SecretFile = Annotated[Optional[Path], typer.Option(help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
 Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
@@ -61,7 +62,8 @@ def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) ->
         "  inletsctl create my-tunnel --provider digitalocean --ports 80,443 --ttl 2h\n\n"
         "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com\n\n"
         "  AWS_PROFILE=work inletsctl create --provider ec2 --region eu-west-1 --ports 22,80,443\n\n"
-        "  inletsctl create --provider ssh --host root@203.0.113.10 --ssh-key ~/.ssh/id_ed25519 --ports 80,443"
+        "  inletsctl create --provider ssh --host root@203.0.113.10 --ssh-key ~/.ssh/id_ed25519 --ports 80,443\n\n"
+        "  HCLOUD_TOKEN=... inletsctl create --provider hetzner --mode http --domain example.com"
     )
 )
 def create_cmd(
@@ -73,8 +75,8 @@ def create_cmd(
     upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
-    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1].")] = None,
-    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb].")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1; gce: europe-west2-a (a zone); azure: uksouth; linode: eu-west; vultr: lhr; equinix: ld (a metro); hetzner: nbg1].")] = None,
+    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb; gce: e2-small; azure: Standard_B1s; linode: g6-nanode-1; vultr: vc2-1c-1gb; equinix: c3.small.x86; hetzner: cx22].")] = None,
     ssh_key: Annotated[Optional[str], typer.Option(help="digitalocean: key fingerprint or id to install; ec2: key pair name or .pub file; ssh: private key file to log in with.")] = None,
     access_token_file: TokenFile = None,
     access_token: Token = None,
@@ -115,11 +117,16 @@ def create_cmd(
         summary = create(opts, progress)
     finally:
         progress.close()
+    note = firewall_note(opts.provider)
+    if note:
+        summary["firewall"] = note
     token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
     if json_output:
         output.print_json(summary | ({"token": token} if token else {}))
     else:
         output.print_summary(summary, token)
+        if note:
+            print(f"\nFirewall: {note}")
 
 
 @app.command(

@@ -82,3 +82,29 @@ def build(name: str, state_root: Path, creds: "Credentials") -> Provisioner:
     if name in NOT_OFFERED:
         raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
     raise ProvisionError(f"unknown cloud {name!r}")
+
+
+_CLASSES = {"gce": "GCEProvider", "azure": "AzureProvider", "linode": "LinodeProvider", "vultr": "VultrProvider",
+            "equinix": "EquinixProvider", "hetzner": "HetznerProvider"}
+
+
+def firewall_note(name: str) -> str | None:
+    """What stands in front of an exit server on cloud ``name`` (for the create summary)."""
+    if name not in _CLASSES:
+        return None
+    import importlib
+
+    module = importlib.import_module(f".{name}", __package__)
+    return str(getattr(module, _CLASSES[name]).firewall_note)
+
+
+HELP_PROVIDERS = (
+    "gce, azure, linode, vultr, equinix (Equinix Metal), hetzner; scaleway and ovh are not offered "
+    "(libcloud cannot pass them user-data: see --provider scaleway)"
+)
+HELP_ENV = (
+    "credentials: vultr $VULTR_API_KEY; linode $LINODE_TOKEN; hetzner $HCLOUD_TOKEN; equinix $METAL_AUTH_TOKEN + "
+    "$METAL_PROJECT_ID; gce a service-account key file ($GOOGLE_APPLICATION_CREDENTIALS); azure an sdk-auth file or "
+    "$AZURE_CLIENT_ID/$AZURE_CLIENT_SECRET/$AZURE_TENANT_ID/$AZURE_SUBSCRIPTION_ID"
+)
+HELP_API_ENV = "VULTR_API_URL, LINODE_API_URL, HCLOUD_ENDPOINT, METAL_API_URL, GCE_API_URL, AZURE_API_URL"
