@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime
-import http.client
 from pathlib import Path
 from typing import Any
+
+from runtime.probe import ProbeError
 
 from .errors import NotFound, ProvisionError
 from .providers import PROVIDERS, Credentials, make
@@ -154,9 +155,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
         result["server"] = status_json(str(meta["ip"]), int(meta["control_port"]), state.ca_file, state.token())
-    except (OSError, http.client.HTTPException) as exc:
+    except ProbeError as exc:
         raise ProvisionError(
-            f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: "
-            f"{getattr(exc, 'strerror', None) or exc}; vm: {result['vm']}"
+            f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
         ) from None
     return result

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
-import ssl
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from runtime.certs import EXIT_SERVER_NAME
-from runtime.tls import client_context
+from runtime.probe import Answer, Endpoint, ProbeError, get
 
 from .errors import NotFound, ProvisionError
 from .providers.base import ACTIVE, FAILED, Host, Provisioner
@@ -24,42 +20,20 @@ class WaitTimeout(ProvisionError):
     """The deadline passed; the message says what was seen last."""
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: str
-
-
 def https_get(
     host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0
 ) -> Answer:
     """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP)."""
-    context = client_context(ca_file)
-    raw = socket.create_connection((host, port), timeout=timeout)
-    try:
-        tls = context.wrap_socket(raw, server_hostname=EXIT_SERVER_NAME)
-    except BaseException:
-        raw.close()
-        raise
-    with tls:
-        headers = f"GET {path} HTTP/1.1\r\nHost: {EXIT_SERVER_NAME}\r\nConnection: close\r\nUser-Agent: inletsctl\r\n"
-        if token:
-            headers += f"Authorization: Bearer {token}\r\n"
-        tls.sendall((headers + "\r\n").encode())
-        response = http.client.HTTPResponse(tls)
-        response.begin()
-        body = response.read(64 * 1024).decode(errors="replace")
-        return Answer(response.status, body)
+    return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
+               timeout=timeout)
 
 
 def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
     """None when /healthz answers 200; otherwise what went wrong, in a few words."""
     try:
         answer = https_get(host, port, "/healthz", ca_file, timeout=3.0)
-    except ssl.SSLCertVerificationError as exc:
-        return f"TLS verification failed: {exc.verify_message}"
-    except (OSError, http.client.HTTPException) as exc:
-        return f"{exc.__class__.__name__}: {getattr(exc, 'strerror', None) or exc}"
+    except ProbeError as exc:
+        return str(exc)
     return None if answer.status == 200 else f"/healthz answered {answer.status}"
 
 
