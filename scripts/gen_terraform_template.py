@@ -37,7 +37,7 @@ from jinja2 import nodes  # noqa: E402
 from provisioner import render  # noqa: E402
 from provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, TunnelSpec, server_argv  # noqa: E402
 from provisioner.wheel import DIST, version  # noqa: E402
-from runtime.templating import environment  # noqa: E402
+from runtime.templating import environment, template_dir  # noqa: E402
 
 USERDATA_DIR = ROOT / "terraform/modules/inlets-userdata/templates"
 CLIENT_DIR = ROOT / "terraform/modules/inlets-client-command/templates"
@@ -189,7 +189,7 @@ class Translator:
 
 
 def translate(template: str, kinds: dict[str, str]) -> str:
-    source = (render.template_dir() / template).read_text()
+    source = (template_dir() / template).read_text()
     return Translator(template, kinds).body(environment.parse(source).body)
 
 

@@ -23,7 +23,7 @@ import pytest
 from provisioner.material import Material, generate
 from provisioner.render import UserDataOptions, client_command, user_data
 from provisioner.spec import build_spec, parse_ttl
-from provisioner.wheel import build_runtime_wheel
+from provisioner.wheel import DIST, build_runtime_wheel, version
 from runtime.certs import Pem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,7 @@ PLUGIN_DIRS = [
 ]
 CREATED = "2030-01-02T03:04:05Z"
 MATERIAL = generate("terraform-test")
+PINNED = f"{DIST}=={version()}"  # inletsctl's default package spec, and the Terraform modules'
 
 
 # ---------------------------------------------------------------- running terraform
@@ -161,7 +162,7 @@ def python_user_data(name: str) -> str:
     spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
     options = UserDataOptions(
-        name=name, package=v.get("package", "inlets-py==0.1.0"), wheel=WHEEL if v.get("wheel") else None,
+        name=name, package=v.get("package", PINNED), wheel=WHEEL if v.get("wheel") else None,
         expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None,
     )
     return user_data(spec, v.get("material", MATERIAL), options)
@@ -257,7 +258,7 @@ def test_terraform_client_command_is_inletsctls(rendered: dict[str, Any], case: 
 def test_the_comparison_catches_a_difference(rendered: dict[str, Any]) -> None:
     """A control: one changed input is a different document, so equality above means something."""
     spec = build_spec("tcp", "2222", [])
-    other = user_data(spec, MATERIAL, UserDataOptions(name="tcp_odd_pem_whitespace", package="inlets-py==0.1.0"))
+    other = user_data(spec, MATERIAL, UserDataOptions(name="tcp_odd_pem_whitespace", package=PINNED))
     assert rendered["ud_tcp_odd_pem_whitespace"] != other
 
 
@@ -488,7 +489,7 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
     got = base64.b64decode(attr["UserData"]["Value"]).decode()
     expires = datetime.datetime.fromisoformat(out["expires_at"].replace("Z", "+00:00"))
     expected = user_data(build_spec("tcp", "22,80,443", []), MATERIAL,
-                         UserDataOptions(name="tf-moto", package="inlets-py==0.1.0", expires_at=expires, limit=16 * 1024))
+                         UserDataOptions(name="tf-moto", package=PINNED, expires_at=expires, limit=16 * 1024))
     assert got == expected
 
     rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [out["security_group_id"]]}])["SecurityGroupRules"]
