@@ -1,0 +1,350 @@
+"""AWS EC2 instances through apache-libcloud's EC2 driver.
+
+Credentials follow the AWS chain (flags, then $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY
+[/$AWS_SESSION_TOKEN], then the $AWS_PROFILE section of ~/.aws/credentials), and the
+endpoint can be pointed elsewhere the standard way ($AWS_ENDPOINT_URL_EC2, then
+$AWS_ENDPOINT_URL, or --api-url) for tests, private regions and compatible clouds.
+Each exit server gets its own security group opening exactly the ports its mode
+needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it again.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import time
+import urllib.parse
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import requests
+from libcloud.common.exceptions import BaseHTTPError
+from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
+from libcloud.compute.drivers.ec2 import NAMESPACE, EC2NodeDriver, EC2Response
+from libcloud.compute.types import NodeState
+
+from ..credentials import access_token
+from ..errors import NotFound, ProvisionError
+from ..firewall import ANY_IPV4, firewall_name, inbound_ports
+from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
+
+KEY_ENV = ("AWS_ACCESS_KEY_ID",)
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY",)
+ENDPOINT_ENV = ("AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL")
+REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+DEFAULT_REGION = "eu-west-1"
+DEFAULT_SIZE = "t3.micro"
+#: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
+UBUNTU_OWNER = "099720109477"
+UBUNTU_NAME = "ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*"
+USER_DATA_LIMIT = 16 * 1024  # EC2 refuses user-data over 16 KiB (before base64)
+GONE_STATES = ("terminated", "shutting-down")
+DELETE_TIMEOUT = 300.0
+
+
+_CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
+_GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
+_XMLNS = re.compile(r'xmlns="http://ec2\.amazonaws\.com/doc/[^"]*"')
+
+
+class _TolerantResponse(EC2Response):
+    """EC2-compatible APIs (moto, LocalStack, ...) answer in ``.../doc/2016-11-15`` without
+    AWS's trailing slash, or in another API version's namespace; libcloud matches elements by
+    the exact namespace and would see nothing, so the namespace is normalised first."""
+
+    def parse_body(self) -> Any:
+        if isinstance(self.body, str) and 'xmlns="' + NAMESPACE + '"' not in self.body[:500]:
+            self.body = _XMLNS.sub(f'xmlns="{NAMESPACE}"', self.body, count=1)
+        return super().parse_body()
+
+    def parse_error(self) -> Any:
+        """``Code: message`` found by name (libcloud unpacks exactly two children, without namespace)."""
+        try:
+            root = ET.XML(self.body.encode() if isinstance(self.body, str) else self.body)
+        except ET.ParseError:
+            return super().parse_error()
+        found: list[tuple[str, str]] = []
+        for element in root.iter():
+            if _local(element.tag) == "Error":
+                fields = {_local(child.tag): child.text or "" for child in element}
+                found.append((fields.get("Code", ""), fields.get("Message", "")))
+        codes = [f"{code}: {message}" for code, message in found if code]
+        if any(code in _CRED_CODES for code, _ in found):
+            raise InvalidCredsError(codes[0])
+        return "; ".join(codes) or f"HTTP {self.status}"
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    key_id: str
+    secret: str
+    session_token: str | None = None
+    source: str = ""  # where they came from, for error messages (never the values)
+
+
+def aws_credentials(
+    key_file: Path | None, key: str | None, secret_file: Path | None, secret: str | None
+) -> AwsCredentials:
+    """The AWS chain: flags/files, then the environment, then the shared credentials file."""
+    if key_file is not None or key or secret_file is not None or secret:
+        key_id = access_token("AWS access key id", key_file, key, KEY_ENV)
+        secret_value = access_token("AWS secret access key", secret_file, secret, SECRET_ENV)
+        return AwsCredentials(key_id, secret_value, os.environ.get("AWS_SESSION_TOKEN") or None, "flags")
+    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if env_key.strip() and env_secret.strip():
+        return AwsCredentials(env_key.strip(), env_secret.strip(), os.environ.get("AWS_SESSION_TOKEN") or None, "env")
+    profile = os.environ.get("AWS_PROFILE") or "default"
+    path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        raise ProvisionError(f"cannot parse AWS credentials file {path}: {exc.__class__.__name__}") from None
+    if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
+        section = parser[profile]
+        return AwsCredentials(
+            section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip(),
+            section.get("aws_session_token", "").strip() or None, f"profile {profile!r} in {path}",
+        )
+    raise ProvisionError(
+        "no AWS credentials: give --access-token-file FILE (key id) and --secret-key-file FILE, "
+        "set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or add "
+        f"profile {profile!r} to {path} (select another with $AWS_PROFILE)"
+    )
+
+
+def default_region() -> str:
+    """$AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in ~/.aws/config, else eu-west-1."""
+    for name in REGION_ENV:
+        if os.environ.get(name, "").strip():
+            return os.environ[name].strip()
+    profile = os.environ.get("AWS_PROFILE") or "default"
+    path = Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path)
+    except configparser.Error:
+        return DEFAULT_REGION
+    section = profile if profile == "default" else f"profile {profile}"
+    return parser.get(section, "region", fallback=DEFAULT_REGION).strip() or DEFAULT_REGION
+
+
+def endpoint_url(api_url: str | None) -> str | None:
+    if api_url:
+        return api_url
+    return next((os.environ[n].strip() for n in ENDPOINT_ENV if os.environ.get(n, "").strip()), None)
+
+
+class EC2Provider:
+    name = "ec2"
+    user_data_limit = USER_DATA_LIMIT
+    poll_interval = 3.0
+    keeps_server_key = False
+
+    def __init__(self, creds: AwsCredentials, region: str | None = None, api_url: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.region = region or default_region()
+        kwargs: dict[str, Any] = {}
+        url = endpoint_url(api_url)
+        if url:
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ProvisionError(f"invalid EC2 endpoint URL {url!r}: use http(s)://HOST[:PORT]")
+            kwargs = {"host": parsed.hostname, "secure": parsed.scheme == "https",
+                      "port": parsed.port or (443 if parsed.scheme == "https" else 80)}
+        try:
+            self._driver = EC2NodeDriver(creds.key_id, creds.secret, region=self.region,
+                                         token=creds.session_token, timeout=timeout,
+                                         signature_version="4", **kwargs)  # v4: STS tokens, every region
+        except ValueError:
+            raise ProvisionError(
+                f"unknown EC2 region {self.region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
+            ) from None
+        conn = self._driver.connection
+        conn.responseCls = _TolerantResponse
+        self._endpoint = url or f"https://{conn.host}"
+        self._source = creds.source
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        """The driver's exceptions as one-line errors (EC2 answers errors as ``Code: message``)."""
+        try:
+            yield
+        except InvalidCredsError as exc:
+            raise ProvisionError(f"ec2: credentials ({self._source}) rejected while {what}: {_line(exc.value)}") from None
+        except BaseHTTPError as exc:
+            message = _line(exc.message)
+            if message.startswith(_GONE_CODES):
+                raise NotFound(f"ec2: not found while {what}: {message}") from None
+            raise ProvisionError(f"ec2: {what} failed: {message}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ProvisionError(f"ec2: cannot reach {self._endpoint} while {what} ({exc.__class__.__name__})") from None
+        except (LibcloudError, ValueError, KeyError, AttributeError) as exc:
+            raise ProvisionError(f"ec2: unexpected answer while {what}: {_line(str(exc))}") from None
+
+    def ubuntu_image(self) -> str:
+        """The newest Canonical Ubuntu 24.04 LTS AMI in the region (names end in a build date)."""
+        with self._api("looking up the Ubuntu 24.04 image"):
+            images = self._driver.list_images(ex_owner=UBUNTU_OWNER, ex_filters={"name": UBUNTU_NAME})
+        images = [i for i in images if i.name and i.extra.get("state", "available") == "available"]
+        if not images:
+            raise ProvisionError(
+                f"ec2: no Ubuntu 24.04 LTS image (owner {UBUNTU_OWNER}, name {UBUNTU_NAME}) in region {self.region}"
+            )
+        return max(images, key=lambda i: i.name).id
+
+    def create(self, plan: Plan) -> Host:
+        d = self._driver
+        made: list[tuple[str, str]] = []
+        image_id = self.ubuntu_image()
+        keypair = self._keypair(plan, made)
+        try:
+            group_id = self._security_group(plan, made)
+            tags = {TAG: "true", "inlets-name": plan.name, "inlets-mode": plan.spec.mode, "inlets-sg": group_id}
+            if keypair and ("keypair", keypair) in made:
+                tags["inlets-keypair"] = keypair
+            if plan.expires_at is not None:
+                tags["inlets-expires"] = str(int(plan.expires_at.timestamp()))
+            size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
+            image = NodeImage(image_id, image_id, d)
+            with self._api(f"creating instance {plan.name!r}"):
+                node = d.create_node(  # the group by name: it lives in the default VPC
+                    plan.name, size, image, ex_userdata=plan.user_data, ex_security_groups=[firewall_name(plan.name)],
+                    ex_keyname=keypair, ex_metadata=tags, ex_terminate_on_shutdown=plan.expires_at is not None,
+                )
+        except BaseException:
+            try:
+                self._cleanup(made)
+            except ProvisionError:
+                pass  # the first error is the one to show
+            raise
+        return Host(id=node.id, name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
+
+    def _keypair(self, plan: Plan, made: list[tuple[str, str]]) -> str | None:
+        """--ssh-key: a public key file is imported as ``inlets-NAME``; anything else names a key pair."""
+        if not plan.ssh_key:
+            return None
+        path = Path(plan.ssh_key).expanduser()
+        if path.is_file():
+            try:
+                material = path.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ProvisionError(f"cannot read --ssh-key {path}: {getattr(exc, 'strerror', None) or exc}") from None
+            if not material.startswith(("ssh-", "ecdsa-")):
+                raise ProvisionError(f"--ssh-key {path} is not an OpenSSH public key (give the .pub file)")
+            name = f"inlets-{plan.name}"
+            with self._api(f"importing key pair {name!r}"):
+                self._driver.import_key_pair_from_string(name, material)
+            made.append(("keypair", name))
+            return name
+        with self._api("listing key pairs"):
+            names = {pair.name for pair in self._driver.list_key_pairs()}
+        if plan.ssh_key not in names:
+            raise ProvisionError(
+                f"ec2: no key pair named {plan.ssh_key!r} in {self.region} (give a key pair name or a .pub file)"
+            )
+        return plan.ssh_key
+
+    def _security_group(self, plan: Plan, made: list[tuple[str, str]]) -> str:
+        name = firewall_name(plan.name)
+        with self._api(f"creating security group {name!r}"):
+            group = self._driver.ex_create_security_group(name, f"inlets exit server {plan.name} ({plan.spec.mode})")
+            group_id = group["group_id"]
+            made.append(("group", group_id))
+            for port in inbound_ports(plan.spec):  # IPv4: default VPCs have no IPv6
+                self._driver.ex_authorize_security_group_ingress(group_id, port, port, cidr_ips=[ANY_IPV4], protocol="tcp")
+        return group_id
+
+    def _cleanup(self, made: list[tuple[str, str]], deadline: float | None = None) -> None:
+        """Delete what create made; a group stays in use for a while after its instance ends."""
+        deadline = deadline or time.monotonic() + 60.0
+        for kind, ident in reversed(made):
+            while True:
+                try:
+                    with self._api(f"deleting {kind} {ident}"):
+                        if kind == "group":
+                            self._driver.ex_delete_security_group_by_id(ident)
+                        else:
+                            self._driver.delete_key_pair(KeyPair(ident, None, None, self._driver))
+                    break
+                except NotFound:
+                    break
+                except ProvisionError as exc:
+                    if "DependencyViolation" not in str(exc) or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(2.0)
+
+    def _node(self, host_id: str) -> Node:
+        if not host_id.startswith("i-"):
+            raise NotFound(f"ec2: no instance with id {host_id!r} (ids look like i-0123456789abcdef0)")
+        with self._api(f"reading instance {host_id}"):
+            nodes = self._driver.list_nodes(ex_node_ids=[host_id])
+        if not nodes or nodes[0].extra.get("status") in GONE_STATES:
+            raise NotFound(f"ec2: no instance {host_id} in {self.region}")
+        return nodes[0]
+
+    def status(self, host_id: str) -> Host:
+        return self._host(self._node(host_id))
+
+    def delete(self, host_id: str) -> None:
+        """Terminate, wait until terminated, then remove the security group and key pair create made."""
+        node = self._node(host_id)
+        tags = node.extra.get("tags") or {}
+        with self._api(f"terminating instance {host_id}"):
+            self._driver.destroy_node(node)
+        deadline = time.monotonic() + DELETE_TIMEOUT
+        while True:
+            try:
+                self._node(host_id)
+            except NotFound:
+                break
+            if time.monotonic() >= deadline:
+                raise ProvisionError(f"ec2: instance {host_id} still not terminated after {DELETE_TIMEOUT:.0f}s")
+            time.sleep(self.poll_interval)
+        made = [("keypair", tags["inlets-keypair"])] if tags.get("inlets-keypair") else []
+        made += [("group", tags["inlets-sg"])] if tags.get("inlets-sg") else []
+        self._cleanup(list(reversed(made)), deadline)
+
+    def list(self) -> list[Host]:
+        with self._api("listing instances"):
+            nodes = self._driver.list_nodes(ex_filters={"tag-key": TAG})
+        return [self._host(n) for n in nodes if n.extra.get("status") not in GONE_STATES]
+
+    def _host(self, node: Node) -> Host:
+        tags: dict[str, str] = node.extra.get("tags") or {}
+        ip = (node.public_ips or [None])[0]
+        raw = str(node.extra.get("status") or node.state)
+        if node.state == NodeState.RUNNING and ip:
+            status = ACTIVE
+        elif raw in ("stopping", "stopped"):
+            status = FAILED
+        else:
+            status = raw
+        expires = parse_expiry_tag([f"inlets-expires:{tags['inlets-expires']}"]) if tags.get("inlets-expires") else None
+        return Host(
+            id=node.id, name=tags.get("inlets-name") or tags.get("Name") or node.name, provider=self.name,
+            status=status, ip=ip, mode=tags.get("inlets-mode"), created_at=_iso(node.extra.get("launch_time")),
+            expires_at=expires, detail=f"instance state {raw!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"region": self.region, "security_group": tags.get("inlets-sg", "")},
+        )
+
+
+def _local(tag: str) -> str:
+    """An element's name without its namespace (AWS sends errors without one, moto with one)."""
+    return tag.rpartition("}")[2]
+
+
+def _iso(value: object) -> str | None:
+    if not value:
+        return None
+    text = str(value)
+    return text[:19] + "Z" if len(text) >= 19 and text[10] == "T" else text
+
+
+def _line(text: object) -> str:
+    return " ".join(str(text).split())[:400]

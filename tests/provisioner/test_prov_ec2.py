@@ -1,0 +1,347 @@
+"""The EC2 provider (apache-libcloud's real EC2 driver) against moto's EC2 server on loopback.
+
+moto's instances get addresses like 54.214.x.y that do not exist here, so the lifecycle
+drives the provider's own create/status calls (what ``inletsctl create`` calls before it
+waits on the tunnel's /healthz) and then the real ``inletsctl list`` and ``delete``; the
+shared wait on /healthz is covered by the DigitalOcean and local end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from prov_support import free_port, one_line_error, run_cli
+from provisioner import material as material_mod
+from provisioner.errors import ProvisionError
+from provisioner.providers import Credentials, make
+from provisioner.providers.base import ACTIVE, Plan
+from provisioner.render import UserDataOptions, user_data
+from provisioner.spec import build_spec
+
+boto3 = pytest.importorskip("boto3", reason="moto[server] (with boto3) is not installed: pip install -e .[test]")
+
+MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+REGION = "eu-west-1"
+KEY_ID, SECRET = "AKIAINLETSTEST000001", "inlets/test/secret/key/that/moto/accepts/0"
+NEWEST, OLDER = "ami-0noble20250601", "ami-0noble20240101"
+
+
+def _ami(ami_id: str, name: str, owner: str = "099720109477") -> dict[str, Any]:
+    return {"ami_id": ami_id, "state": "available", "public": True, "owner_id": owner, "image_location": "amazon/x",
+            "root_device_type": "ebs", "root_device_name": "/dev/sda1", "description": name, "image_type": "machine",
+            "platform": None, "architecture": "x86_64", "name": name, "virtualization_type": "hvm", "hypervisor": "xen"}
+
+
+@dataclass
+class Moto:
+    url: str
+    log: Path
+
+    def client(self) -> Any:
+        return boto3.client("ec2", endpoint_url=self.url, region_name=REGION, aws_access_key_id=KEY_ID,
+                            aws_secret_access_key=SECRET)
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10).read()
+
+
+def _start_moto(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Moto]:
+    if not MOTO_SERVER.exists():
+        pytest.skip(f"moto's server is not installed ({MOTO_SERVER}): pip install -e .[test] (moto[server])")
+    amis = tmp / "amis.json"
+    amis.write_text(json.dumps([
+        _ami(OLDER, "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20240101"),
+        _ami(NEWEST, "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20250601"),
+        _ami("ami-0noblearm64", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20251001"),
+        _ami("ami-0impostor", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261231", owner="111122223333"),
+        _ami("ami-0jammy", "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-20251001"),
+    ]))
+    port = free_port()
+    log = tmp / f"moto-{port}.log"
+    env = {**os.environ, "MOTO_AMIS_PATH": str(amis), "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true", **extra_env}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out,
+                                stdin=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, Moto(f"http://127.0.0.1:{port}", log)
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto_server did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def prov_ec2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
+    proc, moto = _start_moto(tmp_path_factory.mktemp("prov_ec2"), {})
+    try:
+        yield moto
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def prov_ec2_moto(prov_ec2_server: Moto, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Moto:
+    """A clean moto, and an AWS environment of the standard variables only (no real ~/.aws)."""
+    prov_ec2_server.reset()
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", prov_ec2_server.url)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    return prov_ec2_server
+
+
+@pytest.fixture(autouse=True)
+def prov_ec2_no_egress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard, not a mock: moto's instance addresses are real public IPs, and these tests must never
+    dial them (network only on loopback), so reaching create's /healthz wait fails the test at once."""
+    import provisioner.create
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an EC2 test reached the /healthz wait on a moto (public) address")
+
+    monkeypatch.setattr(provisioner.create, "wait_until_ready", refuse)
+
+
+def _env_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+
+
+def _plan(tmp_path: Path, name: str, mode: str = "tcp", ports: str | None = "22,80,443", ssh_key: str | None = None,
+          domains: tuple[str, ...] = ()) -> Plan:
+    spec = build_spec(mode, ports if mode == "tcp" else None, list(domains))
+    secrets = material_mod.generate(name)
+    expires = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0) + datetime.timedelta(hours=2)
+    text = user_data(spec, secrets, UserDataOptions(name, "inlets-py==0.1.0", None, expires, 16 * 1024))
+    state = tmp_path / "state" / name
+    state.mkdir(parents=True)
+    return Plan(name, spec, text, state, ssh_key=ssh_key, expires_at=expires)
+
+
+def _rules(ec2: Any, group_id: str) -> list[tuple[str, int, int, list[str]]]:
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    return sorted((p["IpProtocol"], p["FromPort"], p["ToPort"], sorted(r["CidrIp"] for r in p.get("IpRanges", [])))
+                  for p in group["IpPermissions"])
+
+
+def _pubkey(path: Path) -> Path:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    path.write_bytes(key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" me@laptop\n")
+    return path
+
+
+def test_lifecycle_key_pair_exact_rules_user_data_list_delete(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env_credentials(monkeypatch)
+    ec2 = prov_ec2_moto.client()
+    plan = _plan(tmp_path, "ec2-life", ports="22,80,443", ssh_key=str(_pubkey(tmp_path / "me.pub")))
+    provider = make("ec2", tmp_path / "state", Credentials())
+    host = provider.create(plan)
+    deadline = time.monotonic() + 30
+    while (host := provider.status(host.id)).status != ACTIVE:
+        assert time.monotonic() < deadline, host
+        time.sleep(0.5)
+    assert host.ip and host.mode == "tcp" and host.name == "ec2-life"
+    (instance,) = [i for r in ec2.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    assert instance["ImageId"] == NEWEST and instance["InstanceType"] == "t3.micro"
+    assert instance["KeyName"] == "inlets-ec2-life"
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["inlets"] == "true" and tags["Name"] == "ec2-life" and tags["inlets-mode"] == "tcp"
+    assert tags["inlets-expires"] == str(int(plan.expires_at.timestamp()))  # type: ignore[union-attr]
+    group_id = tags["inlets-sg"]
+    assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group_id]
+    # exactly the control port and the asked ports, 22 and 80 (under 1024) included; nothing else
+    assert _rules(ec2, group_id) == [("tcp", p, p, ["0.0.0.0/0"]) for p in (22, 80, 443, 8123)]
+    sent = ec2.describe_instance_attribute(InstanceId=host.id, Attribute="userData")["UserData"]["Value"]
+    assert base64.b64decode(sent).decode() == plan.user_data
+    assert plan.user_data.startswith("#cloud-config")
+    assert ec2.describe_key_pairs(KeyNames=["inlets-ec2-life"])["KeyPairs"]
+
+    listed = run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state"))
+    assert listed.code == 0, listed.err
+    (row,) = listed.json()["servers"]
+    assert (row["name"], row["id"], row["ip"], row["mode"], row["where"]) == ("ec2-life", host.id, host.ip, "tcp", "ec2 only")
+    assert row["expires"] == plan.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")  # type: ignore[union-attr]
+
+    deleted = run_cli(capsys, "delete", "--provider", "ec2", "--ip", str(host.ip), "--state-dir", str(tmp_path / "state"))
+    assert deleted.code == 0, deleted.err
+    (gone,) = [i for r in ec2.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    assert gone["State"]["Name"] == "terminated"
+    assert group_id not in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+    assert not [k for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] == "inlets-ec2-life"]
+    assert run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state")).json()["servers"] == []
+    again = run_cli(capsys, "delete", "--provider", "ec2", "--id", host.id, "--state-dir", str(tmp_path / "state"))
+    one_line_error(again, "ec2", host.id)
+
+
+def test_http_mode_opens_80_443_8123_with_profile_credentials_and_generic_endpoint(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials from AWS_PROFILE in the shared file; the endpoint from $AWS_ENDPOINT_URL."""
+    ec2 = prov_ec2_moto.client()  # before AWS_PROFILE names a profile boto3 would look for
+    monkeypatch.delenv("AWS_ENDPOINT_URL_EC2")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", prov_ec2_moto.url)
+    creds = tmp_path / "home" / ".aws" / "credentials"
+    creds.parent.mkdir(parents=True)
+    creds.write_text(f"[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n"
+                     f"[tunnels]\naws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n")
+    monkeypatch.setenv("AWS_PROFILE", "tunnels")
+    plan = _plan(tmp_path, "ec2-http", mode="http", domains=("example.com",))
+    provider = make("ec2", tmp_path / "state", Credentials(region=REGION))
+    host = provider.create(plan)
+    (instance,) = [i for r in ec2.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    group_id = {t["Key"]: t["Value"] for t in instance["Tags"]}["inlets-sg"]
+    assert _rules(ec2, group_id) == [("tcp", p, p, ["0.0.0.0/0"]) for p in (80, 443, 8123)]
+    assert "KeyName" not in instance or not instance["KeyName"]
+    provider.delete(host.id)  # waits until terminated, then removes the group
+    assert group_id not in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+
+
+def test_user_data_just_under_16_kib_is_sent_whole(prov_ec2_moto: Moto, tmp_path: Path, monkeypatch) -> None:
+    _env_credentials(monkeypatch)
+    plan = _plan(tmp_path, "ec2-full")
+    padded = plan.user_data + "#" * (16 * 1024 - len(plan.user_data.encode()) - 1) + "\n"
+    assert len(padded.encode()) == 16 * 1024
+    provider = make("ec2", tmp_path / "state", Credentials())
+    host = provider.create(Plan(plan.name, plan.spec, padded, plan.state_dir, expires_at=plan.expires_at))
+    sent = prov_ec2_moto.client().describe_instance_attribute(InstanceId=host.id, Attribute="userData")
+    assert base64.b64decode(sent["UserData"]["Value"]).decode() == padded
+
+
+def test_bad_plan_is_one_line_and_leaves_nothing_behind(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env_credentials(monkeypatch)
+    result = run_cli(capsys, "create", "ec2-badplan", "--provider", "ec2", "--plan", "t9.colossal",
+                     "--ssh-key", str(_pubkey(tmp_path / "me.pub")), "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, "ec2: creating instance 'ec2-badplan' failed", "t9.colossal")
+    ec2 = prov_ec2_moto.client()
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["inlets-ec2-badplan"]}])["SecurityGroups"]
+    assert not [k for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] == "inlets-ec2-badplan"]
+    assert not (tmp_path / "state" / "ec2-badplan").exists()
+
+
+def test_user_data_over_16_kib_names_the_option_to_drop(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env_credentials(monkeypatch)
+    result = run_cli(capsys, "create", "ec2-big", "--provider", "ec2", "--embed-wheel", "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, "over the provider's limit of 16384", "drop --embed-wheel")
+    ec2 = prov_ec2_moto.client()
+    assert not [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert not (tmp_path / "state" / "ec2-big").exists()
+
+
+def test_no_ubuntu_image_is_a_clear_error(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env_credentials(monkeypatch)
+    ec2 = prov_ec2_moto.client()
+    for ami in (OLDER, NEWEST):
+        ec2.deregister_image(ImageId=ami)
+    result = run_cli(capsys, "create", "ec2-noimg", "--provider", "ec2", "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, "no Ubuntu 24.04 LTS image", "099720109477", REGION)
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["inlets-ec2-noimg"]}])["SecurityGroups"]
+
+
+def test_bad_region_missing_credentials_unknown_key_pair_are_one_line(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    missing = run_cli(capsys, "list", "--provider", "ec2", *state)
+    one_line_error(missing, "no AWS credentials", "--secret-key-file", "$AWS_ACCESS_KEY_ID", "AWS_PROFILE")
+    key_file = tmp_path / "key-id"
+    key_file.write_text(KEY_ID + "\n")
+    no_secret = run_cli(capsys, "list", "--provider", "ec2", "--access-token-file", str(key_file), *state)
+    one_line_error(no_secret, "no AWS secret access key", "--access-token-file")  # names the ways to give it
+    _env_credentials(monkeypatch)
+    one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--region", "mars-north-1", *state),
+                   "unknown EC2 region 'mars-north-1'")
+    result = run_cli(capsys, "create", "ec2-nokey", "--provider", "ec2", "--ssh-key", "no-such-pair", *state)
+    one_line_error(result, "no key pair named 'no-such-pair'")
+    ec2 = prov_ec2_moto.client()
+    assert not [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["inlets-ec2-nokey"]}])["SecurityGroups"]
+
+
+def test_unreachable_endpoint_is_one_line(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env_credentials(monkeypatch)
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run_cli(capsys, "list", "--provider", "ec2", "--api-url", url, "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, "cannot reach", url)
+
+
+def test_rejected_credentials_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """moto with IAM checks on from the first request: an unknown key id is refused (403)."""
+    proc, moto = _start_moto(tmp_path, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                monkeypatch.delenv(name)
+        secret_file = tmp_path / "secret"
+        secret_file.write_text(SECRET + "\n")
+        result = run_cli(capsys, "list", "--provider", "ec2", "--access-token", "AKIANOTAREALKEY00000",
+                         "--secret-key-file", str(secret_file), "--api-url", moto.url, "--region", REGION,
+                         "--state-dir", str(tmp_path / "state"))
+        line = one_line_error(result, "ec2: credentials (flags) rejected")
+        assert SECRET not in result.err + result.out and "AKIANOTAREALKEY00000" not in line
+    finally:
+        _stop(proc)
+
+
+def test_credentials_chain_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags first, then the environment, then the profile; the session token travels along."""
+    from provisioner.providers.ec2 import aws_credentials as chain
+
+    def aws_credentials(*args: object) -> tuple[str, str, str | None]:
+        found = chain(*args)  # type: ignore[arg-type]
+        return found.key_id, found.secret, found.session_token
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    shared = tmp_path / "credentials"
+    shared.write_text("[default]\naws_access_key_id = FROMFILE\naws_secret_access_key = s3\naws_session_token = t3\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    assert aws_credentials(None, None, None, None)[:3] == ("FROMFILE", "s3", "t3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s2")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "t2")
+    assert aws_credentials(None, None, None, None)[:3] == ("FROMENV", "s2", "t2")
+    assert aws_credentials(None, "FROMFLAG", None, "s1")[:2] == ("FROMFLAG", "s1")
+    with pytest.raises(ProvisionError):
+        aws_credentials(tmp_path / "missing", None, None, "s1")
