@@ -44,6 +44,16 @@ def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[s
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
 
 
+def _firewall_note(provider: str, summary: dict[str, object]) -> str | None:
+    """ec2 makes a security group per exit server; ssh leaves the host's firewall alone."""
+    data = ",".join(map(str, summary["ports"])) if summary["mode"] == "tcp" else "80,443"  # type: ignore[call-overload]
+    if provider == "ec2":
+        return f"security group inlets-{summary['name']} lets in tcp {summary['control_port']} and {data}, nothing else"
+    if provider == "ssh":
+        return f"none managed by inletsctl: the host's own firewall must let in tcp {summary['control_port']} and {data}"
+    return None
+
+
 def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) -> object:
     """The --provider ssh flags (checked by the provider); other providers refuse --host."""
     if provider != "ssh":
@@ -75,8 +85,8 @@ def create_cmd(
     upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
-    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1; gce: europe-west2-a (a zone); azure: uksouth; linode: eu-west; vultr: lhr; equinix: ld (a metro); hetzner: nbg1].")] = None,
-    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb; gce: e2-small; azure: Standard_B1s; linode: g6-nanode-1; vultr: vc2-1c-1gb; equinix: c3.small.x86; hetzner: cx22].")] = None,
+    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1; ec2: $AWS_REGION or eu-west-1; gce: europe-west2-a (a zone); azure: uksouth; linode: eu-west; vultr: lhr; equinix: ld (a metro); hetzner: nbg1].")] = None,
+    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb; ec2: t3.micro; gce: e2-small; azure: Standard_B1s; linode: g6-nanode-1; vultr: vc2-1c-1gb; equinix: c3.small.x86; hetzner: cx22].")] = None,
     ssh_key: Annotated[Optional[str], typer.Option(help="digitalocean: key fingerprint or id to install; ec2: key pair name or .pub file; ssh: private key file to log in with.")] = None,
     access_token_file: TokenFile = None,
     access_token: Token = None,
@@ -117,7 +127,7 @@ def create_cmd(
         summary = create(opts, progress)
     finally:
         progress.close()
-    note = firewall_note(opts.provider)
+    note = firewall_note(opts.provider) or _firewall_note(opts.provider, summary)
     if note:
         summary["firewall"] = note
     token = ServerState(opts.state_root, summary["name"]).token() if show_token else None

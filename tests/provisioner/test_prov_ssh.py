@@ -118,6 +118,7 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     summary = created.json()
     assert summary["ip"] == "127.0.0.1" and summary["endpoints"] == [f"{DATA_ADDR}:{port}"]
     assert summary["id"] == f"root@127.0.0.1:{prov_ssh_sshd.port}/{name}"
+    assert summary["firewall"].startswith("none managed by inletsctl") and f"tcp {control} and {port}" in summary["firewall"]
     state = tmp_path / "state" / name
     token = (state / "token").read_text().strip()
     assert token not in created.out + created.err
