@@ -506,17 +506,27 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
 
 
 @pytest.mark.timeout(180)
-def test_inletsctl_ec2_lists_and_deletes_the_terraform_made_server(aws_applied: dict[str, Any]) -> None:
-    """inletsctl's ec2 provider (issue 6) finds the instance by its tags and deletes it with its security group."""
-    try:
-        from provisioner.providers.ec2 import AwsCredentials, EC2Provider
-    except ImportError as exc:
-        pytest.skip(f"inletsctl has no ec2 provider in this checkout ({exc})")
+def test_inletsctl_lists_and_deletes_the_terraform_made_ec2_server(aws_applied: dict[str, Any], tmp_path: Path) -> None:
+    """``inletsctl list --provider ec2`` finds the instance by its tags, and ``inletsctl delete``
+    removes it with its security group (issue 6's ec2 provider)."""
+    from provisioner.providers import PROVIDERS
+
+    import importlib.util
+
+    if "ec2" not in PROVIDERS or importlib.util.find_spec("provisioner.providers.ec2") is None:
+        pytest.skip("inletsctl has no ec2 provider in this checkout (issue 6)")
     out, ec2 = aws_applied["out"], aws_applied["ec2"]
-    provider = EC2Provider(AwsCredentials("test", "test", None, "test"), "eu-west-1", aws_applied["url"])
-    host = next(h for h in provider.list() if h.id == out["id"])
-    assert (host.name, host.mode, host.ip, host.expires_at) == ("tf-moto", "tcp", out["ip"], out["expires_at"])
-    provider.delete(out["id"])
-    assert all(h.id != out["id"] for h in provider.list())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INLETS"))}
+    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="eu-west-1",
+               AWS_ENDPOINT_URL_EC2=aws_applied["url"], INLETSCTL_STATE_DIR=str(tmp_path / "state"))
+    inletsctl = [sys.executable, "-c", "from provisioner.cli import main; main()"]
+    listed = subprocess.run([*inletsctl, "list", "--provider", "ec2", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    row = next(r for r in json.loads(listed.stdout)["servers"] if r["id"] == out["id"])
+    assert (row["name"], row["mode"], row["ip"], row["expires"]) == ("tf-moto", "tcp", out["ip"], out["expires_at"]), row
+    deleted = subprocess.run([*inletsctl, "delete", "--provider", "ec2", "--id", out["id"]], capture_output=True, text=True, env=env, timeout=120)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    listed = subprocess.run([*inletsctl, "list", "--provider", "ec2", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert out["id"] not in [r["id"] for r in json.loads(listed.stdout)["servers"]]
     groups = ec2.describe_security_groups()["SecurityGroups"]
     assert out["security_group_id"] not in [g["GroupId"] for g in groups]
