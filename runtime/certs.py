@@ -161,3 +161,21 @@ def _is_ip(name: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m runtime.certs DIR NAME...``: ensure_auto_tls in a short-lived process.
+
+    The server runs it this way so the long-running process never loads the crypto
+    library (about 8 MiB of resident memory it would keep for nothing).
+    """
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    files = ensure_auto_tls(Path(args[0]), args[1:])
+    print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,10 +9,13 @@ re-reading the token file (token rotation without downtime).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, NoReturn, Optional
 
@@ -130,18 +133,27 @@ def control_config(
                 fail("--tls-cert and --tls-key go together")
             ssl_context = server_context(tls_cert, tls_key)
         elif auto_tls:
-            from .certs import ensure_auto_tls  # cryptography: only when generating
-
             names = auto_tls_san or ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-            files = ensure_auto_tls(auto_tls_path or default_data_dir() / "auto-tls", names)
-            ssl_context = server_context(files.cert, files.key)
-            log.info("event=auto_tls ca=%s names=%s", files.ca_cert, ",".join(names))
+            files = auto_tls_files(auto_tls_path or default_data_dir() / "auto-tls", names)
+            ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
+            log.info("event=auto_tls ca=%s names=%s", files["ca_cert"], ",".join(names))
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
         max_streams=max_client_streams,
     )
+
+
+def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
+    """Create or reuse the --auto-tls CA and certificate, in a child process (see certs.main)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "runtime.certs", str(directory), *names], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise TlsConfigError(f"--auto-tls could not prepare {directory}: {last}")
+    return json.loads(result.stdout)
 
 
 def _proxy_version(value: str | None, option: str) -> str | None:
