@@ -47,7 +47,7 @@ def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
         from . import ec2
 
         aws = ec2.aws_credentials(creds.token_file, creds.token, creds.secret_file, creds.secret)
-        return ec2.EC2Provider(aws, creds.region, creds.api_url)
+        return ec2.EC2Provider(aws, creds.region, creds.api_url, state_root)
     if name == "ssh":
         from .ssh import SshProvider
 

@@ -11,6 +11,7 @@ needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it agai
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import time
@@ -45,6 +46,7 @@ UBUNTU_NAME = "ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*"
 USER_DATA_LIMIT = 16 * 1024  # EC2 refuses user-data over 16 KiB (before base64)
 GONE_STATES = ("terminated", "shutting-down")
 DELETE_TIMEOUT = 300.0
+REGION_RECORD = "ec2.json"  # in the state folder: the instance id and the region it was made in
 
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
@@ -147,28 +149,45 @@ class EC2Provider:
     keeps_server_key = False
 
     def __init__(self, creds: AwsCredentials, region: str | None = None, api_url: str | None = None,
-                 timeout: float = 30.0) -> None:
-        self.region = region or default_region()
-        kwargs: dict[str, Any] = {}
-        url = endpoint_url(api_url)
-        if url:
-            parsed = urllib.parse.urlsplit(url)
+                 state_root: Path | None = None, timeout: float = 30.0) -> None:
+        self._creds, self._timeout, self._state_root = creds, timeout, state_root
+        self._kwargs: dict[str, Any] = {}
+        self._url = endpoint_url(api_url)
+        if self._url:
+            parsed = urllib.parse.urlsplit(self._url)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ProvisionError(f"invalid EC2 endpoint URL {url!r}: use http(s)://HOST[:PORT]")
-            kwargs = {"host": parsed.hostname, "secure": parsed.scheme == "https",
-                      "port": parsed.port or (443 if parsed.scheme == "https" else 80)}
+                raise ProvisionError(f"invalid EC2 endpoint URL {self._url!r}: use http(s)://HOST[:PORT]")
+            self._kwargs = {"host": parsed.hostname, "secure": parsed.scheme == "https",
+                            "port": parsed.port or (443 if parsed.scheme == "https" else 80)}
+        self._use_region(region or default_region())
+        self._source = creds.source
+
+    def _use_region(self, region: str) -> None:
         try:
-            self._driver = EC2NodeDriver(creds.key_id, creds.secret, region=self.region,
-                                         token=creds.session_token, timeout=timeout,
-                                         signature_version="4", **kwargs)  # v4: STS tokens, every region
+            self._driver = EC2NodeDriver(self._creds.key_id, self._creds.secret, region=region,
+                                         token=self._creds.session_token, timeout=self._timeout,
+                                         signature_version="4", **self._kwargs)  # v4: STS tokens, every region
         except ValueError:
             raise ProvisionError(
-                f"unknown EC2 region {self.region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
+                f"unknown EC2 region {region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
             ) from None
+        self.region = region
         conn = self._driver.connection
         conn.responseCls = _TolerantResponse
-        self._endpoint = url or f"https://{conn.host}"
-        self._source = creds.source
+        self._endpoint = self._url or f"https://{conn.host}"
+
+    def _recorded_region(self, host_id: str) -> None:
+        """Delete/status go to the region create used (kept in the state folder), whatever is set now."""
+        if self._state_root is None or not self._state_root.is_dir():
+            return
+        for record in self._state_root.glob(f"*/{REGION_RECORD}"):
+            try:
+                data = json.loads(record.read_text())
+            except (OSError, ValueError):
+                continue
+            if data.get("id") == host_id and data.get("region") and data["region"] != self.region:
+                self._use_region(str(data["region"]))
+                return
 
     @contextmanager
     def _api(self, what: str) -> Iterator[None]:
@@ -199,6 +218,8 @@ class EC2Provider:
         return max(images, key=lambda i: i.name).id
 
     def create(self, plan: Plan) -> Host:
+        if plan.region and plan.region != self.region:
+            self._use_region(plan.region)
         d = self._driver
         made: list[tuple[str, str]] = []
         image_id = self.ubuntu_image()
@@ -223,6 +244,8 @@ class EC2Provider:
             except ProvisionError:
                 pass  # the first error is the one to show
             raise
+        record = plan.state_dir / REGION_RECORD
+        record.write_text(json.dumps({"id": node.id, "region": self.region}) + "\n")
         return Host(id=node.id, name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
 
     def _keypair(self, plan: Plan, made: list[tuple[str, str]]) -> str | None:
@@ -289,10 +312,12 @@ class EC2Provider:
         return nodes[0]
 
     def status(self, host_id: str) -> Host:
+        self._recorded_region(host_id)
         return self._host(self._node(host_id))
 
     def delete(self, host_id: str) -> None:
         """Terminate, wait until terminated, then remove the security group and key pair create made."""
+        self._recorded_region(host_id)
         node = self._node(host_id)
         tags = node.extra.get("tags") or {}
         with self._api(f"terminating instance {host_id}"):

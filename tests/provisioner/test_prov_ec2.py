@@ -345,3 +345,19 @@ def test_credentials_chain_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert aws_credentials(None, "FROMFLAG", None, "s1")[:2] == ("FROMFLAG", "s1")
     with pytest.raises(ProvisionError):
         aws_credentials(tmp_path / "missing", None, None, "s1")
+
+
+def test_status_and_delete_use_the_region_create_used(prov_ec2_moto: Moto, tmp_path: Path, monkeypatch) -> None:
+    """Made in us-west-2 while $AWS_REGION says eu-west-1 later: found there, deleted there."""
+    _env_credentials(monkeypatch)
+    plan = _plan(tmp_path, "ec2-west")
+    made_in = make("ec2", tmp_path / "state", Credentials(region="us-west-2"))
+    host = made_in.create(plan)
+    assert json.loads((plan.state_dir / "ec2.json").read_text()) == {"id": host.id, "region": "us-west-2"}
+    later = make("ec2", tmp_path / "state", Credentials())  # $AWS_REGION=eu-west-1
+    assert later.status(host.id).extra["region"] == "us-west-2"
+    later.delete(host.id)
+    west = boto3.client("ec2", endpoint_url=prov_ec2_moto.url, region_name="us-west-2", aws_access_key_id=KEY_ID,
+                        aws_secret_access_key=SECRET)
+    (gone,) = [i for r in west.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    assert gone["State"]["Name"] == "terminated"
