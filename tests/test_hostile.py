@@ -100,7 +100,7 @@ def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
         assert (await refused("not json")).startswith("4000 hello is not JSON")
         http = Hello("http", ["http:example.com"], "x", 1 << 20).encode()
         assert (await refused(http)).startswith("4002 this server serves tcp tunnels")
-        assert (await refused(Hello("tcp", ["tcp:99999"], "x", 1 << 20).encode())).startswith("4003 not a TCP service")
+        assert (await refused(Hello("tcp", ["tcp:99999"], "x", 1 << 20).encode())).startswith("4003 not a TCP or UDP service")
 
     run(scenario())
 
