@@ -18,19 +18,15 @@ from .base import Provisioner
 if TYPE_CHECKING:
     from . import Credentials
 
-CLOUDS = ("gce", "azure", "linode", "vultr", "equinix", "hetzner")
+CLOUDS = ("gce", "azure", "linode", "vultr", "equinix", "hetzner", "scaleway")
 
 #: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
 NOT_OFFERED = {
-    "scaleway": (
-        "not offered: libcloud's Scaleway driver cannot pass cloud-init user-data; Scaleway's own API takes it "
-        "only as a separate PATCH of the server's user_data/cloud-init key before boot, and no API description or "
-        "recorded answers are available here to test that path"
-    ),
     "ovh": (
-        "not offered: libcloud's OVH driver cannot pass user-data; OVH's Public Cloud API accepts userData on "
-        "instance creation through its signed application-key scheme (the ovh SDK), for which no API description "
-        "or recorded answers are available here to test against"
+        "not offered: libcloud's OVH driver cannot pass user-data; OVH's Public Cloud API takes userData when an "
+        "instance is created (POST /cloud/project/ID/instance, signed with the ovh SDK's application keys), but no "
+        "registry package ships OVH's API description or recorded answers to test that against, and inletsctl "
+        "offers no cloud it has not exercised"
     ),
 }
 
@@ -79,13 +75,20 @@ def build(name: str, state_root: Path, creds: "Credentials") -> Provisioner:
         url = _api_url(name, creds, azure.API_URL_ENV)
         principal = azure.service_principal(creds.token_file, creds.token)
         return azure.AzureProvider(principal, parse_api_url(name, url, azure.API_URL_ENV) if url else None)
+    if name == "scaleway":
+        from . import scaleway
+
+        secret = access_token("Scaleway", creds.token_file, creds.token, scaleway.TOKEN_ENV)
+        return scaleway.ScalewayProvider(os.environ.get(scaleway.ACCESS_ENV, "").strip(), secret,
+                                         os.environ.get(scaleway.PROJECT_ENV, "").strip(),
+                                         _api_url(name, creds, scaleway.API_URL_ENV))
     if name in NOT_OFFERED:
         raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
     raise ProvisionError(f"unknown cloud {name!r}")
 
 
 _CLASSES = {"gce": "GCEProvider", "azure": "AzureProvider", "linode": "LinodeProvider", "vultr": "VultrProvider",
-            "equinix": "EquinixProvider", "hetzner": "HetznerProvider"}
+            "equinix": "EquinixProvider", "hetzner": "HetznerProvider", "scaleway": "ScalewayProvider"}
 
 
 def firewall_note(name: str) -> str | None:
@@ -99,12 +102,13 @@ def firewall_note(name: str) -> str | None:
 
 
 HELP_PROVIDERS = (
-    "gce, azure, linode, vultr, equinix (Equinix Metal), hetzner; scaleway and ovh are not offered "
-    "(libcloud cannot pass them user-data: see --provider scaleway)"
+    "gce, azure, linode, vultr, equinix (Equinix Metal), hetzner, scaleway; ovh is not offered "
+    "(see --provider ovh)"
 )
 HELP_ENV = (
     "credentials: vultr $VULTR_API_KEY; linode $LINODE_TOKEN; hetzner $HCLOUD_TOKEN; equinix $METAL_AUTH_TOKEN + "
     "$METAL_PROJECT_ID; gce a service-account key file ($GOOGLE_APPLICATION_CREDENTIALS); azure an sdk-auth file or "
-    "$AZURE_CLIENT_ID/$AZURE_CLIENT_SECRET/$AZURE_TENANT_ID/$AZURE_SUBSCRIPTION_ID"
+    "$AZURE_CLIENT_ID/$AZURE_CLIENT_SECRET/$AZURE_TENANT_ID/$AZURE_SUBSCRIPTION_ID; scaleway $SCW_SECRET_KEY + "
+    "$SCW_ACCESS_KEY + $SCW_DEFAULT_PROJECT_ID"
 )
-HELP_API_ENV = "VULTR_API_URL, LINODE_API_URL, HCLOUD_ENDPOINT, METAL_API_URL, GCE_API_URL, AZURE_API_URL"
+HELP_API_ENV = "VULTR_API_URL, LINODE_API_URL, HCLOUD_ENDPOINT, METAL_API_URL, GCE_API_URL, AZURE_API_URL, SCW_API_URL"

@@ -149,3 +149,19 @@ def make_plan(tmp_path: Path, mode: str = "tcp", ports: str | None = "22,80,443"
 
 if False:  # for type checkers only
     from provisioner.providers.base import Plan
+
+
+def cassette(provider: str, name: str) -> list[tuple[str, str, Answer]]:
+    """(method, path, answer) for every interaction of a VCR cassette under recorded/PROVIDER/."""
+    import yaml
+
+    doc = yaml.safe_load((RECORDED / provider / name).read_text())
+    out = []
+    for item in doc["interactions"]:
+        request, response = item["request"], item["response"]
+        path = urllib.parse.urlsplit(request["uri"]).path
+        body = (response.get("body") or {}).get("string") or ""
+        headers = {k: v[0] for k, v in (response.get("headers") or {}).items()
+                   if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")}
+        out.append((request["method"], path, Answer(int(response["status"]["code"]), body, headers)))
+    return out

@@ -17,7 +17,8 @@ from prov_support import one_line_error, run_cli
 CLOUD_ENV = ("VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CLI_TOKEN", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT", "METAL_AUTH_TOKEN",
              "PACKET_AUTH_TOKEN", "METAL_PROJECT_ID", "PACKET_PROJECT_ID", "INLETS_ACCESS_TOKEN", "VULTR_API_URL",
              "LINODE_API_URL", "METAL_API_URL", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_API_URL",
-             "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID", "AZURE_API_URL")
+             "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID", "AZURE_API_URL",
+             "SCW_SECRET_KEY", "SCW_ACCESS_KEY", "SCW_DEFAULT_PROJECT_ID", "SCW_API_URL", "SCW_DEFAULT_ZONE")
 
 
 @pytest.fixture(autouse=True)
@@ -35,15 +36,15 @@ def api() -> Iterator[RecordedAPI]:
 
 @pytest.mark.parametrize("provider, env", [
     ("vultr", "$VULTR_API_KEY"), ("linode", "$LINODE_TOKEN"), ("hetzner", "$HCLOUD_TOKEN"), ("equinix", "$METAL_AUTH_TOKEN"),
-    ("gce", "$GOOGLE_APPLICATION_CREDENTIALS"), ("azure", "$AZURE_CLIENT_ID"),
+    ("gce", "$GOOGLE_APPLICATION_CREDENTIALS"), ("azure", "$AZURE_CLIENT_ID"), ("scaleway", "$SCW_SECRET_KEY"),
 ])
 def test_missing_credentials_name_every_way(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str, env: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
     one_line_error(result, "--access-token-file", "--access-token", env)
 
 
-@pytest.mark.parametrize("provider", ["scaleway", "ovh"])
-def test_scaleway_and_ovh_say_why_they_are_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
+@pytest.mark.parametrize("provider", ["ovh"])
+def test_ovh_says_why_it_is_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
     one_line_error(result, f"--provider {provider}: not offered", "user-data")
 

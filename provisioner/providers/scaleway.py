@@ -1,0 +1,193 @@
+"""Scaleway Instances through Scaleway's official Python SDK (libcloud's driver cannot pass user-data).
+
+The supported way to give a Scaleway server cloud-init user-data is the Instance API's
+``PATCH .../servers/ID/user_data/cloud-init`` (``set_server_user_data`` in the SDK)
+between creating the server (stopped) and powering it on, which is what this does.
+Each server gets a security group of its own that drops everything inbound except the
+tunnel's ports; it is deleted after the server. Credentials: the secret key from
+``--access-token-file``, ``--access-token`` or $SCW_SECRET_KEY, with
+$SCW_DEFAULT_PROJECT_ID; ``--api-url`` or $SCW_API_URL (the SDK's own variable)
+points it elsewhere. Host ids are ``ZONE/ID``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import requests
+
+from ..cloud import mode_from_tags, tag_list
+from ..errors import NotFound, ProvisionError
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+
+TOKEN_ENV = ("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN")
+PROJECT_ENV = "SCW_DEFAULT_PROJECT_ID"
+ACCESS_ENV = "SCW_ACCESS_KEY"
+API_URL_ENV = "SCW_API_URL"
+DEFAULT_API_URL = "https://api.scaleway.com"
+DEFAULT_REGION = "fr-par-1"  # a zone
+DEFAULT_SIZE = "DEV1-S"
+DEFAULT_IMAGE = "ubuntu_noble"  # image label: Ubuntu 24.04 LTS
+GONE_TIMEOUT = 300.0
+MAX_PAGES, PAGE_SIZE = 20, 100
+
+
+class ScalewayProvider:
+    name = "scaleway"
+    user_data_limit = 64 * 1024  # conservative: well under what the user_data endpoint takes
+    poll_interval = 3.0
+    keeps_server_key = False
+    firewall_note = "security group dropping every inbound port but the tunnel's"
+
+    def __init__(self, access_key: str, secret_key: str, project_id: str, api_url: str | None = None,
+                 zone: str | None = None) -> None:
+        from scaleway import Client
+        from scaleway.instance.v1.custom_api import InstanceUtilsV1API
+
+        if not access_key or not project_id:
+            raise ProvisionError(f"Scaleway needs ${ACCESS_ENV} and ${PROJECT_ENV} set as well as the secret key")
+        self._url = (api_url or DEFAULT_API_URL).rstrip("/")
+        if not self._url.startswith(("http://", "https://")):
+            raise ProvisionError(f"invalid Scaleway API URL {api_url!r} (--api-url or ${API_URL_ENV}): use http(s)://HOST[:PORT]")
+        self.zone = zone or os.environ.get("SCW_DEFAULT_ZONE") or DEFAULT_REGION
+        client = Client(access_key=access_key, secret_key=secret_key, api_url=self._url,
+                        api_allow_insecure=self._url.startswith("http://"), default_project_id=project_id,
+                        default_zone=self.zone)
+        self._project = project_id
+        try:
+            self._api_client = InstanceUtilsV1API(client)  # validates the key formats
+        except ValueError as exc:
+            raise ProvisionError(f"scaleway: {str(exc).split('. See')[0]}") from None
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        from scaleway_core.api import ScalewayException
+
+        try:
+            yield
+        except ScalewayException as exc:
+            code = exc.status_code
+            text = " ".join(exc.response.text.split())[:300]
+            try:
+                text = str(exc.response.json().get("message") or text)
+            except ValueError:
+                pass
+            if code == 404:
+                raise NotFound(f"scaleway: not found while {what}") from None
+            if code in (401, 403):
+                raise ProvisionError(f"scaleway: secret key rejected ({code}) while {what}: {text}") from None
+            raise ProvisionError(f"scaleway: {what} failed ({code}): {text}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ProvisionError(f"scaleway: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProvisionError(f"scaleway: unexpected answer while {what}: {' '.join(str(exc).split())[:300]}") from None
+
+    def create(self, plan: Plan) -> Host:
+        from scaleway.instance.v1 import (
+            SecurityGroupPolicy, SecurityGroupRuleAction, SecurityGroupRuleDirection, SecurityGroupRuleProtocol,
+            ServerAction,
+        )
+
+        api, zone = self._api_client, plan.region or self.zone
+        with self._api(f"creating security group for {plan.name!r}"):
+            group = api.create_security_group(
+                zone=zone, name=firewall_name(plan.name), description=f"inlets exit server {plan.name}", stateful=True,
+                project=self._project, tags=[TAG], inbound_default_policy=SecurityGroupPolicy.DROP,
+                outbound_default_policy=SecurityGroupPolicy.ACCEPT, enable_default_security=True,
+            ).security_group
+        server_id = None
+        try:
+            with self._api(f"adding security group rules for {plan.name!r}"):
+                position = 0
+                for rule in inbound_rules(plan.spec):
+                    for ip_range in (ANY_IPV4, ANY_IPV6):
+                        position += 1
+                        api.create_security_group_rule(
+                            zone=zone, security_group_id=group.id, protocol=SecurityGroupRuleProtocol.TCP,
+                            direction=SecurityGroupRuleDirection.INBOUND, action=SecurityGroupRuleAction.ACCEPT,
+                            ip_range=ip_range, position=position, editable=True, dest_port_from=rule.port,
+                        )
+            with self._api(f"creating server {plan.name!r}"):
+                server = api.create_server(
+                    zone=zone, commercial_type=plan.size or DEFAULT_SIZE, name=plan.name, image=DEFAULT_IMAGE,
+                    dynamic_ip_required=True, project=self._project, tags=tag_list(plan), security_group=group.id,
+                ).server
+                server_id = server.id
+            with self._api(f"setting the cloud-init user-data of {plan.name!r}"):
+                api.set_server_user_data(server_id=server_id, key="cloud-init", content=plan.user_data.encode(), zone=zone)
+            with self._api(f"powering on {plan.name!r}"):
+                api.server_action(server_id=server_id, zone=zone, action=ServerAction.POWERON)
+        except BaseException:
+            if server_id is not None:
+                self._quiet(lambda: api.delete_server(server_id=server_id, zone=zone))
+            self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
+            raise
+        return Host(id=f"{zone}/{server_id}", name=plan.name, provider=self.name, status="starting", mode=plan.spec.mode)
+
+    def _quiet(self, call: Any) -> None:
+        try:
+            with self._api("cleaning up"):
+                call()
+        except ProvisionError:
+            pass
+
+    def _split(self, host_id: str) -> tuple[str, str]:
+        zone, _, server_id = host_id.partition("/")
+        if not zone or not server_id:
+            raise NotFound(f"scaleway: no server {host_id!r} (ids are ZONE/ID)")
+        return zone, server_id
+
+    def status(self, host_id: str) -> Host:
+        zone, server_id = self._split(host_id)
+        with self._api(f"reading server {host_id}"):
+            return self._host(self._api_client.get_server(server_id=server_id, zone=zone).server)
+
+    def delete(self, host_id: str) -> None:
+        """Terminate the server (its volumes and IP go with it), wait until gone, delete its security group."""
+        from scaleway.instance.v1 import ServerAction
+
+        zone, server_id = self._split(host_id)
+        api = self._api_client
+        with self._api(f"reading server {host_id}"):
+            server = api.get_server(server_id=server_id, zone=zone).server
+        with self._api(f"terminating server {host_id}"):
+            api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
+        deadline = time.monotonic() + GONE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.status(host_id)
+            except NotFound:
+                break
+            time.sleep(self.poll_interval)
+        group = server.security_group
+        if group is not None and str(group.name or "").startswith("inlets-"):
+            self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
+
+    def list(self) -> list[Host]:
+        servers: list[Any] = []
+        with self._api("listing servers"):
+            for page in range(1, MAX_PAGES + 1):  # bounded (the SDK's list_servers_all is not)
+                batch = self._api_client.list_servers(zone=self.zone, project=self._project, tags=[TAG],
+                                                      page=page, per_page=PAGE_SIZE).servers
+                servers += batch
+                if len(batch) < PAGE_SIZE:
+                    break
+        return [self._host(s) for s in servers]
+
+    def _host(self, server: Any) -> Host:
+        addresses = [ip.address for ip in (server.public_ips or []) if ip.family == "inet"]
+        ip = (server.public_ip.address if server.public_ip else None) or (addresses[0] if addresses else None)
+        state = str(getattr(server.state, "value", server.state))
+        tags = list(server.tags or [])
+        return Host(
+            id=f"{server.zone}/{server.id}", name=str(server.name), provider=self.name,
+            status=ACTIVE if state == "running" else state, ip=ip, mode=mode_from_tags(tags),
+            created_at=server.creation_date.strftime("%Y-%m-%dT%H:%M:%SZ") if server.creation_date else None,
+            expires_at=parse_expiry_tag(tags),
+            detail=f"server state {state!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            extra={"zone": str(server.zone)},
+        )

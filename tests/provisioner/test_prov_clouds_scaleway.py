@@ -1,0 +1,101 @@
+"""Scaleway: the official scaleway SDK makes real HTTP requests to a loopback server that
+replays the VCR cassettes recorded against the real Instance API and shipped in the SDK's
+own sdist (create server, get, set user-data, list, delete). Security-group and
+server-action answers are hand-written (no recording of them exists; recorded/README.md).
+Scaleway's OpenAPI documents are published on its website only, so Prism is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytest.importorskip("scaleway", reason="the scaleway SDK is not installed (pip install scaleway)")
+
+from prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded  # noqa: E402
+from provisioner.errors import NotFound, ProvisionError  # noqa: E402
+from provisioner.providers.scaleway import ScalewayProvider  # noqa: E402
+
+ZONE = "/instance/v1/zones/fr-par-1"
+PROJECT = "11111111-1111-1111-1111-111111111111"
+NEW = "07626ecf-f52e-43b6-b098-70f435b155e8"  # the server test_create_new_server recorded
+OLD = "66a3b25b-4518-43c3-9e61-33b82873d617"  # the one server.cassette recorded
+SG = "0a1b2c3d-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def api() -> Iterator[RecordedAPI]:
+    server = RecordedAPI()
+    for name in ("test_create_new_server.cassette.yaml", "server.cassette.yaml", "test_list_server.cassette.yaml"):
+        for method, path, answer in cassette("scaleway", name):
+            if method != "GET" or path != f"{ZONE}/servers":
+                server.route(method, re.escape(path), answer)
+    ((_, _, listed),) = cassette("scaleway", "test_list_server.cassette.yaml")
+    server.route("GET", f"{ZONE}/servers", listed)
+    ((_, _, set_data), _) = cassette("scaleway", "test_set_and_get_server_user_data.cassette.yaml")
+    server.route("PATCH", f"{ZONE}/servers/[-0-9a-f]+/user_data/cloud-init", set_data)
+    server.route("POST", f"{ZONE}/security_groups", Answer(201, recorded("scaleway", "handwritten_security_group_create.json")))
+    server.route("POST", f"{ZONE}/security_groups/{SG}/rules", Answer(201, recorded("scaleway", "handwritten_security_group_rule_create.json")))
+    server.route("DELETE", f"{ZONE}/security_groups/{SG}", Answer(204))
+    server.route("POST", f"{ZONE}/servers/[-0-9a-f]+/action", Answer(202, recorded("scaleway", "handwritten_server_action.json")))
+    yield server
+    server.close()
+
+
+def provider(api: RecordedAPI) -> ScalewayProvider:
+    p = ScalewayProvider("SCWXXXXXXXXXXXXXXXXX", "00000000-0000-4000-8000-00000000000a", PROJECT, api.url)
+    p.poll_interval = 0.01
+    return p
+
+
+def test_create_sets_cloud_init_then_powers_on_behind_its_own_group(api: RecordedAPI, tmp_path: Path) -> None:
+    plan = make_plan(tmp_path, ports="22,80,443")
+    host = provider(api).create(plan)
+    assert host.id == f"fr-par-1/{NEW}"
+    (sg,) = api.requests("POST", f"{ZONE}/security_groups")
+    assert sg.json["inbound_default_policy"] == "drop" and sg.json["name"] == "inlets-rec-check"
+    rules = [r.json for r in api.requests("POST", f"{ZONE}/security_groups/{SG}/rules")]
+    assert sorted((r["dest_port_from"], r["ip_range"]) for r in rules) == sorted(
+        (p, ip) for p in (22, 80, 443, 8123) for ip in ("0.0.0.0/0", "::/0"))
+    assert all(r["protocol"].upper() == "TCP" and r["direction"] == "inbound" and r["action"] == "accept" for r in rules)
+    (create,) = api.requests("POST", f"{ZONE}/servers")
+    assert create.json["tags"] == ["inlets", "inlets-mode:tcp", "inlets-expires:1893553445"]
+    assert create.json["security_group"] == SG and create.json["image"] == "ubuntu_noble"
+    assert create.json["commercial_type"] == "DEV1-S" and create.json["project"] == PROJECT
+    (data,) = api.requests("PATCH", f"{ZONE}/servers/{NEW}/user_data/cloud-init")
+    assert data.raw.decode() == plan.user_data and data.headers["Content-Type"] == "text/plain"
+    (action,) = api.requests("POST", f"{ZONE}/servers/{NEW}/action")
+    assert action.json["action"] == "poweron"
+    order = [s.method + " " + s.path.rsplit("/", 1)[-1] for s in api.seen]
+    assert order.index("PATCH cloud-init") < order.index("POST action")  # user-data before the first boot
+    assert {k.lower(): v for k, v in create.headers.items()}["x-auth-token"] == "00000000-0000-4000-8000-00000000000a"
+    assert api.unrouted() == []
+
+
+def test_status_list_by_tag_and_delete(api: RecordedAPI) -> None:
+    p = provider(api)
+    host = p.status(f"fr-par-1/{OLD}")
+    assert host.status == "stopped" and host.name == "test-sdk-python-fixture"
+    assert p.list() and api.requests("GET", f"{ZONE}/servers")[0].query["tags"] == ["inlets"]
+    recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
+    body = json.loads(recorded_get.body)
+    body["server"]["security_group"] = {"id": SG, "name": "inlets-rec-check"}
+    api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
+                          [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
+    p.delete(f"fr-par-1/{OLD}")
+    assert api.requests("POST", f"{ZONE}/servers/{OLD}/action")[0].json["action"] == "terminate"
+    assert api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
+    with pytest.raises(NotFound):
+        p.status(f"fr-par-1/{OLD}")
+
+
+def test_refused_create_cleans_up_with_one_line(api: RecordedAPI, tmp_path: Path) -> None:
+    api.routes.insert(0, ("POST", re.compile(f"{ZONE}/servers"), Answer(400, {
+        "type": "invalid_arguments", "message": "commercial type DEV1-NOPE is not available"})))
+    with pytest.raises(ProvisionError, match=r"\(400\): commercial type DEV1-NOPE") as info:
+        provider(api).create(make_plan(tmp_path, size="DEV1-NOPE"))
+    assert "\n" not in str(info.value) and api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
