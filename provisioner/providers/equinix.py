@@ -3,7 +3,8 @@
 Equinix Metal has no cloud firewall in front of a device: every port of its public IP
 is reachable, and only the exit server's own listeners (8123 and the asked ports)
 answer. The summary says so. The endpoint can be pointed elsewhere with ``--api-url``
-or $METAL_API_URL.
+or $METAL_API_URL. Equinix announced the end of Metal for 30 June 2026: this provider
+stays for accounts and compatible endpoints that still answer its API.
 """
 
 from __future__ import annotations
