@@ -26,7 +26,7 @@ import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2NodeDriver, EC2Response
+from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
 from libcloud.compute.types import NodeState
 
 from ..credentials import access_token
@@ -79,6 +79,26 @@ class _TolerantResponse(EC2Response):
         if any(code in _CRED_CODES for code, _ in found):
             raise InvalidCredsError(codes[0])
         return "; ".join(codes) or f"HTTP {self.status}"
+
+
+class _Connection(EC2Connection):
+    """RunInstances as a form POST: libcloud sends every call as GET, which puts up to 16 KiB of
+    user-data (~30 KB once base64- and URL-encoded) into the URL; AWS takes the same parameters
+    in a POST body (signed with SigV4's payload hash), and URLs that long are refused on the way."""
+
+    responseCls = _TolerantResponse
+
+    def request(self, action: str, params: Any = None, data: Any = None, headers: Any = None,
+                method: str = "GET", **kwargs: Any) -> Any:
+        if method == "GET" and params and params.get("Action") == "RunInstances" and not data:
+            body = urllib.parse.urlencode({"Version": self.version, **params})
+            headers = {**(headers or {}), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+            return super().request(action, params={}, data=body, headers=headers, method="POST", **kwargs)
+        return super().request(action, params=params, data=data, headers=headers, method=method, **kwargs)
+
+
+class _Driver(EC2NodeDriver):
+    connectionCls = _Connection
 
 
 @dataclass(frozen=True)
@@ -164,16 +184,15 @@ class EC2Provider:
 
     def _use_region(self, region: str) -> None:
         try:
-            self._driver = EC2NodeDriver(self._creds.key_id, self._creds.secret, region=region,
-                                         token=self._creds.session_token, timeout=self._timeout,
-                                         signature_version="4", **self._kwargs)  # v4: STS tokens, every region
+            self._driver = _Driver(self._creds.key_id, self._creds.secret, region=region,
+                                   token=self._creds.session_token, timeout=self._timeout,
+                                   signature_version="4", **self._kwargs)  # v4: STS tokens, every region
         except ValueError:
             raise ProvisionError(
                 f"unknown EC2 region {region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
             ) from None
         self.region = region
         conn = self._driver.connection
-        conn.responseCls = _TolerantResponse
         self._endpoint = self._url or f"https://{conn.host}"
 
     def _recorded_region(self, host_id: str) -> None:

@@ -238,6 +238,8 @@ def test_user_data_just_under_16_kib_is_sent_whole(prov_ec2_moto: Moto, tmp_path
     host = provider.create(Plan(plan.name, plan.spec, padded, plan.state_dir, expires_at=plan.expires_at))
     sent = prov_ec2_moto.client().describe_instance_attribute(InstanceId=host.id, Attribute="userData")
     assert base64.b64decode(sent["UserData"]["Value"]).decode() == padded
+    log = prov_ec2_moto.log.read_text(errors="replace")
+    assert "RunInstances" not in log and '"POST / HTTP/1.1" 200' in log  # in a form body, not the URL
 
 
 def test_bad_plan_is_one_line_and_leaves_nothing_behind(
