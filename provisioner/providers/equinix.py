@@ -17,7 +17,7 @@ from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
 from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
-from ..errors import NotFound, ProvisionError
+from ..errors import ProvisionError
 from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
 
 TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN")
