@@ -40,11 +40,14 @@ _INSTALL = r"""
 set -eu
 name={name}; stage={stage}; py={py}; wheel={wheel}; sup={sup}
 conf=/etc/inlets/$name; opt=/opt/inlets/$name; venv=$opt/venv
-fail() {{ echo "$*" >&2; rm -rf "$stage"; exit 3; }}
+fail() {{ echo "$*" >&2; exit 3; }}
+trap 'rm -rf "$stage"' EXIT
 if [ "$sup" = auto ]; then if [ -d /run/systemd/system ]; then sup=systemd; else sup=plain; fi; fi
 if [ "$sup" = systemd ] && [ ! -d /run/systemd/system ]; then fail "systemd is not running on this host: use --supervisor plain"; fi
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
+# from here on a failure leaves nothing of this exit server behind
+trap 'rm -rf "$stage" "$conf" "$opt"; rm -f "/etc/systemd/system/inlets-$name.service"' EXIT
 owner=root
 if [ "$sup" = systemd ]; then
   id -u inlets >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin inlets
@@ -78,7 +81,7 @@ else
   setsid nohup "$opt/supervise" >>"$opt/server.log" 2>&1 </dev/null &
   i=0; while [ ! -s "$opt/supervisor.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 fi
-rm -rf "$stage"
+trap 'rm -rf "$stage"' EXIT
 echo "$sup"
 """
 
@@ -114,7 +117,8 @@ sup=$(cat "$opt/supervisor" 2>/dev/null || echo installing)
 case "$sup" in
   systemd) echo "systemd $(systemctl is-active inlets-{name}.service 2>/dev/null || true)";;
   plain) pid=$(cat "$opt/supervisor.pid" 2>/dev/null || true)
-         if [ -n "$pid" ] && grep -q "$opt/supervise" "/proc/$pid/cmdline" 2>/dev/null; then echo "plain active"; else echo "plain stopped"; fi;;
+         if [ -n "$pid" ] && grep -q "$opt/supervise" "/proc/$pid/cmdline" 2>/dev/null; then echo "plain active"
+         else echo "plain stopped: $(grep -v '^supervise:' "$opt/server.log" 2>/dev/null | tail -n 1)"; fi;;
   *) echo "$sup";;
 esac
 """
@@ -242,7 +246,8 @@ class SshProvider:
         if seen == "absent":
             raise NotFound(f"ssh: exit server {name} is not installed on {opts.host}")
         sup, _, state = seen.partition(" ")
-        status = ACTIVE if state == "active" else FAILED if state in ("stopped", "failed") else state or seen
+        word = state.split(":", 1)[0]
+        status = ACTIVE if word == "active" else FAILED if word in ("stopped", "failed") else word or seen
         return Host(
             id=host_id_, name=name, provider=self.name, status=status, ip=opts.host, data_addr=opts.data_addr,
             detail=f"{sup} supervisor: {state or seen} on {opts.target}", extra={"supervisor": sup},

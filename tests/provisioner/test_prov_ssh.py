@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -141,6 +142,7 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     assert status.json()["vm"].startswith("plain supervisor: active")
 
     supervisor = int(Path(f"/opt/inlets/{name}/supervisor.pid").read_text())
+    _plain_supervisor_restarts_the_server(supervisor, control, state / "ca.crt")
     deleted = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
     assert deleted.code == 0, deleted.err
     assert not Path(f"/opt/inlets/{name}").exists() and not Path(f"/etc/inlets/{name}").exists()
@@ -148,6 +150,39 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     assert not Path(f"/proc/{supervisor}").exists() or b"supervise" not in Path(f"/proc/{supervisor}/cmdline").read_bytes()
     again = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
     one_line_error(again, "no exit server named")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _plain_supervisor_restarts_the_server(supervisor: int, control: int, ca: Path) -> None:
+    """Like the unit's Restart=always: a killed server is started again and answers /healthz."""
+    from provisioner.wait import healthz_error
+
+    (server,) = _children(supervisor)
+    os.kill(server, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        error = healthz_error("127.0.0.1", control, ca)
+        restarted = [c for c in _children(supervisor) if c != server]
+        if error is None and restarted:
+            return
+        assert time.monotonic() < deadline, f"the plain supervisor did not restart the server: {error}"
+        time.sleep(0.2)
+
+
+def test_install_failure_leaves_nothing_behind(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--remote-python") + 1] = "/nonexistent/python3"
+    result = run_cli(capsys, "create", prov_ssh_name, *args)
+    one_line_error(result, "installing on 127.0.0.1 failed", "no /nonexistent/python3 on the host", "--remote-python")
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not Path(f"/etc/inlets/{prov_ssh_name}").exists()
+    assert not list(Path("/tmp").glob("inletsctl.*/server.key"))  # the uploaded secrets went with the stage
+    assert not (tmp_path / "state" / prov_ssh_name).exists()
 
 
 def test_unknown_host_key_is_refused(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
