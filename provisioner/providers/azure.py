@@ -57,7 +57,7 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
     if missing:
         raise ProvisionError(
             "no Azure service principal: give --access-token-file AUTH.json (az ad sp create-for-rbac --sdk-auth), "
-            f"or set {', '.join('$' + n for n in missing)}"
+            f"or set {', '.join('$' + n for n in missing)} (--access-token may give the client secret)"
         )
     return {"client": values["AZURE_CLIENT_ID"], "secret": values["AZURE_CLIENT_SECRET"],
             "tenant": values["AZURE_TENANT_ID"], "subscription": values["AZURE_SUBSCRIPTION_ID"]}
