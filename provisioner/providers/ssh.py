@@ -70,8 +70,9 @@ if ! $pip install --no-index "$opt/$wheel" >/dev/null 2>&1; then
   $pip install "$opt/$wheel" >&2 || fail "pip could not install the runtime's dependencies from the host's package index"
 fi
 "$venv/bin/inlets" --help >/dev/null 2>&1 || fail "the installed runtime does not start: $venv/bin/inlets --help failed"
+install -m 0644 "$stage/unit" "$opt/inlets-$name.service"  # kept under plain too: the unit to switch to later
 if [ "$sup" = systemd ]; then
-  install -m 0644 "$stage/unit" "/etc/systemd/system/inlets-$name.service"
+  install -m 0644 "$opt/inlets-$name.service" "/etc/systemd/system/inlets-$name.service"
   echo systemd > "$opt/supervisor"
   systemctl daemon-reload
   systemctl enable --now "inlets-$name.service" >&2

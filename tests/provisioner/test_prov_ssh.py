@@ -128,6 +128,7 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
         assert stat.S_IMODE(os.stat(f"/etc/inlets/{name}/{secret}").st_mode) == 0o600
     assert Path(f"/etc/inlets/{name}/token").read_text().strip() == token
     assert Path(f"/opt/inlets/{name}/supervisor").read_text().strip() == "plain"
+    _unit_is_the_one_cloud_init_gets(name, Path(f"/opt/inlets/{name}/inlets-{name}.service"), port, control)
     assert time.monotonic() - started < 60
 
     with http_upstream(port), run_client(summary["client_command"], tmp_path / "client.log"):
@@ -150,6 +151,21 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     assert not Path(f"/proc/{supervisor}").exists() or b"supervise" not in Path(f"/proc/{supervisor}/cmdline").read_bytes()
     again = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
     one_line_error(again, "no exit server named")
+
+
+def _unit_is_the_one_cloud_init_gets(name: str, unit: Path, port: int, control: int) -> None:
+    """Under plain the unit is kept beside the venv: render.systemd_unit's, and systemd-analyze verifies it."""
+    from provisioner.render import systemd_unit
+    from provisioner.spec import ServerFiles, build_spec, server_argv
+
+    spec = build_spec("tcp", str(port), [], control_port=control)
+    files = ServerFiles(f"/etc/inlets/{name}/token", f"/etc/inlets/{name}/server.crt", f"/etc/inlets/{name}/server.key")
+    argv = server_argv(spec, files, [f"/opt/inlets/{name}/venv/bin/inlets"], data_addr=DATA_ADDR)
+    assert unit.read_text() == systemd_unit(argv, "tcp")
+    tool = shutil.which("systemd-analyze")
+    if tool is not None:  # Debian's systemd package; the template tests report its absence
+        result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and unit.name not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
 def _children(pid: int) -> list[int]:
