@@ -298,6 +298,10 @@ class EC2Provider:
             group = self._driver.ex_create_security_group(name, f"inlets exit server {plan.name} ({plan.spec.mode})")
             group_id = group["group_id"]
             made.append(("group", group_id))
+            # tagged too: a group left behind (an instance its --ttl terminated) is still findable
+            tags = {"ResourceId.1": group_id, "Tag.1.Key": TAG, "Tag.1.Value": "true", "Tag.2.Key": "inlets-name",
+                    "Tag.2.Value": plan.name}  # (libcloud's ex_create_tags numbers resources from 0)
+            self._driver.connection.request(self._driver.path, params={"Action": "CreateTags", **tags})
             for port in inbound_ports(plan.spec):  # IPv4: default VPCs have no IPv6
                 self._driver.ex_authorize_security_group_ingress(group_id, port, port, cidr_ips=[ANY_IPV4], protocol="tcp")
         return group_id

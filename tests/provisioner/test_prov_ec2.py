@@ -184,6 +184,9 @@ def test_lifecycle_key_pair_exact_rules_user_data_list_delete(
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group_id]
     # exactly the control port and the asked ports, 22 and 80 (under 1024) included; nothing else
     assert _rules(ec2, group_id) == [("tcp", p, p, ["0.0.0.0/0"]) for p in (22, 80, 443, 8123)]
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    assert group["GroupName"] == "inlets-ec2-life"
+    assert {t["Key"]: t["Value"] for t in group["Tags"]} == {"inlets": "true", "inlets-name": "ec2-life"}
     sent = ec2.describe_instance_attribute(InstanceId=host.id, Attribute="userData")["UserData"]["Value"]
     assert base64.b64decode(sent).decode() == plan.user_data
     assert plan.user_data.startswith("#cloud-config")

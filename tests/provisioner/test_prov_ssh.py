@@ -268,3 +268,29 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--supervisor", "runit", *state),
                    "unknown --supervisor")
     one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host is for --provider ssh")
+
+
+def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """--mode http over SSH, host key already in known_hosts (as after ssh-keyscan or a first login)."""
+    inlets = Path(sys.executable).with_name("inlets")
+    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
+    known = tmp_path / "known_hosts"
+    key = (prov_ssh_sshd.client_key.parent / "host_key.pub").read_text().split()
+    known.write_text(f"[127.0.0.1]:{prov_ssh_sshd.port} {key[0]} {key[1]}\n")
+    data_port, upstream_port, control = free_port(DATA_ADDR), free_port(), free_port()
+    created = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(
+        prov_ssh_sshd, tmp_path, "--mode", "http", "--domain", "site.example.test", "--http-port", str(data_port),
+        "--upstream", f"http://127.0.0.1:{upstream_port}", "--control-port", str(control), "--data-addr", DATA_ADDR,
+        "--json", "--timeout", "60"))
+    assert created.code == 0, created.err
+    summary = created.json()
+    assert known.read_text().count("\n") == 1  # trusted from known_hosts: nothing added
+    try:
+        with http_upstream(upstream_port), run_client(summary["client_command"], tmp_path / "client.log"):
+            logs = (tmp_path / "client.log", Path(f"/opt/inlets/{prov_ssh_name}/server.log"))
+            body = get_through(f"http://{DATA_ADDR}:{data_port}/by-host", host="site.example.test", logs=logs)
+            assert body == "hello from the upstream, path=/by-host"
+    finally:
+        deleted = run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
+        assert deleted.code == 0, deleted.err
