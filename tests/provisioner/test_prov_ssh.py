@@ -83,6 +83,11 @@ def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        for parent in ("/opt/inlets", "/etc/inlets"):  # the tests' exit servers lived here; leave no empty folders
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
 
 
 @pytest.fixture
