@@ -299,3 +299,14 @@ def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh
     finally:
         deleted = run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
         assert deleted.code == 0, deleted.err
+
+
+def test_supervisor_systemd_where_systemd_is_not_pid_1_is_one_line(
+    prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys
+) -> None:
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd runs on this machine: the refusal under test cannot happen here")
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--supervisor") + 1] = "systemd"
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "systemd is not running on this host", "--supervisor plain")
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
