@@ -27,7 +27,7 @@ class UpstreamTimeout(Exception):
 
 class Leg:
     __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
-                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop")
+                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener")
 
     def __init__(self, session: Session, service: str) -> None:
         self.session = session
@@ -42,6 +42,7 @@ class Leg:
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
         self._unconsumed = 0
+        self.listener = None  # the fast path's connection (``on_leg``), instead of a waiting coroutine
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
         self.channel: Channel = session.open_stream(service, self)  # StreamError when it cannot
@@ -171,6 +172,9 @@ class Leg:
                 self.channel.reset(ResetCode.CANCEL, "proxy closed the exchange")
 
     def _wake(self) -> None:
+        if self.listener is not None:
+            self.listener.on_leg()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

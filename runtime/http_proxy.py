@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .bridge import tune_socket
+from . import http_fast
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
 from .http_upgrade import switch_protocols
@@ -54,6 +55,7 @@ class FrontConnection(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
+        self.fast: http_fast.FastExchange | None = None  # a plain request run by callbacks (http_fast)
 
     # ------------------------------------------------------------------ socket
 
@@ -89,7 +91,27 @@ class FrontConnection(asyncio.Protocol):
         if self.buffered > HIGH_WATER and not self._paused_reading:
             self.transport.pause_reading()  # type: ignore[union-attr]
             self._paused_reading = True
-        self._wake()
+        self._resume_requests()
+
+    def _resume_requests(self) -> None:
+        """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
+        if self.fast is not None:
+            return  # the coroutine stays parked until the exchange in flight is done
+        events = self.events
+        if self.idle_since is not None and events and type(events[0]) is RequestHead and self.transport is not None:
+            head: RequestHead = events[0]  # type: ignore[assignment]
+            if http_fast.eligible(head) and http_fast.try_start(self, head):
+                self.idle_since = None
+                events.popleft()
+                if events and type(events[0]) is EndOfMessage:
+                    events.popleft()
+                return
+        if events or self.eof:
+            self._wake()
+
+    def on_leg(self) -> None:
+        """News from the fast path's leg."""
+        http_fast.progress(self)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -99,6 +121,7 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.transport = None
+        http_fast.abandon(self)
         self._wake()
         drain = self._drain
         if drain is not None and not drain.done():
@@ -111,6 +134,7 @@ class FrontConnection(asyncio.Protocol):
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
+        http_fast.resumed(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -118,9 +142,9 @@ class FrontConnection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _next(self) -> Event | HttpError | None:
-        """Next event from the user; ``None`` once the user closed."""
-        while not self.events:
-            if self.eof:
+        """Next event from the user; ``None`` once the user closed. Waits while the fast path runs."""
+        while self.fast is not None or not self.events:
+            if self.eof and self.fast is None:
                 return None
             self._waiter = self._loop.create_future()
             try:
