@@ -42,7 +42,7 @@ class Leg:
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
         self._unconsumed = 0
-        self.listener = None  # the fast path's connection (``on_leg``), instead of a waiting coroutine
+        self.listener = None  # the connection whose exchange this leg answers (``on_leg``), else a coroutine waits
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
         self.channel: Channel = session.open_stream(service, self)  # StreamError when it cannot

@@ -1,11 +1,14 @@
 """One user connection on the HTTP data plane: parse, route, forward, answer.
 
-The socket side is an ``asyncio.Protocol`` that feeds a ``RequestReader``; one
-coroutine per connection takes the requests in order, routes each by Host to a
-tunnel client (``Leg``), streams bodies both ways and keeps both legs alive
-between requests. Bodies are never held whole: reading from the user pauses when
-the queue passes ``HIGH_WATER``, and credit returns to the tunnel only once the
-user's socket took the bytes.
+The socket side is an ``asyncio.Protocol`` that feeds a ``RequestReader``. Requests
+are taken in order and routed by Host to a tunnel client (``Leg``); both legs stay
+alive between requests. A plain request is sent straight from ``data_received``
+(the fast path); one with a body, an upgrade or a refusal goes through the
+connection's coroutine, which streams the body as it arrives. Either way the
+response is passed on by the stream's callbacks (``http_exchange``). Bodies are
+never held whole: reading from the user pauses when the queue passes
+``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
+the bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from . import http_exchange
 from .bridge import tune_socket
-from . import http_fast
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
 from .http_upgrade import switch_protocols
@@ -55,7 +58,8 @@ class FrontConnection(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
-        self.fast: http_fast.FastExchange | None = None  # a plain request run by callbacks (http_fast)
+        self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
+        self.parked = False  # the fast path owns the connection: the coroutine waits (http_exchange)
 
     # ------------------------------------------------------------------ socket
 
@@ -95,12 +99,12 @@ class FrontConnection(asyncio.Protocol):
 
     def _resume_requests(self) -> None:
         """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
-        if self.fast is not None:
+        if self.parked:
             return  # the coroutine stays parked until the exchange in flight is done
         events = self.events
         if self.idle_since is not None and events and type(events[0]) is RequestHead and self.transport is not None:
             head: RequestHead = events[0]  # type: ignore[assignment]
-            if http_fast.eligible(head) and http_fast.try_start(self, head):
+            if http_exchange.eligible(head) and http_exchange.try_start(self, head):
                 self.idle_since = None
                 events.popleft()
                 if events and type(events[0]) is EndOfMessage:
@@ -110,8 +114,8 @@ class FrontConnection(asyncio.Protocol):
             self._wake()
 
     def on_leg(self) -> None:
-        """News from the fast path's leg."""
-        http_fast.progress(self)
+        """News on the leg of the exchange in flight."""
+        http_exchange.progress(self)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -121,7 +125,7 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.transport = None
-        http_fast.abandon(self)
+        http_exchange.abandon(self)
         self._wake()
         drain = self._drain
         if drain is not None and not drain.done():
@@ -134,7 +138,7 @@ class FrontConnection(asyncio.Protocol):
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
-        http_fast.resumed(self)
+        http_exchange.resumed(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -143,8 +147,8 @@ class FrontConnection(asyncio.Protocol):
 
     async def _next(self) -> Event | HttpError | None:
         """Next event from the user; ``None`` once the user closed. Waits while the fast path runs."""
-        while self.fast is not None or not self.events:
-            if self.eof and self.fast is None:
+        while self.parked or not self.events:
+            if self.eof and not self.parked:
                 return None
             self._waiter = self._loop.create_future()
             try:
@@ -158,21 +162,6 @@ class FrontConnection(asyncio.Protocol):
                 self._paused_reading = False
                 self.transport.resume_reading()
         return event
-
-    async def _drained(self) -> None:
-        if self._drain is not None:
-            await self._drain
-        if self.transport is None:
-            raise ConnectionResetError("user went away")
-
-    def _write(self, data: bytes) -> bool:
-        """Write without a coroutine call; True when the caller must wait for the user to drain."""
-        transport = self.transport
-        if transport is None:
-            raise ConnectionResetError("user went away")
-        if data:
-            transport.write(data)
-        return self._drain is not None
 
     async def _send(self, data: bytes) -> None:
         transport = self.transport
@@ -252,28 +241,17 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
-        for attempt in (1, 2):
-            leg = self._pick(service)
-            if leg is None:
-                await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
-                                   close=close_on_refusal, host=label, started=started)
-                return not close_on_refusal
-            options = server.options_for(leg.session)
-            if options.protected:
-                if not options.authorized(head.noted.get(b"authorization", (None,))[0]):
-                    await self._refuse(401, "unauthorized", head, close=close_on_refusal,
-                                       extra=[options.challenge()], host=label, started=started)
-                    return not close_on_refusal
-            reused = leg.received > 0
-            try:
-                return await self._forward(head, leg, options, label, started)
-            except _Retry:
-                if reused and attempt == 1:
-                    continue  # a kept-alive upstream closed as we reused it: once more, fresh
-                await self._refuse(502, "upstream closed the connection without answering", head,
-                                   close=True, host=label, started=started)
-                return False
-        return False
+        leg = self._pick(service)
+        if leg is None:
+            await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
+                               close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
+        options = server.options_for(leg.session)
+        if options.protected and not options.authorized(head.noted.get(b"authorization", (None,))[0]):
+            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
+                               extra=[options.challenge()], host=label, started=started)
+            return not close_on_refusal
+        return await self._forward(head, leg, options, label, started)
 
     def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions) -> bytes:
         """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass."""
@@ -296,82 +274,33 @@ class FrontConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    async def _forward(self, head: RequestHead, leg: Leg, options, label: str, started: float) -> bool:
-        leg.start_exchange(head.method == b"HEAD")
-        server = self.server
-        server.exchanges.add(leg)  # watched for --upstream-timeout
-        pump: asyncio.Task | None = None
-        response: ResponseHead | None = None
-        user_chunked = close_after = False
-        try:
-            rest = leg.write_now(self._request_head(head, leg, options))
-            if rest is not None:
+    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float) -> bool:
+        """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
+        request = self._request_head(head, leg, options)
+        rest = leg.write_now(request)
+        if rest is not None:
+            try:
                 await leg.write(rest)
-            if head.has_body:
-                pump = asyncio.ensure_future(self._pump(leg, head.chunked))
-            out: list[bytes] = []  # written in one go when the queue runs dry: one syscall per response
-            while True:
-                event = await leg.next_event()
-                kind = type(event)
-                if kind is Body:
-                    out.append(chunk(event.data) if user_chunked else event.data)  # type: ignore[union-attr]
-                elif kind is ResponseHead:
-                    if event.status >= 200:  # type: ignore[union-attr]
-                        response = event  # type: ignore[assignment]
-                        user_chunked = response.chunked and head.version == b"1.1"
-                        close_after = (not head.keep_alive or head.upgrade or response.close_delimited
-                                       or (response.chunked and not user_chunked)
-                                       or (pump is not None and not pump.done()))
-                        out.append(self._response_head(response, options, user_chunked, close_after))
-                    elif event.status == 101 and head.upgrade:  # type: ignore[union-attr]
-                        server.exchanges.discard(leg)
-                        return await switch_protocols(self, head, event, leg, options, label, started)  # type: ignore[arg-type]
-                    elif event.status != 101 and head.version == b"1.1":  # type: ignore[union-attr]  # 100 Continue
-                        out.append(self._response_head(event, options, False, False))  # type: ignore[arg-type]
-                elif kind is EndOfMessage:
-                    if user_chunked:
-                        out.append(LAST_CHUNK)
-                    break
-                elif event is None:  # upstream closed
-                    if response is None:
-                        if head.has_body:
-                            raise LegFailed("upstream closed the connection without answering")
-                        raise _Retry()
-                    if not response.close_delimited:
-                        raise LegFailed("upstream closed mid-response")
-                    break
-                if not leg.events:
-                    if self._write(b"".join(out)):
-                        await self._drained()
-                    out.clear()
-                    leg.release()
-            if self._write(b"".join(out)):
-                await self._drained()
-            leg.release()
-        except UpstreamTimeout:
-            if response is not None:
-                raise ConnectionResetError("upstream stalled mid-response") from None
-            await self._refuse(504, f"upstream did not answer within {server.upstream_timeout:g}s", head,
-                               close=True, host=label, started=started)
-            return False
-        except (LegFailed, HttpError) as exc:
-            if response is not None:
-                raise ConnectionResetError(str(exc)) from None
-            status = exc.status if isinstance(exc, HttpError) else 502
-            await self._refuse(status, f"bad gateway: {exc}", head, close=True, host=label, started=started)
-            return False
+            except (LegFailed, HttpError) as exc:
+                await self._refuse(502, f"bad gateway: {exc}", head, close=True, host=label, started=started)
+                return False
+        waiter = self._loop.create_future()
+        exchange = http_exchange.start(self, head, leg, options, label, started,
+                                       None if head.has_body else request, waiter)
+        pump = None
+        if head.has_body:
+            exchange.body_pending = True
+            pump = asyncio.ensure_future(self._pump(leg, head.chunked, exchange))
+        try:
+            outcome = await waiter
         finally:
-            server.exchanges.discard(leg)
             if pump is not None and not pump.done():
                 pump.cancel()
-                leg.abort(LegFailed("request body abandoned"))  # the upstream still waits for it
-        if pump is not None and pump.done() and not pump.cancelled() and pump.exception() is not None:
-            close_after = True
-        server.observe(response.status, label, head.method, started)
-        if response.close_delimited or not response.keep_alive or not leg.usable:
-            leg.finish()
-            self.leg = None
-        return not close_after
+            if self.exchange is exchange:  # cancelled (shutdown): let go of the stream
+                http_exchange.abandon(self)
+        if isinstance(outcome, ResponseHead):  # 101 Switching Protocols
+            return await switch_protocols(self, head, outcome, leg, options, label, started)
+        return bool(outcome)
 
     def _response_head(self, response: ResponseHead, options: HttpOptions, chunked: bool, close: bool,
                        upgrade: bool = False) -> bytes:
@@ -387,20 +316,21 @@ class FrontConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    async def _pump(self, leg: Leg, chunked: bool) -> None:
+    async def _pump(self, leg: Leg, chunked: bool, exchange: http_exchange.Exchange) -> None:
         """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
-        while True:
-            event = await self._next()
-            if event is None or isinstance(event, HttpError):
-                leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
-                return
-            if type(event) is Body:
-                await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]
-            elif type(event) is EndOfMessage:
-                if chunked:
-                    await leg.write(LAST_CHUNK)
-                return
-
-
-class _Retry(Exception):
-    """The upstream closed before answering: a reused keep-alive connection may retry once."""
+        try:
+            while True:
+                event = await self._next()
+                if event is None or isinstance(event, HttpError):
+                    leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
+                    return
+                if type(event) is Body:
+                    await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]
+                elif type(event) is EndOfMessage:
+                    if chunked:
+                        await leg.write(LAST_CHUNK)
+                    return
+        except (LegFailed, HttpError, UpstreamTimeout):
+            return  # the exchange saw it too and answers the user
+        finally:
+            exchange.body_pending = False

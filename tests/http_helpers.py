@@ -58,13 +58,15 @@ class UpstreamApp:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
         conn = h11.Connection(h11.SERVER)
+        drop_next = False  # after /arm-drop: close on the next request without answering it
         try:
             while True:
                 event = await self._next(conn, reader)
                 if isinstance(event, (h11.ConnectionClosed, type(None))):
                     return
-                if not isinstance(event, h11.Request):
+                if not isinstance(event, h11.Request) or drop_next:
                     return
+                drop_next = event.target == b"/arm-drop"
                 await self._respond(conn, event, reader, writer)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return

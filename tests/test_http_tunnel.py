@@ -309,3 +309,16 @@ def test_upstream_speaking_garbage_is_502(env, tls, token):
     env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
     code, body = status_of(server.data_port, "/", "anything.test")
     assert code == 502 and b"bad" in body.lower()
+
+
+def test_reused_stream_closed_before_answering_is_retried_once(env):
+    """An upstream that closes a kept-alive connection as the next request arrives (its idle timeout)."""
+    conn = http.client.HTTPConnection(LOOPBACK, env["port"], timeout=10)
+    before = env["app"].stats.connections
+    conn.request("GET", "/arm-drop", headers={"Host": "app.test"})
+    assert conn.getresponse().read()
+    conn.request("GET", "/after", headers={"Host": "app.test"})
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["target"] == "/after"
+    conn.close()
+    assert env["app"].stats.connections == before + 2  # the second on a fresh stream
