@@ -218,10 +218,11 @@ class Stack:
         return self.run(start())
 
     def client(self, server: HttpTunnelServer, tls, token: str, upstreams: list[str],
-               options: HttpOptions | None = None, upstream_ca=None, rewrite_host: bool = False) -> tuple:
+               options: HttpOptions | None = None, upstream_ca=None, rewrite_host: bool = False,
+               upstream_insecure: bool = False) -> tuple:
         async def start():
             host, port = server.control.addresses[0][:2]
-            handler = HttpUpstreams(parse_upstreams(upstreams), upstream_tls(upstream_ca))
+            handler = HttpUpstreams(parse_upstreams(upstreams), upstream_tls(upstream_ca, upstream_insecure))
             opts = options or HttpOptions()
             if rewrite_host:
                 opts.rewrite_host = {s: h.encode() for s, h in handler.host_headers().items()}

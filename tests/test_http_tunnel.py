@@ -40,6 +40,7 @@ def env(tls, token):
         stack.client(server, tls, token, [f"rewrite.test=http://{LOOPBACK}:{up}"], rewrite_host=True)
         stack.client(server, tls, token, [f"tls.test=https://localhost:{tls_port}"], upstream_ca=tls.ca)
         stack.client(server, tls, token, [f"tlsbad.test=https://localhost:{tls_port}"])  # system store: refused
+        stack.client(server, tls, token, [f"tlsany.test=https://localhost:{tls_port}"], upstream_insecure=True)
         stack.client(server, tls, token, [f"balanced.test=http://{LOOPBACK}:{up_b1}"])
         _, b2_task = stack.client(server, tls, token, [f"balanced.test=http://{LOOPBACK}:{up_b2}"])
         yield dict(stack=stack, app=app, b1=b1, b2=b2, b2_task=b2_task, tls_app=tls_app, server=server,
@@ -230,6 +231,8 @@ def test_https_upstream_verified_by_default(env):
     assert code == 200 and json.loads(body)["upstream"] == "TLS"
     code, body = status_of(env["port"], "/", "tlsbad.test")
     assert code == 502 and b"verif" in body.lower()
+    code, body = status_of(env["port"], "/", "tlsany.test")  # --upstream-insecure
+    assert code == 200 and json.loads(body)["upstream"] == "TLS"
 
 
 def test_http10_client_gets_dechunked_body(env):
