@@ -83,21 +83,31 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
         _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", server)
         client = subprocess.Popen(INLETS + [
             "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
-            "--tls-ca", str(tmp_path / "tls" / "ca.crt"), "--upstream", f"up.test=http://{LOOPBACK}:{up}"],
+            "--tls-ca", str(tmp_path / "tls" / "ca.crt"), "--upstream", f"up.test=http://{LOOPBACK}:{up}",
+            "--basic-auth-username", "user", "--basic-auth-password", "pass-word",
+            "--response-header-add", "X-Via: tunnel"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(client)
 
         def served() -> bool:
             out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: up.test",
+                                  "-u", "user:pass-word",
                                   f"http://{LOOPBACK}:{data}/"], capture_output=True, text=True, timeout=10)
             return out.stdout == "200"
 
         _wait(served, 20, "the tunnel to serve", client)
+        # the client's flags reach the server: protection and response headers
+        plain = subprocess.run(["curl", "-s", "-i", "-H", "Host: up.test", f"http://{LOOPBACK}:{data}/"],
+                               capture_output=True, timeout=10).stdout
+        assert plain.startswith(b"HTTP/1.1 401") and b"x-via: tunnel" not in plain.lower()
+        authed = subprocess.run(["curl", "-s", "-i", "-u", "user:pass-word", "-H", "Host: up.test",
+                                 f"http://{LOOPBACK}:{data}/"], capture_output=True, timeout=10).stdout
+        assert authed.startswith(b"HTTP/1.1 200") and b"x-via: tunnel" in authed.lower()
         baseline = _status(server.pid, "VmRSS")
         size = 1024 * 1024 * 1024
         feeder = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
         started = time.monotonic()
-        out = subprocess.run(["curl", "-sS", "-m", "90", "-H", "Host: up.test", "-T", "-",
+        out = subprocess.run(["curl", "-sS", "-m", "90", "-H", "Host: up.test", "-u", "user:pass-word", "-T", "-",
                               f"http://{LOOPBACK}:{data}/sha256"], stdin=feeder.stdout, capture_output=True,
                              timeout=100)
         feeder.wait(10)
@@ -112,7 +122,8 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
         # the other direction: a user who stops reading a 512 MiB download holds the server at its window
         with socket.create_connection((LOOPBACK, data), timeout=30) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-            sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: up.test\r\n\r\n" % (512 * 1024 * 1024))
+            sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: up.test\r\nAuthorization: Basic dXNlcjpwYXNzLXdvcmQ=\r\n\r\n"
+                         % (512 * 1024 * 1024))
             received = len(sock.recv(65536))
             time.sleep(1.5)  # not reading: the tunnel must stall this stream, not buffer it
             stalled = _status(server.pid, "VmRSS")
@@ -127,5 +138,5 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
             proc.terminate()
         logs = "".join(proc.communicate(timeout=10)[1] for proc in procs)
         stack.close()
-    assert token not in logs  # tokens never logged
+    assert token not in logs and "pass-word" not in logs  # secrets never logged
     assert all(proc.returncode == 0 for proc in procs), logs  # SIGTERM: clean exit
