@@ -42,8 +42,9 @@ _HOST = frozenset((b"host",))
 
 
 class FrontConnection(asyncio.Protocol):
-    def __init__(self, server: HttpTunnelServer) -> None:
+    def __init__(self, server: HttpTunnelServer, scheme: bytes = b"http") -> None:
         self.server = server
+        self.scheme = scheme  # what the user spoke: X-Forwarded-Proto (b"https" behind a TLS front)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
         self.reader = RequestReader()
@@ -265,7 +266,7 @@ class FrontConnection(asyncio.Protocol):
         forwarded_for = noted.get(b"x-forwarded-for", [])
         host = noted.get(b"host", (b"",))[0]
         lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [self.peer]),
-                  b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ", host, b"\r\n"]
+                  b"\r\nX-Forwarded-Proto: ", self.scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
         lines += options.request_add_lines
         if head.chunked:
             lines.append(b"Transfer-Encoding: chunked\r\n")
