@@ -17,7 +17,7 @@ from . import __version__
 from .cli_common import (
     AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext, Proxy,
     TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile, Url, client_config, control_config,
-    fail, run_client, run_until_signalled, setup_logs,
+    default_data_dir, fail, run_client, run_until_signalled, setup_logs,
 )
 from .client import TunnelClient
 from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
@@ -32,9 +32,41 @@ Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repea
 Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
 
 
+LetsEncryptDomain = Annotated[Optional[list[str]], typer.Option(
+    help="Serve HTTPS for this domain with a Let's Encrypt certificate (repeatable; its DNS must point here).")]
+LetsEncryptEmail = Annotated[Optional[str], typer.Option(help="Contact address for the ACME account (expiry notices).")]
+LetsEncryptIssuer = Annotated[str, typer.Option(
+    help="prod, staging, or an ACME directory URL (https://...). Using it accepts the CA's terms of service.")]
+LetsEncryptPath = Annotated[Optional[Path], typer.Option(
+    help="Where account and certificate keys are kept (0700) [default: ~/.local/share/inlets/letsencrypt].")]
+LetsEncryptCa = Annotated[Optional[Path], typer.Option(
+    help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
+HttpsPort = Annotated[int, typer.Option(min=1, max=65535, help="HTTPS data-plane port with --letsencrypt-domain.")]
+
+
+def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
+                       ca: Path | None, https_port: int):  # -> HttpsFront | None
+    """The HTTPS front for ``--letsencrypt-*``, or None without a domain; bad options fail in one line."""
+    if not domains:
+        if email or issuer != "prod" or path or ca:
+            fail("--letsencrypt-email/-issuer/-path/-ca need --letsencrypt-domain")
+        return None
+    from .acme_store import AcmeConfigError
+    from .https_front import HttpsFront
+    from .letsencrypt import configure
+
+    try:
+        manager = configure(domains, path or default_data_dir() / "letsencrypt", issuer=issuer, email=email,
+                            ca_bundle=ca)
+    except AcmeConfigError as exc:
+        fail(str(exc))
+    return HttpsFront(manager, https_port)
+
+
 @http_app.command("server")
 def http_server(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Data-plane (HTTP) port.")] = 8000,
+    port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
     data_addr: DataAddr = "",
     upstream_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds an upstream may stay silent before 504.")
@@ -55,8 +87,17 @@ def http_server(
     keepalive: Keepalive = 20.0,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
+    letsencrypt_domain: LetsEncryptDomain = None,
+    letsencrypt_email: LetsEncryptEmail = None,
+    letsencrypt_issuer: LetsEncryptIssuer = "prod",
+    letsencrypt_path: LetsEncryptPath = None,
+    letsencrypt_ca: LetsEncryptCa = None,
+    https_port: HttpsPort = 443,
 ) -> None:
     """Run an HTTP tunnel server: requests on --port go to the client serving their Host.
+
+    With --letsencrypt-domain: HTTPS on --https-port with certificates from Let's Encrypt (obtained and
+    renewed while running), and --port answers HTTP-01 challenges and redirects everything else to https.
 
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
@@ -67,19 +108,26 @@ def http_server(
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive,
     )
+    https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
+                               letsencrypt_ca, https_port)
+    port = port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
-                             idle_timeout=idle_timeout)
+                             idle_timeout=idle_timeout, https=https)
 
     async def start() -> None:
         try:
             await server.start()
         except OSError as exc:
-            fail(f"cannot listen (control {control_addr or '*'}:{control_port}, data {data_addr or '*'}:{port}): "
+            data = f"{data_addr or '*'}:{port}" + (f" and :{https_port}" if https else "")
+            fail(f"cannot listen (control {control_addr or '*'}:{control_port}, data {data}): "
                  f"{exc.strerror or exc}", 1)
         gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
         scheme = "wss" if config.ssl_context else "ws"
         log.info("event=started mode=http control=%s://%s:%d data=http://%s:%d version=%s",
                  scheme, control_addr or "*", control_port, data_addr or "*", port, __version__)
+        if https:
+            log.info("event=https data=https://%s:%d domains=%s", data_addr or "*", https_port,
+                     ",".join(https.letsencrypt.domains))
 
     run_until_signalled(start, stop=server.stop)
 

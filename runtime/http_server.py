@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
@@ -20,6 +21,9 @@ from .http_proxy import FrontConnection
 from .metrics import OTHER, HttpMetrics
 from .registry import Registry
 from .session import Session
+
+if TYPE_CHECKING:
+    from .https_front import HttpsFront
 
 log = logging.getLogger("inlets.http")
 
@@ -58,8 +62,10 @@ class HttpTunnelServer:
         data_addr: str | None = None,
         upstream_timeout: float = 60.0,
         idle_timeout: float = 75.0,
+        https: HttpsFront | None = None,
     ) -> None:
         self.port = port
+        self.https = https  # Let's Encrypt: HTTPS on its port, redirects and HTTP-01 on ``port``
         self.data_addr = data_addr or None
         self.upstream_timeout = upstream_timeout
         self.idle_timeout = idle_timeout  # a kept-alive user connection with no request closes after this
@@ -82,9 +88,12 @@ class HttpTunnelServer:
         self._loop = asyncio.get_running_loop()
         await self.control.start()
         try:
-            self._listener = await self._loop.create_server(
-                lambda: FrontConnection(self), self.data_addr, self.port, backlog=1024
-            )
+            if self.https is not None:
+                self._listener = await self.https.start(self)
+            else:
+                self._listener = await self._loop.create_server(
+                    lambda: FrontConnection(self), self.data_addr, self.port, backlog=1024
+                )
         except OSError:
             await self.control.stop()
             raise
@@ -95,6 +104,8 @@ class HttpTunnelServer:
             self._sweeper.cancel()
         if self._listener is not None:
             self._listener.close()
+        if self.https is not None:
+            await self.https.stop()
         await self.control.stop()
 
     @property

@@ -1,0 +1,156 @@
+"""Let's Encrypt state on disk, and the decisions about it that need no network.
+
+One folder per ACME directory (so staging and production accounts never mix), 0700,
+holding the account key and a certificate chain plus key per domain, every file 0600
+and replaced atomically (a crash mid-write never leaves half a certificate). The
+renewal rule is Let's Encrypt's advice: renew once two thirds of the lifetime have
+passed, which works for 90-day certificates and for short-lived ones alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .certs import write_private
+
+ISSUERS = {
+    "prod": "https://acme-v02.api.letsencrypt.org/directory",
+    "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_EMAIL = re.compile(r"^[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+$")
+
+
+class AcmeConfigError(ValueError):
+    """A Let's Encrypt option is unusable; the message says which and why (one line)."""
+
+
+def directory_url(issuer: str) -> str:
+    """``prod``, ``staging`` or an ``https://`` ACME directory URL (a private CA such as pebble)."""
+    if issuer in ISSUERS:
+        return ISSUERS[issuer]
+    parts = urlsplit(issuer)
+    if parts.scheme != "https" or not parts.hostname:
+        raise AcmeConfigError(f"--letsencrypt-issuer must be prod, staging or an https:// directory URL, got {issuer!r}")
+    return issuer
+
+
+def check_domain(domain: str) -> str:
+    """A lower-case DNS name with at least one dot; wildcards need DNS-01, so they are refused."""
+    name = domain.strip().lower().rstrip(".")
+    if not _DOMAIN.match(name):
+        raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is not a DNS name (HTTP-01 needs e.g. example.com)")
+    return name
+
+
+def check_email(email: str | None) -> str | None:
+    if email is None or email == "":
+        return None
+    if not _EMAIL.match(email):
+        raise AcmeConfigError(f"--letsencrypt-email {email!r} is not an email address")
+    return email
+
+
+@dataclass(frozen=True)
+class Validity:
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+
+    def renew_at(self) -> datetime.datetime:
+        """When a third of the lifetime remains (Let's Encrypt's advice: 30 days of 90)."""
+        return self.not_after - (self.not_after - self.not_before) / 3
+
+    def due(self, now: datetime.datetime) -> bool:
+        return now >= self.renew_at()
+
+
+def validity(chain_pem: bytes) -> Validity:
+    """Validity of the first (leaf) certificate of a PEM chain; ``ValueError`` when unreadable."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(chain_pem)
+    return Validity(cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def covers(chain_pem: bytes, domain: str) -> bool:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(chain_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return domain in {name.lower() for name in san.get_values_for_type(x509.DNSName)}
+
+
+def _folder_name(url: str) -> str:
+    """``acme-v02.api.letsencrypt.org-directory``: readable, one per directory URL."""
+    parts = urlsplit(url)
+    text = f"{parts.hostname}{'-' + str(parts.port) if parts.port else ''}{parts.path}"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "acme"
+
+
+@dataclass(frozen=True)
+class StoredCert:
+    domain: str
+    chain: Path
+    key: Path
+    validity: Validity
+
+
+class CertStore:
+    """Files of one ACME directory under ``root``: ``account.key``, ``DOMAIN.crt``, ``DOMAIN.key``."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.dir = root / _folder_name(url)
+
+    def prepare(self) -> None:
+        """Create the folders 0700 (an existing one is tightened); ``OSError`` when impossible."""
+        for folder in (self.dir.parent, self.dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+    @property
+    def account_key_path(self) -> Path:
+        return self.dir / "account.key"
+
+    def account_key(self) -> bytes | None:
+        path = self.account_key_path
+        return path.read_bytes() if path.exists() else None
+
+    def save_account_key(self, pem: bytes) -> None:
+        self._replace(self.account_key_path, pem)
+
+    def paths(self, domain: str) -> tuple[Path, Path]:
+        return self.dir / f"{domain}.crt", self.dir / f"{domain}.key"
+
+    def load(self, domain: str) -> StoredCert | None:
+        """The stored certificate for ``domain`` if it is readable and names it; else None (re-issue)."""
+        chain, key = self.paths(domain)
+        if not (chain.exists() and key.exists()):
+            return None
+        try:
+            pem = chain.read_bytes()
+            if not covers(pem, domain):
+                return None
+            return StoredCert(domain, chain, key, validity(pem))
+        except ValueError:
+            return None
+
+    def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCert:
+        chain, key = self.paths(domain)
+        self._replace(key, key_pem)
+        self._replace(chain, chain_pem)
+        return StoredCert(domain, chain, key, validity(chain_pem))
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        """Write beside, then rename over: readers see the old file or the new one, 0600 either way."""
+        temporary = path.with_name(path.name + ".tmp")
+        write_private(temporary, data)
+        os.replace(temporary, path)

@@ -1,0 +1,184 @@
+"""Keep a valid Let's Encrypt certificate for every domain, swapped in without a restart.
+
+The manager owns the certificates the HTTPS listener presents: one TLS context per
+domain, chosen by SNI. On start it loads what the store holds, then one task issues
+what is missing and renews what is due (``acme_store.Validity.due``), each ACME run in
+a thread (``acme`` blocks). A renewed certificate replaces the domain's context:
+handshakes from then on use it, connections already open keep theirs. A failure is
+logged once per attempt and retried with a doubling delay, while the old certificate
+(if any) keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import ssl
+from pathlib import Path
+from typing import Callable
+
+from .acme_client import AcmeError, AcmeIssuer
+from .acme_store import AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+
+log = logging.getLogger("inlets.letsencrypt")
+
+MAX_SLEEP = 6 * 3600.0  # look again at least this often (clock jumps, a store changed by hand)
+RETRY_MAX = 3600.0
+
+
+def tls_context() -> ssl.SSLContext:
+    """Server context for the HTTPS data plane: TLS 1.2 or newer, HTTP/1.1 by ALPN."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class LetsEncrypt:
+    def __init__(
+        self,
+        domains: list[str],
+        store: CertStore,
+        issuer: AcmeIssuer | Callable[[str], tuple[bytes, bytes]],
+        *,
+        retry: float = 60.0,
+    ) -> None:
+        self.domains = list(dict.fromkeys(domains))
+        self.store = store
+        self._issue = issuer.issue if isinstance(issuer, AcmeIssuer) else issuer
+        self.retry = retry
+        self.challenges: dict[str, str] = {}  # token -> key authorization, served on port 80
+        self.certs: dict[str, StoredCert] = {}
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.issued = 0  # certificates obtained since start (first ones and renewals)
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}  # domain -> loop time before which no retry
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self.context = tls_context()
+        self.context.sni_callback = self._select
+
+    # ------------------------------------------------------------ challenges (called from the ACME thread)
+
+    def publish(self, token: str, key_authorization: str) -> None:
+        self.challenges[token] = key_authorization
+
+    def withdraw(self, token: str) -> None:
+        self.challenges.pop(token, None)
+
+    # ------------------------------------------------------------ TLS
+
+    def _select(self, sock: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
+        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's."""
+        context = self.contexts.get((server_name or "").lower().rstrip("."))
+        if context is None:
+            context = next((self.contexts[d] for d in self.domains if d in self.contexts), None)
+        if context is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME  # nothing issued yet
+        sock.context = context
+        return None
+
+    def _install(self, cert: StoredCert) -> None:
+        context = tls_context()
+        context.load_cert_chain(cert.chain, cert.key)
+        self.certs[cert.domain] = cert
+        self.contexts[cert.domain] = context
+
+    # ------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        """Serve what the store holds (even if due: better than nothing); ``OSError`` if the store is unusable."""
+        self.store.prepare()
+        for domain in self.domains:
+            cert = self.store.load(domain)
+            if cert is not None:
+                try:
+                    self._install(cert)
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("event=certificate_unusable domain=%s error=%r", domain, str(exc))
+                    continue
+                log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
+
+    async def start(self) -> None:
+        """Issue what is missing and renew what is due, from now on (the listeners are up)."""
+        self._task = asyncio.ensure_future(self._keep_current())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def due(self, now: datetime.datetime) -> list[str]:
+        """Domains with no certificate, or one past two thirds of its life."""
+        return [d for d in self.domains if d not in self.certs or self.certs[d].validity.due(now)]
+
+    def next_check(self, now: datetime.datetime) -> float:
+        """Seconds until the earliest renewal is due, within [1, MAX_SLEEP]."""
+        times = [(c.validity.renew_at() - now).total_seconds() for c in self.certs.values()]
+        return max(1.0, min([MAX_SLEEP, *times]))
+
+    async def _keep_current(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            for domain in self.due(now):
+                if loop.time() >= self._not_before.get(domain, 0.0):
+                    await self._obtain(domain, loop)
+            now = datetime.datetime.now(datetime.timezone.utc)
+            delay = self.next_check(now)
+            waiting = [t - loop.time() for d, t in self._not_before.items() if d in self.due(now)]
+            if waiting:
+                delay = min(delay, max(1.0, min(waiting)))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _obtain(self, domain: str, loop: asyncio.AbstractEventLoop) -> None:
+        renewing = domain in self.certs
+        log.info("event=%s domain=%s", "certificate_renewing" if renewing else "certificate_requesting", domain)
+        try:
+            chain, key = await asyncio.to_thread(self._issue, domain)
+            cert = self.store.save(domain, chain, key)
+            self._install(cert)
+        except (AcmeError, ssl.SSLError, OSError, ValueError) as exc:
+            failures = self._failures[domain] = self._failures.get(domain, 0) + 1
+            delay = min(RETRY_MAX, self.retry * 2 ** (failures - 1))
+            self._not_before[domain] = loop.time() + delay
+            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs", domain, str(exc), delay)
+            return
+        self._failures.pop(domain, None)
+        self._not_before.pop(domain, None)
+        self.issued += 1
+        log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
+                 _iso(cert.validity.not_after))
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def configure(
+    domains: list[str],
+    root: Path,
+    *,
+    issuer: str = "prod",
+    email: str | None = None,
+    ca_bundle: Path | None = None,
+    retry: float = 60.0,
+) -> LetsEncrypt:
+    """Validate the ``--letsencrypt-*`` options into a manager; ``AcmeConfigError`` (one line) otherwise."""
+    names = [check_domain(d) for d in domains]
+    url = directory_url(issuer)
+    email = check_email(email)
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise AcmeConfigError(f"--letsencrypt-ca {ca_bundle}: no such file")
+    store = CertStore(root, url)
+    manager: LetsEncrypt
+    issuer_client = AcmeIssuer(store, url, lambda t, v: manager.publish(t, v), lambda t: manager.withdraw(t),
+                               email=email, ca_bundle=str(ca_bundle) if ca_bundle else None)
+    manager = LetsEncrypt(names, store, issuer_client, retry=retry)
+    return manager
