@@ -72,18 +72,26 @@ def _wait_port(port: int, process: subprocess.Popen, log: Path, timeout: float =
 
 @contextmanager
 def dnsmasq(directory: Path) -> Iterator[int]:
-    """A DNS server on loopback answering 127.0.0.1 for every name under example.test."""
+    """A DNS server on loopback answering 127.0.0.1 for every name under example.test.
+
+    dnsmasq binds the port for UDP and TCP: a port another test just took for TCP makes it
+    exit, so up to three ports are tried.
+    """
     exe = need("dnsmasq")
-    port = udp_free_port()
     log = directory / "dnsmasq.log"
-    argv = [exe, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
-            f"--pid-file={directory / 'dnsmasq.pid'}", f"--address=/{DOMAIN_SUFFIX}/127.0.0.1", "--log-facility=-"]
-    process = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    try:
+    for _attempt in range(3):
+        port = udp_free_port()
+        argv = [exe, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+                f"--pid-file={directory / 'dnsmasq.pid'}", f"--address=/{DOMAIN_SUFFIX}/127.0.0.1",
+                "--log-facility=-"]
+        process = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         time.sleep(0.2)
-        if process.poll() is not None:
-            raise AssertionError(f"dnsmasq did not start: {log.read_text()}")
+        if process.poll() is None:
+            break
+    else:
+        raise AssertionError(f"dnsmasq did not start: {log.read_text()}")
+    try:
         yield port
     finally:
         process.terminate()
