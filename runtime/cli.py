@@ -19,8 +19,8 @@ from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, run_client,
-    run_server, setup_logs,
+    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
+    run_client, run_server, setup_logs,
 )
 
 log = logging.getLogger("inlets")
@@ -36,21 +36,6 @@ app = typer.Typer(
 tcp_app = typer.Typer(help="TCP (and UDP) tunnels: forward ports byte for byte, datagram for datagram.",
                       no_args_is_help=True)
 app.add_typer(tcp_app, name="tcp")
-
-
-def maybe_generate(kind: str | None, command: list[str]) -> None:
-    """With --generate, print the service definition for these exact flags and exit."""
-    if kind is None:
-        return
-    from .generate import GenerateError
-    from .generate import generate as generate_service
-
-    argv = sys.argv[1 + len(command) :]
-    try:
-        typer.echo(generate_service(kind, command, argv), nl=False)
-    except GenerateError as exc:
-        fail(str(exc))
-    raise typer.Exit(0)
 
 
 def parse_allow_ports(text: str | None) -> set[int] | None:

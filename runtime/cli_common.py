@@ -93,6 +93,21 @@ Proxy = Annotated[Optional[str], typer.Option(
     "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
 
 
+def maybe_generate(kind: str | None, command: list[str]) -> None:
+    """With --generate, print the service definition for these exact flags and exit."""
+    if kind is None:
+        return
+    from .generate import GenerateError
+    from .generate import generate as generate_service
+
+    argv = sys.argv[1 + len(command) :]
+    try:
+        typer.echo(generate_service(kind, command, argv), nl=False)
+    except GenerateError as exc:
+        fail(str(exc))
+    raise typer.Exit(0)
+
+
 def setup_logs(level: str, fmt: str) -> None:
     if level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {level!r}")
@@ -265,14 +280,24 @@ def run_until_signalled(
         uvloop.run(runner())
 
 
-def run_server(server, *, describe: str, drain_timeout: float, token: str | None, token_file: Path | None) -> None:
-    """Start ``server``; SIGHUP re-reads the token file; SIGTERM drains then exits 0."""
+def run_server(
+    server,
+    *,
+    describe: str,
+    drain_timeout: float,
+    token: str | None,
+    token_file: Path | None,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Start ``server`` (then ``started``); SIGHUP re-reads the token file; SIGTERM drains then exits 0."""
 
     async def start() -> None:
         try:
             await server.start()
         except OSError as exc:
             fail(f"cannot listen ({describe}): {exc.strerror or exc}", 1)
+        if started is not None:
+            started()
 
     async def reload() -> None:
         if token or token_file is None:

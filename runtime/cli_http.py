@@ -15,14 +15,11 @@ import typer
 
 from . import __version__
 from .cli_common import (
-    AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Keepalive, LogFormat, LogLevel, Plaintext, Proxy,
-    TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile, Url, client_config, control_config,
-    default_data_dir, fail, run_client, run_until_signalled, setup_logs,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey,
+    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
+    maybe_generate, run_client, run_server, setup_logs,
 )
-from .client import TunnelClient
-from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
-from .http_options import HttpOptions, OptionError
-from .http_server import HttpTunnelServer
 
 log = logging.getLogger("inlets")
 
@@ -84,7 +81,12 @@ def http_server(
     auto_tls_path: AutoTlsPath = None,
     auto_tls_san: AutoTlsSan = None,
     plaintext: Plaintext = False,
+    allow_ips: AllowIps = None,
+    lb_proxy_protocol: LbProxyProtocol = None,
     keepalive: Keepalive = 20.0,
+    max_client_streams: MaxClientStreams = 4096,
+    drain_timeout: DrainTimeout = 30.0,
+    generate: Generate = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
     letsencrypt_domain: LetsEncryptDomain = None,
@@ -102,25 +104,24 @@ def http_server(
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
     """
+    maybe_generate(generate, ["http", "server"])
     setup_logs(log_level, log_format)
+    from .http_server import HttpTunnelServer  # imported per command: a client never loads the server
+
+    dataplane = data_plane_options(allow_ips=allow_ips, proxy_protocol=None, lb_proxy_protocol=lb_proxy_protocol)
     config = control_config(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
-        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive,
+        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
     )
     https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
                                letsencrypt_ca, https_port)
     port = port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
-                             idle_timeout=idle_timeout, https=https)
+                             idle_timeout=idle_timeout, https=https, dataplane=dataplane)
+    data = f"{data_addr or '*'}:{port}" + (f" and :{https_port}" if https else "")
 
-    async def start() -> None:
-        try:
-            await server.start()
-        except OSError as exc:
-            data = f"{data_addr or '*'}:{port}" + (f" and :{https_port}" if https else "")
-            fail(f"cannot listen (control {control_addr or '*'}:{control_port}, data {data}): "
-                 f"{exc.strerror or exc}", 1)
+    def started() -> None:
         gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
         scheme = "wss" if config.ssl_context else "ws"
         log.info("event=started mode=http control=%s://%s:%d data=http://%s:%d version=%s",
@@ -129,7 +130,8 @@ def http_server(
             log.info("event=https data=https://%s:%d domains=%s", data_addr or "*", https_port,
                      ",".join(https.letsencrypt.domains))
 
-    run_until_signalled(start, stop=server.stop)
+    run_server(server, describe=f"control {control_addr or '*'}:{control_port}, data {data}",
+               drain_timeout=drain_timeout, token=token, token_file=token_file, started=started)
 
 
 @http_app.command("client")
@@ -155,6 +157,8 @@ def http_client(
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
     keepalive: Keepalive = 20.0,
+    drain_timeout: DrainTimeout = 30.0,
+    generate: Generate = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
 ) -> None:
@@ -163,7 +167,12 @@ def http_client(
     Example: inlets http client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     --upstream example.com=http://127.0.0.1:3000 --upstream http://127.0.0.1:8080
     """
+    maybe_generate(generate, ["http", "client"])
     setup_logs(log_level, log_format)
+    from .client import TunnelClient
+    from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
+    from .http_options import HttpOptions, OptionError
+
     if bool(basic_auth_username) != bool(basic_auth_password):
         fail("--basic-auth-username and --basic-auth-password go together")
     try:
@@ -187,6 +196,7 @@ def http_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
+        drain_timeout=drain_timeout,
     )
     config.extra = options.to_extra()
     gc.freeze()

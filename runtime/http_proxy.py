@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import http_exchange
 from .bridge import tune_socket
+from .dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
 from .http_upgrade import switch_protocols
@@ -61,6 +62,8 @@ class FrontConnection(asyncio.Protocol):
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
         self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
         self.parked = False  # the fast path owns the connection: the coroutine waits (http_exchange)
+        self._header: HeaderReader | None = None  # --lb-proxy-protocol: until the balancer's header is read
+        self._header_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ socket
 
@@ -71,10 +74,53 @@ class FrontConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        gate = self.server.dataplane
+        if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
+            self._header = HeaderReader(gate.lb_proxy_protocol)
+            self._header_timer = self._loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout")
+        elif not gate.allows(address(peer)):
+            self._forbid("source_not_allowed")
+            return
         self.server.connections.add(self)
         self._task = asyncio.ensure_future(self._run())
 
+    def _forbid(self, reason: str) -> None:
+        """Refuse the connection with a 403 before reading any request (counted, logged)."""
+        log.info("event=refused reason=%s source=%s", reason, self.peer.decode(errors="replace"))
+        self.server.observe(403, "", b"", self._loop.time())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+                                 b"Connection: close\r\n\r\nforbidden\n")
+            self.transport.close()
+
+    def _accept_header(self, data: bytes) -> bytes | None:
+        """Feed the balancer's PROXY header; the bytes after it once complete, None before (or refused)."""
+        assert self._header is not None
+        try:
+            done = self._header.feed(data)
+        except ProxyProtocolError:
+            self._header = None
+            self._forbid("bad_proxy_header")
+            return None
+        if done is None:
+            return None
+        header, rest = done
+        self._header = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        if header.source is not None:
+            self.peer = header.source[0].encode()
+        if not self.server.dataplane.allows(header.source or ("", 0)) and header.source is not None:
+            self._forbid("source_not_allowed")
+            return None
+        return rest
+
     def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            rest = self._accept_header(data)
+            if not rest:
+                return
+            data = rest
         if self.raw:
             self.events.append(Body(data))
             self.buffered += len(data)
@@ -126,6 +172,8 @@ class FrontConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.transport = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
         http_exchange.abandon(self)
         self._wake()
         drain = self._drain

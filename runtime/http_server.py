@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING
 
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
+from .dataplane import DataPlaneOptions
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from .http_options import HttpOptions, OptionError
 from .http_leg import Leg
@@ -21,6 +22,7 @@ from .http_proxy import FrontConnection
 from .metrics import OTHER, HttpMetrics
 from .registry import Registry
 from .session import Session
+from .status import status_route
 
 if TYPE_CHECKING:
     from .https_front import HttpsFront
@@ -63,8 +65,10 @@ class HttpTunnelServer:
         upstream_timeout: float = 60.0,
         idle_timeout: float = 75.0,
         https: HttpsFront | None = None,
+        dataplane: DataPlaneOptions | None = None,
     ) -> None:
         self.port = port
+        self.dataplane = dataplane or DataPlaneOptions()  # --allow-ips (403), --lb-proxy-protocol
         self.https = https  # Let's Encrypt: HTTPS on its port, redirects and HTTP-01 on ``port``
         self.data_addr = data_addr or None
         self.upstream_timeout = upstream_timeout
@@ -76,6 +80,7 @@ class HttpTunnelServer:
         self.control = ControlPlane("http", config, self._admit, self._release)
         self.metrics = HttpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
         config.routes.setdefault("/metrics", self.metrics.route)
+        config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request
         self._default_options = HttpOptions()
         self._listener: asyncio.base_events.Server | None = None
@@ -98,6 +103,13 @@ class HttpTunnelServer:
             await self.control.stop()
             raise
         self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept no new users or clients; requests in flight get ``timeout`` seconds."""
+        if self._listener is not None:
+            self._listener.close()
+        await self.control.drain(timeout)
+        await self.stop()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
