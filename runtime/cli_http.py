@@ -71,6 +71,9 @@ def http_server(
     idle_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a kept-alive user connection may wait for its next request.")
     ] = 75.0,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a user has to send a whole request head once begun (else 408).")
+    ] = 20.0,
     control_addr: ControlAddr = "",
     control_port: ControlPort = 8123,
     token: Token = None,
@@ -118,7 +121,8 @@ def http_server(
                                letsencrypt_ca, https_port)
     port = port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
-                             idle_timeout=idle_timeout, https=https, dataplane=dataplane)
+                             idle_timeout=idle_timeout, header_timeout=header_timeout, https=https,
+                             dataplane=dataplane)
     data = f"{data_addr or '*'}:{port}" + (f" and :{https_port}" if https else "")
 
     def started() -> None:

@@ -60,6 +60,7 @@ class FrontConnection(asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
+        self.head_since: float | None = None  # first byte of a request head still incomplete (slowloris)
         self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
         self.parked = False  # the fast path owns the connection: the coroutine waits (http_exchange)
         self._header: HeaderReader | None = None  # --lb-proxy-protocol: until the balancer's header is read
@@ -83,6 +84,14 @@ class FrontConnection(asyncio.Protocol):
             return
         self.server.connections.add(self)
         self._task = asyncio.ensure_future(self._run())
+
+    def header_timed_out(self) -> None:
+        """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
+        log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
+        self.server.observe(408, "", b"", self._loop.time())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.close()
 
     def _forbid(self, reason: str) -> None:
         """Refuse the connection with a 403 before reading any request (counted, logged)."""
@@ -116,6 +125,9 @@ class FrontConnection(asyncio.Protocol):
         return rest
 
     def data_received(self, data: bytes) -> None:
+        idle_since = self.idle_since
+        if idle_since is not None and (self.head_since is None or self.head_since < idle_since):
+            self.head_since = self._loop.time()  # a head has begun: it must be complete within the header timeout
         if self._header is not None:
             rest = self._accept_header(data)
             if not rest:

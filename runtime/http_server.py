@@ -64,6 +64,7 @@ class HttpTunnelServer:
         data_addr: str | None = None,
         upstream_timeout: float = 60.0,
         idle_timeout: float = 75.0,
+        header_timeout: float = 20.0,
         https: HttpsFront | None = None,
         dataplane: DataPlaneOptions | None = None,
     ) -> None:
@@ -73,6 +74,7 @@ class HttpTunnelServer:
         self.data_addr = data_addr or None
         self.upstream_timeout = upstream_timeout
         self.idle_timeout = idle_timeout  # a kept-alive user connection with no request closes after this
+        self.header_timeout = header_timeout  # a request head begun must be complete within this (slowloris)
         self.connections: set[FrontConnection] = set()
         self.registry: Registry[Session] = Registry()
         self.options: dict[Session, HttpOptions] = {}
@@ -131,7 +133,7 @@ class HttpTunnelServer:
         """Time out exchanges where nothing moved for ``upstream_timeout``, and idle keep-alive
         connections: one timer for all (a timer per request costs as much as routing it)."""
         assert self._loop is not None
-        interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4)
+        interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4, self.header_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             now = self._loop.time()
@@ -139,6 +141,11 @@ class HttpTunnelServer:
             for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline]:
                 self.exchanges.discard(leg)
                 leg.fire_timeout()
+            slow = now - self.header_timeout
+            for conn in [c for c in self.connections if c.idle_since is not None and c.head_since is not None
+                         and c.idle_since <= c.head_since <= slow]:
+                self.connections.discard(conn)
+                conn.header_timed_out()
             idle = now - self.idle_timeout
             for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= idle]:
                 self.connections.discard(conn)

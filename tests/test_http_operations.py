@@ -109,3 +109,38 @@ def token_file(tmp_path, token):
     path.write_text(token + "\n")
     path.chmod(0o600)
     return path
+
+
+def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(stack, tls, token) -> None:
+    import time
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, header_timeout=1.0, idle_timeout=30.0)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    slow = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+    idle = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+    idle.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # then it stays quiet, kept alive
+    started = time.monotonic()
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\n")
+    answer = b""
+    for _ in range(40):  # one header byte every 0.1 s: never a whole head
+        try:
+            slow.sendall(b"X")
+        except OSError:
+            break
+        slow.settimeout(0.1)
+        try:
+            answer += slow.recv(65536)
+        except socket.timeout:
+            continue
+        if answer:
+            break
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 3.5
+    idle.sendall(b"GET /second HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+    idle.settimeout(5)
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # the quiet keep-alive user was not cut
+    assert requests_counted(server, "408") == 1
+    slow.close()
+    idle.close()
