@@ -34,7 +34,7 @@ _NOTED = frozenset(
 
 
 class HttpError(Exception):
-    """A request the proxy refuses; ``status`` is the 4xx to answer with."""
+    """A request the proxy refuses; ``status`` is the 4xx to answer with (505 for an HTTP version it does not speak)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -237,6 +237,8 @@ class RequestReader(_Reader):
         if method == b"CONNECT":
             raise HttpError(405, "CONNECT is not supported by this reverse proxy")
         version = parser.get_http_version().encode()
+        if version not in (b"1.0", b"1.1"):
+            raise HttpError(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
         noted = self._noted
         chunked, length = self._framing()
         hosts = noted.get(b"host", ())

@@ -38,7 +38,7 @@ log = logging.getLogger("inlets.http")
 HIGH_WATER = 512 * 1024
 REASONS = {400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed", 414: "URI Too Long",
            431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout"}
+           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 _HOST = frozenset((b"host",))
 
 
