@@ -119,6 +119,8 @@ def http_server(
     )
     https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
                                letsencrypt_ca, https_port)
+    if https and lb_proxy_protocol:
+        fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
     port = port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
                              idle_timeout=idle_timeout, header_timeout=header_timeout, https=https,

@@ -19,8 +19,6 @@ from .http_proxy import FrontConnection
 from .letsencrypt import LetsEncrypt
 
 if TYPE_CHECKING:
-    from .http_leg import Leg
-    from .http_options import HttpOptions
     from .http_server import HttpTunnelServer
 
 log = logging.getLogger("inlets.http")
@@ -28,16 +26,6 @@ log = logging.getLogger("inlets.http")
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
-
-
-class HttpsFrontConnection(FrontConnection):
-    """A proxied user connection that arrived over TLS."""
-
-    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions) -> bytes:
-        # the parent writes exactly one X-Forwarded-Proto line (the user's own are dropped)
-        return super()._request_head(head, leg, options).replace(
-            b"\r\nX-Forwarded-Proto: http\r\n", b"\r\nX-Forwarded-Proto: https\r\n", 1
-        )
 
 
 def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int) -> tuple[int, bytes, list]:
@@ -120,7 +108,7 @@ class HttpsFront:
         )
         try:
             self._tls = await loop.create_server(
-                lambda: HttpsFrontConnection(server), server.data_addr, self.https_port, backlog=1024,
+                lambda: FrontConnection(server, scheme=b"https"), server.data_addr, self.https_port, backlog=1024,
                 ssl=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT,
             )
         except OSError:
