@@ -84,6 +84,9 @@ def create_cmd(
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain served in --mode http (repeatable).")] = None,
     upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
     http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
+    letsencrypt: Annotated[Optional[bool], typer.Option("--letsencrypt/--no-letsencrypt", help="http: HTTPS on 443 with Let's Encrypt certificates for each --domain, port 80 redirecting [default: on for a cloud provider with --domain on port 80]. Point the domains' DNS at the server; using it accepts the CA's terms.")] = None,
+    letsencrypt_email: Annotated[Optional[str], typer.Option(help="Contact address for the Let's Encrypt account (expiry notices).")] = None,
+    letsencrypt_issuer: Annotated[str, typer.Option(help="prod, staging (for trials: no rate limits, untrusted certificates) or an ACME directory URL.")] = "prod",
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1; ec2: $AWS_REGION or eu-west-1; gce: europe-west2-a (a zone); azure: uksouth; linode: eu-west; vultr: lhr; equinix: ld (a metro); hetzner: nbg1; scaleway: fr-par-1 (a zone)].")] = None,
     plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb; ec2: t3.micro; gce: e2-small; azure: Standard_B1s; linode: g6-nanode-1; vultr: vc2-1c-1gb; equinix: c3.small.x86; hetzner: cx22; scaleway: DEV1-S].")] = None,
@@ -116,6 +119,7 @@ def create_cmd(
         domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
         runtime_spec=runtime_spec, embed_wheel=embed_wheel,
+        letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
         creds=_creds(
             access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
             ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,

@@ -14,7 +14,7 @@ from .names import check_name, random_name
 from .providers import Credentials, make
 from .providers.base import Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, user_data
-from .spec import CONTROL_PORT, TunnelSpec, build_spec, parse_ttl
+from .spec import CONTROL_PORT, LetsEncrypt, TunnelSpec, build_spec, parse_ttl
 from .state import ServerState, state_root
 from .wait import Progress, wait_until_gone, wait_until_ready
 from .wheel import DIST, build_runtime_wheel, version
@@ -43,6 +43,9 @@ class CreateOptions:
     runtime_spec: str | None = None
     embed_wheel: bool = False
     creds: Credentials = field(default_factory=Credentials)
+    letsencrypt: bool | None = None  # None: on for a cloud's http mode with --domain on port 80
+    letsencrypt_email: str | None = None
+    letsencrypt_issuer: str = "prod"
 
 
 def _spec(opts: CreateOptions) -> TunnelSpec:
@@ -55,15 +58,36 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         control_port = free_port()
     else:
         control_port = CONTROL_PORT
+    http_port = opts.http_port or (LOCAL_HTTP_PORT if local else 80)
     return build_spec(
         opts.mode,
         opts.ports,
         opts.domains,
         default_ports=LOCAL_DEFAULT_PORTS if local else (80, 443),
-        http_port=opts.http_port or (LOCAL_HTTP_PORT if local else 80),
+        http_port=http_port,
         control_port=control_port,
         upstream=opts.upstream,
+        letsencrypt=_letsencrypt(opts, http_port),
     )
+
+
+def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
+    """Public certificates where they can work: a cloud VM serving named domains on port 80."""
+    cloud = opts.provider not in ("local", "ssh")
+    wanted = opts.letsencrypt
+    if wanted is None:
+        wanted = cloud and opts.mode == "http" and bool(opts.domains) and http_port == 80
+    if not wanted:
+        if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod":
+            raise ProvisionError("--letsencrypt-email/--letsencrypt-issuer need Let's Encrypt: --mode http --domain "
+                                 "on a cloud provider (or --letsencrypt)")
+        return None
+    if opts.mode != "http":
+        raise ProvisionError("--letsencrypt is for --mode http")
+    if not cloud:
+        raise ProvisionError(f"--letsencrypt needs a cloud provider; --provider {opts.provider} is not offered it "
+                             "(run `inlets http server --letsencrypt-domain` there yourself)")
+    return LetsEncrypt(opts.letsencrypt_email, opts.letsencrypt_issuer)
 
 
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
@@ -84,7 +108,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     secrets = material_mod.generate(name)
     text = ""
     if provider.user_data_limit:
-        wheel = build_runtime_wheel() if opts.embed_wheel else None
+        wheel = build_runtime_wheel(letsencrypt=spec.letsencrypt is not None) if opts.embed_wheel else None
         package = opts.runtime_spec or f"{DIST}=={version()}"
         text = user_data(
             spec, secrets, UserDataOptions(name, package, wheel, expires_at, provider.user_data_limit)
@@ -99,7 +123,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "name": name, "provider": opts.provider, "mode": spec.mode, "ports": list(spec.ports),
             "domains": list(spec.domains), "http_port": spec.http_port if spec.mode == "http" else None,
-            "control_port": spec.control_port, "created_at": _iso(now),
+            "control_port": spec.control_port, "created_at": _iso(now), "letsencrypt": spec.letsencrypt is not None,
             "expires_at": _iso(expires_at) if expires_at else None, "region": opts.region, "size": opts.size,
             "id": None, "ip": None,
         }
@@ -149,7 +173,8 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
     if meta["mode"] == "tcp":
         endpoints = [f"{_hostport(data_host, p)}" for p in meta["ports"]]
     else:
-        endpoints = [f"http://{d}:{meta['http_port']}" for d in meta["domains"]] or [
+        endpoints = [f"https://{d}" for d in meta["domains"]] if meta.get("letsencrypt") else None
+        endpoints = endpoints or [f"http://{d}:{meta['http_port']}" for d in meta["domains"]] or [
             f"http://{_hostport(data_host, meta['http_port'])}"
         ]
     return {

@@ -88,6 +88,8 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
             "on_calendar": when.strftime("%Y-%m-%d %H:%M:%S UTC"),
         }
     units = {"inlets.service": systemd_unit(server_argv(spec, VM_FILES), spec.mode)}
+    if spec.letsencrypt is not None:  # a writable state folder for the certificates (ProtectSystem=strict)
+        units["inlets.service.d/letsencrypt.conf"] = render("inlets-letsencrypt.conf.j2")
     if expires:
         units["inlets-expire.service"] = render("inlets-expire.service.j2", expires_at=expires["iso"])
         units["inlets-expire.timer"] = render(

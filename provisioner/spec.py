@@ -27,6 +27,14 @@ _TTL_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
 @dataclass(frozen=True)
+class LetsEncrypt:
+    """HTTP mode: the exit server gets public certificates for its domains (HTTP-01 on port 80, HTTPS on 443)."""
+
+    email: str | None = None
+    issuer: str = "prod"  # prod, staging or an ACME directory URL
+
+
+@dataclass(frozen=True)
 class TunnelSpec:
     """The tunnel an exit server offers, independent of where it runs."""
 
@@ -36,6 +44,7 @@ class TunnelSpec:
     http_port: int = DEFAULT_HTTP_PORT  # http: data-plane port
     control_port: int = CONTROL_PORT
     upstream: str = DEFAULT_TCP_UPSTREAM  # what the printed client forwards to: tcp host, or http URL
+    letsencrypt: LetsEncrypt | None = None  # http: serve the domains over HTTPS with Let's Encrypt
 
     @property
     def data_ports(self) -> tuple[int, ...]:
@@ -83,6 +92,7 @@ def build_spec(
     http_port: int = DEFAULT_HTTP_PORT,
     control_port: int = CONTROL_PORT,
     upstream: str | None = None,
+    letsencrypt: LetsEncrypt | None = None,
 ) -> TunnelSpec:
     """Validate the create options into a spec, with one-line errors."""
     if mode not in ("tcp", "http"):
@@ -107,7 +117,26 @@ def build_spec(
     url = upstream or DEFAULT_HTTP_UPSTREAM
     if not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
         raise ProvisionError(f"invalid --upstream {url!r} for --mode http: give a URL such as http://127.0.0.1:8080")
-    return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url)
+    if letsencrypt is not None:
+        _check_letsencrypt(letsencrypt, names, http_port)
+    return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,
+                      letsencrypt=letsencrypt)
+
+
+def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int) -> None:
+    from runtime.acme_store import AcmeConfigError, check_domain, check_email, directory_url
+
+    if not domains:
+        raise ProvisionError("Let's Encrypt needs --domain: certificates are issued for names, not the catch-all")
+    if http_port != 80:
+        raise ProvisionError(f"Let's Encrypt validates on port 80, not --http-port {http_port}; drop one of them")
+    try:
+        for domain in domains:
+            check_domain(domain)
+        check_email(letsencrypt.email)
+        directory_url(letsencrypt.issuer)
+    except AcmeConfigError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -143,6 +172,12 @@ def server_argv(
         argv += ["--allow-ports", ",".join(map(str, spec.ports))]
     else:
         argv += ["--port", str(spec.http_port)]
+        if spec.letsencrypt is not None:  # keys under $XDG_DATA_HOME/inlets/letsencrypt (render: the unit's state dir)
+            for domain in spec.domains:
+                argv += ["--letsencrypt-domain", domain]
+            if spec.letsencrypt.email:
+                argv += ["--letsencrypt-email", spec.letsencrypt.email]
+            argv += ["--letsencrypt-issuer", spec.letsencrypt.issuer]
     return argv
 
 

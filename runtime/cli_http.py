@@ -48,9 +48,12 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
         if email or issuer != "prod" or path or ca:
             fail("--letsencrypt-email/-issuer/-path/-ca need --letsencrypt-domain")
         return None
-    from .acme_store import AcmeConfigError
-    from .https_front import HttpsFront
-    from .letsencrypt import configure
+    try:
+        from .acme_store import AcmeConfigError
+        from .https_front import HttpsFront
+        from .letsencrypt import configure
+    except ImportError as exc:
+        fail(f"this installation has no Let's Encrypt support ({exc})")
 
     try:
         manager = configure(domains, path or default_data_dir() / "letsencrypt", issuer=issuer, email=email,

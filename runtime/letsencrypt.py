@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.util
 import logging
 import ssl
 from pathlib import Path
@@ -172,6 +173,8 @@ def configure(
 ) -> LetsEncrypt:
     """Validate the ``--letsencrypt-*`` options into a manager; ``AcmeConfigError`` (one line) otherwise."""
     names = [check_domain(d) for d in domains]
+    if importlib.util.find_spec("acme") is None:
+        raise AcmeConfigError("Let's Encrypt needs the acme package: pip install acme")
     url = directory_url(issuer)
     email = check_email(email)
     if ca_bundle is not None and not ca_bundle.is_file():
