@@ -63,9 +63,10 @@ def _name(command: list[str]) -> str:
     return "inlets-" + "-".join(re.sub(r"[^a-z0-9]", "", part.lower()) for part in command)
 
 
-def _executable() -> str:
-    found = shutil.which("inlets")
-    return found or str(Path(sys.argv[0]).resolve())
+def _command() -> list[str]:
+    """How the service starts inlets: the ``inlets`` on PATH, the one beside this Python, or ``python -m runtime``."""
+    found = shutil.which("inlets") or (str(p) if (p := Path(sys.executable).with_name("inlets")).exists() else None)
+    return [found] if found else [sys.executable, "-m", "runtime"]
 
 
 SERVICE_USER = "inlets"
@@ -97,7 +98,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
-        exec_start=shlex.join([_executable(), *command, *args]),
+        exec_start=shlex.join([*_command(), *command, *args]),
         user=SERVICE_USER,
         mode=command[0],
         server=command[-1] == "server",
