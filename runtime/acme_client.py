@@ -1,18 +1,25 @@
 """Obtain one certificate over ACME (RFC 8555) with HTTP-01, using certbot's ``acme`` library.
 
-Blocking by nature (``acme`` uses requests): the server calls ``AcmeIssuer.issue`` in a
-thread. Challenges are handed to ``publish`` (token -> key authorization) for the
-port-80 responder to serve, and withdrawn afterwards whatever happens. Every failure
-becomes one ``AcmeError`` line; keys never reach a message or a log.
+Run as ``python -m runtime.acme_client`` by the server (``letsencrypt``), one process per
+issuance: ``acme`` blocks (requests) and, with the crypto libraries, weighs about 20 MiB
+that the long-running server should not keep. The child talks JSON lines on stdout:
+``{"publish": TOKEN, "validation": V}`` (the server answers a line on stdin once its
+port-80 responder serves it), ``{"withdraw": TOKEN}``, ``{"log": TEXT}``, and finally
+``{"issued": DOMAIN}`` (files saved in the store) or ``{"error": ONE_LINE}``. Keys never
+reach a message or a log.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import logging
+import sys
+from pathlib import Path
 from typing import Callable
 
-from .acme_store import CertStore
+from .acme_store import Account, CertStore
 
 log = logging.getLogger("inlets.letsencrypt")
 
@@ -40,23 +47,15 @@ class AcmeIssuer:
     """One ACME account (its key kept in ``store``), registered on first use, reused after."""
 
     def __init__(
-        self,
-        store: CertStore,
-        url: str,
-        publish: Callable[[str, str], None],
-        withdraw: Callable[[str], None],
-        *,
-        email: str | None = None,
-        ca_bundle: str | None = None,
-        timeout: float = 90.0,
+        self, store: CertStore, account: Account, publish: Callable[[str, str], None], withdraw: Callable[[str], None]
     ) -> None:
         self.store = store
-        self.url = url
+        self.url = account.url
         self.publish = publish
         self.withdraw = withdraw
-        self.email = email
-        self.ca_bundle = ca_bundle  # trust for the ACME server's own HTTPS (private CAs); else the system's
-        self.timeout = timeout
+        self.email = account.email
+        self.ca_bundle = account.ca_bundle  # trust for the ACME server's own HTTPS (private CAs); else the system's
+        self.timeout = account.timeout
         self._client = None
 
     def issue(self, domain: str) -> tuple[bytes, bytes]:
@@ -139,3 +138,54 @@ class AcmeIssuer:
         if not order.fullchain_pem:
             raise AcmeError(f"{domain}: the ACME server returned no certificate")
         return order.fullchain_pem.encode(), key_pem
+
+
+# ------------------------------------------------------------------ child process
+
+
+class _JsonLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _emit({"log": record.getMessage()})
+
+
+def _emit(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _publish(token: str, validation: str) -> None:
+    _emit({"publish": token, "validation": validation})
+    if not sys.stdin.readline():  # the server answers once it serves the token
+        raise AcmeError("the server went away during the challenge")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One issuance: ``--root R --url U --domain D [--email E] [--ca-bundle C] [--timeout S]``."""
+    parser = argparse.ArgumentParser(prog="python -m runtime.acme_client")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--domain", required=True)
+    parser.add_argument("--email")
+    parser.add_argument("--ca-bundle")
+    parser.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    log.addHandler(_JsonLines())
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    store = CertStore(Path(args.root), args.url)
+    account = Account(args.url, args.email, args.ca_bundle, args.timeout)
+    try:
+        chain, key = AcmeIssuer(store, account, _publish, lambda token: _emit({"withdraw": token})).issue(args.domain)
+        store.save(args.domain, chain, key)
+    except AcmeError as exc:
+        _emit({"error": str(exc)})
+        return 1
+    except (OSError, ValueError) as exc:
+        _emit({"error": f"{args.domain}: cannot store the certificate: {_one_line(exc)}"})
+        return 1
+    _emit({"issued": args.domain})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

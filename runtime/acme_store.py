@@ -2,21 +2,22 @@
 
 One folder per ACME directory (so staging and production accounts never mix), 0700,
 holding the account key and a certificate chain plus key per domain, every file 0600
-and replaced atomically (a crash mid-write never leaves half a certificate). The
-renewal rule is Let's Encrypt's advice: renew once two thirds of the lifetime have
-passed, which works for 90-day certificates and for short-lived ones alike.
+and replaced atomically (a crash mid-write never leaves half a certificate). Beside
+each certificate, ``DOMAIN.json`` holds its validity, so the long-running server
+reads it without loading the crypto library (only the issuing child process does).
+The renewal rule is Let's Encrypt's advice: renew once two thirds of the lifetime
+have passed, which works for 90-day certificates and for short-lived ones alike.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
-
-from .certs import write_private
 
 ISSUERS = {
     "prod": "https://acme-v02.api.letsencrypt.org/directory",
@@ -96,6 +97,16 @@ def _folder_name(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Account:
+    """How to reach the ACME server: directory URL, contact, trust for its own HTTPS, patience."""
+
+    url: str
+    email: str | None = None
+    ca_bundle: str | None = None  # a private ACME CA's bundle; else the system store
+    timeout: float = 90.0  # seconds for validation and finalisation
+
+
+@dataclass(frozen=True)
 class StoredCert:
     domain: str
     chain: Path
@@ -107,6 +118,7 @@ class CertStore:
     """Files of one ACME directory under ``root``: ``account.key``, ``DOMAIN.crt``, ``DOMAIN.key``."""
 
     def __init__(self, root: Path, url: str) -> None:
+        self.root = root
         self.dir = root / _folder_name(url)
 
     def prepare(self) -> None:
@@ -130,27 +142,46 @@ class CertStore:
         return self.dir / f"{domain}.crt", self.dir / f"{domain}.key"
 
     def load(self, domain: str) -> StoredCert | None:
-        """The stored certificate for ``domain`` if it is readable and names it; else None (re-issue)."""
+        """The stored certificate for ``domain`` per its validity note; None (re-issue) when incomplete."""
         chain, key = self.paths(domain)
-        if not (chain.exists() and key.exists()):
+        note = self.dir / f"{domain}.json"
+        if not (chain.exists() and key.exists() and note.exists()):
             return None
         try:
-            pem = chain.read_bytes()
-            if not covers(pem, domain):
+            data = json.loads(note.read_text())
+            if data["domain"] != domain:
                 return None
-            return StoredCert(domain, chain, key, validity(pem))
-        except ValueError:
+            when = Validity(_parse(data["not_before"]), _parse(data["not_after"]))
+        except (ValueError, KeyError, TypeError, OSError):
             return None
+        return StoredCert(domain, chain, key, when)
 
     def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCert:
+        """Store a new certificate (parsed here: the issuing process has the crypto library loaded)."""
+        if not covers(chain_pem, domain):
+            raise ValueError(f"the certificate issued for {domain} does not name it")
+        when = validity(chain_pem)
         chain, key = self.paths(domain)
         self._replace(key, key_pem)
         self._replace(chain, chain_pem)
-        return StoredCert(domain, chain, key, validity(chain_pem))
+        note = {"domain": domain, "not_before": _iso(when.not_before), "not_after": _iso(when.not_after)}
+        self._replace(self.dir / f"{domain}.json", json.dumps(note).encode())
+        return StoredCert(domain, chain, key, when)
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
         """Write beside, then rename over: readers see the old file or the new one, 0600 either way."""
         temporary = path.with_name(path.name + ".tmp")
-        write_private(temporary, data)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, 0o600)
         os.replace(temporary, path)
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)

@@ -3,7 +3,9 @@
 The manager owns the certificates the HTTPS listener presents: one TLS context per
 domain, chosen by SNI. On start it loads what the store holds, then one task issues
 what is missing and renews what is due (``acme_store.Validity.due``), each ACME run in
-a thread (``acme`` blocks). A renewed certificate replaces the domain's context:
+a short-lived child process (``acme_client``: it blocks, and its libraries would stay
+in this process's memory), whose challenges this process serves on port 80 while it
+runs. A renewed certificate replaces the domain's context:
 handshakes from then on use it, connections already open keep theirs. A failure is
 logged once per attempt and retried with a doubling delay, while the old certificate
 (if any) keeps being served.
@@ -12,20 +14,26 @@ logged once per attempt and retried with a doubling delay, while the old certifi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import importlib.util
+import json
 import logging
 import ssl
+import sys
 from pathlib import Path
-from typing import Callable
 
-from .acme_client import AcmeError, AcmeIssuer
-from .acme_store import AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+from .acme_store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
 log = logging.getLogger("inlets.letsencrypt")
 
 MAX_SLEEP = 6 * 3600.0  # look again at least this often (clock jumps, a store changed by hand)
 RETRY_MAX = 3600.0
+CHILD_GRACE = 60.0  # seconds an ACME run may take beyond its validation timeout before it is killed
+
+
+class AcmeError(Exception):
+    """An issuance failed; one line from the ACME run (``acme_client``)."""
 
 
 def tls_context() -> ssl.SSLContext:
@@ -37,17 +45,10 @@ def tls_context() -> ssl.SSLContext:
 
 
 class LetsEncrypt:
-    def __init__(
-        self,
-        domains: list[str],
-        store: CertStore,
-        issuer: AcmeIssuer | Callable[[str], tuple[bytes, bytes]],
-        *,
-        retry: float = 60.0,
-    ) -> None:
+    def __init__(self, domains: list[str], store: CertStore, account: Account, *, retry: float = 60.0) -> None:
         self.domains = list(dict.fromkeys(domains))
         self.store = store
-        self._issue = issuer.issue if isinstance(issuer, AcmeIssuer) else issuer
+        self.account = account
         self.retry = retry
         self.challenges: dict[str, str] = {}  # token -> key authorization, served on port 80
         self.certs: dict[str, StoredCert] = {}
@@ -60,7 +61,7 @@ class LetsEncrypt:
         self.context = tls_context()
         self.context.sni_callback = self._select
 
-    # ------------------------------------------------------------ challenges (called from the ACME thread)
+    # ------------------------------------------------------------ challenges (served by https_front.PlainFront)
 
     def publish(self, token: str, key_authorization: str) -> None:
         self.challenges[token] = key_authorization
@@ -142,8 +143,7 @@ class LetsEncrypt:
         renewing = domain in self.certs
         log.info("event=%s domain=%s", "certificate_renewing" if renewing else "certificate_requesting", domain)
         try:
-            chain, key = await asyncio.to_thread(self._issue, domain)
-            cert = self.store.save(domain, chain, key)
+            cert = await self._issue(domain)
             self._install(cert)
         except (AcmeError, ssl.SSLError, OSError, ValueError) as exc:
             failures = self._failures[domain] = self._failures.get(domain, 0) + 1
@@ -156,6 +156,56 @@ class LetsEncrypt:
         self.issued += 1
         log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
                  _iso(cert.validity.not_after))
+
+    async def _issue(self, domain: str) -> StoredCert:
+        """One ACME run in a child process (see ``acme_client``); ``AcmeError`` when it fails."""
+        account = self.account
+        argv = [sys.executable, "-m", "runtime.acme_client", "--root", str(self.store.root), "--url", account.url,
+                "--domain", domain, "--timeout", str(account.timeout)]
+        argv += ["--email", account.email] if account.email else []
+        argv += ["--ca-bundle", account.ca_bundle] if account.ca_bundle else []
+        child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        published: set[str] = set()
+        try:
+            return await asyncio.wait_for(self._converse(child, domain, published), account.timeout + CHILD_GRACE)
+        except asyncio.TimeoutError:
+            raise AcmeError(f"{domain}: the ACME run took over {account.timeout + CHILD_GRACE:.0f}s") from None
+        finally:
+            for token in published:
+                self.withdraw(token)
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+
+    async def _converse(self, child: asyncio.subprocess.Process, domain: str, published: set[str]) -> StoredCert:
+        assert child.stdout is not None and child.stdin is not None and child.stderr is not None
+        while line := await child.stdout.readline():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "publish" in message:
+                self.publish(message["publish"], message["validation"])
+                published.add(message["publish"])
+                child.stdin.write(b"\n")  # served now: the child may tell the CA to validate
+                await child.stdin.drain()
+            elif "withdraw" in message:
+                self.withdraw(message["withdraw"])
+                published.discard(message["withdraw"])
+            elif "log" in message:
+                log.info("%s", message["log"])
+            elif "error" in message:
+                raise AcmeError(message["error"])
+            elif message.get("issued") == domain:
+                cert = self.store.load(domain)
+                if cert is None:
+                    raise AcmeError(f"{domain}: the ACME run stored no readable certificate")
+                return cert
+        await child.wait()
+        last = (await child.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
+        raise AcmeError(f"{domain}: the ACME run exited ({child.returncode}) saying: {last[-1][:300]}")
 
 
 def _iso(when: datetime.datetime) -> str:
@@ -179,9 +229,5 @@ def configure(
     email = check_email(email)
     if ca_bundle is not None and not ca_bundle.is_file():
         raise AcmeConfigError(f"--letsencrypt-ca {ca_bundle}: no such file")
-    store = CertStore(root, url)
-    manager: LetsEncrypt
-    issuer_client = AcmeIssuer(store, url, lambda t, v: manager.publish(t, v), lambda t: manager.withdraw(t),
-                               email=email, ca_bundle=str(ca_bundle) if ca_bundle else None)
-    manager = LetsEncrypt(names, store, issuer_client, retry=retry)
-    return manager
+    account = Account(url, email, str(ca_bundle.resolve()) if ca_bundle else None)
+    return LetsEncrypt(names, CertStore(root, url), account, retry=retry)

@@ -131,7 +131,8 @@ def test_keys_are_private_and_never_logged(acme, caplog) -> None:
     assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(store.dir.parent.stat().st_mode) == 0o700
     files = sorted(p.name for p in store.dir.iterdir())
-    assert files == ["a.example.test.crt", "a.example.test.key", "account.key", "b.example.test.crt", "b.example.test.key"]
+    assert files == ["a.example.test.crt", "a.example.test.json", "a.example.test.key", "account.key",
+                     "b.example.test.crt", "b.example.test.json", "b.example.test.key"]
     for path in store.dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     logged = "\n".join(r.getMessage() for r in caplog.records)

@@ -3,7 +3,8 @@
 The server process obtains its certificate from pebble, the `inlets http client`
 process serves the domain from a local app, and curl (trusting only pebble's root)
 reaches the app over HTTPS; plain HTTP redirects. SIGTERM exits cleanly, keys stay
-0600 and out of the log.
+0600 and out of the log, and the server process never loads the ACME or crypto
+libraries (each issuance runs in a child process).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls,
                 capture_output=True, text=True, timeout=20,
             )
             assert redirect.stdout == f"308 https://{DOMAIN}:{https_port}/a?b", redirect
+            # ACME ran in a child process: the long-running server never mapped the crypto/ACME libraries
+            maps = Path(f"/proc/{server.pid}/maps").read_text()
+            assert "cryptography" not in maps
         finally:
             codes = stop_all(client, server)
             app.shutdown()
