@@ -230,4 +230,9 @@ def configure(
     if ca_bundle is not None and not ca_bundle.is_file():
         raise AcmeConfigError(f"--letsencrypt-ca {ca_bundle}: no such file")
     account = Account(url, email, str(ca_bundle.resolve()) if ca_bundle else None)
-    return LetsEncrypt(names, CertStore(root, url), account, retry=retry)
+    store = CertStore(root, url)
+    try:
+        store.prepare()
+    except OSError as exc:
+        raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}") from None
+    return LetsEncrypt(names, store, account, retry=retry)
