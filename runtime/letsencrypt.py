@@ -57,7 +57,6 @@ class LetsEncrypt:
         self._failures: dict[str, int] = {}
         self._not_before: dict[str, float] = {}  # domain -> loop time before which no retry
         self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
         self.context = tls_context()
         self.context.sni_callback = self._select
 
@@ -116,10 +115,20 @@ class LetsEncrypt:
         """Domains with no certificate, or one past two thirds of its life."""
         return [d for d in self.domains if d not in self.certs or self.certs[d].validity.due(now)]
 
-    def next_check(self, now: datetime.datetime) -> float:
-        """Seconds until the earliest renewal is due, within [1, MAX_SLEEP]."""
-        times = [(c.validity.renew_at() - now).total_seconds() for c in self.certs.values()]
-        return max(1.0, min([MAX_SLEEP, *times]))
+    def next_check(self, now: datetime.datetime, clock: float) -> float:
+        """Seconds until something is to do (a renewal due, a retry's delay over), within [1, MAX_SLEEP].
+
+        ``clock`` is the loop's monotonic time, which retry deadlines are kept in.
+        """
+        waits = []
+        for domain in self.domains:
+            if domain in self._not_before:
+                waits.append(self._not_before[domain] - clock)
+            elif domain in self.certs:
+                waits.append((self.certs[domain].validity.renew_at() - now).total_seconds())
+            else:
+                waits.append(0.0)
+        return max(1.0, min([MAX_SLEEP, *waits]))
 
     async def _keep_current(self) -> None:
         loop = asyncio.get_running_loop()
@@ -128,16 +137,7 @@ class LetsEncrypt:
             for domain in self.due(now):
                 if loop.time() >= self._not_before.get(domain, 0.0):
                     await self._obtain(domain, loop)
-            now = datetime.datetime.now(datetime.timezone.utc)
-            delay = self.next_check(now)
-            waiting = [t - loop.time() for d, t in self._not_before.items() if d in self.due(now)]
-            if waiting:
-                delay = min(delay, max(1.0, min(waiting)))
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await asyncio.sleep(self.next_check(datetime.datetime.now(datetime.timezone.utc), loop.time()))
 
     async def _obtain(self, domain: str, loop: asyncio.AbstractEventLoop) -> None:
         renewing = domain in self.certs

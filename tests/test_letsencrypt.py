@@ -226,6 +226,25 @@ def test_renewal_is_due_after_two_thirds_of_the_lifetime() -> None:
     assert short.renew_at() == start + datetime.timedelta(days=4)
 
 
+def test_the_next_look_waits_for_renewals_and_retries_not_longer(tmp_path: Path) -> None:
+    from runtime.acme_store import Account, StoredCert
+    from runtime.letsencrypt import MAX_SLEEP, LetsEncrypt
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    manager = LetsEncrypt(["a.example.com", "b.example.com"], CertStore(tmp_path, "https://ca.test/dir"),
+                          Account("https://ca.test/dir"))
+    assert manager.next_check(now, 100.0) == 1.0  # nothing issued yet: at once (at least 1 s apart)
+    fresh = Validity(now, now + datetime.timedelta(days=90))
+    for domain in manager.domains:
+        manager.certs[domain] = StoredCert(domain, tmp_path / "c", tmp_path / "k", fresh)
+    assert manager.next_check(now, 100.0) == MAX_SLEEP  # renewal 60 days away: look again in 6 h
+    manager.certs["a.example.com"] = StoredCert("a.example.com", tmp_path / "c", tmp_path / "k",
+                                                Validity(now - datetime.timedelta(days=89), now + datetime.timedelta(days=1)))
+    manager._not_before["a.example.com"] = 100.0 + 300  # due, but its last attempt failed: retry in 300 s
+    assert manager.next_check(now, 100.0) == 300.0
+    assert manager.due(now) == ["a.example.com"]
+
+
 def test_option_checks_are_one_line_errors(tmp_path: Path) -> None:
     assert directory_url("staging").startswith("https://acme-staging-v02.")
     assert directory_url("https://ca.internal/acme/dir") == "https://ca.internal/acme/dir"
