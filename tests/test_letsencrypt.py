@@ -15,6 +15,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,10 @@ def test_tls_below_1_2_is_refused(acme) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        with warnings.catch_warnings():  # offering TLS 1.0/1.1 is deprecated: that is the point here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
         context.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError) as exc:
         pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
