@@ -28,6 +28,17 @@ HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
 
 
+class TlsFrontConnection(FrontConnection):
+    """The reverse proxy over TLS: ``X-Forwarded-Proto: https``, and no half-open connections."""
+
+    def __init__(self, server: HttpTunnelServer) -> None:
+        super().__init__(server, scheme=b"https")
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False  # TLS closes on the peer's close_notify anyway; True only makes asyncio warn per connection
+
+
 def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int) -> tuple[int, bytes, list]:
     """(status, body, extra headers) for a request on the plain port: no I/O, so tests call it directly."""
     path = head.target.split(b"?", 1)[0]
@@ -108,7 +119,7 @@ class HttpsFront:
         )
         try:
             self._tls = await loop.create_server(
-                lambda: FrontConnection(server, scheme=b"https"), server.data_addr, self.https_port, backlog=1024,
+                lambda: TlsFrontConnection(server), server.data_addr, self.https_port, backlog=1024,
                 ssl=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT,
             )
         except OSError:

@@ -3,13 +3,17 @@
 The rendered user-data runs `inlets http server --letsencrypt-domain D ...` with a
 writable 0700 state folder (a systemd drop-in), and bad combinations are one-line
 errors. End to end: the DigitalOcean fake "boots" the droplet by running the unit's
-own command on its loopback IP, ports 80 and 443; pebble (through dnsmasq and a relay
-to the droplet's port 80) issues the certificate, and curl reaches the app over HTTPS
-through the printed client command.
+own command on its loopback IP, ports 80 and 443, from the embedded wheel (which then
+carries the Let's Encrypt modules); pebble (through dnsmasq and a relay to the droplet's
+port 80) issues the certificate, and curl reaches the app over HTTPS through the printed
+client command.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import lzma
 import shlex
 import shutil
 import socket
@@ -17,6 +21,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +36,7 @@ from prov_support import free_port, http_upstream, one_line_error, run_cli, run_
 from provisioner.material import generate  # noqa: E402
 from provisioner.render import UserDataOptions, user_data  # noqa: E402
 from provisioner.spec import LetsEncrypt, build_spec  # noqa: E402
+from provisioner.wheel import LETSENCRYPT_MODULES  # noqa: E402
 
 TOKEN = "dop_v1_" + "e" * 64
 DOMAIN = "site.example.test"
@@ -165,9 +171,16 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
                               "--letsencrypt-issuer", ca.directory, "--upstream", f"http://127.0.0.1:{upstream_port}",
                               "--control-port", str(control), "--api-url", fake.url,
                               "--access-token-file", str(token_file), "--state-dir", str(state), "--json",
-                              "--timeout", "30")
+                              "--timeout", "30", "--embed-wheel")
             assert created.code == 0, created.err
             summary = created.json()
+            (argv,) = fake.booted.values()
+            assert argv[:2] == [sys.executable, "-c"]  # the runtime from the embedded wheel
+            # (read the wheel itself: in an editable install the droplet could import missing modules from here)
+            packed = next(f for f in yaml.safe_load(next(iter(fake.user_data.values())))["write_files"]
+                          if f["path"].endswith(".whl.xz"))
+            names = zipfile.ZipFile(io.BytesIO(lzma.decompress(base64.b64decode(packed["content"])))).namelist()
+            assert {f"runtime/{m}" for m in LETSENCRYPT_MODULES} <= set(names)
             assert summary["endpoints"] == [f"https://{DOMAIN}"]
             server_log = fake.workdir / f"droplet-{summary['id']}" / "server.log"
             wait_until(lambda: b"event=certificate_issued" in server_log.read_bytes(), 30,
