@@ -82,6 +82,7 @@ def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls,
     assert codes == [0, 0]
     log = (tmp_path / "server.log").read_text()
     assert "PRIVATE KEY" not in log and token not in log and "Traceback" not in log
+    assert "level=WARNING" not in log and "level=ERROR" not in log, log
     keys = sorted(le_path.rglob("*.key"))
     assert [k.name for k in keys] == ["account.key", f"{DOMAIN}.key"]
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
