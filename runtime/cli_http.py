@@ -45,8 +45,8 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
                        ca: Path | None, https_port: int):  # -> HttpsFront | None
     """The HTTPS front for ``--letsencrypt-*``, or None without a domain; bad options fail in one line."""
     if not domains:
-        if email or issuer != "prod" or path or ca:
-            fail("--letsencrypt-email/-issuer/-path/-ca need --letsencrypt-domain")
+        if email or issuer != "prod" or path or ca or https_port != 443:
+            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
         return None
     try:
         from .acme_store import AcmeConfigError

@@ -288,6 +288,7 @@ def test_cli_bad_options_are_one_line_errors() -> None:
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-email", "nope"], "not an email address"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-ca", "/nonexistent/ca.pem"], "no such file"),
         (["--letsencrypt-email", "ops@example.com"], "need --letsencrypt-domain"),
+        (["--https-port", "8443"], "need --letsencrypt-domain"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-path", "/dev/null/le"], "cannot keep certificates"),
     ]
     for args, expected in cases:
