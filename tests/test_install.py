@@ -56,3 +56,36 @@ def test_wheel_installs_into_a_fresh_venv_with_working_commands(tmp_path: Path) 
         cwd=outside, capture_output=True, text=True, check=True,
     ).stdout
     assert "user-data.yaml.j2" in templates, "the cloud-init templates must ship inside the wheel"
+
+
+def test_the_embedded_server_wheel_runs_servers_on_its_own(tmp_path: Path) -> None:
+    """inletsctl embeds a server-only wheel in user-data: every server module must import from it
+    alone (not from this checkout, which an editable install would fall back to)."""
+    from provisioner.wheel import build_runtime_wheel
+
+    for letsencrypt in (False, True):
+        wheel = build_runtime_wheel(letsencrypt=letsencrypt)
+        path = tmp_path / f"le{int(letsencrypt)}" / wheel.filename
+        path.parent.mkdir()
+        path.write_bytes(wheel.data)
+        venv = tmp_path / f"venv{int(letsencrypt)}"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        purelib = Path(subprocess.run(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip())
+        deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
+        (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # dependencies only: no finder runs
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+                        "-q", str(path)], check=True, timeout=300, capture_output=True)
+        modules = ["runtime.cli", "runtime.tcp_server", "runtime.udp", "runtime.http_server", "runtime.status"]
+        modules += ["runtime.https_front", "runtime.letsencrypt"] if letsencrypt else []
+        probe = "import importlib, runtime; print(runtime.__file__); " + "; ".join(
+            f"importlib.import_module({m!r})" for m in modules)
+        result = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert str(venv) in result.stdout and str(ROOT) not in result.stdout
+        for command in (["tcp", "server", "--help"], ["http", "server", "--help"]):
+            assert subprocess.run([venv / "bin" / "inlets", *command], cwd=tmp_path, capture_output=True,
+                                  timeout=60).returncode == 0
