@@ -199,7 +199,7 @@ def main() -> None:
     seen_ok, seen_failed = 0, 0
     while time.monotonic() < until:
         time.sleep(1)
-        if time.monotonic() >= next_reconnect:
+        if time.monotonic() >= next_reconnect and next_reconnect + 30 < until:  # none just before the end
             reconnects += 1
             ok, failed = sum(l.ok for l in loads), sum(l.failed for l in loads)
             before = "start" if reconnects == 1 else ("SIGHUP" if reconnects % 2 == 0 else "SIGKILL+restart")
