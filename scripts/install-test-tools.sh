@@ -5,7 +5,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble)
+apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
