@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from .mux import DEFAULT_MAX_FRAME, DEFAULT_WINDOW, Multiplexer
+from .mux import DEFAULT_WINDOW, Multiplexer
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
 

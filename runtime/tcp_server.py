@@ -79,7 +79,6 @@ class DataPlaneConnection(TcpBridge):
                 self.attach(session.open_stream(self.service, self))
             except StreamError:
                 continue
-            self.server.connections_total[self.service] = self.server.connections_total.get(self.service, 0) + 1
             self.counters[0].inc()
             self.counters[1].inc()
             self._counted = True
@@ -151,7 +150,6 @@ class TcpTunnelServer:
         self.listeners: dict[str, asyncio.base_events.Server | asyncio.DatagramTransport] = {}
         self.udp_ports: dict[str, UdpPort] = {}
         self.metrics.watch_udp(lambda: self.udp_ports)
-        self.connections_total: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures.proxy_daemons import Daemon, _spawn, binary
-from prometheus_client.parser import text_string_to_metric_families
 from process_helpers import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
 from tunnel_helpers import (
-    TlsFiles, control_url, echo_server, free_port, port_of, run, serve, start_client, start_server, stop, wait_listening,
+    TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
+    wait_listening,
 )
 
 from runtime.allowlist import SourceAllowList, parse_networks
@@ -235,16 +235,6 @@ def test_generated_kubernetes_yaml(tls: TlsFiles, token: str, token_file: Path) 
 # ---------------------------------------------------------- allow-lists, PROXY
 
 
-def _metric(server, name: str, **labels: str) -> float:
-    from prometheus_client import generate_latest
-
-    for family in text_string_to_metric_families(generate_latest(server.metrics.registry).decode()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
-
-
 def test_allow_ips_refuses_other_sources_at_accept_and_counts_them(tls: TlsFiles, token: str) -> None:
     async def attempt(port: int, source: str) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
@@ -266,7 +256,7 @@ def test_allow_ips_refuses_other_sources_at_accept_and_counts_them(tls: TlsFiles
         await wait_listening("127.0.0.1", public)
         assert await attempt(public, "127.0.0.2") == b"hi"
         assert await attempt(public, "127.0.0.3") == b""
-        assert _metric(server, "tcp_dataplane_refused_total", port=str(public), reason="source_not_allowed") >= 1
+        assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="source_not_allowed") >= 1
         await stop(task)
         await server.stop()
 
@@ -359,7 +349,7 @@ def test_balancer_header_sets_the_source_for_allow_list_and_upstream(
         except ConnectionResetError:
             pass
         writer.close()
-        assert _metric(server, "tcp_dataplane_refused_total", reason="bad_proxy_header") == 1
+        assert metric(server, "tcp_dataplane_refused_total", reason="bad_proxy_header") == 1
         await stop(task)
         await server.stop()
 

@@ -15,6 +15,7 @@ from tunnel_helpers import (
     echo_server,
     free_port,
     make_tls,
+    metric,
     pattern,
     port_of,
     run,
@@ -54,9 +55,9 @@ def test_echo_through_the_tunnel(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         echo = await echo_server()
         server, client, task, public = await tunnel(tls, token, port_of(echo))
-        before = server.connections_total[f"tcp:{public}"]  # wait_listening's probe counts too
+        before = metric(server, "tcp_dataplane_connections_total", port=str(public))  # wait_listening's probe counts too
         assert await roundtrip(public, b"hello tunnel") == b"hello tunnel"
-        assert server.connections_total[f"tcp:{public}"] == before + 1
+        assert metric(server, "tcp_dataplane_connections_total", port=str(public)) == before + 1
         await stop(task)
         await server.stop()
 
@@ -116,11 +117,11 @@ def test_200_concurrent_connections(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         echo = await echo_server()
         server, client, task, public = await tunnel(tls, token, port_of(echo))
-        before = server.connections_total[f"tcp:{public}"]
+        before = metric(server, "tcp_dataplane_connections_total", port=str(public))
         payloads = [pattern(1000 + i * 97, seed=i) for i in range(200)]
         results = await asyncio.gather(*(roundtrip(public, p) for p in payloads))
         assert results == payloads
-        assert server.connections_total[f"tcp:{public}"] == before + 200
+        assert metric(server, "tcp_dataplane_connections_total", port=str(public)) == before + 200
         await stop(task)
         await server.stop()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fault_helpers import rss_kib
-from fixtures.proxy_daemons import _spawn, binary
+from fixtures.proxy_daemons import binary
 from process_helpers import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
 from tunnel_helpers import TlsFiles, control_url, free_port, run, start_client, start_server, stop
 

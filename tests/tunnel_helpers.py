@@ -138,3 +138,15 @@ async def wait_listening(host: str, port: int, timeout: float = 10) -> None:
 def pattern(size: int, seed: int = 0) -> bytes:
     """Incompressible, reproducible test data."""
     return random.Random(seed).randbytes(size)
+
+
+def metric(server, name: str, **labels: str) -> float:
+    """One sample of a server's Prometheus metrics, as a scrape would see it (0 when absent)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(generate_latest(server.metrics.registry).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
