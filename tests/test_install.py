@@ -19,10 +19,13 @@ def test_wheel_installs_into_a_fresh_venv_with_working_commands(tmp_path: Path) 
     except ImportError:
         pytest.skip("setuptools is not installed in the test environment, so the wheel cannot be built offline")
     wheels = tmp_path / "wheels"
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)],
-        check=True, timeout=300, capture_output=True,
+        timeout=300, capture_output=True, text=True,
     )
+    assert built.returncode == 0, built.stderr[-2000:]
+    # a first run of the quick start shows this build: it must not warn (e.g. a license table setuptools deprecates)
+    assert "warning" not in (built.stdout + built.stderr).lower(), built.stderr[-2000:]
     (wheel,) = wheels.glob("*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
