@@ -110,10 +110,13 @@ def tcp_server(
             fail(str(exc))
     server = TcpTunnelServer(config, data_addr=data_addr or None, allow_ports=allowed, options=options)
     scheme = "wss" if config.ssl_context else "ws"
-    log.info("event=starting mode=tcp control=%s://%s:%d data_addr=%s version=%s",
-             scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+
+    def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
+        log.info("event=started mode=tcp control=%s://%s:%d data_addr=%s version=%s",
+                 scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}", drain_timeout=drain_timeout,
-               token=token, token_file=token_file)
+               token=token, token_file=token_file, started=started)
 
 
 @tcp_app.command("client")

@@ -51,6 +51,21 @@ def test_help_on_every_command() -> None:
         assert result.returncode == 0 and "Usage:" in result.stdout
 
 
+def test_server_logs_a_ready_line_once_its_control_port_accepts(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=started")
+        line = next(l for l in log.splitlines() if "event=started" in l)
+        assert f"mode=tcp control=wss://127.0.0.1:{control} data_addr=127.0.0.1" in line
+        wait_port(control, timeout=0.5)  # ready means ready: no wait after the line
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+
+
 def test_processes_carry_traffic_survive_a_server_kill_and_stop_cleanly(
     tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
 ) -> None:
