@@ -19,6 +19,10 @@ class ProbeError(Exception):
     """The server could not be asked; the message says why, in one line."""
 
 
+class Unreachable(ProbeError):
+    """Nothing accepted the connection (refused, no route, timed out): maybe not started yet."""
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -60,7 +64,7 @@ def get(
     try:
         raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     except OSError as exc:
-        raise ProbeError(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
+        raise Unreachable(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
     try:
         sock: socket.socket = raw
         if endpoint.tls:

@@ -142,3 +142,17 @@ def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
             assert body == "hello from the upstream, path=/by-host"
     finally:
         assert run_cli(capsys, "delete", summary["name"], "--state-dir", str(state)).code == 0
+
+
+def test_create_progress_reads_as_progress_not_failure(tmp_path: Path) -> None:
+    """A first poll that finds the server not yet listening is not a 'Connection refused' error."""
+    state = tmp_path / "state"
+    created = run_inletsctl("create", "calm", "--provider", "local", "--ports", str(free_port("127.0.0.2")),
+                            "--state-dir", str(state), "--timeout", "30")
+    try:
+        assert created.code == 0, created.err
+        assert "refused" not in created.err.lower() and "''" not in created.err, created.err
+        assert created.err.splitlines()[:2] == ["inletsctl: generating token and TLS material",
+                                                "inletsctl: creating 'calm' on local"], created.err
+    finally:
+        assert run_inletsctl("delete", "calm", "--state-dir", str(state)).code == 0
