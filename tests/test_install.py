@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import site
 import subprocess
 import sys
@@ -92,3 +95,35 @@ def test_the_embedded_server_wheel_runs_servers_on_its_own(tmp_path: Path) -> No
         for command in (["tcp", "server", "--help"], ["http", "server", "--help"]):
             assert subprocess.run([venv / "bin" / "inlets", *command], cwd=tmp_path, capture_output=True,
                                   timeout=60).returncode == 0
+
+
+def test_first_setup_says_what_it_installs_and_later_runs_are_silent(tmp_path: Path) -> None:
+    """scripts/setup.sh (the quick start's first step) for real, offline: pip finds every dependency
+    already installed (this environment's, through a .pth) and builds with this environment's setuptools."""
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for item in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / item, copy / item)
+    for folder in ("runtime", "provisioner", "templates", "scripts"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(copy / ".venv")], check=True, timeout=120)
+    purelib = Path(subprocess.run(
+        [copy / ".venv" / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())
+    (purelib / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # pip, setuptools and every dependency
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"}  # offline: no index, no isolated build
+
+    def setup() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "scripts/setup.sh"], cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    first = setup()
+    assert first.returncode == 0, first.stdout + first.stderr
+    lines = first.stdout.splitlines()
+    assert len(lines) == 2 and first.stderr == "", first.stdout + first.stderr
+    assert lines[0].startswith("setup: installing inlets-py") and "about a minute" in lines[0]
+    assert re.fullmatch(r"setup: \.venv ready in \d+ s \(.*source \.venv/bin/activate\)", lines[1]), lines[1]
+    assert (copy / ".venv" / "bin" / "inletsctl").exists()
+    again = setup()
+    assert again.returncode == 0 and again.stdout == again.stderr == "", again
