@@ -27,6 +27,7 @@ from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from .mux import DEFAULT_WINDOW, Multiplexer
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
+from .tls import verify_failure
 
 log = logging.getLogger("inlets.client")
 
@@ -65,7 +66,7 @@ def connect_url(url: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message}"
+        return verify_failure(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or exc.__class__.__name__
@@ -223,7 +224,7 @@ class TunnelClient:
                 raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
             raise
         except ssl.SSLCertVerificationError as exc:
-            raise FatalClientError(f"{self.config.url}: {_describe(exc)} (check --tls-ca / --tls-server-name)") from None
+            raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None
         except (ProxyError, OSError) as exc:

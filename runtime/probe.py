@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .tls import client_context
+from .tls import client_context, verify_failure
 
 
 class ProbeError(Exception):
@@ -78,7 +78,7 @@ def get(
         response.begin()
         return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
     except ssl.SSLCertVerificationError as exc:
-        raise ProbeError(f"TLS certificate verification failed: {exc.verify_message} (check --tls-ca)") from None
+        raise ProbeError(verify_failure(exc)) from None
     except (OSError, http.client.HTTPException) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None

@@ -5,6 +5,11 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
+#: The name every inletsctl-provisioned server certificate carries. The client is told
+#: to expect it (``--tls-server-name``), so a certificate made before the VM's IP is
+#: known still verifies, while the per-server CA keeps it pinned.
+EXIT_SERVER_NAME = "inlets-exit-server"
+
 
 class TlsConfigError(Exception):
     """TLS files are missing or unusable; the message names the file."""
@@ -40,3 +45,13 @@ def client_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSL
     except (ssl.SSLError, OSError) as exc:
         raise TlsConfigError(f"cannot load CA certificate {ca}: {exc}") from None
     return context
+
+
+def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
+    """Why the server's certificate was refused, and which option fixes it."""
+    if "mismatch" in (exc.verify_message or ""):  # a good certificate for another name
+        hint = (f"the certificate is for another name: give it with --tls-server-name "
+                f"(servers inletsctl made: --tls-server-name {EXIT_SERVER_NAME})")
+    else:
+        hint = "check --tls-ca: it must be the CA that signed the server's certificate"
+    return f"TLS certificate verification failed: {exc.verify_message} ({hint})"
