@@ -82,19 +82,34 @@ class TunnelClient:
         self.ws_url = connect_url(config.url)
         self._changed = asyncio.Event()  # self.session was replaced (rotation)
         self._stopping = False
+        self._token_file_unreadable = False  # said once, until the file can be read again
         try:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
             raise FatalClientError(str(exc)) from None
 
     def current_token(self) -> str:
-        """The token for the next connection: re-read from its file, so rotation needs no restart."""
+        """The token for the next connection: re-read from its file, so rotation needs no restart.
+
+        A token file that cannot be read any more (deleted with its exit server, or caught
+        mid-rotation) does not end the client: it keeps the token it read last, says so
+        once, and goes on retrying as it does while a server restarts.
+        """
         if self.config.token_file is None:
             return self.config.token
         try:
-            return read_tokens(None, self.config.token_file)[0]
+            token = read_tokens(None, self.config.token_file)[0]
         except TokenError as exc:
-            raise FatalClientError(str(exc)) from None
+            if not self._token_file_unreadable:
+                self._token_file_unreadable = True
+                log.warning("event=token_file_unreadable error=%r using=last_token_read note=%r", str(exc),
+                            "an exit server deleted with inletsctl takes its token file along: stop this client then")
+            return self.config.token
+        if self._token_file_unreadable:
+            self._token_file_unreadable = False
+            log.info("event=token_file_readable path=%s", self.config.token_file)
+        self.config.token = token
+        return token
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()

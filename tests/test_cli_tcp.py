@@ -100,6 +100,41 @@ def test_processes_carry_traffic_survive_a_server_kill_and_stop_cleanly(
     assert "Traceback" not in logs
 
 
+def test_client_whose_token_file_vanishes_keeps_retrying_with_the_token_it_read(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
+) -> None:
+    """As when inletsctl deletes an exit server (its folder goes, token file included) and a
+    server comes back: the client is still there, said once what happened, and reconnects."""
+    control, public = free_port(), free_port()
+    client_token = tmp_path / "client-token"
+    client_token.write_text(token + "\n")
+    server_args = ["tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file)]
+    server = spawn(*server_args, log=tmp_path / "server.log")
+    client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(client_token),
+                   "--tls-ca", str(tls.ca), "--upstream", f"{public}=127.0.0.1:{echo_port}", log=tmp_path / "client.log")
+    try:
+        wait_port(public)
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+        client_token.unlink()
+        wait_for_text(tmp_path / "client.log", "event=token_file_unreadable")
+        server = spawn(*server_args, log=tmp_path / "server2.log")
+        wait_port(public, timeout=40)  # reconnected with the token read before the file went
+        assert echo_once(public, b"still here") == b"still here"
+        assert client.poll() is None
+        client_token.write_text(token + "\n")
+        client.send_signal(signal.SIGHUP)  # reconnect: the file is read again
+        log = wait_for_text(tmp_path / "client.log", "event=token_file_readable")
+        assert log.count("event=token_file_unreadable") == 1, log
+        assert "token file not found: " + str(client_token) in log and "inletsctl" in log
+    finally:
+        for process in (client, server):
+            process.send_signal(signal.SIGTERM)
+        for process in (client, server):
+            process.wait(15)
+
+
 def test_wrong_token_exits_with_a_clear_message(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
     control = free_port()
     server = spawn(
