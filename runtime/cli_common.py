@@ -294,8 +294,8 @@ def run_server(
     async def start() -> None:
         try:
             await server.start()
-        except OSError as exc:
-            fail(f"cannot listen ({describe}): {exc.strerror or exc}", 1)
+        except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
+            fail(f"cannot listen ({describe}): {os.strerror(exc.errno) if exc.errno else exc}", 1)
         if started is not None:
             started()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -174,6 +176,52 @@ def test_port_not_allowed_is_refused_with_the_reason(tmp_path: Path, tls: TlsFil
         server.wait(10)
     assert result.returncode == 1
     assert "port(s) 22 not allowed (--allow-ports 8080,8443)" in result.stderr
+
+
+def test_data_port_in_use_is_refused_in_one_whole_line_saying_what_to_do(
+    tmp_path: Path, tls: TlsFiles, token_file: Path
+) -> None:
+    control = free_port()
+    server = spawn(
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.2",
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+        log=tmp_path / "server.log",
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        try:
+            wait_port(control)
+            result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+                            "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", str(taken))
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert result.returncode == 1
+    assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on 127.0.0.2:{taken}: "
+                             "port in use there; free it or give the server another --data-addr\n")
+
+
+def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() -> None:
+    from runtime.dataplane import bind_failure
+
+    with socket.socket() as first, socket.socket() as second:
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        with pytest.raises(OSError) as taken:
+            second.bind(("127.0.0.1", port))
+    assert bind_failure(None, port, taken.value) == (
+        f"server cannot listen on *:{port}: port in use; free it, or on one machine use --data-addr 127.0.0.2")
+    assert bind_failure("::1", port, OSError(errno.EACCES, "x")) == f"server cannot listen on [::1]:{port}: Permission denied"
+
+
+def test_close_reasons_over_the_websocket_limit_are_cut_after_a_word() -> None:
+    from runtime.control import _close_reason
+
+    reason = _close_reason("server cannot listen on " + "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:65535: " * 3)
+    assert len(reason.encode()) <= 123 and reason.endswith("65535:...") and _close_reason("short") == "short"
 
 
 def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_file: Path) -> None:
