@@ -156,3 +156,25 @@ def test_create_progress_reads_as_progress_not_failure(tmp_path: Path) -> None:
                                                 "inletsctl: creating 'calm' on local"], created.err
     finally:
         assert run_inletsctl("delete", "calm", "--state-dir", str(state)).code == 0
+
+
+def test_create_refuses_a_port_another_local_exit_server_serves(tmp_path: Path, capsys) -> None:
+    """The first server opens its data port only once a client comes: create must not wait for that clash."""
+    state, other = tmp_path / "state", tmp_path / "other-state"
+    port = free_port("127.0.0.2")
+    first = run_cli(capsys, "create", "first", "--state-dir", str(state), "--ports", str(port), "--json")
+    assert first.code == 0, first.err
+    try:
+        again = run_cli(capsys, "create", "second", "--state-dir", str(other), "--ports", f"{port + 1},{port}")
+        one_line_error(again, f"port {port} is already served by the local exit server 'first' (127.0.0.2): "
+                              f"choose other --ports, or first: inletsctl delete first --state-dir {state}")
+        assert not (other / "second").exists()
+        with socket.socket() as busy:  # and a port something else holds there
+            busy.bind(("127.0.0.2", 0))
+            busy.listen()
+            held = busy.getsockname()[1]
+            taken = run_cli(capsys, "create", "third", "--state-dir", str(other), "--ports", str(held))
+        one_line_error(taken, f"127.0.0.2:{held} cannot be used on this machine (Address already in use): "
+                              "choose other --ports")
+    finally:
+        assert run_cli(capsys, "delete", "first", "--state-dir", str(state)).code == 0
