@@ -19,7 +19,9 @@ from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, ProxyError
+from websockets.exceptions import (
+    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
+)
 
 from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
@@ -70,6 +72,19 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or exc.__class__.__name__
+
+
+async def speaks_tls(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 class TunnelClient:
@@ -242,6 +257,12 @@ class TunnelClient:
             raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None
+        except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one
+            parts = urlsplit(self.ws_url)
+            if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
+                fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
+                raise FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}") from None
+            raise
         except (ProxyError, OSError) as exc:
             if not self.proxy.url:
                 raise

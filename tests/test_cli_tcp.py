@@ -224,6 +224,45 @@ def test_close_reasons_over_the_websocket_limit_are_cut_after_a_word() -> None:
     assert len(reason.encode()) <= 123 and reason.endswith("65535:...") and _close_reason("short") == "short"
 
 
+def test_ws_url_for_a_tls_server_says_use_wss_and_the_server_logs_it_once(
+    tmp_path: Path, tls: TlsFiles, token_file: Path
+) -> None:
+    control = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        for _ in range(3):
+            result = inlets("tcp", "client", "--url", f"ws://127.0.0.1:{control}", "--token-file", str(token_file),
+                            "--upstream", "127.0.0.1", "--ports", "8080")
+            assert result.returncode == 1
+            assert result.stderr == (f"inlets: error: ws://127.0.0.1:{control}: the server speaks TLS: "
+                                     f"use --url wss://127.0.0.1:{control}\n")
+    finally:
+        server.terminate()
+        server.wait(10)
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("event=plaintext_on_tls_port") == 1 and "must start with wss://" in log, log
+
+
+def test_plaintext_attempts_are_logged_at_most_once_an_interval_with_their_count(caplog) -> None:
+    import time
+
+    from runtime.tls import PlaintextAttempts
+
+    attempts = PlaintextAttempts()
+    attempts.interval = 0.2
+    with caplog.at_level("WARNING", logger="inlets.tls"):
+        for _ in range(3):
+            attempts.seen()
+        time.sleep(0.3)
+        attempts.seen()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[:2] for line in lines] == [["event=plaintext_on_tls_port", "attempts=1"],
+                                                   ["event=plaintext_on_tls_port", "attempts=3"]]
+
+
 def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_file: Path) -> None:
     control = free_port()
     args = [
