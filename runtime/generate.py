@@ -71,6 +71,30 @@ def _command() -> list[str]:
 
 SERVICE_USER = "inlets"
 HOME_DIRS = ("/home/", "/root/", "/run/user/")
+#: hidden from the service by the unit's own PrivateTmp=true (templates/inlets.service.j2)
+PRIVATE_TMP_DIRS = ("/tmp/", "/var/tmp/")
+
+
+def _runtime_paths(command: list[str]) -> list[str]:
+    """What the unit runs: the command, the Python environment, and this package (the checkout, if editable)."""
+    return [command[0], sys.prefix, str(Path(__file__).resolve().parent)]
+
+
+def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> None:
+    """Refuse a unit that could not start: PrivateTmp=true gives the service an empty /tmp of its own."""
+    for option, path in [("", p) for p in runtime] + files:
+        hidden = next((p for p in (path, os.path.realpath(path)) if (p + "/").startswith(PRIVATE_TMP_DIRS)), None)
+        if hidden is None:
+            continue
+        top = next(d for d in PRIVATE_TMP_DIRS if (hidden + "/").startswith(d)).rstrip("/")
+        if not option:
+            raise GenerateError(
+                f"this inlets runs from {hidden}, under {top}, which the unit's PrivateTmp=true hides from the "
+                "service: install it elsewhere (python3 -m venv /opt/inlets && /opt/inlets/bin/pip install .) "
+                "and run /opt/inlets/bin/inlets ... --generate=systemd"
+            )
+        raise GenerateError(f"{option} {path} is under {top}, which the unit's PrivateTmp=true hides from the "
+                            "service: keep it elsewhere (e.g. /etc/inlets/) and give that path")
 
 
 def systemd_unit(command: list[str], argv: list[str]) -> str:
@@ -82,28 +106,33 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     """
     pairs = _without_generate(argv)
     args: list[str] = []
-    files: list[str] = []
+    named_files: list[tuple[str, str]] = []
     for name, value in pairs:
         if name == "--token":
             name, value = "--token-file", TOKEN_PATH
         if name in FILE_OPTIONS and value is not None:
             value = str(Path(value).expanduser().resolve())
-            files.append(value)
+            named_files.append((name, value))
         args.append(name)
         if value is not None:
             args.append(value)
     if not any(name in ("--token", "--token-file") for name, _ in pairs):  # from $INLETS_TOKEN: a file instead
         args += ["--token-file", TOKEN_PATH]
-        files.append(TOKEN_PATH)
+        named_files.append(("--token-file", TOKEN_PATH))
+    inlets = _command()
+    runtime = _runtime_paths(inlets)
+    _check_not_private_tmp(runtime, named_files)
+    files = [path for _, path in named_files]
+    needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
-        exec_start=shlex.join([*_command(), *command, *args]),
+        exec_start=shlex.join([*inlets, *command, *args]),
         user=SERVICE_USER,
         mode=command[0],
         server=command[-1] == "server",
         read_only_paths=sorted({str(Path(f).parent) for f in files}),
-        protect_home="read-only" if any(f.startswith(HOME_DIRS) for f in files) else "true",
+        protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
         setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
     )
 

@@ -188,11 +188,13 @@ def test_status_shows_clients_and_refuses_a_wrong_token(
 # ---------------------------------------------------------------- --generate
 
 
-def test_generated_systemd_units_verify(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+def test_generated_systemd_units_verify(tmp_path: Path) -> None:
     analyze = binary("systemd-analyze")
+    files = ["--tls-cert", "/etc/inlets/server.crt", "--tls-key", "/etc/inlets/server.key"]  # outside PrivateTmp's /tmp
+    token_file = "/etc/inlets/server-token"
     units = {
-        "inlets-tcp-server.service": inlets(*server_args(8123, tls, token_file, "--allow-ports", "80,443",
-                                                         "--generate", "systemd")),
+        "inlets-tcp-server.service": inlets("tcp", "server", "--control-port", "8123", *files, "--token-file",
+                                            token_file, "--allow-ports", "80,443", "--generate", "systemd"),
         "inlets-tcp-client.service": inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token", "secret-x",
                                             "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd"),
     }
