@@ -18,7 +18,8 @@ from .allowlist import parse_target_rules
 from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
+    LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyPasswordFile, ProxyProtocolOpt, TlsCa,
+    TlsCert, TlsInsecure, TlsKey,
     TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
@@ -140,6 +141,7 @@ def tcp_client(
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
+    proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
@@ -171,7 +173,7 @@ def tcp_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
-        drain_timeout=drain_timeout,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout,
     )
     client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)

@@ -1,8 +1,9 @@
-"""``--generate=systemd``: a unit whose own sandboxing would hide what it needs is refused; units pass
-systemd-analyze."""
+"""``--generate=systemd|k8s_yaml``: every secret in a file or the Secret, never in the command line the
+service runs; a unit whose own sandboxing would hide what it needs is refused; units pass systemd-analyze."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -11,8 +12,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures.proxy_daemons import binary
 from process_helpers import inlets
+
+SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
+HTTP_CLIENT = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
+               "--token", SECRETS["token"], "--basic-auth-username", "alice", "--basic-auth-password", SECRETS["basic"],
+               "--proxy", "http://bob:proxy-Pw%2F%40%3A73@proxy.corp:3128"]
+
 
 def _verified(tmp_path: Path, text: str, name: str = "inlets-http-client.service") -> str:
     unit = tmp_path / name
@@ -20,6 +28,54 @@ def _verified(tmp_path: Path, text: str, name: str = "inlets-http-client.service
     check = subprocess.run([binary("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
     return next(line for line in text.splitlines() if line.startswith("ExecStart="))
+
+
+def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
+    result = inlets(*HTTP_CLIENT, "--generate=systemd", env={"INLETS_BEARER_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    exec_start = _verified(tmp_path, result.stdout)
+    for secret in SECRETS.values():
+        assert secret not in result.stdout and secret.split("-")[1] not in result.stdout, secret
+    assert "--token-file /etc/inlets/token" in exec_start
+    assert "--basic-auth-password-file /etc/inlets/basic-auth-password" in exec_start
+    assert "--proxy http://bob@proxy.corp:3128" in exec_start
+    assert "--proxy-password-file /etc/inlets/proxy-password" in exec_start
+    assert "ReadOnlyPaths=/etc/inlets" in result.stdout
+
+
+def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path: Path) -> None:
+    bearer = Path("/etc/inlets/site-bearer")  # a file given is referenced where it is (need not exist yet)
+    env = {"INLETS_BEARER_TOKEN": SECRETS["bearer"], "INLETS_TOKEN": SECRETS["token"]}
+    from_env = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+                      "--generate=systemd", env=env)
+    assert from_env.returncode == 0, from_env.stderr
+    exec_start = _verified(tmp_path, from_env.stdout)
+    assert SECRETS["bearer"] not in from_env.stdout and SECRETS["token"] not in from_env.stdout
+    assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start and "--token-file /etc/inlets/token" in exec_start
+    from_file = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+                       "--token-file", "/etc/inlets/token", "--bearer-token-file", str(bearer), "--generate=systemd",
+                       env={"INLETS_BEARER_TOKEN": ""})
+    assert f"--bearer-token-file {bearer}" in _verified(tmp_path, from_file.stdout)
+    server = inlets("tcp", "server", "--plaintext", "--generate=systemd", env=env)  # a server takes no bearer token
+    assert "--bearer-token" not in server.stdout and "--token-file /etc/inlets/token" in server.stdout
+
+
+def test_kubernetes_secret_holds_every_secret_and_the_args_none(tmp_path: Path) -> None:
+    (tmp_path / "bearer").write_text(SECRETS["bearer"] + "\n")
+    result = inlets(*HTTP_CLIENT, "--generate=k8s_yaml", env={"INLETS_BEARER_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}
+    data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+    assert data == {"token": SECRETS["token"], "basic-auth-password": SECRETS["basic"], "proxy-password": SECRETS["proxy"]}
+    args = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(secret in arg for arg in args for secret in SECRETS.values()), args
+    for key in data:
+        assert args[args.index(f"--{key}-file") + 1] == f"/var/run/secrets/inlets/{key}"
+    assert args[args.index("--proxy") + 1] == "http://bob@proxy.corp:3128"
+    bearer = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--token", "t",
+                    "--bearer-token-file", str(tmp_path / "bearer"), "--generate=k8s_yaml")
+    secret = next(d for d in yaml.safe_load_all(bearer.stdout) if d["kind"] == "Secret")
+    assert base64.b64decode(secret["data"]["bearer-token"]).decode() == SECRETS["bearer"] + "\n"
 
 
 # ------------------------------------------------------------- the unit's own sandbox

@@ -226,7 +226,7 @@ def test_generated_kubernetes_yaml(tls: TlsFiles, token: str, token_file: Path) 
     import base64
 
     secret = kinds["Secret"]["data"]
-    assert base64.b64decode(secret["token"]).decode() == token
+    assert base64.b64decode(secret["token"]) == token_file.read_bytes()  # the token file, as it is
     assert base64.b64decode(secret["tls-key"]) == tls.key.read_bytes()
     assert {p["port"] for p in kinds["Service"]["spec"]["ports"]} == {9123, 2222}
     client = inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token_file),
