@@ -14,7 +14,7 @@ from .names import check_name, random_name
 from .providers import Credentials, make
 from .providers.base import Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, user_data
-from .spec import CONTROL_PORT, LetsEncrypt, TunnelSpec, build_spec, parse_ttl
+from .spec import CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, control_url, parse_ttl
 from .state import ServerState, state_root
 from .wait import Progress, wait_until_gone, wait_until_ready
 from .wheel import DIST, build_runtime_wheel, version
@@ -143,6 +143,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         raise _failed(exc, provider, host, state, opts, progress) from None
     meta.update(ip=host.ip, data_addr=host.data_addr or host.ip)
     meta["client_command"] = client_command(spec, host.ip or "", state.token_file, state.ca_file)
+    meta["status_command"] = status_command(spec, host.ip or "", state.token_file, state.ca_file)
     state.save(meta)
     return summary(meta, state)
 
@@ -182,8 +183,15 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         "mode": meta["mode"], "ports": meta["ports"], "domains": meta["domains"], "endpoints": endpoints,
         "control_port": meta["control_port"], "created_at": meta["created_at"], "expires_at": meta["expires_at"],
         "token_file": str(state.token_file), "ca_file": str(state.ca_file),
-        "client_command": meta["client_command"], "delete_command": delete_command(meta["name"], state.root),
+        "client_command": meta["client_command"], "status_command": meta.get("status_command"),
+        "delete_command": delete_command(meta["name"], state.root),
     }
+
+
+def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path) -> str:
+    """``inlets status`` for this exit server, pinned to its CA and name like the client command."""
+    return shlex.join(["inlets", "status", "--url", control_url(host, spec.control_port), "--token-file",
+                       str(token_file), "--tls-ca", str(ca_file), "--tls-server-name", TLS_SERVER_NAME])
 
 
 def delete_command(name: str, root: Path) -> str:

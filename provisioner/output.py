@@ -76,6 +76,9 @@ def print_summary(summary: dict[str, Any], token: str | None) -> None:
         print(f"  {key:<9} {value}")
     print("\nConnect a client (copy and paste):\n")
     print(f"  {summary['client_command']}\n")
+    if summary.get("status_command"):
+        print("See its clients and traffic:\n")
+        print(f"  {summary['status_command']}\n")
     print("Delete it when done:\n")
     print(f"  {summary['delete_command']}")
 
