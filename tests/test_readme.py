@@ -4,11 +4,13 @@ explains how a block is found and run), and what it says about the tests matches
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import urllib.request
 from pathlib import Path
 
-from readme_commands import Shell, block
+import pytest
+from readme_commands import ROOT, Shell, block, commands
 
 
 def _free_on_both(*hosts: str) -> int:
@@ -25,6 +27,35 @@ def _free_on_both(*hosts: str) -> int:
         except OSError:
             continue
     raise AssertionError("no port free on " + ", ".join(hosts))
+
+
+# ------------------------------------------------------------------------ quick start
+
+
+def test_quick_start_is_two_set_up_commands_and_ci_runs_the_second() -> None:
+    demo, tests = (shlex.split(c, comments=True) for c in commands("quick-start"))
+    assert (demo, tests) == (["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"])
+    ci = [shlex.split(line) for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("exec ")]
+    assert ci == [["exec", *tests]], "the README's test command and .ci/run's must be the same"
+
+
+def test_quick_start_demo_runs_as_printed_and_reads_as_progress(tmp_path: Path) -> None:
+    shell = Shell(tmp_path)
+    try:
+        code, out = shell.run(commands("quick-start")[0], timeout=240, cwd=ROOT)
+    finally:
+        shell.close()
+    assert code == 0 and out.rstrip().endswith("demo: OK, the request crossed the tunnel"), out
+    assert not re.search(r"warning|deprecat|refused|traceback|error", out, re.I), out
+
+
+def test_activating_the_quick_starts_venv_puts_both_commands_on_the_path(tmp_path: Path) -> None:
+    venv = ROOT / ".venv"
+    if not (venv / "bin" / "activate").exists():
+        pytest.skip("no .venv in the checkout: the quick start (bash scripts/demo.sh) makes it")
+    shell = Shell(tmp_path, path_with_inlets=False)
+    code, out = shell.run(block("activate") + "command -v inlets inletsctl\n", cwd=ROOT)
+    assert code == 0 and out.split() == [str(venv / "bin" / "inlets"), str(venv / "bin" / "inletsctl")], out
 
 
 # ------------------------------------------------------------ inletsctl on this machine
