@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from readme_commands import ROOT, Shell, block, commands
+from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
+from readme_commands import README, ROOT, Shell, block, commands
 
 
 def _free_on_both(*hosts: str) -> int:
@@ -104,3 +105,18 @@ def test_inletsctl_on_this_machine_as_printed(tmp_path: Path) -> None:
         if name is not None:
             shell.run(f"inletsctl delete {name}")
         shell.close()
+
+
+# ------------------------------------------------------------------- the test tools
+
+
+def test_the_readme_lists_every_tool_the_tests_install_or_need() -> None:
+    text = README.read_text()
+    tests = text[text.index("\n## Tests\n"):]
+    tests = tests[: tests.index("\n## ", 1)]
+    script = (ROOT / "scripts" / "install-test-tools.sh").read_text()
+    packages = re.search(r"^apt_packages=\(([^)]*)\)", script, re.M)[1].split()  # type: ignore[index]
+    assert packages and all(f"`{p}`" in tests for p in packages + ["nodejs", "npm"]), packages
+    assert "**Terraform**" in tests and "/usr/local/bin/terraform" in tests and "$INLETS_TF_PLUGIN_DIRS" in tests
+    assert f"`${SPECS_ENV}`" in tests and f"(default `{SPECS_DEFAULT}`" in tests
+    assert f"`{SPEC_FILE}`" in tests and "https://github.com/digitalocean/openapi" in tests
