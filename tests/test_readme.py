@@ -3,8 +3,10 @@ explains how a block is found and run), and what it says about the tests matches
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
+import shutil
 import socket
 import urllib.request
 from pathlib import Path
@@ -12,6 +14,8 @@ from pathlib import Path
 import pytest
 from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from readme_commands import README, ROOT, Shell, block, commands
+
+from runtime.dataplane import bind_failure
 
 
 def _free_on_both(*hosts: str) -> int:
@@ -28,6 +32,11 @@ def _free_on_both(*hosts: str) -> int:
         except OSError:
             continue
     raise AssertionError("no port free on " + ", ".join(hosts))
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (bash scripts/install-test-tools.sh installs it)")
 
 
 # ------------------------------------------------------------------------ quick start
@@ -57,6 +66,32 @@ def test_activating_the_quick_starts_venv_puts_both_commands_on_the_path(tmp_pat
     shell = Shell(tmp_path, path_with_inlets=False)
     code, out = shell.run(block("activate") + "command -v inlets inletsctl\n", cwd=ROOT)
     assert code == 0 and out.split() == [str(venv / "bin" / "inlets"), str(venv / "bin" / "inletsctl")], out
+
+
+# ------------------------------------------------------------------ one machine, TCP
+
+
+def test_one_machine_tcp_tunnel_as_printed(tmp_path: Path) -> None:
+    _need("openssl")
+    _need("curl")
+    control, port = _free_on_both("127.0.0.1"), _free_on_both("127.0.0.1", "127.0.0.2")
+    shell = Shell(tmp_path, values={"8123": str(control), "8080": str(port)})  # ports that may be taken here
+    try:
+        server = shell.start_block("one-machine-server")
+        server.wait_for("event=started")
+        client = shell.start_block("one-machine-client")
+        client.wait_for("event=connected")
+        code, out = shell.run_block("one-machine-request")
+        assert code == 0 and out.endswith("\nHello through the tunnel\n"), out  # after curl's progress meter
+    finally:
+        shell.close()
+
+
+def test_the_quoted_one_machine_refusal_is_the_servers_own_words() -> None:
+    text = " ".join(README.read_text().split())
+    quoted = re.search(r"the client is then refused with `([^`]+)`", text)
+    assert quoted is not None
+    assert quoted[1] == bind_failure(None, 8080, OSError(errno.EADDRINUSE, "Address already in use"))
 
 
 # ------------------------------------------------------------ inletsctl on this machine
