@@ -142,6 +142,22 @@ def test_inletsctl_on_this_machine_as_printed(tmp_path: Path) -> None:
         shell.close()
 
 
+# ----------------------------------------------------------------- run as a service
+
+
+def test_generated_unit_as_printed_verifies_and_holds_no_secret(tmp_path: Path) -> None:
+    _need("systemd-analyze")
+    shell = Shell(tmp_path)
+    code, out = shell.run_block("generate-systemd")
+    assert code == 0 and out == "", out  # systemd-analyze verify found nothing to say
+    unit = (tmp_path / "inlets-http-client.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start
+    first_comment = next(line for line in unit.splitlines() if line.startswith("# "))  # what the README points to
+    assert first_comment.startswith("# Before the first start: useradd --system") and all(
+        f in first_comment for f in ("/etc/inlets/bearer-token", "/etc/inlets/ca.crt", "/etc/inlets/token"))
+
+
 # ------------------------------------------------------------------- the test tools
 
 
