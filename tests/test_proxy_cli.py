@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from process_helpers import echo_once
 from tunnel_helpers import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,10 +134,7 @@ def test_proxy_password_from_a_file_or_the_environment_stays_off_the_command_lin
     try:
         wait_for(lambda: accepts(public), "the data port the client advertised")
         assert PASSWORD not in Path(f"/proc/{client.pid}/cmdline").read_text()  # what ps shows
-        with socket.create_connection(("127.0.0.1", public), timeout=5) as sock:
-            sock.sendall(b"password kept off ps")
-            sock.shutdown(socket.SHUT_WR)
-            assert sock.recv(100) == b"password kept off ps"
+        assert echo_once(public, b"password kept off ps") == b"password kept off ps"
     finally:
         assert finish(client) == 0
     assert f"remote={auth_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
