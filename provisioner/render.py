@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jinja2
 
+from runtime.systemd_quote import exec_command
 from runtime.templating import template_dir
 
 from .errors import ProvisionError
@@ -48,7 +49,7 @@ def render(template: str, **values: object) -> str:
 def systemd_unit(exec_argv: list[str], mode: str) -> str:
     """The unit that runs the exit server (also usable outside cloud-init)."""
     return render(
-        "inlets.service.j2", mode=mode, user=SERVICE_USER, exec_start=shlex.join(exec_argv), config_dir=CONFIG_DIR
+        "inlets.service.j2", mode=mode, user=SERVICE_USER, exec_start=exec_command(exec_argv), config_dir=CONFIG_DIR
     )
 
 

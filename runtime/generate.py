@@ -11,11 +11,11 @@ import base64
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 from pathlib import Path
 
+from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
 KINDS = ("systemd", "k8s_yaml")
@@ -95,14 +95,21 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     if not any(name in ("--token", "--token-file") for name, _ in pairs):  # from $INLETS_TOKEN: a file instead
         args += ["--token-file", TOKEN_PATH]
         files.append(TOKEN_PATH)
+    try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
+        exec_start = exec_command([*_command(), *command, *args])
+        read_only_paths = sorted({path_value(str(Path(f).parent)) for f in files})
+        for file in files:  # named in the setup hint's comment line too
+            path_value(file)
+    except UnitValueError as exc:
+        raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
-        exec_start=shlex.join([*_command(), *command, *args]),
+        exec_start=exec_start,
         user=SERVICE_USER,
         mode=command[0],
         server=command[-1] == "server",
-        read_only_paths=sorted({str(Path(f).parent) for f in files}),
+        read_only_paths=read_only_paths,
         protect_home="read-only" if any(f.startswith(HOME_DIRS) for f in files) else "true",
         setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
     )

@@ -1,0 +1,91 @@
+"""Operator-supplied values in systemd units (issue 14, item 9).
+
+A value pasted into a unit as it is can add lines: a root ExecStartPre=, a directive after
+a comment; ``%`` is a systemd specifier and ``$`` a variable. Units are written with
+systemd's quoting (runtime/systemd_quote.py); these tests feed hostile values through it
+and check the results with ``systemd-analyze verify``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from process_helpers import inlets
+
+from provisioner.render import systemd_unit
+from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, server_argv
+from runtime.systemd_quote import UnitValueError, exec_command, exec_word, path_value
+
+INJECTION = "127.0.0.1\nExecStartPre=/bin/sh -c 'touch /pwned'"
+HOSTILE_WORDS = [INJECTION, "a b", 'q"uote', "back\\slash", "%h%%2F", "$HOME ${PATH} $$", "tab\there", "", "é ü"]
+
+
+def _directives(unit: str) -> list[str]:
+    return [line.split("=", 1)[0] for line in unit.splitlines() if "=" in line and not line.startswith("#")]
+
+
+def _verify(unit_text: str, tmp_path: Path, name: str = "inlets-test.service") -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (scripts/install-test-tools.sh installs Debian's systemd)")
+    path = tmp_path / name
+    path.write_text(unit_text)
+    result = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if name in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+
+
+def test_every_word_stays_one_word_on_one_line() -> None:
+    for word in HOSTILE_WORDS:
+        quoted = exec_word(word)
+        assert "\n" not in quoted and "\t" not in quoted
+        assert quoted == word or (quoted.startswith('"') and quoted.endswith('"'))
+    assert exec_word("%2F") == '"%%2F"' and exec_word("$HOME") == '"$$HOME"'
+    assert exec_word(INJECTION) == '"127.0.0.1\\nExecStartPre=/bin/sh -c \'touch /pwned\'"'
+    assert exec_command(["/usr/bin/inlets", "tcp", "server"]) == "/usr/bin/inlets tcp server"
+    assert path_value("/etc/my inlets/%i") == '"/etc/my inlets/%%i"'
+    for bad in ("/etc/a\nb", '/etc/"x"', "relative/path"):
+        with pytest.raises(UnitValueError):
+            path_value(bad)
+
+
+def test_hostile_values_in_the_exit_server_unit_add_no_directive(tmp_path: Path) -> None:
+    """The e-mail and ACME directory URL reach ExecStart with %-escaping; a newline in a
+    value (here the data address of --provider ssh) stays inside its quoted word."""
+    inlets_bin = str(Path(sys.executable).with_name("inlets"))
+    spec = build_spec("http", None, ["example.com"], letsencrypt=LetsEncrypt("ops%2Fteam@example.com",
+                                                                             "https://acme.example/dir%2Fv2"))
+    benign = systemd_unit(server_argv(build_spec("http", None, ["example.com"]), VM_FILES, [inlets_bin]), "http")
+    hostile = systemd_unit(server_argv(spec, VM_FILES, [inlets_bin], data_addr=INJECTION), "http")
+    assert _directives(hostile) == _directives(benign)
+    exec_start = [line for line in hostile.splitlines() if line.startswith("ExecStart=")]
+    assert len(exec_start) == 1
+    assert '"ops%%2Fteam@example.com"' in exec_start[0] and '"https://acme.example/dir%%2Fv2"' in exec_start[0]
+    _verify(hostile, tmp_path)
+
+
+def test_generated_units_keep_hostile_values_inside_their_words(tmp_path: Path, tls: object) -> None:
+    """``inlets ... --generate=systemd``: a line break in a value adds no directive, ``%`` and
+    spaces in file paths are escaped and quoted, and systemd-analyze accepts the unit."""
+    odd = tmp_path / "my %h dir"
+    odd.mkdir()
+    token = odd / "token"
+    token.write_text("x" * 32 + "\n")
+    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
+                    "--upstream", INJECTION, "--ports", "80", "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    unit = result.stdout
+    assert "ExecStartPre" not in _directives(unit) and len([d for d in _directives(unit) if d == "ExecStart"]) == 1
+    assert f'ReadOnlyPaths="{odd}"'.replace("%", "%%") in unit.splitlines()
+    assert f'"{token}"'.replace("%", "%%") in next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    _verify(unit, tmp_path, "inlets-tcp-client.service")
+
+
+def test_a_file_path_with_a_line_break_is_a_one_line_error(tmp_path: Path) -> None:
+    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(tmp_path / "a\nb"),
+                    "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "systemd" in result.stderr, result.stderr
