@@ -1,4 +1,4 @@
-"""Operator-supplied values in systemd units (issue 14, item 9).
+"""Operator-supplied values in systemd units, and the checks that keep them to one line (issue 14, item 9).
 
 A value pasted into a unit as it is can add lines: a root ExecStartPre=, a directive after
 a comment; ``%`` is a systemd specifier and ``$`` a variable. Units are written with
@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from process_helpers import inlets
 
+from provisioner.errors import ProvisionError
+from provisioner.names import check_name
 from provisioner.render import systemd_unit
-from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, server_argv
+from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
+from runtime.acme_store import AcmeConfigError, check_email, directory_url
 from runtime.systemd_quote import UnitValueError, exec_command, exec_word, path_value
 
 INJECTION = "127.0.0.1\nExecStartPre=/bin/sh -c 'touch /pwned'"
@@ -89,3 +92,18 @@ def test_a_file_path_with_a_line_break_is_a_one_line_error(tmp_path: Path) -> No
                     "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "systemd" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("check,value", [
+    (check_name, "brave-otter\n"),
+    (lambda v: build_spec("tcp", "80", [], upstream=v), "127.0.0.1\n"),
+    (lambda v: build_spec("http", None, [], upstream=v), "http://127.0.0.1:8080\n"),
+    (check_email, "ops@example.com\n"),
+    (check_email, "ops@exa\x01mple.com"),
+    (directory_url, "https://acme.example/directory\nExecStartPre=/bin/true"),
+    (check_runtime_spec, "inlets-py==0.1.0\n"),
+])
+def test_validation_matches_the_whole_value(check: object, value: str) -> None:
+    """A pattern ending in ``$`` lets a trailing newline through; the checks match the whole value."""
+    with pytest.raises((ProvisionError, AcmeConfigError)):
+        check(value)  # type: ignore[operator]
