@@ -1,9 +1,14 @@
-"""Wait, bounded in time, until a new exit server is up: VM active, then /healthz over pinned TLS."""
+"""Wait, bounded in time, until a new exit server is up: VM active, then /healthz over pinned TLS.
+
+Where the cloud's user-data could not hold the runtime wheel, the wait also delivers it
+(provisioner/wheel_receiver.py takes it on the VM) once the VM answers on the control port.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +17,8 @@ from runtime.probe import Answer, Endpoint, ProbeError, get
 
 from .errors import NotFound, ProvisionError
 from .providers.base import ACTIVE, FAILED, Host, Provisioner
+from .wheel import EmbeddedWheel
+from .wheel_receiver import PATH as RECEIVER_PATH
 
 Progress = Callable[[str], None]
 
@@ -20,12 +27,21 @@ class WaitTimeout(ProvisionError):
     """The deadline passed; the message says what was seen last."""
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """The wheel ``create`` sends to the VM's receiver, and the token that authorises it."""
+
+    wheel: EmbeddedWheel
+    token: str
+
+
 def https_get(
-    host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0
+    host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0,
+    method: str = "GET", body: bytes = b"",
 ) -> Answer:
     """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP)."""
     return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
-               timeout=timeout)
+               timeout=timeout, method=method, body=body)
 
 
 def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
@@ -38,9 +54,13 @@ def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
 
 
 def wait_until_ready(
-    provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0
+    provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0,
+    *, delivery: Delivery | None = None, why: Callable[[Host], str] | None = None,
 ) -> Host:
-    """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass."""
+    """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass.
+
+    ``why(host)`` is appended to a timeout once the VM is up: how to read the cause on it.
+    """
     deadline = time.monotonic() + timeout
     seen = host.detail or f"status {host.status!r}"
     while True:
@@ -58,24 +78,55 @@ def wait_until_ready(
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host.name!r} to become active; last seen: {seen}")
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
     port = host.control_port or 8123
-    assert host.ip is not None
+    ip = host.ip
+    assert ip is not None
+    hint = f"; {why(host)}" if why else ""
+    if delivery is not None:
+        target = f"https://{ip}:{port}{RECEIVER_PATH}"
+        _poll(lambda: deliver_error(ip, port, ca_file, delivery), provider, host, target, "never took the runtime wheel",
+              deadline, timeout, progress, hint)
+        progress(f"delivered the runtime wheel to {host.name!r}")
+    _poll(lambda: healthz_error(ip, port, ca_file), provider, host, f"https://{ip}:{port}/healthz", "never answered",
+          deadline, timeout, progress, hint)
+    return host
+
+
+def _poll(
+    check: Callable[[], str | None], provider: Provisioner, host: Host, target: str, never: str,
+    deadline: float, timeout: float, progress: Progress, hint: str,
+) -> None:
+    """Call ``check`` until it returns None (done), the VM is gone or failed, or the deadline passes."""
     while True:
-        error = healthz_error(host.ip, port, ca_file)
+        error = check()
         if error is None:
-            return host
+            return
         try:
             current = provider.status(host.id)
             if current.status == FAILED:
                 raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
         except NotFound:
             raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
-        progress(f"waiting for the tunnel server at https://{host.ip}:{port}/healthz ({error})")
+        progress(f"waiting for the tunnel server at {target} ({error})")
         if time.monotonic() >= deadline:
             raise WaitTimeout(
-                f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but "
-                f"https://{host.ip}:{port}/healthz never answered (last: {error})"
+                f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but {target} {never} "
+                f"(last: {error}){hint}"
             )
         time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
+
+
+def deliver_error(host: str, port: int, ca_file: Path, delivery: Delivery) -> str | None:
+    """None once the VM's receiver took the wheel; otherwise what went wrong, in a few words.
+
+    A refusal (wrong token, another digest) is final: the receiver will never take it."""
+    try:
+        answer = https_get(host, port, RECEIVER_PATH, ca_file, token=delivery.token, timeout=30.0, method="PUT",
+                           body=delivery.wheel.data)
+    except ProbeError as exc:
+        return str(exc)
+    if answer.status in (401, 422):
+        raise ProvisionError(f"the exit server at {host} refused the runtime wheel: {answer.status} {answer.body.strip()}")
+    return None if answer.status == 200 else f"{RECEIVER_PATH} answered {answer.status}"
 
 
 def _merge(old: Host, new: Host) -> Host:

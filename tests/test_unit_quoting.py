@@ -1,9 +1,12 @@
-"""Operator-supplied values in systemd units, and the checks that keep them to one line (issue 14, item 9).
+"""Operator-supplied values in systemd units and cloud-init user-data (issue 14, item 9).
 
-A value pasted into a unit as it is can add lines: a root ExecStartPre=, a directive after
-a comment; ``%`` is a systemd specifier and ``$`` a variable. Units are written with
-systemd's quoting (runtime/systemd_quote.py); these tests feed hostile values through it
-and check the results with ``systemd-analyze verify``."""
+A value pasted into a unit or a YAML document as it is can add lines: a root ExecStartPre=,
+a runcmd entry, a directive after a comment; ``%`` is a systemd specifier and ``$`` a
+variable. Units are written with systemd's quoting (runtime/systemd_quote.py) and
+user-data values with a YAML serializer; these tests feed hostile values through both and
+check the results with the real tools (``systemd-analyze verify``, ``cloud-init schema``).
+That systemd hands each value to the program byte for byte is checked in a booted
+container (tests/boot/test_boot.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from process_helpers import inlets
 
 from provisioner.errors import ProvisionError
+from provisioner.material import generate
 from provisioner.names import check_name
-from provisioner.render import systemd_unit
+from provisioner.render import UserDataOptions, systemd_unit, user_data
 from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
 from runtime.acme_store import AcmeConfigError, check_email, directory_url
 from runtime.systemd_quote import UnitValueError, exec_command, exec_word, path_value
@@ -92,6 +97,35 @@ def test_a_file_path_with_a_line_break_is_a_one_line_error(tmp_path: Path) -> No
                     "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "systemd" in result.stderr, result.stderr
+
+
+def test_a_hostile_runtime_spec_stays_one_yaml_value(tmp_path: Path) -> None:
+    """Even past validation, a quote and line breaks in the pip requirement add no runcmd entry."""
+    spec, material = build_spec("tcp", "80", []), generate("yaml-test")
+    hostile = "inlets-py'\n  - [sh, -c, 'touch /pwned']\n  - \"x\\\" # <&>\u2028"
+    benign_doc = yaml.safe_load(user_data(spec, material, UserDataOptions("yaml-test", "inlets-py==0.1.0")))
+    text = user_data(spec, material, UserDataOptions("yaml-test", hostile))
+    doc = yaml.safe_load(text)
+    assert len(doc["runcmd"]) == len(benign_doc["runcmd"]) and doc["runcmd"][-1][-1] == hostile
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (scripts/install-test-tools.sh installs Debian's cloud-init)")
+    (tmp_path / "user-data").write_text(text)
+    result = subprocess.run([tool, "schema", "--config-file", str(tmp_path / "user-data")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+
+
+def test_create_refuses_a_runtime_spec_on_two_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioner.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["create", "--provider", "digitalocean", "--access-token", "x", "--runtime-spec", "inlets-py\n  - [reboot]",
+              "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "--runtime-spec" in err and "one pip requirement on one line" in err
+    assert check_runtime_spec("inlets-py @ https://example.com/inlets_py-0.2.0-py3-none-any.whl")
 
 
 @pytest.mark.parametrize("check,value", [
