@@ -19,6 +19,21 @@ from tunnel_helpers import TlsFiles
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def venv_with(wheel: Path, venv: Path) -> Path:
+    """A fresh venv with ``wheel`` installed; its dependencies come from the test environment (no
+    network needed, and no editable finder runs), the project itself only from the wheel."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = Path(subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())
+    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
+    (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
+                    "-q", str(wheel)], check=True, timeout=300, capture_output=True)
+    return venv
+
+
 def test_wheel_installs_into_a_fresh_venv_with_working_commands(tmp_path: Path) -> None:
     try:
         import setuptools  # noqa: F401  # the build backend, used without build isolation
@@ -30,19 +45,7 @@ def test_wheel_installs_into_a_fresh_venv_with_working_commands(tmp_path: Path) 
         check=True, timeout=300, capture_output=True,
     )
     (wheel,) = wheels.glob("*.whl")
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    # Dependencies come from the test environment (no network needed); the project itself only from the wheel.
-    purelib = Path(subprocess.run(
-        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip())
-    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
-    (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q", str(wheel)],
-        check=True, timeout=300, capture_output=True,
-    )
+    venv = venv_with(wheel, tmp_path / "venv")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     for command in ("inlets", "inletsctl"):
@@ -93,16 +96,7 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     assert declared == installed, metadata_text
     path = tmp_path / wheel.filename
     path.write_bytes(wheel.data)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    purelib = Path(subprocess.run(
-        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip())
-    deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
-    (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # dependencies only: no finder runs
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
-                    "-q", str(path)], check=True, timeout=300, capture_output=True)
+    venv = venv_with(path, tmp_path / "venv")
     modules = ["runtime.cli", "runtime.status", f"runtime.{mode}_server"]
     modules += ["runtime.https_front", "runtime.letsencrypt", "runtime.acme_client"] if letsencrypt else []
     probe = "import importlib, runtime; print(runtime.__file__); " + "; ".join(

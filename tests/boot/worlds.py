@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from prov_fake_do import FakeDigitalOcean
-from prov_support import INLETSCTL, Result, user_env
+from prov_support import INLETSCTL, HelloUpstream, Result, user_env
 from vm import VM_ADDR, Container, Network
 
 DO_TOKEN = "dop_v1_" + "b" * 64
@@ -93,18 +93,7 @@ class World:
         self._closers.append(server)
 
     def http_upstream(self, port: int) -> None:
-        class Hello(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = f"hello from the upstream, path={self.path}, host={self.headers['Host']}".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = self.net.on_user_side(lambda: http.server.ThreadingHTTPServer(("127.0.0.1", port), Hello))
+        server = self.net.on_user_side(lambda: http.server.ThreadingHTTPServer(("127.0.0.1", port), HelloUpstream))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self._closers.append(server)
 
