@@ -18,6 +18,7 @@ import base64
 import datetime
 import json
 import lzma
+import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,15 +41,18 @@ CONFIG_DIR = "/etc/inlets"
 RECEIVER_SCRIPT = "/opt/inlets/receive-wheel.py"
 #: Go's JSON escapes (Terraform's jsonencode()) beyond Python's, so both write the same bytes
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+#: what JSON leaves raw but YAML refuses (DEL, C1 controls) or reads as a line break (NEL)
+_NOT_YAML_PRINTABLE = re.compile("[\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 
 
 def yaml_scalar(value: object) -> str:
     """``value`` as a YAML double-quoted scalar (JSON's escaping: a quote or a line break stays
-    inside it), written as Terraform's ``jsonencode()`` writes it."""
+    inside it), written as Terraform's ``jsonencode()`` writes it for the printable values
+    both accept."""
     text = json.dumps(str(value), ensure_ascii=False)
     for char, escape in _GO_ESCAPES.items():
         text = text.replace(char, escape)
-    return text
+    return _NOT_YAML_PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 _env = jinja2.Environment(

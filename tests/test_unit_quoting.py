@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from process_helpers import inlets
 
 from provisioner.errors import ProvisionError
 from provisioner.material import generate
 from provisioner.names import check_name
-from provisioner.render import UserDataOptions, systemd_unit, user_data
+from provisioner.render import UserDataOptions, systemd_unit, user_data, yaml_scalar
 from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
 from runtime.acme_store import AcmeConfigError, check_email, directory_url
 from runtime.systemd_quote import UnitValueError, exec_command, exec_word, path_value
@@ -114,6 +116,13 @@ def test_a_hostile_runtime_spec_stays_one_yaml_value(tmp_path: Path) -> None:
     result = subprocess.run([tool, "schema", "--config-file", str(tmp_path / "user-data")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text())
+def test_any_string_is_one_yaml_value_that_reads_back_exactly(value: str) -> None:
+    """render.yaml_scalar(): whatever the text (quotes, line breaks, NEL, DEL, ...), YAML reads it back as it was."""
+    assert yaml.safe_load(f"runcmd:\n  - [pip, install, {yaml_scalar(value)}]\n")["runcmd"][0][2] == value
 
 
 def test_create_refuses_a_runtime_spec_on_two_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
