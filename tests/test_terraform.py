@@ -473,7 +473,10 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
             "endpoints": [{"ec2": moto_ec2, "sts": moto_ec2}],
         }},
         "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [22, 80, 443],
-                            "ttl": "2h", "ami": ami, "deliver_wheel": False}},  # moto's instance has no address to reach
+                            # moto's instance has no address to send the wheel to: `true` stands in for the
+                            # Python that runs terraform/tools/push_wheel.py (tested against a booted VM in
+                            # tests/boot), so the push step is evaluated and run, sending nothing
+                            "ttl": "2h", "ami": ami, "python": "true"}},
         "output": {k: {"value": f"${{module.exit.{k}}}"} for k in ("id", "ip", "client_command", "security_group_id", "expires_at", "delete_hint")},
     }, indent=1))
     tf(root, "init", "-input=false")
