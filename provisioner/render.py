@@ -32,7 +32,7 @@ from . import wheel_receiver
 from .errors import ProvisionError
 from .material import Material
 from .spec import TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, control_url, server_argv
-from .wheel import EmbeddedWheel, compact_source, constraints
+from .wheel import ServerWheel, compact_source, constraints
 
 SERVICE_USER = "inlets"
 #: run by cloud-init on the VM: cloud-init decodes only gzip, the wheel is sent xz-compressed
@@ -99,7 +99,7 @@ def client_command(
 class UserDataOptions:
     name: str
     package: str  # pip requirement installed on the VM (ignored when a wheel is given)
-    wheel: EmbeddedWheel | None = None  # the server-only wheel: in the user-data, or delivered (push)
+    wheel: ServerWheel | None = None  # the server-only wheel: in the user-data, or delivered (push)
     expires_at: datetime.datetime | None = None
     limit: int = 64 * 1024  # bytes the provider accepts
     push: bool = False  # the wheel is delivered by ``create`` over the control port, not embedded
@@ -169,7 +169,7 @@ def fitting_user_data(spec: TunnelSpec, material: Material, options: UserDataOpt
         return user_data(spec, material, replace(options, push=True)), True
 
 
-def wheel_xz_base64(wheel: EmbeddedWheel) -> str:
+def wheel_xz_base64(wheel: ServerWheel) -> str:
     """The wheel as the user-data carries it: cloud-init decodes only gzip, xz is ~15% smaller."""
     return base64.b64encode(lzma.compress(wheel.data, preset=9 | lzma.PRESET_EXTREME)).decode()
 

@@ -17,7 +17,7 @@ from runtime.probe import Answer, Endpoint, ProbeError, get
 
 from .errors import NotFound, ProvisionError
 from .providers.base import ACTIVE, FAILED, Host, Provisioner
-from .wheel import EmbeddedWheel
+from .wheel import ServerWheel
 from .wheel_receiver import PATH as RECEIVER_PATH
 
 Progress = Callable[[str], None]
@@ -31,7 +31,7 @@ class WaitTimeout(ProvisionError):
 class Delivery:
     """The wheel ``create`` sends to the VM's receiver, and the token that authorises it."""
 
-    wheel: EmbeddedWheel
+    wheel: ServerWheel
     token: str
 
 

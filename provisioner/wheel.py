@@ -39,10 +39,14 @@ CLIENT_MODULES = frozenset(
 )
 LETSENCRYPT_MODULES = frozenset({"acme_store", "acme_client", "letsencrypt", "https_front"})
 OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp")}
+_EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (a marker names it)
+_EXTRA_CLAUSE = re.compile(r"\s*\band\s+extra\s*==\s*['\"][^'\"]*['\"]|\bextra\s*==\s*['\"][^'\"]*['\"]\s*(and\s*)?")
 
 
 @dataclass(frozen=True)
-class EmbeddedWheel:
+class ServerWheel:
+    """The exit server's wheel: embedded in the user-data, or sent to the VM by create."""
+
     filename: str
     data: bytes
     requires: tuple[str, ...] = ()  # Requires-Dist: the third-party packages its modules import
@@ -122,7 +126,7 @@ def _own_requirements() -> dict[str, str]:
     out: dict[str, str] = {}
     for req in reqs:
         requirement, _, marker = req.partition(";")
-        marker = re.sub(r"\s*\band\s+extra\s*==\s*['\"][^'\"]*['\"]|\bextra\s*==\s*['\"][^'\"]*['\"]\s*(and\s*)?", "", marker).strip()
+        marker = _EXTRA_CLAUSE.sub("", marker).strip()
         out.setdefault(_canonical(requirement), requirement.strip() + (f"; {marker}" if marker else ""))
     return out
 
@@ -159,7 +163,7 @@ def constraints(requires: tuple[str, ...]) -> tuple[str, ...]:
         except metadata.PackageNotFoundError:
             continue  # not needed here (another platform's marker): pip resolves it on the VM
         pinned[name] = dist.version
-        todo += [_canonical(req) for req in dist.requires or [] if "extra ==" not in req.replace("extra==", "extra ==")]
+        todo += [_canonical(req) for req in dist.requires or [] if not _EXTRA.search(req)]
     return tuple(f"{name}=={ver}" for name, ver in sorted(pinned.items()))
 
 
@@ -179,7 +183,7 @@ def compact_source(source: str) -> str:
     return ast.unparse(tree) + "\n"
 
 
-def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> EmbeddedWheel:
+def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerWheel:
     """A minimal, valid wheel (PEP 427) of the ``runtime`` modules an exit server in ``mode`` runs, and the ``inlets`` script."""
     ver = version()
     dist_info = f"inlets_py-{ver}.dist-info"
@@ -203,4 +207,4 @@ def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> Embedde
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
-    return EmbeddedWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue(), requires)
+    return ServerWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue(), requires)
