@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
+from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
 KINDS = ("systemd", "k8s_yaml")
@@ -156,14 +156,21 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     _check_not_private_tmp(runtime, named_files)
     files = [path for _, path in named_files]
     needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
+    try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
+        exec_start = exec_command([*inlets, *command, *args])
+        read_only_paths = sorted({path_value(str(Path(f).parent)) for f in files})
+        for file in files:  # named in the setup hint's comment line too
+            path_value(file)
+    except UnitValueError as exc:
+        raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
-        exec_start=shlex.join([*inlets, *command, *args]),
+        exec_start=exec_start,
         user=SERVICE_USER,
         mode=command[0],
         server=command[-1] == "server",
-        read_only_paths=sorted({str(Path(f).parent) for f in files}),
+        read_only_paths=read_only_paths,
         protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
         setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
     )

@@ -58,8 +58,10 @@ def get(
     server_name: str | None = None,
     token: str | None = None,
     timeout: float = 5.0,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> Answer:
-    """GET ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
+    """GET (or ``method`` with ``body``) ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
     name = server_name or endpoint.host
     try:
         raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
@@ -70,10 +72,12 @@ def get(
         if endpoint.tls:
             sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
         host_header = f"[{name}]" if ":" in name else name
-        request = f"GET {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
+        request = f"{method} {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
         if token:
             request += f"Authorization: Bearer {token}\r\n"
-        sock.sendall((request + "\r\n").encode())
+        if body or method != "GET":
+            request += f"Content-Length: {len(body)}\r\n"
+        sock.sendall((request + "\r\n").encode() + body)
         response = http.client.HTTPResponse(sock)
         response.begin()
         return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))

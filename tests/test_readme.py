@@ -153,9 +153,9 @@ def test_generated_unit_as_printed_verifies_and_holds_no_secret(tmp_path: Path) 
     unit = (tmp_path / "inlets-http-client.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start
-    first_comment = next(line for line in unit.splitlines() if line.startswith("# "))  # what the README points to
-    assert first_comment.startswith("# Before the first start: useradd --system") and all(
-        f in first_comment for f in ("/etc/inlets/bearer-token", "/etc/inlets/ca.crt", "/etc/inlets/token"))
+    hint = next(line for line in unit.splitlines() if line.startswith("# Before the first start: "))  # the README's pointer
+    assert hint.startswith("# Before the first start: useradd --system") and all(
+        f in hint for f in ("/etc/inlets/bearer-token", "/etc/inlets/ca.crt", "/etc/inlets/token"))
 
 
 # ------------------------------------------------------------------- the test tools
