@@ -173,14 +173,29 @@ def _record_line(name: str, data: bytes) -> str:
 
 
 def compact_source(source: str) -> str:
-    """The same module without docstrings or comments (the AST round trip keeps the code)."""
+    """The same module without docstrings, comments or type hints (the AST round trip keeps the code).
+
+    Type hints go from every function but typer's commands (typer reads their parameters from
+    them); dataclass fields keep theirs (they are the fields). Nothing else reads them at run time.
+    """
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
                 node.body = node.body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _is_command(node):
+            node.returns = None
+            arguments = node.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
     return ast.unparse(tree) + "\n"
+
+
+def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A typer command (``@app.command(...)``): its parameters' hints are its options."""
+    return any(".command" in ast.unparse(decorator) for decorator in function.decorator_list)
 
 
 def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerWheel:
