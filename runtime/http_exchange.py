@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from .http_leg import Leg, LegFailed
 from .http_options import HttpOptions
-from .http_proto import LAST_CHUNK, Body, EndOfMessage, HttpError, RequestHead, ResponseHead, SimpleResponse, chunk
+from .http_proto import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
+from .http_write import LAST_CHUNK, SimpleResponse, chunk
 
 if TYPE_CHECKING:
     from .http_proxy import FrontConnection

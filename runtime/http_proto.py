@@ -4,9 +4,9 @@ Parsing is llhttp (through ``httptools``): measured ~40x faster than h11 for a
 typical request and response (0.7 + 1.1 us vs 35 + 40 us), which is most of the
 per-request budget of a proxy. This module turns its callbacks into h11-style
 events (``RequestHead``/``ResponseHead``, ``Body``, ``EndOfMessage``), adds the
-checks a proxy needs on top of llhttp (one framing header, header limits, Host),
-and serialises the heads the proxy forwards. Bodies pass through as they arrive:
-nothing here holds a whole body.
+checks a proxy needs on top of llhttp (one framing header, header limits, Host);
+``http_write`` serialises. Bodies pass through as they arrive: nothing here holds
+a whole body.
 """
 
 from __future__ import annotations
@@ -118,10 +118,6 @@ def _tokens(values: list[bytes] | None) -> set[bytes]:
     if not values:
         return set()
     return {t.strip().lower() for value in values for t in value.split(b",")}
-
-
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    return _tokens([v for n, v in headers if n.lower() == b"connection"])
 
 
 def _keep_alive(version: bytes, tokens: set[bytes]) -> bool:
@@ -328,58 +324,3 @@ class ResponseReader(_Reader):
             return self._feed(data)
         except HttpError as exc:
             raise HttpError(502, f"upstream sent a bad response: {exc}") if exc.status < 500 else exc from None
-
-
-# ------------------------------------------------------------------ serialising
-
-
-def filter_headers(headers: Headers, remove: frozenset[bytes]) -> Headers:
-    """Drop hop-by-hop headers, those the Connection header names, and ``remove`` (lower-case names)."""
-    named = _connection_tokens(headers)
-    return [(n, v) for n, v in headers if (ln := n.lower()) not in HOP_BY_HOP and ln not in named and ln not in remove]
-
-
-def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
-    """``Name: value`` lines of the headers to forward: one pass, no hop-by-hop, none in ``drop``."""
-    if tokens:
-        return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop and ln not in tokens]
-    return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop]
-
-
-def request_bytes(head: RequestHead, headers: Headers) -> bytes:
-    lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        lines += [name, b": ", value, b"\r\n"]
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def response_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
-    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
-    for name, value in headers:
-        lines += [name, b": ", value, b"\r\n"]
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-@dataclass
-class SimpleResponse:
-    """A response the proxy makes itself (errors, 401)."""
-
-    status: int
-    body: bytes
-    headers: Headers = field(default_factory=list)
-
-    def encode(self, reason: str, close: bool, head_only: bool = False) -> bytes:
-        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
-        headers += self.headers
-        if close:
-            headers.append((b"Connection", b"close"))
-        return response_bytes(self.status, reason.encode(), headers) + (b"" if head_only else self.body)

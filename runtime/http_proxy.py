@@ -24,10 +24,8 @@ from .dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
 from .http_upgrade import switch_protocols
-from .http_proto import (
-    LAST_CHUNK, Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, SimpleResponse,
-    Upgraded, chunk, kept_lines,
-)
+from .http_proto import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
+from .http_write import LAST_CHUNK, SimpleResponse, chunk, kept_lines
 from .mux import StreamError
 
 if TYPE_CHECKING:

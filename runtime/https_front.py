@@ -14,8 +14,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from .http_proto import HttpError, RequestHead, RequestReader, SimpleResponse
+from .http_proto import HttpError, RequestHead, RequestReader
 from .http_proxy import FrontConnection
+from .http_write import SimpleResponse
 from .letsencrypt import LetsEncrypt
 
 if TYPE_CHECKING:
