@@ -223,12 +223,10 @@ def _fail(front: FrontConnection, ex: Exchange, failure: Exception | None) -> No
 
 
 def _reply(front: FrontConnection, ex: Exchange, status: int, message: str) -> None:
-    from .http_proxy import REASONS
-
     transport = front.transport
     if transport is not None:
         body = SimpleResponse(status, (message + "\n").encode())
-        transport.write(body.encode(REASONS.get(status, "Error"), True, ex.head.method == b"HEAD"))
+        transport.write(body.encode(True, ex.head.method == b"HEAD"))
     front.server.observe(status, ex.label, ex.head.method, ex.started)
     _end(front, ex, False)
 

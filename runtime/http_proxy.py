@@ -34,9 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("inlets.http")
 
 HIGH_WATER = 512 * 1024
-REASONS = {400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed", 414: "URI Too Long",
-           431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 _HOST = frozenset((b"host",))
 
 
@@ -266,7 +263,7 @@ class FrontConnection(asyncio.Protocol):
                       extra: list | None = None, host: str = "", started: float = 0.0) -> None:
         body = (message.rstrip() + "\n").encode()
         response = SimpleResponse(status, body, extra or [])
-        await self._send(response.encode(REASONS.get(status, "Error"), close, head is not None and head.method == b"HEAD"))
+        await self._send(response.encode(close, head is not None and head.method == b"HEAD"))
         if head is not None:
             self.server.observe(status, host, head.method, started)
         else:

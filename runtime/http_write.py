@@ -28,18 +28,23 @@ def chunk(data: bytes) -> bytes:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
 
 @dataclass
 class SimpleResponse:
-    """A response the proxy makes itself (errors, 401)."""
+    """A response the proxy makes itself (errors, 401, redirects)."""
 
     status: int
     body: bytes
     headers: Headers = field(default_factory=list)
 
-    def encode(self, reason: str, close: bool, head_only: bool = False) -> bytes:
+    def encode(self, close: bool, head_only: bool = False) -> bytes:
         headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
         headers += self.headers
         if close:
             headers.append((b"Connection", b"close"))
-        return response_bytes(self.status, reason.encode(), headers) + (b"" if head_only else self.body)
+        reason = REASONS.get(self.status, "Error").encode()
+        return response_bytes(self.status, reason, headers) + (b"" if head_only else self.body)
