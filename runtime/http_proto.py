@@ -139,6 +139,14 @@ class _Reader:
         self._in_head = False
         self._head_fed = 0  # bytes fed in earlier reads while inside a head
         self._feeding = 0
+        self._error: HttpError | None = None  # once refused, every later feed raises it again
+
+    def _fail(self, status: int, message: str) -> HttpError:
+        """Record a refusal, then raise it from the callback: httptools passes the callback's exception on
+        only as ``__context__``, which Python replaces when the loop runs inside an ``except`` block
+        (``except ImportError``, without uvloop)."""
+        self._error = HttpError(status, message)
+        return self._error
 
     def on_message_begin(self) -> None:
         self._headers = []
@@ -151,7 +159,7 @@ class _Reader:
         if self._in_head:  # else: chunked trailers, dropped
             headers = self._headers
             if len(headers) >= self.max_headers:
-                raise HttpError(431, f"more than {self.max_headers} header fields")
+                raise self._fail(431, f"more than {self.max_headers} header fields")
             headers.append((name, value))
             lname = name.lower()
             self._lower.append(lname)
@@ -163,7 +171,7 @@ class _Reader:
         if self._feeding > self.max_header_bytes and (
             sum(len(n) + len(v) + 4 for n, v in self._headers) > self.max_header_bytes
         ):
-            raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
+            raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Body(body))
@@ -172,23 +180,22 @@ class _Reader:
         self._events.append(EndOfMessage())
 
     def _feed(self, data: bytes) -> list[Event]:
+        if self._error is not None:
+            raise self._error
         self._feeding = self._head_fed + len(data)  # bytes this head may span: small means no size check
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
             self._events.append(Upgraded(bytes(data[offset:])))
-        except HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise HttpError(400, f"bad HTTP message: {cause or exc}") from None
+        except HttpParserCallbackError:
+            raise self._error or self._fail(400, "bad HTTP message") from None
         except HttpParserError as exc:
-            raise HttpError(400, f"bad HTTP message: {exc}") from None
+            raise self._fail(400, f"bad HTTP message: {exc}") from None
         if self._in_head:
             self._head_fed += len(data)
             if self._head_fed > self.max_header_bytes + MAX_TARGET:
-                raise HttpError(431, f"header section larger than {self.max_header_bytes} bytes")
+                raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
         events, self._events = self._events, []
         return events
 
@@ -197,13 +204,13 @@ class _Reader:
         te = self._noted.get(b"transfer-encoding", ())
         cl = self._noted.get(b"content-length", ())
         if len(te) > 1 or len(cl) > 1 or (te and cl):
-            raise HttpError(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
+            raise self._fail(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
         if te and te[0].strip().lower() != b"chunked":
-            raise HttpError(400, "unsupported Transfer-Encoding (only chunked)")
+            raise self._fail(400, "unsupported Transfer-Encoding (only chunked)")
         if cl:
             text = cl[0].strip()
             if not text.isdigit() or len(text) > 18:
-                raise HttpError(400, "invalid Content-Length")
+                raise self._fail(400, "invalid Content-Length")
             return False, int(text)
         return bool(te), None
 
@@ -222,7 +229,7 @@ class RequestReader(_Reader):
     def on_url(self, url: bytes) -> None:
         self._target += url
         if len(self._target) > MAX_TARGET:
-            raise HttpError(414, f"request target longer than {MAX_TARGET} bytes")
+            raise self._fail(414, f"request target longer than {MAX_TARGET} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -231,17 +238,17 @@ class RequestReader(_Reader):
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
-            raise HttpError(405, "CONNECT is not supported by this reverse proxy")
+            raise self._fail(405, "CONNECT is not supported by this reverse proxy")
         version = parser.get_http_version().encode()
         if version not in (b"1.0", b"1.1"):
-            raise HttpError(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
+            raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
         noted = self._noted
         chunked, length = self._framing()
         hosts = noted.get(b"host", ())
         if len(hosts) > 1:
-            raise HttpError(400, "more than one Host header")
+            raise self._fail(400, "more than one Host header")
         if not hosts and version == b"1.1":
-            raise HttpError(400, "missing Host header")
+            raise self._fail(400, "missing Host header")
         tokens = _tokens(noted.get(b"connection"))
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
         expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
@@ -294,7 +301,7 @@ class ResponseReader(_Reader):
         try:
             chunked, length = self._framing()
         except HttpError as exc:
-            raise HttpError(502, f"upstream sent an ambiguous response: {exc}") from None
+            raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
         tokens = _tokens(self._noted.get(b"connection"))
         head = ResponseHead(status, self._reason, version, self._headers, _keep_alive(version, tokens),
                             chunked, length, self._lower, self._noted, tokens)

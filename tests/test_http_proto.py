@@ -158,3 +158,28 @@ def test_cli_option_errors():
         HttpOptions.build(request_add=["no-colon"])
     with pytest.raises(OptionError):
         HttpOptions.build(basic_auth=("a", "b"), bearer_token="c")
+
+
+# ------------------------------------------------------------------ issue 14: hostile input
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+])
+def test_refusals_keep_their_status_inside_an_except_block(raw, status):
+    """The server's loop runs inside ``except ImportError`` when uvloop is absent: Python then replaces
+    the ``__context__`` through which httptools reports a callback's exception."""
+    reader = RequestReader()
+    try:
+        raise ImportError("No module named 'uvloop'")
+    except ImportError:
+        with pytest.raises(HttpError) as info:
+            reader.feed(raw)
+    assert info.value.status == status and "module" not in str(info.value)
+    with pytest.raises(HttpError) as again:  # refused once, refused for good
+        reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert again.value.status == status
