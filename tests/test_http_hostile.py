@@ -12,6 +12,7 @@ import pytest
 
 from http_helpers import LOOPBACK, Stack, raw_request
 from process_helpers import INLETS, ROOT, wait_port
+from runtime.cli_common import run_until_signalled
 from tunnel_helpers import free_port
 
 def wait_until(predicate, timeout: float = 5) -> None:
@@ -72,3 +73,21 @@ def test_refusals_keep_their_status_and_name_no_internals(proc, request_bytes, s
     body = answer.partition(b"\r\n\r\n")[2].lower()
     for internal in (b"uvloop", b"module", b"callback", b"error", b"traceback"):
         assert internal not in body, body
+
+
+def test_the_loop_runs_outside_the_uvloop_import_check(monkeypatch):
+    """What is raised in the server's loop carries no ImportError along (nor do its tracebacks in logs)."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    contexts = []
+
+    async def start() -> None:
+        pass
+
+    async def main() -> None:
+        try:
+            raise ValueError("raised in the loop")
+        except ValueError as exc:
+            contexts.append(exc.__context__)
+
+    run_until_signalled(start, main)
+    assert contexts == [None]
