@@ -31,6 +31,9 @@ HOP_BY_HOP = frozenset(
 _NOTED = frozenset(
     b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()
 )
+#: What the Connection header may never make hop-by-hop: dropping these while forwarding the body
+#: lets the body be read as a second request (smuggling) or the request reach another host.
+NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
 class HttpError(Exception):
@@ -250,6 +253,8 @@ class RequestReader(_Reader):
         if not hosts and version == b"1.1":
             raise self._fail(400, "missing Host header")
         tokens = _tokens(noted.get(b"connection"))
+        if tokens and not tokens.isdisjoint(NEVER_HOP):
+            raise self._fail(400, "the Connection header may not name Content-Length, Transfer-Encoding or Host")
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
         expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
         self._events.append(
@@ -303,6 +308,8 @@ class ResponseReader(_Reader):
         except HttpError as exc:
             raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
         tokens = _tokens(self._noted.get(b"connection"))
+        if tokens and not tokens.isdisjoint(NEVER_HOP):
+            tokens -= NEVER_HOP  # framing stays, whatever Connection says
         head = ResponseHead(status, self._reason, version, self._headers, _keep_alive(version, tokens),
                             chunked, length, self._lower, self._noted, tokens)
         if no_body_status(status):

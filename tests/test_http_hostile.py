@@ -3,7 +3,10 @@ that fails open, status codes, absolute-form targets. Real server, tunnel client
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -13,13 +16,115 @@ import pytest
 from http_helpers import LOOPBACK, Stack, raw_request
 from process_helpers import INLETS, ROOT, wait_port
 from runtime.cli_common import run_until_signalled
+from runtime.http_options import HttpOptions
 from tunnel_helpers import free_port
+
+ALICE = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        app, up = stack.upstream("A")
+        catch, up_catch = stack.upstream("CATCH")
+        guarded, up_guarded = stack.upstream("GUARDED")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}", f"http://{LOOPBACK}:{up_catch}"])
+        protect = HttpOptions.build(basic_auth=("alice", "pw"))
+        _, leaving = stack.client(server, tls, token, [f"leaving.test=http://{LOOPBACK}:{up_guarded}"], protect)
+        port = _framing_upstream(stack)
+        stack.client(server, tls, token, [f"framing.test=http://{LOOPBACK}:{port}"])
+        yield dict(stack=stack, app=app, catch=catch, guarded=guarded, leaving=leaving, server=server,
+                   port=server.data_port)
+    finally:
+        stack.close()
+
+
+def _framing_upstream(stack: Stack) -> int:
+    """An upstream whose answers name Content-Length in Connection (kept alive)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Content-Length\r\nContent-Length: 5\r\n\r\n"
+                             b"hello")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def start() -> int:
+        server = await asyncio.start_server(handle, LOOPBACK, 0)
+
+        async def close() -> None:
+            server.close()
+            await server.wait_closed()
+
+        stack.closers.append(close)
+        return server.sockets[0].getsockname()[1]
+
+    return stack.run(start())
+
+
+def seen(app) -> list[str]:
+    return [r["target"] for r in app.stats.requests]
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
+    length = int(lengths[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
 
 def wait_until(predicate, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- 1: Connection naming framing or Host
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: admin.internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("host, connection", [
+    (b"app.test", b"content-length"),
+    (b"app.test", b"keep-alive, Content-Length"),
+    (b"app.test", b"host"),
+    (b"app.test", b"transfer-encoding"),
+    (b"leaving.test", b"content-length"),  # protected: the connection's first request is authorised
+])
+def test_connection_naming_framing_or_host_is_refused(env, host, connection):
+    before = {name: len(env[name].stats.requests) for name in ("app", "catch", "guarded")}
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        if host == b"leaving.test":
+            sock.sendall(b"GET /first HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE + b"\r\n")
+            assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: " + host + b"\r\n" + ALICE + b"Connection: " + connection
+                     + b"\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"Connection header may not name" in answer and b"connection: close" in answer.lower()
+    after = {name: len(env[name].stats.requests) for name in before}
+    first = 1 if host == b"leaving.test" else 0
+    assert after == {**before, "guarded": before["guarded"] + first}  # neither POST nor /smuggled reached one
+
+
+def test_response_naming_content_length_in_connection_keeps_its_framing(env):
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        for _ in range(2):  # twice on one connection: the user can tell where the first answer ends
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: framing.test\r\n\r\n")
+            answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello"), answer
 
 
 # ---------------------------------------------------------------- the real command, without uvloop

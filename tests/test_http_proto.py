@@ -169,6 +169,7 @@ def test_cli_option_errors():
     (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx", 400),
 ])
 def test_refusals_keep_their_status_inside_an_except_block(raw, status):
     """The server's loop runs inside ``except ImportError`` when uvloop is absent: Python then replaces
@@ -183,3 +184,15 @@ def test_refusals_keep_their_status_inside_an_except_block(raw, status):
     with pytest.raises(HttpError) as again:  # refused once, refused for good
         reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert again.value.status == status
+
+
+@pytest.mark.parametrize("connection", [b"content-length", b"Keep-Alive, Content-Length", b"host", b"transfer-encoding"])
+def test_connection_may_not_make_framing_or_host_hop_by_hop(connection):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: " + connection
+                             + b"\r\nContent-Length: 5\r\n\r\nhello")
+    assert info.value.status == 400
+    reader = ResponseReader()
+    reader.expect(False)
+    head = reader.feed(b"HTTP/1.1 200 OK\r\nConnection: " + connection + b"\r\nContent-Length: 2\r\n\r\nok")[0]
+    assert b"Content-Length: 2\r\n" in kept_lines(head.headers, head.lower, HOP_BY_HOP, head.connection)
