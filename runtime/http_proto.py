@@ -140,8 +140,11 @@ class _Reader:
         self._lower: list[bytes] = []
         self._noted: dict[bytes, list[bytes]] = {}
         self._in_head = False
-        self._head_fed = 0  # bytes fed in earlier reads while inside a head
+        self._head_fed = 0  # at most this many bytes of the unfinished head came in earlier reads
+        self._line = 0  # bytes of its line in progress (a field httptools has not passed on yet)
         self._feeding = 0
+        self._began = False  # a message began in the current read
+        self._body_seen = 0  # body bytes in the current read
         self._error: HttpError | None = None  # once refused, every later feed raises it again
 
     def _fail(self, status: int, message: str) -> HttpError:
@@ -156,6 +159,7 @@ class _Reader:
         self._lower = []
         self._noted = {}
         self._in_head = True
+        self._began = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Called per header: kept lean (the section's size is checked once, in ``_check_size``)."""
@@ -169,14 +173,16 @@ class _Reader:
             if lname in _NOTED:
                 self._noted.setdefault(lname, []).append(value)
 
+    def _header_bytes(self) -> int:
+        return sum(len(n) + len(v) + 4 for n, v in self._headers)
+
     def _check_size(self) -> None:
         """Across reads ``_feed`` bounds what llhttp buffers; this catches a large section in one read."""
-        if self._feeding > self.max_header_bytes and (
-            sum(len(n) + len(v) + 4 for n, v in self._headers) > self.max_header_bytes
-        ):
+        if self._feeding > self.max_header_bytes and self._header_bytes() > self.max_header_bytes:
             raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
         self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
@@ -186,6 +192,8 @@ class _Reader:
         if self._error is not None:
             raise self._error
         self._feeding = self._head_fed + len(data)  # bytes this head may span: small means no size check
+        self._began = False
+        self._body_seen = 0
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -196,11 +204,26 @@ class _Reader:
         except HttpParserError as exc:
             raise self._fail(400, f"bad HTTP message: {exc}") from None
         if self._in_head:
-            self._head_fed += len(data)
+            self._head_fed = self._held(data)
             if self._head_fed > self.max_header_bytes + MAX_TARGET:
                 raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
         events, self._events = self._events, []
         return events
+
+    def _held(self, data: bytes | memoryview) -> int:
+        """At most how many bytes of the unfinished head are held now: its fields, and the line in
+        progress. That line began after the read's last CRLF (no head line holds one) and, in a read
+        that began the message, after any body in it: never count the requests before it (a false 431)."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        end = raw.rfind(b"\r\n")
+        if end >= 0:
+            line = len(raw) - end - 2
+        else:
+            line = len(raw) + (0 if self._began else self._line)
+        if self._began:
+            line = min(line, len(raw) - self._body_seen)
+        self._line = line
+        return line + self._header_bytes()
 
     def _framing(self) -> tuple[bool, int | None]:
         """(chunked, content_length); ``HttpError`` 400 for anything ambiguous (request smuggling)."""

@@ -9,6 +9,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -125,6 +126,30 @@ def test_response_naming_content_length_in_connection_keeps_its_framing(env):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: framing.test\r\n\r\n")
             answer = read_answer(sock)
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello"), answer
+
+
+# ---------------------------------------------------------------- 5: pipelines
+
+
+def test_thousands_of_pipelined_requests_and_a_partial_head_are_all_answered(env):
+    """A read full of small requests ending inside a head is no reason for 431 (the head is small)."""
+    count = 6000
+    pipeline = b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(count))
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=20) as sock:
+
+        def send() -> None:
+            sock.sendall(pipeline + b"GET /last HTTP/1.1\r\nHost: app.te")
+            time.sleep(0.3)
+            sock.sendall(b"st\r\nConnection: close\r\n\r\n")
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answers = b""
+        while chunk := sock.recv(1 << 20):
+            answers += chunk
+        sender.join(10)
+    assert answers.count(b"HTTP/1.1 200 ") == count + 1, answers[answers.find(b"HTTP/1.1 4"):][:300]
+    assert seen(env["app"])[-1] == "/last"
 
 
 # ---------------------------------------------------------------- the real command, without uvloop

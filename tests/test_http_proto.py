@@ -196,3 +196,31 @@ def test_connection_may_not_make_framing_or_host_hop_by_hop(connection):
     reader.expect(False)
     head = reader.feed(b"HTTP/1.1 200 OK\r\nConnection: " + connection + b"\r\nContent-Length: 2\r\n\r\nok")[0]
     assert b"Content-Length: 2\r\n" in kept_lines(head.headers, head.lower, HOP_BY_HOP, head.connection)
+
+
+@pytest.mark.parametrize("step", [None, 65536, 1000])
+def test_a_long_pipeline_ending_inside_a_head_is_not_431(step):
+    """Only the unfinished head counts against the header limit, not the requests before it in the read."""
+    pipeline = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * 4000 + b"GET /last HTTP/1.1\r\nHost: a\r\nX-Part: 1"
+    reader = RequestReader()
+    events = feed_all(reader, pipeline, step)
+    events += reader.feed(b"23\r\n\r\n")
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert len(heads) == 4001 and heads[-1].target == b"/last"
+
+
+def test_a_body_before_an_unfinished_head_does_not_count_against_it():
+    body = b"b" * 100_000  # no CRLF in it
+    raw = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"GET /next HTTP/1.1\r\nHo"
+    reader = RequestReader()
+    events = reader.feed(raw) + reader.feed(b"st: a\r\n\r\n")
+    assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/up", b"/next"]
+
+
+def test_an_endless_header_line_split_across_reads_is_still_431():
+    reader = RequestReader()
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
+    with pytest.raises(HttpError) as info:
+        for _ in range(100):
+            reader.feed(b"v" * 1000)
+    assert info.value.status == 431
