@@ -6,7 +6,8 @@ per-request budget of a proxy. This module turns its callbacks into h11-style
 events (``RequestHead``/``ResponseHead``, ``Body``, ``EndOfMessage``), adds the
 checks a proxy needs on top of llhttp (one framing header, header limits, Host);
 ``http_write`` serialises. Bodies pass through as they arrive: nothing here holds
-a whole body.
+a whole body, and ``feed_within`` stops parsing a pipeline once the caller holds
+enough requests.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ Headers = list[tuple[bytes, bytes]]
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
 MAX_TARGET = 8 * 1024
+#: Outside bodies a large read is parsed in steps of this size, so that ``feed_within`` can stop a pipeline
+#: at about its bound (llhttp cannot be paused between messages through httptools).
+PARSE_STEP = 4 * 1024
 
 #: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
 HOP_BY_HOP = frozenset(
@@ -145,6 +149,7 @@ class _Reader:
         self._feeding = 0
         self._began = False  # a message began in the current read
         self._body_seen = 0  # body bytes in the current read
+        self._body_left = 0  # of the body in progress: bytes to come; -1 while a chunked body runs
         self._error: HttpError | None = None  # once refused, every later feed raises it again
 
     def _fail(self, status: int, message: str) -> HttpError:
@@ -183,12 +188,15 @@ class _Reader:
 
     def on_body(self, body: bytes) -> None:
         self._body_seen += len(body)
+        if self._body_left > 0:
+            self._body_left -= len(body)
         self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         self._events.append(EndOfMessage())
 
-    def _feed(self, data: bytes) -> list[Event]:
+    def _feed(self, data: bytes | memoryview) -> list[Event]:
         if self._error is not None:
             raise self._error
         self._feeding = self._head_fed + len(data)  # bytes this head may span: small means no size check
@@ -280,6 +288,7 @@ class RequestReader(_Reader):
             raise self._fail(400, "the Connection header may not name Content-Length, Transfer-Encoding or Host")
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
         expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
+        self._body_left = -1 if chunked else length or 0
         self._events.append(
             RequestHead(
                 method, self._target, version, self._headers, host_of(hosts[0]) if hosts else "",
@@ -289,6 +298,48 @@ class RequestReader(_Reader):
 
     def feed(self, data: bytes) -> list[Event]:
         return self._feed(data)
+
+    def feed_within(self, data: bytes, room: int) -> tuple[list[Event], int]:
+        """Parse ``data`` until ``room`` more request heads are out: (events, bytes used).
+
+        The caller keeps the rest unparsed and stops reading, so a user who pipelines without reading
+        answers costs one read of raw bytes rather than a parsed head per request. Outside bodies the
+        read is parsed in ``PARSE_STEP`` pieces, so at most a piece's worth of heads passes ``room``.
+        A refusal after some events returns those, the refused bytes unused: the next call raises it.
+        """
+        size = len(data)
+        if room > 0 and size <= PARSE_STEP:
+            try:
+                return self._feed(data), size
+            except HttpError:
+                if not self._events:
+                    raise
+                return self._salvaged(), 0
+        view = memoryview(data)
+        events: list[Event] = []
+        used = 0
+        while used < size and (room > 0 or self._body_left):  # the body of the last head admitted goes on
+            left = self._body_left
+            step = size - used if left < 0 else PARSE_STEP + left
+            try:
+                more = self._feed(view[used : used + step])
+            except HttpError:
+                events += self._salvaged()
+                if not events:
+                    raise
+                return events, used
+            used = min(size, used + step)
+            events += more
+            if more and type(more[-1]) is Upgraded:  # the rest is the new protocol's: all of it in the tail
+                more[-1].tail += bytes(view[used:])  # type: ignore[union-attr]
+                return events, size
+            room -= sum(1 for event in more if type(event) is RequestHead)
+        return events, used
+
+    def _salvaged(self) -> list[Event]:
+        """The events parsed before a refusal (requests before a bad one are answered first)."""
+        events, self._events = self._events, []
+        return events
 
 
 class ResponseReader(_Reader):

@@ -8,7 +8,8 @@ connection's coroutine, which streams the body as it arrives. Either way the
 response is passed on by the stream's callbacks (``http_exchange``). Bodies are
 never held whole: reading from the user pauses when the queue passes
 ``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
-the bytes.
+the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,
+the rest of the read waits unparsed and reading pauses until half of them are answered.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("inlets.http")
 
 HIGH_WATER = 512 * 1024
+PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
 _HOST = frozenset((b"host",))
 
 
@@ -46,6 +48,8 @@ class FrontConnection(asyncio.Protocol):
         self.reader = RequestReader()
         self.events: collections.deque[Event | HttpError] = collections.deque()
         self.buffered = 0
+        self.pipelined = 0  # request heads in ``events``
+        self.unparsed = b""  # read but not parsed: the pipeline was full
         self.raw = False
         self.eof = False
         self.leg: Leg | None = None
@@ -131,25 +135,52 @@ class FrontConnection(asyncio.Protocol):
         if self.raw:
             self.events.append(Body(data))
             self.buffered += len(data)
+        elif self.unparsed:
+            self.unparsed += data  # a read already on its way when reading paused
         else:
-            try:
-                events = self.reader.feed(data)
-            except HttpError as exc:
-                self.events.append(exc)
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self._paused_reading = True
-            else:
-                for event in events:
-                    if type(event) is Body:
-                        self.buffered += len(event.data)
-                    elif type(event) is Upgraded:
-                        self.raw = True
-                        self.buffered += len(event.tail)
-                self.events.extend(events)
-        if self.buffered > HIGH_WATER and not self._paused_reading:
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self._paused_reading = True
+            self._parse(data)
+        if self.buffered > HIGH_WATER:
+            self._pause_reading()
         self._resume_requests()
+
+    def _parse(self, data: bytes) -> None:
+        """Parse no further than ``PIPELINE_DEPTH`` requests ahead; what is left waits, unread."""
+        try:
+            events, used = self.reader.feed_within(data, PIPELINE_DEPTH - self.pipelined)
+        except HttpError as exc:
+            self.events.append(exc)
+            self._pause_reading()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is Body:
+                self.buffered += len(event.data)  # type: ignore[union-attr]
+            elif kind is RequestHead:
+                self.pipelined += 1
+            elif kind is Upgraded:
+                self.raw = True
+                self.buffered += len(event.tail)  # type: ignore[union-attr]
+        self.events.extend(events)
+        if used < len(data):
+            self.unparsed = data[used:]
+            self._pause_reading()
+
+    def _refill(self) -> None:
+        """Half the pipeline is answered: parse what waited, and read on once all of it is parsed."""
+        data, self.unparsed = self.unparsed, b""
+        self._parse(data)
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused_reading = True
+
+    def _resume_reading(self) -> None:
+        if (self._paused_reading and self.buffered < HIGH_WATER // 2 and not self.unparsed
+                and self.transport is not None):
+            self._paused_reading = False
+            self.transport.resume_reading()
 
     def _resume_requests(self) -> None:
         """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
@@ -163,6 +194,9 @@ class FrontConnection(asyncio.Protocol):
                 events.popleft()
                 if events and type(events[0]) is EndOfMessage:
                     events.popleft()
+                self.pipelined -= 1
+                if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                    self._refill()
                 return
         if events or self.eof:
             self._wake()
@@ -214,9 +248,11 @@ class FrontConnection(asyncio.Protocol):
         event = self.events.popleft()
         if type(event) is Body:
             self.buffered -= len(event.data)  # type: ignore[union-attr]
-            if self._paused_reading and self.buffered < HIGH_WATER // 2 and self.transport is not None:
-                self._paused_reading = False
-                self.transport.resume_reading()
+            self._resume_reading()
+        elif type(event) is RequestHead:
+            self.pipelined -= 1
+            if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                self._refill()
         return event
 
     async def _send(self, data: bytes) -> None:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from fault_helpers import rss_kib
 from http_helpers import LOOPBACK, Stack, raw_request
 from process_helpers import INLETS, ROOT, wait_port
 from runtime.cli_common import run_until_signalled
@@ -221,3 +222,27 @@ def test_the_loop_runs_outside_the_uvloop_import_check(monkeypatch):
 
     run_until_signalled(start, main)
     assert contexts == [None]
+
+
+def test_a_user_who_pipelines_and_never_reads_is_no_longer_read(proc):
+    """8 MiB of pipelined requests, no answer read: the server parses a bounded queue and stops reading."""
+    baseline = rss_kib(proc["server"].pid)
+    request = b"GET /n HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    block = request * (64 * 1024 // len(request))
+    sent, blocked_since = 0, None
+    with socket.create_connection((LOOPBACK, proc["port"]), timeout=10) as sock:
+        sock.setblocking(False)
+        deadline = time.monotonic() + 20
+        while sent < 8 * 1024 * 1024 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(block)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 2:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        time.sleep(1)  # what the server read, it has parsed by now
+        grown = (rss_kib(proc["server"].pid) - baseline) // 1024
+    print(f"sent {sent >> 20} MiB of pipelined requests; server RSS grew by {grown} MiB")
+    assert grown < 24, f"server RSS grew by {grown} MiB on {sent >> 20} MiB of unread pipelined requests"

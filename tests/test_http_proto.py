@@ -8,8 +8,8 @@ import pytest
 
 from runtime.http_options import HttpOptions, OptionError
 from runtime.http_proto import (
-    HOP_BY_HOP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader, Upgraded,
-    host_of,
+    HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
+    Upgraded, host_of,
 )
 from runtime.http_write import kept_lines
 
@@ -224,3 +224,31 @@ def test_an_endless_header_line_split_across_reads_is_still_431():
         for _ in range(100):
             reader.feed(b"v" * 1000)
     assert info.value.status == 431
+
+
+def test_feed_within_stops_near_the_room_it_is_given():
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    data = request * 9000
+    reader = RequestReader()
+    events, used = reader.feed_within(data, 32)
+    heads = sum(isinstance(e, RequestHead) for e in events)
+    assert 32 <= heads <= 32 + PARSE_STEP // len(request) + 1 and used < len(data) // 10
+    rest, used_rest = reader.feed_within(data[used:], 10**6)  # the caller feeds the rest later: nothing lost
+    assert heads + sum(isinstance(e, RequestHead) for e in rest) == 9000 and used_rest == len(data) - used
+    # a body is never cut into steps, and an upgrade's tail holds all that followed it
+    upload = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" + b"x" * 200_000
+    events, used = RequestReader().feed_within(upload + request, 1)
+    assert used == len(upload) + len(request) and sum(isinstance(e, Body) for e in events) <= 2
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    events, used = RequestReader().feed_within(upgrade + b"\x81" * 20_000, 5)
+    assert used == len(upgrade) + 20_000 and events[-1].tail == b"\x81" * 20_000
+
+
+def test_requests_before_a_refused_one_are_parsed_first():
+    good = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+    bad = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: host\r\nContent-Length: 0\r\n\r\n"
+    reader = RequestReader()
+    events, used = reader.feed_within(good + bad, 32)
+    assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/ok"] and used == 0
+    with pytest.raises(HttpError):
+        reader.feed_within((good + bad)[used:], 32)
