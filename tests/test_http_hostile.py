@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import secrets
 import socket
 import subprocess
@@ -151,6 +152,26 @@ def test_thousands_of_pipelined_requests_and_a_partial_head_are_all_answered(env
         sender.join(10)
     assert answers.count(b"HTTP/1.1 200 ") == count + 1, answers[answers.find(b"HTTP/1.1 4"):][:300]
     assert seen(env["app"])[-1] == "/last"
+
+
+# ---------------------------------------------------------------- 8: absolute-form targets
+
+
+def test_absolute_form_routes_by_its_authority_and_goes_upstream_in_origin_form(env):
+    answer = raw_request(env["port"], b"GET http://APP.test:80/x?y=1 HTTP/1.1\r\nHost: other.test\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    request = json.loads(answer.partition(b"\r\n\r\n")[2])
+    headers = dict(request["headers"])
+    assert request["upstream"] == "A" and request["target"] == "/x?y=1"  # not the catch-all, which Host names
+    assert headers["host"] == "APP.test:80" and headers["x-forwarded-host"] == "APP.test:80"
+    # nor does Host open a protected name's door for another one
+    answer = raw_request(env["port"], b"GET http://leaving.test/private HTTP/1.1\r\nHost: app.test\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    for target in (b"ftp://app.test/", b"http://user@app.test/", b"http:///nohost"):
+        answer = raw_request(env["port"], b"GET " + target + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), (target, answer[:200])
 
 
 # ---------------------------------------------------------------- the real command, without uvloop

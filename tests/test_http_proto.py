@@ -252,3 +252,22 @@ def test_requests_before_a_refused_one_are_parsed_first():
     assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/ok"] and used == 0
     with pytest.raises(HttpError):
         reader.feed_within((good + bad)[used:], 32)
+
+
+@pytest.mark.parametrize("target, path, host", [
+    (b"http://Example.test/p?q=1", b"/p?q=1", "example.test"),
+    (b"HTTPS://example.test:8443", b"/", "example.test"),
+    (b"http://[::1]:8000?x", b"/?x", "::1"),
+])
+def test_absolute_form_target_names_the_host(target, path, host):
+    head = RequestReader().feed(b"GET " + target + b" HTTP/1.1\r\nHost: other.test\r\n\r\n")[0]
+    authority = target.partition(b"://")[2].split(b"/")[0].split(b"?")[0]
+    assert (head.target, head.host, dict(head.headers)[b"Host"]) == (path, host, authority)
+    assert head.noted[b"host"] == [authority]
+
+
+@pytest.mark.parametrize("target", [b"ftp://a/", b"http://user:pw@a/", b"http:///p", b"a.test/p"])
+def test_other_target_forms_are_400(target):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert info.value.status == 400

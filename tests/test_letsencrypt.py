@@ -287,6 +287,8 @@ def test_plain_answers() -> None:
     assert plain_answer(_head(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 8443)[2] == [
         (b"Location", b"https://a.test:8443/")]
     assert plain_answer(_head(b"GET / HTTP/1.0\r\n\r\n"), challenges, 443)[0] == 400
+    assert plain_answer(_head(b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n"), challenges, 443)[2] == [
+        (b"Location", b"https://a.test/x")]  # absolute form: the target's host and path (RFC 9112 3.2.2)
 
 
 def test_cli_bad_options_are_one_line_errors() -> None:
