@@ -60,13 +60,14 @@ def try_start(front: FrontConnection, head: RequestHead) -> bool:
     service, label = server.route(head.host)
     if service is None:
         return False
+    guard = server.guards.get(service)
+    if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
+        return False
     leg = front._pick(service)
     if leg is None:
         return False
     options = server.options_for(leg.session)
-    if options.protected and not options.authorized(head.noted.get(b"authorization", (None,))[0]):
-        return False
-    request = front._request_head(head, leg, options)
+    request = front._request_head(head, leg, options, guard is not None)
     if not _send_request(leg, request):
         return False
     front.parked = True  # the coroutine leaves the connection to the callbacks until this ends

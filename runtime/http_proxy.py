@@ -333,23 +333,27 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
+        guard = server.guards.get(service)
+        if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
+            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
+                               extra=guard.challenges(), host=label, started=started)
+            return not close_on_refusal
         leg = self._pick(service)
         if leg is None:
             await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
         options = server.options_for(leg.session)
-        if options.protected and not options.authorized(head.noted.get(b"authorization", (None,))[0]):
-            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
-                               extra=[options.challenge()], host=label, started=started)
-            return not close_on_refusal
-        return await self._forward(head, leg, options, label, started)
+        return await self._forward(head, leg, options, label, started, guard is not None)
 
-    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions) -> bytes:
-        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass."""
+    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions, guarded: bool) -> bytes:
+        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass.
+        On a protected name the credential stays here, whichever client's upstream this is."""
         noted = head.noted
         rewrite = options.rewrite_host.get(leg.service)
-        drop = options.request_drop | _HOST if rewrite is not None else options.request_drop
+        drop = options.guarded_drop if guarded else options.request_drop
+        if rewrite is not None:
+            drop = drop | _HOST
         lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
         lines += kept_lines(head.headers, head.lower, drop, head.connection)
         if rewrite is not None:
@@ -366,9 +370,10 @@ class FrontConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float) -> bool:
+    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
+                       guarded: bool) -> bool:
         """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
-        request = self._request_head(head, leg, options)
+        request = self._request_head(head, leg, options, guarded)
         rest = leg.write_now(request)
         if rest is not None:
             try:

@@ -32,14 +32,17 @@ def env(tls, token):
         app, up = stack.upstream("A")
         catch, up_catch = stack.upstream("CATCH")
         guarded, up_guarded = stack.upstream("GUARDED")
+        open_app, up_open = stack.upstream("OPEN")
         server = stack.server(tls, token)
         stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}", f"http://{LOOPBACK}:{up_catch}"])
         protect = HttpOptions.build(basic_auth=("alice", "pw"))
         _, leaving = stack.client(server, tls, token, [f"leaving.test=http://{LOOPBACK}:{up_guarded}"], protect)
+        stack.client(server, tls, token, [f"shared.test=http://{LOOPBACK}:{up_guarded}"], protect)
+        stack.client(server, tls, token, [f"shared.test=http://{LOOPBACK}:{up_open}"])  # the same name, unprotected
         port = _framing_upstream(stack)
         stack.client(server, tls, token, [f"framing.test=http://{LOOPBACK}:{port}"])
-        yield dict(stack=stack, app=app, catch=catch, guarded=guarded, leaving=leaving, server=server,
-                   port=server.data_port)
+        yield dict(stack=stack, app=app, catch=catch, guarded=guarded, open=open_app, leaving=leaving,
+                   server=server, port=server.data_port, ports=dict(guarded=up_guarded))
     finally:
         stack.close()
 
@@ -152,6 +155,44 @@ def test_thousands_of_pipelined_requests_and_a_partial_head_are_all_answered(env
         sender.join(10)
     assert answers.count(b"HTTP/1.1 200 ") == count + 1, answers[answers.find(b"HTTP/1.1 4"):][:300]
     assert seen(env["app"])[-1] == "/last"
+
+
+# ---------------------------------------------------------------- 6: protection belongs to the name
+
+
+def test_protection_covers_every_client_of_the_name(env):
+    """Two clients serve shared.test, one declared basic auth: every request needs it, no upstream sees it."""
+    for _ in range(6):  # round robin: both clients' turns
+        assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: shared.test\r\nConnection: close\r\n\r\n"
+                           ).startswith(b"HTTP/1.1 401 ")
+    answers = [raw_request(env["port"], b"GET /in HTTP/1.1\r\nHost: shared.test\r\n" + ALICE
+                           + b"Connection: close\r\n\r\n") for _ in range(6)]
+    upstreams = {json.loads(a.partition(b"\r\n\r\n")[2])["upstream"] for a in answers}
+    assert upstreams == {"GUARDED", "OPEN"}
+    for app in (env["guarded"], env["open"]):
+        assert all("authorization" not in dict(r["headers"]) for r in app.stats.requests)
+
+
+def test_protected_name_whose_client_left_is_503_never_the_catch_all(env, tls, token):
+    stack = env["stack"]
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                       + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    stack.stop_client(env["leaving"])
+    wait_until(lambda: not env["server"].registry.sessions_for("http:leaving.test"))
+    before = len(env["catch"].stats.requests)
+    with_credential = raw_request(env["port"], b"GET /private HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                                  + b"Connection: close\r\n\r\n")
+    assert with_credential.startswith(b"HTTP/1.1 503 "), with_credential[:200]
+    without = raw_request(env["port"], b"GET /private HTTP/1.1\r\nHost: leaving.test\r\nConnection: close\r\n\r\n")
+    assert without.startswith(b"HTTP/1.1 401 ") and b'basic realm="inlets"' in without.lower()
+    assert len(env["catch"].stats.requests) == before  # the catch-all never saw them, nor the credential
+    # the name's owner comes back: protected as before
+    stack.client(env["server"], tls, token, [f"leaving.test=http://{LOOPBACK}:{env['ports']['guarded']}"],
+                 HttpOptions.build(basic_auth=("alice", "pw")))
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\nConnection: close\r\n\r\n"
+                       ).startswith(b"HTTP/1.1 401 ")
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                       + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
 
 
 # ---------------------------------------------------------------- 8: absolute-form targets

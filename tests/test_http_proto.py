@@ -6,6 +6,7 @@ import base64
 
 import pytest
 
+from runtime.http_guard import Guards
 from runtime.http_options import HttpOptions, OptionError
 from runtime.http_proto import (
     HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
@@ -271,3 +272,23 @@ def test_other_target_forms_are_400(target):
     with pytest.raises(HttpError) as info:
         RequestReader().feed(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
     assert info.value.status == 400
+
+
+def test_protection_belongs_to_the_name():
+    """Sessions are any hashable here; the live behaviour is in test_http_hostile."""
+    protect, other, plain = (HttpOptions.build(basic_auth=("alice", "pw")), HttpOptions.build(bearer_token="t"),
+                             HttpOptions())
+    alice = b"Basic " + base64.b64encode(b"alice:pw")
+    guards = Guards()
+    guards.admit("A", ["http:s"], protect)
+    guards.admit("B", ["http:s"], plain)  # serves the name too: protected all the same
+    guards.admit("C", ["http:s"], other)
+    assert guards["http:s"].authorized(alice) and guards["http:s"].authorized(b"Bearer t")
+    assert not guards["http:s"].authorized(None) and len(guards["http:s"].challenges()) == 2
+    guards.release("A")
+    guards.release("C")
+    assert guards["http:s"].authorized(b"Bearer t") and not guards["http:s"].authorized(alice)  # the last to leave
+    guards.release("B")
+    assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
+    guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
+    assert "http:s" not in guards
