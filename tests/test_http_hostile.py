@@ -59,17 +59,7 @@ def _framing_upstream(stack: Stack) -> int:
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def start() -> int:
-        server = await asyncio.start_server(handle, LOOPBACK, 0)
-
-        async def close() -> None:
-            server.close()
-            await server.wait_closed()
-
-        stack.closers.append(close)
-        return server.sockets[0].getsockname()[1]
-
-    return stack.run(start())
+    return stack.serve(handle)
 
 
 def seen(app) -> list[str]:

@@ -51,24 +51,9 @@ def env(tls, token):
 
 
 def _tls_upstream(stack: Stack, tls):
-    from http_helpers import UpstreamApp
-    import asyncio
-
-    app = UpstreamApp("TLS")
-
-    async def start():
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls.cert, tls.key)
-        server = await asyncio.start_server(app.handle, LOOPBACK, 0, ssl=context)
-        stack.closers.append(lambda: _aclose(server))
-        return server.sockets[0].getsockname()[1]
-
-    return app, stack.run(start())
-
-
-async def _aclose(server):
-    server.close()
-    await server.wait_closed()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return stack.upstream("TLS", ssl=context)
 
 
 def _closed_port() -> int:
@@ -298,20 +283,13 @@ def test_pipelined_requests_answered_in_order(env):
 
 
 def test_upstream_speaking_garbage_is_502(env, tls, token):
-    import asyncio
-
     async def garbage(reader, writer):
         await reader.read(1024)
         writer.write(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n")
         await writer.drain()
         writer.close()
 
-    async def start():
-        server = await asyncio.start_server(garbage, LOOPBACK, 0)
-        env["stack"].closers.append(lambda: _aclose(server))
-        return server.sockets[0].getsockname()[1]
-
-    port = env["stack"].run(start())
+    port = env["stack"].serve(garbage)
     server = env["stack"].server(tls, token)
     env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
     code, body = status_of(server.data_port, "/", "anything.test")
