@@ -153,16 +153,16 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
             args.append(value)
     inlets = _command()
     runtime = _runtime_paths(inlets)
-    _check_not_private_tmp(runtime, named_files)
     files = [path for _, path in named_files]
     needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
-        read_only_paths = sorted({path_value(str(Path(f).parent)) for f in files})
+        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files})
         for file in files:  # named in the setup hint's comment line too
             path_value(file)
     except UnitValueError as exc:
         raise GenerateError(f"cannot write a systemd unit: {exc}") from None
+    _check_not_private_tmp(runtime, named_files)  # after quoting: a path with a line break is refused above, in one line
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",

@@ -49,8 +49,12 @@ def exec_command(argv: Iterable[str]) -> str:
     return " ".join(exec_word(word) for word in words)
 
 
-def path_value(path: str) -> str:
+def path_value(path: str, *, optional: bool = False) -> str:
     """One path of ``ReadOnlyPaths=`` (and the other path lists): quoted when it holds a space, ``%`` as ``%%``.
+
+    ``optional`` adds systemd's ``-`` prefix (inside the quotes, where systemd looks for it),
+    so a folder not made yet lets the service start and say which file it misses, instead of
+    failing the whole unit with status=226/NAMESPACE.
 
     These settings take quotes but no escapes, so a path with a quote, a backslash or a
     control character cannot be written; it is refused rather than changed.
@@ -59,7 +63,7 @@ def path_value(path: str) -> str:
         raise UnitValueError(f"{path!r} is not an absolute path")
     if any(char in '"\\' or ord(char) < 0x20 or ord(char) == 0x7F for char in path):
         raise UnitValueError(f"the path {path!r} has a quote, backslash or control character: systemd cannot take it")
-    escaped = path.replace("%", "%%")
+    escaped = ("-" if optional else "") + path.replace("%", "%%")
     return escaped if _PLAIN.fullmatch(path) else f'"{escaped}"'
 
 

@@ -80,16 +80,14 @@ def test_hostile_values_in_the_exit_server_unit_add_no_directive(tmp_path: Path)
 def test_generated_units_keep_hostile_values_inside_their_words(tmp_path: Path, tls: object) -> None:
     """``inlets ... --generate=systemd``: a line break in a value adds no directive, ``%`` and
     spaces in file paths are escaped and quoted, and systemd-analyze accepts the unit."""
-    odd = tmp_path / "my %h dir"
-    odd.mkdir()
+    odd = Path("/srv/my %h dir")  # a file the unit names need not exist yet; /tmp would be refused (PrivateTmp)
     token = odd / "token"
-    token.write_text("x" * 32 + "\n")
     result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
                     "--upstream", INJECTION, "--ports", "80", "--generate=systemd")
     assert result.returncode == 0, result.stderr
     unit = result.stdout
     assert "ExecStartPre" not in _directives(unit) and len([d for d in _directives(unit) if d == "ExecStart"]) == 1
-    assert f'ReadOnlyPaths="{odd}"'.replace("%", "%%") in unit.splitlines()
+    assert f'ReadOnlyPaths="-{odd}"'.replace("%", "%%") in unit.splitlines()
     assert f'"{token}"'.replace("%", "%%") in next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     _verify(unit, tmp_path, "inlets-tcp-client.service")
 
