@@ -22,6 +22,7 @@ from .cli_common import (
     TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
+from .ports import parse_port_list
 
 log = logging.getLogger("inlets")
 
@@ -42,11 +43,11 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     if not text:
         return None
     try:
-        allowed = {int(p) for p in text.split(",") if p.strip()}
-    except ValueError:
+        allowed = set(parse_port_list(text))
+    except ValueError as exc:
+        fail(f"--allow-ports must be a comma-separated list of ports: {exc}")
+    if not allowed:
         fail(f"--allow-ports must be a comma-separated list of ports, got {text!r}")
-    if not allowed or not all(1 <= p <= 65535 for p in allowed):
-        fail("--allow-ports entries must be between 1 and 65535")
     return allowed
 
 

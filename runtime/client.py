@@ -25,6 +25,7 @@ from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from .mux import DEFAULT_WINDOW, Multiplexer
+from .ports import url_port
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
 
@@ -59,6 +60,10 @@ def connect_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise FatalClientError(f"--url must be ws://HOST[:PORT] or wss://HOST[:PORT], got {url!r}")
+    try:
+        url_port(parts, 0)
+    except ValueError as exc:
+        raise FatalClientError(f"--url {url!r}: {exc}") from None
     path = parts.path.rstrip("/") + CONNECT_PATH
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 

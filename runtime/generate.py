@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .ports import parse_port_list
 from .templating import render
 
 KINDS = ("systemd", "k8s_yaml")
@@ -134,10 +135,13 @@ def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-p
                 continue
             secret[key] = _b64(data)
             value = f"{K8S_SECRET_DIR}/{key}"
-        if option in ("--control-port", "--port") and value and value.isdigit():
-            ports.append(int(value))
-        if option == "--allow-ports" and value:  # TCP data ports the Service should expose
-            ports += [int(p) for p in value.split(",") if p.strip().isdigit()]
+        try:
+            if option in ("--control-port", "--port") and value:
+                ports += parse_port_list(value)
+            if option == "--allow-ports" and value:  # TCP data ports the Service should expose
+                ports += parse_port_list(value)
+        except ValueError as exc:
+            raise GenerateError(f"{option}: {exc}") from None
         args.append(option)
         if value is not None:
             args.append(value)
