@@ -14,10 +14,18 @@ increments as the peer's application consumes). A slow reader therefore stalls
 only its own stream; the shared websocket keeps moving. A peer that breaks a
 limit (window, frame size, stream ids) gets ``ProtocolError``: the glue closes the
 connection rather than trust it.
+
+Every queue is bounded. DATA waits only up to the credit the peer granted, and the
+glue stops its writers past a high-water mark. Control frames are what a peer can make
+us queue at will (a RESET per OPEN refused, a WINDOW per window's worth of DATA): past
+``max_control_backlog`` queued bytes of them the multiplexer is ``backlogged`` and the
+glue reads no more from the peer until ``data_to_send`` has taken them below half that.
+A peer that never reads then stops being read from, and its input waits in its socket.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -29,6 +37,9 @@ RESET_CODE = struct.Struct("!H")
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
+#: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
+#: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
+DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
 MAX_WINDOW = 2**31 - 1
 MAX_TARGET = 1024
 MAX_REASON = 1024
@@ -133,6 +144,7 @@ class Multiplexer:
         send_window: int = DEFAULT_WINDOW,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        max_control_backlog: int = DEFAULT_MAX_CONTROL_BACKLOG,
     ) -> None:
         if not 0 < recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
             raise ValueError("windows must be between 1 and 2**31-1")
@@ -145,8 +157,11 @@ class Multiplexer:
         self._peer_parity = 0 if client else 1
         self._peer_highest = 0
         self._peer_open = 0  # streams the peer opened that are still live
-        self._out: list[bytes] = []
+        self._out: collections.deque[bytes] = collections.deque()
         self.buffered = 0  # bytes queued in _out
+        self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
+        self.max_control_backlog = max_control_backlog
+        self._backlogged = False
         self.going_away = False  # we sent GOAWAY
         self.peer_going_away = False  # the peer sent GOAWAY
 
@@ -225,25 +240,35 @@ class Multiplexer:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
-    def data_to_send(self) -> list[bytes]:
-        """Messages to send, in order: frames packed into messages of up to ``COALESCE_LIMIT``
-        bytes (a larger frame goes alone), so the peer's ``max_size`` must allow
-        ``max(COALESCE_LIMIT, max_frame + HEADER.size)``."""
-        if not self._out:
-            return []
+    def data_to_send(self, limit: int | None = None) -> list[bytes]:
+        """Up to ``limit`` messages to send (all when None), in order: frames packed into
+        messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's
+        ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
+
+        A writer that takes one message at a time leaves the rest counted in ``buffered``
+        and ``control_buffered``, so the bounds see everything not yet sent."""
+        out = self._out
         messages: list[bytes] = []
-        batch: list[bytes] = []
-        size = 0
-        for frame in self._out:
-            if batch and size + len(frame) > COALESCE_LIMIT:
-                messages.append(b"".join(batch))
-                batch, size = [], 0
-            batch.append(frame)
-            size += len(frame)
-        messages.append(b"".join(batch))
-        self._out = []
-        self.buffered = 0
+        while out and (limit is None or len(messages) < limit):
+            batch: list[bytes] = []
+            size = control = 0
+            while out and (not batch or size + len(out[0]) <= COALESCE_LIMIT):
+                frame = out.popleft()
+                batch.append(frame)
+                size += len(frame)
+                if frame[0] not in _UNBOUNDED_TYPES:
+                    control += len(frame)
+            messages.append(b"".join(batch))
+            self.buffered -= size
+            self.control_buffered -= control
+        if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
+            self._backlogged = False
         return messages
+
+    @property
+    def backlogged(self) -> bool:
+        """Too many control frames wait to be sent: read nothing more from the peer for now."""
+        return self._backlogged
 
     # ------------------------------------------------------------------ peer input
 
@@ -400,3 +425,12 @@ class Multiplexer:
         frame = HEADER.pack(ftype, stream_id, len(payload)) + payload
         self._out.append(frame)
         self.buffered += len(frame)
+        if ftype not in _UNBOUNDED_TYPES:
+            self.control_buffered += len(frame)
+            if self.control_buffered > self.max_control_backlog:
+                self._backlogged = True
+
+
+#: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
+#: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
+_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))

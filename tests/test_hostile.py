@@ -190,3 +190,53 @@ def test_hello_parser_only_ever_refuses_cleanly(text: str) -> None:
         assert 4000 <= exc.code < 4100 and str(exc)
     else:
         assert isinstance(hello_msg.services, list) and hello_msg.window >= 16 * 1024
+
+
+def opens(first: int, count: int = 4096) -> bytes:
+    """``count`` OPEN frames for streams ``first``, ``first + 2``, ... (to a target nobody serves)."""
+    return b"".join(HEADER.pack(FrameType.OPEN, first + 2 * i, 5) + b"tcp:1" for i in range(count))
+
+
+async def flood_without_reading(ws, first: int, seconds: float) -> float:
+    """Send OPENs for ``seconds`` while reading nothing; returns how long the end went without a send getting through."""
+    ws.transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+    end = last + seconds
+    stream = first
+    while loop.time() < end:
+        try:
+            await asyncio.wait_for(ws.send(opens(stream)), end - loop.time())
+        except (asyncio.TimeoutError, ConnectionClosed):
+            break
+        stream += 2 * 4096
+        last = loop.time()
+    await asyncio.sleep(max(0.0, end - loop.time()))
+    return end - last
+
+
+async def one_session(server):
+    for _ in range(100):
+        if server.control.clients:
+            return next(iter(server.control.clients))
+        await asyncio.sleep(0.02)
+    raise AssertionError("no session")
+
+
+def test_a_client_that_never_reads_is_not_read_from_and_is_dropped(tls: TlsFiles, token: str) -> None:
+    """Every OPEN queues a RESET the client never reads: the server stops reading it, then keepalive drops it."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, keepalive=2.0)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        session = await one_session(server)
+        quiet = await flood_without_reading(ws, 1, seconds=8)
+        assert quiet > 3, "the server kept reading OPENs from a client that reads none of its RESETs"
+        # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; several times that fill the sockets' buffers first
+        assert (session.mux._peer_highest + 1) // 2 < 500_000
+        assert session.closed.is_set() and not server.control.clients  # no sign of life, no pong: dropped
+        ws.transport.abort()
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())

@@ -323,3 +323,35 @@ def test_goaway_stops_new_streams_both_ways_but_open_ones_finish() -> None:
     assert deliver(server, client) == [DataReceived(sid, b"still flowing")]
     client.go_away("again")  # once only
     assert client.data_to_send() == []
+
+
+def test_a_peer_that_makes_us_queue_control_frames_is_not_read_past_a_bound() -> None:
+    """Every OPEN past the limit queues a RESET: past ``max_control_backlog`` queued, stop reading the peer."""
+    server = Multiplexer(client=False, max_streams=1, max_control_backlog=4096)
+    server.receive(frame(FrameType.OPEN, 1, b"tcp:80"))
+    stream = 3
+    while not server.backlogged:
+        server.receive(frame(FrameType.OPEN, stream, b"tcp:80"))
+        stream += 2
+    assert 4096 < server.control_buffered <= 4096 + 64  # one RESET past the bound
+    refused = (stream - 3) // 2
+    server.open_stream("tcp:22")  # our own OPENs and DATA are bounded elsewhere: not counted
+    server.send_data(2, b"x" * 10_000)
+    assert server.control_buffered == sum(len(frame(FrameType.RESET, 3, struct.pack("!H", 4) + b"limit of 1 open streams"))
+                                          for _ in range(refused))
+    while server.backlogged:  # taken one message at a time, as the session's writer does
+        assert len(server.data_to_send(1)) == 1
+    assert server.control_buffered <= 2048  # reading resumes below half the bound
+    total = server.buffered
+    assert sum(len(m) for m in server.data_to_send()) == total and server.buffered == server.control_buffered == 0
+
+
+def test_data_to_send_with_a_limit_keeps_the_rest_in_order() -> None:
+    client, server = pair(window=1 << 20, max_frame=200 * 1024)
+    sid = server.open_stream("t")
+    server.send_data(sid, b"a" * (600 * 1024))
+    first = server.data_to_send(1)
+    assert len(first) == 1 and server.buffered > 0
+    rest = server.data_to_send()
+    events = [e for m in first + rest for e in client.receive(m)]
+    assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 600 * 1024 and server.buffered == 0
