@@ -28,6 +28,7 @@ from .mux import DEFAULT_WINDOW, Multiplexer
 from .ports import url_port
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
+from .wsflow import BoundedClientConnection
 
 log = logging.getLogger("inlets.client")
 
@@ -218,6 +219,7 @@ class TunnelClient:
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),
                 proxy=self.proxy.url,
+                create_connection=BoundedClientConnection,
                 **kwargs,
             )
         except InvalidStatus as exc:

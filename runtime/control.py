@@ -26,6 +26,7 @@ from .ratelimit import FailedLoginLimiter
 from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from .session import Session
+from .wsflow import BoundedServerConnection
 
 log = logging.getLogger("inlets.server")
 
@@ -119,6 +120,7 @@ class ControlPlane:
             close_timeout=5,
             server_header=None,
             logger=logging.getLogger("inlets.websockets"),
+            create_connection=BoundedServerConnection,
         )
 
     @property

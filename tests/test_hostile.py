@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -235,6 +237,38 @@ def test_a_client_that_never_reads_is_not_read_from_and_is_dropped(tls: TlsFiles
         # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; several times that fill the sockets' buffers first
         assert (session.mux._peer_highest + 1) // 2 < 500_000
         assert session.closed.is_set() and not server.control.clients  # no sign of life, no pong: dropped
+        ws.transport.abort()
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_pings_and_goaways_from_a_client_that_never_reads_neither_pile_up_nor_keep_it_alive(
+    tls: TlsFiles, token: str
+) -> None:
+    async def scenario() -> None:
+        server = await start_server(tls, token, keepalive=2.0)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        ws.transport.pause_reading()
+        session = await one_session(server)
+        transport = session.websocket.transport
+        goaway = HEADER.pack(FrameType.GOAWAY, 0, 0)
+        started = last_goaway = time.monotonic()
+        peak = 0
+        while time.monotonic() - started < 8 and not session.closed.is_set():
+            for _ in range(500):
+                ws.protocol.send_ping(os.urandom(125))
+            if time.monotonic() - last_goaway > 0.15:  # GOAWAY again and again: not a sign of life
+                ws.protocol.send_binary(goaway)
+                last_goaway = time.monotonic()
+            ws.send_data()
+            peak = max(peak, transport.get_write_buffer_size())
+            await asyncio.sleep(0.01)
+        alive_for = time.monotonic() - started
+        assert session.closed.is_set() and alive_for < 6, f"still served after {alive_for:.1f} s"
+        assert peak < 2 * 1024 * 1024, f"{peak} bytes of pongs queued"
         ws.transport.abort()
         await still_serving(server, tls, token)
         await server.stop()
