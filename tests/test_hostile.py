@@ -7,13 +7,15 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop
-from tunnel_helpers import wait_listening
+from process_helpers import spawn
+from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
+from tunnel_helpers import start_server, stop, wait_listening
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -274,3 +276,38 @@ def test_pings_and_goaways_from_a_client_that_never_reads_neither_pile_up_nor_ke
         await server.stop()
 
     run(scenario())
+
+
+def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_path, tls: TlsFiles, token: str) -> None:
+    """Each OPEN for a service the client never advertised is refused (a RESET and a log line), and never read."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    quiet: list[float] = []
+
+    async def attack(ws, hello_msg) -> None:
+        quiet.append(await flood_without_reading(ws, 2, seconds=8))
+
+    async def scenario() -> None:
+        async with malicious_server(tls, attack) as url:
+            client = spawn("tcp", "client", "--url", url, "--tls-ca", str(tls.ca), "--token-file", str(token_file),
+                           "--upstream", "127.0.0.1", "--ports", str(free_port()), "--keepalive", "2",
+                           log=tmp_path / "client.log")
+            try:
+                for _ in range(200):
+                    if quiet:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                client.terminate()
+                try:
+                    client.wait(10)
+                except subprocess.TimeoutExpired:
+                    client.kill()
+                    client.wait()
+
+    run(scenario())
+    assert quiet and quiet[0] > 3, "the client kept reading OPENs from a server that reads none of its RESETs"
+    lines = (tmp_path / "client.log").read_text().splitlines()
+    refused = [line for line in lines if "event=refused_stream" in line]
+    assert 0 < len(refused) <= 20 and len(lines) < 100, f"{len(lines)} log lines"
