@@ -4,6 +4,7 @@ and never trusts them further than it must."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -201,22 +202,26 @@ def opens(first: int, count: int = 4096) -> bytes:
     return b"".join(HEADER.pack(FrameType.OPEN, first + 2 * i, 5) + b"tcp:1" for i in range(count))
 
 
-async def flood_without_reading(ws, first: int, seconds: float) -> float:
-    """Send OPENs for ``seconds`` while reading nothing; returns how long the end went without a send getting through."""
+async def flood_without_reading(ws, first: int, seconds: float = 15, patience: float = 3) -> bool:
+    """Send OPENs while reading nothing; True once one send has waited ``patience`` seconds
+    (the peer stopped reading) or the peer closed, False if it took everything for ``seconds``."""
     ws.transport.pause_reading()
     loop = asyncio.get_running_loop()
-    last = loop.time()
-    end = last + seconds
+    deadline = loop.time() + seconds
     stream = first
-    while loop.time() < end:
+    while loop.time() < deadline:
         try:
-            await asyncio.wait_for(ws.send(opens(stream)), end - loop.time())
+            await asyncio.wait_for(ws.send(opens(stream)), patience)
         except (asyncio.TimeoutError, ConnectionClosed):
-            break
+            return True
         stream += 2 * 4096
-        last = loop.time()
-    await asyncio.sleep(max(0.0, end - loop.time()))
-    return end - last
+    return False
+
+
+async def closed_within(session, seconds: float) -> bool:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(session.closed.wait(), seconds)
+    return session.closed.is_set()
 
 
 async def one_session(server):
@@ -234,11 +239,11 @@ def test_a_client_that_never_reads_is_not_read_from_and_is_dropped(tls: TlsFiles
         ws = await raw_client(server, tls, token)
         assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
         session = await one_session(server)
-        quiet = await flood_without_reading(ws, 1, seconds=8)
-        assert quiet > 3, "the server kept reading OPENs from a client that reads none of its RESETs"
+        stopped = await flood_without_reading(ws, 1)
+        assert stopped, "the server kept reading OPENs from a client that reads none of its RESETs"
         # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; several times that fill the sockets' buffers first
         assert (session.mux._peer_highest + 1) // 2 < 500_000
-        assert session.closed.is_set() and not server.control.clients  # no sign of life, no pong: dropped
+        assert await closed_within(session, 10) and not server.control.clients  # no sign of life, no pong: dropped
         ws.transport.abort()
         await still_serving(server, tls, token)
         await server.stop()
@@ -259,7 +264,7 @@ def test_pings_and_goaways_from_a_client_that_never_reads_neither_pile_up_nor_ke
         goaway = HEADER.pack(FrameType.GOAWAY, 0, 0)
         started = last_goaway = time.monotonic()
         peak = 0
-        while time.monotonic() - started < 8 and not session.closed.is_set():
+        while time.monotonic() - started < 12 and not session.closed.is_set():
             for _ in range(500):
                 ws.protocol.send_ping(os.urandom(125))
             if time.monotonic() - last_goaway > 0.15:  # GOAWAY again and again: not a sign of life
@@ -269,7 +274,7 @@ def test_pings_and_goaways_from_a_client_that_never_reads_neither_pile_up_nor_ke
             peak = max(peak, transport.get_write_buffer_size())
             await asyncio.sleep(0.01)
         alive_for = time.monotonic() - started
-        assert session.closed.is_set() and alive_for < 6, f"still served after {alive_for:.1f} s"
+        assert session.closed.is_set(), f"still served after {alive_for:.1f} s (keepalive 2 s)"
         assert peak < 2 * 1024 * 1024, f"{peak} bytes of pongs queued"
         ws.transport.abort()
         await still_serving(server, tls, token)
@@ -283,10 +288,10 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
-    quiet: list[float] = []
+    stopped: list[bool] = []
 
     async def attack(ws, hello_msg) -> None:
-        quiet.append(await flood_without_reading(ws, 2, seconds=8))
+        stopped.append(await flood_without_reading(ws, 2))
 
     async def scenario() -> None:
         async with malicious_server(tls, attack) as url:
@@ -294,8 +299,8 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
                            "--upstream", "127.0.0.1", "--ports", str(free_port()), "--keepalive", "2",
                            log=tmp_path / "client.log")
             try:
-                for _ in range(200):
-                    if quiet:
+                for _ in range(300):
+                    if stopped:
                         break
                     await asyncio.sleep(0.1)
             finally:
@@ -307,7 +312,7 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
                     client.wait()
 
     run(scenario())
-    assert quiet and quiet[0] > 3, "the client kept reading OPENs from a server that reads none of its RESETs"
+    assert stopped == [True], "the client kept reading OPENs from a server that reads none of its RESETs"
     lines = (tmp_path / "client.log").read_text().splitlines()
     refused = [line for line in lines if "event=refused_stream" in line]
     assert 0 < len(refused) <= 20 and len(lines) < 100, f"{len(lines)} log lines"
