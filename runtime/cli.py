@@ -18,8 +18,9 @@ from .allowlist import parse_target_rules
 from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxServerStreams,
+    Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
+    TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
 from .ports import parse_port_list
@@ -139,6 +140,8 @@ def tcp_client(
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
     keepalive: Keepalive = 20.0,
+    max_streams: MaxServerStreams = 512,
+    max_buffer: MaxBuffer = 128,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -169,7 +172,7 @@ def tcp_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
-        drain_timeout=drain_timeout,
+        drain_timeout=drain_timeout, max_streams=max_streams, max_buffer_mib=max_buffer,
     )
     client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)

@@ -67,6 +67,11 @@ Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a 
 MaxClientStreams = Annotated[
     int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
 ]
+MaxServerStreams = Annotated[int, typer.Option(
+    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
+MaxBuffer = Annotated[int, typer.Option(
+    "--max-buffer", min=1, max=1_000_000,
+    help="MiB the server's streams may make this client hold for upstreams that have not taken them yet, all together.")]
 DrainTimeout = Annotated[
     float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
 ]
@@ -208,6 +213,8 @@ def client_config(
     services: list[str],
     proxy: str | None = None,
     drain_timeout: float = 30.0,
+    max_streams: int = 512,
+    max_buffer_mib: int = 128,
 ) -> ClientConfig:
     from .client import ClientConfig, FatalClientError, connect_url
     from .proxy import ProxyConfigError
@@ -238,6 +245,8 @@ def client_config(
         keepalive=keepalive,
         proxy=proxy,
         drain_timeout=drain_timeout,
+        max_streams=max_streams,
+        max_buffer=max_buffer_mib * 1024 * 1024,
     )
 
 

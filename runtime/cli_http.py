@@ -16,9 +16,10 @@ import typer
 from . import __version__
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
-    maybe_generate, run_client, run_server, setup_logs,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxServerStreams,
+    Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile,
+    Url, client_config, control_config, data_plane_options, default_data_dir, fail, maybe_generate,
+    run_client, run_server, setup_logs,
 )
 
 log = logging.getLogger("inlets")
@@ -166,6 +167,8 @@ def http_client(
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
     keepalive: Keepalive = 20.0,
+    max_streams: MaxServerStreams = 512,
+    max_buffer: MaxBuffer = 128,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -205,7 +208,7 @@ def http_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
-        drain_timeout=drain_timeout,
+        drain_timeout=drain_timeout, max_streams=max_streams, max_buffer_mib=max_buffer,
     )
     config.extra = options.to_extra()
     gc.freeze()

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from .mux import DEFAULT_WINDOW, Multiplexer
+from .mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from .ports import url_port
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
@@ -54,6 +54,10 @@ class ClientConfig:
     token_file: Path | None = None  # when given, re-read at every connection (rotation)
     drain_timeout: float = 30.0
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
+    #: What one server may make this client hold: streams open at once, and bytes received for
+    #: upstreams not yet taken by them (credit outstanding included), all streams together.
+    max_streams: int = 512
+    max_buffer: int = 128 * 1024 * 1024
 
 
 def connect_url(url: str) -> str:
@@ -91,6 +95,11 @@ class TunnelClient:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
             raise FatalClientError(str(exc)) from None
+
+    @property
+    def initial_window(self) -> int:
+        """Each stream's first credit (the hello's window); it grows to ``window`` within ``max_buffer``."""
+        return min(DEFAULT_INITIAL_WINDOW, self.config.window)
 
     def current_token(self) -> str:
         """The token for the next connection: re-read from its file, so rotation needs no restart."""
@@ -137,7 +146,9 @@ class TunnelClient:
         except BaseException:
             await websocket.close()
             raise
-        mux = Multiplexer(client=True, recv_window=self.config.window, send_window=welcome.window, max_frame=welcome.max_frame)
+        cfg = self.config
+        mux = Multiplexer(client=True, recv_window=cfg.window, send_window=welcome.window, max_frame=welcome.max_frame,
+                          max_streams=cfg.max_streams, initial_recv_window=self.initial_window, recv_budget=cfg.max_buffer)
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
         asyncio.ensure_future(self._run(session))
         log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
@@ -245,7 +256,7 @@ class TunnelClient:
         return websocket
 
     async def _handshake(self, websocket: ClientConnection):
-        hello = Hello(self.config.mode, self.config.services, self.client_id, self.config.window,
+        hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,
                       extra=self.config.extra)
         await websocket.send(hello.encode())
         try:

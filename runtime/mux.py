@@ -15,6 +15,12 @@ only its own stream; the shared websocket keeps moving. A peer that breaks a
 limit (window, frame size, stream ids) gets ``ProtocolError``: the glue closes the
 connection rather than trust it.
 
+A receiver may also bound what all streams together can make it hold
+(``recv_budget``): streams then start with ``initial_recv_window`` of credit and grow
+towards ``recv_window`` as their data is consumed, while the credit outstanding plus
+the bytes received and not yet consumed (``exposure``) stay within the budget; an
+OPEN that would not fit is refused. A stream whose reader stalls keeps what it had.
+
 Every queue is bounded. DATA waits only up to the credit the peer granted, and the
 glue stops its writers past a high-water mark. Control frames are what a peer can make
 us queue at will (a RESET per OPEN refused, a WINDOW per window's worth of DATA): past
@@ -35,6 +41,8 @@ WINDOW_PAYLOAD = struct.Struct("!I")
 RESET_CODE = struct.Struct("!H")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
+#: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
+DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
 #: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
@@ -119,11 +127,13 @@ Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated 
 
 
 class _Stream:
-    __slots__ = ("send_window", "recv_window", "unacked", "local_closed", "remote_closed")
+    __slots__ = ("send_window", "recv_window", "recv_limit", "held", "unacked", "local_closed", "remote_closed")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window  # bytes we may still send
         self.recv_window = recv_window  # bytes the peer may still send us
+        self.recv_limit = recv_window  # the window this stream has grown to
+        self.held = 0  # received, not yet consumed by the application
         self.unacked = 0  # consumed by the application, not yet granted back
         self.local_closed = False
         self.remote_closed = False
@@ -145,10 +155,16 @@ class Multiplexer:
         max_frame: int = DEFAULT_MAX_FRAME,
         max_streams: int = DEFAULT_MAX_STREAMS,
         max_control_backlog: int = DEFAULT_MAX_CONTROL_BACKLOG,
+        initial_recv_window: int | None = None,
+        recv_budget: int | None = None,
     ) -> None:
-        if not 0 < recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
-            raise ValueError("windows must be between 1 and 2**31-1")
-        self.recv_window = recv_window  # what we grant each stream the peer can fill
+        initial_recv_window = initial_recv_window or recv_window
+        if not 0 < initial_recv_window <= recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
+            raise ValueError("windows must be between 1 and 2**31-1, the initial one no larger")
+        self.recv_window = recv_window  # the most credit one stream may grow to
+        self.initial_recv_window = initial_recv_window  # each new stream's credit (the handshake's window)
+        self.recv_budget = recv_budget  # None: no bound across streams
+        self.exposure = 0  # credit outstanding plus bytes held, over all live streams
         self.initial_send_window = send_window  # what the peer grants us per stream
         self.max_frame = max_frame
         self.max_streams = max_streams
@@ -177,7 +193,7 @@ class Multiplexer:
         self._next_id += 2
         if stream_id > 0xFFFFFFFF:
             raise StreamError("stream ids exhausted; reconnect")
-        self._streams[stream_id] = _Stream(self.initial_send_window, self.recv_window)
+        self._streams[stream_id] = self._new_stream()
         self._queue(FrameType.OPEN, stream_id, raw)
         return stream_id
 
@@ -206,9 +222,10 @@ class Multiplexer:
 
     def reset_stream(self, stream_id: int, code: int = ResetCode.CANCEL, reason: str = "") -> None:
         """Abort a stream both ways. Resetting a stream already gone is a no-op."""
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return
-        self._forgotten(stream_id)
+        self._forgotten(stream_id, stream)
         self._queue_reset(stream_id, code, reason)
 
     def go_away(self, reason: str = "") -> None:
@@ -218,15 +235,29 @@ class Multiplexer:
             self._queue(FrameType.GOAWAY, 0, reason.encode()[:MAX_REASON])
 
     def consumed(self, stream_id: int, count: int) -> None:
-        """The application took ``count`` bytes of this stream: grant that credit back."""
+        """The application took ``count`` bytes of this stream: grant that credit back, and more
+        while the stream is below its full window and the budget has room."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.remote_closed or count <= 0:
+        if stream is None or count <= 0:
+            return
+        count = min(count, stream.held)
+        stream.held -= count
+        self.exposure -= count
+        if stream.remote_closed:
             return
         stream.unacked += count
         # Grant in batches: one WINDOW frame per quarter window, not per read.
-        if stream.unacked >= self.recv_window // 4:
-            self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(stream.unacked))
-            stream.recv_window += stream.unacked
+        if stream.unacked >= stream.recv_limit // 4:
+            grant = stream.unacked
+            grow = min(stream.recv_limit, self.recv_window - stream.recv_limit)
+            if self.recv_budget is not None:
+                grow = min(grow, self.recv_budget - self.exposure - grant)
+            if grow > 0:
+                stream.recv_limit += grow
+                grant += grow
+            self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
+            stream.recv_window += grant
+            self.exposure += grant
             stream.unacked = 0
 
     def send_window(self, stream_id: int) -> int:
@@ -327,8 +358,11 @@ class Multiplexer:
         if self._peer_open >= self.max_streams:
             self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_streams} open streams")
             return
+        if self.recv_budget is not None and self.exposure + self.initial_recv_window > self.recv_budget:
+            self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"buffer limit of {self.recv_budget} bytes in use")
+            return
         self._peer_open += 1
-        self._streams[stream_id] = _Stream(self.initial_send_window, self.recv_window)
+        self._streams[stream_id] = self._new_stream()
         events.append(StreamOpened(stream_id, target))
 
     def _on_data(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
@@ -342,6 +376,7 @@ class Multiplexer:
         if len(payload) > stream.recv_window:
             raise ProtocolError(f"stream {stream_id} exceeded its flow-control window")
         stream.recv_window -= len(payload)
+        stream.held += len(payload)
         if payload:
             events.append(DataReceived(stream_id, bytes(payload)))
 
@@ -370,6 +405,8 @@ class Multiplexer:
         if stream.remote_closed:
             raise ProtocolError(f"second FIN on stream {stream_id}")
         stream.remote_closed = True
+        self.exposure -= stream.recv_window  # credit nobody can use any more
+        stream.recv_window = 0
         events.append(StreamEnded(stream_id))
         self._maybe_forget(stream_id, stream)
 
@@ -378,10 +415,11 @@ class Multiplexer:
             raise ProtocolError("RESET payload length out of range")
         (code,) = RESET_CODE.unpack_from(payload)
         reason = bytes(payload[RESET_CODE.size :]).decode(errors="replace")
-        if self._peer_stream(stream_id) is None:
+        stream = self._peer_stream(stream_id)
+        if stream is None:
             return
         del self._streams[stream_id]
-        self._forgotten(stream_id)
+        self._forgotten(stream_id, stream)
         events.append(StreamReset(stream_id, code, reason))
 
     # ------------------------------------------------------------------- internals
@@ -411,9 +449,14 @@ class Multiplexer:
     def _maybe_forget(self, stream_id: int, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed:
             del self._streams[stream_id]
-            self._forgotten(stream_id)
+            self._forgotten(stream_id, stream)
 
-    def _forgotten(self, stream_id: int) -> None:
+    def _new_stream(self) -> _Stream:
+        self.exposure += self.initial_recv_window
+        return _Stream(self.initial_send_window, self.initial_recv_window)
+
+    def _forgotten(self, stream_id: int, stream: _Stream) -> None:
+        self.exposure -= stream.recv_window + stream.held
         if stream_id % 2 == self._peer_parity:
             self._peer_open -= 1
 

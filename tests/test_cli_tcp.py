@@ -26,6 +26,8 @@ def token_file(tmp_path: Path, token: str) -> Path:
         (["tcp", "server", "--token-file", "/nonexistent/token"], "token file not found: /nonexistent/token"),
         (["tcp", "server", "--token", "x", "--plaintext", "--allow-ports", "80,http"], "--allow-ports must be"),
         (["tcp", "server", "--control-port", "70000"], "Invalid value for '--control-port'"),
+        (["tcp", "client", "--url", "wss://h:1", "--max-streams", "0"], "Invalid value for '--max-streams'"),
+        (["tcp", "client", "--url", "wss://h:1", "--max-buffer", "none"], "Invalid value for '--max-buffer'"),
         (["tcp", "server", "--frobnicate"], "No such option: --frobnicate"),
         (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "127.0.0.1"], "needs --ports"),
         (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "99999=127.0.0.1:22"], "public port must be"),

@@ -24,7 +24,7 @@ import runtime.control
 from runtime.allowlist import parse_target_rules
 from runtime.forwarding import ForwardingPolicy, format_target
 from runtime.handshake import Hello, HandshakeError, parse_hello
-from runtime.mux import HEADER, FrameType, ResetCode
+from runtime.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
 from runtime.session import AsyncStream
 from runtime.tcp_client import Upstream
 from runtime.tls import client_context
@@ -316,3 +316,55 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
     lines = (tmp_path / "client.log").read_text().splitlines()
     refused = [line for line in lines if "event=refused_stream" in line]
     assert 0 < len(refused) <= 20 and len(lines) < 100, f"{len(lines)} log lines"
+
+
+def test_a_server_cannot_make_the_client_hold_more_than_its_limits(tls: TlsFiles, token: str) -> None:
+    """Streams to an upstream that never reads: the client takes at most --max-streams of them and,
+    all together, --max-buffer bytes plus what the kernel keeps per socket (NOTSENT_LOWAT, the upstream's buffer)."""
+    mib = 1024 * 1024
+    taken: dict[int, int] = {}
+    refused: list[int] = []
+    done = asyncio.Event()
+
+    async def attack(ws, hello_msg) -> None:
+        """Open 40 streams, fill every one as far as credit goes, until nothing moves for 1.5 s."""
+        mux = Multiplexer(client=False, send_window=hello_msg.window)
+        streams = [mux.open_stream(hello_msg.services[0]) for _ in range(40)]
+        taken.update({sid: 0 for sid in streams})
+        loop = asyncio.get_running_loop()
+        started = last_progress = loop.time()
+        while loop.time() - started < 10 and loop.time() - last_progress < 1.5:
+            for sid in streams:
+                while mux.is_open(sid) and (room := mux.send_window(sid)):
+                    taken[sid] += mux.send_data(sid, bytes(min(room, 64 * 1024)))
+                    last_progress = loop.time()
+            for message in mux.data_to_send():
+                await ws.send(message)
+            try:
+                message = await asyncio.wait_for(ws.recv(), 0.05)
+            except asyncio.TimeoutError:
+                continue
+            refused.extend(e.stream_id for e in mux.receive(message) if isinstance(e, StreamReset))
+        done.set()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        upstream = await loop.create_server(lambda: NeverReads(), "127.0.0.1", 0)
+        async with malicious_server(tls, attack) as url:
+            client, task = await start_client(url, token, tls, {free_port(): Upstream("127.0.0.1", port_of(upstream))},
+                                              max_streams=30, max_buffer=8 * mib)
+            await asyncio.wait_for(done.wait(), 20)
+            await stop(task)
+        upstream.close()
+
+    run(scenario())
+    assert sorted(refused) == sorted(taken)[30:]  # past --max-streams: refused
+    total = sum(taken.values())
+    assert total <= 8 * mib + 30 * 512 * 1024, f"the server got {total / mib:.0f} MiB into the client host"
+
+
+class NeverReads(asyncio.Protocol):
+    """An upstream that accepts and never reads."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]

@@ -205,11 +205,20 @@ actions = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000))
-def test_random_interleavings_deliver_every_byte_in_order_within_window(actions, window: int, max_frame: int) -> None:
+@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000),
+       budgeted=st.booleans())
+def test_random_interleavings_deliver_every_byte_in_order_within_window(
+    actions, window: int, max_frame: int, budgeted: bool
+) -> None:
     """Whatever order writes, deliveries, reads and closes come in, each stream's bytes
-    arrive complete, in order, exactly once, and never beyond the granted window."""
+    arrive complete, in order, exactly once, and never beyond the granted window; with a
+    budget, streams start at a quarter window, grow, and all together stay within it."""
     client, server = pair(window=window, max_frame=max_frame)
+    budget = 2 * window
+    if budgeted:
+        client = Multiplexer(client=True, recv_window=window, initial_recv_window=window // 4, recv_budget=budget,
+                             max_frame=max_frame)
+        server = Multiplexer(client=False, send_window=window // 4, max_frame=max_frame)
     sids = [server.open_stream(f"s{i}") for i in range(4)]
     sent = {sid: bytearray() for sid in sids}  # accepted by send_data
     pending = {sid: bytearray() for sid in sids}  # the application still wants to send
@@ -238,7 +247,14 @@ def test_random_interleavings_deliver_every_byte_in_order_within_window(actions,
             elif isinstance(event, StreamEnded):
                 ended.add(event.stream_id)
 
+    def check_exposure() -> None:
+        live = client._streams.values()
+        assert client.exposure == sum(stream.recv_window + stream.held for stream in live)
+        if budgeted:
+            assert client.exposure <= budget
+
     for action, index, size in actions:
+        check_exposure()
         sid = sids[index]
         if action == "write" and sid not in eof_requested:
             chunk = bytes((counter + i) % 251 for i in range(size))
@@ -273,6 +289,7 @@ def test_random_interleavings_deliver_every_byte_in_order_within_window(actions,
     for sid in sids:
         assert received[sid] == sent[sid]
     assert ended == set(sids)
+    check_exposure()
 
 
 @settings(max_examples=300, deadline=None)
@@ -355,3 +372,36 @@ def test_data_to_send_with_a_limit_keeps_the_rest_in_order() -> None:
     rest = server.data_to_send()
     events = [e for m in first + rest for e in client.receive(m)]
     assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 600 * 1024 and server.buffered == 0
+
+
+def test_a_budget_bounds_what_all_streams_together_can_make_the_receiver_hold() -> None:
+    """Streams start small and grow as they are consumed; a stalled one keeps what it had; past the
+    budget, growth stops and new OPENs are refused, so credit plus unconsumed bytes never exceed it."""
+    kib = 1024
+    client = Multiplexer(client=True, recv_window=256 * kib, initial_recv_window=64 * kib, recv_budget=512 * kib)
+    server = Multiplexer(client=False, send_window=64 * kib, max_frame=16 * kib)
+    fast = server.open_stream("tcp:80")
+    assert deliver(server, client) == [StreamOpened(fast, "tcp:80")] and client.exposure == 64 * kib
+    for _ in range(20):  # a reader that keeps up: the window doubles per grant up to 256 KiB
+        server.send_data(fast, b"x" * server.send_window(fast))
+        for event in deliver(server, client):
+            if isinstance(event, DataReceived):
+                client.consumed(fast, len(event.data))
+        deliver(client, server)
+    assert server.send_window(fast) == 256 * kib and client.exposure == 256 * kib
+    stalled = [server.open_stream("tcp:80") for _ in range(5)]
+    server.send_data(stalled[0], b"y" * server.send_window(stalled[0]))  # received, never consumed
+    events = deliver(server, client)
+    refused = [e for e in deliver(client, server) if isinstance(e, StreamReset)]
+    assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == stalled[:4]  # 256 + 4 x 64 KiB
+    assert [e.stream_id for e in refused] == [stalled[4]] and "buffer limit" in refused[0].reason
+    assert client.exposure == 512 * kib
+    assert server.send_data(stalled[0], b"more") == 0  # the stalled stream got no more credit
+    server.send_data(fast, b"x" * server.send_window(fast))
+    for event in deliver(server, client):
+        client.consumed(fast, len(event.data))
+    deliver(client, server)
+    assert server.send_window(fast) == 256 * kib and client.exposure == 512 * kib  # regranted, not grown
+    for sid in [fast, *stalled[:4]]:
+        client.reset_stream(sid)
+    assert client.exposure == 0
