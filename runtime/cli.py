@@ -20,7 +20,7 @@ from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxServerStreams,
     Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
-    TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
+    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
 from .ports import parse_port_list
@@ -80,6 +80,7 @@ def tcp_server(
     ] = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -104,6 +105,7 @@ def tcp_server(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
+        trusted_proxies=trusted_proxies,
     )
     if client_forwarding:
         try:

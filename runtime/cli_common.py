@@ -67,6 +67,9 @@ Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a 
 MaxClientStreams = Annotated[
     int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
 ]
+TrustedProxies = Annotated[Optional[str], typer.Option(
+    help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
+    "for failed-login limits and logs.")]
 MaxServerStreams = Annotated[int, typer.Option(
     "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
 MaxBuffer = Annotated[int, typer.Option(
@@ -135,9 +138,15 @@ def control_config(
     plaintext: bool,
     keepalive: float,
     max_client_streams: int = 4096,
+    trusted_proxies: str | None = None,
 ) -> ControlConfig:
     """Validate the control-plane flags every server shares."""
     from .control import ControlConfig
+
+    try:
+        proxies = SourceAllowList(parse_networks(trusted_proxies, "--trusted-proxies")) if trusted_proxies else None
+    except ValueError as exc:
+        fail(str(exc))
 
     try:
         tokens = TokenSet(read_tokens(token, token_file))
@@ -161,7 +170,7 @@ def control_config(
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
-        max_streams=max_client_streams,
+        max_streams=max_client_streams, trusted_proxies=proxies,
     )
 
 

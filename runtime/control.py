@@ -20,6 +20,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .allowlist import SourceAllowList
 from .auth import TokenSet
 from .forwarding import ForwardingPolicy
 from .ratelimit import FailedLoginLimiter
@@ -55,6 +56,8 @@ class ControlConfig:
     #: Failed logins a source may make per window before it gets 429.
     login_limit: int = 10
     login_window: float = 60.0
+    #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
+    trusted_proxies: SourceAllowList | None = None
 
 
 @dataclass
@@ -77,6 +80,21 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
 def _close_reason(text: str) -> str:
     """A websocket close reason fits in 123 bytes of UTF-8."""
     return text.encode()[:120].decode(errors="ignore")
+
+
+def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:
+    """Who is asking: the peer, or, when the peer is a trusted reverse proxy, the address the
+    proxies recorded in X-Forwarded-For: the rightmost entry not itself a trusted proxy (the
+    entries left of it are whatever the client sent, and prove nothing)."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+    if trusted is None or not trusted.allows(host):
+        return host
+    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
+    for hop in reversed(hops):
+        if not trusted.allows(hop):
+            return hop[:64] or host
+        host = hop
+    return host
 
 
 def format_address(address: object) -> str:
@@ -166,15 +184,16 @@ class ControlPlane:
         route = self.config.routes.get(path)
         if path != CONNECT_PATH and route is None:
             return _response(404, b"not found\n")
-        source = str(connection.remote_address[0]) if connection.remote_address else "?"
-        if self.logins.blocked(source):
-            return _response(429, b"too many failed logins: try again later\n")
+        source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
+        # The token first: a right one is never refused for failures others made from the same address.
         if not self.config.tokens.check_header(request.headers.get("Authorization")):
+            if self.logins.blocked(source):
+                return _response(429, b"too many failed logins: try again later\n")
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             source, self.logins.limit, self.logins.window)
             else:
-                log.info("event=unauthorized remote=%s path=%s", format_address(connection.remote_address), path)
+                log.info("event=unauthorized remote=%s path=%s", source, path)
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
         if route is not None:
             status, content_type, body = route()

@@ -26,6 +26,8 @@ def token_file(tmp_path: Path, token: str) -> Path:
         (["tcp", "server", "--token-file", "/nonexistent/token"], "token file not found: /nonexistent/token"),
         (["tcp", "server", "--token", "x", "--plaintext", "--allow-ports", "80,http"], "--allow-ports must be"),
         (["tcp", "server", "--control-port", "70000"], "Invalid value for '--control-port'"),
+        (["tcp", "server", "--token", "x", "--plaintext", "--trusted-proxies", "10.0.0.300"],
+         "--trusted-proxies: '10.0.0.300' is not an IP address or CIDR network"),
         (["tcp", "client", "--url", "wss://h:1", "--max-streams", "0"], "Invalid value for '--max-streams'"),
         (["tcp", "client", "--url", "wss://h:1", "--max-buffer", "none"], "Invalid value for '--max-buffer'"),
         (["tcp", "server", "--frobnicate"], "No such option: --frobnicate"),

@@ -18,10 +18,12 @@ from process_helpers import spawn
 from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
 from tunnel_helpers import start_server, stop, wait_listening
 from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import runtime.control
-from runtime.allowlist import parse_target_rules
+from runtime.allowlist import SourceAllowList, parse_networks, parse_target_rules
+from runtime.control import client_address
 from runtime.forwarding import ForwardingPolicy, format_target
 from runtime.handshake import Hello, HandshakeError, parse_hello
 from runtime.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
@@ -170,14 +172,25 @@ def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles
         server_ref.append(await start_server(tls, token))
         codes = [await status("127.0.0.9", "guess-%d" % i) for i in range(14)]
         assert codes == [401] * 10 + [429] * 4
-        assert await status("127.0.0.9", token) == 429  # blocked for the window, even with the token
-        assert await status("127.0.0.1", token) == 101  # other sources are not affected
+        assert await status("127.0.0.1", "guess-x") == 401  # other sources are not affected
+        # the right token is never refused: its holder may share the address with the guesser (NAT, a proxy)
+        assert await status("127.0.0.9", token) == 101
         await server_ref[0].stop()
 
     run(scenario())
     limited = [r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]
     assert len(limited) == 1 and "remote=127.0.0.9" in limited[0].getMessage()
     assert token not in caplog.text and "guess-3" not in caplog.text
+
+
+def test_behind_trusted_proxies_the_client_is_the_rightmost_hop_that_is_not_one() -> None:
+    trusted = SourceAllowList(parse_networks("127.0.0.5,10.0.0.0/8"))
+    forwarded = Headers([("X-Forwarded-For", "198.51.100.7, 203.0.113.9"), ("X-Forwarded-For", "10.1.2.3")])
+    assert client_address(("127.0.0.5", 1), forwarded, trusted) == "203.0.113.9"  # 198.51.100.7: anyone's claim
+    assert client_address(("192.0.2.1", 1), forwarded, trusted) == "192.0.2.1"  # not a proxy: its header means nothing
+    assert client_address(("127.0.0.5", 1), forwarded, None) == "127.0.0.5"  # no option, no trust
+    assert client_address(("127.0.0.5", 1), Headers(), trusted) == "127.0.0.5"  # a proxy that names nobody
+    assert client_address(("127.0.0.5", 1), Headers([("X-Forwarded-For", "10.0.0.1")]), trusted) == "10.0.0.1"
 
 
 @settings(max_examples=300, deadline=None)
