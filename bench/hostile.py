@@ -15,8 +15,8 @@ Attacks (everything on 127.0.0.1, bounded in time and count):
 - ``ping-flood``: websocket pings and a GOAWAY every 150 ms, never reading (server victim).
 - ``client-open-flood``: a malicious server opens streams the client never advertised and
   never reads; also counts the client's log lines (client victim).
-- ``half-open``: thousands of unauthenticated TLS connections, silent, mid-ClientHello or
-  mid-request-head (server victim).
+- ``half-open``: thousands of unauthenticated TLS connections from 100 loopback addresses,
+  silent, mid-ClientHello or mid-request-head (server victim).
 - ``stalled-upstream``: a malicious server fills streams to an upstream that never reads
   (client victim); prints the bytes the client host took, in its memory and its kernel.
 """
@@ -45,7 +45,7 @@ from websockets.asyncio.server import serve  # noqa: E402
 
 from runtime.certs import ensure_auto_tls  # noqa: E402
 from runtime.handshake import Hello, Welcome, parse_hello  # noqa: E402
-from runtime.mux import HEADER, FrameType, Multiplexer, StreamReset, WindowUpdated  # noqa: E402
+from runtime.mux import HEADER, FrameType, Multiplexer, StreamReset  # noqa: E402
 from runtime.tls import client_context, server_context  # noqa: E402
 
 ROOT = FsPath(__file__).resolve().parent.parent
@@ -252,13 +252,15 @@ async def half_open(setup: Setup, seconds: float, count: int) -> None:
         if time.monotonic() - started > seconds:
             break
         kind = i % 3
+        source = f"127.0.1.{1 + i % 100}"
         try:
             if kind == 2:  # TLS done, request head never finished
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port, ssl=ctx), 5)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(LOOPBACK, port, ssl=ctx, local_addr=(source, 0)), 5)
                 writer.write(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
                 held.append(writer)
             else:  # silent, or half a ClientHello
-                sock = socket.create_connection((LOOPBACK, port))
+                sock = socket.create_connection((LOOPBACK, port), source_address=(source, 0))
                 if kind == 1:
                     sock.sendall(hello[: len(hello) // 2])
                 held.append(sock)

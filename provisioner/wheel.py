@@ -29,6 +29,8 @@ LETSENCRYPT_MODULES = frozenset({"acme_store.py", "acme_client.py", "letsencrypt
 CLIENT_MODULES = frozenset(
     {"client.py", "proxy.py", "probe.py", "generate.py", "templating.py", "tcp_client.py", "http_client.py"}
 )
+#: Modules only a TCP exit server imports: a Let's Encrypt server is an HTTP one, so its wheel goes without.
+TCP_SERVER_MODULES = frozenset({"tcp_server.py", "udp.py"})
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def build_runtime_wheel(letsencrypt: bool = False) -> EmbeddedWheel:
     files: dict[str, bytes] = {}
     package_dir = Path(runtime.__file__).resolve().parent
     for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts or path.name in CLIENT_MODULES:
+        if "__pycache__" in path.parts or path.name in CLIENT_MODULES or (letsencrypt and path.name in TCP_SERVER_MODULES):
             continue
         if letsencrypt or path.name not in LETSENCRYPT_MODULES:
             source = _compact(path.read_text())

@@ -18,8 +18,8 @@ from .allowlist import parse_target_rules
 from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxServerStreams,
-    Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
+    MaxServerStreams, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
     TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
@@ -80,6 +80,8 @@ def tcp_server(
     ] = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_handshakes: MaxHandshakes = 128,
+    max_handshakes_per_source: MaxHandshakesPerSource = 16,
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
@@ -105,7 +107,7 @@ def tcp_server(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
-        trusted_proxies=trusted_proxies,
+        trusted_proxies=trusted_proxies, max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
     if client_forwarding:
         try:

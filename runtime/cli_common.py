@@ -70,6 +70,10 @@ MaxClientStreams = Annotated[
 TrustedProxies = Annotated[Optional[str], typer.Option(
     help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
     "for failed-login limits and logs.")]
+MaxHandshakes = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Control-port connections not yet authenticated, at once (more are closed at once).")]
+MaxHandshakesPerSource = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
 MaxServerStreams = Annotated[int, typer.Option(
     "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
 MaxBuffer = Annotated[int, typer.Option(
@@ -139,6 +143,8 @@ def control_config(
     keepalive: float,
     max_client_streams: int = 4096,
     trusted_proxies: str | None = None,
+    max_handshakes: int = 128,
+    max_handshakes_per_source: int = 16,
 ) -> ControlConfig:
     """Validate the control-plane flags every server shares."""
     from .control import ControlConfig
@@ -170,7 +176,8 @@ def control_config(
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
-        max_streams=max_client_streams, trusted_proxies=proxies,
+        max_streams=max_client_streams, trusted_proxies=proxies, max_handshakes=max_handshakes,
+        max_handshakes_per_source=max_handshakes_per_source,
     )
 
 

@@ -16,8 +16,8 @@ import typer
 from . import __version__
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxServerStreams,
-    Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
+    MaxServerStreams, Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile,
     TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail, maybe_generate,
     run_client, run_server, setup_logs,
 )
@@ -92,6 +92,8 @@ def http_server(
     lb_proxy_protocol: LbProxyProtocol = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_handshakes: MaxHandshakes = 128,
+    max_handshakes_per_source: MaxHandshakesPerSource = 16,
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
@@ -121,7 +123,7 @@ def http_server(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
-        trusted_proxies=trusted_proxies,
+        trusted_proxies=trusted_proxies, max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
     https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
                                letsencrypt_ca, https_port)

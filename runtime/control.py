@@ -20,6 +20,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from .allowlist import SourceAllowList
 from .auth import TokenSet
 from .forwarding import ForwardingPolicy
@@ -27,7 +28,6 @@ from .ratelimit import FailedLoginLimiter
 from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from .session import Session
-from .wsflow import BoundedServerConnection
 
 log = logging.getLogger("inlets.server")
 
@@ -56,6 +56,9 @@ class ControlConfig:
     #: Failed logins a source may make per window before it gets 429.
     login_limit: int = 10
     login_window: float = 60.0
+    #: Connections not yet authenticated, in total and from one source (see admission.py).
+    max_handshakes: int = DEFAULT_MAX_TOTAL
+    max_handshakes_per_source: int = DEFAULT_MAX_PER_SOURCE
     #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
     trusted_proxies: SourceAllowList | None = None
 
@@ -120,6 +123,7 @@ class ControlPlane:
         self.clients: dict[Session, ClientInfo] = {}
         self.started_at = time.time()
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
+        self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
         self._server: Server | None = None
 
     async def start(self) -> None:
@@ -128,7 +132,7 @@ class ControlPlane:
             self._handle,
             cfg.host,
             cfg.port,
-            ssl=cfg.ssl_context,
+            # no ssl=: admission starts TLS itself, once a connection is within the caps
             process_request=self._process_request,
             compression=None,
             max_size=cfg.max_frame + 64 * 1024,
@@ -138,7 +142,9 @@ class ControlPlane:
             close_timeout=5,
             server_header=None,
             logger=logging.getLogger("inlets.websockets"),
-            create_connection=BoundedServerConnection,
+            create_connection=lambda *args, **kwargs: self.admission.connection(
+                lambda: ControlConnection(*args, **kwargs), cfg.ssl_context
+            ),
         )
 
     @property
@@ -149,6 +155,7 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            self.admission.abort_handshakes()
             await self._server.wait_closed()
 
     async def drain(self, timeout: float) -> None:
@@ -195,6 +202,8 @@ class ControlPlane:
             else:
                 log.info("event=unauthorized remote=%s path=%s", source, path)
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
+        if isinstance(connection, ControlConnection):
+            connection.authenticated()
         if route is not None:
             status, content_type, body = route()
             return _response(status, body, content_type)

@@ -8,6 +8,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import ssl
 import subprocess
 import time
 
@@ -381,3 +383,96 @@ class NeverReads(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]
+
+
+def silent_connection(port: int, source: str) -> socket.socket:
+    """A TCP connection to the control port that never sends a byte."""
+    return socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=5)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_unauthenticated_connections_are_capped_per_source_and_in_total(tls: TlsFiles, token: str) -> None:
+    """Past --max-handshakes-per-source a source's new connection is closed at once; at --max-handshakes
+    the oldest pending one makes room, so a client that completes its handshake still gets in."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, max_handshakes=20, max_handshakes_per_source=5)
+        port = server.control.addresses[0][1]
+        one_source = [silent_connection(port, "127.0.0.2") for _ in range(12)]
+        await asyncio.sleep(0.5)
+        assert [closed_by_server(s) for s in one_source] == [False] * 5 + [True] * 7
+        many = [silent_connection(port, f"127.0.3.{i % 10 + 1}") for i in range(30)]
+        await asyncio.sleep(0.5)
+        assert all(closed_by_server(s) for s in one_source)  # the oldest made room
+        kept = [not closed_by_server(s) for s in many]
+        assert kept == [False] * 10 + [True] * 20
+        await still_serving(server, tls, token)  # an honest client got in, past the full cap
+        for s in one_source + many:
+            s.close()
+        await server.stop()
+
+    run(scenario())
+
+
+def test_thousands_of_half_open_tls_connections_cost_little_and_give_memory_back(tmp_path, tls: TlsFiles) -> None:
+    """3,000 connections from 100 addresses (silent, half a ClientHello, or TLS done and half a request head)
+    against a server process: its memory stays within the caps' worth and returns once they close."""
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 40 + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(port), "--tls-cert",
+                   str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), log=tmp_path / "server.log")
+    ctx = client_context(tls.ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    probe = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        probe.do_handshake()
+    client_hello = outgoing.read()
+
+    def rss() -> float:
+        with open(f"/proc/{server.pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+    async def scenario() -> tuple[float, float, float]:
+        await wait_listening("127.0.0.1", port)
+        await asyncio.sleep(1)
+        start = peak = rss()
+        held: list = []
+        for i in range(3000):
+            source = f"127.0.4.{i % 100 + 1}"
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                if i % 3 == 2:
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=(source, 0)), 5)
+                    writer.write(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
+                    held.append(writer)
+                else:
+                    sock = silent_connection(port, source)
+                    if i % 3 == 1:
+                        sock.sendall(client_hello[: len(client_hello) // 2])
+                    held.append(sock)
+            if i % 100 == 0:
+                peak = max(peak, rss())
+        await asyncio.sleep(1)
+        peak = max(peak, rss())
+        for item in held:
+            item.close()
+        await asyncio.sleep(4)
+        return start, peak, rss()
+
+    try:
+        start, peak, after = run(scenario(), timeout=120)
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert peak - start < 64, f"RSS {start:.0f} MiB -> {peak:.0f} MiB with 3,000 half-open connections"
+    assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"

@@ -78,8 +78,8 @@ def test_the_embedded_server_wheel_runs_servers_on_its_own(tmp_path: Path) -> No
         (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")  # dependencies only: no finder runs
         subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps",
                         "-q", str(path)], check=True, timeout=300, capture_output=True)
-        modules = ["runtime.cli", "runtime.tcp_server", "runtime.udp", "runtime.http_server", "runtime.status"]
-        modules += ["runtime.https_front", "runtime.letsencrypt"] if letsencrypt else []
+        modules = ["runtime.cli", "runtime.http_server", "runtime.status"]  # a Let's Encrypt server is an HTTP one
+        modules += ["runtime.https_front", "runtime.letsencrypt"] if letsencrypt else ["runtime.tcp_server", "runtime.udp"]
         probe = "import importlib, runtime; print(runtime.__file__); " + "; ".join(
             f"importlib.import_module({m!r})" for m in modules)
         result = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
