@@ -10,13 +10,12 @@ import logging
 import os
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from process_helpers import spawn
+from process_helpers import spawn, terminate
 from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
 from tunnel_helpers import start_server, stop, wait_listening
 from websockets.asyncio.client import connect
@@ -319,12 +318,7 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
                         break
                     await asyncio.sleep(0.1)
             finally:
-                client.terminate()
-                try:
-                    client.wait(10)
-                except subprocess.TimeoutExpired:
-                    client.kill()
-                    client.wait()
+                terminate(client)
 
     run(scenario())
     assert stopped == [True], "the client kept reading OPENs from a server that reads none of its RESETs"
@@ -472,7 +466,6 @@ def test_thousands_of_half_open_tls_connections_cost_little_and_give_memory_back
     try:
         start, peak, after = run(scenario(), timeout=120)
     finally:
-        server.terminate()
-        server.wait(15)
+        terminate(server)
     assert peak - start < 64, f"RSS {start:.0f} MiB -> {peak:.0f} MiB with 3,000 half-open connections"
     assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"
