@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,12 @@ from .errors import NotFound, ProvisionError
 from .names import check_name, random_name
 from .providers import Credentials, make
 from .providers.base import Host, Plan, Provisioner
-from .render import UserDataOptions, client_command, user_data
-from .spec import CONTROL_PORT, LetsEncrypt, TunnelSpec, build_spec, parse_ttl
+from .render import UserDataOptions, client_command, fitting_user_data
+from .spec import (CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, check_runtime_spec, control_url,
+                   parse_ttl)
 from .state import ServerState, state_root
-from .wait import Progress, wait_until_gone, wait_until_ready
-from .wheel import DIST, build_runtime_wheel, version
+from .wait import Delivery, Progress, wait_until_gone, wait_until_ready
+from .wheel import build_runtime_wheel
 
 LOCAL_DEFAULT_PORTS = (8080,)
 LOCAL_HTTP_PORT = 8000
@@ -40,8 +42,7 @@ class CreateOptions:
     ttl: str | None = None
     timeout: float = 600.0
     delete_on_failure: bool = False
-    runtime_spec: str | None = None
-    embed_wheel: bool = False
+    runtime_spec: str | None = None  # a pip requirement to install instead of this inletsctl's server wheel
     creds: Credentials = field(default_factory=Credentials)
     letsencrypt: bool | None = None  # None: on for a cloud's http mode with --domain on port 80
     letsencrypt_email: str | None = None
@@ -94,6 +95,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     """Create one exit server and return its summary; the VM is left alone on failure unless asked."""
     name = check_name(opts.name) if opts.name else random_name()
     spec = _spec(opts)
+    runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None
     if opts.timeout <= 0:
         raise ProvisionError("--timeout must be positive")
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -106,13 +108,12 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
     progress("generating token and TLS material")
     secrets = material_mod.generate(name)
-    text = ""
+    text, delivery = "", None
     if provider.user_data_limit:
-        wheel = build_runtime_wheel(letsencrypt=spec.letsencrypt is not None) if opts.embed_wheel else None
-        package = opts.runtime_spec or f"{DIST}=={version()}"
-        text = user_data(
-            spec, secrets, UserDataOptions(name, package, wheel, expires_at, provider.user_data_limit)
-        )
+        wheel = None if runtime_spec else build_runtime_wheel(spec.mode, letsencrypt=spec.letsencrypt is not None)
+        options = UserDataOptions(name, runtime_spec or "", wheel, expires_at, provider.user_data_limit)
+        text, push = fitting_user_data(spec, secrets, options)
+        delivery = Delivery(wheel, secrets.token) if push and wheel else None
     state.reserve()
     try:
         state.write_secret(state.token_file, (secrets.token + "\n").encode())
@@ -138,11 +139,13 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     state.save(meta)
     host.control_port = host.control_port or spec.control_port
     try:
-        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress, provider.poll_interval)
+        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress, provider.poll_interval,
+                                delivery=delivery, why=functools.partial(_why_hint, opts) if provider.user_data_limit else None)
     except ProvisionError as exc:
         raise _failed(exc, provider, host, state, opts, progress) from None
     meta.update(ip=host.ip, data_addr=host.data_addr or host.ip)
     meta["client_command"] = client_command(spec, host.ip or "", state.token_file, state.ca_file)
+    meta["status_command"] = status_command(spec, host.ip or "", state.token_file, state.ca_file)
     state.save(meta)
     return summary(meta, state)
 
@@ -161,6 +164,23 @@ def _failed(
         return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command(state.name, state.root)}")
     state.remove()
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
+
+
+#: who logs in with --ssh-key where it is not root (the images inletsctl boots)
+SSH_USERS = {"ec2": "ubuntu", "azure": "azureuser"}
+
+
+def _why_hint(opts: CreateOptions, host: Host) -> str:
+    """How to read why a VM's tunnel server never came up: cloud-init's report and the unit's journal."""
+    look = "cloud-init status --long; journalctl -u inlets --no-pager -n 50"
+    if not opts.ssh_key:
+        return (f"the VM has no SSH key (--ssh-key), so run `{look}` on its console in {opts.provider}'s web console "
+                "to see why")
+    user = SSH_USERS.get(opts.provider, "root")
+    if opts.provider == "gce" and ":" in opts.ssh_key:  # gce keys name their user: USER:ssh-ed25519 ...
+        user = opts.ssh_key.split(":", 1)[0]
+    sudo = "" if user == "root" else "sudo "
+    return f"see why with: ssh {user}@{host.ip or host.id} '{sudo}cloud-init status --long; {sudo}journalctl -u inlets --no-pager -n 50'"
 
 
 def _iso(when: datetime.datetime) -> str:
@@ -182,8 +202,15 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         "mode": meta["mode"], "ports": meta["ports"], "domains": meta["domains"], "endpoints": endpoints,
         "control_port": meta["control_port"], "created_at": meta["created_at"], "expires_at": meta["expires_at"],
         "token_file": str(state.token_file), "ca_file": str(state.ca_file),
-        "client_command": meta["client_command"], "delete_command": delete_command(meta["name"], state.root),
+        "client_command": meta["client_command"], "status_command": meta.get("status_command"),
+        "delete_command": delete_command(meta["name"], state.root),
     }
+
+
+def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path) -> str:
+    """``inlets status`` for this exit server, pinned to its CA and name like the client command."""
+    return shlex.join(["inlets", "status", "--url", control_url(host, spec.control_port), "--token-file",
+                       str(token_file), "--tls-ca", str(ca_file), "--tls-server-name", TLS_SERVER_NAME])
 
 
 def delete_command(name: str, root: Path) -> str:

@@ -30,6 +30,6 @@ def new_token() -> str:
 
 
 def generate(name: str, extra_names: list[str] | None = None) -> Material:
-    ca = generate_ca(common_name=f"inlets exit server CA ({name})")
+    ca = generate_ca(common_name=f"inlets CA {name}"[:64])  # X.509 caps a common name at 64 characters
     server = issue_server_cert(ca, [EXIT_SERVER_NAME, *(extra_names or [])])
     return Material(token=new_token(), ca_cert=ca.cert, server=server)

@@ -21,7 +21,7 @@ _NOUNS = (
     "koala", "lemur", "lynx", "marmot", "narwhal", "otter", "panda", "puffin", "quokka", "raven",
     "salmon", "tapir", "toucan", "turtle", "walrus", "weasel", "wombat", "yak", "zebra", "bison",
 )
-_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # the whole name (fullmatch)
 
 
 def random_name() -> str:
@@ -30,7 +30,7 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ProvisionError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"
         )

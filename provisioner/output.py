@@ -4,31 +4,52 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 from rich.console import Console
 
 
 class Progress:
-    """One line per new message on stderr (a spinner on a terminal); repeats are not reprinted."""
+    """Progress on stderr: a spinner on a terminal; elsewhere (logs, CI, a pipe) few plain lines.
 
-    def __init__(self, quiet: bool = False) -> None:
+    ``progress(step)`` prints the step once. ``progress(step, detail)`` is a wait that is
+    still going (detail: what was seen, the elapsed time and the timeout): on a terminal
+    the spinner shows every update; elsewhere the step is printed only once it has lasted
+    ``grace`` seconds, then again every ``every`` seconds, so a wait of a second prints
+    nothing and a wait of minutes prints a line now and then.
+    """
+
+    def __init__(self, quiet: bool = False, grace: float = 2.0, every: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._console = Console(stderr=True, highlight=False)
         self._quiet = quiet
-        self._last = ""
+        self._grace, self._every, self._clock = grace, every, clock
+        self._step = ""
+        self._since = 0.0  # when the current step began
+        self._printed: float | None = None  # when it was last printed
         self._status = None
         if self._console.is_terminal and not quiet:
             self._status = self._console.status("starting")
             self._status.start()
 
-    def __call__(self, message: str) -> None:
-        if self._quiet or message == self._last:
+    def __call__(self, step: str, detail: str = "") -> None:
+        if self._quiet:
             return
-        self._last = message
+        text = f"{step} ({detail})" if detail else step
         if self._status is not None:
-            self._status.update(message)
+            self._status.update(text)
+            return
+        now = self._clock()
+        if step != self._step:
+            self._step, self._since, self._printed = step, now, None
+        if self._printed is None:
+            due = not detail or now - self._since >= self._grace
         else:
-            print(f"inletsctl: {message}", file=sys.stderr, flush=True)
+            due = bool(detail) and now - self._printed >= self._every
+        if due:
+            self._printed = now
+            print(f"inletsctl: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._status is not None:
@@ -55,6 +76,9 @@ def print_summary(summary: dict[str, Any], token: str | None) -> None:
         print(f"  {key:<9} {value}")
     print("\nConnect a client (copy and paste):\n")
     print(f"  {summary['client_command']}\n")
+    if summary.get("status_command"):
+        print("See its clients and traffic:\n")
+        print(f"  {summary['status_command']}\n")
     print("Delete it when done:\n")
     print(f"  {summary['delete_command']}")
 

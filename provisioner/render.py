@@ -2,32 +2,57 @@
 
 Templates live in the top-level ``templates/`` folder (found by runtime.templating, which
 renders the same unit for ``inlets --generate=systemd``), installed as the package
-``provisioner.templates`` so that a wheel install finds them too. This environment adds
-shell quoting (``| q``) for the client command.
+``provisioner.templates`` so that a wheel install finds them too. No value is pasted in
+as it is: this environment adds shell quoting (``| q``) for the client command and YAML
+quoting (``| yaml``) for values in the user-data, and units get systemd's own quoting
+(runtime/systemd_quote.py).
+
+The exit server installs the runtime from the server-only wheel of this inletsctl
+(provisioner/wheel.py), its dependencies pinned by a constraints list. The wheel rides in
+the user-data where it fits; elsewhere ``create`` delivers it over the control port.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import json
 import lzma
+import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
 
+from runtime.systemd_quote import exec_command
 from runtime.templating import template_dir
 
+from . import wheel_receiver
 from .errors import ProvisionError
 from .material import Material
 from .spec import TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, control_url, server_argv
-from .wheel import EmbeddedWheel
+from .wheel import ServerWheel, compact_source, constraints
 
 SERVICE_USER = "inlets"
 #: run by cloud-init on the VM: cloud-init decodes only gzip, the wheel is sent xz-compressed
 UNPACK_XZ = "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read()))"
 CONFIG_DIR = "/etc/inlets"
+RECEIVER_SCRIPT = "/opt/inlets/receive-wheel.py"
+#: Go's JSON escapes (Terraform's jsonencode()) beyond Python's, so both write the same bytes
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+#: what JSON leaves raw but YAML refuses (DEL, C1 controls) or reads as a line break (NEL)
+_NOT_YAML_PRINTABLE = re.compile("[\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def yaml_scalar(value: object) -> str:
+    """``value`` as a YAML double-quoted scalar (JSON's escaping: a quote or a line break stays
+    inside it), written as Terraform's ``jsonencode()`` writes it for the printable values
+    both accept."""
+    text = json.dumps(str(value), ensure_ascii=False)
+    for char, escape in _GO_ESCAPES.items():
+        text = text.replace(char, escape)
+    return _NOT_YAML_PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 _env = jinja2.Environment(
@@ -39,6 +64,7 @@ _env = jinja2.Environment(
     autoescape=False,
 )
 _env.filters["q"] = lambda value: shlex.quote(str(value))
+_env.filters["yaml"] = yaml_scalar
 
 
 def render(template: str, **values: object) -> str:
@@ -48,7 +74,7 @@ def render(template: str, **values: object) -> str:
 def systemd_unit(exec_argv: list[str], mode: str) -> str:
     """The unit that runs the exit server (also usable outside cloud-init)."""
     return render(
-        "inlets.service.j2", mode=mode, user=SERVICE_USER, exec_start=shlex.join(exec_argv), config_dir=CONFIG_DIR
+        "inlets.service.j2", mode=mode, user=SERVICE_USER, exec_start=exec_command(exec_argv), config_dir=CONFIG_DIR
     )
 
 
@@ -72,10 +98,12 @@ def client_command(
 @dataclass(frozen=True)
 class UserDataOptions:
     name: str
-    package: str  # pip requirement installed on the VM (ignored when a wheel is embedded)
-    wheel: EmbeddedWheel | None = None
+    package: str  # pip requirement installed on the VM (ignored when a wheel is given)
+    wheel: ServerWheel | None = None  # the server-only wheel: in the user-data, or delivered (push)
     expires_at: datetime.datetime | None = None
     limit: int = 64 * 1024  # bytes the provider accepts
+    push: bool = False  # the wheel is delivered by ``create`` over the control port, not embedded
+    constraints: tuple[str, ...] | None = None  # pins for the wheel's dependencies [default: as installed here]
 
 
 def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) -> str:
@@ -95,15 +123,18 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
         units["inlets-expire.timer"] = render(
             "inlets-expire.timer.j2", expires_at=expires["iso"], on_calendar=expires["on_calendar"]
         )
-    wheel = None
+    wheel = receiver = None
+    pins: tuple[str, ...] = ()
     if options.wheel is not None:
-        packed = lzma.compress(options.wheel.data, preset=9 | lzma.PRESET_EXTREME)  # ~15% smaller than gzip
-        wheel = {
-            "path": f"/opt/inlets/{options.wheel.filename}",
-            "xz_path": f"/opt/inlets/{options.wheel.filename}.xz",
-            "b64": base64.b64encode(packed).decode(),
-            "unpack": UNPACK_XZ,
-        }
+        path = f"/opt/inlets/{options.wheel.filename}"
+        pins = options.constraints if options.constraints is not None else constraints(options.wheel.requires)
+        if options.push:
+            receiver = {
+                "script_path": RECEIVER_SCRIPT, "script": receiver_script(), "port": str(spec.control_port),
+                "sha256": options.wheel.sha256, "wheel_path": path,
+            }
+        else:
+            wheel = {"path": path, "xz_path": f"{path}.xz", "b64": wheel_xz_base64(options.wheel), "unpack": UNPACK_XZ}
     text = render(
         "user-data.yaml.j2",
         name=options.name,
@@ -115,14 +146,38 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
         server_cert=material.server.cert.decode(),
         server_key=material.server.key.decode(),
         units=units,
+        constraints=list(pins),
         wheel=wheel,
-        package=wheel["path"] if wheel else options.package,
+        receiver=receiver,
+        package=f"/opt/inlets/{options.wheel.filename}" if options.wheel else options.package,
         expires=expires,
     )
     size = len(text.encode())
     if size > options.limit:
-        raise ProvisionError(
-            f"rendered user-data is {size} bytes, over the provider's limit of {options.limit}"
-            + (": drop --embed-wheel and install a published package" if wheel else "")
-        )
+        raise ProvisionError(f"rendered user-data is {size} bytes, over the provider's limit of {options.limit}")
     return text
+
+
+def fitting_user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) -> tuple[str, bool]:
+    """The user-data with the wheel embedded where it fits the provider's limit, else set up to
+    receive it (``create`` then delivers it); and whether it must be delivered."""
+    if options.wheel is None or options.push:
+        return user_data(spec, material, options), options.push and options.wheel is not None
+    try:
+        return user_data(spec, material, options), False
+    except ProvisionError:
+        return user_data(spec, material, replace(options, push=True)), True
+
+
+#: xz for Python source: no literal-position context (lp, pb 0) suits text; ~0.5% under the default preset
+XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "lc": 3, "lp": 0, "pb": 0}]
+
+
+def wheel_xz_base64(wheel: ServerWheel) -> str:
+    """The wheel as the user-data carries it: cloud-init decodes only gzip, xz is ~15% smaller."""
+    return base64.b64encode(lzma.compress(wheel.data, format=lzma.FORMAT_XZ, filters=XZ_FILTERS)).decode()
+
+
+def receiver_script() -> str:
+    """provisioner/wheel_receiver.py as the user-data carries it (without docstrings and comments)."""
+    return compact_source(Path(wheel_receiver.__file__).read_text())

@@ -23,8 +23,13 @@ DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_HTTP_PORT = 80
 DEFAULT_TCP_UPSTREAM = "127.0.0.1"
 DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
-_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_TTL_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
+_DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_TTL_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
+_HOST_RE = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+_URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
+#: a pip requirement or URL: printable, no spaces at either end, no line breaks or control characters
+_RUNTIME_SPEC_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,22 @@ def parse_ports(text: str) -> tuple[int, ...]:
 
 def check_domain(domain: str) -> str:
     name = domain.strip().lower().rstrip(".")
-    if not _DOMAIN_RE.match(name):
+    if not _DOMAIN_RE.fullmatch(name):
         raise ProvisionError(f"invalid domain {domain!r}")
     return name
 
 
+def check_runtime_spec(text: str) -> str:
+    """``--runtime-spec``: one pip requirement (``inlets-py==0.2.0``, ``inlets-py @ https://...``), on one line."""
+    if not _RUNTIME_SPEC_RE.fullmatch(text):
+        raise ProvisionError(f"invalid --runtime-spec {text!r}: give one pip requirement on one line, "
+                             "e.g. inlets-py==0.2.0 or 'inlets-py @ https://example.com/inlets_py-0.2.0-py3-none-any.whl'")
+    return text
+
+
 def parse_ttl(text: str) -> datetime.timedelta:
     """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live."""
-    match = _TTL_RE.match(text.strip())
+    match = _TTL_RE.fullmatch(text.strip())
     if not text.strip() or not match or not any(match.groups()):
         raise ProvisionError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
     days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
@@ -108,7 +121,7 @@ def build_spec(
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
         host = upstream or DEFAULT_TCP_UPSTREAM
-        if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", host):
+        if not _HOST_RE.fullmatch(host):
             raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
         return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host)
     if ports:
@@ -117,7 +130,7 @@ def build_spec(
         raise ProvisionError(f"invalid HTTP data port {http_port}")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
     url = upstream or DEFAULT_HTTP_UPSTREAM
-    if not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+    if not _URL_RE.fullmatch(url):
         raise ProvisionError(f"invalid --upstream {url!r} for --mode http: give a URL such as http://127.0.0.1:8080")
     if letsencrypt is not None:
         _check_letsencrypt(letsencrypt, names, http_port)

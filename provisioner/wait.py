@@ -1,47 +1,78 @@
-"""Wait, bounded in time, until a new exit server is up: VM active, then /healthz over pinned TLS."""
+"""Wait, bounded in time, until a new exit server is up: VM active, then /healthz over pinned TLS.
+
+Where the cloud's user-data could not hold the runtime wheel, the wait also delivers it
+(provisioner/wheel_receiver.py takes it on the VM) once the VM answers on the control port.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from runtime.certs import EXIT_SERVER_NAME
-from runtime.probe import Answer, Endpoint, ProbeError, get
+from runtime.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
 from .errors import NotFound, ProvisionError
 from .providers.base import ACTIVE, FAILED, Host, Provisioner
+from .wheel import ServerWheel
+from .wheel_receiver import PATH as RECEIVER_PATH
 
-Progress = Callable[[str], None]
+
+class Progress(Protocol):
+    """Reports a step, or a wait still going with what was seen (see output.Progress)."""
+
+    def __call__(self, step: str, detail: str = "") -> None: ...
 
 
 class WaitTimeout(ProvisionError):
     """The deadline passed; the message says what was seen last."""
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """The wheel ``create`` sends to the VM's receiver, and the token that authorises it."""
+
+    wheel: ServerWheel
+    token: str
+
+
 def https_get(
-    host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0
+    host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0,
+    method: str = "GET", body: bytes = b"",
 ) -> Answer:
     """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP)."""
     return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
-               timeout=timeout)
+               timeout=timeout, method=method, body=body)
+
+
+def healthz_problem(host: str, port: int, ca_file: Path) -> ProbeError | None:
+    """None when /healthz answers 200; otherwise what went wrong (``Unreachable``: nothing listens yet)."""
+    try:
+        answer = https_get(host, port, "/healthz", ca_file, timeout=3.0)
+    except ProbeError as exc:
+        return exc
+    return None if answer.status == 200 else ProbeError(f"/healthz answered {answer.status}")
 
 
 def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
     """None when /healthz answers 200; otherwise what went wrong, in a few words."""
-    try:
-        answer = https_get(host, port, "/healthz", ca_file, timeout=3.0)
-    except ProbeError as exc:
-        return str(exc)
-    return None if answer.status == 200 else f"/healthz answered {answer.status}"
+    problem = healthz_problem(host, port, ca_file)
+    return None if problem is None else str(problem)
 
 
 def wait_until_ready(
-    provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0
+    provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0,
+    *, delivery: Delivery | None = None, why: Callable[[Host], str] | None = None,
 ) -> Host:
-    """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
+    """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass.
+
+    ``why(host)`` is appended to a timeout once the VM is up: how to read the cause on it.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
     seen = host.detail or f"status {host.status!r}"
     while True:
         try:
@@ -53,35 +84,72 @@ def wait_until_ready(
             raise ProvisionError(f"exit server {host.name!r} failed: {seen}")
         if host.status == ACTIVE and host.ip:
             break
-        progress(f"waiting for {host.provider} to start {host.name!r} ({seen})")
+        progress(f"waiting for {host.provider} to start {host.name!r}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host.name!r} to become active; last seen: {seen}")
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
     port = host.control_port or 8123
-    assert host.ip is not None
+    ip = host.ip
+    assert ip is not None
+    hint = f"; {why(host)}" if why else ""
+    if delivery is not None:
+        target = f"https://{ip}:{port}{RECEIVER_PATH}"
+        _poll(lambda: deliver_error(ip, port, ca_file, delivery), provider, host, target, "never took the runtime wheel",
+              started, timeout, progress, hint)
+        progress(f"delivered the runtime wheel to {host.name!r}")
+    _poll(lambda: healthz_problem(ip, port, ca_file), provider, host, f"https://{ip}:{port}/healthz", "never answered",
+          started, timeout, progress, hint)
+    return host
+
+
+def _waited(started: float, timeout: float) -> str:
+    return f"{time.monotonic() - started:.0f}s of {timeout:.0f}s"
+
+
+def _poll(
+    check: Callable[[], ProbeError | str | None], provider: Provisioner, host: Host, target: str, never: str,
+    started: float, timeout: float, progress: Progress, hint: str,
+) -> None:
+    """Call ``check`` until it returns None (done), the VM is gone or failed, or the deadline passes."""
+    deadline = started + timeout
     while True:
-        error = healthz_error(host.ip, port, ca_file)
+        error = check()
         if error is None:
-            return host
+            return
         try:
             current = provider.status(host.id)
             if current.status == FAILED:
                 raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
         except NotFound:
             raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
-        progress(f"waiting for the tunnel server at https://{host.ip}:{port}/healthz ({error})")
+        seen = "not listening yet" if isinstance(error, Unreachable) else str(error)  # starting, not failing
+        progress(f"waiting for the tunnel server at {target}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
             raise WaitTimeout(
-                f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but "
-                f"https://{host.ip}:{port}/healthz never answered (last: {error})"
+                f"timed out after {timeout:.0f}s: {host.name!r} is {host.status} at {host.ip} but {target} {never} "
+                f"(last: {error}){hint}"
             )
         time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
 
 
+def deliver_error(host: str, port: int, ca_file: Path, delivery: Delivery) -> ProbeError | str | None:
+    """None once the VM's receiver took the wheel; otherwise what went wrong.
+
+    A refusal (wrong token, another digest) is final: the receiver will never take it."""
+    try:
+        answer = https_get(host, port, RECEIVER_PATH, ca_file, token=delivery.token, timeout=30.0, method="PUT",
+                           body=delivery.wheel.data)
+    except ProbeError as exc:
+        return exc
+    if answer.status in (401, 422):
+        raise ProvisionError(f"the exit server at {host} refused the runtime wheel: {answer.status} {answer.body.strip()}")
+    return None if answer.status == 200 else f"{RECEIVER_PATH} answered {answer.status}"
+
+
 def _merge(old: Host, new: Host) -> Host:
     """Keep what create() knew (local addresses, ports) when status() omits it."""
-    for name in ("data_addr", "control_port", "mode"):
-        if getattr(new, name) is None:
+    for name in ("name", "data_addr", "control_port", "mode"):
+        if not getattr(new, name):
             setattr(new, name, getattr(old, name))
     return new
 
@@ -95,7 +163,8 @@ def wait_until_gone(provider: Provisioner, host_id: str, timeout: float, progres
             return
         if host.status == FAILED:
             return
-        progress(f"waiting for {host.name or host_id} to be deleted ({host.detail or host.status})")
+        progress(f"waiting for {host.name or host_id} to be deleted", f"{host.detail or host.status}; "
+                 f"{time.monotonic() - deadline + timeout:.0f}s of {timeout:.0f}s")
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host_id} to be deleted (last: {host.detail})")
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))

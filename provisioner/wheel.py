@@ -1,18 +1,25 @@
-"""Build a wheel of the running ``runtime`` package to embed in user-data.
+"""Build the server-only wheel of the running ``runtime`` package that exit servers install.
 
-With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no
-published package of ours (its dependencies still come from the VM's package index).
-User-data is capped (DigitalOcean: 64 KiB), so the wheel is made small: members are
-stored uncompressed for render.py's xz to compress them as one stream, and docstrings
-and comments are dropped (the VM only runs the server: its ``--help`` loses its prose).
+With it a VM installs exactly the tunnel code of this ``inletsctl`` and needs no published
+package of ours. The wheel holds only what the exit server's command imports (found by
+following the imports of ``runtime/``), and declares only the third-party packages those
+modules import; ``constraints()`` pins them, and what they need in turn, to the versions
+this installation runs, so a new upstream release cannot change what a VM boots.
+
+User-data is capped (DigitalOcean: 64 KiB), so the wheel is made small: members are stored
+uncompressed for render.py's xz to compress them as one stream, and docstrings and comments
+are dropped (the VM only runs the server: its ``--help`` loses its prose).
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import functools
 import hashlib
 import io
+import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -21,22 +28,32 @@ from pathlib import Path
 import runtime
 
 DIST = "inlets-py"
-#: Modules only a Let's Encrypt server imports: in the wheel only when the exit server uses it,
-#: so the default wheel still fits 64 KiB of user-data.
-LETSENCRYPT_MODULES = frozenset({"acme_store.py", "acme_client.py", "letsencrypt.py", "https_front.py"})
-#: Modules only a tunnel client (or `--generate`, `inlets status`) imports: an exit server runs none
-#: of them, and leaving them out keeps the embedded wheel about 8 KiB (encoded) smaller.
+#: The modules each exit server's command starts from (``acme_client`` runs as a child
+#: process, ``python -m runtime.acme_client``); the wheel holds what they import.
+SERVER_ROOTS = {"tcp": ("__main__", "cli", "tcp_server", "forwarding"), "http": ("__main__", "cli", "http_server")}
+LETSENCRYPT_ROOTS = ("https_front", "letsencrypt", "acme_client")
+#: Modules an exit server never runs, although ``cli.py`` imports them for other commands:
+#: the tunnel client, ``--generate``, ``inlets status``. The other mode's server is left out too.
 CLIENT_MODULES = frozenset(
-    {"client.py", "proxy.py", "probe.py", "generate.py", "templating.py", "tcp_client.py", "http_client.py"}
+    {"client", "proxy", "probe", "generate", "templating", "systemd_quote", "tcp_client", "http_client"}
 )
-#: Modules only a TCP exit server imports: a Let's Encrypt server is an HTTP one, so its wheel goes without.
-TCP_SERVER_MODULES = frozenset({"tcp_server.py", "udp.py"})
+LETSENCRYPT_MODULES = frozenset({"acme_store", "acme_client", "letsencrypt", "https_front"})
+OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp")}
+_EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (a marker names it)
+_EXTRA_CLAUSE = re.compile(r"\s*\band\s+extra\s*==\s*['\"][^'\"]*['\"]|\bextra\s*==\s*['\"][^'\"]*['\"]\s*(and\s*)?")
 
 
 @dataclass(frozen=True)
-class EmbeddedWheel:
+class ServerWheel:
+    """The exit server's wheel: embedded in the user-data, or sent to the VM by create."""
+
     filename: str
     data: bytes
+    requires: tuple[str, ...] = ()  # Requires-Dist: the third-party packages its modules import
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
 
 
 def version() -> str:
@@ -46,12 +63,108 @@ def version() -> str:
         return "0.0.0"
 
 
-def _requirements() -> list[str]:
+def _package_dir() -> Path:
+    return Path(runtime.__file__).resolve().parent
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(sibling modules, top-level absolute imports) of one module; ``if TYPE_CHECKING:`` blocks do not count."""
+    siblings: set[str] = set()
+    absolute: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if "TYPE_CHECKING" in ast.unparse(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+            else:
+                self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            absolute.update(alias.name.split(".")[0] for alias in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level == 0 and node.module:
+                absolute.add(node.module.split(".")[0])
+            elif node.level == 1 and node.module:
+                siblings.add(node.module.split(".")[0])
+            elif node.level == 1:
+                siblings.update(alias.name for alias in node.names)
+
+    Visitor().visit(ast.parse(path.read_text()))
+    return siblings, absolute
+
+
+def server_modules(mode: str, letsencrypt: bool = False) -> tuple[list[str], set[str]]:
+    """The ``runtime`` modules an exit server in ``mode`` imports, and the top-level packages they import."""
+    package_dir = _package_dir()
+    stop = set(CLIENT_MODULES) | (set() if letsencrypt else set(LETSENCRYPT_MODULES))
+    todo = list(SERVER_ROOTS[mode]) + (list(LETSENCRYPT_ROOTS) if letsencrypt else [])
+    seen: set[str] = set()
+    third_party: set[str] = set()
+    while todo:
+        name = todo.pop()
+        path = package_dir / f"{name}.py"
+        if name in seen or name in stop or not path.is_file():
+            continue
+        if name not in SERVER_ROOTS[mode] and OTHER_MODE[mode].fullmatch(name) and name not in LETSENCRYPT_ROOTS:
+            continue
+        seen.add(name)
+        siblings, absolute = _imports(path)
+        todo += sorted(siblings)
+        third_party |= {top for top in absolute if top not in sys.stdlib_module_names and top != "runtime"}
+    return sorted(seen | {"__init__"}), third_party
+
+
+@functools.lru_cache(maxsize=None)
+def _own_requirements() -> dict[str, str]:
+    """Canonical name -> this project's requirement for it (extras' markers dropped), from its metadata."""
     try:
         reqs = metadata.requires(DIST) or []
     except metadata.PackageNotFoundError:
-        return []
-    return [r for r in reqs if "extra ==" not in r]
+        return {}
+    out: dict[str, str] = {}
+    for req in reqs:
+        requirement, _, marker = req.partition(";")
+        marker = _EXTRA_CLAUSE.sub("", marker).strip()
+        out.setdefault(_canonical(requirement), requirement.strip() + (f"; {marker}" if marker else ""))
+    return out
+
+
+def _canonical(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
+
+
+@functools.lru_cache(maxsize=None)
+def _distributions_of() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def server_requirements(third_party: set[str]) -> tuple[str, ...]:
+    """Requires-Dist for the imported top-level packages that are installed here (as ``pyproject.toml`` words them)."""
+    found: set[str] = set()
+    for top in third_party:
+        found.update(_canonical(dist) for dist in _distributions_of().get(top, []))
+    own = _own_requirements()
+    return tuple(sorted(own.get(name, name) for name in found))
+
+
+def constraints(requires: tuple[str, ...]) -> tuple[str, ...]:
+    """``name==version`` for each requirement and everything it needs, as installed here (extras left out)."""
+    pinned: dict[str, str] = {}
+    todo = [_canonical(req) for req in requires]
+    while todo:
+        name = todo.pop()
+        if name in pinned:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not needed here (another platform's marker): pip resolves it on the VM
+        pinned[name] = dist.version
+        todo += [_canonical(req) for req in dist.requires or [] if not _EXTRA.search(req)]
+    return tuple(f"{name}=={ver}" for name, ver in sorted(pinned.items()))
 
 
 def _record_line(name: str, data: bytes) -> str:
@@ -59,31 +172,44 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
-def _compact(source: str) -> str:
-    """The same module without docstrings or comments (the AST round trip keeps the code)."""
+def compact_source(source: str) -> str:
+    """The same module without docstrings, comments or type hints (the AST round trip keeps the code).
+
+    Type hints go from every function but typer's commands (typer reads their parameters from
+    them); dataclass fields keep theirs (they are the fields). Nothing else reads them at run time.
+    """
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
                 node.body = node.body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _is_command(node):
+            node.returns = None
+            arguments = node.args
+            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
     return ast.unparse(tree) + "\n"
 
 
-def build_runtime_wheel(letsencrypt: bool = False) -> EmbeddedWheel:
-    """A minimal, valid wheel (PEP 427) holding the server side of ``runtime/`` and the ``inlets`` script."""
+def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A typer command (``@app.command(...)``): its parameters' hints are its options."""
+    return any(".command" in ast.unparse(decorator) for decorator in function.decorator_list)
+
+
+def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerWheel:
+    """A minimal, valid wheel (PEP 427) of the ``runtime`` modules an exit server in ``mode`` runs, and the ``inlets`` script."""
     ver = version()
     dist_info = f"inlets_py-{ver}.dist-info"
+    modules, third_party = server_modules(mode, letsencrypt)
+    requires = server_requirements(third_party)
     files: dict[str, bytes] = {}
-    package_dir = Path(runtime.__file__).resolve().parent
-    for path in sorted(package_dir.rglob("*.py")):
-        if "__pycache__" in path.parts or path.name in CLIENT_MODULES or (letsencrypt and path.name in TCP_SERVER_MODULES):
-            continue
-        if letsencrypt or path.name not in LETSENCRYPT_MODULES:
-            source = _compact(path.read_text())
-            files[f"runtime/{path.relative_to(package_dir).as_posix()}"] = source.encode()
+    package_dir = _package_dir()
+    for name in modules:
+        files[f"runtime/{name}.py"] = compact_source((package_dir / f"{name}.py").read_text()).encode()
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
-    meta += [f"Requires-Dist: {req}" for req in _requirements()]
+    meta += [f"Requires-Dist: {req}" for req in requires]
     files[f"{dist_info}/METADATA"] = ("\n".join(meta) + "\n").encode()
     files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: inletsctl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     files[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\ninlets = runtime.cli:main\n"
@@ -96,4 +222,4 @@ def build_runtime_wheel(letsencrypt: bool = False) -> EmbeddedWheel:
             info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
-    return EmbeddedWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue())
+    return ServerWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue(), requires)

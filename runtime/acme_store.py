@@ -23,8 +23,9 @@ ISSUERS = {
     "prod": "https://acme-v02.api.letsencrypt.org/directory",
     "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
 }
-_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_EMAIL = re.compile(r"^[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+$")
+# Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
+_DOMAIN = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_EMAIL = re.compile(r"[^@\s:/\x00-\x1f\x7f]+@[^@\s:/\x00-\x1f\x7f]+\.[^@\s:/\x00-\x1f\x7f]+")
 
 
 class AcmeConfigError(ValueError):
@@ -35,8 +36,8 @@ def directory_url(issuer: str) -> str:
     """``prod``, ``staging`` or an ``https://`` ACME directory URL (a private CA such as pebble)."""
     if issuer in ISSUERS:
         return ISSUERS[issuer]
-    parts = urlsplit(issuer)
-    if parts.scheme != "https" or not parts.hostname:
+    parts = urlsplit(issuer)  # which drops tabs and line breaks: refused here instead
+    if parts.scheme != "https" or not parts.hostname or any(c.isspace() or not c.isprintable() for c in issuer):
         raise AcmeConfigError(f"--letsencrypt-issuer must be prod, staging or an https:// directory URL, got {issuer!r}")
     return issuer
 
@@ -44,7 +45,7 @@ def directory_url(issuer: str) -> str:
 def check_domain(domain: str) -> str:
     """A lower-case DNS name with at least one dot; wildcards need DNS-01, so they are refused."""
     name = domain.strip().lower().rstrip(".")
-    if not _DOMAIN.match(name):
+    if not _DOMAIN.fullmatch(name):
         raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is not a DNS name (HTTP-01 needs e.g. example.com)")
     return name
 
@@ -52,7 +53,7 @@ def check_domain(domain: str) -> str:
 def check_email(email: str | None) -> str | None:
     if email is None or email == "":
         return None
-    if not _EMAIL.match(email):
+    if not _EMAIL.fullmatch(email):
         raise AcmeConfigError(f"--letsencrypt-email {email!r} is not an email address")
     return email
 

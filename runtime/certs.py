@@ -17,10 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-#: The name every inletsctl-provisioned server certificate carries. The client is told
-#: to expect it (``--tls-server-name``), so a certificate made before the VM's IP is
-#: known still verifies, while the per-server CA keeps it pinned.
-EXIT_SERVER_NAME = "inlets-exit-server"
+from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
 
 CA_VALIDITY = datetime.timedelta(days=3650)
 CERT_VALIDITY = datetime.timedelta(days=825)

@@ -19,9 +19,9 @@ from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
-    MaxServerStreams, Plaintext, Proxy, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
-    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
-    run_client, run_server, setup_logs,
+    MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
+    TlsServerName, Token, TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail,
+    maybe_generate, run_client, run_server, setup_logs,
 )
 from .ports import parse_port_list
 
@@ -116,10 +116,13 @@ def tcp_server(
             fail(str(exc))
     server = TcpTunnelServer(config, data_addr=data_addr or None, allow_ports=allowed, options=options)
     scheme = "wss" if config.ssl_context else "ws"
-    log.info("event=starting mode=tcp control=%s://%s:%d data_addr=%s version=%s",
-             scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+
+    def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
+        log.info("event=started mode=tcp control=%s://%s:%d data_addr=%s version=%s",
+                 scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}", drain_timeout=drain_timeout,
-               token=token, token_file=token_file)
+               token=token, token_file=token_file, started=started)
 
 
 @tcp_app.command("client")
@@ -143,6 +146,7 @@ def tcp_client(
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
+    proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
     max_streams: MaxServerStreams = 512,
     max_buffer: MaxBuffer = 128,
@@ -176,7 +180,8 @@ def tcp_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
-        drain_timeout=drain_timeout, max_streams=max_streams, max_buffer_mib=max_buffer,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
+        max_buffer_mib=max_buffer,
     )
     client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)

@@ -23,7 +23,7 @@ import typer
 
 from . import logs
 from .allowlist import SourceAllowList, parse_networks
-from .auth import TokenError, TokenSet, read_tokens
+from .auth import PROXY_PASSWORD, TokenError, TokenSet, read_tokens
 from .dataplane import DataPlaneOptions
 from .tls import TlsConfigError, client_context, server_context
 
@@ -101,8 +101,11 @@ TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate to pin the s
 TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server certificate must carry, when not the URL host.")]
 TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
 Proxy = Annotated[Optional[str], typer.Option(
-    help="Reach the server through this proxy: http://[USER:PASS@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
+    help="Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
     "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
+ProxyPasswordFile = Annotated[Optional[Path], typer.Option(
+    help="File holding the password for the --proxy user [env: INLETS_PROXY_PASSWORD] "
+    "(a password inside --proxy shows in ps).")]
 
 
 def maybe_generate(kind: str | None, command: list[str]) -> None:
@@ -228,6 +231,7 @@ def client_config(
     mode: str,
     services: list[str],
     proxy: str | None = None,
+    proxy_password_file: Path | None = None,
     drain_timeout: float = 30.0,
     max_streams: int = 512,
     max_buffer_mib: int = 128,
@@ -235,10 +239,13 @@ def client_config(
     from .client import ClientConfig, FatalClientError, connect_url
     from .proxy import ProxyConfigError
     from .proxy import choose as choose_proxy
+    from .proxy import with_password
 
     try:
         tokens = read_tokens(token, token_file)
-    except TokenError as exc:
+        source = PROXY_PASSWORD.file_option if proxy_password_file else f"${PROXY_PASSWORD.env}"
+        proxy = with_password(proxy, PROXY_PASSWORD.read(None, proxy_password_file), source)
+    except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
     if not url.startswith(("ws://", "wss://")):
         fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
@@ -319,8 +326,8 @@ def run_server(
     async def start() -> None:
         try:
             await server.start()
-        except OSError as exc:
-            fail(f"cannot listen ({describe}): {exc.strerror or exc}", 1)
+        except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
+            fail(f"cannot listen ({describe}): {os.strerror(exc.errno) if exc.errno else exc}", 1)
         if started is not None:
             started()
 

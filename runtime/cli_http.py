@@ -14,12 +14,13 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
+from .auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
-    MaxServerStreams, Plaintext, Proxy, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token, TokenFile,
-    TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail, maybe_generate,
-    run_client, run_server, setup_logs,
+    MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
+    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
+    maybe_generate, run_client, run_server, setup_logs,
 )
 
 log = logging.getLogger("inlets")
@@ -162,14 +163,21 @@ def http_client(
     response_header_add: Headers = None,
     response_header_remove: Names = None,
     basic_auth_username: Annotated[Optional[str], typer.Option(help="Protect the site with basic auth.")] = None,
-    basic_auth_password: Annotated[Optional[str], typer.Option(help="Password for --basic-auth-username.")] = None,
-    bearer_token: Annotated[Optional[str], typer.Option(help="Protect the site: require this bearer token.")] = None,
+    basic_auth_password: Annotated[Optional[str], typer.Option(
+        help="Password for --basic-auth-username (shows in ps: prefer the file or $INLETS_BASIC_AUTH_PASSWORD).")] = None,
+    basic_auth_password_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the --basic-auth-username password [env: INLETS_BASIC_AUTH_PASSWORD].")] = None,
+    bearer_token: Annotated[Optional[str], typer.Option(
+        help="Protect the site: require this bearer token (shows in ps: prefer the file or $INLETS_BEARER_TOKEN).")] = None,
+    bearer_token_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the bearer token the site requires [env: INLETS_BEARER_TOKEN].")] = None,
     token: Token = None,
     token_file: TokenFile = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
     proxy: Proxy = None,
+    proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
     max_streams: MaxServerStreams = 512,
     max_buffer: MaxBuffer = 128,
@@ -189,8 +197,13 @@ def http_client(
     from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
     from .http_options import HttpOptions, OptionError
 
+    try:
+        basic_auth_password = BASIC_AUTH_PASSWORD.read(basic_auth_password, basic_auth_password_file)
+        bearer_token = BEARER_TOKEN.read(bearer_token, bearer_token_file)
+    except TokenError as exc:
+        fail(str(exc))
     if bool(basic_auth_username) != bool(basic_auth_password):
-        fail("--basic-auth-username and --basic-auth-password go together")
+        fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
     try:
         mapping = parse_upstreams(upstream)
         tls = upstream_tls(upstream_ca, upstream_insecure)
@@ -212,7 +225,8 @@ def http_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
-        drain_timeout=drain_timeout, max_streams=max_streams, max_buffer_mib=max_buffer,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
+        max_buffer_mib=max_buffer,
     )
     config.extra = options.to_extra()
     gc.freeze()

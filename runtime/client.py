@@ -19,7 +19,9 @@ from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, ProxyError
+from websockets.exceptions import (
+    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
+)
 
 from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
@@ -28,6 +30,7 @@ from .mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from .ports import url_port
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
+from .tls import verify_failure
 from .wsflow import BoundedClientConnection
 
 log = logging.getLogger("inlets.client")
@@ -75,10 +78,23 @@ def connect_url(url: str) -> str:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message}"
+        return verify_failure(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or exc.__class__.__name__
+
+
+async def speaks_tls(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 class TunnelClient:
@@ -91,6 +107,7 @@ class TunnelClient:
         self.ws_url = connect_url(config.url)
         self._changed = asyncio.Event()  # self.session was replaced (rotation)
         self._stopping = False
+        self._token_file_unreadable = False  # said once, until the file can be read again
         try:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
@@ -102,13 +119,27 @@ class TunnelClient:
         return min(DEFAULT_INITIAL_WINDOW, self.config.window)
 
     def current_token(self) -> str:
-        """The token for the next connection: re-read from its file, so rotation needs no restart."""
+        """The token for the next connection: re-read from its file, so rotation needs no restart.
+
+        A token file that cannot be read any more (deleted with its exit server, or caught
+        mid-rotation) does not end the client: it keeps the token it read last, says so
+        once, and goes on retrying as it does while a server restarts.
+        """
         if self.config.token_file is None:
             return self.config.token
         try:
-            return read_tokens(None, self.config.token_file)[0]
+            token = read_tokens(None, self.config.token_file)[0]
         except TokenError as exc:
-            raise FatalClientError(str(exc)) from None
+            if not self._token_file_unreadable:
+                self._token_file_unreadable = True
+                log.warning("event=token_file_unreadable error=%r using=last_token_read note=%r", str(exc),
+                            "an exit server deleted with inletsctl takes its token file along: stop this client then")
+            return self.config.token
+        if self._token_file_unreadable:
+            self._token_file_unreadable = False
+            log.info("event=token_file_readable path=%s", self.config.token_file)
+        self.config.token = token
+        return token
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -241,9 +272,15 @@ class TunnelClient:
                 raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
             raise
         except ssl.SSLCertVerificationError as exc:
-            raise FatalClientError(f"{self.config.url}: {_describe(exc)} (check --tls-ca / --tls-server-name)") from None
+            raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None
+        except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one
+            parts = urlsplit(self.ws_url)
+            if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
+                fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
+                raise FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}") from None
+            raise
         except (ProxyError, OSError) as exc:
             if not self.proxy.url:
                 raise

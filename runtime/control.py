@@ -81,8 +81,11 @@ def _response(status: int, body: bytes, content_type: str = "text/plain; charset
 
 
 def _close_reason(text: str) -> str:
-    """A websocket close reason fits in 123 bytes of UTF-8."""
-    return text.encode()[:120].decode(errors="ignore")
+    """A websocket close reason fits in 123 bytes of UTF-8: a longer one is cut after a word, marked '...'."""
+    if len(text.encode()) <= 123:
+        return text
+    cut = text.encode()[:120].decode(errors="ignore")
+    return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
 
 
 def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:

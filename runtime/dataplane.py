@@ -7,6 +7,8 @@ PROXY header) and ``--proxy-protocol`` (we tell the upstream, through the client
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 from .allowlist import SourceAllowList
@@ -14,6 +16,22 @@ from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
 
 #: A balancer sends its header at once; a connection that does not is dropped.
 HEADER_TIMEOUT = 5.0
+
+
+def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
+    """Why a data port cannot be opened and what to do, in the words a client shows its user.
+
+    Short enough for a websocket close reason (123 bytes): the OS's reason, not asyncio's
+    wrapper around it, which repeats the address as a Python tuple.
+    """
+    host = data_addr or "*"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno != errno.EADDRINUSE:
+        return f"server cannot listen on {where}: {reason}"
+    if data_addr is None:  # every interface: on one machine, the client's own upstream has this port
+        return f"server cannot listen on {where}: port in use; free it, or on one machine use --data-addr 127.0.0.2"
+    return f"server cannot listen on {where}: port in use there; free it or give the server another --data-addr"
 
 
 @dataclass

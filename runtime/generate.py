@@ -1,7 +1,9 @@
 """``--generate=systemd|k8s_yaml``: print what runs this very command as a service.
 
 The artifact runs exactly the flags given, minus ``--generate``, with two changes:
-the token is always read from a file (never inlined in a unit or a Deployment), and
+every secret (the token, a site's basic-auth password or bearer token, a proxy
+password) is read from a file, never inlined in a unit's command line or a
+Deployment's args, whether it was given inline, as a file or in the environment; and
 relative paths become absolute (systemd) or Secret mounts (Kubernetes).
 """
 
@@ -11,19 +13,24 @@ import base64
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from .auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
 from .ports import parse_port_list
+from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
 KINDS = ("systemd", "k8s_yaml")
-TOKEN_PATH = "/etc/inlets/token"
+SECRET_DIR = "/etc/inlets"  # systemd: where the operator writes secrets given inline or in the environment
+TOKEN_PATH = f"{SECRET_DIR}/token"
 K8S_SECRET_DIR = "/var/run/secrets/inlets"
 #: Options whose value is a file the service must read.
-FILE_OPTIONS = ("--token-file", "--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca")
+FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
+Pairs = list[tuple[str, str | None]]
 
 
 class GenerateError(ValueError):
@@ -52,11 +59,36 @@ def _without_generate(argv: list[str]) -> list[tuple[str, str | None]]:
     return [(name, value) for name, value in split_argv(argv) if name != "--generate"]
 
 
-def _token_value(pairs: list[tuple[str, str | None]]) -> str | None:
+@dataclass
+class FoundSecret:
+    secret: SecretOption
+    value: str | None  # given inline or in the environment
+    file: str | None  # given as a file
+
+
+def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSecret]]:
+    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment."""
+    rest: Pairs = []
+    found: dict[str, FoundSecret] = {}
     for name, value in pairs:
-        if name == "--token":
-            return value
-    return None
+        proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
+        if proxy is not None and proxy.password is not None:
+            from .proxy import redact  # scheme://USER@HOST:PORT, the password left out
+
+            rest.append((name, redact(value)))  # type: ignore[arg-type]
+            found[PROXY_PASSWORD.key] = FoundSecret(PROXY_PASSWORD, unquote(proxy.password), None)
+            continue
+        secret = next((s for s in SECRETS if name in (s.option, s.file_option)), None)
+        if secret is None:
+            rest.append((name, value))
+        elif name == secret.option:
+            found[secret.key] = FoundSecret(secret, value, None)
+        else:
+            found[secret.key] = FoundSecret(secret, None, value)
+    for secret in SECRETS:
+        if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
+            found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+    return rest, list(found.values())
 
 
 def _name(command: list[str]) -> str:
@@ -72,39 +104,75 @@ def _command() -> list[str]:
 
 SERVICE_USER = "inlets"
 HOME_DIRS = ("/home/", "/root/", "/run/user/")
+#: hidden from the service by the unit's own PrivateTmp=true (templates/inlets.service.j2)
+PRIVATE_TMP_DIRS = ("/tmp/", "/var/tmp/")
+
+
+def _runtime_paths(command: list[str]) -> list[str]:
+    """What the unit runs: the command, the Python environment, and this package (the checkout, if editable)."""
+    return [command[0], sys.prefix, str(Path(__file__).resolve().parent)]
+
+
+def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> None:
+    """Refuse a unit that could not start: PrivateTmp=true gives the service an empty /tmp of its own."""
+    for option, path in [("", p) for p in runtime] + files:
+        hidden = next((p for p in (path, os.path.realpath(path)) if (p + "/").startswith(PRIVATE_TMP_DIRS)), None)
+        if hidden is None:
+            continue
+        top = next(d for d in PRIVATE_TMP_DIRS if (hidden + "/").startswith(d)).rstrip("/")
+        if not option:
+            raise GenerateError(
+                f"this inlets runs from {hidden}, under {top}, which the unit's PrivateTmp=true hides from the "
+                "service: install it elsewhere (python3 -m venv /opt/inlets && /opt/inlets/bin/pip install .) "
+                "and run /opt/inlets/bin/inlets ... --generate=systemd"
+            )
+        raise GenerateError(f"{option} {path} is under {top}, which the unit's PrivateTmp=true hides from the "
+                            f"service: keep it elsewhere (e.g. {SECRET_DIR}/) and give that path")
 
 
 def systemd_unit(command: list[str], argv: list[str]) -> str:
     """A unit for ``inlets <command> <argv>``, run as the system user ``inlets``.
 
     Files are referenced where they are (absolute paths, read-only to the service), so
-    SIGHUP re-reads a rotated token file; they must be owned by ``inlets`` (0600).
-    ``--token X`` becomes ``--token-file /etc/inlets/token``, for the operator to write.
+    SIGHUP re-reads a rotated token file; they must be owned by ``inlets`` (0600). A
+    secret given inline or in the environment becomes a file in /etc/inlets for the
+    operator to write: ``--token X`` becomes ``--token-file /etc/inlets/token``.
     """
-    pairs = _without_generate(argv)
+    pairs, secrets = split_secrets(command, _without_generate(argv))
+    if not any(found.secret is TOKEN for found in secrets):  # none given here: the operator writes the file
+        secrets.append(FoundSecret(TOKEN, None, None))
+    for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator
+        pairs.append((found.secret.file_option, found.file or f"{SECRET_DIR}/{found.secret.key}"))
     args: list[str] = []
-    files: list[str] = []
+    named_files: list[tuple[str, str]] = []
     for name, value in pairs:
-        if name == "--token":
-            name, value = "--token-file", TOKEN_PATH
         if name in FILE_OPTIONS and value is not None:
             value = str(Path(value).expanduser().resolve())
-            files.append(value)
+            named_files.append((name, value))
         args.append(name)
         if value is not None:
             args.append(value)
-    if not any(name in ("--token", "--token-file") for name, _ in pairs):  # from $INLETS_TOKEN: a file instead
-        args += ["--token-file", TOKEN_PATH]
-        files.append(TOKEN_PATH)
+    inlets = _command()
+    runtime = _runtime_paths(inlets)
+    _check_not_private_tmp(runtime, named_files)
+    files = [path for _, path in named_files]
+    needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
+    try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
+        exec_start = exec_command([*inlets, *command, *args])
+        read_only_paths = sorted({path_value(str(Path(f).parent)) for f in files})
+        for file in files:  # named in the setup hint's comment line too
+            path_value(file)
+    except UnitValueError as exc:
+        raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
-        exec_start=shlex.join([*_command(), *command, *args]),
+        exec_start=exec_start,
         user=SERVICE_USER,
         mode=command[0],
         server=command[-1] == "server",
-        read_only_paths=sorted({str(Path(f).parent) for f in files}),
-        protect_home="read-only" if any(f.startswith(HOME_DIRS) for f in files) else "true",
+        read_only_paths=read_only_paths,
+        protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
         setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
     )
 
@@ -113,27 +181,30 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _read(option: str, path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise GenerateError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+
+
 def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-py/inlets:latest") -> str:
     """A Secret (token and TLS files), a Deployment and, for servers, a Service."""
-    pairs = _without_generate(argv)
+    pairs, secrets = split_secrets(command, _without_generate(argv))
     name = _name(command)
     secret: dict[str, str] = {}
     args: list[str] = [*command]
-    token = _token_value(pairs) or os.environ.get("INLETS_TOKEN", "").strip() or None
+    if not any(found.secret is TOKEN for found in secrets):
+        raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
+    for found in secrets:
+        data = found.value.encode() if found.file is None else _read(found.secret.file_option, found.file)  # type: ignore[union-attr]
+        secret[found.secret.key] = _b64(data)
+        pairs.append((found.secret.file_option, f"{K8S_SECRET_DIR}/{found.secret.key}"))
     ports: list[int] = []
     for option, value in pairs:
-        if option == "--token":
-            continue
-        if option in FILE_OPTIONS and value is not None:
+        if option in FILE_OPTIONS and value is not None and not value.startswith(K8S_SECRET_DIR + "/"):
             key = option.lstrip("-")
-            try:
-                data = Path(value).expanduser().read_bytes()
-            except OSError as exc:
-                raise GenerateError(f"cannot read {option} {value}: {exc.strerror or exc}") from None
-            if option == "--token-file":
-                token = data.decode().strip()
-                continue
-            secret[key] = _b64(data)
+            secret[key] = _b64(_read(option, value))
             value = f"{K8S_SECRET_DIR}/{key}"
         try:
             if option in ("--control-port", "--port") and value:
@@ -145,10 +216,6 @@ def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-p
         args.append(option)
         if value is not None:
             args.append(value)
-    if token is None:
-        raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
-    secret["token"] = _b64(token.encode())
-    args += ["--token-file", f"{K8S_SECRET_DIR}/token"]
     server = command[-1] == "server"
     if server and not ports:
         ports = [8123] + ([8000] if command[0] == "http" else [])

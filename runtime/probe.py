@@ -13,11 +13,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .ports import url_port
-from .tls import client_context
+from .tls import client_context, verify_failure
 
 
 class ProbeError(Exception):
     """The server could not be asked; the message says why, in one line."""
+
+
+class Unreachable(ProbeError):
+    """Nothing accepted the connection (refused, no route, timed out): maybe not started yet."""
 
 
 @dataclass(frozen=True)
@@ -55,27 +59,31 @@ def get(
     server_name: str | None = None,
     token: str | None = None,
     timeout: float = 5.0,
+    method: str = "GET",
+    body: bytes = b"",
 ) -> Answer:
-    """GET ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
+    """GET (or ``method`` with ``body``) ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
     name = server_name or endpoint.host
     try:
         raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     except OSError as exc:
-        raise ProbeError(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
+        raise Unreachable(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
     try:
         sock: socket.socket = raw
         if endpoint.tls:
             sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
         host_header = f"[{name}]" if ":" in name else name
-        request = f"GET {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
+        request = f"{method} {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
         if token:
             request += f"Authorization: Bearer {token}\r\n"
-        sock.sendall((request + "\r\n").encode())
+        if body or method != "GET":
+            request += f"Content-Length: {len(body)}\r\n"
+        sock.sendall((request + "\r\n").encode() + body)
         response = http.client.HTTPResponse(sock)
         response.begin()
         return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
     except ssl.SSLCertVerificationError as exc:
-        raise ProbeError(f"TLS certificate verification failed: {exc.verify_message} (check --tls-ca)") from None
+        raise ProbeError(verify_failure(exc)) from None
     except (OSError, http.client.HTTPException) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None

@@ -15,7 +15,7 @@ import os
 import socket
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
 from websockets.proxy import parse_proxy
@@ -74,6 +74,8 @@ def normalize(url: str, source: str) -> str:
         parse_proxy(url)
     except (InvalidProxy, ValueError) as exc:
         reason = getattr(exc, "msg", "") or "malformed URL"  # str(exc) would repeat the password
+        if "without password" in reason:
+            reason += " (keep it in --proxy-password-file or $INLETS_PROXY_PASSWORD)"
         raise ProxyConfigError(f"{source}: invalid proxy {redact(url)}: {reason}") from None
     if scheme.startswith("socks"):
         try:
@@ -81,6 +83,21 @@ def normalize(url: str, source: str) -> str:
         except ImportError:
             raise ProxyConfigError(f"{source}: SOCKS proxies need the python-socks package") from None
     return url
+
+
+def with_password(setting: str | None, password: str | None, source: str) -> str | None:
+    """``--proxy http://USER@HOST:PORT`` completed with the password kept in a file or the environment."""
+    if password is None:
+        return setting
+    if not setting or setting.strip().lower() in DIRECT:
+        raise ProxyConfigError(f"{source}: a proxy password needs --proxy http://USER@HOST:PORT")
+    parts = urlsplit(setting if "://" in setting else "http://" + setting)
+    if not parts.username:
+        raise ProxyConfigError(f"{source}: --proxy {redact(setting)} names no user: use http://USER@HOST:PORT")
+    if parts.password is not None:
+        raise ProxyConfigError(f"{source}: --proxy {redact(setting)} already holds a password: give it once")
+    netloc = f"{parts.username}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def choose(setting: str | None, ws_url: str) -> ProxyChoice:

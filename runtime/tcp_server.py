@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from .bridge import TcpBridge
-from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
+from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
 from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
@@ -201,8 +201,7 @@ class TcpTunnelServer:
             except OSError as exc:
                 for service in opened:
                     self.listeners.pop(service).close()
-                where = f"{self.data_addr or '*'}:{port}"
-                raise HandshakeError(CLOSE_SERVICE_REFUSED, f"server cannot listen on {where}: {exc.strerror}") from None
+                raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc)) from None
             self.registry.add(session, services)
         return services
 

@@ -5,7 +5,10 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd)
+# systemd-container (systemd-nspawn), debootstrap and slirp4netns boot the user-data in a Debian
+# container (tests/boot; its root file system is cached in $INLETS_TEST_CACHE, /var/cache/inlets-tests)
+apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd
+  systemd-container debootstrap slirp4netns iproute2 util-linux)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -19,6 +22,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "install-test-tools: cannot install ${missing[*]} (need root and apt-get); tests needing them will skip"
   fi
 fi
+
+# Node.js and npm run Prism. Checked by command, not package: a Node.js from elsewhere
+# (NodeSource, nvm) is fine, and Debian's npm would conflict with NodeSource's nodejs.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "install-test-tools: installing nodejs npm"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm) \
+      >>/tmp/inlets-apt.log 2>&1 \
+      || echo "install-test-tools: apt-get could not install nodejs npm (see /tmp/inlets-apt.log); Prism tests will skip"
+  else
+    echo "install-test-tools: node/npm missing (need root and apt-get to install them); Prism tests will skip"
+  fi
+fi
+
+# Terraform is not in Debian: the Terraform tests skip without it (README, Tests: where to get it).
+command -v terraform >/dev/null || [ -x /usr/local/bin/terraform ] \
+  || echo "install-test-tools: terraform not found (not in Debian: see the README's Tests section); Terraform tests will skip"
 
 # Prism (Stoplight) serves DigitalOcean's OpenAPI spec as a validating mock for the
 # provisioner tests; it goes into tools/node_modules from tools/package-lock.json.

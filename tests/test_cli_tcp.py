@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,21 @@ def test_help_on_every_command() -> None:
         assert result.returncode == 0 and "Usage:" in result.stdout
 
 
+def test_server_logs_a_ready_line_once_its_control_port_accepts(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=started")
+        line = next(l for l in log.splitlines() if "event=started" in l)
+        assert f"mode=tcp control=wss://127.0.0.1:{control} data_addr=127.0.0.1" in line
+        wait_port(control, timeout=0.5)  # ready means ready: no wait after the line
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+
+
 def test_processes_carry_traffic_survive_a_server_kill_and_stop_cleanly(
     tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
 ) -> None:
@@ -88,6 +105,41 @@ def test_processes_carry_traffic_survive_a_server_kill_and_stop_cleanly(
     logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
     assert token not in logs, "the token leaked into a log"
     assert "Traceback" not in logs
+
+
+def test_client_whose_token_file_vanishes_keeps_retrying_with_the_token_it_read(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
+) -> None:
+    """As when inletsctl deletes an exit server (its folder goes, token file included) and a
+    server comes back: the client is still there, said once what happened, and reconnects."""
+    control, public = free_port(), free_port()
+    client_token = tmp_path / "client-token"
+    client_token.write_text(token + "\n")
+    server_args = ["tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file)]
+    server = spawn(*server_args, log=tmp_path / "server.log")
+    client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(client_token),
+                   "--tls-ca", str(tls.ca), "--upstream", f"{public}=127.0.0.1:{echo_port}", log=tmp_path / "client.log")
+    try:
+        wait_port(public)
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+        client_token.unlink()
+        wait_for_text(tmp_path / "client.log", "event=token_file_unreadable")
+        server = spawn(*server_args, log=tmp_path / "server2.log")
+        wait_port(public, timeout=40)  # reconnected with the token read before the file went
+        assert echo_once(public, b"still here") == b"still here"
+        assert client.poll() is None
+        client_token.write_text(token + "\n")
+        client.send_signal(signal.SIGHUP)  # reconnect: the file is read again
+        log = wait_for_text(tmp_path / "client.log", "event=token_file_readable")
+        assert log.count("event=token_file_unreadable") == 1, log
+        assert "token file not found: " + str(client_token) in log and "inletsctl" in log
+    finally:
+        for process in (client, server):
+            process.send_signal(signal.SIGTERM)
+        for process in (client, server):
+            process.wait(15)
 
 
 def test_wrong_token_exits_with_a_clear_message(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
@@ -129,6 +181,91 @@ def test_port_not_allowed_is_refused_with_the_reason(tmp_path: Path, tls: TlsFil
         server.wait(10)
     assert result.returncode == 1
     assert "port(s) 22 not allowed (--allow-ports 8080,8443)" in result.stderr
+
+
+def test_data_port_in_use_is_refused_in_one_whole_line_saying_what_to_do(
+    tmp_path: Path, tls: TlsFiles, token_file: Path
+) -> None:
+    control = free_port()
+    server = spawn(
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.2",
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+        log=tmp_path / "server.log",
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        try:
+            wait_port(control)
+            result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+                            "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", str(taken))
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert result.returncode == 1
+    assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on 127.0.0.2:{taken}: "
+                             "port in use there; free it or give the server another --data-addr\n")
+
+
+def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() -> None:
+    from runtime.dataplane import bind_failure
+
+    with socket.socket() as first, socket.socket() as second:
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        with pytest.raises(OSError) as taken:
+            second.bind(("127.0.0.1", port))
+    assert bind_failure(None, port, taken.value) == (
+        f"server cannot listen on *:{port}: port in use; free it, or on one machine use --data-addr 127.0.0.2")
+    assert bind_failure("::1", port, OSError(errno.EACCES, "x")) == f"server cannot listen on [::1]:{port}: Permission denied"
+
+
+def test_close_reasons_over_the_websocket_limit_are_cut_after_a_word() -> None:
+    from runtime.control import _close_reason
+
+    reason = _close_reason("server cannot listen on " + "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:65535: " * 3)
+    assert len(reason.encode()) <= 123 and reason.endswith("65535:...") and _close_reason("short") == "short"
+
+
+def test_ws_url_for_a_tls_server_says_use_wss_and_the_server_logs_it_once(
+    tmp_path: Path, tls: TlsFiles, token_file: Path
+) -> None:
+    control = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        for _ in range(2):  # a second attempt is not logged again
+            result = inlets("tcp", "client", "--url", f"ws://127.0.0.1:{control}", "--token-file", str(token_file),
+                            "--upstream", "127.0.0.1", "--ports", "8080")
+            assert result.returncode == 1
+            assert result.stderr == (f"inlets: error: ws://127.0.0.1:{control}: the server speaks TLS: "
+                                     f"use --url wss://127.0.0.1:{control}\n")
+    finally:
+        server.terminate()
+        server.wait(10)
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("event=plaintext_on_tls_port") == 1 and "must start with wss://" in log, log
+
+
+def test_plaintext_attempts_are_logged_at_most_once_an_interval_with_their_count(caplog) -> None:
+    import time
+
+    from runtime.tls import PlaintextAttempts
+
+    attempts = PlaintextAttempts()
+    attempts.interval = 0.2
+    with caplog.at_level("WARNING", logger="inlets.tls"):
+        for _ in range(3):
+            attempts.seen()
+        time.sleep(0.3)
+        attempts.seen()
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[:2] for line in lines] == [["event=plaintext_on_tls_port", "attempts=1"],
+                                                   ["event=plaintext_on_tls_port", "attempts=3"]]
 
 
 def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_file: Path) -> None:

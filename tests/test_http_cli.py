@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import socket
@@ -139,3 +140,61 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
         stack.close()
     assert token not in logs and "pass-word" not in logs  # secrets never logged
     assert all(proc.returncode == 0 for proc in procs), logs  # SIGTERM: clean exit
+
+
+def test_site_protection_secrets_from_a_file_or_the_environment_stay_off_the_command_line(tmp_path):
+    """--bearer-token-file and $INLETS_BASIC_AUTH_PASSWORD protect a site like the inline flags, unseen by ps."""
+    need("curl")
+    (tmp_path / "token").write_text(secrets.token_hex(32) + "\n")
+    (tmp_path / "bearer").write_text("bearer-from-a-file\n")
+    stack = Stack()
+    procs: list[subprocess.Popen] = []
+    try:
+        app, up = stack.upstream("U")
+        control, data = free_port(), free_port()
+        procs.append(subprocess.Popen(INLETS + [
+            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
+            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp_path / "tls"),
+            "--auto-tls-san", LOOPBACK, "--token-file", str(tmp_path / "token")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", procs[0])
+        common = ["http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
+                  "--tls-ca", str(tmp_path / "tls" / "ca.crt")]
+        procs.append(subprocess.Popen(INLETS + common + [
+            "--upstream", f"bearer.test=http://{LOOPBACK}:{up}", "--bearer-token-file", str(tmp_path / "bearer")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(subprocess.Popen(INLETS + common + [
+            "--upstream", f"basic.test=http://{LOOPBACK}:{up}", "--basic-auth-username", "alice"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "INLETS_BASIC_AUTH_PASSWORD": "basic-from-the-env"}))
+
+        def code(host: str, *credentials: str) -> str:
+            return subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}",
+                                   *credentials, f"http://{LOOPBACK}:{data}/"], capture_output=True, text=True,
+                                  timeout=10).stdout
+
+        _wait(lambda: code("bearer.test") == "401" and code("basic.test") == "401", 20, "both sites", procs[1])
+        assert code("bearer.test", "-H", "Authorization: Bearer bearer-from-a-file") == "200"
+        assert code("bearer.test", "-H", "Authorization: Bearer wrong") == "401"
+        assert code("basic.test", "-u", "alice:basic-from-the-env") == "200"
+        assert code("basic.test", "-u", "alice:wrong") == "401"
+        shown = " ".join(Path(f"/proc/{p.pid}/cmdline").read_text() for p in procs)  # what ps shows
+        assert "bearer-from-a-file" not in shown and "basic-from-the-env" not in shown
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        logs = "".join(proc.communicate(timeout=10)[1] for proc in procs)
+        stack.close()
+    assert "bearer-from-a-file" not in logs and "basic-from-the-env" not in logs
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--bearer-token", "x", "--bearer-token-file", "/etc/hostname"], {},
+     "give --bearer-token or --bearer-token-file, not both"),
+    (["--bearer-token-file", "/nonexistent/bearer"], {}, "--bearer-token-file file not found: /nonexistent/bearer"),
+    (["--basic-auth-username", "u"], {"INLETS_BEARER_TOKEN": "t"}, "--basic-auth-password (or its file or"),
+])
+def test_secret_forms_are_one_line_errors(args, env, message):
+    out = subprocess.run(INLETS + ["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "http://a",
+                                   *args], capture_output=True, text=True, timeout=20, env={**os.environ, **env})
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr

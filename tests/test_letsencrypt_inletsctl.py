@@ -171,7 +171,7 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
                               "--letsencrypt-issuer", ca.directory, "--upstream", f"http://127.0.0.1:{upstream_port}",
                               "--control-port", str(control), "--api-url", fake.url,
                               "--access-token-file", str(token_file), "--state-dir", str(state), "--json",
-                              "--timeout", "30", "--embed-wheel")
+                              "--timeout", "30")
             assert created.code == 0, created.err
             summary = created.json()
             (argv,) = fake.booted.values()
@@ -180,7 +180,7 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
             packed = next(f for f in yaml.safe_load(next(iter(fake.user_data.values())))["write_files"]
                           if f["path"].endswith(".whl.xz"))
             names = zipfile.ZipFile(io.BytesIO(lzma.decompress(base64.b64decode(packed["content"])))).namelist()
-            assert {f"runtime/{m}" for m in LETSENCRYPT_MODULES} <= set(names)
+            assert {f"runtime/{m}.py" for m in LETSENCRYPT_MODULES} <= set(names)
             assert summary["endpoints"] == [f"https://{DOMAIN}"]
             server_log = fake.workdir / f"droplet-{summary['id']}" / "server.log"
             wait_until(lambda: b"event=certificate_issued" in server_log.read_bytes(), 30,

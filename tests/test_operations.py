@@ -188,11 +188,13 @@ def test_status_shows_clients_and_refuses_a_wrong_token(
 # ---------------------------------------------------------------- --generate
 
 
-def test_generated_systemd_units_verify(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+def test_generated_systemd_units_verify(tmp_path: Path) -> None:
     analyze = binary("systemd-analyze")
+    files = ["--tls-cert", "/etc/inlets/server.crt", "--tls-key", "/etc/inlets/server.key"]  # outside PrivateTmp's /tmp
+    token_file = "/etc/inlets/server-token"
     units = {
-        "inlets-tcp-server.service": inlets(*server_args(8123, tls, token_file, "--allow-ports", "80,443",
-                                                         "--generate", "systemd")),
+        "inlets-tcp-server.service": inlets("tcp", "server", "--control-port", "8123", *files, "--token-file",
+                                            token_file, "--allow-ports", "80,443", "--generate", "systemd"),
         "inlets-tcp-client.service": inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token", "secret-x",
                                             "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd"),
     }
@@ -224,7 +226,7 @@ def test_generated_kubernetes_yaml(tls: TlsFiles, token: str, token_file: Path) 
     import base64
 
     secret = kinds["Secret"]["data"]
-    assert base64.b64decode(secret["token"]).decode() == token
+    assert base64.b64decode(secret["token"]) == token_file.read_bytes()  # the token file, as it is
     assert base64.b64decode(secret["tls-key"]) == tls.key.read_bytes()
     assert {p["port"] for p in kinds["Service"]["spec"]["ports"]} == {9123, 2222}
     client = inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token_file),

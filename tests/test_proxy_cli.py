@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from process_helpers import echo_once
 from tunnel_helpers import TlsFiles
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +117,30 @@ def test_client_uses_https_proxy_from_the_environment_and_never_logs_its_passwor
     assert PASSWORD not in output and "Traceback" not in output
 
 
+@pytest.mark.parametrize("form", ["--proxy-password-file", "INLETS_PROXY_PASSWORD"])
+def test_proxy_password_from_a_file_or_the_environment_stays_off_the_command_line(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, tunnel_server, echo_port: int, form: str
+) -> None:
+    control, token_file, server_log = tunnel_server
+    public, log = free_port(), tmp_path / "client.log"
+    args = [*client_args(control, token_file, tls, public, echo_port), "--proxy", f"http://{USER}@127.0.0.1:{auth_proxy.port}"]
+    env = clean_env()
+    if form == "--proxy-password-file":
+        (tmp_path / "proxy-password").write_text(PASSWORD + "\n")
+        args += [form, str(tmp_path / "proxy-password")]
+    else:
+        env[form] = PASSWORD
+    client = spawn(args, log, env)
+    try:
+        wait_for(lambda: accepts(public), "the data port the client advertised")
+        assert PASSWORD not in Path(f"/proc/{client.pid}/cmdline").read_text()  # what ps shows
+        assert echo_once(public, b"password kept off ps") == b"password kept off ps"
+    finally:
+        assert finish(client) == 0
+    assert f"remote={auth_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
+    assert PASSWORD not in log.read_text()
+
+
 def test_client_uses_all_proxy_socks5_from_the_environment(
     tmp_path: Path, tls: TlsFiles, socks_proxy: Daemon, tunnel_server, echo_port: int
 ) -> None:
@@ -159,7 +184,13 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
 @pytest.mark.parametrize("command", ["tcp", "http"])
 @pytest.mark.parametrize("proxy, env, message", [
     ("ftp://u:hush-hush@corp:21", {}, "--proxy: proxy scheme 'ftp' is not supported"),
-    ("http://u@corp:3128", {}, "--proxy: invalid proxy http://u@corp:3128: username provided without password"),
+    ("http://u@corp:3128", {}, "--proxy: invalid proxy http://u@corp:3128: username provided without password "
+                               "(keep it in --proxy-password-file or $INLETS_PROXY_PASSWORD)"),
+    ("http://corp:3128", {"INLETS_PROXY_PASSWORD": "hush-hush"},
+     "$INLETS_PROXY_PASSWORD: --proxy http://corp:3128 names no user: use http://USER@HOST:PORT"),
+    ("http://u:hush-hush@corp:3128", {"INLETS_PROXY_PASSWORD": "hush-hush"},
+     "$INLETS_PROXY_PASSWORD: --proxy http://u@corp:3128 already holds a password: give it once"),
+    (None, {"INLETS_PROXY_PASSWORD": "hush-hush"}, "a proxy password needs --proxy http://USER@HOST:PORT"),
     (None, {"HTTPS_PROXY": "http://u:hush-hush@:3128"}, "HTTPS_PROXY: invalid proxy"),
     (None, {"ALL_PROXY": "gopher://corp:70"}, "ALL_PROXY: proxy scheme 'gopher' is not supported"),
 ])

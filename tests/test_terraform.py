@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from provisioner.material import Material, generate
-from provisioner.render import UserDataOptions, client_command, user_data
+from provisioner.render import UserDataOptions, client_command, user_data, wheel_xz_base64
 from provisioner.spec import build_spec, parse_ttl
 from provisioner.wheel import DIST, build_runtime_wheel, version
 from runtime.certs import Pem
@@ -124,6 +124,8 @@ def apply_root(root: Path, modules: dict[str, dict[str, Any]], outputs: dict[str
 
 
 WHEEL = build_runtime_wheel()
+#: the module's default runtime per mode: the server wheel and the constraints pinned when it was generated
+RUNTIME = {mode: json.loads((TF_DIR / f"modules/inlets-userdata/runtime/{mode}.json").read_text()) for mode in ("tcp", "http")}
 WEIRD = Material(
     token="tok-" + "x" * 60,
     ca_cert=MATERIAL.ca_cert,
@@ -150,9 +152,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "spec": ("http", None, []), "spec_kw": {"http_port": 8080},
         "tf": {"mode": "http", "http_port": 8080, "ttl": "45s"}, "ttl": "45s",
     },
-    "tcp_embedded_wheel_ttl": {
+    "tcp_given_wheel_ttl": {
         "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True}, "ttl": "90m", "wheel": True,
     },
+    "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
+                                                                          "wheel_delivery": "push"}, "push": True},
     "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
 }
 
@@ -161,9 +165,13 @@ def python_user_data(name: str) -> str:
     v = VARIANTS[name]
     spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
+    runtime = RUNTIME[spec.mode]
+    wheel = build_runtime_wheel(spec.mode)
+    assert wheel_xz_base64(wheel) == runtime["wheel_xz_base64"], "stale: run python scripts/gen_terraform_template.py"
     options = UserDataOptions(
-        name=name, package=v.get("package", PINNED), wheel=WHEEL if v.get("wheel") else None,
-        expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None,
+        name=name, package=v.get("package", ""), wheel=None if v.get("package") else WHEEL if v.get("wheel") else wheel,
+        expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None, push=bool(v.get("push")),
+        constraints=tuple(runtime["constraints"]),
     )
     return user_data(spec, v.get("material", MATERIAL), options)
 
@@ -178,11 +186,9 @@ def terraform_inputs(name: str) -> dict[str, Any]:
     }
     extra = dict(v["tf"])
     if extra.pop("wheel", False):
-        import base64
-        import lzma
-
         inputs["wheel_filename"] = WHEEL.filename
-        inputs["wheel_xz_base64"] = base64.b64encode(lzma.compress(WHEEL.data, preset=9 | lzma.PRESET_EXTREME)).decode()
+        inputs["wheel_xz_base64"] = wheel_xz_base64(WHEEL)
+        inputs["wheel_sha256"] = WHEEL.sha256
     inputs.update(extra)
     return inputs
 
@@ -277,8 +283,8 @@ def test_wheel_tool_makes_the_inputs_the_comparison_used() -> None:
     """terraform/tools/wheel_xz_base64.py prints the embedded-wheel inputs that render as inletsctl does."""
     proc = subprocess.run([sys.executable, str(TF_DIR / "tools/wheel_xz_base64.py")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    inputs = terraform_inputs("tcp_embedded_wheel_ttl")
-    assert json.loads(proc.stdout) == {k: inputs[k] for k in ("wheel_filename", "wheel_xz_base64")}
+    inputs = terraform_inputs("tcp_given_wheel_ttl")
+    assert json.loads(proc.stdout) == {k: inputs[k] for k in ("wheel_filename", "wheel_sha256", "wheel_xz_base64")}
 
 
 def test_generated_templates_are_current() -> None:
@@ -467,7 +473,10 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
             "endpoints": [{"ec2": moto_ec2, "sts": moto_ec2}],
         }},
         "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [22, 80, 443],
-                            "ttl": "2h", "ami": ami}},
+                            # moto's instance has no address to send the wheel to: `true` stands in for the
+                            # Python that runs terraform/tools/push_wheel.py (tested against a booted VM in
+                            # tests/boot), so the push step is evaluated and run, sending nothing
+                            "ttl": "2h", "ami": ami, "python": "true"}},
         "output": {k: {"value": f"${{module.exit.{k}}}"} for k in ("id", "ip", "client_command", "security_group_id", "expires_at", "delete_hint")},
     }, indent=1))
     tf(root, "init", "-input=false")
@@ -478,7 +487,8 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
 
 @pytest.mark.timeout(180)
 def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tags(aws_applied: dict[str, Any]) -> None:
-    """The instance's user-data read back through the EC2 API is inletsctl's rendering; the
+    """The instance's user-data read back through the EC2 API is inletsctl's rendering (the server
+    wheel pushed: it does not fit EC2's 16 KiB); the
     security group opens exactly 8123 and the TCP ports asked for (22 included); the tags are inletsctl's."""
     import base64
 
@@ -489,7 +499,8 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
     got = base64.b64decode(attr["UserData"]["Value"]).decode()
     expires = datetime.datetime.fromisoformat(out["expires_at"].replace("Z", "+00:00"))
     expected = user_data(build_spec("tcp", "22,80,443", []), MATERIAL,
-                         UserDataOptions(name="tf-moto", package=PINNED, expires_at=expires, limit=16 * 1024))
+                         UserDataOptions(name="tf-moto", package="", wheel=build_runtime_wheel("tcp"), expires_at=expires,
+                                         limit=16 * 1024, push=True, constraints=tuple(RUNTIME["tcp"]["constraints"])))
     assert got == expected
 
     rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [out["security_group_id"]]}])["SecurityGroupRules"]

@@ -53,6 +53,25 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _processes() -> list[tuple[int, list[str]]]:
+    """(pid, command line) of every process this user can see."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (argv := _cmdline(int(entry.name))):
+            found.append((int(entry.name), argv))
+    return found
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
+
+
+def _served_ports(argv: list[str]) -> set[int]:
+    """The data ports an ``inlets tcp|http server`` command line serves (tcp: --allow-ports; http: --port)."""
+    value = _flag(argv, "--allow-ports") if "tcp" in argv else _flag(argv, "--port")
+    return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
+
+
 def _is_ours(pid: int, state_dir: Path) -> bool:
     """The pid is alive and still the server of ``state_dir`` (pids get reused)."""
     return str(state_dir / "token") in _cmdline(pid)
@@ -72,6 +91,7 @@ class LocalProvider:
     def create(self, plan: Plan) -> Host:
         if plan.region or plan.size or plan.ssh_key:
             raise ProvisionError("--region, --plan and --ssh-key do not apply to --provider local")
+        self._check_ports_free(plan.spec.data_ports)
         files = ServerFiles(
             str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")
         )
@@ -100,6 +120,31 @@ class LocalProvider:
             id=str(proc.pid), name=plan.name, provider=self.name, status="starting", ip=CONTROL_ADDR,
             data_addr=self._data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
         )
+
+    def _check_ports_free(self, ports: tuple[int, ...]) -> None:
+        """Refuse ports another local exit server serves (it opens them only once a client
+        connects, so they may look free now) or that something else holds on the data address."""
+        for pid, argv in _processes():
+            if "server" not in argv or _flag(argv, "--data-addr") != self._data_addr:
+                continue
+            taken = sorted(set(ports) & _served_ports(argv))
+            token = next((Path(a) for a in argv if Path(a).name == "token"), None)
+            if taken and token is not None:
+                from ..create import delete_command
+
+                name, root = token.parent.name, token.parent.parent
+                raise ProvisionError(
+                    f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
+                    f"({self._data_addr}): choose other --ports, or first: {delete_command(name, root)}"
+                )
+        for port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                try:
+                    probe.bind((self._data_addr, port))
+                except OSError as exc:
+                    raise ProvisionError(f"{self._data_addr}:{port} cannot be used on this machine "
+                                         f"({os.strerror(exc.errno) if exc.errno else exc}): choose other --ports") from None
 
     def _reap(self) -> None:
         for proc in self._children:
@@ -150,12 +195,12 @@ class LocalProvider:
         except (OSError, ValueError):
             pass
         argv = _cmdline(pid)
-        port = int(argv[argv.index("--control-port") + 1]) if "--control-port" in argv else None
-        data = argv[argv.index("--data-addr") + 1] if "--data-addr" in argv else None
+        port = _flag(argv, "--control-port")
+        data = _flag(argv, "--data-addr")
         mode = next((m for m in ("tcp", "http") if m in argv), None)
         return Host(
             id=str(pid), name=state_dir.name, provider=self.name, status=ACTIVE, ip=CONTROL_ADDR,
-            data_addr=data, control_port=port, mode=mode, created_at=meta.get("created_at"),  # type: ignore[arg-type]
+            data_addr=data, control_port=int(port) if port else None, mode=mode, created_at=meta.get("created_at"),  # type: ignore[arg-type]
             expires_at=meta.get("expires_at"), detail=f"process {pid} running",  # type: ignore[arg-type]
         )
 
@@ -182,15 +227,12 @@ class LocalProvider:
 
     def list(self) -> list[Host]:
         hosts = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
+        for pid, argv in _processes():
             state_dir = self._state_of(pid)
             try:
                 leader = os.getsid(pid) == pid  # the recorded pid leads its own session
             except OSError:
                 continue
-            if state_dir is not None and leader and "server" in _cmdline(pid):
+            if state_dir is not None and leader and "server" in argv:
                 hosts.append(self._host(pid, state_dir))
         return hosts

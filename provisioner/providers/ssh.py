@@ -29,7 +29,7 @@ from ..errors import NotFound, ProvisionError
 from ..render import systemd_unit
 from ..spec import ServerFiles, server_argv
 from ..ssh_connect import SshOptions, connect, pin, run, upload
-from ..wheel import build_runtime_wheel
+from ..wheel import build_runtime_wheel, constraints
 from .base import ACTIVE, FAILED, Host, Plan
 
 RECORD = "ssh.json"
@@ -66,8 +66,9 @@ if ! $pip --version >/dev/null 2>&1; then
   "$venv/bin/python" -m ensurepip --default-pip >/dev/null 2>&1 || fail "$py has no pip and no ensurepip: install python3-venv"
 fi
 $pip install --no-index --no-deps --ignore-installed "$opt/$wheel" >&2 || fail "pip could not install $wheel"
+install -m 0644 "$stage/constraints.txt" "$opt/constraints.txt"
 if ! $pip install --no-index "$opt/$wheel" >/dev/null 2>&1; then
-  $pip install "$opt/$wheel" >&2 || fail "pip could not install the runtime's dependencies from the host's package index"
+  $pip install --constraint "$opt/constraints.txt" "$opt/$wheel" >&2 || fail "pip could not install the runtime's dependencies from the host's package index"
 fi
 "$venv/bin/inlets" --help >/dev/null 2>&1 || fail "the installed runtime does not start: $venv/bin/inlets --help failed"
 install -m 0644 "$stage/unit" "$opt/inlets-$name.service"  # kept under plain too: the unit to switch to later
@@ -202,7 +203,7 @@ class SshProvider:
         opt = f"/opt/inlets/{plan.name}"
         files = ServerFiles(*(f"/etc/inlets/{plan.name}/{f}" for f in ("token", "server.crt", "server.key")))
         argv = server_argv(plan.spec, files, [f"{opt}/venv/bin/inlets"], data_addr=opts.data_addr)
-        wheel = build_runtime_wheel()
+        wheel = build_runtime_wheel(plan.spec.mode)
         code, stage, err = run(client, f"mktemp -d {STAGE_TEMPLATE}")
         stage = stage.strip()
         if code != 0 or not stage.startswith("/tmp/inletsctl."):
@@ -215,6 +216,7 @@ class SshProvider:
             for local in ("token", "server.crt", "server.key"):
                 upload(sftp, f"{stage}/{local}", (plan.state_dir / local).read_bytes())
             upload(sftp, f"{stage}/{wheel.filename}", wheel.data, 0o644)
+            upload(sftp, f"{stage}/constraints.txt", "".join(f"{pin}\n" for pin in constraints(wheel.requires)).encode(), 0o644)
             upload(sftp, f"{stage}/unit", systemd_unit(argv, plan.spec.mode).encode(), 0o644)
             supervise = _SUPERVISE.format(name=plan.name, opt=opt, exec_start=shlex.join(argv))
             upload(sftp, f"{stage}/supervise", supervise.encode(), 0o755)

@@ -1,36 +1,40 @@
 #!/usr/bin/env python3
-"""Print the embedded-wheel inputs of the Terraform modules, as ``inletsctl --embed-wheel`` makes them.
+"""Print another server wheel's inputs for the Terraform modules, as inletsctl makes them.
 
-    python terraform/tools/wheel_xz_base64.py > wheel.json
+    python terraform/tools/wheel_xz_base64.py --mode tcp > wheel.json
 
 then, in a module call::
 
     wheel_filename  = jsondecode(file("wheel.json")).wheel_filename
     wheel_xz_base64 = jsondecode(file("wheel.json")).wheel_xz_base64
+    wheel_sha256    = jsondecode(file("wheel.json")).wheel_sha256
 
-The wheel is this checkout's ``runtime`` package (provisioner/wheel.py), xz-compressed
-(cloud-init itself only decodes gzip; the user-data unpacks xz) and base64-encoded, so the
-VM needs no published package. It fits DigitalOcean's 64 KiB user-data limit, not EC2's
-16 KiB: on AWS keep the default pinned package spec.
+The modules default to this checkout's wheels already (``modules/inlets-userdata/runtime/``,
+written by ``scripts/gen_terraform_template.py``); this is for a wheel built elsewhere, e.g.
+from a changed ``runtime/``. It is the server-only wheel of ``provisioner/wheel.py``,
+xz-compressed (cloud-init itself only decodes gzip; the user-data unpacks xz) and
+base64-encoded, so the VM needs no published package.
 """
 
 from __future__ import annotations
 
-import base64
+import argparse
 import json
-import lzma
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from provisioner.render import wheel_xz_base64  # noqa: E402
 from provisioner.wheel import build_runtime_wheel  # noqa: E402
 
 
 def main() -> int:
-    wheel = build_runtime_wheel()
-    packed = lzma.compress(wheel.data, preset=9 | lzma.PRESET_EXTREME)  # as provisioner/render.py
-    json.dump({"wheel_filename": wheel.filename, "wheel_xz_base64": base64.b64encode(packed).decode()}, sys.stdout)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("tcp", "http"), default="tcp", help="the exit server's mode [tcp]")
+    wheel = build_runtime_wheel(parser.parse_args().mode)
+    json.dump({"wheel_filename": wheel.filename, "wheel_sha256": wheel.sha256,
+               "wheel_xz_base64": wheel_xz_base64(wheel)}, sys.stdout)
     sys.stdout.write("\n")
     return 0
 

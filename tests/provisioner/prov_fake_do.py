@@ -4,7 +4,9 @@ Prism proves each request is one DigitalOcean accepts but keeps no state; this f
 keeps droplets, answers 401/404/422 the way DigitalOcean does, and, when asked,
 "boots" a droplet by running the server command from its rendered user-data: the
 ExecStart of the systemd unit, with the secret files it wrote, on a loopback
-address of its own (its "public IP").
+address of its own (its "public IP"). That checks the provisioner's lifecycle, not the
+user-data: with a ``booter`` (tests/boot) a droplet boots the user-data for real instead,
+in a container with cloud-init and systemd.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -40,11 +42,21 @@ def inlets_binary() -> str:
     return str(script)
 
 
+class Booter(Protocol):
+    def boot(self, droplet_id: int, user_data: str) -> str:
+        """Start booting ``user_data``; the droplet's public IP."""
+        ...
+
+    def stop(self, droplet_id: int) -> None: ...
+
+
 class FakeDigitalOcean:
-    def __init__(self, token: str, workdir: Path, boot: bool = False, active: bool = True, gone_after_polls: int = 0):
+    def __init__(self, token: str, workdir: Path, boot: bool = False, active: bool = True, gone_after_polls: int = 0,
+                 booter: Booter | None = None):
         self.token = token
         self.workdir = workdir
         self.boot = boot  # run the user-data's server when the droplet becomes active
+        self.booter = booter  # or boot the user-data itself
         self.active = active  # False: droplets stay "new" forever
         self.gone_after_polls = gone_after_polls  # GETs that still show a deleted droplet as "off"
         self.droplets: dict[int, dict[str, Any]] = {}
@@ -99,9 +111,9 @@ class FakeDigitalOcean:
         self.droplets[droplet_id] = droplet
         return droplet
 
-    def _assign_ip(self, droplet: dict[str, Any]) -> None:
+    def _assign_ip(self, droplet: dict[str, Any], ip: str | None = None) -> None:
         n = next(_ip_counter)
-        ip = f"127.{(os.getpid() >> 8) % 200 + 20}.{n // 250}.{n % 250 + 2}"
+        ip = ip or f"127.{(os.getpid() >> 8) % 200 + 20}.{n // 250}.{n % 250 + 2}"
         droplet["networks"]["v4"] = [
             {"ip_address": ip, "netmask": "255.0.0.0", "gateway": "127.0.0.1", "type": "public"},
             {"ip_address": "10.110.0.2", "netmask": "255.255.240.0", "gateway": "10.110.0.1", "type": "private"},
@@ -112,7 +124,10 @@ class FakeDigitalOcean:
 
     def _advance(self, droplet: dict[str, Any]) -> None:
         """A droplet asked about after creation is booted (when the fake is set to boot them)."""
-        if droplet["status"] == "new" and self.active:
+        if droplet["status"] == "new" and self.active and self.booter is not None:
+            droplet["status"] = "active"
+            self._assign_ip(droplet, self.booter.boot(droplet["id"], self.user_data[droplet["id"]]))
+        elif droplet["status"] == "new" and self.active:
             droplet["status"] = "active"
             self._assign_ip(droplet)
             if self.boot:
@@ -244,6 +259,8 @@ class FakeDigitalOcean:
             self._deleting[droplet_id] = self.gone_after_polls
             if droplet_id in self.processes:
                 _stop(self.processes.pop(droplet_id))
+            if self.booter is not None:
+                self.booter.stop(droplet_id)
             if self.gone_after_polls == 0:
                 del self.droplets[droplet_id]
             return 204, None

@@ -69,7 +69,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class _Hello(http.server.BaseHTTPRequestHandler):
+class HelloUpstream(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with its path: the service behind a tunnel."""
+
     def do_GET(self) -> None:
         body = f"hello from the upstream, path={self.path}".encode()
         self.send_response(200)
@@ -84,7 +86,7 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def http_upstream(port: int) -> Iterator[None]:
     """A real HTTP service on 127.0.0.1:port: the client's upstream."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Hello)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), HelloUpstream)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -66,3 +66,27 @@ def test_a_name_that_exists_locally_is_refused(tmp_path: Path, capsys) -> None:
         assert (state / "twice" / "server.json").exists()  # the first one is untouched
     finally:
         assert run_cli(capsys, "delete", "twice", "--state-dir", str(state)).code == 0
+
+
+def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> None:
+    """Steps print once; a wait prints only once it lasts, then now and then, with its detail."""
+    from provisioner.output import Progress
+
+    now = [0.0]
+    progress = Progress(grace=2.0, every=15.0, clock=lambda: now[0])
+    progress("creating 'x' on local")
+    progress("creating 'x' on local")
+    for second in range(0, 40):  # polled twice a second for 40 s
+        for half in (0.0, 0.5):
+            now[0] = 100 + second + half
+            progress("waiting for the tunnel server at https://127.0.0.1:1/healthz",
+                     f"not listening yet; {second}s of 600s")
+    progress("deleting x")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "inletsctl: creating 'x' on local",
+        "inletsctl: waiting for the tunnel server at https://127.0.0.1:1/healthz (not listening yet; 2s of 600s)",
+        "inletsctl: waiting for the tunnel server at https://127.0.0.1:1/healthz (not listening yet; 17s of 600s)",
+        "inletsctl: waiting for the tunnel server at https://127.0.0.1:1/healthz (not listening yet; 32s of 600s)",
+        "inletsctl: deleting x",
+    ]

@@ -89,15 +89,3 @@ def test_a_refused_create_removes_its_firewall_with_one_line(api: RecordedAPI, t
         provider(api).create(make_plan(tmp_path, size="cx-nope"))
     assert "\n" not in str(info.value)
     assert api.requests("DELETE", "/v1/firewalls/38")
-
-
-def test_user_data_over_32_kib_names_the_option(tmp_path: Path) -> None:
-    from provisioner.material import generate
-    from provisioner.render import UserDataOptions, user_data
-    from provisioner.spec import build_spec
-    from provisioner.wheel import build_runtime_wheel
-
-    wheel = build_runtime_wheel()
-    with pytest.raises(ProvisionError, match="over the provider's limit of 32768: drop --embed-wheel"):
-        user_data(build_spec("tcp", "80", []), generate("x"),
-                  UserDataOptions("x", "inlets-py", wheel, None, HetznerProvider.user_data_limit))

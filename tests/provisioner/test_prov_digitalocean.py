@@ -72,7 +72,7 @@ def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalO
 
 
 def test_http_mode_from_an_embedded_wheel_routes_by_host(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
-    """--embed-wheel: the droplet runs the runtime installed from the wheel inside its user-data."""
+    """The default: the droplet runs the runtime installed from the server wheel inside its user-data."""
     inlets = Path(sys.executable).with_name("inlets")
     if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
         pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
@@ -80,7 +80,7 @@ def test_http_mode_from_an_embedded_wheel_routes_by_host(fake: FakeDigitalOcean,
     created = run_cli(capsys, *_do(fake, token_file, state, "create", "do-http", "--provider", "digitalocean",
                                    "--mode", "http", "--domain", "site.example.test", "--http-port", str(data_port),
                                    "--upstream", f"http://127.0.0.1:{upstream_port}", "--control-port", str(control),
-                                   "--embed-wheel", "--json", "--timeout", "30"))
+                                   "--json", "--timeout", "30"))
     assert created.code == 0, created.err
     summary = created.json()
     (argv,) = fake.booted.values()
@@ -160,12 +160,23 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
         assert stuck.droplets == {} and not (state / "stuck").exists()
 
 
-def test_active_droplet_whose_tunnel_never_answers_times_out(token_file: Path, tmp_path: Path, capsys) -> None:
+def test_active_droplet_whose_tunnel_never_answers_times_out_saying_how_to_see_why(
+    token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """The timeout says what it saw, and how to read the cause on the VM: over SSH when the
+    droplet got a key, on its console otherwise."""
     state = tmp_path / "state"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False) as silent:
         result = run_cli(capsys, *_do(silent, token_file, state, "create", "silent", "--provider", "digitalocean",
                                       "--timeout", "3", "--control-port", str(free_port())))
-        one_line_error(result, "timed out", "/healthz never answered", "inletsctl delete silent")
+        line = one_line_error(result, "timed out", "/healthz never answered", "inletsctl delete silent",
+                              "no SSH key (--ssh-key)", "cloud-init status --long", "journalctl -u inlets")
+        assert "(last: cannot reach" in line
+        keyed = run_cli(capsys, *_do(silent, token_file, state, "create", "keyed", "--provider", "digitalocean",
+                                     "--timeout", "3", "--control-port", str(free_port()), "--ssh-key", "12345"))
+        ip = silent.ip_of(max(silent.droplets))
+        one_line_error(keyed, f"see why with: ssh root@{ip} 'cloud-init status --long; journalctl -u inlets",
+                       "inletsctl delete keyed")
 
 
 def test_list_flags_one_sided_entries_and_delete_by_ip_and_id(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:

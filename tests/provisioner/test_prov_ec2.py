@@ -258,17 +258,6 @@ def test_bad_plan_is_one_line_and_leaves_nothing_behind(
     assert not (tmp_path / "state" / "ec2-badplan").exists()
 
 
-def test_user_data_over_16_kib_names_the_option_to_drop(
-    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    _env_credentials(monkeypatch)
-    result = run_cli(capsys, "create", "ec2-big", "--provider", "ec2", "--embed-wheel", "--state-dir", str(tmp_path / "state"))
-    one_line_error(result, "over the provider's limit of 16384", "drop --embed-wheel")
-    ec2 = prov_ec2_moto.client()
-    assert not [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
-    assert not (tmp_path / "state" / "ec2-big").exists()
-
-
 def test_no_ubuntu_image_is_a_clear_error(
     prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -142,3 +142,39 @@ def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
             assert body == "hello from the upstream, path=/by-host"
     finally:
         assert run_cli(capsys, "delete", summary["name"], "--state-dir", str(state)).code == 0
+
+
+def test_create_progress_reads_as_progress_not_failure(tmp_path: Path) -> None:
+    """A first poll that finds the server not yet listening is not a 'Connection refused' error."""
+    state = tmp_path / "state"
+    created = run_inletsctl("create", "calm", "--provider", "local", "--ports", str(free_port("127.0.0.2")),
+                            "--state-dir", str(state), "--timeout", "30")
+    try:
+        assert created.code == 0, created.err
+        assert "refused" not in created.err.lower() and "''" not in created.err, created.err
+        assert created.err.splitlines()[:2] == ["inletsctl: generating token and TLS material",
+                                                "inletsctl: creating 'calm' on local"], created.err
+    finally:
+        assert run_inletsctl("delete", "calm", "--state-dir", str(state)).code == 0
+
+
+def test_create_refuses_a_port_another_local_exit_server_serves(tmp_path: Path, capsys) -> None:
+    """The first server opens its data port only once a client comes: create must not wait for that clash."""
+    state, other = tmp_path / "state", tmp_path / "other-state"
+    port = free_port("127.0.0.2")
+    first = run_cli(capsys, "create", "first", "--state-dir", str(state), "--ports", str(port), "--json")
+    assert first.code == 0, first.err
+    try:
+        again = run_cli(capsys, "create", "second", "--state-dir", str(other), "--ports", f"{port + 1},{port}")
+        one_line_error(again, f"port {port} is already served by the local exit server 'first' (127.0.0.2): "
+                              f"choose other --ports, or first: inletsctl delete first --state-dir {state}")
+        assert not (other / "second").exists()
+        with socket.socket() as busy:  # and a port something else holds there
+            busy.bind(("127.0.0.2", 0))
+            busy.listen()
+            held = busy.getsockname()[1]
+            taken = run_cli(capsys, "create", "third", "--state-dir", str(other), "--ports", str(held))
+        one_line_error(taken, f"127.0.0.2:{held} cannot be used on this machine (Address already in use): "
+                              "choose other --ports")
+    finally:
+        assert run_cli(capsys, "delete", "first", "--state-dir", str(state)).code == 0

@@ -1,6 +1,7 @@
 """Every request the DigitalOcean provider makes is one DigitalOcean's own OpenAPI spec accepts.
 
-Stoplight Prism serves the spec (from ../shared/api-specs) as a validating mock; a
+Stoplight Prism serves the spec (found through $INLETS_API_SPECS, by default
+../shared/api-specs beside the checkout, as CI has it) as a validating mock; a
 recording proxy between libcloud and Prism keeps each request with Prism's verdict
 (its ``sl-violations`` header), so a request that breaks the spec fails the test.
 """
@@ -20,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV, find_spec
 from prov_support import free_port
 from provisioner.errors import ProvisionError
 from provisioner.providers.base import Plan
@@ -30,21 +32,13 @@ from provisioner.spec import build_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "tools" / "node_modules" / ".bin" / "prism"
-SPEC_CANDIDATES = [
-    ROOT.parent / "shared" / "api-specs" / "digitalocean" / "DigitalOcean-public.v2.yaml",
-    ROOT / "shared" / "api-specs" / "digitalocean" / "DigitalOcean-public.v2.yaml",
-]
-
-
-def _spec() -> Path | None:
-    return next((p for p in SPEC_CANDIDATES if p.exists()), None)
 
 
 @pytest.fixture(scope="module")
 def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    spec = _spec()
+    spec, missing = find_spec()
     if spec is None:
-        pytest.skip(f"DigitalOcean OpenAPI spec not found (looked in {', '.join(map(str, SPEC_CANDIDATES))})")
+        pytest.skip(missing)
     if not PRISM.exists() or shutil.which("node") is None:
         pytest.skip(f"Prism not installed at {PRISM} (scripts/install-test-tools.sh installs it with npm)")
     port = free_port()
@@ -156,3 +150,19 @@ def test_the_check_can_fail_a_request_off_the_spec(recorder: Recorder) -> None:
             provider._driver.connection.request("/v2/droplets", data=json.dumps({"name": "x"}), method="POST")
     ((method, _, status, violations),) = recorder.seen
     assert method == "POST" and status == 422 and violations
+
+
+def test_the_spec_location_is_a_setting_and_its_absence_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(SPECS_ENV, str(tmp_path))
+    spec, missing = find_spec()
+    assert spec is None
+    assert missing.startswith(f"DigitalOcean's OpenAPI spec is not at {tmp_path / SPEC_FILE}: set $INLETS_API_SPECS ")
+    assert "(default ../shared/api-specs, beside the checkout)" in missing
+    assert "https://github.com/digitalocean/openapi" in missing and "specification/" in missing
+    (tmp_path / SPEC_FILE).parent.mkdir()
+    (tmp_path / SPEC_FILE).write_text("openapi: 3.0.0\n")
+    assert find_spec() == (tmp_path / SPEC_FILE, "")
+    monkeypatch.delenv(SPECS_ENV)  # unset: the default, beside the checkout
+    expected = ROOT / SPECS_DEFAULT / SPEC_FILE
+    found, reason = find_spec()
+    assert (found, reason) == (expected, "") if expected.exists() else (found is None and str(expected) in reason)

@@ -1,9 +1,11 @@
-"""Rendered cloud-init user-data: valid for cloud-init, hardened, and the same server flags everywhere."""
+"""Rendered cloud-init user-data: valid for cloud-init, hardened, failing loudly, and the same server flags everywhere."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import shlex
+from importlib import metadata
 import shutil
 import subprocess
 import sys
@@ -15,9 +17,11 @@ import yaml
 
 from provisioner.errors import ProvisionError
 from provisioner.material import generate
-from provisioner.render import UserDataOptions, client_command, systemd_unit, user_data
+from provisioner.render import (
+    UserDataOptions, client_command, fitting_user_data, systemd_unit, user_data, wheel_xz_base64,
+)
 from provisioner.spec import VM_FILES, build_spec, server_argv
-from provisioner.wheel import build_runtime_wheel
+from provisioner.wheel import build_runtime_wheel, constraints
 
 EXPIRY = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 VARIANTS = {
@@ -27,17 +31,19 @@ VARIANTS = {
     "http-domains": (build_spec("http", None, ["example.com", "api.example.com"]), {}),
     "http-catch-all-ttl": (build_spec("http", None, []), {"expires_at": EXPIRY}),
     "tcp-runtime-spec": (build_spec("tcp", "443", []), {"package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl"}),
-    "tcp-embedded-wheel-ttl": (build_spec("tcp", "80,443", []), {"wheel": True, "expires_at": EXPIRY}),
-    "http-domains-embedded-wheel": (build_spec("http", None, ["example.com"], http_port=8080), {"wheel": True}),
+    "tcp-pushed-wheel-ttl": (build_spec("tcp", "80,443", []), {"push": True, "expires_at": EXPIRY}),
+    "http-domains-pushed-wheel": (build_spec("http", None, ["example.com"], http_port=8080), {"push": True}),
 }
 MATERIAL = generate("render-test")
 
 
 def _render(variant: str) -> tuple[str, object]:
+    """The wheel embedded (inletsctl's default), pushed, or a runtime spec instead."""
     spec, extra = VARIANTS[variant]
+    package = str(extra.get("package", ""))
     options = UserDataOptions(
-        name=variant, package=str(extra.get("package", "inlets-py==0.1.0")),
-        wheel=build_runtime_wheel() if extra.get("wheel") else None, expires_at=extra.get("expires_at"),  # type: ignore[arg-type]
+        name=variant, package=package, wheel=None if package else build_runtime_wheel(spec.mode),  # type: ignore[attr-defined]
+        expires_at=extra.get("expires_at"), push=bool(extra.get("push")),  # type: ignore[arg-type]
     )
     return user_data(spec, MATERIAL, options), spec
 
@@ -84,7 +90,6 @@ def test_secrets_owner_only_and_service_hardened(variant: str) -> None:
     exec_start = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
     assert shlex.split(exec_start.removeprefix("ExecStart=")) == server_argv(spec, VM_FILES)  # type: ignore[arg-type]
     commands = [c if isinstance(c, list) else [c] for c in doc["runcmd"]]
-    assert ["systemctl", "enable", "--now", "inlets.service"] in commands
     assert (["systemctl", "enable", "--now", "inlets-expire.timer"] in commands) == ("ttl" in variant)
     if "ttl" in variant:
         timer = files["/etc/systemd/system/inlets-expire.timer"]["content"]
@@ -92,8 +97,69 @@ def test_secrets_owner_only_and_service_hardened(variant: str) -> None:
     assert len(text.encode()) <= 64 * 1024
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_boot_script_stops_at_the_first_failure_and_starts_the_server_anyway(variant: str) -> None:
+    """cloud-init runs runcmd as one /bin/sh script: ``set -eu`` first makes a failed step end it
+    (cloud-init then reports an error), the expiry timer is armed before anything can fail, and
+    the EXIT trap starts the server even after a failure, so its unit ends failed, not absent."""
+    text, spec = _render(variant)
+    commands = yaml.safe_load(text)["runcmd"]
+    assert commands[0] == "set -eu"
+    trap = commands.index("trap 'systemctl enable --now inlets.service' EXIT")
+    pip = next(i for i, c in enumerate(commands) if isinstance(c, list) and c[0].endswith("/pip"))
+    assert trap < pip and commands.index(["systemctl", "daemon-reload"]) < trap
+    if "ttl" in variant:
+        assert commands.index(["systemctl", "enable", "--now", "inlets-expire.timer"]) < trap
+    assert not any("inlets.service" in str(c) for i, c in enumerate(commands) if i != trap)
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    unit = files["/etc/systemd/system/inlets.service"]["content"].splitlines()
+    assert "StartLimitIntervalSec=60" in unit and "StartLimitBurst=5" in unit and "RestartSec=2" in unit
+    if "runtime-spec" in variant:
+        assert commands[pip][-1] == VARIANTS[variant][1]["package"] and "--constraint" not in commands[pip]
+        return
+    # the server-only wheel, its dependencies pinned to the versions installed here
+    wheel = build_runtime_wheel(spec.mode)  # type: ignore[attr-defined]
+    assert commands[pip][-3:] == ["--constraint", "/opt/inlets/constraints.txt", f"/opt/inlets/{wheel.filename}"]
+    pins = files["/opt/inlets/constraints.txt"]["content"].split()
+    assert pins == list(constraints(wheel.requires)) and "websockets==" + metadata.version("websockets") in pins
+
+
+def test_a_failing_step_ends_the_boot_script_with_an_error_and_still_starts_the_server(tmp_path: Path) -> None:
+    """The runcmd list as cloud-init writes it (cloudinit.util.shellify), run by /bin/sh with a
+    failing pip: the script exits non-zero at that step, nothing after it runs, and the trap
+    still tries to start the unit."""
+    tool = shutil.which("cloud-init")
+    if tool is None:
+        pytest.skip("cloud-init is not installed (scripts/install-test-tools.sh installs Debian's cloud-init)")
+    python = Path(tool).read_text(errors="replace").splitlines()[0].removeprefix("#!").split()[0]  # cloud-init's own Python
+    text, _ = _render("tcp-ttl")
+    commands = yaml.safe_load(text)["runcmd"]
+    log = tmp_path / "calls"
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for tool in ("systemctl", "chown", "chmod", "python3"):
+        (fakes / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
+    pip_step = next(c for c in commands if isinstance(c, list) and c[0].endswith("/pip"))
+    commands = [[str(fakes / "pip-fails"), *c[1:]] if c is pip_step else c for c in commands]
+    (fakes / "pip-fails").write_text(f"#!/bin/sh\necho pip \"$@\" >> {log}\nexit 1\n")
+    commands.append(["touch", str(tmp_path / "after-pip")])
+    for fake in fakes.iterdir():
+        fake.chmod(0o755)
+    script = tmp_path / "runcmd"
+    shellify = "import json, sys; from cloudinit.util import shellify; sys.stdout.write(shellify(json.load(sys.stdin)))"
+    script.write_text(subprocess.run([python, "-c", shellify], input=json.dumps(commands), capture_output=True,
+                                     text=True, check=True, timeout=60).stdout)
+    result = subprocess.run(["/bin/sh", str(script)], env={"PATH": f"{fakes}:/usr/bin:/bin"}, capture_output=True,
+                            text=True, timeout=30)
+    calls = log.read_text().splitlines()
+    assert result.returncode != 0
+    assert calls[0] == "systemctl daemon-reload" and calls[1] == "systemctl enable --now inlets-expire.timer"
+    assert calls[-2].startswith("pip install") and calls[-1] == "systemctl enable --now inlets.service"
+    assert not (tmp_path / "after-pip").exists()
+
+
 def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
-    text, _ = _render("tcp-embedded-wheel-ttl")
+    text, _ = _render("tcp-ttl")
     doc = yaml.safe_load(text)
     (packed,) = [f for f in doc["write_files"] if f["path"].endswith(".whl.xz")]
     (unpack,) = [c for c in doc["runcmd"] if isinstance(c, list) and c[:2] == ["python3", "-c"]]
@@ -119,8 +185,21 @@ def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
 
 def test_user_data_over_the_provider_limit_is_a_clear_error() -> None:
     spec, _ = VARIANTS["tcp-defaults"]
-    with pytest.raises(ProvisionError, match=r"over the provider's limit of 4096.*--embed-wheel"):
-        user_data(spec, MATERIAL, UserDataOptions("big", "inlets-py==0.1.0", build_runtime_wheel(), None, limit=4096))
+    with pytest.raises(ProvisionError, match=r"^rendered user-data is \d+ bytes, over the provider's limit of 4096$"):
+        user_data(spec, MATERIAL, UserDataOptions("big", "", build_runtime_wheel(), None, limit=4096, push=True))
+
+
+def test_a_wheel_that_does_not_fit_is_pushed_instead() -> None:
+    spec, _ = VARIANTS["tcp-defaults"]
+    wheel = build_runtime_wheel()
+    embedded, push = fitting_user_data(spec, MATERIAL, UserDataOptions("fits", "", wheel, limit=64 * 1024))
+    assert not push and wheel_xz_base64(wheel) in embedded
+    pushed, push = fitting_user_data(spec, MATERIAL, UserDataOptions("small", "", wheel, limit=16 * 1024))
+    assert push and wheel_xz_base64(wheel) not in pushed
+    commands = yaml.safe_load(pushed)["runcmd"]
+    receive = next(c for c in commands if isinstance(c, list) and c[:2] == ["python3", "/opt/inlets/receive-wheel.py"])
+    assert receive[receive.index("--sha256") + 1] == wheel.sha256 and receive[-1] == f"/opt/inlets/{wheel.filename}"
+    assert receive[receive.index("--port") + 1] == "8123"
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ module "userdata" {
   package         = var.package
   wheel_filename  = var.wheel_filename
   wheel_xz_base64 = var.wheel_xz_base64
+  wheel_sha256    = var.wheel_sha256
+  wheel_delivery  = "push" # the wheel does not fit EC2's 16 KiB: terraform_data.runtime sends it
   ttl             = var.ttl
   created_at      = var.ttl == null ? null : terraform_data.created_at.output
   limit           = 16 * 1024 # EC2's user-data limit
@@ -123,6 +125,26 @@ resource "aws_instance" "exit_server" {
 
   metadata_options {
     http_tokens = "required"
+  }
+}
+
+# The server wheel does not fit EC2's 16 KiB of user-data: the instance waits for it on the control
+# port (TLS with its own certificate, the token, the digest in the user-data), and this sends it,
+# as inletsctl create does; so apply ends with the exit server installed. Needs var.python.
+resource "terraform_data" "runtime" {
+  count            = var.package == null && var.deliver_wheel ? 1 : 0
+  triggers_replace = [aws_instance.exit_server.id]
+
+  provisioner "local-exec" {
+    command = "${var.python} ${path.module}/../../tools/push_wheel.py"
+    environment = {
+      INLETS_HOST            = aws_instance.exit_server.public_ip
+      INLETS_PORT            = tostring(var.control_port)
+      INLETS_TOKEN           = module.secrets.token
+      INLETS_CA_CERT         = module.secrets.ca_cert
+      INLETS_WHEEL_XZ_BASE64 = module.userdata.wheel.xz_base64
+      INLETS_TIMEOUT         = tostring(var.push_timeout)
+    }
   }
 }
 

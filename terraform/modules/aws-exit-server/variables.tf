@@ -50,19 +50,25 @@ variable "ttl" {
 }
 
 variable "package" {
-  description = "pip requirement of the runtime on the VM (null: the version pinned by this checkout)."
+  description = "A pip requirement the VM installs instead of the server wheel of this checkout (null: the wheel, as inletsctl)."
   type        = string
   default     = null
 }
 
 variable "wheel_filename" {
-  description = "Embed a wheel instead (see terraform/tools/wheel_xz_base64.py)."
+  description = "Another server wheel (see terraform/tools/wheel_xz_base64.py, which prints the three wheel_ inputs)."
   type        = string
   default     = null
 }
 
 variable "wheel_xz_base64" {
-  description = "The embedded wheel, xz-compressed and base64-encoded."
+  description = "That wheel, xz-compressed and base64-encoded."
+  type        = string
+  default     = null
+}
+
+variable "wheel_sha256" {
+  description = "That wheel's SHA-256 (hex)."
   type        = string
   default     = null
 }
@@ -152,4 +158,22 @@ variable "tags" {
   description = "Extra tags on the instance and security group (the inlets tags are always set)."
   type        = map(string)
   default     = {}
+}
+
+variable "deliver_wheel" {
+  description = "Send the server wheel from here when the instance is up (false: send it yourself with terraform/tools/push_wheel.py, e.g. from a host that can reach the instance)."
+  type        = bool
+  default     = true
+}
+
+variable "python" {
+  description = "The Python 3 that runs terraform/tools/push_wheel.py here (the standard library is enough)."
+  type        = string
+  default     = "python3"
+}
+
+variable "push_timeout" {
+  description = "Seconds to wait for the instance to take the server wheel."
+  type        = number
+  default     = 900
 }

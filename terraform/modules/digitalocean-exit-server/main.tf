@@ -46,6 +46,7 @@ module "userdata" {
   package         = var.package
   wheel_filename  = var.wheel_filename
   wheel_xz_base64 = var.wheel_xz_base64
+  wheel_sha256    = var.wheel_sha256
   ttl             = var.ttl
   created_at      = var.ttl == null ? null : terraform_data.created_at.output
   limit           = 64 * 1024

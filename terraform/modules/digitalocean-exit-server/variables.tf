@@ -74,19 +74,25 @@ variable "ttl" {
 }
 
 variable "package" {
-  description = "pip requirement of the runtime on the VM (null: the version pinned by this checkout)."
+  description = "A pip requirement the VM installs instead of the server wheel of this checkout (null: the wheel, as inletsctl)."
   type        = string
   default     = null
 }
 
 variable "wheel_filename" {
-  description = "Embed a wheel instead (see terraform/tools/wheel_xz_base64.py)."
+  description = "Another server wheel (see terraform/tools/wheel_xz_base64.py, which prints the three wheel_ inputs)."
   type        = string
   default     = null
 }
 
 variable "wheel_xz_base64" {
-  description = "The embedded wheel, xz-compressed and base64-encoded."
+  description = "That wheel, xz-compressed and base64-encoded."
+  type        = string
+  default     = null
+}
+
+variable "wheel_sha256" {
+  description = "That wheel's SHA-256 (hex)."
   type        = string
   default     = null
 }

@@ -52,13 +52,29 @@ locals {
     ],
   )
 
-  wheel = var.wheel_filename == null || var.wheel_xz_base64 == null ? null : {
-    path    = "/opt/inlets/${var.wheel_filename}"
-    xz_path = "/opt/inlets/${var.wheel_filename}.xz"
-    b64     = var.wheel_xz_base64
+  # The runtime: inletsctl's server-only wheel for the mode (runtime/MODE.json, generated with its
+  # pinned dependencies), or the one given; var.package installs a pip requirement instead.
+  runtime        = jsondecode(file("${path.module}/runtime/${var.mode}.json"))
+  use_wheel      = var.package == null
+  wheel_filename = coalesce(var.wheel_filename, local.runtime.wheel_filename)
+  wheel_xz       = coalesce(var.wheel_xz_base64, local.runtime.wheel_xz_base64)
+  wheel_sha256   = var.wheel_xz_base64 == null ? local.runtime.wheel_sha256 : var.wheel_sha256
+  wheel_path     = "/opt/inlets/${local.wheel_filename}"
+  constraints    = !local.use_wheel ? [] : var.constraints != null ? var.constraints : tolist(local.runtime.constraints)
+  wheel = local.use_wheel && var.wheel_delivery == "embed" ? {
+    path    = local.wheel_path
+    xz_path = "${local.wheel_path}.xz"
+    b64     = local.wheel_xz
     unpack  = local.generated.unpack_xz
-  }
-  package = local.wheel != null ? local.wheel.path : coalesce(var.package, local.generated.package)
+  } : null
+  receiver = local.use_wheel && var.wheel_delivery == "push" ? {
+    script_path = local.generated.receiver_script_path
+    script      = local.generated.receiver_script
+    port        = format("%d", var.control_port)
+    sha256      = local.wheel_sha256
+    wheel_path  = local.wheel_path
+  } : null
+  package = local.use_wheel ? local.wheel_path : var.package
 
   user_data = templatefile("${path.module}/templates/user-data.yaml.tftpl", {
     name        = var.name
@@ -70,7 +86,9 @@ locals {
     server_cert = var.server_cert
     server_key  = var.server_key
     units       = local.units
+    constraints = local.constraints
     wheel       = local.wheel
+    receiver    = local.receiver
     package     = local.package
     expires     = local.expires
   })

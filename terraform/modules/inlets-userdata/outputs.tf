@@ -24,13 +24,23 @@ output "user_data" {
     error_message = "The ttl must be at least 1s."
   }
   precondition {
-    condition     = (var.wheel_filename == null) == (var.wheel_xz_base64 == null)
-    error_message = "Give wheel_filename and wheel_xz_base64 together (or neither)."
+    condition     = (var.wheel_filename == null) == (var.wheel_xz_base64 == null) && (var.wheel_filename == null) == (var.wheel_sha256 == null)
+    error_message = "Give wheel_filename, wheel_xz_base64 and wheel_sha256 together (or none)."
   }
   precondition {
     condition     = local.user_data_bytes <= var.limit
-    error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${var.wheel_filename != null ? ": drop the embedded wheel and install a published package" : ""}."
+    error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${local.wheel != null ? ": set wheel_delivery = \"push\"" : ""}."
   }
+}
+
+output "wheel" {
+  description = "The server wheel the VM installs (null with package): file name, SHA-256, xz+base64 bytes, and how it gets there (embed or push)."
+  value = local.use_wheel ? {
+    filename  = local.wheel_filename
+    sha256    = local.wheel_sha256
+    xz_base64 = local.wheel_xz
+    delivery  = var.wheel_delivery
+  } : null
 }
 
 output "user_data_bytes" {

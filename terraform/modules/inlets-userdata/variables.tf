@@ -83,13 +83,27 @@ variable "server_key" {
 }
 
 variable "package" {
-  description = "pip requirement the VM installs the runtime from (null: this checkout's pinned version, as inletsctl). Ignored when a wheel is embedded."
+  description = "A pip requirement the VM installs instead of the server wheel (e.g. inlets-py==0.2.0). Null: the server-only wheel of this checkout (runtime/MODE.json), as inletsctl."
   type        = string
   default     = null
+  validation {
+    condition     = var.package == null ? true : can(regex("^[!-~]([ -~]*[!-~])?$", var.package))
+    error_message = "The package must be one pip requirement on one line (printable ASCII)."
+  }
+}
+
+variable "wheel_delivery" {
+  description = "How the VM gets the server wheel: embed (in the user-data) or push (the user-data waits on the control port for the wheel, sent by terraform/tools/push_wheel.py, as inletsctl create does where the wheel does not fit, e.g. EC2's 16 KiB)."
+  type        = string
+  default     = "embed"
+  validation {
+    condition     = contains(["embed", "push"], var.wheel_delivery)
+    error_message = "The wheel_delivery must be embed or push."
+  }
 }
 
 variable "wheel_filename" {
-  description = "Embed a wheel instead of installing package: its file name (e.g. inlets_py-0.1.0-py3-none-any.whl). Needs wheel_xz_base64."
+  description = "Another server wheel than this checkout's: its file name (e.g. inlets_py-0.1.0-py3-none-any.whl). Needs wheel_xz_base64 and wheel_sha256; terraform/tools/wheel_xz_base64.py prints all three."
   type        = string
   default     = null
   validation {
@@ -99,8 +113,24 @@ variable "wheel_filename" {
 }
 
 variable "wheel_xz_base64" {
-  description = "The embedded wheel, xz-compressed and base64-encoded (terraform/tools/wheel_xz_base64.py makes it exactly as inletsctl --embed-wheel does)."
+  description = "That wheel, xz-compressed and base64-encoded, as inletsctl puts it in user-data."
   type        = string
+  default     = null
+}
+
+variable "wheel_sha256" {
+  description = "That wheel's SHA-256 (hex): the VM accepts a pushed wheel only with this digest."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.wheel_sha256 == null ? true : can(regex("^[0-9a-f]{64}$", var.wheel_sha256))
+    error_message = "The wheel_sha256 must be 64 lower-case hex digits."
+  }
+}
+
+variable "constraints" {
+  description = "pip constraints (name==version) for the wheel's dependencies. Null: those pinned in runtime/MODE.json."
+  type        = list(string)
   default     = null
 }
 

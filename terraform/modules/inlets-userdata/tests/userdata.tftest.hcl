@@ -30,9 +30,45 @@ run "tcp_defaults" {
     error_message = "The certificate must be indented into its block scalar."
   }
   assert {
-    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, 'inlets-py==")
-    error_message = "The pinned package spec is the default."
+    condition     = strcontains(output.user_data, "--constraint, /opt/inlets/constraints.txt, \"/opt/inlets/inlets_py-") && strcontains(output.user_data, "encoding: b64\n")
+    error_message = "The embedded server wheel, its dependencies pinned, is the default."
   }
+  assert {
+    condition     = startswith(yamldecode(output.user_data).runcmd[0], "set -eu")
+    error_message = "The boot script stops at the first failing step."
+  }
+}
+
+run "pushed_wheel" {
+  variables {
+    wheel_delivery = "push"
+  }
+  assert {
+    condition     = !strcontains(output.user_data, "encoding: b64") && strcontains(output.user_data, "/opt/inlets/receive-wheel.py, --port, \"8123\"")
+    error_message = "A pushed wheel is not in the user-data: the VM waits for it on the control port."
+  }
+  assert {
+    condition     = output.wheel.delivery == "push" && length(output.wheel.sha256) == 64 && strcontains(output.user_data, output.wheel.sha256)
+    error_message = "The user-data names the digest the pushed wheel must have."
+  }
+}
+
+run "runtime_spec" {
+  variables {
+    package = "inlets-py==0.2.0"
+  }
+  assert {
+    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, \"inlets-py==0.2.0\"]") && !strcontains(output.user_data, "constraints") && output.wheel == null
+    error_message = "A package spec is installed instead of the wheel."
+  }
+}
+
+run "rejects_a_runtime_spec_on_two_lines" {
+  command = plan
+  variables {
+    package = "inlets-py\n  - [sh, -c, reboot]"
+  }
+  expect_failures = [var.package]
 }
 
 run "tcp_low_ports_with_ttl" {
@@ -101,13 +137,14 @@ run "embedded_wheel" {
   variables {
     wheel_filename  = "inlets_py-0.1.0-py3-none-any.whl"
     wheel_xz_base64 = "/Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAEZmFrZQAAAAA="
+    wheel_sha256    = "0000000000000000000000000000000000000000000000000000000000000000"
   }
   assert {
     condition     = strcontains(output.user_data, "encoding: b64\n    content: /Td6WFoAAATm1rRGAgAhARYAAAB0L+WjAQAEZmFrZQAAAAA=\n")
     error_message = "The wheel travels base64-encoded."
   }
   assert {
-    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, '/opt/inlets/inlets_py-0.1.0-py3-none-any.whl']")
+    condition     = strcontains(output.user_data, "/opt/inlets/constraints.txt, \"/opt/inlets/inlets_py-0.1.0-py3-none-any.whl\"]")
     error_message = "pip installs the embedded wheel instead of the package spec."
   }
 }

@@ -1,0 +1,124 @@
+"""Receive the runtime wheel on an exit server whose cloud's user-data cannot hold it.
+
+EC2 takes 16 KiB of user-data and Hetzner 32 KiB: too little for the server's wheel. There
+the user-data carries this script (the standard library only, run by the VM's python3)
+with the wheel's SHA-256, and ``inletsctl create`` sends the wheel to it over the control
+port: TLS with the exit server's own certificate (the one the client pins), the request
+authorised by the tunnel token, and the file accepted only if its digest is the one in
+the user-data. Then the boot goes on as with an embedded wheel. Nothing else is answered
+(``/healthz`` says 503: the server is still being installed).
+"""
+
+import argparse
+import hashlib
+import hmac
+import socket
+import ssl
+import sys
+import time
+
+PATH = "/inlets/runtime-wheel"
+MAX_WHEEL = 16 * 1024 * 1024
+MAX_HEAD = 8192
+
+
+def answer(conn, status, text):
+    body = (text + "\n").encode()
+    head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    conn.sendall(head.encode() + body)
+
+
+def read_head(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk or len(data) > MAX_HEAD:
+            raise ValueError("incomplete request head")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0].split(" "), headers, rest
+
+
+def serve_one(conn, token, digest):
+    """Handle one request; the wheel's bytes when it was accepted, else None."""
+    request, headers, body = read_head(conn)
+    if len(request) != 3 or request[0] != "PUT" or request[1] != PATH:
+        answer(conn, "503 Service Unavailable", "the exit server is still being installed")
+        return None
+    length = headers.get("content-length", "")
+    if not (length.isascii() and length.isdigit()) or int(length) > MAX_WHEEL:
+        answer(conn, "400 Bad Request", "Content-Length must be given, at most 16 MiB")
+        return None
+    chunks, size = [body], len(body)
+    while size < int(length):  # read it all before answering, so the sender reads the answer
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ValueError("the request body ended early")
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)[: int(length)]
+    offered = headers.get("authorization", "")
+    if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+        answer(conn, "401 Unauthorized", "wrong token")
+        return None
+    if hashlib.sha256(body).hexdigest() != digest:
+        answer(conn, "422 Unprocessable Content", "the wheel's SHA-256 is not the one in the user-data")
+        return None
+    answer(conn, "200 OK", "received")
+    return body
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Receive the inlets runtime wheel from inletsctl create.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--addr", default="", help="the address to listen on [all]")
+    parser.add_argument("--cert", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--token-file", required=True)
+    parser.add_argument("--sha256", required=True)
+    parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("out")
+    args = parser.parse_args()
+    with open(args.token_file) as file:
+        token = file.read().strip()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(args.cert, args.key)
+    if args.addr:
+        server = socket.create_server((args.addr, args.port))
+    elif socket.has_dualstack_ipv6():
+        server = socket.create_server(("::", args.port), family=socket.AF_INET6, dualstack_ipv6=True)
+    else:
+        server = socket.create_server(("0.0.0.0", args.port))
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        server.settimeout(max(1.0, deadline - time.monotonic()))
+        try:
+            raw, peer = server.accept()
+        except socket.timeout:
+            break
+        raw.settimeout(30)
+        try:
+            with context.wrap_socket(raw, server_side=True) as conn:
+                data = serve_one(conn, token, args.sha256)
+        except (OSError, ValueError) as exc:
+            print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
+            continue
+        finally:
+            raw.close()
+        if data is not None:
+            with open(args.out, "wb") as file:
+                file.write(data)
+            print(f"receive-wheel: received {len(data)} bytes from {peer[0]}", file=sys.stderr)
+            return 0
+    print(f"receive-wheel: no wheel arrived within {args.timeout:.0f}s: run inletsctl create again", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Values written into systemd unit files, quoted and escaped by systemd's own rules.
+
+A value pasted into a unit as it is can change the unit: a line break starts a new
+directive (``ExecStartPre=...`` as root), ``%`` starts a specifier (``%2F`` in a URL
+becomes an error, or another value), ``$`` in a command line is an environment
+variable, and a space splits a path list. systemd.syntax(7) and systemd.service(5)
+define the escapes; this module writes them, so every value reaches the program (or
+the setting) byte for byte. Used by ``inlets --generate=systemd`` and by inletsctl's
+units alike.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+#: words systemd takes as they are: no quotes, escapes, specifiers or variables in them
+_PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+class UnitValueError(ValueError):
+    """The value cannot be written into a unit at all; the message says which and why."""
+
+
+def exec_word(word: str) -> str:
+    """One argument of ``ExecStart=``: double-quoted with C escapes when needed, ``%`` as
+    ``%%`` and ``$`` as ``$$``, so systemd passes exactly ``word`` to the program."""
+    if _PLAIN.fullmatch(word):
+        return word
+    out = []
+    for char in word:
+        if char in _C_ESCAPES:
+            out.append(_C_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        elif char in "%$":
+            out.append(char * 2)
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def exec_command(argv: Iterable[str]) -> str:
+    """The value of ``ExecStart=`` that runs ``argv`` as given (the first word is the program)."""
+    words = list(argv)
+    if not words or not words[0].startswith("/"):
+        raise UnitValueError(f"ExecStart needs an absolute program path, got {words[:1]!r}")
+    return " ".join(exec_word(word) for word in words)
+
+
+def path_value(path: str) -> str:
+    """One path of ``ReadOnlyPaths=`` (and the other path lists): quoted when it holds a space, ``%`` as ``%%``.
+
+    These settings take quotes but no escapes, so a path with a quote, a backslash or a
+    control character cannot be written; it is refused rather than changed.
+    """
+    if not path.startswith("/"):
+        raise UnitValueError(f"{path!r} is not an absolute path")
+    if any(char in '"\\' or ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        raise UnitValueError(f"the path {path!r} has a quote, backslash or control character: systemd cannot take it")
+    escaped = path.replace("%", "%%")
+    return escaped if _PLAIN.fullmatch(path) else f'"{escaped}"'
+
+
+def text_value(text: str) -> str:
+    """Free text (``Description=``, a comment): one line, ``%`` as ``%%``."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise UnitValueError(f"{text!r} has a line break or control character: a unit line cannot hold it")
+    return text.replace("%", "%%")

@@ -1,0 +1,274 @@
+"""A cloud VM on this machine: a Debian container booted by systemd-nspawn from a NoCloud seed.
+
+The container boots the cached root file system (rootfs.py) read-only with a throw-away
+overlay, so cloud-init runs the user-data under test as on a droplet's first boot. PID 1
+here is not systemd, so nspawn runs with ``--register=no --keep-unit`` and commands reach
+the container through ``nsenter`` into its systemd's namespaces.
+
+Networks are namespaces the test makes: the VM's own (egress to Debian's archive and PyPI
+through slirp4netns, so nothing listens on this machine's network) and the user's side,
+where inletsctl, the printed client and the services behind it run, joined to the VM by a
+veth pair. The VM's "public IP" is its end of that pair.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from rootfs import RootfsUnavailable, rootfs
+
+T = TypeVar("T")
+USER_ADDR, VM_ADDR = "10.77.0.1", "10.77.0.2"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this machine's bundle: pip in the VM needs it here
+TOOLS = ("systemd-nspawn", "slirp4netns", "nsenter", "ip")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class BootUnavailable(Exception):
+    """Containers cannot boot here; the message says why (the tests skip with it)."""
+
+
+def run(*argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done
+
+
+_checked: list[str] = []
+
+
+def check_available() -> Path:
+    """The root file system, once this machine is known to boot containers from it; else BootUnavailable."""
+    if os.geteuid() != 0:
+        raise BootUnavailable("booting containers needs root (systemd-nspawn, network namespaces)")
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise BootUnavailable(f"{', '.join(missing)} not installed (scripts/install-test-tools.sh installs them)")
+    try:
+        root = rootfs()
+    except RootfsUnavailable as exc:
+        raise BootUnavailable(str(exc)) from None
+    if not _checked:
+        reap_leftovers()
+        probe = run("systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--volatile=overlay", "-D", str(root),
+                    "/bin/true", timeout=120, check=False)
+        if probe.returncode != 0:
+            raise BootUnavailable(f"systemd-nspawn cannot run a container here: {probe.stderr.strip()[-300:]}")
+        _checked.append("ok")
+    return root
+
+
+def reap_leftovers() -> None:
+    """Containers and namespaces of earlier runs that were killed before their clean-up: their
+    names carry the pid of the test run that made them, and that process is gone."""
+    owners = {}
+    for ns in run("ip", "netns", "list", check=False).stdout.split():
+        match = re.fullmatch(r"inlets-[a-z]+-(\d+)-(user|vm)", ns)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            owners[ns] = match.group(1)
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0") if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if argv and argv[0].endswith((b"systemd-nspawn", b"slirp4netns")) and any(
+                f"/run/netns/{ns}".encode() in arg for ns in owners for arg in argv):
+            os.kill(int(proc.name), signal.SIGTERM)  # nspawn then powers its container off
+    for ns in owners:
+        run("ip", "netns", "del", ns, check=False)
+
+
+def in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """``fn()`` run by a thread that entered network namespace ``netns``: sockets it makes live there."""
+    outcome: dict[str, object] = {}
+
+    def enter_and_call() -> None:
+        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the caller)
+            outcome["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=enter_and_call)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+class Network:
+    """The user's namespace and the VM's, a veth pair between them, and the VM's egress (slirp4netns)."""
+
+    def __init__(self, tag: str) -> None:
+        self.user = f"inlets-{tag}-user"
+        self.vm = f"inlets-{tag}-vm"
+        self._slirp: subprocess.Popen[bytes] | None = None
+
+    def up(self) -> "Network":
+        for ns in (self.user, self.vm):
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        run("ip", "link", "add", "uplink", "netns", self.user, "type", "veth", "peer", "name", "eth1", "netns", self.vm)
+        run("ip", "-n", self.user, "addr", "add", f"{USER_ADDR}/24", "dev", "uplink")
+        run("ip", "-n", self.vm, "addr", "add", f"{VM_ADDR}/24", "dev", "eth1")
+        run("ip", "-n", self.user, "link", "set", "uplink", "up")
+        run("ip", "-n", self.vm, "link", "set", "eth1", "up")
+        self._slirp = subprocess.Popen(
+            ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--netns-type=path",
+             f"/run/netns/{self.vm}", "tap0"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while "10.0.2.100" not in run("ip", "-n", self.vm, "-4", "addr", "show", "tap0", check=False).stdout:
+            if time.monotonic() > deadline or self._slirp.poll() is not None:
+                raise RuntimeError("slirp4netns did not configure the VM's egress (tap0)")
+            time.sleep(0.1)
+        return self
+
+    def down(self) -> None:
+        if self._slirp is not None and self._slirp.poll() is None:
+            self._slirp.terminate()
+            self._slirp.wait(timeout=10)
+        for ns in (self.user, self.vm):
+            run("ip", "netns", "del", ns, check=False)
+
+    def user_argv(self, *argv: str) -> list[str]:
+        """``argv`` run on the user's side of the network."""
+        return ["nsenter", f"--net=/run/netns/{self.user}", "--", *argv]
+
+    def on_user_side(self, fn: Callable[[], T]) -> T:
+        return in_netns(self.user, fn)
+
+
+class Container:
+    """One boot of the root file system with ``user_data`` as its NoCloud seed."""
+
+    def __init__(self, root: Path, net: Network, name: str, user_data: str, workdir: Path,
+                 public_keys: tuple[str, ...] = ()) -> None:
+        self.root, self.net, self.name, self.workdir = root, net, name, workdir
+        self.console = workdir / "console.log"
+        seed = workdir / "seed"
+        seed.mkdir(parents=True)
+        (seed / "user-data").write_text(user_data)
+        meta = f"instance-id: {name}\nlocal-hostname: {name}\n"
+        if public_keys:
+            meta += "public-keys:\n" + "".join(f"  - {key}\n" for key in public_keys)
+        (seed / "meta-data").write_text(meta)
+        (workdir / "resolv.conf").write_text("nameserver 10.0.2.3\n")  # slirp4netns's resolver
+        (workdir / "pip.conf").write_text("[global]\ncert = /etc/inlets-tests-ca.crt\n")
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None
+        self.started = 0.0
+
+    def start(self) -> "Container":
+        binds = [f"--bind-ro={self.workdir / 'seed'}:/var/lib/cloud/seed/nocloud",
+                 f"--bind-ro={self.workdir / 'resolv.conf'}:/etc/resolv.conf"]
+        if HOST_CA.exists():  # pip in the VM reaches PyPI through this machine's TLS setup
+            binds += [f"--bind-ro={HOST_CA}:/etc/inlets-tests-ca.crt", f"--bind-ro={self.workdir / 'pip.conf'}:/etc/pip.conf"]
+        with open(self.console, "wb") as out:
+            self._proc = subprocess.Popen(
+                ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--volatile=overlay", "--resolv-conf=off",
+                 "--console=read-only", f"--network-namespace-path=/run/netns/{self.net.vm}", "-M", self.name,
+                 "-D", str(self.root), *binds],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.started = time.monotonic()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def pid(self, timeout: float = 60) -> int:
+        """The PID (here) of the container's systemd."""
+        deadline = time.monotonic() + timeout
+        while self._pid is None:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise AssertionError(f"the container {self.name} exited ({self._proc.returncode}): {self.tail()}")
+            self._pid = _descendant_named(self._proc.pid, "systemd")
+            if self._pid is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no systemd in container {self.name}: {self.tail()}")
+                time.sleep(0.1)
+        return self._pid
+
+    def sh(self, script: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A shell command as root inside the container, with a clean environment."""
+        done = subprocess.run(
+            ["nsenter", "-t", str(self.pid()), "-a", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8",
+             "/bin/sh", "-c", script],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"in {self.name}: {script!r} failed ({done.returncode}): {done.stdout}{done.stderr}")
+        return done
+
+    def wait_cloud_init(self, timeout: float = 300) -> str:
+        """``cloud-init status --long`` once cloud-init has finished (done or error)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise AssertionError(f"{self.name} stopped during cloud-init: {self.tail()}")
+            status = self.sh("cloud-init status --long", check=False).stdout
+            if "status: done" in status or "status: error" in status:
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"cloud-init in {self.name} still running after {timeout:.0f}s:\n{status}{self.tail()}")
+            time.sleep(1)
+
+    def wait_powered_off(self, timeout: float) -> int:
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(timeout=10)
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.console.read_text(errors="replace") if self.console.exists() else ""
+        return "\n--- console:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _descendant_named(root: int, comm: str) -> int | None:
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        pid, rest = int(entry.name), stat[stat.rindex(")") + 2:].split()
+        names[pid] = stat[stat.index("(") + 1: stat.rindex(")")]
+        children.setdefault(int(rest[1]), []).append(pid)
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop(0)
+        if names.get(pid) == comm:
+            return pid
+        todo += children.get(pid, [])
+    return None

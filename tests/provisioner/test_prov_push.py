@@ -1,0 +1,96 @@
+"""Where a cloud's user-data cannot hold the server wheel, the VM waits for it and create sends it.
+
+The receiver here is the very script the user-data carries (render.receiver_script()), run on
+loopback with real TLS; the sender is create's own (wait.deliver_error) and the Terraform
+module's (terraform/tools/push_wheel.py). That a booted VM installs and runs what it received
+is tests/boot/test_boot.py's."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prov_support import free_port
+from tunnel_helpers import TlsFiles
+
+from provisioner.errors import ProvisionError
+from provisioner.render import receiver_script, wheel_xz_base64
+from provisioner.wait import Delivery, deliver_error, healthz_error
+from provisioner.wheel import build_runtime_wheel
+from runtime.certs import EXIT_SERVER_NAME, generate_ca, issue_server_cert
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def vm_tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA and a server certificate naming inlets-exit-server, as every exit server has."""
+    folder = tmp_path_factory.mktemp("vm-tls")
+    ca = generate_ca(common_name="push test CA")
+    server = issue_server_cert(ca, [EXIT_SERVER_NAME])
+    (folder / "ca.crt").write_bytes(ca.cert)
+    (folder / "server.crt").write_bytes(server.cert)
+    (folder / "server.key").write_bytes(server.key)
+    return TlsFiles(ca=folder / "ca.crt", cert=folder / "server.crt", key=folder / "server.key")
+
+
+def start_receiver(tmp_path: Path, tls: TlsFiles, token: str, sha256: str, timeout: float = 60) -> tuple[subprocess.Popen, int, Path]:
+    script = tmp_path / "receive-wheel.py"
+    script.write_text(receiver_script())
+    (tmp_path / "token").write_text(token + "\n")
+    port, out = free_port(), tmp_path / "received.whl"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "--addr", "127.0.0.1", "--port", str(port), "--cert", str(tls.cert), "--key",
+         str(tls.key), "--token-file", str(tmp_path / "token"), "--sha256", sha256, "--timeout", str(timeout), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 15
+    while (healthz_error("127.0.0.1", port, tls.ca) or "").startswith("cannot reach"):  # not listening yet
+        assert time.monotonic() < deadline and proc.poll() is None, "the receiver never listened"
+        time.sleep(0.1)
+    return proc, port, out
+
+
+def test_the_receiver_takes_only_the_wheel_in_the_user_data_with_the_token(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    wheel = build_runtime_wheel()
+    proc, port, out = start_receiver(tmp_path, vm_tls, "t" * 64, wheel.sha256)
+    try:
+        assert healthz_error("127.0.0.1", port, vm_tls.ca) == "/healthz answered 503"  # still installing
+        with pytest.raises(ProvisionError, match=r"refused the runtime wheel: 401 wrong token"):
+            deliver_error("127.0.0.1", port, vm_tls.ca, Delivery(wheel, "x" * 64))
+        tampered = type(wheel)(wheel.filename, wheel.data + b"\0", wheel.requires)
+        with pytest.raises(ProvisionError, match=r"422 the wheel's SHA-256 is not the one in the user-data"):
+            deliver_error("127.0.0.1", port, vm_tls.ca, Delivery(tampered, "t" * 64))
+        assert not out.exists() and proc.poll() is None
+        assert deliver_error("127.0.0.1", port, vm_tls.ca, Delivery(wheel, "t" * 64)) is None
+        assert proc.wait(timeout=15) == 0 and out.read_bytes() == wheel.data
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_receiver_nobody_sends_to_ends_with_an_error(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    proc, _, out = start_receiver(tmp_path, vm_tls, "t" * 64, "0" * 64, timeout=2)
+    assert proc.wait(timeout=30) == 1 and not out.exists()
+    assert "no wheel arrived within 2s" in proc.stderr.read()
+
+
+def test_the_terraform_tool_sends_the_modules_wheel(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    """terraform/tools/push_wheel.py, as the aws-exit-server module runs it (settings in the environment)."""
+    wheel = build_runtime_wheel("http")
+    proc, port, out = start_receiver(tmp_path, vm_tls, "t" * 64, wheel.sha256)
+    try:
+        env = dict(os.environ, INLETS_HOST="127.0.0.1", INLETS_PORT=str(port), INLETS_TOKEN="t" * 64,
+                   INLETS_CA_CERT=vm_tls.ca.read_text(), INLETS_WHEEL_XZ_BASE64=wheel_xz_base64(wheel),
+                   INLETS_TIMEOUT="30")
+        pushed = subprocess.run([sys.executable, str(ROOT / "terraform/tools/push_wheel.py")], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert pushed.returncode == 0, pushed.stderr
+        assert proc.wait(timeout=15) == 0 and out.read_bytes() == wheel.data
+    finally:
+        proc.kill()
+        proc.wait()

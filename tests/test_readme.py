@@ -1,0 +1,173 @@
+"""The README as a newcomer follows it: every command it prints runs as printed (readme_commands
+explains how a block is found and run), and what it says about the tests matches the project's files."""
+
+from __future__ import annotations
+
+import errno
+import re
+import shlex
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
+from readme_commands import README, ROOT, Shell, block, commands
+
+from runtime.dataplane import bind_failure
+
+
+def _free_on_both(*hosts: str) -> int:
+    """A port free on every loopback address given (the service's and the exit server's)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((hosts[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as other:
+                    other.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no port free on " + ", ".join(hosts))
+
+
+def _need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed (bash scripts/install-test-tools.sh installs it)")
+
+
+# ------------------------------------------------------------------------ quick start
+
+
+def test_quick_start_is_two_set_up_commands_and_ci_runs_the_second() -> None:
+    demo, tests = (shlex.split(c, comments=True) for c in commands("quick-start"))
+    assert (demo, tests) == (["bash", "scripts/demo.sh"], ["bash", "scripts/test.sh"])
+    ci = [shlex.split(line) for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("exec ")]
+    assert ci == [["exec", *tests]], "the README's test command and .ci/run's must be the same"
+
+
+def test_quick_start_demo_runs_as_printed_and_reads_as_progress(tmp_path: Path) -> None:
+    shell = Shell(tmp_path)
+    try:
+        code, out = shell.run(commands("quick-start")[0], timeout=240, cwd=ROOT)
+    finally:
+        shell.close()
+    assert code == 0 and out.rstrip().endswith("demo: OK, the request crossed the tunnel"), out
+    assert not re.search(r"warning|deprecat|refused|traceback|error", out, re.I), out
+
+
+def test_activating_the_quick_starts_venv_puts_both_commands_on_the_path(tmp_path: Path) -> None:
+    venv = ROOT / ".venv"
+    if not (venv / "bin" / "activate").exists():
+        pytest.skip("no .venv in the checkout: the quick start (bash scripts/demo.sh) makes it")
+    shell = Shell(tmp_path, path_with_inlets=False)
+    code, out = shell.run(block("activate") + "command -v inlets inletsctl\n", cwd=ROOT)
+    assert code == 0 and out.split() == [str(venv / "bin" / "inlets"), str(venv / "bin" / "inletsctl")], out
+
+
+# ------------------------------------------------------------------ one machine, TCP
+
+
+def test_one_machine_tcp_tunnel_as_printed(tmp_path: Path) -> None:
+    _need("openssl")
+    _need("curl")
+    control, port = _free_on_both("127.0.0.1"), _free_on_both("127.0.0.1", "127.0.0.2")
+    shell = Shell(tmp_path, values={"8123": str(control), "8080": str(port)})  # ports that may be taken here
+    try:
+        server = shell.start_block("one-machine-server")
+        server.wait_for("event=started")
+        client = shell.start_block("one-machine-client")
+        client.wait_for("event=connected")
+        code, out = shell.run_block("one-machine-request")
+        assert code == 0 and out.endswith("\nHello through the tunnel\n"), out  # after curl's progress meter
+    finally:
+        shell.close()
+
+
+def test_the_quoted_one_machine_refusal_is_the_servers_own_words() -> None:
+    text = " ".join(README.read_text().split())
+    quoted = re.search(r"the client is then refused with `([^`]+)`", text)
+    assert quoted is not None
+    assert quoted[1] == bind_failure(None, 8080, OSError(errno.EADDRINUSE, "Address already in use"))
+
+
+# ------------------------------------------------------------ inletsctl on this machine
+
+
+def test_inletsctl_on_this_machine_as_printed(tmp_path: Path) -> None:
+    port = _free_on_both("127.0.0.1", "127.0.0.2")
+    shell = Shell(tmp_path, values={"8080": str(port)})
+    name = None
+    try:
+        code, out = shell.run_block("inletsctl-local", timeout=90)
+        assert code == 0, out
+        name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
+        client_command = re.search(r"^  (inlets tcp client .*)$", out, re.M)[1]  # type: ignore[index]
+        status_command = re.search(r"^  (inlets status .*)$", out, re.M)[1]  # type: ignore[index]
+        control = re.search(r"wss://127\.0\.0\.1:(\d+) ", client_command)[1]  # type: ignore[index]
+
+        def as_the_readme_shows_it(command: str) -> str:
+            return (command.replace(str(shell.home), "~").replace(name, "brave-otter-3f2a")  # type: ignore[arg-type]
+                    .replace(f":{control} ", ":41421 ").replace(f"--ports {port}", "--ports 8080"))
+
+        assert as_the_readme_shows_it(client_command) == block("inletsctl-local-client").strip()
+        assert as_the_readme_shows_it(status_command) == block("inletsctl-local-status").strip()
+
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "index.html").write_text("through inletsctl's exit server\n")
+        shell.start(f"exec python3 -m http.server {port} --bind 127.0.0.1 --directory site")
+        client = shell.start(client_command)  # as printed
+        client.wait_for("event=connected")
+        with urllib.request.urlopen(f"http://127.0.0.2:{port}/", timeout=10) as answer:
+            assert answer.read() == b"through inletsctl's exit server\n"
+
+        code, status = shell.run(status_command)  # as printed
+        assert code == 0 and "tcp:" + str(port) in status, status
+        unpinned = shell.run(status_command.replace(" --tls-server-name inlets-exit-server", ""))
+        assert unpinned[0] == 1 and unpinned[1].count("\n") == 1, unpinned
+        assert "--tls-server-name inlets-exit-server" in unpinned[1], unpinned
+
+        shell.values["brave-otter-3f2a"] = name
+        code, out = shell.run_block("inletsctl-local-delete")
+        assert code == 0 and f"deleted {name}" in out, out
+        name = None
+        log = client.wait_for("event=token_file_unreadable")  # still there, retrying, and saying why
+        assert client.process.poll() is None and "Traceback" not in log
+    finally:
+        if name is not None:
+            shell.run(f"inletsctl delete {name}")
+        shell.close()
+
+
+# ----------------------------------------------------------------- run as a service
+
+
+def test_generated_unit_as_printed_verifies_and_holds_no_secret(tmp_path: Path) -> None:
+    _need("systemd-analyze")
+    shell = Shell(tmp_path)
+    code, out = shell.run_block("generate-systemd")
+    assert code == 0 and out == "", out  # systemd-analyze verify found nothing to say
+    unit = (tmp_path / "inlets-http-client.service").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start
+    hint = next(line for line in unit.splitlines() if line.startswith("# Before the first start: "))  # the README's pointer
+    assert hint.startswith("# Before the first start: useradd --system") and all(
+        f in hint for f in ("/etc/inlets/bearer-token", "/etc/inlets/ca.crt", "/etc/inlets/token"))
+
+
+# ------------------------------------------------------------------- the test tools
+
+
+def test_the_readme_lists_every_tool_the_tests_install_or_need() -> None:
+    text = README.read_text()
+    tests = text[text.index("\n## Tests\n"):]
+    tests = tests[: tests.index("\n## ", 1)]
+    script = (ROOT / "scripts" / "install-test-tools.sh").read_text()
+    packages = re.search(r"^apt_packages=\(([^)]*)\)", script, re.M)[1].split()  # type: ignore[index]
+    assert packages and all(f"`{p}`" in tests for p in packages + ["nodejs", "npm"]), packages
+    assert "**Terraform**" in tests and "/usr/local/bin/terraform" in tests and "$INLETS_TF_PLUGIN_DIRS" in tests
+    assert f"`${SPECS_ENV}`" in tests and f"(default `{SPECS_DEFAULT}`" in tests
+    assert f"`{SPEC_FILE}`" in tests and "https://github.com/digitalocean/openapi" in tests
