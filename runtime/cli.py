@@ -148,7 +148,7 @@ def tcp_client(
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
-    max_streams: MaxServerStreams = 512,
+    max_streams: MaxServerStreams = 1024,
     max_buffer: MaxBuffer = 128,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,

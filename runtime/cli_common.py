@@ -233,7 +233,7 @@ def client_config(
     proxy: str | None = None,
     proxy_password_file: Path | None = None,
     drain_timeout: float = 30.0,
-    max_streams: int = 512,
+    max_streams: int = 1024,
     max_buffer_mib: int = 128,
 ) -> ClientConfig:
     from .client import ClientConfig, FatalClientError, connect_url

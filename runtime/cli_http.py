@@ -179,7 +179,7 @@ def http_client(
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
-    max_streams: MaxServerStreams = 512,
+    max_streams: MaxServerStreams = 1024,
     max_buffer: MaxBuffer = 128,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,

@@ -59,7 +59,7 @@ class ClientConfig:
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
     #: What one server may make this client hold: streams open at once, and bytes received for
     #: upstreams not yet taken by them (credit outstanding included), all streams together.
-    max_streams: int = 512
+    max_streams: int = 1024
     max_buffer: int = 128 * 1024 * 1024
 
 

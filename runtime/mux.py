@@ -42,7 +42,7 @@ RESET_CODE = struct.Struct("!H")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
 #: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
-DEFAULT_INITIAL_WINDOW = 256 * 1024
+DEFAULT_INITIAL_WINDOW = 64 * 1024  # as HTTP/2's: 1,024 fresh streams take half of a 128 MiB budget
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
 #: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
