@@ -33,12 +33,13 @@ DIST = "inlets-py"
 SERVER_ROOTS = {"tcp": ("__main__", "cli", "tcp_server", "forwarding"), "http": ("__main__", "cli", "http_server")}
 LETSENCRYPT_ROOTS = ("https_front", "letsencrypt", "acme_client")
 #: Modules an exit server never runs, although ``cli.py`` imports them for other commands:
-#: the tunnel client, ``--generate``, ``inlets status``. The other mode's server is left out too.
+#: the tunnel client, ``--generate``, ``inlets status``. The other mode's server is left out too, and
+#: from HTTP servers local forwarding (a TCP feature, imported only by the TCP commands).
 CLIENT_MODULES = frozenset(
     {"client", "proxy", "probe", "generate", "templating", "systemd_quote", "tcp_client", "http_client"}
 )
 LETSENCRYPT_MODULES = frozenset({"acme_store", "acme_client", "letsencrypt", "https_front"})
-OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp")}
+OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp|forwarding")}
 _EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (a marker names it)
 _EXTRA_CLAUSE = re.compile(r"\s*\band\s+extra\s*==\s*['\"][^'\"]*['\"]|\bextra\s*==\s*['\"][^'\"]*['\"]\s*(and\s*)?")
 

@@ -307,6 +307,8 @@ def run_until_signalled(
     try:
         import uvloop
     except ImportError:
+        uvloop = None  # run the loop outside the except block: everything raised in it would carry the ImportError
+    if uvloop is None:
         asyncio.run(runner())
     else:
         uvloop.run(runner())

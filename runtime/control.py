@@ -13,7 +13,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -23,11 +23,13 @@ from websockets.http11 import Request, Response
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from .allowlist import SourceAllowList
 from .auth import TokenSet
-from .forwarding import ForwardingPolicy
 from .ratelimit import FailedLoginLimiter
 from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
 from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from .session import Session
+
+if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
+    from .forwarding import ForwardingPolicy
 
 log = logging.getLogger("inlets.server")
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from .http_leg import Leg, LegFailed
 from .http_options import HttpOptions
-from .http_proto import LAST_CHUNK, Body, EndOfMessage, HttpError, RequestHead, ResponseHead, SimpleResponse, chunk
+from .http_proto import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
+from .http_write import LAST_CHUNK, SimpleResponse, chunk
 
 if TYPE_CHECKING:
     from .http_proxy import FrontConnection
@@ -59,13 +60,14 @@ def try_start(front: FrontConnection, head: RequestHead) -> bool:
     service, label = server.route(head.host)
     if service is None:
         return False
+    guard = server.guards.get(service)
+    if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
+        return False
     leg = front._pick(service)
     if leg is None:
         return False
     options = server.options_for(leg.session)
-    if options.protected and not options.authorized(head.noted.get(b"authorization", (None,))[0]):
-        return False
-    request = front._request_head(head, leg, options)
+    request = front._request_head(head, leg, options, guard is not None)
     if not _send_request(leg, request):
         return False
     front.parked = True  # the coroutine leaves the connection to the callbacks until this ends
@@ -222,12 +224,10 @@ def _fail(front: FrontConnection, ex: Exchange, failure: Exception | None) -> No
 
 
 def _reply(front: FrontConnection, ex: Exchange, status: int, message: str) -> None:
-    from .http_proxy import REASONS
-
     transport = front.transport
     if transport is not None:
         body = SimpleResponse(status, (message + "\n").encode())
-        transport.write(body.encode(REASONS.get(status, "Error"), True, ex.head.method == b"HEAD"))
+        transport.write(body.encode(True, ex.head.method == b"HEAD"))
     front.server.observe(status, ex.label, ex.head.method, ex.started)
     _end(front, ex, False)
 

@@ -11,14 +11,33 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 
 from .http_proto import Body, Event, HttpError, ResponseReader, Upgraded
 from .mux import ResetCode, StreamError
 from .session import Channel, Session
 
+log = logging.getLogger("inlets.http")
+
 
 class LegFailed(Exception):
-    """The stream was reset (client gone, upstream refused) or the upstream broke HTTP."""
+    """The stream was reset (client gone, upstream refused) or the upstream broke HTTP.
+
+    ``str()`` is for the user's 502; ``detail`` is what the tunnel client said (it names the
+    upstream's address), for the log only.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+#: What a user is told when the tunnel client resets the stream: never the client's own reason.
+RESET_MESSAGES = {
+    ResetCode.REFUSED: "the tunnel client could not reach its upstream (the client's log says why)",
+    ResetCode.NOT_ALLOWED: "the tunnel client does not serve this host",
+    ResetCode.TOO_MANY_STREAMS: "the tunnel client has too many streams open",
+}
 
 
 class UpstreamTimeout(Exception):
@@ -72,7 +91,8 @@ class Leg:
 
     def on_reset(self, code: int, reason: str) -> None:
         if self.failure is None:
-            self.failure = LegFailed(reason or f"stream reset (code {code})")
+            log.debug("event=stream_reset service=%s code=%d reason=%r", self.service, code, reason)
+            self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
         self._wake()
         self._wake_writer()
 
@@ -138,7 +158,7 @@ class Leg:
             try:
                 count = self.channel.write(view)
             except StreamError as exc:
-                raise LegFailed(str(exc)) from None
+                raise LegFailed("the tunnel stream closed", str(exc)) from None
             if count == len(view):
                 break
             view = view[count:]

@@ -153,10 +153,12 @@ class HttpOptions:
     @cached_property
     def request_drop(self) -> frozenset[bytes]:
         """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
-        own = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-        if self.protected:
-            own.add(b"authorization")  # the tunnel's credentials stay at the tunnel
-        return HOP_BY_HOP | self.request_remove | own
+        return HOP_BY_HOP | self.request_remove | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+    @cached_property
+    def guarded_drop(self) -> frozenset[bytes]:
+        """``request_drop`` on a protected name: the tunnel's credential stays at the tunnel."""
+        return self.request_drop | {b"authorization"}
 
     @cached_property
     def response_drop(self) -> frozenset[bytes]:

@@ -8,7 +8,8 @@ connection's coroutine, which streams the body as it arrives. Either way the
 response is passed on by the stream's callbacks (``http_exchange``). Bodies are
 never held whole: reading from the user pauses when the queue passes
 ``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
-the bytes.
+the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,
+the rest of the read waits unparsed and reading pauses until half of them are answered.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from .dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
 from .http_leg import Leg, LegFailed, UpstreamTimeout
 from .http_options import HttpOptions
 from .http_upgrade import switch_protocols
-from .http_proto import (
-    LAST_CHUNK, Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, SimpleResponse,
-    Upgraded, chunk, kept_lines,
-)
+from .http_proto import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
+from .http_write import LAST_CHUNK, SimpleResponse, chunk, kept_lines
 from .mux import StreamError
 
 if TYPE_CHECKING:
@@ -36,9 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("inlets.http")
 
 HIGH_WATER = 512 * 1024
-REASONS = {400: "Bad Request", 401: "Unauthorized", 405: "Method Not Allowed", 414: "URI Too Long",
-           431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
 _HOST = frozenset((b"host",))
 
 
@@ -51,6 +48,8 @@ class FrontConnection(asyncio.Protocol):
         self.reader = RequestReader()
         self.events: collections.deque[Event | HttpError] = collections.deque()
         self.buffered = 0
+        self.pipelined = 0  # request heads in ``events``
+        self.unparsed = b""  # read but not parsed: the pipeline was full
         self.raw = False
         self.eof = False
         self.leg: Leg | None = None
@@ -136,25 +135,52 @@ class FrontConnection(asyncio.Protocol):
         if self.raw:
             self.events.append(Body(data))
             self.buffered += len(data)
+        elif self.unparsed:
+            self.unparsed += data  # a read already on its way when reading paused
         else:
-            try:
-                events = self.reader.feed(data)
-            except HttpError as exc:
-                self.events.append(exc)
-                self.transport.pause_reading()  # type: ignore[union-attr]
-                self._paused_reading = True
-            else:
-                for event in events:
-                    if type(event) is Body:
-                        self.buffered += len(event.data)
-                    elif type(event) is Upgraded:
-                        self.raw = True
-                        self.buffered += len(event.tail)
-                self.events.extend(events)
-        if self.buffered > HIGH_WATER and not self._paused_reading:
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self._paused_reading = True
+            self._parse(data)
+        if self.buffered > HIGH_WATER:
+            self._pause_reading()
         self._resume_requests()
+
+    def _parse(self, data: bytes) -> None:
+        """Parse no further than ``PIPELINE_DEPTH`` requests ahead; what is left waits, unread."""
+        try:
+            events, used = self.reader.feed_within(data, PIPELINE_DEPTH - self.pipelined)
+        except HttpError as exc:
+            self.events.append(exc)
+            self._pause_reading()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is Body:
+                self.buffered += len(event.data)  # type: ignore[union-attr]
+            elif kind is RequestHead:
+                self.pipelined += 1
+            elif kind is Upgraded:
+                self.raw = True
+                self.buffered += len(event.tail)  # type: ignore[union-attr]
+        self.events.extend(events)
+        if used < len(data):
+            self.unparsed = data[used:]
+            self._pause_reading()
+
+    def _refill(self) -> None:
+        """Half the pipeline is answered: parse what waited, and read on once all of it is parsed."""
+        data, self.unparsed = self.unparsed, b""
+        self._parse(data)
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused_reading = True
+
+    def _resume_reading(self) -> None:
+        if (self._paused_reading and self.buffered < HIGH_WATER // 2 and not self.unparsed
+                and self.transport is not None):
+            self._paused_reading = False
+            self.transport.resume_reading()
 
     def _resume_requests(self) -> None:
         """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
@@ -168,6 +194,9 @@ class FrontConnection(asyncio.Protocol):
                 events.popleft()
                 if events and type(events[0]) is EndOfMessage:
                     events.popleft()
+                self.pipelined -= 1
+                if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                    self._refill()
                 return
         if events or self.eof:
             self._wake()
@@ -219,9 +248,11 @@ class FrontConnection(asyncio.Protocol):
         event = self.events.popleft()
         if type(event) is Body:
             self.buffered -= len(event.data)  # type: ignore[union-attr]
-            if self._paused_reading and self.buffered < HIGH_WATER // 2 and self.transport is not None:
-                self._paused_reading = False
-                self.transport.resume_reading()
+            self._resume_reading()
+        elif type(event) is RequestHead:
+            self.pipelined -= 1
+            if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                self._refill()
         return event
 
     async def _send(self, data: bytes) -> None:
@@ -268,7 +299,7 @@ class FrontConnection(asyncio.Protocol):
                       extra: list | None = None, host: str = "", started: float = 0.0) -> None:
         body = (message.rstrip() + "\n").encode()
         response = SimpleResponse(status, body, extra or [])
-        await self._send(response.encode(REASONS.get(status, "Error"), close, head is not None and head.method == b"HEAD"))
+        await self._send(response.encode(close, head is not None and head.method == b"HEAD"))
         if head is not None:
             self.server.observe(status, host, head.method, started)
         else:
@@ -302,23 +333,27 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
+        guard = server.guards.get(service)
+        if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
+            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
+                               extra=guard.challenges(), host=label, started=started)
+            return not close_on_refusal
         leg = self._pick(service)
         if leg is None:
             await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
         options = server.options_for(leg.session)
-        if options.protected and not options.authorized(head.noted.get(b"authorization", (None,))[0]):
-            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
-                               extra=[options.challenge()], host=label, started=started)
-            return not close_on_refusal
-        return await self._forward(head, leg, options, label, started)
+        return await self._forward(head, leg, options, label, started, guard is not None)
 
-    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions) -> bytes:
-        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass."""
+    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions, guarded: bool) -> bytes:
+        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass.
+        On a protected name the credential stays here, whichever client's upstream this is."""
         noted = head.noted
         rewrite = options.rewrite_host.get(leg.service)
-        drop = options.request_drop | _HOST if rewrite is not None else options.request_drop
+        drop = options.guarded_drop if guarded else options.request_drop
+        if rewrite is not None:
+            drop = drop | _HOST
         lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
         lines += kept_lines(head.headers, head.lower, drop, head.connection)
         if rewrite is not None:
@@ -335,9 +370,10 @@ class FrontConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float) -> bool:
+    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
+                       guarded: bool) -> bool:
         """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
-        request = self._request_head(head, leg, options)
+        request = self._request_head(head, leg, options, guarded)
         rest = leg.write_now(request)
         if rest is not None:
             try:

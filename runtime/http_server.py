@@ -3,7 +3,8 @@
 Clients advertise ``http:NAME`` services (``http:*`` for the catch-all) and their
 options (``http_options``); the data plane (``http_proxy``) routes each request by
 Host to an exact name, then the catch-all, round robin across the clients serving
-it. The control plane is the one every mode shares, plus ``GET /metrics``.
+it; a name some client protected never falls through to the catch-all
+(``http_guard``). The control plane is the one every mode shares, plus ``GET /metrics``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .dataplane import DataPlaneOptions
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from .http_guard import Guards
 from .http_options import HttpOptions, OptionError
 from .http_leg import Leg
 from .http_proxy import FrontConnection
@@ -78,6 +80,7 @@ class HttpTunnelServer:
         self.connections: set[FrontConnection] = set()
         self.registry: Registry[Session] = Registry()
         self.options: dict[Session, HttpOptions] = {}
+        self.guards = Guards()  # basic auth / bearer protection, per host name
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
         self.control = ControlPlane("http", config, self._admit, self._release)
         self.metrics = HttpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
@@ -153,9 +156,9 @@ class HttpTunnelServer:
                     conn.transport.close()
 
     def route(self, host: str) -> tuple[str | None, str]:
-        """(service to use or None, metrics label): exact name, then the catch-all."""
+        """(service to use or None, metrics label): exact name (served or protected), then the catch-all."""
         service = f"http:{host}"
-        if self.registry.sessions_for(service):
+        if self.registry.sessions_for(service) or service in self.guards:
             return service, host
         if self.registry.sessions_for(CATCH_ALL):
             return CATCH_ALL, OTHER
@@ -182,11 +185,13 @@ class HttpTunnelServer:
         if unknown:
             raise HandshakeError(CLOSE_SERVICE_REFUSED, f"rewrite_host names services not advertised: {sorted(unknown)}")
         self.options[session] = options
+        self.guards.admit(session, services, options)
         self.registry.add(session, services)
         return services
 
     def _release(self, session: Session) -> None:
         self.options.pop(session, None)
+        self.guards.release(session)
         for service in self.registry.remove(session):
             host = service.partition(":")[2]
             if host != "*":

@@ -14,8 +14,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from .http_proto import HttpError, RequestHead, RequestReader, SimpleResponse
+from .http_proto import HttpError, RequestHead, RequestReader
 from .http_proxy import FrontConnection
+from .http_write import SimpleResponse
 from .letsencrypt import LetsEncrypt
 
 if TYPE_CHECKING:
@@ -59,8 +60,6 @@ def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int)
 class PlainFront(asyncio.Protocol):
     """One connection on the plain HTTP port: a challenge answer or a redirect, then close."""
 
-    REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 404: "Not Found"}
-
     def __init__(self, letsencrypt: LetsEncrypt, https_port: int) -> None:
         self.letsencrypt = letsencrypt
         self.https_port = https_port
@@ -89,7 +88,7 @@ class PlainFront(asyncio.Protocol):
 
     def _answer(self, status: int, body: bytes, extra: list, head_only: bool) -> None:
         assert self.transport is not None
-        self.transport.write(SimpleResponse(status, body, extra).encode(self.REASONS.get(status, "Error"), True, head_only))
+        self.transport.write(SimpleResponse(status, body, extra).encode(True, head_only))
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

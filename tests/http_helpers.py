@@ -184,15 +184,19 @@ class Stack:
 
     # ---------------------------------------------------------------- parts
 
-    def upstream(self, name: str) -> tuple[UpstreamApp, int]:
+    def upstream(self, name: str, ssl=None) -> tuple[UpstreamApp, int]:
         app = UpstreamApp(name)
+        return app, self.serve(app.handle, ssl)
+
+    def serve(self, handler, ssl=None) -> int:
+        """An asyncio server on loopback for ``handler(reader, writer)`` (say, an upstream that misbehaves); its port."""
 
         async def start():
-            server = await asyncio.start_server(app.handle, LOOPBACK, 0)
+            server = await asyncio.start_server(handler, LOOPBACK, 0, ssl=ssl)
             self.closers.append(_closer(server))
             return server.sockets[0].getsockname()[1]
 
-        return app, self.run(start())
+        return self.run(start())
 
     def websocket_echo(self) -> int:
         async def echo(ws) -> None:

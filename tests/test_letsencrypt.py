@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from http_helpers import LOOPBACK, Stack, need
+from http_helpers import LOOPBACK, Stack, need, raw_request
 from letsencrypt_helpers import dnsmasq, pebble, served_certificate, wait_until
 from runtime.acme_store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
 from runtime.auth import TokenSet
@@ -127,6 +127,16 @@ def test_plain_port_answers_only_known_challenges(acme) -> None:
     )
     assert result.stdout == "404"
     assert acme["manager"].challenges == {}  # withdrawn once validated
+
+
+@pytest.mark.parametrize("request_bytes, status_line", [
+    (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: a.example.test\r\n\r\n", b"HTTP/1.1 414 URI Too Long\r\n"),
+    (b"GET / HTTP/1.1\r\nHost: a.example.test\r\nX-Big: " + b"h" * 20_000 + b"\r\n\r\n",
+     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+    (b"CONNECT a.example.test:443 HTTP/1.1\r\nHost: a.example.test:443\r\n\r\n", b"HTTP/1.1 405 Method Not Allowed\r\n"),
+])
+def test_plain_port_refusals_name_their_status(acme, request_bytes, status_line) -> None:
+    assert raw_request(acme["http"], request_bytes).startswith(status_line)
 
 
 def test_keys_are_private_and_never_logged(acme, caplog) -> None:
@@ -277,6 +287,8 @@ def test_plain_answers() -> None:
     assert plain_answer(_head(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 8443)[2] == [
         (b"Location", b"https://a.test:8443/")]
     assert plain_answer(_head(b"GET / HTTP/1.0\r\n\r\n"), challenges, 443)[0] == 400
+    assert plain_answer(_head(b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n"), challenges, 443)[2] == [
+        (b"Location", b"https://a.test/x")]  # absolute form: the target's host and path (RFC 9112 3.2.2)
 
 
 def test_cli_bad_options_are_one_line_errors() -> None:
