@@ -149,7 +149,7 @@ def tcp_client(
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
     max_streams: MaxServerStreams = 1024,
-    max_buffer: MaxBuffer = 128,
+    max_buffer: MaxBuffer = 64,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",

@@ -78,7 +78,8 @@ MaxServerStreams = Annotated[int, typer.Option(
     "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
 MaxBuffer = Annotated[int, typer.Option(
     "--max-buffer", min=1, max=1_000_000,
-    help="MiB the server's streams may make this client hold for upstreams that have not taken them yet, all together.")]
+    help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "
+    "(for upstreams that have not taken the data yet).")]
 DrainTimeout = Annotated[
     float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
 ]
@@ -234,7 +235,7 @@ def client_config(
     proxy_password_file: Path | None = None,
     drain_timeout: float = 30.0,
     max_streams: int = 1024,
-    max_buffer_mib: int = 128,
+    max_buffer_mib: int = 64,
 ) -> ClientConfig:
     from .client import ClientConfig, FatalClientError, connect_url
     from .proxy import ProxyConfigError

@@ -57,10 +57,10 @@ class ClientConfig:
     token_file: Path | None = None  # when given, re-read at every connection (rotation)
     drain_timeout: float = 30.0
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
-    #: What one server may make this client hold: streams open at once, and bytes received for
-    #: upstreams not yet taken by them (credit outstanding included), all streams together.
+    #: What one server may make this client hold: streams open at once, and how far their windows
+    #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
     max_streams: int = 1024
-    max_buffer: int = 128 * 1024 * 1024
+    max_buffer: int = 64 * 1024 * 1024
 
 
 def connect_url(url: str) -> str:

@@ -15,18 +15,13 @@ only its own stream; the shared websocket keeps moving. A peer that breaks a
 limit (window, frame size, stream ids) gets ``ProtocolError``: the glue closes the
 connection rather than trust it.
 
-A receiver may also bound what all streams together can make it hold
-(``recv_budget``): streams then start with ``initial_recv_window`` of credit and grow
-towards ``recv_window`` as their data is consumed, while the credit outstanding plus
-the bytes received and not yet consumed (``exposure``) stay within the budget; an
-OPEN that would not fit is refused. A stream whose reader stalls keeps what it had.
-
-Every queue is bounded. DATA waits only up to the credit the peer granted, and the
-glue stops its writers past a high-water mark. Control frames are what a peer can make
-us queue at will (a RESET per OPEN refused, a WINDOW per window's worth of DATA): past
-``max_control_backlog`` queued bytes of them the multiplexer is ``backlogged`` and the
-glue reads no more from the peer until ``data_to_send`` has taken them below half that.
-A peer that never reads then stops being read from, and its input waits in its socket.
+A receiver may also bound what all streams together can make it hold. Streams then
+start with ``initial_recv_window`` of credit (the handshake's window) and double per
+grant towards ``recv_window`` as their data is consumed, while the growth of all live
+streams together (``grown``) stays within ``recv_budget``; a stream whose reader
+stalls keeps what it had, and one that is consumed always gets its credit back. What
+the peer can make the receiver hold, credit outstanding and bytes not yet consumed, is
+then at most ``max_streams * initial_recv_window + recv_budget``.
 """
 
 from __future__ import annotations
@@ -42,7 +37,8 @@ RESET_CODE = struct.Struct("!H")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
 #: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
-DEFAULT_INITIAL_WINDOW = 64 * 1024  # as HTTP/2's: 1,024 fresh streams take half of a 128 MiB budget
+#: A burst of datagrams at a UDP flow's start must fit: what finds no credit is dropped.
+DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
 #: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
@@ -163,8 +159,8 @@ class Multiplexer:
             raise ValueError("windows must be between 1 and 2**31-1, the initial one no larger")
         self.recv_window = recv_window  # the most credit one stream may grow to
         self.initial_recv_window = initial_recv_window  # each new stream's credit (the handshake's window)
-        self.recv_budget = recv_budget  # None: no bound across streams
-        self.exposure = 0  # credit outstanding plus bytes held, over all live streams
+        self.recv_budget = recv_budget  # None: streams grow freely
+        self.grown = 0  # how far live streams' windows grew beyond initial_recv_window, all together
         self.initial_send_window = send_window  # what the peer grants us per stream
         self.max_frame = max_frame
         self.max_streams = max_streams
@@ -193,7 +189,7 @@ class Multiplexer:
         self._next_id += 2
         if stream_id > 0xFFFFFFFF:
             raise StreamError("stream ids exhausted; reconnect")
-        self._streams[stream_id] = self._new_stream()
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
         self._queue(FrameType.OPEN, stream_id, raw)
         return stream_id
 
@@ -242,7 +238,6 @@ class Multiplexer:
             return
         count = min(count, stream.held)
         stream.held -= count
-        self.exposure -= count
         if stream.remote_closed:
             return
         stream.unacked += count
@@ -251,13 +246,13 @@ class Multiplexer:
             grant = stream.unacked
             grow = min(stream.recv_limit, self.recv_window - stream.recv_limit)
             if self.recv_budget is not None:
-                grow = min(grow, self.recv_budget - self.exposure - grant)
+                grow = min(grow, self.recv_budget - self.grown)
             if grow > 0:
                 stream.recv_limit += grow
+                self.grown += grow
                 grant += grow
             self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
             stream.recv_window += grant
-            self.exposure += grant
             stream.unacked = 0
 
     def send_window(self, stream_id: int) -> int:
@@ -358,11 +353,8 @@ class Multiplexer:
         if self._peer_open >= self.max_streams:
             self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_streams} open streams")
             return
-        if self.recv_budget is not None and self.exposure + self.initial_recv_window > self.recv_budget:
-            self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"buffer limit of {self.recv_budget} bytes in use")
-            return
         self._peer_open += 1
-        self._streams[stream_id] = self._new_stream()
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
         events.append(StreamOpened(stream_id, target))
 
     def _on_data(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
@@ -405,8 +397,6 @@ class Multiplexer:
         if stream.remote_closed:
             raise ProtocolError(f"second FIN on stream {stream_id}")
         stream.remote_closed = True
-        self.exposure -= stream.recv_window  # credit nobody can use any more
-        stream.recv_window = 0
         events.append(StreamEnded(stream_id))
         self._maybe_forget(stream_id, stream)
 
@@ -451,12 +441,8 @@ class Multiplexer:
             del self._streams[stream_id]
             self._forgotten(stream_id, stream)
 
-    def _new_stream(self) -> _Stream:
-        self.exposure += self.initial_recv_window
-        return _Stream(self.initial_send_window, self.initial_recv_window)
-
     def _forgotten(self, stream_id: int, stream: _Stream) -> None:
-        self.exposure -= stream.recv_window + stream.held
+        self.grown -= stream.recv_limit - self.initial_recv_window
         if stream_id % 2 == self._peer_parity:
             self._peer_open -= 1
 
