@@ -19,6 +19,8 @@ import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
 
+from runtime.ports import url_port
+
 from .errors import NotFound, ProvisionError
 from .providers.base import TAG, Plan, expiry_tag
 
@@ -81,7 +83,11 @@ def parse_api_url(provider: str, api_url: str, env: str) -> Endpoint:
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ProvisionError(f"invalid {provider} API URL {api_url!r} (--api-url or ${env}): use http(s)://HOST[:PORT]")
     secure = parsed.scheme == "https"
-    return Endpoint(secure, parsed.hostname, parsed.port or (443 if secure else 80), parsed.path.rstrip("/"))
+    try:
+        port = url_port(parsed, 443 if secure else 80)
+    except ValueError as exc:
+        raise ProvisionError(f"invalid {provider} API URL {api_url!r} (--api-url or ${env}): {exc}") from None
+    return Endpoint(secure, parsed.hostname, port, parsed.path.rstrip("/"))
 
 
 def point(connection: Any, endpoint: Endpoint | None, timeout: float = 30.0) -> Endpoint:

@@ -158,13 +158,18 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
     return text
 
 
+#: What an embedded wheel leaves unused of the provider's limit: a user-data that fits by a few
+#: bytes today would be refused after the code grows, so the wheel is sent instead.
+EMBED_MARGIN = 4 * 1024
+
+
 def fitting_user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) -> tuple[str, bool]:
-    """The user-data with the wheel embedded where it fits the provider's limit, else set up to
-    receive it (``create`` then delivers it); and whether it must be delivered."""
+    """The user-data with the wheel embedded where it fits the provider's limit with EMBED_MARGIN to
+    spare, else set up to receive it (``create`` then delivers it); and whether it must be delivered."""
     if options.wheel is None or options.push:
         return user_data(spec, material, options), options.push and options.wheel is not None
     try:
-        return user_data(spec, material, options), False
+        return user_data(spec, material, replace(options, limit=options.limit - EMBED_MARGIN)), False
     except ProvisionError:
         return user_data(spec, material, replace(options, push=True)), True
 

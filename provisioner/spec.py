@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.certs import EXIT_SERVER_NAME
+from runtime.ports import parse_port
 
 from .errors import ProvisionError
 
@@ -61,11 +62,12 @@ def parse_ports(text: str) -> tuple[int, ...]:
     ports: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        port = parse_port(item)
+        if port is None:
             raise ProvisionError(f"invalid port {item!r} in --ports {text!r}: ports are 1-65535")
-        if int(item) in ports:
+        if port in ports:
             raise ProvisionError(f"port {item} given twice in --ports {text!r}")
-        ports.append(int(item))
+        ports.append(port)
     return tuple(ports)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .ports import parse_port
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -68,10 +70,11 @@ def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> 
             host, _, port = item.rpartition(":")
         if not host or not port:
             raise ValueError(f"{option}: expected HOST:PORT or CIDR:* , got {item!r}")
+        number = parse_port(port)
         if port == "*":
             rules.append(TargetRule(host, None))
-        elif port.isdigit() and 1 <= int(port) <= 65535:
-            rules.append(TargetRule(host, int(port)))
+        elif number is not None:
+            rules.append(TargetRule(host, number))
         else:
             raise ValueError(f"{option}: bad port in {item!r}")
     if not rules:

@@ -5,8 +5,12 @@ per connection, no copies beyond the socket's own. Backpressure:
 
 - TCP -> tunnel: when the stream has no credit, reading from the socket pauses
   until the peer grants more (``on_writable``).
-- tunnel -> TCP: credit is returned only once the socket's write buffer is below
-  its high-water mark, so a slow TCP reader stalls its own stream and nothing else.
+- tunnel -> TCP: credit is returned only for bytes the kernel took; what waits in the
+  transport's buffer keeps its credit until the buffer is empty, so a slow TCP reader
+  stalls its own stream and nothing else, and what it holds is what the stream's credit
+  allows (the multiplexer's budget counts it). The kernel itself keeps at most
+  ``NOTSENT_LOWAT`` bytes not yet sent: without it, a reader that never reads leaves
+  megabytes per socket in the kernel's send buffer.
 """
 
 from __future__ import annotations
@@ -22,14 +26,17 @@ from .session import Channel
 log = logging.getLogger("inlets.bridge")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+NOTSENT_LOWAT = 128 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; Python 3.11 lacks the name
 
 
 def tune_socket(sock: socket.socket | None) -> None:
-    """TCP_NODELAY on every tunnelled socket: Nagle costs tens of ms at p99."""
+    """TCP_NODELAY on every tunnelled socket (Nagle costs tens of ms at p99), and TCP_NOTSENT_LOWAT."""
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
     except OSError:
         pass
 
@@ -59,7 +66,7 @@ class TcpBridge(asyncio.Protocol):
             self.abort()
             return
         tune_socket(transport.get_extra_info("socket"))
-        transport.set_write_buffer_limits(high=256 * 1024)
+        transport.set_write_buffer_limits(high=0)  # paused while anything waits: credit for what the kernel took
         early, self._early = self._early, []
         for data in early:
             self.on_data(data)

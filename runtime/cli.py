@@ -18,11 +18,12 @@ from .allowlist import parse_target_rules
 from .auth import TokenError, read_tokens
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, MaxClientStreams, LogLevel, Plaintext, Proxy, ProxyPasswordFile, ProxyProtocolOpt, TlsCa,
-    TlsCert, TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, fail, maybe_generate,
-    run_client, run_server, setup_logs,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
+    MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
+    TlsServerName, Token, TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail,
+    maybe_generate, run_client, run_server, setup_logs,
 )
+from .ports import parse_port_list
 
 log = logging.getLogger("inlets")
 
@@ -43,11 +44,11 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     if not text:
         return None
     try:
-        allowed = {int(p) for p in text.split(",") if p.strip()}
-    except ValueError:
+        allowed = set(parse_port_list(text))
+    except ValueError as exc:
+        fail(f"--allow-ports must be a comma-separated list of ports: {exc}")
+    if not allowed:
         fail(f"--allow-ports must be a comma-separated list of ports, got {text!r}")
-    if not allowed or not all(1 <= p <= 65535 for p in allowed):
-        fail("--allow-ports entries must be between 1 and 65535")
     return allowed
 
 
@@ -79,6 +80,9 @@ def tcp_server(
     ] = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_handshakes: MaxHandshakes = 128,
+    max_handshakes_per_source: MaxHandshakesPerSource = 16,
+    trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -103,6 +107,7 @@ def tcp_server(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
+        trusted_proxies=trusted_proxies, max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
     if client_forwarding:
         try:
@@ -143,6 +148,8 @@ def tcp_client(
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
+    max_streams: MaxServerStreams = 1024,
+    max_buffer: MaxBuffer = 64,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -173,7 +180,8 @@ def tcp_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
-        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
+        max_buffer_mib=max_buffer,
     )
     client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)

@@ -67,6 +67,19 @@ Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a 
 MaxClientStreams = Annotated[
     int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
 ]
+TrustedProxies = Annotated[Optional[str], typer.Option(
+    help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
+    "for failed-login limits and logs.")]
+MaxHandshakes = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Control-port connections not yet authenticated, at once (more are closed at once).")]
+MaxHandshakesPerSource = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
+MaxServerStreams = Annotated[int, typer.Option(
+    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
+MaxBuffer = Annotated[int, typer.Option(
+    "--max-buffer", min=1, max=1_000_000,
+    help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "
+    "(for upstreams that have not taken the data yet).")]
 DrainTimeout = Annotated[
     float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
 ]
@@ -133,9 +146,17 @@ def control_config(
     plaintext: bool,
     keepalive: float,
     max_client_streams: int = 4096,
+    trusted_proxies: str | None = None,
+    max_handshakes: int = 128,
+    max_handshakes_per_source: int = 16,
 ) -> ControlConfig:
     """Validate the control-plane flags every server shares."""
     from .control import ControlConfig
+
+    try:
+        proxies = SourceAllowList(parse_networks(trusted_proxies, "--trusted-proxies")) if trusted_proxies else None
+    except ValueError as exc:
+        fail(str(exc))
 
     try:
         tokens = TokenSet(read_tokens(token, token_file))
@@ -159,7 +180,8 @@ def control_config(
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
-        max_streams=max_client_streams,
+        max_streams=max_client_streams, trusted_proxies=proxies, max_handshakes=max_handshakes,
+        max_handshakes_per_source=max_handshakes_per_source,
     )
 
 
@@ -212,6 +234,8 @@ def client_config(
     proxy: str | None = None,
     proxy_password_file: Path | None = None,
     drain_timeout: float = 30.0,
+    max_streams: int = 1024,
+    max_buffer_mib: int = 64,
 ) -> ClientConfig:
     from .client import ClientConfig, FatalClientError, connect_url
     from .proxy import ProxyConfigError
@@ -245,6 +269,8 @@ def client_config(
         keepalive=keepalive,
         proxy=proxy,
         drain_timeout=drain_timeout,
+        max_streams=max_streams,
+        max_buffer=max_buffer_mib * 1024 * 1024,
     )
 
 

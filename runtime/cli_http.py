@@ -17,9 +17,9 @@ from . import __version__
 from .auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, Plaintext, Proxy, ProxyPasswordFile, TlsCa, TlsCert,
-    TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
+    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
+    MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
+    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
     maybe_generate, run_client, run_server, setup_logs,
 )
 
@@ -93,6 +93,9 @@ def http_server(
     lb_proxy_protocol: LbProxyProtocol = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_handshakes: MaxHandshakes = 128,
+    max_handshakes_per_source: MaxHandshakesPerSource = 16,
+    trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -121,6 +124,7 @@ def http_server(
         control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
         tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
         auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
+        trusted_proxies=trusted_proxies, max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
     https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
                                letsencrypt_ca, https_port)
@@ -175,6 +179,8 @@ def http_client(
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
+    max_streams: MaxServerStreams = 1024,
+    max_buffer: MaxBuffer = 64,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     log_level: LogLevel = "info",
@@ -219,7 +225,8 @@ def http_client(
     config = client_config(
         url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
-        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
+        max_buffer_mib=max_buffer,
     )
     config.extra = options.to_extra()
     gc.freeze()

@@ -26,10 +26,12 @@ from websockets.exceptions import (
 from .auth import TokenError, read_tokens
 from .control import CONNECT_PATH
 from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from .mux import DEFAULT_WINDOW, Multiplexer
+from .mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
+from .ports import url_port
 from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from .session import Channel, Session
 from .tls import verify_failure
+from .wsflow import BoundedClientConnection
 
 log = logging.getLogger("inlets.client")
 
@@ -55,6 +57,10 @@ class ClientConfig:
     token_file: Path | None = None  # when given, re-read at every connection (rotation)
     drain_timeout: float = 30.0
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
+    #: What one server may make this client hold: streams open at once, and how far their windows
+    #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
+    max_streams: int = 1024
+    max_buffer: int = 64 * 1024 * 1024
 
 
 def connect_url(url: str) -> str:
@@ -62,6 +68,10 @@ def connect_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise FatalClientError(f"--url must be ws://HOST[:PORT] or wss://HOST[:PORT], got {url!r}")
+    try:
+        url_port(parts, 0)
+    except ValueError as exc:
+        raise FatalClientError(f"--url {url!r}: {exc}") from None
     path = parts.path.rstrip("/") + CONNECT_PATH
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
@@ -102,6 +112,11 @@ class TunnelClient:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
             raise FatalClientError(str(exc)) from None
+
+    @property
+    def initial_window(self) -> int:
+        """Each stream's first credit (the hello's window); it grows to ``window`` within ``max_buffer``."""
+        return min(DEFAULT_INITIAL_WINDOW, self.config.window)
 
     def current_token(self) -> str:
         """The token for the next connection: re-read from its file, so rotation needs no restart.
@@ -162,7 +177,9 @@ class TunnelClient:
         except BaseException:
             await websocket.close()
             raise
-        mux = Multiplexer(client=True, recv_window=self.config.window, send_window=welcome.window, max_frame=welcome.max_frame)
+        cfg = self.config
+        mux = Multiplexer(client=True, recv_window=cfg.window, send_window=welcome.window, max_frame=welcome.max_frame,
+                          max_streams=cfg.max_streams, initial_recv_window=self.initial_window, recv_budget=cfg.max_buffer)
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
         asyncio.ensure_future(self._run(session))
         log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
@@ -244,6 +261,7 @@ class TunnelClient:
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),
                 proxy=self.proxy.url,
+                create_connection=BoundedClientConnection,
                 **kwargs,
             )
         except InvalidStatus as exc:
@@ -275,7 +293,7 @@ class TunnelClient:
         return websocket
 
     async def _handshake(self, websocket: ClientConnection):
-        hello = Hello(self.config.mode, self.config.services, self.client_id, self.config.window,
+        hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,
                       extra=self.config.extra)
         await websocket.send(hello.encode())
         try:

@@ -20,6 +20,8 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
+from .allowlist import SourceAllowList
 from .auth import TokenSet
 from .ratelimit import FailedLoginLimiter
 from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
@@ -56,6 +58,11 @@ class ControlConfig:
     #: Failed logins a source may make per window before it gets 429.
     login_limit: int = 10
     login_window: float = 60.0
+    #: Connections not yet authenticated, in total and from one source (see admission.py).
+    max_handshakes: int = DEFAULT_MAX_TOTAL
+    max_handshakes_per_source: int = DEFAULT_MAX_PER_SOURCE
+    #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
+    trusted_proxies: SourceAllowList | None = None
 
 
 @dataclass
@@ -83,6 +90,21 @@ def _close_reason(text: str) -> str:
     return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
 
 
+def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:
+    """Who is asking: the peer, or, when the peer is a trusted reverse proxy, the address the
+    proxies recorded in X-Forwarded-For: the rightmost entry not itself a trusted proxy (the
+    entries left of it are whatever the client sent, and prove nothing)."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+    if trusted is None or not trusted.allows(host):
+        return host
+    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
+    for hop in reversed(hops):
+        if not trusted.allows(hop):
+            return hop[:64] or host
+        host = hop
+    return host
+
+
 def format_address(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host = str(address[0])
@@ -106,6 +128,7 @@ class ControlPlane:
         self.clients: dict[Session, ClientInfo] = {}
         self.started_at = time.time()
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
+        self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
         self._server: Server | None = None
 
     async def start(self) -> None:
@@ -114,7 +137,7 @@ class ControlPlane:
             self._handle,
             cfg.host,
             cfg.port,
-            ssl=cfg.ssl_context,
+            # no ssl=: admission starts TLS itself, once a connection is within the caps
             process_request=self._process_request,
             compression=None,
             max_size=cfg.max_frame + 64 * 1024,
@@ -124,6 +147,9 @@ class ControlPlane:
             close_timeout=5,
             server_header=None,
             logger=logging.getLogger("inlets.websockets"),
+            create_connection=lambda *args, **kwargs: self.admission.connection(
+                lambda: ControlConnection(*args, **kwargs), cfg.ssl_context
+            ),
         )
 
     @property
@@ -134,6 +160,7 @@ class ControlPlane:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+            self.admission.abort_handshakes()
             await self._server.wait_closed()
 
     async def drain(self, timeout: float) -> None:
@@ -169,16 +196,19 @@ class ControlPlane:
         route = self.config.routes.get(path)
         if path != CONNECT_PATH and route is None:
             return _response(404, b"not found\n")
-        source = str(connection.remote_address[0]) if connection.remote_address else "?"
-        if self.logins.blocked(source):
-            return _response(429, b"too many failed logins: try again later\n")
+        source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
+        # The token first: a right one is never refused for failures others made from the same address.
         if not self.config.tokens.check_header(request.headers.get("Authorization")):
+            if self.logins.blocked(source):
+                return _response(429, b"too many failed logins: try again later\n")
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             source, self.logins.limit, self.logins.window)
             else:
-                log.info("event=unauthorized remote=%s path=%s", format_address(connection.remote_address), path)
+                log.info("event=unauthorized remote=%s path=%s", source, path)
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
+        if isinstance(connection, ControlConnection):
+            connection.authenticated()
         if route is not None:
             status, content_type, body = route()
             return _response(status, body, content_type)

@@ -18,6 +18,7 @@ from .allowlist import TargetRule
 from .bridge import TcpBridge, dial
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from .mux import ResetCode, StreamError
+from .ports import parse_port
 from .session import Channel, Session
 
 log = logging.getLogger("inlets.forward")
@@ -39,9 +40,10 @@ def parse_target(target: str) -> tuple[str, int]:
         port = tail[1:] if sep and tail.startswith(":") else ""
     else:
         host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    number = parse_port(port)
+    if not host or number is None:
         raise ValueError(f"malformed forwarding target: {target!r}")
-    return host, int(port)
+    return host, number
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,14 @@ class LocalForward:
 def parse_local_forward(text: str) -> LocalForward:
     """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT)."""
     local, sep, rest = text.partition(":")
-    if not sep or not local.isdigit() or not 1 <= int(local) <= 65535:
+    local_port = parse_port(local)
+    if not sep or local_port is None:
         raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}")
     try:
         host, port = parse_target(PREFIX + rest)
     except ValueError:
         raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}") from None
-    return LocalForward(int(local), host, port)
+    return LocalForward(local_port, host, port)
 
 
 class ForwardingPolicy:

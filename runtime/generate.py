@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from .auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
+from .ports import parse_port_list
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
@@ -205,10 +206,13 @@ def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-p
             key = option.lstrip("-")
             secret[key] = _b64(_read(option, value))
             value = f"{K8S_SECRET_DIR}/{key}"
-        if option in ("--control-port", "--port") and value and value.isdigit():
-            ports.append(int(value))
-        if option == "--allow-ports" and value:  # TCP data ports the Service should expose
-            ports += [int(p) for p in value.split(",") if p.strip().isdigit()]
+        try:
+            if option in ("--control-port", "--port") and value:
+                ports += parse_port_list(value)
+            if option == "--allow-ports" and value:  # TCP data ports the Service should expose
+                ports += parse_port_list(value)
+        except ValueError as exc:
+            raise GenerateError(f"{option}: {exc}") from None
         args.append(option)
         if value is not None:
             args.append(value)

@@ -19,6 +19,7 @@ from .bridge import TcpBridge
 from .http_server import http_service, parse_http_service
 from .handshake import HandshakeError
 from .mux import ResetCode
+from .ports import url_port
 from .session import Channel
 
 log = logging.getLogger("inlets.http")
@@ -54,7 +55,7 @@ def parse_upstream_url(text: str) -> HttpUpstream:
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
         raise UpstreamError(f"upstream URL takes no path, query or credentials: {text!r}")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = url_port(parts, 443 if parts.scheme == "https" else 80)
     except ValueError:
         raise UpstreamError(f"bad port in upstream {text!r}") from None
     return HttpUpstream(parts.scheme, parts.hostname, port)

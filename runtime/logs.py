@@ -1,4 +1,10 @@
-"""Logging set-up: one line per event, ``key=value`` or JSON. Never a token or key."""
+"""Logging set-up: one line per event, ``key=value`` or JSON. Never a token or key.
+
+A peer can make an event happen as often as it likes (a stream refused per OPEN it
+sends), so each kind of line (logger and message template) is written at most
+``RepeatLimit.burst`` times per ``RepeatLimit.window`` seconds; the first line of the
+next window says how many were left out (``suppressed=N``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
 
 class _JsonFormatter(logging.Formatter):
@@ -20,8 +27,36 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+class RepeatLimit(logging.Filter):
+    """At most ``burst`` lines of one kind per ``window`` seconds (see the module docstring)."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.burst, self.window, self._clock = burst, window, clock
+        self._kinds: dict[tuple, list] = {}  # kind -> [window start, lines written, lines left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        kind = (record.name, record.levelno, str(record.msg))
+        entry = self._kinds.get(kind)
+        if entry is None or now - entry[0] >= self.window:
+            if len(self._kinds) > 4096:  # message templates are few; forget old windows now and then
+                self._kinds = {k: e for k, e in self._kinds.items() if now - e[0] < self.window}
+            left_out = entry[2] if entry is not None else 0
+            self._kinds[kind] = [now, 1, 0]
+            if left_out:
+                record.msg, record.args = f"{record.getMessage()} suppressed={left_out}", None
+            return True
+        if entry[1] < self.burst:
+            entry[1] += 1
+            return True
+        entry[2] += 1
+        return False
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatLimit())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:

@@ -14,10 +14,19 @@ increments as the peer's application consumes). A slow reader therefore stalls
 only its own stream; the shared websocket keeps moving. A peer that breaks a
 limit (window, frame size, stream ids) gets ``ProtocolError``: the glue closes the
 connection rather than trust it.
+
+A receiver may also bound what all streams together can make it hold. Streams then
+start with ``initial_recv_window`` of credit (the handshake's window) and double per
+grant towards ``recv_window`` as their data is consumed, while the growth of all live
+streams together (``grown``) stays within ``recv_budget``; a stream whose reader
+stalls keeps what it had, and one that is consumed always gets its credit back. What
+the peer can make the receiver hold, credit outstanding and bytes not yet consumed, is
+then at most ``max_streams * initial_recv_window + recv_budget``.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
 from dataclasses import dataclass
@@ -27,8 +36,14 @@ WINDOW_PAYLOAD = struct.Struct("!I")
 RESET_CODE = struct.Struct("!H")
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
+#: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
+#: A burst of datagrams at a UDP flow's start must fit: what finds no credit is dropped.
+DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
+#: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
+#: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
+DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
 MAX_WINDOW = 2**31 - 1
 MAX_TARGET = 1024
 MAX_REASON = 1024
@@ -108,11 +123,13 @@ Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated 
 
 
 class _Stream:
-    __slots__ = ("send_window", "recv_window", "unacked", "local_closed", "remote_closed")
+    __slots__ = ("send_window", "recv_window", "recv_limit", "held", "unacked", "local_closed", "remote_closed")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window  # bytes we may still send
         self.recv_window = recv_window  # bytes the peer may still send us
+        self.recv_limit = recv_window  # the window this stream has grown to
+        self.held = 0  # received, not yet consumed by the application
         self.unacked = 0  # consumed by the application, not yet granted back
         self.local_closed = False
         self.remote_closed = False
@@ -133,10 +150,17 @@ class Multiplexer:
         send_window: int = DEFAULT_WINDOW,
         max_frame: int = DEFAULT_MAX_FRAME,
         max_streams: int = DEFAULT_MAX_STREAMS,
+        max_control_backlog: int = DEFAULT_MAX_CONTROL_BACKLOG,
+        initial_recv_window: int | None = None,
+        recv_budget: int | None = None,
     ) -> None:
-        if not 0 < recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
-            raise ValueError("windows must be between 1 and 2**31-1")
-        self.recv_window = recv_window  # what we grant each stream the peer can fill
+        initial_recv_window = initial_recv_window or recv_window
+        if not 0 < initial_recv_window <= recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
+            raise ValueError("windows must be between 1 and 2**31-1, the initial one no larger")
+        self.recv_window = recv_window  # the most credit one stream may grow to
+        self.initial_recv_window = initial_recv_window  # each new stream's credit (the handshake's window)
+        self.recv_budget = recv_budget  # None: streams grow freely
+        self.grown = 0  # how far live streams' windows grew beyond initial_recv_window, all together
         self.initial_send_window = send_window  # what the peer grants us per stream
         self.max_frame = max_frame
         self.max_streams = max_streams
@@ -145,8 +169,11 @@ class Multiplexer:
         self._peer_parity = 0 if client else 1
         self._peer_highest = 0
         self._peer_open = 0  # streams the peer opened that are still live
-        self._out: list[bytes] = []
+        self._out: collections.deque[bytes] = collections.deque()
         self.buffered = 0  # bytes queued in _out
+        self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
+        self.max_control_backlog = max_control_backlog
+        self._backlogged = False
         self.going_away = False  # we sent GOAWAY
         self.peer_going_away = False  # the peer sent GOAWAY
 
@@ -162,7 +189,7 @@ class Multiplexer:
         self._next_id += 2
         if stream_id > 0xFFFFFFFF:
             raise StreamError("stream ids exhausted; reconnect")
-        self._streams[stream_id] = _Stream(self.initial_send_window, self.recv_window)
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
         self._queue(FrameType.OPEN, stream_id, raw)
         return stream_id
 
@@ -191,9 +218,10 @@ class Multiplexer:
 
     def reset_stream(self, stream_id: int, code: int = ResetCode.CANCEL, reason: str = "") -> None:
         """Abort a stream both ways. Resetting a stream already gone is a no-op."""
-        if self._streams.pop(stream_id, None) is None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
             return
-        self._forgotten(stream_id)
+        self._forgotten(stream_id, stream)
         self._queue_reset(stream_id, code, reason)
 
     def go_away(self, reason: str = "") -> None:
@@ -203,15 +231,28 @@ class Multiplexer:
             self._queue(FrameType.GOAWAY, 0, reason.encode()[:MAX_REASON])
 
     def consumed(self, stream_id: int, count: int) -> None:
-        """The application took ``count`` bytes of this stream: grant that credit back."""
+        """The application took ``count`` bytes of this stream: grant that credit back, and more
+        while the stream is below its full window and the budget has room."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.remote_closed or count <= 0:
+        if stream is None or count <= 0:
+            return
+        count = min(count, stream.held)
+        stream.held -= count
+        if stream.remote_closed:
             return
         stream.unacked += count
         # Grant in batches: one WINDOW frame per quarter window, not per read.
-        if stream.unacked >= self.recv_window // 4:
-            self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(stream.unacked))
-            stream.recv_window += stream.unacked
+        if stream.unacked >= stream.recv_limit // 4:
+            grant = stream.unacked
+            grow = min(stream.recv_limit, self.recv_window - stream.recv_limit)
+            if self.recv_budget is not None:
+                grow = min(grow, self.recv_budget - self.grown)
+            if grow > 0:
+                stream.recv_limit += grow
+                self.grown += grow
+                grant += grow
+            self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
+            stream.recv_window += grant
             stream.unacked = 0
 
     def send_window(self, stream_id: int) -> int:
@@ -225,25 +266,35 @@ class Multiplexer:
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
-    def data_to_send(self) -> list[bytes]:
-        """Messages to send, in order: frames packed into messages of up to ``COALESCE_LIMIT``
-        bytes (a larger frame goes alone), so the peer's ``max_size`` must allow
-        ``max(COALESCE_LIMIT, max_frame + HEADER.size)``."""
-        if not self._out:
-            return []
+    def data_to_send(self, limit: int | None = None) -> list[bytes]:
+        """Up to ``limit`` messages to send (all when None), in order: frames packed into
+        messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's
+        ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
+
+        A writer that takes one message at a time leaves the rest counted in ``buffered``
+        and ``control_buffered``, so the bounds see everything not yet sent."""
+        out = self._out
         messages: list[bytes] = []
-        batch: list[bytes] = []
-        size = 0
-        for frame in self._out:
-            if batch and size + len(frame) > COALESCE_LIMIT:
-                messages.append(b"".join(batch))
-                batch, size = [], 0
-            batch.append(frame)
-            size += len(frame)
-        messages.append(b"".join(batch))
-        self._out = []
-        self.buffered = 0
+        while out and (limit is None or len(messages) < limit):
+            batch: list[bytes] = []
+            size = control = 0
+            while out and (not batch or size + len(out[0]) <= COALESCE_LIMIT):
+                frame = out.popleft()
+                batch.append(frame)
+                size += len(frame)
+                if frame[0] not in _UNBOUNDED_TYPES:
+                    control += len(frame)
+            messages.append(b"".join(batch))
+            self.buffered -= size
+            self.control_buffered -= control
+        if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
+            self._backlogged = False
         return messages
+
+    @property
+    def backlogged(self) -> bool:
+        """Too many control frames wait to be sent: read nothing more from the peer for now."""
+        return self._backlogged
 
     # ------------------------------------------------------------------ peer input
 
@@ -303,7 +354,7 @@ class Multiplexer:
             self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_streams} open streams")
             return
         self._peer_open += 1
-        self._streams[stream_id] = _Stream(self.initial_send_window, self.recv_window)
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
         events.append(StreamOpened(stream_id, target))
 
     def _on_data(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
@@ -317,6 +368,7 @@ class Multiplexer:
         if len(payload) > stream.recv_window:
             raise ProtocolError(f"stream {stream_id} exceeded its flow-control window")
         stream.recv_window -= len(payload)
+        stream.held += len(payload)
         if payload:
             events.append(DataReceived(stream_id, bytes(payload)))
 
@@ -353,10 +405,11 @@ class Multiplexer:
             raise ProtocolError("RESET payload length out of range")
         (code,) = RESET_CODE.unpack_from(payload)
         reason = bytes(payload[RESET_CODE.size :]).decode(errors="replace")
-        if self._peer_stream(stream_id) is None:
+        stream = self._peer_stream(stream_id)
+        if stream is None:
             return
         del self._streams[stream_id]
-        self._forgotten(stream_id)
+        self._forgotten(stream_id, stream)
         events.append(StreamReset(stream_id, code, reason))
 
     # ------------------------------------------------------------------- internals
@@ -386,9 +439,10 @@ class Multiplexer:
     def _maybe_forget(self, stream_id: int, stream: _Stream) -> None:
         if stream.local_closed and stream.remote_closed:
             del self._streams[stream_id]
-            self._forgotten(stream_id)
+            self._forgotten(stream_id, stream)
 
-    def _forgotten(self, stream_id: int) -> None:
+    def _forgotten(self, stream_id: int, stream: _Stream) -> None:
+        self.grown -= stream.recv_limit - self.initial_recv_window
         if stream_id % 2 == self._peer_parity:
             self._peer_open -= 1
 
@@ -400,3 +454,12 @@ class Multiplexer:
         frame = HEADER.pack(ftype, stream_id, len(payload)) + payload
         self._out.append(frame)
         self.buffered += len(frame)
+        if ftype not in _UNBOUNDED_TYPES:
+            self.control_buffered += len(frame)
+            if self.control_buffered > self.max_control_backlog:
+                self._backlogged = True
+
+
+#: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
+#: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
+_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))

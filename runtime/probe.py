@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .ports import url_port
 from .tls import client_context, verify_failure
 
 
@@ -44,7 +45,7 @@ def parse_url(url: str) -> Endpoint:
         raise ProbeError(f"--url must be wss://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
     tls = parts.scheme in ("wss", "https")
     try:
-        port = parts.port or (443 if tls else 80)  # as the client's --url means it
+        port = url_port(parts, 443 if tls else 80)  # as the client's --url means it
     except ValueError:
         raise ProbeError(f"bad port in {url!r}") from None
     return Endpoint(parts.hostname, port, tls, parts.path.rstrip("/"))

@@ -12,6 +12,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from .ports import parse_port
+
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107
 V2_MAX = 16 + 65535
@@ -83,10 +85,10 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
         raise ProxyProtocolError("malformed PROXY v1 header")
     try:
         src, dst = ipaddress.ip_address(parts[2]), ipaddress.ip_address(parts[3])
-        sport, dport = int(parts[4]), int(parts[5])
     except ValueError:
         raise ProxyProtocolError("bad address in PROXY v1 header") from None
-    if src.version != (4 if parts[1] == "TCP4" else 6) or not (0 <= sport <= 65535 and 0 <= dport <= 65535):
+    sport, dport = parse_port(parts[4], lowest=0), parse_port(parts[5], lowest=0)
+    if src.version != (4 if parts[1] == "TCP4" else 6) or sport is None or dport is None:
         raise ProxyProtocolError("bad address in PROXY v1 header")
     return ProxyHeader((str(src), sport), (str(dst), dport), end + 2)
 

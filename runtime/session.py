@@ -5,6 +5,11 @@ events to each stream's handler; a single writer task sends what the multiplexer
 queued. Stream handlers are plain callback objects (``StreamHandler``), so a TCP
 socket can be bridged without a coroutine per direction (see ``bridge.py``);
 ``AsyncStream`` offers a coroutine interface for protocol code (HTTP).
+
+A peer that does not read is not read from: the writer takes one message at a time,
+so what waits stays counted in the multiplexer, and while it is ``backlogged`` the
+reader stops. Only traffic that does something (events) counts as a sign of life, so a
+peer repeating GOAWAY, or sending frames for streams long gone, still has to answer pings.
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()  # set while the multiplexer is not backlogged
+        self._drained.set()
+        self._writer_stopped = False
         self._blocked: set[Channel] = set()
         self._close_reason = ""
         self.keepalive = keepalive
@@ -114,11 +122,15 @@ class Session:
         loop = asyncio.get_running_loop()
         try:
             async for message in self.websocket:
-                self._last_rx = loop.time()
                 if isinstance(message, str):
                     raise ProtocolError("text message after handshake")
-                self._dispatch(self.mux.receive(message))
+                events = self.mux.receive(message)
+                if events:
+                    self._last_rx = loop.time()
+                self._dispatch(events)
                 self._flush()
+                if self.mux.backlogged and not await self._until_drained():
+                    break  # the connection died first: what the peer queued meanwhile is not worth reading
         except ProtocolError as exc:
             log.warning("event=protocol_error session=%s error=%r", self.name, str(exc))
             self._close_reason = f"protocol error: {exc}"
@@ -141,12 +153,20 @@ class Session:
             if handler is not None:
                 handler.on_reset(ResetCode.CANCEL, reason)
 
+    async def _until_drained(self) -> bool:
+        """Read nothing more until the peer has read enough of what we owe it; False if the writer stopped."""
+        log.warning("event=peer_not_reading session=%s queued=%d action=reading_paused", self.name, self.mux.buffered)
+        self._drained.clear()
+        if self.mux.backlogged:  # the writer sets it again once below half the bound, or when it stops
+            await self._drained.wait()
+        return not self._writer_stopped
+
     async def _watchdog(self) -> None:
         """Detect a dead peer within ``keepalive`` seconds, even on a stalled TCP connection.
 
         Our own rather than the websockets library's: its ping waits on a full send
         buffer and then on the closing handshake, so a stalled peer could hang it.
-        Any message received counts as a sign of life; otherwise a ping must be answered.
+        A message that did something counts as a sign of life; otherwise a ping must be answered.
         """
         assert self.keepalive is not None
         interval = self.keepalive / 2
@@ -290,19 +310,26 @@ class Session:
         self._wakeup.set()
 
     async def _writer(self) -> None:
+        """Send one message at a time: what waits stays in the multiplexer, under its bounds."""
+        mux = self.mux
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                for message in self.mux.data_to_send():
-                    await self.websocket.send(message)
-                if self._blocked and self.mux.buffered < OUT_LOW_WATER:
-                    blocked, self._blocked = self._blocked, set()
-                    for channel in blocked:
-                        if channel.handler is not None and channel.stream_id in self.channels:
-                            channel.handler.on_writable()
+                while messages := mux.data_to_send(1):
+                    await self.websocket.send(messages[0])
+                    if not mux.backlogged:
+                        self._drained.set()
+                    if self._blocked and mux.buffered < OUT_LOW_WATER:
+                        blocked, self._blocked = self._blocked, set()
+                        for channel in blocked:
+                            if channel.handler is not None and channel.stream_id in self.channels:
+                                channel.handler.on_writable()
         except ConnectionClosed:
             pass
+        finally:
+            self._writer_stopped = True
+            self._drained.set()  # a reader waiting for the peer finds the connection closed
 
 
 class AsyncStream:

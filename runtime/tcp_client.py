@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .bridge import dial
 from .mux import ResetCode
+from .ports import parse_port
 from .session import Channel
 from .tcp_server import tcp_service
 from .udp import dial_udp
@@ -29,9 +30,10 @@ class Upstream:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+    port = parse_port(text.strip())
+    if port is None:
         raise UpstreamError(f"{what} must be a port between 1 and 65535, got {text!r}")
-    return int(text)
+    return port
 
 
 def _split_host_port(text: str) -> tuple[str, int]:

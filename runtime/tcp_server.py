@@ -17,6 +17,7 @@ from .control import CONNECT_PATH, ControlConfig, ControlPlane
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from .metrics import TcpMetrics
 from .mux import StreamError
+from .ports import parse_port
 from .registry import Registry
 from .session import Session
 from .status import status_route
@@ -32,9 +33,10 @@ def tcp_service(port: int) -> str:
 def parse_port_service(service: str) -> tuple[str, int]:
     """(``tcp`` or ``udp``, port) of a ``tcp:N``/``udp:N`` service name; ``HandshakeError`` otherwise."""
     kind, _, number = service.partition(":")
-    if kind not in ("tcp", "udp") or not number.isdigit() or not 1 <= int(number) <= 65535:
+    port = parse_port(number)
+    if kind not in ("tcp", "udp") or port is None:
         raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not a TCP or UDP service: {service!r}")
-    return kind, int(number)
+    return kind, port
 
 
 def parse_tcp_service(service: str) -> int:

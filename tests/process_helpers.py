@@ -75,3 +75,13 @@ def stop_all(*processes: subprocess.Popen) -> list[int]:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     return [p.wait(15) for p in processes]
+
+
+def terminate(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process whatever state a test left it in: SIGTERM, then SIGKILL after ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)

@@ -205,11 +205,20 @@ actions = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000))
-def test_random_interleavings_deliver_every_byte_in_order_within_window(actions, window: int, max_frame: int) -> None:
+@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000),
+       budgeted=st.booleans())
+def test_random_interleavings_deliver_every_byte_in_order_within_window(
+    actions, window: int, max_frame: int, budgeted: bool
+) -> None:
     """Whatever order writes, deliveries, reads and closes come in, each stream's bytes
-    arrive complete, in order, exactly once, and never beyond the granted window."""
+    arrive complete, in order, exactly once, and never beyond the granted window; with a
+    budget, streams start at a quarter window, grow, and all together stay within it."""
     client, server = pair(window=window, max_frame=max_frame)
+    budget = 2 * window
+    if budgeted:
+        client = Multiplexer(client=True, recv_window=window, initial_recv_window=window // 4, recv_budget=budget,
+                             max_frame=max_frame)
+        server = Multiplexer(client=False, send_window=window // 4, max_frame=max_frame)
     sids = [server.open_stream(f"s{i}") for i in range(4)]
     sent = {sid: bytearray() for sid in sids}  # accepted by send_data
     pending = {sid: bytearray() for sid in sids}  # the application still wants to send
@@ -238,7 +247,16 @@ def test_random_interleavings_deliver_every_byte_in_order_within_window(actions,
             elif isinstance(event, StreamEnded):
                 ended.add(event.stream_id)
 
+    def check_books() -> None:
+        live = client._streams.values()
+        for stream in live:  # granted = still to come + received and not consumed + consumed and not granted again
+            assert stream.recv_window + stream.held + stream.unacked == stream.recv_limit or stream.remote_closed
+        assert client.grown == sum(stream.recv_limit - client.initial_recv_window for stream in live)
+        if budgeted:
+            assert client.grown <= budget
+
     for action, index, size in actions:
+        check_books()
         sid = sids[index]
         if action == "write" and sid not in eof_requested:
             chunk = bytes((counter + i) % 251 for i in range(size))
@@ -273,6 +291,7 @@ def test_random_interleavings_deliver_every_byte_in_order_within_window(actions,
     for sid in sids:
         assert received[sid] == sent[sid]
     assert ended == set(sids)
+    check_books()
 
 
 @settings(max_examples=300, deadline=None)
@@ -323,3 +342,71 @@ def test_goaway_stops_new_streams_both_ways_but_open_ones_finish() -> None:
     assert deliver(server, client) == [DataReceived(sid, b"still flowing")]
     client.go_away("again")  # once only
     assert client.data_to_send() == []
+
+
+def test_a_peer_that_makes_us_queue_control_frames_is_not_read_past_a_bound() -> None:
+    """Every OPEN past the limit queues a RESET: past ``max_control_backlog`` queued, stop reading the peer."""
+    server = Multiplexer(client=False, max_streams=1, max_control_backlog=4096)
+    server.receive(frame(FrameType.OPEN, 1, b"tcp:80"))
+    stream = 3
+    while not server.backlogged:
+        server.receive(frame(FrameType.OPEN, stream, b"tcp:80"))
+        stream += 2
+    assert 4096 < server.control_buffered <= 4096 + 64  # one RESET past the bound
+    refused = (stream - 3) // 2
+    server.open_stream("tcp:22")  # our own OPENs and DATA are bounded elsewhere: not counted
+    server.send_data(2, b"x" * 10_000)
+    assert server.control_buffered == sum(len(frame(FrameType.RESET, 3, struct.pack("!H", 4) + b"limit of 1 open streams"))
+                                          for _ in range(refused))
+    while server.backlogged:  # taken one message at a time, as the session's writer does
+        assert len(server.data_to_send(1)) == 1
+    assert server.control_buffered <= 2048  # reading resumes below half the bound
+    total = server.buffered
+    assert sum(len(m) for m in server.data_to_send()) == total and server.buffered == server.control_buffered == 0
+
+
+def test_data_to_send_with_a_limit_keeps_the_rest_in_order() -> None:
+    client, server = pair(window=1 << 20, max_frame=200 * 1024)
+    sid = server.open_stream("t")
+    server.send_data(sid, b"a" * (600 * 1024))
+    first = server.data_to_send(1)
+    assert len(first) == 1 and server.buffered > 0
+    rest = server.data_to_send()
+    events = [e for m in first + rest for e in client.receive(m)]
+    assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 600 * 1024 and server.buffered == 0
+
+
+def test_a_budget_bounds_how_far_streams_grow_beyond_their_first_window() -> None:
+    """Streams start small and grow as they are consumed; a stalled one keeps what it had; past the
+    budget growth stops but streams still open and flow at their window, so the receiver holds at
+    most streams x first window + budget."""
+    kib = 1024
+    client = Multiplexer(client=True, recv_window=256 * kib, initial_recv_window=64 * kib, recv_budget=256 * kib)
+    server = Multiplexer(client=False, send_window=64 * kib, max_frame=16 * kib)
+
+    def pump(sid: int, consume: bool) -> None:
+        server.send_data(sid, b"x" * server.send_window(sid))
+        for event in deliver(server, client):
+            if consume and isinstance(event, DataReceived):
+                client.consumed(sid, len(event.data))
+        deliver(client, server)
+
+    fast = server.open_stream("tcp:80")
+    for _ in range(20):  # a reader that keeps up: the window doubles per grant up to 256 KiB
+        pump(fast, consume=True)
+    assert server.send_window(fast) == 256 * kib and client.grown == 192 * kib
+    stalled = server.open_stream("tcp:80")
+    pump(stalled, consume=False)  # received, never consumed: no more credit
+    assert server.send_window(stalled) == 0 and client.grown == 192 * kib
+    second = server.open_stream("tcp:80")
+    for _ in range(20):
+        pump(second, consume=True)
+    assert client.grown == 256 * kib and server.send_window(second) == 128 * kib  # grew by what was left
+    for _ in range(5):
+        pump(fast, consume=True)
+    assert server.send_window(fast) == 256 * kib  # consumed credit always comes back
+    client.reset_stream(fast)
+    assert client.grown == 64 * kib  # a stream gone gives its growth back
+    for _ in range(5):
+        pump(second, consume=True)
+    assert server.send_window(second) == 256 * kib and client.grown == 192 * kib

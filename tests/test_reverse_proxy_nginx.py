@@ -15,10 +15,14 @@ import pytest
 from fixtures.integrity import Upstream as HashingUpstream, exchange, payloads
 from fixtures.proxy_daemons import Daemon, free_port, nginx
 from tunnel_helpers import TlsFiles, echo_server, port_of, run, start_client, start_server, stop, wait_listening
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
+from runtime.allowlist import SourceAllowList, parse_networks
 from runtime.client import ClientConfig, FatalClientError
 from runtime.control import ControlConfig
 from runtime.tcp_client import Upstream
+from runtime.tls import client_context
 
 MiB = 1024 * 1024
 NGINX_DEFAULT_READ_TIMEOUT = 60.0  # nginx's proxy_read_timeout when the configuration sets none
@@ -137,6 +141,38 @@ def test_idle_tunnel_survives_a_short_nginx_read_timeout_at_the_default_ratio(
             assert client.session is not first, "nginx never cut a silent tunnel: the short timeout is not in effect"
         finally:
             await stop(task)
+            await server.stop()
+
+    run(scenario(), timeout=60)
+
+
+def test_failed_logins_behind_nginx_are_limited_per_client_not_per_proxy(tls: TlsFiles, token: str, front: Daemon) -> None:
+    """With --trusted-proxies naming nginx, a guesser is limited by its own address (taken from
+    X-Forwarded-For, whatever it forges there) and the real client is never refused."""
+    async def attempt(offered: str, source: str, forged: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {offered}"}
+        if forged:
+            headers["X-Forwarded-For"] = forged
+        try:
+            ws = await connect(url(front.port) + "/connect", ssl=client_context(tls.ca), additional_headers=headers,
+                               local_addr=(source, 0), proxy=None)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    async def scenario() -> None:
+        trusted = SourceAllowList(parse_networks(front.bound_from))
+        server = await start_server(None, token, port=front.control_port, trusted_proxies=trusted)
+        try:
+            guesses = [await attempt(f"guess-{i}", "127.0.0.9", forged=f"192.0.2.{i}") for i in range(12)]
+            assert guesses == [401] * 10 + [429] * 2  # forging X-Forwarded-For moved nothing
+            assert await attempt("guess-x", "127.0.0.1") == 401  # another user behind the same nginx
+            client, task = await start_client(url(front.port), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                              proxy="none")
+            await stop(task)
+            assert await attempt(token, "127.0.0.9") == 101  # even the guesser's address, with the right token
+        finally:
             await server.stop()
 
     run(scenario(), timeout=60)

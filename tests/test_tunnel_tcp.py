@@ -66,7 +66,7 @@ def test_echo_through_the_tunnel(tls: TlsFiles, token: str) -> None:
 
 def test_64_mib_each_way_at_once_with_matching_sha256(tls: TlsFiles, token: str) -> None:
     up_data, down_data = pattern(64 * MiB, 1), pattern(64 * MiB, 2)
-    seen: dict[str, str] = {}
+    seen: list[str] = []  # one digest per upstream connection: wait_listening's probe makes one too
 
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send() -> None:
@@ -80,7 +80,7 @@ def test_64_mib_each_way_at_once_with_matching_sha256(tls: TlsFiles, token: str)
         digest = hashlib.sha256()
         while chunk := await reader.read(MiB):
             digest.update(chunk)
-        seen["upstream_got"] = digest.hexdigest()
+        seen.append(digest.hexdigest())
         await sender
 
     async def scenario() -> None:
@@ -102,11 +102,12 @@ def test_64_mib_each_way_at_once_with_matching_sha256(tls: TlsFiles, token: str)
         await sender
         writer.close()
         assert digest.hexdigest() == hashlib.sha256(down_data).hexdigest()
+        expected = hashlib.sha256(up_data).hexdigest()
         for _ in range(100):
-            if "upstream_got" in seen:
+            if expected in seen:
                 break
             await asyncio.sleep(0.05)
-        assert seen["upstream_got"] == hashlib.sha256(up_data).hexdigest()
+        assert expected in seen
         await stop(task)
         await server.stop()
 

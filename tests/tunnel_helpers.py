@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as websocket_serve
 
 from runtime.auth import TokenSet
 from runtime.certs import ensure_auto_tls
 from runtime.client import ClientConfig, TunnelClient
 from runtime.control import ControlConfig
+from runtime.handshake import Hello, Welcome, parse_hello
 from runtime.tcp_client import TcpUpstreams, Upstream
 from runtime.tcp_server import TcpTunnelServer
 from runtime.tls import client_context, server_context
@@ -150,3 +155,26 @@ def metric(server, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+@contextlib.asynccontextmanager
+async def malicious_server(
+    tls: TlsFiles, attack: Callable[[ServerConnection, Hello], Awaitable[None]]
+) -> AsyncIterator[str]:
+    """A tunnel server (URL yielded) that welcomes one client, then runs ``attack`` on it; later ones are closed."""
+    sessions: list[Hello] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        if sessions:
+            return
+        hello = parse_hello(await ws.recv())
+        sessions.append(hello)
+        await ws.send(Welcome(hello.services, 1 << 20, 256 * 1024).encode())
+        await attack(ws, hello)
+
+    server = await websocket_serve(handler, "127.0.0.1", 0, ssl=server_context(tls.cert, tls.key), compression=None,
+                         max_size=None, ping_interval=None)
+    try:
+        yield f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()

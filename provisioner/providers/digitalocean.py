@@ -7,7 +7,6 @@ $DIGITALOCEAN_API_URL (tests, proxies); the default is DigitalOcean's own.
 from __future__ import annotations
 
 import json
-import urllib.parse
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -18,6 +17,7 @@ from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
+from ..cloud import parse_api_url
 from ..errors import NotFound, ProvisionError
 from .base import ACTIVE, TAG, Host, Plan, expiry_tag, parse_expiry_tag
 
@@ -40,12 +40,8 @@ class DigitalOceanProvider:
         conn = self._driver.connection
         conn.timeout = timeout
         if api_url:
-            parsed = urllib.parse.urlsplit(api_url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ProvisionError(f"invalid DigitalOcean API URL {api_url!r}: use http(s)://HOST[:PORT]")
-            conn.host = parsed.hostname
-            conn.secure = parsed.scheme == "https"
-            conn.port = parsed.port or (443 if conn.secure else 80)
+            endpoint = parse_api_url("digitalocean", api_url, API_URL_ENV)
+            conn.host, conn.secure, conn.port = endpoint.host, endpoint.secure, endpoint.port
         self._endpoint = f"{'https' if conn.secure else 'http'}://{conn.host}:{conn.port}"
         conn.connect()  # the constructor already connected to the default host
 

@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from provisioner.render import RECEIVER_SCRIPT
+
 VALID_REGIONS = {"lon1", "nyc3", "sfo3", "ams3", "fra1"}
 VALID_SIZES = {"s-1vcpu-1gb", "s-1vcpu-2gb", "s-2vcpu-2gb"}
 VALID_IMAGES = {"ubuntu-24-04-x64", "ubuntu-22-04-x64"}
@@ -81,7 +83,7 @@ class FakeDigitalOcean:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-        for proc in self.processes.values():
+        for proc in list(self.processes.values()):  # a pushed droplet's server may start meanwhile
             _stop(proc)
 
     # ----------------------------------------------------------------- state
@@ -134,7 +136,10 @@ class FakeDigitalOcean:
                 self.processes[droplet["id"]] = self._boot(droplet)
 
     def _boot(self, droplet: dict[str, Any]) -> subprocess.Popen[bytes]:
-        """Run what the user-data's systemd unit runs, with its files, on the droplet's IP."""
+        """Run what the user-data's systemd unit runs, with its files, on the droplet's IP.
+
+        Where the wheel did not fit the user-data, its receiver runs first (on the droplet's IP)
+        and the rest of the boot waits, in a thread, for ``create`` to send the wheel."""
         doc = yaml.safe_load(self.user_data[droplet["id"]])
         root = self.workdir / f"droplet-{droplet['id']}"
         written: dict[str, str] = {}
@@ -155,15 +160,32 @@ class FakeDigitalOcean:
         exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
         argv = shlex.split(exec_start.removeprefix("ExecStart="))
         assert argv[0] == VM_INLETS, argv
-        env = dict(os.environ)
+        ip = self.ip_of(droplet["id"])
 
         def here(arg: str) -> str:  # a VM path, inside this droplet's folder
-            return str(root / arg.lstrip("/")) if arg.startswith("/opt/inlets/") else arg
+            return written.get(arg) or (str(root / arg.lstrip("/")) if arg.startswith("/opt/inlets/") else arg)
 
         for command in doc["runcmd"]:  # run the user-data's own Python steps (unpacking the wheel)
             if isinstance(command, list) and command[:2] == ["python3", "-c"]:
                 subprocess.run([sys.executable, "-c", command[2], *map(here, command[3:])],
                                check=True, timeout=60, capture_output=True)
+        receive = next((c for c in doc["runcmd"] if isinstance(c, list) and c[:2] == ["python3", RECEIVER_SCRIPT]), None)
+        if receive is None:
+            return self._start(droplet["id"], doc, argv, here, root, ip)
+        receiver = subprocess.Popen([sys.executable, *map(here, receive[1:]), "--addr", ip, "--timeout", "120"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=open(root / "receiver.log", "ab"), start_new_session=True)
+
+        def then_start() -> None:
+            if receiver.wait() == 0:
+                self.processes[droplet["id"]] = self._start(droplet["id"], doc, argv, here, root, ip)
+
+        threading.Thread(target=then_start, daemon=True).start()
+        return receiver
+
+    def _start(self, droplet_id: int, doc: dict, argv: list[str], here, root: Path, ip: str) -> subprocess.Popen[bytes]:
+        """Install the wheel the droplet has now (or stand in for a package spec) and start the server."""
+        env = dict(os.environ)
         pip = next(c for c in doc["runcmd"] if isinstance(c, list) and c[0].endswith("/pip"))
         if Path(here(pip[-1])).is_file():  # an embedded wheel: install it and run the runtime from it
             site = root / "opt" / "inlets" / "site"
@@ -173,10 +195,9 @@ class FakeDigitalOcean:
             inlets = [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
         else:  # a package spec: this installation's inlets stands in for the published package
             inlets = [inlets_binary()]
-        argv = inlets + [written.get(arg, arg) for arg in argv[1:]]
-        ip = self.ip_of(droplet["id"])
+        argv = inlets + [here(arg) if arg.startswith("/") else arg for arg in argv[1:]]
         argv += ["--control-addr", ip, "--data-addr", ip]  # the droplet's only "interface"
-        self.booted[droplet["id"]] = argv
+        self.booted[droplet_id] = argv
         log = open(root / "server.log", "ab")
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                 env=env, cwd=root)

@@ -1,0 +1,78 @@
+"""Websocket connections that stop reading from a peer that does not read our replies.
+
+The websockets library answers each ping with a pong as it reads, whatever the state of
+the send buffer: a peer that sends pings and never reads grows our memory by a pong per
+ping. These connections count the replies queued while the send buffer is over its
+high-water mark; past ``REPLY_LIMIT`` bytes they pause reading until the buffer drains
+(the peer read). Honest peers ping once per keepalive interval, far below the limit, so
+two honest ends busy writing to each other never both stop reading.
+
+Reading is paused while any reason holds: the library's own one (its queue of received
+messages is full) or ours, so neither resumes what the other paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection
+
+#: Bytes of pongs (and other automatic replies) that may wait behind a full send buffer.
+REPLY_LIMIT = 64 * 1024
+
+
+class ReadGate:
+    """Pauses a transport's reading while at least one reason holds."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.reasons: set[str] = set()
+
+    def hold(self, reason: str) -> None:
+        if not self.reasons:
+            self.transport.pause_reading()
+        self.reasons.add(reason)
+
+    def release(self, reason: str) -> None:
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+
+class _BoundedReplies:
+    """Mixin for a websockets connection (asyncio protocol): see the module docstring."""
+
+    transport: asyncio.Transport
+    paused: bool  # the library's flag: the send buffer is over its high-water mark
+    gate: ReadGate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.gate = ReadGate(self.transport)
+        self._waiting_replies = 0
+        messages = self.recv_messages  # type: ignore[attr-defined]
+        messages.pause = lambda: self.gate.hold("messages")
+        messages.resume = lambda: self.gate.release("messages")
+
+    def data_received(self, data: bytes) -> None:
+        before = self.transport.get_write_buffer_size()
+        super().data_received(data)  # type: ignore[misc]
+        if self.paused:
+            self._waiting_replies += max(0, self.transport.get_write_buffer_size() - before)
+            if self._waiting_replies > REPLY_LIMIT:
+                self.gate.hold("replies")
+
+    def resume_writing(self) -> None:
+        super().resume_writing()  # type: ignore[misc]
+        self._waiting_replies = 0
+        self.gate.release("replies")
+
+
+class BoundedServerConnection(_BoundedReplies, ServerConnection):
+    pass
+
+
+class BoundedClientConnection(_BoundedReplies, ClientConnection):
+    pass
