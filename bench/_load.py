@@ -1,4 +1,4 @@
-"""Load generators: bulk streams, sequential short connections, idle streams.
+"""Load generators: bulk streams (either way), sequential short connections, idle streams.
 
 Plain blocking sockets in threads: sendall/recv release the GIL, and 1 MiB writes keep
 the per-call overhead far below what any tunnel costs, so the generator is not the
@@ -65,11 +65,43 @@ def _stream(port: int, cap: int, start: threading.Barrier, deadline_box: list[fl
             sock.close()
 
 
-def throughput(port: int, streams: int, max_bytes: int, max_seconds: float) -> Throughput:
-    """Aggregate goodput of ``streams`` parallel uploads, bounded by bytes and by time.
+def _source_stream(port: int, cap: int, start: threading.Barrier, deadline_box: list[float],
+                   out: list, idx: int, timeout: float) -> None:
+    """Ask the source for ``cap`` bytes and count them in; stop early at the deadline."""
+    sock: socket.socket | None = None
+    try:
+        sock = connect(port)
+        sock.settimeout(timeout)
+        start.wait(timeout=30)
+        deadline = deadline_box[0]
+        sock.sendall(struct.pack("!Q", cap))
+        buf = memoryview(bytearray(CHUNK))
+        got = 0
+        while got < cap and time.monotonic() < deadline:
+            n = sock.recv_into(buf)
+            if not n:
+                raise BenchError(f"source connection closed after {got} of {cap} bytes")
+            got += n
+        out[idx] = (got, time.monotonic())
+    except BaseException as exc:  # noqa: BLE001 - reported by the caller
+        out[idx] = exc
+        try:
+            start.abort()
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        if sock is not None:
+            sock.close()
 
-    Clock: from the moment all streams are connected until the sink has acknowledged
-    the last byte of the slowest stream.
+
+def throughput(port: int, streams: int, max_bytes: int, max_seconds: float, receive: bool = False) -> Throughput:
+    """Aggregate goodput of ``streams`` parallel transfers, bounded by bytes and by time.
+
+    ``receive=False``: the generator writes to the sink; the clock runs from the moment
+    all streams are connected until the sink has acknowledged the last byte of the
+    slowest stream. ``receive=True``: the generator reads from the source; the clock
+    stops when the slowest stream has received its bytes (or at the time bound, with
+    the bytes received by then).
     """
     out: list = [None] * streams
     box = [0.0]
@@ -81,7 +113,7 @@ def throughput(port: int, streams: int, max_bytes: int, max_seconds: float) -> T
 
     start = threading.Barrier(streams, action=release)
     threads = [
-        threading.Thread(target=_stream, args=(port, max_bytes // streams, start, box, out, i, max_seconds + 30),
+        threading.Thread(target=_source_stream if receive else _stream, args=(port, max_bytes // streams, start, box, out, i, max_seconds + 30),
                          daemon=True)
         for i in range(streams)
     ]
