@@ -181,14 +181,19 @@ def _cmd(argv: list[str]) -> str:
     return lines[0] if lines else ""
 
 
+def machine_line() -> str:
+    """The machine a table was measured on (issue 17: stated in every table's header)."""
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
+
+
 def environment(cfg: Config, foreign: float | None, started: datetime.datetime) -> str:
     root = Path(__file__).resolve().parent.parent
     rev = _cmd(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     if _cmd(["git", "-C", str(root), "status", "--porcelain", "--", "runtime"]) not in ("", "?"):
         rev += " + uncommitted runtime/ changes"
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     try:
         import uvloop  # noqa: F401
 
@@ -196,7 +201,7 @@ def environment(cfg: Config, foreign: float | None, started: datetime.datetime) 
     except ImportError:
         loop = "asyncio"
     lines = [
-        f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}",
+        machine_line(),
         f"started {started:%Y-%m-%d %H:%M UTC} on {platform.node()}",
         f"runtime at git {rev}",
         f"{loop} in target  {_cmd(['ssh', '-V'])}  "
