@@ -15,7 +15,7 @@ from . import manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
 from .providers import Credentials
-from .providers.clouds import HELP_API_ENV, HELP_ENV, HELP_PROVIDERS, firewall_note
+from .providers.registry import HELP_API_ENV, HELP_ENV, HELP_PROVIDERS, firewall_note
 from .state import STATE_ENV, ServerState, state_root
 
 app = typer.Typer(

@@ -10,7 +10,7 @@ from typing import Any
 from ..credentials import access_token
 from ..errors import ProvisionError
 from .base import Provisioner
-from .clouds import CLOUDS, NOT_OFFERED
+from .registry import CLOUDS, NOT_OFFERED
 
 PROVIDERS = ("local", "digitalocean", "ec2", "ssh")
 PROVIDERS += CLOUDS  # the libcloud and SDK clouds, built in providers/clouds.py
@@ -30,7 +30,7 @@ class Credentials:
 def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
     """The provider called ``name``; a one-line error for unknown names and missing credentials."""
     if name in CLOUDS or name in NOT_OFFERED:
-        from .clouds import build
+        from .registry import build
 
         return build(name, state_root, creds)
     if name == "local":

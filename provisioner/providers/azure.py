@@ -23,10 +23,10 @@ from libcloud.common.azure_arm import AzureAuthJsonResponse
 from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
 from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDriver
 
-from ..cloud import Endpoint, api_errors, label_map, labels_expiry, point, strict_responses
 from ..errors import NotFound, ProvisionError
 from ..firewall import firewall_name, inbound_ports
-from .base import ACTIVE, FAILED, TAG, Host, Plan
+from .base import ACTIVE, FAILED, TAG, Host, Plan, label_map, labels_expiry
+from .cloud_api import Endpoint, api_errors, point, strict_responses
 
 ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
 API_URL_ENV = "AZURE_API_URL"

@@ -85,3 +85,31 @@ def parse_expiry_tag(tags: list[str]) -> str | None:
             when = datetime.datetime.fromtimestamp(int(tag.split(":", 1)[1]), datetime.timezone.utc)
             return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     return None
+
+
+def tag_list(plan: Plan) -> list[str]:
+    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry."""
+    tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
+    if plan.expires_at is not None:
+        tags.append(expiry_tag(plan.expires_at))
+    return tags
+
+
+def label_map(plan: Plan) -> dict[str, str]:
+    """Labels for clouds with key=value labels (lowercase keys, no colons)."""
+    labels = {TAG: "true", "inlets-mode": plan.spec.mode}
+    if plan.expires_at is not None:
+        labels["inlets-expires"] = str(int(plan.expires_at.timestamp()))
+    return labels
+
+
+def labels_expiry(labels: dict[str, str]) -> str | None:
+    value = labels.get("inlets-expires", "")
+    if not value.isdigit():
+        return None
+    when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def mode_from_tags(tags: list[str]) -> str | None:
+    return next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-mode:")), None)

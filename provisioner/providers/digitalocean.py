@@ -17,9 +17,9 @@ from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import parse_api_url
 from ..errors import NotFound, ProvisionError
 from .base import ACTIVE, TAG, Host, Plan, expiry_tag, parse_expiry_tag
+from .cloud_api import parse_api_url
 
 TOKEN_ENV = ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "DIGITALOCEAN_API_URL"

@@ -16,9 +16,9 @@ from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
 from ..errors import ProvisionError
-from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
+from .base import ACTIVE, FAILED, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
+from .cloud_api import Endpoint, api_errors, point, strict_responses
 
 TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN")
 PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")

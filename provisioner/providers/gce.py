@@ -19,10 +19,10 @@ from libcloud.compute.drivers.gce import (
     GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
 )
 
-from ..cloud import Endpoint, api_errors, label_map, labels_expiry
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
-from .base import ACTIVE, TAG, Host, Plan
+from .base import ACTIVE, TAG, Host, Plan, label_map, labels_expiry
+from .cloud_api import Endpoint, api_errors
 
 KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"

@@ -13,10 +13,9 @@ from typing import Any, Iterator
 
 import requests
 
-from ..cloud import label_map, labels_expiry
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan
+from .base import ACTIVE, TAG, Host, Plan, label_map, labels_expiry
 
 TOKEN_ENV = ("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "HCLOUD_ENDPOINT"

@@ -15,10 +15,10 @@ from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+from .base import ACTIVE, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
+from .cloud_api import Endpoint, api_errors, point, strict_responses
 
 TOKEN_ENV = ("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "LINODE_API_URL"

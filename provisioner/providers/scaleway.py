@@ -19,10 +19,9 @@ from typing import Any, Iterator
 
 import requests
 
-from ..cloud import mode_from_tags, tag_list
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+from .base import ACTIVE, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
 
 TOKEN_ENV = ("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN")
 PROJECT_ENV = "SCW_DEFAULT_PROJECT_ID"

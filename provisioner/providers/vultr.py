@@ -13,10 +13,10 @@ from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, point, strict_responses
 from ..errors import NotFound
 from ..firewall import firewall_name, inbound_rules
 from .base import ACTIVE, TAG, Host, Plan
+from .cloud_api import Endpoint, api_errors, point, strict_responses
 
 TOKEN_ENV = ("VULTR_API_KEY", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "VULTR_API_URL"

@@ -37,7 +37,7 @@ def _api_url(provider: str, creds: "Credentials", env: str) -> str | None:
 
 def build(name: str, state_root: Path, creds: "Credentials") -> Provisioner:
     """The cloud provider ``name`` (one of CLOUDS) with its credentials and endpoint."""
-    from ..cloud import parse_api_url
+    from .cloud_api import parse_api_url
 
     if name == "vultr":
         from . import vultr

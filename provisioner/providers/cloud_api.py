@@ -1,4 +1,4 @@
-"""What the cloud provider modules share: endpoint override, one-line API errors, tags.
+"""What the cloud provider modules share when they call their APIs: endpoint override, one-line errors.
 
 Each libcloud driver raises its own exception types (some lose the HTTP status);
 ``strict_responses`` gives a driver's connection a response class that keeps the
@@ -8,7 +8,6 @@ message, so every provider maps errors the same way.
 
 from __future__ import annotations
 
-import datetime
 import json
 import urllib.parse
 from contextlib import contextmanager
@@ -21,8 +20,7 @@ from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderErro
 
 from runtime.ports import url_port
 
-from .errors import NotFound, ProvisionError
-from .providers.base import TAG, Plan, expiry_tag
+from ..errors import NotFound, ProvisionError
 
 
 class ApiError(BaseHTTPError):
@@ -128,31 +126,3 @@ def api_errors(provider: str, endpoint: Endpoint, what: str) -> Iterator[None]:
     except (LibcloudError, ValueError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).split())[:300]
         raise ProvisionError(f"{provider}: unexpected answer while {what}: {text}") from None
-
-
-def tag_list(plan: Plan) -> list[str]:
-    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry."""
-    tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
-    if plan.expires_at is not None:
-        tags.append(expiry_tag(plan.expires_at))
-    return tags
-
-
-def label_map(plan: Plan) -> dict[str, str]:
-    """Labels for clouds with key=value labels (lowercase keys, no colons)."""
-    labels = {TAG: "true", "inlets-mode": plan.spec.mode}
-    if plan.expires_at is not None:
-        labels["inlets-expires"] = str(int(plan.expires_at.timestamp()))
-    return labels
-
-
-def labels_expiry(labels: dict[str, str]) -> str | None:
-    value = labels.get("inlets-expires", "")
-    if not value.isdigit():
-        return None
-    when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def mode_from_tags(tags: list[str]) -> str | None:
-    return next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-mode:")), None)
