@@ -26,7 +26,7 @@ from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDr
 from ..errors import NotFound, ProvisionError
 from ..firewall import firewall_name, inbound_ports
 from .base import ACTIVE, FAILED, TAG, Host, Plan, label_map, labels_expiry
-from .cloud_api import Endpoint, api_errors, point, strict_responses
+from .cloud_api import Endpoint, libcloud_errors, point, strict_responses
 
 ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
 API_URL_ENV = "AZURE_API_URL"
@@ -96,7 +96,7 @@ class AzureProvider:
 
     def __init__(self, principal: dict[str, str], endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         self._sub = principal["subscription"]
-        with api_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
+        with libcloud_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
             self._driver = _driver_class(endpoint)(principal["tenant"], self._sub, principal["client"], principal["secret"])
             conn = self._driver.connection
             # libcloud base64-encodes customData to bytes, which json.dumps refuses on Python 3
@@ -105,7 +105,7 @@ class AzureProvider:
             self._endpoint = point(conn, None, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, version: str, method: str = "GET", body: Any = None) -> Any:
         return self._driver.connection.request(path, params={"api-version": version}, data=body, method=method).object

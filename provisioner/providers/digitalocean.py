@@ -7,19 +7,18 @@ $DIGITALOCEAN_API_URL (tests, proxies); the default is DigitalOcean's own.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import replace
+from typing import Any, ContextManager
 
-import requests
-from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.common.types import InvalidCredsError
 from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound
+from .api_errors import AUTH, REFUSED, Fault, api_errors
 from .base import ACTIVE, TAG, Host, Plan, expiry_tag, parse_expiry_tag
-from .cloud_api import parse_api_url
+from .cloud_api import libcloud_fault, parse_api_url
 
 TOKEN_ENV = ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "DIGITALOCEAN_API_URL"
@@ -45,23 +44,8 @@ class DigitalOceanProvider:
         self._endpoint = f"{'https' if conn.secure else 'http'}://{conn.host}:{conn.port}"
         conn.connect()  # the constructor already connected to the default host
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        """Turn the driver's exceptions into one-line errors."""
-        try:
-            yield
-        except InvalidCredsError as exc:
-            raise ProvisionError(f"digitalocean: access token rejected (401) while {what}: {exc.value}") from None
-        except BaseHTTPError as exc:
-            if exc.code == 404:
-                raise NotFound(f"digitalocean: not found while {what}") from None
-            raise ProvisionError(f"digitalocean: {what} failed: {exc.message}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(
-                f"digitalocean: cannot reach the API at {self._endpoint} while {what} ({exc.__class__.__name__})"
-            ) from None
-        except (LibcloudError, ValueError, KeyError) as exc:
-            raise ProvisionError(f"digitalocean: unexpected answer while {what}: {exc}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")
 
     def create(self, plan: Plan) -> Host:
         tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
@@ -126,3 +110,11 @@ class DigitalOceanProvider:
             detail=f"droplet status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"region": str((data.get("region") or {}).get("slug", "")), "tags": json.dumps(tags)},
         )
+
+
+def _fault(exc: BaseException) -> Fault | None:
+    """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and keeps the status in its messages."""
+    if isinstance(exc, InvalidCredsError):
+        return Fault(AUTH, 401, str(exc.value))
+    fault = libcloud_fault(exc)
+    return replace(fault, status=None) if fault is not None and fault.kind == REFUSED else fault

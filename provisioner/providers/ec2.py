@@ -17,12 +17,10 @@ import re
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
-import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
@@ -32,6 +30,7 @@ from libcloud.compute.types import NodeState
 from ..credentials import access_token
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
+from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
 
 KEY_ENV = ("AWS_ACCESS_KEY_ID",)
@@ -51,6 +50,7 @@ REGION_RECORD = "ec2.json"  # in the state folder: the instance id and the regio
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
+_THROTTLE_CODES = ("RequestLimitExceeded", "Throttling")
 _XMLNS = re.compile(r'xmlns="http://ec2\.amazonaws\.com/doc/[^"]*"')
 
 
@@ -208,22 +208,8 @@ class EC2Provider:
                 self._use_region(str(data["region"]))
                 return
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        """The driver's exceptions as one-line errors (EC2 answers errors as ``Code: message``)."""
-        try:
-            yield
-        except InvalidCredsError as exc:
-            raise ProvisionError(f"ec2: credentials ({self._source}) rejected while {what}: {_line(exc.value)}") from None
-        except BaseHTTPError as exc:
-            message = _line(exc.message)
-            if message.startswith(_GONE_CODES):
-                raise NotFound(f"ec2: not found while {what}: {message}") from None
-            raise ProvisionError(f"ec2: {what} failed: {message}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"ec2: cannot reach {self._endpoint} while {what} ({exc.__class__.__name__})") from None
-        except (LibcloudError, ValueError, KeyError, AttributeError) as exc:
-            raise ProvisionError(f"ec2: unexpected answer while {what}: {_line(str(exc))}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._endpoint, what, _fault, credentials=f"credentials ({self._source})")
 
     def ubuntu_image(self) -> str:
         """The newest Canonical Ubuntu 24.04 LTS AMI in the region (names end in a build date)."""
@@ -394,5 +380,22 @@ def _iso(value: object) -> str | None:
     return text[:19] + "Z" if len(text) >= 19 and text[10] == "T" else text
 
 
+def _fault(exc: BaseException) -> Fault | None:
+    """EC2 answers errors as ``Code: message``; the code says what happened, whatever the status."""
+    if isinstance(exc, InvalidCredsError):
+        return Fault(AUTH, message=_line(exc.value))
+    if isinstance(exc, BaseHTTPError):
+        message = _line(exc.message)
+        if message.startswith(_GONE_CODES):
+            return Fault(NOT_FOUND, message=message)
+        if message.startswith(_THROTTLE_CODES):
+            return Fault(RATE_LIMIT, message=message)
+        kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
+        return Fault(kind, message=message)
+    if isinstance(exc, LibcloudError):
+        return Fault(ANSWER, message=_line(exc))
+    return None
+
+
 def _line(text: object) -> str:
-    return " ".join(str(text).split())[:400]
+    return one_line(text, 400)

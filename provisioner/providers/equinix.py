@@ -18,7 +18,7 @@ from libcloud.compute.types import Provider
 
 from ..errors import ProvisionError
 from .base import ACTIVE, FAILED, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
-from .cloud_api import Endpoint, api_errors, point, strict_responses
+from .cloud_api import Endpoint, libcloud_errors, point, strict_responses
 
 TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN")
 PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")
@@ -48,7 +48,7 @@ class EquinixProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", params: Any = None) -> Any:
         return self._driver.connection.request(path, method=method, params=params).object

@@ -22,7 +22,7 @@ from libcloud.compute.drivers.gce import (
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from .base import ACTIVE, TAG, Host, Plan, label_map, labels_expiry
-from .cloud_api import Endpoint, api_errors
+from .cloud_api import Endpoint, libcloud_errors
 
 KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -82,7 +82,7 @@ class GCEProvider:
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with api_errors(self.name, self._endpoint, "signing in with the service account"):
+        with libcloud_errors(self.name, self._endpoint, "signing in with the service account"):
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
                 credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
@@ -90,7 +90,7 @@ class GCEProvider:
         self._base = f"{COMPUTE}/projects/{self.project}"
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
         conn = self._driver.connection

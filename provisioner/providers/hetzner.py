@@ -8,13 +8,11 @@ $HCLOUD_ENDPOINT (the variable the hcloud CLI reads).
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
-
-import requests
+from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .base import ACTIVE, TAG, Host, Plan, label_map, labels_expiry
 
 TOKEN_ENV = ("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN")
@@ -42,22 +40,8 @@ class HetznerProvider:
         self._client = Client(token=token, api_endpoint=self._url, application_name="inletsctl", timeout=timeout,
                               poll_interval=1.0, poll_max_retries=60)
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        from hcloud import APIException
-
-        try:
-            yield
-        except APIException as exc:
-            if exc.code == "not_found" or exc.code == 404:
-                raise NotFound(f"hetzner: not found while {what}") from None
-            if exc.code in ("unauthorized", "forbidden", 401, 403):
-                raise ProvisionError(f"hetzner: token rejected ({exc.code}) while {what}: {exc.message}") from None
-            raise ProvisionError(f"hetzner: {what} failed ({exc.code}): {_one_line(exc.message)}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"hetzner: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(f"hetzner: unexpected answer while {what}: {_one_line(str(exc))}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._url, what, hcloud_fault, credentials="token")
 
     def create(self, plan: Plan) -> Host:
         from hcloud.firewalls import FirewallRule
@@ -146,5 +130,19 @@ class HetznerProvider:
         )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
+def hcloud_fault(exc: BaseException) -> Fault | None:
+    """What the hcloud SDK's APIException means (its code is the API's error code, or an HTTP status)."""
+    from hcloud import APIException
+
+    if not isinstance(exc, APIException):
+        return None
+    message = one_line(exc.message)
+    if exc.code in ("not_found", 404):
+        return Fault(NOT_FOUND, exc.code)
+    if exc.code in ("unauthorized", "forbidden", 401, 403):
+        return Fault(AUTH, exc.code, message)
+    if exc.code in ("rate_limit_exceeded", 429):
+        return Fault(RATE_LIMIT, exc.code, message)
+    if exc.code == "resource_limit_exceeded":
+        return Fault(QUOTA, exc.code, message)
+    return Fault(REFUSED, exc.code, message)

@@ -18,7 +18,7 @@ from libcloud.compute.types import Provider
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
 from .base import ACTIVE, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
-from .cloud_api import Endpoint, api_errors, point, strict_responses
+from .cloud_api import Endpoint, libcloud_errors, point, strict_responses
 
 TOKEN_ENV = ("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "LINODE_API_URL"
@@ -42,7 +42,7 @@ class LinodeProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> Any:
         data = json.dumps(body) if body is not None else None

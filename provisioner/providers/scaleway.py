@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
-
-import requests
+from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
 from .base import ACTIVE, TAG, Host, Plan, mode_from_tags, parse_expiry_tag, tag_list
 
 TOKEN_ENV = ("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN")
@@ -62,28 +60,8 @@ class ScalewayProvider:
         except ValueError as exc:
             raise ProvisionError(f"scaleway: {str(exc).split('. See')[0]}") from None
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        from scaleway_core.api import ScalewayException
-
-        try:
-            yield
-        except ScalewayException as exc:
-            code = exc.status_code
-            text = " ".join(exc.response.text.split())[:300]
-            try:
-                text = str(exc.response.json().get("message") or text)
-            except ValueError:
-                pass
-            if code == 404:
-                raise NotFound(f"scaleway: not found while {what}") from None
-            if code in (401, 403):
-                raise ProvisionError(f"scaleway: secret key rejected ({code}) while {what}: {text}") from None
-            raise ProvisionError(f"scaleway: {what} failed ({code}): {text}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"scaleway: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(f"scaleway: unexpected answer while {what}: {' '.join(str(exc).split())[:300]}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._url, what, scaleway_fault, credentials="secret key")
 
     def create(self, plan: Plan) -> Host:
         from scaleway.instance.v1 import (
@@ -190,3 +168,21 @@ class ScalewayProvider:
             detail=f"server state {state!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"zone": str(server.zone)},
         )
+
+
+def scaleway_fault(exc: BaseException) -> Fault | None:
+    """What the Scaleway SDK's ScalewayException means: its HTTP status, with the API's message and type."""
+    from scaleway_core.api import ScalewayException
+
+    if not isinstance(exc, ScalewayException):
+        return None
+    text = one_line(exc.response.text)
+    kind = ""
+    try:
+        body = exc.response.json()
+        text, kind = str(body.get("message") or text), str(body.get("type") or "")
+    except (ValueError, AttributeError):
+        pass
+    if kind == "quotas_exceeded":  # answered with 403, which would otherwise read as a refused key
+        return Fault(QUOTA, exc.status_code, text)
+    return by_status(exc.status_code, text)

@@ -16,7 +16,7 @@ from libcloud.compute.types import Provider
 from ..errors import NotFound
 from ..firewall import firewall_name, inbound_rules
 from .base import ACTIVE, TAG, Host, Plan
-from .cloud_api import Endpoint, api_errors, point, strict_responses
+from .cloud_api import Endpoint, libcloud_errors, point, strict_responses
 
 TOKEN_ENV = ("VULTR_API_KEY", "INLETS_ACCESS_TOKEN")
 API_URL_ENV = "VULTR_API_URL"
@@ -40,7 +40,7 @@ class VultrProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None) -> Any:
         data = json.dumps(body) if body is not None else None
