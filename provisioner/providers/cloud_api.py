@@ -20,6 +20,7 @@ from runtime.ports import url_port
 
 from ..errors import ProvisionError
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, one_line
+from .base import Credentials, ProviderInfo
 
 
 class ApiError(BaseHTTPError):
@@ -113,3 +114,9 @@ def libcloud_fault(exc: BaseException) -> Fault | None:
 def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:
     """Driver and transport exceptions of a libcloud provider as one-line ProvisionErrors."""
     return api_errors(provider, endpoint.url, what, libcloud_fault)
+
+
+def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:
+    """The endpoint ``--api-url`` or the provider's variable names; None: the cloud's own."""
+    url = provider.api_url(creds)
+    return parse_api_url(provider.name, url, provider.api_url_env[0]) if url else None

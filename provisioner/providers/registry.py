@@ -1,24 +1,24 @@
-"""How the libcloud / SDK cloud providers are built from the command's credentials.
+"""Provider registry: the names ``--provider`` accepts, how each is built, and the help they give.
 
-Credentials come, in order, from ``--access-token-file``, ``--access-token``, then the
-provider's usual environment variables (listed in ``--help`` and below). The API
-endpoint comes from ``--api-url``, then the provider's ``*_API_URL`` variable.
+Each provider module declares itself once, as ``PROVIDER`` (a base.ProviderInfo: credentials,
+environment variables, defaults, user-data limit, firewall note) beside ``build(creds,
+state_root)``, which makes the provider from the command's credentials. This module only
+finds those modules; ``inletsctl --help`` is written from their declarations.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import ModuleType
 
-from ..credentials import access_token
 from ..errors import ProvisionError
-from .base import Provisioner
+from ..firewall import firewall_name, inbound_rules
+from ..spec import TunnelSpec
+from .base import Credentials, ProviderInfo, Provisioner
 
-if TYPE_CHECKING:
-    from . import Credentials
-
-CLOUDS = ("gce", "azure", "linode", "vultr", "equinix", "hetzner", "scaleway")
+#: every provider, in the order the help lists them (each is providers/NAME.py)
+PROVIDERS = ("local", "digitalocean", "ec2", "ssh", "gce", "azure", "linode", "vultr", "equinix", "hetzner", "scaleway")
 
 #: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
 NOT_OFFERED = {
@@ -31,84 +31,67 @@ NOT_OFFERED = {
 }
 
 
-def _api_url(provider: str, creds: "Credentials", env: str) -> str | None:
-    return creds.api_url or os.environ.get(env) or None
+def _module(name: str) -> ModuleType:
+    if name not in PROVIDERS:  # never import a module named by user input
+        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
+    return importlib.import_module(f".{name}", __package__)
 
 
-def build(name: str, state_root: Path, creds: "Credentials") -> Provisioner:
-    """The cloud provider ``name`` (one of CLOUDS) with its credentials and endpoint."""
-    from .cloud_api import parse_api_url
+def info(name: str) -> ProviderInfo:
+    """The declaration of provider ``name``."""
+    declared: ProviderInfo = _module(name).PROVIDER
+    return declared
 
-    if name == "vultr":
-        from . import vultr
 
-        token = access_token("Vultr", creds.token_file, creds.token, vultr.TOKEN_ENV)
-        url = _api_url(name, creds, vultr.API_URL_ENV)
-        return vultr.VultrProvider(token, parse_api_url(name, url, vultr.API_URL_ENV) if url else None)
-    if name == "linode":
-        from . import linode
-
-        token = access_token("Linode", creds.token_file, creds.token, linode.TOKEN_ENV)
-        url = _api_url(name, creds, linode.API_URL_ENV)
-        return linode.LinodeProvider(token, parse_api_url(name, url, linode.API_URL_ENV) if url else None)
-    if name == "hetzner":
-        from . import hetzner
-
-        token = access_token("Hetzner Cloud", creds.token_file, creds.token, hetzner.TOKEN_ENV)
-        return hetzner.HetznerProvider(token, _api_url(name, creds, hetzner.API_URL_ENV))
-    if name == "equinix":
-        from . import equinix
-
-        token = access_token("Equinix Metal", creds.token_file, creds.token, equinix.TOKEN_ENV)
-        project = next((os.environ[e].strip() for e in equinix.PROJECT_ENV if os.environ.get(e, "").strip()), "")
-        url = _api_url(name, creds, equinix.API_URL_ENV)
-        return equinix.EquinixProvider(token, project, parse_api_url(name, url, equinix.API_URL_ENV) if url else None)
-    if name == "gce":
-        from . import gce
-
-        url = _api_url(name, creds, gce.API_URL_ENV)
-        account = gce.service_account(creds.token_file, creds.token)
-        return gce.GCEProvider(account, state_root, parse_api_url(name, url, gce.API_URL_ENV) if url else None)
-    if name == "azure":
-        from . import azure
-
-        url = _api_url(name, creds, azure.API_URL_ENV)
-        principal = azure.service_principal(creds.token_file, creds.token)
-        return azure.AzureProvider(principal, parse_api_url(name, url, azure.API_URL_ENV) if url else None)
-    if name == "scaleway":
-        from . import scaleway
-
-        secret = access_token("Scaleway", creds.token_file, creds.token, scaleway.TOKEN_ENV)
-        return scaleway.ScalewayProvider(os.environ.get(scaleway.ACCESS_ENV, "").strip(), secret,
-                                         os.environ.get(scaleway.PROJECT_ENV, "").strip(),
-                                         _api_url(name, creds, scaleway.API_URL_ENV))
+def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
+    """The provider called ``name``; a one-line error for unknown names and missing credentials."""
     if name in NOT_OFFERED:
         raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
-    raise ProvisionError(f"unknown cloud {name!r}")
+    provider: Provisioner = _module(name).build(creds, state_root)
+    return provider
 
 
-_CLASSES = {"gce": "GCEProvider", "azure": "AzureProvider", "linode": "LinodeProvider", "vultr": "VultrProvider",
-            "equinix": "EquinixProvider", "hetzner": "HetznerProvider", "scaleway": "ScalewayProvider"}
-
-
-def firewall_note(name: str) -> str | None:
-    """What stands in front of an exit server on cloud ``name`` (for the create summary)."""
-    if name not in _CLASSES:
+def firewall_note(name: str, server_name: str, spec: TunnelSpec) -> str | None:
+    """What stands in front of exit server ``server_name`` on provider ``name``, with the ports it lets in."""
+    note = info(name).firewall_note
+    if note is None:
         return None
-    import importlib
+    rules = inbound_rules(spec)  # the ports every cloud's firewall opens for this tunnel
+    data = ",".join(str(rule.port) for rule in rules if rule.purpose == "data")
+    return note.format(firewall=firewall_name(server_name), control_port=spec.control_port, data_ports=data)
 
-    module = importlib.import_module(f".{name}", __package__)
-    return str(getattr(module, _CLASSES[name]).firewall_note)
+
+# -- help, written from the declarations -------------------------------------------------------
 
 
-HELP_PROVIDERS = (
-    "gce, azure, linode, vultr, equinix (Equinix Metal), hetzner, scaleway; ovh is not offered "
-    "(see --provider ovh)"
-)
-HELP_ENV = (
-    "credentials: vultr $VULTR_API_KEY; linode $LINODE_TOKEN; hetzner $HCLOUD_TOKEN; equinix $METAL_AUTH_TOKEN + "
-    "$METAL_PROJECT_ID; gce a service-account key file ($GOOGLE_APPLICATION_CREDENTIALS); azure an sdk-auth file or "
-    "$AZURE_CLIENT_ID/$AZURE_CLIENT_SECRET/$AZURE_TENANT_ID/$AZURE_SUBSCRIPTION_ID; scaleway $SCW_SECRET_KEY + "
-    "$SCW_ACCESS_KEY + $SCW_DEFAULT_PROJECT_ID"
-)
-HELP_API_ENV = "VULTR_API_URL, LINODE_API_URL, HCLOUD_ENDPOINT, METAL_API_URL, GCE_API_URL, AZURE_API_URL, SCW_API_URL"
+def _all() -> list[ProviderInfo]:
+    return [info(name) for name in PROVIDERS]
+
+
+def providers_help() -> str:
+    names = ", ".join(f"{p.name} ({p.note})" if p.note else p.name for p in _all())
+    return f"{names}; {', '.join(NOT_OFFERED)} is not offered (see --provider {next(iter(NOT_OFFERED))})"
+
+
+def credentials_help() -> str:
+    return "credentials: " + "; ".join(f"{p.name} {p.credentials}" for p in _all() if p.credentials)
+
+
+def api_url_help() -> str:
+    return ", ".join(env for p in _all() for env in p.api_url_env)
+
+
+def region_help() -> str:
+    def one(p: ProviderInfo) -> str:
+        env = f"${p.region_env[0]} or " if p.region_env else ""
+        return f"{p.name}: {env}{p.region}" + (f" ({p.region_note})" if p.region_note else "")
+
+    return "; ".join(one(p) for p in _all() if p.region)
+
+
+def size_help() -> str:
+    return "; ".join(f"{p.name}: {p.size}" for p in _all() if p.size)
+
+
+def ssh_key_help() -> str:
+    return "; ".join(f"{p.name}: {p.ssh_key}" for p in _all() if p.ssh_key)
