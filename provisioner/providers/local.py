@@ -73,11 +73,6 @@ def _served_ports(argv: list[str]) -> set[int]:
     return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
 
 
-def _is_ours(pid: int, state_dir: Path) -> bool:
-    """The pid is alive and still the server of ``state_dir`` (pids get reused)."""
-    return str(state_dir / "token") in _cmdline(pid)
-
-
 class LocalProvider:
     name = PROVIDER.name
     user_data_limit = PROVIDER.user_data_limit
