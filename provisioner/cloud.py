@@ -19,7 +19,7 @@ import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
 
-from runtime.ports import url_port
+from runtime.core.ports import url_port
 
 from .errors import NotFound, ProvisionError
 from .providers.base import TAG, Plan, expiry_tag

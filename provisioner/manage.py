@@ -6,7 +6,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.probe import ProbeError
+from runtime.core.probe import ProbeError
 
 from .errors import NotFound, ProvisionError
 from .providers import PROVIDERS, Credentials, make

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import jinja2
 
-from runtime.systemd_quote import exec_command
-from runtime.templating import template_dir
+from runtime.generate.systemd_quote import exec_command
+from runtime.generate.templating import template_dir
 
 from . import wheel_receiver
 from .errors import ProvisionError

@@ -40,7 +40,7 @@ from jinja2 import nodes  # noqa: E402
 from provisioner import render  # noqa: E402
 from provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, TunnelSpec, server_argv  # noqa: E402
 from provisioner.wheel import build_runtime_wheel, constraints  # noqa: E402
-from runtime.templating import environment, template_dir  # noqa: E402
+from runtime.generate.templating import environment, template_dir  # noqa: E402
 
 USERDATA_DIR = ROOT / "terraform/modules/inlets-userdata/templates"
 RUNTIME_DIR = ROOT / "terraform/modules/inlets-userdata/runtime"

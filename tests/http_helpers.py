@@ -20,13 +20,13 @@ from typing import Any, Coroutine
 import h11
 from websockets.asyncio.server import serve as ws_serve
 
-from runtime.auth import TokenSet
-from runtime.client import ClientConfig, TunnelClient
-from runtime.control import ControlConfig
-from runtime.http_client import HttpUpstreams, parse_upstreams, upstream_tls
-from runtime.http_options import HttpOptions
-from runtime.http_server import HttpTunnelServer
-from runtime.tls import client_context, server_context
+from runtime.core.auth import TokenSet
+from runtime.client.dialer import ClientConfig, TunnelClient
+from runtime.server.control import ControlConfig
+from runtime.client.http_upstreams import HttpUpstreams, parse_upstreams, upstream_tls
+from runtime.http.options import HttpOptions
+from runtime.http.server import HttpTunnelServer
+from runtime.core.tls import client_context, server_context
 
 LOOPBACK = "127.0.0.1"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunnel_helpers import TlsFiles
 
-INLETS = [sys.executable, "-c", "from runtime.cli import main; main()"]
+INLETS = [sys.executable, "-c", "from runtime.cli.main import main; main()"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

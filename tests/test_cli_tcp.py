@@ -209,7 +209,7 @@ def test_data_port_in_use_is_refused_in_one_whole_line_saying_what_to_do(
 
 
 def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() -> None:
-    from runtime.dataplane import bind_failure
+    from runtime.server.dataplane import bind_failure
 
     with socket.socket() as first, socket.socket() as second:
         first.bind(("127.0.0.1", 0))
@@ -223,7 +223,7 @@ def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() ->
 
 
 def test_close_reasons_over_the_websocket_limit_are_cut_after_a_word() -> None:
-    from runtime.control import _close_reason
+    from runtime.server.control import _close_reason
 
     reason = _close_reason("server cannot listen on " + "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:65535: " * 3)
     assert len(reason.encode()) <= 123 and reason.endswith("65535:...") and _close_reason("short") == "short"
@@ -254,7 +254,7 @@ def test_ws_url_for_a_tls_server_says_use_wss_and_the_server_logs_it_once(
 def test_plaintext_attempts_are_logged_at_most_once_an_interval_with_their_count(caplog) -> None:
     import time
 
-    from runtime.tls import PlaintextAttempts
+    from runtime.core.tls import PlaintextAttempts
 
     attempts = PlaintextAttempts()
     attempts.interval = 0.2

@@ -22,15 +22,16 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import runtime.control
-from runtime.allowlist import SourceAllowList, parse_networks, parse_target_rules
-from runtime.control import client_address
-from runtime.forwarding import ForwardingPolicy, format_target
-from runtime.handshake import Hello, HandshakeError, parse_hello
-from runtime.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
+import runtime.server.control
+from runtime.core.allowlist import SourceAllowList, parse_networks, parse_target_rules
+from runtime.server.control import client_address
+from runtime.server.forwarding import ForwardingPolicy
+from runtime.core.services import format_target
+from runtime.core.handshake import Hello, HandshakeError, parse_hello
+from runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
 from runtime.session import AsyncStream
-from runtime.tcp_client import Upstream
-from runtime.tls import client_context
+from runtime.client.tcp_upstreams import Upstream
+from runtime.core.tls import client_context
 
 
 async def raw_client(server, tls: TlsFiles, token: str, *, source: str = "127.0.0.1"):
@@ -114,7 +115,7 @@ def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
 
 
 def test_a_client_that_never_says_hello_is_dropped(tls: TlsFiles, token: str, monkeypatch) -> None:
-    monkeypatch.setattr(runtime.control, "HELLO_TIMEOUT", 0.5)
+    monkeypatch.setattr(runtime.server.control, "HELLO_TIMEOUT", 0.5)
 
     async def scenario() -> None:
         server = await start_server(tls, token)

@@ -18,8 +18,8 @@ import pytest
 from fault_helpers import rss_kib
 from http_helpers import LOOPBACK, Stack, raw_request
 from process_helpers import INLETS, ROOT, wait_port
-from runtime.cli_common import run_until_signalled
-from runtime.http_options import HttpOptions
+from runtime.cli.lifecycle import run_until_signalled
+from runtime.http.options import HttpOptions
 from tunnel_helpers import free_port
 
 ALICE = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
@@ -209,7 +209,7 @@ def test_absolute_form_routes_by_its_authority_and_goes_upstream_in_origin_form(
 
 #: ``inlets`` as installed without the ``fast`` extra: ``import uvloop`` fails, so the loop runs inside
 #: ``except ImportError`` (the state in which refusals used to become "No module named 'uvloop'").
-NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from runtime.cli import main; main()"]
+NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from runtime.cli.main import main; main()"]
 
 
 @pytest.fixture(scope="module")

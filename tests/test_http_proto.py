@@ -6,13 +6,13 @@ import base64
 
 import pytest
 
-from runtime.http_guard import Guards
-from runtime.http_options import HttpOptions, OptionError
-from runtime.http_proto import (
+from runtime.http.guard import Guards
+from runtime.http.options import HttpOptions, OptionError
+from runtime.http.parser import (
     HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
     Upgraded, host_of,
 )
-from runtime.http_write import kept_lines
+from runtime.http.write import kept_lines
 
 
 def feed_all(reader, data: bytes, step: int | None = None) -> list:

@@ -143,7 +143,7 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     from importlib import metadata
 
     from provisioner.wheel import build_runtime_wheel
-    from runtime.probe import Endpoint, get
+    from runtime.core.probe import Endpoint, get
 
     wheel = build_runtime_wheel(mode, letsencrypt=letsencrypt)
     metadata_text = zipfile.ZipFile(io.BytesIO(wheel.data)).read("inlets_py-0.1.0.dist-info/METADATA").decode()
@@ -154,8 +154,8 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     path = tmp_path / wheel.filename
     path.write_bytes(wheel.data)
     venv = venv_with(path, tmp_path / "venv")
-    modules = ["runtime.cli", "runtime.status", f"runtime.{mode}_server"]
-    modules += ["runtime.https_front", "runtime.letsencrypt", "runtime.acme_client"] if letsencrypt else []
+    modules = ["runtime.cli.main", "runtime.server.status", f"runtime.cli.{mode}_server"]
+    modules += ["runtime.acme.https_front", "runtime.acme.letsencrypt", "runtime.acme.client"] if letsencrypt else []
     probe = "import importlib, runtime; print(runtime.__file__); " + "; ".join(
         f"importlib.import_module({m!r})" for m in modules)
     result = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=tmp_path, capture_output=True, text=True,

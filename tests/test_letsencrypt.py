@@ -22,14 +22,14 @@ import pytest
 
 from http_helpers import LOOPBACK, Stack, need, raw_request
 from letsencrypt_helpers import dnsmasq, pebble, served_certificate, wait_until
-from runtime.acme_store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
-from runtime.auth import TokenSet
-from runtime.control import ControlConfig
-from runtime.http_proto import RequestReader
-from runtime.http_server import HttpTunnelServer
-from runtime.https_front import HttpsFront, plain_answer
-from runtime.letsencrypt import configure
-from runtime.tls import server_context
+from runtime.acme.store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
+from runtime.core.auth import TokenSet
+from runtime.server.control import ControlConfig
+from runtime.http.parser import RequestReader
+from runtime.http.server import HttpTunnelServer
+from runtime.acme.https_front import HttpsFront, plain_answer
+from runtime.acme.letsencrypt import configure
+from runtime.core.tls import server_context
 from tunnel_helpers import free_port
 
 DOMAINS = ["a.example.test", "b.example.test"]
@@ -240,8 +240,8 @@ def test_renewal_is_due_after_two_thirds_of_the_lifetime() -> None:
 
 
 def test_the_next_look_waits_for_renewals_and_retries_not_longer(tmp_path: Path) -> None:
-    from runtime.acme_store import Account, StoredCert
-    from runtime.letsencrypt import MAX_SLEEP, LetsEncrypt
+    from runtime.acme.store import Account, StoredCert
+    from runtime.acme.letsencrypt import MAX_SLEEP, LetsEncrypt
 
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     manager = LetsEncrypt(["a.example.com", "b.example.com"], CertStore(tmp_path, "https://ca.test/dir"),

@@ -33,7 +33,8 @@ from prov_support import free_port, http_upstream, one_line_error, run_cli, run_
 from provisioner.material import generate  # noqa: E402
 from provisioner.render import UserDataOptions, user_data  # noqa: E402
 from provisioner.spec import LetsEncrypt, build_spec  # noqa: E402
-from provisioner.wheel import LETSENCRYPT_MODULES  # noqa: E402
+from provisioner.wheel import LETSENCRYPT_FOLDER, server_modules  # noqa: E402
+import runtime  # noqa: E402
 
 TOKEN = "dop_v1_" + "e" * 64
 DOMAIN = "site.example.test"
@@ -176,7 +177,8 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
             # (read the wheel itself: in an editable install the droplet could import missing modules from here)
             (wheel,) = (fake.workdir / f"droplet-{summary['id']}" / "opt" / "inlets").glob("*.whl")
             names = zipfile.ZipFile(wheel).namelist()
-            assert {f"runtime/{m}.py" for m in LETSENCRYPT_MODULES} <= set(names)
+            lets_encrypt = {m for m in server_modules("http", letsencrypt=True)[0] if m.startswith(LETSENCRYPT_FOLDER + "/")}
+            assert lets_encrypt and {f"{runtime.__name__.replace('.', '/')}/{m}.py" for m in lets_encrypt} <= set(names)
             assert summary["endpoints"] == [f"https://{DOMAIN}"]
             server_log = fake.workdir / f"droplet-{summary['id']}" / "server.log"
             wait_until(lambda: b"event=certificate_issued" in server_log.read_bytes(), 30,

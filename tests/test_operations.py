@@ -22,11 +22,11 @@ from tunnel_helpers import (
     wait_listening,
 )
 
-from runtime.allowlist import SourceAllowList, parse_networks
-from runtime.dataplane import DataPlaneOptions
-from runtime.mux import ResetCode
-from runtime.proxy_protocol import encode
-from runtime.tcp_client import Upstream
+from runtime.core.allowlist import SourceAllowList, parse_networks
+from runtime.server.dataplane import DataPlaneOptions
+from runtime.core.mux import ResetCode
+from runtime.server.proxy_protocol import encode
+from runtime.client.tcp_upstreams import Upstream
 
 
 @pytest.fixture
@@ -99,8 +99,9 @@ def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, tok
 def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles, token: str) -> None:
     """A client that declared an allowed target but opens a stream to another one gets a reset,
     and nothing is dialled."""
-    from runtime.allowlist import parse_target_rules
-    from runtime.forwarding import ForwardingPolicy, format_target
+    from runtime.core.allowlist import parse_target_rules
+    from runtime.server.forwarding import ForwardingPolicy
+    from runtime.core.services import format_target
     from runtime.session import AsyncStream
 
     dialled: list[int] = []

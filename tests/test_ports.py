@@ -13,10 +13,10 @@ from tunnel_helpers import TlsFiles, control_url, run, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from runtime.handshake import Hello
-from runtime.ports import parse_port, parse_port_list, url_port
-from runtime.proxy_protocol import ProxyProtocolError, parse
-from runtime.tls import client_context
+from runtime.core.handshake import Hello
+from runtime.core.ports import parse_port, parse_port_list, url_port
+from runtime.server.proxy_protocol import ProxyProtocolError, parse
+from runtime.core.tls import client_context
 
 NOT_PORTS = ["²", "٣", "８０", " 80", "80 ", "+80", "8_0", "0x50", "", "0", "65536", "123456", "80\n"]
 

@@ -15,7 +15,7 @@ import pytest
 from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from readme_commands import README, ROOT, Shell, block, commands
 
-from runtime.dataplane import bind_failure
+from runtime.server.dataplane import bind_failure
 
 
 def _free_on_both(*hosts: str) -> int:

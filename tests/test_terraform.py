@@ -24,7 +24,7 @@ from provisioner.material import Material, generate
 from provisioner.render import UserDataOptions, client_command, user_data, wheel_xz_base64
 from provisioner.spec import build_spec, parse_ttl
 from provisioner.wheel import DIST, build_runtime_wheel, version
-from runtime.certs import Pem
+from runtime.core.certs import Pem
 
 ROOT = Path(__file__).resolve().parent.parent
 TF_DIR = ROOT / "terraform"
@@ -299,7 +299,7 @@ def test_generated_templates_are_current() -> None:
 def test_generator_refuses_constructs_it_cannot_translate() -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     import gen_terraform_template as gen
-    from runtime.templating import environment
+    from runtime.generate.templating import environment
 
     for source in ("{{ name | upper }}", "{% for x in units %}a{% else %}b{% endfor %}", "{{ undefined_thing }}", "{% if name is defined %}{% endif %}"):
         with pytest.raises(gen.Unsupported):

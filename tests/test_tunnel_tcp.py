@@ -26,9 +26,9 @@ from tunnel_helpers import (
     wait_listening,
 )
 
-from runtime.client import ClientConfig, FatalClientError, TunnelClient
-from runtime.tcp_client import Upstream
-from runtime.tls import client_context
+from runtime.client.dialer import ClientConfig, FatalClientError, TunnelClient
+from runtime.client.tcp_upstreams import Upstream
+from runtime.core.tls import client_context
 
 MiB = 1024 * 1024
 
@@ -187,7 +187,7 @@ def test_slow_reader_stalls_only_its_stream_and_server_memory_stays_bounded(tls:
         assert pushed["bytes"] < 64 * MiB
         assert pushed["bytes"] - stalled_at <= 2 * MiB
         # the server holds at most about one window for the stalled stream
-        from runtime.tcp_server import DataPlaneConnection
+        from runtime.server.tcp import DataPlaneConnection
 
         buffered = [
             conn.transport.get_write_buffer_size()

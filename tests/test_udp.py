@@ -15,9 +15,9 @@ from fixtures.proxy_daemons import binary
 from process_helpers import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
 from tunnel_helpers import TlsFiles, control_url, free_port, run, start_client, start_server, stop
 
-from runtime.probe import get, parse_url
-from runtime.tcp_client import Upstream, parse_upstreams
-from runtime.udp import MAX_DATAGRAM
+from runtime.core.probe import get, parse_url
+from runtime.client.tcp_upstreams import Upstream, parse_upstreams
+from runtime.core.services import MAX_DATAGRAM
 
 
 def udp_free_port() -> int:

@@ -26,8 +26,8 @@ from provisioner.material import generate
 from provisioner.names import check_name
 from provisioner.render import UserDataOptions, systemd_unit, user_data, yaml_scalar
 from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
-from runtime.acme_store import AcmeConfigError, check_email, directory_url
-from runtime.systemd_quote import UnitValueError, exec_command, exec_word, path_value
+from runtime.acme.store import AcmeConfigError, check_email, directory_url
+from runtime.generate.systemd_quote import UnitValueError, exec_command, exec_word, path_value
 
 INJECTION = "127.0.0.1\nExecStartPre=/bin/sh -c 'touch /pwned'"
 HOSTILE_WORDS = [INJECTION, "a b", 'q"uote', "back\\slash", "%h%%2F", "$HOME ${PATH} $$", "tab\there", "", "é ü"]

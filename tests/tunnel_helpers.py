@@ -13,14 +13,14 @@ from typing import AsyncIterator, Awaitable, Callable
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websocket_serve
 
-from runtime.auth import TokenSet
-from runtime.certs import ensure_auto_tls
-from runtime.client import ClientConfig, TunnelClient
-from runtime.control import ControlConfig
-from runtime.handshake import Hello, Welcome, parse_hello
-from runtime.tcp_client import TcpUpstreams, Upstream
-from runtime.tcp_server import TcpTunnelServer
-from runtime.tls import client_context, server_context
+from runtime.core.auth import TokenSet
+from runtime.core.certs import ensure_auto_tls
+from runtime.client.dialer import ClientConfig, TunnelClient
+from runtime.server.control import ControlConfig
+from runtime.core.handshake import Hello, Welcome, parse_hello
+from runtime.client.tcp_upstreams import TcpUpstreams, Upstream
+from runtime.server.tcp import TcpTunnelServer
+from runtime.core.tls import client_context, server_context
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Obtain one certificate over ACME (RFC 8555) with HTTP-01, using certbot's ``acme`` library.
 
-Run as ``python -m runtime.acme_client`` by the server (``letsencrypt``), one process per
+Run as ``python -m inlets_py.runtime.acme.client`` by the server (``letsencrypt``), one process per
 issuance: ``acme`` blocks (requests) and, with the crypto libraries, weighs about 20 MiB
 that the long-running server should not keep. The child talks JSON lines on stdout:
 ``{"publish": TOKEN, "validation": V}`` (the server answers a line on stdin once its
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .acme_store import Account, CertStore
+from .store import Account, CertStore
 
 log = logging.getLogger("inlets.letsencrypt")
 
@@ -161,7 +161,7 @@ def _publish(token: str, validation: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """One issuance: ``--root R --url U --domain D [--email E] [--ca-bundle C] [--timeout S]``."""
-    parser = argparse.ArgumentParser(prog="python -m runtime.acme_client")
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else __name__}")
     parser.add_argument("--root", required=True)
     parser.add_argument("--url", required=True)
     parser.add_argument("--domain", required=True)

@@ -14,13 +14,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from .http_proto import HttpError, RequestHead, RequestReader
-from .http_proxy import FrontConnection
-from .http_write import SimpleResponse
+from ..http.parser import HttpError, RequestHead, RequestReader
+from ..http.front import FrontConnection
+from ..http.write import SimpleResponse
 from .letsencrypt import LetsEncrypt
 
 if TYPE_CHECKING:
-    from .http_server import HttpTunnelServer
+    from ..http.server import HttpTunnelServer
 
 log = logging.getLogger("inlets.http")
 

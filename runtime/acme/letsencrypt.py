@@ -23,9 +23,11 @@ import ssl
 import sys
 from pathlib import Path
 
-from .acme_store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
 log = logging.getLogger("inlets.letsencrypt")
+#: The ACME client runs as a child process: ``python -m`` this module (acme/client.py).
+ACME_CLIENT = f"{__package__}.client"
 
 MAX_SLEEP = 6 * 3600.0  # look again at least this often (clock jumps, a store changed by hand)
 RETRY_MAX = 3600.0
@@ -160,7 +162,7 @@ class LetsEncrypt:
     async def _issue(self, domain: str) -> StoredCert:
         """One ACME run in a child process (see ``acme_client``); ``AcmeError`` when it fails."""
         account = self.account
-        argv = [sys.executable, "-m", "runtime.acme_client", "--root", str(self.store.root), "--url", account.url,
+        argv = [sys.executable, "-m", ACME_CLIENT, "--root", str(self.store.root), "--url", account.url,
                 "--domain", domain, "--timeout", str(account.timeout)]
         argv += ["--email", account.email] if account.email else []
         argv += ["--ca-bundle", account.ca_bundle] if account.ca_bundle else []

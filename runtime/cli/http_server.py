@@ -1,8 +1,4 @@
-"""`inlets http server|client`: the HTTP tunnel commands, on the shared options of ``cli``.
-
-``cli`` imports ``http_app`` at its end and registers it (import ``runtime.cli``,
-not this module, first: this module needs the helpers defined above that line).
-"""
+"""``inlets http server``: the HTTP exit server's command (and its Let's Encrypt front)."""
 
 from __future__ import annotations
 
@@ -13,22 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
-from .cli_common import (
+from .. import __version__
+from ..http.server import HttpTunnelServer
+from .app import http_app
+from .config import default_data_dir, fail, maybe_generate, setup_logs
+from .lifecycle import run_server
+from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
-    MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
-    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
-    maybe_generate, run_client, run_server, setup_logs,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, TlsCert,
+    TlsKey, Token, TokenFile, TrustedProxies,
 )
+from .server_config import control_config, data_plane_options
 
 log = logging.getLogger("inlets")
-
-http_app = typer.Typer(help="HTTP tunnels: a Host-routed reverse proxy to your apps.", no_args_is_help=True)
-
-Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
-Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
 
 
 LetsEncryptDomain = Annotated[Optional[list[str]], typer.Option(
@@ -51,9 +44,9 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
             fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
         return None
     try:
-        from .acme_store import AcmeConfigError
-        from .https_front import HttpsFront
-        from .letsencrypt import configure
+        from ..acme.store import AcmeConfigError
+        from ..acme.https_front import HttpsFront
+        from ..acme.letsencrypt import configure
     except ImportError as exc:
         fail(f"this installation has no Let's Encrypt support ({exc})")
 
@@ -117,7 +110,6 @@ def http_server(
     """
     maybe_generate(generate, ["http", "server"])
     setup_logs(log_level, log_format)
-    from .http_server import HttpTunnelServer  # imported per command: a client never loads the server
 
     dataplane = data_plane_options(allow_ips=allow_ips, proxy_protocol=None, lb_proxy_protocol=lb_proxy_protocol)
     config = control_config(
@@ -147,88 +139,3 @@ def http_server(
 
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}, data {data}",
                drain_timeout=drain_timeout, token=token, token_file=token_file, started=started)
-
-
-@http_app.command("client")
-def http_client(
-    url: Url,
-    upstream: Annotated[
-        list[str], typer.Option(help="HOSTNAME=URL for one host, or a bare URL for every other host; repeatable.")
-    ],
-    upstream_insecure: Annotated[bool, typer.Option(help="Do not verify https:// upstreams.")] = False,
-    upstream_ca: Annotated[Optional[Path], typer.Option(help="CA for https:// upstreams (else system store).")] = None,
-    rewrite_host: Annotated[bool, typer.Option(help="Send the upstream's host in Host instead of the original.")] = False,
-    request_header_add: Headers = None,
-    request_header_remove: Names = None,
-    response_header_add: Headers = None,
-    response_header_remove: Names = None,
-    basic_auth_username: Annotated[Optional[str], typer.Option(help="Protect the site with basic auth.")] = None,
-    basic_auth_password: Annotated[Optional[str], typer.Option(
-        help="Password for --basic-auth-username (shows in ps: prefer the file or $INLETS_BASIC_AUTH_PASSWORD).")] = None,
-    basic_auth_password_file: Annotated[Optional[Path], typer.Option(
-        help="File holding the --basic-auth-username password [env: INLETS_BASIC_AUTH_PASSWORD].")] = None,
-    bearer_token: Annotated[Optional[str], typer.Option(
-        help="Protect the site: require this bearer token (shows in ps: prefer the file or $INLETS_BEARER_TOKEN).")] = None,
-    bearer_token_file: Annotated[Optional[Path], typer.Option(
-        help="File holding the bearer token the site requires [env: INLETS_BEARER_TOKEN].")] = None,
-    token: Token = None,
-    token_file: TokenFile = None,
-    tls_ca: TlsCa = None,
-    tls_server_name: TlsServerName = None,
-    tls_insecure: TlsInsecure = False,
-    proxy: Proxy = None,
-    proxy_password_file: ProxyPasswordFile = None,
-    keepalive: Keepalive = 20.0,
-    max_streams: MaxServerStreams = 1024,
-    max_buffer: MaxBuffer = 64,
-    drain_timeout: DrainTimeout = 30.0,
-    generate: Generate = None,
-    log_level: LogLevel = "info",
-    log_format: LogFormat = "text",
-) -> None:
-    """Run an HTTP tunnel client: the server's HTTP port reaches these upstreams by Host.
-
-    Example: inlets http client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
-    --upstream example.com=http://127.0.0.1:3000 --upstream http://127.0.0.1:8080
-    """
-    maybe_generate(generate, ["http", "client"])
-    setup_logs(log_level, log_format)
-    from .client import TunnelClient
-    from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
-    from .http_options import HttpOptions, OptionError
-
-    try:
-        basic_auth_password = BASIC_AUTH_PASSWORD.read(basic_auth_password, basic_auth_password_file)
-        bearer_token = BEARER_TOKEN.read(bearer_token, bearer_token_file)
-    except TokenError as exc:
-        fail(str(exc))
-    if bool(basic_auth_username) != bool(basic_auth_password):
-        fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
-    try:
-        mapping = parse_upstreams(upstream)
-        tls = upstream_tls(upstream_ca, upstream_insecure)
-    except UpstreamError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot load --upstream-ca {upstream_ca}: {exc.strerror or exc}")
-    upstreams = HttpUpstreams(mapping, tls)
-    try:
-        options = HttpOptions.build(
-            request_add=request_header_add or [], request_remove=request_header_remove or [],
-            response_add=response_header_add or [], response_remove=response_header_remove or [],
-            rewrite_host=upstreams.host_headers() if rewrite_host else None,
-            basic_auth=(basic_auth_username, basic_auth_password) if basic_auth_username else None,  # type: ignore[arg-type]
-            bearer_token=bearer_token,
-        )
-    except OptionError as exc:
-        fail(str(exc))
-    config = client_config(
-        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
-        tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
-        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
-        max_buffer_mib=max_buffer,
-    )
-    config.extra = options.to_extra()
-    gc.freeze()
-    run_client(TunnelClient(config, upstreams.on_stream))
-

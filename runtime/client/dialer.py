@@ -23,15 +23,14 @@ from websockets.exceptions import (
     ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
 )
 
-from .auth import TokenError, read_tokens
-from .control import CONNECT_PATH
-from .handshake import FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from .mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
-from .ports import url_port
-from .proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
-from .session import Channel, Session
-from .tls import verify_failure
-from .wsflow import BoundedClientConnection
+from ..core.auth import TokenError, read_tokens
+from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
+from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
+from ..core.ports import url_port
+from .outbound_proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
+from ..core.session import Channel, Session
+from ..core.tls import verify_failure
+from ..core.wsflow import BoundedClientConnection
 
 log = logging.getLogger("inlets.client")
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .bridge import TcpBridge
-from .http_server import http_service, parse_http_service
-from .handshake import HandshakeError
-from .mux import ResetCode
-from .ports import url_port
-from .session import Channel
+from ..core.bridge import TcpBridge
+from ..core.services import http_service, parse_http_service
+from ..core.handshake import HandshakeError
+from ..core.mux import ResetCode
+from ..core.ports import url_port
+from ..core.session import Channel
 
 log = logging.getLogger("inlets.http")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .bridge import dial
-from .mux import ResetCode
-from .ports import parse_port
-from .session import Channel
-from .tcp_server import tcp_service
-from .udp import dial_udp
+from ..core.bridge import dial
+from ..core.mux import ResetCode
+from ..core.ports import parse_port
+from ..core.session import Channel
+from ..core.services import tcp_service
+from .udp_upstream import dial_udp
 
 log = logging.getLogger("inlets.tcp")
 

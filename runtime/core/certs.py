@@ -161,7 +161,7 @@ def _is_ip(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m runtime.certs DIR NAME...``: ensure_auto_tls in a short-lived process.
+    """``python -m inlets_py.runtime.core.certs DIR NAME...``: ensure_auto_tls in a short-lived process.
 
     The server runs it this way so the long-running process never loads the crypto
     library (about 8 MiB of resident memory it would keep for nothing).

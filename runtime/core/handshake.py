@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from . import PROTOCOL_VERSION, __version__
+from .. import PROTOCOL_VERSION, __version__
 
+#: The control plane's websocket path (after the URL's own path prefix).
+CONNECT_PATH = "/connect"
 MAX_HELLO = 64 * 1024
 MAX_SERVICES = 1024
 

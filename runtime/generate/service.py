@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from .auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
-from .ports import parse_port_list
+from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
+from ..core.ports import parse_port_list
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
@@ -31,6 +31,9 @@ K8S_SECRET_DIR = "/var/run/secrets/inlets"
 #: Options whose value is a file the service must read.
 FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
 Pairs = list[tuple[str, str | None]]
+
+#: ``python -m`` this package runs ``inlets`` (runtime/__main__.py).
+RUNTIME_PACKAGE = __name__.rsplit(".", 2)[0]
 
 
 class GenerateError(ValueError):
@@ -73,7 +76,7 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
     for name, value in pairs:
         proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
         if proxy is not None and proxy.password is not None:
-            from .proxy import redact  # scheme://USER@HOST:PORT, the password left out
+            from ..client.outbound_proxy import redact  # scheme://USER@HOST:PORT, the password left out
 
             rest.append((name, redact(value)))  # type: ignore[arg-type]
             found[PROXY_PASSWORD.key] = FoundSecret(PROXY_PASSWORD, unquote(proxy.password), None)
@@ -97,9 +100,9 @@ def _name(command: list[str]) -> str:
 
 
 def _command() -> list[str]:
-    """How the service starts inlets: the ``inlets`` on PATH, the one beside this Python, or ``python -m runtime``."""
+    """How the service starts inlets: the ``inlets`` on PATH, the one beside this Python, or ``python -m`` the runtime package."""
     found = shutil.which("inlets") or (str(p) if (p := Path(sys.executable).with_name("inlets")).exists() else None)
-    return [found] if found else [sys.executable, "-m", "runtime"]
+    return [found] if found else [sys.executable, "-m", RUNTIME_PACKAGE]
 
 
 SERVICE_USER = "inlets"

@@ -16,15 +16,54 @@ Everything else goes through the connection's coroutine, which sends the request
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .http_leg import Leg, LegFailed
-from .http_options import HttpOptions
-from .http_proto import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
-from .http_write import LAST_CHUNK, SimpleResponse, chunk
+from ..core.session import Session
+from .guard import Guards
+from .leg import Leg, LegFailed
+from .options import HttpOptions
+from .parser import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
+from .write import LAST_CHUNK, SimpleResponse, chunk, request_head, response_head
 
-if TYPE_CHECKING:
-    from .http_proxy import FrontConnection
+
+class Gateway(Protocol):
+    """The HTTP server as an exchange sees it (``server.HttpTunnelServer`` is one)."""
+
+    guards: Guards
+    exchanges: set[Leg]  # legs with an exchange in flight (timed out by the server's sweep)
+    upstream_timeout: float
+
+    def route(self, host: str) -> tuple[str | None, str]: ...  # (service or None, metrics label)
+
+    def options_for(self, session: Session) -> HttpOptions: ...
+
+    def observe(self, status: int, label: str, method: bytes, started: float) -> None: ...
+
+
+class Front(Protocol):
+    """The user's connection as an exchange sees it (``front.FrontConnection`` is one; tests bring their own).
+
+    The exchange writes to ``transport``, sets ``exchange``/``parked``/``idle_since`` as it starts
+    and ends, and hands the connection back with ``resume_requests`` (fast path) or ``wake`` (the
+    connection's coroutine). ``drain`` is set while the user's socket is full.
+    """
+
+    server: Gateway
+    transport: asyncio.Transport | None
+    loop: asyncio.AbstractEventLoop
+    peer: bytes
+    scheme: bytes
+    exchange: Exchange | None
+    leg: Leg | None
+    parked: bool
+    idle_since: float | None
+    drain: asyncio.Future | None
+
+    def pick(self, service: str) -> Leg | None: ...  # a leg to a client serving ``service`` (kept or new)
+
+    def resume_requests(self) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 class Exchange:
@@ -54,7 +93,7 @@ def eligible(head: RequestHead) -> bool:
     return not (head.chunked or head.content_length or head.upgrade or head.expect_continue)
 
 
-def try_start(front: FrontConnection, head: RequestHead) -> bool:
+def try_start(front: Front, head: RequestHead) -> bool:
     """Fast path: route and send ``head`` now; False leaves it to the coroutine (nothing was sent)."""
     server = front.server
     service, label = server.route(head.host)
@@ -63,19 +102,19 @@ def try_start(front: FrontConnection, head: RequestHead) -> bool:
     guard = server.guards.get(service)
     if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
         return False
-    leg = front._pick(service)
+    leg = front.pick(service)
     if leg is None:
         return False
     options = server.options_for(leg.session)
-    request = front._request_head(head, leg, options, guard is not None)
+    request = request_head(head, leg.service, options, guard is not None, front.peer, front.scheme)
     if not _send_request(leg, request):
         return False
     front.parked = True  # the coroutine leaves the connection to the callbacks until this ends
-    start(front, head, leg, options, label, front._loop.time(), request, None)
+    start(front, head, leg, options, label, front.loop.time(), request, None)
     return True
 
 
-def start(front: FrontConnection, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
+def start(front: Front, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
           request: bytes | None, waiter: asyncio.Future | None) -> Exchange:
     """The request head was sent on ``leg``: listen for the response."""
     reused = leg.received > 0
@@ -93,7 +132,7 @@ def _send_request(leg: Leg, request: bytes) -> bool:
     return leg.write_now(request) is None  # all or nothing here (the window was checked)
 
 
-def progress(front: FrontConnection) -> None:
+def progress(front: Front) -> None:
     """The leg has news for the exchange in flight: pass the response on, or end the exchange."""
     ex = front.exchange
     if ex is None:
@@ -115,14 +154,14 @@ def progress(front: FrontConnection) -> None:
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited
                               or (response.chunked and not ex.chunked) or ex.body_pending)
-                out.append(front._response_head(response, ex.options, ex.chunked, ex.close))
+                out.append(response_head(response, ex.options, ex.chunked, ex.close))
             elif response.status == 101 and head.upgrade:
                 if out and front.transport is not None:
                     front.transport.write(b"".join(out))
                 _switch(front, ex, response)
                 return
             elif response.status != 101 and head.version == b"1.1":
-                out.append(front._response_head(response, ex.options, False, False))
+                out.append(response_head(response, ex.options, False, False))
         elif kind is EndOfMessage:
             if ex.chunked:
                 out.append(LAST_CHUNK)
@@ -148,7 +187,7 @@ def progress(front: FrontConnection) -> None:
     if out:
         transport.write(b"".join(out))
         out.clear()
-    if front._drain is None:
+    if front.drain is None:
         leg.release()
     else:
         ex.unreleased = True  # released by ``resumed``
@@ -156,7 +195,7 @@ def progress(front: FrontConnection) -> None:
         _finish(front, ex)
 
 
-def resumed(front: FrontConnection) -> None:
+def resumed(front: Front) -> None:
     """The user's socket drained: hand the tunnel the credit held back."""
     ex = front.exchange
     if ex is not None and ex.unreleased:
@@ -164,7 +203,7 @@ def resumed(front: FrontConnection) -> None:
         ex.leg.release()
 
 
-def abandon(front: FrontConnection) -> None:
+def abandon(front: Front) -> None:
     """The user went away mid-exchange."""
     ex = front.exchange
     if ex is not None:
@@ -172,7 +211,7 @@ def abandon(front: FrontConnection) -> None:
         _end(front, ex, False)
 
 
-def _end(front: FrontConnection, ex: Exchange, outcome: object) -> None:
+def _end(front: Front, ex: Exchange, outcome: object) -> None:
     """The exchange is over: its owner (the coroutine's waiter, or the fast path) carries on."""
     front.exchange = None
     waiter = ex.waiter
@@ -182,15 +221,15 @@ def _end(front: FrontConnection, ex: Exchange, outcome: object) -> None:
         return
     front.parked = False
     if outcome is True:
-        front.idle_since = front._loop.time()
-        front._resume_requests()
+        front.idle_since = front.loop.time()
+        front.resume_requests()
     elif front.transport is not None:
         front.transport.close()
     else:
-        front._wake()  # the user is gone: the coroutine ends the connection
+        front.wake()  # the user is gone: the coroutine ends the connection
 
 
-def _switch(front: FrontConnection, ex: Exchange, response: ResponseHead) -> None:
+def _switch(front: Front, ex: Exchange, response: ResponseHead) -> None:
     """101: the coroutine bridges raw bytes from here (the leg keeps what followed the head)."""
     leg = ex.leg
     leg.listener = None
@@ -198,10 +237,10 @@ def _switch(front: FrontConnection, ex: Exchange, response: ResponseHead) -> Non
     _end(front, ex, response)
 
 
-def _retry(front: FrontConnection, ex: Exchange) -> None:
+def _retry(front: Front, ex: Exchange) -> None:
     """A kept-alive upstream closed as its stream was reused: once more on a fresh stream."""
     _detach(front, ex)
-    leg = front._pick(ex.leg.service)
+    leg = front.pick(ex.leg.service)
     if leg is None or not _send_request(leg, ex.request):
         _reply(front, ex, 502, "upstream closed the connection without answering")
         return
@@ -212,7 +251,7 @@ def _retry(front: FrontConnection, ex: Exchange) -> None:
     front.exchange = ex
 
 
-def _fail(front: FrontConnection, ex: Exchange, failure: Exception | None) -> None:
+def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
     if ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"
     elif isinstance(failure, HttpError):
@@ -223,7 +262,7 @@ def _fail(front: FrontConnection, ex: Exchange, failure: Exception | None) -> No
     _reply(front, ex, status, message)
 
 
-def _reply(front: FrontConnection, ex: Exchange, status: int, message: str) -> None:
+def _reply(front: Front, ex: Exchange, status: int, message: str) -> None:
     transport = front.transport
     if transport is not None:
         body = SimpleResponse(status, (message + "\n").encode())
@@ -232,7 +271,7 @@ def _reply(front: FrontConnection, ex: Exchange, status: int, message: str) -> N
     _end(front, ex, False)
 
 
-def _abort(front: FrontConnection) -> None:
+def _abort(front: Front) -> None:
     ex = front.exchange
     if front.transport is not None:
         front.transport.abort()
@@ -241,7 +280,7 @@ def _abort(front: FrontConnection) -> None:
         _end(front, ex, False)
 
 
-def _detach(front: FrontConnection, ex: Exchange) -> None:
+def _detach(front: Front, ex: Exchange) -> None:
     """The exchange failed: its leg goes (it cannot carry another request)."""
     leg = ex.leg
     leg.listener = None
@@ -251,7 +290,7 @@ def _detach(front: FrontConnection, ex: Exchange) -> None:
         front.leg = None
 
 
-def _finish(front: FrontConnection, ex: Exchange) -> None:
+def _finish(front: Front, ex: Exchange) -> None:
     leg = ex.leg
     leg.listener = None
     front.server.exchanges.discard(leg)

@@ -19,24 +19,23 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
-from . import http_exchange
-from .bridge import tune_socket
-from .dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
-from .http_leg import Leg, LegFailed, UpstreamTimeout
-from .http_options import HttpOptions
-from .http_upgrade import switch_protocols
-from .http_proto import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
-from .http_write import LAST_CHUNK, SimpleResponse, chunk, kept_lines
-from .mux import StreamError
+from . import exchange as http_exchange
+from ..core.bridge import tune_socket
+from ..server.dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
+from .leg import Leg, LegFailed, UpstreamTimeout
+from .options import HttpOptions
+from .upgrade import switch_protocols
+from .parser import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
+from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
+from ..core.mux import StreamError
 
 if TYPE_CHECKING:
-    from .http_server import HttpTunnelServer
+    from .server import HttpTunnelServer
 
 log = logging.getLogger("inlets.http")
 
 HIGH_WATER = 512 * 1024
 PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
-_HOST = frozenset((b"host",))
 
 
 class FrontConnection(asyncio.Protocol):
@@ -54,10 +53,10 @@ class FrontConnection(asyncio.Protocol):
         self.eof = False
         self.leg: Leg | None = None
         self._waiter: asyncio.Future | None = None
-        self._drain: asyncio.Future | None = None
+        self.drain: asyncio.Future | None = None
         self._paused_reading = False
         self._task: asyncio.Task | None = None
-        self._loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
+        self.loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
         self.head_since: float | None = None  # first byte of a request head still incomplete (slowloris)
         self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
@@ -77,7 +76,7 @@ class FrontConnection(asyncio.Protocol):
         gate = self.server.dataplane
         if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
             self._header = HeaderReader(gate.lb_proxy_protocol)
-            self._header_timer = self._loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout")
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout")
         elif not gate.allows(address(peer)):
             self._forbid("source_not_allowed")
             return
@@ -87,7 +86,7 @@ class FrontConnection(asyncio.Protocol):
     def header_timed_out(self) -> None:
         """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
         log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
-        self.server.observe(408, "", b"", self._loop.time())
+        self.server.observe(408, "", b"", self.loop.time())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             self.transport.close()
@@ -95,7 +94,7 @@ class FrontConnection(asyncio.Protocol):
     def _forbid(self, reason: str) -> None:
         """Refuse the connection with a 403 before reading any request (counted, logged)."""
         log.info("event=refused reason=%s source=%s", reason, self.peer.decode(errors="replace"))
-        self.server.observe(403, "", b"", self._loop.time())
+        self.server.observe(403, "", b"", self.loop.time())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
                                  b"Connection: close\r\n\r\nforbidden\n")
@@ -126,7 +125,7 @@ class FrontConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         idle_since = self.idle_since
         if idle_since is not None and (self.head_since is None or self.head_since < idle_since):
-            self.head_since = self._loop.time()  # a head has begun: it must be complete within the header timeout
+            self.head_since = self.loop.time()  # a head has begun: it must be complete within the header timeout
         if self._header is not None:
             rest = self._accept_header(data)
             if not rest:
@@ -141,7 +140,7 @@ class FrontConnection(asyncio.Protocol):
             self._parse(data)
         if self.buffered > HIGH_WATER:
             self._pause_reading()
-        self._resume_requests()
+        self.resume_requests()
 
     def _parse(self, data: bytes) -> None:
         """Parse no further than ``PIPELINE_DEPTH`` requests ahead; what is left waits, unread."""
@@ -182,7 +181,7 @@ class FrontConnection(asyncio.Protocol):
             self._paused_reading = False
             self.transport.resume_reading()
 
-    def _resume_requests(self) -> None:
+    def resume_requests(self) -> None:
         """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
         if self.parked:
             return  # the coroutine stays parked until the exchange in flight is done
@@ -199,7 +198,7 @@ class FrontConnection(asyncio.Protocol):
                     self._refill()
                 return
         if events or self.eof:
-            self._wake()
+            self.wake()
 
     def on_leg(self) -> None:
         """News on the leg of the exchange in flight."""
@@ -207,7 +206,7 @@ class FrontConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake()
+        self.wake()
         return True  # answer what was asked before closing
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -216,31 +215,31 @@ class FrontConnection(asyncio.Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
         http_exchange.abandon(self)
-        self._wake()
-        drain = self._drain
+        self.wake()
+        drain = self.drain
         if drain is not None and not drain.done():
             drain.set_result(None)
 
     def pause_writing(self) -> None:
-        self._drain = self._loop.create_future()
+        self.drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
-        drain, self._drain = self._drain, None
+        drain, self.drain = self.drain, None
         if drain is not None and not drain.done():
             drain.set_result(None)
         http_exchange.resumed(self)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _next(self) -> Event | HttpError | None:
+    async def next_event(self) -> Event | HttpError | None:
         """Next event from the user; ``None`` once the user closed. Waits while the fast path runs."""
         while self.parked or not self.events:
             if self.eof and not self.parked:
                 return None
-            self._waiter = self._loop.create_future()
+            self._waiter = self.loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -255,14 +254,14 @@ class FrontConnection(asyncio.Protocol):
                 self._refill()
         return event
 
-    async def _send(self, data: bytes) -> None:
+    async def send(self, data: bytes) -> None:
         transport = self.transport
         if transport is None:
             raise ConnectionResetError("user went away")
         if data:
             transport.write(data)
-        if self._drain is not None:
-            await self._drain
+        if self.drain is not None:
+            await self.drain
             if self.transport is None:
                 raise ConnectionResetError("user went away")
 
@@ -271,8 +270,8 @@ class FrontConnection(asyncio.Protocol):
     async def _run(self) -> None:
         try:
             while True:
-                self.idle_since = self._loop.time()
-                event = await self._next()
+                self.idle_since = self.loop.time()
+                event = await self.next_event()
                 self.idle_since = None
                 if event is None:
                     break
@@ -299,13 +298,13 @@ class FrontConnection(asyncio.Protocol):
                       extra: list | None = None, host: str = "", started: float = 0.0) -> None:
         body = (message.rstrip() + "\n").encode()
         response = SimpleResponse(status, body, extra or [])
-        await self._send(response.encode(close, head is not None and head.method == b"HEAD"))
+        await self.send(response.encode(close, head is not None and head.method == b"HEAD"))
         if head is not None:
             self.server.observe(status, host, head.method, started)
         else:
-            self.server.observe(status, "", b"", self._loop.time())
+            self.server.observe(status, "", b"", self.loop.time())
 
-    def _pick(self, service: str) -> Leg | None:
+    def pick(self, service: str) -> Leg | None:
         leg = self.leg
         if leg is not None:
             if leg.service == service and leg.usable:
@@ -325,7 +324,7 @@ class FrontConnection(asyncio.Protocol):
     async def _exchange(self, head: RequestHead) -> bool:
         """Proxy one request; returns whether the user connection stays open."""
         server = self.server
-        started = self._loop.time()
+        started = self.loop.time()
         service, label = server.route(head.host)
         # An answer given before the body was read ends the connection: the body is not drained.
         close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
@@ -338,7 +337,7 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(401, "unauthorized", head, close=close_on_refusal,
                                extra=guard.challenges(), host=label, started=started)
             return not close_on_refusal
-        leg = self._pick(service)
+        leg = self.pick(service)
         if leg is None:
             await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
                                close=close_on_refusal, host=label, started=started)
@@ -346,34 +345,10 @@ class FrontConnection(asyncio.Protocol):
         options = server.options_for(leg.session)
         return await self._forward(head, leg, options, label, started, guard is not None)
 
-    def _request_head(self, head: RequestHead, leg: Leg, options: HttpOptions, guarded: bool) -> bytes:
-        """The head sent upstream: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass.
-        On a protected name the credential stays here, whichever client's upstream this is."""
-        noted = head.noted
-        rewrite = options.rewrite_host.get(leg.service)
-        drop = options.guarded_drop if guarded else options.request_drop
-        if rewrite is not None:
-            drop = drop | _HOST
-        lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-        lines += kept_lines(head.headers, head.lower, drop, head.connection)
-        if rewrite is not None:
-            lines.append(b"Host: " + rewrite + b"\r\n")
-        forwarded_for = noted.get(b"x-forwarded-for", [])
-        host = noted.get(b"host", (b"",))[0]
-        lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [self.peer]),
-                  b"\r\nX-Forwarded-Proto: ", self.scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
-        lines += options.request_add_lines
-        if head.chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        if head.upgrade:
-            lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(noted[b"upgrade"]), b"\r\n"]
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
     async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                        guarded: bool) -> bool:
         """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
-        request = self._request_head(head, leg, options, guarded)
+        request = request_head(head, leg.service, options, guarded, self.peer, self.scheme)
         rest = leg.write_now(request)
         if rest is not None:
             try:
@@ -381,7 +356,7 @@ class FrontConnection(asyncio.Protocol):
             except (LegFailed, HttpError) as exc:
                 await self._refuse(502, f"bad gateway: {exc}", head, close=True, host=label, started=started)
                 return False
-        waiter = self._loop.create_future()
+        waiter = self.loop.create_future()
         exchange = http_exchange.start(self, head, leg, options, label, started,
                                        None if head.has_body else request, waiter)
         pump = None
@@ -399,25 +374,11 @@ class FrontConnection(asyncio.Protocol):
             return await switch_protocols(self, head, outcome, leg, options, label, started)
         return bool(outcome)
 
-    def _response_head(self, response: ResponseHead, options: HttpOptions, chunked: bool, close: bool,
-                       upgrade: bool = False) -> bytes:
-        lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
-        lines += kept_lines(response.headers, response.lower, options.response_drop, response.connection)
-        lines += options.response_add_lines
-        if chunked:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        if close:
-            lines.append(b"Connection: close\r\n")
-        if upgrade:
-            lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(response.noted.get(b"upgrade", [])), b"\r\n"]
-        lines.append(b"\r\n")
-        return b"".join(lines)
-
     async def _pump(self, leg: Leg, chunked: bool, exchange: http_exchange.Exchange) -> None:
         """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
         try:
             while True:
-                event = await self._next()
+                event = await self.next_event()
                 if event is None or isinstance(event, HttpError):
                     leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
                     return

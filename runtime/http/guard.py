@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Hashable
 
-from .http_options import HttpOptions
+from .options import HttpOptions
 
 
 class Protection:

@@ -13,9 +13,9 @@ import asyncio
 import collections
 import logging
 
-from .http_proto import Body, Event, HttpError, ResponseReader, Upgraded
-from .mux import ResetCode, StreamError
-from .session import Channel, Session
+from .parser import Body, Event, HttpError, ResponseReader, Upgraded
+from ..core.mux import ResetCode, StreamError
+from ..core.session import Channel, Session
 
 log = logging.getLogger("inlets.http")
 

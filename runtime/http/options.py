@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .http_proto import HOP_BY_HOP
+from .parser import HOP_BY_HOP
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")

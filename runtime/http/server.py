@@ -11,52 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import TYPE_CHECKING
 
-from .control import CONNECT_PATH, ControlConfig, ControlPlane
-from .dataplane import DataPlaneOptions
-from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
-from .http_guard import Guards
-from .http_options import HttpOptions, OptionError
-from .http_leg import Leg
-from .http_proxy import FrontConnection
-from .metrics import OTHER, HttpMetrics
-from .registry import Registry
-from .session import Session
-from .status import status_route
+from ..server.control import ControlConfig, ControlPlane
+from ..server.dataplane import DataPlaneOptions
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.services import CATCH_ALL, http_service, parse_http_service
+from .guard import Guards
+from .options import HttpOptions, OptionError
+from .leg import Leg
+from .front import FrontConnection
+from ..server.metrics import OTHER, HttpMetrics
+from ..server.registry import Registry
+from ..core.session import Session
+from ..server.status import status_route
 
 if TYPE_CHECKING:
-    from .https_front import HttpsFront
+    from ..acme.https_front import HttpsFront
 
 log = logging.getLogger("inlets.http")
-
-CATCH_ALL = "http:*"
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_\-]{0,62})(\.[a-z0-9_]([a-z0-9_\-]{0,62}))*$")
-
-
-def http_service(host: str) -> str:
-    """``http:example.com``; ``http:*`` for the catch-all (``host`` ``*`` or empty)."""
-    return CATCH_ALL if host in ("", "*") else f"http:{host.lower().rstrip('.')}"
-
-
-def parse_http_service(service: str) -> str:
-    """The host name of an ``http:NAME`` service (``*`` for the catch-all); ``HandshakeError`` otherwise."""
-    kind, _, host = service.partition(":")
-    if kind != "http" or not (host == "*" or _HOSTNAME.match(host) or _is_ip(host)):
-        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not an HTTP service: {service!r} (expected http:HOSTNAME)")
-    return host
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
 
 class HttpTunnelServer:
     def __init__(

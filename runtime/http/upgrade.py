@@ -8,25 +8,42 @@ backpressure as everything else (credit returns once the user's socket took them
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from .http_leg import Leg
-from .http_options import HttpOptions
-from .http_proto import Body, RequestHead, ResponseHead, Upgraded
-
-if TYPE_CHECKING:
-    from .http_proxy import FrontConnection
+from .leg import Leg
+from .options import HttpOptions
+from .parser import Body, Event, HttpError, RequestHead, ResponseHead, Upgraded
+from .write import response_head
 
 
-async def switch_protocols(front: FrontConnection, head: RequestHead, response: ResponseHead, leg: Leg,
+class UpgradeGateway(Protocol):
+    """The HTTP server as an upgrade sees it: metrics, and the count of open upgrades."""
+
+    upgraded: int
+
+    def observe(self, status: int, label: str, method: bytes, started: float) -> None: ...
+
+
+class UpgradeFront(Protocol):
+    """The user's connection as an upgrade sees it (``front.FrontConnection`` is one)."""
+
+    server: UpgradeGateway
+    transport: asyncio.Transport | None
+
+    async def send(self, data: bytes) -> None: ...  # waits while the user's socket is full
+
+    async def next_event(self) -> Event | HttpError | None: ...  # the user's next bytes; None once closed
+
+
+async def switch_protocols(front: UpgradeFront, head: RequestHead, response: ResponseHead, leg: Leg,
                            options: HttpOptions, label: str, started: float) -> bool:
     """Answer 101 and bridge both ways until both are done; returns False (the connection ends after)."""
-    await front._send(front._response_head(response, options, False, False, upgrade=True))
+    await front.send(response_head(response, options, False, False, upgrade=True))
     front.server.observe(101, label, head.method, started)
     front.server.upgraded += 1
 
     async def up() -> None:
-        while (event := await front._next()) is not None:
+        while (event := await front.next_event()) is not None:
             if type(event) is Upgraded and event.tail:  # type: ignore[union-attr]
                 await leg.write(event.tail)  # type: ignore[union-attr]
             elif type(event) is Body:
@@ -37,7 +54,7 @@ async def switch_protocols(front: FrontConnection, head: RequestHead, response: 
         while (event := await leg.next_event()) is not None:
             data = event.tail if type(event) is Upgraded else getattr(event, "data", b"")  # type: ignore[union-attr]
             if data:
-                await front._send(data)
+                await front.send(data)
             leg.release()
         transport = front.transport
         if transport is not None and transport.can_write_eof():

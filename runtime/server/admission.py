@@ -23,8 +23,8 @@ import logging
 import ssl
 from typing import Callable
 
-from .allowlist import SourceAllowList
-from .wsflow import BoundedServerConnection
+from ..core.allowlist import SourceAllowList
+from ..core.wsflow import BoundedServerConnection
 
 log = logging.getLogger("inlets.server")
 

@@ -21,19 +21,18 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
-from .allowlist import SourceAllowList
-from .auth import TokenSet
+from ..core.allowlist import SourceAllowList
+from ..core.auth import TokenSet
 from .ratelimit import FailedLoginLimiter
-from .handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome, parse_hello
-from .mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
-from .session import Session
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello
+from ..core.mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
+from ..core.session import Session
 
 if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
     from .forwarding import ForwardingPolicy
 
 log = logging.getLogger("inlets.server")
 
-CONNECT_PATH = "/connect"
 HELLO_TIMEOUT = 10.0
 
 #: An authenticated GET route on the control port (``/metrics``, ``/status``).

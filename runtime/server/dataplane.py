@@ -11,7 +11,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from .allowlist import SourceAllowList
+from ..core.allowlist import SourceAllowList
 from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
 
 #: A balancer sends its header at once; a connection that does not is dropped.

@@ -1,73 +1,24 @@
-"""Local forwarding: a service on the server's side brought to the client's localhost.
+"""Local forwarding, the server's side: may this client reach that target?
 
-The client listens on ``--local LOCAL_PORT:HOST:REMOTE_PORT`` and opens a stream
-``forward:HOST:REMOTE_PORT`` per connection; the server dials HOST:REMOTE_PORT only
-when started with ``--client-forwarding`` and only if ``--client-forwarding-allow``
-permits that target, because otherwise a client could reach anything on the
-server's network. The server checks every stream, whatever the handshake said.
+The client listens on ``--local LOCAL_PORT:HOST:REMOTE_PORT`` (client/local_forward.py) and
+opens a stream ``forward:HOST:REMOTE_PORT`` per connection; the server dials HOST:REMOTE_PORT
+only when started with ``--client-forwarding`` and only if ``--client-forwarding-allow``
+permits that target, because otherwise a client could reach anything on the server's
+network. The server checks every stream, whatever the handshake said.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Callable
 
-from .allowlist import TargetRule
-from .bridge import TcpBridge, dial
-from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
-from .mux import ResetCode, StreamError
-from .ports import parse_port
-from .session import Channel, Session
+from ..core.allowlist import TargetRule
+from ..core.bridge import dial
+from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from ..core.mux import ResetCode
+from ..core.services import parse_target
+from ..core.session import Channel
 
 log = logging.getLogger("inlets.forward")
-
-PREFIX = "forward:"
-
-
-def format_target(host: str, port: int) -> str:
-    return f"{PREFIX}[{host}]:{port}" if ":" in host else f"{PREFIX}{host}:{port}"
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """``forward:HOST:PORT`` -> (HOST, PORT); ValueError for anything else."""
-    if not target.startswith(PREFIX):
-        raise ValueError(f"not a forwarding target: {target!r}")
-    rest = target[len(PREFIX) :]
-    if rest.startswith("["):
-        host, sep, tail = rest[1:].partition("]")
-        port = tail[1:] if sep and tail.startswith(":") else ""
-    else:
-        host, _, port = rest.rpartition(":")
-    number = parse_port(port)
-    if not host or number is None:
-        raise ValueError(f"malformed forwarding target: {target!r}")
-    return host, number
-
-
-@dataclass(frozen=True)
-class LocalForward:
-    local_port: int
-    host: str
-    remote_port: int
-
-    @property
-    def target(self) -> str:
-        return format_target(self.host, self.remote_port)
-
-
-def parse_local_forward(text: str) -> LocalForward:
-    """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT)."""
-    local, sep, rest = text.partition(":")
-    local_port = parse_port(local)
-    if not sep or local_port is None:
-        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}")
-    try:
-        host, port = parse_target(PREFIX + rest)
-    except ValueError:
-        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}") from None
-    return LocalForward(local_port, host, port)
 
 
 class ForwardingPolicy:
@@ -106,49 +57,3 @@ class ForwardingPolicy:
             return
         host, port = parse_target(channel.target)
         dial(channel, host, port)
-
-
-class _LocalConnection(TcpBridge):
-    def __init__(self, forward: LocalForward, session: Callable[[], Session | None]) -> None:
-        super().__init__()
-        self.forward = forward
-        self.session = session
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        session = self.session()
-        if session is None or session.closed.is_set():
-            log.info("event=forward_unavailable local_port=%d reason=tunnel_down", self.forward.local_port)
-            self.abort()
-            return
-        try:
-            self.attach(session.open_stream(self.forward.target, self))
-        except StreamError:
-            self.abort()
-
-
-class LocalForwarder:
-    """The client's side: local listeners, one stream per accepted connection."""
-
-    def __init__(self, forwards: list[LocalForward], local_addr: str, session: Callable[[], Session | None]) -> None:
-        self.forwards = forwards
-        self.local_addr = local_addr
-        self.session = session
-        self.listeners: list[asyncio.base_events.Server] = []
-
-    @property
-    def targets(self) -> list[str]:
-        return [f.target for f in self.forwards]
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for forward in self.forwards:
-            listener = await loop.create_server(
-                lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port
-            )
-            self.listeners.append(listener)
-            log.info("event=forwarding local=%s:%d remote=%s", self.local_addr, forward.local_port, forward.target)
-
-    def stop(self) -> None:
-        for listener in self.listeners:
-            listener.close()

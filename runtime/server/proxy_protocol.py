@@ -12,7 +12,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .ports import parse_port
+from ..core.ports import parse_port
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107

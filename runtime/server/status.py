@@ -12,7 +12,7 @@ import socket
 import time
 from typing import Any
 
-from . import PROTOCOL_VERSION, __version__
+from .. import PROTOCOL_VERSION, __version__
 from .control import ControlPlane
 
 

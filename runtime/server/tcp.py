@@ -9,38 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .bridge import TcpBridge
+from ..core.bridge import TcpBridge
 from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
 from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
-from .control import CONNECT_PATH, ControlConfig, ControlPlane
-from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from .control import ControlConfig, ControlPlane
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.services import parse_port_service, parse_tcp_service
 from .metrics import TcpMetrics
-from .mux import StreamError
-from .ports import parse_port
+from ..core.mux import StreamError
 from .registry import Registry
-from .session import Session
+from ..core.session import Session
 from .status import status_route
 from .udp import UdpPort
 
 log = logging.getLogger("inlets.tcp")
-
-
-def tcp_service(port: int) -> str:
-    return f"tcp:{port}"
-
-
-def parse_port_service(service: str) -> tuple[str, int]:
-    """(``tcp`` or ``udp``, port) of a ``tcp:N``/``udp:N`` service name; ``HandshakeError`` otherwise."""
-    kind, _, number = service.partition(":")
-    port = parse_port(number)
-    if kind not in ("tcp", "udp") or port is None:
-        raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not a TCP or UDP service: {service!r}")
-    return kind, port
-
-
-def parse_tcp_service(service: str) -> int:
-    return parse_port_service(service)[1]
 
 
 class DataPlaneConnection(TcpBridge):

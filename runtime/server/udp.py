@@ -1,9 +1,10 @@
-"""UDP over the tunnel: one stream per flow, one DATA frame per datagram.
+"""UDP over the tunnel, the server's side: one stream per flow, one DATA frame per datagram.
 
 Datagram boundaries survive because the multiplexer delivers each DATA frame as one
 event. UDP has no backpressure, so nothing waits: a datagram that finds no credit
 (or a full tunnel) is dropped and counted, as a congested network would drop it.
 The server keeps a flow per source address, ended after ``idle_timeout`` of silence.
+The client's side of a flow is client/udp_upstream.py.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .mux import ResetCode, StreamError
-from .session import Channel, Session
+from ..core.mux import ResetCode, StreamError
+from ..core.services import MAX_DATAGRAM
+from ..core.session import Channel, Session
 
 log = logging.getLogger("inlets.udp")
 
-#: The largest payload of a UDP datagram over IPv4; anything larger is dropped.
-MAX_DATAGRAM = 65507
 IDLE_TIMEOUT = 60.0
 MAX_FLOWS = 4096
-
-
-def udp_service(port: int) -> str:
-    return f"udp:{port}"
 
 
 @dataclass
@@ -157,72 +153,3 @@ class UdpPort(asyncio.DatagramProtocol):
             cutoff = loop.time() - self.idle_timeout
             for flow in [f for f in self.flows.values() if f.last_seen < cutoff]:
                 self.end(flow)
-
-
-class UdpUpstream(asyncio.DatagramProtocol):
-    """The client's side of one flow: a connected UDP socket to the upstream."""
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.transport: asyncio.DatagramTransport | None = None
-        self.dropped = 0
-        self._early: list[bytes] = []  # datagrams that came before the socket did (bounded)
-        self._closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self._closed:
-            transport.close()
-            return
-        early, self._early = self._early, []
-        for data in early:
-            self.transport.sendto(data)
-
-    def datagram_received(self, data: bytes, address: tuple) -> None:
-        if len(data) > MAX_DATAGRAM or self.channel.write(data) < len(data):
-            self.dropped += 1
-
-    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on
-        log.debug("event=udp_upstream_error error=%r", str(exc))
-
-    # StreamHandler: datagrams from the server's side
-    def on_data(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data)
-        elif len(self._early) < 64:
-            self._early.append(data)
-        else:
-            self.dropped += 1
-        self.channel.consumed(len(data))
-
-    def on_eof(self) -> None:
-        self.close()
-
-    def on_reset(self, code: int, reason: str) -> None:
-        self.close()
-
-    def on_writable(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._closed = True
-        if self.transport is not None:
-            self.transport.close()
-            self.transport = None
-
-
-def dial_udp(channel: Channel, host: str, port: int) -> None:
-    """Attach a flow to ``channel`` now (its first datagram may share the OPEN's message),
-    then connect a UDP socket to the upstream; reset the stream if that fails."""
-    upstream = UdpUpstream(channel)
-    channel.handler = upstream
-    asyncio.ensure_future(_connect(upstream, host, port))
-
-
-async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
-    except OSError as exc:
-        upstream.close()
-        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {host}:{port}: {exc.strerror or exc}")

@@ -34,8 +34,8 @@ from vm import VM_ADDR, BootUnavailable, check_available
 from worlds import World
 
 from provisioner.material import generate
-from runtime.probe import Endpoint, ProbeError, get
-from runtime.systemd_quote import exec_command
+from runtime.core.probe import Endpoint, ProbeError, get
+from runtime.generate.systemd_quote import exec_command
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]

@@ -78,7 +78,7 @@ def test_secrets_are_private_and_pinned(tmp_path: Path, capsys) -> None:
         from provisioner.wait import healthz_error
         meta = created.json()
         other = tmp_path / "other-ca.crt"
-        from runtime.certs import generate_ca
+        from runtime.core.certs import generate_ca
         other.write_bytes(generate_ca().cert)
         assert healthz_error("127.0.0.1", meta["control_port"], folder / "ca.crt") is None
         assert "verification failed" in (healthz_error("127.0.0.1", meta["control_port"], other) or "")

@@ -21,7 +21,7 @@ from provisioner.errors import ProvisionError
 from provisioner.render import receiver_script, wheel_xz_base64
 from provisioner.wait import Delivery, deliver_error, healthz_error
 from provisioner.wheel import build_runtime_wheel
-from runtime.certs import EXIT_SERVER_NAME, generate_ca, issue_server_cert
+from runtime.core.certs import EXIT_SERVER_NAME, generate_ca, issue_server_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -178,7 +178,7 @@ def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
     assert (target / "bin" / "inlets").exists()
     import os
     env = dict(os.environ, PYTHONPATH=str(target))
-    run = subprocess.run([sys.executable, "-c", "import runtime.cli, runtime.tcp_server; print(runtime.__file__)"],
+    run = subprocess.run([sys.executable, "-c", "import runtime.cli.main, runtime.server.tcp; print(runtime.__file__)"],
                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert run.returncode == 0 and str(target) in run.stdout, run.stderr
 
