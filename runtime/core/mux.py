@@ -263,9 +263,6 @@ class Multiplexer:
         return stream_id in self._streams
 
     @property
-    def stream_ids(self) -> list[int]:
-        return list(self._streams)
-
     def data_to_send(self, limit: int | None = None) -> list[bytes]:
         """Up to ``limit`` messages to send (all when None), in order: frames packed into
         messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's

@@ -16,7 +16,6 @@ from ..core.ports import parse_port
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V1_MAX = 107
-V2_MAX = 16 + 65535
 _V2_HEADER = struct.Struct("!12sBBH")
 
 Address = tuple[str, int]
