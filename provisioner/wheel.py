@@ -69,17 +69,18 @@ class _Imports(ast.NodeVisitor):
     """The imports of one module: relative ones resolved to module paths, absolute ones by top-level name.
 
     Imports inside functions count (a command imports what it runs there); ``if TYPE_CHECKING:``
-    blocks do not (nothing runs them).
+    blocks only when asked (nothing runs them, but a reader follows them too).
     """
 
-    def __init__(self, package_dir: Path, package: tuple[str, ...]) -> None:
+    def __init__(self, package_dir: Path, package: tuple[str, ...], type_checking: bool = False) -> None:
+        self.type_checking = type_checking
         self.package_dir = package_dir
         self.package = package
         self.modules: set[str] = set()
         self.absolute: set[str] = set()
 
     def visit_If(self, node: ast.If) -> None:
-        if "TYPE_CHECKING" in ast.unparse(node.test):
+        if "TYPE_CHECKING" in ast.unparse(node.test) and not self.type_checking:
             for child in node.orelse:
                 self.visit(child)
         else:
@@ -111,7 +112,7 @@ def _parents(module: str) -> set[str]:
     return {"/".join(parts[:n] + ["__init__"]) for n in range(len(parts) + 1)}
 
 
-def import_graph(package_dir: Path | None = None) -> dict[str, tuple[set[str], set[str]]]:
+def import_graph(package_dir: Path | None = None, type_checking: bool = False) -> dict[str, tuple[set[str], set[str]]]:
     """Every module of the runtime package (``core/mux``, ``cli/__init__``, ...) -> (the package's
     modules it imports, with their packages' ``__init__``; the top-level packages it imports from outside)."""
     package_dir = package_dir or _package_dir()
@@ -119,7 +120,7 @@ def import_graph(package_dir: Path | None = None) -> dict[str, tuple[set[str], s
     for path in sorted(package_dir.rglob("*.py")):
         module = path.relative_to(package_dir).with_suffix("").as_posix()
         parts = tuple(module.split("/"))
-        visitor = _Imports(package_dir, parts[:-1])
+        visitor = _Imports(package_dir, parts[:-1], type_checking)
         visitor.visit(ast.parse(path.read_text()))
         modules = set(visitor.modules)
         for imported in visitor.modules:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..http.front import FrontConnection, FrontServer
 from ..http.parser import HttpError, RequestHead, RequestReader
-from ..http.front import FrontConnection
 from ..http.write import SimpleResponse
 from .letsencrypt import LetsEncrypt
-
-if TYPE_CHECKING:
-    from ..http.server import HttpTunnelServer
 
 log = logging.getLogger("inlets.http")
 
@@ -29,10 +26,17 @@ HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
 
 
+class HttpsServer(FrontServer, Protocol):
+    """The HTTP server as its HTTPS front sees it (``http.server.HttpTunnelServer`` is one)."""
+
+    data_addr: str | None
+    port: int
+
+
 class TlsFrontConnection(FrontConnection):
     """The reverse proxy over TLS: ``X-Forwarded-Proto: https``, and no half-open connections."""
 
-    def __init__(self, server: HttpTunnelServer) -> None:
+    def __init__(self, server: FrontServer) -> None:
         super().__init__(server, scheme=b"https")
 
     def eof_received(self) -> bool:
@@ -106,7 +110,7 @@ class HttpsFront:
         self._plain: asyncio.base_events.Server | None = None
         self._tls: asyncio.base_events.Server | None = None
 
-    async def start(self, server: HttpTunnelServer) -> asyncio.base_events.Server:
+    async def start(self, server: HttpsServer) -> asyncio.base_events.Server:
         """Listen on ``server.port`` (plain) and ``https_port`` (TLS); returns the TLS listener.
 
         ``OSError`` (a port taken) leaves nothing listening.

@@ -61,6 +61,8 @@ class Front(Protocol):
 
     def pick(self, service: str) -> Leg | None: ...  # a leg to a client serving ``service`` (kept or new)
 
+    def on_leg(self) -> None: ...  # the leg's listener while the exchange runs: calls ``progress``
+
     def resume_requests(self) -> None: ...
 
     def wake(self) -> None: ...

@@ -17,20 +17,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import exchange as http_exchange
+from ..core.session import Session
+from ..server.registry import Registry
 from ..core.bridge import tune_socket
-from ..server.dataplane import HEADER_TIMEOUT, HeaderReader, ProxyProtocolError, address
+from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
-from .upgrade import switch_protocols
+from .upgrade import UpgradeGateway, switch_protocols
 from .parser import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
 from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
 from ..core.mux import StreamError
 
-if TYPE_CHECKING:
-    from .server import HttpTunnelServer
 
 log = logging.getLogger("inlets.http")
 
@@ -38,8 +38,16 @@ HIGH_WATER = 512 * 1024
 PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
 
 
+class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
+    """The HTTP server as its user connections see it (``server.HttpTunnelServer`` is one)."""
+
+    dataplane: DataPlaneOptions
+    connections: set[FrontConnection]
+    registry: Registry[Session]
+
+
 class FrontConnection(asyncio.Protocol):
-    def __init__(self, server: HttpTunnelServer, scheme: bytes = b"http") -> None:
+    def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
         self.server = server
         self.scheme = scheme  # what the user spoke: X-Forwarded-Proto (b"https" behind a TLS front)
         self.transport: asyncio.Transport | None = None
