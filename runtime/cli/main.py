@@ -21,10 +21,16 @@ COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http",
 GROUPS = {"tcp": tcp_app, "http": http_app}
 
 
-def _register() -> None:
-    """Import the installed command modules (each adds its command); a group without one is left out."""
+def _register(argv: list[str]) -> None:
+    """Import the installed command modules (each adds its command); a group without one is left out.
+
+    When ``argv`` names one command (``tcp client ...``) only its module is imported: a client's
+    process never loads the server's code (nor prometheus), and the other way round.
+    """
+    chosen = [(group, m) for group, modules in COMMANDS if group for m in modules if argv[:2] == m.split("_")]
     for group, modules in COMMANDS:
-        found = [m for m in modules if importlib.util.find_spec(f"{__package__}.{m}") is not None]
+        found = [m for m in modules if (not chosen or (group, m) in chosen)
+                 and importlib.util.find_spec(f"{__package__}.{m}") is not None]
         for module in found:
             importlib.import_module(f"{__package__}.{module}")
         if group is not None and found:
@@ -33,6 +39,7 @@ def _register() -> None:
 
 def main() -> None:
     """Entry point: usage errors as one line (``inlets: error: ...``), exit status 2."""
+    _register(sys.argv[1:])
     try:
         status_code = app(standalone_mode=False)
     except typer.TyperException as exc:  # usage errors: bad flags and values
@@ -47,5 +54,3 @@ def main() -> None:
         sys.exit(130)
     sys.exit(status_code if isinstance(status_code, int) else 0)
 
-
-_register()
