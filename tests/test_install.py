@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from readme_commands import Shell, block
-from tunnel_helpers import TlsFiles
+from helpers.readme_commands import Shell, block
+from helpers.tunnel import TlsFiles, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,7 +162,7 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     assert result.returncode == 0, result.stderr
     assert str(venv) in result.stdout and str(ROOT) not in result.stdout
     (tmp_path / "token").write_text(token + "\n")
-    control, data = _free_port(), _free_port()
+    control, data = free_port(), free_port()
     data_flag = ["--allow-ports", str(data)] if mode == "tcp" else ["--port", str(data)]
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
@@ -194,9 +193,3 @@ def _installed(metadata: object, name: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -9,6 +9,7 @@ present on this machine (otherwise skipped, saying which are missing).
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from provisioner.render import UserDataOptions, client_command, user_data, wheel
 from provisioner.spec import build_spec, parse_ttl
 from provisioner.wheel import DIST, build_runtime_wheel, version
 from runtime.core.certs import Pem
+from helpers.tunnel import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TF_DIR = ROOT / "terraform"
@@ -297,8 +299,9 @@ def test_generated_templates_are_current() -> None:
 
 
 def test_generator_refuses_constructs_it_cannot_translate() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gen_terraform_template as gen
+    spec = importlib.util.spec_from_file_location("gen_terraform_template", ROOT / "scripts/gen_terraform_template.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
     from runtime.generate.templating import environment
 
     for source in ("{{ name | upper }}", "{% for x in units %}a{% else %}b{% endfor %}", "{{ undefined_thing }}", "{% if name is defined %}{% endif %}"):
@@ -415,14 +418,6 @@ def test_aws_module_validates_with_the_real_aws_provider(module: str, tmp_path: 
     ws = aws_workspace(tmp_path)
     tf(ws / module, "init", "-input=false", "-backend=false")
     tf(ws / module, "validate")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

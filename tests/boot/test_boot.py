@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import test_terraform as tfh
-from prov_support import Result, one_line_error
+from helpers.prov_support import Result, one_line_error
 from vm import VM_ADDR, BootUnavailable, check_available
 from worlds import World
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS_ENV = "INLETS_API_SPECS"
 SPECS_DEFAULT = "../shared/api-specs"  # relative to the checkout
 SPEC_FILE = Path("digitalocean") / "DigitalOcean-public.v2.yaml"

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from http_helpers import need
-from tunnel_helpers import free_port, make_tls
+from helpers.http import need
+from helpers.tunnel import free_port, make_tls
 
 DOMAIN_SUFFIX = "example.test"
 

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from tunnel_helpers import TlsFiles
+from helpers.tunnel import TlsFiles
 
 INLETS = [sys.executable, "-c", "from runtime.cli.main import main; main()"]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import libcloud
 
 LIBCLOUD_FIXTURES = Path(libcloud.__file__).parent / "test" / "compute" / "fixtures"
-RECORDED = Path(__file__).parent / "recorded"
+RECORDED = Path(__file__).resolve().parents[1] / "provisioner" / "recorded"
 
 Body = bytes | str | dict | list | None
 

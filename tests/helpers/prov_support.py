@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from provisioner.cli import main
+from helpers.tunnel import free_port  # noqa: F401  (the provisioner tests import it from here)
 
 BIN = Path(sys.executable).parent
 INLETSCTL = BIN / "inletsctl"
@@ -61,12 +61,6 @@ def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class HelloUpstream(http.server.BaseHTTPRequestHandler):

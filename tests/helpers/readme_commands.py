@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
 _BLOCK = re.compile(r"^<!-- readme-test: ([\w-]+) -->\n```[\w-]*\n(.*?)^```$", re.M | re.S)

@@ -24,12 +24,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "provisioner"))
-
-from http_helpers import need  # noqa: E402
-from letsencrypt_helpers import dnsmasq, pebble, wait_until  # noqa: E402
-from prov_fake_do import FakeDigitalOcean  # noqa: E402
-from prov_support import free_port, http_upstream, one_line_error, run_cli, run_client  # noqa: E402
+from helpers.http import need  # noqa: E402
+from helpers.letsencrypt import dnsmasq, pebble, wait_until  # noqa: E402
+from helpers.prov_fake_do import FakeDigitalOcean  # noqa: E402
+from helpers.prov_support import free_port, http_upstream, one_line_error, run_cli, run_client  # noqa: E402
 from provisioner.material import generate  # noqa: E402
 from provisioner.render import UserDataOptions, user_data  # noqa: E402
 from provisioner.spec import LetsEncrypt, build_spec  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prov_support import free_port, one_line_error, run_cli, run_inletsctl
+from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsctl
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
 from provisioner.cloud import parse_api_url
 from provisioner.errors import NotFound, ProvisionError
 from provisioner.providers.azure import AzureProvider, service_principal

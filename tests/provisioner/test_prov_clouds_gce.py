@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
+from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
 from provisioner.cloud import parse_api_url
 from provisioner.errors import NotFound, ProvisionError
 from provisioner.providers.gce import GCEProvider, service_account

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("hcloud", reason="the hcloud SDK is not installed (pip install hcloud)")
 
-from prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded  # noqa: E402
 from provisioner.errors import NotFound, ProvisionError  # noqa: E402
 from provisioner.providers.hetzner import HetznerProvider  # noqa: E402
 

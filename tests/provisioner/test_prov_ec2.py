@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from prov_support import free_port, one_line_error, run_cli
+from helpers.prov_support import free_port, one_line_error, run_cli
 from provisioner import material as material_mod
 from provisioner.errors import ProvisionError
 from provisioner.providers import Credentials, make

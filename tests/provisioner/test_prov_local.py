@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from prov_support import (
+from helpers.prov_support import (
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
@@ -124,9 +120,6 @@ def test_ttl_stops_the_server_and_prune_removes_it(tmp_path: Path, capsys) -> No
 
 def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
     """No NAME: a readable random one. --mode http: the printed client routes by Host."""
-    inlets = Path(sys.executable).with_name("inlets")
-    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
     state, data_port, upstream_port = tmp_path / "state", free_port("127.0.0.2"), free_port()
     created = run_cli(capsys, "create", "--mode", "http", "--domain", "app.example.test", "--http-port", str(data_port),
                       "--upstream", f"http://127.0.0.1:{upstream_port}", "--state-dir", str(state), "--json")

@@ -21,8 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV, find_spec
-from prov_support import free_port
+from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV, find_spec
+from helpers.prov_support import free_port
 from provisioner.errors import ProvisionError
 from provisioner.providers.base import Plan
 from provisioner.providers.digitalocean import DigitalOceanProvider

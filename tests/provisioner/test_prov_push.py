@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from prov_support import free_port
-from tunnel_helpers import TlsFiles
+from helpers.prov_support import free_port
+from helpers.tunnel import TlsFiles
 
 from provisioner.errors import ProvisionError
 from provisioner.render import receiver_script, wheel_xz_base64

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
+from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
 
 SSHD = "/usr/sbin/sshd"
 DATA_ADDR = "127.0.0.2"  # the exit server's data plane; the client's upstream is on 127.0.0.1
@@ -277,9 +277,6 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     """--mode http over SSH, host key already in known_hosts (as after ssh-keyscan or a first login)."""
-    inlets = Path(sys.executable).with_name("inlets")
-    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
     known = tmp_path / "known_hosts"
     key = (prov_ssh_sshd.client_key.parent / "host_key.pub").read_text().split()
     known.write_text(f"[127.0.0.1]:{prov_ssh_sshd.port} {key[0]} {key[1]}\n")

@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from process_helpers import echo_once, inlets, spawn, wait_for_text, wait_port
-from tunnel_helpers import TlsFiles, free_port
+from helpers.process import echo_once, inlets, spawn, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, free_port
 
 @pytest.fixture
 def token_file(tmp_path: Path, token: str) -> Path:

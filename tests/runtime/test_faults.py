@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import MiB, Download, SourceUpstream, expected_digest, open_fds, rss_kib
-from process_helpers import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
-from tunnel_helpers import TlsFiles, free_port
+from helpers.faults import MiB, Download, SourceUpstream, expected_digest, open_fds, rss_kib
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, free_port
 
 SIZE = 256 * MiB
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.proxy_daemons import binary
-from process_helpers import inlets
+from helpers.proxy_daemons import binary
+from helpers.process import inlets
 
 SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
 HTTP_CLIENT = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",

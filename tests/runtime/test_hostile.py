@@ -15,9 +15,9 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from process_helpers import spawn, terminate
-from tunnel_helpers import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
-from tunnel_helpers import start_server, stop, wait_listening
+from helpers.process import spawn, terminate
+from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
+from helpers.tunnel import start_server, stop, wait_listening
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -29,7 +29,7 @@ from runtime.server.forwarding import ForwardingPolicy
 from runtime.core.services import format_target
 from runtime.core.handshake import Hello, HandshakeError, parse_hello
 from runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
-from runtime.session import AsyncStream
+from helpers.streams import AsyncStream
 from runtime.client.tcp_upstreams import Upstream
 from runtime.core.tls import client_context
 

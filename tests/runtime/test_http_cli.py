@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from http_helpers import LOOPBACK, Stack, need
-from tunnel_helpers import free_port
+from helpers.http import LOOPBACK, Stack, need
+from helpers.tunnel import free_port
 
 INLETS = [str(Path(sys.executable).parent / "inlets")]
 

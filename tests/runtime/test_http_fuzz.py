@@ -8,7 +8,7 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from http_helpers import LOOPBACK, Stack
+from helpers.http import LOOPBACK, Stack
 
 from runtime.http.parser import MAX_HEADER_BYTES, HttpError, RequestHead, RequestReader
 

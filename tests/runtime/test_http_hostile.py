@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from fault_helpers import rss_kib
-from http_helpers import LOOPBACK, Stack, raw_request
-from process_helpers import INLETS, ROOT, wait_port
+from helpers.faults import rss_kib
+from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.process import INLETS, ROOT, wait_port
 from runtime.cli.lifecycle import run_until_signalled
 from runtime.http.options import HttpOptions
-from tunnel_helpers import free_port
+from helpers.tunnel import free_port
 
 ALICE = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
 

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 import yaml
-from fixtures.proxy_daemons import binary
-from http_helpers import LOOPBACK, Stack, raw_request
-from process_helpers import inlets
+from helpers.proxy_daemons import binary
+from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.process import inlets
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -15,7 +15,7 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from http_helpers import LOOPBACK, Stack, need, raw_request
+from helpers.http import LOOPBACK, Stack, need, raw_request
 from runtime.http.options import HttpOptions
 
 

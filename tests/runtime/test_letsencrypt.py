@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from http_helpers import LOOPBACK, Stack, need, raw_request
-from letsencrypt_helpers import dnsmasq, pebble, served_certificate, wait_until
+from helpers.http import LOOPBACK, Stack, need, raw_request
+from helpers.letsencrypt import dnsmasq, pebble, served_certificate, wait_until
 from runtime.acme.store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
 from runtime.core.auth import TokenSet
 from runtime.server.control import ControlConfig
@@ -30,7 +30,7 @@ from runtime.http.server import HttpTunnelServer
 from runtime.acme.https_front import HttpsFront, plain_answer
 from runtime.acme.letsencrypt import configure
 from runtime.core.tls import server_context
-from tunnel_helpers import free_port
+from helpers.tunnel import free_port
 
 DOMAINS = ["a.example.test", "b.example.test"]
 
@@ -292,7 +292,7 @@ def test_plain_answers() -> None:
 
 
 def test_cli_bad_options_are_one_line_errors() -> None:
-    from process_helpers import inlets
+    from helpers.process import inlets
 
     cases = [
         (["--letsencrypt-domain", "bad_name"], "is not a DNS name"),

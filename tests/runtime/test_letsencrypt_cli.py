@@ -15,10 +15,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from http_helpers import need
-from letsencrypt_helpers import dnsmasq, pebble
-from process_helpers import spawn, stop_all, wait_for_text
-from tunnel_helpers import free_port
+from helpers.http import need
+from helpers.letsencrypt import dnsmasq, pebble
+from helpers.process import spawn, stop_all, wait_for_text
+from helpers.tunnel import free_port
 
 DOMAIN = "site.example.test"
 
@@ -90,7 +90,7 @@ def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls,
 
 
 def test_https_port_taken_is_a_one_line_error(tmp_path: Path, tls, token: str) -> None:
-    from process_helpers import inlets
+    from helpers.process import inlets
     import socket
 
     with socket.socket() as busy:

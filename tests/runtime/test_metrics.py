@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from http_helpers import LOOPBACK, Stack, need, raw_request
-from tunnel_helpers import echo_server, port_of, run, start_client, start_server, stop
+from helpers.http import LOOPBACK, Stack, need, raw_request
+from helpers.tunnel import echo_server, port_of, run, start_client, start_server, stop
 from runtime.client.tcp_upstreams import Upstream
 
 
@@ -99,7 +99,7 @@ def test_tcp_metrics_count_connections_and_bytes(tls, token):
         server = await start_server(tls, token)
         url = f"wss://127.0.0.1:{server.control.addresses[0][1]}"
         public = port_of(echo) + 1 if port_of(echo) < 65000 else port_of(echo) - 1000
-        from tunnel_helpers import free_port
+        from helpers.tunnel import free_port
 
         public = free_port()
         client, task = await start_client(url, token, tls, {public: Upstream("127.0.0.1", port_of(echo))})

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.proxy_daemons import Daemon, _spawn, binary
-from process_helpers import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
-from tunnel_helpers import (
+from helpers.proxy_daemons import Daemon, _spawn, binary
+from helpers.process import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import (
     TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
     wait_listening,
 )
@@ -102,7 +102,7 @@ def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles
     from runtime.core.allowlist import parse_target_rules
     from runtime.server.forwarding import ForwardingPolicy
     from runtime.core.services import format_target
-    from runtime.session import AsyncStream
+    from helpers.streams import AsyncStream
 
     dialled: list[int] = []
 
@@ -130,7 +130,7 @@ def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles
 
 def test_client_never_dials_what_it_did_not_advertise(tls: TlsFiles, token: str) -> None:
     """A server (compromised, say) asking the client for another target gets a reset."""
-    from runtime.session import AsyncStream
+    from helpers.streams import AsyncStream
 
     dialled: list[int] = []
 

@@ -8,8 +8,8 @@ import sys
 from urllib.parse import urlsplit
 
 import pytest
-from process_helpers import ROOT, inlets
-from tunnel_helpers import TlsFiles, control_url, run, start_server
+from helpers.process import ROOT, inlets
+from helpers.tunnel import TlsFiles, control_url, run, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures.proxy_daemons import Daemon, dante, free_port, tinyproxy
-from process_helpers import echo_once
-from tunnel_helpers import TlsFiles
+from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from helpers.process import echo_once
+from helpers.tunnel import TlsFiles
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INLETS = [sys.executable, "-c", "from runtime.cli.main import main; main()"]
 USER, PASSWORD = "bob", "pw-Kx3-cli-never-logged"
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy",

@@ -10,9 +10,9 @@ import asyncio
 import logging
 
 import pytest
-from fixtures.integrity import Upstream as HashingUpstream, exchange, payloads
-from fixtures.proxy_daemons import Daemon, dante, free_port, tinyproxy
-from tunnel_helpers import (
+from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
+from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from helpers.tunnel import (
     TlsFiles, control_url, echo_server, port_of, run, start_client, start_server, stop, wait_listening,
 )
 

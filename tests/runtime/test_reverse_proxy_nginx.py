@@ -12,9 +12,9 @@ import asyncio
 import dataclasses
 
 import pytest
-from fixtures.integrity import Upstream as HashingUpstream, exchange, payloads
-from fixtures.proxy_daemons import Daemon, free_port, nginx
-from tunnel_helpers import TlsFiles, echo_server, port_of, run, start_client, start_server, stop, wait_listening
+from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
+from helpers.proxy_daemons import Daemon, free_port, nginx
+from helpers.tunnel import TlsFiles, echo_server, port_of, run, start_client, start_server, stop, wait_listening
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 

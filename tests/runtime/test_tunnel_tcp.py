@@ -9,7 +9,7 @@ import ssl
 import warnings
 
 import pytest
-from tunnel_helpers import (
+from helpers.tunnel import (
     TlsFiles,
     control_url,
     echo_server,

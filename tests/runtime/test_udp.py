@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_helpers import rss_kib
-from fixtures.proxy_daemons import binary
-from process_helpers import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
-from tunnel_helpers import TlsFiles, control_url, free_port, run, start_client, start_server, stop
+from helpers.faults import rss_kib
+from helpers.proxy_daemons import binary
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop
 
 from runtime.core.probe import get, parse_url
 from runtime.client.tcp_upstreams import Upstream, parse_upstreams

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from process_helpers import inlets
+from helpers.process import inlets
 
 from provisioner.errors import ProvisionError
 from provisioner.material import generate
