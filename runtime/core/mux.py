@@ -262,7 +262,6 @@ class Multiplexer:
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
 
-    @property
     def data_to_send(self, limit: int | None = None) -> list[bytes]:
         """Up to ``limit`` messages to send (all when None), in order: frames packed into
         messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's
