@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from runtime.probe import Endpoint, ProbeError, get  # noqa: E402  (standard library only)
+from runtime.core.probe import Endpoint, ProbeError, get  # noqa: E402  (the checkout's runtime/ folder; standard library only)
 
 PATH = "/inlets/runtime-wheel"  # provisioner/wheel_receiver.py
-SERVER_NAME = "inlets-exit-server"  # runtime/certs.py: the name in every exit server's certificate
+SERVER_NAME = "inlets-exit-server"  # runtime/core/certs.py: the name in every exit server's certificate
 
 
 def main() -> int:
