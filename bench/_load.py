@@ -1,4 +1,4 @@
-"""Load generators: bulk streams, sequential short connections, idle streams.
+"""Load generators: bulk streams (either way), sequential short connections, idle streams.
 
 Plain blocking sockets in threads: sendall/recv release the GIL, and 1 MiB writes keep
 the per-call overhead far below what any tunnel costs, so the generator is not the
@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from _target import ACK_UNIT
@@ -28,32 +29,51 @@ class Throughput:
     seconds: float
 
 
-def _stream(port: int, cap: int, start: threading.Barrier, deadline_box: list[float],
-            out: list, idx: int, ack_timeout: float) -> None:
+def _send_to_sink(sock: socket.socket, cap: int, deadline: float) -> int:
+    """Write up to ``cap`` bytes until ``deadline``; return once the sink has acknowledged them all."""
+    sent = 0
+    while sent < cap and time.monotonic() < deadline:
+        sock.sendall(_PAYLOAD)
+        sent += CHUNK
+    while sent % ACK_UNIT:  # whole units, so the sink's last ack is exactly `sent`
+        sock.sendall(_PAYLOAD)
+        sent += CHUNK
+    acked, pending = 0, b""
+    while acked < sent:
+        data = sock.recv(65536)
+        if not data:
+            raise BenchError(f"sink connection closed after {acked} of {sent} bytes were acknowledged")
+        pending += data
+        whole = len(pending) - len(pending) % 8
+        if whole:
+            acked = struct.unpack("!Q", pending[whole - 8:whole])[0]
+            pending = pending[whole:]
+    return sent
+
+
+def _receive_from_source(sock: socket.socket, cap: int, deadline: float) -> int:
+    """Ask the source for ``cap`` bytes and count them in; stop early at the deadline."""
+    sock.sendall(struct.pack("!Q", cap))
+    buf = memoryview(bytearray(CHUNK))
+    got = 0
+    while got < cap and time.monotonic() < deadline:
+        n = sock.recv_into(buf)
+        if not n:
+            raise BenchError(f"source connection closed after {got} of {cap} bytes")
+        got += n
+    return got
+
+
+def _stream(transfer: Callable[[socket.socket, int, float], int], port: int, cap: int, start: threading.Barrier,
+            deadline_box: list[float], out: list, idx: int, timeout: float) -> None:
+    """One connection of a throughput run: connect, wait for the others, ``transfer``; result or error in ``out``."""
     sock: socket.socket | None = None
     try:
         sock = connect(port)
-        sock.settimeout(ack_timeout)
+        sock.settimeout(timeout)
         start.wait(timeout=30)
-        deadline = deadline_box[0]
-        sent = 0
-        while sent < cap and time.monotonic() < deadline:
-            sock.sendall(_PAYLOAD)
-            sent += CHUNK
-        while sent % ACK_UNIT:  # whole units, so the sink's last ack is exactly `sent`
-            sock.sendall(_PAYLOAD)
-            sent += CHUNK
-        acked, pending = 0, b""
-        while acked < sent:
-            data = sock.recv(65536)
-            if not data:
-                raise BenchError(f"sink connection closed after {acked} of {sent} bytes were acknowledged")
-            pending += data
-            whole = len(pending) - len(pending) % 8
-            if whole:
-                acked = struct.unpack("!Q", pending[whole - 8:whole])[0]
-                pending = pending[whole:]
-        out[idx] = (sent, time.monotonic())
+        moved = transfer(sock, cap, deadline_box[0])
+        out[idx] = (moved, time.monotonic())
     except BaseException as exc:  # noqa: BLE001 - reported by the caller
         out[idx] = exc
         try:
@@ -65,11 +85,14 @@ def _stream(port: int, cap: int, start: threading.Barrier, deadline_box: list[fl
             sock.close()
 
 
-def throughput(port: int, streams: int, max_bytes: int, max_seconds: float) -> Throughput:
-    """Aggregate goodput of ``streams`` parallel uploads, bounded by bytes and by time.
+def throughput(port: int, streams: int, max_bytes: int, max_seconds: float, receive: bool = False) -> Throughput:
+    """Aggregate goodput of ``streams`` parallel transfers, bounded by bytes and by time.
 
-    Clock: from the moment all streams are connected until the sink has acknowledged
-    the last byte of the slowest stream.
+    ``receive=False``: the generator writes to the sink; the clock runs from the moment
+    all streams are connected until the sink has acknowledged the last byte of the
+    slowest stream. ``receive=True``: the generator reads from the source; the clock
+    stops when the slowest stream has received its bytes (or at the time bound, with
+    the bytes received by then).
     """
     out: list = [None] * streams
     box = [0.0]
@@ -81,8 +104,9 @@ def throughput(port: int, streams: int, max_bytes: int, max_seconds: float) -> T
 
     start = threading.Barrier(streams, action=release)
     threads = [
-        threading.Thread(target=_stream, args=(port, max_bytes // streams, start, box, out, i, max_seconds + 30),
-                         daemon=True)
+        threading.Thread(target=_stream, daemon=True,
+                         args=(_receive_from_source if receive else _send_to_sink, port, max_bytes // streams,
+                               start, box, out, i, max_seconds + 30))
         for i in range(streams)
     ]
     for t in threads:

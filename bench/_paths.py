@@ -1,7 +1,7 @@
 """The paths under test: each one ends at the same target service and yields its ports.
 
 A path is a context manager yielding ``Path``: the local ports to connect to for the
-sink and the echo, and the process ids whose memory counts as its server and client
+sink, the echo and the source, and the process ids whose memory counts as its server and client
 side. Everything listens on 127.0.0.1 only.
 """
 
@@ -28,6 +28,7 @@ class Path:
     name: str
     sink_port: int
     echo_port: int
+    source_port: int | None = None
     server_pids: Callable[[], list[int]] = lambda: []
     client_pids: Callable[[], list[int]] = lambda: []
     note: str = ""
@@ -47,12 +48,13 @@ class Path:
 class Target:
     sink_port: int
     echo_port: int
+    source_port: int
     proc: Proc
 
 
 @contextlib.contextmanager
 def target(tmp: FsPath) -> Iterator[Target]:
-    """The sink/echo service in its own process (see _target.py)."""
+    """The sink/echo/source service in its own process (see _target.py)."""
     procs = Procs()
     try:
         proc = procs.add(spawn("target", [sys.executable, "-u", str(HERE / "_target.py")], tmp))
@@ -61,19 +63,19 @@ def target(tmp: FsPath) -> Iterator[Target]:
         def ready() -> bool:
             for line in proc.log.read_text().splitlines():
                 if line.startswith("READY "):
-                    ports.extend(int(p) for p in line.split()[1:3])
+                    ports.extend(int(p) for p in line.split()[1:4])
                     return True
             return False
 
         wait_until(ready, 15, "the target service", proc=proc)
-        yield Target(ports[0], ports[1], proc)
+        yield Target(ports[0], ports[1], ports[2], proc)
     finally:
         procs.stop_all()
 
 
 @contextlib.contextmanager
 def direct(t: Target) -> Iterator[Path]:
-    yield Path("direct", t.sink_port, t.echo_port, note="client -> target on loopback")
+    yield Path("direct", t.sink_port, t.echo_port, t.source_port, note="client -> target on loopback")
 
 
 def inlets_command() -> list[str]:
@@ -92,7 +94,8 @@ def tunnel(t: Target, tmp: FsPath, setup_timeout: float = 30) -> Iterator[Path]:
     token.write_text(secrets.token_urlsafe(32) + "\n")
     os.chmod(token, 0o600)
     tls = d / "tls"
-    control, sink_pub, echo_pub = free_ports(3)
+    control, sink_pub, echo_pub, source_pub = free_ports(4)
+    has_source = bool(getattr(t, "source_port", None))  # the HTTP bench forwards one port only
     inlets = inlets_command()
     try:
         server = procs.add(spawn("inlets-server", inlets + [
@@ -105,10 +108,11 @@ def tunnel(t: Target, tmp: FsPath, setup_timeout: float = 30) -> Iterator[Path]:
             "tcp", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(token),
             "--tls-ca", str(tls / "ca.crt"),
             "--upstream", f"{sink_pub}=127.0.0.1:{t.sink_port}",
-            "--upstream", f"{echo_pub}=127.0.0.1:{t.echo_port}"], d))
-        for port in (sink_pub, echo_pub):
+            "--upstream", f"{echo_pub}=127.0.0.1:{t.echo_port}"] + ([
+            "--upstream", f"{source_pub}=127.0.0.1:{t.source_port}"] if has_source else []), d))
+        for port in (sink_pub, echo_pub) + ((source_pub,) if has_source else ()):
             wait_until(lambda: port_accepts(port), setup_timeout, f"tunnel data port {port} to accept", proc=client)
-        yield Path("tunnel", sink_pub, echo_pub,
+        yield Path("tunnel", sink_pub, echo_pub, source_pub if has_source else None,
                    server_pids=lambda: descendants(server.popen.pid),
                    client_pids=lambda: descendants(client.popen.pid),
                    note="inlets tcp server/client, wss:// with auto TLS", procs=[server, client])
@@ -202,16 +206,21 @@ def _ssh_argv(s: Sshd, forwards: list[str], cipher: str | None) -> list[str]:
 def ssh_forward(kind: str, t: Target, s: Sshd, cipher: str | None = None, setup_timeout: float = 20) -> Iterator[Path]:
     """``ssh -N -R`` (sshd listens, ssh dials the target) or ``ssh -N -L`` (the reverse)."""
     assert kind in ("-R", "-L")
-    sink_pub, echo_pub = free_ports(2)
+    sink_pub, echo_pub, source_pub = free_ports(3)
     forwards = [kind, f"{LOOPBACK}:{sink_pub}:127.0.0.1:{t.sink_port}",
                 kind, f"{LOOPBACK}:{echo_pub}:127.0.0.1:{t.echo_port}"]
+    if getattr(t, "source_port", None):  # the HTTP bench forwards one port only
+        forwards += [kind, f"{LOOPBACK}:{source_pub}:127.0.0.1:{t.source_port}"]
+    else:
+        source_pub = None
     procs = Procs()
     listener = s.proc.popen.pid
     try:
         client = procs.add(spawn(f"ssh{kind}", _ssh_argv(s, forwards, cipher), s.key.parent))
-        for port in (sink_pub, echo_pub):
-            wait_until(lambda: port_accepts(port), setup_timeout, f"ssh {kind} port {port} to accept", proc=client)
-        yield Path(f"ssh {kind}", sink_pub, echo_pub,
+        for port in (sink_pub, echo_pub, source_pub):
+            if port is not None:
+                wait_until(lambda: port_accepts(port), setup_timeout, f"ssh {kind} port {port} to accept", proc=client)
+        yield Path(f"ssh {kind}", sink_pub, echo_pub, source_pub,
                    server_pids=lambda: descendants(listener),
                    client_pids=lambda: descendants(client.popen.pid),
                    note=f"OpenSSH ssh -N {kind} via sshd, cipher {cipher or 'default'}", procs=[s.proc, client])

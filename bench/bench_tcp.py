@@ -34,10 +34,18 @@ sys.path.insert(0, str(FsPath(__file__).resolve().parent))
 import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import Config, Result, environment, table, targets  # noqa: E402
+from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
 from _util import (MIB, BenchError, cpu_seconds, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
                    median, percentile, raise_nofile, rss_mib)
 
-PATHS = {"direct": "direct", "tunnel": "tunnel", "ssh-R": "ssh -R", "ssh-L": "ssh -L"}
+PATHS = {"direct": "direct", "tunnel": "tunnel", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
+         "ssh-R2": "ssh -R alt", "ssh-L2": "ssh -L alt"}
+#: ssh-R2 / ssh-L2 run the second cipher (--ssh-cipher2); ssh-L2 is off by default to keep the run short.
+DEFAULT_PATHS = "direct,tunnel,ssh-R,ssh-L,ssh-R2"
+DIRECTIONS = ("down", "up")
+#: down: the generator writes into the server's public port and the tunnel server sends it to the
+#: client (server->client websocket frames, unmasked); up: the target's source writes, the tunnel
+#: client sends it to the server (client->server frames, masked per RFC 6455).
 
 
 def log(msg: str) -> None:
@@ -105,16 +113,19 @@ class Bench:
         cfg = self.cfg
         for rep in range(cfg.repeat):
             self.wait_quiet()
-            for streams in (1, 4):
-                self.each(lambda label, path, r: self._throughput_once(label, path, r, streams))
+            for way in DIRECTIONS:
+                for streams in (1, 4):
+                    self.each(lambda label, path, r: self._throughput_once(label, path, r, streams, way))
         for r in self.results.values():
-            for streams in (1, 4):
-                got = r.samples.get(f"thr{streams}")
-                if got and not r.error:
-                    r.metrics[f"thr{streams}"] = median(got)
-                    r.metrics[f"thr{streams}_best"] = max(got)
-                if r.samples.get(f"cpu{streams}") and not r.error:
-                    r.metrics[f"cpu{streams}"] = median(r.samples[f"cpu{streams}"])
+            for way in DIRECTIONS:
+                for streams in (1, 4):
+                    key = f"{streams}_{way}"
+                    got = r.samples.get(f"thr{key}")
+                    if got and not r.error:
+                        r.metrics[f"thr{key}"] = median(got)
+                        r.metrics[f"thr{key}_best"] = max(got)
+                    if r.samples.get(f"cpu{key}") and not r.error:
+                        r.metrics[f"cpu{key}"] = median(r.samples[f"cpu{key}"])
 
     def wait_quiet(self) -> None:
         """Wait, bounded by --quiet-wait, until other processes leave the CPUs mostly idle.
@@ -136,22 +147,25 @@ class Bench:
         if waited:
             log(f"  {'quiet' if share <= self.cfg.quiet_share else 'still busy'}: other processes use {share:.0%}")
 
-    def _throughput_once(self, label: str, path: _paths.Path, r: Result, streams: int) -> None:
+    def _throughput_once(self, label: str, path: _paths.Path, r: Result, streams: int, way: str) -> None:
+        port = path.sink_port if way == "down" else path.source_port
+        if port is None:
+            raise BenchError(f"{label} has no source port for the upload direction")
         pids = path.server_pids() + path.client_pids()
         ours = self.our_pids()
         cpu0, gen0, tgt0 = cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds([self.target.proc.popen.pid])
         busy0, ours0, t0 = machine_busy_seconds(), cpu_seconds(ours), time.monotonic()
-        res = _load.throughput(path.sink_port, streams, self.cfg.max_bytes, self.cfg.seconds)
+        res = _load.throughput(port, streams, self.cfg.max_bytes, self.cfg.seconds, receive=way == "up")
         wall = time.monotonic() - t0
         foreign = max(0.0, (machine_busy_seconds() - busy0) - (cpu_seconds(ours) - ours0))
         self.foreign_busy += foreign
         self.foreign_wall += wall
         cpu = cpu_seconds(pids) - cpu0
         gen, tgt = cpu_seconds([os.getpid()]) - gen0, cpu_seconds([self.target.proc.popen.pid]) - tgt0
-        r.samples.setdefault(f"thr{streams}", []).append(res.gbits)
+        r.samples.setdefault(f"thr{streams}_{way}", []).append(res.gbits)
         if pids:
-            r.samples.setdefault(f"cpu{streams}", []).append(cpu * 1e3 / (res.bytes / (1024 * MIB)))
-        log(f"  {label}: {streams} stream(s) {res.gbits:.2f} Gbit/s ({res.bytes / MIB:.0f} MiB in "
+            r.samples.setdefault(f"cpu{streams}_{way}", []).append(cpu * 1e3 / (res.bytes / (1024 * MIB)))
+        log(f"  {label}: {way} {streams} stream(s) {res.gbits:.2f} Gbit/s ({res.bytes / MIB:.0f} MiB in "
             f"{res.seconds:.2f} s; CPU s: path {cpu:.2f}, generator {gen:.2f}, target {tgt:.2f}, "
             f"other processes {foreign:.2f})")
 
@@ -209,13 +223,20 @@ class Bench:
 def parse_args(argv: list[str] | None) -> tuple[Config, list[str], FsPath | None]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s, 512 MiB, 1 repeat, 200 conns/streams")
-    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument("--paths", default=DEFAULT_PATHS,
+                    help=f"comma-separated subset of {','.join(PATHS)} (default {DEFAULT_PATHS})")
     ap.add_argument("--seconds", type=float, help="time bound per throughput run (default 5)")
     ap.add_argument("--max-mib", type=int, help="byte bound per throughput run, MiB (default 2048)")
-    ap.add_argument("--repeat", type=int, help="throughput runs per path and stream count; median reported (default 5)")
+    ap.add_argument("--repeat", type=int,
+                    help="throughput runs per path, direction and stream count; median reported (default 3)")
     ap.add_argument("--conns", type=int, help="sequential short connections (default 1000)")
     ap.add_argument("--idle", type=int, help="idle streams held open for the memory reading (default 1000)")
-    ap.add_argument("--ssh-cipher", help="force an ssh cipher, e.g. aes128-gcm@openssh.com (default: OpenSSH's)")
+    ap.add_argument("--ssh-cipher", default=SSH_CIPHER,
+                    help=f"the ssh baseline's cipher, the ssh -R / ssh -L columns (default {SSH_CIPHER}, "
+                         "OpenSSH's fastest with AES-NI)")
+    ap.add_argument("--ssh-cipher2", default=SSH_CIPHER2,
+                    help=f"the second ssh column's cipher, ssh-R2 / ssh-L2 (default {SSH_CIPHER2}, "
+                         "OpenSSH's default)")
     ap.add_argument("--quiet-wait", type=float,
                     help="before each throughput round, wait up to this many seconds for other processes "
                          "to use < 15%% of the CPUs (default 60; 0 with --quick)")
@@ -225,10 +246,11 @@ def parse_args(argv: list[str] | None) -> tuple[Config, list[str], FsPath | None
     cfg = Config(
         seconds=args.seconds or (1.0 if q else 5.0),
         max_bytes=(args.max_mib or (512 if q else 2048)) * MIB,
-        repeat=args.repeat or (1 if q else 5),
+        repeat=args.repeat or (1 if q else 3),
         conns=args.conns or (200 if q else 1000),
         idle=args.idle or (200 if q else 1000),
         ssh_cipher=args.ssh_cipher,
+        ssh_cipher2=args.ssh_cipher2,
         settle=0.5 if q else 1.0,
         quiet_wait=args.quiet_wait if args.quiet_wait is not None else (0.0 if q else 60.0),
     )
@@ -253,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "tunnel": lambda: stack.enter_context(_paths.tunnel(target, tmp)),
             "ssh-R": lambda: stack.enter_context(_paths.ssh_path("-R", target, tmp, cfg.ssh_cipher)),
             "ssh-L": lambda: stack.enter_context(_paths.ssh_path("-L", target, tmp, cfg.ssh_cipher)),
+            "ssh-R2": lambda: stack.enter_context(_paths.ssh_path("-R", target, tmp, cfg.ssh_cipher2)),
+            "ssh-L2": lambda: stack.enter_context(_paths.ssh_path("-L", target, tmp, cfg.ssh_cipher2)),
         }
         for name in PATHS:
             if name in wanted:
@@ -277,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results, cfg))
     print()
-    print("targets (issue 2):")
+    print("targets (issue 17; RSS with idle streams: issue 2):")
     for label, ok, detail in targets(results, cfg):
         mark = "PASS" if ok else ("n/a " if ok is None else "FAIL")
         print(f"  [{mark}] {label}: {detail}")

@@ -75,12 +75,38 @@ def connect_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+#: What a reason-less exception means to a user (its class name means nothing to them).
+_WITHOUT_REASON: list[tuple[type[BaseException], str]] = [
+    (ConnectionResetError, "the server closed the connection"),
+    (ConnectionRefusedError, "connection refused"),
+    (asyncio.TimeoutError, "timed out"),
+    (EOFError, "the server closed the connection"),
+]
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return verify_failure(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc) or exc.__class__.__name__
+    if str(exc):
+        return str(exc)
+    return next((text for kind, text in _WITHOUT_REASON if isinstance(exc, kind)), "the connection failed")
+
+
+async def speaks_plain_http(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` answers a plain HTTP request; only to name a wrong ``wss://`` (a server run with --plaintext)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return (await asyncio.wait_for(reader.read(5), timeout)) == b"HTTP/"
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
 
 
 async def speaks_tls(host: str, port: int, timeout: float = 5.0) -> bool:
@@ -281,6 +307,12 @@ class TunnelClient:
                 raise FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}") from None
             raise
         except (ProxyError, OSError) as exc:
+            parts = urlsplit(self.ws_url)
+            if (not self.proxy.url and parts.scheme == "wss" and isinstance(exc, (ConnectionResetError, ssl.SSLError))
+                    and await speaks_plain_http(parts.hostname or "", parts.port or 443)):
+                fixed = urlunsplit(("ws",) + urlsplit(self.config.url)[1:])
+                raise FatalClientError(f"{self.config.url}: the server does not speak TLS (it runs with --plaintext): "
+                                       f"use --url {fixed}, or give the server --tls-cert/--tls-key") from None
             if not self.proxy.url:
                 raise
             parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries

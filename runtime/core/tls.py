@@ -20,44 +20,41 @@ class TlsConfigError(Exception):
 
 
 class PlaintextAttempts:
-    """Plain HTTP on the TLS control port (a client given ``ws://``): logged at once, then at
-    most once a minute with the number seen since, so a client retrying forever cannot flood
-    the log. The TLS layer does not know the peer's address, so the line cannot name it."""
+    """Plain HTTP on the TLS control port (a client given ``ws://``), logged per source: at once,
+    then at most once a minute with the number seen since, so a client retrying forever cannot
+    flood the log. At most ``max_sources`` addresses are remembered (the oldest forgotten first),
+    so a scan from many addresses cannot grow it either."""
 
     interval = 60.0
+    max_sources = 1024
 
     def __init__(self) -> None:
-        self._logged_at: float | None = None
-        self._since = 0
+        self._sources: dict[str, tuple[float, int]] = {}  # source: (logged at, attempts since)
 
-    def seen(self) -> None:
+    def seen(self, source: str) -> None:
         now = time.monotonic()
-        self._since += 1
-        if self._logged_at is not None and now - self._logged_at < self.interval:
+        logged_at, since = self._sources.pop(source, (None, 0))
+        since += 1
+        if logged_at is not None and now - logged_at < self.interval:
+            self._sources[source] = (logged_at, since)  # re-inserted: the most recent last
             return
-        log.warning("event=plaintext_on_tls_port attempts=%d hint=%r", self._since,
+        log.warning("event=plaintext_on_tls_port source=%s attempts=%d hint=%r", source, since,
                     "a client sent plain HTTP to this TLS port: its --url must start with wss://, not ws://")
-        self._logged_at, self._since = now, 0
+        self._sources[source] = (now, 0)
+        while len(self._sources) > self.max_sources:
+            del self._sources[next(iter(self._sources))]
 
 
 PLAINTEXT_ATTEMPTS = PlaintextAttempts()
 
 
-class _ServerTls(ssl.SSLObject):
-    """The server side of one TLS connection, noticing plain HTTP where a handshake should be."""
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except ssl.SSLError as exc:
-            if exc.reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST"):  # OpenSSL recognised GET/POST/CONNECT...
-                PLAINTEXT_ATTEMPTS.seen()
-            raise
+def is_plaintext_http(exc: BaseException) -> bool:
+    """Whether a failed TLS handshake was plain HTTP: OpenSSL recognises GET/POST/CONNECT... (asyncio and uvloop alike)."""
+    return isinstance(exc, ssl.SSLError) and exc.reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.sslobject_class = _ServerTls  # asyncio and uvloop make each connection's SSLObject from this
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert, key)

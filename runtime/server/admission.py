@@ -24,6 +24,7 @@ import ssl
 from typing import Callable
 
 from ..core.allowlist import SourceAllowList
+from ..core.tls import PLAINTEXT_ATTEMPTS, is_plaintext_http
 from ..core.wsflow import BoundedServerConnection
 
 log = logging.getLogger("inlets.server")
@@ -205,8 +206,9 @@ class _Pending(asyncio.Protocol):
         tls = None
         try:
             tls = await handshake
-        except Exception:  # a failed or timed-out handshake, a peer gone
-            pass
+        except Exception as exc:  # a failed or timed-out handshake, a peer gone
+            if is_plaintext_http(exc) and self.connection.ticket is not None:
+                PLAINTEXT_ATTEMPTS.seen(self.connection.ticket.source)
         finally:
             self.admission._handshakes.discard(transport)  # type: ignore[arg-type]
             # closed meanwhile (evicted, say): asyncio then returns None, uvloop a closing transport

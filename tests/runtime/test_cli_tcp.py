@@ -248,24 +248,47 @@ def test_ws_url_for_a_tls_server_says_use_wss_and_the_server_logs_it_once(
         server.terminate()
         server.wait(10)
     log = (tmp_path / "server.log").read_text()
-    assert log.count("event=plaintext_on_tls_port") == 1 and "must start with wss://" in log, log
+    assert log.count("event=plaintext_on_tls_port source=127.0.0.1 ") == 1 and "must start with wss://" in log, log
 
 
-def test_plaintext_attempts_are_logged_at_most_once_an_interval_with_their_count(caplog) -> None:
+def test_wss_url_for_a_plaintext_server_says_use_ws(tmp_path: Path, token_file: Path) -> None:
+    control = free_port()
+    server = spawn("tcp", "server", "--plaintext", "--control-addr", "127.0.0.1", "--control-port", str(control),
+                   "--data-addr", "127.0.0.1", "--token-file", str(token_file), log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+                        "--upstream", "127.0.0.1", "--ports", "8080")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 1
+    assert result.stderr == (f"inlets: error: wss://127.0.0.1:{control}: the server does not speak TLS (it runs with "
+                             f"--plaintext): use --url ws://127.0.0.1:{control}, or give the server --tls-cert/--tls-key\n")
+
+
+def test_plaintext_attempts_are_logged_per_source_at_most_once_an_interval_with_their_count(caplog) -> None:
     import time
 
     from runtime.core.tls import PlaintextAttempts
 
     attempts = PlaintextAttempts()
-    attempts.interval = 0.2
+    attempts.interval, attempts.max_sources = 0.2, 2
     with caplog.at_level("WARNING", logger="inlets.tls"):
         for _ in range(3):
-            attempts.seen()
+            attempts.seen("192.0.2.1")
+        attempts.seen("192.0.2.2")  # another source is logged at once
         time.sleep(0.3)
-        attempts.seen()
-    lines = [r.getMessage() for r in caplog.records]
-    assert [line.split()[:2] for line in lines] == [["event=plaintext_on_tls_port", "attempts=1"],
-                                                   ["event=plaintext_on_tls_port", "attempts=3"]]
+        attempts.seen("192.0.2.1")
+        attempts.seen("192.0.2.3")  # a third source: the oldest remembered (192.0.2.2) is forgotten
+        attempts.seen("192.0.2.2")
+    lines = [r.getMessage().split()[:3] for r in caplog.records]
+    assert lines == [["event=plaintext_on_tls_port", "source=192.0.2.1", "attempts=1"],
+                     ["event=plaintext_on_tls_port", "source=192.0.2.2", "attempts=1"],
+                     ["event=plaintext_on_tls_port", "source=192.0.2.1", "attempts=3"],
+                     ["event=plaintext_on_tls_port", "source=192.0.2.3", "attempts=1"],
+                     ["event=plaintext_on_tls_port", "source=192.0.2.2", "attempts=1"]]
+    assert len(attempts._sources) == 2
 
 
 def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_file: Path) -> None:
@@ -292,3 +315,14 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
     assert oct((tmp_path / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls").stat().st_mode & 0o777) == "0o700"
+
+
+def test_reasonless_connection_errors_are_described_in_words_not_class_names() -> None:
+    import asyncio
+
+    from runtime.client import _describe
+
+    assert _describe(ConnectionResetError()) == "the server closed the connection"
+    assert _describe(asyncio.TimeoutError()) == "timed out"
+    assert _describe(RuntimeError()) == "the connection failed"
+    assert _describe(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
