@@ -15,7 +15,7 @@ from . import manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
 from .providers import Credentials
-from .providers.clouds import HELP_API_ENV, HELP_ENV, HELP_PROVIDERS, firewall_note
+from .providers import registry
 from .state import STATE_ENV, ServerState, state_root
 
 app = typer.Typer(
@@ -30,28 +30,19 @@ app = typer.Typer(
 StateDir = Annotated[
     Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
 ]
-Provider = Annotated[Optional[str], typer.Option(help="local (this machine), digitalocean, ec2, ssh (a host you already have), " + HELP_PROVIDERS + ".")]
-TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first); " + HELP_ENV + ".")]
+Provider = Annotated[Optional[str], typer.Option(help=registry.providers_help() + ".")]
+TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]
 Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
-ApiUrl = Annotated[Optional[str], typer.Option(help="Cloud API endpoint (tests, proxies, private regions) [env: DIGITALOCEAN_API_URL, " + HELP_API_ENV + "].")]
+ApiUrl = Annotated[Optional[str], typer.Option(help=f"Cloud API endpoint (tests, proxies, private regions) [env: {registry.api_url_help()}].")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 SecretFile = Annotated[Optional[Path], typer.Option(help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
 Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
-Region = Annotated[Optional[str], typer.Option(help="ec2: the region to look in [env: AWS_REGION, AWS_DEFAULT_REGION; default eu-west-1].")]
+_EC2 = registry.info("ec2")
+Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in [env: {', '.join(_EC2.region_env)}; default {_EC2.region}].")]
 
 
 def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str], **more: object) -> Credentials:
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
-
-
-def _firewall_note(provider: str, summary: dict[str, object]) -> str | None:
-    """ec2 makes a security group per exit server; ssh leaves the host's firewall alone."""
-    data = ",".join(map(str, summary["ports"])) if summary["mode"] == "tcp" else "80,443"  # type: ignore[call-overload]
-    if provider == "ec2":
-        return f"security group inlets-{summary['name']} lets in tcp {summary['control_port']} and {data}, nothing else"
-    if provider == "ssh":
-        return f"none managed by inletsctl: the host's own firewall must let in tcp {summary['control_port']} and {data}"
-    return None
 
 
 def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) -> object:
@@ -88,9 +79,9 @@ def create_cmd(
     letsencrypt_email: Annotated[Optional[str], typer.Option(help="Contact address for the Let's Encrypt account (expiry notices).")] = None,
     letsencrypt_issuer: Annotated[str, typer.Option(help="prod, staging (for trials: no rate limits, untrusted certificates) or an ACME directory URL.")] = "prod",
     control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
-    region: Annotated[Optional[str], typer.Option(help="Cloud region [digitalocean: lon1; ec2: $AWS_REGION or eu-west-1; gce: europe-west2-a (a zone); azure: uksouth; linode: eu-west; vultr: lhr; equinix: ld (a metro); hetzner: nbg1; scaleway: fr-par-1 (a zone)].")] = None,
-    plan: Annotated[Optional[str], typer.Option(help="VM size [digitalocean: s-1vcpu-1gb; ec2: t3.micro; gce: e2-small; azure: Standard_B1s; linode: g6-nanode-1; vultr: vc2-1c-1gb; equinix: c3.small.x86; hetzner: cx22; scaleway: DEV1-S].")] = None,
-    ssh_key: Annotated[Optional[str], typer.Option(help="digitalocean: key fingerprint or id to install; ec2: key pair name or .pub file; ssh: private key file to log in with.")] = None,
+    region: Annotated[Optional[str], typer.Option(help=f"Cloud region [{registry.region_help()}].")] = None,
+    plan: Annotated[Optional[str], typer.Option(help=f"VM size [{registry.size_help()}].")] = None,
+    ssh_key: Annotated[Optional[str], typer.Option(help=registry.ssh_key_help() + ".")] = None,
     access_token_file: TokenFile = None,
     access_token: Token = None,
     secret_key_file: SecretFile = None,
@@ -131,16 +122,13 @@ def create_cmd(
         summary = create(opts, progress)
     finally:
         progress.close()
-    note = firewall_note(opts.provider) or _firewall_note(opts.provider, summary)
-    if note:
-        summary["firewall"] = note
     token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
     if json_output:
         output.print_json(summary | ({"token": token} if token else {}))
     else:
         output.print_summary(summary, token)
-        if note:
-            print(f"\nFirewall: {note}")
+        if summary.get("firewall"):
+            print(f"\nFirewall: {summary['firewall']}")
 
 
 @app.command(

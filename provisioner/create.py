@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from typing import Any
 from . import material as material_mod
 from .errors import NotFound, ProvisionError
 from .names import check_name, random_name
-from .providers import Credentials, make
-from .providers.base import Host, Plan, Provisioner
+from .providers import Credentials, make, registry
+from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, check_runtime_spec, control_url,
                    parse_ttl)
@@ -147,7 +148,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     meta["client_command"] = client_command(spec, host.ip or "", state.token_file, state.ca_file)
     meta["status_command"] = status_command(spec, host.ip or "", state.token_file, state.ca_file)
     state.save(meta)
-    return summary(meta, state)
+    note = registry.firewall_note(opts.provider, name, spec)
+    return summary(meta, state) | ({"firewall": note} if note else {})
 
 
 def _failed(
@@ -156,8 +158,9 @@ def _failed(
     if not opts.delete_on_failure:
         return ProvisionError(f"{exc}; delete it with: {delete_command(state.name, state.root)}")
     try:
-        provider.delete(host.id)
-        wait_until_gone(provider, host.id, min(opts.timeout, 300.0), progress)
+        timeout, started = min(opts.timeout, GONE_TIMEOUT), time.monotonic()
+        provider.delete(host.id, timeout)
+        wait_until_gone(provider, host.id, timeout, progress, interval=1.0, started=started)
     except NotFound:
         pass
     except ProvisionError as again:
@@ -166,17 +169,13 @@ def _failed(
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
 
 
-#: who logs in with --ssh-key where it is not root (the images inletsctl boots)
-SSH_USERS = {"ec2": "ubuntu", "azure": "azureuser"}
-
-
 def _why_hint(opts: CreateOptions, host: Host) -> str:
     """How to read why a VM's tunnel server never came up: cloud-init's report and the unit's journal."""
     look = "cloud-init status --long; journalctl -u inlets --no-pager -n 50"
     if not opts.ssh_key:
         return (f"the VM has no SSH key (--ssh-key), so run `{look}` on its console in {opts.provider}'s web console "
                 "to see why")
-    user = SSH_USERS.get(opts.provider, "root")
+    user = registry.info(opts.provider).login_user
     if opts.provider == "gce" and ":" in opts.ssh_key:  # gce keys name their user: USER:ssh-ed25519 ...
         user = opts.ssh_key.split(":", 1)[0]
     sudo = "" if user == "root" else "sudo "

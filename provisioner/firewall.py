@@ -25,11 +25,6 @@ class Rule:
     purpose: str  # "control" or "data"
     protocol: str = "tcp"
 
-    @property
-    def sources(self) -> tuple[str, str]:
-        return (ANY_IPV4, ANY_IPV6)
-
-
 def inbound_ports(spec: TunnelSpec) -> tuple[int, ...]:
     """Sorted, unique TCP ports to open for ``spec``."""
     return tuple(rule.port for rule in inbound_rules(spec))
@@ -46,8 +41,3 @@ def inbound_rules(spec: TunnelSpec) -> list[Rule]:
 def firewall_name(server_name: str) -> str:
     """The name of the firewall / security group made for one exit server."""
     return f"inlets-{server_name}"[:63]
-
-
-def describe(spec: TunnelSpec) -> str:
-    """``tcp 80,443,8123 from anywhere``: for summaries and descriptions."""
-    return "tcp " + ",".join(map(str, inbound_ports(spec))) + " from anywhere"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,9 @@ from runtime.core.probe import ProbeError
 
 from .errors import NotFound, ProvisionError
 from .providers import PROVIDERS, Credentials, make
-from .providers.base import Host, Provisioner
+from .providers.base import GONE_TIMEOUT, Host, Provisioner
 from .state import ServerState, all_states
 from .wait import Progress, status_json, wait_until_gone
-
-DELETE_TIMEOUT = 300.0
-
 
 def _provider_for(name: str, root: Path, creds: Credentials) -> Provisioner:
     if name not in PROVIDERS:
@@ -31,7 +29,7 @@ def delete(
     host_id: str | None = None,
     ip: str | None = None,
     provider_name: str | None = None,
-    timeout: float = DELETE_TIMEOUT,
+    timeout: float = GONE_TIMEOUT,
 ) -> str:
     """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
     if sum(x is not None for x in (name, host_id, ip)) != 1:
@@ -55,9 +53,10 @@ def delete(
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
     label = (meta or {}).get("name") or name or host_id
     try:
-        provider.delete(host_id)
+        started = time.monotonic()
+        provider.delete(host_id, timeout)
         progress(f"deleting {label} ({provider_name} {host_id})")
-        wait_until_gone(provider, host_id, timeout, progress)
+        wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started)
         done = f"deleted {label} ({provider_name} {host_id})"
     except NotFound:
         if meta is None:

@@ -64,10 +64,6 @@ class ServerState:
     def key_file(self) -> Path:
         return self.dir / "server.key"
 
-    @property
-    def log_file(self) -> Path:
-        return self.dir / "server.log"
-
     def exists(self) -> bool:
         return (self.dir / METADATA).exists()
 

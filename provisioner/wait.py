@@ -16,7 +16,7 @@ from runtime.core.certs import EXIT_SERVER_NAME
 from runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
 from .errors import NotFound, ProvisionError
-from .providers.base import ACTIVE, FAILED, Host, Provisioner
+from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Host, Provisioner
 from .wheel import ServerWheel
 from .wheel_receiver import PATH as RECEIVER_PATH
 
@@ -154,8 +154,18 @@ def _merge(old: Host, new: Host) -> Host:
     return new
 
 
-def wait_until_gone(provider: Provisioner, host_id: str, timeout: float, progress: Progress, interval: float = 1.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_until_gone(
+    provider: Provisioner, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
+    interval: float | None = None, *, started: float | None = None,
+) -> None:
+    """Poll until ``host_id`` is gone (NotFound; FAILED: a process that exited) or raise WaitTimeout.
+
+    The one wait of every ``delete``: providers that remove more once the host is gone (a
+    firewall) call it before that, and ``inletsctl delete`` after, with the same --timeout
+    counted from ``started``. ``interval`` defaults to the provider's poll interval."""
+    started = time.monotonic() if started is None else started
+    deadline = started + timeout
+    interval = provider.poll_interval if interval is None else interval
     while True:
         try:
             host = provider.status(host_id)
@@ -163,10 +173,14 @@ def wait_until_gone(provider: Provisioner, host_id: str, timeout: float, progres
             return
         if host.status == FAILED:
             return
-        progress(f"waiting for {host.name or host_id} to be deleted", f"{host.detail or host.status}; "
-                 f"{time.monotonic() - deadline + timeout:.0f}s of {timeout:.0f}s")
+        seen = host.detail or f"status {host.status!r}"
+        if progress is not None:
+            progress(f"waiting for {host.name or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host_id} to be deleted (last: {host.detail})")
+            raise WaitTimeout(
+                f"{provider.name}: {host.name or host_id} ({host_id}) is still there {timeout:.0f}s after it was "
+                f"deleted (last seen: {seen}); run the delete again later, and look at it in {provider.name} if it stays"
+            )
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 

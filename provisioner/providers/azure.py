@@ -23,18 +23,22 @@ from libcloud.common.azure_arm import AzureAuthJsonResponse
 from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
 from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDriver
 
-from ..cloud import Endpoint, api_errors, label_map, labels_expiry, point, strict_responses
-from ..errors import NotFound, ProvisionError
+from ..errors import ProvisionError
 from ..firewall import firewall_name, inbound_ports
-from .base import ACTIVE, FAILED, TAG, Host, Plan
+from ..wait import wait_until_gone
+from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
+from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
 
 ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
-API_URL_ENV = "AZURE_API_URL"
-DEFAULT_REGION = "uksouth"
-DEFAULT_SIZE = "Standard_B1s"
-DEFAULT_IMAGE = ("Canonical", "ubuntu-24_04-lts", "server", "latest")  # publisher, offer, sku, version
+PROVIDER = ProviderInfo(
+    name="azure", title="Azure", user_data_limit=48 * 1024,  # customData is base64 and limited to 64 KiB
+    credentials="an sdk-auth file or " + "/".join("$" + name for name in ENV), api_url_env=("AZURE_API_URL",),
+    region="uksouth", size="Standard_B1s", login_user="azureuser",
+    image="Canonical:ubuntu-24_04-lts:server:latest",  # publisher:offer:sku:version, as the az CLI writes it
+    firewall_note="network security group opening only the tunnel's ports",
+)
 GROUPS_API, NETWORK_API = "2021-04-01", "2023-09-01"
-WAIT = 300.0
+WAIT = 300.0  # for Resource Manager to provision one resource
 
 
 def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, str]:
@@ -88,15 +92,15 @@ def _driver_class(endpoint: Endpoint | None) -> type[AzureNodeDriver]:
 
 
 class AzureProvider:
-    name = "azure"
-    user_data_limit = 48 * 1024  # customData is base64 and limited to 64 KiB
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 5.0
     keeps_server_key = False
-    firewall_note = "network security group opening only the tunnel's ports"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, principal: dict[str, str], endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         self._sub = principal["subscription"]
-        with api_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
+        with libcloud_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
             self._driver = _driver_class(endpoint)(principal["tenant"], self._sub, principal["client"], principal["secret"])
             conn = self._driver.connection
             # libcloud base64-encodes customData to bytes, which json.dumps refuses on Python 3
@@ -105,7 +109,7 @@ class AzureProvider:
             self._endpoint = point(conn, None, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, version: str, method: str = "GET", body: Any = None) -> Any:
         return self._driver.connection.request(path, params={"api-version": version}, data=body, method=method).object
@@ -127,7 +131,7 @@ class AzureProvider:
         return answer
 
     def create(self, plan: Plan) -> Host:
-        group, region = firewall_name(plan.name), plan.region or DEFAULT_REGION
+        group, region = firewall_name(plan.name), plan.region or PROVIDER.region
         base, net = self._group(group), f"{self._group(group)}/providers/Microsoft.Network"
         labels = label_map(plan) | {"inlets-name": plan.name}
         with self._api(f"creating resource group {group!r}"):
@@ -155,8 +159,8 @@ class AzureProvider:
             auth: Any = NodeAuthSSHKey(plan.ssh_key) if plan.ssh_key else NodeAuthPassword(os.urandom(24).hex() + "Aa1!")
             with self._api(f"creating VM {plan.name!r}"):
                 d.create_node(
-                    plan.name, NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d),
-                    AzureImage(DEFAULT_IMAGE[3], DEFAULT_IMAGE[2], DEFAULT_IMAGE[1], DEFAULT_IMAGE[0], region, d),
+                    plan.name, NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d),
+                    AzureImage(*reversed(PROVIDER.image.split(":")), region, d),
                     auth, ex_resource_group=group, location=NodeLocation(region, region, "", d),
                     ex_nic=AzureNic(nic["id"], nic["name"], region, nic["properties"]),
                     ex_tags=labels, ex_customdata=plan.user_data.encode(), ex_use_managed_disks=True,
@@ -188,20 +192,12 @@ class AzureProvider:
                 ip_answer = self._request(f"{base}/providers/Microsoft.Network/publicIPAddresses/inlets-ip", NETWORK_API)
         return self._host(host_id, name, tags, vm, view, ip_answer)
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the resource group (the VM and everything made for it) and wait until it is gone."""
         base = self._group(host_id)
         with self._api(f"deleting resource group {host_id}"):
             self._request(base, GROUPS_API, "DELETE")
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            try:
-                with self._api(f"reading resource group {host_id}"):
-                    self._request(base, GROUPS_API)
-            except NotFound:
-                return
-            time.sleep(self.poll_interval)
-        raise ProvisionError(f"azure: resource group {host_id} still exists after {WAIT:.0f}s")
+        wait_until_gone(self, host_id, timeout)
 
     def list(self) -> list[Host]:
         with self._api("listing resource groups"):
@@ -222,3 +218,8 @@ class AzureProvider:
             expires_at=labels_expiry(tags), detail=f"VM {state}, power {power}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"region": str(vm.get("location", ""))},
         )
+
+
+def build(creds: Credentials, state_root: Path) -> AzureProvider:
+    principal = service_principal(creds.token_file, creds.token)
+    return AzureProvider(principal, endpoint_of(PROVIDER, creds))

@@ -8,15 +8,63 @@ waiting and output live outside the providers, shared by all of them.
 from __future__ import annotations
 
 import datetime
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from ..credentials import access_token
 from ..spec import TunnelSpec
 
 TAG = "inlets"
 ACTIVE = "active"
 FAILED = "failed"  # will never become active: stop waiting
+GONE_TIMEOUT = 300.0  # seconds ``delete`` waits for what it deleted to be gone, unless told otherwise
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the command line gave for reaching a provider (each provider reads what it needs)."""
+
+    token_file: Path | None = None
+    token: str | None = None
+    api_url: str | None = None
+    secret_file: Path | None = None  # ec2: the secret access key (the key id is the access token)
+    secret: str | None = None
+    region: str | None = None  # ec2: the region list/delete/status look in
+    ssh: Any = None  # ssh: ssh.SshOptions from the create flags
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """What a provider declares once, as ``PROVIDER`` in its module: the provider, the
+    registry and ``inletsctl --help`` all read it from there."""
+
+    name: str  # what --provider takes
+    title: str  # the cloud's own name, in error messages
+    user_data_limit: int  # bytes the rendered user-data must fit in (0: no user-data is sent)
+    note: str = ""  # beside the name in --provider's help
+    credentials: str = ""  # where the credentials come from, for --access-token-file's help
+    token_env: tuple[str, ...] = ()  # tried after --access-token-file and --access-token
+    api_url_env: tuple[str, ...] = ()  # tried after --api-url
+    region: str = ""  # default --region
+    region_env: tuple[str, ...] = ()  # tried before the default region
+    region_note: str = ""  # what a region is here: "a zone", "a metro"
+    size: str = ""  # default --plan
+    image: str = ""  # the Ubuntu 24.04 LTS image the VM boots
+    ssh_key: str = ""  # what --ssh-key names here, for its help
+    login_user: str = "root"  # who logs in with --ssh-key on the image
+    #: what stands in front of the exit server, for the create summary; may name
+    #: {firewall}, {control_port} and {data_ports} (the ports the tunnel really needs)
+    firewall_note: str | None = None
+
+    def token(self, creds: Credentials) -> str:
+        """--access-token-file, --access-token, then this provider's variables; else a one-line error."""
+        return access_token(self.title, creds.token_file, creds.token, self.token_env)
+
+    def api_url(self, creds: Credentials) -> str | None:
+        """--api-url, then this provider's variables; None: the cloud's own endpoint."""
+        return creds.api_url or next((os.environ[e] for e in self.api_url_env if os.environ.get(e)), None)
 
 
 @dataclass(frozen=True)
@@ -66,8 +114,10 @@ class Provisioner(Protocol):
         """Current state; raises errors.NotFound when it does not exist."""
         ...
 
-    def delete(self, host_id: str) -> None:
-        """Start deleting; raises errors.NotFound when it does not exist."""
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
+        """Delete; raises errors.NotFound when it does not exist. A provider that must remove
+        more once the host is gone (its firewall) waits for that, within ``timeout``, with
+        wait.wait_until_gone."""
         ...
 
     def list(self) -> list[Host]:
@@ -85,3 +135,31 @@ def parse_expiry_tag(tags: list[str]) -> str | None:
             when = datetime.datetime.fromtimestamp(int(tag.split(":", 1)[1]), datetime.timezone.utc)
             return when.strftime("%Y-%m-%dT%H:%M:%SZ")
     return None
+
+
+def tag_list(plan: Plan) -> list[str]:
+    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry."""
+    tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
+    if plan.expires_at is not None:
+        tags.append(expiry_tag(plan.expires_at))
+    return tags
+
+
+def label_map(plan: Plan) -> dict[str, str]:
+    """Labels for clouds with key=value labels (lowercase keys, no colons)."""
+    labels = {TAG: "true", "inlets-mode": plan.spec.mode}
+    if plan.expires_at is not None:
+        labels["inlets-expires"] = str(int(plan.expires_at.timestamp()))
+    return labels
+
+
+def labels_expiry(labels: dict[str, str]) -> str | None:
+    value = labels.get("inlets-expires", "")
+    if not value.isdigit():
+        return None
+    when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def mode_from_tags(tags: list[str]) -> str | None:
+    return next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-mode:")), None)

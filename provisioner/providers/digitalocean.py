@@ -7,31 +7,32 @@ $DIGITALOCEAN_API_URL (tests, proxies); the default is DigitalOcean's own.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from dataclasses import replace
+from typing import Any, ContextManager
 
-import requests
-from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError
+from libcloud.common.types import InvalidCredsError
 from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import parse_api_url
-from ..errors import NotFound, ProvisionError
-from .base import ACTIVE, TAG, Host, Plan, expiry_tag, parse_expiry_tag
+from ..errors import NotFound
+from .api_errors import AUTH, REFUSED, Fault, api_errors
+from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, expiry_tag, parse_expiry_tag
+from .cloud_api import libcloud_fault, parse_api_url
 
-TOKEN_ENV = ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN")
-API_URL_ENV = "DIGITALOCEAN_API_URL"
-DEFAULT_REGION = "lon1"
-DEFAULT_SIZE = "s-1vcpu-1gb"
-DEFAULT_IMAGE = "ubuntu-24-04-x64"
+PROVIDER = ProviderInfo(
+    name="digitalocean", title="DigitalOcean", user_data_limit=64 * 1024,
+    credentials="$DIGITALOCEAN_ACCESS_TOKEN", token_env=("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"),
+    api_url_env=("DIGITALOCEAN_API_URL",), region="lon1", size="s-1vcpu-1gb", image="ubuntu-24-04-x64",
+    ssh_key="key fingerprint or id to install",
+)
 MAX_PAGES = 20
 
 
 class DigitalOceanProvider:
-    name = "digitalocean"
-    user_data_limit = 64 * 1024
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 2.0
     keeps_server_key = False
 
@@ -40,28 +41,13 @@ class DigitalOceanProvider:
         conn = self._driver.connection
         conn.timeout = timeout
         if api_url:
-            endpoint = parse_api_url("digitalocean", api_url, API_URL_ENV)
+            endpoint = parse_api_url("digitalocean", api_url, PROVIDER.api_url_env[0])
             conn.host, conn.secure, conn.port = endpoint.host, endpoint.secure, endpoint.port
         self._endpoint = f"{'https' if conn.secure else 'http'}://{conn.host}:{conn.port}"
         conn.connect()  # the constructor already connected to the default host
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        """Turn the driver's exceptions into one-line errors."""
-        try:
-            yield
-        except InvalidCredsError as exc:
-            raise ProvisionError(f"digitalocean: access token rejected (401) while {what}: {exc.value}") from None
-        except BaseHTTPError as exc:
-            if exc.code == 404:
-                raise NotFound(f"digitalocean: not found while {what}") from None
-            raise ProvisionError(f"digitalocean: {what} failed: {exc.message}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(
-                f"digitalocean: cannot reach the API at {self._endpoint} while {what} ({exc.__class__.__name__})"
-            ) from None
-        except (LibcloudError, ValueError, KeyError) as exc:
-            raise ProvisionError(f"digitalocean: unexpected answer while {what}: {exc}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")
 
     def create(self, plan: Plan) -> Host:
         tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
@@ -71,9 +57,9 @@ class DigitalOceanProvider:
         if plan.ssh_key:
             attrs["ssh_keys"] = [plan.ssh_key]
         d = self._driver
-        size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
-        image = NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d)
-        region = NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d)
+        size = NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d)
+        image = NodeImage(PROVIDER.image, PROVIDER.image, d)
+        region = NodeLocation(plan.region or PROVIDER.region, plan.region or PROVIDER.region, "", d)
         with self._api(f"creating droplet {plan.name!r}"):
             node = d.create_node(  # type: ignore[call-arg]  # the DigitalOcean driver's extensions
                 plan.name, size, image, region, ex_create_attr=attrs, ex_user_data=plan.user_data
@@ -87,7 +73,7 @@ class DigitalOceanProvider:
             data = self._driver.connection.request(f"/v2/droplets/{host_id}").object["droplet"]
         return self._host(data)
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         if not host_id.isdigit():
             raise NotFound(f"digitalocean: no droplet with id {host_id!r} (ids are numbers)")
         with self._api(f"deleting droplet {host_id}"):
@@ -126,3 +112,15 @@ class DigitalOceanProvider:
             detail=f"droplet status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"region": str((data.get("region") or {}).get("slug", "")), "tags": json.dumps(tags)},
         )
+
+
+def _fault(exc: BaseException) -> Fault | None:
+    """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and keeps the status in its messages."""
+    if isinstance(exc, InvalidCredsError):
+        return Fault(AUTH, 401, str(exc.value))
+    fault = libcloud_fault(exc)
+    return replace(fault, status=None) if fault is not None and fault.kind == REFUSED else fault
+
+
+def build(creds: Credentials, state_root: Path) -> DigitalOceanProvider:
+    return DigitalOceanProvider(PROVIDER.token(creds), PROVIDER.api_url(creds))

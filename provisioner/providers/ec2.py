@@ -17,12 +17,10 @@ import re
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
-import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
@@ -32,25 +30,29 @@ from libcloud.compute.types import NodeState
 from ..credentials import access_token
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
-from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
+from ..wait import wait_until_gone
+from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
+from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
 
-KEY_ENV = ("AWS_ACCESS_KEY_ID",)
+PROVIDER = ProviderInfo(
+    name="ec2", title="AWS", user_data_limit=16 * 1024,  # EC2 refuses user-data over 16 KiB (before base64)
+    credentials="a key id (with --secret-key-file), $AWS_ACCESS_KEY_ID + $AWS_SECRET_ACCESS_KEY, or $AWS_PROFILE",
+    token_env=("AWS_ACCESS_KEY_ID",), api_url_env=("AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"),
+    region="eu-west-1", region_env=("AWS_REGION", "AWS_DEFAULT_REGION"), size="t3.micro",
+    image="ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*",  # Canonical's newest in the region
+    ssh_key="key pair name or .pub file", login_user="ubuntu",
+    firewall_note="security group {firewall} lets in tcp {control_port} and {data_ports}, nothing else",
+)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY",)
-ENDPOINT_ENV = ("AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL")
-REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
-DEFAULT_REGION = "eu-west-1"
-DEFAULT_SIZE = "t3.micro"
 #: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
 UBUNTU_OWNER = "099720109477"
-UBUNTU_NAME = "ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*"
-USER_DATA_LIMIT = 16 * 1024  # EC2 refuses user-data over 16 KiB (before base64)
 GONE_STATES = ("terminated", "shutting-down")
-DELETE_TIMEOUT = 300.0
 REGION_RECORD = "ec2.json"  # in the state folder: the instance id and the region it was made in
 
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
+_THROTTLE_CODES = ("RequestLimitExceeded", "Throttling")
 _XMLNS = re.compile(r'xmlns="http://ec2\.amazonaws\.com/doc/[^"]*"')
 
 
@@ -114,7 +116,7 @@ def aws_credentials(
 ) -> AwsCredentials:
     """The AWS chain: flags/files, then the environment, then the shared credentials file."""
     if key_file is not None or key or secret_file is not None or secret:
-        key_id = access_token("AWS access key id", key_file, key, KEY_ENV)
+        key_id = access_token("AWS access key id", key_file, key, PROVIDER.token_env)
         secret_value = access_token("AWS secret access key", secret_file, secret, SECRET_ENV)
         return AwsCredentials(key_id, secret_value, os.environ.get("AWS_SESSION_TOKEN") or None, "flags")
     env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
@@ -142,7 +144,7 @@ def aws_credentials(
 
 def default_region() -> str:
     """$AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in ~/.aws/config, else eu-west-1."""
-    for name in REGION_ENV:
+    for name in PROVIDER.region_env:
         if os.environ.get(name, "").strip():
             return os.environ[name].strip()
     profile = os.environ.get("AWS_PROFILE") or "default"
@@ -151,20 +153,20 @@ def default_region() -> str:
     try:
         parser.read(path)
     except configparser.Error:
-        return DEFAULT_REGION
+        return PROVIDER.region
     section = profile if profile == "default" else f"profile {profile}"
-    return parser.get(section, "region", fallback=DEFAULT_REGION).strip() or DEFAULT_REGION
+    return parser.get(section, "region", fallback=PROVIDER.region).strip() or PROVIDER.region
 
 
 def endpoint_url(api_url: str | None) -> str | None:
     if api_url:
         return api_url
-    return next((os.environ[n].strip() for n in ENDPOINT_ENV if os.environ.get(n, "").strip()), None)
+    return next((os.environ[n].strip() for n in PROVIDER.api_url_env if os.environ.get(n, "").strip()), None)
 
 
 class EC2Provider:
-    name = "ec2"
-    user_data_limit = USER_DATA_LIMIT
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
 
@@ -208,31 +210,17 @@ class EC2Provider:
                 self._use_region(str(data["region"]))
                 return
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        """The driver's exceptions as one-line errors (EC2 answers errors as ``Code: message``)."""
-        try:
-            yield
-        except InvalidCredsError as exc:
-            raise ProvisionError(f"ec2: credentials ({self._source}) rejected while {what}: {_line(exc.value)}") from None
-        except BaseHTTPError as exc:
-            message = _line(exc.message)
-            if message.startswith(_GONE_CODES):
-                raise NotFound(f"ec2: not found while {what}: {message}") from None
-            raise ProvisionError(f"ec2: {what} failed: {message}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"ec2: cannot reach {self._endpoint} while {what} ({exc.__class__.__name__})") from None
-        except (LibcloudError, ValueError, KeyError, AttributeError) as exc:
-            raise ProvisionError(f"ec2: unexpected answer while {what}: {_line(str(exc))}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._endpoint, what, _fault, credentials=f"credentials ({self._source})")
 
     def ubuntu_image(self) -> str:
         """The newest Canonical Ubuntu 24.04 LTS AMI in the region (names end in a build date)."""
         with self._api("looking up the Ubuntu 24.04 image"):
-            images = self._driver.list_images(ex_owner=UBUNTU_OWNER, ex_filters={"name": UBUNTU_NAME})
+            images = self._driver.list_images(ex_owner=UBUNTU_OWNER, ex_filters={"name": PROVIDER.image})
         images = [i for i in images if i.name and i.extra.get("state", "available") == "available"]
         if not images:
             raise ProvisionError(
-                f"ec2: no Ubuntu 24.04 LTS image (owner {UBUNTU_OWNER}, name {UBUNTU_NAME}) in region {self.region}"
+                f"ec2: no Ubuntu 24.04 LTS image (owner {UBUNTU_OWNER}, name {PROVIDER.image}) in region {self.region}"
             )
         return max(images, key=lambda i: i.name).id
 
@@ -250,7 +238,7 @@ class EC2Provider:
                 tags["inlets-keypair"] = keypair
             if plan.expires_at is not None:
                 tags["inlets-expires"] = str(int(plan.expires_at.timestamp()))
-            size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
+            size = NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d)
             image = NodeImage(image_id, image_id, d)
             with self._api(f"creating instance {plan.name!r}"):
                 node = d.create_node(  # the group by name: it lives in the default VPC
@@ -338,22 +326,15 @@ class EC2Provider:
         self._recorded_region(host_id)
         return self._host(self._node(host_id))
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Terminate, wait until terminated, then remove the security group and key pair create made."""
         self._recorded_region(host_id)
         node = self._node(host_id)
         tags = node.extra.get("tags") or {}
         with self._api(f"terminating instance {host_id}"):
             self._driver.destroy_node(node)
-        deadline = time.monotonic() + DELETE_TIMEOUT
-        while True:
-            try:
-                self._node(host_id)
-            except NotFound:
-                break
-            if time.monotonic() >= deadline:
-                raise ProvisionError(f"ec2: instance {host_id} still not terminated after {DELETE_TIMEOUT:.0f}s")
-            time.sleep(self.poll_interval)
+        deadline = time.monotonic() + timeout
+        wait_until_gone(self, host_id, timeout)
         made = [("keypair", tags["inlets-keypair"])] if tags.get("inlets-keypair") else []
         made += [("group", tags["inlets-sg"])] if tags.get("inlets-sg") else []
         self._cleanup(list(reversed(made)), deadline)
@@ -394,5 +375,27 @@ def _iso(value: object) -> str | None:
     return text[:19] + "Z" if len(text) >= 19 and text[10] == "T" else text
 
 
+def _fault(exc: BaseException) -> Fault | None:
+    """EC2 answers errors as ``Code: message``; the code says what happened, whatever the status."""
+    if isinstance(exc, InvalidCredsError):
+        return Fault(AUTH, message=_line(exc.value))
+    if isinstance(exc, BaseHTTPError):
+        message = _line(exc.message)
+        if message.startswith(_GONE_CODES):
+            return Fault(NOT_FOUND, message=message)
+        if message.startswith(_THROTTLE_CODES):
+            return Fault(RATE_LIMIT, message=message)
+        kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
+        return Fault(kind, message=message)
+    if isinstance(exc, LibcloudError):
+        return Fault(ANSWER, message=_line(exc))
+    return None
+
+
 def _line(text: object) -> str:
-    return " ".join(str(text).split())[:400]
+    return one_line(text, 400)
+
+
+def build(creds: Credentials, state_root: Path) -> EC2Provider:
+    aws = aws_credentials(creds.token_file, creds.token, creds.secret_file, creds.secret)
+    return EC2Provider(aws, creds.region, creds.api_url, state_root)

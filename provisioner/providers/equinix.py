@@ -10,34 +10,38 @@ stays for accounts and compatible endpoints that still answer its API.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
 from ..errors import ProvisionError
-from .base import ACTIVE, FAILED, TAG, Host, Plan, parse_expiry_tag
+from .base import (
+    ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
+)
+from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
 
-TOKEN_ENV = ("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN")
 PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")
-API_URL_ENV = "METAL_API_URL"
-DEFAULT_REGION = "ld"  # metro: London
-DEFAULT_SIZE = "c3.small.x86"
-DEFAULT_IMAGE = "ubuntu_24_04"
+PROVIDER = ProviderInfo(
+    name="equinix", title="Equinix Metal", user_data_limit=64 * 1024, note="Equinix Metal",
+    credentials=f"$METAL_AUTH_TOKEN + ${PROJECT_ENV[0]}",
+    token_env=("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("METAL_API_URL",),
+    region="ld", region_note="a metro", size="c3.small.x86", image="ubuntu_24_04",  # metro: London
+    firewall_note=("none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
+                   "(only the tunnel's listeners answer)"),
+)
 MAX_PAGES = 20
 
 
 class EquinixProvider:
-    name = "equinix"
-    user_data_limit = 64 * 1024
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 5.0
     keeps_server_key = False
-    firewall_note = (
-        "none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
-        "(only the tunnel's listeners answer)"
-    )
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         if not project_id:
@@ -48,22 +52,22 @@ class EquinixProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", params: Any = None) -> Any:
         return self._driver.connection.request(path, method=method, params=params).object
 
     def create(self, plan: Plan) -> Host:
         d = self._driver
-        metro = plan.region or DEFAULT_REGION
+        metro = plan.region or PROVIDER.region
         extra: dict[str, Any] = {"tags": tag_list(plan)}
         if plan.ssh_key:
             extra["project_ssh_keys"] = [plan.ssh_key]
         with self._api(f"creating device {plan.name!r}"):
             node = d.create_node(
                 plan.name,
-                NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d),
-                NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d),
+                NodeImage(PROVIDER.image, PROVIDER.image, d),
                 NodeLocation(metro, metro, "", d, extra={"code": metro}),
                 ex_project_id=self._project,
                 cloud_init=plan.user_data,
@@ -75,7 +79,7 @@ class EquinixProvider:
         with self._api(f"reading device {host_id}"):
             return self._host(self._request(f"/metal/v1/devices/{host_id}"))
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the device (no firewall or reserved IP was made for it)."""
         with self._api(f"deleting device {host_id}"):
             self._request(f"/metal/v1/devices/{host_id}", "DELETE")
@@ -104,3 +108,9 @@ class EquinixProvider:
             detail=f"device state {state!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"metro": str((data.get("metro") or {}).get("code", "")), "tags": json.dumps(tags)},
         )
+
+
+def build(creds: Credentials, state_root: Path) -> EquinixProvider:
+    token = PROVIDER.token(creds)
+    project = next((os.environ[e].strip() for e in PROJECT_ENV if os.environ.get(e, "").strip()), "")
+    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds))

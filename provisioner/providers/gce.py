@@ -19,17 +19,20 @@ from libcloud.compute.drivers.gce import (
     GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
 )
 
-from ..cloud import Endpoint, api_errors, label_map, labels_expiry
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
-from .base import ACTIVE, TAG, Host, Plan
+from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
+from .cloud_api import Endpoint, endpoint_of, libcloud_errors
 
 KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
-API_URL_ENV = "GCE_API_URL"
-DEFAULT_REGION = "europe-west2-a"  # zone: London
-DEFAULT_SIZE = "e2-small"
-DEFAULT_IMAGE = "projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64"
+PROVIDER = ProviderInfo(
+    name="gce", title="GCE", user_data_limit=256 * 1024,  # one metadata value
+    credentials=f"a service-account key file (${KEY_ENV})", api_url_env=("GCE_API_URL",),
+    region="europe-west2-a", region_note="a zone", size="e2-small",  # zone: London
+    image="projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
+    firewall_note="VPC firewall rule opening only the tunnel's ports to this instance's network tag",
+)
 COMPUTE = "https://www.googleapis.com/compute/v1"
 
 
@@ -72,17 +75,17 @@ def _driver_class(endpoint: Endpoint | None) -> type[GCENodeDriver]:
 
 
 class GCEProvider:
-    name = "gce"
-    user_data_limit = 256 * 1024  # one metadata value
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
-    firewall_note = "VPC firewall rule opening only the tunnel's ports to this instance's network tag"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with api_errors(self.name, self._endpoint, "signing in with the service account"):
+        with libcloud_errors(self.name, self._endpoint, "signing in with the service account"):
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
                 credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
@@ -90,7 +93,7 @@ class GCEProvider:
         self._base = f"{COMPUTE}/projects/{self.project}"
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
         conn = self._driver.connection
@@ -99,7 +102,7 @@ class GCEProvider:
         return call(path, method=method, data=data, params=params).object
 
     def create(self, plan: Plan) -> Host:
-        d, zone = self._driver, plan.region or DEFAULT_REGION
+        d, zone = self._driver, plan.region or PROVIDER.region
         tag = firewall_name(plan.name)
         network = GCENetwork("default", "default", None, d, extra={"selfLink": f"{self._base}/global/networks/default"})
         with self._api(f"creating firewall rule {tag!r}"):
@@ -110,9 +113,9 @@ class GCEProvider:
             )
         try:
             location = GCEZone(zone, zone, "UP", None, None, d, extra={"selfLink": f"{self._base}/zones/{zone}"})
-            size = plan.size or DEFAULT_SIZE
+            size = plan.size or PROVIDER.size
             machine = GCENodeSize(size, size, 0, 0, 0, 0, d, extra={"selfLink": f"{self._base}/zones/{zone}/machineTypes/{size}"})
-            image = GCENodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d, extra={"selfLink": f"{COMPUTE}/{DEFAULT_IMAGE}"})
+            image = GCENodeImage(PROVIDER.image, PROVIDER.image, d, extra={"selfLink": f"{COMPUTE}/{PROVIDER.image}"})
             disk = GCEDiskType("pd-balanced", "pd-balanced", location, d,
                                extra={"selfLink": f"{self._base}/zones/{zone}/diskTypes/pd-balanced"})
             metadata = {"items": [{"key": "user-data", "value": plan.user_data}]}
@@ -137,7 +140,7 @@ class GCEProvider:
         with self._api(f"reading instance {host_id}"):
             return self._host(self._request(f"/zones/{zone}/instances/{name}"))
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the instance (waiting on the operation), then the firewall rule made for it."""
         zone, name = self._split(host_id)
         with self._api(f"reading instance {host_id}"):
@@ -183,3 +186,8 @@ class GCEProvider:
             detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"zone": zone},
         )
+
+
+def build(creds: Credentials, state_root: Path) -> GCEProvider:
+    account = service_account(creds.token_file, creds.token)
+    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds))

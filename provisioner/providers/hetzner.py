@@ -7,58 +7,41 @@ $HCLOUD_ENDPOINT (the variable the hcloud CLI reads).
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, ContextManager
 
-import requests
-
-from ..cloud import label_map, labels_expiry
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan
+from ..wait import wait_until_gone
+from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
+from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 
-TOKEN_ENV = ("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN")
-API_URL_ENV = "HCLOUD_ENDPOINT"
+PROVIDER = ProviderInfo(
+    name="hetzner", title="Hetzner Cloud", user_data_limit=32 * 1024,  # the API's documented limit for user_data
+    credentials="$HCLOUD_TOKEN", token_env=("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("HCLOUD_ENDPOINT",),
+    region="nbg1", size="cx22", image="ubuntu-24.04", firewall_note="Cloud Firewall opening only the tunnel's ports",
+)
 DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
-DEFAULT_REGION = "nbg1"
-DEFAULT_SIZE = "cx22"
-DEFAULT_IMAGE = "ubuntu-24.04"
-GONE_TIMEOUT = 300.0
 
 
 class HetznerProvider:
-    name = "hetzner"
-    user_data_limit = 32 * 1024  # the API's documented limit for user_data
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
-    firewall_note = "Cloud Firewall opening only the tunnel's ports"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
         from hcloud import Client
 
         self._url = (api_url or DEFAULT_API_URL).rstrip("/")
         if not self._url.startswith(("http://", "https://")):
-            raise ProvisionError(f"invalid Hetzner API URL {api_url!r} (--api-url or ${API_URL_ENV}): use http(s)://HOST[:PORT]/v1")
+            raise ProvisionError(f"invalid Hetzner API URL {api_url!r} (--api-url or ${PROVIDER.api_url_env[0]}): use http(s)://HOST[:PORT]/v1")
         self._client = Client(token=token, api_endpoint=self._url, application_name="inletsctl", timeout=timeout,
                               poll_interval=1.0, poll_max_retries=60)
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        from hcloud import APIException
-
-        try:
-            yield
-        except APIException as exc:
-            if exc.code == "not_found" or exc.code == 404:
-                raise NotFound(f"hetzner: not found while {what}") from None
-            if exc.code in ("unauthorized", "forbidden", 401, 403):
-                raise ProvisionError(f"hetzner: token rejected ({exc.code}) while {what}: {exc.message}") from None
-            raise ProvisionError(f"hetzner: {what} failed ({exc.code}): {_one_line(exc.message)}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"hetzner: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(f"hetzner: unexpected answer while {what}: {_one_line(str(exc))}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._url, what, hcloud_fault, credentials="token")
 
     def create(self, plan: Plan) -> Host:
         from hcloud.firewalls import FirewallRule
@@ -79,9 +62,9 @@ class HetznerProvider:
             with self._api(f"creating server {plan.name!r}"):
                 created = self._client.servers.create(
                     plan.name,
-                    server_type=ServerType(name=plan.size or DEFAULT_SIZE),
-                    image=Image(name=DEFAULT_IMAGE),
-                    location=Location(name=plan.region or DEFAULT_REGION),
+                    server_type=ServerType(name=plan.size or PROVIDER.size),
+                    image=Image(name=PROVIDER.image),
+                    location=Location(name=plan.region or PROVIDER.region),
                     ssh_keys=[SSHKey(name=plan.ssh_key)] if plan.ssh_key else None,
                     user_data=plan.user_data,
                     labels=labels,
@@ -98,7 +81,7 @@ class HetznerProvider:
         with self._api(f"reading server {host_id}"):
             return self._host(self._client.servers.get_by_id(int(host_id)))
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the server, wait until it is gone, then delete the firewall made for it."""
         if not host_id.isdigit():
             raise NotFound(f"hetzner: no server with id {host_id!r} (ids are numbers)")
@@ -107,13 +90,7 @@ class HetznerProvider:
             firewall_ids = [f.firewall.id for f in (server.public_net.firewalls or [])] if server.public_net else []
         with self._api(f"deleting server {host_id}"):
             self._client.servers.delete(server)
-        deadline = time.monotonic() + GONE_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                self.status(host_id)
-            except NotFound:
-                break
-            time.sleep(self.poll_interval)
+        wait_until_gone(self, host_id, timeout)
         for firewall_id in firewall_ids:
             with self._api(f"reading firewall {firewall_id}"):
                 name = self._client.firewalls.get_by_id(firewall_id).name or ""
@@ -147,5 +124,23 @@ class HetznerProvider:
         )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
+def hcloud_fault(exc: BaseException) -> Fault | None:
+    """What the hcloud SDK's APIException means (its code is the API's error code, or an HTTP status)."""
+    from hcloud import APIException
+
+    if not isinstance(exc, APIException):
+        return None
+    message = one_line(exc.message)
+    if exc.code in ("not_found", 404):
+        return Fault(NOT_FOUND, exc.code)
+    if exc.code in ("unauthorized", "forbidden", 401, 403):
+        return Fault(AUTH, exc.code, message)
+    if exc.code in ("rate_limit_exceeded", 429):
+        return Fault(RATE_LIMIT, exc.code, message)
+    if exc.code == "resource_limit_exceeded":
+        return Fault(QUOTA, exc.code, message)
+    return Fault(REFUSED, exc.code, message)
+
+
+def build(creds: Credentials, state_root: Path) -> HetznerProvider:
+    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds))

@@ -8,33 +8,36 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-import time
+from pathlib import Path
 from typing import Any
 
 from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, mode_from_tags, point, strict_responses, tag_list
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+from ..wait import wait_until_gone
+from .base import (
+    ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
+)
+from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
 
-TOKEN_ENV = ("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN")
-API_URL_ENV = "LINODE_API_URL"
-DEFAULT_REGION = "eu-west"  # London
-DEFAULT_SIZE = "g6-nanode-1"
-DEFAULT_IMAGE = "linode/ubuntu24.04"
+PROVIDER = ProviderInfo(
+    name="linode", title="Linode", user_data_limit=49_000,  # metadata.user_data is base64 and must stay under 65,535 bytes
+    credentials="$LINODE_TOKEN", token_env=("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN"),
+    api_url_env=("LINODE_API_URL",), region="eu-west", size="g6-nanode-1", image="linode/ubuntu24.04",  # London
+    firewall_note="Cloud Firewall opening only the tunnel's ports",
+)
 MAX_PAGES = 20
-GONE_TIMEOUT = 300.0
 
 
 class LinodeProvider:
-    name = "linode"
-    user_data_limit = 49_000  # metadata.user_data is base64 and must stay under 65,535 bytes
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
-    firewall_note = "Cloud Firewall opening only the tunnel's ports"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         self._driver = get_driver(Provider.LINODE)(token, api_version="4.0")
@@ -42,7 +45,7 @@ class LinodeProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> Any:
         data = json.dumps(body) if body is not None else None
@@ -71,10 +74,10 @@ class LinodeProvider:
             d = self._driver
             with self._api(f"creating instance {plan.name!r}"):
                 node = d.create_node(
-                    NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d),
+                    NodeLocation(plan.region or PROVIDER.region, plan.region or PROVIDER.region, "", d),
                     plan.name,
-                    NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d),
-                    NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                    NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d),
+                    NodeImage(PROVIDER.image, PROVIDER.image, d),
                     root_pass=secrets.token_urlsafe(32),  # required by the API; never stored: log in with --ssh-key
                     ex_authorized_keys=[plan.ssh_key] if plan.ssh_key else None,
                     ex_tags=tag_list(plan),
@@ -96,20 +99,14 @@ class LinodeProvider:
         with self._api(f"reading instance {host_id}"):
             return self._host(self._request(f"/v4/linode/instances/{host_id}"))
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the instance, wait until it is gone, then delete the firewall made for it."""
         self.status(host_id)
         with self._api(f"reading firewalls of instance {host_id}"):
             firewalls = self._request(f"/v4/linode/instances/{host_id}/firewalls").get("data", [])
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v4/linode/instances/{host_id}", "DELETE")
-        deadline = time.monotonic() + GONE_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                self.status(host_id)
-            except NotFound:
-                break
-            time.sleep(self.poll_interval)
+        wait_until_gone(self, host_id, timeout)
         for firewall in firewalls:
             if str(firewall.get("label", "")).startswith("inlets-"):
                 self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
@@ -153,3 +150,7 @@ def _private(address: str) -> bool:
         return ipaddress.ip_address(address).is_private
     except ValueError:
         return True
+
+
+def build(creds: Credentials, state_root: Path) -> LinodeProvider:
+    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds))

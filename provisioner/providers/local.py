@@ -23,10 +23,11 @@ from pathlib import Path
 
 from ..errors import NotFound, ProvisionError
 from ..spec import ServerFiles, server_argv
-from .base import ACTIVE, FAILED, Host, Plan
+from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
 CONTROL_ADDR = "127.0.0.1"
 DATA_ADDR = "127.0.0.2"
+PROVIDER = ProviderInfo(name="local", title="local", user_data_limit=0, note="this machine")
 PID_FILE = "server.pid"
 STOP_TIMEOUT = 10.0
 
@@ -72,14 +73,9 @@ def _served_ports(argv: list[str]) -> set[int]:
     return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
 
 
-def _is_ours(pid: int, state_dir: Path) -> bool:
-    """The pid is alive and still the server of ``state_dir`` (pids get reused)."""
-    return str(state_dir / "token") in _cmdline(pid)
-
-
 class LocalProvider:
-    name = "local"
-    user_data_limit = 0
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 0.2
     keeps_server_key = True
 
@@ -204,7 +200,7 @@ class LocalProvider:
             expires_at=meta.get("expires_at"), detail=f"process {pid} running",  # type: ignore[arg-type]
         )
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         self._reap()
         if not host_id.isdigit() or self._state_of(int(host_id)) is None:
             raise NotFound(f"local: no exit server process with pid {host_id}")
@@ -236,3 +232,7 @@ class LocalProvider:
             if state_dir is not None and leader and "server" in argv:
                 hosts.append(self._host(pid, state_dir))
         return hosts
+
+
+def build(creds: Credentials, state_root: Path) -> LocalProvider:
+    return LocalProvider(state_root)

@@ -13,35 +13,36 @@ points it elsewhere. Host ids are ``ZONE/ID``.
 from __future__ import annotations
 
 import os
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, ContextManager
 
-import requests
-
-from ..cloud import mode_from_tags, tag_list
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan, parse_expiry_tag
+from ..wait import wait_until_gone
+from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
+from .base import (
+    ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
+)
 
-TOKEN_ENV = ("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN")
 PROJECT_ENV = "SCW_DEFAULT_PROJECT_ID"
 ACCESS_ENV = "SCW_ACCESS_KEY"
-API_URL_ENV = "SCW_API_URL"
+PROVIDER = ProviderInfo(
+    name="scaleway", title="Scaleway", user_data_limit=64 * 1024,  # conservative: well under what the endpoint takes
+    credentials=f"$SCW_SECRET_KEY + ${ACCESS_ENV} + ${PROJECT_ENV}", token_env=("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN"),
+    api_url_env=("SCW_API_URL",), region="fr-par-1", region_note="a zone", size="DEV1-S",
+    image="ubuntu_noble",  # image label: Ubuntu 24.04 LTS
+    firewall_note="security group dropping every inbound port but the tunnel's",
+)
 DEFAULT_API_URL = "https://api.scaleway.com"
-DEFAULT_REGION = "fr-par-1"  # a zone
-DEFAULT_SIZE = "DEV1-S"
-DEFAULT_IMAGE = "ubuntu_noble"  # image label: Ubuntu 24.04 LTS
-GONE_TIMEOUT = 300.0
 MAX_PAGES, PAGE_SIZE = 20, 100
 
 
 class ScalewayProvider:
-    name = "scaleway"
-    user_data_limit = 64 * 1024  # conservative: well under what the user_data endpoint takes
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
-    firewall_note = "security group dropping every inbound port but the tunnel's"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, access_key: str, secret_key: str, project_id: str, api_url: str | None = None,
                  zone: str | None = None) -> None:
@@ -52,8 +53,8 @@ class ScalewayProvider:
             raise ProvisionError(f"Scaleway needs ${ACCESS_ENV} and ${PROJECT_ENV} set as well as the secret key")
         self._url = (api_url or DEFAULT_API_URL).rstrip("/")
         if not self._url.startswith(("http://", "https://")):
-            raise ProvisionError(f"invalid Scaleway API URL {api_url!r} (--api-url or ${API_URL_ENV}): use http(s)://HOST[:PORT]")
-        self.zone = zone or os.environ.get("SCW_DEFAULT_ZONE") or DEFAULT_REGION
+            raise ProvisionError(f"invalid Scaleway API URL {api_url!r} (--api-url or ${PROVIDER.api_url_env[0]}): use http(s)://HOST[:PORT]")
+        self.zone = zone or os.environ.get("SCW_DEFAULT_ZONE") or PROVIDER.region
         client = Client(access_key=access_key, secret_key=secret_key, api_url=self._url,
                         api_allow_insecure=self._url.startswith("http://"), default_project_id=project_id,
                         default_zone=self.zone)
@@ -63,28 +64,8 @@ class ScalewayProvider:
         except ValueError as exc:
             raise ProvisionError(f"scaleway: {str(exc).split('. See')[0]}") from None
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        from scaleway_core.api import ScalewayException
-
-        try:
-            yield
-        except ScalewayException as exc:
-            code = exc.status_code
-            text = " ".join(exc.response.text.split())[:300]
-            try:
-                text = str(exc.response.json().get("message") or text)
-            except ValueError:
-                pass
-            if code == 404:
-                raise NotFound(f"scaleway: not found while {what}") from None
-            if code in (401, 403):
-                raise ProvisionError(f"scaleway: secret key rejected ({code}) while {what}: {text}") from None
-            raise ProvisionError(f"scaleway: {what} failed ({code}): {text}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ProvisionError(f"scaleway: cannot reach the API at {self._url} while {what} ({exc.__class__.__name__})") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProvisionError(f"scaleway: unexpected answer while {what}: {' '.join(str(exc).split())[:300]}") from None
+    def _api(self, what: str) -> ContextManager[None]:
+        return api_errors(self.name, self._url, what, scaleway_fault, credentials="secret key")
 
     def create(self, plan: Plan) -> Host:
         from scaleway.instance.v1 import (
@@ -113,7 +94,7 @@ class ScalewayProvider:
                         )
             with self._api(f"creating server {plan.name!r}"):
                 server = api.create_server(
-                    zone=zone, commercial_type=plan.size or DEFAULT_SIZE, name=plan.name, image=DEFAULT_IMAGE,
+                    zone=zone, commercial_type=plan.size or PROVIDER.size, name=plan.name, image=PROVIDER.image,
                     dynamic_ip_required=True, project=self._project, tags=tag_list(plan), security_group=group.id,
                 ).server
                 server_id = server.id
@@ -146,7 +127,7 @@ class ScalewayProvider:
         with self._api(f"reading server {host_id}"):
             return self._host(self._api_client.get_server(server_id=server_id, zone=zone).server)
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Terminate the server (its volumes and IP go with it), wait until gone, delete its security group."""
         from scaleway.instance.v1 import ServerAction
 
@@ -156,13 +137,7 @@ class ScalewayProvider:
             server = api.get_server(server_id=server_id, zone=zone).server
         with self._api(f"terminating server {host_id}"):
             api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
-        deadline = time.monotonic() + GONE_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                self.status(host_id)
-            except NotFound:
-                break
-            time.sleep(self.poll_interval)
+        wait_until_gone(self, host_id, timeout)
         group = server.security_group
         if group is not None and str(group.name or "").startswith("inlets-"):
             self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
@@ -191,3 +166,27 @@ class ScalewayProvider:
             detail=f"server state {state!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"zone": str(server.zone)},
         )
+
+
+def scaleway_fault(exc: BaseException) -> Fault | None:
+    """What the Scaleway SDK's ScalewayException means: its HTTP status, with the API's message and type."""
+    from scaleway_core.api import ScalewayException
+
+    if not isinstance(exc, ScalewayException):
+        return None
+    text = one_line(exc.response.text)
+    kind = ""
+    try:
+        body = exc.response.json()
+        text, kind = str(body.get("message") or text), str(body.get("type") or "")
+    except (ValueError, AttributeError):
+        pass
+    if kind == "quotas_exceeded":  # answered with 403, which would otherwise read as a refused key
+        return Fault(QUOTA, exc.status_code, text)
+    return by_status(exc.status_code, text)
+
+
+def build(creds: Credentials, state_root: Path) -> ScalewayProvider:
+    secret = PROVIDER.token(creds)
+    return ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
+                            PROVIDER.api_url(creds))

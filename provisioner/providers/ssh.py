@@ -30,8 +30,13 @@ from ..render import systemd_unit
 from ..spec import ServerFiles, server_argv
 from ..ssh_connect import SshOptions, connect, pin, run, upload
 from ..wheel import build_runtime_wheel, constraints
-from .base import ACTIVE, FAILED, Host, Plan
+from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
+PROVIDER = ProviderInfo(
+    name="ssh", title="SSH", user_data_limit=0,  # nothing to render: the host is set up over SSH
+    note="a host you already have", ssh_key="private key file to log in with",
+    firewall_note="none managed by inletsctl: the host's own firewall must let in tcp {control_port} and {data_ports}",
+)
 RECORD = "ssh.json"
 PINNED = "known_hosts"
 STAGE_TEMPLATE = "/tmp/inletsctl.XXXXXXXX"
@@ -152,8 +157,8 @@ def host_id(opts: SshOptions, name: str) -> str:
 
 
 class SshProvider:
-    name = "ssh"
-    user_data_limit = 0  # nothing to render: the host is set up over SSH
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 1.0
     keeps_server_key = True  # create() uploads the key, then drops the local copy
 
@@ -256,7 +261,7 @@ class SshProvider:
             detail=f"{sup} supervisor: {state or seen} on {opts.target}", extra={"supervisor": sup},
         )
 
-    def delete(self, host_id_: str) -> None:
+    def delete(self, host_id_: str, timeout: float = GONE_TIMEOUT) -> None:
         name, state_dir, opts = self._record(host_id_)
         client = self._client(name, state_dir, opts)
         code, out, err = self._root_run(client, opts, _DELETE.format(name=shlex.quote(name)))
@@ -290,3 +295,7 @@ def _close_all(clients: dict[str, paramiko.SSHClient]) -> None:
 def _last(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
+
+
+def build(creds: Credentials, state_root: Path) -> SshProvider:
+    return SshProvider(state_root, creds.ssh)

@@ -6,33 +6,34 @@ The endpoint can be pointed elsewhere with ``--api-url`` or $VULTR_API_URL.
 from __future__ import annotations
 
 import json
-import time
+from pathlib import Path
 from typing import Any
 
 from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
-from ..cloud import Endpoint, api_errors, point, strict_responses
 from ..errors import NotFound
 from ..firewall import firewall_name, inbound_rules
-from .base import ACTIVE, TAG, Host, Plan
+from ..wait import wait_until_gone
+from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
+from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
 
-TOKEN_ENV = ("VULTR_API_KEY", "INLETS_ACCESS_TOKEN")
-API_URL_ENV = "VULTR_API_URL"
-DEFAULT_REGION = "lhr"
-DEFAULT_SIZE = "vc2-1c-1gb"
-DEFAULT_IMAGE = "2284"  # os_id of "Ubuntu 24.04 LTS x64"
+PROVIDER = ProviderInfo(
+    name="vultr", title="Vultr", user_data_limit=48 * 1024,  # sent base64-encoded; stays under 64 KiB on the wire
+    credentials="$VULTR_API_KEY", token_env=("VULTR_API_KEY", "INLETS_ACCESS_TOKEN"), api_url_env=("VULTR_API_URL",),
+    region="lhr", size="vc2-1c-1gb", image="2284",  # os_id of "Ubuntu 24.04 LTS x64"
+    firewall_note="firewall group opening only the tunnel's ports",
+)
 MAX_PAGES = 20
-GONE_TIMEOUT = 300.0
 
 
 class VultrProvider:
-    name = "vultr"
-    user_data_limit = 48 * 1024  # sent base64-encoded; stays under 64 KiB on the wire
+    name = PROVIDER.name
+    user_data_limit = PROVIDER.user_data_limit
     poll_interval = 3.0
     keeps_server_key = False
-    firewall_note = "firewall group opening only the tunnel's ports"
+    firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         self._driver = get_driver(Provider.VULTR)(token, api_version="2")
@@ -40,7 +41,7 @@ class VultrProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
-        return api_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None) -> Any:
         data = json.dumps(body) if body is not None else None
@@ -58,11 +59,11 @@ class VultrProvider:
                             "port": str(rule.port), "notes": f"inlets {rule.purpose}",
                         })
             d = self._driver
-            size = NodeSize(plan.size or DEFAULT_SIZE, plan.size or DEFAULT_SIZE, 0, 0, 0, 0, d)
-            region = NodeLocation(plan.region or DEFAULT_REGION, plan.region or DEFAULT_REGION, "", d)
+            size = NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d)
+            region = NodeLocation(plan.region or PROVIDER.region, plan.region or PROVIDER.region, "", d)
             with self._api(f"creating instance {plan.name!r}"):
                 node = d.create_node(
-                    plan.name, size, region, NodeImage(DEFAULT_IMAGE, DEFAULT_IMAGE, d),
+                    plan.name, size, region, NodeImage(PROVIDER.image, PROVIDER.image, d),
                     ex_ssh_key_ids=[plan.ssh_key] if plan.ssh_key else None, ex_userdata=plan.user_data,
                     ex_hostname=plan.name, ex_tag=TAG, ex_firewall_group_id=group["id"], ex_enable_ipv6=True,
                 )
@@ -75,18 +76,12 @@ class VultrProvider:
         with self._api(f"reading instance {host_id}"):
             return self._host(self._request(f"/v2/instances/{host_id}")["instance"])
 
-    def delete(self, host_id: str) -> None:
+    def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the instance, wait until it is gone, then delete its firewall group."""
         host = self.status(host_id)
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v2/instances/{host_id}", "DELETE")
-        deadline = time.monotonic() + GONE_TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                self.status(host_id)
-            except NotFound:
-                break
-            time.sleep(self.poll_interval)
+        wait_until_gone(self, host_id, timeout)
         if host.extra.get("firewall_group_id"):
             self._delete_firewall(host.extra["firewall_group_id"])
 
@@ -122,3 +117,6 @@ class VultrProvider:
             extra={"region": str(data.get("region", "")), "firewall_group_id": str(data.get("firewall_group_id") or "")},
         )
 
+
+def build(creds: Credentials, state_root: Path) -> VultrProvider:
+    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds))

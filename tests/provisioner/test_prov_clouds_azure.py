@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
-from provisioner.cloud import parse_api_url
+from provisioner.providers.cloud_api import parse_api_url
 from provisioner.errors import NotFound, ProvisionError
 from provisioner.providers.azure import AzureProvider, service_principal
 

@@ -100,3 +100,17 @@ def test_unreachable_api_is_one_line(capsys: pytest.CaptureFixture[str], tmp_pat
     url = f"http://127.0.0.1:{free_port()}"
     result = run_cli(capsys, "list", "--provider", "vultr", "--api-url", url, "--state-dir", str(tmp_path))
     one_line_error(result, "vultr: cannot reach the API at", url)
+
+
+def test_delete_of_an_instance_that_never_goes_is_one_line_and_keeps_its_firewall(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, api: RecordedAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vultr waits for the instance itself (its firewall group goes after it): within --timeout, then a one-line error."""
+    monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
+    one = json.loads(libcloud_fixture("vultr_v2", "ex_get_node.json"))
+    one["instance"]["firewall_group_id"] = "cb676a46-66fd-4dfb-b839-443f2e6c0b60"
+    api.route("GET", "/v2/instances/123", Answer(200, one))  # deleted, yet always still there
+    api.route("DELETE", "/v2/instances/123", Answer(204))
+    result = run_cli(capsys, "delete", "--provider", "vultr", "--id", "123", "--timeout", "1", "--api-url", api.url,
+                     "--state-dir", str(tmp_path))
+    one_line_error(result, "vultr:", "(123) is still there 1s after it was deleted", "run the delete again later")
+    assert api.requests("DELETE", "/v2/instances/123") and not api.requests("DELETE", "/v2/firewalls/.*")

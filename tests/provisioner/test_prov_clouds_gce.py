@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
-from provisioner.cloud import parse_api_url
+from provisioner.providers.cloud_api import parse_api_url
 from provisioner.errors import NotFound, ProvisionError
 from provisioner.providers.gce import GCEProvider, service_account
 

@@ -209,3 +209,16 @@ def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file:
     assert pruned.code == 0, pruned.err
     assert expired["id"] not in fake.droplets and alive["id"] in fake.droplets
     assert [r["name"] for r in pruned.json()["servers"]] == ["alive-one"]
+
+
+def test_delete_of_a_droplet_that_never_goes_is_one_line_and_keeps_the_local_state(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    fake.gone_after_polls = 10**6  # DigitalOcean accepts the DELETE, the droplet stays
+    stuck = fake.add_droplet("stuck", ["inlets", "inlets-mode:tcp"])
+    (state / "stuck").mkdir(parents=True, mode=0o700)
+    (state / "stuck" / "server.json").write_text(json.dumps(
+        {"name": "stuck", "provider": "digitalocean", "id": str(stuck["id"]), "ip": "203.0.113.9", "mode": "tcp"}))
+    result = run_cli(capsys, *_do(fake, token_file, state, "delete", "stuck", "--timeout", "1"))
+    one_line_error(result, f"digitalocean: stuck ({stuck['id']}) is still there 1s after it was deleted", "delete again")
+    assert (state / "stuck" / "server.json").exists()  # so the same delete can be run again

@@ -355,3 +355,26 @@ def test_status_and_delete_use_the_region_create_used(prov_ec2_moto: Moto, tmp_p
                         aws_secret_access_key=SECRET)
     (gone,) = [i for r in west.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
     assert gone["State"]["Name"] == "terminated"
+
+
+def test_firewall_note_names_the_ports_the_security_group_opens_for_another_http_port(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--mode http --http-port 8080: the summary's note and the real security group agree (8080, 443, 8123), no 80."""
+    from provisioner.providers.registry import firewall_note
+
+    _env_credentials(monkeypatch)
+    ec2 = prov_ec2_moto.client()
+    spec = build_spec("http", None, ["example.com"], http_port=8080)
+    text = user_data(spec, material_mod.generate("ec2-8080"), UserDataOptions("ec2-8080", "inlets-py==0.1.0", None, None, 16 * 1024))
+    (tmp_path / "state" / "ec2-8080").mkdir(parents=True)
+    plan = Plan("ec2-8080", spec, text, tmp_path / "state" / "ec2-8080")
+    provider = make("ec2", tmp_path / "state", Credentials(region=REGION))
+    host = provider.create(plan)
+    (instance,) = [i for r in ec2.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    group_id = {t["Key"]: t["Value"] for t in instance["Tags"]}["inlets-sg"]
+    opened = [port for _, port, _, _ in _rules(ec2, group_id)]
+    note = firewall_note("ec2", plan.name, spec)
+    assert opened == [443, 8080, 8123]
+    assert note == "security group inlets-ec2-8080 lets in tcp 8123 and 443,8080, nothing else"
+    provider.delete(host.id)

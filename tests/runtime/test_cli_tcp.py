@@ -320,7 +320,7 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
 def test_reasonless_connection_errors_are_described_in_words_not_class_names() -> None:
     import asyncio
 
-    from runtime.client import _describe
+    from runtime.client.dialer import _describe
 
     assert _describe(ConnectionResetError()) == "the server closed the connection"
     assert _describe(asyncio.TimeoutError()) == "timed out"

@@ -1,4 +1,4 @@
-"""What the cloud provider modules share: endpoint override, one-line API errors, tags.
+"""What the libcloud provider modules share: endpoint override, strict answers, their error classifier.
 
 Each libcloud driver raises its own exception types (some lose the HTTP status);
 ``strict_responses`` gives a driver's connection a response class that keeps the
@@ -8,21 +8,19 @@ message, so every provider maps errors the same way.
 
 from __future__ import annotations
 
-import datetime
 import json
 import urllib.parse
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
-import requests
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
 
 from runtime.core.ports import url_port
 
-from .errors import NotFound, ProvisionError
-from .providers.base import TAG, Plan, expiry_tag
+from ..errors import ProvisionError
+from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, one_line
+from .base import Credentials, ProviderInfo
 
 
 class ApiError(BaseHTTPError):
@@ -99,60 +97,26 @@ def point(connection: Any, endpoint: Endpoint | None, timeout: float = 30.0) -> 
     return Endpoint(bool(connection.secure), connection.host, int(connection.port))
 
 
-@contextmanager
-def api_errors(provider: str, endpoint: Endpoint, what: str) -> Iterator[None]:
-    """Turn driver, SDK and transport exceptions into one-line ProvisionErrors."""
-    try:
-        yield
-    except ProvisionError:
-        raise
-    except InvalidCredsError as exc:
-        raise ProvisionError(f"{provider}: credentials rejected while {what}: {api_message(exc.value)}") from None
-    except BaseHTTPError as exc:
-        if exc.code == 404:
-            raise NotFound(f"{provider}: not found while {what}") from None
-        if exc.code in (401, 403):
-            raise ProvisionError(f"{provider}: credentials rejected ({exc.code}) while {what}: {exc.message}") from None
-        raise ProvisionError(f"{provider}: {what} failed ({exc.code}): {exc.message}") from None
-    except ProviderError as exc:  # drivers that keep their own error types (GCE)
-        message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else " ".join(str(exc.value).split())[:300]
-        if exc.http_code == 404:
-            raise NotFound(f"{provider}: not found while {what}") from None
-        if exc.http_code in (401, 403):
-            raise ProvisionError(f"{provider}: credentials rejected ({exc.http_code}) while {what}: {message}") from None
-        raise ProvisionError(f"{provider}: {what} failed ({exc.http_code}): {message}") from None
-    except requests.exceptions.RequestException as exc:
-        raise ProvisionError(
-            f"{provider}: cannot reach the API at {endpoint.url} while {what} ({exc.__class__.__name__})"
-        ) from None
-    except (LibcloudError, ValueError, KeyError, TypeError) as exc:
-        text = " ".join(str(exc).split())[:300]
-        raise ProvisionError(f"{provider}: unexpected answer while {what}: {text}") from None
+def libcloud_fault(exc: BaseException) -> Fault | None:
+    """What a libcloud driver's exception means (``strict_responses`` keeps the status and message)."""
+    if isinstance(exc, InvalidCredsError):
+        return Fault(AUTH, message=api_message(exc.value))
+    if isinstance(exc, BaseHTTPError):
+        return by_status(exc.code, exc.message)
+    if isinstance(exc, ProviderError):  # drivers that keep their own error types (GCE)
+        message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else one_line(exc.value)
+        return by_status(exc.http_code, message)
+    if isinstance(exc, LibcloudError):
+        return Fault(ANSWER, message=one_line(exc))
+    return None
 
 
-def tag_list(plan: Plan) -> list[str]:
-    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry."""
-    tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
-    if plan.expires_at is not None:
-        tags.append(expiry_tag(plan.expires_at))
-    return tags
+def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:
+    """Driver and transport exceptions of a libcloud provider as one-line ProvisionErrors."""
+    return api_errors(provider, endpoint.url, what, libcloud_fault)
 
 
-def label_map(plan: Plan) -> dict[str, str]:
-    """Labels for clouds with key=value labels (lowercase keys, no colons)."""
-    labels = {TAG: "true", "inlets-mode": plan.spec.mode}
-    if plan.expires_at is not None:
-        labels["inlets-expires"] = str(int(plan.expires_at.timestamp()))
-    return labels
-
-
-def labels_expiry(labels: dict[str, str]) -> str | None:
-    value = labels.get("inlets-expires", "")
-    if not value.isdigit():
-        return None
-    when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def mode_from_tags(tags: list[str]) -> str | None:
-    return next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-mode:")), None)
+def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:
+    """The endpoint ``--api-url`` or the provider's variable names; None: the cloud's own."""
+    url = provider.api_url(creds)
+    return parse_api_url(provider.name, url, provider.api_url_env[0]) if url else None

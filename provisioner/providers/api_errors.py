@@ -1,0 +1,107 @@
+"""One mapping from a failed cloud call to the one-line error a user reads.
+
+Every SDK and driver raises its own exception types. A provider supplies only a small
+classifier that says what one of them means (a ``Fault``: credentials rejected, not
+found, over quota, rate limited, or refused for another reason); ``api_errors`` turns
+the fault into the project's wording, so ``hetzner: token rejected (401) while ...``
+and ``vultr: credentials rejected while ...`` read alike and say what to do next.
+Transport failures and answers that cannot be parsed are classified here, once.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import requests
+
+from ..errors import NotFound, ProvisionError
+
+AUTH = "auth"  # the credentials were refused
+NOT_FOUND = "not found"  # raised as errors.NotFound: callers treat it as "gone"
+QUOTA = "quota"  # an account limit (servers, vCPUs, IPs) was reached
+RATE_LIMIT = "rate limit"  # too many requests: try again later
+NETWORK = "network"  # the API did not answer
+ANSWER = "answer"  # the API answered something we cannot read
+REFUSED = "refused"  # any other error the API answered with
+
+#: words clouds use for an account limit (DigitalOcean, Hetzner, Scaleway, AWS, Azure, GCE, Linode)
+_QUOTA_WORDS = re.compile(r"quota|limit ?exceeded|exceeds? .{0,40}limit|limit (?:has been |was )?reached", re.I)
+#: ... and for too many requests (GCE answers those with 403, AWS with 503)
+_RATE_WORDS = re.compile(r"rate ?limit|throttl|too many requests|slow ?down", re.I)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What a failed call means, in terms every provider shares."""
+
+    kind: str
+    status: int | str | None = None  # HTTP status or the SDK's code, shown in brackets
+    message: str = ""  # the API's own words, one line
+
+
+Classifier = Callable[[BaseException], "Fault | None"]
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def by_status(status: int | None, message: str) -> Fault:
+    """The usual meaning of an HTTP error status (and of quota wording in its message)."""
+    if status == 404:
+        return Fault(NOT_FOUND, status)
+    if status == 429 or _RATE_WORDS.search(message):
+        return Fault(RATE_LIMIT, status, message)
+    if status in (401, 403) and not _QUOTA_WORDS.search(message):
+        return Fault(AUTH, status, message)
+    if _QUOTA_WORDS.search(message):
+        return Fault(QUOTA, status, message)
+    return Fault(REFUSED, status, message)
+
+
+def transport_fault(exc: BaseException) -> Fault | None:
+    """What no SDK classifies itself: no answer, or an answer that cannot be read."""
+    if isinstance(exc, requests.exceptions.RequestException):
+        return Fault(NETWORK, message=exc.__class__.__name__)
+    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
+        return Fault(ANSWER, message=one_line(exc))
+    return None
+
+
+def error_for(provider: str, where: str, what: str, fault: Fault, credentials: str = "credentials") -> ProvisionError:
+    """The one-line error for ``fault`` while doing ``what`` against the API at ``where``."""
+    code = f" ({fault.status})" if fault.status is not None else ""
+    detail = f": {fault.message}" if fault.message else ""
+    if fault.kind == NOT_FOUND:
+        return NotFound(f"{provider}: not found while {what}{detail}")
+    if fault.kind == AUTH:
+        return ProvisionError(f"{provider}: {credentials} rejected{code} while {what}{detail}")
+    if fault.kind == QUOTA:
+        return ProvisionError(f"{provider}: {what} failed{code}, an account limit was reached{detail}; "
+                              f"delete servers you no longer need or ask {provider} to raise the limit")
+    if fault.kind == RATE_LIMIT:
+        return ProvisionError(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
+                              "wait a minute and try again")
+    if fault.kind == NETWORK:
+        return ProvisionError(f"{provider}: cannot reach the API at {where} while {what} ({fault.message})")
+    if fault.kind == ANSWER:
+        return ProvisionError(f"{provider}: unexpected answer while {what}{detail}")
+    return ProvisionError(f"{provider}: {what} failed{code}{detail}")
+
+
+@contextmanager
+def api_errors(provider: str, where: str, what: str, classify: Classifier,
+               credentials: str = "credentials") -> Iterator[None]:
+    """Turn what ``classify`` (then ``transport_fault``) recognises into one-line ProvisionErrors."""
+    try:
+        yield
+    except ProvisionError:
+        raise
+    except Exception as exc:
+        fault = classify(exc) or transport_fault(exc)
+        if fault is None:
+            raise
+        raise error_for(provider, where, what, fault, credentials) from None

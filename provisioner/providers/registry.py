@@ -1,0 +1,97 @@
+"""Provider registry: the names ``--provider`` accepts, how each is built, and the help they give.
+
+Each provider module declares itself once, as ``PROVIDER`` (a base.ProviderInfo: credentials,
+environment variables, defaults, user-data limit, firewall note) beside ``build(creds,
+state_root)``, which makes the provider from the command's credentials. This module only
+finds those modules; ``inletsctl --help`` is written from their declarations.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ProvisionError
+from ..firewall import firewall_name, inbound_rules
+from ..spec import TunnelSpec
+from .base import Credentials, ProviderInfo, Provisioner
+
+#: every provider, in the order the help lists them (each is providers/NAME.py)
+PROVIDERS = ("local", "digitalocean", "ec2", "ssh", "gce", "azure", "linode", "vultr", "equinix", "hetzner", "scaleway")
+
+#: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
+NOT_OFFERED = {
+    "ovh": (
+        "not offered: libcloud's OVH driver cannot pass user-data; OVH's Public Cloud API takes userData when an "
+        "instance is created (POST /cloud/project/ID/instance, signed with the ovh SDK's application keys), but no "
+        "registry package ships OVH's API description or recorded answers to test that against, and inletsctl "
+        "offers no cloud it has not exercised"
+    ),
+}
+
+
+def _module(name: str) -> ModuleType:
+    if name not in PROVIDERS:  # never import a module named by user input
+        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
+    return importlib.import_module(f".{name}", __package__)
+
+
+def info(name: str) -> ProviderInfo:
+    """The declaration of provider ``name``."""
+    declared: ProviderInfo = _module(name).PROVIDER
+    return declared
+
+
+def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
+    """The provider called ``name``; a one-line error for unknown names and missing credentials."""
+    if name in NOT_OFFERED:
+        raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
+    provider: Provisioner = _module(name).build(creds, state_root)
+    return provider
+
+
+def firewall_note(name: str, server_name: str, spec: TunnelSpec) -> str | None:
+    """What stands in front of exit server ``server_name`` on provider ``name``, with the ports it lets in."""
+    note = info(name).firewall_note
+    if note is None:
+        return None
+    rules = inbound_rules(spec)  # the ports every cloud's firewall opens for this tunnel
+    data = ",".join(str(rule.port) for rule in rules if rule.purpose == "data")
+    return note.format(firewall=firewall_name(server_name), control_port=spec.control_port, data_ports=data)
+
+
+# -- help, written from the declarations -------------------------------------------------------
+
+
+def _all() -> list[ProviderInfo]:
+    return [info(name) for name in PROVIDERS]
+
+
+def providers_help() -> str:
+    names = ", ".join(f"{p.name} ({p.note})" if p.note else p.name for p in _all())
+    return f"{names}; {', '.join(NOT_OFFERED)} is not offered (see --provider {next(iter(NOT_OFFERED))})"
+
+
+def credentials_help() -> str:
+    return "credentials: " + "; ".join(f"{p.name} {p.credentials}" for p in _all() if p.credentials)
+
+
+def api_url_help() -> str:
+    return ", ".join(env for p in _all() for env in p.api_url_env)
+
+
+def region_help() -> str:
+    def one(p: ProviderInfo) -> str:
+        env = f"${p.region_env[0]} or " if p.region_env else ""
+        return f"{p.name}: {env}{p.region}" + (f" ({p.region_note})" if p.region_note else "")
+
+    return "; ".join(one(p) for p in _all() if p.region)
+
+
+def size_help() -> str:
+    return "; ".join(f"{p.name}: {p.size}" for p in _all() if p.size)
+
+
+def ssh_key_help() -> str:
+    return "; ".join(f"{p.name}: {p.ssh_key}" for p in _all() if p.ssh_key)
