@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import runtime
+from inlets_py import runtime
 
 DIST = "inlets-py"
 #: The modules each exit server's command starts from (paths in the runtime package); the wheel holds

@@ -3,7 +3,7 @@
 The manager owns the certificates the HTTPS listener presents: one TLS context per
 domain, chosen by SNI. On start it loads what the store holds, then one task issues
 what is missing and renews what is due (``acme_store.Validity.due``), each ACME run in
-a short-lived child process (``acme_client``: it blocks, and its libraries would stay
+a short-lived child process (``acme/client.py``: it blocks, and its libraries would stay
 in this process's memory), whose challenges this process serves on port 80 while it
 runs. A renewed certificate replaces the domain's context:
 handshakes from then on use it, connections already open keep theirs. A failure is
@@ -35,7 +35,7 @@ CHILD_GRACE = 60.0  # seconds an ACME run may take beyond its validation timeout
 
 
 class AcmeError(Exception):
-    """An issuance failed; one line from the ACME run (``acme_client``)."""
+    """An issuance failed; one line from the ACME run (``acme/client.py``)."""
 
 
 def tls_context() -> ssl.SSLContext:
@@ -160,7 +160,7 @@ class LetsEncrypt:
                  _iso(cert.validity.not_after))
 
     async def _issue(self, domain: str) -> StoredCert:
-        """One ACME run in a child process (see ``acme_client``); ``AcmeError`` when it fails."""
+        """One ACME run in a child process (see ``acme/client.py``); ``AcmeError`` when it fails."""
         account = self.account
         argv = [sys.executable, "-m", ACME_CLIENT, "--root", str(self.store.root), "--url", account.url,
                 "--domain", domain, "--timeout", str(account.timeout)]

@@ -17,7 +17,7 @@ from ..server.dataplane import DataPlaneOptions
 from .config import default_data_dir, fail
 
 log = logging.getLogger("inlets")
-#: ``--auto-tls`` makes its files in a child process: ``python -m`` this module (see certs.main).
+#: ``--auto-tls`` makes its files in a child process: ``python -m`` this module (see core/certs.py's main).
 CERTS_MODULE = __name__.rsplit(".", 2)[0] + ".core.certs"
 
 
@@ -73,7 +73,7 @@ def control_config(
 
 
 def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
-    """Create or reuse the --auto-tls CA and certificate, in a child process (see certs.main)."""
+    """Create or reuse the --auto-tls CA and certificate, in a child process (see core/certs.py's main)."""
     result = subprocess.run(
         [sys.executable, "-m", CERTS_MODULE, str(directory), *names], capture_output=True, text=True, timeout=60
     )

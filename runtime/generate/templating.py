@@ -1,6 +1,6 @@
 """The jinja2 templates in the top-level ``templates/`` folder, for the runtime and inletsctl alike.
 
-Installed as the package ``provisioner.templates`` so a wheel install finds them too.
+Installed as the package ``inlets_py.templates`` so a wheel install finds them too.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import jinja2
 
 def template_dir() -> Path:
     try:
-        return Path(str(resources.files("provisioner.templates")))
+        return Path(str(resources.files("inlets_py.templates")))
     except ModuleNotFoundError:  # running from a source tree without installing
-        return Path(__file__).resolve().parent.parent / "templates"
+        return Path(__file__).resolve().parents[2] / "templates"
 
 
 environment = jinja2.Environment(

@@ -5,7 +5,7 @@ are taken in order and routed by Host to a tunnel client (``Leg``); both legs st
 alive between requests. A plain request is sent straight from ``data_received``
 (the fast path); one with a body, an upgrade or a refusal goes through the
 connection's coroutine, which streams the body as it arrives. Either way the
-response is passed on by the stream's callbacks (``http_exchange``). Bodies are
+response is passed on by the stream's callbacks (``exchange``). Bodies are
 never held whole: reading from the user pauses when the queue passes
 ``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
 the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,

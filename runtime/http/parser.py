@@ -5,7 +5,7 @@ typical request and response (0.7 + 1.1 us vs 35 + 40 us), which is most of the
 per-request budget of a proxy. This module turns its callbacks into h11-style
 events (``RequestHead``/``ResponseHead``, ``Body``, ``EndOfMessage``), adds the
 checks a proxy needs on top of llhttp (one framing header, header limits, Host,
-absolute-form targets); ``http_write`` serialises. Bodies pass through as they
+absolute-form targets); ``write`` serialises. Bodies pass through as they
 arrive: nothing here holds a whole body, and ``feed_within`` stops parsing a
 pipeline once the caller holds enough requests.
 """

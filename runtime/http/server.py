@@ -1,10 +1,10 @@
 """`inlets http server`: a Host-routed reverse proxy whose upstreams are tunnel clients.
 
 Clients advertise ``http:NAME`` services (``http:*`` for the catch-all) and their
-options (``http_options``); the data plane (``http_proxy``) routes each request by
+options (``options``); the data plane (``front``) routes each request by
 Host to an exact name, then the catch-all, round robin across the clients serving
 it; a name some client protected never falls through to the catch-all
-(``http_guard``). The control plane is the one every mode shares, plus ``GET /metrics``.
+(``guard``). The control plane is the one every mode shares, plus ``GET /metrics``.
 """
 
 from __future__ import annotations

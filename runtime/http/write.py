@@ -12,7 +12,7 @@ _HOST = frozenset((b"host",))
 
 def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
     """``Name: value`` lines of the headers to forward: one pass, none in ``drop`` (hop-by-hop and removed
-    names) nor named by Connection (``tokens``, which never hold framing or Host: see ``http_proto.NEVER_HOP``)."""
+    names) nor named by Connection (``tokens``, which never hold framing or Host: see ``parser.NEVER_HOP``)."""
     if tokens:
         return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop and ln not in tokens]
     return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop]

@@ -20,13 +20,13 @@ from typing import Any, Coroutine
 import h11
 from websockets.asyncio.server import serve as ws_serve
 
-from runtime.core.auth import TokenSet
-from runtime.client.dialer import ClientConfig, TunnelClient
-from runtime.server.control import ControlConfig
-from runtime.client.http_upstreams import HttpUpstreams, parse_upstreams, upstream_tls
-from runtime.http.options import HttpOptions
-from runtime.http.server import HttpTunnelServer
-from runtime.core.tls import client_context, server_context
+from inlets_py.runtime.core.auth import TokenSet
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.client.http_upstreams import HttpUpstreams, parse_upstreams, upstream_tls
+from inlets_py.runtime.http.options import HttpOptions
+from inlets_py.runtime.http.server import HttpTunnelServer
+from inlets_py.runtime.core.tls import client_context, server_context
 
 LOOPBACK = "127.0.0.1"
 

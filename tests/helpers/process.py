@@ -12,7 +12,7 @@ from pathlib import Path
 
 from helpers.tunnel import TlsFiles
 
-INLETS = [sys.executable, "-c", "from runtime.cli.main import main; main()"]
+INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

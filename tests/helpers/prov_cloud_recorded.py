@@ -136,10 +136,10 @@ def make_plan(tmp_path: Path, mode: str = "tcp", ports: str | None = "22,80,443"
     """A real plan: real spec, real secrets, the real rendered user-data."""
     import datetime
 
-    from provisioner.material import generate
-    from provisioner.providers.base import Plan
-    from provisioner.render import UserDataOptions, user_data
-    from provisioner.spec import build_spec
+    from inlets_py.provisioner.material import generate
+    from inlets_py.provisioner.providers.base import Plan
+    from inlets_py.provisioner.render import UserDataOptions, user_data
+    from inlets_py.provisioner.spec import build_spec
 
     spec = build_spec(mode, ports if mode == "tcp" else None, ["example.com"] if mode == "http" else [])
     expires = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
@@ -148,7 +148,7 @@ def make_plan(tmp_path: Path, mode: str = "tcp", ports: str | None = "22,80,443"
 
 
 if False:  # for type checkers only
-    from provisioner.providers.base import Plan
+    from inlets_py.provisioner.providers.base import Plan
 
 
 def cassette(provider: str, name: str) -> list[tuple[str, str, Answer]]:

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from provisioner.render import RECEIVER_SCRIPT
+from inlets_py.provisioner.render import RECEIVER_SCRIPT
 
 VALID_REGIONS = {"lon1", "nyc3", "sfo3", "ams3", "fra1"}
 VALID_SIZES = {"s-1vcpu-1gb", "s-1vcpu-2gb", "s-2vcpu-2gb"}
@@ -192,7 +192,7 @@ class FakeDigitalOcean:
             subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                             "--target", str(site), here(pip[-1])], check=True, timeout=60, capture_output=True)
             env["PYTHONPATH"] = str(site)
-            inlets = [sys.executable, "-c", "import sys; from runtime.cli.main import main; sys.exit(main())"]
+            inlets = [sys.executable, "-c", "import sys; from inlets_py.runtime.cli.main import main; sys.exit(main())"]
         else:  # a package spec: this installation's inlets stands in for the published package
             inlets = [inlets_binary()]
         argv = inlets + [here(arg) if arg.startswith("/") else arg for arg in argv[1:]]

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from provisioner.cli import main
+from inlets_py.provisioner.cli import main
 from helpers.tunnel import free_port  # noqa: F401  (the provisioner tests import it from here)
 
 BIN = Path(sys.executable).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
-from runtime.core.mux import ResetCode
-from runtime.core.session import Channel
+from inlets_py.runtime.core.mux import ResetCode
+from inlets_py.runtime.core.session import Channel
 
 
 class AsyncStream:

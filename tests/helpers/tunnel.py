@@ -13,14 +13,14 @@ from typing import AsyncIterator, Awaitable, Callable
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as websocket_serve
 
-from runtime.core.auth import TokenSet
-from runtime.core.certs import ensure_auto_tls
-from runtime.client.dialer import ClientConfig, TunnelClient
-from runtime.server.control import ControlConfig
-from runtime.core.handshake import Hello, Welcome, parse_hello
-from runtime.client.tcp_upstreams import TcpUpstreams, Upstream
-from runtime.server.tcp import TcpTunnelServer
-from runtime.core.tls import client_context, server_context
+from inlets_py.runtime.core.auth import TokenSet
+from inlets_py.runtime.core.certs import ensure_auto_tls
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.core.handshake import Hello, Welcome, parse_hello
+from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
+from inlets_py.runtime.server.tcp import TcpTunnelServer
+from inlets_py.runtime.core.tls import client_context, server_context
 
 
 @dataclass(frozen=True)

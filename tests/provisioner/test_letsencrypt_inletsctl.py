@@ -28,11 +28,11 @@ from helpers.http import need  # noqa: E402
 from helpers.letsencrypt import dnsmasq, pebble, wait_until  # noqa: E402
 from helpers.prov_fake_do import FakeDigitalOcean  # noqa: E402
 from helpers.prov_support import free_port, http_upstream, one_line_error, run_cli, run_client  # noqa: E402
-from provisioner.material import generate  # noqa: E402
-from provisioner.render import UserDataOptions, user_data  # noqa: E402
-from provisioner.spec import LetsEncrypt, build_spec  # noqa: E402
-from provisioner.wheel import LETSENCRYPT_FOLDER, server_modules  # noqa: E402
-import runtime  # noqa: E402
+from inlets_py.provisioner.material import generate  # noqa: E402
+from inlets_py.provisioner.render import UserDataOptions, user_data  # noqa: E402
+from inlets_py.provisioner.spec import LetsEncrypt, build_spec  # noqa: E402
+from inlets_py.provisioner.wheel import LETSENCRYPT_FOLDER, server_modules  # noqa: E402
+from inlets_py import runtime  # noqa: E402
 
 TOKEN = "dop_v1_" + "e" * 64
 DOMAIN = "site.example.test"

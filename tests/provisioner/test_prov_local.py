@@ -71,10 +71,10 @@ def test_secrets_are_private_and_pinned(tmp_path: Path, capsys) -> None:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == ["inlets-exit-server"]
         # the server refuses a client pinned to another CA (no trust on first use)
-        from provisioner.wait import healthz_error
+        from inlets_py.provisioner.wait import healthz_error
         meta = created.json()
         other = tmp_path / "other-ca.crt"
-        from runtime.core.certs import generate_ca
+        from inlets_py.runtime.core.certs import generate_ca
         other.write_bytes(generate_ca().cert)
         assert healthz_error("127.0.0.1", meta["control_port"], folder / "ca.crt") is None
         assert "verification failed" in (healthz_error("127.0.0.1", meta["control_port"], other) or "")

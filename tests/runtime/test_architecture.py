@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import runtime
-from provisioner.wheel import import_graph
+from inlets_py import runtime
+from inlets_py.provisioner.wheel import import_graph
 
 CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client")
 #: What a client must never import: the server side, the HTTP reverse proxy, ACME, prometheus.

@@ -209,7 +209,7 @@ def test_data_port_in_use_is_refused_in_one_whole_line_saying_what_to_do(
 
 
 def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() -> None:
-    from runtime.server.dataplane import bind_failure
+    from inlets_py.runtime.server.dataplane import bind_failure
 
     with socket.socket() as first, socket.socket() as second:
         first.bind(("127.0.0.1", 0))
@@ -223,7 +223,7 @@ def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() ->
 
 
 def test_close_reasons_over_the_websocket_limit_are_cut_after_a_word() -> None:
-    from runtime.server.control import _close_reason
+    from inlets_py.runtime.server.control import _close_reason
 
     reason = _close_reason("server cannot listen on " + "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:65535: " * 3)
     assert len(reason.encode()) <= 123 and reason.endswith("65535:...") and _close_reason("short") == "short"
@@ -270,7 +270,7 @@ def test_wss_url_for_a_plaintext_server_says_use_ws(tmp_path: Path, token_file: 
 def test_plaintext_attempts_are_logged_per_source_at_most_once_an_interval_with_their_count(caplog) -> None:
     import time
 
-    from runtime.core.tls import PlaintextAttempts
+    from inlets_py.runtime.core.tls import PlaintextAttempts
 
     attempts = PlaintextAttempts()
     attempts.interval, attempts.max_sources = 0.2, 2
@@ -320,7 +320,7 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
 def test_reasonless_connection_errors_are_described_in_words_not_class_names() -> None:
     import asyncio
 
-    from runtime.client.dialer import _describe
+    from inlets_py.runtime.client.dialer import _describe
 
     assert _describe(ConnectionResetError()) == "the server closed the connection"
     assert _describe(asyncio.TimeoutError()) == "timed out"

@@ -22,16 +22,16 @@ from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-import runtime.server.control
-from runtime.core.allowlist import SourceAllowList, parse_networks, parse_target_rules
-from runtime.server.control import client_address
-from runtime.server.forwarding import ForwardingPolicy
-from runtime.core.services import format_target
-from runtime.core.handshake import Hello, HandshakeError, parse_hello
-from runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
+from inlets_py.runtime.server import control as control_plane
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks, parse_target_rules
+from inlets_py.runtime.server.control import client_address
+from inlets_py.runtime.server.forwarding import ForwardingPolicy
+from inlets_py.runtime.core.services import format_target
+from inlets_py.runtime.core.handshake import Hello, HandshakeError, parse_hello
+from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
 from helpers.streams import AsyncStream
-from runtime.client.tcp_upstreams import Upstream
-from runtime.core.tls import client_context
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.tls import client_context
 
 
 async def raw_client(server, tls: TlsFiles, token: str, *, source: str = "127.0.0.1"):
@@ -115,7 +115,7 @@ def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
 
 
 def test_a_client_that_never_says_hello_is_dropped(tls: TlsFiles, token: str, monkeypatch) -> None:
-    monkeypatch.setattr(runtime.server.control, "HELLO_TIMEOUT", 0.5)
+    monkeypatch.setattr(control_plane, "HELLO_TIMEOUT", 0.5)
 
     async def scenario() -> None:
         server = await start_server(tls, token)

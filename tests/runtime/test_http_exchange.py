@@ -13,14 +13,14 @@ from typing import Awaitable, Callable
 
 import pytest
 
-from runtime.core.mux import Multiplexer, ResetCode
-from runtime.core.session import Session
-from runtime.http import exchange
-from runtime.http.guard import Guards
-from runtime.http.leg import Leg
-from runtime.http.options import HttpOptions
-from runtime.http.parser import RequestHead, RequestReader
-from runtime.http.write import request_head
+from inlets_py.runtime.core.mux import Multiplexer, ResetCode
+from inlets_py.runtime.core.session import Session
+from inlets_py.runtime.http import exchange
+from inlets_py.runtime.http.guard import Guards
+from inlets_py.runtime.http.leg import Leg
+from inlets_py.runtime.http.options import HttpOptions
+from inlets_py.runtime.http.parser import RequestHead, RequestReader
+from inlets_py.runtime.http.write import request_head
 
 SERVICE = "http:app.example"
 

@@ -18,8 +18,8 @@ import pytest
 from helpers.faults import rss_kib
 from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.process import INLETS, ROOT, wait_port
-from runtime.cli.lifecycle import run_until_signalled
-from runtime.http.options import HttpOptions
+from inlets_py.runtime.cli.lifecycle import run_until_signalled
+from inlets_py.runtime.http.options import HttpOptions
 from helpers.tunnel import free_port
 
 ALICE = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
@@ -209,7 +209,7 @@ def test_absolute_form_routes_by_its_authority_and_goes_upstream_in_origin_form(
 
 #: ``inlets`` as installed without the ``fast`` extra: ``import uvloop`` fails, so the loop runs inside
 #: ``except ImportError`` (the state in which refusals used to become "No module named 'uvloop'").
-NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from runtime.cli.main import main; main()"]
+NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from inlets_py.runtime.cli.main import main; main()"]
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from helpers.process import inlets
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.core.allowlist import SourceAllowList, parse_networks
-from runtime.server.dataplane import DataPlaneOptions
-from runtime.server.proxy_protocol import encode
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+from inlets_py.runtime.server.proxy_protocol import encode
 
 GET = b"GET /who HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"
 
@@ -77,7 +77,7 @@ def test_balancer_header_gives_the_real_source(stack, tls, token, version: str) 
 
 
 def test_http_server_has_status(stack, tls, token) -> None:
-    from runtime.core.probe import get, parse_url
+    from inlets_py.runtime.core.probe import get, parse_url
 
     app, app_port = stack.upstream("app")
     server = stack.server(tls, token)

@@ -6,13 +6,13 @@ import base64
 
 import pytest
 
-from runtime.http.guard import Guards
-from runtime.http.options import HttpOptions, OptionError
-from runtime.http.parser import (
+from inlets_py.runtime.http.guard import Guards
+from inlets_py.runtime.http.options import HttpOptions, OptionError
+from inlets_py.runtime.http.parser import (
     HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
     Upgraded, host_of,
 )
-from runtime.http.write import kept_lines
+from inlets_py.runtime.http.write import kept_lines
 
 
 def feed_all(reader, data: bytes, step: int | None = None) -> list:

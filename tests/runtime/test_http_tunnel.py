@@ -16,7 +16,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from helpers.http import LOOPBACK, Stack, need, raw_request
-from runtime.http.options import HttpOptions
+from inlets_py.runtime.http.options import HttpOptions
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,7 @@ def test_idle_keep_alive_connection_is_closed(env, tls, token):
 
 def test_client_resets_a_stream_for_a_host_it_did_not_advertise(env):
     """The server cannot make a client dial what it did not advertise."""
-    from runtime.http.leg import Leg, LegFailed
+    from inlets_py.runtime.http.leg import Leg, LegFailed
 
     server = env["server"]
 

@@ -22,14 +22,14 @@ import pytest
 
 from helpers.http import LOOPBACK, Stack, need, raw_request
 from helpers.letsencrypt import dnsmasq, pebble, served_certificate, wait_until
-from runtime.acme.store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
-from runtime.core.auth import TokenSet
-from runtime.server.control import ControlConfig
-from runtime.http.parser import RequestReader
-from runtime.http.server import HttpTunnelServer
-from runtime.acme.https_front import HttpsFront, plain_answer
-from runtime.acme.letsencrypt import configure
-from runtime.core.tls import server_context
+from inlets_py.runtime.acme.store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
+from inlets_py.runtime.core.auth import TokenSet
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.http.parser import RequestReader
+from inlets_py.runtime.http.server import HttpTunnelServer
+from inlets_py.runtime.acme.https_front import HttpsFront, plain_answer
+from inlets_py.runtime.acme.letsencrypt import configure
+from inlets_py.runtime.core.tls import server_context
 from helpers.tunnel import free_port
 
 DOMAINS = ["a.example.test", "b.example.test"]
@@ -240,8 +240,8 @@ def test_renewal_is_due_after_two_thirds_of_the_lifetime() -> None:
 
 
 def test_the_next_look_waits_for_renewals_and_retries_not_longer(tmp_path: Path) -> None:
-    from runtime.acme.store import Account, StoredCert
-    from runtime.acme.letsencrypt import MAX_SLEEP, LetsEncrypt
+    from inlets_py.runtime.acme.store import Account, StoredCert
+    from inlets_py.runtime.acme.letsencrypt import MAX_SLEEP, LetsEncrypt
 
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
     manager = LetsEncrypt(["a.example.com", "b.example.com"], CertStore(tmp_path, "https://ca.test/dir"),

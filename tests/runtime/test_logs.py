@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from runtime.core.logs import RepeatLimit
+from inlets_py.runtime.core.logs import RepeatLimit
 
 
 def record(msg: str, *args: object, name: str = "inlets.tcp") -> logging.LogRecord:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.http import LOOPBACK, Stack, need, raw_request
 from helpers.tunnel import echo_server, port_of, run, start_client, start_server, stop
-from runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 
 def scrape(control: tuple, tls, token: str | None) -> tuple[int, str]:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.core.mux import (
+from inlets_py.runtime.core.mux import (
     HEADER,
     DataReceived,
     FrameType,

@@ -22,11 +22,11 @@ from helpers.tunnel import (
     wait_listening,
 )
 
-from runtime.core.allowlist import SourceAllowList, parse_networks
-from runtime.server.dataplane import DataPlaneOptions
-from runtime.core.mux import ResetCode
-from runtime.server.proxy_protocol import encode
-from runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+from inlets_py.runtime.core.mux import ResetCode
+from inlets_py.runtime.server.proxy_protocol import encode
+from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 
 @pytest.fixture
@@ -99,9 +99,9 @@ def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, tok
 def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles, token: str) -> None:
     """A client that declared an allowed target but opens a stream to another one gets a reset,
     and nothing is dialled."""
-    from runtime.core.allowlist import parse_target_rules
-    from runtime.server.forwarding import ForwardingPolicy
-    from runtime.core.services import format_target
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+    from inlets_py.runtime.core.services import format_target
     from helpers.streams import AsyncStream
 
     dialled: list[int] = []

@@ -13,10 +13,10 @@ from helpers.tunnel import TlsFiles, control_url, run, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from runtime.core.handshake import Hello
-from runtime.core.ports import parse_port, parse_port_list, url_port
-from runtime.server.proxy_protocol import ProxyProtocolError, parse
-from runtime.core.tls import client_context
+from inlets_py.runtime.core.handshake import Hello
+from inlets_py.runtime.core.ports import parse_port, parse_port_list, url_port
+from inlets_py.runtime.server.proxy_protocol import ProxyProtocolError, parse
+from inlets_py.runtime.core.tls import client_context
 
 NOT_PORTS = ["²", "٣", "８０", " 80", "80 ", "+80", "8_0", "0x50", "", "0", "65536", "123456", "80\n"]
 
@@ -95,7 +95,7 @@ def test_unicode_digits_on_the_command_line_get_one_line(args: list[str], messag
 
 
 def _inletsctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from provisioner.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from inlets_py.provisioner.cli import main; main()", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 

@@ -17,7 +17,7 @@ from helpers.process import echo_once
 from helpers.tunnel import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
-INLETS = [sys.executable, "-c", "from runtime.cli.main import main; main()"]
+INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
 USER, PASSWORD = "bob", "pw-Kx3-cli-never-logged"
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy",
               "SOCKS_PROXY", "socks_proxy", "HTTP_PROXY", "http_proxy")

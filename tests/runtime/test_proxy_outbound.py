@@ -16,8 +16,8 @@ from helpers.tunnel import (
     TlsFiles, control_url, echo_server, port_of, run, start_client, start_server, stop, wait_listening,
 )
 
-from runtime.client.outbound_proxy import ProxyConfigError, choose
-from runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.client.outbound_proxy import ProxyConfigError, choose
+from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 MiB = 1024 * 1024
 USER, PASSWORD = "alice", "pw-Zq8-never-logged"

@@ -18,11 +18,11 @@ from helpers.tunnel import TlsFiles, echo_server, port_of, run, start_client, st
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from runtime.core.allowlist import SourceAllowList, parse_networks
-from runtime.client.dialer import ClientConfig, FatalClientError
-from runtime.server.control import ControlConfig
-from runtime.client.tcp_upstreams import Upstream
-from runtime.core.tls import client_context
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+from inlets_py.runtime.client.dialer import ClientConfig, FatalClientError
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.tls import client_context
 
 MiB = 1024 * 1024
 NGINX_DEFAULT_READ_TIMEOUT = 60.0  # nginx's proxy_read_timeout when the configuration sets none

@@ -26,9 +26,9 @@ from helpers.tunnel import (
     wait_listening,
 )
 
-from runtime.client.dialer import ClientConfig, FatalClientError, TunnelClient
-from runtime.client.tcp_upstreams import Upstream
-from runtime.core.tls import client_context
+from inlets_py.runtime.client.dialer import ClientConfig, FatalClientError, TunnelClient
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.tls import client_context
 
 MiB = 1024 * 1024
 
@@ -187,7 +187,7 @@ def test_slow_reader_stalls_only_its_stream_and_server_memory_stays_bounded(tls:
         assert pushed["bytes"] < 64 * MiB
         assert pushed["bytes"] - stalled_at <= 2 * MiB
         # the server holds at most about one window for the stalled stream
-        from runtime.server.tcp import DataPlaneConnection
+        from inlets_py.runtime.server.tcp import DataPlaneConnection
 
         buffered = [
             conn.transport.get_write_buffer_size()

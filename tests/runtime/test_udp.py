@@ -15,9 +15,9 @@ from helpers.proxy_daemons import binary
 from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop
 
-from runtime.core.probe import get, parse_url
-from runtime.client.tcp_upstreams import Upstream, parse_upstreams
-from runtime.core.services import MAX_DATAGRAM
+from inlets_py.runtime.core.probe import get, parse_url
+from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
+from inlets_py.runtime.core.services import MAX_DATAGRAM
 
 
 def udp_free_port() -> int:

@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from helpers.process import inlets
 
-from provisioner.errors import ProvisionError
-from provisioner.material import generate
-from provisioner.names import check_name
-from provisioner.render import UserDataOptions, systemd_unit, user_data, yaml_scalar
-from provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
-from runtime.acme.store import AcmeConfigError, check_email, directory_url
-from runtime.generate.systemd_quote import UnitValueError, exec_command, exec_word, path_value
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.material import generate
+from inlets_py.provisioner.names import check_name
+from inlets_py.provisioner.render import UserDataOptions, systemd_unit, user_data, yaml_scalar
+from inlets_py.provisioner.spec import VM_FILES, LetsEncrypt, build_spec, check_runtime_spec, server_argv
+from inlets_py.runtime.acme.store import AcmeConfigError, check_email, directory_url
+from inlets_py.runtime.generate.systemd_quote import UnitValueError, exec_command, exec_word, path_value
 
 INJECTION = "127.0.0.1\nExecStartPre=/bin/sh -c 'touch /pwned'"
 HOSTILE_WORDS = [INJECTION, "a b", 'q"uote', "back\\slash", "%h%%2F", "$HOME ${PATH} $$", "tab\there", "", "é ü"]
@@ -124,7 +124,7 @@ def test_any_string_is_one_yaml_value_that_reads_back_exactly(value: str) -> Non
 
 
 def test_create_refuses_a_runtime_spec_on_two_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from provisioner.cli import main
+    from inlets_py.provisioner.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["create", "--provider", "digitalocean", "--access-token", "x", "--runtime-spec", "inlets-py\n  - [reboot]",
