@@ -36,8 +36,6 @@ import termios
 import time
 from pathlib import Path as FsPath
 
-sys.path.insert(0, str(FsPath(__file__).resolve().parent))
-sys.path.insert(1, str(FsPath(__file__).resolve().parent.parent))
 
 from _util import LOOPBACK, Procs, free_port, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402

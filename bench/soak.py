@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
 
