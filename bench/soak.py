@@ -24,7 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 
 from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
 
