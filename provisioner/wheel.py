@@ -36,7 +36,7 @@ LETSENCRYPT_ROOTS = ("https_front", "letsencrypt", "acme_client")
 #: the tunnel client, ``--generate``, ``inlets status``. The other mode's server is left out too, and
 #: from HTTP servers local forwarding (a TCP feature, imported only by the TCP commands).
 CLIENT_MODULES = frozenset(
-    {"client", "proxy", "probe", "generate", "templating", "systemd_quote", "tcp_client", "http_client"}
+    {"client", "client_group", "proxy", "probe", "generate", "templating", "systemd_quote", "tcp_client", "http_client"}
 )
 LETSENCRYPT_MODULES = frozenset({"acme_store", "acme_client", "letsencrypt", "https_front"})
 OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp|forwarding")}

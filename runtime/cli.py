@@ -20,8 +20,9 @@ from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
     MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, ProxyProtocolOpt, TlsCa, TlsCert, TlsInsecure, TlsKey,
-    TlsServerName, Token, TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, fail,
-    maybe_generate, run_client, run_server, setup_logs,
+    TlsServerName, Token, TokenFile, TokenFiles, TrustedProxies, Urls, client_configs, control_config,
+    data_plane_options, fail,
+    maybe_generate, run_client, run_server, setup_logs, tunnel_client,
 )
 from .ports import parse_port_list
 
@@ -127,7 +128,7 @@ def tcp_server(
 
 @tcp_app.command("client")
 def tcp_client(
-    url: Url,
+    url: Urls,
     upstream: Annotated[
         Optional[list[str]], typer.Option(help="HOST (with --ports) or PUBLIC_PORT=HOST:PORT; repeatable.")
     ] = None,
@@ -141,7 +142,7 @@ def tcp_client(
     ] = None,
     local_addr: Annotated[str, typer.Option(help="Address the --local ports listen on.")] = "127.0.0.1",
     token: Token = None,
-    token_file: TokenFile = None,
+    token_file: TokenFiles = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
@@ -160,10 +161,11 @@ def tcp_client(
     Example: inlets tcp client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     --upstream 127.0.0.1 --ports 80,443 --udp-ports 53 --upstream 2222=192.168.1.10:22
     --upstream udp:5353=192.168.1.2:53
+
+    Two exit servers behind a load balancer: --url wss://203.0.113.10:8123 --url wss://203.0.113.11:8123
     """
     maybe_generate(generate, ["tcp", "client"])
     setup_logs(log_level, log_format)
-    from .client import TunnelClient
     from .forwarding import LocalForwarder, parse_local_forward
     from .tcp_client import TcpUpstreams, UpstreamError, parse_upstreams
 
@@ -177,16 +179,17 @@ def tcp_client(
     except UpstreamError as exc:
         fail(str(exc))
     upstreams = TcpUpstreams(mapping)
-    config = client_config(
-        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+    configs = client_configs(
+        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
         proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
         max_buffer_mib=max_buffer,
     )
-    client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)
-    if forwards:
-        config.extra["forwards"] = forwarder.targets
+    for config in configs:
+        if forwards:
+            config.extra["forwards"] = forwarder.targets
+    client = tunnel_client(configs, upstreams.on_stream)
 
     async def start() -> None:
         try:
@@ -202,36 +205,53 @@ def tcp_client(
 
 @app.command("status")
 def status(
-    url: Url,
+    url: Urls,
     token: Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the token.")] = None,
+    token_file: Annotated[Optional[list[Path]], typer.Option(
+        metavar="<path>", help="File holding the token: one for every --url, or one per --url in order.")] = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's JSON as is.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the server.")] = 5.0,
 ) -> None:
-    """Show a server's clients, their services, streams and traffic.
+    """Show a server's clients, their services, streams and traffic. With several --url (servers behind
+    one balancer), each server's, then which servers each client holds.
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
     from .probe import ProbeError, get, parse_url
-    from .status import render_table
+    from .status import render_holdings, render_table
 
-    try:
-        secret = read_tokens(token, token_file)[0]
-        endpoint = parse_url(url)
-        answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
-    except (TokenError, ProbeError) as exc:
-        fail(str(exc), 1)
-    if answer.status == 401:
-        fail("the server refused the token (HTTP 401): check --token/--token-file", 1)
-    if answer.status != 200:
-        fail(f"/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
-    try:
-        document = json.loads(answer.body)
-    except ValueError:
-        fail("/status did not answer JSON: is --url a tunnel server?", 1)
-    typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
+    files: list[Path | None] = list(token_file or [None])
+    if len(files) not in (1, len(url)):
+        fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
+    documents: dict[str, dict] = {}
+    for server, file in zip(url, files * len(url) if len(files) == 1 else files):
+        try:
+            secret = read_tokens(token, file)[0]
+            endpoint = parse_url(server)
+            answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
+        except (TokenError, ProbeError) as exc:
+            fail(f"{server}: {exc}" if len(url) > 1 else str(exc), 1)
+        where = f"{server}: " if len(url) > 1 else ""
+        if answer.status == 401:
+            fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
+        if answer.status != 200:
+            fail(f"{where}/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
+        try:
+            documents[server] = json.loads(answer.body)
+        except ValueError:
+            fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)
+    if len(url) == 1:
+        (document,) = documents.values()
+        typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
+        return
+    if json_:
+        typer.echo(json.dumps({"servers": documents}, indent=2))
+        return
+    for server, document in documents.items():
+        typer.echo(f"{server}\n{render_table(document)}\n")
+    typer.echo(render_holdings(documents))
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Awaitable, Callable, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Awaitable, Callable, NoReturn, Optional
 
 import typer
 
@@ -29,6 +29,8 @@ from .tls import TlsConfigError, client_context, server_context
 
 if TYPE_CHECKING:  # imported where used: a server never loads the client stack, and vice versa
     from .client import ClientConfig, TunnelClient
+    from .client_group import ClientGroup
+    from .session import Channel
     from .control import ControlConfig
 
 log = logging.getLogger("inlets")
@@ -97,7 +99,12 @@ Generate = Annotated[
 ]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option(help="text (key=value) or json.")]
-Url = Annotated[str, typer.Option(help="Server URL: wss://HOST:8123 (a path is kept as a prefix).")]
+Urls = Annotated[list[str], typer.Option(
+    "--url", metavar="<url>", help="Server URL: wss://HOST:8123 (a path is kept as a prefix). Repeat it to serve through several "
+    "servers at once (high availability: one session each, each reconnecting on its own).")]
+TokenFiles = Annotated[Optional[list[Path]], typer.Option(
+    "--token-file", metavar="<path>", help="File holding the token, re-read at every connection. With several --url: one file for "
+    "all, or one per --url in the same order.")]
 TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate to pin the server to (else the system trust store).")]
 TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server certificate must carry, when not the URL host.")]
 TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
@@ -354,7 +361,30 @@ def run_server(
     run_until_signalled(start, stop=stop, reload=reload)
 
 
-def run_client(client: TunnelClient, start: Callable[[], Awaitable[None]] | None = None) -> None:
+def client_configs(*, urls: list[str], token: str | None, token_files: list[Path] | None, **options: Any) -> list[ClientConfig]:
+    """One ClientConfig per ``--url``; ``--token-file`` once for all servers or once per server, in order."""
+    files: list[Path | None] = list(token_files or [None])
+    if len(files) not in (1, len(urls)):
+        fail(f"--token-file given {len(files)} times for {len(urls)} --url: give one for every server, "
+             "or one per --url in the same order")
+    if len(set(urls)) != len(urls):
+        fail("the same --url is given twice: each server once")
+    if len(files) == 1:
+        files *= len(urls)
+    return [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
+
+
+def tunnel_client(configs: list[ClientConfig], on_stream: Callable[[Channel], None]) -> TunnelClient | ClientGroup:
+    """The client for one server, or a group of them connected to every --url."""
+    from .client import TunnelClient
+    from .client_group import ClientGroup
+
+    if len(configs) == 1:
+        return TunnelClient(configs[0], on_stream)
+    return ClientGroup(configs, on_stream)
+
+
+def run_client(client: TunnelClient | ClientGroup, start: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``client`` until signalled: SIGHUP reconnects make-before-break, SIGTERM drains."""
     from .client import FatalClientError
 

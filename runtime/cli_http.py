@@ -19,8 +19,8 @@ from .cli_common import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource,
     MaxServerStreams, Plaintext, Proxy, ProxyPasswordFile, TlsCa, TlsCert, TlsInsecure, TlsKey, TlsServerName, Token,
-    TokenFile, TrustedProxies, Url, client_config, control_config, data_plane_options, default_data_dir, fail,
-    maybe_generate, run_client, run_server, setup_logs,
+    TokenFile, TokenFiles, TrustedProxies, Urls, client_configs, control_config, data_plane_options, default_data_dir, fail,
+    maybe_generate, run_client, run_server, setup_logs, tunnel_client,
 )
 
 log = logging.getLogger("inlets")
@@ -151,7 +151,7 @@ def http_server(
 
 @http_app.command("client")
 def http_client(
-    url: Url,
+    url: Urls,
     upstream: Annotated[
         list[str], typer.Option(help="HOSTNAME=URL for one host, or a bare URL for every other host; repeatable.")
     ],
@@ -172,7 +172,7 @@ def http_client(
     bearer_token_file: Annotated[Optional[Path], typer.Option(
         help="File holding the bearer token the site requires [env: INLETS_BEARER_TOKEN].")] = None,
     token: Token = None,
-    token_file: TokenFile = None,
+    token_file: TokenFiles = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
@@ -193,7 +193,6 @@ def http_client(
     """
     maybe_generate(generate, ["http", "client"])
     setup_logs(log_level, log_format)
-    from .client import TunnelClient
     from .http_client import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
     from .http_options import HttpOptions, OptionError
 
@@ -222,13 +221,14 @@ def http_client(
         )
     except OptionError as exc:
         fail(str(exc))
-    config = client_config(
-        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+    configs = client_configs(
+        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
         proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
         max_buffer_mib=max_buffer,
     )
-    config.extra = options.to_extra()
+    for config in configs:
+        config.extra = options.to_extra()
     gc.freeze()
-    run_client(TunnelClient(config, upstreams.on_stream))
+    run_client(tunnel_client(configs, upstreams.on_stream))
 
