@@ -5,4 +5,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 bash scripts/install-test-tools.sh
-exec .venv/bin/python -m pytest "$@"
+# Two workers, each test file on one of them (module fixtures such as the booted containers are made once);
+# the slowest tests are listed at the end. Later options win: `bash scripts/test.sh -n 0` runs in one process.
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --durations=15 "$@"
