@@ -6,27 +6,16 @@ from __future__ import annotations
 
 import http.server
 import signal
-import socket
 import threading
 import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from process_helpers import inlets, spawn, terminate, wait_for_text, wait_port
+from process_helpers import echo_once, inlets, spawn, terminate, wait_port
 from tunnel_helpers import TlsFiles, free_port
 
 DATA_ADDRS = ("127.0.0.2", "127.0.0.3")
-
-
-def _echo(host: str, port: int, payload: bytes) -> bytes:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def _tokens(tmp_path: Path) -> list[Path]:
@@ -72,7 +61,7 @@ def test_a_tcp_client_serves_through_both_servers_and_survives_one(tmp_path: Pat
         _held(client_log, "event=servers held=2/2")
         for addr in DATA_ADDRS:
             wait_port(echo_port, host=addr)
-            assert _echo(addr, echo_port, b"via " + addr.encode()) == b"via " + addr.encode()
+            assert echo_once(echo_port, b"via " + addr.encode(), addr) == b"via " + addr.encode()
         args = ["status", "--url", f"wss://127.0.0.1:{controls[0]}", "--url", f"wss://127.0.0.1:{controls[1]}",
                 "--token-file", str(tokens[0]), "--token-file", str(tokens[1]), "--tls-ca", str(tls.ca)]
         status = inlets(*args)
@@ -84,14 +73,14 @@ def test_a_tcp_client_serves_through_both_servers_and_survives_one(tmp_path: Pat
         servers[0].send_signal(signal.SIGKILL)
         servers[0].wait(10)
         _held(client_log, "event=servers held=1/2")
-        assert _echo(DATA_ADDRS[1], echo_port, b"still") == b"still"
+        assert echo_once(echo_port, b"still", DATA_ADDRS[1]) == b"still"
         one = inlets(*args)
         assert one.returncode == 1 and one.stderr.startswith(f"inlets: error: wss://127.0.0.1:{controls[0]}: "), one.stderr
         # it comes back: the client reconnects to it by itself
         servers[0] = _server("tcp", controls[0], tls, tokens[0], DATA_ADDRS[0], tmp_path / "server-0b.log")
         _held(client_log, "event=servers held=2/2", times=2)
         wait_port(echo_port, host=DATA_ADDRS[0])
-        assert _echo(DATA_ADDRS[0], echo_port, b"back") == b"back"
+        assert echo_once(echo_port, b"back", DATA_ADDRS[0]) == b"back"
     finally:
         for process in (client, *servers):
             terminate(process)

@@ -10,33 +10,10 @@ import shlex
 import signal
 import time
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 from prov_fake_do import FakeDigitalOcean
 from prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client
-
-TOKEN = "dop_v1_" + "e" * 64
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "do-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
-    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=True) as api:
-        yield api
-
-
-def _do(fake: FakeDigitalOcean, token_file: Path, state: Path, *args: str) -> list[str]:
-    return [*args, "--api-url", fake.url, "--access-token-file", str(token_file), "--state-dir", str(state)]
-
+from test_prov_digitalocean import _do, fake, token_file  # noqa: F401  (the same fake, token and flags)
 
 def _create(fake: FakeDigitalOcean, token_file: Path, state: Path, capsys, *more: str) -> dict:
     port, control = free_port(), free_port()
