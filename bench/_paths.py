@@ -82,7 +82,7 @@ def inlets_command() -> list[str]:
     exe = FsPath(sys.executable).parent / "inlets"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-m", "runtime.cli"]
+    return [sys.executable, "-m", "inlets_py.runtime"]
 
 
 @contextlib.contextmanager

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 from types import SimpleNamespace
 
-sys.path.insert(0, str(FsPath(__file__).resolve().parent))
 
 import _paths  # noqa: E402
 from _report import SSH_CIPHER, machine_line  # noqa: E402

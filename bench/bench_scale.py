@@ -37,16 +37,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
-sys.path.insert(0, str(FsPath(__file__).resolve().parent))
 
 import _paths  # noqa: E402
 from _report import machine_line  # noqa: E402
 from _util import LOOPBACK, BenchError, Proc, free_ports, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
 
 # The runtime's public client entry points (one import line to change if the package moves).
-from runtime.client import ClientConfig, TunnelClient  # noqa: E402
-from runtime.tcp_client import TcpUpstreams, Upstream  # noqa: E402
-from runtime.tls import client_context  # noqa: E402
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient  # noqa: E402
+from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream  # noqa: E402
+from inlets_py.runtime.core.tls import client_context  # noqa: E402
 
 TARGET_KIB_PER_CLIENT = 100.0
 TARGET_STORM_S = 30.0

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path as FsPath
 
-sys.path.insert(0, str(FsPath(__file__).resolve().parent))
 
 import _load  # noqa: E402
 import _paths  # noqa: E402

@@ -36,17 +36,15 @@ import termios
 import time
 from pathlib import Path as FsPath
 
-sys.path.insert(0, str(FsPath(__file__).resolve().parent))
-sys.path.insert(1, str(FsPath(__file__).resolve().parent.parent))
 
 from _util import LOOPBACK, Procs, free_port, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
-from runtime.certs import ensure_auto_tls  # noqa: E402
-from runtime.handshake import Hello, Welcome, parse_hello  # noqa: E402
-from runtime.mux import HEADER, FrameType, Multiplexer, StreamReset  # noqa: E402
-from runtime.tls import client_context, server_context  # noqa: E402
+from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
+from inlets_py.runtime.core.handshake import Hello, Welcome, parse_hello  # noqa: E402
+from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, StreamReset  # noqa: E402
+from inlets_py.runtime.core.tls import client_context, server_context  # noqa: E402
 
 ROOT = FsPath(__file__).resolve().parent.parent
 SETTLE = 5.0  # seconds after the attacker left before the last reading

@@ -24,12 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from runtime.certs import ensure_auto_tls  # noqa: E402
+from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
 
-INLETS = [sys.executable, "-c", "from runtime.cli import main; main()"]
+INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.probe import ProbeError
+from inlets_py.runtime.core.probe import ProbeError
 
 from . import replicas
 from .errors import NotFound, ProvisionError

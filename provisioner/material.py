@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from runtime.certs import EXIT_SERVER_NAME, Pem, generate_ca, issue_server_cert
+from inlets_py.runtime.core.certs import EXIT_SERVER_NAME, Pem, generate_ca, issue_server_cert
 
 TOKEN_LENGTH = 64
 

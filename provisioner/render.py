@@ -1,11 +1,11 @@
 """Render the cloud-init user-data, systemd units and client command from ``templates/``.
 
-Templates live in the top-level ``templates/`` folder (found by runtime.templating, which
+Templates live in the top-level ``templates/`` folder (found by runtime/generate/templating.py, which
 renders the same unit for ``inlets --generate=systemd``), installed as the package
 ``provisioner.templates`` so that a wheel install finds them too. No value is pasted in
 as it is: this environment adds shell quoting (``| q``) for the client command and YAML
 quoting (``| yaml``) for values in the user-data, and units get systemd's own quoting
-(runtime/systemd_quote.py).
+(runtime/generate/systemd_quote.py).
 
 The exit server installs the runtime from the server-only wheel of this inletsctl
 (provisioner/wheel.py), its dependencies pinned by a constraints list. The wheel rides in
@@ -26,8 +26,8 @@ from typing import Sequence
 
 import jinja2
 
-from runtime.systemd_quote import exec_command
-from runtime.templating import template_dir
+from inlets_py.runtime.generate.systemd_quote import exec_command
+from inlets_py.runtime.generate.templating import template_dir
 
 from . import wheel_receiver
 from .errors import ProvisionError

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from runtime.certs import EXIT_SERVER_NAME
-from runtime.ports import parse_port
+from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
+from inlets_py.runtime.core.ports import parse_port
 
 from .errors import ProvisionError
 
@@ -142,7 +142,7 @@ def build_spec(
 
 
 def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int) -> None:
-    from runtime.acme_store import AcmeConfigError, check_domain, check_email, directory_url
+    from inlets_py.runtime.acme.store import AcmeConfigError, check_domain, check_email, directory_url
 
     if not domains:
         raise ProvisionError("Let's Encrypt needs --domain: certificates are issued for names, not the catch-all")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.certs import write_private
+from inlets_py.runtime.core.certs import write_private
 
 from .errors import NotFound, ProvisionError
 

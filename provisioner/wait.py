@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from runtime.certs import EXIT_SERVER_NAME
-from runtime.probe import Answer, Endpoint, ProbeError, Unreachable, get
+from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
+from inlets_py.runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
 from .errors import NotFound, ProvisionError
 from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner

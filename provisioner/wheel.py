@@ -25,21 +25,18 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import runtime
+from inlets_py import runtime
 
 DIST = "inlets-py"
-#: The modules each exit server's command starts from (``acme_client`` runs as a child
-#: process, ``python -m runtime.acme_client``); the wheel holds what they import.
-SERVER_ROOTS = {"tcp": ("__main__", "cli", "tcp_server", "forwarding"), "http": ("__main__", "cli", "http_server")}
-LETSENCRYPT_ROOTS = ("https_front", "letsencrypt", "acme_client")
-#: Modules an exit server never runs, although ``cli.py`` imports them for other commands:
-#: the tunnel client, ``--generate``, ``inlets status``. The other mode's server is left out too, and
-#: from HTTP servers local forwarding (a TCP feature, imported only by the TCP commands).
-CLIENT_MODULES = frozenset(
-    {"client", "client_group", "proxy", "probe", "generate", "templating", "systemd_quote", "tcp_client", "http_client"}
-)
-LETSENCRYPT_MODULES = frozenset({"acme_store", "acme_client", "letsencrypt", "https_front"})
-OTHER_MODE = {"tcp": re.compile(r"https?_.*"), "http": re.compile(r"tcp_server|udp|forwarding")}
+#: The modules each exit server's command starts from (paths in the runtime package); the wheel holds
+#: what they import. ``cli/main`` imports only the command modules that are installed, so each
+#: mode's wheel carries its own server command and nothing of the other mode's.
+SERVER_ROOTS = {"tcp": ("__main__", "cli/main", "cli/tcp_server"), "http": ("__main__", "cli/main", "cli/http_server")}
+#: Let's Encrypt: the whole folder (its ACME client runs as a child process, ``python -m``).
+LETSENCRYPT_FOLDER = "acme"
+#: Folders no exit server runs, although the CLI imports them for other commands: the tunnel
+#: client and ``--generate``'s unit and YAML writer.
+CLIENT_FOLDERS = ("client", "generate")
 _EXTRA = re.compile(r"\bextra\s*==")  # a requirement of an optional extra (a marker names it)
 _EXTRA_CLAUSE = re.compile(r"\s*\band\s+extra\s*==\s*['\"][^'\"]*['\"]|\bextra\s*==\s*['\"][^'\"]*['\"]\s*(and\s*)?")
 
@@ -68,53 +65,89 @@ def _package_dir() -> Path:
     return Path(runtime.__file__).resolve().parent
 
 
-def _imports(path: Path) -> tuple[set[str], set[str]]:
-    """(sibling modules, top-level absolute imports) of one module; ``if TYPE_CHECKING:`` blocks do not count."""
-    siblings: set[str] = set()
-    absolute: set[str] = set()
+class _Imports(ast.NodeVisitor):
+    """The imports of one module: relative ones resolved to module paths, absolute ones by top-level name.
 
-    class Visitor(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if "TYPE_CHECKING" in ast.unparse(node.test):
-                for child in node.orelse:
-                    self.visit(child)
-            else:
-                self.generic_visit(node)
+    Imports inside functions count (a command imports what it runs there); ``if TYPE_CHECKING:``
+    blocks only when asked (nothing runs them, but a reader follows them too).
+    """
 
-        def visit_Import(self, node: ast.Import) -> None:
-            absolute.update(alias.name.split(".")[0] for alias in node.names)
+    def __init__(self, package_dir: Path, package: tuple[str, ...], type_checking: bool = False) -> None:
+        self.type_checking = type_checking
+        self.package_dir = package_dir
+        self.package = package
+        self.modules: set[str] = set()
+        self.absolute: set[str] = set()
 
-        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-            if node.level == 0 and node.module:
-                absolute.add(node.module.split(".")[0])
-            elif node.level == 1 and node.module:
-                siblings.add(node.module.split(".")[0])
-            elif node.level == 1:
-                siblings.update(alias.name for alias in node.names)
+    def visit_If(self, node: ast.If) -> None:
+        if "TYPE_CHECKING" in ast.unparse(node.test) and not self.type_checking:
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
 
-    Visitor().visit(ast.parse(path.read_text()))
-    return siblings, absolute
+    def visit_Import(self, node: ast.Import) -> None:
+        self.absolute.update(alias.name.split(".")[0] for alias in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level == 0:
+            self.absolute.add((node.module or "").split(".")[0])
+            return
+        base = self.package[: len(self.package) - (node.level - 1)]
+        target = base + tuple(node.module.split(".")) if node.module else base
+        path = "/".join(target)
+        if (self.package_dir / f"{path}.py").is_file():
+            self.modules.add(path)
+            return
+        self.modules.add(f"{path}/__init__" if path else "__init__")
+        for alias in node.names:  # ``from .pkg import module``
+            name = f"{path}/{alias.name}" if path else alias.name
+            if (self.package_dir / f"{name}.py").is_file():
+                self.modules.add(name)
+
+
+def _parents(module: str) -> set[str]:
+    """The ``__init__`` of every package around ``module`` (Python imports them first)."""
+    parts = module.split("/")[:-1]
+    return {"/".join(parts[:n] + ["__init__"]) for n in range(len(parts) + 1)}
+
+
+def import_graph(package_dir: Path | None = None, type_checking: bool = False) -> dict[str, tuple[set[str], set[str]]]:
+    """Every module of the runtime package (``core/mux``, ``cli/__init__``, ...) -> (the package's
+    modules it imports, with their packages' ``__init__``; the top-level packages it imports from outside)."""
+    package_dir = package_dir or _package_dir()
+    graph: dict[str, tuple[set[str], set[str]]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        module = path.relative_to(package_dir).with_suffix("").as_posix()
+        parts = tuple(module.split("/"))
+        visitor = _Imports(package_dir, parts[:-1], type_checking)
+        visitor.visit(ast.parse(path.read_text()))
+        modules = set(visitor.modules)
+        for imported in visitor.modules:
+            modules |= _parents(imported)
+        graph[module] = (modules - {module}, visitor.absolute)
+    return graph
 
 
 def server_modules(mode: str, letsencrypt: bool = False) -> tuple[list[str], set[str]]:
-    """The ``runtime`` modules an exit server in ``mode`` imports, and the top-level packages they import."""
-    package_dir = _package_dir()
-    stop = set(CLIENT_MODULES) | (set() if letsencrypt else set(LETSENCRYPT_MODULES))
-    todo = list(SERVER_ROOTS[mode]) + (list(LETSENCRYPT_ROOTS) if letsencrypt else [])
+    """The runtime modules an exit server in ``mode`` imports (``core/mux``, ...), and the top-level packages they import."""
+    graph = import_graph()
+    stop = set(CLIENT_FOLDERS) | (set() if letsencrypt else {LETSENCRYPT_FOLDER})
+    todo = list(SERVER_ROOTS[mode])
+    if letsencrypt:
+        todo += [m for m in graph if m.startswith(LETSENCRYPT_FOLDER + "/")]
+    own = runtime.__name__.split(".")[0]
     seen: set[str] = set()
     third_party: set[str] = set()
     while todo:
         name = todo.pop()
-        path = package_dir / f"{name}.py"
-        if name in seen or name in stop or not path.is_file():
-            continue
-        if name not in SERVER_ROOTS[mode] and OTHER_MODE[mode].fullmatch(name) and name not in LETSENCRYPT_ROOTS:
+        if name in seen or name.split("/")[0] in stop:
             continue
         seen.add(name)
-        siblings, absolute = _imports(path)
-        todo += sorted(siblings)
-        third_party |= {top for top in absolute if top not in sys.stdlib_module_names and top != "runtime"}
-    return sorted(seen | {"__init__"}), third_party
+        modules, absolute = graph[name]
+        todo += sorted(modules | _parents(name))
+        third_party |= {top for top in absolute if top not in sys.stdlib_module_names and top != own}
+    return sorted(seen), third_party
 
 
 @functools.lru_cache(maxsize=None)
@@ -207,13 +240,14 @@ def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerW
     requires = server_requirements(third_party)
     files: dict[str, bytes] = {}
     package_dir = _package_dir()
+    prefix = runtime.__name__.replace(".", "/")
     for name in modules:
-        files[f"runtime/{name}.py"] = compact_source((package_dir / f"{name}.py").read_text()).encode()
+        files[f"{prefix}/{name}.py"] = compact_source((package_dir / f"{name}.py").read_text()).encode()
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
     meta += [f"Requires-Dist: {req}" for req in requires]
     files[f"{dist_info}/METADATA"] = ("\n".join(meta) + "\n").encode()
     files[f"{dist_info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: inletsctl\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    files[f"{dist_info}/entry_points.txt"] = b"[console_scripts]\ninlets = runtime.cli:main\n"
+    files[f"{dist_info}/entry_points.txt"] = f"[console_scripts]\ninlets = {runtime.__name__}.cli.main:main\n".encode()
     record = [_record_line(name, data) for name, data in files.items()] + [f"{dist_info}/RECORD,,"]
     files[f"{dist_info}/RECORD"] = ("\n".join(record) + "\n").encode()
     buffer = io.BytesIO()

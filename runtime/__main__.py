@@ -1,5 +1,5 @@
 """``python -m runtime``: the ``inlets`` command without its console script (e.g. in a generated unit)."""
 
-from .cli import main
+from .cli.main import main
 
 main()

@@ -30,17 +30,21 @@ import difflib
 import json
 import re
 import sys
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# This checkout as the ``inlets_py`` package (its folders are its subpackages, as pyproject.toml
+# maps them), installed or not: the tool runs on the code beside it.
+sys.modules["inlets_py"] = _checkout = types.ModuleType("inlets_py")
+_checkout.__path__ = [str(ROOT)]
 
 from jinja2 import nodes  # noqa: E402
 
-from provisioner import render  # noqa: E402
-from provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, TunnelSpec, server_argv  # noqa: E402
-from provisioner.wheel import build_runtime_wheel, constraints  # noqa: E402
-from runtime.templating import environment, template_dir  # noqa: E402
+from inlets_py.provisioner import render  # noqa: E402
+from inlets_py.provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, TunnelSpec, server_argv  # noqa: E402
+from inlets_py.provisioner.wheel import build_runtime_wheel, constraints  # noqa: E402
+from inlets_py.runtime.generate.templating import environment, template_dir  # noqa: E402
 
 USERDATA_DIR = ROOT / "terraform/modules/inlets-userdata/templates"
 RUNTIME_DIR = ROOT / "terraform/modules/inlets-userdata/runtime"

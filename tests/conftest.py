@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tunnel_helpers import TlsFiles, make_tls  # noqa: E402
+from helpers.tunnel import TlsFiles, make_tls
 
 
 @pytest.fixture(scope="session")

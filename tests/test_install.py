@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import site
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -17,8 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from readme_commands import Shell, block
-from tunnel_helpers import TlsFiles
+from helpers.readme_commands import Shell, block
+from helpers.tunnel import TlsFiles, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,13 +68,15 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
         assert result.returncode == 0, result.stderr
         assert "Usage:" in result.stdout
     where = subprocess.run(
-        [venv / "bin" / "python", "-c", "import runtime, provisioner; print(runtime.__file__, provisioner.__file__)"],
+        [venv / "bin" / "python", "-c", "import importlib.util; from inlets_py import runtime, provisioner; print(runtime.__file__, provisioner.__file__); "
+         "print('top-level:', [n for n in ('runtime', 'provisioner', 'templates') if importlib.util.find_spec(n)])"],
         cwd=outside, capture_output=True, text=True, check=True,
     ).stdout
     assert str(ROOT) not in where and str(venv) in where, where
+    assert "top-level: []" in where, where  # one import name, inlets_py: nothing to collide with
     templates = subprocess.run(
         [venv / "bin" / "python", "-c",
-         "from importlib import resources; print(sorted(p.name for p in resources.files('provisioner.templates').iterdir()))"],
+         "from importlib import resources; print(sorted(p.name for p in resources.files('inlets_py.templates').iterdir()))"],
         cwd=outside, capture_output=True, text=True, check=True,
     ).stdout
     assert "user-data.yaml.j2" in templates, "the cloud-init templates must ship inside the wheel"
@@ -142,8 +143,8 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     which an editable install would fall back to), it runs the server, which answers /healthz."""
     from importlib import metadata
 
-    from provisioner.wheel import build_runtime_wheel
-    from runtime.probe import Endpoint, get
+    from inlets_py.provisioner.wheel import build_runtime_wheel
+    from inlets_py.runtime.core.probe import Endpoint, get
 
     wheel = build_runtime_wheel(mode, letsencrypt=letsencrypt)
     metadata_text = zipfile.ZipFile(io.BytesIO(wheel.data)).read("inlets_py-0.1.0.dist-info/METADATA").decode()
@@ -154,16 +155,16 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
     path = tmp_path / wheel.filename
     path.write_bytes(wheel.data)
     venv = venv_with(path, tmp_path / "venv")
-    modules = ["runtime.cli", "runtime.status", f"runtime.{mode}_server"]
-    modules += ["runtime.https_front", "runtime.letsencrypt", "runtime.acme_client"] if letsencrypt else []
-    probe = "import importlib, runtime; print(runtime.__file__); " + "; ".join(
+    modules = ["inlets_py.runtime.cli.main", "inlets_py.runtime.server.status", f"inlets_py.runtime.cli.{mode}_server"]
+    modules += ["inlets_py.runtime.acme.https_front", "inlets_py.runtime.acme.letsencrypt", "inlets_py.runtime.acme.client"] if letsencrypt else []
+    probe = "import importlib; from inlets_py import runtime; print(runtime.__file__); " + "; ".join(
         f"importlib.import_module({m!r})" for m in modules)
     result = subprocess.run([venv / "bin" / "python", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert str(venv) in result.stdout and str(ROOT) not in result.stdout
     (tmp_path / "token").write_text(token + "\n")
-    control, data = _free_port(), _free_port()
+    control, data = free_port(), free_port()
     data_flag = ["--allow-ports", str(data)] if mode == "tcp" else ["--port", str(data)]
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
@@ -194,9 +195,3 @@ def _installed(metadata: object, name: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

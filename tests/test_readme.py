@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
-from readme_commands import README, ROOT, Shell, block, commands
+from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
+from helpers.readme_commands import README, ROOT, Shell, block, commands
 
-from runtime.dataplane import bind_failure
+from inlets_py.runtime.server.dataplane import bind_failure
 
 
 def _free_on_both(*hosts: str) -> int:

@@ -9,6 +9,7 @@ present on this machine (otherwise skipped, saying which are missing).
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import re
@@ -20,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from provisioner.material import Material, generate
-from provisioner.render import UserDataOptions, client_command, user_data, wheel_xz_base64
-from provisioner.spec import build_spec, parse_ttl
-from provisioner.wheel import DIST, build_runtime_wheel, version
-from runtime.certs import Pem
+from inlets_py.provisioner.material import Material, generate
+from inlets_py.provisioner.render import UserDataOptions, client_command, user_data, wheel_xz_base64
+from inlets_py.provisioner.spec import build_spec, parse_ttl
+from inlets_py.provisioner.wheel import DIST, build_runtime_wheel, version
+from inlets_py.runtime.core.certs import Pem
+from helpers.tunnel import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TF_DIR = ROOT / "terraform"
@@ -237,7 +239,7 @@ def test_terraform_user_data_is_byte_identical_to_inletsctl(rendered: dict[str, 
 
 
 def test_expiry_and_firewall_outputs_match_inletsctl(rendered: dict[str, Any]) -> None:
-    from provisioner.providers.base import expiry_tag
+    from inlets_py.provisioner.providers.base import expiry_tag
 
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
     for name, v in VARIANTS.items():
@@ -297,9 +299,10 @@ def test_generated_templates_are_current() -> None:
 
 
 def test_generator_refuses_constructs_it_cannot_translate() -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import gen_terraform_template as gen
-    from runtime.templating import environment
+    spec = importlib.util.spec_from_file_location("gen_terraform_template", ROOT / "scripts/gen_terraform_template.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    from inlets_py.runtime.generate.templating import environment
 
     for source in ("{{ name | upper }}", "{% for x in units %}a{% else %}b{% endfor %}", "{{ undefined_thing }}", "{% if name is defined %}{% endif %}"):
         with pytest.raises(gen.Unsupported):
@@ -417,14 +420,6 @@ def test_aws_module_validates_with_the_real_aws_provider(module: str, tmp_path: 
     tf(ws / module, "validate")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """moto's EC2 API server on loopback, as a separate process (its own state)."""
@@ -492,7 +487,7 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
     security group opens exactly 8123 and the TCP ports asked for (22 included); the tags are inletsctl's."""
     import base64
 
-    from provisioner.providers.base import expiry_tag
+    from inlets_py.provisioner.providers.base import expiry_tag
 
     out, ec2 = aws_applied["out"], aws_applied["ec2"]
     attr = ec2.describe_instance_attribute(InstanceId=out["id"], Attribute="userData")
@@ -520,17 +515,17 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
 def test_inletsctl_lists_and_deletes_the_terraform_made_ec2_server(aws_applied: dict[str, Any], tmp_path: Path) -> None:
     """``inletsctl list --provider ec2`` finds the instance by its tags, and ``inletsctl delete``
     removes it with its security group (issue 6's ec2 provider)."""
-    from provisioner.providers import PROVIDERS
+    from inlets_py.provisioner.providers import PROVIDERS
 
     import importlib.util
 
-    if "ec2" not in PROVIDERS or importlib.util.find_spec("provisioner.providers.ec2") is None:
+    if "ec2" not in PROVIDERS or importlib.util.find_spec("inlets_py.provisioner.providers.ec2") is None:
         pytest.skip("inletsctl has no ec2 provider in this checkout (issue 6)")
     out, ec2 = aws_applied["out"], aws_applied["ec2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "INLETS"))}
     env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_REGION="eu-west-1",
                AWS_ENDPOINT_URL_EC2=aws_applied["url"], INLETSCTL_STATE_DIR=str(tmp_path / "state"))
-    inletsctl = [sys.executable, "-c", "from provisioner.cli import main; main()"]
+    inletsctl = [sys.executable, "-c", "from inlets_py.provisioner.cli import main; main()"]
     listed = subprocess.run([*inletsctl, "list", "--provider", "ec2", "--json"], capture_output=True, text=True, env=env, timeout=60)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     row = next(r for r in json.loads(listed.stdout)["servers"] if r["id"] == out["id"])

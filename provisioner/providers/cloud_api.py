@@ -16,7 +16,7 @@ from typing import Any, ContextManager
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
 
-from runtime.ports import url_port
+from inlets_py.runtime.core.ports import url_port
 
 from ..errors import ProvisionError
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, one_line

@@ -37,7 +37,7 @@ def inlets_command() -> list[str]:
     script = Path(sys.executable).with_name("inlets")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from runtime.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from inlets_py.runtime.cli.main import main; sys.exit(main())"]
 
 
 def free_port(host: str = CONTROL_ADDR) -> int:

@@ -22,14 +22,18 @@ import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# This checkout as the ``inlets_py`` package (its folders are its subpackages, as pyproject.toml
+# maps them), installed or not: the tool runs on the code beside it.
+sys.modules["inlets_py"] = _checkout = types.ModuleType("inlets_py")
+_checkout.__path__ = [str(Path(__file__).resolve().parents[2])]
 
-from runtime.probe import Endpoint, ProbeError, get  # noqa: E402  (standard library only)
+from inlets_py.runtime.core.probe import Endpoint, ProbeError, get  # noqa: E402  (standard library only)
 
 PATH = "/inlets/runtime-wheel"  # provisioner/wheel_receiver.py
-SERVER_NAME = "inlets-exit-server"  # runtime/certs.py: the name in every exit server's certificate
+SERVER_NAME = "inlets-exit-server"  # runtime/core/certs.py: the name in every exit server's certificate
 
 
 def main() -> int:

@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# This checkout as the ``inlets_py`` package (its folders are its subpackages, as pyproject.toml
+# maps them), installed or not: the tool runs on the code beside it.
+sys.modules["inlets_py"] = _checkout = types.ModuleType("inlets_py")
+_checkout.__path__ = [str(Path(__file__).resolve().parents[2])]
 
-from provisioner.render import wheel_xz_base64  # noqa: E402
-from provisioner.wheel import build_runtime_wheel  # noqa: E402
+from inlets_py.provisioner.render import wheel_xz_base64  # noqa: E402
+from inlets_py.provisioner.wheel import build_runtime_wheel  # noqa: E402
 
 
 def main() -> int:

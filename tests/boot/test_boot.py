@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import test_terraform as tfh
-from prov_support import Result, one_line_error
+from helpers.prov_support import Result, one_line_error
 from vm import VM_ADDR, BootUnavailable, check_available
 from worlds import World
 
-from provisioner.material import generate
-from runtime.probe import Endpoint, ProbeError, get
-from runtime.systemd_quote import exec_command
+from inlets_py.provisioner.material import generate
+from inlets_py.runtime.core.probe import Endpoint, ProbeError, get
+from inlets_py.runtime.generate.systemd_quote import exec_command
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def test_a_plain_tcp_create_boots_clean_and_carries_bytes_byte_exact(boots: Boot
 
 
 def test_systemd_in_the_vm_passes_quoted_values_byte_for_byte(boots: Boots) -> None:
-    """runtime/systemd_quote.py's ExecStart, read by the VM's systemd: each hostile word arrives as one argument."""
+    """runtime/generate/systemd_quote.py's ExecStart, read by the VM's systemd: each hostile word arrives as one argument."""
     from test_unit_quoting import HOSTILE_WORDS
 
     world, (result, _) = boots.get("tcp")

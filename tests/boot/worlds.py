@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from prov_fake_do import FakeDigitalOcean
-from prov_support import INLETSCTL, HelloUpstream, Result, user_env
+from helpers.prov_fake_do import FakeDigitalOcean
+from helpers.prov_support import INLETSCTL, HelloUpstream, Result, user_env
 from vm import VM_ADDR, Container, Network
 
 DO_TOKEN = "dop_v1_" + "b" * 64

@@ -10,10 +10,10 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, make_plan
-from provisioner.errors import ProvisionError
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.providers.vultr import VultrProvider
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.providers.vultr import VultrProvider
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_libcloud_rate_limit_says_wait(api: RecordedAPI) -> None:
 
 def test_hcloud_resource_limit_is_a_quota(api: RecordedAPI, tmp_path: Path) -> None:
     pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
-    from provisioner.providers.hetzner import HetznerProvider
+    from inlets_py.provisioner.providers.hetzner import HetznerProvider
 
     api.route("POST", "/v1/firewalls", Answer(403, {"error": {
         "code": "resource_limit_exceeded", "message": "firewall limit exceeded", "details": {}}}))
@@ -53,7 +53,7 @@ def test_hcloud_resource_limit_is_a_quota(api: RecordedAPI, tmp_path: Path) -> N
 
 def test_scaleway_quota_is_not_read_as_a_refused_key(api: RecordedAPI, tmp_path: Path) -> None:
     pytest.importorskip("scaleway", reason="the Scaleway SDK is not installed")
-    from provisioner.providers.scaleway import ScalewayProvider
+    from inlets_py.provisioner.providers.scaleway import ScalewayProvider
 
     api.route("POST", "/instance/v1/zones/fr-par-1/security_groups", Answer(403, {
         "type": "quotas_exceeded", "message": "quota(s) exceeded for this resource",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from prov_support import free_port, one_line_error, run_cli, run_inletsctl
+from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsctl
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),
@@ -70,7 +70,7 @@ def test_a_name_that_exists_locally_is_refused(tmp_path: Path, capsys) -> None:
 
 def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> None:
     """Steps print once; a wait prints only once it lasts, then now and then, with its detail."""
-    from provisioner.output import Progress
+    from inlets_py.provisioner.output import Progress
 
     now = [0.0]
     progress = Progress(grace=2.0, every=15.0, clock=lambda: now[0])

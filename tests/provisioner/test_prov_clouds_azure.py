@@ -15,10 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.errors import NotFound, ProvisionError
-from provisioner.providers.azure import AzureProvider, service_principal
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.azure import AzureProvider, service_principal
 
 TENANT = "77777777-7777-7777-7777-777777777777"  # the tenant of libcloud's recorded token
 SUB = "99999999"

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, recorded
-from prov_support import one_line_error, run_cli
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, recorded
+from helpers.prov_support import one_line_error, run_cli
 
 CLOUD_ENV = ("VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CLI_TOKEN", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT", "METAL_AUTH_TOKEN",
              "PACKET_AUTH_TOKEN", "METAL_PROJECT_ID", "PACKET_PROJECT_ID", "INLETS_ACCESS_TOKEN", "VULTR_API_URL",
@@ -94,7 +94,7 @@ def test_bad_api_url_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: P
 
 
 def test_unreachable_api_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prov_support import free_port
+    from helpers.prov_support import free_port
 
     monkeypatch.setenv("VULTR_API_KEY", "x")
     url = f"http://127.0.0.1:{free_port()}"

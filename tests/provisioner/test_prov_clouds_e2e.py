@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, Seen, libcloud_fixture, recorded
-from prov_fake_do import FakeDigitalOcean, _stop
-from prov_support import free_port, get_through, http_upstream, run_client, run_inletsctl
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen, libcloud_fixture, recorded
+from helpers.prov_fake_do import FakeDigitalOcean, _stop
+from helpers.prov_support import free_port, get_through, http_upstream, run_client, run_inletsctl
 
 GROUP = "cb676a46-66fd-4dfb-b839-443f2e6c0b60"
 

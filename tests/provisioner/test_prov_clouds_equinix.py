@@ -12,10 +12,10 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.errors import NotFound, ProvisionError
-from provisioner.providers.equinix import EquinixProvider
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.equinix import EquinixProvider
 
 PROJECT = "4b653fce-6405-4300-9f7d-c587b7888fe5"
 DEVICE = "9f7eafab-6f6b-4ae4-988d-c2a686367791"

@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.errors import NotFound, ProvisionError
-from provisioner.providers.gce import GCEProvider, service_account
+from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.gce import GCEProvider, service_account
 
 PROJECT = "project_name"  # the project libcloud's fixtures were recorded with
 PREFIX = f"/compute/v1/projects/{PROJECT}/"

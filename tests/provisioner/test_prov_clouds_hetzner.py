@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("hcloud", reason="the hcloud SDK is not installed (pip install hcloud)")
 
-from prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded  # noqa: E402
-from provisioner.errors import NotFound, ProvisionError  # noqa: E402
-from provisioner.providers.hetzner import HetznerProvider  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded  # noqa: E402
+from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
+from inlets_py.provisioner.providers.hetzner import HetznerProvider  # noqa: E402
 
 NOT_FOUND = Answer(404, {"error": {"code": "not_found", "message": "server with ID '1' not found", "details": {}}})
 

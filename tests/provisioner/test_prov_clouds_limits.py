@@ -11,20 +11,20 @@ import datetime
 
 import pytest
 
-from provisioner.firewall import inbound_ports
-from provisioner.material import generate
-from provisioner.providers.azure import AzureProvider
-from provisioner.providers.digitalocean import DigitalOceanProvider
-from provisioner.providers.ec2 import EC2Provider
-from provisioner.providers.equinix import EquinixProvider
-from provisioner.providers.gce import GCEProvider
-from provisioner.providers.hetzner import HetznerProvider
-from provisioner.providers.linode import LinodeProvider
-from provisioner.providers.scaleway import ScalewayProvider
-from provisioner.providers.vultr import VultrProvider
-from provisioner.render import UserDataOptions, fitting_user_data
-from provisioner.spec import LetsEncrypt, build_spec
-from provisioner.wheel import build_runtime_wheel
+from inlets_py.provisioner.firewall import inbound_ports
+from inlets_py.provisioner.material import generate
+from inlets_py.provisioner.providers.azure import AzureProvider
+from inlets_py.provisioner.providers.digitalocean import DigitalOceanProvider
+from inlets_py.provisioner.providers.ec2 import EC2Provider
+from inlets_py.provisioner.providers.equinix import EquinixProvider
+from inlets_py.provisioner.providers.gce import GCEProvider
+from inlets_py.provisioner.providers.hetzner import HetznerProvider
+from inlets_py.provisioner.providers.linode import LinodeProvider
+from inlets_py.provisioner.providers.scaleway import ScalewayProvider
+from inlets_py.provisioner.providers.vultr import VultrProvider
+from inlets_py.provisioner.render import UserDataOptions, fitting_user_data
+from inlets_py.provisioner.spec import LetsEncrypt, build_spec
+from inlets_py.provisioner.wheel import build_runtime_wheel
 
 MARGIN = 4 * 1024  # bytes every default user-data keeps below its cloud's limit
 EMBED = {"tcp": "embed", "http": "embed", "http-letsencrypt": "embed"}
@@ -35,9 +35,9 @@ DELIVERY = {
     ScalewayProvider: {"tcp": "embed", "http": "embed", "http-letsencrypt": "push"},  # 64 KiB
     EquinixProvider: {"tcp": "embed", "http": "embed", "http-letsencrypt": "push"},  # 64 KiB
     GCEProvider: EMBED,  # 256 KiB
-    AzureProvider: PUSH,  # 48 KiB
-    VultrProvider: PUSH,  # 48 KiB
-    LinodeProvider: PUSH,  # 49,000 bytes
+    AzureProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 48 KiB
+    VultrProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 48 KiB
+    LinodeProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 49,000 bytes
     HetznerProvider: PUSH,  # 32 KiB
     EC2Provider: PUSH,  # 16 KiB
 }

@@ -15,10 +15,10 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.errors import NotFound, ProvisionError
-from provisioner.providers.linode import LinodeProvider
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.linode import LinodeProvider
 
 NODE = "45501392"  # the id in libcloud's recorded create_node.json
 NOT_FOUND = Answer(404, {"errors": [{"reason": "Not found"}]})

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("scaleway", reason="the scaleway SDK is not installed (pip install scaleway)")
 
-from prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded  # noqa: E402
-from provisioner.errors import NotFound, ProvisionError  # noqa: E402
-from provisioner.providers.scaleway import ScalewayProvider  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded  # noqa: E402
+from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
+from inlets_py.provisioner.providers.scaleway import ScalewayProvider  # noqa: E402
 
 ZONE = "/instance/v1/zones/fr-par-1"
 PROJECT = "11111111-1111-1111-1111-111111111111"

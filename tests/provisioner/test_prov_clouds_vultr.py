@@ -12,10 +12,10 @@ from typing import Iterator
 
 import pytest
 
-from prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
-from provisioner.providers.cloud_api import parse_api_url
-from provisioner.errors import NotFound, ProvisionError
-from provisioner.providers.vultr import VultrProvider
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.vultr import VultrProvider
 
 GROUP = "cb676a46-66fd-4dfb-b839-443f2e6c0b60"
 NOT_FOUND = Answer(404, {"error": "invalid instance ID", "status": 404})

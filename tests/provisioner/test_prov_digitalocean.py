@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from prov_fake_do import FakeDigitalOcean
-from prov_support import (
+from helpers.prov_fake_do import FakeDigitalOcean
+from helpers.prov_support import (
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
@@ -73,9 +72,6 @@ def test_create_waits_then_the_printed_client_carries_traffic(fake: FakeDigitalO
 
 def test_http_mode_from_an_embedded_wheel_routes_by_host(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     """The default: the droplet runs the runtime installed from the server wheel inside its user-data."""
-    inlets = Path(sys.executable).with_name("inlets")
-    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
     state, data_port, upstream_port, control = tmp_path / "state", free_port(), free_port(), free_port()
     created = run_cli(capsys, *_do(fake, token_file, state, "create", "do-http", "--provider", "digitalocean",
                                    "--mode", "http", "--domain", "site.example.test", "--http-port", str(data_port),

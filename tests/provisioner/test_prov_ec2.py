@@ -24,13 +24,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from prov_support import free_port, one_line_error, run_cli
-from provisioner import material as material_mod
-from provisioner.errors import ProvisionError
-from provisioner.providers import Credentials, make
-from provisioner.providers.base import ACTIVE, Plan
-from provisioner.render import UserDataOptions, user_data
-from provisioner.spec import build_spec
+from helpers.prov_support import free_port, one_line_error, run_cli
+from inlets_py.provisioner import material as material_mod
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.providers import Credentials, make
+from inlets_py.provisioner.providers.base import ACTIVE, Plan
+from inlets_py.provisioner.render import UserDataOptions, user_data
+from inlets_py.provisioner.spec import build_spec
 
 boto3 = pytest.importorskip("boto3", reason="moto[server] (with boto3) is not installed: pip install -e .[test]")
 
@@ -125,12 +125,12 @@ def prov_ec2_moto(prov_ec2_server: Moto, monkeypatch: pytest.MonkeyPatch, tmp_pa
 def prov_ec2_no_egress(monkeypatch: pytest.MonkeyPatch) -> None:
     """Guard, not a mock: moto's instance addresses are real public IPs, and these tests must never
     dial them (network only on loopback), so reaching create's /healthz wait fails the test at once."""
-    import provisioner.create
+    from inlets_py.provisioner import create
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("an EC2 test reached the /healthz wait on a moto (public) address")
 
-    monkeypatch.setattr(provisioner.create, "wait_until_ready", refuse)
+    monkeypatch.setattr(create, "wait_until_ready", refuse)
 
 
 def _env_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -319,7 +319,7 @@ def test_rejected_credentials_are_one_line(tmp_path: Path, monkeypatch: pytest.M
 
 def test_credentials_chain_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flags first, then the environment, then the profile; the session token travels along."""
-    from provisioner.providers.ec2 import aws_credentials as chain
+    from inlets_py.provisioner.providers.ec2 import aws_credentials as chain
 
     def aws_credentials(*args: object) -> tuple[str, str, str | None]:
         found = chain(*args)  # type: ignore[arg-type]
@@ -361,7 +361,7 @@ def test_firewall_note_names_the_ports_the_security_group_opens_for_another_http
     prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--mode http --http-port 8080: the summary's note and the real security group agree (8080, 443, 8123), no 80."""
-    from provisioner.providers.registry import firewall_note
+    from inlets_py.provisioner.providers.registry import firewall_note
 
     _env_credentials(monkeypatch)
     ec2 = prov_ec2_moto.client()

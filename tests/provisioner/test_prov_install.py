@@ -37,13 +37,13 @@ def test_wheel_contains_templates_and_renders_from_them(tmp_path: Path) -> None:
     (wheel_path,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel_path).namelist()
     for template in ("user-data.yaml.j2", "inlets.service.j2", "client-command.j2", "inlets-expire.timer.j2"):
-        assert f"provisioner/templates/{template}" in names, template
+        assert f"inlets_py/templates/{template}" in names, template
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel_path)],
                              capture_output=True, text=True, timeout=110)
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
-        "import provisioner.render as r, provisioner.spec as s, provisioner.material as m\n"
+        "import inlets_py.provisioner.render as r, inlets_py.provisioner.spec as s, inlets_py.provisioner.material as m\n"
         "print(r.template_dir())\n"
         "text = r.user_data(s.build_spec('tcp', '80', []), m.generate('x'), r.UserDataOptions('x', 'inlets-py==0.1.0'))\n"
         "assert text.startswith('#cloud-config')\n"

@@ -5,14 +5,10 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from prov_support import (
+from helpers.prov_support import (
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
@@ -75,10 +71,10 @@ def test_secrets_are_private_and_pinned(tmp_path: Path, capsys) -> None:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == ["inlets-exit-server"]
         # the server refuses a client pinned to another CA (no trust on first use)
-        from provisioner.wait import healthz_error
+        from inlets_py.provisioner.wait import healthz_error
         meta = created.json()
         other = tmp_path / "other-ca.crt"
-        from runtime.certs import generate_ca
+        from inlets_py.runtime.core.certs import generate_ca
         other.write_bytes(generate_ca().cert)
         assert healthz_error("127.0.0.1", meta["control_port"], folder / "ca.crt") is None
         assert "verification failed" in (healthz_error("127.0.0.1", meta["control_port"], other) or "")
@@ -124,9 +120,6 @@ def test_ttl_stops_the_server_and_prune_removes_it(tmp_path: Path, capsys) -> No
 
 def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
     """No NAME: a readable random one. --mode http: the printed client routes by Host."""
-    inlets = Path(sys.executable).with_name("inlets")
-    if subprocess.run([str(inlets), "http", "--help"], capture_output=True, timeout=30).returncode != 0:
-        pytest.skip("this runtime has no `inlets http` command yet (issue 3)")
     state, data_port, upstream_port = tmp_path / "state", free_port("127.0.0.2"), free_port()
     created = run_cli(capsys, "create", "--mode", "http", "--domain", "app.example.test", "--http-port", str(data_port),
                       "--upstream", f"http://127.0.0.1:{upstream_port}", "--state-dir", str(state), "--json")

@@ -21,14 +21,14 @@ from typing import Iterator
 
 import pytest
 
-from api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV, find_spec
-from prov_support import free_port
-from provisioner.errors import ProvisionError
-from provisioner.providers.base import Plan
-from provisioner.providers.digitalocean import DigitalOceanProvider
-from provisioner.material import generate
-from provisioner.render import UserDataOptions, user_data
-from provisioner.spec import build_spec
+from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV, find_spec
+from helpers.prov_support import free_port
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.providers.base import Plan
+from inlets_py.provisioner.providers.digitalocean import DigitalOceanProvider
+from inlets_py.provisioner.material import generate
+from inlets_py.provisioner.render import UserDataOptions, user_data
+from inlets_py.provisioner.spec import build_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PRISM = ROOT / "tools" / "node_modules" / ".bin" / "prism"

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from prov_support import free_port
-from tunnel_helpers import TlsFiles
+from helpers.prov_support import free_port
+from helpers.tunnel import TlsFiles
 
-from provisioner.errors import ProvisionError
-from provisioner.render import receiver_script, wheel_xz_base64
-from provisioner.wait import Delivery, deliver_error, healthz_error
-from provisioner.wheel import build_runtime_wheel
-from runtime.certs import EXIT_SERVER_NAME, generate_ca, issue_server_cert
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.render import receiver_script, wheel_xz_base64
+from inlets_py.provisioner.wait import Delivery, deliver_error, healthz_error
+from inlets_py.provisioner.wheel import build_runtime_wheel
+from inlets_py.runtime.core.certs import EXIT_SERVER_NAME, generate_ca, issue_server_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 

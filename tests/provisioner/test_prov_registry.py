@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from prov_support import run_inletsctl
-from provisioner.providers import registry
-from provisioner.providers.base import ProviderInfo
-from provisioner.spec import build_spec
+from helpers.prov_support import run_inletsctl
+from inlets_py.provisioner.providers import registry
+from inlets_py.provisioner.providers.base import ProviderInfo
+from inlets_py.provisioner.spec import build_spec
 
 PROVIDER_MODULES = sorted(p.stem for p in (Path(registry.__file__).parent).glob("*.py")
                           if p.stem not in ("__init__", "base", "registry", "cloud_api", "api_errors"))
@@ -20,7 +20,7 @@ PROVIDER_MODULES = sorted(p.stem for p in (Path(registry.__file__).parent).glob(
 def test_every_provider_module_is_registered_and_declares_itself() -> None:
     assert sorted(registry.PROVIDERS) == PROVIDER_MODULES
     for name in registry.PROVIDERS:
-        module = importlib.import_module(f"provisioner.providers.{name}")
+        module = importlib.import_module(f"inlets_py.provisioner.providers.{name}")
         declared = module.PROVIDER
         assert isinstance(declared, ProviderInfo) and declared.name == name and callable(module.build)
         provider_class = next(v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", None) == name)
@@ -53,7 +53,7 @@ def test_firewall_note_is_written_from_the_ports_the_tunnel_uses(mode: str, port
 
 
 def test_an_unknown_provider_is_refused_before_any_import() -> None:
-    from provisioner.errors import ProvisionError
+    from inlets_py.provisioner.errors import ProvisionError
 
     with pytest.raises(ProvisionError, match="unknown provider 'os'"):
         registry.info("os")

@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from prov_fake_do import FakeDigitalOcean
-from prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client
+from helpers.prov_fake_do import FakeDigitalOcean
+from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client
 from test_prov_digitalocean import _do, fake, token_file  # noqa: F401  (the same fake, token and flags)
 
 def _create(fake: FakeDigitalOcean, token_file: Path, state: Path, capsys, *more: str) -> dict:

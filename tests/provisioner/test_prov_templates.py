@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provisioner.errors import ProvisionError
-from provisioner.material import generate
-from provisioner.render import (
+from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.material import generate
+from inlets_py.provisioner.render import (
     UserDataOptions, client_command, fitting_user_data, systemd_unit, user_data, wheel_xz_base64,
 )
-from provisioner.spec import VM_FILES, build_spec, server_argv
-from provisioner.wheel import build_runtime_wheel, constraints
+from inlets_py.provisioner.spec import VM_FILES, build_spec, server_argv
+from inlets_py.provisioner.wheel import build_runtime_wheel, constraints
 
 EXPIRY = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 VARIANTS = {
@@ -178,7 +178,7 @@ def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
     assert (target / "bin" / "inlets").exists()
     import os
     env = dict(os.environ, PYTHONPATH=str(target))
-    run = subprocess.run([sys.executable, "-c", "import runtime.cli, runtime.tcp_server; print(runtime.__file__)"],
+    run = subprocess.run([sys.executable, "-c", "import inlets_py.runtime.cli.main, inlets_py.runtime.server.tcp; print(inlets_py.runtime.__file__)"],
                          capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert run.returncode == 0 and str(target) in run.stdout, run.stderr
 

@@ -1,0 +1,191 @@
+"""Obtain one certificate over ACME (RFC 8555) with HTTP-01, using certbot's ``acme`` library.
+
+Run as ``python -m inlets_py.runtime.acme.client`` by the server (``letsencrypt``), one process per
+issuance: ``acme`` blocks (requests) and, with the crypto libraries, weighs about 20 MiB
+that the long-running server should not keep. The child talks JSON lines on stdout:
+``{"publish": TOKEN, "validation": V}`` (the server answers a line on stdin once its
+port-80 responder serves it), ``{"withdraw": TOKEN}``, ``{"log": TEXT}``, and finally
+``{"issued": DOMAIN}`` (files saved in the store) or ``{"error": ONE_LINE}``. Keys never
+reach a message or a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .store import Account, CertStore
+
+log = logging.getLogger("inlets.letsencrypt")
+
+USER_AGENT = "inlets-py (acme-python)"
+
+
+class AcmeError(Exception):
+    """Issuance failed; the message is one line naming the step and the server's answer."""
+
+
+def _new_key_pem(kind: str) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+class AcmeIssuer:
+    """One ACME account (its key kept in ``store``), registered on first use, reused after."""
+
+    def __init__(
+        self, store: CertStore, account: Account, publish: Callable[[str, str], None], withdraw: Callable[[str], None]
+    ) -> None:
+        self.store = store
+        self.url = account.url
+        self.publish = publish
+        self.withdraw = withdraw
+        self.email = account.email
+        self.ca_bundle = account.ca_bundle  # trust for the ACME server's own HTTPS (private CAs); else the system's
+        self.timeout = account.timeout
+        self._client = None
+
+    def issue(self, domain: str) -> tuple[bytes, bytes]:
+        """(full chain PEM, private key PEM) for ``domain``; ``AcmeError`` on any failure."""
+        import requests
+        from acme import errors, messages
+
+        try:
+            return self._issue(domain)
+        except AcmeError:
+            raise
+        except messages.Error as exc:
+            raise AcmeError(f"the ACME server refused {domain}: {_one_line(exc)}") from None
+        except errors.TimeoutError:
+            raise AcmeError(f"{domain}: the ACME server did not validate within {self.timeout:.0f}s") from None
+        except errors.ValidationError as exc:
+            details = "; ".join(
+                _one_line(ch.error) for authz in exc.failed_authzrs for ch in authz.body.challenges if ch.error
+            )
+            raise AcmeError(f"{domain}: challenge failed: {details or 'invalid authorization'}") from None
+        except requests.RequestException as exc:
+            self._client = None
+            raise AcmeError(f"cannot reach the ACME server {self.url}: {_one_line(exc)}") from None
+        except (errors.Error, ValueError, OSError) as exc:
+            raise AcmeError(f"{domain}: {_one_line(exc)}") from None
+
+    def _account(self):  # -> acme.client.ClientV2
+        """The ACME client with the account registered (an existing account is found by its key)."""
+        if self._client is not None:
+            return self._client
+        import josepy as jose
+        from acme import client, errors, messages
+        from cryptography.hazmat.primitives import serialization
+
+        self.store.prepare()
+        pem = self.store.account_key()
+        if pem is None:
+            pem = _new_key_pem("rsa")
+            self.store.save_account_key(pem)
+            log.info("event=acme_account_key path=%s", self.store.account_key_path)
+        key = jose.JWKRSA(key=serialization.load_pem_private_key(pem, password=None))
+        net = client.ClientNetwork(key, alg=jose.RS256, verify_ssl=self.ca_bundle or True, user_agent=USER_AGENT,
+                                   timeout=int(min(self.timeout, 45)))
+        directory = client.ClientV2.get_directory(self.url, net)
+        acme = client.ClientV2(directory, net)
+        registration = (messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
+                        if self.email else messages.NewRegistration(terms_of_service_agreed=True))
+        try:
+            acme.new_account(registration)
+            log.info("event=acme_account_registered directory=%s", self.url)
+        except errors.ConflictError as exc:  # this key already has an account: use it
+            net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
+        self._client = acme
+        return acme
+
+    def _issue(self, domain: str) -> tuple[bytes, bytes]:
+        from acme import challenges, crypto_util
+
+        acme = self._account()
+        key_pem = _new_key_pem("ec")
+        order = acme.new_order(crypto_util.make_csr(key_pem, [domain]))
+        published: list[str] = []
+        try:
+            for authz in order.authorizations:
+                if authz.body.status.name == "valid":
+                    continue  # validated recently: the server reuses it
+                challenge = next((c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01)), None)
+                if challenge is None:
+                    raise AcmeError(f"{domain}: the ACME server offers no http-01 challenge")
+                response, validation = challenge.response_and_validation(acme.net.key)
+                token = challenge.chall.encode("token")
+                self.publish(token, validation)
+                published.append(token)
+                acme.answer_challenge(challenge, response)
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.timeout)
+            order = acme.poll_and_finalize(order, deadline)
+        finally:
+            for token in published:
+                self.withdraw(token)
+        if not order.fullchain_pem:
+            raise AcmeError(f"{domain}: the ACME server returned no certificate")
+        return order.fullchain_pem.encode(), key_pem
+
+
+# ------------------------------------------------------------------ child process
+
+
+class _JsonLines(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _emit({"log": record.getMessage()})
+
+
+def _emit(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _publish(token: str, validation: str) -> None:
+    _emit({"publish": token, "validation": validation})
+    if not sys.stdin.readline():  # the server answers once it serves the token
+        raise AcmeError("the server went away during the challenge")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One issuance: ``--root R --url U --domain D [--email E] [--ca-bundle C] [--timeout S]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name if __spec__ else __name__}")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--domain", required=True)
+    parser.add_argument("--email")
+    parser.add_argument("--ca-bundle")
+    parser.add_argument("--timeout", type=float, default=90.0)
+    args = parser.parse_args(argv)
+    log.addHandler(_JsonLines())
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    store = CertStore(Path(args.root), args.url)
+    account = Account(args.url, args.email, args.ca_bundle, args.timeout)
+    try:
+        chain, key = AcmeIssuer(store, account, _publish, lambda token: _emit({"withdraw": token})).issue(args.domain)
+        store.save(args.domain, chain, key)
+    except AcmeError as exc:
+        _emit({"error": str(exc)})
+        return 1
+    except (OSError, ValueError) as exc:
+        _emit({"error": f"{args.domain}: cannot store the certificate: {_one_line(exc)}"})
+        return 1
+    _emit({"issued": args.domain})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

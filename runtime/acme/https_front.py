@@ -1,0 +1,138 @@
+"""The HTTP data plane with Let's Encrypt: HTTPS on one port, redirects and HTTP-01 on the other.
+
+* The HTTPS port runs the ordinary reverse proxy (``http_proxy.FrontConnection``) over
+  TLS, the certificate chosen by SNI (``letsencrypt.LetsEncrypt``); upstreams are told
+  ``X-Forwarded-Proto: https``.
+* The plain port answers ``/.well-known/acme-challenge/TOKEN`` from the challenges in
+  flight and redirects everything else to https (308 keeps the method and body), one
+  request per connection, with a deadline for the request head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from ..http.front import FrontConnection, FrontServer
+from ..http.parser import HttpError, RequestHead, RequestReader
+from ..http.write import SimpleResponse
+from .letsencrypt import LetsEncrypt
+
+log = logging.getLogger("inlets.http")
+
+CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
+HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
+MAX_REDIRECT_HEAD = 16 * 1024
+
+
+class HttpsServer(FrontServer, Protocol):
+    """The HTTP server as its HTTPS front sees it (``http.server.HttpTunnelServer`` is one)."""
+
+    data_addr: str | None
+    port: int
+
+
+class TlsFrontConnection(FrontConnection):
+    """The reverse proxy over TLS: ``X-Forwarded-Proto: https``, and no half-open connections."""
+
+    def __init__(self, server: FrontServer) -> None:
+        super().__init__(server, scheme=b"https")
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False  # TLS closes on the peer's close_notify anyway; True only makes asyncio warn per connection
+
+
+def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int) -> tuple[int, bytes, list]:
+    """(status, body, extra headers) for a request on the plain port: no I/O, so tests call it directly."""
+    path = head.target.split(b"?", 1)[0]
+    if path.startswith(CHALLENGE_PREFIX):
+        token = path[len(CHALLENGE_PREFIX):].decode("ascii", "replace")
+        answer = challenges.get(token)
+        if answer is None or head.method not in (b"GET", b"HEAD"):
+            return 404, b"no such challenge\n", []
+        return 200, answer.encode(), []
+    if not head.host:
+        return 400, b"a Host header is needed to redirect to https\n", []
+    host = f"[{head.host}]" if ":" in head.host else head.host
+    port = "" if https_port == 443 else f":{https_port}"
+    target = head.target if head.target.startswith(b"/") else b"/"
+    return 308, b"", [(b"Location", f"https://{host}{port}".encode() + target)]
+
+
+class PlainFront(asyncio.Protocol):
+    """One connection on the plain HTTP port: a challenge answer or a redirect, then close."""
+
+    def __init__(self, letsencrypt: LetsEncrypt, https_port: int) -> None:
+        self.letsencrypt = letsencrypt
+        self.https_port = https_port
+        self.reader = RequestReader(max_header_bytes=MAX_REDIRECT_HEAD, max_headers=50)
+        self.transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            events = self.reader.feed(data)
+        except HttpError as exc:
+            self._answer(exc.status, (str(exc) + "\n").encode(), [], False)
+            return
+        head = next((e for e in events if isinstance(e, RequestHead)), None)
+        if head is not None:
+            status, body, extra = plain_answer(head, self.letsencrypt.challenges, self.https_port)
+            if status == 200:
+                log.info("event=acme_challenge_answered host=%s", head.host or "-")
+            self._answer(status, body, extra, head.method == b"HEAD")
+
+    def _answer(self, status: int, body: bytes, extra: list, head_only: bool) -> None:
+        assert self.transport is not None
+        self.transport.write(SimpleResponse(status, body, extra).encode(True, head_only))
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.transport = None
+
+
+class HttpsFront:
+    """Both listeners and the certificate manager, started and stopped with the tunnel server."""
+
+    def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443) -> None:
+        self.letsencrypt = letsencrypt
+        self.https_port = https_port
+        self._plain: asyncio.base_events.Server | None = None
+        self._tls: asyncio.base_events.Server | None = None
+
+    async def start(self, server: HttpsServer) -> asyncio.base_events.Server:
+        """Listen on ``server.port`` (plain) and ``https_port`` (TLS); returns the TLS listener.
+
+        ``OSError`` (a port taken) leaves nothing listening.
+        """
+        loop = asyncio.get_running_loop()
+        self.letsencrypt.load()
+        self._plain = await loop.create_server(
+            lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port, backlog=1024
+        )
+        try:
+            self._tls = await loop.create_server(
+                lambda: TlsFrontConnection(server), server.data_addr, self.https_port, backlog=1024,
+                ssl=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT,
+            )
+        except OSError:
+            self._plain.close()
+            raise
+        await self.letsencrypt.start()
+        return self._tls
+
+    async def stop(self) -> None:
+        await self.letsencrypt.stop()
+        for listener in (self._plain, self._tls):
+            if listener is not None:
+                listener.close()

@@ -1,0 +1,240 @@
+"""Keep a valid Let's Encrypt certificate for every domain, swapped in without a restart.
+
+The manager owns the certificates the HTTPS listener presents: one TLS context per
+domain, chosen by SNI. On start it loads what the store holds, then one task issues
+what is missing and renews what is due (``acme_store.Validity.due``), each ACME run in
+a short-lived child process (``acme/client.py``: it blocks, and its libraries would stay
+in this process's memory), whose challenges this process serves on port 80 while it
+runs. A renewed certificate replaces the domain's context:
+handshakes from then on use it, connections already open keep theirs. A failure is
+logged once per attempt and retried with a doubling delay, while the old certificate
+(if any) keeps being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import importlib.util
+import json
+import logging
+import ssl
+import sys
+from pathlib import Path
+
+from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+
+log = logging.getLogger("inlets.letsencrypt")
+#: The ACME client runs as a child process: ``python -m`` this module (acme/client.py).
+ACME_CLIENT = f"{__package__}.client"
+
+MAX_SLEEP = 6 * 3600.0  # look again at least this often (clock jumps, a store changed by hand)
+RETRY_MAX = 3600.0
+CHILD_GRACE = 60.0  # seconds an ACME run may take beyond its validation timeout before it is killed
+
+
+class AcmeError(Exception):
+    """An issuance failed; one line from the ACME run (``acme/client.py``)."""
+
+
+def tls_context() -> ssl.SSLContext:
+    """Server context for the HTTPS data plane: TLS 1.2 or newer, HTTP/1.1 by ALPN."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class LetsEncrypt:
+    def __init__(self, domains: list[str], store: CertStore, account: Account, *, retry: float = 60.0) -> None:
+        self.domains = list(dict.fromkeys(domains))
+        self.store = store
+        self.account = account
+        self.retry = retry
+        self.challenges: dict[str, str] = {}  # token -> key authorization, served on port 80
+        self.certs: dict[str, StoredCert] = {}
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        self.issued = 0  # certificates obtained since start (first ones and renewals)
+        self._failures: dict[str, int] = {}
+        self._not_before: dict[str, float] = {}  # domain -> loop time before which no retry
+        self._task: asyncio.Task | None = None
+        self.context = tls_context()
+        self.context.sni_callback = self._select
+
+    # ------------------------------------------------------------ challenges (served by https_front.PlainFront)
+
+    def publish(self, token: str, key_authorization: str) -> None:
+        self.challenges[token] = key_authorization
+
+    def withdraw(self, token: str) -> None:
+        self.challenges.pop(token, None)
+
+    # ------------------------------------------------------------ TLS
+
+    def _select(self, sock: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
+        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's."""
+        context = self.contexts.get((server_name or "").lower().rstrip("."))
+        if context is None:
+            context = next((self.contexts[d] for d in self.domains if d in self.contexts), None)
+        if context is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME  # nothing issued yet
+        sock.context = context
+        return None
+
+    def _install(self, cert: StoredCert) -> None:
+        context = tls_context()
+        context.load_cert_chain(cert.chain, cert.key)
+        self.certs[cert.domain] = cert
+        self.contexts[cert.domain] = context
+
+    # ------------------------------------------------------------ lifecycle
+
+    def load(self) -> None:
+        """Serve what the store holds (even if due: better than nothing); ``OSError`` if the store is unusable."""
+        self.store.prepare()
+        for domain in self.domains:
+            cert = self.store.load(domain)
+            if cert is not None:
+                try:
+                    self._install(cert)
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("event=certificate_unusable domain=%s error=%r", domain, str(exc))
+                    continue
+                log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
+
+    async def start(self) -> None:
+        """Issue what is missing and renew what is due, from now on (the listeners are up)."""
+        self._task = asyncio.ensure_future(self._keep_current())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def due(self, now: datetime.datetime) -> list[str]:
+        """Domains with no certificate, or one past two thirds of its life."""
+        return [d for d in self.domains if d not in self.certs or self.certs[d].validity.due(now)]
+
+    def next_check(self, now: datetime.datetime, clock: float) -> float:
+        """Seconds until something is to do (a renewal due, a retry's delay over), within [1, MAX_SLEEP].
+
+        ``clock`` is the loop's monotonic time, which retry deadlines are kept in.
+        """
+        waits = []
+        for domain in self.domains:
+            if domain in self._not_before:
+                waits.append(self._not_before[domain] - clock)
+            elif domain in self.certs:
+                waits.append((self.certs[domain].validity.renew_at() - now).total_seconds())
+            else:
+                waits.append(0.0)
+        return max(1.0, min([MAX_SLEEP, *waits]))
+
+    async def _keep_current(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            for domain in self.due(now):
+                if loop.time() >= self._not_before.get(domain, 0.0):
+                    await self._obtain(domain, loop)
+            await asyncio.sleep(self.next_check(datetime.datetime.now(datetime.timezone.utc), loop.time()))
+
+    async def _obtain(self, domain: str, loop: asyncio.AbstractEventLoop) -> None:
+        renewing = domain in self.certs
+        log.info("event=%s domain=%s", "certificate_renewing" if renewing else "certificate_requesting", domain)
+        try:
+            cert = await self._issue(domain)
+            self._install(cert)
+        except (AcmeError, ssl.SSLError, OSError, ValueError) as exc:
+            failures = self._failures[domain] = self._failures.get(domain, 0) + 1
+            delay = min(RETRY_MAX, self.retry * 2 ** (failures - 1))
+            self._not_before[domain] = loop.time() + delay
+            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs", domain, str(exc), delay)
+            return
+        self._failures.pop(domain, None)
+        self._not_before.pop(domain, None)
+        self.issued += 1
+        log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
+                 _iso(cert.validity.not_after))
+
+    async def _issue(self, domain: str) -> StoredCert:
+        """One ACME run in a child process (see ``acme/client.py``); ``AcmeError`` when it fails."""
+        account = self.account
+        argv = [sys.executable, "-m", ACME_CLIENT, "--root", str(self.store.root), "--url", account.url,
+                "--domain", domain, "--timeout", str(account.timeout)]
+        argv += ["--email", account.email] if account.email else []
+        argv += ["--ca-bundle", account.ca_bundle] if account.ca_bundle else []
+        child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        published: set[str] = set()
+        try:
+            return await asyncio.wait_for(self._converse(child, domain, published), account.timeout + CHILD_GRACE)
+        except asyncio.TimeoutError:
+            raise AcmeError(f"{domain}: the ACME run took over {account.timeout + CHILD_GRACE:.0f}s") from None
+        finally:
+            for token in published:
+                self.withdraw(token)
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+                await child.wait()
+
+    async def _converse(self, child: asyncio.subprocess.Process, domain: str, published: set[str]) -> StoredCert:
+        assert child.stdout is not None and child.stdin is not None and child.stderr is not None
+        while line := await child.stdout.readline():
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "publish" in message:
+                self.publish(message["publish"], message["validation"])
+                published.add(message["publish"])
+                child.stdin.write(b"\n")  # served now: the child may tell the CA to validate
+                await child.stdin.drain()
+            elif "withdraw" in message:
+                self.withdraw(message["withdraw"])
+                published.discard(message["withdraw"])
+            elif "log" in message:
+                log.info("%s", message["log"])
+            elif "error" in message:
+                raise AcmeError(message["error"])
+            elif message.get("issued") == domain:
+                cert = self.store.load(domain)
+                if cert is None:
+                    raise AcmeError(f"{domain}: the ACME run stored no readable certificate")
+                return cert
+        await child.wait()
+        last = (await child.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
+        raise AcmeError(f"{domain}: the ACME run exited ({child.returncode}) saying: {last[-1][:300]}")
+
+
+def _iso(when: datetime.datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def configure(
+    domains: list[str],
+    root: Path,
+    *,
+    issuer: str = "prod",
+    email: str | None = None,
+    ca_bundle: Path | None = None,
+    retry: float = 60.0,
+) -> LetsEncrypt:
+    """Validate the ``--letsencrypt-*`` options into a manager; ``AcmeConfigError`` (one line) otherwise."""
+    names = [check_domain(d) for d in domains]
+    if importlib.util.find_spec("acme") is None:
+        raise AcmeConfigError("Let's Encrypt needs the acme package: pip install acme")
+    url = directory_url(issuer)
+    email = check_email(email)
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise AcmeConfigError(f"--letsencrypt-ca {ca_bundle}: no such file")
+    account = Account(url, email, str(ca_bundle.resolve()) if ca_bundle else None)
+    store = CertStore(root, url)
+    try:
+        store.prepare()
+    except OSError as exc:
+        raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}") from None
+    return LetsEncrypt(names, store, account, retry=retry)

@@ -1,0 +1,85 @@
+"""The clients' shared flags, validated: server URL, token, TLS pinning, outbound proxy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..client.dialer import ClientConfig, FatalClientError, TunnelClient, connect_url
+from ..client.group import ClientGroup
+from ..client.outbound_proxy import ProxyConfigError
+from ..client.outbound_proxy import choose as choose_proxy
+from ..client.outbound_proxy import with_password
+from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens
+from ..core.tls import TlsConfigError, client_context
+from ..core.session import Channel
+from .config import fail
+
+
+def client_config(
+    *,
+    url: str,
+    token: str | None,
+    token_file: Path | None,
+    tls_ca: Path | None,
+    tls_server_name: str | None,
+    tls_insecure: bool,
+    keepalive: float,
+    mode: str,
+    services: list[str],
+    proxy: str | None = None,
+    proxy_password_file: Path | None = None,
+    drain_timeout: float = 30.0,
+    max_streams: int = 1024,
+    max_buffer_mib: int = 64,
+) -> ClientConfig:
+    try:
+        tokens = read_tokens(token, token_file)
+        source = PROXY_PASSWORD.file_option if proxy_password_file else f"${PROXY_PASSWORD.env}"
+        proxy = with_password(proxy, PROXY_PASSWORD.read(None, proxy_password_file), source)
+    except (TokenError, ProxyConfigError) as exc:
+        fail(str(exc))
+    if not url.startswith(("ws://", "wss://")):
+        fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
+    try:  # a bad --proxy or *_PROXY variable: one line now rather than at every retry
+        choose_proxy(proxy, connect_url(url))
+    except (ProxyConfigError, FatalClientError) as exc:
+        fail(str(exc))
+    try:
+        ssl_context = client_context(tls_ca, insecure=tls_insecure) if url.startswith("wss://") else None
+    except TlsConfigError as exc:
+        fail(str(exc))
+    return ClientConfig(
+        url=url,
+        token=tokens[0],
+        token_file=None if token else token_file,
+        mode=mode,
+        services=services,
+        ssl_context=ssl_context,
+        server_name=tls_server_name,
+        keepalive=keepalive,
+        proxy=proxy,
+        drain_timeout=drain_timeout,
+        max_streams=max_streams,
+        max_buffer=max_buffer_mib * 1024 * 1024,
+    )
+
+
+def client_configs(*, urls: list[str], token: str | None, token_files: list[Path] | None, **options: Any) -> list[ClientConfig]:
+    """One ClientConfig per ``--url``; ``--token-file`` once for all servers or once per server, in order."""
+    files: list[Path | None] = list(token_files or [None])
+    if len(files) not in (1, len(urls)):
+        fail(f"--token-file given {len(files)} times for {len(urls)} --url: give one for every server, "
+             "or one per --url in the same order")
+    if len(set(urls)) != len(urls):
+        fail("the same --url is given twice: each server once")
+    if len(files) == 1:
+        files *= len(urls)
+    return [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
+
+
+def tunnel_client(configs: list[ClientConfig], on_stream: Callable[[Channel], None]) -> TunnelClient | ClientGroup:
+    """The client for one server, or a group of them connected to every --url."""
+    if len(configs) == 1:
+        return TunnelClient(configs[0], on_stream)
+    return ClientGroup(configs, on_stream)

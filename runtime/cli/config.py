@@ -1,0 +1,45 @@
+"""What every ``inlets`` command does first: one-line errors, ``--generate``, logging."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from ..core import logs
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    typer.echo(f"inlets: error: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "inlets"
+
+
+def maybe_generate(kind: str | None, command: list[str]) -> None:
+    """With --generate, print the service definition for these exact flags and exit."""
+    if kind is None:
+        return
+    from ..generate.service import GenerateError
+    from ..generate.service import generate as generate_service
+
+    argv = sys.argv[1 + len(command) :]
+    try:
+        typer.echo(generate_service(kind, command, argv), nl=False)
+    except GenerateError as exc:
+        fail(str(exc))
+    raise typer.Exit(0)
+
+
+def setup_logs(level: str, fmt: str) -> None:
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        fail(f"--log-level must be debug, info, warning or error, got {level!r}")
+    if fmt not in ("text", "json"):
+        fail(f"--log-format must be text or json, got {fmt!r}")
+    logs.setup(level, fmt)

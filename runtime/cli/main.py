@@ -1,0 +1,56 @@
+"""The ``inlets`` command: ``inlets tcp|http server|client``, ``inlets status``.
+
+Each command lives in its own module, imported here only when installed: the exit
+server's wheel (provisioner/wheel.py) carries just its own server command, so a TCP
+server has no ``inlets http`` and neither has ``inlets tcp client``. Every error a user
+can cause ends as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import typer
+
+from .app import app, http_app, tcp_app
+
+#: (group, command modules) in the order ``--help`` lists them.
+COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http", ("http_server", "http_client")))
+GROUPS = {"tcp": tcp_app, "http": http_app}
+
+
+def _register(argv: list[str]) -> None:
+    """Import the installed command modules (each adds its command); a group without one is left out.
+
+    When ``argv`` names one command (``tcp client ...``) only its module is imported: a client's
+    process never loads the server's code (nor prometheus), and the other way round.
+    """
+    chosen = [(group, m) for group, modules in COMMANDS if group for m in modules if argv[:2] == m.split("_")]
+    for group, modules in COMMANDS:
+        found = [m for m in modules if (not chosen or (group, m) in chosen)
+                 and importlib.util.find_spec(f"{__package__}.{m}") is not None]
+        for module in found:
+            importlib.import_module(f"{__package__}.{module}")
+        if group is not None and found:
+            app.add_typer(GROUPS[group], name=group)
+
+
+def main() -> None:
+    """Entry point: usage errors as one line (``inlets: error: ...``), exit status 2."""
+    _register(sys.argv[1:])
+    try:
+        status_code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors: bad flags and values
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare command: show its help
+            typer.echo(exc.format_message(), err=True)
+            sys.exit(2)
+        command = ctx.command_path if ctx is not None else "inlets"
+        typer.echo(f"{command}: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(2 if ctx is not None else exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        sys.exit(130)
+    sys.exit(status_code if isinstance(status_code, int) else 0)
+

@@ -1,0 +1,75 @@
+"""The options the ``inlets`` commands share, declared once (typer reads them from the type hints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ControlAddr = Annotated[str, typer.Option(help="Control-plane bind address (default: every interface, IPv4 and IPv6).")]
+ControlPort = Annotated[int, typer.Option(min=1, max=65535, help="Control-plane (websocket) port.")]
+DataAddr = Annotated[
+    str, typer.Option(help="Data-plane bind address; 127.0.0.1 keeps tunnelled services private to this host.")
+]
+Token = Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")]
+TokenFile = Annotated[
+    Optional[Path], typer.Option(help="File holding the token (server: one per line, re-read on SIGHUP).")
+]
+TlsCert = Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM) for the control plane.")]
+TlsKey = Annotated[Optional[Path], typer.Option(help="TLS private key (PEM).")]
+AutoTls = Annotated[bool, typer.Option(help="Generate a CA and server certificate (reused on restart).")]
+AutoTlsPath = Annotated[
+    Optional[Path], typer.Option(help="Where --auto-tls keeps its files [default: ~/.local/share/inlets/auto-tls].")
+]
+AutoTlsSan = Annotated[Optional[list[str]], typer.Option(help="Name or IP the certificate is for (repeatable).")]
+Plaintext = Annotated[bool, typer.Option(help="Plain ws://, only behind a TLS-terminating proxy.")]
+Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a dead peer is detected.")]
+MaxClientStreams = Annotated[
+    int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
+]
+TrustedProxies = Annotated[Optional[str], typer.Option(
+    help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
+    "for failed-login limits and logs.")]
+MaxHandshakes = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Control-port connections not yet authenticated, at once (more are closed at once).")]
+MaxHandshakesPerSource = Annotated[int, typer.Option(
+    min=1, max=1_000_000, help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
+MaxServerStreams = Annotated[int, typer.Option(
+    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
+MaxBuffer = Annotated[int, typer.Option(
+    "--max-buffer", min=1, max=1_000_000,
+    help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "
+    "(for upstreams that have not taken the data yet).")]
+DrainTimeout = Annotated[
+    float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
+]
+AllowIps = Annotated[
+    Optional[str], typer.Option(help="Only these sources may use the data plane: 10.0.0.0/8,2001:db8::/32.")
+]
+ProxyProtocolOpt = Annotated[
+    Optional[str], typer.Option(help="Send a PROXY protocol header (v1|v2) with the real source to the upstream.")
+]
+LbProxyProtocol = Annotated[
+    Optional[str], typer.Option(help="Expect a PROXY protocol header (v1|v2) from a load balancer in front.")
+]
+Generate = Annotated[
+    Optional[str], typer.Option(help="Print a systemd unit (systemd) or Kubernetes YAML (k8s_yaml) running these flags.")
+]
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
+LogFormat = Annotated[str, typer.Option(help="text (key=value) or json.")]
+Urls = Annotated[list[str], typer.Option(
+    "--url", metavar="<url>", help="Server URL: wss://HOST:8123 (a path is kept as a prefix). Repeat it to serve "
+    "through several servers at once (high availability: one session each, each reconnecting on its own).")]
+TokenFiles = Annotated[Optional[list[Path]], typer.Option(
+    "--token-file", metavar="<path>", help="File holding the token, re-read at every connection. With several "
+    "--url: one file for all, or one per --url in the same order.")]
+TlsCa = Annotated[Optional[Path], typer.Option(help="CA certificate to pin the server to (else the system trust store).")]
+TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server certificate must carry, when not the URL host.")]
+TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
+Proxy = Annotated[Optional[str], typer.Option(
+    help="Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
+    "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
+ProxyPasswordFile = Annotated[Optional[Path], typer.Option(
+    help="File holding the password for the --proxy user [env: INLETS_PROXY_PASSWORD] "
+    "(a password inside --proxy shows in ps).")]

@@ -1,0 +1,107 @@
+"""The servers' shared flags, validated: the control plane (token, TLS) and the data plane's gate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from ..core.allowlist import SourceAllowList, parse_networks
+from ..core.auth import TokenError, TokenSet, read_tokens
+from ..core.tls import TlsConfigError, server_context
+from ..server.control import ControlConfig
+from ..server.dataplane import DataPlaneOptions
+from .config import default_data_dir, fail
+
+log = logging.getLogger("inlets")
+#: ``--auto-tls`` makes its files in a child process: ``python -m`` this module (see core/certs.py's main).
+CERTS_MODULE = __name__.rsplit(".", 2)[0] + ".core.certs"
+
+
+def control_config(
+    *,
+    control_addr: str,
+    control_port: int,
+    token: str | None,
+    token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    auto_tls: bool,
+    auto_tls_path: Path | None,
+    auto_tls_san: list[str] | None,
+    plaintext: bool,
+    keepalive: float,
+    max_client_streams: int = 4096,
+    trusted_proxies: str | None = None,
+    max_handshakes: int = 128,
+    max_handshakes_per_source: int = 16,
+) -> ControlConfig:
+    """Validate the control-plane flags every server shares."""
+    try:
+        proxies = SourceAllowList(parse_networks(trusted_proxies, "--trusted-proxies")) if trusted_proxies else None
+    except ValueError as exc:
+        fail(str(exc))
+
+    try:
+        tokens = TokenSet(read_tokens(token, token_file))
+    except TokenError as exc:
+        fail(str(exc))
+    chosen = sum([bool(tls_cert or tls_key), auto_tls, plaintext])
+    if chosen != 1:
+        fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
+    ssl_context = None
+    try:
+        if tls_cert or tls_key:
+            if not (tls_cert and tls_key):
+                fail("--tls-cert and --tls-key go together")
+            ssl_context = server_context(tls_cert, tls_key)
+        elif auto_tls:
+            names = auto_tls_san or ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+            files = auto_tls_files(auto_tls_path or default_data_dir() / "auto-tls", names)
+            ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
+            log.info("event=auto_tls ca=%s names=%s", files["ca_cert"], ",".join(names))
+    except (TlsConfigError, OSError) as exc:
+        fail(str(exc))
+    return ControlConfig(
+        tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
+        max_streams=max_client_streams, trusted_proxies=proxies, max_handshakes=max_handshakes,
+        max_handshakes_per_source=max_handshakes_per_source,
+    )
+
+
+def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
+    """Create or reuse the --auto-tls CA and certificate, in a child process (see core/certs.py's main)."""
+    result = subprocess.run(
+        [sys.executable, "-m", CERTS_MODULE, str(directory), *names], capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise TlsConfigError(f"--auto-tls could not prepare {directory}: {last}")
+    return json.loads(result.stdout)
+
+
+def _proxy_version(value: str | None, option: str) -> str | None:
+    if value is None:
+        return None
+    if value not in ("v1", "v2"):
+        fail(f"{option} must be v1 or v2, got {value!r}")
+    return value
+
+
+def data_plane_options(
+    *, allow_ips: str | None, proxy_protocol: str | None, lb_proxy_protocol: str | None
+) -> DataPlaneOptions:
+    allow = None
+    if allow_ips is not None:
+        try:
+            allow = SourceAllowList(parse_networks(allow_ips))
+        except ValueError as exc:
+            fail(str(exc))
+    return DataPlaneOptions(
+        allow_ips=allow,
+        proxy_protocol=_proxy_version(proxy_protocol, "--proxy-protocol"),
+        lb_proxy_protocol=_proxy_version(lb_proxy_protocol, "--lb-proxy-protocol"),
+    )

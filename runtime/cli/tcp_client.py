@@ -1,0 +1,90 @@
+"""``inlets tcp client``: the TCP tunnel client's command (and its ``--local`` forwards)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..client.local_forward import LocalForwarder, parse_local_forward
+from ..client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
+from .app import tcp_app
+from .client_config import client_configs, tunnel_client
+from .config import fail, maybe_generate, setup_logs
+from .lifecycle import run_client
+from .options import (
+    DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Proxy, ProxyPasswordFile, TlsCa,
+    TlsInsecure, TlsServerName, Token, TokenFiles, Urls,
+)
+
+
+@tcp_app.command("client")
+def tcp_client(
+    url: Urls,
+    upstream: Annotated[
+        Optional[list[str]], typer.Option(help="HOST (with --ports) or PUBLIC_PORT=HOST:PORT; repeatable.")
+    ] = None,
+    ports: Annotated[Optional[list[str]], typer.Option(help="Ports to forward to the plain --upstream HOST: 80,443.")] = None,
+    udp_ports: Annotated[
+        Optional[list[str]], typer.Option(help="UDP ports to forward to the plain --upstream HOST: 53,51820.")
+    ] = None,
+    local: Annotated[
+        Optional[list[str]],
+        typer.Option(help="LOCAL_PORT:HOST:REMOTE_PORT: bring HOST:REMOTE_PORT on the server's side here (repeatable)."),
+    ] = None,
+    local_addr: Annotated[str, typer.Option(help="Address the --local ports listen on.")] = "127.0.0.1",
+    token: Token = None,
+    token_file: TokenFiles = None,
+    tls_ca: TlsCa = None,
+    tls_server_name: TlsServerName = None,
+    tls_insecure: TlsInsecure = False,
+    proxy: Proxy = None,
+    proxy_password_file: ProxyPasswordFile = None,
+    keepalive: Keepalive = 20.0,
+    max_streams: MaxServerStreams = 1024,
+    max_buffer: MaxBuffer = 64,
+    drain_timeout: DrainTimeout = 30.0,
+    generate: Generate = None,
+    log_level: LogLevel = "info",
+    log_format: LogFormat = "text",
+) -> None:
+    """Run a TCP tunnel client: the server's data ports reach these upstreams.
+
+    Example: inlets tcp client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
+    --upstream 127.0.0.1 --ports 80,443 --udp-ports 53 --upstream 2222=192.168.1.10:22
+    --upstream udp:5353=192.168.1.2:53
+
+    Two exit servers behind a load balancer: --url wss://203.0.113.10:8123 --url wss://203.0.113.11:8123
+    """
+    maybe_generate(generate, ["tcp", "client"])
+    setup_logs(log_level, log_format)
+
+    try:
+        forwards = [parse_local_forward(item) for item in local or []]
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        wanted = upstream or ports or udp_ports or not forwards
+        mapping = parse_upstreams(upstream or [], ports or [], udp_ports or []) if wanted else {}
+    except UpstreamError as exc:
+        fail(str(exc))
+    upstreams = TcpUpstreams(mapping)
+    configs = client_configs(
+        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+        tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
+        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
+        max_buffer_mib=max_buffer,
+    )
+    forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)
+    for config in configs:
+        if forwards:
+            config.extra["forwards"] = forwarder.targets
+    client = tunnel_client(configs, upstreams.on_stream)
+
+    async def start() -> None:
+        try:
+            await forwarder.start()
+        except OSError as exc:
+            fail(f"cannot listen on {local_addr} for --local: {exc.strerror or exc}", 1)
+
+    run_client(client, start)

@@ -1,0 +1,343 @@
+"""The tunnel client: dial out, authenticate, advertise services, serve streams; forever.
+
+Transient failures (network, server restart) reconnect with exponential backoff and
+jitter. Failures that retrying cannot fix (wrong token, untrusted certificate, a
+refused handshake) raise ``FatalClientError`` so the command exits with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
+)
+
+from ..core.auth import TokenError, read_tokens
+from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
+from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
+from ..core.ports import url_port
+from .outbound_proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
+from ..core.session import Channel, Session
+from ..core.tls import verify_failure
+from ..core.wsflow import BoundedClientConnection
+
+log = logging.getLogger("inlets.client")
+
+
+class FatalClientError(Exception):
+    """Retrying cannot help; the message says what to fix."""
+
+
+@dataclass
+class ClientConfig:
+    url: str
+    token: str
+    mode: str
+    services: list[str]
+    ssl_context: ssl.SSLContext | None = None
+    server_name: str | None = None  # verify the certificate for this name instead of the URL's host
+    keepalive: float = 20.0
+    window: int = DEFAULT_WINDOW
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    client_id: str = ""
+    extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
+    token_file: Path | None = None  # when given, re-read at every connection (rotation)
+    drain_timeout: float = 30.0
+    proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
+    #: What one server may make this client hold: streams open at once, and how far their windows
+    #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
+    max_streams: int = 1024
+    max_buffer: int = 64 * 1024 * 1024
+
+
+def connect_url(url: str) -> str:
+    """The websocket URL for ``url``: its path is a prefix (reverse proxies), ``/connect`` appended."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise FatalClientError(f"--url must be ws://HOST[:PORT] or wss://HOST[:PORT], got {url!r}")
+    try:
+        url_port(parts, 0)
+    except ValueError as exc:
+        raise FatalClientError(f"--url {url!r}: {exc}") from None
+    path = parts.path.rstrip("/") + CONNECT_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+#: What a reason-less exception means to a user (its class name means nothing to them).
+_WITHOUT_REASON: list[tuple[type[BaseException], str]] = [
+    (ConnectionResetError, "the server closed the connection"),
+    (ConnectionRefusedError, "connection refused"),
+    (asyncio.TimeoutError, "timed out"),
+    (EOFError, "the server closed the connection"),
+]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return verify_failure(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if str(exc):
+        return str(exc)
+    return next((text for kind, text in _WITHOUT_REASON if isinstance(exc, kind)), "the connection failed")
+
+
+async def speaks_plain_http(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` answers a plain HTTP request; only to name a wrong ``wss://`` (a server run with --plaintext)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    try:
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        return (await asyncio.wait_for(reader.read(5), timeout)) == b"HTTP/"
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+async def speaks_tls(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether ``host:port`` completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+class TunnelClient:
+    def __init__(self, config: ClientConfig, on_stream: Callable[[Channel], None]) -> None:
+        self.config = config
+        self.on_stream = on_stream
+        self.client_id = config.client_id or uuid.uuid4().hex[:12]
+        self.session: Session | None = None
+        self.connected = asyncio.Event()
+        self.ws_url = connect_url(config.url)
+        self._changed = asyncio.Event()  # self.session was replaced (rotation)
+        self._stopping = False
+        self._token_file_unreadable = False  # said once, until the file can be read again
+        self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
+        try:
+            self.proxy = choose_proxy(config.proxy, self.ws_url)
+        except ProxyConfigError as exc:
+            raise FatalClientError(str(exc)) from None
+
+    @property
+    def initial_window(self) -> int:
+        """Each stream's first credit (the hello's window); it grows to ``window`` within ``max_buffer``."""
+        return min(DEFAULT_INITIAL_WINDOW, self.config.window)
+
+    def current_token(self) -> str:
+        """The token for the next connection: re-read from its file, so rotation needs no restart.
+
+        A token file that cannot be read any more (deleted with its exit server, or caught
+        mid-rotation) does not end the client: it keeps the token it read last, says so
+        once, and goes on retrying as it does while a server restarts.
+        """
+        if self.config.token_file is None:
+            return self.config.token
+        try:
+            token = read_tokens(None, self.config.token_file)[0]
+        except TokenError as exc:
+            if not self._token_file_unreadable:
+                self._token_file_unreadable = True
+                log.warning("event=token_file_unreadable error=%r using=last_token_read note=%r", str(exc),
+                            "an exit server deleted with inletsctl takes its token file along: stop this client then")
+            return self.config.token
+        if self._token_file_unreadable:
+            self._token_file_unreadable = False
+            log.info("event=token_file_readable path=%s", self.config.token_file)
+        self.config.token = token
+        return token
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self.config.backoff_initial
+        if self.proxy.url:
+            log.info("event=proxy proxy=%s source=%s", self.proxy.shown, self.proxy.source)
+        while not self._stopping:
+            try:
+                session = await self.open_session()
+            except FatalClientError:
+                raise
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                log.warning("event=connect_failed url=%s error=%r retry_in=%.1fs", self.config.url, _describe(exc), delay)
+            else:
+                started = loop.time()
+                await self._follow(session)
+                if self._stopping:
+                    return
+                log.warning("event=disconnected url=%s", self.config.url)
+                if loop.time() - started > 10:
+                    delay = self.config.backoff_initial  # it was up for a while: start over
+            sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
+            delay = min(delay * 2, self.config.backoff_max)
+            await asyncio.sleep(sleep)
+
+    async def run_once(self) -> None:
+        """One connection: returns when it closes; raises on failure to connect."""
+        await self._follow(await self.open_session())
+
+    async def open_session(self) -> Session:
+        """Connect, authenticate and shake hands; the session then runs in the background."""
+        websocket = await self._connect()
+        try:
+            welcome = await self._handshake(websocket)
+        except BaseException:
+            await websocket.close()
+            raise
+        cfg = self.config
+        mux = Multiplexer(client=True, recv_window=cfg.window, send_window=welcome.window, max_frame=welcome.max_frame,
+                          max_streams=cfg.max_streams, initial_recv_window=self.initial_window, recv_budget=cfg.max_buffer)
+        session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
+        asyncio.ensure_future(self._run(session))
+        log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
+        return session
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await session.run()
+        finally:
+            await session.websocket.close()
+
+    async def _follow(self, session: Session) -> None:
+        """Serve until the current session closes, following replacements made by ``rotate``."""
+        self.session = session
+        self.connected.set()
+        if self.on_change is not None:
+            self.on_change()
+        try:
+            while True:
+                self._changed.clear()
+                current = self.session
+                assert current is not None
+                closed = asyncio.ensure_future(current.closed.wait())
+                changed = asyncio.ensure_future(self._changed.wait())
+                await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                changed.cancel()
+                if not self._changed.is_set():
+                    return
+        except asyncio.CancelledError:  # the owner stopped us: drop the connection now
+            if self.session is not None:
+                self.session.websocket.transport.abort()
+            raise
+        finally:
+            self.connected.clear()
+            self.session = None
+            if self.on_change is not None:
+                self.on_change()
+
+    async def rotate(self) -> None:
+        """Make before break: connect again (re-reading the token), then drain the old connection.
+
+        New connections go to the new session from the moment the server admits it; the
+        old one gets GOAWAY and closes once its streams finish.
+        """
+        old = self.session
+        try:
+            new = await self.open_session()
+        except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            log.warning("event=reconnect_failed error=%r keeping=current_connection", _describe(exc))
+            return
+        if old is None or self.session is None:
+            await new.close(1000, "not needed")
+            return
+        self.session = new
+        self._changed.set()
+        asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new streams, open ones finish within the drain timeout."""
+        self._stopping = True
+        if self.session is not None:
+            await self.session.drain(self.config.drain_timeout, "client shutting down")
+
+    async def _connect(self) -> ClientConnection:
+        cfg = self.config
+        kwargs: dict = {}
+        if self.ws_url.startswith("wss://"):
+            kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
+            if cfg.server_name:
+                kwargs["server_hostname"] = cfg.server_name
+        try:
+            websocket = await connect(
+                self.ws_url,
+                additional_headers={"Authorization": f"Bearer {self.current_token()}"},
+                compression=None,
+                max_size=16 * 1024 * 1024,
+                max_queue=64,
+                write_limit=512 * 1024,
+                ping_interval=None,  # Session runs its own keepalive
+                close_timeout=5,
+                open_timeout=15,
+                user_agent_header="inlets-py",
+                logger=logging.getLogger("inlets.websockets"),
+                proxy=self.proxy.url,
+                create_connection=BoundedClientConnection,
+                **kwargs,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status == 401:
+                raise FatalClientError("the server refused the token (HTTP 401): check --token/--token-file") from None
+            if status == 404:
+                raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
+            raise
+        except ssl.SSLCertVerificationError as exc:
+            raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
+        except InvalidURI as exc:
+            raise FatalClientError(str(exc)) from None
+        except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one
+            parts = urlsplit(self.ws_url)
+            if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
+                fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
+                raise FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}") from None
+            raise
+        except (ProxyError, OSError) as exc:
+            parts = urlsplit(self.ws_url)
+            if (not self.proxy.url and parts.scheme == "wss" and isinstance(exc, (ConnectionResetError, ssl.SSLError))
+                    and await speaks_plain_http(parts.hostname or "", parts.port or 443)):
+                fixed = urlunsplit(("ws",) + urlsplit(self.config.url)[1:])
+                raise FatalClientError(f"{self.config.url}: the server does not speak TLS (it runs with --plaintext): "
+                                       f"use --url {fixed}, or give the server --tls-cert/--tls-key") from None
+            if not self.proxy.url:
+                raise
+            parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries
+            target = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+            raise explain_proxy_failure(exc, self.proxy.url, target) from None
+        sock = websocket.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return websocket
+
+    async def _handshake(self, websocket: ClientConnection):
+        hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,
+                      extra=self.config.extra)
+        await websocket.send(hello.encode())
+        try:
+            return parse_welcome(await asyncio.wait_for(websocket.recv(), 15))
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is not None and rcvd.code in FATAL_CLOSE_CODES:
+                raise FatalClientError(f"the server refused this client: {rcvd.reason}") from None
+            raise
+        except HandshakeError as exc:
+            raise FatalClientError(f"bad handshake from server: {exc}") from None

@@ -1,0 +1,136 @@
+"""`inlets http client`: which hosts it serves, and dialling their upstreams on demand.
+
+The server does all of HTTP (it parses every message anyway); a stream that
+reaches the client is bridged byte for byte to the upstream of its host, over TLS
+for ``https://`` upstreams (verified unless told otherwise). As with TCP, a stream
+for a host this client did not advertise is reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..core.bridge import TcpBridge
+from ..core.services import http_service, parse_http_service
+from ..core.handshake import HandshakeError
+from ..core.mux import ResetCode
+from ..core.ports import url_port
+from ..core.session import Channel
+
+log = logging.getLogger("inlets.http")
+
+DIAL_TIMEOUT = 10.0
+
+
+class UpstreamError(ValueError):
+    """A malformed --upstream value; the message names it."""
+
+
+@dataclass(frozen=True)
+class HttpUpstream:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        """What ``--rewrite-host`` puts in Host: the upstream's authority."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host_header}"
+
+
+def parse_upstream_url(text: str) -> HttpUpstream:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UpstreamError(f"upstream must be http://HOST[:PORT] or https://HOST[:PORT], got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise UpstreamError(f"upstream URL takes no path, query or credentials: {text!r}")
+    try:
+        port = url_port(parts, 443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UpstreamError(f"bad port in upstream {text!r}") from None
+    return HttpUpstream(parts.scheme, parts.hostname, port)
+
+
+def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
+    """``NAME=URL`` (exact host) or a bare ``URL`` (catch-all) -> {service: upstream}."""
+    mapping: dict[str, HttpUpstream] = {}
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep:
+            name, url = "*", item
+        elif "://" in name:
+            raise UpstreamError(f"expected HOSTNAME=URL or URL, got {item!r}")
+        try:
+            service = http_service(parse_http_service("http:" + name.strip().lower().rstrip(".")))
+        except HandshakeError:
+            raise UpstreamError(f"invalid host name {name!r} in --upstream {item!r}") from None
+        if service in mapping:
+            what = "catch-all URL" if service.endswith("*") else f"upstream for {name}"
+            raise UpstreamError(f"more than one {what}")
+        mapping[service] = parse_upstream_url(url)
+    if not mapping:
+        raise UpstreamError("nothing to serve: give --upstream HOSTNAME=URL and/or --upstream URL")
+    return mapping
+
+
+def upstream_tls(ca: Path | None = None, insecure: bool = False) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class HttpUpstreams:
+    """Handles streams the server opens: dial the host's upstream and bridge bytes."""
+
+    def __init__(self, mapping: dict[str, HttpUpstream], tls: ssl.SSLContext | None = None) -> None:
+        self.by_service = mapping
+        self.tls = tls or upstream_tls()
+
+    @property
+    def services(self) -> list[str]:
+        return list(self.by_service)
+
+    def host_headers(self) -> dict[str, str]:
+        return {service: upstream.host_header for service, upstream in self.by_service.items()}
+
+    def on_stream(self, channel: Channel) -> None:
+        upstream = self.by_service.get(channel.target)
+        if upstream is None:
+            log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
+            channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
+            return
+        bridge = TcpBridge()
+        bridge.attach(channel)
+        asyncio.ensure_future(self._dial(bridge, channel, upstream))
+
+    async def _dial(self, bridge: TcpBridge, channel: Channel, upstream: HttpUpstream) -> None:
+        loop = asyncio.get_running_loop()
+        tls = self.tls if upstream.scheme == "https" else None
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: bridge, upstream.host, upstream.port, ssl=tls,
+                                       server_hostname=upstream.host if tls else None),
+                DIAL_TIMEOUT,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                reason = f"TLS verification failed: {exc.verify_message}"
+            elif isinstance(exc, OSError) and exc.strerror:
+                reason = exc.strerror
+            else:
+                reason = str(exc) or "dial timed out"
+            log.info("event=upstream_failed upstream=%s error=%r", upstream, reason)
+            bridge.fail()
+            channel.reset(ResetCode.REFUSED, f"upstream {upstream} refused: {reason}")

@@ -1,0 +1,90 @@
+"""Local forwarding, the client's side: ``--local`` listeners, one stream per accepted connection.
+
+Each stream targets ``forward:HOST:REMOTE_PORT``; the server decides whether it may dial
+that target (server/forwarding.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from ..core.bridge import TcpBridge
+from ..core.mux import StreamError
+from ..core.ports import parse_port
+from ..core.services import FORWARD_PREFIX, format_target, parse_target
+from ..core.session import Session
+
+log = logging.getLogger("inlets.forward")
+
+
+@dataclass(frozen=True)
+class LocalForward:
+    local_port: int
+    host: str
+    remote_port: int
+
+    @property
+    def target(self) -> str:
+        return format_target(self.host, self.remote_port)
+
+
+def parse_local_forward(text: str) -> LocalForward:
+    """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT)."""
+    local, sep, rest = text.partition(":")
+    local_port = parse_port(local)
+    if not sep or local_port is None:
+        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}")
+    try:
+        host, port = parse_target(FORWARD_PREFIX + rest)
+    except ValueError:
+        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}") from None
+    return LocalForward(local_port, host, port)
+
+
+class _LocalConnection(TcpBridge):
+    def __init__(self, forward: LocalForward, session: Callable[[], Session | None]) -> None:
+        super().__init__()
+        self.forward = forward
+        self.session = session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        session = self.session()
+        if session is None or session.closed.is_set():
+            log.info("event=forward_unavailable local_port=%d reason=tunnel_down", self.forward.local_port)
+            self.abort()
+            return
+        try:
+            self.attach(session.open_stream(self.forward.target, self))
+        except StreamError:
+            self.abort()
+
+
+class LocalForwarder:
+    """The client's side: local listeners, one stream per accepted connection."""
+
+    def __init__(self, forwards: list[LocalForward], local_addr: str, session: Callable[[], Session | None]) -> None:
+        self.forwards = forwards
+        self.local_addr = local_addr
+        self.session = session
+        self.listeners: list[asyncio.base_events.Server] = []
+
+    @property
+    def targets(self) -> list[str]:
+        return [f.target for f in self.forwards]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for forward in self.forwards:
+            listener = await loop.create_server(
+                lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port
+            )
+            self.listeners.append(listener)
+            log.info("event=forwarding local=%s:%d remote=%s", self.local_addr, forward.local_port, forward.target)
+
+    def stop(self) -> None:
+        for listener in self.listeners:
+            listener.close()

@@ -1,0 +1,107 @@
+"""`inlets tcp client`: the upstreams a client advertises, and dialling them on demand.
+
+The client dials only what it was configured with: a stream for any other target
+is reset, whatever the server asks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..core.bridge import dial
+from ..core.mux import ResetCode
+from ..core.ports import parse_port
+from ..core.session import Channel
+from ..core.services import tcp_service
+from .udp_upstream import dial_udp
+
+log = logging.getLogger("inlets.tcp")
+
+
+class UpstreamError(ValueError):
+    """A malformed --upstream/--ports value; the message names it."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+
+def _port(text: str, what: str) -> int:
+    port = parse_port(text.strip())
+    if port is None:
+        raise UpstreamError(f"{what} must be a port between 1 and 65535, got {text!r}")
+    return port
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, with IPv6 hosts in brackets: [::1]:22."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise UpstreamError(f"expected [IPv6]:PORT, got {text!r}")
+        return host, _port(rest[1:], "upstream port")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise UpstreamError(f"expected HOST:PORT, got {text!r}")
+    return host, _port(port, "upstream port")
+
+
+def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str] | None = None) -> dict[str, Upstream]:
+    """Map service -> upstream from ``--upstream HOST --ports 80,443 [--udp-ports 53]`` and/or the
+    remap forms ``--upstream 2222=HOST:22`` (TCP) and ``--upstream udp:5353=HOST:53``."""
+    mapping: dict[str, Upstream] = {}
+    plain_hosts: list[str] = []
+    for item in upstreams:
+        if "=" in item:
+            public, _, target = item.partition("=")
+            kind, colon, number = public.strip().rpartition(":")
+            if colon and kind not in ("tcp", "udp"):
+                raise UpstreamError(f"expected [udp:]PUBLIC_PORT=HOST:PORT, got {item!r}")
+            host, port = _split_host_port(target.strip())
+            mapping[f"{kind or 'tcp'}:{_port(number, 'public port')}"] = Upstream(host, port)
+        elif item.strip():
+            plain_hosts.append(item.strip().strip("[]"))
+    lists = {
+        "tcp": [p for group in ports for p in group.split(",") if p.strip()],
+        "udp": [p for group in udp_ports or [] for p in group.split(",") if p.strip()],
+    }
+    if len(plain_hosts) > 1:
+        raise UpstreamError("give one plain --upstream HOST (use PORT=HOST:PORT for more)")
+    if plain_hosts and not (lists["tcp"] or lists["udp"]):
+        raise UpstreamError(f"--upstream {plain_hosts[0]} needs --ports (or --udp-ports)")
+    if (lists["tcp"] or lists["udp"]) and not plain_hosts:
+        raise UpstreamError("--ports and --udp-ports need a plain --upstream HOST")
+    for kind, texts in lists.items():
+        for text in texts:
+            port = _port(text.strip(), f"--{'udp-' if kind == 'udp' else ''}ports entry")
+            mapping.setdefault(f"{kind}:{port}", Upstream(plain_hosts[0], port))
+    if not mapping:
+        raise UpstreamError("nothing to serve: give --upstream HOST --ports P or --upstream PORT=HOST:PORT")
+    return mapping
+
+
+class TcpUpstreams:
+    """Handles streams the server opens: dial the configured upstream (TCP or UDP) and bridge it."""
+
+    def __init__(self, mapping: dict[str, Upstream] | dict[int, Upstream]) -> None:
+        self.by_service = {
+            key if isinstance(key, str) else tcp_service(key): upstream for key, upstream in mapping.items()
+        }
+
+    @property
+    def services(self) -> list[str]:
+        return list(self.by_service)
+
+    def on_stream(self, channel: Channel) -> None:
+        upstream = self.by_service.get(channel.target)
+        if upstream is None:
+            log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
+            channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
+            return
+        if channel.target.startswith("udp:"):
+            dial_udp(channel, upstream.host, upstream.port)
+        else:
+            dial(channel, upstream.host, upstream.port)

@@ -1,0 +1,85 @@
+"""UDP over the tunnel, the client's side: one connected socket to the upstream per flow.
+
+A datagram that finds no credit (or a full tunnel) is dropped and counted, as on the
+server's side (server/udp.py): UDP has no backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..core.mux import ResetCode
+from ..core.services import MAX_DATAGRAM
+from ..core.session import Channel
+
+log = logging.getLogger("inlets.udp")
+
+
+class UdpUpstream(asyncio.DatagramProtocol):
+    """The client's side of one flow: a connected UDP socket to the upstream."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dropped = 0
+        self._early: list[bytes] = []  # datagrams that came before the socket did (bounded)
+        self._closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self._closed:
+            transport.close()
+            return
+        early, self._early = self._early, []
+        for data in early:
+            self.transport.sendto(data)
+
+    def datagram_received(self, data: bytes, address: tuple) -> None:
+        if len(data) > MAX_DATAGRAM or self.channel.write(data) < len(data):
+            self.dropped += 1
+
+    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on
+        log.debug("event=udp_upstream_error error=%r", str(exc))
+
+    # StreamHandler: datagrams from the server's side
+    def on_data(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data)
+        elif len(self._early) < 64:
+            self._early.append(data)
+        else:
+            self.dropped += 1
+        self.channel.consumed(len(data))
+
+    def on_eof(self) -> None:
+        self.close()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        self.close()
+
+    def on_writable(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+def dial_udp(channel: Channel, host: str, port: int) -> None:
+    """Attach a flow to ``channel`` now (its first datagram may share the OPEN's message),
+    then connect a UDP socket to the upstream; reset the stream if that fails."""
+    upstream = UdpUpstream(channel)
+    channel.handler = upstream
+    asyncio.ensure_future(_connect(upstream, host, port))
+
+
+async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
+    except OSError as exc:
+        upstream.close()
+        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {host}:{port}: {exc.strerror or exc}")

@@ -1,0 +1,178 @@
+"""Generate the TLS material a tunnel pins: a private CA and server certificates it signs.
+
+Shared by ``inlets ... server --auto-tls`` and by ``inletsctl``, which generates the
+same material for an exit server before the server exists.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
+
+CA_VALIDITY = datetime.timedelta(days=3650)
+CERT_VALIDITY = datetime.timedelta(days=825)
+
+
+@dataclass(frozen=True)
+class Pem:
+    cert: bytes
+    key: bytes
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+
+
+def generate_ca(common_name: str = "inlets tunnel CA") -> Pem:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now())
+        .not_valid_after(_now() + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def _san(names: list[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name.strip("[]"))))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return entries
+
+
+def issue_server_cert(ca: Pem, names: list[str]) -> Pem:
+    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``."""
+    if not names:
+        raise ValueError("a server certificate needs at least one name")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert)
+    ca_key = serialization.load_pem_private_key(ca.key, password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_now())
+        .not_valid_after(_now() + CERT_VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only, never briefly world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+@dataclass(frozen=True)
+class AutoTlsFiles:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def ensure_auto_tls(directory: Path, names: list[str]) -> AutoTlsFiles:
+    """Create (or reuse, on restart) a CA and a server certificate in ``directory``.
+
+    Reusing keeps clients that pinned ``ca.crt`` working across restarts. A new name
+    in ``names`` re-issues the server certificate from the same CA.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    files = AutoTlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    ca_key_path = directory / "ca.key"
+    if files.ca_cert.exists() and ca_key_path.exists():
+        ca = Pem(files.ca_cert.read_bytes(), ca_key_path.read_bytes())
+    else:
+        ca = generate_ca()
+        files.ca_cert.write_bytes(ca.cert)
+        write_private(ca_key_path, ca.key)
+    if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names)):
+        server = issue_server_cert(ca, names)
+        files.cert.write_bytes(server.cert)
+        write_private(files.key, server.key)
+    return files
+
+
+def _covers(cert_path: Path, names: list[str]) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+    present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    wanted = {str(ipaddress.ip_address(n.strip("[]"))) if _is_ip(n) else n for n in names}
+    return wanted <= present and cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m inlets_py.runtime.core.certs DIR NAME...``: ensure_auto_tls in a short-lived process.
+
+    The server runs it this way so the long-running process never loads the crypto
+    library (about 8 MiB of resident memory it would keep for nothing).
+    """
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    files = ensure_auto_tls(Path(args[0]), args[1:])
+    print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}))
+
+
+if __name__ == "__main__":
+    main()

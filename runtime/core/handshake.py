@@ -1,0 +1,133 @@
+"""The first exchange on a tunnel websocket: who speaks which protocol, serving what.
+
+The client sends one text message, ``hello``; the server answers ``welcome`` or
+closes with a 4xxx code and a reason the client shows as is. Pure functions: the
+checks are unit-tested without a socket.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .. import PROTOCOL_VERSION, __version__
+
+#: The control plane's websocket path (after the URL's own path prefix).
+CONNECT_PATH = "/connect"
+MAX_HELLO = 64 * 1024
+MAX_SERVICES = 1024
+
+# Close codes for a refused handshake. The client treats them as final: retrying
+# with the same configuration cannot succeed.
+CLOSE_BAD_HELLO = 4000
+CLOSE_PROTOCOL_VERSION = 4001
+CLOSE_WRONG_MODE = 4002
+CLOSE_SERVICE_REFUSED = 4003
+FATAL_CLOSE_CODES = range(4000, 4100)
+
+
+class HandshakeError(Exception):
+    """The peer's handshake is unacceptable; ``code`` is the websocket close code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Hello:
+    mode: str
+    services: list[str]
+    client_id: str
+    window: int
+    protocol: int = PROTOCOL_VERSION
+    version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "type": "hello",
+                "protocol": self.protocol,
+                "version": self.version,
+                "mode": self.mode,
+                "client_id": self.client_id,
+                "services": self.services,
+                "window": self.window,
+                **({"extra": self.extra} if self.extra else {}),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Welcome:
+    services: list[str]
+    window: int
+    max_frame: int
+    protocol: int = PROTOCOL_VERSION
+    version: str = __version__
+
+    def encode(self) -> str:
+        return json.dumps(
+            {
+                "type": "welcome",
+                "protocol": self.protocol,
+                "version": self.version,
+                "services": self.services,
+                "window": self.window,
+                "max_frame": self.max_frame,
+            }
+        )
+
+
+def _load(message: str | bytes, kind: str) -> dict:
+    if not isinstance(message, str):
+        raise HandshakeError(CLOSE_BAD_HELLO, f"expected a text {kind} message")
+    if len(message) > MAX_HELLO:
+        raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} message too large")
+    try:
+        data = json.loads(message)
+    except ValueError:
+        raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is not JSON") from None
+    if not isinstance(data, dict) or data.get("type") != kind:
+        raise HandshakeError(CLOSE_BAD_HELLO, f"expected a {kind} message")
+    protocol = data.get("protocol")
+    if protocol != PROTOCOL_VERSION:
+        raise HandshakeError(
+            CLOSE_PROTOCOL_VERSION,
+            f"peer speaks tunnel protocol {protocol!r} (version {data.get('version', '?')}), "
+            f"this side speaks {PROTOCOL_VERSION} (version {__version__}); upgrade the older side",
+        )
+    return data
+
+
+def _window(data: dict) -> int:
+    window = data.get("window")
+    if not isinstance(window, int) or not 16 * 1024 <= window <= 2**31 - 1:
+        raise HandshakeError(CLOSE_BAD_HELLO, "window out of range")
+    return window
+
+
+def parse_hello(message: str | bytes) -> Hello:
+    data = _load(message, "hello")
+    mode, services, client_id = data.get("mode"), data.get("services"), data.get("client_id", "")
+    if not isinstance(mode, str) or not isinstance(client_id, str) or len(client_id) > 128:
+        raise HandshakeError(CLOSE_BAD_HELLO, "hello needs a mode and a short client_id")
+    if (
+        not isinstance(services, list)
+        or len(services) > MAX_SERVICES
+        or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in services)
+    ):
+        raise HandshakeError(CLOSE_BAD_HELLO, f"services must be a list of at most {MAX_SERVICES} names")
+    extra = data.get("extra", {})
+    if not isinstance(extra, dict):
+        raise HandshakeError(CLOSE_BAD_HELLO, "extra must be an object")
+    return Hello(mode, services, client_id, _window(data), data["protocol"], str(data.get("version", "")), extra)
+
+
+def parse_welcome(message: str | bytes) -> Welcome:
+    data = _load(message, "welcome")
+    services, max_frame = data.get("services"), data.get("max_frame")
+    if not isinstance(services, list) or not isinstance(max_frame, int) or not 1024 <= max_frame <= 16 * 2**20:
+        raise HandshakeError(CLOSE_BAD_HELLO, "malformed welcome")
+    return Welcome(services, _window(data), max_frame, data["protocol"], str(data.get("version", "")))

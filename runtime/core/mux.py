@@ -1,0 +1,461 @@
+"""Sans-I/O stream multiplexer: many TCP-like streams over one message channel.
+
+Modelled on h11 and the websockets library: a ``Multiplexer`` is fed the payloads
+of websocket binary messages (``receive``), returns events, and queues the messages
+to send (``data_to_send``). It never touches a socket, so every rule below is
+unit-tested without one.
+
+Wire format: a message holds one or more frames, each ``type:u8 stream:u32
+length:u32`` followed by ``length`` payload bytes.
+
+Flow control is per stream and credit based, as in HTTP/2: a side may send DATA
+only up to the credit the peer granted (``initial_window`` at open, then WINDOW
+increments as the peer's application consumes). A slow reader therefore stalls
+only its own stream; the shared websocket keeps moving. A peer that breaks a
+limit (window, frame size, stream ids) gets ``ProtocolError``: the glue closes the
+connection rather than trust it.
+
+A receiver may also bound what all streams together can make it hold. Streams then
+start with ``initial_recv_window`` of credit (the handshake's window) and double per
+grant towards ``recv_window`` as their data is consumed, while the growth of all live
+streams together (``grown``) stays within ``recv_budget``; a stream whose reader
+stalls keeps what it had, and one that is consumed always gets its credit back. What
+the peer can make the receiver hold, credit outstanding and bytes not yet consumed, is
+then at most ``max_streams * initial_recv_window + recv_budget``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct("!BII")
+WINDOW_PAYLOAD = struct.Struct("!I")
+RESET_CODE = struct.Struct("!H")
+
+DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
+#: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
+#: A burst of datagrams at a UDP flow's start must fit: what finds no credit is dropped.
+DEFAULT_INITIAL_WINDOW = 256 * 1024
+DEFAULT_MAX_FRAME = 256 * 1024
+DEFAULT_MAX_STREAMS = 4096
+#: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
+#: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
+DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
+MAX_WINDOW = 2**31 - 1
+MAX_TARGET = 1024
+MAX_REASON = 1024
+#: Frames queued together share one message up to this size: a websocket message costs
+#: far more CPU than copying its bytes, so several streams' DATA frames travel together.
+COALESCE_LIMIT = 256 * 1024
+
+
+class FrameType(enum.IntEnum):
+    OPEN = 1  # payload: target (utf-8), e.g. "tcp:80"
+    DATA = 2
+    WINDOW = 3  # payload: u32 credit increment
+    FIN = 4  # sender will send no more data (TCP half-close)
+    RESET = 5  # payload: u16 code + utf-8 reason; the stream is gone both ways
+    GOAWAY = 6  # stream 0; payload: utf-8 reason. Open no new streams towards the sender
+
+
+class ResetCode(enum.IntEnum):
+    CANCEL = 1  # the endpoint went away (connection lost, shutdown)
+    REFUSED = 2  # the upstream could not be dialled
+    NOT_ALLOWED = 3  # the target was not advertised or is not permitted
+    TOO_MANY_STREAMS = 4
+    INTERNAL = 5
+    TIMEOUT = 6
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; the connection must be closed."""
+
+
+class StreamError(Exception):
+    """A local call named a stream that cannot take it (closed, reset, unknown)."""
+
+
+@dataclass(frozen=True)
+class StreamOpened:
+    stream_id: int
+    target: str
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The peer half-closed: no more data will arrive on this stream."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    stream_id: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class WindowUpdated:
+    """The peer granted credit: ``send_data`` on this stream may accept more now."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class GoAway:
+    """The peer is draining: open no new streams; the open ones may finish."""
+
+    reason: str
+    stream_id: int = 0
+
+
+Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated | GoAway
+
+
+class _Stream:
+    __slots__ = ("send_window", "recv_window", "recv_limit", "held", "unacked", "local_closed", "remote_closed")
+
+    def __init__(self, send_window: int, recv_window: int) -> None:
+        self.send_window = send_window  # bytes we may still send
+        self.recv_window = recv_window  # bytes the peer may still send us
+        self.recv_limit = recv_window  # the window this stream has grown to
+        self.held = 0  # received, not yet consumed by the application
+        self.unacked = 0  # consumed by the application, not yet granted back
+        self.local_closed = False
+        self.remote_closed = False
+
+
+class Multiplexer:
+    """One side of a multiplexed connection.
+
+    The client opens odd stream ids, the server even ones, so both sides can open
+    streams without coordination (remote and local forwarding).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        recv_window: int = DEFAULT_WINDOW,
+        send_window: int = DEFAULT_WINDOW,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        max_control_backlog: int = DEFAULT_MAX_CONTROL_BACKLOG,
+        initial_recv_window: int | None = None,
+        recv_budget: int | None = None,
+    ) -> None:
+        initial_recv_window = initial_recv_window or recv_window
+        if not 0 < initial_recv_window <= recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
+            raise ValueError("windows must be between 1 and 2**31-1, the initial one no larger")
+        self.recv_window = recv_window  # the most credit one stream may grow to
+        self.initial_recv_window = initial_recv_window  # each new stream's credit (the handshake's window)
+        self.recv_budget = recv_budget  # None: streams grow freely
+        self.grown = 0  # how far live streams' windows grew beyond initial_recv_window, all together
+        self.initial_send_window = send_window  # what the peer grants us per stream
+        self.max_frame = max_frame
+        self.max_streams = max_streams
+        self._streams: dict[int, _Stream] = {}
+        self._next_id = 1 if client else 2
+        self._peer_parity = 0 if client else 1
+        self._peer_highest = 0
+        self._peer_open = 0  # streams the peer opened that are still live
+        self._out: collections.deque[bytes] = collections.deque()
+        self.buffered = 0  # bytes queued in _out
+        self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
+        self.max_control_backlog = max_control_backlog
+        self._backlogged = False
+        self.going_away = False  # we sent GOAWAY
+        self.peer_going_away = False  # the peer sent GOAWAY
+
+    # ----------------------------------------------------------------- local calls
+
+    def open_stream(self, target: str) -> int:
+        if self.going_away or self.peer_going_away:
+            raise StreamError("the connection is draining: no new streams")
+        raw = target.encode()
+        if not raw or len(raw) > MAX_TARGET:
+            raise ValueError(f"target must be 1..{MAX_TARGET} bytes")
+        stream_id = self._next_id
+        self._next_id += 2
+        if stream_id > 0xFFFFFFFF:
+            raise StreamError("stream ids exhausted; reconnect")
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
+        self._queue(FrameType.OPEN, stream_id, raw)
+        return stream_id
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue as much of ``data`` as the peer's credit allows; returns that count."""
+        stream = self._local_stream(stream_id)
+        if stream.local_closed:
+            raise StreamError(f"stream {stream_id} is closed for sending")
+        count = min(len(data), stream.send_window)
+        view = memoryview(data)
+        sent = 0
+        while sent < count:
+            chunk = view[sent : min(count, sent + self.max_frame)]
+            self._queue(FrameType.DATA, stream_id, chunk)
+            sent += len(chunk)
+        stream.send_window -= count
+        return count
+
+    def send_eof(self, stream_id: int) -> None:
+        stream = self._local_stream(stream_id)
+        if stream.local_closed:
+            return
+        stream.local_closed = True
+        self._queue(FrameType.FIN, stream_id, b"")
+        self._maybe_forget(stream_id, stream)
+
+    def reset_stream(self, stream_id: int, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+        """Abort a stream both ways. Resetting a stream already gone is a no-op."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._forgotten(stream_id, stream)
+        self._queue_reset(stream_id, code, reason)
+
+    def go_away(self, reason: str = "") -> None:
+        """Drain: ask the peer to open no new streams. Streams it opens meanwhile are still served."""
+        if not self.going_away:
+            self.going_away = True
+            self._queue(FrameType.GOAWAY, 0, reason.encode()[:MAX_REASON])
+
+    def consumed(self, stream_id: int, count: int) -> None:
+        """The application took ``count`` bytes of this stream: grant that credit back, and more
+        while the stream is below its full window and the budget has room."""
+        stream = self._streams.get(stream_id)
+        if stream is None or count <= 0:
+            return
+        count = min(count, stream.held)
+        stream.held -= count
+        if stream.remote_closed:
+            return
+        stream.unacked += count
+        # Grant in batches: one WINDOW frame per quarter window, not per read.
+        if stream.unacked >= stream.recv_limit // 4:
+            grant = stream.unacked
+            grow = min(stream.recv_limit, self.recv_window - stream.recv_limit)
+            if self.recv_budget is not None:
+                grow = min(grow, self.recv_budget - self.grown)
+            if grow > 0:
+                stream.recv_limit += grow
+                self.grown += grow
+                grant += grow
+            self._queue(FrameType.WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
+            stream.recv_window += grant
+            stream.unacked = 0
+
+    def send_window(self, stream_id: int) -> int:
+        stream = self._streams.get(stream_id)
+        return stream.send_window if stream is not None else 0
+
+    def is_open(self, stream_id: int) -> bool:
+        return stream_id in self._streams
+
+    def data_to_send(self, limit: int | None = None) -> list[bytes]:
+        """Up to ``limit`` messages to send (all when None), in order: frames packed into
+        messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's
+        ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
+
+        A writer that takes one message at a time leaves the rest counted in ``buffered``
+        and ``control_buffered``, so the bounds see everything not yet sent."""
+        out = self._out
+        messages: list[bytes] = []
+        while out and (limit is None or len(messages) < limit):
+            batch: list[bytes] = []
+            size = control = 0
+            while out and (not batch or size + len(out[0]) <= COALESCE_LIMIT):
+                frame = out.popleft()
+                batch.append(frame)
+                size += len(frame)
+                if frame[0] not in _UNBOUNDED_TYPES:
+                    control += len(frame)
+            messages.append(b"".join(batch))
+            self.buffered -= size
+            self.control_buffered -= control
+        if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
+            self._backlogged = False
+        return messages
+
+    @property
+    def backlogged(self) -> bool:
+        """Too many control frames wait to be sent: read nothing more from the peer for now."""
+        return self._backlogged
+
+    # ------------------------------------------------------------------ peer input
+
+    def receive(self, message: bytes) -> list[Event]:
+        """Parse one message from the peer. Raises ``ProtocolError`` on any violation."""
+        events: list[Event] = []
+        view = memoryview(message)
+        offset = 0
+        end = len(view)
+        if end == 0:
+            raise ProtocolError("empty message")
+        while offset < end:
+            if end - offset < HEADER.size:
+                raise ProtocolError("truncated frame header")
+            ftype, stream_id, length = HEADER.unpack_from(view, offset)
+            offset += HEADER.size
+            if length > end - offset:
+                raise ProtocolError("truncated frame payload")
+            payload = view[offset : offset + length]
+            offset += length
+            self._receive_frame(ftype, stream_id, payload, events)
+        return events
+
+    def _receive_frame(self, ftype: int, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if (stream_id == 0) != (ftype == FrameType.GOAWAY):
+            raise ProtocolError("stream id 0 is for GOAWAY, and GOAWAY only")
+        if ftype == FrameType.DATA:
+            self._on_data(stream_id, payload, events)
+        elif ftype == FrameType.WINDOW:
+            self._on_window(stream_id, payload, events)
+        elif ftype == FrameType.OPEN:
+            self._on_open(stream_id, payload, events)
+        elif ftype == FrameType.FIN:
+            self._on_fin(stream_id, payload, events)
+        elif ftype == FrameType.RESET:
+            self._on_reset(stream_id, payload, events)
+        elif ftype == FrameType.GOAWAY:
+            if len(payload) > MAX_REASON:
+                raise ProtocolError("GOAWAY reason too long")
+            if not self.peer_going_away:
+                self.peer_going_away = True
+                events.append(GoAway(bytes(payload).decode(errors="replace")))
+        else:
+            raise ProtocolError(f"unknown frame type {ftype}")
+
+    def _on_open(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if stream_id % 2 != self._peer_parity or stream_id <= self._peer_highest:
+            raise ProtocolError(f"bad stream id {stream_id} in OPEN")
+        if not 0 < len(payload) <= MAX_TARGET:
+            raise ProtocolError("OPEN target length out of range")
+        try:
+            target = bytes(payload).decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("OPEN target is not utf-8") from None
+        self._peer_highest = stream_id
+        if self._peer_open >= self.max_streams:
+            self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_streams} open streams")
+            return
+        self._peer_open += 1
+        self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
+        events.append(StreamOpened(stream_id, target))
+
+    def _on_data(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if len(payload) > self.max_frame:
+            raise ProtocolError(f"DATA frame of {len(payload)} bytes exceeds {self.max_frame}")
+        stream = self._peer_stream(stream_id)
+        if stream is None:
+            return  # raced with our RESET: drop
+        if stream.remote_closed:
+            raise ProtocolError(f"DATA after FIN on stream {stream_id}")
+        if len(payload) > stream.recv_window:
+            raise ProtocolError(f"stream {stream_id} exceeded its flow-control window")
+        stream.recv_window -= len(payload)
+        stream.held += len(payload)
+        if payload:
+            events.append(DataReceived(stream_id, bytes(payload)))
+
+    def _on_window(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if len(payload) != WINDOW_PAYLOAD.size:
+            raise ProtocolError("WINDOW payload must be 4 bytes")
+        (increment,) = WINDOW_PAYLOAD.unpack(payload)
+        if increment == 0:
+            raise ProtocolError("WINDOW increment of 0")
+        stream = self._peer_stream(stream_id)
+        if stream is None:
+            return
+        if stream.send_window + increment > MAX_WINDOW:
+            raise ProtocolError(f"stream {stream_id} window overflow")
+        was_blocked = stream.send_window == 0
+        stream.send_window += increment
+        if not stream.local_closed or was_blocked:
+            events.append(WindowUpdated(stream_id))
+
+    def _on_fin(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if len(payload):
+            raise ProtocolError("FIN carries no payload")
+        stream = self._peer_stream(stream_id)
+        if stream is None:
+            return
+        if stream.remote_closed:
+            raise ProtocolError(f"second FIN on stream {stream_id}")
+        stream.remote_closed = True
+        events.append(StreamEnded(stream_id))
+        self._maybe_forget(stream_id, stream)
+
+    def _on_reset(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not RESET_CODE.size <= len(payload) <= RESET_CODE.size + MAX_REASON:
+            raise ProtocolError("RESET payload length out of range")
+        (code,) = RESET_CODE.unpack_from(payload)
+        reason = bytes(payload[RESET_CODE.size :]).decode(errors="replace")
+        stream = self._peer_stream(stream_id)
+        if stream is None:
+            return
+        del self._streams[stream_id]
+        self._forgotten(stream_id, stream)
+        events.append(StreamReset(stream_id, code, reason))
+
+    # ------------------------------------------------------------------- internals
+
+    def _peer_stream(self, stream_id: int) -> _Stream | None:
+        """The live stream, or None for one that existed and is gone (a benign race).
+
+        A frame for a stream that never existed is a protocol error.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream
+        if stream_id % 2 == self._peer_parity:
+            known = stream_id <= self._peer_highest
+        else:
+            known = stream_id < self._next_id
+        if not known:
+            raise ProtocolError(f"frame for unknown stream {stream_id}")
+        return None
+
+    def _local_stream(self, stream_id: int) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamError(f"stream {stream_id} is not open")
+        return stream
+
+    def _maybe_forget(self, stream_id: int, stream: _Stream) -> None:
+        if stream.local_closed and stream.remote_closed:
+            del self._streams[stream_id]
+            self._forgotten(stream_id, stream)
+
+    def _forgotten(self, stream_id: int, stream: _Stream) -> None:
+        self.grown -= stream.recv_limit - self.initial_recv_window
+        if stream_id % 2 == self._peer_parity:
+            self._peer_open -= 1
+
+    def _queue_reset(self, stream_id: int, code: int, reason: str) -> None:
+        raw = reason.encode()[:MAX_REASON]
+        self._queue(FrameType.RESET, stream_id, RESET_CODE.pack(code) + raw)
+
+    def _queue(self, ftype: int, stream_id: int, payload: bytes | memoryview) -> None:
+        frame = HEADER.pack(ftype, stream_id, len(payload)) + payload
+        self._out.append(frame)
+        self.buffered += len(frame)
+        if ftype not in _UNBOUNDED_TYPES:
+            self.control_buffered += len(frame)
+            if self.control_buffered > self.max_control_backlog:
+                self._backlogged = True
+
+
+#: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
+#: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
+_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))

@@ -1,0 +1,330 @@
+"""Asyncio glue between one websocket and the sans-I/O ``Multiplexer``.
+
+A ``Session`` reads messages, feeds them to the multiplexer and dispatches the
+events to each stream's handler; a single writer task sends what the multiplexer
+queued. Stream handlers are plain callback objects (``StreamHandler``), so a TCP
+socket can be bridged without a coroutine per direction (see ``bridge.py``).
+
+A peer that does not read is not read from: the writer takes one message at a time,
+so what waits stays counted in the multiplexer, and while it is ``backlogged`` the
+reader stops. Only traffic that does something (events) counts as a sign of life, so a
+peer repeating GOAWAY, or sending frames for streams long gone, still has to answer pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Protocol
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from .mux import (
+    DataReceived,
+    GoAway,
+    Multiplexer,
+    ProtocolError,
+    ResetCode,
+    StreamEnded,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+log = logging.getLogger("inlets.session")
+
+#: Above this many queued outgoing bytes, channels stop accepting data until the
+#: websocket drains: bounds memory across all streams, not just per stream.
+OUT_HIGH_WATER = 4 * 1024 * 1024
+OUT_LOW_WATER = 1024 * 1024
+
+
+class StreamHandler(Protocol):
+    def on_data(self, data: bytes) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_reset(self, code: int, reason: str) -> None: ...
+    def on_writable(self) -> None: ...
+
+
+class Channel:
+    """One stream of a session, as seen by the code that bridges it."""
+
+    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out")
+
+    def __init__(self, session: Session, stream_id: int, target: str) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.target = target
+        self.handler: StreamHandler | None = None
+        self.bytes_in = 0  # received from the peer
+        self.bytes_out = 0  # sent to the peer
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
+        return self.session._write(self, data)
+
+    def write_eof(self) -> None:
+        self.session._write_eof(self)
+
+    def reset(self, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+        self.session._reset(self, code, reason)
+
+    def consumed(self, count: int) -> None:
+        """Return credit for bytes the handler has passed on (written to its socket)."""
+        self.session._consumed(self, count)
+
+    @property
+    def is_open(self) -> bool:
+        return self.session.mux.is_open(self.stream_id)
+
+
+class Session:
+    """A live tunnel connection: one websocket carrying many streams."""
+
+    def __init__(
+        self,
+        websocket: Connection,
+        mux: Multiplexer,
+        *,
+        on_stream: Callable[[Channel], None] | None = None,
+        name: str = "",
+        keepalive: float | None = None,
+    ) -> None:
+        self.websocket = websocket
+        self.mux = mux
+        self.on_stream = on_stream
+        self.name = name
+        self.channels: dict[int, Channel] = {}
+        self.closed = asyncio.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()  # set while the multiplexer is not backlogged
+        self._drained.set()
+        self._writer_stopped = False
+        self._blocked: set[Channel] = set()
+        self._close_reason = ""
+        self.keepalive = keepalive
+        self._last_rx = 0.0
+        #: Called once when the peer drains (GOAWAY): stop routing new streams here.
+        self.on_goaway: Callable[[Session], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the session until the websocket closes; then reset every stream."""
+        writer = asyncio.create_task(self._writer())
+        watchdog = asyncio.create_task(self._watchdog()) if self.keepalive else None
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in self.websocket:
+                if isinstance(message, str):
+                    raise ProtocolError("text message after handshake")
+                events = self.mux.receive(message)
+                if events:
+                    self._last_rx = loop.time()
+                self._dispatch(events)
+                self._flush()
+                if self.mux.backlogged and not await self._until_drained():
+                    break  # the connection died first: what the peer queued meanwhile is not worth reading
+        except ProtocolError as exc:
+            log.warning("event=protocol_error session=%s error=%r", self.name, str(exc))
+            self._close_reason = f"protocol error: {exc}"
+            await self.websocket.close(1002, str(exc)[:120])
+        except ConnectionClosed:
+            pass
+        finally:
+            writer.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+            self._teardown(self._close_reason or "tunnel connection closed")
+
+    def _teardown(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        for channel in list(self.channels.values()):
+            handler = channel.handler
+            self.channels.pop(channel.stream_id, None)
+            if handler is not None:
+                handler.on_reset(ResetCode.CANCEL, reason)
+
+    async def _until_drained(self) -> bool:
+        """Read nothing more until the peer has read enough of what we owe it; False if the writer stopped."""
+        log.warning("event=peer_not_reading session=%s queued=%d action=reading_paused", self.name, self.mux.buffered)
+        self._drained.clear()
+        if self.mux.backlogged:  # the writer sets it again once below half the bound, or when it stops
+            await self._drained.wait()
+        return not self._writer_stopped
+
+    async def _watchdog(self) -> None:
+        """Detect a dead peer within ``keepalive`` seconds, even on a stalled TCP connection.
+
+        Our own rather than the websockets library's: its ping waits on a full send
+        buffer and then on the closing handshake, so a stalled peer could hang it.
+        A message that did something counts as a sign of life; otherwise a ping must be answered.
+        """
+        assert self.keepalive is not None
+        interval = self.keepalive / 2
+        loop = asyncio.get_running_loop()
+        self._last_rx = loop.time()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                if loop.time() - self._last_rx < interval:
+                    continue
+                try:
+                    await asyncio.wait_for(self._ping(), interval)
+                except asyncio.TimeoutError:
+                    log.warning("event=keepalive_timeout session=%s after=%.1fs", self.name, self.keepalive)
+                    self._close_reason = "keepalive timeout"
+                    self.websocket.transport.abort()
+                    return
+        except ConnectionClosed:
+            return
+
+    async def _ping(self) -> None:
+        pong = await self.websocket.ping()
+        await pong
+
+    def go_away(self, reason: str = "") -> None:
+        """Tell the peer to open no new streams here; open streams carry on."""
+        if not self.closed.is_set():
+            self.mux.go_away(reason)
+            self._flush()
+
+    async def drain(self, timeout: float, reason: str = "draining") -> None:
+        """GOAWAY, wait up to ``timeout`` seconds for open streams to finish, then close."""
+        self.go_away(reason)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (self.channels or self.mux.buffered) and not self.closed.is_set() and loop.time() < deadline:
+            await asyncio.sleep(0.02)  # also until GOAWAY and the last frames are on the wire
+        if self.channels:
+            log.warning("event=drain_timeout session=%s open_streams=%d", self.name, len(self.channels))
+        await self.close(1001, reason)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.websocket.close(code, reason)
+
+    # -------------------------------------------------------------------- streams
+
+    def open_stream(self, target: str, handler: StreamHandler) -> Channel:
+        if self.closed.is_set():
+            raise StreamError("session is closed")
+        stream_id = self.mux.open_stream(target)
+        channel = Channel(self, stream_id, target)
+        channel.handler = handler
+        self.channels[stream_id] = channel
+        self._flush()
+        return channel
+
+    @property
+    def open_streams(self) -> int:
+        return len(self.channels)
+
+    # ----------------------------------------------------------------- internals
+
+    def _dispatch(self, events: list) -> None:
+        for event in events:
+            channel = self.channels.get(event.stream_id)
+            try:
+                if isinstance(event, DataReceived):
+                    if channel is not None:
+                        size = len(event.data)
+                        channel.bytes_in += size
+                        self.bytes_in += size
+                        if channel.handler is not None:
+                            channel.handler.on_data(event.data)
+                elif isinstance(event, WindowUpdated):
+                    if channel is not None and channel.handler is not None:
+                        channel.handler.on_writable()
+                elif isinstance(event, StreamOpened):
+                    channel = Channel(self, event.stream_id, event.target)
+                    self.channels[event.stream_id] = channel
+                    if self.on_stream is None:
+                        self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
+                    else:
+                        self.on_stream(channel)
+                elif isinstance(event, StreamEnded):
+                    if channel is not None:
+                        if not self.mux.is_open(event.stream_id):
+                            self.channels.pop(event.stream_id, None)
+                        if channel.handler is not None:
+                            channel.handler.on_eof()
+                elif isinstance(event, GoAway):
+                    log.info("event=peer_draining session=%s reason=%r", self.name, event.reason)
+                    if self.on_goaway is not None:
+                        self.on_goaway(self)
+                elif isinstance(event, StreamReset):
+                    self.channels.pop(event.stream_id, None)
+                    if channel is not None:
+                        self._blocked.discard(channel)
+                        if channel.handler is not None:
+                            channel.handler.on_reset(event.code, event.reason)
+            except Exception:  # one stream's failure must not take the tunnel down
+                log.exception("event=stream_handler_failed session=%s stream=%d", self.name, event.stream_id)
+                if channel is not None:
+                    self._reset(channel, ResetCode.INTERNAL, "internal error")
+
+    def _write(self, channel: Channel, data: bytes | memoryview) -> int:
+        if self.mux.buffered >= OUT_HIGH_WATER:
+            self._blocked.add(channel)
+            return 0
+        try:
+            count = self.mux.send_data(channel.stream_id, data)
+        except StreamError:
+            return 0
+        if count:
+            channel.bytes_out += count
+            self.bytes_out += count
+            self._flush()
+        return count
+
+    def _write_eof(self, channel: Channel) -> None:
+        try:
+            self.mux.send_eof(channel.stream_id)
+        except StreamError:
+            return
+        if not self.mux.is_open(channel.stream_id):
+            self.channels.pop(channel.stream_id, None)
+        self._flush()
+
+    def _reset(self, channel: Channel, code: int, reason: str) -> None:
+        self.channels.pop(channel.stream_id, None)
+        self._blocked.discard(channel)
+        if not self.closed.is_set():
+            self.mux.reset_stream(channel.stream_id, code, reason)
+            self._flush()
+
+    def _consumed(self, channel: Channel, count: int) -> None:
+        self.mux.consumed(channel.stream_id, count)
+        if self.mux.buffered:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._wakeup.set()
+
+    async def _writer(self) -> None:
+        """Send one message at a time: what waits stays in the multiplexer, under its bounds."""
+        mux = self.mux
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while messages := mux.data_to_send(1):
+                    await self.websocket.send(messages[0])
+                    if not mux.backlogged:
+                        self._drained.set()
+                    if self._blocked and mux.buffered < OUT_LOW_WATER:
+                        blocked, self._blocked = self._blocked, set()
+                        for channel in blocked:
+                            if channel.handler is not None and channel.stream_id in self.channels:
+                                channel.handler.on_writable()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._writer_stopped = True
+            self._drained.set()  # a reader waiting for the peer finds the connection closed

@@ -1,0 +1,246 @@
+"""``--generate=systemd|k8s_yaml``: print what runs this very command as a service.
+
+The artifact runs exactly the flags given, minus ``--generate``, with two changes:
+every secret (the token, a site's basic-auth password or bearer token, a proxy
+password) is read from a file, never inlined in a unit's command line or a
+Deployment's args, whether it was given inline, as a file or in the environment; and
+relative paths become absolute (systemd) or Secret mounts (Kubernetes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
+from ..core.ports import parse_port_list
+from .systemd_quote import UnitValueError, exec_command, path_value
+from .templating import render
+
+KINDS = ("systemd", "k8s_yaml")
+SECRET_DIR = "/etc/inlets"  # systemd: where the operator writes secrets given inline or in the environment
+TOKEN_PATH = f"{SECRET_DIR}/token"
+K8S_SECRET_DIR = "/var/run/secrets/inlets"
+#: Options whose value is a file the service must read.
+FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
+Pairs = list[tuple[str, str | None]]
+
+#: ``python -m`` this package runs ``inlets`` (runtime/__main__.py).
+RUNTIME_PACKAGE = __name__.rsplit(".", 2)[0]
+
+
+class GenerateError(ValueError):
+    """The flags cannot be turned into a service definition; the message says why."""
+
+
+def split_argv(argv: list[str]) -> list[tuple[str, str | None]]:
+    """``['--a', '1', '--b=2', '--flag']`` -> ``[('--a','1'), ('--b','2'), ('--flag', None)]``."""
+    pairs: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(argv):
+        item = argv[index]
+        if item.startswith("--") and "=" in item:
+            name, value = item.split("=", 1)
+            pairs.append((name, value))
+        elif item.startswith("--") and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+            pairs.append((item, argv[index + 1]))
+            index += 1
+        else:
+            pairs.append((item, None))
+        index += 1
+    return pairs
+
+
+def _without_generate(argv: list[str]) -> list[tuple[str, str | None]]:
+    return [(name, value) for name, value in split_argv(argv) if name != "--generate"]
+
+
+@dataclass
+class FoundSecret:
+    secret: SecretOption
+    value: str | None  # given inline or in the environment
+    file: str | None  # given as a file
+
+
+def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSecret]]:
+    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment."""
+    rest: Pairs = []
+    found: dict[str, FoundSecret] = {}
+    for name, value in pairs:
+        proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
+        if proxy is not None and proxy.password is not None:
+            from ..client.outbound_proxy import redact  # scheme://USER@HOST:PORT, the password left out
+
+            rest.append((name, redact(value)))  # type: ignore[arg-type]
+            found[PROXY_PASSWORD.key] = FoundSecret(PROXY_PASSWORD, unquote(proxy.password), None)
+            continue
+        secret = next((s for s in SECRETS if name in (s.option, s.file_option)), None)
+        if secret is None:
+            rest.append((name, value))
+        elif name == secret.option:
+            found[secret.key] = FoundSecret(secret, value, None)
+        else:
+            found[secret.key] = FoundSecret(secret, None, value)
+    for secret in SECRETS:
+        if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
+            found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+    return rest, list(found.values())
+
+
+def _name(command: list[str]) -> str:
+    """inlets-tcp-server, inlets-http-client, ..."""
+    return "inlets-" + "-".join(re.sub(r"[^a-z0-9]", "", part.lower()) for part in command)
+
+
+def _command() -> list[str]:
+    """How the service starts inlets: the ``inlets`` on PATH, the one beside this Python, or ``python -m`` the runtime package."""
+    found = shutil.which("inlets") or (str(p) if (p := Path(sys.executable).with_name("inlets")).exists() else None)
+    return [found] if found else [sys.executable, "-m", RUNTIME_PACKAGE]
+
+
+SERVICE_USER = "inlets"
+HOME_DIRS = ("/home/", "/root/", "/run/user/")
+#: hidden from the service by the unit's own PrivateTmp=true (templates/inlets.service.j2)
+PRIVATE_TMP_DIRS = ("/tmp/", "/var/tmp/")
+
+
+def _runtime_paths(command: list[str]) -> list[str]:
+    """What the unit runs: the command, the Python environment, and this package (the checkout, if editable)."""
+    return [command[0], sys.prefix, str(Path(__file__).resolve().parent)]
+
+
+def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> None:
+    """Refuse a unit that could not start: PrivateTmp=true gives the service an empty /tmp of its own."""
+    for option, path in [("", p) for p in runtime] + files:
+        hidden = next((p for p in (path, os.path.realpath(path)) if (p + "/").startswith(PRIVATE_TMP_DIRS)), None)
+        if hidden is None:
+            continue
+        top = next(d for d in PRIVATE_TMP_DIRS if (hidden + "/").startswith(d)).rstrip("/")
+        if not option:
+            raise GenerateError(
+                f"this inlets runs from {hidden}, under {top}, which the unit's PrivateTmp=true hides from the "
+                "service: install it elsewhere (python3 -m venv /opt/inlets && /opt/inlets/bin/pip install .) "
+                "and run /opt/inlets/bin/inlets ... --generate=systemd"
+            )
+        raise GenerateError(f"{option} {path} is under {top}, which the unit's PrivateTmp=true hides from the "
+                            f"service: keep it elsewhere (e.g. {SECRET_DIR}/) and give that path")
+
+
+def systemd_unit(command: list[str], argv: list[str]) -> str:
+    """A unit for ``inlets <command> <argv>``, run as the system user ``inlets``.
+
+    Files are referenced where they are (absolute paths, read-only to the service), so
+    SIGHUP re-reads a rotated token file; they must be owned by ``inlets`` (0600). A
+    secret given inline or in the environment becomes a file in /etc/inlets for the
+    operator to write: ``--token X`` becomes ``--token-file /etc/inlets/token``.
+    """
+    pairs, secrets = split_secrets(command, _without_generate(argv))
+    if not any(found.secret is TOKEN for found in secrets):  # none given here: the operator writes the file
+        secrets.append(FoundSecret(TOKEN, None, None))
+    for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator
+        pairs.append((found.secret.file_option, found.file or f"{SECRET_DIR}/{found.secret.key}"))
+    args: list[str] = []
+    named_files: list[tuple[str, str]] = []
+    for name, value in pairs:
+        if name in FILE_OPTIONS and value is not None:
+            value = str(Path(value).expanduser().resolve())
+            named_files.append((name, value))
+        args.append(name)
+        if value is not None:
+            args.append(value)
+    inlets = _command()
+    runtime = _runtime_paths(inlets)
+    files = [path for _, path in named_files]
+    needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
+    try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
+        exec_start = exec_command([*inlets, *command, *args])
+        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files})
+        for file in files:  # named in the setup hint's comment line too
+            path_value(file)
+    except UnitValueError as exc:
+        raise GenerateError(f"cannot write a systemd unit: {exc}") from None
+    _check_not_private_tmp(runtime, named_files)  # after quoting: a path with a line break is refused above, in one line
+    return render(
+        "inlets.service.j2",
+        description=f"inlets {' '.join(command)}",
+        exec_start=exec_start,
+        user=SERVICE_USER,
+        mode=command[0],
+        server=command[-1] == "server",
+        read_only_paths=read_only_paths,
+        protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
+        setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise GenerateError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+
+
+def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-py/inlets:latest") -> str:
+    """A Secret (token and TLS files), a Deployment and, for servers, a Service."""
+    pairs, secrets = split_secrets(command, _without_generate(argv))
+    name = _name(command)
+    secret: dict[str, str] = {}
+    args: list[str] = [*command]
+    if not any(found.secret is TOKEN for found in secrets):
+        raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
+    for found in secrets:
+        data = found.value.encode() if found.file is None else _read(found.secret.file_option, found.file)  # type: ignore[union-attr]
+        secret[found.secret.key] = _b64(data)
+        pairs.append((found.secret.file_option, f"{K8S_SECRET_DIR}/{found.secret.key}"))
+    ports: list[int] = []
+    for option, value in pairs:
+        if option in FILE_OPTIONS and value is not None and not value.startswith(K8S_SECRET_DIR + "/"):
+            key = option.lstrip("-")
+            secret[key] = _b64(_read(option, value))
+            value = f"{K8S_SECRET_DIR}/{key}"
+        try:
+            if option in ("--control-port", "--port") and value:
+                ports += parse_port_list(value)
+            if option == "--allow-ports" and value:  # TCP data ports the Service should expose
+                ports += parse_port_list(value)
+        except ValueError as exc:
+            raise GenerateError(f"{option}: {exc}") from None
+        args.append(option)
+        if value is not None:
+            args.append(value)
+    server = command[-1] == "server"
+    if server and not ports:
+        ports = [8123] + ([8000] if command[0] == "http" else [])
+    elif server and command[0] == "http" and not any(o == "--port" for o, _ in pairs):
+        ports.append(8000)
+    elif server and not any(o == "--control-port" for o, _ in pairs):
+        ports.insert(0, 8123)
+    return render(
+        "k8s.yaml.j2",
+        name=name,
+        image=image,
+        args=[json.dumps(a) for a in args],
+        secret=sorted(secret.items()),
+        secret_dir=K8S_SECRET_DIR,
+        server=server,
+        ports=sorted(set(ports)),
+    )
+
+
+def generate(kind: str, command: list[str], argv: list[str]) -> str:
+    if kind == "systemd":
+        return systemd_unit(command, argv)
+    if kind == "k8s_yaml":
+        return k8s_yaml(command, argv)
+    raise GenerateError(f"--generate must be one of {', '.join(KINDS)}, got {kind!r}")

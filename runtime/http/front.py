@@ -1,0 +1,402 @@
+"""One user connection on the HTTP data plane: parse, route, forward, answer.
+
+The socket side is an ``asyncio.Protocol`` that feeds a ``RequestReader``. Requests
+are taken in order and routed by Host to a tunnel client (``Leg``); both legs stay
+alive between requests. A plain request is sent straight from ``data_received``
+(the fast path); one with a body, an upgrade or a refusal goes through the
+connection's coroutine, which streams the body as it arrives. Either way the
+response is passed on by the stream's callbacks (``exchange``). Bodies are
+never held whole: reading from the user pauses when the queue passes
+``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
+the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,
+the rest of the read waits unparsed and reading pauses until half of them are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Protocol
+
+from . import exchange as http_exchange
+from ..core.session import Session
+from ..server.registry import Registry
+from ..core.bridge import tune_socket
+from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
+from .leg import Leg, LegFailed, UpstreamTimeout
+from .options import HttpOptions
+from .upgrade import UpgradeGateway, switch_protocols
+from .parser import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
+from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
+from ..core.mux import StreamError
+
+
+log = logging.getLogger("inlets.http")
+
+HIGH_WATER = 512 * 1024
+PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
+
+
+class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
+    """The HTTP server as its user connections see it (``server.HttpTunnelServer`` is one)."""
+
+    dataplane: DataPlaneOptions
+    connections: set[FrontConnection]
+    registry: Registry[Session]
+
+
+class FrontConnection(asyncio.Protocol):
+    def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
+        self.server = server
+        self.scheme = scheme  # what the user spoke: X-Forwarded-Proto (b"https" behind a TLS front)
+        self.transport: asyncio.Transport | None = None
+        self.peer = b""
+        self.reader = RequestReader()
+        self.events: collections.deque[Event | HttpError] = collections.deque()
+        self.buffered = 0
+        self.pipelined = 0  # request heads in ``events``
+        self.unparsed = b""  # read but not parsed: the pipeline was full
+        self.raw = False
+        self.eof = False
+        self.leg: Leg | None = None
+        self._waiter: asyncio.Future | None = None
+        self.drain: asyncio.Future | None = None
+        self._paused_reading = False
+        self._task: asyncio.Task | None = None
+        self.loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
+        self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
+        self.head_since: float | None = None  # first byte of a request head still incomplete (slowloris)
+        self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
+        self.parked = False  # the fast path owns the connection: the coroutine waits (http_exchange)
+        self._header: HeaderReader | None = None  # --lb-proxy-protocol: until the balancer's header is read
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ socket
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        tune_socket(sock)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b"unknown"
+        transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
+        gate = self.server.dataplane
+        if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
+            self._header = HeaderReader(gate.lb_proxy_protocol)
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout")
+        elif not gate.allows(address(peer)):
+            self._forbid("source_not_allowed")
+            return
+        self.server.connections.add(self)
+        self._task = asyncio.ensure_future(self._run())
+
+    def header_timed_out(self) -> None:
+        """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
+        log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
+        self.server.observe(408, "", b"", self.loop.time())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.close()
+
+    def _forbid(self, reason: str) -> None:
+        """Refuse the connection with a 403 before reading any request (counted, logged)."""
+        log.info("event=refused reason=%s source=%s", reason, self.peer.decode(errors="replace"))
+        self.server.observe(403, "", b"", self.loop.time())
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
+                                 b"Connection: close\r\n\r\nforbidden\n")
+            self.transport.close()
+
+    def _accept_header(self, data: bytes) -> bytes | None:
+        """Feed the balancer's PROXY header; the bytes after it once complete, None before (or refused)."""
+        assert self._header is not None
+        try:
+            done = self._header.feed(data)
+        except ProxyProtocolError:
+            self._header = None
+            self._forbid("bad_proxy_header")
+            return None
+        if done is None:
+            return None
+        header, rest = done
+        self._header = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        if header.source is not None:
+            self.peer = header.source[0].encode()
+        if not self.server.dataplane.allows(header.source or ("", 0)) and header.source is not None:
+            self._forbid("source_not_allowed")
+            return None
+        return rest
+
+    def data_received(self, data: bytes) -> None:
+        idle_since = self.idle_since
+        if idle_since is not None and (self.head_since is None or self.head_since < idle_since):
+            self.head_since = self.loop.time()  # a head has begun: it must be complete within the header timeout
+        if self._header is not None:
+            rest = self._accept_header(data)
+            if not rest:
+                return
+            data = rest
+        if self.raw:
+            self.events.append(Body(data))
+            self.buffered += len(data)
+        elif self.unparsed:
+            self.unparsed += data  # a read already on its way when reading paused
+        else:
+            self._parse(data)
+        if self.buffered > HIGH_WATER:
+            self._pause_reading()
+        self.resume_requests()
+
+    def _parse(self, data: bytes) -> None:
+        """Parse no further than ``PIPELINE_DEPTH`` requests ahead; what is left waits, unread."""
+        try:
+            events, used = self.reader.feed_within(data, PIPELINE_DEPTH - self.pipelined)
+        except HttpError as exc:
+            self.events.append(exc)
+            self._pause_reading()
+            return
+        for event in events:
+            kind = type(event)
+            if kind is Body:
+                self.buffered += len(event.data)  # type: ignore[union-attr]
+            elif kind is RequestHead:
+                self.pipelined += 1
+            elif kind is Upgraded:
+                self.raw = True
+                self.buffered += len(event.tail)  # type: ignore[union-attr]
+        self.events.extend(events)
+        if used < len(data):
+            self.unparsed = data[used:]
+            self._pause_reading()
+
+    def _refill(self) -> None:
+        """Half the pipeline is answered: parse what waited, and read on once all of it is parsed."""
+        data, self.unparsed = self.unparsed, b""
+        self._parse(data)
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused_reading = True
+
+    def _resume_reading(self) -> None:
+        if (self._paused_reading and self.buffered < HIGH_WATER // 2 and not self.unparsed
+                and self.transport is not None):
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def resume_requests(self) -> None:
+        """Next request: a plain one runs on the fast path right here, anything else wakes the coroutine."""
+        if self.parked:
+            return  # the coroutine stays parked until the exchange in flight is done
+        events = self.events
+        if self.idle_since is not None and events and type(events[0]) is RequestHead and self.transport is not None:
+            head: RequestHead = events[0]  # type: ignore[assignment]
+            if http_exchange.eligible(head) and http_exchange.try_start(self, head):
+                self.idle_since = None
+                events.popleft()
+                if events and type(events[0]) is EndOfMessage:
+                    events.popleft()
+                self.pipelined -= 1
+                if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                    self._refill()
+                return
+        if events or self.eof:
+            self.wake()
+
+    def on_leg(self) -> None:
+        """News on the leg of the exchange in flight."""
+        http_exchange.progress(self)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.wake()
+        return True  # answer what was asked before closing
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.transport = None
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        http_exchange.abandon(self)
+        self.wake()
+        drain = self.drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        drain, self.drain = self.drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        http_exchange.resumed(self)
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_event(self) -> Event | HttpError | None:
+        """Next event from the user; ``None`` once the user closed. Waits while the fast path runs."""
+        while self.parked or not self.events:
+            if self.eof and not self.parked:
+                return None
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self.events.popleft()
+        if type(event) is Body:
+            self.buffered -= len(event.data)  # type: ignore[union-attr]
+            self._resume_reading()
+        elif type(event) is RequestHead:
+            self.pipelined -= 1
+            if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
+                self._refill()
+        return event
+
+    async def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("user went away")
+        if data:
+            transport.write(data)
+        if self.drain is not None:
+            await self.drain
+            if self.transport is None:
+                raise ConnectionResetError("user went away")
+
+    # ------------------------------------------------------------------ requests
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                self.idle_since = self.loop.time()
+                event = await self.next_event()
+                self.idle_since = None
+                if event is None:
+                    break
+                if isinstance(event, HttpError):
+                    await self._refuse(event.status, str(event), None, close=True)
+                    break
+                if type(event) is not RequestHead:
+                    continue  # the rest of a request already answered
+                if not await self._exchange(event):  # type: ignore[arg-type]
+                    break
+        except (ConnectionError, OSError):
+            pass
+        except Exception:  # noqa: BLE001 - one broken connection must not take the server down
+            log.exception("event=proxy_error peer=%s", self.peer.decode())
+        finally:
+            self.server.connections.discard(self)
+            if self.leg is not None:
+                self.leg.finish()
+                self.leg = None
+            if self.transport is not None:
+                self.transport.close()
+
+    async def _refuse(self, status: int, message: str, head: RequestHead | None, *, close: bool,
+                      extra: list | None = None, host: str = "", started: float = 0.0) -> None:
+        body = (message.rstrip() + "\n").encode()
+        response = SimpleResponse(status, body, extra or [])
+        await self.send(response.encode(close, head is not None and head.method == b"HEAD"))
+        if head is not None:
+            self.server.observe(status, host, head.method, started)
+        else:
+            self.server.observe(status, "", b"", self.loop.time())
+
+    def pick(self, service: str) -> Leg | None:
+        leg = self.leg
+        if leg is not None:
+            if leg.service == service and leg.usable:
+                return leg
+            leg.finish()
+            self.leg = None
+        for session in self.server.registry.candidates(service):
+            if session.closed.is_set():
+                continue
+            try:
+                self.leg = Leg(session, service)
+            except StreamError:
+                continue
+            return self.leg
+        return None
+
+    async def _exchange(self, head: RequestHead) -> bool:
+        """Proxy one request; returns whether the user connection stays open."""
+        server = self.server
+        started = self.loop.time()
+        service, label = server.route(head.host)
+        # An answer given before the body was read ends the connection: the body is not drained.
+        close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
+        if service is None:
+            await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
+                               close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
+        guard = server.guards.get(service)
+        if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
+            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
+                               extra=guard.challenges(), host=label, started=started)
+            return not close_on_refusal
+        leg = self.pick(service)
+        if leg is None:
+            await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
+                               close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
+        options = server.options_for(leg.session)
+        return await self._forward(head, leg, options, label, started, guard is not None)
+
+    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
+                       guarded: bool) -> bool:
+        """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
+        request = request_head(head, leg.service, options, guarded, self.peer, self.scheme)
+        rest = leg.write_now(request)
+        if rest is not None:
+            try:
+                await leg.write(rest)
+            except (LegFailed, HttpError) as exc:
+                await self._refuse(502, f"bad gateway: {exc}", head, close=True, host=label, started=started)
+                return False
+        waiter = self.loop.create_future()
+        exchange = http_exchange.start(self, head, leg, options, label, started,
+                                       None if head.has_body else request, waiter)
+        pump = None
+        if head.has_body:
+            exchange.body_pending = True
+            pump = asyncio.ensure_future(self._pump(leg, head.chunked, exchange))
+        try:
+            outcome = await waiter
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            if self.exchange is exchange:  # cancelled (shutdown): let go of the stream
+                http_exchange.abandon(self)
+        if isinstance(outcome, ResponseHead):  # 101 Switching Protocols
+            return await switch_protocols(self, head, outcome, leg, options, label, started)
+        return bool(outcome)
+
+    async def _pump(self, leg: Leg, chunked: bool, exchange: http_exchange.Exchange) -> None:
+        """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
+        try:
+            while True:
+                event = await self.next_event()
+                if event is None or isinstance(event, HttpError):
+                    leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
+                    return
+                if type(event) is Body:
+                    await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]
+                elif type(event) is EndOfMessage:
+                    if chunked:
+                        await leg.write(LAST_CHUNK)
+                    return
+        except (LegFailed, HttpError, UpstreamTimeout):
+            return  # the exchange saw it too and answers the user
+        finally:
+            exchange.body_pending = False

@@ -1,0 +1,62 @@
+"""Basic auth and bearer tokens belong to the host name, not to the client that declared them.
+
+Several clients may serve one name, and clients come and go. Protection must not
+depend on which of them a request meets: while any client serving a name declared
+protection, every request for the name must pass it (any declared credential will
+do), and no upstream ever sees that credential. When the protecting clients leave,
+their protection stays: requests for the name get 503 (after 401 without the
+credential), never the catch-all's answer with the credential forwarded. A client
+that later serves the name without protection, while no protecting client is
+connected, lifts it: serving a name is what every client, holding the tunnel's
+token, is trusted with.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+from .options import HttpOptions
+
+
+class Protection:
+    """The protections declared for one name: by the clients connected now, else by the last to leave."""
+
+    def __init__(self) -> None:
+        self.declared: dict[Hashable, HttpOptions] = {}
+        self.left: list[HttpOptions] = []  # the protection of the last client to leave, kept
+
+    @property
+    def options(self) -> list[HttpOptions]:
+        return list(self.declared.values()) or self.left
+
+    def authorized(self, authorization: bytes | None) -> bool:
+        """Whether the ``Authorization`` value passes one of them (each compared in constant time, all tried)."""
+        ok = False
+        for options in self.options:
+            ok |= options.authorized(authorization)
+        return ok
+
+    def challenges(self) -> list[tuple[bytes, bytes]]:
+        return sorted({options.challenge() for options in self.options})
+
+
+class Guards(dict[str, Protection]):
+    """``http:NAME`` (or ``http:*``) -> its ``Protection``, for the names a client declared protected.
+    A dict, so that the lookup on every request costs what a dict's does."""
+
+    def admit(self, session: Hashable, services: list[str], options: HttpOptions) -> None:
+        for service in services:
+            protection = self.get(service)
+            if options.protected:
+                if protection is None:
+                    protection = self[service] = Protection()
+                protection.declared[session] = options
+                protection.left = []
+            elif protection is not None and not protection.declared:
+                del self[service]
+
+    def release(self, session: Hashable) -> None:
+        for protection in self.values():
+            options = protection.declared.pop(session, None)
+            if options is not None and not protection.declared:
+                protection.left = [options]

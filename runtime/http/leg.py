@@ -1,0 +1,205 @@
+"""The upstream leg of a proxied HTTP connection: one tunnel stream to a client.
+
+A ``Leg`` is the stream's handler: bytes from the client's upstream are parsed as
+they arrive (``ResponseReader``) and queued as events for the proxy coroutine.
+Credit goes back to the peer only once the proxy has passed the bytes on to the
+user (``release``), so a slow user stalls this stream and nothing else, and the
+queue never holds more than the stream window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from .parser import Body, Event, HttpError, ResponseReader, Upgraded
+from ..core.mux import ResetCode, StreamError
+from ..core.session import Channel, Session
+
+log = logging.getLogger("inlets.http")
+
+
+class LegFailed(Exception):
+    """The stream was reset (client gone, upstream refused) or the upstream broke HTTP.
+
+    ``str()`` is for the user's 502; ``detail`` is what the tunnel client said (it names the
+    upstream's address), for the log only.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+#: What a user is told when the tunnel client resets the stream: never the client's own reason.
+RESET_MESSAGES = {
+    ResetCode.REFUSED: "the tunnel client could not reach its upstream (the client's log says why)",
+    ResetCode.NOT_ALLOWED: "the tunnel client does not serve this host",
+    ResetCode.TOO_MANY_STREAMS: "the tunnel client has too many streams open",
+}
+
+
+class UpstreamTimeout(Exception):
+    """Nothing moved on the exchange for the configured timeout."""
+
+
+class Leg:
+    __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
+                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener")
+
+    def __init__(self, session: Session, service: str) -> None:
+        self.session = session
+        self.service = service
+        self.reader = ResponseReader()
+        self.events: collections.deque[Event] = collections.deque()
+        self.eof = False
+        self.failure: Exception | None = None
+        self.raw = False  # after 101 Switching Protocols: bytes pass as they are
+        self.timed_out = False
+        self.received = 0  # bytes received in the current exchange
+        self._waiter: asyncio.Future | None = None
+        self._writable: asyncio.Future | None = None
+        self._unconsumed = 0
+        self.listener = None  # the connection whose exchange this leg answers (``on_leg``), else a coroutine waits
+        self._loop = asyncio.get_running_loop()
+        self.last_activity = self._loop.time()
+        self.channel: Channel = session.open_stream(service, self)  # StreamError when it cannot
+
+    # ------------------------------------------------------- StreamHandler
+
+    def on_data(self, data: bytes) -> None:
+        self._unconsumed += len(data)
+        self.received += len(data)
+        self.last_activity = self._loop.time()
+        if self.raw:
+            self.events.append(Body(data))
+        elif self.failure is None:
+            try:
+                events = self.reader.feed(data)
+            except HttpError as exc:
+                self.failure = exc
+            else:
+                self.events.extend(events)
+                if events and isinstance(events[-1], Upgraded):
+                    self.raw = True
+        self._wake()
+
+    def on_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        if self.failure is None:
+            log.debug("event=stream_reset service=%s code=%d reason=%r", self.service, code, reason)
+            self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
+        self._wake()
+        self._wake_writer()
+
+    def on_writable(self) -> None:
+        self._wake_writer()
+
+    # ------------------------------------------------------------- proxy side
+
+    @property
+    def usable(self) -> bool:
+        """Can carry another request (kept alive, nothing pending, client still there)."""
+        return (not self.eof and self.failure is None and not self.raw and not self.events
+                and not self.session.closed.is_set() and self.channel.is_open)
+
+    def start_exchange(self, head_request: bool) -> None:
+        self.reader.expect(head_request)
+        self.received = 0
+        self.timed_out = False
+        self.last_activity = self._loop.time()
+
+    async def next_event(self) -> Event | None:
+        """The next response event; ``None`` when the upstream closed. Raises on failure."""
+        while not self.events:
+            if self.timed_out:
+                raise UpstreamTimeout()
+            if self.failure is not None:
+                raise self.failure
+            if self.eof:
+                return None
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.events.popleft()
+
+    def release(self) -> None:
+        """The user took everything parsed so far: give the credit back."""
+        if self._unconsumed:
+            count, self._unconsumed = self._unconsumed, 0
+            self.channel.consumed(count)
+
+    def write_now(self, data: bytes) -> memoryview | None:
+        """Queue what credit allows, synchronously; returns what is left (``None``: all of it went)."""
+        if self.failure is not None or self.timed_out:
+            return memoryview(data)  # ``write`` raises the reason
+        try:
+            count = self.channel.write(data)
+        except StreamError:
+            return memoryview(data)
+        if count == len(data):
+            self.last_activity = self._loop.time()
+            return None
+        return memoryview(data)[count:]
+
+    async def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            if self.timed_out:
+                raise UpstreamTimeout()
+            try:
+                count = self.channel.write(view)
+            except StreamError as exc:
+                raise LegFailed("the tunnel stream closed", str(exc)) from None
+            if count == len(view):
+                break
+            view = view[count:]
+            self._writable = self._loop.create_future()
+            try:
+                await self._writable
+            finally:
+                self._writable = None
+        self.last_activity = self._loop.time()
+
+    def fire_timeout(self) -> None:
+        self.timed_out = True
+        self._wake()
+        self._wake_writer()
+
+    def abort(self, failure: Exception) -> None:
+        """Give up on this stream: the exchange in progress fails with ``failure``."""
+        if self.failure is None:
+            self.failure = failure
+        if self.channel.is_open:
+            self.channel.reset(ResetCode.CANCEL, str(failure)[:200])
+        self._wake()
+        self._wake_writer()
+
+    def finish(self) -> None:
+        """Done with this stream: half-close when it is idle, else reset it."""
+        if self.channel.is_open:
+            if self.usable:
+                self.channel.write_eof()
+            else:
+                self.channel.reset(ResetCode.CANCEL, "proxy closed the exchange")
+
+    def _wake(self) -> None:
+        if self.listener is not None:
+            self.listener.on_leg()
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._writable
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

@@ -1,0 +1,202 @@
+"""Per-client HTTP options: what a client asks the server to do with its traffic.
+
+The client's flags (header rewrites, Host rewrite, protection with basic auth or a
+bearer token) travel in the handshake's ``extra`` object and are applied by the
+server, which parses every message anyway: the client stays a plain byte bridge.
+The server validates them like any other input from the network. Secrets are sent
+as SHA-256 digests, so the server never holds them and compares in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .parser import HOP_BY_HOP
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+MAX_RULES = 64
+MAX_VALUE = 4096
+
+
+class OptionError(ValueError):
+    """An invalid option; the message names it."""
+
+
+def _digest(secret: bytes) -> str:
+    return hashlib.sha256(secret).hexdigest()
+
+
+def header_name(text: str) -> bytes:
+    name = text.strip().encode("latin-1", "replace")
+    if not _TOKEN.match(name):
+        raise OptionError(f"invalid header name {text!r}")
+    return name
+
+
+def header_pair(text: str) -> tuple[bytes, bytes]:
+    """``'Name: value'`` -> (b'Name', b'value'); no CR/LF can slip into a value."""
+    name, sep, value = text.partition(":")
+    raw = value.strip().encode("utf-8")
+    if not sep or not _VALUE.match(raw) or len(raw) > MAX_VALUE:
+        raise OptionError(f"expected 'Name: value' (printable value), got {text!r}")
+    return header_name(name), raw
+
+
+@dataclass
+class HttpOptions:
+    request_add: list[tuple[bytes, bytes]] = field(default_factory=list)
+    request_remove: frozenset[bytes] = frozenset()
+    response_add: list[tuple[bytes, bytes]] = field(default_factory=list)
+    response_remove: frozenset[bytes] = frozenset()
+    rewrite_host: dict[str, bytes] = field(default_factory=dict)  # service -> upstream Host value
+    basic_digest: str | None = None  # sha256 of "user:password"
+    bearer_digest: str | None = None  # sha256 of the token
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        request_add: list[str] = (),  # type: ignore[assignment]
+        request_remove: list[str] = (),  # type: ignore[assignment]
+        response_add: list[str] = (),  # type: ignore[assignment]
+        response_remove: list[str] = (),  # type: ignore[assignment]
+        rewrite_host: dict[str, str] | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        bearer_token: str | None = None,
+    ) -> HttpOptions:
+        """From command-line values; ``OptionError`` names the bad one."""
+        if basic_auth and bearer_token:
+            raise OptionError("choose one of --basic-auth-username/--basic-auth-password and --bearer-token")
+        if basic_auth and ":" in basic_auth[0]:
+            raise OptionError("--basic-auth-username must not contain ':'")
+        return cls(
+            [header_pair(h) for h in request_add],
+            frozenset(header_name(h).lower() for h in request_remove),
+            [header_pair(h) for h in response_add],
+            frozenset(header_name(h).lower() for h in response_remove),
+            {s: h.encode("idna") for s, h in (rewrite_host or {}).items()},
+            _digest(f"{basic_auth[0]}:{basic_auth[1]}".encode()) if basic_auth else None,
+            _digest(bearer_token.encode()) if bearer_token else None,
+        )
+
+    # ------------------------------------------------------------- handshake
+
+    def to_extra(self) -> dict:
+        def pairs(items: list[tuple[bytes, bytes]]) -> list[list[str]]:
+            return [[n.decode(), v.decode("utf-8")] for n, v in items]
+
+        return {
+            "http": {
+                "request_add": pairs(self.request_add),
+                "request_remove": sorted(n.decode() for n in self.request_remove),
+                "response_add": pairs(self.response_add),
+                "response_remove": sorted(n.decode() for n in self.response_remove),
+                "rewrite_host": {s: h.decode() for s, h in self.rewrite_host.items()},
+                "basic_sha256": self.basic_digest,
+                "bearer_sha256": self.bearer_digest,
+            }
+        }
+
+    @classmethod
+    def from_extra(cls, extra: dict) -> HttpOptions:
+        """Validate what a client sent; ``OptionError`` for anything malformed."""
+        data = extra.get("http", {})
+        if not isinstance(data, dict):
+            raise OptionError("http options must be an object")
+
+        def strings(key: str) -> list[str]:
+            value = data.get(key, [])
+            if not isinstance(value, list) or len(value) > MAX_RULES or not all(isinstance(v, str) for v in value):
+                raise OptionError(f"{key} must be a list of at most {MAX_RULES} strings")
+            return value
+
+        def pairs(key: str) -> list[str]:
+            value = data.get(key, [])
+            if not isinstance(value, list) or len(value) > MAX_RULES:
+                raise OptionError(f"{key} must be a list of at most {MAX_RULES} pairs")
+            if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in value):
+                raise OptionError(f"{key} entries must be [name, value]")
+            return [f"{n}: {v}" for n, v in value]
+
+        def digest(key: str) -> str | None:
+            value = data.get(key)
+            if value is not None and not (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value)):
+                raise OptionError(f"{key} must be a hex SHA-256 digest")
+            return value
+
+        hosts = data.get("rewrite_host", {})
+        if not isinstance(hosts, dict) or len(hosts) > MAX_RULES or not all(
+            isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,300}", v)
+            for k, v in hosts.items()
+        ):
+            raise OptionError("rewrite_host must map services to host[:port]")
+        options = cls.build(
+            request_add=pairs("request_add"),
+            request_remove=strings("request_remove"),
+            response_add=pairs("response_add"),
+            response_remove=strings("response_remove"),
+        )
+        options.rewrite_host = {k: v.encode() for k, v in hosts.items()}
+        options.basic_digest, options.bearer_digest = digest("basic_sha256"), digest("bearer_sha256")
+        if options.basic_digest and options.bearer_digest:
+            raise OptionError("choose basic auth or a bearer token, not both")
+        return options
+
+    # --------------------------------------------------------------- proxying
+
+    @cached_property
+    def request_drop(self) -> frozenset[bytes]:
+        """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
+        return HOP_BY_HOP | self.request_remove | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+
+    @cached_property
+    def guarded_drop(self) -> frozenset[bytes]:
+        """``request_drop`` on a protected name: the tunnel's credential stays at the tunnel."""
+        return self.request_drop | {b"authorization"}
+
+    @cached_property
+    def response_drop(self) -> frozenset[bytes]:
+        return HOP_BY_HOP | self.response_remove
+
+    @cached_property
+    def request_add_lines(self) -> list[bytes]:
+        return [n + b": " + v + b"\r\n" for n, v in self.request_add]
+
+    @cached_property
+    def response_add_lines(self) -> list[bytes]:
+        return [n + b": " + v + b"\r\n" for n, v in self.response_add]
+
+    # ------------------------------------------------------------ protection
+
+    @property
+    def protected(self) -> bool:
+        return bool(self.basic_digest or self.bearer_digest)
+
+    def authorized(self, authorization: bytes | None) -> bool:
+        """Check an ``Authorization`` value against the client's protection, in constant time."""
+        expected = self.basic_digest or self.bearer_digest
+        if expected is None:
+            return True
+        scheme, _, credentials = (authorization or b"").strip().partition(b" ")
+        offered = credentials.strip()
+        if self.basic_digest:
+            if scheme.lower() != b"basic":
+                offered = b""
+            try:
+                offered = base64.b64decode(offered, validate=True)
+            except ValueError:
+                offered = b""
+        elif scheme.lower() != b"bearer":
+            offered = b""
+        return hmac.compare_digest(_digest(offered), expected)
+
+    def challenge(self) -> tuple[bytes, bytes]:
+        if self.basic_digest:
+            return b"WWW-Authenticate", b'Basic realm="inlets", charset="UTF-8"'
+        return b"WWW-Authenticate", b'Bearer realm="inlets"'

@@ -1,0 +1,443 @@
+"""HTTP/1.1 message framing for the proxy, without I/O.
+
+Parsing is llhttp (through ``httptools``): measured ~40x faster than h11 for a
+typical request and response (0.7 + 1.1 us vs 35 + 40 us), which is most of the
+per-request budget of a proxy. This module turns its callbacks into h11-style
+events (``RequestHead``/``ResponseHead``, ``Body``, ``EndOfMessage``), adds the
+checks a proxy needs on top of llhttp (one framing header, header limits, Host,
+absolute-form targets); ``write`` serialises. Bodies pass through as they
+arrive: nothing here holds a whole body, and ``feed_within`` stops parsing a
+pipeline once the caller holds enough requests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httptools
+from httptools.parser.errors import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_TARGET = 8 * 1024
+#: Outside bodies a large read is parsed in steps of this size, so that ``feed_within`` can stop a pipeline
+#: at about its bound (llhttp cannot be paused between messages through httptools).
+PARSE_STEP = 4 * 1024
+
+#: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
+    b"transfer-encoding upgrade".split()
+)
+#: Headers the proxy looks at; noted while parsing so that no later pass scans them all.
+_NOTED = frozenset(
+    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()
+)
+#: What the Connection header may never make hop-by-hop: dropping these while forwarding the body
+#: lets the body be read as a second request (smuggling) or the request reach another host.
+NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+
+class HttpError(Exception):
+    """A request the proxy refuses; ``status`` is the 4xx to answer with (505 for an HTTP version it does not speak)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.1" or b"1.0"
+    headers: Headers
+    host: str = ""  # lower-case name from Host, port and trailing dot removed
+    keep_alive: bool = True
+    chunked: bool = False
+    content_length: int | None = None
+    upgrade: bool = False
+    expect_continue: bool = False
+    lower: list[bytes] = field(default_factory=list)  # header names, lower case, parallel to headers
+    noted: dict[bytes, list[bytes]] = field(default_factory=dict)  # values of the _NOTED headers
+    connection: set[bytes] = field(default_factory=set)  # tokens of the Connection header
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    reason: bytes
+    version: bytes
+    headers: Headers
+    keep_alive: bool = True
+    chunked: bool = False
+    content_length: int | None = None
+    lower: list[bytes] = field(default_factory=list)
+    noted: dict[bytes, list[bytes]] = field(default_factory=dict)
+    connection: set[bytes] = field(default_factory=set)
+
+    @property
+    def close_delimited(self) -> bool:
+        """Body runs until the connection closes (no length, not chunked)."""
+        return not self.chunked and self.content_length is None and not no_body_status(self.status)
+
+
+@dataclass
+class Body:
+    data: bytes
+
+
+@dataclass
+class EndOfMessage:
+    pass
+
+
+@dataclass
+class Upgraded:
+    """The message before switched protocols; ``tail`` is what followed it, raw."""
+
+    tail: bytes = b""
+
+
+Event = RequestHead | ResponseHead | Body | EndOfMessage | Upgraded
+
+
+def no_body_status(status: int) -> bool:
+    return status < 200 or status in (204, 304)
+
+
+def host_of(value: bytes) -> str:
+    """``Example.COM.:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    return text.rpartition(":")[0].rstrip(".") if ":" in text else text.rstrip(".")
+
+
+def _tokens(values: list[bytes] | None) -> set[bytes]:
+    """Comma-separated tokens of a header's values, lower case (``Connection: keep-alive, Upgrade``)."""
+    if not values:
+        return set()
+    return {t.strip().lower() for value in values for t in value.split(b",")}
+
+
+def _keep_alive(version: bytes, tokens: set[bytes]) -> bool:
+    return b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+
+
+class _Reader:
+    """Common callback plumbing: collects events, enforces header limits."""
+
+    def __init__(self, parser_class: type, max_header_bytes: int, max_headers: int) -> None:
+        self._parser = parser_class(self)
+        self._parser_class = parser_class
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self._events: list[Event] = []
+        self._headers: Headers = []
+        self._lower: list[bytes] = []
+        self._noted: dict[bytes, list[bytes]] = {}
+        self._in_head = False
+        self._head_fed = 0  # at most this many bytes of the unfinished head came in earlier reads
+        self._line = 0  # bytes of its line in progress (a field httptools has not passed on yet)
+        self._feeding = 0
+        self._began = False  # a message began in the current read
+        self._body_seen = 0  # body bytes in the current read
+        self._body_left = 0  # of the body in progress: bytes to come; -1 while a chunked body runs
+        self._error: HttpError | None = None  # once refused, every later feed raises it again
+
+    def _fail(self, status: int, message: str) -> HttpError:
+        """Record a refusal, then raise it from the callback: httptools passes the callback's exception on
+        only as ``__context__``, which Python replaces when the loop runs inside an ``except`` block
+        (``except ImportError``, without uvloop)."""
+        self._error = HttpError(status, message)
+        return self._error
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._lower = []
+        self._noted = {}
+        self._in_head = True
+        self._began = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Called per header: kept lean (the section's size is checked once, in ``_check_size``)."""
+        if self._in_head:  # else: chunked trailers, dropped
+            headers = self._headers
+            if len(headers) >= self.max_headers:
+                raise self._fail(431, f"more than {self.max_headers} header fields")
+            headers.append((name, value))
+            lname = name.lower()
+            self._lower.append(lname)
+            if lname in _NOTED:
+                self._noted.setdefault(lname, []).append(value)
+
+    def _header_bytes(self) -> int:
+        return sum(len(n) + len(v) + 4 for n, v in self._headers)
+
+    def _check_size(self) -> None:
+        """Across reads ``_feed`` bounds what llhttp buffers; this catches a large section in one read."""
+        if self._feeding > self.max_header_bytes and self._header_bytes() > self.max_header_bytes:
+            raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_seen += len(body)
+        if self._body_left > 0:
+            self._body_left -= len(body)
+        self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        self._body_left = 0
+        self._events.append(EndOfMessage())
+
+    def _feed(self, data: bytes | memoryview) -> list[Event]:
+        if self._error is not None:
+            raise self._error
+        self._feeding = self._head_fed + len(data)  # bytes this head may span: small means no size check
+        self._began = False
+        self._body_seen = 0
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self._events.append(Upgraded(bytes(data[offset:])))
+        except HttpParserCallbackError:
+            raise self._error or self._fail(400, "bad HTTP message") from None
+        except HttpParserError as exc:
+            raise self._fail(400, f"bad HTTP message: {exc}") from None
+        if self._in_head:
+            self._head_fed = self._held(data)
+            if self._head_fed > self.max_header_bytes + MAX_TARGET:
+                raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
+        events, self._events = self._events, []
+        return events
+
+    def _held(self, data: bytes | memoryview) -> int:
+        """At most how many bytes of the unfinished head are held now: its fields, and the line in
+        progress. That line began after the read's last CRLF (no head line holds one) and, in a read
+        that began the message, after any body in it: never count the requests before it (a false 431)."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        end = raw.rfind(b"\r\n")
+        if end >= 0:
+            line = len(raw) - end - 2
+        else:
+            line = len(raw) + (0 if self._began else self._line)
+        if self._began:
+            line = min(line, len(raw) - self._body_seen)
+        self._line = line
+        return line + self._header_bytes()
+
+    def _framing(self) -> tuple[bool, int | None]:
+        """(chunked, content_length); ``HttpError`` 400 for anything ambiguous (request smuggling)."""
+        te = self._noted.get(b"transfer-encoding", ())
+        cl = self._noted.get(b"content-length", ())
+        if len(te) > 1 or len(cl) > 1 or (te and cl):
+            raise self._fail(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
+        if te and te[0].strip().lower() != b"chunked":
+            raise self._fail(400, "unsupported Transfer-Encoding (only chunked)")
+        if cl:
+            text = cl[0].strip()
+            if not text.isdigit() or len(text) > 18:
+                raise self._fail(400, "invalid Content-Length")
+            return False, int(text)
+        return bool(te), None
+
+
+class RequestReader(_Reader):
+    """Bytes from a user -> request events. Raises ``HttpError`` for what must be refused."""
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+        super().__init__(httptools.HttpRequestParser, max_header_bytes, max_headers)
+        self._target = b""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._target = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._target += url
+        if len(self._target) > MAX_TARGET:
+            raise self._fail(414, f"request target longer than {MAX_TARGET} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_fed = 0
+        self._check_size()
+        parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise self._fail(405, "CONNECT is not supported by this reverse proxy")
+        version = parser.get_http_version().encode()
+        if version not in (b"1.0", b"1.1"):
+            raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
+        noted = self._noted
+        chunked, length = self._framing()
+        hosts = noted.get(b"host", ())
+        if len(hosts) > 1:
+            raise self._fail(400, "more than one Host header")
+        if not hosts and version == b"1.1":
+            raise self._fail(400, "missing Host header")
+        tokens = _tokens(noted.get(b"connection"))
+        if tokens and not tokens.isdisjoint(NEVER_HOP):
+            raise self._fail(400, "the Connection header may not name Content-Length, Transfer-Encoding or Host")
+        target = self._target
+        if not target.startswith(b"/") and target != b"*":
+            target, authority = self._origin_form(target)
+            hosts = noted[b"host"] = [authority]  # RFC 9112 3.2.2: the target's authority, not Host, names the host
+            self._set_host(authority)
+        upgrade = b"upgrade" in tokens and b"upgrade" in noted
+        expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
+        self._body_left = -1 if chunked else length or 0
+        self._events.append(
+            RequestHead(
+                method, target, version, self._headers, host_of(hosts[0]) if hosts else "",
+                _keep_alive(version, tokens), chunked, length, upgrade, expect, self._lower, noted, tokens,
+            )
+        )
+
+    def _origin_form(self, target: bytes) -> tuple[bytes, bytes]:
+        """``http://Host:8080/p?q`` -> (b"/p?q", b"Host:8080"); 400 for any other form."""
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise self._fail(400, "request target must be a path (/...) or an http:// URL")
+        end = len(rest)
+        for mark in (b"/", b"?", b"#"):
+            found = rest.find(mark)
+            if 0 <= found < end:
+                end = found
+        authority, path = rest[:end], rest[end:]
+        if not authority or b"@" in authority:
+            raise self._fail(400, "request target URL needs a host and no user name")
+        return path if path.startswith(b"/") else b"/" + path, authority
+
+    def _set_host(self, value: bytes) -> None:
+        """Replace the Host field (or add one): a proxy sends the target's authority (RFC 9112 3.2.2)."""
+        if b"host" in self._lower:
+            i = self._lower.index(b"host")
+            self._headers[i] = (self._headers[i][0], value)
+        else:
+            self._headers.append((b"Host", value))
+            self._lower.append(b"host")
+
+    def feed(self, data: bytes) -> list[Event]:
+        return self._feed(data)
+
+    def feed_within(self, data: bytes, room: int) -> tuple[list[Event], int]:
+        """Parse ``data`` until ``room`` more request heads are out: (events, bytes used).
+
+        The caller keeps the rest unparsed and stops reading, so a user who pipelines without reading
+        answers costs one read of raw bytes rather than a parsed head per request. Outside bodies the
+        read is parsed in ``PARSE_STEP`` pieces, so at most a piece's worth of heads passes ``room``.
+        A refusal after some events returns those, the refused bytes unused: the next call raises it.
+        """
+        size = len(data)
+        if room > 0 and size <= PARSE_STEP:
+            try:
+                return self._feed(data), size
+            except HttpError:
+                if not self._events:
+                    raise
+                return self._salvaged(), 0
+        view = memoryview(data)
+        events: list[Event] = []
+        used = 0
+        while used < size and (room > 0 or self._body_left):  # the body of the last head admitted goes on
+            left = self._body_left
+            step = size - used if left < 0 else PARSE_STEP + left
+            try:
+                more = self._feed(view[used : used + step])
+            except HttpError:
+                events += self._salvaged()
+                if not events:
+                    raise
+                return events, used
+            used = min(size, used + step)
+            events += more
+            if more and type(more[-1]) is Upgraded:  # the rest is the new protocol's: all of it in the tail
+                more[-1].tail += bytes(view[used:])  # type: ignore[union-attr]
+                return events, size
+            room -= sum(1 for event in more if type(event) is RequestHead)
+        return events, used
+
+    def _salvaged(self) -> list[Event]:
+        """The events parsed before a refusal (requests before a bad one are answered first)."""
+        events, self._events = self._events, []
+        return events
+
+
+class ResponseReader(_Reader):
+    """Bytes from an upstream -> response events, for one request at a time.
+
+    Call ``expect(head_request)`` before each request is sent: a response to HEAD
+    has no body whatever its headers say, which llhttp cannot be told.
+    """
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+        super().__init__(httptools.HttpResponseParser, max_header_bytes, max_headers)
+        self._reason = b""
+        self._head_request = False
+        self._skip = False
+        self.head: ResponseHead | None = None
+
+    def expect(self, head_request: bool) -> None:
+        self._head_request = head_request
+        self.head = None
+        if self._skip:  # previous answer to HEAD: llhttp still waits for its body
+            self._parser = self._parser_class(self)
+            self._skip = False
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_fed = 0
+        self._check_size()
+        parser = self._parser
+        status = parser.get_status_code()
+        version = parser.get_http_version().encode()
+        try:
+            chunked, length = self._framing()
+        except HttpError as exc:
+            raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
+        tokens = _tokens(self._noted.get(b"connection"))
+        if tokens and not tokens.isdisjoint(NEVER_HOP):
+            tokens -= NEVER_HOP  # framing stays, whatever Connection says
+        head = ResponseHead(status, self._reason, version, self._headers, _keep_alive(version, tokens),
+                            chunked, length, self._lower, self._noted, tokens)
+        if no_body_status(status):
+            head.chunked, head.content_length = False, None
+        self._events.append(head)
+        if 100 <= status < 200:
+            return
+        self.head = head
+        if self._head_request:
+            head.chunked = False  # keep content-length: it describes the GET answer
+            self._events.append(EndOfMessage())
+            self._skip = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._skip:
+            self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        if not self._skip and self.head is not None:
+            self._events.append(EndOfMessage())
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._skip:
+            return []  # nothing may follow an answer to HEAD until the next request
+        try:
+            return self._feed(data)
+        except HttpError as exc:
+            raise HttpError(502, f"upstream sent a bad response: {exc}") if exc.status < 500 else exc from None

@@ -1,0 +1,172 @@
+"""`inlets http server`: a Host-routed reverse proxy whose upstreams are tunnel clients.
+
+Clients advertise ``http:NAME`` services (``http:*`` for the catch-all) and their
+options (``options``); the data plane (``front``) routes each request by
+Host to an exact name, then the catch-all, round robin across the clients serving
+it; a name some client protected never falls through to the catch-all
+(``guard``). The control plane is the one every mode shares, plus ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ..server.control import ControlConfig, ControlPlane
+from ..server.dataplane import DataPlaneOptions
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.services import CATCH_ALL, http_service, parse_http_service
+from .guard import Guards
+from .options import HttpOptions, OptionError
+from .leg import Leg
+from .front import FrontConnection
+from ..server.metrics import OTHER, HttpMetrics
+from ..server.registry import Registry
+from ..core.session import Session
+from ..server.status import status_route
+
+if TYPE_CHECKING:
+    from ..acme.https_front import HttpsFront
+
+log = logging.getLogger("inlets.http")
+
+class HttpTunnelServer:
+    def __init__(
+        self,
+        config: ControlConfig,
+        port: int = 8000,
+        data_addr: str | None = None,
+        upstream_timeout: float = 60.0,
+        idle_timeout: float = 75.0,
+        header_timeout: float = 20.0,
+        https: HttpsFront | None = None,
+        dataplane: DataPlaneOptions | None = None,
+    ) -> None:
+        self.port = port
+        self.dataplane = dataplane or DataPlaneOptions()  # --allow-ips (403), --lb-proxy-protocol
+        self.https = https  # Let's Encrypt: HTTPS on its port, redirects and HTTP-01 on ``port``
+        self.data_addr = data_addr or None
+        self.upstream_timeout = upstream_timeout
+        self.idle_timeout = idle_timeout  # a kept-alive user connection with no request closes after this
+        self.header_timeout = header_timeout  # a request head begun must be complete within this (slowloris)
+        self.connections: set[FrontConnection] = set()
+        self.registry: Registry[Session] = Registry()
+        self.options: dict[Session, HttpOptions] = {}
+        self.guards = Guards()  # basic auth / bearer protection, per host name
+        self.upgraded = 0  # connections switched to another protocol (websockets) right now
+        self.control = ControlPlane("http", config, self._admit, self._release)
+        self.metrics = HttpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        config.routes.setdefault("/metrics", self.metrics.route)
+        config.routes.setdefault("/status", status_route(self.control))
+        config.on_request = self.metrics.control_request
+        self._default_options = HttpOptions()
+        self._listener: asyncio.base_events.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.exchanges: set[Leg] = set()  # requests waiting on an upstream, for the timeout sweep
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Control plane, then the data plane; ``OSError`` (say, port taken) leaves nothing running."""
+        self._loop = asyncio.get_running_loop()
+        await self.control.start()
+        try:
+            if self.https is not None:
+                self._listener = await self.https.start(self)
+            else:
+                self._listener = await self._loop.create_server(
+                    lambda: FrontConnection(self), self.data_addr, self.port, backlog=1024
+                )
+        except OSError:
+            await self.control.stop()
+            raise
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept no new users or clients; requests in flight get ``timeout`` seconds."""
+        if self._listener is not None:
+            self._listener.close()
+        await self.control.drain(timeout)
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._listener is not None:
+            self._listener.close()
+        if self.https is not None:
+            await self.https.stop()
+        await self.control.stop()
+
+    @property
+    def data_port(self) -> int:
+        assert self._listener is not None and self._listener.sockets
+        return self._listener.sockets[0].getsockname()[1]
+
+    # ------------------------------------------------------------ data plane
+
+    async def _sweep(self) -> None:
+        """Time out exchanges where nothing moved for ``upstream_timeout``, and idle keep-alive
+        connections: one timer for all (a timer per request costs as much as routing it)."""
+        assert self._loop is not None
+        interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4, self.header_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = self._loop.time()
+            deadline = now - self.upstream_timeout
+            for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline]:
+                self.exchanges.discard(leg)
+                leg.fire_timeout()
+            slow = now - self.header_timeout
+            for conn in [c for c in self.connections if c.idle_since is not None and c.head_since is not None
+                         and c.idle_since <= c.head_since <= slow]:
+                self.connections.discard(conn)
+                conn.header_timed_out()
+            idle = now - self.idle_timeout
+            for conn in [c for c in self.connections if c.idle_since is not None and c.idle_since <= idle]:
+                self.connections.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.close()
+
+    def route(self, host: str) -> tuple[str | None, str]:
+        """(service to use or None, metrics label): exact name (served or protected), then the catch-all."""
+        service = f"http:{host}"
+        if self.registry.sessions_for(service) or service in self.guards:
+            return service, host
+        if self.registry.sessions_for(CATCH_ALL):
+            return CATCH_ALL, OTHER
+        return None, OTHER
+
+    def options_for(self, session: Session) -> HttpOptions:
+        return self.options.get(session, self._default_options)
+
+    def observe(self, status: int, label: str, method: bytes, started: float) -> None:
+        assert self._loop is not None
+        self.metrics.observe(status, label or OTHER, method, self._loop.time() - started)
+
+    # ------------------------------------------------------------ control plane
+
+    async def _admit(self, session: Session, hello: Hello) -> list[str]:
+        if not hello.services:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no HTTP upstreams")
+        services = [http_service(parse_http_service(s)) for s in hello.services]
+        try:
+            options = HttpOptions.from_extra(hello.extra)
+        except OptionError as exc:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, f"bad HTTP options: {exc}") from None
+        unknown = set(options.rewrite_host) - set(services)
+        if unknown:
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, f"rewrite_host names services not advertised: {sorted(unknown)}")
+        self.options[session] = options
+        self.guards.admit(session, services, options)
+        self.registry.add(session, services)
+        return services
+
+    def _release(self, session: Session) -> None:
+        self.options.pop(session, None)
+        self.guards.release(session)
+        for service in self.registry.remove(session):
+            host = service.partition(":")[2]
+            if host != "*":
+                self.metrics.forget_host(host)
+            log.info("event=no_clients service=%s", service)

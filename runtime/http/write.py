@@ -1,0 +1,95 @@
+"""HTTP/1.1 bytes the proxy writes, without I/O: forwarded heads, chunks, its own answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .options import HttpOptions
+from .parser import Headers, RequestHead, ResponseHead
+
+_HOST = frozenset((b"host",))
+
+
+def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
+    """``Name: value`` lines of the headers to forward: one pass, none in ``drop`` (hop-by-hop and removed
+    names) nor named by Connection (``tokens``, which never hold framing or Host: see ``parser.NEVER_HOP``)."""
+    if tokens:
+        return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop and ln not in tokens]
+    return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop]
+
+
+def response_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d " % status, reason, b"\r\n"]
+    for name, value in headers:
+        lines += [name, b": ", value, b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+
+
+@dataclass
+class SimpleResponse:
+    """A response the proxy makes itself (errors, 401, redirects)."""
+
+    status: int
+    body: bytes
+    headers: Headers = field(default_factory=list)
+
+    def encode(self, close: bool, head_only: bool = False) -> bytes:
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
+        headers += self.headers
+        if close:
+            headers.append((b"Connection", b"close"))
+        reason = REASONS.get(self.status, "Error").encode()
+        return response_bytes(self.status, reason, headers) + (b"" if head_only else self.body)
+
+
+def request_head(head: RequestHead, service: str, options: HttpOptions, guarded: bool, peer: bytes, scheme: bytes) -> bytes:
+    """The head sent upstream for a user at ``peer`` who spoke ``scheme``: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass.
+    On a protected name the credential stays here, whichever client's upstream this is."""
+    noted = head.noted
+    rewrite = options.rewrite_host.get(service)
+    drop = options.guarded_drop if guarded else options.request_drop
+    if rewrite is not None:
+        drop = drop | _HOST
+    lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    lines += kept_lines(head.headers, head.lower, drop, head.connection)
+    if rewrite is not None:
+        lines.append(b"Host: " + rewrite + b"\r\n")
+    forwarded_for = noted.get(b"x-forwarded-for", [])
+    host = noted.get(b"host", (b"",))[0]
+    lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]),
+              b"\r\nX-Forwarded-Proto: ", scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
+    lines += options.request_add_lines
+    if head.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if head.upgrade:
+        lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(noted[b"upgrade"]), b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def response_head(response: ResponseHead, options: HttpOptions, chunked: bool, close: bool,
+                  upgrade: bool = False) -> bytes:
+    """The response head passed on to the user: hop-by-hop and removed headers dropped, added ones set."""
+    lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
+    lines += kept_lines(response.headers, response.lower, options.response_drop, response.connection)
+    lines += options.response_add_lines
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    if close:
+        lines.append(b"Connection: close\r\n")
+    if upgrade:
+        lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(response.noted.get(b"upgrade", [])), b"\r\n"]
+    lines.append(b"\r\n")
+    return b"".join(lines)

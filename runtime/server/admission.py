@@ -1,0 +1,246 @@
+"""Connections to the control port that have not authenticated yet: capped, and their memory given back.
+
+Such a connection costs memory before it has proved anything (a TLS handshake buffers
+up to a few hundred KiB), so at most ``max_per_source`` of them are admitted from one
+address (one more is closed as soon as it is accepted, before TLS starts) and at most
+``max_total`` at once: at that cap the oldest still pending is closed to make room, so
+a flood of silent connections cannot keep out a client that completes its handshake in
+milliseconds. A connection stops counting once its token checks out, or when it closes.
+A trusted reverse proxy carries many users' connections: it is held to the total only.
+
+Freed memory tends to stay with the process (the allocator keeps it for reuse), so
+when the last of a burst of pending connections has gone, unreachable objects are
+collected and the allocator is asked to return free pages to the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import gc
+import logging
+import ssl
+from typing import Callable
+
+from ..core.allowlist import SourceAllowList
+from ..core.tls import PLAINTEXT_ATTEMPTS, is_plaintext_http
+from ..core.wsflow import BoundedServerConnection
+
+log = logging.getLogger("inlets.server")
+
+DEFAULT_MAX_TOTAL = 128
+DEFAULT_MAX_PER_SOURCE = 16
+HANDSHAKE_TIMEOUT = 10.0  # for TLS; the websocket handshake has its own (open_timeout)
+SHUTDOWN_TIMEOUT = 5.0
+#: Give memory back after a burst of at least this many pending connections has ended.
+TRIM_AFTER = 32
+
+
+def _memory_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), where there is one."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+class Ticket:
+    """One pending connection's place; giving it back twice is harmless."""
+
+    __slots__ = ("admission", "source", "transport")
+
+    def __init__(self, admission: Admission, source: str, transport: asyncio.BaseTransport) -> None:
+        self.admission, self.source, self.transport = admission, source, transport
+
+    def release(self) -> None:
+        self.admission._release(self)
+
+
+class Admission:
+    """Counts connections not yet authenticated, per source and in total."""
+
+    def __init__(
+        self,
+        max_total: int = DEFAULT_MAX_TOTAL,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        trusted_proxies: SourceAllowList | None = None,
+    ) -> None:
+        self.max_total = max_total
+        self.max_per_source = max_per_source
+        self.trusted_proxies = trusted_proxies
+        self.per_source: collections.Counter[str] = collections.Counter()
+        self.pending: dict[Ticket, None] = {}  # oldest first
+        self.refused = 0  # over the per-source cap
+        self.evicted = 0  # closed to make room at the total cap
+        self._burst = 0  # the most pending at once since memory was last given back
+        self._reported: set[str] = set()  # one log line per kind per burst
+        self._trim = _memory_trimmer()
+        self._handshakes: set[asyncio.Transport] = set()
+
+    def admit(self, source: str, transport: asyncio.BaseTransport) -> Ticket | None:
+        capped = self.trusted_proxies is None or not self.trusted_proxies.allows(source)
+        if capped and self.per_source[source] >= self.max_per_source:
+            self.refused += 1
+            self._report("handshakes_refused", source)
+            return None
+        if len(self.pending) >= self.max_total:
+            oldest = next(iter(self.pending))
+            oldest.release()
+            oldest.transport.abort()
+            self.evicted += 1
+            self._report("handshakes_evicted", oldest.source)
+        ticket = Ticket(self, source, transport)
+        self.pending[ticket] = None
+        self.per_source[source] += 1
+        self._burst = max(self._burst, len(self.pending))
+        return ticket
+
+    def _report(self, event: str, source: str) -> None:
+        if event not in self._reported:
+            self._reported.add(event)
+            log.warning("event=%s remote=%s pending=%d limit=%d per_source_limit=%d",
+                        event, source, len(self.pending), self.max_total, self.max_per_source)
+
+    def _release(self, ticket: Ticket) -> None:
+        if self.pending.pop(ticket, False) is False:
+            return
+        self.per_source[ticket.source] -= 1
+        if self.per_source[ticket.source] <= 0:
+            del self.per_source[ticket.source]
+        if not self.pending:
+            self._reported.clear()
+            if self._burst >= TRIM_AFTER:
+                log.info("event=handshake_burst_over most_pending=%d evicted=%d refused=%d action=memory_returned",
+                         self._burst, self.evicted, self.refused)
+                self._burst = 0
+                gc.collect()
+                if self._trim is not None:
+                    self._trim()
+
+    def connection(self, make: Callable[[], ControlConnection], ssl_context: ssl.SSLContext | None) -> asyncio.Protocol:
+        """The protocol for a newly accepted socket (websockets' ``create_connection`` hook)."""
+        return _Pending(self, make(), ssl_context)
+
+    def abort_handshakes(self) -> None:
+        """On shutdown: drop connections still in their TLS handshake."""
+        for transport in list(self._handshakes):
+            transport.abort()
+
+
+class ControlConnection(BoundedServerConnection):
+    """A control-port websocket connection that counts as pending until ``authenticated``."""
+
+    ticket: Ticket | None = None
+
+    def authenticated(self) -> None:
+        if self.ticket is not None:
+            self.ticket.release()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.authenticated()  # not any more, but it no longer counts either
+        super().connection_lost(exc)
+
+
+class _Pending(asyncio.Protocol):
+    """The accepted socket's protocol until the caps admit it and TLS is up; then the connection's.
+
+    Bytes may come in before TLS takes over (uvloop reads before ``connection_made``): they
+    are kept and fed to the TLS protocol right after its ``connection_made``, before it reads
+    anything else. ``start_tls`` (asyncio's and uvloop's alike) pauses reading, installs the
+    TLS protocol and schedules its ``connection_made`` and the resumption of reading in its
+    first step; a callback scheduled one step later runs right after those, and the loop
+    polls the socket only after all three.
+    """
+
+    def __init__(self, admission: Admission, connection: ControlConnection, ssl_context: ssl.SSLContext | None):
+        self.admission = admission
+        self.connection = connection
+        self.ssl_context = ssl_context
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # uvloop's are no asyncio.Transport
+        peer = transport.get_extra_info("peername")
+        ticket = self.admission.admit(str(peer[0]) if peer else "?", transport)
+        if ticket is None:
+            transport.abort()
+            return
+        self.connection.ticket = ticket
+        if self.ssl_context is None:
+            transport.set_protocol(self.connection)
+            self.connection.connection_made(transport)
+            return
+        transport.pause_reading()  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        handshake = asyncio.ensure_future(loop.start_tls(
+            transport, _Decrypted(), self.ssl_context, server_side=True,  # type: ignore[arg-type]
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT, ssl_shutdown_timeout=SHUTDOWN_TIMEOUT))
+        loop.call_soon(loop.call_soon, self._feed_early, transport)
+        asyncio.ensure_future(self._hand_over(transport, handshake))
+
+    def data_received(self, data: bytes) -> None:  # only before TLS takes over: ClientHello bytes
+        self.early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # only before the hand-off
+        self.connection.authenticated()  # gives its place back
+
+    def _feed_early(self, transport: asyncio.BaseTransport) -> None:
+        tls = transport.get_protocol()
+        if transport.is_closing() or not hasattr(tls, "buffer_updated"):  # uvloop's is no BufferedProtocol
+            return
+        for data in self.early:
+            view = memoryview(data)
+            while view:
+                buffer = tls.get_buffer(len(view))
+                count = min(len(buffer), len(view))
+                buffer[:count] = view[:count]
+                tls.buffer_updated(count)
+                view = view[count:]
+        self.early.clear()
+
+    async def _hand_over(self, transport: asyncio.BaseTransport, handshake: asyncio.Future) -> None:
+        self.admission._handshakes.add(transport)  # type: ignore[arg-type]
+        tls = None
+        try:
+            tls = await handshake
+        except Exception as exc:  # a failed or timed-out handshake, a peer gone
+            if is_plaintext_http(exc) and self.connection.ticket is not None:
+                PLAINTEXT_ATTEMPTS.seen(self.connection.ticket.source)
+        finally:
+            self.admission._handshakes.discard(transport)  # type: ignore[arg-type]
+            # closed meanwhile (evicted, say): asyncio then returns None, uvloop a closing transport
+            if tls is None or tls.is_closing() or transport.is_closing():
+                transport.abort()  # type: ignore[attr-defined]
+                self.connection.authenticated()  # gives its place back
+                tls = None
+        if tls is None:
+            return
+        decrypted = tls.get_protocol()
+        tls.set_protocol(self.connection)
+        self.connection.connection_made(tls)
+        if isinstance(decrypted, _Decrypted):
+            decrypted.hand_over(self.connection)
+
+
+class _Decrypted(asyncio.Protocol):
+    """The TLS layer's protocol until the hand-off: a request may arrive with the handshake's end."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+    def hand_over(self, connection: asyncio.Protocol) -> None:
+        for data in self.data:
+            connection.data_received(data)
+        if self.eof:
+            connection.eof_received()

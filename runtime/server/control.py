@@ -1,0 +1,262 @@
+"""The control plane every tunnel server shares: TLS websocket, auth, health, handshake.
+
+Mode-specific servers (TCP, HTTP) plug in through ``admit``/``release``: the control
+plane authenticates and shakes hands, then asks the mode whether it will serve
+what the client advertised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
+from ..core.allowlist import SourceAllowList
+from ..core.auth import TokenSet
+from .ratelimit import FailedLoginLimiter
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello
+from ..core.mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
+from ..core.session import Session
+
+if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
+    from .forwarding import ForwardingPolicy
+
+log = logging.getLogger("inlets.server")
+
+HELLO_TIMEOUT = 10.0
+
+#: An authenticated GET route on the control port (``/metrics``, ``/status``).
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+@dataclass
+class ControlConfig:
+    tokens: TokenSet
+    host: str | None = None  # None: every interface, IPv4 and IPv6
+    port: int = 8123
+    ssl_context: ssl.SSLContext | None = None
+    keepalive: float = 20.0  # a dead client is detected within this many seconds
+    window: int = DEFAULT_WINDOW
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_streams: int = DEFAULT_MAX_STREAMS
+    routes: dict[str, Route] = field(default_factory=dict)
+    #: Called with (path, status) for every HTTP request to the control port (metrics).
+    on_request: Callable[[str, int], None] | None = None
+    #: Local forwarding (client-opened streams); None: refused.
+    forwarding: ForwardingPolicy | None = None
+    #: Failed logins a source may make per window before it gets 429.
+    login_limit: int = 10
+    login_window: float = 60.0
+    #: Connections not yet authenticated, in total and from one source (see admission.py).
+    max_handshakes: int = DEFAULT_MAX_TOTAL
+    max_handshakes_per_source: int = DEFAULT_MAX_PER_SOURCE
+    #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
+    trusted_proxies: SourceAllowList | None = None
+
+
+@dataclass
+class ClientInfo:
+    """What the server knows of one connected client (for status and logs)."""
+
+    session: Session
+    client_id: str
+    remote: str
+    services: list[str]
+    authorization: str = field(default="", repr=False)  # to re-check on token rotation; never shown
+    connected_at: float = field(default_factory=time.time)
+
+
+def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _close_reason(text: str) -> str:
+    """A websocket close reason fits in 123 bytes of UTF-8: a longer one is cut after a word, marked '...'."""
+    if len(text.encode()) <= 123:
+        return text
+    cut = text.encode()[:120].decode(errors="ignore")
+    return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
+
+
+def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:
+    """Who is asking: the peer, or, when the peer is a trusted reverse proxy, the address the
+    proxies recorded in X-Forwarded-For: the rightmost entry not itself a trusted proxy (the
+    entries left of it are whatever the client sent, and prove nothing)."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+    if trusted is None or not trusted.allows(host):
+        return host
+    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
+    for hop in reversed(hops):
+        if not trusted.allows(hop):
+            return hop[:64] or host
+        host = hop
+    return host
+
+
+def format_address(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        mode: str,
+        config: ControlConfig,
+        admit: Callable[[Session, Hello], Awaitable[list[str]]],
+        release: Callable[[Session], None],
+    ) -> None:
+        self.mode = mode
+        self.config = config
+        self._admit = admit
+        self._release = release
+        self._on_client_stream = config.forwarding.on_stream if config.forwarding else None
+        self.clients: dict[Session, ClientInfo] = {}
+        self.started_at = time.time()
+        self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
+        self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
+        self._server: Server | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            # no ssl=: admission starts TLS itself, once a connection is within the caps
+            process_request=self._process_request,
+            compression=None,
+            max_size=cfg.max_frame + 64 * 1024,
+            max_queue=64,
+            write_limit=512 * 1024,
+            ping_interval=None,  # Session runs its own keepalive
+            close_timeout=5,
+            server_header=None,
+            logger=logging.getLogger("inlets.websockets"),
+            create_connection=lambda *args, **kwargs: self.admission.connection(
+                lambda: ControlConnection(*args, **kwargs), cfg.ssl_context
+            ),
+        )
+
+    @property
+    def addresses(self) -> list[tuple]:
+        assert self._server is not None
+        return [sock.getsockname() for sock in self._server.sockets]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self.admission.abort_handshakes()
+            await self._server.wait_closed()
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept no new clients, let open streams finish within ``timeout``."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        sessions = list(self.clients)
+        await asyncio.gather(*(s.drain(timeout, "server shutting down") for s in sessions), return_exceptions=True)
+        await self.stop()
+
+    def revoke_stale_tokens(self) -> int:
+        """After the token set changed: disconnect clients whose token is no longer accepted."""
+        revoked = 0
+        for session, info in list(self.clients.items()):
+            if not self.config.tokens.check_header(info.authorization):
+                log.warning("event=token_revoked client=%s remote=%s", info.client_id, info.remote)
+                asyncio.ensure_future(session.close(1008, "token revoked"))
+                revoked += 1
+        return revoked
+
+    # ------------------------------------------------------------- HTTP requests
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._answer(connection, request)
+        if self.config.on_request is not None:  # 101: the websocket upgrade goes ahead
+            self.config.on_request(request.path.split("?", 1)[0], response.status_code if response else 101)
+        return response
+
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return _response(200, b"OK\n")
+        route = self.config.routes.get(path)
+        if path != CONNECT_PATH and route is None:
+            return _response(404, b"not found\n")
+        source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
+        # The token first: a right one is never refused for failures others made from the same address.
+        if not self.config.tokens.check_header(request.headers.get("Authorization")):
+            if self.logins.blocked(source):
+                return _response(429, b"too many failed logins: try again later\n")
+            if self.logins.failed(source):  # once per window per source, not once per attempt
+                log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
+                            source, self.logins.limit, self.logins.window)
+            else:
+                log.info("event=unauthorized remote=%s path=%s", source, path)
+            return _response(401, b"unauthorized: missing or wrong bearer token\n")
+        if isinstance(connection, ControlConnection):
+            connection.authenticated()
+        if route is not None:
+            status, content_type, body = route()
+            return _response(status, body, content_type)
+        return None  # carry on with the websocket upgrade
+
+    # ------------------------------------------------------------- tunnel clients
+
+    async def _handle(self, websocket: ServerConnection) -> None:
+        remote = format_address(websocket.remote_address)
+        try:
+            hello = parse_hello(await asyncio.wait_for(websocket.recv(), HELLO_TIMEOUT))
+            if hello.mode != self.mode:
+                raise HandshakeError(
+                    CLOSE_WRONG_MODE, f"this server serves {self.mode} tunnels; use 'inlets {self.mode} client'"
+                )
+            if hello.extra.get("forwards"):
+                if self.config.forwarding is None:
+                    raise HandshakeError(CLOSE_SERVICE_REFUSED, "this server does not offer client forwarding")
+                self.config.forwarding.check_hello(hello)
+            mux = Multiplexer(
+                client=False,
+                recv_window=self.config.window,
+                send_window=hello.window,
+                max_frame=self.config.max_frame,
+                max_streams=self.config.max_streams,
+            )
+            session = Session(
+                websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote,
+                keepalive=self.config.keepalive,
+            )
+            services = await self._admit(session, hello)
+        except HandshakeError as exc:
+            log.warning("event=handshake_refused remote=%s reason=%r", remote, str(exc))
+            await websocket.close(exc.code, _close_reason(str(exc)))
+            return
+        except (asyncio.TimeoutError, ConnectionClosed):
+            return
+        try:
+            await websocket.send(Welcome(services, self.config.window, self.config.max_frame).encode())
+        except ConnectionClosed:
+            self._release(session)
+            return
+        session.on_goaway = self._release  # a draining client gets no new connections
+        info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
+        self.clients[session] = info
+        log.info("event=client_connected client=%s remote=%s services=%s", info.client_id, remote, ",".join(services))
+        try:
+            await session.run()
+        finally:
+            self.clients.pop(session, None)
+            self._release(session)
+            log.info("event=client_disconnected client=%s remote=%s", info.client_id, remote)

@@ -1,0 +1,70 @@
+"""Who may use the data plane, and who they really are.
+
+Shared by the TCP and HTTP servers: ``--allow-ips`` (sources outside it are refused),
+``--lb-proxy-protocol`` (a load balancer in front tells us the real source in a
+PROXY header) and ``--proxy-protocol`` (we tell the upstream, through the client).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from ..core.allowlist import SourceAllowList
+from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
+
+#: A balancer sends its header at once; a connection that does not is dropped.
+HEADER_TIMEOUT = 5.0
+
+
+def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
+    """Why a data port cannot be opened and what to do, in the words a client shows its user.
+
+    Short enough for a websocket close reason (123 bytes): the OS's reason, not asyncio's
+    wrapper around it, which repeats the address as a Python tuple.
+    """
+    host = data_addr or "*"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno != errno.EADDRINUSE:
+        return f"server cannot listen on {where}: {reason}"
+    if data_addr is None:  # every interface: on one machine, the client's own upstream has this port
+        return f"server cannot listen on {where}: port in use; free it, or on one machine use --data-addr 127.0.0.2"
+    return f"server cannot listen on {where}: port in use there; free it or give the server another --data-addr"
+
+
+@dataclass
+class DataPlaneOptions:
+    allow_ips: SourceAllowList | None = None
+    proxy_protocol: str | None = None  # v1|v2: send the real source to the upstream
+    lb_proxy_protocol: str | None = None  # v1|v2: expect a header from a load balancer
+
+    def allows(self, source: Address) -> bool:
+        return self.allow_ips is None or self.allow_ips.allows(source[0])
+
+
+class HeaderReader:
+    """Collects the first bytes of a connection until the balancer's PROXY header is complete."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | None:
+        """(header, the bytes after it) once complete; None before. Raises ProxyProtocolError."""
+        self.buffer += data
+        header = parse(bytes(self.buffer), self.version)
+        if header is None:
+            return None
+        return header, bytes(self.buffer[header.length :])
+
+
+def address(info: object) -> Address:
+    """(host, port) from a socket's peername/sockname (IPv6 ones have four fields)."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return ("0.0.0.0", 0)
+
+
+__all__ = ["DataPlaneOptions", "HeaderReader", "ProxyProtocolError", "address", "HEADER_TIMEOUT"]

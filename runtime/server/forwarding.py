@@ -1,0 +1,59 @@
+"""Local forwarding, the server's side: may this client reach that target?
+
+The client listens on ``--local LOCAL_PORT:HOST:REMOTE_PORT`` (client/local_forward.py) and
+opens a stream ``forward:HOST:REMOTE_PORT`` per connection; the server dials HOST:REMOTE_PORT
+only when started with ``--client-forwarding`` and only if ``--client-forwarding-allow``
+permits that target, because otherwise a client could reach anything on the server's
+network. The server checks every stream, whatever the handshake said.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..core.allowlist import TargetRule
+from ..core.bridge import dial
+from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from ..core.mux import ResetCode
+from ..core.services import parse_target
+from ..core.session import Channel
+
+log = logging.getLogger("inlets.forward")
+
+
+class ForwardingPolicy:
+    """The server's side: may this client reach that target?"""
+
+    def __init__(self, enabled: bool, rules: list[TargetRule]) -> None:
+        self.enabled = enabled
+        self.rules = rules
+
+    def refusal(self, target: str) -> str | None:
+        """Why ``target`` is refused, or None when it is allowed."""
+        if not self.enabled:
+            return "client forwarding is disabled on this server (start it with --client-forwarding)"
+        try:
+            host, port = parse_target(target)
+        except ValueError as exc:
+            return str(exc)
+        if not any(rule.matches(host, port) for rule in self.rules):
+            return f"{host}:{port} is not in the server's --client-forwarding-allow list"
+        return None
+
+    def check_hello(self, hello: Hello) -> None:
+        forwards = hello.extra.get("forwards", [])
+        if not isinstance(forwards, list) or not all(isinstance(f, str) for f in forwards):
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, "forwards must be a list of targets")
+        for target in forwards:
+            reason = self.refusal(target)
+            if reason is not None:
+                raise HandshakeError(CLOSE_SERVICE_REFUSED, reason)
+
+    def on_stream(self, channel: Channel) -> None:
+        reason = self.refusal(channel.target)
+        if reason is not None:
+            log.warning("event=forward_refused target=%r reason=%r", channel.target, reason)
+            channel.reset(ResetCode.NOT_ALLOWED, reason)
+            return
+        host, port = parse_target(channel.target)
+        dial(channel, host, port)

@@ -1,0 +1,218 @@
+"""`inlets tcp server`: opens the data ports clients advertise and forwards them.
+
+Data-plane sockets are bound apart from the control plane (``--data-addr``), opened
+when the first client advertises a port and closed when the last one leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ..core.bridge import TcpBridge
+from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
+from .proxy_protocol import Address
+from .proxy_protocol import encode as encode_proxy_header
+from .control import ControlConfig, ControlPlane
+from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.services import parse_port_service, parse_tcp_service
+from .metrics import TcpMetrics
+from ..core.mux import StreamError
+from .registry import Registry
+from ..core.session import Session
+from .status import status_route
+from .udp import UdpPort
+
+log = logging.getLogger("inlets.tcp")
+
+
+class DataPlaneConnection(TcpBridge):
+    """A user's connection to a data port: tunnelled to the next client serving it."""
+
+    def __init__(self, server: TcpTunnelServer, service: str) -> None:
+        super().__init__()
+        self.server = server
+        self.service = service
+        self.port = parse_tcp_service(service)
+        # prometheus children bound once per connection: (open gauge, total, bytes in, bytes out)
+        self.counters = server.metrics.port(self.port)
+        self._counted = False
+        self._header: HeaderReader | None = None
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.peer = address(transport.get_extra_info("peername"))
+        self.local = address(transport.get_extra_info("sockname"))
+        version = self.server.options.lb_proxy_protocol
+        if version:  # the real source comes in the balancer's header
+            self._header = HeaderReader(version)
+            self._header_timer = asyncio.get_running_loop().call_later(
+                HEADER_TIMEOUT, self._refuse, "proxy_header_timeout"
+            )
+            return
+        self._admit(self.peer, self.local, b"")
+
+    def _admit(self, source: Address, destination: Address, rest: bytes) -> None:
+        if not self.server.options.allows(source):
+            self._refuse("source_not_allowed", source)
+            return
+        for session in self.server.registry.candidates(self.service):
+            if session.closed.is_set():
+                continue
+            try:
+                self.attach(session.open_stream(self.service, self))
+            except StreamError:
+                continue
+            self.counters[0].inc()
+            self.counters[1].inc()
+            self._counted = True
+            version = self.server.options.proxy_protocol
+            if version and self.channel is not None:
+                self.channel.write(encode_proxy_header(version, source, destination))
+            if rest:
+                self.data_received(rest)
+            return
+        log.info("event=no_client service=%s", self.service)
+        self._refuse("no_client")
+
+    def _refuse(self, reason: str, source: Address | None = None) -> None:
+        self.server.metrics.refused.labels(str(self.port), reason).inc()
+        if reason != "no_client":
+            log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
+        self._done = True
+        self.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header is not None:
+            try:
+                done = self._header.feed(data)
+            except ProxyProtocolError as exc:
+                log.info("event=refused service=%s reason=bad_proxy_header error=%r", self.service, str(exc))
+                self._refuse("bad_proxy_header")
+                return
+            if done is None:
+                return
+            header, rest = done
+            self._header = None
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._admit(header.source or self.peer, header.destination or self.local, rest)
+            return
+        self.counters[2].inc(len(data))
+        super().data_received(data)
+
+    def on_data(self, data: bytes) -> None:
+        self.counters[3].inc(len(data))
+        super().on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        if self._counted:
+            self._counted = False
+            self.counters[0].dec()
+        super().connection_lost(exc)
+
+
+class TcpTunnelServer:
+    def __init__(
+        self,
+        config: ControlConfig,
+        data_addr: str | None = None,
+        allow_ports: set[int] | None = None,
+        options: DataPlaneOptions | None = None,
+    ) -> None:
+        self.data_addr = data_addr or None
+        self.allow_ports = allow_ports
+        self.options = options or DataPlaneOptions()
+        self.registry: Registry[Session] = Registry()
+        self.control = ControlPlane("tcp", config, self._admit, self._release)
+        self.metrics = TcpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
+        config.routes.setdefault("/status", status_route(self.control))
+        config.on_request = self.metrics.control_request
+        self.listeners: dict[str, asyncio.base_events.Server | asyncio.DatagramTransport] = {}
+        self.udp_ports: dict[str, UdpPort] = {}
+        self.metrics.watch_udp(lambda: self.udp_ports)
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.control.start()
+
+    async def stop(self) -> None:
+        self._close_listeners()
+        await self.control.stop()
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful stop: accept nothing new; open connections get ``timeout`` seconds to finish."""
+        self._close_listeners()
+        await self.control.drain(timeout)
+
+    def _close_listeners(self) -> None:
+        for listener in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
+
+    def data_port(self, service: str) -> int | None:
+        listener = self.listeners.get(service)
+        if isinstance(listener, asyncio.DatagramTransport):
+            return listener.get_extra_info("sockname")[1]
+        return listener.sockets[0].getsockname()[1] if listener and listener.sockets else None
+
+    async def _admit(self, session: Session, hello: Hello) -> list[str]:
+        if not hello.services and not hello.extra.get("forwards"):
+            raise HandshakeError(CLOSE_SERVICE_REFUSED, "the client advertised no ports")
+        parsed = [parse_port_service(s) for s in hello.services]
+        ports = [port for _, port in parsed]
+        if self.allow_ports is not None:
+            refused = sorted(set(ports) - self.allow_ports)
+            if refused:
+                allowed = ",".join(map(str, sorted(self.allow_ports)))
+                raise HandshakeError(
+                    CLOSE_SERVICE_REFUSED, f"port(s) {','.join(map(str, refused))} not allowed (--allow-ports {allowed})"
+                )
+        services = [f"{kind}:{port}" for kind, port in parsed]
+        async with self._lock:
+            opened = []
+            try:
+                for (kind, port), service in zip(parsed, services):
+                    if service not in self.listeners:
+                        listen = self._listen_udp if kind == "udp" else self._listen
+                        self.listeners[service] = await listen(port, service)
+                        opened.append(service)
+            except OSError as exc:
+                for service in opened:
+                    self.listeners.pop(service).close()
+                raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc)) from None
+            self.registry.add(session, services)
+        return services
+
+    async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: DataPlaneConnection(self, service), self.data_addr, port)
+        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        return listener
+
+    async def _listen_udp(self, port: int, service: str) -> asyncio.DatagramTransport:
+        loop = asyncio.get_running_loop()
+        udp = UdpPort(service, self.registry.candidates, allows=self.options.allows)
+        hosts = [self.data_addr] if self.data_addr else ["::", "0.0.0.0"]  # every interface: dual stack if we can
+        for host in hosts:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: udp, local_addr=(host, port))
+                break
+            except OSError:
+                if host == hosts[-1]:
+                    raise
+        self.udp_ports[service] = udp
+        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        return transport
+
+    def _release(self, session: Session) -> None:
+        for service in self.registry.remove(session):
+            listener = self.listeners.pop(service, None)
+            self.udp_ports.pop(service, None)
+            if listener is not None:
+                listener.close()
+                log.info("event=closed service=%s reason=no_clients", service)

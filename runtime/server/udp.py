@@ -1,0 +1,155 @@
+"""UDP over the tunnel, the server's side: one stream per flow, one DATA frame per datagram.
+
+Datagram boundaries survive because the multiplexer delivers each DATA frame as one
+event. UDP has no backpressure, so nothing waits: a datagram that finds no credit
+(or a full tunnel) is dropped and counted, as a congested network would drop it.
+The server keeps a flow per source address, ended after ``idle_timeout`` of silence.
+The client's side of a flow is client/udp_upstream.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..core.mux import ResetCode, StreamError
+from ..core.services import MAX_DATAGRAM
+from ..core.session import Channel, Session
+
+log = logging.getLogger("inlets.udp")
+
+IDLE_TIMEOUT = 60.0
+MAX_FLOWS = 4096
+
+
+@dataclass
+class UdpCounters:
+    """What the metrics report for one public port (see metrics.UdpMetrics)."""
+
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+class _Flow:
+    """One source address on the server: a stream to a client."""
+
+    __slots__ = ("port", "address", "channel", "last_seen")
+
+    def __init__(self, port: UdpPort, address: tuple) -> None:
+        self.port = port
+        self.address = address
+        self.channel: Channel | None = None
+        self.last_seen = asyncio.get_running_loop().time()
+
+    # StreamHandler: datagrams coming back from the client's upstream
+    def on_data(self, data: bytes) -> None:
+        transport = self.port.transport
+        if transport is not None:
+            transport.sendto(data, self.address)
+            self.port.counters.datagrams_out += 1
+            self.port.counters.bytes_out += len(data)
+        if self.channel is not None:
+            self.channel.consumed(len(data))
+        self.last_seen = asyncio.get_running_loop().time()
+
+    def on_eof(self) -> None:
+        self.port.end(self, reset=False)
+
+    def on_reset(self, code: int, reason: str) -> None:
+        self.port.end(self, reset=False)
+
+    def on_writable(self) -> None:
+        pass
+
+
+class UdpPort(asyncio.DatagramProtocol):
+    """A public UDP port on the server: datagrams in, flows to clients, answers back out."""
+
+    def __init__(
+        self,
+        service: str,
+        candidates: Callable[[str], list[Session]],
+        allows: Callable[[tuple[str, int]], bool] = lambda source: True,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_flows: int = MAX_FLOWS,
+    ) -> None:
+        self.service = service
+        self.candidates = candidates
+        self.allows = allows
+        self.idle_timeout = idle_timeout
+        self.max_flows = max_flows
+        self.flows: dict[tuple, _Flow] = {}
+        self.counters = UdpCounters()
+        self.transport: asyncio.DatagramTransport | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for flow in list(self.flows.values()):
+            self.end(flow)
+
+    def datagram_received(self, data: bytes, address: tuple) -> None:
+        if len(data) > MAX_DATAGRAM:
+            self.counters.drop("oversize")
+            return
+        flow = self.flows.get(address)
+        if flow is None:
+            flow = self._open(address)
+            if flow is None:
+                return
+        assert flow.channel is not None
+        flow.last_seen = asyncio.get_running_loop().time()
+        if flow.channel.write(data) < len(data):
+            # A partial datagram would be corrupt; the tunnel is congested: drop it whole.
+            self.counters.drop("congested")
+            return
+        self.counters.datagrams_in += 1
+        self.counters.bytes_in += len(data)
+
+    def _open(self, address: tuple) -> _Flow | None:
+        if not self.allows((str(address[0]), int(address[1]))):
+            self.counters.drop("source_not_allowed")
+            return None
+        if len(self.flows) >= self.max_flows:
+            self.counters.drop("too_many_flows")
+            return None
+        flow = _Flow(self, address)
+        for session in self.candidates(self.service):
+            if session.closed.is_set():
+                continue
+            try:
+                flow.channel = session.open_stream(self.service, flow)
+            except StreamError:
+                continue
+            self.flows[address] = flow
+            return flow
+        self.counters.drop("no_client")
+        return None
+
+    def end(self, flow: _Flow, reset: bool = True) -> None:
+        if self.flows.get(flow.address) is flow:
+            del self.flows[flow.address]
+        if reset and flow.channel is not None:
+            flow.channel.reset(ResetCode.TIMEOUT, "UDP flow idle")
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout / 2))
+            cutoff = loop.time() - self.idle_timeout
+            for flow in [f for f in self.flows.values() if f.last_seen < cutoff]:
+                self.end(flow)

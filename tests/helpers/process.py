@@ -1,0 +1,87 @@
+"""Run the `inlets` command as users do: real processes, logs in files, bounded waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from helpers.tunnel import TlsFiles
+
+INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+
+
+def spawn(*args: str, log: Path) -> subprocess.Popen:
+    handle = open(log, "w")
+    return subprocess.Popen([*INLETS, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_port(port: int, timeout: float = 15, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{host}:{port} never accepted")
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text()
+        if text in content:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path}:\n{path.read_text()}")
+
+
+def echo_once(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def server_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
+    return [
+        "tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr", "127.0.0.1",
+        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), *extra,
+    ]
+
+
+def client_args(control: int, tls: TlsFiles, token_file: Path, *extra: str) -> list[str]:
+    return ["tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+            "--tls-ca", str(tls.ca), *extra]
+
+
+def stop_all(*processes: subprocess.Popen) -> list[int]:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    return [p.wait(15) for p in processes]
+
+
+def terminate(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a process whatever state a test left it in: SIGTERM, then SIGKILL after ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)

@@ -1,0 +1,180 @@
+"""Run real tunnel servers and clients in-process on loopback, and small TCP peers for them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Awaitable, Callable
+
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as websocket_serve
+
+from inlets_py.runtime.core.auth import TokenSet
+from inlets_py.runtime.core.certs import ensure_auto_tls
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.core.handshake import Hello, Welcome, parse_hello
+from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
+from inlets_py.runtime.server.tcp import TcpTunnelServer
+from inlets_py.runtime.core.tls import client_context, server_context
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls(directory: Path, names: list[str] | None = None) -> TlsFiles:
+    files = ensure_auto_tls(directory, names or ["127.0.0.1", "::1", "localhost"])
+    return TlsFiles(files.ca_cert, files.cert, files.key)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def run(coro: Awaitable, timeout: float = 60) -> object:
+    """Run a scenario on a fresh loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def start_server(
+    tls: TlsFiles | None, token: str, *, host: str = "127.0.0.1", data_addr: str = "127.0.0.1", port: int = 0, **config
+) -> TcpTunnelServer:
+    ctx = server_context(tls.cert, tls.key) if tls else None
+    server = TcpTunnelServer(
+        ControlConfig(tokens=TokenSet([token]), host=host, port=port, ssl_context=ctx, **config), data_addr=data_addr
+    )
+    await server.start()
+    return server
+
+
+def control_url(server: TcpTunnelServer, tls: bool = True) -> str:
+    host, port = server.control.addresses[0][:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{'wss' if tls else 'ws'}://{host}:{port}"
+
+
+async def start_client(
+    url: str, token: str, tls: TlsFiles | None, mapping: dict[int, Upstream], *, wait: bool = True, **config
+) -> tuple[TunnelClient, asyncio.Task]:
+    upstreams = TcpUpstreams(mapping)
+    cfg = ClientConfig(
+        url=url,
+        token=token,
+        mode="tcp",
+        services=upstreams.services,
+        ssl_context=client_context(tls.ca) if tls else None,
+        backoff_initial=0.1,
+        backoff_max=0.5,
+        **config,
+    )
+    client = TunnelClient(cfg, upstreams.on_stream)
+    task = asyncio.ensure_future(client.run_forever())
+    if wait:
+        waiter = asyncio.ensure_future(client.connected.wait())
+        await asyncio.wait([waiter, task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert client.connected.is_set(), "client did not connect"
+    return client, task
+
+
+async def stop(*tasks: asyncio.Task) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def echo_server(host: str = "127.0.0.1") -> asyncio.base_events.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(256 * 1024):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, 0)
+
+
+async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], host: str = "127.0.0.1"):
+    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(wrapped, host, 0)
+
+
+def port_of(server: asyncio.base_events.Server) -> int:
+    return server.sockets[0].getsockname()[1]
+
+
+async def wait_listening(host: str, port: int, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Incompressible, reproducible test data."""
+    return random.Random(seed).randbytes(size)
+
+
+def metric(server, name: str, **labels: str) -> float:
+    """One sample of a server's Prometheus metrics, as a scrape would see it (0 when absent)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(generate_latest(server.metrics.registry).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+@contextlib.asynccontextmanager
+async def malicious_server(
+    tls: TlsFiles, attack: Callable[[ServerConnection, Hello], Awaitable[None]]
+) -> AsyncIterator[str]:
+    """A tunnel server (URL yielded) that welcomes one client, then runs ``attack`` on it; later ones are closed."""
+    sessions: list[Hello] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        if sessions:
+            return
+        hello = parse_hello(await ws.recv())
+        sessions.append(hello)
+        await ws.send(Welcome(hello.services, 1 << 20, 256 * 1024).encode())
+        await attack(ws, hello)
+
+    server = await websocket_serve(handler, "127.0.0.1", 0, ssl=server_context(tls.cert, tls.key), compression=None,
+                         max_size=None, ping_interval=None)
+    try:
+        yield f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()

@@ -1,0 +1,110 @@
+"""The runtime's import graph: no cycles, and a client that never loads the server's code.
+
+The graph is the one the server wheel is built from (provisioner/wheel.py): every import of
+every module, those inside functions included; for cycles ``if TYPE_CHECKING:`` blocks too
+(the HTTP front and server once depended on each other through type hints alone).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from inlets_py import runtime
+from inlets_py.provisioner.wheel import import_graph
+
+CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client")
+#: What a client must never import: the server side, the HTTP reverse proxy, ACME, prometheus.
+SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/upgrade", "http/leg",
+               "http/guard", "cli/tcp_server", "cli/http_server", "cli/server_config")
+
+
+def closure(graph: dict[str, tuple[set[str], set[str]]], roots: tuple[str, ...]) -> tuple[set[str], set[str]]:
+    """(modules, third-party top-level packages) that importing ``roots`` may load."""
+    seen: set[str] = set()
+    third_party: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            modules, absolute = graph[name]
+            todo += modules
+            third_party |= absolute
+    return seen, third_party
+
+
+def test_the_graph_sees_relative_imports_across_subpackages() -> None:
+    graph = import_graph()
+    assert "core/mux" in graph["core/session"][0]
+    assert {"server/tcp", "cli/app", "core/__init__"} <= graph["cli/tcp_server"][0]
+    assert "prometheus_client" in graph["server/metrics"][1]
+
+
+def cycle(graph: dict[str, tuple[set[str], set[str]]]) -> list[str] | None:
+    """One import cycle of ``graph`` (depth first), or None."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph[module][0]):
+            if (found := visit(imported)) is not None:
+                return found
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        if (found := visit(module)) is not None:
+            return found
+    return None
+
+
+def test_the_runtime_has_no_import_cycle_not_even_through_type_hints() -> None:
+    graph = import_graph(type_checking=True)
+    assert len(graph) > 40
+    found = cycle(graph)
+    assert found is None, "import cycle: " + " -> ".join(found or [])
+
+
+def test_a_cycle_through_a_type_hint_is_found(tmp_path) -> None:
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "http").mkdir()
+    (tmp_path / "http" / "__init__.py").write_text("")
+    (tmp_path / "http" / "server.py").write_text("from .front import Front\n")
+    (tmp_path / "http" / "front.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .server import Server\n")
+    assert cycle(import_graph(tmp_path)) is None
+    assert cycle(import_graph(tmp_path, type_checking=True)) == ["http/front", "http/server", "http/front"]
+
+
+def test_the_client_commands_import_no_server_code() -> None:
+    modules, third_party = closure(import_graph(), CLIENT_COMMANDS)
+    leaked = sorted(m for m in modules if m.startswith(SERVER_SIDE))
+    assert not leaked, f"a client command imports server code: {leaked}"
+    assert "prometheus_client" not in third_party
+    assert {"client/dialer", "client/tcp_upstreams", "client/http_upstreams", "core/mux"} <= modules
+
+
+def test_a_client_process_loads_neither_the_server_nor_prometheus() -> None:
+    """``inlets tcp client --help`` and ``inlets http client --help`` as a user runs them, in a fresh process."""
+    package = runtime.__name__
+    for mode in ("tcp", "http"):
+        probe = (
+            "import sys\n"
+            f"sys.argv = ['inlets', '{mode}', 'client', '--help']\n"
+            f"from {package}.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+            f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.server', '{package}.acme', "
+            f"'{package}.http.server', '{package}.http.front', 'prometheus_client')))\n"
+            "print('LOADED', loaded)\n"
+        )
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"inlets {mode} client" in result.stdout
+        assert result.stdout.rstrip().endswith("LOADED []"), result.stdout[-500:]

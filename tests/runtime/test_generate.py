@@ -1,0 +1,117 @@
+"""``--generate=systemd|k8s_yaml``: every secret in a file or the Secret, never in the command line the
+service runs; a unit whose own sandboxing would hide what it needs is refused; units pass systemd-analyze."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.proxy_daemons import binary
+from helpers.process import inlets
+
+SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
+HTTP_CLIENT = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
+               "--token", SECRETS["token"], "--basic-auth-username", "alice", "--basic-auth-password", SECRETS["basic"],
+               "--proxy", "http://bob:proxy-Pw%2F%40%3A73@proxy.corp:3128"]
+
+
+def _verified(tmp_path: Path, text: str, name: str = "inlets-http-client.service") -> str:
+    unit = tmp_path / name
+    unit.write_text(text)
+    check = subprocess.run([binary("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
+    return next(line for line in text.splitlines() if line.startswith("ExecStart="))
+
+
+def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
+    result = inlets(*HTTP_CLIENT, "--generate=systemd", env={"INLETS_BEARER_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    exec_start = _verified(tmp_path, result.stdout)
+    for secret in SECRETS.values():
+        assert secret not in result.stdout and secret.split("-")[1] not in result.stdout, secret
+    assert "--token-file /etc/inlets/token" in exec_start
+    assert "--basic-auth-password-file /etc/inlets/basic-auth-password" in exec_start
+    assert "--proxy http://bob@proxy.corp:3128" in exec_start
+    assert "--proxy-password-file /etc/inlets/proxy-password" in exec_start
+    assert "ReadOnlyPaths=-/etc/inlets" in result.stdout  # "-": a folder not made yet is no start failure
+
+
+def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path: Path) -> None:
+    bearer = Path("/etc/inlets/site-bearer")  # a file given is referenced where it is (need not exist yet)
+    env = {"INLETS_BEARER_TOKEN": SECRETS["bearer"], "INLETS_TOKEN": SECRETS["token"]}
+    from_env = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+                      "--generate=systemd", env=env)
+    assert from_env.returncode == 0, from_env.stderr
+    exec_start = _verified(tmp_path, from_env.stdout)
+    assert SECRETS["bearer"] not in from_env.stdout and SECRETS["token"] not in from_env.stdout
+    assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start and "--token-file /etc/inlets/token" in exec_start
+    from_file = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+                       "--token-file", "/etc/inlets/token", "--bearer-token-file", str(bearer), "--generate=systemd",
+                       env={"INLETS_BEARER_TOKEN": ""})
+    assert f"--bearer-token-file {bearer}" in _verified(tmp_path, from_file.stdout)
+    server = inlets("tcp", "server", "--plaintext", "--generate=systemd", env=env)  # a server takes no bearer token
+    assert "--bearer-token" not in server.stdout and "--token-file /etc/inlets/token" in server.stdout
+
+
+def test_kubernetes_secret_holds_every_secret_and_the_args_none(tmp_path: Path) -> None:
+    (tmp_path / "bearer").write_text(SECRETS["bearer"] + "\n")
+    result = inlets(*HTTP_CLIENT, "--generate=k8s_yaml", env={"INLETS_BEARER_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}
+    data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+    assert data == {"token": SECRETS["token"], "basic-auth-password": SECRETS["basic"], "proxy-password": SECRETS["proxy"]}
+    args = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(secret in arg for arg in args for secret in SECRETS.values()), args
+    for key in data:
+        assert args[args.index(f"--{key}-file") + 1] == f"/var/run/secrets/inlets/{key}"
+    assert args[args.index("--proxy") + 1] == "http://bob@proxy.corp:3128"
+    bearer = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--token", "t",
+                    "--bearer-token-file", str(tmp_path / "bearer"), "--generate=k8s_yaml")
+    secret = next(d for d in yaml.safe_load_all(bearer.stdout) if d["kind"] == "Secret")
+    assert base64.b64decode(secret["data"]["bearer-token"]).decode() == SECRETS["bearer"] + "\n"
+
+
+# ------------------------------------------------------------- the unit's own sandbox
+
+
+def test_a_file_under_tmp_is_refused_since_private_tmp_hides_it(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    result = inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token), "--upstream", "127.0.0.1",
+                    "--ports", "80", "--generate=systemd")
+    assert result.returncode == 2
+    assert result.stderr == (f"inlets: error: --token-file {token} is under /tmp, which the unit's PrivateTmp=true "
+                             "hides from the service: keep it elsewhere (e.g. /etc/inlets/) and give that path\n")
+
+
+def test_an_inlets_under_tmp_is_refused_and_one_under_home_gets_a_readable_home(tmp_path: Path) -> None:
+    installed = Path(sys.executable).with_name("inlets")  # this installation's command
+    args = ["tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream", "127.0.0.1",
+            "--ports", "80", "--generate=systemd"]
+    under_tmp = tmp_path / "bin"
+    under_tmp.mkdir()
+    (under_tmp / "inlets").symlink_to(installed)  # as if installed from a checkout under /tmp
+    refused = inlets(*args, env={"PATH": f"{under_tmp}{os.pathsep}{os.environ['PATH']}"})
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"this inlets runs from {under_tmp / 'inlets'}, under /tmp, which the unit's PrivateTmp=true hides" in refused.stderr
+    assert "pip install ." in refused.stderr
+    home = Path(tempfile.mkdtemp(prefix="inlets-generate-", dir=Path.home()))
+    if not (str(home) + "/").startswith(("/home/", "/root/")):
+        shutil.rmtree(home)
+        pytest.skip(f"this user's home {Path.home()} is not where ProtectHome= applies")
+    try:
+        (home / "inlets").symlink_to(installed)
+        readable = inlets(*args, env={"PATH": f"{home}{os.pathsep}{os.environ['PATH']}"})
+        assert readable.returncode == 0, readable.stderr
+        assert "ProtectHome=read-only" in readable.stdout  # ProtectHome=true would make the command vanish
+        exec_start = _verified(tmp_path, readable.stdout, "inlets-tcp-client.service")
+        assert exec_start.startswith(f"ExecStart={home / 'inlets'} tcp client --url wss://h:8123 ")
+    finally:
+        shutil.rmtree(home)

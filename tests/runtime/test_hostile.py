@@ -1,0 +1,473 @@
+"""Hostile peers on the control plane: the server closes them, keeps serving everyone else,
+and never trusts them further than it must."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from helpers.process import spawn, terminate
+from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
+from helpers.tunnel import start_server, stop, wait_listening
+from websockets.asyncio.client import connect
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from inlets_py.runtime.server import control as control_plane
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks, parse_target_rules
+from inlets_py.runtime.server.control import client_address
+from inlets_py.runtime.server.forwarding import ForwardingPolicy
+from inlets_py.runtime.core.services import format_target
+from inlets_py.runtime.core.handshake import Hello, HandshakeError, parse_hello
+from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
+from helpers.streams import AsyncStream
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.tls import client_context
+
+
+async def raw_client(server, tls: TlsFiles, token: str, *, source: str = "127.0.0.1"):
+    """A websocket to the control plane that speaks whatever the test sends."""
+    return await connect(
+        control_url(server) + "/connect", ssl=client_context(tls.ca), compression=None, max_size=None,
+        additional_headers={"Authorization": f"Bearer {token}"}, local_addr=(source, 0), ping_interval=None,
+    )
+
+
+async def hello(ws, services: list[str]) -> dict:
+    await ws.send(Hello("tcp", services, "hostile", 1 << 20).encode())
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def still_serving(server, tls: TlsFiles, token: str) -> None:
+    """An honest client still gets through after the hostile one."""
+    echo = await echo_server()
+    public = free_port()
+    client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+    await wait_listening("127.0.0.1", public)
+    reader, writer = await asyncio.open_connection("127.0.0.1", public)
+    writer.write(b"fine")
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b"fine"
+    writer.close()
+    await stop(task)
+    echo.close()
+
+
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        (b"\x00" * (3 * 1024 * 1024), 1009),  # larger than any frame may be
+        ("text after the handshake", 1002),
+        (HEADER.pack(99, 2, 0), 1002),  # unknown frame type
+        (HEADER.pack(FrameType.DATA, 7, 4) + b"ab", 1002),  # truncated
+        (HEADER.pack(FrameType.DATA, 1, 1) + b"x", 1002),  # data for a stream never opened
+    ],
+)
+def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message, code: int) -> None:
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        try:
+            await ws.send(message)
+        except ConnectionClosed:
+            pass
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+        await asyncio.sleep(0.1)
+        assert not server.control.clients and not server.listeners  # its ports are closed again
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
+    async def refused(ws_message) -> str:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        await ws.send(ws_message)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        await server.stop()
+        return f"{closed.value.rcvd.code} {closed.value.rcvd.reason}"
+
+    async def scenario() -> None:
+        future = json.dumps({"type": "hello", "protocol": 99, "version": "9.0", "mode": "tcp", "services": [],
+                             "window": 1 << 20})
+        assert (await refused(future)).startswith("4001 peer speaks tunnel protocol 99")
+        assert (await refused("not json")).startswith("4000 hello is not JSON")
+        http = Hello("http", ["http:example.com"], "x", 1 << 20).encode()
+        assert (await refused(http)).startswith("4002 this server serves tcp tunnels")
+        assert (await refused(Hello("tcp", ["tcp:99999"], "x", 1 << 20).encode())).startswith("4003 not a TCP or UDP service")
+
+    run(scenario())
+
+
+def test_a_client_that_never_says_hello_is_dropped(tls: TlsFiles, token: str, monkeypatch) -> None:
+    monkeypatch.setattr(control_plane, "HELLO_TIMEOUT", 0.5)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_stream_open_flood_is_limited_per_client(tls: TlsFiles, token: str) -> None:
+    async def scenario() -> None:
+        echo = await echo_server()
+        target = format_target("127.0.0.1", port_of(echo))
+        server = await start_server(tls, token, max_streams=50,
+                                    forwarding=ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [target]})
+        streams = []
+        for _ in range(200):
+            stream = AsyncStream()
+            stream.attach(client.session.open_stream(target, stream))
+            streams.append(stream)
+        refused, served = 0, 0
+        for stream in streams:
+            try:
+                await stream.write(b"x")
+                if await asyncio.wait_for(stream.read(), 5) == b"x":
+                    served += 1
+            except ConnectionResetError:
+                assert stream._reset[0] == ResetCode.TOO_MANY_STREAMS
+                refused += 1
+        assert served == 50 and refused == 150
+        assert client.session is not None and not client.session.closed.is_set()  # refused, not disconnected
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles, token: str, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
+    async def status(source: str, offered: str) -> int:
+        try:
+            ws = await raw_client(server_ref[0], tls, offered, source=source)
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    server_ref: list = []
+
+    async def scenario() -> None:
+        server_ref.append(await start_server(tls, token))
+        codes = [await status("127.0.0.9", "guess-%d" % i) for i in range(14)]
+        assert codes == [401] * 10 + [429] * 4
+        assert await status("127.0.0.1", "guess-x") == 401  # other sources are not affected
+        # the right token is never refused: its holder may share the address with the guesser (NAT, a proxy)
+        assert await status("127.0.0.9", token) == 101
+        await server_ref[0].stop()
+
+    run(scenario())
+    limited = [r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]
+    assert len(limited) == 1 and "remote=127.0.0.9" in limited[0].getMessage()
+    assert token not in caplog.text and "guess-3" not in caplog.text
+
+
+def test_behind_trusted_proxies_the_client_is_the_rightmost_hop_that_is_not_one() -> None:
+    trusted = SourceAllowList(parse_networks("127.0.0.5,10.0.0.0/8"))
+    forwarded = Headers([("X-Forwarded-For", "198.51.100.7, 203.0.113.9"), ("X-Forwarded-For", "10.1.2.3")])
+    assert client_address(("127.0.0.5", 1), forwarded, trusted) == "203.0.113.9"  # 198.51.100.7: anyone's claim
+    assert client_address(("192.0.2.1", 1), forwarded, trusted) == "192.0.2.1"  # not a proxy: its header means nothing
+    assert client_address(("127.0.0.5", 1), forwarded, None) == "127.0.0.5"  # no option, no trust
+    assert client_address(("127.0.0.5", 1), Headers(), trusted) == "127.0.0.5"  # a proxy that names nobody
+    assert client_address(("127.0.0.5", 1), Headers([("X-Forwarded-For", "10.0.0.1")]), trusted) == "10.0.0.1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.text(max_size=300),
+    st.dictionaries(st.sampled_from(["type", "protocol", "mode", "services", "window", "client_id", "extra"]),
+                    st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=10)),
+                              st.dictionaries(st.text(max_size=5), st.integers())),
+                    max_size=7).map(json.dumps),
+))
+def test_hello_parser_only_ever_refuses_cleanly(text: str) -> None:
+    try:
+        hello_msg = parse_hello(text)
+    except HandshakeError as exc:
+        assert 4000 <= exc.code < 4100 and str(exc)
+    else:
+        assert isinstance(hello_msg.services, list) and hello_msg.window >= 16 * 1024
+
+
+def opens(first: int, count: int = 4096) -> bytes:
+    """``count`` OPEN frames for streams ``first``, ``first + 2``, ... (to a target nobody serves)."""
+    return b"".join(HEADER.pack(FrameType.OPEN, first + 2 * i, 5) + b"tcp:1" for i in range(count))
+
+
+async def flood_without_reading(ws, first: int, seconds: float = 15, patience: float = 3) -> bool:
+    """Send OPENs while reading nothing; True once one send has waited ``patience`` seconds
+    (the peer stopped reading) or the peer closed, False if it took everything for ``seconds``."""
+    ws.transport.pause_reading()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    stream = first
+    while loop.time() < deadline:
+        try:
+            await asyncio.wait_for(ws.send(opens(stream)), patience)
+        except (asyncio.TimeoutError, ConnectionClosed):
+            return True
+        stream += 2 * 4096
+    return False
+
+
+async def closed_within(session, seconds: float) -> bool:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(session.closed.wait(), seconds)
+    return session.closed.is_set()
+
+
+async def one_session(server):
+    for _ in range(100):
+        if server.control.clients:
+            return next(iter(server.control.clients))
+        await asyncio.sleep(0.02)
+    raise AssertionError("no session")
+
+
+def test_a_client_that_never_reads_is_not_read_from_and_is_dropped(tls: TlsFiles, token: str) -> None:
+    """Every OPEN queues a RESET the client never reads: the server stops reading it, then keepalive drops it."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, keepalive=2.0)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        session = await one_session(server)
+        stopped = await flood_without_reading(ws, 1)
+        assert stopped, "the server kept reading OPENs from a client that reads none of its RESETs"
+        # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; several times that fill the sockets' buffers first
+        assert (session.mux._peer_highest + 1) // 2 < 500_000
+        assert await closed_within(session, 10) and not server.control.clients  # no sign of life, no pong: dropped
+        ws.transport.abort()
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_pings_and_goaways_from_a_client_that_never_reads_neither_pile_up_nor_keep_it_alive(
+    tls: TlsFiles, token: str
+) -> None:
+    async def scenario() -> None:
+        server = await start_server(tls, token, keepalive=2.0)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        ws.transport.pause_reading()
+        session = await one_session(server)
+        transport = session.websocket.transport
+        goaway = HEADER.pack(FrameType.GOAWAY, 0, 0)
+        started = last_goaway = time.monotonic()
+        peak = 0
+        while time.monotonic() - started < 12 and not session.closed.is_set():
+            for _ in range(500):
+                ws.protocol.send_ping(os.urandom(125))
+            if time.monotonic() - last_goaway > 0.15:  # GOAWAY again and again: not a sign of life
+                ws.protocol.send_binary(goaway)
+                last_goaway = time.monotonic()
+            ws.send_data()
+            peak = max(peak, transport.get_write_buffer_size())
+            await asyncio.sleep(0.01)
+        alive_for = time.monotonic() - started
+        assert session.closed.is_set(), f"still served after {alive_for:.1f} s (keepalive 2 s)"
+        assert peak < 2 * 1024 * 1024, f"{peak} bytes of pongs queued"
+        ws.transport.abort()
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_path, tls: TlsFiles, token: str) -> None:
+    """Each OPEN for a service the client never advertised is refused (a RESET and a log line), and never read."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    stopped: list[bool] = []
+
+    async def attack(ws, hello_msg) -> None:
+        stopped.append(await flood_without_reading(ws, 2))
+
+    async def scenario() -> None:
+        async with malicious_server(tls, attack) as url:
+            client = spawn("tcp", "client", "--url", url, "--tls-ca", str(tls.ca), "--token-file", str(token_file),
+                           "--upstream", "127.0.0.1", "--ports", str(free_port()), "--keepalive", "2",
+                           log=tmp_path / "client.log")
+            try:
+                for _ in range(300):
+                    if stopped:
+                        break
+                    await asyncio.sleep(0.1)
+            finally:
+                terminate(client)
+
+    run(scenario())
+    assert stopped == [True], "the client kept reading OPENs from a server that reads none of its RESETs"
+    lines = (tmp_path / "client.log").read_text().splitlines()
+    refused = [line for line in lines if "event=refused_stream" in line]
+    assert 0 < len(refused) <= 20 and len(lines) < 100, f"{len(lines)} log lines"
+
+
+def test_a_server_cannot_make_the_client_hold_more_than_its_limits(tls: TlsFiles, token: str) -> None:
+    """Streams to an upstream that never reads: the client takes at most --max-streams of them, each its
+    first window (256 KiB) and all together --max-buffer more, plus what the kernel keeps per socket
+    (NOTSENT_LOWAT, the upstream's own buffer)."""
+    mib = 1024 * 1024
+    taken: dict[int, int] = {}
+    refused: list[int] = []
+    done = asyncio.Event()
+
+    async def attack(ws, hello_msg) -> None:
+        """Open 40 streams, fill every one as far as credit goes, until nothing moves for 1.5 s."""
+        mux = Multiplexer(client=False, send_window=hello_msg.window)
+        streams = [mux.open_stream(hello_msg.services[0]) for _ in range(40)]
+        taken.update({sid: 0 for sid in streams})
+        loop = asyncio.get_running_loop()
+        started = last_progress = loop.time()
+        while loop.time() - started < 10 and loop.time() - last_progress < 1.5:
+            for sid in streams:
+                while mux.is_open(sid) and (room := mux.send_window(sid)):
+                    taken[sid] += mux.send_data(sid, bytes(min(room, 64 * 1024)))
+                    last_progress = loop.time()
+            for message in mux.data_to_send():
+                await ws.send(message)
+            try:
+                message = await asyncio.wait_for(ws.recv(), 0.05)
+            except asyncio.TimeoutError:
+                continue
+            refused.extend(e.stream_id for e in mux.receive(message) if isinstance(e, StreamReset))
+        done.set()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        upstream = await loop.create_server(lambda: NeverReads(), "127.0.0.1", 0)
+        async with malicious_server(tls, attack) as url:
+            client, task = await start_client(url, token, tls, {free_port(): Upstream("127.0.0.1", port_of(upstream))},
+                                              max_streams=30, max_buffer=8 * mib)
+            await asyncio.wait_for(done.wait(), 20)
+            await stop(task)
+        upstream.close()
+
+    run(scenario())
+    assert sorted(refused) == sorted(taken)[30:]  # past --max-streams: refused
+    total = sum(taken.values())
+    assert total <= 8 * mib + 30 * (256 + 512) * 1024, f"the server got {total / mib:.0f} MiB into the client host"
+
+
+class NeverReads(asyncio.Protocol):
+    """An upstream that accepts and never reads."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+def silent_connection(port: int, source: str) -> socket.socket:
+    """A TCP connection to the control port that never sends a byte."""
+    return socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=5)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def test_unauthenticated_connections_are_capped_per_source_and_in_total(tls: TlsFiles, token: str) -> None:
+    """Past --max-handshakes-per-source a source's new connection is closed at once; at --max-handshakes
+    the oldest pending one makes room, so a client that completes its handshake still gets in."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, max_handshakes=20, max_handshakes_per_source=5)
+        port = server.control.addresses[0][1]
+        one_source = [silent_connection(port, "127.0.0.2") for _ in range(12)]
+        await asyncio.sleep(0.5)
+        assert [closed_by_server(s) for s in one_source] == [False] * 5 + [True] * 7
+        many = [silent_connection(port, f"127.0.3.{i % 10 + 1}") for i in range(30)]
+        await asyncio.sleep(0.5)
+        assert all(closed_by_server(s) for s in one_source)  # the oldest made room
+        kept = [not closed_by_server(s) for s in many]
+        assert kept == [False] * 10 + [True] * 20
+        await still_serving(server, tls, token)  # an honest client got in, past the full cap
+        for s in one_source + many:
+            s.close()
+        await server.stop()
+
+    run(scenario())
+
+
+def test_thousands_of_half_open_tls_connections_cost_little_and_give_memory_back(tmp_path, tls: TlsFiles) -> None:
+    """3,000 connections from 100 addresses (silent, half a ClientHello, or TLS done and half a request head)
+    against a server process: its memory stays within the caps' worth and returns once they close."""
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 40 + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(port), "--tls-cert",
+                   str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file), log=tmp_path / "server.log")
+    ctx = client_context(tls.ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    probe = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        probe.do_handshake()
+    client_hello = outgoing.read()
+
+    def rss() -> float:
+        with open(f"/proc/{server.pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+    async def scenario() -> tuple[float, float, float]:
+        await wait_listening("127.0.0.1", port)
+        await asyncio.sleep(1)
+        start = peak = rss()
+        held: list = []
+        for i in range(3000):
+            source = f"127.0.4.{i % 100 + 1}"
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                if i % 3 == 2:
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=(source, 0)), 5)
+                    writer.write(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
+                    held.append(writer)
+                else:
+                    sock = silent_connection(port, source)
+                    if i % 3 == 1:
+                        sock.sendall(client_hello[: len(client_hello) // 2])
+                    held.append(sock)
+            if i % 100 == 0:
+                peak = max(peak, rss())
+        await asyncio.sleep(1)
+        peak = max(peak, rss())
+        for item in held:
+            item.close()
+        await asyncio.sleep(4)
+        return start, peak, rss()
+
+    try:
+        start, peak, after = run(scenario(), timeout=120)
+    finally:
+        terminate(server)
+    assert peak - start < 64, f"RSS {start:.0f} MiB -> {peak:.0f} MiB with 3,000 half-open connections"
+    assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"

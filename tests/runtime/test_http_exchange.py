@@ -1,0 +1,284 @@
+"""The HTTP exchange's response side (``progress``) through its interface, ``exchange.Front``.
+
+A real ``Leg`` on a real ``Session`` and ``Multiplexer`` (no websocket: nothing here needs the
+wire) is fed an upstream's bytes as the tunnel would deliver them; the user's connection is a
+small ``Front`` that records what the exchange writes and how it hands the connection back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Awaitable, Callable
+
+import pytest
+
+from inlets_py.runtime.core.mux import Multiplexer, ResetCode
+from inlets_py.runtime.core.session import Session
+from inlets_py.runtime.http import exchange
+from inlets_py.runtime.http.guard import Guards
+from inlets_py.runtime.http.leg import Leg
+from inlets_py.runtime.http.options import HttpOptions
+from inlets_py.runtime.http.parser import RequestHead, RequestReader
+from inlets_py.runtime.http.write import request_head
+
+SERVICE = "http:app.example"
+
+
+def in_loop(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (a Leg and a Session need a running one)."""
+
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+class Transport:
+    """What the user would receive: every write, and whether the connection was closed or cut."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self.guards = Guards()
+        self.exchanges: set[Leg] = set()
+        self.upstream_timeout = 60.0
+        self.observed: list[tuple[int, str, bytes]] = []
+
+    def route(self, host: str) -> tuple[str | None, str]:
+        return SERVICE, host
+
+    def options_for(self, session: Session) -> HttpOptions:
+        return HttpOptions()
+
+    def observe(self, status: int, label: str, method: bytes, started: float) -> None:
+        self.observed.append((status, label, method))
+
+
+class Front:
+    """A user connection as the exchange sees it; ``legs`` are what ``pick`` hands out, in order."""
+
+    def __init__(self, legs: list[Leg]) -> None:
+        self.server = Gateway()
+        self.transport: Transport | None = Transport()
+        self.loop = asyncio.get_running_loop()
+        self.peer = b"192.0.2.7"
+        self.scheme = b"http"
+        self.exchange: exchange.Exchange | None = None
+        self.leg: Leg | None = None
+        self.parked = False
+        self.idle_since: float | None = None
+        self.drain: asyncio.Future | None = None
+        self.legs = legs
+        self.resumed = 0
+        self.woken = 0
+
+    def pick(self, service: str) -> Leg | None:
+        self.leg = self.legs.pop(0) if self.legs else None
+        return self.leg
+
+    def on_leg(self) -> None:
+        exchange.progress(self)  # type: ignore[arg-type]
+
+    def resume_requests(self) -> None:
+        self.resumed += 1
+
+    def wake(self) -> None:
+        self.woken += 1
+
+
+def session() -> Session:
+    return Session(None, Multiplexer(client=False), name="test")  # type: ignore[arg-type]
+
+
+def request(raw: bytes = b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n") -> RequestHead:
+    head = RequestReader().feed(raw)[0]
+    assert isinstance(head, RequestHead)
+    return head
+
+
+def start(front: Front, head: RequestHead, waiter: asyncio.Future | None = None, reused: bool = False) -> Leg:
+    """Send ``head`` as the fast path does (or as the coroutine does, with a ``waiter``)."""
+    leg = front.pick(SERVICE)
+    assert leg is not None
+    if reused:
+        leg.received = 1  # the stream carried an exchange before this one
+    sent = request_head(head, SERVICE, HttpOptions(), False, front.peer, front.scheme)
+    front.parked = waiter is None
+    exchange.start(front, head, leg, HttpOptions(), "app.example", front.loop.time(), sent, waiter)  # type: ignore[arg-type]
+    return leg
+
+
+def feed(leg: Leg, data: bytes) -> None:
+    leg.on_data(data)  # as the tunnel delivers it: the leg parses, then calls its listener (the front)
+
+
+@in_loop
+async def test_a_response_goes_to_the_user_in_one_write_and_the_fast_path_takes_the_next_request() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: 1\r\n\r\nhello")
+    assert front.transport is not None
+    assert len(front.transport.writes) == 1
+    assert front.transport.data.startswith(b"HTTP/1.1 200 OK\r\n") and front.transport.data.endswith(b"\r\n\r\nhello")
+    assert b"X-App: 1\r\n" in front.transport.data
+    assert front.server.observed == [(200, "app.example", b"GET")]
+    assert front.exchange is None and not front.parked and front.idle_since is not None and front.resumed == 1
+    assert leg not in front.server.exchanges and leg.listener is None
+
+
+@in_loop
+async def test_the_response_arrives_in_pieces_and_each_batch_is_one_write() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab")
+    assert front.exchange is not None and front.resumed == 0
+    feed(leg, b"cdef")
+    assert front.transport is not None and len(front.transport.writes) == 2 and front.transport.writes[1] == b"cdef"
+    assert front.exchange is None and front.resumed == 1
+
+
+@in_loop
+async def test_a_chunked_upstream_is_rechunked_and_informational_answers_are_relayed() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert front.transport is not None
+    data = front.transport.data
+    assert data.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in data and data.endswith(b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert front.server.observed == [(200, "app.example", b"GET")]
+
+
+@in_loop
+async def test_a_reset_before_the_answer_is_a_502_and_the_connection_closes() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    leg.on_reset(int(ResetCode.REFUSED), "connection refused")
+    assert front.transport is not None
+    assert front.transport.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert b"bad gateway: " in front.transport.data
+    assert front.server.observed == [(502, "app.example", b"GET")]
+    assert front.transport.closed and front.exchange is None and front.leg is None
+
+
+@in_loop
+async def test_an_upstream_that_stays_silent_is_a_504_naming_the_timeout() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    leg.timed_out = True  # as the server's sweep marks it
+    exchange.progress(front)  # type: ignore[arg-type]
+    assert front.transport is not None
+    assert front.transport.data.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert front.transport.data.endswith(b"upstream did not answer within 60s\n")
+
+
+@in_loop
+async def test_a_reused_stream_closed_without_answering_is_sent_once_more_on_a_fresh_one() -> None:
+    s = session()
+    first, second = Leg(s, SERVICE), Leg(s, SERVICE)
+    front = Front([first, second])
+    start(front, request(), reused=True)
+    first.on_eof()
+    assert front.exchange is not None and front.exchange.leg is second and front.exchange.retried
+    assert front.transport is not None and front.transport.writes == []
+    feed(second, b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert front.transport.data.startswith(b"HTTP/1.1 204 No Content\r\n")
+    assert front.server.observed == [(204, "app.example", b"GET")]
+
+
+@in_loop
+async def test_a_fresh_stream_closed_without_answering_is_not_retried() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE), Leg(s, SERVICE)])
+    leg = start(front, request())
+    leg.on_eof()
+    assert front.transport is not None and front.transport.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert len(front.legs) == 1  # the spare leg was never picked
+
+
+@in_loop
+async def test_a_response_cut_after_its_head_aborts_the_user_connection() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    leg.on_reset(int(ResetCode.CANCEL), "client went away")
+    assert front.transport is not None and front.transport.aborted
+    assert front.server.observed == []  # never completed: not counted as a 200
+
+
+@in_loop
+async def test_credit_waits_while_the_users_socket_is_full() -> None:
+    class CountingLeg(Leg):
+        releases = 0
+
+        def release(self) -> None:
+            CountingLeg.releases += 1
+            super().release()
+
+    s = session()
+    leg = CountingLeg(s, SERVICE)
+    front = Front([leg])
+    start(front, request())
+    front.drain = front.loop.create_future()
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+    assert front.transport is not None and front.transport.data.endswith(b"12345")
+    assert front.exchange is not None and front.exchange.unreleased and CountingLeg.releases == 0
+    front.drain = None
+    exchange.resumed(front)  # type: ignore[arg-type]
+    assert not front.exchange.unreleased and CountingLeg.releases == 1
+
+
+@pytest.mark.parametrize("response, keep", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", True),  # the upstream's close is its own
+    (b"HTTP/1.0 200 OK\r\n\r\nbody until close", False),
+])
+@in_loop
+async def test_the_coroutines_waiter_learns_whether_the_user_connection_stays(response: bytes, keep: bool) -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    waiter = front.loop.create_future()
+    leg = start(front, request(), waiter=waiter)
+    feed(leg, response)
+    if not keep:
+        leg.on_eof()
+    assert waiter.done() and waiter.result() is keep
+    assert front.resumed == 0  # the coroutine, not the fast path, carries on
+
+
+@in_loop
+async def test_the_user_going_away_mid_exchange_lets_go_of_the_leg() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    front.transport = None
+    exchange.abandon(front)  # type: ignore[arg-type]
+    assert front.exchange is None and leg.listener is None and leg not in front.server.exchanges
+    assert leg.failure is not None and front.woken == 1

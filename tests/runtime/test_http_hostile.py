@@ -1,0 +1,300 @@
+"""Hostile input on the HTTP data plane (issue 14): smuggling through Connection, pipelines, protection
+that fails open, status codes, absolute-form targets. Real server, tunnel clients and upstreams on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers.faults import rss_kib
+from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.process import INLETS, ROOT, wait_port
+from inlets_py.runtime.cli.lifecycle import run_until_signalled
+from inlets_py.runtime.http.options import HttpOptions
+from helpers.tunnel import free_port
+
+ALICE = b"Authorization: Basic " + base64.b64encode(b"alice:pw") + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        app, up = stack.upstream("A")
+        catch, up_catch = stack.upstream("CATCH")
+        guarded, up_guarded = stack.upstream("GUARDED")
+        open_app, up_open = stack.upstream("OPEN")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}", f"http://{LOOPBACK}:{up_catch}"])
+        protect = HttpOptions.build(basic_auth=("alice", "pw"))
+        _, leaving = stack.client(server, tls, token, [f"leaving.test=http://{LOOPBACK}:{up_guarded}"], protect)
+        stack.client(server, tls, token, [f"shared.test=http://{LOOPBACK}:{up_guarded}"], protect)
+        stack.client(server, tls, token, [f"shared.test=http://{LOOPBACK}:{up_open}"])  # the same name, unprotected
+        port = _framing_upstream(stack)
+        stack.client(server, tls, token, [f"framing.test=http://{LOOPBACK}:{port}"])
+        yield dict(stack=stack, app=app, catch=catch, guarded=guarded, open=open_app, leaving=leaving,
+                   server=server, port=server.data_port, ports=dict(guarded=up_guarded))
+    finally:
+        stack.close()
+
+
+def _framing_upstream(stack: Stack) -> int:
+    """An upstream whose answers name Content-Length in Connection (kept alive)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Content-Length\r\nContent-Length: 5\r\n\r\n"
+                             b"hello")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return stack.serve(handle)
+
+
+def seen(app) -> list[str]:
+    return [r["target"] for r in app.stats.requests]
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
+    length = int(lengths[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def wait_until(predicate, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- 1: Connection naming framing or Host
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: admin.internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize("host, connection", [
+    (b"app.test", b"content-length"),
+    (b"app.test", b"keep-alive, Content-Length"),
+    (b"app.test", b"host"),
+    (b"app.test", b"transfer-encoding"),
+    (b"leaving.test", b"content-length"),  # protected: the connection's first request is authorised
+])
+def test_connection_naming_framing_or_host_is_refused(env, host, connection):
+    before = {name: len(env[name].stats.requests) for name in ("app", "catch", "guarded")}
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        if host == b"leaving.test":
+            sock.sendall(b"GET /first HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE + b"\r\n")
+            assert read_answer(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: " + host + b"\r\n" + ALICE + b"Connection: " + connection
+                     + b"\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"Connection header may not name" in answer and b"connection: close" in answer.lower()
+    after = {name: len(env[name].stats.requests) for name in before}
+    first = 1 if host == b"leaving.test" else 0
+    assert after == {**before, "guarded": before["guarded"] + first}  # neither POST nor /smuggled reached one
+
+
+def test_response_naming_content_length_in_connection_keeps_its_framing(env):
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        for _ in range(2):  # twice on one connection: the user can tell where the first answer ends
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: framing.test\r\n\r\n")
+            answer = read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello"), answer
+
+
+# ---------------------------------------------------------------- 5: pipelines
+
+
+def test_thousands_of_pipelined_requests_and_a_partial_head_are_all_answered(env):
+    """A read full of small requests ending inside a head is no reason for 431 (the head is small)."""
+    count = 6000
+    pipeline = b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(count))
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=20) as sock:
+
+        def send() -> None:
+            sock.sendall(pipeline + b"GET /last HTTP/1.1\r\nHost: app.te")
+            time.sleep(0.3)
+            sock.sendall(b"st\r\nConnection: close\r\n\r\n")
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        answers = b""
+        while chunk := sock.recv(1 << 20):
+            answers += chunk
+        sender.join(10)
+    assert answers.count(b"HTTP/1.1 200 ") == count + 1, answers[answers.find(b"HTTP/1.1 4"):][:300]
+    assert seen(env["app"])[-1] == "/last"
+
+
+# ---------------------------------------------------------------- 6: protection belongs to the name
+
+
+def test_protection_covers_every_client_of_the_name(env):
+    """Two clients serve shared.test, one declared basic auth: every request needs it, no upstream sees it."""
+    for _ in range(6):  # round robin: both clients' turns
+        assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: shared.test\r\nConnection: close\r\n\r\n"
+                           ).startswith(b"HTTP/1.1 401 ")
+    answers = [raw_request(env["port"], b"GET /in HTTP/1.1\r\nHost: shared.test\r\n" + ALICE
+                           + b"Connection: close\r\n\r\n") for _ in range(6)]
+    upstreams = {json.loads(a.partition(b"\r\n\r\n")[2])["upstream"] for a in answers}
+    assert upstreams == {"GUARDED", "OPEN"}
+    for app in (env["guarded"], env["open"]):
+        assert all("authorization" not in dict(r["headers"]) for r in app.stats.requests)
+
+
+def test_protected_name_whose_client_left_is_503_never_the_catch_all(env, tls, token):
+    stack = env["stack"]
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                       + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+    stack.stop_client(env["leaving"])
+    wait_until(lambda: not env["server"].registry.sessions_for("http:leaving.test"))
+    before = len(env["catch"].stats.requests)
+    with_credential = raw_request(env["port"], b"GET /private HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                                  + b"Connection: close\r\n\r\n")
+    assert with_credential.startswith(b"HTTP/1.1 503 "), with_credential[:200]
+    without = raw_request(env["port"], b"GET /private HTTP/1.1\r\nHost: leaving.test\r\nConnection: close\r\n\r\n")
+    assert without.startswith(b"HTTP/1.1 401 ") and b'basic realm="inlets"' in without.lower()
+    assert len(env["catch"].stats.requests) == before  # the catch-all never saw them, nor the credential
+    # the name's owner comes back: protected as before
+    stack.client(env["server"], tls, token, [f"leaving.test=http://{LOOPBACK}:{env['ports']['guarded']}"],
+                 HttpOptions.build(basic_auth=("alice", "pw")))
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\nConnection: close\r\n\r\n"
+                       ).startswith(b"HTTP/1.1 401 ")
+    assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
+                       + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+
+
+# ---------------------------------------------------------------- 8: absolute-form targets
+
+
+def test_absolute_form_routes_by_its_authority_and_goes_upstream_in_origin_form(env):
+    answer = raw_request(env["port"], b"GET http://APP.test:80/x?y=1 HTTP/1.1\r\nHost: other.test\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    request = json.loads(answer.partition(b"\r\n\r\n")[2])
+    headers = dict(request["headers"])
+    assert request["upstream"] == "A" and request["target"] == "/x?y=1"  # not the catch-all, which Host names
+    assert headers["host"] == "APP.test:80" and headers["x-forwarded-host"] == "APP.test:80"
+    # nor does Host open a protected name's door for another one
+    answer = raw_request(env["port"], b"GET http://leaving.test/private HTTP/1.1\r\nHost: app.test\r\n"
+                                      b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+    for target in (b"ftp://app.test/", b"http://user@app.test/", b"http:///nohost"):
+        answer = raw_request(env["port"], b"GET " + target + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 "), (target, answer[:200])
+
+
+# ---------------------------------------------------------------- the real command, without uvloop
+
+#: ``inlets`` as installed without the ``fast`` extra: ``import uvloop`` fails, so the loop runs inside
+#: ``except ImportError`` (the state in which refusals used to become "No module named 'uvloop'").
+NO_UVLOOP = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; from inlets_py.runtime.cli.main import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def proc(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hostile-http")
+    token = tmp / "token"
+    token.write_text(secrets.token_hex(32) + "\n")
+    stack = Stack()
+    procs: list[subprocess.Popen] = []
+    try:
+        app, up = stack.upstream("P")
+        control, data = free_port(), free_port()
+        procs.append(subprocess.Popen(NO_UVLOOP + [
+            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
+            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp / "tls"),
+            "--auto-tls-san", LOOPBACK, "--token-file", str(token), "--drain-timeout", "1"], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w")))
+        wait_port(control)
+        procs.append(subprocess.Popen(INLETS + [
+            "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(token),
+            "--tls-ca", str(tmp / "tls" / "ca.crt"), "--upstream", f"app.test=http://{LOOPBACK}:{up}",
+            "--drain-timeout", "1"], cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=open(tmp / "client.log", "w")))
+        wait_until(lambda: raw_request(data, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+                                       ).startswith(b"HTTP/1.1 200 "), 20)
+        yield dict(server=procs[0], port=data, app=app)
+    finally:
+        for process in reversed(procs):
+            process.terminate()
+            process.wait(10)
+        stack.close()
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n", 405),
+    (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: app.test\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"h" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: app.test\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431),
+])
+def test_refusals_keep_their_status_and_name_no_internals(proc, request_bytes, status):
+    """Issue 14 item 7: these got '400 bad HTTP message: No module named 'uvloop''."""
+    answer = raw_request(proc["port"], request_bytes)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    body = answer.partition(b"\r\n\r\n")[2].lower()
+    for internal in (b"uvloop", b"module", b"callback", b"error", b"traceback"):
+        assert internal not in body, body
+
+
+def test_the_loop_runs_outside_the_uvloop_import_check(monkeypatch):
+    """What is raised in the server's loop carries no ImportError along (nor do its tracebacks in logs)."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    contexts = []
+
+    async def start() -> None:
+        pass
+
+    async def main() -> None:
+        try:
+            raise ValueError("raised in the loop")
+        except ValueError as exc:
+            contexts.append(exc.__context__)
+
+    run_until_signalled(start, main)
+    assert contexts == [None]
+
+
+def test_a_user_who_pipelines_and_never_reads_is_no_longer_read(proc):
+    """8 MiB of pipelined requests, no answer read: the server parses a bounded queue and stops reading."""
+    baseline = rss_kib(proc["server"].pid)
+    request = b"GET /n HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    block = request * (64 * 1024 // len(request))
+    sent, blocked_since = 0, None
+    with socket.create_connection((LOOPBACK, proc["port"]), timeout=10) as sock:
+        sock.setblocking(False)
+        deadline = time.monotonic() + 20
+        while sent < 8 * 1024 * 1024 and time.monotonic() < deadline:
+            try:
+                sent += sock.send(block)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 2:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        time.sleep(1)  # what the server read, it has parsed by now
+        grown = (rss_kib(proc["server"].pid) - baseline) // 1024
+    print(f"sent {sent >> 20} MiB of pipelined requests; server RSS grew by {grown} MiB")
+    assert grown < 24, f"server RSS grew by {grown} MiB on {sent >> 20} MiB of unread pipelined requests"

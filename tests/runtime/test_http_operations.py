@@ -1,0 +1,146 @@
+"""Operations features on the HTTP server: --allow-ips (403, counted), a balancer's PROXY header
+(the source for X-Forwarded-For and the allow-list), /status, and generated service definitions."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+import yaml
+from helpers.proxy_daemons import binary
+from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.process import inlets
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+from inlets_py.runtime.server.proxy_protocol import encode
+
+GET = b"GET /who HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    stack = Stack()
+    yield stack
+    stack.close()
+
+
+def requests_counted(server, code: str) -> float:
+    for family in text_string_to_metric_families(generate_latest(server.metrics.registry).decode()):
+        for sample in family.samples:
+            if sample.name == "http_dataplane_requests_total" and sample.labels.get("code") == code:
+                return sample.value
+    return 0.0
+
+
+def request_from(port: int, source: str, payload: bytes = GET) -> bytes:
+    with socket.create_connection((LOOPBACK, port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(payload)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def test_allow_ips_answers_403_to_other_sources_and_counts_them(stack, tls, token) -> None:
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, dataplane=DataPlaneOptions(allow_ips=SourceAllowList(parse_networks("127.0.0.2"))))
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    assert request_from(server.data_port, "127.0.0.2").startswith(b"HTTP/1.1 200")
+    before = len(app.stats.requests)
+    refused = request_from(server.data_port, "127.0.0.3")
+    assert refused.startswith(b"HTTP/1.1 403 Forbidden") and len(app.stats.requests) == before  # never reached the app
+    assert requests_counted(server, "403") == 1
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_balancer_header_gives_the_real_source(stack, tls, token, version: str) -> None:
+    app, app_port = stack.upstream("app")
+    gate = DataPlaneOptions(allow_ips=SourceAllowList(parse_networks("203.0.113.0/24")), lb_proxy_protocol=version)
+    server = stack.server(tls, token, dataplane=gate)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    port = server.data_port
+    answer = raw_request(port, encode(version, ("203.0.113.9", 4242), (LOOPBACK, port)) + GET)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    seen = dict((n.lower(), v) for n, v in json.loads(answer.split(b"\r\n\r\n", 1)[1])["headers"])
+    assert seen["x-forwarded-for"] == "203.0.113.9"
+    outside = raw_request(port, encode(version, ("198.51.100.1", 4242), (LOOPBACK, port)) + GET)
+    assert outside.startswith(b"HTTP/1.1 403")
+    assert raw_request(port, GET).startswith(b"HTTP/1.1 403")  # no header at all: not from the balancer
+
+
+def test_http_server_has_status(stack, tls, token) -> None:
+    from inlets_py.runtime.core.probe import get, parse_url
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token)
+    stack.client(server, tls, token, [f"site.test=http://{LOOPBACK}:{app_port}"])
+    host, port = server.control.addresses[0][:2]
+    answer = get(parse_url(f"wss://{host}:{port}"), "/status", ca_file=tls.ca, token=token)
+    doc = json.loads(answer.body)
+    assert answer.status == 200 and doc["mode"] == "http" and doc["clients"][0]["services"] == ["http:site.test"]
+
+
+def test_generated_definitions_for_http_commands(tmp_path, tls, token_file) -> None:
+    server = inlets("http", "server", "--port", "8080", "--token-file", str(token_file), "--tls-cert", str(tls.cert),
+                    "--tls-key", str(tls.key), "--generate", "k8s_yaml")
+    kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(server.stdout)}
+    assert set(kinds) == {"Secret", "Deployment", "Service"}, server.stderr
+    assert {p["port"] for p in kinds["Service"]["spec"]["ports"]} == {8080, 8123}
+    client = inlets("http", "client", "--url", "wss://203.0.113.10:8123", "--token", "tok-xyz",
+                    "--upstream", "http://127.0.0.1:3000", "--generate", "systemd")
+    assert client.returncode == 0 and "tok-xyz" not in client.stdout and "inlets http client" in client.stdout
+    unit = tmp_path / "inlets-http-client.service"
+    unit.write_text(client.stdout)
+    check = subprocess.run([binary("systemd-analyze"), "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
+
+
+@pytest.fixture
+def token_file(tmp_path, token):
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(stack, tls, token) -> None:
+    import time
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, header_timeout=1.0, idle_timeout=30.0)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    slow = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+    idle = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+    idle.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # then it stays quiet, kept alive
+    started = time.monotonic()
+    slow.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\n")
+    answer = b""
+    for _ in range(40):  # one header byte every 0.1 s: never a whole head
+        try:
+            slow.sendall(b"X")
+        except OSError:
+            break
+        slow.settimeout(0.1)
+        try:
+            answer += slow.recv(65536)
+        except socket.timeout:
+            continue
+        if answer:
+            break
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 3.5
+    idle.sendall(b"GET /second HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+    idle.settimeout(5)
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # the quiet keep-alive user was not cut
+    assert requests_counted(server, "408") == 1
+    slow.close()
+    idle.close()

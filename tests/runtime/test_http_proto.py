@@ -1,0 +1,294 @@
+"""HTTP framing, limits and options without sockets (http_proto, http_options)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from inlets_py.runtime.http.guard import Guards
+from inlets_py.runtime.http.options import HttpOptions, OptionError
+from inlets_py.runtime.http.parser import (
+    HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
+    Upgraded, host_of,
+)
+from inlets_py.runtime.http.write import kept_lines
+
+
+def feed_all(reader, data: bytes, step: int | None = None) -> list:
+    events = []
+    step = step or len(data)
+    for i in range(0, len(data), step):
+        events += reader.feed(data[i : i + step])
+    return events
+
+
+def test_request_events_any_split():
+    raw = (b"POST /up?x=1 HTTP/1.1\r\nHost: Example.COM.:8080\r\nTransfer-Encoding: chunked\r\n"
+           b"Expect: 100-continue\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    for step in (1, 7, len(raw)):
+        events = feed_all(RequestReader(), raw, step)
+        head = events[0]
+        assert isinstance(head, RequestHead)
+        assert (head.method, head.target, head.host, head.chunked, head.expect_continue) == (
+            b"POST", b"/up?x=1", "example.com", True, True)
+        assert b"".join(e.data for e in events if isinstance(e, Body)) == b"abcde"
+        assert isinstance(events[-1], EndOfMessage)
+
+
+def test_pipelined_requests_keep_order():
+    raw = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+    heads = [e for e in RequestReader().feed(raw) if isinstance(e, RequestHead)]
+    assert [(h.target, h.host, h.keep_alive) for h in heads] == [(b"/a", "a", True), (b"/b", "b", False)]
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+])
+def test_smuggling_and_malformed_requests_are_400(raw):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(raw)
+    assert info.value.status == 400
+
+
+def test_header_limits_are_431():
+    many = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n"
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(many)
+    assert info.value.status == 431
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n"
+    with pytest.raises(HttpError) as info:
+        feed_all(RequestReader(), big, 4096)  # split: the limit holds across reads too
+    assert info.value.status == 431
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert info.value.status == 414
+
+
+def test_connect_is_refused():
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
+    assert info.value.status == 405
+
+
+def test_upgrade_request_hands_over_the_raw_tail():
+    raw = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x00"
+    events = RequestReader().feed(raw)
+    assert events[0].upgrade and isinstance(events[-1], Upgraded) and events[-1].tail == b"\x81\x00"
+
+
+def test_response_reader_interim_head_and_close_delimited():
+    reader = ResponseReader()
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert [type(e) for e in events] == [ResponseHead, ResponseHead, Body, EndOfMessage]
+    assert events[0].status == 100 and events[1].status == 200 and events[1].reason == b"OK"
+    # the answer to HEAD has no body, whatever its Content-Length says; the next exchange parses fine
+    reader.expect(head_request=True)
+    events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert [type(e) for e in events] == [ResponseHead, EndOfMessage] and events[0].content_length == 1000
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert [type(e) for e in events] == [ResponseHead, EndOfMessage]
+    reader.expect(head_request=False)
+    events = reader.feed(b"HTTP/1.0 200 OK\r\n\r\nuntil close")
+    assert events[0].close_delimited and not events[0].keep_alive and events[1].data == b"until close"
+
+
+def test_response_smuggling_is_502():
+    reader = ResponseReader()
+    reader.expect(False)
+    with pytest.raises(HttpError) as info:
+        reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok")
+    assert info.value.status == 502
+
+
+def test_host_and_hop_by_hop():
+    assert host_of(b"[::1]:8000") == "::1"
+    assert host_of(b"WWW.Example.com.") == "www.example.com"
+    head = RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n"
+                                b"Keep-Alive: 5\r\nTE: trailers\r\nAccept: */*\r\nX-Drop: 1\r\n\r\n")[0]
+    kept = kept_lines(head.headers, head.lower, HOP_BY_HOP | {b"x-drop"}, head.connection)
+    assert kept == [b"Host: a\r\n", b"Accept: */*\r\n"]
+
+
+def test_options_round_trip_and_auth():
+    options = HttpOptions.build(request_add=["X-A: 1"], request_remove=["X-B"], response_add=["X-C: 2"],
+                                response_remove=["Server"], basic_auth=("alice", "s3cret"))
+    extra = options.to_extra()
+    assert "s3cret" not in str(extra)  # only a digest travels
+    back = HttpOptions.from_extra(extra)
+    assert back.request_add == [(b"X-A", b"1")] and back.response_remove == frozenset({b"server"})
+    good = b"Basic " + base64.b64encode(b"alice:s3cret")
+    assert back.authorized(good)
+    for bad in (None, b"Basic " + base64.b64encode(b"alice:wrong"), b"Bearer s3cret", b"Basic !!!"):
+        assert not back.authorized(bad)
+    bearer = HttpOptions.from_extra(HttpOptions.build(bearer_token="tkn").to_extra())
+    assert bearer.authorized(b"Bearer tkn") and not bearer.authorized(b"Bearer nope")
+
+
+@pytest.mark.parametrize("extra", [
+    {"http": []},
+    {"http": {"request_add": [["X-A", "1\r\nInjected: yes"]]}},
+    {"http": {"request_add": [["Bad Name", "1"]]}},
+    {"http": {"request_remove": ["x"] * 1000}},
+    {"http": {"basic_sha256": "not-a-digest"}},
+    {"http": {"basic_sha256": "0" * 64, "bearer_sha256": "1" * 64}},
+    {"http": {"rewrite_host": {"http:*": "evil\r\nhost"}}},
+])
+def test_server_refuses_malformed_options(extra):
+    with pytest.raises(OptionError):
+        HttpOptions.from_extra(extra)
+
+
+def test_cli_option_errors():
+    with pytest.raises(OptionError):
+        HttpOptions.build(request_add=["no-colon"])
+    with pytest.raises(OptionError):
+        HttpOptions.build(basic_auth=("a", "b"), bearer_token="c")
+
+
+# ------------------------------------------------------------------ issue 14: hostile input
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\nx", 400),
+])
+def test_refusals_keep_their_status_inside_an_except_block(raw, status):
+    """The server's loop runs inside ``except ImportError`` when uvloop is absent: Python then replaces
+    the ``__context__`` through which httptools reports a callback's exception."""
+    reader = RequestReader()
+    try:
+        raise ImportError("No module named 'uvloop'")
+    except ImportError:
+        with pytest.raises(HttpError) as info:
+            reader.feed(raw)
+    assert info.value.status == status and "module" not in str(info.value)
+    with pytest.raises(HttpError) as again:  # refused once, refused for good
+        reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert again.value.status == status
+
+
+@pytest.mark.parametrize("connection", [b"content-length", b"Keep-Alive, Content-Length", b"host", b"transfer-encoding"])
+def test_connection_may_not_make_framing_or_host_hop_by_hop(connection):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: " + connection
+                             + b"\r\nContent-Length: 5\r\n\r\nhello")
+    assert info.value.status == 400
+    reader = ResponseReader()
+    reader.expect(False)
+    head = reader.feed(b"HTTP/1.1 200 OK\r\nConnection: " + connection + b"\r\nContent-Length: 2\r\n\r\nok")[0]
+    assert b"Content-Length: 2\r\n" in kept_lines(head.headers, head.lower, HOP_BY_HOP, head.connection)
+
+
+@pytest.mark.parametrize("step", [None, 65536, 1000])
+def test_a_long_pipeline_ending_inside_a_head_is_not_431(step):
+    """Only the unfinished head counts against the header limit, not the requests before it in the read."""
+    pipeline = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n" * 4000 + b"GET /last HTTP/1.1\r\nHost: a\r\nX-Part: 1"
+    reader = RequestReader()
+    events = feed_all(reader, pipeline, step)
+    events += reader.feed(b"23\r\n\r\n")
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert len(heads) == 4001 and heads[-1].target == b"/last"
+
+
+def test_a_body_before_an_unfinished_head_does_not_count_against_it():
+    body = b"b" * 100_000  # no CRLF in it
+    raw = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"GET /next HTTP/1.1\r\nHo"
+    reader = RequestReader()
+    events = reader.feed(raw) + reader.feed(b"st: a\r\n\r\n")
+    assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/up", b"/next"]
+
+
+def test_an_endless_header_line_split_across_reads_is_still_431():
+    reader = RequestReader()
+    reader.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
+    with pytest.raises(HttpError) as info:
+        for _ in range(100):
+            reader.feed(b"v" * 1000)
+    assert info.value.status == 431
+
+
+def test_feed_within_stops_near_the_room_it_is_given():
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    data = request * 9000
+    reader = RequestReader()
+    events, used = reader.feed_within(data, 32)
+    heads = sum(isinstance(e, RequestHead) for e in events)
+    assert 32 <= heads <= 32 + PARSE_STEP // len(request) + 1 and used < len(data) // 10
+    rest, used_rest = reader.feed_within(data[used:], 10**6)  # the caller feeds the rest later: nothing lost
+    assert heads + sum(isinstance(e, RequestHead) for e in rest) == 9000 and used_rest == len(data) - used
+    # a body is never cut into steps, and an upgrade's tail holds all that followed it
+    upload = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\n\r\n" + b"x" * 200_000
+    events, used = RequestReader().feed_within(upload + request, 1)
+    assert used == len(upload) + len(request) and sum(isinstance(e, Body) for e in events) <= 2
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    events, used = RequestReader().feed_within(upgrade + b"\x81" * 20_000, 5)
+    assert used == len(upgrade) + 20_000 and events[-1].tail == b"\x81" * 20_000
+
+
+def test_requests_before_a_refused_one_are_parsed_first():
+    good = b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n"
+    bad = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: host\r\nContent-Length: 0\r\n\r\n"
+    reader = RequestReader()
+    events, used = reader.feed_within(good + bad, 32)
+    assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/ok"] and used == 0
+    with pytest.raises(HttpError):
+        reader.feed_within((good + bad)[used:], 32)
+
+
+@pytest.mark.parametrize("target, path, host", [
+    (b"http://Example.test/p?q=1", b"/p?q=1", "example.test"),
+    (b"HTTPS://example.test:8443", b"/", "example.test"),
+    (b"http://[::1]:8000?x", b"/?x", "::1"),
+])
+def test_absolute_form_target_names_the_host(target, path, host):
+    head = RequestReader().feed(b"GET " + target + b" HTTP/1.1\r\nHost: other.test\r\n\r\n")[0]
+    authority = target.partition(b"://")[2].split(b"/")[0].split(b"?")[0]
+    assert (head.target, head.host, dict(head.headers)[b"Host"]) == (path, host, authority)
+    assert head.noted[b"host"] == [authority]
+
+
+@pytest.mark.parametrize("target", [b"ftp://a/", b"http://user:pw@a/", b"http:///p", b"a.test/p"])
+def test_other_target_forms_are_400(target):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert info.value.status == 400
+
+
+def test_protection_belongs_to_the_name():
+    """Sessions are any hashable here; the live behaviour is in test_http_hostile."""
+    protect, other, plain = (HttpOptions.build(basic_auth=("alice", "pw")), HttpOptions.build(bearer_token="t"),
+                             HttpOptions())
+    alice = b"Basic " + base64.b64encode(b"alice:pw")
+    guards = Guards()
+    guards.admit("A", ["http:s"], protect)
+    guards.admit("B", ["http:s"], plain)  # serves the name too: protected all the same
+    guards.admit("C", ["http:s"], other)
+    assert guards["http:s"].authorized(alice) and guards["http:s"].authorized(b"Bearer t")
+    assert not guards["http:s"].authorized(None) and len(guards["http:s"].challenges()) == 2
+    guards.release("A")
+    guards.release("C")
+    assert guards["http:s"].authorized(b"Bearer t") and not guards["http:s"].authorized(alice)  # the last to leave
+    guards.release("B")
+    assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
+    guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
+    assert "http:s" not in guards

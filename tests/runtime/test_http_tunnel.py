@@ -1,0 +1,309 @@
+"""HTTP tunnel end to end on loopback: real curl, real TLS tunnel, h11 and websockets upstreams."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from helpers.http import LOOPBACK, Stack, need, raw_request
+from inlets_py.runtime.http.options import HttpOptions
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        app, up = stack.upstream("A")
+        b1, up_b1 = stack.upstream("B1")
+        b2, up_b2 = stack.upstream("B2")
+        ws_port = stack.websocket_echo()
+        tls_app, tls_port = _tls_upstream(stack, tls)
+        closed = _closed_port()
+        server = stack.server(tls, token, upstream_timeout=1.0)
+        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}", f"ws.test=http://{LOOPBACK}:{ws_port}",
+                                          f"down.test=http://{LOOPBACK}:{closed}", f"http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(request_add=["X-Added: yes"], request_remove=["X-Remove-Me"],
+                                       response_add=["X-Resp-Added: 1"], response_remove=["X-Internal"]))
+        stack.client(server, tls, token, [f"secret.test=http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(basic_auth=("alice", "pw")))
+        stack.client(server, tls, token, [f"bearer.test=http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(bearer_token="sesame"))
+        stack.client(server, tls, token, [f"rewrite.test=http://{LOOPBACK}:{up}"], rewrite_host=True)
+        stack.client(server, tls, token, [f"tls.test=https://localhost:{tls_port}"], upstream_ca=tls.ca)
+        stack.client(server, tls, token, [f"tlsbad.test=https://localhost:{tls_port}"])  # system store: refused
+        stack.client(server, tls, token, [f"tlsany.test=https://localhost:{tls_port}"], upstream_insecure=True)
+        stack.client(server, tls, token, [f"balanced.test=http://{LOOPBACK}:{up_b1}"])
+        _, b2_task = stack.client(server, tls, token, [f"balanced.test=http://{LOOPBACK}:{up_b2}"])
+        yield dict(stack=stack, app=app, b1=b1, b2=b2, b2_task=b2_task, tls_app=tls_app, server=server,
+                   port=server.data_port)
+    finally:
+        stack.close()
+
+
+def _tls_upstream(stack: Stack, tls):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return stack.upstream("TLS", ssl=context)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def curl(port: int, path: str, *args: str, host: str = "app.test", timeout: float = 30) -> subprocess.CompletedProcess:
+    need("curl")
+    argv = ["curl", "-sS", "-m", str(timeout), "-H", f"Host: {host}", *args, f"http://{LOOPBACK}:{port}{path}"]
+    return subprocess.run(argv, capture_output=True, timeout=timeout + 10)
+
+
+def status_of(port: int, path: str, host: str, *args: str) -> tuple[int, bytes]:
+    out = curl(port, path, "-o", "-", "-w", "\n%{http_code}", *args, host=host)
+    body, _, code = out.stdout.rpartition(b"\n")
+    return int(code), body
+
+
+def test_get_carries_forwarding_headers(env):
+    out = curl(env["port"], "/hello?q=1", "-H", "X-Forwarded-For: 203.0.113.7", "-H", "X-Forwarded-Proto: https")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    headers = dict(seen["headers"])
+    assert seen["upstream"] == "A" and seen["target"] == "/hello?q=1"
+    assert headers["host"] == "app.test"  # preserved by default
+    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"  # the user's claim is replaced
+    assert headers["x-forwarded-host"] == "app.test"
+
+
+def test_chunked_upload_with_curl(env, tmp_path):
+    data = os.urandom(8 * 1024 * 1024 + 123)
+    need("curl")
+    proc = subprocess.run(["curl", "-sS", "-m", "30", "-H", "Host: app.test", "-T", "-",
+                           f"http://{LOOPBACK}:{env['port']}/sha256"], input=data, capture_output=True, timeout=40)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    te = dict(env["app"].stats.requests[-1]["headers"]).get("transfer-encoding")
+    assert te == "chunked"  # streamed as it came, not buffered into a Content-Length
+
+
+def test_large_download_with_curl(env, tmp_path):
+    size = 64 * 1024 * 1024
+    target = tmp_path / "big"
+    out = curl(env["port"], f"/big?n={size}", "-o", str(target))
+    assert out.returncode == 0, out.stderr
+    block = hashlib.sha256(b"block").digest() * 2048
+    expected = hashlib.sha256((block * (size // len(block) + 1))[:size]).hexdigest()
+    assert target.stat().st_size == size
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == expected
+
+
+def test_head_with_curl_and_reuse_after_it(env):
+    out = curl(env["port"], "/hello", "-I")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(b"HTTP/1.1 200")
+    assert b"content-length:" in out.stdout.lower() and out.stdout.endswith(b"\r\n\r\n")
+    conn = http.client.HTTPConnection(LOOPBACK, env["port"], timeout=10)
+    conn.request("HEAD", "/hello", headers={"Host": "app.test"})
+    first = conn.getresponse()
+    assert first.status == 200 and first.read() == b"" and int(first.headers["Content-Length"]) > 0
+    conn.request("GET", "/hello", headers={"Host": "app.test"})
+    assert json.loads(conn.getresponse().read())["method"] == "GET"
+    conn.close()
+
+
+def test_expect_100_continue_with_curl(env, tmp_path):
+    body = tmp_path / "body"
+    body.write_bytes(os.urandom(300_000))
+    before = env["app"].stats.sent_continue
+    started = time.monotonic()
+    out = curl(env["port"], "/sha256", "-v", "-H", "Expect: 100-continue", "--expect100-timeout", "5",
+               "--data-binary", f"@{body}")
+    elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    assert b"HTTP/1.1 100" in out.stderr  # the upstream's interim answer reached curl
+    assert json.loads(out.stdout)["sha256"] == hashlib.sha256(body.read_bytes()).hexdigest()
+    assert env["app"].stats.sent_continue == before + 1
+    assert elapsed < 4  # curl sent the body on the relayed 100, not after its 5 s expect timeout
+
+
+def test_keep_alive_reuses_both_legs(env):
+    conn = http.client.HTTPConnection(LOOPBACK, env["port"], timeout=10)
+    before = env["app"].stats.connections
+    for i in range(5):
+        conn.request("GET", f"/n{i}", headers={"Host": "app.test"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["target"] == f"/n{i}"
+    conn.close()
+    assert env["app"].stats.connections == before + 1  # one upstream connection for the five requests
+    out = curl(env["port"], "/a", "-v", "-o", "/dev/null", "--next", "-H", "Host: app.test",
+               f"http://{LOOPBACK}:{env['port']}/b")
+    assert b"Re-using existing connection" in out.stderr or b"Reusing existing" in out.stderr
+
+
+def test_websocket_app_through_the_tunnel(env):
+    sock = socket.create_connection((LOOPBACK, env["port"]), timeout=10)
+    with ws_connect(f"ws://ws.test:{env['port']}/chat", sock=sock, open_timeout=10) as ws:
+        for message in ("hello", "x" * 100_000, b"\x00\x01binary"):
+            ws.send(message)
+            assert ws.recv(timeout=10) == message
+
+
+def test_no_client_502_and_504(env, tls, token):
+    code, body = status_of(env["port"], "/", "down.test")
+    assert code == 502 and b"could not reach its upstream" in body
+    assert LOOPBACK.encode() not in body and b"refused" not in body  # the upstream's address and error stay private
+    started = time.monotonic()
+    code, body = status_of(env["port"], "/slow?s=3", "app.test")
+    assert code == 504 and b"did not answer" in body
+    assert 0.9 < time.monotonic() - started < 2.5
+    lonely = env["stack"].server(tls, token)
+    code, body = status_of(lonely.data_port, "/", "nobody.test")
+    assert code == 503 and b"nobody.test" in body
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"POST /sha256 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n", 400),
+    (b"POST /sha256 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd", 400),
+    (b"POST /sha256 HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n"
+     b"0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: app.test\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Huge: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+])
+def test_smuggling_and_limits_refused_before_the_upstream(env, raw, status):
+    before = len(env["app"].stats.requests)
+    answer = raw_request(env["port"], raw)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert len(env["app"].stats.requests) == before  # nothing reached the app
+
+
+def test_basic_auth_and_bearer_protection(env):
+    code, _ = status_of(env["port"], "/", "secret.test")
+    assert code == 401
+    out = curl(env["port"], "/", "-i", host="secret.test")
+    assert b'www-authenticate: basic realm="inlets"' in out.stdout.lower()
+    assert status_of(env["port"], "/", "secret.test", "-u", "alice:wrong")[0] == 401
+    code, body = status_of(env["port"], "/", "secret.test", "-u", "alice:pw")
+    assert code == 200 and "authorization" not in dict(json.loads(body)["headers"])  # not passed upstream
+    assert status_of(env["port"], "/", "bearer.test", "-H", "Authorization: Bearer nope")[0] == 401
+    assert status_of(env["port"], "/", "bearer.test", "-H", "Authorization: Bearer sesame")[0] == 200
+    assert status_of(env["port"], "/", "app.test", "-u", "any:thing")[0] == 200  # other clients unaffected
+
+
+def test_header_rewrites_and_host_rewrite(env):
+    out = curl(env["port"], "/", "-i", "-H", "X-Remove-Me: 1", "-H", "X-Keep: 2")
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    headers = dict(json.loads(body)["headers"])
+    assert headers["x-added"] == "yes" and "x-remove-me" not in headers and headers["x-keep"] == "2"
+    assert b"x-resp-added: 1" in head.lower() and b"x-upstream: a" in head.lower()
+    seen = dict(json.loads(curl(env["port"], "/", host="rewrite.test").stdout)["headers"])
+    assert seen["host"].startswith(f"{LOOPBACK}:") and seen["x-forwarded-host"] == "rewrite.test"
+
+
+def test_https_upstream_verified_by_default(env, caplog):
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    code, body = status_of(env["port"], "/", "tls.test")
+    assert code == 200 and json.loads(body)["upstream"] == "TLS"
+    code, body = status_of(env["port"], "/", "tlsbad.test")
+    assert code == 502 and b"localhost" not in body and b"verif" not in body.lower()  # said in the client's log
+    assert any("TLS verification failed" in r.getMessage() for r in caplog.records if r.name == "inlets.http")
+    code, body = status_of(env["port"], "/", "tlsany.test")  # --upstream-insecure
+    assert code == 200 and json.loads(body)["upstream"] == "TLS"
+
+
+def test_http10_client_gets_dechunked_body(env):
+    answer = raw_request(env["port"], b"GET /chunked HTTP/1.0\r\nHost: app.test\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head.lower()
+    assert body == b"part0;part1;part2;"
+
+
+def test_two_clients_balanced_then_failover(env):
+    def who() -> str:
+        code, body = status_of(env["port"], "/", "balanced.test")
+        assert code == 200
+        return json.loads(body)["upstream"]
+
+    seen = [who() for _ in range(8)]
+    assert seen.count("B1") >= 3 and seen.count("B2") >= 3, seen
+    env["stack"].stop_client(env["b2_task"])
+    time.sleep(0.2)
+    assert [who() for _ in range(6)] == ["B1"] * 6
+
+
+def test_idle_keep_alive_connection_is_closed(env, tls, token):
+    server = env["stack"].server(tls, token, idle_timeout=0.5)
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(10) == b""  # closed by the server, not by the timeout of this socket
+        assert 0.4 < time.monotonic() - started < 2.0
+
+
+def test_client_resets_a_stream_for_a_host_it_did_not_advertise(env):
+    """The server cannot make a client dial what it did not advertise."""
+    from inlets_py.runtime.http.leg import Leg, LegFailed
+
+    server = env["server"]
+
+    async def attempt() -> str:
+        session = server.registry.sessions_for("http:app.test")[0]
+        leg = Leg(session, "http:not-advertised.test")
+        try:
+            await leg.next_event()
+        except LegFailed as exc:
+            return exc.detail  # what the client said; the user's 502 names no upstream
+        return "no reset"
+
+    assert "not served by this client" in env["stack"].run(attempt(), 10)
+
+
+def test_pipelined_requests_answered_in_order(env):
+    requests = b"".join(b"GET /p%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i for i in range(3))
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        sock.sendall(requests + b"GET /last HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 4
+    positions = [answer.find(b'"target": "%s"' % target) for target in (b"/p0", b"/p1", b"/p2", b"/last")]
+    assert -1 not in positions and positions == sorted(positions)
+
+
+def test_upstream_speaking_garbage_is_502(env, tls, token):
+    async def garbage(reader, writer):
+        await reader.read(1024)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    port = env["stack"].serve(garbage)
+    server = env["stack"].server(tls, token)
+    env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
+    code, body = status_of(server.data_port, "/", "anything.test")
+    assert code == 502 and b"bad" in body.lower()
+
+
+def test_reused_stream_closed_before_answering_is_retried_once(env):
+    """An upstream that closes a kept-alive connection as the next request arrives (its idle timeout)."""
+    conn = http.client.HTTPConnection(LOOPBACK, env["port"], timeout=10)
+    before = env["app"].stats.connections
+    conn.request("GET", "/arm-drop", headers={"Host": "app.test"})
+    assert conn.getresponse().read()
+    conn.request("GET", "/after", headers={"Host": "app.test"})
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["target"] == "/after"
+    conn.close()
+    assert env["app"].stats.connections == before + 2  # the second on a fresh stream

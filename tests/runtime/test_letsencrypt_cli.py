@@ -1,0 +1,108 @@
+"""`inlets http server --letsencrypt-domain` as users run it: real processes, pebble, curl.
+
+The server process obtains its certificate from pebble, the `inlets http client`
+process serves the domain from a local app, and curl (trusting only pebble's root)
+reaches the app over HTTPS; plain HTTP redirects. SIGTERM exits cleanly, keys stay
+0600 and out of the log, and the server process never loads the ACME or crypto
+libraries (each issuance runs in a child process).
+"""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from helpers.http import need
+from helpers.letsencrypt import dnsmasq, pebble
+from helpers.process import spawn, stop_all, wait_for_text
+from helpers.tunnel import free_port
+
+DOMAIN = "site.example.test"
+
+
+class _App(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = f"hello from the app, proto={self.headers.get('X-Forwarded-Proto')}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls, token: str) -> None:
+    curl = need("curl")
+    app = ThreadingHTTPServer(("127.0.0.1", 0), _App)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    control, http_port, https_port = free_port(), free_port(), free_port()
+    le_path = tmp_path / "letsencrypt"
+    with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", http_port, dns) as ca:
+        server = spawn(
+            "http", "server", "--control-addr", "127.0.0.1", "--control-port", str(control),
+            "--data-addr", "127.0.0.1", "--port", str(http_port), "--https-port", str(https_port),
+            "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+            "--letsencrypt-domain", DOMAIN, "--letsencrypt-email", "ops@example.test",
+            "--letsencrypt-issuer", ca.directory, "--letsencrypt-ca", str(ca.api_ca),
+            "--letsencrypt-path", str(le_path), log=tmp_path / "server.log",
+        )
+        client = spawn(
+            "http", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+            "--tls-ca", str(tls.ca), "--upstream", f"{DOMAIN}=http://127.0.0.1:{app.server_address[1]}",
+            log=tmp_path / "client.log",
+        )
+        try:
+            wait_for_text(tmp_path / "server.log", f"event=certificate_issued domain={DOMAIN}", timeout=30)
+            wait_for_text(tmp_path / "server.log", f"services=http:{DOMAIN}", timeout=15)
+            root = tmp_path / "root.pem"
+            root.write_bytes(ca.root_pem())
+            result = subprocess.run(
+                [curl, "-sS", "--max-time", "10", "--cacert", str(root), "--resolve", f"{DOMAIN}:{https_port}:127.0.0.1",
+                 f"https://{DOMAIN}:{https_port}/"], capture_output=True, text=True, timeout=20,
+            )
+            assert result.stdout == "hello from the app, proto=https\n", result
+            redirect = subprocess.run(
+                [curl, "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+                 "--resolve", f"{DOMAIN}:{http_port}:127.0.0.1", f"http://{DOMAIN}:{http_port}/a?b"],
+                capture_output=True, text=True, timeout=20,
+            )
+            assert redirect.stdout == f"308 https://{DOMAIN}:{https_port}/a?b", redirect
+            # ACME ran in a child process: the long-running server never mapped the crypto/ACME libraries
+            maps = Path(f"/proc/{server.pid}/maps").read_text()
+            assert "cryptography" not in maps
+        finally:
+            codes = stop_all(client, server)
+            app.shutdown()
+    assert codes == [0, 0]
+    log = (tmp_path / "server.log").read_text()
+    assert "PRIVATE KEY" not in log and token not in log and "Traceback" not in log
+    assert "level=WARNING" not in log and "level=ERROR" not in log, log
+    keys = sorted(le_path.rglob("*.key"))
+    assert [k.name for k in keys] == ["account.key", f"{DOMAIN}.key"]
+    assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in [le_path, keys[0].parent])
+
+
+def test_https_port_taken_is_a_one_line_error(tmp_path: Path, tls, token: str) -> None:
+    from helpers.process import inlets
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = inlets(
+            "http", "server", "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+            "--data-addr", "127.0.0.1", "--port", str(free_port()), "--https-port", str(taken),
+            "--plaintext", "--token", token, "--letsencrypt-domain", DOMAIN,
+            "--letsencrypt-path", str(tmp_path / "le"),
+        )
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f":{taken}" in lines[0] and "cannot listen" in lines[0], result.stderr

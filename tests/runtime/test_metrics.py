@@ -1,0 +1,151 @@
+"""`GET /metrics` of both servers: scraped over TLS with the token, parsed with prometheus-client's parser."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.http import LOOPBACK, Stack, need, raw_request
+from helpers.tunnel import echo_server, port_of, run, start_client, start_server, stop
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+
+
+def scrape(control: tuple, tls, token: str | None) -> tuple[int, str]:
+    host, port = control[:2]
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    request = urllib.request.Request(f"https://{host}:{port}/metrics")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted label items): value} from the exposition text."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def key(name: str, **labels: str) -> tuple:
+    return name, tuple(sorted(labels.items()))
+
+
+def test_http_metrics_match_the_requests_made(tls, token):
+    need("curl")
+    stack = Stack()
+    try:
+        _, up = stack.upstream("M")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"m.test=http://{LOOPBACK}:{up}"])
+        port, control = server.data_port, server.control.addresses[0]
+
+        def curl(host: str, path: str, *args: str) -> None:
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "-m", "10", "-H", f"Host: {host}", *args,
+                            f"http://{LOOPBACK}:{port}{path}"], check=True, timeout=20)
+
+        for _ in range(3):
+            curl("m.test", "/hello")
+        curl("M.Test:8080", "/status/404")  # same host: case and port do not matter
+        curl("m.test", "/hello", "-I")
+        curl("m.test", "/hello", "-X", "PROPFIND")  # a method outside the standard set
+        for i in range(2):
+            curl(f"random-{i}.example", "/")  # 503, and no label for a name nobody advertised
+        assert raw_request(port, b"GET / HTTP/1.1\r\nHost: m.test\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+        assert scrape(control, tls, None)[0] == 401
+        assert scrape(control, tls, "wrong-token")[0] == 401
+        status, text = scrape(control, tls, token)
+        assert status == 200
+        found = samples(text)
+        total = "http_dataplane_requests_total"
+        assert found[key(total, code="200", host="m.test", method="GET")] == 3
+        assert found[key(total, code="404", host="m.test", method="GET")] == 1
+        assert found[key(total, code="200", host="m.test", method="HEAD")] == 1
+        assert found[key(total, code="200", host="m.test", method="_other")] == 1
+        assert found[key(total, code="503", host="_other", method="GET")] == 2
+        assert found[key(total, code="400", host="_other", method="_other")] == 1
+        assert sum(v for (name, _), v in found.items() if name == total) == 9
+        assert found[key("http_dataplane_request_duration_seconds_count", code="200", host="m.test", method="GET")] == 3
+        buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in found.items()
+                         if name == "http_dataplane_request_duration_seconds_bucket"
+                         and dict(labels)["code"] == "200" and dict(labels)["method"] == "GET")
+        assert buckets[-1] == (float("inf"), 3) and all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+        assert 0 < found[key("http_dataplane_request_duration_seconds_sum", code="200", host="m.test",
+                             method="GET")] < 3
+        assert not any("random" in str(labels) for _, labels in found)  # bounded label values
+        assert found[key("http_controlplane_connected_gauge")] == 1
+        control_total = "http_controlplane_requests_total"
+        assert found[key(control_total, code="101", path="/connect")] == 1
+        assert found[key(control_total, code="401", path="/metrics")] == 2
+    finally:
+        stack.close()
+
+
+def test_tcp_metrics_count_connections_and_bytes(tls, token):
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        url = f"wss://127.0.0.1:{server.control.addresses[0][1]}"
+        public = port_of(echo) + 1 if port_of(echo) < 65000 else port_of(echo) - 1000
+        from helpers.tunnel import free_port
+
+        public = free_port()
+        client, task = await start_client(url, token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        try:
+            conns = []
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", public)
+                writer.write(b"x" * 1000)
+                assert await reader.readexactly(1000) == b"x" * 1000
+                conns.append(writer)
+            conns[0].close()
+            await conns[0].wait_closed()
+            await asyncio.sleep(0.2)
+            status, text = await asyncio.to_thread(scrape, server.control.addresses[0], tls, token)
+            assert status == 200
+            found = samples(text)
+            p = str(public)
+            assert found[key("tcp_dataplane_connections_total", port=p)] == 2
+            assert found[key("tcp_dataplane_connections_gauge", port=p)] == 1
+            assert found[key("tcp_dataplane_bytes_total", port=p, direction="in")] == 2000
+            assert found[key("tcp_dataplane_bytes_total", port=p, direction="out")] == 2000
+            assert found[key("tcp_controlplane_connected_gauge")] == 1
+            assert (await asyncio.to_thread(scrape, server.control.addresses[0], tls, None))[0] == 401
+            conns[1].close()
+        finally:
+            await stop(task)
+            await server.stop()
+            echo.close()
+
+    run(scenario(), 30)
+
+
+@pytest.mark.parametrize("path", ["/metrics?x=1", "/nothing-here"])
+def test_control_plane_paths_are_bounded_labels(tls, token, path):
+    stack = Stack()
+    try:
+        server = stack.server(tls, token)
+        host, port = server.control.addresses[0][:2]
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        request = urllib.request.Request(f"https://{host}:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+        try:
+            urllib.request.urlopen(request, context=context, timeout=10).read()
+        except urllib.error.HTTPError:
+            pass
+        found = samples(scrape(server.control.addresses[0], tls, token)[1])
+        expected = ("200", "/metrics") if path.startswith("/metrics") else ("404", "_other")
+        assert found[key("http_controlplane_requests_total", code=expected[0], path=expected[1])] == 1
+    finally:
+        stack.close()

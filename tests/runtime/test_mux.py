@@ -1,0 +1,412 @@
+"""The sans-I/O multiplexer, without sockets: framing, flow control, limits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inlets_py.runtime.core.mux import (
+    HEADER,
+    DataReceived,
+    FrameType,
+    Multiplexer,
+    ProtocolError,
+    ResetCode,
+    GoAway,
+    StreamEnded,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+
+
+def pair(window: int = 64 * 1024, max_frame: int = 16 * 1024, max_streams: int = 100) -> tuple[Multiplexer, Multiplexer]:
+    client = Multiplexer(client=True, recv_window=window, send_window=window, max_frame=max_frame, max_streams=max_streams)
+    server = Multiplexer(client=False, recv_window=window, send_window=window, max_frame=max_frame, max_streams=max_streams)
+    return client, server
+
+
+def deliver(sender: Multiplexer, receiver: Multiplexer) -> list:
+    events = []
+    for message in sender.data_to_send():
+        events.extend(receiver.receive(message))
+    return events
+
+
+def frame(ftype: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(ftype, stream_id, len(payload)) + payload
+
+
+def test_open_data_fin_roundtrip() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:80")
+    assert sid % 2 == 0
+    assert server.send_data(sid, b"hello") == 5
+    server.send_eof(sid)
+    events = deliver(server, client)
+    assert events == [StreamOpened(sid, "tcp:80"), DataReceived(sid, b"hello"), StreamEnded(sid)]
+    assert client.send_data(sid, b"back") == 4
+    client.send_eof(sid)
+    assert deliver(client, server) == [DataReceived(sid, b"back"), StreamEnded(sid)]
+    assert not client.is_open(sid) and not server.is_open(sid)
+
+
+def test_client_and_server_ids_do_not_collide() -> None:
+    client, server = pair()
+    a, b = client.open_stream("x"), server.open_stream("y")
+    assert a % 2 == 1 and b % 2 == 0
+    assert deliver(client, server) == [StreamOpened(a, "x")]
+    assert deliver(server, client) == [StreamOpened(b, "y")]
+
+
+def test_send_stops_at_window_and_resumes_on_update() -> None:
+    client, server = pair(window=32 * 1024, max_frame=8 * 1024)
+    sid = server.open_stream("t")
+    assert server.send_data(sid, b"a" * 100_000) == 32 * 1024
+    assert server.send_data(sid, b"more") == 0
+    events = deliver(server, client)
+    got = sum(len(e.data) for e in events if isinstance(e, DataReceived))
+    assert got == 32 * 1024
+    assert max(len(e.data) for e in events if isinstance(e, DataReceived)) == 8 * 1024
+    client.consumed(sid, 4 * 1024)  # below the batching threshold: no update yet
+    assert client.data_to_send() == []
+    client.consumed(sid, 4 * 1024)
+    assert deliver(client, server) == [WindowUpdated(sid)]
+    assert server.send_window(sid) == 8 * 1024
+
+
+def test_peer_exceeding_window_is_a_protocol_error() -> None:
+    client, server = pair(window=16 * 1024, max_frame=32 * 1024)
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="window"):
+        client.receive(frame(FrameType.DATA, sid, b"x" * (16 * 1024 + 1)))
+
+
+def test_oversized_frame_is_a_protocol_error() -> None:
+    client, server = pair(window=1 << 20, max_frame=1024)
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="exceeds"):
+        client.receive(frame(FrameType.DATA, sid, b"x" * 1025))
+
+
+@pytest.mark.parametrize(
+    "message, match",
+    [
+        (b"", "empty"),
+        (b"\x02\x00\x00", "truncated frame header"),
+        (HEADER.pack(FrameType.DATA, 2, 10) + b"abc", "truncated frame payload"),
+        (frame(99, 2), "unknown frame type"),
+        (frame(FrameType.DATA, 0, b"x"), "stream id 0 is for GOAWAY"),
+        (frame(FrameType.GOAWAY, 2, b""), "stream id 0 is for GOAWAY"),
+        (frame(FrameType.DATA, 8, b"x"), "unknown stream"),
+        (frame(FrameType.OPEN, 1, b"x"), "bad stream id"),  # client-parity id from the server
+        (frame(FrameType.OPEN, 2, b""), "target length"),
+        (frame(FrameType.OPEN, 2, b"\xff\xfe"), "utf-8"),
+        (frame(FrameType.WINDOW, 2, b"\x00"), "4 bytes"),
+        (frame(FrameType.RESET, 2, b"\x00"), "RESET payload"),
+    ],
+)
+def test_malformed_input_is_rejected(message: bytes, match: str) -> None:
+    client, _ = pair()
+    with pytest.raises(ProtocolError, match=match):
+        client.receive(message)
+
+
+def test_stream_ids_must_increase() -> None:
+    client, _ = pair()
+    client.receive(frame(FrameType.OPEN, 4, b"a"))
+    with pytest.raises(ProtocolError, match="bad stream id"):
+        client.receive(frame(FrameType.OPEN, 2, b"b"))
+
+
+def test_data_after_fin_and_double_fin() -> None:
+    client, server = pair()
+    sid = server.open_stream("t")
+    server.send_eof(sid)
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="after FIN"):
+        client.receive(frame(FrameType.DATA, sid, b"x"))
+    with pytest.raises(ProtocolError, match="second FIN"):
+        client.receive(frame(FrameType.FIN, sid))
+
+
+def test_window_overflow_and_zero_increment() -> None:
+    client, server = pair()
+    sid = server.open_stream("t")
+    deliver(server, client)
+    with pytest.raises(ProtocolError, match="increment of 0"):
+        server.receive(frame(FrameType.WINDOW, sid, struct.pack("!I", 0)))
+    with pytest.raises(ProtocolError, match="overflow"):
+        server.receive(frame(FrameType.WINDOW, sid, struct.pack("!I", 2**31 - 1)))
+
+
+def test_reset_carries_code_and_reason_and_later_frames_are_dropped() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:22")
+    deliver(server, client)
+    client.reset_stream(sid, ResetCode.REFUSED, "upstream 127.0.0.1:22: Connection refused")
+    server.send_data(sid, b"in flight") if server.is_open(sid) else None
+    events = deliver(client, server)
+    assert events == [StreamReset(sid, ResetCode.REFUSED, "upstream 127.0.0.1:22: Connection refused")]
+    assert not server.is_open(sid)
+    # data the server sent before it saw the reset arrives for a stream that is gone: dropped, no error
+    assert deliver(server, client) == []
+    with pytest.raises(StreamError):
+        server.send_data(sid, b"x")
+
+
+def test_too_many_streams_are_refused_not_fatal() -> None:
+    client, server = pair(max_streams=2)
+    ids = [server.open_stream(f"t{i}") for i in range(3)]
+    events = deliver(server, client)
+    assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == ids[:2]
+    assert deliver(client, server) == [StreamReset(ids[2], ResetCode.TOO_MANY_STREAMS, "limit of 2 open streams")]
+    # closing one frees a slot
+    client.reset_stream(ids[0])
+    deliver(client, server)
+    sid = server.open_stream("again")
+    assert deliver(server, client) == [StreamOpened(sid, "again")]
+
+
+def test_small_frames_are_coalesced_into_one_message() -> None:
+    _, server = pair()
+    for i in range(50):
+        sid = server.open_stream(f"tcp:{i}")
+        server.send_data(sid, b"x")
+    assert len(server.data_to_send()) == 1
+
+
+def test_invalid_local_calls() -> None:
+    client, _ = pair()
+    with pytest.raises(StreamError):
+        client.send_data(99, b"x")
+    with pytest.raises(ValueError):
+        client.open_stream("")
+    with pytest.raises(ValueError):
+        Multiplexer(client=True, recv_window=0)
+
+
+# ----------------------------------------------------------------- properties
+
+actions = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "deliver_s2c", "deliver_c2s", "read", "eof"]),
+        st.integers(min_value=0, max_value=3),  # stream index
+        st.integers(min_value=1, max_value=40_000),  # size
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions, window=st.integers(16 * 1024, 80 * 1024), max_frame=st.integers(1024, 20_000),
+       budgeted=st.booleans())
+def test_random_interleavings_deliver_every_byte_in_order_within_window(
+    actions, window: int, max_frame: int, budgeted: bool
+) -> None:
+    """Whatever order writes, deliveries, reads and closes come in, each stream's bytes
+    arrive complete, in order, exactly once, and never beyond the granted window; with a
+    budget, streams start at a quarter window, grow, and all together stay within it."""
+    client, server = pair(window=window, max_frame=max_frame)
+    budget = 2 * window
+    if budgeted:
+        client = Multiplexer(client=True, recv_window=window, initial_recv_window=window // 4, recv_budget=budget,
+                             max_frame=max_frame)
+        server = Multiplexer(client=False, send_window=window // 4, max_frame=max_frame)
+    sids = [server.open_stream(f"s{i}") for i in range(4)]
+    sent = {sid: bytearray() for sid in sids}  # accepted by send_data
+    pending = {sid: bytearray() for sid in sids}  # the application still wants to send
+    received = {sid: bytearray() for sid in sids}
+    unread = {sid: 0 for sid in sids}  # delivered, not yet consumed by the receiving app
+    ended: set[int] = set()
+    eof_requested: set[int] = set()
+    counter = 0
+
+    def pump_writes() -> None:
+        for sid in sids:
+            if pending[sid]:
+                n = server.send_data(sid, bytes(pending[sid]))
+                sent[sid] += pending[sid][:n]
+                del pending[sid][:n]
+            if sid in eof_requested and not pending[sid] and server.is_open(sid):
+                server.send_eof(sid)
+
+    def deliver_s2c() -> None:
+        for event in deliver(server, client):
+            if isinstance(event, DataReceived):
+                received[event.stream_id] += event.data
+                unread[event.stream_id] += len(event.data)
+                # never more in flight than the window allows
+                assert unread[event.stream_id] <= window
+            elif isinstance(event, StreamEnded):
+                ended.add(event.stream_id)
+
+    def check_books() -> None:
+        live = client._streams.values()
+        for stream in live:  # granted = still to come + received and not consumed + consumed and not granted again
+            assert stream.recv_window + stream.held + stream.unacked == stream.recv_limit or stream.remote_closed
+        assert client.grown == sum(stream.recv_limit - client.initial_recv_window for stream in live)
+        if budgeted:
+            assert client.grown <= budget
+
+    for action, index, size in actions:
+        check_books()
+        sid = sids[index]
+        if action == "write" and sid not in eof_requested:
+            chunk = bytes((counter + i) % 251 for i in range(size))
+            counter += size
+            pending[sid] += chunk
+            pump_writes()
+        elif action == "deliver_s2c":
+            deliver_s2c()
+        elif action == "deliver_c2s":
+            deliver(client, server)
+            pump_writes()
+        elif action == "read":
+            take = min(size, unread[sid])
+            unread[sid] -= take
+            client.consumed(sid, take)
+        elif action == "eof":
+            eof_requested.add(sid)
+            pump_writes()
+
+    # drain: the receiver reads everything, the sender finishes, until quiet
+    for sid in sids:
+        eof_requested.add(sid)
+    for _ in range(10_000):
+        pump_writes()
+        deliver_s2c()
+        for sid in sids:
+            client.consumed(sid, unread[sid])
+            unread[sid] = 0
+        deliver(client, server)
+        if all(not pending[s] for s in sids) and ended == set(sids):
+            break
+    for sid in sids:
+        assert received[sid] == sent[sid]
+    assert ended == set(sids)
+    check_books()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decoder_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    client, server = pair()
+    server.open_stream("t")
+    deliver(server, client)
+    try:
+        client.receive(data)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(FrameType) + [7]), st.integers(0, 12), st.binary(max_size=64)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_structured_frames_never_crash_the_decoder(frames) -> None:
+    client, server = pair()
+    server.open_stream("t")
+    deliver(server, client)
+    message = b"".join(frame(t, s, p) for t, s, p in frames)
+    try:
+        client.receive(message)
+    except ProtocolError:
+        pass
+
+
+def test_goaway_stops_new_streams_both_ways_but_open_ones_finish() -> None:
+    client, server = pair()
+    sid = server.open_stream("tcp:80")
+    deliver(server, client)
+    client.go_away("rotating token")
+    # a stream the server opened before it saw GOAWAY is still served
+    late = server.open_stream("tcp:80")
+    assert deliver(client, server) == [GoAway("rotating token")]
+    assert deliver(server, client) == [StreamOpened(late, "tcp:80")]
+    with pytest.raises(StreamError, match="draining"):
+        server.open_stream("tcp:80")
+    with pytest.raises(StreamError, match="draining"):
+        client.open_stream("forward:x:1")
+    assert server.send_data(sid, b"still flowing") == 13
+    assert deliver(server, client) == [DataReceived(sid, b"still flowing")]
+    client.go_away("again")  # once only
+    assert client.data_to_send() == []
+
+
+def test_a_peer_that_makes_us_queue_control_frames_is_not_read_past_a_bound() -> None:
+    """Every OPEN past the limit queues a RESET: past ``max_control_backlog`` queued, stop reading the peer."""
+    server = Multiplexer(client=False, max_streams=1, max_control_backlog=4096)
+    server.receive(frame(FrameType.OPEN, 1, b"tcp:80"))
+    stream = 3
+    while not server.backlogged:
+        server.receive(frame(FrameType.OPEN, stream, b"tcp:80"))
+        stream += 2
+    assert 4096 < server.control_buffered <= 4096 + 64  # one RESET past the bound
+    refused = (stream - 3) // 2
+    server.open_stream("tcp:22")  # our own OPENs and DATA are bounded elsewhere: not counted
+    server.send_data(2, b"x" * 10_000)
+    assert server.control_buffered == sum(len(frame(FrameType.RESET, 3, struct.pack("!H", 4) + b"limit of 1 open streams"))
+                                          for _ in range(refused))
+    while server.backlogged:  # taken one message at a time, as the session's writer does
+        assert len(server.data_to_send(1)) == 1
+    assert server.control_buffered <= 2048  # reading resumes below half the bound
+    total = server.buffered
+    assert sum(len(m) for m in server.data_to_send()) == total and server.buffered == server.control_buffered == 0
+
+
+def test_data_to_send_with_a_limit_keeps_the_rest_in_order() -> None:
+    client, server = pair(window=1 << 20, max_frame=200 * 1024)
+    sid = server.open_stream("t")
+    server.send_data(sid, b"a" * (600 * 1024))
+    first = server.data_to_send(1)
+    assert len(first) == 1 and server.buffered > 0
+    rest = server.data_to_send()
+    events = [e for m in first + rest for e in client.receive(m)]
+    assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 600 * 1024 and server.buffered == 0
+
+
+def test_a_budget_bounds_how_far_streams_grow_beyond_their_first_window() -> None:
+    """Streams start small and grow as they are consumed; a stalled one keeps what it had; past the
+    budget growth stops but streams still open and flow at their window, so the receiver holds at
+    most streams x first window + budget."""
+    kib = 1024
+    client = Multiplexer(client=True, recv_window=256 * kib, initial_recv_window=64 * kib, recv_budget=256 * kib)
+    server = Multiplexer(client=False, send_window=64 * kib, max_frame=16 * kib)
+
+    def pump(sid: int, consume: bool) -> None:
+        server.send_data(sid, b"x" * server.send_window(sid))
+        for event in deliver(server, client):
+            if consume and isinstance(event, DataReceived):
+                client.consumed(sid, len(event.data))
+        deliver(client, server)
+
+    fast = server.open_stream("tcp:80")
+    for _ in range(20):  # a reader that keeps up: the window doubles per grant up to 256 KiB
+        pump(fast, consume=True)
+    assert server.send_window(fast) == 256 * kib and client.grown == 192 * kib
+    stalled = server.open_stream("tcp:80")
+    pump(stalled, consume=False)  # received, never consumed: no more credit
+    assert server.send_window(stalled) == 0 and client.grown == 192 * kib
+    second = server.open_stream("tcp:80")
+    for _ in range(20):
+        pump(second, consume=True)
+    assert client.grown == 256 * kib and server.send_window(second) == 128 * kib  # grew by what was left
+    for _ in range(5):
+        pump(fast, consume=True)
+    assert server.send_window(fast) == 256 * kib  # consumed credit always comes back
+    client.reset_stream(fast)
+    assert client.grown == 64 * kib  # a stream gone gives its growth back
+    for _ in range(5):
+        pump(second, consume=True)
+    assert server.send_window(second) == 256 * kib and client.grown == 192 * kib

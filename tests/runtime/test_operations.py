@@ -1,0 +1,486 @@
+"""Operating a tunnel: local forwarding, status, allow-lists, PROXY protocol, generated
+service definitions, token rotation and graceful drain. Real processes where the
+feature is a command-line one; real nginx, redis and systemd-analyze where they exist."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.proxy_daemons import Daemon, _spawn, binary
+from helpers.process import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import (
+    TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
+    wait_listening,
+)
+
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+from inlets_py.runtime.core.mux import ResetCode
+from inlets_py.runtime.server.proxy_protocol import encode
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+
+
+@pytest.fixture
+def token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+# ---------------------------------------------------------------- local forwarding
+
+
+@pytest.fixture
+def redis(tmp_path: Path):
+    exe = binary("redis-server")
+    port = free_port()
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path), "--protected-mode", "yes"]
+    daemon = _spawn("redis", argv, tmp_path, port, "127.0.0.1")
+    yield daemon
+    daemon.stop()
+
+
+def test_local_forwarding_reaches_a_database_on_the_servers_loopback(
+    tmp_path: Path, tls: TlsFiles, token_file: Path, redis: Daemon
+) -> None:
+    cli = binary("redis-cli")
+    control, local = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding",
+                                "--client-forwarding-allow", f"127.0.0.1:{redis.port}"), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:127.0.0.1:{redis.port}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        run_cli = lambda *a: subprocess.run([cli, "-h", "127.0.0.1", "-p", str(local), *a],  # noqa: E731
+                                            capture_output=True, text=True, timeout=10)
+        assert run_cli("SET", "tunnelled", "yes").stdout.strip() == "OK"
+        assert run_cli("GET", "tunnelled").stdout.strip() == "yes"
+        # it really went to redis on the server's side
+        direct = subprocess.run([cli, "-p", str(redis.port), "GET", "tunnelled"], capture_output=True, text=True, timeout=10)
+        assert direct.stdout.strip() == "yes"
+    finally:
+        assert stop_all(client, server) == [0, 0]
+
+
+def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "plain.log")
+    try:
+        wait_port(control)
+        result = inlets(*client_args(control, tls, token_file, "--local", f"{free_port()}:127.0.0.1:5432"))
+    finally:
+        stop_all(server)
+    assert result.returncode == 1
+    assert "this server does not offer client forwarding" in result.stderr
+
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow",
+                                "127.0.0.1:6379"), log=tmp_path / "limited.log")
+    try:
+        wait_port(control)
+        result = inlets(*client_args(control, tls, token_file, "--local", f"{free_port()}:127.0.0.1:22"))
+    finally:
+        stop_all(server)
+    assert result.returncode == 1
+    assert "127.0.0.1:22 is not in the server's --client-forwarding-allow list" in result.stderr
+
+
+def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles, token: str) -> None:
+    """A client that declared an allowed target but opens a stream to another one gets a reset,
+    and nothing is dialled."""
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+    from inlets_py.runtime.core.services import format_target
+    from helpers.streams import AsyncStream
+
+    dialled: list[int] = []
+
+    async def scenario() -> None:
+        forbidden = await serve(lambda r, w: asyncio.sleep(0, dialled.append(1)))
+        allowed = await echo_server()
+        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(allowed)}"))
+        server = await start_server(tls, token, forwarding=policy)
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [format_target("127.0.0.1", port_of(allowed))]})
+        stream = AsyncStream()
+        stream.attach(client.session.open_stream(format_target("127.0.0.1", port_of(forbidden)), stream))
+        with pytest.raises(ConnectionResetError, match="not in the server's --client-forwarding-allow list"):
+            await asyncio.wait_for(stream.read(), 5)
+        good = AsyncStream()
+        good.attach(client.session.open_stream(format_target("127.0.0.1", port_of(allowed)), good))
+        await good.write(b"ping")
+        assert await asyncio.wait_for(good.read(), 5) == b"ping"
+        assert dialled == []
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_client_never_dials_what_it_did_not_advertise(tls: TlsFiles, token: str) -> None:
+    """A server (compromised, say) asking the client for another target gets a reset."""
+    from helpers.streams import AsyncStream
+
+    dialled: list[int] = []
+
+    async def scenario() -> None:
+        bait = await serve(lambda r, w: asyncio.sleep(0, dialled.append(1)))
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        session = next(iter(server.control.clients))
+        for target in (f"tcp:{port_of(bait)}", f"forward:127.0.0.1:{port_of(bait)}", "tcp:0", "ssh:22"):
+            stream = AsyncStream()
+            stream.attach(session.open_stream(target, stream))
+            with pytest.raises(ConnectionResetError, match="not served by this client"):
+                await asyncio.wait_for(stream.read(), 5)
+            assert stream._reset is not None and stream._reset[0] == ResetCode.NOT_ALLOWED
+        assert dialled == []
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+# -------------------------------------------------------------------- status
+
+
+def test_status_shows_clients_and_refuses_a_wrong_token(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path, echo_port: int
+) -> None:
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_port(public)
+        assert echo_once(public, b"x" * 1000) == b"x" * 1000
+        url = f"wss://127.0.0.1:{control}"
+        table = inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca))
+        assert table.returncode == 0, table.stderr
+        assert "inlets tcp server" in table.stdout and f"tcp:{public}" in table.stdout
+        doc = json.loads(inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+                                "--json").stdout)
+        (entry,) = doc["clients"]
+        assert entry["services"] == [f"tcp:{public}"] and entry["bytes_in"] >= 1000 and entry["bytes_out"] >= 1000
+        assert {"version", "mode", "started", "hostname"} <= set(doc)
+        assert token not in json.dumps(doc)
+        wrong = inlets("status", "--url", url, "--token", "nope", "--tls-ca", str(tls.ca))
+        assert wrong.returncode == 1 and "refused the token (HTTP 401)" in wrong.stderr
+    finally:
+        stop_all(client, server)
+    gone = inlets("status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca))
+    assert gone.returncode == 1 and "cannot reach 127.0.0.1" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- --generate
+
+
+def test_generated_systemd_units_verify(tmp_path: Path) -> None:
+    analyze = binary("systemd-analyze")
+    files = ["--tls-cert", "/etc/inlets/server.crt", "--tls-key", "/etc/inlets/server.key"]  # outside PrivateTmp's /tmp
+    token_file = "/etc/inlets/server-token"
+    units = {
+        "inlets-tcp-server.service": inlets("tcp", "server", "--control-port", "8123", *files, "--token-file",
+                                            token_file, "--allow-ports", "80,443", "--generate", "systemd"),
+        "inlets-tcp-client.service": inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token", "secret-x",
+                                            "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd"),
+    }
+    for name, result in units.items():
+        assert result.returncode == 0, result.stderr
+        path = tmp_path / name
+        path.write_text(result.stdout)
+        check = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
+        assert "Restart=always" in result.stdout and "NoNewPrivileges=true" in result.stdout
+        assert "--generate" not in result.stdout
+    client_unit = units["inlets-tcp-client.service"].stdout
+    assert "secret-x" not in client_unit and "--token-file /etc/inlets/token" in client_unit
+    assert "CapabilityBoundingSet=\n" in client_unit  # a client needs no capability
+    assert f"--token-file {token_file}" in units["inlets-tcp-server.service"].stdout
+
+
+def test_generated_kubernetes_yaml(tls: TlsFiles, token: str, token_file: Path) -> None:
+    result = inlets(*server_args(9123, tls, token_file, "--allow-ports", "2222", "--generate", "k8s_yaml"))
+    assert result.returncode == 0, result.stderr
+    docs = list(yaml.safe_load_all(result.stdout))
+    kinds = {doc["kind"]: doc for doc in docs}
+    assert set(kinds) == {"Secret", "Deployment", "Service"}
+    container = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["tcp", "server"] and token not in " ".join(args)
+    assert args[args.index("--token-file") + 1] == "/var/run/secrets/inlets/token"
+    assert args[args.index("--tls-key") + 1] == "/var/run/secrets/inlets/tls-key"
+    import base64
+
+    secret = kinds["Secret"]["data"]
+    assert base64.b64decode(secret["token"]) == token_file.read_bytes()  # the token file, as it is
+    assert base64.b64decode(secret["tls-key"]) == tls.key.read_bytes()
+    assert {p["port"] for p in kinds["Service"]["spec"]["ports"]} == {9123, 2222}
+    client = inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token_file),
+                    "--upstream", "2222=db:22", "--generate", "k8s_yaml")
+    assert {d["kind"] for d in yaml.safe_load_all(client.stdout)} == {"Secret", "Deployment"}
+
+
+# ---------------------------------------------------------- allow-lists, PROXY
+
+
+def test_allow_ips_refuses_other_sources_at_accept_and_counts_them(tls: TlsFiles, token: str) -> None:
+    async def attempt(port: int, source: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+        writer.write(b"hi")
+        writer.write_eof()
+        try:
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(allow_ips=SourceAllowList(parse_networks("127.0.0.2/32,2001:db8::/32")))
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        await wait_listening("127.0.0.1", public)
+        assert await attempt(public, "127.0.0.2") == b"hi"
+        assert await attempt(public, "127.0.0.3") == b""
+        assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="source_not_allowed") >= 1
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+NGINX_PROXY_PROTOCOL = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/b; proxy_temp_path {dir}/p; fastcgi_temp_path {dir}/f;
+    uwsgi_temp_path {dir}/u; scgi_temp_path {dir}/s;
+    server {{
+        listen 127.0.0.1:{port} proxy_protocol;
+        location / {{ return 200 "$proxy_protocol_addr:$proxy_protocol_port\\n"; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_proxy_protocol(tmp_path: Path):
+    exe = binary("nginx")
+    port = free_port()
+    directory = tmp_path / "nginx"
+    directory.mkdir()
+    conf = directory / "nginx.conf"
+    conf.write_text(NGINX_PROXY_PROTOCOL.format(dir=directory, port=port))
+    daemon = _spawn("nginx", [exe, "-p", str(directory), "-e", str(directory / "error.log"), "-c", str(conf)],
+                    directory, port, "127.0.0.1")
+    yield port
+    daemon.stop()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_proxy_protocol_tells_nginx_the_real_source(tls: TlsFiles, token: str, nginx_proxy_protocol: int, version: str) -> None:
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(proxy_protocol=version)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", nginx_proxy_protocol)})
+        await wait_listening("127.0.0.1", public)
+        reader, writer = await asyncio.open_connection("127.0.0.1", public, local_addr=("127.0.0.7", 0))
+        source_port = writer.get_extra_info("sockname")[1]
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        response = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response
+        assert response.rstrip().endswith(f"127.0.0.7:{source_port}".encode()), response
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("lb_version", ["v1", "v2"])
+def test_balancer_header_sets_the_source_for_allow_list_and_upstream(
+    tls: TlsFiles, token: str, nginx_proxy_protocol: int, lb_version: str
+) -> None:
+    async def through_balancer(port: int, claimed: tuple[str, int]) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode(lb_version, claimed, ("192.0.2.1", port)))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(
+            allow_ips=SourceAllowList(parse_networks("203.0.113.0/24")), proxy_protocol="v2", lb_proxy_protocol=lb_version
+        )
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", nginx_proxy_protocol)})
+        await wait_listening("127.0.0.1", public)
+        answer = await through_balancer(public, ("203.0.113.9", 4242))
+        assert answer.rstrip().endswith(b"203.0.113.9:4242"), answer
+        assert await through_balancer(public, ("198.51.100.1", 4242)) == b""  # outside --allow-ips
+        # no header at all: dropped, counted
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        assert metric(server, "tcp_dataplane_refused_total", reason="bad_proxy_header") == 1
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+# ------------------------------------------------ token rotation, drain, logs
+
+
+class Traffic(threading.Thread):
+    """Short connections through the tunnel, one after another, until stopped; counts failures."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.halt.is_set() and time.monotonic() < deadline:
+            try:
+                payload = f"n{self.ok}".encode()
+                if echo_once(self.port, payload) != payload:
+                    raise AssertionError("wrong echo")
+                self.ok += 1
+            except (OSError, AssertionError) as exc:
+                self.failures.append(repr(exc))
+            time.sleep(0.01)
+
+
+def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
+    old, new = "old-token-" + "a" * 40, "new-token-" + "b" * 40
+    server_tokens, client_token = tmp_path / "server-tokens", tmp_path / "client-token"
+    server_tokens.write_text(old + "\n")
+    client_token.write_text(old + "\n")
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, server_tokens), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, client_token, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
+                   log=tmp_path / "client.log")
+    traffic = Traffic(public)
+    try:
+        wait_port(public)
+        traffic.start()
+        time.sleep(0.5)
+        server_tokens.write_text(old + "\n" + new + "\n")  # 1. the server accepts both
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(tmp_path / "server.log", "event=tokens_reloaded count=2")
+        client_token.write_text(new + "\n")  # 2. the client reconnects with the new one, then lets the old go
+        client.send_signal(signal.SIGHUP)
+        wait_for_text(tmp_path / "server.log", "event=peer_draining")
+        time.sleep(0.5)
+        server_tokens.write_text(new + "\n")  # 3. the old token is gone
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(tmp_path / "server.log", "event=tokens_reloaded count=1")
+        time.sleep(0.5)
+        traffic.halt.set()
+        traffic.join(10)
+        status = inlets("status", "--url", f"wss://127.0.0.1:{control}", "--token", new, "--tls-ca", str(tls.ca), "--json")
+        assert len(json.loads(status.stdout)["clients"]) == 1
+    finally:
+        traffic.halt.set()
+        codes = stop_all(client, server)
+    assert traffic.failures == [] and traffic.ok > 50, (traffic.ok, traffic.failures[:3])
+    logs = (tmp_path / "server.log").read_text() + (tmp_path / "client.log").read_text()
+    assert old not in logs and new not in logs
+    assert codes == [0, 0]
+
+
+def test_sigterm_lets_open_streams_finish_then_exits(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """A download in progress completes after SIGTERM; new connections are refused meanwhile."""
+    size = 8 * 1024 * 1024
+    slow_started = threading.Event()
+
+    def slow_upstream(listener: socket.socket) -> None:
+        while True:  # every connection: probes close at once, the real one says "go"
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+    def serve_one(conn: socket.socket) -> None:
+        with conn:
+            if conn.recv(2) != b"go":
+                return
+            slow_started.set()
+            for _ in range(16):  # 8 MiB over ~1.6 s
+                conn.sendall(b"d" * (size // 16))
+                time.sleep(0.1)
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=slow_upstream, args=(listener,), daemon=True).start()
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file, "--drain-timeout", "20"), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{listener.getsockname()[1]}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_port(public)
+        time.sleep(0.2)
+        sock = socket.create_connection(("127.0.0.1", public), timeout=10)
+        sock.sendall(b"go")
+        assert slow_started.wait(10)
+        server.send_signal(signal.SIGTERM)
+        wait_for_text(tmp_path / "server.log", "event=draining")
+        time.sleep(0.2)
+        with pytest.raises(ConnectionRefusedError):  # the data port is closed while draining
+            socket.create_connection(("127.0.0.1", public), timeout=2)
+        received = 0
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+        sock.close()
+        assert received == size
+        assert server.wait(20) == 0
+    finally:
+        stop_all(client, server)
+        listener.close()
+
+
+def test_json_logs_are_one_object_per_line(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file, "--log-format", "json"), log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+    finally:
+        stop_all(server)
+    lines = [line for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert records and all({"time", "level", "msg"} <= set(r) for r in records)
+    assert any("event=draining" in r["msg"] for r in records)

@@ -1,0 +1,206 @@
+"""`inlets ... client --proxy` as users run it: real processes, a real tinyproxy, debug logs checked
+for the proxy password, one-line errors for bad proxy settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from helpers.process import echo_once
+from helpers.tunnel import TlsFiles
+
+ROOT = Path(__file__).resolve().parents[2]
+INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
+USER, PASSWORD = "bob", "pw-Kx3-cli-never-logged"
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy",
+              "SOCKS_PROXY", "socks_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+    return {**env, **extra}
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with open(log, "w") as handle:
+        return subprocess.Popen([*INLETS, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=env or clean_env())
+
+
+def finish(process: subprocess.Popen) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+            raise AssertionError("did not stop on SIGTERM") from None
+    return process.returncode
+
+
+def wait_for(check, what: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded in time
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def auth_proxy(tmp_path_factory: pytest.TempPathFactory):
+    daemon = tinyproxy(tmp_path_factory.mktemp("tinyproxy-cli"), auth=(USER, PASSWORD))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def socks_proxy(tmp_path_factory: pytest.TempPathFactory):
+    daemon = dante(tmp_path_factory.mktemp("dante-cli"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def tunnel_server(tmp_path: Path, tls: TlsFiles, token: str):
+    """An `inlets tcp server` process; yields (control port, token file, log)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    control, log = free_port(), tmp_path / "server.log"
+    process = spawn(["tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                     "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file)],
+                    log)
+    wait_for(lambda: accepts(control), "the tunnel server")
+    yield control, token_file, log
+    finish(process)
+
+
+def client_args(control: int, token_file: Path, tls: TlsFiles, public: int, upstream_port: int) -> list[str]:
+    return ["tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca",
+            str(tls.ca), "--upstream", f"{public}=127.0.0.1:{upstream_port}", "--log-level", "debug"]
+
+
+def test_client_uses_https_proxy_from_the_environment_and_never_logs_its_password(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, tunnel_server, echo_port: int
+) -> None:
+    control, token_file, server_log = tunnel_server
+    public, log = free_port(), tmp_path / "client.log"
+    env = clean_env(HTTPS_PROXY=f"http://{USER}:{PASSWORD}@127.0.0.1:{auth_proxy.port}")
+    client = spawn(client_args(control, token_file, tls, public, echo_port), log, env)
+    try:
+        wait_for(lambda: accepts(public), "the data port the client advertised")
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as sock:
+            sock.sendall(b"through tinyproxy")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b"through tinyproxy"
+    finally:
+        assert finish(client) == 0
+    output = log.read_text()
+    assert f"event=proxy proxy=http://{USER}@127.0.0.1:{auth_proxy.port} source=HTTPS_PROXY" in output
+    assert f"remote={auth_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
+    assert PASSWORD not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("form", ["--proxy-password-file", "INLETS_PROXY_PASSWORD"])
+def test_proxy_password_from_a_file_or_the_environment_stays_off_the_command_line(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, tunnel_server, echo_port: int, form: str
+) -> None:
+    control, token_file, server_log = tunnel_server
+    public, log = free_port(), tmp_path / "client.log"
+    args = [*client_args(control, token_file, tls, public, echo_port), "--proxy", f"http://{USER}@127.0.0.1:{auth_proxy.port}"]
+    env = clean_env()
+    if form == "--proxy-password-file":
+        (tmp_path / "proxy-password").write_text(PASSWORD + "\n")
+        args += [form, str(tmp_path / "proxy-password")]
+    else:
+        env[form] = PASSWORD
+    client = spawn(args, log, env)
+    try:
+        wait_for(lambda: accepts(public), "the data port the client advertised")
+        assert PASSWORD not in Path(f"/proc/{client.pid}/cmdline").read_text()  # what ps shows
+        assert echo_once(public, b"password kept off ps") == b"password kept off ps"
+    finally:
+        assert finish(client) == 0
+    assert f"remote={auth_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
+    assert PASSWORD not in log.read_text()
+
+
+def test_client_uses_all_proxy_socks5_from_the_environment(
+    tmp_path: Path, tls: TlsFiles, socks_proxy: Daemon, tunnel_server, echo_port: int
+) -> None:
+    """The command runs on uvloop when installed: SOCKS through it, end to end."""
+    control, token_file, server_log = tunnel_server
+    public, log = free_port(), tmp_path / "client.log"
+    env = clean_env(ALL_PROXY=f"socks5://127.0.0.1:{socks_proxy.port}")
+    client = spawn(client_args(control, token_file, tls, public, echo_port), log, env)
+    try:
+        wait_for(lambda: accepts(public), "the data port the client advertised")
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as sock:
+            sock.sendall(b"through dante")
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(100) == b"through dante"
+    finally:
+        assert finish(client) == 0
+    assert f"event=proxy proxy=socks5://127.0.0.1:{socks_proxy.port} source=ALL_PROXY" in log.read_text()
+    assert f"remote={socks_proxy.bound_from}:" in server_log.read_text(), "the client did not come through the proxy"
+
+
+def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retrying(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, tunnel_server
+) -> None:
+    control, token_file, _ = tunnel_server
+    log = tmp_path / "client.log"
+    wrong = "not-" + PASSWORD
+    proxy = f"http://{USER}:{wrong}@127.0.0.1:{auth_proxy.port}"
+    client = spawn([*client_args(control, token_file, tls, free_port(), 9), "--proxy", proxy], log)
+    try:
+        wait_for(lambda: log.read_text().count("event=connect_failed") >= 2, "two failed attempts")
+        assert client.poll() is None, "the client gave up instead of retrying"
+    finally:
+        assert finish(client) == 0
+    output = log.read_text()
+    failed = [line for line in output.splitlines() if "event=connect_failed" in line]
+    assert all(f"proxy http://{USER}@127.0.0.1:{auth_proxy.port} refused CONNECT 127.0.0.1:{control}: HTTP 401" in line
+               for line in failed), failed
+    assert wrong not in output and PASSWORD not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", ["tcp", "http"])
+@pytest.mark.parametrize("proxy, env, message", [
+    ("ftp://u:hush-hush@corp:21", {}, "--proxy: proxy scheme 'ftp' is not supported"),
+    ("http://u@corp:3128", {}, "--proxy: invalid proxy http://u@corp:3128: username provided without password "
+                               "(keep it in --proxy-password-file or $INLETS_PROXY_PASSWORD)"),
+    ("http://corp:3128", {"INLETS_PROXY_PASSWORD": "hush-hush"},
+     "$INLETS_PROXY_PASSWORD: --proxy http://corp:3128 names no user: use http://USER@HOST:PORT"),
+    ("http://u:hush-hush@corp:3128", {"INLETS_PROXY_PASSWORD": "hush-hush"},
+     "$INLETS_PROXY_PASSWORD: --proxy http://u@corp:3128 already holds a password: give it once"),
+    (None, {"INLETS_PROXY_PASSWORD": "hush-hush"}, "a proxy password needs --proxy http://USER@HOST:PORT"),
+    (None, {"HTTPS_PROXY": "http://u:hush-hush@:3128"}, "HTTPS_PROXY: invalid proxy"),
+    (None, {"ALL_PROXY": "gopher://corp:70"}, "ALL_PROXY: proxy scheme 'gopher' is not supported"),
+])
+def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None, env: dict, message: str) -> None:
+    upstream = ["--upstream", "22=127.0.0.1:22"] if command == "tcp" else ["--upstream", "http://127.0.0.1:8080"]
+    args = [command, "client", "--url", "wss://127.0.0.1:1", "--token", "x", *upstream]
+    if proxy:
+        args += ["--proxy", proxy]
+    done = subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=clean_env(**env))
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("inlets: error: "), done.stderr
+    assert message in done.stderr and "hush-hush" not in done.stderr, done.stderr

@@ -1,0 +1,240 @@
+"""Clients behind outbound proxies: real tinyproxy (HTTP CONNECT) and Dante (SOCKS5) on loopback.
+
+Every proxy connects out from its own loopback address, so each test checks on the
+tunnel server that the client really came through the proxy, not around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
+from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
+from helpers.tunnel import (
+    TlsFiles, control_url, echo_server, port_of, run, start_client, start_server, stop, wait_listening,
+)
+
+from inlets_py.runtime.client.outbound_proxy import ProxyConfigError, choose
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+
+MiB = 1024 * 1024
+USER, PASSWORD = "alice", "pw-Zq8-never-logged"
+
+
+@pytest.fixture(scope="module")
+def open_proxy(tmp_path_factory: pytest.TempPathFactory):
+    daemon = tinyproxy(tmp_path_factory.mktemp("tinyproxy-open"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_proxy(tmp_path_factory: pytest.TempPathFactory):
+    daemon = tinyproxy(tmp_path_factory.mktemp("tinyproxy-auth"), auth=(USER, PASSWORD))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_proxy(tmp_path_factory: pytest.TempPathFactory):
+    """Allows CONNECT to port 443 only: anything else gets tinyproxy's 403."""
+    daemon = tinyproxy(tmp_path_factory.mktemp("tinyproxy-strict"), connect_ports=[443])
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def socks_proxy(tmp_path_factory: pytest.TempPathFactory):
+    """Dante; connections to ``daemon.blocked`` are refused by its rules."""
+    blocked = free_port()
+    daemon = dante(tmp_path_factory.mktemp("dante"), block_port=blocked)
+    daemon.blocked = blocked  # type: ignore[attr-defined]
+    yield daemon
+    daemon.stop()
+
+
+def http_url(daemon: Daemon, auth: tuple[str, str] | None = None) -> str:
+    creds = f"{auth[0]}:{auth[1]}@" if auth else ""
+    return f"http://{creds}127.0.0.1:{daemon.port}"
+
+
+def remotes(server) -> list[str]:
+    return [info.remote.rsplit(":", 1)[0] for info in server.control.clients.values()]
+
+
+# ------------------------------------------------------------- integrity through each proxy
+
+
+def transfer_through(tls: TlsFiles, token: str, proxy: str, came_from: str) -> None:
+    up, down = payloads(64 * MiB)
+
+    async def scenario() -> None:
+        upstream = HashingUpstream(down)
+        up_port = await upstream.start()
+        server = await start_server(tls, token)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", up_port)},
+                                          proxy=proxy)
+        try:
+            assert remotes(server) == [came_from], "the client did not come through the proxy"
+            await wait_listening("127.0.0.1", public)
+            await exchange(public, upstream, up)
+        finally:
+            await stop(task)
+            await server.stop()
+
+    run(scenario(), timeout=90)
+
+
+def test_64_mib_each_way_through_an_http_connect_proxy(tls: TlsFiles, token: str, open_proxy: Daemon) -> None:
+    transfer_through(tls, token, http_url(open_proxy), open_proxy.bound_from)
+
+
+def test_64_mib_each_way_through_an_http_connect_proxy_with_basic_auth(
+    tls: TlsFiles, token: str, auth_proxy: Daemon
+) -> None:
+    transfer_through(tls, token, http_url(auth_proxy, (USER, PASSWORD)), auth_proxy.bound_from)
+
+
+def test_64_mib_each_way_through_a_socks5_proxy(tls: TlsFiles, token: str, socks_proxy: Daemon) -> None:
+    transfer_through(tls, token, f"socks5://127.0.0.1:{socks_proxy.port}", socks_proxy.bound_from)
+
+
+# ------------------------------------------------------------------- the environment
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"HTTPS_PROXY": "{http}"}, "tinyproxy"),
+    ({"https_proxy": "127.0.0.1:{http_port}"}, "tinyproxy"),  # bare host:port, as curl takes it
+    ({"ALL_PROXY": "socks5://127.0.0.1:{socks_port}"}, "danted"),
+    ({"HTTPS_PROXY": "{http}", "NO_PROXY": "localhost,127.0.0.1"}, "direct"),
+])
+def test_proxy_from_the_environment(
+    tls: TlsFiles, token: str, open_proxy: Daemon, socks_proxy: Daemon, monkeypatch: pytest.MonkeyPatch,
+    variables: dict[str, str], expected: str,
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "WSS_PROXY",
+                 "wss_proxy", "SOCKS_PROXY", "socks_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value.format(http=http_url(open_proxy), http_port=open_proxy.port,
+                                              socks_port=socks_proxy.port))
+    came_from = {"tinyproxy": open_proxy.bound_from, "danted": socks_proxy.bound_from, "direct": "127.0.0.1"}[expected]
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        try:
+            assert remotes(server) == [came_from]
+            await wait_listening("127.0.0.1", public)
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            writer.write(b"via the environment")
+            writer.write_eof()
+            assert await reader.read() == b"via the environment"
+            writer.close()
+        finally:
+            await stop(task)
+            await server.stop()
+
+    run(scenario(), timeout=30)
+
+
+def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert choose(None, "wss://h:8123/connect").url is None
+    monkeypatch.setenv("HTTP_PROXY", "http://plain:3128")
+    assert choose(None, "wss://h:8123/connect").url is None  # wss:// never uses HTTP_PROXY
+    assert choose(None, "ws://h:80/connect").url == "http://plain:3128"
+    monkeypatch.setenv("ALL_PROXY", "socks5h://s:1080")
+    assert (choose(None, "wss://h:8123/connect").url, choose(None, "wss://h:8123/connect").source) == (
+        "socks5h://s:1080", "ALL_PROXY")
+    monkeypatch.setenv("HTTPS_PROXY", "http://corp:3128")
+    assert choose(None, "wss://h:8123/connect").url == "http://corp:3128"  # HTTPS_PROXY before ALL_PROXY
+    assert choose("socks5://mine:1080", "wss://h:8123/connect").url == "socks5://mine:1080"  # the flag wins
+    assert choose("none", "wss://h:8123/connect").url is None
+    monkeypatch.setenv("NO_PROXY", ".internal")
+    assert choose(None, "wss://tunnel.internal:8123/connect").url is None
+    assert choose(None, "wss://other:8123/connect").url == "http://corp:3128"
+    shown = choose("http://u:secret@corp:3128", "wss://h/connect").shown
+    assert shown == "http://u@corp:3128"
+    for bad, why in [("ftp://corp:21", "not supported"), ("http://u@corp:3128", "without password"),
+                     ("http://:3128", "hostname"), ("http://u:secret@corp:3128/path", "path")]:
+        with pytest.raises(ProxyConfigError, match=why) as raised:
+            choose(bad, "wss://h:8123/connect")
+        assert "secret" not in str(raised.value)
+
+
+# ------------------------------------------------------------ refusals: one line, retried
+
+
+def failures(client_proxy: str, tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture,
+             server_port: int | None = None, serve: bool = True) -> list[str]:
+    """Run a client through ``client_proxy`` until it has failed twice; it must still be retrying."""
+    caplog.set_level(logging.INFO, logger="inlets.client")
+
+    async def scenario() -> list[str]:
+        server = await start_server(tls, token, port=server_port or 0) if serve else None
+        url = control_url(server) if server else f"wss://127.0.0.1:{server_port}"
+        client, task = await start_client(url, token, tls, {free_port(): Upstream("127.0.0.1", 9)}, wait=False,
+                                          proxy=client_proxy)
+        try:
+            for _ in range(200):  # bounded: 200 x 50 ms
+                lines = [r.getMessage() for r in caplog.records if "event=connect_failed" in r.getMessage()]
+                if len(lines) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert not task.done(), f"the client gave up: {task.exception() if task.done() else ''}"
+            assert not client.connected.is_set()
+            return lines
+        finally:
+            await stop(task)
+            if server:
+                await server.stop()
+
+    lines = run(scenario(), timeout=30)
+    assert len(lines) >= 2, f"expected retries, got {lines}"
+    assert all("\n" not in line for line in lines)
+    assert PASSWORD not in caplog.text and "Traceback" not in caplog.text
+    return lines
+
+
+def test_407_without_credentials_names_the_proxy_and_retries(tls, token, auth_proxy, caplog) -> None:
+    lines = failures(http_url(auth_proxy), tls, token, caplog)
+    assert f"proxy http://127.0.0.1:{auth_proxy.port} refused CONNECT 127.0.0.1:" in lines[0]
+    assert "HTTP 407 Proxy Authentication Required" in lines[0] and "credentials" in lines[0]
+
+
+def test_wrong_password_is_reported_but_never_shown(tls, token, auth_proxy, caplog) -> None:
+    lines = failures(http_url(auth_proxy, (USER, "wrong-" + PASSWORD)), tls, token, caplog)
+    assert f"proxy http://{USER}@127.0.0.1:{auth_proxy.port} refused CONNECT" in lines[0]
+    assert "HTTP 401 Unauthorized" in lines[0] and "credentials wrong" in lines[0]  # tinyproxy's answer
+
+
+def test_403_from_a_proxy_that_forbids_the_port(tls, token, strict_proxy, caplog) -> None:
+    lines = failures(http_url(strict_proxy), tls, token, caplog)
+    assert f"proxy http://127.0.0.1:{strict_proxy.port} refused CONNECT" in lines[0]
+    assert "HTTP 403" in lines[0] and "does not allow" in lines[0]
+
+
+def test_proxy_that_cannot_reach_the_server(tls, token, open_proxy, caplog) -> None:
+    lines = failures(http_url(open_proxy), tls, token, caplog, server_port=free_port(), serve=False)
+    assert f"proxy http://127.0.0.1:{open_proxy.port} refused CONNECT" in lines[0] and "HTTP 500" in lines[0]
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+def test_unreachable_proxy(tls, token, caplog, scheme: str) -> None:
+    dead = free_port()
+    lines = failures(f"{scheme}://127.0.0.1:{dead}", tls, token, caplog)
+    assert f"proxy {scheme}://127.0.0.1:{dead} unreachable: Connection refused" in lines[0]
+
+
+def test_socks5_refusal_names_the_proxy_and_its_reason(tls, token, socks_proxy, caplog) -> None:
+    lines = failures(f"socks5://127.0.0.1:{socks_proxy.port}", tls, token, caplog, server_port=socks_proxy.blocked)
+    assert f"proxy socks5://127.0.0.1:{socks_proxy.port} refused the connection to 127.0.0.1:{socks_proxy.blocked}" in lines[0]
+    assert "not allowed by ruleset" in lines[0]

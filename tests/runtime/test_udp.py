@@ -1,0 +1,199 @@
+"""UDP through the tunnel: real DNS with dig and dnsmasq, datagram boundaries, flows per
+source with an idle timeout, and bursts that lose datagrams (as UDP may) but never memory."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers.faults import rss_kib
+from helpers.proxy_daemons import binary
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop
+
+from inlets_py.runtime.core.probe import get, parse_url
+from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
+from inlets_py.runtime.core.services import MAX_DATAGRAM
+
+
+def udp_free_port() -> int:
+    """A port free for UDP and for TCP too (dnsmasq binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            try:
+                with socket.socket() as tcp:
+                    tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+class UdpEcho(asyncio.DatagramProtocol):
+    """Answers every datagram with itself, prefixed by nothing: boundaries must survive."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, address) -> None:
+        self.transport.sendto(data, address)
+
+
+async def udp_echo() -> int:
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+    return transport.get_extra_info("sockname")[1]
+
+
+async def ask(port: int, payloads: list[bytes], source: str = "127.0.0.1", timeout: float = 5) -> list[bytes]:
+    """Send datagrams from one socket, collect the answers in order of arrival."""
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Collector(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, address) -> None:
+            answers.put_nowait(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Collector, local_addr=(source, 0), remote_addr=("127.0.0.1", port))
+    for payload in payloads:
+        transport.sendto(payload)
+    got = [await asyncio.wait_for(answers.get(), timeout) for _ in payloads]
+    transport.close()
+    return got
+
+
+def test_parse_udp_upstreams() -> None:
+    mapping = parse_upstreams(["127.0.0.1", "udp:5353=10.0.0.2:53", "2222=10.0.0.3:22"], ["80"], ["53,51820"])
+    assert mapping == {
+        "udp:5353": Upstream("10.0.0.2", 53), "tcp:2222": Upstream("10.0.0.3", 22), "tcp:80": Upstream("127.0.0.1", 80),
+        "udp:53": Upstream("127.0.0.1", 53), "udp:51820": Upstream("127.0.0.1", 51820),
+    }
+
+
+def test_datagram_boundaries_and_sizes_survive(tls: TlsFiles, token: str) -> None:
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        sizes = [1, 2, 100, 1400, 9000, 65000, MAX_DATAGRAM]
+        payloads = [bytes([i]) * size for i, size in enumerate(sizes)]
+        got = await ask(public, payloads)
+        assert sorted(got, key=len) == payloads  # each datagram whole, none merged or split
+        udp = server.udp_ports[f"udp:{public}"]
+        assert udp.counters.datagrams_in == len(sizes) and udp.counters.datagrams_out == len(sizes)
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> None:
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        udp = server.udp_ports[f"udp:{public}"]
+        udp.idle_timeout = 0.6
+        assert await ask(public, [b"one"], source="127.0.0.1") == [b"one"]
+        assert await ask(public, [b"two"], source="127.0.0.2") == [b"two"]
+        assert len(udp.flows) == 2 and {a[0] for a in udp.flows} == {"127.0.0.1", "127.0.0.2"}
+        assert client.session.open_streams == 2
+        for _ in range(60):
+            if not udp.flows:
+                break
+            await asyncio.sleep(0.1)
+        assert not udp.flows and client.session.open_streams == 0  # both ends forgot them
+        assert await ask(public, [b"again"]) == [b"again"]  # a new flow after the idle end
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+@pytest.fixture
+def dnsmasq(tmp_path: Path):
+    exe = binary("dnsmasq")
+    port = udp_free_port()
+    argv = [exe, "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+            f"--pid-file={tmp_path / 'dnsmasq.pid'}", "--address=/tunnel.test/192.0.2.42", "--log-facility=-"]
+    process = subprocess.Popen(argv, stdout=open(tmp_path / "dnsmasq.log", "w"), stderr=subprocess.STDOUT)
+    time.sleep(0.3)
+    if process.poll() is not None:
+        pytest.fail(f"dnsmasq did not start: {(tmp_path / 'dnsmasq.log').read_text()}")
+    yield port
+    process.terminate()
+    process.wait(5)
+
+
+def test_real_dns_query_with_dig_through_the_tunnel(tmp_path: Path, tls: TlsFiles, token_file: Path, dnsmasq: int) -> None:
+    dig = binary("dig")
+    control, public = free_port(), udp_free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"udp:{public}=127.0.0.1:{dnsmasq}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "server.log", f"service=udp:{public}")
+        answer = subprocess.run([dig, "@127.0.0.1", "-p", str(public), "+tries=1", "+time=3", "+short", "tunnel.test"],
+                                capture_output=True, text=True, timeout=15)
+        assert answer.stdout.strip() == "192.0.2.42", answer
+        full = subprocess.run([dig, "@127.0.0.1", "-p", str(public), "+tries=1", "+time=3", "nothing.example"],
+                              capture_output=True, text=True, timeout=15)
+        assert "status: REFUSED" in full.stdout or "status: NXDOMAIN" in full.stdout, full.stdout
+    finally:
+        stop_all(client, server)
+
+
+def test_a_burst_loses_datagrams_not_memory(tmp_path: Path, tls: TlsFiles, token: str, token_file: Path) -> None:
+    """An upstream that never reads, 30,000 datagrams of 1,400 bytes as fast as the sender can:
+    some are dropped and counted; neither tunnel process grows."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never read
+    sink.bind(("127.0.0.1", 0))
+    control, public = free_port(), udp_free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"udp:{public}=127.0.0.1:{sink.getsockname()[1]}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "server.log", f"service=udp:{public}")
+        wait_port(control)
+        before = {p.pid: rss_kib(p.pid) for p in (server, client)}
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        payload = b"u" * 1400
+        deadline = time.monotonic() + 20
+        for i in range(30_000):
+            try:
+                sender.sendto(payload, ("127.0.0.1", public))
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                break
+        time.sleep(1.0)
+        growth = {pid: (rss_kib(pid) - kib) / 1024 for pid, kib in before.items()}
+        assert all(g < 16 for g in growth.values()), growth
+        metrics = get(parse_url(f"wss://127.0.0.1:{control}"), "/metrics", ca_file=tls.ca, token=token).body
+        sent_through = [line for line in metrics.splitlines() if line.startswith("udp_dataplane_datagrams_total")
+                        and 'direction="in"' in line]
+        assert sent_through, metrics
+        through = float(sent_through[0].rsplit(" ", 1)[1])
+        dropped = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("udp_dataplane_dropped_total"))
+        print(f"\nburst: {through:.0f} through, {dropped:.0f} dropped by the tunnel (the rest by the kernel), RSS growth MiB {growth}")
+        assert through > 0 and through + dropped <= 30_000
+    finally:
+        stop_all(client, server)
+        sink.close()
+
+
+@pytest.fixture
+def token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
