@@ -4,14 +4,12 @@ say which servers it holds. Real processes on loopback; every wait bounded."""
 
 from __future__ import annotations
 
-import http.server
 import signal
-import threading
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from helpers.prov_support import http_upstream
 from helpers.process import echo_once, inlets, spawn, terminate, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
@@ -86,31 +84,10 @@ def test_a_tcp_client_serves_through_both_servers_and_survives_one(tmp_path: Pat
             terminate(process)
 
 
-class _Site(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = f"site {self.headers['Host']} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def test_an_http_client_serves_the_same_host_through_both_servers(tmp_path: Path, tls: TlsFiles, site: int) -> None:
+def test_an_http_client_serves_the_same_host_through_both_servers(tmp_path: Path, tls: TlsFiles) -> None:
     tokens = _tokens(tmp_path)
     (tmp_path / "shared").write_text(tokens[0].read_text())
-    controls, port = [free_port(), free_port()], free_port()
+    controls, port, site = [free_port(), free_port()], free_port(), free_port()
     servers = [_server("http", controls[n], tls, tmp_path / "shared", DATA_ADDRS[n], tmp_path / f"server-{n}.log",
                        "--port", str(port)) for n in range(2)]
     client_log = tmp_path / "client.log"
@@ -119,10 +96,11 @@ def test_an_http_client_serves_the_same_host_through_both_servers(tmp_path: Path
                    "--upstream", f"app.example.test=http://127.0.0.1:{site}", log=client_log)
     try:
         _held(client_log, "event=servers held=2/2")
-        for addr in DATA_ADDRS:
-            request = urllib.request.Request(f"http://{addr}:{port}/x", headers={"Host": "app.example.test"})
-            with urllib.request.urlopen(request, timeout=5) as answer:
-                assert answer.read() == b"site app.example.test /x"
+        with http_upstream(site):
+            for addr in DATA_ADDRS:
+                request = urllib.request.Request(f"http://{addr}:{port}/x", headers={"Host": "app.example.test"})
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    assert answer.read() == b"hello from the upstream, path=/x"
     finally:
         for process in (client, *servers):
             terminate(process)
