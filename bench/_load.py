@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from _target import ACK_UNIT
-from _util import BenchError, connect, percentile
+from _util import LOOPBACK, BenchError, connect, percentile
 
 CHUNK = 1024 * 1024
 _PAYLOAD = memoryview(bytes(range(256)) * (CHUNK // 256))
@@ -65,11 +65,11 @@ def _receive_from_source(sock: socket.socket, cap: int, deadline: float) -> int:
 
 
 def _stream(transfer: Callable[[socket.socket, int, float], int], port: int, cap: int, start: threading.Barrier,
-            deadline_box: list[float], out: list, idx: int, timeout: float) -> None:
+            deadline_box: list[float], out: list, idx: int, timeout: float, host: str = LOOPBACK) -> None:
     """One connection of a throughput run: connect, wait for the others, ``transfer``; result or error in ``out``."""
     sock: socket.socket | None = None
     try:
-        sock = connect(port)
+        sock = connect(port, host=host)
         sock.settimeout(timeout)
         start.wait(timeout=30)
         moved = transfer(sock, cap, deadline_box[0])
@@ -85,14 +85,15 @@ def _stream(transfer: Callable[[socket.socket, int, float], int], port: int, cap
             sock.close()
 
 
-def throughput(port: int, streams: int, max_bytes: int, max_seconds: float, receive: bool = False) -> Throughput:
+def throughput(port: int, streams: int, max_bytes: int, max_seconds: float, receive: bool = False,
+               hosts: tuple[str, ...] = (LOOPBACK,)) -> Throughput:
     """Aggregate goodput of ``streams`` parallel transfers, bounded by bytes and by time.
 
     ``receive=False``: the generator writes to the sink; the clock runs from the moment
     all streams are connected until the sink has acknowledged the last byte of the
     slowest stream. ``receive=True``: the generator reads from the source; the clock
     stops when the slowest stream has received its bytes (or at the time bound, with
-    the bytes received by then).
+    the bytes received by then). Stream i goes to ``hosts[i % len(hosts)]`` (servers side by side).
     """
     out: list = [None] * streams
     box = [0.0]
@@ -106,7 +107,7 @@ def throughput(port: int, streams: int, max_bytes: int, max_seconds: float, rece
     threads = [
         threading.Thread(target=_stream, daemon=True,
                          args=(_receive_from_source if receive else _send_to_sink, port, max_bytes // streams,
-                               start, box, out, i, max_seconds + 30))
+                               start, box, out, i, max_seconds + 30, hosts[i % len(hosts)]))
         for i in range(streams)
     ]
     for t in threads:

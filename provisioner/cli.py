@@ -14,6 +14,7 @@ import typer
 from . import manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
+from .replicas import check as check_replicas
 from .providers import Credentials
 from .providers import registry
 from .state import STATE_ENV, ServerState, state_root
@@ -64,7 +65,8 @@ def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) ->
         "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com\n\n"
         "  AWS_PROFILE=work inletsctl create --provider ec2 --region eu-west-1 --ports 22,80,443\n\n"
         "  inletsctl create --provider ssh --host root@203.0.113.10 --ssh-key ~/.ssh/id_ed25519 --ports 80,443\n\n"
-        "  HCLOUD_TOKEN=... inletsctl create --provider hetzner --mode http --domain example.com"
+        "  HCLOUD_TOKEN=... inletsctl create --provider hetzner --mode http --domain example.com\n\n"
+        "  inletsctl create ha-tunnel --provider digitalocean --ports 80,443 --replicas 2"
     )
 )
 def create_cmd(
@@ -98,6 +100,7 @@ def create_cmd(
     ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server.")] = 600.0,
     delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
+    replicas: Annotated[int, typer.Option(help="Exit servers sharing one token and CA behind the cloud's load balancer (health-checked on the data ports); the printed client connects to every one [" + registry.replicas_help() + "; other providers refuse it].")] = 1,
     runtime_spec: Annotated[Optional[str], typer.Option(help="pip requirement the VM installs instead of this inletsctl's server wheel [default: the wheel, in the user-data or sent by create].")] = None,
     embed_wheel: Annotated[bool, typer.Option("--embed-wheel", hidden=True, help="Kept for old scripts: the wheel is the default now.")] = False,
     show_token: Annotated[bool, typer.Option("--show-token", help="Print the token too.")] = False,
@@ -105,11 +108,12 @@ def create_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Create an exit server, wait until its tunnel answers, print the client command."""
+    check_replicas(provider or "local", replicas)  # before the provider's own flags are read
     opts = CreateOptions(
         provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
         domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
-        runtime_spec=runtime_spec,
+        runtime_spec=runtime_spec, replicas=replicas,
         letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
         creds=_creds(
             access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
@@ -226,6 +230,9 @@ def status_cmd(
         return
     for key in ("name", "provider", "id", "ip", "vm"):
         print(f"{key:<9} {result[key]}")
+    for replica in result.get("replicas", []):
+        answer = "answered" if "server" in replica else replica["error"]
+        print(f"{'replica':<9} {replica['name']} {replica['ip']} ({replica['vm']}; {answer})")
     server = result["server"]
     if server["endpoint"] == "/healthz":
         print(f"{'server':<9} /healthz answered {server['http_status']} {server['body']}".rstrip())

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import material as material_mod
+from . import replicas
 from .errors import NotFound, ProvisionError
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
@@ -19,7 +20,7 @@ from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, check_runtime_spec, control_url,
                    parse_ttl)
 from .state import ServerState, state_root
-from .wait import Delivery, Progress, wait_until_gone, wait_until_ready
+from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
 
 LOCAL_DEFAULT_PORTS = (8080,)
@@ -48,6 +49,7 @@ class CreateOptions:
     letsencrypt: bool | None = None  # None: on for a cloud's http mode with --domain on port 80
     letsencrypt_email: str | None = None
     letsencrypt_issuer: str = "prod"
+    replicas: int = 1  # >1: that many exit servers sharing token and CA, behind the provider's load balancer
 
 
 def _spec(opts: CreateOptions) -> TunnelSpec:
@@ -70,6 +72,7 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         control_port=control_port,
         upstream=opts.upstream,
         letsencrypt=_letsencrypt(opts, http_port),
+        lb_proxy_protocol="v1" if opts.replicas > 1 else None,  # the balancer tells each replica the real source
     )
 
 
@@ -78,7 +81,10 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
     cloud = opts.provider not in ("local", "ssh")
     wanted = opts.letsencrypt
     if wanted is None:
-        wanted = cloud and opts.mode == "http" and bool(opts.domains) and http_port == 80
+        wanted = cloud and opts.mode == "http" and bool(opts.domains) and http_port == 80 and opts.replicas == 1
+    if wanted and opts.replicas > 1:
+        raise ProvisionError("--letsencrypt cannot be combined with --replicas: the balancer's health checks and "
+                             "HTTP-01 challenges would reach either replica; serve plain HTTP behind it (--no-letsencrypt)")
     if not wanted:
         if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod":
             raise ProvisionError("--letsencrypt-email/--letsencrypt-issuer need Let's Encrypt: --mode http --domain "
@@ -93,8 +99,10 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
 
 
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
-    """Create one exit server and return its summary; the VM is left alone on failure unless asked."""
+    """Create one exit server (or ``--replicas`` of it behind a balancer) and return its summary; what was
+    made is left alone on failure unless asked."""
     name = check_name(opts.name) if opts.name else random_name()
+    replicas.check(opts.provider, opts.replicas)
     spec = _spec(opts)
     runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None
     if opts.timeout <= 0:
@@ -105,7 +113,9 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     state = ServerState(opts.state_root, name)
     if state.exists() or state.dir.exists():
         raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name")
-    if provider.user_data_limit and any(h.name == name for h in provider.list()):
+    group = name if opts.replicas > 1 else None
+    names = replicas.replica_names(name, opts.replicas) if group else [name]
+    if provider.user_data_limit and any(h.name in names or (group and h.group == group) for h in provider.list()):
         raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
     progress("generating token and TLS material")
     secrets = material_mod.generate(name)
@@ -116,6 +126,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         text, push = fitting_user_data(spec, secrets, options)
         delivery = Delivery(wheel, secrets.token) if push and wheel else None
     state.reserve()
+    hosts: list[Host] = []
     try:
         state.write_secret(state.token_file, (secrets.token + "\n").encode())
         state.write_public(state.ca_file, secrets.ca_cert)
@@ -129,38 +140,76 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             "expires_at": _iso(expires_at) if expires_at else None, "region": opts.region, "size": opts.size,
             "id": None, "ip": None,
         }
+        if group:
+            meta |= {"replicas": [{"name": n, "id": None, "ip": None} for n in names], "balancer_id": None}
         state.save(meta)
-        plan = Plan(name, spec, text, state.dir, opts.region, opts.size, opts.ssh_key, expires_at)
-        progress(f"creating {name!r} on {opts.provider}")
-        host = provider.create(plan)
-    except BaseException:
-        state.remove()
-        raise
-    meta["id"] = host.id
-    state.save(meta)
-    host.control_port = host.control_port or spec.control_port
+        for index, host_name in enumerate(names):
+            plan = Plan(host_name, spec, text, state.dir, opts.region, opts.size, opts.ssh_key, expires_at, group)
+            progress(f"creating {host_name!r} on {opts.provider}")
+            hosts.append(provider.create(plan))
+            if group:
+                meta["replicas"][index]["id"] = hosts[-1].id
+            else:
+                meta["id"] = hosts[-1].id
+            state.save(meta)
+    except BaseException as exc:
+        if not hosts:
+            state.remove()
+            raise
+        if not isinstance(exc, ProvisionError):
+            raise
+        raise _failed(exc, provider, meta, state, opts, progress) from None
+    started = time.monotonic()
+    why = functools.partial(_why_hint, opts) if provider.user_data_limit else None
     try:
-        host = wait_until_ready(provider, host, state.ca_file, opts.timeout, progress, provider.poll_interval,
-                                delivery=delivery, why=functools.partial(_why_hint, opts) if provider.user_data_limit else None)
+        for index, host in enumerate(hosts):
+            host.control_port = host.control_port or spec.control_port
+            remaining = max(1.0, opts.timeout - (time.monotonic() - started))
+            hosts[index] = wait_until_ready(provider, host, state.ca_file, remaining, progress, provider.poll_interval,
+                                            delivery=delivery, why=why)
+            if group:
+                meta["replicas"][index]["ip"] = hosts[index].ip
+        if group:
+            _balance(provider, hosts, spec, meta, state, opts, progress, started)
     except ProvisionError as exc:
-        raise _failed(exc, provider, host, state, opts, progress) from None
-    meta.update(ip=host.ip, data_addr=host.data_addr or host.ip)
-    meta["client_command"] = client_command(spec, host.ip or "", state.token_file, state.ca_file)
-    meta["status_command"] = status_command(spec, host.ip or "", state.token_file, state.ca_file)
+        raise _failed(exc, provider, meta, state, opts, progress) from None
+    ips = [host.ip or "" for host in hosts]
+    if not group:
+        meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
+    meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file)
+    meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file)
+    if group:
+        meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file) for ip in ips]
     state.save(meta)
     note = registry.firewall_note(opts.provider, name, spec)
     return summary(meta, state) | ({"firewall": note} if note else {})
 
 
+def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: dict[str, Any], state: ServerState,
+             opts: CreateOptions, progress: Progress, started: float) -> None:
+    """Put the provider's load balancer in front of the replicas' data ports and wait until it has an address."""
+    balancers = replicas.balancing(provider)
+    progress(f"creating load balancer {meta['name']!r} on {opts.provider}")
+    balancer = balancers.create_balancer(meta["name"], spec, [h.id for h in hosts], opts.region)
+    meta.update(id=balancer.id, balancer_id=balancer.id)
+    state.save(meta)
+    balancer = wait_until_balanced(balancers, balancer, opts.timeout, progress, started=started)
+    meta.update(ip=balancer.ip, data_addr=balancer.ip)
+
+
 def _failed(
-    exc: ProvisionError, provider: Provisioner, host: Host, state: ServerState, opts: CreateOptions, progress: Progress
+    exc: ProvisionError, provider: Provisioner, meta: dict[str, Any], state: ServerState, opts: CreateOptions,
+    progress: Progress,
 ) -> ProvisionError:
     if not opts.delete_on_failure:
         return ProvisionError(f"{exc}; delete it with: {delete_command(state.name, state.root)}")
     try:
         timeout, started = min(opts.timeout, GONE_TIMEOUT), time.monotonic()
-        provider.delete(host.id, timeout)
-        wait_until_gone(provider, host.id, timeout, progress, interval=1.0, started=started)
+        if replicas.is_group(meta):
+            replicas.delete_group(provider, meta, timeout, progress, started)
+        else:
+            provider.delete(str(meta["id"]), timeout)
+            wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started)
     except NotFound:
         pass
     except ProvisionError as again:
@@ -203,7 +252,8 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         "token_file": str(state.token_file), "ca_file": str(state.ca_file),
         "client_command": meta["client_command"], "status_command": meta.get("status_command"),
         "delete_command": delete_command(meta["name"], state.root),
-    }
+    } | ({"replicas": meta["replicas"], "balancer_id": meta["balancer_id"],
+          "status_commands": meta.get("status_commands", [])} if replicas.is_group(meta) else {})
 
 
 def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from inlets_py.runtime.core.probe import ProbeError
 
+from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import PROVIDERS, Credentials, make
 from .providers.base import GONE_TIMEOUT, Host, Provisioner
@@ -45,6 +46,8 @@ def delete(
             raise ProvisionError("--id and --ip need --provider")
         provider_name = str(meta["provider"])
     provider = _provider_for(provider_name, root, creds)
+    if replicas.is_group(meta) and meta is not None and meta.get("provider") == provider_name:
+        return _delete_group(root, provider, meta, timeout, progress)
     if meta is not None and meta.get("provider") == provider_name and meta.get("id"):
         host_id = str(meta["id"])
     elif host_id is None:
@@ -67,6 +70,17 @@ def delete(
     return done
 
 
+def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeout: float, progress: Progress) -> str:
+    """The balancer and every replica of a ``create --replicas`` exit server, then its local state."""
+    name = str(meta["name"])
+    try:
+        done = f"deleted {name} ({provider.name}: " + ", ".join(replicas.delete_group(provider, meta, timeout, progress)) + ")"
+    except NotFound:
+        done = f"{name} was already gone on {provider.name}; removed its local state"
+    ServerState(root, name).remove()
+    return done
+
+
 def _find(provider: Provisioner, name: str | None = None, ip: str | None = None) -> Host:
     for host in provider.list():
         if (name is not None and host.name == name) or (ip is not None and host.ip == ip):
@@ -85,7 +99,8 @@ def list_servers(
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
         try:
-            hosts = _provider_for(pname, root, creds).list()
+            provider = _provider_for(pname, root, creds)
+            hosts = provider.list()
         except ProvisionError as exc:
             if provider_name:
                 raise
@@ -93,10 +108,20 @@ def list_servers(
             rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
             continue
         by_id = {h.id: h for h in hosts}
+        groups = [m for m in local_rows if replicas.is_group(m)] or [h for h in hosts if h.group]
+        balancers = replicas.balancing(provider).balancers() if groups else []
         for meta in local_rows:
+            if replicas.is_group(meta):
+                members = [by_id.pop(str(r.get("id")), None) for r in meta["replicas"]]
+                ids = [str(r.get("id")) for r in meta["replicas"]]
+                balancer = replicas.find_balancer(balancers, str(meta["name"]), ids, meta.get("balancer_id"))
+                seen = balancer is not None or any(members)
+                rows.append(replicas.group_row(meta, members, balancer, "both" if seen else "local state only"))
+                continue
             host = by_id.pop(str(meta.get("id")), None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
-        rows += [_row(None, host, f"{pname} only") for host in by_id.values()]
+        cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
+        rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
     return rows
 
 
@@ -145,6 +170,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     meta = state.load()
     result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     provider = _provider_for(str(meta["provider"]), root, creds)
+    if replicas.is_group(meta):
+        return result | _group_status(provider, meta, state)
     try:
         host = provider.status(str(meta.get("id")))
         result["vm"] = host.detail or host.status
@@ -159,3 +186,28 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
         ) from None
     return result
+
+
+def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
+    """The balancer's state, and each replica's VM and /status; ``server`` is the first replica that answered."""
+    try:
+        vm = replicas.balancing(provider).balancer_status(str(meta.get("balancer_id"))).detail
+    except NotFound:
+        vm = "load balancer gone"
+    rows: list[dict[str, Any]] = []
+    for replica in meta["replicas"]:
+        row: dict[str, Any] = {"name": replica["name"], "id": replica.get("id"), "ip": replica.get("ip")}
+        try:
+            row["vm"] = provider.status(str(replica.get("id"))).detail
+        except NotFound:
+            row["vm"] = "gone"
+        try:
+            row["server"] = status_json(str(replica["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+        except (ProbeError, KeyError, TypeError) as exc:
+            row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
+        rows.append(row)
+    answered = next((r["server"] for r in rows if "server" in r), None)
+    if answered is None:
+        why = "; ".join(f"{r['name']}: {r['error']}, vm: {r['vm']}" for r in rows)
+        raise ProvisionError(f"no replica of {meta['name']} answered ({why}); balancer: {vm}")
+    return {"vm": vm, "server": answered, "replicas": rows}

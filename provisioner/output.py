@@ -66,7 +66,8 @@ def print_summary(summary: dict[str, Any], token: str | None) -> None:
         ("mode", summary["mode"]),
         ("ports" if summary["mode"] == "tcp" else "domains",
          ",".join(map(str, summary["ports"])) if summary["mode"] == "tcp" else ",".join(summary["domains"]) or "(any host)"),
-        ("public", " ".join(summary["endpoints"])),
+        ("public", " ".join(summary["endpoints"]) + (" (load balancer)" if summary.get("replicas") else "")),
+        *([("replicas", " ".join(f"{r['name']}={r['ip']}" for r in summary["replicas"]))] if summary.get("replicas") else []),
         ("expires", summary["expires_at"] or "never (no --ttl)"),
         ("token", f"kept in {summary['token_file']} (--show-token prints it)" if token is None else token),
         ("CA", summary["ca_file"]),
@@ -76,9 +77,12 @@ def print_summary(summary: dict[str, Any], token: str | None) -> None:
         print(f"  {key:<9} {value}")
     print("\nConnect a client (copy and paste):\n")
     print(f"  {summary['client_command']}\n")
-    if summary.get("status_command"):
-        print("See its clients and traffic:\n")
-        print(f"  {summary['status_command']}\n")
+    status_commands = summary.get("status_commands") or ([summary["status_command"]] if summary.get("status_command") else [])
+    if status_commands:
+        print("See its clients and traffic" + (" (one command per replica):\n" if len(status_commands) > 1 else ":\n"))
+        for command in status_commands:
+            print(f"  {command}")
+        print()
     print("Delete it when done:\n")
     print(f"  {summary['delete_command']}")
 

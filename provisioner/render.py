@@ -22,6 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import jinja2
 
@@ -79,14 +80,16 @@ def systemd_unit(exec_argv: list[str], mode: str) -> str:
 
 
 def client_command(
-    spec: TunnelSpec, host: str, token_file: Path | str, ca_file: Path | str, inlets: str = "inlets"
+    spec: TunnelSpec, host: str | Sequence[str], token_file: Path | str, ca_file: Path | str, inlets: str = "inlets"
 ) -> str:
-    """The exact, copy-pasteable client command line for an exit server at ``host``."""
+    """The exact, copy-pasteable client command line for an exit server at ``host``; with several
+    hosts (replicas sharing one token and CA), one client connected to every one of them."""
+    hosts = [host] if isinstance(host, str) else list(host)
     return render(
         "client-command.j2",
         inlets=inlets,
         mode=spec.mode,
-        url=control_url(host, spec.control_port),
+        urls=[control_url(h, spec.control_port) for h in hosts],
         token_file=token_file,
         ca_file=ca_file,
         server_name=TLS_SERVER_NAME,

@@ -51,6 +51,7 @@ class TunnelSpec:
     control_port: int = CONTROL_PORT
     upstream: str = DEFAULT_TCP_UPSTREAM  # what the printed client forwards to: tcp host, or http URL
     letsencrypt: LetsEncrypt | None = None  # http: serve the domains over HTTPS with Let's Encrypt
+    lb_proxy_protocol: str | None = None  # v1|v2: a balancer in front sends the real source (--replicas)
 
     @property
     def data_ports(self) -> tuple[int, ...]:
@@ -108,6 +109,7 @@ def build_spec(
     control_port: int = CONTROL_PORT,
     upstream: str | None = None,
     letsencrypt: LetsEncrypt | None = None,
+    lb_proxy_protocol: str | None = None,
 ) -> TunnelSpec:
     """Validate the create options into a spec, with one-line errors."""
     if mode not in ("tcp", "http"):
@@ -123,7 +125,8 @@ def build_spec(
         host = upstream or DEFAULT_TCP_UPSTREAM
         if not _HOST_RE.fullmatch(host):
             raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
-        return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host)
+        return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host,
+                          lb_proxy_protocol=lb_proxy_protocol)
     if ports:
         raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
     if not 1 <= http_port <= 65535 or http_port == control_port:
@@ -135,7 +138,7 @@ def build_spec(
     if letsencrypt is not None:
         _check_letsencrypt(letsencrypt, names, http_port)
     return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,
-                      letsencrypt=letsencrypt)
+                      letsencrypt=letsencrypt, lb_proxy_protocol=lb_proxy_protocol)
 
 
 def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int) -> None:
@@ -183,6 +186,8 @@ def server_argv(
     if data_addr:
         argv += ["--data-addr", data_addr]
     argv += ["--token-file", files.token, "--tls-cert", files.cert, "--tls-key", files.key]
+    if spec.lb_proxy_protocol:
+        argv += ["--lb-proxy-protocol", spec.lb_proxy_protocol]
     if spec.mode == "tcp":
         argv += ["--allow-ports", ",".join(map(str, spec.ports))]
     else:

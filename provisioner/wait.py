@@ -16,7 +16,7 @@ from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
 from .errors import NotFound, ProvisionError
-from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Host, Provisioner
+from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner
 from .wheel import ServerWheel
 from .wheel_receiver import PATH as RECEIVER_PATH
 
@@ -25,6 +25,15 @@ class Progress(Protocol):
     """Reports a step, or a wait still going with what was seen (see output.Progress)."""
 
     def __call__(self, step: str, detail: str = "") -> None: ...
+
+
+class Watched(Protocol):
+    """What can be waited on until it is gone: a provider's hosts (or its balancers, seen as hosts)."""
+
+    name: str
+    poll_interval: float
+
+    def status(self, host_id: str) -> Host: ...
 
 
 class WaitTimeout(ProvisionError):
@@ -155,7 +164,7 @@ def _merge(old: Host, new: Host) -> Host:
 
 
 def wait_until_gone(
-    provider: Provisioner, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
+    provider: Watched, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
     interval: float | None = None, *, started: float | None = None,
 ) -> None:
     """Poll until ``host_id`` is gone (NotFound; FAILED: a process that exited) or raise WaitTimeout.
@@ -182,6 +191,29 @@ def wait_until_gone(
                 f"deleted (last seen: {seen}); run the delete again later, and look at it in {provider.name} if it stays"
             )
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+
+
+def wait_until_balanced(
+    provider: Balancing, balancer: Balancer, timeout: float, progress: Progress, *, started: float | None = None
+) -> Balancer:
+    """Poll until the balancer is active with an address (``create --replicas``), or raise."""
+    started = time.monotonic() if started is None else started
+    deadline = started + timeout
+    while True:
+        try:
+            balancer = provider.balancer_status(balancer.id)
+        except NotFound:
+            raise ProvisionError(f"load balancer {balancer.name!r} ({balancer.id}) disappeared while starting") from None
+        if balancer.status == FAILED:
+            raise ProvisionError(f"load balancer {balancer.name!r} failed: {balancer.detail}")
+        if balancer.status == ACTIVE and balancer.ip:
+            return balancer
+        progress(f"waiting for {provider.name} to start load balancer {balancer.name!r}",
+                 f"{balancer.detail}; {_waited(started, timeout)}")
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for load balancer {balancer.name!r} to become "
+                              f"active; last seen: {balancer.detail}")
+        time.sleep(max(0.0, min(provider.poll_interval, deadline - time.monotonic())))
 
 
 def status_json(host: str, port: int, ca_file: Path, token: str) -> dict[str, object]:

@@ -276,7 +276,7 @@ def outputs() -> dict[Path, str]:
     files[CLIENT_DIR / "client-command.tftpl"] = translate(
         "client-command.j2",
         {
-            "inlets": "string", "mode": "string", "url": "string", "token_file": "string", "ca_file": "string",
+            "inlets": "string", "mode": "string", "urls": "list", "token_file": "string", "ca_file": "string",
             "server_name": "string", "upstreams": "list", "ports": "string",
         },
     )

@@ -7,7 +7,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # systemd-container (systemd-nspawn), debootstrap and slirp4netns boot the user-data in a Debian
 # container (tests/boot; its root file system is cached in $INLETS_TEST_CACHE, /var/cache/inlets-tests)
-apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd
+# haproxy: the load balancer of the high-availability tests (tests/runtime/test_ha_haproxy.py)
+apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx haproxy wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd
   systemd-container debootstrap slirp4netns iproute2 util-linux)
 missing=()
 for pkg in "${apt_packages[@]}"; do

@@ -57,6 +57,9 @@ class ProviderInfo:
     #: what stands in front of the exit server, for the create summary; may name
     #: {firewall}, {control_port} and {data_ports} (the ports the tunnel really needs)
     firewall_note: str | None = None
+    #: what stands in front of ``--replicas`` exit servers ("a DigitalOcean load balancer");
+    #: empty: this provider refuses --replicas
+    balancer: str = ""
 
     def token(self, creds: Credentials) -> str:
         """--access-token-file, --access-token, then this provider's variables; else a one-line error."""
@@ -79,6 +82,7 @@ class Plan:
     size: str | None = None
     ssh_key: str | None = None
     expires_at: datetime.datetime | None = None
+    group: str | None = None  # the exit server this host is a replica of (``create --replicas``)
 
 
 @dataclass
@@ -96,7 +100,20 @@ class Host:
     created_at: str | None = None
     expires_at: str | None = None
     detail: str = ""  # what was seen, for error messages
+    group: str | None = None  # the exit server it is a replica of (``create --replicas``)
     extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Balancer:
+    """A cloud load balancer in front of the data ports of an exit server's replicas."""
+
+    id: str
+    name: str
+    status: str  # ACTIVE once it forwards, FAILED when it never will
+    ip: str | None = None
+    host_ids: tuple[str, ...] = ()
+    detail: str = ""  # what was seen, for error messages
 
 
 class Provisioner(Protocol):
@@ -125,6 +142,29 @@ class Provisioner(Protocol):
         ...
 
 
+class Balancing(Protocol):
+    """What a provider whose PROVIDER declares ``balancer`` also implements, for ``create --replicas``."""
+
+    name: str
+    poll_interval: float
+
+    def create_balancer(self, name: str, spec: TunnelSpec, host_ids: list[str], region: str | None) -> Balancer:
+        """A balancer forwarding ``spec``'s data ports (TCP, PROXY protocol v1) to the hosts, health-checked there."""
+        ...
+
+    def balancer_status(self, balancer_id: str) -> Balancer:
+        """Current state; raises errors.NotFound when it does not exist."""
+        ...
+
+    def delete_balancer(self, balancer_id: str) -> None:
+        """Delete; raises errors.NotFound when it does not exist."""
+        ...
+
+    def balancers(self) -> list[Balancer]:
+        """Every balancer in front of exit servers this provider made."""
+        ...
+
+
 def expiry_tag(when: datetime.datetime) -> str:
     return f"inlets-expires:{int(when.timestamp())}"
 
@@ -138,11 +178,21 @@ def parse_expiry_tag(tags: list[str]) -> str | None:
 
 
 def tag_list(plan: Plan) -> list[str]:
-    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry."""
+    """Tags for clouds with free-form string tags: ``inlets``, ``inlets-mode:tcp``, expiry, replica group."""
     tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
     if plan.expires_at is not None:
         tags.append(expiry_tag(plan.expires_at))
+    if plan.group is not None:
+        tags.append(group_tag(plan.group))
     return tags
+
+
+def group_tag(group: str) -> str:
+    return f"inlets-group:{group}"
+
+
+def group_from_tags(tags: list[str]) -> str | None:
+    return next((t.split(":", 1)[1] for t in tags if t.startswith("inlets-group:")), None)
 
 
 def label_map(plan: Plan) -> dict[str, str]:

@@ -7,6 +7,7 @@ $DIGITALOCEAN_API_URL (tests, proxies); the default is DigitalOcean's own.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from dataclasses import replace
 from typing import Any, ContextManager
@@ -18,7 +19,9 @@ from libcloud.compute.types import Provider
 
 from ..errors import NotFound
 from .api_errors import AUTH, REFUSED, Fault, api_errors
-from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, expiry_tag, parse_expiry_tag
+from ..spec import TunnelSpec
+from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
+                   parse_expiry_tag, tag_list)
 from .cloud_api import libcloud_fault, parse_api_url
 
 PROVIDER = ProviderInfo(
@@ -26,8 +29,13 @@ PROVIDER = ProviderInfo(
     credentials="$DIGITALOCEAN_ACCESS_TOKEN", token_env=("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"),
     api_url_env=("DIGITALOCEAN_API_URL",), region="lon1", size="s-1vcpu-1gb", image="ubuntu-24-04-x64",
     ssh_key="key fingerprint or id to install",
+    balancer="a DigitalOcean load balancer (TCP, PROXY protocol, health checks on the data ports)",
 )
 MAX_PAGES = 20
+_BALANCER_ID_RE = re.compile(r"[0-9a-fA-F-]{1,64}")
+#: DigitalOcean's smallest health-check settings: a dead replica leaves the pool in about 6 s
+HEALTH_CHECK = {"check_interval_seconds": 3, "response_timeout_seconds": 3, "unhealthy_threshold": 2,
+                "healthy_threshold": 2}
 
 
 class DigitalOceanProvider:
@@ -50,10 +58,7 @@ class DigitalOceanProvider:
         return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")
 
     def create(self, plan: Plan) -> Host:
-        tags = [TAG, f"inlets-mode:{plan.spec.mode}"]
-        if plan.expires_at is not None:
-            tags.append(expiry_tag(plan.expires_at))
-        attrs: dict[str, Any] = {"tags": tags}
+        attrs: dict[str, Any] = {"tags": tag_list(plan)}
         if plan.ssh_key:
             attrs["ssh_keys"] = [plan.ssh_key]
         d = self._driver
@@ -110,7 +115,58 @@ class DigitalOceanProvider:
             created_at=data.get("created_at"),
             expires_at=parse_expiry_tag(tags),
             detail=f"droplet status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
+            group=group_from_tags(tags),
             extra={"region": str((data.get("region") or {}).get("slug", "")), "tags": json.dumps(tags)},
+        )
+
+    # -- load balancers (create --replicas) ------------------------------------------------------
+
+    def create_balancer(self, name: str, spec: TunnelSpec, host_ids: list[str], region: str | None) -> Balancer:
+        """TCP on every data port, so the PROXY header reaches the servers (--lb-proxy-protocol v1)
+        and HTTP is routed by the servers themselves; the health check connects to the first data
+        port, which a replica opens only while a client serves it."""
+        rules = [{"entry_protocol": "tcp", "entry_port": port, "target_protocol": "tcp", "target_port": port}
+                 for port in spec.data_ports]
+        body = {
+            "name": name, "region": region or PROVIDER.region, "droplet_ids": [int(i) for i in host_ids],
+            "forwarding_rules": rules, "enable_proxy_protocol": True,
+            "health_check": {"protocol": "tcp", "port": spec.data_ports[0], **HEALTH_CHECK},
+        }
+        with self._api(f"creating load balancer {name!r}"):
+            data = self._driver.connection.request("/v2/load_balancers", data=json.dumps(body), method="POST").object
+        return self._balancer(data["load_balancer"])
+
+    def balancer_status(self, balancer_id: str) -> Balancer:
+        if not _BALANCER_ID_RE.fullmatch(balancer_id):
+            raise NotFound(f"digitalocean: no load balancer with id {balancer_id!r}")
+        with self._api(f"reading load balancer {balancer_id}"):
+            data = self._driver.connection.request(f"/v2/load_balancers/{balancer_id}").object["load_balancer"]
+        return self._balancer(data)
+
+    def delete_balancer(self, balancer_id: str) -> None:
+        if not _BALANCER_ID_RE.fullmatch(balancer_id):
+            raise NotFound(f"digitalocean: no load balancer with id {balancer_id!r}")
+        with self._api(f"deleting load balancer {balancer_id}"):
+            self._driver.connection.request(f"/v2/load_balancers/{balancer_id}", method="DELETE")
+
+    def balancers(self) -> list[Balancer]:
+        found: list[Balancer] = []
+        with self._api("listing load balancers"):
+            for page in range(1, MAX_PAGES + 1):
+                params = {"per_page": 200, "page": page}
+                body = self._driver.connection.request("/v2/load_balancers", params=params).object
+                found += [self._balancer(b) for b in body.get("load_balancers", [])]
+                if not body.get("links", {}).get("pages", {}).get("next"):
+                    break
+        return found
+
+    def _balancer(self, data: dict[str, Any]) -> Balancer:
+        status, ip = str(data.get("status", "unknown")), data.get("ip") or None
+        return Balancer(
+            id=str(data["id"]), name=str(data.get("name", "")), ip=ip,
+            status=ACTIVE if status == "active" and ip else FAILED if status == "errored" else status,
+            host_ids=tuple(str(i) for i in data.get("droplet_ids") or ()),
+            detail=f"load balancer status {status!r}" + (f", ip {ip}" if ip else ", no IP yet"),
         )
 
 

@@ -95,3 +95,12 @@ def size_help() -> str:
 
 def ssh_key_help() -> str:
     return "; ".join(f"{p.name}: {p.ssh_key}" for p in _all() if p.ssh_key)
+
+
+def replicas_help() -> str:
+    return "; ".join(f"{p.name}: {p.balancer}" for p in _all() if p.balancer)
+
+
+def with_balancer() -> list[str]:
+    """The providers that can create ``--replicas`` behind a load balancer."""
+    return [p.name for p in _all() if p.balancer]

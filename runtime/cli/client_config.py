@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
-from ..client.dialer import ClientConfig, FatalClientError, connect_url
+from ..client.dialer import ClientConfig, FatalClientError, TunnelClient, connect_url
+from ..client.group import ClientGroup
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
 from ..client.outbound_proxy import with_password
 from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens
 from ..core.tls import TlsConfigError, client_context
+from ..core.session import Channel
 from .config import fail
 
 
@@ -60,3 +63,23 @@ def client_config(
         max_streams=max_streams,
         max_buffer=max_buffer_mib * 1024 * 1024,
     )
+
+
+def client_configs(*, urls: list[str], token: str | None, token_files: list[Path] | None, **options: Any) -> list[ClientConfig]:
+    """One ClientConfig per ``--url``; ``--token-file`` once for all servers or once per server, in order."""
+    files: list[Path | None] = list(token_files or [None])
+    if len(files) not in (1, len(urls)):
+        fail(f"--token-file given {len(files)} times for {len(urls)} --url: give one for every server, "
+             "or one per --url in the same order")
+    if len(set(urls)) != len(urls):
+        fail("the same --url is given twice: each server once")
+    if len(files) == 1:
+        files *= len(urls)
+    return [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
+
+
+def tunnel_client(configs: list[ClientConfig], on_stream: Callable[[Channel], None]) -> TunnelClient | ClientGroup:
+    """The client for one server, or a group of them connected to every --url."""
+    if len(configs) == 1:
+        return TunnelClient(configs[0], on_stream)
+    return ClientGroup(configs, on_stream)

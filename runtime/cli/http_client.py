@@ -8,17 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..client.dialer import TunnelClient
 from ..client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
 from ..core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from ..http.options import HttpOptions, OptionError
 from .app import http_app
-from .client_config import client_config
+from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
 from .options import (
     DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Proxy, ProxyPasswordFile, TlsCa,
-    TlsInsecure, TlsServerName, Token, TokenFile, Url,
+    TlsInsecure, TlsServerName, Token, TokenFiles, Urls,
 )
 
 Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
@@ -27,7 +26,7 @@ Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatabl
 
 @http_app.command("client")
 def http_client(
-    url: Url,
+    url: Urls,
     upstream: Annotated[
         list[str], typer.Option(help="HOSTNAME=URL for one host, or a bare URL for every other host; repeatable.")
     ],
@@ -48,7 +47,7 @@ def http_client(
     bearer_token_file: Annotated[Optional[Path], typer.Option(
         help="File holding the bearer token the site requires [env: INLETS_BEARER_TOKEN].")] = None,
     token: Token = None,
-    token_file: TokenFile = None,
+    token_file: TokenFiles = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
@@ -95,12 +94,13 @@ def http_client(
         )
     except OptionError as exc:
         fail(str(exc))
-    config = client_config(
-        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+    configs = client_configs(
+        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
         proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
         max_buffer_mib=max_buffer,
     )
-    config.extra = options.to_extra()
+    for config in configs:
+        config.extra = options.to_extra()
     gc.freeze()
-    run_client(TunnelClient(config, upstreams.on_stream))
+    run_client(tunnel_client(configs, upstreams.on_stream))

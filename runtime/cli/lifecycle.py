@@ -20,6 +20,7 @@ from .config import fail
 
 if TYPE_CHECKING:
     from ..client.dialer import TunnelClient
+    from ..client.group import ClientGroup
 
 log = logging.getLogger("inlets")
 
@@ -125,7 +126,7 @@ def run_server(
     run_until_signalled(start, stop=stop, reload=reload)
 
 
-def run_client(client: TunnelClient, start: Callable[[], Awaitable[None]] | None = None) -> None:
+def run_client(client: TunnelClient | ClientGroup, start: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``client`` until signalled: SIGHUP reconnects make-before-break, SIGTERM drains."""
     from ..client.dialer import FatalClientError
 

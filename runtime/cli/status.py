@@ -10,38 +10,60 @@ import typer
 
 from ..core.auth import TokenError, read_tokens
 from ..core.probe import ProbeError, get, parse_url
-from ..server.status import render_table
+from ..server.status import render_holdings, render_table
 from .app import app
 from .config import fail
-from .options import TlsCa, TlsServerName, Url
+from .options import TlsCa, TlsServerName, Urls
 
 
 @app.command("status")
 def status(
-    url: Url,
+    url: Urls,
     token: Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")] = None,
-    token_file: Annotated[Optional[Path], typer.Option(help="File holding the token.")] = None,
+    token_file: Annotated[Optional[list[Path]], typer.Option(
+        metavar="<path>", help="File holding the token: one for every --url, or one per --url in order.")] = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's JSON as is.")] = False,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the server.")] = 5.0,
 ) -> None:
-    """Show a server's clients, their services, streams and traffic.
+    """Show a server's clients, their services, streams and traffic. With several --url (servers behind
+    one balancer), each server's, then which servers each client holds.
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
+    files: list[Path | None] = list(token_file or [None])
+    if len(files) not in (1, len(url)):
+        fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
+    documents = {server: _status(server, token, file, tls_ca, tls_server_name, timeout, len(url) > 1)
+                 for server, file in zip(url, files * len(url) if len(files) == 1 else files)}
+    if len(url) == 1:
+        (document,) = documents.values()
+        typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
+        return
+    if json_:
+        typer.echo(json.dumps({"servers": documents}, indent=2))
+        return
+    for server, document in documents.items():
+        typer.echo(f"{server}\n{render_table(document)}\n")
+    typer.echo(render_holdings(documents))
+
+
+def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path | None, tls_server_name: str | None,
+            timeout: float, several: bool) -> dict:
+    """One server's /status document; a one-line error naming the server when there are several."""
+    where = f"{url}: " if several else ""
     try:
         secret = read_tokens(token, token_file)[0]
         endpoint = parse_url(url)
         answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
     except (TokenError, ProbeError) as exc:
-        fail(str(exc), 1)
+        fail(f"{where}{exc}", 1)
     if answer.status == 401:
-        fail("the server refused the token (HTTP 401): check --token/--token-file", 1)
+        fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
     if answer.status != 200:
-        fail(f"/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
+        fail(f"{where}/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
     try:
-        document = json.loads(answer.body)
+        return dict(json.loads(answer.body))
     except ValueError:
-        fail("/status did not answer JSON: is --url a tunnel server?", 1)
-    typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
+        fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)

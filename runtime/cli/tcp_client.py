@@ -6,22 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..client.dialer import TunnelClient
 from ..client.local_forward import LocalForwarder, parse_local_forward
 from ..client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
 from .app import tcp_app
-from .client_config import client_config
+from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
 from .options import (
     DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Proxy, ProxyPasswordFile, TlsCa,
-    TlsInsecure, TlsServerName, Token, TokenFile, Url,
+    TlsInsecure, TlsServerName, Token, TokenFiles, Urls,
 )
 
 
 @tcp_app.command("client")
 def tcp_client(
-    url: Url,
+    url: Urls,
     upstream: Annotated[
         Optional[list[str]], typer.Option(help="HOST (with --ports) or PUBLIC_PORT=HOST:PORT; repeatable.")
     ] = None,
@@ -35,7 +34,7 @@ def tcp_client(
     ] = None,
     local_addr: Annotated[str, typer.Option(help="Address the --local ports listen on.")] = "127.0.0.1",
     token: Token = None,
-    token_file: TokenFile = None,
+    token_file: TokenFiles = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     tls_insecure: TlsInsecure = False,
@@ -54,6 +53,8 @@ def tcp_client(
     Example: inlets tcp client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     --upstream 127.0.0.1 --ports 80,443 --udp-ports 53 --upstream 2222=192.168.1.10:22
     --upstream udp:5353=192.168.1.2:53
+
+    Two exit servers behind a load balancer: --url wss://203.0.113.10:8123 --url wss://203.0.113.11:8123
     """
     maybe_generate(generate, ["tcp", "client"])
     setup_logs(log_level, log_format)
@@ -68,16 +69,17 @@ def tcp_client(
     except UpstreamError as exc:
         fail(str(exc))
     upstreams = TcpUpstreams(mapping)
-    config = client_config(
-        url=url, token=token, token_file=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
+    configs = client_configs(
+        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
         tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
         proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
         max_buffer_mib=max_buffer,
     )
-    client = TunnelClient(config, upstreams.on_stream)
     forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)
-    if forwards:
-        config.extra["forwards"] = forwarder.targets
+    for config in configs:
+        if forwards:
+            config.extra["forwards"] = forwarder.targets
+    client = tunnel_client(configs, upstreams.on_stream)
 
     async def start() -> None:
         try:

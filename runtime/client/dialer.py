@@ -133,6 +133,7 @@ class TunnelClient:
         self._changed = asyncio.Event()  # self.session was replaced (rotation)
         self._stopping = False
         self._token_file_unreadable = False  # said once, until the file can be read again
+        self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
         try:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
         except ProxyConfigError as exc:
@@ -220,6 +221,8 @@ class TunnelClient:
         """Serve until the current session closes, following replacements made by ``rotate``."""
         self.session = session
         self.connected.set()
+        if self.on_change is not None:
+            self.on_change()
         try:
             while True:
                 self._changed.clear()
@@ -239,6 +242,8 @@ class TunnelClient:
         finally:
             self.connected.clear()
             self.session = None
+            if self.on_change is not None:
+                self.on_change()
 
     async def rotate(self) -> None:
         """Make before break: connect again (re-reading the token), then drain the old connection.

@@ -102,3 +102,22 @@ def render_table(doc: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def render_holdings(documents: dict[str, dict[str, Any]]) -> str:
+    """Which of these servers each client holds (by its client id): a client serving through a
+    balancer should hold every one, else the balancer sends some users where it is not."""
+    held: dict[str, list[str]] = {}
+    for server, doc in documents.items():
+        for client in doc.get("clients", []):
+            servers = held.setdefault(str(client.get("id", "?")), [])
+            if server not in servers:
+                servers.append(server)
+    if not held:
+        return f"no client holds any of the {len(documents)} servers"
+    lines = []
+    for client_id, servers in held.items():
+        missing = [s for s in documents if s not in servers]
+        lines.append(f"client {client_id} holds {len(servers)}/{len(documents)} servers: {', '.join(servers)}"
+                     + (f" (not {', '.join(missing)})" if missing else ""))
+    return "\n".join(lines)

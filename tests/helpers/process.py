@@ -48,8 +48,8 @@ def wait_for_text(path: Path, text: str, timeout: float = 15) -> str:
     raise AssertionError(f"{text!r} not in {path}:\n{path.read_text()}")
 
 
-def echo_once(port: int, payload: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+def echo_once(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         chunks = []

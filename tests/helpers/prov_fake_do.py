@@ -1,4 +1,4 @@
-"""A stateful fake of the DigitalOcean v2 droplet API on loopback, for lifecycle tests.
+"""A stateful fake of the DigitalOcean v2 droplet and load balancer API on loopback, for lifecycle tests.
 
 Prism proves each request is one DigitalOcean accepts but keeps no state; this fake
 keeps droplets, answers 401/404/422 the way DigitalOcean does, and, when asked,
@@ -7,6 +7,11 @@ ExecStart of the systemd unit, with the secret files it wrote, on a loopback
 address of its own (its "public IP"). That checks the provisioner's lifecycle, not the
 user-data: with a ``booter`` (tests/boot) a droplet boots the user-data for real instead,
 in a container with cloud-init and systemd.
+
+A load balancer, once active, really forwards: it listens on a loopback address of its own
+for each forwarding rule and sends each connection, with a PROXY v1 header when
+``enable_proxy_protocol`` is set, to the next droplet that accepts a connection on the
+target port (its health check, done at connect time).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import itertools
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +42,12 @@ VALID_IMAGES = {"ubuntu-24-04-x64", "ubuntu-22-04-x64"}
 UNIT_PATH = "/etc/systemd/system/inlets.service"
 VM_INLETS = "/opt/inlets/venv/bin/inlets"
 _ip_counter = itertools.count(2)
+
+
+def _new_ip() -> str:
+    """A loopback address of its own for a droplet or balancer: 127.X.Y.Z, X from the process id."""
+    n = next(_ip_counter)
+    return f"127.{(os.getpid() >> 8) % 200 + 20}.{n // 250}.{n % 250 + 2}"
 
 
 def inlets_binary() -> str:
@@ -62,6 +74,8 @@ class FakeDigitalOcean:
         self.active = active  # False: droplets stay "new" forever
         self.gone_after_polls = gone_after_polls  # GETs that still show a deleted droplet as "off"
         self.droplets: dict[int, dict[str, Any]] = {}
+        self.balancers: dict[str, dict[str, Any]] = {}
+        self.forwarders: dict[str, list[Forwarder]] = {}
         self.user_data: dict[int, str] = {}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.requests: list[tuple[str, str, Any]] = []
@@ -85,6 +99,9 @@ class FakeDigitalOcean:
         self._server.server_close()
         for proc in list(self.processes.values()):  # a pushed droplet's server may start meanwhile
             _stop(proc)
+        for forwarders in self.forwarders.values():
+            for forwarder in forwarders:
+                forwarder.close()
 
     # ----------------------------------------------------------------- state
 
@@ -114,8 +131,7 @@ class FakeDigitalOcean:
         return droplet
 
     def _assign_ip(self, droplet: dict[str, Any], ip: str | None = None) -> None:
-        n = next(_ip_counter)
-        ip = ip or f"127.{(os.getpid() >> 8) % 200 + 20}.{n // 250}.{n % 250 + 2}"
+        ip = ip or _new_ip()
         droplet["networks"]["v4"] = [
             {"ip_address": ip, "netmask": "255.0.0.0", "gateway": "127.0.0.1", "type": "public"},
             {"ip_address": "10.110.0.2", "netmask": "255.255.240.0", "gateway": "10.110.0.1", "type": "private"},
@@ -249,6 +265,8 @@ class FakeDigitalOcean:
     def _route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         parts = path.strip("/").split("/")
         not_found = (404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
+        if parts[:2] == ["v2", "load_balancers"]:
+            return self._balancer_route(method, parts[2:], query, body) or not_found
         if parts[:2] != ["v2", "droplets"]:
             return not_found
         if len(parts) == 2 and method == "POST":
@@ -304,6 +322,135 @@ class FakeDigitalOcean:
         droplet = self._new_droplet(body, "new")
         self.user_data[droplet["id"]] = body.get("user_data") or ""
         return 202, {"droplet": droplet, "links": {"actions": []}}
+
+
+    # ----------------------------------------------------------------- load balancers
+
+    def _balancer_route(self, method: str, rest: list[str], query: dict[str, str], body: Any) -> tuple[int, Any] | None:
+        if not rest and method == "POST":
+            return self._create_balancer(body or {})
+        if not rest and method == "GET":
+            per_page, page = int(query.get("per_page", 20)), int(query.get("page", 1))
+            found = list(self.balancers.values())
+            chunk = found[(page - 1) * per_page : page * per_page]
+            pages = {"next": "https://api.digitalocean.com/v2/load_balancers?page=2"} if page * per_page < len(found) else {}
+            return 200, {"load_balancers": chunk, "links": {"pages": pages}, "meta": {"total": len(found)}}
+        if len(rest) != 1 or rest[0] not in self.balancers:
+            return None
+        balancer = self.balancers[rest[0]]
+        if method == "GET":
+            if balancer["status"] == "new" and self.active:
+                balancer["status"], balancer["ip"] = "active", _new_ip()
+                if self.boot:
+                    self.forwarders[balancer["id"]] = [Forwarder(self, balancer, rule) for rule in balancer["forwarding_rules"]]
+            return 200, {"load_balancer": balancer}
+        if method == "DELETE":
+            del self.balancers[rest[0]]
+            for forwarder in self.forwarders.pop(rest[0], []):
+                forwarder.close()
+            return 204, None
+        return 405, {"id": "method_not_allowed", "message": "method not allowed"}
+
+    def _create_balancer(self, body: dict[str, Any]) -> tuple[int, Any]:
+        def unprocessable(message: str) -> tuple[int, Any]:
+            return 422, {"id": "unprocessable_entity", "message": message}
+
+        if not isinstance(body.get("name"), str) or not body["name"]:
+            return unprocessable("Name is required.")
+        if body.get("region") not in VALID_REGIONS:
+            return unprocessable("You specified an invalid region for the load balancer.")
+        ids = body.get("droplet_ids")
+        if not isinstance(ids, list) or not ids or any(i not in self.droplets for i in ids):
+            return unprocessable("droplet_ids must name existing droplets.")
+        rules = body.get("forwarding_rules")
+        if not isinstance(rules, list) or not rules:
+            return unprocessable("At least one forwarding rule is required.")
+        for rule in rules:
+            if rule.get("entry_protocol") != "tcp" or rule.get("target_protocol") != "tcp" or not all(
+                isinstance(rule.get(k), int) and 1 <= rule[k] <= 65535 for k in ("entry_port", "target_port")
+            ):
+                return unprocessable(f"invalid forwarding rule {rule!r} (this fake forwards tcp only)")
+        check = body.get("health_check") or {}
+        if check.get("protocol") != "tcp" or check.get("port") not in [r["target_port"] for r in rules]:
+            return unprocessable("health_check must be tcp on a target port.")
+        if not 3 <= check.get("check_interval_seconds", 10) <= 300 or not 2 <= check.get("unhealthy_threshold", 5) <= 10:
+            return unprocessable("health_check interval must be 3-300 s and unhealthy_threshold 2-10.")
+        balancer_id = f"4de7ac8b-495b-4884-9a69-{next(self._ids):012d}"
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        balancer = {
+            "id": balancer_id, "name": body["name"], "ip": "", "status": "new", "created_at": now,
+            "algorithm": "round_robin", "forwarding_rules": rules, "health_check": check,
+            "sticky_sessions": {"type": "none"}, "region": {"slug": body["region"], "name": body["region"]},
+            "droplet_ids": list(ids), "enable_proxy_protocol": bool(body.get("enable_proxy_protocol")),
+            "redirect_http_to_https": False, "enable_backend_keepalive": False, "size_unit": 1,
+        }
+        self.balancers[balancer_id] = balancer
+        return 202, {"load_balancer": balancer}
+
+
+class Forwarder:
+    """One forwarding rule of an active fake balancer: a TCP listener relaying to the droplets."""
+
+    def __init__(self, fake: FakeDigitalOcean, balancer: dict[str, Any], rule: dict[str, Any]) -> None:
+        self._fake, self._balancer, self._rule = fake, balancer, rule
+        self._next = itertools.count()
+        self._listener = socket.create_server((balancer["ip"], rule["entry_port"]))
+        self._listener.settimeout(0.5)
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _backend(self) -> socket.socket | None:
+        """The next droplet, round robin, that accepts a connection on the target port."""
+        ids = [i for i in self._balancer["droplet_ids"] if i in self._fake.droplets]
+        start = next(self._next)
+        for k in range(len(ids)):
+            try:
+                return socket.create_connection((self._fake.ip_of(ids[(start + k) % len(ids)]), self._rule["target_port"]),
+                                                timeout=2)
+            except (OSError, StopIteration):
+                continue
+        return None
+
+    def _relay(self, client: socket.socket) -> None:
+        backend = self._backend()
+        if backend is None:
+            client.close()
+            return
+        if self._balancer["enable_proxy_protocol"]:
+            (src, sport), (dst, dport) = client.getpeername(), client.getsockname()
+            backend.sendall(f"PROXY TCP4 {src} {dst} {sport} {dport}\r\n".encode())
+        for sock in (client, backend):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(60)
+
+        def pipe(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+        upstream = threading.Thread(target=pipe, args=(client, backend), daemon=True)
+        upstream.start()
+        pipe(backend, client)
+        upstream.join(timeout=60)
+        client.close()
+        backend.close()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -142,6 +142,23 @@ def test_every_lifecycle_request_matches_the_spec(recorder: Recorder, tmp_path: 
         assert 200 <= status < 300, (method, path, status)
 
 
+def test_every_load_balancer_request_matches_the_spec(recorder: Recorder, tmp_path: Path) -> None:
+    """``create --replicas``: the balancer's create, read, list and delete are ones DigitalOcean accepts."""
+    provider = DigitalOceanProvider("dop_v1_" + "0" * 64, recorder.url)
+    balancer = provider.create_balancer("prism-ha", build_spec("tcp", "80,443", [], lb_proxy_protocol="v1"),
+                                        ["3164444", "3164445"], "nyc3")
+    assert balancer.id
+    current = provider.balancer_status(balancer.id)
+    assert current.ip and current.status  # Prism answers with the spec's example balancer
+    assert provider.balancers()
+    provider.delete_balancer(balancer.id)
+    methods = [(m, p.split("?")[0]) for m, p, _, _ in recorder.seen]
+    assert ("POST", "/v2/load_balancers") in methods and ("DELETE", f"/v2/load_balancers/{balancer.id}") in methods
+    for method, path, status, violations in recorder.seen:
+        assert not violations, f"{method} {path} breaks DigitalOcean's spec: {violations}"
+        assert 200 <= status < 300, (method, path, status)
+
+
 def test_the_check_can_fail_a_request_off_the_spec(recorder: Recorder) -> None:
     """A control: a droplet create without size and image is refused by the spec, and seen."""
     provider = DigitalOceanProvider("dop_v1_" + "0" * 64, recorder.url)

@@ -11,7 +11,7 @@ locals {
   rendered = templatefile("${path.module}/templates/client-command.tftpl", {
     inlets      = var.inlets
     mode        = var.mode
-    url         = local.url
+    urls        = [local.url]
     token_file  = var.token_file
     ca_file     = var.ca_file
     server_name = local.generated.tls_server_name

@@ -1,0 +1,119 @@
+"""One client connected to several servers (``--url`` repeated, issue 18): one session per server, the
+same services on each, a token per server, each reconnecting on its own; the log and ``inlets status``
+say which servers it holds. Real processes on loopback; every wait bounded."""
+
+from __future__ import annotations
+
+import signal
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers.prov_support import http_upstream
+from helpers.process import echo_once, inlets, spawn, terminate, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+DATA_ADDRS = ("127.0.0.2", "127.0.0.3")
+
+
+def _tokens(tmp_path: Path) -> list[Path]:
+    files = []
+    for n, addr in enumerate(DATA_ADDRS):
+        path = tmp_path / f"token-{n}"
+        path.write_text(f"token-for-{addr}-{n}-Zq81x\n")
+        path.chmod(0o600)
+        files.append(path)
+    return files
+
+
+def _server(mode: str, control: int, tls: TlsFiles, token_file: Path, data_addr: str, log: Path, *extra: str):
+    process = spawn(mode, "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
+                    data_addr, "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                    *extra, log=log)
+    wait_port(control)
+    return process
+
+
+def _held(log: Path, text: str, times: int = 1) -> None:
+    """Wait until ``text`` is in the log ``times`` times (bounded)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if log.read_text().count(text) >= times:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not {times}x in {log}:\n{log.read_text()[-3000:]}")
+
+
+def test_a_tcp_client_serves_through_both_servers_and_survives_one(tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
+    tokens = _tokens(tmp_path)
+    controls = [free_port(), free_port()]
+    servers = [_server("tcp", controls[n], tls, tokens[n], DATA_ADDRS[n], tmp_path / f"server-{n}.log")
+               for n in range(2)]
+    client_log = tmp_path / "client.log"
+    client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{controls[0]}", "--url", f"wss://127.0.0.1:{controls[1]}",
+                   "--token-file", str(tokens[0]), "--token-file", str(tokens[1]), "--tls-ca", str(tls.ca),
+                   "--upstream", "127.0.0.1", "--ports", str(echo_port), log=client_log)
+    try:
+        _held(client_log, "event=servers held=2/2")
+        for addr in DATA_ADDRS:
+            wait_port(echo_port, host=addr)
+            assert echo_once(echo_port, b"via " + addr.encode(), addr) == b"via " + addr.encode()
+        args = ["status", "--url", f"wss://127.0.0.1:{controls[0]}", "--url", f"wss://127.0.0.1:{controls[1]}",
+                "--token-file", str(tokens[0]), "--token-file", str(tokens[1]), "--tls-ca", str(tls.ca)]
+        status = inlets(*args)
+        assert status.returncode == 0, status.stderr
+        assert "holds 2/2 servers" in status.stdout, status.stdout
+        for secret in tokens:
+            assert secret.read_text().strip() not in client_log.read_text() + status.stdout
+        # kill -9 one server: the client holds the other, which still serves
+        servers[0].send_signal(signal.SIGKILL)
+        servers[0].wait(10)
+        _held(client_log, "event=servers held=1/2")
+        assert echo_once(echo_port, b"still", DATA_ADDRS[1]) == b"still"
+        one = inlets(*args)
+        assert one.returncode == 1 and one.stderr.startswith(f"inlets: error: wss://127.0.0.1:{controls[0]}: "), one.stderr
+        # it comes back: the client reconnects to it by itself
+        servers[0] = _server("tcp", controls[0], tls, tokens[0], DATA_ADDRS[0], tmp_path / "server-0b.log")
+        _held(client_log, "event=servers held=2/2", times=2)
+        wait_port(echo_port, host=DATA_ADDRS[0])
+        assert echo_once(echo_port, b"back", DATA_ADDRS[0]) == b"back"
+    finally:
+        for process in (client, *servers):
+            terminate(process)
+
+
+def test_an_http_client_serves_the_same_host_through_both_servers(tmp_path: Path, tls: TlsFiles) -> None:
+    tokens = _tokens(tmp_path)
+    (tmp_path / "shared").write_text(tokens[0].read_text())
+    controls, port, site = [free_port(), free_port()], free_port(), free_port()
+    servers = [_server("http", controls[n], tls, tmp_path / "shared", DATA_ADDRS[n], tmp_path / f"server-{n}.log",
+                       "--port", str(port)) for n in range(2)]
+    client_log = tmp_path / "client.log"
+    client = spawn("http", "client", "--url", f"wss://127.0.0.1:{controls[0]}", "--url", f"wss://127.0.0.1:{controls[1]}",
+                   "--token-file", str(tmp_path / "shared"), "--tls-ca", str(tls.ca),
+                   "--upstream", f"app.example.test=http://127.0.0.1:{site}", log=client_log)
+    try:
+        _held(client_log, "event=servers held=2/2")
+        with http_upstream(site):
+            for addr in DATA_ADDRS:
+                request = urllib.request.Request(f"http://{addr}:{port}/x", headers={"Host": "app.example.test"})
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    assert answer.read() == b"hello from the upstream, path=/x"
+    finally:
+        for process in (client, *servers):
+            terminate(process)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--token-file", "a", "--token-file", "b", "--token-file", "c"], "--token-file given 3 times for 2 --url"),
+    (["--token-file", "a", "--url", "wss://127.0.0.1:1"], "the same --url is given twice"),
+])
+def test_several_servers_take_one_token_file_or_one_each(tmp_path: Path, extra: list[str], message: str) -> None:
+    for name in "abc":
+        (tmp_path / name).write_text("t\n")
+    result = inlets("tcp", "client", "--url", "wss://127.0.0.1:1", "--url", "wss://127.0.0.1:2",
+                    *[str(tmp_path / e) if len(e) == 1 else e for e in extra], "--upstream", "127.0.0.1", "--ports", "80")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
