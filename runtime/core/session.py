@@ -313,6 +313,10 @@ class Session:
         try:
             while True:
                 await self._wakeup.wait()
+                # One more loop turn: frames queued by this turn's I/O (a new connection's OPEN and
+                # its first bytes, replies of many streams) then leave as one message, one TLS
+                # record and one send, rather than one each.
+                await asyncio.sleep(0)
                 self._wakeup.clear()
                 while messages := mux.data_to_send(1):
                     await self.websocket.send(messages[0])
