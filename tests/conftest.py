@@ -18,6 +18,15 @@ def token() -> str:
 
 
 @pytest.fixture
+def token_file(tmp_path, token: str):
+    """The session's token in a 0600 file, as ``--token-file`` takes it."""
+    path = tmp_path / "token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
 def echo_port():
     """A threaded TCP echo server on loopback, for tests that run the tunnel as processes."""
     import socketserver

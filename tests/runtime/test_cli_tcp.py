@@ -11,14 +11,6 @@ import pytest
 from helpers.process import echo_once, inlets, spawn, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
-@pytest.fixture
-def token_file(tmp_path: Path, token: str) -> Path:
-    path = tmp_path / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
 @pytest.mark.parametrize(
     "args, message",
     [

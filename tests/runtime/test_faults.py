@@ -17,14 +17,6 @@ from helpers.tunnel import TlsFiles, free_port
 SIZE = 256 * MiB
 
 
-@pytest.fixture
-def token_file(tmp_path: Path, token: str) -> Path:
-    path = tmp_path / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
 class Tunnel:
     """One server process and its clients, each client with its own tagged upstream."""
 

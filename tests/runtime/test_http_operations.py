@@ -103,14 +103,6 @@ def test_generated_definitions_for_http_commands(tmp_path, tls, token_file) -> N
     assert check.returncode == 0 and check.stderr.strip() == "", check.stderr
 
 
-@pytest.fixture
-def token_file(tmp_path, token):
-    path = tmp_path / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(stack, tls, token) -> None:
     import time
 

@@ -29,14 +29,6 @@ from inlets_py.runtime.server.proxy_protocol import encode
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 
-@pytest.fixture
-def token_file(tmp_path: Path, token: str) -> Path:
-    path = tmp_path / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
 # ---------------------------------------------------------------- local forwarding
 
 

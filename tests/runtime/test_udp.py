@@ -189,11 +189,3 @@ def test_a_burst_loses_datagrams_not_memory(tmp_path: Path, tls: TlsFiles, token
     finally:
         stop_all(client, server)
         sink.close()
-
-
-@pytest.fixture
-def token_file(tmp_path: Path, token: str) -> Path:
-    path = tmp_path / "token"
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
