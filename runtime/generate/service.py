@@ -76,9 +76,14 @@ class FoundSecret:
 
 
 def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSecret]]:
-    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment."""
+    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment.
+
+    ``--token-file`` given once per ``--url`` (a client of several servers) stays one secret per server,
+    keyed ``token-1``, ``token-2``... in order, unless an inline ``--token`` serves them all.
+    """
     rest: Pairs = []
     found: dict[str, FoundSecret] = {}
+    token_files: list[FoundSecret] = []  # a client of several servers: --token-file once per --url, in order
     for name, value in pairs:
         proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
         if proxy is not None and proxy.password is not None:
@@ -92,11 +97,18 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
             rest.append((name, value))
         elif name == secret.option:
             found[secret.key] = FoundSecret(secret, value, None)
+        elif secret is TOKEN:
+            token_files.append(FoundSecret(secret, None, value))
+            found.setdefault(secret.key, token_files[0])
         else:
             found[secret.key] = FoundSecret(secret, None, value)
     for secret in SECRETS:
         if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
             found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+    if len(token_files) > 1 and found[TOKEN.key] is token_files[0]:  # one file (or Secret key) per server
+        for number, token_file in enumerate(token_files, 1):
+            token_file.key = f"{TOKEN.key}-{number}"
+        found = {**{f.key: f for f in token_files}, **{k: v for k, v in found.items() if k != TOKEN.key}}
     return rest, list(found.values())
 
 
