@@ -22,12 +22,15 @@ def default_data_dir() -> Path:
     return Path(base) / "inlets"
 
 
-def maybe_generate(kind: str | None, command: list[str]) -> None:
+def maybe_generate(kind: str | None, command: list[str], replicas: int | None = None) -> None:
     """With --generate, print the service definition for these exact flags and exit."""
+    if replicas is not None and kind != "k8s_yaml":
+        fail("--replicas shapes the Kubernetes YAML: use it with --generate=k8s_yaml (to run several servers "
+             "by hand, start each one and give the client one --url per server)")
     if kind is None:
         return
-    from ..generate.service import GenerateError
-    from ..generate.service import generate as generate_service
+    from ..generate.command import GenerateError
+    from ..generate.command import generate as generate_service
 
     argv = sys.argv[1 + len(command) :]
     try:

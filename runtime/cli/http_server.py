@@ -16,8 +16,8 @@ from .config import default_data_dir, fail, maybe_generate, setup_logs
 from .lifecycle import run_server
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, TlsCert,
-    TlsKey, Token, TokenFile, TrustedProxies,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
+    TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
 from .server_config import control_config, data_plane_options
 
@@ -91,6 +91,7 @@ def http_server(
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
+    replicas: Replicas = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
     letsencrypt_domain: LetsEncryptDomain = None,
@@ -108,7 +109,7 @@ def http_server(
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
     """
-    maybe_generate(generate, ["http", "server"])
+    maybe_generate(generate, ["http", "server"], replicas)
     setup_logs(log_level, log_format)
 
     dataplane = data_plane_options(allow_ips=allow_ips, proxy_protocol=None, lb_proxy_protocol=lb_proxy_protocol)

@@ -56,6 +56,9 @@ LbProxyProtocol = Annotated[
 Generate = Annotated[
     Optional[str], typer.Option(help="Print a systemd unit (systemd) or Kubernetes YAML (k8s_yaml) running these flags.")
 ]
+Replicas = Annotated[Optional[int], typer.Option(
+    min=1, max=100, help="With --generate=k8s_yaml: a StatefulSet of this many servers, a Service for each one's "
+    "control plane (a client gives one --url per replica) and one balancing the data plane over all.")]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option(help="text (key=value) or json.")]
 Urls = Annotated[list[str], typer.Option(

@@ -17,7 +17,7 @@ from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_server
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     ProxyProtocolOpt, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
 from .server_config import control_config, data_plane_options
@@ -67,6 +67,7 @@ def tcp_server(
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
+    replicas: Replicas = None,
     log_level: LogLevel = "info",
     log_format: LogFormat = "text",
 ) -> None:
@@ -74,7 +75,7 @@ def tcp_server(
 
     Example: inlets tcp server --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     """
-    maybe_generate(generate, ["tcp", "server"])
+    maybe_generate(generate, ["tcp", "server"], replicas)
     setup_logs(log_level, log_format)
 
     allowed = parse_allow_ports(allow_ports)

@@ -5,6 +5,11 @@ each server can only forward to the clients connected to it, so a client serves 
 one of them. Each server gets its own TunnelClient (one session, the same services, the same
 client id, its own token and its own reconnect loop), so a server that dies or restarts costs
 only its own session. Which servers are held is logged at every change.
+
+A server that refuses this client (a wrong token: HTTP 401, an untrusted certificate) ends only
+its own session: that is logged in one line saying what to fix, it is tried again every
+``FATAL_RETRY`` seconds (or at once on SIGHUP, after the fix) while the others keep serving,
+and the client exits only when every server has refused it.
 """
 
 from __future__ import annotations
@@ -16,20 +21,27 @@ from dataclasses import replace
 from typing import Callable
 
 from ..core.session import Channel, Session
-from .dialer import ClientConfig, TunnelClient
+from .dialer import ClientConfig, FatalClientError, TunnelClient
 
 log = logging.getLogger("inlets.client")
+
+#: Seconds between tries of a server that refused this client: slow, since it takes a fix on one side.
+FATAL_RETRY = 60.0
 
 
 class ClientGroup:
     """A TunnelClient per server, run together: the same interface ``run_client`` drives."""
 
-    def __init__(self, configs: list[ClientConfig], on_stream: Callable[[Channel], None]) -> None:
+    def __init__(self, configs: list[ClientConfig], on_stream: Callable[[Channel], None],
+                 fatal_retry: float = FATAL_RETRY) -> None:
         client_id = configs[0].client_id or uuid.uuid4().hex[:12]  # one client, as every server sees it
         self.clients = [TunnelClient(replace(config, client_id=client_id), on_stream) for config in configs]
         for client in self.clients:
             client.on_change = self._report
         self._held: tuple[str, ...] | None = None
+        self.fatal_retry = fatal_retry
+        self.refused: dict[str, str] = {}  # URL -> why that server refused this client, until it admits it
+        self._retry_now = asyncio.Event()  # SIGHUP: try the servers that refused at once
 
     @property
     def session(self) -> Session | None:
@@ -42,6 +54,8 @@ class ClientGroup:
 
     def _report(self) -> None:
         held = tuple(self.held())
+        for url in held:
+            self.refused.pop(url, None)
         if held == self._held:
             return
         self._held = held
@@ -50,19 +64,41 @@ class ClientGroup:
                  ",".join(held) or "-", ",".join(missing) or "-")
 
     async def run_forever(self) -> None:
-        """Every server's reconnect loop at once; a fatal error (wrong token, untrusted certificate) ends all."""
-        tasks = [asyncio.ensure_future(c.run_forever()) for c in self.clients]
+        """Every server's reconnect loop at once; ends (FatalClientError) only when every server refused this client."""
+        tasks = [asyncio.ensure_future(self._hold(c)) for c in self.clients]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _hold(self, client: TunnelClient) -> None:
+        url = client.config.url
+        while True:
+            try:
+                return await client.run_forever()
+            except FatalClientError as exc:
+                error = str(exc)
+                self.refused[url] = error if error.startswith(url) else f"{url}: {error}"
+            if len(self.refused) == len(self.clients):
+                raise FatalClientError("every server refused this client: " + "; ".join(self.refused.values()))
+            log.error("event=server_refused url=%s error=%r retry_in=%.0fs next=%r", url, error, self.fatal_retry,
+                      "serving through the other servers; fix this one (the token file is re-read at each try), "
+                      "then send SIGHUP to try it at once")
+            self._report()
+            try:
+                await asyncio.wait_for(self._retry_now.wait(), self.fatal_retry)
+            except asyncio.TimeoutError:
+                pass
+            self.refused.pop(url, None)  # tried again: failed only if it refuses again
+            log.info("event=server_retry url=%s", url)
+
     async def rotate(self) -> None:
-        await asyncio.gather(*(c.rotate() for c in self.clients))
+        """SIGHUP: reconnect make-before-break to the servers held, and try the ones that refused at once."""
+        self._retry_now.set()
+        self._retry_now = asyncio.Event()
+        await asyncio.gather(*(c.rotate() for c in self.clients if c.config.url not in self.refused))
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(c.shutdown() for c in self.clients))

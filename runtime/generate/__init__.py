@@ -1,1 +1,1 @@
-"""generate"""
+"""``--generate``: what runs an ``inlets`` command as a service (systemd: service.py; Kubernetes: k8s.py)."""

@@ -9,8 +9,6 @@ relative paths become absolute (systemd) or Secret mounts (Kubernetes).
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import shutil
@@ -24,7 +22,6 @@ from ..core.ports import parse_port_list
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
-KINDS = ("systemd", "k8s_yaml")
 SECRET_DIR = "/etc/inlets"  # systemd: where the operator writes secrets given inline or in the environment
 TOKEN_PATH = f"{SECRET_DIR}/token"
 K8S_SECRET_DIR = "/var/run/secrets/inlets"
@@ -58,7 +55,7 @@ def split_argv(argv: list[str]) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def _without_generate(argv: list[str]) -> list[tuple[str, str | None]]:
+def without_generate(argv: list[str]) -> list[tuple[str, str | None]]:
     return [(name, value) for name, value in split_argv(argv) if name != "--generate"]
 
 
@@ -67,12 +64,26 @@ class FoundSecret:
     secret: SecretOption
     value: str | None  # given inline or in the environment
     file: str | None  # given as a file
+    key: str = ""  # its file's name in /etc/inlets or key in the Secret: the secret's own key unless told
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.secret.key
+
+    @property
+    def option(self) -> str:
+        """The flag the service reads it with: ``--token-file``, ..."""
+        return self.secret.file_option
 
 
 def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSecret]]:
-    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment."""
+    """Take every secret out of the flags (inline, as a file, in --proxy's URL), adding those from the environment.
+
+    ``--token-file`` given once per ``--url`` (a client of several servers) stays one secret per server,
+    keyed ``token-1``, ``token-2``... in order, unless an inline ``--token`` serves them all.
+    """
     rest: Pairs = []
     found: dict[str, FoundSecret] = {}
+    token_files: list[FoundSecret] = []  # a client of several servers: --token-file once per --url, in order
     for name, value in pairs:
         proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
         if proxy is not None and proxy.password is not None:
@@ -86,15 +97,22 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
             rest.append((name, value))
         elif name == secret.option:
             found[secret.key] = FoundSecret(secret, value, None)
+        elif secret is TOKEN:
+            token_files.append(FoundSecret(secret, None, value))
+            found.setdefault(secret.key, token_files[0])
         else:
             found[secret.key] = FoundSecret(secret, None, value)
     for secret in SECRETS:
         if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
             found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+    if len(token_files) > 1 and found[TOKEN.key] is token_files[0]:  # one file (or Secret key) per server
+        for number, token_file in enumerate(token_files, 1):
+            token_file.key = f"{TOKEN.key}-{number}"
+        found = {**{f.key: f for f in token_files}, **{k: v for k, v in found.items() if k != TOKEN.key}}
     return rest, list(found.values())
 
 
-def _name(command: list[str]) -> str:
+def name_of(command: list[str]) -> str:
     """inlets-tcp-server, inlets-http-client, ..."""
     return "inlets-" + "-".join(re.sub(r"[^a-z0-9]", "", part.lower()) for part in command)
 
@@ -141,11 +159,11 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     secret given inline or in the environment becomes a file in /etc/inlets for the
     operator to write: ``--token X`` becomes ``--token-file /etc/inlets/token``.
     """
-    pairs, secrets = split_secrets(command, _without_generate(argv))
+    pairs, secrets = split_secrets(command, without_generate(argv))
     if not any(found.secret is TOKEN for found in secrets):  # none given here: the operator writes the file
         secrets.append(FoundSecret(TOKEN, None, None))
     for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator
-        pairs.append((found.secret.file_option, found.file or f"{SECRET_DIR}/{found.secret.key}"))
+        pairs.append((found.option, found.file or f"{SECRET_DIR}/{found.key}"))
     args: list[str] = []
     named_files: list[tuple[str, str]] = []
     for name, value in pairs:
@@ -178,69 +196,3 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
         setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
     )
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _read(option: str, path: str) -> bytes:
-    try:
-        return Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise GenerateError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
-
-
-def k8s_yaml(command: list[str], argv: list[str], image: str = "ghcr.io/inlets-py/inlets:latest") -> str:
-    """A Secret (token and TLS files), a Deployment and, for servers, a Service."""
-    pairs, secrets = split_secrets(command, _without_generate(argv))
-    name = _name(command)
-    secret: dict[str, str] = {}
-    args: list[str] = [*command]
-    if not any(found.secret is TOKEN for found in secrets):
-        raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
-    for found in secrets:
-        data = found.value.encode() if found.file is None else _read(found.secret.file_option, found.file)  # type: ignore[union-attr]
-        secret[found.secret.key] = _b64(data)
-        pairs.append((found.secret.file_option, f"{K8S_SECRET_DIR}/{found.secret.key}"))
-    ports: list[int] = []
-    for option, value in pairs:
-        if option in FILE_OPTIONS and value is not None and not value.startswith(K8S_SECRET_DIR + "/"):
-            key = option.lstrip("-")
-            secret[key] = _b64(_read(option, value))
-            value = f"{K8S_SECRET_DIR}/{key}"
-        try:
-            if option in ("--control-port", "--port") and value:
-                ports += parse_port_list(value)
-            if option == "--allow-ports" and value:  # TCP data ports the Service should expose
-                ports += parse_port_list(value)
-        except ValueError as exc:
-            raise GenerateError(f"{option}: {exc}") from None
-        args.append(option)
-        if value is not None:
-            args.append(value)
-    server = command[-1] == "server"
-    if server and not ports:
-        ports = [8123] + ([8000] if command[0] == "http" else [])
-    elif server and command[0] == "http" and not any(o == "--port" for o, _ in pairs):
-        ports.append(8000)
-    elif server and not any(o == "--control-port" for o, _ in pairs):
-        ports.insert(0, 8123)
-    return render(
-        "k8s.yaml.j2",
-        name=name,
-        image=image,
-        args=[json.dumps(a) for a in args],
-        secret=sorted(secret.items()),
-        secret_dir=K8S_SECRET_DIR,
-        server=server,
-        ports=sorted(set(ports)),
-    )
-
-
-def generate(kind: str, command: list[str], argv: list[str]) -> str:
-    if kind == "systemd":
-        return systemd_unit(command, argv)
-    if kind == "k8s_yaml":
-        return k8s_yaml(command, argv)
-    raise GenerateError(f"--generate must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -117,3 +117,61 @@ def test_several_servers_take_one_token_file_or_one_each(tmp_path: Path, extra: 
                     *[str(tmp_path / e) if len(e) == 1 else e for e in extra], "--upstream", "127.0.0.1", "--ports", "80")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_server_refusing_the_token_costs_only_its_own_session(tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
+    """HTTP 401 from one server: one log line saying what to do, the other serves; fixed + SIGHUP: it joins."""
+    tokens = _tokens(tmp_path)
+    wrong = tmp_path / "wrong-for-0"
+    wrong.write_text("not-the-token-of-server-0\n")
+    controls = [free_port(), free_port()]
+    servers = [_server("tcp", controls[n], tls, tokens[n], DATA_ADDRS[n], tmp_path / f"server-{n}.log")
+               for n in range(2)]
+    client_log = tmp_path / "client.log"
+    urls = [f"wss://127.0.0.1:{port}" for port in controls]
+    client = spawn("tcp", "client", "--url", urls[0], "--url", urls[1], "--token-file", str(wrong),
+                   "--token-file", str(tokens[1]), "--tls-ca", str(tls.ca),
+                   "--upstream", "127.0.0.1", "--ports", str(echo_port), log=client_log)
+    try:
+        _held(client_log, "event=server_refused")
+        _held(client_log, "event=servers held=1/2")
+        refused = [line for line in client_log.read_text().splitlines() if "event=server_refused" in line]
+        assert len(refused) == 1 and f"url={urls[0]}" in refused[0] and "HTTP 401" in refused[0], refused
+        assert "SIGHUP" in refused[0] and "other servers" in refused[0]
+        wait_port(echo_port, host=DATA_ADDRS[1])
+        assert echo_once(echo_port, b"through the other", DATA_ADDRS[1]) == b"through the other"
+        assert client.poll() is None  # still running
+        wrong.write_text(tokens[0].read_text())  # the fix, then SIGHUP to try it at once
+        client.send_signal(signal.SIGHUP)
+        _held(client_log, "event=servers held=2/2")
+        wait_port(echo_port, host=DATA_ADDRS[0])
+        assert echo_once(echo_port, b"joined", DATA_ADDRS[0]) == b"joined"
+        assert not any(t.read_text().strip() in client_log.read_text() for t in tokens)
+    finally:
+        for process in (client, *servers):
+            terminate(process)
+
+
+def test_the_client_exits_only_when_every_server_refused_it(tmp_path: Path, tls: TlsFiles) -> None:
+    tokens = _tokens(tmp_path)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("no-server-has-this-token\n")
+    controls = [free_port(), free_port()]
+    servers = [_server("tcp", controls[n], tls, tokens[n], DATA_ADDRS[n], tmp_path / f"server-{n}.log")
+               for n in range(2)]
+    urls = [f"wss://127.0.0.1:{port}" for port in controls]
+    try:
+        both = inlets("tcp", "client", "--url", urls[0], "--url", urls[1], "--token-file", str(wrong),
+                      "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80")
+        assert both.returncode == 1, both.stderr
+        last = both.stderr.splitlines()[-1]
+        assert last.startswith("inlets: error: every server refused this client: ") and "Traceback" not in both.stderr
+        assert all(f"{url}: the server refused the token (HTTP 401)" in last for url in urls), last
+        one = inlets("tcp", "client", "--url", urls[0], "--token-file", str(wrong), "--tls-ca", str(tls.ca),
+                     "--upstream", "127.0.0.1", "--ports", "80")  # a single server: exits at once, as ever
+        assert one.returncode == 1
+        assert one.stderr.splitlines()[-1] == "inlets: error: the server refused the token (HTTP 401): " \
+                                              "check --token/--token-file", one.stderr
+    finally:
+        for process in servers:
+            terminate(process)

@@ -115,3 +115,35 @@ def test_an_inlets_under_tmp_is_refused_and_one_under_home_gets_a_readable_home(
         assert exec_start.startswith(f"ExecStart={home / 'inlets'} tcp client --url wss://h:8123 ")
     finally:
         shutil.rmtree(home)
+
+
+# ------------------------------------------------------------- a client of several servers: a token each
+
+def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
+    """``--token-file`` once per ``--url``: each server's token keeps its own Secret key or file, in order."""
+    home = Path(tempfile.mkdtemp(dir=Path.home()))  # not under /tmp, which the unit's PrivateTmp hides
+    try:
+        files = []
+        for n in range(2):
+            files.append(home / f"token-{n}")
+            files[-1].write_text(f"server-{n}-token-Qx7{n}\n")
+        argv = ["tcp", "client", "--url", "wss://a:8123", "--url", "wss://b:8123", "--token-file", str(files[0]),
+                "--token-file", str(files[1]), "--upstream", "127.0.0.1", "--ports", "80"]
+        k8s = inlets(*argv, "--generate=k8s_yaml")
+        assert k8s.returncode == 0, k8s.stderr
+        kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(k8s.stdout)}
+        data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
+        assert data == {"token-1": files[0].read_text(), "token-2": files[1].read_text()}
+        args = kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--token-file"] == [
+            "/var/run/secrets/inlets/token-1", "/var/run/secrets/inlets/token-2"]
+        assert not any("token-Qx7" in arg for arg in args)
+        unit = inlets(*argv, "--generate=systemd")
+        assert unit.returncode == 0, unit.stderr
+        exec_start = _verified(tmp_path, unit.stdout, "inlets-tcp-client.service")
+        assert exec_start.count("--token-file") == 2, exec_start
+        assert exec_start.index(f"--token-file {files[0]}") < exec_start.index(f"--token-file {files[1]}"), exec_start
+        one = inlets(*argv[:8], "--upstream", "127.0.0.1", "--ports", "80", "--generate=k8s_yaml")  # one file for both
+        assert set(next(d for d in yaml.safe_load_all(one.stdout) if d["kind"] == "Secret")["data"]) == {"token"}
+    finally:
+        shutil.rmtree(home)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.process import inlets
+from helpers.tunnel import TlsFiles
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed "
                                           "(pip install -e '.[test]' installs it)")
@@ -75,3 +76,90 @@ def test_the_check_fails_what_kubernetes_would_refuse(token_file: Path) -> None:
     service["spec"]["ports"][0]["port"] = "eighty"
     with pytest.raises(AssertionError, match="not valid Kubernetes"):
         _valid(yaml.safe_dump(service))
+
+
+# ------------------------------------------------- --replicas: the FAQ's two servers, a client holding both
+
+POD_NAME = "statefulset.kubernetes.io/pod-name"
+
+
+def _replicated(mode: str, tls: TlsFiles, token_file: Path, *extra: str) -> tuple[str, list[dict[str, Any]]]:
+    data = ["--allow-ports", "80,443"] if mode == "tcp" else ["--port", "8000"]
+    result = inlets(mode, "server", *data, "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
+                    "--token-file", str(token_file), "--replicas", "2", *extra, "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    return result.stdout, _valid(result.stdout)
+
+
+@pytest.mark.parametrize("mode", ["tcp", "http"])
+def test_replicas_make_a_statefulset_a_service_per_replica_and_one_for_the_data_plane(
+        mode: str, tls: TlsFiles, token_file: Path) -> None:
+    text, docs = _replicated(mode, tls, token_file)
+    name = f"inlets-{mode}-server"
+    sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert [d["kind"] for d in docs].count("Deployment") == 0 and len(sets) == 1
+    stateful = sets[0]
+    pods = [f"{stateful['metadata']['name']}-{i}" for i in range(stateful["spec"]["replicas"])]  # its pods' names
+    assert pods == [f"{name}-0", f"{name}-1"]
+    pod_labels = stateful["spec"]["template"]["metadata"]["labels"]
+    assert stateful["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert services[stateful["spec"]["serviceName"]]["spec"]["clusterIP"] == "None"  # the governing, headless one
+
+    def selected(service: dict[str, Any]) -> list[str]:
+        """The pods a Service's selector picks, each pod carrying the template's labels and its own name."""
+        return [pod for pod in pods if service["spec"]["selector"].items() <= {**pod_labels, POD_NAME: pod}.items()]
+
+    control = 8123
+    for pod in pods:  # one Service per replica, for its control plane, selecting that pod only
+        assert selected(services[pod]) == [pod]
+        assert [p["port"] for p in services[pod]["spec"]["ports"]] == [control]
+    data = services[f"{name}-data"]
+    assert selected(data) == pods and data["spec"]["type"] == "LoadBalancer"
+    assert control not in {p["port"] for p in data["spec"]["ports"]}
+    assert {p["port"] for p in data["spec"]["ports"]} == ({80, 443} if mode == "tcp" else {8000})
+    # one Secret for all: every replica mounts it, so one CA and one token reach each of them
+    secrets = [d for d in docs if d["kind"] == "Secret"]
+    volume = stateful["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"]
+    assert len(secrets) == 1 and volume == secrets[0]["metadata"]["name"]
+    assert {"token", "tls-cert", "tls-key"} <= set(secrets[0]["data"])
+    args = stateful["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--replicas" not in args  # it shapes the YAML, the server does not take it
+    hint = next(line for line in text.splitlines() if f"inlets {mode} client" in line)
+    assert hint.startswith("#") and f"--url wss://{name}-0:8123 --url wss://{name}-1:8123" in hint, hint
+
+
+def test_a_client_holding_both_replica_services_is_one_valid_deployment(tls: TlsFiles, tmp_path: Path) -> None:
+    name = "inlets-tcp-server"
+    tokens = []
+    for n in range(2):
+        tokens.append(tmp_path / f"token-{n}")
+        tokens[-1].write_text(f"replica-token-{n}\n")
+    result = inlets("tcp", "client", "--url", f"wss://{name}-0:8123", "--url", f"wss://{name}-1:8123",
+                    "--token-file", str(tokens[0]), "--token-file", str(tokens[1]), "--tls-ca", str(tls.ca),
+                    "--upstream", "127.0.0.1", "--ports", "80", "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    docs = _valid(result.stdout)
+    assert [d["kind"] for d in docs] == ["Secret", "Deployment"]
+    args = docs[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--url"] == [f"wss://{name}-0:8123", f"wss://{name}-1:8123"]
+
+
+def test_one_replica_is_the_deployment_as_without_the_flag(token_file: Path) -> None:
+    argv = ("tcp", "server", "--plaintext", "--allow-ports", "80", "--token-file", str(token_file), "--generate=k8s_yaml")
+    plain, one = inlets(*argv), inlets(*argv, "--replicas", "1")
+    assert one.returncode == 0 and plain.returncode == 0, one.stderr
+    assert _valid(one.stdout) == _valid(plain.stdout)
+
+
+@pytest.mark.parametrize("argv, error", [
+    (("tcp", "server", "--replicas", "2"), "--replicas shapes the Kubernetes YAML: use it with --generate=k8s_yaml"),
+    (("http", "server", "--replicas", "2", "--generate=systemd"), "--replicas shapes the Kubernetes YAML"),
+    (("tcp", "server", "--replicas", "2", "--generate=k8s_yaml"), "--replicas needs the data ports"),
+    (("tcp", "server", "--replicas", "2", "--allow-ports", "80", "--auto-tls", "--generate=k8s_yaml"),
+     "--auto-tls cannot be used with --replicas: it makes a CA in each replica"),
+], ids=["no-generate", "systemd", "no-data-ports", "auto-tls"])
+def test_replicas_misused_get_one_line(argv: tuple[str, ...], error: str, token_file: Path) -> None:
+    result = inlets(*argv, "--token-file", str(token_file))
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith(f"inlets: error: {error}") and result.stderr.count("\n") == 1, result.stderr
