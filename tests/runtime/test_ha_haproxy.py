@@ -32,7 +32,8 @@ DATA_ADDRS = ("127.0.0.2", "127.0.0.3")
 FRONT = "127.0.0.4"
 CHECK_MS = 200  # HAProxy's check interval; fall 2: a dead server is out after about 0.4 s
 WORKERS = 4
-MAX_REQUESTS = 4000
+MAX_REQUESTS = 50_000  # bounds the loop in count; MAX_SECONDS in time (a slow restart must not end it early)
+MAX_SECONDS = 90
 HOST = "app.example.test"
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
@@ -120,7 +121,7 @@ class HAProxy:
 
 @dataclass
 class Loop:
-    """Requests through the balancer from WORKERS threads until stopped (at most MAX_REQUESTS)."""
+    """Requests through the balancer from WORKERS threads until stopped (at most MAX_REQUESTS, MAX_SECONDS)."""
 
     port: int
     http_host: str | None = None
@@ -144,8 +145,10 @@ class Loop:
         self.results.append((started, time.monotonic(), answer))
 
     def run(self) -> None:
+        deadline = time.monotonic() + MAX_SECONDS
+
         def worker() -> None:
-            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS:
+            while not self.stop.is_set() and len(self.results) < MAX_REQUESTS and time.monotonic() < deadline:
                 self.one()
                 time.sleep(0.002)
 
