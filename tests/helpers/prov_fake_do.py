@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from helpers.process import terminate
 from inlets_py.provisioner.render import RECEIVER_SCRIPT
 
 VALID_REGIONS = {"lon1", "nyc3", "sfo3", "ams3", "fra1"}
@@ -455,9 +456,4 @@ class Forwarder:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 from inlets_py.provisioner.cli import main
+from helpers.process import terminate
 from helpers.tunnel import free_port  # noqa: F401  (the provisioner tests import it from here)
 
 BIN = Path(sys.executable).parent
@@ -100,12 +101,7 @@ def run_client(command: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
 
 def get_through(url: str, timeout: float = 20.0, host: str | None = None, logs: tuple[Path, ...] = ()) -> str:

@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from helpers.process import terminate
 from helpers.prov_support import free_port, one_line_error, run_cli
 from inlets_py.provisioner import material as material_mod
 from inlets_py.provisioner.errors import ProvisionError
@@ -90,13 +91,6 @@ def _start_moto(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[
             time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +99,7 @@ def prov_ec2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Moto]:
     try:
         yield moto
     finally:
-        _stop(proc)
+        terminate(proc)
 
 
 @pytest.fixture
@@ -314,7 +308,7 @@ def test_rejected_credentials_are_one_line(tmp_path: Path, monkeypatch: pytest.M
         line = one_line_error(result, "ec2: credentials (flags) rejected")
         assert SECRET not in result.err + result.out and "AKIANOTAREALKEY00000" not in line
     finally:
-        _stop(proc)
+        terminate(proc)
 
 
 def test_credentials_chain_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import pytest
 
+from helpers.process import terminate
 from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
 
 SSHD = "/usr/sbin/sshd"
@@ -77,12 +78,7 @@ def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
                                  check=True, timeout=30).stdout
         yield Sshd(port, tmp / "client_key", printed.split()[1], log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
         for parent in ("/opt/inlets", "/etc/inlets"):  # the tests' exit servers lived here; leave no empty folders
             try:
                 os.rmdir(parent)
