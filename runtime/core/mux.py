@@ -169,7 +169,7 @@ class Multiplexer:
         self._peer_parity = 0 if client else 1
         self._peer_highest = 0
         self._peer_open = 0  # streams the peer opened that are still live
-        self._out: collections.deque[bytes] = collections.deque()
+        self._out: collections.deque[tuple[int, bytes, bytes | memoryview]] = collections.deque()  # (type, header, payload)
         self.buffered = 0  # bytes queued in _out
         self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
         self.max_control_backlog = max_control_backlog
@@ -199,12 +199,17 @@ class Multiplexer:
         if stream.local_closed:
             raise StreamError(f"stream {stream_id} is closed for sending")
         count = min(len(data), stream.send_window)
-        view = memoryview(data)
-        sent = 0
-        while sent < count:
-            chunk = view[sent : min(count, sent + self.max_frame)]
-            self._queue(FrameType.DATA, stream_id, chunk)
-            sent += len(chunk)
+        if count == len(data) <= self.max_frame and type(data) is bytes:
+            self._queue(FrameType.DATA, stream_id, data)  # the common case: one read, one frame
+        else:
+            view = memoryview(data)
+            if not isinstance(view.obj, bytes):
+                view = memoryview(bytes(view[:count]))  # a buffer the caller may reuse: queue a copy
+            sent = 0
+            while sent < count:
+                chunk = view[sent : min(count, sent + self.max_frame)]
+                self._queue(FrameType.DATA, stream_id, chunk)
+                sent += len(chunk)
         stream.send_window -= count
         return count
 
@@ -263,29 +268,45 @@ class Multiplexer:
         return stream_id in self._streams
 
     def data_to_send(self, limit: int | None = None) -> list[bytes]:
-        """Up to ``limit`` messages to send (all when None), in order: frames packed into
-        messages of up to ``COALESCE_LIMIT`` bytes (a larger frame goes alone), so the peer's
-        ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
-
-        A writer that takes one message at a time leaves the rest counted in ``buffered``
-        and ``control_buffered``, so the bounds see everything not yet sent."""
-        out = self._out
+        """Up to ``limit`` messages to send (all when None), in order; see ``next_message``."""
         messages: list[bytes] = []
-        while out and (limit is None or len(messages) < limit):
-            batch: list[bytes] = []
-            size = control = 0
-            while out and (not batch or size + len(out[0]) <= COALESCE_LIMIT):
-                frame = out.popleft()
-                batch.append(frame)
-                size += len(frame)
-                if frame[0] not in _UNBOUNDED_TYPES:
-                    control += len(frame)
-            messages.append(b"".join(batch))
-            self.buffered -= size
-            self.control_buffered -= control
+        while limit is None or len(messages) < limit:
+            message = self.next_message()
+            if message is None:
+                break
+            messages.append(b"".join(message[0]))
+        return messages
+
+    def next_message(self) -> tuple[list[bytes | memoryview], int] | None:
+        """The next message as the pieces to join (frame headers and payloads) and its size; None when
+        nothing waits. Frames are packed into messages of up to ``COALESCE_LIMIT`` bytes (a larger frame
+        goes alone), so the peer's ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
+
+        The pieces are joined once, by whoever frames the message (``wsframe``), not once per frame here.
+        A writer that takes one message at a time leaves the rest counted in ``buffered`` and
+        ``control_buffered``, so the bounds see everything not yet sent."""
+        out = self._out
+        if not out:
+            return None
+        pieces: list[bytes | memoryview] = []
+        size = control = 0
+        while out:
+            ftype, header, payload = out[0]
+            frame_size = len(header) + len(payload)
+            if pieces and size + frame_size > COALESCE_LIMIT:
+                break
+            out.popleft()
+            pieces.append(header)
+            if payload:
+                pieces.append(payload)
+            size += frame_size
+            if ftype not in _UNBOUNDED_TYPES:
+                control += frame_size
+        self.buffered -= size
+        self.control_buffered -= control
         if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
             self._backlogged = False
-        return messages
+        return pieces, size
 
     @property
     def backlogged(self) -> bool:
@@ -447,11 +468,12 @@ class Multiplexer:
         self._queue(FrameType.RESET, stream_id, RESET_CODE.pack(code) + raw)
 
     def _queue(self, ftype: int, stream_id: int, payload: bytes | memoryview) -> None:
-        frame = HEADER.pack(ftype, stream_id, len(payload)) + payload
-        self._out.append(frame)
-        self.buffered += len(frame)
+        """Queue a frame as its header and payload, joined only into the message that carries it."""
+        size = HEADER.size + len(payload)
+        self._out.append((ftype, HEADER.pack(ftype, stream_id, len(payload)), payload))
+        self.buffered += size
         if ftype not in _UNBOUNDED_TYPES:
-            self.control_buffered += len(frame)
+            self.control_buffered += size
             if self.control_buffered > self.max_control_backlog:
                 self._backlogged = True
 

@@ -17,7 +17,6 @@ import asyncio
 import logging
 from typing import Callable, Protocol
 
-from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from .mux import (
@@ -32,6 +31,7 @@ from .mux import (
     StreamReset,
     WindowUpdated,
 )
+from .wsflow import BoundedConnection
 
 log = logging.getLogger("inlets.session")
 
@@ -85,7 +85,7 @@ class Session:
 
     def __init__(
         self,
-        websocket: Connection,
+        websocket: BoundedConnection,
         mux: Multiplexer,
         *,
         on_stream: Callable[[Channel], None] | None = None,
@@ -309,7 +309,7 @@ class Session:
 
     async def _writer(self) -> None:
         """Send one message at a time: what waits stays in the multiplexer, under its bounds."""
-        mux = self.mux
+        mux, websocket = self.mux, self.websocket
         try:
             while True:
                 await self._wakeup.wait()
@@ -318,8 +318,11 @@ class Session:
                 # record and one send, rather than one each.
                 await asyncio.sleep(0)
                 self._wakeup.clear()
-                while messages := mux.data_to_send(1):
-                    await self.websocket.send(messages[0])
+                while message := mux.next_message():
+                    if not websocket.write_binary(*message):
+                        return  # the closing handshake began: no data may follow the close frame
+                    if websocket.paused:
+                        await websocket.drain()  # the library's flow control, as its send() would
                     if not mux.backlogged:
                         self._drained.set()
                     if self._blocked and mux.buffered < OUT_LOW_WATER:
@@ -327,8 +330,8 @@ class Session:
                         for channel in blocked:
                             if channel.handler is not None and channel.stream_id in self.channels:
                                 channel.handler.on_writable()
-        except ConnectionClosed:
-            pass
+        except (ConnectionClosed, OSError):
+            pass  # the connection died while we waited for it to drain: the reader sees it too
         finally:
             self._writer_stopped = True
             self._drained.set()  # a reader waiting for the peer finds the connection closed

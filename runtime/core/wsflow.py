@@ -9,6 +9,9 @@ two honest ends busy writing to each other never both stop reading.
 
 Reading is paused while any reason holds: the library's own one (its queue of received
 messages is full) or ours, so neither resumes what the other paused.
+
+The tunnel's own binary messages bypass the library's send path (``write_binary``, framed by
+``wsframe``) but keep its flow control: the writer awaits ``drain`` as the library would.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import asyncio
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
+from websockets.protocol import Side, State
+
+from .wsframe import MaskKeys, binary_frame
 
 #: Bytes of pongs (and other automatic replies) that may wait behind a full send buffer.
 REPLY_LIMIT = 64 * 1024
@@ -50,6 +56,7 @@ class _BoundedReplies:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
+        self._masks = MaskKeys() if self.protocol.side is Side.CLIENT else None  # type: ignore[attr-defined]
         self.gate = ReadGate(self.transport)
         self._waiting_replies = 0
         messages = self.recv_messages  # type: ignore[attr-defined]
@@ -64,6 +71,15 @@ class _BoundedReplies:
             if self._waiting_replies > REPLY_LIMIT:
                 self.gate.hold("replies")
 
+    def write_binary(self, pieces: list[bytes | memoryview], length: int) -> bool:
+        """Write one binary message of ``pieces`` now; False, writing nothing, once the connection is
+        no longer open (the closing handshake began: no data frame may follow a close frame). The
+        caller then awaits ``drain()``, which waits while the send buffer is over its high-water mark."""
+        if self.protocol.state is not State.OPEN or self.transport.is_closing():  # type: ignore[attr-defined]
+            return False
+        self.transport.write(binary_frame(pieces, length, self._masks.next() if self._masks else None))
+        return True
+
     def resume_writing(self) -> None:
         super().resume_writing()  # type: ignore[misc]
         self._waiting_replies = 0
@@ -76,3 +92,7 @@ class BoundedServerConnection(_BoundedReplies, ServerConnection):
 
 class BoundedClientConnection(_BoundedReplies, ClientConnection):
     pass
+
+
+#: What a ``Session`` runs on: either end's connection, with ``write_binary``.
+BoundedConnection = BoundedServerConnection | BoundedClientConnection

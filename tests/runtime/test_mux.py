@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inlets_py.runtime.core.mux import (
+    DEFAULT_MAX_FRAME,
     HEADER,
     DataReceived,
     FrameType,
@@ -410,3 +411,28 @@ def test_a_budget_bounds_how_far_streams_grow_beyond_their_first_window() -> Non
     for _ in range(5):
         pump(second, consume=True)
     assert server.send_window(second) == 256 * kib and client.grown == 192 * kib
+
+
+def test_next_message_gives_the_pieces_data_to_send_would_join() -> None:
+    a, b = Multiplexer(client=True), Multiplexer(client=True)
+    for mux in (a, b):
+        sid = mux.open_stream("tcp:80")
+        mux.send_data(sid, b"x" * 1000)
+        mux.send_data(sid, b"y" * (DEFAULT_MAX_FRAME + 10))  # split in two frames, the first alone
+    joined = []
+    while (message := a.next_message()) is not None:
+        pieces, size = message
+        joined.append(b"".join(pieces))
+        assert size == len(joined[-1])
+    assert joined == b.data_to_send()
+    assert a.buffered == b.buffered == 0
+
+
+def test_data_from_a_buffer_the_caller_reuses_is_queued_as_a_copy() -> None:
+    sender, receiver = Multiplexer(client=True), Multiplexer(client=False)
+    sid = sender.open_stream("tcp:80")
+    buffer = bytearray(b"first")
+    sender.send_data(sid, memoryview(buffer))
+    buffer[:] = b"later"  # a protocol reading into one buffer would do this before the writer runs
+    events = [e for m in sender.data_to_send() for e in receiver.receive(m)]
+    assert [e.data for e in events if isinstance(e, DataReceived)] == [b"first"]
