@@ -34,8 +34,7 @@ class DataPlaneConnection(TcpBridge):
         self.server = server
         self.service = service
         self.port = parse_tcp_service(service)
-        # prometheus children bound once per connection: (open gauge, total, bytes in, bytes out)
-        self.counters = server.metrics.port(self.port)
+        self.counters = server.metrics.port(self.port)  # plain ints, updated per chunk
         self._counted = False
         self._header: HeaderReader | None = None
         self._header_timer: asyncio.TimerHandle | None = None
@@ -64,8 +63,8 @@ class DataPlaneConnection(TcpBridge):
                 self.attach(session.open_stream(self.service, self))
             except StreamError:
                 continue
-            self.counters[0].inc()
-            self.counters[1].inc()
+            self.counters.open += 1
+            self.counters.total += 1
             self._counted = True
             version = self.server.options.proxy_protocol
             if version and self.channel is not None:
@@ -77,7 +76,8 @@ class DataPlaneConnection(TcpBridge):
         self._refuse("no_client")
 
     def _refuse(self, reason: str, source: Address | None = None) -> None:
-        self.server.metrics.refused.labels(str(self.port), reason).inc()
+        refused = self.counters.refused
+        refused[reason] = refused.get(reason, 0) + 1
         if reason != "no_client":
             log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
         self._done = True
@@ -99,11 +99,11 @@ class DataPlaneConnection(TcpBridge):
                 self._header_timer.cancel()
             self._admit(header.source or self.peer, header.destination or self.local, rest)
             return
-        self.counters[2].inc(len(data))
+        self.counters.bytes_in += len(data)
         super().data_received(data)
 
     def on_data(self, data: bytes) -> None:
-        self.counters[3].inc(len(data))
+        self.counters.bytes_out += len(data)
         super().on_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -111,7 +111,7 @@ class DataPlaneConnection(TcpBridge):
             self._header_timer.cancel()
         if self._counted:
             self._counted = False
-            self.counters[0].dec()
+            self.counters.open -= 1
         super().connection_lost(exc)
 
 

@@ -26,7 +26,7 @@ MAX_FLOWS = 4096
 
 @dataclass
 class UdpCounters:
-    """What the metrics report for one public port (see metrics.UdpMetrics)."""
+    """What the metrics report for one public port (see metrics.TcpMetrics.watch_udp)."""
 
     datagrams_in: int = 0
     datagrams_out: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -149,3 +150,31 @@ def test_control_plane_paths_are_bounded_labels(tls, token, path):
         assert found[key("http_controlplane_requests_total", code=expected[0], path=expected[1])] == 1
     finally:
         stack.close()
+
+
+def test_a_server_nobody_scrapes_does_not_load_prometheus_client():
+    """Counting is plain ints; the library (about 2 MiB of RSS) comes with the first scrape."""
+    from inlets_py import runtime
+
+    package = runtime.__name__
+    probe = (
+        "import sys\n"
+        f"import {package}.cli.tcp_server, {package}.cli.http_server\n"
+        f"from {package}.server.metrics import HttpMetrics, TcpMetrics\n"
+        "tcp, http = TcpMetrics(lambda: 1, {'/metrics'}), HttpMetrics(lambda: 2, {'/metrics'})\n"
+        "counters = tcp.port(8080); counters.total += 3; counters.bytes_in += 5; counters.refused['no_client'] = 1\n"
+        "http.observe(200, 'a.test', b'GET', 0.002); tcp.control_request('/metrics', 200)\n"
+        "assert 'prometheus_client' not in sys.modules, 'imported before any scrape'\n"
+        "print(tcp.route()[2].decode()); print(http.route()[2].decode())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = samples(result.stdout)
+    assert found[key("tcp_dataplane_connections_total", port="8080")] == 3
+    assert found[key("tcp_dataplane_bytes_total", port="8080", direction="in")] == 5
+    assert found[key("tcp_dataplane_refused_total", port="8080", reason="no_client")] == 1
+    assert found[key("tcp_controlplane_requests_total", code="200", path="/metrics")] == 1
+    assert found[key("tcp_controlplane_connected_gauge")] == 1
+    assert found[key("http_controlplane_connected_gauge")] == 2
+    assert found[key("http_dataplane_request_duration_seconds_bucket", code="200", host="a.test", method="GET",
+                     le="0.0025")] == 1
