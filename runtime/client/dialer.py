@@ -30,9 +30,13 @@ from ..core.ports import url_port
 from .outbound_proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
 from ..core.session import Channel, Session
 from ..core.tls import verify_failure
-from ..core.wsflow import BoundedClientConnection
+from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.client")
+
+
+class BoundedClientConnection(BoundedReplies, ClientConnection):
+    pass
 
 
 class FatalClientError(Exception):

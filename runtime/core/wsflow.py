@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.connection import Connection
 from websockets.protocol import Side, State
 
 from .wsframe import MaskKeys, binary_frame
@@ -47,8 +46,10 @@ class ReadGate:
                 self.transport.resume_reading()
 
 
-class _BoundedReplies:
-    """Mixin for a websockets connection (asyncio protocol): see the module docstring."""
+class BoundedReplies:
+    """Mixin for a websockets connection (asyncio protocol): see the module docstring. Each end mixes
+    it into its own class (``server.admission``, ``client.dialer``), so neither imports the other's:
+    the library's client module brings python-socks, which a server never uses."""
 
     transport: asyncio.Transport
     paused: bool  # the library's flag: the send buffer is over its high-water mark
@@ -86,13 +87,5 @@ class _BoundedReplies:
         self.gate.release("replies")
 
 
-class BoundedServerConnection(_BoundedReplies, ServerConnection):
-    pass
-
-
-class BoundedClientConnection(_BoundedReplies, ClientConnection):
-    pass
-
-
-#: What a ``Session`` runs on: either end's connection, with ``write_binary``.
-BoundedConnection = BoundedServerConnection | BoundedClientConnection
+class BoundedConnection(BoundedReplies, Connection):
+    """What a ``Session`` runs on, for type checkers: either end's connection (never made itself)."""

@@ -23,9 +23,11 @@ import logging
 import ssl
 from typing import Callable
 
+from websockets.asyncio.server import ServerConnection
+
 from ..core.allowlist import SourceAllowList
 from ..core.tls import PLAINTEXT_ATTEMPTS, is_plaintext_http
-from ..core.wsflow import BoundedServerConnection
+from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.server")
 
@@ -131,7 +133,7 @@ class Admission:
             transport.abort()
 
 
-class ControlConnection(BoundedServerConnection):
+class ControlConnection(BoundedReplies, ServerConnection):
     """A control-port websocket connection that counts as pending until ``authenticated``."""
 
     ticket: Ticket | None = None

@@ -108,3 +108,19 @@ def test_a_client_process_loads_neither_the_server_nor_prometheus() -> None:
         assert result.returncode == 0, result.stderr
         assert f"inlets {mode} client" in result.stdout
         assert result.stdout.rstrip().endswith("LOADED []"), result.stdout[-500:]
+
+
+def test_the_server_commands_load_no_client_code_nor_prometheus() -> None:
+    """The websockets library's client module brings python-socks (an outbound proxy: the client's
+    job); prometheus-client comes with the first scrape (``test_metrics``). Neither is a server's weight."""
+    package = runtime.__name__
+    probe = (
+        "import sys\n"
+        f"import {package}.cli.tcp_server, {package}.cli.http_server, {package}.server.tcp, {package}.http.server\n"
+        f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.client', 'websockets.asyncio.client', "
+        "'python_socks', 'prometheus_client')))\n"
+        "print('LOADED', loaded)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("LOADED []"), result.stdout[-500:]
