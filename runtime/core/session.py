@@ -1,20 +1,23 @@
 """Asyncio glue between one websocket and the sans-I/O ``Multiplexer``.
 
-A ``Session`` reads messages, feeds them to the multiplexer and dispatches the
-events to each stream's handler; a single writer task sends what the multiplexer
-queued. Stream handlers are plain callback objects (``StreamHandler``), so a TCP
-socket can be bridged without a coroutine per direction (see ``bridge.py``).
+A ``Session`` takes the websocket's binary messages as callbacks (``wsflow``), feeds
+them to the multiplexer and dispatches the events to each stream's handler; a single
+writer task sends what the multiplexer queued. Stream handlers are plain callback objects
+(``StreamHandler``), so a TCP socket can be bridged without a coroutine per direction
+(see ``bridge.py``), and a message is handled in the loop turn it arrives in.
 
 A peer that does not read is not read from: the writer takes one message at a time,
 so what waits stays counted in the multiplexer, and while it is ``backlogged`` the
-reader stops. Only traffic that does something (events) counts as a sign of life, so a
-peer repeating GOAWAY, or sending frames for streams long gone, still has to answer pings.
+transport's reading is paused. Only traffic that does something (events) counts as a sign
+of life, so a peer repeating GOAWAY, or sending frames for streams long gone, still has to
+answer pings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable, Protocol
 
 from websockets.exceptions import ConnectionClosed
@@ -101,9 +104,8 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()  # set while the multiplexer is not backlogged
-        self._drained.set()
-        self._writer_stopped = False
+        self._backlog_paused = False  # reading paused until the writer works the backlog off
+        self._closing: asyncio.Future | None = None  # the close after a protocol error
         self._blocked: set[Channel] = set()
         self._close_reason = ""
         self.keepalive = keepalive
@@ -117,29 +119,34 @@ class Session:
         """Serve the session until the websocket closes; then reset every stream."""
         writer = asyncio.create_task(self._writer())
         watchdog = asyncio.create_task(self._watchdog()) if self.keepalive else None
-        loop = asyncio.get_running_loop()
         try:
-            async for message in self.websocket:
-                if isinstance(message, str):
-                    raise ProtocolError("text message after handshake")
-                events = self.mux.receive(message)
-                if events:
-                    self._last_rx = loop.time()
-                self._dispatch(events)
-                self._flush()
-                if self.mux.backlogged and not await self._until_drained():
-                    break  # the connection died first: what the peer queued meanwhile is not worth reading
-        except ProtocolError as exc:
-            log.warning("event=protocol_error session=%s error=%r", self.name, str(exc))
-            self._close_reason = f"protocol error: {exc}"
-            await self.websocket.close(1002, str(exc)[:120])
-        except ConnectionClosed:
-            pass
+            self.websocket.attach(self._on_message, self._on_bad_message)
+            await self.websocket.wait_closed()
         finally:
             writer.cancel()
             if watchdog is not None:
                 watchdog.cancel()
             self._teardown(self._close_reason or "tunnel connection closed")
+
+    def _on_message(self, message: bytes | memoryview) -> None:
+        """One binary message from the peer, in the loop turn it arrived in."""
+        try:
+            events = self.mux.receive(message)
+        except ProtocolError as exc:
+            self._on_bad_message(f"protocol error: {exc}")
+            return
+        if events:
+            self._last_rx = time.monotonic()
+            self._dispatch(events)
+        self._flush()
+        if self.mux.backlogged and not self._backlog_paused:
+            self._until_drained()
+
+    def _on_bad_message(self, reason: str) -> None:
+        log.warning("event=protocol_error session=%s error=%r", self.name, reason)
+        self._close_reason = reason
+        self.websocket.discard_messages()
+        self._closing = asyncio.ensure_future(self.websocket.close(1002, reason[:120]))
 
     def _teardown(self, reason: str) -> None:
         if self.closed.is_set():
@@ -151,13 +158,11 @@ class Session:
             if handler is not None:
                 handler.on_reset(ResetCode.CANCEL, reason)
 
-    async def _until_drained(self) -> bool:
-        """Read nothing more until the peer has read enough of what we owe it; False if the writer stopped."""
+    def _until_drained(self) -> None:
+        """Read nothing more until the peer has read enough of what we owe it (the writer resumes)."""
         log.warning("event=peer_not_reading session=%s queued=%d action=reading_paused", self.name, self.mux.buffered)
-        self._drained.clear()
-        if self.mux.backlogged:  # the writer sets it again once below half the bound, or when it stops
-            await self._drained.wait()
-        return not self._writer_stopped
+        self._backlog_paused = True
+        self.websocket.gate.hold("backlog")
 
     async def _watchdog(self) -> None:
         """Detect a dead peer within ``keepalive`` seconds, even on a stalled TCP connection.
@@ -168,12 +173,11 @@ class Session:
         """
         assert self.keepalive is not None
         interval = self.keepalive / 2
-        loop = asyncio.get_running_loop()
-        self._last_rx = loop.time()
+        self._last_rx = time.monotonic()
         try:
             while True:
                 await asyncio.sleep(interval)
-                if loop.time() - self._last_rx < interval:
+                if time.monotonic() - self._last_rx < interval:
                     continue
                 try:
                     await asyncio.wait_for(self._ping(), interval)
@@ -323,8 +327,9 @@ class Session:
                         return  # the closing handshake began: no data may follow the close frame
                     if websocket.paused:
                         await websocket.drain()  # the library's flow control, as its send() would
-                    if not mux.backlogged:
-                        self._drained.set()
+                    if self._backlog_paused and not mux.backlogged:  # below half the bound again
+                        self._backlog_paused = False
+                        websocket.gate.release("backlog")
                     if self._blocked and mux.buffered < OUT_LOW_WATER:
                         blocked, self._blocked = self._blocked, set()
                         for channel in blocked:
@@ -333,5 +338,6 @@ class Session:
         except (ConnectionClosed, OSError):
             pass  # the connection died while we waited for it to drain: the reader sees it too
         finally:
-            self._writer_stopped = True
-            self._drained.set()  # a reader waiting for the peer finds the connection closed
+            if self._backlog_paused:  # nothing more will be sent: read again, so that the close completes
+                self._backlog_paused = False
+                websocket.gate.release("backlog")

@@ -10,18 +10,23 @@ two honest ends busy writing to each other never both stop reading.
 Reading is paused while any reason holds: the library's own one (its queue of received
 messages is full) or ours, so neither resumes what the other paused.
 
-The tunnel's own binary messages bypass the library's send path (``write_binary``, framed by
-``wsframe``) but keep its flow control: the writer awaits ``drain`` as the library would.
+The tunnel's own binary messages bypass the library both ways (``wsframe``): ``write_binary``
+writes one frame, and the writer then awaits ``drain`` as the library's send would; from the
+end of the opening handshake, a ``FrameReader`` splits what arrives, binary messages go to the
+handler ``attach`` set (held, with reading paused, until there is one) and all other frames go
+to the library whole: hello and welcome, pings, pongs, the closing handshake, protocol errors.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
+from typing import Callable
 
 from websockets.asyncio.connection import Connection
 from websockets.protocol import Side, State
 
-from .wsframe import MaskKeys, binary_frame
+from .wsframe import PAYLOAD, RAW_DATA, FrameReader, MaskKeys, binary_frame
 
 #: Bytes of pongs (and other automatic replies) that may wait behind a full send buffer.
 REPLY_LIMIT = 64 * 1024
@@ -55,16 +60,82 @@ class BoundedReplies:
     paused: bool  # the library's flag: the send buffer is over its high-water mark
     gate: ReadGate
 
+    #: The message handler (``attach``); a message it receives raises nothing (its own errors are its own).
+    on_message: Callable[[bytes | memoryview], None] | None = None
+    #: Called instead when the peer sends a message other than an unfragmented binary one.
+    on_bad_message: Callable[[str], None] | None = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
-        self._masks = MaskKeys() if self.protocol.side is Side.CLIENT else None  # type: ignore[attr-defined]
+        client = self.protocol.side is Side.CLIENT  # type: ignore[attr-defined]
+        self._masks = MaskKeys() if client else None
         self.gate = ReadGate(self.transport)
         self._waiting_replies = 0
+        self._reader: FrameReader | None = None  # from the end of the opening handshake
+        self._tail = b""  # the last bytes of the handshake so far: its end may span two reads
+        self._early: deque[bytes | memoryview] = deque()  # binary messages before ``attach``
+        self._discarding = False
         messages = self.recv_messages  # type: ignore[attr-defined]
         messages.pause = lambda: self.gate.hold("messages")
         messages.resume = lambda: self.gate.release("messages")
 
+    def attach(self, on_message: Callable[[bytes | memoryview], None], on_bad_message: Callable[[str], None]) -> None:
+        """Take the binary messages from now on (and those that came early), as callbacks from the loop."""
+        self.on_message, self.on_bad_message = on_message, on_bad_message
+        while self._early and self.on_message is not None:
+            on_message(self._early.popleft())
+        self.gate.release("early")
+
+    def discard_messages(self) -> None:
+        """Drop the peer's messages from now on (closing after a protocol error); still read the rest,
+        so that the closing handshake completes."""
+        self.on_message = None
+        self._discarding = True
+        self._early.clear()
+        self.gate.release("early")
+
     def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            self._handshake_received(data)
+            return
+        for kind, item in reader.feed(data):
+            if kind == PAYLOAD:
+                if self.on_message is not None:
+                    self.on_message(item)
+                elif not self._discarding:
+                    self._early.append(item)
+                    self.gate.hold("early")  # read no more until someone takes them
+            elif kind == RAW_DATA and self.on_message is not None:
+                self.discard_messages()
+                if self.on_bad_message is not None:
+                    self.on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
+            else:
+                self._to_library(item)  # type: ignore[arg-type]  # raw frames are bytes
+
+    def _handshake_received(self, data: bytes) -> None:
+        """Feed the library the opening handshake's bytes, up to the end of the HTTP head; what
+        follows it is frames, for the reader (or all the library's when the handshake failed)."""
+        probe = self._tail + data
+        end = probe.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = probe[-3:]
+            self._to_library(data)
+            return
+        cut = end + 4 - len(self._tail)
+        self._tail = b""
+        self._to_library(data[:cut])
+        state = self.protocol.state  # type: ignore[attr-defined]
+        opened = state is State.OPEN or (state is State.CONNECTING and self.protocol.side is Side.SERVER)  # type: ignore[attr-defined]
+        self._reader = FrameReader(masked=self.protocol.side is Side.SERVER,  # type: ignore[attr-defined]
+                                   max_size=self.protocol.max_message_size)  # type: ignore[attr-defined]
+        self._reader.passthrough = not opened
+        if len(data) > cut:
+            self.data_received(data[cut:])
+
+    def _to_library(self, data: bytes) -> None:
+        if not data:
+            return
         before = self.transport.get_write_buffer_size()
         super().data_received(data)  # type: ignore[misc]
         if self.paused:

@@ -92,6 +92,25 @@ def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message,
     run(scenario())
 
 
+def test_a_message_sent_before_the_welcome_is_handled_once_the_session_starts(tls: TlsFiles, token: str) -> None:
+    """Frames that arrive before the session attaches wait (reading paused), then count like any other:
+    here DATA for a stream never opened, which closes the connection with 1002 and says why."""
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        await ws.send(Hello("tcp", [f"tcp:{free_port()}"], "hostile", 1 << 20).encode())
+        await ws.send(HEADER.pack(FrameType.DATA, 1, 1) + b"x")  # before the welcome has come back
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "welcome"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+        assert "unknown stream 1" in closed.value.rcvd.reason
+        await server.stop()
+
+    run(scenario())
+
+
 def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
     async def refused(ws_message) -> str:
         server = await start_server(tls, token)

@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from inlets_py.runtime.core.wsframe import MaskKeys, binary_frame
+from inlets_py.runtime.core.wsframe import PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, FrameReader, MaskKeys, binary_frame
 
 
 def parse(data: bytes, *, mask: bool) -> Frame:
@@ -41,3 +41,42 @@ def test_masking_keys_come_from_a_pool_refilled_from_the_os() -> None:
     assert all(len(key) == 4 for key in drawn)
     assert len(set(drawn)) > len(drawn) * 0.99  # 32 random bits each: repeats are rare
     assert drawn[: MaskKeys.POOL // 4] != drawn[MaskKeys.POOL // 4 : MaskKeys.POOL // 2]
+
+
+def library_frame(opcode: Opcode, data: bytes, *, mask: bool, fin: bool = True) -> bytes:
+    """A frame as the websockets library writes it (the other end of a real connection)."""
+    return Frame(opcode, data, fin).serialize(mask=mask)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_reader_gives_binary_payloads_and_the_rest_raw_whatever_the_read_sizes(masked: bool) -> None:
+    frames = [
+        library_frame(Opcode.BINARY, b"a" * 70_000, mask=masked),
+        library_frame(Opcode.PING, b"ping", mask=masked),
+        library_frame(Opcode.BINARY, b"", mask=masked),
+        library_frame(Opcode.TEXT, b"hello", mask=masked),
+        library_frame(Opcode.BINARY, b"first", mask=masked, fin=False),  # fragments are the library's
+        library_frame(Opcode.CONT, b"second", mask=masked),
+        library_frame(Opcode.BINARY, bytes(range(200)), mask=masked),
+    ]
+    expected = [(PAYLOAD, b"a" * 70_000), (RAW_CONTROL, frames[1]), (PAYLOAD, b""), (RAW_DATA, frames[3]),
+                (RAW_DATA, frames[4]), (RAW_DATA, frames[5]), (PAYLOAD, bytes(range(200)))]
+    stream = b"".join(frames)
+    for step in (1, 2, 3, 7, 13, 1000, 65536, len(stream)):
+        reader = FrameReader(masked=masked, max_size=1 << 20)
+        got = [(kind, bytes(item)) for at in range(0, len(stream), step) for kind, item in reader.feed(stream[at : at + step])]
+        assert got == expected, step
+
+
+@pytest.mark.parametrize("bad", [
+    library_frame(Opcode.BINARY, b"x", mask=False),  # a client's frame must be masked
+    bytes([0xC2]) + library_frame(Opcode.BINARY, b"x", mask=True)[1:],  # RSV1: no extension was negotiated
+    library_frame(Opcode.BINARY, b"x" * 101, mask=True),  # over max_size
+    library_frame(Opcode.CLOSE, b"\x03\xe8", mask=True),  # the closing handshake is the library's
+], ids=["unmasked", "rsv1", "too-large", "close"])  # masked frames differ per run: named, for pytest-xdist
+def test_what_the_reader_cannot_vouch_for_goes_to_the_library_with_all_that_follows(bad: bytes) -> None:
+    before, after = library_frame(Opcode.BINARY, b"ok", mask=True), library_frame(Opcode.BINARY, b"later", mask=True)
+    reader = FrameReader(masked=True, max_size=100)
+    assert [(k, bytes(i)) for k, i in reader.feed(before + bad[:1])] == [(PAYLOAD, b"ok")]
+    assert [(k, bytes(i)) for k, i in reader.feed(bad[1:] + after)] == [(RAW_REST, bad + after)]
+    assert reader.feed(b"more") == [(RAW_REST, b"more")]
