@@ -15,10 +15,8 @@ from .app import http_app
 from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
-from .options import (
-    DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Proxy, ProxyPasswordFile, TlsCa,
-    TlsInsecure, TlsServerName, Token, TokenFiles, Urls,
-)
+from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
+from .options import DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
 
 Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
 Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]

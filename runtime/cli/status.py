@@ -10,10 +10,10 @@ import typer
 
 from ..core.auth import TokenError, read_tokens
 from ..core.probe import ProbeError, get, parse_url
-from ..server.status import render_holdings, render_table
 from .app import app
 from .config import fail
-from .options import TlsCa, TlsServerName, Urls
+from .client_options import TlsCa, TlsServerName, Urls
+from .status_view import render_holdings, render_table
 
 
 @app.command("status")

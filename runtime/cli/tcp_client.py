@@ -12,10 +12,8 @@ from .app import tcp_app
 from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
-from .options import (
-    DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Proxy, ProxyPasswordFile, TlsCa,
-    TlsInsecure, TlsServerName, Token, TokenFiles, Urls,
-)
+from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
+from .options import DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
 
 
 @tcp_app.command("client")

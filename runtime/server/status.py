@@ -1,4 +1,4 @@
-"""``GET /status`` on the control port, and how ``inlets status`` shows it.
+"""``GET /status`` on the control port (``cli/status_view.py`` shows it to a person).
 
 The document says what is connected and how busy it is; it never holds a token,
 a key or a client's credentials.
@@ -53,71 +53,3 @@ def status_route(control: ControlPlane):
         return 200, "application/json", body
 
     return route
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
-
-
-def render_table(doc: dict[str, Any]) -> str:
-    """The status as a person reads it: one header line, one row per client."""
-    lines = [
-        f"inlets {doc.get('mode', '?')} server {doc.get('version', '?')} on {doc.get('hostname', '?')}, "
-        f"up {_duration(float(doc.get('uptime_seconds', 0)))} (since {doc.get('started', '?')})",
-    ]
-    clients = doc.get("clients", [])
-    if not clients:
-        lines.append("no clients connected")
-        return "\n".join(lines)
-    rows = [("CLIENT", "REMOTE", "CONNECTED SINCE", "SERVICES", "STREAMS", "IN", "OUT")]
-    for client in clients:
-        rows.append(
-            (
-                str(client.get("id", "")),
-                str(client.get("remote", "")),
-                str(client.get("connected_since", "")),
-                ",".join(client.get("services", [])) or "-",
-                str(client.get("open_streams", 0)),
-                _size(int(client.get("bytes_in", 0))),
-                _size(int(client.get("bytes_out", 0))),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def render_holdings(documents: dict[str, dict[str, Any]]) -> str:
-    """Which of these servers each client holds (by its client id): a client serving through a
-    balancer should hold every one, else the balancer sends some users where it is not."""
-    held: dict[str, list[str]] = {}
-    for server, doc in documents.items():
-        for client in doc.get("clients", []):
-            servers = held.setdefault(str(client.get("id", "?")), [])
-            if server not in servers:
-                servers.append(server)
-    if not held:
-        return f"no client holds any of the {len(documents)} servers"
-    lines = []
-    for client_id, servers in held.items():
-        missing = [s for s in documents if s not in servers]
-        lines.append(f"client {client_id} holds {len(servers)}/{len(documents)} servers: {', '.join(servers)}"
-                     + (f" (not {', '.join(missing)})" if missing else ""))
-    return "\n".join(lines)
