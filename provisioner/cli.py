@@ -237,7 +237,7 @@ def status_cmd(
     if server["endpoint"] == "/healthz":
         print(f"{'server':<9} /healthz answered {server['http_status']} {server['body']}".rstrip())
     elif isinstance(server["status"], dict):
-        from inlets_py.runtime.server.status import render_table  # the same view as ``inlets status``
+        from inlets_py.runtime.cli.status_view import render_table  # the same view as ``inlets status``
 
         print()
         print(render_table(server["status"]))
