@@ -196,6 +196,17 @@ def _start_client(mode: str, label: str, controls: list[int], tls: TlsFiles, tok
     return process
 
 
+def _wait_held_all(log: Path, timeout: float) -> None:
+    """Until the client's latest ``event=servers`` line says it holds both servers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = [line for line in log.read_text().splitlines() if "event=servers held=" in line]
+        if held and "held=2/2" in held[-1]:
+            return
+        assert time.monotonic() < deadline, f"{log.name}: {held[-1:] or 'no event=servers line'}"
+        time.sleep(0.05)
+
+
 def _haproxy_config(mode: str, front: int, port: int) -> str:
     common = f"  default-server inter {CHECK_MS}ms fastinter {CHECK_MS}ms downinter {CHECK_MS}ms fall 2 rise 2\n"
     servers = "".join(f"  server s{n + 1} {addr}:{port} check{' send-proxy' if mode == 'tcp' else ''}\n"
@@ -238,6 +249,8 @@ def test_failover_behind_haproxy(mode: str, tmp_path: Path, tls: TlsFiles, upstr
         up = haproxy.wait_status("s1", "UP", timeout=30)  # the clients reconnect by themselves first
         time.sleep(1.0)
         after_restart = int(haproxy.stat()["s1"]["stot"])
+        for label in clients:  # each in its own backoff: one back is enough for HAProxy, not for the kill below
+            _wait_held_all(tmp_path / f"client-{label}.log", timeout=30)
         # kill -9 one client: the other serves everything
         client_killed = time.monotonic()
         clients["u1"].send_signal(signal.SIGKILL)
