@@ -1,4 +1,11 @@
-"""Websocket connections that stop reading from a peer that does not read our replies.
+"""The tunnel's websocket connections: the library's, with the tunnel's own frame path, and no
+reading from a peer that does not read our replies.
+
+The tunnel's binary messages bypass the library both ways (``wsframe``): ``write_binary``
+writes one frame, and the writer then awaits ``drain`` as the library's send would; from the
+end of the opening handshake, a ``FrameReader`` splits what arrives, binary messages go to the
+handler ``attach`` set (held, with reading paused, until there is one) and all other frames go
+to the library whole: hello and welcome, pings, pongs, the closing handshake, protocol errors.
 
 The websockets library answers each ping with a pong as it reads, whatever the state of
 the send buffer: a peer that sends pings and never reads grows our memory by a pong per
@@ -7,14 +14,8 @@ high-water mark; past ``REPLY_LIMIT`` bytes they pause reading until the buffer 
 (the peer read). Honest peers ping once per keepalive interval, far below the limit, so
 two honest ends busy writing to each other never both stop reading.
 
-Reading is paused while any reason holds: the library's own one (its queue of received
-messages is full) or ours, so neither resumes what the other paused.
-
-The tunnel's own binary messages bypass the library both ways (``wsframe``): ``write_binary``
-writes one frame, and the writer then awaits ``drain`` as the library's send would; from the
-end of the opening handshake, a ``FrameReader`` splits what arrives, binary messages go to the
-handler ``attach`` set (held, with reading paused, until there is one) and all other frames go
-to the library whole: hello and welcome, pings, pongs, the closing handshake, protocol errors.
+Reading is paused while any reason holds: the library's own (its queue of received messages
+is full), ours (replies, a backlog, messages nobody takes yet), so none resumes what another paused.
 """
 
 from __future__ import annotations
