@@ -68,9 +68,13 @@ class Front(Protocol):
     def wake(self) -> None: ...
 
 
+#: Seconds to wait before each new try when the client refuses a request's stream (see ``_retry_refused``).
+REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
+
+
 class Exchange:
     __slots__ = ("head", "leg", "options", "label", "started", "request", "response", "chunked", "close",
-                 "out", "retried", "reused", "unreleased", "waiter", "body_pending")
+                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "refusals")
 
     def __init__(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                  request: bytes | None, reused: bool, waiter: asyncio.Future | None) -> None:
@@ -89,6 +93,7 @@ class Exchange:
         self.unreleased = False  # credit held back while the user's socket drains
         self.waiter = waiter  # the coroutine's: result True (keep the connection), False, or a 101 head
         self.body_pending = False  # the coroutine is still sending the request body
+        self.refusals = 0  # streams the client refused for this request (its --max-streams)
 
 
 def eligible(head: RequestHead) -> bool:
@@ -176,6 +181,8 @@ def progress(front: Front) -> None:
                 if (leg.eof and failure is None and not leg.timed_out and ex.reused and not ex.retried
                         and ex.request is not None):
                     _retry(front, ex)
+                elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
+                    _retry_refused(front, ex)
                 else:
                     _fail(front, ex, failure)
                 return
@@ -242,12 +249,32 @@ def _switch(front: Front, ex: Exchange, response: ResponseHead) -> None:
 def _retry(front: Front, ex: Exchange) -> None:
     """A kept-alive upstream closed as its stream was reused: once more on a fresh stream."""
     _detach(front, ex)
+    ex.retried = True
+    _resend(front, ex, "upstream closed the connection without answering")
+
+
+def _retry_refused(front: Front, ex: Exchange) -> None:
+    """The client refused the stream for its --max-streams: the request never reached the upstream, so it
+    goes again on a fresh stream once streams of users who just left have closed (a few ms, more under
+    load: up to ``REFUSED_RETRY_DELAYS``, then 502)."""
+    _detach(front, ex)
+    delay = REFUSED_RETRY_DELAYS[ex.refusals]
+    ex.refusals += 1
+    front.loop.call_later(delay, _resend_if_waiting, front, ex)
+
+
+def _resend_if_waiting(front: Front, ex: Exchange) -> None:
+    if front.exchange is ex:  # else the user went away meanwhile
+        _resend(front, ex, "bad gateway: the tunnel client has too many streams open")
+
+
+def _resend(front: Front, ex: Exchange, failure: str) -> None:
     leg = front.pick(ex.leg.service)
-    if leg is None or not _send_request(leg, ex.request):
-        _reply(front, ex, 502, "upstream closed the connection without answering")
+    if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it
+        _reply(front, ex, 502, failure)
         return
     leg.start_exchange(ex.head.method == b"HEAD")
-    ex.leg, ex.retried, ex.reused = leg, True, False
+    ex.leg, ex.reused = leg, False
     leg.listener = front
     front.server.exchanges.add(leg)
     front.exchange = ex

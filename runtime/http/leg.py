@@ -46,7 +46,7 @@ class UpstreamTimeout(Exception):
 
 class Leg:
     __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
-                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener")
+                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener", "refused")
 
     def __init__(self, session: Session, service: str) -> None:
         self.session = session
@@ -57,6 +57,7 @@ class Leg:
         self.failure: Exception | None = None
         self.raw = False  # after 101 Switching Protocols: bytes pass as they are
         self.timed_out = False
+        self.refused = False  # the client refused the stream (its --max-streams): the request never reached the upstream
         self.received = 0  # bytes received in the current exchange
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
@@ -93,6 +94,7 @@ class Leg:
         if self.failure is None:
             log.debug("event=stream_reset service=%s code=%d reason=%r", self.service, code, reason)
             self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
+            self.refused = code == ResetCode.TOO_MANY_STREAMS and not self.received
         self._wake()
         self._wake_writer()
 

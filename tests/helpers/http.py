@@ -223,7 +223,7 @@ class Stack:
 
     def client(self, server: HttpTunnelServer, tls, token: str, upstreams: list[str],
                options: HttpOptions | None = None, upstream_ca=None, rewrite_host: bool = False,
-               upstream_insecure: bool = False) -> tuple:
+               upstream_insecure: bool = False, max_streams: int | None = None) -> tuple:
         async def start():
             host, port = server.control.addresses[0][:2]
             handler = HttpUpstreams(parse_upstreams(upstreams), upstream_tls(upstream_ca, upstream_insecure))
@@ -233,6 +233,8 @@ class Stack:
             config = ClientConfig(url=f"wss://{host}:{port}", token=token, mode="http", services=handler.services,
                                   ssl_context=client_context(tls.ca), backoff_initial=0.1, backoff_max=0.5,
                                   extra=opts.to_extra())
+            if max_streams is not None:
+                config.max_streams = max_streams
             client = TunnelClient(config, handler.on_stream)
             task = asyncio.ensure_future(client.run_forever())
             self.tasks.append(task)

@@ -307,3 +307,30 @@ def test_reused_stream_closed_before_answering_is_retried_once(env):
     assert response.status == 200 and json.loads(response.read())["target"] == "/after"
     conn.close()
     assert env["app"].stats.connections == before + 2  # the second on a fresh stream
+
+
+def test_a_stream_the_client_refuses_for_its_limit_is_tried_again_once_one_closes(env, tls, token):
+    """A client at its --max-streams refuses the next stream before any upstream sees the request: the
+    server sends it again once a user who left has let go of a stream (before: an immediate 502), and
+    answers 502 only when none does."""
+    app, up = env["stack"].upstream("LIMITED")
+    server = env["stack"].server(tls, token)
+    env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{up}"], max_streams=2)
+    holders = []
+    for name in ("/a", "/b"):  # two users keep their connections, so their streams stay open
+        conn = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
+        conn.request("GET", name, headers={"Host": "limited.test"})
+        assert conn.getresponse().read()
+        holders.append(conn)
+    started = time.monotonic()
+    code, body = status_of(server.data_port, "/third", "limited.test")  # nobody leaves: refused each time
+    assert code == 502 and b"too many streams" in body and time.monotonic() - started >= 0.7
+    third = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
+    third.request("GET", "/third", headers={"Host": "limited.test"})
+    time.sleep(0.05)
+    holders.pop().close()  # one user leaves: its stream closes, and the waiting request gets it
+    response = third.getresponse()
+    assert response.status == 200 and json.loads(response.read())["target"] == "/third"
+    assert [r["target"] for r in app.stats.requests].count("/third") == 1  # refused tries never reached it
+    third.close()
+    holders[0].close()
