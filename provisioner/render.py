@@ -24,10 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import jinja2
-
 from inlets_py.runtime.generate.systemd_quote import exec_command
-from inlets_py.runtime.generate.templating import template_dir
+from inlets_py.runtime.generate.templating import new_environment
 
 from . import wheel_receiver
 from .errors import ProvisionError
@@ -56,14 +54,7 @@ def yaml_scalar(value: object) -> str:
     return _NOT_YAML_PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(template_dir())),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
+_env = new_environment()
 _env.filters["q"] = lambda value: shlex.quote(str(value))
 _env.filters["yaml"] = yaml_scalar
 

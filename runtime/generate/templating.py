@@ -18,14 +18,19 @@ def template_dir() -> Path:
         return Path(__file__).resolve().parents[2] / "templates"
 
 
-environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(template_dir())),
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    autoescape=False,
-)
+def new_environment() -> jinja2.Environment:
+    """The templates' settings, in an environment of the caller's own (inletsctl adds its filters)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+environment = new_environment()
 
 
 def render(template: str, **values: object) -> str:

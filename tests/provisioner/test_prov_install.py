@@ -44,7 +44,7 @@ def test_wheel_contains_templates_and_renders_from_them(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
         "import inlets_py.provisioner.render as r, inlets_py.provisioner.spec as s, inlets_py.provisioner.material as m\n"
-        "print(r.template_dir())\n"
+        "from inlets_py.runtime.generate.templating import template_dir; print(template_dir())\n"
         "text = r.user_data(s.build_spec('tcp', '80', []), m.generate('x'), r.UserDataOptions('x', 'inlets-py==0.1.0'))\n"
         "assert text.startswith('#cloud-config')\n"
     )
