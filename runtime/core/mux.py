@@ -2,7 +2,7 @@
 
 Modelled on h11 and the websockets library: a ``Multiplexer`` is fed the payloads
 of websocket binary messages (``receive``), returns events, and queues the messages
-to send (``data_to_send``). It never touches a socket, so every rule below is
+to send (``next_message``: a message's pieces; ``data_to_send``: whole messages). It never touches a socket, so every rule below is
 unit-tested without one.
 
 Wire format: a message holds one or more frames, each ``type:u8 stream:u32

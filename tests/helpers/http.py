@@ -20,6 +20,8 @@ from typing import Any, Coroutine
 import h11
 from websockets.asyncio.server import serve as ws_serve
 
+from helpers.tunnel import until_connected
+
 from inlets_py.runtime.core.auth import TokenSet
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.server.control import ControlConfig
@@ -238,11 +240,7 @@ class Stack:
             client = TunnelClient(config, handler.on_stream)
             task = asyncio.ensure_future(client.run_forever())
             self.tasks.append(task)
-            waiter = asyncio.ensure_future(client.connected.wait())
-            await asyncio.wait([waiter, task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                task.result()
-            assert client.connected.is_set(), "client did not connect"
+            await until_connected(client, task)
             return client, task
 
         return self.run(start())
@@ -263,9 +261,10 @@ def _closer(server):
     return close
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the server closes (or timeout): for malformed requests."""
-    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+def raw_request(port: int, data: bytes, timeout: float = 5.0, source: str | None = None) -> bytes:
+    """Send raw bytes (from ``source``, a loopback address), read until the server closes (or timeout)."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as sock:
         sock.sendall(data)
         chunks = []
         try:

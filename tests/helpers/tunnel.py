@@ -81,12 +81,17 @@ async def start_client(
     client = TunnelClient(cfg, upstreams.on_stream)
     task = asyncio.ensure_future(client.run_forever())
     if wait:
-        waiter = asyncio.ensure_future(client.connected.wait())
-        await asyncio.wait([waiter, task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-        assert client.connected.is_set(), "client did not connect"
+        await until_connected(client, task)
     return client, task
+
+
+async def until_connected(client: TunnelClient, task: asyncio.Future) -> None:
+    """Wait (10 s at most) for a client's first session; its own failure is raised as it is."""
+    waiter = asyncio.ensure_future(client.connected.wait())
+    await asyncio.wait([waiter, task], timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    assert client.connected.is_set(), "client did not connect"
 
 
 async def stop(*tasks: asyncio.Task) -> None:

@@ -12,8 +12,7 @@ import yaml
 from helpers.proxy_daemons import binary
 from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.process import inlets
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.tunnel import metric
 
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.server.dataplane import DataPlaneOptions
@@ -30,23 +29,11 @@ def stack():
 
 
 def requests_counted(server, code: str) -> float:
-    for family in text_string_to_metric_families(generate_latest(server.metrics.registry).decode()):
-        for sample in family.samples:
-            if sample.name == "http_dataplane_requests_total" and sample.labels.get("code") == code:
-                return sample.value
-    return 0.0
+    return metric(server, "http_dataplane_requests_total", code=code)
 
 
 def request_from(port: int, source: str, payload: bytes = GET) -> bytes:
-    with socket.create_connection((LOOPBACK, port), timeout=5, source_address=(source, 0)) as sock:
-        sock.sendall(payload)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (socket.timeout, ConnectionResetError):
-            pass
-    return b"".join(chunks)
+    return raw_request(port, payload, source=source)
 
 
 def test_allow_ips_answers_403_to_other_sources_and_counts_them(stack, tls, token) -> None:
