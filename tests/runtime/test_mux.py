@@ -413,19 +413,25 @@ def test_a_budget_bounds_how_far_streams_grow_beyond_their_first_window() -> Non
     assert server.send_window(second) == 256 * kib and client.grown == 192 * kib
 
 
-def test_next_message_gives_the_pieces_data_to_send_would_join() -> None:
-    a, b = Multiplexer(client=True), Multiplexer(client=True)
-    for mux in (a, b):
-        sid = mux.open_stream("tcp:80")
-        mux.send_data(sid, b"x" * 1000)
-        mux.send_data(sid, b"y" * (DEFAULT_MAX_FRAME + 10))  # split in two frames, the first alone
-    joined = []
-    while (message := a.next_message()) is not None:
+def test_next_message_gives_pieces_that_join_into_messages_the_peer_reads() -> None:
+    """Frames are coalesced up to COALESCE_LIMIT, a larger one goes alone, and the pieces, joined,
+    are the messages on the wire: the peer gets the stream and its bytes in order."""
+    sender, receiver = Multiplexer(client=True), Multiplexer(client=False, recv_window=4 * DEFAULT_MAX_FRAME)
+    sid = sender.open_stream("tcp:80")
+    sender.send_data(sid, b"x" * 1000)  # with the OPEN: one message
+    sender.send_data(sid, b"y" * (DEFAULT_MAX_FRAME + 10))  # split in two frames: the full one goes alone
+    sizes, events = [], []
+    while (message := sender.next_message()) is not None:
         pieces, size = message
-        joined.append(b"".join(pieces))
-        assert size == len(joined[-1])
-    assert joined == b.data_to_send()
-    assert a.buffered == b.buffered == 0
+        joined = b"".join(pieces)
+        assert size == len(joined)
+        sizes.append(size)
+        events += receiver.receive(joined)
+    frame = HEADER.size
+    assert sizes == [frame + len("tcp:80") + frame + 1000, frame + DEFAULT_MAX_FRAME, frame + 10]
+    assert sender.buffered == sender.control_buffered == 0
+    assert isinstance(events[0], StreamOpened) and events[0].target == "tcp:80"
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"x" * 1000 + b"y" * (DEFAULT_MAX_FRAME + 10)
 
 
 def test_data_from_a_buffer_the_caller_reuses_is_queued_as_a_copy() -> None:
