@@ -16,6 +16,9 @@ Everything else goes through the connection's coroutine, which sends the request
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Protocol
 
 from ..core.session import Session
@@ -125,7 +128,7 @@ def start(front: Front, head: RequestHead, leg: Leg, options: HttpOptions, label
           request: bytes | None, waiter: asyncio.Future | None) -> Exchange:
     """The request head was sent on ``leg``: listen for the response."""
     reused = leg.received > 0
-    leg.start_exchange(head.method == b"HEAD")
+    leg.start_exchange(head.method == b"HEAD", head.upgrade)
     exchange = front.exchange = Exchange(head, leg, options, label, started, request, reused, waiter)
     leg.listener = front
     front.server.exchanges.add(leg)
@@ -161,7 +164,8 @@ def progress(front: Front) -> None:
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited
                               or (response.chunked and not ex.chunked) or ex.body_pending)
-                out.append(response_head(response, ex.options, ex.chunked, ex.close))
+                out.append(response_head(response, ex.options, ex.chunked, ex.close,
+                                         keep_alive=head.version == b"1.0" and not ex.close))
             elif response.status == 101 and head.upgrade:
                 if out and front.transport is not None:
                     front.transport.write(b"".join(out))
@@ -273,7 +277,7 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
     if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it
         _reply(front, ex, 502, failure)
         return
-    leg.start_exchange(ex.head.method == b"HEAD")
+    leg.start_exchange(ex.head.method == b"HEAD", ex.head.upgrade)
     ex.leg, ex.reused = leg, False
     leg.listener = front
     front.server.exchanges.add(leg)
@@ -283,6 +287,8 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
     if ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"
+    elif isinstance(failure, HttpError) and failure.status < 500:  # the request's body was malformed
+        status, message = failure.status, str(failure)
     elif isinstance(failure, HttpError):
         status, message = failure.status, f"bad gateway: {failure}"
     else:
@@ -301,12 +307,26 @@ def _reply(front: Front, ex: Exchange, status: int, message: str) -> None:
 
 
 def _abort(front: Front) -> None:
+    """Cut the user's connection with a reset: a close would end a close-delimited body (HTTP/1.0)
+    as if it were complete."""
     ex = front.exchange
     if front.transport is not None:
-        front.transport.abort()
+        reset(front.transport)
     if ex is not None:
         _detach(front, ex)
         _end(front, ex, False)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Abort with an RST (SO_LINGER 0), not a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def _detach(front: Front, ex: Exchange) -> None:

@@ -43,7 +43,16 @@ class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
 
     dataplane: DataPlaneOptions
     connections: set[FrontConnection]
+    header_timeout: float
     registry: Registry[Session]
+
+
+def _authority(sockname: object) -> bytes:
+    """``host:port`` (``[v6]:port``) of the address the user connected to; empty when unknown."""
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return b""
+    host = str(sockname[0])
+    return (f"[{host}]" if ":" in host else host).encode() + b":%d" % sockname[1]
 
 
 class FrontConnection(asyncio.Protocol):
@@ -80,6 +89,7 @@ class FrontConnection(asyncio.Protocol):
         tune_socket(sock)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.reader.default_authority = _authority(transport.get_extra_info("sockname"))
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         gate = self.server.dataplane
         if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
@@ -96,7 +106,9 @@ class FrontConnection(asyncio.Protocol):
         log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
         self.server.observe(408, "", b"", self.loop.time())
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            timeout = self.server.header_timeout
+            message = f"the request head did not arrive within {timeout:g}s\n".encode()
+            self.transport.write(SimpleResponse(408, message).encode(True))
             self.transport.close()
 
     def _forbid(self, reason: str) -> None:

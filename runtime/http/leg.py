@@ -109,8 +109,8 @@ class Leg:
         return (not self.eof and self.failure is None and not self.raw and not self.events
                 and not self.session.closed.is_set() and self.channel.is_open)
 
-    def start_exchange(self, head_request: bool) -> None:
-        self.reader.expect(head_request)
+    def start_exchange(self, head_request: bool, upgrade: bool = False) -> None:
+        self.reader.expect(head_request, upgrade)
         self.received = 0
         self.timed_out = False
         self.last_activity = self._loop.time()

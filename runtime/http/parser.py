@@ -12,6 +12,7 @@ pipeline once the caller holds enough requests.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import httptools
@@ -35,6 +36,11 @@ HOP_BY_HOP = frozenset(
 _NOTED = frozenset(
     b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()
 )
+#: A Host value the proxy routes: a DNS name or IPv4 address (ASCII; IDNs arrive as punycode) or an IPv6
+#: literal, then an optional port of ASCII digits. Anything else (``/``, ``@``, spaces, a second name after a
+#: comma, non-ASCII) is a 400, as nginx answers it (RFC 9110 7.2: an invalid Host is a 400).
+_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*)(?::[0-9]*)?")
+
 #: What the Connection header may never make hop-by-hop: dropping these while forwarding the body
 #: lets the body be read as a second request (smuggling) or the request reach another host.
 NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
@@ -81,11 +87,13 @@ class ResponseHead:
     lower: list[bytes] = field(default_factory=list)
     noted: dict[bytes, list[bytes]] = field(default_factory=dict)
     connection: set[bytes] = field(default_factory=set)
+    bodiless: bool = False  # the answer to HEAD: complete at the end of its head, whatever it says
 
     @property
     def close_delimited(self) -> bool:
         """Body runs until the connection closes (no length, not chunked)."""
-        return not self.chunked and self.content_length is None and not no_body_status(self.status)
+        return (not self.chunked and self.content_length is None and not self.bodiless
+                and not no_body_status(self.status))
 
 
 @dataclass
@@ -252,9 +260,13 @@ class _Reader:
 class RequestReader(_Reader):
     """Bytes from a user -> request events. Raises ``HttpError`` for what must be refused."""
 
-    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS,
+                 default_authority: bytes = b"") -> None:
         super().__init__(httptools.HttpRequestParser, max_header_bytes, max_headers)
         self._target = b""
+        #: The address the user connected to (``host:port``): the authority of an HTTP/1.0 request without
+        #: Host, which goes upstream as HTTP/1.1 and so must name one (RFC 9112 3.2, 3.3).
+        self.default_authority = default_authority
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -277,6 +289,8 @@ class RequestReader(_Reader):
         if version not in (b"1.0", b"1.1"):
             raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
         noted = self._noted
+        if version == b"1.0" and b"transfer-encoding" in noted:  # RFC 9112 6.1: faulty framing, as nginx says
+            raise self._fail(400, "Transfer-Encoding in an HTTP/1.0 request: send Content-Length or use HTTP/1.1")
         chunked, length = self._framing()
         hosts = noted.get(b"host", ())
         if len(hosts) > 1:
@@ -287,12 +301,24 @@ class RequestReader(_Reader):
         if tokens and not tokens.isdisjoint(NEVER_HOP):
             raise self._fail(400, "the Connection header may not name Content-Length, Transfer-Encoding or Host")
         target = self._target
-        if not target.startswith(b"/") and target != b"*":
-            target, authority = self._origin_form(target)
-            hosts = noted[b"host"] = [authority]  # RFC 9112 3.2.2: the target's authority, not Host, names the host
-            self._set_host(authority)
+        if not target.startswith(b"/"):
+            if target == b"*":
+                if method != b"OPTIONS":
+                    raise self._fail(400, "the request target * is for OPTIONS only")
+            else:
+                target, authority = self._origin_form(target)
+                hosts = noted[b"host"] = [authority]  # RFC 9112 3.2.2: the target's authority, not Host, names the host
+                self._set_host(authority)
+        if b"#" in target:
+            raise self._fail(400, "request target holds a fragment (#...), which stays with the client")
+        if hosts:
+            if not _VALID_HOST.fullmatch(hosts[0].strip(b" \t")):
+                raise self._fail(400, "invalid Host header (a host name or address, then an optional :port)")
+        elif self.default_authority:
+            hosts = noted[b"host"] = [self.default_authority]
+            self._set_host(self.default_authority)
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
-        expect = any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
+        expect = version == b"1.1" and any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
         self._body_left = -1 if chunked else length or 0
         self._events.append(
             RequestHead(
@@ -382,11 +408,14 @@ class ResponseReader(_Reader):
         super().__init__(httptools.HttpResponseParser, max_header_bytes, max_headers)
         self._reason = b""
         self._head_request = False
+        self._upgrade = False
         self._skip = False
         self.head: ResponseHead | None = None
 
-    def expect(self, head_request: bool) -> None:
+    def expect(self, head_request: bool, upgrade: bool = False) -> None:
+        """The next request is a HEAD, or asks for an upgrade (only then may the answer be a 101)."""
         self._head_request = head_request
+        self._upgrade = upgrade
         self.head = None
         if self._skip:  # previous answer to HEAD: llhttp still waits for its body
             self._parser = self._parser_class(self)
@@ -405,6 +434,8 @@ class ResponseReader(_Reader):
         self._check_size()
         parser = self._parser
         status = parser.get_status_code()
+        if status == 101 and not self._upgrade:  # what follows would reach the user raw (RFC 9110 15.2.2)
+            raise self._fail(502, "upstream switched protocols (101) for a request that asked for no upgrade")
         version = parser.get_http_version().encode()
         try:
             chunked, length = self._framing()
@@ -423,6 +454,7 @@ class ResponseReader(_Reader):
         self.head = head
         if self._head_request:
             head.chunked = False  # keep content-length: it describes the GET answer
+            head.bodiless = True
             self._events.append(EndOfMessage())
             self._skip = True
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .options import HttpOptions
 from .parser import Headers, RequestHead, ResponseHead
 
 _HOST = frozenset((b"host",))
+_LENGTH = frozenset((b"content-length",))
 
 
 def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
@@ -32,9 +34,19 @@ def chunk(data: bytes) -> bytes:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
-REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+           414: "URI Too Long", 431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: float | None = None) -> bytes:
+    """IMF-fixdate (RFC 9110 5.6.7), without the locale ``strftime`` would use."""
+    t = time.gmtime(seconds)
+    return b"%s, %02d %s %d %02d:%02d:%02d GMT" % (_DAYS[t.tm_wday].encode(), t.tm_mday, _MONTHS[t.tm_mon - 1].encode(),
+                                                 t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
 @dataclass
@@ -46,7 +58,8 @@ class SimpleResponse:
     headers: Headers = field(default_factory=list)
 
     def encode(self, close: bool, head_only: bool = False) -> bytes:
-        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
+        headers = [(b"Date", http_date()), (b"Content-Type", b"text/plain; charset=utf-8"),
+                   (b"Content-Length", b"%d" % len(self.body))]
         headers += self.headers
         if close:
             headers.append((b"Connection", b"close"))
@@ -80,15 +93,22 @@ def request_head(head: RequestHead, service: str, options: HttpOptions, guarded:
 
 
 def response_head(response: ResponseHead, options: HttpOptions, chunked: bool, close: bool,
-                  upgrade: bool = False) -> bytes:
-    """The response head passed on to the user: hop-by-hop and removed headers dropped, added ones set."""
-    lines = [b"HTTP/1.1 %d " % response.status, response.reason, b"\r\n"]
-    lines += kept_lines(response.headers, response.lower, options.response_drop, response.connection)
+                  upgrade: bool = False, keep_alive: bool = False) -> bytes:
+    """The response head passed on to the user: hop-by-hop and removed headers dropped, added ones set.
+    ``keep_alive``: say so to an HTTP/1.0 user, who would otherwise take the connection as closing."""
+    status = response.status
+    drop = options.response_drop
+    if status < 200 or status == 204:  # RFC 9110 8.6: no Content-Length in these
+        drop = drop | _LENGTH
+    lines = [b"HTTP/1.1 %d " % status, response.reason, b"\r\n"]
+    lines += kept_lines(response.headers, response.lower, drop, response.connection)
     lines += options.response_add_lines
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     if close:
         lines.append(b"Connection: close\r\n")
+    elif keep_alive:
+        lines.append(b"Connection: keep-alive\r\n")
     if upgrade:
         lines += [b"Connection: upgrade\r\nUpgrade: ", b", ".join(response.noted.get(b"upgrade", [])), b"\r\n"]
     lines.append(b"\r\n")

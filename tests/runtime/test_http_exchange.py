@@ -19,7 +19,7 @@ from inlets_py.runtime.http import exchange
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.leg import Leg
 from inlets_py.runtime.http.options import HttpOptions
-from inlets_py.runtime.http.parser import RequestHead, RequestReader
+from inlets_py.runtime.http.parser import HttpError, RequestHead, RequestReader
 from inlets_py.runtime.http.write import request_head
 
 SERVICE = "http:app.example"
@@ -51,6 +51,9 @@ class Transport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def get_extra_info(self, name: str) -> None:
+        return None  # no socket: the reset's SO_LINGER is tested over a real one (test_http_tunnel)
 
     @property
     def data(self) -> bytes:
@@ -282,3 +285,53 @@ async def test_the_user_going_away_mid_exchange_lets_go_of_the_leg() -> None:
     exchange.abandon(front)  # type: ignore[arg-type]
     assert front.exchange is None and leg.listener is None and leg not in front.server.exchanges
     assert leg.failure is not None and front.woken == 1
+
+
+@in_loop
+async def test_a_101_nobody_asked_for_is_a_502_and_what_follows_never_reaches_the_user() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
+    feed(leg, b"HTTP/1.1 200 OK\r\nX-Smuggled: yes\r\nContent-Length: 4\r\n\r\nevil")
+    assert front.transport is not None
+    assert front.transport.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"101" in front.transport.data
+    assert b"Smuggled" not in front.transport.data and b"evil" not in front.transport.data
+    assert front.transport.closed and front.server.observed == [(502, "app.example", b"GET")]
+
+
+@in_loop
+async def test_an_http_1_0_user_who_asked_to_keep_alive_is_told_so() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request(b"GET /x HTTP/1.0\r\nHost: app.example\r\nConnection: keep-alive\r\n\r\n"))
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert front.transport is not None and b"\r\nConnection: keep-alive\r\n" in front.transport.data
+    assert front.resumed == 1 and not front.transport.closed  # and kept, as said
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request(b"GET /x HTTP/1.0\r\nHost: app.example\r\n\r\n"))
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert front.transport is not None and b"\r\nConnection: close\r\n" in front.transport.data
+
+
+@in_loop
+async def test_a_chunked_answer_to_head_keeps_the_connection() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request(b"HEAD /x HTTP/1.1\r\nHost: app.example\r\n\r\n"))
+    feed(leg, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert front.transport is not None and b"Connection: close" not in front.transport.data
+    assert front.transport.data.endswith(b"\r\n\r\n") and front.resumed == 1 and not front.transport.closed
+
+
+@in_loop
+async def test_a_malformed_request_body_is_the_users_400_not_a_bad_gateway() -> None:
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    waiter = front.loop.create_future()
+    head = request(b"POST /x HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n")
+    leg = start(front, head, waiter)
+    leg.abort(HttpError(400, "bad HTTP message: Invalid character in chunk size"))  # as the body pump does
+    assert front.transport is not None and front.transport.data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert front.transport.data.endswith(b"\r\n\r\nbad HTTP message: Invalid character in chunk size\n")
+    assert waiter.result() is False

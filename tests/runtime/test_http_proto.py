@@ -12,7 +12,7 @@ from inlets_py.runtime.http.parser import (
     HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
     Upgraded, host_of,
 )
-from inlets_py.runtime.http.write import kept_lines
+from inlets_py.runtime.http.write import SimpleResponse, http_date, kept_lines, response_head
 
 
 def feed_all(reader, data: bytes, step: int | None = None) -> list:
@@ -292,3 +292,97 @@ def test_protection_belongs_to_the_name():
     assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
     guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
     assert "http:s" not in guards
+
+
+# ---------------------------------------------------------------- what RFC 9110/9112 ask of a proxy (issue 17's audit)
+
+@pytest.mark.parametrize("host", [
+    b"x/../y", b"user@z.example", b"a.example, b.example", "\u00e9.example".encode(), b"a.example:abc", b"a b",
+    b"a.example:80:80", b"[::1", b"a\\b",
+])
+def test_an_invalid_host_is_400(host):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert info.value.status == 400 and "Host" in str(info.value)
+
+
+@pytest.mark.parametrize("host, name", [
+    (b"a.example", "a.example"), (b"A.Example.:8080", "a.example"), (b"[::1]:80", "::1"), (b"10.0.0.1", "10.0.0.1"),
+    (b"my_host.lan:", "my_host.lan"), (b"", ""),
+])
+def test_a_valid_host_routes_by_its_name(host, name):
+    head = RequestReader().feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")[0]
+    assert head.host == name
+
+
+def test_an_invalid_authority_in_an_absolute_target_is_400():
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET http://a b/ HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.0"),
+    (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", "OPTIONS only"),
+    (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", "fragment"),
+])
+def test_framing_and_targets_rfc_9112_refuses(raw, message):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(raw)
+    assert info.value.status == 400 and message in str(info.value)
+
+
+def test_options_asterisk_passes():
+    head = RequestReader().feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")[0]
+    assert (head.method, head.target) == (b"OPTIONS", b"*")
+
+
+def test_an_http_1_0_request_without_host_names_the_address_the_user_connected_to():
+    reader = RequestReader(default_authority=b"[::1]:8080")
+    head = reader.feed(b"GET /x HTTP/1.0\r\n\r\n")[0]
+    assert head.host == "::1" and (b"Host", b"[::1]:8080") in head.headers
+    assert RequestReader().feed(b"GET /x HTTP/1.0\r\n\r\n")[0].host == ""  # no address known: none made up
+
+
+def test_an_http_1_0_expectation_is_ignored():
+    """RFC 9110 10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored."""
+    raw = b"POST / HTTP/%s\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"
+    assert RequestReader().feed(raw % b"1.1")[0].expect_continue
+    assert not RequestReader().feed(raw % b"1.0")[0].expect_continue
+
+
+def test_a_101_for_a_request_that_asked_for_no_upgrade_is_502():
+    reader = ResponseReader()
+    reader.expect(False)
+    with pytest.raises(HttpError) as info:
+        reader.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nraw bytes")
+    assert info.value.status == 502 and "101" in str(info.value)
+    reader = ResponseReader()
+    reader.expect(False, upgrade=True)
+    events = reader.feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nraw")
+    assert events[0].status == 101 and isinstance(events[-1], Upgraded) and events[-1].tail == b"raw"
+
+
+def test_the_answer_to_head_is_never_close_delimited():
+    reader = ResponseReader()
+    reader.expect(head_request=True)
+    head = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")[0]
+    assert not head.close_delimited and head.bodiless
+
+
+def test_response_head_drops_content_length_of_204_and_tells_http_1_0_users_it_keeps_alive():
+    reader = ResponseReader()
+    reader.expect(False)
+    no_content = reader.feed(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n")[0]
+    assert response_head(no_content, HttpOptions(), False, False) == b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+    reader.expect(False)
+    ok = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")[0]
+    assert response_head(ok, HttpOptions(), False, False, keep_alive=True).endswith(b"Connection: keep-alive\r\n\r\n")
+    assert b"Content-Length: 2" in response_head(ok, HttpOptions(), False, False)
+
+
+def test_the_proxys_own_answers_carry_a_date():
+    encoded = SimpleResponse(503, b"no\n").encode(True)
+    date = [line for line in encoded.split(b"\r\n") if line.startswith(b"Date: ")]
+    assert len(date) == 1 and date[0].endswith(b" GMT")
+    assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110 5.6.7's own example

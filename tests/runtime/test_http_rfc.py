@@ -1,0 +1,112 @@
+"""What RFC 9110/9112 ask of a proxy, over real sockets: a cut close-delimited body is a reset, an
+HTTP/1.0 request without Host goes upstream naming one, a 101 nobody asked for is a 502. Real server,
+tunnel client and upstreams on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from helpers.http import LOOPBACK, Stack, raw_request
+
+
+async def _cut_after_a_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers chunked, sends one chunk, then closes: the body is cut short."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _echo_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers each request with the head it received as the body."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(head), head))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def _switches_unasked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers 101 to a plain request, then a second answer: bytes a user must never see."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(b"HTTP/1.1 200 OK\r\nX-Smuggled: yes\r\nContent-Length: 4\r\n\r\nevil")
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        server = stack.server(tls, token)
+        upstreams = {name: stack.serve(handler) for name, handler in
+                     (("cut", _cut_after_a_chunk), ("echo", _echo_head), ("switch", _switches_unasked))}
+        stack.client(server, tls, token, [f"{name}.test=http://{LOOPBACK}:{port}" for name, port in upstreams.items()]
+                     + [f"http://{LOOPBACK}:{upstreams['echo']}"])  # the catch-all: requests without a name
+        yield server.data_port
+    finally:
+        stack.close()
+
+
+def _read_to_end(sock: socket.socket) -> tuple[bytes, str]:
+    """Everything the proxy sends, and how the connection ended: "eof" (a FIN) or "reset"."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    return data, "eof"
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_a_body_cut_short_resets_the_users_connection(env, version):
+    """For HTTP/1.0 the body runs until the connection closes: a FIN would pass it off as complete."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"GET /x HTTP/" + version + b"\r\nHost: cut.test\r\n\r\n")
+        data, end = _read_to_end(sock)
+    assert end == "reset", f"ended with a clean close after {data!r}"
+
+
+def test_an_http_1_0_request_without_host_goes_upstream_naming_the_address_the_user_connected_to(env):
+    answer = raw_request(env, b"GET /plain HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    seen = answer.partition(b"\r\n\r\n")[2]
+    assert seen.startswith(b"GET /plain HTTP/1.1\r\n")
+    assert b"\r\nHost: %s:%d\r\n" % (LOOPBACK.encode(), env) in seen
+
+
+def test_an_http_1_0_user_asking_to_keep_alive_is_told_and_served_twice(env):
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /k HTTP/1.0\r\nHost: echo.test\r\nConnection: keep-alive\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert b"\r\nConnection: keep-alive" in head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += sock.recv(65536)
+
+
+@pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test"])
+def test_an_invalid_host_is_400_and_never_reaches_an_upstream(env, host):
+    answer = raw_request(env, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"invalid Host header" in answer
+    assert b"GET / HTTP/1.1" not in answer  # the catch-all echoes what reaches it
+
+
+def test_a_101_nobody_asked_for_is_a_502_and_what_follows_never_reaches_the_user(env):
+    answer = raw_request(env, b"GET /s HTTP/1.1\r\nHost: switch.test\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"101" in answer
+    assert b"Smuggled" not in answer and b"evil" not in answer
