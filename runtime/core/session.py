@@ -2,7 +2,7 @@
 
 A ``Session`` takes the websocket's binary messages as callbacks (``wsflow``), feeds
 them to the multiplexer and dispatches the events to each stream's handler; a single
-writer task sends what the multiplexer queued. Stream handlers are plain callback objects
+writer, run as loop callbacks, sends what the multiplexer queued. Stream handlers are plain callback objects
 (``StreamHandler``), so a TCP socket can be bridged without a coroutine per direction
 (see ``bridge.py``), and a message is handled in the loop turn it arrives in.
 
@@ -42,6 +42,8 @@ log = logging.getLogger("inlets.session")
 #: websocket drains: bounds memory across all streams, not just per stream.
 OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
+
+_RUNNING, _DRAINING, _STOPPED = object(), object(), object()  # the writer's states besides idle and scheduled
 
 
 class StreamHandler(Protocol):
@@ -103,7 +105,10 @@ class Session:
         self.closed = asyncio.Event()
         self.bytes_in = 0
         self.bytes_out = 0
-        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: The writer's state: None idle, a Handle while a send is scheduled, or one of _RUNNING, _DRAINING
+        #: (the websocket's send buffer is full: ``resume_writing`` sends on) and _STOPPED (also before ``run``).
+        self._sending: object = _STOPPED
         self._backlog_paused = False  # reading paused until the writer works the backlog off
         self._closing: asyncio.Future | None = None  # the close after a protocol error
         self._blocked: set[Channel] = set()
@@ -117,13 +122,16 @@ class Session:
 
     async def run(self) -> None:
         """Serve the session until the websocket closes; then reset every stream."""
-        writer = asyncio.create_task(self._writer())
+        self._loop = asyncio.get_running_loop()
+        self._sending = None
+        self.websocket.on_drained = self._drained
+        self._flush()  # what was queued before
         watchdog = asyncio.create_task(self._watchdog()) if self.keepalive else None
         try:
             self.websocket.attach(self._on_message, self._on_bad_message)
             await self.websocket.wait_closed()
         finally:
-            writer.cancel()
+            self._stop_sending()
             if watchdog is not None:
                 watchdog.cancel()
             self._teardown(self._close_reason or "tunnel connection closed")
@@ -309,35 +317,53 @@ class Session:
             self._flush()
 
     def _flush(self) -> None:
-        self._wakeup.set()
+        """Send what the multiplexer queued, from the loop's next turns (see ``_send_soon``)."""
+        if self._sending is None:
+            self._sending = self._loop.call_soon(self._send_soon)  # type: ignore[union-attr]
 
-    async def _writer(self) -> None:
+    def _send_soon(self) -> None:
+        # One more loop turn: frames queued by this turn's I/O (a new connection's OPEN and its
+        # first bytes, replies of many streams) then leave as one message, one TLS record and one
+        # send, rather than one each. Plain callbacks, not a task waking on an event: a task step
+        # and a future per send cost more than the send's own Python work (measured: see the commit).
+        self._sending = self._loop.call_soon(self._send)  # type: ignore[union-attr]
+
+    def _send(self) -> None:
         """Send one message at a time: what waits stays in the multiplexer, under its bounds."""
         mux, websocket = self.mux, self.websocket
+        self._sending = _RUNNING  # frames queued meanwhile leave in this loop
         try:
-            while True:
-                await self._wakeup.wait()
-                # One more loop turn: frames queued by this turn's I/O (a new connection's OPEN and
-                # its first bytes, replies of many streams) then leave as one message, one TLS
-                # record and one send, rather than one each.
-                await asyncio.sleep(0)
-                self._wakeup.clear()
-                while message := mux.next_message():
-                    if not websocket.write_binary(*message):
-                        return  # the closing handshake began: no data may follow the close frame
-                    if websocket.paused:
-                        await websocket.drain()  # the library's flow control, as its send() would
-                    if self._backlog_paused and not mux.backlogged:  # below half the bound again
-                        self._backlog_paused = False
-                        websocket.gate.release("backlog")
-                    if self._blocked and mux.buffered < OUT_LOW_WATER:
-                        blocked, self._blocked = self._blocked, set()
-                        for channel in blocked:
-                            if channel.handler is not None and channel.stream_id in self.channels:
-                                channel.handler.on_writable()
-        except (ConnectionClosed, OSError):
-            pass  # the connection died while we waited for it to drain: the reader sees it too
-        finally:
-            if self._backlog_paused:  # nothing more will be sent: read again, so that the close completes
-                self._backlog_paused = False
-                websocket.gate.release("backlog")
+            while message := mux.next_message():
+                if not websocket.write_binary(*message):
+                    self._stop_sending()  # the closing handshake began: no data may follow the close frame
+                    return
+                if self._backlog_paused and not mux.backlogged:  # below half the bound again
+                    self._backlog_paused = False
+                    websocket.gate.release("backlog")
+                if self._blocked and mux.buffered < OUT_LOW_WATER:
+                    blocked, self._blocked = self._blocked, set()
+                    for channel in blocked:
+                        if channel.handler is not None and channel.stream_id in self.channels:
+                            channel.handler.on_writable()
+                if websocket.paused:  # the library's flow control, as its send() would wait
+                    self._sending = _DRAINING
+                    return
+        except OSError:
+            self._stop_sending()  # the connection died: the reader sees it too
+            return
+        if self._sending is _RUNNING:
+            self._sending = None
+
+    def _drained(self) -> None:
+        """The websocket's send buffer drained (``resume_writing``): send on."""
+        if self._sending is _DRAINING:
+            self._send()
+
+    def _stop_sending(self) -> None:
+        sending = self._sending
+        if isinstance(sending, asyncio.Handle):
+            sending.cancel()
+        self._sending = _STOPPED
+        if self._backlog_paused:  # nothing more will be sent: read again, so that the close completes
+            self._backlog_paused = False
+            self.websocket.gate.release("backlog")

@@ -2,7 +2,8 @@
 reading from a peer that does not read our replies.
 
 The tunnel's binary messages bypass the library both ways (``wsframe``): ``write_binary``
-writes one frame, and the writer then awaits ``drain`` as the library's send would; from the
+writes one frame, and the writer stops while the send buffer is over its high-water mark (as the
+library's send would wait in ``drain``) until ``on_drained``; from the
 end of the opening handshake, a ``FrameReader`` splits what arrives, binary messages go to the
 handler ``attach`` set (held, with reading paused, until there is one) and all other frames go
 to the library whole: hello and welcome, pings, pongs, the closing handshake, protocol errors.
@@ -65,6 +66,8 @@ class BoundedReplies:
     on_message: Callable[[bytes | memoryview], None] | None = None
     #: Called instead when the peer sends a message other than an unfragmented binary one.
     on_bad_message: Callable[[str], None] | None = None
+    #: Called when the send buffer drained below its low-water mark (the session's writer sends on).
+    on_drained: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -157,6 +160,8 @@ class BoundedReplies:
         super().resume_writing()  # type: ignore[misc]
         self._waiting_replies = 0
         self.gate.release("replies")
+        if self.on_drained is not None:
+            self.on_drained()
 
 
 class BoundedConnection(BoundedReplies, Connection):
