@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import struct
 
@@ -32,9 +33,9 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; 
 
 def tune_socket(sock: socket.socket | None) -> None:
     """TCP_NODELAY on every tunnelled socket (Nagle costs tens of ms at p99), and TCP_NOTSENT_LOWAT."""
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+    if sock is None:
         return
-    try:
+    try:  # a Unix socket refuses both (OSError): no family check, which costs an enum conversion per socket
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
     except OSError:
@@ -53,6 +54,7 @@ class TcpBridge(asyncio.Protocol):
         self._write_paused = False
         self._unacked = 0
         self._done = False
+        self.timed_out = False  # the upstream did not answer the dial within DIAL_TIMEOUT
 
     def attach(self, channel: Channel) -> None:
         self.channel = channel
@@ -195,18 +197,37 @@ DIAL_TIMEOUT = 10.0
 
 
 def dial(channel: Channel, host: str, port: int) -> None:
-    """Bridge ``channel`` to a new connection to host:port; reset the stream if that fails."""
+    """Bridge ``channel`` to a new connection to host:port; reset the stream if that fails.
+
+    One task for the connect and a timer, with a done-callback: not a coroutine around
+    ``wait_for``, which adds a task, a future and their steps to every stream opened."""
     bridge = TcpBridge()
     bridge.attach(channel)
-    asyncio.ensure_future(_dial(bridge, channel, host, port))
-
-
-async def _dial(bridge: TcpBridge, channel: Channel, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    try:
-        await asyncio.wait_for(loop.create_connection(lambda: bridge, host, port), DIAL_TIMEOUT)
-    except (OSError, asyncio.TimeoutError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "dial timed out"
-        log.info("event=upstream_failed upstream=%s:%d error=%r", host, port, reason)
-        bridge.fail()
-        channel.reset(ResetCode.REFUSED, f"upstream {host}:{port}: {reason}")
+    connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port))
+    timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge, connecting)
+    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, host, port))
+
+
+def _time_out(bridge: TcpBridge, connecting: asyncio.Task) -> None:
+    bridge.timed_out = True
+    connecting.cancel()
+
+
+def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel,
+             host: str, port: int) -> None:
+    timer.cancel()
+    if task.cancelled():
+        if not bridge.timed_out:
+            return  # cancelled at shutdown: the session's teardown resets the stream
+        reason = "dial timed out"
+    else:
+        exc = task.exception()
+        if exc is None:
+            return
+        if not isinstance(exc, OSError):
+            raise exc  # a bug, for the loop's exception handler to log
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or "dial failed"  # asyncio's strerror holds more
+    log.info("event=upstream_failed upstream=%s:%d error=%r", host, port, reason)
+    bridge.fail()
+    channel.reset(ResetCode.REFUSED, f"upstream {host}:{port}: {reason}")

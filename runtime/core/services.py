@@ -33,10 +33,6 @@ def parse_port_service(service: str) -> tuple[str, int]:
     return kind, port
 
 
-def parse_tcp_service(service: str) -> int:
-    return parse_port_service(service)[1]
-
-
 def http_service(host: str) -> str:
     """``http:example.com``; ``http:*`` for the catch-all (``host`` ``*`` or empty)."""
     return CATCH_ALL if host in ("", "*") else f"http:{host.lower().rstrip('.')}"

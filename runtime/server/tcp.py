@@ -15,8 +15,8 @@ from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
 from .control import ControlConfig, ControlPlane
 from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
-from ..core.services import parse_port_service, parse_tcp_service
-from .metrics import TcpMetrics
+from ..core.services import parse_port_service
+from .metrics import PortCounters, TcpMetrics
 from ..core.mux import StreamError
 from .registry import Registry
 from ..core.session import Session
@@ -29,12 +29,11 @@ log = logging.getLogger("inlets.tcp")
 class DataPlaneConnection(TcpBridge):
     """A user's connection to a data port: tunnelled to the next client serving it."""
 
-    def __init__(self, server: TcpTunnelServer, service: str) -> None:
+    def __init__(self, server: TcpTunnelServer, service: str, counters: PortCounters) -> None:
         super().__init__()
         self.server = server
         self.service = service
-        self.port = parse_tcp_service(service)
-        self.counters = server.metrics.port(self.port)  # plain ints, updated per chunk
+        self.counters = counters  # the port's plain ints, updated per chunk
         self._counted = False
         self._header: HeaderReader | None = None
         self._header_timer: asyncio.TimerHandle | None = None
@@ -42,7 +41,6 @@ class DataPlaneConnection(TcpBridge):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.peer = address(transport.get_extra_info("peername"))
-        self.local = address(transport.get_extra_info("sockname"))
         version = self.server.options.lb_proxy_protocol
         if version:  # the real source comes in the balancer's header
             self._header = HeaderReader(version)
@@ -50,9 +48,13 @@ class DataPlaneConnection(TcpBridge):
                 HEADER_TIMEOUT, self._refuse, "proxy_header_timeout"
             )
             return
-        self._admit(self.peer, self.local, b"")
+        self._admit(self.peer, None, b"")
 
-    def _admit(self, source: Address, destination: Address, rest: bytes) -> None:
+    def _local(self) -> Address:
+        """The data port's address as the user reached it (asked only for a PROXY header)."""
+        return address(self.transport.get_extra_info("sockname") if self.transport is not None else None)
+
+    def _admit(self, source: Address, destination: Address | None, rest: bytes) -> None:
         if not self.server.options.allows(source):
             self._refuse("source_not_allowed", source)
             return
@@ -68,7 +70,7 @@ class DataPlaneConnection(TcpBridge):
             self._counted = True
             version = self.server.options.proxy_protocol
             if version and self.channel is not None:
-                self.channel.write(encode_proxy_header(version, source, destination))
+                self.channel.write(encode_proxy_header(version, source, destination or self._local()))
             if rest:
                 self.data_received(rest)
             return
@@ -97,7 +99,7 @@ class DataPlaneConnection(TcpBridge):
             self._header = None
             if self._header_timer is not None:
                 self._header_timer.cancel()
-            self._admit(header.source or self.peer, header.destination or self.local, rest)
+            self._admit(header.source or self.peer, header.destination, rest)
             return
         self.counters.bytes_in += len(data)
         super().data_received(data)
@@ -190,7 +192,8 @@ class TcpTunnelServer:
 
     async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:
         loop = asyncio.get_running_loop()
-        listener = await loop.create_server(lambda: DataPlaneConnection(self, service), self.data_addr, port)
+        counters = self.metrics.port(port)
+        listener = await loop.create_server(lambda: DataPlaneConnection(self, service, counters), self.data_addr, port)
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
         return listener
 

@@ -1,0 +1,87 @@
+"""``bridge.dial``: a stream's upstream connection, over real loopback sockets. A refusal or a
+dial that hangs (the upstream's accept queue is full) resets the stream, naming the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from inlets_py.runtime.core import bridge
+from inlets_py.runtime.core.mux import Multiplexer
+from inlets_py.runtime.core.session import Session
+
+
+def stream() -> tuple[Session, object]:
+    s = Session(None, Multiplexer(client=True), name="test")  # type: ignore[arg-type]  # no wire needed
+    return s, s.open_stream("tcp:80", None)  # type: ignore[arg-type]  # dial attaches its bridge
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_dial_connects_the_streams_bridge() -> None:
+    async def run() -> None:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, channel = stream()
+        bridge.dial(channel, "127.0.0.1", port)  # type: ignore[arg-type]
+        handler = channel.handler  # type: ignore[attr-defined]
+        await until(lambda: handler.transport is not None)
+        assert channel.is_open  # type: ignore[attr-defined]
+        handler.transport.close()
+        server.close()
+
+    asyncio.run(run())
+
+
+def test_a_refused_dial_resets_the_stream_naming_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def run() -> None:
+        _, channel = stream()
+        bridge.dial(channel, "127.0.0.1", port)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(run())
+    assert f"upstream=127.0.0.1:{port} error='Connection refused'" in caplog.text
+
+
+def test_a_dial_that_hangs_times_out_and_resets_the_stream(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 0.5)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: once its queue is full, SYNs are dropped and a connect hangs
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        _, channel = stream()
+        started = loop.time()
+        bridge.dial(channel, "127.0.0.1", port)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+        return loop.time() - started
+
+    try:
+        with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+            took = asyncio.run(run())
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
+    assert "error='dial timed out'" in caplog.text and 0.4 < took < 3
