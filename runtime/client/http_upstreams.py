@@ -8,14 +8,13 @@ for a host this client did not advertise is reset.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..core.bridge import TcpBridge
+from ..core.bridge import dial
 from ..core.services import http_service, parse_http_service
 from ..core.handshake import HandshakeError
 from ..core.mux import ResetCode
@@ -23,8 +22,6 @@ from ..core.ports import url_port
 from ..core.session import Channel
 
 log = logging.getLogger("inlets.http")
-
-DIAL_TIMEOUT = 10.0
 
 
 class UpstreamError(ValueError):
@@ -111,26 +108,5 @@ class HttpUpstreams:
             log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
-        bridge = TcpBridge()
-        bridge.attach(channel)
-        asyncio.ensure_future(self._dial(bridge, channel, upstream))
-
-    async def _dial(self, bridge: TcpBridge, channel: Channel, upstream: HttpUpstream) -> None:
-        loop = asyncio.get_running_loop()
         tls = self.tls if upstream.scheme == "https" else None
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: bridge, upstream.host, upstream.port, ssl=tls,
-                                       server_hostname=upstream.host if tls else None),
-                DIAL_TIMEOUT,
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                reason = f"TLS verification failed: {exc.verify_message}"
-            elif isinstance(exc, OSError) and exc.strerror:
-                reason = exc.strerror
-            else:
-                reason = str(exc) or "dial timed out"
-            log.info("event=upstream_failed upstream=%s error=%r", upstream, reason)
-            bridge.fail()
-            channel.reset(ResetCode.REFUSED, f"upstream {upstream} refused: {reason}")
+        dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log)

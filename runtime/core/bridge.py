@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import struct
 
 from .mux import ResetCode
@@ -196,17 +197,21 @@ class TcpBridge(asyncio.Protocol):
 DIAL_TIMEOUT = 10.0
 
 
-def dial(channel: Channel, host: str, port: int) -> None:
-    """Bridge ``channel`` to a new connection to host:port; reset the stream if that fails.
+def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
+         logger: logging.Logger = log) -> None:
+    """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
+    fails, logging why to ``logger`` under ``label`` (default host:port).
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""
     bridge = TcpBridge()
     bridge.attach(channel)
     loop = asyncio.get_running_loop()
-    connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port))
+    connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port, ssl=tls,
+                                                         server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge, connecting)
-    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, host, port))
+    where = label or f"{host}:{port}"
+    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
 
 
 def _time_out(bridge: TcpBridge, connecting: asyncio.Task) -> None:
@@ -214,8 +219,8 @@ def _time_out(bridge: TcpBridge, connecting: asyncio.Task) -> None:
     connecting.cancel()
 
 
-def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel,
-             host: str, port: int) -> None:
+def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel, where: str,
+             logger: logging.Logger) -> None:
     timer.cancel()
     if task.cancelled():
         if not bridge.timed_out:
@@ -227,7 +232,16 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
             return
         if not isinstance(exc, OSError):
             raise exc  # a bug, for the loop's exception handler to log
-        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or "dial failed"  # asyncio's strerror holds more
-    log.info("event=upstream_failed upstream=%s:%d error=%r", host, port, reason)
+        reason = dial_failure(exc)
+    logger.info("event=upstream_failed upstream=%s error=%r", where, reason)
     bridge.fail()
-    channel.reset(ResetCode.REFUSED, f"upstream {host}:{port}: {reason}")
+    channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")
+
+
+def dial_failure(exc: OSError) -> str:
+    """Why a connect failed, in a few words (asyncio's own strerror repeats the address)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS verification failed: {exc.verify_message}"
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or "dial failed"
