@@ -230,9 +230,14 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         exc = task.exception()
         if exc is None:
             return
-        if not isinstance(exc, OSError):
-            raise exc  # a bug, for the loop's exception handler to log
-        reason = dial_failure(exc)
+        if isinstance(exc, OSError):
+            reason = dial_failure(exc)
+        elif isinstance(exc, ValueError):  # UnicodeError included: a host name IDNA refuses ("a..b")
+            reason = "invalid host name"
+        else:  # a bug: the stream still ends, and the loop's handler logs the traceback
+            bridge.fail()
+            channel.reset(ResetCode.REFUSED, f"upstream {where}: internal error")
+            raise exc
     logger.info("event=upstream_failed upstream=%s error=%r", where, reason)
     bridge.fail()
     channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")

@@ -218,6 +218,8 @@ class _Reader:
         except HttpParserCallbackError:
             raise self._error or self._fail(400, "bad HTTP message") from None
         except HttpParserError as exc:
+            if "PRI" in str(exc):  # llhttp stops at HTTP/2's connection preface ("PRI * HTTP/2.0")
+                raise self._fail(505, "HTTP/2 is not spoken here: use HTTP/1.1") from None
             raise self._fail(400, f"bad HTTP message: {exc}") from None
         if self._in_head:
             self._head_fed = self._held(data)

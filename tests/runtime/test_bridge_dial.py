@@ -85,3 +85,14 @@ def test_a_dial_that_hangs_times_out_and_resets_the_stream(monkeypatch: pytest.M
         for sock in fillers + [listener]:
             sock.close()
     assert "error='dial timed out'" in caplog.text and 0.4 < took < 3
+
+
+def test_a_host_name_idna_refuses_resets_the_stream_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> None:
+        _, channel = stream()
+        bridge.dial(channel, "a..b", 22)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(run())
+    assert "upstream=a..b:22 error='invalid host name'" in caplog.text

@@ -386,3 +386,9 @@ def test_the_proxys_own_answers_carry_a_date():
     date = [line for line in encoded.split(b"\r\n") if line.startswith(b"Date: ")]
     assert len(date) == 1 and date[0].endswith(b" GMT")
     assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110 5.6.7's own example
+
+
+def test_the_http_2_preface_is_505_in_words():
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert info.value.status == 505 and str(info.value) == "HTTP/2 is not spoken here: use HTTP/1.1"
