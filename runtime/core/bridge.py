@@ -55,7 +55,6 @@ class TcpBridge(asyncio.Protocol):
         self._write_paused = False
         self._unacked = 0
         self._done = False
-        self.timed_out = False  # the upstream did not answer the dial within DIAL_TIMEOUT
 
     def attach(self, channel: Channel) -> None:
         self.channel = channel
@@ -209,44 +208,28 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
     loop = asyncio.get_running_loop()
     connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port, ssl=tls,
                                                          server_hostname=host if tls else None))
-    timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge, connecting)
+    timer = loop.call_later(DIAL_TIMEOUT, connecting.cancel)
     where = label or f"{host}:{port}"
     connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
-
-
-def _time_out(bridge: TcpBridge, connecting: asyncio.Task) -> None:
-    bridge.timed_out = True
-    connecting.cancel()
 
 
 def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel, where: str,
              logger: logging.Logger) -> None:
     timer.cancel()
     if task.cancelled():
-        if not bridge.timed_out:
-            return  # cancelled at shutdown: the session's teardown resets the stream
+        if asyncio.get_running_loop().time() < timer.when():
+            return  # cancelled at shutdown, not by the timer: the session's teardown resets the stream
         reason = "dial timed out"
-    else:
-        exc = task.exception()
-        if exc is None:
-            return
-        if isinstance(exc, OSError):
-            reason = dial_failure(exc)
-        elif isinstance(exc, ValueError):  # UnicodeError included: a host name IDNA refuses ("a..b")
-            reason = "invalid host name"
-        else:  # a bug: the stream still ends, and the loop's handler logs the traceback
-            bridge.fail()
-            channel.reset(ResetCode.REFUSED, f"upstream {where}: internal error")
-            raise exc
+    elif (exc := task.exception()) is None:
+        return
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"TLS verification failed: {exc.verify_message}"
+    elif isinstance(exc, OSError):  # the errno's words: asyncio's own strerror repeats the address
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or "dial failed"
+    else:  # ValueError, UnicodeError: a host name IDNA refuses ("a..b"); anything else is a bug
+        reason = "invalid host name"
+        if not isinstance(exc, ValueError):
+            logger.error("event=dial_failed upstream=%s", where, exc_info=exc)
     logger.info("event=upstream_failed upstream=%s error=%r", where, reason)
     bridge.fail()
     channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")
-
-
-def dial_failure(exc: OSError) -> str:
-    """Why a connect failed, in a few words (asyncio's own strerror repeats the address)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS verification failed: {exc.verify_message}"
-    if exc.errno:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc) or "dial failed"

@@ -317,19 +317,20 @@ class Session:
             self._flush()
 
     def _flush(self) -> None:
-        """Send what the multiplexer queued, from the loop's next turns (see ``_send_soon``)."""
-        if self._sending is None:
-            self._sending = self._loop.call_soon(self._send_soon)  # type: ignore[union-attr]
+        """Send what the multiplexer queued, two loop turns from now.
 
-    def _send_soon(self) -> None:
-        # One more loop turn: frames queued by this turn's I/O (a new connection's OPEN and its
-        # first bytes, replies of many streams) then leave as one message, one TLS record and one
-        # send, rather than one each. Plain callbacks, not a task waking on an event: a task step
-        # and a future per send cost more than the send's own Python work (measured: see the commit).
-        self._sending = self._loop.call_soon(self._send)  # type: ignore[union-attr]
+        The second turn lets frames queued by this turn's I/O (a new connection's OPEN and its first
+        bytes, replies of many streams) leave as one message, one TLS record and one send, rather
+        than one each. Plain callbacks, not a task waking on an event: a task step and a future per
+        send cost more than the send's own Python work (measured: see the commit)."""
+        if self._sending is None:
+            loop = self._loop
+            self._sending = loop.call_soon(loop.call_soon, self._send)  # type: ignore[union-attr]
 
     def _send(self) -> None:
         """Send one message at a time: what waits stays in the multiplexer, under its bounds."""
+        if self._sending is _STOPPED:
+            return
         mux, websocket = self.mux, self.websocket
         self._sending = _RUNNING  # frames queued meanwhile leave in this loop
         try:
