@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
+from helpers.process import wait_port
 from helpers.readme_commands import README, ROOT, Shell, block, commands
 
 from inlets_py.runtime.server.dataplane import bind_failure
@@ -119,6 +120,7 @@ def test_inletsctl_on_this_machine_as_printed(tmp_path: Path) -> None:
         (tmp_path / "site").mkdir()
         (tmp_path / "site" / "index.html").write_text("through inletsctl's exit server\n")
         shell.start(f"exec python3 -m http.server {port} --bind 127.0.0.1 --directory site")
+        wait_port(port)  # else, on a busy machine, the client's dial can beat the site's start (a reset stream)
         client = shell.start(client_command)  # as printed
         client.wait_for("event=connected")
         with urllib.request.urlopen(f"http://127.0.0.2:{port}/", timeout=10) as answer:
