@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from inlets_py.runtime.cli.options import port_option
+
 from . import manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
@@ -76,11 +78,11 @@ def create_cmd(
     ports: Annotated[Optional[str], typer.Option(help="TCP data ports, e.g. 80,443 [default: 80,443; local: 8080].")] = None,
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain served in --mode http (repeatable).")] = None,
     upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
-    http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
+    http_port: Annotated[Optional[int], port_option("HTTP data-plane port [default: 80; local: 8000].")] = None,
     letsencrypt: Annotated[Optional[bool], typer.Option("--letsencrypt/--no-letsencrypt", help="http: HTTPS on 443 with Let's Encrypt certificates for each --domain, port 80 redirecting [default: on for a cloud provider with --domain on port 80]. Point the domains' DNS at the server; using it accepts the CA's terms.")] = None,
     letsencrypt_email: Annotated[Optional[str], typer.Option(help="Contact address for the Let's Encrypt account (expiry notices).")] = None,
     letsencrypt_issuer: Annotated[str, typer.Option(help="prod, staging (for trials: no rate limits, untrusted certificates) or an ACME directory URL.")] = "prod",
-    control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
+    control_port: Annotated[Optional[int], port_option("Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help=f"Cloud region [{registry.region_help()}].")] = None,
     plan: Annotated[Optional[str], typer.Option(help=f"VM size [{registry.size_help()}].")] = None,
     ssh_key: Annotated[Optional[str], typer.Option(help=registry.ssh_key_help() + ".")] = None,
@@ -90,7 +92,7 @@ def create_cmd(
     secret_key: Secret = None,
     api_url: ApiUrl = None,
     host: Annotated[Optional[str], typer.Option(help="ssh: USER@HOST of the existing host to install the exit server on.")] = None,
-    ssh_port: Annotated[int, typer.Option("--port", "--ssh-port", help="ssh: SSH port of --host.")] = 22,
+    ssh_port: Annotated[int, port_option("ssh: SSH port of --host.", "--port", "--ssh-port")] = 22,
     host_key_fingerprint: Annotated[Optional[str], typer.Option(help="ssh: pin the host key (SHA256:... as ssh-keygen -lf prints it) instead of known_hosts.")] = None,
     accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="ssh: trust a host key not in known_hosts yet, and add it there.")] = False,
     known_hosts: Annotated[Optional[Path], typer.Option(help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
