@@ -17,8 +17,8 @@ from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
-from .spec import (CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, check_runtime_spec, control_url,
-                   parse_ttl)
+from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
+                   check_runtime_spec, control_url, parse_ttl)
 from .state import ServerState, state_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
@@ -62,7 +62,7 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         control_port = free_port()
     else:
         control_port = CONTROL_PORT
-    http_port = opts.http_port or (LOCAL_HTTP_PORT if local else 80)
+    http_port = opts.http_port if opts.http_port is not None else (LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT)
     return build_spec(
         opts.mode,
         opts.ports,
@@ -101,7 +101,7 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     """Create one exit server (or ``--replicas`` of it behind a balancer) and return its summary; what was
     made is left alone on failure unless asked."""
-    name = check_name(opts.name) if opts.name else random_name()
+    name = check_name(opts.name) if opts.name is not None else random_name()
     replicas.check(opts.provider, opts.replicas)
     spec = _spec(opts)
     runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None

@@ -30,6 +30,10 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
+    """``name`` when it follows the rule; an empty one is an error, never a random name."""
+    if not name:
+        raise ProvisionError("the exit server's name is empty: give 1-63 lower-case letters, digits and inner "
+                             "hyphens, or leave the name out for a random one")
     if not _NAME_RE.fullmatch(name):
         raise ProvisionError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"

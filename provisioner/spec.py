@@ -60,6 +60,8 @@ class TunnelSpec:
 
 def parse_ports(text: str) -> tuple[int, ...]:
     """``80,443`` -> (80, 443); every port 1-65535, no duplicates."""
+    if not text.strip():
+        raise ProvisionError("--ports is empty: give the data ports, e.g. --ports 80,443, or leave it out for the default")
     ports: list[int] = []
     for item in text.split(","):
         item = item.strip()
@@ -115,11 +117,11 @@ def build_spec(
     if mode not in ("tcp", "http"):
         raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
     if not 1 <= control_port <= 65535:
-        raise ProvisionError(f"invalid control port {control_port}: ports are 1-65535")
+        raise ProvisionError(f"invalid --control-port {control_port}: ports are 1-65535")
     if mode == "tcp":
         if domains:
             raise ProvisionError("--domain is for --mode http; give --ports for --mode tcp")
-        parsed = parse_ports(ports) if ports else default_ports
+        parsed = parse_ports(ports) if ports is not None else default_ports
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
         host = upstream or DEFAULT_TCP_UPSTREAM
@@ -127,10 +129,12 @@ def build_spec(
             raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
         return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host,
                           lb_proxy_protocol=lb_proxy_protocol)
-    if ports:
+    if ports is not None:
         raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
-    if not 1 <= http_port <= 65535 or http_port == control_port:
-        raise ProvisionError(f"invalid HTTP data port {http_port}")
+    if not 1 <= http_port <= 65535:
+        raise ProvisionError(f"invalid --http-port {http_port}: ports are 1-65535")
+    if http_port == control_port:
+        raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
     url = upstream or DEFAULT_HTTP_UPSTREAM
     if not _URL_RE.fullmatch(url):

@@ -25,6 +25,11 @@ BAD_CREATE = [
     (["--timeout", "0"], "--timeout must be positive"),
     (["--region", "lon1"], "do not apply to --provider local"),
     (["Not_A_Name"], "invalid name 'Not_A_Name'"),
+    ([""], "the exit server's name is empty"),
+    (["--ports", ""], "--ports is empty: give the data ports"),
+    (["--mode", "http", "--http-port", "8123", "--control-port", "8123"],
+     "--http-port 8123 is also the control port: choose another --http-port or --control-port"),
+    (["--mode", "http", "--http-port", "99999"], "'99999' is not a port: give 1-65535"),
     (["--provider", "digitalocean"], "no DigitalOcean access token"),
     (["--provider", "digitalocean", "--access-token-file", "/nonexistent/token"], "access token file not found"),
 ]
@@ -34,9 +39,23 @@ BAD_CREATE = [
 def test_bad_create_input(args: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:
     for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    result = run_cli(capsys, "create", *args, "--state-dir", str(tmp_path / "state"))
-    one_line_error(result, message)
-    assert not any((tmp_path / "state").glob("*/server.json"))
+    state = tmp_path / "state"
+    try:
+        result = run_cli(capsys, "create", *args, "--state-dir", str(state))
+        one_line_error(result, message)
+    finally:  # input taken for another meaning must not leave an exit server running
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+    assert result.code != 0 and not any(state.glob("*/server.json"))
+
+
+def test_an_http_port_of_0_is_refused_not_read_as_the_default(tmp_path: Path) -> None:
+    from inlets_py.provisioner.create import CreateOptions, create
+    from inlets_py.provisioner.errors import ProvisionError
+
+    with pytest.raises(ProvisionError, match=r"invalid --http-port 0: ports are 1-65535"):
+        create(CreateOptions("local", tmp_path, mode="http", http_port=0), lambda *_: None)
+    assert not list(tmp_path.iterdir())
 
 
 def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) -> None:
