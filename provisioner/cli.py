@@ -110,9 +110,10 @@ def create_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Create an exit server, wait until its tunnel answers, print the client command."""
-    check_replicas(provider or "local", replicas)  # before the provider's own flags are read
+    provider = registry.check(provider or "")
+    check_replicas(provider, replicas)  # before the provider's own flags are read
     opts = CreateOptions(
-        provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
+        provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
         domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
         runtime_spec=runtime_spec, replicas=replicas,

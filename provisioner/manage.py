@@ -11,15 +11,13 @@ from inlets_py.runtime.core.probe import ProbeError
 
 from . import replicas
 from .errors import NotFound, ProvisionError
-from .providers import PROVIDERS, Credentials, make
+from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Provisioner
 from .state import ServerState, all_states
 from .wait import Progress, status_json, wait_until_gone
 
 def _provider_for(name: str, root: Path, creds: Credentials) -> Provisioner:
-    if name not in PROVIDERS:
-        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
-    return make(name, root, creds)
+    return make(registry.check(name), root, creds)
 
 
 def delete(

@@ -10,6 +10,7 @@ from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsc
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),
+    (["--provider", ""], "unknown provider '': choose one of local, digitalocean"),
     (["--mode", "udp"], "unknown --mode 'udp'"),
     (["--ports", "0"], "invalid port '0'"),
     (["--ports", "70000"], "ports are 1-65535"),
