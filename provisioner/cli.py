@@ -13,7 +13,7 @@ import typer
 
 from inlets_py.runtime.cli.options import port_option
 
-from . import manage, output
+from . import flags, manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
 from .replicas import check as check_replicas
@@ -31,14 +31,15 @@ app = typer.Typer(
 )
 
 StateDir = Annotated[
-    Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
+    Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH",
+                                 help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
 ]
 Provider = Annotated[Optional[str], typer.Option(help=registry.providers_help() + ".")]
-TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]
+TokenFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]
 Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
 ApiUrl = Annotated[Optional[str], typer.Option(help=f"Cloud API endpoint (tests, proxies, private regions) [env: {registry.api_url_help()}].")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
-SecretFile = Annotated[Optional[Path], typer.Option(help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
+SecretFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
 Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
 _EC2 = registry.info("ec2")
 Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in [env: {', '.join(_EC2.region_env)}; default {_EC2.region}].")]
@@ -48,11 +49,9 @@ def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[s
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
 
 
-def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) -> object:
-    """The --provider ssh flags (checked by the provider); other providers refuse --host."""
+def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
+    """The --provider ssh flags, checked (other providers refuse them: flags.refuse_foreign)."""
     if provider != "ssh":
-        if host is not None:
-            raise ProvisionError("--host is for --provider ssh")
         return None
     from .ssh_connect import SshOptions
 
@@ -72,6 +71,7 @@ def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) ->
     )
 )
 def create_cmd(
+    ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="Name of the exit server [default: a random readable name].")] = None,
     provider: Provider = "local",
     mode: Annotated[str, typer.Option(help="tcp (ports) or http (domains).")] = "tcp",
@@ -95,7 +95,7 @@ def create_cmd(
     ssh_port: Annotated[int, port_option("ssh: SSH port of --host.", "--port", "--ssh-port")] = 22,
     host_key_fingerprint: Annotated[Optional[str], typer.Option(help="ssh: pin the host key (SHA256:... as ssh-keygen -lf prints it) instead of known_hosts.")] = None,
     accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="ssh: trust a host key not in known_hosts yet, and add it there.")] = False,
-    known_hosts: Annotated[Optional[Path], typer.Option(help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
+    known_hosts: Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
     supervisor: Annotated[str, typer.Option(help="ssh: systemd, plain (a restart loop, for hosts without systemd as PID 1), or auto.")] = "auto",
     remote_python: Annotated[str, typer.Option(help="ssh: the host's Python; the exit server's venv reuses the packages it has (nothing downloaded when it has them all).")] = "python3",
     data_addr: Annotated[Optional[str], typer.Option(help="ssh: address the data ports listen on [default: all interfaces].")] = None,
@@ -110,7 +110,9 @@ def create_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Create an exit server, wait until its tunnel answers, print the client command."""
+    flags.refuse_empty(ctx)
     provider = registry.check(provider or "")
+    flags.refuse_foreign(ctx, provider)
     check_replicas(provider, replicas)  # before the provider's own flags are read
     opts = CreateOptions(
         provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
@@ -147,6 +149,7 @@ def create_cmd(
     )
 )
 def delete_cmd(
+    ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="Name of the exit server.")] = None,
     id: Annotated[Optional[str], typer.Option("--id", help="Provider id of the VM (with --provider).")] = None,
     ip: Annotated[Optional[str], typer.Option(help="Public IP of the VM (with --provider).")] = None,
@@ -161,6 +164,7 @@ def delete_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Delete an exit server, wait until it is gone, and remove its local state."""
+    flags.refuse_empty(ctx)
     progress = output.Progress()
     try:
         done = manage.delete(
@@ -178,6 +182,7 @@ def delete_cmd(
     epilog="Examples:\n\n  inletsctl list\n\n  inletsctl list --provider digitalocean --prune\n\n  inletsctl list --json"
 )
 def list_cmd(
+    ctx: typer.Context,
     provider: Provider = None,
     prune: Annotated[bool, typer.Option("--prune", help="Delete exit servers whose --ttl has passed.")] = False,
     access_token_file: TokenFile = None,
@@ -190,6 +195,7 @@ def list_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
+    flags.refuse_empty(ctx)
     root = state_root(state_dir)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     notes: list[str] = []
@@ -215,6 +221,7 @@ def list_cmd(
 
 @app.command(epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
 def status_cmd(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the exit server.")],
     access_token_file: TokenFile = None,
     access_token: Token = None,
@@ -226,6 +233,7 @@ def status_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
+    flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     result = manage.status(state_root(state_dir), creds, name)
     if json_output:

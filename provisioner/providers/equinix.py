@@ -30,6 +30,7 @@ PROVIDER = ProviderInfo(
     credentials=f"$METAL_AUTH_TOKEN + ${PROJECT_ENV[0]}",
     token_env=("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("METAL_API_URL",),
     region="ld", region_note="a metro", size="c3.small.x86", image="ubuntu_24_04",  # metro: London
+    ssh_key="project SSH key id",
     firewall_note=("none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
                    "(only the tunnel's listeners answer)"),
 )

@@ -85,8 +85,6 @@ class LocalProvider:
         self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
 
     def create(self, plan: Plan) -> Host:
-        if plan.region or plan.size or plan.ssh_key:
-            raise ProvisionError("--region, --plan and --ssh-key do not apply to --provider local")
         self._check_ports_free(plan.spec.data_ports)
         files = ServerFiles(
             str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")

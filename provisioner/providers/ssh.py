@@ -197,8 +197,6 @@ class SshProvider:
         opts = self._opts
         if opts is None:
             raise ProvisionError("--provider ssh needs --host USER@HOST")
-        if plan.region or plan.size:
-            raise ProvisionError("--region and --plan do not apply to --provider ssh")
         if plan.expires_at is not None:
             raise ProvisionError("--ttl does not apply to --provider ssh (the host is yours): use inletsctl delete")
         client = connect(opts)

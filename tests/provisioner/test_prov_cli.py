@@ -10,7 +10,7 @@ from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsc
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),
-    (["--provider", ""], "unknown provider '': choose one of local, digitalocean"),
+    (["--provider", ""], "--provider is empty: choose one of local, digitalocean"),
     (["--mode", "udp"], "unknown --mode 'udp'"),
     (["--ports", "0"], "invalid port '0'"),
     (["--ports", "70000"], "ports are 1-65535"),
@@ -24,10 +24,10 @@ BAD_CREATE = [
     (["--ttl", "soon"], "invalid --ttl 'soon'"),
     (["--ttl", "0s"], "at least 1s"),
     (["--timeout", "0"], "--timeout must be positive"),
-    (["--region", "lon1"], "do not apply to --provider local"),
+    (["--region", "lon1"], "--region does not apply to --provider local: it is for digitalocean, ec2"),
     (["Not_A_Name"], "invalid name 'Not_A_Name'"),
     ([""], "the exit server's name is empty"),
-    (["--ports", ""], "--ports is empty: give the data ports"),
+    (["--ports", ""], "--ports is empty"),
     (["--mode", "http", "--http-port", "8123", "--control-port", "8123"],
      "--http-port 8123 is also the control port: choose another --http-port or --control-port"),
     (["--mode", "http", "--http-port", "99999"], "'99999' is not a port: give 1-65535"),
@@ -48,6 +48,58 @@ def test_bad_create_input(args: list[str], message: str, tmp_path: Path, capsys,
         for made in state.glob("*/server.json"):
             run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
     assert result.code != 0 and not any(state.glob("*/server.json"))
+
+
+CLOUDS = "digitalocean, ec2, gce, azure, linode, vultr, equinix, hetzner, scaleway"
+KEYS = "digitalocean, ec2, ssh, gce, azure, linode, equinix, hetzner"  # the providers that read --ssh-key
+FOREIGN = [  # (provider, flag, the providers that read it): refused, never ignored
+    *[("local", flag, "ssh") for flag in (["--supervisor", "plain"], ["--data-addr", "127.0.0.3"], ["--port", "2222"],
+                                          ["--known-hosts", "kh"], ["--remote-python", "python3"],
+                                          ["--accept-new-host-key"], ["--host-key-fingerprint", "SHA256:x"])],
+    *[("local", flag, CLOUDS) for flag in (["--access-token", "t"], ["--access-token-file", "t"],
+                                           ["--api-url", "http://127.0.0.1:9"], ["--runtime-spec", "inlets-py==0.2.0"],
+                                           ["--plan", "big"])],
+    ("local", ["--ssh-key", "k"], KEYS), ("local", ["--secret-key", "s"], "ec2"),
+    ("digitalocean", ["--supervisor", "plain"], "ssh"), ("digitalocean", ["--secret-key-file", "s"], "ec2"),
+    ("vultr", ["--ssh-key", "k"], KEYS), ("scaleway", ["--ssh-key", "k"], KEYS),
+    ("ssh", ["--region", "lon1"], CLOUDS), ("ssh", ["--access-token", "t"], CLOUDS),
+]
+
+
+@pytest.mark.parametrize("provider,flag,readers", FOREIGN, ids=[f"{p} {f[0]}" for p, f, _ in FOREIGN])
+def test_a_flag_the_provider_does_not_read_is_refused(provider: str, flag: list[str], readers: str, tmp_path: Path,
+                                                      capsys) -> None:
+    state = tmp_path / "state"
+    ssh = ["--host", "root@127.0.0.1"] if provider == "ssh" else []
+    try:
+        result = run_cli(capsys, "create", "--provider", provider, *ssh, *flag, "--state-dir", str(state))
+        one_line_error(result, f"{flag[0]} does not apply to --provider {provider}: it is for {readers}")
+    finally:  # a flag ignored by local: its exit server started
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+
+
+EMPTY = [["create", "--ssh-key", ""], ["create", "--provider", "ssh", "--host", ""], ["create", "--mode", "http", "--domain", ""],
+         ["create", "--provider", "digitalocean", "--access-token", ""], ["list", "--provider", ""],
+         ["delete", "x", "--provider", "digitalocean", "--access-token", " "], ["status", "x", "--api-url", ""]]
+
+
+@pytest.mark.parametrize("args", EMPTY, ids=lambda a: " ".join(a))
+def test_an_empty_flag_is_refused_not_read_as_left_out(args: list[str], tmp_path: Path, capsys) -> None:
+    flag, state = args[-2], tmp_path / "state"
+    hint = "choose one of local" if flag == "--provider" else "give a value, or leave it out"
+    try:
+        one_line_error(run_cli(capsys, *args, "--state-dir", str(state)), f"{flag} is empty: {hint}")
+    finally:  # an empty flag taken as left out: its exit server started
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("flag", ["--state-dir", "--access-token-file"])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(flag: str, capsys) -> None:
+    result = run_cli(capsys, "list", flag, "")
+    one_line_error(result, f"Invalid value for '{flag}': the path is empty")
 
 
 def test_an_http_port_of_0_is_refused_not_read_as_the_default(tmp_path: Path) -> None:

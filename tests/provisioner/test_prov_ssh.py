@@ -270,7 +270,7 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
                            *state), "invalid --host-key-fingerprint")
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--supervisor", "runit", *state),
                    "unknown --supervisor")
-    one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host is for --provider ssh")
+    one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host does not apply to --provider local: it is for ssh")
 
 
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
