@@ -18,7 +18,7 @@ from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
-                   check_runtime_spec, control_url, parse_ttl)
+                   check_runtime_spec, check_timeout, control_url, parse_ttl)
 from .state import ServerState, state_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
@@ -105,8 +105,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     replicas.check(opts.provider, opts.replicas)
     spec = _spec(opts)
     runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None
-    if opts.timeout <= 0:
-        raise ProvisionError("--timeout must be positive")
+    check_timeout(opts.timeout)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     expires_at = now + parse_ttl(opts.ttl) if opts.ttl else None
     provider = make(opts.provider, opts.state_root, opts.creds)

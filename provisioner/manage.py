@@ -13,6 +13,7 @@ from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Provisioner
+from .spec import check_timeout
 from .state import ServerState, all_states
 from .wait import Progress, status_json, wait_until_gone
 
@@ -33,6 +34,7 @@ def delete(
     """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
     if sum(x is not None for x in (name, host_id, ip)) != 1:
         raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
+    check_timeout(timeout)
     states = all_states(root)
     meta: dict[str, Any] | None = None
     if name is not None:

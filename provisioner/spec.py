@@ -8,6 +8,7 @@ cloud-init user-data, the local provider's background process, and the test fake
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -23,6 +24,7 @@ DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_HTTP_PORT = 80
 DEFAULT_TCP_UPSTREAM = "127.0.0.1"
 DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
+MAX_TTL_DAYS = 365  # --ttl is for exit servers that should not outlive a task; longer ones are deleted by hand
 # Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TTL_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
@@ -90,15 +92,29 @@ def check_runtime_spec(text: str) -> str:
 
 
 def parse_ttl(text: str) -> datetime.timedelta:
-    """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live."""
+    """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live, 1s to MAX_TTL_DAYS.
+
+    Summed as Python ints first: timedelta and dates overflow (in C) long before a regex-valid number ends."""
     match = _TTL_RE.fullmatch(text.strip())
     if not text.strip() or not match or not any(match.groups()):
         raise ProvisionError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    ttl = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if ttl.total_seconds() < 1:
+    if any(len(g or "") > 12 for g in match.groups()):  # int() refuses numbers of thousands of digits
+        seconds = MAX_TTL_DAYS * 86400 + 1
+    else:
+        seconds = sum(int(g or 0) * unit for g, unit in zip(match.groups(), (86400, 3600, 60, 1), strict=True))
+    if seconds < 1:
         raise ProvisionError(f"invalid --ttl {text!r}: must be at least 1s")
-    return ttl
+    if seconds > MAX_TTL_DAYS * 86400:
+        raise ProvisionError(f"invalid --ttl {text!r}: at most {MAX_TTL_DAYS}d; leave --ttl out for an exit server "
+                             "that stays until you delete it")
+    return datetime.timedelta(seconds=seconds)
+
+
+def check_timeout(seconds: float) -> float:
+    """``--timeout``: float() takes 'nan' and 'inf' too, and neither ends a wait."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ProvisionError(f"--timeout must be a positive number of seconds such as 600, not {seconds:g}")
+    return seconds
 
 
 def build_spec(

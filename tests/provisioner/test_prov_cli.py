@@ -23,7 +23,15 @@ BAD_CREATE = [
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
     (["--ttl", "soon"], "invalid --ttl 'soon'"),
     (["--ttl", "0s"], "at least 1s"),
-    (["--timeout", "0"], "--timeout must be positive"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds such as 600, not 0"),
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds such as 600, not nan"),
+    (["--timeout", "inf"], "--timeout must be a positive number of seconds such as 600, not inf"),
+    (["--timeout", "-1e999"], "not -inf"),
+    (["--ttl", "99999999999d"], "invalid --ttl '99999999999d': at most 365d; leave --ttl out"),
+    (["--ttl", "3000000d"], "invalid --ttl '3000000d': at most 365d"),
+    (["--ttl", "365d1s"], "at most 365d"),
+    (["--ttl", "9" * 5000 + "s"], "at most 365d"),
+    (["--provider", "digitalocean", "--access-token", "t", "--ttl", "3000000d"], "invalid --ttl '3000000d': at most 365d"),
     (["--region", "lon1"], "--region does not apply to --provider local: it is for digitalocean, ec2"),
     (["Not_A_Name"], "invalid name 'Not_A_Name'"),
     ([""], "the exit server's name is empty"),
@@ -109,6 +117,18 @@ def test_an_http_port_of_0_is_refused_not_read_as_the_default(tmp_path: Path) ->
     with pytest.raises(ProvisionError, match=r"invalid --http-port 0: ports are 1-65535"):
         create(CreateOptions("local", tmp_path, mode="http", http_port=0), lambda *_: None)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_longest_ttl_is_taken() -> None:
+    from inlets_py.provisioner.spec import parse_ttl
+
+    assert parse_ttl("365d").days == 365 and parse_ttl("364d23h59m60s").days == 365
+
+
+def test_delete_refuses_a_timeout_that_never_ends(tmp_path: Path, capsys) -> None:
+    for value in ("nan", "inf", "0"):
+        result = run_cli(capsys, "delete", "x", "--timeout", value, "--state-dir", str(tmp_path))
+        one_line_error(result, f"--timeout must be a positive number of seconds such as 600, not {value}")
 
 
 def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) -> None:
