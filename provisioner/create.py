@@ -19,7 +19,7 @@ from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, control_url, parse_ttl)
-from .state import ServerState, state_root
+from .state import ServerState, prepare_root, state_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
 
@@ -108,6 +108,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     check_timeout(opts.timeout)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     expires_at = now + parse_ttl(opts.ttl) if opts.ttl else None
+    prepare_root(opts.state_root)  # before the provider is asked anything
     provider = make(opts.provider, opts.state_root, opts.creds)
     state = ServerState(opts.state_root, name)
     if state.exists() or state.dir.exists():

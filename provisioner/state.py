@@ -32,9 +32,35 @@ def state_root(override: Path | None = None) -> Path:
     return (Path(base) / "inletsctl").absolute()
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+def prepare_root(root: Path) -> None:
+    """Create the state root (0700) before anything is made, or say in one line why it cannot be."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) and exc.filename:
+            why = f"no permission to write in {Path(exc.filename).parent}"
+        else:
+            why = _file_in_the_way(root) or (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
+
+
+def check_root(root: Path) -> None:
+    """A state root that is (or lies under) a file is a mistake, never a root with no exit servers."""
+    why = _file_in_the_way(root)
+    if why:
+        raise ProvisionError(f"cannot read exit servers from {root}: {why}; {_CHOOSE}")
+
+
+_CHOOSE = f"give --state-dir (or ${STATE_ENV}) a folder you can write"
+
+
+def _file_in_the_way(path: Path) -> str | None:
+    """``path`` or the first of its parents that is a file, said in words; None when there is none."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else f"{part} is a file, not a folder"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,7 +95,7 @@ class ServerState:
 
     def reserve(self) -> None:
         """Create the folder; fail if an exit server of this name is already kept here."""
-        _private_dir(self.root)
+        prepare_root(self.root)
         try:
             self.dir.mkdir(mode=0o700)
         except FileExistsError:
@@ -92,6 +118,7 @@ class ServerState:
         tmp.replace(self.dir / METADATA)
 
     def load(self) -> dict[str, Any]:
+        check_root(self.root)
         try:
             return json.loads((self.dir / METADATA).read_text())
         except FileNotFoundError:
@@ -112,6 +139,7 @@ class ServerState:
 def all_states(root: Path) -> list[dict[str, Any]]:
     """Metadata of every exit server kept under ``root`` (unreadable ones skipped)."""
     found: list[dict[str, Any]] = []
+    check_root(root)
     if not root.is_dir():
         return found
     for child in sorted(root.iterdir()):

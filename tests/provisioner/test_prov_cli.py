@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsctl
+from helpers.prov_support import INLETSCTL, Result, free_port, one_line_error, run_cli, run_inletsctl, user_env
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),
@@ -182,3 +186,38 @@ def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> 
         "inletsctl: waiting for the tunnel server at https://127.0.0.1:1/healthz (not listening yet; 32s of 600s)",
         "inletsctl: deleting x",
     ]
+
+
+def test_a_state_folder_under_a_file_is_one_line_saying_which_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    choose = "give --state-dir (or $INLETSCTL_STATE_DIR) a folder you can write"
+    result = run_cli(capsys, "create", "--state-dir", str(afile / "x"))
+    one_line_error(result, f"cannot keep exit servers in {afile / 'x'}: {afile} is a file, not a folder; {choose}")
+    for command in (["list"], ["status", "x"], ["delete", "x"]):
+        result = run_cli(capsys, *command, "--state-dir", str(afile / "x"))
+        one_line_error(result, f"cannot read exit servers from {afile / 'x'}: {afile} is a file, not a folder")
+    monkeypatch.setenv("INLETSCTL_STATE_DIR", str(afile))
+    one_line_error(run_cli(capsys, "create"), f"cannot keep exit servers in {afile}: {afile} is a file, not a folder")
+    one_line_error(run_cli(capsys, "list"), f"cannot read exit servers from {afile}: {afile} is a file")
+
+
+def test_a_state_folder_that_cannot_be_written_is_one_line() -> None:
+    """As a user without write permission (root writes anywhere, so the test drops to nobody with setpriv)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv (util-linux) to drop to a user that folder permissions bind")
+        prefix = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        (top / "read-only").mkdir(mode=0o555)
+        proc = subprocess.run([*prefix, str(INLETSCTL), "create", "--state-dir", str(top / "read-only" / "x")],
+                              capture_output=True, text=True, timeout=60, env=user_env())
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        one_line_error(result, f"cannot keep exit servers in {top / 'read-only' / 'x'}: no permission to write in "
+                               f"{top / 'read-only'}; give --state-dir")
+    finally:
+        shutil.rmtree(top)
