@@ -21,7 +21,7 @@ _NOUNS = (
     "koala", "lemur", "lynx", "marmot", "narwhal", "otter", "panda", "puffin", "quokka", "raven",
     "salmon", "tapir", "toucan", "turtle", "walrus", "weasel", "wombat", "yak", "zebra", "bison",
 )
-_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # the whole name (fullmatch)
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # the whole name (fullmatch)
 
 
 def random_name() -> str:
@@ -32,9 +32,9 @@ def random_name() -> str:
 def check_name(name: str) -> str:
     """``name`` when it follows the rule; an empty one is an error, never a random name."""
     if not name:
-        raise ProvisionError("the exit server's name is empty: give 1-63 lower-case letters, digits and inner "
-                             "hyphens, or leave the name out for a random one")
-    if not _NAME_RE.fullmatch(name):
+        raise ProvisionError("the exit server's name is empty: give one of 1-63 lower-case letters, digits and inner "
+                             "hyphens")
+    if not NAME_RE.fullmatch(name):
         raise ProvisionError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"
         )

@@ -14,6 +14,7 @@ import base64
 import getpass
 import hashlib
 import json
+import os
 import re
 import socket
 from dataclasses import asdict, dataclass
@@ -82,9 +83,15 @@ class SshOptions:
     @classmethod
     def load(cls, path: Path) -> "SshOptions":
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ProvisionError(f"cannot read {path}: {exc.__class__.__name__}") from None
+            return cls(**json.loads(path.read_bytes()))
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            why = "it is not valid JSON, cut short or edited"
+        except TypeError:  # not an object, or other keys than SshOptions has
+            why = "it is not what inletsctl writes there"
+        raise ProvisionError(f"cannot read {path}: {why}; it says how to reach the exit server's host (put back a "
+                             "copy, or remove that host's /opt/inlets/NAME and /etc/inlets/NAME yourself)")
 
 
 def fingerprint(key: paramiko.PKey) -> str:

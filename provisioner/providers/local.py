@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import NotFound, ProvisionError
 from ..spec import ServerFiles, server_argv
+from ..state import delete_command
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
 CONTROL_ADDR = "127.0.0.1"
@@ -124,8 +125,6 @@ class LocalProvider:
             taken = sorted(set(ports) & _served_ports(argv))
             token = next((Path(a) for a in argv if Path(a).name == "token"), None)
             if taken and token is not None:
-                from ..create import delete_command
-
                 name, root = token.parent.name, token.parent.parent
                 raise ProvisionError(
                     f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
