@@ -14,6 +14,7 @@ import base64
 import getpass
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -23,6 +24,10 @@ from pathlib import Path
 import paramiko
 
 from .errors import ProvisionError
+
+#: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
+#: without a handler Python prints them to stderr. connect() says what went wrong in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0

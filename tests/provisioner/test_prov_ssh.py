@@ -350,3 +350,22 @@ def test_every_kind_of_unusable_key_file_says_what_it_is(tmp_path: Path, capsys)
         assert "Errno" not in line and "cryptography.io" not in line and "Error" not in line.split("error:", 1)[1], line
     assert not (tmp_path / "state").exists()
 
+
+def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: Path) -> None:
+    """paramiko's transport thread logs the banner failure with its traceback; only inletsctl's line may show."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port",
+                               str(server.server_address[1]), "--ssh-key", str(_private_key(tmp_path / "key")),
+                               "--accept-new-host-key", "--known-hosts", str(tmp_path / "known_hosts"),
+                               "--state-dir", str(tmp_path / "state"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{server.server_address[1]}:", "SSH protocol banner")
+    assert [ln for ln in result.err.splitlines() if not ln.startswith("inletsctl: ")] == [], result.err
+    assert result.err.strip().splitlines()[-1] == line and not (tmp_path / "state" / "known_hosts").exists()
