@@ -60,10 +60,10 @@ def delete(
         try:
             host_id = _find(provider, name=name, ip=ip).id
         except NotFound:
-            if damaged is None:
+            if name is None or (meta is None and damaged is None):
                 raise
-            damaged.state.remove()
-            return f"{provider_name} has no exit server named {name}; removed its damaged local state ({damaged.state.dir})"
+            ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
+            return f"{provider_name} has no exit server named {name}; removed its local state ({root / name})"
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
     label = (meta or {}).get("name") or name or host_id
@@ -205,6 +205,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     """The provider's view and the exit server's own answer over pinned TLS."""
     state = ServerState(root, check_name(name))
     meta = state.load()
+    if not isinstance(meta.get("control_port"), int):  # the one key status needs that list and delete do not
+        raise Damaged(state, "has no control port", meta["provider"])
     result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     provider = _provider_for(str(meta["provider"]), root, creds)
     if replicas.is_group(meta):
@@ -217,7 +219,7 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     if not meta.get("ip"):
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
-        result["server"] = status_json(str(meta["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+        result["server"] = status_json(str(meta["ip"]), meta["control_port"], state.ca_file, state.token())
     except ProbeError as exc:
         raise ProvisionError(
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
@@ -239,7 +241,7 @@ def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerStat
         except NotFound:
             row["vm"] = "gone"
         try:
-            row["server"] = status_json(str(replica["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+            row["server"] = status_json(str(replica["ip"]), meta["control_port"], state.ca_file, state.token())
         except (ProbeError, KeyError, TypeError) as exc:
             row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
         rows.append(row)

@@ -169,8 +169,6 @@ def _unusable(meta: object, name: str) -> str | None:
         return f"names {meta['name']!r}, not {name!r}"
     if not isinstance(meta.get("provider"), str) or not meta["provider"]:
         return "names no provider"
-    if not isinstance(meta.get("control_port"), int) or isinstance(meta["control_port"], bool):
-        return "has no control port"
     replicas = meta.get("replicas")
     if replicas is not None and not (isinstance(replicas, list) and all(isinstance(r, dict) for r in replicas)):
         return "has a broken list of replicas"
@@ -178,14 +176,14 @@ def _unusable(meta: object, name: str) -> str | None:
 
 
 def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:
-    """Every exit server kept under ``root``: the usable metadata, and the damaged folders."""
+    """Every exit server kept under ``root``: the usable metadata, and the folders whose metadata is damaged."""
     found: list[dict[str, Any]] = []
     damaged: list[Damaged] = []
     check_root(root)
     if not root.is_dir():
         return found, damaged
     for child in sorted(root.iterdir()):
-        if not child.is_dir() or not _NAME_RE.fullmatch(child.name):  # not a folder inletsctl made
+        if not (child / METADATA).exists() or not _NAME_RE.fullmatch(child.name):  # none yet (create), or not ours
             continue
         try:
             found.append(ServerState(root, child.name).load())

@@ -16,15 +16,16 @@ DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages 
     "not-text": (b"\xff\xfe\x00{", "server.json is not valid JSON"),
     "a-list": (b"[]", "server.json holds no JSON object"),
     "no-provider": (b'{"name": "no-provider", "control_port": 8123}', "server.json names no provider"),
-    "no-port": (b'{"name": "no-port", "provider": "local"}', "server.json has no control port"),
-    "missing": (None, "server.json is missing"),
 }
+#: not shown by list (a folder create has just made looks the same, and other keys are optional there)
+UNLISTED = {"missing": (None, "server.json is missing"),
+            "no-port": (b'{"name": "no-port", "provider": "local"}', "server.json has no control port")}
 
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     root = tmp_path / "state"
-    for name, (content, _) in DAMAGED.items():
+    for name, (content, _) in (DAMAGED | UNLISTED).items():
         (root / name).mkdir(parents=True)
         (root / name / "token").write_text("t\n")
         if content is not None:
@@ -39,7 +40,8 @@ def test_list_shows_damaged_folders_beside_a_working_exit_server(state: Path, ca
         listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
         assert listed.code == 0, listed.err
         rows = {row["name"]: row for row in listed.json()["servers"]}
-        assert sorted(row["name"] for row in listed.json()["servers"]) == sorted(["works", *DAMAGED])
+        assert sorted(row["name"] for row in listed.json()["servers"]) == sorted(["works", *DAMAGED, "no-port"])
+        assert rows["no-port"]["where"] == "local state only"
         assert rows["works"]["status"] == "active" and rows["works"]["where"] == "both"
         for name, (_, why) in DAMAGED.items():
             assert (rows[name]["status"], rows[name]["where"]) == ("damaged", "local state (damaged)"), rows[name]
@@ -52,9 +54,9 @@ def test_list_shows_damaged_folders_beside_a_working_exit_server(state: Path, ca
         assert run_cli(capsys, "delete", "works", "--state-dir", str(state)).code == 0
 
 
-@pytest.mark.parametrize("name", list(DAMAGED))
+@pytest.mark.parametrize("name", list(DAMAGED | UNLISTED))
 def test_status_and_create_say_the_state_is_damaged_and_how_to_remove_it(name: str, state: Path, capsys) -> None:
-    why = DAMAGED[name][1]
+    why = (DAMAGED | UNLISTED)[name][1]
     status = run_cli(capsys, "status", name, "--state-dir", str(state))
     line = one_line_error(status, f"the local state of {name!r} is damaged: {state / name / 'server.json'}", why,
                           f"remove it with: inletsctl delete {name} --state-dir {state}")
@@ -63,22 +65,24 @@ def test_status_and_create_say_the_state_is_damaged_and_how_to_remove_it(name: s
     one_line_error(again, f"an exit server named {name!r} already exists", f"or first: inletsctl delete {name}")
 
 
-@pytest.mark.parametrize("name", list(DAMAGED))
+@pytest.mark.parametrize("name", [*DAMAGED, "missing"])
 def test_delete_removes_a_damaged_folder_and_says_what_it_could_not_check(name: str, state: Path, capsys) -> None:
     deleted = run_cli(capsys, "delete", name, "--state-dir", str(state))
     assert deleted.code == 0, deleted.err
-    assert deleted.out.startswith(f"removed the damaged local state of {name} ({state / name}: {DAMAGED[name][1]}")
+    assert deleted.out.startswith(f"removed the damaged local state of {name} ({state / name}: {(DAMAGED | UNLISTED)[name][1]}")
     assert "could not check whether its exit server or VM still runs: look with `inletsctl list --provider" in deleted.out
     assert not (state / name).exists() and all((state / other).is_dir() for other in DAMAGED if other != name)
     listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
     assert name not in {row["name"] for row in listed.json()["servers"]}
 
 
-def test_delete_with_the_provider_named_removes_damaged_state_the_provider_has_nothing_for(state: Path, capsys) -> None:
-    deleted = run_cli(capsys, "delete", "no-port", "--provider", "local", "--state-dir", str(state))
+@pytest.mark.parametrize("name, args", [("no-port", []), ("cut-short", ["--provider", "local"])])
+def test_delete_removes_state_the_provider_has_nothing_for(name: str, args: list[str], state: Path, capsys) -> None:
+    """State whose create never got an id, or damaged state with --provider: nothing there, so the state goes."""
+    deleted = run_cli(capsys, "delete", name, *args, "--state-dir", str(state))
     assert deleted.code == 0, deleted.err
-    assert deleted.out.strip() == f"local has no exit server named no-port; removed its damaged local state ({state / 'no-port'})"
-    assert not (state / "no-port").exists()
+    assert deleted.out.strip() == f"local has no exit server named {name}; removed its local state ({state / name})"
+    assert not (state / name).exists()
 
 
 @pytest.mark.parametrize("name", ["..", "../state", ".", "a/b"])
