@@ -33,6 +33,7 @@ from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
+from .cloud_api import libcloud_words
 
 PROVIDER = ProviderInfo(
     name="ec2", title="AWS", user_data_limit=16 * 1024,  # EC2 refuses user-data over 16 KiB (before base64)
@@ -388,7 +389,7 @@ def _fault(exc: BaseException) -> Fault | None:
         kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
         return Fault(kind, message=message)
     if isinstance(exc, LibcloudError):
-        return Fault(ANSWER, message=_line(exc))
+        return Fault(ANSWER, message=libcloud_words(exc))
     return None
 
 
