@@ -18,6 +18,7 @@ from .create import CreateOptions, create
 from .errors import ProvisionError
 from .replicas import check as check_replicas
 from .providers import Credentials
+from .providers.base import API_TIMEOUT
 from .providers import registry
 from .state import STATE_ENV, ServerState, state_root
 
@@ -47,6 +48,11 @@ Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in
 
 def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str], **more: object) -> Credentials:
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
+
+
+def _api_timeout(timeout: float) -> float:
+    """One API call may take API_TIMEOUT seconds, or all of --timeout when that is shorter (nan: checked later)."""
+    return min(API_TIMEOUT, timeout) if timeout > 0 else API_TIMEOUT
 
 
 def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
@@ -100,7 +106,7 @@ def create_cmd(
     remote_python: Annotated[str, typer.Option(help="ssh: the host's Python; the exit server's venv reuses the packages it has (nothing downloaded when it has them all).")] = "python3",
     data_addr: Annotated[Optional[str], typer.Option(help="ssh: address the data ports listen on [default: all interfaces].")] = None,
     ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server.")] = 600.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server (each API call waits 30 s at most, less when this is shorter).")] = 600.0,
     delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
     replicas: Annotated[int, typer.Option(help="Exit servers sharing one token and CA behind the cloud's load balancer (health-checked on the data ports); the printed client connects to every one [" + registry.replicas_help() + "; other providers refuse it].")] = 1,
     runtime_spec: Annotated[Optional[str], typer.Option(help="pip requirement the VM installs instead of this inletsctl's server wheel [default: the wheel, in the user-data or sent by create].")] = None,
@@ -122,7 +128,7 @@ def create_cmd(
         letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
         creds=_creds(
             access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
-            ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
+            api_timeout=_api_timeout(timeout), ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
                              known_hosts, supervisor, remote_python, data_addr),
         ),
     )
@@ -160,7 +166,7 @@ def delete_cmd(
     secret_key: Secret = None,
     region: Region = None,
     api_url: ApiUrl = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone.")] = 300.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone (each API call waits 30 s at most, less when this is shorter).")] = 300.0,
     state_dir: StateDir = None,
 ) -> None:
     """Delete an exit server, wait until it is gone, and remove its local state."""
@@ -169,7 +175,8 @@ def delete_cmd(
     try:
         done = manage.delete(
             state_root(state_dir),
-            _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region),
+            _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
+                   api_timeout=_api_timeout(timeout)),
             progress,
             name=name, host_id=id, ip=ip, provider_name=provider, timeout=timeout,
         )

@@ -222,4 +222,4 @@ class AzureProvider:
 
 def build(creds: Credentials, state_root: Path) -> AzureProvider:
     principal = service_principal(creds.token_file, creds.token)
-    return AzureProvider(principal, endpoint_of(PROVIDER, creds))
+    return AzureProvider(principal, endpoint_of(PROVIDER, creds), creds.api_timeout)

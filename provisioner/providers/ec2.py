@@ -399,4 +399,4 @@ def _line(text: object) -> str:
 
 def build(creds: Credentials, state_root: Path) -> EC2Provider:
     aws = aws_credentials(creds.token_file, creds.token, creds.secret_file, creds.secret)
-    return EC2Provider(aws, creds.region, creds.api_url, state_root)
+    return EC2Provider(aws, creds.region, creds.api_url, state_root, creds.api_timeout)

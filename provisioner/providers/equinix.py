@@ -114,4 +114,4 @@ class EquinixProvider:
 def build(creds: Credentials, state_root: Path) -> EquinixProvider:
     token = PROVIDER.token(creds)
     project = next((os.environ[e].strip() for e in PROJECT_ENV if os.environ.get(e, "").strip()), "")
-    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds))
+    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout)

@@ -191,4 +191,4 @@ class GCEProvider:
 
 def build(creds: Credentials, state_root: Path) -> GCEProvider:
     account = service_account(creds.token_file, creds.token)
-    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds))
+    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds), creds.api_timeout)

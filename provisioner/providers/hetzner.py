@@ -144,4 +144,4 @@ def hcloud_fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> HetznerProvider:
-    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds))
+    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds), creds.api_timeout)

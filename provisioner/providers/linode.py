@@ -154,4 +154,4 @@ def _private(address: str) -> bool:
 
 
 def build(creds: Credentials, state_root: Path) -> LinodeProvider:
-    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds))
+    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout)

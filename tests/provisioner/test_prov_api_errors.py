@@ -121,3 +121,19 @@ def test_tls_to_an_api_that_speaks_plain_http_is_said_in_words(api: RecordedAPI,
     line = _do_list(capsys, api.url.replace("http://", "https://"))
     assert "cannot reach the API at https://127.0.0.1:" in line and ": the TLS handshake failed (" in line, line
 
+
+def test_an_api_that_never_answers_is_given_up_on_within_the_create_timeout(tmp_path: Path, capsys) -> None:
+    """One API call waits 30 s at most, and no longer than --timeout: a hung API cannot hold create for 30 s."""
+    import socket
+    import time
+
+    from helpers.prov_support import one_line_error, run_cli
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel does), never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = run_cli(capsys, "create", "x", "--provider", "digitalocean", "--access-token", "dop_v1_x", "--api-url",
+                         url, "--timeout", "2", "--state-dir", str(tmp_path))
+        took = time.monotonic() - started
+    one_line_error(result, f"digitalocean: cannot reach the API at {url} while listing droplets: no answer in time")
+    assert took < 10, took
