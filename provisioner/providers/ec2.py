@@ -117,8 +117,8 @@ def aws_credentials(
 ) -> AwsCredentials:
     """The AWS chain: flags/files, then the environment, then the shared credentials file."""
     if key_file is not None or key or secret_file is not None or secret:
-        key_id = access_token("AWS access key id", key_file, key, PROVIDER.token_env)
-        secret_value = access_token("AWS secret access key", secret_file, secret, SECRET_ENV)
+        key_id = access_token("AWS", key_file, key, PROVIDER.token_env)
+        secret_value = access_token("AWS", secret_file, secret, SECRET_ENV, ("--secret-key-file", "--secret-key"))
         return AwsCredentials(key_id, secret_value, os.environ.get("AWS_SESSION_TOKEN") or None, "flags")
     env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     if env_key.strip() and env_secret.strip():
@@ -128,8 +128,9 @@ def aws_credentials(
     parser = configparser.ConfigParser()
     try:
         parser.read(path)
-    except configparser.Error as exc:
-        raise ProvisionError(f"cannot parse AWS credentials file {path}: {exc.__class__.__name__}") from None
+    except configparser.Error:
+        raise ProvisionError(f"cannot parse AWS credentials file {path}: it is not in the format `aws configure` "
+                             "writes ([profile] lines, then key = value lines)") from None
     if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
         section = parser[profile]
         return AwsCredentials(
