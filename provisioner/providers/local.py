@@ -74,6 +74,18 @@ def _served_ports(argv: list[str]) -> set[int]:
     return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
 
 
+def _check_bindable(addr: str, port: int, choose: str) -> None:
+    """Bind ``addr:port`` as the server will (SO_REUSEADDR), so a port something else holds is refused
+    before the server starts, not found out when it exits."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, port))
+        except OSError as exc:
+            raise ProvisionError(f"{addr}:{port} cannot be used on this machine "
+                                 f"({os.strerror(exc.errno) if exc.errno else exc}): {choose}") from None
+
+
 class LocalProvider:
     name = PROVIDER.name
     user_data_limit = PROVIDER.user_data_limit
@@ -86,7 +98,8 @@ class LocalProvider:
         self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
 
     def create(self, plan: Plan) -> Host:
-        self._check_ports_free(plan.spec.data_ports)
+        self._check_ports_free(plan.spec.data_ports, "--ports" if plan.spec.mode == "tcp" else "--http-port")
+        _check_bindable(CONTROL_ADDR, plan.spec.control_port, "choose another --control-port, or leave it out for a free one")
         files = ServerFiles(
             str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")
         )
@@ -116,7 +129,7 @@ class LocalProvider:
             data_addr=self._data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
         )
 
-    def _check_ports_free(self, ports: tuple[int, ...]) -> None:
+    def _check_ports_free(self, ports: tuple[int, ...], flag: str) -> None:
         """Refuse ports another local exit server serves (it opens them only once a client
         connects, so they may look free now) or that something else holds on the data address."""
         for pid, argv in _processes():
@@ -128,16 +141,10 @@ class LocalProvider:
                 name, root = token.parent.name, token.parent.parent
                 raise ProvisionError(
                     f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
-                    f"({self._data_addr}): choose other --ports, or first: {delete_command(name, root)}"
+                    f"({self._data_addr}): choose other {flag}, or first: {delete_command(name, root)}"
                 )
         for port in ports:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-                try:
-                    probe.bind((self._data_addr, port))
-                except OSError as exc:
-                    raise ProvisionError(f"{self._data_addr}:{port} cannot be used on this machine "
-                                         f"({os.strerror(exc.errno) if exc.errno else exc}): choose other --ports") from None
+            _check_bindable(self._data_addr, port, f"choose other {flag}")
 
     def _reap(self) -> None:
         for proc in self._children:
