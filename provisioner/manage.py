@@ -12,7 +12,7 @@ from inlets_py.runtime.core.probe import ProbeError
 from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
-from .providers.base import GONE_TIMEOUT, Host, Provisioner
+from .providers.base import FAILED, GONE_TIMEOUT, Host, Provisioner
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, scan
@@ -216,6 +216,10 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
         result["vm"] = host.detail or host.status
     except NotFound:
         result["vm"] = "gone"
+    else:
+        if host.status == FAILED:  # asking its control port would only add "connection refused"
+            raise ProvisionError(f"exit server {name} is not running ({result['vm']}): delete it and create it again: "
+                                 f"{delete_command(name, root)}")
     if not meta.get("ip"):
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:

@@ -74,6 +74,16 @@ def _served_ports(argv: list[str]) -> set[int]:
     return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
 
 
+def _last_error(log: Path) -> str:
+    """The log's last line when it is an error (why the server stopped); '' when it is not (killed, stopped)."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    last = lines[-1] if lines else ""
+    return last[:300] if "error:" in last or "level=ERROR" in last or "level=CRITICAL" in last else ""
+
+
 def _check_bindable(addr: str, port: int, choose: str) -> None:
     """Bind ``addr:port`` as the server will (SO_REUSEADDR), so a port something else holds is refused
     before the server starts, not found out when it exits."""
@@ -168,12 +178,10 @@ class LocalProvider:
             return Host(host_id, "", self.name, "starting", detail=f"process {pid} starting")
         if state_dir is None:
             log = self._find_log(pid)
-            tail = ""
             if log is not None:
-                lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
-                tail = f": {lines[-1][:300]}" if lines else ""
-            if log is not None:
-                return Host(host_id, log.parent.name, self.name, FAILED, detail=f"server process exited{tail}")
+                why = _last_error(log)
+                return Host(host_id, log.parent.name, self.name, FAILED,
+                            detail=f"server process exited: {why}" if why else f"its process {pid} has exited")
             raise NotFound(f"local: no exit server process with pid {pid}")
         return self._host(pid, state_dir)
 

@@ -197,3 +197,23 @@ def test_a_control_port_in_use_is_refused_before_anything_is_made(data_flags: li
             if (state / "clash" / "server.json").exists():
                 run_cli(capsys, "delete", "clash", "--state-dir", str(state))
     assert not (state / "clash").exists()
+
+
+def test_status_of_a_killed_server_says_it_is_not_running_and_what_to_do(tmp_path: Path, capsys) -> None:
+    """Not the log's last line (an INFO line from when it started) and not 'connection refused'."""
+    import signal
+
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "gone-away", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir",
+                      str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = run_cli(capsys, "status", "gone-away", "--state-dir", str(state))
+    line = one_line_error(status, f"exit server gone-away is not running (its process {pid} has exited): delete it and "
+                                  f"create it again: inletsctl delete gone-away --state-dir {state}")
+    assert "level=INFO" not in line and "refused" not in line, line
+    assert run_cli(capsys, "delete", "gone-away", "--state-dir", str(state)).code == 0
