@@ -32,8 +32,7 @@ def random_name() -> str:
 def check_name(name: str) -> str:
     """``name`` when it follows the rule; an empty one is an error, never a random name."""
     if not name:
-        raise ProvisionError("the exit server's name is empty: give one of 1-63 lower-case letters, digits and inner "
-                             "hyphens")
+        raise ProvisionError("the exit server's name is empty: use 1-63 lower-case letters, digits and inner hyphens")
     if not NAME_RE.fullmatch(name):
         raise ProvisionError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"
