@@ -11,11 +11,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import manage, output
+from inlets_py.runtime.cli.options import port_option
+
+from . import flags, manage, output
 from .create import CreateOptions, create
 from .errors import ProvisionError
 from .replicas import check as check_replicas
 from .providers import Credentials
+from .providers.base import API_TIMEOUT
 from .providers import registry
 from .state import STATE_ENV, ServerState, state_root
 
@@ -29,14 +32,15 @@ app = typer.Typer(
 )
 
 StateDir = Annotated[
-    Optional[Path], typer.Option(help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
+    Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH",
+                                 help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
 ]
 Provider = Annotated[Optional[str], typer.Option(help=registry.providers_help() + ".")]
-TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]
+TokenFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]
 Token = Annotated[Optional[str], typer.Option(help="Cloud access token (prefer --access-token-file or the environment).")]
 ApiUrl = Annotated[Optional[str], typer.Option(help=f"Cloud API endpoint (tests, proxies, private regions) [env: {registry.api_url_help()}].")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
-SecretFile = Annotated[Optional[Path], typer.Option(help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
+SecretFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
 Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
 _EC2 = registry.info("ec2")
 Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in [env: {', '.join(_EC2.region_env)}; default {_EC2.region}].")]
@@ -46,11 +50,14 @@ def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[s
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
 
 
-def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) -> object:
-    """The --provider ssh flags (checked by the provider); other providers refuse --host."""
+def _api_timeout(timeout: float) -> float:
+    """One API call may take API_TIMEOUT seconds, or all of --timeout when that is shorter (nan: checked later)."""
+    return min(API_TIMEOUT, timeout) if timeout > 0 else API_TIMEOUT
+
+
+def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
+    """The --provider ssh flags, checked (other providers refuse them: flags.refuse_foreign)."""
     if provider != "ssh":
-        if host is not None:
-            raise ProvisionError("--host is for --provider ssh")
         return None
     from .ssh_connect import SshOptions
 
@@ -70,17 +77,18 @@ def _ssh_options(provider: Optional[str], host: Optional[str], *rest: object) ->
     )
 )
 def create_cmd(
+    ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="Name of the exit server [default: a random readable name].")] = None,
     provider: Provider = "local",
     mode: Annotated[str, typer.Option(help="tcp (ports) or http (domains).")] = "tcp",
     ports: Annotated[Optional[str], typer.Option(help="TCP data ports, e.g. 80,443 [default: 80,443; local: 8080].")] = None,
     domain: Annotated[Optional[list[str]], typer.Option(help="Domain served in --mode http (repeatable).")] = None,
     upstream: Annotated[Optional[str], typer.Option(help="What the printed client forwards to: a host (tcp) [127.0.0.1] or a URL (http) [http://127.0.0.1:8080].")] = None,
-    http_port: Annotated[Optional[int], typer.Option(help="HTTP data-plane port [default: 80; local: 8000].")] = None,
+    http_port: Annotated[Optional[int], port_option("HTTP data-plane port [default: 80; local: 8000].")] = None,
     letsencrypt: Annotated[Optional[bool], typer.Option("--letsencrypt/--no-letsencrypt", help="http: HTTPS on 443 with Let's Encrypt certificates for each --domain, port 80 redirecting [default: on for a cloud provider with --domain on port 80]. Point the domains' DNS at the server; using it accepts the CA's terms.")] = None,
     letsencrypt_email: Annotated[Optional[str], typer.Option(help="Contact address for the Let's Encrypt account (expiry notices).")] = None,
     letsencrypt_issuer: Annotated[str, typer.Option(help="prod, staging (for trials: no rate limits, untrusted certificates) or an ACME directory URL.")] = "prod",
-    control_port: Annotated[Optional[int], typer.Option(help="Control port [default: 8123; local: a free port].")] = None,
+    control_port: Annotated[Optional[int], port_option("Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help=f"Cloud region [{registry.region_help()}].")] = None,
     plan: Annotated[Optional[str], typer.Option(help=f"VM size [{registry.size_help()}].")] = None,
     ssh_key: Annotated[Optional[str], typer.Option(help=registry.ssh_key_help() + ".")] = None,
@@ -90,15 +98,15 @@ def create_cmd(
     secret_key: Secret = None,
     api_url: ApiUrl = None,
     host: Annotated[Optional[str], typer.Option(help="ssh: USER@HOST of the existing host to install the exit server on.")] = None,
-    ssh_port: Annotated[int, typer.Option("--port", "--ssh-port", help="ssh: SSH port of --host.")] = 22,
+    ssh_port: Annotated[int, port_option("ssh: SSH port of --host.", "--port", "--ssh-port")] = 22,
     host_key_fingerprint: Annotated[Optional[str], typer.Option(help="ssh: pin the host key (SHA256:... as ssh-keygen -lf prints it) instead of known_hosts.")] = None,
     accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="ssh: trust a host key not in known_hosts yet, and add it there.")] = False,
-    known_hosts: Annotated[Optional[Path], typer.Option(help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
+    known_hosts: Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="ssh: known_hosts file [default: ~/.ssh/known_hosts].")] = None,
     supervisor: Annotated[str, typer.Option(help="ssh: systemd, plain (a restart loop, for hosts without systemd as PID 1), or auto.")] = "auto",
     remote_python: Annotated[str, typer.Option(help="ssh: the host's Python; the exit server's venv reuses the packages it has (nothing downloaded when it has them all).")] = "python3",
     data_addr: Annotated[Optional[str], typer.Option(help="ssh: address the data ports listen on [default: all interfaces].")] = None,
     ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server.")] = 600.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server (each API call waits 30 s at most, less when this is shorter).")] = 600.0,
     delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
     replicas: Annotated[int, typer.Option(help="Exit servers sharing one token and CA behind the cloud's load balancer (health-checked on the data ports); the printed client connects to every one [" + registry.replicas_help() + "; other providers refuse it].")] = 1,
     runtime_spec: Annotated[Optional[str], typer.Option(help="pip requirement the VM installs instead of this inletsctl's server wheel [default: the wheel, in the user-data or sent by create].")] = None,
@@ -108,16 +116,19 @@ def create_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Create an exit server, wait until its tunnel answers, print the client command."""
-    check_replicas(provider or "local", replicas)  # before the provider's own flags are read
+    flags.refuse_empty(ctx)
+    provider = registry.check(provider or "")
+    flags.refuse_foreign(ctx, provider)
+    check_replicas(provider, replicas)  # before the provider's own flags are read
     opts = CreateOptions(
-        provider=provider or "local", state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
+        provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
         domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
         runtime_spec=runtime_spec, replicas=replicas,
         letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
         creds=_creds(
             access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
-            ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
+            api_timeout=_api_timeout(timeout), ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
                              known_hosts, supervisor, remote_python, data_addr),
         ),
     )
@@ -144,6 +155,7 @@ def create_cmd(
     )
 )
 def delete_cmd(
+    ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="Name of the exit server.")] = None,
     id: Annotated[Optional[str], typer.Option("--id", help="Provider id of the VM (with --provider).")] = None,
     ip: Annotated[Optional[str], typer.Option(help="Public IP of the VM (with --provider).")] = None,
@@ -154,15 +166,17 @@ def delete_cmd(
     secret_key: Secret = None,
     region: Region = None,
     api_url: ApiUrl = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone.")] = 300.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone (each API call waits 30 s at most, less when this is shorter).")] = 300.0,
     state_dir: StateDir = None,
 ) -> None:
     """Delete an exit server, wait until it is gone, and remove its local state."""
+    flags.refuse_empty(ctx)
     progress = output.Progress()
     try:
         done = manage.delete(
             state_root(state_dir),
-            _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region),
+            _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
+                   api_timeout=_api_timeout(timeout)),
             progress,
             name=name, host_id=id, ip=ip, provider_name=provider, timeout=timeout,
         )
@@ -175,6 +189,7 @@ def delete_cmd(
     epilog="Examples:\n\n  inletsctl list\n\n  inletsctl list --provider digitalocean --prune\n\n  inletsctl list --json"
 )
 def list_cmd(
+    ctx: typer.Context,
     provider: Provider = None,
     prune: Annotated[bool, typer.Option("--prune", help="Delete exit servers whose --ttl has passed.")] = False,
     access_token_file: TokenFile = None,
@@ -187,6 +202,7 @@ def list_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
+    flags.refuse_empty(ctx)
     root = state_root(state_dir)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     notes: list[str] = []
@@ -212,6 +228,7 @@ def list_cmd(
 
 @app.command(epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
 def status_cmd(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the exit server.")],
     access_token_file: TokenFile = None,
     access_token: Token = None,
@@ -223,6 +240,7 @@ def status_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
+    flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     result = manage.status(state_root(state_dir), creds, name)
     if json_output:

@@ -17,9 +17,9 @@ from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
-from .spec import (CONTROL_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec, check_runtime_spec, control_url,
-                   parse_ttl)
-from .state import ServerState, state_root
+from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
+                   check_runtime_spec, check_timeout, control_url, parse_ttl)
+from .state import ServerState, delete_command, prepare_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
 
@@ -62,7 +62,7 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         control_port = free_port()
     else:
         control_port = CONTROL_PORT
-    http_port = opts.http_port or (LOCAL_HTTP_PORT if local else 80)
+    http_port = opts.http_port if opts.http_port is not None else (LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT)
     return build_spec(
         opts.mode,
         opts.ports,
@@ -101,18 +101,19 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     """Create one exit server (or ``--replicas`` of it behind a balancer) and return its summary; what was
     made is left alone on failure unless asked."""
-    name = check_name(opts.name) if opts.name else random_name()
+    name = check_name(opts.name) if opts.name is not None else random_name()
     replicas.check(opts.provider, opts.replicas)
     spec = _spec(opts)
     runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None
-    if opts.timeout <= 0:
-        raise ProvisionError("--timeout must be positive")
+    check_timeout(opts.timeout)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     expires_at = now + parse_ttl(opts.ttl) if opts.ttl else None
+    prepare_root(opts.state_root)  # before the provider is asked anything
     provider = make(opts.provider, opts.state_root, opts.creds)
     state = ServerState(opts.state_root, name)
     if state.exists() or state.dir.exists():
-        raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name")
+        raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name, "
+                             f"or first: {delete_command(name, state.root)}")
     group = name if opts.replicas > 1 else None
     names = replicas.replica_names(name, opts.replicas) if group else [name]
     if provider.user_data_limit and any(h.name in names or (group and h.group == group) for h in provider.list()):
@@ -260,12 +261,6 @@ def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path)
     """``inlets status`` for this exit server, pinned to its CA and name like the client command."""
     return shlex.join(["inlets", "status", "--url", control_url(host, spec.control_port), "--token-file",
                        str(token_file), "--tls-ca", str(ca_file), "--tls-server-name", TLS_SERVER_NAME])
-
-
-def delete_command(name: str, root: Path) -> str:
-    """``inletsctl delete NAME``, naming the state folder when it is not the default one."""
-    extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
-    return f"inletsctl delete {name}{extra}"
 
 
 def _hostport(host: str | None, port: int) -> str:

@@ -1,34 +1,83 @@
-"""Find a cloud access token: --access-token-file, then --access-token, then the environment."""
+"""Find a cloud access token: --access-token-file, then --access-token, then the environment.
+
+Whatever the source, a token is printable ASCII without spaces: anything else cannot be sent in an
+HTTP header, so it is refused here, where the user can still tell which source it came from.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import sys
 from pathlib import Path
 
 from .errors import ProvisionError
 
+_TOKEN_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces (fullmatch)
+
 
 def access_token(
-    provider: str, token_file: Path | None, token: str | None, env_names: tuple[str, ...]
+    provider: str, token_file: Path | None, token: str | None, env_names: tuple[str, ...],
+    flags: tuple[str, str] = ("--access-token-file", "--access-token"),
 ) -> str:
-    """The first credential given, in the documented order; a one-line error naming all ways."""
+    """The first credential given, in the documented order; a one-line error naming all ways.
+
+    ``flags`` are the file flag and the value flag this credential is read from (ec2's secret key has its own)."""
+    others = f"{flags[1]} or ${env_names[0]}" if env_names else flags[1]
     if token_file is not None:
-        try:
-            value = token_file.expanduser().read_text().strip()
-        except FileNotFoundError:
-            raise ProvisionError(f"access token file not found: {token_file}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc.__class__.__name__
-            raise ProvisionError(f"cannot read access token file {token_file}: {reason}") from None
-        if not value:
-            raise ProvisionError(f"access token file {token_file} is empty")
-        return value.splitlines()[0].strip()
+        return _checked(_read_file(token_file, flags[0], others), f"{flags[0]} {token_file}")
     if token and token.strip():
-        return token.strip()
+        return _checked(token.strip(), flags[1])
     for name in env_names:
         if os.environ.get(name, "").strip():
-            return os.environ[name].strip()
+            return _checked(os.environ[name].strip(), f"${name}")
     env_text = " or ".join(f"${name}" for name in env_names)
-    raise ProvisionError(
-        f"no {provider} access token: give --access-token-file FILE, --access-token TOKEN, or set {env_text}"
-    )
+    raise ProvisionError(f"no {provider} {_noun(flags[0])}: give {flags[0]} FILE, {flags[1]} TOKEN, or set {env_text}")
+
+
+def _noun(file_flag: str) -> str:
+    """``--access-token-file`` -> 'access token'."""
+    return file_flag.removeprefix("--").removesuffix("-file").replace("-", " ")
+
+
+def _read_file(path: Path, flag: str, others: str) -> str:
+    """The first line of the token file, with a one-line error that says what to do instead."""
+    what = f"{_noun(flag)} file"
+    path = path.expanduser()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ProvisionError(f"{what} not found: {path}; check the path, or give the token with {others}") from None
+    except IsADirectoryError:
+        raise ProvisionError(f"{what} {path} is a directory: give the file that holds the token") from None
+    except OSError as exc:
+        raise ProvisionError(f"cannot read {what} {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{what} {path} is not text (UTF-8): put the token in it, on one line") from None
+    if not text.strip():
+        raise ProvisionError(f"{what} {path} is empty: put the token in it (one line), or give it with {others}")
+    _warn_if_others_can_read(path, what)
+    return text.strip().split("\n")[0].strip()  # CRLF ends a line; a lone CR inside one is refused, not cut at
+
+
+def _warn_if_others_can_read(path: Path, what: str) -> None:
+    """One line on stderr, as ssh says of a loose key; a warning, not a refusal, since secret mounts
+    (Kubernetes, Docker) are often 0644 and cannot be changed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and mode & 0o077:
+        print(f"inletsctl: warning: {what} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
+              f"run chmod 600 {path}", file=sys.stderr)
+
+
+def _checked(token: str, where: str) -> str:
+    """``token`` when it can be sent in an HTTP header; never quoted in the error (it is a secret)."""
+    if not _TOKEN_RE.fullmatch(token):
+        raise ProvisionError(f"the token from {where} holds characters a token cannot have (spaces, control "
+                             "characters or letters outside ASCII): check it")
+    return token

@@ -11,15 +11,15 @@ from inlets_py.runtime.core.probe import ProbeError
 
 from . import replicas
 from .errors import NotFound, ProvisionError
-from .providers import PROVIDERS, Credentials, make
-from .providers.base import GONE_TIMEOUT, Host, Provisioner
-from .state import ServerState, all_states
+from .providers import Credentials, make, registry
+from .providers.base import FAILED, GONE_TIMEOUT, Host, Provisioner
+from .spec import check_timeout
+from .names import check_name
+from .state import Damaged, ServerState, all_states, damage, delete_command, scan
 from .wait import Progress, status_json, wait_until_gone
 
 def _provider_for(name: str, root: Path, creds: Credentials) -> Provisioner:
-    if name not in PROVIDERS:
-        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
-    return make(name, root, creds)
+    return make(registry.check(name), root, creds)
 
 
 def delete(
@@ -35,10 +35,16 @@ def delete(
     """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
     if sum(x is not None for x in (name, host_id, ip)) != 1:
         raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
+    check_timeout(timeout)
     states = all_states(root)
     meta: dict[str, Any] | None = None
+    damaged: Damaged | None = None
     if name is not None:
+        check_name(name)  # a folder under root: never "..", "" or a path
         meta = next((m for m in states if m.get("name") == name), None)
+        damaged = damage(root, name) if meta is None else None
+        if damaged is not None and provider_name is None:
+            return _remove_damaged(damaged)
         if meta is None and provider_name is None:
             raise NotFound(f"no exit server named {name!r} in {root} (to delete one made elsewhere add --provider)")
     if provider_name is None:
@@ -51,7 +57,13 @@ def delete(
     if meta is not None and meta.get("provider") == provider_name and meta.get("id"):
         host_id = str(meta["id"])
     elif host_id is None:
-        host_id = _find(provider, name=name, ip=ip).id
+        try:
+            host_id = _find(provider, name=name, ip=ip).id
+        except NotFound:
+            if name is None or (meta is None and damaged is None):
+                raise
+            ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
+            return f"{provider_name} has no exit server named {name}; removed its local state ({root / name})"
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
     label = (meta or {}).get("name") or name or host_id
@@ -67,7 +79,20 @@ def delete(
         done = f"{label} was already gone on {provider_name}; removed its local state"
     if meta is not None:
         ServerState(root, str(meta["name"])).remove()
+    elif damaged is not None:
+        damaged.state.remove()
+        done += f"; removed its damaged local state ({damaged.state.dir})"
     return done
+
+
+def _remove_damaged(damaged: Damaged) -> str:
+    """Remove a state folder that cannot be read, saying what inletsctl could not check."""
+    name, where = damaged.state.name, damaged.provider
+    damaged.state.remove()
+    look = (f"`inletsctl list --provider {where}`, then `inletsctl delete {name} --provider {where}`" if where else
+            f"`inletsctl list --provider P` for each provider you use, then `inletsctl delete {name} --provider P`")
+    return (f"removed the damaged local state of {name} ({damaged.state.dir}: {damaged.why}); inletsctl could not "
+            f"check whether its exit server or VM still runs: look with {look}")
 
 
 def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeout: float, progress: Progress) -> str:
@@ -93,9 +118,12 @@ def list_servers(
     root: Path, creds: Credentials, provider_name: str | None, notes: list[str]
 ) -> list[dict[str, Any]]:
     """Rows of cloud hosts joined with local state; ``where`` says which side holds each."""
-    states = all_states(root)
-    names = [provider_name] if provider_name else ["local", *sorted({str(m["provider"]) for m in states} - {"local"})]
-    rows: list[dict[str, Any]] = []
+    states, damaged = scan(root)
+    damaged = [d for d in damaged if not provider_name or d.provider in (None, provider_name)]
+    known = {d.provider for d in damaged if d.provider in registry.PROVIDERS}  # their clouds are worth a look
+    others = ({str(m["provider"]) for m in states} | known) - {"local"}
+    names = [provider_name] if provider_name else ["local", *sorted(others)]
+    rows: list[dict[str, Any]] = [_damaged_row(d, notes) for d in damaged]
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
         try:
@@ -123,6 +151,15 @@ def list_servers(
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
     return rows
+
+
+def _damaged_row(damaged: Damaged, notes: list[str]) -> dict[str, Any]:
+    """A state folder ``list`` cannot read: shown, with a note on how to remove it, rather than hidden."""
+    name = damaged.state.name
+    notes.append(f"{name}: damaged local state ({damaged.why}); remove it with: "
+                 f"{delete_command(name, damaged.state.root)}")
+    return {"name": name, "provider": damaged.provider, "id": "", "ip": None, "mode": None, "status": "damaged",
+            "created": None, "expires": None, "where": "local state (damaged)"}
 
 
 def _row(meta: dict[str, Any] | None, host: Host | None, where: str) -> dict[str, Any]:
@@ -166,8 +203,10 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
 
 def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     """The provider's view and the exit server's own answer over pinned TLS."""
-    state = ServerState(root, name)
+    state = ServerState(root, check_name(name))
     meta = state.load()
+    if not isinstance(meta.get("control_port"), int):  # the one key status needs that list and delete do not
+        raise Damaged(state, "has no control port", meta["provider"])
     result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     provider = _provider_for(str(meta["provider"]), root, creds)
     if replicas.is_group(meta):
@@ -177,10 +216,14 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
         result["vm"] = host.detail or host.status
     except NotFound:
         result["vm"] = "gone"
+    else:
+        if host.status == FAILED:  # asking its control port would only add "connection refused"
+            raise ProvisionError(f"exit server {name} is not running ({result['vm']}): delete it and create it again: "
+                                 f"{delete_command(name, root)}")
     if not meta.get("ip"):
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
-        result["server"] = status_json(str(meta["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+        result["server"] = status_json(str(meta["ip"]), meta["control_port"], state.ca_file, state.token())
     except ProbeError as exc:
         raise ProvisionError(
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
@@ -202,7 +245,7 @@ def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerStat
         except NotFound:
             row["vm"] = "gone"
         try:
-            row["server"] = status_json(str(replica["ip"]), int(meta["control_port"]), state.ca_file, state.token())
+            row["server"] = status_json(str(replica["ip"]), meta["control_port"], state.ca_file, state.token())
         except (ProbeError, KeyError, TypeError) as exc:
             row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
         rows.append(row)

@@ -21,7 +21,7 @@ _NOUNS = (
     "koala", "lemur", "lynx", "marmot", "narwhal", "otter", "panda", "puffin", "quokka", "raven",
     "salmon", "tapir", "toucan", "turtle", "walrus", "weasel", "wombat", "yak", "zebra", "bison",
 )
-_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # the whole name (fullmatch)
+NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # the whole name (fullmatch)
 
 
 def random_name() -> str:
@@ -30,7 +30,10 @@ def random_name() -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.fullmatch(name):
+    """``name`` when it follows the rule; an empty one is an error, never a random name."""
+    if not name:
+        raise ProvisionError("the exit server's name is empty: use 1-63 lower-case letters, digits and inner hyphens")
+    if not NAME_RE.fullmatch(name):
         raise ProvisionError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"
         )

@@ -8,6 +8,7 @@ cloud-init user-data, the local provider's background process, and the test fake
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -23,6 +24,7 @@ DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_HTTP_PORT = 80
 DEFAULT_TCP_UPSTREAM = "127.0.0.1"
 DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
+MAX_TTL_DAYS = 365  # --ttl is for exit servers that should not outlive a task; longer ones are deleted by hand
 # Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TTL_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
@@ -60,6 +62,8 @@ class TunnelSpec:
 
 def parse_ports(text: str) -> tuple[int, ...]:
     """``80,443`` -> (80, 443); every port 1-65535, no duplicates."""
+    if not text.strip():
+        raise ProvisionError("--ports is empty: give the data ports, e.g. --ports 80,443, or leave it out for the default")
     ports: list[int] = []
     for item in text.split(","):
         item = item.strip()
@@ -88,15 +92,29 @@ def check_runtime_spec(text: str) -> str:
 
 
 def parse_ttl(text: str) -> datetime.timedelta:
-    """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live."""
+    """``2h``, ``90m``, ``1d12h``, ``45s``: how long the exit server may live, 1s to MAX_TTL_DAYS.
+
+    Summed as Python ints first: timedelta and dates overflow (in C) long before a regex-valid number ends."""
     match = _TTL_RE.fullmatch(text.strip())
     if not text.strip() or not match or not any(match.groups()):
         raise ProvisionError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    ttl = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if ttl.total_seconds() < 1:
+    if any(len(g or "") > 12 for g in match.groups()):  # int() refuses numbers of thousands of digits
+        seconds = MAX_TTL_DAYS * 86400 + 1
+    else:
+        seconds = sum(int(g or 0) * unit for g, unit in zip(match.groups(), (86400, 3600, 60, 1), strict=True))
+    if seconds < 1:
         raise ProvisionError(f"invalid --ttl {text!r}: must be at least 1s")
-    return ttl
+    if seconds > MAX_TTL_DAYS * 86400:
+        raise ProvisionError(f"invalid --ttl {text!r}: at most {MAX_TTL_DAYS}d; leave --ttl out for an exit server "
+                             "that stays until you delete it")
+    return datetime.timedelta(seconds=seconds)
+
+
+def check_timeout(seconds: float) -> float:
+    """``--timeout``: float() takes 'nan' and 'inf' too, and neither ends a wait."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ProvisionError(f"--timeout must be a positive number of seconds such as 600, not {seconds:g}")
+    return seconds
 
 
 def build_spec(
@@ -115,11 +133,11 @@ def build_spec(
     if mode not in ("tcp", "http"):
         raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
     if not 1 <= control_port <= 65535:
-        raise ProvisionError(f"invalid control port {control_port}: ports are 1-65535")
+        raise ProvisionError(f"invalid --control-port {control_port}: ports are 1-65535")
     if mode == "tcp":
         if domains:
             raise ProvisionError("--domain is for --mode http; give --ports for --mode tcp")
-        parsed = parse_ports(ports) if ports else default_ports
+        parsed = parse_ports(ports) if ports is not None else default_ports
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
         host = upstream or DEFAULT_TCP_UPSTREAM
@@ -127,10 +145,12 @@ def build_spec(
             raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
         return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host,
                           lb_proxy_protocol=lb_proxy_protocol)
-    if ports:
+    if ports is not None:
         raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
-    if not 1 <= http_port <= 65535 or http_port == control_port:
-        raise ProvisionError(f"invalid HTTP data port {http_port}")
+    if not 1 <= http_port <= 65535:
+        raise ProvisionError(f"invalid --http-port {http_port}: ports are 1-65535")
+    if http_port == control_port:
+        raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
     url = upstream or DEFAULT_HTTP_UPSTREAM
     if not _URL_RE.fullmatch(url):

@@ -14,6 +14,8 @@ import base64
 import getpass
 import hashlib
 import json
+import logging
+import os
 import re
 import socket
 from dataclasses import asdict, dataclass
@@ -22,6 +24,10 @@ from pathlib import Path
 import paramiko
 
 from .errors import ProvisionError
+
+#: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
+#: without a handler Python prints them to stderr. connect() says what went wrong in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0
@@ -82,9 +88,15 @@ class SshOptions:
     @classmethod
     def load(cls, path: Path) -> "SshOptions":
         try:
-            return cls(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ProvisionError(f"cannot read {path}: {exc.__class__.__name__}") from None
+            return cls(**json.loads(path.read_bytes()))
+        except OSError as exc:
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            why = "it is not valid JSON, cut short or edited"
+        except TypeError:  # not an object, or other keys than SshOptions has
+            why = "it is not what inletsctl writes there"
+        raise ProvisionError(f"cannot read {path}: {why}; it says how to reach the exit server's host (put back a "
+                             "copy, or remove that host's /opt/inlets/NAME and /etc/inlets/NAME yourself)")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -94,18 +106,41 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def load_key(path: str) -> paramiko.PKey:
-    """The private key in ``path``, or a one-line error (missing, unreadable, encrypted, not a key)."""
+    """The private key in ``path``, or a one-line error saying what the file is instead."""
+    problem = _not_a_key_file(Path(path))
+    if problem:
+        raise ProvisionError(f"--ssh-key {path} {problem}")
     try:
         return paramiko.PKey.from_path(path)
-    except FileNotFoundError:
-        raise ProvisionError(f"--ssh-key {path}: no such file") from None
-    except PermissionError:
-        raise ProvisionError(f"--ssh-key {path}: permission denied") from None
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
         raise ProvisionError(f"--ssh-key {path} is encrypted: load it into ssh-agent and leave out --ssh-key") from None
-    except (paramiko.SSHException, OSError, ValueError, UnicodeDecodeError) as exc:
-        reason = " ".join(str(exc).split())[:120] or exc.__class__.__name__
-        raise ProvisionError(f"--ssh-key {path} is not a usable private key ({reason})") from None
+    except OSError as exc:
+        raise ProvisionError(f"--ssh-key {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+    except (paramiko.SSHException, ValueError, UnicodeDecodeError):
+        raise ProvisionError(f"--ssh-key {path} {_NOT_A_KEY}") from None
+
+
+_NOT_A_KEY = ("is not a private key inletsctl can read (OpenSSH or PEM format): give the file ssh-keygen wrote, "
+              "e.g. ~/.ssh/id_ed25519")
+#: how public keys begin: OpenSSH's one line, PEM, RFC 4716
+_PUBLIC_KEY_RE = re.compile(rb"\s*(?:(?:ssh|ecdsa|sk)-[\w@.-]+ +AAAA|-----BEGIN (?:RSA )?PUBLIC KEY-----|---- BEGIN SSH2 PUBLIC KEY ----)")
+
+
+def _not_a_key_file(path: Path) -> str | None:
+    """What ``path`` is when it cannot hold a private key (a folder, nothing, a public key); None otherwise."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        return "is a directory: give the private key file in it, e.g. id_ed25519"
+    except FileNotFoundError:
+        return "does not exist: give the private key file, e.g. ~/.ssh/id_ed25519"
+    except OSError as exc:
+        return f"cannot be read: {os.strerror(exc.errno) if exc.errno else exc}"
+    if not data.strip():
+        return "is empty: give the private key file, e.g. ~/.ssh/id_ed25519"
+    if _PUBLIC_KEY_RE.match(data):
+        return "is a public key: give the private key (the same file without .pub)"
+    return None
 
 
 def _host_entry(host: str, port: int) -> str:
@@ -174,8 +209,7 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         raise ProvisionError(f"ssh: {where} refused {how}") from None
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
         client.close()
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200] or exc.__class__.__name__
-        raise ProvisionError(f"ssh: cannot connect to {where}: {reason}") from None
+        raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
     return client
 
 
@@ -205,7 +239,17 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
         err = chan_err.read().decode(errors="replace")
         return chan_out.channel.recv_exit_status(), out, err
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
-        raise ProvisionError(f"ssh: running a command on the host failed: {exc.__class__.__name__}") from None
+        raise ProvisionError(f"ssh: running a command on the host failed: {describe(exc)}") from None
+
+
+def describe(exc: BaseException) -> str:
+    """What a failed SSH or socket call means, in words (never an exception class name)."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    text = " ".join(str(exc).split())[:200]
+    return text or "the connection failed"
 
 
 def upload(sftp: paramiko.SFTPClient, path: str, data: bytes, mode: int = 0o600) -> None:

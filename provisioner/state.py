@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from inlets_py.runtime.core.certs import write_private
 
 from .errors import NotFound, ProvisionError
+from .names import NAME_RE as _NAME_RE
 
 STATE_ENV = "INLETSCTL_STATE_DIR"
 METADATA = "server.json"
@@ -32,9 +34,35 @@ def state_root(override: Path | None = None) -> Path:
     return (Path(base) / "inletsctl").absolute()
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+def prepare_root(root: Path) -> None:
+    """Create the state root (0700) before anything is made, or say in one line why it cannot be."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) and exc.filename:
+            why = f"no permission to write in {Path(exc.filename).parent}"
+        else:
+            why = _file_in_the_way(root) or (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
+
+
+def check_root(root: Path) -> None:
+    """A state root that is (or lies under) a file is a mistake, never a root with no exit servers."""
+    why = _file_in_the_way(root)
+    if why:
+        raise ProvisionError(f"cannot read exit servers from {root}: {why}; {_CHOOSE}")
+
+
+_CHOOSE = f"give --state-dir (or ${STATE_ENV}) a folder you can write"
+
+
+def _file_in_the_way(path: Path) -> str | None:
+    """``path`` or the first of its parents that is a file, said in words; None when there is none."""
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else f"{part} is a file, not a folder"
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ class ServerState:
 
     def reserve(self) -> None:
         """Create the folder; fail if an exit server of this name is already kept here."""
-        _private_dir(self.root)
+        prepare_root(self.root)
         try:
             self.dir.mkdir(mode=0o700)
         except FileExistsError:
@@ -92,12 +120,22 @@ class ServerState:
         tmp.replace(self.dir / METADATA)
 
     def load(self) -> dict[str, Any]:
+        """The metadata; NotFound when there is no such exit server, Damaged when it cannot be used."""
+        check_root(self.root)
+        if not (self.dir / METADATA).exists() and not self.dir.is_dir():
+            raise NotFound(f"no exit server named {self.name!r} in {self.root}")
         try:
-            return json.loads((self.dir / METADATA).read_text())
+            meta = json.loads((self.dir / METADATA).read_bytes())
         except FileNotFoundError:
-            raise NotFound(f"no exit server named {self.name!r} in {self.root}") from None
-        except (OSError, ValueError) as exc:
-            raise ProvisionError(f"cannot read {self.dir / METADATA}: {exc.__class__.__name__}") from None
+            raise Damaged(self, "is missing") from None
+        except OSError as exc:
+            raise Damaged(self, f"cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from None
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            raise Damaged(self, "is not valid JSON, cut short or edited") from None
+        why = _unusable(meta, self.name)
+        if why:
+            raise Damaged(self, why, meta.get("provider") if isinstance(meta, dict) else None)
+        return meta
 
     def token(self) -> str:
         try:
@@ -106,19 +144,71 @@ class ServerState:
             raise ProvisionError(f"cannot read token file {self.token_file}: {exc.strerror}") from None
 
     def remove(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond
+            raise ProvisionError(f"invalid name {self.name!r}: nothing removed")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def all_states(root: Path) -> list[dict[str, Any]]:
-    """Metadata of every exit server kept under ``root`` (unreadable ones skipped)."""
+class Damaged(ProvisionError):
+    """A state folder whose metadata cannot be used: ``list`` shows it and ``delete`` removes it."""
+
+    def __init__(self, state: ServerState, why: str, provider: object = None) -> None:
+        self.state, self.why = state, f"{METADATA} {why}"  # why: what is wrong with the file, "is missing"
+        self.provider = provider if isinstance(provider, str) and provider else None
+        super().__init__(f"the local state of {state.name!r} is damaged: {state.dir / METADATA} {why}; "
+                         f"remove it with: {delete_command(state.name, state.root)}")
+
+
+def _unusable(meta: object, name: str) -> str | None:
+    """What makes ``meta`` unusable, in words (the keys inletsctl reads without a default); None: usable."""
+    if not isinstance(meta, dict):
+        return "holds no JSON object"
+    if not isinstance(meta.get("name"), str):
+        return "names no exit server"
+    if meta["name"] != name:
+        return f"names {meta['name']!r}, not {name!r}"
+    if not isinstance(meta.get("provider"), str) or not meta["provider"]:
+        return "names no provider"
+    replicas = meta.get("replicas")
+    if replicas is not None and not (isinstance(replicas, list) and all(isinstance(r, dict) for r in replicas)):
+        return "has a broken list of replicas"
+    return None
+
+
+def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:
+    """Every exit server kept under ``root``: the usable metadata, and the folders whose metadata is damaged."""
     found: list[dict[str, Any]] = []
+    damaged: list[Damaged] = []
+    check_root(root)
     if not root.is_dir():
-        return found
+        return found, damaged
     for child in sorted(root.iterdir()):
-        meta = child / METADATA
-        if meta.is_file():
-            try:
-                found.append(json.loads(meta.read_text()))
-            except (OSError, ValueError):
-                continue
-    return found
+        if not (child / METADATA).exists() or not _NAME_RE.fullmatch(child.name):  # none yet (create), or not ours
+            continue
+        try:
+            found.append(ServerState(root, child.name).load())
+        except Damaged as exc:
+            damaged.append(exc)
+    return found, damaged
+
+
+def all_states(root: Path) -> list[dict[str, Any]]:
+    """Metadata of every usable exit server kept under ``root``."""
+    return scan(root)[0]
+
+
+def damage(root: Path, name: str) -> Damaged | None:
+    """Why the state folder of ``name`` cannot be used; None when it can, or when there is none."""
+    try:
+        ServerState(root, name).load()
+    except Damaged as exc:
+        return exc
+    except NotFound:
+        pass
+    return None
+
+
+def delete_command(name: str, root: Path) -> str:
+    """``inletsctl delete NAME``, naming the state folder when it is not the default one."""
+    extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
+    return f"inletsctl delete {name}{extra}"

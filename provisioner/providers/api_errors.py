@@ -10,7 +10,11 @@ Transport failures and answers that cannot be parsed are classified here, once.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import socket
+import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -24,6 +28,7 @@ NOT_FOUND = "not found"  # raised as errors.NotFound: callers treat it as "gone"
 QUOTA = "quota"  # an account limit (servers, vCPUs, IPs) was reached
 RATE_LIMIT = "rate limit"  # too many requests: try again later
 NETWORK = "network"  # the API did not answer
+REQUEST = "request"  # the request could not be sent as it is
 ANSWER = "answer"  # the API answered something we cannot read
 REFUSED = "refused"  # any other error the API answered with
 
@@ -63,12 +68,63 @@ def by_status(status: int | None, message: str) -> Fault:
 
 
 def transport_fault(exc: BaseException) -> Fault | None:
-    """What no SDK classifies itself: no answer, or an answer that cannot be read."""
+    """What no SDK classifies itself: no answer, a request that cannot be sent, an answer that cannot be read."""
+    if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeEncodeError)):
+        return Fault(REQUEST, message="a header holds characters HTTP cannot carry (a line break, a control "
+                                      "character or a letter outside Latin-1)")
     if isinstance(exc, requests.exceptions.RequestException):
-        return Fault(NETWORK, message=exc.__class__.__name__)
-    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
-        return Fault(ANSWER, message=one_line(exc))
+        return Fault(NETWORK, message=network_words(exc))
+    return answer_fault(exc)
+
+
+def answer_fault(exc: BaseException) -> Fault | None:
+    """An answer parsed into the wrong shape: what is wrong with it, in words (never Python's)."""
+    if isinstance(exc, KeyError):
+        return Fault(ANSWER, message=f"it has no {exc.args[0]!r} field" if exc.args else "a field is missing")
+    if isinstance(exc, json.JSONDecodeError):
+        return Fault(ANSWER, message="it is not JSON")
+    if isinstance(exc, (TypeError, AttributeError)):
+        return Fault(ANSWER, message="its JSON is not shaped as the API documents")
+    if isinstance(exc, ValueError):
+        return Fault(ANSWER, message="a value in it is not what the API documents")
     return None
+
+
+def not_json(body: object) -> str:
+    """An answer that is not JSON, with how it begins (an HTML error page, a proxy's text)."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    return f"it is not JSON (it begins {one_line(text, 60)!r})" if text.strip() else "it is empty, not JSON"
+
+
+def network_words(exc: BaseException) -> str:
+    """What a request that got no answer met: 'connection refused', 'no answer in time', ..."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "no answer in time"
+    causes = list(_causes(exc))
+    tls = next((c for c in causes if isinstance(c, ssl.SSLError)), None)
+    if isinstance(exc, requests.exceptions.SSLError) or tls is not None:
+        why = (getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or "") if tls else ""
+        return "the TLS handshake failed" + (f" ({str(why).lower().replace('_', ' ')})" if why else "")
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return "the host name does not resolve"
+    failed = next((c for c in causes if isinstance(c, OSError) and isinstance(c.errno, int) and c.errno > 0), None)
+    if failed is not None:
+        return os.strerror(failed.errno).lower()
+    return "the connection failed"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps (requests wraps urllib3, which wraps the socket's error)."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
 
 
 def error_for(provider: str, where: str, what: str, fault: Fault, credentials: str = "credentials") -> ProvisionError:
@@ -86,9 +142,14 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
         return ProvisionError(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
                               "wait a minute and try again")
     if fault.kind == NETWORK:
-        return ProvisionError(f"{provider}: cannot reach the API at {where} while {what} ({fault.message})")
+        return ProvisionError(f"{provider}: cannot reach the API at {where} while {what}: {fault.message}; check the "
+                              "network (and --api-url if you set it), then try again")
+    if fault.kind == REQUEST:
+        return ProvisionError(f"{provider}: cannot send the request while {what}: {fault.message}; check the "
+                              f"{credentials} and --api-url")
     if fault.kind == ANSWER:
-        return ProvisionError(f"{provider}: unexpected answer while {what}{detail}")
+        return ProvisionError(f"{provider}: unexpected answer from {where} while {what}{detail}; try again later, "
+                              "or check --api-url if you set it")
     return ProvisionError(f"{provider}: {what} failed{code}{detail}")
 
 

@@ -33,7 +33,7 @@ ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSC
 PROVIDER = ProviderInfo(
     name="azure", title="Azure", user_data_limit=48 * 1024,  # customData is base64 and limited to 64 KiB
     credentials="an sdk-auth file or " + "/".join("$" + name for name in ENV), api_url_env=("AZURE_API_URL",),
-    region="uksouth", size="Standard_B1s", login_user="azureuser",
+    region="uksouth", size="Standard_B1s", login_user="azureuser", ssh_key="public key text",
     image="Canonical:ubuntu-24_04-lts:server:latest",  # publisher:offer:sku:version, as the az CLI writes it
     firewall_note="network security group opening only the tunnel's ports",
 )
@@ -222,4 +222,4 @@ class AzureProvider:
 
 def build(creds: Credentials, state_root: Path) -> AzureProvider:
     principal = service_principal(creds.token_file, creds.token)
-    return AzureProvider(principal, endpoint_of(PROVIDER, creds))
+    return AzureProvider(principal, endpoint_of(PROVIDER, creds), creds.api_timeout)

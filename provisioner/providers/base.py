@@ -20,6 +20,7 @@ TAG = "inlets"
 ACTIVE = "active"
 FAILED = "failed"  # will never become active: stop waiting
 GONE_TIMEOUT = 300.0  # seconds ``delete`` waits for what it deleted to be gone, unless told otherwise
+API_TIMEOUT = 30.0  # seconds one cloud API call may take, unless --timeout is shorter
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Credentials:
     secret: str | None = None
     region: str | None = None  # ec2: the region list/delete/status look in
     ssh: Any = None  # ssh: ssh.SshOptions from the create flags
+    api_timeout: float = API_TIMEOUT  # seconds one API call may take (a shorter --timeout bounds it too)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any, ContextManager
 
 from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError, ProviderError
+from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
 from inlets_py.runtime.core.ports import url_port
 
 from ..errors import ProvisionError
-from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, one_line
+from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line
 from .base import Credentials, ProviderInfo
 
 
@@ -107,8 +107,15 @@ def libcloud_fault(exc: BaseException) -> Fault | None:
         message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else one_line(exc.value)
         return by_status(exc.http_code, message)
     if isinstance(exc, LibcloudError):
-        return Fault(ANSWER, message=one_line(exc))
+        return Fault(ANSWER, message=libcloud_words(exc))
     return None
+
+
+def libcloud_words(exc: LibcloudError) -> str:
+    """A libcloud error's own words: its str() is a repr naming the driver object."""
+    if isinstance(exc, MalformedResponseError):
+        return not_json(exc.body)
+    return one_line(exc.value)
 
 
 def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:

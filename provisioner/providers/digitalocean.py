@@ -179,4 +179,4 @@ def _fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> DigitalOceanProvider:
-    return DigitalOceanProvider(PROVIDER.token(creds), PROVIDER.api_url(creds))
+    return DigitalOceanProvider(PROVIDER.token(creds), PROVIDER.api_url(creds), creds.api_timeout)

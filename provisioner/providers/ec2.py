@@ -33,6 +33,7 @@ from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
+from .cloud_api import libcloud_words
 
 PROVIDER = ProviderInfo(
     name="ec2", title="AWS", user_data_limit=16 * 1024,  # EC2 refuses user-data over 16 KiB (before base64)
@@ -116,8 +117,8 @@ def aws_credentials(
 ) -> AwsCredentials:
     """The AWS chain: flags/files, then the environment, then the shared credentials file."""
     if key_file is not None or key or secret_file is not None or secret:
-        key_id = access_token("AWS access key id", key_file, key, PROVIDER.token_env)
-        secret_value = access_token("AWS secret access key", secret_file, secret, SECRET_ENV)
+        key_id = access_token("AWS", key_file, key, PROVIDER.token_env)
+        secret_value = access_token("AWS", secret_file, secret, SECRET_ENV, ("--secret-key-file", "--secret-key"))
         return AwsCredentials(key_id, secret_value, os.environ.get("AWS_SESSION_TOKEN") or None, "flags")
     env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     if env_key.strip() and env_secret.strip():
@@ -127,8 +128,9 @@ def aws_credentials(
     parser = configparser.ConfigParser()
     try:
         parser.read(path)
-    except configparser.Error as exc:
-        raise ProvisionError(f"cannot parse AWS credentials file {path}: {exc.__class__.__name__}") from None
+    except configparser.Error:
+        raise ProvisionError(f"cannot parse AWS credentials file {path}: it is not in the format `aws configure` "
+                             "writes ([profile] lines, then key = value lines)") from None
     if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
         section = parser[profile]
         return AwsCredentials(
@@ -388,7 +390,7 @@ def _fault(exc: BaseException) -> Fault | None:
         kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
         return Fault(kind, message=message)
     if isinstance(exc, LibcloudError):
-        return Fault(ANSWER, message=_line(exc))
+        return Fault(ANSWER, message=libcloud_words(exc))
     return None
 
 
@@ -398,4 +400,4 @@ def _line(text: object) -> str:
 
 def build(creds: Credentials, state_root: Path) -> EC2Provider:
     aws = aws_credentials(creds.token_file, creds.token, creds.secret_file, creds.secret)
-    return EC2Provider(aws, creds.region, creds.api_url, state_root)
+    return EC2Provider(aws, creds.region, creds.api_url, state_root, creds.api_timeout)

@@ -30,6 +30,7 @@ PROVIDER = ProviderInfo(
     credentials=f"$METAL_AUTH_TOKEN + ${PROJECT_ENV[0]}",
     token_env=("METAL_AUTH_TOKEN", "PACKET_AUTH_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("METAL_API_URL",),
     region="ld", region_note="a metro", size="c3.small.x86", image="ubuntu_24_04",  # metro: London
+    ssh_key="project SSH key id",
     firewall_note=("none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
                    "(only the tunnel's listeners answer)"),
 )
@@ -113,4 +114,4 @@ class EquinixProvider:
 def build(creds: Credentials, state_root: Path) -> EquinixProvider:
     token = PROVIDER.token(creds)
     project = next((os.environ[e].strip() for e in PROJECT_ENV if os.environ.get(e, "").strip()), "")
-    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds))
+    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout)

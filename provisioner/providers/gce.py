@@ -30,6 +30,7 @@ PROVIDER = ProviderInfo(
     name="gce", title="GCE", user_data_limit=256 * 1024,  # one metadata value
     credentials=f"a service-account key file (${KEY_ENV})", api_url_env=("GCE_API_URL",),
     region="europe-west2-a", region_note="a zone", size="e2-small",  # zone: London
+    ssh_key="USER:PUBLIC-KEY line for the ssh-keys metadata",
     image="projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
     firewall_note="VPC firewall rule opening only the tunnel's ports to this instance's network tag",
 )
@@ -190,4 +191,4 @@ class GCEProvider:
 
 def build(creds: Credentials, state_root: Path) -> GCEProvider:
     account = service_account(creds.token_file, creds.token)
-    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds))
+    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds), creds.api_timeout)

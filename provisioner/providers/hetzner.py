@@ -19,7 +19,8 @@ from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderIn
 PROVIDER = ProviderInfo(
     name="hetzner", title="Hetzner Cloud", user_data_limit=32 * 1024,  # the API's documented limit for user_data
     credentials="$HCLOUD_TOKEN", token_env=("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("HCLOUD_ENDPOINT",),
-    region="nbg1", size="cx22", image="ubuntu-24.04", firewall_note="Cloud Firewall opening only the tunnel's ports",
+    region="nbg1", size="cx22", image="ubuntu-24.04", ssh_key="name of an SSH key in the project",
+    firewall_note="Cloud Firewall opening only the tunnel's ports",
 )
 DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
 
@@ -143,4 +144,4 @@ def hcloud_fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> HetznerProvider:
-    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds))
+    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds), creds.api_timeout)

@@ -27,6 +27,7 @@ PROVIDER = ProviderInfo(
     name="linode", title="Linode", user_data_limit=49_000,  # metadata.user_data is base64 and must stay under 65,535 bytes
     credentials="$LINODE_TOKEN", token_env=("LINODE_TOKEN", "LINODE_CLI_TOKEN", "INLETS_ACCESS_TOKEN"),
     api_url_env=("LINODE_API_URL",), region="eu-west", size="g6-nanode-1", image="linode/ubuntu24.04",  # London
+    ssh_key="public key text",
     firewall_note="Cloud Firewall opening only the tunnel's ports",
 )
 MAX_PAGES = 20
@@ -153,4 +154,4 @@ def _private(address: str) -> bool:
 
 
 def build(creds: Credentials, state_root: Path) -> LinodeProvider:
-    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds))
+    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..errors import NotFound, ProvisionError
 from ..spec import ServerFiles, server_argv
+from ..state import delete_command
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
 CONTROL_ADDR = "127.0.0.1"
@@ -73,6 +74,28 @@ def _served_ports(argv: list[str]) -> set[int]:
     return {int(p) for p in (value or "").split(",") if p.strip().isascii() and p.strip().isdigit()}
 
 
+def _last_error(log: Path) -> str:
+    """The log's last line when it is an error (why the server stopped); '' when it is not (killed, stopped)."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    last = lines[-1] if lines else ""
+    return last[:300] if "error:" in last or "level=ERROR" in last or "level=CRITICAL" in last else ""
+
+
+def _check_bindable(addr: str, port: int, choose: str) -> None:
+    """Bind ``addr:port`` as the server will (SO_REUSEADDR), so a port something else holds is refused
+    before the server starts, not found out when it exits."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((addr, port))
+        except OSError as exc:
+            raise ProvisionError(f"{addr}:{port} cannot be used on this machine "
+                                 f"({os.strerror(exc.errno) if exc.errno else exc}): {choose}") from None
+
+
 class LocalProvider:
     name = PROVIDER.name
     user_data_limit = PROVIDER.user_data_limit
@@ -85,9 +108,8 @@ class LocalProvider:
         self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
 
     def create(self, plan: Plan) -> Host:
-        if plan.region or plan.size or plan.ssh_key:
-            raise ProvisionError("--region, --plan and --ssh-key do not apply to --provider local")
-        self._check_ports_free(plan.spec.data_ports)
+        self._check_ports_free(plan.spec.data_ports, "--ports" if plan.spec.mode == "tcp" else "--http-port")
+        _check_bindable(CONTROL_ADDR, plan.spec.control_port, "choose another --control-port, or leave it out for a free one")
         files = ServerFiles(
             str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")
         )
@@ -117,7 +139,7 @@ class LocalProvider:
             data_addr=self._data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
         )
 
-    def _check_ports_free(self, ports: tuple[int, ...]) -> None:
+    def _check_ports_free(self, ports: tuple[int, ...], flag: str) -> None:
         """Refuse ports another local exit server serves (it opens them only once a client
         connects, so they may look free now) or that something else holds on the data address."""
         for pid, argv in _processes():
@@ -126,21 +148,13 @@ class LocalProvider:
             taken = sorted(set(ports) & _served_ports(argv))
             token = next((Path(a) for a in argv if Path(a).name == "token"), None)
             if taken and token is not None:
-                from ..create import delete_command
-
                 name, root = token.parent.name, token.parent.parent
                 raise ProvisionError(
                     f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
-                    f"({self._data_addr}): choose other --ports, or first: {delete_command(name, root)}"
+                    f"({self._data_addr}): choose other {flag}, or first: {delete_command(name, root)}"
                 )
         for port in ports:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-                try:
-                    probe.bind((self._data_addr, port))
-                except OSError as exc:
-                    raise ProvisionError(f"{self._data_addr}:{port} cannot be used on this machine "
-                                         f"({os.strerror(exc.errno) if exc.errno else exc}): choose other --ports") from None
+            _check_bindable(self._data_addr, port, f"choose other {flag}")
 
     def _reap(self) -> None:
         for proc in self._children:
@@ -164,12 +178,10 @@ class LocalProvider:
             return Host(host_id, "", self.name, "starting", detail=f"process {pid} starting")
         if state_dir is None:
             log = self._find_log(pid)
-            tail = ""
             if log is not None:
-                lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
-                tail = f": {lines[-1][:300]}" if lines else ""
-            if log is not None:
-                return Host(host_id, log.parent.name, self.name, FAILED, detail=f"server process exited{tail}")
+                why = _last_error(log)
+                return Host(host_id, log.parent.name, self.name, FAILED,
+                            detail=f"server process exited: {why}" if why else f"its process {pid} has exited")
             raise NotFound(f"local: no exit server process with pid {pid}")
         return self._host(pid, state_dir)
 

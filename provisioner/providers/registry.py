@@ -20,21 +20,22 @@ from .base import Credentials, ProviderInfo, Provisioner
 #: every provider, in the order the help lists them (each is providers/NAME.py)
 PROVIDERS = ("local", "digitalocean", "ec2", "ssh", "gce", "azure", "linode", "vultr", "equinix", "hetzner", "scaleway")
 
-#: clouds inletsctl knows but does not offer, and why (shown by --provider NAME)
-NOT_OFFERED = {
-    "ovh": (
-        "not offered: libcloud's OVH driver cannot pass user-data; OVH's Public Cloud API takes userData when an "
-        "instance is created (POST /cloud/project/ID/instance, signed with the ovh SDK's application keys), but no "
-        "registry package ships OVH's API description or recorded answers to test that against, and inletsctl "
-        "offers no cloud it has not exercised"
-    ),
-}
+#: clouds inletsctl knows but does not offer, and why in a few words (the README's "Not offered" says more)
+NOT_OFFERED = {"ovh": "libcloud's OVH driver cannot pass user-data"}
+
+
+def check(name: str) -> str:
+    """``name`` when ``--provider`` takes it; else one short line that lists the providers it takes."""
+    choose = f"choose one of {', '.join(PROVIDERS)}"
+    if name in NOT_OFFERED:
+        raise ProvisionError(f"--provider {name} is not offered ({NOT_OFFERED[name]}): {choose}")
+    if name not in PROVIDERS:
+        raise ProvisionError(f"unknown provider {name!r}: {choose}")
+    return name
 
 
 def _module(name: str) -> ModuleType:
-    if name not in PROVIDERS:  # never import a module named by user input
-        raise ProvisionError(f"unknown provider {name!r}: choose one of {', '.join(PROVIDERS)}")
-    return importlib.import_module(f".{name}", __package__)
+    return importlib.import_module(f".{check(name)}", __package__)  # never a module named by unchecked input
 
 
 def info(name: str) -> ProviderInfo:
@@ -45,8 +46,6 @@ def info(name: str) -> ProviderInfo:
 
 def make(name: str, state_root: Path, creds: Credentials) -> Provisioner:
     """The provider called ``name``; a one-line error for unknown names and missing credentials."""
-    if name in NOT_OFFERED:
-        raise ProvisionError(f"--provider {name}: {NOT_OFFERED[name]}")
     provider: Provisioner = _module(name).build(creds, state_root)
     return provider
 
@@ -70,7 +69,7 @@ def _all() -> list[ProviderInfo]:
 
 def providers_help() -> str:
     names = ", ".join(f"{p.name} ({p.note})" if p.note else p.name for p in _all())
-    return f"{names}; {', '.join(NOT_OFFERED)} is not offered (see --provider {next(iter(NOT_OFFERED))})"
+    return f"{names}; not offered: {', '.join(f'{n} ({why})' for n, why in NOT_OFFERED.items())}"
 
 
 def credentials_help() -> str:

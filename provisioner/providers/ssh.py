@@ -28,7 +28,7 @@ import paramiko
 from ..errors import NotFound, ProvisionError
 from ..render import systemd_unit
 from ..spec import ServerFiles, server_argv
-from ..ssh_connect import SshOptions, connect, pin, run, upload
+from ..ssh_connect import SshOptions, connect, describe, pin, run, upload
 from ..wheel import build_runtime_wheel, constraints
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
@@ -197,8 +197,6 @@ class SshProvider:
         opts = self._opts
         if opts is None:
             raise ProvisionError("--provider ssh needs --host USER@HOST")
-        if plan.region or plan.size:
-            raise ProvisionError("--region and --plan do not apply to --provider ssh")
         if plan.expires_at is not None:
             raise ProvisionError("--ttl does not apply to --provider ssh (the host is yours): use inletsctl delete")
         client = connect(opts)
@@ -216,7 +214,7 @@ class SshProvider:
         try:
             sftp = client.open_sftp()
         except (paramiko.SSHException, OSError) as exc:
-            raise ProvisionError(f"ssh: {opts.host} offers no SFTP ({exc.__class__.__name__})") from None
+            raise ProvisionError(f"ssh: {opts.host} offers no SFTP ({describe(exc)})") from None
         try:
             for local in ("token", "server.crt", "server.key"):
                 upload(sftp, f"{stage}/{local}", (plan.state_dir / local).read_bytes())
@@ -227,7 +225,7 @@ class SshProvider:
             upload(sftp, f"{stage}/supervise", supervise.encode(), 0o755)
         except (OSError, paramiko.SSHException) as exc:
             run(client, f"rm -rf {shlex.quote(stage)}")
-            raise ProvisionError(f"ssh: uploading to {opts.host}:{stage} failed: {exc.__class__.__name__}") from None
+            raise ProvisionError(f"ssh: uploading to {opts.host}:{stage} failed: {describe(exc)}") from None
         finally:
             sftp.close()
         script = _INSTALL.format(

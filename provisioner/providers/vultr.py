@@ -119,4 +119,4 @@ class VultrProvider:
 
 
 def build(creds: Credentials, state_root: Path) -> VultrProvider:
-    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds))
+    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout)

@@ -17,7 +17,7 @@ from .lifecycle import run_server
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
-    TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
+    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, port_option,
 )
 from .server_config import control_config, data_plane_options
 
@@ -33,7 +33,7 @@ LetsEncryptPath = Annotated[Optional[Path], typer.Option(
     help="Where account and certificate keys are kept (0700) [default: ~/.local/share/inlets/letsencrypt].")]
 LetsEncryptCa = Annotated[Optional[Path], typer.Option(
     help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
-HttpsPort = Annotated[int, typer.Option(min=1, max=65535, help="HTTPS data-plane port with --letsencrypt-domain.")]
+HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
 
 
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
@@ -60,8 +60,7 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
 
 @http_app.command("server")
 def http_server(
-    port: Annotated[Optional[int], typer.Option(
-        min=1, max=65535, help="Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
+    port: Annotated[Optional[int], port_option("Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
     data_addr: DataAddr = "",
     upstream_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds an upstream may stay silent before 504.")

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from ..core.ports import parse_port
+
+
+def port_flag(value: str | int) -> int:
+    """The ``parser=`` of every port flag of both CLIs (inlets, inletsctl): ``parse_port``'s rule, so
+    "٣", "+80", " 80" or "8_0" get one line naming the rule instead of becoming a port."""
+    port = parse_port(str(value))
+    if port is None:
+        raise typer.BadParameter(f"{str(value)!r} is not a port: give 1-65535 in the digits 0-9")
+    return port
+
+
+def port_option(help: str, *names: str) -> Any:
+    """A port flag: parsed by ``port_flag``, shown as PORT in --help."""
+    return typer.Option(*names, parser=port_flag, metavar="PORT", help=help)
+
+
 ControlAddr = Annotated[str, typer.Option(help="Control-plane bind address (default: every interface, IPv4 and IPv6).")]
-ControlPort = Annotated[int, typer.Option(min=1, max=65535, help="Control-plane (websocket) port.")]
+ControlPort = Annotated[int, port_option("Control-plane (websocket) port.")]
 DataAddr = Annotated[
     str, typer.Option(help="Data-plane bind address; 127.0.0.1 keeps tunnelled services private to this host.")
 ]

@@ -65,3 +65,75 @@ def test_scaleway_quota_is_not_read_as_a_refused_key(api: RecordedAPI, tmp_path:
     text = _one_line(info)
     assert re.match(r"scaleway: creating security group for 'rec-check' failed \(403\), an account limit was reached: "
                     r"quota\(s\) exceeded", text) and "secret key rejected" not in text, text
+
+
+def _do_list(capsys, url: str, *more: str) -> str:
+    from helpers.prov_support import one_line_error, run_cli
+
+    result = run_cli(capsys, "list", "--provider", "digitalocean", "--access-token", "dop_v1_x", "--api-url", url, *more)
+    line = one_line_error(result)
+    assert not re.search(r"[A-Z][a-z]+(Error|Exception)|0x[0-9a-f]{6}| object at ", line.split("error:", 1)[1]), line
+    return line
+
+
+@pytest.mark.parametrize("answer, says", [
+    (Answer(500, "<html><body>Internal error</body></html>", {"Content-Type": "text/html"}),
+     "it is not JSON (it begins '<html><body>Internal error</body></html>')"),
+    (Answer(200, "garbage{", {"Content-Type": "text/html"}), "it is not JSON (it begins 'garbage{')"),
+    (Answer(200, '"just a string"'), "its JSON is not shaped as the API documents"),
+    (Answer(200, {"droplets": "none"}), "its JSON is not shaped as the API documents"),
+    (Answer(200, {"droplets": [{"name": "no-id"}]}), "it has no 'id' field"),
+], ids=["html-500", "garbage", "a-string", "wrong-type", "missing-key"])
+def test_an_answer_that_is_not_the_documented_json_is_said_in_words(api: RecordedAPI, answer: Answer, says: str,
+                                                                     capsys) -> None:
+    api.route("GET", "/v2/droplets", answer)
+    line = _do_list(capsys, api.url)
+    assert line == (f"inletsctl: error: digitalocean: unexpected answer from {api.url} while listing droplets: {says}; "
+                    "try again later, or check --api-url if you set it")
+
+
+@pytest.mark.parametrize("answer, says", [
+    (Answer(202, {"no_droplet": {}}), "it has no 'droplet' field"),
+    (Answer(202, {"droplet": {"id": 5, "name": "x"}}), "it has no 'created_at' field"),
+], ids=["no-droplet", "no-created-at"])
+def test_a_create_answer_missing_a_field_names_the_field(api: RecordedAPI, answer: Answer, says: str, tmp_path: Path,
+                                                         capsys) -> None:
+    from helpers.prov_support import one_line_error, run_cli
+
+    api.route("GET", "/v2/droplets", Answer(200, {"droplets": [], "links": {}}))
+    api.route("POST", "/v2/droplets", answer)
+    result = run_cli(capsys, "create", "x", "--provider", "digitalocean", "--access-token", "dop_v1_x", "--api-url",
+                     api.url, "--state-dir", str(tmp_path))
+    one_line_error(result, f"digitalocean: unexpected answer from {api.url} while creating droplet 'x': {says}")
+    assert not (tmp_path / "x").exists()
+
+
+def test_no_api_listening_is_said_in_words(capsys) -> None:
+    from helpers.prov_support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert _do_list(capsys, url) == (f"inletsctl: error: digitalocean: cannot reach the API at {url} while listing "
+                                     "droplets: connection refused; check the network (and --api-url if you set it), "
+                                     "then try again")
+
+
+def test_tls_to_an_api_that_speaks_plain_http_is_said_in_words(api: RecordedAPI, capsys) -> None:
+    line = _do_list(capsys, api.url.replace("http://", "https://"))
+    assert "cannot reach the API at https://127.0.0.1:" in line and ": the TLS handshake failed (" in line, line
+
+
+def test_an_api_that_never_answers_is_given_up_on_within_the_create_timeout(tmp_path: Path, capsys) -> None:
+    """One API call waits 30 s at most, and no longer than --timeout: a hung API cannot hold create for 30 s."""
+    import socket
+    import time
+
+    from helpers.prov_support import one_line_error, run_cli
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel does), never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = run_cli(capsys, "create", "x", "--provider", "digitalocean", "--access-token", "dop_v1_x", "--api-url",
+                         url, "--timeout", "2", "--state-dir", str(tmp_path))
+        took = time.monotonic() - started
+    one_line_error(result, f"digitalocean: cannot reach the API at {url} while listing droplets: no answer in time")
+    assert took < 10, took

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from helpers.prov_support import free_port, one_line_error, run_cli, run_inletsctl
+from helpers.prov_support import INLETSCTL, Result, free_port, one_line_error, run_cli, run_inletsctl, user_env
 
 BAD_CREATE = [
     (["--provider", "aws"], "unknown provider 'aws': choose one of local, digitalocean"),
+    (["--provider", ""], "--provider is empty: choose one of local, digitalocean"),
     (["--mode", "udp"], "unknown --mode 'udp'"),
     (["--ports", "0"], "invalid port '0'"),
     (["--ports", "70000"], "ports are 1-65535"),
@@ -22,9 +27,22 @@ BAD_CREATE = [
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
     (["--ttl", "soon"], "invalid --ttl 'soon'"),
     (["--ttl", "0s"], "at least 1s"),
-    (["--timeout", "0"], "--timeout must be positive"),
-    (["--region", "lon1"], "do not apply to --provider local"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds such as 600, not 0"),
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds such as 600, not nan"),
+    (["--timeout", "inf"], "--timeout must be a positive number of seconds such as 600, not inf"),
+    (["--timeout", "-1e999"], "not -inf"),
+    (["--ttl", "99999999999d"], "invalid --ttl '99999999999d': at most 365d; leave --ttl out"),
+    (["--ttl", "3000000d"], "invalid --ttl '3000000d': at most 365d"),
+    (["--ttl", "365d1s"], "at most 365d"),
+    (["--ttl", "9" * 5000 + "s"], "at most 365d"),
+    (["--provider", "digitalocean", "--access-token", "t", "--ttl", "3000000d"], "invalid --ttl '3000000d': at most 365d"),
+    (["--region", "lon1"], "--region does not apply to --provider local: it is for digitalocean, ec2"),
     (["Not_A_Name"], "invalid name 'Not_A_Name'"),
+    ([""], "the exit server's name is empty"),
+    (["--ports", ""], "--ports is empty"),
+    (["--mode", "http", "--http-port", "8123", "--control-port", "8123"],
+     "--http-port 8123 is also the control port: choose another --http-port or --control-port"),
+    (["--mode", "http", "--http-port", "99999"], "'99999' is not a port: give 1-65535"),
     (["--provider", "digitalocean"], "no DigitalOcean access token"),
     (["--provider", "digitalocean", "--access-token-file", "/nonexistent/token"], "access token file not found"),
 ]
@@ -34,9 +52,87 @@ BAD_CREATE = [
 def test_bad_create_input(args: list[str], message: str, tmp_path: Path, capsys, monkeypatch) -> None:
     for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    result = run_cli(capsys, "create", *args, "--state-dir", str(tmp_path / "state"))
-    one_line_error(result, message)
-    assert not any((tmp_path / "state").glob("*/server.json"))
+    state = tmp_path / "state"
+    try:
+        result = run_cli(capsys, "create", *args, "--state-dir", str(state))
+        one_line_error(result, message)
+    finally:  # input taken for another meaning must not leave an exit server running
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+    assert result.code != 0 and not any(state.glob("*/server.json"))
+
+
+CLOUDS = "digitalocean, ec2, gce, azure, linode, vultr, equinix, hetzner, scaleway"
+KEYS = "digitalocean, ec2, ssh, gce, azure, linode, equinix, hetzner"  # the providers that read --ssh-key
+FOREIGN = [  # (provider, flag, the providers that read it): refused, never ignored
+    *[("local", flag, "ssh") for flag in (["--supervisor", "plain"], ["--data-addr", "127.0.0.3"], ["--port", "2222"],
+                                          ["--known-hosts", "kh"], ["--remote-python", "python3"],
+                                          ["--accept-new-host-key"], ["--host-key-fingerprint", "SHA256:x"])],
+    *[("local", flag, CLOUDS) for flag in (["--access-token", "t"], ["--access-token-file", "t"],
+                                           ["--api-url", "http://127.0.0.1:9"], ["--runtime-spec", "inlets-py==0.2.0"],
+                                           ["--plan", "big"])],
+    ("local", ["--ssh-key", "k"], KEYS), ("local", ["--secret-key", "s"], "ec2"),
+    ("digitalocean", ["--supervisor", "plain"], "ssh"), ("digitalocean", ["--secret-key-file", "s"], "ec2"),
+    ("vultr", ["--ssh-key", "k"], KEYS), ("scaleway", ["--ssh-key", "k"], KEYS),
+    ("ssh", ["--region", "lon1"], CLOUDS), ("ssh", ["--access-token", "t"], CLOUDS),
+]
+
+
+@pytest.mark.parametrize("provider,flag,readers", FOREIGN, ids=[f"{p} {f[0]}" for p, f, _ in FOREIGN])
+def test_a_flag_the_provider_does_not_read_is_refused(provider: str, flag: list[str], readers: str, tmp_path: Path,
+                                                      capsys) -> None:
+    state = tmp_path / "state"
+    ssh = ["--host", "root@127.0.0.1"] if provider == "ssh" else []
+    try:
+        result = run_cli(capsys, "create", "--provider", provider, *ssh, *flag, "--state-dir", str(state))
+        one_line_error(result, f"{flag[0]} does not apply to --provider {provider}: it is for {readers}")
+    finally:  # a flag ignored by local: its exit server started
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+
+
+EMPTY = [["create", "--ssh-key", ""], ["create", "--provider", "ssh", "--host", ""], ["create", "--mode", "http", "--domain", ""],
+         ["create", "--provider", "digitalocean", "--access-token", ""], ["list", "--provider", ""],
+         ["delete", "x", "--provider", "digitalocean", "--access-token", " "], ["status", "x", "--api-url", ""]]
+
+
+@pytest.mark.parametrize("args", EMPTY, ids=lambda a: " ".join(a))
+def test_an_empty_flag_is_refused_not_read_as_left_out(args: list[str], tmp_path: Path, capsys) -> None:
+    flag, state = args[-2], tmp_path / "state"
+    hint = "choose one of local" if flag == "--provider" else "give a value, or leave it out"
+    try:
+        one_line_error(run_cli(capsys, *args, "--state-dir", str(state)), f"{flag} is empty: {hint}")
+    finally:  # an empty flag taken as left out: its exit server started
+        for made in state.glob("*/server.json"):
+            run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("flag", ["--state-dir", "--access-token-file"])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(flag: str, capsys) -> None:
+    result = run_cli(capsys, "list", flag, "")
+    one_line_error(result, f"Invalid value for '{flag}': the path is empty")
+
+
+def test_an_http_port_of_0_is_refused_not_read_as_the_default(tmp_path: Path) -> None:
+    from inlets_py.provisioner.create import CreateOptions, create
+    from inlets_py.provisioner.errors import ProvisionError
+
+    with pytest.raises(ProvisionError, match=r"invalid --http-port 0: ports are 1-65535"):
+        create(CreateOptions("local", tmp_path, mode="http", http_port=0), lambda *_: None)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_longest_ttl_is_taken() -> None:
+    from inlets_py.provisioner.spec import parse_ttl
+
+    assert parse_ttl("365d").days == 365 and parse_ttl("364d23h59m60s").days == 365
+
+
+def test_delete_refuses_a_timeout_that_never_ends(tmp_path: Path, capsys) -> None:
+    for value in ("nan", "inf", "0"):
+        result = run_cli(capsys, "delete", "x", "--timeout", value, "--state-dir", str(tmp_path))
+        one_line_error(result, f"--timeout must be a positive number of seconds such as 600, not {value}")
 
 
 def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) -> None:
@@ -90,3 +186,38 @@ def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> 
         "inletsctl: waiting for the tunnel server at https://127.0.0.1:1/healthz (not listening yet; 32s of 600s)",
         "inletsctl: deleting x",
     ]
+
+
+def test_a_state_folder_under_a_file_is_one_line_saying_which_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder\n")
+    choose = "give --state-dir (or $INLETSCTL_STATE_DIR) a folder you can write"
+    result = run_cli(capsys, "create", "--state-dir", str(afile / "x"))
+    one_line_error(result, f"cannot keep exit servers in {afile / 'x'}: {afile} is a file, not a folder; {choose}")
+    for command in (["list"], ["status", "x"], ["delete", "x"]):
+        result = run_cli(capsys, *command, "--state-dir", str(afile / "x"))
+        one_line_error(result, f"cannot read exit servers from {afile / 'x'}: {afile} is a file, not a folder")
+    monkeypatch.setenv("INLETSCTL_STATE_DIR", str(afile))
+    one_line_error(run_cli(capsys, "create"), f"cannot keep exit servers in {afile}: {afile} is a file, not a folder")
+    one_line_error(run_cli(capsys, "list"), f"cannot read exit servers from {afile}: {afile} is a file")
+
+
+def test_a_state_folder_that_cannot_be_written_is_one_line() -> None:
+    """As a user without write permission (root writes anywhere, so the test drops to nobody with setpriv)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv (util-linux) to drop to a user that folder permissions bind")
+        prefix = [setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    top = Path(tempfile.mkdtemp())
+    try:
+        top.chmod(0o755)
+        (top / "read-only").mkdir(mode=0o555)
+        proc = subprocess.run([*prefix, str(INLETSCTL), "create", "--state-dir", str(top / "read-only" / "x")],
+                              capture_output=True, text=True, timeout=60, env=user_env())
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        one_line_error(result, f"cannot keep exit servers in {top / 'read-only' / 'x'}: no permission to write in "
+                               f"{top / 'read-only'}; give --state-dir")
+    finally:
+        shutil.rmtree(top)

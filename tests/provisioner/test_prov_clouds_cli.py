@@ -46,7 +46,10 @@ def test_missing_credentials_name_every_way(capsys: pytest.CaptureFixture[str], 
 @pytest.mark.parametrize("provider", ["ovh"])
 def test_ovh_says_why_it_is_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
-    one_line_error(result, f"--provider {provider}: not offered", "user-data")
+    line = one_line_error(result, f"--provider {provider} is not offered", "user-data", "choose one of local, digitalocean")
+    assert len(line) < 250, line  # the reasons at length are the README's "Not offered"
+    listed = run_cli(capsys, "list", "--provider", provider, "--state-dir", str(tmp_path))
+    assert one_line_error(listed) == line
 
 
 def test_vultr_list_by_tag_and_delete_by_ip(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -108,7 +108,7 @@ def test_credentials_come_from_file_flag_then_environment(fake: FakeDigitalOcean
     unreadable.mkdir()
     bad_file = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url,
                        "--access-token-file", str(unreadable), "--access-token", TOKEN, "--state-dir", str(state))
-    one_line_error(bad_file, "cannot read access token file", str(unreadable))
+    one_line_error(bad_file, f"access token file {unreadable} is a directory: give the file that holds the token")
 
 
 def test_api_errors_are_one_line_and_leave_nothing_behind(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:

@@ -273,7 +273,7 @@ def test_bad_region_missing_credentials_unknown_key_pair_are_one_line(
     key_file = tmp_path / "key-id"
     key_file.write_text(KEY_ID + "\n")
     no_secret = run_cli(capsys, "list", "--provider", "ec2", "--access-token-file", str(key_file), *state)
-    one_line_error(no_secret, "no AWS secret access key", "--access-token-file")  # names the ways to give it
+    one_line_error(no_secret, "no AWS secret key", "--secret-key-file", "$AWS_SECRET_ACCESS_KEY")  # the ways to give it
     _env_credentials(monkeypatch)
     one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--region", "mars-north-1", *state),
                    "unknown EC2 region 'mars-north-1'")

@@ -8,6 +8,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers.prov_support import (
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
@@ -82,17 +84,21 @@ def test_secrets_are_private_and_pinned(tmp_path: Path, capsys) -> None:
         assert run_cli(capsys, "delete", "private-one", "--state-dir", str(state)).code == 0
 
 
-def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Path, capsys) -> None:
+def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A server that exits at once. A control port in use is refused before it starts now, so the server here
+    is a stand-in process failing as inlets does when its port is taken between the check and its start."""
+    import sys
+
+    from inlets_py.provisioner.providers import local
+
+    message = "inlets: error: cannot listen (control 127.0.0.1:1): Address already in use"
+    monkeypatch.setattr(local, "inlets_command", lambda: [sys.executable, "-c", f"import sys; sys.exit({message!r})"])
     state = tmp_path / "state"
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
-        started = time.monotonic()
-        result = run_cli(capsys, "create", "doomed", "--state-dir", str(state), "--control-port", str(taken),
-                         "--ports", "18081", "--timeout", "60")
-        assert time.monotonic() - started < 30
-    one_line_error(result, "failed", "inletsctl delete doomed")
+    started = time.monotonic()
+    result = run_cli(capsys, "create", "doomed", "--state-dir", str(state), "--ports", str(free_port("127.0.0.2")),
+                     "--timeout", "60")
+    assert time.monotonic() - started < 30
+    one_line_error(result, "exit server 'doomed' failed", message, "inletsctl delete doomed")
     cleaned = run_cli(capsys, "delete", "doomed", "--state-dir", str(state))
     assert cleaned.code == 0 and "already gone" in cleaned.out, cleaned
     assert not (state / "doomed").exists()
@@ -171,3 +177,43 @@ def test_create_refuses_a_port_another_local_exit_server_serves(tmp_path: Path, 
                               "choose other --ports")
     finally:
         assert run_cli(capsys, "delete", "first", "--state-dir", str(state)).code == 0
+
+
+
+@pytest.mark.parametrize("data_flags", [["--ports"], ["--mode", "http", "--http-port"]], ids=["tcp", "http"])
+def test_a_control_port_in_use_is_refused_before_anything_is_made(data_flags: list[str], tmp_path: Path, capsys) -> None:
+    """As the data ports: refused up front, not found out when the server exits, leaving state to delete."""
+    state = tmp_path / "state"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        held = busy.getsockname()[1]
+        try:
+            result = run_cli(capsys, "create", "clash", *data_flags, str(free_port("127.0.0.2")), "--control-port",
+                             str(held), "--timeout", "20", "--state-dir", str(state))
+            one_line_error(result, f"127.0.0.1:{held} cannot be used on this machine (Address already in use): "
+                                   "choose another --control-port, or leave it out for a free one")
+        finally:
+            if (state / "clash" / "server.json").exists():
+                run_cli(capsys, "delete", "clash", "--state-dir", str(state))
+    assert not (state / "clash").exists()
+
+
+def test_status_of_a_killed_server_says_it_is_not_running_and_what_to_do(tmp_path: Path, capsys) -> None:
+    """Not the log's last line (an INFO line from when it started) and not 'connection refused'."""
+    import signal
+
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "gone-away", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir",
+                      str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = run_cli(capsys, "status", "gone-away", "--state-dir", str(state))
+    line = one_line_error(status, f"exit server gone-away is not running (its process {pid} has exited): delete it and "
+                                  f"create it again: inletsctl delete gone-away --state-dir {state}")
+    assert "level=INFO" not in line and "refused" not in line, line
+    assert run_cli(capsys, "delete", "gone-away", "--state-dir", str(state)).code == 0

@@ -249,9 +249,9 @@ def test_bad_key_file_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_p
     junk.write_text("this is not a private key\n")
     args = _ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", "9")
     args[args.index("--ssh-key") + 1] = str(junk)
-    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), f"--ssh-key {junk}", "not a usable private key")
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), f"--ssh-key {junk} is not a private key")
     args[args.index("--ssh-key") + 1] = str(tmp_path / "missing")
-    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "no such file")
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "does not exist")
     assert not (tmp_path / "state" / prov_ssh_name).exists()
 
 
@@ -270,7 +270,7 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
                            *state), "invalid --host-key-fingerprint")
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--supervisor", "runit", *state),
                    "unknown --supervisor")
-    one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host is for --provider ssh")
+    one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host does not apply to --provider local: it is for ssh")
 
 
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
@@ -305,3 +305,67 @@ def test_supervisor_systemd_where_systemd_is_not_pid_1_is_one_line(
     args[args.index("--supervisor") + 1] = "systemd"
     one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "systemd is not running on this host", "--supervisor plain")
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def _private_key(path: Path, password: bytes | None = None, fmt: str = "OpenSSH") -> Path:
+    """An ed25519 (OpenSSH format) or RSA (PEM) private key file, encrypted with ``password`` if given."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = ed25519.Ed25519PrivateKey.generate() if fmt == "OpenSSH" else rsa.generate_private_key(65537, 2048)
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, getattr(serialization.PrivateFormat, fmt), encryption))
+    path.chmod(0o600)
+    return path
+
+
+def _public_keys(tmp_path: Path) -> list[Path]:
+    from cryptography.hazmat.primitives import serialization
+
+    public = serialization.load_ssh_private_key(_private_key(tmp_path / "k").read_bytes(), None).public_key()
+    one_line = tmp_path / "id_ed25519.pub"
+    one_line.write_bytes(public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" me@host\n")
+    pem = tmp_path / "public.pem"
+    pem.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return [one_line, pem]
+
+
+def test_every_kind_of_unusable_key_file_says_what_it_is(tmp_path: Path, capsys) -> None:
+    """Checked before anything connects: no sshd needed."""
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "junk").write_text("this is not a private key\n")
+    expected = {
+        _private_key(tmp_path / "encrypted", b"passphrase"): "is encrypted: load it into ssh-agent and leave out --ssh-key",
+        _private_key(tmp_path / "encrypted.pem", b"passphrase", "TraditionalOpenSSL"): "is encrypted: load it into ssh-agent",
+        tmp_path: "is a directory: give the private key file in it",
+        tmp_path / "empty": "is empty: give the private key file",
+        tmp_path / "missing": "does not exist: give the private key file",
+        tmp_path / "junk": "is not a private key inletsctl can read (OpenSSH or PEM format)",
+        **{public: "is a public key: give the private key (the same file without .pub)" for public in _public_keys(tmp_path)},
+    }
+    for key, says in expected.items():
+        result = run_cli(capsys, "create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", "1", "--ssh-key",
+                         str(key), "--state-dir", str(tmp_path / "state"))
+        line = one_line_error(result, f"--ssh-key {key} {says}")
+        assert "Errno" not in line and "cryptography.io" not in line and "Error" not in line.split("error:", 1)[1], line
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: Path) -> None:
+    """paramiko's transport thread logs the banner failure with its traceback; only inletsctl's line may show."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port",
+                               str(server.server_address[1]), "--ssh-key", str(_private_key(tmp_path / "key")),
+                               "--accept-new-host-key", "--known-hosts", str(tmp_path / "known_hosts"),
+                               "--state-dir", str(tmp_path / "state"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{server.server_address[1]}:", "SSH protocol banner")
+    assert [ln for ln in result.err.splitlines() if not ln.startswith("inletsctl: ")] == [], result.err
+    assert result.err.strip().splitlines()[-1] == line and not (tmp_path / "state" / "known_hosts").exists()

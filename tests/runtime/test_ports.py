@@ -84,6 +84,12 @@ SERVER = ["tcp", "server", "--token", "x", "--plaintext"]
         ([*SERVER, "--control-port", "8123", "--allow-ports", "٣", "--generate", "k8s_yaml"], "--allow-ports: '٣'"),
         ([*SERVER, "--client-forwarding", "--client-forwarding-allow", "127.0.0.1:²"], "bad port in '127.0.0.1:²'"),
         (["status", "--url", "wss://h:²", "--token", "x"], "bad port in 'wss://h:²'"),
+        ([*SERVER, "--control-port", "٣٤١٤١"], "Invalid value for '--control-port': '٣٤١٤١' is not a port: give 1-65535"),
+        ([*SERVER, "--control-port", "+8123"], "'+8123' is not a port"),
+        ([*SERVER, "--control-port", " 8124"], "' 8124' is not a port"),
+        ([*SERVER, "--control-port", "81_24"], "'81_24' is not a port"),
+        (["http", "server", "--token", "x", "--plaintext", "--port", "٨٠"], "Invalid value for '--port': '٨٠' is not a port"),
+        (["http", "server", "--token", "x", "--plaintext", "--https-port", "²"], "'--https-port': '²' is not a port"),
     ],
 )
 def test_unicode_digits_on_the_command_line_get_one_line(args: list[str], message: str) -> None:
@@ -107,6 +113,23 @@ def test_inletsctl_create_ports_are_ascii_digits(tmp_path, ports: str) -> None:
         assert result.stderr.strip().splitlines() == [
             f"inletsctl: error: invalid port {ports.split(',')[-1]!r} in --ports {ports!r}: ports are 1-65535"]
     finally:  # had it taken "٣" for port 3, the exit server it started must not outlive the test
+        for created in tmp_path.glob("*/server.json"):
+            _inletsctl("delete", created.parent.name, "--state-dir", str(tmp_path))
+    assert not list(tmp_path.glob("*/server.json"))
+
+
+@pytest.mark.parametrize("flag", [
+    ["--control-port", "٣٤١٢٤"], ["--control-port", "+34125"], ["--control-port", "34_125"], ["--control-port", " 8124"],
+    ["--mode", "http", "--http-port", "٨٠"], ["--provider", "ssh", "--host", "root@127.0.0.1", "--port", "٣٤٠٠١"],
+], ids=lambda flag: " ".join(flag))
+def test_inletsctl_port_flags_are_ascii_digits(tmp_path, flag: list[str]) -> None:
+    """The same parser as inlets' port flags, not int(): each gets one line naming the flag and the rule."""
+    try:
+        result = _inletsctl("create", *flag, "--state-dir", str(tmp_path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert f"Invalid value for '{flag[-2]}" in line and f"{flag[-1]!r} is not a port: give 1-65535" in line, line
+    finally:
         for created in tmp_path.glob("*/server.json"):
             _inletsctl("delete", created.parent.name, "--state-dir", str(tmp_path))
     assert not list(tmp_path.glob("*/server.json"))

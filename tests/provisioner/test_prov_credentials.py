@@ -1,0 +1,89 @@
+"""Cloud tokens from files, flags and the environment: checked where they are read, in words, never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers.prov_cloud_recorded import Answer, RecordedAPI
+from helpers.prov_support import one_line_error, run_cli
+
+TOKEN = "dop_v1_" + "0123456789abcdef" * 4
+
+
+@pytest.fixture
+def api() -> Iterator[RecordedAPI]:
+    server = RecordedAPI()
+    server.route("GET", "/v2/droplets", Answer(200, {"droplets": [], "links": {}}))
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _list(capsys, api: RecordedAPI, tmp_path: Path, *creds: str):
+    return run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", api.url, *creds,
+                   "--state-dir", str(tmp_path / "state"))
+
+
+def _file(tmp_path: Path, content: bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / "token"
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\xff\xfe\x00t", "is not text (UTF-8): put the token in it, on one line"),
+    (b"", "is empty: put the token in it (one line), or give it with --access-token or $DIGITALOCEAN_ACCESS_TOKEN"),
+    (b" \n\n", "is empty: put the token in it"),
+], ids=["binary", "empty", "blank"])
+def test_a_token_file_that_holds_no_token_says_what_to_do(content: bytes, says: str, api: RecordedAPI, tmp_path: Path,
+                                                         capsys) -> None:
+    path = _file(tmp_path, content)
+    line = one_line_error(_list(capsys, api, tmp_path, "--access-token-file", str(path)), f"access token file {path} {says}")
+    assert "Error" not in line.split("error:", 1)[1] and not api.seen, line
+
+
+def test_a_missing_token_file_says_what_to_do(api: RecordedAPI, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope"
+    one_line_error(_list(capsys, api, tmp_path, "--access-token-file", str(missing)),
+                   f"access token file not found: {missing}; check the path, or give the token with --access-token "
+                   "or $DIGITALOCEAN_ACCESS_TOKEN")
+
+
+@pytest.mark.parametrize("token", ["токен", "SECRET\rX", "two words", "tab\there", "ü" * 3 + "€"])
+@pytest.mark.parametrize("source", ["file", "flag", "env"])
+def test_a_token_no_http_header_can_carry_is_refused_before_anything_is_sent(
+        token: str, source: str, api: RecordedAPI, tmp_path: Path, capsys, monkeypatch) -> None:
+    where = {"file": f"--access-token-file {tmp_path / 'token'}", "flag": "--access-token",
+             "env": "$DIGITALOCEAN_ACCESS_TOKEN"}[source]
+    if source == "file":
+        creds = ["--access-token-file", str(_file(tmp_path, token.encode() + b"\n"))]
+    elif source == "flag":
+        creds = ["--access-token", token]
+    else:
+        creds = []
+        monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", token)
+    result = _list(capsys, api, tmp_path, *creds)
+    one_line_error(result, f"the token from {where} holds characters a token cannot have (spaces, control characters "
+                           "or letters outside ASCII): check it")
+    assert token.strip() not in result.err + result.out and not api.seen
+
+
+@pytest.mark.parametrize("mode, warned", [(0o644, True), (0o640, True), (0o604, True), (0o600, False), (0o400, False)])
+def test_a_token_file_others_can_read_is_used_with_one_warning(mode: int, warned: bool, api: RecordedAPI, tmp_path: Path,
+                                                               capsys) -> None:
+    path = _file(tmp_path, TOKEN.encode() + b"\n", mode)
+    result = _list(capsys, api, tmp_path, "--access-token-file", str(path))
+    assert result.code == 0 and api.seen[0].headers["Authorization"] == f"Bearer {TOKEN}", result.err
+    warning = (f"inletsctl: warning: access token file {path} can be read by other users (mode {mode:04o}): "
+               f"run chmod 600 {path}")
+    assert result.err.splitlines() == ([warning] if warned else []), result.err
+    assert TOKEN not in result.err + result.out

@@ -1,0 +1,108 @@
+"""Local state that cannot be used (a server.json cut short, emptied or edited) is shown, explained and removable:
+it never breaks ``list`` for the other exit servers, and ``delete NAME`` clears it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.prov_support import free_port, no_traceback, one_line_error, run_cli
+
+DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages say)
+    "empty-object": (b"{}", "server.json names no exit server"),
+    "cut-short": (b'{"name": "cut-sh', "server.json is not valid JSON, cut short or edited"),
+    "not-text": (b"\xff\xfe\x00{", "server.json is not valid JSON"),
+    "a-list": (b"[]", "server.json holds no JSON object"),
+    "no-provider": (b'{"name": "no-provider", "control_port": 8123}', "server.json names no provider"),
+}
+#: not shown by list (a folder create has just made looks the same, and other keys are optional there)
+UNLISTED = {"missing": (None, "server.json is missing"),
+            "no-port": (b'{"name": "no-port", "provider": "local"}', "server.json has no control port")}
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    root = tmp_path / "state"
+    for name, (content, _) in (DAMAGED | UNLISTED).items():
+        (root / name).mkdir(parents=True)
+        (root / name / "token").write_text("t\n")
+        if content is not None:
+            (root / name / "server.json").write_bytes(content)
+    return root
+
+
+def test_list_shows_damaged_folders_beside_a_working_exit_server(state: Path, capsys) -> None:
+    created = run_cli(capsys, "create", "works", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state))
+    assert created.code == 0, created.err
+    try:
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+        assert listed.code == 0, listed.err
+        rows = {row["name"]: row for row in listed.json()["servers"]}
+        assert sorted(row["name"] for row in listed.json()["servers"]) == sorted(["works", *DAMAGED, "no-port"])
+        assert rows["no-port"]["where"] == "local state only"
+        assert rows["works"]["status"] == "active" and rows["works"]["where"] == "both"
+        for name, (_, why) in DAMAGED.items():
+            assert (rows[name]["status"], rows[name]["where"]) == ("damaged", "local state (damaged)"), rows[name]
+            note = next(n for n in listed.json()["notes"] if n.startswith(f"{name}: "))
+            assert why in note and f"remove it with: inletsctl delete {name} --state-dir {state}" in note, note
+        table = run_cli(capsys, "list", "--state-dir", str(state))
+        assert table.code == 0 and "works" in table.out and table.out.count(" damaged ") == len(DAMAGED), table.out
+        no_traceback(table)
+    finally:
+        assert run_cli(capsys, "delete", "works", "--state-dir", str(state)).code == 0
+
+
+@pytest.mark.parametrize("name", list(DAMAGED | UNLISTED))
+def test_status_and_create_say_the_state_is_damaged_and_how_to_remove_it(name: str, state: Path, capsys) -> None:
+    why = (DAMAGED | UNLISTED)[name][1]
+    status = run_cli(capsys, "status", name, "--state-dir", str(state))
+    line = one_line_error(status, f"the local state of {name!r} is damaged: {state / name / 'server.json'}", why,
+                          f"remove it with: inletsctl delete {name} --state-dir {state}")
+    assert "Error" not in line.removeprefix("inletsctl: error:") and "KeyError" not in line, line
+    again = run_cli(capsys, "create", name, "--state-dir", str(state))
+    one_line_error(again, f"an exit server named {name!r} already exists", f"or first: inletsctl delete {name}")
+
+
+@pytest.mark.parametrize("name", [*DAMAGED, "missing"])
+def test_delete_removes_a_damaged_folder_and_says_what_it_could_not_check(name: str, state: Path, capsys) -> None:
+    deleted = run_cli(capsys, "delete", name, "--state-dir", str(state))
+    assert deleted.code == 0, deleted.err
+    assert deleted.out.startswith(f"removed the damaged local state of {name} ({state / name}: {(DAMAGED | UNLISTED)[name][1]}")
+    assert "could not check whether its exit server or VM still runs: look with `inletsctl list --provider" in deleted.out
+    assert not (state / name).exists() and all((state / other).is_dir() for other in DAMAGED if other != name)
+    listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+    assert name not in {row["name"] for row in listed.json()["servers"]}
+
+
+@pytest.mark.parametrize("name, args", [("no-port", []), ("cut-short", ["--provider", "local"])])
+def test_delete_removes_state_the_provider_has_nothing_for(name: str, args: list[str], state: Path, capsys) -> None:
+    """State whose create never got an id, or damaged state with --provider: nothing there, so the state goes."""
+    deleted = run_cli(capsys, "delete", name, *args, "--state-dir", str(state))
+    assert deleted.code == 0, deleted.err
+    assert deleted.out.strip() == f"local has no exit server named {name}; removed its local state ({state / name})"
+    assert not (state / name).exists()
+
+
+@pytest.mark.parametrize("name", ["..", "../state", ".", "a/b"])
+def test_a_name_that_is_not_one_folder_removes_nothing(name: str, state: Path, capsys) -> None:
+    (state / "server.json").write_text(json.dumps({}))  # bait: the root itself looking damaged
+    for command in ("delete", "status"):
+        one_line_error(run_cli(capsys, command, name, "--state-dir", str(state)), f"invalid name {name!r}")
+    assert all((state / other).is_dir() for other in DAMAGED)
+
+
+def test_a_damaged_ssh_record_is_said_in_words(tmp_path: Path) -> None:
+    from inlets_py.provisioner.errors import ProvisionError
+    from inlets_py.provisioner.ssh_connect import SshOptions
+
+    record = tmp_path / "edge" / "ssh.json"
+    record.parent.mkdir()
+    for content, why in ((b'{"user": "ro', "it is not valid JSON, cut short or edited"),
+                         (b"[1]", "it is not what inletsctl writes there"),
+                         (b'{"colour": "blue"}', "it is not what inletsctl writes there")):
+        record.write_bytes(content)
+        with pytest.raises(ProvisionError) as info:
+            SshOptions.load(record)
+        assert str(info.value).startswith(f"cannot read {record}: {why}; it says how to reach the exit server's host")
