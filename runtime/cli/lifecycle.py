@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -87,6 +88,13 @@ def run_until_signalled(
         uvloop.run(runner())
 
 
+def listen_failure(exc: OSError) -> str:
+    """Why a listen failed, in words: a name lookup's own message (os.strerror says "Unknown error -2")."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the address ({exc.strerror})"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def run_server(
     server,
     *,
@@ -102,7 +110,7 @@ def run_server(
         try:
             await server.start()
         except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
-            fail(f"cannot listen ({describe}): {os.strerror(exc.errno) if exc.errno else exc}", 1)
+            fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)
         if started is not None:
             started()
 

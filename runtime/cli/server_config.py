@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens
+from ..core.hosts import HostError, check_bind_address
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
 from ..server.dataplane import DataPlaneOptions
@@ -70,6 +71,17 @@ def control_config(
         max_streams=max_client_streams, trusted_proxies=proxies, max_handshakes=max_handshakes,
         max_handshakes_per_source=max_handshakes_per_source,
     )
+
+
+def check_bind_addresses(control_addr: str, data_addr: str) -> None:
+    """--control-addr and --data-addr: an IP address or a name that resolves, checked before anything
+    listens (a bad --data-addr was only found when a client's handshake asked for a port, and hung)."""
+    try:
+        for value, flag in ((control_addr, "--control-addr"), (data_addr, "--data-addr")):
+            if value:
+                check_bind_address(value, flag)
+    except HostError as exc:
+        fail(str(exc))
 
 
 def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:

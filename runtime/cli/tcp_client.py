@@ -13,7 +13,8 @@ from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
-from .options import DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
+from .durations import DrainTimeout, Keepalive
+from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
 
 
 @tcp_app.command("client")

@@ -15,12 +15,13 @@ from ..server.tcp import TcpTunnelServer
 from .app import tcp_app
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_server
+from .durations import DrainTimeout, Keepalive
 from .options import (
-    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     ProxyProtocolOpt, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
-from .server_config import control_config, data_plane_options
+from .server_config import check_bind_addresses, control_config, data_plane_options
 
 log = logging.getLogger("inlets")
 
@@ -77,6 +78,7 @@ def tcp_server(
     """
     maybe_generate(generate, ["tcp", "server"], replicas)
     setup_logs(log_level, log_format)
+    check_bind_addresses(control_addr, data_addr)
 
     allowed = parse_allow_ports(allow_ports)
     options = data_plane_options(allow_ips=allow_ips, proxy_protocol=proxy_protocol, lb_proxy_protocol=lb_proxy_protocol)

@@ -10,8 +10,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from .hosts import HostError, split_url
 from .ports import url_port
 from .tls import client_context, verify_failure
 
@@ -40,7 +40,10 @@ class Endpoint:
 
 def parse_url(url: str) -> Endpoint:
     """``wss://host:8123`` (the client's --url) or ``https://host:8123``."""
-    parts = urlsplit(url)
+    try:
+        parts = split_url(url)
+    except HostError as exc:
+        raise ProbeError(str(exc)) from None
     if parts.scheme not in ("wss", "https", "ws", "http") or not parts.hostname:
         raise ProbeError(f"--url must be wss://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
     tls = parts.scheme in ("wss", "https")
