@@ -99,3 +99,23 @@ def test_bad_input_is_one_line(args: list[str], message: str, files: dict[str, s
 def test_malformed_or_conflicting_tcp_upstreams_are_refused(upstreams: list[str], message: str, files) -> None:
     result = inlets("tcp", "client", "--token-file", files["tok"], "--url", "wss://127.0.0.1:1", "--upstream", *upstreams)
     one_line_error(result, message)
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
+    """Ctrl-C in the first quarter second (typer and the command's modules loading) was a traceback."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers.process import INLETS
+
+    for delay in (0.15, 0.2, 0.25, 0.3, 0.35):
+        process = subprocess.Popen([*INLETS, "status", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"]],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+        if "init_import_site" in err:  # Python itself was still starting (a slow machine): no inlets code ran yet
+            continue
+        assert "Traceback" not in err + out, (delay, err)
+        assert process.returncode in (130, -signal.SIGINT, 1), (delay, process.returncode, err)
