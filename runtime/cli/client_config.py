@@ -10,7 +10,7 @@ from ..client.group import ClientGroup
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
 from ..client.outbound_proxy import with_password
-from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens
+from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.tls import TlsConfigError, client_context
 from ..core.session import Channel
@@ -36,6 +36,8 @@ def client_config(
 ) -> ClientConfig:
     try:
         tokens = read_tokens(token, token_file)
+        if token_file is not None:
+            warn_if_others_can_read(token_file)
         source = PROXY_PASSWORD.file_option if proxy_password_file else f"${PROXY_PASSWORD.env}"
         proxy = with_password(proxy, PROXY_PASSWORD.read(None, proxy_password_file), source)
     except (TokenError, ProxyConfigError) as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.auth import TokenError, read_tokens
+from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.probe import ProbeError, get, parse_url
 from ..core.tls import TlsConfigError, client_context
@@ -65,6 +65,8 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     where = f"{url}: " if several else ""
     try:  # bad input: exit 2, as every command does
         secret = read_tokens(token, token_file)[0]
+        if token_file is not None:
+            warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
