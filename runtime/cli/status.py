@@ -68,6 +68,8 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         if token_file is not None:
             warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
+        if not url.startswith(("wss://", "ws://")):
+            raise ProbeError(f"--url must start with wss:// (or ws:// for a --plaintext server), as the client's does, got {url!r}")
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
     try:
@@ -78,8 +80,11 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         fail(f"{where}{exc}", 1)
     if answer.status == 401:
         fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
-    if answer.status != 200:
-        fail(f"{where}/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
+    if answer.status == 404:
+        fail(f"{where}/status answered HTTP 404: is --url a tunnel server's control port (wss://HOST:8123)?", 1)
+    if answer.status != 200:  # the first line of the answer, never a page of HTML
+        first = (answer.body.strip().splitlines() or [""])[0][:200]
+        fail(f"{where}/status answered HTTP {answer.status}" + (f": {first}" if first else ""), 1)
     try:
         return dict(json.loads(answer.body))
     except ValueError:
