@@ -83,7 +83,7 @@ def tcp_client(
     async def start() -> None:
         try:
             await forwarder.start()
-        except OSError as exc:
-            fail(f"cannot listen on {local_addr} for --local: {exc.strerror or exc}", 1)
+        except OSError as exc:  # ForwardListenError: which port, why, what to do
+            fail(exc.strerror or f"cannot listen on {local_addr} for --local", 1)
 
     run_client(client, start)
