@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..core.hosts import authority
 from ..http.server import HttpTunnelServer
 from .app import http_app
 from .config import default_data_dir, fail, maybe_generate, setup_logs
@@ -127,10 +128,10 @@ def http_server(
     def started() -> None:
         gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
         scheme = "wss" if config.ssl_context else "ws"
-        log.info("event=started mode=http control=%s://%s:%d data=http://%s:%d version=%s",
-                 scheme, control_addr or "*", control_port, data_addr or "*", port, __version__)
+        log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
+                 scheme, authority(control_addr or "*", control_port), authority(data_addr or "*", port), __version__)
         if https:
-            log.info("event=https data=https://%s:%d domains=%s", data_addr or "*", https_port,
+            log.info("event=https data=https://%s domains=%s", authority(data_addr or "*", https_port),
                      ",".join(https.letsencrypt.domains))
 
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}, data {data}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 
 #: (group, command modules) in the order ``--help`` lists them.
@@ -35,6 +36,17 @@ def _register(argv: list[str]) -> None:
             app.add_typer(groups[group], name=group)
 
 
+#: click says "'x' is not a valid int range." of --max-streams x: its type's name, not the user's words.
+_INT_RANGE = re.compile(r"('[^']*') is not a valid (?:int|integer|float)(?: range)?")
+
+
+def _command_path(argv: list[str]) -> str:
+    """``inlets status`` for a usage error click raised before it had the command's context
+    (``inlets status --url`` without a value): the command words at the head of argv."""
+    words = [w for group, modules in COMMANDS for m in modules for w in [m.split("_")] if argv[:len(w)] == w]
+    return " ".join(["inlets", *max(words, key=len)]) if words else "inlets"
+
+
 def main() -> None:
     """Entry point: Ctrl-C at any moment exits 130 quietly, imports included (typer and the
     command's modules take a quarter of a second to load, the window the user is most likely to press it in)."""
@@ -56,14 +68,15 @@ def _run(argv: list[str]) -> int:
 
     _register(argv)
     try:
-        status_code = app(standalone_mode=False)
+        status_code = app(prog_name="inlets", standalone_mode=False)  # not "-c" or "__main__.py"
     except typer.TyperException as exc:  # usage errors: bad flags and values
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare command: show its help
             typer.echo(exc.format_message(), err=True)
             return 2
-        command = ctx.command_path if ctx is not None else "inlets"
-        typer.echo(f"{command}: error: {exc.format_message()} (see --help)", err=True)
+        command = ctx.command_path if ctx is not None else _command_path(argv)
+        message = _INT_RANGE.sub(r"\1 is not a whole number", exc.format_message())  # click's "valid int range"
+        typer.echo(f"{command}: error: {message} (see --help)", err=True)
         return 2 if ctx is not None else exc.exit_code
     except typer.Abort:
         return 130

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..core.hosts import authority
 from ..core.allowlist import parse_target_rules
 from ..core.ports import parse_port_list
 from ..server.forwarding import ForwardingPolicy
@@ -101,8 +102,8 @@ def tcp_server(
     scheme = "wss" if config.ssl_context else "ws"
 
     def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
-        log.info("event=started mode=tcp control=%s://%s:%d data_addr=%s version=%s",
-                 scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+        log.info("event=started mode=tcp control=%s://%s data_addr=%s version=%s",
+                 scheme, authority(control_addr or "*", control_port), data_addr or "*", __version__)
 
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}", drain_timeout=drain_timeout,
                token=token, token_file=token_file, started=started)

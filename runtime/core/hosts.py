@@ -72,3 +72,8 @@ def check_bind_address(address: str, what: str) -> str:
         raise HostError(f"{what}: cannot resolve {address!r} ({exc.strerror}): give an IP address of this "
                         "host or a name that resolves to one") from None
     return address
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8123``, not ``::1:8123``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

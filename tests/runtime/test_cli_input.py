@@ -119,3 +119,36 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
             continue
         assert "Traceback" not in err + out, (delay, err)
         assert process.returncode in (130, -signal.SIGINT, 1), (delay, process.returncode, err)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["status", "--url"], "inlets status: error: Option '--url' requires an argument. (see --help)"),
+    (["tcp", "client", "--url", "wss://h:1", "--max-streams", "x"],
+     "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number. (see --help)"),
+])
+def test_usage_errors_name_the_command_in_the_users_words(args: list[str], line: str) -> None:
+    result = inlets(*args)
+    assert result.returncode == 2 and result.stderr.strip() == line, result
+
+
+def test_a_proxy_port_out_of_range_is_shown_as_given(files) -> None:
+    result = inlets("tcp", "client", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"], "--upstream",
+                    "1=127.0.0.1:1", "--proxy", "http://127.0.0.1:99999")
+    one_line_error(result, "invalid proxy http://127.0.0.1:99999")
+
+
+def test_the_ready_line_writes_an_ipv6_control_address_in_brackets(tmp_path: Path, files) -> None:
+    import signal
+
+    from helpers.process import spawn, wait_for_text
+    from helpers.tunnel import free_port
+
+    port = free_port("::1")
+    server = spawn("tcp", "server", "--token-file", files["tok"], "--plaintext", "--control-addr", "::1",
+                   "--control-port", str(port), "--data-addr", "::1", log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=started")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+    assert f"control=ws://[::1]:{port} " in log
