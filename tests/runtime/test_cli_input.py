@@ -152,3 +152,12 @@ def test_the_ready_line_writes_an_ipv6_control_address_in_brackets(tmp_path: Pat
         server.send_signal(signal.SIGTERM)
         server.wait(15)
     assert f"control=ws://[::1]:{port} " in log
+
+
+def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls, files) -> None:
+    from helpers.tunnel import make_tls
+
+    other = make_tls(tmp_path / "other")
+    result = inlets("tcp", "server", "--token-file", files["tok"], "--tls-cert", str(tls.cert), "--tls-key", str(other.key))
+    line = one_line_error(result, f"the key {other.key} does not belong to the certificate {tls.cert}")
+    assert "KEY_VALUES_MISMATCH" not in line
