@@ -43,6 +43,25 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
+def _unreachable(exc: BaseException) -> str:
+    """Why the ACME server could not be reached, in words: requests' own text is a Python repr
+    ("HTTPSConnectionPool(host=...): Max retries exceeded ... NewConnectionError(...[Errno 111]...)")."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "its HTTPS certificate could not be verified (a private ACME CA: give --letsencrypt-ca)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "it did not answer in time: check the network and --letsencrypt-issuer"
+    text = str(exc)
+    for marker, words in (("NameResolution", "name resolution failed"), ("Name or service not known", "name resolution failed"),
+                          ("Temporary failure in name resolution", "name resolution failed"),
+                          ("Connection refused", "connection refused"), ("No route to host", "no route to the host"),
+                          ("Network is unreachable", "the network is unreachable")):
+        if marker in text:
+            return f"{words}: check the network and --letsencrypt-issuer"
+    return "the connection failed: check the network and --letsencrypt-issuer"
+
+
 class AcmeIssuer:
     """One ACME account (its key kept in ``store``), registered on first use, reused after."""
 
@@ -78,7 +97,7 @@ class AcmeIssuer:
             raise AcmeError(f"{domain}: challenge failed: {details or 'invalid authorization'}") from None
         except requests.RequestException as exc:
             self._client = None
-            raise AcmeError(f"cannot reach the ACME server {self.url}: {_one_line(exc)}") from None
+            raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc)}") from None
         except (errors.Error, ValueError, OSError) as exc:
             raise AcmeError(f"{domain}: {_one_line(exc)}") from None
 

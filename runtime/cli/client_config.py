@@ -10,7 +10,8 @@ from ..client.group import ClientGroup
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
 from ..client.outbound_proxy import with_password
-from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens
+from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens, warn_if_others_can_read
+from ..core.hosts import HostError, check_host
 from ..core.tls import TlsConfigError, client_context
 from ..core.session import Channel
 from .config import fail
@@ -35,16 +36,22 @@ def client_config(
 ) -> ClientConfig:
     try:
         tokens = read_tokens(token, token_file)
+        if token_file is not None:
+            warn_if_others_can_read(token_file)
         source = PROXY_PASSWORD.file_option if proxy_password_file else f"${PROXY_PASSWORD.env}"
         proxy = with_password(proxy, PROXY_PASSWORD.read(None, proxy_password_file), source)
     except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
     if not url.startswith(("ws://", "wss://")):
         fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
-    try:  # a bad --proxy or *_PROXY variable: one line now rather than at every retry
+    try:  # a bad --url, --proxy or *_PROXY variable: one line now rather than at every retry
         choose_proxy(proxy, connect_url(url))
-    except (ProxyConfigError, FatalClientError) as exc:
+        if tls_server_name is not None:
+            check_host(tls_server_name, "--tls-server-name")
+    except (ProxyConfigError, FatalClientError, HostError) as exc:
         fail(str(exc))
+    if tls_ca is not None and tls_insecure:
+        fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
     try:
         ssl_context = client_context(tls_ca, insecure=tls_insecure) if url.startswith("wss://") else None
     except TlsConfigError as exc:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
+from ..core.tls import TlsConfigError
 from ..core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from ..http.options import HttpOptions, OptionError
 from .app import http_app
@@ -16,7 +17,8 @@ from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
-from .options import DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
+from .durations import DrainTimeout, Keepalive
+from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
 
 Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
 Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
@@ -79,8 +81,8 @@ def http_client(
         tls = upstream_tls(upstream_ca, upstream_insecure)
     except UpstreamError as exc:
         fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot load --upstream-ca {upstream_ca}: {exc.strerror or exc}")
+    except TlsConfigError as exc:
+        fail(str(exc))
     upstreams = HttpUpstreams(mapping, tls)
     try:
         options = HttpOptions.build(

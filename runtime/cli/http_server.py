@@ -10,16 +10,18 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..core.hosts import authority
 from ..http.server import HttpTunnelServer
 from .app import http_app
 from .config import default_data_dir, fail, maybe_generate, setup_logs
 from .lifecycle import run_server
+from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
-    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     TlsCert, TlsKey, Token, TokenFile, TrustedProxies, port_option,
 )
-from .server_config import control_config, data_plane_options
+from .server_config import check_bind_addresses, control_config, data_plane_options
 
 log = logging.getLogger("inlets")
 
@@ -62,15 +64,9 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
 def http_server(
     port: Annotated[Optional[int], port_option("Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
     data_addr: DataAddr = "",
-    upstream_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds an upstream may stay silent before 504.")
-    ] = 60.0,
-    idle_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds a kept-alive user connection may wait for its next request.")
-    ] = 75.0,
-    header_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds a user has to send a whole request head once begun (else 408).")
-    ] = 20.0,
+    upstream_timeout: Annotated[float, seconds_option("Seconds an upstream may stay silent before 504.", 0.1)] = 60.0,
+    idle_timeout: Annotated[float, seconds_option("Seconds a kept-alive user connection may wait for its next request.", 0.1)] = 75.0,
+    header_timeout: Annotated[float, seconds_option("Seconds a user has to send a whole request head once begun (else 408).", 0.1)] = 20.0,
     control_addr: ControlAddr = "",
     control_port: ControlPort = 8123,
     token: Token = None,
@@ -110,6 +106,7 @@ def http_server(
     """
     maybe_generate(generate, ["http", "server"], replicas)
     setup_logs(log_level, log_format)
+    check_bind_addresses(control_addr, data_addr)
 
     dataplane = data_plane_options(allow_ips=allow_ips, proxy_protocol=None, lb_proxy_protocol=lb_proxy_protocol)
     config = control_config(
@@ -131,10 +128,10 @@ def http_server(
     def started() -> None:
         gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
         scheme = "wss" if config.ssl_context else "ws"
-        log.info("event=started mode=http control=%s://%s:%d data=http://%s:%d version=%s",
-                 scheme, control_addr or "*", control_port, data_addr or "*", port, __version__)
+        log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
+                 scheme, authority(control_addr or "*", control_port), authority(data_addr or "*", port), __version__)
         if https:
-            log.info("event=https data=https://%s:%d domains=%s", data_addr or "*", https_port,
+            log.info("event=https data=https://%s domains=%s", authority(data_addr or "*", https_port),
                      ",".join(https.letsencrypt.domains))
 
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}, data {data}",

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -48,6 +49,17 @@ def keep_freed_heap() -> None:
         mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD (setting either one stops glibc's own tuning)
 
 
+def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
+    """The first SIGTERM/SIGINT drains; a second one while draining exits at once (as most servers do):
+    the operator has decided not to wait for --drain-timeout."""
+    if not stopping.is_set():
+        stopping.set()
+        return
+    log.warning("event=forced_exit signal=%s reason=%r", sig.name, "a second signal while draining: open connections cut")
+    logging.shutdown()
+    os._exit(1)
+
+
 def run_until_signalled(
     start: Callable[[], Awaitable[None]],
     main: Callable[[], Awaitable[None]] | None = None,
@@ -60,7 +72,7 @@ def run_until_signalled(
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, _on_stop_signal, stopping, sig)
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         await start()
@@ -87,6 +99,13 @@ def run_until_signalled(
         uvloop.run(runner())
 
 
+def listen_failure(exc: OSError) -> str:
+    """Why a listen failed, in words: a name lookup's own message (os.strerror says "Unknown error -2")."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the address ({exc.strerror})"
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def run_server(
     server,
     *,
@@ -102,7 +121,7 @@ def run_server(
         try:
             await server.start()
         except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
-            fail(f"cannot listen ({describe}): {os.strerror(exc.errno) if exc.errno else exc}", 1)
+            fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)
         if started is not None:
             started()
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
-
-import typer
-
-from .app import app, http_app, tcp_app
 
 #: (group, command modules) in the order ``--help`` lists them.
 COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http", ("http_server", "http_client")))
-GROUPS = {"tcp": tcp_app, "http": http_app}
 
 
 def _register(argv: list[str]) -> None:
@@ -27,6 +23,9 @@ def _register(argv: list[str]) -> None:
     When ``argv`` names one command (``tcp client ...``) only its module is imported: a client's
     process never loads the server's code (nor prometheus), and the other way round.
     """
+    from .app import app, http_app, tcp_app
+
+    groups = {"tcp": tcp_app, "http": http_app}
     chosen = [(group, m) for group, modules in COMMANDS if group for m in modules if argv[:2] == m.split("_")]
     for group, modules in COMMANDS:
         found = [m for m in modules if (not chosen or (group, m) in chosen)
@@ -34,23 +33,52 @@ def _register(argv: list[str]) -> None:
         for module in found:
             importlib.import_module(f"{__package__}.{module}")
         if group is not None and found:
-            app.add_typer(GROUPS[group], name=group)
+            app.add_typer(groups[group], name=group)
+
+
+#: click says "'x' is not a valid int range." of --max-streams x: its type's name, not the user's words.
+_INT_RANGE = re.compile(r"('[^']*') is not a valid (?:int|integer|float)(?: range)?")
+
+
+def _command_path(argv: list[str]) -> str:
+    """``inlets status`` for a usage error click raised before it had the command's context
+    (``inlets status --url`` without a value): the command words at the head of argv."""
+    words = [w for group, modules in COMMANDS for m in modules for w in [m.split("_")] if argv[:len(w)] == w]
+    return " ".join(["inlets", *max(words, key=len)]) if words else "inlets"
 
 
 def main() -> None:
-    """Entry point: usage errors as one line (``inlets: error: ...``), exit status 2."""
-    _register(sys.argv[1:])
+    """Entry point: Ctrl-C at any moment exits 130 quietly, imports included (typer and the
+    command's modules take a quarter of a second to load, the window the user is most likely to press it in)."""
     try:
-        status_code = app(standalone_mode=False)
+        sys.exit(_run(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except RuntimeError as exc:  # Ctrl-C inside a class body being imported ("Error calling __set_name__")
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            sys.exit(130)
+        raise
+
+
+def _run(argv: list[str]) -> int:
+    """Usage errors as one line (``inlets: error: ...``), exit status 2; the command's status otherwise."""
+    import typer
+
+    from .app import app
+
+    _register(argv)
+    try:
+        status_code = app(prog_name="inlets", standalone_mode=False)  # not "-c" or "__main__.py"
     except typer.TyperException as exc:  # usage errors: bad flags and values
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare command: show its help
             typer.echo(exc.format_message(), err=True)
-            sys.exit(2)
-        command = ctx.command_path if ctx is not None else "inlets"
-        typer.echo(f"{command}: error: {exc.format_message()} (see --help)", err=True)
-        sys.exit(2 if ctx is not None else exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.exit(130)
-    sys.exit(status_code if isinstance(status_code, int) else 0)
+            return 2
+        command = ctx.command_path if ctx is not None else _command_path(argv)
+        message = _INT_RANGE.sub(r"\1 is not a whole number", exc.format_message())  # click's "valid int range"
+        typer.echo(f"{command}: error: {message} (see --help)", err=True)
+        return 2 if ctx is not None else exc.exit_code
+    except typer.Abort:
+        return 130
+    return status_code if isinstance(status_code, int) else 0
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from ..core.allowlist import SourceAllowList, parse_networks
-from ..core.auth import TokenError, TokenSet, read_tokens
+from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
+from ..core.hosts import HostError, check_bind_address, check_host, is_ip
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
 from ..server.dataplane import DataPlaneOptions
@@ -47,11 +48,15 @@ def control_config(
 
     try:
         tokens = TokenSet(read_tokens(token, token_file))
+        if token_file is not None:
+            warn_if_others_can_read(token_file)
     except TokenError as exc:
         fail(str(exc))
     chosen = sum([bool(tls_cert or tls_key), auto_tls, plaintext])
     if chosen != 1:
         fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
+    if (auto_tls_san or auto_tls_path is not None) and not auto_tls:
+        fail("--auto-tls-san and --auto-tls-path go with --auto-tls (they would be ignored)")
     ssl_context = None
     try:
         if tls_cert or tls_key:
@@ -59,8 +64,9 @@ def control_config(
                 fail("--tls-cert and --tls-key go together")
             ssl_context = server_context(tls_cert, tls_key)
         elif auto_tls:
-            names = auto_tls_san or ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-            files = auto_tls_files(auto_tls_path or default_data_dir() / "auto-tls", names)
+            names = auto_tls_names(auto_tls_san) if auto_tls_san else [
+                "localhost", "127.0.0.1", "::1", socket.gethostname()]
+            files = auto_tls_files(auto_tls_directory(auto_tls_path), names)
             ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
             log.info("event=auto_tls ca=%s names=%s", files["ca_cert"], ",".join(names))
     except (TlsConfigError, OSError) as exc:
@@ -72,6 +78,49 @@ def control_config(
     )
 
 
+def check_bind_addresses(control_addr: str, data_addr: str) -> None:
+    """--control-addr and --data-addr: an IP address or a name that resolves, checked before anything
+    listens (a bad --data-addr was only found when a client's handshake asked for a port, and hung)."""
+    try:
+        for value, flag in ((control_addr, "--control-addr"), (data_addr, "--data-addr")):
+            if value:
+                check_bind_address(value, flag)
+    except HostError as exc:
+        fail(str(exc))
+
+
+def auto_tls_names(sans: list[str]) -> list[str]:
+    """--auto-tls-san values as a certificate carries them: IP addresses, DNS names (an IDN as its
+    A-label, xn--...), ``*.`` wildcards; anything else is one line now, not the crypto library's words."""
+    names = []
+    for san in sans:
+        name = san.strip().strip("[]") if san.strip().startswith("[") else san.strip()
+        if is_ip(name):
+            names.append(name)
+            continue
+        wildcard, rest = ("*.", name[2:]) if name.startswith("*.") else ("", name)
+        try:
+            check_host(rest, "--auto-tls-san")
+        except HostError as exc:
+            fail(str(exc) if rest else "--auto-tls-san is empty: give a DNS name or an IP address")
+        names.append(wildcard + rest.encode("idna").decode("ascii").rstrip("."))
+    return names
+
+
+def auto_tls_directory(path: Path | None) -> Path:
+    """Where --auto-tls keeps its files. Not "" (the current directory), and a directory that already
+    exists keeps its mode: it is the user's, so others being able to enter it is said, not changed."""
+    if path is None:
+        return default_data_dir() / "auto-tls"
+    if str(path) in ("", "."):
+        fail("--auto-tls-path is empty (the current directory): give a directory of its own, "
+             "e.g. ~/.local/share/inlets/auto-tls")
+    if path.is_dir() and path.stat().st_mode & 0o077:
+        log.warning("event=auto_tls_path_open path=%s mode=%04o hint=%r", path, path.stat().st_mode & 0o777,
+                    "other users may enter it: the keys stay 0600, but chmod 700 it")
+    return path
+
+
 def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
     """Create or reuse the --auto-tls CA and certificate, in a child process (see core/certs.py's main)."""
     result = subprocess.run(
@@ -80,7 +129,10 @@ def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
         raise TlsConfigError(f"--auto-tls could not prepare {directory}: {last}")
-    return json.loads(result.stdout)
+    files = json.loads(result.stdout)
+    for key in files.pop("fixed", []):
+        log.warning("event=auto_tls_key_mode_fixed file=%s now=0600 reason=%r", key, "others could read the key")
+    return files
 
 
 def _proxy_version(value: str | None, option: str) -> str | None:

@@ -8,10 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.auth import TokenError, read_tokens
+from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
+from ..core.hosts import HostError, check_host
 from ..core.probe import ProbeError, get, parse_url
+from ..core.tls import TlsConfigError, client_context
 from .app import app
 from .config import fail
+from .durations import seconds_option
 from .client_options import TlsCa, TlsServerName, Urls
 from .status_view import render_holdings, render_table
 
@@ -25,13 +28,20 @@ def status(
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's JSON as is.")] = False,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the server.")] = 5.0,
+    timeout: Annotated[float, seconds_option("Seconds to wait for the server.", 0.1)] = 5.0,
 ) -> None:
     """Show a server's clients, their services, streams and traffic. With several --url (servers behind
     one balancer), each server's, then which servers each client holds.
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
+    try:  # bad flags: one line before any server is asked
+        if tls_server_name is not None:
+            check_host(tls_server_name, "--tls-server-name")
+        if tls_ca is not None:
+            client_context(tls_ca)
+    except (HostError, TlsConfigError) as exc:
+        fail(str(exc))
     files: list[Path | None] = list(token_file or [None])
     if len(files) not in (1, len(url)):
         fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
@@ -53,16 +63,28 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
             timeout: float, several: bool) -> dict:
     """One server's /status document; a one-line error naming the server when there are several."""
     where = f"{url}: " if several else ""
-    try:
+    try:  # bad input: exit 2, as every command does
         secret = read_tokens(token, token_file)[0]
+        if token_file is not None:
+            warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
-        answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
+        if not url.startswith(("wss://", "ws://")):
+            raise ProbeError(f"--url must start with wss:// (or ws:// for a --plaintext server), as the client's does, got {url!r}")
     except (TokenError, ProbeError) as exc:
+        fail(f"{where}{exc}")
+    try:
+        answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
+    except TlsConfigError as exc:
+        fail(f"{where}{exc}")
+    except ProbeError as exc:
         fail(f"{where}{exc}", 1)
     if answer.status == 401:
         fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
-    if answer.status != 200:
-        fail(f"{where}/status answered HTTP {answer.status}: {answer.body.strip()[:200]}", 1)
+    if answer.status == 404:
+        fail(f"{where}/status answered HTTP 404: is --url a tunnel server's control port (wss://HOST:8123)?", 1)
+    if answer.status != 200:  # the first line of the answer, never a page of HTML
+        first = (answer.body.strip().splitlines() or [""])[0][:200]
+        fail(f"{where}/status answered HTTP {answer.status}" + (f": {first}" if first else ""), 1)
     try:
         return dict(json.loads(answer.body))
     except ValueError:

@@ -13,7 +13,8 @@ from .client_config import client_configs, tunnel_client
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_client
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
-from .options import DrainTimeout, Generate, Keepalive, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
+from .durations import DrainTimeout, Keepalive
+from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
 
 
 @tcp_app.command("client")
@@ -82,7 +83,7 @@ def tcp_client(
     async def start() -> None:
         try:
             await forwarder.start()
-        except OSError as exc:
-            fail(f"cannot listen on {local_addr} for --local: {exc.strerror or exc}", 1)
+        except OSError as exc:  # ForwardListenError: which port, why, what to do
+            fail(exc.strerror or f"cannot listen on {local_addr} for --local", 1)
 
     run_client(client, start)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..core.hosts import authority
 from ..core.allowlist import parse_target_rules
 from ..core.ports import parse_port_list
 from ..server.forwarding import ForwardingPolicy
@@ -15,12 +16,13 @@ from ..server.tcp import TcpTunnelServer
 from .app import tcp_app
 from .config import fail, maybe_generate, setup_logs
 from .lifecycle import run_server
+from .durations import DrainTimeout, Keepalive
 from .options import (
-    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, DrainTimeout, Generate, Keepalive,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     ProxyProtocolOpt, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
-from .server_config import control_config, data_plane_options
+from .server_config import check_bind_addresses, control_config, data_plane_options
 
 log = logging.getLogger("inlets")
 
@@ -77,6 +79,7 @@ def tcp_server(
     """
     maybe_generate(generate, ["tcp", "server"], replicas)
     setup_logs(log_level, log_format)
+    check_bind_addresses(control_addr, data_addr)
 
     allowed = parse_allow_ports(allow_ports)
     options = data_plane_options(allow_ips=allow_ips, proxy_protocol=proxy_protocol, lb_proxy_protocol=lb_proxy_protocol)
@@ -99,8 +102,8 @@ def tcp_server(
     scheme = "wss" if config.ssl_context else "ws"
 
     def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
-        log.info("event=started mode=tcp control=%s://%s:%d data_addr=%s version=%s",
-                 scheme, control_addr or "*", control_port, data_addr or "*", __version__)
+        log.info("event=started mode=tcp control=%s://%s data_addr=%s version=%s",
+                 scheme, authority(control_addr or "*", control_port), data_addr or "*", __version__)
 
     run_server(server, describe=f"control {control_addr or '*'}:{control_port}", drain_timeout=drain_timeout,
                token=token, token_file=token_file, started=started)

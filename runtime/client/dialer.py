@@ -24,6 +24,7 @@ from websockets.exceptions import (
 )
 
 from ..core.auth import TokenError, read_tokens
+from ..core.hosts import HostError, split_url
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
@@ -68,7 +69,10 @@ class ClientConfig:
 
 def connect_url(url: str) -> str:
     """The websocket URL for ``url``: its path is a prefix (reverse proxies), ``/connect`` appended."""
-    parts = urlsplit(url)
+    try:
+        parts = split_url(url)
+    except HostError as exc:
+        raise FatalClientError(str(exc)) from None
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise FatalClientError(f"--url must be ws://HOST[:PORT] or wss://HOST[:PORT], got {url!r}")
     try:

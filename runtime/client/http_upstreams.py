@@ -12,14 +12,15 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ..core.bridge import dial
 from ..core.services import http_service, parse_http_service
 from ..core.handshake import HandshakeError
+from ..core.hosts import HostError, split_url
 from ..core.mux import ResetCode
 from ..core.ports import url_port
 from ..core.session import Channel
+from ..core.tls import load_ca
 
 log = logging.getLogger("inlets.http")
 
@@ -46,7 +47,11 @@ class HttpUpstream:
 
 
 def parse_upstream_url(text: str) -> HttpUpstream:
-    parts = urlsplit(text.strip())
+    """``http[s]://HOST[:PORT]``, the host checked now: a bad one would leave each user's request hanging."""
+    try:
+        parts = split_url(text.strip(), "--upstream")
+    except HostError as exc:
+        raise UpstreamError(str(exc)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UpstreamError(f"upstream must be http://HOST[:PORT] or https://HOST[:PORT], got {text!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
@@ -81,7 +86,12 @@ def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
 
 
 def upstream_tls(ca: Path | None = None, insecure: bool = False) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    """The context for https:// upstreams; a bad ``--upstream-ca`` raises TlsConfigError in words."""
+    if ca is None:
+        context = ssl.create_default_context()
+    else:  # that CA alone, as create_default_context(cafile=) trusts it, with worded errors
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        load_ca(context, ca, "--upstream-ca file")
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

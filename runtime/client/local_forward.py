@@ -7,6 +7,8 @@ that target (server/forwarding.py).
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -63,6 +65,17 @@ class _LocalConnection(TcpBridge):
             self.abort()
 
 
+class ForwardListenError(OSError):
+    """A --local port cannot be opened; str() says which, why, and what to do."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        reason = os.strerror(exc.errno) if exc.errno else "the address cannot be used here"
+        step = ("another program uses it: stop it, or pick another LOCAL_PORT" if exc.errno == errno.EADDRINUSE
+                else "check --local-addr")
+        super().__init__(exc.errno, f"cannot listen on {where} for --local: {reason}: {step}")
+
+
 class LocalForwarder:
     """The client's side: local listeners, one stream per accepted connection."""
 
@@ -79,9 +92,12 @@ class LocalForwarder:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for forward in self.forwards:
-            listener = await loop.create_server(
-                lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port
-            )
+            try:
+                listener = await loop.create_server(
+                    lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port
+                )
+            except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
+                raise ForwardListenError(self.local_addr, forward.local_port, exc) from None
             self.listeners.append(listener)
             log.info("event=forwarding local=%s:%d remote=%s", self.local_addr, forward.local_port, forward.target)
 

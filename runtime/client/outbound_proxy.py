@@ -51,12 +51,15 @@ class ProxyChoice:
 
 def redact(url: str) -> str:
     """``scheme://[user@]host:port``: the password never reaches a log or an error."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
     try:
-        port = parts.port
-    except ValueError:
-        port = None
-    host = parts.hostname or "?"
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        host = parts.hostname or "?"
+    except ValueError:  # a bad [IPv6] bracket
+        return "(a malformed proxy URL)"
+    try:
+        port: object = parts.port
+    except ValueError:  # out of range: shown as given, since it is what the error is about
+        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]
     host = f"[{host}]" if ":" in host else host
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}" + (f":{port}" if port else "")

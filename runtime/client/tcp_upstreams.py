@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from ..core.bridge import dial
+from ..core.hosts import HostError, check_host, is_ip
 from ..core.mux import ResetCode
 from ..core.ports import parse_port
 from ..core.session import Channel
@@ -36,17 +37,38 @@ def _port(text: str, what: str) -> int:
     return port
 
 
+def _host(host: str, item: str) -> str:
+    """An upstream host checked now: a bad one would leave every user connection to it hanging."""
+    try:
+        return check_host(host, f"--upstream {item!r}")
+    except HostError as exc:
+        raise UpstreamError(str(exc)) from None
+
+
 def _split_host_port(text: str) -> tuple[str, int]:
     """HOST:PORT, with IPv6 hosts in brackets: [::1]:22."""
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
+        if not sep or not rest.startswith(":") or not is_ip(host) or ":" not in host:
             raise UpstreamError(f"expected [IPv6]:PORT, got {text!r}")
         return host, _port(rest[1:], "upstream port")
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise UpstreamError(f"expected HOST:PORT, got {text!r}")
-    return host, _port(port, "upstream port")
+    if ":" in host:
+        raise UpstreamError(f"expected HOST:PORT (an IPv6 host in brackets: [::1]:22), got {text!r}")
+    return _host(host, text), _port(port, "upstream port")
+
+
+def _plain_host(item: str) -> str:
+    """The plain ``--upstream HOST`` that --ports/--udp-ports go to: a host, without a port."""
+    host = item.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host and not is_ip(host):
+        raise UpstreamError(f"--upstream {item!r}: with --ports give the host alone (the ports come from --ports), "
+                            "or PUBLIC_PORT=HOST:PORT")
+    return _host(host, item)
 
 
 def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str] | None = None) -> dict[str, Upstream]:
@@ -61,9 +83,12 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
             if colon and kind not in ("tcp", "udp"):
                 raise UpstreamError(f"expected [udp:]PUBLIC_PORT=HOST:PORT, got {item!r}")
             host, port = _split_host_port(target.strip())
-            mapping[f"{kind or 'tcp'}:{_port(number, 'public port')}"] = Upstream(host, port)
+            service = f"{kind or 'tcp'}:{_port(number, 'public port')}"
+            if service in mapping:
+                raise UpstreamError(f"public port {service} is given twice in --upstream: one upstream each")
+            mapping[service] = Upstream(host, port)
         elif item.strip():
-            plain_hosts.append(item.strip().strip("[]"))
+            plain_hosts.append(_plain_host(item))
     lists = {
         "tcp": [p for group in ports for p in group.split(",") if p.strip()],
         "udp": [p for group in udp_ports or [] for p in group.split(",") if p.strip()],
@@ -77,7 +102,10 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
     for kind, texts in lists.items():
         for text in texts:
             port = _port(text.strip(), f"--{'udp-' if kind == 'udp' else ''}ports entry")
-            mapping.setdefault(f"{kind}:{port}", Upstream(plain_hosts[0], port))
+            upstream = Upstream(plain_hosts[0], port)
+            if mapping.setdefault(f"{kind}:{port}", upstream) != upstream:
+                raise UpstreamError(f"public port {kind}:{port} is given by --{'udp-' if kind == 'udp' else ''}ports "
+                                    "and by a PUBLIC_PORT=HOST:PORT --upstream: one upstream each")
     if not mapping:
         raise UpstreamError("nothing to serve: give --upstream HOST --ports P or --upstream PORT=HOST:PORT")
     return mapping

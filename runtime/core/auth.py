@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_ENV = "INLETS_TOKEN"
+#: Tokens travel in ``Authorization: Bearer``: visible ASCII (spaces inside allowed), short enough
+#: for any server's header limit. A control character made the client log the header, token and all,
+#: at every retry; non-ASCII was encoded one way by the client and another by ``status``; 200 kB got
+#: HTTP 431 forever.
+_TOKEN_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+MAX_TOKEN = 4096
+_warned_loose: set[str] = set()
 CLIENTS = (("tcp", "client"), ("http", "client"))
 
 
@@ -33,17 +43,21 @@ class SecretOption:
         return f"{self.option}-file"
 
     def read(self, value: str | None, file: Path | None) -> str | None:
-        """The secret from the option, else its file (first line), else the environment; None if none is given."""
-        if value and file is not None:
+        """The secret from the option, else its file (first line), else the environment; None if none is given.
+
+        Stripped as the token is: a blank one (spaces only) is refused, never taken as the secret "   "."""
+        if value is not None and file is not None:
             raise TokenError(f"give {self.option} or {self.file_option}, not both")
-        if value:
-            return value
+        if value is not None:
+            if not value.strip():
+                raise TokenError(f"{self.option} is blank: give the secret, or use {self.file_option} or ${self.env}")
+            return value.strip()
         if file is not None:
             lines = _read_text(file, f"{self.file_option} file").splitlines()
-            if not lines or not lines[0]:
-                raise TokenError(f"{self.file_option} file {file} is empty")
-            return lines[0]
-        return os.environ.get(self.env) or None
+            if not lines or not lines[0].strip():
+                raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
+            return lines[0].strip()
+        return os.environ.get(self.env, "").strip() or None
 
 
 TOKEN = SecretOption("--token", TOKEN_ENV, "token", (("tcp", "server"), ("http", "server"), *CLIENTS))
@@ -64,20 +78,56 @@ def _read_text(path: Path, what: str) -> str:
         raise TokenError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
 
 
+def check_token(token: str, where: str) -> str:
+    """``token`` when an HTTP header can carry it; the error names where it came from, never the token."""
+    if len(token) > MAX_TOKEN:
+        raise TokenError(f"the token from {where} is longer than {MAX_TOKEN} characters: use a shorter one "
+                         "(inletsctl makes 64)")
+    if not _TOKEN_TEXT.fullmatch(token):
+        raise TokenError(f"the token from {where} holds a character a token cannot have (a control character or "
+                         "a letter outside ASCII): use printable ASCII letters, digits and punctuation")
+    return token
+
+
+def _option_token(token: str) -> str:
+    if token.startswith("-"):  # ``--token --generate ...``: the value was left out and the next flag taken
+        raise TokenError("--token's value starts with '-': was the value left out? (a token that starts with '-' "
+                         "goes in --token-file)")
+    if not token.strip():
+        raise TokenError(f"--token is blank: give the token, or use --token-file or ${TOKEN_ENV}")
+    return check_token(token.strip(), "--token")
+
+
+def warn_if_others_can_read(path: Path) -> None:
+    """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
+    mounts (Kubernetes, Docker) are often 0644 and cannot be changed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode) and mode & 0o077 and str(path) not in _warned_loose:
+        _warned_loose.add(str(path))
+        print(f"inlets: warning: token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
+              f"run chmod 600 {path}", file=sys.stderr)
+
+
 def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
-    """Tokens from ``--token``, else ``--token-file`` (one per line), else $INLETS_TOKEN."""
-    if token:
-        tokens = [token.strip()]
-    elif token_file is not None:
+    """Tokens from ``--token``, else ``--token-file`` (one per line), else $INLETS_TOKEN; each checked."""
+    if token is not None and token_file is not None:
+        raise TokenError("give --token or --token-file, not both")
+    if token is not None:
+        return [_option_token(token)]
+    if token_file is not None:
         text = _read_text(token_file, "token file")
-        tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
+        tokens = [check_token(line, f"token file {token_file} (line {number})")
+                  for number, line in lines if line and not line.startswith("#")]
         if not tokens:
             raise TokenError(f"token file {token_file} holds no token")
-    elif os.environ.get(TOKEN_ENV, "").strip():
-        tokens = [os.environ[TOKEN_ENV].strip()]
-    else:
-        raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}")
-    return tokens
+        return tokens
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return [check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")]
+    raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}")
 
 
 class TokenSet:

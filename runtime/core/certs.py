@@ -117,22 +117,53 @@ class AutoTlsFiles:
     key: Path
 
 
-def ensure_auto_tls(directory: Path, names: list[str]) -> AutoTlsFiles:
+class AutoTlsError(Exception):
+    """The --auto-tls directory or its files cannot be used; the message says which and what to do."""
+
+
+def _owner_only(path: Path, fixed: list[str]) -> None:
+    """A private key found readable by others is made 0600 (and named in ``fixed``), not reused as it is."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        fixed.append(f"{path} (was {mode:04o})")
+
+
+def _load_ca(cert: Path, key: Path) -> Pem:
+    ca = Pem(cert.read_bytes(), key.read_bytes())
+    try:
+        x509.load_pem_x509_certificate(ca.cert)
+        serialization.load_pem_private_key(ca.key, password=None)
+    except ValueError:
+        raise AutoTlsError(f"{cert} and {key} are not a PEM certificate and key (damaged?): restore them, or move "
+                           "them away to make a new CA (clients then need the new ca.crt)") from None
+    return ca
+
+
+def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None = None) -> AutoTlsFiles:
     """Create (or reuse, on restart) a CA and a server certificate in ``directory``.
 
     Reusing keeps clients that pinned ``ca.crt`` working across restarts. A new name
-    in ``names`` re-issues the server certificate from the same CA.
+    in ``names`` re-issues the server certificate from the same CA. A directory made here is
+    0700; one that exists keeps its mode (it is the user's: the current directory, their home).
+    Keys found readable by others are made 0600 and listed in ``fixed``.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    fixed = [] if fixed is None else fixed
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=0o700)
+    elif not directory.is_dir():
+        raise AutoTlsError(f"{directory} is a file, not a directory: give --auto-tls-path a directory")
     files = AutoTlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
     ca_key_path = directory / "ca.key"
     if files.ca_cert.exists() and ca_key_path.exists():
-        ca = Pem(files.ca_cert.read_bytes(), ca_key_path.read_bytes())
+        _owner_only(ca_key_path, fixed)
+        ca = _load_ca(files.ca_cert, ca_key_path)
     else:
         ca = generate_ca()
         files.ca_cert.write_bytes(ca.cert)
         write_private(ca_key_path, ca.key)
+    if files.key.exists():
+        _owner_only(files.key, fixed)
     if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names)):
         server = issue_server_cert(ca, names)
         files.cert.write_bytes(server.cert)
@@ -141,7 +172,10 @@ def ensure_auto_tls(directory: Path, names: list[str]) -> AutoTlsFiles:
 
 
 def _covers(cert_path: Path, names: list[str]) -> bool:
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError:  # damaged: issued again from the CA
+        return False
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -170,8 +204,17 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    files = ensure_auto_tls(Path(args[0]), args[1:])
-    print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key)}))
+    fixed: list[str] = []
+    try:
+        files = ensure_auto_tls(Path(args[0]), args[1:], fixed)
+    except AutoTlsError as exc:
+        sys.exit(str(exc))
+    except OSError as exc:  # the one line the server shows: the file and the OS's reason, in words
+        where = exc.filename or args[0]
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            sys.exit(f"{where} (or a folder above it) is a file, not a directory: give --auto-tls-path a directory")
+        sys.exit(f"cannot write {where}: {(exc.strerror or 'failed').lower()}: give a directory this user may write")
+    print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key), "fixed": fixed}))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ checks are unit-tested without a socket.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from .. import PROTOCOL_VERSION, __version__
@@ -16,6 +17,8 @@ from .. import PROTOCOL_VERSION, __version__
 CONNECT_PATH = "/connect"
 MAX_HELLO = 64 * 1024
 MAX_SERVICES = 1024
+#: The server logs it (client=...): a newline or a space in it could forge a log line or a field.
+_CLIENT_ID = re.compile(r"[!-~]{0,128}")
 
 # Close codes for a refused handshake. The client treats them as final: retrying
 # with the same configuration cannot succeed.
@@ -111,8 +114,8 @@ def _window(data: dict) -> int:
 def parse_hello(message: str | bytes) -> Hello:
     data = _load(message, "hello")
     mode, services, client_id = data.get("mode"), data.get("services"), data.get("client_id", "")
-    if not isinstance(mode, str) or not isinstance(client_id, str) or len(client_id) > 128:
-        raise HandshakeError(CLOSE_BAD_HELLO, "hello needs a mode and a short client_id")
+    if not isinstance(mode, str) or not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+        raise HandshakeError(CLOSE_BAD_HELLO, "hello needs a mode and a short client_id (visible ASCII, no spaces)")
     if (
         not isinstance(services, list)
         or len(services) > MAX_SERVICES

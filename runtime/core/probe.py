@@ -10,8 +10,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from .hosts import HostError, split_url
 from .ports import url_port
 from .tls import client_context, verify_failure
 
@@ -40,7 +40,10 @@ class Endpoint:
 
 def parse_url(url: str) -> Endpoint:
     """``wss://host:8123`` (the client's --url) or ``https://host:8123``."""
-    parts = urlsplit(url)
+    try:
+        parts = split_url(url)
+    except HostError as exc:
+        raise ProbeError(str(exc)) from None
     if parts.scheme not in ("wss", "https", "ws", "http") or not parts.hostname:
         raise ProbeError(f"--url must be wss://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
     tls = parts.scheme in ("wss", "https")
@@ -49,6 +52,29 @@ def parse_url(url: str) -> Endpoint:
     except ValueError:
         raise ProbeError(f"bad port in {url!r}") from None
     return Endpoint(parts.hostname, port, tls, parts.path.rstrip("/"))
+
+
+def _speaks_plain_http(endpoint: Endpoint, timeout: float) -> bool:
+    """Whether the port answers plain HTTP; only to name a wrong ``wss://`` (a --plaintext server)."""
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {endpoint.host}\r\nConnection: close\r\n\r\n".encode())
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def _speaks_tls(endpoint: Endpoint, timeout: float) -> bool:
+    """Whether the port completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as raw:
+            context.wrap_socket(raw).close()
+        return True
+    except OSError:
+        return False
 
 
 def get(
@@ -84,6 +110,17 @@ def get(
         return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
     except ssl.SSLCertVerificationError as exc:
         raise ProbeError(verify_failure(exc)) from None
+    except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
+        if _speaks_plain_http(endpoint, timeout):
+            raise ProbeError(f"{endpoint.host}:{endpoint.port} does not speak TLS (the server runs with --plaintext): "
+                             "use ws:// in --url") from None
+        raise ProbeError(f"{endpoint.host}:{endpoint.port}: the TLS handshake failed: is --url's port the "
+                         "server's control port?") from None
+    except http.client.RemoteDisconnected:  # no HTTP answer: ws:// to a TLS port closes without one
+        if not endpoint.tls and _speaks_tls(endpoint, timeout):
+            raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url") from None
+        raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is --url's "
+                         "port the server's control port?") from None
     except (OSError, http.client.HTTPException) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None

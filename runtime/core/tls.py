@@ -53,16 +53,47 @@ def is_plaintext_http(exc: BaseException) -> bool:
     return isinstance(exc, ssl.SSLError) and exc.reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")
 
 
+def _readable_file(path: Path, what: str) -> None:
+    """One worded line for a TLS file that is missing, a directory or unreadable (not OpenSSL's)."""
+    if not path.exists():
+        raise TlsConfigError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise TlsConfigError(f"{what} {path} is a directory: give the file itself")
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read {what} {path}: {(exc.strerror or 'unreadable').lower()}") from None
+
+
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _readable_file(Path(cert), "TLS file")
+    _readable_file(Path(key), "TLS file")
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TlsConfigError(f"TLS file not found: {exc.filename}") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"cannot load TLS certificate {cert} / key {key}: {exc}") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TlsConfigError(f"the key {key} does not belong to the certificate {cert}: give the key "
+                                 "the certificate was made with") from None
+        raise TlsConfigError(f"cannot load TLS certificate {cert} / key {key}: they must be PEM files "
+                             "(-----BEGIN CERTIFICATE----- and -----BEGIN PRIVATE KEY-----), the key unencrypted") from None
+    except OSError as exc:
+        raise TlsConfigError(f"cannot load TLS certificate {cert} / key {key}: "
+                             f"{(exc.strerror or 'unreadable').lower()}") from None
     return context
+
+
+def load_ca(context: ssl.SSLContext, ca: Path, what: str = "CA file") -> None:
+    """Trust the certificates in ``ca``; a TlsConfigError in words when it holds none or cannot be read."""
+    _readable_file(Path(ca), what)
+    try:
+        context.load_verify_locations(cafile=str(ca))
+    except ssl.SSLError:
+        raise TlsConfigError(f"{what} {ca} holds no PEM certificate: give the CA certificate "
+                             "(a file starting -----BEGIN CERTIFICATE-----)") from None
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read {what} {ca}: {(exc.strerror or 'unreadable').lower()}") from None
 
 
 def client_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSLContext:
@@ -76,12 +107,7 @@ def client_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSL
     if ca is None:
         context.load_default_certs()
         return context
-    try:
-        context.load_verify_locations(cafile=str(ca))
-    except FileNotFoundError:
-        raise TlsConfigError(f"CA file not found: {ca}") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise TlsConfigError(f"cannot load CA certificate {ca}: {exc}") from None
+    load_ca(context, ca)
     return context
 
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption
-from ..core.ports import parse_port_list
+from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption, TokenError, read_tokens
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
@@ -37,6 +36,11 @@ class GenerateError(ValueError):
     """The flags cannot be turned into a service definition; the message says why."""
 
 
+#: Options that always take a value, as typer parses them: ``--token --MYSECRET`` is the token
+#: "--MYSECRET", not a flag and a flag (which put the secret on the unit's ExecStart line).
+VALUE_OPTIONS = (*FILE_OPTIONS, *(s.option for s in SECRETS))
+
+
 def split_argv(argv: list[str]) -> list[tuple[str, str | None]]:
     """``['--a', '1', '--b=2', '--flag']`` -> ``[('--a','1'), ('--b','2'), ('--flag', None)]``."""
     pairs: list[tuple[str, str | None]] = []
@@ -46,6 +50,9 @@ def split_argv(argv: list[str]) -> list[tuple[str, str | None]]:
         if item.startswith("--") and "=" in item:
             name, value = item.split("=", 1)
             pairs.append((name, value))
+        elif item in VALUE_OPTIONS and index + 1 < len(argv):
+            pairs.append((item, argv[index + 1]))
+            index += 1
         elif item.startswith("--") and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
             pairs.append((item, argv[index + 1]))
             index += 1
@@ -105,11 +112,26 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
     for secret in SECRETS:
         if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
             found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+    for token_found in [f for f in found.values() if f.secret is TOKEN] + token_files:
+        _check_token(token_found)
     if len(token_files) > 1 and found[TOKEN.key] is token_files[0]:  # one file (or Secret key) per server
         for number, token_file in enumerate(token_files, 1):
             token_file.key = f"{TOKEN.key}-{number}"
         found = {**{f.key: f for f in token_files}, **{k: v for k, v in found.items() if k != TOKEN.key}}
     return rest, list(found.values())
+
+
+def _check_token(found: FoundSecret) -> None:
+    """The checks a running command applies to its token, applied before it goes into a unit or a Secret:
+    an empty or blank file, a value that is the next flag, characters a header cannot carry."""
+    try:
+        if found.file is not None:
+            if Path(found.file).expanduser().exists():  # a unit may name a file written later, elsewhere
+                read_tokens(None, Path(found.file).expanduser())
+        elif found.value is not None:
+            read_tokens(found.value, None)
+    except TokenError as exc:
+        raise GenerateError(str(exc)) from None
 
 
 def name_of(command: list[str]) -> str:

@@ -239,7 +239,7 @@ class _Decrypted(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        return True
+        return False  # over TLS, True has no effect but asyncio's warning, once per such connection
 
     def hand_over(self, connection: asyncio.Protocol) -> None:
         for data in self.data:

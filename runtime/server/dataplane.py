@@ -26,7 +26,9 @@ def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
     """
     host = data_addr or "*"
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno is None and isinstance(exc.__cause__, OSError):  # uvloop's UDP bind: "could not bind to local_addr (...)"
+        exc = exc.__cause__
+    reason = os.strerror(exc.errno) if exc.errno else "the address cannot be used here"
     if exc.errno != errno.EADDRINUSE:
         return f"server cannot listen on {where}: {reason}"
     if data_addr is None:  # every interface: on one machine, the client's own upstream has this port

@@ -490,3 +490,19 @@ def test_thousands_of_half_open_tls_connections_cost_little_and_give_memory_back
         terminate(server)
     assert peak - start < 64, f"RSS {start:.0f} MiB -> {peak:.0f} MiB with 3,000 half-open connections"
     assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"
+
+
+def test_a_client_id_that_could_forge_log_lines_is_refused(tls: TlsFiles, token: str) -> None:
+    """A client holding the token sent client_id "x\\n<fake log line>": the server logged it as is."""
+
+    async def scenario() -> None:
+        for client_id in ("x\n2026-01-01T00:00:00 level=INFO event=forged", "a remote=10.0.0.1", "tab\there"):
+            server = await start_server(tls, token)
+            ws = await raw_client(server, tls, token)
+            await ws.send(Hello("tcp", [f"tcp:{free_port()}"], client_id, 1 << 20).encode())
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            await server.stop()
+            assert closed.value.rcvd.code == 4000 and "visible ASCII" in closed.value.rcvd.reason
+
+    run(scenario())

@@ -106,3 +106,21 @@ def test_https_port_taken_is_a_one_line_error(tmp_path: Path, tls, token: str) -
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f":{taken}" in lines[0] and "cannot listen" in lines[0], result.stderr
+
+
+def test_an_acme_server_out_of_reach_is_said_in_words(tmp_path: Path, token_file: Path) -> None:
+    """requests' text ("HTTPSConnectionPool(host=...) Max retries exceeded ... [Errno 111]") is no message."""
+    dead = free_port()
+    server = spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
+                   "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
+                   "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
+                   "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir", "--letsencrypt-path", str(tmp_path / "le"),
+                   log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=certificate_failed", timeout=60)
+    finally:
+        stop_all(server)
+    line = next(line for line in log.splitlines() if "event=certificate_failed" in line)
+    assert (f"cannot reach the ACME server https://127.0.0.1:{dead}/dir: connection refused: check the network "
+            "and --letsencrypt-issuer") in line
+    assert not any(word in line for word in ("HTTPSConnectionPool", "Errno", "NewConnectionError"))

@@ -1,0 +1,79 @@
+"""Host names and addresses from flags and URLs, checked by one rule when they are read.
+
+A host is an IP address or a DNS name whose labels IDNA can encode (1-63 letters, digits,
+``-`` or ``_`` each, 253 characters in all). Checked at startup, a typo is one line then,
+instead of a ``UnicodeError`` traceback, a stream that hangs, or a client retrying forever
+on "Name or service not known".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from urllib.parse import SplitResult, urlsplit
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_DOTTED_NUMBERS = re.compile(r"[0-9]+(?:\.[0-9]+)*\.?")
+HINT = "give an IP address or a DNS name such as example.com"
+
+
+class HostError(ValueError):
+    """A host, address or URL that cannot be used; the message names the flag and says what to give."""
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_host(host: str, what: str) -> str:
+    """``host`` unchanged when it is an IP address or a valid DNS name (IDN allowed); HostError otherwise."""
+    if is_ip(host):
+        return host
+    if _DOTTED_NUMBERS.fullmatch(host):
+        raise HostError(f"{what}: {host!r} is not an IP address: {HINT}")
+    try:
+        name = host.encode("idna").decode("ascii").rstrip(".")
+    except UnicodeError:
+        raise HostError(f"{what}: {host!r} is not a valid host name (an empty or over-long label): {HINT}") from None
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise HostError(f"{what}: {host!r} is not a valid host name: {HINT}")
+    return host
+
+
+def split_url(url: str, what: str = "--url") -> SplitResult:
+    """``urlsplit`` with its ValueErrors (a bad bracket, a bad IPv6 address) worded, the host checked,
+    and credentials refused: a user name or password in a URL would show in every log line."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise HostError(f"{what} {url!r} has a malformed [IPv6] address: write it as [2001:db8::1]:PORT") from None
+    if "@" in parts.netloc:
+        raise HostError(f"{what} must not carry a user name or password (the token is the credential): "
+                        "leave out the part up to '@'")
+    if host:
+        check_host(host, what)
+    return parts
+
+
+def check_bind_address(address: str, what: str) -> str:
+    """A bind address for a server flag: valid (``check_host``) and resolvable now, else one line."""
+    check_host(address, what)
+    if is_ip(address):
+        return address
+    try:
+        socket.getaddrinfo(address, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise HostError(f"{what}: cannot resolve {address!r} ({exc.strerror}): give an IP address of this "
+                        "host or a name that resolves to one") from None
+    return address
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8123``, not ``::1:8123``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,70 @@
+"""``--auto-tls`` as users point it: bad paths and names in one worded line, the user's own
+directories left as they are, keys others could read made private (and said so)."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers.process import INLETS, inlets, spawn, wait_for_text
+from helpers.tunnel import free_port
+
+
+def server(token_file: Path, *extra: str) -> list[str]:
+    return ["tcp", "server", "--token-file", str(token_file), "--auto-tls", "--control-addr", "127.0.0.1",
+            "--data-addr", "127.0.0.1", *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--auto-tls-path", ""], "--auto-tls-path is empty"),
+    (["--auto-tls-path", "{tmp}/afile"], "is a file, not a directory"),
+    (["--auto-tls-path", "{tmp}/afile/sub"], "is a file, not a directory"),
+    (["--auto-tls-path", "{tmp}/damaged"], "are not a PEM certificate and key (damaged?)"),
+    (["--auto-tls-path", "{tmp}/new", "--auto-tls-san", ""], "--auto-tls-san is empty"),
+    (["--auto-tls-path", "{tmp}/new", "--auto-tls-san", "bad name with spaces"], "is not a valid host name"),
+])
+def test_bad_auto_tls_paths_and_names_are_one_worded_line(tmp_path: Path, token_file: Path, extra, message) -> None:
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\njunk\n")
+    (tmp_path / "damaged" / "ca.key").write_text("junk\n")
+    # run in tmp_path: an empty --auto-tls-path once meant the current directory (files written, chmod 0700)
+    result = subprocess.run([*INLETS, *server(token_file, *(arg.format(tmp=tmp_path) for arg in extra))],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert message in lines[-1], result.stderr
+    assert not any(word in result.stderr for word in ("Traceback", "Error:", "[Errno", "MalformedFraming"))
+
+
+@pytest.mark.parametrize("flags", [["--tls-cert", "c", "--tls-key", "k", "--auto-tls-san", "x"],
+                                   ["--plaintext", "--auto-tls-path", "/tmp/x"]])
+def test_auto_tls_flags_without_auto_tls_are_refused(token_file: Path, flags) -> None:
+    result = inlets("tcp", "server", "--token-file", str(token_file), *flags)
+    assert result.returncode == 2 and "go with --auto-tls" in result.stderr, result
+
+
+def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_its_a_label(
+        tmp_path: Path, token_file: Path) -> None:
+    directory = tmp_path / "mine"
+    directory.mkdir()
+    directory.chmod(0o755)
+    args = server(token_file, "--control-port", str(free_port()), "--auto-tls-path", str(directory),
+                  "--auto-tls-san", "bücher.example")
+    for run, log in enumerate(("first.log", "second.log")):
+        if run:
+            (directory / "server.key").chmod(0o644)
+        process = spawn(*args, log=tmp_path / log)
+        try:
+            text = wait_for_text(tmp_path / log, "event=started", timeout=60)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+    assert "names=xn--bcher-kva.example" in text
+    assert f"event=auto_tls_key_mode_fixed file={directory / 'server.key'} (was 0644)" in text
+    assert "event=auto_tls_path_open" in text
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE((directory / "server.key").stat().st_mode) == 0o600

@@ -1,0 +1,163 @@
+"""Bad input to `inlets`, as users type it: one line saying what to do, a non-zero exit, no Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.process import inlets
+
+#: What a one-line error must never show: Python's own words.
+INTERNALS = ("Traceback", "Error:", "_ssl.c", "[Errno", "None", "codec")
+
+
+def one_line_error(result, message: str, status: int = 2) -> str:
+    """The single stderr line of a refused command, checked for ``message`` and the absence of internals."""
+    assert result.returncode == status, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], lines[0]
+    for word in INTERNALS:
+        assert word not in lines[0] and "Traceback" not in result.stdout, lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def files(tmp_path: Path, token_file: Path) -> dict[str, str]:
+    notpem = tmp_path / "notpem.txt"
+    notpem.write_text("not a certificate\n")
+    empty = tmp_path / "empty.crt"
+    empty.write_text("")
+    return {"tok": str(token_file), "notpem": str(notpem), "empty": str(empty), "dir": str(tmp_path)}
+
+
+CLIENT = ["tcp", "client", "--token-file", "{tok}", "--upstream", "127.0.0.1", "--ports", "20020"]
+STATUS = ["status", "--token-file", "{tok}"]
+HTTP_CLIENT = ["http", "client", "--token-file", "{tok}", "--url", "wss://127.0.0.1:20030"]
+SERVER = ["tcp", "server", "--token-file", "{tok}", "--plaintext", "--control-port", "20777"]
+
+
+@pytest.mark.parametrize("args, message", [
+    # a malformed URL or host: urlsplit's and the idna codec's ValueErrors were tracebacks
+    (CLIENT + ["--url", "wss://[::1"], "malformed [IPv6] address"),
+    (CLIENT + ["--url", "wss://[zz]:20030"], "malformed [IPv6] address"),
+    (STATUS + ["--url", "wss://[::1"], "malformed [IPv6] address"),
+    (HTTP_CLIENT + ["--upstream", "http://[::1"], "malformed [IPv6] address"),
+    (HTTP_CLIENT + ["--upstream", "http://[zz]:1"], "malformed [IPv6] address"),
+    (["http", "client", "--token-file", "{tok}", "--url", "wss://[::1", "--upstream", "http://127.0.0.1:1"],
+     "malformed [IPv6] address"),
+    (CLIENT + ["--url", "wss://a..b:20100"], "'a..b' is not a valid host name"),
+    (CLIENT + ["--url", f"wss://{'a' * 64}.example:20100"], "is not a valid host name"),
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-server-name", ".."], "--tls-server-name: '..' is not a valid"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-server-name", ".."], "--tls-server-name: '..' is not a valid"),
+    (SERVER + ["--control-addr", "a..b"], "--control-addr: 'a..b' is not a valid host name"),
+    # hosts accepted at startup that then hung every connection, or retried forever
+    (["tcp", "client", "--token-file", "{tok}", "--url", "wss://127.0.0.1:1", "--upstream", "22002=a..b:22"],
+     "'a..b' is not a valid host name"),
+    (HTTP_CLIENT + ["--upstream", "a.test=http://a..b:80"], "'a..b' is not a valid host name"),
+    (HTTP_CLIENT + ["--upstream", "http://a b:1"], "'a b' is not a valid host name"),
+    (CLIENT + ["--url", "wss://a b:20030"], "'a b' is not a valid host name"),
+    (SERVER + ["--data-addr", "a..b"], "--data-addr: 'a..b' is not a valid host name"),
+    (SERVER + ["--data-addr", "999.9.9.9"], "--data-addr: '999.9.9.9' is not an IP address"),
+    (SERVER + ["--control-addr", "999.0.0.1"], "--control-addr: '999.0.0.1' is not an IP address"),
+    (["http", "server", "--token-file", "{tok}", "--plaintext", "--data-addr", "a..b"], "--data-addr: 'a..b'"),
+    # a TLS file that is no CA: OpenSSL's words (_ssl.c) or a traceback from status
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{notpem}"], "holds no PEM certificate"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{empty}"], "holds no PEM certificate"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{dir}"], "is a directory"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "/nonexistent/ca.crt"], "CA file not found"),
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{dir}"], "is a directory"),
+    (HTTP_CLIENT + ["--upstream", "https://127.0.0.1:1", "--upstream-ca", "{notpem}"], "holds no PEM certificate"),
+    (SERVER[:4] + ["--tls-cert", "{notpem}", "--tls-key", "{notpem}"], "must be PEM files"),
+    (SERVER[:4] + ["--tls-cert", "{dir}", "--tls-key", "{notpem}"], "is a directory"),
+    (SERVER[:4] + ["--tls-cert", "/nonexistent.crt", "--tls-key", "{notpem}"], "not found: /nonexistent.crt"),
+    # durations: nan and inf got past min=, and then raised
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--timeout", "nan"], "'nan' is not a number of seconds"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--timeout", "inf"], "'inf' is not a number of seconds"),
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--keepalive", "nan"], "'nan' is not a number of seconds"),
+    (SERVER + ["--drain-timeout", "inf"], "'inf' is not a number of seconds"),
+    (["http", "server", "--upstream-timeout", "nan"], "'nan' is not a number of seconds"),
+    # conflicting TLS flags
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{notpem}", "--tls-insecure"], "not both"),
+    # credentials in --url would be logged on every line
+    (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
+])
+def test_bad_input_is_one_line(args: list[str], message: str, files: dict[str, str]) -> None:
+    result = inlets(*(arg.format(**files) for arg in args))
+    line = one_line_error(result, message)
+    assert "pass@" not in line
+
+
+@pytest.mark.parametrize("upstreams, message", [
+    (["20961=[]:20101"], "expected [IPv6]:PORT"),
+    (["127.0.0.1:20101", "--ports", "20962"], "give the host alone"),
+    (["2222=a=b:22"], "'a=b' is not a valid host name"),
+    (["2222=h:22:33"], "expected HOST:PORT"),
+    (["2222=h:22", "--upstream", "2222=h:23"], "public port tcp:2222 is given twice"),
+    (["127.0.0.1", "--ports", "80", "--upstream", "80=h:81"], "public port tcp:80 is given by --ports and"),
+])
+def test_malformed_or_conflicting_tcp_upstreams_are_refused(upstreams: list[str], message: str, files) -> None:
+    result = inlets("tcp", "client", "--token-file", files["tok"], "--url", "wss://127.0.0.1:1", "--upstream", *upstreams)
+    one_line_error(result, message)
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
+    """Ctrl-C in the first quarter second (typer and the command's modules loading) was a traceback."""
+    import signal
+    import subprocess
+    import time
+
+    from helpers.process import INLETS
+
+    for delay in (0.15, 0.2, 0.25, 0.3, 0.35):
+        process = subprocess.Popen([*INLETS, "status", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"]],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+        if "init_import_site" in err:  # Python itself was still starting (a slow machine): no inlets code ran yet
+            continue
+        assert "Traceback" not in err + out, (delay, err)
+        assert process.returncode in (130, -signal.SIGINT, 1), (delay, process.returncode, err)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["status", "--url"], "inlets status: error: Option '--url' requires an argument. (see --help)"),
+    (["tcp", "client", "--url", "wss://h:1", "--max-streams", "x"],
+     "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number. (see --help)"),
+])
+def test_usage_errors_name_the_command_in_the_users_words(args: list[str], line: str) -> None:
+    result = inlets(*args)
+    assert result.returncode == 2 and result.stderr.strip() == line, result
+
+
+def test_a_proxy_port_out_of_range_is_shown_as_given(files) -> None:
+    result = inlets("tcp", "client", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"], "--upstream",
+                    "1=127.0.0.1:1", "--proxy", "http://127.0.0.1:99999")
+    one_line_error(result, "invalid proxy http://127.0.0.1:99999")
+
+
+def test_the_ready_line_writes_an_ipv6_control_address_in_brackets(tmp_path: Path, files) -> None:
+    import signal
+
+    from helpers.process import spawn, wait_for_text
+    from helpers.tunnel import free_port
+
+    port = free_port("::1")
+    server = spawn("tcp", "server", "--token-file", files["tok"], "--plaintext", "--control-addr", "::1",
+                   "--control-port", str(port), "--data-addr", "::1", log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=started")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+    assert f"control=ws://[::1]:{port} " in log
+
+
+def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls, files) -> None:
+    from helpers.tunnel import make_tls
+
+    other = make_tls(tmp_path / "other")
+    result = inlets("tcp", "server", "--token-file", files["tok"], "--tls-cert", str(tls.cert), "--tls-key", str(other.key))
+    line = one_line_error(result, f"the key {other.key} does not belong to the certificate {tls.cert}")
+    assert "KEY_VALUES_MISMATCH" not in line

@@ -1,0 +1,74 @@
+"""Tokens and secrets as users give them: refused in one line that never quotes them, checked the
+same way by every command and by --generate, and never written where ps or a unit shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.process import inlets
+
+SECRET = "MYSECRET"
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> dict[str, str]:
+    contents = {"ctl": f"{SECRET}\x01b\n", "empty": "", "blank": "   \n", "nonascii": f"{SECRET}été\n",
+                "big": SECRET * 25_000 + "\n", "good": f"{SECRET}-0123456789\n"}
+    paths = {}
+    for name, text in contents.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text)
+        path.chmod(0o600)
+        paths[name] = str(path)
+    return paths
+
+
+CLIENT = ["tcp", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "20031=127.0.0.1:20032"]
+SERVER = ["tcp", "server", "--plaintext", "--control-addr", "127.0.0.1", "--control-port", "20033"]
+STATUS = ["status", "--url", "wss://127.0.0.1:20030"]
+
+
+@pytest.mark.parametrize("args, message", [
+    # a control character: the client logged the header, token included, at every retry
+    (CLIENT + ["--token-file", "{ctl}"], "holds a character a token cannot have"),
+    (SERVER + ["--token-file", "{ctl}"], "holds a character a token cannot have"),
+    (STATUS + ["--token-file", "{ctl}"], "holds a character a token cannot have"),
+    # non-ASCII: the tunnel connected, status (encoded differently) got 401; 200 kB: HTTP 431 forever
+    (CLIENT + ["--token-file", "{nonascii}"], "holds a character a token cannot have"),
+    (STATUS + ["--token-file", "{nonascii}"], "holds a character a token cannot have"),
+    (CLIENT + ["--token-file", "{big}"], "is longer than 4096 characters"),
+    # blank and doubled tokens
+    (SERVER + ["--token", "   "], "--token is blank"),
+    (CLIENT + ["--token", "   "], "--token is blank"),
+    (SERVER + ["--token", SECRET, "--token-file", "{good}"], "give --token or --token-file, not both"),
+    (CLIENT + ["--token", SECRET, "--token-file", "{good}"], "give --token or --token-file, not both"),
+    (["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file",
+      "{good}", "--bearer-token-file", "{blank}"], "--bearer-token-file file"),
+    # --generate: the same checks, and no secret on a command line
+    (SERVER + ["--generate", "k8s_yaml", "--token", f"--{SECRET}"], "--token's value starts with '-'"),
+    (SERVER + ["--generate", "systemd", "--token", f"--{SECRET}"], "--token's value starts with '-'"),
+    (SERVER + ["--generate", "k8s_yaml", "--token-file", "{empty}"], "holds no token"),
+    (SERVER + ["--generate", "k8s_yaml", "--token-file", "{blank}"], "holds no token"),
+    (SERVER + ["--generate", "systemd", "--token-file", "{ctl}"], "holds a character a token cannot have"),
+])
+def test_bad_secrets_are_refused_in_one_line_that_does_not_quote_them(args, message, secrets) -> None:
+    result = inlets(*(arg.format(**secrets) for arg in args), env={"INLETS_TOKEN": ""})
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert SECRET not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_status_without_a_token_exits_2_like_every_command() -> None:
+    result = inlets(*STATUS, env={"INLETS_TOKEN": ""})
+    assert result.returncode == 2 and "no token" in result.stderr
+
+
+def test_a_token_file_others_can_read_gets_one_warning(secrets) -> None:
+    Path(secrets["good"]).chmod(0o644)
+    result = inlets(*STATUS, "--timeout", "0.5", "--token-file", secrets["good"])
+    assert result.stderr.count("can be read by other users (mode 0644): run chmod 600") == 1, result.stderr
+    assert SECRET not in result.stderr

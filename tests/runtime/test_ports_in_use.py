@@ -1,0 +1,40 @@
+"""A port in use, said as the TCP data port's is: where, why, and what to do; never asyncio's
+wrapper with its Python tuple, nor uvloop's "could not bind to local_addr (...)"."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from helpers.process import client_args, inlets, server_args, spawn, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+
+def test_a_udp_data_port_in_use_is_one_line_saying_what_to_do(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        try:
+            wait_port(control)
+            result = inlets(*client_args(control, tls, token_file, "--upstream", "127.0.0.1", "--udp-ports", str(taken)))
+        finally:
+            server.terminate()
+            server.wait(10)
+    assert result.returncode == 1
+    assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on 127.0.0.1:{taken}: "
+                             "port in use there; free it or give the server another --data-addr\n")
+
+
+def test_a_local_forward_port_in_use_is_one_line_saying_what_to_do(tls: TlsFiles, token_file: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        result = inlets(*client_args(free_port(), tls, token_file, "--local", f"{taken}:127.0.0.1:5432"))
+    assert result.returncode == 1, result
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"inlets: error: cannot listen on 127.0.0.1:{taken} for --local: Address already in use: "
+        "another program uses it: stop it, or pick another LOCAL_PORT")
+    assert "('127.0.0.1'" not in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,35 @@
+"""A second SIGTERM/SIGINT while a server drains exits at once, saying so in one log line."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+
+def test_a_second_signal_during_the_drain_exits_at_once(
+        tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int) -> None:
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file, "--drain-timeout", "60"), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_port(public)
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as user:  # an open stream: the drain waits
+            user.sendall(b"hold")
+            assert user.recv(4) == b"hold"
+            server.send_signal(signal.SIGTERM)
+            wait_for_text(tmp_path / "server.log", "event=draining")
+            started = time.monotonic()
+            server.send_signal(signal.SIGINT)
+            code = server.wait(10)
+            assert time.monotonic() - started < 5
+    finally:
+        stop_all(client, server)
+    assert code == 1
+    log = (tmp_path / "server.log").read_text()
+    assert "event=forced_exit signal=SIGINT" in log and "Traceback" not in log

@@ -1,0 +1,61 @@
+"""`inlets status` pointed at the wrong thing: a wrong scheme or a server that is not a tunnel
+gets one line saying what to change, never OpenSSL's words or a page of HTML."""
+
+from __future__ import annotations
+
+import http.server
+import signal
+import threading
+from pathlib import Path
+
+from helpers.process import inlets, server_args, spawn, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+
+def status_line(url: str, token_file: Path, *extra: str) -> str:
+    result = inlets("status", "--url", url, "--token-file", str(token_file), "--timeout", "3", *extra)
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert not any(word in lines[0] for word in ("_ssl.c", "SSL:", "Remote end closed", "<html", "<!DOCTYPE")), lines[0]
+    return lines[0]
+
+
+def test_a_wrong_scheme_is_named_with_its_fix(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    tls_port, plain_port = free_port(), free_port()
+    tls_server = spawn(*server_args(tls_port, tls, token_file), log=tmp_path / "tls.log")
+    plain_server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(plain_port),
+                         "--data-addr", "127.0.0.1", "--plaintext", "--token-file", str(token_file),
+                         log=tmp_path / "plain.log")
+    try:
+        wait_port(tls_port)
+        wait_port(plain_port)
+        assert "does not speak TLS" in status_line(f"wss://127.0.0.1:{plain_port}", token_file, "--tls-ca", str(tls.ca))
+        assert "speaks TLS: use wss://" in status_line(f"ws://127.0.0.1:{tls_port}", token_file)
+    finally:
+        for process in (tls_server, plain_server):
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+
+
+def test_a_web_server_that_is_no_tunnel_gets_one_line(token_file: Path) -> None:
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        line = status_line(f"ws://127.0.0.1:{web.server_address[1]}", token_file)
+        assert "HTTP 404: is --url a tunnel server's control port" in line
+    finally:
+        web.shutdown()
+        web.server_close()
+
+
+def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
+    result = inlets("status", "--url", "http://127.0.0.1:20999", "--token-file", str(token_file))
+    assert result.returncode == 2 and "--url must start with wss://" in result.stderr, result
