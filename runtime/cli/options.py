@@ -41,7 +41,6 @@ AutoTlsPath = Annotated[
 ]
 AutoTlsSan = Annotated[Optional[list[str]], typer.Option(help="Name or IP the certificate is for (repeatable).")]
 Plaintext = Annotated[bool, typer.Option(help="Plain ws://, only behind a TLS-terminating proxy.")]
-Keepalive = Annotated[float, typer.Option(min=1.0, help="Seconds within which a dead peer is detected.")]
 MaxClientStreams = Annotated[
     int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
 ]
@@ -58,9 +57,6 @@ MaxBuffer = Annotated[int, typer.Option(
     "--max-buffer", min=1, max=1_000_000,
     help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "
     "(for upstreams that have not taken the data yet).")]
-DrainTimeout = Annotated[
-    float, typer.Option(min=0.0, help="On SIGTERM, seconds open connections get to finish before exit.")
-]
 AllowIps = Annotated[
     Optional[str], typer.Option(help="Only these sources may use the data plane: 10.0.0.0/8,2001:db8::/32.")
 ]
