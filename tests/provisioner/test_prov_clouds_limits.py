@@ -31,13 +31,13 @@ EMBED = {"tcp": "embed", "http": "embed", "http-letsencrypt": "embed"}
 PUSH = {"tcp": "push", "http": "push", "http-letsencrypt": "push"}
 #: how the wheel reaches the VM, per cloud and mode
 DELIVERY = {
-    DigitalOceanProvider: {"tcp": "embed", "http": "embed", "http-letsencrypt": "push"},  # 64 KiB
-    ScalewayProvider: {"tcp": "embed", "http": "embed", "http-letsencrypt": "push"},  # 64 KiB
-    EquinixProvider: {"tcp": "embed", "http": "embed", "http-letsencrypt": "push"},  # 64 KiB
+    DigitalOceanProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
+    ScalewayProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
+    EquinixProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
     GCEProvider: EMBED,  # 256 KiB
-    AzureProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 48 KiB
-    VultrProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 48 KiB
-    LinodeProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 49,000 bytes
+    AzureProvider: PUSH,  # 48 KiB
+    VultrProvider: PUSH,  # 48 KiB
+    LinodeProvider: PUSH,  # 49,000 bytes
     HetznerProvider: PUSH,  # 32 KiB
     EC2Provider: PUSH,  # 16 KiB
 }
