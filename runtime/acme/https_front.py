@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from ..core.bridge import LISTEN_BACKLOG
 from ..http.front import FrontConnection, FrontServer
 from ..http.parser import HttpError, RequestHead, RequestReader
 from ..http.write import SimpleResponse
@@ -118,11 +119,11 @@ class HttpsFront:
         loop = asyncio.get_running_loop()
         self.letsencrypt.load()
         self._plain = await loop.create_server(
-            lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port, backlog=1024
+            lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port, backlog=LISTEN_BACKLOG
         )
         try:
             self._tls = await loop.create_server(
-                lambda: TlsFrontConnection(server), server.data_addr, self.https_port, backlog=1024,
+                lambda: TlsFrontConnection(server), server.data_addr, self.https_port, backlog=LISTEN_BACKLOG,
                 ssl=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT,
             )
         except OSError:

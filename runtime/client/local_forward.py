@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from ..core.bridge import TcpBridge
+from ..core.bridge import LISTEN_BACKLOG, TcpBridge
 from ..core.mux import StreamError
 from ..core.ports import parse_port
 from ..core.services import FORWARD_PREFIX, format_target, parse_target
@@ -94,7 +94,8 @@ class LocalForwarder:
         for forward in self.forwards:
             try:
                 listener = await loop.create_server(
-                    lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port
+                    lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port,
+                    backlog=LISTEN_BACKLOG,
                 )
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None

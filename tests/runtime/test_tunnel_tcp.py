@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import socket
 import ssl
+import subprocess
 import warnings
 
 import pytest
@@ -429,3 +431,24 @@ def test_ipv6_on_loopback(tmp_path, token: str) -> None:
         await server.stop()
 
     run(scenario())
+
+
+def test_a_data_port_queues_a_thousand_connections_before_accepting(tls: TlsFiles, token: str) -> None:
+    """asyncio's default backlog of 100 dropped SYNs when 1,000 users arrived at once (wrk -c1000), and a
+    dropped SYN waits 1 s, then 3, before it is sent again. The kernel says what the listener asked for:
+    ``ss`` shows a listening socket's backlog as its Send-Q."""
+    ss = shutil.which("ss") or shutil.which("ss", path="/usr/sbin:/sbin")
+    if ss is None:
+        pytest.skip("ss (iproute2) not installed: apt-get install iproute2")
+
+    async def scenario() -> str:
+        echo = await echo_server()
+        server, client, task, public = await tunnel(tls, token, port_of(echo))
+        try:
+            return subprocess.run([ss, "-Hltn", f"sport = :{public}"], capture_output=True, text=True, check=True).stdout
+        finally:
+            await stop(task)
+            await server.stop()
+
+    listening = run(scenario()).split()
+    assert listening[0] == "LISTEN" and listening[2] == "1024", listening
