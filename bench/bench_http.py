@@ -43,7 +43,7 @@ PATHS = ("direct", "tunnel", "tcp-tunnel", "ssh-R", "ssh-L")
 #: so the table shows what the HTTP layer costs on top of it.
 
 #: (name, file, wrk connections or None for --connections): issue 17's cases.
-CASES = (("1 KiB", "1k.bin", None), ("1 KiB, 1000 conns", "1k.bin", 1000), ("64 KiB", "64k.bin", None))
+CASES = (("1 KiB", "1k.bin", None), ("1 KiB x1000", "1k.bin", 1000), ("64 KiB", "64k.bin", None))
 
 
 def ensure_packages(*tools: str) -> None:
