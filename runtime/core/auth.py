@@ -90,8 +90,8 @@ def check_token(token: str, where: str) -> str:
 
 
 def _option_token(token: str) -> str:
-    if token.startswith("-"):  # ``--token --generate ...``: the value was left out and the next flag taken
-        raise TokenError("--token's value starts with '-': was the value left out? (a token that starts with '-' "
+    if token.startswith("--"):  # ``--token --generate ...``: the value was left out and the next flag taken
+        raise TokenError("--token's value starts with '--': was the value left out? (a token that starts with '--' "
                          "goes in --token-file)")
     if not token.strip():
         raise TokenError(f"--token is blank: give the token, or use --token-file or ${TOKEN_ENV}")

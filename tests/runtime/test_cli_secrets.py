@@ -46,8 +46,8 @@ STATUS = ["status", "--url", "wss://127.0.0.1:20030"]
     (["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file",
       "{good}", "--bearer-token-file", "{blank}"], "--bearer-token-file file"),
     # --generate: the same checks, and no secret on a command line
-    (SERVER + ["--generate", "k8s_yaml", "--token", f"--{SECRET}"], "--token's value starts with '-'"),
-    (SERVER + ["--generate", "systemd", "--token", f"--{SECRET}"], "--token's value starts with '-'"),
+    (SERVER + ["--generate", "k8s_yaml", "--token", f"--{SECRET}"], "--token's value starts with '--'"),
+    (SERVER + ["--generate", "systemd", "--token", f"--{SECRET}"], "--token's value starts with '--'"),
     (SERVER + ["--generate", "k8s_yaml", "--token-file", "{empty}"], "holds no token"),
     (SERVER + ["--generate", "k8s_yaml", "--token-file", "{blank}"], "holds no token"),
     (SERVER + ["--generate", "systemd", "--token-file", "{ctl}"], "holds a character a token cannot have"),
@@ -72,3 +72,10 @@ def test_a_token_file_others_can_read_gets_one_warning(secrets) -> None:
     result = inlets(*STATUS, "--timeout", "0.5", "--token-file", secrets["good"])
     assert result.stderr.count("can be read by other users (mode 0644): run chmod 600") == 1, result.stderr
     assert SECRET not in result.stderr
+
+
+def test_a_token_that_starts_with_one_dash_is_a_token() -> None:
+    """secrets.token_urlsafe, which makes inletsctl's tokens, starts one in 64 with '-': only '--'
+    (a flag taken for the value) is refused."""
+    result = inlets(*SERVER, "--generate", "k8s_yaml", "--token", f"-{SECRET}-0123456789", env={"INLETS_TOKEN": ""})
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result
