@@ -7,10 +7,10 @@ client needs no server module to speak them.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from .handshake import CLOSE_SERVICE_REFUSED, HandshakeError
+from .hosts import is_ip
 from .ports import parse_port
 
 CATCH_ALL = "http:*"
@@ -41,17 +41,9 @@ def http_service(host: str) -> str:
 def parse_http_service(service: str) -> str:
     """The host name of an ``http:NAME`` service (``*`` for the catch-all); ``HandshakeError`` otherwise."""
     kind, _, host = service.partition(":")
-    if kind != "http" or not (host == "*" or _HOSTNAME.match(host) or _is_ip(host)):
+    if kind != "http" or not (host == "*" or _HOSTNAME.match(host) or is_ip(host)):
         raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not an HTTP service: {service!r} (expected http:HOSTNAME)")
     return host
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def format_target(host: str, port: int) -> str:
