@@ -184,16 +184,19 @@ class TcpBridge(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close with a TCP RST, so the far end learns at once that the stream failed."""
-        transport = self.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
-        transport.abort()
+        if self.transport is not None:
+            reset(self.transport)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Abort with an RST (SO_LINGER 0), not a FIN: the far end must not take what it got for complete."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()  # type: ignore[attr-defined]
 
 
 DIAL_TIMEOUT = 10.0

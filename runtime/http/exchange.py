@@ -16,11 +16,9 @@ Everything else goes through the connection's coroutine, which sends the request
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 from typing import Protocol
 
+from ..core.bridge import reset
 from ..core.session import Session
 from .guard import Guards
 from .leg import Leg, LegFailed
@@ -315,18 +313,6 @@ def _abort(front: Front) -> None:
     if ex is not None:
         _detach(front, ex)
         _end(front, ex, False)
-
-
-def reset(transport: asyncio.Transport) -> None:
-    """Abort with an RST (SO_LINGER 0), not a FIN."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-    transport.abort()
-
-
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def _detach(front: Front, ex: Exchange) -> None:

@@ -23,6 +23,7 @@ from . import exchange as http_exchange
 from ..core.session import Session
 from ..server.registry import Registry
 from ..core.bridge import tune_socket
+from ..core.hosts import authority
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
@@ -51,8 +52,7 @@ def _authority(sockname: object) -> bytes:
     """``host:port`` (``[v6]:port``) of the address the user connected to; empty when unknown."""
     if not isinstance(sockname, tuple) or len(sockname) < 2:
         return b""
-    host = str(sockname[0])
-    return (f"[{host}]" if ":" in host else host).encode() + b":%d" % sockname[1]
+    return authority(str(sockname[0]), sockname[1]).encode()
 
 
 class FrontConnection(asyncio.Protocol):
