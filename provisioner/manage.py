@@ -62,6 +62,10 @@ def delete(
         except NotFound:
             if name is None or (meta is None and damaged is None):
                 raise
+            made_with = meta.get("provider") if meta is not None else damaged.provider  # type: ignore[union-attr]
+            if made_with not in (None, provider_name):  # the other provider may well have it: keep its state
+                raise NotFound(f"{provider_name} has no exit server named {name}, and {name} was made with "
+                               f"--provider {made_with}: its state is kept (delete it with --provider {made_with})") from None
             ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
             return f"{provider_name} has no exit server named {name}; removed its local state ({root / name})"
     if meta is None:

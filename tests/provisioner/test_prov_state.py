@@ -106,3 +106,15 @@ def test_a_damaged_ssh_record_is_said_in_words(tmp_path: Path) -> None:
         with pytest.raises(ProvisionError) as info:
             SshOptions.load(record)
         assert str(info.value).startswith(f"cannot read {record}: {why}; it says how to reach the exit server's host")
+
+
+@pytest.mark.parametrize("content", [b'{"name": "elsewhere", "provider": "digitalocean", "id": "12345", "control_port": 8123}',
+                                     b'{"name": "elsewhere", "provider": "digitalocean", "id": "12345"}'])
+def test_delete_with_another_provider_keeps_the_state_of_a_server_it_cannot_see(content: bytes, state: Path,
+                                                                               capsys) -> None:
+    """The provider the state names may well still run the server: its state is what manages it."""
+    (state / "elsewhere").mkdir()
+    (state / "elsewhere" / "server.json").write_bytes(content)
+    deleted = run_cli(capsys, "delete", "elsewhere", "--provider", "local", "--state-dir", str(state))
+    one_line_error(deleted, "was made with --provider digitalocean: its state is kept")
+    assert (state / "elsewhere" / "server.json").read_bytes() == content
