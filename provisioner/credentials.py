@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import stat
-import sys
 from pathlib import Path
 
+from inlets_py.runtime.core.auth import MAX_TOKEN, warn_if_others_can_read
 from .errors import ProvisionError
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces (fullmatch)
@@ -59,24 +58,14 @@ def _read_file(path: Path, flag: str, others: str) -> str:
         raise ProvisionError(f"{what} {path} is not text (UTF-8): put the token in it, on one line") from None
     if not text.strip():
         raise ProvisionError(f"{what} {path} is empty: put the token in it (one line), or give it with {others}")
-    _warn_if_others_can_read(path, what)
+    warn_if_others_can_read(path, what, prog="inletsctl")
     return text.strip().split("\n")[0].strip()  # CRLF ends a line; a lone CR inside one is refused, not cut at
-
-
-def _warn_if_others_can_read(path: Path, what: str) -> None:
-    """One line on stderr, as ssh says of a loose key; a warning, not a refusal, since secret mounts
-    (Kubernetes, Docker) are often 0644 and cannot be changed."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if stat.S_ISREG(mode) and mode & 0o077:
-        print(f"inletsctl: warning: {what} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
-              f"run chmod 600 {path}", file=sys.stderr)
 
 
 def _checked(token: str, where: str) -> str:
     """``token`` when it can be sent in an HTTP header; never quoted in the error (it is a secret)."""
+    if len(token) > MAX_TOKEN:
+        raise ProvisionError(f"the token from {where} is longer than {MAX_TOKEN} characters: check it")
     if not _TOKEN_RE.fullmatch(token):
         raise ProvisionError(f"the token from {where} holds characters a token cannot have (spaces, control "
                              "characters or letters outside ASCII): check it")

@@ -98,16 +98,16 @@ def _option_token(token: str) -> str:
     return check_token(token.strip(), "--token")
 
 
-def warn_if_others_can_read(path: Path) -> None:
+def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
     """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
-    mounts (Kubernetes, Docker) are often 0644 and cannot be changed."""
+    mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)"""
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if stat.S_ISREG(mode) and mode & 0o077 and str(path) not in _warned_loose:
         _warned_loose.add(str(path))
-        print(f"inlets: warning: token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
+        print(f"{prog}: warning: {what} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
               f"run chmod 600 {path}", file=sys.stderr)
 
 

@@ -87,3 +87,10 @@ def test_a_token_file_others_can_read_is_used_with_one_warning(mode: int, warned
                f"run chmod 600 {path}")
     assert result.err.splitlines() == ([warning] if warned else []), result.err
     assert TOKEN not in result.err + result.out
+
+
+def test_a_token_longer_than_any_header_limit_is_refused_before_anything_is_sent(api: RecordedAPI, tmp_path: Path,
+                                                                                 capsys) -> None:
+    result = _list(capsys, api, tmp_path, "--access-token-file", str(_file(tmp_path, b"t" * 5000 + b"\n")))
+    one_line_error(result, "is longer than 4096 characters")
+    assert not api.seen
