@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from inlets_py.runtime.core.auth import MAX_TOKEN, warn_if_others_can_read
-from .errors import ProvisionError
+from .errors import ProvisionError, os_words
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces (fullmatch)
 
@@ -51,7 +51,7 @@ def _read_file(path: Path, flag: str, others: str) -> str:
     except IsADirectoryError:
         raise ProvisionError(f"{what} {path} is a directory: give the file that holds the token") from None
     except OSError as exc:
-        raise ProvisionError(f"cannot read {what} {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+        raise ProvisionError(f"cannot read {what} {path}: {os_words(exc)}") from None
     try:
         text = data.decode()
     except UnicodeDecodeError:

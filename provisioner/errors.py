@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class ProvisionError(Exception):
     """A user-facing failure: the message is one line that says what to do."""
@@ -13,3 +15,8 @@ class ProvisionError(Exception):
 
 class NotFound(ProvisionError):
     """The exit server (VM, process or local state) does not exist."""
+
+
+def os_words(exc: OSError) -> str:
+    """The OS's reason for ``exc`` ("Permission denied"), not Python's wrapper around it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -15,7 +15,6 @@ import getpass
 import hashlib
 import json
 import logging
-import os
 import re
 import socket
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import ProvisionError
+from .errors import ProvisionError, os_words
 
 #: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
 #: without a handler Python prints them to stderr. connect() says what went wrong in one line.
@@ -90,7 +89,7 @@ class SshOptions:
         try:
             return cls(**json.loads(path.read_bytes()))
         except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            why = os_words(exc)
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
             why = "it is not valid JSON, cut short or edited"
         except TypeError:  # not an object, or other keys than SshOptions has
@@ -115,7 +114,7 @@ def load_key(path: str) -> paramiko.PKey:
     except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
         raise ProvisionError(f"--ssh-key {path} is encrypted: load it into ssh-agent and leave out --ssh-key") from None
     except OSError as exc:
-        raise ProvisionError(f"--ssh-key {path}: {os.strerror(exc.errno) if exc.errno else exc}") from None
+        raise ProvisionError(f"--ssh-key {path}: {os_words(exc)}") from None
     except (paramiko.SSHException, ValueError, UnicodeDecodeError):
         raise ProvisionError(f"--ssh-key {path} {_NOT_A_KEY}") from None
 
@@ -135,7 +134,7 @@ def _not_a_key_file(path: Path) -> str | None:
     except FileNotFoundError:
         return "does not exist: give the private key file, e.g. ~/.ssh/id_ed25519"
     except OSError as exc:
-        return f"cannot be read: {os.strerror(exc.errno) if exc.errno else exc}"
+        return f"cannot be read: {os_words(exc)}"
     if not data.strip():
         return "is empty: give the private key file, e.g. ~/.ssh/id_ed25519"
     if _PUBLIC_KEY_RE.match(data):
@@ -247,7 +246,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
+        return os_words(exc)
     text = " ".join(str(exc).split())[:200]
     return text or "the connection failed"
 

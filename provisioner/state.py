@@ -17,7 +17,7 @@ from typing import Any
 
 from inlets_py.runtime.core.certs import write_private
 
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, os_words
 from .names import NAME_RE as _NAME_RE
 
 STATE_ENV = "INLETSCTL_STATE_DIR"
@@ -43,7 +43,7 @@ def prepare_root(root: Path) -> None:
         if isinstance(exc, PermissionError) and exc.filename:
             why = f"no permission to write in {Path(exc.filename).parent}"
         else:
-            why = _file_in_the_way(root) or (os.strerror(exc.errno) if exc.errno else str(exc))
+            why = _file_in_the_way(root) or os_words(exc)
         raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
 
 
@@ -129,7 +129,7 @@ class ServerState:
         except FileNotFoundError:
             raise Damaged(self, "is missing") from None
         except OSError as exc:
-            raise Damaged(self, f"cannot be read ({os.strerror(exc.errno) if exc.errno else exc})") from None
+            raise Damaged(self, f"cannot be read ({os_words(exc)})") from None
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
             raise Damaged(self, "is not valid JSON, cut short or edited") from None
         why = _unusable(meta, self.name)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, os_words
 from ..spec import ServerFiles, server_argv
 from ..state import delete_command
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
@@ -93,7 +93,7 @@ def _check_bindable(addr: str, port: int, choose: str) -> None:
             probe.bind((addr, port))
         except OSError as exc:
             raise ProvisionError(f"{addr}:{port} cannot be used on this machine "
-                                 f"({os.strerror(exc.errno) if exc.errno else exc}): {choose}") from None
+                                 f"({os_words(exc)}): {choose}") from None
 
 
 class LocalProvider:
