@@ -209,7 +209,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     """The provider's view and the exit server's own answer over pinned TLS."""
     state = ServerState(root, check_name(name))
     meta = state.load()
-    if not isinstance(meta.get("control_port"), int):  # the one key status needs that list and delete do not
+    port = meta.get("control_port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
         raise Damaged(state, "has no control port", meta["provider"])
     result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     provider = _provider_for(str(meta["provider"]), root, creds)

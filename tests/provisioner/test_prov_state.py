@@ -19,7 +19,9 @@ DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages 
 }
 #: not shown by list (a folder create has just made looks the same, and other keys are optional there)
 UNLISTED = {"missing": (None, "server.json is missing"),
-            "no-port": (b'{"name": "no-port", "provider": "local"}', "server.json has no control port")}
+            "no-port": (b'{"name": "no-port", "provider": "local"}', "server.json has no control port"),
+            "true-port": (b'{"name": "true-port", "provider": "local", "control_port": true}',
+                          "server.json has no control port")}
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def test_list_shows_damaged_folders_beside_a_working_exit_server(state: Path, ca
         listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
         assert listed.code == 0, listed.err
         rows = {row["name"]: row for row in listed.json()["servers"]}
-        assert sorted(row["name"] for row in listed.json()["servers"]) == sorted(["works", *DAMAGED, "no-port"])
+        assert sorted(row["name"] for row in listed.json()["servers"]) == sorted(["works", *DAMAGED, "no-port", "true-port"])
         assert rows["no-port"]["where"] == "local state only"
         assert rows["works"]["status"] == "active" and rows["works"]["where"] == "both"
         for name, (_, why) in DAMAGED.items():
