@@ -31,7 +31,10 @@ DIST = "inlets-py"
 #: The modules each exit server's command starts from (paths in the runtime package); the wheel holds
 #: what they import. ``cli/main`` imports only the command modules that are installed, so each
 #: mode's wheel carries its own server command and nothing of the other mode's.
-SERVER_ROOTS = {"tcp": ("__main__", "cli/main", "cli/tcp_server"), "http": ("__main__", "cli/main", "cli/http_server")}
+SERVER_ROOTS = {
+    "tcp": ("__main__", "cli/main", "cli/tcp_server", "cli/run/tcp_server"),
+    "http": ("__main__", "cli/main", "cli/http_server", "cli/run/http_server"),
+}
 #: Let's Encrypt: the whole folder (its ACME client runs as a child process, ``python -m``).
 LETSENCRYPT_FOLDER = "acme"
 #: Folders no exit server runs, although the CLI imports them for other commands: the tunnel

@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import typer
-
 from ..core import logs
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
-    typer.echo(f"inlets: error: {message}", err=True)
-    raise typer.Exit(status)
+    """One line on stderr, then exit; typer-free, as the process that runs a tunnel never loads typer."""
+    print(f"inlets: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
 
 
 def default_data_dir() -> Path:
@@ -34,10 +33,10 @@ def maybe_generate(kind: str | None, command: list[str], replicas: int | None = 
 
     argv = sys.argv[1 + len(command) :]
     try:
-        typer.echo(generate_service(kind, command, argv), nl=False)
+        sys.stdout.write(generate_service(kind, command, argv))
     except GenerateError as exc:
         fail(str(exc))
-    raise typer.Exit(0)
+    raise SystemExit(0)
 
 
 def setup_logs(level: str, fmt: str) -> None:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
-from ..core.tls import TlsConfigError
-from ..core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
-from ..http.options import HttpOptions, OptionError
+from . import handoff
 from .app import http_app
-from .client_config import client_configs, tunnel_client
-from .config import fail, maybe_generate, setup_logs
-from .lifecycle import run_client
+from .config import maybe_generate
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
 from .durations import DrainTimeout, Keepalive
 from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
@@ -67,40 +61,4 @@ def http_client(
     --upstream example.com=http://127.0.0.1:3000 --upstream http://127.0.0.1:8080
     """
     maybe_generate(generate, ["http", "client"])
-    setup_logs(log_level, log_format)
-
-    try:
-        basic_auth_password = BASIC_AUTH_PASSWORD.read(basic_auth_password, basic_auth_password_file)
-        bearer_token = BEARER_TOKEN.read(bearer_token, bearer_token_file)
-    except TokenError as exc:
-        fail(str(exc))
-    if bool(basic_auth_username) != bool(basic_auth_password):
-        fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
-    try:
-        mapping = parse_upstreams(upstream)
-        tls = upstream_tls(upstream_ca, upstream_insecure)
-    except UpstreamError as exc:
-        fail(str(exc))
-    except TlsConfigError as exc:
-        fail(str(exc))
-    upstreams = HttpUpstreams(mapping, tls)
-    try:
-        options = HttpOptions.build(
-            request_add=request_header_add or [], request_remove=request_header_remove or [],
-            response_add=response_header_add or [], response_remove=response_header_remove or [],
-            rewrite_host=upstreams.host_headers() if rewrite_host else None,
-            basic_auth=(basic_auth_username, basic_auth_password) if basic_auth_username else None,  # type: ignore[arg-type]
-            bearer_token=bearer_token,
-        )
-    except OptionError as exc:
-        fail(str(exc))
-    configs = client_configs(
-        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
-        tls_insecure=tls_insecure, keepalive=keepalive, mode="http", services=upstreams.services, proxy=proxy,
-        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
-        max_buffer_mib=max_buffer,
-    )
-    for config in configs:
-        config.extra = options.to_extra()
-    gc.freeze()
-    run_client(tunnel_client(configs, upstreams.on_stream))
+    handoff.start("http_client", locals())  # run in the process that never loaded typer

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import gc
-import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .. import __version__
-from ..core.hosts import authority
-from ..http.server import HttpTunnelServer
+from . import handoff
 from .app import http_app
-from .config import default_data_dir, fail, maybe_generate, setup_logs
-from .lifecycle import run_server
+from .config import maybe_generate
 from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     TlsCert, TlsKey, Token, TokenFile, TrustedProxies, port_option,
 )
-from .server_config import check_bind_addresses, control_config, data_plane_options
-
-log = logging.getLogger("inlets")
 
 
 LetsEncryptDomain = Annotated[Optional[list[str]], typer.Option(
@@ -36,28 +28,6 @@ LetsEncryptPath = Annotated[Optional[Path], typer.Option(
 LetsEncryptCa = Annotated[Optional[Path], typer.Option(
     help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
-
-
-def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
-                       ca: Path | None, https_port: int):  # -> HttpsFront | None
-    """The HTTPS front for ``--letsencrypt-*``, or None without a domain; bad options fail in one line."""
-    if not domains:
-        if email or issuer != "prod" or path or ca or https_port != 443:
-            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
-        return None
-    try:
-        from ..acme.store import AcmeConfigError
-        from ..acme.https_front import HttpsFront
-        from ..acme.letsencrypt import configure
-    except ImportError as exc:
-        fail(f"this installation has no Let's Encrypt support ({exc})")
-
-    try:
-        manager = configure(domains, path or default_data_dir() / "letsencrypt", issuer=issuer, email=email,
-                            ca_bundle=ca)
-    except AcmeConfigError as exc:
-        fail(str(exc))
-    return HttpsFront(manager, https_port)
 
 
 @http_app.command("server")
@@ -105,34 +75,4 @@ def http_server(
     (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
     """
     maybe_generate(generate, ["http", "server"], replicas)
-    setup_logs(log_level, log_format)
-    check_bind_addresses(control_addr, data_addr)
-
-    dataplane = data_plane_options(allow_ips=allow_ips, proxy_protocol=None, lb_proxy_protocol=lb_proxy_protocol)
-    config = control_config(
-        control_addr=control_addr, control_port=control_port, token=token, token_file=token_file,
-        tls_cert=tls_cert, tls_key=tls_key, auto_tls=auto_tls, auto_tls_path=auto_tls_path,
-        auto_tls_san=auto_tls_san, plaintext=plaintext, keepalive=keepalive, max_client_streams=max_client_streams,
-        trusted_proxies=trusted_proxies, max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
-    )
-    https = lets_encrypt_front(letsencrypt_domain, letsencrypt_email, letsencrypt_issuer, letsencrypt_path,
-                               letsencrypt_ca, https_port)
-    if https and lb_proxy_protocol:
-        fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
-    port = port or (80 if https else 8000)
-    server = HttpTunnelServer(config, port=port, data_addr=data_addr or None, upstream_timeout=upstream_timeout,
-                             idle_timeout=idle_timeout, header_timeout=header_timeout, https=https,
-                             dataplane=dataplane)
-    data = f"{data_addr or '*'}:{port}" + (f" and :{https_port}" if https else "")
-
-    def started() -> None:
-        gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
-        scheme = "wss" if config.ssl_context else "ws"
-        log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
-                 scheme, authority(control_addr or "*", control_port), authority(data_addr or "*", port), __version__)
-        if https:
-            log.info("event=https data=https://%s domains=%s", authority(data_addr or "*", https_port),
-                     ",".join(https.letsencrypt.domains))
-
-    run_server(server, describe=f"control {control_addr or '*'}:{control_port}, data {data}",
-               drain_timeout=drain_timeout, token=token, token_file=token_file, started=started)
+    handoff.start("http_server", locals())  # run in the process that never loaded typer

@@ -12,8 +12,10 @@ import importlib
 import importlib.util
 import re
 import sys
+from typing import Any, Callable
 
 from ..core import lazy_metadata
+from . import handoff
 
 #: (group, command modules) in the order ``--help`` lists them.
 COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http", ("http_server", "http_client")))
@@ -50,21 +52,26 @@ def _command_path(argv: list[str]) -> str:
 
 
 def main() -> None:
-    """Entry point: Ctrl-C at any moment exits 130 quietly, imports included (typer and the
-    command's modules take a quarter of a second to load, the window the user is most likely to press it in)."""
+    """Entry point: flags are parsed in a child process, the tunnel runs in this one (cli/handoff.py)."""
+    lazy_metadata.defer()  # before typer and websockets: 1 MiB less for the life of the process
+    sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, sys.argv[1:])))
+
+
+def quiet_ctrl_c(function: Callable[..., int], *args: Any) -> int:
+    """``function(*args)``; Ctrl-C at any moment is exit status 130 without a traceback, imports included
+    (typer and the command's modules take a quarter of a second to load, the window a user is most likely to press it in)."""
     try:
-        sys.exit(_run(sys.argv[1:]))
+        return function(*args)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except RuntimeError as exc:  # Ctrl-C inside a class body being imported ("Error calling __set_name__")
         if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
-            sys.exit(130)
+            return 130
         raise
 
 
 def _run(argv: list[str]) -> int:
     """Usage errors as one line (``inlets: error: ...``), exit status 2; the command's status otherwise."""
-    lazy_metadata.defer()  # before typer and websockets: 1 MiB less for the life of the process
     import typer
 
     from .app import app

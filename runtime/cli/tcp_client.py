@@ -6,12 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..client.local_forward import LocalForwarder, parse_local_forward
-from ..client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
+from . import handoff
 from .app import tcp_app
-from .client_config import client_configs, tunnel_client
-from .config import fail, maybe_generate, setup_logs
-from .lifecycle import run_client
+from .config import maybe_generate
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
 from .durations import DrainTimeout, Keepalive
 from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
@@ -56,34 +53,4 @@ def tcp_client(
     Two exit servers behind a load balancer: --url wss://203.0.113.10:8123 --url wss://203.0.113.11:8123
     """
     maybe_generate(generate, ["tcp", "client"])
-    setup_logs(log_level, log_format)
-
-    try:
-        forwards = [parse_local_forward(item) for item in local or []]
-    except ValueError as exc:
-        fail(str(exc))
-    try:
-        wanted = upstream or ports or udp_ports or not forwards
-        mapping = parse_upstreams(upstream or [], ports or [], udp_ports or []) if wanted else {}
-    except UpstreamError as exc:
-        fail(str(exc))
-    upstreams = TcpUpstreams(mapping)
-    configs = client_configs(
-        urls=url, token=token, token_files=token_file, tls_ca=tls_ca, tls_server_name=tls_server_name,
-        tls_insecure=tls_insecure, keepalive=keepalive, mode="tcp", services=upstreams.services, proxy=proxy,
-        proxy_password_file=proxy_password_file, drain_timeout=drain_timeout, max_streams=max_streams,
-        max_buffer_mib=max_buffer,
-    )
-    forwarder = LocalForwarder(forwards, local_addr, lambda: client.session)
-    for config in configs:
-        if forwards:
-            config.extra["forwards"] = forwarder.targets
-    client = tunnel_client(configs, upstreams.on_stream)
-
-    async def start() -> None:
-        try:
-            await forwarder.start()
-        except OSError as exc:  # ForwardListenError: which port, why, what to do
-            fail(exc.strerror or f"cannot listen on {local_addr} for --local", 1)
-
-    run_client(client, start)
+    handoff.start("tcp_client", locals())  # run in the process that never loaded typer

@@ -13,10 +13,11 @@ import sys
 from inlets_py import runtime
 from inlets_py.provisioner.wheel import import_graph
 
-CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client")
+CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client", "cli/run/tcp_client", "cli/run/http_client")
 #: What a client must never import: the server side, the HTTP reverse proxy, ACME, prometheus.
 SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/upgrade", "http/leg",
-               "http/guard", "cli/tcp_server", "cli/http_server", "cli/server_config")
+               "http/guard", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server", "cli/run/http_server",
+               "cli/server_config")
 
 
 def closure(graph: dict[str, tuple[set[str], set[str]]], roots: tuple[str, ...]) -> tuple[set[str], set[str]]:
@@ -37,7 +38,8 @@ def closure(graph: dict[str, tuple[set[str], set[str]]], roots: tuple[str, ...])
 def test_the_graph_sees_relative_imports_across_subpackages() -> None:
     graph = import_graph()
     assert "core/mux" in graph["core/session"][0]
-    assert {"server/tcp", "cli/app", "core/__init__"} <= graph["cli/tcp_server"][0]
+    assert {"cli/app", "cli/handoff"} <= graph["cli/tcp_server"][0]
+    assert {"server/tcp", "core/__init__", "cli/__init__"} <= graph["cli/run/tcp_server"][0]
     assert "prometheus_client" in graph["server/metrics"][1]
 
 
@@ -92,14 +94,16 @@ def test_the_client_commands_import_no_server_code() -> None:
 
 
 def test_a_client_process_loads_neither_the_server_nor_prometheus() -> None:
-    """``inlets tcp client --help`` and ``inlets http client --help`` as a user runs them, in a fresh process."""
+    """``inlets tcp client --help`` and ``inlets http client --help`` parsed as a user runs them (in a fresh
+    process, here without the fork: cli/handoff.py), with the command's body imported as it runs."""
     package = runtime.__name__
     for mode in ("tcp", "http"):
         probe = (
             "import sys\n"
+            f"from {package}.cli.main import _run\n"
             f"sys.argv = ['inlets', '{mode}', 'client', '--help']\n"
-            f"from {package}.cli.main import main\n"
-            "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+            "assert _run(sys.argv[1:]) == 0\n"
+            f"import {package}.cli.run.{mode}_client\n"
             f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.server', '{package}.acme', "
             f"'{package}.http.server', '{package}.http.front', 'prometheus_client')))\n"
             "print('LOADED', loaded)\n"
@@ -116,7 +120,7 @@ def test_the_server_commands_load_no_client_code_nor_prometheus() -> None:
     package = runtime.__name__
     probe = (
         "import sys\n"
-        f"import {package}.cli.tcp_server, {package}.cli.http_server, {package}.server.tcp, {package}.http.server\n"
+        f"import {package}.cli.tcp_server, {package}.cli.http_server, {package}.cli.run.tcp_server, {package}.cli.run.http_server\n"
         f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.client', 'websockets.asyncio.client', "
         "'python_socks', 'prometheus_client')))\n"
         "print('LOADED', loaded)\n"

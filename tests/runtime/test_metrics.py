@@ -159,7 +159,7 @@ def test_a_server_nobody_scrapes_does_not_load_prometheus_client():
     package = runtime.__name__
     probe = (
         "import sys\n"
-        f"import {package}.cli.tcp_server, {package}.cli.http_server\n"
+        f"import {package}.cli.run.tcp_server, {package}.cli.run.http_server\n"
         f"from {package}.server.metrics import HttpMetrics, TcpMetrics\n"
         "tcp, http = TcpMetrics(lambda: 1, {'/metrics'}), HttpMetrics(lambda: 2, {'/metrics'})\n"
         "counters = tcp.port(8080); counters.total += 3; counters.bytes_in += 5; counters.refused['no_client'] = 1\n"

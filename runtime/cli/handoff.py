@@ -1,0 +1,97 @@
+"""Parse the command line in a short-lived child; run the tunnel in a process that never loaded typer.
+
+typer, click and what they import (inspect, ast, difflib, shutil, datetime, ...) are about 2.5 MiB
+of Python objects, kept for as long as the process runs, for work done in its first tenth of a
+second (issue 17's idle-memory targets). So ``main`` forks first: the child parses the flags with
+typer and handles everything that ends quickly itself (``--help``, usage errors, ``--generate``,
+``inlets status``); a command that runs a tunnel sends its name and parsed flags back through a
+pipe instead of running, and this process, which never imported typer, runs it (same PID, so
+signals and service managers see no difference). Without ``fork`` (or when a command function
+is called directly) the command runs in the calling process, as before.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import sys
+from pathlib import PurePath
+from types import SimpleNamespace
+from typing import Any, Callable
+
+#: The write end of the pipe to the parent, in the child that parses; None elsewhere.
+_to_parent: int | None = None
+_PLAIN = (type(None), bool, int, float, str, PurePath)
+
+
+def start(command: str, flags: dict[str, Any]) -> None:
+    """Run ``command`` (a module of cli/run: ``tcp_server``) with its parsed ``flags``, here or in the parent."""
+    for name, value in flags.items():
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        if not all(isinstance(item, _PLAIN) for item in values):
+            raise TypeError(f"flag {name} of {command} is a {type(value).__name__}: the parent may not import its class")
+    if _to_parent is None:
+        run(command, flags)
+        return
+    data = memoryview(pickle.dumps((command, flags)))
+    try:
+        while data:
+            data = data[os.write(_to_parent, data):]
+    except BrokenPipeError:  # the parent was stopped while this child parsed: nothing left to run
+        _exit(1)
+    os.close(_to_parent)
+    _exit(0)
+
+
+def run(command: str, flags: dict[str, Any]) -> None:
+    importlib.import_module(f"{__package__}.run.{command}").run(SimpleNamespace(**flags))
+
+
+def parse_then_run(parse: Callable[[], int]) -> int:
+    """Fork; the child runs ``parse`` (typer) and exits; run what it handed over, else take its exit status."""
+    global _to_parent
+    if not hasattr(os, "fork"):
+        return parse()
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(readable)
+        _to_parent = writable
+        _exit(_status_of(parse))
+    os.close(writable)
+    chunks = []
+    with os.fdopen(readable, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    _, wait_status = os.waitpid(pid, 0)
+    if not chunks:
+        code = os.waitstatus_to_exitcode(wait_status)
+        return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
+    command, flags = pickle.loads(b"".join(chunks))  # from our own child, over a pipe only it holds
+    run(command, flags)
+    return 0
+
+
+def _status_of(parse: Callable[[], int]) -> int:
+    """The child's exit status: what ``parse`` returns or exits with; a traceback (a bug) is 1, as Python's own."""
+    try:
+        return parse()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        return 1
+
+
+def _exit(status: int) -> None:
+    """Leave the child without running the parent's exit handlers twice; what it printed is flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

@@ -1,0 +1,55 @@
+"""What ``inlets http client`` does once typer has parsed its flags (cli/handoff.py: no typer here)."""
+
+from __future__ import annotations
+
+import gc
+from types import SimpleNamespace
+
+from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
+from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
+from ...core.tls import TlsConfigError
+from ...http.options import HttpOptions, OptionError
+from ..client_config import client_configs, tunnel_client
+from ..config import fail, setup_logs
+from ..lifecycle import run_client
+
+
+def run(flags: SimpleNamespace) -> None:
+    """Run an HTTP tunnel client with the flags of ``inlets http client``."""
+    setup_logs(flags.log_level, flags.log_format)
+
+    try:
+        basic_auth_password = BASIC_AUTH_PASSWORD.read(flags.basic_auth_password, flags.basic_auth_password_file)
+        bearer_token = BEARER_TOKEN.read(flags.bearer_token, flags.bearer_token_file)
+    except TokenError as exc:
+        fail(str(exc))
+    if bool(flags.basic_auth_username) != bool(basic_auth_password):
+        fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
+    try:
+        mapping = parse_upstreams(flags.upstream)
+        tls = upstream_tls(flags.upstream_ca, flags.upstream_insecure)
+    except UpstreamError as exc:
+        fail(str(exc))
+    except TlsConfigError as exc:
+        fail(str(exc))
+    upstreams = HttpUpstreams(mapping, tls)
+    try:
+        options = HttpOptions.build(
+            request_add=flags.request_header_add or [], request_remove=flags.request_header_remove or [],
+            response_add=flags.response_header_add or [], response_remove=flags.response_header_remove or [],
+            rewrite_host=upstreams.host_headers() if flags.rewrite_host else None,
+            basic_auth=(flags.basic_auth_username, basic_auth_password) if flags.basic_auth_username else None,  # type: ignore[arg-type]
+            bearer_token=bearer_token,
+        )
+    except OptionError as exc:
+        fail(str(exc))
+    configs = client_configs(
+        urls=flags.url, token=flags.token, token_files=flags.token_file, tls_ca=flags.tls_ca, tls_server_name=flags.tls_server_name,
+        tls_insecure=flags.tls_insecure, keepalive=flags.keepalive, mode="http", services=upstreams.services, proxy=flags.proxy,
+        proxy_password_file=flags.proxy_password_file, drain_timeout=flags.drain_timeout, max_streams=flags.max_streams,
+        max_buffer_mib=flags.max_buffer,
+    )
+    for config in configs:
+        config.extra = options.to_extra()
+    gc.freeze()
+    run_client(tunnel_client(configs, upstreams.on_stream))

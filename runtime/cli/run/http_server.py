@@ -1,0 +1,73 @@
+"""What ``inlets http server`` does once typer has parsed its flags (cli/handoff.py: no typer here)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from ... import __version__
+from ...core.hosts import authority
+from ...http.server import HttpTunnelServer
+from ..config import default_data_dir, fail, setup_logs
+from ..lifecycle import run_server
+from ..server_config import check_bind_addresses, control_config, data_plane_options
+
+log = logging.getLogger("inlets")
+
+def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
+                       ca: Path | None, https_port: int):  # -> HttpsFront | None
+    """The HTTPS front for ``--letsencrypt-*``, or None without a domain; bad options fail in one line."""
+    if not domains:
+        if email or issuer != "prod" or path or ca or https_port != 443:
+            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
+        return None
+    try:
+        from ...acme.store import AcmeConfigError
+        from ...acme.https_front import HttpsFront
+        from ...acme.letsencrypt import configure
+    except ImportError as exc:
+        fail(f"this installation has no Let's Encrypt support ({exc})")
+
+    try:
+        manager = configure(domains, path or default_data_dir() / "letsencrypt", issuer=issuer, email=email,
+                            ca_bundle=ca)
+    except AcmeConfigError as exc:
+        fail(str(exc))
+    return HttpsFront(manager, https_port)
+
+
+def run(flags: SimpleNamespace) -> None:
+    """Run an HTTP tunnel server with the flags of ``inlets http server``."""
+    setup_logs(flags.log_level, flags.log_format)
+    check_bind_addresses(flags.control_addr, flags.data_addr)
+
+    dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
+    config = control_config(
+        control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
+        tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
+        auto_tls_san=flags.auto_tls_san, plaintext=flags.plaintext, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
+        trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+    )
+    https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
+                               flags.letsencrypt_ca, flags.https_port)
+    if https and flags.lb_proxy_protocol:
+        fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
+    port = flags.port or (80 if https else 8000)
+    server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
+                             idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,
+                             dataplane=dataplane)
+    data = f"{flags.data_addr or '*'}:{port}" + (f" and :{flags.https_port}" if https else "")
+
+    def started() -> None:
+        gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
+        scheme = "wss" if config.ssl_context else "ws"
+        log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
+                 scheme, authority(flags.control_addr or "*", flags.control_port), authority(flags.data_addr or "*", port), __version__)
+        if https:
+            log.info("event=https data=https://%s domains=%s", authority(flags.data_addr or "*", flags.https_port),
+                     ",".join(https.letsencrypt.domains))
+
+    run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}, data {data}",
+               drain_timeout=flags.drain_timeout, token=flags.token, token_file=flags.token_file, started=started)

@@ -1,0 +1,46 @@
+"""What ``inlets tcp client`` does once typer has parsed its flags (cli/handoff.py: no typer here)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ...client.local_forward import LocalForwarder, parse_local_forward
+from ...client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
+from ..client_config import client_configs, tunnel_client
+from ..config import fail, setup_logs
+from ..lifecycle import run_client
+
+
+def run(flags: SimpleNamespace) -> None:
+    """Run a TCP tunnel client with the flags of ``inlets tcp client``."""
+    setup_logs(flags.log_level, flags.log_format)
+
+    try:
+        forwards = [parse_local_forward(item) for item in flags.local or []]
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        wanted = flags.upstream or flags.ports or flags.udp_ports or not forwards
+        mapping = parse_upstreams(flags.upstream or [], flags.ports or [], flags.udp_ports or []) if wanted else {}
+    except UpstreamError as exc:
+        fail(str(exc))
+    upstreams = TcpUpstreams(mapping)
+    configs = client_configs(
+        urls=flags.url, token=flags.token, token_files=flags.token_file, tls_ca=flags.tls_ca, tls_server_name=flags.tls_server_name,
+        tls_insecure=flags.tls_insecure, keepalive=flags.keepalive, mode="tcp", services=upstreams.services, proxy=flags.proxy,
+        proxy_password_file=flags.proxy_password_file, drain_timeout=flags.drain_timeout, max_streams=flags.max_streams,
+        max_buffer_mib=flags.max_buffer,
+    )
+    forwarder = LocalForwarder(forwards, flags.local_addr, lambda: client.session)
+    for config in configs:
+        if forwards:
+            config.extra["forwards"] = forwarder.targets
+    client = tunnel_client(configs, upstreams.on_stream)
+
+    async def start() -> None:
+        try:
+            await forwarder.start()
+        except OSError as exc:  # ForwardListenError: which port, why, what to do
+            fail(exc.strerror or f"cannot listen on {flags.local_addr} for --flags.local", 1)
+
+    run_client(client, start)

@@ -1,0 +1,62 @@
+"""What ``inlets tcp server`` does once typer has parsed its flags (cli/handoff.py: no typer here)."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+from ... import __version__
+from ...core.allowlist import parse_target_rules
+from ...core.hosts import authority
+from ...core.ports import parse_port_list
+from ...server.forwarding import ForwardingPolicy
+from ...server.tcp import TcpTunnelServer
+from ..config import fail, setup_logs
+from ..lifecycle import run_server
+from ..server_config import check_bind_addresses, control_config, data_plane_options
+
+log = logging.getLogger("inlets")
+
+def parse_allow_ports(text: str | None) -> set[int] | None:
+    if not text:
+        return None
+    try:
+        allowed = set(parse_port_list(text))
+    except ValueError as exc:
+        fail(f"--allow-ports must be a comma-separated list of ports: {exc}")
+    if not allowed:
+        fail(f"--allow-ports must be a comma-separated list of ports, got {text!r}")
+    return allowed
+
+
+def run(flags: SimpleNamespace) -> None:
+    """Run a TCP tunnel server with the flags of ``inlets tcp server``."""
+    setup_logs(flags.log_level, flags.log_format)
+    check_bind_addresses(flags.control_addr, flags.data_addr)
+
+    allowed = parse_allow_ports(flags.allow_ports)
+    options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol, lb_proxy_protocol=flags.lb_proxy_protocol)
+    if flags.client_forwarding_allow and not flags.client_forwarding:
+        fail("--client-forwarding-allow needs --client-forwarding")
+    if flags.client_forwarding and not flags.client_forwarding_allow:
+        fail("--client-forwarding needs --client-forwarding-allow HOST:PORT[,...]: say what clients may reach")
+    config = control_config(
+        control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
+        tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
+        auto_tls_san=flags.auto_tls_san, plaintext=flags.plaintext, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
+        trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+    )
+    if flags.client_forwarding:
+        try:
+            config.forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
+        except ValueError as exc:
+            fail(str(exc))
+    server = TcpTunnelServer(config, data_addr=flags.data_addr or None, allow_ports=allowed, options=options)
+    scheme = "wss" if config.ssl_context else "ws"
+
+    def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
+        log.info("event=started mode=tcp control=%s://%s data_addr=%s version=%s",
+                 scheme, authority(flags.control_addr or "*", flags.control_port), flags.data_addr or "*", __version__)
+
+    run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}", drain_timeout=flags.drain_timeout,
+               token=flags.token, token_file=flags.token_file, started=started)

@@ -1,0 +1,83 @@
+"""cli/handoff.py: flags parsed by typer in a child, the tunnel run by a process that never loaded typer."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.process import ROOT, wait_port
+from helpers.tunnel import free_port
+from inlets_py import runtime
+from inlets_py.runtime.cli import handoff
+
+PACKAGE = runtime.__name__
+
+
+def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_the_parent_runs_what_the_child_parsed_and_takes_its_status_otherwise() -> None:
+    probe = (
+        "import os, signal, sys\n"
+        f"from {PACKAGE}.cli import handoff\n"
+        "handoff.run = lambda command, flags: print('RAN', command, flags, os.getpid() == parent)\n"
+        "parent = os.getpid()\n"
+        "def hand_over():\n"
+        "    handoff.start('tcp_server', {'control_port': 8123, 'token_file': None, 'auto_tls_san': ['a', 'b']})\n"
+        "    print('NOT REACHED')\n"
+        "print('STATUS', handoff.parse_then_run(hand_over))\n"
+        "print('STATUS', handoff.parse_then_run(lambda: 3))\n"
+        "print('STATUS', handoff.parse_then_run(lambda: sys.exit('bad flag')))\n"
+        "print('STATUS', handoff.parse_then_run(lambda: os.kill(os.getpid(), signal.SIGKILL)))\n"
+        "sys.stdout.flush()\n"
+        "print('STATUS', handoff.parse_then_run(lambda: 1 / 0))\n"
+    )
+    result = _python(probe)
+    assert result.returncode == 0, result.stderr
+    assert "NOT REACHED" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "RAN tcp_server {'control_port': 8123, 'token_file': None, 'auto_tls_san': ['a', 'b']} True"
+    assert lines[1:] == ["STATUS 0", "STATUS 3", "STATUS 1", "STATUS 137", "STATUS 1"]
+    assert "bad flag" in result.stderr and "ZeroDivisionError" in result.stderr  # a bug shows its traceback
+
+
+def test_flags_of_a_class_the_parent_would_have_to_import_are_refused() -> None:
+    class Choice:
+        pass
+
+    with pytest.raises(TypeError, match="flag log_level of tcp_server is a Choice"):
+        handoff.start("tcp_server", {"log_level": Choice()})
+
+
+def test_a_running_tcp_server_never_loaded_typer(tmp_path: Path) -> None:
+    """The real command as users run it: after SIGTERM it reports what its process had imported."""
+    control = free_port()
+    token = tmp_path / "token"
+    token.write_text("a-token-of-enough-length-0123456789\n")
+    token.chmod(0o600)
+    report = tmp_path / "modules"
+    probe = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(report)!r}, 'w').write(' '.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('typer', 'click')))))\n"
+        f"sys.argv = ['inlets', 'tcp', 'server', '--control-addr', '127.0.0.1', '--control-port', '{control}', "
+        f"'--data-addr', '127.0.0.1', '--plaintext', '--token-file', {str(token)!r}]\n"
+        f"from {PACKAGE}.cli.main import main\n"
+        "main()\n"
+    )
+    log = tmp_path / "server.log"
+    with open(log, "w") as handle:
+        server = subprocess.Popen([sys.executable, "-c", probe], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_port(control)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0, log.read_text()
+    finally:
+        server.kill()
+    assert "event=started mode=tcp" in log.read_text()
+    assert report.read_text() == "", f"the running server imported {report.read_text()}"
