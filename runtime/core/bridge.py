@@ -36,11 +36,15 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; 
 
 
 def tune_socket(sock: socket.socket | None) -> None:
-    """TCP_NODELAY on every tunnelled socket (Nagle costs tens of ms at p99), and TCP_NOTSENT_LOWAT."""
+    """TCP_NOTSENT_LOWAT on every tunnelled socket.
+
+    TCP_NODELAY (Nagle costs tens of ms at p99) is already set by the event loop on every TCP
+    transport, asyncio's and uvloop's alike (tests/runtime/test_socket_options.py checks both):
+    setting it again cost a second setsockopt, which on uvloop's socket stand-in also builds and
+    probes a socket object, per connection on each side."""
     if sock is None:
         return
-    try:  # a Unix socket refuses both (OSError): no family check, which costs an enum conversion per socket
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:  # a Unix socket refuses it (OSError): no family check, which costs an enum conversion per socket
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
     except OSError:
         pass
