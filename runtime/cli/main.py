@@ -54,7 +54,19 @@ def _command_path(argv: list[str]) -> str:
 def main() -> None:
     """Entry point: flags are parsed in a child process, the tunnel runs in this one (cli/handoff.py)."""
     lazy_metadata.defer()  # before typer and websockets: 1 MiB less for the life of the process
-    sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, sys.argv[1:])))
+    argv = sys.argv[1:]
+    sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv)))
+
+
+def _prefetch(argv: list[str]) -> None:
+    """Import the body of the tunnel command ``argv`` names (``tcp server ...``), if installed."""
+    for group, modules in COMMANDS:
+        for module in modules:
+            if group is not None and argv[:2] == module.split("_"):
+                try:
+                    importlib.import_module(f"{__package__}.run.{module}")
+                except ImportError:  # not in this installation: the child says so
+                    pass
 
 
 def quiet_ctrl_c(function: Callable[..., int], *args: Any) -> int:

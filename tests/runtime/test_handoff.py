@@ -81,3 +81,18 @@ def test_a_running_tcp_server_never_loaded_typer(tmp_path: Path) -> None:
         server.kill()
     assert "event=started mode=tcp" in log.read_text()
     assert report.read_text() == "", f"the running server imported {report.read_text()}"
+
+
+def test_while_the_child_parses_the_parent_imports_only_the_named_commands_body() -> None:
+    probe = (
+        "import sys\n"
+        f"from {PACKAGE}.cli.main import _prefetch\n"
+        "_prefetch(['status', '--url', 'x'])\n"
+        "_prefetch(['tcp'])\n"
+        "print(sorted(m for m in sys.modules if '.cli.run.' in m), 'typer' in sys.modules)\n"
+        "_prefetch(['tcp', 'server', '--control-port', '1'])\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if '.cli.run.' in m), 'typer' in sys.modules)\n"
+    )
+    result = _python(probe)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[] False", "['tcp_server'] False"]
