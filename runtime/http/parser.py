@@ -130,9 +130,11 @@ def host_of(value: bytes) -> str:
 
 def _tokens(values: list[bytes] | None) -> set[bytes]:
     """Comma-separated tokens of a header's values, lower case (``Connection: keep-alive, Upgrade``)."""
-    if not values:
-        return set()
-    return {t.strip().lower() for value in values for t in value.split(b",")}
+    tokens: set[bytes] = set()
+    for value in values or ():  # loops, not a set comprehension: no frame of its own (once per message)
+        for token in value.split(b","):
+            tokens.add(token.strip().lower())
+    return tokens
 
 
 def _keep_alive(version: bytes, tokens: set[bytes]) -> bool:
@@ -151,6 +153,9 @@ class _Reader:
         self._headers: Headers = []
         self._lower: list[bytes] = []
         self._noted: dict[bytes, list[bytes]] = {}
+        #: The start line's text as llhttp passes it on, in pieces: a request's target, a response's reason.
+        #: One field for both readers, so that neither needs its own ``on_message_begin`` (a callback per message).
+        self._start_text = b""
         self._in_head = False
         self._head_fed = 0  # at most this many bytes of the unfinished head came in earlier reads
         self._line = 0  # bytes of its line in progress (a field httptools has not passed on yet)
@@ -171,6 +176,7 @@ class _Reader:
         self._headers = []
         self._lower = []
         self._noted = {}
+        self._start_text = b""
         self._in_head = True
         self._began = True
 
@@ -265,18 +271,13 @@ class RequestReader(_Reader):
     def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS,
                  default_authority: bytes = b"") -> None:
         super().__init__(httptools.HttpRequestParser, max_header_bytes, max_headers)
-        self._target = b""
         #: The address the user connected to (``host:port``): the authority of an HTTP/1.0 request without
         #: Host, which goes upstream as HTTP/1.1 and so must name one (RFC 9112 3.2, 3.3).
         self.default_authority = default_authority
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._target = b""
-
     def on_url(self, url: bytes) -> None:
-        self._target += url
-        if len(self._target) > MAX_TARGET:
+        self._start_text += url
+        if len(self._start_text) > MAX_TARGET:
             raise self._fail(414, f"request target longer than {MAX_TARGET} bytes")
 
     def on_headers_complete(self) -> None:
@@ -302,7 +303,7 @@ class RequestReader(_Reader):
         tokens = _tokens(noted.get(b"connection"))
         if tokens and not tokens.isdisjoint(NEVER_HOP):
             raise self._fail(400, "the Connection header may not name Content-Length, Transfer-Encoding or Host")
-        target = self._target
+        target = self._start_text
         if not target.startswith(b"/"):
             if target == b"*":
                 if method != b"OPTIONS":
@@ -320,7 +321,8 @@ class RequestReader(_Reader):
             hosts = noted[b"host"] = [self.default_authority]
             self._set_host(self.default_authority)
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
-        expect = version == b"1.1" and any(v.strip().lower() == b"100-continue" for v in noted.get(b"expect", ()))
+        expect = (version == b"1.1" and b"expect" in noted  # most have none: no generator for them
+                  and any(v.strip().lower() == b"100-continue" for v in noted[b"expect"]))
         self._body_left = -1 if chunked else length or 0
         self._events.append(
             RequestHead(
@@ -408,7 +410,6 @@ class ResponseReader(_Reader):
 
     def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
         super().__init__(httptools.HttpResponseParser, max_header_bytes, max_headers)
-        self._reason = b""
         self._head_request = False
         self._upgrade = False
         self._skip = False
@@ -423,12 +424,8 @@ class ResponseReader(_Reader):
             self._parser = self._parser_class(self)
             self._skip = False
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._reason = b""
-
     def on_status(self, reason: bytes) -> None:
-        self._reason += reason
+        self._start_text += reason
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -446,7 +443,7 @@ class ResponseReader(_Reader):
         tokens = _tokens(self._noted.get(b"connection"))
         if tokens and not tokens.isdisjoint(NEVER_HOP):
             tokens -= NEVER_HOP  # framing stays, whatever Connection says
-        head = ResponseHead(status, self._reason, version, self._headers, _keep_alive(version, tokens),
+        head = ResponseHead(status, self._start_text, version, self._headers, _keep_alive(version, tokens),
                             chunked, length, self._lower, self._noted, tokens)
         if no_body_status(status):
             head.chunked, head.content_length = False, None
