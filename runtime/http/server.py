@@ -132,9 +132,9 @@ class HttpTunnelServer:
     def route(self, host: str) -> tuple[str | None, str]:
         """(service to use or None, metrics label): exact name (served or protected), then the catch-all."""
         service = f"http:{host}"
-        if self.registry.sessions_for(service) or service in self.guards:
+        if self.registry.serves(service) or service in self.guards:
             return service, host
-        if self.registry.sessions_for(CATCH_ALL):
+        if self.registry.serves(CATCH_ALL):
             return CATCH_ALL, OTHER
         return None, OTHER
 

@@ -12,12 +12,17 @@ _HOST = frozenset((b"host",))
 _LENGTH = frozenset((b"content-length",))
 
 
-def kept_lines(headers: Headers, lower: list[bytes], drop: frozenset[bytes], tokens: set[bytes]) -> list[bytes]:
-    """``Name: value`` lines of the headers to forward: one pass, none in ``drop`` (hop-by-hop and removed
-    names) nor named by Connection (``tokens``, which never hold framing or Host: see ``parser.NEVER_HOP``)."""
+def add_kept(pieces: list[bytes], headers: Headers, lower: list[bytes], drop: frozenset[bytes],
+             tokens: set[bytes]) -> None:
+    """Append the ``Name: value`` lines of the headers to forward to ``pieces``, for one join: none in ``drop``
+    (hop-by-hop and removed names) nor named by Connection (``tokens``, which never hold framing or Host: see
+    ``parser.NEVER_HOP``). Each line goes as its four parts: a line joined here would be three bytes objects
+    more per header for the final join to copy again (~1,300 instructions a header, measured)."""
     if tokens:
-        return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop and ln not in tokens]
-    return [n + b": " + v + b"\r\n" for (n, v), ln in zip(headers, lower) if ln not in drop]
+        drop = drop | tokens
+    for (name, value), lname in zip(headers, lower):
+        if lname not in drop:
+            pieces += (name, b": ", value, b"\r\n")
 
 
 def response_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
@@ -76,7 +81,7 @@ def request_head(head: RequestHead, service: str, options: HttpOptions, guarded:
     if rewrite is not None:
         drop = drop | _HOST
     lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
-    lines += kept_lines(head.headers, head.lower, drop, head.connection)
+    add_kept(lines, head.headers, head.lower, drop, head.connection)
     if rewrite is not None:
         lines.append(b"Host: " + rewrite + b"\r\n")
     forwarded_for = noted.get(b"x-forwarded-for", [])
@@ -101,7 +106,7 @@ def response_head(response: ResponseHead, options: HttpOptions, chunked: bool, c
     if status < 200 or status == 204:  # RFC 9110 8.6: no Content-Length in these
         drop = drop | _LENGTH
     lines = [b"HTTP/1.1 %d " % status, response.reason, b"\r\n"]
-    lines += kept_lines(response.headers, response.lower, drop, response.connection)
+    add_kept(lines, response.headers, response.lower, drop, response.connection)
     lines += options.response_add_lines
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")

@@ -54,3 +54,7 @@ class Registry(Generic[S]):
 
     def sessions_for(self, service: str) -> list[S]:
         return list(self._serving.get(service, []))
+
+    def serves(self, service: str) -> bool:
+        """Whether a session serves ``service`` (``sessions_for`` without the copy: looked at per request)."""
+        return bool(self._serving.get(service))
