@@ -22,6 +22,21 @@ def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subproce
     )
 
 
+#: What a one-line error must never show: Python's own words.
+INTERNALS = ("Traceback", "Error:", "_ssl.c", "[Errno", "None", "codec")
+
+
+def one_line_error(result: subprocess.CompletedProcess, message: str, status: int = 2) -> str:
+    """The single stderr line of a refused command, checked for ``message`` and the absence of internals."""
+    assert result.returncode == status, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0], lines[0]
+    for word in INTERNALS:
+        assert word not in lines[0] and "Traceback" not in result.stdout, lines[0]
+    return lines[0]
+
+
 def spawn(*args: str, log: Path) -> subprocess.Popen:
     handle = open(log, "w")
     return subprocess.Popen([*INLETS, *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)

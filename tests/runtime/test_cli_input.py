@@ -5,22 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.process import inlets
-
-#: What a one-line error must never show: Python's own words.
-INTERNALS = ("Traceback", "Error:", "_ssl.c", "[Errno", "None", "codec")
-
-
-def one_line_error(result, message: str, status: int = 2) -> str:
-    """The single stderr line of a refused command, checked for ``message`` and the absence of internals."""
-    assert result.returncode == status, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert message in lines[0], lines[0]
-    for word in INTERNALS:
-        assert word not in lines[0] and "Traceback" not in result.stdout, lines[0]
-    return lines[0]
-
+from helpers.process import inlets, one_line_error
 
 @pytest.fixture
 def files(tmp_path: Path, token_file: Path) -> dict[str, str]:

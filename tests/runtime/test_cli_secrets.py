@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.process import inlets
+from helpers.process import inlets, one_line_error
 
 SECRET = "MYSECRET"
 
@@ -54,12 +54,8 @@ STATUS = ["status", "--url", "wss://127.0.0.1:20030"]
 ])
 def test_bad_secrets_are_refused_in_one_line_that_does_not_quote_them(args, message, secrets) -> None:
     result = inlets(*(arg.format(**secrets) for arg in args), env={"INLETS_TOKEN": ""})
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert message in lines[0]
+    one_line_error(result, message)
     assert SECRET not in result.stderr + result.stdout
-    assert "Traceback" not in result.stderr
 
 
 def test_status_without_a_token_exits_2_like_every_command() -> None:
