@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
+from email.utils import formatdate
 
 from .options import HttpOptions
 from .parser import Headers, RequestHead, ResponseHead
@@ -43,15 +43,6 @@ REASONS = {200: "OK", 308: "Permanent Redirect", 400: "Bad Request", 401: "Unaut
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
            414: "URI Too Long", 431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def http_date(seconds: float | None = None) -> bytes:
-    """IMF-fixdate (RFC 9110 5.6.7), without the locale ``strftime`` would use."""
-    t = time.gmtime(seconds)
-    return b"%s, %02d %s %d %02d:%02d:%02d GMT" % (_DAYS[t.tm_wday].encode(), t.tm_mday, _MONTHS[t.tm_mon - 1].encode(),
-                                                 t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
 
 
 @dataclass
@@ -63,8 +54,8 @@ class SimpleResponse:
     headers: Headers = field(default_factory=list)
 
     def encode(self, close: bool, head_only: bool = False) -> bytes:
-        headers = [(b"Date", http_date()), (b"Content-Type", b"text/plain; charset=utf-8"),
-                   (b"Content-Length", b"%d" % len(self.body))]
+        headers = [(b"Date", formatdate(usegmt=True).encode()),  # IMF-fixdate, RFC 9110 5.6.7
+                   (b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
         headers += self.headers
         if close:
             headers.append((b"Connection", b"close"))

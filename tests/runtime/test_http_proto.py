@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 
@@ -12,7 +13,7 @@ from inlets_py.runtime.http.parser import (
     HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
     Upgraded, host_of,
 )
-from inlets_py.runtime.http.write import SimpleResponse, add_kept, http_date, response_head
+from inlets_py.runtime.http.write import SimpleResponse, add_kept, response_head
 
 
 def feed_all(reader, data: bytes, step: int | None = None) -> list:
@@ -387,8 +388,9 @@ def test_response_head_drops_content_length_of_204_and_tells_http_1_0_users_it_k
 def test_the_proxys_own_answers_carry_a_date():
     encoded = SimpleResponse(503, b"no\n").encode(True)
     date = [line for line in encoded.split(b"\r\n") if line.startswith(b"Date: ")]
-    assert len(date) == 1 and date[0].endswith(b" GMT")
-    assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110 5.6.7's own example
+    assert len(date) == 1
+    assert re.fullmatch(rb"Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                        rb"\d{4} \d\d:\d\d:\d\d GMT", date[0]), date[0]  # IMF-fixdate, RFC 9110 5.6.7
 
 
 def test_the_http_2_preface_is_505_in_words():
