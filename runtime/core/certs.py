@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .hosts import is_ip
 from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
 
 CA_VALIDITY = datetime.timedelta(days=3650)
@@ -182,16 +183,8 @@ def _covers(cert_path: Path, names: list[str]) -> bool:
         return False
     present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
     present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-    wanted = {str(ipaddress.ip_address(n.strip("[]"))) if _is_ip(n) else n for n in names}
+    wanted = {str(ipaddress.ip_address(n.strip("[]"))) if is_ip(n.strip("[]")) else n for n in names}
     return wanted <= present and cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc)
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> None:
