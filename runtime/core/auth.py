@@ -93,9 +93,7 @@ def _option_token(token: str) -> str:
     if token.startswith("--"):  # ``--token --generate ...``: the value was left out and the next flag taken
         raise TokenError("--token's value starts with '--': was the value left out? (a token that starts with '--' "
                          "goes in --token-file)")
-    if not token.strip():
-        raise TokenError(f"--token is blank: give the token, or use --token-file or ${TOKEN_ENV}")
-    return check_token(token.strip(), "--token")
+    return check_token(TOKEN.read(token, None), "--token")  # type: ignore[arg-type]  # a value gives a str or raises
 
 
 def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
