@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from helpers.process import spawn, terminate, wait_port
+from helpers.process import spawn, stop_all, terminate
 from helpers.tunnel import TlsFiles, free_port
 
 DATA_ADDRS = ("127.0.0.2", "127.0.0.3")
@@ -175,11 +175,31 @@ def _tokens(tmp_path: Path) -> Path:
 def _start_server(mode: str, n: int, control: int, tls: TlsFiles, token: Path, tmp_path: Path, port: int,
                   tag: str = "") -> subprocess.Popen:
     extra = ["--allow-ports", str(port), "--lb-proxy-protocol", "v1"] if mode == "tcp" else ["--port", str(port)]
+    log = tmp_path / f"server-{n}{tag}.log"
     process = spawn(mode, "server", "--control-addr", "127.0.0.1", "--control-port", str(control), "--data-addr",
                     DATA_ADDRS[n], "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token),
-                    *extra, log=tmp_path / f"server-{n}{tag}.log")
-    wait_port(control)
+                    *extra, log=log)
+    deadline = time.monotonic() + 15
+    while "event=started" not in log.read_text():  # its own ready line: a port another test took answers too
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.05)
     return process
+
+
+def _start_servers(mode: str, tls: TlsFiles, token: Path, tmp_path: Path) -> tuple[list[subprocess.Popen], list[int], int]:
+    """Both servers on fresh ports: (servers, control ports, data port). free_port's port can be taken by
+    another test (the other xdist worker) before the server binds it: then new ports, three tries."""
+    for attempt in range(3):
+        port, controls, servers = free_port(), [free_port(), free_port()], []
+        try:
+            for n in range(2):
+                servers.append(_start_server(mode, n, controls[n], tls, token, tmp_path, port))
+            return servers, controls, port
+        except AssertionError as exc:
+            stop_all(*servers)
+            if "Address already in use" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _start_client(mode: str, label: str, controls: list[int], tls: TlsFiles, token: Path, tmp_path: Path, port: int,
@@ -222,9 +242,8 @@ def _haproxy_config(mode: str, front: int, port: int) -> str:
 
 @pytest.mark.parametrize("mode", ["tcp", "http"])
 def test_failover_behind_haproxy(mode: str, tmp_path: Path, tls: TlsFiles, upstreams: dict[str, int]) -> None:
-    token, port, front = _tokens(tmp_path), free_port(), free_port(FRONT)
-    controls = [free_port(), free_port()]
-    servers = [_start_server(mode, n, controls[n], tls, token, tmp_path, port) for n in range(2)]
+    token, front = _tokens(tmp_path), free_port(FRONT)
+    servers, controls, port = _start_servers(mode, tls, token, tmp_path)
     clients: dict[str, subprocess.Popen] = {}
     haproxy = None
     loop = Loop(front, HOST if mode == "http" else None)
