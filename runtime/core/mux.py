@@ -45,6 +45,8 @@ DEFAULT_MAX_STREAMS = 4096
 #: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
 DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
 MAX_WINDOW = 2**31 - 1
+#: DATA payloads from this size on may be passed on as views of their message (see ``_on_data``).
+VIEW_FROM = 64 * 1024
 MAX_TARGET = 1024
 MAX_REASON = 1024
 #: Frames queued together share one message up to this size: a websocket message costs
@@ -95,7 +97,7 @@ class StreamOpened:
 @dataclass
 class DataReceived:
     stream_id: int
-    data: bytes
+    data: bytes | memoryview  # a view of the message when it is most of it (see ``_on_data``)
 
 
 @dataclass
@@ -395,7 +397,12 @@ class Multiplexer:
         stream.recv_window -= len(payload)
         stream.held += len(payload)
         if payload:
-            events.append(DataReceived(stream_id, bytes(payload)))
+            # A bulk stream's frame is most of its message: passed on as a view of it, not copied. Anything else
+            # is copied: a small payload costs less as bytes to the loop's write than as a view, and what a slow
+            # reader holds then keeps at most twice its credit alive, never another stream's message.
+            size = len(payload)
+            keep = size >= VIEW_FROM and 2 * size >= len(payload.obj)  # type: ignore[arg-type]
+            events.append(DataReceived(stream_id, payload if keep else bytes(payload)))
 
     def _on_window(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
         if len(payload) != WINDOW_PAYLOAD.size:

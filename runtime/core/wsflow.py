@@ -79,6 +79,7 @@ class BoundedReplies:
         self.gate = ReadGate(self.transport)
         self._waiting_replies = 0
         self._reader: FrameReader | None = None  # from the end of the opening handshake
+        self._bulk_reads: BulkReads | None = None  # the transport's protocol while large frames arrive
         self._tail = b""  # the last bytes of the handshake so far: its end may span two reads
         self._early: deque[bytes | memoryview] = deque()  # binary messages before ``attach``
         self._discarding = False
@@ -106,7 +107,12 @@ class BoundedReplies:
         if reader is None:
             self._handshake_received(data)
             return
-        for kind, item in reader.feed(data):
+        self._take(reader.feed(data))
+        if reader.bulk and self._bulk_reads is not None and not self.transport.is_closing():
+            self.transport.set_protocol(self._bulk_reads)  # large frames: read into the reader's buffer
+
+    def _take(self, items: list[tuple[int, bytes | memoryview]]) -> None:
+        for kind, item in items:
             if kind == PAYLOAD:
                 if self.on_message is not None:
                     self.on_message(item)
@@ -137,6 +143,7 @@ class BoundedReplies:
         self._reader = FrameReader(masked=self.protocol.side is Side.SERVER,  # type: ignore[attr-defined]
                                    max_size=self.protocol.max_message_size)  # type: ignore[attr-defined]
         self._reader.passthrough = not opened
+        self._bulk_reads = BulkReads(self, self._reader)
         if len(data) > cut:
             self.data_received(data[cut:])
 
@@ -169,3 +176,41 @@ class BoundedReplies:
 
 class BoundedConnection(BoundedReplies, Connection):
     """What a ``Session`` runs on, for type checkers: either end's connection (never made itself)."""
+
+
+class BulkReads(asyncio.BufferedProtocol):
+    """The transport's protocol while large frames arrive: it reads (and TLS decrypts) straight into
+    the ``FrameReader``'s buffer, hands the rest to the connection, and hands reading back to it once
+    the frames are small again (a call more per read, which small messages do not win back).
+
+    A protocol of its own because uvloop reads into a protocol's buffer only when that protocol is
+    not an ``asyncio.Protocol``, and the library's connection is one.
+    """
+
+    __slots__ = ("connection", "reader")
+
+    def __init__(self, connection: BoundedReplies, reader: FrameReader) -> None:
+        self.connection = connection
+        self.reader = reader
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        items = self.reader.updated(nbytes)
+        transport = self.connection.transport
+        if not self.reader.capacity and not transport.is_closing():  # idle again: bytes as they come
+            transport.set_protocol(self.connection)  # type: ignore[arg-type]
+        self.connection._take(items)
+
+    def eof_received(self) -> bool | None:
+        return self.connection.eof_received()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.connection_lost(exc)  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        self.connection.pause_writing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        self.connection.resume_writing()

@@ -1,4 +1,4 @@
-"""Binary websocket frames for the tunnel's messages, written in one join and read without copies.
+"""Binary websocket frames for the tunnel's messages, written in one join and read with one copy at most.
 
 The websockets library sends each message through an async context manager, a ``Frame``
 object and a ``BytesIO`` (two copies of the payload and about 15 Python calls), and reads
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 
 from websockets.frames import apply_mask  # the library's C speedup when built
 
@@ -79,74 +80,164 @@ RAW_CONTROL = 2  # a whole ping or pong, as received
 RAW_REST = 3  # everything from a close frame, or from a frame it cannot vouch for, on: the library's
 
 
+#: Room a read is offered at least, and when the transport names no size (plain TCP).
+READ_ROOM = 64 * 1024
+#: A buffer emptied by a read smaller than this, of whole frames only, is let go: an idle connection
+#: holds none. A bulk transfer keeps one (its reads are ~200 KiB, or the ends of frames read before).
+KEEP_AFTER = 64 * 1024
+#: The buffer doubles when it grows, up to this; past it, it grows by what a frame and a read need.
+GROW_TO = 1024 * 1024
+_NO_BUFFER = bytearray()
+
+
 class FrameReader:
     """Splits the bytes after the opening handshake into frames (RFC 6455 5.2).
 
     ``masked`` is what the peer's frames must be (a server reads masked frames). A frame with
     reserved bits, the wrong masking or over ``max_size`` bytes, and a close frame, turn the
     reader into a pass-through: it and all that follows go to the library, which fails the
-    connection or completes the closing handshake. Partial frames wait as views of the reads
-    they came in and are joined once, when whole.
+    connection or completes the closing handshake.
+
+    Two ways in. ``feed`` takes a read's bytes: whole frames in it are handed out as views of it
+    (unmasked for a server), and a frame it ends in the middle of waits in the reader's buffer.
+    ``get_buffer`` and ``updated`` (asyncio's buffered protocol) let the transport read, and TLS
+    decrypt, straight into that buffer: for large frames, which span reads, that saves three
+    copies of every byte (the TLS layer's join of a read's records, the join of a frame's reads,
+    the multiplexer's copy of the payload), and costs a call more per read, which small messages
+    do not win back (measured: see the commit). The connection switches between the two (``bulk``).
     """
 
-    __slots__ = ("masked", "max_size", "passthrough", "_parts", "_have", "_need")
+    __slots__ = ("masked", "max_size", "passthrough", "bulk", "_mask_bit", "_limit", "_buf", "_view", "_start", "_end",
+                 "_need")
 
     def __init__(self, *, masked: bool, max_size: int | None) -> None:
         self.masked = masked
         self.max_size = max_size
+        self._mask_bit = MASK_BIT if masked else 0  # what the second byte's top bit must be
+        self._limit = max_size if max_size is not None else sys.maxsize
         self.passthrough = False
-        self._parts: list[bytes | memoryview] = []  # the unfinished frame, as received
-        self._have = 0
+        #: ``feed`` left a frame larger than a read waiting for its rest: reading into the buffer pays from here.
+        self.bulk = False
+        self._buf = _NO_BUFFER
+        self._view = memoryview(_NO_BUFFER)
+        self._start = 0  # the unfinished frame: _buf[_start:_end]
+        self._end = 0
         self._need = 2  # bytes of it needed before parsing can go on
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of buffer held: none once idle."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[tuple[int, bytes | memoryview]]:
+        """The frames that ``data``, read elsewhere, completes."""
         if self.passthrough:
             return [(RAW_REST, data)] if data else []
-        if self._parts:
-            self._parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            data = b"".join(self._parts)
-            self._parts, self._have = [], 0
+        if self._end > self._start:  # it goes on a frame in the buffer
+            out: list[tuple[int, bytes | memoryview]] = []
+            at = 0
+            while at < len(data):
+                room = self.get_buffer(len(data) - at)
+                count = min(len(room), len(data) - at)
+                room[:count] = data[at : at + count]
+                at += count
+                out += self.updated(count)
+            if self._start == self._end:
+                self._let_go()
+            self.bulk = self._need > READ_ROOM and self._end > self._start
+            return out
+        out, at = self._frames(data, memoryview(data), 0, len(data), False)
+        if at < len(data):  # the start of a frame: kept in the buffer
+            room = self.get_buffer(len(data) - at)
+            room[: len(data) - at] = data[at:]
+            self._end += len(data) - at
+            self.bulk = self._need > READ_ROOM
+        return out
+
+    def get_buffer(self, hint: int = -1) -> memoryview:
+        """Room for the next read, after the unfinished frame: for ``hint`` bytes (what the transport has
+        waiting; ``READ_ROOM`` when it does not say) and the rest of that frame. Short of that, the room
+        left is offered as it is while it holds ``READ_ROOM`` and the frame's rest (the transport reads
+        the others next turn); only then is the frame moved to the front, or the buffer grown."""
+        held = self._end - self._start
+        rest = self._need - held
+        want = max(hint if hint > 0 else READ_ROOM, rest)
+        buf = self._buf
+        room = len(buf) - self._end
+        if room >= want or room >= max(READ_ROOM, rest):
+            return self._view[self._end :]
+        if held + want <= len(buf) and held <= len(buf) // 4:  # moving the frame costs little: do
+            buf[:held] = self._view[self._start : self._end]
+        else:
+            buf = bytearray(max(held + want, min(2 * len(buf), GROW_TO)))
+            buf[:held] = self._view[self._start : self._end]
+            self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, held
+        return self._view[held:]
+
+    def updated(self, count: int) -> list[tuple[int, bytes | memoryview]]:
+        """``count`` bytes were read into the room ``get_buffer`` gave: the frames they complete, each
+        payload copied out of the buffer (which the next read reuses)."""
+        fresh = self._start == self._end  # the read began a frame (else it went on with one)
+        self._end += count
+        if self.passthrough:
+            out: list[tuple[int, bytes | memoryview]] = [(RAW_REST, bytes(self._view[self._end - count : self._end]))]
+            self._start = self._end
+        else:
+            out, self._start = self._frames(self._buf, self._view, self._start, self._end, True)
+        if self._start == self._end:
+            if fresh and count < KEEP_AFTER:
+                self._let_go()
+            self._start = self._end = 0
+        return out
+
+    def _let_go(self) -> None:
+        """Idle: hold no buffer (the next read brings one of its size)."""
+        self._buf, self._view = _NO_BUFFER, memoryview(_NO_BUFFER)
+        self._start = self._end = 0
+        self.bulk = False
+
+    def _frames(self, buf: bytes | bytearray, view: memoryview, at: int, size: int,
+                copy: bool) -> tuple[list[tuple[int, bytes | memoryview]], int]:
+        """The whole frames in ``buf[at:size]``, and where the first unfinished one starts. ``copy``:
+        ``buf`` will be written over, so what is handed out is copied (unmasking copies anyway).
+        A whole binary message (the tunnel's every frame) is told from the rest with one test."""
         out: list[tuple[int, bytes | memoryview]] = []
-        view = memoryview(data)
-        size, at = len(data), 0
+        mask_bit, limit = self._mask_bit, self._limit
         while size - at >= 2:
-            first, second = data[at], data[at + 1]
-            length, head = second & 0x7F, 2
-            if length == 126:
-                head = 4
-            elif length == 127:
-                head = 10
+            second = buf[at + 1]
             masked = second & MASK_BIT
-            if masked:
-                head += 4
+            length = second & 0x7F
+            head = 6 if masked else 2
+            if length >= 126:
+                head += 2 if length == 126 else 8
             if size - at < head:
                 self._need = head
                 break
             if length == 126:
-                length = int.from_bytes(data[at + 2 : at + 4], "big")
+                length = int.from_bytes(buf[at + 2 : at + 4], "big")
             elif length == 127:
-                length = int.from_bytes(data[at + 2 : at + 10], "big")
-            opcode = first & 0x0F
-            if (first & 0x70 or bool(masked) != self.masked or opcode == OP_CLOSE
-                    or (self.max_size is not None and length > self.max_size)):
-                self.passthrough = True
-                out.append((RAW_REST, data[at:]))
-                return out
+                length = int.from_bytes(buf[at + 2 : at + 10], "big")
+            first = buf[at]
+            if first != FIN_BINARY or masked != mask_bit or length > limit:
+                opcode = first & 0x0F
+                if first & 0x70 or masked != mask_bit or opcode == OP_CLOSE or length > limit:
+                    self.passthrough = True
+                    out.append((RAW_REST, bytes(view[at:size])))
+                    return out, size
             end = at + head + length
             if end > size:
                 self._need = head + length
                 break
-            if opcode == OP_BINARY and first & 0x80:
+            if first == FIN_BINARY:
                 payload = view[at + head : end]
-                out.append((PAYLOAD, apply_mask(payload, data[at + head - 4 : at + head]) if masked else payload))
+                if masked:
+                    out.append((PAYLOAD, apply_mask(payload, buf[at + head - 4 : at + head])))
+                else:
+                    out.append((PAYLOAD, bytes(payload) if copy else payload))
             else:
-                out.append((RAW_DATA if opcode < OP_CLOSE else RAW_CONTROL, data[at:end]))
+                out.append((RAW_DATA if first & 0x0F < OP_CLOSE else RAW_CONTROL, bytes(view[at:end])))
             at = end
         else:
             self._need = 2
-        if at < size:
-            self._parts, self._have = [view[at:]], size - at
-        return out
+        return out, at

@@ -442,3 +442,18 @@ def test_data_from_a_buffer_the_caller_reuses_is_queued_as_a_copy() -> None:
     buffer[:] = b"later"  # a protocol reading into one buffer would do this before the writer runs
     events = [e for m in sender.data_to_send() for e in receiver.receive(m)]
     assert [e.data for e in events if isinstance(e, DataReceived)] == [b"first"]
+
+
+def test_a_bulk_payload_is_passed_on_as_a_view_of_its_message_and_a_small_part_as_a_copy() -> None:
+    """The receiving side copies no bulk frame; a payload that is a small part of its message is copied, so that
+    a slow reader of one stream never keeps another stream's bytes alive (at most twice its own credit)."""
+    sender, receiver = Multiplexer(client=True), Multiplexer(client=False)
+    bulk, other = sender.open_stream("tcp:80"), sender.open_stream("tcp:81")
+    whole = frame(FrameType.OPEN, bulk, b"tcp:80") + frame(FrameType.DATA, bulk, b"b" * 100_000)
+    data = [e.data for e in receiver.receive(whole) if isinstance(e, DataReceived)]
+    assert data == [b"b" * 100_000] and isinstance(data[0], memoryview) and data[0].obj is whole
+    mixed = (frame(FrameType.OPEN, other, b"tcp:81") + frame(FrameType.DATA, other, b"s" * 100)
+             + frame(FrameType.DATA, other, b"o" * 70_000) + frame(FrameType.DATA, bulk, b"c" * 80_000))
+    data = [e.data for e in receiver.receive(mixed) if isinstance(e, DataReceived)]
+    assert data == [b"s" * 100, b"o" * 70_000, b"c" * 80_000]
+    assert [type(d) for d in data] == [bytes, bytes, memoryview]  # small; under half of the message; most of it

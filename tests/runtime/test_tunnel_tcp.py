@@ -116,6 +116,83 @@ def test_64_mib_each_way_at_once_with_matching_sha256(tls: TlsFiles, token: str)
     run(scenario(), timeout=100)
 
 
+def _control_protocols(server, client: TunnelClient) -> list[str]:
+    """The class names of the protocols both ends' control connections read with now."""
+    sessions = [session for service in server.registry.services() for session in server.registry.sessions_for(service)]
+    ends = sessions[:1] + ([client.session] if client.session is not None else [])
+    return [type(end.websocket.transport.get_protocol()).__name__ for end in ends]
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_bulk_frames_are_read_into_the_readers_buffer_and_small_ones_as_they_come(loop_name: str, tls: TlsFiles,
+                                                                                  token: str) -> None:
+    """16 MiB each way at once arrive intact while both ends read large frames into the frame reader's buffer
+    (wsflow.BulkReads), on asyncio's and uvloop's TLS alike; small messages after it are read as they come."""
+    up_data, down_data = pattern(16 * MiB, 3), pattern(16 * MiB, 4)
+    digests: list[str] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(MiB)
+        if first in (b"", b"ping"):  # wait_listening's probe; a small exchange
+            writer.write(first and b"pong")
+            writer.close()
+            return
+
+        async def send() -> None:
+            writer.write(down_data)
+            await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        digest = hashlib.sha256(first)
+        while chunk := await reader.read(MiB):
+            digest.update(chunk)
+        digests.append(digest.hexdigest())
+        await sender
+        writer.close()
+
+    async def scenario() -> None:
+        up = await serve(upstream)
+        server, client, task, public = await tunnel(tls, token, port_of(up))
+        assert _control_protocols(server, client) == ["ControlConnection", "BoundedClientConnection"]
+        seen: set[str] = set()
+
+        async def watch() -> None:
+            while True:
+                seen.update(_control_protocols(server, client))
+                await asyncio.sleep(0.001)
+
+        watcher = asyncio.ensure_future(watch())
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(up_data)
+        writer.write_eof()
+        received = hashlib.sha256()
+        while chunk := await reader.read(MiB):
+            received.update(chunk)
+        writer.close()
+        watcher.cancel()
+        assert received.hexdigest() == hashlib.sha256(down_data).hexdigest()
+        for _ in range(100):
+            if hashlib.sha256(up_data).hexdigest() in digests:
+                break
+            await asyncio.sleep(0.05)
+        assert hashlib.sha256(up_data).hexdigest() in digests
+        assert "BulkReads" in seen, seen
+        for _ in range(40):  # small messages: back to reading bytes as they come, holding no buffer
+            assert await roundtrip(public, b"ping") == b"pong"
+            if _control_protocols(server, client) == ["ControlConnection", "BoundedClientConnection"]:
+                break
+        assert _control_protocols(server, client) == ["ControlConnection", "BoundedClientConnection"]
+        await stop(task)
+        await server.stop()
+
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(asyncio.wait_for(scenario(), 60))
+    else:
+        run(scenario(), timeout=60)
+
+
 def test_200_concurrent_connections(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         echo = await echo_server()

@@ -6,7 +6,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from inlets_py.runtime.core.wsframe import PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, FrameReader, MaskKeys, binary_frame
+from inlets_py.runtime.core.wsframe import (
+    GROW_TO, PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, FrameReader, MaskKeys, binary_frame,
+)
 
 
 def parse(data: bytes, *, mask: bool) -> Frame:
@@ -80,3 +82,50 @@ def test_what_the_reader_cannot_vouch_for_goes_to_the_library_with_all_that_foll
     assert [(k, bytes(i)) for k, i in reader.feed(before + bad[:1])] == [(PAYLOAD, b"ok")]
     assert [(k, bytes(i)) for k, i in reader.feed(bad[1:] + after)] == [(RAW_REST, bad + after)]
     assert reader.feed(b"more") == [(RAW_REST, b"more")]
+
+
+def read_into(reader: FrameReader, stream: bytes, step: int, hint: int) -> list[tuple[int, bytes | memoryview]]:
+    """As a transport reads into a buffered protocol: at most ``step`` bytes a read, ``hint`` as its size hint
+    (``step`` when 0), and no more than the room the reader gives."""
+    out = []
+    at = 0
+    while at < len(stream):
+        room = reader.get_buffer(hint or min(step, len(stream) - at))
+        assert len(room) > 0
+        count = min(len(room), step, len(stream) - at)
+        room[:count] = stream[at : at + count]
+        at += count
+        out += reader.updated(count)
+    return out
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_reads_into_the_readers_buffer_give_the_same_frames_whatever_the_sizes(masked: bool) -> None:
+    frames = [library_frame(Opcode.BINARY, bytes([n]) * size, mask=masked) for n, size in
+              enumerate([300_000, 5, 70_000, 0, 200_000, 126, 65_536])]
+    frames.insert(3, library_frame(Opcode.PING, b"ping", mask=masked))
+    stream = b"".join(frames)
+    expected = [(RAW_CONTROL, frames[3]) if i == 3 else (PAYLOAD, parse(f, mask=masked).data)
+                for i, f in enumerate(frames)]
+    for step, hint in [(1, 0), (1000, 0), (65_536, -1), (200_000, 0), (100_000, 300_000), (len(stream), 0)]:
+        reader = FrameReader(masked=masked, max_size=1 << 20)
+        got = read_into(reader, stream, step, hint)
+        # Checked after every read: a payload handed out is no view of the buffer the next reads write over.
+        assert [(kind, bytes(item)) for kind, item in got] == expected, (step, hint)
+        assert reader.capacity <= GROW_TO + 2 * 300_014  # grows by what a frame and a read need, past GROW_TO
+
+
+def test_a_frame_larger_than_a_read_turns_the_reader_to_bulk_until_a_small_read_empties_it() -> None:
+    big = library_frame(Opcode.BINARY, b"x" * 300_000, mask=True)
+    reader = FrameReader(masked=True, max_size=1 << 20)
+    assert reader.feed(library_frame(Opcode.BINARY, b"small", mask=True)) == [(PAYLOAD, b"small")]
+    assert (reader.bulk, reader.capacity) == (False, 0)  # whole frames in a read: nothing is kept
+    assert reader.feed(big[:100_000]) == [] and reader.bulk and reader.capacity >= len(big)
+    got = read_into(reader, big[100_000:], len(big), 0)  # the rest in one read
+    assert [(kind, bytes(item)) for kind, item in got] == [(PAYLOAD, b"x" * 300_000)]
+    assert reader.capacity > 0  # emptied by a large read: kept for the next frame
+    assert read_into(reader, library_frame(Opcode.BINARY, b"tail", mask=True), 100, 0) == [(PAYLOAD, b"tail")]
+    assert (reader.bulk, reader.capacity) == (False, 0)  # emptied by a small read: idle, no buffer held
+    small = library_frame(Opcode.BINARY, b"y" * 1000, mask=True)
+    assert reader.feed(small[:10]) == [] and not reader.bulk  # a small frame waits without turning it to bulk
+    assert reader.feed(small[10:]) == [(PAYLOAD, b"y" * 1000)] and reader.capacity == 0
