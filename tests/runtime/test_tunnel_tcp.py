@@ -123,11 +123,13 @@ def _control_protocols(server, client: TunnelClient) -> list[str]:
     return [type(end.websocket.transport.get_protocol()).__name__ for end in ends]
 
 
+@pytest.mark.parametrize("with_tls", [True, False], ids=["wss", "ws"])
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
-def test_bulk_frames_are_read_into_the_readers_buffer_and_small_ones_as_they_come(loop_name: str, tls: TlsFiles,
-                                                                                  token: str) -> None:
+def test_bulk_frames_are_read_into_the_readers_buffer_and_small_ones_as_they_come(loop_name: str, with_tls: bool,
+                                                                                  tls: TlsFiles, token: str) -> None:
     """16 MiB each way at once arrive intact while both ends read large frames into the frame reader's buffer
-    (wsflow.BulkReads), on asyncio's and uvloop's TLS alike; small messages after it are read as they come."""
+    (wsflow.BulkReads), on asyncio's and uvloop's transports, TLS and plain alike; small messages after it are
+    read as they come."""
     up_data, down_data = pattern(16 * MiB, 3), pattern(16 * MiB, 4)
     digests: list[str] = []
 
@@ -153,7 +155,14 @@ def test_bulk_frames_are_read_into_the_readers_buffer_and_small_ones_as_they_com
 
     async def scenario() -> None:
         up = await serve(upstream)
-        server, client, task, public = await tunnel(tls, token, port_of(up))
+        if with_tls:
+            server, client, task, public = await tunnel(tls, token, port_of(up))
+        else:
+            server = await start_server(None, token)
+            public = free_port()
+            client, task = await start_client(control_url(server, tls=False), token, None,
+                                              {public: Upstream("127.0.0.1", port_of(up))})
+            await wait_listening("127.0.0.1", public)
         assert _control_protocols(server, client) == ["ControlConnection", "BoundedClientConnection"]
         seen: set[str] = set()
 
