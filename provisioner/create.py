@@ -18,7 +18,7 @@ from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
-                   check_runtime_spec, check_timeout, control_url, parse_ttl)
+                   check_runtime_spec, check_timeout, control_url, parse_ports, parse_ttl)
 from .state import ServerState, delete_command, prepare_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
@@ -52,17 +52,35 @@ class CreateOptions:
     replicas: int = 1  # >1: that many exit servers sharing token and CA, behind the provider's load balancer
 
 
+def _free_control_port(opts: CreateOptions, http_port: int) -> int:
+    """A free port for the local control plane that is none of the data ports: the data ports listen on
+    another loopback address, where a port free here may be the one asked for (a spec refuses a control
+    port that is also a data port)."""
+    from .providers.local import free_port
+
+    data = {http_port}
+    if opts.mode == "tcp":
+        try:
+            data = set(parse_ports(opts.ports)) if opts.ports is not None else set(LOCAL_DEFAULT_PORTS)
+        except ProvisionError:
+            data = set()  # build_spec says what is wrong with --ports
+    port = free_port()
+    for _ in range(16):
+        if port not in data:
+            break
+        port = free_port()
+    return port
+
+
 def _spec(opts: CreateOptions) -> TunnelSpec:
     local = opts.provider == "local"
+    http_port = opts.http_port if opts.http_port is not None else (LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT)
     if opts.control_port is not None:
         control_port = opts.control_port
     elif local:
-        from .providers.local import free_port
-
-        control_port = free_port()
+        control_port = _free_control_port(opts, http_port)
     else:
         control_port = CONTROL_PORT
-    http_port = opts.http_port if opts.http_port is not None else (LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT)
     return build_spec(
         opts.mode,
         opts.ports,

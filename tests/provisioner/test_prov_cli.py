@@ -164,6 +164,24 @@ def test_a_name_that_exists_locally_is_refused(tmp_path: Path, capsys) -> None:
         assert run_cli(capsys, "delete", "twice", "--state-dir", str(state)).code == 0
 
 
+@pytest.mark.parametrize("mode, ports, http_port", [("tcp", "45329", None), ("tcp", None, None), ("http", None, 45329)])
+def test_the_local_control_port_is_never_a_data_port(mode: str, ports: str | None, http_port: int | None,
+                                                    tmp_path: Path, monkeypatch) -> None:
+    """The data ports listen on 127.0.0.2, the control port on 127.0.0.1: a port free there may be the one asked
+    for on the other (CI: "port 45329 is the control port; choose other --ports" for a --ports it picked free).
+    The kernel's choice cannot be made to collide on demand, so the port source offers the collision first."""
+    from inlets_py.provisioner import create
+    from inlets_py.provisioner.providers import local
+
+    data = 45329 if ports or http_port else create.LOCAL_DEFAULT_PORTS[0]
+    offered = iter([data, data, 45330])
+    monkeypatch.setattr(local, "free_port", lambda host=local.CONTROL_ADDR: next(offered))
+    spec = create._spec(create.CreateOptions(provider="local", state_root=tmp_path, mode=mode, ports=ports,
+                                             http_port=http_port))
+    assert spec.control_port == 45330
+    assert data in (spec.ports if mode == "tcp" else (spec.http_port,))
+
+
 def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> None:
     """Steps print once; a wait prints only once it lasts, then now and then, with its detail."""
     from inlets_py.provisioner.output import Progress
