@@ -166,8 +166,8 @@ class FrameReader:
         room = len(buf) - self._end
         if room >= want or room >= max(READ_ROOM, rest):
             return self._view[self._end :]
-        if held + want <= len(buf) and held <= len(buf) // 4:  # moving the frame costs little: do
-            buf[:held] = self._view[self._start : self._end]
+        if held + want <= len(buf) and held <= min(len(buf) // 4, self._start):  # a short move, onto no byte of it
+            buf[:held] = self._view[self._start : self._end]  # (the slice assignment copies with memcpy)
         else:
             buf = bytearray(max(held + want, min(2 * len(buf), GROW_TO)))
             buf[:held] = self._view[self._start : self._end]
