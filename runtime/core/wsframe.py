@@ -107,12 +107,9 @@ class FrameReader:
     do not win back (measured: see the commit). The connection switches between the two (``bulk``).
     """
 
-    __slots__ = ("masked", "max_size", "passthrough", "bulk", "_mask_bit", "_limit", "_buf", "_view", "_start", "_end",
-                 "_need")
+    __slots__ = ("passthrough", "bulk", "_mask_bit", "_limit", "_buf", "_view", "_start", "_end", "_need")
 
     def __init__(self, *, masked: bool, max_size: int | None) -> None:
-        self.masked = masked
-        self.max_size = max_size
         self._mask_bit = MASK_BIT if masked else 0  # what the second byte's top bit must be
         self._limit = max_size if max_size is not None else sys.maxsize
         self.passthrough = False
