@@ -266,6 +266,7 @@ def outputs() -> dict[Path, str]:
             "unpack_xz": render.UNPACK_XZ,
             "receiver_script_path": render.RECEIVER_SCRIPT,
             "receiver_script": render.receiver_script(),
+            "embed_margin": render.EMBED_MARGIN,
             "control_port": CONTROL_PORT,
             "tls_server_name": TLS_SERVER_NAME,
         },

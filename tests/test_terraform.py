@@ -16,13 +16,14 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inlets_py.provisioner.material import Material, generate
-from inlets_py.provisioner.render import UserDataOptions, client_command, user_data, wheel_xz_base64
+from inlets_py.provisioner.render import UserDataOptions, client_command, fitting_user_data, user_data, wheel_xz_base64
 from inlets_py.provisioner.spec import build_spec, parse_ttl
 from inlets_py.provisioner.wheel import DIST, build_runtime_wheel, version
 from inlets_py.runtime.core.certs import Pem
@@ -160,6 +161,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
                                                                           "wheel_delivery": "push"}, "push": True},
     "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
+    # wheel_delivery = "auto" chooses as inletsctl create does (fitting_user_data): DigitalOcean's 64 KiB
+    # holds the TCP wheel and not, with the margin, the HTTP one; a limit between the two sizes decides each
+    "tcp_auto_digitalocean": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},
+    "http_auto_digitalocean": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
+                                                                               "wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},
+    "tcp_auto_small_limit": {"spec": ("tcp", "443", []), "tf": {"ports": [443], "wheel_delivery": "auto", "limit": 16 * 1024},
+                             "auto": 16 * 1024},
 }
 
 
@@ -175,7 +183,18 @@ def python_user_data(name: str) -> str:
         expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None, push=bool(v.get("push")),
         constraints=tuple(runtime["constraints"]),
     )
+    if v.get("auto"):
+        return fitting_user_data(spec, v.get("material", MATERIAL), replace(options, limit=v["auto"]))[0]
     return user_data(spec, v.get("material", MATERIAL), options)
+
+
+def inletsctl_pushes(name: str) -> bool:
+    """Whether inletsctl create sends the wheel rather than embedding it, for an "auto" variant."""
+    v = VARIANTS[name]
+    spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
+    options = UserDataOptions(name=name, package="", wheel=build_runtime_wheel(spec.mode), limit=v["auto"],
+                              constraints=tuple(RUNTIME[spec.mode]["constraints"]))
+    return fitting_user_data(spec, v.get("material", MATERIAL), options)[1]
 
 
 def terraform_inputs(name: str) -> dict[str, Any]:
@@ -218,7 +237,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ws = workspace(tmp_path_factory.mktemp("tf-render"))
     modules: dict[str, dict[str, Any]] = {f"ud_{n}": terraform_inputs(n) for n in VARIANTS}
     outputs = {f"ud_{n}": (f"${{module.ud_{n}.user_data}}", True) for n in VARIANTS}
-    outputs |= {f"meta_{n}": (f"${{[module.ud_{n}.expires_at, module.ud_{n}.expires_unix, module.ud_{n}.firewall_ports]}}", False) for n in VARIANTS}
+    outputs |= {f"meta_{n}": (f"${{[module.ud_{n}.expires_at, module.ud_{n}.expires_unix, module.ud_{n}.firewall_ports, "
+                              f"module.ud_{n}.wheel == null ? null : module.ud_{n}.wheel.delivery]}}", False) for n in VARIANTS}
     for case, (_, _, host, token_file, ca_file, extra) in CLIENT_CASES.items():
         modules[f"cc_{case}"] = {"source": "../modules/inlets-client-command", "host": host, "token_file": token_file,
                                  "ca_file": ca_file, **extra}
@@ -243,7 +263,7 @@ def test_expiry_and_firewall_outputs_match_inletsctl(rendered: dict[str, Any]) -
 
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
     for name, v in VARIANTS.items():
-        expires_at, expires_unix, firewall = rendered[f"meta_{name}"]
+        expires_at, expires_unix, firewall, _ = rendered[f"meta_{name}"]
         spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
         if v.get("ttl"):
             when = created + parse_ttl(v["ttl"])
@@ -254,6 +274,16 @@ def test_expiry_and_firewall_outputs_match_inletsctl(rendered: dict[str, Any]) -
         wanted = {spec.control_port, *spec.ports} if spec.mode == "tcp" else {spec.http_port, 443, spec.control_port}
         assert sorted(firewall) == sorted(wanted), name
     assert sorted(rendered["meta_tcp_low_high_ports_ttl"][2]) == [22, 80, 443, 5432, 8123]  # under 1024 included
+
+
+def test_auto_delivery_is_inletsctls_choice(rendered: dict[str, Any]) -> None:
+    """The wheel output says how the wheel gets there: inletsctl's choice for the same limit (the user-data
+    itself is compared above), so the DigitalOcean module knows whether to send it."""
+    chosen = {name: rendered[f"meta_{name}"][3] for name, v in VARIANTS.items() if v.get("auto")}
+    assert chosen == {name: "push" if inletsctl_pushes(name) else "embed" for name in chosen}
+    assert set(chosen.values()) == {"embed", "push"}, f"the auto variants no longer try both choices: {chosen}"
+    for name in chosen:
+        assert ("receive-wheel.py" in rendered[f"ud_{name}"]) == (chosen[name] == "push"), name
 
 
 @pytest.mark.parametrize("case", sorted(CLIENT_CASES))

@@ -2,7 +2,8 @@
 # (provisioner/providers/digitalocean.py): the same user-data, size, image and tags, so
 # `inletsctl list --provider digitalocean` lists it and `inletsctl delete` can delete it.
 # Like inletsctl, no DigitalOcean firewall is made: the droplet accepts every port, and
-# only the tunnel listens on the control and data ports.
+# only the tunnel listens on the control and data ports. The server wheel is in the user-data
+# where it fits DigitalOcean's 64 KiB with inletsctl's margin, and sent after boot otherwise.
 
 terraform {
   required_version = ">= 1.6"
@@ -47,6 +48,7 @@ module "userdata" {
   wheel_filename  = var.wheel_filename
   wheel_xz_base64 = var.wheel_xz_base64
   wheel_sha256    = var.wheel_sha256
+  wheel_delivery  = var.wheel_delivery
   ttl             = var.ttl
   created_at      = var.ttl == null ? null : terraform_data.created_at.output
   limit           = 64 * 1024
@@ -65,6 +67,27 @@ resource "digitalocean_droplet" "exit_server" {
     module.userdata.expires_unix == null ? [] : ["inlets-expires:${module.userdata.expires_unix}"],
     var.tags,
   ))
+}
+
+# Where the server wheel is not in the user-data (wheel_delivery push, or auto where it does not fit
+# with inletsctl's margin: the HTTP wheel today), the droplet waits for it on the control port and
+# this sends it, as inletsctl create does. With an embedded wheel there is nothing to send: the
+# command is a no-op then (known only once the token and certificates are, so not a count).
+resource "terraform_data" "runtime" {
+  count            = var.package == null && var.deliver_wheel && var.wheel_delivery != "embed" ? 1 : 0
+  triggers_replace = [digitalocean_droplet.exit_server.id]
+
+  provisioner "local-exec" {
+    command = module.userdata.wheel.delivery == "push" ? "${var.python} ${path.module}/../../tools/push_wheel.py" : "exit 0"
+    environment = {
+      INLETS_HOST            = digitalocean_droplet.exit_server.ipv4_address
+      INLETS_PORT            = tostring(var.control_port)
+      INLETS_TOKEN           = module.secrets.token
+      INLETS_CA_CERT         = module.secrets.ca_cert
+      INLETS_WHEEL_XZ_BASE64 = module.userdata.wheel.xz_base64
+      INLETS_TIMEOUT         = tostring(var.push_timeout)
+    }
+  }
 }
 
 module "client" {

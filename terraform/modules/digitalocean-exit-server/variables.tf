@@ -97,6 +97,30 @@ variable "wheel_sha256" {
   default     = null
 }
 
+variable "wheel_delivery" {
+  description = "How the droplet gets the server wheel: auto (as inletsctl: in the user-data where it fits DigitalOcean's 64 KiB with 4 KiB to spare, else sent from here once the droplet is up), embed or push."
+  type        = string
+  default     = "auto"
+}
+
+variable "deliver_wheel" {
+  description = "Send the server wheel from here when it is pushed (false: send it yourself with terraform/tools/push_wheel.py, e.g. from a host that can reach the droplet)."
+  type        = bool
+  default     = true
+}
+
+variable "python" {
+  description = "The Python 3 that runs terraform/tools/push_wheel.py here when the wheel is pushed (the standard library is enough)."
+  type        = string
+  default     = "python3"
+}
+
+variable "push_timeout" {
+  description = "Seconds to wait for the droplet to take a pushed server wheel."
+  type        = number
+  default     = 900
+}
+
 variable "token" {
   description = "Bearer token (null: generated, 64 letters and digits)."
   type        = string

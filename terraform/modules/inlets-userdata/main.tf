@@ -61,13 +61,13 @@ locals {
   wheel_sha256   = var.wheel_xz_base64 == null ? local.runtime.wheel_sha256 : var.wheel_sha256
   wheel_path     = "/opt/inlets/${local.wheel_filename}"
   constraints    = !local.use_wheel ? [] : var.constraints != null ? var.constraints : tolist(local.runtime.constraints)
-  wheel = local.use_wheel && var.wheel_delivery == "embed" ? {
+  embedded = local.use_wheel ? {
     path    = local.wheel_path
     xz_path = "${local.wheel_path}.xz"
     b64     = local.wheel_xz
     unpack  = local.generated.unpack_xz
   } : null
-  receiver = local.use_wheel && var.wheel_delivery == "push" ? {
+  pushed = local.use_wheel ? {
     script_path = local.generated.receiver_script_path
     script      = local.generated.receiver_script
     port        = format("%d", var.control_port)
@@ -76,7 +76,7 @@ locals {
   } : null
   package = local.use_wheel ? local.wheel_path : var.package
 
-  user_data = templatefile("${path.module}/templates/user-data.yaml.tftpl", {
+  template_vars = {
     name        = var.name
     mode        = var.mode
     user        = local.generated.service_user
@@ -87,12 +87,18 @@ locals {
     server_key  = var.server_key
     units       = local.units
     constraints = local.constraints
-    wheel       = local.wheel
-    receiver    = local.receiver
     package     = local.package
     expires     = local.expires
-  })
+  }
+  user_data_embedded = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = local.embedded, receiver = null }))
+  user_data_pushed   = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = null, receiver = local.pushed }))
   # bytes, not characters: base64 is 4 characters per 3 bytes, less its padding
+  embedded_base64 = base64encode(local.user_data_embedded)
+  embedded_bytes  = nonsensitive(length(local.embedded_base64) / 4 * 3 - length(regexall("=", local.embedded_base64)))
+  # "auto" is inletsctl's fitting_user_data(): the wheel embedded where that leaves embed_margin
+  # bytes of the limit unused (a user-data that fits by a few bytes would not after the code grows)
+  wheel_delivery   = var.wheel_delivery != "auto" ? var.wheel_delivery : local.embedded_bytes <= var.limit - local.generated.embed_margin ? "embed" : "push"
+  user_data        = local.use_wheel && local.wheel_delivery == "push" ? local.user_data_pushed : local.user_data_embedded
   user_data_base64 = base64encode(local.user_data)
   user_data_bytes  = nonsensitive(length(local.user_data_base64) / 4 * 3 - length(regexall("=", local.user_data_base64)))
 

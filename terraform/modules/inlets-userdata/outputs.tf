@@ -29,7 +29,7 @@ output "user_data" {
   }
   precondition {
     condition     = local.user_data_bytes <= var.limit
-    error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${local.wheel != null ? ": set wheel_delivery = \"push\"" : ""}."
+    error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${local.use_wheel && local.wheel_delivery == "embed" ? ": set wheel_delivery = \"push\"" : ""}."
   }
 }
 
@@ -39,7 +39,7 @@ output "wheel" {
     filename  = local.wheel_filename
     sha256    = local.wheel_sha256
     xz_base64 = local.wheel_xz
-    delivery  = var.wheel_delivery
+    delivery  = local.wheel_delivery
   } : null
 }
 

@@ -53,6 +53,27 @@ run "pushed_wheel" {
   }
 }
 
+run "auto_delivery_follows_the_limit" {
+  variables {
+    wheel_delivery = "auto"
+    limit          = 16 * 1024
+  }
+  assert {
+    condition     = output.wheel.delivery == "push" && strcontains(output.user_data, "/opt/inlets/receive-wheel.py")
+    error_message = "auto sends a wheel that does not fit the limit, as inletsctl create does."
+  }
+}
+
+run "auto_delivery_embeds_what_fits" {
+  variables {
+    wheel_delivery = "auto"
+  }
+  assert {
+    condition     = output.wheel.delivery == "embed" && strcontains(output.user_data, "encoding: b64")
+    error_message = "auto embeds a wheel that fits the limit with 4 KiB to spare, as inletsctl create does."
+  }
+}
+
 run "runtime_spec" {
   variables {
     package = "inlets-py==0.2.0"

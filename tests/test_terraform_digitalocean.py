@@ -1,0 +1,126 @@
+"""The digitalocean-exit-server module applied with its droplet stood in for (issue 7's modules).
+
+The digitalocean provider is not available offline here, so ``terraform validate`` of the module
+is skipped (tests/test_terraform.py says so). Everything else in the module still runs here: this
+copy swaps the one ``digitalocean_droplet`` for a ``terraform_data`` holding the user-data it
+would boot with (at 127.0.0.1), and inlets-secrets for the provider-free stand-in the AWS tests
+use, then applies it. What it shows: the droplet's user-data is inletsctl's for DigitalOcean's
+64 KiB (the wheel embedded where it fits with inletsctl's margin, else pushed), and the push step
+runs exactly when the wheel is pushed, with the settings push_wheel.py reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import test_terraform as tfh
+from inlets_py.provisioner.render import UserDataOptions, fitting_user_data
+from inlets_py.provisioner.spec import build_spec
+from inlets_py.provisioner.wheel import build_runtime_wheel
+
+MODULE = "modules/digitalocean-exit-server"
+DROPLET = re.compile(r'^resource "digitalocean_droplet" "exit_server" \{\n(.*?)^\}\n', re.M | re.S)
+PROVIDER = re.compile(r"^    digitalocean = \{\n.*?^    \}\n", re.M | re.S)
+#: stands in for the Python that runs push_wheel.py: records what it was given instead of sending
+RECORDER = """#!/bin/sh
+{ printf '%s\\n' "$@"; printf 'host=%s port=%s timeout=%s\\n' "$INLETS_HOST" "$INLETS_PORT" "$INLETS_TIMEOUT"
+  printf '%s' "$INLETS_WHEEL_XZ_BASE64" | sha256sum; printf '%s' "$INLETS_TOKEN" | sha256sum; } > "$0.log"
+"""
+
+
+def stand_in(ws: Path) -> Path:
+    """The module with a terraform_data in the droplet's place (the same user-data and tags)."""
+    module = ws / MODULE
+    main = (module / "main.tf").read_text()
+    main, dropped = PROVIDER.subn("", main)
+    assert dropped == 1, "the digitalocean provider block moved: update the stand-in"
+    droplet = DROPLET.search(main)
+    assert droplet and "user_data = module.userdata.user_data" in droplet.group(1), "the droplet resource moved"
+    tags = re.search(r"^  tags = (distinct\(.*?^  \)\))\n", droplet.group(1), re.M | re.S)
+    assert tags, "the droplet's tags moved: update the stand-in"
+    main = DROPLET.sub(
+        'resource "terraform_data" "exit_server" {\n  input = {\n    user_data = module.userdata.user_data\n'
+        f"    tags      = {tags.group(1)}\n  }}\n}}\n", main)
+    main = main.replace("digitalocean_droplet.exit_server.ipv4_address", '"127.0.0.1"')
+    main = main.replace("digitalocean_droplet.exit_server.id", "terraform_data.exit_server.id")
+    assert "digitalocean_" not in main, "the module uses more of the digitalocean provider: update the stand-in"
+    (module / "main.tf").write_text(main)
+    outputs = (module / "outputs.tf").read_text()
+    outputs = outputs.replace("digitalocean_droplet.exit_server.ipv4_address", '"127.0.0.1"')
+    outputs = outputs.replace("digitalocean_droplet.exit_server.id", "terraform_data.exit_server.id")
+    assert "digitalocean_" not in outputs, "the outputs use more of the digitalocean provider: update the stand-in"
+    outputs += ('\noutput "droplet" {\n  value     = terraform_data.exit_server.output\n  sensitive = true\n}\n'
+                'output "wheel" {\n  value = module.userdata.wheel\n}\n')
+    (module / "outputs.tf").write_text(outputs)
+    return module
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each mode's module applied once, with the default wheel delivery (auto)."""
+    if tfh.TERRAFORM is None:
+        pytest.skip(tfh.NO_TERRAFORM)
+    tmp = tmp_path_factory.mktemp("tf-do")
+    ws = tfh.workspace(tmp)
+    secrets = ws / "modules/inlets-secrets"
+    for path in secrets.glob("*.tf"):
+        path.unlink()
+    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
+    stand_in(ws)
+    recorder = tmp / "python"
+    recorder.write_text(RECORDER)
+    recorder.chmod(recorder.stat().st_mode | stat.S_IXUSR)
+    modules = {
+        "tcp": {"source": f"../{MODULE}", "name": "tf-do-tcp", "ports": [80, 443], "python": str(recorder), "push_timeout": 7},
+        "http": {"source": f"../{MODULE}", "name": "tf-do-http", "mode": "http", "domains": ["example.com"],
+                 "python": str(recorder), "push_timeout": 7},
+    }
+    results: dict[str, Any] = {}
+    for mode, inputs in modules.items():
+        log = recorder.with_name("python.log")
+        log.unlink(missing_ok=True)
+        results[mode] = tfh.apply_root(ws / f"root-{mode}", {"exit": inputs}, {
+            "droplet": ("${module.exit.droplet}", True), "wheel": ("${module.exit.wheel}", False),
+            "open_ports": ("${module.exit.open_ports}", False),
+        })
+        results[mode]["pushed"] = log.read_text() if log.exists() else None
+    return results
+
+
+def inletsctl_user_data(mode: str) -> tuple[str, bool]:
+    spec = build_spec("tcp", "80,443", []) if mode == "tcp" else build_spec("http", None, ["example.com"])
+    options = UserDataOptions(name=f"tf-do-{mode}", package="", wheel=build_runtime_wheel(mode), limit=64 * 1024,
+                              constraints=tuple(tfh.RUNTIME[mode]["constraints"]))
+    return fitting_user_data(spec, tfh.MATERIAL, options)
+
+
+@pytest.mark.parametrize("mode", ["tcp", "http"])
+def test_droplet_user_data_is_inletsctls_for_digitalocean(applied: dict[str, Any], mode: str) -> None:
+    expected, push = inletsctl_user_data(mode)
+    got = applied[mode]
+    assert got["droplet"]["user_data"] == expected
+    assert got["wheel"]["delivery"] == ("push" if push else "embed")
+    assert "inlets" in got["droplet"]["tags"] and f"inlets-mode:{mode}" in got["droplet"]["tags"]
+
+
+def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict[str, Any]) -> None:
+    deliveries = {mode: applied[mode]["wheel"]["delivery"] for mode in applied}
+    assert set(deliveries.values()) == {"embed", "push"}, f"both modes chose the same delivery: {deliveries}"
+    for mode, delivery in deliveries.items():
+        pushed = applied[mode]["pushed"]
+        if delivery == "embed":
+            assert pushed is None, f"{mode}: the push step ran for an embedded wheel"
+            continue
+        assert pushed is not None, f"{mode}: the wheel is not in the user-data and nothing sent it"
+        script, where, wheel_digest, token_digest = pushed.splitlines()
+        assert script.endswith("/tools/push_wheel.py"), script
+        assert where == "host=127.0.0.1 port=8123 timeout=7"
+        assert wheel_digest.split()[0] == hashlib.sha256(tfh.RUNTIME[mode]["wheel_xz_base64"].encode()).hexdigest()
+        assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
