@@ -97,6 +97,14 @@ class Exchange:
         self.refusals = 0  # streams the client refused for this request (its --max-streams)
 
 
+#: Body pieces from this size on are written as they are, with the response head and the rest of the
+#: batch in one ``writelines`` (uvloop sends them with one writev), rather than copied into one
+#: ``bytes`` first: a 64 KiB response's body is copied once less (measured: 3.3% fewer instructions
+#: per such request in the server). Smaller ones are joined: a join of a few KiB costs less than the
+#: writev's bookkeeping (1 KiB responses: unchanged).
+WRITEV_FROM = 16 * 1024
+
+
 def eligible(head: RequestHead) -> bool:
     return not (head.chunked or head.content_length or head.upgrade or head.expect_continue)
 
@@ -148,13 +156,19 @@ def progress(front: Front) -> None:
     leg = ex.leg
     head = ex.head
     done = False
+    large = False  # a body piece worth writing as it is, not joined
     out = ex.out
     events = leg.events
     while events:
         event = events.popleft()
         kind = type(event)
         if kind is Body:
-            out.append(chunk(event.data) if ex.chunked else event.data)  # type: ignore[union-attr]
+            data = event.data  # type: ignore[union-attr]
+            if len(data) >= WRITEV_FROM:
+                large = True
+                out += (b"%x\r\n" % len(data), data, b"\r\n") if ex.chunked else (data,)
+            else:
+                out.append(chunk(data) if ex.chunked else data)
         elif kind is ResponseHead:
             response: ResponseHead = event  # type: ignore[assignment]
             if response.status >= 200:
@@ -196,7 +210,10 @@ def progress(front: Front) -> None:
     if transport is None:
         return
     if out:
-        transport.write(b"".join(out))
+        if large:
+            transport.writelines(out)  # uvloop: one writev, no copy
+        else:
+            transport.write(b"".join(out))
         out.clear()
     if front.drain is None:
         leg.release()
