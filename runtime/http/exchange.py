@@ -16,6 +16,7 @@ Everything else goes through the connection's coroutine, which sends the request
 from __future__ import annotations
 
 import asyncio
+import heapq
 from typing import Protocol
 
 from ..core.bridge import reset
@@ -32,6 +33,7 @@ class Gateway(Protocol):
 
     guards: Guards
     exchanges: set[Leg]  # legs with an exchange in flight (timed out by the server's sweep)
+    connections: set[Front]  # the user connections (scanned for an idle stream when a client refuses one)
     upstream_timeout: float
 
     def route(self, host: str) -> tuple[str | None, str]: ...  # (service or None, metrics label)
@@ -71,6 +73,8 @@ class Front(Protocol):
 
 #: Seconds to wait before each new try when the client refuses a request's stream (see ``_retry_refused``).
 REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
+#: Idle users' streams given up per refusal (``_reclaim_idle_stream``).
+RECLAIM_BATCH = 8
 
 
 class Exchange:
@@ -274,12 +278,29 @@ def _retry(front: Front, ex: Exchange) -> None:
 
 def _retry_refused(front: Front, ex: Exchange) -> None:
     """The client refused the stream for its --max-streams: the request never reached the upstream, so it
-    goes again on a fresh stream once streams of users who just left have closed (a few ms, more under
-    load: up to ``REFUSED_RETRY_DELAYS``, then 502)."""
+    goes again on a fresh stream once one is free: a user between requests gives theirs up now
+    (``_reclaim_idle_stream``), and streams of users who just left close (a few ms, more under load: up
+    to ``REFUSED_RETRY_DELAYS``, then 502, when every stream carries a request)."""
     _detach(front, ex)
-    delay = REFUSED_RETRY_DELAYS[ex.refusals]
+    # A stream given up is free at the client before the new one's OPEN arrives (frames stay in order)
+    delay = 0.0 if _reclaim_idle_stream(front, ex.leg.session) else REFUSED_RETRY_DELAYS[ex.refusals]
     ex.refusals += 1
     front.loop.call_later(delay, _resend_if_waiting, front, ex)
+
+
+def _reclaim_idle_stream(front: Front, session: Session) -> bool:
+    """A kept-alive user connection keeps its stream between requests, to reuse it: without this, as many
+    idle users as the client's --max-streams would have every new user answered 502. The users idle longest
+    on the refusing client (up to ``RECLAIM_BATCH``: one scan of the connections serves the refusals that
+    follow) give their streams up (a reset: freed at once at both ends, whatever the upstream makes of a
+    half-close) and open new ones with their next requests. Scanned only when a client refuses."""
+    idle = [(conn.idle_since, id(conn), conn) for conn in front.server.connections
+            if conn.exchange is None and conn.idle_since is not None and (leg := conn.leg) is not None
+            and leg.session is session and leg.listener is None and leg.usable]
+    for _, _, conn in heapq.nsmallest(RECLAIM_BATCH, idle):
+        leg, conn.leg = conn.leg, None
+        leg.abort(LegFailed("idle stream given up for a refused request"))  # type: ignore[union-attr]
+    return bool(idle)
 
 
 def _resend_if_waiting(front: Front, ex: Exchange) -> None:

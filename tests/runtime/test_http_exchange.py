@@ -69,6 +69,7 @@ class Gateway:
     def __init__(self) -> None:
         self.guards = Guards()
         self.exchanges: set[Leg] = set()
+        self.connections: set[Front] = set()
         self.upstream_timeout = 60.0
         self.observed: list[tuple[int, str, bytes]] = []
 

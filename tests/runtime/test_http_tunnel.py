@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -310,27 +311,57 @@ def test_reused_stream_closed_before_answering_is_retried_once(env):
 
 
 def test_a_stream_the_client_refuses_for_its_limit_is_tried_again_once_one_closes(env, tls, token):
-    """A client at its --max-streams refuses the next stream before any upstream sees the request: the
-    server sends it again once a user who left has let go of a stream (before: an immediate 502), and
-    answers 502 only when none does."""
+    """A client at its --max-streams refuses the next stream before any upstream sees the request: while
+    every stream carries a request, the server sends it again once a user who left has let go of a stream
+    (before: an immediate 502), and answers 502 only when none does."""
     app, up = env["stack"].upstream("LIMITED")
     server = env["stack"].server(tls, token)
     env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{up}"], max_streams=2)
     holders = []
-    for name in ("/a", "/b"):  # two users keep their connections, so their streams stay open
-        conn = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
-        conn.request("GET", name, headers={"Host": "limited.test"})
-        assert conn.getresponse().read()
-        holders.append(conn)
+    for _ in range(2):  # two users whose requests take 4 s: both streams busy, nothing to give up
+        sock = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+        sock.sendall(b"GET /slow?d=4 HTTP/1.1\r\nHost: limited.test\r\n\r\n")
+        holders.append(sock)
+    deadline = time.monotonic() + 5
+    while sum(r["target"].startswith("/slow") for r in app.stats.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     started = time.monotonic()
     code, body = status_of(server.data_port, "/third", "limited.test")  # nobody leaves: refused each time
     assert code == 502 and b"too many streams" in body and time.monotonic() - started >= 0.7
     third = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
     third.request("GET", "/third", headers={"Host": "limited.test"})
     time.sleep(0.05)
-    holders.pop().close()  # one user leaves: its stream closes, and the waiting request gets it
+    gone = holders.pop()  # one user leaves (a reset): its stream closes, and the waiting request gets it
+    gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.close()
     response = third.getresponse()
     assert response.status == 200 and json.loads(response.read())["target"] == "/third"
     assert [r["target"] for r in app.stats.requests].count("/third") == 1  # refused tries never reached it
     third.close()
     holders[0].close()
+
+
+def test_users_between_requests_do_not_keep_a_new_user_from_a_stream(env, tls, token):
+    """Kept-alive users keep their streams between requests; a client at its --max-streams refuses the
+    next user's: the users idle longest give theirs up at once (before: every new user got a 502 after
+    0.8 s while as many idle users as --max-streams stayed connected), and get new ones when they ask again."""
+    app, up = env["stack"].upstream("IDLE")
+    server = env["stack"].server(tls, token)
+    env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{up}"], max_streams=2)
+    holders = []
+    for name in ("/a", "/b"):  # two users keep their connections open, idle, each with its stream
+        conn = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
+        conn.request("GET", name, headers={"Host": "idle.test"})
+        assert conn.getresponse().read()
+        holders.append(conn)
+    for name in ("/c", "/d", "/e"):
+        started = time.monotonic()
+        code, body = status_of(server.data_port, name, "idle.test")
+        assert code == 200 and json.loads(body)["target"] == name
+        assert time.monotonic() - started < 0.5, "the request waited for a stream that an idle user held"
+    for conn, name in zip(holders, ("/a2", "/b2")):  # the idle users carry on, on new streams
+        conn.request("GET", name, headers={"Host": "idle.test"})
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["target"] == name
+        conn.close()
+    assert [r["target"] for r in app.stats.requests] == ["/a", "/b", "/c", "/d", "/e", "/a2", "/b2"]
