@@ -299,7 +299,8 @@ def _reclaim_idle_stream(front: Front, session: Session) -> bool:
             and leg.session is session and leg.listener is None and leg.usable]
     for _, _, conn in heapq.nsmallest(RECLAIM_BATCH, idle):
         leg, conn.leg = conn.leg, None
-        leg.abort(LegFailed("idle stream given up for a refused request"))  # type: ignore[union-attr]
+        if leg is not None:  # it is: the scan above took only connections with a leg
+            leg.abort(LegFailed("idle stream given up for a refused request"))
     return bool(idle)
 
 
