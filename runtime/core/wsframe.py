@@ -130,23 +130,24 @@ class FrameReader:
         """The frames that ``data``, read elsewhere, completes."""
         if self.passthrough:
             return [(RAW_REST, data)] if data else []
+        view = memoryview(data)  # slices of it are copied once, into the buffer (a bytes slice is a copy)
         if self._end > self._start:  # it goes on a frame in the buffer
             out: list[tuple[int, bytes | memoryview]] = []
             at = 0
             while at < len(data):
                 room = self.get_buffer(len(data) - at)
                 count = min(len(room), len(data) - at)
-                room[:count] = data[at : at + count]
+                room[:count] = view[at : at + count]
                 at += count
                 out += self.updated(count)
             if self._start == self._end:
                 self._let_go()
             self.bulk = self._need > READ_ROOM and self._end > self._start
             return out
-        out, at = self._frames(data, memoryview(data), 0, len(data), False)
+        out, at = self._frames(data, view, 0, len(data), False)
         if at < len(data):  # the start of a frame: kept in the buffer
             room = self.get_buffer(len(data) - at)
-            room[: len(data) - at] = data[at:]
+            room[: len(data) - at] = view[at:]
             self._end += len(data) - at
             self.bulk = self._need > READ_ROOM
         return out
