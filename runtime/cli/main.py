@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any, Callable
 
-from ..core import lazy_metadata
+from ..core import lazy_modules
 from . import handoff
 
 #: (group, command modules) in the order ``--help`` lists them.
@@ -53,7 +53,7 @@ def _command_path(argv: list[str]) -> str:
 
 def main() -> None:
     """Entry point: flags are parsed in a child process, the tunnel runs in this one (cli/handoff.py)."""
-    lazy_metadata.defer()  # before typer and websockets: 1 MiB less for the life of the process
+    lazy_modules.defer()  # before typer and websockets: memory kept for the life of the process
     argv = sys.argv[1:]
     sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv)))
 

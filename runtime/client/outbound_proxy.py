@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -114,6 +115,8 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
         if setting.strip().lower() in DIRECT:
             return ProxyChoice(None, "--proxy")
         return ProxyChoice(normalize(setting, "--proxy"), "--proxy")
+    if not _environment_may_name_a_proxy():
+        return ProxyChoice(None, "environment")
     parts = urlsplit(ws_url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     if urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
@@ -128,6 +131,12 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
                 value = "socks5h://" + value[len("http://"):]
             return ProxyChoice(normalize(value, name), name)
     return ProxyChoice(None, "environment")
+
+
+def _environment_may_name_a_proxy() -> bool:
+    """False when ``urllib.request.getproxies`` would find nothing: then it is not loaded
+    (``core/lazy_modules``). Elsewhere than macOS and Windows it reads only ``*_proxy`` variables."""
+    return sys.platform in ("darwin", "win32") or any(name.lower().endswith("_proxy") for name in os.environ)
 
 
 def _env_name(key: str) -> str:
