@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..core.auth import TokenError, read_tokens
+from ..core.heap import IdleTrim, keep_freed_heap
 from .config import fail
 
 if TYPE_CHECKING:
@@ -24,29 +25,6 @@ if TYPE_CHECKING:
     from ..client.group import ClientGroup
 
 log = logging.getLogger("inlets")
-
-
-def keep_freed_heap() -> None:
-    """Tell glibc's allocator to keep freed heap pages instead of handing them back at every dip.
-
-    By default it trims the heap top once 2x the largest freed chunk (~512 KiB here) is free,
-    so every 256 KiB frame buffer grew the heap again and faulted its pages back in: ~375,000
-    page faults and ~10,000 brk calls per GiB tunnelled, ~20-30% of the CPU per GiB. Up to
-    8 MiB may now stay free at the top; chunks of 1 MiB and more still come from mmap. A
-    user's MALLOC_* or GLIBC_TUNABLES settings win; other libcs are left alone.
-    """
-    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ):
-        return
-    try:
-        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError):
-        return
-    if glibc:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-        mallopt(-1, 8 * 1024 * 1024)  # M_TRIM_THRESHOLD
-        mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD (setting either one stops glibc's own tuning)
 
 
 def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
@@ -76,6 +54,9 @@ def run_until_signalled(
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         await start()
+        idle_trim = IdleTrim.for_this_process()
+        if idle_trim is not None:
+            idle_trim.start()
         waiters = [asyncio.ensure_future(stopping.wait())]
         if main is not None:
             waiters.append(asyncio.ensure_future(main()))
@@ -85,6 +66,8 @@ def run_until_signalled(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if idle_trim is not None:
+            idle_trim.stop()
         for task in done:
             task.result()  # re-raise a failure of main
 

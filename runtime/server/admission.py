@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ctypes
 import gc
 import logging
 import ssl
@@ -26,6 +25,7 @@ from typing import Callable
 from websockets.asyncio.server import ServerConnection
 
 from ..core.allowlist import SourceAllowList
+from ..core.heap import trimmer
 from ..core.tls import PLAINTEXT_ATTEMPTS, is_plaintext_http
 from ..core.wsflow import BoundedReplies
 
@@ -37,17 +37,6 @@ HANDSHAKE_TIMEOUT = 10.0  # for TLS; the websocket handshake has its own (open_t
 SHUTDOWN_TIMEOUT = 5.0
 #: Give memory back after a burst of at least this many pending connections has ended.
 TRIM_AFTER = 32
-
-
-def _memory_trimmer() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), where there is one."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
 
 
 class Ticket:
@@ -80,7 +69,7 @@ class Admission:
         self.evicted = 0  # closed to make room at the total cap
         self._burst = 0  # the most pending at once since memory was last given back
         self._reported: set[str] = set()  # one log line per kind per burst
-        self._trim = _memory_trimmer()
+        self._trim = trimmer()
         self._handshakes: set[asyncio.Transport] = set()
 
     def admit(self, source: str, transport: asyncio.BaseTransport) -> Ticket | None:
