@@ -150,10 +150,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "tf": {"ports": [443], "control_port": 9443, "package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl"},
         "package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl",
     },
-    "http_domains": {"spec": ("http", None, ["example.com", "api.example.com"]), "tf": {"mode": "http", "domains": ["example.com", "api.example.com"]}},
+    # the HTTP wheel embedded needs more than DigitalOcean's 64 KiB (the module's default limit): GCE's 256 KiB
+    "http_domains": {"spec": ("http", None, ["example.com", "api.example.com"]),
+                     "tf": {"mode": "http", "domains": ["example.com", "api.example.com"], "limit": 256 * 1024}},
     "http_catch_all_port_ttl": {
         "spec": ("http", None, []), "spec_kw": {"http_port": 8080},
-        "tf": {"mode": "http", "http_port": 8080, "ttl": "45s"}, "ttl": "45s",
+        "tf": {"mode": "http", "http_port": 8080, "ttl": "45s", "limit": 256 * 1024}, "ttl": "45s",
     },
     "tcp_given_wheel_ttl": {
         "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True}, "ttl": "90m", "wheel": True,
@@ -183,6 +185,8 @@ def python_user_data(name: str) -> str:
         expires_at=created + parse_ttl(v["ttl"]) if v.get("ttl") else None, push=bool(v.get("push")),
         constraints=tuple(runtime["constraints"]),
     )
+    if "limit" in v["tf"]:
+        options = replace(options, limit=v["tf"]["limit"])
     if v.get("auto"):
         return fitting_user_data(spec, v.get("material", MATERIAL), replace(options, limit=v["auto"]))[0]
     return user_data(spec, v.get("material", MATERIAL), options)
