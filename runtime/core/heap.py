@@ -69,7 +69,6 @@ class IdleTrim:
         self.interval = IDLE_TRIM_INTERVAL if interval is None else interval
         self.idle_cpu = self.interval * idle_share
         self.busy = False
-        self.trims = 0
         self._used = 0.0  # CPU time at the last look (set by start)
         self._timer: asyncio.TimerHandle | None = None
 
@@ -98,7 +97,6 @@ class IdleTrim:
             self.busy = True
         elif self.busy:
             self.busy = False
-            self.trims += 1
             released = self.trim()
             log.debug("event=heap_trimmed released=%s", bool(released))
         self._timer = asyncio.get_running_loop().call_later(self.interval, self.look)

@@ -6,7 +6,7 @@ Each costs every idle process its memory for its whole life (issue 17's idle-mem
   the client and on the server).
 - ``urllib.request``: websockets' proxy module imports it for ``getproxies``, which runs only when
   a proxy is looked up in the environment (``outbound_proxy.choose`` does that only when a
-  ``*_proxy`` variable is set); with it come http.client, email, tempfile and shutil (1.7 MiB of
+  ``*_proxy`` variable is set); with it come http.client, email, tempfile and shutil (1.9 MiB of
   the client's RSS, measured).
 
 A placeholder stands in ``sys.modules`` until one of its attributes is read, which imports the
