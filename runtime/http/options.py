@@ -16,7 +16,12 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .parser import HOP_BY_HOP
+#: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
+#: Here, not with the parser: the HTTP client builds these options and never parses (nor loads httptools).
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
+    b"transfer-encoding upgrade".split()
+)
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")

@@ -28,11 +28,6 @@ MAX_TARGET = 8 * 1024
 #: at about its bound (llhttp cannot be paused between messages through httptools).
 PARSE_STEP = 4 * 1024
 
-#: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
-HOP_BY_HOP = frozenset(
-    b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
-    b"transfer-encoding upgrade".split()
-)
 #: Headers the proxy looks at; noted while parsing so that no later pass scans them all.
 _NOTED = frozenset(
     b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()

@@ -14,10 +14,11 @@ from inlets_py import runtime
 from inlets_py.provisioner.wheel import import_graph
 
 CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client", "cli/run/tcp_client", "cli/run/http_client")
-#: What a client must never import: the server side, the HTTP reverse proxy, ACME, prometheus.
+#: What a client must never import: the server side, the HTTP reverse proxy and its parser (the HTTP
+#: client is a byte bridge), ACME, prometheus.
 SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/upgrade", "http/leg",
-               "http/guard", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server", "cli/run/http_server",
-               "cli/server_config")
+               "http/guard", "http/parser", "http/write", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server",
+               "cli/run/http_server", "cli/server_config")
 
 
 def closure(graph: dict[str, tuple[set[str], set[str]]], roots: tuple[str, ...]) -> tuple[set[str], set[str]]:
@@ -89,11 +90,11 @@ def test_the_client_commands_import_no_server_code() -> None:
     modules, third_party = closure(import_graph(), CLIENT_COMMANDS)
     leaked = sorted(m for m in modules if m.startswith(SERVER_SIDE))
     assert not leaked, f"a client command imports server code: {leaked}"
-    assert "prometheus_client" not in third_party
+    assert not {"prometheus_client", "httptools"} & third_party
     assert {"client/dialer", "client/tcp_upstreams", "client/http_upstreams", "core/mux"} <= modules
 
 
-def test_a_client_process_loads_neither_the_server_nor_prometheus() -> None:
+def test_a_client_process_loads_neither_the_server_nor_its_http_parser_nor_prometheus() -> None:
     """``inlets tcp client --help`` and ``inlets http client --help`` parsed as a user runs them (in a fresh
     process, here without the fork: cli/handoff.py), with the command's body imported as it runs."""
     package = runtime.__name__
@@ -105,7 +106,8 @@ def test_a_client_process_loads_neither_the_server_nor_prometheus() -> None:
             "assert _run(sys.argv[1:]) == 0\n"
             f"import {package}.cli.run.{mode}_client\n"
             f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.server', '{package}.acme', "
-            f"'{package}.http.server', '{package}.http.front', 'prometheus_client')))\n"
+            f"'{package}.http.server', '{package}.http.front', '{package}.http.parser', 'httptools', "
+            "'prometheus_client')))\n"
             "print('LOADED', loaded)\n"
         )
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from inlets_py.runtime.http.guard import Guards
-from inlets_py.runtime.http.options import HttpOptions, OptionError
+from inlets_py.runtime.http.options import HOP_BY_HOP, HttpOptions, OptionError
 from inlets_py.runtime.http.parser import (
-    HOP_BY_HOP, PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
+    PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
     Upgraded, host_of,
 )
 from inlets_py.runtime.http.write import SimpleResponse, add_kept, response_head
