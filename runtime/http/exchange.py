@@ -25,7 +25,7 @@ from .guard import Guards
 from .leg import Leg, LegFailed
 from .options import HttpOptions
 from .parser import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
-from .write import LAST_CHUNK, SimpleResponse, chunk, request_head, response_head
+from .write import LAST_CHUNK, SimpleResponse, chunk, chunk_parts, request_head, response_head
 
 
 class Gateway(Protocol):
@@ -170,7 +170,7 @@ def progress(front: Front) -> None:
             data = event.data  # type: ignore[union-attr]
             if len(data) >= WRITEV_FROM:
                 large = True
-                out += (b"%x\r\n" % len(data), data, b"\r\n") if ex.chunked else (data,)
+                out += chunk_parts(data) if ex.chunked else (data,)
             else:
                 out.append(chunk(data) if ex.chunked else data)
         elif kind is ResponseHead:
