@@ -3,7 +3,8 @@
 Once a request head is on its way upstream, an ``Exchange`` listens on the leg:
 each batch of response events is written to the user as it arrives (one write
 per batch), 1xx answers are relayed, the end of the response, a failure (502), a
-timeout (504) or a reused stream closed before answering (sent once more) end it.
+timeout (504) or a reused stream closed before answering (an idempotent request is sent once
+more) end it.
 Credit goes back to the tunnel only once the user's socket took the bytes.
 
 Fast path: a plain request (no body, no upgrade, nothing to refuse) is also routed
@@ -75,6 +76,9 @@ class Front(Protocol):
 REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
 #: Idle users' streams given up per refusal (``_reclaim_idle_stream``).
 RECLAIM_BATCH = 8
+#: Methods a proxy may send again by itself (RFC 9110 9.2.2: idempotent; a proxy MUST NOT retry others):
+#: a POST the upstream may have acted on before it closed is answered 502, not done twice.
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 
 
 class Exchange:
@@ -199,7 +203,7 @@ def progress(front: Front) -> None:
         if leg.timed_out or failure is not None or leg.eof:
             if ex.response is None:
                 if (leg.eof and failure is None and not leg.timed_out and ex.reused and not ex.retried
-                        and ex.request is not None):
+                        and ex.request is not None and head.method in IDEMPOTENT):
                     _retry(front, ex)
                 elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
                     _retry_refused(front, ex)

@@ -241,6 +241,18 @@ async def test_a_reused_stream_closed_without_answering_is_sent_once_more_on_a_f
 
 
 @in_loop
+async def test_a_post_on_a_reused_stream_closed_without_answering_is_not_sent_twice() -> None:
+    """RFC 9110 9.2.2: a proxy must not retry a non-idempotent request; the upstream may have acted on it."""
+    s = session()
+    front = Front([Leg(s, SERVICE), Leg(s, SERVICE)])
+    leg = start(front, request(b"POST /pay HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\n\r\n"), reused=True)
+    leg.on_eof()
+    assert front.transport is not None and front.transport.data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert len(front.legs) == 1  # the spare leg was never picked
+    assert front.server.observed == [(502, "app.example", b"POST")]
+
+
+@in_loop
 async def test_a_fresh_stream_closed_without_answering_is_not_retried() -> None:
     s = session()
     front = Front([Leg(s, SERVICE), Leg(s, SERVICE)])
