@@ -176,6 +176,11 @@ class _Reader:
         self._body_seen = 0  # body bytes in the current read
         self._body_left = 0  # of the body in progress: bytes to come; -1 while a chunked body runs
         self._error: HttpError | None = None  # once refused, every later feed raises it again
+        #: An Upgrade this proxy ignores (``RequestReader._ignore_upgrade``): llhttp stopped after the head as
+        #: for a switch, so a fresh parser goes on with the rest, first fed this head of ours (the body's
+        #: framing) when a body follows, and the body still to come.
+        self._replay: tuple[bytes, int] | None = None
+        self._replaying = False
 
     def _fail(self, status: int, message: str) -> HttpError:
         """Record a refusal, then raise it from the callback: httptools passes the callback's exception on
@@ -232,6 +237,8 @@ class _Reader:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            if self._replay is not None:
+                return self._parse_on(data[offset:])
             self._events.append(Upgraded(bytes(data[offset:])))
         except HttpParserCallbackError:
             raise self._error or self._fail(400, "bad HTTP message") from None
@@ -245,6 +252,24 @@ class _Reader:
                 raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
         events, self._events = self._events, []
         return events
+
+    def _parse_on(self, rest: bytes | memoryview) -> list[Event]:
+        """After an ignored Upgrade: what follows the head is HTTP still, for a fresh parser. When a body
+        follows, llhttp ended the message at the head: that end is taken back, and the new parser learns
+        the body's framing from a head of ours, whose callbacks add no event (``_replaying``)."""
+        replay, body_left = self._replay  # type: ignore[misc]
+        self._replay = None
+        self._parser = self._parser_class(self)
+        if replay:
+            if self._events and self._events[-1] is END_OF_MESSAGE:
+                self._events.pop()
+            self._replaying = True
+            try:
+                self._parser.feed_data(replay)
+            finally:
+                self._replaying = False
+            self._body_left = body_left
+        return self._feed(rest)
 
     def _held(self, data: bytes | memoryview) -> int:
         """At most how many bytes of the unfinished head are held now: its fields, and the line in
@@ -295,6 +320,8 @@ class RequestReader(_Reader):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_fed = 0
+        if self._replaying:
+            return  # the framing head of ``_parse_on``: the request's own head is out already
         self._check_size()
         parser = self._parser
         method = parser.get_method()
@@ -337,6 +364,8 @@ class RequestReader(_Reader):
             self._set_host(self.default_authority)
             host = host_of(self.default_authority)
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
+        if upgrade and (version == b"1.0" or chunked or length):
+            upgrade = self._ignore_upgrade(chunked, length)
         expect = (version == b"1.1" and b"expect" in noted  # most have none: no generator for them
                   and any(v.strip().lower() == b"100-continue" for v in noted[b"expect"]))
         self._body_left = -1 if chunked else length or 0
@@ -346,6 +375,15 @@ class RequestReader(_Reader):
                 _keep_alive(version, tokens), chunked, length, upgrade, expect, self._lower, noted, tokens,
             )
         )
+
+    def _ignore_upgrade(self, chunked: bool, length: int | None) -> bool:
+        """An Upgrade in HTTP/1.0 (RFC 9110 7.8: ignored), or on a request with a body, which is HTTP's
+        whole before any switch: forwarded as a plain request, its body with it (llhttp would hand the
+        body on as the new protocol's bytes). Returns the request's upgrade flag: False."""
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (length or 0)
+        self._replay = (b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" if chunked or length else b"",
+                        -1 if chunked else length or 0)
+        return False
 
     def _origin_form(self, target: bytes) -> tuple[bytes, bytes]:
         """``http://Host:8080/p?q`` -> (b"/p?q", b"Host:8080"); 400 for any other form."""

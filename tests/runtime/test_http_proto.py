@@ -91,6 +91,22 @@ def test_upgrade_request_hands_over_the_raw_tail():
     assert events[0].upgrade and isinstance(events[-1], Upgraded) and events[-1].tail == b"\x81\x00"
 
 
+@pytest.mark.parametrize("framing, body", [(b"Content-Length: 4", b"BODY"),
+                                           (b"Transfer-Encoding: chunked", b"2\r\nBO\r\n2\r\nDY\r\n0\r\n\r\n")])
+@pytest.mark.parametrize("piece", [1, 7, 1000])
+def test_an_upgrade_with_a_body_is_ignored_and_the_body_parsed_as_http(framing, body, piece):
+    """llhttp stops after an upgrade request's head, body or not: the reader takes the body back as HTTP."""
+    raw = (b"POST /u HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\n" + framing + b"\r\n\r\n"
+           + body + b"GET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = RequestReader()
+    events = [event for at in range(0, len(raw), piece) for event in reader.feed(raw[at : at + piece])]
+    kinds = [type(event) for event in events]
+    assert kinds[0] is RequestHead and not events[0].upgrade and Upgraded not in kinds
+    assert b"".join(event.data for event in events if isinstance(event, Body)) == b"BODY"
+    assert kinds[-3:] == [EndOfMessage, RequestHead, EndOfMessage] and kinds.count(EndOfMessage) == 2
+    assert events[-2].target == b"/n"
+
+
 def test_response_reader_interim_head_and_close_delimited():
     reader = ResponseReader()
     reader.expect(head_request=False)

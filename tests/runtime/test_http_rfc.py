@@ -31,6 +31,23 @@ async def _echo_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         writer.close()
 
 
+async def _echo_message(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers each request with the whole message it received, head and body, as the body."""
+    try:
+        while True:
+            message = await reader.readuntil(b"\r\n\r\n")
+            lower = message.lower()
+            if b"\r\ntransfer-encoding: chunked\r\n" in lower:
+                while not message.endswith(b"\r\n0\r\n\r\n"):
+                    message += await reader.readuntil(b"\r\n")
+            elif b"\r\ncontent-length: " in lower:
+                message += await reader.readexactly(int(lower.split(b"\r\ncontent-length: ")[1].split(b"\r\n")[0]))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(message), message))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
 async def _switches_unasked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Answers 101 to a plain request, then a second answer: bytes a user must never see."""
     await reader.readuntil(b"\r\n\r\n")
@@ -49,7 +66,8 @@ def env(tls, token):
     try:
         server = stack.server(tls, token)
         upstreams = {name: stack.serve(handler) for name, handler in
-                     (("cut", _cut_after_a_chunk), ("echo", _echo_head), ("switch", _switches_unasked))}
+                     (("cut", _cut_after_a_chunk), ("echo", _echo_head), ("switch", _switches_unasked),
+                                       ("message", _echo_message))}
         stack.client(server, tls, token, [f"{name}.test=http://{LOOPBACK}:{port}" for name, port in upstreams.items()]
                      + [f"http://{LOOPBACK}:{upstreams['echo']}"])  # the catch-all: requests without a name
         yield server.data_port
@@ -110,3 +128,24 @@ def test_a_101_nobody_asked_for_is_a_502_and_what_follows_never_reaches_the_user
     answer = raw_request(env, b"GET /s HTTP/1.1\r\nHost: switch.test\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"101" in answer
     assert b"Smuggled" not in answer and b"evil" not in answer
+
+
+@pytest.mark.parametrize("version, body, forwarded", [
+    (b"1.1", b"Content-Length: 4\r\n\r\nBODY", b"Content-Length: 4\r\n"),
+    (b"1.1", b"Transfer-Encoding: chunked\r\n\r\n4\r\nBODY\r\n0\r\n\r\n", b"Transfer-Encoding: chunked\r\n"),
+    (b"1.0", b"Content-Length: 4\r\n\r\nBODY", b"Content-Length: 4\r\n"),
+    (b"1.0", b"\r\n", b""),
+])
+def test_an_upgrade_on_a_request_with_a_body_or_in_http_1_0_is_ignored_and_the_body_goes_upstream(
+        env, version, body, forwarded):
+    """A body is HTTP's whole before any switch (RFC 9110 7.8), and HTTP/1.0's Upgrade is ignored: the
+    request goes upstream as a plain one with its body (``curl --http2 -d`` sends Upgrade: h2c with a POST),
+    not the body as the new protocol's first bytes; a request after it on the connection is parsed as HTTP."""
+    answer = raw_request(env, b"POST /up HTTP/" + version + b"\r\nHost: message.test\r\nConnection: Upgrade, keep-alive\r\n"
+                         b"Upgrade: h2c\r\n" + body + b"GET /next HTTP/1.1\r\nHost: message.test\r\nConnection: close\r\n\r\n")
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    seen = rest[: int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])]
+    assert seen.startswith(b"POST /up HTTP/1.1\r\n") and forwarded in seen and b"pgrade" not in seen
+    assert seen.endswith(b"\r\n\r\n" + (b"BODY" if b"4\r\n\r\n" in body else b"4\r\nBODY\r\n0\r\n\r\n" if b"chunked" in body else b""))
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2 and b"GET /next HTTP/1.1\r\n" in answer
