@@ -80,6 +80,7 @@ class Leg:
                 events = self.reader.feed(data)
             except HttpError as exc:
                 self.failure = exc
+                self.events.extend(exc.complete)  # answered; the failure keeps the stream from being reused
             else:
                 self.events.extend(events)
                 if events and isinstance(events[-1], Upgraded):

@@ -45,9 +45,11 @@ NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 class HttpError(Exception):
     """A request the proxy refuses; ``status`` is the 4xx to answer with (505 for an HTTP version it does not speak)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, complete: list[Event] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        #: An upstream's whole response parsed before the bad bytes in the same read: it is answered.
+        self.complete: list[Event] = complete or []
 
 
 @dataclass
@@ -525,4 +527,7 @@ class ResponseReader(_Reader):
         try:
             return self._feed(data)
         except HttpError as exc:
-            raise HttpError(502, f"upstream sent a bad response: {exc}") if exc.status < 500 else exc from None
+            parsed, self._events = self._events, []
+            message = str(exc) if exc.status >= 500 else f"upstream sent a bad response: {exc}"
+            # bytes that begin no valid response after a whole one: that one stands (the stream is not reused)
+            raise HttpError(max(exc.status, 502), message, parsed if END_OF_MESSAGE in parsed else None) from None

@@ -252,6 +252,22 @@ async def test_a_post_on_a_reused_stream_closed_without_answering_is_not_sent_tw
     assert front.server.observed == [(502, "app.example", b"POST")]
 
 
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+                                    b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello"])
+@in_loop
+async def test_a_whole_response_followed_by_bytes_that_begin_no_response_is_answered_and_the_stream_dropped(
+        answer: bytes) -> None:
+    """As nginx does: the response stands, the upstream connection (here: the stream) is not used again."""
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    feed(leg, answer)
+    assert front.transport is not None and front.transport.data.startswith(answer.split(b" ")[0] + b" 20")
+    assert b"EXTRA" not in front.transport.data and b"hello" not in front.transport.data
+    assert front.server.observed == [(int(answer[9:12]), "app.example", b"GET")]
+    assert front.exchange is None and front.leg is None and not leg.usable
+
+
 @in_loop
 async def test_a_fresh_stream_closed_without_answering_is_not_retried() -> None:
     s = session()
