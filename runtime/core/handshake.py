@@ -111,16 +111,18 @@ def _window(data: dict) -> int:
     return window
 
 
+def _service_names(services: object) -> bool:
+    """A list of at most ``MAX_SERVICES`` names (ports or hosts as text), as hello and welcome carry them."""
+    return (isinstance(services, list) and len(services) <= MAX_SERVICES
+            and all(isinstance(s, str) and 0 < len(s) <= 256 for s in services))
+
+
 def parse_hello(message: str | bytes) -> Hello:
     data = _load(message, "hello")
     mode, services, client_id = data.get("mode"), data.get("services"), data.get("client_id", "")
     if not isinstance(mode, str) or not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         raise HandshakeError(CLOSE_BAD_HELLO, "hello needs a mode and a short client_id (visible ASCII, no spaces)")
-    if (
-        not isinstance(services, list)
-        or len(services) > MAX_SERVICES
-        or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in services)
-    ):
+    if not _service_names(services):
         raise HandshakeError(CLOSE_BAD_HELLO, f"services must be a list of at most {MAX_SERVICES} names")
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
@@ -131,6 +133,6 @@ def parse_hello(message: str | bytes) -> Hello:
 def parse_welcome(message: str | bytes) -> Welcome:
     data = _load(message, "welcome")
     services, max_frame = data.get("services"), data.get("max_frame")
-    if not isinstance(services, list) or not isinstance(max_frame, int) or not 1024 <= max_frame <= 16 * 2**20:
+    if not _service_names(services) or not isinstance(max_frame, int) or not 1024 <= max_frame <= 16 * 2**20:
         raise HandshakeError(CLOSE_BAD_HELLO, "malformed welcome")
     return Welcome(services, _window(data), max_frame, data["protocol"], str(data.get("version", "")))

@@ -27,7 +27,7 @@ from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks, pa
 from inlets_py.runtime.server.control import client_address
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
 from inlets_py.runtime.core.services import format_target
-from inlets_py.runtime.core.handshake import Hello, HandshakeError, parse_hello
+from inlets_py.runtime.core.handshake import PROTOCOL_VERSION, Hello, HandshakeError, parse_hello, parse_welcome
 from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
 from helpers.streams import AsyncStream
 from inlets_py.runtime.client.tcp_upstreams import Upstream
@@ -506,3 +506,13 @@ def test_a_client_id_that_could_forge_log_lines_is_refused(tls: TlsFiles, token:
             assert closed.value.rcvd.code == 4000 and "visible ASCII" in closed.value.rcvd.reason
 
     run(scenario())
+
+
+@pytest.mark.parametrize("services", [[1, 2], [""], "8080", [["8080"]], None])
+def test_a_welcome_whose_services_are_not_names_is_refused_in_one_line(services: object) -> None:
+    """A broken or hostile server's welcome: the client logs the names it was granted, so anything but a
+    list of names is a handshake error (one line), not a traceback from joining them."""
+    welcome = {"type": "welcome", "protocol": PROTOCOL_VERSION, "window": 2**20, "max_frame": 2**16}
+    assert parse_welcome(json.dumps({**welcome, "services": ["8080", "app.example"]})).services == ["8080", "app.example"]
+    with pytest.raises(HandshakeError, match="malformed welcome"):
+        parse_welcome(json.dumps({**welcome, "services": services}))
