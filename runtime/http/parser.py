@@ -34,8 +34,10 @@ _NOTED = frozenset(
 )
 #: A Host value the proxy routes: a DNS name or IPv4 address (ASCII; IDNs arrive as punycode) or an IPv6
 #: literal, then an optional port of ASCII digits. Anything else (``/``, ``@``, spaces, a second name after a
-#: comma, non-ASCII) is a 400, as nginx answers it (RFC 9110 7.2: an invalid Host is a 400).
-_VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]*)(?::[0-9]*)?")
+#: comma, non-ASCII) is a 400, as nginx answers it (RFC 9110 7.2: an invalid Host is a 400); so is a name with
+#: an empty label (``a..b``, ``..``: nginx refuses them, as apps that put the name in a path would climb out), and
+#: a port without a name (``:80``). An empty Host stays valid (RFC 9110 7.2: a target without an authority).
+_VALID_HOST = re.compile(rb"(?:(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?)(?::[0-9]*)?)?")
 
 #: What the Connection header may never make hop-by-hop: dropping these while forwarding the body
 #: lets the body be read as a second request (smuggling) or the request reach another host.
@@ -351,6 +353,8 @@ class RequestReader(_Reader):
                     raise self._fail(400, "the request target * is for OPTIONS only")
             else:
                 target, authority = self._origin_form(target)
+                if not target.startswith(b"/"):  # RFC 9112 3.2.4: an OPTIONS without path or query asks about the server
+                    target = b"*" if not target and method == b"OPTIONS" else b"/" + target
                 hosts = noted[b"host"] = [authority]  # RFC 9112 3.2.2: the target's authority, not Host, names the host
                 self._set_host(authority)
         if b"#" in target:
@@ -388,7 +392,8 @@ class RequestReader(_Reader):
         return False
 
     def _origin_form(self, target: bytes) -> tuple[bytes, bytes]:
-        """``http://Host:8080/p?q`` -> (b"/p?q", b"Host:8080"); 400 for any other form."""
+        """``http://Host:8080/p?q`` -> (b"/p?q", b"Host:8080"), ``http://Host?q`` -> (b"?q", b"Host"); 400 for any
+        other form."""
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
             raise self._fail(400, "request target must be a path (/...) or an http:// URL")
@@ -400,7 +405,7 @@ class RequestReader(_Reader):
         authority, path = rest[:end], rest[end:]
         if not authority or b"@" in authority:
             raise self._fail(400, "request target URL needs a host and no user name")
-        return path if path.startswith(b"/") else b"/" + path, authority
+        return path, authority
 
     def _set_host(self, value: bytes) -> None:
         """Replace the Host field (or add one): a proxy sends the target's authority (RFC 9112 3.2.2)."""

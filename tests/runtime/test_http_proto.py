@@ -287,6 +287,14 @@ def test_absolute_form_target_names_the_host(target, path, host):
     assert head.noted[b"host"] == [authority]
 
 
+@pytest.mark.parametrize("target, forwarded", [(b"http://a.test", b"*"), (b"http://a.test:80/", b"/"),
+                                               (b"http://a.test?q", b"/?q")])
+def test_an_options_request_about_the_server_goes_on_as_asterisk(target, forwarded):
+    """RFC 9112 3.2.4: an absolute-form OPTIONS with an empty path and no query asks about the server itself."""
+    head = RequestReader().feed(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: a.test\r\n\r\n")[0]
+    assert head.target == forwarded
+
+
 @pytest.mark.parametrize("target", [b"ftp://a/", b"http://user:pw@a/", b"http:///p", b"a.test/p"])
 def test_other_target_forms_are_400(target):
     with pytest.raises(HttpError) as info:
@@ -318,7 +326,7 @@ def test_protection_belongs_to_the_name():
 
 @pytest.mark.parametrize("host", [
     b"x/../y", b"user@z.example", b"a.example, b.example", "\u00e9.example".encode(), b"a.example:abc", b"a b",
-    b"a.example:80:80", b"[::1", b"a\\b",
+    b"a.example:80:80", b"[::1", b"a\\b", b"..", b"a..example", b".a.example", b":80", b".",
 ])
 def test_an_invalid_host_is_400(host):
     with pytest.raises(HttpError) as info:

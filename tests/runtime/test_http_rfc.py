@@ -117,7 +117,7 @@ def test_an_http_1_0_user_asking_to_keep_alive_is_told_and_served_twice(env):
                 body += sock.recv(65536)
 
 
-@pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test"])
+@pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test", b"..", b"echo..test", b":80"])
 def test_an_invalid_host_is_400_and_never_reaches_an_upstream(env, host):
     answer = raw_request(env, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"invalid Host header" in answer
