@@ -400,7 +400,8 @@ class FrontConnection(asyncio.Protocol):
             while True:
                 event = await self.next_event()
                 if event is None or isinstance(event, HttpError):
-                    leg.abort(event if isinstance(event, HttpError) else LegFailed("request body incomplete"))
+                    leg.abort(event if isinstance(event, HttpError)  # the user's fault: a 400, not the upstream's 502
+                              else HttpError(400, "request body incomplete: the connection ended before all of it came"))
                     return
                 if type(event) is Body:
                     await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]

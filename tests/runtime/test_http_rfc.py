@@ -149,3 +149,12 @@ def test_an_upgrade_on_a_request_with_a_body_or_in_http_1_0_is_ignored_and_the_b
     assert seen.startswith(b"POST /up HTTP/1.1\r\n") and forwarded in seen and b"pgrade" not in seen
     assert seen.endswith(b"\r\n\r\n" + (b"BODY" if b"4\r\n\r\n" in body else b"4\r\nBODY\r\n0\r\n\r\n" if b"chunked" in body else b""))
     assert answer.count(b"HTTP/1.1 200 OK\r\n") == 2 and b"GET /next HTTP/1.1\r\n" in answer
+
+
+def test_a_body_the_user_stops_short_is_a_400_not_the_upstreams_502(env):
+    """The user closed its side before Content-Length bytes: the request was malformed, the upstream did nothing wrong."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"POST /short HTTP/1.1\r\nHost: message.test\r\nContent-Length: 10\r\n\r\nabc")
+        sock.shutdown(socket.SHUT_WR)
+        data, _ = _read_to_end(sock)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"request body incomplete" in data, data
