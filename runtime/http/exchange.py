@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 from typing import Protocol
 
 from ..core.bridge import reset
@@ -71,6 +72,8 @@ class Front(Protocol):
 
     def wake(self) -> None: ...
 
+
+log = logging.getLogger("inlets.http")
 
 #: Seconds to wait before each new try when the client refuses a request's stream (see ``_retry_refused``).
 REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
@@ -344,7 +347,15 @@ def _reply(front: Front, ex: Exchange, status: int, message: str) -> None:
         body = SimpleResponse(status, (message + "\n").encode())
         transport.write(body.encode(True, ex.head.method == b"HEAD"))
     front.server.observe(status, ex.label, ex.head.method, ex.started)
+    log_answer(status, ex.label, ex.head.method, message)
     _end(front, ex, False)
+
+
+def log_answer(status: int, host: str, method: bytes, message: str) -> None:
+    """One line for each answer the proxy makes itself: at info when the upstream side failed (5xx), at debug
+    for users' mistakes (4xx). The handler's repeat limit bounds a flood of either."""
+    log.log(logging.INFO if status >= 500 else logging.DEBUG, "event=answered status=%d host=%s method=%s reason=%r",
+            status, host or "-", method.decode("latin-1") or "-", message)
 
 
 def _abort(front: Front) -> None:

@@ -323,6 +323,7 @@ class FrontConnection(asyncio.Protocol):
             self.server.observe(status, host, head.method, started)
         else:
             self.server.observe(status, "", b"", self.loop.time())
+        http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
 
     def pick(self, service: str) -> Leg | None:
         leg = self.leg

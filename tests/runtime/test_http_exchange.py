@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Awaitable, Callable
 
 import pytest
@@ -266,6 +267,18 @@ async def test_a_whole_response_followed_by_bytes_that_begin_no_response_is_answ
     assert b"EXTRA" not in front.transport.data and b"hello" not in front.transport.data
     assert front.server.observed == [(int(answer[9:12]), "app.example", b"GET")]
     assert front.exchange is None and front.leg is None and not leg.usable
+
+
+@in_loop
+async def test_an_answer_the_proxy_makes_itself_is_logged_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """An operator sees why users got a 502 (at info; users' own 4xx only at debug)."""
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request())
+    with caplog.at_level(logging.INFO, logger="inlets.http"):
+        leg.on_eof()
+    assert [r.getMessage() for r in caplog.records] == [
+        "event=answered status=502 host=app.example method=GET reason='bad gateway: upstream closed the connection'"]
 
 
 @in_loop
