@@ -86,7 +86,7 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 class Exchange:
     __slots__ = ("head", "leg", "options", "label", "started", "request", "response", "chunked", "close",
-                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "refusals")
+                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "awaiting_body", "refusals")
 
     def __init__(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                  request: bytes | None, reused: bool, waiter: asyncio.Future | None) -> None:
@@ -105,6 +105,7 @@ class Exchange:
         self.unreleased = False  # credit held back while the user's socket drains
         self.waiter = waiter  # the coroutine's: result True (keep the connection), False, or a 101 head
         self.body_pending = False  # the coroutine is still sending the request body
+        self.awaiting_body = False  # ... and waits for the user's next piece of it (not for the upstream to read)
         self.refusals = 0  # streams the client refused for this request (its --max-streams)
 
 
@@ -329,7 +330,9 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
 
 
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
-    if ex.leg.timed_out:
+    if ex.leg.timed_out and ex.body_pending and ex.awaiting_body:  # the user stalled, as nginx's client_body_timeout
+        status, message = 408, f"request body timed out: none of it came for {front.server.upstream_timeout:g}s"
+    elif ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"
     elif isinstance(failure, HttpError) and failure.status < 500:  # the request's body was malformed
         status, message = failure.status, str(failure)

@@ -399,7 +399,9 @@ class FrontConnection(asyncio.Protocol):
         """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
         try:
             while True:
+                exchange.awaiting_body = True
                 event = await self.next_event()
+                exchange.awaiting_body = False
                 if event is None or isinstance(event, HttpError):
                     leg.abort(event if isinstance(event, HttpError)  # the user's fault: a 400, not the upstream's 502
                               else HttpError(400, "request body incomplete: the connection ended before all of it came"))

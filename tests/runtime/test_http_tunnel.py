@@ -161,6 +161,18 @@ def test_websocket_app_through_the_tunnel(env):
             assert ws.recv(timeout=10) == message
 
 
+def test_a_user_who_stops_sending_the_body_gets_408_not_the_upstreams_504(env):
+    """The upstream waits for the body and so says nothing: the user stalled (nginx: client_body_timeout)."""
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /stall HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\nabc")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"request body timed out" in data, data
+    assert 0.9 < time.monotonic() - started < 3.5
+
+
 def test_no_client_502_and_504(env, tls, token):
     code, body = status_of(env["port"], "/", "down.test")
     assert code == 502 and b"could not reach its upstream" in body
