@@ -83,7 +83,9 @@ def _pod_template(name: str, args: list[str], ports: list[int], server: bool) ->
         "metadata": {"labels": _labels(name)},
         "spec": {
             "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            # fsGroup: the kubelet makes the Secret's files (root's, defaultMode 0400) readable by this group
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [container],
             "volumes": [{"name": "secrets", "secret": {"secretName": name, "defaultMode": 0o400}}],
         },

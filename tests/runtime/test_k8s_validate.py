@@ -60,8 +60,14 @@ def test_generated_yaml_is_valid_kubernetes(argv: tuple[str, ...], token_file: P
     extra = ["--plaintext"] if argv[1] == "server" else []
     result = inlets(*argv, *extra, "--token-file", str(token_file), "--generate=k8s_yaml")
     assert result.returncode == 0, result.stderr
-    kinds = [doc["kind"] for doc in _valid(result.stdout)]
+    docs = _valid(result.stdout)
+    kinds = [doc["kind"] for doc in docs]
     assert kinds == (["Secret", "Deployment", "Service"] if argv[1] == "server" else ["Secret", "Deployment"])
+    pod = docs[1]["spec"]["template"]["spec"]
+    # The kubelet writes a Secret's files as root's, here 0400: the container's user reads them only through
+    # fsGroup (the files then get its group, with read for it) or a mode that lets others read (never, here).
+    mode = pod["volumes"][0]["secret"]["defaultMode"]
+    assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsGroup"] or mode & 0o004
 
 
 def test_the_check_fails_what_kubernetes_would_refuse(token_file: Path) -> None:
