@@ -104,6 +104,7 @@ class LocalProvider:
 
     def __init__(self, root: Path, data_addr: str = DATA_ADDR) -> None:
         self._root = root
+        self._real_root = os.path.realpath(root)  # one folder, however --state-dir spells it (a symlink, a/../b)
         self._data_addr = data_addr
         self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
 
@@ -161,9 +162,11 @@ class LocalProvider:
             proc.poll()
 
     def _state_of(self, pid: int) -> Path | None:
+        """The state folder a server process names, when it lies under this root: compared as real paths,
+        since create and delete may spell the same --state-dir differently."""
         for arg in _cmdline(pid):
             path = Path(arg)
-            if path.name == "token" and path.parent.parent == self._root:
+            if path.name == "token" and os.path.realpath(path.parent.parent) == self._real_root:
                 return path.parent
         return None
 

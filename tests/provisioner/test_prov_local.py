@@ -217,3 +217,25 @@ def test_status_of_a_killed_server_says_it_is_not_running_and_what_to_do(tmp_pat
                                   f"create it again: inletsctl delete gone-away --state-dir {state}")
     assert "level=INFO" not in line and "refused" not in line, line
     assert run_cli(capsys, "delete", "gone-away", "--state-dir", str(state)).code == 0
+
+
+def test_the_same_state_folder_spelled_another_way_finds_the_server(tmp_path: Path, capsys) -> None:
+    """Created through a symlink, listed and deleted by the real path (or a/../b): the same folder, the same server,
+    never 'already gone' while it keeps running."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    created = run_cli(capsys, "create", "spelled", "--ports", str(free_port("127.0.0.2")), "--json",
+                      "--state-dir", str(tmp_path / "link"))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    try:
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(real / ".." / "real"))
+        (row,) = listed.json()["servers"]
+        assert (row["name"], row["status"], row["where"]) == ("spelled", "active", "both"), row
+        deleted = run_cli(capsys, "delete", "spelled", "--provider", "local", "--state-dir", str(real))
+        assert deleted.code == 0 and deleted.out.startswith(f"deleted spelled (local {pid})"), deleted
+        assert not _pid_alive(pid) and not (real / "spelled").exists()
+    finally:
+        if _pid_alive(pid):
+            os.killpg(pid, 15)
