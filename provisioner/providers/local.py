@@ -202,9 +202,11 @@ class LocalProvider:
     def _host(self, pid: int, state_dir: Path) -> Host:
         meta: dict[str, object] = {}
         try:
-            meta = json.loads((state_dir / "server.json").read_text())
-        except (OSError, ValueError):
-            pass
+            loaded = json.loads((state_dir / "server.json").read_text())
+        except (OSError, ValueError):  # list shows damaged state on its own row; the process is still listed
+            loaded = None
+        if isinstance(loaded, dict):
+            meta = loaded
         argv = _cmdline(pid)
         port = _flag(argv, "--control-port")
         data = _flag(argv, "--data-addr")

@@ -120,3 +120,21 @@ def test_delete_with_another_provider_keeps_the_state_of_a_server_it_cannot_see(
     deleted = run_cli(capsys, "delete", "elsewhere", "--provider", "local", "--state-dir", str(state))
     one_line_error(deleted, "was made with --provider digitalocean: its state is kept")
     assert (state / "elsewhere" / "server.json").read_bytes() == content
+
+
+@pytest.mark.parametrize("content", [b"[]", b"42", b'"text"', b'{"name": "runs'], ids=["list", "number", "string", "cut-short"])
+def test_list_shows_a_running_server_whose_state_is_damaged(content: bytes, tmp_path: Path, capsys) -> None:
+    """server.json edited into JSON that is no object is damaged state like one cut short: a row and a note, no crash."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "runs", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir", str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    try:
+        (state / "runs" / "server.json").write_bytes(content)
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+        assert listed.code == 0, listed.err
+        rows = sorted((row["status"], row["where"], row["id"]) for row in listed.json()["servers"])
+        assert rows == [("active", "local only", str(pid)), ("damaged", "local state (damaged)", "")], rows
+        assert any(note.startswith("runs: damaged local state (server.json ") for note in listed.json()["notes"])
+    finally:
+        assert run_cli(capsys, "delete", "--provider", "local", "--id", str(pid), "--state-dir", str(state)).code == 0
