@@ -160,8 +160,7 @@ def list_servers(
 def _damaged_row(damaged: Damaged, notes: list[str]) -> dict[str, Any]:
     """A state folder ``list`` cannot read: shown, with a note on how to remove it, rather than hidden."""
     name = damaged.state.name
-    notes.append(f"{name}: damaged local state ({damaged.why}); remove it with: "
-                 f"{delete_command(name, damaged.state.root)}")
+    notes.append(f"{name}: damaged local state ({damaged.why}); {damaged.advice}")
     return {"name": name, "provider": damaged.provider, "id": "", "ip": None, "mode": None, "status": "damaged",
             "created": None, "expires": None, "where": "local state (damaged)"}
 

@@ -48,20 +48,38 @@ def prepare_root(root: Path) -> None:
 
 
 def check_root(root: Path) -> None:
-    """A state root that is (or lies under) a file is a mistake, never a root with no exit servers."""
-    why = _file_in_the_way(root)
+    """A state root that is (or lies under) a file, or that this user cannot read, is a mistake, never a root
+    with no exit servers."""
+    why, choose = _file_in_the_way(root), _CHOOSE
+    if why is None:
+        try:
+            os.listdir(root)  # reading its names
+            os.stat(os.path.join(root, "."))  # and entering it, to read each server's files
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            why, choose = os_words(exc), f"let this user read it ({_chmod(root)}) or {_CHOOSE}"
     if why:
-        raise ProvisionError(f"cannot read exit servers from {root}: {why}; {_CHOOSE}")
+        raise ProvisionError(f"cannot read exit servers from {root}: {why}; {choose}")
 
 
 _CHOOSE = f"give --state-dir (or ${STATE_ENV}) a folder you can write"
 
 
+def _chmod(folder: Path) -> str:
+    return f"chmod -R u+rwX {shlex.quote(str(folder))}"
+
+
 def _file_in_the_way(path: Path) -> str | None:
     """``path`` or the first of its parents that is a file, said in words; None when there is none."""
     for part in (path, *path.parents):
-        if part.exists():
-            return None if part.is_dir() else f"{part} is a file, not a folder"
+        try:
+            part.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:  # cannot be looked into: check_root says so
+            return None
+        return None if part.is_dir() else f"{part} is a file, not a folder"
     return None
 
 
@@ -93,7 +111,7 @@ class ServerState:
         return self.dir / "server.key"
 
     def exists(self) -> bool:
-        return (self.dir / METADATA).exists()
+        return _has_metadata(self.dir)
 
     def reserve(self) -> None:
         """Create the folder; fail if an exit server of this name is already kept here."""
@@ -122,12 +140,15 @@ class ServerState:
     def load(self) -> dict[str, Any]:
         """The metadata; NotFound when there is no such exit server, Damaged when it cannot be used."""
         check_root(self.root)
-        if not (self.dir / METADATA).exists() and not self.dir.is_dir():
-            raise NotFound(f"no exit server named {self.name!r} in {self.root}")
         try:
             meta = json.loads((self.dir / METADATA).read_bytes())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            if not self.dir.is_dir():
+                raise NotFound(f"no exit server named {self.name!r} in {self.root}") from None
             raise Damaged(self, "is missing") from None
+        except PermissionError as exc:  # the state is likely fine, only its mode is not: say how to fix that first
+            raise Damaged(self, f"cannot be read ({os_words(exc)})",
+                          fix=f"let this user read it ({_chmod(self.dir)}), or remove it with") from None
         except OSError as exc:
             raise Damaged(self, f"cannot be read ({os_words(exc)})") from None
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
@@ -147,16 +168,19 @@ class ServerState:
         if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond
             raise ProvisionError(f"invalid name {self.name!r}: nothing removed")
         shutil.rmtree(self.dir, ignore_errors=True)
+        if os.path.lexists(self.dir):  # never say it is gone when it is not
+            raise ProvisionError(f"cannot remove {self.dir}: let this user change it ({_chmod(self.dir)}) "
+                                 "and run the command again")
 
 
 class Damaged(ProvisionError):
     """A state folder whose metadata cannot be used: ``list`` shows it and ``delete`` removes it."""
 
-    def __init__(self, state: ServerState, why: str, provider: object = None) -> None:
+    def __init__(self, state: ServerState, why: str, provider: object = None, fix: str = "remove it with") -> None:
         self.state, self.why = state, f"{METADATA} {why}"  # why: what is wrong with the file, "is missing"
         self.provider = provider if isinstance(provider, str) and provider else None
-        super().__init__(f"the local state of {state.name!r} is damaged: {state.dir / METADATA} {why}; "
-                         f"remove it with: {delete_command(state.name, state.root)}")
+        self.advice = f"{fix}: {delete_command(state.name, state.root)}"
+        super().__init__(f"the local state of {state.name!r} is damaged: {state.dir / METADATA} {why}; {self.advice}")
 
 
 def _unusable(meta: object, name: str) -> str | None:
@@ -183,13 +207,24 @@ def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:
     if not root.is_dir():
         return found, damaged
     for child in sorted(root.iterdir()):
-        if not (child / METADATA).exists() or not _NAME_RE.fullmatch(child.name):  # none yet (create), or not ours
+        if not _NAME_RE.fullmatch(child.name) or not _has_metadata(child):  # not ours, or none yet (create)
             continue
         try:
             found.append(ServerState(root, child.name).load())
         except Damaged as exc:
             damaged.append(exc)
     return found, damaged
+
+
+def _has_metadata(folder: Path) -> bool:
+    """``folder`` holds a server.json, or cannot be looked into (unreadable state is shown, never hidden)."""
+    try:
+        (folder / METADATA).stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def all_states(root: Path) -> list[dict[str, Any]]:

@@ -48,10 +48,11 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
     return Result(code, captured.out, captured.err)
 
 
-def run_inletsctl(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
-    """``inletsctl ARGS`` as a separate process, the way a user runs it."""
+def run_inletsctl(*args: str, env: dict[str, str] | None = None, timeout: float = 60, wrap: tuple[str, ...] = ()) -> Result:
+    """``inletsctl ARGS`` as a separate process, the way a user runs it (``wrap``: a command that runs it, e.g. setpriv)."""
     proc = subprocess.run(
-        [str(INLETSCTL), *args], capture_output=True, text=True, timeout=timeout, env=user_env(env), stdin=subprocess.DEVNULL
+        [*wrap, str(INLETSCTL), *args], capture_output=True, text=True, timeout=timeout, env=user_env(env),
+        stdin=subprocess.DEVNULL,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

@@ -4,11 +4,14 @@ it never breaks ``list`` for the other exit servers, and ``delete NAME`` clears 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers.prov_support import free_port, no_traceback, one_line_error, run_cli
+from helpers.prov_support import free_port, no_traceback, one_line_error, run_cli, run_inletsctl
 
 DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages say)
     "empty-object": (b"{}", "server.json names no exit server"),
@@ -138,3 +141,54 @@ def test_list_shows_a_running_server_whose_state_is_damaged(content: bytes, tmp_
         assert any(note.startswith("runs: damaged local state (server.json ") for note in listed.json()["notes"])
     finally:
         assert run_cli(capsys, "delete", "--provider", "local", "--id", str(pid), "--state-dir", str(state)).code == 0
+
+
+@pytest.fixture
+def as_a_user(tmp_path: Path) -> tuple[str, ...]:
+    """A command prefix under which mode 000 stops inletsctl: the tests run as root, whom it does not stop,
+    so root's override of file modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) is dropped with setpriv."""
+    if os.geteuid() != 0:
+        return ()
+    wrap = ("setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--")
+    probe = tmp_path / "probe"
+    probe.write_text("secret")
+    probe.chmod(0)
+    if shutil.which("setpriv") is None or subprocess.run([*wrap, "cat", str(probe)], capture_output=True).returncode == 0:
+        pytest.skip("running as root, and setpriv cannot drop root's override of file modes here")
+    return wrap
+
+
+def test_a_server_folder_this_user_cannot_read_is_shown_and_said_how_to_fix(as_a_user: tuple[str, ...],
+                                                                            tmp_path: Path) -> None:
+    """Mode 000 on one exit server's folder: list carries on with a row and a note, status and delete refuse in one
+    line saying how to fix it, and delete never claims to have removed what it could not."""
+    state, locked = tmp_path / "state", tmp_path / "state" / "locked"
+    locked.mkdir(parents=True)
+    (locked / "server.json").write_text(json.dumps({"name": "locked", "provider": "local", "control_port": 8123}))
+    locked.chmod(0)
+    why = f"{locked / 'server.json'} cannot be read (Permission denied); let this user read it (chmod -R u+rwX {locked})"
+    try:
+        listed = run_inletsctl("list", "--json", "--state-dir", str(state), wrap=as_a_user)
+        assert listed.code == 0, listed.err
+        assert [(row["name"], row["status"]) for row in listed.json()["servers"]] == [("locked", "damaged")]
+        (note,) = listed.json()["notes"]
+        assert "(chmod -R u+rwX" in note and f"or remove it with: inletsctl delete locked --state-dir {state}" in note
+        one_line_error(run_inletsctl("status", "locked", "--state-dir", str(state), wrap=as_a_user),
+                       f"the local state of 'locked' is damaged: {why}, or remove it with: inletsctl delete locked")
+        one_line_error(run_inletsctl("delete", "locked", "--state-dir", str(state), wrap=as_a_user),
+                       f"cannot remove {locked}: let this user change it (chmod -R u+rwX {locked}) and run the command again")
+        assert locked.is_dir()
+    finally:
+        locked.chmod(0o700)
+
+
+def test_a_state_folder_this_user_cannot_read_is_refused_in_one_line(as_a_user: tuple[str, ...], state: Path) -> None:
+    state.chmod(0)
+    try:
+        for command in (["list"], ["status", "cut-short"], ["delete", "cut-short"]):
+            one_line_error(run_inletsctl(*command, "--state-dir", str(state), wrap=as_a_user),
+                           f"cannot read exit servers from {state}: Permission denied; let this user read it "
+                           f"(chmod -R u+rwX {state}) or give --state-dir")
+    finally:
+        state.chmod(0o700)
+    assert (state / "cut-short").is_dir()
