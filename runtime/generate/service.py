@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -216,5 +217,13 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         server=command[-1] == "server",
         read_only_paths=read_only_paths,
         protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
-        setup_hint=f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {' '.join(sorted(set(files)))}; chmod 600 {' '.join(sorted(set(files)))}",
+        setup_hint=_setup_hint(files),
     )
+
+
+def _setup_hint(files: list[str]) -> str:
+    """The shell line that makes the service user and hands it the files, each path shell-quoted so the line
+    can be pasted as it is. It lands in a comment, which systemd ignores whole (no % specifiers there), and
+    path_value has refused line breaks, quotes and backslashes in these paths already."""
+    paths = shlex.join(sorted(set(files)))
+    return f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"

@@ -10,6 +10,7 @@ container (tests/boot/test_boot.py)."""
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -148,3 +149,16 @@ def test_validation_matches_the_whole_value(check: object, value: str) -> None:
     """A pattern ending in ``$`` lets a trailing newline through; the checks match the whole value."""
     with pytest.raises((ProvisionError, AcmeConfigError)):
         check(value)  # type: ignore[operator]
+
+
+def test_the_setup_line_of_a_generated_unit_can_be_pasted_into_a_shell(tmp_path: Path) -> None:
+    """A file path with a space and a % is one shell word in the "Before the first start" comment, as ExecStart has it
+    (the comment is not unit syntax: % stays as it is there), and systemd-analyze still accepts the unit."""
+    ca = "/etc/inlets/my ca%n.crt"
+    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
+                    "--tls-ca", ca, "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    (hint,) = [line for line in result.stdout.splitlines() if line.startswith("# Before the first start: ")]
+    commands = [shlex.split(part) for part in hint.removeprefix("# Before the first start: ").split("; ")]
+    assert commands[1:] == [["chown", "inlets:", ca, "/etc/inlets/token"], ["chmod", "600", ca, "/etc/inlets/token"]]
+    _verify(result.stdout, tmp_path, "inlets-tcp-client.service")
