@@ -68,8 +68,6 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         if token_file is not None:
             warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
-        if not url.startswith(("wss://", "ws://")):
-            raise ProbeError(f"--url must start with wss:// (or ws:// for a --plaintext server), as the client's does, got {url!r}")
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
     try:

@@ -39,14 +39,16 @@ class Endpoint:
 
 
 def parse_url(url: str) -> Endpoint:
-    """``wss://host:8123`` (the client's --url) or ``https://host:8123``."""
+    """``wss://host:8123``, or ``ws://`` for a --plaintext server: the client's --url, so one message says what is
+    taken and every command that probes a server takes the same."""
     try:
         parts = split_url(url)
     except HostError as exc:
         raise ProbeError(str(exc)) from None
-    if parts.scheme not in ("wss", "https", "ws", "http") or not parts.hostname:
-        raise ProbeError(f"--url must be wss://HOST[:PORT] or https://HOST[:PORT], got {url!r}")
-    tls = parts.scheme in ("wss", "https")
+    if parts.scheme not in ("wss", "ws") or not parts.hostname:
+        raise ProbeError(f"--url must be wss://HOST[:PORT] (or ws://HOST[:PORT] for a --plaintext server), "
+                         f"as the client's is, got {url!r}")
+    tls = parts.scheme == "wss"
     try:
         port = url_port(parts, 443 if tls else 80)  # as the client's --url means it
     except ValueError:

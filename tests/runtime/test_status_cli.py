@@ -57,5 +57,9 @@ def test_a_web_server_that_is_no_tunnel_gets_one_line(token_file: Path) -> None:
 
 
 def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
-    result = inlets("status", "--url", "http://127.0.0.1:20999", "--token-file", str(token_file))
-    assert result.returncode == 2 and "--url must start with wss://" in result.stderr, result
+    """Every refused --url gets the same message, and it offers only what is taken (never https://, refused too)."""
+    for url in ("http://127.0.0.1:20999", "https://127.0.0.1:20999", "127.0.0.1:20999", "ftp://127.0.0.1"):
+        result = inlets("status", "--url", url, "--token-file", str(token_file))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result
+        assert result.stderr.strip() == (f"inlets: error: --url must be wss://HOST[:PORT] (or ws://HOST[:PORT] for a "
+                                         f"--plaintext server), as the client's is, got {url!r}"), result.stderr
