@@ -111,11 +111,16 @@ def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeo
 
 
 def _find(provider: Provisioner, name: str | None = None, ip: str | None = None) -> Host:
-    for host in provider.list():
-        if (name is not None and host.name == name) or (ip is not None and host.ip == ip):
-            return host
+    """The one exit server of that name or IP: several (every local one has 127.0.0.1) are refused, never guessed."""
+    found = [h for h in provider.list() if (name is not None and h.name == name) or (ip is not None and h.ip == ip)]
     what = f"named {name!r}" if name is not None else f"with IP {ip}"
-    raise NotFound(f"{provider.name}: no exit server {what} (tagged inlets)")
+    if len(found) > 1:
+        choices = ", ".join(f"{h.name} (--id {h.id})" if h.name else f"--id {h.id}" for h in found)
+        raise ProvisionError(f"{provider.name}: {len(found)} exit servers {what}: {choices}; "
+                             "say which with its NAME or --id")
+    if not found:
+        raise NotFound(f"{provider.name}: no exit server {what} (tagged inlets)")
+    return found[0]
 
 
 def list_servers(

@@ -239,3 +239,23 @@ def test_the_same_state_folder_spelled_another_way_finds_the_server(tmp_path: Pa
     finally:
         if _pid_alive(pid):
             os.killpg(pid, 15)
+
+
+def test_delete_by_an_ip_two_servers_share_is_refused_naming_both(tmp_path: Path, capsys) -> None:
+    """Every local exit server has 127.0.0.1: --ip cannot say which, so nothing is deleted and the names are listed."""
+    state = tmp_path / "state"
+    pids = {}
+    try:
+        for name in ("alpha", "beta"):
+            created = run_cli(capsys, "create", name, "--ports", str(free_port("127.0.0.2")), "--json",
+                              "--state-dir", str(state))
+            assert created.code == 0, created.err
+            pids[name] = int(created.json()["id"])
+        refused = run_cli(capsys, "delete", "--provider", "local", "--ip", "127.0.0.1", "--state-dir", str(state))
+        line = one_line_error(refused, "local: 2 exit servers with IP 127.0.0.1: ", "say which with its NAME or --id")
+        assert all(f"{name} (--id {pid})" in line for name, pid in pids.items()), line
+        assert all(_pid_alive(pid) for pid in pids.values()) and (state / "alpha").is_dir() and (state / "beta").is_dir()
+    finally:
+        for pid in pids.values():
+            if _pid_alive(pid):
+                os.killpg(pid, 15)
