@@ -175,6 +175,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         if not hosts:
             state.remove()
             raise
+        if isinstance(exc, KeyboardInterrupt):
+            raise _interrupted(hosts, state, opts) from None
         if not isinstance(exc, ProvisionError):
             raise
         raise _failed(exc, provider, meta, state, opts, progress) from None
@@ -192,6 +194,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             _balance(provider, hosts, spec, meta, state, opts, progress, started)
     except ProvisionError as exc:
         raise _failed(exc, provider, meta, state, opts, progress) from None
+    except KeyboardInterrupt:
+        raise _interrupted(hosts, state, opts) from None
     ips = [host.ip or "" for host in hosts]
     if not group:
         meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
@@ -235,6 +239,14 @@ def _failed(
         return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command(state.name, state.root)}")
     state.remove()
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
+
+
+def _interrupted(hosts: list[Host], state: ServerState, opts: CreateOptions) -> ProvisionError:
+    """Ctrl-C once something exists: say what is left and how to remove it (as a failed wait does), never a
+    silent exit that leaves a server nobody knows of."""
+    ids = ", ".join(host.id for host in hosts)
+    return ProvisionError(f"interrupted: exit server {state.name!r} was left on {opts.provider} (id {ids}) without "
+                          f"its client command; delete it with: {delete_command(state.name, state.root)}", exit_code=130)
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:

@@ -259,3 +259,46 @@ def test_delete_by_an_ip_two_servers_share_is_refused_naming_both(tmp_path: Path
         for pid in pids.values():
             if _pid_alive(pid):
                 os.killpg(pid, 15)
+
+
+def test_ctrl_c_after_the_server_started_says_what_is_left_and_how_to_delete_it(tmp_path: Path) -> None:
+    """SIGINT while create waits for the server it started: one line naming it and the delete command, exit 130;
+    the server is left running (as a failed wait leaves it) and that command removes it."""
+    import json
+    import signal
+    import subprocess
+
+    from helpers.prov_support import INLETSCTL, Result, user_env
+
+    state = tmp_path / "state"
+    for attempt in range(3):  # the server may answer before the signal lands: then try again
+        name = f"hasty-{attempt}"
+        proc = subprocess.Popen([str(INLETSCTL), "create", name, "--ports", str(free_port("127.0.0.2")), "--state-dir",
+                                 str(state), "--timeout", "30"], env=user_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline, pid = time.monotonic() + 30, None
+        while pid is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                pid = json.loads((state / name / "server.json").read_text()).get("id")
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        meta = json.loads((state / name / "server.json").read_text())
+        if proc.returncode == 0 and "client_command" in meta:
+            assert run_inletsctl("delete", name, "--state-dir", str(state)).code == 0
+            continue
+        try:
+            assert proc.returncode == 130, (proc.returncode, err)
+            one_line_error(Result(proc.returncode, out, err), f"interrupted: exit server {name!r} was left on local "
+                           f"(id {pid}) without its client command; delete it with: inletsctl delete {name} "
+                           f"--state-dir {state}")
+            assert _pid_alive(int(pid)) and "client_command" not in meta
+            deleted = run_inletsctl("delete", name, "--state-dir", str(state))
+            assert deleted.code == 0 and not _pid_alive(int(pid)), deleted
+        finally:
+            if pid is not None and _pid_alive(int(pid)):
+                os.killpg(int(pid), 15)
+        return
+    pytest.fail("create finished before SIGINT three times in a row")
