@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from inlets_py.runtime.client import http_upstreams, tcp_upstreams
 from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.ports import parse_port
 
@@ -28,8 +29,6 @@ MAX_TTL_DAYS = 365  # --ttl is for exit servers that should not outlive a task; 
 # Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _TTL_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
-_HOST_RE = re.compile(r"[A-Za-z0-9.:\[\]-]+")
-_URL_RE = re.compile(r"https?://[^\s/]+(/\S*)?")
 #: a pip requirement or URL: printable, no spaces at either end, no line breaks or control characters
 _RUNTIME_SPEC_RE = re.compile(r"[!-~](?:[ -~]*[!-~])?")
 
@@ -141,8 +140,10 @@ def build_spec(
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
         host = upstream or DEFAULT_TCP_UPSTREAM
-        if not _HOST_RE.fullmatch(host):
-            raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give a host name or IP")
+        try:  # the client's own check: the printed client command takes what create took
+            tcp_upstreams.parse_upstreams([host], [",".join(map(str, parsed))])
+        except tcp_upstreams.UpstreamError as exc:
+            raise ProvisionError(f"invalid --upstream for --mode tcp: {exc}") from None
         return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host,
                           lb_proxy_protocol=lb_proxy_protocol)
     if ports is not None:
@@ -153,8 +154,10 @@ def build_spec(
         raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
     url = upstream or DEFAULT_HTTP_UPSTREAM
-    if not _URL_RE.fullmatch(url):
-        raise ProvisionError(f"invalid --upstream {url!r} for --mode http: give a URL such as http://127.0.0.1:8080")
+    try:  # the client's own check, as for tcp
+        http_upstreams.parse_upstream_url(url)
+    except http_upstreams.UpstreamError as exc:
+        raise ProvisionError(f"invalid --upstream for --mode http: {exc}") from None
     if letsencrypt is not None:
         _check_letsencrypt(letsencrypt, names, http_port)
     return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,

@@ -25,6 +25,12 @@ BAD_CREATE = [
     (["--mode", "http", "--ports", "80"], "--ports is for --mode tcp"),
     (["--mode", "http", "--domain", "not a domain"], "invalid domain"),
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
+    # what the printed client command would refuse is refused here, in the client's words
+    (["--upstream", "127.0.0.1:80"], "invalid --upstream for --mode tcp: --upstream '127.0.0.1:80': with --ports give the host alone"),
+    (["--upstream", "a..b"], "invalid --upstream for --mode tcp: --upstream 'a..b': 'a..b' is not a valid host name"),
+    (["--mode", "http", "--upstream", "http://127.0.0.1:99999"], "bad port in upstream 'http://127.0.0.1:99999'"),
+    (["--mode", "http", "--upstream", "https://x/pa?q=1"], "upstream URL takes no path, query or credentials"),
+    (["--mode", "http", "--upstream", "http://u:pw@127.0.0.1:3000"], "must not carry a user name or password"),
     (["--ttl", "soon"], "invalid --ttl 'soon'"),
     (["--ttl", "0s"], "at least 1s"),
     (["--timeout", "0"], "--timeout must be a positive number of seconds such as 600, not 0"),
