@@ -139,7 +139,7 @@ def build_spec(
         parsed = parse_ports(ports) if ports is not None else default_ports
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
-        host = upstream or DEFAULT_TCP_UPSTREAM
+        host = _untrimmed(upstream or DEFAULT_TCP_UPSTREAM, "tcp")
         try:  # the client's own check: the printed client command takes what create took
             tcp_upstreams.parse_upstreams([host], [",".join(map(str, parsed))])
         except tcp_upstreams.UpstreamError as exc:
@@ -153,7 +153,7 @@ def build_spec(
     if http_port == control_port:
         raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
-    url = upstream or DEFAULT_HTTP_UPSTREAM
+    url = _untrimmed(upstream or DEFAULT_HTTP_UPSTREAM, "http")
     try:  # the client's own check, as for tcp
         http_upstreams.parse_upstream_url(url)
     except http_upstreams.UpstreamError as exc:
@@ -162,6 +162,13 @@ def build_spec(
         _check_letsencrypt(letsencrypt, names, http_port)
     return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,
                       letsencrypt=letsencrypt, lb_proxy_protocol=lb_proxy_protocol)
+
+
+def _untrimmed(upstream: str, mode: str) -> str:
+    """The client's parsers strip what they read; the value create writes into the VM's files must be bare."""
+    if upstream != upstream.strip():
+        raise ProvisionError(f"invalid --upstream {upstream!r} for --mode {mode}: no spaces or line breaks around it")
+    return upstream
 
 
 def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int) -> None:
