@@ -196,15 +196,24 @@ class ControlPlane:
         if path != CONNECT_PATH and route is None:
             return _response(404, b"not found\n")
         source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
+        # get_all, not get: Headers.get raises on a repeated header, which the library answered 500, unlogged
+        # and uncounted. A repeated Authorization fails like a wrong token: counted, logged, refused.
+        authorization = request.headers.get_all("Authorization")
+        repeated = len(authorization) > 1
         # The token first: a right one is never refused for failures others made from the same address.
-        if not self.config.tokens.check_header(request.headers.get("Authorization")):
+        if repeated or not self.config.tokens.check_header(authorization[0] if authorization else None):
             if self.logins.blocked(source):
                 return _response(429, b"too many failed logins: try again later\n")
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             source, self.logins.limit, self.logins.window)
+            elif repeated:
+                log.info("event=bad_request remote=%s path=%s reason=%r", source, path,
+                         f"{len(authorization)} Authorization headers")
             else:
                 log.info("event=unauthorized remote=%s path=%s", source, path)
+            if repeated:
+                return _response(400, b"bad request: more than one Authorization header\n")
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
         if isinstance(connection, ControlConnection):
             connection.authenticated()

@@ -204,6 +204,41 @@ def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles
     assert token not in caplog.text and "guess-3" not in caplog.text
 
 
+def test_a_repeated_authorization_header_is_refused_clearly_and_counted_as_a_failed_login(
+    tls: TlsFiles, token: str, caplog
+) -> None:
+    """Two Authorization headers (even one holding the right token): 400 with the reason, one log line,
+    and a failure for the limiter; it was a 500 "see server log", unlogged and uncounted."""
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
+    async def answer(server, path: str, values: list[str]) -> tuple[int, bytes]:
+        try:
+            ws = await connect(
+                control_url(server) + path, ssl=client_context(tls.ca), compression=None,
+                additional_headers=[("Authorization", value) for value in values], local_addr=("127.0.0.8", 0),
+            )
+        except InvalidStatus as exc:
+            return exc.response.status_code, exc.response.body
+        await ws.close()
+        return 101, b""
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        twice = [f"Bearer {token}", "Bearer wrong"]
+        answers = [await answer(server, "/connect", twice) for _ in range(11)]
+        assert answers[0] == (400, b"bad request: more than one Authorization header\n")
+        assert [status for status, _ in answers] == [400] * 10 + [429]
+        assert (await answer(server, "/metrics", ["Bearer a", "Bearer b"]))[0] == 429
+        assert (await answer(server, "/connect", [f"Bearer {token}"]))[0] == 101  # the right token still gets in
+        await server.stop()
+
+    run(scenario())
+    refused = [r.getMessage() for r in caplog.records if "event=bad_request" in r.getMessage()]
+    assert len(refused) == 9 and "remote=127.0.0.8" in refused[0] and "2 Authorization headers" in refused[0]
+    assert len([r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]) == 1
+    assert token not in caplog.text
+
+
 def test_behind_trusted_proxies_the_client_is_the_rightmost_hop_that_is_not_one() -> None:
     trusted = SourceAllowList(parse_networks("127.0.0.5,10.0.0.0/8"))
     forwarded = Headers([("X-Forwarded-For", "198.51.100.7, 203.0.113.9"), ("X-Forwarded-For", "10.1.2.3")])
