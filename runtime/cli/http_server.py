@@ -13,7 +13,7 @@ from .config import maybe_generate
 from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     TlsCert, TlsKey, Token, TokenFile, TrustedProxies, port_option,
 )
 
@@ -51,6 +51,7 @@ def http_server(
     lb_proxy_protocol: LbProxyProtocol = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_client_buffer: MaxClientBuffer = 32,
     max_handshakes: MaxHandshakes = 128,
     max_handshakes_per_source: MaxHandshakesPerSource = 16,
     trusted_proxies: TrustedProxies = None,

@@ -51,6 +51,10 @@ MaxHandshakes = Annotated[int, typer.Option(
     min=1, max=1_000_000, help="Control-port connections not yet authenticated, at once (more are closed at once).")]
 MaxHandshakesPerSource = Annotated[int, typer.Option(
     min=1, max=1_000_000, help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
+MaxClientBuffer = Annotated[int, typer.Option(
+    "--max-client-buffer", min=1, max=1_000_000,
+    help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "
+    "(for users that have not taken the data yet).")]
 MaxServerStreams = Annotated[int, typer.Option(
     "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
 MaxBuffer = Annotated[int, typer.Option(

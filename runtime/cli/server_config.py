@@ -36,6 +36,7 @@ def control_config(
     plaintext: bool,
     keepalive: float,
     max_client_streams: int = 4096,
+    max_client_buffer_mib: int = 32,
     trusted_proxies: str | None = None,
     max_handshakes: int = 128,
     max_handshakes_per_source: int = 16,
@@ -73,7 +74,7 @@ def control_config(
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
-        max_streams=max_client_streams, trusted_proxies=proxies, max_handshakes=max_handshakes,
+        max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=proxies, max_handshakes=max_handshakes,
         max_handshakes_per_source=max_handshakes_per_source,
     )
 

@@ -12,7 +12,7 @@ from .config import maybe_generate
 from .durations import DrainTimeout, Keepalive
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
+    LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
     ProxyProtocolOpt, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
 
@@ -42,6 +42,7 @@ def tcp_server(
     ] = None,
     keepalive: Keepalive = 20.0,
     max_client_streams: MaxClientStreams = 4096,
+    max_client_buffer: MaxClientBuffer = 32,
     max_handshakes: MaxHandshakes = 128,
     max_handshakes_per_source: MaxHandshakesPerSource = 16,
     trusted_proxies: TrustedProxies = None,

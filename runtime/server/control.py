@@ -25,7 +25,7 @@ from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
 from .ratelimit import FailedLoginLimiter
 from ..core.handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello
-from ..core.mux import DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
+from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from ..core.session import Session
 
 if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
@@ -49,6 +49,10 @@ class ControlConfig:
     window: int = DEFAULT_WINDOW
     max_frame: int = DEFAULT_MAX_FRAME
     max_streams: int = DEFAULT_MAX_STREAMS
+    #: What one client may make the server hold for users that have not taken it yet: each stream's first
+    #: 256 KiB, and how far streams grow beyond it towards ``window``, all together (``--max-client-buffer``).
+    #: Without it a client filled every stream's 2 MiB: 600 users that never read took the server to 1.2 GiB.
+    max_buffer: int = 32 * 1024 * 1024
     routes: dict[str, Route] = field(default_factory=dict)
     #: Called with (path, status) for every HTTP request to the control port (metrics).
     on_request: Callable[[str, int], None] | None = None
@@ -129,6 +133,11 @@ class ControlPlane:
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
         self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
         self._server: Server | None = None
+
+    @property
+    def initial_window(self) -> int:
+        """Each stream's first credit (the welcome's window); it grows to ``window`` within ``max_buffer``."""
+        return min(DEFAULT_INITIAL_WINDOW, self.config.window)
 
     async def start(self) -> None:
         cfg = self.config
@@ -242,6 +251,8 @@ class ControlPlane:
                 send_window=hello.window,
                 max_frame=self.config.max_frame,
                 max_streams=self.config.max_streams,
+                initial_recv_window=self.initial_window,
+                recv_budget=self.config.max_buffer,
             )
             session = Session(
                 websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote,
@@ -255,7 +266,7 @@ class ControlPlane:
         except (asyncio.TimeoutError, ConnectionClosed):
             return
         try:
-            await websocket.send(Welcome(services, self.config.window, self.config.max_frame).encode())
+            await websocket.send(Welcome(services, self.initial_window, self.config.max_frame).encode())
         except ConnectionClosed:
             self._release(session)
             return

@@ -23,6 +23,7 @@ from helpers.tunnel import TlsFiles, free_port
         (["tcp", "server", "--token", "x", "--plaintext", "--trusted-proxies", "10.0.0.300"],
          "--trusted-proxies: '10.0.0.300' is not an IP address or CIDR network"),
         (["tcp", "server", "--max-handshakes", "0"], "Invalid value for '--max-handshakes'"),
+        (["tcp", "server", "--max-client-buffer", "0"], "Invalid value for '--max-client-buffer'"),
         (["tcp", "client", "--url", "wss://h:1", "--max-streams", "0"], "Invalid value for '--max-streams'"),
         (["tcp", "client", "--url", "wss://h:1", "--max-buffer", "none"], "Invalid value for '--max-buffer'"),
         (["tcp", "server", "--frobnicate"], "No such option: --frobnicate"),

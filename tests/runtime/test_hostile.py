@@ -28,7 +28,7 @@ from inlets_py.runtime.server.control import client_address
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
 from inlets_py.runtime.core.services import format_target
 from inlets_py.runtime.core.handshake import PROTOCOL_VERSION, Hello, HandshakeError, parse_hello, parse_welcome
-from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamReset
+from inlets_py.runtime.core.mux import HEADER, FrameType, Multiplexer, ResetCode, StreamOpened, StreamReset, WindowUpdated
 from helpers.streams import AsyncStream
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.tls import client_context
@@ -426,6 +426,58 @@ def test_a_server_cannot_make_the_client_hold_more_than_its_limits(tls: TlsFiles
     assert sorted(refused) == sorted(taken)[30:]  # past --max-streams: refused
     total = sum(taken.values())
     assert total <= 8 * mib + 30 * (256 + 512) * 1024, f"the server got {total / mib:.0f} MiB into the client host"
+
+
+def test_a_client_cannot_make_the_server_hold_more_than_its_limits(tls: TlsFiles, token: str) -> None:
+    """40 users read 512 KiB each and then never read again; the client fills every stream as far as the
+    server's credit goes. The server holds at most each stream's first window (256 KiB) and, all together,
+    --max-client-buffer more, plus what the kernel keeps per socket; it was each stream's 2 MiB."""
+    mib = 1024 * 1024
+    users, budget = 40, 2 * mib
+
+    async def user(port: int, read: list[int]) -> asyncio.StreamWriter:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # no autotuning: megabytes in the kernel
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        read.append(len(await reader.readexactly(mib // 2)))  # then reads no more: its socket fills
+        return writer
+
+    async def scenario() -> None:
+        server = await start_server(tls, token, max_buffer=budget)
+        ws = await raw_client(server, tls, token)
+        port = free_port()
+        welcome = await hello(ws, [f"tcp:{port}"])
+        mux = Multiplexer(client=True, send_window=welcome["window"])
+        await wait_listening("127.0.0.1", port)
+        read: list[int] = []
+        readers = [asyncio.ensure_future(user(port, read)) for _ in range(users)]
+        sent = 0
+        loop = asyncio.get_running_loop()
+        started = last_progress = loop.time()
+        while loop.time() - started < 30 and loop.time() - last_progress < 1.5:
+            try:
+                events = mux.receive(await asyncio.wait_for(ws.recv(), 0.1))
+            except asyncio.TimeoutError:
+                events = []
+            for stream_id in {e.stream_id for e in events if isinstance(e, (StreamOpened, WindowUpdated))}:
+                while room := mux.send_window(stream_id):
+                    sent += mux.send_data(stream_id, bytes(min(room, 64 * 1024)))
+                    last_progress = loop.time()
+            for message in mux.data_to_send():
+                await ws.send(message)
+        assert len(read) == users, "every user got its first 512 KiB"
+        held = sent - sum(read)
+        session = await one_session(server)
+        assert session.mux.grown <= budget
+        assert held <= budget + users * (256 + 512) * 1024, f"the client got {held / mib:.0f} MiB into the server"
+        for writer in await asyncio.gather(*readers):
+            writer.close()
+        await ws.close()
+        await server.stop()
+
+    run(scenario())
 
 
 class NeverReads(asyncio.Protocol):

@@ -44,6 +44,7 @@ def run(flags: SimpleNamespace) -> None:
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
         auto_tls_san=flags.auto_tls_san, plaintext=flags.plaintext, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
+        max_client_buffer_mib=flags.max_client_buffer,
         trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
     if flags.client_forwarding:
