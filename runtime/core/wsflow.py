@@ -16,7 +16,14 @@ high-water mark; past ``REPLY_LIMIT`` bytes they pause reading until the buffer 
 two honest ends busy writing to each other never both stop reading.
 
 Reading is paused while any reason holds: the library's own (its queue of received messages
-is full), ours (replies, a backlog, messages nobody takes yet), so none resumes what another paused.
+is full), ours (replies, a backlog, messages nobody takes yet, a turn used up), so none resumes
+what another paused.
+
+One connection does not hold the loop: the event loop reads a socket up to 32 times per turn
+(libuv), and messages packed with tiny frames cost the session ~1 us per frame, so one client
+flooding them held the loop for ~1 s per turn and stalled every other client's streams. Once a
+connection has handed its session ``TURN_BYTES`` of frames it pauses reading until the next loop
+turn (``call_soon``): others get theirs in between. Counted per read, not per message or frame.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from .wsframe import PAYLOAD, RAW_DATA, FrameReader, MaskKeys, binary_frame
 
 #: Bytes of pongs (and other automatic replies) that may wait behind a full send buffer.
 REPLY_LIMIT = 64 * 1024
+#: Bytes of frames one connection hands its session before it lets the loop serve others: about one
+#: read (uvloop reads up to 256 KiB), so a turn costs at most a read's worth of tiny frames (~30 ms).
+TURN_BYTES = 256 * 1024
 #: Looked at per message sent: a module global, as reading a member off an enum class costs CPython 3.11
 #: ~950 instructions (a descriptor call), a global ~50 (measured).
 _OPEN = State.OPEN
@@ -83,6 +93,8 @@ class BoundedReplies:
         self._tail = b""  # the last bytes of the handshake so far: its end may span two reads
         self._early: deque[bytes | memoryview] = deque()  # binary messages before ``attach``
         self._discarding = False
+        self._turn_bytes = 0  # handed to the session since reading last yielded (see the module docstring)
+        self._call_soon = asyncio.get_running_loop().call_soon
         messages = self.recv_messages  # type: ignore[attr-defined]
         messages.pause = lambda: self.gate.hold("messages")
         messages.resume = lambda: self.gate.release("messages")
@@ -108,8 +120,18 @@ class BoundedReplies:
             self._handshake_received(data)
             return
         self._take(reader.feed(data))
+        self._turn_bytes += len(data)
+        if self._turn_bytes >= TURN_BYTES:
+            self.yield_turn()
         if reader.bulk and self._bulk_reads is not None and not self.transport.is_closing():
             self.transport.set_protocol(self._bulk_reads)  # large frames: read into the reader's buffer
+
+    def yield_turn(self) -> None:
+        """Read no more in this loop turn: other connections' reads and callbacks run first."""
+        self._turn_bytes = 0
+        if not self.transport.is_closing():
+            self.gate.hold("turn")
+            self._call_soon(self.gate.release, "turn")
 
     def _take(self, items: list[tuple[int, bytes | memoryview]]) -> None:
         for kind, item in items:
@@ -198,10 +220,14 @@ class BulkReads(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         items = self.reader.updated(nbytes)
-        transport = self.connection.transport
+        connection = self.connection
+        transport = connection.transport
         if not self.reader.capacity and not transport.is_closing():  # idle again: bytes as they come
-            transport.set_protocol(self.connection)  # type: ignore[arg-type]
-        self.connection._take(items)
+            transport.set_protocol(connection)  # type: ignore[arg-type]
+        connection._take(items)
+        connection._turn_bytes += nbytes
+        if connection._turn_bytes >= TURN_BYTES:
+            connection.yield_turn()
 
     def eof_received(self) -> bool | None:
         return self.connection.eof_received()  # type: ignore[attr-defined]

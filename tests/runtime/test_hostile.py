@@ -480,6 +480,45 @@ def test_a_client_cannot_make_the_server_hold_more_than_its_limits(tls: TlsFiles
     run(scenario())
 
 
+def test_a_client_flooding_tiny_frames_does_not_stall_the_others(tls: TlsFiles, token: str) -> None:
+    """Messages of 30,000 empty frames each cost the server ~30 ms apiece, and uvloop (the server's loop)
+    reads a socket up to 32 times per turn: one client held the loop for a second or more per turn, and an
+    honest client's echo waited that long. A connection now yields the loop after a read's worth."""
+    uvloop = pytest.importorskip("uvloop")
+    rtts: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server = await start_server(tls, token)
+        echo = await echo_server()
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        await wait_listening("127.0.0.1", public)
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        ws = await raw_client(server, tls, token)
+        await hello(ws, [f"tcp:{free_port()}"])
+        session = next(s for s in server.control.clients if s.name == "hostile")
+        junk = HEADER.pack(FrameType.GOAWAY, 0, 0) * 30_000  # one GoAway event, then frames that do nothing
+        flood = asyncio.ensure_future(asyncio.gather(*(ws.send(junk) for _ in range(100))))
+        started = loop.time()
+        while loop.time() - started < 3.5:
+            sent_at = loop.time()
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
+            rtts.append(loop.time() - sent_at)
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(flood, 10)
+        assert not session.closed.is_set()  # frames that do nothing are slow, not wrong: the flood is served
+        writer.close()
+        ws.transport.abort()
+        await stop(task)
+        echo.close()
+        await server.stop()
+
+    uvloop.run(asyncio.wait_for(scenario(), 60))
+    assert max(rtts) < 1.0, f"an echo waited {max(rtts):.2f} s behind the flood"
+
+
 class NeverReads(asyncio.Protocol):
     """An upstream that accepts and never reads."""
 
