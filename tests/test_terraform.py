@@ -228,8 +228,8 @@ CLIENT_CASES: dict[str, tuple[tuple[Any, ...], dict[str, Any], str, str, str, di
     "http_domains": (("http", None, ["Example.COM.", "api.example.com", "example.com"]), {"upstream": "http://127.0.0.1:3000"},
                      "198.51.100.7", "inlets-token", "inlets-ca.crt",
                      {"mode": "http", "domains": ["Example.COM.", "api.example.com", "example.com"], "upstream": "http://127.0.0.1:3000"}),
-    "http_catch_all_odd_url": (("http", None, []), {"upstream": "http://127.0.0.1:8080/a'b?c=$d"}, "198.51.100.8",
-                               "inlets-token", "inlets-ca.crt", {"mode": "http", "upstream": "http://127.0.0.1:8080/a'b?c=$d"}),
+    "http_catch_all_odd_url": (("http", None, []), {"upstream": "http://[::1]:8080"}, "198.51.100.8",
+                               "inlets-token", "inlets-ca.crt", {"mode": "http", "upstream": "http://[::1]:8080"}),
 }
 
 

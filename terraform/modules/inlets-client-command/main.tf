@@ -7,6 +7,9 @@ locals {
   domains   = distinct([for d in var.domains : trimsuffix(lower(trimspace(d)), ".")])
   upstreams = var.mode == "tcp" || length(local.domains) == 0 ? [local.upstream] : [for d in local.domains : "${d}=${local.upstream}"]
   url       = "wss://${length(regexall(":", var.host)) > 0 ? "[${var.host}]" : var.host}:${format("%d", var.control_port)}"
+  # An upstream's host, for the preconditions: a DNS name (no empty label; IPv4 is one too) or an IPv6 address.
+  name = "([A-Za-z0-9_-]+\\.)*[A-Za-z0-9_-]+\\.?"
+  ipv6 = "[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"
 
   rendered = templatefile("${path.module}/templates/client-command.tftpl", {
     inlets      = var.inlets
@@ -27,13 +30,18 @@ output "command" {
   description = "The exact, copy-pasteable client command, as inletsctl prints it."
   value       = local.command
 
+  # The client's own rules for --upstream, in their structure (inletsctl runs the client's parser itself):
+  # tcp, a host alone (the ports come from --ports); http, scheme://host[:port] with no path, query or user.
   precondition {
-    condition     = var.mode == "http" || can(regex("^[A-Za-z0-9.:\\[\\]-]+$", local.upstream))
-    error_message = "For mode tcp the upstream is a host name or IP."
+    condition     = var.mode == "http" || can(regex("^(${local.name}|${local.ipv6}|\\[${local.ipv6}\\])$", local.upstream))
+    error_message = "For mode tcp the upstream is a host name or IP, without a port (the ports come from ports)."
   }
   precondition {
-    condition     = var.mode == "tcp" || can(regex("^https?://[^\\s/]+(/\\S*)?$", local.upstream))
-    error_message = "For mode http the upstream is a URL such as http://127.0.0.1:8080."
+    condition = var.mode == "tcp" || (
+      can(regex("^https?://(${local.name}|\\[${local.ipv6}\\])(:[0-9]{1,5})?/?$", local.upstream))
+      && alltrue([for port in regexall(":([0-9]{1,5})/?$", local.upstream) : tonumber(port[0]) >= 1 && tonumber(port[0]) <= 65535])
+    )
+    error_message = "For mode http the upstream is a URL such as http://127.0.0.1:8080: no path, query or user name, a port 1-65535."
   }
 }
 

@@ -46,3 +46,37 @@ run "rejects_a_url_upstream_in_tcp_mode" {
   }
   expect_failures = [output.command]
 }
+
+run "rejects_a_tcp_upstream_with_a_port" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "tcp"
+    ports    = [80]
+    upstream = "127.0.0.1:80"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_an_http_upstream_with_a_path_or_a_bad_port" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "http://127.0.0.1:99999"
+  }
+  expect_failures = [output.command]
+}
+
+run "takes_an_ipv6_upstream" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "http://[::1]:8080"
+  }
+  assert {
+    condition     = endswith(output.command, "--upstream 'http://[::1]:8080'")
+    error_message = "the IPv6 upstream URL, shell-quoted"
+  }
+}
