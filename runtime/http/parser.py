@@ -386,9 +386,10 @@ class RequestReader(_Reader):
         """An Upgrade in HTTP/1.0 (RFC 9110 7.8: ignored), or on a request with a body, which is HTTP's
         whole before any switch: forwarded as a plain request, its body with it (llhttp would hand the
         body on as the new protocol's bytes). Returns the request's upgrade flag: False."""
-        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (length or 0)
-        self._replay = (b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" if chunked or length else b"",
-                        -1 if chunked else length or 0)
+        if self._parser.should_upgrade():  # llhttp stops after this head (its test is ours, set before this callback)
+            framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (length or 0)
+            self._replay = (b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" if chunked or length else b"",
+                            -1 if chunked else length or 0)
         return False
 
     def _origin_form(self, target: bytes) -> tuple[bytes, bytes]:
