@@ -245,6 +245,10 @@ def describe(exc: BaseException) -> str:
     """What a failed SSH or socket call means, in words (never an exception class name)."""
     if isinstance(exc, socket.timeout):
         return "timed out"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
+        exc = next(iter(exc.errors.values()))  # paramiko's "[Errno None] Unable to connect to port 1 on ..."
+        if isinstance(exc, ConnectionRefusedError):
+            return f"{os_words(exc)}: is sshd running there, on that port (--port)?"
     if isinstance(exc, OSError) and exc.errno:
         return os_words(exc)
     text = " ".join(str(exc).split())[:200]

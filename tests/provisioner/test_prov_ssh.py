@@ -369,3 +369,15 @@ def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: P
     line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{server.server_address[1]}:", "SSH protocol banner")
     assert [ln for ln in result.err.splitlines() if not ln.startswith("inletsctl: ")] == [], result.err
     assert result.err.strip().splitlines()[-1] == line and not (tmp_path / "state" / "known_hosts").exists()
+
+
+def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(tmp_path: Path) -> None:
+    """paramiko words a refused connect as '[Errno None] Unable to connect to port 1 on 127.0.0.1'."""
+    with socket.socket() as probe:  # a port just freed: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(port),
+                           "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
+                           "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: Connection refused: is sshd running")
+    assert "Errno" not in line
