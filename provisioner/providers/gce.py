@@ -58,9 +58,22 @@ def service_account(key_file: Path | None, key_json: str | None) -> dict[str, st
                    "project_id": os.environ.get(PROJECT_ENV) or str(key.get("project_id") or "")}
     except (ValueError, KeyError, TypeError):
         raise ProvisionError(f"{where} is not a service-account JSON key (needs client_email and private_key)") from None
+    if not _pem_private_key(account["private_key"]):  # else libcloud fails signing in, as if Google had
+        raise ProvisionError(f"the private_key in {where} is not a PEM private key (-----BEGIN PRIVATE KEY-----): "
+                             "download the service account's JSON key again")
     if not account["project_id"]:
         raise ProvisionError(f"the GCE key has no project_id: set ${PROJECT_ENV}")
     return account
+
+
+def _pem_private_key(text: str) -> bool:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(text.encode(), None)
+    except (ValueError, TypeError, UnicodeEncodeError):  # not PEM, not a key, encrypted
+        return False
+    return True
 
 
 def _driver_class(endpoint: Endpoint | None) -> type[GCENodeDriver]:

@@ -118,5 +118,8 @@ def test_not_found_and_bad_keys_are_one_line(api: RecordedAPI, key_json: str, tm
         p.status("us-central1-a/gone")
     with pytest.raises(ProvisionError, match="not a service-account JSON key"):
         service_account(None, "{}")
+    for broken in ("not a key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"):
+        with pytest.raises(ProvisionError, match="is not a PEM private key .* download the service account's JSON key again"):
+            service_account(None, json.dumps({**json.loads(key_json), "private_key": broken}))
     with pytest.raises(ProvisionError, match="GOOGLE_APPLICATION_CREDENTIALS"):
         service_account(None, None)
