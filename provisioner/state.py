@@ -38,12 +38,17 @@ def prepare_root(root: Path) -> None:
     """Create the state root (0700) before anything is made, or say in one line why it cannot be."""
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
     except OSError as exc:
         if isinstance(exc, PermissionError) and exc.filename:
             why = f"no permission to write in {Path(exc.filename).parent}"
         else:
             why = _file_in_the_way(root) or os_words(exc)
+        raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
+    try:
+        os.chmod(root, 0o700)
+    except OSError as exc:  # EPERM: another user's folder, which only its owner can make private
+        why = "it belongs to another user, and tokens are kept only where no one else can read them (0700)" \
+            if isinstance(exc, PermissionError) else os_words(exc)
         raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
 
 

@@ -192,3 +192,19 @@ def test_a_state_folder_this_user_cannot_read_is_refused_in_one_line(as_a_user: 
     finally:
         state.chmod(0o700)
     assert (state / "cut-short").is_dir()
+
+
+def test_another_users_state_folder_is_refused_for_what_it_is(as_a_user: tuple[str, ...], tmp_path: Path) -> None:
+    """Mode 777 but someone else's: create cannot make it private (only its owner can chmod it), and said that it
+    could not write in the folder's parent."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user takes root")
+    state = tmp_path / "theirs"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    state.chmod(0o777)
+    wrap = (*as_a_user[:-2], as_a_user[-2] + ",-fowner", "--") if as_a_user else ()
+    one_line_error(run_inletsctl("create", "x", "--state-dir", str(state), wrap=wrap),
+                   f"cannot keep exit servers in {state}: it belongs to another user, and tokens are kept only where "
+                   "no one else can read them (0700); give --state-dir")
+    assert list(state.iterdir()) == []
