@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from types import SimpleNamespace
+from typing import Any, NoReturn
 
 from ..core import logs
 
@@ -21,13 +23,19 @@ def default_data_dir() -> Path:
     return Path(base) / "inlets"
 
 
-def maybe_generate(kind: str | None, command: list[str], replicas: int | None = None) -> None:
-    """With --generate, print the service definition for these exact flags and exit."""
+def maybe_generate(kind: str | None, command: list[str], replicas: int | None = None,
+                   flags: dict[str, Any] | None = None) -> None:
+    """With --generate, print the service definition for these exact flags and exit. ``flags`` (the command's
+    parsed flags) go through the command's own ``check`` first: a unit that would fail at every start is
+    refused now, in the words the command would use. Its files are not read: they may exist only where the
+    unit will run."""
     if replicas is not None and kind != "k8s_yaml":
         fail("--replicas shapes the Kubernetes YAML: use it with --generate=k8s_yaml (to run several servers "
              "by hand, start each one and give the client one --url per server)")
     if kind is None:
         return
+    if flags is not None:
+        importlib.import_module(f"{__package__}.run.{'_'.join(command)}").check(SimpleNamespace(**flags))
     from ..generate.command import GenerateError
     from ..generate.command import generate as generate_service
 
@@ -39,9 +47,13 @@ def maybe_generate(kind: str | None, command: list[str], replicas: int | None = 
     raise SystemExit(0)
 
 
-def setup_logs(level: str, fmt: str) -> None:
+def check_logs(level: str, fmt: str) -> None:
     if level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {level!r}")
     if fmt not in ("text", "json"):
         fail(f"--log-format must be text or json, got {fmt!r}")
+
+
+def setup_logs(level: str, fmt: str) -> None:
+    check_logs(level, fmt)
     logs.setup(level, fmt)

@@ -60,5 +60,5 @@ def http_client(
     Example: inlets http client --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     --upstream example.com=http://127.0.0.1:3000 --upstream http://127.0.0.1:8080
     """
-    maybe_generate(generate, ["http", "client"])
+    maybe_generate(generate, ["http", "client"], flags=locals())
     handoff.start("http_client", locals())  # run in the process that never loaded typer

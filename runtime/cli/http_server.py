@@ -75,5 +75,5 @@ def http_server(
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     (metrics: curl -H "Authorization: Bearer $TOKEN" https://HOST:8123/metrics)
     """
-    maybe_generate(generate, ["http", "server"], replicas)
+    maybe_generate(generate, ["http", "server"], replicas, flags=locals())
     handoff.start("http_server", locals())  # run in the process that never loaded typer

@@ -52,5 +52,5 @@ def tcp_client(
 
     Two exit servers behind a load balancer: --url wss://203.0.113.10:8123 --url wss://203.0.113.11:8123
     """
-    maybe_generate(generate, ["tcp", "client"])
+    maybe_generate(generate, ["tcp", "client"], flags=locals())
     handoff.start("tcp_client", locals())  # run in the process that never loaded typer

@@ -56,5 +56,5 @@ def tcp_server(
 
     Example: inlets tcp server --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     """
-    maybe_generate(generate, ["tcp", "server"], replicas)
+    maybe_generate(generate, ["tcp", "server"], replicas, flags=locals())
     handoff.start("tcp_server", locals())  # run in the process that never loaded typer

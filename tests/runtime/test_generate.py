@@ -147,3 +147,21 @@ def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
         assert set(next(d for d in yaml.safe_load_all(one.stdout) if d["kind"] == "Secret")["data"]) == {"token"}
     finally:
         shutil.rmtree(home)
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("argv, says", [
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--request-header-add", "X-A: a\nb"],
+     "expected 'Name: value' (printable value)"),
+    (["tcp", "server", "--auto-tls", "--auto-tls-san", "a b"], "--auto-tls-san: 'a b' is not a valid host name"),
+    (["tcp", "server", "--allow-ports", "abc"], "--allow-ports must be a comma-separated list of ports"),
+    (["http", "server", "--log-level", "bogus"], "--log-level must be debug, info, warning or error, got 'bogus'"),
+    (["tcp", "client", "--url", "wss://h:8123", "--upstream", "bad host", "--ports", "80"], "'bad host' is not a valid host name"),
+    (["tcp", "client", "--url", "wss://h:8123", "--local", "abc"], "--local must be LOCAL_PORT:HOST:REMOTE_PORT"),
+])
+def test_flags_the_command_would_refuse_are_refused_before_a_unit_is_written(kind: str, argv: list[str], says: str) -> None:
+    """A unit or Deployment that fails at every start is worse than a one-line error now; files named by the
+    flags are not read (they may exist only where the unit runs: this token file does not exist here)."""
+    result = inlets(*argv, "--token-file", "/etc/inlets/token", f"--generate={kind}")
+    assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""

@@ -79,12 +79,16 @@ def test_hostile_values_in_the_exit_server_unit_add_no_directive(tmp_path: Path)
 
 
 def test_generated_units_keep_hostile_values_inside_their_words(tmp_path: Path, tls: object) -> None:
-    """``inlets ... --generate=systemd``: a line break in a value adds no directive, ``%`` and
-    spaces in file paths are escaped and quoted, and systemd-analyze accepts the unit."""
+    """``inlets ... --generate=systemd``: a value with a line break is refused as the command would refuse it
+    (``exec_word`` above keeps one inside its word all the same), ``%`` and spaces in file paths are escaped
+    and quoted, and systemd-analyze accepts the unit."""
     odd = Path("/srv/my %h dir")  # a file the unit names need not exist yet; /tmp would be refused (PrivateTmp)
     token = odd / "token"
+    refused = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
+                     "--upstream", INJECTION, "--ports", "80", "--generate=systemd")
+    assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.strip().splitlines()) == 1
     result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
-                    "--upstream", INJECTION, "--ports", "80", "--generate=systemd")
+                    "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode == 0, result.stderr
     unit = result.stdout
     assert "ExecStartPre" not in _directives(unit) and len([d for d in _directives(unit) if d == "ExecStart"]) == 1

@@ -10,12 +10,24 @@ from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from ...core.tls import TlsConfigError
 from ...http.options import HttpOptions, OptionError
 from ..client_config import client_configs, tunnel_client
-from ..config import fail, setup_logs
+from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
+
+
+def check(flags: SimpleNamespace) -> None:
+    """What the flags say, checked without reading a file (``--generate`` runs this; ``run`` then builds the same)."""
+    check_logs(flags.log_level, flags.log_format)
+    try:
+        parse_upstreams(flags.upstream)
+        HttpOptions.build(request_add=flags.request_header_add or [], request_remove=flags.request_header_remove or [],
+                          response_add=flags.response_header_add or [], response_remove=flags.response_header_remove or [])
+    except (UpstreamError, OptionError) as exc:
+        fail(str(exc))
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run an HTTP tunnel client with the flags of ``inlets http client``."""
+    check(flags)
     setup_logs(flags.log_level, flags.log_format)
 
     try:

@@ -7,14 +7,13 @@ from types import SimpleNamespace
 from ...client.local_forward import LocalForwarder, parse_local_forward
 from ...client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
 from ..client_config import client_configs, tunnel_client
-from ..config import fail, setup_logs
+from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
 
 
-def run(flags: SimpleNamespace) -> None:
-    """Run a TCP tunnel client with the flags of ``inlets tcp client``."""
-    setup_logs(flags.log_level, flags.log_format)
-
+def check(flags: SimpleNamespace) -> tuple[list, dict]:
+    """What the flags say, checked without reading a file (``--generate`` runs this too): (forwards, upstreams)."""
+    check_logs(flags.log_level, flags.log_format)
     try:
         forwards = [parse_local_forward(item) for item in flags.local or []]
     except ValueError as exc:
@@ -24,6 +23,13 @@ def run(flags: SimpleNamespace) -> None:
         mapping = parse_upstreams(flags.upstream or [], flags.ports or [], flags.udp_ports or []) if wanted else {}
     except UpstreamError as exc:
         fail(str(exc))
+    return forwards, mapping
+
+
+def run(flags: SimpleNamespace) -> None:
+    """Run a TCP tunnel client with the flags of ``inlets tcp client``."""
+    forwards, mapping = check(flags)
+    setup_logs(flags.log_level, flags.log_format)
     upstreams = TcpUpstreams(mapping)
     configs = client_configs(
         urls=flags.url, token=flags.token, token_files=flags.token_file, tls_ca=flags.tls_ca, tls_server_name=flags.tls_server_name,

@@ -11,9 +11,9 @@ from ...core.hosts import authority
 from ...core.ports import parse_port_list
 from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
-from ..config import fail, setup_logs
+from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import check_bind_addresses, control_config, data_plane_options
+from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options
 
 log = logging.getLogger("inlets")
 
@@ -29,17 +29,32 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     return allowed
 
 
+def check(flags: SimpleNamespace) -> None:
+    """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too)."""
+    check_logs(flags.log_level, flags.log_format)
+    parse_allow_ports(flags.allow_ports)
+    data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol, lb_proxy_protocol=flags.lb_proxy_protocol)
+    if flags.auto_tls_san:
+        auto_tls_names(flags.auto_tls_san)
+    if flags.client_forwarding_allow and not flags.client_forwarding:
+        fail("--client-forwarding-allow needs --client-forwarding")
+    if flags.client_forwarding and not flags.client_forwarding_allow:
+        fail("--client-forwarding needs --client-forwarding-allow HOST:PORT[,...]: say what clients may reach")
+    if flags.client_forwarding:
+        try:
+            parse_target_rules(flags.client_forwarding_allow or "")
+        except ValueError as exc:
+            fail(str(exc))
+
+
 def run(flags: SimpleNamespace) -> None:
     """Run a TCP tunnel server with the flags of ``inlets tcp server``."""
+    check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
 
     allowed = parse_allow_ports(flags.allow_ports)
     options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol, lb_proxy_protocol=flags.lb_proxy_protocol)
-    if flags.client_forwarding_allow and not flags.client_forwarding:
-        fail("--client-forwarding-allow needs --client-forwarding")
-    if flags.client_forwarding and not flags.client_forwarding_allow:
-        fail("--client-forwarding needs --client-forwarding-allow HOST:PORT[,...]: say what clients may reach")
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
