@@ -107,6 +107,24 @@ def test_an_upgrade_with_a_body_is_ignored_and_the_body_parsed_as_http(framing, 
     assert events[-2].target == b"/n"
 
 
+def test_an_ignored_upgrade_parses_the_same_however_the_bytes_are_split():
+    """Every split point of a chunked body with a trailer after an ignored upgrade, then a pipelined request: the
+    same events as in one read (the replay's head of ours must never show, whichever read it falls in)."""
+    raw = (b"PUT /u HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"3;ext=1\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\nGET /n HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    def summary(pieces: list[bytes]) -> list[object]:
+        reader = RequestReader()
+        events = [event for piece in pieces for event in reader.feed(piece)]
+        body = b"".join(event.data for event in events if isinstance(event, Body))
+        return [(type(e).__name__, getattr(e, "target", None)) for e in events if not isinstance(e, Body)] + [body]
+
+    whole = summary([raw])
+    assert whole == [("RequestHead", b"/u"), ("EndOfMessage", None), ("RequestHead", b"/n"), ("EndOfMessage", None), b"abc"]
+    for at in range(1, len(raw)):
+        assert summary([raw[:at], raw[at:]]) == whole, at
+
+
 def test_response_reader_interim_head_and_close_delimited():
     reader = ResponseReader()
     reader.expect(head_request=False)
