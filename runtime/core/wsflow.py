@@ -81,6 +81,9 @@ class BoundedReplies:
     on_bad_message: Callable[[str], None] | None = None
     #: Called when the send buffer drained below its low-water mark (the session's writer sends on).
     on_drained: Callable[[], None] | None = None
+    #: Called when the peer's first message is binary (a tunnel's hello is text): the server refuses it at once,
+    #: rather than holding it unread for a session that never starts while the hello timeout runs out.
+    on_binary_first: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -93,6 +96,8 @@ class BoundedReplies:
         self._tail = b""  # the last bytes of the handshake so far: its end may span two reads
         self._early: deque[bytes | memoryview] = deque()  # binary messages before ``attach``
         self._discarding = False
+        self._text_seen = False  # a text (or fragmented) message went to the library: the hello came first
+        self.binary_first = False  # the peer's first message was binary (then ``on_binary_first`` was called)
         self._turn_bytes = 0  # handed to the session since reading last yielded (see the module docstring)
         self._call_soon = asyncio.get_running_loop().call_soon
         messages = self.recv_messages  # type: ignore[attr-defined]
@@ -139,6 +144,10 @@ class BoundedReplies:
                 if self.on_message is not None:
                     self.on_message(item)
                 elif not self._discarding:
+                    if not self._text_seen and not self.binary_first:
+                        self.binary_first = True
+                        if self.on_binary_first is not None:
+                            self.on_binary_first()
                     self._early.append(item)
                     self.gate.hold("early")  # read no more until someone takes them
             elif kind == RAW_DATA and self.on_message is not None:
@@ -146,6 +155,8 @@ class BoundedReplies:
                 if self.on_bad_message is not None:
                     self.on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
             else:
+                if kind == RAW_DATA:
+                    self._text_seen = True
                 self._to_library(item)  # type: ignore[arg-type]  # raw frames are bytes
 
     def _handshake_received(self, data: bytes) -> None:

@@ -24,7 +24,9 @@ from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, Con
 from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
 from .ratelimit import FailedLoginLimiter
-from ..core.handshake import CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello
+from ..core.handshake import (
+    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello,
+)
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from ..core.session import Session
 
@@ -91,6 +93,15 @@ def _close_reason(text: str) -> str:
         return text
     cut = text.encode()[:120].decode(errors="ignore")
     return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
+
+
+def _how_closed(websocket: ServerConnection) -> str:
+    """How a session's connection ended, for its log line: the close this end sent when it was not a plain one
+    (a protocol error, a message too big: the library's reason says which), else the peer's."""
+    protocol = websocket.protocol
+    sent, received = protocol.close_sent, protocol.close_rcvd
+    frame = sent if sent is not None and sent.code not in (1000, 1001) else received or sent
+    return f"{frame.code} {frame.reason}".strip() if frame is not None else "connection lost without a close"
 
 
 def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:
@@ -233,10 +244,32 @@ class ControlPlane:
 
     # ------------------------------------------------------------- tunnel clients
 
+    async def _receive_hello(self, websocket: ServerConnection) -> Hello:
+        """The client's hello, a text message, within ``HELLO_TIMEOUT``; a binary message first is refused at
+        once (``BoundedReplies.on_binary_first``), and silence is refused in words when the time is up."""
+        if websocket.binary_first:  # type: ignore[attr-defined]  # before this coroutine ran
+            raise HandshakeError(CLOSE_BAD_HELLO, "expected a text hello message, got a binary one")
+        loop = asyncio.get_running_loop()
+        binary_first: asyncio.Future[None] = loop.create_future()
+        websocket.on_binary_first = lambda: None if binary_first.done() else binary_first.set_result(None)  # type: ignore[attr-defined]
+        received = loop.create_task(websocket.recv())
+        try:
+            done, _ = await asyncio.wait((received, binary_first), timeout=HELLO_TIMEOUT,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            websocket.on_binary_first = None  # type: ignore[attr-defined]
+            if not received.done():
+                received.cancel()
+        if received in done:
+            return parse_hello(received.result())
+        if binary_first in done:
+            raise HandshakeError(CLOSE_BAD_HELLO, "expected a text hello message, got a binary one")
+        raise HandshakeError(CLOSE_BAD_HELLO, f"no hello within {HELLO_TIMEOUT:g}s")
+
     async def _handle(self, websocket: ServerConnection) -> None:
         remote = format_address(websocket.remote_address)
         try:
-            hello = parse_hello(await asyncio.wait_for(websocket.recv(), HELLO_TIMEOUT))
+            hello = await self._receive_hello(websocket)
             if hello.mode != self.mode:
                 raise HandshakeError(
                     CLOSE_WRONG_MODE, f"this server serves {self.mode} tunnels; use 'inlets {self.mode} client'"
@@ -261,6 +294,7 @@ class ControlPlane:
             services = await self._admit(session, hello)
         except HandshakeError as exc:
             log.warning("event=handshake_refused remote=%s reason=%r", remote, str(exc))
+            websocket.discard_messages()  # binary ones held for a session read on: the closing handshake completes
             await websocket.close(exc.code, _close_reason(str(exc)))
             return
         except (asyncio.TimeoutError, ConnectionClosed):
@@ -279,4 +313,4 @@ class ControlPlane:
         finally:
             self.clients.pop(session, None)
             self._release(session)
-            log.info("event=client_disconnected client=%s remote=%s", info.client_id, remote)
+            log.info("event=client_disconnected client=%s remote=%s close=%r", info.client_id, remote, _how_closed(websocket))

@@ -72,7 +72,10 @@ async def still_serving(server, tls: TlsFiles, token: str) -> None:
         (HEADER.pack(FrameType.DATA, 1, 1) + b"x", 1002),  # data for a stream never opened
     ],
 )
-def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message, code: int) -> None:
+def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message, code: int, caplog) -> None:
+    """... and the server's log line says how it closed (the library's own log is silenced)."""
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
     async def scenario() -> None:
         server = await start_server(tls, token)
         ws = await raw_client(server, tls, token)
@@ -86,6 +89,8 @@ def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message,
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code
         await asyncio.sleep(0.1)
         assert not server.control.clients and not server.listeners  # its ports are closed again
+        gone = [r.getMessage() for r in caplog.records if "event=client_disconnected client=hostile" in r.getMessage()]
+        assert len(gone) == 1 and f"close='{code} " in gone[0], gone
         await still_serving(server, tls, token)
         await server.stop()
 
@@ -129,6 +134,9 @@ def test_handshake_refusals_say_why(tls: TlsFiles, token: str) -> None:
         http = Hello("http", ["http:example.com"], "x", 1 << 20).encode()
         assert (await refused(http)).startswith("4002 this server serves tcp tunnels")
         assert (await refused(Hello("tcp", ["tcp:99999"], "x", 1 << 20).encode())).startswith("4003 not a TCP or UDP service")
+        started = time.monotonic()  # a binary first message: refused at once, not held for the 10 s hello timeout
+        assert await refused(b"\x00binary") == "4000 expected a text hello message, got a binary one"
+        assert time.monotonic() - started < 3
 
     run(scenario())
 
