@@ -330,7 +330,8 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
 
 
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
-    if ex.leg.timed_out and ex.body_pending and ex.awaiting_body:  # the user stalled, as nginx's client_body_timeout
+    # The user stalled (as nginx's client_body_timeout); not one who waits for a 100 Continue the upstream never sent
+    if ex.leg.timed_out and ex.body_pending and ex.awaiting_body and not ex.head.expect_continue:
         status, message = 408, f"request body timed out: none of it came for {front.server.upstream_timeout:g}s"
     elif ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"

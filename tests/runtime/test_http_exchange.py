@@ -227,6 +227,21 @@ async def test_an_upstream_that_stays_silent_is_a_504_naming_the_timeout() -> No
     assert front.transport.data.endswith(b"upstream did not answer within 60s\n")
 
 
+@pytest.mark.parametrize("expect, answer", [(b"", b"408 Request Timeout"), (b"Expect: 100-continue\r\n", b"504 Gateway Timeout")])
+@in_loop
+async def test_a_body_the_user_holds_back_is_408_unless_it_waits_for_a_100_continue(expect: bytes, answer: bytes) -> None:
+    """The coroutine waits for the user's next body piece when the sweep times the leg out: the user stalled,
+    unless it asked to be told to go on (RFC 9110 10.1.1 lets it wait) and the upstream never did."""
+    s = session()
+    front = Front([Leg(s, SERVICE)])
+    leg = start(front, request(b"POST /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: 10\r\n" + expect + b"\r\n"))
+    assert front.exchange is not None
+    front.exchange.body_pending = front.exchange.awaiting_body = True  # as FrontConnection._pump sets them
+    leg.timed_out = True
+    exchange.progress(front)  # type: ignore[arg-type]
+    assert front.transport is not None and front.transport.data.startswith(b"HTTP/1.1 " + answer + b"\r\n")
+
+
 @in_loop
 async def test_a_reused_stream_closed_without_answering_is_sent_once_more_on_a_fresh_one() -> None:
     s = session()
