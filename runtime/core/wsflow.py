@@ -125,14 +125,16 @@ class BoundedReplies:
             self._handshake_received(data)
             return
         self._take(reader.feed(data))
-        self._turn_bytes += len(data)
-        if self._turn_bytes >= TURN_BYTES:
-            self.yield_turn()
+        self.handed(len(data))
         if reader.bulk and self._bulk_reads is not None and not self.transport.is_closing():
             self.transport.set_protocol(self._bulk_reads)  # large frames: read into the reader's buffer
 
-    def yield_turn(self) -> None:
-        """Read no more in this loop turn: other connections' reads and callbacks run first."""
+    def handed(self, count: int) -> None:
+        """``count`` bytes of frames went to the session: past ``TURN_BYTES`` since the last pause, read no more
+        in this loop turn (other connections' reads and callbacks run first)."""
+        self._turn_bytes += count
+        if self._turn_bytes < TURN_BYTES:
+            return
         self._turn_bytes = 0
         if not self.transport.is_closing():
             self.gate.hold("turn")
@@ -236,9 +238,7 @@ class BulkReads(asyncio.BufferedProtocol):
         if not self.reader.capacity and not transport.is_closing():  # idle again: bytes as they come
             transport.set_protocol(connection)  # type: ignore[arg-type]
         connection._take(items)
-        connection._turn_bytes += nbytes
-        if connection._turn_bytes >= TURN_BYTES:
-            connection.yield_turn()
+        connection.handed(nbytes)
 
     def eof_received(self) -> bool | None:
         return self.connection.eof_received()  # type: ignore[attr-defined]

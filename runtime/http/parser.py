@@ -371,7 +371,8 @@ class RequestReader(_Reader):
             host = host_of(self.default_authority)
         upgrade = b"upgrade" in tokens and b"upgrade" in noted
         if upgrade and (version == b"1.0" or chunked or length):
-            upgrade = self._ignore_upgrade(chunked, length)
+            self._ignore_upgrade(chunked, length)
+            upgrade = False
         expect = (version == b"1.1" and b"expect" in noted  # most have none: no generator for them
                   and any(v.strip().lower() == b"100-continue" for v in noted[b"expect"]))
         self._body_left = -1 if chunked else length or 0
@@ -382,15 +383,14 @@ class RequestReader(_Reader):
             )
         )
 
-    def _ignore_upgrade(self, chunked: bool, length: int | None) -> bool:
+    def _ignore_upgrade(self, chunked: bool, length: int | None) -> None:
         """An Upgrade in HTTP/1.0 (RFC 9110 7.8: ignored), or on a request with a body, which is HTTP's
         whole before any switch: forwarded as a plain request, its body with it (llhttp would hand the
-        body on as the new protocol's bytes). Returns the request's upgrade flag: False."""
+        body on as the new protocol's bytes)."""
         if self._parser.should_upgrade():  # llhttp stops after this head (its test is ours, set before this callback)
             framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (length or 0)
             self._replay = (b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n" if chunked or length else b"",
                             -1 if chunked else length or 0)
-        return False
 
     def _origin_form(self, target: bytes) -> tuple[bytes, bytes]:
         """``http://Host:8080/p?q`` -> (b"/p?q", b"Host:8080"), ``http://Host?q`` -> (b"?q", b"Host"); 400 for any

@@ -14,20 +14,22 @@ from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
 
 
-def check(flags: SimpleNamespace) -> None:
-    """What the flags say, checked without reading a file (``--generate`` runs this; ``run`` then builds the same)."""
+def check(flags: SimpleNamespace) -> dict:
+    """What the flags say, checked without reading a file (``--generate`` runs this too): the upstreams. The header
+    options are built once more by ``run``, with the secrets read and the hosts to rewrite."""
     check_logs(flags.log_level, flags.log_format)
     try:
-        parse_upstreams(flags.upstream)
+        mapping = parse_upstreams(flags.upstream)
         HttpOptions.build(request_add=flags.request_header_add or [], request_remove=flags.request_header_remove or [],
                           response_add=flags.response_header_add or [], response_remove=flags.response_header_remove or [])
     except (UpstreamError, OptionError) as exc:
         fail(str(exc))
+    return mapping
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run an HTTP tunnel client with the flags of ``inlets http client``."""
-    check(flags)
+    mapping = check(flags)
     setup_logs(flags.log_level, flags.log_format)
 
     try:
@@ -38,10 +40,7 @@ def run(flags: SimpleNamespace) -> None:
     if bool(flags.basic_auth_username) != bool(basic_auth_password):
         fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
     try:
-        mapping = parse_upstreams(flags.upstream)
         tls = upstream_tls(flags.upstream_ca, flags.upstream_insecure)
-    except UpstreamError as exc:
-        fail(str(exc))
     except TlsConfigError as exc:
         fail(str(exc))
     upstreams = HttpUpstreams(mapping, tls)

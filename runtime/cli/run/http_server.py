@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from ... import __version__
 from ...core.hosts import authority
 from ...http.server import HttpTunnelServer
+from ...server.dataplane import DataPlaneOptions
 from ..config import check_logs, default_data_dir, fail, setup_logs
 from ..lifecycle import run_server
 from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options
@@ -38,21 +39,21 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
     return HttpsFront(manager, https_port)
 
 
-def check(flags: SimpleNamespace) -> None:
-    """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too)."""
+def check(flags: SimpleNamespace) -> DataPlaneOptions:
+    """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
+    the data-plane options."""
     check_logs(flags.log_level, flags.log_format)
-    data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
+    dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     if flags.auto_tls_san:
         auto_tls_names(flags.auto_tls_san)
+    return dataplane
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run an HTTP tunnel server with the flags of ``inlets http server``."""
-    check(flags)
+    dataplane = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
-
-    dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,

@@ -9,6 +9,7 @@ from ... import __version__
 from ...core.allowlist import parse_target_rules
 from ...core.hosts import authority
 from ...core.ports import parse_port_list
+from ...server.dataplane import DataPlaneOptions
 from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_logs, fail, setup_logs
@@ -29,32 +30,33 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     return allowed
 
 
-def check(flags: SimpleNamespace) -> None:
-    """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too)."""
+def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, ForwardingPolicy | None]:
+    """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
+    (allowed ports, data-plane options, client forwarding)."""
     check_logs(flags.log_level, flags.log_format)
-    parse_allow_ports(flags.allow_ports)
-    data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol, lb_proxy_protocol=flags.lb_proxy_protocol)
+    allowed = parse_allow_ports(flags.allow_ports)
+    options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol,
+                                 lb_proxy_protocol=flags.lb_proxy_protocol)
     if flags.auto_tls_san:
         auto_tls_names(flags.auto_tls_san)
     if flags.client_forwarding_allow and not flags.client_forwarding:
         fail("--client-forwarding-allow needs --client-forwarding")
     if flags.client_forwarding and not flags.client_forwarding_allow:
         fail("--client-forwarding needs --client-forwarding-allow HOST:PORT[,...]: say what clients may reach")
+    forwarding = None
     if flags.client_forwarding:
         try:
-            parse_target_rules(flags.client_forwarding_allow or "")
+            forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
         except ValueError as exc:
             fail(str(exc))
+    return allowed, options, forwarding
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run a TCP tunnel server with the flags of ``inlets tcp server``."""
-    check(flags)
+    allowed, options, forwarding = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
-
-    allowed = parse_allow_ports(flags.allow_ports)
-    options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol, lb_proxy_protocol=flags.lb_proxy_protocol)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
@@ -62,11 +64,8 @@ def run(flags: SimpleNamespace) -> None:
         max_client_buffer_mib=flags.max_client_buffer,
         trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
-    if flags.client_forwarding:
-        try:
-            config.forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
-        except ValueError as exc:
-            fail(str(exc))
+    if forwarding is not None:
+        config.forwarding = forwarding
     server = TcpTunnelServer(config, data_addr=flags.data_addr or None, allow_ports=allowed, options=options)
     scheme = "wss" if config.ssl_context else "ws"
 
