@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from ..core.bridge import LISTEN_BACKLOG
+from ..core.listen import listen
 from ..http.front import FrontConnection, FrontServer
 from ..http.parser import HttpError, RequestHead, RequestReader
 from ..http.write import SimpleResponse
@@ -116,16 +116,11 @@ class HttpsFront:
 
         ``OSError`` (a port taken) leaves nothing listening.
         """
-        loop = asyncio.get_running_loop()
         self.letsencrypt.load()
-        self._plain = await loop.create_server(
-            lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port, backlog=LISTEN_BACKLOG
-        )
+        self._plain = await listen(lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port)
         try:
-            self._tls = await loop.create_server(
-                lambda: TlsFrontConnection(server), server.data_addr, self.https_port, backlog=LISTEN_BACKLOG,
-                ssl=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT,
-            )
+            self._tls = await listen(lambda: TlsFrontConnection(server), server.data_addr, self.https_port,
+                                     ssl_context=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT)
         except OSError:
             self._plain.close()
             raise

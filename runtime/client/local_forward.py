@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from ..core.bridge import LISTEN_BACKLOG, TcpBridge
+from ..core.bridge import TcpBridge
+from ..core.listen import listen
 from ..core.mux import StreamError
 from ..core.ports import parse_port
 from ..core.services import FORWARD_PREFIX, format_target, parse_target
@@ -90,13 +91,10 @@ class LocalForwarder:
         return [f.target for f in self.forwards]
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for forward in self.forwards:
             try:
-                listener = await loop.create_server(
-                    lambda forward=forward: _LocalConnection(forward, self.session), self.local_addr, forward.local_port,
-                    backlog=LISTEN_BACKLOG,
-                )
+                listener = await listen(lambda forward=forward: _LocalConnection(forward, self.session),
+                                        self.local_addr, forward.local_port)
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None
             self.listeners.append(listener)

@@ -28,9 +28,6 @@ from .session import Channel
 log = logging.getLogger("inlets.bridge")
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
-#: Connections a data port's listener queues before accepting: a thousand users arriving at once
-#: overflowed asyncio's default of 100, and a dropped SYN is retried only after 1 s, then 3.
-LISTEN_BACKLOG = 1024
 NOTSENT_LOWAT = 128 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; Python 3.11 lacks the name
 

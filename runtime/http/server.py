@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
-from ..core.bridge import LISTEN_BACKLOG
+from ..core.listen import listen
 from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
 from ..core.services import CATCH_ALL, http_service, parse_http_service
 from .guard import Guards
@@ -75,9 +75,7 @@ class HttpTunnelServer:
             if self.https is not None:
                 self._listener = await self.https.start(self)
             else:
-                self._listener = await self._loop.create_server(
-                    lambda: FrontConnection(self), self.data_addr, self.port, backlog=LISTEN_BACKLOG
-                )
+                self._listener = await listen(lambda: FrontConnection(self), self.data_addr, self.port)
         except OSError:
             await self.control.stop()
             raise

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..core.bridge import LISTEN_BACKLOG, TcpBridge
+from ..core.bridge import TcpBridge
+from ..core.listen import listen
 from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
 from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
@@ -191,10 +192,8 @@ class TcpTunnelServer:
         return services
 
     async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:
-        loop = asyncio.get_running_loop()
         counters = self.metrics.port(port)
-        listener = await loop.create_server(lambda: DataPlaneConnection(self, service, counters), self.data_addr, port,
-                                            backlog=LISTEN_BACKLOG)
+        listener = await listen(lambda: DataPlaneConnection(self, service, counters), self.data_addr, port)
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
         return listener
 

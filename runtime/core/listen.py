@@ -1,0 +1,97 @@
+"""Listeners that take every waiting connection when the loop wakes them, not one per turn of the loop.
+
+Since libuv 1.45 (uvloop 0.18 on), a listener accepts one connection per turn of the event loop
+(libuv pull request 3696: a second ``accept`` mostly fails with EAGAIN). A turn of a busy tunnel
+server lasts 10-50 ms, as it passes on hundreds of requests, so users who connect together queue in
+the kernel's accept queue: wrk's 1,000 connections through the HTTP tunnel took 2-3 s to be all
+accepted, and their first requests made the run's p99 6-7 s (measured; asyncio's own loop accepts up
+to the backlog per wake). Here uvloop's accept of one connection also takes the rest of the queue:
+the protocol factory, which uvloop calls for the connection it accepted, accepts up to
+``ACCEPT_BATCH`` more on the listening sockets where more wait and hands each to ``connect_accepted_socket``.
+When nothing else waits, that costs one ``poll`` per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import socket
+import ssl
+from typing import Callable, Iterable
+
+log = logging.getLogger("inlets.listen")
+
+#: Connections a listener queues before accepting: a thousand users arriving at once overflowed asyncio's
+#: default of 100, and a dropped SYN is retried only after 1 s, then 3.
+LISTEN_BACKLOG = 1024
+#: Connections taken from the queue per connection the loop accepts: bounds the work of one wake-up.
+ACCEPT_BATCH = 128
+
+
+class _Drain:
+    """The protocol factory handed to ``create_server``: each call first takes what else waits."""
+
+    def __init__(self, protocol_factory: Callable[[], asyncio.BaseProtocol], ssl_context: ssl.SSLContext | None,
+                 ssl_handshake_timeout: float | None) -> None:
+        self.protocol_factory = protocol_factory
+        self.ssl = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.families: dict[int, int] = {}  # the server's listening sockets: descriptor -> address family
+        #: Asks the kernel which of them has connections waiting: one system call, where trying an ``accept``
+        #: on each costs a socket object and an exception apiece (7% more instructions per connection, measured).
+        self.waiting = select.poll()
+        self.pending: set[asyncio.Task] = set()
+
+    def listen_on(self, sockets: Iterable[socket.socket]) -> None:
+        for sock in sockets:
+            self.families[sock.fileno()] = sock.family
+            self.waiting.register(sock.fileno(), select.POLLIN)
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        for fd, events in self.waiting.poll(0):
+            if events & select.POLLIN:
+                self._take(self.families[fd], fd)
+        return self.protocol_factory()
+
+    def _take(self, family: int, fd: int) -> None:
+        # A socket object over the listener's descriptor for the length of the call, then detached: the server
+        # owns the descriptor, and while it calls this factory the descriptor is open.
+        listener = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+        try:
+            for _ in range(ACCEPT_BATCH):
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except ConnectionAbortedError:
+                    continue
+                except OSError as exc:  # EMFILE and the like: the rest waits for the loop's own accept
+                    log.warning("event=accept_failed error=%r", exc.strerror or str(exc))
+                    return
+                self._start(conn)
+        finally:
+            listener.detach()
+
+    def _start(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        loop = asyncio.get_running_loop()
+        kwargs = {} if self.ssl is None else {"ssl": self.ssl, "ssl_handshake_timeout": self.ssl_handshake_timeout}
+        task = loop.create_task(loop.connect_accepted_socket(self.protocol_factory, conn, **kwargs))
+        self.pending.add(task)
+        task.add_done_callback(lambda done: self._started(done, conn))
+
+    def _started(self, task: asyncio.Task, conn: socket.socket) -> None:
+        self.pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a TLS handshake that failed, say: as the loop's own
+            conn.close()
+
+
+async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None) -> asyncio.Server:
+    """``loop.create_server`` with ``LISTEN_BACKLOG``, whose every accept also takes the rest of the queue."""
+    drain = _Drain(protocol_factory, ssl_context, ssl_handshake_timeout)
+    kwargs = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": ssl_handshake_timeout}
+    server = await asyncio.get_running_loop().create_server(drain, host, port, backlog=LISTEN_BACKLOG, **kwargs)
+    drain.listen_on(server.sockets)
+    return server
