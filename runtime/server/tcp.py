@@ -70,8 +70,9 @@ class DataPlaneConnection(TcpBridge):
             self.counters.total += 1
             self._counted = True
             version = self.server.options.proxy_protocol
-            if version and self.channel is not None:
-                self.channel.write(encode_proxy_header(version, source, destination or self._local()))
+            if version:  # through the bridge, which keeps what finds no credit: a header dropped would let the
+                # user's own first bytes (a PROXY header of theirs) name the source the upstream trusts
+                TcpBridge.data_received(self, encode_proxy_header(version, source, destination or self._local()))
             if rest:
                 self.data_received(rest)
             return

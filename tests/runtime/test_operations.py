@@ -25,6 +25,7 @@ from helpers.tunnel import (
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.server.dataplane import DataPlaneOptions
 from inlets_py.runtime.core.mux import ResetCode
+from inlets_py.runtime.core.session import OUT_HIGH_WATER
 from inlets_py.runtime.server.proxy_protocol import encode
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 
@@ -306,6 +307,68 @@ def test_proxy_protocol_tells_nginx_the_real_source(tls: TlsFiles, token: str, n
         assert response.rstrip().endswith(f"127.0.0.7:{source_port}".encode()), response
         await stop(task)
         await server.stop()
+
+    run(scenario())
+
+
+def test_the_proxy_header_reaches_the_upstream_first_even_when_the_tunnel_is_full(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path
+) -> None:
+    """With the client not reading (stopped, or a slow link), the server's queue to it passes its high-water
+    mark; a user connecting then must still reach the upstream behind the server's PROXY header. It was
+    dropped when it found the tunnel full, so the user's own first bytes, a PROXY header naming any source,
+    were what the upstream took for the server's."""
+    firsts: list[bytes] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        firsts.append(await reader.read(64))
+        while await reader.read(65536):
+            pass
+
+    async def scenario() -> None:
+        recorder = await serve(upstream)
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(proxy_protocol="v1")
+        public = free_port()
+        port = int(control_url(server).rsplit(":", 1)[1])
+        client = spawn(*client_args(port, tls, token_file, "--upstream", f"{public}=127.0.0.1:{port_of(recorder)}"),
+                       log=tmp_path / "client.log")
+        writers = []
+        try:
+            await wait_listening("127.0.0.1", public)
+            for _ in range(100):
+                if firsts:
+                    break
+                await asyncio.sleep(0.05)
+            firsts.clear()  # wait_listening's own connection
+            client.send_signal(signal.SIGSTOP)
+            (session,) = server.control.clients
+            for _ in range(40):  # 40 streams' first credit: 10 MiB for a client that reads nothing
+                _, writer = await asyncio.open_connection("127.0.0.1", public)
+                writer.write(b"x" * 256 * 1024)
+                writers.append(writer)
+            for _ in range(100):
+                if session.mux.buffered >= OUT_HIGH_WATER:
+                    break
+                await asyncio.sleep(0.05)
+            assert session.mux.buffered >= OUT_HIGH_WATER
+            _, writer = await asyncio.open_connection("127.0.0.1", public)
+            writer.write(b"PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\nGET / HTTP/1.0\r\n\r\n")
+            writers.append(writer)
+            await asyncio.sleep(0.2)
+            client.send_signal(signal.SIGCONT)
+            for _ in range(200):
+                if len(firsts) == len(writers):
+                    break
+                await asyncio.sleep(0.05)
+            assert len(firsts) == len(writers)
+            assert all(first.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") for first in firsts), firsts
+        finally:
+            client.send_signal(signal.SIGCONT)
+            for writer in writers:
+                writer.close()
+            assert await asyncio.to_thread(stop_all, client) == [0]  # it drains through this loop's server
+            await server.stop()
 
     run(scenario())
 
