@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -84,6 +85,31 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         first = (answer.body.strip().splitlines() or [""])[0][:200]
         fail(f"{where}/status answered HTTP {answer.status}" + (f": {first}" if first else ""), 1)
     try:
-        return dict(json.loads(answer.body))
+        document = json.loads(answer.body)
     except ValueError:
         fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)
+    if not _is_status(document):
+        fail(f"{where}/status answered JSON that is not a tunnel server's status: is --url a tunnel server?", 1)
+    return document
+
+
+def _is_status(document: object) -> bool:
+    """Whether JSON has the shape the table reads (``server/status.py``): anything else at ``/status``, such as
+    another service behind the same proxy, got a Python traceback from the table instead of one line."""
+    if not isinstance(document, dict):
+        return False
+    uptime = document.get("uptime_seconds", 0)
+    if not isinstance(uptime, (int, float)) or not math.isfinite(uptime):  # JSON's Infinity and NaN parse too
+        return False
+    clients = document.get("clients", [])
+    if not isinstance(clients, list):
+        return False
+    for client in clients:
+        if not isinstance(client, dict):
+            return False
+        services = client.get("services", [])
+        if not isinstance(services, list) or not all(isinstance(service, str) for service in services):
+            return False
+        if not all(isinstance(client.get(key, 0), int) for key in ("open_streams", "bytes_in", "bytes_out")):
+            return False
+    return True

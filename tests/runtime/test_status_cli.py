@@ -8,6 +8,8 @@ import signal
 import threading
 from pathlib import Path
 
+import pytest
+
 from helpers.process import inlets, server_args, spawn, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
@@ -63,3 +65,29 @@ def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
         assert result.returncode == 2 and "Traceback" not in result.stderr, result
         assert result.stderr.strip() == (f"inlets: error: --url must be wss://HOST[:PORT] (or ws://HOST[:PORT] for a "
                                          f"--plaintext server), as the client's is, got {url!r}"), result.stderr
+
+
+@pytest.mark.parametrize("body", ['[1, 2]', '42', 'null', '{"clients": 5}', '{"clients": [1]}',
+                                  '{"uptime_seconds": "x"}', '{"uptime_seconds": Infinity}',
+                                  '{"clients": [{"services": "tcp:80", "bytes_in": "zz"}]}'])
+def test_json_that_is_no_status_document_gets_one_line(token_file: Path, body: str) -> None:
+    """Another service's JSON at /status (a proxy's prefix pointing elsewhere) is one line, not the table's traceback."""
+    class Json(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Json)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        line = status_line(f"ws://127.0.0.1:{web.server_address[1]}", token_file)
+        assert "/status answered JSON that is not a tunnel server's status: is --url a tunnel server?" in line
+    finally:
+        web.shutdown()
+        web.server_close()
