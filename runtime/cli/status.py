@@ -72,7 +72,8 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
     try:
-        answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout)
+        answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout,
+                     deadline=timeout)
     except TlsConfigError as exc:
         fail(f"{where}{exc}")
     except ProbeError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,27 +90,53 @@ def get(
     timeout: float = 5.0,
     method: str = "GET",
     body: bytes = b"",
+    deadline: float | None = None,
 ) -> Answer:
-    """GET (or ``method`` with ``body``) ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``."""
+    """GET (or ``method`` with ``body``) ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``.
+
+    ``timeout`` bounds each wait for the server; ``deadline`` (seconds), when given, the whole exchange, which a
+    server sending its answer a byte at a time would otherwise stretch without end."""
     name = server_name or endpoint.host
     try:
         raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
     except OSError as exc:
         raise Unreachable(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
+    sock: socket.socket = raw
+    expired = threading.Event()
+
+    def expire() -> None:  # the blocked read then sees the connection end
+        expired.set()
+        try:  # the descriptor's shutdown, not SSLSocket's, which drops the TLS state under the reading thread
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    timer = threading.Timer(deadline, expire) if deadline is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    late = f"{endpoint.host}:{endpoint.port}: no complete answer within {deadline:g}s" if deadline is not None else ""
     try:
-        sock: socket.socket = raw
-        if endpoint.tls:
-            sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
-        host_header = f"[{name}]" if ":" in name else name
-        request = f"{method} {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
-        if token:
-            request += f"Authorization: Bearer {token}\r\n"
-        if body or method != "GET":
-            request += f"Content-Length: {len(body)}\r\n"
-        sock.sendall((request + "\r\n").encode() + body)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
+        try:
+            if endpoint.tls:
+                sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
+            host_header = f"[{name}]" if ":" in name else name
+            request = f"{method} {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
+            if token:
+                request += f"Authorization: Bearer {token}\r\n"
+            if body or method != "GET":
+                request += f"Content-Length: {len(body)}\r\n"
+            sock.sendall((request + "\r\n").encode() + body)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise ProbeError(late) from None
+            raise
+        if expired.is_set():  # the body was cut short
+            raise ProbeError(late)
+        return answer
     except ssl.SSLCertVerificationError as exc:
         raise ProbeError(verify_failure(exc)) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
@@ -127,4 +154,7 @@ def get(
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None
     finally:
+        if timer is not None:
+            timer.cancel()
+        sock.close()
         raw.close()

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import http.server
 import signal
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from helpers.process import inlets, server_args, spawn, wait_port
 from helpers.tunnel import TlsFiles, free_port
+
+from inlets_py.runtime.core.tls import server_context
 
 
 def status_line(url: str, token_file: Path, *extra: str) -> str:
@@ -91,3 +95,34 @@ def test_json_that_is_no_status_document_gets_one_line(token_file: Path, body: s
     finally:
         web.shutdown()
         web.server_close()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_server_that_answers_a_byte_at_a_time_is_given_up_on_at_the_timeout(
+    tls: TlsFiles, token_file: Path, scheme: str
+) -> None:
+    """--timeout bounds the whole answer: it bounded each read only, so a server (or a proxy before it) that
+    sent a byte a second held the command for as long as it liked."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        if scheme == "wss":
+            conn = server_context(tls.cert, tls.key).wrap_socket(conn, server_side=True)
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+        while not done.wait(0.5):
+            conn.sendall(b" ")
+        conn.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    started = time.monotonic()
+    try:
+        line = status_line(f"{scheme}://127.0.0.1:{listener.getsockname()[1]}", token_file, "--timeout", "2",
+                           "--tls-ca", str(tls.ca))
+    finally:
+        done.set()
+        listener.close()
+    assert time.monotonic() - started < 8
+    assert line.endswith("no complete answer within 2s"), line
