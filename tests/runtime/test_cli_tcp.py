@@ -34,6 +34,11 @@ from helpers.tunnel import TlsFiles, free_port
         (["tcp", "client", "--url", "http://h:1", "--token", "x", "--upstream", "22=h:22"], "--url must start with wss://"),
         (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--upstream", "22=h:22", "--tls-ca", "/nope.crt"], "CA file not found"),
         (["tcp", "client", "--url", "wss://h:1", "--upstream", "22=h:22"], "no token"),
+        # a bad --local-addr got "Unknown error -2"; an empty one (an unset variable) listened on every interface
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", "15432:127.0.0.1:5432",
+          "--local-addr", "999.1.1.1"], "--local-addr: '999.1.1.1' is not an IP address"),
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", "15432:127.0.0.1:5432", "--local-addr", ""],
+         "--local-addr: '' is not a valid host name"),
     ],
 )
 def test_bad_input_gets_one_line_and_non_zero_exit(args: list[str], message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from ...client.local_forward import LocalForwarder, parse_local_forward
+from ...core.hosts import HostError, check_bind_address, check_host
 from ...client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
 from ..client_config import client_configs, tunnel_client
 from ..config import check_logs, fail, setup_logs
@@ -16,7 +17,9 @@ def check(flags: SimpleNamespace) -> tuple[list, dict]:
     check_logs(flags.log_level, flags.log_format)
     try:
         forwards = [parse_local_forward(item) for item in flags.local or []]
-    except ValueError as exc:
+        if forwards:  # "" (an unset variable) would listen on every interface; a bad one got "Unknown error -2"
+            check_host(flags.local_addr, "--local-addr")
+    except ValueError as exc:  # HostError too
         fail(str(exc))
     try:
         wanted = flags.upstream or flags.ports or flags.udp_ports or not forwards
@@ -30,6 +33,11 @@ def run(flags: SimpleNamespace) -> None:
     """Run a TCP tunnel client with the flags of ``inlets tcp client``."""
     forwards, mapping = check(flags)
     setup_logs(flags.log_level, flags.log_format)
+    if forwards:
+        try:
+            check_bind_address(flags.local_addr, "--local-addr")
+        except HostError as exc:
+            fail(str(exc))
     upstreams = TcpUpstreams(mapping)
     configs = client_configs(
         urls=flags.url, token=flags.token, token_files=flags.token_file, tls_ca=flags.tls_ca, tls_server_name=flags.tls_server_name,
