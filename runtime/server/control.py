@@ -12,6 +12,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -138,7 +139,6 @@ class ControlPlane:
         self.config = config
         self._admit = admit
         self._release = release
-        self._on_client_stream = config.forwarding.on_stream if config.forwarding else None
         self.clients: dict[Session, ClientInfo] = {}
         self.started_at = time.time()
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
@@ -287,8 +287,11 @@ class ControlPlane:
                 initial_recv_window=self.initial_window,
                 recv_budget=self.config.max_buffer,
             )
+            on_stream = None
+            if self.config.forwarding is not None:  # only what this client declared (check_hello checked the list)
+                on_stream = partial(self.config.forwarding.on_stream, declared=frozenset(hello.extra.get("forwards") or ()))
             session = Session(
-                websocket, mux, on_stream=self._on_client_stream, name=hello.client_id or remote,
+                websocket, mux, on_stream=on_stream, name=hello.client_id or remote,
                 keepalive=self.config.keepalive,
             )
             services = await self._admit(session, hello)

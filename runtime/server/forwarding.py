@@ -4,7 +4,8 @@ The client listens on ``--local LOCAL_PORT:HOST:REMOTE_PORT`` (client/local_forw
 opens a stream ``forward:HOST:REMOTE_PORT`` per connection; the server dials HOST:REMOTE_PORT
 only when started with ``--client-forwarding`` and only if ``--client-forwarding-allow``
 permits that target, because otherwise a client could reach anything on the server's
-network. The server checks every stream, whatever the handshake said.
+network. The server checks every stream, whatever the handshake said: against that list, and
+against the targets this client declared in its handshake (its ``--local`` ones).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..core.allowlist import TargetRule
 from ..core.bridge import dial
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.mux import ResetCode
-from ..core.services import parse_target
+from ..core.services import FORWARD_PREFIX, parse_target
 from ..core.session import Channel
 
 log = logging.getLogger("inlets.forward")
@@ -49,8 +50,12 @@ class ForwardingPolicy:
             if reason is not None:
                 raise HandshakeError(CLOSE_SERVICE_REFUSED, reason)
 
-    def on_stream(self, channel: Channel) -> None:
+    def on_stream(self, channel: Channel, declared: frozenset[str]) -> None:
+        """Dial a stream's target if it is allowed and one of the targets the client ``declared`` in its
+        handshake: the allow-list bounds every client, the handshake what this one asked for."""
         reason = self.refusal(channel.target)
+        if reason is None and channel.target not in declared:
+            reason = f"{channel.target[len(FORWARD_PREFIX):]} is not one of the --local targets this client connected with"
         if reason is not None:
             log.warning("event=forward_refused target=%r reason=%r", channel.target, reason)
             channel.reset(ResetCode.NOT_ALLOWED, reason)

@@ -121,6 +121,43 @@ def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles
     run(scenario())
 
 
+def test_a_client_reaches_only_the_forward_targets_it_declared(tls: TlsFiles, token: str) -> None:
+    """The allow-list bounds every client; the handshake what this one asked for (README: a client cannot ask
+    for more than it declared). A stream to a target the list allows but the client never declared, or from a
+    client that declared none, was dialled."""
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+    from inlets_py.runtime.core.services import format_target
+    from helpers.streams import AsyncStream
+
+    dialled: list[int] = []
+
+    async def refused(client, port: int) -> None:
+        stream = AsyncStream()
+        stream.attach(client.session.open_stream(format_target("127.0.0.1", port), stream))
+        with pytest.raises(ConnectionResetError, match="is not one of the --local targets this client connected with"):
+            await asyncio.wait_for(stream.read(), 5)
+
+    async def scenario() -> None:
+        undeclared = await serve(lambda r, w: asyncio.sleep(0, dialled.append(1)))
+        declared = await echo_server()
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.0/8:*")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [format_target("127.0.0.1", port_of(declared))]})
+        await refused(client, port_of(undeclared))
+        good = AsyncStream()
+        good.attach(client.session.open_stream(format_target("127.0.0.1", port_of(declared)), good))
+        await good.write(b"ping")
+        assert await asyncio.wait_for(good.read(), 5) == b"ping"
+        plain, plain_task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)})
+        await refused(plain, port_of(declared))
+        assert dialled == []
+        await stop(task, plain_task)
+        await server.stop()
+
+    run(scenario())
+
+
 def test_client_never_dials_what_it_did_not_advertise(tls: TlsFiles, token: str) -> None:
     """A server (compromised, say) asking the client for another target gets a reset."""
     from helpers.streams import AsyncStream
