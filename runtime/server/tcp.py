@@ -180,14 +180,20 @@ class TcpTunnelServer:
         async with self._lock:
             opened = []
             try:
-                for (kind, port), service in zip(parsed, services):
-                    if service not in self.listeners:
-                        listen = self._listen_udp if kind == "udp" else self._listen
-                        self.listeners[service] = await listen(port, service)
-                        opened.append(service)
+                # Until none is missing: while one opens, a port found open may close, its last client gone
+                # (_release takes no lock); registering then would leave this client serving a closed port.
+                while missing := [(kind, port, service) for (kind, port), service in zip(parsed, services)
+                                  if service not in self.listeners]:
+                    for kind, port, service in missing:
+                        if service not in self.listeners:
+                            listen = self._listen_udp if kind == "udp" else self._listen
+                            self.listeners[service] = await listen(port, service)
+                            opened.append(service)
             except OSError as exc:
                 for service in opened:
-                    self.listeners.pop(service).close()
+                    listener = self.listeners.pop(service, None)
+                    if listener is not None:
+                        listener.close()
                 raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc)) from None
             self.registry.add(session, services)
         return services

@@ -455,6 +455,56 @@ def test_two_clients_balance_then_fail_over(tls: TlsFiles, token: str) -> None:
     run(scenario())
 
 
+def test_a_port_shared_with_a_client_that_dies_while_another_connects_stays_open(tls: TlsFiles, token: str) -> None:
+    """Client B connects serving ports 1 and 2 while A, serving port 1 alone, dies: port 1 was found open, then
+    closed as A left (no client left for it) while B's port 2 was being opened, and B was registered for a port
+    that no longer listened, until another client came."""
+    from inlets_py.runtime.core.auth import TokenSet
+    from inlets_py.runtime.core.tls import server_context
+    from inlets_py.runtime.server.control import ControlConfig
+    from inlets_py.runtime.server.tcp import TcpTunnelServer
+
+    class PausingServer(TcpTunnelServer):
+        """Holds the opening of one port until told: the moment B's admission is between two ports."""
+
+        pause_port = 0
+        paused = asyncio.Event()
+        go = asyncio.Event()
+
+        async def _listen(self, port: int, service: str):
+            if port == self.pause_port:
+                self.paused.set()
+                await self.go.wait()
+            return await super()._listen(port, service)
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = PausingServer(ControlConfig(tokens=TokenSet([token]), host="127.0.0.1", port=0,
+                                             ssl_context=server_context(tls.cert, tls.key)), data_addr="127.0.0.1")
+        await server.start()
+        shared, own = free_port(), free_port()
+        server.pause_port = own
+        url = control_url(server)
+        a, task_a = await start_client(url, token, tls, {shared: Upstream("127.0.0.1", port_of(echo))})
+        b, task_b = await start_client(url, token, tls, {shared: Upstream("127.0.0.1", port_of(echo)),
+                                                         own: Upstream("127.0.0.1", port_of(echo))}, wait=False)
+        await asyncio.wait_for(server.paused.wait(), 10)
+        await stop(task_a)
+        for _ in range(100):  # A's departure closed the shared port
+            if server.data_port(f"tcp:{shared}") is None:
+                break
+            await asyncio.sleep(0.02)
+        assert server.data_port(f"tcp:{shared}") is None
+        server.go.set()
+        await asyncio.wait_for(b.connected.wait(), 10)
+        assert await asyncio.wait_for(roundtrip(shared, b"still served"), 5) == b"still served"
+        assert await asyncio.wait_for(roundtrip(own, b"own"), 5) == b"own"
+        await stop(task_b)
+        await server.stop()
+
+    run(scenario())
+
+
 def test_dead_peer_is_detected_by_keepalive(tls: TlsFiles, token: str) -> None:
     """The tunnel's TCP connection stops moving (a proxy that stops forwarding): the server
     drops the client within the keepalive timeout and closes its data port."""
