@@ -112,12 +112,18 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
 
 
 class TcpUpstreams:
-    """Handles streams the server opens: dial the configured upstream (TCP or UDP) and bridge it."""
+    """Handles streams the server opens: dial the configured upstream (TCP or UDP) and bridge it.
 
-    def __init__(self, mapping: dict[str, Upstream] | dict[int, Upstream]) -> None:
+    UDP flows may hold at most ``max_udp_flows`` of the streams the client allows the server (``--max-streams``,
+    half by default): a flow is opened by one datagram from a new source address, which anyone can send (and
+    forge), and a flood of them took every stream, so every TCP connection was refused for the flows' 60 s."""
+
+    def __init__(self, mapping: dict[str, Upstream] | dict[int, Upstream], max_udp_flows: int = 512) -> None:
         self.by_service = {
             key if isinstance(key, str) else tcp_service(key): upstream for key, upstream in mapping.items()
         }
+        self.max_udp_flows = max_udp_flows
+        self.udp_flows = 0
 
     @property
     def services(self) -> list[str]:
@@ -130,6 +136,13 @@ class TcpUpstreams:
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         if channel.target.startswith("udp:"):
-            dial_udp(channel, upstream.host, upstream.port)
+            if self.udp_flows >= self.max_udp_flows:
+                channel.reset(ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_udp_flows} UDP flows")
+                return
+            self.udp_flows += 1
+            dial_udp(channel, upstream.host, upstream.port, on_close=self._udp_flow_closed)
         else:
             dial(channel, upstream.host, upstream.port)
+
+    def _udp_flow_closed(self) -> None:
+        self.udp_flows -= 1

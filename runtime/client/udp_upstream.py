@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
@@ -19,8 +20,9 @@ log = logging.getLogger("inlets.udp")
 class UdpUpstream(asyncio.DatagramProtocol):
     """The client's side of one flow: a connected UDP socket to the upstream."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, on_close: Callable[[], None] | None = None) -> None:
         self.channel = channel
+        self.on_close = on_close  # told once, when the flow ends (TcpUpstreams counts the live ones)
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
         self._early: list[bytes] = []  # datagrams that came before the socket did (bounded)
@@ -62,16 +64,18 @@ class UdpUpstream(asyncio.DatagramProtocol):
         pass
 
     def close(self) -> None:
+        if not self._closed and self.on_close is not None:
+            self.on_close()
         self._closed = True
         if self.transport is not None:
             self.transport.close()
             self.transport = None
 
 
-def dial_udp(channel: Channel, host: str, port: int) -> None:
+def dial_udp(channel: Channel, host: str, port: int, on_close: Callable[[], None] | None = None) -> None:
     """Attach a flow to ``channel`` now (its first datagram may share the OPEN's message),
-    then connect a UDP socket to the upstream; reset the stream if that fails."""
-    upstream = UdpUpstream(channel)
+    then connect a UDP socket to the upstream; reset the stream if that fails. ``on_close``: when the flow ends."""
+    upstream = UdpUpstream(channel, on_close)
     channel.handler = upstream
     asyncio.ensure_future(_connect(upstream, host, port))
 

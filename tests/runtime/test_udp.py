@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers.faults import rss_kib
 from helpers.proxy_daemons import binary
-from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop
 
 from inlets_py.runtime.core.probe import get, parse_url
@@ -110,6 +110,7 @@ def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> 
                 break
             await asyncio.sleep(0.1)
         assert not udp.flows and client.session.open_streams == 0  # both ends forgot them
+        assert client.on_stream.__self__.udp_flows == 0  # and the client's count of flows (TcpUpstreams) with them
         assert await ask(public, [b"again"]) == [b"again"]  # a new flow after the idle end
         await stop(task)
         await server.stop()
@@ -186,6 +187,34 @@ def test_a_burst_loses_datagrams_not_memory(tmp_path: Path, tls: TlsFiles, token
                       if line.startswith("udp_dataplane_dropped_total"))
         print(f"\nburst: {through:.0f} through, {dropped:.0f} dropped by the tunnel (the rest by the kernel), RSS growth MiB {growth}")
         assert through > 0 and through + dropped <= 30_000
+    finally:
+        stop_all(client, server)
+        sink.close()
+
+
+def test_a_flood_of_udp_sources_leaves_streams_for_tcp(tmp_path: Path, tls: TlsFiles, token_file: Path,
+                                                       echo_port: int) -> None:
+    """One datagram from each of many source addresses (anyone can send them, and forge the source) opens a
+    flow each; the flows took every stream the client allows (--max-streams), so for their 60 s every TCP
+    connection through that client was refused. At most half of them are UDP flows now."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never read
+    sink.bind(("127.0.0.1", 0))
+    control, public, tcp_public = free_port(), udp_free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--max-streams", "64",
+                                "--upstream", f"udp:{public}=127.0.0.1:{sink.getsockname()[1]}",
+                                "--upstream", f"{tcp_public}=127.0.0.1:{echo_port}"), log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        wait_port(tcp_public)
+        for i in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as source:  # a new source port each
+                source.sendto(b"x", ("127.0.0.1", public))
+            if i % 20 == 19:
+                time.sleep(0.05)
+        time.sleep(1.0)
+        answers = [echo_once(tcp_public, b"tcp %d" % i) for i in range(10)]
+        assert answers == [b"tcp %d" % i for i in range(10)]
     finally:
         stop_all(client, server)
         sink.close()

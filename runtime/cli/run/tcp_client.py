@@ -38,7 +38,7 @@ def run(flags: SimpleNamespace) -> None:
             check_bind_address(flags.local_addr, "--local-addr")
         except HostError as exc:
             fail(str(exc))
-    upstreams = TcpUpstreams(mapping)
+    upstreams = TcpUpstreams(mapping, max_udp_flows=max(1, flags.max_streams // 2))  # the rest stay for TCP
     configs = client_configs(
         urls=flags.url, token=flags.token, token_files=flags.token_file, tls_ca=flags.tls_ca, tls_server_name=flags.tls_server_name,
         tls_insecure=flags.tls_insecure, keepalive=flags.keepalive, mode="tcp", services=upstreams.services, proxy=flags.proxy,
