@@ -39,6 +39,9 @@ from helpers.tunnel import TlsFiles, free_port
           "--local-addr", "999.1.1.1"], "--local-addr: '999.1.1.1' is not an IP address"),
         (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", "15432:127.0.0.1:5432", "--local-addr", ""],
          "--local-addr: '' is not a valid host name"),
+        # the second listener failed, saying "another program uses it"
+        (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", "15432:127.0.0.1:5432",
+          "--local", "15432:127.0.0.1:6379"], "--local: LOCAL_PORT 15432 given more than once: one port per --local"),
     ],
 )
 def test_bad_input_gets_one_line_and_non_zero_exit(args: list[str], message: str) -> None:

@@ -19,6 +19,10 @@ def check(flags: SimpleNamespace) -> tuple[list, dict]:
         forwards = [parse_local_forward(item) for item in flags.local or []]
         if forwards:  # "" (an unset variable) would listen on every interface; a bad one got "Unknown error -2"
             check_host(flags.local_addr, "--local-addr")
+        ports = [forward.local_port for forward in forwards]
+        twice = sorted({port for port in ports if ports.count(port) > 1})
+        if twice:  # the second listen failed, blaming "another program"
+            raise ValueError(f"--local: LOCAL_PORT {','.join(map(str, twice))} given more than once: one port per --local")
     except ValueError as exc:  # HostError too
         fail(str(exc))
     try:
