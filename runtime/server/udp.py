@@ -60,8 +60,8 @@ class _Flow:
             self.channel.consumed(len(data))
         self.last_seen = asyncio.get_running_loop().time()
 
-    def on_eof(self) -> None:
-        self.port.end(self, reset=False)
+    def on_eof(self) -> None:  # no half-close for a flow: ended without a reset, its stream stayed open here
+        self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
 
     def on_reset(self, code: int, reason: str) -> None:
         self.port.end(self, reset=False)
@@ -140,11 +140,11 @@ class UdpPort(asyncio.DatagramProtocol):
         self.counters.drop("no_client")
         return None
 
-    def end(self, flow: _Flow, reset: bool = True) -> None:
+    def end(self, flow: _Flow, code: int = ResetCode.TIMEOUT, reason: str = "UDP flow idle", reset: bool = True) -> None:
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
         if reset and flow.channel is not None:
-            flow.channel.reset(ResetCode.TIMEOUT, "UDP flow idle")
+            flow.channel.reset(code, reason)
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()

@@ -13,9 +13,11 @@ import pytest
 from helpers.faults import rss_kib
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
-from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop
+from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop, until_connected
 
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.core.probe import get, parse_url
+from inlets_py.runtime.core.tls import client_context
 from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
 from inlets_py.runtime.core.services import MAX_DATAGRAM
 
@@ -218,3 +220,28 @@ def test_a_flood_of_udp_sources_leaves_streams_for_tcp(tmp_path: Path, tls: TlsF
     finally:
         stop_all(client, server)
         sink.close()
+
+
+def test_a_client_that_half_closes_flows_leaves_no_streams_on_the_server(tls: TlsFiles, token: str) -> None:
+    """A client (hostile, or broken) that answers each UDP flow with FIN: the server forgot the flow but kept
+    its stream open, one more per datagram that opened a flow, for as long as the client stayed."""
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        config = ClientConfig(url=control_url(server), token=token, mode="tcp", services=[f"udp:{public}"],
+                              ssl_context=client_context(tls.ca))
+        client = TunnelClient(config, lambda channel: channel.write_eof())
+        task = asyncio.ensure_future(client.run_forever())
+        await until_connected(client, task)
+        (session,) = server.control.clients
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(200):  # each one finds the last flow ended and opens another
+                sender.sendto(b"x", ("127.0.0.1", public))
+                await asyncio.sleep(0.002)
+        await asyncio.sleep(0.5)
+        assert server.udp_ports[f"udp:{public}"].counters.datagrams_in > 20
+        assert session.open_streams == 0 and not server.udp_ports[f"udp:{public}"].flows
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
