@@ -29,6 +29,8 @@ def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
     if exc.errno is None and isinstance(exc.__cause__, OSError):  # uvloop's UDP bind: "could not bind to local_addr (...)"
         exc = exc.__cause__
     reason = os.strerror(exc.errno) if exc.errno else "the address cannot be used here"
+    if exc.errno == errno.EACCES and port < 1024:  # the server's operator has to act: say how
+        return f"server cannot listen on {where}: {reason}: ports under 1024 need root or CAP_NET_BIND_SERVICE"
     if exc.errno != errno.EADDRINUSE:
         return f"server cannot listen on {where}: {reason}"
     if data_addr is None:  # every interface: on one machine, the client's own upstream has this port

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import errno
+import os
+import pwd
+import shutil
 import signal
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.process import echo_once, inlets, one_line_error, spawn, wait_for_text, wait_port
+from helpers.process import INLETS, echo_once, inlets, one_line_error, spawn, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
 @pytest.mark.parametrize(
@@ -202,6 +207,44 @@ def test_data_port_in_use_is_refused_in_one_whole_line_saying_what_to_do(
     assert result.returncode == 1
     assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on 127.0.0.2:{taken}: "
                              "port in use there; free it or give the server another --data-addr\n")
+
+
+def test_a_privileged_data_port_says_what_the_server_needs(tmp_path: Path, token: str) -> None:
+    """A server without the right to bind ports under 1024 refused the client with 'Permission denied' and no
+    word of what to change; the one who can act (on the server) learns it from the client's line or its log."""
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 80:
+        pytest.skip("every user may bind port 80 on this machine (net.ipv4.ip_unprivileged_port_start)")
+    prefix: list[str] = []
+    home = tmp_path
+    if os.geteuid() == 0:  # run the server as nobody, as a server without CAP_NET_BIND_SERVICE runs
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to run the server without root")
+        prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        home = Path(tempfile.mkdtemp())
+        home.chmod(0o755)
+    server_token = home / "token"
+    server_token.write_text(token + "\n")
+    server_token.chmod(0o600)
+    if prefix:
+        os.chown(server_token, pwd.getpwnam("nobody").pw_uid, -1)
+    control = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([*prefix, *INLETS, "tcp", "server", "--plaintext", "--control-addr", "127.0.0.1",
+                               "--control-port", str(control), "--data-addr", "127.0.0.1", "--token-file",
+                               str(server_token)], stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    try:
+        wait_port(control)
+        result = inlets("tcp", "client", "--url", f"ws://127.0.0.1:{control}", "--token", token,
+                        "--upstream", "127.0.0.1", "--ports", "80")
+    finally:
+        server.terminate()
+        server.wait(10)
+        if prefix:
+            shutil.rmtree(home)
+    assert result.returncode == 1
+    assert result.stderr == ("inlets: error: the server refused this client: server cannot listen on 127.0.0.1:80: "
+                             "Permission denied: ports under 1024 need root or CAP_NET_BIND_SERVICE\n")
 
 
 def test_bind_failure_on_every_interface_suggests_a_data_address_of_its_own() -> None:
