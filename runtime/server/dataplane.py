@@ -18,7 +18,7 @@ from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
 HEADER_TIMEOUT = 5.0
 
 
-def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
+def bind_failure(data_addr: str | None, port: int, exc: OSError, control_ports: frozenset[int] = frozenset()) -> str:
     """Why a data port cannot be opened and what to do, in the words a client shows its user.
 
     Short enough for a websocket close reason (123 bytes): the OS's reason, not asyncio's
@@ -33,6 +33,8 @@ def bind_failure(data_addr: str | None, port: int, exc: OSError) -> str:
         return f"server cannot listen on {where}: {reason}: ports under 1024 need root or CAP_NET_BIND_SERVICE"
     if exc.errno != errno.EADDRINUSE:
         return f"server cannot listen on {where}: {reason}"
+    if port in control_ports:  # "free it" cannot be done: the server holds it
+        return f"server cannot listen on {where}: it is this server's control port: use --upstream OTHER_PORT=HOST:{port}"
     if data_addr is None:  # every interface: on one machine, the client's own upstream has this port
         return f"server cannot listen on {where}: port in use; free it, or on one machine use --data-addr 127.0.0.2"
     return f"server cannot listen on {where}: port in use there; free it or give the server another --data-addr"

@@ -194,7 +194,8 @@ class TcpTunnelServer:
                     listener = self.listeners.pop(service, None)
                     if listener is not None:
                         listener.close()
-                raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc)) from None
+                control = frozenset(address[1] for address in self.control.addresses) if kind == "tcp" else frozenset()
+                raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc, control)) from None
             self.registry.add(session, services)
         return services
 

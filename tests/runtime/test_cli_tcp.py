@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.process import INLETS, echo_once, inlets, one_line_error, spawn, wait_for_text, wait_port
+from helpers.process import INLETS, echo_once, inlets, one_line_error, server_args, spawn, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
 @pytest.mark.parametrize(
@@ -365,3 +365,20 @@ def test_reasonless_connection_errors_are_described_in_words_not_class_names() -
     assert _describe(asyncio.TimeoutError()) == "timed out"
     assert _describe(RuntimeError()) == "the connection failed"
     assert _describe(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+
+
+def test_the_servers_own_control_port_as_a_data_port_says_so(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """Asking for the port the control plane holds got 'port in use there; free it or give the server another
+    --data-addr': it cannot be freed, the server holds it itself."""
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+                        "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", str(control))
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.returncode == 1
+    assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on "
+                             f"127.0.0.1:{control}: it is this server's control port: use --upstream OTHER_PORT=HOST:{control}\n")
