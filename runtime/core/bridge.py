@@ -231,6 +231,8 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         return
     elif isinstance(exc, ssl.SSLCertVerificationError):
         reason = f"TLS verification failed: {exc.verify_message}"
+    elif isinstance(exc, socket.gaierror):  # the resolver's words: its codes (-2, -3) are no errno ("Unknown error -2")
+        reason = exc.strerror or "the name does not resolve"
     elif isinstance(exc, OSError):  # the errno's words: asyncio's own strerror repeats the address
         reason = os.strerror(exc.errno) if exc.errno else exc.strerror or "dial failed"
     else:  # ValueError, UnicodeError: a host name IDNA refuses ("a..b"); anything else is a bug

@@ -96,3 +96,20 @@ def test_a_host_name_idna_refuses_resets_the_stream_instead_of_hanging(caplog: p
     with caplog.at_level(logging.INFO, logger="inlets.bridge"):
         asyncio.run(run())
     assert "upstream=a..b:22 error='invalid host name'" in caplog.text
+
+
+def test_a_name_that_does_not_resolve_is_said_in_the_resolvers_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A resolver failure carries an EAI_* code, not an errno: os.strerror(-2) made it 'Unknown error -2'
+    (-3, 'Temporary failure in name resolution', for an upstream name while DNS is down). A name over 255
+    bytes fails in the resolver itself, before any query is sent."""
+    name = ".".join(["a" * 60] * 5)
+
+    async def run() -> None:
+        _, channel = stream()
+        bridge.dial(channel, name, 22)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(run())
+    assert f"upstream={name}:22 error='Name or service not known'" in caplog.text
+    assert "Unknown error" not in caplog.text
