@@ -38,7 +38,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self.transport.sendto(data)
 
     def datagram_received(self, data: bytes, address: tuple) -> None:
-        if len(data) > MAX_DATAGRAM or self.channel.write(data) < len(data):
+        if len(data) > MAX_DATAGRAM or not self.channel.write_whole(data):  # whole or not at all
             self.dropped += 1
 
     def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on

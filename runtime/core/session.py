@@ -70,6 +70,12 @@ class Channel:
         """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
         return self.session._write(self, data)
 
+    def write_whole(self, data: bytes) -> bool:
+        """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
+        if len(data) > self.session.mux.send_window(self.stream_id):
+            return False
+        return self.session._write(self, data) == len(data)
+
     def write_eof(self) -> None:
         self.session._write_eof(self)
 

@@ -113,8 +113,7 @@ class UdpPort(asyncio.DatagramProtocol):
                 return
         assert flow.channel is not None
         flow.last_seen = asyncio.get_running_loop().time()
-        if flow.channel.write(data) < len(data):
-            # A partial datagram would be corrupt; the tunnel is congested: drop it whole.
+        if not flow.channel.write_whole(data):  # the tunnel is congested: drop it whole (a part of it went, cut short)
             self.counters.drop("congested")
             return
         self.counters.datagrams_in += 1

@@ -4,6 +4,7 @@ source with an idle timeout, and bursts that lose datagrams (as UDP may) but nev
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
@@ -243,5 +244,58 @@ def test_a_client_that_half_closes_flows_leaves_no_streams_on_the_server(tls: Tl
         assert session.open_streams == 0 and not server.udp_ports[f"udp:{public}"].flows
         await stop(task)
         await server.stop()
+
+    run(scenario())
+
+
+def test_a_datagram_that_finds_too_little_credit_is_dropped_whole_not_cut_short(
+    tmp_path: Path, tls: TlsFiles, token: str, token_file: Path
+) -> None:
+    """The client stops reading (stopped, or a slow link), so its flow's credit runs out mid-burst: the datagram
+    that found less credit than its size went out cut to that credit (339 of 1,400 bytes) and reached the
+    upstream corrupt. It is dropped whole now, and counted."""
+    sizes: list[int] = []
+
+    class Recorder(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, address) -> None:
+            sizes.append(len(data))
+
+    async def scenario() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)  # the burst fits: nothing lost here
+        sock.bind(("127.0.0.1", 0))
+        upstream, _ = await asyncio.get_running_loop().create_datagram_endpoint(Recorder, sock=sock)
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        port = int(control_url(server).rsplit(":", 1)[1])
+        client = spawn(*client_args(port, tls, token_file, "--upstream",
+                                    f"udp:{public}=127.0.0.1:{sock.getsockname()[1]}"), log=tmp_path / "client.log")
+        try:
+            for _ in range(100):
+                if server.control.clients:
+                    break
+                await asyncio.sleep(0.1)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.sendto(b"hello", ("127.0.0.1", public))  # the flow, and its upstream socket, first
+                for _ in range(100):
+                    if sizes:
+                        break
+                    await asyncio.sleep(0.05)
+                client.send_signal(signal.SIGSTOP)
+                for i in range(250):  # 350 KiB: more than the flow's first 256 KiB of credit
+                    sender.sendto(b"d" * 1400, ("127.0.0.1", public))
+                    if i % 20 == 19:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+                client.send_signal(signal.SIGCONT)
+                await asyncio.sleep(1.5)
+            counters = server.udp_ports[f"udp:{public}"].counters
+            assert counters.dropped.get("congested", 0) > 0
+            assert len(sizes) > 150 and set(sizes) == {5, 1400}, sorted(set(sizes))
+        finally:
+            client.send_signal(signal.SIGCONT)
+            assert await asyncio.to_thread(stop_all, client) == [0]
+            upstream.close()
+            await server.stop()
 
     run(scenario())
