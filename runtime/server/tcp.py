@@ -227,3 +227,5 @@ class TcpTunnelServer:
             if listener is not None:
                 listener.close()
                 log.info("event=closed service=%s reason=no_clients", service)
+        for udp in self.udp_ports.values():  # ports other clients still serve: its flows move to them
+            udp.end_session(session)

@@ -139,6 +139,12 @@ class UdpPort(asyncio.DatagramProtocol):
         self.counters.drop("no_client")
         return None
 
+    def end_session(self, session: Session) -> None:
+        """A client leaves (GOAWAY: it drains): its flows end now, and a source's next datagram opens one on
+        another client. A flow never finishes by itself, so the client waited out its whole drain for them."""
+        for flow in [f for f in self.flows.values() if f.channel is not None and f.channel.session is session]:
+            self.end(flow, ResetCode.CANCEL, "client draining")
+
     def end(self, flow: _Flow, code: int = ResetCode.TIMEOUT, reason: str = "UDP flow idle", reset: bool = True) -> None:
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]

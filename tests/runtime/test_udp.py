@@ -299,3 +299,41 @@ def test_a_datagram_that_finds_too_little_credit_is_dropped_whole_not_cut_short(
             await server.stop()
 
     run(scenario())
+
+
+def test_a_client_that_drains_hands_its_udp_flows_to_the_others_at_once(tls: TlsFiles, token: str) -> None:
+    """Two clients serve a UDP port; one stops gracefully (SIGTERM, or SIGHUP's reconnect) while a source keeps
+    sending. Its flow stayed bound to it, so it waited out its whole --drain-timeout (30 s) for a flow that never
+    finishes, and then the flow was cut anyway. The flow now ends at its GOAWAY and the next datagram opens one
+    on the other client."""
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        url = control_url(server)
+        mapping = {f"udp:{public}": Upstream("127.0.0.1", echo)}
+        first, first_task = await start_client(url, token, tls, mapping)
+        second, second_task = await start_client(url, token, tls, mapping)
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Collector(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, address) -> None:
+                answers.put_nowait(data)
+
+        source, _ = await loop.create_datagram_endpoint(Collector, remote_addr=("127.0.0.1", public))
+        source.sendto(b"one")
+        assert await asyncio.wait_for(answers.get(), 5) == b"one"
+        (flow,) = server.udp_ports[f"udp:{public}"].flows.values()
+        holder = first if flow.channel.session.name == first.client_id else second
+        assert holder.config.drain_timeout == 30
+        started = loop.time()
+        await asyncio.wait_for(holder.shutdown(), 10)
+        assert loop.time() - started < 5
+        source.sendto(b"two")
+        assert await asyncio.wait_for(answers.get(), 5) == b"two"
+        source.close()
+        await stop(first_task, second_task)
+        await server.stop()
+
+    run(scenario())
