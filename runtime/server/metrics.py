@@ -6,16 +6,20 @@ that nobody scrapes does not carry the library (about 2 MiB of RSS), and a conne
 a chunk of bytes costs no label lookup. Each server has its own registry, so several
 servers in one process keep their numbers apart. Label values that come from the network
 are bounded: hosts only when a client advertised them, methods only when standard,
-control-plane paths only when routed; everything else counts under ``OTHER``.
+status codes only when registered (an upstream may answer any three digits: 900 series per
+host and method), control-plane paths only when routed; everything else counts under ``OTHER``.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from http import HTTPStatus
 from typing import Any, Callable, Iterator
 
 OTHER = "_other"
 METHODS = frozenset("GET HEAD POST PUT DELETE OPTIONS PATCH TRACE CONNECT".split())
+#: The status codes that become labels (IANA's registry, as Python knows it); others count as ``OTHER``.
+CODES = frozenset(int(status) for status in HTTPStatus)
 #: Latency buckets from sub-millisecond (loopback) to the default upstream timeout.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -86,7 +90,7 @@ class HttpMetrics(ServerMetrics):
         values = self._keys.get((code, host, method))
         if values is None:
             name = method.decode("latin-1")
-            labels = (str(code), host, name if name in METHODS else OTHER)
+            labels = (str(code) if code in CODES else OTHER, host, name if name in METHODS else OTHER)
             values = self.series.setdefault(labels, [0.0, 0.0] + [0.0] * len(DURATION_BUCKETS))
             if len(self._keys) < 10_000:  # distinct raw methods are bounded by llhttp's list anyway
                 self._keys[(code, host, method)] = values

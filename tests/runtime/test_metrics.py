@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from http import HTTPStatus
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,6 +92,40 @@ def test_http_metrics_match_the_requests_made(tls, token):
         control_total = "http_controlplane_requests_total"
         assert found[key(control_total, code="101", path="/connect")] == 1
         assert found[key(control_total, code="401", path="/metrics")] == 2
+    finally:
+        stack.close()
+
+
+def test_status_codes_an_upstream_makes_up_do_not_each_become_a_label(tls, token):
+    """An upstream may answer any three digits (an app echoing ``/status/N``): 800 codes were 800 series
+    per host and method, a 1.5 MB scrape; codes outside the registry count as ``_other``."""
+
+    async def any_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            writer.write(b"HTTP/1.1 %s Made Up\r\nContent-Length: 0\r\n\r\n" % line.split()[1][1:])
+            await writer.drain()
+        writer.close()
+
+    stack = Stack()
+    try:
+        up = stack.serve(any_status)
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"m.test=http://{LOOPBACK}:{up}"])
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as sock:
+            for code in range(200, 1000):
+                sock.sendall(b"GET /%d HTTP/1.1\r\nHost: m.test\r\n\r\n" % code)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += sock.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 %d " % code), answer
+        found = samples(scrape(server.control.addresses[0], tls, token)[1])
+        codes = {dict(labels)["code"]: value for (name, labels), value in found.items()
+                 if name == "http_dataplane_requests_total"}
+        assert codes["200"] == codes["418"] == codes["511"] == 1
+        assert codes["_other"] == 800 - sum(1 for code in HTTPStatus if code >= 200)
+        assert len(codes) == 1 + sum(1 for code in HTTPStatus if code >= 200)
     finally:
         stack.close()
 
