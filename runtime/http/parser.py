@@ -503,6 +503,10 @@ class ResponseReader(_Reader):
         except HttpError as exc:
             raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
         tokens = _tokens(self._noted.get(b"connection"))
+        if status == 101 and not (b"upgrade" in tokens and b"upgrade" in self._noted):
+            # llhttp stops after any 101 but reports where only with both headers (else "Pause on CONNECT/Upgrade")
+            raise self._fail(502, "upstream switched protocols (101) without naming the new one in Upgrade and "
+                                  "Connection: upgrade (RFC 9110 7.8)")
         if tokens and not tokens.isdisjoint(NEVER_HOP):
             tokens -= NEVER_HOP  # framing stays, whatever Connection says
         head = ResponseHead(status, self._start_text, version, self._headers, _keep_alive(version, tokens),

@@ -60,6 +60,16 @@ async def _switches_unasked(reader: asyncio.StreamReader, writer: asyncio.Stream
     writer.close()
 
 
+async def _switches_unnamed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers an upgrade 101 without ``Connection: upgrade`` (the head's path says which headers it does send)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    headers = b"Upgrade: websocket\r\n" if b" /upgrade-only " in head else b""
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\n" + headers + b"\r\nraw bytes")
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def env(tls, token):
     stack = Stack()
@@ -67,7 +77,7 @@ def env(tls, token):
         server = stack.server(tls, token)
         upstreams = {name: stack.serve(handler) for name, handler in
                      (("cut", _cut_after_a_chunk), ("echo", _echo_head), ("switch", _switches_unasked),
-                                       ("message", _echo_message))}
+                                       ("message", _echo_message), ("unnamed", _switches_unnamed))}
         stack.client(server, tls, token, [f"{name}.test=http://{LOOPBACK}:{port}" for name, port in upstreams.items()]
                      + [f"http://{LOOPBACK}:{upstreams['echo']}"])  # the catch-all: requests without a name
         yield server.data_port
@@ -128,6 +138,17 @@ def test_a_101_nobody_asked_for_is_a_502_and_what_follows_never_reaches_the_user
     answer = raw_request(env, b"GET /s HTTP/1.1\r\nHost: switch.test\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"101" in answer
     assert b"Smuggled" not in answer and b"evil" not in answer
+
+
+@pytest.mark.parametrize("path", [b"/upgrade-only", b"/no-headers"])
+def test_a_101_that_names_no_protocol_is_a_502_that_says_so(env, path):
+    """RFC 9110 7.8: a 101 carries Upgrade and Connection: upgrade. Without them llhttp stops after the head
+    yet does not say where, and the user was told 'bad HTTP message: Pause on CONNECT/Upgrade'."""
+    answer = raw_request(env, b"GET " + path + b" HTTP/1.1\r\nHost: unnamed.test\r\nConnection: upgrade\r\n"
+                              b"Upgrade: websocket\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer
+    assert b"101" in answer and b"Connection: upgrade" in answer and b"Pause" not in answer, answer
+    assert b"raw bytes" not in answer
 
 
 @pytest.mark.parametrize("version, body, forwarded", [
