@@ -107,7 +107,6 @@ class AcmeIssuer:
             return self._client
         import josepy as jose
         from acme import client, errors, messages
-        from cryptography.hazmat.primitives import serialization
 
         self.store.prepare()
         pem = self.store.account_key()
@@ -115,7 +114,7 @@ class AcmeIssuer:
             pem = _new_key_pem("rsa")
             self.store.save_account_key(pem)
             log.info("event=acme_account_key path=%s", self.store.account_key_path)
-        key = jose.JWKRSA(key=serialization.load_pem_private_key(pem, password=None))
+        key = jose.JWKRSA(key=self._account_private_key(pem))
         net = client.ClientNetwork(key, alg=jose.RS256, verify_ssl=self.ca_bundle or True, user_agent=USER_AGENT,
                                    timeout=int(min(self.timeout, 45)))
         directory = client.ClientV2.get_directory(self.url, net)
@@ -129,6 +128,22 @@ class AcmeIssuer:
             net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
         self._client = acme
         return acme
+
+    def _account_private_key(self, pem: bytes):  # -> RSAPrivateKey
+        """The stored account key; a damaged one is named with what to do (cryptography's own text names
+        neither the file nor a way out, and every retry would fail the same way)."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        path = self.store.account_key_path
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            key = None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise AcmeError(f"the ACME account key {path} is not a readable RSA private key: move it away, and "
+                            "the next try registers a new account with a new key")
+        return key
 
     def _issue(self, domain: str) -> tuple[bytes, bytes]:
         from acme import challenges, crypto_util

@@ -226,6 +226,23 @@ def test_an_unreachable_acme_server_is_reported_and_the_server_keeps_running(tmp
         stack.close()
 
 
+def test_a_damaged_account_key_is_named_with_what_to_do(tmp_path, tls, token, caplog) -> None:
+    """A store damaged on disk (the account key cut short, overwritten): the failure names the file and the way
+    out, where it said "Unable to load PEM file. See https://cryptography.io/... MalformedFraming" at every retry."""
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    stack = Stack()
+    try:
+        manager = configure([DOMAINS[0]], tmp_path / "le", issuer=f"https://127.0.0.1:{free_port()}/dir", retry=30)
+        manager.store.save_account_key(b"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n")
+        start_server(stack, tls, token, HttpsFront(manager, free_port()), free_port())
+        wait_until(lambda: any("certificate_failed" in r.getMessage() for r in caplog.records), 15, "the failure")
+        line = next(r.getMessage() for r in caplog.records if "certificate_failed" in r.getMessage())
+        assert f"the ACME account key {manager.store.account_key_path} is not a readable RSA private key" in line
+        assert "move it away" in line and "cryptography.io" not in line and "retry_in=30s" in line
+    finally:
+        stack.close()
+
+
 # ------------------------------------------------------------------ pure parts
 
 
