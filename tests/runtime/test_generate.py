@@ -158,6 +158,13 @@ def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
     (["http", "server", "--log-level", "bogus"], "--log-level must be debug, info, warning or error, got 'bogus'"),
     (["tcp", "client", "--url", "wss://h:8123", "--upstream", "bad host", "--ports", "80"], "'bad host' is not a valid host name"),
     (["tcp", "client", "--url", "wss://h:8123", "--local", "abc"], "--local must be LOCAL_PORT:HOST:REMOTE_PORT"),
+    (["http", "server", "--letsencrypt-domain", "bad_name"], "--letsencrypt-domain 'bad_name' is not a DNS name"),
+    (["http", "server", "--letsencrypt-domain", "a.example.com", "--letsencrypt-issuer", "http://ca/dir"],
+     "--letsencrypt-issuer must be prod, staging or an https:// directory URL"),
+    (["http", "server", "--letsencrypt-domain", "a.example.com", "--letsencrypt-email", "nope"], "is not an email address"),
+    (["http", "server", "--letsencrypt-email", "ops@example.com"], "need --letsencrypt-domain"),
+    (["http", "server", "--letsencrypt-domain", "a.example.com", "--lb-proxy-protocol", "v2"],
+     "--lb-proxy-protocol cannot be combined with --letsencrypt-domain"),
 ])
 def test_flags_the_command_would_refuse_are_refused_before_a_unit_is_written(kind: str, argv: list[str], says: str) -> None:
     """A unit or Deployment that fails at every start is worse than a one-line error now; files named by the

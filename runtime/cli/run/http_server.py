@@ -17,12 +17,32 @@ from ..server_config import auto_tls_names, check_bind_addresses, control_config
 
 log = logging.getLogger("inlets")
 
+def check_lets_encrypt(flags: SimpleNamespace) -> None:
+    """The ``--letsencrypt-*`` flags as written, no file read (``--generate`` too): one line when they can never work."""
+    if not flags.letsencrypt_domain:
+        if (flags.letsencrypt_email or flags.letsencrypt_issuer != "prod" or flags.letsencrypt_path
+                or flags.letsencrypt_ca or flags.https_port != 443):
+            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
+        return
+    if flags.lb_proxy_protocol:
+        fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
+    try:
+        from ...acme.store import AcmeConfigError, check_domain, check_email, directory_url
+    except ImportError as exc:
+        fail(f"this installation has no Let's Encrypt support ({exc})")
+    try:
+        for domain in flags.letsencrypt_domain:
+            check_domain(domain)
+        directory_url(flags.letsencrypt_issuer)
+        check_email(flags.letsencrypt_email)
+    except AcmeConfigError as exc:
+        fail(str(exc))
+
+
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
                        ca: Path | None, https_port: int):  # -> HttpsFront | None
-    """The HTTPS front for ``--letsencrypt-*``, or None without a domain; bad options fail in one line."""
+    """The HTTPS front for ``--letsencrypt-*`` (checked by ``check_lets_encrypt``), or None without a domain."""
     if not domains:
-        if email or issuer != "prod" or path or ca or https_port != 443:
-            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
         return None
     try:
         from ...acme.store import AcmeConfigError
@@ -46,6 +66,7 @@ def check(flags: SimpleNamespace) -> DataPlaneOptions:
     dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     if flags.auto_tls_san:
         auto_tls_names(flags.auto_tls_san)
+    check_lets_encrypt(flags)
     return dataplane
 
 
@@ -63,8 +84,6 @@ def run(flags: SimpleNamespace) -> None:
     )
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
                                flags.letsencrypt_ca, flags.https_port)
-    if https and flags.lb_proxy_protocol:
-        fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
     port = flags.port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
                              idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,
