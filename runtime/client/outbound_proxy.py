@@ -163,7 +163,10 @@ def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
         root = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         if root.errno in _UNREACHABLE:  # only the proxy is dialled: a refusal is the proxy's
             return ProxyFailure(f"proxy {shown} unreachable: {os.strerror(root.errno)}")
-        if isinstance(exc, TimeoutError) and not str(exc):
-            return ProxyFailure(f"through proxy {shown}: timed out")
-        return ProxyFailure(f"through proxy {shown}: {root.strerror or root}")
+        if isinstance(exc, TimeoutError):  # websockets' own ("timed out during opening handshake") or asyncio's
+            return ProxyFailure(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "
+                                f"{target} answered in time")
+        # asyncio's reason-less ConnectionResetError(): the tunnel the proxy granted closed before TLS was up
+        reason = root.strerror or str(root) or str(exc) or "the connection closed before the server answered"
+        return ProxyFailure(f"through proxy {shown}: {reason}")
     return ProxyFailure(f"through proxy {shown}: {exc}")

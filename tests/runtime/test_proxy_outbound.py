@@ -238,3 +238,58 @@ def test_socks5_refusal_names_the_proxy_and_its_reason(tls, token, socks_proxy, 
     lines = failures(f"socks5://127.0.0.1:{socks_proxy.port}", tls, token, caplog, server_port=socks_proxy.blocked)
     assert f"proxy socks5://127.0.0.1:{socks_proxy.port} refused the connection to 127.0.0.1:{socks_proxy.blocked}" in lines[0]
     assert "not allowed by ruleset" in lines[0]
+
+
+# ------------------------------------------------------------ proxies that lie or go quiet (no daemon does that)
+
+
+async def _lying_proxy(behaviour: str) -> asyncio.Server:
+    """An HTTP proxy on loopback that reads the CONNECT, then: ``close`` without a word, ``tunnel-then-close``
+    (says 200, then closes before anything reaches the server), or stays ``silent``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if behaviour == "tunnel-then-close":
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+        elif behaviour == "silent":
+            await asyncio.sleep(60)
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def lied_to(behaviour: str, tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
+    """The client's first ``count`` connect_failed lines through a ``_lying_proxy``; it keeps retrying."""
+    caplog.set_level(logging.INFO, logger="inlets.client")
+
+    async def scenario() -> list[str]:
+        proxy = await _lying_proxy(behaviour)
+        client, task = await start_client(f"wss://127.0.0.1:{free_port()}", token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False, proxy=f"http://127.0.0.1:{port_of(proxy)}")
+        try:
+            for _ in range(500):  # bounded: 500 x 50 ms (the silent proxy takes the 15 s open timeout)
+                lines = [r.getMessage() for r in caplog.records if "event=connect_failed" in r.getMessage()]
+                if len(lines) >= count:
+                    break
+                await asyncio.sleep(0.05)
+            assert not task.done(), f"the client gave up: {task.exception() if task.done() else ''}"
+            await asyncio.sleep(0.2)  # a late callback of the failed attempt would log now
+            return lines
+        finally:
+            await stop(task)
+            proxy.close()
+
+    return run(scenario(), timeout=40)
+
+
+def test_a_proxy_that_grants_the_tunnel_then_closes_it_is_said_in_words(tls, token, caplog) -> None:
+    lines = lied_to("tunnel-then-close", tls, token, caplog, 2)
+    assert len(lines) >= 2 and all("\n" not in line for line in lines), lines
+    assert "error='through proxy http://127.0.0.1:" in lines[0], lines[0]
+    assert ": the connection closed before the server answered'" in lines[0], lines[0]  # was "...:{port}: '"
+
+
+def test_a_proxy_that_never_answers_times_out_in_words(tls, token, caplog) -> None:
+    lines = lied_to("silent", tls, token, caplog, 1)
+    assert len(lines) == 1 and "timed out: neither the proxy nor, through it, the server 127.0.0.1:" in lines[0], lines
