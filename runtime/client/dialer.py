@@ -37,7 +37,12 @@ log = logging.getLogger("inlets.client")
 
 
 class BoundedClientConnection(BoundedReplies, ClientConnection):
-    pass
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Through an HTTP proxy websockets makes this the transport's protocol before TLS starts; when TLS
+        fails (the proxy closed the tunnel it granted) the loss comes to a connection never made, and
+        websockets' handler raised AttributeError (no ``recv_messages``): a traceback in the log per attempt."""
+        if hasattr(self, "recv_messages"):  # set by connection_made
+            super().connection_lost(exc)
 
 
 class FatalClientError(Exception):
