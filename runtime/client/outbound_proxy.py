@@ -10,6 +10,7 @@ can tell a wrong password (407) from a blocked port (403) from a proxy that is d
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -18,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from websockets.asyncio import client as websockets_client
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
 from websockets.proxy import parse_proxy
 
@@ -30,6 +32,19 @@ _HINTS = {
     403: "the proxy does not allow a tunnel to this host and port",
 }
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+
+
+class _ConnectProtocol(websockets_client.HTTPProxyConnection):
+    """websockets' CONNECT exchange (17.4), except that a proxy closing without an answer ends it once: its
+    ``connection_lost`` fed the end of the stream again after ``eof_received`` had, and the EOFError that
+    raised reached the log as a traceback at every attempt (the attempt itself failed cleanly already)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        with contextlib.suppress(EOFError):
+            super().connection_lost(exc)
+
+
+websockets_client.HTTPProxyConnection = _ConnectProtocol  # type: ignore[misc]  # what connect_http_proxy makes
 
 
 class ProxyConfigError(ValueError):

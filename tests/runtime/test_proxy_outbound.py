@@ -294,3 +294,9 @@ def test_a_proxy_that_grants_the_tunnel_then_closes_it_is_said_in_words(tls, tok
 def test_a_proxy_that_never_answers_times_out_in_words(tls, token, caplog) -> None:
     lines = lied_to("silent", tls, token, caplog, 1)
     assert len(lines) == 1 and "timed out: neither the proxy nor, through it, the server 127.0.0.1:" in lines[0], lines
+
+
+def test_a_proxy_that_closes_without_answering_leaves_one_line_per_attempt_and_no_traceback(tls, token, caplog) -> None:
+    lines = lied_to("close", tls, token, caplog, 2)
+    assert len(lines) >= 2 and "sent no valid HTTP answer to CONNECT" in lines[0], lines
+    assert "Traceback" not in caplog.text and "EOFError" not in caplog.text  # websockets fed the end twice
