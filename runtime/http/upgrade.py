@@ -57,8 +57,11 @@ async def switch_protocols(front: UpgradeFront, head: RequestHead, response: Res
                 await front.send(data)
             leg.release()
         transport = front.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:  # TLS (the HTTPS front) has no half-close: without this the user never learns the upstream left
+                transport.close()
 
     tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
     try:

@@ -9,6 +9,7 @@ restart. The pure parts (renewal rule, option checks, port-80 answers) are unit-
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import socket
@@ -239,6 +240,43 @@ def test_a_damaged_account_key_is_named_with_what_to_do(tmp_path, tls, token, ca
         line = next(r.getMessage() for r in caplog.records if "certificate_failed" in r.getMessage())
         assert f"the ACME account key {manager.store.account_key_path} is not a readable RSA private key" in line
         assert "move it away" in line and "cryptography.io" not in line and "retry_in=30s" in line
+    finally:
+        stack.close()
+
+
+def test_a_websocket_over_https_ends_for_the_user_when_its_upstream_closes(tmp_path, tls, token) -> None:
+    """Plain HTTP passes the upstream's close on as a FIN; TLS has no half-close, and the user's connection
+    stayed open, silent, until the user next wrote (a client only listening waited forever)."""
+    from helpers.tunnel import make_tls
+
+    site = make_tls(tmp_path / "site", [DOMAINS[0]])
+
+    async def switch_then_leave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    stack = Stack()
+    try:
+        up = stack.serve(switch_then_leave)
+        manager = configure([DOMAINS[0]], tmp_path / "le", issuer=f"https://127.0.0.1:{free_port()}/dir")
+        manager.store.save(DOMAINS[0], site.cert.read_bytes(), site.key.read_bytes())  # served as stored: no ACME run
+        https_port = free_port()
+        server = start_server(stack, tls, token, HttpsFront(manager, https_port), free_port())
+        stack.client(server, tls, token, [f"{DOMAINS[0]}=http://{LOOPBACK}:{up}"])
+        context = ssl.create_default_context(cafile=str(site.ca))
+        with socket.create_connection((LOOPBACK, https_port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=DOMAINS[0]) as user:
+                user.sendall(b"GET /ws HTTP/1.1\r\nHost: " + DOMAINS[0].encode() + b"\r\nConnection: upgrade\r\n"
+                             b"Upgrade: websocket\r\n\r\n")
+                received = b""
+                try:
+                    while data := user.recv(65536):
+                        received += data
+                except socket.timeout:
+                    pytest.fail(f"the connection stayed open after the upstream closed, having sent {received!r}")
+        assert received.startswith(b"HTTP/1.1 101 ") and received.endswith(b"\r\n\r\nhello"), received
     finally:
         stack.close()
 
