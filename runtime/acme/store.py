@@ -123,10 +123,12 @@ class CertStore:
         self.dir = root / _folder_name(url)
 
     def prepare(self) -> None:
-        """Create the folders 0700 (an existing one is tightened); ``OSError`` when impossible."""
-        for folder in (self.dir.parent, self.dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)
+        """Create the folders 0700; ``OSError`` when impossible. The CA's folder, which holds the keys, is
+        tightened if it exists; an existing ``root`` keeps its mode: it is the user's (``/tmp`` or a web
+        root given as --letsencrypt-path was made 0700, locking every other user and service out)."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.dir.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
 
     @property
     def account_key_path(self) -> Path:

@@ -346,6 +346,21 @@ def test_plain_answers() -> None:
         (b"Location", b"https://a.test/x")]  # absolute form: the target's host and path (RFC 9112 3.2.2)
 
 
+def test_an_existing_letsencrypt_path_keeps_its_mode_and_the_keys_folder_is_private(tmp_path: Path) -> None:
+    """--letsencrypt-path /tmp (or a web root) was chmod 0700: every other user and service lost it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    manager = configure(["a.example.com"], shared, issuer="staging")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert stat.S_IMODE(manager.store.dir.stat().st_mode) == 0o700
+    manager.store.dir.chmod(0o755)  # the folder holding the keys is ours: tightened again
+    configure(["a.example.com"], shared, issuer="staging")
+    assert stat.S_IMODE(manager.store.dir.stat().st_mode) == 0o700
+    made = configure(["a.example.com"], tmp_path / "new" / "le", issuer="staging").store
+    assert stat.S_IMODE(made.dir.parent.stat().st_mode) == stat.S_IMODE(made.dir.stat().st_mode) == 0o700
+
+
 def test_cli_bad_options_are_one_line_errors() -> None:
     from helpers.process import inlets
 
