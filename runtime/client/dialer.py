@@ -28,7 +28,10 @@ from ..core.hosts import HostError, split_url
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
-from .outbound_proxy import ProxyConfigError, choose as choose_proxy, explain as explain_proxy_failure
+from .outbound_proxy import (
+    ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
+    explain as explain_proxy_failure,
+)
 from ..core.session import Channel, Session
 from ..core.tls import verify_failure
 from ..core.wsflow import BoundedReplies
@@ -315,6 +318,9 @@ class TunnelClient:
                 raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
             raise
         except ssl.SSLCertVerificationError as exc:
+            if self.proxy.url and (why := await proxy_certificate_failure(self.proxy.url)):
+                raise FatalClientError(f"proxy {self.proxy.shown}: its TLS certificate could not be verified: {why} "
+                                       "(an https:// proxy is checked against the system's trust store)") from None
             raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None

@@ -10,10 +10,12 @@ can tell a wrong password (407) from a blocked port (403) from a proxy that is d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import socket
+import ssl
 import sys
 import urllib.request
 from dataclasses import dataclass
@@ -157,6 +159,24 @@ def _environment_may_name_a_proxy() -> bool:
 def _env_name(key: str) -> str:
     upper = f"{key.upper()}_PROXY"
     return upper if os.environ.get(upper) else f"{key}_proxy"
+
+
+async def certificate_failure(proxy: str, timeout: float = 5.0) -> str | None:
+    """Why an ``https://`` proxy's own certificate fails verification (websockets checks it against the system's
+    trust store), or None: it verifies, the proxy is not https://, or it cannot be reached. Only asked once a
+    connection failed verification, to say whose certificate it was: the proxy's or, through it, the server's."""
+    parts = urlsplit(proxy)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port or 443, ssl=ssl.create_default_context()), timeout)
+    except ssl.SSLCertVerificationError as exc:
+        return exc.verify_message or str(exc)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    writer.close()
+    return None
 
 
 def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import pytest
 from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
 from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
 from helpers.tunnel import (
-    TlsFiles, control_url, echo_server, port_of, run, start_client, start_server, stop, wait_listening,
+    TlsFiles, control_url, echo_server, make_tls, port_of, run, start_client, start_server, stop, wait_listening,
 )
 
 from inlets_py.runtime.client.outbound_proxy import ProxyConfigError, choose
@@ -300,3 +301,27 @@ def test_a_proxy_that_closes_without_answering_leaves_one_line_per_attempt_and_n
     lines = lied_to("close", tls, token, caplog, 2)
     assert len(lines) >= 2 and "sent no valid HTTP answer to CONNECT" in lines[0], lines
     assert "Traceback" not in caplog.text and "EOFError" not in caplog.text  # websockets fed the end twice
+
+
+def test_an_https_proxy_whose_certificate_is_not_trusted_is_named_rather_than_the_server(tmp_path, tls, token) -> None:
+    """The proxy's certificate failed and the client blamed the server: 'wss://...: TLS certificate verification
+    failed ... (check --tls-ca: it must be the CA that signed the server's certificate)'."""
+    proxy_tls = make_tls(tmp_path / "proxy-tls", ["127.0.0.1"])  # a CA of its own, in no trust store
+
+    async def scenario() -> BaseException | None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(proxy_tls.cert, proxy_tls.key)
+        proxy = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0, ssl=context)
+        client, task = await start_client(f"wss://127.0.0.1:{free_port()}", token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False, proxy=f"https://127.0.0.1:{port_of(proxy)}")
+        try:
+            await asyncio.wait([task], timeout=15)
+            assert task.done(), "the client kept retrying a proxy certificate that will never verify"
+            return task.exception()
+        finally:
+            await stop(task)
+            proxy.close()
+
+    failure = str(run(scenario(), timeout=30))
+    assert failure.startswith("proxy https://127.0.0.1:") and "its TLS certificate could not be verified" in failure, failure
+    assert "--tls-ca" not in failure and "wss://" not in failure, failure
