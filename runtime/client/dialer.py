@@ -316,6 +316,8 @@ class TunnelClient:
                 raise FatalClientError("the server refused the token (HTTP 401): check --token/--token-file") from None
             if status == 404:
                 raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
+            if status == 400 and (wrong := await self._tls_port()) is not None:  # nginx: "plain HTTP ... to HTTPS port"
+                raise wrong from None
             raise
         except ssl.SSLCertVerificationError as exc:
             if self.proxy.url and (why := await proxy_certificate_failure(self.proxy.url)):
@@ -325,10 +327,8 @@ class TunnelClient:
         except InvalidURI as exc:
             raise FatalClientError(str(exc)) from None
         except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one
-            parts = urlsplit(self.ws_url)
-            if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
-                fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
-                raise FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}") from None
+            if (wrong := await self._tls_port()) is not None:
+                raise wrong from None
             raise
         except (ProxyError, OSError) as exc:
             parts = urlsplit(self.ws_url)
@@ -346,6 +346,15 @@ class TunnelClient:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return websocket
+
+    async def _tls_port(self) -> FatalClientError | None:
+        """The error for a ws:// --url whose port speaks TLS (the server, or a reverse proxy terminating TLS,
+        which answers plain HTTP with 400), else None: retrying the same URL can never work."""
+        parts = urlsplit(self.ws_url)
+        if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
+            fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
+            return FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}")
+        return None
 
     async def _handshake(self, websocket: ClientConnection):
         hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,

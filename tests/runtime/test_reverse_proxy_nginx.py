@@ -87,6 +87,21 @@ def test_wrong_token_through_nginx_is_refused_with_401(tls: TlsFiles, token: str
     run(scenario(), timeout=30)
 
 
+def test_ws_url_to_nginx_terminating_tls_says_to_use_wss(tls: TlsFiles, token: str, front: Daemon) -> None:
+    """nginx answers plain HTTP on its TLS port with 400 ("The plain HTTP request was sent to HTTPS port"): the
+    client retried that forever as 'server rejected WebSocket connection: HTTP 400'."""
+    async def scenario() -> None:
+        server = await start_server(None, token, port=front.control_port)
+        try:
+            plain = url(front.port).replace("wss://", "ws://")
+            with pytest.raises(FatalClientError, match=f"the server speaks TLS: use --url {url(front.port)}$"):
+                await start_client(plain, token, None, {free_port(): Upstream("127.0.0.1", 9)}, proxy="none")
+        finally:
+            await server.stop()
+
+    run(scenario(), timeout=30)
+
+
 def test_default_keepalive_is_well_within_nginx_default_read_timeout() -> None:
     """The watchdog pings after keepalive/2 idle and checks every keepalive/2, so an idle
     tunnel carries a ping (and its pong) at least every ``keepalive`` seconds."""
