@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,9 +83,9 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
     if answer.status == 404:
         fail(f"{where}/status answered HTTP 404: is --url a tunnel server's control port (wss://HOST:8123)?", 1)
-    if answer.status != 200:  # the first line of the answer, never a page of HTML
-        first = (answer.body.strip().splitlines() or [""])[0][:200]
-        fail(f"{where}/status answered HTTP {answer.status}" + (f": {first}" if first else ""), 1)
+    if answer.status != 200:  # one line of the answer, never a page of HTML
+        words = _summary(answer.status, answer.body)
+        fail(f"{where}/status answered HTTP {answer.status}" + (f": {words}" if words else ""), 1)
     try:
         document = json.loads(answer.body)
     except ValueError:
@@ -114,3 +115,11 @@ def _is_status(document: object) -> bool:
         if not all(isinstance(client.get(key, 0), int) for key in ("open_streams", "bytes_in", "bytes_out")):
             return False
     return True
+
+
+def _summary(status: int, body: str) -> str:
+    """An error answer in a few words: an HTML page's title (a reverse proxy's: nginx's 502 page began with a bare
+    '<html>', which was all the user saw), else the first line; without the status number said again."""
+    title = re.search(r"<title>(.*?)</title>", body, re.IGNORECASE | re.DOTALL)
+    text = title.group(1) if title else (body.strip().splitlines() or [""])[0]
+    return " ".join(text.split()).removeprefix(str(status)).strip()[:200]

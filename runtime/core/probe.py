@@ -129,6 +129,8 @@ def get(
             sock.sendall((request + "\r\n").encode() + body)
             response = http.client.HTTPResponse(sock)
             response.begin()
+            if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout):  # nginx's answer to that
+                raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url")
             answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
         except (OSError, http.client.HTTPException):
             if expired.is_set():

@@ -13,6 +13,7 @@ import dataclasses
 
 import pytest
 from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
+from helpers.process import inlets, one_line_error
 from helpers.proxy_daemons import Daemon, free_port, nginx
 from helpers.tunnel import TlsFiles, echo_server, port_of, run, start_client, start_server, stop, wait_listening
 from websockets.asyncio.client import connect
@@ -100,6 +101,31 @@ def test_ws_url_to_nginx_terminating_tls_says_to_use_wss(tls: TlsFiles, token: s
             await server.stop()
 
     run(scenario(), timeout=30)
+
+
+@pytest.mark.parametrize("scheme, serve, says", [
+    ("ws", True, "speaks TLS: use wss:// in --url"),  # nginx's 400 to plain HTTP on its TLS port
+    ("wss", False, "/status answered HTTP 502: Bad Gateway"),  # no server behind nginx: its HTML error page
+])
+def test_inlets_status_through_nginx_says_what_went_wrong(tls: TlsFiles, token: str, front: Daemon, tmp_path,
+                                                          scheme: str, serve: bool, says: str) -> None:
+    """`inlets status` showed the first line of nginx's error page: '/status answered HTTP 400: <html>'."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+
+    async def scenario() -> None:
+        server = await start_server(None, token, port=front.control_port) if serve else None
+        try:
+            result = await asyncio.to_thread(inlets, "status", "--url", url(front.port).replace("wss://", f"{scheme}://"),
+                                             "--token-file", str(token_file), "--tls-ca", str(tls.ca))
+            assert one_line_error(result, says, 1)
+            assert "<html>" not in result.stderr
+        finally:
+            if server is not None:
+                await server.stop()
+
+    run(scenario(), timeout=60)
 
 
 def test_default_keepalive_is_well_within_nginx_default_read_timeout() -> None:
