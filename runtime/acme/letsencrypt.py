@@ -99,7 +99,7 @@ class LetsEncrypt:
                 try:
                     self._install(cert)
                 except (ssl.SSLError, OSError) as exc:
-                    log.warning("event=certificate_unusable domain=%s error=%r", domain, str(exc))
+                    log.warning("event=certificate_unusable domain=%s error=%r next=reissue", domain, _unusable(cert, exc))
                     continue
                 log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
 
@@ -208,6 +208,15 @@ class LetsEncrypt:
         await child.wait()
         last = (await child.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
         raise AcmeError(f"{domain}: the ACME run exited ({child.returncode}) saying: {last[-1][:300]}")
+
+
+def _unusable(cert: StoredCert, exc: Exception) -> str:
+    """Why a stored certificate cannot be served, naming its files (OpenSSL says '[SSL] PEM lib (_ssl.c:3905)')."""
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return f"the key {cert.key} does not belong to the certificate {cert.chain}"
+    if isinstance(exc, ssl.SSLError):
+        return f"{cert.chain} and {cert.key} are not a readable PEM certificate chain and key (damaged?)"
+    return f"cannot read {cert.chain} and {cert.key}: {(getattr(exc, 'strerror', None) or 'unreadable').lower()}"
 
 
 def _iso(when: datetime.datetime) -> str:

@@ -281,6 +281,30 @@ def test_a_websocket_over_https_ends_for_the_user_when_its_upstream_closes(tmp_p
         stack.close()
 
 
+@pytest.mark.parametrize("damage", ["garbage", "other-key"])
+def test_a_damaged_stored_certificate_is_named_and_requested_again(tmp_path, tls, token, caplog, damage) -> None:
+    """The log said error='[SSL] PEM lib (_ssl.c:3905)': OpenSSL's words, no file, no word of what happens next."""
+    from helpers.tunnel import make_tls
+
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    site, other = make_tls(tmp_path / "site", [DOMAINS[0]]), make_tls(tmp_path / "other", [DOMAINS[0]])
+    stack = Stack()
+    try:
+        manager = configure([DOMAINS[0]], tmp_path / "le", issuer=f"https://127.0.0.1:{free_port()}/dir", retry=30)
+        stored = manager.store.save(DOMAINS[0], site.cert.read_bytes(), site.key.read_bytes())
+        if damage == "garbage":
+            stored.chain.write_bytes(b"-----BEGIN CERTIFICATE-----\ncut short")
+        else:
+            stored.key.write_bytes(other.key.read_bytes())
+        start_server(stack, tls, token, HttpsFront(manager, free_port()), free_port())
+        line = next(r.getMessage() for r in caplog.records if "certificate_unusable" in r.getMessage())
+        assert str(stored.chain) in line and str(stored.key) in line and line.endswith(" next=reissue"), line
+        assert "_ssl.c" not in line and "PEM lib" not in line, line
+        wait_until(lambda: any("certificate_requesting" in r.getMessage() for r in caplog.records), 10, "a new request")
+    finally:
+        stack.close()
+
+
 # ------------------------------------------------------------------ pure parts
 
 
