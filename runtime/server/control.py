@@ -158,6 +158,7 @@ class ControlPlane:
             cfg.port,
             # no ssl=: admission starts TLS itself, once a connection is within the caps
             process_request=self._process_request,
+            process_response=self._process_response,
             compression=None,
             max_size=cfg.max_frame + 64 * 1024,
             max_queue=64,
@@ -203,10 +204,13 @@ class ControlPlane:
     # ------------------------------------------------------------- HTTP requests
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        response = self._answer(connection, request)
-        if self.config.on_request is not None:  # 101: the websocket upgrade goes ahead
-            self.config.on_request(request.path.split("?", 1)[0], response.status_code if response else 101)
-        return response
+        return self._answer(connection, request)
+
+    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """Count every answer by its real status, the library's own too: a /connect it refused (426 without
+        Upgrade, 400 for a bad Sec-WebSocket-Key) was counted as a 101 when counted before the handshake."""
+        if self.config.on_request is not None:
+            self.config.on_request(request.path.split("?", 1)[0], response.status_code)
 
     def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]

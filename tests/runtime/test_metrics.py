@@ -188,6 +188,25 @@ def test_control_plane_paths_are_bounded_labels(tls, token, path):
         stack.close()
 
 
+def test_a_connect_the_websocket_library_refuses_counts_by_its_real_status(tls, token):
+    """A /connect with the right token but no Upgrade is answered 426 by websockets; it was counted as a 101,
+    a client connection that never happened."""
+    stack = Stack()
+    try:
+        server = stack.server(tls, token)
+        host, port = server.control.addresses[0][:2]
+        context = ssl.create_default_context(cafile=str(tls.ca))
+        request = urllib.request.Request(f"https://{host}:{port}/connect", headers={"Authorization": f"Bearer {token}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, context=context, timeout=10).read()
+        assert refused.value.code == 426
+        found = samples(scrape(server.control.addresses[0], tls, token)[1])
+        assert found[key("http_controlplane_requests_total", code="426", path="/connect")] == 1
+        assert key("http_controlplane_requests_total", code="101", path="/connect") not in found
+    finally:
+        stack.close()
+
+
 def test_a_server_nobody_scrapes_does_not_load_prometheus_client():
     """Counting is plain ints; the library (about 2 MiB of RSS) comes with the first scrape."""
     from inlets_py import runtime
