@@ -130,8 +130,10 @@ class HttpTunnelServer:
     def route(self, host: str) -> tuple[str | None, str]:
         """(service to use or None, metrics label): exact name (served or protected), then the catch-all."""
         service = f"http:{host}"
-        if self.registry.serves(service) or service in self.guards:
+        if self.registry.serves(service):
             return service, host
+        if service in self.guards:  # protected, served by no client now (401, then 503): no label of its own, as
+            return service, OTHER  # ``forget_host`` dropped its series when the last client left
         if self.registry.serves(CATCH_ALL):
             return CATCH_ALL, OTHER
         return None, OTHER

@@ -7,6 +7,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from http import HTTPStatus
@@ -126,6 +127,31 @@ def test_status_codes_an_upstream_makes_up_do_not_each_become_a_label(tls, token
         assert codes["200"] == codes["418"] == codes["511"] == 1
         assert codes["_other"] == 800 - sum(1 for code in HTTPStatus if code >= 200)
         assert len(codes) == 1 + sum(1 for code in HTTPStatus if code >= 200)
+    finally:
+        stack.close()
+
+
+def test_a_protected_name_no_client_serves_any_more_is_no_label(tls, token):
+    """A protected name outlives its clients (401, then 503): its requests made series under the name again
+    after the last client left, which forget_host had just dropped and nothing would drop again."""
+    from inlets_py.runtime.http.options import HttpOptions
+
+    stack = Stack()
+    try:
+        _, up = stack.upstream("G")
+        server = stack.server(tls, token)
+        _, task = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{up}"],
+                               HttpOptions.build(basic_auth=("alice", "pw")))
+        stack.stop_client(task)
+        for _ in range(50):
+            if not server.control.clients:
+                break
+            time.sleep(0.05)
+        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer  # still protected
+        found = samples(scrape(server.control.addresses[0], tls, token)[1])
+        hosts = {dict(labels).get("host") for (name, labels) in found if name == "http_dataplane_requests_total"}
+        assert hosts == {"_other"}, hosts
     finally:
         stack.close()
 
