@@ -56,6 +56,7 @@ class SecretOption:
             lines = _read_text(file, f"{self.file_option} file").splitlines()
             if not lines or not lines[0].strip():
                 raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
+            warn_if_others_can_read(file, f"{self.file_option} file")  # as for the token file: a secret all the same
             return lines[0].strip()
         return os.environ.get(self.env, "").strip() or None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.process import inlets, one_line_error
+from helpers.process import inlets, one_line_error, spawn, stop_all, wait_for_text
 
 SECRET = "MYSECRET"
 
@@ -68,6 +68,29 @@ def test_a_token_file_others_can_read_gets_one_warning(secrets) -> None:
     result = inlets(*STATUS, "--timeout", "0.5", "--token-file", secrets["good"])
     assert result.stderr.count("can be read by other users (mode 0644): run chmod 600") == 1, result.stderr
     assert SECRET not in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    CLIENT + ["--proxy", "http://alice@127.0.0.1:20034", "--proxy-password-file", "{loose}"],
+    ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20031",
+     "--basic-auth-username", "alice", "--basic-auth-password-file", "{loose}"],
+    ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20031",
+     "--bearer-token-file", "{loose}"],
+])
+def test_other_secret_files_others_can_read_get_one_warning_too(tmp_path, secrets, args) -> None:
+    """A token file that others can read got its warning; a proxy password, a site's password or bearer
+    token in such a file went by without one."""
+    loose = tmp_path / "loose.txt"
+    loose.write_text(SECRET + "\n")
+    loose.chmod(0o644)
+    log = tmp_path / "client.log"
+    client = spawn(*(arg.format(loose=loose) for arg in args), "--token-file", secrets["good"], log=log)
+    try:
+        text = wait_for_text(log, "event=", timeout=15)  # started: the secrets were read
+    finally:
+        stop_all(client)
+    assert text.count(f"file {loose} can be read by other users (mode 0644): run chmod 600 {loose}") == 1, text
+    assert SECRET not in text
 
 
 def test_a_token_that_starts_with_one_dash_is_a_token() -> None:
