@@ -344,6 +344,7 @@ def test_option_checks_are_one_line_errors(tmp_path: Path) -> None:
     assert check_email(None) is None
     for bad in (lambda: directory_url("http://ca/dir"), lambda: directory_url("production"),
                 lambda: check_domain("*.example.com"), lambda: check_domain("localhost"),
+                lambda: check_domain("127.0.0.1"), lambda: check_domain("example.123"),
                 lambda: check_email("not-an-email")):
         with pytest.raises(AcmeConfigError) as info:
             bad()
@@ -390,6 +391,8 @@ def test_cli_bad_options_are_one_line_errors() -> None:
 
     cases = [
         (["--letsencrypt-domain", "bad_name"], "is not a DNS name"),
+        (["--letsencrypt-domain", "203.0.113.10"], "'203.0.113.10' is an IP address, not a DNS name"),  # pebble:
+        # "Order included a DNS identifier with an IP address value", at every retry, the server running on
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-issuer", "http://ca/dir"], "https:// directory URL"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-email", "nope"], "not an email address"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-ca", "/nonexistent/ca.pem"], "no such file"),
