@@ -62,6 +62,16 @@ def _unreachable(exc: BaseException) -> str:
     return "the connection failed: check the network and --letsencrypt-issuer"
 
 
+def _not_a_directory(exc: BaseException) -> str:
+    """What came instead of a directory: acme's ClientError carries the bare response ('<Response [404]>')."""
+    import requests
+
+    response = exc.args[0] if exc.args else None
+    if isinstance(response, requests.Response):
+        return f"HTTP {response.status_code} {response.reason or ''}".strip()
+    return _one_line(exc)
+
+
 class AcmeIssuer:
     """One ACME account (its key kept in ``store``), registered on first use, reused after."""
 
@@ -117,7 +127,12 @@ class AcmeIssuer:
         key = jose.JWKRSA(key=self._account_private_key(pem))
         net = client.ClientNetwork(key, alg=jose.RS256, verify_ssl=self.ca_bundle or True, user_agent=USER_AGENT,
                                    timeout=int(min(self.timeout, 45)))
-        directory = client.ClientV2.get_directory(self.url, net)
+        try:
+            directory = client.ClientV2.get_directory(self.url, net)
+        # an answer, but no directory (requests' JSONDecodeError is a ValueError too; unreachable goes on to issue())
+        except (errors.Error, ValueError, jose.errors.Error) as exc:
+            raise AcmeError(f"{self.url} is not an ACME directory ({_not_a_directory(exc)}): check "
+                            "--letsencrypt-issuer, e.g. https://acme-v02.api.letsencrypt.org/directory") from None
         acme = client.ClientV2(directory, net)
         registration = (messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
                         if self.email else messages.NewRegistration(terms_of_service_agreed=True))

@@ -210,6 +210,24 @@ def test_a_domain_pebble_cannot_validate_fails_in_one_line_and_is_retried(tmp_pa
             stack.close()
 
 
+def test_an_issuer_url_that_is_no_acme_directory_is_said_in_words(tmp_path, tls, token, caplog) -> None:
+    """A wrong path in --letsencrypt-issuer: pebble answers 404, and the log said error='DOMAIN: <Response [404]>'."""
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    http_port = free_port()
+    with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", http_port, dns) as ca:
+        wrong = ca.directory.replace("/dir", "/directory")
+        stack = Stack()
+        try:
+            manager = configure([DOMAINS[0]], tmp_path / "le", issuer=wrong, ca_bundle=ca.api_ca, retry=30)
+            start_server(stack, tls, token, HttpsFront(manager, free_port()), http_port)
+            wait_until(lambda: any("certificate_failed" in r.getMessage() for r in caplog.records), 20, "the failure")
+        finally:
+            stack.close()
+    line = next(r.getMessage() for r in caplog.records if "certificate_failed" in r.getMessage())
+    assert f"{wrong} is not an ACME directory (HTTP 404 Not Found): check --letsencrypt-issuer" in line, line
+    assert "<Response" not in line
+
+
 def test_an_unreachable_acme_server_is_reported_and_the_server_keeps_running(tmp_path, tls, token, caplog) -> None:
     caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
     stack = Stack()
