@@ -27,6 +27,9 @@ TOKEN_PATH = f"{SECRET_DIR}/token"
 K8S_SECRET_DIR = "/var/run/secrets/inlets"
 #: Options whose value is a file the service must read.
 FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
+#: Options whose value is a folder the service writes (its certificates). ProtectSystem=strict leaves only the
+#: StateDirectory writable, so without a ReadWritePaths= of its own such a server failed at every start.
+WRITTEN_DIR_OPTIONS = ("--auto-tls-path", "--letsencrypt-path")
 Pairs = list[tuple[str, str | None]]
 
 #: ``python -m`` this package runs ``inlets`` (runtime/__main__.py).
@@ -189,25 +192,31 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         pairs.append((found.option, found.file or f"{SECRET_DIR}/{found.key}"))
     args: list[str] = []
     named_files: list[tuple[str, str]] = []
+    written_dirs: list[tuple[str, str]] = []
     for name, value in pairs:
         if name in FILE_OPTIONS and value is not None:
             value = str(Path(value).expanduser().resolve())
             named_files.append((name, value))
+        elif name in WRITTEN_DIR_OPTIONS and value:
+            value = str(Path(value).expanduser().resolve())
+            written_dirs.append((name, value))
         args.append(name)
         if value is not None:
             args.append(value)
     inlets = _command()
     runtime = _runtime_paths(inlets)
     files = [path for _, path in named_files]
-    needed = runtime + files + [os.path.realpath(p) for p in runtime + files]
+    dirs = [path for _, path in written_dirs]
+    needed = runtime + files + dirs + [os.path.realpath(p) for p in runtime + files + dirs]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
         read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files})
+        read_write_paths = sorted({path_value(d) for d in dirs})  # made by the setup hint; a missing one fails the start
         for file in files:  # named in the setup hint's comment line too
             path_value(file)
     except UnitValueError as exc:
         raise GenerateError(f"cannot write a systemd unit: {exc}") from None
-    _check_not_private_tmp(runtime, named_files)  # after quoting: a path with a line break is refused above, in one line
+    _check_not_private_tmp(runtime, named_files + written_dirs)  # after quoting: a path with a line break is refused above
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
@@ -216,14 +225,26 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         mode=command[0],
         server=command[-1] == "server",
         read_only_paths=read_only_paths,
-        protect_home="read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true",
-        setup_hint=_setup_hint(files),
+        read_write_paths=read_write_paths,
+        protect_home=_protect_home(needed, dirs),
+        setup_hint=_setup_hint(files, dirs),
     )
 
 
-def _setup_hint(files: list[str]) -> str:
-    """The shell line that makes the service user and hands it the files, each path shell-quoted so the line
-    can be pasted as it is. It lands in a comment, which systemd ignores whole (no % specifiers there), and
-    path_value has refused line breaks, quotes and backslashes in these paths already."""
+def _protect_home(needed: list[str], dirs: list[str]) -> str:
+    """ProtectHome= that hides nothing the service needs: it writes ``dirs``, reads the rest."""
+    if any((p + "/").startswith(HOME_DIRS) for p in dirs + [os.path.realpath(d) for d in dirs]):
+        return "false"  # ReadWritePaths= cannot undo ProtectHome=read-only
+    return "read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true"
+
+
+def _setup_hint(files: list[str], dirs: list[str] | None = None) -> str:
+    """The shell line that makes the service user and hands it the files (and the folders it writes), each path
+    shell-quoted so the line can be pasted as it is. It lands in a comment, which systemd ignores whole (no %
+    specifiers there), and path_value has refused line breaks, quotes and backslashes in these paths already."""
     paths = shlex.join(sorted(set(files)))
-    return f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"
+    hint = f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"
+    if dirs:
+        folders = shlex.join(sorted(set(dirs)))
+        hint += f"; mkdir -p {folders}; chown {SERVICE_USER}: {folders}; chmod 700 {folders}"
+    return hint

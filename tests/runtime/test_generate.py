@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.proxy_daemons import binary
+from helpers.process import ROOT as PROCESS_ROOT
 from helpers.process import inlets
 
 SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
@@ -172,3 +173,28 @@ def test_flags_the_command_would_refuse_are_refused_before_a_unit_is_written(kin
     result = inlets(*argv, "--token-file", "/etc/inlets/token", f"--generate={kind}")
     assert result.returncode == 2 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+# ------------------------------------------------------------- folders the service writes
+
+@pytest.mark.parametrize("option, extra", [
+    ("--auto-tls-path", ["tcp", "server", "--auto-tls"]),
+    ("--letsencrypt-path", ["http", "server", "--letsencrypt-domain", "tunnel.example.com"]),
+])
+def test_a_folder_the_server_writes_is_writable_in_the_unit(option: str, extra: list[str], tmp_path: Path) -> None:
+    """ProtectSystem=strict leaves only the StateDirectory writable: a server told to keep its certificates
+    elsewhere failed at every start. The folder becomes a ReadWritePaths= and the setup hint makes it."""
+    result = inlets(*extra, "--token-file", "/etc/inlets/token", option, "certs", "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    folder = PROCESS_ROOT.resolve() / "certs"  # relative to where inlets ran: the service's working directory is /
+    assert f"ReadWritePaths={folder}\n" in result.stdout
+    assert f" {option} {folder}" in _verified(tmp_path, result.stdout, "inlets-server.service")
+    assert f"; mkdir -p {folder}; chown inlets: {folder}; chmod 700 {folder}" in result.stdout
+
+
+def test_a_written_folder_under_tmp_is_refused() -> None:
+    result = inlets("tcp", "server", "--auto-tls", "--auto-tls-path", "/tmp/inlets-certs", "--token-file",
+                    "/etc/inlets/token", "--generate=systemd")
+    assert result.returncode == 2
+    assert result.stderr == ("inlets: error: --auto-tls-path /tmp/inlets-certs is under /tmp, which the unit's "
+                             "PrivateTmp=true hides from the service: keep it elsewhere (e.g. /etc/inlets/) and give that path\n")
