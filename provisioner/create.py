@@ -146,6 +146,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         delivery = Delivery(wheel, secrets.token) if push and wheel else None
     state.reserve()
     hosts: list[Host] = []
+    creating: str | None = None  # the host whose create call is under way: it may exist though the call failed
     try:
         state.write_secret(state.token_file, (secrets.token + "\n").encode())
         state.write_public(state.ca_file, secrets.ca_cert)
@@ -165,16 +166,20 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         for index, host_name in enumerate(names):
             plan = Plan(host_name, spec, text, state.dir, opts.region, opts.size, opts.ssh_key, expires_at, group)
             progress(f"creating {host_name!r} on {opts.provider}")
+            creating = host_name
             hosts.append(provider.create(plan))
-            if group:
-                meta["replicas"][index]["id"] = hosts[-1].id
-            else:
-                meta["id"] = hosts[-1].id
+            creating = None
+            _record_id(meta, index if group else None, hosts[-1].id)
             state.save(meta)
     except BaseException as exc:
+        if creating is not None and provider.user_data_limit and isinstance(exc, (ProvisionError, KeyboardInterrupt)) \
+                and not isinstance(exc, NotFound):  # a cloud may have made it although its answer never came
+            exc, known = _made_anyway(exc, provider, creating, hosts, meta, state, opts)
+            if not known:
+                raise exc from None  # the state stays, for the delete command it names
         if not hosts:
             state.remove()
-            raise
+            raise exc
         if isinstance(exc, KeyboardInterrupt):
             raise _interrupted(hosts, state, opts) from None
         if not isinstance(exc, ProvisionError):
@@ -239,6 +244,41 @@ def _failed(
         return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command(state.name, state.root)}")
     state.remove()
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
+
+
+def _record_id(meta: dict[str, Any], replica: int | None, host_id: str) -> None:
+    if replica is not None:
+        meta["replicas"][replica]["id"] = host_id
+    else:
+        meta["id"] = host_id
+
+
+def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: list[Host], meta: dict[str, Any],
+                 state: ServerState, opts: CreateOptions) -> tuple[BaseException, bool]:
+    """A cloud's create call failed or was interrupted after it may have been sent (no answer in time, a 500, an
+    answer that cannot be read, Ctrl-C): the VM may exist and bill all the same, so look for it by name.
+
+    Returns the error to go on with and whether it is known what exists: found, the VM joins ``hosts`` and is
+    reported (or deleted) like one that never came up; not found, ``exc`` stands. Unknown (Ctrl-C, the API still
+    failing): the state must stay, so that the delete command the error names finds the VM by name if it exists."""
+    delete = delete_command(state.name, state.root)
+    if isinstance(exc, KeyboardInterrupt):  # no API calls after Ctrl-C
+        if hosts:
+            return exc, True  # _interrupted says what is left
+        return ProvisionError(f"interrupted while creating {name!r} on {opts.provider}, which may have made it: "
+                              f"`{delete}` deletes it if so, and removes the local state", exit_code=130), False
+    try:
+        found = next((h for h in provider.list() if h.name == name), None)
+    except ProvisionError as again:
+        return ProvisionError(f"{exc}; whether {opts.provider} created {name!r} all the same could not be checked "
+                              f"({again}): `{delete}` deletes it if it did, and removes the local state"), False
+    if found is None:
+        return exc, True
+    hosts.append(found)
+    replica = next((i for i, r in enumerate(meta.get("replicas") or []) if r.get("name") == name), None)
+    _record_id(meta, replica, found.id)
+    state.save(meta)
+    return ProvisionError(f"{exc}; {opts.provider} created {name!r} all the same (id {found.id})"), True
 
 
 def _interrupted(hosts: list[Host], state: ServerState, opts: CreateOptions) -> ProvisionError:

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -74,6 +75,12 @@ class FakeDigitalOcean:
         self.booter = booter  # or boot the user-data itself
         self.active = active  # False: droplets stay "new" forever
         self.gone_after_polls = gone_after_polls  # GETs that still show a deleted droplet as "off"
+        # a create that makes the droplet but whose answer goes wrong: held back this many seconds, then
+        # replaced by this answer; every later request answered by ``broken_after_create`` (the API fell over)
+        self.create_delay = 0.0
+        self.create_answer: tuple[int, Any] | None = None
+        self.broken_after_create: tuple[int, Any] | None = None
+        self._created = False
         self.droplets: dict[int, dict[str, Any]] = {}
         self.balancers: dict[str, dict[str, Any]] = {}
         self.forwarders: dict[str, list[Forwarder]] = {}
@@ -236,8 +243,11 @@ class FakeDigitalOcean:
                 if body is not None:
                     self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (create_delay)
+                    self.close_connection = True
 
             def _handle(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -248,8 +258,14 @@ class FakeDigitalOcean:
                 fake.requests.append((method, url.path, body))
                 if self.headers.get("Authorization") != f"Bearer {fake.token}":
                     return self._send(401, {"id": "Unauthorized", "message": "Unable to authenticate you"})
+                if fake._created and fake.broken_after_create is not None:
+                    return self._send(*fake.broken_after_create)
                 with fake._lock:
                     status, answer = fake._route(method, url.path, query, body)
+                if (method, url.path, status) == ("POST", "/v2/droplets", 202):
+                    fake._created = True
+                    time.sleep(fake.create_delay)  # outside the lock: the droplet is listed meanwhile
+                    status, answer = fake.create_answer or (status, answer)
                 self._send(status, answer)
 
             def do_GET(self) -> None:

@@ -128,6 +128,72 @@ def test_api_errors_are_one_line_and_leave_nothing_behind(fake: FakeDigitalOcean
     assert not (state / "x1").exists()
 
 
+@pytest.mark.parametrize("fault, says", [
+    ({"create_answer": (500, {"id": "server_error", "message": "Server Error"})}, "Server Error"),
+    ({"create_answer": (202, {"links": {}})}, "it has no 'droplet' field"),
+    ({"create_delay": 3.0}, "no answer in time"),
+], ids=["500", "no-droplet-field", "no-answer-in-time"])
+def test_a_create_whose_answer_goes_wrong_finds_the_droplet_it_made_anyway(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys, fault: dict, says: str) -> None:
+    """DigitalOcean made the droplet but its answer never came whole: the error says so and how to delete it,
+    and the local state stays for that (it was removed, and the error said only "try again")."""
+    state = tmp_path / "state"
+    for key, value in fault.items():
+        setattr(fake, key, value)
+    kept = run_cli(capsys, *_do(fake, token_file, state, "create", "made", "--provider", "digitalocean", "--timeout", "2"))
+    (droplet_id,) = fake.droplets
+    one_line_error(kept, says, f"digitalocean created 'made' all the same (id {droplet_id})", "inletsctl delete made")
+    assert json.loads((state / "made" / "server.json").read_text())["id"] == str(droplet_id)
+    fake.create_answer, fake.create_delay = None, 0.0
+    gone = run_cli(capsys, *_do(fake, token_file, state, "delete", "made"))
+    assert gone.code == 0 and fake.droplets == {} and not (state / "made").exists(), gone
+    for key, value in fault.items():
+        setattr(fake, key, value)
+    cleaned = run_cli(capsys, *_do(fake, token_file, state, "create", "made", "--provider", "digitalocean",
+                                   "--timeout", "2", "--delete-on-failure"))
+    one_line_error(cleaned, says, "created 'made' all the same", "deleted it (--delete-on-failure)")
+    assert fake.droplets == {} and not (state / "made").exists()
+
+
+def test_a_create_that_fails_where_nobody_can_tell_keeps_the_state_delete_needs(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """The API falls over after making the droplet, so the look for it fails too: the state stays and the
+    error says the delete command that finds the droplet by name (or only removes the state)."""
+    state = tmp_path / "state"
+    fake.create_answer = fake.broken_after_create = (503, {"id": "service_unavailable", "message": "Service Unavailable"})
+    kept = run_cli(capsys, *_do(fake, token_file, state, "create", "unsure", "--provider", "digitalocean"))
+    one_line_error(kept, "Service Unavailable", "whether digitalocean created 'unsure' all the same could not be checked",
+                   "`inletsctl delete unsure --state-dir", "deletes it if it did")
+    assert len(fake.droplets) == 1 and (state / "unsure" / "server.json").exists()
+    fake.broken_after_create = None
+    gone = run_cli(capsys, *_do(fake, token_file, state, "delete", "unsure"))
+    assert gone.code == 0 and fake.droplets == {} and not (state / "unsure").exists(), gone
+
+
+def test_ctrl_c_while_the_create_call_is_under_way_says_how_to_delete_what_it_may_have_made(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path) -> None:
+    """Ctrl-C before DigitalOcean answered: no silent exit 130 with the state gone and a droplet billing."""
+    import signal
+    import subprocess
+
+    from helpers.prov_support import INLETSCTL, user_env
+
+    state = tmp_path / "state"
+    fake.create_delay = 30.0
+    proc = subprocess.Popen([str(INLETSCTL), *_do(fake, token_file, state, "create", "hurried", "--provider", "digitalocean")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=user_env())
+    deadline = time.monotonic() + 30
+    while not fake.droplets and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted while creating 'hurried' on digitalocean" in err and "inletsctl delete hurried" in err, err
+    fake.create_delay = 0.0
+    gone = run_inletsctl(*_do(fake, token_file, state, "delete", "hurried"))
+    assert gone.code == 0 and fake.droplets == {} and not (state / "hurried").exists(), gone
+
+
 def test_names_already_taken_locally_or_in_the_cloud(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     fake.add_droplet("taken-in-cloud", ["inlets"])
