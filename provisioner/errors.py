@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 
 class ProvisionError(Exception):
@@ -19,4 +20,6 @@ class NotFound(ProvisionError):
 
 def os_words(exc: OSError) -> str:
     """The OS's reason for ``exc`` ("Permission denied"), not Python's wrapper around it."""
+    if isinstance(exc, socket.gaierror):  # getaddrinfo's codes are no errno: strerror(-2) is "Unknown error -2"
+        return f"the host name does not resolve ({exc.strerror or exc})"
     return os.strerror(exc.errno) if exc.errno else str(exc)

@@ -381,3 +381,12 @@ def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(tmp_path:
                            "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
     line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: Connection refused: is sshd running")
     assert "Errno" not in line
+
+
+def test_a_host_name_that_does_not_resolve_is_said_in_words(tmp_path: Path) -> None:
+    """getaddrinfo's error codes are not errno values: os.strerror(-2) read 'Unknown error -2'."""
+    result = run_inletsctl("create", "--provider", "ssh", "--host", "root@no-such-host.invalid",
+                           "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
+                           "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
+    line = one_line_error(result, "ssh: cannot connect to root@no-such-host.invalid:22: the host name does not resolve")
+    assert "Unknown error" not in line and not list((tmp_path / "state").iterdir())
