@@ -223,7 +223,10 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     try:
         host = provider.status(str(meta.get("id")))
         result["vm"] = host.detail or host.status
-    except NotFound:
+    except NotFound:  # asking its old address could only fail, or reach whatever has that address now
+        if meta.get("id"):
+            raise ProvisionError(f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or "
+                                 f"expired outside inletsctl): remove its local state with: {delete_command(name, root)}") from None
         result["vm"] = "gone"
     else:
         if host.status == FAILED:  # asking its control port would only add "connection refused"

@@ -267,6 +267,18 @@ def test_list_flags_one_sided_entries_and_delete_by_ip_and_id(fake: FakeDigitalO
     assert lost.code == 0 and "already gone" in lost.out and not (state / "lost").exists()
 
 
+def test_status_of_a_droplet_deleted_elsewhere_says_it_is_gone_and_how_to_clean_up(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """It asked the old address and said only 'did not answer: connection refused; vm: gone'."""
+    state, control = tmp_path / "state", free_port()
+    (state / "lost").mkdir(parents=True, mode=0o700)
+    (state / "lost" / "server.json").write_text(json.dumps(
+        {"name": "lost", "provider": "digitalocean", "id": "123", "ip": "127.0.0.1", "mode": "tcp", "control_port": control}))
+    result = run_cli(capsys, *_do(fake, token_file, state, "status", "lost"))
+    one_line_error(result, "exit server lost is gone from digitalocean (id 123;", "remove its local state with: inletsctl delete lost")
+    assert ("GET", "/v2/droplets/123", None) in fake.requests
+
+
 def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     expired = fake.add_droplet("expired-one", ["inlets", "inlets-expires:1700000000"])
