@@ -28,7 +28,7 @@ from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver
 from libcloud.compute.types import NodeState
 
 from ..credentials import access_token
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
@@ -125,12 +125,7 @@ def aws_credentials(
         return AwsCredentials(env_key.strip(), env_secret.strip(), os.environ.get("AWS_SESSION_TOKEN") or None, "env")
     profile = os.environ.get("AWS_PROFILE") or "default"
     path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
-    parser = configparser.ConfigParser()
-    try:
-        parser.read(path)
-    except configparser.Error:
-        raise ProvisionError(f"cannot parse AWS credentials file {path}: it is not in the format `aws configure` "
-                             "writes ([profile] lines, then key = value lines)") from None
+    parser = _ini(path, "AWS credentials file")
     if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
         section = parser[profile]
         return AwsCredentials(
@@ -144,6 +139,28 @@ def aws_credentials(
     )
 
 
+def _ini(path: Path, what: str) -> configparser.ConfigParser:
+    """The file ``aws configure`` writes, parsed (empty when there is none); a one-line error when it cannot be:
+    ConfigParser.read() skips a file it cannot open and raises UnicodeDecodeError on one that is not text."""
+    parser = configparser.ConfigParser()
+    try:
+        text = path.read_bytes().decode()
+    except FileNotFoundError:
+        return parser
+    except IsADirectoryError:
+        raise ProvisionError(f"{what} {path} is a directory: move it away, or set the credentials another way") from None
+    except OSError as exc:
+        raise ProvisionError(f"cannot read {what} {path}: {os_words(exc)}") from None
+    except UnicodeDecodeError:
+        raise ProvisionError(f"{what} {path} is not text (UTF-8): write it again with `aws configure`") from None
+    try:
+        parser.read_string(text, str(path))
+    except configparser.Error:
+        raise ProvisionError(f"cannot parse {what} {path}: it is not in the format `aws configure` "
+                             "writes ([profile] lines, then key = value lines)") from None
+    return parser
+
+
 def default_region() -> str:
     """$AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in ~/.aws/config, else eu-west-1."""
     for name in PROVIDER.region_env:
@@ -151,10 +168,9 @@ def default_region() -> str:
             return os.environ[name].strip()
     profile = os.environ.get("AWS_PROFILE") or "default"
     path = Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config").expanduser()
-    parser = configparser.ConfigParser()
     try:
-        parser.read(path)
-    except configparser.Error:
+        parser = _ini(path, "AWS config file")
+    except ProvisionError:
         return PROVIDER.region
     section = profile if profile == "default" else f"profile {profile}"
     return parser.get(section, "region", fallback=PROVIDER.region).strip() or PROVIDER.region

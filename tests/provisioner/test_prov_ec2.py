@@ -335,6 +335,30 @@ def test_credentials_chain_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         aws_credentials(tmp_path / "missing", None, None, "s1")
 
 
+def test_aws_files_that_are_not_text_or_not_files_are_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """ConfigParser.read() raised UnicodeDecodeError (a traceback) on a file that is not UTF-8, and skipped a
+    directory as if the profile were missing from it."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    state, url = ["--state-dir", str(tmp_path / "state")], f"http://127.0.0.1:{free_port()}"
+    shared = tmp_path / "credentials"
+    shared.write_bytes(b"[default]\naws_access_key_id = AKIA\xff\xfe\naws_secret_access_key = s\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--api-url", url, *state),
+                   f"AWS credentials file {shared} is not text (UTF-8)")
+    shared.unlink()
+    shared.mkdir()
+    one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--api-url", url, *state),
+                   f"AWS credentials file {shared} is a directory")
+    config = tmp_path / "config"
+    config.write_bytes(b"[default]\nregion = eu-\xff\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    _env_credentials(monkeypatch)
+    one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--api-url", url, *state), "cannot reach the API")
+
+
 def test_status_and_delete_use_the_region_create_used(prov_ec2_moto: Moto, tmp_path: Path, monkeypatch) -> None:
     """Made in us-west-2 while $AWS_REGION says eu-west-1 later: found there, deleted there."""
     _env_credentials(monkeypatch)
