@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import re
+import shlex
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,7 +201,7 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         client.close()
         raise ProvisionError(
             f"host key of {opts.host}:{opts.port} changed: it is {fingerprint(exc.key)}, known as "
-            f"{fingerprint(exc.expected_key)}: refusing to connect"
+            f"{fingerprint(exc.expected_key)}: refusing to connect; {_changed_key_advice(opts, pinned_file, known)}"
         ) from None
     except paramiko.AuthenticationException:
         client.close()
@@ -210,6 +211,19 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         client.close()
         raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
     return client
+
+
+def _changed_key_advice(opts: SshOptions, pinned_file: Path | None, known: Path | None) -> str:
+    """What to do about a changed host key: check the new one on the host, then replace the old one where it is
+    kept (the exit server's own known_hosts after create, else the user's); or drop an exit server that is gone."""
+    check = "if the host was reinstalled, check its new key there (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)"
+    if pinned_file is not None:
+        port = f"-p {opts.port} " if opts.port != 22 else ""
+        return (f"{check}, then pin it instead of the old one: ssh-keyscan {port}{shlex.quote(opts.host)} > "
+                f"{shlex.quote(str(pinned_file))}; or, if the exit server went with the host, remove its local "
+                f"state: rm -r {shlex.quote(str(pinned_file.parent))}")
+    where = f" -f {shlex.quote(str(known))}" if known is not None else ""
+    return f"{check}, then forget the old one: ssh-keygen -R {shlex.quote(_host_entry(opts.host, opts.port))}{where}"
 
 
 def _load(client: paramiko.SSHClient, path: Path) -> None:

@@ -224,7 +224,29 @@ def test_changed_host_key_is_refused_even_with_accept_new(prov_ssh_sshd: Sshd, p
     kh = tmp_path / "known_hosts"
     kh.write_text(f"[127.0.0.1]:{prov_ssh_sshd.port} {' '.join((other.with_suffix('.pub')).read_text().split()[:2])}\n")
     result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", "9"))
-    one_line_error(result, "changed", prov_ssh_sshd.fingerprint, "refusing")
+    one_line_error(result, "changed", prov_ssh_sshd.fingerprint, "refusing",
+                   f"then forget the old one: ssh-keygen -R '[127.0.0.1]:{prov_ssh_sshd.port}' -f {kh}")
+
+
+def test_a_host_key_changed_after_create_says_how_to_pin_the_new_one_and_that_works(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """status and delete refused a changed key (rightly) without a word on what to do: the user was stuck with
+    an exit server neither command could reach nor remove."""
+    created = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key",
+                      "--ports", str(free_port()), "--control-port", str(free_port()), "--data-addr", DATA_ADDR))
+    assert created.code == 0, created.err
+    pinned = tmp_path / "state" / prov_ssh_name / "known_hosts"
+    other = tmp_path / "other"
+    _keygen(other)  # the key create saw is replaced, as when the host is reinstalled
+    pinned.write_text(f"[127.0.0.1]:{prov_ssh_sshd.port} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n")
+    state = ["--state-dir", str(tmp_path / "state")]
+    line = one_line_error(run_cli(capsys, "status", prov_ssh_name, *state), "changed", prov_ssh_sshd.fingerprint,
+                          f"ssh-keyscan -p {prov_ssh_sshd.port} 127.0.0.1 > {pinned}", f"rm -r {pinned.parent}")
+    keyscan = line.split("pin it instead of the old one: ", 1)[1].split(";", 1)[0]
+    subprocess.run(["/bin/sh", "-c", keyscan], check=True, timeout=30, capture_output=True)  # as printed
+    assert run_cli(capsys, "status", prov_ssh_name, *state).code == 0
+    deleted = run_cli(capsys, "delete", prov_ssh_name, *state)
+    assert deleted.code == 0 and not Path(f"/opt/inlets/{prov_ssh_name}").exists(), deleted.err
 
 
 def test_accept_new_host_key_records_it_like_openssh(prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
