@@ -209,7 +209,12 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         raise ProvisionError(f"ssh: {where} refused {how}") from None
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
         client.close()
-        raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
+        if pinned_file is None:  # create: the flags say where
+            raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
+        why = describe(exc, port_flag=False)  # status, list, delete: where create recorded, which no flag changes
+        then = " If" if why.endswith("?") else "; if"
+        raise ProvisionError(f"ssh: cannot connect to {where}: {why}{then} that host is gone for good, remove this exit "
+                             f"server's local state: rm -r {shlex.quote(str(pinned_file.parent))}") from None
     return client
 
 
@@ -255,14 +260,15 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
         raise ProvisionError(f"ssh: running a command on the host failed: {describe(exc)}") from None
 
 
-def describe(exc: BaseException) -> str:
-    """What a failed SSH or socket call means, in words (never an exception class name)."""
+def describe(exc: BaseException, port_flag: bool = True) -> str:
+    """What a failed SSH or socket call means, in words (never an exception class name); ``port_flag``: the
+    command has --port to point elsewhere."""
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
         exc = next(iter(exc.errors.values()))  # paramiko's "[Errno None] Unable to connect to port 1 on ..."
         if isinstance(exc, ConnectionRefusedError):
-            return f"{os_words(exc)}: is sshd running there, on that port (--port)?"
+            return f"{os_words(exc)}: is sshd running there, on that port{' (--port)' if port_flag else ''}?"
     if isinstance(exc, OSError) and exc.errno:
         return os_words(exc)
     text = " ".join(str(exc).split())[:200]

@@ -412,3 +412,24 @@ def test_a_host_name_that_does_not_resolve_is_said_in_words(tmp_path: Path) -> N
                            "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
     line = one_line_error(result, "ssh: cannot connect to root@no-such-host.invalid:22: the host name does not resolve")
     assert "Unknown error" not in line and not list((tmp_path / "state").iterdir())
+
+
+def test_delete_when_the_host_is_gone_names_no_flag_it_lacks_and_says_how_to_drop_the_state(tmp_path: Path, capsys) -> None:
+    """delete said 'is sshd running there, on that port (--port)?': delete has no --port (create recorded it),
+    and nothing said how to be rid of an exit server whose host is gone for good."""
+    import json
+
+    with socket.socket() as probe:  # a port just freed: the host's sshd is gone
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = tmp_path / "state"
+    folder = state / "gone-host"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "server.json").write_text(json.dumps({"name": "gone-host", "provider": "ssh", "mode": "tcp", "ip": "127.0.0.1",
+                                                    "id": f"root@127.0.0.1:{port}/gone-host", "control_port": 8123}))
+    (folder / "ssh.json").write_text(json.dumps({"user": "root", "host": "127.0.0.1", "port": port}))
+    (folder / "known_hosts").write_text("")
+    result = run_cli(capsys, "delete", "gone-host", "--state-dir", str(state))
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: Connection refused",
+                          f"remove this exit server's local state: rm -r {folder}")
+    assert "--port" not in line and folder.exists()
