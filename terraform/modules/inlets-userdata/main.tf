@@ -16,8 +16,11 @@ locals {
     for i, unit in [86400, 3600, 60, 1] : local.ttl_parts[i] == null || local.ttl_parts[i] == "" ? 0 : tonumber(local.ttl_parts[i]) * unit
   ])
 
+  # inletsctl's range, 1s to 365d: beyond it timeadd() fails in Go's words ("time: invalid duration")
+  ttl_in_range = local.ttl_seconds == null ? true : local.ttl_seconds >= 1 && local.ttl_seconds <= 365 * 86400
+
   # expiry: the timestamp strings inletsctl writes, and the Unix time of its expiry tag
-  expires_at = local.ttl_seconds == null || var.created_at == null ? null : timeadd(var.created_at, "${local.ttl_seconds}s")
+  expires_at = local.ttl_seconds == null || var.created_at == null || !local.ttl_in_range ? null : timeadd(var.created_at, "${local.ttl_seconds}s")
   expires = local.expires_at == null ? null : {
     iso         = formatdate("YYYY-MM-DD'T'hh:mm:ss'Z'", local.expires_at)
     on_calendar = formatdate("YYYY-MM-DD hh:mm:ss 'UTC'", local.expires_at)

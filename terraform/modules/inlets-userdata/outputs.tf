@@ -20,8 +20,8 @@ output "user_data" {
     error_message = "A ttl needs created_at, the UTC time it counts from (the exit-server modules pin the creation time)."
   }
   precondition {
-    condition     = local.ttl_seconds == null ? true : local.ttl_seconds >= 1
-    error_message = "The ttl must be at least 1s."
+    condition     = local.ttl_in_range
+    error_message = "The ttl must be 1s to 365d, as inletsctl's --ttl; leave it null for an exit server that stays until destroyed."
   }
   precondition {
     condition     = (var.wheel_filename == null) == (var.wheel_xz_base64 == null) && (var.wheel_filename == null) == (var.wheel_sha256 == null)

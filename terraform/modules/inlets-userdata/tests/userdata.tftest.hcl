@@ -230,6 +230,24 @@ run "rejects_a_zero_ttl" {
   expect_failures = [output.user_data]
 }
 
+run "rejects_a_ttl_over_365d" {
+  command = plan
+  variables {
+    ttl        = "366d"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_ttl_past_what_timeadd_takes" {
+  command = plan
+  variables {
+    ttl        = "99999999d"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  expect_failures = [output.user_data]
+}
+
 run "rejects_a_non_utc_created_at" {
   command = plan
   variables {
