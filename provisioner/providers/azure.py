@@ -23,7 +23,7 @@ from libcloud.common.azure_arm import AzureAuthJsonResponse
 from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
 from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDriver
 
-from ..errors import ProvisionError
+from ..errors import ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
@@ -48,8 +48,11 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
             data = json.loads(auth_file.expanduser().read_text())
             return {"tenant": data["tenantId"], "subscription": data["subscriptionId"],
                     "client": data["clientId"], "secret": data["clientSecret"]}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProvisionError(f"cannot read Azure auth file {auth_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        except OSError as exc:
+            raise ProvisionError(f"cannot read Azure auth file {auth_file}: {os_words(exc)}") from None
+        except UnicodeDecodeError:  # its str() is Python's codec message
+            raise ProvisionError(f"Azure auth file {auth_file} is not text (UTF-8): give the file `az ad sp "
+                                 "create-for-rbac --sdk-auth` printed") from None
         except (ValueError, KeyError, TypeError):
             raise ProvisionError(
                 f"{auth_file} is not an Azure auth file (needs clientId, clientSecret, subscriptionId, tenantId)"

@@ -19,7 +19,7 @@ from libcloud.compute.drivers.gce import (
     GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
 )
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .cloud_api import Endpoint, endpoint_of, libcloud_errors
@@ -46,8 +46,11 @@ def service_account(key_file: Path | None, key_json: str | None) -> dict[str, st
         where = str(path)
         try:
             text = path.expanduser().read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProvisionError(f"cannot read the GCE service-account key {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        except OSError as exc:
+            raise ProvisionError(f"cannot read the GCE service-account key {path}: {os_words(exc)}") from None
+        except UnicodeDecodeError:  # its str() is Python's codec message
+            raise ProvisionError(f"the GCE service-account key {path} is not text (UTF-8): give the JSON key file "
+                                 "Google made for the service account") from None
     if not text:
         raise ProvisionError(
             f"no GCE service-account key: give --access-token-file KEY.json, --access-token JSON, or set ${KEY_ENV}"

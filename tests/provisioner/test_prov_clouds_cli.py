@@ -43,6 +43,19 @@ def test_missing_credentials_name_every_way(capsys: pytest.CaptureFixture[str], 
     one_line_error(result, "--access-token-file", "--access-token", env)
 
 
+@pytest.mark.parametrize("provider, says", [
+    ("gce", "the GCE service-account key {} is not text (UTF-8)"), ("azure", "Azure auth file {} is not text (UTF-8)"),
+])
+def test_a_key_file_that_is_not_text_is_one_line_without_python_words(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str, says: str) -> None:
+    """Its error was Python's codec message: "'utf-8' codec can't decode byte 0xff in position 0"."""
+    key = tmp_path / "key.json"
+    key.write_bytes(b"\xff\xfe{}")
+    result = run_cli(capsys, "list", "--provider", provider, "--access-token-file", str(key), "--state-dir", str(tmp_path))
+    line = one_line_error(result, says.format(key))
+    assert "codec" not in line
+
+
 @pytest.mark.parametrize("provider", ["ovh"])
 def test_ovh_says_why_it_is_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))
