@@ -172,8 +172,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             _record_id(meta, index if group else None, hosts[-1].id)
             state.save(meta)
     except BaseException as exc:
-        if creating is not None and provider.user_data_limit and isinstance(exc, (ProvisionError, KeyboardInterrupt)) \
-                and not isinstance(exc, NotFound):  # a cloud may have made it although its answer never came
+        cloud_unsure = provider.user_data_limit and isinstance(exc, ProvisionError) and not isinstance(exc, NotFound)
+        if creating is not None and (cloud_unsure or isinstance(exc, KeyboardInterrupt)):  # it may exist all the same
             exc, known = _made_anyway(exc, provider, creating, hosts, meta, state, opts)
             if not known:
                 raise exc from None  # the state stays, for the delete command it names
@@ -255,8 +255,9 @@ def _record_id(meta: dict[str, Any], replica: int | None, host_id: str) -> None:
 
 def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: list[Host], meta: dict[str, Any],
                  state: ServerState, opts: CreateOptions) -> tuple[BaseException, bool]:
-    """A cloud's create call failed or was interrupted after it may have been sent (no answer in time, a 500, an
-    answer that cannot be read, Ctrl-C): the VM may exist and bill all the same, so look for it by name.
+    """A create call was interrupted (Ctrl-C: a VM requested, a host half set up over SSH, a process started), or a
+    cloud's failed after it may have been sent (no answer in time, a 500, an answer that cannot be read): it may
+    exist and bill or serve all the same, so look for it by name.
 
     Returns the error to go on with and whether it is known what exists: found, the VM joins ``hosts`` and is
     reported (or deleted) like one that never came up; not found, ``exc`` stands. Unknown (Ctrl-C, the API still

@@ -433,3 +433,26 @@ def test_delete_when_the_host_is_gone_names_no_flag_it_lacks_and_says_how_to_dro
     line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: Connection refused",
                           f"remove this exit server's local state: rm -r {folder}")
     assert "--port" not in line and folder.exists()
+
+
+def test_ctrl_c_during_the_install_keeps_what_delete_needs_to_remove_it(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path) -> None:
+    """Ctrl-C while the host was being set up exited 130 without a word and removed the local state, while the
+    install went on there: an exit server no inletsctl command could find or delete."""
+    from helpers.prov_support import INLETSCTL, user_env
+
+    args = ["create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports",
+                                                 str(free_port()), "--control-port", str(free_port()), "--data-addr", DATA_ADDR)]
+    proc = subprocess.Popen([str(INLETSCTL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=user_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not Path(f"/opt/inlets/{prov_ssh_name}").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the install script is under way on the host
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"interrupted while creating '{prov_ssh_name}' on ssh" in err and f"inletsctl delete {prov_ssh_name}" in err, err
+    state = ["--state-dir", str(tmp_path / "state")]
+    deleted = run_inletsctl("delete", prov_ssh_name, *state)
+    assert deleted.code == 0, deleted.err
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
