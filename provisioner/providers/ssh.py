@@ -92,8 +92,9 @@ trap 'rm -rf "$stage"' EXIT
 echo "$sup"
 """
 
-#: restarts the server like the unit's Restart=always / RestartSec=2, and gives up after
-#: 5 starts within 10 s like systemd's default start limit; SIGHUP is passed on (token reload)
+#: restarts the server like the unit's Restart=always / RestartSec=2, and gives up after 5 starts
+#: within 60 s like the unit's StartLimitBurst/StartLimitIntervalSec (with 2 s between starts, 5 never
+#: fit in 10 s, so a server that cannot start would be restarted forever); SIGHUP is passed on (token reload)
 _SUPERVISE = r"""#!/bin/sh
 # inlets exit server {name}: plain supervisor (hosts without systemd as PID 1), written by inletsctl.
 echo $$ > {opt}/supervisor.pid
@@ -104,9 +105,9 @@ starts=
 while :; do
   now=$(date +%s); recent=0; kept=
   for t in $starts; do
-    if [ $((now - t)) -lt 10 ]; then kept="$kept $t"; recent=$((recent + 1)); fi
+    if [ $((now - t)) -lt 60 ]; then kept="$kept $t"; recent=$((recent + 1)); fi
   done
-  if [ "$recent" -ge 5 ]; then echo "supervise: 5 starts within 10s; giving up" >&2; exit 1; fi
+  if [ "$recent" -ge 5 ]; then echo "supervise: 5 starts within 60s; giving up" >&2; exit 1; fi
   starts="$kept $now"
   {exec_start} &
   child=$!

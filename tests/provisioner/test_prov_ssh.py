@@ -456,3 +456,24 @@ def test_ctrl_c_during_the_install_keeps_what_delete_needs_to_remove_it(
     deleted = run_inletsctl("delete", prov_ssh_name, *state)
     assert deleted.code == 0, deleted.err
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def test_a_server_that_cannot_start_fails_create_soon_with_its_own_words(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """The plain supervisor gave up after 5 starts within 10 s, which a 2 s restart delay never allows: it restarted
+    a server that could not start forever, and create waited all of --timeout saying 'not listening yet'."""
+    control = free_port()
+    with socket.socket() as taken:  # the control port is in use on the host: every start fails
+        taken.bind(("127.0.0.1", control))
+        taken.listen()
+        started = time.monotonic()
+        result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(
+            prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()), "--control-port", str(control),
+            "--data-addr", DATA_ADDR, "--timeout", "90"))
+        took = time.monotonic() - started
+    one_line_error(result, f"exit server '{prov_ssh_name}' failed: plain supervisor: stopped:", "Address already in use",
+                   "inletsctl delete")
+    assert took < 60, took
+    pid = int(Path(f"/opt/inlets/{prov_ssh_name}/supervisor.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "supervise" not in Path(f"/proc/{pid}/cmdline").read_text()
+    assert run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state")).code == 0
