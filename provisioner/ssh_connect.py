@@ -23,6 +23,8 @@ from pathlib import Path
 
 import paramiko
 
+from inlets_py.runtime.core.hosts import HostError, check_host
+
 from .errors import ProvisionError, os_words
 
 #: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
@@ -63,6 +65,12 @@ class SshOptions:
             raise ProvisionError(f"invalid --host {target!r}: use USER@HOST, e.g. root@203.0.113.10")
         if not 1 <= port <= 65535:
             raise ProvisionError(f"invalid --port {port}: ports are 1-65535")
+        try:  # the exit server would refuse a bad --data-addr at each start, after the whole install
+            check_host(host, "--host")
+            if data_addr is not None:
+                check_host(data_addr, "--data-addr")
+        except HostError as exc:
+            raise ProvisionError(str(exc)) from None
         if fingerprint is not None and not _FINGERPRINT_RE.match(fingerprint.strip()):
             raise ProvisionError(
                 f"invalid --host-key-fingerprint {fingerprint!r}: give SHA256:... as `ssh-keygen -lf KEY` prints it"

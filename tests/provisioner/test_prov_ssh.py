@@ -477,3 +477,16 @@ def test_a_server_that_cannot_start_fails_create_soon_with_its_own_words(
     pid = int(Path(f"/opt/inlets/{prov_ssh_name}/supervisor.pid").read_text())
     assert not Path(f"/proc/{pid}").exists() or "supervise" not in Path(f"/proc/{pid}/cmdline").read_text()
     assert run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state")).code == 0
+
+
+def test_a_data_addr_that_is_no_address_is_refused_before_anything_is_installed(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """It was installed, and the server refused it at every start (until create's wait ran out)."""
+    result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(
+        prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()), "--data-addr", "eth0 addr",
+        "--timeout", "20"))
+    one_line_error(result, "--data-addr: 'eth0 addr' is not a valid host name")
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "known_hosts").exists()
+    # the same rule for --host: a typo is named, not looked up
+    one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@host;name", "--state-dir",
+                           str(tmp_path / "state")), "--host: 'host;name' is not a valid host name")
