@@ -7,6 +7,9 @@ port: TLS with the exit server's own certificate (the one the client pins), the 
 authorised by the tunnel token, and the file accepted only if its digest is the one in
 the user-data. Then the boot goes on as with an embedded wheel. Nothing else is answered
 (``/healthz`` says 503: the server is still being installed).
+
+Each connection is served in a thread of its own and has CONNECTION_TIME seconds in all, so that a
+peer that connects and trickles bytes (the port faces the internet) cannot hold off create's push.
 """
 
 import argparse
@@ -15,11 +18,14 @@ import hmac
 import socket
 import ssl
 import sys
+import threading
 import time
 
 PATH = "/inlets/runtime-wheel"
 MAX_WHEEL = 16 * 1024 * 1024
 MAX_HEAD = 8192
+MAX_CONNECTIONS = 32  # served at once; more are closed unanswered
+CONNECTION_TIME = 60.0  # seconds one connection may take in all: handshake, head and body
 
 
 def answer(conn, status, text):
@@ -28,10 +34,20 @@ def answer(conn, status, text):
     conn.sendall(head.encode() + body)
 
 
-def read_head(conn):
+def recv(conn, size, deadline):
+    """At most ``size`` bytes, waiting no later than ``deadline`` (a per-recv timeout alone lets a peer
+    sending a byte now and then hold the connection forever)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ValueError("too slow")
+    conn.settimeout(left)
+    return conn.recv(size)
+
+
+def read_head(conn, deadline):
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
+        chunk = recv(conn, 4096, deadline)
         if not chunk or len(data) > MAX_HEAD:
             raise ValueError("incomplete request head")
         data += chunk
@@ -44,9 +60,9 @@ def read_head(conn):
     return lines[0].split(" "), headers, rest
 
 
-def serve_one(conn, token, digest):
+def serve_one(conn, token, digest, deadline):
     """Handle one request; the wheel's bytes when it was accepted, else None."""
-    request, headers, body = read_head(conn)
+    request, headers, body = read_head(conn, deadline)
     if len(request) != 3 or request[0] != "PUT" or request[1] != PATH:
         answer(conn, "503 Service Unavailable", "the exit server is still being installed")
         return None
@@ -56,7 +72,7 @@ def serve_one(conn, token, digest):
         return None
     chunks, size = [body], len(body)
     while size < int(length):  # read it all before answering, so the sender reads the answer
-        chunk = conn.recv(65536)
+        chunk = recv(conn, 65536, deadline)
         if not chunk:
             raise ValueError("the request body ended early")
         chunks.append(chunk)
@@ -95,27 +111,37 @@ def main():
         server = socket.create_server(("::", args.port), family=socket.AF_INET6, dualstack_ipv6=True)
     else:
         server = socket.create_server(("0.0.0.0", args.port))
+    got = []  # (wheel, sender) once one was accepted
+
+    def handle(raw, peer):
+        try:
+            raw.settimeout(CONNECTION_TIME)
+            with context.wrap_socket(raw, server_side=True) as conn:
+                data = serve_one(conn, token, args.sha256, time.monotonic() + CONNECTION_TIME)
+            if data is not None:
+                got.append((data, peer[0]))
+        except (OSError, ValueError) as exc:
+            print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
+        finally:
+            raw.close()
+
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        server.settimeout(max(1.0, deadline - time.monotonic()))
+    server.settimeout(1.0)
+    while not got and time.monotonic() < deadline:
         try:
             raw, peer = server.accept()
         except socket.timeout:
-            break
-        raw.settimeout(30)
-        try:
-            with context.wrap_socket(raw, server_side=True) as conn:
-                data = serve_one(conn, token, args.sha256)
-        except (OSError, ValueError) as exc:
-            print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
             continue
-        finally:
+        if threading.active_count() > MAX_CONNECTIONS:
             raw.close()
-        if data is not None:
-            with open(args.out, "wb") as file:
-                file.write(data)
-            print(f"receive-wheel: received {len(data)} bytes from {peer[0]}", file=sys.stderr)
-            return 0
+        else:
+            threading.Thread(target=handle, args=(raw, peer), daemon=True).start()
+    if got:
+        data, sender = got[0]
+        with open(args.out, "wb") as file:
+            file.write(data)
+        print(f"receive-wheel: received {len(data)} bytes from {sender}", file=sys.stderr)
+        return 0
     print(f"receive-wheel: no wheel arrived within {args.timeout:.0f}s: run inletsctl create again", file=sys.stderr)
     return 1
 

@@ -73,6 +73,38 @@ def test_the_receiver_takes_only_the_wheel_in_the_user_data_with_the_token(tmp_p
         proc.wait()
 
 
+def test_a_peer_that_trickles_bytes_cannot_hold_off_the_push(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    """The control port faces the internet while the VM waits for its wheel. The receiver served one connection
+    at a time with a 30 s timeout per recv, so a peer sending a byte every few seconds held it indefinitely: every
+    push from create timed out ('The handshake operation timed out') until the wait ran out."""
+    import socket
+    import ssl
+    import threading
+
+    wheel = build_runtime_wheel()
+    proc, port, out = start_receiver(tmp_path, vm_tls, "t" * 64, wheel.sha256)
+    stop = threading.Event()
+    context = ssl.create_default_context(cafile=str(vm_tls.ca))
+    slow = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=EXIT_SERVER_NAME)
+
+    def trickle() -> None:
+        while not stop.wait(2):
+            slow.send(b"P")
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        slow.send(b"P")
+        started = time.monotonic()
+        assert deliver_error("127.0.0.1", port, vm_tls.ca, Delivery(wheel, "t" * 64)) is None
+        assert time.monotonic() - started < 10
+        assert proc.wait(timeout=15) == 0 and out.read_bytes() == wheel.data
+    finally:
+        stop.set()
+        slow.close()
+        proc.kill()
+        proc.wait()
+
+
 def test_a_receiver_nobody_sends_to_ends_with_an_error(tmp_path: Path, vm_tls: TlsFiles) -> None:
     proc, _, out = start_receiver(tmp_path, vm_tls, "t" * 64, "0" * 64, timeout=2)
     assert proc.wait(timeout=30) == 1 and not out.exists()
