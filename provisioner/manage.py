@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inlets_py.runtime.core.probe import ProbeError
+from inlets_py.runtime.core.tls import TlsConfigError
 
 from . import replicas
 from .errors import NotFound, ProvisionError
@@ -235,12 +236,22 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     if not meta.get("ip"):
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
-        result["server"] = status_json(str(meta["ip"]), meta["control_port"], state.ca_file, state.token())
+        result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:
         raise ProvisionError(
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
         ) from None
     return result
+
+
+def _ask(state: ServerState, ip: str, port: int) -> dict[str, Any]:
+    """The exit server's /status over TLS pinned to the CA kept in ``state``; a CA file that is missing or damaged
+    there is said in one line with what to do (only that file lets anything check this server)."""
+    try:
+        return status_json(ip, port, state.ca_file, state.token())
+    except TlsConfigError as exc:
+        raise ProvisionError(f"{exc}; put back a copy of it, or delete the exit server and create it again: "
+                             f"{delete_command(state.name, state.root)}") from None
 
 
 def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
@@ -257,7 +268,7 @@ def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerStat
         except NotFound:
             row["vm"] = "gone"
         try:
-            row["server"] = status_json(str(replica["ip"]), meta["control_port"], state.ca_file, state.token())
+            row["server"] = _ask(state, str(replica["ip"]), meta["control_port"])
         except (ProbeError, KeyError, TypeError) as exc:
             row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
         rows.append(row)

@@ -279,6 +279,27 @@ def test_status_of_a_droplet_deleted_elsewhere_says_it_is_gone_and_how_to_clean_
     assert ("GET", "/v2/droplets/123", None) in fake.requests
 
 
+@pytest.mark.parametrize("ca", [b"", None], ids=["empty", "missing"])
+def test_status_with_a_damaged_ca_file_in_the_state_is_one_line(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys, ca: bytes | None) -> None:
+    """A ca.crt emptied (a full disk) or left behind (state copied without it) ended status in a traceback."""
+    import socket
+
+    state = tmp_path / "state"
+    droplet = fake.add_droplet("kept", ["inlets", "inlets-mode:tcp"])
+    ip = fake.ip_of(droplet["id"])
+    with socket.create_server((ip, 0)) as control:  # the exit server's control port: it listens
+        (state / "kept").mkdir(parents=True, mode=0o700)
+        (state / "kept" / "server.json").write_text(json.dumps(
+            {"name": "kept", "provider": "digitalocean", "id": str(droplet["id"]), "ip": ip, "mode": "tcp",
+             "control_port": control.getsockname()[1]}))
+        (state / "kept" / "token").write_text("t" * 64 + "\n")
+        if ca is not None:
+            (state / "kept" / "ca.crt").write_bytes(ca)
+        result = run_cli(capsys, *_do(fake, token_file, state, "status", "kept"))
+    one_line_error(result, str(state / "kept" / "ca.crt"), "put back a copy of it", "inletsctl delete kept")
+
+
 def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     expired = fake.add_droplet("expired-one", ["inlets", "inlets-expires:1700000000"])
