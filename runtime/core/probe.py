@@ -152,6 +152,9 @@ def get(
             raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url") from None
         raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is --url's "
                          "port the server's control port?") from None
+    except TimeoutError:  # in the TLS handshake its words are OpenSSL's: "_ssl.c:989: The handshake operation timed out"
+        raise ProbeError(f"{endpoint.host}:{endpoint.port} accepted the connection but gave no answer within "
+                         f"{timeout:g}s") from None
     except (OSError, http.client.HTTPException) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None

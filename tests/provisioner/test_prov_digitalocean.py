@@ -300,6 +300,30 @@ def test_status_with_a_damaged_ca_file_in_the_state_is_one_line(
     one_line_error(result, str(state / "kept" / "ca.crt"), "put back a copy of it", "inletsctl delete kept")
 
 
+def test_status_of_a_control_port_that_never_answers_says_so_in_words(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """Something accepts on the control port and says nothing: the error was OpenSSL's
+    '_ssl.c:989: The handshake operation timed out'."""
+    import socket
+
+    from inlets_py.runtime.core.certs import generate_ca
+
+    state = tmp_path / "state"
+    droplet = fake.add_droplet("quiet", ["inlets", "inlets-mode:tcp"])
+    ip = fake.ip_of(droplet["id"])
+    with socket.create_server((ip, 0)) as silent:
+        port = silent.getsockname()[1]
+        (state / "quiet").mkdir(parents=True, mode=0o700)
+        (state / "quiet" / "server.json").write_text(json.dumps(
+            {"name": "quiet", "provider": "digitalocean", "id": str(droplet["id"]), "ip": ip, "mode": "tcp",
+             "control_port": port}))
+        (state / "quiet" / "token").write_text("t" * 64 + "\n")
+        (state / "quiet" / "ca.crt").write_bytes(generate_ca(common_name="quiet test CA").cert)
+        result = run_cli(capsys, *_do(fake, token_file, state, "status", "quiet"))
+    line = one_line_error(result, f"{ip}:{port} accepted the connection but gave no answer within 5s")
+    assert "_ssl.c" not in line
+
+
 def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     expired = fake.add_droplet("expired-one", ["inlets", "inlets-expires:1700000000"])
