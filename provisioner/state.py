@@ -8,6 +8,7 @@ client pins, the server's key and certificate where the server runs locally, and
 from __future__ import annotations
 
 import json
+import datetime
 import os
 import shlex
 import shutil
@@ -201,7 +202,19 @@ def _unusable(meta: object, name: str) -> str | None:
     replicas = meta.get("replicas")
     if replicas is not None and not (isinstance(replicas, list) and all(isinstance(r, dict) for r in replicas)):
         return "has a broken list of replicas"
+    expires = meta.get("expires_at")  # list --prune compares it (from cron: one bad file stopped every prune)
+    if expires is not None and not _utc_time(expires):
+        return "has an expiry that is not a UTC time such as 2030-01-02T03:04:05Z"
     return None
+
+
+def _utc_time(value: object) -> bool:
+    """``value`` is a time as create writes it (and manage.expired reads it)."""
+    try:
+        datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:

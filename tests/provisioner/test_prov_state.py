@@ -19,6 +19,8 @@ DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages 
     "not-text": (b"\xff\xfe\x00{", "server.json is not valid JSON"),
     "a-list": (b"[]", "server.json holds no JSON object"),
     "no-provider": (b'{"name": "no-provider", "control_port": 8123}', "server.json names no provider"),
+    "bad-expiry": (b'{"name": "bad-expiry", "provider": "local", "control_port": 8123, "expires_at": "2030-13-01T00:00:00Z"}',
+                   "server.json has an expiry that is not a UTC time"),
 }
 #: not shown by list (a folder create has just made looks the same, and other keys are optional there)
 UNLISTED = {"missing": (None, "server.json is missing"),
@@ -57,6 +59,19 @@ def test_list_shows_damaged_folders_beside_a_working_exit_server(state: Path, ca
         no_traceback(table)
     finally:
         assert run_cli(capsys, "delete", "works", "--state-dir", str(state)).code == 0
+
+
+def test_prune_goes_on_past_damaged_state_and_deletes_what_expired(state: Path, capsys) -> None:
+    """An expiry that is no time (hand-edited) ended `list --prune`, run from cron, in a traceback, so no expired
+    exit server was deleted any more."""
+    expired = state / "expired"
+    expired.mkdir()
+    (expired / "server.json").write_text(json.dumps({"name": "expired", "provider": "local", "id": "999999999",
+                                                     "control_port": 8123, "expires_at": "2020-01-01T00:00:00Z"}))
+    pruned = run_cli(capsys, "list", "--prune", "--json", "--state-dir", str(state))
+    assert pruned.code == 0, pruned.err
+    assert not expired.exists() and any(line.startswith("expired was already gone") for line in pruned.json()["pruned"])
+    assert (state / "bad-expiry").exists()
 
 
 @pytest.mark.parametrize("name", list(DAMAGED | UNLISTED))
