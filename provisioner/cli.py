@@ -208,22 +208,26 @@ def list_cmd(
     notes: list[str] = []
     rows = manage.list_servers(root, creds, provider, notes)
     pruned: list[str] = []
+    failed = 0
     if prune:
         progress = output.Progress(quiet=json_output)
         try:
-            pruned = manage.prune(root, creds, rows, progress)
+            pruned, failed = manage.prune(root, creds, rows, progress)
         finally:
             progress.close()
         rows = manage.list_servers(root, creds, provider, [])
     if json_output:
         output.print_json({"servers": rows, "notes": notes, "pruned": pruned})
-        return
-    for line in notes + pruned:
-        print(line, file=sys.stderr)
-    if not rows:
-        print("no exit servers")
-        return
-    output.print_table(rows, ["name", "provider", "id", "ip", "mode", "status", "created", "expires", "where"])
+    else:
+        for line in notes + pruned:
+            print(line, file=sys.stderr)
+        if rows:
+            output.print_table(rows, ["name", "provider", "id", "ip", "mode", "status", "created", "expires", "where"])
+        else:
+            print("no exit servers")
+    if failed:
+        raise ProvisionError(f"{failed} expired exit server{'s' if failed > 1 else ''} could not be deleted (see "
+                             "'could not delete' above): fix that, then run inletsctl list --prune again")
 
 
 @app.command(epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")

@@ -194,9 +194,10 @@ def expired(row: dict[str, Any], now: datetime.datetime | None = None) -> bool:
     return when <= now
 
 
-def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: Progress) -> list[str]:
-    """Delete every expired exit server (the cloud bills a powered-off VM until it is deleted)."""
-    done = []
+def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: Progress) -> tuple[list[str], int]:
+    """Delete every expired exit server (the cloud bills a powered-off VM until it is deleted); what was done, and
+    how many could not be deleted (the command then fails, so that cron says so)."""
+    done, failed = [], 0
     for row in rows:
         if not expired(row):
             continue
@@ -207,7 +208,8 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
                 done.append(delete(root, creds, progress, host_id=row["id"], provider_name=row["provider"]))
         except ProvisionError as exc:
             done.append(f"could not delete {row['name']}: {exc}")
-    return done
+            failed += 1
+    return done, failed
 
 
 def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:

@@ -74,6 +74,21 @@ def test_prune_goes_on_past_damaged_state_and_deletes_what_expired(state: Path, 
     assert (state / "bad-expiry").exists()
 
 
+def test_prune_that_cannot_delete_an_expired_server_fails(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It printed 'could not delete' and exited 0: from cron, an expired droplet went on billing unnoticed."""
+    for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / "state"
+    (state / "billing").mkdir(parents=True)
+    (state / "billing" / "server.json").write_text(json.dumps(
+        {"name": "billing", "provider": "digitalocean", "id": "123", "ip": "203.0.113.5", "control_port": 8123,
+         "expires_at": "2020-01-01T00:00:00Z"}))
+    pruned = run_cli(capsys, "list", "--prune", "--json", "--state-dir", str(state))
+    one_line_error(pruned, "1 expired exit server could not be deleted", "inletsctl list --prune again")
+    assert pruned.json()["pruned"][0].startswith("could not delete billing: no DigitalOcean access token")
+    assert (state / "billing").exists()
+
+
 @pytest.mark.parametrize("name", list(DAMAGED | UNLISTED))
 def test_status_and_create_say_the_state_is_damaged_and_how_to_remove_it(name: str, state: Path, capsys) -> None:
     why = (DAMAGED | UNLISTED)[name][1]
