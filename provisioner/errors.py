@@ -18,6 +18,10 @@ class NotFound(ProvisionError):
     """The exit server (VM, process or local state) does not exist."""
 
 
+class Transient(ProvisionError):
+    """The API could not answer now (rate limited, unreachable): a wait asks again instead of giving up."""
+
+
 def os_words(exc: OSError) -> str:
     """The OS's reason for ``exc`` ("Permission denied"), not Python's wrapper around it."""
     if isinstance(exc, socket.gaierror):  # getaddrinfo's codes are no errno: strerror(-2) is "Unknown error -2"

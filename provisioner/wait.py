@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, Transient
 from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner
 from .wheel import ServerWheel
 from .wheel_receiver import PATH as RECEIVER_PATH
@@ -89,6 +89,8 @@ def wait_until_ready(
             seen = host.detail or f"status {host.status!r}"
         except NotFound:
             seen = "not visible in the API yet"
+        except Transient as exc:  # a 429 or a network blip is no reason to give up on (or delete) a booting VM
+            seen = f"the API did not answer ({exc})"
         if host.status == FAILED:
             raise ProvisionError(f"exit server {host.name!r} failed: {seen}")
         if host.status == ACTIVE and host.ip:
@@ -131,6 +133,8 @@ def _poll(
                 raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
         except NotFound:
             raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
+        except Transient:
+            pass  # the tunnel's own answer is what is waited for
         seen = "not listening yet" if isinstance(error, Unreachable) else str(error)  # starting, not failing
         progress(f"waiting for the tunnel server at {target}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
@@ -175,19 +179,23 @@ def wait_until_gone(
     started = time.monotonic() if started is None else started
     deadline = started + timeout
     interval = provider.poll_interval if interval is None else interval
+    name = ""
     while True:
         try:
             host = provider.status(host_id)
         except NotFound:
             return
-        if host.status == FAILED:
-            return
-        seen = host.detail or f"status {host.status!r}"
+        except Transient as exc:  # asked again, as while creating
+            seen = f"the API did not answer ({exc})"
+        else:
+            if host.status == FAILED:
+                return
+            name, seen = host.name, host.detail or f"status {host.status!r}"
         if progress is not None:
-            progress(f"waiting for {host.name or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
+            progress(f"waiting for {name or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
             raise WaitTimeout(
-                f"{provider.name}: {host.name or host_id} ({host_id}) is still there {timeout:.0f}s after it was "
+                f"{provider.name}: {name or host_id} ({host_id}) is still there {timeout:.0f}s after it was "
                 f"deleted (last seen: {seen}); run the delete again later, and look at it in {provider.name} if it stays"
             )
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import requests
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, Transient
 
 AUTH = "auth"  # the credentials were refused
 NOT_FOUND = "not found"  # raised as errors.NotFound: callers treat it as "gone"
@@ -139,11 +139,11 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
         return ProvisionError(f"{provider}: {what} failed{code}, an account limit was reached{detail}; "
                               f"delete servers you no longer need or ask {provider} to raise the limit")
     if fault.kind == RATE_LIMIT:
-        return ProvisionError(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
-                              "wait a minute and try again")
+        return Transient(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
+                         "wait a minute and try again")
     if fault.kind == NETWORK:
-        return ProvisionError(f"{provider}: cannot reach the API at {where} while {what}: {fault.message}; check the "
-                              "network (and --api-url if you set it), then try again")
+        return Transient(f"{provider}: cannot reach the API at {where} while {what}: {fault.message}; check the "
+                         "network (and --api-url if you set it), then try again")
     if fault.kind == REQUEST:
         return ProvisionError(f"{provider}: cannot send the request while {what}: {fault.message}; check the "
                               f"{credentials} and --api-url")

@@ -80,6 +80,7 @@ class FakeDigitalOcean:
         self.create_delay = 0.0
         self.create_answer: tuple[int, Any] | None = None
         self.broken_after_create: tuple[int, Any] | None = None
+        self.rate_limited_reads = 0  # the next GETs of one droplet are answered 429, as DigitalOcean's rate limit does
         self._created = False
         self.droplets: dict[int, dict[str, Any]] = {}
         self.balancers: dict[str, dict[str, Any]] = {}
@@ -260,6 +261,9 @@ class FakeDigitalOcean:
                     return self._send(401, {"id": "Unauthorized", "message": "Unable to authenticate you"})
                 if fake._created and fake.broken_after_create is not None:
                     return self._send(*fake.broken_after_create)
+                if method == "GET" and url.path.count("/") == 3 and fake.rate_limited_reads > 0:
+                    fake.rate_limited_reads -= 1
+                    return self._send(429, {"id": "too_many_requests", "message": "API Rate limit exceeded."})
                 with fake._lock:
                     status, answer = fake._route(method, url.path, query, body)
                 if (method, url.path, status) == ("POST", "/v2/droplets", 202):

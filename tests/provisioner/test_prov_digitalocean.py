@@ -194,6 +194,20 @@ def test_ctrl_c_while_the_create_call_is_under_way_says_how_to_delete_what_it_ma
     assert gone.code == 0 and fake.droplets == {} and not (state / "hurried").exists(), gone
 
 
+def test_a_rate_limited_poll_while_the_droplet_boots_is_waited_out(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """One 429 while create polled the droplet ended create ('wait a minute and try again; delete it with ...'),
+    and with --delete-on-failure deleted a droplet that was booting fine."""
+    state = tmp_path / "state"
+    fake.rate_limited_reads = 2
+    created = run_cli(capsys, *_do(fake, token_file, state, "create", "limited", "--provider", "digitalocean",
+                                   "--ports", str(free_port()), "--control-port", str(free_port()), "--timeout", "60",
+                                   "--delete-on-failure", "--json"))
+    assert created.code == 0, created.err
+    assert fake.rate_limited_reads == 0 and len(fake.droplets) == 1
+    assert run_cli(capsys, *_do(fake, token_file, state, "delete", "limited")).code == 0
+
+
 def test_names_already_taken_locally_or_in_the_cloud(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     fake.add_droplet("taken-in-cloud", ["inlets"])
