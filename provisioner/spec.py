@@ -78,7 +78,14 @@ def parse_ports(text: str) -> tuple[int, ...]:
 def check_domain(domain: str) -> str:
     name = domain.strip().lower().rstrip(".")
     if not _DOMAIN_RE.fullmatch(name):
-        raise ProvisionError(f"invalid domain {domain!r}")
+        try:  # an international name: DNS, the Host header and Let's Encrypt all take its xn-- form
+            ascii_name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            ascii_name = ""
+        if ascii_name != name and _DOMAIN_RE.fullmatch(ascii_name):
+            raise ProvisionError(f"invalid domain {domain!r}: give it in its ASCII (xn--) form: --domain {ascii_name}")
+        raise ProvisionError(f"invalid domain {domain!r}: give a DNS name such as example.com (labels of letters, "
+                             "digits and inner hyphens, no wildcards)")
     return name
 
 

@@ -23,7 +23,10 @@ BAD_CREATE = [
     (["--ports", "8123", "--control-port", "8123"], "is the control port"),
     (["--mode", "tcp", "--domain", "example.com"], "--domain is for --mode http"),
     (["--mode", "http", "--ports", "80"], "--ports is for --mode tcp"),
-    (["--mode", "http", "--domain", "not a domain"], "invalid domain"),
+    (["--mode", "http", "--domain", "not a domain"], "invalid domain 'not a domain': give a DNS name such as example.com"),
+    (["--mode", "http", "--domain", "Bücher.Example"], "invalid domain 'Bücher.Example': give it in its ASCII (xn--) form: "
+                                                      "--domain xn--bcher-kva.example"),
+    (["--mode", "http", "--domain", "*.example.com"], "no wildcards"),
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
     # what the printed client command would refuse is refused here, in the client's words
     (["--upstream", "127.0.0.1:80"], "invalid --upstream for --mode tcp: --upstream '127.0.0.1:80': with --ports give the host alone"),
