@@ -51,6 +51,8 @@ if [ "$sup" = auto ]; then if [ -d /run/systemd/system ]; then sup=systemd; else
 if [ "$sup" = systemd ] && [ ! -d /run/systemd/system ]; then fail "systemd is not running on this host: use --supervisor plain"; fi
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
+  || fail "$py on the host is $("$py" --version 2>&1 | head -n 1): the exit server needs Python 3.10 or newer; install it, or pass --remote-python"
 # from here on a failure leaves nothing of this exit server behind
 trap 'rm -rf "$stage" "$conf" "$opt"; rm -f "/etc/systemd/system/inlets-$name.service"' EXIT
 owner=root

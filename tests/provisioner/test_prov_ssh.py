@@ -490,3 +490,21 @@ def test_a_data_addr_that_is_no_address_is_refused_before_anything_is_installed(
     # the same rule for --host: a typo is named, not looked up
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@host;name", "--state-dir",
                            str(tmp_path / "state")), "--host: 'host;name' is not a valid host name")
+
+
+OLD_PYTHONS = {"3.9": "/root/.pyenv/versions/3.9.18/bin/python3", "2.7": "/root/.pyenv/versions/2.7.18/bin/python"}
+
+
+def test_a_python_too_old_for_the_server_is_named_with_what_to_do(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """Python 3.9 ended 'pip could not install inlets_py-...whl' (pip's reason on the line before, not shown);
+    Python 2 ended 'cannot create a venv: install python3-venv'."""
+    found = {version: python for version, python in OLD_PYTHONS.items() if os.access(python, os.X_OK)}
+    if not found:
+        pytest.skip("no Python older than 3.10 on this machine (pyenv's 3.9 or 2.7)")
+    for version, python in found.items():
+        args = _ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()))
+        args[args.index("--remote-python") + 1] = python
+        result = run_cli(capsys, "create", prov_ssh_name, *args)
+        one_line_error(result, f"{python} on the host is Python {version}", "needs Python 3.10 or newer", "--remote-python")
+        assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
