@@ -13,7 +13,7 @@ from inlets_py.runtime.core.tls import TlsConfigError
 from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
-from .providers.base import FAILED, GONE_TIMEOUT, Host, Provisioner
+from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Provisioner
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, scan
@@ -36,6 +36,7 @@ def delete(
     """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
     if sum(x is not None for x in (name, host_id, ip)) != 1:
         raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
+    by_id = host_id is not None
     check_timeout(timeout)
     states = all_states(root)
     meta: dict[str, Any] | None = None
@@ -71,6 +72,10 @@ def delete(
             return f"{provider_name} has no exit server named {name}; removed its local state ({root / name})"
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
+    if by_id and meta is None and not any(h.id == host_id for h in provider.list()):
+        # a mistyped --id must never delete a VM inletsctl did not make (a database, a web server)
+        raise NotFound(f"{provider_name}: no exit server with id {host_id} among those inletsctl made (tagged {TAG}); "
+                       "inletsctl deletes nothing else: see them with inletsctl list --provider " + provider_name)
     label = (meta or {}).get("name") or name or host_id
     try:
         started = time.monotonic()

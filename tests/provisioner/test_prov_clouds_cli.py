@@ -125,6 +125,7 @@ def test_delete_of_an_instance_that_never_goes_is_one_line_and_keeps_its_firewal
     one = json.loads(libcloud_fixture("vultr_v2", "ex_get_node.json"))
     one["instance"]["firewall_group_id"] = "cb676a46-66fd-4dfb-b839-443f2e6c0b60"
     api.route("GET", "/v2/instances/123", Answer(200, one))  # deleted, yet always still there
+    api.route("GET", "/v2/instances", Answer(200, {"instances": [one["instance"]], "meta": {}}))  # tagged inlets: ours
     api.route("DELETE", "/v2/instances/123", Answer(204))
     result = run_cli(capsys, "delete", "--provider", "vultr", "--id", "123", "--timeout", "1", "--api-url", api.url,
                      "--state-dir", str(tmp_path))

@@ -338,6 +338,19 @@ def test_status_of_a_control_port_that_never_answers_says_so_in_words(
     assert "_ssl.c" not in line
 
 
+def test_delete_by_id_never_deletes_a_droplet_inletsctl_did_not_make(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """`delete --provider digitalocean --id N` deleted any droplet: a mistyped id took down a database."""
+    state = tmp_path / "state"
+    database = fake.add_droplet("prod-db", ["web"])
+    refused = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id", str(database["id"])))
+    one_line_error(refused, f"no exit server with id {database['id']} among those inletsctl made (tagged inlets)")
+    assert database["id"] in fake.droplets and not [r for r in fake.requests if r[0] == "DELETE"]
+    ours = fake.add_droplet("made-elsewhere", ["inlets", "inlets-mode:tcp"])
+    deleted = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id", str(ours["id"])))
+    assert deleted.code == 0 and ours["id"] not in fake.droplets, deleted.err
+
+
 def test_prune_deletes_expired_droplets_only(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     expired = fake.add_droplet("expired-one", ["inlets", "inlets-expires:1700000000"])
