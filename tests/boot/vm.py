@@ -189,6 +189,7 @@ class Container:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.started = time.monotonic()
+        self.pid()  # its systemd is up, and /dev has the modes a VM's has (_device_modes), before anything logs in
         return self
 
     @property
@@ -207,7 +208,16 @@ class Container:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no systemd in container {self.name}: {self.tail()}")
                 time.sleep(0.1)
+            else:
+                self._device_modes()
         return self._pid
+
+    def _device_modes(self) -> None:
+        """The character devices every user may use, as a VM's devtmpfs has them (0666). nspawn copies them from
+        this machine with this machine's modes, and one sandbox here had /dev/null 0644: sftp-server, run as any
+        user but root, stopped at once ("Couldn't open /dev/null: Permission denied"), and --provider ssh's
+        create failed on what a cloud VM would never do."""
+        self.sh("chmod 0666 /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty")
 
     def sh(self, script: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A shell command as root inside the container, with a clean environment."""
