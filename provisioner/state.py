@@ -12,6 +12,7 @@ import datetime
 import os
 import shlex
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,14 @@ def state_root(override: Path | None = None) -> Path:
 
 def prepare_root(root: Path) -> None:
     """Create the state root (0700) before anything is made, or say in one line why it cannot be."""
+    try:
+        shared = root.is_dir() and bool(root.stat().st_mode & stat.S_ISVTX)
+    except OSError:
+        shared = False
+    if shared:  # /tmp, /var/tmp: made 0700 below, every other user and service would lose it
+        raise ProvisionError(f"cannot keep exit servers in {root}: every user shares it (like /tmp), and making it "
+                             f"private (0700) would lock them out; give --state-dir a folder of its own, "
+                             f"e.g. {root / 'inlets'}")
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

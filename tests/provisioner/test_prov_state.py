@@ -238,3 +238,14 @@ def test_another_users_state_folder_is_refused_for_what_it_is(as_a_user: tuple[s
                    f"cannot keep exit servers in {state}: it belongs to another user, and tokens are kept only where "
                    "no one else can read them (0700); give --state-dir")
     assert list(state.iterdir()) == []
+
+
+def test_a_folder_every_user_shares_is_refused_not_made_private(tmp_path: Path) -> None:
+    """--state-dir /tmp (sticky, 1777) was made 0700, locking every other user and service out of it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    one_line_error(run_inletsctl("create", "x", "--state-dir", str(shared)),
+                   f"cannot keep exit servers in {shared}: every user shares it (like /tmp), and making it private "
+                   f"(0700) would lock them out; give --state-dir a folder of its own, e.g. {shared / 'inlets'}")
+    assert shared.stat().st_mode & 0o7777 == 0o1777 and list(shared.iterdir()) == []
