@@ -3,12 +3,14 @@ gets one line saying what to change, never OpenSSL's words or a page of HTML."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -44,22 +46,33 @@ def test_a_wrong_scheme_is_named_with_its_fix(tmp_path: Path, tls: TlsFiles, tok
             process.wait(15)
 
 
-def test_a_web_server_that_is_no_tunnel_gets_one_line(token_file: Path) -> None:
-    class NotFound(http.server.BaseHTTPRequestHandler):
+@contextlib.contextmanager
+def web_answering(status: int, body: str, content_type: str = "text/plain") -> Iterator[int]:
+    """A plain web server on loopback answering every GET with ``status`` and ``body``; yields its port."""
+    class Fixed(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_error(404)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
 
         def log_message(self, *args) -> None:
             pass
 
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
     threading.Thread(target=web.serve_forever, daemon=True).start()
     try:
-        line = status_line(f"ws://127.0.0.1:{web.server_address[1]}", token_file)
-        assert "HTTP 404: is --url a tunnel server's control port" in line
+        yield web.server_address[1]
     finally:
         web.shutdown()
         web.server_close()
+
+
+def test_a_web_server_that_is_no_tunnel_gets_one_line(token_file: Path) -> None:
+    with web_answering(404, "Not Found\n") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert "HTTP 404: is --url a tunnel server's control port" in line
 
 
 def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
@@ -76,25 +89,9 @@ def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
                                   '{"clients": [{"services": "tcp:80", "bytes_in": "zz"}]}'])
 def test_json_that_is_no_status_document_gets_one_line(token_file: Path, body: str) -> None:
     """Another service's JSON at /status (a proxy's prefix pointing elsewhere) is one line, not the table's traceback."""
-    class Json(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def log_message(self, *args) -> None:
-            pass
-
-    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Json)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
-    try:
-        line = status_line(f"ws://127.0.0.1:{web.server_address[1]}", token_file)
-        assert "/status answered JSON that is not a tunnel server's status: is --url a tunnel server?" in line
-    finally:
-        web.shutdown()
-        web.server_close()
+    with web_answering(200, body, "application/json") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert "/status answered JSON that is not a tunnel server's status: is --url a tunnel server?" in line
 
 
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
