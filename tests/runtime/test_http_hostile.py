@@ -228,6 +228,7 @@ def proc(tmp_path_factory):
             "--auto-tls-san", LOOPBACK, "--token-file", str(token), "--drain-timeout", "1"], cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w")))
         wait_port(control)
+        wait_port(data)  # it listens a moment after the control port: a refusal below ended this fixture under load
         procs.append(subprocess.Popen(INLETS + [
             "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(token),
             "--tls-ca", str(tmp / "tls" / "ca.crt"), "--upstream", f"app.test=http://{LOOPBACK}:{up}",
