@@ -15,6 +15,7 @@ import pytest
 from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from helpers.process import wait_port
 from helpers.readme_commands import README, ROOT, Shell, block, commands
+from helpers.tunnel import free_port
 
 from inlets_py.runtime.server.dataplane import bind_failure
 
@@ -22,9 +23,7 @@ from inlets_py.runtime.server.dataplane import bind_failure
 def _free_on_both(*hosts: str) -> int:
     """A port free on every loopback address given (the service's and the exit server's)."""
     for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
+        port = free_port(hosts[0])
         try:
             for host in hosts[1:]:
                 with socket.socket() as other:

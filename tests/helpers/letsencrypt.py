@@ -22,24 +22,10 @@ from pathlib import Path
 from typing import Iterator
 
 from helpers.http import need
-from helpers.tunnel import free_port, make_tls
+from helpers.tunnel import free_port, make_tls, udp_free_port
 
 DOMAIN_SUFFIX = "example.test"
 
-
-def udp_free_port() -> int:
-    """A port free for UDP and TCP alike (dnsmasq binds both; the kernel hands out the same UDP port often)."""
-    for _attempt in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no port free for both UDP and TCP in 50 tries")
 
 
 @dataclass

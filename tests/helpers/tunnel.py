@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 from dataclasses import dataclass
@@ -35,12 +36,58 @@ def make_tls(directory: Path, names: list[str] | None = None) -> TlsFiles:
     return TlsFiles(files.ca_cert, files.cert, files.key)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def _own_port_range() -> range:
+    """Ports below the kernel's ephemeral range, a slice per xdist worker.
 
+    A port the kernel picked for bind(0) is ephemeral: any outgoing connect in
+    another worker may take it before the test's server binds it (seen in CI:
+    "cannot listen (control *:35889): Address already in use").
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = (low - 10000) // max(workers, 1)
+    start = 10000 + index * size
+    return range(start, start + size)
+
+
+_OWN_PORTS = _own_port_range()
+_next_port = random.randrange(len(_OWN_PORTS))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now on host, from this worker's slice, not handed out again soon."""
+    global _next_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _attempt in range(len(_OWN_PORTS)):
+        port = _OWN_PORTS[_next_port % len(_OWN_PORTS)]
+        _next_port += 1
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_OWN_PORTS} on {host}")
+
+
+
+def udp_free_port() -> int:
+    """A port free for UDP and for TCP too (dnsmasq and the UDP tunnel's tests bind both)."""
+    for _attempt in range(50):
+        port = free_port()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP in 50 tries")
 
 def run(coro: Awaitable, timeout: float = 60) -> object:
     """Run a scenario on a fresh loop, bounded in time."""

@@ -395,9 +395,7 @@ def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: P
 
 def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(tmp_path: Path) -> None:
     """paramiko words a refused connect as '[Errno None] Unable to connect to port 1 on 127.0.0.1'."""
-    with socket.socket() as probe:  # a port just freed: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port just freed: nothing listens there
     result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(port),
                            "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
                            "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
@@ -419,9 +417,7 @@ def test_delete_when_the_host_is_gone_names_no_flag_it_lacks_and_says_how_to_dro
     and nothing said how to be rid of an exit server whose host is gone for good."""
     import json
 
-    with socket.socket() as probe:  # a port just freed: the host's sshd is gone
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port just freed: the host's sshd is gone
     state = tmp_path / "state"
     folder = state / "gone-host"
     folder.mkdir(parents=True, mode=0o700)

@@ -9,6 +9,8 @@ import socket
 
 import pytest
 
+from helpers.tunnel import free_port
+
 from inlets_py.runtime.core import bridge
 from inlets_py.runtime.core.mux import Multiplexer
 from inlets_py.runtime.core.session import Session
@@ -42,9 +44,7 @@ def test_a_dial_connects_the_streams_bridge() -> None:
 
 
 def test_a_refused_dial_resets_the_stream_naming_the_reason(caplog: pytest.LogCaptureFixture) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
 
     async def run() -> None:
         _, channel = stream()

@@ -17,6 +17,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from helpers.http import LOOPBACK, Stack, need, raw_request
+from helpers.tunnel import free_port
 from inlets_py.runtime.http.options import HttpOptions
 
 
@@ -58,9 +59,7 @@ def _tls_upstream(stack: Stack, tls):
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    return free_port(LOOPBACK)
 
 
 def curl(port: int, path: str, *args: str, host: str = "app.test", timeout: float = 30) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import pytest
 from helpers.faults import rss_kib
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
-from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, start_server, stop, until_connected
+from helpers.tunnel import TlsFiles, control_url, free_port, run, udp_free_port, start_client, start_server, stop, until_connected
 
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.core.probe import get, parse_url
@@ -22,20 +22,6 @@ from inlets_py.runtime.core.tls import client_context
 from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
 from inlets_py.runtime.core.services import MAX_DATAGRAM
 
-
-def udp_free_port() -> int:
-    """A port free for UDP and for TCP too (dnsmasq binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            try:
-                with socket.socket() as tcp:
-                    tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no port free for both TCP and UDP")
 
 
 class UdpEcho(asyncio.DatagramProtocol):
