@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from ..core.datagram import send_empty
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel
@@ -19,6 +20,8 @@ log = logging.getLogger("inlets.udp")
 
 class UdpUpstream(asyncio.DatagramProtocol):
     """The client's side of one flow: a connected UDP socket to the upstream."""
+
+    datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
     def __init__(self, channel: Channel, on_close: Callable[[], None] | None = None) -> None:
         self.channel = channel
@@ -35,7 +38,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
             return
         early, self._early = self._early, []
         for data in early:
-            self.transport.sendto(data)
+            self._send(data)
 
     def datagram_received(self, data: bytes, address: tuple) -> None:
         if len(data) > MAX_DATAGRAM or not self.channel.write_whole(data):  # whole or not at all
@@ -45,9 +48,16 @@ class UdpUpstream(asyncio.DatagramProtocol):
         log.debug("event=udp_upstream_error error=%r", str(exc))
 
     # StreamHandler: datagrams from the server's side
+    def _send(self, data: bytes) -> None:
+        assert self.transport is not None
+        if data:
+            self.transport.sendto(data)
+        else:
+            send_empty(self.transport)
+
     def on_data(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.sendto(data)
+            self._send(data)
         elif len(self._early) < 64:
             self._early.append(data)
         else:

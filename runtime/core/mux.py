@@ -396,13 +396,14 @@ class Multiplexer:
             raise ProtocolError(f"stream {stream_id} exceeded its flow-control window")
         stream.recv_window -= len(payload)
         stream.held += len(payload)
-        if payload:
-            # A bulk stream's frame is most of its message: passed on as a view of it, not copied. Anything else
-            # is copied: a small payload costs less as bytes to the loop's write than as a view, and what a slow
-            # reader holds then keeps at most twice its credit alive, never another stream's message.
-            size = len(payload)
-            keep = size >= VIEW_FROM and 2 * size >= len(payload.obj)  # type: ignore[arg-type]
-            events.append(DataReceived(stream_id, payload if keep else bytes(payload)))
+        # A bulk stream's frame is most of its message: passed on as a view of it, not copied. Anything else
+        # is copied: a small payload costs less as bytes to the loop's write than as a view, and what a slow
+        # reader holds then keeps at most twice its credit alive, never another stream's message. An empty
+        # payload is an event too: on a UDP flow it is a datagram of zero bytes (the session drops it for a
+        # byte stream).
+        size = len(payload)
+        keep = size >= VIEW_FROM and 2 * size >= len(payload.obj)  # type: ignore[arg-type]
+        events.append(DataReceived(stream_id, payload if keep else bytes(payload)))
 
     def _on_window(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
         if len(payload) != WINDOW_PAYLOAD.size:

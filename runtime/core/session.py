@@ -72,7 +72,9 @@ class Channel:
 
     def write_whole(self, data: bytes) -> bool:
         """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
-        if len(data) > self.session.mux.send_window(self.stream_id):
+        mux = self.session.mux
+        # Checked here, not told by _write's count: for an empty datagram, 0 bytes written is no answer.
+        if len(data) > mux.send_window(self.stream_id) or mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
             return False
         return self.session._write(self, data) == len(data)
 
@@ -254,8 +256,11 @@ class Session:
                         size = len(event.data)
                         channel.bytes_in += size
                         self.bytes_in += size
-                        if channel.handler is not None:
-                            channel.handler.on_data(event.data)
+                        handler = channel.handler
+                        # An empty DATA frame means something only to a datagram flow; a byte stream ignores it
+                        # (a bridge still dialling would otherwise queue any number of them, none costing credit).
+                        if handler is not None and (size or getattr(handler, "datagrams", False)):
+                            handler.on_data(event.data)
                 elif isinstance(event, WindowUpdated):
                     if channel is not None and channel.handler is not None:
                         channel.handler.on_writable()
@@ -298,6 +303,8 @@ class Session:
         if count:
             channel.bytes_out += count
             self.bytes_out += count
+            self._flush()
+        elif not data:  # an empty datagram: its frame is queued, and goes now
             self._flush()
         return count
 

@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..core.datagram import send_empty
 from ..core.mux import ResetCode, StreamError
 from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel, Session
@@ -43,6 +44,8 @@ class _Flow:
 
     __slots__ = ("port", "address", "channel", "last_seen")
 
+    datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
+
     def __init__(self, port: UdpPort, address: tuple) -> None:
         self.port = port
         self.address = address
@@ -53,7 +56,10 @@ class _Flow:
     def on_data(self, data: bytes) -> None:
         transport = self.port.transport
         if transport is not None:
-            transport.sendto(data, self.address)
+            if data:
+                transport.sendto(data, self.address)
+            else:
+                send_empty(transport, self.address)
             self.port.counters.datagrams_out += 1
             self.port.counters.bytes_out += len(data)
         if self.channel is not None:

@@ -113,3 +113,19 @@ def test_a_name_that_does_not_resolve_is_said_in_the_resolvers_words(caplog: pyt
         asyncio.run(run())
     assert f"upstream={name}:22 error='Name or service not known'" in caplog.text
     assert "Unknown error" not in caplog.text
+
+
+def test_empty_data_frames_for_a_byte_stream_are_not_queued_while_it_dials() -> None:
+    """They cost the peer no credit: a bridge not yet connected kept every one, without bound."""
+    from inlets_py.runtime.core.mux import DataReceived
+
+    async def run() -> None:
+        session, channel = stream()
+        handler = bridge.TcpBridge()
+        handler.attach(channel)  # type: ignore[arg-type]  # as dial attaches it, before the socket connects
+        session._dispatch([DataReceived(channel.stream_id, b"")] * 1000)  # type: ignore[attr-defined]
+        assert handler._early == []
+        session._dispatch([DataReceived(channel.stream_id, b"x")])  # type: ignore[attr-defined]
+        assert handler._early == [b"x"]
+
+    asyncio.run(run())

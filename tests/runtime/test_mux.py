@@ -457,3 +457,13 @@ def test_a_bulk_payload_is_passed_on_as_a_view_of_its_message_and_a_small_part_a
     data = [e.data for e in receiver.receive(mixed) if isinstance(e, DataReceived)]
     assert data == [b"s" * 100, b"o" * 70_000, b"c" * 80_000]
     assert [type(d) for d in data] == [bytes, bytes, memoryview]  # small; under half of the message; most of it
+
+
+def test_an_empty_data_frame_is_an_event_and_costs_no_credit() -> None:
+    """A UDP flow's datagram of zero bytes is an empty DATA frame: it was dropped here, so it never arrived."""
+    sender, receiver = Multiplexer(client=True), Multiplexer(client=False)
+    sid = sender.open_stream("udp:53")
+    assert sender.send_data(sid, b"") == 0
+    events = receiver.receive(b"".join(sender.data_to_send()))
+    assert [(type(e), getattr(e, "data", None)) for e in events] == [(StreamOpened, None), (DataReceived, b"")]
+    assert sender.send_window(sid) == receiver.initial_send_window
