@@ -213,12 +213,22 @@ class ControlPlane:
             self.config.on_request(request.path.split("?", 1)[0], response.status_code)
 
     def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
+        response = self._route(connection, request)
+        if response is not None and request.method == "HEAD":
+            response.body = b""  # answered as its GET would be, Content-Length included, without the body
+        return response
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        route = self.config.routes.get(path)
+        if path != CONNECT_PATH and route is None and path != "/healthz":
+            return _response(404, b"not found\n")
+        if path != CONNECT_PATH and request.method not in ("GET", "HEAD"):  # the library answers /connect's
+            response = _response(405, f"method not allowed: {path} answers GET and HEAD\n".encode())
+            response.headers["Allow"] = "GET, HEAD"
+            return response
         if path == "/healthz":
             return _response(200, b"OK\n")
-        route = self.config.routes.get(path)
-        if path != CONNECT_PATH and route is None:
-            return _response(404, b"not found\n")
         source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
         # get_all, not get: Headers.get raises on a repeated header, which the library answered 500, unlogged
         # and uncounted. A repeated Authorization fails like a wrong token: counted, logged, refused.

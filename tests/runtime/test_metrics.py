@@ -214,6 +214,39 @@ def test_control_plane_paths_are_bounded_labels(tls, token, path):
         stack.close()
 
 
+def _tls_exchange(control: tuple, tls, request: bytes) -> bytes:
+    """Send one raw request to the control port over TLS; everything until the server closes."""
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    with socket.create_connection(control[:2], timeout=10) as raw, context.wrap_socket(raw, server_hostname=control[0]) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_head_is_answered_without_a_body_and_other_methods_are_not_allowed(tls, token):
+    """HEAD /healthz got its GET's body, which a keep-alive client reads as the start of the next answer;
+    POST /metrics with the token was answered as a GET."""
+    stack = Stack()
+    try:
+        server = stack.server(tls, token)
+        control = server.control.addresses[0]
+        head = _tls_exchange(control, tls, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: 3\r\n" in head
+        assert head.endswith(b"\r\n\r\n"), head  # no body
+        auth = f"Authorization: Bearer {token}\r\n".encode()
+        head = _tls_exchange(control, tls, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n"), head
+        posted = _tls_exchange(control, tls, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n" + auth + b"\r\n")
+        assert posted.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n") and b"\r\nAllow: GET, HEAD\r\n" in posted, posted
+        assert posted.endswith(b"method not allowed: /metrics answers GET and HEAD\n")
+        unknown = _tls_exchange(control, tls, b"POST /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert unknown.startswith(b"HTTP/1.1 404 Not Found\r\n"), unknown
+    finally:
+        stack.close()
+
+
 def test_a_connect_the_websocket_library_refuses_counts_by_its_real_status(tls, token):
     """A /connect with the right token but no Upgrade is answered 426 by websockets; it was counted as a 101,
     a client connection that never happened."""
