@@ -11,7 +11,6 @@ needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it agai
 from __future__ import annotations
 
 import configparser
-import json
 import os
 import re
 import time
@@ -31,6 +30,7 @@ from ..credentials import access_token
 from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..wait import wait_until_gone
+from . import ec2_regions
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
 from .cloud_api import libcloud_words
@@ -48,7 +48,6 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY",)
 #: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
 UBUNTU_OWNER = "099720109477"
 GONE_STATES = ("terminated", "shutting-down")
-REGION_RECORD = "ec2.json"  # in the state folder: the instance id and the region it was made in
 
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
@@ -217,16 +216,9 @@ class EC2Provider:
 
     def _recorded_region(self, host_id: str) -> None:
         """Delete/status go to the region create used (kept in the state folder), whatever is set now."""
-        if self._state_root is None or not self._state_root.is_dir():
-            return
-        for record in self._state_root.glob(f"*/{REGION_RECORD}"):
-            try:
-                data = json.loads(record.read_text())
-            except (OSError, ValueError):
-                continue
-            if data.get("id") == host_id and data.get("region") and data["region"] != self.region:
-                self._use_region(str(data["region"]))
-                return
+        region = ec2_regions.recorded_region(self._state_root, host_id)
+        if region is not None and region != self.region:
+            self._use_region(region)
 
     def _api(self, what: str) -> ContextManager[None]:
         return api_errors(self.name, self._endpoint, what, _fault, credentials=f"credentials ({self._source})")
@@ -257,6 +249,7 @@ class EC2Provider:
             if plan.expires_at is not None:
                 tags["inlets-expires"] = str(int(plan.expires_at.timestamp()))
             size = NodeSize(plan.size or PROVIDER.size, plan.size or PROVIDER.size, 0, 0, 0, 0, d)
+            ec2_regions.record_region(plan.state_dir, self.region, None)
             image = NodeImage(image_id, image_id, d)
             with self._api(f"creating instance {plan.name!r}"):
                 node = d.create_node(  # the group by name: it lives in the default VPC
@@ -269,8 +262,7 @@ class EC2Provider:
             except ProvisionError:
                 pass  # the first error is the one to show
             raise
-        record = plan.state_dir / REGION_RECORD
-        record.write_text(json.dumps({"id": node.id, "region": self.region}) + "\n")
+        ec2_regions.record_region(plan.state_dir, self.region, node.id)
         return Host(id=node.id, name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
 
     def _keypair(self, plan: Plan, made: list[tuple[str, str]]) -> str | None:

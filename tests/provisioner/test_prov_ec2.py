@@ -365,13 +365,87 @@ def test_status_and_delete_use_the_region_create_used(prov_ec2_moto: Moto, tmp_p
     plan = _plan(tmp_path, "ec2-west")
     made_in = make("ec2", tmp_path / "state", Credentials(region="us-west-2"))
     host = made_in.create(plan)
-    assert json.loads((plan.state_dir / "ec2.json").read_text()) == {"id": host.id, "region": "us-west-2"}
+    assert json.loads((plan.state_dir / "ec2.json").read_text()) == {"region": "us-west-2", "ids": [host.id]}
     later = make("ec2", tmp_path / "state", Credentials())  # $AWS_REGION=eu-west-1
     assert later.status(host.id).extra["region"] == "us-west-2"
     later.delete(host.id)
     west = boto3.client("ec2", endpoint_url=prov_ec2_moto.url, region_name="us-west-2", aws_access_key_id=KEY_ID,
                         aws_secret_access_key=SECRET)
     (gone,) = [i for r in west.describe_instances(InstanceIds=[host.id])["Reservations"] for i in r["Instances"]]
+    assert gone["State"]["Name"] == "terminated"
+
+
+class _AnswerLosingProxy:
+    """HTTP on loopback in front of moto: passes every call on, but RunInstances' answer never comes back
+    (the connection closes after moto made the instance), as when a network drops it."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _pass_on(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                data = answer.read()
+                conn.close()
+                if b"Action=RunInstances" in body or "Action=RunInstances" in self.path:
+                    self.close_connection = True  # made, and not a word back
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _pass_on
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_instance_made_in_another_region_whose_answer_was_lost_is_deleted_there(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """create --region us-west-2 lost RunInstances' answer and found the instance by name; the region record
+    was written only after an answer, so delete (with $AWS_REGION=eu-west-1) looked in eu-west-1, said the
+    instance was gone, and left it running and billed in us-west-2."""
+    _env_credentials(monkeypatch)
+    proxy = _AnswerLosingProxy(prov_ec2_moto.url)
+    state = ["--state-dir", str(tmp_path / "state")]
+    try:
+        created = run_cli(capsys, "create", "lost-west", "--provider", "ec2", "--region", "us-west-2",
+                          "--api-url", proxy.url, "--ports", "443", *state)
+    finally:
+        proxy.close()
+    line = one_line_error(created, "ec2 created 'lost-west' all the same")
+    west = boto3.client("ec2", endpoint_url=prov_ec2_moto.url, region_name="us-west-2", aws_access_key_id=KEY_ID,
+                        aws_secret_access_key=SECRET)
+    (instance,) = [i for r in west.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert instance["InstanceId"] in line
+    deleted = run_cli(capsys, "delete", "lost-west", "--api-url", prov_ec2_moto.url, *state)  # $AWS_REGION: eu-west-1
+    assert deleted.code == 0, deleted.err
+    (gone,) = [i for r in west.describe_instances(InstanceIds=[instance["InstanceId"]])["Reservations"]
+               for i in r["Instances"]]
     assert gone["State"]["Name"] == "terminated"
 
 
