@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -58,6 +59,10 @@ def control_config(
         fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
     if (auto_tls_san or auto_tls_path is not None) and not auto_tls:
         fail("--auto-tls-san and --auto-tls-path go with --auto-tls (they would be ignored)")
+    if plaintext and not _loopback(control_addr):
+        log.warning("event=plaintext_control_plane addr=%s hint=%r", control_addr or "*",
+                    "--plaintext on an address others reach sends the token and every tunnelled byte unencrypted: "
+                    "give --control-addr 127.0.0.1 behind a TLS-terminating proxy, or use --auto-tls")
     ssl_context = None
     try:
         if tls_cert or tls_key:
@@ -77,6 +82,16 @@ def control_config(
         max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=proxies, max_handshakes=max_handshakes,
         max_handshakes_per_source=max_handshakes_per_source,
     )
+
+
+def _loopback(address: str) -> bool:
+    """Whether a bind address stays on this machine (empty: every interface, so no)."""
+    if address.strip("[]").lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def check_bind_addresses(control_addr: str, data_addr: str) -> None:

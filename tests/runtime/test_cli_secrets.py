@@ -98,3 +98,24 @@ def test_a_token_that_starts_with_one_dash_is_a_token() -> None:
     (a flag taken for the value) is refused."""
     result = inlets(*SERVER, "--generate", "k8s_yaml", "--token", f"-{SECRET}-0123456789", env={"INLETS_TOKEN": ""})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result
+
+
+@pytest.mark.parametrize("control_addr, warned", [("", True), ("0.0.0.0", True), ("192.0.2.10", True), ("::", True),
+                                                  ("127.0.0.1", False), ("::1", False), ("[::1]", False),
+                                                  ("localhost", False)])
+def test_plaintext_on_an_address_others_reach_is_warned_of(control_addr: str, warned: bool,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """--plaintext is for a control plane behind a TLS-terminating proxy on the same machine; on every
+    interface it sent the token in clear without a word."""
+    import logging
+
+    from inlets_py.runtime.cli.server_config import control_config
+
+    with caplog.at_level(logging.WARNING):
+        control_config(control_addr=control_addr, control_port=8123, token=SECRET, token_file=None, tls_cert=None,
+                       tls_key=None, auto_tls=False, auto_tls_path=None, auto_tls_san=None, plaintext=True,
+                       keepalive=10)
+    lines = [r.getMessage() for r in caplog.records if "plaintext_control_plane" in r.getMessage()]
+    assert bool(lines) == warned, lines
+    if warned:
+        assert "use --auto-tls" in lines[0] and SECRET not in lines[0]
