@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
+from inlets_py.runtime.client.proxy_dial import dialer_for
 from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
 
@@ -52,9 +53,11 @@ def https_get(
     host: str, port: int, path: str, ca_file: Path, token: str | None = None, timeout: float = 5.0,
     method: str = "GET", body: bytes = b"",
 ) -> Answer:
-    """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP)."""
+    """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP), through the proxy the
+    environment names for it (as libcloud's API calls and the printed client command go)."""
+    dial = dialer_for(f"wss://{f'[{host}]' if ':' in host else host}:{port}")
     return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
-               timeout=timeout, method=method, body=body)
+               timeout=timeout, method=method, body=body, dial=dial)
 
 
 def healthz_problem(host: str, port: int, ca_file: Path) -> ProbeError | None:

@@ -17,6 +17,13 @@ from ..core.session import Channel
 from .config import fail
 
 
+
+def proxy_setting(proxy: str | None, password_file: Path | None) -> str | None:
+    """--proxy completed with the password from --proxy-password-file or $INLETS_PROXY_PASSWORD (TokenError,
+    ProxyConfigError when they do not fit): the clients' and ``inlets status``'s."""
+    source = PROXY_PASSWORD.file_option if password_file else f"${PROXY_PASSWORD.env}"
+    return with_password(proxy, PROXY_PASSWORD.read(None, password_file), source)
+
 def client_config(
     *,
     url: str,
@@ -38,8 +45,7 @@ def client_config(
         tokens = read_tokens(token, token_file)
         if token_file is not None:
             warn_if_others_can_read(token_file)
-        source = PROXY_PASSWORD.file_option if proxy_password_file else f"${PROXY_PASSWORD.env}"
-        proxy = with_password(proxy, PROXY_PASSWORD.read(None, proxy_password_file), source)
+        proxy = proxy_setting(proxy, proxy_password_file)
     except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
     if not url.startswith(("ws://", "wss://")):

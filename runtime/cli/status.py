@@ -10,14 +10,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..client.outbound_proxy import ProxyConfigError
+from ..client.proxy_dial import dialer_for
 from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.probe import ProbeError, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
+from .client_config import proxy_setting
 from .config import fail
 from .durations import seconds_option
-from .client_options import TlsCa, TlsServerName, Urls
+from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName, Urls
 from .status_view import render_holdings, render_table
 
 
@@ -31,6 +34,8 @@ def status(
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's JSON as is.")] = False,
     timeout: Annotated[float, seconds_option("Seconds to wait for the server.", 0.1)] = 5.0,
+    proxy: Proxy = None,
+    proxy_password_file: ProxyPasswordFile = None,
 ) -> None:
     """Show a server's clients, their services, streams and traffic. With several --url (servers behind
     one balancer), each server's, then which servers each client holds.
@@ -42,12 +47,13 @@ def status(
             check_host(tls_server_name, "--tls-server-name")
         if tls_ca is not None:
             client_context(tls_ca)
-    except (HostError, TlsConfigError) as exc:
+        proxy = proxy_setting(proxy, proxy_password_file)
+    except (HostError, TlsConfigError, TokenError, ProxyConfigError) as exc:
         fail(str(exc))
     files: list[Path | None] = list(token_file or [None])
     if len(files) not in (1, len(url)):
         fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
-    documents = {server: _status(server, token, file, tls_ca, tls_server_name, timeout, len(url) > 1)
+    documents = {server: _status(server, token, file, tls_ca, tls_server_name, timeout, len(url) > 1, proxy)
                  for server, file in zip(url, files * len(url) if len(files) == 1 else files)}
     if len(url) == 1:
         (document,) = documents.values()
@@ -62,7 +68,7 @@ def status(
 
 
 def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path | None, tls_server_name: str | None,
-            timeout: float, several: bool) -> dict:
+            timeout: float, several: bool, proxy: str | None = None) -> dict:
     """One server's /status document; a one-line error naming the server when there are several."""
     where = f"{url}: " if several else ""
     try:  # bad input: exit 2, as every command does
@@ -70,11 +76,12 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         if token_file is not None:
             warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
+        dial = dialer_for(url, proxy)  # through the proxy the client would take (--proxy, else the environment)
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
     try:
         answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout,
-                     deadline=timeout)
+                     deadline=timeout, dial=dial)
     except TlsConfigError as exc:
         fail(f"{where}{exc}")
     except ProbeError as exc:

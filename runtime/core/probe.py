@@ -11,10 +11,20 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .hosts import HostError, split_url
 from .ports import url_port
 from .tls import client_context, verify_failure
+
+
+#: How to reach (host, port) within a timeout: ``socket.create_connection``'s shape, or a proxy's
+#: (``client/proxy_dial.py``). A ProbeError from it is the answer's; an OSError means unreachable.
+Dial = Callable[[str, int, float], socket.socket]
+
+
+def _direct(host: str, port: int, timeout: float) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
 
 
 class ProbeError(Exception):
@@ -57,26 +67,26 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(parts.hostname, port, tls, parts.path.rstrip("/"))
 
 
-def _speaks_plain_http(endpoint: Endpoint, timeout: float) -> bool:
+def _speaks_plain_http(endpoint: Endpoint, timeout: float, dial: Dial) -> bool:
     """Whether the port answers plain HTTP; only to name a wrong ``wss://`` (a --plaintext server)."""
     try:
-        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as sock:
+        with dial(endpoint.host, endpoint.port, timeout) as sock:
             sock.sendall(f"GET / HTTP/1.1\r\nHost: {endpoint.host}\r\nConnection: close\r\n\r\n".encode())
             return sock.recv(5) == b"HTTP/"
-    except OSError:
+    except (OSError, ProbeError):
         return False
 
 
-def _speaks_tls(endpoint: Endpoint, timeout: float) -> bool:
+def _speaks_tls(endpoint: Endpoint, timeout: float, dial: Dial) -> bool:
     """Whether the port completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout) as raw:
+        with dial(endpoint.host, endpoint.port, timeout) as raw:
             context.wrap_socket(raw).close()
         return True
-    except OSError:
+    except (OSError, ProbeError):
         return False
 
 
@@ -91,14 +101,16 @@ def get(
     method: str = "GET",
     body: bytes = b"",
     deadline: float | None = None,
+    dial: Dial | None = None,
 ) -> Answer:
     """GET (or ``method`` with ``body``) ``path``; TLS verified against ``ca_file`` (pinned) or the system store, for ``server_name``.
 
     ``timeout`` bounds each wait for the server; ``deadline`` (seconds), when given, the whole exchange, which a
-    server sending its answer a byte at a time would otherwise stretch without end."""
+    server sending its answer a byte at a time would otherwise stretch without end. ``dial``: through a proxy."""
     name = server_name or endpoint.host
+    dial = dial or _direct
     try:
-        raw = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        raw = dial(endpoint.host, endpoint.port, timeout)
     except OSError as exc:
         raise Unreachable(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
     sock: socket.socket = raw
@@ -129,7 +141,7 @@ def get(
             sock.sendall((request + "\r\n").encode() + body)
             response = http.client.HTTPResponse(sock)
             response.begin()
-            if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout):  # nginx's answer to that
+            if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout, dial):  # nginx's answer to that
                 raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url")
             answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
         except (OSError, http.client.HTTPException):
@@ -142,13 +154,13 @@ def get(
     except ssl.SSLCertVerificationError as exc:
         raise ProbeError(verify_failure(exc)) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
-        if _speaks_plain_http(endpoint, timeout):
+        if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.host}:{endpoint.port} does not speak TLS (the server runs with --plaintext): "
                              "use ws:// in --url") from None
         raise ProbeError(f"{endpoint.host}:{endpoint.port}: the TLS handshake failed: is --url's port the "
                          "server's control port?") from None
     except http.client.RemoteDisconnected:  # no HTTP answer: ws:// to a TLS port closes without one
-        if not endpoint.tls and _speaks_tls(endpoint, timeout):
+        if not endpoint.tls and _speaks_tls(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url") from None
         raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is --url's "
                          "port the server's control port?") from None

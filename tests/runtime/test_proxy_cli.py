@@ -204,3 +204,63 @@ def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("inlets: error: "), done.stderr
     assert message in done.stderr and "hush-hush" not in done.stderr, done.stderr
+
+
+def _status(control: int, token_file: Path, tls: TlsFiles, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
+    args = ["status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+            "--json", *more]
+    return subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
+
+
+def test_status_asks_the_server_through_the_proxy_its_client_would_take(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, tunnel_server
+) -> None:
+    """`inlets status` dialled the server directly whatever HTTPS_PROXY said, so behind a proxy it could not
+    reach a server its client could; the proxy's answer now decides, and its password is never shown."""
+    control, token_file, _ = tunnel_server
+    token_file.chmod(0o600)
+    proxy = f"127.0.0.1:{auth_proxy.port}"
+    good = _status(control, token_file, tls, clean_env(HTTPS_PROXY=f"http://{USER}:{PASSWORD}@{proxy}"))
+    assert good.returncode == 0 and '"clients"' in good.stdout, good.stderr
+    wrong = _status(control, token_file, tls, clean_env(HTTPS_PROXY=f"http://{USER}:not-{PASSWORD}@{proxy}"))
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert f"proxy http://{USER}@{proxy} refused CONNECT 127.0.0.1:{control}: HTTP 401" in wrong.stderr
+    assert PASSWORD not in wrong.stderr + good.stderr
+    (tmp_path / "proxy-password").write_text(PASSWORD + "\n")
+    flags = _status(control, token_file, tls, clean_env(), "--proxy", f"http://{USER}@{proxy}",
+                    "--proxy-password-file", str(tmp_path / "proxy-password"))
+    assert flags.returncode == 0, flags.stderr
+    direct = _status(control, token_file, tls, clean_env(HTTPS_PROXY=f"http://{USER}:not-{PASSWORD}@{proxy}"),
+                     "--proxy", "none")
+    assert direct.returncode == 0, direct.stderr
+    down = _status(control, token_file, tls, clean_env(HTTPS_PROXY=f"http://127.0.0.1:{free_port()}"))
+    assert down.returncode == 1 and "unreachable: Connection refused" in down.stderr, down.stderr
+    bad = _status(control, token_file, tls, clean_env(ALL_PROXY="gopher://corp:70"))
+    assert bad.returncode == 2 and "ALL_PROXY: proxy scheme 'gopher' is not supported" in bad.stderr, bad.stderr
+
+
+def test_status_through_socks_and_the_provisioners_wait_through_the_environments_proxy(
+    tmp_path: Path, tls: TlsFiles, tunnel_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SOCKS as the client speaks it (Dante refusing the control port shows which way the request went), and
+    inletsctl's wait on a new server's /healthz, which dialled directly while libcloud's calls took the proxy."""
+    control, token_file, _ = tunnel_server
+    blocking = dante(tmp_path / "dante", block_port=control)
+    try:
+        refused = _status(control, token_file, tls, clean_env(ALL_PROXY=f"socks5://127.0.0.1:{blocking.port}"))
+        assert refused.returncode == 1, refused.stderr
+        assert f"proxy socks5://127.0.0.1:{blocking.port} refused the connection to 127.0.0.1:{control}" in refused.stderr
+        from inlets_py.provisioner.wait import healthz_error
+
+        for name in PROXY_VARS:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("ALL_PROXY", f"socks5://127.0.0.1:{blocking.port}")
+        assert f"refused the connection to 127.0.0.1:{control}" in (healthz_error("127.0.0.1", control, tls.ca) or "")
+    finally:
+        blocking.stop()
+    open_socks = dante(tmp_path / "dante-open")
+    try:
+        through = _status(control, token_file, tls, clean_env(ALL_PROXY=f"socks5h://127.0.0.1:{open_socks.port}"))
+        assert through.returncode == 0 and '"clients"' in through.stdout, through.stderr
+    finally:
+        open_socks.stop()

@@ -1,0 +1,115 @@
+"""Blocking connections through an outbound proxy, for the one-shot commands (``inlets status``,
+inletsctl's waits on a new exit server).
+
+The tunnel client reaches its server through a proxy with websockets' own support (asyncio);
+these commands use blocking sockets (``core/probe.py``), so the same proxies are spoken here:
+HTTP CONNECT through http:// and https:// proxies (basic auth), and SOCKS through python-socks'
+sync API, which websockets uses for SOCKS too. Which proxy applies is ``outbound_proxy.choose``'s
+answer, the client's own, so a command reaches a server the way its client does.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+from typing import Callable
+from urllib.parse import unquote
+
+from websockets.proxy import parse_proxy
+
+from ..core.probe import ProbeError, Unreachable
+from .outbound_proxy import _HINTS, choose, redact
+
+MAX_ANSWER_HEAD = 16 * 1024
+
+Dial = Callable[[str, int, float], socket.socket]
+
+
+def dialer_for(url: str, setting: str | None = None) -> Dial | None:
+    """How to reach ``url`` (wss://HOST:PORT): through the proxy --proxy or the environment names, else None
+    (directly). A proxy setting that cannot work is a ProbeError, in the client's words."""
+    from .outbound_proxy import ProxyConfigError
+
+    try:
+        proxy = choose(setting, url).url
+    except ProxyConfigError as exc:
+        raise ProbeError(str(exc)) from None
+    if proxy is None:
+        return None
+    return lambda host, port, timeout: dial(proxy, host, port, timeout)
+
+
+def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
+    """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line."""
+    shown, target = redact(proxy), f"{host}:{port}"
+    parsed = parse_proxy(proxy)
+    if parsed.scheme.startswith("socks"):
+        return _socks(proxy, parsed, host, port, timeout, shown)
+    try:
+        sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
+    except OSError as exc:
+        raise Unreachable(f"proxy {shown} unreachable: {exc.strerror or exc}") from None
+    try:
+        if parsed.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parsed.host)
+        authority = f"[{host}]:{port}" if ":" in host else target
+        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: inlets\r\n"
+        if parsed.username is not None:
+            credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+            request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+        sock.sendall((request + "\r\n").encode())
+        status, reason = _answer_status(sock, shown, target)
+    except ProbeError:
+        sock.close()
+        raise
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise ProbeError(f"proxy {shown}: its certificate failed verification: {exc.verify_message or exc}") from None
+    except OSError as exc:
+        sock.close()
+        raise ProbeError(f"through proxy {shown}: {exc.strerror or exc or 'the connection failed'}") from None
+    if status != 200:
+        sock.close()
+        line = f"proxy {shown} refused CONNECT {target}: HTTP {status} {reason}".rstrip()
+        hint = _HINTS.get(status)
+        raise ProbeError(f"{line} ({hint})" if hint else line)
+    return sock
+
+
+def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, str]:
+    """The proxy's answer to CONNECT, read up to its blank line (nothing more comes before we speak TLS)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ProbeError(f"proxy {shown} closed the connection without answering CONNECT {target}")
+        head += chunk
+        if len(head) > MAX_ANSWER_HEAD:
+            break
+    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():
+        raise ProbeError(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
+    return int(parts[1]), parts[2] if len(parts) > 2 else ""
+
+
+def _socks(proxy: str, parsed: object, host: str, port: int, timeout: float, shown: str) -> socket.socket:
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
+    from python_socks.sync import Proxy
+
+    scheme = parsed.scheme  # type: ignore[attr-defined]
+    kind = ProxyType.SOCKS4 if scheme.startswith("socks4") else ProxyType.SOCKS5
+    client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password,  # type: ignore[attr-defined]
+                   rdns=scheme in ("socks5h", "socks4a"))
+    try:
+        return client.connect(host, port, timeout=timeout)
+    except ProxyConnectionError as exc:
+        raise Unreachable(f"proxy {shown} unreachable: {exc}") from None
+    except ProxyTimeoutError:
+        raise ProbeError(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "
+                         f"{host}:{port} answered in time") from None
+    except ProxyError as exc:
+        raise ProbeError(f"proxy {shown} refused the connection to {host}:{port}: {exc}") from None
+    except OSError as exc:
+        raise ProbeError(f"through proxy {shown}: {exc.strerror or exc}") from None
