@@ -258,6 +258,17 @@ class ControlPlane:
 
     # ------------------------------------------------------------- tunnel clients
 
+    def _remote(self, websocket: ServerConnection) -> str:
+        """Who the client is, for logs and /status: behind a trusted reverse proxy, the address it forwarded for
+        (as failed logins are counted), then the proxy's (every client read as the proxy's address before)."""
+        peer = format_address(websocket.remote_address)
+        trusted = self.config.trusted_proxies
+        if trusted is None or websocket.request is None:
+            return peer
+        source = client_address(websocket.remote_address, websocket.request.headers, trusted)
+        host = websocket.remote_address[0] if isinstance(websocket.remote_address, tuple) else None
+        return peer if source == str(host) else f"{source} via {peer}"
+
     async def _receive_hello(self, websocket: ServerConnection) -> Hello:
         """The client's hello, a text message, within ``HELLO_TIMEOUT``; a binary message first is refused at
         once (``BoundedReplies.on_binary_first``), and silence is refused in words when the time is up."""
@@ -281,7 +292,7 @@ class ControlPlane:
         raise HandshakeError(CLOSE_BAD_HELLO, f"no hello within {HELLO_TIMEOUT:g}s")
 
     async def _handle(self, websocket: ServerConnection) -> None:
-        remote = format_address(websocket.remote_address)
+        remote = self._remote(websocket)
         try:
             hello = await self._receive_hello(websocket)
             if hello.mode != self.mode:

@@ -211,6 +211,9 @@ def test_failed_logins_behind_nginx_are_limited_per_client_not_per_proxy(tls: Tl
             assert await attempt("guess-x", "127.0.0.1") == 401  # another user behind the same nginx
             client, task = await start_client(url(front.port), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
                                               proxy="none")
+            # who the client is, in logs and /status: the address nginx forwarded for, not nginx's (as before)
+            (remote,) = [info.remote for info in server.control.clients.values()]
+            assert remote.startswith(f"127.0.0.1 via {front.bound_from}:"), remote
             await stop(task)
             assert await attempt(token, "127.0.0.9") == 101  # even the guesser's address, with the right token
         finally:
