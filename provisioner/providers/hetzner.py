@@ -72,7 +72,10 @@ class HetznerProvider:
                     firewalls=[firewall],
                 )
         except BaseException:
-            self._delete_firewall(firewall.id)
+            try:
+                self._delete_firewall(firewall.id)
+            except ProvisionError:  # the first error is the one to show; a server made all the same holds it anyway
+                pass
             raise
         return Host(id=str(created.server.id), name=plan.name, provider=self.name, status="initializing", mode=plan.spec.mode)
 

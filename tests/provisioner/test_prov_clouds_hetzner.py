@@ -89,3 +89,16 @@ def test_a_refused_create_removes_its_firewall_with_one_line(api: RecordedAPI, t
         provider(api).create(make_plan(tmp_path, size="cx-nope"))
     assert "\n" not in str(info.value)
     assert api.requests("DELETE", "/v1/firewalls/38")
+
+
+def test_a_failed_create_whose_firewall_cannot_go_either_says_why_the_create_failed(api: RecordedAPI, tmp_path: Path) -> None:
+    """The firewall's removal failed too (Hetzner refuses to delete a firewall a server made all the same still
+    uses): its error replaced the create's, so the user read about a firewall instead of why the server failed."""
+    api.routes.insert(0, ("POST", re.compile("/v1/servers"), Answer(503, {"error": {
+        "code": "unavailable", "message": "the service is temporarily unavailable", "details": {}}})))
+    api.routes.insert(0, ("DELETE", re.compile("/v1/firewalls/38"), Answer(409, {"error": {
+        "code": "resource_in_use", "message": "firewall with ID '38' is still in use", "details": {}}})))
+    with pytest.raises(ProvisionError, match="temporarily unavailable") as info:
+        provider(api).create(make_plan(tmp_path))
+    assert "in use" not in str(info.value)
+    assert api.requests("DELETE", "/v1/firewalls/38")
