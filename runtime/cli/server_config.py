@@ -59,10 +59,6 @@ def control_config(
         fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
     if (auto_tls_san or auto_tls_path is not None) and not auto_tls:
         fail("--auto-tls-san and --auto-tls-path go with --auto-tls (they would be ignored)")
-    if plaintext and not _loopback(control_addr):
-        log.warning("event=plaintext_control_plane addr=%s hint=%r", control_addr or "*",
-                    "--plaintext on an address others reach sends the token and every tunnelled byte unencrypted: "
-                    "give --control-addr 127.0.0.1 behind a TLS-terminating proxy, or use --auto-tls")
     ssl_context = None
     try:
         if tls_cert or tls_key:
@@ -82,6 +78,15 @@ def control_config(
         max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=proxies, max_handshakes=max_handshakes,
         max_handshakes_per_source=max_handshakes_per_source,
     )
+
+
+def warn_if_plaintext_reachable(control_addr: str) -> None:
+    """Once the server runs (after every flag was checked: a bad one stays the only line): --plaintext where others
+    reach the control port sends tokens in clear, which the flag's help says it is not for."""
+    if not _loopback(control_addr):
+        log.warning("event=plaintext_control_plane addr=%s hint=%r", control_addr or "*",
+                    "--plaintext on an address others reach sends the token and every tunnelled byte unencrypted: "
+                    "give --control-addr 127.0.0.1 behind a TLS-terminating proxy, or use --auto-tls")
 
 
 def _loopback(address: str) -> bool:

@@ -13,7 +13,7 @@ from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_logs, default_data_dir, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options
+from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options, warn_if_plaintext_reachable
 
 log = logging.getLogger("inlets")
 
@@ -95,6 +95,8 @@ def run(flags: SimpleNamespace) -> None:
         scheme = "wss" if config.ssl_context else "ws"
         log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
                  scheme, authority(flags.control_addr or "*", flags.control_port), authority(flags.data_addr or "*", port), __version__)
+        if not config.ssl_context:
+            warn_if_plaintext_reachable(flags.control_addr)
         if https:
             log.info("event=https data=https://%s domains=%s", authority(flags.data_addr or "*", flags.https_port),
                      ",".join(https.letsencrypt.domains))

@@ -14,7 +14,7 @@ from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options
+from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options, warn_if_plaintext_reachable
 
 log = logging.getLogger("inlets")
 
@@ -72,6 +72,8 @@ def run(flags: SimpleNamespace) -> None:
     def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
         log.info("event=started mode=tcp control=%s://%s data_addr=%s version=%s",
                  scheme, authority(flags.control_addr or "*", flags.control_port), flags.data_addr or "*", __version__)
+        if not config.ssl_context:
+            warn_if_plaintext_reachable(flags.control_addr)
 
     run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}", drain_timeout=flags.drain_timeout,
                token=flags.token, token_file=flags.token_file, started=started)
