@@ -16,7 +16,8 @@ from typing import Protocol
 
 from ..core.listen import listen
 from ..http.front import FrontConnection, FrontServer
-from ..http.parser import HttpError, RequestHead, RequestReader
+from ..http.messages import HttpError, RequestHead
+from ..http.parser import RequestReader
 from ..http.write import SimpleResponse
 from .letsencrypt import LetsEncrypt
 

@@ -26,7 +26,7 @@ from ..core.session import Session
 from .guard import Guards
 from .leg import Leg, LegFailed
 from .options import HttpOptions
-from .parser import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
+from .messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
 from .write import LAST_CHUNK, SimpleResponse, chunk, chunk_parts, request_head, response_head
 
 

@@ -28,7 +28,8 @@ from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, P
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
 from .upgrade import UpgradeGateway, switch_protocols
-from .parser import Body, EndOfMessage, Event, HttpError, RequestHead, RequestReader, ResponseHead, Upgraded
+from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, ResponseHead, Upgraded
+from .parser import RequestReader
 from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
 from ..core.mux import StreamError
 

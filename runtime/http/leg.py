@@ -13,7 +13,8 @@ import asyncio
 import collections
 import logging
 
-from .parser import Body, Event, HttpError, ResponseReader, Upgraded
+from .messages import Body, Event, HttpError, Upgraded
+from .response_reader import ResponseReader
 from ..core.mux import ResetCode, StreamError
 from ..core.session import Channel, Session
 

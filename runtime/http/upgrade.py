@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .leg import Leg
 from .options import HttpOptions
-from .parser import Body, Event, HttpError, RequestHead, ResponseHead, Upgraded
+from .messages import Body, Event, HttpError, RequestHead, ResponseHead, Upgraded
 from .write import response_head
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 
 from .options import HttpOptions
-from .parser import Headers, RequestHead, ResponseHead
+from .messages import Headers, RequestHead, ResponseHead
 
 _HOST = frozenset((b"host",))
 _LENGTH = frozenset((b"content-length",))

@@ -106,7 +106,7 @@ def test_a_client_process_loads_neither_the_server_nor_its_http_parser_nor_prome
             "assert _run(sys.argv[1:]) == 0\n"
             f"import {package}.cli.run.{mode}_client\n"
             f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.server', '{package}.acme', "
-            f"'{package}.http.server', '{package}.http.front', '{package}.http.parser', 'httptools', "
+            f"'{package}.http.server', '{package}.http.front', '{package}.http.parser', '{package}.http.response_reader', 'httptools', "
             "'prometheus_client')))\n"
             "print('LOADED', loaded)\n"
         )

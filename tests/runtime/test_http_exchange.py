@@ -20,7 +20,8 @@ from inlets_py.runtime.http import exchange
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.leg import Leg
 from inlets_py.runtime.http.options import HttpOptions
-from inlets_py.runtime.http.parser import HttpError, RequestHead, RequestReader
+from inlets_py.runtime.http.messages import HttpError, RequestHead
+from inlets_py.runtime.http.parser import RequestReader
 from inlets_py.runtime.http.write import request_head
 
 SERVICE = "http:app.example"

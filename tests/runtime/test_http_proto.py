@@ -9,10 +9,9 @@ import pytest
 
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.options import HOP_BY_HOP, HttpOptions, OptionError
-from inlets_py.runtime.http.parser import (
-    PARSE_STEP, Body, EndOfMessage, HttpError, RequestHead, RequestReader, ResponseHead, ResponseReader,
-    Upgraded, host_of,
-)
+from inlets_py.runtime.http.messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead, Upgraded, host_of
+from inlets_py.runtime.http.parser import PARSE_STEP, RequestReader
+from inlets_py.runtime.http.response_reader import ResponseReader
 from inlets_py.runtime.http.write import SimpleResponse, add_kept, response_head
 
 

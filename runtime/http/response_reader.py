@@ -1,0 +1,93 @@
+"""HTTP/1.1 responses from an upstream, for the proxy, without I/O (``parser`` has the common part).
+
+One request at a time: a response to HEAD has no body whatever its headers say, and only a request
+that asked for an upgrade may be answered 101, which llhttp cannot be told; ``expect`` tells this
+reader before each request goes.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from .messages import END_OF_MESSAGE, Body, Event, HttpError, ResponseHead, no_body_status
+from .parser import MAX_HEADERS, MAX_HEADER_BYTES, NEVER_HOP, Reader, is_keep_alive, header_tokens
+
+
+class ResponseReader(Reader):
+    """Bytes from an upstream -> response events, for one request at a time.
+
+    Call ``expect(head_request)`` before each request is sent: a response to HEAD
+    has no body whatever its headers say, which llhttp cannot be told.
+    """
+
+    def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> None:
+        super().__init__(httptools.HttpResponseParser, max_header_bytes, max_headers)
+        self._head_request = False
+        self._upgrade = False
+        self._skip = False
+        self.head: ResponseHead | None = None
+
+    def expect(self, head_request: bool, upgrade: bool = False) -> None:
+        """The next request is a HEAD, or asks for an upgrade (only then may the answer be a 101)."""
+        self._head_request = head_request
+        self._upgrade = upgrade
+        self.head = None
+        if self._skip:  # previous answer to HEAD: llhttp still waits for its body
+            self._parser = self._parser_class(self)
+            self._skip = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._start_text += reason
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_fed = 0
+        self._check_size()
+        parser = self._parser
+        status = parser.get_status_code()
+        if status == 101 and not self._upgrade:  # what follows would reach the user raw (RFC 9110 15.2.2)
+            raise self._fail(502, "upstream switched protocols (101) for a request that asked for no upgrade")
+        version = parser.get_http_version().encode()
+        try:
+            chunked, length = self._framing()
+        except HttpError as exc:
+            raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
+        tokens = header_tokens(self._noted.get(b"connection"))
+        if status == 101 and not (b"upgrade" in tokens and b"upgrade" in self._noted):
+            # llhttp stops after any 101 but reports where only with both headers (else "Pause on CONNECT/Upgrade")
+            raise self._fail(502, "upstream switched protocols (101) without naming the new one in Upgrade and "
+                                  "Connection: upgrade (RFC 9110 7.8)")
+        if tokens and not tokens.isdisjoint(NEVER_HOP):
+            tokens -= NEVER_HOP  # framing stays, whatever Connection says
+        head = ResponseHead(status, self._start_text, version, self._headers, is_keep_alive(version, tokens),
+                            chunked, length, self._lower, self._noted, tokens)
+        if no_body_status(status):
+            head.chunked, head.content_length = False, None
+        self._events.append(head)
+        if 100 <= status < 200:
+            return
+        self.head = head
+        if self._head_request:
+            head.chunked = False  # keep content-length: it describes the GET answer
+            head.bodiless = True
+            self._events.append(END_OF_MESSAGE)
+            self._skip = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._skip:
+            self._events.append(Body(body))
+
+    def on_message_complete(self) -> None:
+        if not self._skip and self.head is not None:
+            self._events.append(END_OF_MESSAGE)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._skip:
+            return []  # nothing may follow an answer to HEAD until the next request
+        try:
+            return self._feed(data)
+        except HttpError as exc:
+            parsed, self._events = self._events, []
+            message = str(exc) if exc.status >= 500 else f"upstream sent a bad response: {exc}"
+            # bytes that begin no valid response after a whole one: that one stands (the stream is not reused)
+            raise HttpError(max(exc.status, 502), message, parsed if END_OF_MESSAGE in parsed else None) from None
