@@ -103,7 +103,9 @@ def _socks(proxy: str, parsed: object, host: str, port: int, timeout: float, sho
     client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password,  # type: ignore[attr-defined]
                    rdns=scheme in ("socks5h", "socks4a"))
     try:
-        return client.connect(host, port, timeout=timeout)
+        sock = client.connect(host, port, timeout=timeout)
+        sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
+        return sock
     except ProxyConnectionError as exc:
         raise Unreachable(f"proxy {shown} unreachable: {exc}") from None
     except ProxyTimeoutError:
