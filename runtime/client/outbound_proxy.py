@@ -28,7 +28,7 @@ from websockets.proxy import parse_proxy
 SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
 
-_HINTS = {
+STATUS_HINTS = {
     407: "proxy credentials missing or wrong: use --proxy http://USER:PASSWORD@HOST:PORT",
     401: "proxy credentials wrong: check USER:PASSWORD in --proxy",  # tinyproxy's answer to a wrong password
     403: "the proxy does not allow a tunnel to this host and port",
@@ -185,7 +185,7 @@ def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
     if isinstance(exc, InvalidProxyStatus):
         response = exc.response
         line = f"proxy {shown} refused CONNECT {target}: HTTP {response.status_code} {response.reason_phrase}"
-        hint = _HINTS.get(response.status_code)
+        hint = STATUS_HINTS.get(response.status_code)
         return ProxyFailure(f"{line} ({hint})" if hint else line)
     if isinstance(exc, InvalidProxyMessage):
         return ProxyFailure(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")

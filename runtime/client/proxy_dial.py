@@ -16,10 +16,11 @@ import ssl
 from typing import Callable
 from urllib.parse import unquote
 
+from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import ProbeError, Unreachable
-from .outbound_proxy import _HINTS, choose, redact
+from .outbound_proxy import STATUS_HINTS, ProxyConfigError, choose, redact
 
 MAX_ANSWER_HEAD = 16 * 1024
 
@@ -29,8 +30,6 @@ Dial = Callable[[str, int, float], socket.socket]
 def dialer_for(url: str, setting: str | None = None) -> Dial | None:
     """How to reach ``url`` (wss://HOST:PORT): through the proxy --proxy or the environment names, else None
     (directly). A proxy setting that cannot work is a ProbeError, in the client's words."""
-    from .outbound_proxy import ProxyConfigError
-
     try:
         proxy = choose(setting, url).url
     except ProxyConfigError as exc:
@@ -45,7 +44,7 @@ def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     shown, target = redact(proxy), f"{host}:{port}"
     parsed = parse_proxy(proxy)
     if parsed.scheme.startswith("socks"):
-        return _socks(proxy, parsed, host, port, timeout, shown)
+        return _socks(parsed, host, port, timeout, shown)
     try:
         sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
     except OSError as exc:
@@ -72,7 +71,7 @@ def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     if status != 200:
         sock.close()
         line = f"proxy {shown} refused CONNECT {target}: HTTP {status} {reason}".rstrip()
-        hint = _HINTS.get(status)
+        hint = STATUS_HINTS.get(status)
         raise ProbeError(f"{line} ({hint})" if hint else line)
     return sock
 
@@ -94,14 +93,13 @@ def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, s
     return int(parts[1]), parts[2] if len(parts) > 2 else ""
 
 
-def _socks(proxy: str, parsed: object, host: str, port: int, timeout: float, shown: str) -> socket.socket:
+def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str) -> socket.socket:
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
     from python_socks.sync import Proxy
 
-    scheme = parsed.scheme  # type: ignore[attr-defined]
+    scheme = parsed.scheme
     kind = ProxyType.SOCKS4 if scheme.startswith("socks4") else ProxyType.SOCKS5
-    client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password,  # type: ignore[attr-defined]
-                   rdns=scheme in ("socks5h", "socks4a"))
+    client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password, rdns=scheme in ("socks5h", "socks4a"))
     try:
         sock = client.connect(host, port, timeout=timeout)
         sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
