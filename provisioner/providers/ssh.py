@@ -193,6 +193,9 @@ class SshProvider:
         code, out, err = run(client, f"{prefix}sh -s", stdin=script.encode())
         if code != 0 and prefix and "sudo" in err and "password" in err:
             raise ProvisionError(f"ssh: {opts.user} on {opts.host} needs passwordless sudo (or log in as root)")
+        if code == 127 and prefix and "sudo" in err and "not found" in err:  # the shell's words: "sh: 1: sudo: not found"
+            raise ProvisionError(f"ssh: {opts.user} on {opts.host} is not root and the host has no sudo: "
+                                 f"log in as root (--host root@{opts.host}) or install sudo there")
         return code, out, err
 
     # -- the interface -----------------------------------------------------------------

@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ class Sshd:
     client_key: Path
     fingerprint: str  # SHA256:... of the host key, as ssh-keygen -lf prints it
     log: Path
+    user_keys: Path  # authorized keys of users other than root, one file per user name (readable by them)
 
 
 def _keygen(path: Path) -> None:
@@ -53,11 +55,13 @@ def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     _keygen(tmp / "host_key")
     _keygen(tmp / "client_key")
     (tmp / "authorized_keys").write_text((tmp / "client_key.pub").read_text())
+    user_keys = Path(tempfile.mkdtemp(prefix="inlets-test-keys."))  # outside pytest's 0700 folders: sshd reads
+    user_keys.chmod(0o755)  # a user's keys as that user
     port = free_port()
     config = tmp / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\nPidFile {tmp}/sshd.pid\n"
-        f"AuthorizedKeysFile {tmp}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        f"AuthorizedKeysFile {tmp}/authorized_keys {user_keys}/%u\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\nLogLevel VERBOSE\n"
     )
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # sshd's privilege-separation folder
@@ -76,9 +80,10 @@ def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
                 time.sleep(0.1)
         printed = subprocess.run(["ssh-keygen", "-lf", str(tmp / "host_key.pub")], capture_output=True, text=True,
                                  check=True, timeout=30).stdout
-        yield Sshd(port, tmp / "client_key", printed.split()[1], log)
+        yield Sshd(port, tmp / "client_key", printed.split()[1], log, user_keys)
     finally:
         terminate(proc)
+        shutil.rmtree(user_keys, ignore_errors=True)
         for parent in ("/opt/inlets", "/etc/inlets"):  # the tests' exit servers lived here; leave no empty folders
             try:
                 os.rmdir(parent)
@@ -504,3 +509,40 @@ def test_a_python_too_old_for_the_server_is_named_with_what_to_do(
         result = run_cli(capsys, "create", prov_ssh_name, *args)
         one_line_error(result, f"{python} on the host is Python {version}", "needs Python 3.10 or newer", "--remote-python")
         assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+@pytest.fixture
+def prov_ssh_plain_user(prov_ssh_sshd: Sshd) -> Iterator[str]:
+    """A user of this machine that is not root, for one test (removed after it). Its password is '*', which
+    OpenSSH does not take for a locked account, so the sshd's shared authorized key logs it in."""
+    useradd, userdel = shutil.which("useradd"), shutil.which("userdel")
+    if not useradd or not userdel:
+        pytest.skip("useradd/userdel (Debian's passwd package) are not installed")
+    name = f"inl{os.getpid() % 100000}"
+    subprocess.run([useradd, "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*", name], check=True, timeout=30)
+    keys = prov_ssh_sshd.user_keys / name
+    keys.write_text(prov_ssh_sshd.client_key.with_suffix(".pub").read_text())
+    keys.chmod(0o644)
+    try:
+        yield name
+    finally:
+        keys.unlink(missing_ok=True)
+        # -f: its ssh session (inletsctl keeps the connection) may still run as the user, which plain userdel refuses
+        gone = subprocess.run([userdel, "-f", name], capture_output=True, text=True, timeout=30)
+        assert gone.returncode == 0, f"the test user {name} was left on this machine: {gone.stderr}"
+
+
+def test_a_user_who_cannot_become_root_is_told_what_to_do(
+    prov_ssh_sshd: Sshd, prov_ssh_name: str, prov_ssh_plain_user: str, tmp_path: Path, capsys
+) -> None:
+    """Logged in as a user that is not root: the install runs through `sudo -n`. Without sudo on the host
+    the error was the shell's 'sh: 1: sudo: not found'; with sudo that asks a password, it says so."""
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--host") + 1] = f"{prov_ssh_plain_user}@127.0.0.1"
+    result = run_cli(capsys, "create", prov_ssh_name, *args)
+    if shutil.which("sudo"):
+        one_line_error(result, f"ssh: {prov_ssh_plain_user} on 127.0.0.1 needs passwordless sudo (or log in as root)")
+    else:
+        one_line_error(result, f"ssh: {prov_ssh_plain_user} on 127.0.0.1 is not root and the host has no sudo: "
+                               "log in as root (--host root@127.0.0.1) or install sudo there")
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
