@@ -8,6 +8,7 @@ what the client advertised.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
@@ -114,10 +115,26 @@ def client_address(peer: object, headers: Headers, trusted: SourceAllowList | No
         return host
     hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
     for hop in reversed(hops):
-        if not trusted.allows(hop):
-            return hop[:64] or host
-        host = hop
+        address = _forwarded_ip(hop)
+        if address is None:  # not an address: the chain says nothing more that can be used, in logs or as a key
+            return host
+        if not trusted.allows(address):
+            return address
+        host = address
     return host
+
+
+def _forwarded_ip(hop: str) -> str | None:
+    """An X-Forwarded-For entry as an IP address (some proxies add a port: ``203.0.113.9:4711``,
+    ``[2001:db8::1]:4711``), or None."""
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
 
 
 def format_address(address: object) -> str:

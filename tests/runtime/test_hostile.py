@@ -255,6 +255,12 @@ def test_behind_trusted_proxies_the_client_is_the_rightmost_hop_that_is_not_one(
     assert client_address(("127.0.0.5", 1), forwarded, None) == "127.0.0.5"  # no option, no trust
     assert client_address(("127.0.0.5", 1), Headers(), trusted) == "127.0.0.5"  # a proxy that names nobody
     assert client_address(("127.0.0.5", 1), Headers([("X-Forwarded-For", "10.0.0.1")]), trusted) == "10.0.0.1"
+    # an entry that is no address names nobody: it went into log lines and /status as the client ("x event=y")
+    forged = Headers([("X-Forwarded-For", "198.51.100.7 event=client_connected, nonsense")])
+    assert client_address(("127.0.0.5", 1), forged, trusted) == "127.0.0.5"
+    ported = Headers([("X-Forwarded-For", "203.0.113.9:4711, [2001:db8::1]:80, 10.0.0.2")])
+    assert client_address(("127.0.0.5", 1), ported, trusted) == "2001:db8::1"
+    assert client_address(("127.0.0.5", 1), Headers([("X-Forwarded-For", "203.0.113.9:4711")]), trusted) == "203.0.113.9"
 
 
 @settings(max_examples=300, deadline=None)
