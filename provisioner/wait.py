@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 from inlets_py.runtime.client.proxy_dial import dialer_for
 from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
-from inlets_py.runtime.core.probe import Answer, Endpoint, ProbeError, Unreachable, get
+from inlets_py.runtime.core.probe import Answer, Dial, Endpoint, ProbeError, Unreachable, get
 
 from .errors import NotFound, ProvisionError, Transient
 from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner
@@ -55,9 +55,17 @@ def https_get(
 ) -> Answer:
     """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP), through the proxy the
     environment names for it (as libcloud's API calls and the printed client command go)."""
-    dial = dialer_for(f"wss://{f'[{host}]' if ':' in host else host}:{port}")
     return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
-               timeout=timeout, method=method, body=body, dial=dial)
+               timeout=timeout, method=method, body=body, dial=_proxy_dial(host, port))
+
+
+def _proxy_dial(host: str, port: int) -> Dial | None:
+    """The environment's proxy for the exit server, as its client will take it. A setting that can never work is
+    this create's error at once, not a reason to poll until the timeout (it was, 600 s by default)."""
+    try:
+        return dialer_for(f"wss://{f'[{host}]' if ':' in host else host}:{port}")
+    except ProbeError as exc:
+        raise ProvisionError(f"{exc}: the client command would fail the same way; fix or unset it") from None
 
 
 def healthz_problem(host: str, port: int, ca_file: Path) -> ProbeError | None:

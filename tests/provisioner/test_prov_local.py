@@ -104,6 +104,24 @@ def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Pa
     assert not (state / "doomed").exists()
 
 
+def test_a_proxy_setting_that_cannot_work_fails_the_wait_at_once(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The wait for /healthz goes through the environment's proxy; one it can never use (a scheme nobody
+    speaks) was polled like a server still starting, until --timeout (600 s by default)."""
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ALL_PROXY", "gopher://corp:70")
+    state = tmp_path / "state"
+    started = time.monotonic()
+    result = run_cli(capsys, "create", "proxied", "--state-dir", str(state), "--ports", str(free_port("127.0.0.2")),
+                     "--timeout", "60")
+    assert time.monotonic() - started < 30
+    one_line_error(result, "ALL_PROXY: proxy scheme 'gopher' is not supported", "the client command would fail the same way",
+                   "inletsctl delete proxied")
+    monkeypatch.delenv("ALL_PROXY")
+    cleaned = run_cli(capsys, "delete", "proxied", "--state-dir", str(state))
+    assert cleaned.code == 0 and not (state / "proxied").exists(), cleaned
+
+
 def test_ttl_stops_the_server_and_prune_removes_it(tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     created = run_cli(capsys, "create", "short-lived", "--state-dir", str(state), "--ttl", "5s",
