@@ -17,12 +17,12 @@ from ..core.session import Channel
 from .config import fail
 
 
-
 def proxy_setting(proxy: str | None, password_file: Path | None) -> str | None:
     """--proxy completed with the password from --proxy-password-file or $INLETS_PROXY_PASSWORD (TokenError,
     ProxyConfigError when they do not fit): the clients' and ``inlets status``'s."""
     source = PROXY_PASSWORD.file_option if password_file else f"${PROXY_PASSWORD.env}"
     return with_password(proxy, PROXY_PASSWORD.read(None, password_file), source)
+
 
 def client_config(
     *,

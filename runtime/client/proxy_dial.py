@@ -13,18 +13,15 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-from typing import Callable
 from urllib.parse import unquote
 
 from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
-from ..core.probe import ProbeError, Unreachable
+from ..core.probe import Dial, ProbeError, Unreachable
 from .outbound_proxy import STATUS_HINTS, ProxyConfigError, choose, redact
 
 MAX_ANSWER_HEAD = 16 * 1024
-
-Dial = Callable[[str, int, float], socket.socket]
 
 
 def dialer_for(url: str, setting: str | None = None) -> Dial | None:

@@ -11,8 +11,8 @@ import os
 import socket
 
 
-def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = None) -> bool:
-    """Send b"" on the transport's socket (connected when ``address`` is None); whether it went."""
+def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = None) -> None:
+    """Send b"" on the transport's socket (connected when ``address`` is None)."""
     fd = transport.get_extra_info("socket").fileno()
     try:
         if address is None:
@@ -24,5 +24,4 @@ def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = Non
             finally:
                 sock.detach()
     except OSError:  # as sendto's own errors: the datagram is lost, as UDP may lose it
-        return False
-    return True
+        pass

@@ -73,8 +73,12 @@ class Channel:
     def write_whole(self, data: bytes) -> bool:
         """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
         mux = self.session.mux
-        # Checked here, not told by _write's count: for an empty datagram, 0 bytes written is no answer.
-        if len(data) > mux.send_window(self.stream_id) or mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
+        if not data:  # _write's count of 0 says nothing here: whether an empty datagram can go is asked first
+            if mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
+                return False
+            self.session._write(self, data)
+            return True
+        if len(data) > mux.send_window(self.stream_id):
             return False
         return self.session._write(self, data) == len(data)
 
