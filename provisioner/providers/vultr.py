@@ -82,8 +82,19 @@ class VultrProvider:
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v2/instances/{host_id}", "DELETE")
         wait_until_gone(self, host_id, timeout)
-        if host.extra.get("firewall_group_id"):
-            self._delete_firewall(host.extra["firewall_group_id"])
+        group_id = host.extra.get("firewall_group_id")
+        if group_id and self._made_here(str(group_id)):
+            self._delete_firewall(str(group_id))
+
+    def _made_here(self, group_id: str) -> bool:
+        """Only a group inletsctl made (its description ``inlets-NAME``) goes: an instance may have been moved
+        into a group shared with others, which must stay."""
+        try:
+            with self._api(f"reading firewall group {group_id}"):
+                group = self._request(f"/v2/firewalls/{group_id}")["firewall_group"]
+        except NotFound:
+            return False
+        return str(group.get("description", "")).startswith("inlets-")
 
     def _delete_firewall(self, group_id: str) -> None:
         try:

@@ -7,6 +7,7 @@ No OpenAPI document of Vultr's is published in a registry package, so Prism is n
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -62,13 +63,18 @@ def test_http_mode_opens_80_443_and_control(api: RecordedAPI, tmp_path: Path) ->
     assert ports == {"80", "443", "8123"}
 
 
-def test_status_list_and_delete_remove_the_firewall(api: RecordedAPI) -> None:
-    fixture = libcloud_fixture("vultr_v2", "ex_get_node.json")
-    import json
-
-    with_group = json.loads(fixture)
+def in_group(api: RecordedAPI, description: str) -> None:
+    """Instance 123 (libcloud's recording) sits in firewall group ``GROUP`` (the SDK's), described so."""
+    with_group = json.loads(libcloud_fixture("vultr_v2", "ex_get_node.json"))
     with_group["instance"]["firewall_group_id"] = GROUP  # the recorded instance had none
     api.route("GET", "/v2/instances/123", [Answer(200, with_group), Answer(200, with_group), NOT_FOUND])
+    group = json.loads(recorded("vultr", "firewall_group_create.json"))
+    group["firewall_group"]["description"] = description
+    api.route("GET", f"/v2/firewalls/{GROUP}", Answer(200, group))
+
+
+def test_status_list_and_delete_remove_the_firewall(api: RecordedAPI) -> None:
+    in_group(api, "inlets-rec-check")
     p = provider(api)
     host = p.status("123")
     assert host.status == "active" and host.ip == "45.76.36.72"
@@ -79,6 +85,16 @@ def test_status_list_and_delete_remove_the_firewall(api: RecordedAPI) -> None:
     assert api.requests("DELETE", "/v2/instances/123") and api.requests("DELETE", f"/v2/firewalls/{GROUP}")
     with pytest.raises(NotFound):
         p.status("123")
+
+
+def test_delete_leaves_a_firewall_group_inletsctl_did_not_make(api: RecordedAPI) -> None:
+    """An instance moved into a group shared with other instances: the instance goes, the group stays."""
+    in_group(api, "my firewall group")  # the SDK's recorded description
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete("123")
+    assert api.requests("DELETE", "/v2/instances/123") and api.requests("GET", f"/v2/firewalls/{GROUP}")
+    assert not api.requests("DELETE", f"/v2/firewalls/{GROUP}")
 
 
 def test_a_failed_create_removes_its_firewall(api: RecordedAPI, tmp_path: Path) -> None:
