@@ -120,7 +120,20 @@ while :; do
 done
 """
 
-_STATUS = r"""
+#: The pids of an exit server's own processes under plain: its supervisor and the servers it started, found by
+#: their command lines (``$opt/supervise``, ``$opt/venv/bin/...``), so a server whose supervisor died (killed, say)
+#: is still found. The script comes on stdin (``sh -s``): its own shell's command line names neither.
+_OURS = r"""
+ours() {{
+  for d in /proc/[0-9]*; do
+    case " $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in
+      *" $opt/supervise "*|*" $opt/venv/bin/"*) echo "${{d#/proc/}}";;
+    esac
+  done
+}}
+"""
+
+_STATUS = _OURS + r"""
 opt=/opt/inlets/{name}
 if [ ! -d "$opt" ] && [ ! -d /etc/inlets/{name} ]; then echo absent; exit 0; fi
 sup=$(cat "$opt/supervisor" 2>/dev/null || echo installing)
@@ -128,12 +141,14 @@ case "$sup" in
   systemd) echo "systemd $(systemctl is-active inlets-{name}.service 2>/dev/null || true)";;
   plain) pid=$(cat "$opt/supervisor.pid" 2>/dev/null || true)
          if [ -n "$pid" ] && grep -q "$opt/supervise" "/proc/$pid/cmdline" 2>/dev/null; then echo "plain active"
+         elif [ -n "$(ours)" ]; then
+           echo "plain active: the server runs but its supervisor is gone, so nothing restarts it: delete it and create it again"
          else echo "plain stopped: $(grep -v '^supervise:' "$opt/server.log" 2>/dev/null | tail -n 1)"; fi;;
   *) echo "$sup";;
 esac
 """
 
-_DELETE = r"""
+_DELETE = _OURS + r"""
 set -u
 name={name}; opt=/opt/inlets/$name; conf=/etc/inlets/$name
 if [ ! -d "$opt" ] && [ ! -d "$conf" ]; then echo absent; exit 0; fi
@@ -148,6 +163,12 @@ else
     kill -TERM "$pid"
     i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  left=$(ours)  # a server whose supervisor was gone, or one it left
+  if [ -n "$left" ]; then
+    kill -TERM $left 2>/dev/null || true
+    i=0; while [ -n "$(ours)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    left=$(ours); [ -z "$left" ] || kill -KILL $left 2>/dev/null || true
   fi
 fi
 rm -rf "$opt" "$conf"

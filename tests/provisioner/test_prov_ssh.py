@@ -318,9 +318,26 @@ def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh
             logs = (tmp_path / "client.log", Path(f"/opt/inlets/{prov_ssh_name}/server.log"))
             body = get_through(f"http://{DATA_ADDR}:{data_port}/by-host", host="site.example.test", logs=logs)
             assert body == "hello from the upstream, path=/by-host"
+        # The supervisor dies (killed, the OOM killer): its server goes on serving. status said "stopped" and
+        # delete said "deleted", and left the server running with the token.
+        supervisor = int(Path(f"/opt/inlets/{prov_ssh_name}/supervisor.pid").read_text())
+        (server,) = _children(supervisor)
+        os.kill(supervisor, signal.SIGKILL)
+        status = run_cli(capsys, "status", prov_ssh_name, "--json", "--state-dir", str(tmp_path / "state"))
+        assert status.code == 0, status.err
+        assert status.json()["vm"].startswith("plain supervisor: active: the server runs but its supervisor is gone")
     finally:
         deleted = run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
         assert deleted.code == 0, deleted.err
+    assert not _running(server)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has an empty command line)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
 
 
 def test_supervisor_systemd_where_systemd_is_not_pid_1_is_one_line(
