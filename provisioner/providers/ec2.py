@@ -323,12 +323,13 @@ class EC2Provider:
                         raise
                     time.sleep(2.0)
 
-    def _node(self, host_id: str) -> Node:
+    def _node(self, host_id: str, ended: bool = False) -> Node:
+        """The instance; ``ended``: also one terminated (EC2 lists it, tags and all, for about an hour)."""
         if not host_id.startswith("i-"):
             raise NotFound(f"ec2: no instance with id {host_id!r} (ids look like i-0123456789abcdef0)")
         with self._api(f"reading instance {host_id}"):
             nodes = self._driver.list_nodes(ex_node_ids=[host_id])
-        if not nodes or nodes[0].extra.get("status") in GONE_STATES:
+        if not nodes or (not ended and nodes[0].extra.get("status") in GONE_STATES):
             raise NotFound(f"ec2: no instance {host_id} in {self.region}")
         return nodes[0]
 
@@ -339,14 +340,19 @@ class EC2Provider:
     def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Terminate, wait until terminated, then remove the security group and key pair create made."""
         self._recorded_region(host_id)
-        node = self._node(host_id)
+        node = self._node(host_id, ended=True)
         tags = node.extra.get("tags") or {}
-        with self._api(f"terminating instance {host_id}"):
-            self._driver.destroy_node(node)
-        deadline = time.monotonic() + timeout
-        wait_until_gone(self, host_id, timeout)
         made = [("keypair", tags["inlets-keypair"])] if tags.get("inlets-keypair") else []
         made += [("group", tags["inlets-sg"])] if tags.get("inlets-sg") else []
+        deadline = time.monotonic() + timeout
+        if node.extra.get("status") in GONE_STATES:
+            # Ended already (its --ttl, or a delete elsewhere): what it was made with would stay behind, and the
+            # name's key pair and group would refuse the next create of that name.
+            self._cleanup(list(reversed(made)), deadline)
+            raise NotFound(f"ec2: no instance {host_id} in {self.region}")
+        with self._api(f"terminating instance {host_id}"):
+            self._driver.destroy_node(node)
+        wait_until_gone(self, host_id, timeout)
         self._cleanup(list(reversed(made)), deadline)
 
     def list(self) -> list[Host]:

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from helpers.process import terminate
 from helpers.prov_support import free_port, one_line_error, run_cli
 from inlets_py.provisioner import material as material_mod
-from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.providers import Credentials, make
 from inlets_py.provisioner.providers.base import ACTIVE, Plan
 from inlets_py.provisioner.render import UserDataOptions, user_data
@@ -201,6 +201,26 @@ def test_lifecycle_key_pair_exact_rules_user_data_list_delete(
     assert run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state")).json()["servers"] == []
     again = run_cli(capsys, "delete", "--provider", "ec2", "--id", host.id, "--state-dir", str(tmp_path / "state"))
     one_line_error(again, "ec2", host.id)
+
+
+def test_an_instance_that_ended_by_itself_leaves_no_group_or_key_pair_after_delete(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its --ttl ended it (terminate-on-shutdown), or someone terminated it: delete found no instance, said
+    "already gone", and left its security group and key pair, which then refused a create of the same name."""
+    _env_credentials(monkeypatch)
+    ec2 = prov_ec2_moto.client()
+    plan = _plan(tmp_path, "ec2-ended", ssh_key=str(_pubkey(tmp_path / "me.pub")))
+    provider = make("ec2", tmp_path / "state", Credentials())
+    host = provider.create(plan)
+    group_id = provider.status(host.id).extra["security_group"]
+    ec2.terminate_instances(InstanceIds=[host.id])
+    with pytest.raises(NotFound, match=host.id):  # nothing to terminate: manage says "already gone", as before
+        provider.delete(host.id)
+    assert group_id not in [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+    assert not [k for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"] == "inlets-ec2-ended"]
+    again = provider.create(plan)  # the name is free again
+    provider.delete(again.id)
 
 
 def test_http_mode_opens_80_443_8123_with_profile_credentials_and_generic_endpoint(
