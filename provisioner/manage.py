@@ -62,6 +62,12 @@ def delete(
         try:
             host_id = _find(provider, name=name, ip=ip).id
         except NotFound:
+            group = replicas.cloud_group(provider, name) if name is not None and meta is None else None
+            if group is not None:  # made with --replicas on another machine: its droplets carry the group's tag
+                done = _delete_group(root, provider, group, timeout, progress)
+                if damaged is not None:
+                    damaged.state.remove()
+                return done
             if name is None or (meta is None and damaged is None):
                 raise
             made_with = meta.get("provider") if meta is not None else damaged.provider  # type: ignore[union-attr]
@@ -209,6 +215,8 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
         try:
             if row["where"] == "both" or row["where"].startswith("local state"):
                 done.append(delete(root, creds, progress, name=row["name"]))
+            elif row.get("replicas"):  # a group known only by its tags: by name, as its id is its balancer's
+                done.append(delete(root, creds, progress, name=row["name"], provider_name=row["provider"]))
             else:
                 done.append(delete(root, creds, progress, host_id=row["id"], provider_name=row["provider"]))
         except ProvisionError as exc:

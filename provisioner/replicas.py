@@ -68,8 +68,12 @@ def delete_group(provider: Provisioner, meta: dict[str, Any], timeout: float, pr
     started = time.monotonic() if started is None else started
     done: list[str] = []
     balancer_id = meta.get("balancer_id")
+    balancers = balancing(provider)
+    if not balancer_id:  # its create failed or was interrupted: the cloud may have made it anyway
+        ids = [str(r.get("id")) for r in meta["replicas"] if r.get("id")]
+        found = find_balancer(balancers.balancers(), str(meta["name"]), ids) if ids else None
+        balancer_id = found.id if found is not None else None
     if balancer_id:
-        balancers = balancing(provider)
         try:
             balancers.delete_balancer(str(balancer_id))
             progress(f"deleting load balancer {meta['name']} ({balancer_id})")
@@ -132,6 +136,16 @@ def cloud_groups(hosts: list[Host], balancers: list[Balancer]) -> tuple[list[dic
                 "replicas": [{"name": m.name, "id": m.id, "ip": m.ip} for m in members]}
         rows.append(group_row(meta, list(members), balancer, f"{members[0].provider} only"))
     return rows, alone
+
+
+def cloud_group(provider: Provisioner, name: str) -> dict[str, Any] | None:
+    """The group ``name`` as the cloud's tags show it (its metadata for ``delete_group``), for a machine without
+    its local state (a cron job's ``list --prune``, ``delete NAME --provider P``); None when no host has its tag."""
+    members = [h for h in provider.list() if h.group == name]
+    if not members:
+        return None
+    return {"name": name, "provider": provider.name,
+            "replicas": [{"name": m.name, "id": m.id, "ip": m.ip} for m in members]}
 
 
 def find_balancer(balancers: list[Balancer], name: str, host_ids: list[str], balancer_id: str | None = None) -> Balancer | None:

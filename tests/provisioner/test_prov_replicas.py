@@ -115,3 +115,38 @@ def test_replicas_refuse_lets_encrypt(fake: FakeDigitalOcean, token_file: Path, 
                                    "--replicas", "2", "--mode", "http", "--domain", "a.example.test", "--letsencrypt"))
     one_line_error(refused, "--replicas", "--no-letsencrypt")
     assert fake.droplets == {} and fake.balancers == {}
+
+
+def test_a_balancer_made_by_a_create_whose_answer_failed_is_deleted_with_the_group(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """DigitalOcean made the balancer, then the answer failed (a 500, a cut connection): create failed, and delete
+    removed the droplets only. The balancer stayed, billed, and list said nothing was left."""
+    made = fake._create_balancer
+
+    def made_then_failed(body: dict) -> tuple[int, dict]:
+        made(body)
+        return 500, {"id": "server_error", "message": "Server Error"}
+
+    fake._create_balancer = made_then_failed  # type: ignore[method-assign]
+    state = tmp_path / "state"
+    failed = run_cli(capsys, *_do(fake, token_file, state, "create", "ha", "--provider", "digitalocean", "--replicas",
+                                  "2", "--ports", str(free_port()), "--control-port", str(free_port()), "--timeout", "60"))
+    one_line_error(failed, "Server Error", "inletsctl delete ha")
+    assert len(fake.balancers) == 1 and len(fake.droplets) == 2
+    deleted = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha"))
+    assert deleted.code == 0, deleted.err
+    assert fake.balancers == {} and fake.droplets == {} and "load balancer" in deleted.out
+
+
+def test_an_expired_group_is_pruned_from_a_machine_without_its_state(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """The README's cron job: ``list --prune`` where the group was not made. Its row's id is the balancer's, which
+    prune passed to delete as a droplet's: refused every run, and the group stayed up."""
+    _create(fake, token_file, tmp_path / "laptop", capsys, "--ttl", "3s")
+    time.sleep(3.5)
+    pruned = run_cli(capsys, *_do(fake, token_file, tmp_path / "cron", "list", "--provider", "digitalocean", "--prune"))
+    assert pruned.code == 0, pruned.err
+    assert fake.balancers == {} and fake.droplets == {}
+    assert "deleted ha (digitalocean: load balancer" in pruned.err
