@@ -67,6 +67,12 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
         )
         assert result.returncode == 0, result.stderr
         assert "Usage:" in result.stdout
+    # a command that loads each mode's run modules (--help alone loads none: cli.run was left out of the wheel)
+    (outside / "token").write_text("t" * 32 + "\n")
+    for mode in ("tcp", "http"):
+        unit = subprocess.run([venv / "bin" / "inlets", mode, "server", "--plaintext", "--token-file", "token",
+                               "--generate", "k8s_yaml"], cwd=outside, capture_output=True, text=True, timeout=60)
+        assert unit.returncode == 0 and "kind: Deployment" in unit.stdout, unit.stderr
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import importlib.util; from inlets_py import runtime, provisioner; print(runtime.__file__, provisioner.__file__); "
          "print('top-level:', [n for n in ('runtime', 'provisioner', 'templates') if importlib.util.find_spec(n)])"],
@@ -80,6 +86,18 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
         cwd=outside, capture_output=True, text=True, check=True,
     ).stdout
     assert "user-data.yaml.j2" in templates, "the cloud-init templates must ship inside the wheel"
+
+
+def test_every_package_of_the_checkout_is_in_the_wheel() -> None:
+    """pyproject lists the packages by hand (one import name over three folders): a new folder must be added."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"inlets_py.templates"} | {
+        "inlets_py." + ".".join(init.parent.relative_to(ROOT).parts)
+        for folder in ("runtime", "provisioner") for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert listed == found
 
 
 def test_the_build_warns_about_nothing(tmp_path: Path) -> None:
