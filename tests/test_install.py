@@ -56,7 +56,7 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
     deps = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if "site-packages" in p]
     (purelib / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     shell = Shell(tmp_path / "user", path_with_inlets=False, env={"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"})
-    code, out = shell.run(f"source {venv}/bin/activate\n{block('pip-install')}", timeout=300, cwd=ROOT)
+    code, out = shell.run(f"source {venv}/bin/activate\n{block('pip-install')}", timeout=300, cwd=_checkout(tmp_path))
     assert code == 0 and "Successfully installed inlets-py" in out, out[-3000:]
     assert "warning" not in out.lower(), out[-3000:]
     outside = tmp_path / "elsewhere"
@@ -88,6 +88,18 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
     assert "user-data.yaml.j2" in templates, "the cloud-init templates must ship inside the wheel"
 
 
+def _checkout(tmp_path: Path) -> Path:
+    """The files a clean clone builds from: a ``build/`` folder of an earlier build in the working tree would
+    otherwise lend the wheel modules that pyproject's list leaves out."""
+    copy = tmp_path / "checkout"
+    copy.mkdir()
+    for item in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / item, copy / item)
+    for folder in ("runtime", "provisioner", "templates", "scripts"):
+        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
 def test_every_package_of_the_checkout_is_in_the_wheel() -> None:
     """pyproject lists the packages by hand (one import name over three folders): a new folder must be added."""
     import tomllib
@@ -104,7 +116,7 @@ def test_the_build_warns_about_nothing(tmp_path: Path) -> None:
     """pip shows the build's warnings on an editable install (the quick start's first run): none must come,
     such as setuptools' 'project.license as a TOML table is deprecated'."""
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(_checkout(tmp_path))],
         timeout=300, capture_output=True, text=True,
     )
     assert built.returncode == 0, built.stderr[-2000:]
@@ -114,12 +126,7 @@ def test_the_build_warns_about_nothing(tmp_path: Path) -> None:
 def test_first_setup_says_what_it_installs_and_later_runs_are_silent(tmp_path: Path) -> None:
     """scripts/setup.sh (the quick start's first step) for real, offline: pip finds every dependency
     already installed (this environment's, through a .pth) and builds with this environment's setuptools."""
-    copy = tmp_path / "checkout"
-    copy.mkdir()
-    for item in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / item, copy / item)
-    for folder in ("runtime", "provisioner", "templates", "scripts"):
-        shutil.copytree(ROOT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = _checkout(tmp_path)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(copy / ".venv")], check=True, timeout=120)
     purelib = Path(subprocess.run(
         [copy / ".venv" / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
