@@ -23,6 +23,7 @@ from .registry import Registry
 from ..core.session import Session
 from .status import status_route
 from .udp import UdpPort
+from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.tcp")
 
@@ -136,7 +137,7 @@ class TcpTunnelServer:
         config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request
-        self.listeners: dict[str, asyncio.base_events.Server | asyncio.DatagramTransport] = {}
+        self.listeners: dict[str, asyncio.base_events.Server | UdpSocket] = {}
         self.udp_ports: dict[str, UdpPort] = {}
         self.metrics.watch_udp(lambda: self.udp_ports)
         self._lock = asyncio.Lock()
@@ -160,8 +161,8 @@ class TcpTunnelServer:
 
     def data_port(self, service: str) -> int | None:
         listener = self.listeners.get(service)
-        if isinstance(listener, asyncio.DatagramTransport):
-            return listener.get_extra_info("sockname")[1]
+        if isinstance(listener, UdpSocket):
+            return listener.sock.getsockname()[1]
         return listener.sockets[0].getsockname()[1] if listener and listener.sockets else None
 
     async def _admit(self, session: Session, hello: Hello) -> list[str]:
@@ -205,17 +206,9 @@ class TcpTunnelServer:
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
         return listener
 
-    async def _listen_udp(self, port: int, service: str) -> asyncio.DatagramTransport:
-        loop = asyncio.get_running_loop()
+    async def _listen_udp(self, port: int, service: str) -> UdpSocket:
         udp = UdpPort(service, self.registry.candidates, allows=self.options.allows)
-        hosts = [self.data_addr] if self.data_addr else ["::", "0.0.0.0"]  # every interface: dual stack if we can
-        for host in hosts:
-            try:
-                transport, _ = await loop.create_datagram_endpoint(lambda: udp, local_addr=(host, port))
-                break
-            except OSError:
-                if host == hosts[-1]:
-                    raise
+        transport = await UdpSocket.bind(self.data_addr, port, udp)  # no --data-addr: every interface, dual stack
         self.udp_ports[service] = udp
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
         return transport

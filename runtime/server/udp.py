@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..core.datagram import send_empty
 from ..core.mux import ResetCode, StreamError
 from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel, Session
+from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.udp")
 
@@ -42,13 +42,14 @@ class UdpCounters:
 class _Flow:
     """One source address on the server: a stream to a client."""
 
-    __slots__ = ("port", "address", "channel", "last_seen")
+    __slots__ = ("port", "address", "local", "channel", "last_seen")
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
-    def __init__(self, port: UdpPort, address: tuple) -> None:
+    def __init__(self, port: UdpPort, address: tuple, local: bytes | None) -> None:
         self.port = port
         self.address = address
+        self.local = local  # the address the source wrote to, for the answers' source (see udp_socket)
         self.channel: Channel | None = None
         self.last_seen = asyncio.get_running_loop().time()
 
@@ -56,10 +57,7 @@ class _Flow:
     def on_data(self, data: bytes) -> None:
         transport = self.port.transport
         if transport is not None:
-            if data:
-                transport.sendto(data, self.address)
-            else:
-                send_empty(transport, self.address)
+            transport.sendto(data, self.address, self.local)
             self.port.counters.datagrams_out += 1
             self.port.counters.bytes_out += len(data)
         if self.channel is not None:
@@ -76,7 +74,7 @@ class _Flow:
         pass
 
 
-class UdpPort(asyncio.DatagramProtocol):
+class UdpPort:
     """A public UDP port on the server: datagrams in, flows to clients, answers back out."""
 
     def __init__(
@@ -94,11 +92,11 @@ class UdpPort(asyncio.DatagramProtocol):
         self.max_flows = max_flows
         self.flows: dict[tuple, _Flow] = {}
         self.counters = UdpCounters()
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: UdpSocket | None = None
         self._sweeper: asyncio.Task | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: UdpSocket) -> None:
+        self.transport = transport
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,15 +106,17 @@ class UdpPort(asyncio.DatagramProtocol):
         for flow in list(self.flows.values()):
             self.end(flow)
 
-    def datagram_received(self, data: bytes, address: tuple) -> None:
+    def datagram_received(self, data: bytes, address: tuple, local: bytes | None = None) -> None:
         if len(data) > MAX_DATAGRAM:
             self.counters.drop("oversize")
             return
         flow = self.flows.get(address)
         if flow is None:
-            flow = self._open(address)
+            flow = self._open(address, local)
             if flow is None:
                 return
+        elif flow.local != local:
+            flow.local = local  # the source now writes to another of our addresses: answer from that one
         assert flow.channel is not None
         flow.last_seen = asyncio.get_running_loop().time()
         if not flow.channel.write_whole(data):  # the tunnel is congested: drop it whole (a part of it went, cut short)
@@ -125,14 +125,17 @@ class UdpPort(asyncio.DatagramProtocol):
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(data)
 
-    def _open(self, address: tuple) -> _Flow | None:
+    def send_failed(self) -> None:
+        self.counters.drop("send_failed")
+
+    def _open(self, address: tuple, local: bytes | None) -> _Flow | None:
         if not self.allows((str(address[0]), int(address[1]))):
             self.counters.drop("source_not_allowed")
             return None
         if len(self.flows) >= self.max_flows:
             self.counters.drop("too_many_flows")
             return None
-        flow = _Flow(self, address)
+        flow = _Flow(self, address, local)
         for session in self.candidates(self.service):
             if session.closed.is_set():
                 continue

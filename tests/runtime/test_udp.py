@@ -330,3 +330,49 @@ def test_a_client_that_drains_hands_its_udp_flows_to_the_others_at_once(tls: Tls
         await server.stop()
 
     run(scenario())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_answers_leave_from_the_address_the_user_wrote_to_on_every_interface(loop: str, tls: TlsFiles, token: str) -> None:
+    """No --data-addr: the port listens on every interface. An answer to a datagram sent to 127.0.0.2 left from
+    127.0.0.1 (the kernel's choice), which a connected socket (dig, resolvers, WireGuard) never receives."""
+    targets = ["127.0.0.1", "127.0.0.2", "127.0.0.3"] + (["::1"] if _ipv6_loopback() else [])
+
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token, data_addr=None)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        in_thread = asyncio.get_running_loop().run_in_executor  # uvloop has no sock_recvfrom
+        for target in targets:
+            family = socket.AF_INET6 if ":" in target else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as user:
+                user.settimeout(5)
+                user.connect((target, public))  # takes answers from (target, public) only
+                user.send(target.encode())
+                assert await in_thread(None, user.recv, 100) == target.encode()
+            with socket.socket(family, socket.SOCK_DGRAM) as user:  # and, said plainly, from where
+                user.settimeout(5)
+                user.sendto(b"", (target, public))  # an empty datagram takes the same way
+                data, source = await in_thread(None, user.recvfrom, 100)
+                assert (data, source[:2]) == (b"", (target, public))
+        udp = server.udp_ports[f"udp:{public}"]
+        assert udp.counters.datagrams_out == 2 * len(targets) and not udp.counters.dropped
+        await stop(task)
+        await server.stop()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(asyncio.wait_for(scenario(), 60))
+    else:
+        run(scenario())
