@@ -48,11 +48,6 @@ class PlaintextAttempts:
 PLAINTEXT_ATTEMPTS = PlaintextAttempts()
 
 
-def is_plaintext_http(exc: BaseException) -> bool:
-    """Whether a failed TLS handshake was plain HTTP: OpenSSL recognises GET/POST/CONNECT... (asyncio and uvloop alike)."""
-    return isinstance(exc, ssl.SSLError) and exc.reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")
-
-
 def _readable_file(path: Path, what: str) -> None:
     """One worded line for a TLS file that is missing, a directory or unreadable (not OpenSSL's)."""
     if not path.exists():

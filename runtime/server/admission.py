@@ -26,7 +26,7 @@ from websockets.asyncio.server import ServerConnection
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
-from ..core.tls import PLAINTEXT_ATTEMPTS, is_plaintext_http
+from ..core.tls import PLAINTEXT_ATTEMPTS
 from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.server")
@@ -136,15 +136,25 @@ class ControlConnection(BoundedReplies, ServerConnection):
         super().connection_lost(exc)
 
 
+#: What a browser or curl given http:// for the TLS control port is told (Go's servers answer the same case
+#: "Client sent an HTTP request to an HTTPS server."), rather than a connection closed without a word.
+_PLAIN_HTTP_BODY = b"This is an inlets tunnel server's TLS port: use https:// (wss:// for inlets clients), not http://\n"
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(_PLAIN_HTTP_BODY)) + _PLAIN_HTTP_BODY
+TLS_HANDSHAKE_RECORD = 0x16
+
+
 class _Pending(asyncio.Protocol):
     """The accepted socket's protocol until the caps admit it and TLS is up; then the connection's.
 
-    Bytes may come in before TLS takes over (uvloop reads before ``connection_made``): they
-    are kept and fed to the TLS protocol right after its ``connection_made``, before it reads
-    anything else. ``start_tls`` (asyncio's and uvloop's alike) pauses reading, installs the
-    TLS protocol and schedules its ``connection_made`` and the resumption of reading in its
-    first step; a callback scheduled one step later runs right after those, and the loop
-    polls the socket only after all three.
+    TLS starts on the first bytes, once they show a TLS handshake record; plain HTTP (a
+    request's method: letters) is answered 400 in words, anything else closed. The first
+    bytes, and any that come before TLS takes over, are kept and fed to the TLS protocol
+    right after its ``connection_made``, before it reads anything else. ``start_tls``
+    (asyncio's and uvloop's alike) pauses reading, installs the TLS protocol and schedules
+    its ``connection_made`` and the resumption of reading in its first step; a callback
+    scheduled one step later runs right after those, and the loop polls the socket only
+    after all three.
     """
 
     def __init__(self, admission: Admission, connection: ControlConnection, ssl_context: ssl.SSLContext | None):
@@ -152,6 +162,8 @@ class _Pending(asyncio.Protocol):
         self.connection = connection
         self.ssl_context = ssl_context
         self.early: list[bytes] = []
+        self.transport: asyncio.BaseTransport | None = None
+        self.silence: asyncio.TimerHandle | None = None  # closes a connection that sends nothing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # uvloop's are no asyncio.Transport
         peer = transport.get_extra_info("peername")
@@ -164,6 +176,28 @@ class _Pending(asyncio.Protocol):
             transport.set_protocol(self.connection)
             self.connection.connection_made(transport)
             return
+        self.transport = transport
+        self.admission._handshakes.add(transport)  # type: ignore[arg-type]
+        self.silence = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, transport.abort)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:  # only before TLS takes over: ClientHello bytes
+        self.early.append(data)
+        transport = self.transport
+        if transport is None or len(self.early) > 1:
+            return  # TLS is starting: these go to it with the first
+        if self.silence is not None:
+            self.silence.cancel()
+        if data[0] == TLS_HANDSHAKE_RECORD:
+            self._start_tls(transport)
+            return
+        if data[:1].isalpha() and self.connection.ticket is not None:
+            PLAINTEXT_ATTEMPTS.seen(self.connection.ticket.source)
+            transport.write(PLAIN_HTTP_ANSWER)  # type: ignore[attr-defined]
+            transport.close()
+        else:
+            transport.abort()  # type: ignore[attr-defined]
+
+    def _start_tls(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
         handshake = asyncio.ensure_future(loop.start_tls(
@@ -172,10 +206,11 @@ class _Pending(asyncio.Protocol):
         loop.call_soon(loop.call_soon, self._feed_early, transport)
         asyncio.ensure_future(self._hand_over(transport, handshake))
 
-    def data_received(self, data: bytes) -> None:  # only before TLS takes over: ClientHello bytes
-        self.early.append(data)
-
     def connection_lost(self, exc: Exception | None) -> None:  # only before the hand-off
+        if self.silence is not None:
+            self.silence.cancel()
+        if self.transport is not None:
+            self.admission._handshakes.discard(self.transport)  # type: ignore[arg-type]
         self.connection.authenticated()  # gives its place back
 
     def _feed_early(self, transport: asyncio.BaseTransport) -> None:
@@ -197,9 +232,8 @@ class _Pending(asyncio.Protocol):
         tls = None
         try:
             tls = await handshake
-        except Exception as exc:  # a failed or timed-out handshake, a peer gone
-            if is_plaintext_http(exc) and self.connection.ticket is not None:
-                PLAINTEXT_ATTEMPTS.seen(self.connection.ticket.source)
+        except Exception:  # noqa: BLE001 - a failed or timed-out handshake, a peer gone
+            pass
         finally:
             self.admission._handshakes.discard(transport)  # type: ignore[arg-type]
             # closed meanwhile (evicted, say): asyncio then returns None, uvloop a closing transport

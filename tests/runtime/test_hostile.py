@@ -577,6 +577,45 @@ def test_unauthenticated_connections_are_capped_per_source_and_in_total(tls: Tls
     run(scenario())
 
 
+def test_the_tls_control_port_answers_plain_http_in_words_and_closes_silence_and_garbage(
+    tls: TlsFiles, token: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """curl or a browser given http:// for the control port got a connection closed without a word (the TLS
+    layer gave up on the request): now a 400 that says to use https://. A peer that sends nothing is still
+    closed after the TLS handshake's timeout, one that sends neither TLS nor HTTP at once."""
+    from inlets_py.runtime.server import admission
+
+    monkeypatch.setattr(admission, "HANDSHAKE_TIMEOUT", 0.5)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        port = server.control.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)  # to the end: the server closes after it
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Connection: close" in head
+        assert body == b"This is an inlets tunnel server's TLS port: use https:// (wss:// for inlets clients), not http://\n"
+        assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
+        writer.close()
+        silent = silent_connection(port, "127.0.0.5")
+        garbage = silent_connection(port, "127.0.0.6")
+        garbage.sendall(b"\x00\x01binary")
+        await asyncio.sleep(0.2)
+        assert closed_by_server(garbage) and not closed_by_server(silent)
+        await asyncio.sleep(0.6)
+        assert closed_by_server(silent)
+        silent.close()
+        garbage.close()
+        assert not server.control.admission.pending and not server.control.admission._handshakes
+        await still_serving(server, tls, token)  # TLS clients are unaffected
+        await server.stop()
+
+    with caplog.at_level(logging.WARNING, logger="inlets.tls"):
+        run(scenario())
+    assert any("event=plaintext_on_tls_port source=127.0.0.1" in r.getMessage() for r in caplog.records)
+
+
 def test_thousands_of_half_open_tls_connections_cost_little_and_give_memory_back(tmp_path, tls: TlsFiles) -> None:
     """3,000 connections from 100 addresses (silent, half a ClientHello, or TLS done and half a request head)
     against a server process: its memory stays within the caps' worth and returns once they close."""
