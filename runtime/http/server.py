@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
 from ..core.listen import listen
-from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import CATCH_ALL, http_service, parse_http_service
 from .guard import Guards
 from .options import HttpOptions, OptionError
@@ -57,7 +57,7 @@ class HttpTunnelServer:
         self.guards = Guards()  # basic auth / bearer protection, per host name
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
         self.control = ControlPlane("http", config, self._admit, self._release)
-        self.metrics = HttpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        self.metrics = HttpMetrics(lambda: len(self.control.clients), self.control.serves)
         config.routes.setdefault("/metrics", self.metrics.route)
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request

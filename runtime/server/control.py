@@ -41,6 +41,8 @@ HELLO_TIMEOUT = 10.0
 
 #: An authenticated GET route on the control port (``/metrics``, ``/status``).
 Route = Callable[[], tuple[int, str, bytes]]
+#: What the control port answers besides ``ControlConfig.routes``.
+BUILTIN_PATHS = frozenset((CONNECT_PATH, "/healthz"))
 
 
 @dataclass
@@ -189,6 +191,11 @@ class ControlPlane:
             ),
         )
 
+    def serves(self, path: str) -> bool:
+        """Whether the control port answers ``path``: asked per request, so a route added after the metrics
+        were made (``/status``) is its own label, not ``_other``, and no list of paths is kept apart."""
+        return path in BUILTIN_PATHS or path in self.config.routes
+
     @property
     def addresses(self) -> list[tuple]:
         assert self._server is not None
@@ -238,7 +245,7 @@ class ControlPlane:
     def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         route = self.config.routes.get(path)
-        if path != CONNECT_PATH and route is None and path != "/healthz":
+        if not self.serves(path):
             return _response(404, b"not found\n")
         if path != CONNECT_PATH and request.method not in ("GET", "HEAD"):  # the library answers /connect's
             response = _response(405, f"method not allowed: {path} answers GET and HEAD\n".encode())

@@ -27,15 +27,15 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 class ServerMetrics:
     """What every server exposes: connected clients and control-plane requests."""
 
-    def __init__(self, mode: str, connected: Callable[[], int], paths: set[str]) -> None:
+    def __init__(self, mode: str, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
         self.mode = mode
         self._connected = connected
-        self._paths = paths
+        self._serves = serves  # the control plane's own test (ControlPlane.serves): a label for each path it answers
         self.control_requests: dict[tuple[str, str], int] = {}  # (code, path) -> count
         self._registry: Any = None  # a prometheus_client CollectorRegistry, made at the first scrape
 
     def control_request(self, path: str, code: int) -> None:
-        labels = (str(code), path if path in self._paths else OTHER)
+        labels = (str(code), path if self._serves(path) else OTHER)
         self.control_requests[labels] = self.control_requests.get(labels, 0) + 1
 
     @property
@@ -80,8 +80,8 @@ class HttpMetrics(ServerMetrics):
     Here an update is a dict lookup, a bisect and three additions.
     """
 
-    def __init__(self, connected: Callable[[], int], paths: set[str]) -> None:
-        super().__init__("http", connected, paths)
+    def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
+        super().__init__("http", connected, serves)
         self.series: dict[tuple[str, str, str], list[float]] = {}  # labels -> [count, sum, per-bucket counts]
         self._keys: dict[tuple[int, str, bytes], list[float]] = {}
 
@@ -142,8 +142,8 @@ class PortCounters:
 
 
 class TcpMetrics(ServerMetrics):
-    def __init__(self, connected: Callable[[], int], paths: set[str]) -> None:
-        super().__init__("tcp", connected, paths)
+    def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
+        super().__init__("tcp", connected, serves)
         self.ports: dict[int, PortCounters] = {}  # the server's own data ports: bounded by its configuration
         self._udp_ports: Callable[[], dict] | None = None
 

@@ -15,7 +15,7 @@ from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProt
 from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
 from .control import ControlConfig, ControlPlane
-from ..core.handshake import CLOSE_SERVICE_REFUSED, CONNECT_PATH, HandshakeError, Hello
+from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
 from ..core.mux import StreamError
@@ -133,7 +133,7 @@ class TcpTunnelServer:
         self.options = options or DataPlaneOptions()
         self.registry: Registry[Session] = Registry()
         self.control = ControlPlane("tcp", config, self._admit, self._release)
-        self.metrics = TcpMetrics(lambda: len(self.control.clients), {CONNECT_PATH, "/healthz", "/metrics"})
+        self.metrics = TcpMetrics(lambda: len(self.control.clients), self.control.serves)
         config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request

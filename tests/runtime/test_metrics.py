@@ -214,6 +214,28 @@ def test_control_plane_paths_are_bounded_labels(tls, token, path):
         stack.close()
 
 
+def test_every_route_the_control_port_serves_is_its_own_label(tls, token):
+    """/status was counted as _other: the label set was a list of its own that missed it, not the routes served."""
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        try:
+            control = server.control.addresses[0]
+            for path in ("/status", "/status", "/status", "/healthz"):
+                request = urllib.request.Request(f"https://{control[0]}:{control[1]}{path}",
+                                                 headers={"Authorization": f"Bearer {token}"})
+                context = ssl.create_default_context(cafile=str(tls.ca))
+                await asyncio.to_thread(lambda: urllib.request.urlopen(request, context=context, timeout=10).read())
+            found = samples((await asyncio.to_thread(scrape, control, tls, token))[1])
+        finally:
+            await server.stop()
+        assert found[key("tcp_controlplane_requests_total", code="200", path="/status")] == 3
+        assert found[key("tcp_controlplane_requests_total", code="200", path="/healthz")] == 1
+        assert key("tcp_controlplane_requests_total", code="200", path="_other") not in found
+
+    run(scenario(), 30)
+
+
 def _tls_exchange(control: tuple, tls, request: bytes) -> bytes:
     """Send one raw request to the control port over TLS; everything until the server closes."""
     context = ssl.create_default_context(cafile=str(tls.ca))
@@ -275,7 +297,7 @@ def test_a_server_nobody_scrapes_does_not_load_prometheus_client():
         "import sys\n"
         f"import {package}.cli.run.tcp_server, {package}.cli.run.http_server\n"
         f"from {package}.server.metrics import HttpMetrics, TcpMetrics\n"
-        "tcp, http = TcpMetrics(lambda: 1, {'/metrics'}), HttpMetrics(lambda: 2, {'/metrics'})\n"
+        "tcp, http = TcpMetrics(lambda: 1, {'/metrics'}.__contains__), HttpMetrics(lambda: 2, {'/metrics'}.__contains__)\n"
         "counters = tcp.port(8080); counters.total += 3; counters.bytes_in += 5; counters.refused['no_client'] = 1\n"
         "http.observe(200, 'a.test', b'GET', 0.002); tcp.control_request('/metrics', 200)\n"
         "assert 'prometheus_client' not in sys.modules, 'imported before any scrape'\n"
