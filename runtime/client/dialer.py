@@ -147,6 +147,9 @@ class TunnelClient:
         self.connected = asyncio.Event()
         self.ws_url = connect_url(config.url)
         self._changed = asyncio.Event()  # self.session was replaced (rotation)
+        #: One rotation at a time: two SIGHUPs at once both read the same old session, each drained it, and the
+        #: first one's new session, replaced by the second's, was never drained (an orphan the server kept).
+        self._rotating = asyncio.Lock()
         self._stopping = False
         self._token_file_unreadable = False  # said once, until the file can be read again
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
@@ -265,15 +268,19 @@ class TunnelClient:
         """Make before break: connect again (re-reading the token), then drain the old connection.
 
         New connections go to the new session from the moment the server admits it; the
-        old one gets GOAWAY and closes once its streams finish.
+        old one gets GOAWAY and closes once its streams finish. Rotations queue up (``_rotating``).
         """
+        async with self._rotating:
+            await self._replace()
+
+    async def _replace(self) -> None:
         old = self.session
         try:
             new = await self.open_session()
         except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             log.warning("event=reconnect_failed error=%r keeping=current_connection", _describe(exc))
             return
-        if old is None or self.session is None:
+        if old is None or self.session is not old:  # it closed meanwhile: the reconnect loop has it
             await new.close(1000, "not needed")
             return
         self.session = new
