@@ -150,6 +150,7 @@ class TunnelClient:
         #: One rotation at a time: two SIGHUPs at once both read the same old session, each drained it, and the
         #: first one's new session, replaced by the second's, was never drained (an orphan the server kept).
         self._rotating = asyncio.Lock()
+        self._reconnecting: asyncio.Future | None = None  # a reconnection the server's GOAWAY asked for
         self._stopping = False
         self._token_file_unreadable = False  # said once, until the file can be read again
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
@@ -226,6 +227,7 @@ class TunnelClient:
         mux = Multiplexer(client=True, recv_window=cfg.window, send_window=welcome.window, max_frame=welcome.max_frame,
                           max_streams=cfg.max_streams, initial_recv_window=self.initial_window, recv_budget=cfg.max_buffer)
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
+        session.on_goaway = session.on_retire = self._reconnect_now
         asyncio.ensure_future(self._run(session))
         log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
         return session
@@ -272,6 +274,18 @@ class TunnelClient:
         """
         async with self._rotating:
             await self._replace()
+
+    def _reconnect_now(self, session: Session) -> None:
+        """The server sent GOAWAY (it drains, or its stream ids for us run out), or ours run out: connect again now,
+        make before break, as ``rotate`` does; the old session's streams finish on it. Until then it stayed, and
+        refused what it could not open. Nothing is done for a session already replaced, nor while stopping."""
+        if session is self.session and not self._stopping:
+            self._reconnecting = asyncio.ensure_future(self._replace_if_current(session))
+
+    async def _replace_if_current(self, session: Session) -> None:
+        async with self._rotating:
+            if session is self.session:
+                await self._replace()
 
     async def _replace(self) -> None:
         old = self.session

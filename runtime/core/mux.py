@@ -52,6 +52,9 @@ MAX_REASON = 1024
 #: Frames queued together share one message up to this size: a websocket message costs
 #: far more CPU than copying its bytes, so several streams' DATA frames travel together.
 COALESCE_LIMIT = 256 * 1024
+MAX_STREAM_ID = 0xFFFFFFFF
+#: Our stream ids left when ``ids_running_out`` says to replace the connection: they serve until the new one is up.
+ID_RESERVE = 1 << 16
 
 
 class FrameType(enum.IntEnum):
@@ -196,12 +199,18 @@ class Multiplexer:
         if not raw or len(raw) > MAX_TARGET:
             raise ValueError(f"target must be 1..{MAX_TARGET} bytes")
         stream_id = self._next_id
-        self._next_id += 2
-        if stream_id > 0xFFFFFFFF:
+        if stream_id > MAX_STREAM_ID:
             raise StreamError("stream ids exhausted; reconnect")
+        self._next_id += 2
         self._streams[stream_id] = _Stream(self.initial_send_window, self.initial_recv_window)
         self._queue(_OPEN, stream_id, raw)
         return stream_id
+
+    @property
+    def ids_running_out(self) -> bool:
+        """Fewer than ``ID_RESERVE`` of our stream ids are left (2**31 a side, never reused): the connection must
+        be replaced, as HTTP/2's are, before ``open_stream`` can open nothing more."""
+        return self._next_id > MAX_STREAM_ID - ID_RESERVE
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
         """Queue as much of ``data`` as the peer's credit allows; returns that count."""

@@ -43,6 +43,8 @@ log = logging.getLogger("inlets.session")
 OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
 
+RETIRE_TIMEOUT = 30.0  # how long a session out of stream ids lets its streams finish (--drain-timeout's default)
+
 _RUNNING, _DRAINING, _STOPPED = object(), object(), object()  # the writer's states besides idle and scheduled
 
 
@@ -129,6 +131,9 @@ class Session:
         self._last_rx = 0.0
         #: Called once when the peer drains (GOAWAY): stop routing new streams here.
         self.on_goaway: Callable[[Session], None] | None = None
+        #: Called once when our stream ids run low: replace this session (see ``_retire``).
+        self.on_retire: Callable[[Session], None] | None = None
+        self._retired: object = None  # True, or the drain that retires it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,7 +256,19 @@ class Session:
         channel.handler = handler
         self.channels[stream_id] = channel
         self._flush()
+        if self.mux.ids_running_out and self._retired is None:
+            self._retire()
         return channel
+
+    def _retire(self) -> None:
+        """Replace a session whose stream ids run low: at their end it refused every stream, and nothing reconnected.
+        ``on_retire`` (the client) connects anew and drains this one; else (the server) GOAWAY asks the peer to."""
+        log.warning("event=stream_ids_exhausted session=%s open_streams=%d", self.name, len(self.channels))
+        if self.on_retire is not None:
+            self._retired = True
+            self.on_retire(self)
+        else:  # and close once the open streams finish, if the peer does not
+            self._retired = asyncio.ensure_future(self.drain(RETIRE_TIMEOUT, "stream ids exhausted: reconnect"))
 
     @property
     def open_streams(self) -> int:

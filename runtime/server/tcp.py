@@ -60,12 +60,14 @@ class DataPlaneConnection(TcpBridge):
         if not self.server.options.allows(source):
             self._refuse("source_not_allowed", source)
             return
+        draining = 0
         for session in self.server.registry.candidates(self.service):
             if session.closed.is_set():
                 continue
             try:
                 self.attach(session.open_stream(self.service, self))
-            except StreamError:
+            except StreamError:  # draining (GOAWAY either way) until its client has reconnected
+                draining += 1
                 continue
             self.counters.open += 1
             self.counters.total += 1
@@ -76,6 +78,9 @@ class DataPlaneConnection(TcpBridge):
                 TcpBridge.data_received(self, encode_proxy_header(version, source, destination or self._local()))
             if rest:
                 self.data_received(rest)
+            return
+        if draining:  # clients there, none taking new streams: not "no_client"
+            self._refuse("client_draining")
             return
         log.info("event=no_client service=%s", self.service)
         self._refuse("no_client")

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from inlets_py.runtime.core.mux import (
     DEFAULT_MAX_FRAME,
     HEADER,
+    ID_RESERVE,
+    MAX_STREAM_ID,
     DataReceived,
     FrameType,
     Multiplexer,
@@ -191,6 +193,27 @@ def test_invalid_local_calls() -> None:
         client.open_stream("")
     with pytest.raises(ValueError):
         Multiplexer(client=True, recv_window=0)
+
+
+def test_ids_running_out_is_said_while_some_are_left_and_the_last_one_is_usable() -> None:
+    """A side's ids are never reused: the glue must replace the connection (``ids_running_out``) while the
+    reserve serves; at the very end, opening fails without burning an id that does not exist."""
+    client, server = pair()
+    for side in (client, server):
+        assert not side.ids_running_out
+        side._next_id = MAX_STREAM_ID - ID_RESERVE - 1 + side._next_id % 2 - 2  # the last id before the reserve
+        side.open_stream("tcp:80")
+        assert not side.ids_running_out
+        side.open_stream("tcp:80")
+        assert side.ids_running_out
+        side._next_id = MAX_STREAM_ID - 1 + side._next_id % 2  # the last id of this side's parity
+        last = side.open_stream("tcp:80")
+        assert last in (MAX_STREAM_ID, MAX_STREAM_ID - 1) and side.ids_running_out
+        with pytest.raises(StreamError, match="exhausted"):
+            side.open_stream("tcp:80")
+        assert side._next_id == last + 2
+    deliver(client, server)  # the peers take every id given out, the highest too
+    deliver(server, client)
 
 
 # ----------------------------------------------------------------- properties

@@ -45,6 +45,88 @@ def test_two_rotations_at_once_leave_no_orphan_session(tls: TlsFiles, token: str
     run(scenario(), 30)
 
 
+async def _echoes(port: int, payload: bytes = b"ping") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``port`` whose ``payload`` came back (an echo upstream); kept open for the caller."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    writer.write(payload)
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+    return reader, writer
+
+
+def test_a_server_out_of_stream_ids_has_the_client_reconnect(tls: TlsFiles, token: str, caplog) -> None:
+    """The server's last stream id for a client: the session is retired (GOAWAY), the client connects anew at
+    once and new connections go there, while the one open on the old session carries on. Before, every later
+    connection was reset, logged as event=no_client, and the client stayed on that session for good."""
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        first_session = client.session
+        try:
+            (old,) = server.control.clients
+            old.mux._next_id = 0xFFFFFFFE  # the server's last even id
+            reader, writer = await _echoes(public)
+            assert await _until(lambda: client.session not in (None, first_session) and len(server.control.clients) == 2)
+            for _ in range(3):
+                _, later = await _echoes(public)
+                later.close()
+            writer.write(b"still here")  # the stream opened on the old session finishes on it
+            assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
+            writer.close()
+            assert await _until(lambda: list(server.control.clients) != [old] and len(server.control.clients) == 1)
+        finally:
+            await stop(task)
+            await server.stop()
+            echo.close()
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("event=stream_ids_exhausted" in m for m in messages), messages
+        assert not any("event=no_client" in m for m in messages), messages
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 30)
+
+
+def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles, token: str, caplog) -> None:
+    """The client's own ids (streams it opens for --local) run low: it connects anew, make before break, so
+    every local connection is served; before, the last id was followed by refusals, forever."""
+    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]})
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+        await forwarder.start()
+        first_session = client.session
+        assert first_session is not None
+        try:
+            first_session.mux._next_id = 0xFFFFFFFF - 2  # two odd ids left
+            kept = [await _echoes(forward.local_port) for _ in range(2)]
+            assert await _until(lambda: client.session not in (None, first_session))
+            for _ in range(3):
+                _, later = await _echoes(forward.local_port)
+                later.close()
+            for reader, writer in kept:
+                writer.write(b"on")
+                assert await asyncio.wait_for(reader.readexactly(2), 5) == b"on"
+                writer.close()
+        finally:
+            forwarder.stop()
+            await stop(task)
+            await server.stop()
+            echo.close()
+        assert any("event=stream_ids_exhausted" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 30)
+
+
 def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(tls: TlsFiles, token: str, caplog) -> None:
     """--keepalive 2, the relay stalls just after a message reached the client, a little after a watchdog check:
     the check on a fixed beat saw that message as fresh and slept a whole beat more, then the ping waited
