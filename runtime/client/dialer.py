@@ -275,11 +275,20 @@ class TunnelClient:
         async with self._rotating:
             await self._replace()
 
+    @property
+    def serving(self) -> bool:
+        """Whether new streams can go through this server now: connected, and neither end draining (GOAWAY)."""
+        session = self.session
+        return (session is not None and not session.closed.is_set() and not session.mux.peer_going_away
+                and not session.mux.going_away)
+
     def _reconnect_now(self, session: Session) -> None:
         """The server sent GOAWAY (it drains, or its stream ids for us run out), or ours run out: connect again now,
         make before break, as ``rotate`` does; the old session's streams finish on it. Until then it stayed, and
         refused what it could not open. Nothing is done for a session already replaced, nor while stopping."""
         if session is self.session and not self._stopping:
+            if self.on_change is not None:  # no longer serving (a ClientGroup says so, and routes elsewhere)
+                self.on_change()
             self._reconnecting = asyncio.ensure_future(self._replace_if_current(session))
 
     async def _replace_if_current(self, session: Session) -> None:
@@ -299,6 +308,8 @@ class TunnelClient:
             return
         self.session = new
         self._changed.set()
+        if self.on_change is not None:
+            self.on_change()
         asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
 
     async def shutdown(self) -> None:

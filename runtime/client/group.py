@@ -45,12 +45,13 @@ class ClientGroup:
 
     @property
     def session(self) -> Session | None:
-        """A connected session (``--local`` forwards through the first one up)."""
-        return next((c.session for c in self.clients if c.session is not None and not c.session.closed.is_set()), None)
+        """A session new streams can take (``--local`` forwards through the first one): not a draining server's,
+        which refused them while another server was there to take them."""
+        return next((c.session for c in self.clients if c.serving), None)
 
     def held(self) -> list[str]:
-        """The URLs of the servers this client is connected to now."""
-        return [c.config.url for c in self.clients if c.connected.is_set()]
+        """The URLs of the servers this client serves through now: a draining one (GOAWAY) no longer counts."""
+        return [c.config.url for c in self.clients if c.connected.is_set() and c.serving]
 
     def _report(self) -> None:
         held = tuple(self.held())

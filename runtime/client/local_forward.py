@@ -62,7 +62,9 @@ class _LocalConnection(TcpBridge):
             return
         try:
             self.attach(session.open_stream(self.forward.target, self))
-        except StreamError:
+        except StreamError as exc:  # the server drains (GOAWAY) or the session is closing: said, not a silent reset
+            log.warning("event=forward_refused local_port=%d remote=%s reason=%r", self.forward.local_port,
+                        self.forward.target, str(exc))
             self.abort()
 
 

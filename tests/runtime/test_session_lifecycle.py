@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import pytest
+
 from helpers.tunnel import (
     TlsFiles, control_url, echo_server, free_port, port_of, run, serve, start_client, start_server, stop, wait_listening,
 )
@@ -122,6 +124,94 @@ def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles,
             await server.stop()
             echo.close()
         assert any("event=stream_ids_exhausted" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 30)
+
+
+def test_local_forwards_of_a_client_on_two_servers_avoid_the_one_that_drains(tls: TlsFiles, token: str, caplog) -> None:
+    """--url twice with --local: one server drains (SIGTERM with --drain-timeout). New local connections go through
+    the other, the draining one is not reported as held, and the connection open through it finishes there.
+    Before, every new local connection went to the draining server and was reset, without a word in the log."""
+    from inlets_py.runtime.client.dialer import ClientConfig
+    from inlets_py.runtime.client.group import ClientGroup
+    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
+    from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.core.tls import client_context
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        servers = [await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+                   for _ in range(2)]
+        upstreams = TcpUpstreams({})  # local forwards only: no data port to share between the two servers
+        configs = [ClientConfig(url=control_url(server), token=token, mode="tcp", services=upstreams.services,
+                                ssl_context=client_context(tls.ca), backoff_initial=0.1, backoff_max=0.5,
+                                extra={"forwards": [forward.target]}) for server in servers]
+        group = ClientGroup(configs, upstreams.on_stream)
+        task = asyncio.ensure_future(group.run_forever())
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: group.session)
+        await forwarder.start()
+        urls = [config.url for config in configs]
+        draining: asyncio.Future | None = None
+        try:
+            assert await _until(lambda: group.held() == urls)
+            assert group.session is group.clients[0].session  # the first server takes local forwards
+            reader, writer = await _echoes(forward.local_port)
+            draining = asyncio.ensure_future(servers[0].drain(20))
+            assert await _until(lambda: group.held() == urls[1:]), group.held()
+            for _ in range(3):
+                _, later = await _echoes(forward.local_port)
+                later.close()
+            writer.write(b"finishing")  # the draining server lets the open one finish
+            assert await asyncio.wait_for(reader.readexactly(9), 5) == b"finishing"
+            writer.close()
+            await asyncio.wait_for(draining, 10)
+        finally:
+            forwarder.stop()
+            await stop(task)
+            if draining is not None:
+                await stop(draining)
+            for server in servers:
+                await server.stop()
+            echo.close()
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("event=servers held=1/2" in m and urls[0] in m.split("missing=")[1] for m in messages), messages
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 40)
+
+
+def test_a_local_connection_the_session_refuses_is_logged(tls: TlsFiles, token: str, caplog) -> None:
+    """One server, draining: a --local connection it cannot take is refused with a log line saying why."""
+    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]})
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+        await forwarder.start()
+        session = client.session
+        assert session is not None
+        try:
+            session.mux.go_away("as the client's SIGTERM does")  # no new streams from this side
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            with pytest.raises(ConnectionResetError):  # refused: reset, as before, but now said why
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        finally:
+            forwarder.stop()
+            await stop(task)
+            await server.stop()
+            echo.close()
+        assert any("event=forward_refused" in r.getMessage() and "draining" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.INFO):
         run(scenario(), 30)
