@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from ..client.dialer import ClientConfig, FatalClientError, TunnelClient, connect_url
@@ -22,6 +23,29 @@ def proxy_setting(proxy: str | None, password_file: Path | None) -> str | None:
     ProxyConfigError when they do not fit): the clients' and ``inlets status``'s."""
     source = PROXY_PASSWORD.file_option if password_file else f"${PROXY_PASSWORD.env}"
     return with_password(proxy, PROXY_PASSWORD.read(None, password_file), source)
+
+
+def check_servers(flags: SimpleNamespace) -> None:
+    """--url, --token-file's count, --tls-*, checked as written: no file read. Here, not in ``client_config``,
+    because ``--generate`` runs it too: a unit it wrote for flags the client refuses failed at every start."""
+    files = flags.token_file or []
+    if len(files) > 1 and len(files) != len(flags.url):
+        fail(f"--token-file given {len(files)} times for {len(flags.url)} --url: give one for every server, "
+             "or one per --url in the same order")
+    if len(set(flags.url)) != len(flags.url):
+        fail("the same --url is given twice: each server once")
+    for url in flags.url:
+        if not url.startswith(("ws://", "wss://")):
+            fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
+    try:
+        for url in flags.url:
+            connect_url(url)
+        if flags.tls_server_name is not None:
+            check_host(flags.tls_server_name, "--tls-server-name")
+    except (FatalClientError, HostError) as exc:
+        fail(str(exc))
+    if flags.tls_ca is not None and flags.tls_insecure:
+        fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
 
 
 def client_config(
@@ -48,16 +72,10 @@ def client_config(
         proxy = proxy_setting(proxy, proxy_password_file)
     except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
-    if not url.startswith(("ws://", "wss://")):
-        fail(f"--url must start with wss:// (or ws:// behind a TLS proxy), got {url!r}")
-    try:  # a bad --url, --proxy or *_PROXY variable: one line now rather than at every retry
+    try:  # a bad --proxy or *_PROXY variable: one line now rather than at every retry (``check_servers`` did --url)
         choose_proxy(proxy, connect_url(url))
-        if tls_server_name is not None:
-            check_host(tls_server_name, "--tls-server-name")
-    except (ProxyConfigError, FatalClientError, HostError) as exc:
+    except (ProxyConfigError, FatalClientError) as exc:
         fail(str(exc))
-    if tls_ca is not None and tls_insecure:
-        fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
     try:
         ssl_context = client_context(tls_ca, insecure=tls_insecure) if url.startswith("wss://") else None
     except TlsConfigError as exc:
@@ -79,13 +97,9 @@ def client_config(
 
 
 def client_configs(*, urls: list[str], token: str | None, token_files: list[Path] | None, **options: Any) -> list[ClientConfig]:
-    """One ClientConfig per ``--url``; ``--token-file`` once for all servers or once per server, in order."""
+    """One ClientConfig per ``--url`` (``check_servers`` passed them); ``--token-file`` once for all servers or once
+    per server, in order."""
     files: list[Path | None] = list(token_files or [None])
-    if len(files) not in (1, len(urls)):
-        fail(f"--token-file given {len(files)} times for {len(urls)} --url: give one for every server, "
-             "or one per --url in the same order")
-    if len(set(urls)) != len(urls):
-        fail("the same --url is given twice: each server once")
     if len(files) == 1:
         files *= len(urls)
     return [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]

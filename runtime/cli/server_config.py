@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
@@ -23,6 +24,29 @@ log = logging.getLogger("inlets")
 CERTS_MODULE = __name__.rsplit(".", 2)[0] + ".core.certs"
 
 
+def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
+    """The control-plane flags every server shares, checked as written: no file read, no name resolved. Here, not in
+    ``control_config``, because ``--generate`` runs it too: a unit it wrote for flags the server refuses failed at
+    every start. Returns the parsed --trusted-proxies."""
+    chosen = sum([bool(flags.tls_cert or flags.tls_key), flags.auto_tls, flags.plaintext])
+    if chosen != 1:
+        fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
+    if bool(flags.tls_cert) != bool(flags.tls_key):
+        fail("--tls-cert and --tls-key go together")
+    if (flags.auto_tls_san or flags.auto_tls_path is not None) and not flags.auto_tls:
+        fail("--auto-tls-san and --auto-tls-path go with --auto-tls (they would be ignored)")
+    if flags.auto_tls_san:
+        auto_tls_names(flags.auto_tls_san)
+    if flags.auto_tls_path is not None and str(flags.auto_tls_path) in ("", "."):
+        fail("--auto-tls-path is empty (the current directory): give a directory of its own, "
+             "e.g. ~/.local/share/inlets/auto-tls")
+    check_bind_addresses(flags.control_addr, flags.data_addr, resolve=False)
+    try:
+        return SourceAllowList(parse_networks(flags.trusted_proxies, "--trusted-proxies")) if flags.trusted_proxies else None
+    except ValueError as exc:
+        fail(str(exc))
+
+
 def control_config(
     *,
     control_addr: str,
@@ -34,36 +58,23 @@ def control_config(
     auto_tls: bool,
     auto_tls_path: Path | None,
     auto_tls_san: list[str] | None,
-    plaintext: bool,
     keepalive: float,
     max_client_streams: int = 4096,
     max_client_buffer_mib: int = 32,
-    trusted_proxies: str | None = None,
+    trusted_proxies: SourceAllowList | None = None,
     max_handshakes: int = 128,
     max_handshakes_per_source: int = 16,
 ) -> ControlConfig:
-    """Validate the control-plane flags every server shares."""
-    try:
-        proxies = SourceAllowList(parse_networks(trusted_proxies, "--trusted-proxies")) if trusted_proxies else None
-    except ValueError as exc:
-        fail(str(exc))
-
+    """The control plane from flags ``check_control`` passed: reads the token and the TLS files (or makes them)."""
     try:
         tokens = TokenSet(read_tokens(token, token_file))
         if token_file is not None:
             warn_if_others_can_read(token_file)
     except TokenError as exc:
         fail(str(exc))
-    chosen = sum([bool(tls_cert or tls_key), auto_tls, plaintext])
-    if chosen != 1:
-        fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
-    if (auto_tls_san or auto_tls_path is not None) and not auto_tls:
-        fail("--auto-tls-san and --auto-tls-path go with --auto-tls (they would be ignored)")
     ssl_context = None
     try:
-        if tls_cert or tls_key:
-            if not (tls_cert and tls_key):
-                fail("--tls-cert and --tls-key go together")
+        if tls_cert and tls_key:
             ssl_context = server_context(tls_cert, tls_key)
         elif auto_tls:
             names = auto_tls_names(auto_tls_san) if auto_tls_san else [
@@ -75,8 +86,8 @@ def control_config(
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
-        max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=proxies, max_handshakes=max_handshakes,
-        max_handshakes_per_source=max_handshakes_per_source,
+        max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=trusted_proxies,
+        max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
 
 
@@ -99,13 +110,14 @@ def _loopback(address: str) -> bool:
         return False
 
 
-def check_bind_addresses(control_addr: str, data_addr: str) -> None:
+def check_bind_addresses(control_addr: str, data_addr: str, resolve: bool = True) -> None:
     """--control-addr and --data-addr: an IP address or a name that resolves, checked before anything
-    listens (a bad --data-addr was only found when a client's handshake asked for a port, and hung)."""
+    listens (a bad --data-addr was only found when a client's handshake asked for a port, and hung).
+    ``resolve=False`` checks the form only (``check_control``): a name may resolve only where a service runs."""
     try:
         for value, flag in ((control_addr, "--control-addr"), (data_addr, "--data-addr")):
             if value:
-                check_bind_address(value, flag)
+                (check_bind_address if resolve else check_host)(value, flag)
     except HostError as exc:
         fail(str(exc))
 
@@ -129,13 +141,10 @@ def auto_tls_names(sans: list[str]) -> list[str]:
 
 
 def auto_tls_directory(path: Path | None) -> Path:
-    """Where --auto-tls keeps its files. Not "" (the current directory), and a directory that already
-    exists keeps its mode: it is the user's, so others being able to enter it is said, not changed."""
+    """Where --auto-tls keeps its files (``check_control`` refused "", the current directory). A directory that
+    already exists keeps its mode: it is the user's, so others being able to enter it is said, not changed."""
     if path is None:
         return default_data_dir() / "auto-tls"
-    if str(path) in ("", "."):
-        fail("--auto-tls-path is empty (the current directory): give a directory of its own, "
-             "e.g. ~/.local/share/inlets/auto-tls")
     if path.is_dir() and path.stat().st_mode & 0o077:
         log.warning("event=auto_tls_path_open path=%s mode=%04o hint=%r", path, path.stat().st_mode & 0o777,
                     "other users may enter it: the keys stay 0600, but chmod 700 it")

@@ -19,10 +19,10 @@ from helpers.tunnel import TlsFiles, free_port
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["tcp", "server"], "no token: give --token, --token-file or $INLETS_TOKEN"),
+        (["tcp", "server", "--plaintext"], "no token: give --token, --token-file or $INLETS_TOKEN"),
         (["tcp", "server", "--token", "x"], "choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext"),
         (["tcp", "server", "--token", "x", "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key"], "TLS file not found"),
-        (["tcp", "server", "--token-file", "/nonexistent/token"], "token file not found: /nonexistent/token"),
+        (["tcp", "server", "--plaintext", "--token-file", "/nonexistent/token"], "token file not found: /nonexistent/token"),
         (["tcp", "server", "--token", "x", "--plaintext", "--allow-ports", "80,http"], "--allow-ports must be"),
         (["tcp", "server", "--control-port", "70000"], "Invalid value for '--control-port'"),
         (["tcp", "server", "--token", "x", "--plaintext", "--trusted-proxies", "10.0.0.300"],

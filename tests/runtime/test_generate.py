@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers.proxy_daemons import binary
 from helpers.process import ROOT as PROCESS_ROOT
-from helpers.process import inlets
+from helpers.process import inlets, one_line_error
 
 SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
 HTTP_CLIENT = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
@@ -175,11 +175,46 @@ def test_flags_the_command_would_refuse_are_refused_before_a_unit_is_written(kin
     assert result.stdout == ""
 
 
+
+TOKENS = [arg for n in range(3) for arg in ("--token-file", f"/etc/inlets/token-{n}")]
+UPSTREAM = {"tcp": ["--upstream", "127.0.0.1", "--ports", "80"], "http": ["--upstream", "http://127.0.0.1:3000"]}
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("argv, says", [
+    (["tcp", "server"], "choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext"),
+    (["http", "server", "--plaintext", "--auto-tls"], "choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext"),
+    (["tcp", "server", "--tls-cert", "/etc/inlets/server.crt"], "--tls-cert and --tls-key go together"),
+    (["http", "server", "--tls-key", "/etc/inlets/server.key"], "--tls-cert and --tls-key go together"),
+    (["tcp", "server", "--plaintext", "--auto-tls-san", "example.com"], "--auto-tls-san and --auto-tls-path go with --auto-tls"),
+    (["http", "server", "--auto-tls", "--auto-tls-path", ""], "--auto-tls-path is empty"),
+    (["tcp", "server", "--plaintext", "--data-addr", "127.0.0.1 %n"], "--data-addr: '127.0.0.1 %n' is not a valid host name"),
+    (["http", "server", "--plaintext", "--control-addr", "a..b"], "--control-addr: 'a..b' is not a valid host name"),
+    (["tcp", "server", "--plaintext", "--trusted-proxies", "bogus"], "--trusted-proxies: 'bogus' is not an IP address"),
+    (["tcp", "client", "--url", "wss://a:1", "--url", "wss://b:1", *TOKENS], "--token-file given 3 times for 2 --url"),
+    (["http", "client", "--url", "wss://a:1", "--url", "wss://a:1"], "the same --url is given twice"),
+    (["tcp", "client", "--url", "http://a:1"], "--url must start with wss:// (or ws:// behind a TLS proxy), got 'http://a:1'"),
+    (["http", "client", "--url", "wss://a:1", "--tls-ca", "/etc/inlets/ca.crt", "--tls-insecure"],
+     "give --tls-ca or --tls-insecure, not both"),
+    (["tcp", "client", "--url", "wss://a:1", "--tls-server-name", ".."], "--tls-server-name: '..' is not a valid host name"),
+    (["http", "client", "--url", "wss://a:99999"], "'99999' is not a port"),
+])
+def test_flag_combinations_the_command_refuses_are_refused_by_generate_in_its_words(
+        kind: str, argv: list[str], says: str) -> None:
+    """One check for both paths: these were refused only once the command ran, so --generate wrote a unit or a
+    Deployment that failed at every start. No file named here exists: neither path reads one before refusing."""
+    argv = argv + (UPSTREAM[argv[0]] if argv[1] == "client" else []) + ([] if "--token-file" in argv else TOKENS[:2])
+    ran = inlets(*argv)
+    generated = inlets(*argv, f"--generate={kind}")
+    one_line_error(generated, says)
+    assert generated.stdout == "" and generated.stderr == ran.stderr, (generated.stderr, ran.stderr)
+
+
 # ------------------------------------------------------------- folders the service writes
 
 @pytest.mark.parametrize("option, extra", [
     ("--auto-tls-path", ["tcp", "server", "--auto-tls"]),
-    ("--letsencrypt-path", ["http", "server", "--letsencrypt-domain", "tunnel.example.com"]),
+    ("--letsencrypt-path", ["http", "server", "--auto-tls", "--letsencrypt-domain", "tunnel.example.com"]),
 ])
 def test_a_folder_the_server_writes_is_writable_in_the_unit(option: str, extra: list[str], tmp_path: Path) -> None:
     """ProtectSystem=strict leaves only the StateDirectory writable: a server told to keep its certificates

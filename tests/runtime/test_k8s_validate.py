@@ -161,7 +161,7 @@ def test_one_replica_is_the_deployment_as_without_the_flag(token_file: Path) -> 
 @pytest.mark.parametrize("argv, error", [
     (("tcp", "server", "--replicas", "2"), "--replicas shapes the Kubernetes YAML: use it with --generate=k8s_yaml"),
     (("http", "server", "--replicas", "2", "--generate=systemd"), "--replicas shapes the Kubernetes YAML"),
-    (("tcp", "server", "--replicas", "2", "--generate=k8s_yaml"), "--replicas needs the data ports"),
+    (("tcp", "server", "--plaintext", "--replicas", "2", "--generate=k8s_yaml"), "--replicas needs the data ports"),
     (("tcp", "server", "--replicas", "2", "--allow-ports", "80", "--auto-tls", "--generate=k8s_yaml"),
      "--auto-tls cannot be used with --replicas: it makes a CA in each replica"),
 ], ids=["no-generate", "systemd", "no-data-ports", "auto-tls"])

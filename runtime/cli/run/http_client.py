@@ -9,7 +9,7 @@ from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstrea
 from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
 from ...core.tls import TlsConfigError
 from ...http.options import HttpOptions, OptionError
-from ..client_config import client_configs, tunnel_client
+from ..client_config import check_servers, client_configs, tunnel_client
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
 
@@ -24,6 +24,7 @@ def check(flags: SimpleNamespace) -> dict:
                           response_add=flags.response_header_add or [], response_remove=flags.response_header_remove or [])
     except (UpstreamError, OptionError) as exc:
         fail(str(exc))
+    check_servers(flags)
     return mapping
 
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ... import __version__
+from ...core.allowlist import SourceAllowList
 from ...core.hosts import authority
 from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_logs, default_data_dir, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options, warn_if_plaintext_reachable
+from ..server_config import check_bind_addresses, check_control, control_config, data_plane_options, warn_if_plaintext_reachable
 
 log = logging.getLogger("inlets")
 
@@ -59,28 +60,26 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
     return HttpsFront(manager, https_port)
 
 
-def check(flags: SimpleNamespace) -> DataPlaneOptions:
+def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | None]:
     """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
-    the data-plane options."""
+    (data-plane options, trusted proxies)."""
     check_logs(flags.log_level, flags.log_format)
     dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
-    if flags.auto_tls_san:
-        auto_tls_names(flags.auto_tls_san)
     check_lets_encrypt(flags)
-    return dataplane
+    return dataplane, check_control(flags)
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run an HTTP tunnel server with the flags of ``inlets http server``."""
-    dataplane = check(flags)
+    dataplane, proxies = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
-        auto_tls_san=flags.auto_tls_san, plaintext=flags.plaintext, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
+        auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+        trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
                                flags.letsencrypt_ca, flags.https_port)

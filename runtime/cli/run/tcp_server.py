@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 from ... import __version__
-from ...core.allowlist import parse_target_rules
+from ...core.allowlist import SourceAllowList, parse_target_rules
 from ...core.hosts import authority
 from ...core.ports import parse_port_list
 from ...server.dataplane import DataPlaneOptions
@@ -14,7 +14,7 @@ from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import auto_tls_names, check_bind_addresses, control_config, data_plane_options, warn_if_plaintext_reachable
+from ..server_config import check_bind_addresses, check_control, control_config, data_plane_options, warn_if_plaintext_reachable
 
 log = logging.getLogger("inlets")
 
@@ -30,15 +30,13 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     return allowed
 
 
-def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, ForwardingPolicy | None]:
+def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, ForwardingPolicy | None, SourceAllowList | None]:
     """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
-    (allowed ports, data-plane options, client forwarding)."""
+    (allowed ports, data-plane options, client forwarding, trusted proxies)."""
     check_logs(flags.log_level, flags.log_format)
     allowed = parse_allow_ports(flags.allow_ports)
     options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol,
                                  lb_proxy_protocol=flags.lb_proxy_protocol)
-    if flags.auto_tls_san:
-        auto_tls_names(flags.auto_tls_san)
     if flags.client_forwarding_allow and not flags.client_forwarding:
         fail("--client-forwarding-allow needs --client-forwarding")
     if flags.client_forwarding and not flags.client_forwarding_allow:
@@ -49,20 +47,20 @@ def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, Fo
             forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
         except ValueError as exc:
             fail(str(exc))
-    return allowed, options, forwarding
+    return allowed, options, forwarding, check_control(flags)
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run a TCP tunnel server with the flags of ``inlets tcp server``."""
-    allowed, options, forwarding = check(flags)
+    allowed, options, forwarding, proxies = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
-        auto_tls_san=flags.auto_tls_san, plaintext=flags.plaintext, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
+        auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=flags.trusted_proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+        trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
     if forwarding is not None:
         config.forwarding = forwarding
