@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.process import inlets
+from helpers.process import inlets, one_line_error
 from helpers.tunnel import TlsFiles
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed "
@@ -163,9 +163,28 @@ def test_one_replica_is_the_deployment_as_without_the_flag(token_file: Path) -> 
     (("http", "server", "--replicas", "2", "--generate=systemd"), "--replicas shapes the Kubernetes YAML"),
     (("tcp", "server", "--plaintext", "--replicas", "2", "--generate=k8s_yaml"), "--replicas needs the data ports"),
     (("tcp", "server", "--replicas", "2", "--allow-ports", "80", "--auto-tls", "--generate=k8s_yaml"),
-     "--auto-tls cannot be used with --replicas: it makes a CA in each replica"),
+     "--auto-tls cannot be used with --generate=k8s_yaml: the pod's filesystem is read-only"),
 ], ids=["no-generate", "systemd", "no-data-ports", "auto-tls"])
 def test_replicas_misused_get_one_line(argv: tuple[str, ...], error: str, token_file: Path) -> None:
     result = inlets(*argv, "--token-file", str(token_file))
     assert result.returncode == 2 and result.stdout == "", result
     assert result.stderr.startswith(f"inlets: error: {error}") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("argv, advice", [
+    (("tcp", "server", "--auto-tls", "--allow-ports", "80"), "give --tls-cert/--tls-key"),
+    (("http", "server", "--auto-tls", "--auto-tls-san", "tunnel.example.com"), "give --tls-cert/--tls-key"),
+    (("http", "server", "--plaintext", "--letsencrypt-domain", "tunnel.example.com"), "terminate TLS in an Ingress"),
+    (("http", "server", "--tls-cert", "{cert}", "--tls-key", "{key}", "--letsencrypt-domain=a.example.com"),
+     "terminate TLS in an Ingress"),
+], ids=["tcp-auto-tls", "http-auto-tls", "letsencrypt", "letsencrypt-with-tls-files"])
+def test_a_server_that_writes_its_certificates_is_refused(argv: tuple[str, ...], advice: str, tls: TlsFiles,
+                                                         token_file: Path) -> None:
+    """The pod's root filesystem is read-only and only the Secret is mounted: such a pod failed at every start
+    ("could not prepare .../auto-tls: read-only file system"); a fresh volume per start would change the CA
+    clients pin, or ask Let's Encrypt again each time. Refused in one line saying what to give instead."""
+    option = "--auto-tls" if "--auto-tls" in argv else "--letsencrypt-domain"
+    argv = tuple(arg.format(cert=tls.cert, key=tls.key) for arg in argv)
+    result = inlets(*argv, "--token-file", str(token_file), "--generate=k8s_yaml")
+    line = one_line_error(result, f"{option} cannot be used with --generate=k8s_yaml: the pod's filesystem is read-only")
+    assert advice in line and result.stdout == ""
