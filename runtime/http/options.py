@@ -22,6 +22,12 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection proxy-authenticate proxy-authorization te trailer "
     b"transfer-encoding upgrade".split()
 )
+#: What neither the Connection header nor a client's options may drop (``parser`` uses it too): dropping these
+#: while forwarding the body lets the body be read as a second request (smuggling) or the request reach another host.
+NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
+#: Names a client may not add or remove: the proxy writes framing, Host (``--rewrite-host``) and hop-by-hop
+#: headers itself; a second Content-Length, or none, would smuggle requests or leave responses unframed.
+RESERVED = HOP_BY_HOP | NEVER_HOP
 
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
@@ -42,6 +48,26 @@ def header_name(text: str) -> bytes:
     if not _TOKEN.match(name):
         raise OptionError(f"invalid header name {text!r}")
     return name
+
+
+def _allowed(names: list[bytes], flag: str) -> list[bytes]:
+    """``names``, unless one is ``RESERVED``: ``OptionError`` names the flag and the header."""
+    for name in names:
+        if name.lower() in RESERVED:
+            raise OptionError(f"{flag} {name.decode()}: framing (Content-Length, Transfer-Encoding), Host and "
+                              "hop-by-hop headers (Connection, Keep-Alive, Upgrade, TE, Trailer, Proxy-*) are the "
+                              "proxy's own and cannot be added or removed (--rewrite-host sets Host)")
+    return names
+
+
+def _added(texts: list[str], flag: str) -> list[tuple[bytes, bytes]]:
+    pairs = [header_pair(h) for h in texts]
+    _allowed([n for n, _ in pairs], flag)
+    return pairs
+
+
+def _removed(texts: list[str], flag: str) -> frozenset[bytes]:
+    return frozenset(n.lower() for n in _allowed([header_name(h) for h in texts], flag))
 
 
 def header_pair(text: str) -> tuple[bytes, bytes]:
@@ -81,10 +107,10 @@ class HttpOptions:
         if basic_auth and ":" in basic_auth[0]:
             raise OptionError("--basic-auth-username must not contain ':'")
         return cls(
-            [header_pair(h) for h in request_add],
-            frozenset(header_name(h).lower() for h in request_remove),
-            [header_pair(h) for h in response_add],
-            frozenset(header_name(h).lower() for h in response_remove),
+            _added(request_add, "--request-header-add"),
+            _removed(request_remove, "--request-header-remove"),
+            _added(response_add, "--response-header-add"),
+            _removed(response_remove, "--response-header-remove"),
             {s: h.encode("idna") for s, h in (rewrite_host or {}).items()},
             _digest(f"{basic_auth[0]}:{basic_auth[1]}".encode()) if basic_auth else None,
             _digest(bearer_token.encode()) if bearer_token else None,
@@ -155,10 +181,13 @@ class HttpOptions:
 
     # --------------------------------------------------------------- proxying
 
+    # ``build`` refuses reserved names; the properties below leave them out again, whoever made the options.
+
     @cached_property
     def request_drop(self) -> frozenset[bytes]:
         """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
-        return HOP_BY_HOP | self.request_remove | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+        return HOP_BY_HOP | (self.request_remove - NEVER_HOP) | {b"x-forwarded-for", b"x-forwarded-proto",
+                                                                 b"x-forwarded-host"}
 
     @cached_property
     def guarded_drop(self) -> frozenset[bytes]:
@@ -167,15 +196,15 @@ class HttpOptions:
 
     @cached_property
     def response_drop(self) -> frozenset[bytes]:
-        return HOP_BY_HOP | self.response_remove
+        return HOP_BY_HOP | (self.response_remove - NEVER_HOP)
 
     @cached_property
     def request_add_lines(self) -> list[bytes]:
-        return [n + b": " + v + b"\r\n" for n, v in self.request_add]
+        return [n + b": " + v + b"\r\n" for n, v in self.request_add if n.lower() not in RESERVED]
 
     @cached_property
     def response_add_lines(self) -> list[bytes]:
-        return [n + b": " + v + b"\r\n" for n, v in self.response_add]
+        return [n + b": " + v + b"\r\n" for n, v in self.response_add if n.lower() not in RESERVED]
 
     # ------------------------------------------------------------ protection
 

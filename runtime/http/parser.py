@@ -28,6 +28,7 @@ from .messages import (
     Upgraded,
     host_of,
 )
+from .options import NEVER_HOP  # what the Connection header may never make hop-by-hop (nor options drop)
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -47,9 +48,6 @@ _NOTED = frozenset(
 #: a port without a name (``:80``). An empty Host stays valid (RFC 9110 7.2: a target without an authority).
 _VALID_HOST = re.compile(rb"(?:(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?)(?::[0-9]*)?)?")
 
-#: What the Connection header may never make hop-by-hop: dropping these while forwarding the body
-#: lets the body be read as a second request (smuggling) or the request reach another host.
-NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 
 
 def _routed_host(value: bytes) -> str | None:

@@ -19,6 +19,7 @@ from helpers.faults import rss_kib
 from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.process import INLETS, ROOT, wait_port
 from inlets_py.runtime.cli.lifecycle import run_until_signalled
+from inlets_py.runtime.client.dialer import FatalClientError
 from inlets_py.runtime.http.options import HttpOptions
 from helpers.tunnel import free_port
 
@@ -121,6 +122,19 @@ def test_response_naming_content_length_in_connection_keeps_its_framing(env):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: framing.test\r\n\r\n")
             answer = read_answer(sock)
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nhello"), answer
+
+
+@pytest.mark.parametrize("options", [
+    HttpOptions(request_remove=frozenset({b"content-length"})),  # the body reached the upstream as a 2nd request
+    HttpOptions(response_remove=frozenset({b"content-length"})),  # kept-alive answers without framing
+    HttpOptions(request_add=[(b"Content-Length", b"0")]),  # two conflicting Content-Lengths
+    HttpOptions(response_add=[(b"Host", b"x")]),
+])
+def test_a_client_whose_options_touch_framing_or_host_is_refused(env, tls, token, options):
+    """Options that skipped the client's own check (an older or hostile client): the handshake refuses them."""
+    with pytest.raises(FatalClientError, match="bad HTTP options: --.*framing"):
+        env["stack"].client(env["server"], tls, token, [f"rm.test=http://{LOOPBACK}:1"], options)
+    assert not env["server"].registry.sessions_for("http:rm.test")
 
 
 # ---------------------------------------------------------------- 5: pipelines

@@ -12,7 +12,7 @@ from inlets_py.runtime.http.options import HOP_BY_HOP, HttpOptions, OptionError
 from inlets_py.runtime.http.messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead, Upgraded, host_of
 from inlets_py.runtime.http.parser import PARSE_STEP, RequestReader
 from inlets_py.runtime.http.response_reader import ResponseReader
-from inlets_py.runtime.http.write import SimpleResponse, add_kept, response_head
+from inlets_py.runtime.http.write import SimpleResponse, add_kept, request_head, response_head
 
 
 def feed_all(reader, data: bytes, step: int | None = None) -> list:
@@ -183,6 +183,17 @@ def test_options_round_trip_and_auth():
     {"http": {"basic_sha256": "not-a-digest"}},
     {"http": {"basic_sha256": "0" * 64, "bearer_sha256": "1" * 64}},
     {"http": {"rewrite_host": {"http:*": "evil\r\nhost"}}},
+    # framing, Host and hop-by-hop names: removing Content-Length smuggled the body as a second request
+    {"http": {"request_remove": ["Content-Length"]}},
+    {"http": {"request_remove": ["transfer-encoding"]}},
+    {"http": {"request_remove": ["Host"]}},
+    {"http": {"request_remove": ["Connection"]}},
+    {"http": {"response_remove": ["Content-Length"]}},
+    {"http": {"request_add": [["Content-Length", "0"]]}},
+    {"http": {"request_add": [["HOST", "other.test"]]}},
+    {"http": {"response_add": [["Content-Length", "0"]]}},
+    {"http": {"response_add": [["Transfer-Encoding", "chunked"]]}},
+    {"http": {"response_add": [["Keep-Alive", "timeout=5"]]}},
 ])
 def test_server_refuses_malformed_options(extra):
     with pytest.raises(OptionError):
@@ -192,8 +203,32 @@ def test_server_refuses_malformed_options(extra):
 def test_cli_option_errors():
     with pytest.raises(OptionError):
         HttpOptions.build(request_add=["no-colon"])
+    with pytest.raises(OptionError, match="--response-header-remove Content-Length: framing"):
+        HttpOptions.build(response_remove=["Content-Length"])
     with pytest.raises(OptionError):
         HttpOptions.build(basic_auth=("a", "b"), bearer_token="c")
+
+
+def test_options_made_without_build_never_drop_nor_add_framing_or_host():
+    """The second guard: options that skipped ``build``'s check still forward one framing header and Host."""
+    reserved = [b"content-length", b"transfer-encoding", b"host", b"connection"]
+    options = HttpOptions(request_add=[(b"Content-Length", b"0"), (b"Host", b"x"), (b"X-Ok", b"1")],
+                          request_remove=frozenset(reserved),
+                          response_add=[(b"Content-Length", b"0"), (b"Transfer-Encoding", b"chunked")],
+                          response_remove=frozenset(reserved))
+    for raw in (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+        head = RequestReader().feed(raw)[0]
+        lines = request_head(head, "http:a", options, False, b"10.0.0.1", b"http").lower().split(b"\r\n")
+        names = [line.partition(b":")[0] for line in lines[1:] if line]
+        assert names.count(b"host") == 1 and names.count(b"x-ok") == 1, lines
+        assert names.count(b"content-length") + names.count(b"transfer-encoding") == 1, lines
+    reader = ResponseReader()
+    reader.expect(head_request=False)
+    response = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")[0]
+    lines = response_head(response, options, False, False).lower().split(b"\r\n")
+    assert [line for line in lines if line.startswith((b"content-length", b"transfer-encoding"))] == [
+        b"content-length: 2"]
 
 
 # ------------------------------------------------------------------ issue 14: hostile input
