@@ -236,10 +236,11 @@ def progress(front: Front) -> None:
 
 
 def resumed(front: Front) -> None:
-    """The user's socket drained: hand the tunnel the credit held back."""
+    """The user's socket drained: hand the tunnel the credit held back (the upstream's timeout starts now)."""
     ex = front.exchange
     if ex is not None and ex.unreleased:
         ex.unreleased = False
+        ex.leg.last_activity = front.loop.time()
         ex.leg.release()
 
 

@@ -72,6 +72,8 @@ class FrontConnection(asyncio.Protocol):
         self.leg: Leg | None = None
         self._waiter: asyncio.Future | None = None
         self.drain: asyncio.Future | None = None
+        self.unsent = 0  # while ``drain`` is pending: the write buffer's size when the sweep last looked
+        self.stalled_since = 0.0  # ... and since when the user took none of it (the server's send timeout)
         self._paused_reading = False
         self._task: asyncio.Task | None = None
         self.loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
@@ -243,6 +245,7 @@ class FrontConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.drain = self.loop.create_future()
+        self.unsent, self.stalled_since = self.transport.get_write_buffer_size(), self.loop.time()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         drain, self.drain = self.drain, None

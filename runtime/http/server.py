@@ -24,6 +24,7 @@ from .leg import Leg
 from .front import FrontConnection
 from ..server.metrics import OTHER, HttpMetrics
 from ..server.registry import Registry
+from ..core.bridge import reset
 from ..core.session import Session
 from ..server.status import status_route
 
@@ -105,17 +106,21 @@ class HttpTunnelServer:
     # ------------------------------------------------------------ data plane
 
     async def _sweep(self) -> None:
-        """Time out exchanges where nothing moved for ``upstream_timeout``, and idle keep-alive
-        connections: one timer for all (a timer per request costs as much as routing it)."""
+        """Time out exchanges where nothing moved for ``upstream_timeout``, users who take nothing for as long,
+        and idle keep-alive connections: one timer for all (a timer per request costs as much as routing it)."""
         assert self._loop is not None
         interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4, self.header_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             now = self._loop.time()
             deadline = now - self.upstream_timeout
-            for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline]:
+            # An upstream is not late while the user's socket is full: the proxy holds its credit back then
+            for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline
+                        and (leg.listener is None or leg.listener.drain is None)]:
                 self.exchanges.discard(leg)
                 leg.fire_timeout()
+            for conn in [c for c in self.connections if c.drain is not None and c.exchange is not None]:
+                self._check_sending(conn, now, deadline)
             slow = now - self.header_timeout
             for conn in [c for c in self.connections if c.idle_since is not None and c.head_since is not None
                          and c.idle_since <= c.head_since <= slow]:
@@ -126,6 +131,22 @@ class HttpTunnelServer:
                 self.connections.discard(conn)
                 if conn.transport is not None:
                     conn.transport.close()
+
+    def _check_sending(self, conn: FrontConnection, now: float, deadline: float) -> None:
+        """The user's socket is full: one who reads, however slowly, is waited for (nginx's send_timeout); one
+        who took nothing since ``deadline`` is cut with a reset (a close would wait for the unread bytes)."""
+        transport = conn.transport
+        if transport is None:
+            return
+        size = transport.get_write_buffer_size()
+        if size < conn.unsent:
+            conn.stalled_since = now
+        conn.unsent = size
+        if conn.stalled_since <= deadline:
+            self.connections.discard(conn)
+            log.info("event=send_timeout source=%s unsent=%d reason=%r", conn.peer.decode(errors="replace"), size,
+                     f"the user took none of the answer for {self.upstream_timeout:g}s")
+            reset(transport)
 
     def route(self, host: str) -> tuple[str | None, str]:
         """(service to use or None, metrics label): exact name (served or protected), then the catch-all."""

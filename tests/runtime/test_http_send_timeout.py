@@ -1,0 +1,92 @@
+"""Users who read slowly, or not at all: the send timeout (``--upstream-timeout`` applied to the user's side).
+
+A user who keeps reading, however slowly, gets the whole answer; one who takes nothing for the timeout is cut
+with a log line. Real server, tunnel client and upstream on loopback; users are plain sockets with a small
+receive buffer, so that the server's write buffer fills as it would for a slow link.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from helpers.http import LOOPBACK, Stack
+
+TIMEOUT = 0.5  # --upstream-timeout of the server under test
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        app, up = stack.upstream("A")
+        server = stack.server(tls, token, upstream_timeout=TIMEOUT)
+        server.control.config.window = 64 * 1024  # streams' credit stays small: the answer outlasts the buffers
+        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}"])
+        yield dict(stack=stack, app=app, server=server, port=server.data_port)
+    finally:
+        stack.close()
+
+
+def small_window_user(port: int) -> socket.socket:
+    """A user whose receive buffer is 4 KiB: what it does not read stays in the server's buffers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect((LOOPBACK, port))
+    return sock
+
+
+def send_timeouts(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "event=send_timeout" in r.getMessage()]
+
+
+def test_a_slow_but_steady_reader_gets_the_whole_download(env, caplog):
+    """Reading 4 KiB every 20 ms, the user empties the server's write buffer far slower than the upstream timeout:
+    the upstream waits for the user then, and is not late. It used to be cut with a reset after ~1 s, unlogged."""
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    size = 1024 * 1024
+    with small_window_user(env["port"]) as sock:
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % size)
+        received = b""
+        deadline = time.monotonic() + 30
+        for _ in range(10_000):  # bounded in count and time
+            assert time.monotonic() < deadline, f"only {len(received)} bytes in 30 s"
+            try:
+                data = sock.recv(4096)
+            except ConnectionResetError:
+                raise AssertionError(f"reset after {len(received)} bytes") from None
+            assert data, f"closed after {len(received)} bytes"
+            received += data
+            head, _, body = received.partition(b"\r\n\r\n")
+            if len(body) >= size:
+                break
+            time.sleep(0.02)
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == size
+    assert not send_timeouts(caplog)
+
+
+def test_a_user_who_takes_nothing_is_cut_and_logged(env, caplog):
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    before = len(env["server"].connections)
+    with small_window_user(env["port"]) as sock:
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % (4 << 20))
+        deadline = time.monotonic() + 10
+        while not send_timeouts(caplog):
+            assert time.monotonic() < deadline, "the user was never cut"
+            time.sleep(0.05)
+        received = 0
+        try:
+            while data := sock.recv(65536):
+                received += len(data)
+        except ConnectionResetError:
+            pass
+    assert received < 4 << 20
+    assert "the user took none of the answer for 0.5s" in send_timeouts(caplog)[0]
+    deadline = time.monotonic() + 5
+    while len(env["server"].connections) > before:
+        assert time.monotonic() < deadline, "the connection was kept"
+        time.sleep(0.05)
