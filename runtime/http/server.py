@@ -119,7 +119,7 @@ class HttpTunnelServer:
                         and (leg.listener is None or leg.listener.drain is None)]:
                 self.exchanges.discard(leg)
                 leg.fire_timeout()
-            for conn in [c for c in self.connections if c.drain is not None and c.exchange is not None]:
+            for conn in [c for c in self.connections if c.drain is not None]:  # the proxy's own answers too
                 self._check_sending(conn, now, deadline)
             slow = now - self.header_timeout
             for conn in [c for c in self.connections if c.idle_since is not None and c.head_since is not None

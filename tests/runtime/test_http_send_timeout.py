@@ -14,6 +14,7 @@ import time
 import pytest
 
 from helpers.http import LOOPBACK, Stack
+from inlets_py.runtime.http.options import HttpOptions
 
 TIMEOUT = 0.5  # --upstream-timeout of the server under test
 
@@ -25,7 +26,9 @@ def env(tls, token):
         app, up = stack.upstream("A")
         server = stack.server(tls, token, upstream_timeout=TIMEOUT)
         server.control.config.window = 64 * 1024  # streams' credit stays small: the answer outlasts the buffers
-        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}"])
+        stack.client(server, tls, token, [f"app.test=http://{LOOPBACK}:{up}",
+                                          f"ws.test=http://{LOOPBACK}:{stack.websocket_echo()}"])
+        stack.client(server, tls, token, [f"prot.test=http://{LOOPBACK}:{up}"], HttpOptions.build(basic_auth=("a", "b")))
         yield dict(stack=stack, app=app, server=server, port=server.data_port)
     finally:
         stack.close()
@@ -90,3 +93,55 @@ def test_a_user_who_takes_nothing_is_cut_and_logged(env, caplog):
     while len(env["server"].connections) > before:
         assert time.monotonic() < deadline, "the connection was kept"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("host", [b"prot.test", b"nobody.test"])  # the proxy's own 401, its own 503
+def test_a_user_who_pipelines_and_never_reads_the_proxys_own_answers_is_cut(env, caplog, host):
+    """These answers used to wait on the user's socket with no deadline: the connection stayed forever."""
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    request = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    pipeline = request * 20_000
+    before = len(env["server"].connections)
+    with small_window_user(env["port"]) as sock:
+        sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 10
+        while sent < len(pipeline) and not send_timeouts(caplog):  # until the server stops reading, or cuts
+            assert time.monotonic() < deadline, "the user was never cut"
+            try:
+                sent += sock.send(pipeline[sent:sent + 65536])
+            except BlockingIOError:
+                time.sleep(0.02)
+        while not send_timeouts(caplog):
+            assert time.monotonic() < deadline, "the user was never cut"
+            time.sleep(0.05)
+        while len(env["server"].connections) > before:
+            assert time.monotonic() < deadline, "the connection was kept"
+            time.sleep(0.05)
+        sock.settimeout(5)
+        with pytest.raises(ConnectionResetError):  # reset: what the server had not sent is dropped
+            for _ in range(10_000):
+                assert sock.recv(65536), "closed without a reset"
+    assert "the user took none of the answer" in send_timeouts(caplog)[0]
+
+
+def test_a_websocket_user_who_takes_none_of_the_echoes_is_cut(env, caplog):
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    frame = b"\x82\xff" + (65536).to_bytes(8, "big") + b"\0\0\0\0" + b"w" * 65536  # binary, mask of zeros
+    with small_window_user(env["port"]) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 10
+        while not send_timeouts(caplog):  # the echo server answers each frame; none of it is read
+            assert time.monotonic() < deadline, "the user was never cut"
+            try:
+                sent += sock.send(frame[sent % len(frame):])
+            except BlockingIOError:
+                time.sleep(0.02)
+            except ConnectionResetError:
+                break
+    assert send_timeouts(caplog) and sent > 256 * 1024
