@@ -77,3 +77,10 @@ def check_bind_address(address: str, what: str) -> str:
 def authority(host: str, port: int) -> str:
     """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8123``, not ``::1:8123``)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def sockname_authority(sockname: object) -> bytes:
+    """``host:port`` (``[v6]:port``) of a socket's address (``getsockname()``); empty when unknown."""
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        return b""
+    return authority(str(sockname[0]), sockname[1]).encode()

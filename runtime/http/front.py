@@ -23,12 +23,12 @@ from . import exchange as http_exchange
 from ..core.session import Session
 from ..server.registry import Registry
 from ..core.bridge import tune_socket
-from ..core.hosts import authority
+from ..core.hosts import sockname_authority
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
 from .upgrade import UpgradeGateway, switch_protocols
-from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, ResponseHead, Upgraded
+from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, ResponseHead, Upgraded, merge_bodies
 from .parser import RequestReader
 from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
 from ..core.mux import StreamError
@@ -37,6 +37,9 @@ from ..core.mux import StreamError
 log = logging.getLogger("inlets.http")
 
 HIGH_WATER = 512 * 1024
+#: What a queued body piece holds beyond its bytes (its ``Body`` and ``bytes`` objects: ~90 bytes, measured), charged
+#: against ``HIGH_WATER``: else a stream of 1-byte chunks queued ~35 MB before reading paused.
+EVENT_COST = 128
 PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
 
 
@@ -47,13 +50,6 @@ class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
     connections: set[FrontConnection]
     header_timeout: float
     registry: Registry[Session]
-
-
-def _authority(sockname: object) -> bytes:
-    """``host:port`` (``[v6]:port``) of the address the user connected to; empty when unknown."""
-    if not isinstance(sockname, tuple) or len(sockname) < 2:
-        return b""
-    return authority(str(sockname[0]), sockname[1]).encode()
 
 
 class FrontConnection(asyncio.Protocol):
@@ -92,7 +88,7 @@ class FrontConnection(asyncio.Protocol):
         tune_socket(sock)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
-        self.reader.default_authority = _authority(transport.get_extra_info("sockname"))
+        self.reader.default_authority = sockname_authority(transport.get_extra_info("sockname"))
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         gate = self.server.dataplane
         if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
@@ -156,7 +152,7 @@ class FrontConnection(asyncio.Protocol):
             data = rest
         if self.raw:
             self.events.append(Body(data))
-            self.buffered += len(data)
+            self.buffered += len(data) + EVENT_COST
         elif self.unparsed:
             self.unparsed += data  # a read already on its way when reading paused
         else:
@@ -173,15 +169,21 @@ class FrontConnection(asyncio.Protocol):
             self.events.append(exc)
             self._pause_reading()
             return
+        bodies = 0
         for event in events:
             kind = type(event)
             if kind is Body:
                 self.buffered += len(event.data)  # type: ignore[union-attr]
+                bodies += 1
             elif kind is RequestHead:
                 self.pipelined += 1
             elif kind is Upgraded:
                 self.raw = True
                 self.buffered += len(event.tail)  # type: ignore[union-attr]
+        if bodies:
+            if bodies > 1:
+                events, bodies = merge_bodies(events)
+            self.buffered += bodies * EVENT_COST
         self.events.extend(events)
         if used < len(data):
             self.unparsed = data[used:]
@@ -270,7 +272,7 @@ class FrontConnection(asyncio.Protocol):
                 self._waiter = None
         event = self.events.popleft()
         if type(event) is Body:
-            self.buffered -= len(event.data)  # type: ignore[union-attr]
+            self.buffered -= len(event.data) + EVENT_COST  # type: ignore[union-attr]
             self._resume_reading()
         elif type(event) is RequestHead:
             self.pipelined -= 1

@@ -69,6 +69,24 @@ class Body:
     data: bytes
 
 
+def merge_bodies(events: list) -> tuple[list, int]:
+    """``events`` with each run of ``Body`` pieces as one, and how many ``Body`` are left: a read of tiny chunks
+    (``1\r\nx\r\n`` ...) is then one piece to queue and one tunnel write, not thousands."""
+    merged: list = []
+    run: list[bytes] = []
+    for event in events:
+        if type(event) is Body:
+            run.append(event.data)  # type: ignore[attr-defined]
+            continue
+        if run:
+            merged.append(Body(b"".join(run)))
+            run = []
+        merged.append(event)
+    if run:
+        merged.append(Body(b"".join(run)))
+    return merged, sum(1 for event in merged if type(event) is Body)
+
+
 @dataclass
 class EndOfMessage:
     pass

@@ -42,6 +42,7 @@ def env(tls, token):
         stack.client(server, tls, token, [f"shared.test=http://{LOOPBACK}:{up_open}"])  # the same name, unprotected
         port = _framing_upstream(stack)
         stack.client(server, tls, token, [f"framing.test=http://{LOOPBACK}:{port}"])
+        stack.client(server, tls, token, [f"sink.test=http://{LOOPBACK}:{_deaf_upstream(stack)}"])
         yield dict(stack=stack, app=app, catch=catch, guarded=guarded, open=open_app, leaving=leaving,
                    server=server, port=server.data_port, ports=dict(guarded=up_guarded))
     finally:
@@ -59,6 +60,16 @@ def _framing_upstream(stack: Stack) -> int:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+    return stack.serve(handle)
+
+
+def _deaf_upstream(stack: Stack) -> int:
+    """An upstream that reads a request's head and never its body."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(3600)
 
     return stack.serve(handle)
 
@@ -135,6 +146,66 @@ def test_a_client_whose_options_touch_framing_or_host_is_refused(env, tls, token
     with pytest.raises(FatalClientError, match="bad HTTP options: --.*framing"):
         env["stack"].client(env["server"], tls, token, [f"rm.test=http://{LOOPBACK}:1"], options)
     assert not env["server"].registry.sessions_for("http:rm.test")
+
+
+# ---------------------------------------------------------------- tiny request chunks
+
+TINY_POST = b"POST /up HTTP/1.1\r\nHost: sink.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _front_of(server, sock: socket.socket):
+    """The server's side of the user's ``sock``."""
+    port = sock.getsockname()[1]
+    wait_until(lambda: any(c.transport and c.transport.get_extra_info("peername")[1] == port
+                           for c in list(server.connections)))
+    return next(c for c in list(server.connections) if c.transport.get_extra_info("peername")[1] == port)
+
+
+def test_a_body_of_tiny_chunks_queues_a_few_pieces_not_hundreds_of_thousands(env):
+    """1-byte chunks to an upstream that never reads: the front held ~380,000 events (~35 MB) before pausing."""
+    block = b"1\r\nx\r\n" * 10_000
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        sock.sendall(TINY_POST)
+        sock.setblocking(False)
+        sent, blocked_since, deadline = 0, None, time.monotonic() + 20
+        while time.monotonic() < deadline and sent < 64 << 20:
+            try:
+                sent += sock.send(block[sent % len(block):])  # the stream of chunks goes on where it stopped
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 1:
+                    break  # the server stopped reading
+                time.sleep(0.01)
+        assert blocked_since is not None, "the server never stopped reading"
+        front = _front_of(env["server"], sock)
+        queued = env["stack"].run(_queue_of(front))
+    print(f"sent {sent >> 10} KiB of 1-byte chunks; the front queues {queued[0]} pieces, {queued[1]} bytes")
+    assert queued[0] < 100 and queued[1] < 1 << 20, queued
+
+
+async def _queue_of(front) -> tuple[int, int]:
+    return len(front.events), sum(len(getattr(e, "data", b"")) for e in front.events)
+
+
+def test_reads_of_one_tiny_chunk_each_pause_reading_by_what_they_hold(env):
+    """A user trickling one chunk per read: each piece is charged what it holds, not its one byte. The reads are
+    handed to the server's connection as its transport would (a socket cannot be made to deliver them one by one)."""
+    from inlets_py.runtime.http.front import HIGH_WATER
+
+    async def trickle(front) -> tuple[int, int]:
+        for reads in range(1, 20_001):
+            front.data_received(b"1\r\nx\r\n")
+            if front._paused_reading:
+                return reads, len(front.events)
+        return reads, len(front.events)
+
+    with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+        sock.sendall(TINY_POST)
+        front = _front_of(env["server"], sock)
+        wait_until(lambda: front.exchange is not None)  # the head went upstream; the body waits in the queue
+        reads, queued = env["stack"].run(trickle(front))
+    assert reads < 20_000 and queued * 64 <= HIGH_WATER, (reads, queued)  # a piece holds ~90 bytes
 
 
 # ---------------------------------------------------------------- 5: pipelines
