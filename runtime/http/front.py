@@ -271,10 +271,14 @@ class FrontConnection(asyncio.Protocol):
             finally:
                 self._waiter = None
         event = self.events.popleft()
-        if type(event) is Body:
+        kind = type(event)
+        if kind is Body:
             self.buffered -= len(event.data) + EVENT_COST  # type: ignore[union-attr]
             self._resume_reading()
-        elif type(event) is RequestHead:
+        elif kind is Upgraded:  # what followed the request in its read, counted in ``_parse``
+            self.buffered -= len(event.tail)  # type: ignore[union-attr]
+            self._resume_reading()
+        elif kind is RequestHead:
             self.pipelined -= 1
             if self.unparsed and self.pipelined <= PIPELINE_DEPTH // 2:
                 self._refill()

@@ -145,3 +145,21 @@ def test_a_websocket_user_who_takes_none_of_the_echoes_is_cut(env, caplog):
             except ConnectionResetError:
                 break
     assert send_timeouts(caplog) and sent > 256 * 1024
+
+
+def test_bytes_that_came_with_an_upgrade_request_are_not_counted_as_held_once_passed_on(env):
+    """What followed the upgrade request in its read (the first websocket frames) was added to the bytes the
+    connection holds and never taken off: each upgrade kept that much of the read-ahead budget for good."""
+    payload = b"t" * 100
+    frame = b"\x82" + bytes([0x80 | len(payload)]) + b"\0\0\0\0" + payload  # binary, masked with zeros
+    with small_window_user(env["port"]) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" + frame)
+        answer = b""
+        for _ in range(1000):  # bounded: the 101, then the echo of the frame sent with the request
+            answer += sock.recv(4096)
+            if answer.endswith(b"\x82" + bytes([len(payload)]) + payload):
+                break
+        assert answer.startswith(b"HTTP/1.1 101 "), answer[:100]
+        (front,) = [c for c in env["server"].connections if c.raw]
+        assert front.buffered == 0
