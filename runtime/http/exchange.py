@@ -215,6 +215,10 @@ def progress(front: Front) -> None:
                     _fail(front, ex, failure)
                 return
             if not (leg.eof and failure is None and ex.response.close_delimited):
+                why = (f"upstream sent nothing for {front.server.upstream_timeout:g}s" if leg.timed_out
+                       else str(failure) if failure is not None else "upstream closed the connection")
+                log.info("event=answer_cut status=%d host=%s reason=%r", ex.response.status, ex.label or "-",
+                         why + " in the middle of the answer")
                 _abort(front)  # cut mid-response: the user must see the connection fail
                 return
             done = True

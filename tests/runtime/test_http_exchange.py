@@ -308,14 +308,27 @@ async def test_a_fresh_stream_closed_without_answering_is_not_retried() -> None:
 
 
 @in_loop
-async def test_a_response_cut_after_its_head_aborts_the_user_connection() -> None:
+async def test_a_response_cut_after_its_head_aborts_the_user_connection_and_says_why(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """The user's connection is reset; the operator used to see nothing of it."""
     s = session()
-    front = Front([Leg(s, SERVICE)])
+    front = Front([Leg(s, SERVICE), Leg(s, SERVICE)])
     leg = start(front, request())
     feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
-    leg.on_reset(int(ResetCode.CANCEL), "client went away")
+    with caplog.at_level(logging.INFO, logger="inlets.http"):
+        leg.on_reset(int(ResetCode.CANCEL), "client went away")
     assert front.transport is not None and front.transport.aborted
     assert front.server.observed == []  # never completed: not counted as a 200
+    timed_out = Front([Leg(s, SERVICE)])
+    leg = start(timed_out, request())
+    feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    with caplog.at_level(logging.INFO, logger="inlets.http"):
+        leg.fire_timeout()
+    assert [r.getMessage() for r in caplog.records] == [
+        "event=answer_cut status=200 host=app.example reason='the tunnel stream was reset in the middle of the answer'",
+        f"event=answer_cut status=200 host=app.example reason='upstream sent nothing for "
+        f"{timed_out.server.upstream_timeout:g}s in the middle of the answer'"]
 
 
 @in_loop
