@@ -186,7 +186,10 @@ class FrontConnection(asyncio.Protocol):
             self.buffered += bodies * EVENT_COST
         self.events.extend(events)
         if used < len(data):
-            self.unparsed = data[used:]
+            if self.reader.refusal is not None:  # the rest begins with what was refused: it is answered after these
+                self.events.append(self.reader.refusal)
+            else:
+                self.unparsed = data[used:]
             self._pause_reading()
 
     def _refill(self) -> None:

@@ -106,6 +106,11 @@ class Reader:
         self._replay: tuple[bytes, int] | None = None
         self._replaying = False
 
+    @property
+    def refusal(self) -> HttpError | None:
+        """What was refused: every later feed raises it (``feed_within`` first returns the events before it)."""
+        return self._error
+
     def _fail(self, status: int, message: str) -> HttpError:
         """Record a refusal, then raise it from the callback: httptools passes the callback's exception on
         only as ``__context__``, which Python replaces when the loop runs inside an ``except`` block

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -179,3 +180,15 @@ def test_a_body_the_user_stops_short_is_a_400_not_the_upstreams_502(env):
         sock.shutdown(socket.SHUT_WR)
         data, _ = _read_to_end(sock)
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"request body incomplete" in data, data
+
+
+def test_a_malformed_chunk_after_good_ones_in_the_same_read_is_a_400_at_once(env):
+    """The pieces before the bad chunk went upstream; the refusal waited, unread, until the upstream timeout made
+    the request a 408 (60 s by default), though the user had sent all it ever would."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"POST /bad-chunk HTTP/1.1\r\nHost: message.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        time.sleep(0.3)  # the head on its way upstream, the body in a read of its own
+        sock.sendall(b"5\r\nhello\r\nZZ\r\nnot a chunk\r\n")
+        sock.settimeout(5)  # well under the upstream timeout (60 s) it waited for
+        data, _ = _read_to_end(sock)
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
