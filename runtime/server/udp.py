@@ -136,16 +136,18 @@ class UdpPort:
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
+        draining = 0
         for session in self.candidates(self.service):
             if session.closed.is_set():
                 continue
             try:
                 flow.channel = session.open_stream(self.service, flow)
-            except StreamError:
+            except StreamError:  # draining (GOAWAY either way) until its client has reconnected
+                draining += 1
                 continue
             self.flows[address] = flow
             return flow
-        self.counters.drop("no_client")
+        self.counters.drop("client_draining" if draining else "no_client")  # as a TCP connection is refused
         return None
 
     def end_session(self, session: Session) -> None:

@@ -376,3 +376,28 @@ def test_answers_leave_from_the_address_the_user_wrote_to_on_every_interface(loo
             runner.run(asyncio.wait_for(scenario(), 60))
     else:
         run(scenario())
+
+
+def test_a_datagram_only_a_draining_client_could_take_is_counted_as_such(tls: TlsFiles, token: str) -> None:
+    """The server retires the one session serving the port (GOAWAY: its stream ids run out) and its client has
+    not reconnected yet: a new source's datagram was counted as dropped for "no_client", which sends an operator
+    looking for a client that is there, as TCP connections are refused for "client_draining"."""
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        udp = server.udp_ports[f"udp:{public}"]
+        (session,) = server.control.clients
+        session.mux.going_away = True  # the server's GOAWAY, as the moment before its client reconnects
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as user:
+            user.sendto(b"late", ("127.0.0.1", public))
+            for _ in range(100):  # bounded: 5 s
+                if udp.counters.dropped:
+                    break
+                await asyncio.sleep(0.05)
+        assert udp.counters.dropped == {"client_draining": 1}
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
