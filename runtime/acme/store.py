@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..core.ports import url_port
+
 ISSUERS = {
     "prod": "https://acme-v02.api.letsencrypt.org/directory",
     "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
@@ -36,9 +38,17 @@ def directory_url(issuer: str) -> str:
     """``prod``, ``staging`` or an ``https://`` ACME directory URL (a private CA such as pebble)."""
     if issuer in ISSUERS:
         return ISSUERS[issuer]
-    parts = urlsplit(issuer)  # which drops tabs and line breaks: refused here instead
+    usage = f"--letsencrypt-issuer must be prod, staging or an https:// directory URL, got {issuer!r}"
+    try:  # urlsplit raises on "https://[::1" and drops tabs and line breaks: both refused here instead
+        parts = urlsplit(issuer)
+    except ValueError:
+        raise AcmeConfigError(usage) from None
     if parts.scheme != "https" or not parts.hostname or any(c.isspace() or not c.isprintable() for c in issuer):
-        raise AcmeConfigError(f"--letsencrypt-issuer must be prod, staging or an https:// directory URL, got {issuer!r}")
+        raise AcmeConfigError(usage)
+    try:  # the port urllib would raise on later (or, for :0, try to connect to)
+        url_port(parts, 443)
+    except ValueError as exc:
+        raise AcmeConfigError(f"--letsencrypt-issuer {issuer!r}: {exc} (leave it out for 443)") from None
     return issuer
 
 
@@ -96,7 +106,8 @@ def covers(chain_pem: bytes, domain: str) -> bool:
 def _folder_name(url: str) -> str:
     """``acme-v02.api.letsencrypt.org-directory``: readable, one per directory URL."""
     parts = urlsplit(url)
-    text = f"{parts.hostname}{'-' + str(parts.port) if parts.port else ''}{parts.path}"
+    port = url_port(parts, 0)  # directory_url checked it; parts.port would raise on a bad one
+    text = f"{parts.hostname}{'-' + str(port) if port else ''}{parts.path}"
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "acme"
 
 

@@ -52,6 +52,10 @@ BAD_CREATE = [
     (["--mode", "http", "--http-port", "8123", "--control-port", "8123"],
      "--http-port 8123 is also the control port: choose another --http-port or --control-port"),
     (["--mode", "http", "--http-port", "99999"], "'99999' is not a port: give 1-65535"),
+    (["--provider", "digitalocean", "--access-token", "x", "--mode", "http", "--domain", "example.com",
+      "--letsencrypt-issuer", "https://[::1/dir"], "an https:// directory URL, got 'https://[::1/dir'"),
+    (["--provider", "digitalocean", "--access-token", "x", "--mode", "http", "--domain", "example.com",
+      "--letsencrypt-issuer", "https://127.0.0.1:0/dir"], "'0' is not a port between 1 and 65535"),
     (["--provider", "digitalocean"], "no DigitalOcean access token"),
     (["--provider", "digitalocean", "--access-token-file", "/nonexistent/token"], "access token file not found"),
 ]

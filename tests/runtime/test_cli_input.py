@@ -20,6 +20,7 @@ CLIENT = ["tcp", "client", "--token-file", "{tok}", "--upstream", "127.0.0.1", "
 STATUS = ["status", "--token-file", "{tok}"]
 HTTP_CLIENT = ["http", "client", "--token-file", "{tok}", "--url", "wss://127.0.0.1:20030"]
 SERVER = ["tcp", "server", "--token-file", "{tok}", "--plaintext", "--control-port", "20777"]
+LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsencrypt-domain", "example.com"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,6 +65,13 @@ SERVER = ["tcp", "server", "--token-file", "{tok}", "--plaintext", "--control-po
     (["http", "server", "--upstream-timeout", "nan"], "'nan' is not a number of seconds"),
     # conflicting TLS flags
     (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{notpem}", "--tls-insecure"], "not both"),
+    # a malformed --letsencrypt-issuer: urlsplit's ValueError was a traceback, and :0 was accepted
+    *[(LE_SERVER + ["--letsencrypt-issuer", issuer, *generate], message)
+      for issuer, message in (("https://[::1/dir", "an https:// directory URL, got 'https://[::1/dir'"),
+                              ("https://127.0.0.1:99999/dir", "'99999' is not a port between 1 and 65535"),
+                              ("https://127.0.0.1:abc/dir", "'abc' is not a port between 1 and 65535"),
+                              ("https://127.0.0.1:0/dir", "'0' is not a port between 1 and 65535"))
+      for generate in ([], ["--generate", "k8s_yaml"])],
     # credentials in --url would be logged on every line
     (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
 ])
