@@ -9,17 +9,13 @@ message, so every provider maps errors the same way.
 from __future__ import annotations
 
 import json
-import urllib.parse
-from dataclasses import dataclass
 from typing import Any, ContextManager
 
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
-from inlets_py.runtime.core.ports import url_port
-
-from ..errors import ProvisionError
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line
+from .api_url import Endpoint, parse_api_url
 from .base import Credentials, ProviderInfo
 
 
@@ -61,31 +57,6 @@ def strict_responses(connection: Any) -> None:
         return 200 <= int(self.status) < 300
 
     connection.responseCls = type(f"Strict{base.__name__}", (base,), {"parse_error": parse_error, "success": success})
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    secure: bool
-    host: str
-    port: int
-    path: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}{self.path}"
-
-
-def parse_api_url(provider: str, api_url: str, env: str) -> Endpoint:
-    """``http(s)://HOST[:PORT][/PATH]`` or a one-line error naming the option and variable."""
-    parsed = urllib.parse.urlsplit(api_url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ProvisionError(f"invalid {provider} API URL {api_url!r} (--api-url or ${env}): use http(s)://HOST[:PORT]")
-    secure = parsed.scheme == "https"
-    try:
-        port = url_port(parsed, 443 if secure else 80)
-    except ValueError as exc:
-        raise ProvisionError(f"invalid {provider} API URL {api_url!r} (--api-url or ${env}): {exc}") from None
-    return Endpoint(secure, parsed.hostname, port, parsed.path.rstrip("/"))
 
 
 def point(connection: Any, endpoint: Endpoint | None, timeout: float = 30.0) -> Endpoint:

@@ -14,6 +14,7 @@ from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
 from ..wait import wait_until_gone
 from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
+from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 
 PROVIDER = ProviderInfo(
@@ -36,8 +37,7 @@ class HetznerProvider:
         from hcloud import Client
 
         self._url = (api_url or DEFAULT_API_URL).rstrip("/")
-        if not self._url.startswith(("http://", "https://")):
-            raise ProvisionError(f"invalid Hetzner API URL {api_url!r} (--api-url or ${PROVIDER.api_url_env[0]}): use http(s)://HOST[:PORT]/v1")
+        parse_api_url(PROVIDER.name, self._url, PROVIDER.api_url_env[0], "http(s)://HOST[:PORT]/v1")  # before the SDK
         self._client = Client(token=token, api_endpoint=self._url, application_name="inletsctl", timeout=timeout,
                               poll_interval=1.0, poll_max_retries=60)
 

@@ -20,6 +20,7 @@ from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
 from ..wait import wait_until_gone
 from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
+from .api_url import parse_api_url
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
@@ -52,8 +53,7 @@ class ScalewayProvider:
         if not access_key or not project_id:
             raise ProvisionError(f"Scaleway needs ${ACCESS_ENV} and ${PROJECT_ENV} set as well as the secret key")
         self._url = (api_url or DEFAULT_API_URL).rstrip("/")
-        if not self._url.startswith(("http://", "https://")):
-            raise ProvisionError(f"invalid Scaleway API URL {api_url!r} (--api-url or ${PROVIDER.api_url_env[0]}): use http(s)://HOST[:PORT]")
+        parse_api_url(PROVIDER.name, self._url, PROVIDER.api_url_env[0])  # before the SDK
         self.zone = zone or os.environ.get("SCW_DEFAULT_ZONE") or PROVIDER.region
         client = Client(access_key=access_key, secret_key=secret_key, api_url=self._url,
                         api_allow_insecure=self._url.startswith("http://"), default_project_id=project_id,

@@ -14,7 +14,7 @@ import pytest
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, recorded
 from helpers.prov_support import one_line_error, run_cli
 
-CLOUD_ENV = ("VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CLI_TOKEN", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT", "METAL_AUTH_TOKEN",
+CLOUD_ENV = ("DIGITALOCEAN_API_URL", "VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CLI_TOKEN", "HCLOUD_TOKEN", "HCLOUD_ENDPOINT", "METAL_AUTH_TOKEN",
              "PACKET_AUTH_TOKEN", "METAL_PROJECT_ID", "PACKET_PROJECT_ID", "INLETS_ACCESS_TOKEN", "VULTR_API_URL",
              "LINODE_API_URL", "METAL_API_URL", "GOOGLE_APPLICATION_CREDENTIALS", "GCE_API_URL",
              "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID", "AZURE_API_URL",
@@ -131,3 +131,32 @@ def test_delete_of_an_instance_that_never_goes_is_one_line_and_keeps_its_firewal
                      "--state-dir", str(tmp_path))
     one_line_error(result, "vultr:", "(123) is still there 1s after it was deleted", "run the delete again later")
     assert api.requests("DELETE", "/v2/instances/123") and not api.requests("DELETE", "/v2/firewalls/.*")
+
+
+SCALEWAY_KEYS = {"SCW_ACCESS_KEY": "SCWXXXXXXXXXXXXXXXXX", "SCW_DEFAULT_PROJECT_ID": "11111111-1111-1111-1111-111111111111"}
+BAD_API_URLS = [
+    *[(provider, "http://[::1", "use http(s)://HOST[:PORT]")
+      for provider in ("digitalocean", "linode", "vultr", "equinix", "hetzner", "scaleway")],
+    *[(provider, f"http://127.0.0.1:{port}/v1", f"{port!r} is not a port between 1 and 65535")
+      for provider in ("hetzner", "scaleway") for port in ("0", "abc", "99999")],
+]
+
+
+@pytest.mark.parametrize("provider, url, says", BAD_API_URLS, ids=[f"{p} {u}" for p, u, _ in BAD_API_URLS])
+@pytest.mark.parametrize("by_env", [False, True], ids=["flag", "env"])
+def test_a_malformed_api_url_is_one_line_naming_it(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, provider: str, url: str, says: str,
+                                                   by_env: bool) -> None:
+    """urlsplit's ValueError ("Invalid IPv6 URL") was a traceback; Hetzner and Scaleway took :0 or :99999 and then
+    blamed the network ("cannot reach the API ... check the network")."""
+    from inlets_py.provisioner.providers.registry import info
+
+    env = info(provider).api_url_env[0]
+    for name, value in (SCALEWAY_KEYS.items() if provider == "scaleway" else ()):
+        monkeypatch.setenv(name, value)
+    token = "11111111-1111-1111-1111-111111111111" if provider == "scaleway" else "x"
+    if by_env:
+        monkeypatch.setenv(env, url)
+    where = [] if by_env else ["--api-url", url]
+    result = run_cli(capsys, "list", "--provider", provider, "--access-token", token, *where, "--state-dir", str(tmp_path))
+    one_line_error(result, f"invalid {provider} API URL {url!r} (--api-url or ${env}): {says}")

@@ -14,7 +14,7 @@ from inlets_py.provisioner.providers.base import ProviderInfo
 from inlets_py.provisioner.spec import build_spec
 
 PROVIDER_MODULES = sorted(p.stem for p in (Path(registry.__file__).parent).glob("*.py")
-                          if p.stem not in ("__init__", "base", "registry", "cloud_api", "api_errors", "ec2_regions"))
+                          if p.stem not in ("__init__", "base", "registry", "cloud_api", "api_errors", "api_url", "ec2_regions"))
 
 
 def test_every_provider_module_is_registered_and_declares_itself() -> None:

@@ -1,0 +1,44 @@
+"""``--api-url`` (or a provider's ``$..._API_URL``) read once, the same way for every provider.
+
+Kept apart from cloud_api so the SDK providers (Hetzner, Scaleway) check the URL without loading libcloud.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+
+from inlets_py.runtime.core.ports import url_port
+
+from ..errors import ProvisionError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    secure: bool
+    host: str
+    port: int
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}{self.path}"
+
+
+def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://HOST[:PORT]") -> Endpoint:
+    """``http(s)://HOST[:PORT][/PATH]`` or a one-line error naming the option and variable: urlsplit's own
+    ValueError ("Invalid IPv6 URL") was a traceback, and a port of 0 or 99999 was blamed on the network later."""
+    where = f"invalid {provider} API URL {api_url!r} (--api-url or ${env})"
+    try:
+        parsed = urllib.parse.urlsplit(api_url)
+        hostname = parsed.hostname
+    except ValueError:
+        hostname = None
+    if hostname is None or parsed.scheme not in ("http", "https"):
+        raise ProvisionError(f"{where}: use {hint}")
+    secure = parsed.scheme == "https"
+    try:
+        port = url_port(parsed, 443 if secure else 80)
+    except ValueError as exc:
+        raise ProvisionError(f"{where}: {exc}") from None
+    return Endpoint(secure, hostname, port, parsed.path.rstrip("/"))
