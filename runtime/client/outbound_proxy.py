@@ -19,7 +19,7 @@ import ssl
 import sys
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
 from websockets.asyncio import client as websockets_client
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
@@ -83,6 +83,17 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{user}{host}" + (f":{port}" if port else "")
 
 
+def split(url: str, source: str) -> SplitResult:
+    """A proxy URL split (a bare ``host:port`` read as http://), or ProxyConfigError in one line: urlsplit raises
+    on a bad [IPv6] bracket."""
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+    except ValueError:
+        raise ProxyConfigError(f"{source}: the proxy URL has a malformed [IPv6] address: write it as "
+                               "http://[2001:db8::1]:PORT") from None
+    return parts
+
+
 def normalize(url: str, source: str) -> str:
     """Validate a proxy URL; a bare ``host:port`` means an HTTP proxy, as curl takes it."""
     url = url.strip()
@@ -91,6 +102,7 @@ def normalize(url: str, source: str) -> str:
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
         raise ProxyConfigError(f"{source}: proxy scheme {scheme!r} is not supported (use http://, https:// or socks5://)")
+    split(url, source)
     try:
         parse_proxy(url)
     except (InvalidProxy, ValueError) as exc:
@@ -112,7 +124,7 @@ def with_password(setting: str | None, password: str | None, source: str) -> str
         return setting
     if not setting or setting.strip().lower() in DIRECT:
         raise ProxyConfigError(f"{source}: a proxy password needs --proxy http://USER@HOST:PORT")
-    parts = urlsplit(setting if "://" in setting else "http://" + setting)
+    parts = split(setting, "--proxy")
     if not parts.username:
         raise ProxyConfigError(f"{source}: --proxy {redact(setting)} names no user: use http://USER@HOST:PORT")
     if parts.password is not None:

@@ -16,7 +16,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote
 
 from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption, TokenError, read_tokens
 from .systemd_quote import UnitValueError, exec_command, path_value
@@ -96,7 +96,7 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
     found: dict[str, FoundSecret] = {}
     token_files: list[FoundSecret] = []  # a client of several servers: --token-file once per --url, in order
     for name, value in pairs:
-        proxy = urlsplit(value if "://" in value else "http://" + value) if name == "--proxy" and value else None
+        proxy = _split_proxy(value) if name == "--proxy" and value else None
         if proxy is not None and proxy.password is not None:
             from ..client.outbound_proxy import redact  # scheme://USER@HOST:PORT, the password left out
 
@@ -123,6 +123,17 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
             token_file.key = f"{TOKEN.key}-{number}"
         found = {**{f.key: f for f in token_files}, **{k: v for k, v in found.items() if k != TOKEN.key}}
     return rest, list(found.values())
+
+
+def _split_proxy(value: str) -> SplitResult:
+    """--proxy split as the client will split it: a malformed one (urlsplit's "Invalid IPv6 URL", a port of 0)
+    is refused in the client's words now, not as a traceback, nor by the unit at every start."""
+    from ..client.outbound_proxy import ProxyConfigError, split
+
+    try:
+        return split(value, "--proxy")
+    except ProxyConfigError as exc:
+        raise GenerateError(str(exc)) from None
 
 
 def _check_token(found: FoundSecret) -> None:

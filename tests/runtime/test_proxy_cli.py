@@ -206,6 +206,26 @@ def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None,
     assert message in done.stderr and "hush-hush" not in done.stderr, done.stderr
 
 
+MALFORMED = "--proxy: the proxy URL has a malformed [IPv6] address: write it as http://[2001:db8::1]:PORT"
+
+
+@pytest.mark.parametrize("args, env", [
+    (["tcp", "client", "--upstream", "22=127.0.0.1:22", "--proxy", "http://u@[::1"], {"INLETS_PROXY_PASSWORD": "hush-hush"}),
+    (["http", "client", "--upstream", "http://127.0.0.1:8080", "--proxy", "http://u@[::1"],
+     {"INLETS_PROXY_PASSWORD": "hush-hush"}),
+    (["status", "--proxy", "http://u@[::1"], {"INLETS_PROXY_PASSWORD": "hush-hush"}),
+    (["tcp", "client", "--upstream", "22=127.0.0.1:22", "--proxy", "http://[::1", "--generate", "systemd"], {}),
+    (["http", "client", "--upstream", "http://127.0.0.1:8080", "--proxy", "http://u:hush-hush@[::1", "--generate",
+      "k8s_yaml"], {}),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else ",".join(value))
+def test_a_malformed_proxy_url_is_one_line_with_a_password_or_generate(args: list[str], env: dict) -> None:
+    """Only the plain path checked the URL before splitting it: adding the password ($INLETS_PROXY_PASSWORD,
+    --proxy-password-file) or taking it out for --generate met urlsplit's "ValueError: Invalid IPv6 URL"."""
+    done = subprocess.run([*INLETS, *args, "--url", "wss://127.0.0.1:1", "--token", "x"], capture_output=True,
+                          text=True, timeout=30, cwd=ROOT, env=clean_env(**env))
+    assert (done.returncode, done.stderr) == (2, f"inlets: error: {MALFORMED}\n"), done
+
+
 def _status(control: int, token_file: Path, tls: TlsFiles, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
     args = ["status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca),
             "--json", *more]
