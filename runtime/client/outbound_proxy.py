@@ -25,6 +25,8 @@ from websockets.asyncio import client as websockets_client
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
 from websockets.proxy import parse_proxy
 
+from ..core.ports import url_port
+
 SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
 
@@ -74,10 +76,7 @@ def redact(url: str) -> str:
         host = parts.hostname or "?"
     except ValueError:  # a bad [IPv6] bracket
         return "(a malformed proxy URL)"
-    try:
-        port: object = parts.port
-    except ValueError:  # out of range: shown as given, since it is what the error is about
-        port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]
+    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]  # as given: :0 and :99999 are errors
     host = f"[{host}]" if ":" in host else host
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}" + (f":{port}" if port else "")
@@ -85,12 +84,16 @@ def redact(url: str) -> str:
 
 def split(url: str, source: str) -> SplitResult:
     """A proxy URL split (a bare ``host:port`` read as http://), or ProxyConfigError in one line: urlsplit raises
-    on a bad [IPv6] bracket."""
+    on a bad [IPv6] bracket, and websockets takes a port of 0 for none (port 80), so the port is checked here."""
     try:
         parts = urlsplit(url if "://" in url else "http://" + url)
     except ValueError:
         raise ProxyConfigError(f"{source}: the proxy URL has a malformed [IPv6] address: write it as "
                                "http://[2001:db8::1]:PORT") from None
+    try:
+        url_port(parts, 0)
+    except ValueError as exc:
+        raise ProxyConfigError(f"{source}: invalid proxy {redact(url)}: {exc}") from None
     return parts
 
 

@@ -193,6 +193,13 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
     (None, {"INLETS_PROXY_PASSWORD": "hush-hush"}, "a proxy password needs --proxy http://USER@HOST:PORT"),
     (None, {"HTTPS_PROXY": "http://u:hush-hush@:3128"}, "HTTPS_PROXY: invalid proxy"),
     (None, {"ALL_PROXY": "gopher://corp:70"}, "ALL_PROXY: proxy scheme 'gopher' is not supported"),
+    # websockets reads a port of 0 as none: the CONNECT went to port 80 (socks5: 1080)
+    ("http://127.0.0.1:0", {}, "--proxy: invalid proxy http://127.0.0.1:0: '0' is not a port between 1 and 65535"),
+    ("socks5://127.0.0.1:0", {}, "--proxy: invalid proxy socks5://127.0.0.1:0: '0' is not a port between 1 and 65535"),
+    ("http://u:hush-hush@127.0.0.1:0", {}, "invalid proxy http://u@127.0.0.1:0: '0' is not a port between 1 and 65535"),
+    ("http://u@127.0.0.1:0", {"INLETS_PROXY_PASSWORD": "hush-hush"}, "invalid proxy http://u@127.0.0.1:0: '0' is not"),
+    ("http://127.0.0.1:٣١٢٨", {}, "invalid proxy http://127.0.0.1:٣١٢٨: '٣١٢٨' is not a port between 1 and 65535"),
+    (None, {"HTTPS_PROXY": "http://127.0.0.1:0"}, "HTTPS_PROXY: invalid proxy http://127.0.0.1:0: '0' is not a port"),
 ])
 def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None, env: dict, message: str) -> None:
     upstream = ["--upstream", "22=127.0.0.1:22"] if command == "tcp" else ["--upstream", "http://127.0.0.1:8080"]
