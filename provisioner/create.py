@@ -74,7 +74,8 @@ def _free_control_port(opts: CreateOptions, http_port: int) -> int:
 
 def _spec(opts: CreateOptions) -> TunnelSpec:
     local = opts.provider == "local"
-    http_port = opts.http_port if opts.http_port is not None else (LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT)
+    default_http_port = LOCAL_HTTP_PORT if local else DEFAULT_HTTP_PORT
+    http_port = opts.http_port if opts.http_port is not None else default_http_port
     if opts.control_port is not None:
         control_port = opts.control_port
     elif local:
@@ -86,7 +87,8 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         opts.ports,
         opts.domains,
         default_ports=LOCAL_DEFAULT_PORTS if local else (80, 443),
-        http_port=http_port,
+        http_port=opts.http_port,
+        default_http_port=default_http_port,
         control_port=control_port,
         upstream=opts.upstream,
         letsencrypt=_letsencrypt(opts, http_port),

@@ -129,13 +129,15 @@ def build_spec(
     domains: list[str],
     *,
     default_ports: tuple[int, ...] = DEFAULT_TCP_PORTS,
-    http_port: int = DEFAULT_HTTP_PORT,
+    http_port: int | None = None,
+    default_http_port: int = DEFAULT_HTTP_PORT,
     control_port: int = CONTROL_PORT,
     upstream: str | None = None,
     letsencrypt: LetsEncrypt | None = None,
     lb_proxy_protocol: str | None = None,
 ) -> TunnelSpec:
-    """Validate the create options into a spec, with one-line errors."""
+    """Validate the create options into a spec, with one-line errors. ``ports`` and ``http_port`` are as given
+    (None: left out, so the defaults apply): a flag of the other mode is refused, never silently ignored."""
     if mode not in ("tcp", "http"):
         raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
     if not 1 <= control_port <= 65535:
@@ -143,6 +145,8 @@ def build_spec(
     if mode == "tcp":
         if domains:
             raise ProvisionError("--domain is for --mode http; give --ports for --mode tcp")
+        if http_port is not None:
+            raise ProvisionError("--http-port is for --mode http; give --ports for --mode tcp")
         parsed = parse_ports(ports) if ports is not None else default_ports
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
@@ -155,6 +159,7 @@ def build_spec(
                           lb_proxy_protocol=lb_proxy_protocol)
     if ports is not None:
         raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
+    http_port = default_http_port if http_port is None else http_port
     if not 1 <= http_port <= 65535:
         raise ProvisionError(f"invalid --http-port {http_port}: ports are 1-65535")
     if http_port == control_port:

@@ -23,6 +23,9 @@ BAD_CREATE = [
     (["--ports", "8123", "--control-port", "8123"], "is the control port"),
     (["--mode", "tcp", "--domain", "example.com"], "--domain is for --mode http"),
     (["--mode", "http", "--ports", "80"], "--ports is for --mode tcp"),
+    (["--http-port", "80"], "--http-port is for --mode http; give --ports for --mode tcp"),
+    (["--mode", "tcp", "--http-port", "8000"], "--http-port is for --mode http"),
+    (["--provider", "digitalocean", "--access-token", "t", "--http-port", "80"], "--http-port is for --mode http"),
     (["--mode", "http", "--domain", "not a domain"], "invalid domain 'not a domain': give a DNS name such as example.com"),
     (["--mode", "http", "--domain", "Bücher.Example"], "invalid domain 'Bücher.Example': give it in its ASCII (xn--) form: "
                                                       "--domain xn--bcher-kva.example"),

@@ -38,11 +38,11 @@ def test_help_lists_what_every_provider_declares() -> None:
 
 
 @pytest.mark.parametrize("mode, ports, http_port, data", [
-    ("tcp", "22,80,443", 80, "22,80,443"),
+    ("tcp", "22,80,443", None, "22,80,443"),
     ("http", None, 80, "80,443"),
     ("http", None, 8080, "443,8080"),
 ])
-def test_firewall_note_is_written_from_the_ports_the_tunnel_uses(mode: str, ports: str | None, http_port: int,
+def test_firewall_note_is_written_from_the_ports_the_tunnel_uses(mode: str, ports: str | None, http_port: int | None,
                                                                    data: str) -> None:
     spec = build_spec(mode, ports, ["example.com"] if mode == "http" else [], http_port=http_port)
     assert registry.firewall_note("ssh", "edge", spec) == (
