@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 from typing import Any, Callable
 
 from ..core import lazy_modules
 from . import handoff
+from .usage import users_words
 
 #: (group, command modules) in the order ``--help`` lists them.
 COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http", ("http_server", "http_client")))
@@ -38,10 +38,6 @@ def _register(argv: list[str]) -> None:
             importlib.import_module(f"{__package__}.{module}")
         if group is not None and found:
             app.add_typer(groups[group], name=group)
-
-
-#: click says "'x' is not a valid int range." of --max-streams x: its type's name, not the user's words.
-_INT_RANGE = re.compile(r"('[^']*') is not a valid (?:int|integer|float)(?: range)?")
 
 
 def _command_path(argv: list[str]) -> str:
@@ -97,7 +93,7 @@ def _run(argv: list[str]) -> int:
             typer.echo(exc.format_message(), err=True)
             return 2
         command = ctx.command_path if ctx is not None else _command_path(argv)
-        message = _INT_RANGE.sub(r"\1 is not a whole number", exc.format_message())  # click's "valid int range"
+        message = users_words(exc.format_message())  # click's "'x' is not a valid int range."
         typer.echo(f"{command}: error: {message} (see --help)", err=True)
         return 2 if ctx is not None else exc.exit_code
     except typer.Abort:

@@ -162,6 +162,18 @@ def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) ->
     assert bare.code != 0 and "create" in bare.err + bare.out and "Traceback" not in bare.err
 
 
+@pytest.mark.parametrize("args, line", [
+    (["create", "--timeout", "abc"], "inletsctl create: error: Invalid value for '--timeout': 'abc' is not a number."),
+    (["create", "--replicas", "x"], "inletsctl create: error: Invalid value for '--replicas': 'x' is not a whole number."),
+    (["create", "--replicas", "1.5"], "inletsctl create: error: Invalid value for '--replicas': '1.5' is not a whole number."),
+    (["delete", "x", "--timeout", "it's"], "inletsctl delete: error: Invalid value for '--timeout': \"it's\" is not a number."),
+])
+def test_usage_errors_are_in_the_users_words_not_python_types(args: list[str], line: str, tmp_path: Path, capsys) -> None:
+    """click's own words named Python's types: "'abc' is not a valid float.", "'x' is not a valid int."."""
+    result = run_cli(capsys, *args, "--state-dir", str(tmp_path))
+    assert (result.code, result.err) == (2, f"{line} (see --help)\n"), result
+
+
 def test_every_command_has_help_with_examples() -> None:
     for command in ("create", "delete", "list", "status"):
         result = run_inletsctl(command, "--help")

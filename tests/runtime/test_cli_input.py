@@ -118,6 +118,8 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
     (["status", "--url"], "inlets status: error: Option '--url' requires an argument. (see --help)"),
     (["tcp", "client", "--url", "wss://h:1", "--max-streams", "x"],
      "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number. (see --help)"),
+    (["tcp", "client", "--url", "wss://h:1", "--max-streams", "it's"],  # click quotes it with " then
+     "inlets tcp client: error: Invalid value for '--max-streams': \"it's\" is not a whole number. (see --help)"),
 ])
 def test_usage_errors_name_the_command_in_the_users_words(args: list[str], line: str) -> None:
     result = inlets(*args)
