@@ -122,6 +122,31 @@ def check_bind_addresses(control_addr: str, data_addr: str, resolve: bool = True
         fail(str(exc))
 
 
+def _overlap(first: str, second: str) -> bool:
+    """Whether two bind addresses can share no port: the same address, or one covering the other ("" is every
+    interface; 0.0.0.0 every IPv4 one; :: every one, IPv4 too as Linux binds it). Two names: only when equal
+    (they are not resolved here; the listen still says what it finds)."""
+    if first == second or not first or not second:
+        return True
+    try:
+        one, two = ipaddress.ip_address(first.strip("[]")), ipaddress.ip_address(second.strip("[]"))
+    except ValueError:
+        return False
+    return one == two or any(a.is_unspecified and (a.version == 6 or b.version == 4) for a, b in ((one, two), (two, one)))
+
+
+def check_distinct_ports(listeners: list[tuple[str, str, set[int]]]) -> None:
+    """(flag, bind address, ports) of each of the server's own listeners: one port named by two of its flags on
+    overlapping addresses is one line naming both, before anything listens (the OS's "Address already in use"
+    sent users looking for another program)."""
+    for index, (flag, address, ports) in enumerate(listeners):
+        for other_flag, other_address, other_ports in listeners[index + 1:]:
+            shared = sorted(ports & other_ports)
+            if shared and _overlap(address, other_address):
+                fail(f"{flag} and {other_flag} both name port {shared[0]}: the server cannot listen on it twice; "
+                     f"give one of them another port")
+
+
 def auto_tls_names(sans: list[str]) -> list[str]:
     """--auto-tls-san values as a certificate carries them: IP addresses, DNS names (an IDN as its
     A-label, xn--...), ``*.`` wildcards; anything else is one line now, not the crypto library's words."""

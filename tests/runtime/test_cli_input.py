@@ -72,6 +72,15 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
                               ("https://127.0.0.1:abc/dir", "'abc' is not a port between 1 and 65535"),
                               ("https://127.0.0.1:0/dir", "'0' is not a port between 1 and 65535"))
       for generate in ([], ["--generate", "k8s_yaml"])],
+    # two of the server's own flags on one port: the OS's "Address already in use" blamed another program
+    (["http", "server", "--token-file", "{tok}", "--plaintext", "--port", "20611", "--control-port", "20611"],
+     "--control-port and --port both name port 20611: the server cannot listen on it twice"),
+    (["http", "server", "--token-file", "{tok}", "--plaintext", "--control-port", "8000", "--generate", "systemd"],
+     "--control-port and --port (default 8000) both name port 8000"),
+    (["http", "server", "--token-file", "{tok}", "--plaintext", "--port", "20612", "--control-port", "20612",
+      "--control-addr", "127.0.0.1", "--data-addr", "::"], "--control-port and --port both name port 20612"),
+    (LE_SERVER + ["--port", "20613", "--https-port", "20613"], "--port and --https-port both name port 20613"),
+    (SERVER + ["--allow-ports", "80,20777"], "--control-port and --allow-ports both name port 20777"),
     # credentials in --url would be logged on every line
     (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
 ])
@@ -130,6 +139,23 @@ def test_a_proxy_port_out_of_range_is_shown_as_given(files) -> None:
     result = inlets("tcp", "client", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"], "--upstream",
                     "1=127.0.0.1:1", "--proxy", "http://127.0.0.1:99999")
     one_line_error(result, "invalid proxy http://127.0.0.1:99999")
+
+
+def test_one_port_on_two_addresses_that_do_not_overlap_is_not_refused(tmp_path: Path, files) -> None:
+    import signal
+
+    from helpers.process import spawn, wait_for_text
+    from helpers.tunnel import free_port
+
+    port = free_port("127.0.0.2")
+    server = spawn("http", "server", "--token-file", files["tok"], "--plaintext", "--control-addr", "127.0.0.1",
+                   "--control-port", str(port), "--data-addr", "127.0.0.2", "--port", str(port), log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", "event=started")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)
+    assert f"control=ws://127.0.0.1:{port} data=http://127.0.0.2:{port} " in log
 
 
 def test_the_ready_line_writes_an_ipv6_control_address_in_brackets(tmp_path: Path, files) -> None:

@@ -14,7 +14,8 @@ from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_logs, default_data_dir, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import check_bind_addresses, check_control, control_config, data_plane_options, warn_if_plaintext_reachable
+from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
+                             warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
 
@@ -66,7 +67,15 @@ def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | N
     check_logs(flags.log_level, flags.log_format)
     dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     check_lets_encrypt(flags)
-    return dataplane, check_control(flags)
+    trusted = check_control(flags)
+    https = bool(flags.letsencrypt_domain)
+    port = flags.port or (80 if https else 8000)
+    listeners = [("--control-port", flags.control_addr, {flags.control_port}),
+                 ("--port" if flags.port else f"--port (default {port})", flags.data_addr, {port})]
+    if https:
+        listeners.append(("--https-port", flags.data_addr, {flags.https_port}))
+    check_distinct_ports(listeners)
+    return dataplane, trusted
 
 
 def run(flags: SimpleNamespace) -> None:

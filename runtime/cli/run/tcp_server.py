@@ -14,7 +14,8 @@ from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_server
-from ..server_config import check_bind_addresses, check_control, control_config, data_plane_options, warn_if_plaintext_reachable
+from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
+                             warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
 
@@ -35,6 +36,9 @@ def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, Fo
     (allowed ports, data-plane options, client forwarding, trusted proxies)."""
     check_logs(flags.log_level, flags.log_format)
     allowed = parse_allow_ports(flags.allow_ports)
+    if allowed:  # a data port clients could never open
+        check_distinct_ports([("--control-port", flags.control_addr, {flags.control_port}),
+                              ("--allow-ports", flags.data_addr, allowed)])
     options = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=flags.proxy_protocol,
                                  lb_proxy_protocol=flags.lb_proxy_protocol)
     if flags.client_forwarding_allow and not flags.client_forwarding:
