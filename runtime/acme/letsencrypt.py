@@ -23,6 +23,7 @@ import ssl
 import sys
 from pathlib import Path
 
+from ..core.tls import TlsConfigError, readable_file
 from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
 log = logging.getLogger("inlets.letsencrypt")
@@ -238,8 +239,11 @@ def configure(
         raise AcmeConfigError("Let's Encrypt needs the acme package: pip install acme")
     url = directory_url(issuer)
     email = check_email(email)
-    if ca_bundle is not None and not ca_bundle.is_file():
-        raise AcmeConfigError(f"--letsencrypt-ca {ca_bundle}: no such file")
+    if ca_bundle is not None:
+        try:  # a directory was "no such file", sending the user looking for a path that is there
+            readable_file(ca_bundle, "--letsencrypt-ca")
+        except TlsConfigError as exc:
+            raise AcmeConfigError(str(exc)) from None
     account = Account(url, email, str(ca_bundle.resolve()) if ca_bundle else None)
     store = CertStore(root, url)
     try:

@@ -48,8 +48,9 @@ class PlaintextAttempts:
 PLAINTEXT_ATTEMPTS = PlaintextAttempts()
 
 
-def _readable_file(path: Path, what: str) -> None:
-    """One worded line for a TLS file that is missing, a directory or unreadable (not OpenSSL's)."""
+def readable_file(path: Path, what: str) -> None:
+    """One worded line for a TLS file that is missing, a directory or unreadable (not OpenSSL's); also
+    ``--letsencrypt-ca``'s, so every file flag says the same."""
     if not path.exists():
         raise TlsConfigError(f"{what} not found: {path}")
     if path.is_dir():
@@ -63,8 +64,8 @@ def _readable_file(path: Path, what: str) -> None:
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _readable_file(Path(cert), "TLS file")
-    _readable_file(Path(key), "TLS file")
+    readable_file(Path(cert), "TLS file")
+    readable_file(Path(key), "TLS file")
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
@@ -81,7 +82,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 def load_ca(context: ssl.SSLContext, ca: Path, what: str = "CA file") -> None:
     """Trust the certificates in ``ca``; a TlsConfigError in words when it holds none or cannot be read."""
-    _readable_file(Path(ca), what)
+    readable_file(Path(ca), what)
     try:
         context.load_verify_locations(cafile=str(ca))
     except ssl.SSLError:

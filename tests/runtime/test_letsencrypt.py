@@ -413,7 +413,10 @@ def test_cli_bad_options_are_one_line_errors() -> None:
         # "Order included a DNS identifier with an IP address value", at every retry, the server running on
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-issuer", "http://ca/dir"], "https:// directory URL"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-email", "nope"], "not an email address"),
-        (["--letsencrypt-domain", "a.example.com", "--letsencrypt-ca", "/nonexistent/ca.pem"], "no such file"),
+        (["--letsencrypt-domain", "a.example.com", "--letsencrypt-ca", "/nonexistent/ca.pem"],
+         "--letsencrypt-ca not found: /nonexistent/ca.pem"),
+        (["--letsencrypt-domain", "a.example.com", "--letsencrypt-ca", "/tmp"],  # it said "no such file"
+         "--letsencrypt-ca /tmp is a directory: give the file itself"),
         (["--letsencrypt-email", "ops@example.com"], "need --letsencrypt-domain"),
         (["--https-port", "8443"], "need --letsencrypt-domain"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-path", "/dev/null/le"], "cannot keep certificates"),
