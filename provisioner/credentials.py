@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from inlets_py.runtime.core.auth import MAX_TOKEN, warn_if_others_can_read
+from inlets_py.runtime.core.auth import MAX_SECRET_FILE, MAX_TOKEN, SecretFileTooLarge, read_secret_file, warn_if_others_can_read
 from .errors import ProvisionError, os_words
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces (fullmatch)
@@ -45,7 +45,10 @@ def _read_file(path: Path, flag: str, others: str) -> str:
     what = f"{_noun(flag)} file"
     path = path.expanduser()
     try:
-        data = path.read_bytes()
+        data = read_secret_file(path)
+    except SecretFileTooLarge:  # /dev/zero was read whole: a MemoryError traceback
+        raise ProvisionError(f"{what} {path} is larger than {MAX_SECRET_FILE // 1024} KiB, more than a token takes: "
+                             "give the file that holds the token") from None
     except FileNotFoundError:
         raise ProvisionError(f"{what} not found: {path}; check the path, or give the token with {others}") from None
     except IsADirectoryError:

@@ -23,6 +23,8 @@ from libcloud.common.azure_arm import AzureAuthJsonResponse
 from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
 from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDriver
 
+from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
+
 from ..errors import ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
 from ..wait import wait_until_gone
@@ -45,9 +47,12 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
     """tenant, subscription, client id and secret, from the auth file or the environment."""
     if auth_file is not None:
         try:
-            data = json.loads(auth_file.expanduser().read_text())
+            data = json.loads(read_secret_file(auth_file.expanduser()).decode())
             return {"tenant": data["tenantId"], "subscription": data["subscriptionId"],
                     "client": data["clientId"], "secret": data["clientSecret"]}
+        except SecretFileTooLarge:
+            raise ProvisionError(f"Azure auth file {auth_file} is larger than {MAX_SECRET_FILE // 1024} KiB: give the "
+                                 "file `az ad sp create-for-rbac --sdk-auth` printed") from None
         except OSError as exc:
             raise ProvisionError(f"cannot read Azure auth file {auth_file}: {os_words(exc)}") from None
         except UnicodeDecodeError:  # its str() is Python's codec message

@@ -19,6 +19,8 @@ from libcloud.compute.drivers.gce import (
     GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
 )
 
+from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
+
 from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
@@ -45,7 +47,10 @@ def service_account(key_file: Path | None, key_json: str | None) -> dict[str, st
         path = key_file or Path(os.environ[KEY_ENV])
         where = str(path)
         try:
-            text = path.expanduser().read_text()
+            text = read_secret_file(path.expanduser()).decode()
+        except SecretFileTooLarge:
+            raise ProvisionError(f"the GCE service-account key {path} is larger than {MAX_SECRET_FILE // 1024} KiB: "
+                                 "give the JSON key file Google made for the service account") from None
         except OSError as exc:
             raise ProvisionError(f"cannot read the GCE service-account key {path}: {os_words(exc)}") from None
         except UnicodeDecodeError:  # its str() is Python's codec message

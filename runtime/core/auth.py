@@ -21,6 +21,7 @@ TOKEN_ENV = "INLETS_TOKEN"
 #: HTTP 431 forever.
 _TOKEN_TEXT = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 MAX_TOKEN = 4096
+MAX_SECRET_FILE = 64 * 1024  # a token file: a few tokens (a GCE key JSON is 2.3 KiB); more is not one
 _warned_loose: set[str] = set()
 CLIENTS = (("tcp", "client"), ("http", "client"))
 
@@ -70,11 +71,28 @@ PROXY_PASSWORD = SecretOption("--proxy-password", "INLETS_PROXY_PASSWORD", "prox
 SECRETS = (TOKEN, BEARER_TOKEN, BASIC_AUTH_PASSWORD, PROXY_PASSWORD)
 
 
+class SecretFileTooLarge(ValueError):
+    """A token or secret file holds more than MAX_SECRET_FILE bytes: not a token file (/dev/zero, a log...)."""
+
+
+def read_secret_file(path: Path, limit: int = MAX_SECRET_FILE) -> bytes:
+    """A token or secret file's bytes, read up to ``limit`` (OSError as open() raises; SecretFileTooLarge
+    beyond): read whole, /dev/zero or a disk image given by mistake took all memory (a MemoryError traceback)."""
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise SecretFileTooLarge(f"{path} is larger than {limit // 1024} KiB")
+    return data
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text()
+        return read_secret_file(path).decode()
     except FileNotFoundError:
         raise TokenError(f"{what} not found: {path}") from None
+    except SecretFileTooLarge:
+        raise TokenError(f"{what} {path} is larger than {MAX_SECRET_FILE // 1024} KiB, more than tokens take: "
+                         "give the file that holds the token") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
 

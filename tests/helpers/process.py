@@ -22,6 +22,12 @@ def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subproce
     )
 
 
+#: A prefix that runs a command with 1 GiB of address space: a file read without limit (/dev/zero) then ends in
+#: a MemoryError at once instead of taking the test machine's memory.
+MEMORY_CAPPED = (sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+                 "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 #: What a one-line error must never show: Python's own words.
 INTERNALS = ("Traceback", "Error:", "_ssl.c", "[Errno", "None", "codec")
 

@@ -94,3 +94,24 @@ def test_a_token_longer_than_any_header_limit_is_refused_before_anything_is_sent
     result = _list(capsys, api, tmp_path, "--access-token-file", str(_file(tmp_path, b"t" * 5000 + b"\n")))
     one_line_error(result, "is longer than 4096 characters")
     assert not api.seen
+
+
+@pytest.mark.parametrize("flags", [["--provider", "digitalocean", "--access-token-file", "/dev/zero"],
+                                   ["--provider", "gce", "--access-token-file", "/dev/zero"],
+                                   ["--provider", "azure", "--access-token-file", "/dev/zero"],
+                                   ["--provider", "ec2", "--access-token", "AKIA0", "--secret-key-file", "/dev/zero"]],
+                         ids=lambda flags: flags[1])
+def test_a_token_file_larger_than_64_kib_is_refused_not_read_whole(flags: list[str], tmp_path: Path) -> None:
+    """/dev/zero was read whole: a MemoryError traceback under a memory limit (a separate process, capped)."""
+    from helpers.process import MEMORY_CAPPED
+    from helpers.prov_support import run_inletsctl
+
+    result = run_inletsctl("list", *flags, "--state-dir", str(tmp_path), wrap=MEMORY_CAPPED)
+    one_line_error(result, "/dev/zero is larger than 64 KiB")
+
+
+def test_a_large_token_file_says_its_size_not_its_first_line(api: RecordedAPI, tmp_path: Path, capsys) -> None:
+    path = _file(tmp_path, b"t" * 64 + b"\n" + b"#" * (64 * 1024))
+    one_line_error(_list(capsys, api, tmp_path, "--access-token-file", str(path)),
+                   f"access token file {path} is larger than 64 KiB, more than a token takes: give the file that holds the token")
+    assert not api.seen

@@ -14,7 +14,8 @@ SECRET = "MYSECRET"
 @pytest.fixture
 def secrets(tmp_path: Path) -> dict[str, str]:
     contents = {"ctl": f"{SECRET}\x01b\n", "empty": "", "blank": "   \n", "nonascii": f"{SECRET}été\n",
-                "big": SECRET * 25_000 + "\n", "good": f"{SECRET}-0123456789\n"}
+                "big": SECRET * 600 + "\n", "good": f"{SECRET}-0123456789\n",
+                "huge": "".join(f"{SECRET}-{n:07}\n" for n in range(5000))}  # 85 kB of good tokens: not a token file
     paths = {}
     for name, text in contents.items():
         path = tmp_path / f"{name}.txt"
@@ -56,6 +57,35 @@ def test_bad_secrets_are_refused_in_one_line_that_does_not_quote_them(args, mess
     result = inlets(*(arg.format(**secrets) for arg in args), env={"INLETS_TOKEN": ""})
     one_line_error(result, message)
     assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    SERVER + ["--token-file", "/dev/zero"], STATUS + ["--token-file", "/dev/zero"], CLIENT + ["--token-file", "/dev/zero"],
+    STATUS + ["--token-file", "{huge}"], SERVER + ["--generate", "systemd", "--token-file", "/dev/zero"],
+    ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file", "{good}",
+     "--bearer-token-file", "/dev/zero"],
+], ids=lambda args: " ".join(args[:2] + args[-2:]))
+def test_a_token_file_larger_than_64_kib_is_refused_not_read_whole(args: list[str], secrets) -> None:
+    """/dev/zero (or a log given by mistake) was read whole: a MemoryError traceback under a memory limit."""
+    import subprocess
+
+    from helpers.process import INLETS, MEMORY_CAPPED, ROOT
+
+    args = [arg.format(**secrets) for arg in args]
+    result = subprocess.run([*MEMORY_CAPPED, *INLETS, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    one_line_error(result, f"file {args[-1]} is larger than 64 KiB, more than tokens take: give the file that holds the token")
+
+
+@pytest.mark.parametrize("flag, limit", [("--bearer-token-file", "64 KiB"), ("--tls-ca", "1 MiB")])
+def test_generate_k8s_yaml_reads_the_files_it_puts_in_the_secret_with_a_limit(flag: str, limit: str, secrets) -> None:
+    import subprocess
+
+    from helpers.process import INLETS, MEMORY_CAPPED, ROOT
+
+    args = ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file",
+            secrets["good"], flag, "/dev/zero", "--generate", "k8s_yaml"]
+    result = subprocess.run([*MEMORY_CAPPED, *INLETS, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    one_line_error(result, f"{flag} /dev/zero is larger than {limit}, too large to go into the Secret: give the file itself")
 
 
 def test_status_without_a_token_exits_2_like_every_command() -> None:
