@@ -34,11 +34,19 @@ class BootingVultr:
         api.route("POST", "/v2/firewalls", Answer(201, recorded("vultr", "firewall_group_create.json")))
         api.route("POST", f"/v2/firewalls/{GROUP}/rules", Answer(201, recorded("vultr", "firewall_rule_create.json")))
         api.route("DELETE", f"/v2/firewalls/{GROUP}", Answer(204))
+        api.route("GET", f"/v2/firewalls/{GROUP}", self._group)
         api.route("POST", "/v2/instances", Answer(202, libcloud_fixture("vultr_v2", "create_node.json")))
         api.route("GET", "/v2/instances/123", self._instance)
         api.route("GET", "/v2/instances", lambda seen: Answer(200, {"instances": [self._body()] if self._up() else [],
                                                                      "meta": {"total": 1, "links": {"next": "", "prev": ""}}}))
         api.route("DELETE", "/v2/instances/123", self._delete)
+
+    def _group(self, seen: Seen) -> Answer:
+        """The recorded group, described as create asked (delete removes only a group inletsctl made)."""
+        body = json.loads(recorded("vultr", "firewall_group_create.json"))
+        (made,) = self.api.requests("POST", "/v2/firewalls")
+        body["firewall_group"]["description"] = made.json["description"]
+        return Answer(200, body)
 
     def _up(self) -> bool:
         return 123 in self.booter.droplets and not self.deleted
