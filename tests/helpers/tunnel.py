@@ -175,6 +175,40 @@ async def serve(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], 
     return await asyncio.start_server(wrapped, host, 0)
 
 
+class StallingRelay:
+    """A TCP relay in front of the control port that stops forwarding, both ways, once ``frozen`` is set:
+    a proxy or NAT that stops moving bytes without closing anything (what keepalive is for)."""
+
+    def __init__(self, control_port: int) -> None:
+        self.control_port = control_port
+        self.frozen = asyncio.Event()
+        self.upstream: list[asyncio.StreamWriter] = []
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await serve(self._relay)
+        return port_of(self.server)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(65536):
+            if self.frozen.is_set():
+                await asyncio.sleep(3600)
+            dst.write(data)
+            await dst.drain()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.control_port)
+        self.upstream.append(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop listening; the server's side of each relayed connection goes now, not after its close timeout."""
+        if self.server is not None:
+            self.server.close()
+        for up_writer in self.upstream:
+            up_writer.transport.abort()
+
+
 def port_of(server: asyncio.base_events.Server) -> int:
     return server.sockets[0].getsockname()[1]
 

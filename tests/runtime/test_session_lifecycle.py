@@ -4,14 +4,40 @@ and a peer that stops answering (keepalive). In-process servers and clients on l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import AsyncIterator
 
 import pytest
 
 from helpers.tunnel import (
-    TlsFiles, control_url, echo_server, free_port, port_of, run, serve, start_client, start_server, stop, wait_listening,
+    StallingRelay, TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop,
+    wait_listening,
 )
+from inlets_py.runtime.client.dialer import TunnelClient
+from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.allowlist import parse_target_rules
+from inlets_py.runtime.server.forwarding import ForwardingPolicy
+
+
+@contextlib.asynccontextmanager
+async def _forwarding_client(tls: TlsFiles, token: str) -> AsyncIterator[tuple[TunnelClient, LocalForward]]:
+    """A server that lets clients forward, and a client bringing its echo server to a local port (--local)."""
+    echo = await echo_server()
+    forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+    server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+    client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                      extra={"forwards": [forward.target]})
+    forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+    await forwarder.start()
+    try:
+        yield client, forward
+    finally:
+        forwarder.stop()
+        await stop(task)
+        await server.stop()
+        echo.close()
 
 
 async def _until(condition, timeout: float = 5.0) -> bool:
@@ -93,21 +119,11 @@ def test_a_server_out_of_stream_ids_has_the_client_reconnect(tls: TlsFiles, toke
 def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles, token: str, caplog) -> None:
     """The client's own ids (streams it opens for --local) run low: it connects anew, make before break, so
     every local connection is served; before, the last id was followed by refusals, forever."""
-    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
-    from inlets_py.runtime.core.allowlist import parse_target_rules
-    from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
-        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]})
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
-        await forwarder.start()
-        first_session = client.session
-        assert first_session is not None
-        try:
+        async with _forwarding_client(tls, token) as (client, forward):
+            first_session = client.session
+            assert first_session is not None
             first_session.mux._next_id = 0xFFFFFFFF - 2  # two odd ids left
             kept = [await _echoes(forward.local_port) for _ in range(2)]
             assert await _until(lambda: client.session not in (None, first_session))
@@ -118,11 +134,6 @@ def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles,
                 writer.write(b"on")
                 assert await asyncio.wait_for(reader.readexactly(2), 5) == b"on"
                 writer.close()
-        finally:
-            forwarder.stop()
-            await stop(task)
-            await server.stop()
-            echo.close()
         assert any("event=stream_ids_exhausted" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.INFO):
@@ -135,11 +146,8 @@ def test_local_forwards_of_a_client_on_two_servers_avoid_the_one_that_drains(tls
     Before, every new local connection went to the draining server and was reset, without a word in the log."""
     from inlets_py.runtime.client.dialer import ClientConfig
     from inlets_py.runtime.client.group import ClientGroup
-    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
     from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams
-    from inlets_py.runtime.core.allowlist import parse_target_rules
     from inlets_py.runtime.core.tls import client_context
-    from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
     async def scenario() -> None:
         echo = await echo_server()
@@ -186,31 +194,16 @@ def test_local_forwards_of_a_client_on_two_servers_avoid_the_one_that_drains(tls
 
 def test_a_local_connection_the_session_refuses_is_logged(tls: TlsFiles, token: str, caplog) -> None:
     """One server, draining: a --local connection it cannot take is refused with a log line saying why."""
-    from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
-    from inlets_py.runtime.core.allowlist import parse_target_rules
-    from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
-        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]})
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
-        await forwarder.start()
-        session = client.session
-        assert session is not None
-        try:
+        async with _forwarding_client(tls, token) as (client, forward):
+            session = client.session
+            assert session is not None
             session.mux.go_away("as the client's SIGTERM does")  # no new streams from this side
             reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
             with pytest.raises(ConnectionResetError):  # refused: reset, as before, but now said why
                 await asyncio.wait_for(reader.read(), 5)
             writer.close()
-        finally:
-            forwarder.stop()
-            await stop(task)
-            await server.stop()
-            echo.close()
         assert any("event=forward_refused" in r.getMessage() and "draining" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.INFO):
@@ -221,30 +214,14 @@ def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(t
     """--keepalive 2, the relay stalls just after a message reached the client, a little after a watchdog check:
     the check on a fixed beat saw that message as fresh and slept a whole beat more, then the ping waited
     another (2.9 s here, up to 3.0), while the log said after=2.0s. Now: within 2 s of that message, as logged."""
-    frozen = asyncio.Event()
-    relayed: list[asyncio.StreamWriter] = []
-
     async def scenario() -> None:
         echo = await echo_server()
         server = await start_server(tls, token, keepalive=60.0)
-        control_port = server.control.addresses[0][1]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
-                if frozen.is_set():
-                    await asyncio.sleep(3600)
-                dst.write(data)
-                await dst.drain()
-
-        async def relay_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", control_port)
-            relayed.append(up_writer)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
-
-        relay = await serve(relay_connection)
+        relay = StallingRelay(server.control.addresses[0][1])
+        relay_port = await relay.start()
         public = free_port()
         loop = asyncio.get_running_loop()
-        client, task = await start_client(f"wss://127.0.0.1:{port_of(relay)}", token, tls,
+        client, task = await start_client(f"wss://127.0.0.1:{relay_port}", token, tls,
                                           {public: Upstream("127.0.0.1", port_of(echo))}, server_name="127.0.0.1",
                                           keepalive=2.0)
         started = loop.time()  # the client's watchdog began with its session, a moment before
@@ -256,7 +233,7 @@ def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(t
             reader, writer = await asyncio.open_connection("127.0.0.1", public)
             writer.write(b"ping")
             assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"  # the client got messages just now
-            frozen.set()
+            relay.frozen.set()
             frozen_at = loop.time()
             await asyncio.wait_for(session.closed.wait(), 8)
             detected = loop.time() - frozen_at
@@ -264,8 +241,6 @@ def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(t
         finally:
             await stop(task)
             relay.close()
-            for up_writer in relayed:  # the server's side of the stalled connection: gone now, not after its close timeout
-                up_writer.transport.abort()
             await server.stop()
             echo.close()
         assert detected <= 2.0 + 0.4, f"a stalled peer took {detected:.2f}s to detect with --keepalive 2"

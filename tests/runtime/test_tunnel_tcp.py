@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 from helpers.tunnel import (
+    StallingRelay,
     TlsFiles,
     control_url,
     echo_server,
@@ -508,31 +509,17 @@ def test_a_port_shared_with_a_client_that_dies_while_another_connects_stays_open
 def test_dead_peer_is_detected_by_keepalive(tls: TlsFiles, token: str) -> None:
     """The tunnel's TCP connection stops moving (a proxy that stops forwarding): the server
     drops the client within the keepalive timeout and closes its data port."""
-    frozen = asyncio.Event()
 
     async def scenario() -> None:
         server = await start_server(tls, token, keepalive=2.0)
-        control_port = server.control.addresses[0][1]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
-                if frozen.is_set():
-                    await asyncio.sleep(3600)
-                dst.write(data)
-                await dst.drain()
-
-        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", control_port)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
-
-        relay = await serve(proxy)
+        relay = StallingRelay(server.control.addresses[0][1])
         public = free_port()
         client, task = await start_client(
-            f"wss://127.0.0.1:{port_of(relay)}", token, tls, {public: Upstream("127.0.0.1", 9)}, server_name="127.0.0.1",
-            keepalive=60.0,
+            f"wss://127.0.0.1:{await relay.start()}", token, tls, {public: Upstream("127.0.0.1", 9)},
+            server_name="127.0.0.1", keepalive=60.0,
         )
         await wait_listening("127.0.0.1", public)
-        frozen.set()
+        relay.frozen.set()
         started = asyncio.get_running_loop().time()
         while server.control.clients:
             await asyncio.sleep(0.1)
