@@ -182,7 +182,8 @@ def wait_until_gone(
     provider: Watched, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
     interval: float | None = None, *, started: float | None = None,
 ) -> None:
-    """Poll until ``host_id`` is gone (NotFound; FAILED: a process that exited) or raise WaitTimeout.
+    """Poll until ``host_id`` is gone (NotFound; FAILED where the provider says that means gone: a local
+    process that exited) or raise WaitTimeout. A cloud VM in a failed state still exists until its delete ends.
 
     The one wait of every ``delete``: providers that remove more once the host is gone (a
     firewall) call it before that, and ``inletsctl delete`` after, with the same --timeout
@@ -199,7 +200,7 @@ def wait_until_gone(
         except Transient as exc:  # asked again, as while creating
             seen = f"the API did not answer ({exc})"
         else:
-            if host.status == FAILED:
+            if host.status == FAILED and getattr(provider, "failed_is_gone", False):
                 return
             name, seen = host.name, host.detail or f"status {host.status!r}"
         if progress is not None:

@@ -101,6 +101,7 @@ class LocalProvider:
     user_data_limit = PROVIDER.user_data_limit
     poll_interval = 0.2
     keeps_server_key = True
+    failed_is_gone = True  # a server process that exited is gone: nothing is left to wait for
 
     def __init__(self, root: Path, data_addr: str = DATA_ADDR) -> None:
         self._root = root

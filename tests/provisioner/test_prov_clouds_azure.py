@@ -112,6 +112,26 @@ def test_status_list_by_tag_and_delete_the_group(api: RecordedAPI) -> None:
         p.status("inlets-rec-check")
 
 
+def test_delete_of_a_failed_vm_waits_until_its_group_is_gone(api: RecordedAPI) -> None:
+    """A VM whose provisioning failed: its group's delete takes a while, and the VM reads Failed meanwhile. That
+    counted as gone: delete said "deleted" at once, while the group (and its public IP) still existed."""
+    failed = json.loads(libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Compute_virtualMachines_test_node_1.json"))
+    failed["properties"]["provisioningState"] = "Failed"
+    view = libcloud_fixture("azure_arm", REC + "000000_providers_Microsoft_Compute_virtualMachines_test_node_1_InstanceView.json")
+    view = view.replace(b"PowerState/running", b"PowerState/stopped")  # as a VM whose provisioning failed
+    api.routes.insert(0, ("GET", re.compile(re.escape(VM) + "$"), [Answer(200, failed)] * 4
+                          + [Answer(404, recorded("azure", "resource_group_not_found.json"))]))
+    api.routes.insert(0, ("GET", re.compile(re.escape(VM + "/instanceView") + "$"), Answer(200, view)))
+    api.route("GET", GROUP, [Answer(200, recorded("azure", "resource_group.json"))] * 4
+              + [Answer(404, recorded("azure", "resource_group_not_found.json"))])
+    p = provider(api)
+    assert p.status("inlets-rec-check").status == "failed"
+    p.delete("inlets-rec-check")
+    assert api.requests("DELETE", GROUP)
+    with pytest.raises(NotFound):  # delete returned only once the group was gone
+        p.status("inlets-rec-check")
+
+
 def test_refused_vm_removes_the_group_with_one_line(api: RecordedAPI, tmp_path: Path) -> None:
     api.routes.insert(0, ("PUT", re.compile(re.escape(VM)), Answer(409, {"error": {
         "code": "SkuNotAvailable", "message": "The requested size for resource is currently not available"}})))
