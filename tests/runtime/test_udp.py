@@ -401,3 +401,37 @@ def test_a_datagram_only_a_draining_client_could_take_is_counted_as_such(tls: Tl
         await server.stop()
 
     run(scenario())
+
+
+def test_an_ipv4_only_host_answers_from_the_address_written_to_too() -> None:
+    """Where the host has no IPv6 the port is bound on 0.0.0.0: IP_PKTINFO instead of IPV6_PKTINFO."""
+    from inlets_py.runtime.server.udp_socket import UdpSocket, _bound
+
+    class Echo:
+        def connection_made(self, transport: UdpSocket) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, address: tuple, local: bytes | None) -> None:
+            self.transport.sendto(data, address, local)
+
+        def send_failed(self) -> None:
+            raise AssertionError("an answer could not be sent")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass
+
+    async def scenario() -> None:
+        port = udp_free_port()
+        endpoint = UdpSocket(_bound(socket.AF_INET, ("0.0.0.0", port)), Echo())
+        in_thread = asyncio.get_running_loop().run_in_executor
+        try:
+            for target in ("127.0.0.1", "127.0.0.2"):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as user:
+                    user.settimeout(5)
+                    user.connect((target, port))
+                    user.send(target.encode())
+                    assert await in_thread(None, user.recv, 100) == target.encode()
+        finally:
+            endpoint.close()
+
+    run(scenario())
