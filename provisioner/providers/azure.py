@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from libcloud.common.azure_arm import AzureAuthJsonResponse
 from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
@@ -41,6 +41,7 @@ PROVIDER = ProviderInfo(
 )
 GROUPS_API, NETWORK_API = "2021-04-01", "2023-09-01"
 WAIT = 300.0  # for Resource Manager to provision one resource
+MAX_PAGES = 20  # of a list answer (ARM pages them with nextLink)
 
 
 def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, str]:
@@ -208,10 +209,16 @@ class AzureProvider:
         wait_until_gone(self, host_id, timeout)
 
     def list(self) -> list[Host]:
+        """Every tagged resource group, following ARM's ``nextLink`` (bounded): a long list comes a page at a time."""
+        groups: list[dict[str, Any]] = []
+        path, params = f"/subscriptions/{self._sub}/resourcegroups", {"api-version": GROUPS_API, "$filter": f"tagName eq '{TAG}'"}
         with self._api("listing resource groups"):
-            groups = self._driver.connection.request(
-                f"/subscriptions/{self._sub}/resourcegroups",
-                params={"api-version": GROUPS_API, "$filter": f"tagName eq '{TAG}'"}).object.get("value", [])
+            for _ in range(MAX_PAGES):
+                body = self._driver.connection.request(path, params=params).object
+                groups += body.get("value", [])
+                if not body.get("nextLink"):
+                    break
+                path, params = _next_page(body["nextLink"])
         return [self.status(g["name"]) for g in groups]
 
     def _host(self, group: str, name: str, tags: dict[str, str], vm: dict[str, Any], view: dict[str, Any],
@@ -226,6 +233,12 @@ class AzureProvider:
             expires_at=labels_expiry(tags), detail=f"VM {state}, power {power}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"region": str(vm.get("location", ""))},
         )
+
+
+def _next_page(link: str) -> tuple[str, dict[str, str]]:
+    """Path and query of ARM's absolute ``nextLink``, asked of the connection's own endpoint (--api-url kept)."""
+    parts = urlsplit(link)
+    return parts.path, dict(parse_qsl(parts.query))
 
 
 def build(creds: Credentials, state_root: Path) -> AzureProvider:

@@ -150,3 +150,22 @@ def test_missing_principal_names_every_variable(monkeypatch: pytest.MonkeyPatch,
     bad.write_text("{}")
     with pytest.raises(ProvisionError, match="not an Azure auth file"):
         service_principal(bad, None)
+
+
+def test_list_follows_next_link_to_every_page(api: RecordedAPI) -> None:
+    """ARM answers a long list a page at a time, with ``nextLink`` (hand-written: ARM's documented paging shape).
+    Only the first page was read: exit servers on later pages were missing from list, delete --id and prune."""
+    first = json.loads(recorded("azure", "resource_groups_list.json"))
+    first["nextLink"] = f"{api.url}/subscriptions/{SUB}/resourcegroups?api-version=2021-04-01&%24skiptoken=page2"
+    second = json.loads(recorded("azure", "resource_groups_list.json"))
+    second["value"][0] = second["value"][0] | {"id": GROUP.replace("rec-check", "second"), "name": "inlets-second",
+                                                 "tags": {"inlets": "true", "inlets-name": "second"}}
+    api.routes.insert(0, ("GET", re.compile(f"/subscriptions/{SUB}/resourcegroups"),
+                          lambda seen: Answer(200, second if "$skiptoken" in seen.query else first)))
+    api.route("GET", GROUP, Answer(200, recorded("azure", "resource_group.json")))
+    api.route("GET", GROUP.replace("rec-check", "second"), Answer(200, second["value"][0]))
+    api.route("GET", VM.replace("rec-check", "second"), Answer(404, {"error": {"code": "ResourceNotFound", "message": "not found"}}))
+    p = provider(api)
+    assert [h.id for h in p.list()] == ["inlets-rec-check", "inlets-second"]
+    (_, page2) = api.requests("GET", f"/subscriptions/{SUB}/resourcegroups")
+    assert page2.query["$skiptoken"] == ["page2"] and page2.query["api-version"] == ["2021-04-01"]
