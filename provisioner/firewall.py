@@ -41,3 +41,9 @@ def inbound_rules(spec: TunnelSpec) -> list[Rule]:
 def firewall_name(server_name: str) -> str:
     """The name of the firewall / security group made for one exit server."""
     return f"inlets-{server_name}"[:63]
+
+
+def made_for(firewall: str | None, server_name: str) -> bool:
+    """Whether a firewall attached to a server is the one ``create`` made for it (deleted with it). A name that
+    merely starts with ``inlets-`` may be the user's own, shared with other servers: it stays."""
+    return bool(server_name) and firewall == firewall_name(server_name)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
-from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from ..wait import wait_until_gone
 from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .api_url import parse_api_url
@@ -98,7 +98,7 @@ class HetznerProvider:
         for firewall_id in firewall_ids:
             with self._api(f"reading firewall {firewall_id}"):
                 name = self._client.firewalls.get_by_id(firewall_id).name or ""
-            if name.startswith("inlets-"):
+            if made_for(name, str(server.name or "")):
                 self._delete_firewall(firewall_id)
 
     def _delete_firewall(self, firewall_id: int) -> None:

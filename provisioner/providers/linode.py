@@ -16,7 +16,7 @@ from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
 from ..errors import NotFound
-from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from ..wait import wait_until_gone
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
@@ -102,14 +102,14 @@ class LinodeProvider:
 
     def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the instance, wait until it is gone, then delete the firewall made for it."""
-        self.status(host_id)
+        label = self.status(host_id).name
         with self._api(f"reading firewalls of instance {host_id}"):
             firewalls = self._request(f"/v4/linode/instances/{host_id}/firewalls").get("data", [])
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v4/linode/instances/{host_id}", "DELETE")
         wait_until_gone(self, host_id, timeout)
         for firewall in firewalls:
-            if str(firewall.get("label", "")).startswith("inlets-"):
+            if made_for(firewall.get("label"), label):
                 self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
 
     def _quiet(self, path: str) -> None:

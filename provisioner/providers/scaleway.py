@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
-from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules
+from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from ..wait import wait_until_gone
 from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
 from .api_url import parse_api_url
@@ -139,7 +139,7 @@ class ScalewayProvider:
             api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
         wait_until_gone(self, host_id, timeout)
         group = server.security_group
-        if group is not None and str(group.name or "").startswith("inlets-"):
+        if group is not None and made_for(group.name, str(server.name or "")):
             self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
 
     def list(self) -> list[Host]:

@@ -37,7 +37,7 @@ def api() -> Iterator[RecordedAPI]:
 
 def _inlets_firewall() -> dict:
     body = json.loads(recorded("hetzner", "firewalls_get.json"))
-    body["firewall"]["name"] = "inlets-rec-check"  # the example one was named by another tool
+    body["firewall"]["name"] = "inlets-my-server"  # made for the example server (the example one was named by another tool)
     return body
 
 
@@ -102,3 +102,19 @@ def test_a_failed_create_whose_firewall_cannot_go_either_says_why_the_create_fai
         provider(api).create(make_plan(tmp_path))
     assert "in use" not in str(info.value)
     assert api.requests("DELETE", "/v1/firewalls/38")
+
+
+def test_delete_leaves_a_shared_firewall_whose_name_merely_starts_with_inlets(api: RecordedAPI) -> None:
+    """Every applied firewall named ``inlets-*`` was deleted: one the user shares between servers
+    ("inlets-office-ssh", not made by inletsctl) went too. Only ``inlets-NAME`` goes now."""
+    server = json.loads(recorded("hetzner", "servers_get.json"))
+    server["server"]["public_net"]["firewalls"].append({"id": 39, "status": "applied"})
+    shared = _inlets_firewall()
+    shared["firewall"] |= {"id": 39, "name": "inlets-office-ssh"}
+    api.route("GET", "/v1/firewalls/39", Answer(200, shared))
+    api.route("DELETE", "/v1/firewalls/39", Answer(204))
+    api.route("GET", "/v1/servers/1", [Answer(200, server), NOT_FOUND])
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete("1")
+    assert api.requests("DELETE", "/v1/firewalls/38") and not api.requests("DELETE", "/v1/firewalls/39")

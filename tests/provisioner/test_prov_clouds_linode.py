@@ -41,7 +41,7 @@ def api() -> Iterator[RecordedAPI]:
 
 def _inlets_firewall() -> dict:
     body = json.loads(recorded("linode", "linode_instances_123_firewalls.json"))
-    body["data"][0]["label"] = "inlets-rec-check"  # the recorded one was labelled by another tool
+    body["data"][0]["label"] = "inlets-TestNode"  # made for the recorded instance (the recorded one was labelled by another tool)
     return body
 
 
@@ -98,3 +98,18 @@ def test_a_refused_create_removes_its_firewall_with_one_line(api: RecordedAPI, t
         provider(api).create(make_plan(tmp_path, size="g6-nope"))
     assert "\n" not in str(info.value)
     assert api.requests("DELETE", "/v4/networking/firewalls/123")
+
+
+def test_delete_leaves_a_shared_firewall_whose_name_merely_starts_with_inlets(api: RecordedAPI) -> None:
+    """Every attached firewall labelled ``inlets-*`` was deleted: one the user shares between instances
+    ("inlets-office-ssh", not made by inletsctl) went too, unprotecting the others. Only ``inlets-LABEL`` goes now."""
+    body = _inlets_firewall()
+    body["data"].append(body["data"][0] | {"id": 456, "label": "inlets-office-ssh"})
+    api.routes.insert(0, ("GET", re.compile(f"/v4/linode/instances/{NODE}/firewalls"), Answer(200, body)))
+    api.route("DELETE", "/v4/networking/firewalls/456", Answer(200, {}))
+    node = json.loads(libcloud_fixture("linode_v4", "create_node.json")) | {"status": "running"}
+    api.route("GET", f"/v4/linode/instances/{NODE}", [Answer(200, node), NOT_FOUND])
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete(NODE)
+    assert api.requests("DELETE", "/v4/networking/firewalls/123") and not api.requests("DELETE", "/v4/networking/firewalls/456")

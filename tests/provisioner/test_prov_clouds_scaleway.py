@@ -83,7 +83,7 @@ def test_status_list_by_tag_and_delete(api: RecordedAPI) -> None:
     assert p.list() and api.requests("GET", f"{ZONE}/servers")[0].query["tags"] == ["inlets"]
     recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
     body = json.loads(recorded_get.body)
-    body["server"]["security_group"] = {"id": SG, "name": "inlets-rec-check"}
+    body["server"]["security_group"] = {"id": SG, "name": "inlets-test-sdk-python-fixture"}  # made for it
     api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
                           [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
     p.delete(f"fr-par-1/{OLD}")
@@ -99,3 +99,15 @@ def test_refused_create_cleans_up_with_one_line(api: RecordedAPI, tmp_path: Path
     with pytest.raises(ProvisionError, match=r"\(400\): commercial type DEV1-NOPE") as info:
         provider(api).create(make_plan(tmp_path, size="DEV1-NOPE"))
     assert "\n" not in str(info.value) and api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
+
+
+def test_delete_leaves_a_shared_security_group_whose_name_merely_starts_with_inlets(api: RecordedAPI) -> None:
+    """The server's security group was deleted whenever its name began ``inlets-``: one the user shares between
+    servers ("inlets-office", not made by inletsctl) went too. Only ``inlets-NAME`` goes now."""
+    recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
+    body = json.loads(recorded_get.body)
+    body["server"]["security_group"] = {"id": SG, "name": "inlets-office"}
+    api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
+                          [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
+    provider(api).delete(f"fr-par-1/{OLD}")
+    assert api.requests("POST", f"{ZONE}/servers/{OLD}/action") and not api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
