@@ -143,15 +143,24 @@ class ScalewayProvider:
             self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
 
     def list(self) -> list[Host]:
+        """Servers tagged ``inlets`` in every zone (as ``scw instance server list zone=all``): the API lists one
+        zone at a time, and ``create --region`` may have put one in any of them."""
         servers: list[Any] = []
-        with self._api("listing servers"):
-            for page in range(1, MAX_PAGES + 1):  # bounded (the SDK's list_servers_all is not)
-                batch = self._api_client.list_servers(zone=self.zone, project=self._project, tags=[TAG],
-                                                      page=page, per_page=PAGE_SIZE).servers
-                servers += batch
-                if len(batch) < PAGE_SIZE:
-                    break
+        for zone in self._zones():
+            with self._api(f"listing servers in {zone}"):
+                for page in range(1, MAX_PAGES + 1):  # bounded (the SDK's list_servers_all is not)
+                    batch = self._api_client.list_servers(zone=zone, project=self._project, tags=[TAG],
+                                                          page=page, per_page=PAGE_SIZE).servers
+                    servers += batch
+                    if len(batch) < PAGE_SIZE:
+                        break
         return [self._host(s) for s in servers]
+
+    def _zones(self) -> list[str]:
+        """The default zone first, then every zone the SDK knows."""
+        from scaleway_core.bridge import ALL_ZONES
+
+        return list(dict.fromkeys([self.zone, *ALL_ZONES]))
 
     def _host(self, server: Any) -> Host:
         addresses = [ip.address for ip in (server.public_ips or []) if ip.family == "inet"]

@@ -36,6 +36,8 @@ def api() -> Iterator[RecordedAPI]:
                 server.route(method, re.escape(path), answer)
     ((_, _, listed),) = cassette("scaleway", "test_list_server.cassette.yaml")
     server.route("GET", f"{ZONE}/servers", listed)
+    # list asks every zone: the others hold nothing (hand-written, in the recorded list's shape)
+    server.route("GET", "/instance/v1/zones/[a-z0-9-]+/servers", Answer(200, {"servers": [], "total_count": 0}))
     ((_, _, set_data), _) = cassette("scaleway", "test_set_and_get_server_user_data.cassette.yaml")
     server.route("PATCH", f"{ZONE}/servers/[-0-9a-f]+/user_data/cloud-init", set_data)
     server.route("POST", f"{ZONE}/security_groups", Answer(201, recorded("scaleway", "handwritten_security_group_create.json")))
@@ -111,3 +113,17 @@ def test_delete_leaves_a_shared_security_group_whose_name_merely_starts_with_inl
                           [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
     provider(api).delete(f"fr-par-1/{OLD}")
     assert api.requests("POST", f"{ZONE}/servers/{OLD}/action") and not api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
+
+
+def test_list_looks_in_every_zone(api: RecordedAPI) -> None:
+    """list asked only the default zone (fr-par-1 or $SCW_DEFAULT_ZONE): a server made with --region nl-ams-1 was
+    missing, so inletsctl list called it "absent" while it ran (and billed), and delete --id refused it."""
+    ((_, _, listed),) = cassette("scaleway", "test_list_server.cassette.yaml")
+    body = json.loads(listed.body)
+    for server in body["servers"]:
+        server["zone"] = "nl-ams-1"
+    api.routes.insert(0, ("GET", re.compile("/instance/v1/zones/nl-ams-1/servers"), Answer(200, body)))
+    hosts = provider(api).list()
+    assert any(h.id.startswith("nl-ams-1/") for h in hosts) and any(h.id.startswith("fr-par-1/") for h in hosts)
+    assert all(s.query["tags"] == ["inlets"] for s in api.requests("GET", "/instance/v1/zones/[a-z0-9-]+/servers"))
+    assert api.unrouted() == []
