@@ -165,13 +165,29 @@ class GCEProvider:
     def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         """Delete the instance (waiting on the operation), then the firewall rule made for it."""
         zone, name = self._split(host_id)
-        with self._api(f"reading instance {host_id}"):
-            data = self._request(f"/zones/{zone}/instances/{name}")
+        try:
+            with self._api(f"reading instance {host_id}"):
+                data = self._request(f"/zones/{zone}/instances/{name}")
+        except NotFound:
+            self._delete_orphan_firewall(name)
+            raise
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/zones/{zone}/instances/{name}", "DELETE", wait=True)
         for tag in (data.get("tags") or {}).get("items", []):
             if tag == firewall_name(name):
                 self._delete_firewall(tag)
+
+    def _delete_orphan_firewall(self, instance: str) -> None:
+        """The rule create made for an instance already gone (deleted in the console, or a delete cut short):
+        named after it and targeting only its tag, so a rule of the user's is never taken for it."""
+        tag = firewall_name(instance)
+        try:
+            with self._api(f"reading firewall rule {tag}"):
+                rule = self._request(f"/global/firewalls/{tag}")
+        except NotFound:
+            return
+        if rule.get("targetTags") == [tag]:
+            self._delete_firewall(tag)
 
     def _delete_firewall(self, name: str) -> None:
         try:

@@ -123,3 +123,24 @@ def test_not_found_and_bad_keys_are_one_line(api: RecordedAPI, key_json: str, tm
             service_account(None, json.dumps({**json.loads(key_json), "private_key": broken}))
     with pytest.raises(ProvisionError, match="GOOGLE_APPLICATION_CREDENTIALS"):
         service_account(None, None)
+
+
+def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api: RecordedAPI, key_json: str,
+                                                                           tmp_path: Path) -> None:
+    """An instance deleted in the console (or by a delete interrupted after the instance went) left its firewall
+    rule behind for good: delete read the rule's name from the instance's tags, so a gone instance meant no rule
+    deleted, and inletsctl only said it "was already gone". The rule create made is named after the instance and
+    targets its tag: delete now removes it all the same, and still reports the instance gone."""
+    api.routes.insert(0, ("GET", re.compile(re.escape(PREFIX) + "zones/us-central1-a/instances/gone"),
+                          Answer(404, {"error": {"code": 404, "message": "The resource was not found"}})))
+    rule = json.loads((LIBCLOUD_FIXTURES / "gce" / "global_firewalls_lcfirewall.json").read_text())
+    rule |= {"name": "inlets-gone", "targetTags": ["inlets-gone"]}  # as create made it
+    api.routes.insert(0, ("GET", re.compile(re.escape(PREFIX) + "global/firewalls/inlets-gone"), Answer(200, rule)))
+    RENAME["inlets-gone"] = "lcfirewall"
+    try:
+        with pytest.raises(NotFound):
+            provider(api, key_json, tmp_path).delete("us-central1-a/gone")
+    finally:
+        del RENAME["inlets-gone"]
+    assert api.requests("DELETE", PREFIX + "global/firewalls/inlets-gone")
+    assert not api.requests("DELETE", PREFIX + "zones/.*")
