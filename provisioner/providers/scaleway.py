@@ -80,7 +80,7 @@ class ScalewayProvider:
                 project=self._project, tags=[TAG], inbound_default_policy=SecurityGroupPolicy.DROP,
                 outbound_default_policy=SecurityGroupPolicy.ACCEPT, enable_default_security=True,
             ).security_group
-        server_id = None
+        server = None
         try:
             with self._api(f"adding security group rules for {plan.name!r}"):
                 position = 0
@@ -97,17 +97,24 @@ class ScalewayProvider:
                     zone=zone, commercial_type=plan.size or PROVIDER.size, name=plan.name, image=PROVIDER.image,
                     dynamic_ip_required=True, project=self._project, tags=tag_list(plan), security_group=group.id,
                 ).server
-                server_id = server.id
             with self._api(f"setting the cloud-init user-data of {plan.name!r}"):
-                api.set_server_user_data(server_id=server_id, key="cloud-init", content=plan.user_data.encode(), zone=zone)
+                api.set_server_user_data(server_id=server.id, key="cloud-init", content=plan.user_data.encode(), zone=zone)
             with self._api(f"powering on {plan.name!r}"):
-                api.server_action(server_id=server_id, zone=zone, action=ServerAction.POWERON)
+                api.server_action(server_id=server.id, zone=zone, action=ServerAction.POWERON)
         except BaseException:
-            if server_id is not None:
-                self._quiet(lambda: api.delete_server(server_id=server_id, zone=zone))
+            if server is not None:  # never powered on: stopped
+                self._quiet(lambda: self._delete_stopped(server, zone))
             self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
             raise
-        return Host(id=f"{zone}/{server_id}", name=plan.name, provider=self.name, status="starting", mode=plan.spec.mode)
+        return Host(id=f"{zone}/{server.id}", name=plan.name, provider=self.name, status="starting", mode=plan.spec.mode)
+
+    def _delete_stopped(self, server: Any, zone: str) -> None:
+        """Delete a server that is not running, then its volumes: the API refuses to terminate a stopped server,
+        and deleting one keeps its volumes (billed), detached."""
+        api = self._api_client
+        api.delete_server(server_id=server.id, zone=zone)
+        for volume in (server.volumes or {}).values():
+            api.delete_volume(volume_id=volume.id, zone=zone)
 
     def _quiet(self, call: Any) -> None:
         try:
@@ -128,15 +135,20 @@ class ScalewayProvider:
             return self._host(self._api_client.get_server(server_id=server_id, zone=zone).server)
 
     def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
-        """Terminate the server (its volumes and IP go with it), wait until gone, delete its security group."""
+        """Terminate the server (its volumes and IP go with it; stopped: delete it and its volumes), wait until
+        gone, delete its security group."""
         from scaleway.instance.v1 import ServerAction
 
         zone, server_id = self._split(host_id)
         api = self._api_client
         with self._api(f"reading server {host_id}"):
             server = api.get_server(server_id=server_id, zone=zone).server
-        with self._api(f"terminating server {host_id}"):
-            api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
+        state = str(getattr(server.state, "value", server.state))
+        with self._api(f"terminating server {host_id}" if state == "running" else f"deleting {state} server {host_id}"):
+            if state == "running":
+                api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
+            else:  # a --ttl powered it off, or it was stopped by hand
+                self._delete_stopped(server, zone)
         wait_until_gone(self, host_id, timeout)
         group = server.security_group
         if group is not None and made_for(group.name, str(server.name or "")):

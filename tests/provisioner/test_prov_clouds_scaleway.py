@@ -25,6 +25,7 @@ PROJECT = "11111111-1111-1111-1111-111111111111"
 NEW = "07626ecf-f52e-43b6-b098-70f435b155e8"  # the server test_create_new_server recorded
 OLD = "66a3b25b-4518-43c3-9e61-33b82873d617"  # the one server.cassette recorded
 SG = "0a1b2c3d-0000-4000-8000-000000000001"
+VOLUME = "bda6aff6-7ca2-41de-a3fb-47be986c5c0a"  # the l_ssd root volume of the server server.cassette recorded
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ def api() -> Iterator[RecordedAPI]:
     server.route("POST", f"{ZONE}/security_groups", Answer(201, recorded("scaleway", "handwritten_security_group_create.json")))
     server.route("POST", f"{ZONE}/security_groups/{SG}/rules", Answer(201, recorded("scaleway", "handwritten_security_group_rule_create.json")))
     server.route("DELETE", f"{ZONE}/security_groups/{SG}", Answer(204))
+    server.route("DELETE", f"{ZONE}/volumes/{VOLUME}", Answer(204))  # hand-written: the API answers 204, no body
     server.route("POST", f"{ZONE}/servers/[-0-9a-f]+/action", Answer(202, recorded("scaleway", "handwritten_server_action.json")))
     yield server
     server.close()
@@ -86,6 +88,7 @@ def test_status_list_by_tag_and_delete(api: RecordedAPI) -> None:
     recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
     body = json.loads(recorded_get.body)
     body["server"]["security_group"] = {"id": SG, "name": "inlets-test-sdk-python-fixture"}  # made for it
+    body["server"]["state"] = "running"  # the recording's server is stopped: see the next test for that case
     api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
                           [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
     p.delete(f"fr-par-1/{OLD}")
@@ -109,6 +112,7 @@ def test_delete_leaves_a_shared_security_group_whose_name_merely_starts_with_inl
     recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
     body = json.loads(recorded_get.body)
     body["server"]["security_group"] = {"id": SG, "name": "inlets-office"}
+    body["server"]["state"] = "running"
     api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
                           [Answer(200, body), Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
     provider(api).delete(f"fr-par-1/{OLD}")
@@ -127,3 +131,33 @@ def test_list_looks_in_every_zone(api: RecordedAPI) -> None:
     assert any(h.id.startswith("nl-ams-1/") for h in hosts) and any(h.id.startswith("fr-par-1/") for h in hosts)
     assert all(s.query["tags"] == ["inlets"] for s in api.requests("GET", "/instance/v1/zones/[a-z0-9-]+/servers"))
     assert api.unrouted() == []
+
+
+def _stopped_then_gone(api: RecordedAPI) -> None:
+    recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
+    assert json.loads(recorded_get.body)["server"]["state"] == "stopped"
+    api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")),
+                          [recorded_get, Answer(404, {"type": "unknown_resource", "message": "resource is not found"})]))
+
+
+def test_delete_of_a_stopped_server_deletes_it_and_its_volumes(api: RecordedAPI) -> None:
+    """A stopped server (powered off by --ttl, or by hand) was sent the terminate action, which the Instance API
+    refuses for a server that is not running, so delete (and list --prune) failed on it. Now it is deleted,
+    then its volumes, which deleting a server keeps (and bills)."""
+    _stopped_then_gone(api)
+    provider(api).delete(f"fr-par-1/{OLD}")
+    assert not api.requests("POST", f"{ZONE}/servers/{OLD}/action")
+    assert api.requests("DELETE", f"{ZONE}/servers/{OLD}") and api.requests("DELETE", f"{ZONE}/volumes/{VOLUME}")
+
+
+def test_a_create_failing_after_the_server_deletes_its_root_volume_too(api: RecordedAPI, tmp_path: Path) -> None:
+    """A create that failed after the server was made (setting user-data refused, or Ctrl-C) deleted the server
+    but left its root volume, detached and billed. Now the volume goes with it."""
+    (created,) = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "POST"]
+    api.routes.insert(0, ("POST", re.compile(f"{ZONE}/servers"), created))
+    api.routes.insert(0, ("PATCH", re.compile(f"{ZONE}/servers/{OLD}/user_data/cloud-init"),
+                          Answer(500, {"type": "internal_error", "message": "internal error"})))
+    with pytest.raises(ProvisionError, match="internal error"):
+        provider(api).create(make_plan(tmp_path))
+    assert api.requests("DELETE", f"{ZONE}/servers/{OLD}") and api.requests("DELETE", f"{ZONE}/volumes/{VOLUME}")
+    assert api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
