@@ -97,9 +97,19 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         document = json.loads(answer.body)
     except ValueError:
         fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)
-    if not _is_status(document):
+    if not _is_status(document) or not _standard(document):
         fail(f"{where}/status answered JSON that is not a tunnel server's status: is --url a tunnel server?", 1)
     return document
+
+
+def _standard(document: object) -> bool:
+    """Whether ``--json`` can print it as standard JSON: Python's parser takes NaN, Infinity and 1e400 anywhere in
+    the answer, and ``json.dumps`` wrote them back as NaN and Infinity, which other JSON parsers (jq) refuse."""
+    try:
+        json.dumps(document, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_status(document: object) -> bool:

@@ -123,3 +123,12 @@ def test_a_server_that_answers_a_byte_at_a_time_is_given_up_on_at_the_timeout(
         listener.close()
     assert time.monotonic() - started < 8
     assert line.endswith("no complete answer within 2s"), line
+
+
+@pytest.mark.parametrize("value", ["NaN", "-Infinity", "1e400"])
+def test_json_output_is_standard_json_whatever_the_server_answered(token_file: Path, value: str) -> None:
+    """Python's parser takes NaN and Infinity (1e400 reads as Infinity) in any field, and --json printed them back
+    as is: not JSON to jq or any other parser. Such an answer is one line now, and never printed."""
+    with web_answering(200, f'{{"uptime_seconds": 1, "clients": [], "hostname": {value}}}', "application/json") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file, "--json")
+    assert "/status answered JSON that is not a tunnel server's status" in line
