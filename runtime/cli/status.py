@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Optional
@@ -117,8 +116,7 @@ def _is_status(document: object) -> bool:
     another service behind the same proxy, got a Python traceback from the table instead of one line."""
     if not isinstance(document, dict):
         return False
-    uptime = document.get("uptime_seconds", 0)
-    if not isinstance(uptime, (int, float)) or not math.isfinite(uptime):  # JSON's Infinity and NaN parse too
+    if not _count(document.get("uptime_seconds", 0), float):
         return False
     clients = document.get("clients", [])
     if not isinstance(clients, list):
@@ -129,9 +127,17 @@ def _is_status(document: object) -> bool:
         services = client.get("services", [])
         if not isinstance(services, list) or not all(isinstance(service, str) for service in services):
             return False
-        if not all(isinstance(client.get(key, 0), int) for key in ("open_streams", "bytes_in", "bytes_out")):
+        if not all(_count(client.get(key, 0), int) for key in ("open_streams", "bytes_in", "bytes_out")):
             return False
     return True
+
+
+def _count(value: object, kind: type) -> bool:
+    """Whether a number is one the server can send: finite, not negative, below 2**63 (a 400-digit integer passed
+    ``isinstance`` and then raised OverflowError, a traceback, where the table made it a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, kind)):
+        return False
+    return 0 <= value < 2**63  # False for NaN and Infinity too; math.isfinite(10**400) raised OverflowError
 
 
 def _summary(status: int, body: str) -> str:

@@ -132,3 +132,14 @@ def test_json_output_is_standard_json_whatever_the_server_answered(token_file: P
     with web_answering(200, f'{{"uptime_seconds": 1, "clients": [], "hostname": {value}}}', "application/json") as port:
         line = status_line(f"ws://127.0.0.1:{port}", token_file, "--json")
     assert "/status answered JSON that is not a tunnel server's status" in line
+
+
+@pytest.mark.parametrize("body", ['{"uptime_seconds": 1' + "0" * 400 + ', "clients": []}',
+                                  '{"clients": [{"id": "a", "bytes_in": 1' + "0" * 400 + '}]}',
+                                  '{"clients": [{"id": "a", "bytes_out": -5}]}', '{"uptime_seconds": -100}'])
+def test_numbers_no_server_sends_get_one_line_not_a_traceback(token_file: Path, body: str) -> None:
+    """A 400-digit integer is a Python int, which the checks took and the table could not make a float of
+    (OverflowError: a traceback); negative counts and uptime showed as '-1d23h'."""
+    with web_answering(200, body, "application/json") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert "/status answered JSON that is not a tunnel server's status" in line
