@@ -27,11 +27,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def _text(value: object) -> str:
+    """A value as one cell of the terminal: control characters (a newline, an ANSI escape) as Python writes them
+    in a string, ``\\n`` and ``\\x1b``. Printed raw, a newline in a client id began a row of its own
+    that the columns did not count, and an escape sequence could clear or recolour the operator's screen."""
+    text = str(value)
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def render_table(doc: dict[str, Any]) -> str:
     """The status as a person reads it: one header line, one row per client."""
     lines = [
-        f"inlets {doc.get('mode', '?')} server {doc.get('version', '?')} on {doc.get('hostname', '?')}, "
-        f"up {_duration(float(doc.get('uptime_seconds', 0)))} (since {doc.get('started', '?')})",
+        _text(f"inlets {doc.get('mode', '?')} server {doc.get('version', '?')} on {doc.get('hostname', '?')}, "
+              f"up {_duration(float(doc.get('uptime_seconds', 0)))} (since {doc.get('started', '?')})"),
     ]
     clients = doc.get("clients", [])
     if not clients:
@@ -41,10 +49,10 @@ def render_table(doc: dict[str, Any]) -> str:
     for client in clients:
         rows.append(
             (
-                str(client.get("id", "")),
-                str(client.get("remote", "")),
-                str(client.get("connected_since", "")),
-                ",".join(client.get("services", [])) or "-",
+                _text(client.get("id", "")),
+                _text(client.get("remote", "")),
+                _text(client.get("connected_since", "")),
+                _text(",".join(client.get("services", [])) or "-"),
                 str(client.get("open_streams", 0)),
                 _size(int(client.get("bytes_in", 0))),
                 _size(int(client.get("bytes_out", 0))),
@@ -61,7 +69,7 @@ def render_holdings(documents: dict[str, dict[str, Any]]) -> str:
     held: dict[str, list[str]] = {}
     for server, doc in documents.items():
         for client in doc.get("clients", []):
-            servers = held.setdefault(str(client.get("id", "?")), [])
+            servers = held.setdefault(_text(client.get("id", "?")), [])
             if server not in servers:
                 servers.append(server)
     if not held:

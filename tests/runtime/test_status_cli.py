@@ -143,3 +143,22 @@ def test_numbers_no_server_sends_get_one_line_not_a_traceback(token_file: Path, 
     with web_answering(200, body, "application/json") as port:
         line = status_line(f"ws://127.0.0.1:{port}", token_file)
     assert "/status answered JSON that is not a tunnel server's status" in line
+
+
+def test_control_characters_in_a_servers_answer_stay_in_their_cell(token_file: Path) -> None:
+    """A newline in a client id began a row the columns did not count (a forged client in the table), and an ANSI
+    escape reached the terminal; both are written as escapes now, in the table and in the holdings."""
+    body = ('{"uptime_seconds": 1, "hostname": "h\\u001b]0;x\\u0007", "clients": [{"id": "a\\u001b[2J\\nforged  1.2.3.4",'
+            ' "remote": "r", "services": ["tcp:1"]}, {"id": "b", "remote": "r2", "services": ["tcp:2"]}]}')
+    with web_answering(200, body, "application/json") as port:
+        url = f"ws://127.0.0.1:{port}"
+        one = inlets("status", "--url", url, "--token-file", str(token_file), "--timeout", "3")
+        two = inlets("status", "--url", url, "--url", url + "/", "--token-file", str(token_file), "--timeout", "3")
+    assert one.returncode == 0 and two.returncode == 0, (one, two)
+    for output in (one.stdout, two.stdout):
+        assert "\x1b" not in output and "\x07" not in output
+    lines = one.stdout.splitlines()
+    assert lines[0] == r"inlets ? server ? on h\x1b]0;x\x07, up 1s (since ?)"
+    assert [line.split()[0] for line in lines[1:]] == ["CLIENT", r"a\x1b[2J\nforged", "b"]
+    assert len({line.index("tcp:") for line in lines[2:]}) == 1  # the SERVICES column lines up
+    assert r"client a\x1b[2J\nforged  1.2.3.4 holds 2/2 servers" in two.stdout
