@@ -145,6 +145,9 @@ class TcpMetrics(ServerMetrics):
     def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
         super().__init__("tcp", connected, serves)
         self.ports: dict[int, PortCounters] = {}  # the server's own data ports: bounded by its configuration
+        #: UDP port -> its udp.UdpCounters, kept as ``ports`` are: a port's listener (UdpPort) goes with its last
+        #: client, and counters that went with it started again at 0 when the client reconnected.
+        self.udp: dict[int, Any] = {}
         self._udp_ports: Callable[[], dict] | None = None
 
     def port(self, port: int) -> PortCounters:
@@ -154,8 +157,8 @@ class TcpMetrics(ServerMetrics):
         return counters
 
     def watch_udp(self, ports: Callable[[], dict]) -> None:
-        """Report the UDP ports of this server (``{service: UdpPort}``) at scrape time; their counters
-        live on each port's protocol object."""
+        """Report the flows of this server's open UDP ports (``{service: UdpPort}``) at scrape time; their
+        counters are ``udp``'s, which every UdpPort of the same port shares."""
         self._udp_ports = ports
 
     def families(self) -> Iterator[Any]:
@@ -181,10 +184,10 @@ class TcpMetrics(ServerMetrics):
                 refused.add_metric([label, reason], count)
         yield from (gauge, total, volume, refused)
         if self._udp_ports is not None:
-            yield from _udp_families(self._udp_ports())
+            yield from _udp_families(self.udp, self._udp_ports())
 
 
-def _udp_families(ports: dict) -> Iterator[Any]:
+def _udp_families(counted: dict[int, Any], ports: dict) -> Iterator[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     datagrams = CounterMetricFamily("udp_dataplane_datagrams", "UDP datagrams through the data plane.",
@@ -195,13 +198,14 @@ def _udp_families(ports: dict) -> Iterator[Any]:
                                   labels=["port", "reason"])
     flows = GaugeMetricFamily("udp_dataplane_flows_gauge", "UDP flows (source addresses) open now.",
                               labels=["port"])
-    for service, udp in list(ports.items()):
-        port, counters = service.partition(":")[2], udp.counters
+    flows_now = {service.partition(":")[2]: len(udp.flows) for service, udp in list(ports.items())}
+    for number, counters in sorted(counted.items()):
+        port = str(number)
         datagrams.add_metric([port, "in"], counters.datagrams_in)
         datagrams.add_metric([port, "out"], counters.datagrams_out)
         volume.add_metric([port, "in"], counters.bytes_in)
         volume.add_metric([port, "out"], counters.bytes_out)
-        for reason, count in counters.dropped.items():
+        for reason, count in list(counters.dropped.items()):
             dropped.add_metric([port, reason], count)
-        flows.add_metric([port], len(udp.flows))
+        flows.add_metric([port], flows_now.get(port, 0))
     yield from (datagrams, volume, dropped, flows)

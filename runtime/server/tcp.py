@@ -22,7 +22,7 @@ from ..core.mux import StreamError
 from .registry import Registry
 from ..core.session import Session
 from .status import status_route
-from .udp import UdpPort
+from .udp import UdpCounters, UdpPort
 from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.tcp")
@@ -212,7 +212,8 @@ class TcpTunnelServer:
         return listener
 
     async def _listen_udp(self, port: int, service: str) -> UdpSocket:
-        udp = UdpPort(service, self.registry.candidates, allows=self.options.allows)
+        counters = self.metrics.udp.setdefault(port, UdpCounters())  # kept across clients, as TCP ports' are
+        udp = UdpPort(service, self.registry.candidates, allows=self.options.allows, counters=counters)
         transport = await UdpSocket.bind(self.data_addr, port, udp)  # no --data-addr: every interface, dual stack
         self.udp_ports[service] = udp
         log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")

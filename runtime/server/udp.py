@@ -84,6 +84,7 @@ class UdpPort:
         allows: Callable[[tuple[str, int]], bool] = lambda source: True,
         idle_timeout: float = IDLE_TIMEOUT,
         max_flows: int = MAX_FLOWS,
+        counters: UdpCounters | None = None,
     ) -> None:
         self.service = service
         self.candidates = candidates
@@ -91,7 +92,7 @@ class UdpPort:
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.flows: dict[tuple, _Flow] = {}
-        self.counters = UdpCounters()
+        self.counters = counters if counters is not None else UdpCounters()  # the server's, kept per port
         self.transport: UdpSocket | None = None
         self._sweeper: asyncio.Task | None = None
 

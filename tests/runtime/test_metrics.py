@@ -314,3 +314,41 @@ def test_a_server_nobody_scrapes_does_not_load_prometheus_client():
     assert found[key("http_controlplane_connected_gauge")] == 2
     assert found[key("http_dataplane_request_duration_seconds_bucket", code="200", host="a.test", method="GET",
                      le="0.0025")] == 1
+
+
+def test_udp_counters_keep_counting_when_the_client_reconnects(tls, token):
+    """A UDP port's counters lived on its listener, which goes with the port's last client: a client that
+    reconnected started them again at 0 (datagrams_total 3, then 1), a counter going down while the server
+    ran. They are kept per port now, as the TCP ports' are; the flows gauge says 0 while no client serves it."""
+    from helpers.tunnel import control_url, udp_free_port
+    from test_udp import ask, udp_echo
+
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        mapping = {f"udp:{public}": Upstream("127.0.0.1", echo)}
+        client, task = await start_client(control_url(server), token, tls, mapping)
+        try:
+            assert await ask(public, [b"a", b"bb", b"ccc"]) == [b"a", b"bb", b"ccc"]
+            await stop(task)
+            for _ in range(100):  # bounded: the server releases the port within moments
+                if f"udp:{public}" not in server.udp_ports:
+                    break
+                await asyncio.sleep(0.05)
+            found = samples((await asyncio.to_thread(scrape, server.control.addresses[0], tls, token))[1])
+            p = str(public)
+            assert found[key("udp_dataplane_datagrams_total", port=p, direction="in")] == 3
+            assert found[key("udp_dataplane_flows_gauge", port=p)] == 0
+            client, task = await start_client(control_url(server), token, tls, mapping)
+            assert await ask(public, [b"dddd"]) == [b"dddd"]
+            found = samples((await asyncio.to_thread(scrape, server.control.addresses[0], tls, token))[1])
+            assert found[key("udp_dataplane_datagrams_total", port=p, direction="in")] == 4
+            assert found[key("udp_dataplane_datagrams_total", port=p, direction="out")] == 4
+            assert found[key("udp_dataplane_bytes_total", port=p, direction="in")] == 10
+            assert found[key("udp_dataplane_flows_gauge", port=p)] == 1
+        finally:
+            await stop(task)
+            await server.stop()
+
+    run(scenario(), 30)
