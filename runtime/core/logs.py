@@ -15,16 +15,46 @@ import time
 from typing import Callable
 
 
+def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """A record's traceback (``log.exception``) and stack as one text, or None. The library's own formatting wrote it
+    on the lines after the message (text: lines without time or level, which a pipeline reads as events of their
+    own) or not at all (JSON: the traceback was lost)."""
+    parts = []
+    if record.exc_info:
+        parts.append(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        parts.append(record.exc_text)
+    if record.stack_info:
+        parts.append(formatter.formatStack(record.stack_info))
+    return "\n".join(parts) or None
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        trace = _trace(self, record)
+        if trace is not None:
+            line["exc"] = trace
+        return json.dumps(line)
+
+
+class _TextFormatter(logging.Formatter):
+    """``time level=LEVEL message``, and a traceback as ``exc="..."`` on the same line (JSON-quoted)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s level=%(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        trace = _trace(self, record)
+        return line if trace is None else f"{line} exc={json.dumps(trace)}"
 
 
 class RepeatLimit(logging.Filter):
@@ -60,7 +90,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(_TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

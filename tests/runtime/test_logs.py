@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import subprocess
+import sys
+
+import pytest
 
 from inlets_py.runtime.core.logs import RepeatLimit
 
@@ -24,3 +30,25 @@ def test_each_kind_of_line_is_limited_per_window_and_the_next_window_says_how_ma
     assert later.getMessage() == "event=refused_stream target='tcp:5' reason=not_advertised suppressed=997"
     again = record(refused, "tcp:6")
     assert limit.filter(again) and again.getMessage().endswith("reason=not_advertised")  # counted afresh
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_traceback_stays_in_its_events_line(fmt: str) -> None:
+    """``log.exception`` (event=proxy_error, event=stream_handler_failed) lost its traceback in JSON and spread it
+    over lines without time or level in text, each a separate event to a log pipeline; it is one field now."""
+    script = ("import logging; from inlets_py.runtime.core import logs; logs.setup('info', %r)\n"
+              "try:\n    {}['missing']\nexcept KeyError:\n"
+              "    logging.getLogger('inlets.http').exception('event=proxy_error peer=%%s', '192.0.2.1')\n"
+              "logging.getLogger('inlets').info('event=after')\n" % fmt)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 0 and len(lines) == 2, result.stderr
+    if fmt == "json":
+        failed = json.loads(lines[0])
+        assert failed["msg"] == "event=proxy_error peer=192.0.2.1" and failed["level"] == "error"
+        trace = failed["exc"]
+    else:
+        assert re.fullmatch(r"\S+ level=ERROR event=proxy_error peer=192\.0\.2\.1 exc=(\".*\")", lines[0]), lines[0]
+        trace = json.loads(lines[0].partition(" exc=")[2])
+        assert re.fullmatch(r"\S+ level=INFO event=after", lines[1])
+    assert trace.startswith("Traceback (most recent call last):") and trace.endswith("KeyError: 'missing'")
