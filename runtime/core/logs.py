@@ -15,6 +15,13 @@ import time
 from typing import Callable
 
 
+def _timestamp(record: logging.LogRecord) -> str:
+    """When, in UTC with its ``Z`` and milliseconds (RFC 3339), the same in both formats. Text lines had the host's
+    local time without an offset, JSON lines UTC without one: a pipeline read one of them hours off, and events
+    within one second had no order."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
 def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
     """A record's traceback (``log.exception``) and stack as one text, or None. The library's own formatting wrote it
     on the lines after the message (text: lines without time or level, which a pipeline reads as events of their
@@ -32,7 +39,7 @@ def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> str | Non
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -47,11 +54,11 @@ class _TextFormatter(logging.Formatter):
     """``time level=LEVEL message``, and a traceback as ``exc="..."`` on the same line (JSON-quoted)."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s level=%(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        super().__init__("%(asctime)s level=%(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
-        record.asctime = self.formatTime(record, self.datefmt)
+        record.asctime = _timestamp(record)
         line = self.formatMessage(record)
         trace = _trace(self, record)
         return line if trace is None else f"{line} exc={json.dumps(trace)}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -52,3 +54,19 @@ def test_a_traceback_stays_in_its_events_line(fmt: str) -> None:
         trace = json.loads(lines[0].partition(" exc=")[2])
         assert re.fullmatch(r"\S+ level=INFO event=after", lines[1])
     assert trace.startswith("Traceback (most recent call last):") and trace.endswith("KeyError: 'missing'")
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_times_are_utc_and_say_so(fmt: str) -> None:
+    """Text lines had the host's local time without an offset (JSON lines UTC, without one either): on a host
+    not in UTC the two formats disagreed by hours, and a pipeline could not tell which was meant."""
+    script = f"import logging; from inlets_py.runtime.core import logs; logs.setup('info', {fmt!r}); " \
+             "logging.getLogger('inlets').info('event=now')"
+    before = datetime.datetime.now(datetime.timezone.utc)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "TZ": "America/New_York"})
+    line = result.stderr.strip()
+    stamp = json.loads(line)["time"] if fmt == "json" else line.split(" ", 1)[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
+    written = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before - datetime.timedelta(seconds=1) <= written <= datetime.datetime.now(datetime.timezone.utc)
