@@ -49,6 +49,8 @@ def status(
         proxy = proxy_setting(proxy, proxy_password_file)
     except (HostError, TlsConfigError, TokenError, ProxyConfigError) as exc:
         fail(str(exc))
+    if len(set(url)) != len(url):  # one entry per server in the holdings: a repeat read as "holds 1/1 servers"
+        fail("the same --url is given twice: each server once")
     files: list[Path | None] = list(token_file or [None])
     if len(files) not in (1, len(url)):
         fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")

@@ -162,3 +162,14 @@ def test_control_characters_in_a_servers_answer_stay_in_their_cell(token_file: P
     assert [line.split()[0] for line in lines[1:]] == ["CLIENT", r"a\x1b[2J\nforged", "b"]
     assert len({line.index("tcp:") for line in lines[2:]}) == 1  # the SERVICES column lines up
     assert r"client a\x1b[2J\nforged  1.2.3.4 holds 2/2 servers" in two.stdout
+
+
+def test_the_same_url_twice_is_refused_as_the_client_refuses_it(token_file: Path) -> None:
+    """The answers are kept per URL: a URL given twice was one server, and the holdings said 'holds 1/1 servers'
+    of the two asked for."""
+    body = '{"uptime_seconds": 1, "clients": [{"id": "a", "services": ["tcp:1"]}]}'
+    with web_answering(200, body, "application/json") as port:
+        url = f"ws://127.0.0.1:{port}"
+        result = inlets("status", "--url", url, "--url", url, "--token-file", str(token_file), "--timeout", "3")
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.strip() == "inlets: error: the same --url is given twice: each server once"
