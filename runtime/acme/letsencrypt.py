@@ -8,7 +8,7 @@ in this process's memory), whose challenges this process serves on port 80 while
 runs. A renewed certificate replaces the domain's context:
 handshakes from then on use it, connections already open keep theirs. A failure is
 logged once per attempt and retried with a doubling delay, while the old certificate
-(if any) keeps being served.
+(if any) keeps being served; once it has expired, the log says so (at start and per failure).
 """
 
 from __future__ import annotations
@@ -102,7 +102,11 @@ class LetsEncrypt:
                 except (ssl.SSLError, OSError) as exc:
                     log.warning("event=certificate_unusable domain=%s error=%r next=reissue", domain, _unusable(cert, exc))
                     continue
-                log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
+                if cert.validity.not_after <= datetime.datetime.now(datetime.timezone.utc):
+                    log.warning("event=certificate_expired domain=%s not_after=%s serving=expired_until_renewed "
+                                "(browsers refuse it)", domain, _iso(cert.validity.not_after))
+                else:
+                    log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
 
     async def start(self) -> None:
         """Issue what is missing and renew what is due, from now on (the listeners are up)."""
@@ -158,13 +162,22 @@ class LetsEncrypt:
             failures = self._failures[domain] = self._failures.get(domain, 0) + 1
             delay = self.retry_delay(failures)
             self._not_before[domain] = loop.time() + delay
-            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs", domain, str(exc), delay)
+            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs%s", domain, str(exc), delay,
+                      self._expired_note(domain))
             return
         self._failures.pop(domain, None)
         self._not_before.pop(domain, None)
         self.issued += 1
         log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
                  _iso(cert.validity.not_after))
+
+    def _expired_note(self, domain: str) -> str:
+        """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a
+        failure line alone read like any retry while every browser was refusing the site."""
+        cert = self.certs.get(domain)
+        if cert is None or cert.validity.not_after > datetime.datetime.now(datetime.timezone.utc):
+            return ""
+        return f" serving=expired not_after={_iso(cert.validity.not_after)}"
 
     async def _issue(self, domain: str) -> StoredCert:
         """One ACME run in a child process (see ``acme/client.py``); ``AcmeError`` when it fails."""

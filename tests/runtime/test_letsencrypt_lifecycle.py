@@ -8,10 +8,14 @@ server ask the CA again and again.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import socket
+import ssl
+import time
 
 from helpers.http import Stack
-from helpers.letsencrypt import wait_until
+from helpers.letsencrypt import dnsmasq, pebble, wait_until
 from helpers.tunnel import free_port
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import RETRY_MAX, configure
@@ -35,5 +39,47 @@ def test_retries_go_on_after_weeks_of_failures(tmp_path, tls, token, caplog) -> 
         assert f"retry_in={RETRY_MAX:.0f}s" in _lines(caplog, "certificate_failed")[0]
         assert manager._task is not None and not manager._task.done()
         assert manager.retry_delay(10**6) == RETRY_MAX
+    finally:
+        stack.close()
+
+
+def _served_not_after(port: int, name: str) -> datetime.datetime:
+    """The notAfter of the certificate the HTTPS port presents (verification off: it is expired)."""
+    from cryptography import x509
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as conn:
+            return x509.load_der_x509_certificate(conn.getpeercert(binary_form=True)).not_valid_after_utc
+
+
+def test_an_expired_certificate_being_served_is_said(tmp_path, tls, token, caplog) -> None:
+    """A 3 s certificate from pebble, then pebble gone: a restart after expiry serves the expired certificate
+    (better than nothing) and says so; it logged "certificate_loaded" at info, and failures read like any retry."""
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    http_port, https_port = free_port(), free_port()
+    with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", http_port, dns, validity=3) as ca:
+        stack = Stack()
+        try:
+            manager = configure([DOMAINS[0]], tmp_path / "le", issuer=ca.directory, ca_bundle=ca.api_ca, retry=30.0)
+            start_server(stack, tls, token, HttpsFront(manager, https_port), http_port)
+            wait_until(lambda: manager.issued == 1, 20, "the certificate")
+        finally:
+            stack.close()
+    not_after = manager.store.load(DOMAINS[0]).validity.not_after
+    time.sleep(max(0.0, (not_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.1)
+    caplog.clear()
+    stack = Stack()
+    try:
+        manager = configure([DOMAINS[0]], tmp_path / "le", issuer=ca.directory, ca_bundle=ca.api_ca, retry=30.0)
+        start_server(stack, tls, token, HttpsFront(manager, https_port), http_port)
+        assert _served_not_after(https_port, DOMAINS[0]) == not_after  # still served
+        expired = [r for r in caplog.records if "event=certificate_expired " in r.getMessage()]
+        assert len(expired) == 1 and expired[0].levelno == logging.WARNING, [r.getMessage() for r in caplog.records]
+        assert f"domain={DOMAINS[0]}" in expired[0].getMessage()
+        wait_until(lambda: _lines(caplog, "certificate_failed"), 15, "the renewal failing (pebble is gone)")
+        stamp = not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert f"serving=expired not_after={stamp}" in _lines(caplog, "certificate_failed")[0]
     finally:
         stack.close()
