@@ -165,11 +165,25 @@ class LetsEncrypt:
             log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs%s", domain, str(exc), delay,
                       self._expired_note(domain))
             return
-        self._failures.pop(domain, None)
-        self._not_before.pop(domain, None)
         self.issued += 1
         log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
                  _iso(cert.validity.not_after))
+        if cert.validity.due(datetime.datetime.now(datetime.timezone.utc)):
+            self._due_on_arrival(cert, loop)
+            return
+        self._failures.pop(domain, None)
+        self._not_before.pop(domain, None)
+
+    def _due_on_arrival(self, cert: StoredCert, loop: asyncio.AbstractEventLoop) -> None:
+        """A certificate due for renewal as it arrives (this clock months ahead, or a CA issuing for seconds)
+        waits like a failure: asked for again at once, it was re-issued back to back, spending the CA's
+        rate limit (5 duplicate certificates a week at Let's Encrypt) within seconds."""
+        failures = self._failures[cert.domain] = self._failures.get(cert.domain, 0) + 1
+        delay = self.retry_delay(failures)
+        self._not_before[cert.domain] = loop.time() + delay
+        log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%r retry_in=%.0fs", cert.domain,
+                    _iso(cert.validity.not_after), "the certificate just issued is already due for renewal: is this "
+                    "machine's clock right?", delay)
 
     def _expired_note(self, domain: str) -> str:
         """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a

@@ -83,3 +83,22 @@ def test_an_expired_certificate_being_served_is_said(tmp_path, tls, token, caplo
         assert f"serving=expired not_after={stamp}" in _lines(caplog, "certificate_failed")[0]
     finally:
         stack.close()
+
+
+def test_a_certificate_due_on_arrival_is_not_asked_for_again_at_once(tmp_path, tls, token, caplog) -> None:
+    """pebble issuing 1 s certificates stands for a clock months ahead: each certificate is due as it arrives.
+    The server re-issued back to back (3 in 8 s), as it would have spent Let's Encrypt's duplicate limit."""
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    http_port, https_port = free_port(), free_port()
+    with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", http_port, dns, validity=1) as ca:
+        stack = Stack()
+        try:
+            manager = configure([DOMAINS[0]], tmp_path / "le", issuer=ca.directory, ca_bundle=ca.api_ca, retry=30.0)
+            start_server(stack, tls, token, HttpsFront(manager, https_port), http_port)
+            wait_until(lambda: manager.issued == 1, 20, "the certificate")
+            time.sleep(5)
+            assert manager.issued == 1
+            warned = _lines(caplog, "certificate_due_on_arrival")
+            assert len(warned) == 1 and "is this machine's clock right?" in warned[0] and "retry_in=30s" in warned[0]
+        finally:
+            stack.close()
