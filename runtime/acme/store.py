@@ -59,8 +59,20 @@ def check_domain(domain: str) -> str:
         raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is an IP address, not a DNS name: give a name whose DNS "
                               "points at this server (e.g. example.com); the CA would refuse it at every try")
     if not _DOMAIN.fullmatch(name):
-        raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is not a DNS name (HTTP-01 needs e.g. example.com)")
+        raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is not a DNS name (HTTP-01 needs e.g. example.com)"
+                              + _a_label_hint(name))
     return name
+
+
+def _a_label_hint(name: str) -> str:
+    """For an IDN, its xn-- form to give instead (as inletsctl's --domain says): "not a DNS name" sent the user
+    looking for a typo in a valid name, and SNI, Host and the certificate all carry the A-label."""
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
+    return f": give it in its ASCII (xn--) form, --letsencrypt-domain {ascii_name}" if (
+        ascii_name != name and _DOMAIN.fullmatch(ascii_name)) else ""
 
 
 def check_email(email: str | None) -> str | None:
