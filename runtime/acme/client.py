@@ -43,13 +43,13 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
-def _unreachable(exc: BaseException) -> str:
+def _unreachable(exc: BaseException, ca_bundle: str | None = None) -> str:
     """Why the ACME server could not be reached, in words: requests' own text is a Python repr
     ("HTTPSConnectionPool(host=...): Max retries exceeded ... NewConnectionError(...[Errno 111]...)")."""
     import requests
 
     if isinstance(exc, requests.exceptions.SSLError):
-        return "its HTTPS certificate could not be verified (a private ACME CA: give --letsencrypt-ca)"
+        return _tls_failure(str(exc), ca_bundle)
     if isinstance(exc, requests.exceptions.Timeout):
         return "it did not answer in time: check the network and --letsencrypt-issuer"
     text = str(exc)
@@ -60,6 +60,22 @@ def _unreachable(exc: BaseException) -> str:
         if marker in text:
             return f"{words}: check the network and --letsencrypt-issuer"
     return "the connection failed: check the network and --letsencrypt-issuer"
+
+
+def _tls_failure(text: str, ca_bundle: str | None) -> str:
+    """Which TLS failure it was: every one was "could not be verified: give --letsencrypt-ca", also for a
+    plain-HTTP port, a certificate for another name, or a --letsencrypt-ca already given."""
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "HTTP_REQUEST" in text:
+        return "it does not speak HTTPS on that port (plain HTTP?): check the port in --letsencrypt-issuer"
+    if "mismatch, certificate is not valid for" in text:
+        return "its HTTPS certificate is for another name: give the name it was issued for in --letsencrypt-issuer"
+    if "certificate has expired" in text:
+        return "its HTTPS certificate has expired (or this machine's clock is wrong)"
+    if "CERTIFICATE_VERIFY_FAILED" not in text:
+        return "the TLS handshake with it failed: check --letsencrypt-issuer"
+    if ca_bundle:
+        return f"its HTTPS certificate is not signed by a CA in --letsencrypt-ca {ca_bundle}"
+    return "its HTTPS certificate could not be verified (a private ACME CA: give --letsencrypt-ca)"
 
 
 def _not_a_directory(exc: BaseException) -> str:
@@ -107,7 +123,7 @@ class AcmeIssuer:
             raise AcmeError(f"{domain}: challenge failed: {details or 'invalid authorization'}") from None
         except requests.RequestException as exc:
             self._client = None
-            raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc)}") from None
+            raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc, self.ca_bundle)}") from None
         except (errors.Error, ValueError, OSError) as exc:
             raise AcmeError(f"{domain}: {_one_line(exc)}") from None
 
