@@ -179,6 +179,11 @@ class AcmeIssuer:
     def _issue(self, domain: str) -> tuple[bytes, bytes]:
         from acme import challenges, crypto_util
 
+        try:
+            self.store.check_room()
+        except OSError as exc:
+            raise AcmeError(f"{domain}: cannot store certificates in {self.store.dir}: "
+                            f"{(exc.strerror or str(exc)).lower()} (nothing was asked of the CA)") from None
         acme = self._account()
         key_pem = _new_key_pem("ec")
         order = acme.new_order(crypto_util.make_csr(key_pem, [domain]))

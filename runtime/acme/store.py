@@ -11,6 +11,7 @@ have passed, which works for 90-day certificates and for short-lived ones alike.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -141,6 +142,10 @@ class StoredCert:
     validity: Validity
 
 
+#: Bytes a certificate chain, its key and its note take at most, with room to spare (a chain is ~4 KB).
+ROOM = 16 * 1024
+
+
 class CertStore:
     """Files of one ACME directory under ``root``: ``account.key``, ``DOMAIN.crt``, ``DOMAIN.key``."""
 
@@ -155,6 +160,24 @@ class CertStore:
         self.dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.dir.mkdir(exist_ok=True, mode=0o700)
         os.chmod(self.dir, 0o700)
+
+    def check_room(self) -> None:
+        """Write and remove ``ROOM`` bytes beside the certificates; ``OSError`` (a full disk, a quota) when a new
+        certificate would not fit. Checked before asking the CA: one issued but not stored is lost, and each retry
+        spent another of Let's Encrypt's 5 duplicate certificates a week."""
+        self.prepare()
+        probe = self.dir / ".room-check"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                left = memoryview(bytes(ROOM))
+                while left:  # a write the disk can take only part of returns short; the next one raises
+                    left = left[os.write(fd, left):]
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                probe.unlink()
 
     @property
     def account_key_path(self) -> Path:

@@ -2,17 +2,24 @@
 the tunnel server's real listeners, real TLS handshakes.
 
 What a Caddy or certbot user relies on without looking: retries go on however long the CA stays out of
-reach, an expired certificate being served is said, and a certificate due on arrival does not make the
-server ask the CA again and again.
+reach, an expired certificate being served is said, a certificate due on arrival does not make the
+server ask the CA again and again, and a full disk does not have the CA issue certificates that are lost.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import logging
+import os
 import socket
 import ssl
+import subprocess
 import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 from helpers.http import Stack
 from helpers.letsencrypt import dnsmasq, pebble, wait_until
@@ -102,3 +109,51 @@ def test_a_certificate_due_on_arrival_is_not_asked_for_again_at_once(tmp_path, t
             assert len(warned) == 1 and "is this machine's clock right?" in warned[0] and "retry_in=30s" in warned[0]
         finally:
             stack.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, for a disk that fills up (root only: mount)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def _fill(folder: Path) -> None:
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(10_000):  # 64 KiB at most: the loop ends at ENOSPC long before
+            os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_is_said_before_the_ca_issues_certificates_that_are_lost(tmp_path, tls, token, caplog,
+                                                                          small_disk) -> None:
+    """With the disk full at renewal, each retry had the CA issue a certificate that could not be stored (pebble
+    issued one per retry): against Let's Encrypt, its 5 duplicate certificates a week spent in minutes."""
+    caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
+    http_port, https_port = free_port(), free_port()
+    with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", http_port, dns, validity=4) as ca:
+        stack = Stack()
+        try:
+            manager = configure([DOMAINS[0]], small_disk / "le", issuer=ca.directory, ca_bundle=ca.api_ca, retry=0.5)
+            start_server(stack, tls, token, HttpsFront(manager, https_port), http_port)
+            wait_until(lambda: manager.issued == 1, 20, "the certificate")
+            _fill(small_disk)
+            wait_until(lambda: len(_lines(caplog, "certificate_failed")) >= 3, 30, "three renewals failing")
+        finally:
+            stack.close()
+        issued = [line for line in ca.log.read_text().splitlines() if "Issued certificate" in line]
+    assert len(issued) == 1, issued
+    line = _lines(caplog, "certificate_failed")[0]
+    assert f"cannot store certificates in {manager.store.dir}: no space left on device (nothing was asked of the CA)" \
+        in line, line
+    assert manager.store.load(DOMAINS[0]) is not None  # the stored certificate and key are intact
