@@ -33,7 +33,7 @@ from .outbound_proxy import (
     explain as explain_proxy_failure,
 )
 from ..core.session import Channel, Session
-from ..core.tls import verify_failure
+from .diagnose import describe as _describe, speaks_plain_http, speaks_tls
 from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.client")
@@ -89,53 +89,6 @@ def connect_url(url: str) -> str:
         raise FatalClientError(f"--url {url!r}: {exc}") from None
     path = parts.path.rstrip("/") + CONNECT_PATH
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-#: What a reason-less exception means to a user (its class name means nothing to them).
-_WITHOUT_REASON: list[tuple[type[BaseException], str]] = [
-    (ConnectionResetError, "the server closed the connection"),
-    (ConnectionRefusedError, "connection refused"),
-    (asyncio.TimeoutError, "timed out"),
-    (EOFError, "the server closed the connection"),
-]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return verify_failure(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if str(exc):
-        return str(exc)
-    return next((text for kind, text in _WITHOUT_REASON if isinstance(exc, kind)), "the connection failed")
-
-
-async def speaks_plain_http(host: str, port: int, timeout: float = 5.0) -> bool:
-    """Whether ``host:port`` answers a plain HTTP request; only to name a wrong ``wss://`` (a server run with --plaintext)."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    try:
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        return (await asyncio.wait_for(reader.read(5), timeout)) == b"HTTP/"
-    except (OSError, asyncio.TimeoutError):
-        return False
-    finally:
-        writer.close()
-
-
-async def speaks_tls(host: str, port: int, timeout: float = 5.0) -> bool:
-    """Whether ``host:port`` completes a TLS handshake; only to name a wrong ``ws://``, so nothing is verified or sent."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    return True
 
 
 class TunnelClient:
