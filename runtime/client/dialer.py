@@ -105,6 +105,9 @@ class TunnelClient:
         self._rotating = asyncio.Lock()
         self._reconnecting: asyncio.Future | None = None  # a reconnection the server's GOAWAY asked for
         self._stopping = False
+        #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
+        #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
+        self._draining: set[asyncio.Task] = set()
         self._token_file_unreadable = False  # said once, until the file can be read again
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
         try:
@@ -256,20 +259,25 @@ class TunnelClient:
         except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             log.warning("event=reconnect_failed error=%r keeping=current_connection", _describe(exc))
             return
-        if old is None or self.session is not old:  # it closed meanwhile: the reconnect loop has it
-            await new.close(1000, "not needed")
+        if old is None or self.session is not old or self._stopping:  # closed meanwhile (the reconnect loop has
+            await new.close(1000, "not needed")  # it), or SIGTERM came while connecting: ``shutdown`` drains old
             return
         self.session = new
         self._changed.set()
         if self.on_change is not None:
             self.on_change()
-        asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
+        draining = asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
+        self._draining.add(draining)
+        draining.add_done_callback(self._draining.discard)
 
     async def shutdown(self) -> None:
-        """Graceful stop: no new streams, open ones finish within the drain timeout."""
+        """Graceful stop: no new streams, open ones finish within the drain timeout, on the current session and on
+        those it replaced that are still draining (each within its own drain timeout)."""
         self._stopping = True
+        draining = list(self._draining)
         if self.session is not None:
-            await self.session.drain(self.config.drain_timeout, "client shutting down")
+            draining.append(asyncio.ensure_future(self.session.drain(self.config.drain_timeout, "client shutting down")))
+        await asyncio.gather(*draining, return_exceptions=True)
 
     async def _connect(self) -> ClientConnection:
         cfg = self.config

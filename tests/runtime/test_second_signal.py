@@ -1,4 +1,5 @@
-"""A second SIGTERM/SIGINT while a server drains exits at once, saying so in one log line."""
+"""A second SIGTERM/SIGINT while a server drains exits at once, saying so in one log line; a client's SIGTERM
+waits for the streams of every connection it still holds, the one it has just replaced included."""
 
 from __future__ import annotations
 
@@ -33,3 +34,35 @@ def test_a_second_signal_during_the_drain_exits_at_once(
     assert code == 1
     log = (tmp_path / "server.log").read_text()
     assert "event=forced_exit signal=SIGINT" in log and "Traceback" not in log
+
+
+def test_sigterm_just_after_sighup_lets_the_replaced_connections_streams_finish(
+        tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int) -> None:
+    """SIGHUP connects anew and drains the old connection; a SIGTERM then drained only the new one and exited,
+    resetting the user connection still open on the old one."""
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client_log = tmp_path / "client.log"
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
+                   log=client_log)
+    try:
+        wait_port(public)
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as user:
+            user.sendall(b"hold")
+            assert user.recv(4) == b"hold"
+            client.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while client_log.read_text().count("event=connected") < 2:
+                assert time.monotonic() < deadline, client_log.read_text()
+                time.sleep(0.05)
+            client.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the client would have exited by now
+            user.sendall(b"more")
+            assert user.recv(4) == b"more"
+            user.shutdown(socket.SHUT_WR)
+            assert user.recv(4) == b""
+            code = client.wait(10)
+    finally:
+        stop_all(client, server)
+    assert code == 0
+    assert "Traceback" not in client_log.read_text()
