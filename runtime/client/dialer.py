@@ -105,6 +105,7 @@ class TunnelClient:
         self._rotating = asyncio.Lock()
         self._reconnecting: asyncio.Future | None = None  # a reconnection the server's GOAWAY asked for
         self._stopping = False
+        self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
         self._draining: set[asyncio.Task] = set()
@@ -149,6 +150,7 @@ class TunnelClient:
         if self.proxy.url:
             log.info("event=proxy proxy=%s source=%s", self.proxy.shown, self.proxy.source)
         while not self._stopping:
+            self._retry_now.clear()  # a SIGHUP from now on cuts the wait after this attempt short
             try:
                 session = await self.open_session()
             except FatalClientError:
@@ -165,7 +167,10 @@ class TunnelClient:
                     delay = self.config.backoff_initial  # it was up for a while: start over
             sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
             delay = min(delay * 2, self.config.backoff_max)
-            await asyncio.sleep(sleep)
+            try:
+                await asyncio.wait_for(self._retry_now.wait(), sleep)
+            except asyncio.TimeoutError:
+                pass
 
     async def run_once(self) -> None:
         """One connection: returns when it closes; raises on failure to connect."""
@@ -227,8 +232,12 @@ class TunnelClient:
 
         New connections go to the new session from the moment the server admits it; the
         old one gets GOAWAY and closes once its streams finish. Rotations queue up (``_rotating``).
+        While disconnected (waiting to retry), the next attempt starts at once instead.
         """
         async with self._rotating:
+            if self.session is None:  # disconnected: connect now rather than at the end of the backoff (a
+                self._retry_now.set()  # connection made here was closed as "not needed", its log said connected)
+                return
             await self._replace()
 
     @property

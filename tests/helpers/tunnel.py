@@ -121,9 +121,7 @@ async def start_client(
         mode="tcp",
         services=upstreams.services,
         ssl_context=client_context(tls.ca) if tls else None,
-        backoff_initial=0.1,
-        backoff_max=0.5,
-        **config,
+        **{"backoff_initial": 0.1, "backoff_max": 0.5, **config},
     )
     client = TunnelClient(cfg, upstreams.on_stream)
     task = asyncio.ensure_future(client.run_forever())

@@ -73,6 +73,37 @@ def test_two_rotations_at_once_leave_no_orphan_session(tls: TlsFiles, token: str
     run(scenario(), 30)
 
 
+def test_a_rotation_while_disconnected_connects_at_once_and_stays(tls: TlsFiles, token: str, caplog) -> None:
+    """SIGHUP while the client waits to retry (the server was down): it connected, logged event=connected, closed
+    that connection as "not needed" and went on waiting out its backoff (up to 30 s). Now it connects at once."""
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        control = server.control.addresses[0][1]
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))},
+                                          backoff_initial=20.0, backoff_max=20.0)
+        try:
+            await server.stop()
+            assert await _until(lambda: not client.connected.is_set())
+            server = await start_server(tls, token, port=control)  # back, while the client waits 10-20 s
+            await client.rotate()
+            assert await _until(client.connected.is_set, 3.0), "the client waited out its backoff"
+            await asyncio.sleep(0.3)
+            assert client.connected.is_set() and len(server.control.clients) == 1
+            _, writer = await _echoes(public)
+            writer.close()
+        finally:
+            await stop(task)
+            await server.stop()
+            echo.close()
+
+    with caplog.at_level(logging.INFO, logger="inlets"):
+        run(scenario(), 30)
+    assert "not needed" not in caplog.text
+
+
 async def _echoes(port: int, payload: bytes = b"ping") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to ``port`` whose ``payload`` came back (an echo upstream); kept open for the caller."""
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
