@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
+import re
 import ssl
 
 from ..core.tls import verify_failure
@@ -17,10 +20,17 @@ _WITHOUT_REASON: list[tuple[type[BaseException], str]] = [
 ]
 
 
+_ERRNO = re.compile(r"\[Errno (\d+)\]")
+
+
 def describe(exc: BaseException) -> str:
     """Why a connection attempt failed, in a user's words: never an exception's class name."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return verify_failure(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed ('127.0.0.1', 8123)"
+    if isinstance(exc, OSError) and str(exc).startswith("Multiple exceptions: "):  # asyncio, a name with 2 addresses
+        return "; ".join(dict.fromkeys(os.strerror(int(code)) for code in _ERRNO.findall(str(exc)))) or str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     if str(exc):

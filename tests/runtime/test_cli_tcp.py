@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers.process import INLETS, echo_once, inlets, one_line_error, server_args, spawn, wait_for_text, wait_port
+from helpers.process import INLETS, ROOT, echo_once, inlets, one_line_error, server_args, spawn, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
 @pytest.mark.parametrize(
@@ -365,6 +365,31 @@ def test_reasonless_connection_errors_are_described_in_words_not_class_names() -
     assert _describe(asyncio.TimeoutError()) == "timed out"
     assert _describe(RuntimeError()) == "the connection failed"
     assert _describe(ConnectionRefusedError(111, "Connection refused")) == "Connection refused"
+
+
+def test_a_refused_connection_is_said_in_words_without_uvloop_too(tmp_path: Path, token_file: Path) -> None:
+    """uvloop is optional: on asyncio's own loop the log said error="Connect call failed ('127.0.0.1', PORT)",
+    a Python tuple, where uvloop says 'Connection refused'; and a name with two addresses, 'Multiple exceptions:'."""
+    import sys
+
+    from inlets_py.runtime.client.diagnose import describe
+
+    without_uvloop = [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; "
+                      "from inlets_py.runtime.cli.main import main; main()"]
+    log = tmp_path / "client.log"
+    with open(log, "w") as handle:
+        client = subprocess.Popen([*without_uvloop, "tcp", "client", "--url", f"ws://127.0.0.1:{free_port()}",
+                                   "--token-file", str(token_file), "--upstream", "127.0.0.1", "--ports", "9"],
+                                  stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        line = wait_for_text(log, "event=connect_failed")
+    finally:
+        client.terminate()
+        client.wait(10)
+    assert "error='Connection refused'" in line and "Connect call failed" not in line, line
+    both = OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 9, 0, 0), "
+                   "[Errno 111] Connect call failed ('127.0.0.1', 9)")  # asyncio's words for localhost, on 3.11
+    assert describe(both) == "Connection refused"
 
 
 def test_the_servers_own_control_port_as_a_data_port_says_so(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
