@@ -93,10 +93,13 @@ class TcpBridge(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        """Pass the FIN on; keep a TCP socket open for the other direction. A TLS transport (https:// upstreams)
+        closes anyway, and asking it not to made asyncio and uvloop log a warning at each upstream close."""
         self._eof_from_socket = True
         if self._pending is None:
             self._send_eof()
-        return True  # keep the socket open for the other direction
+        transport = self.transport
+        return transport is None or transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

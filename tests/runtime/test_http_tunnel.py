@@ -376,3 +376,31 @@ def test_users_between_requests_do_not_keep_a_new_user_from_a_stream(env, tls, t
         assert response.status == 200 and json.loads(response.read())["target"] == name
         conn.close()
     assert [r["target"] for r in app.stats.requests] == ["/a", "/b", "/c", "/d", "/e", "/a2", "/b2"]
+
+
+def test_an_https_upstream_closing_its_connection_logs_no_asyncio_warning(tls, token, caplog):
+    """Each time an https:// upstream closed a connection (Connection: close, its idle timeout), the client's log got
+    'returning true from eof_received() has no effect when using ssl' from asyncio (and uvloop): TLS has no half-close."""
+    body = b"x" * 100_000
+
+    async def close_after_answering(reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    stack = Stack()
+    try:
+        port = stack.serve(close_after_answering, context)
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"https://localhost:{port}"], upstream_ca=tls.ca)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(body)
+            time.sleep(0.2)  # the upstream's close reaches the client
+    finally:
+        stack.close()
+    assert "eof_received" not in caplog.text
