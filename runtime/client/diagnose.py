@@ -27,7 +27,11 @@ def describe(exc: BaseException) -> str:
     """Why a connection attempt failed, in a user's words: never an exception's class name."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return verify_failure(exc)
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno in errno.errorcode:
+    if isinstance(exc, ssl.SSLError):  # OpenSSL's text names its source file: "... (_ssl.c:1006)"
+        reason = (getattr(exc, "reason", None) or "").replace("_", " ").lower() or "the connection closed during it"
+        hint = " (that port does not speak TLS: is it the inlets server's control port?)" if "wrong version" in reason else ""
+        return f"TLS handshake failed: {reason}{hint}"
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
         return os.strerror(exc.errno)  # asyncio's strerror is "Connect call failed ('127.0.0.1', 8123)"
     if isinstance(exc, OSError) and str(exc).startswith("Multiple exceptions: "):  # asyncio, a name with 2 addresses
         return "; ".join(dict.fromkeys(os.strerror(int(code)) for code in _ERRNO.findall(str(exc)))) or str(exc)

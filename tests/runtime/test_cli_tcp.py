@@ -392,6 +392,40 @@ def test_a_refused_connection_is_said_in_words_without_uvloop_too(tmp_path: Path
     assert describe(both) == "Connection refused"
 
 
+def test_a_wss_url_to_a_port_speaking_another_protocol_is_said_in_words(tmp_path: Path, token_file: Path) -> None:
+    """--url wss:// to a port that answers neither TLS nor HTTP (sshd, a database) logged OpenSSL's own text at every
+    retry: '[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)'."""
+    import contextlib
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def sshd() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):  # the client may be gone already
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=sshd, daemon=True).start()
+    log = tmp_path / "client.log"
+    client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{listener.getsockname()[1]}", "--token-file", str(token_file),
+                   "--upstream", "127.0.0.1", "--ports", "9", log=log)
+    try:
+        text = wait_for_text(log, "event=connect_failed")
+    finally:
+        client.terminate()
+        client.wait(10)
+        done.set()
+        listener.close()
+    assert "TLS handshake failed: wrong version number (that port does not speak TLS" in text, text
+    assert "_ssl.c" not in text and "[SSL:" not in text, text
+
+
 def test_the_servers_own_control_port_as_a_data_port_says_so(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
     """Asking for the port the control plane holds got 'port in use there; free it or give the server another
     --data-addr': it cannot be freed, the server holds it itself."""
