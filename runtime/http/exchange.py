@@ -399,7 +399,7 @@ def _finish(front: Front, ex: Exchange) -> None:
         leg.abort(LegFailed("request body abandoned"))
         drop = True
     else:
-        drop = response.close_delimited or not response.keep_alive or not leg.usable
+        drop = response.close_delimited or not response.keep_alive or not leg.usable or leg.session.mux.peer_going_away
         if drop:
             leg.finish()
     if drop and front.leg is leg:

@@ -341,7 +341,7 @@ class FrontConnection(asyncio.Protocol):
     def pick(self, service: str) -> Leg | None:
         leg = self.leg
         if leg is not None:
-            if leg.service == service and leg.usable:
+            if leg.service == service and leg.usable and not leg.session.mux.peer_going_away:  # not a draining client's
                 return leg
             leg.finish()
             self.leg = None

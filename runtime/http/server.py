@@ -185,6 +185,13 @@ class HttpTunnelServer:
         return services
 
     def _release(self, session: Session) -> None:
+        """The client drains (GOAWAY) or left: no new requests for it. Kept-alive users' idle streams to it end now
+        (half-closed): a client's SIGTERM waited for them, as for requests in flight, its whole --drain-timeout."""
+        for conn in [c for c in self.connections if c.exchange is None and c.idle_since is not None
+                     and (leg := c.leg) is not None and leg.session is session and leg.usable]:  # not an upgraded one
+            leg, conn.leg = conn.leg, None
+            if leg is not None:
+                leg.finish()
         self.options.pop(session, None)
         self.guards.release(session)
         for service in self.registry.remove(session):

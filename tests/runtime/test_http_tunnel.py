@@ -404,3 +404,56 @@ def test_an_https_upstream_closing_its_connection_logs_no_asyncio_warning(tls, t
     finally:
         stack.close()
     assert "eof_received" not in caplog.text
+
+
+def test_a_client_draining_does_not_wait_for_kept_alive_users_between_requests(tls, token):
+    """SIGTERM drains a client: requests in flight finish. A user's kept-alive connection between two requests held its
+    stream open, so the drain always took the whole --drain-timeout (30 s) and ended in a drain_timeout warning.
+    Now those idle streams end at the client's GOAWAY, and the user's next request goes to another client."""
+    stack = Stack()
+    try:
+        apps = {name: stack.upstream(name) for name in ("X", "Y")}
+        server = stack.server(tls, token)
+        clients = {name: stack.client(server, tls, token, [f"http://{LOOPBACK}:{port}"])[0]
+                   for name, (_, port) in apps.items()}
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as user:
+            reader = user.makefile("rb")
+
+            def get() -> str:
+                user.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                assert reader.readline().startswith(b"HTTP/1.1 200")
+                length = 0
+                while (line := reader.readline()) != b"\r\n":
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                return json.loads(reader.read(length))["upstream"]
+
+            served = get()
+            client = clients[served]
+            client.config.drain_timeout = 10.0
+            started = time.monotonic()
+            stack.run(client.shutdown(), 20)
+            assert time.monotonic() - started < 3, "the drain waited for a user between requests"
+            assert get() != served  # the same user connection, now through the other client
+    finally:
+        stack.close()
+
+
+def test_a_websocket_survives_its_clients_rotation(tls, token):
+    """The idle streams a draining client's server ends are kept-alive users' between requests, never an upgraded
+    connection's: a WebSocket goes on on the old connection while the client reconnects (SIGHUP)."""
+    stack = Stack()
+    try:
+        ws_port = stack.websocket_echo()
+        server = stack.server(tls, token)
+        client, _ = stack.client(server, tls, token, [f"ws.test=http://{LOOPBACK}:{ws_port}"])
+        sock = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+        with ws_connect(f"ws://ws.test:{server.data_port}/", sock=sock, open_timeout=10) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+            stack.run(client.rotate(), 10)
+            time.sleep(0.2)  # the old connection's GOAWAY reached the server
+            ws.send("after")
+            assert ws.recv(timeout=10) == "after"
+    finally:
+        stack.close()
