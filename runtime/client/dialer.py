@@ -284,6 +284,10 @@ class TunnelClient:
         those it replaced that are still draining (each within its own drain timeout)."""
         self._stopping = True
         draining = list(self._draining)
+        streams = sum(len(session.channels) for session in [self.session] if session is not None)
+        if streams:  # said, as the server says it: else a stop that waits up to --drain-timeout looks like a hang
+            log.info("event=draining url=%s open_streams=%d timeout=%.1fs", self.config.url, streams,
+                     self.config.drain_timeout)
         if self.session is not None:
             draining.append(asyncio.ensure_future(self.session.drain(self.config.drain_timeout, "client shutting down")))
         await asyncio.gather(*draining, return_exceptions=True)

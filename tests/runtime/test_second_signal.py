@@ -66,3 +66,25 @@ def test_sigterm_just_after_sighup_lets_the_replaced_connections_streams_finish(
         stop_all(client, server)
     assert code == 0
     assert "Traceback" not in client_log.read_text()
+
+
+def test_a_clients_sigterm_says_it_waits_for_open_streams(
+        tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int) -> None:
+    """The server logs event=draining at SIGTERM; the client said nothing while it waited up to --drain-timeout."""
+    control, public = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client_log = tmp_path / "client.log"
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}",
+                                "--drain-timeout", "20"), log=client_log)
+    try:
+        wait_port(public)
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as user:
+            user.sendall(b"hold")
+            assert user.recv(4) == b"hold"
+            client.send_signal(signal.SIGTERM)
+            line = wait_for_text(client_log, "event=draining", timeout=5)
+        code = client.wait(10)
+    finally:
+        stop_all(client, server)
+    assert code == 0
+    assert "open_streams=1 timeout=20.0s" in line, line
