@@ -234,6 +234,8 @@ class TunnelClient:
         old one gets GOAWAY and closes once its streams finish. Rotations queue up (``_rotating``).
         While disconnected (waiting to retry), the next attempt starts at once instead.
         """
+        if self._stopping:  # SIGHUP while draining: a new connection would take new streams the exit then cuts
+            return
         async with self._rotating:
             if self.session is None:  # disconnected: connect now rather than at the end of the backoff (a
                 self._retry_now.set()  # connection made here was closed as "not needed", its log said connected)

@@ -88,3 +88,27 @@ def test_a_clients_sigterm_says_it_waits_for_open_streams(
         stop_all(client, server)
     assert code == 0
     assert "open_streams=1 timeout=20.0s" in line, line
+
+
+def test_a_sighup_while_the_client_drains_opens_no_new_connection(
+        tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int) -> None:
+    """SIGHUP after SIGTERM connected anew: the server admitted a session that took new users' connections, which the
+    client's exit then cut (later, one closed at once as "not needed"). A stopping client does not reconnect."""
+    control, public = free_port(), free_port()
+    server_log, client_log = tmp_path / "server.log", tmp_path / "client.log"
+    server = spawn(*server_args(control, tls, token_file), log=server_log)
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{echo_port}"),
+                   log=client_log)
+    try:
+        wait_port(public)
+        with socket.create_connection(("127.0.0.1", public), timeout=5) as user:
+            user.sendall(b"hold")
+            assert user.recv(4) == b"hold"
+            client.send_signal(signal.SIGTERM)
+            wait_for_text(client_log, "event=draining")
+            client.send_signal(signal.SIGHUP)
+            time.sleep(1.0)  # it would have connected by now
+        assert client.wait(10) == 0
+    finally:
+        stop_all(client, server)
+    assert server_log.read_text().count("event=client_connected") == 1, server_log.read_text()
