@@ -129,9 +129,13 @@ variable "wheel_sha256" {
 }
 
 variable "constraints" {
-  description = "pip constraints (name==version) for the wheel's dependencies. Null: those pinned in runtime/MODE.json."
+  description = "pip constraints (name==version) for the wheel's dependencies, one per item. Null: those pinned in runtime/MODE.json."
   type        = list(string)
   default     = null
+  validation {
+    condition     = var.constraints == null ? true : alltrue([for c in var.constraints : can(regex("^[!-~]([ -~]*[!-~])?$", c))])
+    error_message = "Each constraint must be one pip constraint on one line of printable ASCII, such as cryptography==42.0.5: give one list item per constraint."
+  }
 }
 
 variable "ttl" {

@@ -272,3 +272,11 @@ run "rejects_a_wheel_without_its_content" {
   }
   expect_failures = [output.user_data]
 }
+
+run "rejects_a_constraint_on_two_lines" {
+  command = plan
+  variables {
+    constraints = ["cryptography==42.0.5\nruncmd: [reboot]"]
+  }
+  expect_failures = [var.constraints]
+}
