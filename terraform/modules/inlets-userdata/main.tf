@@ -60,7 +60,7 @@ locals {
   runtime        = jsondecode(file("${path.module}/runtime/${var.mode}.json"))
   use_wheel      = var.package == null
   wheel_filename = coalesce(var.wheel_filename, local.runtime.wheel_filename)
-  wheel_xz       = coalesce(var.wheel_xz_base64, local.runtime.wheel_xz_base64)
+  wheel_xz       = var.wheel_xz_base64 == null ? local.runtime.wheel_xz_base64 : replace(var.wheel_xz_base64, "/\\s+/", "") # one line: the user-data's plain scalar
   wheel_sha256   = var.wheel_xz_base64 == null ? local.runtime.wheel_sha256 : var.wheel_sha256
   wheel_path     = "/opt/inlets/${local.wheel_filename}"
   constraints    = !local.use_wheel ? [] : var.constraints != null ? var.constraints : tolist(local.runtime.constraints)

@@ -113,9 +113,13 @@ variable "wheel_filename" {
 }
 
 variable "wheel_xz_base64" {
-  description = "That wheel, xz-compressed and base64-encoded, as inletsctl puts it in user-data."
+  description = "That wheel, xz-compressed and base64-encoded, as inletsctl puts it in user-data (line breaks, as base64 wraps its output, are removed)."
   type        = string
   default     = null
+  validation {
+    condition     = var.wheel_xz_base64 == null ? true : can(regex("^[A-Za-z0-9+/]+={0,2}$", replace(var.wheel_xz_base64, "/\\s+/", "")))
+    error_message = "The wheel_xz_base64 must be base64 (letters, digits, + and /, = padding): the wheel_xz_base64 that terraform/tools/wheel_xz_base64.py prints."
+  }
 }
 
 variable "wheel_sha256" {

@@ -280,3 +280,30 @@ run "rejects_a_constraint_on_two_lines" {
   }
   expect_failures = [var.constraints]
 }
+
+run "unwraps_a_wrapped_wheel" {
+  command = plan
+  variables {
+    wheel_filename  = "inlets_py-0.1.0-py3-none-any.whl"
+    wheel_xz_base64 = "QUJD\nREVG\r\nR0g=\n"
+    wheel_sha256    = "0000000000000000000000000000000000000000000000000000000000000000"
+  }
+  assert {
+    condition     = strcontains(output.user_data, "    content: QUJDREVGR0g=\n") && yamldecode(output.user_data).write_files[5].content == "QUJDREVGR0g="
+    error_message = "A wrapped wheel_xz_base64 (as base64 prints it) must be one line in the user-data."
+  }
+  assert {
+    condition     = output.wheel.xz_base64 == "QUJDREVGR0g="
+    error_message = "The pushed wheel is the unwrapped one too."
+  }
+}
+
+run "rejects_a_wheel_that_is_not_base64" {
+  command = plan
+  variables {
+    wheel_filename  = "inlets_py-0.1.0-py3-none-any.whl"
+    wheel_xz_base64 = "QUJD: [x]"
+    wheel_sha256    = "0000000000000000000000000000000000000000000000000000000000000000"
+  }
+  expect_failures = [var.wheel_xz_base64]
+}
