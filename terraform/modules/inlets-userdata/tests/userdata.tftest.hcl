@@ -307,3 +307,11 @@ run "rejects_a_wheel_that_is_not_base64" {
   }
   expect_failures = [var.wheel_xz_base64]
 }
+
+run "rejects_a_name_with_control_characters" {
+  command = plan
+  variables {
+    name = "exit\u0085runcmd"
+  }
+  expect_failures = [var.name]
+}
