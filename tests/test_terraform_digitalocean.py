@@ -124,3 +124,35 @@ def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict
         assert where == "host=127.0.0.1 port=8123 timeout=7"
         assert wheel_digest.split()[0] == hashlib.sha256(tfh.RUNTIME[mode]["wheel_xz_base64"].encode()).hexdigest()
         assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
+
+
+def test_a_ttl_set_later_counts_from_the_new_droplet(tmp_path: Path) -> None:
+    """A ttl added (or changed) after the first apply replaces the droplet (its user-data changes): the
+    new droplet's expiry counts from then, not from the first droplet's creation (an expiry, and an
+    inlets-expires tag, already in the past)."""
+    if tfh.TERRAFORM is None:
+        pytest.skip(tfh.NO_TERRAFORM)
+    import datetime
+    import time
+
+    ws = tfh.workspace(tmp_path)
+    secrets = ws / "modules/inlets-secrets"
+    for path in secrets.glob("*.tf"):
+        path.unlink()
+    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
+    stand_in(ws)
+    inputs = {"source": f"../{MODULE}", "name": "tf-do-ttl", "package": "inlets-py==0.1.0"}
+    outputs = {"expires_at": ("${module.exit.expires_at}", False)}
+    assert tfh.apply_root(ws / "root", {"exit": inputs}, outputs).get("expires_at") is None
+    time.sleep(2.1)
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    first = tfh.apply_root(ws / "root", {"exit": {**inputs, "ttl": "1h"}}, outputs)["expires_at"]
+    expires = datetime.datetime.strptime(first, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert expires >= before + datetime.timedelta(hours=1), f"{first} counts from before the ttl was set ({before})"
+    time.sleep(1.1)
+    assert tfh.apply_root(ws / "root", {"exit": {**inputs, "ttl": "1h"}}, outputs)["expires_at"] == first, "not pinned"
+    time.sleep(1.1)
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    later = tfh.apply_root(ws / "root", {"exit": {**inputs, "ttl": "2h"}}, outputs)["expires_at"]
+    expires = datetime.datetime.strptime(later, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert expires >= before + datetime.timedelta(hours=2), f"{later} counts from before the ttl changed ({before})"

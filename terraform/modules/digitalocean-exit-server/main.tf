@@ -25,9 +25,11 @@ module "secrets" {
 }
 
 # The creation time, pinned in state so the expiry (and so the user-data) stays the same
-# on every later plan.
+# on every later plan; taken anew when the ttl is set or changed, which replaces the VM (its
+# user-data changes): the new VM's expiry counts from its own creation, not from the first one's.
 resource "terraform_data" "created_at" {
-  input = plantimestamp()
+  input            = plantimestamp()
+  triggers_replace = var.ttl
   lifecycle {
     ignore_changes = [input]
   }
