@@ -90,6 +90,8 @@ def _load(message: str | bytes, kind: str) -> dict:
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} message too large")
     try:
         data = json.loads(message)
+    except RecursionError:  # nesting deeper than the parser's stack (a few thousand "[" fit in MAX_HELLO)
+        raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is nested too deeply") from None
     except ValueError:
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is not JSON") from None
     if not isinstance(data, dict) or data.get("type") != kind:

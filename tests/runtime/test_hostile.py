@@ -695,3 +695,30 @@ def test_a_welcome_whose_services_are_not_names_is_refused_in_one_line(services:
     assert parse_welcome(json.dumps({**welcome, "services": ["8080", "app.example"]})).services == ["8080", "app.example"]
     with pytest.raises(HandshakeError, match="malformed welcome"):
         parse_welcome(json.dumps({**welcome, "services": services}))
+
+
+@pytest.mark.parametrize("nested", ["[" * 30000, '{"a":' * 13000, '{"type": "hello", "extra": ' + "[" * 20000 + "]" * 20000 + "}"])
+def test_a_handshake_nested_too_deeply_is_refused_cleanly(nested: str) -> None:
+    """JSON nested deeper than the parser's stack raised RecursionError, which escaped ``HandshakeError``: the
+    server's handler failed with a traceback (close 1011), the client crashed on such a welcome."""
+    for parse in (parse_hello, parse_welcome):
+        with pytest.raises(HandshakeError, match="nested too deeply") as refused:
+            parse(nested)
+        assert refused.value.code == 4000
+
+
+def test_a_hello_nested_too_deeply_is_refused_in_words(tls: TlsFiles, token: str, caplog) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        await ws.send('{"type": "hello", "x": ' + "[" * 30000 + "]" * 30000 + "}")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 4000 and "nested too deeply" in closed.value.rcvd.reason
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
