@@ -105,8 +105,19 @@ class BoundedReplies:
         messages.resume = lambda: self.gate.release("messages")
 
     def attach(self, on_message: Callable[[bytes | memoryview], None], on_bad_message: Callable[[str], None]) -> None:
-        """Take the binary messages from now on (and those that came early), as callbacks from the loop."""
+        """Take the binary messages from now on (and those that came early), as callbacks from the loop.
+
+        Text (or fragmented) messages the peer sent after its hello or welcome, before this, went to the library's
+        queue, which nobody reads any more: they were held (up to 64 frames of ``max_size``) with reading paused
+        until the keepalive gave up. Now they are dropped and the session closes on them, as on one sent after."""
         self.on_message, self.on_bad_message = on_message, on_bad_message
+        messages = self.recv_messages  # type: ignore[attr-defined]
+        if len(messages.frames):
+            messages.frames.queue.clear()
+            messages.maybe_resume()  # releases the gate's "messages": the closing handshake is read
+            self.discard_messages()
+            on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
+            return
         while self._early and self.on_message is not None:
             on_message(self._early.popleft())
         self.gate.release("early")
@@ -152,10 +163,11 @@ class BoundedReplies:
                             self.on_binary_first()
                     self._early.append(item)
                     self.gate.hold("early")  # read no more until someone takes them
-            elif kind == RAW_DATA and self.on_message is not None:
-                self.discard_messages()
-                if self.on_bad_message is not None:
-                    self.on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
+            elif kind == RAW_DATA and (self.on_message is not None or self._discarding):
+                if self.on_message is not None:  # else closing: dropped, or the library queued them unread
+                    self.discard_messages()
+                    if self.on_bad_message is not None:
+                        self.on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
             else:
                 if kind == RAW_DATA:
                     self._text_seen = True

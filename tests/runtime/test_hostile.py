@@ -722,3 +722,30 @@ def test_a_hello_nested_too_deeply_is_refused_in_words(tls: TlsFiles, token: str
 
     run(scenario())
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_text_messages_sent_before_the_session_starts_close_it_and_are_not_held(tls: TlsFiles, token: str,
+                                                                                caplog) -> None:
+    """Text sent right after the hello reached the library's queue, which nobody reads once the session runs:
+    up to 64 frames of max_size were held with reading paused, the client neither served nor closed."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        ws.protocol.send_text(Hello("tcp", [f"tcp:{free_port()}"], "hostile", 1 << 20).encode().encode())
+        for _ in range(200):  # in one write: most arrive before the session attaches
+            ws.protocol.send_text(b"y" * 60_000)
+        ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "welcome"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 3)  # within the close timeout (5 s): the close was read
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+        assert "text or fragmented" in closed.value.rcvd.reason
+        await asyncio.sleep(0.1)
+        assert not server.control.clients
+        await still_serving(server, tls, token)
+        await server.stop()
+
+    run(scenario())
+    assert any("event=protocol_error session=hostile" in r.getMessage() for r in caplog.records)
