@@ -96,6 +96,12 @@ def _load(message: str | bytes, kind: str) -> dict:
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is not JSON") from None
     if not isinstance(data, dict) or data.get("type") != kind:
         raise HandshakeError(CLOSE_BAD_HELLO, f"expected a {kind} message")
+    try:  # "\ud800" escapes decode to lone surrogates, which every later encode() (close reason, header) raised on
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} holds text that is not Unicode (a lone surrogate)") from None
+    except RecursionError:  # as deep as json.loads allows, a frame or two deeper
+        raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is nested too deeply") from None
     protocol = data.get("protocol")
     if protocol != PROTOCOL_VERSION:
         raise HandshakeError(

@@ -749,3 +749,33 @@ def test_text_messages_sent_before_the_session_starts_close_it_and_are_not_held(
 
     run(scenario())
     assert any("event=protocol_error session=hostile" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("field", [{"services": ["\ud800"]}, {"extra": {"forwards": ["forward:\udfff:22"]}},
+                                   {"extra": {"http": {"request_add": [["X-A", "\ud800"]]}}}, {"\ud83d": 1}])
+def test_a_handshake_holding_lone_surrogates_is_refused_cleanly(field: dict) -> None:
+    """JSON's "\\ud800" escapes decode to lone surrogates: a refusal that quoted one (a forward target) failed to
+    encode as the close reason, HTTP options failed to encode as a header; tracebacks, close 1011, no log line."""
+    hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "mode": "tcp", "services": ["tcp:1"], "window": 2**20}
+    welcome = {"type": "welcome", "protocol": PROTOCOL_VERSION, "services": ["1"], "window": 2**20, "max_frame": 2**16}
+    for parse, message in ((parse_hello, hello), (parse_welcome, welcome)):
+        with pytest.raises(HandshakeError, match="lone surrogate") as refused:
+            parse(json.dumps({**message, **field}))
+        assert refused.value.code == 4000
+    assert parse_hello(json.dumps({**hello, "client_id": "ok", "extra": {"note": "\ud83d\ude00"}})).extra  # a pair is fine
+
+
+def test_a_forward_target_holding_a_lone_surrogate_is_refused_in_words(tls: TlsFiles, token: str, caplog) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:22")))
+        ws = await raw_client(server, tls, token)
+        await ws.send(Hello("tcp", [], "hostile", 1 << 20, extra={"forwards": ["forward:\ud800:22"]}).encode())
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 4000 and "lone surrogate" in closed.value.rcvd.reason
+        await server.stop()
+
+    run(scenario())
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
