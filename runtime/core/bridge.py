@@ -59,6 +59,7 @@ class TcpBridge(asyncio.Protocol):
         self._write_paused = False
         self._unacked = 0
         self._done = False
+        self.connecting: asyncio.Task | None = None  # the dial, until it is done (``dial``)
 
     def attach(self, channel: Channel) -> None:
         self.channel = channel
@@ -140,7 +141,11 @@ class TcpBridge(asyncio.Protocol):
             self._write_eof_to_socket()
 
     def on_reset(self, code: int, reason: str) -> None:
+        """The stream is gone: so is its dial. One left running held a socket to its timeout, and a peer that
+        opened and reset streams at once (never over --max-streams) held thousands."""
         self._done = True
+        if self.connecting is not None and self.transport is None:
+            self.connecting.cancel()
         self.abort()
 
     def on_writable(self) -> None:
@@ -219,6 +224,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
     connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port, ssl=tls,
                                                          server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, connecting.cancel)
+    bridge.connecting = connecting
     where = label or f"{host}:{port}"
     connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
 
@@ -226,6 +232,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
 def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel, where: str,
              logger: logging.Logger) -> None:
     timer.cancel()
+    bridge.connecting = None
     if task.cancelled():
         if asyncio.get_running_loop().time() < timer.when():
             return  # cancelled at shutdown, not by the timer: the session's teardown resets the stream

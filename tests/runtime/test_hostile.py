@@ -779,3 +779,41 @@ def test_a_forward_target_holding_a_lone_surrogate_is_refused_in_words(tls: TlsF
 
     run(scenario())
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_streams_opened_and_reset_at_once_leave_no_dials_behind(tls: TlsFiles, token: str) -> None:
+    """A server that OPENs a stream and RESETs it at once, over and over: the reset freed the stream (so
+    --max-streams never bit) but not its dial, which ran on to its 10 s timeout. Against an upstream slow to
+    accept, a few messages held thousands of sockets (file descriptors) and flooded the upstream with connects."""
+    pairs = 1500
+    done = asyncio.Event()
+
+    async def attack(ws, hello_msg) -> None:
+        mux = Multiplexer(client=False, send_window=hello_msg.window)
+        for _ in range(pairs):
+            mux.reset_stream(mux.open_stream(hello_msg.services[0]))
+        for message in mux.data_to_send():
+            await ws.send(message)
+        done.set()
+        await asyncio.sleep(30)
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    async def scenario() -> None:
+        backlogged = socket.create_server(("127.0.0.1", 0), backlog=1)  # never accepts: further SYNs wait
+        fillers = [socket.create_connection(backlogged.getsockname(), timeout=1) for _ in range(2)]  # queue full
+        async with malicious_server(tls, attack) as url:
+            before = open_fds() + 2  # and the client's websocket, and the server's end of it
+            client, task = await start_client(url, token, tls,
+                                              {free_port(): Upstream("127.0.0.1", backlogged.getsockname()[1])},
+                                              max_streams=30)
+            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.sleep(1)
+            grown = open_fds() - before
+            await stop(task)
+        for sock in (*fillers, backlogged):
+            sock.close()
+        assert grown < 50, f"{grown} descriptors held for streams already reset"
+
+    run(scenario())
