@@ -103,7 +103,7 @@ def _load(message: str | bytes, kind: str) -> dict:
     except RecursionError:  # as deep as json.loads allows, a frame or two deeper
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is nested too deeply") from None
     protocol = data.get("protocol")
-    if protocol != PROTOCOL_VERSION:
+    if type(protocol) is not int or protocol != PROTOCOL_VERSION:  # true and 1.0 equal 1 too
         raise HandshakeError(
             CLOSE_PROTOCOL_VERSION,
             f"peer speaks tunnel protocol {protocol!r} (version {data.get('version', '?')}), "

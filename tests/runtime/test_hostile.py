@@ -817,3 +817,14 @@ def test_streams_opened_and_reset_at_once_leave_no_dials_behind(tls: TlsFiles, t
         assert grown < 50, f"{grown} descriptors held for streams already reset"
 
     run(scenario())
+
+
+@pytest.mark.parametrize("protocol", [True, float(PROTOCOL_VERSION), str(PROTOCOL_VERSION)])
+def test_a_protocol_version_of_another_type_is_refused(protocol: object) -> None:
+    """``true`` and ``1.0`` compare equal to 1: a hello or welcome naming the protocol by them was taken."""
+    hello = {"type": "hello", "protocol": protocol, "mode": "tcp", "services": ["tcp:1"], "window": 2**20}
+    welcome = {"type": "welcome", "protocol": protocol, "services": ["1"], "window": 2**20, "max_frame": 2**16}
+    for parse, message in ((parse_hello, hello), (parse_welcome, welcome)):
+        with pytest.raises(HandshakeError) as refused:
+            parse(json.dumps(message))
+        assert refused.value.code == 4001
