@@ -14,7 +14,7 @@ from .hosts import is_ip
 from .ports import parse_port
 
 CATCH_ALL = "http:*"
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_\-]{0,62})(\.[a-z0-9_]([a-z0-9_\-]{0,62}))*$")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_]([a-z0-9_\-]{0,62})(\.[a-z0-9_]([a-z0-9_\-]{0,62}))*")  # fullmatch
 FORWARD_PREFIX = "forward:"
 #: The largest payload of a UDP datagram over IPv4 (one DATA frame each); anything larger is dropped.
 MAX_DATAGRAM = 65507
@@ -41,7 +41,7 @@ def http_service(host: str) -> str:
 def parse_http_service(service: str) -> str:
     """The host name of an ``http:NAME`` service (``*`` for the catch-all); ``HandshakeError`` otherwise."""
     kind, _, host = service.partition(":")
-    if kind != "http" or not (host == "*" or _HOSTNAME.match(host) or is_ip(host)):
+    if kind != "http" or not (host == "*" or _HOSTNAME.fullmatch(host) or is_ip(host)):
         raise HandshakeError(CLOSE_SERVICE_REFUSED, f"not an HTTP service: {service!r} (expected http:HOSTNAME)")
     return host
 

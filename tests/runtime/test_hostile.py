@@ -687,6 +687,16 @@ def test_a_client_id_that_could_forge_log_lines_is_refused(tls: TlsFiles, token:
     run(scenario())
 
 
+@pytest.mark.parametrize("service", ["http:name\n", "http:a.example\n"])
+def test_an_http_service_name_with_a_trailing_newline_is_refused(service: str) -> None:
+    """The host pattern ended in ``$``, which also matches before a final newline: 'name\n' was a service."""
+    from inlets_py.runtime.core.services import parse_http_service
+
+    assert parse_http_service(service.rstrip("\n")) == service[5:].rstrip("\n")
+    with pytest.raises(HandshakeError, match="not an HTTP service"):
+        parse_http_service(service)
+
+
 @pytest.mark.parametrize("services", [[1, 2], [""], "8080", [["8080"]], None])
 def test_a_welcome_whose_services_are_not_names_is_refused_in_one_line(services: object) -> None:
     """A broken or hostile server's welcome: the client logs the names it was granted, so anything but a
