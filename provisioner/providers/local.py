@@ -64,6 +64,13 @@ def _processes() -> list[tuple[int, list[str]]]:
     return found
 
 
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 def _flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
@@ -171,6 +178,20 @@ class LocalProvider:
                 return path.parent
         return None
 
+    def _servers(self) -> dict[int, tuple[int, Path]]:
+        """Every exit server process under this root, by session: {recorded pid: (a process, its state folder)}.
+
+        Create records the session leader (the server, or the ``timeout`` wrapping it for --ttl). The session
+        outlives its leader, so a server whose wrapper was killed (``kill -9`` of the id create printed) is still
+        listed and deleted rather than left serving with no way to stop it."""
+        found: dict[int, tuple[int, Path]] = {}
+        for pid, argv in _processes():
+            state_dir = self._state_of(pid) if "server" in argv else None
+            sid = _session_of(pid) if state_dir is not None else None
+            if state_dir is not None and sid is not None and (sid not in found or pid == sid):
+                found[sid] = (pid, state_dir)
+        return found
+
     def status(self, host_id: str) -> Host:
         self._reap()
         if not host_id.isdigit():
@@ -180,6 +201,8 @@ class LocalProvider:
         child = next((p for p in self._children if p.pid == pid), None)
         if state_dir is None and child is not None and child.returncode is None:
             return Host(host_id, "", self.name, "starting", detail=f"process {pid} starting")
+        if state_dir is None and (orphan := self._servers().get(pid)) is not None:  # its wrapper was killed
+            return self._host(orphan[0], orphan[1], pid)
         if state_dir is None:
             log = self._find_log(pid)
             if log is not None:
@@ -200,7 +223,7 @@ class LocalProvider:
                 continue
         return None
 
-    def _host(self, pid: int, state_dir: Path) -> Host:
+    def _host(self, pid: int, state_dir: Path, host_id: int | None = None) -> Host:
         meta: dict[str, object] = {}
         try:
             loaded = json.loads((state_dir / "server.json").read_text())
@@ -213,14 +236,14 @@ class LocalProvider:
         data = _flag(argv, "--data-addr")
         mode = next((m for m in ("tcp", "http") if m in argv), None)
         return Host(
-            id=str(pid), name=state_dir.name, provider=self.name, status=ACTIVE, ip=CONTROL_ADDR,
+            id=str(host_id or pid), name=state_dir.name, provider=self.name, status=ACTIVE, ip=CONTROL_ADDR,
             data_addr=data, control_port=int(port) if port else None, mode=mode, created_at=meta.get("created_at"),  # type: ignore[arg-type]
             expires_at=meta.get("expires_at"), detail=f"process {pid} running",  # type: ignore[arg-type]
         )
 
     def delete(self, host_id: str, timeout: float = GONE_TIMEOUT) -> None:
         self._reap()
-        if not host_id.isdigit() or self._state_of(int(host_id)) is None:
+        if not host_id.isdigit() or int(host_id) not in self._servers():
             raise NotFound(f"local: no exit server process with pid {host_id}")
         pid = int(host_id)
         try:
@@ -230,26 +253,17 @@ class LocalProvider:
         except PermissionError:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and _cmdline(pid):
+        while time.monotonic() < deadline and pid in self._servers():
             self._reap()
             time.sleep(0.05)
-        if _cmdline(pid):
+        if pid in self._servers():
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
     def list(self) -> list[Host]:
-        hosts = []
-        for pid, argv in _processes():
-            state_dir = self._state_of(pid)
-            try:
-                leader = os.getsid(pid) == pid  # the recorded pid leads its own session
-            except OSError:
-                continue
-            if state_dir is not None and leader and "server" in argv:
-                hosts.append(self._host(pid, state_dir))
-        return hosts
+        return [self._host(pid, state_dir, sid) for sid, (pid, state_dir) in self._servers().items()]
 
 
 def build(creds: Credentials, state_root: Path) -> LocalProvider:

@@ -320,3 +320,40 @@ def test_ctrl_c_after_the_server_started_says_what_is_left_and_how_to_delete_it(
                 os.killpg(int(pid), 15)
         return
     pytest.fail("create finished before SIGINT three times in a row")
+
+
+def test_a_ttl_server_whose_wrapper_was_killed_is_still_listed_and_deleted(tmp_path: Path) -> None:
+    """--ttl runs the server under coreutils' timeout, whose pid create prints; `kill -9` of that id left the
+    server itself serving, listed as absent, and `delete` removed its state but not the server."""
+    import signal
+
+    state = tmp_path / "state"
+    created = run_inletsctl("create", "wrapped", "--ttl", "1h", "--ports", str(free_port("127.0.0.2")), "--json",
+                            "--state-dir", str(state), "--timeout", "30")
+    assert created.code == 0, created.err
+    wrapper = int(created.json()["id"])
+    inner = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) != wrapper
+             and _pid_alive(int(p.name)) and _sid(int(p.name)) == wrapper]
+    assert len(inner) == 1, inner
+    os.kill(wrapper, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _pid_alive(wrapper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(wrapper) and _pid_alive(inner[0])
+    listed = run_inletsctl("list", "--state-dir", str(state), "--json")
+    (row,) = listed.json()["servers"]
+    assert (row["where"], row["status"], row["id"]) == ("both", "active", str(wrapper)), row
+    deleted = run_inletsctl("delete", "wrapped", "--state-dir", str(state))
+    assert deleted.code == 0 and "deleted wrapped" in deleted.out, deleted
+    deadline = time.monotonic() + 10
+    while _pid_alive(inner[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(inner[0]), "the exit server outlived its delete"
+    assert not (state / "wrapped").exists()
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
