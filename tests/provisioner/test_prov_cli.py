@@ -267,3 +267,29 @@ def test_a_state_folder_that_cannot_be_written_is_one_line() -> None:
                                f"{top / 'read-only'}; give --state-dir")
     finally:
         shutil.rmtree(top)
+
+
+def _importing(pid: int) -> bool:
+    """The script is importing the command: an extension module from site-packages is mapped (the interpreter
+    itself and its site set-up map none)."""
+    try:
+        return "site-packages" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_ctrl_c_while_inletsctl_starts_exits_quietly(tmp_path: Path) -> None:
+    """A Ctrl-C while the command is still being imported printed a traceback of the cut-short import."""
+    import signal
+    import time
+
+    for _ in range(3):  # a few tries: the signal must land before the imports end (~0.3 s)
+        proc = subprocess.Popen([str(INLETSCTL), "list", "--state-dir", str(tmp_path / "state")], env=user_env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not _importing(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-800:]
+        assert proc.returncode in (0, 130), (proc.returncode, err)
