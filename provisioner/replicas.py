@@ -14,6 +14,7 @@ import time
 from typing import Any, cast
 
 from .errors import NotFound, ProvisionError
+from .names import NAME_RE
 from .providers import registry
 from .providers.base import ACTIVE, Balancer, Balancing, Host, Provisioner
 from .wait import Progress, wait_until_gone
@@ -41,7 +42,14 @@ def balancing(provider: Provisioner) -> Balancing:
 
 
 def replica_names(name: str, replicas: int) -> list[str]:
-    return [f"{name}-{i}" for i in range(1, replicas + 1)]
+    """``NAME-1`` .. ``NAME-N``: each a VM's hostname, so each must follow the name rule (at most 63 long) too,
+    or the cloud is sent a hostname it cannot take; refused before anything is made."""
+    names = [f"{name}-{i}" for i in range(1, replicas + 1)]
+    if not NAME_RE.fullmatch(names[-1]):
+        longest = 63 - len(names[-1]) + len(name)
+        raise ProvisionError(f"the name {name!r} is too long for --replicas {replicas}: its VMs are named "
+                             f"{name}-1 to {names[-1]}, and a name is at most 63 characters; use at most {longest}")
+    return names
 
 
 def is_group(meta: dict[str, Any] | None) -> bool:

@@ -150,3 +150,15 @@ def test_an_expired_group_is_pruned_from_a_machine_without_its_state(
     assert pruned.code == 0, pruned.err
     assert fake.balancers == {} and fake.droplets == {}
     assert "deleted ha (digitalocean: load balancer" in pruned.err
+
+
+def test_a_name_too_long_for_its_replicas_is_refused_before_anything_is_made(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys  # noqa: F811  (pytest fixtures)
+) -> None:
+    """A 63-character name is valid alone, but its replicas were sent to the cloud as 65-character hostnames."""
+    state, name = tmp_path / "state", "a" * 62
+    created = run_cli(capsys, *_do(fake, token_file, state, "create", name, "--provider", "digitalocean", "--replicas",
+                                   "10", "--ports", str(free_port()), "--json", "--timeout", "60"))
+    one_line_error(created, f"the name {name!r} is too long for --replicas 10: its VMs are named {name}-1 to {name}-10, "
+                            "and a name is at most 63 characters; use at most 60")
+    assert not fake.droplets and not fake.balancers and not (state / name).exists()
