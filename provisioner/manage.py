@@ -46,7 +46,9 @@ def delete(
         meta = next((m for m in states if m.get("name") == name), None)
         damaged = damage(root, name) if meta is None else None
         if damaged is not None and provider_name is None:
-            return _remove_damaged(damaged)
+            if damaged.provider not in (None, "local") or not _runs_locally(root, creds, name):
+                return _remove_damaged(damaged)
+            provider_name = "local"  # found below by name, stopped, then its damaged state removed
         if meta is None and provider_name is None:
             raise NotFound(f"no exit server named {name!r} in {root} (to delete one made elsewhere add --provider)")
     if provider_name is None:
@@ -99,6 +101,12 @@ def delete(
         damaged.state.remove()
         done += f"; removed its damaged local state ({damaged.state.dir})"
     return done
+
+
+def _runs_locally(root: Path, creds: Credentials, name: str) -> bool:
+    """A local exit server of that name runs from ``root``: looked for when its state is damaged, as it costs
+    nothing, so that ``delete NAME`` stops it rather than leaving it serving with its state gone."""
+    return any(host.name == name for host in _provider_for("local", root, creds).list())
 
 
 def _remove_damaged(damaged: Damaged) -> str:

@@ -357,3 +357,24 @@ def _sid(pid: int) -> int | None:
         return os.getsid(pid)
     except OSError:
         return None
+
+
+def test_delete_of_a_damaged_state_stops_its_local_server(tmp_path: Path, capsys) -> None:
+    """`list` showed the server running beside its damaged state, yet `delete NAME` removed only the state
+    and left the server serving (whose pid the summary had printed)."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "cut-short", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir",
+                      str(state), "--timeout", "30")
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    meta = state / "cut-short" / "server.json"
+    meta.write_bytes(meta.read_bytes()[:50])
+    deleted = run_cli(capsys, "delete", "cut-short", "--state-dir", str(state))
+    assert deleted.code == 0, deleted
+    assert f"deleted cut-short (local {pid}); removed its damaged local state" in deleted.out, deleted.out
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(pid), "the exit server outlived its delete"
+    assert not (state / "cut-short").exists()
+    assert run_cli(capsys, "list", "--state-dir", str(state), "--json").json()["servers"] == []
