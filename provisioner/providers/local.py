@@ -117,7 +117,14 @@ class LocalProvider:
         self._children: list[subprocess.Popen[bytes]] = []  # reaped on status checks
 
     def create(self, plan: Plan) -> Host:
-        self._check_ports_free(plan.spec.data_ports, "--ports" if plan.spec.mode == "tcp" else "--http-port")
+        held = self._hold_ports(plan.spec.data_ports, "--ports" if plan.spec.mode == "tcp" else "--http-port")
+        try:
+            return self._start(plan)
+        finally:
+            for sock in held:
+                sock.close()
+
+    def _start(self, plan: Plan) -> Host:
         _check_bindable(CONTROL_ADDR, plan.spec.control_port, "choose another --control-port, or leave it out for a free one")
         files = ServerFiles(
             str(plan.state_dir / "token"), str(plan.state_dir / "server.crt"), str(plan.state_dir / "server.key")
@@ -148,9 +155,34 @@ class LocalProvider:
             data_addr=self._data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
         )
 
+    def _hold_ports(self, ports: tuple[int, ...], flag: str) -> list[socket.socket]:
+        """Listen on the data ports (as the server will: SO_REUSEADDR) until the server's process is started, so
+        a create running at the same time finds them taken: checking alone let both pass, and two servers took
+        the same port (the later one failing when a client came). Refuses ports something else holds, and those
+        another local exit server serves."""
+        held: list[socket.socket] = []
+        try:
+            for port in ports:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self._data_addr, port))
+                    sock.listen(1)
+                except OSError as exc:
+                    self._check_ports_free(ports, flag)  # a local exit server's: say which
+                    raise ProvisionError(f"{self._data_addr}:{port} cannot be used on this machine "
+                                         f"({os_words(exc)}): choose other {flag}") from None
+            self._check_ports_free(ports, flag)
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+        return held
+
     def _check_ports_free(self, ports: tuple[int, ...], flag: str) -> None:
         """Refuse ports another local exit server serves (it opens them only once a client
-        connects, so they may look free now) or that something else holds on the data address."""
+        connects, so they may look free now)."""
         for pid, argv in _processes():
             if "server" not in argv or _flag(argv, "--data-addr") != self._data_addr:
                 continue
@@ -162,8 +194,6 @@ class LocalProvider:
                     f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
                     f"({self._data_addr}): choose other {flag}, or first: {delete_command(name, root)}"
                 )
-        for port in ports:
-            _check_bindable(self._data_addr, port, f"choose other {flag}")
 
     def _reap(self) -> None:
         for proc in self._children:

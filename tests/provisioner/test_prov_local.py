@@ -378,3 +378,34 @@ def test_delete_of_a_damaged_state_stops_its_local_server(tmp_path: Path, capsys
     assert not _pid_alive(pid), "the exit server outlived its delete"
     assert not (state / "cut-short").exists()
     assert run_cli(capsys, "list", "--state-dir", str(state), "--json").json()["servers"] == []
+
+
+
+def test_a_create_run_while_another_starts_its_server_on_that_port_is_refused(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    """Two creates at once (two terminals, a script) each checked the port before either server had started,
+    so both servers took it: the README's "create refuses a port another local exit server already serves"
+    held only one at a time. Here the second create runs just as the first is about to start its server."""
+    import subprocess
+
+    state, port = tmp_path / "state", str(free_port("127.0.0.2"))
+    real_popen = subprocess.Popen
+    second: list = []
+
+    def popen(argv, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not second and "server" in argv:  # the first create's server, about to start
+            second.append(run_inletsctl("create", "second", "--ports", port, "--state-dir", str(state),
+                                        "--timeout", "30"))
+        return real_popen(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    first = run_cli(capsys, "create", "first", "--ports", port, "--state-dir", str(state), "--timeout", "30")
+    monkeypatch.undo()
+    try:
+        assert first.code == 0, first.err
+        one_line_error(second[0], f"127.0.0.2:{port} cannot be used on this machine", "choose other --ports")
+        assert not (state / "second").exists()
+    finally:
+        for name, result in (("first", first), ("second", second[0])):
+            if result.code == 0:
+                run_cli(capsys, "delete", name, "--state-dir", str(state))
