@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import shlex
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,10 +209,11 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     ips = [host.ip or "" for host in hosts]
     if not group:
         meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
-    meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file)
-    meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file)
+    inlets = inlets_word()
+    meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file, inlets)
+    meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file, inlets)
     if group:
-        meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file) for ip in ips]
+        meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file, inlets) for ip in ips]
     state.save(meta)
     note = registry.firewall_note(opts.provider, name, spec)
     return summary(meta, state) | ({"firewall": note} if note else {})
@@ -330,9 +334,23 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
           "status_commands": meta.get("status_commands", [])} if replicas.is_group(meta) else {})
 
 
-def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path) -> str:
+def inlets_word() -> str:
+    """How the printed commands name this installation's ``inlets``: the bare word when the shell's PATH finds
+    that very program, else its full path. Printed bare, they failed as printed when inletsctl was run by its
+    path (a venv not activated: "inlets: command not found"), or ran another program called inlets."""
+    mine = Path(sys.executable).with_name("inlets")
+    found = shutil.which("inlets")
+    try:
+        if not mine.exists() or (found is not None and os.path.samefile(found, mine)):
+            return "inlets"
+    except OSError:
+        pass
+    return str(mine)
+
+
+def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path, inlets: str = "inlets") -> str:
     """``inlets status`` for this exit server, pinned to its CA and name like the client command."""
-    return shlex.join(["inlets", "status", "--url", control_url(host, spec.control_port), "--token-file",
+    return shlex.join([inlets, "status", "--url", control_url(host, spec.control_port), "--token-file",
                        str(token_file), "--tls-ca", str(ca_file), "--tls-server-name", TLS_SERVER_NAME])
 
 

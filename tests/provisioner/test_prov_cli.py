@@ -293,3 +293,28 @@ def test_ctrl_c_while_inletsctl_starts_exits_quietly(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-800:]
         assert proc.returncode in (0, 130), (proc.returncode, err)
+
+
+def test_printed_commands_work_from_a_shell_whose_path_lacks_this_installation(tmp_path: Path) -> None:
+    """inletsctl run by its path (a venv not activated) printed `inlets ...`, which that shell cannot find."""
+    import json
+
+    state, path = tmp_path / "state", "/usr/bin:/bin"
+    created = run_inletsctl("create", "by-path", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state),
+                            "--json", "--timeout", "30", env={"PATH": path})
+    assert created.code == 0, created.err
+    try:
+        summary = json.loads(created.out)
+        assert summary["client_command"].startswith(f"{INLETSCTL.with_name('inlets')} tcp client ")
+        status = subprocess.run(["bash", "-c", summary["status_command"] + " --json"], capture_output=True,
+                                text=True, timeout=30, env={**user_env(), "PATH": path})
+        assert status.returncode == 0, status.stderr
+        assert "uptime" in status.stdout or "{" in status.stdout
+    finally:
+        run_inletsctl("delete", "by-path", "--state-dir", str(state))
+    normal = run_inletsctl("create", "on-path", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state),
+                           "--json", "--timeout", "30")
+    try:
+        assert json.loads(normal.out)["client_command"].startswith("inlets tcp client "), normal.err
+    finally:
+        run_inletsctl("delete", "on-path", "--state-dir", str(state))

@@ -150,7 +150,8 @@ def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
     assert created.code == 0, created.err
     summary = created.json()
     assert len(summary["name"].split("-")) == 3
-    assert summary["client_command"].startswith("inlets http client ")
+    inlets, mode, role = summary["client_command"].split()[:3]  # inlets: the full path where PATH lacks this one
+    assert (mode, role) == ("http", "client") and Path(inlets).name == "inlets", summary["client_command"]
     assert f"--upstream app.example.test=http://127.0.0.1:{upstream_port}" in summary["client_command"]
     try:
         with http_upstream(upstream_port), run_client(summary["client_command"], tmp_path / "client.log"):
