@@ -66,6 +66,10 @@ class ReadGate:
                 self.transport.resume_reading()
 
 
+#: Why a session closes on a text or fragmented websocket message, whenever it comes.
+NOT_BINARY = "a text or fragmented message (the tunnel sends whole binary messages)"
+
+
 class BoundedReplies:
     """Mixin for a websockets connection (asyncio protocol): see the module docstring. Each end mixes
     it into its own class (``server.admission``, ``client.dialer``), so neither imports the other's:
@@ -116,7 +120,7 @@ class BoundedReplies:
             messages.frames.queue.clear()
             messages.maybe_resume()  # releases the gate's "messages": the closing handshake is read
             self.discard_messages()
-            on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
+            on_bad_message(NOT_BINARY)
             return
         while self._early and self.on_message is not None:
             on_message(self._early.popleft())
@@ -167,7 +171,7 @@ class BoundedReplies:
                 if self.on_message is not None:  # else closing: dropped, or the library queued them unread
                     self.discard_messages()
                     if self.on_bad_message is not None:
-                        self.on_bad_message("a text or fragmented message (the tunnel sends whole binary messages)")
+                        self.on_bad_message(NOT_BINARY)
             else:
                 if kind == RAW_DATA:
                     self._text_seen = True
