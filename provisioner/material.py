@@ -3,7 +3,9 @@
 The server certificate names ``inlets-exit-server`` (runtime.certs.EXIT_SERVER_NAME)
 rather than an IP: the IP is unknown when the user-data is rendered, and the client
 is told that name with ``--tls-server-name`` while pinning this server's own CA.
-The CA key is thrown away after signing, so nothing can mint another certificate.
+The CA key is thrown away after signing, so nothing can mint another certificate; the
+server certificate therefore lasts as long as the CA (ten years, runtime.core.certs), and the
+server and client warn in their logs from 30 days before it ends.
 """
 
 from __future__ import annotations

@@ -343,6 +343,23 @@ def test_generator_refuses_constructs_it_cannot_translate() -> None:
             gen.Translator("inline", {"name": "string", "units": "list"}).body(environment.parse(source).body)
 
 
+def test_generated_certificates_last_as_long_as_inletsctls() -> None:
+    """The tls provider's server certificate lasts as long as its CA, as inletsctl's (runtime/core/certs.py): at
+    825 days the server stopped accepting clients 2.3 years in. Read from the module's text: its providers are
+    not installed offline here, so ``terraform validate`` of it may skip."""
+    from inlets_py.runtime.core.certs import CA_VALIDITY
+
+    text = (TF_DIR / "modules/inlets-secrets/main.tf").read_text()
+    hours = {}
+    for resource in ("tls_self_signed_cert", "tls_locally_signed_cert"):
+        body = re.search(rf'^resource "{resource}" "\w+" \{{(.*?)^\}}', text, re.M | re.S)
+        assert body, resource
+        product = re.search(r"^\s*validity_period_hours\s*=\s*(\d+)\s*\*\s*(\d+)\b", body.group(1), re.M)
+        assert product, f"{resource}: validity_period_hours is not DAYS * 24"
+        hours[resource] = int(product.group(1)) * int(product.group(2))
+    assert hours == dict.fromkeys(hours, CA_VALIDITY // datetime.timedelta(hours=1)), hours
+
+
 def test_terraform_fmt_check() -> None:
     if TERRAFORM is None:
         pytest.skip(NO_TERRAFORM)

@@ -23,6 +23,7 @@ import ssl
 import sys
 from pathlib import Path
 
+from ..core.cert_expiry import iso as _iso
 from ..core.tls import TlsConfigError, readable_file
 from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
@@ -251,10 +252,6 @@ def _unusable(cert: StoredCert, exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"{cert.chain} and {cert.key} are not a readable PEM certificate chain and key (damaged?)"
     return f"cannot read {cert.chain} and {cert.key}: {(getattr(exc, 'strerror', None) or 'unreadable').lower()}"
-
-
-def _iso(when: datetime.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def configure(

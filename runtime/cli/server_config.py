@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
+from ..core.cert_expiry import not_after_pem, warn_if_ending
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
@@ -76,12 +77,14 @@ def control_config(
     try:
         if tls_cert and tls_key:
             ssl_context = server_context(tls_cert, tls_key)
+            warn_if_certificate_ending(Path(tls_cert), TLS_FILES_HINT)
         elif auto_tls:
             names = auto_tls_names(auto_tls_san) if auto_tls_san else [
                 "localhost", "127.0.0.1", "::1", socket.gethostname()]
             files = auto_tls_files(auto_tls_directory(auto_tls_path), names)
             ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
             log.info("event=auto_tls ca=%s names=%s", files["ca_cert"], ",".join(names))
+            warn_if_certificate_ending(Path(files["cert"]), AUTO_TLS_HINT.format(ca=files["ca_cert"]))
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))
     return ControlConfig(
@@ -89,6 +92,23 @@ def control_config(
         max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=trusted_proxies,
         max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
     )
+
+
+TLS_FILES_HINT = ("clients refuse the certificate once it has ended: give the server a new one (--tls-cert/--tls-key) "
+                  "signed by the CA its clients pin; for an exit server inletsctl made, create a new exit server")
+#: --auto-tls re-issues the server certificate from its CA as needed: what ends is the CA itself.
+AUTO_TLS_HINT = ("its CA {ca} ends then too, and clients refuse both: before that, move ca.crt and ca.key away and "
+                 "restart to make a new CA, then give clients the new ca.crt")
+
+
+def warn_if_certificate_ending(cert: Path, hint: str) -> None:
+    """At start: a warning when the certificate has ended or ends within 30 days (cert_expiry.WARN_WITHIN).
+    OpenSSL has just loaded it, so a certificate this reader cannot parse is left to OpenSSL, not refused."""
+    try:
+        not_after = not_after_pem(cert.read_bytes())
+    except ValueError:
+        return
+    warn_if_ending(log, f"cert={cert}", not_after, hint)
 
 
 def warn_if_plaintext_reachable(control_addr: str) -> None:

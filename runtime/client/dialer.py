@@ -8,6 +8,7 @@ refused handshake) raise ``FatalClientError`` so the command exits with the reas
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import random
 import socket
@@ -24,6 +25,7 @@ from websockets.exceptions import (
 )
 
 from ..core.auth import TokenError, read_tokens
+from ..core.cert_expiry import peer_not_after, warn_if_ending
 from ..core.hosts import HostError, split_url
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
@@ -110,6 +112,7 @@ class TunnelClient:
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
         self._draining: set[asyncio.Task] = set()
         self._token_file_unreadable = False  # said once, until the file can be read again
+        self._ending_said: datetime.datetime | None = None  # the server certificate's notAfter, once warned of (once per certificate)
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
         try:
             self.proxy = choose_proxy(config.proxy, self.ws_url)
@@ -191,7 +194,19 @@ class TunnelClient:
         session.on_goaway = session.on_retire = self._reconnect_now
         asyncio.ensure_future(self._run(session))
         log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
+        self._warn_if_certificate_ending(websocket)
         return session
+
+    def _warn_if_certificate_ending(self, websocket: ClientConnection) -> None:
+        """Once per server certificate: a warning when the one just verified ends within 30 days
+        (cert_expiry.WARN_WITHIN); past its end, this client (and every other) will refuse the server."""
+        not_after = peer_not_after(websocket.transport.get_extra_info("peercert"))  # {} when not verified
+        if not_after is None or not_after == self._ending_said:
+            return
+        if warn_if_ending(log, f"url={self.config.url}", not_after,
+                          "this client refuses the server from then on: the server needs a new certificate from the "
+                          "CA --tls-ca pins (an exit server inletsctl made: create a new one)"):
+            self._ending_said = not_after
 
     async def _run(self, session: Session) -> None:
         try:

@@ -2,6 +2,11 @@
 
 Shared by ``inlets ... server --auto-tls`` and by ``inletsctl``, which generates the
 same material for an exit server before the server exists.
+
+A server certificate lasts as long as its CA. The 825-day cap (398 days since 2020) is the
+public web's (CA/Browser Forum, Apple) and does not apply to a private CA that only our
+client pins; under it an inletsctl exit server, whose CA key is thrown away, stopped
+accepting clients after 825 days with no way to renew. The CA's own ten years are the limit.
 """
 
 from __future__ import annotations
@@ -20,8 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .hosts import is_ip
 from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
 
-CA_VALIDITY = datetime.timedelta(days=3650)
-CERT_VALIDITY = datetime.timedelta(days=825)
+CA_VALIDITY = datetime.timedelta(days=3650)  # a server certificate ends with its CA (issue_server_cert)
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,17 @@ def _san(names: list[str]) -> list[x509.GeneralName]:
     return entries
 
 
-def issue_server_cert(ca: Pem, names: list[str]) -> Pem:
-    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``."""
+def issue_server_cert(ca: Pem, names: list[str], not_after: datetime.datetime | None = None) -> Pem:
+    """A server certificate for ``names`` (DNS names or IP addresses), signed by ``ca``, valid until the CA
+    ends (or ``not_after``, when earlier: tests make short-lived ones). ``ValueError`` if the CA has ended."""
     if not names:
         raise ValueError("a server certificate needs at least one name")
     ca_cert = x509.load_pem_x509_certificate(ca.cert)
     ca_key = serialization.load_pem_private_key(ca.key, password=None)
+    start = _now()
+    end = min(ca_cert.not_valid_after_utc, not_after or ca_cert.not_valid_after_utc)
+    if end <= start:
+        raise ValueError(f"the CA ended on {end:%Y-%m-%d}: it can sign no certificate")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -89,8 +98,8 @@ def issue_server_cert(ca: Pem, names: list[str]) -> Pem:
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(_now())
-        .not_valid_after(_now() + CERT_VALIDITY)
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -130,22 +139,27 @@ def _owner_only(path: Path, fixed: list[str]) -> None:
         fixed.append(f"{path} (was {mode:04o})")
 
 
-def _load_ca(cert: Path, key: Path) -> Pem:
+def _load_ca(cert: Path, key: Path) -> tuple[Pem, datetime.datetime]:
+    """The CA and when it ends; ``AutoTlsError`` when damaged or ended (nothing it signs would verify)."""
     ca = Pem(cert.read_bytes(), key.read_bytes())
     try:
-        x509.load_pem_x509_certificate(ca.cert)
+        end = x509.load_pem_x509_certificate(ca.cert).not_valid_after_utc
         serialization.load_pem_private_key(ca.key, password=None)
     except ValueError:
         raise AutoTlsError(f"{cert} and {key} are not a PEM certificate and key (damaged?): restore them, or move "
                            "them away to make a new CA (clients then need the new ca.crt)") from None
-    return ca
+    if end <= datetime.datetime.now(datetime.timezone.utc):
+        raise AutoTlsError(f"the CA {cert} ended on {end:%Y-%m-%d}: move {cert.name} and {key.name} away to make "
+                           "a new CA (clients then need the new ca.crt)")
+    return ca, end
 
 
 def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None = None) -> AutoTlsFiles:
     """Create (or reuse, on restart) a CA and a server certificate in ``directory``.
 
     Reusing keeps clients that pinned ``ca.crt`` working across restarts. A new name
-    in ``names`` re-issues the server certificate from the same CA. A directory made here is
+    in ``names``, or a server certificate that ends before the CA (one made when they lasted
+    825 days), re-issues the server certificate from the same CA. A directory made here is
     0700; one that exists keeps its mode (it is the user's: the current directory, their home).
     Keys found readable by others are made 0600 and listed in ``fixed``.
     """
@@ -158,21 +172,23 @@ def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None =
     ca_key_path = directory / "ca.key"
     if files.ca_cert.exists() and ca_key_path.exists():
         _owner_only(ca_key_path, fixed)
-        ca = _load_ca(files.ca_cert, ca_key_path)
+        ca, ca_end = _load_ca(files.ca_cert, ca_key_path)
     else:
         ca = generate_ca()
+        ca_end = x509.load_pem_x509_certificate(ca.cert).not_valid_after_utc
         files.ca_cert.write_bytes(ca.cert)
         write_private(ca_key_path, ca.key)
     if files.key.exists():
         _owner_only(files.key, fixed)
-    if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names)):
+    if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names, ca_end)):
         server = issue_server_cert(ca, names)
         files.cert.write_bytes(server.cert)
         write_private(files.key, server.key)
     return files
 
 
-def _covers(cert_path: Path, names: list[str]) -> bool:
+def _covers(cert_path: Path, names: list[str], ca_end: datetime.datetime) -> bool:
+    """Whether the server certificate names every one of ``names`` and lasts as long as its CA."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except ValueError:  # damaged: issued again from the CA
@@ -184,7 +200,7 @@ def _covers(cert_path: Path, names: list[str]) -> bool:
     present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
     present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
     wanted = {str(ipaddress.ip_address(n.strip("[]"))) if is_ip(n.strip("[]")) else n for n in names}
-    return wanted <= present and cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc)
+    return wanted <= present and cert.not_valid_after_utc >= ca_end
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ log = logging.getLogger("inlets.tls")
 #: to expect it (``--tls-server-name``), so a certificate made before the VM's IP is
 #: known still verifies, while the per-server CA keeps it pinned.
 EXIT_SERVER_NAME = "inlets-exit-server"
+X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code (x509_vfy.h), for the leaf or any CA above it
 
 
 class TlsConfigError(Exception):
@@ -112,6 +113,9 @@ def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
     if "mismatch" in (exc.verify_message or ""):  # a good certificate for another name
         hint = (f"the certificate is for another name: give it with --tls-server-name "
                 f"(servers inletsctl made: --tls-server-name {EXIT_SERVER_NAME})")
+    elif exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED:  # "check --tls-ca" sent users to a CA that was right
+        hint = ("the server's certificate or its CA has ended, or this machine's clock is wrong: the server needs a "
+                "new certificate (an exit server inletsctl made: create a new one)")
     else:
         hint = "check --tls-ca: it must be the CA that signed the server's certificate"
     return f"TLS certificate verification failed: {exc.verify_message} ({hint})"

@@ -4,6 +4,9 @@
 # client passes that name as --tls-server-name and pins this CA; the IP is unknown
 # when the user-data is rendered). Unlike inletsctl, which throws the CA key away after
 # signing, Terraform keeps it in its state: protect the state (or pass your own material).
+# As inletsctl's, the server certificate lasts as long as the CA (ten years): the public
+# web's 825-day cap does not apply to a private CA only our client pins, and under it the
+# server stopped accepting clients after 825 days (runtime/core/certs.py).
 
 terraform {
   required_version = ">= 1.6"
@@ -100,7 +103,7 @@ resource "tls_locally_signed_cert" "server" {
   cert_request_pem      = tls_cert_request.server[0].cert_request_pem
   ca_private_key_pem    = tls_private_key.ca[0].private_key_pem
   ca_cert_pem           = tls_self_signed_cert.ca[0].cert_pem
-  validity_period_hours = 825 * 24
+  validity_period_hours = 3650 * 24 # as long as the CA above
   allowed_uses          = ["digital_signature", "server_auth"]
 }
 

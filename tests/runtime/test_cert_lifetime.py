@@ -1,0 +1,197 @@
+"""Certificate lifetimes: a server certificate lasts as long as its CA, and its end is said before it comes.
+
+An inletsctl exit server's certificate lasted 825 days under a ten-year CA whose key is thrown away:
+after 2.3 years every client refused the server and nothing could renew it. Now it ends with its CA,
+and the server (at start) and the client (per connection) warn from 30 days before the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, stop
+
+from inlets_py.provisioner.material import generate
+from inlets_py.runtime.core.cert_expiry import WARN_WITHIN, not_after_der, not_after_pem
+from inlets_py.runtime.cli.server_config import TLS_FILES_HINT, control_config
+from inlets_py.runtime.client.dialer import FatalClientError
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.core.certs import CA_VALIDITY, AutoTlsError, Pem, ensure_auto_tls, generate_ca, issue_server_cert
+from inlets_py.runtime.server.control import ControlConfig
+from inlets_py.runtime.server.tcp import TcpTunnelServer
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+NAMES = ["127.0.0.1", "localhost"]
+
+
+def cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def write_tls(directory: Path, ca: Pem, server: Pem) -> TlsFiles:
+    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    files.ca.write_bytes(ca.cert)
+    files.cert.write_bytes(server.cert)
+    files.key.write_bytes(server.key)
+    files.key.chmod(0o600)
+    return files
+
+
+def signed(ca: Pem, not_before: datetime.datetime, not_after: datetime.datetime, *, self_signed: bool = False) -> Pem:
+    """A certificate with any validity (issue_server_cert makes none that has already ended): a CA when
+    ``self_signed``, else a server certificate for NAMES signed by ``ca``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ended CA" if self_signed else NAMES[0])])
+    signer = key if self_signed else serialization.load_pem_private_key(ca.key, password=None)
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(name if self_signed else cert(ca.cert).subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=self_signed, path_length=None), critical=True))
+    if not self_signed:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(NAMES[0])), x509.DNSName(NAMES[1])]), critical=False)
+    pem = builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return Pem(pem, key_pem)
+
+
+def test_an_exit_servers_certificate_lasts_as_long_as_its_ca() -> None:
+    material = generate("lifetime")
+    ca, leaf = cert(material.ca_cert), cert(material.server.cert)
+    assert leaf.not_valid_after_utc == ca.not_valid_after_utc, (leaf.not_valid_after_utc, ca.not_valid_after_utc)
+    assert ca.not_valid_after_utc - ca.not_valid_before_utc == CA_VALIDITY >= datetime.timedelta(days=3650)
+    assert leaf.not_valid_before_utc >= ca.not_valid_before_utc
+
+
+def test_a_server_certificate_never_outlives_its_ca_and_an_ended_ca_signs_nothing() -> None:
+    ca = generate_ca()
+    later = cert(ca.cert).not_valid_after_utc + datetime.timedelta(days=400)
+    assert cert(issue_server_cert(ca, NAMES, not_after=later).cert).not_valid_after_utc == cert(ca.cert).not_valid_after_utc
+    ended = signed(ca, NOW - datetime.timedelta(days=20), NOW - datetime.timedelta(days=1), self_signed=True)
+    with pytest.raises(ValueError, match="the CA ended on"):
+        issue_server_cert(ended, NAMES)
+
+
+def test_auto_tls_reissues_a_server_certificate_that_ends_before_its_ca(tmp_path: Path) -> None:
+    """An --auto-tls folder from before (825-day certificates) gets one lasting the CA's life at the next start;
+    the CA, which clients pin, stays."""
+    files = ensure_auto_tls(tmp_path, NAMES)
+    ca = Pem(files.ca_cert.read_bytes(), (tmp_path / "ca.key").read_bytes())
+    short = issue_server_cert(ca, NAMES, not_after=NOW + datetime.timedelta(days=825))
+    files.cert.write_bytes(short.cert)
+    ensure_auto_tls(tmp_path, NAMES)
+    assert files.ca_cert.read_bytes() == ca.cert
+    assert cert(files.cert.read_bytes()).not_valid_after_utc == cert(ca.cert).not_valid_after_utc
+    kept = files.cert.read_bytes()
+    ensure_auto_tls(tmp_path, NAMES)  # and one lasting as long is kept as it is
+    assert files.cert.read_bytes() == kept
+
+
+def test_auto_tls_with_an_ended_ca_says_what_to_do(tmp_path: Path) -> None:
+    """Nothing an ended CA signs verifies: the server refuses to start (one line, core/certs.py's main) rather
+    than serve a certificate every client refuses."""
+    ended = signed(Pem(b"", b""), NOW - datetime.timedelta(days=20), NOW - datetime.timedelta(days=1), self_signed=True)
+    (tmp_path / "ca.crt").write_bytes(ended.cert)
+    (tmp_path / "ca.key").write_bytes(ended.key)
+    (tmp_path / "ca.key").chmod(0o600)
+    with pytest.raises(AutoTlsError, match=re.escape(f"the CA {tmp_path / 'ca.crt'} ended on ")) as raised:
+        ensure_auto_tls(tmp_path, NAMES)
+    assert "move ca.crt and ca.key away to make a new CA (clients then need the new ca.crt)" in str(raised.value)
+    assert not (tmp_path / "server.crt").exists()
+
+
+def test_expiry_is_read_without_the_crypto_library_in_both_time_encodings() -> None:
+    """UTCTime until 2049, GeneralizedTime from 2050 (RFC 5280): the reader agrees with cryptography on both."""
+    ca = generate_ca()
+    for end in (NOW + datetime.timedelta(days=10), datetime.datetime(2049, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc),
+                datetime.datetime(2061, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)):
+        pem = signed(ca, NOW, end).cert
+        assert not_after_pem(pem) == cert(pem).not_valid_after_utc == end.replace(microsecond=0)
+    der = cert(ca.cert).public_bytes(serialization.Encoding.DER)
+    for damaged in (b"", der[:40], b"\x30\x03\x02\x01\x00", b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"):
+        with pytest.raises(ValueError):
+            not_after_pem(damaged) if damaged.startswith(b"-") else not_after_der(damaged)
+
+
+def server_config(files: TlsFiles, token: str) -> ControlConfig:
+    """The server's control plane as ``inlets tcp server --tls-cert/--tls-key`` builds it at start."""
+    return control_config(control_addr="127.0.0.1", control_port=0, token=token, token_file=None, tls_cert=files.cert,
+                          tls_key=files.key, auto_tls=False, auto_tls_path=None, auto_tls_san=None, keepalive=20.0)
+
+
+def warnings(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == logging.WARNING]
+
+
+def test_server_and_client_warn_of_a_certificate_ending_within_30_days(
+        tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    ca = generate_ca()
+    ending = NOW + datetime.timedelta(days=10)
+    files = write_tls(tmp_path, ca, issue_server_cert(ca, NAMES, not_after=ending))
+    config = server_config(files, token)
+    stamp = ending.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert warnings(caplog, "inlets") == [f"event=certificate_expires_soon cert={files.cert} not_after={stamp} "
+                                          f"days_left=9 hint={TLS_FILES_HINT!r}"]
+
+    async def scenario() -> str:
+        server = TcpTunnelServer(config, data_addr="127.0.0.1")
+        await server.start()
+        client, task = await start_client(control_url(server), token, files, {free_port(): Upstream("127.0.0.1", 9)})
+        try:
+            for _ in range(2):  # a reconnection to the same certificate says it no second time
+                await client.rotate()
+        finally:
+            await stop(task)
+            await server.stop()
+        return client.config.url
+
+    url = run(scenario(), timeout=30)
+    assert sum("event=connected" in r.getMessage() for r in caplog.records) == 3
+    said = warnings(caplog, "inlets.client")
+    assert len(said) == 1 and said[0].startswith(f"event=certificate_expires_soon url={url} not_after={stamp} "
+                                                 "days_left=9 hint="), said
+    assert "the server needs a new certificate" in said[0]
+
+
+def test_a_certificate_far_from_its_end_is_not_warned_of(tmp_path: Path, token: str,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    ca = generate_ca()
+    server_config(write_tls(tmp_path, ca, issue_server_cert(ca, NAMES, not_after=NOW + WARN_WITHIN + datetime.timedelta(
+        hours=1))), token)
+    assert warnings(caplog, "inlets") == []
+
+
+def test_an_ended_certificate_is_said_by_the_server_and_named_by_the_refusing_client(
+        tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    ca = generate_ca()
+    files = write_tls(tmp_path, ca, signed(ca, NOW - datetime.timedelta(days=30), NOW - datetime.timedelta(days=2)))
+    config = server_config(files, token)
+    assert [w.split(" not_after=")[0] for w in warnings(caplog, "inlets")] == [
+        f"event=certificate_expired cert={files.cert}"]
+
+    async def scenario() -> str:
+        server = TcpTunnelServer(config, data_addr="127.0.0.1")
+        await server.start()
+        try:
+            with pytest.raises(FatalClientError) as refused:
+                await start_client(control_url(server), token, files, {free_port(): Upstream("127.0.0.1", 9)})
+        finally:
+            await server.stop()
+        return str(refused.value)
+
+    message = run(scenario(), timeout=30)
+    assert "certificate has expired" in message and "the server needs a new certificate" in message, message
+    assert "check --tls-ca" not in message
