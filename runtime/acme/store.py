@@ -1,10 +1,13 @@
 """Let's Encrypt state on disk, and the decisions about it that need no network.
 
 One folder per ACME directory (so staging and production accounts never mix), 0700,
-holding the account key and a certificate chain plus key per domain, every file 0600
-and replaced atomically (a crash mid-write never leaves half a certificate). Beside
-each certificate, ``DOMAIN.json`` holds its validity, so the long-running server
-reads it without loading the crypto library (only the issuing child process does).
+holding the account key and, per domain, a certificate chain, its key and a note of its
+validity (so the long-running server reads it without loading the crypto library: only
+the issuing child process does), every file 0600. The three are one set, replaced as
+one: they are written and flushed to disk in a new numbered folder, then the domain's
+``current`` symlink is switched to it by one rename. A crash at any step leaves the old
+set or the new one, never a new key beside the old chain (saved as three renames, a kill
+between them had the next start find a key that fit no certificate, and ask the CA again).
 The renewal rule is Let's Encrypt's advice: renew once two thirds of the lifetime
 have passed, which works for 90-day certificates and for short-lived ones alike.
 """
@@ -16,6 +19,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -144,10 +148,16 @@ class StoredCert:
 
 #: Bytes a certificate chain, its key and its note take at most, with room to spare (a chain is ~4 KB).
 ROOM = 16 * 1024
+#: Names in a domain's folder: ``current`` (the symlink), numbered sets, and the symlink being made.
+CURRENT, _NEXT_LINK = "current", ".current.tmp"
+_VERSION = re.compile(r"[0-9]{1,18}")
+CHAIN, KEY, NOTE = "chain.pem", "key.pem", "validity.json"
 
 
 class CertStore:
-    """Files of one ACME directory under ``root``: ``account.key``, ``DOMAIN.crt``, ``DOMAIN.key``."""
+    """Files of one ACME directory under ``root``: ``account.key``, and per domain
+    ``certs/DOMAIN/current -> N`` with ``N/chain.pem``, ``N/key.pem``, ``N/validity.json``. Servers from before
+    kept ``DOMAIN.crt``, ``DOMAIN.key`` and ``DOMAIN.json`` beside the account key: still read, until replaced."""
 
     def __init__(self, root: Path, url: str) -> None:
         self.root = root
@@ -190,45 +200,135 @@ class CertStore:
     def save_account_key(self, pem: bytes) -> None:
         self._replace(self.account_key_path, pem)
 
-    def paths(self, domain: str) -> tuple[Path, Path]:
-        return self.dir / f"{domain}.crt", self.dir / f"{domain}.key"
+    def domain_dir(self, domain: str) -> Path:
+        return self.dir / "certs" / domain
 
     def load(self, domain: str) -> StoredCert | None:
-        """The stored certificate for ``domain`` per its validity note; None (re-issue) when incomplete."""
-        chain, key = self.paths(domain)
-        note = self.dir / f"{domain}.json"
-        if not (chain.exists() and key.exists() and note.exists()):
-            return None
+        """The stored certificate for ``domain`` per its validity note; None (re-issue) when incomplete.
+        The paths name the set ``current`` pointed to when read, so chain and key come from one set."""
         try:
-            data = json.loads(note.read_text())
-            if data["domain"] != domain:
-                return None
-            when = Validity(_parse(data["not_before"]), _parse(data["not_after"]))
-        except (ValueError, KeyError, TypeError, OSError):
+            version = os.readlink(self.domain_dir(domain) / CURRENT)
+        except FileNotFoundError:
+            return self._load_legacy(domain)
+        except OSError:  # not a symlink: damaged by hand
             return None
-        return StoredCert(domain, chain, key, when)
+        if not _VERSION.fullmatch(version):
+            return None
+        folder = self.domain_dir(domain) / version
+        return _read_set(domain, folder / CHAIN, folder / KEY, folder / NOTE)
+
+    def _load_legacy(self, domain: str) -> StoredCert | None:
+        """A certificate stored before sets were switched as one (``DOMAIN.crt`` etc. beside the account key)."""
+        return _read_set(domain, *(self.dir / f"{domain}{suffix}" for suffix in (".crt", ".key", ".json")))
 
     def save(self, domain: str, chain_pem: bytes, key_pem: bytes) -> StoredCert:
-        """Store a new certificate (parsed here: the issuing process has the crypto library loaded)."""
+        """Store a new certificate (parsed here: the issuing process has the crypto library loaded) as one set:
+        written and flushed in a new numbered folder, then ``current`` switched to it by one rename. The set
+        replaced is kept (a reader may have just resolved ``current``); any older one, and what a crash left
+        half-written, is removed, so a domain takes at most three sets' room, and two once saved."""
         if not covers(chain_pem, domain):
             raise ValueError(f"the certificate issued for {domain} does not name it")
         when = validity(chain_pem)
-        chain, key = self.paths(domain)
-        self._replace(key, key_pem)
-        self._replace(chain, chain_pem)
         note = {"domain": domain, "not_before": _iso(when.not_before), "not_after": _iso(when.not_after)}
-        self._replace(self.dir / f"{domain}.json", json.dumps(note).encode())
-        return StoredCert(domain, chain, key, when)
+        home = self.domain_dir(domain)
+        self.prepare()
+        _make_dirs(home, stop=self.dir)
+        try:
+            previous = os.readlink(home / CURRENT)
+        except OSError:
+            previous = None
+        numbers = [int(entry.name) for entry in os.scandir(home) if _VERSION.fullmatch(entry.name)]
+        version = str(max(numbers, default=0) + 1)
+        folder = home / version
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+        for name, data in ((KEY, key_pem), (CHAIN, chain_pem), (NOTE, json.dumps(note).encode())):
+            _write_new(folder / name, data)
+        _fsync_dir(folder)
+        _fsync_dir(home)  # the folder's own entry, on disk before ``current`` may name it
+        link = home / _NEXT_LINK
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()  # left by a crash
+        os.symlink(version, link)
+        os.replace(link, home / CURRENT)  # the switch: one rename
+        _fsync_dir(home)
+        self._remove_except(home, {version, previous})
+        self._remove_legacy(domain)
+        return StoredCert(domain, folder / CHAIN, folder / KEY, when)
+
+    @staticmethod
+    def _remove_except(home: Path, keep: set[str | None]) -> None:
+        """Numbered sets other than ``keep``: older ones, and what a crash left half-written."""
+        for entry in os.scandir(home):
+            if _VERSION.fullmatch(entry.name) and entry.name not in keep:
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    def _remove_legacy(self, domain: str) -> None:
+        """The files of the layout from before, once a set has replaced them (never read again)."""
+        names = [f"{domain}{suffix}{tmp}" for suffix in (".crt", ".key", ".json") for tmp in ("", ".tmp")]
+        removed = False
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / name).unlink()
+                removed = True
+        if removed:
+            _fsync_dir(self.dir)
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
-        """Write beside, then rename over: readers see the old file or the new one, 0600 either way."""
+        """Write beside, flush, then rename over: readers (and a restart after a power cut) see the old file or
+        the new one, 0600 either way."""
         temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o600)
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()  # left by a crash
+        _write_new(temporary, data)
         os.replace(temporary, path)
+        _fsync_dir(path.parent)
+
+
+def _read_set(domain: str, chain: Path, key: Path, note: Path) -> StoredCert | None:
+    if not (chain.exists() and key.exists() and note.exists()):
+        return None
+    try:
+        data = json.loads(note.read_text())
+        if data["domain"] != domain:
+            return None
+        when = Validity(_parse(data["not_before"]), _parse(data["not_after"]))
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    return StoredCert(domain, chain, key, when)
+
+
+def _make_dirs(path: Path, stop: Path) -> None:
+    """``path`` and its parents up to ``stop``, 0700, each new one flushed into its parent."""
+    if path == stop or path.is_dir():
+        return
+    _make_dirs(path.parent, stop)
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)
+    _fsync_dir(path.parent)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """A new file, 0600 whatever the umask, written whole and flushed to disk before it is renamed into use."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        left = memoryview(data)
+        while left:
+            left = left[os.write(fd, left):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename, a new file): without it a power cut may undo them."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _iso(when: datetime.datetime) -> str:

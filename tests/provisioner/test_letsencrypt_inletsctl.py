@@ -191,8 +191,9 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
                         capture_output=True, text=True, timeout=15)
                     return result.stdout == "hello from the upstream, path=/over-https"
                 wait_until(answered, 20, "the app over HTTPS through the printed client", interval=0.3)
-            keys = sorted((tmp_path / "droplet-data").rglob("*.key"))
-            assert [k.name for k in keys] == ["account.key", f"{DOMAIN}.key"]
+            droplet_data = tmp_path / "droplet-data"
+            keys = sorted([*droplet_data.rglob("account.key"), *droplet_data.rglob("key.pem")])
+            assert [k.name for k in keys] == ["account.key", "key.pem"] and keys[1].parent.parent.name == DOMAIN
             assert all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
         finally:
             relay.shutdown()

@@ -144,11 +144,13 @@ def test_keys_are_private_and_never_logged(acme, caplog) -> None:
     store = acme["manager"].store
     assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(store.dir.parent.stat().st_mode) == 0o700
-    files = sorted(p.name for p in store.dir.iterdir())
-    assert files == ["a.example.test.crt", "a.example.test.json", "a.example.test.key", "account.key",
-                     "b.example.test.crt", "b.example.test.json", "b.example.test.key"]
-    for path in store.dir.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    files = sorted(str(p.relative_to(store.dir)) for p in store.dir.rglob("*") if p.is_file() and not p.is_symlink())
+    assert files == ["account.key", "certs/a.example.test/1/chain.pem", "certs/a.example.test/1/key.pem",
+                     "certs/a.example.test/1/validity.json", "certs/b.example.test/1/chain.pem",
+                     "certs/b.example.test/1/key.pem", "certs/b.example.test/1/validity.json"]
+    for path in store.dir.rglob("*"):
+        if not path.is_symlink():
+            assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "PRIVATE KEY" not in logged
 

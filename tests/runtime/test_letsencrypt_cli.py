@@ -83,10 +83,11 @@ def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls,
     log = (tmp_path / "server.log").read_text()
     assert "PRIVATE KEY" not in log and token not in log and "Traceback" not in log
     assert "level=WARNING" not in log and "level=ERROR" not in log, log
-    keys = sorted(le_path.rglob("*.key"))
-    assert [k.name for k in keys] == ["account.key", f"{DOMAIN}.key"]
+    keys = sorted([*le_path.rglob("account.key"), *le_path.rglob("key.pem")])
+    store = keys[0].parent
+    assert [str(k.relative_to(store)) for k in keys] == ["account.key", f"certs/{DOMAIN}/1/key.pem"]
     assert all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
-    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in [le_path, keys[0].parent])
+    assert all(stat.S_IMODE(d.stat().st_mode) == 0o700 for d in [le_path, store, *keys[1].parents[:3]])
 
 
 def test_https_port_taken_is_a_one_line_error(tmp_path: Path, tls, token: str) -> None:
