@@ -5,7 +5,8 @@ issuance: ``acme`` blocks (requests) and, with the crypto libraries, weighs abou
 that the long-running server should not keep. The child talks JSON lines on stdout:
 ``{"publish": TOKEN, "validation": V}`` (the server answers a line on stdin once its
 port-80 responder serves it), ``{"withdraw": TOKEN}``, ``{"log": TEXT}``, and finally
-``{"issued": DOMAIN}`` (files saved in the store) or ``{"error": ONE_LINE}``. Keys never
+``{"issued": DOMAIN}`` (files saved in the store) or ``{"error": ONE_LINE}``, with
+``"retry_after": SECONDS`` when the CA said how long to wait (``retry_after.py``). Keys never
 reach a message or a log.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import email.utils
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Callable
 
+from . import retry_after
 from .store import Account, CertStore
 
 log = logging.getLogger("inlets.letsencrypt")
@@ -27,7 +30,11 @@ USER_AGENT = "inlets-py (acme-python)"
 
 
 class AcmeError(Exception):
-    """Issuance failed; the message is one line naming the step and the server's answer."""
+    """Issuance failed; the message is one line naming the step and the server's answer. ``retry_after``:
+    seconds the CA asked to wait before the next try (its Retry-After on a 429 or 503), if it did."""
+
+    retry_after: float | None = None
+    rate_limited = False  # the CA's problem type said so (its Retry-After counts whatever the HTTP status)
 
 
 def _new_key_pem(kind: str) -> bytes:
@@ -102,9 +109,47 @@ class AcmeIssuer:
         self.ca_bundle = account.ca_bundle  # trust for the ACME server's own HTTPS (private CAs); else the system's
         self.timeout = account.timeout
         self._client = None
+        self._answer = None  # the last HTTP answer's (status, Retry-After, Date): what a failure was told
 
     def issue(self, domain: str) -> tuple[bytes, bytes]:
-        """(full chain PEM, private key PEM) for ``domain``; ``AcmeError`` on any failure."""
+        """(full chain PEM, private key PEM) for ``domain``; ``AcmeError`` on any failure, carrying the wait
+        the CA asked for (Retry-After) when it refused for a rate limit (429) or as unavailable (503)."""
+        self._answer = None
+        try:
+            return self._issue_or_say(domain)
+        except AcmeError as exc:
+            exc.retry_after = self._asked_wait(exc.rate_limited)
+            raise
+
+    def _asked_wait(self, rate_limited: bool) -> float | None:
+        """Seconds the last answer's Retry-After asks for, if it was a refusal that schedules the next try. An
+        HTTP-date counts from the answer's own Date (a wrong clock here shifts both), else from this clock."""
+        if self._answer is None:
+            return None
+        status, value, date = self._answer
+        if status not in retry_after.STATUSES and not rate_limited:
+            return None
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            now = email.utils.parsedate_to_datetime(date).astimezone(datetime.timezone.utc) if date else now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+        return retry_after.parse(value, now)
+
+    def _note_answer(self, response, *_args, **_kwargs) -> None:  # a requests response hook
+        self._answer = (response.status_code, response.headers.get("Retry-After"), response.headers.get("Date"))
+
+    def _busy(self) -> str | None:
+        """What a 429 or 503 without an ACME problem document meant, in words (acme says '<Response [503]>')."""
+        status = self._answer[0] if self._answer else None
+        if status == 429:
+            return f"the ACME server {self.url} answered HTTP 429 Too Many Requests (rate-limited)"
+        if status == 503:
+            return f"the ACME server {self.url} answered HTTP 503 Service Unavailable (busy or down for maintenance)"
+        return None
+
+    def _issue_or_say(self, domain: str) -> tuple[bytes, bytes]:
+        """``_issue``, its failures said in one line each (``AcmeError``)."""
         import requests
         from acme import errors, messages
 
@@ -113,7 +158,9 @@ class AcmeIssuer:
         except AcmeError:
             raise
         except messages.Error as exc:
-            raise AcmeError(f"the ACME server refused {domain}: {_one_line(exc)}") from None
+            refused = AcmeError(f"the ACME server refused {domain}: {_one_line(exc)}")
+            refused.rate_limited = exc.typ == retry_after.RATE_LIMITED
+            raise refused from None
         except errors.TimeoutError:
             raise AcmeError(f"{domain}: the ACME server did not validate within {self.timeout:.0f}s") from None
         except errors.ValidationError as exc:
@@ -124,6 +171,8 @@ class AcmeIssuer:
         except requests.RequestException as exc:
             self._client = None
             raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc, self.ca_bundle)}") from None
+        except errors.ClientError as exc:
+            raise AcmeError(f"{domain}: {self._busy() or _one_line(exc)}") from None
         except (errors.Error, ValueError, OSError) as exc:
             raise AcmeError(f"{domain}: {_one_line(exc)}") from None
 
@@ -143,10 +192,13 @@ class AcmeIssuer:
         key = jose.JWKRSA(key=self._account_private_key(pem))
         net = client.ClientNetwork(key, alg=jose.RS256, verify_ssl=self.ca_bundle or True, user_agent=USER_AGENT,
                                    timeout=int(min(self.timeout, 45)))
+        net.session.hooks["response"].append(self._note_answer)
         try:
             directory = client.ClientV2.get_directory(self.url, net)
         # an answer, but no directory (requests' JSONDecodeError is a ValueError too; unreachable goes on to issue())
         except (errors.Error, ValueError, jose.errors.Error) as exc:
+            if busy := self._busy():
+                raise AcmeError(busy) from None
             raise AcmeError(f"{self.url} is not an ACME directory ({_not_a_directory(exc)}): check "
                             "--letsencrypt-issuer, e.g. https://acme-v02.api.letsencrypt.org/directory") from None
         acme = client.ClientV2(directory, net)
@@ -248,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         chain, key = AcmeIssuer(store, account, _publish, lambda token: _emit({"withdraw": token})).issue(args.domain)
         store.save(args.domain, chain, key)
     except AcmeError as exc:
-        _emit({"error": str(exc)})
+        _emit({"error": str(exc), **({"retry_after": exc.retry_after} if exc.retry_after is not None else {})})
         return 1
     except (OSError, ValueError) as exc:
         _emit({"error": f"{args.domain}: cannot store the certificate: {_one_line(exc)}"})

@@ -7,8 +7,10 @@ a short-lived child process (``acme/client.py``: it blocks, and its libraries wo
 in this process's memory), whose challenges this process serves on port 80 while it
 runs. A renewed certificate replaces the domain's context:
 handshakes from then on use it, connections already open keep theirs. A failure is
-logged once per attempt and retried with a doubling delay, while the old certificate
-(if any) keeps being served; once it has expired, the log says so (at start and per failure).
+logged once per attempt, with the time of the next in UTC, and retried with a doubling
+delay, or after the CA's Retry-After when it refused for a rate limit or as unavailable,
+while the old certificate (if any) keeps being served; once it has expired, the log says so
+(at start and per failure).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from ..core.cert_expiry import iso as _iso
 from ..core.tls import TlsConfigError, readable_file
+from . import retry_after as retry_after_header
 from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
 log = logging.getLogger("inlets.letsencrypt")
@@ -37,7 +40,11 @@ CHILD_GRACE = 60.0  # seconds an ACME run may take beyond its validation timeout
 
 
 class AcmeError(Exception):
-    """An issuance failed; one line from the ACME run (``acme/client.py``)."""
+    """An issuance failed; one line from the ACME run (``acme/client.py``), and the wait the CA asked for."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def tls_context() -> ssl.SSLContext:
@@ -138,11 +145,13 @@ class LetsEncrypt:
                 waits.append(0.0)
         return max(1.0, min([MAX_SLEEP, *waits]))
 
-    def retry_delay(self, failures: int) -> float:
-        """``retry`` doubling per failure up to ``RETRY_MAX``. The exponent is capped: uncapped, the
-        ~1,019th failure in a row (six weeks of a DNS not yet pointed here) overflowed a float and ended
-        the renewal task for good, with nothing logged."""
-        return min(RETRY_MAX, self.retry * 2.0 ** min(failures - 1, 64))
+    def retry_delay(self, failures: int, retry_after: float | None = None) -> float:
+        """``retry`` doubling per failure up to ``RETRY_MAX``, or the CA's Retry-After if longer (it was not
+        read: a rate-limited server was asked again within the hour, and each refusal can count against the
+        limit again). The exponent is capped: uncapped, the ~1,019th failure in a row (six weeks of a DNS not
+        yet pointed here) overflowed a float and ended the renewal task for good, with nothing logged."""
+        backoff = min(RETRY_MAX, self.retry * 2.0 ** min(failures - 1, 64))
+        return max(backoff, retry_after_header.clamp(retry_after) or 0.0)
 
     async def _keep_current(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,9 +170,11 @@ class LetsEncrypt:
             self._install(cert)
         except (AcmeError, ssl.SSLError, OSError, ValueError) as exc:
             failures = self._failures[domain] = self._failures.get(domain, 0) + 1
-            delay = self.retry_delay(failures)
+            asked = exc.retry_after if isinstance(exc, AcmeError) else None
+            delay = self.retry_delay(failures, asked)
             self._not_before[domain] = loop.time() + delay
-            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs%s", domain, str(exc), delay,
+            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs retry_at=%s%s%s", domain, str(exc),
+                      delay, _retry_at(delay), "" if asked is None else f" retry_after={asked:.0f}s",
                       self._expired_note(domain))
             return
         self.issued += 1
@@ -182,9 +193,9 @@ class LetsEncrypt:
         failures = self._failures[cert.domain] = self._failures.get(cert.domain, 0) + 1
         delay = self.retry_delay(failures)
         self._not_before[cert.domain] = loop.time() + delay
-        log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%r retry_in=%.0fs", cert.domain,
-                    _iso(cert.validity.not_after), "the certificate just issued is already due for renewal: is this "
-                    "machine's clock right?", delay)
+        log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%r retry_in=%.0fs retry_at=%s",
+                    cert.domain, _iso(cert.validity.not_after), "the certificate just issued is already due for "
+                    "renewal: is this machine's clock right?", delay, _retry_at(delay))
 
     def _expired_note(self, domain: str) -> str:
         """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a
@@ -234,7 +245,7 @@ class LetsEncrypt:
             elif "log" in message:
                 log.info("%s", message["log"])
             elif "error" in message:
-                raise AcmeError(message["error"])
+                raise AcmeError(message["error"], retry_after_header.clamp(message.get("retry_after")))
             elif message.get("issued") == domain:
                 cert = self.store.load(domain)
                 if cert is None:
@@ -252,6 +263,11 @@ def _unusable(cert: StoredCert, exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"{cert.chain} and {cert.key} are not a readable PEM certificate chain and key (damaged?)"
     return f"cannot read {cert.chain} and {cert.key}: {(getattr(exc, 'strerror', None) or 'unreadable').lower()}"
+
+
+def _retry_at(delay: float) -> str:
+    """When the next try is, in UTC: ``retry_in`` alone left the reader adding seconds to the log's timestamp."""
+    return _iso(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay))
 
 
 def configure(
