@@ -18,7 +18,7 @@ from . import replicas
 from .errors import NotFound, ProvisionError
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
-from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner
+from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, control_url, parse_ports, parse_ttl)
@@ -242,8 +242,12 @@ def _failed(
         if replicas.is_group(meta):
             replicas.delete_group(provider, meta, timeout, progress, started)
         else:
-            provider.delete(str(meta["id"]), timeout)
-            wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started)
+            try:
+                provider.delete(str(meta["id"]), timeout)
+            except NotFound:  # gone already: what was made with it (a Hetzner or Linode firewall) goes by its name
+                delete_leftovers(provider, state.name)
+            else:
+                wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started)
     except NotFound:
         pass
     except ProvisionError as again:

@@ -13,7 +13,7 @@ from inlets_py.runtime.core.tls import TlsConfigError
 from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
-from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Provisioner
+from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Provisioner, delete_leftovers
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, scan
@@ -76,8 +76,9 @@ def delete(
             if made_with not in (None, provider_name):  # the other provider may well have it: keep its state
                 raise NotFound(f"{provider_name} has no exit server named {name}, and {name} was made with "
                                f"--provider {made_with}: its state is kept (delete it with --provider {made_with})") from None
+            removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}")
             ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
-            return f"{provider_name} has no exit server named {name}; removed its local state ({root / name})"
+            return f"{provider_name} has no exit server named {name}; {removed}removed its local state ({root / name})"
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
     if by_id and meta is None and not any(h.id == host_id for h in provider.list()):
@@ -94,13 +95,27 @@ def delete(
     except NotFound:
         if meta is None:
             raise NotFound(f"{provider_name}: no exit server with id {host_id}") from None
-        done = f"{label} was already gone on {provider_name}; removed its local state"
+        gone = f"{label} was already gone on {provider_name}"
+        done = f"{gone}; {_leftovers(root, provider, str(meta['name']), gone)}removed its local state"
     if meta is not None:
         ServerState(root, str(meta["name"])).remove()
     elif damaged is not None:
         damaged.state.remove()
         done += f"; removed its damaged local state ({damaged.state.dir})"
     return done
+
+
+def _leftovers(root: Path, provider: Provisioner, name: str, gone: str) -> str:
+    """Delete what create made for the gone host ``name`` (a Hetzner or Linode firewall, which its bare-number id
+    cannot lead to); "deleted its firewall inlets-NAME; " or "". A failure keeps the local state, which holds the name."""
+    try:
+        removed = delete_leftovers(provider, name)
+    except NotFound:
+        removed = []
+    except ProvisionError as exc:
+        raise ProvisionError(f"{gone}, but its firewall could not be deleted ({exc}); its local state is kept, as only "
+                             f"it names that firewall: run {delete_command(name, root)} again") from None
+    return f"deleted its {', '.join(removed)}; " if removed else ""
 
 
 def _runs_locally(root: Path, creds: Credentials, name: str) -> bool:

@@ -11,7 +11,7 @@ import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ..credentials import access_token
 from ..spec import TunnelSpec
@@ -142,6 +142,23 @@ class Provisioner(Protocol):
     def list(self) -> list[Host]:
         """Every exit server this provider made (found by tag)."""
         ...
+
+
+@runtime_checkable
+class LeavesBehind(Protocol):
+    """What a provider also implements when its host ids are bare numbers: once the host is gone (deleted in the
+    console, a delete or create cut short), nothing in the cloud leads from the id to the firewall made for it, so
+    ``delete`` passes the name that local state keeps."""
+
+    def delete_leftovers(self, name: str) -> list[str]:
+        """Delete what ``create`` made for the host ``name``, which is gone, and nothing else (a firewall of the
+        user's stays, even one named alike); what was deleted, in words ("firewall inlets-NAME")."""
+        ...
+
+
+def delete_leftovers(provider: Provisioner, name: str) -> list[str]:
+    """What ``create`` made for the gone host ``name``, deleted where the provider needs to be told its name."""
+    return provider.delete_leftovers(name) if isinstance(provider, LeavesBehind) else []
 
 
 class Balancing(Protocol):

@@ -101,6 +101,19 @@ class HetznerProvider:
             if made_for(name, str(server.name or "")):
                 self._delete_firewall(firewall_id)
 
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The firewall ``create`` made for the server ``name``, already gone: named inlets-NAME, labelled inlets, and
+        applied to nothing, so that a firewall of the user's (shared, or merely named alike) is never taken for it."""
+        wanted = firewall_name(name)
+        with self._api(f"reading firewall {wanted}"):
+            found = self._client.firewalls.get_all(name=wanted)
+        removed = []
+        for firewall in found:
+            if made_for(firewall.name, name) and (firewall.labels or {}).get(TAG) == "true" and not firewall.applied_to:
+                self._delete_firewall(int(firewall.id))
+                removed.append(f"firewall {wanted}")
+        return removed
+
     def _delete_firewall(self, firewall_id: int) -> None:
         from hcloud.firewalls import Firewall
 

@@ -112,6 +112,41 @@ class LinodeProvider:
             if made_for(firewall.get("label"), label):
                 self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
 
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The Cloud Firewall ``create`` made for the instance ``name``, already gone: labelled inlets-NAME, tagged
+        inlets, and attached to nothing, so that a firewall of the user's (shared, or merely named alike) is never
+        taken for it."""
+        wanted = firewall_name(name)
+        headers = {"X-Filter": json.dumps({"label": wanted})}
+        with self._api(f"reading firewall {wanted}"):
+            found = self._pages("/v4/networking/firewalls", headers)
+        removed = []
+        for firewall in found:
+            if not made_for(firewall.get("label"), name) or TAG not in (firewall.get("tags") or []):
+                continue
+            path = f"/v4/networking/firewalls/{firewall['id']}"
+            with self._api(f"reading the devices of firewall {wanted}"):
+                devices = self._request(f"{path}/devices")
+            if devices.get("data") or devices.get("results"):
+                continue
+            try:
+                with self._api(f"deleting firewall {wanted}"):
+                    self._request(path, "DELETE")
+            except NotFound:
+                pass
+            removed.append(f"firewall {wanted}")
+        return removed
+
+    def _pages(self, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+        """Every item of a paged list (at most MAX_PAGES pages of 500)."""
+        items: list[dict[str, Any]] = []
+        for page in range(1, MAX_PAGES + 1):
+            body = self._request(path, params={"page": page, "page_size": 500}, headers=headers)
+            items += list(body.get("data") or [])
+            if page >= int(body.get("pages") or 1):
+                break
+        return items
+
     def _quiet(self, path: str) -> None:
         """Best-effort DELETE while cleaning up (the first error is the one reported)."""
         try:
@@ -123,15 +158,9 @@ class LinodeProvider:
             pass
 
     def list(self) -> list[Host]:
-        hosts: list[Host] = []
         headers = {"X-Filter": json.dumps({"tags": TAG})}
         with self._api("listing instances"):
-            for page in range(1, MAX_PAGES + 1):
-                body = self._request("/v4/linode/instances", params={"page": page, "page_size": 500}, headers=headers)
-                hosts += [self._host(i) for i in body.get("data", [])]
-                if page >= int(body.get("pages") or 1):
-                    break
-        return hosts
+            return [self._host(i) for i in self._pages("/v4/linode/instances", headers)]
 
     def _host(self, data: dict[str, Any]) -> Host:
         ip = next((a for a in data.get("ipv4") or [] if not _private(a)), None)

@@ -147,6 +147,18 @@ def make_plan(tmp_path: Path, mode: str = "tcp", ports: str | None = "22,80,443"
     return Plan("rec-check", spec, text, tmp_path, expires_at=expires, **kwargs)
 
 
+def write_state(root: Path, name: str, provider: str, host_id: str | None) -> None:
+    """The local state ``create`` leaves for a cloud exit server once the provider answered with ``host_id``
+    (None: create never got as far as an id), written by the provisioner's own ServerState (0700, 0600)."""
+    from inlets_py.provisioner.state import ServerState
+
+    state = ServerState(root, name)
+    state.reserve()
+    state.save({"name": name, "provider": provider, "mode": "tcp", "ports": [80, 443], "domains": [], "http_port": None,
+                "control_port": 8123, "created_at": "2030-01-01T00:00:00Z", "letsencrypt": False, "expires_at": None,
+                "region": None, "size": None, "id": host_id, "ip": None})
+
+
 if False:  # for type checkers only
     from inlets_py.provisioner.providers.base import Plan
 

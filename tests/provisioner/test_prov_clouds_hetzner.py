@@ -15,7 +15,8 @@ import pytest
 
 pytest.importorskip("hcloud", reason="the hcloud SDK is not installed (pip install hcloud)")
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded, write_state  # noqa: E402
+from helpers.prov_support import one_line_error, run_cli  # noqa: E402
 from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
 from inlets_py.provisioner.providers.hetzner import HetznerProvider  # noqa: E402
 
@@ -118,3 +119,95 @@ def test_delete_leaves_a_shared_firewall_whose_name_merely_starts_with_inlets(ap
     p.poll_interval = 0.01
     p.delete("1")
     assert api.requests("DELETE", "/v1/firewalls/38") and not api.requests("DELETE", "/v1/firewalls/39")
+
+
+def _firewalls(**changes: object) -> dict:
+    """GET /v1/firewalls?name=inlets-gone: the recorded list, its firewall as create made it for the server "gone"
+    (applied to nothing now that the server is gone), then ``changes``."""
+    body = json.loads(recorded("hetzner", "firewalls_list.json"))
+    body["firewalls"][0] |= {"name": "inlets-gone", "labels": {"inlets": "true"}, "applied_to": []} | changes
+    return body
+
+
+@pytest.mark.parametrize("changes, deleted", [
+    ({}, True),
+    ({"applied_to": json.loads(recorded("hetzner", "firewalls_list.json"))["firewalls"][0]["applied_to"]}, False),
+    ({"labels": {}}, False),
+], ids=["made-for-it", "still-applied-to-another-server", "not-labelled-inlets"])
+def test_delete_of_a_server_already_gone_deletes_the_firewall_made_for_it(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        changes: dict, deleted: bool) -> None:
+    """A server deleted in the console left its firewall inlets-NAME for good: delete found the firewall through the
+    server, and a bare-number id leads nowhere once the server is gone. delete now looks it up by the name in local
+    state, and deletes it only when it is create's (labelled inlets) and protects no other server."""
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    write_state(tmp_path, "gone", "hetzner", "7")
+    api.route("GET", "/v1/servers/7", NOT_FOUND)
+    api.route("GET", "/v1/firewalls", Answer(200, _firewalls(**changes)))
+    result = run_cli(capsys, "delete", "gone", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    said = "deleted its firewall inlets-gone; " if deleted else ""
+    assert result.out.strip() == f"gone was already gone on hetzner; {said}removed its local state"
+    assert [s.query["name"] for s in api.requests("GET", "/v1/firewalls")] == [["inlets-gone"]]
+    assert bool(api.requests("DELETE", "/v1/firewalls/38")) is deleted
+    assert not (tmp_path / "gone").exists() and api.unrouted() == []
+
+
+def test_delete_after_a_create_cut_short_by_an_outage_deletes_its_firewall(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API went down after create made the firewall: the server create, the firewall's removal and the check
+    for a server made all the same all failed, so the state stayed without an id, as it should. delete then found
+    no server of that name and removed the state, leaving the firewall; it now deletes that firewall too."""
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    outage = {"on": True}
+    down = Answer(503, {"error": {"code": "unavailable", "message": "the service is temporarily unavailable", "details": {}}})
+    none = {"servers": [], "meta": {"pagination": {"page": 1, "per_page": 25, "previous_page": None, "next_page": None,
+                                                   "last_page": 1, "total_entries": 0}}}
+
+    def during_outage(answer: Answer) -> object:
+        return lambda seen: down if outage["on"] and api.requests("POST", "/v1/servers") else answer
+
+    api.routes.insert(0, ("GET", re.compile("/v1/servers"), during_outage(Answer(200, none))))
+    api.routes.insert(0, ("POST", re.compile("/v1/servers"), down))
+    api.routes.insert(0, ("DELETE", re.compile("/v1/firewalls/38"), during_outage(Answer(204))))
+    api.route("GET", "/v1/firewalls", Answer(200, _firewalls(name="inlets-cut")))
+    where = ("--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    made = run_cli(capsys, "create", "cut", "--provider", "hetzner", "--runtime-spec", "inlets-py==0.1.0", *where)
+    one_line_error(made, "temporarily unavailable", "could not be checked", "inletsctl delete cut")
+    assert len(api.requests("DELETE", "/v1/firewalls/38")) == 1 and (tmp_path / "cut" / "server.json").exists()
+    outage["on"] = False
+    result = run_cli(capsys, "delete", "cut", *where)
+    assert result.code == 0, result.err
+    assert result.out.startswith("hetzner has no exit server named cut; deleted its firewall inlets-cut; removed its local state")
+    assert len(api.requests("DELETE", "/v1/firewalls/38")) == 2 and not (tmp_path / "cut").exists()
+
+
+def test_delete_by_id_of_a_server_gone_and_unknown_here_is_one_line_and_deletes_nothing(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without local state nothing names the server, so no firewall is guessed at: a one-line error, exit 1."""
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    api.route("GET", "/v1/servers/7", NOT_FOUND)
+    result = run_cli(capsys, "delete", "--provider", "hetzner", "--id", "7", "--api-url", api.url + "/v1",
+                     "--state-dir", str(tmp_path))
+    assert result.code == 1
+    one_line_error(result, "hetzner: no exit server with id 7 among those inletsctl made")
+    assert not api.requests("DELETE") and not api.requests("GET", "/v1/firewalls")
+
+
+def test_a_firewall_that_cannot_be_deleted_keeps_the_state_for_the_next_delete(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state is the only record of the name that leads to the firewall: it stays until the firewall is gone."""
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    write_state(tmp_path, "gone", "hetzner", "7")
+    api.route("GET", "/v1/servers/7", NOT_FOUND)
+    api.route("GET", "/v1/firewalls", Answer(200, _firewalls()))
+    api.routes.insert(0, ("DELETE", re.compile("/v1/firewalls/38"), [Answer(503, {"error": {
+        "code": "unavailable", "message": "the service is temporarily unavailable", "details": {}}}), Answer(204)]))
+    where = ("--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    failed = run_cli(capsys, "delete", "gone", *where)
+    one_line_error(failed, "gone was already gone on hetzner, but", "temporarily unavailable", "local state is kept",
+                   "its firewall could not be deleted", "run inletsctl delete gone --state-dir", "again")
+    assert (tmp_path / "gone" / "server.json").exists()
+    again = run_cli(capsys, "delete", "gone", *where)
+    assert again.code == 0 and "deleted its firewall inlets-gone" in again.out, again
+    assert len(api.requests("DELETE", "/v1/firewalls/38")) == 2 and not (tmp_path / "gone").exists()

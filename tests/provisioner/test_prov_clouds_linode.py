@@ -15,7 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded, write_state
+from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.cloud_api import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.providers.linode import LinodeProvider
@@ -113,3 +114,69 @@ def test_delete_leaves_a_shared_firewall_whose_name_merely_starts_with_inlets(ap
     p.poll_interval = 0.01
     p.delete(NODE)
     assert api.requests("DELETE", "/v4/networking/firewalls/123") and not api.requests("DELETE", "/v4/networking/firewalls/456")
+
+
+NO_DEVICES = {"data": [], "page": 1, "pages": 1, "results": 0}
+
+
+def _firewalls(**changes: object) -> dict:
+    """GET /v4/networking/firewalls (X-Filter on the label): the recorded list, its firewall as create made it for the
+    instance "gone", then ``changes``."""
+    body = json.loads(recorded("linode", "networking_firewalls.json"))
+    body["data"][0] |= {"label": "inlets-gone", "tags": ["inlets"]} | changes
+    return body
+
+
+@pytest.mark.parametrize("changes, devices, deleted", [
+    ({}, NO_DEVICES, True),
+    ({}, json.loads(recorded("linode", "networking_firewalls_123_devices.json")), False),
+    ({"tags": []}, NO_DEVICES, False),
+], ids=["made-for-it", "still-attached-to-another-instance", "not-tagged-inlets"])
+def test_delete_of_an_instance_already_gone_deletes_the_firewall_made_for_it(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        changes: dict, devices: dict, deleted: bool) -> None:
+    """An instance deleted in the console left its Cloud Firewall inlets-NAME for good: delete found the firewall
+    through the instance, and a bare-number id leads nowhere once the instance is gone. delete now looks it up by the
+    name in local state, and deletes it only when it is create's (tagged inlets) and attached to nothing."""
+    monkeypatch.setenv("LINODE_TOKEN", "T" * 64)
+    write_state(tmp_path, "gone", "linode", NODE)
+    api.route("GET", f"/v4/linode/instances/{NODE}", NOT_FOUND)
+    api.route("GET", "/v4/networking/firewalls", Answer(200, _firewalls(**changes)))
+    api.route("GET", "/v4/networking/firewalls/123/devices", Answer(200, devices))
+    result = run_cli(capsys, "delete", "gone", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    said = "deleted its firewall inlets-gone; " if deleted else ""
+    assert result.out.strip() == f"gone was already gone on linode; {said}removed its local state"
+    (listed,) = api.requests("GET", "/v4/networking/firewalls")
+    assert json.loads(listed.headers["X-Filter"]) == {"label": "inlets-gone"}
+    assert bool(api.requests("DELETE", "/v4/networking/firewalls/123")) is deleted
+    assert not (tmp_path / "gone").exists() and api.unrouted() == []
+
+
+def test_delete_after_a_create_cut_short_by_an_outage_deletes_its_firewall(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API went down after create made the firewall: the instance create, the firewall's removal and the check
+    for an instance made all the same all failed, so the state stayed without an id. delete then found no instance
+    of that name and removed the state, leaving the firewall; it now deletes that firewall too."""
+    monkeypatch.setenv("LINODE_TOKEN", "T" * 64)
+    outage = {"on": True}
+    down = Answer(503, {"errors": [{"reason": "Service Unavailable"}]})
+    none = {"data": [], "page": 1, "pages": 1, "results": 0}
+
+    def during_outage(answer: Answer) -> object:
+        return lambda seen: down if outage["on"] and api.requests("POST", "/v4/linode/instances") else answer
+
+    api.routes.insert(0, ("GET", re.compile("/v4/linode/instances"), during_outage(Answer(200, none))))
+    api.routes.insert(0, ("POST", re.compile("/v4/linode/instances"), down))
+    api.routes.insert(0, ("DELETE", re.compile("/v4/networking/firewalls/123"), during_outage(Answer(200, {}))))
+    api.route("GET", "/v4/networking/firewalls", Answer(200, _firewalls(label="inlets-cut")))
+    api.route("GET", "/v4/networking/firewalls/123/devices", Answer(200, NO_DEVICES))
+    where = ("--api-url", api.url, "--state-dir", str(tmp_path))
+    made = run_cli(capsys, "create", "cut", "--provider", "linode", "--runtime-spec", "inlets-py==0.1.0", *where)
+    one_line_error(made, "Service Unavailable", "could not be checked", "inletsctl delete cut")
+    assert len(api.requests("DELETE", "/v4/networking/firewalls/123")) == 1 and (tmp_path / "cut" / "server.json").exists()
+    outage["on"] = False
+    result = run_cli(capsys, "delete", "cut", *where)
+    assert result.code == 0, result.err
+    assert result.out.startswith("linode has no exit server named cut; deleted its firewall inlets-cut; removed its local state")
+    assert len(api.requests("DELETE", "/v4/networking/firewalls/123")) == 2 and not (tmp_path / "cut").exists()
