@@ -143,7 +143,7 @@ WEIRD = Material(
 VARIANTS: dict[str, dict[str, Any]] = {
     "tcp_defaults": {"spec": ("tcp", None, []), "tf": {}},
     "tcp_low_high_ports_ttl": {
-        "spec": ("tcp", "22,80,443,5432", []), "tf": {"ports": [22, 80, 443, 5432], "ttl": "1d2h"}, "ttl": "1d2h",
+        "spec": ("tcp", "25,80,443,5432", []), "tf": {"ports": [25, 80, 443, 5432], "ttl": "1d2h"}, "ttl": "1d2h",
     },
     "tcp_control_port_runtime_spec": {
         "spec": ("tcp", "443", []), "spec_kw": {"control_port": 9443},
@@ -518,7 +518,7 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
             "skip_requesting_account_id": True, "skip_metadata_api_check": True,
             "endpoints": [{"ec2": moto_ec2, "sts": moto_ec2}],
         }},
-        "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [22, 80, 443],
+        "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [25, 80, 443],
                             # moto's instance has no address to send the wheel to: `true` stands in for the
                             # Python that runs terraform/tools/push_wheel.py (tested against a booted VM in
                             # tests/boot), so the push step is evaluated and run, sending nothing
@@ -528,14 +528,14 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
     tf(root, "init", "-input=false")
     tf(root, "apply", "-auto-approve", "-input=false", timeout=150)
     out = {k: v["value"] for k, v in json.loads(tf(root, "output", "-json").stdout).items()}
-    return {"out": out, "ec2": ec2, "url": moto_ec2}
+    return {"out": out, "ec2": ec2, "url": moto_ec2, "root": root}
 
 
 @pytest.mark.timeout(180)
 def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tags(aws_applied: dict[str, Any]) -> None:
     """The instance's user-data read back through the EC2 API is inletsctl's rendering (the server
     wheel pushed: it does not fit EC2's 16 KiB); the
-    security group opens exactly 8123 and the TCP ports asked for (22 included); the tags are inletsctl's."""
+    security group opens exactly 8123 and the TCP ports asked for (25, under 1024, included); the tags are inletsctl's."""
     import base64
 
     from inlets_py.provisioner.providers.base import expiry_tag
@@ -544,22 +544,51 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
     attr = ec2.describe_instance_attribute(InstanceId=out["id"], Attribute="userData")
     got = base64.b64decode(attr["UserData"]["Value"]).decode()
     expires = datetime.datetime.fromisoformat(out["expires_at"].replace("Z", "+00:00"))
-    expected = user_data(build_spec("tcp", "22,80,443", []), MATERIAL,
+    expected = user_data(build_spec("tcp", "25,80,443", []), MATERIAL,
                          UserDataOptions(name="tf-moto", package="", wheel=build_runtime_wheel("tcp"), expires_at=expires,
                                          limit=16 * 1024, push=True, constraints=tuple(RUNTIME["tcp"]["constraints"])))
     assert got == expected
 
     rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [out["security_group_id"]]}])["SecurityGroupRules"]
     ingress = sorted((r["IpProtocol"], r["FromPort"], r["ToPort"], r.get("CidrIpv4")) for r in rules if not r["IsEgress"])
-    assert ingress == [("tcp", p, p, "0.0.0.0/0") for p in (22, 80, 443, 8123)]
+    assert ingress == [("tcp", p, p, "0.0.0.0/0") for p in (25, 80, 443, 8123)]
     instance = ec2.describe_instances(InstanceIds=[out["id"]])["Reservations"][0]["Instances"][0]
     groups = instance["SecurityGroups"] or [g for n in instance.get("NetworkInterfaces", []) for g in n["Groups"]]
     assert [g["GroupId"] for g in groups] == [out["security_group_id"]], instance
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags == {"Name": "tf-moto", "inlets": "true", "inlets-name": "tf-moto", "inlets-mode": "tcp",
                     "inlets-sg": out["security_group_id"], "inlets-expires": expiry_tag(expires).split(":", 1)[1]}
-    assert out["client_command"] == client_command(build_spec("tcp", "22,80,443", []), out["ip"], "inlets-token", "inlets-ca.crt")
+    assert out["client_command"] == client_command(build_spec("tcp", "25,80,443", []), out["ip"], "inlets-token", "inlets-ca.crt")
     assert out["delete_hint"].startswith("terraform destroy")
+
+
+@pytest.mark.timeout(180)
+def test_aws_instance_replaced_takes_a_new_creation_time(aws_applied: dict[str, Any]) -> None:
+    """The ttl counts from the instance it runs on: a change that replaces the instance (its user-data,
+    here the ports; its AMI) takes a new creation time in the same plan; one made in place (the
+    instance type) keeps it. Planned with the real aws provider against the applied state."""
+    root: Path = aws_applied["root"]
+    main = root / "main.tf.json"
+    applied = main.read_text()
+    ami = json.loads(applied)["module"]["exit"]["ami"]
+    other_ami = next(i["ImageId"] for i in aws_applied["ec2"].describe_images(Owners=["099720109477"])["Images"]
+                     if i["ImageId"] != ami)
+    changes = {"ports": ({"ports": [25, 80, 443, 5432]}, True), "ami": ({"ami": other_ami}, True),
+               "instance_type": ({"instance_type": "t3.small"}, False)}
+    try:
+        for what, (change, replaced) in changes.items():
+            config = json.loads(applied)
+            config["module"]["exit"].update(change)
+            main.write_text(json.dumps(config, indent=1))
+            tf(root, "plan", "-input=false", "-out=tfplan", timeout=120)
+            plan = json.loads(tf(root, "show", "-json", "tfplan", timeout=120).stdout)
+            actions = {c["address"]: c["change"]["actions"] for c in plan["resource_changes"]}
+            instance = actions["module.exit.aws_instance.exit_server"]
+            assert ("create" in instance) == replaced, f"{what}: the instance is planned {instance}"
+            created = actions["module.exit.terraform_data.created_at"]
+            assert (created == ["delete", "create"]) == replaced, f"{what}: created_at planned {created}, the instance {instance}"
+    finally:
+        main.write_text(applied)
 
 
 @pytest.mark.timeout(180)

@@ -156,3 +156,56 @@ def test_a_ttl_set_later_counts_from_the_new_droplet(tmp_path: Path) -> None:
     later = tfh.apply_root(ws / "root", {"exit": {**inputs, "ttl": "2h"}}, outputs)["expires_at"]
     expires = datetime.datetime.strptime(later, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     assert expires >= before + datetime.timedelta(hours=2), f"{later} counts from before the ttl changed ({before})"
+
+
+def planned_action(root: Path, address: str) -> list[str]:
+    """What ``terraform plan`` of ``root`` would do to ``address`` (e.g. ["delete", "create"]: replace)."""
+    tfh.tf(root, "plan", "-input=false", "-out=tfplan")
+    plan = json.loads(tfh.tf(root, "show", "-json", "tfplan").stdout)
+    return next(c["change"]["actions"] for c in plan["resource_changes"] if c["address"] == address)
+
+
+def test_every_droplet_replacement_takes_a_new_creation_time(tmp_path: Path) -> None:
+    """The ttl counts from the droplet it runs on: a change that replaces the droplet (its user-data:
+    ports, mode, control port, runtime; or its region, image, SSH keys) takes a new creation time, so
+    the new droplet's expiry is not the first droplet's; a change made in place (size, tags) keeps it."""
+    if tfh.TERRAFORM is None:
+        pytest.skip(tfh.NO_TERRAFORM)
+    import datetime
+    import time
+
+    ws = tfh.workspace(tmp_path)
+    secrets = ws / "modules/inlets-secrets"
+    for path in secrets.glob("*.tf"):
+        path.unlink()
+    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
+    stand_in(ws)
+    inputs = {"source": f"../{MODULE}", "name": "tf-do-replace", "package": "inlets-py==0.1.0", "ttl": "1h",
+              "ports": [80, 443]}
+    outputs = {"expires_at": ("${module.exit.expires_at}", False)}
+    first = tfh.apply_root(ws / "root", {"exit": inputs}, outputs)["expires_at"]
+    time.sleep(1.1)  # creation times have whole seconds
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    later = tfh.apply_root(ws / "root", {"exit": {**inputs, "ports": [80, 443, 5432]}}, outputs)["expires_at"]
+    expires = datetime.datetime.strptime(later, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    assert expires >= before + datetime.timedelta(hours=1), (
+        f"the droplet replaced for its ports keeps the first one's expiry {first}, not its own ({before} + 1h)")
+
+    applied = {**inputs, "ports": [80, 443, 5432]}
+    config = json.loads((ws / "root/main.tf.json").read_text())
+    changes = {
+        "mode": ({"mode": "http", "ports": None, "wheel_delivery": "push"}, True),
+        "control_port": ({"control_port": 9443}, True),
+        "runtime": ({"package": "inlets-py==0.2.0"}, True),
+        "region": ({"region": "ams3"}, True),
+        "image": ({"image": "ubuntu-22-04-x64"}, True),
+        "ssh_keys": ({"ssh_keys": ["12345"]}, True),
+        "size": ({"size": "s-2vcpu-2gb"}, False),
+        "tags": ({"tags": ["team-a"]}, False),
+        "same ttl, other words": ({"ttl": "60m"}, False),
+    }
+    for what, (change, replaced) in changes.items():
+        config["module"]["exit"] = tfh.hcl_json({**applied, **change})
+        (ws / "root/main.tf.json").write_text(json.dumps(config, indent=1))
+        action = planned_action(ws / "root", "module.exit.terraform_data.created_at")
+        assert (action == ["delete", "create"]) == replaced, f"{what}: created_at planned {action}"

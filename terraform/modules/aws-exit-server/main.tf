@@ -22,12 +22,20 @@ module "secrets" {
   server_key  = var.server_key
 }
 
-# The creation time, pinned in state so the expiry (and so the user-data) stays the same
-# on every later plan; taken anew when the ttl is set or changed, which replaces the VM (its
-# user-data changes): the new VM's expiry counts from its own creation, not from the first one's.
+# The creation time, pinned in state so the expiry (and so the user-data) stays the same on
+# every later plan; taken anew whenever the VM is replaced, so a new VM's expiry counts from its
+# own creation, not from the first one's: on every change of the user-data other than its expiry
+# (ttl, ports, mode, package, runtime...: module.userdata.vm_key) and of the instance's AMI, subnet and key pair,
+# which AWS replaces the VM for. To replace the VM by hand, replace this instead
+# (terraform apply -replace=...terraform_data.created_at): the VM follows, its user-data changed.
 resource "terraform_data" "created_at" {
-  input            = plantimestamp()
-  triggers_replace = var.ttl
+  input = plantimestamp()
+  triggers_replace = {
+    user_data = module.userdata.vm_key
+    ami       = local.ami
+    subnet_id = var.subnet_id
+    key_name  = var.key_name
+  }
   lifecycle {
     ignore_changes = [input]
   }
@@ -69,6 +77,7 @@ data "aws_ami" "ubuntu" {
 }
 
 locals {
+  ami           = var.ami != null ? var.ami : data.aws_ami.ubuntu[0].id # a newer Ubuntu image replaces the instance
   firewall_name = substr("inlets-${var.name}", 0, 63)
   rules = merge(
     { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv4) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = pair[1], ipv6 = null } },
@@ -114,7 +123,7 @@ resource "aws_vpc_security_group_egress_rule" "all_ipv4" {
 }
 
 resource "aws_instance" "exit_server" {
-  ami                                  = var.ami != null ? var.ami : data.aws_ami.ubuntu[0].id
+  ami                                  = local.ami
   instance_type                        = var.instance_type
   subnet_id                            = var.subnet_id
   vpc_security_group_ids               = [aws_security_group.exit_server.id]

@@ -137,7 +137,7 @@ variable "vpc_id" {
 }
 
 variable "key_name" {
-  description = "EC2 key pair name for SSH (optional; the tunnel needs none, and port 22 is opened only if listed in ports)."
+  description = "EC2 key pair name for SSH (optional; the tunnel needs none). Port 22 is the VM's sshd, never a tunnel port, so the security group does not open it: add a rule to output security_group_id for SSH."
   type        = string
   default     = null
 }

@@ -24,12 +24,20 @@ module "secrets" {
   server_key  = var.server_key
 }
 
-# The creation time, pinned in state so the expiry (and so the user-data) stays the same
-# on every later plan; taken anew when the ttl is set or changed, which replaces the VM (its
-# user-data changes): the new VM's expiry counts from its own creation, not from the first one's.
+# The creation time, pinned in state so the expiry (and so the user-data) stays the same on
+# every later plan; taken anew whenever the VM is replaced, so a new VM's expiry counts from its
+# own creation, not from the first one's: on every change of the user-data other than its expiry
+# (ttl, ports, mode, package, runtime...: module.userdata.vm_key) and of the droplet's region, image and SSH keys,
+# which DigitalOcean replaces the VM for. To replace the VM by hand, replace this instead
+# (terraform apply -replace=...terraform_data.created_at): the VM follows, its user-data changed.
 resource "terraform_data" "created_at" {
-  input            = plantimestamp()
-  triggers_replace = var.ttl
+  input = plantimestamp()
+  triggers_replace = {
+    user_data = module.userdata.vm_key
+    region    = var.region
+    image     = var.image
+    ssh_keys  = sort(distinct(var.ssh_keys)) # a set to DigitalOcean: order alone replaces nothing
+  }
   lifecycle {
     ignore_changes = [input]
   }

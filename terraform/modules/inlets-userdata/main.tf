@@ -38,12 +38,13 @@ locals {
   )
   expires_unix = local.expires == null ? null : local.created_unix + local.ttl_seconds
 
+  service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${var.mode}.tftpl", {
+    control_port = format("%d", var.control_port)
+    ports        = local.ports_csv
+    http_port    = format("%d", var.http_port)
+  })]
   units = concat(
-    [["inlets.service", templatefile("${path.module}/templates/inlets.service.${var.mode}.tftpl", {
-      control_port = format("%d", var.control_port)
-      ports        = local.ports_csv
-      http_port    = format("%d", var.http_port)
-    })]],
+    [local.service_unit],
     local.expires == null ? [] : [
       ["inlets-expire.service", templatefile("${path.module}/templates/inlets-expire.service.tftpl", {
         expires_at = local.expires.iso
@@ -79,7 +80,8 @@ locals {
   } : null
   package = local.use_wheel ? local.wheel_path : var.package
 
-  template_vars = {
+  # everything in the user-data but the units, whose expiry timer follows created_at
+  template_base = {
     name        = var.name
     mode        = var.mode
     user        = local.generated.service_user
@@ -88,11 +90,10 @@ locals {
     token       = var.token
     server_cert = var.server_cert
     server_key  = var.server_key
-    units       = local.units
     constraints = local.constraints
     package     = local.package
-    expires     = local.expires
   }
+  template_vars      = merge(local.template_base, { units = local.units, expires = local.expires })
   user_data_embedded = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = local.embedded, receiver = null }))
   user_data_pushed   = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = null, receiver = local.pushed }))
   # bytes, not characters: base64 is 4 characters per 3 bytes, less its padding
@@ -104,6 +105,16 @@ locals {
   user_data        = local.use_wheel && local.wheel_delivery == "push" ? local.user_data_pushed : local.user_data_embedded
   user_data_base64 = base64encode(local.user_data)
   user_data_bytes  = nonsensitive(length(local.user_data_base64) / 4 * 3 - length(regexall("=", local.user_data_base64)))
+
+  # The user-data less its creation time: both renderings without the expiry, with what picks one and what
+  # sets the expiry's distance (the expiry's text has one length, so the pick cannot turn on created_at).
+  # It must not read var.created_at: the exit-server modules take a new creation time when it changes.
+  template_timeless = merge(local.template_base, { units = [local.service_unit], expires = null })
+  vm_key = nonsensitive(sha256(jsonencode([
+    local.ttl_seconds, var.wheel_delivery, var.limit,
+    sha256(templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_timeless, { wheel = local.embedded, receiver = null }))),
+    sha256(templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_timeless, { wheel = null, receiver = local.pushed }))),
+  ])))
 
   # sorted by number, as provisioner/firewall.py's inbound_ports()
   firewall_wanted = var.mode == "tcp" ? concat([var.control_port], local.ports) : [var.http_port, 443, var.control_port]

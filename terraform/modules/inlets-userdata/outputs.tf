@@ -43,6 +43,11 @@ output "wheel" {
   } : null
 }
 
+output "vm_key" {
+  description = "A digest of the user-data less its creation time (created_at): it changes whenever the user-data changes for another reason, which replaces the VM; the exit-server modules take a new creation time then, so the ttl counts from the new VM."
+  value       = local.vm_key
+}
+
 output "user_data_bytes" {
   description = "Size of the user-data in bytes."
   value       = local.user_data_bytes

@@ -25,6 +25,10 @@ variable "ports" {
     condition     = var.ports == null ? true : length(var.ports) > 0 && alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
     error_message = "The ports must be distinct whole numbers from 1 to 65535 (at least one)."
   }
+  validation {
+    condition     = var.ports == null ? true : !contains(var.ports, 22)
+    error_message = "Port 22 is where the VM's SSH server (sshd) listens, so the tunnel cannot listen there: choose other ports (SSH to the VM needs no data port)."
+  }
 }
 
 variable "domains" {
@@ -45,6 +49,10 @@ variable "http_port" {
     condition     = var.http_port == floor(var.http_port) && var.http_port >= 1 && var.http_port <= 65535
     error_message = "The http_port must be a port from 1 to 65535."
   }
+  validation {
+    condition     = var.http_port != 22
+    error_message = "The http_port cannot be 22, where the VM's SSH server (sshd) listens: choose another port, such as 80."
+  }
 }
 
 variable "control_port" {
@@ -54,6 +62,10 @@ variable "control_port" {
   validation {
     condition     = var.control_port == floor(var.control_port) && var.control_port >= 1 && var.control_port <= 65535
     error_message = "The control_port must be a port from 1 to 65535."
+  }
+  validation {
+    condition     = var.control_port != 22
+    error_message = "The control_port cannot be 22, where the VM's SSH server (sshd) listens: choose another port, such as 8123."
   }
 }
 
@@ -161,8 +173,8 @@ variable "created_at" {
   type        = string
   default     = null
   validation {
-    condition     = var.created_at == null ? true : can(regex("^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d+)?Z$", var.created_at))
-    error_message = "The created_at must be an RFC 3339 UTC time such as 2030-01-02T03:04:05Z."
+    condition     = var.created_at == null ? true : can(regex("^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d+)?Z$", var.created_at)) && can(timeadd(var.created_at, "0s"))
+    error_message = "The created_at must be an RFC 3339 UTC time that exists, such as 2030-01-02T03:04:05Z."
   }
 }
 
@@ -170,4 +182,9 @@ variable "limit" {
   description = "Size limit of the provider's user-data in bytes (DigitalOcean 65536, EC2 16384)."
   type        = number
   default     = 65536
+  nullable    = false
+  validation {
+    condition     = var.limit == floor(var.limit) && var.limit >= 1
+    error_message = "The limit must be a whole number of bytes of at least 1, the provider's user-data limit (DigitalOcean 65536, EC2 16384)."
+  }
 }

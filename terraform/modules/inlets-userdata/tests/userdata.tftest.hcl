@@ -94,12 +94,12 @@ run "rejects_a_runtime_spec_on_two_lines" {
 
 run "tcp_low_ports_with_ttl" {
   variables {
-    ports      = [22, 5432]
+    ports      = [25, 5432]
     ttl        = "1d2h"
     created_at = "2030-01-02T03:04:05Z"
   }
   assert {
-    condition     = output.firewall_ports == [22, 5432, 8123]
+    condition     = output.firewall_ports == [25, 5432, 8123]
     error_message = "Ports under 1024 are opened too."
   }
   assert {
@@ -314,4 +314,163 @@ run "rejects_a_name_with_control_characters" {
     name = "exit\u0085runcmd"
   }
   expect_failures = [var.name]
+}
+
+run "rejects_data_port_22_where_sshd_listens" {
+  command = plan
+  variables {
+    ports = [22, 80]
+  }
+  expect_failures = [var.ports]
+}
+
+run "rejects_http_port_22_where_sshd_listens" {
+  command = plan
+  variables {
+    mode      = "http"
+    http_port = 22
+    limit     = 262144 # the HTTP wheel embedded fits: only the port is wrong
+  }
+  expect_failures = [var.http_port]
+}
+
+run "rejects_control_port_22_where_sshd_listens" {
+  command = plan
+  variables {
+    control_port = 22
+  }
+  expect_failures = [var.control_port]
+}
+
+run "rejects_a_zero_limit" {
+  command = plan
+  variables {
+    limit = 0
+  }
+  expect_failures = [var.limit]
+}
+
+run "rejects_a_negative_limit" {
+  command = plan
+  variables {
+    limit = -65536
+  }
+  expect_failures = [var.limit]
+}
+
+run "rejects_a_fractional_limit" {
+  command = plan
+  variables {
+    limit = 16384.5
+  }
+  expect_failures = [var.limit]
+}
+
+run "rejects_a_created_at_that_does_not_exist" {
+  command = plan
+  variables {
+    ttl        = "2h"
+    created_at = "2030-02-30T25:04:05Z"
+  }
+  expect_failures = [var.created_at]
+}
+
+# vm_key: what the exit-server modules take a new creation time on. It follows every change of
+# the user-data (each replaces the VM) except the expiry that created_at itself moves.
+run "vm_key_base" {
+  command = plan
+  variables {
+    ttl        = "2h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+}
+
+run "vm_key_ignores_created_at" {
+  command = plan
+  variables {
+    ttl        = "120m" # the same ttl in other words: the same user-data
+    created_at = "2031-06-07T08:09:10Z"
+  }
+  assert {
+    condition     = output.vm_key == run.vm_key_base.vm_key && output.expires_at != run.vm_key_base.expires_at
+    error_message = "A new creation time must not change vm_key (the exit-server modules take one when it changes)."
+  }
+}
+
+run "vm_key_follows_the_ports" {
+  command = plan
+  variables {
+    ports      = [80, 443, 5432]
+    ttl        = "2h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "New ports change the user-data, which replaces the VM: vm_key must change."
+  }
+}
+
+run "vm_key_follows_the_mode" {
+  command = plan
+  variables {
+    mode       = "http"
+    limit      = 262144
+    ttl        = "2h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "Another mode replaces the VM: vm_key must change."
+  }
+}
+
+run "vm_key_follows_the_control_port" {
+  command = plan
+  variables {
+    control_port = 9443
+    ttl          = "2h"
+    created_at   = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "Another control port replaces the VM: vm_key must change."
+  }
+}
+
+run "vm_key_follows_the_ttl" {
+  command = plan
+  variables {
+    ttl        = "3h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "Another ttl replaces the VM: vm_key must change."
+  }
+}
+
+run "vm_key_follows_the_runtime" {
+  command = plan
+  variables {
+    package    = "inlets-py==0.2.0"
+    ttl        = "2h"
+    created_at = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "Another runtime replaces the VM: vm_key must change."
+  }
+}
+
+run "vm_key_follows_the_wheel_delivery" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    ttl            = "2h"
+    created_at     = "2030-01-02T03:04:05Z"
+  }
+  assert {
+    condition     = output.vm_key != run.vm_key_base.vm_key
+    error_message = "A pushed wheel replaces the VM (its user-data no longer holds the wheel): vm_key must change."
+  }
 }
