@@ -71,7 +71,7 @@ def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
         "  inletsctl create --provider local --ports 8080\n\n"
         "  inletsctl create my-tunnel --provider digitalocean --ports 80,443 --ttl 2h\n\n"
         "  DIGITALOCEAN_ACCESS_TOKEN=... inletsctl create --provider digitalocean --mode http --domain example.com\n\n"
-        "  AWS_PROFILE=work inletsctl create --provider ec2 --region eu-west-1 --ports 22,80,443\n\n"
+        "  AWS_PROFILE=work inletsctl create --provider ec2 --region eu-west-1 --ports 80,443\n\n"
         "  inletsctl create --provider ssh --host root@203.0.113.10 --ssh-key ~/.ssh/id_ed25519 --ports 80,443\n\n"
         "  HCLOUD_TOKEN=... inletsctl create --provider hetzner --mode http --domain example.com\n\n"
         "  inletsctl create ha-tunnel --provider digitalocean --ports 80,443 --replicas 2"

@@ -21,7 +21,7 @@ from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
-                   check_runtime_spec, check_timeout, control_url, parse_ports, parse_ttl)
+                   check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
 from .state import ServerState, delete_command, prepare_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
@@ -85,7 +85,7 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         control_port = _free_control_port(opts, http_port)
     else:
         control_port = CONTROL_PORT
-    return build_spec(
+    spec = build_spec(
         opts.mode,
         opts.ports,
         opts.domains,
@@ -97,6 +97,9 @@ def _spec(opts: CreateOptions) -> TunnelSpec:
         letsencrypt=_letsencrypt(opts, http_port),
         lb_proxy_protocol="v1" if opts.replicas > 1 else None,  # the balancer tells each replica the real source
     )
+    # a cloud boots an image running sshd on 22; ssh's host may reach its sshd through a forwarded port, and the
+    # server then names the port in use to the client (bind_failure); local has no sshd on its data address
+    return check_vm_ports(spec) if registry.info(opts.provider).user_data_limit else spec
 
 
 def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:

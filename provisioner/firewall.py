@@ -3,16 +3,15 @@
 TCP mode: the control port and exactly the data ports asked for (ports under 1024
 included, which inletsctl's EC2 rule leaves out). HTTP mode: the control port, the
 HTTP data port, and 443 (kept for HTTPS / Let's Encrypt on the data plane; inletsctl's
-Azure rule forgets the control port). Nothing else: no SSH unless a port list asks for 22.
+Azure rule forgets the control port). Nothing else: no SSH (22 is the VM's sshd, never a tunnel port).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .spec import TunnelSpec
+from .spec import HTTPS_PORT, TunnelSpec
 
-HTTPS_PORT = 443
 ANY_IPV4 = "0.0.0.0/0"
 ANY_IPV6 = "::/0"
 

@@ -23,8 +23,11 @@ Mode = Literal["tcp", "http"]
 CONTROL_PORT = 8123
 DEFAULT_TCP_PORTS = (80, 443)
 DEFAULT_HTTP_PORT = 80
+HTTPS_PORT = 443  # HTTP mode with Let's Encrypt: the data plane's HTTPS
 DEFAULT_TCP_UPSTREAM = "127.0.0.1"
 DEFAULT_HTTP_UPSTREAM = "http://127.0.0.1:8080"
+#: sshd listens on this port, on every address, on the image of every cloud VM: the exit server cannot listen there
+VM_SSH_PORT = 22
 MAX_TTL_DAYS = 365  # --ttl is for exit servers that should not outlive a task; longer ones are deleted by hand
 # Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
 _DOMAIN_RE = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -171,9 +174,24 @@ def build_spec(
     except http_upstreams.UpstreamError as exc:
         raise ProvisionError(f"invalid --upstream for --mode http: {exc}") from None
     if letsencrypt is not None:
-        _check_letsencrypt(letsencrypt, names, http_port)
+        _check_letsencrypt(letsencrypt, names, http_port, control_port)
     return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,
                       letsencrypt=letsencrypt, lb_proxy_protocol=lb_proxy_protocol)
+
+
+def check_vm_ports(spec: TunnelSpec) -> TunnelSpec:
+    """For a cloud VM, whose sshd holds port 22: a control or HTTP port there stops the server at boot (create
+    then waits out --timeout); a TCP data port there refuses every client, which asks for all its ports at once.
+    Not for --provider local (no VM, no sshd: the data ports listen on 127.0.0.2)."""
+    why = "the VM's SSH server (sshd) listens there"
+    if spec.control_port == VM_SSH_PORT:
+        raise ProvisionError(f"--control-port {VM_SSH_PORT}: {why}; choose another --control-port (default {CONTROL_PORT})")
+    if spec.mode == "tcp" and VM_SSH_PORT in spec.ports:
+        raise ProvisionError(f"--ports {','.join(map(str, spec.ports))} includes {VM_SSH_PORT}: {why}, so the tunnel "
+                             "cannot; choose other --ports (SSH to the VM needs no data port)")
+    if spec.mode == "http" and spec.http_port == VM_SSH_PORT:
+        raise ProvisionError(f"--http-port {VM_SSH_PORT}: {why}; choose another --http-port (default {DEFAULT_HTTP_PORT})")
+    return spec
 
 
 def _untrimmed(upstream: str, mode: str) -> str:
@@ -183,13 +201,16 @@ def _untrimmed(upstream: str, mode: str) -> str:
     return upstream
 
 
-def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int) -> None:
+def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_port: int, control_port: int) -> None:
     from inlets_py.runtime.acme.store import AcmeConfigError, check_domain, check_email, directory_url
 
     if not domains:
         raise ProvisionError("Let's Encrypt needs --domain: certificates are issued for names, not the catch-all")
     if http_port != 80:
         raise ProvisionError(f"Let's Encrypt validates on port 80, not --http-port {http_port}; drop one of them")
+    if control_port == HTTPS_PORT:  # the server refuses two listeners on one port: the unit would never start
+        raise ProvisionError(f"--control-port {HTTPS_PORT} is where Let's Encrypt's HTTPS listens: choose another "
+                             f"--control-port (default {CONTROL_PORT}), or --no-letsencrypt")
     try:
         for domain in domains:
             check_domain(domain)

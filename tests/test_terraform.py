@@ -562,7 +562,7 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
     assert out["delete_hint"].startswith("terraform destroy")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)  # three plans with the aws provider, ~20 s each, after the shared apply
 def test_aws_instance_replaced_takes_a_new_creation_time(aws_applied: dict[str, Any]) -> None:
     """The ttl counts from the instance it runs on: a change that replaces the instance (its user-data,
     here the ports; its AMI) takes a new creation time in the same plan; one made in place (the

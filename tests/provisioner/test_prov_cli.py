@@ -60,6 +60,16 @@ BAD_CREATE = [
     (["--provider", "digitalocean", "--access-token", "x", "--mode", "http", "--domain", "example.com",
       "--letsencrypt-issuer", "https://127.0.0.1:0/dir"], "'0' is not a port between 1 and 65535"),
     (["--provider", "digitalocean"], "no DigitalOcean access token"),
+    # a cloud VM's sshd holds port 22: the server could never listen there (issue: tunnel ports on 22)
+    (["--provider", "digitalocean", "--access-token", "x", "--ports", "80,22"],
+     "--ports 80,22 includes 22: the VM's SSH server (sshd) listens there, so the tunnel cannot; choose other --ports"),
+    (["--provider", "ec2", "--mode", "http", "--http-port", "22"],
+     "--http-port 22: the VM's SSH server (sshd) listens there; choose another --http-port (default 80)"),
+    (["--provider", "gce", "--control-port", "22"],
+     "--control-port 22: the VM's SSH server (sshd) listens there; choose another --control-port (default 8123)"),
+    # Let's Encrypt's HTTPS is on 443: the server refuses a control port there at start, so the VM never answers
+    (["--provider", "digitalocean", "--access-token", "x", "--mode", "http", "--domain", "example.com",
+      "--control-port", "443"], "--control-port 443 is where Let's Encrypt's HTTPS listens: choose another --control-port"),
     (["--provider", "digitalocean", "--access-token-file", "/nonexistent/token"], "access token file not found"),
 ]
 
@@ -208,6 +218,16 @@ def test_the_local_control_port_is_never_a_data_port(mode: str, ports: str | Non
                                              http_port=http_port))
     assert spec.control_port == 45330
     assert data in (spec.ports if mode == "tcp" else (spec.http_port,))
+
+
+@pytest.mark.parametrize("provider", ["local", "ssh"])
+def test_port_22_is_a_tunnel_port_where_no_vm_sshd_holds_it(provider: str, tmp_path: Path) -> None:
+    """local has no VM (its data ports listen on 127.0.0.2); ssh's host may reach its sshd through a forwarded
+    port, and its server names a port in use to the client: only clouds refuse 22 up front."""
+    from inlets_py.provisioner import create
+
+    spec = create._spec(create.CreateOptions(provider=provider, state_root=tmp_path, ports="22,8080"))
+    assert spec.ports == (22, 8080)
 
 
 def test_progress_off_a_terminal_is_few_lines_saying_what_is_awaited(capsys) -> None:
