@@ -8,14 +8,18 @@ can cause ends as one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from typing import Any, Callable
 
-from ..core import lazy_modules
-from . import handoff
-from .usage import users_words
+try:  # a Ctrl-C while these load (a fresh install compiles them first) is exit 130, as it is a moment later
+    import importlib
+    import importlib.util
+    from typing import Any, Callable
+
+    from ..core import lazy_modules
+    from . import handoff
+    from .usage import users_words
+except KeyboardInterrupt:
+    sys.exit(130)
 
 #: (group, command modules) in the order ``--help`` lists them.
 COMMANDS = ((None, ("status",)), ("tcp", ("tcp_server", "tcp_client")), ("http", ("http_server", "http_client")))

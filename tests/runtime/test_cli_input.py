@@ -182,3 +182,23 @@ def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls
     result = inlets("tcp", "server", "--token-file", files["tok"], "--tls-cert", str(tls.cert), "--tls-key", str(other.key))
     line = one_line_error(result, f"the key {other.key} does not belong to the certificate {tls.cert}")
     assert "KEY_VALUES_MISMATCH" not in line
+
+
+def test_ctrl_c_while_the_command_module_itself_loads_exits_130_quietly() -> None:
+    """The timed test above can miss the first milliseconds: ``inlets``'s own module imports its helpers before
+    ``main()`` runs, and a Ctrl-C there (seen on a loaded machine, a fresh clone compiling its bytecode) was a
+    traceback. Here the Ctrl-C arrives exactly then: an import hook raises it while the last helper loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class CtrlC:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'inlets_py.runtime.cli.usage':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, CtrlC())\n"
+            "from inlets_py.runtime.cli.main import main\n"
+            "main()\n")
+    result = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 130, (result.returncode, result.stderr)
