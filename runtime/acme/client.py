@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..core.logs import logfmt
 from . import retry_after
 from .store import Account, CertStore
 
@@ -188,7 +189,7 @@ class AcmeIssuer:
         if pem is None:
             pem = _new_key_pem("rsa")
             self.store.save_account_key(pem)
-            log.info("event=acme_account_key path=%s", self.store.account_key_path)
+            log.info("event=acme_account_key path=%s", logfmt(self.store.account_key_path))
         key = jose.JWKRSA(key=self._account_private_key(pem))
         net = client.ClientNetwork(key, alg=jose.RS256, verify_ssl=self.ca_bundle or True, user_agent=USER_AGENT,
                                    timeout=int(min(self.timeout, 45)))
@@ -206,7 +207,7 @@ class AcmeIssuer:
                         if self.email else messages.NewRegistration(terms_of_service_agreed=True))
         try:
             acme.new_account(registration)
-            log.info("event=acme_account_registered directory=%s", self.url)
+            log.info("event=acme_account_registered directory=%s", logfmt(self.url))
         except errors.ConflictError as exc:  # this key already has an account: use it
             net.account = messages.RegistrationResource(uri=exc.location, body=messages.Registration())
         self._client = acme

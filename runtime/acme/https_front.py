@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from ..core.logs import logfmt
 from ..core.listen import listen
 from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
@@ -89,7 +90,7 @@ class PlainFront(asyncio.Protocol):
         if head is not None:
             status, body, extra = plain_answer(head, self.letsencrypt.challenges, self.https_port)
             if status == 200:
-                log.info("event=acme_challenge_answered host=%s", head.host or "-")
+                log.info("event=acme_challenge_answered host=%s", logfmt(head.host or "-"))
             self._answer(status, body, extra, head.method == b"HEAD")
 
     def _answer(self, status: int, body: bytes, extra: list, head_only: bool) -> None:

@@ -26,9 +26,18 @@ import sys
 from pathlib import Path
 
 from ..core.cert_expiry import iso as _iso
+from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, readable_file
 from . import retry_after as retry_after_header
-from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+from .store import (
+    Account,
+    AcmeConfigError,
+    CertStore,
+    StoredCert,
+    check_domain,
+    check_email,
+    directory_url,
+)
 
 log = logging.getLogger("inlets.letsencrypt")
 #: The ACME client runs as a child process: ``python -m`` this module (acme/client.py).
@@ -108,7 +117,8 @@ class LetsEncrypt:
                 try:
                     self._install(cert)
                 except (ssl.SSLError, OSError) as exc:
-                    log.warning("event=certificate_unusable domain=%s error=%r next=reissue", domain, _unusable(cert, exc))
+                    log.warning("event=certificate_unusable domain=%s error=%s next=reissue", domain,
+                                logfmt(_unusable(cert, exc)))
                     continue
                 if cert.validity.not_after <= datetime.datetime.now(datetime.timezone.utc):
                     log.warning("event=certificate_expired domain=%s not_after=%s serving=expired_until_renewed "
@@ -173,7 +183,7 @@ class LetsEncrypt:
             asked = exc.retry_after if isinstance(exc, AcmeError) else None
             delay = self.retry_delay(failures, asked)
             self._not_before[domain] = loop.time() + delay
-            log.error("event=certificate_failed domain=%s error=%r retry_in=%.0fs retry_at=%s%s%s", domain, str(exc),
+            log.error("event=certificate_failed domain=%s error=%s retry_in=%.0fs retry_at=%s%s%s", domain, logfmt(exc),
                       delay, _retry_at(delay), "" if asked is None else f" retry_after={asked:.0f}s",
                       self._expired_note(domain))
             return
@@ -193,9 +203,9 @@ class LetsEncrypt:
         failures = self._failures[cert.domain] = self._failures.get(cert.domain, 0) + 1
         delay = self.retry_delay(failures)
         self._not_before[cert.domain] = loop.time() + delay
-        log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%r retry_in=%.0fs retry_at=%s",
-                    cert.domain, _iso(cert.validity.not_after), "the certificate just issued is already due for "
-                    "renewal: is this machine's clock right?", delay, _retry_at(delay))
+        log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%s retry_in=%.0fs retry_at=%s",
+                    cert.domain, _iso(cert.validity.not_after), logfmt("the certificate just issued is already due for "
+                    "renewal: is this machine's clock right?"), delay, _retry_at(delay))
 
     def _expired_note(self, domain: str) -> str:
         """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a

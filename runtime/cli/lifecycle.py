@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from ..core.logs import logfmt
 from ..core.auth import TokenError, read_tokens
 from ..core.heap import IdleTrim, keep_freed_heap
 from .config import fail
@@ -33,7 +34,8 @@ def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
     if not stopping.is_set():
         stopping.set()
         return
-    log.warning("event=forced_exit signal=%s reason=%r", sig.name, "a second signal while draining: open connections cut")
+    log.warning("event=forced_exit signal=%s reason=%s", sig.name,
+                logfmt("a second signal while draining: open connections cut"))
     logging.shutdown()
     os._exit(1)
 
@@ -110,12 +112,12 @@ def run_server(
 
     async def reload() -> None:
         if token or token_file is None:
-            log.warning("event=reload_ignored reason=%s", "tokens come from --token/$INLETS_TOKEN, not a file")
+            log.warning("event=reload_ignored reason=%s", logfmt("tokens come from --token/$INLETS_TOKEN, not a file"))
             return
         try:
             tokens = read_tokens(None, token_file)
         except TokenError as exc:
-            log.error("event=reload_failed error=%r keeping=current_tokens", str(exc))
+            log.error("event=reload_failed error=%s keeping=current_tokens", logfmt(exc))
             return
         server.control.config.tokens.replace(tokens)
         revoked = server.control.revoke_stale_tokens()

@@ -15,6 +15,7 @@ from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
 from ..core.cert_expiry import not_after_pem, warn_if_ending
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip
+from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
 from ..server.dataplane import DataPlaneOptions
@@ -83,7 +84,7 @@ def control_config(
                 "localhost", "127.0.0.1", "::1", socket.gethostname()]
             files = auto_tls_files(auto_tls_directory(auto_tls_path), names)
             ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
-            log.info("event=auto_tls ca=%s names=%s", files["ca_cert"], ",".join(names))
+            log.info("event=auto_tls ca=%s names=%s", logfmt(files["ca_cert"]), logfmt(",".join(names)))
             warn_if_certificate_ending(Path(files["cert"]), AUTO_TLS_HINT.format(ca=files["ca_cert"]))
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))
@@ -108,16 +109,17 @@ def warn_if_certificate_ending(cert: Path, hint: str) -> None:
         not_after = not_after_pem(cert.read_bytes())
     except ValueError:
         return
-    warn_if_ending(log, f"cert={cert}", not_after, hint)
+    warn_if_ending(log, f"cert={logfmt(cert)}", not_after, hint)
 
 
 def warn_if_plaintext_reachable(control_addr: str) -> None:
     """Once the server runs (after every flag was checked: a bad one stays the only line): --plaintext where others
     reach the control port sends tokens in clear, which the flag's help says it is not for."""
     if not _loopback(control_addr):
-        log.warning("event=plaintext_control_plane addr=%s hint=%r", control_addr or "*",
-                    "--plaintext on an address others reach sends the token and every tunnelled byte unencrypted: "
-                    "give --control-addr 127.0.0.1 behind a TLS-terminating proxy, or use --auto-tls")
+        log.warning("event=plaintext_control_plane addr=%s hint=%s", control_addr or "*",
+                    logfmt("--plaintext on an address others reach sends the token and every tunnelled byte "
+                           "unencrypted: give --control-addr 127.0.0.1 behind a TLS-terminating proxy, "
+                           "or use --auto-tls"))
 
 
 def _loopback(address: str) -> bool:
@@ -191,8 +193,8 @@ def auto_tls_directory(path: Path | None) -> Path:
     if path is None:
         return default_data_dir() / "auto-tls"
     if path.is_dir() and path.stat().st_mode & 0o077:
-        log.warning("event=auto_tls_path_open path=%s mode=%04o hint=%r", path, path.stat().st_mode & 0o777,
-                    "other users may enter it: the keys stay 0600, but chmod 700 it")
+        log.warning("event=auto_tls_path_open path=%s mode=%04o hint=%s", logfmt(path), path.stat().st_mode & 0o777,
+                    logfmt("other users may enter it: the keys stay 0600, but chmod 700 it"))
     return path
 
 
@@ -206,7 +208,8 @@ def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
         raise TlsConfigError(f"--auto-tls could not prepare {directory}: {last}")
     files = json.loads(result.stdout)
     for key in files.pop("fixed", []):
-        log.warning("event=auto_tls_key_mode_fixed file=%s now=0600 reason=%r", key, "others could read the key")
+        log.warning("event=auto_tls_key_mode_fixed file=%s now=0600 reason=%s", logfmt(key),
+                    logfmt("others could read the key"))
     return files
 
 

@@ -21,22 +21,43 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
-    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+    ProxyError,
 )
 
 from ..core.auth import TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
+from ..core.handshake import (
+    CONNECT_PATH,
+    FATAL_CLOSE_CODES,
+    HandshakeError,
+    Hello,
+    parse_welcome,
+)
 from ..core.hosts import HostError, split_url
-from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
+from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
+from ..core.session import Channel, Session
+from ..core.wsflow import BoundedReplies
+from .diagnose import describe as _describe
+from .diagnose import speaks_plain_http, speaks_tls
 from .outbound_proxy import (
-    ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
+    ProxyConfigError,
+)
+from .outbound_proxy import (
+    certificate_failure as proxy_certificate_failure,
+)
+from .outbound_proxy import (
+    choose as choose_proxy,
+)
+from .outbound_proxy import (
     explain as explain_proxy_failure,
 )
-from ..core.session import Channel, Session
-from .diagnose import describe as _describe, speaks_plain_http, speaks_tls
-from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.client")
 
@@ -138,12 +159,13 @@ class TunnelClient:
         except TokenError as exc:
             if not self._token_file_unreadable:
                 self._token_file_unreadable = True
-                log.warning("event=token_file_unreadable error=%r using=last_token_read note=%r", str(exc),
-                            "an exit server deleted with inletsctl takes its token file along: stop this client then")
+                log.warning("event=token_file_unreadable error=%s using=last_token_read note=%s", logfmt(exc),
+                            logfmt("an exit server deleted with inletsctl takes its token file along: stop this "
+                                   "client then"))
             return self.config.token
         if self._token_file_unreadable:
             self._token_file_unreadable = False
-            log.info("event=token_file_readable path=%s", self.config.token_file)
+            log.info("event=token_file_readable path=%s", logfmt(self.config.token_file))
         self.config.token = token
         return token
 
@@ -151,7 +173,7 @@ class TunnelClient:
         loop = asyncio.get_running_loop()
         delay = self.config.backoff_initial
         if self.proxy.url:
-            log.info("event=proxy proxy=%s source=%s", self.proxy.shown, self.proxy.source)
+            log.info("event=proxy proxy=%s source=%s", logfmt(self.proxy.shown), logfmt(self.proxy.source))
         while not self._stopping:
             self._retry_now.clear()  # a SIGHUP from now on cuts the wait after this attempt short
             try:
@@ -159,13 +181,14 @@ class TunnelClient:
             except FatalClientError:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                log.warning("event=connect_failed url=%s error=%r retry_in=%.1fs", self.config.url, _describe(exc), delay)
+                log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
+                            logfmt(_describe(exc)), delay)
             else:
                 started = loop.time()
                 await self._follow(session)
                 if self._stopping:
                     return
-                log.warning("event=disconnected url=%s", self.config.url)
+                log.warning("event=disconnected url=%s", logfmt(self.config.url))
                 if loop.time() - started > 10:
                     delay = self.config.backoff_initial  # it was up for a while: start over
             sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
@@ -193,7 +216,7 @@ class TunnelClient:
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
         session.on_goaway = session.on_retire = self._reconnect_now
         asyncio.ensure_future(self._run(session))
-        log.info("event=connected url=%s services=%s", self.config.url, ",".join(welcome.services))
+        log.info("event=connected url=%s services=%s", logfmt(self.config.url), logfmt(",".join(welcome.services)))
         self._warn_if_certificate_ending(websocket)
         return session
 
@@ -203,7 +226,7 @@ class TunnelClient:
         not_after = peer_not_after(websocket.transport.get_extra_info("peercert"))  # {} when not verified
         if not_after is None or not_after == self._ending_said:
             return
-        if warn_if_ending(log, f"url={self.config.url}", not_after,
+        if warn_if_ending(log, f"url={logfmt(self.config.url)}", not_after,
                           "this client refuses the server from then on: the server needs a new certificate from the "
                           "CA --tls-ca pins (an exit server inletsctl made: create a new one)"):
             self._ending_said = not_after
@@ -283,7 +306,7 @@ class TunnelClient:
         try:
             new = await self.open_session()
         except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-            log.warning("event=reconnect_failed error=%r keeping=current_connection", _describe(exc))
+            log.warning("event=reconnect_failed error=%s keeping=current_connection", logfmt(_describe(exc)))
             return
         if old is None or self.session is not old or self._stopping:  # closed meanwhile (the reconnect loop has
             await new.close(1000, "not needed")  # it), or SIGTERM came while connecting: ``shutdown`` drains old
@@ -303,7 +326,7 @@ class TunnelClient:
         draining = list(self._draining)
         streams = sum(len(session.channels) for session in [self.session] if session is not None)
         if streams:  # said, as the server says it: else a stop that waits up to --drain-timeout looks like a hang
-            log.info("event=draining url=%s open_streams=%d timeout=%.1fs", self.config.url, streams,
+            log.info("event=draining url=%s open_streams=%d timeout=%.1fs", logfmt(self.config.url), streams,
                      self.config.drain_timeout)
         if self.session is not None:
             draining.append(asyncio.ensure_future(self.session.drain(self.config.drain_timeout, "client shutting down")))

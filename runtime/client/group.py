@@ -20,6 +20,7 @@ import uuid
 from dataclasses import replace
 from typing import Callable
 
+from ..core.logs import logfmt
 from ..core.session import Channel, Session
 from .dialer import ClientConfig, FatalClientError, TunnelClient
 
@@ -84,9 +85,9 @@ class ClientGroup:
                 self.refused[url] = error if error.startswith(url) else f"{url}: {error}"
             if len(self.refused) == len(self.clients):
                 raise FatalClientError("every server refused this client: " + "; ".join(self.refused.values()))
-            log.error("event=server_refused url=%s error=%r retry_in=%.0fs next=%r", url, error, self.fatal_retry,
-                      "serving through the other servers; fix this one (the token file is re-read at each try), "
-                      "then send SIGHUP to try it at once")
+            log.error("event=server_refused url=%s error=%s retry_in=%.0fs next=%s", logfmt(url), logfmt(error),
+                      self.fatal_retry, logfmt("serving through the other servers; fix this one (the token file is "
+                                               "re-read at each try), then send SIGHUP to try it at once"))
             self._report()
             try:
                 await asyncio.wait_for(self._retry_now.wait(), self.fatal_retry)

@@ -13,6 +13,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.logs import logfmt
 from ..core.bridge import dial
 from ..core.services import http_service, parse_http_service
 from ..core.handshake import HandshakeError
@@ -115,7 +116,7 @@ class HttpUpstreams:
     def on_stream(self, channel: Channel) -> None:
         upstream = self.by_service.get(channel.target)
         if upstream is None:
-            log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
+            log.warning("event=refused_stream target=%s reason=not_advertised", logfmt(channel.target))
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         tls = self.tls if upstream.scheme == "https" else None

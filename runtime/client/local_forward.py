@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
 from ..core.listen import listen
 from ..core.mux import StreamError
@@ -63,8 +64,8 @@ class _LocalConnection(TcpBridge):
         try:
             self.attach(session.open_stream(self.forward.target, self))
         except StreamError as exc:  # the server drains (GOAWAY) or the session is closing: said, not a silent reset
-            log.warning("event=forward_refused local_port=%d remote=%s reason=%r", self.forward.local_port,
-                        self.forward.target, str(exc))
+            log.warning("event=forward_refused local_port=%d remote=%s reason=%s", self.forward.local_port,
+                        logfmt(self.forward.target), logfmt(exc))
             self.abort()
 
 

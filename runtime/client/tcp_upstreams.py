@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..core.logs import logfmt
 from ..core.bridge import dial
 from ..core.hosts import HostError, check_host, is_ip
 from ..core.mux import ResetCode
@@ -132,7 +133,7 @@ class TcpUpstreams:
     def on_stream(self, channel: Channel) -> None:
         upstream = self.by_service.get(channel.target)
         if upstream is None:
-            log.warning("event=refused_stream target=%r reason=not_advertised", channel.target)
+            log.warning("event=refused_stream target=%s reason=not_advertised", logfmt(channel.target))
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         if channel.target.startswith("udp:"):

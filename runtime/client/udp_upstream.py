@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Callable
 
+from ..core.logs import logfmt
 from ..core.datagram import send_empty
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
@@ -45,7 +46,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self.dropped += 1
 
     def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on
-        log.debug("event=udp_upstream_error error=%r", str(exc))
+        log.debug("event=udp_upstream_error error=%s", logfmt(exc))
 
     # StreamHandler: datagrams from the server's side
     def _send(self, data: bytes) -> None:

@@ -22,6 +22,7 @@ import socket
 import ssl
 import struct
 
+from .logs import logfmt
 from .mux import ResetCode
 from .session import Channel
 
@@ -248,7 +249,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
     else:  # ValueError, UnicodeError: a host name IDNA refuses ("a..b"); anything else is a bug
         reason = "invalid host name"
         if not isinstance(exc, ValueError):
-            logger.error("event=dial_failed upstream=%s", where, exc_info=exc)
-    logger.info("event=upstream_failed upstream=%s error=%r", where, reason)
+            logger.error("event=dial_failed upstream=%s", logfmt(where), exc_info=exc)
+    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(where), logfmt(reason))
     bridge.fail()
     channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")

@@ -15,6 +15,8 @@ import logging
 import re
 import ssl
 
+from .logs import logfmt
+
 #: How long before a certificate's end the server (at start) and the client (per connection) warn.
 WARN_WITHIN = datetime.timedelta(days=30)
 
@@ -102,8 +104,8 @@ def warn_if_ending(log: logging.Logger, subject: str, not_after: datetime.dateti
     if left > WARN_WITHIN:
         return False
     if left <= datetime.timedelta(0):
-        log.warning("event=certificate_expired %s not_after=%s hint=%r", subject, iso(not_after), hint)
+        log.warning("event=certificate_expired %s not_after=%s hint=%s", subject, iso(not_after), logfmt(hint))
     else:
-        log.warning("event=certificate_expires_soon %s not_after=%s days_left=%d hint=%r", subject, iso(not_after),
-                    left.days, hint)
+        log.warning("event=certificate_expires_soon %s not_after=%s days_left=%d hint=%s", subject, iso(not_after),
+                    left.days, logfmt(hint))
     return True

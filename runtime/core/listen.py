@@ -20,6 +20,8 @@ import socket
 import ssl
 from typing import Callable, Iterable
 
+from .logs import logfmt
+
 log = logging.getLogger("inlets.listen")
 
 #: Connections a listener queues before accepting: a thousand users arriving at once overflowed asyncio's
@@ -67,7 +69,7 @@ class _Drain:
                 except ConnectionAbortedError:
                     continue
                 except OSError as exc:  # EMFILE and the like: the rest waits for the loop's own accept
-                    log.warning("event=accept_failed error=%r", exc.strerror or str(exc))
+                    log.warning("event=accept_failed error=%s", logfmt(exc.strerror or exc))
                     return
                 self._start(conn)
         finally:

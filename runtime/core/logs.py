@@ -1,4 +1,9 @@
-"""Logging set-up: one line per event, ``key=value`` or JSON. Never a token or key.
+"""Logging set-up: one line per event, ``key=value`` (logfmt) or JSON. Never a token or key.
+
+Values a peer, a user or the OS chose go through ``logfmt``: bare when that reads back as the same value, else in
+double quotes with ``"``, ``\\`` and control characters escaped. Python's ``%r`` quoted with ``'``, which logfmt
+parsers do not read as quotes: a refusal quoting a client's words (``reason='... admin=true'``) gave a pipeline
+fields that client wrote.
 
 A peer can make an event happen as often as it likes (a stream refused per OPEN it
 sends), so each kind of line (logger and message template) is written at most
@@ -10,9 +15,45 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Callable
+
+
+#: What a bare logfmt value may hold: printable ASCII but the space and ``"``, ``=`` and ``\\`` (which a parser reads
+#: as the value's end, a quote, a key, an escape).
+_BARE = re.compile(r'[!#-<>-\[\]-~]+')
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(char: str) -> str:
+    """One character inside a quoted value: printable as is, else escaped as JSON escapes it (``\\u001b``)."""
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code > 0xFFFF:  # a surrogate pair, as JSON writes one
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def logfmt(value: object) -> str:
+    """``value`` as a logfmt value: bare when safe (``tcp:8080``), else ``"double-quoted"`` with ``"``, ``\\`` and
+    control characters escaped, so a value can neither end early, add a key, nor start a line."""
+    text = value if isinstance(value, str) else str(value)
+    if _BARE.fullmatch(text):
+        return text
+    if text.isprintable():  # the common case (words and spaces): two replaces, not a call per character
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + "".join(_escaped(c) for c in text) + '"'
+
+
+def _one_line(text: str) -> str:
+    """A message with any control character left in it escaped: whatever a log call passed, one event, one line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else _escaped(c) for c in text)
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -42,7 +83,7 @@ class _JsonFormatter(logging.Formatter):
             "time": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": _one_line(record.getMessage()),
         }
         trace = _trace(self, record)
         if trace is not None:
@@ -57,7 +98,7 @@ class _TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s level=%(levelname)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = record.getMessage()
+        record.message = _one_line(record.getMessage())
         record.asctime = _timestamp(record)
         line = self.formatMessage(record)
         trace = _trace(self, record)

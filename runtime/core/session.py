@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 
 from websockets.exceptions import ConnectionClosed
 
+from .logs import logfmt
 from .mux import (
     DataReceived,
     GoAway,
@@ -168,7 +169,7 @@ class Session:
             self._until_drained()
 
     def _on_bad_message(self, reason: str) -> None:
-        log.warning("event=protocol_error session=%s error=%r", self.name, reason)
+        log.warning("event=protocol_error session=%s error=%s", self.name, logfmt(reason))
         self._close_reason = reason
         self.websocket.discard_messages()
         self._closing = asyncio.ensure_future(self.websocket.close(1002, reason[:120]))
@@ -307,7 +308,7 @@ class Session:
                         if channel.handler is not None:
                             channel.handler.on_eof()
                 elif isinstance(event, GoAway):
-                    log.info("event=peer_draining session=%s reason=%r", self.name, event.reason)
+                    log.info("event=peer_draining session=%s reason=%s", self.name, logfmt(event.reason))
                     if self.on_goaway is not None:
                         self.on_goaway(self)
                 elif isinstance(event, StreamReset):

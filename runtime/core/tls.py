@@ -7,6 +7,8 @@ import ssl
 import time
 from pathlib import Path
 
+from .logs import logfmt
+
 log = logging.getLogger("inlets.tls")
 
 #: The name every inletsctl-provisioned server certificate carries. The client is told
@@ -39,8 +41,8 @@ class PlaintextAttempts:
         if logged_at is not None and now - logged_at < self.interval:
             self._sources[source] = (logged_at, since)  # re-inserted: the most recent last
             return
-        log.warning("event=plaintext_on_tls_port source=%s attempts=%d hint=%r", source, since,
-                    "a client sent plain HTTP to this TLS port: its --url must start with wss://, not ws://")
+        log.warning("event=plaintext_on_tls_port source=%s attempts=%d hint=%s", source, since,
+                    logfmt("a client sent plain HTTP to this TLS port: its --url must start with wss://, not ws://"))
         self._sources[source] = (now, 0)
         while len(self._sources) > self.max_sources:
             del self._sources[next(iter(self._sources))]

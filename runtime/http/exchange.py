@@ -21,6 +21,7 @@ import heapq
 import logging
 from typing import Protocol
 
+from ..core.logs import logfmt
 from ..core.bridge import reset
 from ..core.session import Session
 from .guard import Guards
@@ -217,8 +218,8 @@ def progress(front: Front) -> None:
             if not (leg.eof and failure is None and ex.response.close_delimited):
                 why = (f"upstream sent nothing for {front.server.upstream_timeout:g}s" if leg.timed_out
                        else str(failure) if failure is not None else "upstream closed the connection")
-                log.info("event=answer_cut status=%d host=%s reason=%r", ex.response.status, ex.label or "-",
-                         why + " in the middle of the answer")
+                log.info("event=answer_cut status=%d host=%s reason=%s", ex.response.status, logfmt(ex.label or "-"),
+                         logfmt(why + " in the middle of the answer"))
                 _abort(front)  # cut mid-response: the user must see the connection fail
                 return
             done = True
@@ -363,8 +364,8 @@ def _reply(front: Front, ex: Exchange, status: int, message: str) -> None:
 def log_answer(status: int, host: str, method: bytes, message: str) -> None:
     """One line for each answer the proxy makes itself: at info when the upstream side failed (5xx), at debug
     for users' mistakes (4xx). The handler's repeat limit bounds a flood of either."""
-    log.log(logging.INFO if status >= 500 else logging.DEBUG, "event=answered status=%d host=%s method=%s reason=%r",
-            status, host or "-", method.decode("latin-1") or "-", message)
+    log.log(logging.INFO if status >= 500 else logging.DEBUG, "event=answered status=%d host=%s method=%s reason=%s",
+            status, logfmt(host or "-"), logfmt(method.decode("latin-1") or "-"), logfmt(message))
 
 
 def _abort(front: Front) -> None:

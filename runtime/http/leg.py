@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 
+from ..core.logs import logfmt
 from .messages import Body, Event, HttpError, Upgraded
 from .response_reader import ResponseReader
 from ..core.mux import ResetCode, StreamError
@@ -94,7 +95,7 @@ class Leg:
 
     def on_reset(self, code: int, reason: str) -> None:
         if self.failure is None:
-            log.debug("event=stream_reset service=%s code=%d reason=%r", self.service, code, reason)
+            log.debug("event=stream_reset service=%s code=%d reason=%s", self.service, code, logfmt(reason))
             self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
             self.refused = code == ResetCode.TOO_MANY_STREAMS and not self.received
         self._wake()

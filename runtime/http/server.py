@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..core.logs import logfmt
 from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
 from ..core.listen import listen
@@ -144,8 +145,8 @@ class HttpTunnelServer:
         conn.unsent = size
         if conn.stalled_since <= deadline:
             self.connections.discard(conn)
-            log.info("event=send_timeout source=%s unsent=%d reason=%r", conn.peer.decode(errors="replace"), size,
-                     f"the user took none of the answer for {self.upstream_timeout:g}s")
+            log.info("event=send_timeout source=%s unsent=%d reason=%s", conn.peer.decode(errors="replace"), size,
+                     logfmt(f"the user took none of the answer for {self.upstream_timeout:g}s"))
             reset(transport)
 
     def route(self, host: str) -> tuple[str | None, str]:

@@ -22,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..core.logs import logfmt
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
@@ -220,7 +221,7 @@ class ControlPlane:
         revoked = 0
         for session, info in list(self.clients.items()):
             if not self.config.tokens.check_header(info.authorization):
-                log.warning("event=token_revoked client=%s remote=%s", info.client_id, info.remote)
+                log.warning("event=token_revoked client=%s remote=%s", logfmt(info.client_id), logfmt(info.remote))
                 asyncio.ensure_future(session.close(1008, "token revoked"))
                 revoked += 1
         return revoked
@@ -266,10 +267,10 @@ class ControlPlane:
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             source, self.logins.limit, self.logins.window)
             elif repeated:
-                log.info("event=bad_request remote=%s path=%s reason=%r", source, path,
-                         f"{len(authorization)} Authorization headers")
+                log.info("event=bad_request remote=%s path=%s reason=%s", source, logfmt(path),
+                         logfmt(f"{len(authorization)} Authorization headers"))
             else:
-                log.info("event=unauthorized remote=%s path=%s", source, path)
+                log.info("event=unauthorized remote=%s path=%s", source, logfmt(path))
             if repeated:
                 return _response(400, b"bad request: more than one Authorization header\n")
             return _response(401, b"unauthorized: missing or wrong bearer token\n")
@@ -340,12 +341,12 @@ class ControlPlane:
             if self.config.forwarding is not None:  # only what this client declared (check_hello checked the list)
                 on_stream = partial(self.config.forwarding.on_stream, declared=frozenset(hello.extra.get("forwards") or ()))
             session = Session(
-                websocket, mux, on_stream=on_stream, name=hello.client_id or remote,
+                websocket, mux, on_stream=on_stream, name=logfmt(hello.client_id or remote),  # as its log lines show it
                 keepalive=self.config.keepalive,
             )
             services = await self._admit(session, hello)
         except HandshakeError as exc:
-            log.warning("event=handshake_refused remote=%s reason=%r", remote, str(exc))
+            log.warning("event=handshake_refused remote=%s reason=%s", logfmt(remote), logfmt(exc))
             websocket.discard_messages()  # binary ones held for a session read on: the closing handshake completes
             await websocket.close(exc.code, _close_reason(str(exc)))
             return
@@ -359,10 +360,12 @@ class ControlPlane:
         session.on_goaway = self._release  # a draining client gets no new connections
         info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
         self.clients[session] = info
-        log.info("event=client_connected client=%s remote=%s services=%s", info.client_id, remote, ",".join(services))
+        log.info("event=client_connected client=%s remote=%s services=%s", logfmt(info.client_id), logfmt(remote),
+                 logfmt(",".join(services)))
         try:
             await session.run()
         finally:
             self.clients.pop(session, None)
             self._release(session)
-            log.info("event=client_disconnected client=%s remote=%s close=%r", info.client_id, remote, _how_closed(websocket))
+            log.info("event=client_disconnected client=%s remote=%s close=%s", logfmt(info.client_id), logfmt(remote),
+                     logfmt(_how_closed(websocket)))

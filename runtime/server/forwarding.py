@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from ..core.logs import logfmt
 from ..core.allowlist import TargetRule
 from ..core.bridge import dial
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
@@ -57,7 +58,7 @@ class ForwardingPolicy:
         if reason is None and channel.target not in declared:
             reason = f"{channel.target[len(FORWARD_PREFIX):]} is not one of the --local targets this client connected with"
         if reason is not None:
-            log.warning("event=forward_refused target=%r reason=%r", channel.target, reason)
+            log.warning("event=forward_refused target=%s reason=%s", logfmt(channel.target), logfmt(reason))
             channel.reset(ResetCode.NOT_ALLOWED, reason)
             return
         host, port = parse_target(channel.target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
 from ..core.listen import listen
 from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
@@ -98,7 +99,7 @@ class DataPlaneConnection(TcpBridge):
             try:
                 done = self._header.feed(data)
             except ProxyProtocolError as exc:
-                log.info("event=refused service=%s reason=bad_proxy_header error=%r", self.service, str(exc))
+                log.info("event=refused service=%s reason=bad_proxy_header error=%s", self.service, logfmt(exc))
                 self._refuse("bad_proxy_header")
                 return
             if done is None:

@@ -64,7 +64,7 @@ def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_
             process.send_signal(signal.SIGTERM)
             process.wait(15)
     assert "names=xn--bcher-kva.example" in text
-    assert f"event=auto_tls_key_mode_fixed file={directory / 'server.key'} (was 0644)" in text
+    assert f'event=auto_tls_key_mode_fixed file="{directory / "server.key"} (was 0644)"' in text
     assert "event=auto_tls_path_open" in text
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
     assert stat.S_IMODE((directory / "server.key").stat().st_mode) == 0o600

@@ -53,7 +53,7 @@ def test_a_refused_dial_resets_the_stream_naming_the_reason(caplog: pytest.LogCa
 
     with caplog.at_level(logging.INFO, logger="inlets.bridge"):
         asyncio.run(run())
-    assert f"upstream=127.0.0.1:{port} error='Connection refused'" in caplog.text
+    assert f'upstream=127.0.0.1:{port} error="Connection refused"' in caplog.text
 
 
 def test_a_dial_that_hangs_times_out_and_resets_the_stream(monkeypatch: pytest.MonkeyPatch,
@@ -84,7 +84,7 @@ def test_a_dial_that_hangs_times_out_and_resets_the_stream(monkeypatch: pytest.M
     finally:
         for sock in fillers + [listener]:
             sock.close()
-    assert "error='dial timed out'" in caplog.text and 0.4 < took < 3
+    assert 'error="dial timed out"' in caplog.text and 0.4 < took < 3
 
 
 def test_a_host_name_idna_refuses_resets_the_stream_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
@@ -95,7 +95,7 @@ def test_a_host_name_idna_refuses_resets_the_stream_instead_of_hanging(caplog: p
 
     with caplog.at_level(logging.INFO, logger="inlets.bridge"):
         asyncio.run(run())
-    assert "upstream=a..b:22 error='invalid host name'" in caplog.text
+    assert 'upstream=a..b:22 error="invalid host name"' in caplog.text
 
 
 def test_a_name_that_does_not_resolve_is_said_in_the_resolvers_words(caplog: pytest.LogCaptureFixture) -> None:
@@ -111,7 +111,7 @@ def test_a_name_that_does_not_resolve_is_said_in_the_resolvers_words(caplog: pyt
 
     with caplog.at_level(logging.INFO, logger="inlets.bridge"):
         asyncio.run(run())
-    assert f"upstream={name}:22 error='Name or service not known'" in caplog.text
+    assert f'upstream={name}:22 error="Name or service not known"' in caplog.text
     assert "Unknown error" not in caplog.text
 
 

@@ -386,7 +386,7 @@ def test_a_refused_connection_is_said_in_words_without_uvloop_too(tmp_path: Path
     finally:
         client.terminate()
         client.wait(10)
-    assert "error='Connection refused'" in line and "Connect call failed" not in line, line
+    assert 'error="Connection refused"' in line and "Connect call failed" not in line, line
     both = OSError("Multiple exceptions: [Errno 111] Connect call failed ('::1', 9, 0, 0), "
                    "[Errno 111] Connect call failed ('127.0.0.1', 9)")  # asyncio's words for localhost, on 3.11
     assert describe(both) == "Connection refused"

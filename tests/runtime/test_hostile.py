@@ -90,7 +90,7 @@ def test_bad_messages_close_that_client_only(tls: TlsFiles, token: str, message,
         await asyncio.sleep(0.1)
         assert not server.control.clients and not server.listeners  # its ports are closed again
         gone = [r.getMessage() for r in caplog.records if "event=client_disconnected client=hostile" in r.getMessage()]
-        assert len(gone) == 1 and f"close='{code} " in gone[0], gone
+        assert len(gone) == 1 and f'close="{code} ' in gone[0], gone
         await still_serving(server, tls, token)
         await server.stop()
 

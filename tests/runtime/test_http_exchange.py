@@ -294,7 +294,7 @@ async def test_an_answer_the_proxy_makes_itself_is_logged_in_one_line(caplog: py
     with caplog.at_level(logging.INFO, logger="inlets.http"):
         leg.on_eof()
     assert [r.getMessage() for r in caplog.records] == [
-        "event=answered status=502 host=app.example method=GET reason='bad gateway: upstream closed the connection'"]
+        'event=answered status=502 host=app.example method=GET reason="bad gateway: upstream closed the connection"']
 
 
 @in_loop
@@ -326,9 +326,9 @@ async def test_a_response_cut_after_its_head_aborts_the_user_connection_and_says
     with caplog.at_level(logging.INFO, logger="inlets.http"):
         leg.fire_timeout()
     assert [r.getMessage() for r in caplog.records] == [
-        "event=answer_cut status=200 host=app.example reason='the tunnel stream was reset in the middle of the answer'",
-        f"event=answer_cut status=200 host=app.example reason='upstream sent nothing for "
-        f"{timed_out.server.upstream_timeout:g}s in the middle of the answer'"]
+        'event=answer_cut status=200 host=app.example reason="the tunnel stream was reset in the middle of the answer"',
+        f'event=answer_cut status=200 host=app.example reason="upstream sent nothing for '
+        f'{timed_out.server.upstream_timeout:g}s in the middle of the answer"']
 
 
 @in_loop

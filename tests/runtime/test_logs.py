@@ -11,6 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers.logfmt import parse as logfmt_parse
+from hypothesis import given
+from hypothesis import strategies as st
 
 from inlets_py.runtime.core.logs import RepeatLimit
 
@@ -70,3 +73,35 @@ def test_times_are_utc_and_say_so(fmt: str) -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), line
     written = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert before - datetime.timedelta(seconds=1) <= written <= datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.mark.parametrize("value, written", [
+    ("tcp:8080", "tcp:8080"), ("127.0.0.1:5000", "127.0.0.1:5000"), ("", '""'), ("two words", '"two words"'),
+    ("a=b", '"a=b"'), ('say "hi"', r'"say \"hi\""'), ("C:\\dir", r'"C:\\dir"'), ("x\ny", r'"x\ny"'),
+    ("\x1b[2J", r'"\u001b[2J"'), ("\u202eevil", r'"\u202eevil"'), ("bücher", '"bücher"'), (8080, "8080"),
+])
+def test_values_are_bare_when_safe_and_double_quoted_with_escapes_otherwise(value: object, written: str) -> None:
+    from inlets_py.runtime.core.logs import logfmt
+
+    assert logfmt(value) == written
+
+
+@given(st.text())
+def test_any_value_reads_back_as_itself_and_adds_no_key(text: str) -> None:
+    """Python's ``%r`` quoted with ``'``, which logfmt does not read as a quote: ``reason='a b=c'`` was the keys
+    reason, b. Quoted with ``"`` and escaped, any text is one value, however it reads back."""
+    from inlets_py.runtime.core.logs import logfmt
+
+    line = f"event=x reason={logfmt(text)} next=1"
+    assert "\n" not in line and "\r" not in line
+    assert logfmt_parse(line) == [("event", "x"), ("reason", text), ("next", "1")]
+
+
+def test_a_log_call_that_passes_a_raw_newline_still_writes_one_line() -> None:
+    """The formatter's own guard: a value a call forgot to quote cannot start a line of its own."""
+    script = ("import logging; from inlets_py.runtime.core import logs; logs.setup('info', 'text')\n"
+              "logging.getLogger('inlets').info('event=x value=%s', 'a\\n2026-01-01T00:00:00.000Z level=INFO event=forged')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 0 and len(lines) == 1, result.stderr
+    assert lines[0].endswith(r"event=x value=a\n2026-01-01T00:00:00.000Z level=INFO event=forged"), lines[0]
