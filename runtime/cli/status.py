@@ -13,6 +13,7 @@ from ..client.outbound_proxy import ProxyConfigError
 from ..client.proxy_dial import dialer_for
 from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
+from ..core.jsonload import RepeatedKey, loads as load_json
 from ..core.probe import ProbeError, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
@@ -95,7 +96,9 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         words = _summary(answer.status, answer.body)
         fail(f"{where}/status answered HTTP {answer.status}" + (f": {words}" if words else ""), 1)
     try:
-        document = json.loads(answer.body)
+        document = load_json(answer.body)
+    except RepeatedKey as exc:  # which of the two is meant? Python's parser took the last, others the first
+        fail(f"{where}/status answered JSON that names {exc.shown} twice in one object: is --url a tunnel server?", 1)
     except ValueError:
         fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)
     if not _is_status(document) or not _standard(document):

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import PROTOCOL_VERSION, __version__
+from .jsonload import RepeatedKey, loads as load_json
 
 #: The control plane's websocket path (after the URL's own path prefix).
 CONNECT_PATH = "/connect"
@@ -89,7 +90,10 @@ def _load(message: str | bytes, kind: str) -> dict:
     if len(message) > MAX_HELLO:
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} message too large")
     try:
-        data = json.loads(message)
+        data = load_json(message)
+    except RepeatedKey as exc:  # read one way here, another by a parser that keeps the first
+        repeated = f"{kind} names {exc.shown} twice in one object: send each key once"
+        raise HandshakeError(CLOSE_BAD_HELLO, repeated) from None
     except RecursionError:  # nesting deeper than the parser's stack (a few thousand "[" fit in MAX_HELLO)
         raise HandshakeError(CLOSE_BAD_HELLO, f"{kind} is nested too deeply") from None
     except ValueError:

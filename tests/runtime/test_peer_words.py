@@ -1,5 +1,5 @@
-"""What a peer writes (words quoted in a refusal, its client id) reaches the log escaped: it can neither forge
-a line nor add a field."""
+"""What a peer writes (a handshake's keys, words quoted in a refusal) is read one way only, and reaches the log
+escaped: it can neither forge a line nor add a field."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ from helpers.tunnel import TlsFiles, control_url, free_port, run, start_server
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from inlets_py.runtime.core.handshake import PROTOCOL_VERSION
+from inlets_py.runtime.core.handshake import PROTOCOL_VERSION, HandshakeError, parse_hello, parse_welcome
 from inlets_py.runtime.core.tls import client_context
 
 HELLO = {"type": "hello", "protocol": PROTOCOL_VERSION, "mode": "tcp", "client_id": "dup", "window": 1 << 20}
+
+
+def _repeat(document: dict, key: str, first: object) -> str:
+    """``document`` as JSON with ``key`` written twice: ``first``, then the document's own value."""
+    assert key in document
+    return "{" + f"{json.dumps(key)}: {json.dumps(first)}, " + json.dumps(document)[1:]
 
 
 def _refusal(ws_message: str, tls: TlsFiles, token: str) -> ConnectionClosed:
@@ -34,6 +40,28 @@ def _refusal(ws_message: str, tls: TlsFiles, token: str) -> ConnectionClosed:
             await server.stop()
 
     return run(scenario())  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("key, first", [("services", ["tcp:1"]), ("mode", "http"), ("type", "welcome")])
+def test_a_hello_naming_a_key_twice_is_refused_in_words(tls: TlsFiles, token: str, key: str, first: object) -> None:
+    """``json.loads`` kept the last of a repeated key: a hello listing ``services`` twice was served the second
+    list, which another reader (one that keeps the first) would not have checked or logged."""
+    message = _repeat({**HELLO, "services": [f"tcp:{free_port()}"]}, key, first)
+    closed = _refusal(message, tls, token)
+    assert closed.rcvd is not None and closed.rcvd.code == 4000, closed
+    assert closed.rcvd.reason == f'hello names "{key}" twice in one object: send each key once'
+
+
+def test_a_key_twice_anywhere_in_a_handshake_is_refused() -> None:
+    welcome = {"type": "welcome", "protocol": PROTOCOL_VERSION, "services": ["1"], "window": 2**20, "max_frame": 2**16}
+    for parse, document in ((parse_hello, {**HELLO, "services": ["tcp:1"]}), (parse_welcome, welcome)):
+        parse(json.dumps(document))  # once each is fine
+        nested = json.dumps({**document, "extra": {"http": {}}}).replace('"http": {}', '"http": {}, "http": {}')
+        long_key = _repeat({**document, "x" * 50: 1}, "x" * 50, 2)  # named as "a key": too long to quote
+        for message in (_repeat(document, "window", 2**20), nested, long_key):
+            with pytest.raises(HandshakeError, match="twice in one object") as refused:
+                parse(message)
+            assert refused.value.code == 4000
 
 
 def test_words_a_client_puts_in_its_log_lines_stay_inside_one_field(tls: TlsFiles, token: str, caplog) -> None:

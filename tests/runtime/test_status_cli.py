@@ -94,6 +94,16 @@ def test_json_that_is_no_status_document_gets_one_line(token_file: Path, body: s
     assert "/status answered JSON that is not a tunnel server's status: is --url a tunnel server?" in line
 
 
+def test_json_that_names_a_key_twice_gets_one_line(token_file: Path) -> None:
+    """Python's parser kept the last of a repeated key: a status naming ``clients`` twice showed the second list,
+    where a reader that keeps the first (jq's --stream, a proxy's own parser) saw another server."""
+    body = '{"uptime_seconds": 1, "clients": [{"id": "a", "services": ["tcp:1"]}], "clients": []}'
+    with web_answering(200, body, "application/json") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert line == ('inlets: error: /status answered JSON that names "clients" twice in one object: '
+                    "is --url a tunnel server?"), line
+
+
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_a_server_that_answers_a_byte_at_a_time_is_given_up_on_at_the_timeout(
     tls: TlsFiles, token_file: Path, scheme: str
