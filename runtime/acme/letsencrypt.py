@@ -29,15 +29,7 @@ from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, readable_file
 from . import retry_after as retry_after_header
-from .store import (
-    Account,
-    AcmeConfigError,
-    CertStore,
-    StoredCert,
-    check_domain,
-    check_email,
-    directory_url,
-)
+from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
 
 log = logging.getLogger("inlets.letsencrypt")
 #: The ACME client runs as a child process: ``python -m`` this module (acme/client.py).

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import re
 import ssl
+
+from websockets.exceptions import ConnectionClosed
 
 from ..core.tls import verify_failure
 
@@ -21,12 +24,42 @@ _WITHOUT_REASON: list[tuple[type[BaseException], str]] = [
 
 
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
+#: How much of a server's close reason is shown: a reason is at most 123 bytes, its escapes up to four times that.
+SHOWN_REASON = 160
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str, limit: int = SHOWN_REASON) -> str:
+    """A peer's words (a websocket close reason) as a terminal or a log may show them: printable ASCII as is,
+    anything else escaped (``\\n``, ``\\x1b``, ``\\u202e``), at most ``limit`` characters (a cut is marked ``...``).
+    A server's close reason went to the terminal and the log raw: a newline forged a line, an escape sequence
+    cleared the screen."""
+    pieces = [char if " " <= char <= "~" and char != "\\" else _escape(char) for char in text]
+    if sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    kept, size = [], 0
+    for piece in pieces:  # whole escapes only: a cut "\x1" would read as something the server never sent
+        if size + len(piece) > limit - 3:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return "".join(kept) + "..."
 
 
 def describe(exc: BaseException) -> str:
     """Why a connection attempt failed, in a user's words: never an exception's class name."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return verify_failure(exc)
+    if isinstance(exc, ConnectionClosed):  # the library's words, the server's reasons in them shown as ``printable``
+        frames = [f and dataclasses.replace(f, reason=printable(f.reason)) for f in (exc.rcvd, exc.sent)]
+        return str(ConnectionClosed(*frames, exc.rcvd_then_sent))
     if isinstance(exc, ssl.SSLError):  # OpenSSL's text names its source file: "... (_ssl.c:1006)"
         reason = (getattr(exc, "reason", None) or "").replace("_", " ").lower() or "the connection closed during it"
         hint = " (that port does not speak TLS: is it the inlets server's control port?)" if "wrong version" in reason else ""

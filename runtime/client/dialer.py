@@ -21,41 +21,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidMessage,
-    InvalidStatus,
-    InvalidURI,
-    ProxyError,
+    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
 )
 
 from ..core.auth import TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
-from ..core.handshake import (
-    CONNECT_PATH,
-    FATAL_CLOSE_CODES,
-    HandshakeError,
-    Hello,
-    parse_welcome,
-)
+from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from ..core.hosts import HostError, split_url
 from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
-from .diagnose import describe as _describe
-from .diagnose import speaks_plain_http, speaks_tls
+from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
 from .outbound_proxy import (
-    ProxyConfigError,
-)
-from .outbound_proxy import (
-    certificate_failure as proxy_certificate_failure,
-)
-from .outbound_proxy import (
-    choose as choose_proxy,
-)
-from .outbound_proxy import (
+    ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
     explain as explain_proxy_failure,
 )
 
@@ -411,7 +391,7 @@ class TunnelClient:
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
             if rcvd is not None and rcvd.code in FATAL_CLOSE_CODES:
-                raise FatalClientError(f"the server refused this client: {rcvd.reason}") from None
+                raise FatalClientError(f"the server refused this client: {printable(rcvd.reason)}") from None
             raise
         except HandshakeError as exc:
-            raise FatalClientError(f"bad handshake from server: {exc}") from None
+            raise FatalClientError(f"bad handshake from server: {printable(str(exc), 300)}") from None  # its version

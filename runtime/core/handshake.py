@@ -1,8 +1,8 @@
 """The first exchange on a tunnel websocket: who speaks which protocol, serving what.
 
 The client sends one text message, ``hello``; the server answers ``welcome`` or
-closes with a 4xxx code and a reason the client shows as is. Pure functions: the
-checks are unit-tested without a socket.
+closes with a 4xxx code and a reason the client shows, escaped (``client/diagnose.printable``).
+Pure functions: the checks are unit-tested without a socket.
 """
 
 from __future__ import annotations
