@@ -34,7 +34,7 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0
 SUPERVISORS = ("auto", "systemd", "plain")
-_FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+_FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")  # fullmatch: "$" matches before a final newline too
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class SshOptions:
                 check_host(data_addr, "--data-addr")
         except HostError as exc:
             raise ProvisionError(str(exc)) from None
-        if fingerprint is not None and not _FINGERPRINT_RE.match(fingerprint.strip()):
+        if fingerprint is not None and not _FINGERPRINT_RE.fullmatch(fingerprint.strip()):
             raise ProvisionError(
                 f"invalid --host-key-fingerprint {fingerprint!r}: give SHA256:... as `ssh-keygen -lf KEY` prints it"
             )

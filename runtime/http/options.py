@@ -29,8 +29,8 @@ NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 #: headers itself; a second Content-Length, or none, would smuggle requests or leave responses unframed.
 RESERVED = HOP_BY_HOP | NEVER_HOP
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_VALUE = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: "$" matches before a final newline too
+_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # fullmatch
 MAX_RULES = 64
 MAX_VALUE = 4096
 
@@ -45,7 +45,7 @@ def _digest(secret: bytes) -> str:
 
 def header_name(text: str) -> bytes:
     name = text.strip().encode("latin-1", "replace")
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):
         raise OptionError(f"invalid header name {text!r}")
     return name
 
@@ -74,7 +74,7 @@ def header_pair(text: str) -> tuple[bytes, bytes]:
     """``'Name: value'`` -> (b'Name', b'value'); no CR/LF can slip into a value."""
     name, sep, value = text.partition(":")
     raw = value.strip().encode("utf-8")
-    if not sep or not _VALUE.match(raw) or len(raw) > MAX_VALUE:
+    if not sep or not _VALUE.fullmatch(raw) or len(raw) > MAX_VALUE:
         raise OptionError(f"expected 'Name: value' (printable value), got {text!r}")
     return header_name(name), raw
 
