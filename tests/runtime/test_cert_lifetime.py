@@ -26,6 +26,7 @@ from inlets_py.runtime.cli.server_config import TLS_FILES_HINT, control_config
 from inlets_py.runtime.client.dialer import FatalClientError
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.certs import CA_VALIDITY, AutoTlsError, Pem, ensure_auto_tls, generate_ca, issue_server_cert
+from inlets_py.runtime.core.logs import logfmt
 from inlets_py.runtime.server.control import ControlConfig
 from inlets_py.runtime.server.tcp import TcpTunnelServer
 
@@ -142,7 +143,7 @@ def test_server_and_client_warn_of_a_certificate_ending_within_30_days(
     config = server_config(files, token)
     stamp = ending.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert warnings(caplog, "inlets") == [f"event=certificate_expires_soon cert={files.cert} not_after={stamp} "
-                                          f"days_left=9 hint={TLS_FILES_HINT!r}"]
+                                          f"days_left=9 hint={logfmt(TLS_FILES_HINT)}"]
 
     async def scenario() -> str:
         server = TcpTunnelServer(config, data_addr="127.0.0.1")
