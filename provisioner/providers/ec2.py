@@ -1,184 +1,44 @@
 """AWS EC2 instances through apache-libcloud's EC2 driver.
 
-Credentials follow the AWS chain (flags, then $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY
-[/$AWS_SESSION_TOKEN], then the $AWS_PROFILE section of ~/.aws/credentials), and the
-endpoint can be pointed elsewhere the standard way ($AWS_ENDPOINT_URL_EC2, then
-$AWS_ENDPOINT_URL, or --api-url) for tests, private regions and compatible clouds.
+Credentials, region and endpoint follow AWS's own chain (``ec2_config``); the API is libcloud's,
+made to work with AWS and EC2-compatible APIs (``ec2_api``).
 Each exit server gets its own security group opening exactly the ports its mode
 needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it again.
 """
 
 from __future__ import annotations
 
-import configparser
-import os
-import re
 import time
 import urllib.parse
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
-from libcloud.common.exceptions import BaseHTTPError
-from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
 from libcloud.compute.types import NodeState
 
-from ..credentials import access_token
-from ..errors import NotFound, ProvisionError, os_words
+from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from . import ec2_regions
-from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
+from .api_errors import api_errors
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
-from .cloud_api import libcloud_words
+from .ec2_api import Driver, fault
+from .ec2_config import (  # SECRET_ENV: still importable from here
+    DEFAULT_REGION, ENDPOINT_ENV, KEY_ENV, REGION_ENV, SECRET_ENV, AwsCredentials, aws_credentials, default_region, endpoint_url,
+)
 
 PROVIDER = ProviderInfo(
     name="ec2", title="AWS", user_data_limit=16 * 1024,  # EC2 refuses user-data over 16 KiB (before base64)
     credentials="a key id (with --secret-key-file), $AWS_ACCESS_KEY_ID + $AWS_SECRET_ACCESS_KEY, or $AWS_PROFILE",
-    token_env=("AWS_ACCESS_KEY_ID",), api_url_env=("AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL"),
-    region="eu-west-1", region_env=("AWS_REGION", "AWS_DEFAULT_REGION"), size="t3.micro",
+    token_env=KEY_ENV, api_url_env=ENDPOINT_ENV,
+    region=DEFAULT_REGION, region_env=REGION_ENV, size="t3.micro",
     image="ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*",  # Canonical's newest in the region
     ssh_key="key pair name or .pub file", login_user="ubuntu",
     firewall_note="security group {firewall} lets in tcp {control_port} and {data_ports}, nothing else",
 )
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY",)
 #: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
 UBUNTU_OWNER = "099720109477"
 GONE_STATES = ("terminated", "shutting-down")
-
-
-_CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
-_GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
-_THROTTLE_CODES = ("RequestLimitExceeded", "Throttling")
-_XMLNS = re.compile(r'xmlns="http://ec2\.amazonaws\.com/doc/[^"]*"')
-
-
-class _TolerantResponse(EC2Response):
-    """EC2-compatible APIs (moto, LocalStack, ...) answer in ``.../doc/2016-11-15`` without
-    AWS's trailing slash, or in another API version's namespace; libcloud matches elements by
-    the exact namespace and would see nothing, so the namespace is normalised first."""
-
-    def parse_body(self) -> Any:
-        if isinstance(self.body, str) and 'xmlns="' + NAMESPACE + '"' not in self.body[:500]:
-            self.body = _XMLNS.sub(f'xmlns="{NAMESPACE}"', self.body, count=1)
-        return super().parse_body()
-
-    def parse_error(self) -> Any:
-        """``Code: message`` found by name (libcloud unpacks exactly two children, without namespace)."""
-        try:
-            root = ET.XML(self.body.encode() if isinstance(self.body, str) else self.body)
-        except ET.ParseError:
-            return super().parse_error()
-        found: list[tuple[str, str]] = []
-        for element in root.iter():
-            if _local(element.tag) == "Error":
-                fields = {_local(child.tag): child.text or "" for child in element}
-                found.append((fields.get("Code", ""), fields.get("Message", "")))
-        codes = [f"{code}: {message}" for code, message in found if code]
-        if any(code in _CRED_CODES for code, _ in found):
-            raise InvalidCredsError(codes[0])
-        return "; ".join(codes) or f"HTTP {self.status}"
-
-
-class _Connection(EC2Connection):
-    """RunInstances as a form POST: libcloud sends every call as GET, which puts up to 16 KiB of
-    user-data (~30 KB once base64- and URL-encoded) into the URL; AWS takes the same parameters
-    in a POST body (signed with SigV4's payload hash), and URLs that long are refused on the way."""
-
-    responseCls = _TolerantResponse
-
-    def request(self, action: str, params: Any = None, data: Any = None, headers: Any = None,
-                method: str = "GET", **kwargs: Any) -> Any:
-        if method == "GET" and params and params.get("Action") == "RunInstances" and not data:
-            body = urllib.parse.urlencode({"Version": self.version, **params})
-            headers = {**(headers or {}), "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
-            return super().request(action, params={}, data=body, headers=headers, method="POST", **kwargs)
-        return super().request(action, params=params, data=data, headers=headers, method=method, **kwargs)
-
-
-class _Driver(EC2NodeDriver):
-    connectionCls = _Connection
-
-
-@dataclass(frozen=True)
-class AwsCredentials:
-    key_id: str
-    secret: str
-    session_token: str | None = None
-    source: str = ""  # where they came from, for error messages (never the values)
-
-
-def aws_credentials(
-    key_file: Path | None, key: str | None, secret_file: Path | None, secret: str | None
-) -> AwsCredentials:
-    """The AWS chain: flags/files, then the environment, then the shared credentials file."""
-    if key_file is not None or key or secret_file is not None or secret:
-        key_id = access_token("AWS", key_file, key, PROVIDER.token_env)
-        secret_value = access_token("AWS", secret_file, secret, SECRET_ENV, ("--secret-key-file", "--secret-key"))
-        return AwsCredentials(key_id, secret_value, os.environ.get("AWS_SESSION_TOKEN") or None, "flags")
-    env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-    if env_key.strip() and env_secret.strip():
-        return AwsCredentials(env_key.strip(), env_secret.strip(), os.environ.get("AWS_SESSION_TOKEN") or None, "env")
-    profile = os.environ.get("AWS_PROFILE") or "default"
-    path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
-    parser = _ini(path, "AWS credentials file")
-    if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
-        section = parser[profile]
-        return AwsCredentials(
-            section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip(),
-            section.get("aws_session_token", "").strip() or None, f"profile {profile!r} in {path}",
-        )
-    raise ProvisionError(
-        "no AWS credentials: give --access-token-file FILE (key id) and --secret-key-file FILE, "
-        "set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or add "
-        f"profile {profile!r} to {path} (select another with $AWS_PROFILE)"
-    )
-
-
-def _ini(path: Path, what: str) -> configparser.ConfigParser:
-    """The file ``aws configure`` writes, parsed (empty when there is none); a one-line error when it cannot be:
-    ConfigParser.read() skips a file it cannot open and raises UnicodeDecodeError on one that is not text."""
-    parser = configparser.ConfigParser()
-    try:
-        text = path.read_bytes().decode()
-    except FileNotFoundError:
-        return parser
-    except IsADirectoryError:
-        raise ProvisionError(f"{what} {path} is a directory: move it away, or set the credentials another way") from None
-    except OSError as exc:
-        raise ProvisionError(f"cannot read {what} {path}: {os_words(exc)}") from None
-    except UnicodeDecodeError:
-        raise ProvisionError(f"{what} {path} is not text (UTF-8): write it again with `aws configure`") from None
-    try:
-        parser.read_string(text, str(path))
-    except configparser.Error:
-        raise ProvisionError(f"cannot parse {what} {path}: it is not in the format `aws configure` "
-                             "writes ([profile] lines, then key = value lines)") from None
-    return parser
-
-
-def default_region() -> str:
-    """$AWS_REGION, $AWS_DEFAULT_REGION, the profile's region in ~/.aws/config, else eu-west-1."""
-    for name in PROVIDER.region_env:
-        if os.environ.get(name, "").strip():
-            return os.environ[name].strip()
-    profile = os.environ.get("AWS_PROFILE") or "default"
-    path = Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config").expanduser()
-    try:
-        parser = _ini(path, "AWS config file")
-    except ProvisionError:
-        return PROVIDER.region
-    section = profile if profile == "default" else f"profile {profile}"
-    return parser.get(section, "region", fallback=PROVIDER.region).strip() or PROVIDER.region
-
-
-def endpoint_url(api_url: str | None) -> str | None:
-    if api_url:
-        return api_url
-    return next((os.environ[n].strip() for n in PROVIDER.api_url_env if os.environ.get(n, "").strip()), None)
 
 
 class EC2Provider:
@@ -203,9 +63,9 @@ class EC2Provider:
 
     def _use_region(self, region: str) -> None:
         try:
-            self._driver = _Driver(self._creds.key_id, self._creds.secret, region=region,
-                                   token=self._creds.session_token, timeout=self._timeout,
-                                   signature_version="4", **self._kwargs)  # v4: STS tokens, every region
+            self._driver = Driver(self._creds.key_id, self._creds.secret, region=region,
+                                  token=self._creds.session_token, timeout=self._timeout,
+                                  signature_version="4", **self._kwargs)  # v4: STS tokens, every region
         except ValueError:
             raise ProvisionError(
                 f"unknown EC2 region {region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
@@ -221,7 +81,7 @@ class EC2Provider:
             self._use_region(region)
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._endpoint, what, _fault, credentials=f"credentials ({self._source})")
+        return api_errors(self.name, self._endpoint, what, fault, credentials=f"credentials ({self._source})")
 
     def ubuntu_image(self) -> str:
         """The newest Canonical Ubuntu 24.04 LTS AMI in the region (names end in a build date)."""
@@ -379,37 +239,11 @@ class EC2Provider:
         )
 
 
-def _local(tag: str) -> str:
-    """An element's name without its namespace (AWS sends errors without one, moto with one)."""
-    return tag.rpartition("}")[2]
-
-
 def _iso(value: object) -> str | None:
     if not value:
         return None
     text = str(value)
     return text[:19] + "Z" if len(text) >= 19 and text[10] == "T" else text
-
-
-def _fault(exc: BaseException) -> Fault | None:
-    """EC2 answers errors as ``Code: message``; the code says what happened, whatever the status."""
-    if isinstance(exc, InvalidCredsError):
-        return Fault(AUTH, message=_line(exc.value))
-    if isinstance(exc, BaseHTTPError):
-        message = _line(exc.message)
-        if message.startswith(_GONE_CODES):
-            return Fault(NOT_FOUND, message=message)
-        if message.startswith(_THROTTLE_CODES):
-            return Fault(RATE_LIMIT, message=message)
-        kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
-        return Fault(kind, message=message)
-    if isinstance(exc, LibcloudError):
-        return Fault(ANSWER, message=libcloud_words(exc))
-    return None
-
-
-def _line(text: object) -> str:
-    return one_line(text, 400)
 
 
 def build(creds: Credentials, state_root: Path) -> EC2Provider:
