@@ -3,10 +3,8 @@
 Modelled on h11 and the websockets library: a ``Multiplexer`` is fed the payloads
 of websocket binary messages (``receive``), returns events, and queues the messages
 to send (``next_message``: a message's pieces; ``data_to_send``: whole messages). It never touches a socket, so every rule below is
-unit-tested without one.
-
-Wire format: a message holds one or more frames, each ``type:u8 stream:u32
-length:u32`` followed by ``length`` payload bytes.
+unit-tested without one. The wire format and the events are ``muxframe``'s; the queue of frames
+to send, its packing into messages and the bound on control frames, ``muxqueue``'s.
 
 Flow control is per stream and credit based, as in HTTP/2: a side may send DATA
 only up to the credit the peer granted (``initial_window`` at open, then WINDOW
@@ -26,14 +24,41 @@ then at most ``max_streams * initial_recv_window + recv_budget``.
 
 from __future__ import annotations
 
-import collections
-import enum
-import struct
-from dataclasses import dataclass
+from .muxframe import (
+    _DATA,
+    _FIN,
+    _GOAWAY,
+    _OPEN,
+    _RESET,
+    _WINDOW,
+    HEADER,
+    MAX_REASON,
+    MAX_STREAM_ID,
+    MAX_TARGET,
+    MAX_WINDOW,
+    RESET_CODE,
+    WINDOW_PAYLOAD,
+    DataReceived,
+    Event,
+    FrameType,
+    GoAway,
+    ProtocolError,
+    ResetCode,
+    StreamEnded,
+    StreamError,
+    StreamOpened,
+    StreamReset,
+    WindowUpdated,
+)
+from .muxqueue import COALESCE_LIMIT, DEFAULT_MAX_CONTROL_BACKLOG, FrameQueue
 
-HEADER = struct.Struct("!BII")
-WINDOW_PAYLOAD = struct.Struct("!I")
-RESET_CODE = struct.Struct("!H")
+#: What ``mux`` offers, the wire format's names included: callers import all of it from here.
+__all__ = [
+    "COALESCE_LIMIT", "DEFAULT_INITIAL_WINDOW", "DEFAULT_MAX_CONTROL_BACKLOG", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_STREAMS",
+    "DEFAULT_WINDOW", "HEADER", "ID_RESERVE", "MAX_REASON", "MAX_STREAM_ID", "MAX_TARGET", "MAX_WINDOW", "RESET_CODE",
+    "VIEW_FROM", "WINDOW_PAYLOAD", "DataReceived", "Event", "FrameType", "GoAway", "Multiplexer", "ProtocolError",
+    "ResetCode", "StreamEnded", "StreamError", "StreamOpened", "StreamReset", "WindowUpdated",
+]
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
 #: Credit a new stream starts with when its receiver has a budget; it doubles per grant up to the window.
@@ -41,98 +66,10 @@ DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled s
 DEFAULT_INITIAL_WINDOW = 256 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024
 DEFAULT_MAX_STREAMS = 4096
-#: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
-#: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
-DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
-MAX_WINDOW = 2**31 - 1
 #: DATA payloads from this size on may be passed on as views of their message (see ``_on_data``).
 VIEW_FROM = 64 * 1024
-MAX_TARGET = 1024
-MAX_REASON = 1024
-#: Frames queued together share one message up to this size: a websocket message costs
-#: far more CPU than copying its bytes, so several streams' DATA frames travel together.
-COALESCE_LIMIT = 256 * 1024
-MAX_STREAM_ID = 0xFFFFFFFF
 #: Our stream ids left when ``ids_running_out`` says to replace the connection: they serve until the new one is up.
 ID_RESERVE = 1 << 16
-
-
-class FrameType(enum.IntEnum):
-    OPEN = 1  # payload: target (utf-8), e.g. "tcp:80"
-    DATA = 2
-    WINDOW = 3  # payload: u32 credit increment
-    FIN = 4  # sender will send no more data (TCP half-close)
-    RESET = 5  # payload: u16 code + utf-8 reason; the stream is gone both ways
-    GOAWAY = 6  # stream 0; payload: utf-8 reason. Open no new streams towards the sender
-
-
-#: The members as module globals, for the per-frame paths: reading a member off an enum class costs
-#: CPython 3.11 ~950 instructions (a descriptor call), a global ~50 (measured).
-_OPEN, _DATA, _WINDOW, _FIN, _RESET, _GOAWAY = (FrameType.OPEN, FrameType.DATA, FrameType.WINDOW, FrameType.FIN,
-                                                FrameType.RESET, FrameType.GOAWAY)
-
-
-class ResetCode(enum.IntEnum):
-    CANCEL = 1  # the endpoint went away (connection lost, shutdown)
-    REFUSED = 2  # the upstream could not be dialled
-    NOT_ALLOWED = 3  # the target was not advertised or is not permitted
-    TOO_MANY_STREAMS = 4
-    INTERNAL = 5
-    TIMEOUT = 6
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol; the connection must be closed."""
-
-
-class StreamError(Exception):
-    """A local call named a stream that cannot take it (closed, reset, unknown)."""
-
-
-# The events are plain dataclasses, not frozen ones: a frozen dataclass sets each field through
-# object.__setattr__, ~2,600 instructions more per DataReceived (measured), once per message each side.
-@dataclass
-class StreamOpened:
-    stream_id: int
-    target: str
-
-
-@dataclass
-class DataReceived:
-    stream_id: int
-    data: bytes | memoryview  # a view of the message when it is most of it (see ``_on_data``)
-
-
-@dataclass
-class StreamEnded:
-    """The peer half-closed: no more data will arrive on this stream."""
-
-    stream_id: int
-
-
-@dataclass
-class StreamReset:
-    stream_id: int
-    code: int
-    reason: str
-
-
-@dataclass
-class WindowUpdated:
-    """The peer granted credit: ``send_data`` on this stream may accept more now."""
-
-    stream_id: int
-
-
-@dataclass
-class GoAway:
-    """The peer is draining: open no new streams; the open ones may finish."""
-
-    reason: str
-    stream_id: int = 0
-
-
-Event = StreamOpened | DataReceived | StreamEnded | StreamReset | WindowUpdated | GoAway
 
 
 class _Stream:
@@ -148,8 +85,9 @@ class _Stream:
         self.remote_closed = False
 
 
-class Multiplexer:
-    """One side of a multiplexed connection.
+class Multiplexer(FrameQueue):
+    """One side of a multiplexed connection: its streams, their credit, and the frames they exchange
+    (queued, and packed into messages, by ``FrameQueue``).
 
     The client opens odd stream ids, the server even ones, so both sides can open
     streams without coordination (remote and local forwarding).
@@ -170,6 +108,7 @@ class Multiplexer:
         initial_recv_window = initial_recv_window or recv_window
         if not 0 < initial_recv_window <= recv_window <= MAX_WINDOW or not 0 < send_window <= MAX_WINDOW:
             raise ValueError("windows must be between 1 and 2**31-1, the initial one no larger")
+        FrameQueue.__init__(self, max_control_backlog)
         self.recv_window = recv_window  # the most credit one stream may grow to
         self.initial_recv_window = initial_recv_window  # each new stream's credit (the handshake's window)
         self.recv_budget = recv_budget  # None: streams grow freely
@@ -182,11 +121,6 @@ class Multiplexer:
         self._peer_parity = 0 if client else 1
         self._peer_highest = 0
         self._peer_open = 0  # streams the peer opened that are still live
-        self._out: collections.deque[tuple[int, bytes, bytes | memoryview]] = collections.deque()  # (type, header, payload)
-        self.buffered = 0  # bytes queued in _out
-        self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
-        self.max_control_backlog = max_control_backlog
-        self._backlogged = False
         self.going_away = False  # we sent GOAWAY
         self.peer_going_away = False  # the peer sent GOAWAY
 
@@ -285,52 +219,6 @@ class Multiplexer:
 
     def is_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
-
-    def data_to_send(self, limit: int | None = None) -> list[bytes]:
-        """Up to ``limit`` messages to send (all when None), in order; see ``next_message``."""
-        messages: list[bytes] = []
-        while limit is None or len(messages) < limit:
-            message = self.next_message()
-            if message is None:
-                break
-            messages.append(b"".join(message[0]))
-        return messages
-
-    def next_message(self) -> tuple[list[bytes | memoryview], int] | None:
-        """The next message as the pieces to join (frame headers and payloads) and its size; None when
-        nothing waits. Frames are packed into messages of up to ``COALESCE_LIMIT`` bytes (a larger frame
-        goes alone), so the peer's ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
-
-        The pieces are joined once, by whoever frames the message (``wsframe``), not once per frame here.
-        A writer that takes one message at a time leaves the rest counted in ``buffered`` and
-        ``control_buffered``, so the bounds see everything not yet sent."""
-        out = self._out
-        if not out:
-            return None
-        pieces: list[bytes | memoryview] = []
-        size = control = 0
-        while out:
-            ftype, header, payload = out[0]
-            frame_size = len(header) + len(payload)
-            if pieces and size + frame_size > COALESCE_LIMIT:
-                break
-            out.popleft()
-            pieces.append(header)
-            if payload:
-                pieces.append(payload)
-            size += frame_size
-            if ftype not in _UNBOUNDED_TYPES:
-                control += frame_size
-        self.buffered -= size
-        self.control_buffered -= control
-        if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
-            self._backlogged = False
-        return pieces, size
-
-    @property
-    def backlogged(self) -> bool:
-        """Too many control frames wait to be sent: read nothing more from the peer for now."""
-        return self._backlogged
 
     # ------------------------------------------------------------------ peer input
 
@@ -488,21 +376,4 @@ class Multiplexer:
         if stream_id % 2 == self._peer_parity:
             self._peer_open -= 1
 
-    def _queue_reset(self, stream_id: int, code: int, reason: str) -> None:
-        raw = reason.encode()[:MAX_REASON]
-        self._queue(_RESET, stream_id, RESET_CODE.pack(code) + raw)
 
-    def _queue(self, ftype: int, stream_id: int, payload: bytes | memoryview) -> None:
-        """Queue a frame as its header and payload, joined only into the message that carries it."""
-        size = HEADER.size + len(payload)
-        self._out.append((ftype, HEADER.pack(ftype, stream_id, len(payload)), payload))
-        self.buffered += size
-        if ftype not in _UNBOUNDED_TYPES:
-            self.control_buffered += size
-            if self.control_buffered > self.max_control_backlog:
-                self._backlogged = True
-
-
-#: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
-#: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
-_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))

@@ -1,0 +1,96 @@
+"""The multiplexer's outbound side: frames queued to send, packed into messages, and the bound on
+control frames that stops reading from a peer that does not read.
+
+Control frames (all but DATA and our own OPENs) are counted in ``control_buffered``: a peer can make
+us queue them (a RESET per OPEN, a WINDOW per read) without reading any, so beyond
+``max_control_backlog`` the glue reads nothing more from it until half of them are sent.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from .muxframe import _RESET, HEADER, MAX_REASON, RESET_CODE, FrameType
+
+#: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
+#: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
+DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
+#: Frames queued together share one message up to this size: a websocket message costs
+#: far more CPU than copying its bytes, so several streams' DATA frames travel together.
+COALESCE_LIMIT = 256 * 1024
+
+
+class FrameQueue:
+    """Frames waiting to be sent, as (type, header, payload); the ``Multiplexer`` is one."""
+
+    def __init__(self, max_control_backlog: int = DEFAULT_MAX_CONTROL_BACKLOG) -> None:
+        self._out: collections.deque[tuple[int, bytes, bytes | memoryview]] = collections.deque()  # (type, header, payload)
+        self.buffered = 0  # bytes queued in _out
+        self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
+        self.max_control_backlog = max_control_backlog
+        self._backlogged = False
+
+    def data_to_send(self, limit: int | None = None) -> list[bytes]:
+        """Up to ``limit`` messages to send (all when None), in order; see ``next_message``."""
+        messages: list[bytes] = []
+        while limit is None or len(messages) < limit:
+            message = self.next_message()
+            if message is None:
+                break
+            messages.append(b"".join(message[0]))
+        return messages
+
+    def next_message(self) -> tuple[list[bytes | memoryview], int] | None:
+        """The next message as the pieces to join (frame headers and payloads) and its size; None when
+        nothing waits. Frames are packed into messages of up to ``COALESCE_LIMIT`` bytes (a larger frame
+        goes alone), so the peer's ``max_size`` must allow ``max(COALESCE_LIMIT, max_frame + HEADER.size)``.
+
+        The pieces are joined once, by whoever frames the message (``wsframe``), not once per frame here.
+        A writer that takes one message at a time leaves the rest counted in ``buffered`` and
+        ``control_buffered``, so the bounds see everything not yet sent."""
+        out = self._out
+        if not out:
+            return None
+        pieces: list[bytes | memoryview] = []
+        size = control = 0
+        while out:
+            ftype, header, payload = out[0]
+            frame_size = len(header) + len(payload)
+            if pieces and size + frame_size > COALESCE_LIMIT:
+                break
+            out.popleft()
+            pieces.append(header)
+            if payload:
+                pieces.append(payload)
+            size += frame_size
+            if ftype not in _UNBOUNDED_TYPES:
+                control += frame_size
+        self.buffered -= size
+        self.control_buffered -= control
+        if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
+            self._backlogged = False
+        return pieces, size
+
+    @property
+    def backlogged(self) -> bool:
+        """Too many control frames wait to be sent: read nothing more from the peer for now."""
+        return self._backlogged
+
+    def _queue_reset(self, stream_id: int, code: int, reason: str) -> None:
+        raw = reason.encode()[:MAX_REASON]
+        self._queue(_RESET, stream_id, RESET_CODE.pack(code) + raw)
+
+    def _queue(self, ftype: int, stream_id: int, payload: bytes | memoryview) -> None:
+        """Queue a frame as its header and payload, joined only into the message that carries it."""
+        size = HEADER.size + len(payload)
+        self._out.append((ftype, HEADER.pack(ftype, stream_id, len(payload)), payload))
+        self.buffered += size
+        if ftype not in _UNBOUNDED_TYPES:
+            self.control_buffered += size
+            if self.control_buffered > self.max_control_backlog:
+                self._backlogged = True
+
+
+#: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
+#: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
+_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))
