@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import collections
 
-from .muxframe import _RESET, HEADER, MAX_REASON, RESET_CODE, FrameType
+from . import muxframe
+from .muxframe import _RESET, MAX_REASON, FrameType
+
+#: Bound by assignment, not imported: CPython 3.11 compiles ``NAME.pack(...)`` on an imported NAME as an
+#: attribute load and a call, making a bound method per frame (see ``mux``).
+HEADER, RESET_CODE = muxframe.HEADER, muxframe.RESET_CODE
 
 #: Queued control frames (all but DATA and our own OPENs) beyond which the peer is not read
 #: from: about 40,000 RESETs; far more than honest traffic leaves unsent.
