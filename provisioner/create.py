@@ -129,6 +129,9 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     made is left alone on failure unless asked."""
     name = check_name(opts.name) if opts.name is not None else random_name()
     replicas.check(opts.provider, opts.replicas)
+    group = name if opts.replicas > 1 else None
+    names = replicas.replica_names(name, opts.replicas) if group else [name]
+    registry.info(opts.provider).names.check(opts.provider, name, names)  # before the cloud is asked anything
     spec = _spec(opts)
     runtime_spec = check_runtime_spec(opts.runtime_spec) if opts.runtime_spec is not None else None
     check_timeout(opts.timeout)
@@ -140,8 +143,6 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     if state.exists() or state.dir.exists():
         raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name, "
                              f"or first: {delete_command(name, state.root)}")
-    group = name if opts.replicas > 1 else None
-    names = replicas.replica_names(name, opts.replicas) if group else [name]
     if provider.user_data_limit and any(h.name in names or (group and h.group == group) for h in provider.list()):
         raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
     progress("generating token and TLS material")

@@ -38,6 +38,7 @@ PROVIDER = ProviderInfo(
     region="uksouth", size="Standard_B1s", login_user="azureuser", ssh_key="public key text",
     image="Canonical:ubuntu-24_04-lts:server:latest",  # publisher:offer:sku:version, as the az CLI writes it
     firewall_note="network security group opening only the tunnel's ports",
+    firewall_name_max=90,  # the resource group inlets-NAME: 1-90 characters
 )
 GROUPS_API, NETWORK_API = "2021-04-01", "2023-09-01"
 WAIT = 300.0  # for Resource Manager to provision one resource
@@ -140,7 +141,7 @@ class AzureProvider:
         return answer
 
     def create(self, plan: Plan) -> Host:
-        group, region = firewall_name(plan.name), plan.region or PROVIDER.region
+        group, region = firewall_name(plan.name, PROVIDER.firewall_name_max), plan.region or PROVIDER.region
         base, net = self._group(group), f"{self._group(group)}/providers/Microsoft.Network"
         labels = label_map(plan) | {"inlets-name": plan.name}
         with self._api(f"creating resource group {group!r}"):

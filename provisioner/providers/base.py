@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..credentials import access_token
+from ..firewall import FIREWALL_NAME_MAX
+from ..names import NameRule
 from ..spec import TunnelSpec
 
 TAG = "inlets"
@@ -62,6 +64,11 @@ class ProviderInfo:
     #: what stands in front of ``--replicas`` exit servers ("a DigitalOcean load balancer");
     #: empty: this provider refuses --replicas
     balancer: str = ""
+    #: what this cloud takes as a VM's name beyond names.NAME_RE (create checks it before any API call)
+    names: NameRule = NameRule()
+    #: the longest name this cloud takes for the firewall / security group (Azure: resource group) made for a VM;
+    #: firewall.firewall_name shortens ``inlets-NAME`` to it, with a hash, when longer
+    firewall_name_max: int = FIREWALL_NAME_MAX
 
     def token(self, creds: Credentials) -> str:
         """--access-token-file, --access-token, then this provider's variables; else a one-line error."""

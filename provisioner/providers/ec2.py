@@ -35,6 +35,7 @@ PROVIDER = ProviderInfo(
     image="ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*",  # Canonical's newest in the region
     ssh_key="key pair name or .pub file", login_user="ubuntu",
     firewall_note="security group {firewall} lets in tcp {control_port} and {data_ports}, nothing else",
+    firewall_name_max=255,  # CreateSecurityGroup: GroupName up to 255 characters
 )
 #: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
 UBUNTU_OWNER = "099720109477"
@@ -101,8 +102,9 @@ class EC2Provider:
         made: list[tuple[str, str]] = []
         image_id = self.ubuntu_image()
         keypair = self._keypair(plan, made)
+        group_name = firewall_name(plan.name, PROVIDER.firewall_name_max)
         try:
-            group_id = self._security_group(plan, made)
+            group_id = self._security_group(plan, group_name, made)
             tags = {TAG: "true", "inlets-name": plan.name, "inlets-mode": plan.spec.mode, "inlets-sg": group_id}
             if keypair and ("keypair", keypair) in made:
                 tags["inlets-keypair"] = keypair
@@ -113,7 +115,7 @@ class EC2Provider:
             image = NodeImage(image_id, image_id, d)
             with self._api(f"creating instance {plan.name!r}"):
                 node = d.create_node(  # the group by name: it lives in the default VPC
-                    plan.name, size, image, ex_userdata=plan.user_data, ex_security_groups=[firewall_name(plan.name)],
+                    plan.name, size, image, ex_userdata=plan.user_data, ex_security_groups=[group_name],
                     ex_keyname=keypair, ex_metadata=tags, ex_terminate_on_shutdown=plan.expires_at is not None,
                 )
         except BaseException:
@@ -150,8 +152,7 @@ class EC2Provider:
             )
         return plan.ssh_key
 
-    def _security_group(self, plan: Plan, made: list[tuple[str, str]]) -> str:
-        name = firewall_name(plan.name)
+    def _security_group(self, plan: Plan, name: str, made: list[tuple[str, str]]) -> str:
         with self._api(f"creating security group {name!r}"):
             group = self._driver.ex_create_security_group(name, f"inlets exit server {plan.name} ({plan.spec.mode})")
             group_id = group["group_id"]

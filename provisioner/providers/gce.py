@@ -23,6 +23,7 @@ from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, rea
 
 from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
+from ..names import NameRule
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .cloud_api import Endpoint, endpoint_of, libcloud_errors
 
@@ -35,6 +36,7 @@ PROVIDER = ProviderInfo(
     ssh_key="USER:PUBLIC-KEY line for the ssh-keys metadata",
     image="projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64",
     firewall_note="VPC firewall rule opening only the tunnel's ports to this instance's network tag",
+    names=NameRule("a GCE instance name", letter_first=True),  # [a-z]([-a-z0-9]*[a-z0-9])?, as its tag and rule
 )
 COMPUTE = "https://www.googleapis.com/compute/v1"
 
@@ -125,7 +127,7 @@ class GCEProvider:
 
     def create(self, plan: Plan) -> Host:
         d, zone = self._driver, plan.region or PROVIDER.region
-        tag = firewall_name(plan.name)
+        tag = firewall_name(plan.name, PROVIDER.firewall_name_max)
         network = GCENetwork("default", "default", None, d, extra={"selfLink": f"{self._base}/global/networks/default"})
         with self._api(f"creating firewall rule {tag!r}"):
             d.ex_create_firewall(
@@ -174,13 +176,13 @@ class GCEProvider:
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/zones/{zone}/instances/{name}", "DELETE", wait=True)
         for tag in (data.get("tags") or {}).get("items", []):
-            if tag == firewall_name(name):
+            if tag == firewall_name(name, PROVIDER.firewall_name_max):
                 self._delete_firewall(tag)
 
     def _delete_orphan_firewall(self, instance: str) -> None:
         """The rule create made for an instance already gone (deleted in the console, or a delete cut short):
         named after it and targeting only its tag, so a rule of the user's is never taken for it."""
-        tag = firewall_name(instance)
+        tag = firewall_name(instance, PROVIDER.firewall_name_max)
         try:
             with self._api(f"reading firewall rule {tag}"):
                 rule = self._request(f"/global/firewalls/{tag}")

@@ -22,6 +22,7 @@ PROVIDER = ProviderInfo(
     credentials="$HCLOUD_TOKEN", token_env=("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("HCLOUD_ENDPOINT",),
     region="nbg1", size="cx22", image="ubuntu-24.04", ssh_key="name of an SSH key in the project",
     firewall_note="Cloud Firewall opening only the tunnel's ports",
+    firewall_name_max=128,  # the API: "Name of the Firewall. Limited to a maximum of 128 characters"
 )
 DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
 
@@ -57,8 +58,9 @@ class HetznerProvider:
                          description=f"inlets {r.purpose}")
             for r in inbound_rules(plan.spec)
         ]
+        name = firewall_name(plan.name, PROVIDER.firewall_name_max)
         with self._api(f"creating firewall for {plan.name!r}"):
-            firewall = self._client.firewalls.create(name=firewall_name(plan.name), rules=rules, labels={TAG: "true"}).firewall
+            firewall = self._client.firewalls.create(name=name, rules=rules, labels={TAG: "true"}).firewall
         try:
             with self._api(f"creating server {plan.name!r}"):
                 created = self._client.servers.create(
@@ -98,18 +100,19 @@ class HetznerProvider:
         for firewall_id in firewall_ids:
             with self._api(f"reading firewall {firewall_id}"):
                 name = self._client.firewalls.get_by_id(firewall_id).name or ""
-            if made_for(name, str(server.name or "")):
+            if made_for(name, str(server.name or ""), PROVIDER.firewall_name_max):
                 self._delete_firewall(firewall_id)
 
     def delete_leftovers(self, name: str) -> list[str]:
         """The firewall ``create`` made for the server ``name``, already gone: named inlets-NAME, labelled inlets, and
         applied to nothing, so that a firewall of the user's (shared, or merely named alike) is never taken for it."""
-        wanted = firewall_name(name)
+        wanted = firewall_name(name, PROVIDER.firewall_name_max)
         with self._api(f"reading firewall {wanted}"):
             found = self._client.firewalls.get_all(name=wanted)
         removed = []
         for firewall in found:
-            if made_for(firewall.name, name) and (firewall.labels or {}).get(TAG) == "true" and not firewall.applied_to:
+            ours = made_for(firewall.name, name, PROVIDER.firewall_name_max) and (firewall.labels or {}).get(TAG) == "true"
+            if ours and not firewall.applied_to:
                 self._delete_firewall(int(firewall.id))
                 removed.append(f"firewall {wanted}")
         return removed

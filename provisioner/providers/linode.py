@@ -17,6 +17,7 @@ from libcloud.compute.types import Provider
 
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
+from ..names import NameRule
 from ..wait import wait_until_gone
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
@@ -29,6 +30,8 @@ PROVIDER = ProviderInfo(
     api_url_env=("LINODE_API_URL",), region="eu-west", size="g6-nanode-1", image="linode/ubuntu24.04",  # London
     ssh_key="public key text",
     firewall_note="Cloud Firewall opening only the tunnel's ports",
+    # API v4: an instance label has 3-64 characters, a firewall label 3-32; neither has "--" in it
+    names=NameRule("a Linode label", min_len=3, max_len=64, single_hyphens=True), firewall_name_max=32,
 )
 MAX_PAGES = 20
 
@@ -55,7 +58,7 @@ class LinodeProvider:
     def create(self, plan: Plan) -> Host:
         rules = inbound_rules(plan.spec)
         firewall = {
-            "label": firewall_name(plan.name),
+            "label": firewall_name(plan.name, PROVIDER.firewall_name_max),
             "tags": [TAG],
             "rules": {
                 "inbound_policy": "DROP",
@@ -109,20 +112,20 @@ class LinodeProvider:
             self._request(f"/v4/linode/instances/{host_id}", "DELETE")
         wait_until_gone(self, host_id, timeout)
         for firewall in firewalls:
-            if made_for(firewall.get("label"), label):
+            if made_for(firewall.get("label"), label, PROVIDER.firewall_name_max):
                 self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
 
     def delete_leftovers(self, name: str) -> list[str]:
         """The Cloud Firewall ``create`` made for the instance ``name``, already gone: labelled inlets-NAME, tagged
         inlets, and attached to nothing, so that a firewall of the user's (shared, or merely named alike) is never
         taken for it."""
-        wanted = firewall_name(name)
+        wanted = firewall_name(name, PROVIDER.firewall_name_max)
         headers = {"X-Filter": json.dumps({"label": wanted})}
         with self._api(f"reading firewall {wanted}"):
             found = self._pages("/v4/networking/firewalls", headers)
         removed = []
         for firewall in found:
-            if not made_for(firewall.get("label"), name) or TAG not in (firewall.get("tags") or []):
+            if not made_for(firewall.get("label"), name, PROVIDER.firewall_name_max) or TAG not in (firewall.get("tags") or []):
                 continue
             path = f"/v4/networking/firewalls/{firewall['id']}"
             with self._api(f"reading the devices of firewall {wanted}"):

@@ -57,7 +57,7 @@ def firewall_note(name: str, server_name: str, spec: TunnelSpec) -> str | None:
         return None
     rules = inbound_rules(spec)  # the ports every cloud's firewall opens for this tunnel
     data = ",".join(str(rule.port) for rule in rules if rule.purpose == "data")
-    return note.format(firewall=firewall_name(server_name), control_port=spec.control_port, data_ports=data)
+    return note.format(firewall=firewall_name(server_name, info(name).firewall_name_max), control_port=spec.control_port, data_ports=data)
 
 
 # -- help, written from the declarations -------------------------------------------------------

@@ -76,7 +76,7 @@ class ScalewayProvider:
         api, zone = self._api_client, plan.region or self.zone
         with self._api(f"creating security group for {plan.name!r}"):
             group = api.create_security_group(
-                zone=zone, name=firewall_name(plan.name), description=f"inlets exit server {plan.name}", stateful=True,
+                zone=zone, name=firewall_name(plan.name, PROVIDER.firewall_name_max), description=f"inlets exit server {plan.name}", stateful=True,
                 project=self._project, tags=[TAG], inbound_default_policy=SecurityGroupPolicy.DROP,
                 outbound_default_policy=SecurityGroupPolicy.ACCEPT, enable_default_security=True,
             ).security_group
@@ -151,7 +151,7 @@ class ScalewayProvider:
                 self._delete_stopped(server, zone)
         wait_until_gone(self, host_id, timeout)
         group = server.security_group
-        if group is not None and made_for(group.name, str(server.name or "")):
+        if group is not None and made_for(group.name, str(server.name or ""), PROVIDER.firewall_name_max):
             self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
 
     def list(self) -> list[Host]:

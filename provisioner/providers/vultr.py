@@ -14,7 +14,7 @@ from libcloud.compute.providers import get_driver
 from libcloud.compute.types import Provider
 
 from ..errors import NotFound
-from ..firewall import firewall_name, inbound_rules
+from ..firewall import firewall_name, inbound_rules, made_for
 from ..wait import wait_until_gone
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
 from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
@@ -48,8 +48,9 @@ class VultrProvider:
         return self._driver.connection.request(path, method=method, data=data, params=params).object
 
     def create(self, plan: Plan) -> Host:
+        description = firewall_name(plan.name, PROVIDER.firewall_name_max)
         with self._api(f"creating firewall group for {plan.name!r}"):
-            group = self._request("/v2/firewalls", "POST", {"description": firewall_name(plan.name)})["firewall_group"]
+            group = self._request("/v2/firewalls", "POST", {"description": description})["firewall_group"]
         try:
             with self._api(f"adding firewall rules for {plan.name!r}"):
                 for rule in inbound_rules(plan.spec):
@@ -83,18 +84,18 @@ class VultrProvider:
             self._request(f"/v2/instances/{host_id}", "DELETE")
         wait_until_gone(self, host_id, timeout)
         group_id = host.extra.get("firewall_group_id")
-        if group_id and self._made_here(str(group_id)):
+        if group_id and self._made_here(str(group_id), host.name):
             self._delete_firewall(str(group_id))
 
-    def _made_here(self, group_id: str) -> bool:
-        """Only a group inletsctl made (its description ``inlets-NAME``) goes: an instance may have been moved
-        into a group shared with others, which must stay."""
+    def _made_here(self, group_id: str, name: str) -> bool:
+        """Only the group create made for the instance ``name`` (its description ``inlets-NAME``) goes: an instance
+        may have been moved into a group shared with others (the user's, or another exit server's), which must stay."""
         try:
             with self._api(f"reading firewall group {group_id}"):
                 group = self._request(f"/v2/firewalls/{group_id}")["firewall_group"]
         except NotFound:
             return False
-        return str(group.get("description", "")).startswith("inlets-")
+        return made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max)
 
     def _delete_firewall(self, group_id: str) -> None:
         try:

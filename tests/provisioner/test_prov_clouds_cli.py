@@ -56,6 +56,22 @@ def test_a_key_file_that_is_not_text_is_one_line_without_python_words(
     assert "codec" not in line
 
 
+@pytest.mark.parametrize("provider, env, name, says", [
+    ("linode", "LINODE_TOKEN", "ab", "a Linode label has 3-64 characters; use a name of 3 to 63"),
+    ("linode", "LINODE_TOKEN", "edge--1", "a Linode label never has two hyphens in a row"),
+    ("gce", "GCE_API_URL", "7-edge", "a GCE instance name starts with a letter"),
+])
+def test_a_name_the_cloud_refuses_is_one_line_before_any_api_call(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, api: RecordedAPI, monkeypatch: pytest.MonkeyPatch,
+        provider: str, env: str, name: str, says: str) -> None:
+    """Such names went to the cloud: Linode refused the instance label (after its firewall was made), GCE the
+    instance name; now create names the cloud's rule, and asks nothing of the cloud."""
+    monkeypatch.setenv(env, "T" * 64)
+    result = run_cli(capsys, "create", name, "--provider", provider, "--api-url", api.url, "--state-dir", str(tmp_path))
+    one_line_error(result, f"the name {name!r}", f"--provider {provider}", says)
+    assert api.seen == [] and not (tmp_path / name).exists()
+
+
 @pytest.mark.parametrize("provider", ["ovh"])
 def test_ovh_says_why_it_is_not_offered(capsys: pytest.CaptureFixture[str], tmp_path: Path, provider: str) -> None:
     result = run_cli(capsys, "create", "--provider", provider, "--state-dir", str(tmp_path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
 from inlets_py.provisioner.providers.cloud_api import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.firewall import firewall_name
 from inlets_py.provisioner.providers.gce import GCEProvider, service_account
 
 PROJECT = "project_name"  # the project libcloud's fixtures were recorded with
@@ -85,6 +87,20 @@ def test_create_sends_user_data_labels_tag_and_exact_firewall(api: RecordedAPI, 
     assert api.requests("GET", PREFIX + "zones/us-central1-a/operations/.*")  # the insert operation was polled
     assert all(s.path.startswith(("/o/oauth2/token", PREFIX)) for s in api.seen)
     assert not [s for s in api.seen if "599" in s.path]
+
+
+def test_a_long_name_gets_a_firewall_rule_name_gce_takes(api: RecordedAPI, key_json: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inlets-NAME`` cut at 63 ended in a hyphen here ("inlets-...-"), which GCE's [a-z]([-a-z0-9]*[a-z0-9])? refuses
+    for the rule and the network tag; and two names with these first 56 characters shared one rule."""
+    name = "a" * 55 + "-build-7"  # 63 characters
+    monkeypatch.setitem(RENAME, name, "node-name")
+    monkeypatch.setitem(RENAME, firewall_name(name), "lcfirewall")
+    provider(api, key_json, tmp_path).create(replace(make_plan(tmp_path, region="us-central1-a"), name=name))
+    (fw,) = api.requests("POST", PREFIX + "global/firewalls")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", fw.json["name"]) and len(fw.json["name"]) <= 63
+    assert fw.json["targetTags"] == [fw.json["name"]] and fw.json["name"] == firewall_name(name)
+    assert api.requests("POST", PREFIX + "zones/.*/instances")[0].json["tags"]["items"] == [fw.json["name"]]
 
 
 def test_http_mode_opens_80_443_and_control(api: RecordedAPI, key_json: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -68,6 +69,34 @@ def test_create_sends_user_data_labels_and_exact_firewall(api: RecordedAPI, tmp_
 def test_http_mode_opens_80_443_and_control(api: RecordedAPI, tmp_path: Path) -> None:
     provider(api).create(make_plan(tmp_path, mode="http"))
     assert sorted(r["port"] for r in api.requests("POST", "/v1/firewalls")[0].json["rules"]) == ["443", "80", "8123"]
+
+
+LONG = "eu-west-build-farm-tunnel-for-the-nightly-integration-runs"  # 58: replicas LONG-1, LONG-2 have 60
+
+
+def test_replicas_of_a_long_name_get_a_firewall_each(api: RecordedAPI, tmp_path: Path) -> None:
+    """``inlets-NAME`` cut at 63 named both replicas' firewalls alike: Hetzner, whose firewall names are unique per
+    project, refused the second create. Its firewall names take 128 characters: ``inlets-NAME`` fits whole."""
+    for name in (f"{LONG}-1", f"{LONG}-2"):
+        provider(api).create(replace(make_plan(tmp_path), name=name))
+    assert [r.json["name"] for r in api.requests("POST", "/v1/firewalls")] == [f"inlets-{LONG}-1", f"inlets-{LONG}-2"]
+
+
+@pytest.mark.parametrize("firewall, deleted", [(f"inlets-{LONG}-2", True), (f"inlets-{LONG}-1"[:63], False)],
+                         ids=["its-own", "a-sibling-s-cut-short"])
+def test_delete_of_a_long_name_removes_its_own_firewall_only(api: RecordedAPI, firewall: str, deleted: bool) -> None:
+    """made_for compared names cut at 63, so a server LONG-2 in the firewall of LONG-1 (cut: ``inlets-LONG-``) took
+    it along, still in use by LONG-1; and its own, named whole now, must go with it."""
+    server = json.loads(recorded("hetzner", "servers_get.json"))
+    server["server"]["name"] = f"{LONG}-2"
+    api.route("GET", "/v1/servers/1", [Answer(200, server), NOT_FOUND])
+    body = _inlets_firewall()
+    body["firewall"]["name"] = firewall
+    api.routes.insert(0, ("GET", re.compile("/v1/firewalls/38"), Answer(200, body)))
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete("1")
+    assert api.requests("DELETE", "/v1/servers/1") and bool(api.requests("DELETE", "/v1/firewalls/38")) == deleted
 
 
 def test_status_list_by_label_and_delete_removes_the_firewall(api: RecordedAPI) -> None:

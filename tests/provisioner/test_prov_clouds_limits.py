@@ -76,3 +76,28 @@ def test_firewall_ports_include_low_ports_and_the_control_port() -> None:
     assert inbound_ports(build_spec("tcp", "22,25,80", [])) == (22, 25, 80, 8123)
     assert inbound_ports(build_spec("http", None, ["example.com"])) == (80, 443, 8123)
     assert inbound_ports(build_spec("tcp", "443", [], control_port=9000)) == (443, 9000)
+
+
+GCE_NAME_RE = r"[a-z]([-a-z0-9]*[a-z0-9])?"  # GCE's rule for a firewall name (and an instance name, a network tag)
+
+
+@pytest.mark.parametrize("limit", [32, 63])
+def test_long_names_sharing_their_start_never_share_a_firewall(limit: int) -> None:
+    """``inlets-NAME`` cut at 63 gave replicas NAME-1 and NAME-2 of a 57+ character NAME the same firewall (Hetzner
+    refuses the second, and deleting one deleted the other's: made_for compared the cut names); cut where a hyphen
+    falls it ended in one, which GCE refuses. A name too long for the cloud now ends in a hash of the whole name."""
+    import re
+
+    from inlets_py.provisioner.firewall import firewall_name, made_for
+
+    base = "a" * 55 + "-bcd"  # inlets- + its first 56 (or 25) characters ends in a hyphen
+    names = [f"{base}-1", f"{base}-2", base[:limit - 7] + "x"]
+    firewalls = [firewall_name(n, limit) for n in names]
+    assert len(set(firewalls)) == len(names), firewalls
+    for name, firewall in zip(names, firewalls, strict=True):
+        assert len(firewall) <= limit and firewall.startswith("inlets-aaa") and "--" not in firewall
+        assert re.fullmatch(GCE_NAME_RE, firewall), firewall
+        assert made_for(firewall, name, limit) and not made_for(f"inlets-{name}"[:limit], name, limit)
+        assert [made_for(firewall, other, limit) for other in names].count(True) == 1
+    short = "quick-otter-1a2b"  # a name that fits keeps the firewall name earlier versions made (and delete)
+    assert firewall_name(short, limit) == "inlets-quick-otter-1a2b" and made_for("inlets-quick-otter-1a2b", short, limit)

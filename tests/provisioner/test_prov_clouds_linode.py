@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -19,6 +20,7 @@ from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, m
 from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.cloud_api import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.firewall import firewall_name
 from inlets_py.provisioner.providers.linode import LinodeProvider
 
 NODE = "45501392"  # the id in libcloud's recorded create_node.json
@@ -90,6 +92,26 @@ def test_status_list_by_tag_and_delete_removes_the_firewall(api: RecordedAPI) ->
     assert api.requests("DELETE", f"/v4/linode/instances/{NODE}") and api.requests("DELETE", "/v4/networking/firewalls/123")
     with pytest.raises(NotFound):
         p.status(NODE)
+
+
+def test_a_long_name_gets_a_firewall_label_linode_takes_and_delete_removes_it(api: RecordedAPI, tmp_path: Path) -> None:
+    """A firewall label is 3-32 characters (API v4 FirewallRequest): ``inlets-NAME`` of a name over 25 characters was
+    refused, so no such name could be created. It is shortened with a hash now, and delete knows it by that label."""
+    name = "office-tunnel-for-the-build-farm-2"
+    provider(api).create(replace(make_plan(tmp_path), name=name))
+    (fw,) = api.requests("POST", "/v4/networking/firewalls")
+    label = fw.json["label"]
+    assert 3 <= len(label) <= 32 and label.startswith("inlets-office-tunnel") and label == firewall_name(name, 32)
+    assert api.requests("POST", "/v4/linode/instances")[0].json["label"] == name
+    body = _inlets_firewall()
+    body["data"][0]["label"] = label
+    api.routes.insert(0, ("GET", re.compile(f"/v4/linode/instances/{NODE}/firewalls"), Answer(200, body)))
+    node = json.loads(libcloud_fixture("linode_v4", "create_node.json")) | {"status": "running", "label": name}
+    api.route("GET", f"/v4/linode/instances/{NODE}", [Answer(200, node), NOT_FOUND])
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete(NODE)
+    assert api.requests("DELETE", "/v4/networking/firewalls/123")
 
 
 def test_a_refused_create_removes_its_firewall_with_one_line(api: RecordedAPI, tmp_path: Path) -> None:

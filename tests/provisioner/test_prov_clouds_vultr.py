@@ -74,7 +74,7 @@ def in_group(api: RecordedAPI, description: str) -> None:
 
 
 def test_status_list_and_delete_remove_the_firewall(api: RecordedAPI) -> None:
-    in_group(api, "inlets-rec-check")
+    in_group(api, "inlets-test")  # made for the recorded instance, labelled "test"
     p = provider(api)
     host = p.status("123")
     assert host.status == "active" and host.ip == "45.76.36.72"
@@ -90,6 +90,19 @@ def test_status_list_and_delete_remove_the_firewall(api: RecordedAPI) -> None:
 def test_delete_leaves_a_firewall_group_inletsctl_did_not_make(api: RecordedAPI) -> None:
     """An instance moved into a group shared with other instances: the instance goes, the group stays."""
     in_group(api, "my firewall group")  # the SDK's recorded description
+    p = provider(api)
+    p.poll_interval = 0.01
+    p.delete("123")
+    assert api.requests("DELETE", "/v2/instances/123") and api.requests("GET", f"/v2/firewalls/{GROUP}")
+    assert not api.requests("DELETE", f"/v2/firewalls/{GROUP}")
+
+
+@pytest.mark.parametrize("description", ["inlets-other-server", "inlets-tes"])
+def test_delete_leaves_the_firewall_group_of_another_exit_server(api: RecordedAPI, description: str) -> None:
+    """Any group described ``inlets-*`` was deleted with the instance in it: an exit server moved into the group of
+    another ("inlets-other-server", or one whose name is this one's cut short) left that one unprotected. Only the
+    group made for this instance (``inlets-test``, firewall.firewall_name) goes now."""
+    in_group(api, description)
     p = provider(api)
     p.poll_interval = 0.01
     p.delete("123")
