@@ -31,8 +31,12 @@ SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
 
 STATUS_HINTS = {
-    407: "proxy credentials missing or wrong: use --proxy http://USER:PASSWORD@HOST:PORT",
-    401: "proxy credentials wrong: check USER:PASSWORD in --proxy",  # tinyproxy's answer to a wrong password
+    # the password from a file or the environment, never on the command line (where ps shows it)
+    407: "proxy credentials missing or wrong: give --proxy http://USER@HOST:PORT with --proxy-password-file FILE "
+         "or $INLETS_PROXY_PASSWORD",
+    # tinyproxy's answer to a wrong password
+    401: "proxy credentials wrong: check the --proxy user and its password (--proxy-password-file or "
+         "$INLETS_PROXY_PASSWORD)",
     403: "the proxy does not allow a tunnel to this host and port",
 }
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}

@@ -209,12 +209,15 @@ def test_407_without_credentials_names_the_proxy_and_retries(tls, token, auth_pr
     lines = failures(http_url(auth_proxy), tls, token, caplog)
     assert f"proxy http://127.0.0.1:{auth_proxy.port} refused CONNECT 127.0.0.1:" in lines[0]
     assert "HTTP 407 Proxy Authentication Required" in lines[0] and "credentials" in lines[0]
+    # what to do next keeps the password off the command line (ps shows it there)
+    assert "--proxy-password-file" in lines[0] and "USER:PASSWORD" not in lines[0], lines[0]
 
 
 def test_wrong_password_is_reported_but_never_shown(tls, token, auth_proxy, caplog) -> None:
     lines = failures(http_url(auth_proxy, (USER, "wrong-" + PASSWORD)), tls, token, caplog)
     assert f"proxy http://{USER}@127.0.0.1:{auth_proxy.port} refused CONNECT" in lines[0]
     assert "HTTP 401 Unauthorized" in lines[0] and "credentials wrong" in lines[0]  # tinyproxy's answer
+    assert "--proxy-password-file" in lines[0] and "USER:PASSWORD" not in lines[0], lines[0]
 
 
 def test_403_from_a_proxy_that_forbids_the_port(tls, token, strict_proxy, caplog) -> None:
