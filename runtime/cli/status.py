@@ -20,13 +20,15 @@ from .app import app
 from .client_config import proxy_setting
 from .config import fail
 from .durations import seconds_option
-from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName, Urls
+from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
 from .status_view import render_holdings, render_table
 
 
 @app.command("status")
 def status(
-    url: Urls,
+    url: Annotated[list[str], typer.Option(  # not the clients' text: status serves nothing and never reconnects
+        "--url", metavar="<url>", help="Server URL: wss://HOST:8123 (a path is kept as a prefix). Repeat it for "
+        "each server behind one balancer.")],
     token: Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")] = None,
     token_file: Annotated[Optional[list[Path]], typer.Option(
         metavar="<path>", help="File holding the token: one for every --url, or one per --url in order.")] = None,

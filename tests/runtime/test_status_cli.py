@@ -183,3 +183,12 @@ def test_the_same_url_twice_is_refused_as_the_client_refuses_it(token_file: Path
         result = inlets("status", "--url", url, "--url", url, "--token-file", str(token_file), "--timeout", "3")
     assert result.returncode == 2 and result.stdout == "", result
     assert result.stderr.strip() == "inlets: error: the same --url is given twice: each server once"
+
+
+def test_help_describes_what_status_does_with_several_urls() -> None:
+    """Its --url once read as the client's ("serve through several servers ... reconnecting"): status does neither."""
+    result = inlets("status", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result
+    url_help = " ".join(result.stdout.split("--url <url>", 1)[1].split("--token ", 1)[0].split())
+    assert "Repeat it for each server behind one balancer" in url_help, url_help
+    assert not any(word in url_help for word in ("serve through", "reconnect", "session")), url_help
