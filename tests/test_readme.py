@@ -4,17 +4,19 @@ explains how a block is found and run), and what it says about the tests matches
 from __future__ import annotations
 
 import errno
+import os
 import re
 import shlex
 import shutil
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from helpers.process import wait_port
-from helpers.readme_commands import README, ROOT, Shell, block, commands
+from helpers.readme_commands import BIN, README, ROOT, Shell, block, commands
 from helpers.tunnel import free_port
 
 from inlets_py.runtime.server.dataplane import bind_failure
@@ -143,6 +145,16 @@ def test_inletsctl_on_this_machine_as_printed(tmp_path: Path) -> None:
         if name is not None:
             shell.run(f"inletsctl delete {name}")
         shell.close()
+
+
+def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
+    """The help's example once left out the CA (--auto-tls's is private: curl refused the certificate) and used a
+    $TOKEN nothing had set, where the README's command works as printed."""
+    text = README.read_text()
+    metrics = re.search(r"### Metrics\n\n    (curl .*)\n", text)[1]  # type: ignore[index]
+    result = subprocess.run([str(BIN / "inlets"), "http", "server", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "1000"}, timeout=20)
+    assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
 
 
 # ----------------------------------------------------------------- run as a service
