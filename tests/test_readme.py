@@ -19,6 +19,7 @@ from helpers.process import wait_port
 from helpers.readme_commands import BIN, README, ROOT, Shell, block, commands
 from helpers.tunnel import free_port
 
+from inlets_py.provisioner.providers import registry
 from inlets_py.runtime.server.dataplane import bind_failure
 
 
@@ -155,6 +156,21 @@ def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
     result = subprocess.run([str(BIN / "inlets"), "http", "server", "--help"], capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "1000"}, timeout=20)
     assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
+
+
+def test_the_clouds_table_names_every_variable_each_provider_reads_in_order() -> None:
+    """The README says the table and each PROVIDER declaration say the same; it once left out the
+    $INLETS_ACCESS_TOKEN five providers read, and Equinix's $PACKET_AUTH_TOKEN."""
+    rows = dict(re.findall(r"^\| (\w+) \| (.*) \|$", README.read_text(), re.M))
+    for name in registry.PROVIDERS:
+        declared = registry.info(name)
+        if name in ("local", "ssh"):
+            continue
+        row = rows[name]
+        named = [f"`${env}`" for env in (*declared.token_env, *declared.api_url_env)]
+        assert all(env in row for env in named), (name, named, row)
+        at = [row.index(env) for env in named[: len(declared.token_env)]]
+        assert at == sorted(at), (name, "the token variables in the order they are read", row)
 
 
 # ----------------------------------------------------------------- run as a service
