@@ -34,7 +34,8 @@ app = typer.Typer(
 
 StateDir = Annotated[
     Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH",
-                                 help=f"Where secrets and metadata are kept [default: ${STATE_ENV} or ~/.config/inletsctl].")
+                                 help=f"Where secrets and metadata are kept [default: ${STATE_ENV}, else "
+                                 "$XDG_CONFIG_HOME/inletsctl (~/.config/inletsctl)].")
 ]
 Provider = Annotated[Optional[str], typer.Option(help=registry.providers_help() + ".")]
 TokenFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="File holding the cloud access token (tried first); " + registry.credentials_help() + ".")]

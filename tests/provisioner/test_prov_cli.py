@@ -190,6 +190,15 @@ def test_every_command_has_help_with_examples() -> None:
         assert result.code == 0 and "Examples:" in result.out and f"inletsctl {command}" in result.out, command
 
 
+def test_state_dirs_help_names_where_it_looks(tmp_path: Path) -> None:
+    """--help said "$INLETSCTL_STATE_DIR or ~/.config/inletsctl", yet $XDG_CONFIG_HOME moves it (as the README says)."""
+    config = tmp_path / "config"
+    result = run_inletsctl("delete", "nosuch", env={"XDG_CONFIG_HOME": str(config), "COLUMNS": "1000"})
+    assert result.code == 1 and f"no exit server named 'nosuch' in {config / 'inletsctl'} " in result.err, result
+    out = " ".join(run_inletsctl("delete", "--help", env={"COLUMNS": "1000"}).out.split())  # one StateDir for all
+    assert "[default: $INLETSCTL_STATE_DIR, else $XDG_CONFIG_HOME/inletsctl (~/.config/inletsctl)]" in out, out
+
+
 def test_a_name_that_exists_locally_is_refused(tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     first = run_cli(capsys, "create", "twice", "--state-dir", str(state), "--ports", str(free_port("127.0.0.2")), "--json")
