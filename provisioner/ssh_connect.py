@@ -258,9 +258,14 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
     """Run ``command`` on the host; (exit status, stdout, stderr), bounded by ``timeout``."""
     try:
         chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
-        if stdin:
-            chan_in.write(stdin)
-        chan_in.channel.shutdown_write()
+        try:
+            if stdin:
+                chan_in.write(stdin)
+            chan_in.channel.shutdown_write()
+        except OSError:
+            if not chan_in.channel.closed:
+                raise
+            # the command ended before it read its input (sudo missing, say): its output and status say why
         out = chan_out.read().decode(errors="replace")
         err = chan_err.read().decode(errors="replace")
         return chan_out.channel.recv_exit_status(), out, err

@@ -290,6 +290,21 @@ def test_key_the_host_does_not_accept_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_
     one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "refused the key", str(stranger))
 
 
+def test_a_command_that_ends_before_reading_its_input_still_reports_its_status(prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
+    """A command that exits without reading stdin (as `sudo -n sh -s` does where sudo is missing) closed the
+    channel while the script was still being sent: the error was paramiko's 'Socket is closed', seen in CI,
+    instead of the command's own words and exit status. 8 MiB is past any SSH window, so the race is certain."""
+    from inlets_py.provisioner.ssh_connect import SshOptions, connect, run
+
+    opts = SshOptions("root", "127.0.0.1", prov_ssh_sshd.port, str(prov_ssh_sshd.client_key), accept_new=True,
+                      known_hosts=str(tmp_path / "known_hosts"))
+    client = connect(opts)
+    try:
+        assert run(client, "echo gone >&2; exit 7", stdin=b"x" * (8 << 20)) == (7, "", "gone\n")
+    finally:
+        client.close()
+
+
 def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
     state = ["--state-dir", str(tmp_path / "state")]
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", *state), "--host USER@HOST")
