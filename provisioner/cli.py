@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from inlets_py.runtime.cli.options import port_option
-from inlets_py.runtime.cli.usage import users_words
+from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, manage, output
 from .create import CreateOptions, create
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "inletsctl"
-        typer.echo(f"{command}: error: {users_words(exc.format_message())} (see --help)", err=True)
+        typer.echo(f"{command}: error: {usage_line(exc)} (see --help)", err=True)
         sys.exit(2)
     except ProvisionError as exc:
         typer.echo(f"inletsctl: error: {exc}", err=True)

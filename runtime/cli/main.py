@@ -17,7 +17,7 @@ try:  # a Ctrl-C while these load (a fresh install compiles them first) is exit 
 
     from ..core import lazy_modules
     from . import handoff
-    from .usage import users_words
+    from .usage import usage_line
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -97,7 +97,7 @@ def _run(argv: list[str]) -> int:
             typer.echo(exc.format_message(), err=True)
             return 2
         command = ctx.command_path if ctx is not None else _command_path(argv)
-        message = users_words(exc.format_message())  # click's "'x' is not a valid int range."
+        message = usage_line(exc)  # click's "'x' is not a valid int range." in words
         typer.echo(f"{command}: error: {message} (see --help)", err=True)
         return 2 if ctx is not None else exc.exit_code
     except typer.Abort:

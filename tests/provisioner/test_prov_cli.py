@@ -177,6 +177,9 @@ def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) ->
     (["create", "--replicas", "x"], "inletsctl create: error: Invalid value for '--replicas': 'x' is not a whole number."),
     (["create", "--replicas", "1.5"], "inletsctl create: error: Invalid value for '--replicas': '1.5' is not a whole number."),
     (["delete", "x", "--timeout", "it's"], "inletsctl delete: error: Invalid value for '--timeout': \"it's\" is not a number."),
+    # click offered "--bogus" "(Possible options: --host)": nothing a user who typed it meant
+    (["create", "--bogus"], "inletsctl create: error: No such option: --bogus"),
+    (["create", "--regoin", "x"], "inletsctl create: error: No such option: --regoin (did you mean --region?)"),
 ])
 def test_usage_errors_are_in_the_users_words_not_python_types(args: list[str], line: str, tmp_path: Path, capsys) -> None:
     """click's own words named Python's types: "'abc' is not a valid float.", "'x' is not a valid int."."""

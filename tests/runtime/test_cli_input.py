@@ -129,6 +129,9 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
      "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number. (see --help)"),
     (["tcp", "client", "--url", "wss://h:1", "--max-streams", "it's"],  # click quotes it with " then
      "inlets tcp client: error: Invalid value for '--max-streams': \"it's\" is not a whole number. (see --help)"),
+    # an unknown flag offers only what looks like a typo of it: click offered "--bogus" "Did you mean --host?"
+    (["tcp", "server", "--tokn", "x"], "inlets tcp server: error: No such option: --tokn (did you mean --token?) (see --help)"),
+    (["tcp", "server", "--bogus"], "inlets tcp server: error: No such option: --bogus (see --help)"),
 ])
 def test_usage_errors_name_the_command_in_the_users_words(args: list[str], line: str) -> None:
     result = inlets(*args)
