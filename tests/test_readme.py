@@ -17,6 +17,7 @@ import pytest
 from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from helpers.process import wait_port
 from helpers.readme_commands import BIN, README, ROOT, Shell, block, commands
+from helpers.service_python import service_inlets
 from helpers.tunnel import free_port
 
 from inlets_py.provisioner.providers import registry
@@ -178,7 +179,8 @@ def test_the_clouds_table_names_every_variable_each_provider_reads_in_order() ->
 
 def test_generated_unit_as_printed_verifies_and_holds_no_secret(tmp_path: Path) -> None:
     _need("systemd-analyze")
-    shell = Shell(tmp_path)
+    shell = Shell(tmp_path)  # its `inlets`: one the unit's user can run (the README says to generate from such)
+    shell.env["PATH"] = f"{service_inlets().bin}{os.pathsep}{shell.env['PATH']}"
     code, out = shell.run_block("generate-systemd")
     assert code == 0 and out == "", out  # systemd-analyze verify found nothing to say
     unit = (tmp_path / "inlets-http-client.service").read_text()

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote
 
 from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption, TokenError, read_tokens
+from . import reachable
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
 
@@ -167,8 +168,12 @@ PRIVATE_TMP_DIRS = ("/tmp/", "/var/tmp/")
 
 
 def _runtime_paths(command: list[str]) -> list[str]:
-    """What the unit runs: the command, the Python environment, and this package (the checkout, if editable)."""
-    return [command[0], sys.prefix, str(Path(__file__).resolve().parent)]
+    """What the unit runs: the command, the Python a script of it names and this one (a venv's is often a link
+    into a pyenv elsewhere), the environment and the Python installation under it (its standard library), and
+    this package (the checkout, if editable)."""
+    python = [p for p in (reachable.interpreter(command[0]), sys.executable) if p]
+    paths = [command[0], *python, sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parent)]
+    return list(dict.fromkeys(paths))
 
 
 def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> None:
@@ -186,6 +191,29 @@ def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> 
             )
         raise GenerateError(f"{option} {path} is under {top}, which the unit's PrivateTmp=true hides from the "
                             f"service: keep it elsewhere (e.g. {SECRET_DIR}/) and give that path")
+
+
+def _check_reachable(runtime: list[str], files: list[tuple[str, str]], dirs: list[tuple[str, str]]) -> None:
+    """Refuse a unit its user could not start: a folder it cannot enter on the way to what it runs or reads failed
+    every start with "Permission denied" (see reachable.py). The files and folders the setup line hands to the
+    user need only their way in; what this inlets runs must itself be readable (and a program runnable) by it."""
+    for path in runtime:
+        if found := reachable.blocked(path, SERVICE_USER, reachable.READ | reachable.EXECUTE):  # run, or list and enter
+            raise GenerateError(
+                f"this inlets needs {found.named()}, but {found.reason(SERVICE_USER)}: install inlets where every "
+                "user can read it, with a Python every user can run (e.g. /usr/bin/python3 -m venv /opt/inlets && "
+                "/opt/inlets/bin/pip install .), and run /opt/inlets/bin/inlets ... --generate=systemd"
+            )
+    for option, path in files + dirs:
+        if not (found := reachable.blocked(path, SERVICE_USER)):
+            continue
+        if (option, path) in dirs:
+            fix = (f"leave {option} out (the unit keeps its certificates in its StateDirectory, /var/lib/inlets) "
+                   f"or give a folder user {SERVICE_USER} can enter")
+        else:
+            fix = (f"keep it in a folder user {SERVICE_USER} can enter (e.g. {SECRET_DIR}/, 0750 root:{SERVICE_USER}) "
+                   "and give that path")
+        raise GenerateError(f"{option} {found.named()}: {found.reason(SERVICE_USER)}: {fix}")
 
 
 def systemd_unit(command: list[str], argv: list[str]) -> str:
@@ -228,6 +256,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     except UnitValueError as exc:
         raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     _check_not_private_tmp(runtime, named_files + written_dirs)  # after quoting: a path with a line break is refused above
+    _check_reachable(runtime, named_files, written_dirs)
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",

@@ -7,7 +7,6 @@ import base64
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import yaml
 from helpers.proxy_daemons import binary
 from helpers.process import ROOT as PROCESS_ROOT
 from helpers.process import inlets, one_line_error
+from helpers.service_python import folder_outside_tmp, service_inlets, unit_inlets
+
+from inlets_py.runtime.generate import reachable
 
 SECRETS = {"token": "tok-Zq81", "basic": "basic-Pw92", "proxy": "proxy-Pw/@:73", "bearer": "bearer-Bx55"}
 HTTP_CLIENT = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
@@ -32,7 +34,7 @@ def _verified(tmp_path: Path, text: str, name: str = "inlets-http-client.service
 
 
 def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
-    result = inlets(*HTTP_CLIENT, "--generate=systemd", env={"INLETS_BEARER_TOKEN": ""})
+    result = unit_inlets(*HTTP_CLIENT, "--generate=systemd", env={"INLETS_BEARER_TOKEN": ""})
     assert result.returncode == 0, result.stderr
     exec_start = _verified(tmp_path, result.stdout)
     for secret in SECRETS.values():
@@ -47,17 +49,17 @@ def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
 def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path: Path) -> None:
     bearer = Path("/etc/inlets/site-bearer")  # a file given is referenced where it is (need not exist yet)
     env = {"INLETS_BEARER_TOKEN": SECRETS["bearer"], "INLETS_TOKEN": SECRETS["token"]}
-    from_env = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+    from_env = unit_inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
                       "--generate=systemd", env=env)
     assert from_env.returncode == 0, from_env.stderr
     exec_start = _verified(tmp_path, from_env.stdout)
     assert SECRETS["bearer"] not in from_env.stdout and SECRETS["token"] not in from_env.stdout
     assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start and "--token-file /etc/inlets/token" in exec_start
-    from_file = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
+    from_file = unit_inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000",
                        "--token-file", "/etc/inlets/token", "--bearer-token-file", str(bearer), "--generate=systemd",
                        env={"INLETS_BEARER_TOKEN": ""})
     assert f"--bearer-token-file {bearer}" in _verified(tmp_path, from_file.stdout)
-    server = inlets("tcp", "server", "--plaintext", "--generate=systemd", env=env)  # a server takes no bearer token
+    server = unit_inlets("tcp", "server", "--plaintext", "--generate=systemd", env=env)  # a server takes no bearer token
     assert "--bearer-token" not in server.stdout and "--token-file /etc/inlets/token" in server.stdout
 
 
@@ -93,23 +95,21 @@ def test_a_file_under_tmp_is_refused_since_private_tmp_hides_it(tmp_path: Path) 
 
 
 def test_an_inlets_under_tmp_is_refused_and_one_under_home_gets_a_readable_home(tmp_path: Path) -> None:
-    installed = Path(sys.executable).with_name("inlets")  # this installation's command
+    service = service_inlets()
+    installed = service.bin / "inlets"  # an installation the unit's user can run
     args = ["tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream", "127.0.0.1",
             "--ports", "80", "--generate=systemd"]
     under_tmp = tmp_path / "bin"
     under_tmp.mkdir()
     (under_tmp / "inlets").symlink_to(installed)  # as if installed from a checkout under /tmp
-    refused = inlets(*args, env={"PATH": f"{under_tmp}{os.pathsep}{os.environ['PATH']}"})
+    refused = service.run(*args, env={"PATH": f"{under_tmp}{os.pathsep}{os.environ['PATH']}"})
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert f"this inlets runs from {under_tmp / 'inlets'}, under /tmp, which the unit's PrivateTmp=true hides" in refused.stderr
     assert "pip install ." in refused.stderr
-    home = Path(tempfile.mkdtemp(prefix="inlets-generate-", dir=Path.home()))
-    if not (str(home) + "/").startswith(("/home/", "/root/")):
-        shutil.rmtree(home)
-        pytest.skip(f"this user's home {Path.home()} is not where ProtectHome= applies")
+    home = _home_others_can_enter()
     try:
         (home / "inlets").symlink_to(installed)
-        readable = inlets(*args, env={"PATH": f"{home}{os.pathsep}{os.environ['PATH']}"})
+        readable = service.run(*args, env={"PATH": f"{home}{os.pathsep}{os.environ['PATH']}"})
         assert readable.returncode == 0, readable.stderr
         assert "ProtectHome=read-only" in readable.stdout  # ProtectHome=true would make the command vanish
         exec_start = _verified(tmp_path, readable.stdout, "inlets-tcp-client.service")
@@ -118,12 +118,25 @@ def test_an_inlets_under_tmp_is_refused_and_one_under_home_gets_a_readable_home(
         shutil.rmtree(home)
 
 
+def _home_others_can_enter() -> Path:
+    """A 0755 scratch folder where ProtectHome= applies (this user's home, or /home) that the unit's user can enter
+    (a home of 0700, as /root is, refuses the unit: tests/runtime/test_unit_reachable.py)."""
+    for parent in (Path.home(), Path("/home")):
+        if not (str(parent) + "/").startswith(("/home/", "/root/")) or not os.access(parent, os.W_OK):
+            continue
+        home = Path(tempfile.mkdtemp(prefix="inlets-generate-", dir=parent))
+        home.chmod(0o755)
+        if reachable.blocked(str(home), "inlets") is None:
+            return home
+        shutil.rmtree(home)
+    pytest.skip(f"no folder under {Path.home()} or /home that the unit's user may enter, where ProtectHome= applies")
+
+
 # ------------------------------------------------------------- a client of several servers: a token each
 
 def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
     """``--token-file`` once per ``--url``: each server's token keeps its own Secret key or file, in order."""
-    home = Path(tempfile.mkdtemp(dir=Path.home()))  # not under /tmp, which the unit's PrivateTmp hides
-    try:
+    with folder_outside_tmp() as home:  # not under /tmp, which the unit's PrivateTmp hides
         files = []
         for n in range(2):
             files.append(home / f"token-{n}")
@@ -139,15 +152,13 @@ def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
         assert [args[i + 1] for i, a in enumerate(args) if a == "--token-file"] == [
             "/var/run/secrets/inlets/token-1", "/var/run/secrets/inlets/token-2"]
         assert not any("token-Qx7" in arg for arg in args)
-        unit = inlets(*argv, "--generate=systemd")
+        unit = unit_inlets(*argv, "--generate=systemd")
         assert unit.returncode == 0, unit.stderr
         exec_start = _verified(tmp_path, unit.stdout, "inlets-tcp-client.service")
         assert exec_start.count("--token-file") == 2, exec_start
         assert exec_start.index(f"--token-file {files[0]}") < exec_start.index(f"--token-file {files[1]}"), exec_start
         one = inlets(*argv[:8], "--upstream", "127.0.0.1", "--ports", "80", "--generate=k8s_yaml")  # one file for both
         assert set(next(d for d in yaml.safe_load_all(one.stdout) if d["kind"] == "Secret")["data"]) == {"token"}
-    finally:
-        shutil.rmtree(home)
 
 
 @pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
@@ -219,7 +230,7 @@ def test_flag_combinations_the_command_refuses_are_refused_by_generate_in_its_wo
 def test_a_folder_the_server_writes_is_writable_in_the_unit(option: str, extra: list[str], tmp_path: Path) -> None:
     """ProtectSystem=strict leaves only the StateDirectory writable: a server told to keep its certificates
     elsewhere failed at every start. The folder becomes a ReadWritePaths= and the setup hint makes it."""
-    result = inlets(*extra, "--token-file", "/etc/inlets/token", option, "certs", "--generate=systemd")
+    result = unit_inlets(*extra, "--token-file", "/etc/inlets/token", option, "certs", "--generate=systemd")
     assert result.returncode == 0, result.stderr
     folder = PROCESS_ROOT.resolve() / "certs"  # relative to where inlets ran: the service's working directory is /
     assert f"ReadWritePaths={folder}\n" in result.stdout

@@ -12,6 +12,7 @@ import yaml
 from helpers.proxy_daemons import binary
 from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.process import inlets
+from helpers.service_python import unit_inlets
 from helpers.tunnel import metric
 
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
@@ -81,8 +82,8 @@ def test_generated_definitions_for_http_commands(tmp_path, tls, token_file) -> N
     kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(server.stdout)}
     assert set(kinds) == {"Secret", "Deployment", "Service"}, server.stderr
     assert {p["port"] for p in kinds["Service"]["spec"]["ports"]} == {8080, 8123}
-    client = inlets("http", "client", "--url", "wss://203.0.113.10:8123", "--token", "tok-xyz",
-                    "--upstream", "http://127.0.0.1:3000", "--generate", "systemd")
+    client = unit_inlets("http", "client", "--url", "wss://203.0.113.10:8123", "--token", "tok-xyz",
+                         "--upstream", "http://127.0.0.1:3000", "--generate", "systemd")
     assert client.returncode == 0 and "tok-xyz" not in client.stdout and "inlets http client" in client.stdout
     unit = tmp_path / "inlets-http-client.service"
     unit.write_text(client.stdout)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from helpers.proxy_daemons import Daemon, _spawn, binary
 from helpers.process import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.service_python import unit_inlets
 from helpers.tunnel import (
     TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
     wait_listening,
@@ -224,10 +225,11 @@ def test_generated_systemd_units_verify(tmp_path: Path) -> None:
     files = ["--tls-cert", "/etc/inlets/server.crt", "--tls-key", "/etc/inlets/server.key"]  # outside PrivateTmp's /tmp
     token_file = "/etc/inlets/server-token"
     units = {
-        "inlets-tcp-server.service": inlets("tcp", "server", "--control-port", "8123", *files, "--token-file",
-                                            token_file, "--allow-ports", "80,443", "--generate", "systemd"),
-        "inlets-tcp-client.service": inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token", "secret-x",
-                                            "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd"),
+        "inlets-tcp-server.service": unit_inlets("tcp", "server", "--control-port", "8123", *files, "--token-file",
+                                                 token_file, "--allow-ports", "80,443", "--generate", "systemd"),
+        "inlets-tcp-client.service": unit_inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token",
+                                                 "secret-x", "--upstream", "127.0.0.1", "--ports", "80",
+                                                 "--generate=systemd"),
     }
     for name, result in units.items():
         assert result.returncode == 0, result.stderr

@@ -21,6 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from helpers.process import inlets
+from helpers.service_python import unit_inlets
 
 from inlets_py.provisioner.errors import ProvisionError
 from inlets_py.provisioner.material import generate
@@ -87,8 +88,8 @@ def test_generated_units_keep_hostile_values_inside_their_words(tmp_path: Path, 
     refused = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
                      "--upstream", INJECTION, "--ports", "80", "--generate=systemd")
     assert refused.returncode == 2 and refused.stdout == "" and len(refused.stderr.strip().splitlines()) == 1
-    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
-                    "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+    result = unit_inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", str(token),
+                         "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode == 0, result.stderr
     unit = result.stdout
     assert "ExecStartPre" not in _directives(unit) and len([d for d in _directives(unit) if d == "ExecStart"]) == 1
@@ -159,8 +160,8 @@ def test_the_setup_line_of_a_generated_unit_can_be_pasted_into_a_shell(tmp_path:
     """A file path with a space and a % is one shell word in the "Before the first start" comment, as ExecStart has it
     (the comment is not unit syntax: % stays as it is there), and systemd-analyze still accepts the unit."""
     ca = "/etc/inlets/my ca%n.crt"
-    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
-                    "--tls-ca", ca, "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+    result = unit_inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
+                         "--tls-ca", ca, "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode == 0, result.stderr
     (hint,) = [line for line in result.stdout.splitlines() if line.startswith("# Before the first start: ")]
     commands = [shlex.split(part) for part in hint.removeprefix("# Before the first start: ").split("; ")]
