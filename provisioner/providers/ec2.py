@@ -23,8 +23,8 @@ from . import ec2_regions
 from .api_errors import api_errors
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
 from .ec2_api import Driver, fault
-from .ec2_config import (  # SECRET_ENV: still importable from here
-    DEFAULT_REGION, ENDPOINT_ENV, KEY_ENV, REGION_ENV, SECRET_ENV, AwsCredentials, aws_credentials, default_region, endpoint_url,
+from .ec2_config import (
+    DEFAULT_REGION, ENDPOINT_ENV, KEY_ENV, REGION_ENV, AwsCredentials, aws_credentials, default_region, endpoint_url,
 )
 
 PROVIDER = ProviderInfo(

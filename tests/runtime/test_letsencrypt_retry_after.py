@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import ssl
 import threading
 import time
 from contextlib import contextmanager
