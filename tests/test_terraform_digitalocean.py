@@ -36,7 +36,12 @@ RECORDER = """#!/bin/sh
 
 
 def stand_in(ws: Path) -> Path:
-    """The module with a terraform_data in the droplet's place (the same user-data and tags)."""
+    """The module with a terraform_data in the droplet's place (the same user-data and tags), and the secrets
+    module with the test's fixed material in place of its random and tls resources."""
+    secrets = ws / "modules/inlets-secrets"
+    for path in secrets.glob("*.tf"):
+        path.unlink()
+    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
     module = ws / MODULE
     main = (module / "main.tf").read_text()
     main, dropped = PROVIDER.subn("", main)
@@ -69,10 +74,6 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip(tfh.NO_TERRAFORM)
     tmp = tmp_path_factory.mktemp("tf-do")
     ws = tfh.workspace(tmp)
-    secrets = ws / "modules/inlets-secrets"
-    for path in secrets.glob("*.tf"):
-        path.unlink()
-    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
     stand_in(ws)
     recorder = tmp / "python"
     recorder.write_text(RECORDER)
@@ -136,10 +137,6 @@ def test_a_ttl_set_later_counts_from_the_new_droplet(tmp_path: Path) -> None:
     import time
 
     ws = tfh.workspace(tmp_path)
-    secrets = ws / "modules/inlets-secrets"
-    for path in secrets.glob("*.tf"):
-        path.unlink()
-    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
     stand_in(ws)
     inputs = {"source": f"../{MODULE}", "name": "tf-do-ttl", "package": "inlets-py==0.1.0"}
     outputs = {"expires_at": ("${module.exit.expires_at}", False)}
@@ -175,10 +172,6 @@ def test_every_droplet_replacement_takes_a_new_creation_time(tmp_path: Path) -> 
     import time
 
     ws = tfh.workspace(tmp_path)
-    secrets = ws / "modules/inlets-secrets"
-    for path in secrets.glob("*.tf"):
-        path.unlink()
-    (secrets / "main.tf.json").write_text(json.dumps(tfh.secrets_stub(tfh.TF_DIR / "modules/inlets-secrets", tfh.MATERIAL)))
     stand_in(ws)
     inputs = {"source": f"../{MODULE}", "name": "tf-do-replace", "package": "inlets-py==0.1.0", "ttl": "1h",
               "ports": [80, 443]}
