@@ -258,6 +258,7 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
     """Run ``command`` on the host; (exit status, stdout, stderr), bounded by ``timeout``."""
     try:
         chan_in, chan_out, chan_err = client.exec_command(command, timeout=timeout)
+        cut = False
         try:
             if stdin:
                 chan_in.write(stdin)
@@ -265,10 +266,14 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
         except OSError:
             if not chan_in.channel.closed:
                 raise
-            # the command ended before it read its input (sudo missing, say): its output and status say why
+            cut = True  # the command ended before it read its input (sudo missing, say): its output and status say why
         out = chan_out.read().decode(errors="replace")
         err = chan_err.read().decode(errors="replace")
-        return chan_out.channel.recv_exit_status(), out, err
+        status = chan_out.channel.recv_exit_status()
+        if cut and status == -1:  # closed with no exit status: the connection went, not the command
+            raise ProvisionError("ssh: the connection to the host closed while a command ran there (was sshd "
+                                 "restarted, or the host rebooted?)")
+        return status, out, err
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
         raise ProvisionError(f"ssh: running a command on the host failed: {describe(exc)}") from None
 

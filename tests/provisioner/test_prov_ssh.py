@@ -294,6 +294,7 @@ def test_a_command_that_ends_before_reading_its_input_still_reports_its_status(p
     """A command that exits without reading stdin (as `sudo -n sh -s` does where sudo is missing) closed the
     channel while the script was still being sent: the error was paramiko's 'Socket is closed', seen in CI,
     instead of the command's own words and exit status. 8 MiB is past any SSH window, so the race is certain."""
+    from inlets_py.provisioner.errors import ProvisionError
     from inlets_py.provisioner.ssh_connect import SshOptions, connect, run
 
     opts = SshOptions("root", "127.0.0.1", prov_ssh_sshd.port, str(prov_ssh_sshd.client_key), accept_new=True,
@@ -301,6 +302,12 @@ def test_a_command_that_ends_before_reading_its_input_still_reports_its_status(p
     client = connect(opts)
     try:
         assert run(client, "echo gone >&2; exit 7", stdin=b"x" * (8 << 20)) == (7, "", "gone\n")
+    finally:
+        client.close()
+    client = connect(opts)  # the connection itself cut under the write (its sshd process killed): still an error
+    try:
+        with pytest.raises(ProvisionError, match="^ssh: the connection to the host closed while a command ran there"):
+            run(client, "kill -9 $PPID", stdin=b"x" * (8 << 20))
     finally:
         client.close()
 
