@@ -58,8 +58,17 @@ def main() -> None:
     sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv)))
 
 
+#: Flags whose command ends in the parsing child (help text, a printed unit): the body is never run.
+ENDS_IN_CHILD = ("--help", "--generate")
+
+
 def _prefetch(argv: list[str]) -> None:
-    """Import the body of the tunnel command ``argv`` names (``tcp server ...``), if installed."""
+    """Import the body of the tunnel command ``argv`` names (``tcp server ...``), if installed and run.
+
+    Not for ``--help`` or ``--generate``: the import would cost as much CPU as the child's whole
+    parse (0.3 s measured) for a command that prints and exits."""
+    if any(arg == flag or arg.startswith(flag + "=") for arg in argv for flag in ENDS_IN_CHILD):
+        return
     for group, modules in COMMANDS:
         for module in modules:
             if group is not None and argv[:2] == module.split("_"):

@@ -113,7 +113,12 @@ def test_while_the_child_parses_the_parent_imports_only_the_named_commands_body(
         "print(sorted(m for m in sys.modules if '.cli.run.' in m), 'typer' in sys.modules)\n"
         "_prefetch(['tcp', 'server', '--control-port', '1'])\n"
         "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if '.cli.run.' in m), 'typer' in sys.modules)\n"
+        "_prefetch(['tcp', 'client', '--help'])\n"
+        "_prefetch(['http', 'client', '--url', 'wss://h', '--generate=systemd'])\n"
+        "_prefetch(['http', 'server', '--generate', 'k8s_yaml'])\n"
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if '.cli.run.' in m))\n"
     )
     result = _python(probe)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[] False", "['tcp_server'] False"]
+    # --help and --generate end in the child: their command's body would be imported for nothing
+    assert result.stdout.splitlines() == ["[] False", "['tcp_server'] False", "['tcp_server']"]
