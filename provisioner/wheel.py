@@ -227,7 +227,20 @@ def compact_source(source: str) -> str:
             for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
                 if arg is not None:
                     arg.annotation = None
-    return ast.unparse(tree) + "\n"
+    return _tab_indented(ast.unparse(tree)) + "\n"
+
+
+def _tab_indented(source: str) -> str:
+    """``source`` (ast.unparse's, four spaces a level) with a tab a level: 0.5 KB less of xz per
+    wheel, which keeps TCP mode's user-data embedded on the 64 KiB clouds. ast.unparse writes every
+    string on one line, so leading spaces are only indentation; the parse check proves it, and
+    anything else keeps the spaces."""
+    lines = []
+    for line in source.split("\n"):
+        body = line.lstrip(" ")
+        lines.append("\t" * ((len(line) - len(body)) // 4) + body)
+    tabbed = "\n".join(lines)
+    return tabbed if ast.dump(ast.parse(tabbed)) == ast.dump(ast.parse(source)) else source
 
 
 def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

@@ -1,0 +1,75 @@
+"""wheel.compact_source: the exit server's modules without docstrings, comments or hints, a tab a level.
+
+Every byte of the wheel counts against the 64 KiB user-data of DigitalOcean, Scaleway and Equinix
+(test_prov_clouds_limits.py); the code that runs must stay the code in the checkout.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import zipfile
+
+import pytest
+
+from inlets_py.provisioner.wheel import _tab_indented, build_runtime_wheel, compact_source
+
+SAMPLE = '''
+"""Module docstring."""
+import textwrap
+
+
+class Box:
+    """Class docstring."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items  # a comment
+
+    def total(self) -> str:
+        text = """first
+    indented in the string
+        more"""
+        table = {
+            "a": 1,
+            "b": [x for x in self.items if x > 1],
+        }
+        for item in self.items:
+            if item % 2:
+                while item > 10:
+                    item -= 10
+                table["a"] += item
+        return f"{table['a']}|{sum(table['b'])}|{text!r}"
+'''
+
+
+def _run(source: str) -> str:
+    scope: dict = {}
+    exec(compile(source, "sample", "exec"), scope)
+    return scope["Box"]([1, 2, 3, 25]).total()
+
+
+def test_the_compact_module_is_tab_indented_and_does_what_the_source_does() -> None:
+    compact = compact_source(SAMPLE)
+    assert _run(compact) == _run(SAMPLE)
+    assert "docstring" not in compact and "comment" not in compact and "list[int]" not in compact
+    indented = [line for line in compact.splitlines() if line[:1].isspace()]
+    assert len(indented) >= 10 and all(line.startswith("\t") and not line.lstrip("\t")[:1].isspace() for line in indented)
+    assert "\t\t\t\t\titem -= 10" in compact.splitlines()
+
+
+def test_leading_spaces_that_are_not_indentation_are_kept() -> None:
+    """A string spread over lines (ast.unparse never writes one, a person might): tabs would change it."""
+    source = 'def f():\n    return """a\n    b"""\n'
+    assert _tab_indented(source) == source
+    assert _tab_indented("def f():\n    return 1\n") == "def f():\n\treturn 1\n"
+
+
+@pytest.mark.parametrize("mode,letsencrypt", [("tcp", False), ("http", False), ("http", True)])
+def test_every_module_of_the_server_wheel_is_compact_and_compiles(mode: str, letsencrypt: bool) -> None:
+    wheel = zipfile.ZipFile(io.BytesIO(build_runtime_wheel(mode, letsencrypt).data))
+    modules = [name for name in wheel.namelist() if name.endswith(".py")]
+    assert len(modules) > 30
+    for name in modules:
+        source = wheel.read(name).decode()
+        ast.parse(source, name)
+        assert not any(line.startswith(" ") for line in source.splitlines()), name
