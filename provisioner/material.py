@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from inlets_py.runtime.core.certs import EXIT_SERVER_NAME, Pem, generate_ca, issue_server_cert
+from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
+
+if TYPE_CHECKING:
+    from inlets_py.runtime.core.certs import Pem
 
 TOKEN_LENGTH = 64
 
@@ -32,6 +36,9 @@ def new_token() -> str:
 
 
 def generate(name: str, extra_names: list[str] | None = None) -> Material:
+    """A new CA, a server certificate it signed, and a token (``cryptography`` is imported only here)."""
+    from inlets_py.runtime.core.certs import generate_ca, issue_server_cert
+
     ca = generate_ca(common_name=f"inlets CA {name}"[:64])  # X.509 caps a common name at 64 characters
     server = issue_server_cert(ca, [EXIT_SERVER_NAME, *(extra_names or [])])
     return Material(token=new_token(), ca_cert=ca.cert, server=server)

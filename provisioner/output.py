@@ -7,8 +7,6 @@ import sys
 import time
 from typing import Any, Callable
 
-from rich.console import Console
-
 
 class Progress:
     """Progress on stderr: a spinner on a terminal; elsewhere (logs, CI, a pipe) few plain lines.
@@ -17,11 +15,14 @@ class Progress:
     still going (detail: what was seen, the elapsed time and the timeout): on a terminal
     the spinner shows every update; elsewhere the step is printed only once it has lasted
     ``grace`` seconds, then again every ``every`` seconds, so a wait of a second prints
-    nothing and a wait of minutes prints a line now and then.
+    nothing and a wait of minutes prints a line now and then. ``rich`` is imported here, by the
+    commands that show progress, not by ``inletsctl --help``.
     """
 
     def __init__(self, quiet: bool = False, grace: float = 2.0, every: float = 15.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.console import Console
+
         self._console = Console(stderr=True, highlight=False)
         self._quiet = quiet
         self._grace, self._every, self._clock = grace, every, clock

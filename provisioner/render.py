@@ -16,22 +16,25 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import lzma
 import re
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from inlets_py.runtime.generate.systemd_quote import exec_command
-from inlets_py.runtime.generate.templating import new_environment
 
 from . import wheel_receiver
 from .errors import ProvisionError
 from .material import Material
 from .spec import TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, control_url, server_argv
 from .wheel import ServerWheel, compact_source, constraints
+
+if TYPE_CHECKING:
+    import jinja2
 
 SERVICE_USER = "inlets"
 #: run by cloud-init on the VM: cloud-init decodes only gzip, the wheel is sent xz-compressed
@@ -54,13 +57,20 @@ def yaml_scalar(value: object) -> str:
     return _NOT_YAML_PRINTABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
-_env = new_environment()
-_env.filters["q"] = lambda value: shlex.quote(str(value))
-_env.filters["yaml"] = yaml_scalar
+@functools.cache
+def _environment() -> jinja2.Environment:
+    """The templates' environment, made (and jinja2 imported) on the first render: ``inletsctl --help``,
+    ``list`` and ``delete`` render nothing."""
+    from inlets_py.runtime.generate.templating import new_environment
+
+    env = new_environment()
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["yaml"] = yaml_scalar
+    return env
 
 
 def render(template: str, **values: object) -> str:
-    return _env.get_template(template).render(**values)
+    return _environment().get_template(template).render(**values)
 
 
 def systemd_unit(exec_argv: list[str], mode: str) -> str:

@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from inlets_py.runtime.client import http_upstreams, tcp_upstreams
-from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.ports import parse_port
+from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
 from .errors import ProvisionError
 
@@ -140,7 +139,12 @@ def build_spec(
     lb_proxy_protocol: str | None = None,
 ) -> TunnelSpec:
     """Validate the create options into a spec, with one-line errors. ``ports`` and ``http_port`` are as given
-    (None: left out, so the defaults apply): a flag of the other mode is refused, never silently ignored."""
+    (None: left out, so the defaults apply): a flag of the other mode is refused, never silently ignored.
+
+    The client's upstream parsers are imported here, not with this module: they bring the tunnel runtime
+    (websockets), which ``inletsctl --help`` and the provider declarations do not need."""
+    from inlets_py.runtime.client import http_upstreams, tcp_upstreams
+
     if mode not in ("tcp", "http"):
         raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
     if not 1 <= control_port <= 65535:

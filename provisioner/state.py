@@ -17,13 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inlets_py.runtime.core.certs import write_private
-
 from .errors import NotFound, ProvisionError, os_words
 from .names import NAME_RE as _NAME_RE
 
 STATE_ENV = "INLETSCTL_STATE_DIR"
 METADATA = "server.json"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """runtime.core.certs' 0600 writer, imported when a file is written: that module loads ``cryptography``,
+    which ``list`` and ``delete`` never need."""
+    from inlets_py.runtime.core.certs import write_private
+
+    write_private(path, data)
 
 
 def state_root(override: Path | None = None) -> Path:
@@ -141,7 +147,7 @@ class ServerState:
         os.chmod(self.dir, 0o700)
 
     def write_secret(self, path: Path, data: bytes) -> None:
-        write_private(path, data)
+        _write_private(path, data)
 
     def write_public(self, path: Path, data: bytes) -> None:
         path.write_bytes(data)
@@ -149,7 +155,7 @@ class ServerState:
 
     def save(self, metadata: dict[str, Any]) -> None:
         tmp = self.dir / (METADATA + ".tmp")
-        write_private(tmp, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
+        _write_private(tmp, (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
         tmp.replace(self.dir / METADATA)
 
     def load(self) -> dict[str, Any]:

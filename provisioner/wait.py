@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from inlets_py.runtime.client.proxy_dial import dialer_for
-from inlets_py.runtime.core.certs import EXIT_SERVER_NAME
 from inlets_py.runtime.core.probe import Answer, Dial, Endpoint, ProbeError, Unreachable, get
+from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
 from .errors import NotFound, ProvisionError, Transient
 from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner
@@ -61,7 +60,10 @@ def https_get(
 
 def _proxy_dial(host: str, port: int) -> Dial | None:
     """The environment's proxy for the exit server, as its client will take it. A setting that can never work is
-    this create's error at once, not a reason to poll until the timeout (it was, 600 s by default)."""
+    this create's error at once, not a reason to poll until the timeout (it was, 600 s by default). The client's
+    dialer is imported here: it brings websockets, which every other command of inletsctl does without."""
+    from inlets_py.runtime.client.proxy_dial import dialer_for
+
     try:
         return dialer_for(f"wss://{f'[{host}]' if ':' in host else host}:{port}")
     except ProbeError as exc:

@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import requests
-
 from ..errors import NotFound, ProvisionError, Transient
 
 AUTH = "auth"  # the credentials were refused
@@ -68,7 +66,12 @@ def by_status(status: int | None, message: str) -> Fault:
 
 
 def transport_fault(exc: BaseException) -> Fault | None:
-    """What no SDK classifies itself: no answer, a request that cannot be sent, an answer that cannot be read."""
+    """What no SDK classifies itself: no answer, a request that cannot be sent, an answer that cannot be read.
+
+    ``requests`` is imported here, on the way to an error (the SDK that raised ``exc`` has loaded it already),
+    not with this module, which provider modules import beside their declarations."""
+    import requests
+
     if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeEncodeError)):
         return Fault(REQUEST, message="a header holds characters HTTP cannot carry (a line break, a control "
                                       "character or a letter outside Latin-1)")
@@ -98,6 +101,8 @@ def not_json(body: object) -> str:
 
 def network_words(exc: BaseException) -> str:
     """What a request that got no answer met: 'connection refused', 'no answer in time', ..."""
+    import requests
+
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "timed out connecting"
     if isinstance(exc, requests.exceptions.Timeout):
