@@ -1,16 +1,21 @@
 """``--api-url`` (or a provider's ``$..._API_URL``) read once, the same way for every provider.
 
-Kept apart from cloud_api so the SDK providers (Hetzner, Scaleway) check the URL without loading libcloud.
+Kept apart from cloud_api so the SDK providers (Hetzner, Scaleway) check the URL, and every provider module
+reads it, without loading libcloud.
 """
 
 from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from inlets_py.runtime.core.ports import url_port
 
 from ..errors import ProvisionError
+
+if TYPE_CHECKING:
+    from .base import Credentials, ProviderInfo
 
 
 @dataclass(frozen=True)
@@ -42,3 +47,9 @@ def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://
     except ValueError as exc:
         raise ProvisionError(f"{where}: {exc}") from None
     return Endpoint(secure, hostname, port, parsed.path.rstrip("/"))
+
+
+def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:
+    """The endpoint ``--api-url`` or the provider's variable names; None: the cloud's own."""
+    url = provider.api_url(creds)
+    return parse_api_url(provider.name, url, provider.api_url_env[0]) if url else None

@@ -16,12 +16,8 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
-
-from libcloud.common.azure_arm import AzureAuthJsonResponse
-from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
-from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic, AzureNodeDriver
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
 
@@ -29,7 +25,10 @@ from ..errors import ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
 from ..wait import wait_until_gone
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
-from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
+from .api_url import Endpoint, endpoint_of
+
+if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
+    from libcloud.compute.drivers.azure_arm import AzureNodeDriver
 
 ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
 PROVIDER = ProviderInfo(
@@ -79,6 +78,9 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
 
 def _driver_class(endpoint: Endpoint | None) -> type[AzureNodeDriver]:
     """libcloud signs in on port 443 of the login host only: with ``endpoint``, sign in and call ARM there."""
+    from libcloud.common.azure_arm import AzureAuthJsonResponse
+    from libcloud.compute.drivers.azure_arm import AzureNodeDriver
+
     if endpoint is None:
         return AzureNodeDriver
 
@@ -109,6 +111,8 @@ class AzureProvider:
     firewall_note = PROVIDER.firewall_note
 
     def __init__(self, principal: dict[str, str], endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        from .cloud_api import libcloud_errors, point, strict_responses
+
         self._sub = principal["subscription"]
         with libcloud_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
             self._driver = _driver_class(endpoint)(principal["tenant"], self._sub, principal["client"], principal["secret"])
@@ -119,6 +123,8 @@ class AzureProvider:
             self._endpoint = point(conn, None, timeout)
 
     def _api(self, what: str) -> Any:
+        from .cloud_api import libcloud_errors
+
         return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, version: str, method: str = "GET", body: Any = None) -> Any:
@@ -141,6 +147,9 @@ class AzureProvider:
         return answer
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeAuthPassword, NodeAuthSSHKey, NodeLocation, NodeSize
+        from libcloud.compute.drivers.azure_arm import AzureImage, AzureNic
+
         group, region = firewall_name(plan.name, PROVIDER.firewall_name_max), plan.region or PROVIDER.region
         base, net = self._group(group), f"{self._group(group)}/providers/Microsoft.Network"
         labels = label_map(plan) | {"inlets-name": plan.name}

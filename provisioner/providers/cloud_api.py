@@ -15,8 +15,7 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line
-from .api_url import Endpoint, parse_api_url
-from .base import Credentials, ProviderInfo
+from .api_url import Endpoint, parse_api_url  # noqa: F401  # parse_api_url: re-exported, as before endpoint_of moved
 
 
 class ApiError(BaseHTTPError):
@@ -92,9 +91,3 @@ def libcloud_words(exc: LibcloudError) -> str:
 def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:
     """Driver and transport exceptions of a libcloud provider as one-line ProvisionErrors."""
     return api_errors(provider, endpoint.url, what, libcloud_fault)
-
-
-def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:
-    """The endpoint ``--api-url`` or the provider's variable names; None: the cloud's own."""
-    url = provider.api_url(creds)
-    return parse_api_url(provider.name, url, provider.api_url_env[0]) if url else None

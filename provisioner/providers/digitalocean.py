@@ -12,17 +12,12 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Any, ContextManager
 
-from libcloud.common.types import InvalidCredsError
-from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
-from libcloud.compute.providers import get_driver
-from libcloud.compute.types import Provider
-
 from ..errors import NotFound
 from .api_errors import AUTH, REFUSED, Fault, api_errors
 from ..spec import TunnelSpec
 from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
                    parse_expiry_tag, tag_list)
-from .cloud_api import libcloud_fault, parse_api_url
+from .api_url import parse_api_url
 
 PROVIDER = ProviderInfo(
     name="digitalocean", title="DigitalOcean", user_data_limit=64 * 1024,
@@ -45,6 +40,9 @@ class DigitalOceanProvider:
     keeps_server_key = False
 
     def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
+        from libcloud.compute.providers import get_driver
+        from libcloud.compute.types import Provider
+
         self._driver = get_driver(Provider.DIGITAL_OCEAN)(token)
         conn = self._driver.connection
         conn.timeout = timeout
@@ -58,6 +56,8 @@ class DigitalOceanProvider:
         return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+
         attrs: dict[str, Any] = {"tags": tag_list(plan)}
         if plan.ssh_key:
             attrs["ssh_keys"] = [plan.ssh_key]
@@ -172,6 +172,10 @@ class DigitalOceanProvider:
 
 def _fault(exc: BaseException) -> Fault | None:
     """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and keeps the status in its messages."""
+    from libcloud.common.types import InvalidCredsError
+
+    from .cloud_api import libcloud_fault
+
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, 401, str(exc.value))
     fault = libcloud_fault(exc)

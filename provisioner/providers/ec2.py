@@ -11,10 +11,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, ContextManager
-
-from libcloud.compute.base import KeyPair, Node, NodeImage, NodeSize
-from libcloud.compute.types import NodeState
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
@@ -22,10 +19,12 @@ from ..wait import wait_until_gone
 from . import ec2_regions
 from .api_errors import api_errors
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
-from .ec2_api import Driver, fault
 from .ec2_config import (
     DEFAULT_REGION, ENDPOINT_ENV, KEY_ENV, REGION_ENV, AwsCredentials, aws_credentials, default_region, endpoint_url,
 )
+
+if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
+    from libcloud.compute.base import Node
 
 PROVIDER = ProviderInfo(
     name="ec2", title="AWS", user_data_limit=16 * 1024,  # EC2 refuses user-data over 16 KiB (before base64)
@@ -63,6 +62,8 @@ class EC2Provider:
         self._source = creds.source
 
     def _use_region(self, region: str) -> None:
+        from .ec2_api import Driver
+
         try:
             self._driver = Driver(self._creds.key_id, self._creds.secret, region=region,
                                   token=self._creds.session_token, timeout=self._timeout,
@@ -82,6 +83,8 @@ class EC2Provider:
             self._use_region(region)
 
     def _api(self, what: str) -> ContextManager[None]:
+        from .ec2_api import fault
+
         return api_errors(self.name, self._endpoint, what, fault, credentials=f"credentials ({self._source})")
 
     def ubuntu_image(self) -> str:
@@ -96,6 +99,8 @@ class EC2Provider:
         return max(images, key=lambda i: i.name).id
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeImage, NodeSize
+
         if plan.region and plan.region != self.region:
             self._use_region(plan.region)
         d = self._driver
@@ -167,6 +172,8 @@ class EC2Provider:
 
     def _cleanup(self, made: list[tuple[str, str]], deadline: float | None = None) -> None:
         """Delete what create made; a group stays in use for a while after its instance ends."""
+        from libcloud.compute.base import KeyPair
+
         deadline = deadline or time.monotonic() + 60.0
         for kind, ident in reversed(made):
             while True:
@@ -222,6 +229,8 @@ class EC2Provider:
         return [self._host(n) for n in nodes if n.extra.get("status") not in GONE_STATES]
 
     def _host(self, node: Node) -> Host:
+        from libcloud.compute.types import NodeState
+
         tags: dict[str, str] = node.extra.get("tags") or {}
         ip = (node.public_ips or [None])[0]
         raw = str(node.extra.get("status") or node.state)

@@ -14,15 +14,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
-from libcloud.compute.providers import get_driver
-from libcloud.compute.types import Provider
-
 from ..errors import ProvisionError
 from .base import (
     ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
-from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
+from .api_url import Endpoint, endpoint_of
 
 PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")
 PROVIDER = ProviderInfo(
@@ -47,18 +43,27 @@ class EquinixProvider:
     def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         if not project_id:
             raise ProvisionError(f"no Equinix Metal project: give --project-id or set ${PROJECT_ENV[0]}")
+        from libcloud.compute.providers import get_driver
+        from libcloud.compute.types import Provider
+
+        from .cloud_api import point, strict_responses
+
         self._project = project_id
         self._driver = get_driver(Provider.EQUINIXMETAL)(token)
         strict_responses(self._driver.connection)
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
+        from .cloud_api import libcloud_errors
+
         return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", params: Any = None) -> Any:
         return self._driver.connection.request(path, method=method, params=params).object
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+
         d = self._driver
         metro = plan.region or PROVIDER.region
         extra: dict[str, Any] = {"tags": tag_list(plan)}

@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-from libcloud.compute.drivers.gce import (
-    GCEConnection, GCEDiskType, GCENetwork, GCENodeDriver, GCENodeImage, GCENodeSize, GCEZone,
-)
+from typing import TYPE_CHECKING, Any
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
 
@@ -25,7 +21,10 @@ from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..names import NameRule
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
-from .cloud_api import Endpoint, endpoint_of, libcloud_errors
+from .api_url import Endpoint, endpoint_of
+
+if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
+    from libcloud.compute.drivers.gce import GCENodeDriver
 
 KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -87,6 +86,8 @@ def _pem_private_key(text: str) -> bool:
 
 
 def _driver_class(endpoint: Endpoint | None) -> type[GCENodeDriver]:
+    from libcloud.compute.drivers.gce import GCEConnection, GCENodeDriver
+
     if endpoint is None:
         return GCENodeDriver
 
@@ -106,6 +107,8 @@ class GCEProvider:
     firewall_note = PROVIDER.firewall_note
 
     def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        from .cloud_api import libcloud_errors
+
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,6 +120,8 @@ class GCEProvider:
         self._base = f"{COMPUTE}/projects/{self.project}"
 
     def _api(self, what: str) -> Any:
+        from .cloud_api import libcloud_errors
+
         return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
@@ -126,6 +131,8 @@ class GCEProvider:
         return call(path, method=method, data=data, params=params).object
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.drivers.gce import GCEDiskType, GCENetwork, GCENodeImage, GCENodeSize, GCEZone
+
         d, zone = self._driver, plan.region or PROVIDER.region
         tag = firewall_name(plan.name, PROVIDER.firewall_name_max)
         network = GCENetwork("default", "default", None, d, extra={"selfLink": f"{self._base}/global/networks/default"})

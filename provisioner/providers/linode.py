@@ -11,10 +11,6 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
-from libcloud.compute.providers import get_driver
-from libcloud.compute.types import Provider
-
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from ..names import NameRule
@@ -22,7 +18,7 @@ from ..wait import wait_until_gone
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
-from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
+from .api_url import Endpoint, endpoint_of
 
 PROVIDER = ProviderInfo(
     name="linode", title="Linode", user_data_limit=49_000,  # metadata.user_data is base64 and must stay under 65,535 bytes
@@ -44,11 +40,18 @@ class LinodeProvider:
     firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        from libcloud.compute.providers import get_driver
+        from libcloud.compute.types import Provider
+
+        from .cloud_api import point, strict_responses
+
         self._driver = get_driver(Provider.LINODE)(token, api_version="4.0")
         strict_responses(self._driver.connection)
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
+        from .cloud_api import libcloud_errors
+
         return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> Any:
@@ -56,6 +59,8 @@ class LinodeProvider:
         return self._driver.connection.request(path, method=method, data=data, **kwargs).object
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+
         rules = inbound_rules(plan.spec)
         firewall = {
             "label": firewall_name(plan.name, PROVIDER.firewall_name_max),

@@ -22,15 +22,18 @@ from __future__ import annotations
 import shlex
 import weakref
 from pathlib import Path
-
-import paramiko
+from typing import TYPE_CHECKING
 
 from ..errors import NotFound, ProvisionError
 from ..render import systemd_unit
 from ..spec import ServerFiles, server_argv
-from ..ssh_connect import SshOptions, connect, describe, pin, run, upload
 from ..wheel import build_runtime_wheel, constraints
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
+
+if TYPE_CHECKING:  # paramiko (ssh_connect) is imported where it is used: inletsctl --help reads only PROVIDER
+    import paramiko
+
+    from ..ssh_connect import SshOptions
 
 PROVIDER = ProviderInfo(
     name="ssh", title="SSH", user_data_limit=0,  # nothing to render: the host is set up over SSH
@@ -194,6 +197,8 @@ class SshProvider:
 
     # -- connections -------------------------------------------------------------------
     def _record(self, host_id_: str) -> tuple[str, Path, SshOptions]:
+        from ..ssh_connect import SshOptions
+
         name = host_id_.rsplit("/", 1)[-1]
         state_dir = self._root / name
         if not name or "/" not in host_id_ or not (state_dir / RECORD).is_file():
@@ -201,6 +206,8 @@ class SshProvider:
         return name, state_dir, SshOptions.load(state_dir / RECORD)
 
     def _client(self, name: str, state_dir: Path, opts: SshOptions) -> paramiko.SSHClient:
+        from ..ssh_connect import connect
+
         client = self._clients.get(name)
         transport = client.get_transport() if client else None
         if client is None or transport is None or not transport.is_active():
@@ -210,6 +217,8 @@ class SshProvider:
 
     def _root_run(self, client: paramiko.SSHClient, opts: SshOptions, script: str) -> tuple[int, str, str]:
         """Run a shell script as root: directly when logged in as root, else through ``sudo -n``."""
+        from ..ssh_connect import run
+
         prefix = "" if opts.user == "root" else "sudo -n "
         code, out, err = run(client, f"{prefix}sh -s", stdin=script.encode())
         if code != 0 and prefix and "sudo" in err and "password" in err:
@@ -221,6 +230,10 @@ class SshProvider:
 
     # -- the interface -----------------------------------------------------------------
     def create(self, plan: Plan) -> Host:
+        import paramiko
+
+        from ..ssh_connect import connect, describe, pin, run, upload
+
         opts = self._opts
         if opts is None:
             raise ProvisionError("--provider ssh needs --host USER@HOST")
@@ -297,6 +310,8 @@ class SshProvider:
 
     def list(self) -> list[Host]:
         """The ssh exit servers in local state, each asked over SSH (unreachable ones say so)."""
+        from ..ssh_connect import SshOptions
+
         hosts: list[Host] = []
         if not self._root.is_dir():
             return hosts

@@ -9,15 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
-from libcloud.compute.providers import get_driver
-from libcloud.compute.types import Provider
-
 from ..errors import NotFound
 from ..firewall import firewall_name, inbound_rules, made_for
 from ..wait import wait_until_gone
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
-from .cloud_api import Endpoint, endpoint_of, libcloud_errors, point, strict_responses
+from .api_url import Endpoint, endpoint_of
 
 PROVIDER = ProviderInfo(
     name="vultr", title="Vultr", user_data_limit=48 * 1024,  # sent base64-encoded; stays under 64 KiB on the wire
@@ -36,11 +32,18 @@ class VultrProvider:
     firewall_note = PROVIDER.firewall_note
 
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+        from libcloud.compute.providers import get_driver
+        from libcloud.compute.types import Provider
+
+        from .cloud_api import point, strict_responses
+
         self._driver = get_driver(Provider.VULTR)(token, api_version="2")
         strict_responses(self._driver.connection)
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
+        from .cloud_api import libcloud_errors
+
         return libcloud_errors(self.name, self._endpoint, what)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None) -> Any:
@@ -48,6 +51,8 @@ class VultrProvider:
         return self._driver.connection.request(path, method=method, data=data, params=params).object
 
     def create(self, plan: Plan) -> Host:
+        from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
+
         description = firewall_name(plan.name, PROVIDER.firewall_name_max)
         with self._api(f"creating firewall group for {plan.name!r}"):
             group = self._request("/v2/firewalls", "POST", {"description": description})["firewall_group"]
