@@ -1,6 +1,7 @@
 """The ``inletsctl`` command: create, delete, list and status of exit servers.
 
-Every error a user can cause ends as one line on stderr and a non-zero exit.
+Every error a user can cause ends as one line on stderr and a non-zero exit. Each command imports what it
+runs (create, manage) when it runs: --help and the flag checks need only the providers' declarations.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import typer
 from inlets_py.runtime.cli.options import port_option
 from inlets_py.runtime.cli.usage import usage_line
 
-from . import flags, manage, output
-from .create import CreateOptions, create
+from . import flags, output
 from .errors import ProvisionError
-from .replicas import check as check_replicas
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -121,6 +120,9 @@ def create_cmd(
     flags.refuse_empty(ctx)
     provider = registry.check(provider or "")
     flags.refuse_foreign(ctx, provider)
+    from .create import CreateOptions, create
+    from .replicas import check as check_replicas
+
     check_replicas(provider, replicas)  # before the provider's own flags are read
     opts = CreateOptions(
         provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
@@ -172,6 +174,8 @@ def delete_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Delete an exit server, wait until it is gone, and remove its local state."""
+    from . import manage
+
     flags.refuse_empty(ctx)
     progress = output.Progress()
     try:
@@ -204,6 +208,8 @@ def list_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
+    from . import manage
+
     flags.refuse_empty(ctx)
     root = state_root(state_dir)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
@@ -246,6 +252,8 @@ def status_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
+    from . import manage
+
     flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     result = manage.status(state_root(state_dir), creds, name)

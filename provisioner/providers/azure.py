@@ -23,7 +23,6 @@ from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, rea
 
 from ..errors import ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
-from ..wait import wait_until_gone
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .api_url import Endpoint, endpoint_of
 
@@ -216,6 +215,8 @@ class AzureProvider:
         base = self._group(host_id)
         with self._api(f"deleting resource group {host_id}"):
             self._request(base, GROUPS_API, "DELETE")
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
 
     def list(self) -> list[Host]:

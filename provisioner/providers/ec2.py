@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
-from ..wait import wait_until_gone
 from . import ec2_regions
 from .api_errors import api_errors
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
@@ -220,6 +219,8 @@ class EC2Provider:
             raise NotFound(f"ec2: no instance {host_id} in {self.region}")
         with self._api(f"terminating instance {host_id}"):
             self._driver.destroy_node(node)
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
         self._cleanup(list(reversed(made)), deadline)
 

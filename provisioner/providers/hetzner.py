@@ -12,7 +12,6 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from ..wait import wait_until_gone
 from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
 from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
@@ -96,6 +95,8 @@ class HetznerProvider:
             firewall_ids = [f.firewall.id for f in (server.public_net.firewalls or [])] if server.public_net else []
         with self._api(f"deleting server {host_id}"):
             self._client.servers.delete(server)
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
         for firewall_id in firewall_ids:
             with self._api(f"reading firewall {firewall_id}"):

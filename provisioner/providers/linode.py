@@ -14,7 +14,6 @@ from typing import Any
 from ..errors import NotFound
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from ..names import NameRule
-from ..wait import wait_until_gone
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
@@ -115,6 +114,8 @@ class LinodeProvider:
             firewalls = self._request(f"/v4/linode/instances/{host_id}/firewalls").get("data", [])
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v4/linode/instances/{host_id}", "DELETE")
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
         for firewall in firewalls:
             if made_for(firewall.get("label"), label, PROVIDER.firewall_name_max):

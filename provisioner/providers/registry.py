@@ -4,6 +4,10 @@ Each provider module declares itself once, as ``PROVIDER`` (a base.ProviderInfo:
 environment variables, defaults, user-data limit, firewall note) beside ``build(creds,
 state_root)``, which makes the provider from the command's credentials. This module only
 finds those modules; ``inletsctl --help`` is written from their declarations.
+
+Every command, ``--help`` included, so imports every provider module: at its top a module imports only what
+its declaration needs, and its SDK (libcloud, hcloud, scaleway, paramiko) and the modules that wait, render
+or build the wheel where they are used (``tests/provisioner/test_startup_imports.py`` holds it to that).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from ..wait import wait_until_gone
 from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
 from .api_url import parse_api_url
 from .base import (
@@ -149,6 +148,8 @@ class ScalewayProvider:
                 api.server_action(server_id=server_id, zone=zone, action=ServerAction.TERMINATE)
             else:  # a --ttl powered it off, or it was stopped by hand
                 self._delete_stopped(server, zone)
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
         group = server.security_group
         if group is not None and made_for(group.name, str(server.name or ""), PROVIDER.firewall_name_max):

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import NotFound, ProvisionError
-from ..render import systemd_unit
 from ..spec import ServerFiles, server_argv
-from ..wheel import build_runtime_wheel, constraints
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 
 if TYPE_CHECKING:  # paramiko (ssh_connect) is imported where it is used: inletsctl --help reads only PROVIDER
@@ -232,7 +230,9 @@ class SshProvider:
     def create(self, plan: Plan) -> Host:
         import paramiko
 
+        from ..render import systemd_unit
         from ..ssh_connect import connect, describe, pin, run, upload
+        from ..wheel import build_runtime_wheel, constraints
 
         opts = self._opts
         if opts is None:

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..errors import NotFound
 from ..firewall import firewall_name, inbound_rules, made_for
-from ..wait import wait_until_gone
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
 from .api_url import Endpoint, endpoint_of
 
@@ -87,6 +86,8 @@ class VultrProvider:
         host = self.status(host_id)
         with self._api(f"deleting instance {host_id}"):
             self._request(f"/v2/instances/{host_id}", "DELETE")
+        from ..wait import wait_until_gone
+
         wait_until_gone(self, host_id, timeout)
         group_id = host.extra.get("firewall_group_id")
         if group_id and self._made_here(str(group_id), host.name):

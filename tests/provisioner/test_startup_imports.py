@@ -21,6 +21,8 @@ from helpers.prov_support import Result, free_port, one_line_error, run_inletsct
 CLOUD = {"libcloud", "paramiko", "requests", "hcloud", "scaleway", "scaleway_core"}
 #: --help and flag errors render nothing, show no progress, dial nothing and make no certificate
 RENDERING = {"jinja2", "rich", "websockets", "cryptography"}
+#: ... nor the modules that create, wait (the TLS probe) and build the wheel: they need only the declarations
+COMMANDS = {f"inlets_py.provisioner.{name}" for name in ("create", "manage", "wait", "render", "wheel")}
 
 
 #: runs the script named by argv[1] as its own ``__main__``, then writes ``sys.modules`` where $MODULES_OUT says
@@ -57,6 +59,7 @@ def test_help_imports_no_sdk_and_nothing_it_does_not_show(tmp_path: Path, args: 
     assert shown in " ".join(result.out.split())
     assert "inlets_py.provisioner.providers.scaleway" in names  # every declaration was read
     assert packages(names) & (CLOUD | RENDERING) == set()
+    assert names & COMMANDS == set()
 
 
 def test_flag_error_imports_no_sdk(tmp_path: Path) -> None:
@@ -65,6 +68,7 @@ def test_flag_error_imports_no_sdk(tmp_path: Path) -> None:
     assert result.code != 0
     assert "--region does not apply to --provider local" in one_line_error(result)
     assert packages(names) & (CLOUD | RENDERING) == set()
+    assert names & COMMANDS == set()
 
 
 def test_local_create_list_delete_import_no_cloud_sdk(tmp_path: Path) -> None:
