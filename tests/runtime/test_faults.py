@@ -158,7 +158,11 @@ def test_network_stall_is_detected_by_keepalive_and_the_client_comes_back(tunnel
             if frozen.is_set():  # while "the network" is down, nothing gets through
                 conn.close()
                 continue
-            upstream = socket.create_connection(("127.0.0.1", t.control))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", t.control))
+            except OSError:  # the server is gone (the test is ending): as a network would, drop the peer
+                conn.close()
+                continue
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=pipe, args=(a, b), daemon=True).start()
 
