@@ -82,6 +82,13 @@ class _Imports(ast.NodeVisitor):
         self.modules: set[str] = set()
         self.absolute: set[str] = set()
 
+    def generic_visit(self, node: ast.AST) -> None:
+        """Only statements hold imports: expressions (most of a module's nodes) are not walked."""
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            for child in getattr(node, field, ()):
+                if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+                    self.visit(child)
+
     def visit_If(self, node: ast.If) -> None:
         if "TYPE_CHECKING" in ast.unparse(node.test) and not self.type_checking:
             for child in node.orelse:
@@ -232,15 +239,27 @@ def compact_source(source: str) -> str:
 
 def _tab_indented(source: str) -> str:
     """``source`` (ast.unparse's, four spaces a level) with a tab a level: 0.5 KB less of xz per
-    wheel, which keeps TCP mode's user-data embedded on the 64 KiB clouds. ast.unparse writes every
-    string on one line, so leading spaces are only indentation; the parse check proves it, and
-    anything else keeps the spaces."""
+    wheel, which keeps TCP mode's user-data embedded on the 64 KiB clouds. ast.unparse writes strings
+    on one line (but a docstring-like one, triple-quoted), so leading spaces are only indentation;
+    where a triple quote appears the parse check proves it, and anything else keeps the spaces."""
     lines = []
     for line in source.split("\n"):
         body = line.lstrip(" ")
         lines.append("\t" * ((len(line) - len(body)) // 4) + body)
     tabbed = "\n".join(lines)
-    return tabbed if ast.dump(ast.parse(tabbed)) == ast.dump(ast.parse(source)) else source
+    if '"""' not in source and "'''" not in source:
+        return tabbed  # a string on one line only: no line starts inside one
+    try:
+        same = _strings(ast.parse(tabbed)) == _strings(ast.parse(source))
+    except SyntaxError:
+        same = False
+    return tabbed if same else source
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    """The string constants of ``tree``: the only values a change of leading whitespace can alter
+    without breaking the syntax (lines inside brackets may start anywhere)."""
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
 def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
@@ -249,7 +268,21 @@ def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
 
 
 def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerWheel:
-    """A minimal, valid wheel (PEP 427) of the ``runtime`` modules an exit server in ``mode`` runs, and the ``inlets`` script."""
+    """A minimal, valid wheel (PEP 427) of the ``runtime`` modules an exit server in ``mode`` runs, and the ``inlets`` script.
+
+    Built once per process and set of sources: a build takes about a second of CPU (every module
+    parsed twice and compacted), and create, the tests and the Terraform generator ask for it often."""
+    return _build_runtime_wheel(mode, letsencrypt, _sources_fingerprint(_package_dir()))
+
+
+def _sources_fingerprint(package_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """Each module's path, modification time and size: an edited module makes another wheel."""
+    return tuple((path.as_posix(), stat.st_mtime_ns, stat.st_size)
+                 for path in sorted(package_dir.rglob("*.py")) for stat in [path.stat()])
+
+
+@functools.lru_cache(maxsize=8)
+def _build_runtime_wheel(mode: str, letsencrypt: bool, fingerprint: tuple[tuple[str, int, int], ...]) -> ServerWheel:
     ver = version()
     dist_info = f"inlets_py-{ver}.dist-info"
     modules, third_party = server_modules(mode, letsencrypt)

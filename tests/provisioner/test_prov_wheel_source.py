@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from inlets_py.provisioner.wheel import _tab_indented, build_runtime_wheel, compact_source
+from inlets_py.provisioner.wheel import _sources_fingerprint, _tab_indented, build_runtime_wheel, compact_source
 
 SAMPLE = '''
 """Module docstring."""
@@ -73,3 +73,17 @@ def test_every_module_of_the_server_wheel_is_compact_and_compiles(mode: str, let
         source = wheel.read(name).decode()
         ast.parse(source, name)
         assert not any(line.startswith(" ") for line in source.splitlines()), name
+
+
+def test_the_wheel_is_built_once_per_set_of_sources(tmp_path) -> None:
+    """create, the tests and the Terraform generator ask for it often; an edited module makes another."""
+    assert build_runtime_wheel("tcp") is build_runtime_wheel("tcp")
+    assert build_runtime_wheel("http") is not build_runtime_wheel("tcp")
+    (tmp_path / "core").mkdir()
+    module = tmp_path / "core" / "mux.py"
+    module.write_text("x = 1\n")
+    before = _sources_fingerprint(tmp_path)
+    module.write_text("x = 22\n")
+    assert _sources_fingerprint(tmp_path) != before  # another size
+    (tmp_path / "core" / "new.py").write_text("")
+    assert len(_sources_fingerprint(tmp_path)) == 2
