@@ -71,6 +71,7 @@ class ClientConfig:
     extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
     token_file: Path | None = None  # when given, re-read at every connection (rotation)
     drain_timeout: float = 30.0
+    open_timeout: float = 15.0  # seconds one connection attempt (proxy, TCP, TLS, websocket handshake) may take
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
     #: What one server may make this client hold: streams open at once, and how far their windows
     #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
@@ -329,7 +330,7 @@ class TunnelClient:
                 write_limit=512 * 1024,
                 ping_interval=None,  # Session runs its own keepalive
                 close_timeout=5,
-                open_timeout=15,
+                open_timeout=cfg.open_timeout,
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),
                 proxy=self.proxy.url,

@@ -263,16 +263,17 @@ async def _lying_proxy(behaviour: str) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-def lied_to(behaviour: str, tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture, count: int) -> list[str]:
+def lied_to(behaviour: str, tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture, count: int,
+            open_timeout: float = 15.0) -> list[str]:
     """The client's first ``count`` connect_failed lines through a ``_lying_proxy``; it keeps retrying."""
     caplog.set_level(logging.INFO, logger="inlets.client")
 
     async def scenario() -> list[str]:
         proxy = await _lying_proxy(behaviour)
         client, task = await start_client(f"wss://127.0.0.1:{free_port()}", token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          wait=False, proxy=f"http://127.0.0.1:{port_of(proxy)}")
+                                          wait=False, proxy=f"http://127.0.0.1:{port_of(proxy)}", open_timeout=open_timeout)
         try:
-            for _ in range(500):  # bounded: 500 x 50 ms (the silent proxy takes the 15 s open timeout)
+            for _ in range(500):  # bounded: 500 x 50 ms (the silent proxy takes the open timeout)
                 lines = [r.getMessage() for r in caplog.records if "event=connect_failed" in r.getMessage()]
                 if len(lines) >= count:
                     break
@@ -296,7 +297,7 @@ def test_a_proxy_that_grants_the_tunnel_then_closes_it_is_said_in_words(tls, tok
 
 
 def test_a_proxy_that_never_answers_times_out_in_words(tls, token, caplog) -> None:
-    lines = lied_to("silent", tls, token, caplog, 1)
+    lines = lied_to("silent", tls, token, caplog, 1, open_timeout=2.0)  # the default 15 s, shortened for the test
     assert len(lines) == 1 and "timed out: neither the proxy nor, through it, the server 127.0.0.1:" in lines[0], lines
 
 
