@@ -15,7 +15,7 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line
-from .api_url import Endpoint, parse_api_url  # noqa: F401  # parse_api_url: re-exported, as before endpoint_of moved
+from .api_url import Endpoint
 
 
 class ApiError(BaseHTTPError):

@@ -12,7 +12,7 @@ import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan
 from inlets_py.provisioner.errors import ProvisionError
-from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.providers.vultr import VultrProvider
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
-from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.firewall import firewall_name
 from inlets_py.provisioner.providers.gce import GCEProvider, service_account

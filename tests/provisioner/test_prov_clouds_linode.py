@@ -18,7 +18,7 @@ import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded, write_state
 from helpers.prov_support import one_line_error, run_cli
-from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.firewall import firewall_name
 from inlets_py.provisioner.providers.linode import LinodeProvider

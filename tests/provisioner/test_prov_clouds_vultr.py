@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
-from inlets_py.provisioner.providers.cloud_api import parse_api_url
+from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.providers.vultr import VultrProvider
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ast
 import io
+import shutil
 import zipfile
 
 import pytest
 
+from inlets_py.provisioner import wheel as wheel_module
 from inlets_py.provisioner.wheel import _sources_fingerprint, _tab_indented, build_runtime_wheel, compact_source
 
 SAMPLE = '''
@@ -75,15 +77,19 @@ def test_every_module_of_the_server_wheel_is_compact_and_compiles(mode: str, let
         assert not any(line.startswith(" ") for line in source.splitlines()), name
 
 
-def test_the_wheel_is_built_once_per_set_of_sources(tmp_path) -> None:
+def test_the_wheel_is_built_once_per_set_of_sources(tmp_path, monkeypatch) -> None:
     """create, the tests and the Terraform generator ask for it often; an edited module makes another."""
-    assert build_runtime_wheel("tcp") is build_runtime_wheel("tcp")
-    assert build_runtime_wheel("http") is not build_runtime_wheel("tcp")
-    (tmp_path / "core").mkdir()
-    module = tmp_path / "core" / "mux.py"
-    module.write_text("x = 1\n")
-    before = _sources_fingerprint(tmp_path)
-    module.write_text("x = 22\n")
-    assert _sources_fingerprint(tmp_path) != before  # another size
-    (tmp_path / "core" / "new.py").write_text("")
-    assert len(_sources_fingerprint(tmp_path)) == 2
+    sources = tmp_path / "runtime"
+    shutil.copytree(wheel_module._package_dir(), sources, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(wheel_module, "_package_dir", lambda: sources)
+    first = build_runtime_wheel("tcp")
+    assert build_runtime_wheel("tcp") is first
+    assert build_runtime_wheel("http") is not first
+    with open(sources / "core" / "mux.py", "a") as module:
+        module.write("EDITED = 1\n")
+    edited = build_runtime_wheel("tcp")
+    assert edited is not first and b"EDITED = 1" in zipfile.ZipFile(io.BytesIO(edited.data)).read(
+        "inlets_py/runtime/core/mux.py")
+    before = _sources_fingerprint(sources)
+    (sources / "core" / "unused.py").write_text("")  # a module added, even one nothing imports yet
+    assert len(_sources_fingerprint(sources)) == len(before) + 1
