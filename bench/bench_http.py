@@ -9,7 +9,9 @@ requests/s and p50/p99 latency with keep-alive connections in three cases (1 KiB
 without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
 (private sshd, AES-GCM as in bench_tcp.py, see _paths.py). Every path is up at once;
 each case runs on every path in turn. Missing packages are installed with apt-get when
-run as root. Every wrk run is bounded by ``--seconds``.
+run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
+own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
+spent per request during the run: where the time goes, and which side to profile.
 
     .venv/bin/python bench/bench_http.py            # full run, about 8 minutes
     .venv/bin/python bench/bench_http.py --quick    # smoke run
@@ -36,7 +38,8 @@ from types import SimpleNamespace
 
 import _paths  # noqa: E402
 from _report import SSH_CIPHER, machine_line  # noqa: E402
-from _util import LOOPBACK, BenchError, Procs, free_port, port_accepts, raise_nofile, spawn, wait_until, which  # noqa: E402
+from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, descendants, free_port, port_accepts,  # noqa: E402
+                   raise_nofile, spawn, wait_until, which)
 
 PATHS = ("direct", "tunnel", "tcp-tunnel", "ssh-R", "ssh-L")
 #: tcp-tunnel: the same wrk load through ``inlets tcp`` (no HTTP parsing): the runtime core's ceiling,
@@ -125,7 +128,8 @@ def tunnel(upstream_port: int, tmp: FsPath):
             return out.stdout == b"200"
 
         wait_until(served, 30, "the tunnel to serve /1k.bin", proc=client)
-        yield data
+        yield _paths.Path("tunnel", data, data, server_pids=lambda: descendants(server.popen.pid),
+                          client_pids=lambda: descendants(client.popen.pid), procs=[server, client])
     finally:
         procs.stop_all()
 
@@ -134,7 +138,7 @@ def tunnel(upstream_port: int, tmp: FsPath):
 def ssh(kind: str, upstream_port: int, sshd: _paths.Sshd):
     target = SimpleNamespace(sink_port=upstream_port, echo_port=upstream_port)
     with _paths.ssh_forward(kind, target, sshd, SSH_CIPHER) as path:  # type: ignore[arg-type]
-        yield path.sink_port
+        yield path
 
 
 @dataclass
@@ -145,6 +149,14 @@ class Result:
     p99_ms: float = 0.0
     errors: int = 0
     error: str = ""
+    #: CPU microseconds per request of the path's own processes in the median run: the tunnel's server and
+    #: client, or sshd and ssh (None for ``direct``, which has none).
+    server_us: float | None = None
+    client_us: float | None = None
+
+    @property
+    def path_us(self) -> float | None:
+        return None if self.server_us is None or self.client_us is None else self.server_us + self.client_us
 
 
 def _ms(text: str) -> float:
@@ -152,30 +164,40 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port: int, args: argparse.Namespace, path: str, conns: int) -> tuple[float, float, float, int]:
+def run_wrk(target: _paths.Path, args: argparse.Namespace, path: str, conns: int) -> Result:
+    """One wrk run; the CPU the path's server and client sides spent meanwhile, per request."""
     argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{args.seconds}s", "--latency", "--timeout", "10s",
-            f"http://{LOOPBACK}:{port}/{path}"]
+            f"http://{LOOPBACK}:{target.sink_port}/{path}"]
+    sides = (target.server_pids(), target.client_pids())
+    before = [cpu_seconds(pids) for pids in sides]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 30).stdout
+    spent = [cpu_seconds(pids) - start for pids, start in zip(sides, before)]
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    if not (rps and p50 and p99):
+    requests = re.search(r"^\s+(\d+) requests in", out, re.M)
+    if not (rps and p50 and p99 and requests):
         raise BenchError(f"could not parse wrk output:\n{out}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors + (int(non2xx.group(1)) if non2xx else 0)
+    count = int(requests.group(1))
+    server_us, client_us = (cpu * 1e6 / count if sides[0] and count else None for cpu in spent)
+    return Result(target.name, float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)),
+                  errors + (int(non2xx.group(1)) if non2xx else 0), server_us=server_us, client_us=client_us)
 
 
-def measure(name: str, port: int, args: argparse.Namespace, path: str, conns: int) -> Result:
+def measure(name: str, target: _paths.Path, args: argparse.Namespace, path: str, conns: int) -> Result:
     print(f"  {name}: warm-up then {args.repeat} x {args.seconds}s wrk -c{conns} /{path} ...", file=sys.stderr)
-    subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{port}/{path}"], capture_output=True, timeout=30)
-    runs = sorted((run_wrk(port, args, path, conns) for _ in range(args.repeat)), key=lambda r: r[0])
-    rps, p50, p99, _ = runs[len(runs) // 2]  # the median run by req/s
-    return Result(name, rps, p50, p99, sum(r[3] for r in runs))
+    subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
+                   capture_output=True, timeout=30)
+    runs = sorted((run_wrk(target, args, path, conns) for _ in range(args.repeat)), key=lambda r: r.rps)
+    median = runs[len(runs) // 2]  # the median run by req/s
+    median.path, median.errors = name, sum(r.errors for r in runs)
+    return median
 
 
 def _x(a: Result | None, b: Result | None, attr: str) -> str:
-    if a is None or b is None or a.error or b.error or not getattr(b, attr):
+    if a is None or b is None or a.error or b.error or not getattr(b, attr) or getattr(a, attr) is None:
         return "-"
     return f"{getattr(a, attr) / getattr(b, attr):.2f}x"
 
@@ -186,7 +208,7 @@ def table(case: str, conns: int, results: dict[str, Result], args: argparse.Name
     lines = [f"{case}: wrk -t{args.threads} -c{conns} -d{args.seconds}s, median of {args.repeat}; "
              f"ssh cipher {SSH_CIPHER}",
              f"{'path':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s/ssh-L':>11} "
-             f"{'req/s/tcp':>9} {'p99/ssh-L':>9} {'req/s/ssh-R':>11}"]
+             f"{'req/s/tcp':>9} {'p99/ssh-L':>9} {'req/s/ssh-R':>11} {'CPU us/req srv+cli':>18} {'CPU/ssh-L':>9}"]
     for name in PATHS:
         r = results.get(name)
         if r is None:
@@ -194,9 +216,10 @@ def table(case: str, conns: int, results: dict[str, Result], args: argparse.Name
         if r.error:
             lines.append(f"{name:<10} FAILED: {r.error.splitlines()[0]}")
             continue
+        cpu = "-" if r.path_us is None else f"{r.server_us:.0f} + {r.client_us:.0f}"
         lines.append(f"{name:<10} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} "
                      f"{_x(r, ssh_l, 'rps'):>11} {_x(r, tcp, 'rps'):>9} {_x(r, ssh_l, 'p99_ms'):>9} "
-                     f"{_x(r, ssh_r, 'rps'):>11}")
+                     f"{_x(r, ssh_r, 'rps'):>11} {cpu:>18} {_x(r, ssh_l, 'path_us'):>9}")
     t = results.get("tunnel")
     if t and not t.error:
         verdicts = []
@@ -241,27 +264,27 @@ def main(argv: list[str] | None = None) -> int:
         tmp = FsPath(tmpdir)
         with nginx(tmp) as upstream, contextlib.ExitStack() as stack:
             sshd = stack.enter_context(_paths.sshd(tmp)) if {"ssh-R", "ssh-L"} & set(paths) else None
-            ports: dict[str, int] = {}
+            targets: dict[str, _paths.Path] = {}
             for name in paths:  # all up at once: an idle path costs nothing
                 print(f"{name}: setting up", file=sys.stderr)
                 try:
                     if name == "direct":
-                        ports[name] = upstream
+                        targets[name] = _paths.Path(name, upstream, upstream)
                     elif name == "tunnel":
-                        ports[name] = stack.enter_context(tunnel(upstream, tmp))
+                        targets[name] = stack.enter_context(tunnel(upstream, tmp))
                     elif name == "tcp-tunnel":
                         target = SimpleNamespace(sink_port=upstream, echo_port=upstream)
-                        ports[name] = stack.enter_context(_paths.tunnel(target, tmp)).sink_port  # type: ignore[arg-type]
+                        targets[name] = stack.enter_context(_paths.tunnel(target, tmp))  # type: ignore[arg-type]
                     else:
-                        ports[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))  # type: ignore[arg-type]
+                        targets[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))  # type: ignore[arg-type]
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                     for case, _, _ in cases:
                         results[case][name] = Result(name, error=str(exc))
             for case, file, conns in cases:
                 print(f"{case}:", file=sys.stderr)
-                for name, port in ports.items():
+                for name, target in targets.items():
                     try:
-                        results[case][name] = measure(name, port, args, file, conns or args.connections)
+                        results[case][name] = measure(name, target, args, file, conns or args.connections)
                     except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                         results[case][name] = Result(name, error=str(exc))
     print()
