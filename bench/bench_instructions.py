@@ -10,11 +10,12 @@ calls, TCP) is not counted: read it with ``bench_tcp.py`` / ``bench_http.py``.
 
     .venv/bin/python bench/bench_instructions.py --base main      # about 5 minutes
     .venv/bin/python bench/bench_instructions.py --base HEAD~3 --requests 500
+    .venv/bin/python bench/bench_instructions.py --connections 1000   # does the work grow with connections?
 
 The base's ``runtime/`` comes from ``git archive REF`` and runs from a temporary directory
 (``PYTHONPATH``), this checkout's from its own folder; both under this checkout's virtualenv.
 Each path runs once per side: ``inlets http server/client`` serving keep-alive requests for
-nginx's 1 KiB file over 4 connections, and ``inlets tcp server/client`` carrying the same
+nginx's 1 KiB file over 4 kept-alive connections (``--connections``), one request at a time, and ``inlets tcp server/client`` carrying the same
 requests, then the same number of one-request connections (connect, request, close).
 """
 
@@ -34,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import LOOPBACK, BenchError, connect, free_port, which  # noqa: E402
+from _util import LOOPBACK, BenchError, connect, free_port, raise_nofile, which  # noqa: E402
 from bench_http import nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,23 +160,23 @@ def _accepts(port: int) -> bool:
     return False
 
 
-def measure(mode: str, pythonpath: Path, upstream: int, tmp: Path, requests: int) -> dict[str, float]:
+def measure(mode: str, pythonpath: Path, upstream: int, tmp: Path, requests: int, connections: int) -> dict[str, float]:
     """Instructions per request (and, for tcp, per connection) on each side."""
     run = Callgrind(mode, pythonpath, upstream, tmp)
     try:
-        socks = [connect(run.data, timeout=60) for _ in range(4)]
+        socks = [connect(run.data, timeout=60) for _ in range(connections)]
 
         def keep_alive() -> None:
             for i in range(requests):
-                get(socks[i % 4])
+                get(socks[i % connections])
 
         def one_per_connection() -> None:
             for _ in range(requests):
                 with connect(run.data, timeout=60) as sock:
                     get(sock)
 
-        for i in range(WARMUP):
-            get(socks[i % 4])
+        for i in range(max(WARMUP, connections)):  # every connection has carried a request before the count
+            get(socks[i % connections])
         results = {f"{mode} request, {side}": n / requests for side, n in run.count(keep_alive).items()}
         if mode == "tcp":
             one_per_connection()  # warm-up of the connection path
@@ -191,7 +192,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="HEAD", help="git ref to compare with (default HEAD: uncommitted changes)")
     ap.add_argument("--requests", type=int, default=1000, help="requests (and connections) counted per path")
+    ap.add_argument("--connections", type=int, default=4,
+                    help="kept-alive connections the counted requests take turns on (default 4)")
     args = ap.parse_args()
+    if args.connections < 1 or args.requests < 1:
+        ap.error("--connections and --requests must be at least 1")
+    raise_nofile()  # this process holds --connections sockets; the tunnel's processes inherit the limit
     for tool in ("valgrind", "callgrind_control", "nginx"):
         if which(tool, "/usr/sbin") is None:
             print(f"bench_instructions: {tool} not found: apt-get install valgrind nginx", file=sys.stderr)
@@ -206,10 +212,11 @@ def main() -> int:
                     print(f"{label}: {mode} ...", file=sys.stderr, flush=True)
                     work = tmp / f"{label}-{mode}"
                     work.mkdir()
-                    for case, value in measure(mode, pythonpath, upstream, work, args.requests).items():
+                    for case, value in measure(mode, pythonpath, upstream, work, args.requests, args.connections).items():
                         rows.setdefault(case, {})[label] = value
     print(f"instructions (user space, callgrind) per request / connection; base {args.base}, "
-          f"{args.requests} counted after {WARMUP} warm-up; 1 KiB answers from nginx")
+          f"{args.requests} counted after {max(WARMUP, args.connections)} warm-up over {args.connections} kept-alive "
+          f"connections; 1 KiB answers from nginx")
     print(f"{'path, side':28} {'base':>12} {'this':>12} {'ratio':>7}")
     for case, values in rows.items():
         print(f"{case:28} {values['base']:12,.0f} {values['this']:12,.0f} {values['this'] / values['base']:7.3f}")
