@@ -164,7 +164,7 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(target: _paths.Path, args: argparse.Namespace, path: str, conns: int) -> Result:
+def run_wrk(name: str, target: _paths.Path, args: argparse.Namespace, path: str, conns: int) -> Result:
     """One wrk run; the CPU the path's server and client sides spent meanwhile, per request."""
     argv = ["wrk", f"-t{args.threads}", f"-c{conns}", f"-d{args.seconds}s", "--latency", "--timeout", "10s",
             f"http://{LOOPBACK}:{target.sink_port}/{path}"]
@@ -181,8 +181,10 @@ def run_wrk(target: _paths.Path, args: argparse.Namespace, path: str, conns: int
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     count = int(requests.group(1))
-    server_us, client_us = (cpu * 1e6 / count if sides[0] and count else None for cpu in spent)
-    return Result(target.name, float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)),
+    server_us = client_us = None  # direct: no processes of its own
+    if sides[0] and count:
+        server_us, client_us = (cpu * 1e6 / count for cpu in spent)
+    return Result(name, float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)),
                   errors + (int(non2xx.group(1)) if non2xx else 0), server_us=server_us, client_us=client_us)
 
 
@@ -190,9 +192,9 @@ def measure(name: str, target: _paths.Path, args: argparse.Namespace, path: str,
     print(f"  {name}: warm-up then {args.repeat} x {args.seconds}s wrk -c{conns} /{path} ...", file=sys.stderr)
     subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
                    capture_output=True, timeout=30)
-    runs = sorted((run_wrk(target, args, path, conns) for _ in range(args.repeat)), key=lambda r: r.rps)
+    runs = sorted((run_wrk(name, target, args, path, conns) for _ in range(args.repeat)), key=lambda r: r.rps)
     median = runs[len(runs) // 2]  # the median run by req/s
-    median.path, median.errors = name, sum(r.errors for r in runs)
+    median.errors = sum(r.errors for r in runs)
     return median
 
 

@@ -15,8 +15,9 @@ calls, TCP) is not counted: read it with ``bench_tcp.py`` / ``bench_http.py``.
 The base's ``runtime/`` comes from ``git archive REF`` and runs from a temporary directory
 (``PYTHONPATH``), this checkout's from its own folder; both under this checkout's virtualenv.
 Each path runs once per side: ``inlets http server/client`` serving keep-alive requests for
-nginx's 1 KiB file over 4 kept-alive connections (``--connections``), one request at a time, and ``inlets tcp server/client`` carrying the same
-requests, then the same number of one-request connections (connect, request, close).
+nginx's 1 KiB file, one at a time, in turn over 4 kept-alive connections (``--connections``),
+and ``inlets tcp server/client`` carrying the same requests, then the same number of
+one-request connections (connect, request, close).
 """
 
 from __future__ import annotations
