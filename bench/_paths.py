@@ -123,6 +123,28 @@ def tunnel(t: Target, tmp: FsPath, setup_timeout: float = 30) -> Iterator[Path]:
         procs.stop_all()
 
 
+@contextlib.contextmanager
+def py_relay(t: Target, tmp: FsPath, setup_timeout: float = 15) -> Iterator[Path]:
+    """Two plain Python relays in a row (``_relay.py``), as a tunnel's server and client: the reference for
+    what two Python processes spend passing the same bytes on, with no tunnel work at all."""
+    targets = [t.sink_port, t.echo_port] + ([t.source_port] if getattr(t, "source_port", None) else [])
+    ports = free_ports(2 * len(targets))
+    public, inner = ports[: len(targets)], ports[len(targets):]
+    procs = Procs()
+    d = FsPath(tempfile.mkdtemp(prefix="relay-", dir=tmp))
+    relay = [sys.executable, "-u", str(HERE / "_relay.py")]
+    try:
+        near = procs.add(spawn("relay-client-side", relay + [f"{i}={p}" for i, p in zip(inner, targets)], d))
+        far = procs.add(spawn("relay-server-side", relay + [f"{p}={i}" for p, i in zip(public, inner)], d))
+        for proc in (near, far):
+            wait_until(lambda: "READY" in proc.log.read_text(), setup_timeout, f"{proc.name} to accept", proc=proc)
+        yield Path("py relay", public[0], public[1], public[2] if len(public) > 2 else None,
+                   server_pids=lambda: [far.popen.pid], client_pids=lambda: [near.popen.pid],
+                   note="two plain TCP relays on uvloop, no TLS (_relay.py)", procs=[far, near])
+    finally:
+        procs.stop_all()
+
+
 def ensure_sshd(install: bool = True) -> str:
     """Path of sshd, installing Debian's openssh-server when missing (issue 2 asks for it)."""
     from _util import which

@@ -16,9 +16,9 @@ RSS_LIMIT_MIB = 60.0  # issue 2: each side, with 1,000 idle streams
 RSS_IDLE_MIB = {"server": 30.0, "client": 20.0}  # issue 17: idle, no streams
 SSH_CIPHER = "aes128-gcm@openssh.com"  # issue 17: the baseline, OpenSSH's fastest cipher with AES-NI
 SSH_CIPHER2 = "chacha20-poly1305@openssh.com"  # OpenSSH's default, the second column
-COLUMNS = ["direct", "tunnel", "ssh -R", "ssh -L", "ssh -R alt", "ssh -L alt"]
+COLUMNS = ["direct", "tunnel", "py relay", "ssh -R", "ssh -L", "ssh -R alt", "ssh -L alt"]
 #: ratio columns: tunnel against each reference
-RATIOS = ["ssh -R", "ssh -L", "ssh -R alt", "direct"]
+RATIOS = ["ssh -R", "ssh -L", "ssh -R alt", "py relay", "direct"]
 
 
 @dataclass

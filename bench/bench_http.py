@@ -7,7 +7,9 @@ requests/s and p50/p99 latency with keep-alive connections in three cases (1 KiB
 64 connections, 1 KiB with 1,000 connections, 64 KiB with 64 connections), straight to nginx, through
 ``inlets http server/client`` (TLS, token), through ``inlets tcp`` (the core
 without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
-(private sshd, AES-GCM as in bench_tcp.py, see _paths.py). Every path is up at once;
+(private sshd, AES-GCM as in bench_tcp.py, see _paths.py), and through two plain Python
+relays in a row (``_relay.py``: what two Python processes spend with no TLS and no tunnel work, a
+reference for what a Python tunnel can reach here). Every path is up at once;
 each case runs on every path in turn. Missing packages are installed with apt-get when
 run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
 own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
@@ -41,9 +43,10 @@ from _report import SSH_CIPHER, machine_line  # noqa: E402
 from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, descendants, free_port, port_accepts,  # noqa: E402
                    raise_nofile, spawn, wait_until, which)
 
-PATHS = ("direct", "tunnel", "tcp-tunnel", "ssh-R", "ssh-L")
+PATHS = ("direct", "tunnel", "tcp-tunnel", "py-relay", "ssh-R", "ssh-L")
 #: tcp-tunnel: the same wrk load through ``inlets tcp`` (no HTTP parsing): the runtime core's ceiling,
-#: so the table shows what the HTTP layer costs on top of it.
+#: so the table shows what the HTTP layer costs on top of it. py-relay: two plain Python relays in a row
+#: (``_relay.py``: no TLS, no multiplexing, no HTTP), what two Python processes spend before any tunnel work.
 
 #: (name, file, wrk connections or None for --connections): issue 17's cases.
 CASES = (("1 KiB", "1k.bin", None), ("1 KiB x1000", "1k.bin", 1000), ("64 KiB", "64k.bin", None))
@@ -205,12 +208,14 @@ def _x(a: Result | None, b: Result | None, attr: str) -> str:
 
 
 def table(case: str, conns: int, results: dict[str, Result], args: argparse.Namespace) -> str:
-    """One case: every path's figures, and each path's ratios against ssh -L, the TCP tunnel and ssh -R."""
-    ssh_r, ssh_l, tcp = results.get("ssh-R"), results.get("ssh-L"), results.get("tcp-tunnel")
+    """One case: every path's figures, and each path's ratios against ssh -L, the TCP tunnel, ssh -R and,
+    for CPU per request, the plain Python relays."""
+    ssh_r, ssh_l, tcp, relay = (results.get(name) for name in ("ssh-R", "ssh-L", "tcp-tunnel", "py-relay"))
     lines = [f"{case}: wrk -t{args.threads} -c{conns} -d{args.seconds}s, median of {args.repeat}; "
              f"ssh cipher {SSH_CIPHER}",
              f"{'path':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s/ssh-L':>11} "
-             f"{'req/s/tcp':>9} {'p99/ssh-L':>9} {'req/s/ssh-R':>11} {'CPU us/req srv+cli':>18} {'CPU/ssh-L':>9}"]
+             f"{'req/s/tcp':>9} {'p99/ssh-L':>9} {'req/s/ssh-R':>11} {'CPU us/req srv+cli':>18} {'CPU/ssh-L':>9} "
+             f"{'CPU/relay':>9}"]
     for name in PATHS:
         r = results.get(name)
         if r is None:
@@ -221,7 +226,7 @@ def table(case: str, conns: int, results: dict[str, Result], args: argparse.Name
         cpu = "-" if r.path_us is None else f"{r.server_us:.0f} + {r.client_us:.0f}"
         lines.append(f"{name:<10} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>6} "
                      f"{_x(r, ssh_l, 'rps'):>11} {_x(r, tcp, 'rps'):>9} {_x(r, ssh_l, 'p99_ms'):>9} "
-                     f"{_x(r, ssh_r, 'rps'):>11} {cpu:>18} {_x(r, ssh_l, 'path_us'):>9}")
+                     f"{_x(r, ssh_r, 'rps'):>11} {cpu:>18} {_x(r, ssh_l, 'path_us'):>9} {_x(r, relay, 'path_us'):>9}")
     t = results.get("tunnel")
     if t and not t.error:
         verdicts = []
@@ -274,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                         targets[name] = _paths.Path(name, upstream, upstream)
                     elif name == "tunnel":
                         targets[name] = stack.enter_context(tunnel(upstream, tmp))
-                    elif name == "tcp-tunnel":
+                    elif name in ("tcp-tunnel", "py-relay"):
                         target = SimpleNamespace(sink_port=upstream, echo_port=upstream)
-                        targets[name] = stack.enter_context(_paths.tunnel(target, tmp))  # type: ignore[arg-type]
+                        path = _paths.tunnel if name == "tcp-tunnel" else _paths.py_relay
+                        targets[name] = stack.enter_context(path(target, tmp))  # type: ignore[arg-type]
                     else:
                         targets[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))  # type: ignore[arg-type]
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:

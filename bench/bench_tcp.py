@@ -37,10 +37,12 @@ from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
 from _util import (MIB, BenchError, cpu_seconds, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
                    median, percentile, raise_nofile, rss_mib)
 
-PATHS = {"direct": "direct", "tunnel": "tunnel", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
+PATHS = {"direct": "direct", "tunnel": "tunnel", "py-relay": "py relay", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
          "ssh-R2": "ssh -R alt", "ssh-L2": "ssh -L alt"}
 #: ssh-R2 / ssh-L2 run the second cipher (--ssh-cipher2); ssh-L2 is off by default to keep the run short.
-DEFAULT_PATHS = "direct,tunnel,ssh-R,ssh-L,ssh-R2"
+#: py-relay: two plain Python relays in a row (``_relay.py``: no TLS, no multiplexing), what two Python
+#: processes spend carrying the same bytes before any tunnel work.
+DEFAULT_PATHS = "direct,tunnel,py-relay,ssh-R,ssh-L,ssh-R2"
 DIRECTIONS = ("down", "up")
 #: down: the generator writes into the server's public port and the tunnel server sends it to the
 #: client (server->client websocket frames, unmasked); up: the target's source writes, the tunnel
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         setups: dict[str, Callable[[], _paths.Path]] = {
             "direct": lambda: stack.enter_context(_paths.direct(target)),
             "tunnel": lambda: stack.enter_context(_paths.tunnel(target, tmp)),
+            "py-relay": lambda: stack.enter_context(_paths.py_relay(target, tmp)),
             "ssh-R": lambda: stack.enter_context(_paths.ssh_path("-R", target, tmp, cfg.ssh_cipher)),
             "ssh-L": lambda: stack.enter_context(_paths.ssh_path("-L", target, tmp, cfg.ssh_cipher)),
             "ssh-R2": lambda: stack.enter_context(_paths.ssh_path("-R", target, tmp, cfg.ssh_cipher2)),
