@@ -7,10 +7,11 @@ import datetime
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _util import MIB
+from _util import MIB, steal_seconds
 
 RSS_LIMIT_MIB = 60.0  # issue 2: each side, with 1,000 idle streams
 RSS_IDLE_MIB = {"server": 30.0, "client": 20.0}  # issue 17: idle, no streams
@@ -189,7 +190,23 @@ def machine_line() -> str:
     return f"machine: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}"
 
 
-def environment(cfg: Config, foreign: float | None, started: datetime.datetime) -> str:
+@dataclass
+class StealMark:
+    """Where a run began, for ``steal_line``."""
+
+    steal: float = field(default_factory=steal_seconds)
+    wall: float = field(default_factory=time.monotonic)
+
+
+def steal_line(mark: StealMark) -> str:
+    """The share of the CPUs the hypervisor took since ``mark``: a noisy run says so in its header."""
+    wall = time.monotonic() - mark.wall
+    share = (steal_seconds() - mark.steal) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+    warn = "  WARNING: figures are slower and noisier than on a quiet host; compare ratios" if share > 0.05 else ""
+    return f"CPU taken by the hypervisor (steal) during the run: {share:.0%} of the machine{warn}"
+
+
+def environment(cfg: Config, foreign: float | None, started: datetime.datetime, mark: StealMark) -> str:
     root = Path(__file__).resolve().parent.parent
     rev = _cmd(["git", "-C", str(root), "rev-parse", "--short", "HEAD"])
     if _cmd(["git", "-C", str(root), "status", "--porcelain", "--", "runtime"]) not in ("", "?"):
@@ -212,4 +229,5 @@ def environment(cfg: Config, foreign: float | None, started: datetime.datetime) 
     if foreign is not None:
         warn = "  WARNING: the machine was not quiet, ratios are noisy" if foreign > 0.10 else ""
         lines.append(f"CPU used by other processes during throughput runs: {foreign:.0%} of the machine{warn}")
+    lines.append(steal_line(mark))
     return "\n".join(lines)

@@ -220,7 +220,15 @@ def machine_busy_seconds() -> float:
     with open("/proc/stat") as fh:
         fields = [int(x) for x in fh.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")  # steal (the 8th) is not on this machine
+    return (sum(fields[:7]) - idle) / os.sysconf("SC_CLK_TCK")  # steal (the 8th) is no process's: see below
+
+
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this machine's CPUs wanted to run (/proc/stat's
+    steal), since boot: on a shared host every figure of a run slows by about this share, ssh's too."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()[1:]
+    return (int(fields[7]) if len(fields) > 7 else 0) / os.sysconf("SC_CLK_TCK")
 
 
 def foreign_share(our_pids: list[int], window: float = 1.0) -> float:

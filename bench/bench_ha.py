@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _load  # noqa: E402
 import _paths  # noqa: E402
-from _report import machine_line  # noqa: E402
+from _report import StealMark, machine_line, steal_line  # noqa: E402
 from _util import MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median, port_accepts, spawn, wait_until  # noqa: E402
 
 ADDRS = ("127.0.0.2", "127.0.0.3")
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeat, args.seconds, args.max_mib, args.failover_requests = 1, 2.0, 128, 3000
     args.max_bytes = args.max_mib * MIB
+    mark = StealMark()
     with tempfile.TemporaryDirectory(prefix="bench-ha-") as tmpdir:
         tmp = Path(tmpdir)
         rows = cpu_per_gib(args, tmp)
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             fo = {}
             log(f"failover: skipped ({exc})")
     print(machine_line())
+    print(steal_line(mark))
     print(f"bounds: {args.seconds:g} s or {args.max_mib} MiB per run, {args.repeat} runs interleaved across the cases, median; {args.streams} streams")
     print()
     print(f"{'client CPU per GiB (down)':<34} {'CPU s/GiB':>10} {'Gbit/s':>8} {'vs one':>8}")

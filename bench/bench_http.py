@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 
 import _paths  # noqa: E402
-from _report import SSH_CIPHER, machine_line  # noqa: E402
+from _report import SSH_CIPHER, StealMark, machine_line, steal_line  # noqa: E402
 from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, descendants, free_port, port_accepts,  # noqa: E402
                    raise_nofile, spawn, wait_until, which)
 
@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if c[0] in args.cases] if args.cases else list(CASES)
     results: dict[str, dict[str, Result]] = {case: {} for case, _, _ in cases}
     started = time.monotonic()
+    mark = StealMark()
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = FsPath(tmpdir)
         with nginx(tmp) as upstream, contextlib.ExitStack() as stack:
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                         results[case][name] = Result(name, error=str(exc))
     print()
     print(machine_line())
+    print(steal_line(mark))
     print(f"{'uvloop' if _has_uvloop() else 'asyncio'} in the tunnel; nginx 1 worker; {_ssh_version()}")
     for case, _, conns in cases:
         print()

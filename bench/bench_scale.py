@@ -39,7 +39,7 @@ from pathlib import Path as FsPath
 
 
 import _paths  # noqa: E402
-from _report import machine_line  # noqa: E402
+from _report import StealMark, machine_line, steal_line  # noqa: E402
 from _util import LOOPBACK, BenchError, Proc, free_ports, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
 
 # The runtime's public client entry points (one import line to change if the package moves).
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     logging.getLogger("inlets").setLevel(logging.ERROR)  # 1,000 clients' reconnect warnings say nothing new
     started = datetime.datetime.now(datetime.timezone.utc)
+    mark = StealMark()
     t = time.monotonic()
     print(f"{args.clients} clients against one inlets tcp server ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmpdir:
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     print()
     print(machine_line())
+    print(steal_line(mark))
     print(f"started {started:%Y-%m-%d %H:%M UTC}; clients in one process (each its own TLS websocket), "
           f"server --max-handshakes-per-source {args.per_source}; routing sample {args.sample}")
     print()

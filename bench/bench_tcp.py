@@ -32,7 +32,7 @@ from pathlib import Path as FsPath
 
 import _load  # noqa: E402
 import _paths  # noqa: E402
-from _report import Config, Result, environment, table, targets  # noqa: E402
+from _report import Config, Result, StealMark, environment, table, targets  # noqa: E402
 from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
 from _util import (MIB, BenchError, cpu_seconds, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
                    median, percentile, raise_nofile, rss_mib)
@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile()
     started = time.monotonic()
     started_at = datetime.datetime.now(datetime.timezone.utc)
+    mark = StealMark()
     with tempfile.TemporaryDirectory(prefix="inlets-bench-") as tmpname, contextlib.ExitStack() as stack:
         tmp = FsPath(tmpname)
         target = stack.enter_context(_paths.target(tmp))
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     results = bench.results
     foreign = bench.foreign_busy / (bench.foreign_wall * (os.cpu_count() or 1)) if bench.foreign_wall else None
     print()
-    print(environment(cfg, foreign, started_at))
+    print(environment(cfg, foreign, started_at, mark))
     print()
     print(table(results, cfg))
     print()
