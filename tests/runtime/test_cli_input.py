@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -111,16 +112,30 @@ def test_ctrl_c_while_the_command_loads_exits_130_quietly(files) -> None:
 
     from helpers.process import INLETS
 
+    checked = 0
     for delay in (0.15, 0.2, 0.25, 0.3, 0.35):
         process = subprocess.Popen([*INLETS, "status", "--url", "wss://127.0.0.1:1", "--token-file", files["tok"]],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=20)
-        if "init_import_site" in err:  # Python itself was still starting (a slow machine): no inlets code ran yet
+        if _before_any_inlets_line(err):
             continue
+        checked += 1
         assert "Traceback" not in err + out, (delay, err)
         assert process.returncode in (130, -signal.SIGINT, 1), (delay, process.returncode, err)
+    if not checked:
+        pytest.skip("every Ctrl-C landed while Python was still starting (a slow machine): nothing of inlets was tested")
+
+
+def _before_any_inlets_line(err: str) -> bool:
+    """The interrupt came before a line of inlets ran: Python was still starting (its site module), or its
+    import machinery was still reading the first of the command's files (``main.py``'s own ``try`` catches
+    it from there on). Only Python's frames are in such a traceback: no file of ours is."""
+    if "init_import_site" in err:
+        return True
+    frames = re.findall(r'File "([^"]+)"', err)
+    return bool(frames) and all(f == "<string>" or f.startswith("<frozen ") for f in frames)
 
 
 @pytest.mark.parametrize("args, line", [
