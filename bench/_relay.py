@@ -2,11 +2,11 @@
 
 Two of these in a row (``_paths.py_relay``: the first listens where users connect and dials the
 second, which dials the target) do what a tunnel's server and client must do at the least, each
-read passed on with one write, in the same interpreter, event loop (uvloop) and socket options as
-the tunnel, and nothing else: no TLS, no websocket, no multiplexing, no HTTP. What they spend is a
-reference for what any two-process Python design spends before its own work (a floor for the
-per-connection and per-message cost; a multiplexer can still beat it on the one shared connection,
-where it batches many streams into one send).
+read passed on with one write, in the same interpreter and event loop as the tunnel (uvloop, which
+sets TCP_NODELAY on every socket), and nothing else: no TLS, no websocket, no multiplexing, no
+HTTP. What they spend is a reference for what any two-process Python design spends before its own
+work (a floor for the per-connection and per-message cost; a multiplexer can still beat it on the
+one shared connection, where it batches many streams into one send).
 
 Each accepted connection gets its own outgoing connection; a half-close is passed on, and a side
 whose peer's socket is full stops being read (the transports' flow control), so nothing queues
