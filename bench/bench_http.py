@@ -15,7 +15,7 @@ run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, e
 own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
 spent per request during the run: where the time goes, and which side to profile.
 
-    .venv/bin/python bench/bench_http.py            # full run, about 8 minutes
+    .venv/bin/python bench/bench_http.py            # full run, about 10 minutes
     .venv/bin/python bench/bench_http.py --quick    # smoke run
 
 Targets (issue 17), in every case: HTTP tunnel req/s >= 1.0x ssh -L's and >= 0.9x the
