@@ -18,6 +18,22 @@ EXIT_SERVER_NAME = "inlets-exit-server"
 X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code (x509_vfy.h), for the leaf or any CA above it
 
 
+class DirectSSLObject(ssl.SSLObject):
+    """``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C object's own methods.
+
+    The event loop's TLS layer (uvloop's and asyncio's) calls these on every record; ``SSLObject``'s are
+    Python wrappers that only pass the call on, a Python frame each. Set as a context's
+    ``sslobject_class`` (its documented hook), the loop calls the C methods straight, with the same
+    arguments and results."""
+
+    @classmethod
+    def _create(cls, *args, **kwargs):  # type: ignore[no-untyped-def]  # SSLObject's own private signature
+        self = super()._create(*args, **kwargs)
+        inner = self._sslobj  # type: ignore[attr-defined]
+        self.read, self.write, self.pending = inner.read, inner.write, inner.pending  # type: ignore[method-assign]
+        return self
+
+
 class TlsConfigError(Exception):
     """TLS files are missing or unusable; the message names the file."""
 
@@ -67,6 +83,7 @@ def readable_file(path: Path, what: str) -> None:
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslobject_class = DirectSSLObject
     readable_file(Path(cert), "TLS file")
     readable_file(Path(key), "TLS file")
     try:
@@ -99,6 +116,7 @@ def client_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSL
     """Verify the server against ``ca`` when given (pinned), else the system trust store."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslobject_class = DirectSSLObject
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
