@@ -35,7 +35,7 @@ from typing import Callable
 from websockets.asyncio.connection import Connection
 from websockets.protocol import Side, State
 
-from .wsframe import PAYLOAD, RAW_DATA, FrameReader, MaskKeys, binary_frame
+from .wsframe import PAYLOAD, RAW_DATA, WRITE_APART_FROM, FrameReader, MaskKeys, binary_frame, frame_buffers
 
 #: Bytes of pongs (and other automatic replies) that may wait behind a full send buffer.
 REPLY_LIMIT = 64 * 1024
@@ -214,7 +214,11 @@ class BoundedReplies:
         caller then awaits ``drain()``, which waits while the send buffer is over its high-water mark."""
         if self.protocol.state is not _OPEN or self.transport.is_closing():  # type: ignore[attr-defined]
             return False
-        self.transport.write(binary_frame(pieces, length, self._masks.next() if self._masks else None))
+        mask = self._masks.next() if self._masks else None
+        if length < WRITE_APART_FROM:
+            self.transport.write(binary_frame(pieces, length, mask))
+        else:  # TLS encrypts each buffer where it lies (a plain transport: one writev, or asyncio's join)
+            self.transport.writelines(frame_buffers(pieces, length, mask))
         return True
 
     def resume_writing(self) -> None:

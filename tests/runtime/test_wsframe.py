@@ -7,7 +7,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from inlets_py.runtime.core.wsframe import (
-    GROW_TO, PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, FrameReader, MaskKeys, binary_frame,
+    GROW_TO, PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, FrameReader, MaskKeys, binary_frame, frame_buffers,
 )
 
 
@@ -35,6 +35,21 @@ def test_every_length_encoding_parses_back_to_the_joined_pieces(length: int, mas
     assert (frame.opcode, frame.fin, frame.rsv1, frame.data) == (Opcode.BINARY, True, False, payload)
     header = 2 + (0 if length < 126 else 2 if length < 65536 else 8) + (4 if masked else 0)
     assert len(data) == header + length  # the shortest length form (RFC 6455 5.2)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_frame_buffers_are_the_frame_with_its_large_pieces_apart(masked: bool) -> None:
+    sizes = [9, 16 * 1024, 9, 3, 100_000, 9, 16 * 1024 - 1, 9, 70_001]  # odd sizes turn the mask's offset
+    pieces: list[bytes | memoryview] = [bytes([i]) * size for i, size in enumerate(sizes)]
+    pieces[4] = memoryview(pieces[4])
+    length = sum(sizes)
+    mask = MaskKeys().next() if masked else None
+    buffers = frame_buffers(pieces, length, mask)
+    assert b"".join(buffers) == binary_frame(pieces, length, mask)
+    assert [len(b) for b in buffers] == [2 + 8 + (4 if masked else 0) + 9, 16 * 1024, 9 + 3, 100_000,
+                                         9 + 16 * 1024 - 1 + 9, 70_001]
+    if not masked:  # passed on as given, not copied
+        assert buffers[1] is pieces[1] and buffers[3] is pieces[4] and buffers[5] is pieces[8]
 
 
 def test_masking_keys_come_from_a_pool_refilled_from_the_os() -> None:
