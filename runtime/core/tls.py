@@ -6,6 +6,7 @@ import logging
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 from .logs import logfmt
 
@@ -27,8 +28,8 @@ class DirectSSLObject(ssl.SSLObject):
     arguments and results."""
 
     @classmethod
-    def _create(cls, *args, **kwargs):  # type: ignore[no-untyped-def]  # SSLObject's own private signature
-        self = super()._create(*args, **kwargs)
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:  # what ``wrap_bio`` calls, passed on as is
+        self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]  # private in typeshed
         inner = self._sslobj  # type: ignore[attr-defined]
         self.read, self.write, self.pending = inner.read, inner.write, inner.pending  # type: ignore[method-assign]
         return self
