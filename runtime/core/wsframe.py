@@ -1,4 +1,5 @@
-"""Binary websocket frames for the tunnel's messages, written in one join and read with one copy at most.
+"""Binary websocket frames for the tunnel's messages, written in one join (large ones as their buffers, their
+large pieces uncopied) and read with one copy at most.
 
 The websockets library sends each message through an async context manager, a ``Frame``
 object and a ``BytesIO`` (two copies of the payload and about 15 Python calls), and reads
@@ -6,9 +7,10 @@ each through a byte buffer, a parser generator and a queue that a task awaits: a
 and three more copies. A tunnel pays that for every chunk of every stream, and its messages
 need none of it: one binary frame with FIN set and no extension (compression is off).
 
-``binary_frame`` builds one such frame; ``FrameReader`` splits what the peer sends into
-frames, hands unfragmented binary frames out as payloads, and everything else (pings, pongs,
-close, text, fragments, anything it cannot vouch for) back as raw frames for the library,
+``binary_frame`` builds one such frame (``frame_buffers``: the same as buffers to write in turn);
+``FrameReader`` splits what the peer sends into frames, hands unfragmented binary frames out as
+payloads, and everything else (pings, pongs, close, text, fragments, anything it cannot vouch
+for) back as raw frames for the library,
 which answers, runs the closing handshake and fails the connection as before. Both sides deal
 in whole frames only, so the library never sees half of one (see ``wsflow.BoundedReplies``).
 """
