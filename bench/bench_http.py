@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                     elif name == "tunnel":
                         targets[name] = stack.enter_context(tunnel(upstream, tmp))
                     elif name in ("tcp-tunnel", "py-relay"):
-                        target = SimpleNamespace(sink_port=upstream, echo_port=upstream)
-                        path = _paths.tunnel if name == "tcp-tunnel" else _paths.py_relay
-                        targets[name] = stack.enter_context(path(target, tmp))  # type: ignore[arg-type]
+                        nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
+                        make = _paths.tunnel if name == "tcp-tunnel" else _paths.py_relay
+                        targets[name] = stack.enter_context(make(nginx_only, tmp))  # type: ignore[arg-type]
                     else:
                         targets[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))  # type: ignore[arg-type]
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:

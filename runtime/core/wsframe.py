@@ -71,6 +71,8 @@ def frame_buffers(pieces: list[bytes | memoryview], length: int, mask: bytes | N
     if mask is not None:
         run.append(mask)
     offset = 0
+    # binary_frame's masking again, not a helper both call: a call more per small message cost the client
+    # 0.5-1.1% of its instructions per request (bench_instructions)
     for piece in pieces:
         if mask is not None:
             turn = offset % 4

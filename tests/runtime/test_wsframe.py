@@ -45,7 +45,8 @@ def test_frame_buffers_are_the_frame_with_its_large_pieces_apart(masked: bool) -
     length = sum(sizes)
     mask = MaskKeys().next() if masked else None
     buffers = frame_buffers(pieces, length, mask)
-    assert b"".join(buffers) == binary_frame(pieces, length, mask)
+    frame = parse(b"".join(buffers), mask=masked)  # the websockets library's own parser
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, b"".join(pieces))
     assert [len(b) for b in buffers] == [2 + 8 + (4 if masked else 0) + 9, 16 * 1024, 9 + 3, 100_000,
                                          9 + 16 * 1024 - 1 + 9, 70_001]
     if not masked:  # passed on as given, not copied
