@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import logging
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class LocalForwarder:
     async def start(self) -> None:
         for forward in self.forwards:
             try:
-                listener = await listen(lambda forward=forward: _LocalConnection(forward, self.session),
+                listener = await listen(functools.partial(_LocalConnection, forward, self.session),
                                         self.local_addr, forward.local_port)
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None

@@ -29,7 +29,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self.on_close = on_close  # told once, when the flow ends (TcpUpstreams counts the live ones)
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
-        self._early: list[bytes] = []  # datagrams that came before the socket did (bounded)
+        self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (bounded)
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,14 +49,14 @@ class UdpUpstream(asyncio.DatagramProtocol):
         log.debug("event=udp_upstream_error error=%s", logfmt(exc))
 
     # StreamHandler: datagrams from the server's side
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
         if data:
             self.transport.sendto(data)
         else:
             send_empty(self.transport)
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             self._send(data)
         elif len(self._early) < 64:

@@ -53,7 +53,7 @@ class TcpBridge(asyncio.Protocol):
         self.channel = channel
         self.transport: asyncio.Transport | None = None
         self._pending: memoryview | None = None  # socket data waiting for credit
-        self._early: list[bytes] = []  # stream data that arrived before the socket connected
+        self._early: list[bytes | memoryview] = []  # stream data that arrived before the socket connected
         self._eof_from_socket = False
         self._eof_sent = False  # FIN passed to the stream
         self._eof_from_stream = False
@@ -74,7 +74,8 @@ class TcpBridge(asyncio.Protocol):
             self.abort()
             return
         tune_socket(transport.get_extra_info("socket"))
-        transport.set_write_buffer_limits(high=0)  # paused while anything waits: credit for what the kernel took
+        # paused while anything waits: credit for what the kernel took
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         early, self._early = self._early, []
         for data in early:
             self.on_data(data)
@@ -125,7 +126,7 @@ class TcpBridge(asyncio.Protocol):
 
     # ------------------------------------------------------------ stream side
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         if self.transport is None:
             if not self._done:
                 self._early.append(data)

@@ -176,7 +176,7 @@ class Multiplexer(FrameQueue):
         self._queue(_FIN, stream_id, b"")
         self._maybe_forget(stream_id, stream)
 
-    def reset_stream(self, stream_id: int, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+    def reset_stream(self, stream_id: int, code: int = int(ResetCode.CANCEL), reason: str = "") -> None:
         """Abort a stream both ways. Resetting a stream already gone is a no-op."""
         stream = self._streams.pop(stream_id, None)
         if stream is None:
@@ -224,7 +224,7 @@ class Multiplexer(FrameQueue):
 
     # ------------------------------------------------------------------ peer input
 
-    def receive(self, message: bytes) -> list[Event]:
+    def receive(self, message: bytes | memoryview) -> list[Event]:
         """Parse one message from the peer. Raises ``ProtocolError`` on any violation."""
         events: list[Event] = []
         view = memoryview(message)

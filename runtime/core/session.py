@@ -50,7 +50,7 @@ _RUNNING, _DRAINING, _STOPPED = object(), object(), object()  # the writer's sta
 
 
 class StreamHandler(Protocol):
-    def on_data(self, data: bytes) -> None: ...
+    def on_data(self, data: bytes | memoryview) -> None: ...
     def on_eof(self) -> None: ...
     def on_reset(self, code: int, reason: str) -> None: ...
     def on_writable(self) -> None: ...
@@ -88,7 +88,7 @@ class Channel:
     def write_eof(self) -> None:
         self.session._write_eof(self)
 
-    def reset(self, code: int = ResetCode.CANCEL, reason: str = "") -> None:
+    def reset(self, code: int = int(ResetCode.CANCEL), reason: str = "") -> None:
         self.session._reset(self, code, reason)
 
     def consumed(self, count: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+from collections.abc import Iterable
 from typing import Protocol
 
 from ..core.logs import logfmt
@@ -36,7 +37,8 @@ class Gateway(Protocol):
 
     guards: Guards
     exchanges: set[Leg]  # legs with an exchange in flight (timed out by the server's sweep)
-    connections: set[Front]  # the user connections (scanned for an idle stream when a client refuses one)
+    @property
+    def connections(self) -> Iterable[Front]: ...  # the users' connections (scanned when a client refuses a stream)
     upstream_timeout: float
 
     def route(self, host: str) -> tuple[str | None, str]: ...  # (service or None, metrics label)
@@ -54,7 +56,8 @@ class Front(Protocol):
     connection's coroutine). ``drain`` is set while the user's socket is full.
     """
 
-    server: Gateway
+    @property
+    def server(self) -> Gateway: ...
     transport: asyncio.Transport | None
     loop: asyncio.AbstractEventLoop
     peer: bytes
@@ -100,7 +103,7 @@ class Exchange:
         self.response: ResponseHead | None = None
         self.chunked = False
         self.close = False
-        self.out: list[bytes] = []
+        self.out: list[bytes | memoryview] = []
         self.retried = False
         self.reused = reused
         self.unreleased = False  # credit held back while the user's socket drains

@@ -214,8 +214,8 @@ class FrontConnection(asyncio.Protocol):
         if self.parked:
             return  # the coroutine stays parked until the exchange in flight is done
         events = self.events
-        if self.idle_since is not None and events and type(events[0]) is RequestHead and self.transport is not None:
-            head: RequestHead = events[0]  # type: ignore[assignment]
+        head = events[0] if events else None
+        if self.idle_since is not None and type(head) is RequestHead and self.transport is not None:
             if http_exchange.eligible(head) and http_exchange.try_start(self, head):
                 self.idle_since = None
                 events.popleft()

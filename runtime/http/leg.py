@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from typing import Protocol
 
 from ..core.logs import logfmt
 from .messages import Body, Event, HttpError, Upgraded
@@ -35,11 +36,19 @@ class LegFailed(Exception):
 
 
 #: What a user is told when the tunnel client resets the stream: never the client's own reason.
-RESET_MESSAGES = {
+RESET_MESSAGES: dict[int, str] = {
     ResetCode.REFUSED: "the tunnel client could not reach its upstream (the client's log says why)",
     ResetCode.NOT_ALLOWED: "the tunnel client does not serve this host",
     ResetCode.TOO_MANY_STREAMS: "the tunnel client has too many streams open",
 }
+
+
+class Listener(Protocol):
+    """Who hears of a leg's news while an exchange runs on it (``front.FrontConnection``)."""
+
+    drain: asyncio.Future | None  # set while the user's socket is full (the server's sweep waits then)
+
+    def on_leg(self) -> None: ...
 
 
 class UpstreamTimeout(Exception):
@@ -64,14 +73,15 @@ class Leg:
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
         self._unconsumed = 0
-        self.listener = None  # the connection whose exchange this leg answers (``on_leg``), else a coroutine waits
+        #: The connection whose exchange this leg answers (``on_leg``); None: a coroutine waits (``next_event``).
+        self.listener: Listener | None = None
         self._loop = asyncio.get_running_loop()
         self.last_activity = self._loop.time()
         self.channel: Channel = session.open_stream(service, self)  # StreamError when it cannot
 
     # ------------------------------------------------------- StreamHandler
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         self._unconsumed += len(data)
         self.received += len(data)
         self.last_activity = self._loop.time()

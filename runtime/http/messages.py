@@ -66,14 +66,14 @@ class ResponseHead:
 
 @dataclass
 class Body:
-    data: bytes
+    data: bytes | memoryview  # a large piece of a tunnel message may come as a view of it (``mux.VIEW_FROM``)
 
 
 def merge_bodies(events: list) -> tuple[list, int]:
     """``events`` with each run of ``Body`` pieces as one, and how many ``Body`` are left: a read of tiny chunks
     (``1\r\nx\r\n`` ...) is then one piece to queue and one tunnel write, not thousands."""
     merged: list = []
-    run: list[bytes] = []
+    run: list[bytes | memoryview] = []
     for event in events:
         if type(event) is Body:
             run.append(event.data)  # type: ignore[attr-defined]

@@ -170,7 +170,9 @@ class Reader:
                 return self._parse_on(data[offset:])
             self._events.append(Upgraded(bytes(data[offset:])))
         except HttpParserCallbackError:
-            raise self._error or self._fail(400, "bad HTTP message") from None
+            # ``refusal``, not ``_error``: a callback set it during feed_data, after the check above (a type
+            # checker, and mypyc, would take it for None still)
+            raise self.refusal or self._fail(400, "bad HTTP message") from None
         except HttpParserError as exc:
             if "PRI" in str(exc):  # llhttp stops at HTTP/2's connection preface ("PRI * HTTP/2.0")
                 raise self._fail(505, "HTTP/2 is not spoken here: use HTTP/1.1") from None
@@ -284,12 +286,13 @@ class RequestReader(Reader):
                 self._set_host(authority)
         if b"#" in target:
             raise self._fail(400, "request target holds a fragment (#...), which stays with the client")
-        host: str | None = ""
+        host = ""
         if hosts:
             value = hosts[0]
-            host = _remembered_host(value) if len(value) <= MAX_REMEMBERED_HOST else _routed_host(value)
-            if host is None:
+            routed = _remembered_host(value) if len(value) <= MAX_REMEMBERED_HOST else _routed_host(value)
+            if routed is None:
                 raise self._fail(400, "invalid Host header (a host name or address, then an optional :port)")
+            host = routed
         elif self.default_authority:
             noted[b"host"] = [self.default_authority]
             self._set_host(self.default_authority)

@@ -81,7 +81,7 @@ class ResponseReader(Reader):
         if not self._skip and self.head is not None:
             self._events.append(END_OF_MESSAGE)
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes | memoryview) -> list[Event]:
         if self._skip:
             return []  # nothing may follow an answer to HEAD until the next request
         try:

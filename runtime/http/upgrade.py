@@ -27,7 +27,8 @@ class UpgradeGateway(Protocol):
 class UpgradeFront(Protocol):
     """The user's connection as an upgrade sees it (``front.FrontConnection`` is one)."""
 
-    server: UpgradeGateway
+    @property
+    def server(self) -> UpgradeGateway: ...
     transport: asyncio.Transport | None
 
     async def send(self, data: bytes) -> None: ...  # waits while the user's socket is full

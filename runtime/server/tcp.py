@@ -113,7 +113,7 @@ class DataPlaneConnection(TcpBridge):
         self.counters.bytes_in += len(data)
         super().data_received(data)
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         self.counters.bytes_out += len(data)
         super().on_data(data)
 

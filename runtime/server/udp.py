@@ -54,7 +54,7 @@ class _Flow:
         self.last_seen = asyncio.get_running_loop().time()
 
     # StreamHandler: datagrams coming back from the client's upstream
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes | memoryview) -> None:
         transport = self.port.transport
         if transport is not None:
             transport.sendto(data, self.address, self.local)

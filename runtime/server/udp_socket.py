@@ -94,7 +94,7 @@ class UdpSocket:
             if self.closed:
                 return
 
-    def sendto(self, data: bytes, address: tuple, local: bytes | None = None) -> None:
+    def sendto(self, data: bytes | memoryview, address: tuple, local: bytes | None = None) -> None:
         """Send now or drop (counted): ``local`` makes the datagram leave from the address its flow wrote to."""
         try:
             if local is not None:
