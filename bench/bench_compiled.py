@@ -55,7 +55,8 @@ python_executable = {python}
 
 
 def find_mypyc() -> str:
-    found = shutil.which("mypyc", path=os.pathsep.join([str(FsPath(sys.executable).parent), os.environ.get("PATH", "")]))
+    search = os.pathsep.join([str(FsPath(sys.executable).parent), os.environ.get("PATH", "")])
+    found = shutil.which("mypyc", path=search)
     if found is None:
         raise BenchError("mypyc not found: install it with `.venv/bin/pip install mypy`")
     return found
@@ -64,7 +65,8 @@ def find_mypyc() -> str:
 def build(tmp: FsPath) -> FsPath:
     """This checkout's runtime with ``MODULES`` compiled, under ``tmp/compiled`` (a PYTHONPATH entry)."""
     root = tmp / "compiled"
-    shutil.copytree(ROOT / "runtime", root / "inlets_py" / "runtime", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "runtime", root / "inlets_py" / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     (root / "mypy.ini").write_text(MYPY_CONFIG.format(python=sys.executable))
     files = [f"inlets_py/runtime/{name}.py" for name in MODULES]
     print(f"compiling {len(files)} modules with mypyc (about a minute) ...", file=sys.stderr)
@@ -73,7 +75,8 @@ def build(tmp: FsPath) -> FsPath:
     if done.returncode != 0:
         raise BenchError(f"mypyc failed:\n{(done.stdout + done.stderr)[-3000:]}")
     check = subprocess.run([sys.executable, "-c", "import inlets_py.runtime.core.mux as m; print(m.__file__)"],
-                           cwd=tmp, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=60)
+                           cwd=tmp, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                           timeout=60)
     if not check.stdout.strip().endswith(".so"):
         raise BenchError(f"the compiled modules do not load in {sys.executable} (mypy must be installed in the "
                          f"same Python): {check.stdout.strip() or check.stderr.strip()[-500:]}")
@@ -100,14 +103,15 @@ def median_of(runs: list[Result]) -> Result:
     def med(attr: str) -> float | None:
         values = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
         return statistics.median(values) if values else None
-    out = Result(runs[0].path, med("rps") or 0.0, med("p50_ms") or 0.0, med("p99_ms") or 0.0, sum(r.errors for r in runs))
+    out = Result(runs[0].path, med("rps") or 0.0, med("p50_ms") or 0.0, med("p99_ms") or 0.0,
+                 sum(r.errors for r in runs))
     out.server_us, out.client_us = med("server_us"), med("client_us")
     return out
 
 
 def table(case: str, results: dict[str, Result]) -> str:
-    rows = [("req/s", "rps", "{:,.0f}"), ("p99, ms", "p99_ms", "{:.2f}"), ("server CPU per request, us", "server_us", "{:.1f}"),
-            ("client CPU per request, us", "client_us", "{:.1f}")]
+    rows = [("req/s", "rps", "{:,.0f}"), ("p99, ms", "p99_ms", "{:.2f}"),
+            ("server CPU per request, us", "server_us", "{:.1f}"), ("client CPU per request, us", "client_us", "{:.1f}")]
     lines = [f"{case}, 64 connections  {'interpreted':>12} {'compiled':>10} {'compiled/interp.':>17}"]
     for kind in ("http", "tcp"):
         plain, compiled = results[f"{kind} interpreted"], results[f"{kind} compiled"]
@@ -115,7 +119,8 @@ def table(case: str, results: dict[str, Result]) -> str:
         for label, attr, fmt in rows:
             a, b = getattr(plain, attr), getattr(compiled, attr)
             ratio = f"{b / a:.2f}x" if a and b else "-"
-            lines.append(f"  {label:<29} {fmt.format(a) if a else '-':>12} {fmt.format(b) if b else '-':>10} {ratio:>17}")
+            shown = [fmt.format(v) if v else "-" for v in (a, b)]
+            lines.append(f"  {label:<29} {shown[0]:>12} {shown[1]:>10} {ratio:>17}")
     return "\n".join(lines)
 
 
