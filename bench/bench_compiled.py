@@ -64,13 +64,14 @@ def find_mypyc() -> str:
 
 def build(tmp: FsPath) -> FsPath:
     """This checkout's runtime with ``MODULES`` compiled, under ``tmp/compiled`` (a PYTHONPATH entry)."""
+    mypyc = find_mypyc()
     root = tmp / "compiled"
     shutil.copytree(ROOT / "runtime", root / "inlets_py" / "runtime",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (root / "mypy.ini").write_text(MYPY_CONFIG.format(python=sys.executable))
     files = [f"inlets_py/runtime/{name}.py" for name in MODULES]
     print(f"compiling {len(files)} modules with mypyc (about a minute) ...", file=sys.stderr)
-    done = subprocess.run([find_mypyc(), "--config-file", "mypy.ini", *files], cwd=root, capture_output=True,
+    done = subprocess.run([mypyc, "--config-file", "mypy.ini", *files], cwd=root, capture_output=True,
                           text=True, timeout=900)
     if done.returncode != 0:
         raise BenchError(f"mypyc failed:\n{(done.stdout + done.stderr)[-3000:]}")
