@@ -273,3 +273,25 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, source: str | None
         except (socket.timeout, ConnectionResetError):
             pass
     return b"".join(chunks)
+
+
+def received(sock: socket.socket, so_far: bytes, size: int = 65536) -> bytes:
+    """The next bytes from ``sock``: the socket's timeout bounds a stall, and a close fails at once (a loop of
+    empty reads would spin until pytest's timeout)."""
+    chunk = sock.recv(size)
+    assert chunk, f"the connection closed in the middle of an answer, after {so_far[:200]!r}"
+    return chunk
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One response with a Content-Length, read from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += received(sock, data)
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
+    length = int(lengths[0])
+    while len(body) < length:
+        body += received(sock, head + b"\r\n\r\n" + body)
+    return head + b"\r\n\r\n" + body

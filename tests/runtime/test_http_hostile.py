@@ -16,7 +16,7 @@ import time
 import pytest
 
 from helpers.faults import rss_kib
-from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.http import LOOPBACK, Stack, raw_request, read_answer
 from helpers.process import INLETS, ROOT, wait_port
 from inlets_py.runtime.cli.lifecycle import run_until_signalled
 from inlets_py.runtime.client.dialer import FatalClientError
@@ -76,20 +76,6 @@ def _deaf_upstream(stack: Stack) -> int:
 
 def seen(app) -> list[str]:
     return [r["target"] for r in app.stats.requests]
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    """One response with a Content-Length, read from a kept-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-    assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
-    length = int(lengths[0])
-    while len(body) < length:
-        body += sock.recv(65536)
-    return head + b"\r\n\r\n" + body
 
 
 def wait_until(predicate, timeout: float = 5) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.http import LOOPBACK, Stack, raw_request, read_answer
 
 
 async def _cut_after_a_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -118,14 +118,8 @@ def test_an_http_1_0_user_asking_to_keep_alive_is_told_and_served_twice(env):
     with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
         for _ in range(2):
             sock.sendall(b"GET /k HTTP/1.0\r\nHost: echo.test\r\nConnection: keep-alive\r\n\r\n")
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += sock.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
+            head = read_answer(sock).partition(b"\r\n\r\n")[0]
             assert b"\r\nConnection: keep-alive" in head
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            while len(body) < length:
-                body += sock.recv(65536)
 
 
 @pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test", b"..", b"echo..test", b":80"])

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack
+from helpers.http import LOOPBACK, Stack, received
 from inlets_py.runtime.http.options import HttpOptions
 
 TIMEOUT = 0.5  # --upstream-timeout of the server under test
@@ -132,7 +132,7 @@ def test_a_websocket_user_who_takes_none_of_the_echoes_is_cut(env, caplog):
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         head = b""
         while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
+            head += received(sock, head, 1)
         assert head.startswith(b"HTTP/1.1 101 "), head
         sock.setblocking(False)
         sent, deadline = 0, time.monotonic() + 10

@@ -15,7 +15,7 @@ from http import HTTPStatus
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers.http import LOOPBACK, Stack, need, raw_request
+from helpers.http import LOOPBACK, Stack, need, raw_request, received
 from helpers.tunnel import echo_server, port_of, run, start_client, start_server, stop
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 
@@ -119,7 +119,7 @@ def test_status_codes_an_upstream_makes_up_do_not_each_become_a_label(tls, token
                 sock.sendall(b"GET /%d HTTP/1.1\r\nHost: m.test\r\n\r\n" % code)
                 answer = b""
                 while b"\r\n\r\n" not in answer:
-                    answer += sock.recv(65536)
+                    answer += received(sock, answer)
                 assert answer.startswith(b"HTTP/1.1 %d " % code), answer
         found = samples(scrape(server.control.addresses[0], tls, token)[1])
         codes = {dict(labels)["code"]: value for (name, labels), value in found.items()
