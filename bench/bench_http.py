@@ -173,14 +173,16 @@ def run_wrk(name: str, target: _paths.Path, args: argparse.Namespace, path: str,
             f"http://{LOOPBACK}:{target.sink_port}/{path}"]
     sides = (target.server_pids(), target.client_pids())
     before = [cpu_seconds(pids) for pids in sides]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 30).stdout
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + 30)
+    out = run.stdout
     spent = [cpu_seconds(pids) - start for pids, start in zip(sides, before)]
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
     requests = re.search(r"^\s+(\d+) requests in", out, re.M)
     if not (rps and p50 and p99 and requests):
-        raise BenchError(f"could not parse wrk output:\n{out}")
+        said = (out + run.stderr).strip() or "nothing"
+        raise BenchError(f"wrk exited with {run.returncode} and printed no figures; it said: {said}")
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     count = int(requests.group(1))
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         results[case][name] = measure(name, target, args, file, conns or args.connections)
                     except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
-                        results[case][name] = Result(name, error=str(exc))
+                        results[case][name] = Result(name, error=f"{exc}\n{target.logs()}".rstrip())
     print()
     print(machine_line())
     print(steal_line(mark))
