@@ -10,7 +10,7 @@ without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
 (private sshd, AES-GCM as in bench_tcp.py, see _paths.py), and through two plain Python
 relays in a row (``_relay.py``: what two Python processes spend with no TLS and no tunnel work, a
 reference for what a Python tunnel can reach here). Every path is up at once;
-each case runs on every path in turn. Missing packages are installed with apt-get when
+each case runs in rounds, every path once per round, each round starting with the next path. Missing packages are installed with apt-get when
 run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
 own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
 spent per request during the run: where the time goes, and which side to profile.
@@ -193,14 +193,39 @@ def run_wrk(name: str, target: _paths.Path, args: argparse.Namespace, path: str,
                   errors + (int(non2xx.group(1)) if non2xx else 0), server_us=server_us, client_us=client_us)
 
 
-def measure(name: str, target: _paths.Path, args: argparse.Namespace, path: str, conns: int) -> Result:
-    print(f"  {name}: warm-up then {args.repeat} x {args.seconds}s wrk -c{conns} /{path} ...", file=sys.stderr)
-    subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
-                   capture_output=True, timeout=30)
-    runs = sorted((run_wrk(name, target, args, path, conns) for _ in range(args.repeat)), key=lambda r: r.rps)
-    median = runs[len(runs) // 2]  # the median run by req/s
-    median.errors = sum(r.errors for r in runs)
-    return median
+def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path: str, conns: int) -> dict[str, Result]:
+    """Every path's runs of one case, in rounds: each round runs every path once, starting with the next one
+    (as bench_tcp does), so a burst of other load on this shared machine (the hypervisor's steal) spreads
+    over every column instead of halving whichever path ran during it. Each path's median run by req/s,
+    with the errors of all its runs; a path whose run fails is left out of the later rounds."""
+    names = list(targets)
+    print(f"  warm-up, then {args.repeat} round(s) of {args.seconds}s wrk -c{conns} /{path} on "
+          f"{', '.join(names)}, each round starting with the next", file=sys.stderr)
+    for target in targets.values():
+        subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
+                       capture_output=True, timeout=30)
+    runs: dict[str, list[Result]] = {name: [] for name in names}
+    failed: dict[str, Result] = {}
+    for round_no in range(args.repeat):
+        shift = round_no % len(names) if names else 0
+        for name in names[shift:] + names[:shift]:
+            if name in failed:
+                continue
+            target = targets[name]
+            try:
+                runs[name].append(run_wrk(name, target, args, path, conns))
+            except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+                failed[name] = Result(name, error=f"{exc}\n{target.logs()}".rstrip())
+    results: dict[str, Result] = {}
+    for name in names:
+        if name in failed:
+            results[name] = failed[name]
+            continue
+        ordered = sorted(runs[name], key=lambda r: r.rps)
+        median = ordered[len(ordered) // 2]
+        median.errors = sum(r.errors for r in ordered)
+        results[name] = median
+    return results
 
 
 def _x(a: Result | None, b: Result | None, attr: str) -> str:
@@ -213,7 +238,7 @@ def table(case: str, conns: int, results: dict[str, Result], args: argparse.Name
     """One case: every path's figures, and each path's ratios against ssh -L, the TCP tunnel, ssh -R and,
     for CPU per request, the plain Python relays."""
     ssh_r, ssh_l, tcp, relay = (results.get(name) for name in ("ssh-R", "ssh-L", "tcp-tunnel", "py-relay"))
-    lines = [f"{case}: wrk -t{args.threads} -c{conns} -d{args.seconds}s, median of {args.repeat}; "
+    lines = [f"{case}: wrk -t{args.threads} -c{conns} -d{args.seconds}s, median of {args.repeat} interleaved; "
              f"ssh cipher {SSH_CIPHER}",
              f"{'path':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'req/s/ssh-L':>11} "
              f"{'req/s/tcp':>9} {'p99/ssh-L':>9} {'req/s/ssh-R':>11} {'CPU us/req srv+cli':>18} {'CPU/ssh-L':>9} "
@@ -261,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases and (unknown_cases := set(args.cases) - {c[0] for c in CASES}):
         ap.error(f"unknown case(s): {', '.join(sorted(unknown_cases))}")
     args.repeat = args.repeat or (1 if args.quick else 3)
+    for flag, value in (("--seconds", args.seconds), ("--repeat", args.repeat), ("--threads", args.threads),
+                        ("--connections", args.connections)):
+        if value < 1:
+            ap.error(f"{flag} must be at least 1 (got {value})")
     paths = [p for p in args.paths.split(",") if p]
     if unknown := set(paths) - set(PATHS):
         ap.error(f"unknown path(s): {', '.join(sorted(unknown))}")
@@ -293,11 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         results[case][name] = Result(name, error=str(exc))
             for case, file, conns in cases:
                 print(f"{case}:", file=sys.stderr)
-                for name, target in targets.items():
-                    try:
-                        results[case][name] = measure(name, target, args, file, conns or args.connections)
-                    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
-                        results[case][name] = Result(name, error=f"{exc}\n{target.logs()}".rstrip())
+                results[case].update(measure_case(targets, args, file, conns or args.connections))
     print()
     print(machine_line())
     print(steal_line(mark))
