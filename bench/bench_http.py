@@ -9,9 +9,9 @@ requests/s and p50/p99 latency with keep-alive connections in three cases (1 KiB
 without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
 (private sshd, AES-GCM as in bench_tcp.py, see _paths.py), and through two plain Python
 relays in a row (``_relay.py``: what two Python processes spend with no TLS and no tunnel work, a
-reference for what a Python tunnel can reach here). Every path is up at once;
-each case runs in rounds, every path once per round, each round starting with the next path. Missing packages are installed with apt-get when
-run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
+reference for what a Python tunnel can reach here). Every path is up at once; each case runs in
+rounds, every path once per round, each round starting with the next path. Missing packages are
+installed with apt-get when run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
 own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
 spent per request during the run: where the time goes, and which side to profile.
 
@@ -193,7 +193,8 @@ def run_wrk(name: str, target: _paths.Path, args: argparse.Namespace, path: str,
                   errors + (int(non2xx.group(1)) if non2xx else 0), server_us=server_us, client_us=client_us)
 
 
-def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path: str, conns: int) -> dict[str, Result]:
+def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path: str,
+                 conns: int) -> dict[str, Result]:
     """Every path's runs of one case, in rounds: each round runs every path once, starting with the next one
     (as bench_tcp does), so a burst of other load on this shared machine (the hypervisor's steal) spreads
     over every column instead of halving whichever path ran during it. Each path's median run by req/s,
@@ -201,11 +202,14 @@ def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path
     names = list(targets)
     print(f"  warm-up, then {args.repeat} round(s) of {args.seconds}s wrk -c{conns} /{path} on "
           f"{', '.join(names)}, each round starting with the next", file=sys.stderr)
-    for target in targets.values():
-        subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
-                       capture_output=True, timeout=30)
     runs: dict[str, list[Result]] = {name: [] for name in names}
     failed: dict[str, Result] = {}
+    for name, target in targets.items():
+        try:
+            subprocess.run(["wrk", "-t1", "-c4", "-d1s", f"http://{LOOPBACK}:{target.sink_port}/{path}"],
+                           capture_output=True, timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            failed[name] = Result(name, error=f"warm-up: {exc}\n{target.logs()}".rstrip())
     for round_no in range(args.repeat):
         shift = round_no % len(names) if names else 0
         for name in names[shift:] + names[:shift]:
