@@ -13,8 +13,9 @@ on this machine, so that the decision rests on figures.
 
 wrk (-t2 -c64) against nginx's 1 KiB and 64 KiB files, as bench_http's cases, through the HTTP
 tunnel and the TCP tunnel, each interpreted and compiled (PYTHONPATH puts the compiled copy first).
-All four are up at once; each round runs every one in turn, the order turning each round, and the
-table has the medians: requests per second, p99, and the CPU each side spent per request.
+All four are up at once; each case runs in bench_http's rounds (every path once a round, the order
+turning each round), and the table has each path's median run: requests per second, p99, and the CPU
+each side spent per request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,7 @@ from types import SimpleNamespace
 import _paths
 from _report import StealMark, machine_line, steal_line
 from _util import BenchError, raise_nofile
-from bench_http import Result, ensure_packages, nginx, run_wrk, tunnel
+from bench_http import Result, ensure_packages, measure_case, nginx, tunnel
 
 ROOT = FsPath(__file__).resolve().parent.parent
 #: What each request and tunnel message runs through, less what mypyc cannot compile as it stands. An
@@ -99,20 +99,10 @@ def python_path(entry: FsPath | None):
             os.environ["PYTHONPATH"] = before
 
 
-def median_of(runs: list[Result]) -> Result:
-    """The median of each figure over the rounds (errors summed)."""
-    def med(attr: str) -> float | None:
-        values = [getattr(r, attr) for r in runs if getattr(r, attr) is not None]
-        return statistics.median(values) if values else None
-    out = Result(runs[0].path, med("rps") or 0.0, med("p50_ms") or 0.0, med("p99_ms") or 0.0,
-                 sum(r.errors for r in runs))
-    out.server_us, out.client_us = med("server_us"), med("client_us")
-    return out
-
-
 def table(case: str, results: dict[str, Result]) -> str:
     rows = [("req/s", "rps", "{:,.0f}"), ("p99, ms", "p99_ms", "{:.2f}"),
-            ("server CPU per request, us", "server_us", "{:.1f}"), ("client CPU per request, us", "client_us", "{:.1f}")]
+            ("server CPU per request, us", "server_us", "{:.1f}"),
+            ("client CPU per request, us", "client_us", "{:.1f}")]
     lines = [f"{case}, 64 connections  {'interpreted':>12} {'compiled':>10} {'compiled/interp.':>17}"]
     for kind in ("http", "tcp"):
         plain, compiled = results[f"{kind} interpreted"], results[f"{kind} compiled"]
@@ -132,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 60:
         ap.error("--rounds is 1 to 50, --seconds 1 to 60")
-    args.threads = 2
+    args.threads, args.repeat = 2, args.rounds
     raise_nofile()
     ensure_packages("wrk", "nginx", "curl")
     started = time.monotonic()
     mark = StealMark()
-    runs: dict[str, dict[str, list[Result]]] = {case: {name: [] for name in PATHS} for case, _ in CASES}
+    results: dict[str, dict[str, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-compiled-") as tmpdir:
         tmp = FsPath(tmpdir)
         compiled = build(tmp)
@@ -153,26 +143,25 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
                         targets[name] = stack.enter_context(_paths.tunnel(nginx_only, home))  # type: ignore[arg-type]
-            for round_ in range(args.rounds):
-                print(f"round {round_ + 1} of {args.rounds}", file=sys.stderr)
-                for case, file in CASES:
-                    order = PATHS[round_ % len(PATHS):] + PATHS[:round_ % len(PATHS)]
-                    for name in order:
-                        result = run_wrk(name, targets[name], args, file, 64)
-                        if not result.rps:
-                            raise BenchError(f"{name}: no request was answered\n{targets[name].logs()}")
-                        runs[case][name].append(result)
+            for case, file in CASES:  # bench_http's rounds: every path once a round, the order turning
+                print(f"{case}:", file=sys.stderr)
+                results[case] = measure_case(targets, args, file, 64)
+                for name, result in results[case].items():
+                    if result.error:
+                        raise BenchError(f"{name}: {result.error}")
+                    if not result.rps:
+                        raise BenchError(f"{name}: no request was answered\n{targets[name].logs()}")
     print()
     print(machine_line())
     print(steal_line(mark))
-    print(f"compiled with {subprocess.run([find_mypyc(), '--version'], capture_output=True, text=True).stdout.strip()}; "
-          f"{args.rounds} rounds of wrk -t2 -c64 -d{args.seconds}s, medians")
+    version = subprocess.run([find_mypyc(), "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"compiled with {version}; "
+          f"{args.rounds} rounds of wrk -t2 -c64 -d{args.seconds}s, each path's median run")
     errors = 0
     for case, _ in CASES:
-        results = {name: median_of(runs[case][name]) for name in PATHS}
-        errors += sum(r.errors for r in results.values())
+        errors += sum(r.errors for r in results[case].values())
         print()
-        print(table(case, results))
+        print(table(case, results[case]))
     print(f"\n({time.monotonic() - started:.0f} s)")
     if errors:
         print(f"\n{errors} failed or non-2xx requests: the figures above are not comparable", file=sys.stderr)
