@@ -50,6 +50,8 @@ def parse_local_forward(text: str) -> LocalForward:
 
 
 class _LocalConnection(TcpBridge):
+    accepted = True  # from ``listen``: TCP_NOTSENT_LOWAT came with the socket
+
     def __init__(self, forward: LocalForward, session: Callable[[], Session | None]) -> None:
         super().__init__()
         self.forward = forward

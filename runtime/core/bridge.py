@@ -10,7 +10,8 @@ per connection, no copies beyond the socket's own. Backpressure:
   stalls its own stream and nothing else, and what it holds is what the stream's credit
   allows (the multiplexer's budget counts it). The kernel itself keeps at most
   ``NOTSENT_LOWAT`` bytes not yet sent: without it, a reader that never reads leaves
-  megabytes per socket in the kernel's send buffer.
+  megabytes per socket in the kernel's send buffer. Accepted sockets inherit it from
+  their listener (``listen.listen`` sets it there once); dialled ones are tuned here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; 
 
 
 def tune_socket(sock: socket.socket | None) -> None:
-    """TCP_NOTSENT_LOWAT on every tunnelled socket.
+    """TCP_NOTSENT_LOWAT on every tunnelled socket: on a listener, for every socket it accepts (Linux copies it
+    to them, as tests/runtime/test_socket_options.py checks), and on each dialled one.
 
     TCP_NODELAY (Nagle costs tens of ms at p99) is already set by the event loop on every TCP
     transport, asyncio's and uvloop's alike (tests/runtime/test_socket_options.py checks both):
@@ -49,6 +51,10 @@ def tune_socket(sock: socket.socket | None) -> None:
 
 
 class TcpBridge(asyncio.Protocol):
+    #: True where the socket comes from a ``listen.listen`` listener, which set TCP_NOTSENT_LOWAT for all it
+    #: accepts: tuning each one again cost a socket object and a system call per connection.
+    accepted = False
+
     def __init__(self, channel: Channel | None = None) -> None:
         self.channel = channel
         self.transport: asyncio.Transport | None = None
@@ -73,7 +79,8 @@ class TcpBridge(asyncio.Protocol):
         if self._done:  # the stream was reset while the socket was connecting
             self.abort()
             return
-        tune_socket(transport.get_extra_info("socket"))
+        if not self.accepted:
+            tune_socket(transport.get_extra_info("socket"))
         # paused while anything waits: credit for what the kernel took
         transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         early, self._early = self._early, []

@@ -20,6 +20,7 @@ import socket
 import ssl
 from typing import Callable, Iterable
 
+from .bridge import tune_socket
 from .logs import logfmt
 
 log = logging.getLogger("inlets.listen")
@@ -91,9 +92,12 @@ class _Drain:
 
 async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int, *,
                  ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None) -> asyncio.Server:
-    """``loop.create_server`` with ``LISTEN_BACKLOG``, whose every accept also takes the rest of the queue."""
+    """``loop.create_server`` with ``LISTEN_BACKLOG``, whose every accept also takes the rest of the queue, and
+    whose sockets are all accepted with TCP_NOTSENT_LOWAT (``bridge.tune_socket``)."""
     drain = _Drain(protocol_factory, ssl_context, ssl_handshake_timeout)
     kwargs = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": ssl_handshake_timeout}
     server = await asyncio.get_running_loop().create_server(drain, host, port, backlog=LISTEN_BACKLOG, **kwargs)
+    for sock in server.sockets:
+        tune_socket(sock)  # every socket it accepts inherits TCP_NOTSENT_LOWAT: none is tuned one by one
     drain.listen_on(server.sockets)
     return server

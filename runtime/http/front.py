@@ -22,7 +22,6 @@ from typing import Protocol
 from . import exchange as http_exchange
 from ..core.session import Session
 from ..server.registry import Registry
-from ..core.bridge import tune_socket
 from ..core.hosts import sockname_authority
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
@@ -83,9 +82,7 @@ class FrontConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        tune_socket(sock)
+        self.transport = transport  # type: ignore[assignment]  # TCP_NOTSENT_LOWAT came from the listener (``listen``)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         self.reader.default_authority = sockname_authority(transport.get_extra_info("sockname"))

@@ -32,6 +32,8 @@ log = logging.getLogger("inlets.tcp")
 class DataPlaneConnection(TcpBridge):
     """A user's connection to a data port: tunnelled to the next client serving it."""
 
+    accepted = True  # from ``listen``: TCP_NOTSENT_LOWAT came with the socket
+
     def __init__(self, server: TcpTunnelServer, service: str, counters: PortCounters) -> None:
         super().__init__()
         self.server = server

@@ -1,4 +1,5 @@
-"""Every tunnelled TCP socket: TCP_NODELAY (set by the event loop itself) and TCP_NOTSENT_LOWAT (bridge.tune_socket).
+"""Every tunnelled TCP socket: TCP_NODELAY (set by the event loop itself) and TCP_NOTSENT_LOWAT (bridge.tune_socket,
+on each dialled socket and once on each listener, whose accepted sockets inherit it).
 
 ``tune_socket`` relies on asyncio and uvloop setting TCP_NODELAY on every TCP transport they
 make, accepted or dialled, plain or TLS: this checks that on both loops, on real sockets.
@@ -15,6 +16,7 @@ import pytest
 
 from helpers.tunnel import make_tls
 from inlets_py.runtime.core.bridge import _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT, tune_socket
+from inlets_py.runtime.core.listen import listen
 from inlets_py.runtime.core.tls import client_context, server_context
 
 
@@ -63,3 +65,43 @@ def test_accepted_and_dialled_sockets_have_nodelay_and_notsent_lowat(loop_name: 
     else:
         seen = asyncio.run(_both_ends(tls))
     assert seen == [(1, NOTSENT_LOWAT), (1, NOTSENT_LOWAT)]
+
+
+class Reader(asyncio.Protocol):
+    """Reads both options back and tunes nothing: what ``listen`` gives every connection it accepts."""
+
+    def __init__(self, seen: list[tuple[int, int]]) -> None:
+        self.seen = seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        self.seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                          sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)))
+
+
+async def _accepted_through_listen(connections: int) -> list[tuple[int, int]]:
+    seen: list[tuple[int, int]] = []
+    server = await listen(lambda: Reader(seen), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # several at once, so that some come through the listener's drain (``listen._Drain``), not the loop's accept
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    for _ in range(200):
+        if len(seen) == connections:
+            break
+        await asyncio.sleep(0.01)
+    for sock in socks:
+        sock.close()
+    server.close()
+    await server.wait_closed()
+    return seen
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_sockets_accepted_through_listen_inherit_notsent_lowat_from_the_listener(loop_name: str) -> None:
+    """The data ports, the HTTP front and --local ports tune their listener once, not each connection."""
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        seen = uvloop.run(_accepted_through_listen(8))
+    else:
+        seen = asyncio.run(_accepted_through_listen(8))
+    assert seen == [(1, NOTSENT_LOWAT)] * 8
