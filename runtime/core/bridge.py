@@ -10,7 +10,7 @@ per connection, no copies beyond the socket's own. Backpressure:
   stalls its own stream and nothing else, and what it holds is what the stream's credit
   allows (the multiplexer's budget counts it). The kernel itself keeps at most
   ``NOTSENT_LOWAT`` bytes not yet sent: without it, a reader that never reads leaves
-  megabytes per socket in the kernel's send buffer. Accepted sockets inherit it from
+  megabytes per socket in the kernel's send buffer. On Linux accepted sockets inherit it from
   their listener (``listen.listen`` sets it there once); dialled ones are tuned here.
 """
 
@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 import struct
+import sys
 
 from .logs import logfmt
 from .mux import ResetCode
@@ -32,11 +33,14 @@ log = logging.getLogger("inlets.bridge")
 _LINGER_RESET = struct.pack("ii", 1, 0)
 NOTSENT_LOWAT = 128 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's value; Python 3.11 lacks the name
+#: Linux copies TCP_NOTSENT_LOWAT from a listener to each socket it accepts (tests/runtime/test_socket_options.py
+#: checks it); elsewhere (a client's --local ports on macOS, say) every accepted socket is tuned as a dialled one is.
+LISTENER_TUNES_ACCEPTED = sys.platform.startswith("linux")
 
 
 def tune_socket(sock: socket.socket | None) -> None:
-    """TCP_NOTSENT_LOWAT on every tunnelled socket: on a listener, for every socket it accepts (Linux copies it
-    to them, as tests/runtime/test_socket_options.py checks), and on each dialled one.
+    """TCP_NOTSENT_LOWAT on every tunnelled socket: on a listener, for every socket it accepts (where
+    ``LISTENER_TUNES_ACCEPTED``), and on each dialled one.
 
     TCP_NODELAY (Nagle costs tens of ms at p99) is already set by the event loop on every TCP
     transport, asyncio's and uvloop's alike (tests/runtime/test_socket_options.py checks both):
@@ -52,7 +56,7 @@ def tune_socket(sock: socket.socket | None) -> None:
 
 class TcpBridge(asyncio.Protocol):
     #: True where the socket comes from a ``listen.listen`` listener, which set TCP_NOTSENT_LOWAT for all it
-    #: accepts: tuning each one again cost a socket object and a system call per connection.
+    #: accepts (on Linux): tuning each one again cost a socket object and a system call per connection.
     accepted = False
 
     def __init__(self, channel: Channel | None = None) -> None:
@@ -79,7 +83,7 @@ class TcpBridge(asyncio.Protocol):
         if self._done:  # the stream was reset while the socket was connecting
             self.abort()
             return
-        if not self.accepted:
+        if not (self.accepted and LISTENER_TUNES_ACCEPTED):
             tune_socket(transport.get_extra_info("socket"))
         # paused while anything waits: credit for what the kernel took
         transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]

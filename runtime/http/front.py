@@ -20,6 +20,7 @@ import logging
 from typing import Protocol
 
 from . import exchange as http_exchange
+from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
 from ..server.registry import Registry
 from ..core.hosts import sockname_authority
@@ -82,7 +83,9 @@ class FrontConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # TCP_NOTSENT_LOWAT came from the listener (``listen``)
+        self.transport = transport  # type: ignore[assignment]
+        if not LISTENER_TUNES_ACCEPTED:  # else TCP_NOTSENT_LOWAT came from the listener (``listen``)
+            tune_socket(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b"unknown"
         self.reader.default_authority = sockname_authority(transport.get_extra_info("sockname"))
