@@ -44,6 +44,10 @@ PATHS = {"direct": "direct", "tunnel": "tunnel", "py-relay": "py relay", "ssh-R"
 #: processes spend carrying the same bytes before any tunnel work.
 DEFAULT_PATHS = "direct,tunnel,py-relay,ssh-R,ssh-L,ssh-R2"
 DIRECTIONS = ("down", "up")
+#: Untimed sequential connections before each timed round of them, bounded by count and time (ssh -R's cost
+#: ~44 ms each): an idle second left the next ~400 connections 20-50% slower (measured on ssh -L and the tunnel).
+WARM_CONNECTIONS = 500
+WARM_SECONDS = 0.5
 #: down: the generator writes into the server's public port and the tunnel server sends it to the
 #: client (server->client websocket frames, unmasked); up: the target's source writes, the tunnel
 #: client sends it to the server (client->server frames, masked per RFC 6455).
@@ -90,12 +94,16 @@ class Bench:
         self.results[label].error = msg
 
     def each(self, fn: Callable[[str, _paths.Path, Result], None]) -> None:
-        """``fn`` on every path, each call starting with the next path: no path always runs right
-        after the same one (bench_ha measured that position alone costing up to 25% per GiB)."""
+        """``fn`` on every path, each call starting with the next path, and every other call in reverse
+        order: no path always runs first, nor always right after the same one (bench_ha measured that
+        position alone costing up to 25% per GiB; turning alone kept each path's predecessor)."""
         paths = list(self.paths.items())
         turn = self._turn % len(paths) if paths else 0
+        order = paths[turn:] + paths[:turn]
+        if self._turn % 2:
+            order.reverse()
         self._turn += 1
-        for label, path in paths[turn:] + paths[:turn]:
+        for label, path in order:
             try:
                 fn(label, path, self.results[label])
             except Exception as exc:  # noqa: BLE001
@@ -182,6 +190,10 @@ class Bench:
         per_round = [self.cfg.conns // rounds + (i < self.cfg.conns % rounds) for i in range(rounds)]
         for n in per_round:
             def one(label: str, path: _paths.Path, r: Result, n: int = n) -> None:
+                # untimed first: after an idle stretch (ssh -R's rounds wait on Nagle) the machine's next few
+                # hundred connections ran 20-50% slower, whichever path they took (measured), so without it a
+                # path that follows one was charged for it
+                _load.short_connections(path.echo_port, WARM_CONNECTIONS, max_seconds=WARM_SECONDS)
                 sc = _load.short_connections(path.echo_port, n, max_seconds=max(60.0, n * 0.2))
                 if sc.failures:
                     raise BenchError(f"{sc.failures} of {n} short connections failed; first: {sc.first_error}")
