@@ -14,8 +14,8 @@ on this machine, so that the decision rests on figures.
 wrk (-t2 -c64) against nginx's 1 KiB and 64 KiB files, as bench_http's cases, through the HTTP
 tunnel and the TCP tunnel, each interpreted and compiled (PYTHONPATH puts the compiled copy first).
 All four are up at once; each case runs in bench_http's rounds (every path once a round, the order
-turning each round), and the table has each path's median run: requests per second, p99, and the CPU
-each side spent per request.
+turning each round and every other round reversed), and the table has each path's median run:
+requests per second, p99, and the CPU each side spent per request.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
                         targets[name] = stack.enter_context(_paths.tunnel(nginx_only, home))  # type: ignore[arg-type]
-            for case, file in CASES:  # bench_http's rounds: every path once a round, the order turning
+            for case, file in CASES:  # bench_http's rounds: every path once a round, in _util.round_order
                 print(f"{case}:", file=sys.stderr)
                 results[case] = measure_case(targets, args, file, 64)
                 for name, result in results[case].items():

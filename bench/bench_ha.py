@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median, port_accepts, spawn, wait_until  # noqa: E402
+from _util import (MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median, port_accepts,  # noqa: E402
+                   round_order, spawn, wait_until)
 
 ADDRS = ("127.0.0.2", "127.0.0.3")
 FRONT = "127.0.0.4"
@@ -83,8 +84,8 @@ def cpu_per_gib(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, f
     """(case, client CPU seconds per GiB, Gbit/s) for one server, two via one, two split.
 
     All three cases are set up at once and their runs interleaved (round 1 of each, then
-    round 2...), each round starting with the next case, so a burst of other load spreads
-    over every case, and no case always runs second (measured: the case right after
+    round 2...), in ``round_order``, so a burst of other load spreads over every case, and no
+    case always runs second (measured: the case right after
     another paid up to 25% more CPU per GiB, whichever it was)."""
     cases = (("one server", [0], ADDRS[:1]), ("two servers, traffic via one", [0, 1], ADDRS[:1]),
              ("two servers, traffic split", [0, 1], ADDRS))
@@ -100,8 +101,8 @@ def cpu_per_gib(args: argparse.Namespace, tmp: Path) -> list[tuple[str, float, f
                 for n in urls:
                     wait_until(lambda n=n: port_accepts(port, ADDRS[n]), 30, f"data port on {ADDRS[n]}", proc=client)
                 ready.append((case, hosts, port, descendants(client.popen.pid)))
-            for round_ in range(args.repeat):  # each round starts with another case: no case always follows the same one
-                for case, hosts, port, pids in ready[round_ % len(ready):] + ready[:round_ % len(ready)]:
+            for round_ in range(args.repeat):  # no case always runs first, nor always after the same one
+                for case, hosts, port, pids in round_order(ready, round_):
                     before = cpu_seconds(pids)
                     result = _load.throughput(port, args.streams, args.max_bytes, args.seconds, hosts=hosts)
                     runs[case].append(((cpu_seconds(pids) - before) / (result.bytes / (1024 * MIB)), result.gbits))

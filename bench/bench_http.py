@@ -10,7 +10,8 @@ without HTTP, for reference) and through OpenSSH ``ssh -R`` and ``ssh -L``
 (private sshd, AES-GCM as in bench_tcp.py, see _paths.py), and through two plain Python
 relays in a row (``_relay.py``: what two Python processes spend with no TLS and no tunnel work, a
 reference for what a Python tunnel can reach here). Every path is up at once; each case runs in
-rounds, every path once per round, each round starting with the next path. Missing packages are
+rounds, every path once per round, each round starting with the next path and every other one in
+reverse. Missing packages are
 installed with apt-get when run as root. Every wrk run is bounded by ``--seconds``. Besides wrk's figures, each path's
 own processes (the tunnel's server and client, or sshd and ssh) are read for the CPU they
 spent per request during the run: where the time goes, and which side to profile.
@@ -41,7 +42,7 @@ from types import SimpleNamespace
 import _paths  # noqa: E402
 from _report import SSH_CIPHER, StealMark, machine_line, steal_line  # noqa: E402
 from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, descendants, free_port, port_accepts,  # noqa: E402
-                   raise_nofile, spawn, wait_until, which)
+                   raise_nofile, round_order, spawn, wait_until, which)
 
 PATHS = ("direct", "tunnel", "tcp-tunnel", "py-relay", "ssh-R", "ssh-L")
 #: tcp-tunnel: the same wrk load through ``inlets tcp`` (no HTTP parsing): the runtime core's ceiling,
@@ -195,13 +196,13 @@ def run_wrk(name: str, target: _paths.Path, args: argparse.Namespace, path: str,
 
 def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path: str,
                  conns: int) -> dict[str, Result]:
-    """Every path's runs of one case, in rounds: each round runs every path once, starting with the next one
-    (as bench_tcp does), so a burst of other load on this shared machine (the hypervisor's steal) spreads
+    """Every path's runs of one case, in rounds: each round runs every path once, in ``round_order`` (as
+    bench_tcp does), so a burst of other load on this shared machine (the hypervisor's steal) spreads
     over every column instead of halving whichever path ran during it. Each path's median run by req/s,
     with the errors of all its runs; a path whose run fails is left out of the later rounds."""
     names = list(targets)
     print(f"  warm-up, then {args.repeat} round(s) of {args.seconds}s wrk -c{conns} /{path} on "
-          f"{', '.join(names)}, each round starting with the next", file=sys.stderr)
+          f"{', '.join(names)}, each round starting with the next, every other one reversed", file=sys.stderr)
     runs: dict[str, list[Result]] = {name: [] for name in names}
     failed: dict[str, Result] = {}
     for name, target in targets.items():
@@ -211,8 +212,7 @@ def measure_case(targets: dict[str, _paths.Path], args: argparse.Namespace, path
         except subprocess.TimeoutExpired as exc:
             failed[name] = Result(name, error=f"warm-up: {exc}\n{target.logs()}".rstrip())
     for round_no in range(args.repeat):
-        shift = round_no % len(names) if names else 0
-        for name in names[shift:] + names[:shift]:
+        for name in round_order(names, round_no):
             if name in failed:
                 continue
             target = targets[name]

@@ -35,7 +35,7 @@ import _paths  # noqa: E402
 from _report import Config, Result, StealMark, environment, table, targets  # noqa: E402
 from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
 from _util import (MIB, BenchError, cpu_seconds, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
-                   median, percentile, raise_nofile, rss_mib)
+                   median, percentile, raise_nofile, round_order, rss_mib)
 
 PATHS = {"direct": "direct", "tunnel": "tunnel", "py-relay": "py relay", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
          "ssh-R2": "ssh -R alt", "ssh-L2": "ssh -L alt"}
@@ -94,14 +94,8 @@ class Bench:
         self.results[label].error = msg
 
     def each(self, fn: Callable[[str, _paths.Path, Result], None]) -> None:
-        """``fn`` on every path, each call starting with the next path, and every other call in reverse
-        order: no path always runs first, nor always right after the same one (bench_ha measured that
-        position alone costing up to 25% per GiB; turning alone kept each path's predecessor)."""
-        paths = list(self.paths.items())
-        turn = self._turn % len(paths) if paths else 0
-        order = paths[turn:] + paths[:turn]
-        if self._turn % 2:
-            order.reverse()
+        """``fn`` on every path, in ``round_order``: no path always runs first, nor always right after the same one."""
+        order = round_order(list(self.paths.items()), self._turn)
         self._turn += 1
         for label, path in order:
             try:
