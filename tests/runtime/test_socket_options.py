@@ -15,22 +15,30 @@ from pathlib import Path
 import pytest
 
 from helpers.tunnel import make_tls
-from inlets_py.runtime.core.bridge import _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT, tune_socket
+from inlets_py.runtime.core import bridge
+from inlets_py.runtime.core.bridge import _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT, TcpBridge, tune_socket
 from inlets_py.runtime.core.listen import listen
 from inlets_py.runtime.core.tls import client_context, server_context
 
 
-class Probe(asyncio.Protocol):
-    """Tunes its socket as ``TcpBridge`` does, then reads back both options."""
+def options(transport: asyncio.BaseTransport) -> tuple[int, int]:
+    sock = transport.get_extra_info("socket")
+    return (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+            sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT))
 
-    def __init__(self, seen: list[tuple[int, int]]) -> None:
+
+class Probe(asyncio.Protocol):
+    """Tunes its socket as ``TcpBridge`` does (unless ``tune`` is off: what ``listen`` accepts is already
+    tuned), then reads back both options."""
+
+    def __init__(self, seen: list[tuple[int, int]], tune: bool = True) -> None:
         self.seen = seen
+        self.tune = tune
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        tune_socket(sock)
-        self.seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
-                          sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)))
+        if self.tune:
+            tune_socket(transport.get_extra_info("socket"))
+        self.seen.append(options(transport))
 
 
 async def _both_ends(tls: tuple[ssl.SSLContext, ssl.SSLContext] | None) -> list[tuple[int, int]]:
@@ -67,21 +75,9 @@ def test_accepted_and_dialled_sockets_have_nodelay_and_notsent_lowat(loop_name: 
     assert seen == [(1, NOTSENT_LOWAT), (1, NOTSENT_LOWAT)]
 
 
-class Reader(asyncio.Protocol):
-    """Reads both options back and tunes nothing: what ``listen`` gives every connection it accepts."""
-
-    def __init__(self, seen: list[tuple[int, int]]) -> None:
-        self.seen = seen
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        self.seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
-                          sock.getsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT)))
-
-
-async def _accepted_through_listen(connections: int) -> list[tuple[int, int]]:
+async def _accepted(connections: int, make_server) -> list[tuple[int, int]]:
     seen: list[tuple[int, int]] = []
-    server = await listen(lambda: Reader(seen), "127.0.0.1", 0)
+    server = await make_server(seen)
     port = server.sockets[0].getsockname()[1]
     # several at once, so that some come through the listener's drain (``listen._Drain``), not the loop's accept
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
@@ -101,7 +97,39 @@ def test_sockets_accepted_through_listen_inherit_notsent_lowat_from_the_listener
     """The data ports, the HTTP front and --local ports tune their listener once, not each connection."""
     if loop_name == "uvloop":
         uvloop = pytest.importorskip("uvloop")
-        seen = uvloop.run(_accepted_through_listen(8))
+        seen = uvloop.run(_accepted(8, _through_listen))
     else:
-        seen = asyncio.run(_accepted_through_listen(8))
+        seen = asyncio.run(_accepted(8, _through_listen))
     assert seen == [(1, NOTSENT_LOWAT)] * 8
+
+
+async def _through_listen(seen: list[tuple[int, int]]) -> asyncio.Server:
+    return await listen(lambda: Probe(seen, tune=False), "127.0.0.1", 0)
+
+
+class AcceptedBridge(TcpBridge):
+    """A bridge on an accepted socket, as the data ports' and --local ports' are, that reads its options back."""
+
+    accepted = True
+
+    def __init__(self, seen: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.seen.append(options(transport))
+
+
+@pytest.mark.parametrize("inherits", [True, False], ids=["linux", "elsewhere"])
+def test_an_accepted_bridge_tunes_its_own_socket_only_where_the_listener_cannot(
+        inherits: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off Linux (``LISTENER_TUNES_ACCEPTED`` false) the bridge sets the option itself; on Linux it leaves it to
+    ``listen``. Here the listener is asyncio's own, untuned, so only the bridge can have set it."""
+    monkeypatch.setattr(bridge, "LISTENER_TUNES_ACCEPTED", inherits)
+
+    async def plain_server(seen: list[tuple[int, int]]) -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(lambda: AcceptedBridge(seen), "127.0.0.1", 0)
+
+    seen = asyncio.run(_accepted(2, plain_server))
+    assert seen == [(1, 0 if inherits else NOTSENT_LOWAT)] * 2
