@@ -3,13 +3,14 @@
 
 Table 1, the client's CPU per GiB carried (down: server -> client -> sink), measured in the same
 run: connected to one server (the baseline), to two with all traffic through one of them, and to
-two with the traffic split across both. Issue 18's target: at most 1.1x the baseline.
+two with the traffic split across both, each round on fresh processes. Issue 18's target: at most
+1.1x the baseline.
 Table 2, a failover: HAProxy (TCP mode, health checks every 200 ms, PROXY protocol) in front of two
 servers, two clients each connected to both, short connections through the balancer; one server
 is killed with SIGKILL, then restarted. Requests, failures, the time until HAProxy marked it down,
 until it was back up, and until traffic reached it again.
 
-    .venv/bin/python bench/bench_ha.py            # full run (about a minute)
+    .venv/bin/python bench/bench_ha.py            # full run (about a minute and a half)
     .venv/bin/python bench/bench_ha.py --quick    # smoke run
 """
 
@@ -233,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mib", type=int, default=1024)
     parser.add_argument("--failover-requests", type=int, default=20000)
     args = parser.parse_args(argv)
+    for flag, value in (("--repeat", args.repeat), ("--streams", args.streams), ("--seconds", args.seconds),
+                        ("--max-mib", args.max_mib), ("--failover-requests", args.failover_requests)):
+        if value <= 0:
+            parser.error(f"{flag} must be above 0 (got {value:g})")
     if args.quick:
         args.repeat, args.seconds, args.max_mib = 1, 2.0, 128  # the failover takes its time whatever the count
     args.max_bytes = args.max_mib * MIB
