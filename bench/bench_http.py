@@ -68,7 +68,12 @@ def ensure_packages(*tools: str) -> None:
 
 @contextlib.contextmanager
 def nginx(tmp: FsPath):
-    """nginx, one worker, serving /1k.bin (1 KiB) and /64k.bin (64 KiB) on a free loopback port."""
+    """nginx, one worker, serving /1k.bin (1 KiB) and /64k.bin (64 KiB) on a free loopback port.
+
+    ``multi_accept on``: by default nginx's worker accepts one connection per wake-up, and wrk's 1,000
+    connections arriving at once gave every path that dials nginx per connection a tail of nginx's own
+    (wrk straight to nginx, 5 runs of 5 s: p99 8.6-951 ms, the longest request 0.24-1.6 s; with it,
+    8.1-11.0 ms and at most 16 ms; a larger listen backlog alone changed nothing)."""
     d = tmp / "nginx"
     (d / "www").mkdir(parents=True)
     (d / "www" / "1k.bin").write_bytes(os.urandom(1024))
@@ -82,7 +87,7 @@ worker_processes 1;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections 4096; multi_accept on; }}
 http {{
     access_log off;
     {temp}
