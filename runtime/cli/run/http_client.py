@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import gc
 from types import SimpleNamespace
 
 from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
 from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
+from ...core.heap import freeze_startup_objects
 from ...core.tls import TlsConfigError
 from ...http.options import HttpOptions, OptionError
 from ..client_config import check_servers, client_configs, tunnel_client
@@ -63,5 +63,5 @@ def run(flags: SimpleNamespace) -> None:
     )
     for config in configs:
         config.extra = options.to_extra()
-    gc.freeze()
+    freeze_startup_objects()
     run_client(tunnel_client(configs, upstreams.on_stream))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 from ... import __version__
 from ...core.allowlist import SourceAllowList
+from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
 from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
@@ -99,7 +99,7 @@ def run(flags: SimpleNamespace) -> None:
     data = f"{flags.data_addr or '*'}:{port}" + (f" and :{flags.https_port}" if https else "")
 
     def started() -> None:
-        gc.freeze()  # start-up objects leave the collector's view: full collections stop costing ms at p99
+        freeze_startup_objects()
         scheme = "wss" if config.ssl_context else "ws"
         log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
                  scheme, authority(flags.control_addr or "*", flags.control_port), authority(flags.data_addr or "*", port), __version__)
