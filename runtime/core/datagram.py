@@ -19,6 +19,7 @@ def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = Non
             os.write(fd, b"")  # a connected UDP socket sends a zero-length write as an empty datagram
         else:
             sock = socket.socket(fileno=fd)  # a socket object on the transport's descriptor, given back below
+            sock.setblocking(False)  # as the loop keeps it (PyPy's constructor makes it blocking)
             try:
                 sock.sendto(b"", address)
             finally:

@@ -59,8 +59,11 @@ class _Drain:
 
     def _take(self, family: int, fd: int) -> None:
         # A socket object over the listener's descriptor for the length of the call, then detached: the server
-        # owns the descriptor, and while it calls this factory the descriptor is open.
+        # owns the descriptor, and while it calls this factory the descriptor is open. Non-blocking, said again:
+        # PyPy's constructor makes the descriptor blocking, and the next accept then held the loop until a
+        # connection came (CPython's leaves it as the loop set it).
         listener = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+        listener.setblocking(False)
         try:
             for _ in range(ACCEPT_BATCH):
                 try:

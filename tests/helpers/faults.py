@@ -2,7 +2,8 @@
 
 An upstream thread serves each connection: it reads a one-line request
 ``SEND <bytes> <seed> [<reset after bytes>]\\n`` (or ``SINK\\n``), then streams or swallows; a tag byte first
-tells the test which upstream (so which client) the connection reached.
+tells the test which upstream (so which client) the connection reached. ``BlockingOnWrap`` stands in for
+another interpreter's socket class.
 """
 
 from __future__ import annotations
@@ -163,3 +164,12 @@ def rss_kib(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class BlockingOnWrap(socket.socket):
+    """A socket class as PyPy's: a socket object made over a descriptor makes that descriptor blocking."""
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
+        super().__init__(family, type, proto, fileno)
+        if fileno is not None:
+            os.set_blocking(fileno, True)

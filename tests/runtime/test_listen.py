@@ -8,12 +8,16 @@ blocked, as it does behind a busy turn; then the loop counts its turns until eve
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from helpers.faults import BlockingOnWrap
 from helpers.tunnel import make_tls
 from inlets_py.runtime.core.listen import listen
 from inlets_py.runtime.core.tls import client_context, server_context
@@ -106,3 +110,42 @@ def test_a_closed_listener_takes_no_more(loop_name: str) -> None:
         pytest.importorskip("uvloop").run(scenario())
     else:
         asyncio.run(scenario())
+
+
+def test_taking_the_queue_leaves_the_listener_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under PyPy (asyncio's loop: uvloop does not build there) the batch's accept after the last waiting
+    connection blocked the loop until someone connected: the HTTP server answered its first user, then
+    nobody. A stuck accept is released after 5 s here (the listener is shut down under it), so the test
+    fails instead of hanging."""
+    real_socket = socket.socket
+    monkeypatch.setattr(socket, "socket", BlockingOnWrap)
+
+    async def scenario() -> tuple[list[bytes], float, bool]:
+        loop = asyncio.get_running_loop()
+        server = await listen(lambda: Echo([], [0]), "127.0.0.1", 0)
+        listener = server.sockets[0]
+        port = listener.getsockname()[1]
+        release = threading.Timer(5, lambda: real_socket(fileno=os.dup(listener.fileno())).shutdown(socket.SHUT_RDWR))
+        release.start()
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]  # queued together
+        began = time.monotonic()
+
+        def talk() -> list[bytes]:
+            answers = []
+            for sock in socks:
+                sock.sendall(b"ping")
+                answers.append(sock.recv(4))
+                sock.close()
+            return answers
+
+        answers = await asyncio.wait_for(loop.run_in_executor(None, talk), 30)
+        took = time.monotonic() - began
+        release.cancel()
+        blocking = os.get_blocking(listener.fileno())
+        server.close()
+        return answers, took, blocking
+
+    answers, took, blocking = asyncio.run(scenario())
+    assert answers == [b"ping"] * 20
+    assert not blocking, "the listener's descriptor was left blocking"
+    assert took < 2, f"the 20 connections took {took:.1f}s: the loop sat in an accept"

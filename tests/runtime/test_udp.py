@@ -4,6 +4,7 @@ source with an idle timeout, and bursts that lose datagrams (as UDP may) but nev
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.faults import rss_kib
+from helpers.faults import BlockingOnWrap, rss_kib
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, control_url, free_port, run, udp_free_port, start_client, start_server, stop, until_connected
@@ -435,3 +436,30 @@ def test_an_ipv4_only_host_answers_from_the_address_written_to_too() -> None:
             endpoint.close()
 
     run(scenario())
+
+
+def test_an_empty_datagram_leaves_the_socket_non_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``send_empty`` borrows the transport's descriptor in a socket object; under PyPy that made it blocking."""
+    monkeypatch.setattr(socket, "socket", BlockingOnWrap)
+
+    async def scenario() -> tuple[bool, bytes]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class Peer(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, address) -> None:
+                if not got.done():
+                    got.set_result(data)
+
+        peer, _ = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+        sender, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        send_empty(sender, peer.get_extra_info("sockname"))
+        data = await asyncio.wait_for(got, 5)
+        blocking = os.get_blocking(sender.get_extra_info("socket").fileno())
+        peer.close()
+        sender.close()
+        return blocking, data
+
+    blocking, data = asyncio.run(scenario())
+    assert data == b""
+    assert not blocking, "the transport's descriptor was left blocking"
