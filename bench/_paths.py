@@ -78,7 +78,13 @@ def direct(t: Target) -> Iterator[Path]:
     yield Path("direct", t.sink_port, t.echo_port, t.source_port, note="client -> target on loopback")
 
 
+#: How tunnel processes are started, when not this venv's ``inlets`` (``bench_interpreter``: another Python).
+INLETS_COMMAND: list[str] | None = None
+
+
 def inlets_command() -> list[str]:
+    if INLETS_COMMAND is not None:
+        return list(INLETS_COMMAND)
     exe = FsPath(sys.executable).parent / "inlets"
     if exe.exists():
         return [str(exe)]
