@@ -30,10 +30,11 @@ import tempfile
 import time
 from pathlib import Path as FsPath
 from types import SimpleNamespace
+from typing import Callable
 
 import _paths
 from _report import StealMark, machine_line, steal_line
-from _util import BenchError, raise_nofile
+from _util import LOOPBACK, BenchError, raise_nofile
 from bench_http import Result, ensure_packages, measure_case, nginx, tunnel
 
 ROOT = FsPath(__file__).resolve().parent.parent
@@ -45,7 +46,6 @@ ROOT = FsPath(__file__).resolve().parent.parent
 MODULES = ("http/parser", "http/response_reader", "http/exchange", "http/front", "http/leg", "http/messages",
            "http/write", "core/mux", "core/muxqueue", "core/muxframe", "core/session", "core/wsframe")
 CASES = (("1 KiB", "1k.bin"), ("64 KiB", "64k.bin"))
-PATHS = ("http interpreted", "http compiled", "tcp interpreted", "tcp compiled")
 MYPY_CONFIG = """[mypy]
 namespace_packages = True
 explicit_package_bases = True
@@ -99,6 +99,63 @@ def python_path(entry: FsPath | None):
             os.environ["PYTHONPATH"] = before
 
 
+def tunnels(stack: contextlib.ExitStack, upstream: int, tmp: FsPath,
+            variants: dict[str, tuple[list[str] | None, FsPath | None]]) -> dict[str, _paths.Path]:
+    """An HTTP and a TCP tunnel to nginx per variant, named ``"http NAME"`` and ``"tcp NAME"``: each started
+    with its command (None: this venv's ``inlets``) and its PYTHONPATH entry first (None: as installed)."""
+    targets: dict[str, _paths.Path] = {}
+    for kind in ("http", "tcp"):
+        for name, (command, entry) in variants.items():
+            home = tmp / f"{kind}-{name}"
+            home.mkdir()
+            _paths.INLETS_COMMAND = command
+            try:
+                with python_path(entry):
+                    if kind == "http":
+                        targets[f"{kind} {name}"] = stack.enter_context(tunnel(upstream, home))
+                    else:
+                        nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
+                        targets[f"{kind} {name}"] = stack.enter_context(_paths.tunnel(nginx_only, home))  # type: ignore[arg-type]
+            finally:
+                _paths.INLETS_COMMAND = None
+    return targets
+
+
+def measure_cases(targets: dict[str, _paths.Path], args: argparse.Namespace, warmup: int = 0) -> dict[str, dict[str, Result]]:
+    """Each of ``CASES`` in bench_http's rounds (every path once a round, in ``_util.round_order``), after
+    ``warmup`` seconds of untimed load per path; a path that failed or answered nothing ends the run."""
+    results: dict[str, dict[str, Result]] = {}
+    for case, file in CASES:
+        print(f"{case}:" + (f" {warmup} s of untimed load on each path" if warmup else ""), file=sys.stderr)
+        for target in targets.values() if warmup else ():
+            subprocess.run(["wrk", "-t2", "-c64", f"-d{warmup}s", f"http://{LOOPBACK}:{target.sink_port}/{file}"],
+                           capture_output=True, timeout=warmup + 30)
+        results[case] = measure_case(targets, args, file, 64)
+        for name, result in results[case].items():
+            if result.error:
+                raise BenchError(f"{name}: {result.error}")
+            if not result.rps:
+                raise BenchError(f"{name}: no request was answered\n{targets[name].logs()}")
+    return results
+
+
+def print_tables(results: dict[str, dict[str, Result]], table_of: Callable[[str, dict[str, Result]], str]) -> int:
+    """Each case's table; the count of failed or non-2xx requests (any makes the figures incomparable)."""
+    errors = 0
+    for case, _ in CASES:
+        errors += sum(r.errors for r in results[case].values())
+        print()
+        print(table_of(case, results[case]))
+    return errors
+
+
+def finish(errors: int, started: float) -> int:
+    print(f"\n({time.monotonic() - started:.0f} s)")
+    if errors:
+        print(f"\n{errors} failed or non-2xx requests: the figures above are not comparable", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def table(case: str, results: dict[str, Result]) -> str:
     rows = [("req/s", "rps", "{:,.0f}"), ("p99, ms", "p99_ms", "{:.2f}"),
             ("server CPU per request, us", "server_us", "{:.1f}"),
@@ -127,45 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     ensure_packages("wrk", "nginx", "curl")
     started = time.monotonic()
     mark = StealMark()
-    results: dict[str, dict[str, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-compiled-") as tmpdir:
         tmp = FsPath(tmpdir)
         compiled = build(tmp)
         with nginx(tmp) as upstream, contextlib.ExitStack() as stack:
-            targets: dict[str, _paths.Path] = {}
-            for name in PATHS:
-                kind, variant = name.split()
-                home = tmp / name.replace(" ", "-")
-                home.mkdir()
-                with python_path(compiled if variant == "compiled" else None):
-                    if kind == "http":
-                        targets[name] = stack.enter_context(tunnel(upstream, home))
-                    else:
-                        nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
-                        targets[name] = stack.enter_context(_paths.tunnel(nginx_only, home))  # type: ignore[arg-type]
-            for case, file in CASES:  # bench_http's rounds: every path once a round, in _util.round_order
-                print(f"{case}:", file=sys.stderr)
-                results[case] = measure_case(targets, args, file, 64)
-                for name, result in results[case].items():
-                    if result.error:
-                        raise BenchError(f"{name}: {result.error}")
-                    if not result.rps:
-                        raise BenchError(f"{name}: no request was answered\n{targets[name].logs()}")
+            targets = tunnels(stack, upstream, tmp, {"interpreted": (None, None), "compiled": (None, compiled)})
+            results = measure_cases(targets, args)
     print()
     print(machine_line())
     print(steal_line(mark))
     version = subprocess.run([find_mypyc(), "--version"], capture_output=True, text=True).stdout.strip()
     print(f"compiled with {version}; "
           f"{args.rounds} rounds of wrk -t2 -c64 -d{args.seconds}s, each path's median run")
-    errors = 0
-    for case, _ in CASES:
-        errors += sum(r.errors for r in results[case].values())
-        print()
-        print(table(case, results[case]))
-    print(f"\n({time.monotonic() - started:.0f} s)")
-    if errors:
-        print(f"\n{errors} failed or non-2xx requests: the figures above are not comparable", file=sys.stderr)
-    return 1 if errors else 0
+    return finish(print_tables(results, table), started)
 
 
 if __name__ == "__main__":

@@ -31,16 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path as FsPath
-from types import SimpleNamespace
 
-import _paths
 from _report import StealMark, machine_line, steal_line
-from _util import LOOPBACK, BenchError, raise_nofile, rss_mib
-from bench_compiled import python_path
-from bench_http import Result, ensure_packages, measure_case, nginx, tunnel
+from _util import BenchError, raise_nofile, rss_mib
+from bench_compiled import finish, measure_cases, print_tables, python_path, tunnels
+from bench_http import Result, ensure_packages, nginx
 
 ROOT = FsPath(__file__).resolve().parent.parent
-CASES = (("1 KiB", "1k.bin"), ("64 KiB", "64k.bin"))
 BASE = "venv"
 #: What each interpreter says of itself. The imports prove that the runtime and its dependencies load, the
 #: compiled ones included (a cryptography wheel built for a newer PyPy imports, then fails at its first use).
@@ -119,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     ensure_packages("wrk", "nginx", "curl")
     started = time.monotonic()
     mark = StealMark()
-    results: dict[str, dict[str, Result]] = {}
     idle: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-interpreter-") as tmpdir:
         tmp = FsPath(tmpdir)
@@ -129,34 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         with python_path(source):
             versions = {name: describe(name, command) for name, command in commands.items()}
         with nginx(tmp) as upstream, contextlib.ExitStack() as stack:
-            targets: dict[str, _paths.Path] = {}
-            for kind in ("http", "tcp"):
-                for name, command in commands.items():
-                    home = tmp / f"{kind}-{name}"
-                    home.mkdir()
-                    _paths.INLETS_COMMAND = command + ["-m", "inlets_py.runtime"]
-                    try:
-                        with python_path(source):
-                            if kind == "http":
-                                target = stack.enter_context(tunnel(upstream, home))
-                            else:
-                                nginx_only = SimpleNamespace(sink_port=upstream, echo_port=upstream)
-                                target = stack.enter_context(_paths.tunnel(nginx_only, home))  # type: ignore[arg-type]
-                    finally:
-                        _paths.INLETS_COMMAND = None
-                    targets[f"{kind} {name}"] = target
-                    idle[f"{kind} {name}"] = (rss_mib(target.server_pids()), rss_mib(target.client_pids()))
-            for case, file in CASES:
-                print(f"{case}: {args.warmup} s of untimed load on each path", file=sys.stderr)
-                for target in targets.values():
-                    subprocess.run(["wrk", "-t2", "-c64", f"-d{args.warmup}s", f"http://{LOOPBACK}:{target.sink_port}/{file}"],
-                                   capture_output=True, timeout=args.warmup + 30)
-                results[case] = measure_case(targets, args, file, 64)
-                for name, result in results[case].items():
-                    if result.error:
-                        raise BenchError(f"{name}: {result.error}")
-                    if not result.rps:
-                        raise BenchError(f"{name}: no request was answered\n{targets[name].logs()}")
+            variants = {name: (command + ["-m", "inlets_py.runtime"], source) for name, command in commands.items()}
+            targets = tunnels(stack, upstream, tmp, variants)
+            for name, target in targets.items():  # right after set-up: each has answered one request
+                idle[name] = (rss_mib(target.server_pids()), rss_mib(target.client_pids()))
+            results = measure_cases(targets, args, args.warmup)
     names = list(commands)
     print()
     print(machine_line())
@@ -164,20 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"{name}: {versions[name]}  ({shlex.join(commands[name])})")
     print(f"{args.rounds} rounds of wrk -t2 -c64 -d{args.seconds}s after {args.warmup} s of warm-up, each path's median run")
-    errors = 0
-    for case, _ in CASES:
-        errors += sum(r.errors for r in results[case].values())
-        print()
-        print(table(case, names, results[case]))
+    errors = print_tables(results, lambda case, by_path: table(case, names, by_path))
     print()
     print("idle, before any load".ljust(31) + " ".join(f"{n:>14}" for n in names))
     for kind in ("http", "tcp"):
         print(f"{kind.upper()} tunnel")
         print(rss_line(kind, names, idle))
-    print(f"\n({time.monotonic() - started:.0f} s)")
-    if errors:
-        print(f"\n{errors} failed or non-2xx requests: the figures above are not comparable", file=sys.stderr)
-    return 1 if errors else 0
+    return finish(errors, started)
 
 
 if __name__ == "__main__":
