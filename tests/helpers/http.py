@@ -193,9 +193,18 @@ class Stack:
     def serve(self, handler, ssl=None) -> int:
         """An asyncio server on loopback for ``handler(reader, writer)`` (say, an upstream that misbehaves); its port."""
 
+        writers: set[asyncio.StreamWriter] = set()
+
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.add(writer)
+            try:
+                await handler(reader, writer)
+            finally:
+                writers.discard(writer)
+
         async def start():
-            server = await asyncio.start_server(handler, LOOPBACK, 0, ssl=ssl)
-            self.closers.append(_closer(server))
+            server = await asyncio.start_server(tracked, LOOPBACK, 0, ssl=ssl)
+            self.closers.append(_closer(server, writers))
             return server.sockets[0].getsockname()[1]
 
         return self.run(start())
@@ -253,9 +262,14 @@ class Stack:
         self.run(stop())
 
 
-def _closer(server):
+def _closer(server, writers: set[asyncio.StreamWriter] | None = None):
+    """Closes ``server`` and the connections its handlers still hold (``writers``): since Python 3.12.1
+    ``wait_closed`` waits for every connection the server accepted, and an upstream that never ends one (a deaf
+    one) held the stack's shutdown until its timeout."""
     async def close() -> None:
         server.close()
+        for writer in list(writers or ()):
+            writer.close()
         await server.wait_closed()
 
     return close

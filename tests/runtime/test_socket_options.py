@@ -120,6 +120,11 @@ class AcceptedBridge(TcpBridge):
         super().connection_made(transport)
         self.seen.append(options(transport))
 
+    def eof_received(self) -> bool:
+        """No stream to pass the end on to: the connection closes (``Server.wait_closed`` waits for every
+        accepted connection since Python 3.12.1, and a bridge's half-open one held this test until its timeout)."""
+        return False
+
 
 @pytest.mark.parametrize("inherits", [True, False], ids=["linux", "elsewhere"])
 def test_an_accepted_bridge_tunes_its_own_socket_only_where_the_listener_cannot(
