@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
+
+from .borrow import borrowed
 
 
 def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = None) -> None:
@@ -18,11 +19,7 @@ def send_empty(transport: asyncio.DatagramTransport, address: tuple | None = Non
         if address is None:
             os.write(fd, b"")  # a connected UDP socket sends a zero-length write as an empty datagram
         else:
-            sock = socket.socket(fileno=fd)  # a socket object on the transport's descriptor, given back below
-            sock.setblocking(False)  # as the loop keeps it (PyPy's constructor makes it blocking)
-            try:
+            with borrowed(fd) as sock:
                 sock.sendto(b"", address)
-            finally:
-                sock.detach()
     except OSError:  # as sendto's own errors: the datagram is lost, as UDP may lose it
         pass

@@ -20,6 +20,7 @@ import socket
 import ssl
 from typing import Callable, Iterable
 
+from .borrow import borrowed
 from .bridge import tune_socket
 from .logs import logfmt
 
@@ -58,13 +59,9 @@ class _Drain:
         return self.protocol_factory()
 
     def _take(self, family: int, fd: int) -> None:
-        # A socket object over the listener's descriptor for the length of the call, then detached: the server
-        # owns the descriptor, and while it calls this factory the descriptor is open. Non-blocking, said again:
-        # PyPy's constructor makes the descriptor blocking, and the next accept then held the loop until a
-        # connection came (CPython's leaves it as the loop set it).
-        listener = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
-        listener.setblocking(False)
-        try:
+        # The listener's descriptor, borrowed for the length of the call: the server owns it, and while it
+        # calls this factory the descriptor is open.
+        with borrowed(fd, family, socket.SOCK_STREAM, 0) as listener:
             for _ in range(ACCEPT_BATCH):
                 try:
                     conn, _ = listener.accept()
@@ -76,8 +73,6 @@ class _Drain:
                     log.warning("event=accept_failed error=%s", logfmt(exc.strerror or exc))
                     return
                 self._start(conn)
-        finally:
-            listener.detach()
 
     def _start(self, conn: socket.socket) -> None:
         conn.setblocking(False)
