@@ -127,9 +127,12 @@ def measure_cases(targets: dict[str, _paths.Path], args: argparse.Namespace, war
     results: dict[str, dict[str, Result]] = {}
     for case, file in CASES:
         print(f"{case}:" + (f" {warmup} s of untimed load on each path" if warmup else ""), file=sys.stderr)
-        for target in targets.values() if warmup else ():
-            subprocess.run(["wrk", "-t2", "-c64", f"-d{warmup}s", f"http://{LOOPBACK}:{target.sink_port}/{file}"],
-                           capture_output=True, timeout=warmup + 30)
+        for name, target in targets.items() if warmup else ():
+            try:
+                subprocess.run(["wrk", "-t2", "-c64", f"-d{warmup}s", f"http://{LOOPBACK}:{target.sink_port}/{file}"],
+                               capture_output=True, timeout=warmup + 30)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"{name}: the warm-up's wrk did not end within {warmup + 30} s\n{target.logs()}") from None
         results[case] = measure_case(targets, args, file, 64)
         for name, result in results[case].items():
             if result.error:
