@@ -42,26 +42,38 @@ RECORD = "ssh.json"
 PINNED = "known_hosts"
 STAGE_TEMPLATE = "/tmp/inletsctl.XXXXXXXX"
 
-_INSTALL = r"""
+#: ``started PID``: the process's start time (field 22 of /proc/PID/stat), which a pid reused later does not share;
+#: ``group PID``: its process group (field 5), the install's shell with its children (pip, say)
+_PROC = r"""
+started() {{ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
+group() {{ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f3; }}
+"""
+
+_INSTALL = _PROC + r"""
 set -eu
 name={name}; stage={stage}; py={py}; wheel={wheel}; sup={sup}
-conf=/etc/inlets/$name; opt=/opt/inlets/$name; venv=$opt/venv
+conf=/etc/inlets/$name; opt=/opt/inlets/$name; venv=$opt/venv; mark=/opt/inlets/.$name.installing
 fail() {{ echo "$*" >&2; exit 3; }}
 trap 'rm -rf "$stage"' EXIT
 if [ "$sup" = auto ]; then if [ -d /run/systemd/system ]; then sup=systemd; else sup=plain; fi; fi
 if [ "$sup" = systemd ] && [ ! -d /run/systemd/system ]; then fail "systemd is not running on this host: use --supervisor plain"; fi
+install -d -m 0755 /etc/inlets /opt/inlets
+# the mark names this install (pid and start time): a delete stops it before removing anything, and a second
+# create of the same name is refused (set -C: the mark is made only if it is not there)
+( set -C; echo "$$ $(started $$)" > "$mark" ) 2>/dev/null || fail "an exit server named $name is being installed on this host right now"
+trap 'rm -rf "$stage" "$mark"' EXIT
+trap 'exit 143' TERM HUP INT  # so the EXIT trap cleans up after a delete stops the install
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
 "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
   || fail "$py on the host is $("$py" --version 2>&1 | head -n 1): the exit server needs Python 3.10 or newer; install it, or pass --remote-python"
 # from here on a failure leaves nothing of this exit server behind
-trap 'rm -rf "$stage" "$conf" "$opt"; rm -f "/etc/systemd/system/inlets-$name.service"' EXIT
+trap 'rm -rf "$stage" "$conf" "$opt" "$mark"; rm -f "/etc/systemd/system/inlets-$name.service"' EXIT
 owner=root
 if [ "$sup" = systemd ]; then
   id -u inlets >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin inlets
   owner=inlets
 fi
-install -d -m 0755 /etc/inlets /opt/inlets
 install -d -m 0750 -o root -g "$owner" "$conf"
 install -d -m 0755 "$opt"
 for f in token server.crt server.key; do install -m 0600 -o "$owner" -g "$owner" "$stage/$f" "$conf/$f"; done
@@ -91,6 +103,7 @@ else
   setsid nohup "$opt/supervise" >>"$opt/server.log" 2>&1 </dev/null &
   i=0; while [ ! -s "$opt/supervisor.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 fi
+rm -f "$mark"
 trap 'rm -rf "$stage"' EXIT
 echo "$sup"
 """
@@ -136,7 +149,7 @@ ours() {{
 
 _STATUS = _OURS + r"""
 opt=/opt/inlets/{name}
-if [ ! -d "$opt" ] && [ ! -d /etc/inlets/{name} ]; then echo absent; exit 0; fi
+if [ ! -d "$opt" ] && [ ! -d /etc/inlets/{name} ] && [ ! -e /opt/inlets/.{name}.installing ]; then echo absent; exit 0; fi
 sup=$(cat "$opt/supervisor" 2>/dev/null || echo installing)
 case "$sup" in
   systemd) echo "systemd $(systemctl is-active inlets-{name}.service 2>/dev/null || true)";;
@@ -149,21 +162,32 @@ case "$sup" in
 esac
 """
 
-_DELETE = _OURS + r"""
+_DELETE = _OURS + _PROC + r"""
 set -u
-name={name}; opt=/opt/inlets/$name; conf=/etc/inlets/$name
-if [ ! -d "$opt" ] && [ ! -d "$conf" ]; then echo absent; exit 0; fi
+name={name}; opt=/opt/inlets/$name; conf=/etc/inlets/$name; mark=/opt/inlets/.$name.installing
+unit=/etc/systemd/system/inlets-$name.service
+if [ ! -d "$opt" ] && [ ! -d "$conf" ] && [ ! -e "$mark" ]; then echo absent; exit 0; fi
+# an install still running (its inletsctl was interrupted) would make the folders again: stop it first
+pid= start=
+if [ -f "$mark" ]; then read -r pid start < "$mark" || true; fi
+if [ -n "$pid" ] && [ -n "$start" ] && [ "$(started "$pid")" = "$start" ]; then
+  pg=$(group "$pid"); [ -n "$pg" ] && [ "$pg" != "$(group $$)" ] || pg=$pid
+  kill -TERM "-$pg" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  i=0; while [ "$(started "$pid")" = "$start" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ "$(started "$pid")" != "$start" ] || kill -KILL "-$pg" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+fi
+rm -f "$mark"
 sup=$(cat "$opt/supervisor" 2>/dev/null || echo plain)
-if [ "$sup" = systemd ]; then
+if [ "$sup" = systemd ] || [ -e "$unit" ]; then
   systemctl disable --now "inlets-$name.service" >/dev/null 2>&1 || true
-  rm -f "/etc/systemd/system/inlets-$name.service"
+  rm -f "$unit"
   systemctl daemon-reload || true
 else
   pid=$(cat "$opt/supervisor.pid" 2>/dev/null || true)
   if [ -n "$pid" ] && grep -q "$opt/supervise" "/proc/$pid/cmdline" 2>/dev/null; then
     kill -TERM "$pid"
     i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL "-$pid" 2>/dev/null || true
   fi
   left=$(ours)  # a server whose supervisor was gone, or one it left
   if [ -n "$left" ]; then

@@ -104,6 +104,7 @@ def prov_ssh_name(request: pytest.FixtureRequest) -> Iterator[str]:
         pass
     shutil.rmtree(f"/opt/inlets/{name}", ignore_errors=True)
     shutil.rmtree(f"/etc/inlets/{name}", ignore_errors=True)
+    Path(f"/opt/inlets/.{name}.installing").unlink(missing_ok=True)
 
 
 def _ssh_args(sshd: Sshd, tmp_path: Path, *extra: str) -> list[str]:
@@ -496,6 +497,64 @@ def test_ctrl_c_during_the_install_keeps_what_delete_needs_to_remove_it(
     deleted = run_inletsctl("delete", prov_ssh_name, *state)
     assert deleted.code == 0, deleted.err
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def _slow_install(sshd: Sshd, name: str, tmp_path: Path) -> subprocess.Popen[str]:
+    """``create`` with a host Python that is slow to make a venv, returned once the install is under way there."""
+    from helpers.prov_support import INLETSCTL, user_env
+
+    slow = tmp_path / "slow-python"
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *" -m venv "*) sleep 3;; esac\nexec {sys.executable} "$@"\n')
+    slow.chmod(0o755)
+    args = _ssh_args(sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()), "--control-port",
+                     str(free_port()), "--data-addr", DATA_ADDR)
+    args[args.index("--remote-python") + 1] = str(slow)
+    proc = subprocess.Popen([str(INLETSCTL), "create", name, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=user_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not Path(f"/etc/inlets/{name}/token").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+def test_delete_during_an_install_stops_it_and_nothing_is_left_or_started_after(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path) -> None:
+    """After Ctrl-C the host went on installing; a delete in the meantime removed the folders, then the install
+    made them again (venv creates its parents) and started a server that no inletsctl command knew of."""
+    proc = _slow_install(prov_ssh_sshd, prov_ssh_name, tmp_path)
+    opt = Path(f"/opt/inlets/{prov_ssh_name}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    deleted = run_inletsctl("delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
+    assert deleted.code == 0, deleted.err
+    time.sleep(5)  # longer than the slow venv: an install still running would have made the folders again by now
+    assert not opt.exists() and not Path(f"/etc/inlets/{prov_ssh_name}").exists()
+    running = [d.name for d in Path("/proc").iterdir() if d.name.isdigit() and _cmdline_has(d, str(opt))]
+    assert not running, running
+
+
+def test_a_second_create_of_a_name_being_installed_is_refused_in_one_line(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """Both installs went on in the same folders, each removing the other's files when it failed."""
+    (tmp_path / "first").mkdir()
+    first = _slow_install(prov_ssh_sshd, prov_ssh_name, tmp_path / "first")
+    try:
+        second = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(
+            prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()), "--data-addr", DATA_ADDR))
+    finally:  # the first install is stopped by delete, whatever the second create did
+        terminate(first)
+        deleted = run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "first" / "state"))
+    one_line_error(second, f"an exit server named {prov_ssh_name} is being installed on this host right now")
+    assert deleted.code == 0, deleted
+    assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not Path(f"/opt/inlets/.{prov_ssh_name}.installing").exists()
+
+
+def _cmdline_has(proc_dir: Path, text: str) -> bool:
+    try:
+        return text in (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
 
 
 def test_a_server_that_cannot_start_fails_create_soon_with_its_own_words(
