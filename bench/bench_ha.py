@@ -181,8 +181,10 @@ def failover(args: argparse.Namespace, tmp: Path) -> dict[str, float | int | str
                 _until(sock, "s0", "UP", 15)
                 _until(sock, "s1", "UP", 15)
 
+                budget = threading.Semaphore(args.failover_requests)  # exactly that many among the 4 threads
+
                 def worker() -> None:
-                    while not stop.is_set() and len(results) < args.failover_requests:
+                    while not stop.is_set() and budget.acquire(blocking=False):
                         started = time.monotonic()
                         try:
                             with socket.create_connection((FRONT, front), timeout=3) as s:
