@@ -155,7 +155,8 @@ class Provisioner(Protocol):
 class LeavesBehind(Protocol):
     """What a provider also implements when its host ids are bare numbers: once the host is gone (deleted in the
     console, a delete or create cut short), nothing in the cloud leads from the id to the firewall made for it, so
-    ``delete`` passes the name that local state keeps."""
+    ``delete`` passes the name that local state keeps. (The ssh provider too: a create cut short before its install
+    leaves the files it uploaded.)"""
 
     def delete_leftovers(self, name: str) -> list[str]:
         """Delete what ``create`` made for the host ``name``, which is gone, and nothing else (a firewall of the

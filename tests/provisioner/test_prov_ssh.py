@@ -534,6 +534,29 @@ def test_delete_during_an_install_stops_it_and_nothing_is_left_or_started_after(
     assert not running, running
 
 
+def test_delete_removes_the_secrets_a_create_interrupted_before_its_install_uploaded(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path) -> None:
+    """Ctrl-C while create uploaded the token and server key left them in a temporary folder on the host that
+    delete did not know of ('not installed'), and nothing else would remove."""
+    from helpers.prov_support import INLETSCTL, user_env
+
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()))
+    proc = subprocess.Popen([str(INLETSCTL), "create", prov_ssh_name, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=user_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (stages := list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*/token"))) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)  # the wheel and the rest are still on their way: the install has not begun
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stages, err
+    assert not Path(f"/opt/inlets/.{prov_ssh_name}.installing").exists() and stages[0].parent.is_dir()
+    deleted = run_inletsctl("delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
+    assert deleted.code == 0, deleted.err
+    assert f"deleted its uploaded files {stages[0].parent}" in deleted.out + deleted.err, deleted
+    assert not stages[0].parent.exists() and not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))
+
+
 def test_a_second_create_of_a_name_being_installed_is_refused_in_one_line(
         prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     """Both installs went on in the same folders, each removing the other's files when it failed."""
@@ -644,3 +667,4 @@ def test_a_user_who_cannot_become_root_is_told_what_to_do(
         one_line_error(result, f"ssh: {prov_ssh_plain_user} on 127.0.0.1 is not root and the host has no sudo: "
                                "log in as root (--host root@127.0.0.1) or install sudo there")
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+    assert not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))  # the uploaded token and key are not left there
