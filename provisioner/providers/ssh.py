@@ -145,15 +145,22 @@ class SshProvider:
         except ProvisionError:  # it never ran (no sudo, say): its trap did not remove the uploaded secrets
             run(client, f"rm -rf {shlex.quote(stage)}")
             raise
-        if code != 0:
+        detail = f"installed under {out.strip().splitlines()[-1] if out.strip() else opts.supervisor}; host key {fp}"
+        if code == -1:  # no exit status: the install was killed, or the connection lost; the host says what it left
+            try:
+                detail = self.status(host_id(opts, plan.name)).detail
+            except NotFound:  # its traps removed it all
+                raise ProvisionError(f"ssh: installing on {opts.host} failed: it ended without an exit status "
+                                     f"(killed on the host, or the connection was lost){': ' + _last(err) if err else ''}") from None
+            except ProvisionError as exc:  # not known: the state stays, for the delete command create names
+                detail = f"the install ended without an exit status and the host cannot be asked ({exc})"
+        elif code != 0:
             run(client, f"rm -rf {shlex.quote(stage)}")
             raise ProvisionError(f"ssh: installing on {opts.host} failed: {_last(err) or f'exit status {code}'}")
         (plan.state_dir / "server.key").unlink(missing_ok=True)  # the key lives on the host only
-        supervisor = out.strip().splitlines()[-1] if out.strip() else opts.supervisor
         return Host(
             id=host_id(opts, plan.name), name=plan.name, provider=self.name, status="starting", ip=opts.host,
-            data_addr=opts.data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode,
-            detail=f"installed under {supervisor}; host key {fp}",
+            data_addr=opts.data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode, detail=detail,
         )
 
     def status(self, host_id_: str) -> Host:
@@ -166,9 +173,10 @@ class SshProvider:
         sup, _, state = seen.partition(" ")
         word = state.split(":", 1)[0]
         status = ACTIVE if word == "active" else FAILED if word in ("stopped", "failed") else word or seen
+        said = f"{sup} supervisor: {state or seen}" if sup in ("plain", "systemd") else state.partition(": ")[2] or seen
         return Host(
             id=host_id_, name=name, provider=self.name, status=status, ip=opts.host, data_addr=opts.data_addr,
-            detail=f"{sup} supervisor: {state or seen} on {opts.target}", extra={"supervisor": sup},
+            detail=f"{said} on {opts.target}", extra={"supervisor": sup},
         )
 
     def delete(self, host_id_: str, timeout: float = GONE_TIMEOUT) -> None:

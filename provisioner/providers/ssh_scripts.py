@@ -10,10 +10,17 @@ install would otherwise make again.
 from __future__ import annotations
 
 #: ``started PID``: the process's start time (field 22 of /proc/PID/stat), which a pid reused later does not share;
-#: ``group PID``: its process group (field 5), the install's shell with its children (pip, say)
+#: ``group PID``: its process group (field 5), the install's shell with its children (pip, say);
+#: ``installing``: true while the install that made ``$mark`` runs (its pid and start time in ``$ipid`` and
+#: ``$istart``); a mark left by one that died without its traps (the host rebooted, say) is stale
 _PROC = r"""
 started() {{ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
 group() {{ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f3; }}
+installing() {{
+  ipid= istart=
+  if [ -f "$mark" ]; then read -r ipid istart < "$mark" || true; fi
+  [ -n "$ipid" ] && [ -n "$istart" ] && [ "$(started "$ipid")" = "$istart" ]
+}}
 """
 
 INSTALL = _PROC + r"""
@@ -27,7 +34,13 @@ if [ "$sup" = systemd ] && [ ! -d /run/systemd/system ]; then fail "systemd is n
 install -d -m 0755 /etc/inlets /opt/inlets
 # the mark names this install (pid and start time): a delete stops it before removing anything, and a second
 # create of the same name is refused (set -C: the mark is made only if it is not there)
-( set -C; echo "$$ $(started $$)" > "$mark" ) 2>/dev/null || fail "an exit server named $name is being installed on this host right now"
+mark_taken() {{ ( set -C; echo "$$ $(started $$)" > "$mark" ) 2>/dev/null; }}
+if ! mark_taken; then
+  if installing; then
+    fail "an exit server named $name is being installed on this host right now (pid $ipid): let that create finish, or stop it with inletsctl delete $name"
+  fi
+  rm -f "$mark"; mark_taken || fail "an exit server named $name is being installed on this host right now"
+fi
 trap 'rm -rf "$stage" "$mark"' EXIT
 trap 'exit 143' TERM HUP INT  # so the EXIT trap cleans up after a delete stops the install
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
@@ -114,10 +127,14 @@ ours() {{
 }}
 """
 
-STATUS = _OURS + r"""
-opt=/opt/inlets/{name}
-if [ ! -d "$opt" ] && [ ! -d /etc/inlets/{name} ] && [ ! -e /opt/inlets/.{name}.installing ]; then echo absent; exit 0; fi
-sup=$(cat "$opt/supervisor" 2>/dev/null || echo installing)
+STATUS = _OURS + _PROC + r"""
+opt=/opt/inlets/{name}; mark=/opt/inlets/.{name}.installing
+if [ ! -d "$opt" ] && [ ! -d /etc/inlets/{name} ] && ! installing; then echo absent; exit 0; fi
+sup=$(cat "$opt/supervisor" 2>/dev/null || true)
+if [ -z "$sup" ]; then  # not recorded yet, or never: an install that died without its traps (the host restarted, say)
+  if installing; then sup=installing
+  else echo "none failed: its install stopped before the end (killed, or the host restarted)"; exit 0; fi
+fi
 case "$sup" in
   systemd) echo "systemd $(systemctl is-active inlets-{name}.service 2>/dev/null || true)";;
   plain) pid=$(cat "$opt/supervisor.pid" 2>/dev/null || true)
@@ -147,13 +164,11 @@ name={name}; opt=/opt/inlets/$name; conf=/etc/inlets/$name; mark=/opt/inlets/.$n
 unit=/etc/systemd/system/inlets-$name.service
 if [ ! -d "$opt" ] && [ ! -d "$conf" ] && [ ! -e "$mark" ]; then echo absent; exit 0; fi
 # an install still running (its inletsctl was interrupted) would make the folders again: stop it first
-pid= start=
-if [ -f "$mark" ]; then read -r pid start < "$mark" || true; fi
-if [ -n "$pid" ] && [ -n "$start" ] && [ "$(started "$pid")" = "$start" ]; then
-  pg=$(group "$pid"); [ -n "$pg" ] && [ "$pg" != "$(group $$)" ] || pg=$pid
-  kill -TERM "-$pg" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  i=0; while [ "$(started "$pid")" = "$start" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-  [ "$(started "$pid")" != "$start" ] || kill -KILL "-$pg" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+if installing; then
+  pg=$(group "$ipid"); [ -n "$pg" ] && [ "$pg" != "$(group $$)" ] || pg=$ipid
+  kill -TERM "-$pg" 2>/dev/null || kill -TERM "$ipid" 2>/dev/null || true
+  i=0; while [ "$(started "$ipid")" = "$istart" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  [ "$(started "$ipid")" != "$istart" ] || kill -KILL "-$pg" 2>/dev/null || kill -KILL "$ipid" 2>/dev/null || true
 fi
 rm -f "$mark"
 delete_stages >/dev/null

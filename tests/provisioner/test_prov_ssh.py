@@ -573,6 +573,26 @@ def test_a_second_create_of_a_name_being_installed_is_refused_in_one_line(
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not Path(f"/opt/inlets/.{prov_ssh_name}.installing").exists()
 
 
+def test_an_install_killed_on_the_host_fails_create_with_what_is_left_and_delete_removes_it(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """An install that died without its traps (SIGKILL, as a restart of the host does) ended create with 'exit
+    status -1' and removed the local state, leaving on the host an exit server no command could find or delete,
+    which status would have called 'installing' for ever."""
+    proc = _slow_install(prov_ssh_sshd, prov_ssh_name, tmp_path)
+    mark = Path(f"/opt/inlets/.{prov_ssh_name}.installing")
+    os.killpg(os.getpgid(int(mark.read_text().split()[0])), signal.SIGKILL)  # the install's shell and its venv
+    _, err = proc.communicate(timeout=60)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in err, err
+    assert "its install stopped before the end (killed, or the host restarted)" in errors[0], errors
+    assert f"inletsctl delete {prov_ssh_name}" in errors[0], errors
+    state = ["--state-dir", str(tmp_path / "state")]
+    listed = run_cli(capsys, "list", "--provider", "ssh", "--json", *state)
+    assert listed.code == 0 and '"status": "failed"' in listed.out, listed
+    assert run_cli(capsys, "delete", prov_ssh_name, *state).code == 0
+    assert not mark.exists() and not Path(f"/etc/inlets/{prov_ssh_name}").exists()
+
+
 def _cmdline_has(proc_dir: Path, text: str) -> bool:
     try:
         return text in (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
