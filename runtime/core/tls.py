@@ -81,6 +81,15 @@ def readable_file(path: Path, what: str) -> None:
         raise TlsConfigError(f"cannot read {what} {path}: {(exc.strerror or 'unreadable').lower()}") from None
 
 
+class _PassPhraseAsked(Exception):
+    pass
+
+
+def _no_pass_phrase() -> bytes:
+    """OpenSSL's callback for an encrypted key: without one it prompts on the terminal, and a server waited there."""
+    raise _PassPhraseAsked
+
+
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -88,7 +97,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     readable_file(Path(cert), "TLS file")
     readable_file(Path(key), "TLS file")
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_no_pass_phrase)
+    except _PassPhraseAsked:
+        raise TlsConfigError(f"the key {key} is encrypted (it asks for a pass phrase), which a server cannot type: "
+                             f"give it unencrypted (openssl pkey -in {key} -out KEY.pem), kept 0600") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise TlsConfigError(f"the key {key} does not belong to the certificate {cert}: give the key "

@@ -220,3 +220,38 @@ def test_ctrl_c_while_the_command_module_itself_loads_exits_130_quietly() -> Non
     result = subprocess.run([sys.executable, "-c", code, "status"], capture_output=True, text=True, timeout=60)
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     assert result.returncode == 130, (result.returncode, result.stderr)
+
+
+def test_an_encrypted_key_is_refused_in_words_not_asked_for_on_the_terminal(tmp_path: Path, tls, files) -> None:
+    """With a terminal, OpenSSL asked 'Enter PEM pass phrase:' and the server waited there; without one (systemd)
+    the error was 'cannot load TLS certificate ... / key ...: invalid argument'."""
+    import os
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+
+    from helpers.process import INLETS
+
+    key = serialization.load_pem_private_key(tls.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    encrypted.chmod(0o600)
+    args = ["tcp", "server", "--token-file", files["tok"], "--tls-cert", str(tls.cert), "--tls-key", str(encrypted)]
+    without_terminal = inlets(*args)
+    line = one_line_error(without_terminal, f"the key {encrypted} is encrypted (it asks for a pass phrase)")
+    assert "openssl pkey" in line
+    controller, terminal = os.openpty()  # the server's own controlling terminal, where OpenSSL would prompt
+    try:
+        proc = subprocess.Popen([*INLETS, *args], stdin=terminal, stdout=terminal, stderr=subprocess.PIPE,
+                                start_new_session=True, preexec_fn=lambda: os.close(os.open(os.ttyname(0), os.O_RDWR)))
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("the server waited for a pass phrase on its terminal") from None
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert proc.returncode == 2 and "is encrypted (it asks for a pass phrase)" in err.decode(), err
