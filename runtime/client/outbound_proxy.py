@@ -80,7 +80,8 @@ def redact(url: str) -> str:
         host = parts.hostname or "?"
     except ValueError:  # a bad [IPv6] bracket
         return "(a malformed proxy URL)"
-    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")[2]  # as given: :0 and :99999 are errors
+    _, colon, port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")  # as given: :0, :99999 too
+    port = port if colon else ""  # none given (http://proxy): not the host again
     host = f"[{host}]" if ":" in host else host
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}" + (f":{port}" if port else "")

@@ -164,6 +164,10 @@ def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose(None, "wss://other:8123/connect").url == "http://corp:3128"
     shown = choose("http://u:secret@corp:3128", "wss://h/connect").shown
     assert shown == "http://u@corp:3128"
+    # no port given: shown as given ('http://corp:corp' before), brackets and user kept
+    for given, shown in [("http://corp", "http://corp"), ("corp", "http://corp"), ("http://[::1]", "http://[::1]"),
+                         ("http://u:secret@corp", "http://u@corp"), ("http://[::1]:3128", "http://[::1]:3128")]:
+        assert choose(given, "wss://h:8123/connect").shown == shown, given
     for bad, why in [("ftp://corp:21", "not supported"), ("http://u@corp:3128", "without password"),
                      ("http://:3128", "hostname"), ("http://u:secret@corp:3128/path", "path")]:
         with pytest.raises(ProxyConfigError, match=why) as raised:
