@@ -15,7 +15,7 @@ import logging
 from typing import Protocol
 
 from ..core.logs import logfmt
-from ..core.listen import listen
+from ..core.listen import listen_as
 from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
 from ..http.parser import RequestReader
@@ -119,9 +119,9 @@ class HttpsFront:
         ``OSError`` (a port taken) leaves nothing listening.
         """
         self.letsencrypt.load()
-        self._plain = await listen(lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port)
+        self._plain = await listen_as("data", lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port)
         try:
-            self._tls = await listen(lambda: TlsFrontConnection(server), server.data_addr, self.https_port,
+            self._tls = await listen_as("https", lambda: TlsFrontConnection(server), server.data_addr, self.https_port,
                                      ssl_context=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT)
         except OSError:
             self._plain.close()

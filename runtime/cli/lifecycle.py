@@ -9,6 +9,7 @@ re-reading the token file (token rotation without downtime).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -84,6 +85,10 @@ def run_until_signalled(
         uvloop.run(runner())
 
 
+#: the flag that sets each of a server's listeners (``core.listen.BindError.role``)
+LISTEN_FLAGS = {"control": "--control-port", "data": "--port", "https": "--https-port"}
+
+
 def listen_failure(exc: OSError) -> str:
     """Why a listen failed, in words: a name lookup's own message (os.strerror says "Unknown error -2")."""
     if isinstance(exc, socket.gaierror):
@@ -102,9 +107,16 @@ def run_server(
 ) -> None:
     """Start ``server`` (then ``started``); SIGHUP re-reads the token file; SIGTERM drains then exits 0."""
 
+    from ..core.listen import BindError  # here: a client has no use for it
+
     async def start() -> None:
         try:
             await server.start()
+        except BindError as exc:  # which port, and the flag that moves it
+            flag = LISTEN_FLAGS.get(exc.role, "")
+            step = (f": another program uses it: stop it, or give another {flag}"
+                    if exc.cause.errno == errno.EADDRINUSE and flag else "")
+            fail(f"cannot listen on {exc.where} ({exc.role} port): {listen_failure(exc.cause)}{step}", 1)
         except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
             fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)
         if started is not None:

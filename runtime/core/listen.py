@@ -33,6 +33,26 @@ LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 128
 
 
+class BindError(OSError):
+    """A listener of the server's own that could not be opened (a port taken, say), and which one: ``role`` is
+    "control", "data" or "https", for an error that names the port and the flag that moves it."""
+
+    def __init__(self, cause: OSError, role: str, host: str | None, port: int) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.cause, self.role = cause, role
+        host = host or "*"
+        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def listen_as(role: str, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int,
+                    **kwargs) -> asyncio.Server:
+    """``listen``, its failure a ``BindError`` that says which of the server's listeners it was."""
+    try:
+        return await listen(protocol_factory, host, port, **kwargs)
+    except OSError as exc:
+        raise BindError(exc, role, host, port) from exc
+
+
 class _Drain:
     """The protocol factory handed to ``create_server``: each call first takes what else waits."""
 

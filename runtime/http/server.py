@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..core.logs import logfmt
 from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
-from ..core.listen import listen
+from ..core.listen import listen_as
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import CATCH_ALL, http_service, parse_http_service
 from .guard import Guards
@@ -77,7 +77,7 @@ class HttpTunnelServer:
             if self.https is not None:
                 self._listener = await self.https.start(self)
             else:
-                self._listener = await listen(lambda: FrontConnection(self), self.data_addr, self.port)
+                self._listener = await listen_as("data", lambda: FrontConnection(self), self.data_addr, self.port)
         except OSError:
             await self.control.stop()
             raise

@@ -22,6 +22,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..core.listen import BindError
 from ..core.logs import logfmt
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from ..core.allowlist import SourceAllowList
@@ -172,7 +173,13 @@ class ControlPlane:
 
     async def start(self) -> None:
         cfg = self.config
-        self._server = await serve(
+        try:
+            self._server = await self._serve(cfg)
+        except OSError as exc:
+            raise BindError(exc, "control", cfg.host, cfg.port) from exc
+
+    async def _serve(self, cfg: ControlConfig) -> Server:
+        return await serve(
             self._handle,
             cfg.host,
             cfg.port,

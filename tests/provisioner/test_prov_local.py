@@ -91,7 +91,8 @@ def test_server_that_cannot_start_fails_fast_and_says_how_to_delete(tmp_path: Pa
 
     from inlets_py.provisioner.providers import local
 
-    message = "inlets: error: cannot listen (control 127.0.0.1:1): Address already in use"
+    message = ("inlets: error: cannot listen on 127.0.0.1:1 (control port): Address already in use: another program "
+               "uses it: stop it, or give another --control-port")
     monkeypatch.setattr(local, "inlets_command", lambda: [sys.executable, "-c", f"import sys; sys.exit({message!r})"])
     state = tmp_path / "state"
     started = time.monotonic()

@@ -38,3 +38,22 @@ def test_a_local_forward_port_in_use_is_one_line_saying_what_to_do(tls: TlsFiles
         f"inlets: error: cannot listen on 127.0.0.1:{taken} for --local: Address already in use: "
         "another program uses it: stop it, or pick another LOCAL_PORT")
     assert "('127.0.0.1'" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_server_port_in_use_names_the_port_and_the_flag_that_moves_it(tls: TlsFiles, token_file: Path) -> None:
+    """It said 'cannot listen (control 127.0.0.1:P, data 127.0.0.1:Q): Address already in use', leaving the user
+    to find which of the two was taken."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        common = ("--token-file", str(token_file), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
+                  "--control-addr", "127.0.0.1")
+        data_taken = inlets("http", "server", *common, "--control-port", str(free_port()), "--data-addr", "127.0.0.1",
+                            "--port", str(taken))
+        control_taken = inlets("tcp", "server", *common, "--control-port", str(taken))
+    for result, role, flag in ((data_taken, "data", "--port"), (control_taken, "control", "--control-port")):
+        assert result.returncode == 1, result
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"inlets: error: cannot listen on 127.0.0.1:{taken} ({role} port): Address already in use: "
+            f"another program uses it: stop it, or give another {flag}"), result.stderr
