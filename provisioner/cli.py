@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from inlets_py.runtime.cli.options import port_option
+from inlets_py.runtime.cli.options import port_option, print_version
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
@@ -30,6 +30,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=print_version("inletsctl"), is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Create exit servers for inlets tunnels and print the exact client command that connects to them."""
+
 
 StateDir = Annotated[
     Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH",

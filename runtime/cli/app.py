@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from .options import print_version
 
 app = typer.Typer(
     name="inlets",
@@ -15,3 +19,9 @@ app = typer.Typer(
 tcp_app = typer.Typer(help="TCP (and UDP) tunnels: forward ports byte for byte, datagram for datagram.",
                       no_args_is_help=True)
 http_app = typer.Typer(help="HTTP tunnels: a Host-routed reverse proxy to your apps.", no_args_is_help=True)
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=print_version("inlets"), is_eager=True,
+                                                   help="Print the version and exit.")] = False) -> None:
+    """Tunnels over one authenticated TLS websocket. Run a server on a public host, a client inside your network."""

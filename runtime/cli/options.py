@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -17,6 +17,19 @@ def port_flag(value: str | int) -> int:
     if port is None:
         raise typer.BadParameter(f"{str(value)!r} is not a port: give 1-65535 in the digits 0-9")
     return port
+
+
+def print_version(name: str) -> Callable[[bool], None]:
+    """The ``--version`` callback of both CLIs: ``NAME VERSION`` on stdout, then exit 0 before any other flag is read."""
+
+    def callback(given: bool) -> None:
+        if given:
+            from .. import __version__
+
+            typer.echo(f"{name} {__version__}")
+            raise typer.Exit()
+
+    return callback
 
 
 def port_option(help: str, *names: str) -> Any:

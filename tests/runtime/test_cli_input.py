@@ -255,3 +255,18 @@ def test_an_encrypted_key_is_refused_in_words_not_asked_for_on_the_terminal(tmp_
         os.close(controller)
         os.close(terminal)
     assert proc.returncode == 2 and "is encrypted (it asks for a pass phrase)" in err.decode(), err
+
+
+def test_both_commands_print_the_projects_version() -> None:
+    """'--version' was 'No such option'; the version printed is the one the project is released as."""
+    import subprocess
+    import sys
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    result = inlets("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"inlets {version}\n", ""), result
+    ctl = subprocess.run([sys.executable, "-c", "from inlets_py.provisioner.cli import main; main()", "--version"],
+                         capture_output=True, text=True, timeout=60)
+    assert (ctl.returncode, ctl.stdout, ctl.stderr) == (0, f"inletsctl {version}\n", ""), ctl
