@@ -362,8 +362,9 @@ class TunnelClient:
             if (not self.proxy.url and parts.scheme == "wss" and isinstance(exc, (ConnectionResetError, ssl.SSLError))
                     and await speaks_plain_http(parts.hostname or "", parts.port or 443)):
                 fixed = urlunsplit(("ws",) + urlsplit(self.config.url)[1:])
-                raise FatalClientError(f"{self.config.url}: the server does not speak TLS (it runs with --plaintext): "
-                                       f"use --url {fixed}, or give the server --tls-cert/--tls-key") from None
+                raise FatalClientError(f"{self.config.url} answers plain HTTP, not TLS: for a server run with "
+                                       f"--plaintext use --url {fixed} (or give it --tls-cert/--tls-key); else give "
+                                       "its control port (8123 unless set), not a data port") from None
             if not self.proxy.url:
                 raise
             parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries

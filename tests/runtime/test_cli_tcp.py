@@ -302,8 +302,9 @@ def test_wss_url_for_a_plaintext_server_says_use_ws(tmp_path: Path, token_file: 
         server.terminate()
         server.wait(10)
     assert result.returncode == 1
-    assert result.stderr == (f"inlets: error: wss://127.0.0.1:{control}: the server does not speak TLS (it runs with "
-                             f"--plaintext): use --url ws://127.0.0.1:{control}, or give the server --tls-cert/--tls-key\n")
+    assert result.stderr == (f"inlets: error: wss://127.0.0.1:{control} answers plain HTTP, not TLS: for a server run "
+                             f"with --plaintext use --url ws://127.0.0.1:{control} (or give it --tls-cert/--tls-key); "
+                             "else give its control port (8123 unless set), not a data port\n")
 
 
 def test_plaintext_attempts_are_logged_per_source_at_most_once_an_interval_with_their_count(caplog) -> None:

@@ -38,7 +38,8 @@ def test_a_wrong_scheme_is_named_with_its_fix(tmp_path: Path, tls: TlsFiles, tok
     try:
         wait_port(tls_port)
         wait_port(plain_port)
-        assert "does not speak TLS" in status_line(f"wss://127.0.0.1:{plain_port}", token_file, "--tls-ca", str(tls.ca))
+        assert "answers plain HTTP, not TLS: for a server run with --plaintext use ws:// in --url; else give its " \
+               "control port" in status_line(f"wss://127.0.0.1:{plain_port}", token_file, "--tls-ca", str(tls.ca))
         assert "speaks TLS: use wss://" in status_line(f"ws://127.0.0.1:{tls_port}", token_file)
     finally:
         for process in (tls_server, plain_server):
@@ -192,3 +193,23 @@ def test_help_describes_what_status_does_with_several_urls() -> None:
     url_help = " ".join(result.stdout.split("--url <url>", 1)[1].split("--token ", 1)[0].split())
     assert "Repeat it for each server behind one balancer" in url_help, url_help
     assert not any(word in url_help for word in ("serve through", "reconnect", "session")), url_help
+
+
+def test_a_port_that_echoes_what_it_is_sent_is_not_http_in_words(token_file: Path) -> None:
+    """The error was '127.0.0.1:PORT: GET /status HTTP/1.1': the request's own first line, echoed back."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+
+        def echo_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                conn.sendall(conn.recv(65536))
+
+        echo = threading.Thread(target=echo_once, daemon=True)
+        echo.start()
+        port = listener.getsockname()[1]
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+        echo.join(10)
+    assert line == f"inlets: error: 127.0.0.1:{port} does not answer HTTP: is --url's port the server's control port?"
