@@ -31,9 +31,9 @@ EMBED = {"tcp": "embed", "http": "embed", "http-letsencrypt": "embed"}
 PUSH = {"tcp": "push", "http": "push", "http-letsencrypt": "push"}
 #: how the wheel reaches the VM, per cloud and mode
 DELIVERY = {
-    DigitalOceanProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
-    ScalewayProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
-    EquinixProvider: {"tcp": "embed", "http": "push", "http-letsencrypt": "push"},  # 64 KiB
+    DigitalOceanProvider: PUSH,  # 64 KiB: the largest TCP user-data passed its limit (a plain one still embeds)
+    ScalewayProvider: PUSH,  # 64 KiB
+    EquinixProvider: PUSH,  # 64 KiB
     GCEProvider: EMBED,  # 256 KiB
     AzureProvider: PUSH,  # 48 KiB
     VultrProvider: PUSH,  # 48 KiB
