@@ -20,7 +20,7 @@ from .errors import ProvisionError
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
-from .state import STATE_ENV, ServerState, state_root
+from .state import STATE_ENV, ServerState, inletsctl_command, state_root
 
 app = typer.Typer(
     name="inletsctl",
@@ -149,13 +149,17 @@ def create_cmd(
         summary = create(opts, progress)
     finally:
         progress.close()
-    token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
-    if json_output:
-        output.print_json(summary | ({"token": token} if token else {}))
-    else:
-        output.print_summary(summary, token)
-        if summary.get("firewall"):
-            print(f"\nFirewall: {summary['firewall']}")
+    try:  # the server is up and recorded: a Ctrl-C while it is printed must not leave the user with nothing
+        token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
+        if json_output:
+            output.print_json(summary | ({"token": token} if token else {}))
+        else:
+            output.print_summary(summary, token)
+            if summary.get("firewall"):
+                print(f"\nFirewall: {summary['firewall']}")
+    except KeyboardInterrupt:
+        raise ProvisionError(f"interrupted: exit server {summary['name']!r} is ready; see its client command with: "
+                             f"{inletsctl_command('status', summary['name'], opts.state_root)}", exit_code=130) from None
 
 
 @app.command(
@@ -270,6 +274,8 @@ def status_cmd(
         return
     for key in ("name", "provider", "id", "ip", "vm"):
         print(f"{key:<9} {result[key]}")
+    if result.get("client_command"):
+        print(f"{'client':<9} {result['client_command']}")
     for replica in result.get("replicas", []):
         answer = "answered" if "server" in replica else replica["error"]
         print(f"{'replica':<9} {replica['name']} {replica['ip']} ({replica['vm']}; {answer})")

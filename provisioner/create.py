@@ -201,7 +201,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             host.control_port = host.control_port or spec.control_port
             remaining = max(1.0, opts.timeout - (time.monotonic() - started))
             hosts[index] = wait_until_ready(provider, host, state.ca_file, remaining, progress, provider.poll_interval,
-                                            delivery=delivery, why=why)
+                                            delivery=delivery, why=why, deleted=lambda: not state.dir.exists())
             if group:
                 meta["replicas"][index]["ip"] = hosts[index].ip
         if group:
@@ -210,15 +210,18 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         raise _failed(exc, provider, meta, state, opts, progress) from None
     except KeyboardInterrupt:
         raise _interrupted(hosts, state, opts) from None
-    ips = [host.ip or "" for host in hosts]
-    if not group:
-        meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
-    inlets = inlets_word()
-    meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file, inlets)
-    meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file, inlets)
-    if group:
-        meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file, inlets) for ip in ips]
-    state.save(meta)
+    try:  # a Ctrl-C here exited 130 without a word, the server up and its state without an address
+        ips = [host.ip or "" for host in hosts]
+        if not group:
+            meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
+        inlets = inlets_word()
+        meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file, inlets)
+        meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file, inlets)
+        if group:
+            meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file, inlets) for ip in ips]
+        state.save(meta)
+    except KeyboardInterrupt:
+        raise _interrupted(hosts, state, opts) from None
     note = registry.firewall_note(opts.provider, name, spec)
     return summary(meta, state) | ({"firewall": note} if note else {})
 
@@ -239,6 +242,8 @@ def _failed(
     exc: ProvisionError, provider: Provisioner, meta: dict[str, Any], state: ServerState, opts: CreateOptions,
     progress: Progress,
 ) -> ProvisionError:
+    if not state.dir.exists():  # deleted meanwhile (another inletsctl delete): a delete now finds nothing
+        return ProvisionError(f"{exc}; it was deleted meanwhile (its local state is gone too)")
     if not opts.delete_on_failure:
         return ProvisionError(f"{exc}; delete it with: {delete_command(state.name, state.root)}")
     try:

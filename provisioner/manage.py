@@ -256,6 +256,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
         raise Damaged(state, "has no control port", meta["provider"])
     result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
+    if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
+        result["client_command"] = meta["client_command"]
     provider = _provider_for(str(meta["provider"]), root, creds)
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)

@@ -142,7 +142,7 @@ class ServerState:
         except FileExistsError:
             raise ProvisionError(
                 f"an exit server named {self.name!r} already exists ({self.dir}); "
-                f"choose another name or run: inletsctl delete {self.name}"
+                f"choose another name, or first: {delete_command(self.name, self.root)}"
             ) from None
         os.chmod(self.dir, 0o700)
 
@@ -176,7 +176,8 @@ class ServerState:
             raise Damaged(self, "is not valid JSON, cut short or edited") from None
         why = _unusable(meta, self.name)
         if why:
-            raise Damaged(self, why, meta.get("provider") if isinstance(meta, dict) else None)
+            provider = meta.get("provider") if isinstance(meta, dict) else None
+            raise Damaged(self, why, provider if _known_provider(provider) else None)
         return meta
 
     def token(self) -> str:
@@ -190,8 +191,10 @@ class ServerState:
             raise ProvisionError(f"invalid name {self.name!r}: nothing removed")
         shutil.rmtree(self.dir, ignore_errors=True)
         if os.path.lexists(self.dir):  # never say it is gone when it is not
-            raise ProvisionError(f"cannot remove {self.dir}: let this user change it ({_chmod(self.dir)}) "
-                                 "and run the command again")
+            parent = self.dir.parent  # removing the folder itself takes write access to the one holding it
+            fix = (_chmod(self.dir) if os.access(parent, os.W_OK | os.X_OK)
+                   else f"chmod u+rwx {shlex.quote(str(parent))}, the folder holding it")
+            raise ProvisionError(f"cannot remove {self.dir}: let this user change it ({fix}) and run the command again")
 
 
 class Damaged(ProvisionError):
@@ -214,6 +217,8 @@ def _unusable(meta: object, name: str) -> str | None:
         return f"names {meta['name']!r}, not {name!r}"
     if not isinstance(meta.get("provider"), str) or not meta["provider"]:
         return "names no provider"
+    if not _known_provider(meta["provider"]):  # no command could use it: delete removes it, as any damaged state
+        return f"names provider {meta['provider']!r}, which this inletsctl does not know"
     replicas = meta.get("replicas")
     if replicas is not None and not (isinstance(replicas, list) and all(isinstance(r, dict) for r in replicas)):
         return "has a broken list of replicas"
@@ -221,6 +226,12 @@ def _unusable(meta: object, name: str) -> str | None:
     if expires is not None and not _utc_time(expires):
         return "has an expiry that is not a UTC time such as 2030-01-02T03:04:05Z"
     return None
+
+
+def _known_provider(name: object) -> bool:
+    from .providers.registry import PROVIDERS  # here: registry's imports reach providers/local, which imports this
+
+    return name in PROVIDERS
 
 
 def _utc_time(value: object) -> bool:
@@ -278,5 +289,10 @@ def damage(root: Path, name: str) -> Damaged | None:
 
 def delete_command(name: str, root: Path) -> str:
     """``inletsctl delete NAME``, naming the state folder when it is not the default one."""
+    return inletsctl_command("delete", name, root)
+
+
+def inletsctl_command(verb: str, name: str, root: Path) -> str:
+    """``inletsctl VERB NAME``, with ``--state-dir`` when ``root`` is not the default: a command that acts on it."""
     extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
-    return f"inletsctl delete {name}{extra}"
+    return f"inletsctl {verb} {name}{extra}"

@@ -88,10 +88,13 @@ def healthz_error(host: str, port: int, ca_file: Path) -> str | None:
 def wait_until_ready(
     provider: Provisioner, host: Host, ca_file: Path, timeout: float, progress: Progress, interval: float = 2.0,
     *, delivery: Delivery | None = None, why: Callable[[Host], str] | None = None,
+    deleted: Callable[[], bool] | None = None,
 ) -> Host:
     """Poll the provider, then /healthz, until both are good or ``timeout`` seconds pass.
 
-    ``why(host)`` is appended to a timeout once the VM is up: how to read the cause on it.
+    ``why(host)`` is appended to a timeout once the VM is up: how to read the cause on it. ``deleted()`` says
+    whether the host was deleted meanwhile (its local state gone): a host the API does not show is then gone,
+    not late.
     """
     started = time.monotonic()
     deadline = started + timeout
@@ -101,6 +104,8 @@ def wait_until_ready(
             host = _merge(host, provider.status(host.id))
             seen = host.detail or f"status {host.status!r}"
         except NotFound:
+            if deleted is not None and deleted():
+                raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for it to start") from None
             seen = "not visible in the API yet"
         except Transient as exc:  # a 429 or a network blip is no reason to give up on (or delete) a booting VM
             seen = f"the API did not answer ({exc})"

@@ -249,3 +249,19 @@ def test_a_folder_every_user_shares_is_refused_not_made_private(tmp_path: Path) 
                    f"cannot keep exit servers in {shared}: every user shares it (like /tmp), and making it private "
                    f"(0700) would lock them out; give --state-dir a folder of its own, e.g. {shared / 'inlets'}")
     assert shared.stat().st_mode & 0o7777 == 0o1777 and list(shared.iterdir()) == []
+
+
+def test_a_state_root_this_user_cannot_change_is_the_folder_named_to_fix(as_a_user: tuple[str, ...],
+                                                                         tmp_path: Path) -> None:
+    """A root of mode 500: delete said to chmod the server's own folder, which changed nothing, and said it again."""
+    state = tmp_path / "state"
+    (state / "stuck").mkdir(parents=True)
+    (state / "stuck" / "server.json").write_text(json.dumps({"name": "stuck", "provider": "local", "control_port": 8123}))
+    state.chmod(0o500)
+    try:
+        one_line_error(run_inletsctl("delete", "stuck", "--state-dir", str(state), wrap=as_a_user),
+                       f"cannot remove {state / 'stuck'}: let this user change it (chmod u+rwx {state}, the folder "
+                       "holding it) and run the command again")
+        assert (state / "stuck").is_dir()
+    finally:
+        state.chmod(0o700)
