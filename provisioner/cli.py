@@ -16,7 +16,7 @@ from inlets_py.runtime.cli.options import port_option, print_version
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
-from .errors import ProvisionError
+from .errors import ProvisionError, interrupted_status
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -157,9 +157,10 @@ def create_cmd(
             output.print_summary(summary, token)
             if summary.get("firewall"):
                 print(f"\nFirewall: {summary['firewall']}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         raise ProvisionError(f"interrupted: exit server {summary['name']!r} is ready; see its client command with: "
-                             f"{inletsctl_command('status', summary['name'], opts.state_root)}", exit_code=130) from None
+                             f"{inletsctl_command('status', summary['name'], opts.state_root)}",
+                             exit_code=interrupted_status(exc)) from None
 
 
 @app.command(
@@ -311,8 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     except ProvisionError as exc:
         typer.echo(f"inletsctl: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        sys.exit(interrupted_status(exc))
     sys.exit(status if isinstance(status, int) else 0)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import material as material_mod
 from . import replicas
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, interrupted_status
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers
@@ -190,7 +190,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             state.remove()
             raise exc
         if isinstance(exc, KeyboardInterrupt):
-            raise _interrupted(hosts, state, opts) from None
+            raise _interrupted(exc, hosts, state, opts) from None
         if not isinstance(exc, ProvisionError):
             raise
         raise _failed(exc, provider, meta, state, opts, progress) from None
@@ -208,8 +208,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             _balance(provider, hosts, spec, meta, state, opts, progress, started)
     except ProvisionError as exc:
         raise _failed(exc, provider, meta, state, opts, progress) from None
-    except KeyboardInterrupt:
-        raise _interrupted(hosts, state, opts) from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, hosts, state, opts) from None
     try:  # a Ctrl-C here exited 130 without a word, the server up and its state without an address
         ips = [host.ip or "" for host in hosts]
         if not group:
@@ -220,8 +220,8 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         if group:
             meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file, inlets) for ip in ips]
         state.save(meta)
-    except KeyboardInterrupt:
-        raise _interrupted(hosts, state, opts) from None
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, hosts, state, opts) from None
     note = registry.firewall_note(opts.provider, name, spec)
     return summary(meta, state) | ({"firewall": note} if note else {})
 
@@ -286,7 +286,8 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
         if hosts:
             return exc, True  # _interrupted says what is left
         return ProvisionError(f"interrupted while creating {name!r} on {opts.provider}, which may have made it: "
-                              f"`{delete}` deletes it if so, and removes the local state", exit_code=130), False
+                              f"`{delete}` deletes it if so, and removes the local state",
+                              exit_code=interrupted_status(exc)), False
     try:
         found = next((h for h in provider.list() if h.name == name), None)
     except ProvisionError as again:
@@ -301,12 +302,13 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
     return ProvisionError(f"{exc}; {opts.provider} created {name!r} all the same (id {found.id})"), True
 
 
-def _interrupted(hosts: list[Host], state: ServerState, opts: CreateOptions) -> ProvisionError:
-    """Ctrl-C once something exists: say what is left and how to remove it (as a failed wait does), never a
-    silent exit that leaves a server nobody knows of."""
+def _interrupted(exc: KeyboardInterrupt, hosts: list[Host], state: ServerState, opts: CreateOptions) -> ProvisionError:
+    """Ctrl-C (or SIGTERM) once something exists: say what is left and how to remove it (as a failed wait does),
+    never a silent exit that leaves a server nobody knows of."""
     ids = ", ".join(host.id for host in hosts)
     return ProvisionError(f"interrupted: exit server {state.name!r} was left on {opts.provider} (id {ids}) without "
-                          f"its client command; delete it with: {delete_command(state.name, state.root)}", exit_code=130)
+                          f"its client command; delete it with: {delete_command(state.name, state.root)}",
+                          exit_code=interrupted_status(exc))
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:

@@ -14,6 +14,20 @@ class ProvisionError(Exception):
         self.exit_code = exit_code
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, taken as Ctrl-C is (the same words on what is left), with the exit status of a TERM: 143."""
+
+
+def interrupted_status(exc: BaseException | None = None) -> int:
+    """128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 143 if isinstance(exc, Interrupted) else 130
+
+
+def raise_interrupted(signum: int, frame: object) -> None:
+    """The SIGTERM handler: a ``timeout`` or a CI job ending create left its server running without a word."""
+    raise Interrupted
+
+
 class NotFound(ProvisionError):
     """The exit server (VM, process or local state) does not exist."""
 
