@@ -187,6 +187,8 @@ def test_generated_unit_as_printed_verifies_and_holds_no_secret(tmp_path: Path) 
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "--bearer-token-file /etc/inlets/bearer-token" in exec_start
     hint = next(line for line in unit.splitlines() if line.startswith("# Before the first start: "))  # the README's pointer
+    # where the README says it is ("The comment that opens its [Service] section"; it said "the unit's first comment")
+    assert next(line for line in unit.split("\n[Service]\n", 1)[1].splitlines() if line.startswith("#")) == hint
     assert hint.startswith("# Before the first start: useradd --system") and all(
         f in hint for f in ("/etc/inlets/bearer-token", "/etc/inlets/ca.crt", "/etc/inlets/token"))
 
