@@ -108,12 +108,15 @@ class HttpTunnelServer:
 
     async def _sweep(self) -> None:
         """Time out exchanges where nothing moved for ``upstream_timeout``, users who take nothing for as long,
-        and idle keep-alive connections: one timer for all (a timer per request costs as much as routing it)."""
+        and idle keep-alive connections: one timer for all (a timer per request costs as much as routing it).
+        Also drops the metric series of hosts unserved past their grace."""
         assert self._loop is not None
         interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4, self.header_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             now = self._loop.time()
+            if self.metrics.unserved:
+                self.metrics.expire(now)
             deadline = now - self.upstream_timeout
             # An upstream is not late while the user's socket is full: the proxy holds its credit back then
             for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline
@@ -154,11 +157,12 @@ class HttpTunnelServer:
         service = f"http:{host}"
         if self.registry.serves(service):
             return service, host
-        if service in self.guards:  # protected, served by no client now (401, then 503): no label of its own, as
-            return service, OTHER  # ``forget_host`` dropped its series when the last client left
+        label = host if self.metrics.remembers(host) else OTHER  # its own label for the grace after its last client
+        if service in self.guards:  # protected, served by no client now (401, then 503); past the grace no label of
+            return service, label  # its own: ``forget_host`` dropped its series, and nothing would drop them again
         if self.registry.serves(CATCH_ALL):
-            return CATCH_ALL, OTHER
-        return None, OTHER
+            return CATCH_ALL, label
+        return None, label
 
     def options_for(self, session: Session) -> HttpOptions:
         return self.options.get(session, self._default_options)
@@ -183,6 +187,8 @@ class HttpTunnelServer:
         self.options[session] = options
         self.guards.admit(session, services, options)
         self.registry.add(session, services)
+        for service in services:
+            self.metrics.host_served(service.partition(":")[2])
         return services
 
     def _release(self, session: Session) -> None:
@@ -198,5 +204,5 @@ class HttpTunnelServer:
         for service in self.registry.remove(session):
             host = service.partition(":")[2]
             if host != "*":
-                self.metrics.forget_host(host)
+                self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)
             log.info("event=no_clients service=%s", service)

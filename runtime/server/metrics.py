@@ -80,10 +80,18 @@ class HttpMetrics(ServerMetrics):
     Here an update is a dict lookup, a bisect and three additions.
     """
 
+    #: how long a host no client serves keeps its series (a client restarting, a network blip): its counters go on,
+    #: and the 503s of the gap count under it; Prometheus itself marks a series stale after 5 minutes
+    GRACE = 300.0
+    #: hosts kept so at most: beyond it the one unserved longest is dropped at once (label sets stay bounded)
+    MAX_UNSERVED = 1024
+
     def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
         super().__init__("http", connected, serves)
         self.series: dict[tuple[str, str, str], list[float]] = {}  # labels -> [count, sum, per-bucket counts]
         self._keys: dict[tuple[int, str, bytes], list[float]] = {}
+        self.unserved: dict[str, float] = {}  # host -> when its last client left (loop time), oldest first
+        self.grace = self.GRACE
 
     def observe(self, code: int, host: str, method: bytes, seconds: float) -> None:
         """Count one request; ``host`` must already be an advertised name or ``OTHER``."""
@@ -100,8 +108,32 @@ class HttpMetrics(ServerMetrics):
         if index < len(DURATION_BUCKETS):
             values[2 + index] += 1
 
+    def host_unserved(self, host: str, now: float) -> None:
+        """The last client of ``host`` left: its series stay for ``grace`` seconds (``expire``), then go."""
+        self.unserved.pop(host, None)
+        self.unserved[host] = now
+        while len(self.unserved) > self.MAX_UNSERVED:
+            self.forget_host(next(iter(self.unserved)))
+
+    def host_served(self, host: str) -> None:
+        """A client serves ``host`` (again): its series are kept."""
+        self.unserved.pop(host, None)
+
+    def remembers(self, host: str) -> bool:
+        """Whether ``host``, served by no client now, still has its own label (within the grace)."""
+        return host in self.unserved
+
+    def expire(self, now: float) -> None:
+        """Drop the series of the hosts unserved for longer than ``grace``."""
+        while self.unserved:
+            host, since = next(iter(self.unserved.items()))
+            if since > now - self.grace:
+                return
+            self.forget_host(host)
+
     def forget_host(self, host: str) -> None:
         """Drop the series of a host no client serves any more (keeps label sets bounded)."""
+        self.unserved.pop(host, None)
         for key in [k for k in self._keys if k[1] == host]:
             del self._keys[key]
         for labels in [labels for labels in self.series if labels[1] == host]:

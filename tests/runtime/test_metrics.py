@@ -131,27 +131,77 @@ def test_status_codes_an_upstream_makes_up_do_not_each_become_a_label(tls, token
         stack.close()
 
 
-def test_a_protected_name_no_client_serves_any_more_is_no_label(tls, token):
+def _hosts(server, tls, token) -> dict[str, float]:
+    found = samples(scrape(server.control.addresses[0], tls, token)[1])
+    counts: dict[str, float] = {}
+    for (name, labels), value in found.items():
+        if name == "http_dataplane_requests_total":
+            host = dict(labels)["host"]
+            counts[host] = counts.get(host, 0) + value
+    return counts
+
+
+def _until_no_clients(server) -> None:
+    for _ in range(100):  # bounded: 100 x 50 ms
+        if not server.control.clients:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the client is still connected")
+
+
+def test_a_protected_name_no_client_serves_any_more_is_no_label_past_the_grace(tls, token):
     """A protected name outlives its clients (401, then 503): its requests made series under the name again
-    after the last client left, which forget_host had just dropped and nothing would drop again."""
+    after the last client left, which forget_host had just dropped and nothing would drop again. Within the
+    grace they count under the name; past it under _other, and the name's series are gone."""
     from inlets_py.runtime.http.options import HttpOptions
 
     stack = Stack()
     try:
         _, up = stack.upstream("G")
         server = stack.server(tls, token)
+        server.metrics.grace = 60.0  # the test shortens it below, once the first request has counted
         _, task = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{up}"],
                                HttpOptions.build(basic_auth=("alice", "pw")))
         stack.stop_client(task)
-        for _ in range(50):
-            if not server.control.clients:
+        _until_no_clients(server)
+        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer  # still protected
+        assert _hosts(server, tls, token) == {"gone.test": 1}  # within the grace
+        server.metrics.grace = 0.0  # the next sweep (at most 1 s away) finds it past
+        for _ in range(100):  # bounded: 100 x 50 ms
+            if "gone.test" not in _hosts(server, tls, token):
                 break
             time.sleep(0.05)
         answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 401 "), answer  # still protected
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        assert _hosts(server, tls, token) == {"_other": 1}
+    finally:
+        stack.close()
+
+
+def test_a_host_whose_client_reconnects_keeps_its_counters_and_its_gap_is_counted_under_it(tls, token):
+    """The series of a host went the moment its last client left: a client's restart reset its counters, and the
+    503s of the gap counted under _other."""
+    stack = Stack()
+    try:
+        _, up = stack.upstream("R")
+        server = stack.server(tls, token)
+        upstreams = [f"back.test=http://{LOOPBACK}:{up}"]
+        _, task = stack.client(server, tls, token, upstreams)
+        request = b"GET / HTTP/1.1\r\nHost: back.test\r\n\r\n"
+        for _ in range(3):
+            assert raw_request(server.data_port, request).startswith(b"HTTP/1.1 200 ")
+        stack.stop_client(task)
+        _until_no_clients(server)
+        assert raw_request(server.data_port, request).startswith(b"HTTP/1.1 503 ")
+        stack.client(server, tls, token, upstreams)
+        for _ in range(2):
+            assert raw_request(server.data_port, request).startswith(b"HTTP/1.1 200 ")
         found = samples(scrape(server.control.addresses[0], tls, token)[1])
-        hosts = {dict(labels).get("host") for (name, labels) in found if name == "http_dataplane_requests_total"}
-        assert hosts == {"_other"}, hosts
+        codes = {dict(labels)["code"]: value for (name, labels), value in found.items()
+                 if name == "http_dataplane_requests_total" and dict(labels)["host"] == "back.test"}
+        assert codes == {"200": 5, "503": 1}, codes
+        assert not server.metrics.unserved
     finally:
         stack.close()
 
