@@ -193,10 +193,11 @@ class SshProvider:
         among them), which no install will remove; called by delete once the host says nothing is installed."""
         from ..ssh_connect import SshOptions
 
-        if not (self._root / name / RECORD).is_file():
+        record = self._root / name / RECORD
+        if not record.is_file():
             return []  # create never got as far as connecting
-        name, state_dir, opts = self._record(host_id(SshOptions.load(self._root / name / RECORD), name))
-        client = self._client(name, state_dir, opts)
+        opts = SshOptions.load(record)
+        client = self._client(name, record.parent, opts)
         code, out, err = self._root_run(client, opts, DELETE_STAGES.format(name=shlex.quote(name)))
         if code != 0:
             raise ProvisionError(f"ssh: removing the uploads of {name} from {opts.host} failed: {_last(err) or f'exit status {code}'}")

@@ -43,6 +43,7 @@ if ! mark_taken; then
 fi
 trap 'rm -rf "$stage" "$mark"' EXIT
 trap 'exit 143' TERM HUP INT  # so the EXIT trap cleans up after a delete stops the install
+trap '' PIPE  # a write to the channel of an inletsctl that is gone (Ctrl-C) fails, not kills: the install ends as it would
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
 "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
@@ -83,8 +84,8 @@ else
   setsid nohup "$opt/supervise" >>"$opt/server.log" 2>&1 </dev/null &
   i=0; while [ ! -s "$opt/supervisor.pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 fi
-rm -f "$mark"
-trap 'rm -rf "$stage"' EXIT
+rm -rf "$stage" "$mark"  # before the one line to the channel, which may be gone
+trap - EXIT
 echo "$sup"
 """
 
