@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 from .borrow import borrowed
 from .bridge import tune_socket
+from .hosts import authority
 from .logs import logfmt
 
 log = logging.getLogger("inlets.listen")
@@ -40,8 +41,7 @@ class BindError(OSError):
     def __init__(self, cause: OSError, role: str, host: str | None, port: int) -> None:
         super().__init__(cause.errno, cause.strerror)
         self.cause, self.role = cause, role
-        host = host or "*"
-        self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.where = authority(host or "*", port)
 
 
 async def listen_as(role: str, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int,
