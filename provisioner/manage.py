@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from inlets_py.runtime.core.probe import ProbeError
 from inlets_py.runtime.core.tls import TlsConfigError
@@ -190,7 +190,7 @@ def list_servers(
                 seen = balancer is not None or any(members)
                 rows.append(replicas.group_row(meta, members, balancer, "both" if seen else "local state only"))
                 continue
-            host = by_id.pop(str(meta.get("id")), None)
+            host = by_id.pop(str(meta.get("id") or _named(by_id.values(), meta.get("name"))), None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
@@ -261,9 +261,17 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     provider = _provider_for(str(meta["provider"]), root, creds)
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)
+    if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
+        host_id = _named(provider.list(), name)
+        if host_id:  # as delete finds it: by name
+            meta = meta | {"id": host_id}
+            result["id"] = host_id
     try:
         host = provider.status(str(meta.get("id")))
         result["vm"] = host.detail or host.status
+        if not meta.get("ip") and host.ip:
+            meta = meta | {"ip": host.ip}
+            result["ip"] = host.ip
     except NotFound:  # asking its old address could only fail, or reach whatever has that address now
         if meta.get("id"):
             raise ProvisionError(f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or "
@@ -282,6 +290,13 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
         ) from None
     return result
+
+
+def _named(hosts: Iterable[Host], name: object) -> str | None:
+    """The id of the one host called ``name``, for a state whose create was cut short before it recorded one
+    (Ctrl-C while the cloud made the VM, or while an ssh host was installed); none when several share the name."""
+    found = [h.id for h in hosts if h.name == name]
+    return found[0] if len(found) == 1 else None
 
 
 def _ask(state: ServerState, ip: str, port: int) -> dict[str, Any]:

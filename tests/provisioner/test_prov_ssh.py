@@ -8,6 +8,7 @@ gives cloud-init, checked by the template tests.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -570,11 +571,21 @@ def test_an_install_that_finishes_after_ctrl_c_leaves_no_secrets_in_tmp(
     deadline = time.monotonic() + 60
     while mark.exists() and time.monotonic() < deadline:  # the install goes on by itself, then ends
         time.sleep(0.1)
+    state = ["--state-dir", str(tmp_path / "state")]
     try:
         assert not mark.exists(), "the install did not end"
         assert not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))
+        # the state has no id (create never returned): status and list found it by name, not "no IP yet; vm: gone"
+        listed = run_inletsctl("list", "--json", *state)
+        rows = [r for r in json.loads(listed.out)["servers"] if r["name"] == prov_ssh_name]
+        assert [(r["where"], r["status"], r["id"]) for r in rows] == [
+            ("both", "active", f"root@127.0.0.1:{prov_ssh_sshd.port}/{prov_ssh_name}")], listed
+        deadline = time.monotonic() + 30
+        while (asked := run_inletsctl("status", prov_ssh_name, *state)).code != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)  # the server the install started is still coming up
+        assert asked.code == 0 and "ip        127.0.0.1" in asked.out and "plain supervisor: active" in asked.out, asked
     finally:
-        assert run_inletsctl("delete", prov_ssh_name, "--state-dir", str(tmp_path / "state")).code == 0
+        assert run_inletsctl("delete", prov_ssh_name, *state).code == 0
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists()
 
 
