@@ -213,10 +213,19 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         ) from None
     except paramiko.AuthenticationException:
         client.close()
+        encrypted = [] if opts.key_file else [p for p in _default_keys() if _encrypted(p)]
+        if encrypted:  # paramiko tried it, could not open it, and says only "refused"
+            other = ", or give an unencrypted key with --ssh-key" if pinned_file is None else ""
+            raise ProvisionError(f"ssh: {encrypted[0]} is encrypted and ssh-agent does not hold it: load it with "
+                                 f"`ssh-add {encrypted[0]}`{other}") from None
         how = f"the key {opts.key_file}" if opts.key_file else "ssh-agent and ~/.ssh keys"
         raise ProvisionError(f"ssh: {where} refused {how}") from None
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
         client.close()
+        if str(exc) == "No authentication methods available":  # paramiko's words when it had no key to offer
+            fix = "give one with --ssh-key" if pinned_file is None else "load the key create used with ssh-add"
+            raise ProvisionError(f"ssh: no key to log in to {where} with: ssh-agent holds none and ~/.ssh has no "
+                                 f"id_ed25519, id_ecdsa or id_rsa; {fix}") from None
         if pinned_file is None:  # create: the flags say where
             raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
         why = describe(exc, port_flag=False)  # status, list, delete: where create recorded, which no flag changes
@@ -224,6 +233,22 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         raise ProvisionError(f"ssh: cannot connect to {where}: {why}{then} that host is gone for good, remove this exit "
                              f"server's local state: rm -r {shlex.quote(str(pinned_file.parent))}") from None
     return client
+
+
+def _default_keys() -> list[Path]:
+    """The files paramiko's ``look_for_keys`` tries, as OpenSSH does without -i."""
+    home = Path("~/.ssh").expanduser()
+    return [home / f"id_{kind}" for kind in ("rsa", "dsa", "ecdsa", "ed25519") if (home / f"id_{kind}").is_file()]
+
+
+def _encrypted(path: Path) -> bool:
+    try:
+        paramiko.PKey.from_path(path)
+    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
+        return True
+    except (OSError, paramiko.SSHException, ValueError, UnicodeDecodeError):
+        return False
+    return False
 
 
 def _changed_key_advice(opts: SshOptions, pinned_file: Path | None, known: Path | None) -> str:

@@ -31,25 +31,30 @@ fail() {{ echo "$*" >&2; exit 3; }}
 trap 'rm -rf "$stage"' EXIT
 if [ "$sup" = auto ]; then if [ -d /run/systemd/system ]; then sup=systemd; else sup=plain; fi; fi
 if [ "$sup" = systemd ] && [ ! -d /run/systemd/system ]; then fail "systemd is not running on this host: use --supervisor plain"; fi
-install -d -m 0755 /etc/inlets /opt/inlets
 # the mark names this install (pid and start time): a delete stops it before removing anything, and a second
-# create of the same name is refused (set -C: the mark is made only if it is not there)
-mark_taken() {{ ( set -C; echo "$$ $(started $$)" > "$mark" ) 2>/dev/null; }}
+# create of the same name is refused (set -C: the mark is made only if it is not there); the folders are made
+# each time, as a delete of the host's last exit server removes them
+mark_taken() {{ install -d -m 0755 /etc/inlets /opt/inlets && ( set -C; echo "$$ $(started $$)" > "$mark" ) 2>/dev/null; }}
 if ! mark_taken; then
   if installing; then
     fail "an exit server named $name is being installed on this host right now (pid $ipid): let that create finish, or stop it with inletsctl delete $name"
   fi
   rm -f "$mark"; mark_taken || fail "an exit server named $name is being installed on this host right now"
 fi
-trap 'rm -rf "$stage" "$mark"' EXIT
+trap 'rm -rf "$stage" "$mark"; rmdir /opt/inlets /etc/inlets 2>/dev/null || true' EXIT
 trap 'exit 143' TERM HUP INT  # so the EXIT trap cleans up after a delete stops the install
 trap '' PIPE  # a write to the channel of an inletsctl that is gone (Ctrl-C) fails, not kills: the install ends as it would
 if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
-"$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 \
-  || fail "$py on the host is $("$py" --version 2>&1 | head -n 1): the exit server needs Python 3.10 or newer; install it, or pass --remote-python"
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+  version=$("$py" --version 2>&1 | head -n 1)
+  case "$version" in
+    "Python "*) fail "$py on the host is $version: the exit server needs Python 3.10 or newer; install it, or pass --remote-python" ;;
+    *) fail "$py on the host is not a Python interpreter: give python3 (3.10 or newer) with --remote-python" ;;
+  esac
+fi
 # from here on a failure leaves nothing of this exit server behind
-trap 'rm -rf "$stage" "$conf" "$opt" "$mark"; rm -f "/etc/systemd/system/inlets-$name.service"' EXIT
+trap 'rm -rf "$stage" "$conf" "$opt" "$mark"; rm -f "/etc/systemd/system/inlets-$name.service"; rmdir /opt/inlets /etc/inlets 2>/dev/null || true' EXIT
 owner=root
 if [ "$sup" = systemd ]; then
   id -u inlets >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin inlets
@@ -193,5 +198,6 @@ else
   fi
 fi
 rm -rf "$opt" "$conf"
+rmdir /opt/inlets /etc/inlets 2>/dev/null || true  # the host's last exit server: nothing of inletsctl's is left
 echo deleted
 """

@@ -155,6 +155,8 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     deleted = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
     assert deleted.code == 0, deleted.err
     assert not Path(f"/opt/inlets/{name}").exists() and not Path(f"/etc/inlets/{name}").exists()
+    others = [p for parent in ("/opt/inlets", "/etc/inlets") if Path(parent).is_dir() for p in Path(parent).iterdir()]
+    assert others or not Path("/opt/inlets").exists() and not Path("/etc/inlets").exists()  # the last one: no empty folders
     assert not state.exists()
     assert not Path(f"/proc/{supervisor}").exists() or b"supervise" not in Path(f"/proc/{supervisor}/cmdline").read_bytes()
     again = run_cli(capsys, "delete", name, "--state-dir", str(tmp_path / "state"))
@@ -290,6 +292,24 @@ def test_key_the_host_does_not_accept_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_
     args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
     args[args.index("--ssh-key") + 1] = str(stranger)
     one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "refused the key", str(stranger))
+
+
+def test_without_ssh_key_an_encrypted_or_missing_home_key_is_named_with_what_to_do(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path) -> None:
+    """Without --ssh-key, an encrypted ~/.ssh/id_ed25519 that no agent held was reported as 'refused ssh-agent and
+    ~/.ssh keys', and no key at all as paramiko's 'No authentication methods available'."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    del args[args.index("--ssh-key"):args.index("--ssh-key") + 2]
+    env = {"HOME": str(home), "SSH_AUTH_SOCK": ""}  # no agent
+    one_line_error(run_inletsctl("create", prov_ssh_name, *args, env=env),
+                   "no key to log in to root@127.0.0.1", "give one with --ssh-key")
+    key = home / ".ssh" / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(key)], check=True, timeout=30)
+    one_line_error(run_inletsctl("create", prov_ssh_name, *args, env=env),
+                   f"ssh: {key} is encrypted and ssh-agent does not hold it: load it with `ssh-add {key}`")
+    assert not (tmp_path / "state" / prov_ssh_name).exists()
 
 
 def test_a_command_that_ends_before_reading_its_input_still_reports_its_status(prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
@@ -681,6 +701,16 @@ def test_a_python_too_old_for_the_server_is_named_with_what_to_do(
         args[args.index("--remote-python") + 1] = python
         result = run_cli(capsys, "create", prov_ssh_name, *args)
         one_line_error(result, f"{python} on the host is Python {version}", "needs Python 3.10 or newer", "--remote-python")
+        assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def test_a_remote_python_that_is_no_python_is_said_so(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """``--remote-python /tmp`` said '/tmp on the host is sh: 33: /tmp: Permission denied: ... needs Python 3.10'."""
+    for path in ("/tmp", "/etc/hostname"):
+        args = _ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key", "--ports", str(free_port()))
+        args[args.index("--remote-python") + 1] = path
+        one_line_error(run_cli(capsys, "create", prov_ssh_name, *args),
+                       f"{path} on the host is not a Python interpreter: give python3 (3.10 or newer) with --remote-python")
         assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
 
 
