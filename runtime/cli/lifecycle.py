@@ -132,7 +132,7 @@ def run_server(
             log.error("event=reload_failed error=%s keeping=current_tokens", logfmt(exc))
             return
         server.control.config.tokens.replace(tokens)
-        revoked = server.control.revoke_stale_tokens()
+        revoked = server.control.revoke_stale_tokens(drain_timeout)
         log.info("event=tokens_reloaded count=%d clients_revoked=%d", len(tokens), revoked)
 
     async def stop() -> None:

@@ -86,6 +86,7 @@ class ClientInfo:
     services: list[str]
     authorization: str = field(default="", repr=False)  # to re-check on token rotation; never shown
     connected_at: float = field(default_factory=time.time)
+    revoked: bool = False  # its token was removed; it finishes its open streams, if its client already drains it
 
 
 def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -223,14 +224,25 @@ class ControlPlane:
         await asyncio.gather(*(s.drain(timeout, "server shutting down") for s in sessions), return_exceptions=True)
         await self.stop()
 
-    def revoke_stale_tokens(self) -> int:
-        """After the token set changed: disconnect clients whose token is no longer accepted."""
+    def revoke_stale_tokens(self, grace: float) -> int:
+        """After the token set changed: disconnect clients whose token is no longer accepted.
+
+        A connection its client already drains (it reconnected with the new token: a rotation's second step) is
+        let finish its open streams within ``grace`` (--drain-timeout), opening none; cutting it reset users'
+        downloads when the old token was removed a moment too soon. Any other closes now."""
         revoked = 0
         for session, info in list(self.clients.items()):
-            if not self.config.tokens.check_header(info.authorization):
-                log.warning("event=token_revoked client=%s remote=%s", logfmt(info.client_id), logfmt(info.remote))
+            if info.revoked or self.config.tokens.check_header(info.authorization):
+                continue
+            info.revoked, draining = True, session.mux.peer_going_away
+            log.warning("event=token_revoked client=%s remote=%s open_streams=%d then=%s", logfmt(info.client_id),
+                        logfmt(info.remote), len(session.channels), "drain" if draining else "close")
+            if draining:
+                session.on_stream = None  # a stream it opens now is refused ("this side accepts no streams")
+                asyncio.ensure_future(session.drain(grace, "token revoked"))
+            else:
                 asyncio.ensure_future(session.close(1008, "token revoked"))
-                revoked += 1
+            revoked += 1
         return revoked
 
     # ------------------------------------------------------------- HTTP requests

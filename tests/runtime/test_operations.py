@@ -517,6 +517,70 @@ def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, ech
     assert codes == [0, 0]
 
 
+def test_removing_the_old_token_lets_the_rotated_clients_old_connection_finish_and_cuts_the_others(
+        tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
+    """Step 3 of a rotation (the old token removed) closed every connection made with the old token, so a
+    download still running on the connection the rotated client was draining was reset mid-way. Now that one
+    finishes (within --drain-timeout), and a client that never rotated is cut at once, as before."""
+    import hashlib
+    import os
+
+    old, new = "old-token-" + "c" * 40, "new-token-" + "d" * 40
+    server_tokens, rotated_token, stale_token = tmp_path / "server-tokens", tmp_path / "rotated", tmp_path / "stale"
+    server_tokens.write_text(old + "\n" + new + "\n")  # step 1 done: the server accepts both
+    rotated_token.write_text(old + "\n")
+    stale_token.write_text(old + "\n")
+    body = os.urandom(8 * 1024 * 1024)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def slow_download() -> None:  # one connection: 8 MiB over ~3 s, started when it says "go"
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(2) == b"go":
+                    for i in range(16):
+                        conn.sendall(body[i * len(body) // 16:(i + 1) * len(body) // 16])
+                        time.sleep(0.2)
+
+    threading.Thread(target=slow_download, daemon=True).start()
+    control, public, other = free_port(), free_port(), free_port()
+    server = spawn(*server_args(control, tls, server_tokens, "--drain-timeout", "20"), log=tmp_path / "server.log")
+    rotated = spawn(*client_args(control, tls, rotated_token, "--upstream",
+                                 f"{public}=127.0.0.1:{listener.getsockname()[1]}"), log=tmp_path / "rotated.log")
+    stale = spawn(*client_args(control, tls, stale_token, "--upstream", f"{other}=127.0.0.1:{echo_port}"),
+                  log=tmp_path / "stale.log")
+    try:
+        wait_port(public)
+        wait_port(other)
+        time.sleep(0.2)
+        assert echo_once(other, b"before") == b"before"
+        sock = socket.create_connection(("127.0.0.1", public), timeout=10)
+        sock.sendall(b"go")
+        first = sock.recv(1 << 16)
+        rotated_token.write_text(new + "\n")  # step 2: the client reconnects with the new token, drains the old
+        rotated.send_signal(signal.SIGHUP)
+        wait_for_text(tmp_path / "server.log", "event=peer_draining")
+        server_tokens.write_text(new + "\n")  # step 3 at once, the download still under way on the old connection
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(tmp_path / "server.log", "event=tokens_reloaded count=1 clients_revoked=2")
+        received = bytearray(first)
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+        sock.close()
+        assert hashlib.sha256(received).digest() == hashlib.sha256(body).digest(), (len(received), len(body))
+        log = (tmp_path / "server.log").read_text()
+        assert "then=drain" in log and "then=close" in log, log[-3000:]
+        with pytest.raises(OSError):  # the client that kept the old token serves nothing now
+            if echo_once(other, b"after") != b"after":
+                raise ConnectionResetError("not echoed")
+    finally:
+        stop_all(rotated, stale, server)
+        listener.close()
+
+
 def test_sigterm_lets_open_streams_finish_then_exits(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
     """A download in progress completes after SIGTERM; new connections are refused meanwhile."""
     size = 8 * 1024 * 1024
