@@ -45,7 +45,9 @@ def render_table(doc: dict[str, Any]) -> str:
     if not clients:
         lines.append("no clients connected")
         return "\n".join(lines)
-    rows = [("CLIENT", "REMOTE", "CONNECTED SINCE", "SERVICES", "STREAMS", "IN", "OUT")]
+    # bytes over the client's connection, each way: "IN" read as the data plane's direction="in" (from the public
+    # side), which is this table's "TO CLIENT" for a remote forward
+    rows = [("CLIENT", "REMOTE", "CONNECTED SINCE", "SERVICES", "STREAMS", "FROM CLIENT", "TO CLIENT")]
     for client in clients:
         rows.append(
             (

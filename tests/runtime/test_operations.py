@@ -202,6 +202,8 @@ def test_status_shows_clients_and_refuses_a_wrong_token(
         table = inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca))
         assert table.returncode == 0, table.stderr
         assert "inlets tcp server" in table.stdout and f"tcp:{public}" in table.stdout
+        # not "IN"/"OUT", which /metrics' tcp_dataplane_bytes_total{direction} counts the other way round
+        assert table.stdout.splitlines()[1].endswith("STREAMS  FROM CLIENT  TO CLIENT"), table.stdout
         doc = json.loads(inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca),
                                 "--json").stdout)
         (entry,) = doc["clients"]
