@@ -90,10 +90,7 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
             mapping[service] = Upstream(host, port)
         elif item.strip():
             plain_hosts.append(_plain_host(item))
-    lists = {
-        "tcp": [p for group in ports for p in group.split(",") if p.strip()],
-        "udp": [p for group in udp_ports or [] for p in group.split(",") if p.strip()],
-    }
+    lists = {"tcp": _entries(ports, "--ports"), "udp": _entries(udp_ports or [], "--udp-ports")}
     if len(plain_hosts) > 1:
         raise UpstreamError("give one plain --upstream HOST (use PORT=HOST:PORT for more)")
     if plain_hosts and not (lists["tcp"] or lists["udp"]):
@@ -110,6 +107,25 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
     if not mapping:
         raise UpstreamError("nothing to serve: give --upstream HOST --ports P or --upstream PORT=HOST:PORT")
     return mapping
+
+
+def _entries(groups: list[str], flag: str) -> list[str]:
+    """The entries of ``--ports 80,443 [--ports 8080]``: an empty one (``80,,81``, a trailing comma) or a port
+    given twice is refused, as inletsctl's --ports refuses them, rather than skipped without a word."""
+    entries: list[str] = []
+    seen: set[int] = set()
+    for group in groups:
+        for text in (part.strip() for part in group.split(",")):
+            if not text:
+                raise UpstreamError(f"{flag} {group!r} has an empty entry: give ports separated by single commas, "
+                                    "e.g. 80,443")
+            port = parse_port(text)  # a bad one is said by the caller, with the flag's name
+            if port is not None:
+                if port in seen:
+                    raise UpstreamError(f"port {port} is given twice in {flag}")
+                seen.add(port)
+            entries.append(text)
+    return entries
 
 
 class TcpUpstreams:

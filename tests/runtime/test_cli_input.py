@@ -98,6 +98,11 @@ def test_bad_input_is_one_line(args: list[str], message: str, files: dict[str, s
     (["2222=h:22:33"], "expected HOST:PORT"),
     (["2222=h:22", "--upstream", "2222=h:23"], "public port tcp:2222 is given twice"),
     (["127.0.0.1", "--ports", "80", "--upstream", "80=h:81"], "public port tcp:80 is given by --ports and"),
+    # were skipped or collapsed without a word (inletsctl's --ports refused them)
+    (["127.0.0.1", "--ports", "80,,81"], "--ports '80,,81' has an empty entry"),
+    (["127.0.0.1", "--ports", "80,"], "--ports '80,' has an empty entry"),
+    (["127.0.0.1", "--ports", "80,443", "--ports", "0443"], "port 443 is given twice in --ports"),
+    (["127.0.0.1", "--udp-ports", "53,53"], "port 53 is given twice in --udp-ports"),
 ])
 def test_malformed_or_conflicting_tcp_upstreams_are_refused(upstreams: list[str], message: str, files) -> None:
     result = inlets("tcp", "client", "--token-file", files["tok"], "--url", "wss://127.0.0.1:1", "--upstream", *upstreams)
