@@ -132,7 +132,12 @@ class SshProvider:
             supervise = SUPERVISE.format(name=plan.name, opt=opt, exec_start=shlex.join(argv))
             upload(sftp, f"{stage}/supervise", supervise.encode(), 0o755)
         except (OSError, paramiko.SSHException) as exc:
-            run(client, f"rm -rf {shlex.quote(stage)}")
+            if isinstance(exc.__context__, KeyboardInterrupt):  # a Ctrl-C cut a packet short, and closing the
+                raise exc.__context__ from None  # file then failed on the broken session: the Ctrl-C is what happened
+            try:
+                run(client, f"rm -rf {shlex.quote(stage)}")
+            except ProvisionError:
+                pass  # the connection is gone: delete removes the folder (delete_leftovers)
             raise ProvisionError(f"ssh: uploading to {opts.host}:{stage} failed: {describe(exc)}") from None
         finally:
             sftp.close()
