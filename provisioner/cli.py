@@ -16,7 +16,7 @@ from inlets_py.runtime.cli.options import port_option, print_version
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
-from .errors import ProvisionError, interrupted_status
+from .errors import ProvisionError, command_starts, finished, interrupted_status
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -147,9 +147,11 @@ def create_cmd(
     progress = output.Progress(quiet=json_output)
     try:
         summary = create(opts, progress)
-    finally:
+    except BaseException:
         progress.close()
+        raise
     try:  # the server is up and recorded: a Ctrl-C while it is printed must not leave the user with nothing
+        progress.close()
         token = ServerState(opts.state_root, summary["name"]).token() if show_token else None
         if json_output:
             output.print_json(summary | ({"token": token} if token else {}))
@@ -157,6 +159,7 @@ def create_cmd(
             output.print_summary(summary, token)
             if summary.get("firewall"):
                 print(f"\nFirewall: {summary['firewall']}")
+        finished()
     except KeyboardInterrupt as exc:
         raise ProvisionError(f"interrupted: exit server {summary['name']!r} is ready; see its client command with: "
                              f"{inletsctl_command('status', summary['name'], opts.state_root)}",
@@ -190,15 +193,21 @@ def delete_cmd(
     from . import manage
 
     flags.refuse_empty(ctx)
+    root = state_root(state_dir)
     progress = output.Progress()
     try:
         done = manage.delete(
-            state_root(state_dir),
+            root,
             _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
                    api_timeout=_api_timeout(timeout)),
             progress,
             name=name, host_id=id, ip=ip, provider_name=provider, timeout=timeout,
         )
+    except KeyboardInterrupt as exc:  # it exited 130 without a word, the server perhaps half deleted
+        what = repr(name) if name is not None else f"--id {id}" if id is not None else f"--ip {ip}"
+        again = inletsctl_command("delete", name, root) if name is not None and provider is None else "the same delete"
+        raise ProvisionError(f"interrupted while deleting {what}, which may be partly deleted: run {again} again to "
+                             "finish", exit_code=interrupted_status(exc)) from None
     finally:
         progress.close()
     print(done)
@@ -299,8 +308,10 @@ for _command in app.registered_commands:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors and ProvisionErrors as one line on stderr, non-zero exit."""
+    command_starts()
     try:
         status = app(args=argv, prog_name="inletsctl", standalone_mode=False)
+        finished()
     except typer.TyperException as exc:  # click usage errors: bad flags and values
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message(), err=True)
@@ -314,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort) as exc:
         sys.exit(interrupted_status(exc))
+    if status == 130:  # typer's status for a KeyboardInterrupt no command caught (a SIGTERM's is 143)
+        status = interrupted_status()
     sys.exit(status if isinstance(status, int) else 0)
 
 

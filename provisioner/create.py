@@ -140,9 +140,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     prepare_root(opts.state_root)  # before the provider is asked anything
     provider = make(opts.provider, opts.state_root, opts.creds)
     state = ServerState(opts.state_root, name)
-    if state.exists() or state.dir.exists():
-        raise ProvisionError(f"an exit server named {name!r} already exists ({state.dir}); choose another name, "
-                             f"or first: {delete_command(name, state.root)}")
+    state.check_free()
     if provider.user_data_limit and any(h.name in names or (group and h.group == group) for h in provider.list()):
         raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
     progress("generating token and TLS material")

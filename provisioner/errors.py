@@ -18,14 +18,38 @@ class Interrupted(KeyboardInterrupt):
     """SIGTERM, taken as Ctrl-C is (the same words on what is left), with the exit status of a TERM: 143."""
 
 
+class _Signals:
+    """Whether a SIGTERM came during this command: typer turns a KeyboardInterrupt no command caught (one
+    while click parses the flags, say) into its exit status 130, and the Interrupted under it is lost."""
+
+    terminated = False
+
+
 def interrupted_status(exc: BaseException | None = None) -> int:
     """128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
-    return 143 if isinstance(exc, Interrupted) else 130
+    return 143 if isinstance(exc, Interrupted) or _Signals.terminated else 130
+
+
+def finished() -> None:
+    """The command's work is done and said: from here a Ctrl-C or SIGTERM could only turn its success into a
+    failure (or a kill by the signal, as one during the interpreter's exit was), so both are ignored."""
+    import signal
+
+    if signal.getsignal(signal.SIGTERM) is not raise_interrupted:
+        return  # cli.main called by a program of its own (the tests): not the inletsctl script's signals to change
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def raise_interrupted(signum: int, frame: object) -> None:
     """The SIGTERM handler: a ``timeout`` or a CI job ending create left its server running without a word."""
+    _Signals.terminated = True
     raise Interrupted
+
+
+def command_starts() -> None:
+    """Forget a SIGTERM of an earlier command run in this process (the tests run many)."""
+    _Signals.terminated = False
 
 
 class NotFound(ProvisionError):

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from inlets_py.runtime.core.hosts import is_ip
 from inlets_py.runtime.core.ports import parse_port
 from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
@@ -158,6 +159,10 @@ def build_spec(
         if control_port in parsed:
             raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
         host = _untrimmed(upstream or DEFAULT_TCP_UPSTREAM, "tcp")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if "=" in host or (":" in bare and not is_ip(bare)):  # the client's forms for its own --ports, not create's
+            raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give the host alone (e.g. 127.0.0.1); "
+                                 "the client forwards each of --ports to the same port on it")
         try:  # the client's own check: the printed client command takes what create took
             tcp_upstreams.parse_upstreams([host], [",".join(map(str, parsed))])
         except tcp_upstreams.UpstreamError as exc:
@@ -172,6 +177,9 @@ def build_spec(
     if http_port == control_port:
         raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))
+    if len(names) < len(domains):  # refused as a port given twice is, not dropped without a word
+        twice = next(n for n in names if [check_domain(d) for d in domains].count(n) > 1)
+        raise ProvisionError(f"--domain {twice} is given twice: give each domain once")
     url = _untrimmed(upstream or DEFAULT_HTTP_UPSTREAM, "http")
     try:  # the client's own check, as for tcp
         http_upstreams.parse_upstream_url(url)

@@ -134,17 +134,30 @@ class ServerState:
     def exists(self) -> bool:
         return _has_metadata(self.dir)
 
+    def check_free(self) -> None:
+        """Fail, saying what is there, when the name's folder is taken: by an exit server (delete it), or by a
+        file or link of someone else's (delete finds no exit server there: it was no help to name it)."""
+        if self.dir.is_symlink() or (self.dir.exists() and not self.dir.is_dir()):
+            raise ProvisionError(f"{self.dir} is in the way of an exit server named {self.name!r}: it is a "
+                                 f"{'symbolic link' if self.dir.is_symlink() else 'file'}, not inletsctl's; "
+                                 "move it away, or choose another name")
+        if self.exists() or self.dir.exists():
+            raise ProvisionError(f"an exit server named {self.name!r} already exists ({self.dir}); "
+                                 f"choose another name, or first: {delete_command(self.name, self.root)}")
+
     def reserve(self) -> None:
         """Create the folder; fail if an exit server of this name is already kept here."""
         prepare_root(self.root)
         try:
             self.dir.mkdir(mode=0o700)
         except FileExistsError:
-            raise ProvisionError(
-                f"an exit server named {self.name!r} already exists ({self.dir}); "
-                f"choose another name, or first: {delete_command(self.name, self.root)}"
-            ) from None
-        os.chmod(self.dir, 0o700)
+            self.check_free()
+            raise ProvisionError(f"{self.dir} appeared meanwhile: choose another name") from None
+        try:
+            os.chmod(self.dir, 0o700)
+        except BaseException:  # Ctrl-C: before create's own clean-up begins, an empty folder blocked the name
+            self.dir.rmdir()
+            raise
 
     def write_secret(self, path: Path, data: bytes) -> None:
         _write_private(path, data)

@@ -32,7 +32,7 @@ BAD_CREATE = [
     (["--mode", "http", "--domain", "*.example.com"], "no wildcards"),
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
     # what the printed client command would refuse is refused here, in the client's words
-    (["--upstream", "127.0.0.1:80"], "invalid --upstream for --mode tcp: --upstream '127.0.0.1:80': with --ports give the host alone"),
+    (["--upstream", "127.0.0.1:80"], "invalid --upstream '127.0.0.1:80' for --mode tcp: give the host alone (e.g. 127.0.0.1)"),
     (["--upstream", "a..b"], "invalid --upstream for --mode tcp: --upstream 'a..b': 'a..b' is not a valid host name"),
     (["--mode", "http", "--upstream", "http://127.0.0.1:99999"], "bad port in upstream 'http://127.0.0.1:99999'"),
     (["--mode", "http", "--upstream", "https://x/pa?q=1"], "upstream URL takes no path, query or credentials"),
