@@ -70,6 +70,11 @@ def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> 
             host, _, port = item.rpartition(":")
         if not host or not port:
             raise ValueError(f"{option}: expected HOST:PORT or CIDR:* , got {item!r}")
+        if "/" in host:  # a rule that could never match (127.0.0.1/33) was taken, and silently matched nothing
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ValueError(f"{option}: {host!r} in {item!r} is not a CIDR network (e.g. 10.0.0.0/8)") from None
         number = parse_port(port)
         if port == "*":
             rules.append(TargetRule(host, None))

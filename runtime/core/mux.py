@@ -44,6 +44,7 @@ from .muxframe import (
     ResetCode,
     StreamEnded,
     StreamError,
+    StreamLimit,
     StreamOpened,
     StreamReset,
     WindowUpdated,
@@ -59,7 +60,7 @@ __all__ = [
     "COALESCE_LIMIT", "DEFAULT_INITIAL_WINDOW", "DEFAULT_MAX_CONTROL_BACKLOG", "DEFAULT_MAX_FRAME", "DEFAULT_MAX_STREAMS",
     "DEFAULT_WINDOW", "HEADER", "ID_RESERVE", "MAX_REASON", "MAX_STREAM_ID", "MAX_TARGET", "MAX_WINDOW", "RESET_CODE",
     "VIEW_FROM", "WINDOW_PAYLOAD", "DataReceived", "Event", "FrameType", "GoAway", "Multiplexer", "ProtocolError",
-    "ResetCode", "StreamEnded", "StreamError", "StreamOpened", "StreamReset", "WindowUpdated",
+    "ResetCode", "StreamEnded", "StreamError", "StreamLimit", "StreamOpened", "StreamReset", "WindowUpdated",
 ]
 
 DEFAULT_WINDOW = 2 * 1024 * 1024  # as OpenSSH's channel window: 1 MiB stalled single streams
@@ -131,6 +132,8 @@ class Multiplexer(FrameQueue):
     def open_stream(self, target: str) -> int:
         if self.going_away or self.peer_going_away:
             raise StreamError("the connection is draining: no new streams")
+        if len(self._streams) - self._peer_open >= self.max_streams:  # ours count as the peer's do: a server's
+            raise StreamLimit(f"limit of {self.max_streams} open streams")  # --max-client-streams bounds its data plane
         raw = target.encode()
         if not raw or len(raw) > MAX_TARGET:
             raise ValueError(f"target must be 1..{MAX_TARGET} bytes")

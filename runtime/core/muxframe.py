@@ -53,6 +53,10 @@ class StreamError(Exception):
     """A local call named a stream that cannot take it (closed, reset, unknown)."""
 
 
+class StreamLimit(StreamError):
+    """This side already has ``max_streams`` streams of its own open on the connection."""
+
+
 # The events are plain dataclasses, not frozen ones: a frozen dataclass sets each field through
 # object.__setattr__, ~2,600 instructions more per DataReceived (measured), once per message each side.
 @dataclass

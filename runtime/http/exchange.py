@@ -24,6 +24,7 @@ from typing import Protocol
 
 from ..core.logs import logfmt
 from ..core.bridge import reset
+from ..core.mux import StreamLimit
 from ..core.session import Session
 from .guard import Guards
 from .leg import Leg, LegFailed
@@ -81,7 +82,7 @@ log = logging.getLogger("inlets.http")
 
 #: Seconds to wait before each new try when the client refuses a request's stream (see ``_retry_refused``).
 REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
-#: Idle users' streams given up per refusal (``_reclaim_idle_stream``).
+#: Idle users' streams given up per refusal (``reclaim_idle_stream``).
 RECLAIM_BATCH = 8
 #: Methods a proxy may send again by itself (RFC 9110 9.2.2: idempotent; a proxy MUST NOT retry others):
 #: a POST the upstream may have acted on before it closed is answered 502, not done twice.
@@ -134,7 +135,10 @@ def try_start(front: Front, head: RequestHead) -> bool:
     guard = server.guards.get(service)
     if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
         return False
-    leg = front.pick(service)
+    try:
+        leg = front.pick(service)
+    except StreamLimit:  # the coroutine answers it (503)
+        return False
     if leg is None:
         return False
     options = server.options_for(leg.session)
@@ -296,16 +300,16 @@ def _retry(front: Front, ex: Exchange) -> None:
 def _retry_refused(front: Front, ex: Exchange) -> None:
     """The client refused the stream for its --max-streams: the request never reached the upstream, so it
     goes again on a fresh stream once one is free: a user between requests gives theirs up now
-    (``_reclaim_idle_stream``), and streams of users who just left close (a few ms, more under load: up
+    (``reclaim_idle_stream``), and streams of users who just left close (a few ms, more under load: up
     to ``REFUSED_RETRY_DELAYS``, then 502, when every stream carries a request)."""
     _detach(front, ex)
     # A stream given up is free at the client before the new one's OPEN arrives (frames stay in order)
-    delay = 0.0 if _reclaim_idle_stream(front, ex.leg.session) else REFUSED_RETRY_DELAYS[ex.refusals]
+    delay = 0.0 if reclaim_idle_stream(front, ex.leg.session) else REFUSED_RETRY_DELAYS[ex.refusals]
     ex.refusals += 1
     front.loop.call_later(delay, _resend_if_waiting, front, ex)
 
 
-def _reclaim_idle_stream(front: Front, session: Session) -> bool:
+def reclaim_idle_stream(front: Front, session: Session) -> bool:
     """A kept-alive user connection keeps its stream between requests, to reuse it: without this, as many
     idle users as the client's --max-streams would have every new user answered 502. The users idle longest
     on the refusing client (up to ``RECLAIM_BATCH``: one scan of the connections serves the refusals that
@@ -327,7 +331,10 @@ def _resend_if_waiting(front: Front, ex: Exchange) -> None:
 
 
 def _resend(front: Front, ex: Exchange, failure: str) -> None:
-    leg = front.pick(ex.leg.service)
+    try:
+        leg = front.pick(ex.leg.service)
+    except StreamLimit:  # every client serving it holds --max-client-streams, each stream carrying a request
+        leg = None
     if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it
         _reply(front, ex, 502, failure)
         return

@@ -31,7 +31,7 @@ from .upgrade import UpgradeGateway, switch_protocols
 from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, ResponseHead, Upgraded, merge_bodies
 from .parser import RequestReader
 from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
-from ..core.mux import StreamError
+from ..core.mux import StreamError, StreamLimit
 
 
 log = logging.getLogger("inlets.http")
@@ -339,20 +339,33 @@ class FrontConnection(asyncio.Protocol):
         http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
 
     def pick(self, service: str) -> Leg | None:
+        """A stream to a client serving ``service``: this connection's own while it can take the request, else
+        the next client's; None when none can. StreamLimit when each one there holds --max-client-streams."""
         leg = self.leg
         if leg is not None:
             if leg.service == service and leg.usable and not leg.session.mux.peer_going_away:  # not a draining client's
                 return leg
             leg.finish()
             self.leg = None
+        full: StreamLimit | None = None
         for session in self.server.registry.candidates(service):
             if session.closed.is_set():
                 continue
             try:
                 self.leg = Leg(session, service)
+            except StreamLimit as exc:  # this client holds --max-client-streams: users between requests give
+                full = exc  # theirs up, as when the client refuses a stream for its own --max-streams
+                if not http_exchange.reclaim_idle_stream(self, session):
+                    continue
+                try:
+                    self.leg = Leg(session, service)
+                except StreamError:
+                    continue
             except StreamError:
                 continue
             return self.leg
+        if full is not None:
+            raise full
         return None
 
     async def _exchange(self, head: RequestHead) -> bool:
@@ -371,7 +384,12 @@ class FrontConnection(asyncio.Protocol):
             await self._refuse(401, "unauthorized", head, close=close_on_refusal,
                                extra=guard.challenges(), host=label, started=started)
             return not close_on_refusal
-        leg = self.pick(service)
+        try:
+            leg = self.pick(service)
+        except StreamLimit as exc:
+            await self._refuse(503, f"every tunnel client of host {head.host!r} is at its stream limit ({exc}): "
+                               "try again later", head, close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
         if leg is None:
             await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
                                close=close_on_refusal, host=label, started=started)

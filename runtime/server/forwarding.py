@@ -16,6 +16,7 @@ from ..core.logs import logfmt
 from ..core.allowlist import TargetRule
 from ..core.bridge import dial
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
+from ..core.hosts import authority
 from ..core.mux import ResetCode
 from ..core.services import FORWARD_PREFIX, parse_target
 from ..core.session import Channel
@@ -39,7 +40,7 @@ class ForwardingPolicy:
         except ValueError as exc:
             return str(exc)
         if not any(rule.matches(host, port) for rule in self.rules):
-            return f"{host}:{port} is not in the server's --client-forwarding-allow list"
+            return f"{authority(host, port)} is not in the server's --client-forwarding-allow list"
         return None
 
     def check_hello(self, hello: Hello) -> None:

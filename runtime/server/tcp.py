@@ -19,7 +19,7 @@ from .control import ControlConfig, ControlPlane
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
-from ..core.mux import StreamError
+from ..core.mux import ResetCode, StreamError, StreamLimit
 from .registry import Registry
 from ..core.session import Session
 from .status import status_route
@@ -63,12 +63,15 @@ class DataPlaneConnection(TcpBridge):
         if not self.server.options.allows(source):
             self._refuse("source_not_allowed", source)
             return
-        draining = 0
+        draining = full = 0
         for session in self.server.registry.candidates(self.service):
             if session.closed.is_set():
                 continue
             try:
                 self.attach(session.open_stream(self.service, self))
+            except StreamLimit:  # this client holds --max-client-streams already: the next one may not
+                full += 1
+                continue
             except StreamError:  # draining (GOAWAY either way) until its client has reconnected
                 draining += 1
                 continue
@@ -82,19 +85,27 @@ class DataPlaneConnection(TcpBridge):
             if rest:
                 self.data_received(rest)
             return
-        if draining:  # clients there, none taking new streams: not "no_client"
-            self._refuse("client_draining")
+        if full or draining:  # clients there, none taking new streams: not "no_client"
+            self._refuse("client_stream_limit" if full else "client_draining")
             return
         log.info("event=no_client service=%s", self.service)
         self._refuse("no_client")
 
     def _refuse(self, reason: str, source: Address | None = None) -> None:
+        self._count_refused(reason, source)
+        self._done = True
+        self.abort()
+
+    def _count_refused(self, reason: str, source: Address | None = None) -> None:
         refused = self.counters.refused
         refused[reason] = refused.get(reason, 0) + 1
         if reason != "no_client":
             log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
-        self._done = True
-        self.abort()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams refused it: counted, as our limit's are
+            self._count_refused("client_stream_limit")
+        super().on_reset(code, reason)
 
     def data_received(self, data: bytes) -> None:
         if self._header is not None:

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..core.mux import ResetCode, StreamError
+from ..core.mux import ResetCode, StreamError, StreamLimit
 from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel, Session
 from .udp_socket import UdpSocket
@@ -68,6 +68,8 @@ class _Flow:
         self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
 
     def on_reset(self, code: int, reason: str) -> None:
+        if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams (or its flows' half): a datagram lost
+            self.port.counters.drop("client_stream_limit")
         self.port.end(self, reset=False)
 
     def on_writable(self) -> None:
@@ -137,18 +139,22 @@ class UdpPort:
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
-        draining = 0
+        draining = full = 0
         for session in self.candidates(self.service):
             if session.closed.is_set():
                 continue
             try:
                 flow.channel = session.open_stream(self.service, flow)
+            except StreamLimit:  # this client holds --max-client-streams already
+                full += 1
+                continue
             except StreamError:  # draining (GOAWAY either way) until its client has reconnected
                 draining += 1
                 continue
             self.flows[address] = flow
             return flow
-        self.counters.drop("client_draining" if draining else "no_client")  # as a TCP connection is refused
+        # as a TCP connection is refused
+        self.counters.drop("client_stream_limit" if full else "client_draining" if draining else "no_client")
         return None
 
     def end_session(self, session: Session) -> None:

@@ -221,10 +221,11 @@ class Stack:
 
         return self.run(start())
 
-    def server(self, tls, token: str, **kwargs) -> HttpTunnelServer:
+    def server(self, tls, token: str, max_client_streams: int | None = None, **kwargs) -> HttpTunnelServer:
         async def start():
+            limit = {} if max_client_streams is None else {"max_streams": max_client_streams}
             config = ControlConfig(tokens=TokenSet([token]), host=LOOPBACK, port=0,
-                                   ssl_context=server_context(tls.cert, tls.key))
+                                   ssl_context=server_context(tls.cert, tls.key), **limit)
             server = HttpTunnelServer(config, port=0, data_addr=LOOPBACK, **kwargs)
             await server.start()
             self.closers.append(server.stop)

@@ -31,7 +31,7 @@ EMBED = {"tcp": "embed", "http": "embed", "http-letsencrypt": "embed"}
 PUSH = {"tcp": "push", "http": "push", "http-letsencrypt": "push"}
 #: how the wheel reaches the VM, per cloud and mode
 DELIVERY = {
-    DigitalOceanProvider: PUSH,  # 64 KiB: the largest TCP user-data passed its limit (a plain one still embeds)
+    DigitalOceanProvider: PUSH,  # 64 KiB: TCP user-data passed its margin, the largest first, now a plain one too
     ScalewayProvider: PUSH,  # 64 KiB
     EquinixProvider: PUSH,  # 64 KiB
     GCEProvider: EMBED,  # 256 KiB

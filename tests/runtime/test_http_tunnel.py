@@ -352,6 +352,36 @@ def test_a_stream_the_client_refuses_for_its_limit_is_tried_again_once_one_close
     holders[0].close()
 
 
+def test_the_servers_max_client_streams_gives_idle_users_streams_up_then_answers_503(env, tls, token):
+    """--max-client-streams bounded only the streams a client opened, never the server's own (found by a review
+    helper). At the limit, users between requests give theirs up, as at the client's --max-streams; with every
+    stream carrying a request, the next user gets a 503 that says why."""
+    app, up = env["stack"].upstream("CAPPED")
+    server = env["stack"].server(tls, token, max_client_streams=2)
+    env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{up}"])
+    idle = []
+    for name in ("/a", "/b"):  # two kept-alive users, each holding a stream between requests
+        conn = http.client.HTTPConnection(LOOPBACK, server.data_port, timeout=10)
+        conn.request("GET", name, headers={"Host": "capped.test"})
+        assert conn.getresponse().read()
+        idle.append(conn)
+    code, body = status_of(server.data_port, "/c", "capped.test")
+    assert code == 200 and json.loads(body)["target"] == "/c"
+    busy = []
+    for _ in range(2):  # both streams carry a request for 3 s: none to give up
+        sock = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
+        sock.sendall(b"GET /slow?d=3 HTTP/1.1\r\nHost: capped.test\r\n\r\n")
+        busy.append(sock)
+    deadline = time.monotonic() + 5
+    while sum(r["target"].startswith("/slow") for r in app.stats.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    code, body = status_of(server.data_port, "/d", "capped.test")
+    assert code == 503 and b"is at its stream limit (limit of 2 open streams)" in body, (code, body)
+    assert "/d" not in [r["target"] for r in app.stats.requests]
+    for conn in idle + busy:
+        conn.close()
+
+
 def test_users_between_requests_do_not_keep_a_new_user_from_a_stream(env, tls, token):
     """Kept-alive users keep their streams between requests; a client at its --max-streams refuses the
     next user's: the users idle longest give theirs up at once (before: every new user got a 502 after

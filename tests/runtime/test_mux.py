@@ -21,6 +21,7 @@ from inlets_py.runtime.core.mux import (
     GoAway,
     StreamEnded,
     StreamError,
+    StreamLimit,
     StreamOpened,
     StreamReset,
     WindowUpdated,
@@ -165,7 +166,8 @@ def test_reset_carries_code_and_reason_and_later_frames_are_dropped() -> None:
 
 
 def test_too_many_streams_are_refused_not_fatal() -> None:
-    client, server = pair(max_streams=2)
+    client, _ = pair(max_streams=2)
+    server = Multiplexer(client=False, recv_window=64 * 1024, send_window=64 * 1024, max_frame=16 * 1024, max_streams=3)
     ids = [server.open_stream(f"t{i}") for i in range(3)]
     events = deliver(server, client)
     assert [e.stream_id for e in events if isinstance(e, StreamOpened)] == ids[:2]
@@ -175,6 +177,20 @@ def test_too_many_streams_are_refused_not_fatal() -> None:
     deliver(client, server)
     sid = server.open_stream("again")
     assert deliver(server, client) == [StreamOpened(sid, "again")]
+
+
+def test_our_own_streams_stop_at_max_streams_as_the_peers_do() -> None:
+    """A server's --max-client-streams bounded only the streams a client opened: the data plane's, which the
+    server opens, went past it (30 users on a client limited to 10, found by a review helper)."""
+    client, server = pair(max_streams=2)
+    ids = [server.open_stream(f"t{i}") for i in range(2)]
+    with pytest.raises(StreamLimit, match="limit of 2 open streams"):
+        server.open_stream("t2")
+    assert [e.stream_id for e in deliver(server, client) if isinstance(e, StreamOpened)] == ids
+    peer = client.open_stream("theirs")  # the peer's own count apart: still admitted
+    assert deliver(client, server) == [StreamOpened(peer, "theirs")]
+    server.reset_stream(ids[0])  # one of ours ends: a slot is free again
+    assert server.open_stream("t3") > ids[1]
 
 
 def test_small_frames_are_coalesced_into_one_message() -> None:

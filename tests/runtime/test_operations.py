@@ -84,10 +84,12 @@ def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, tok
     try:
         wait_port(control)
         result = inlets(*client_args(control, tls, token_file, "--local", f"{free_port()}:127.0.0.1:22"))
+        ipv6 = inlets(*client_args(control, tls, token_file, "--local", f"{free_port()}:[::1]:22"))
     finally:
         stop_all(server)
     assert result.returncode == 1
     assert "127.0.0.1:22 is not in the server's --client-forwarding-allow list" in result.stderr
+    assert ipv6.returncode == 1 and "[::1]:22 is not in the server's" in ipv6.stderr, ipv6.stderr  # was "::1:22"
 
 
 def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles, token: str) -> None:
@@ -453,6 +455,52 @@ def test_balancer_header_sets_the_source_for_allow_list_and_upstream(
         await server.stop()
 
     run(scenario())
+
+
+def test_stream_limits_refuse_data_plane_connections_and_count_them(tls: TlsFiles, token: str, echo_port: int) -> None:
+    """Found by a review helper: the server's --max-client-streams bounded only the streams a client opened, so 30
+    users got through a client limited to 10; and users a client refused at its own --max-streams were counted
+    nowhere (no refused sample, no log line)."""
+
+    async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x")
+        try:
+            echoed = await asyncio.wait_for(reader.read(1), 5)
+        except ConnectionResetError:
+            echoed = b""
+        return reader, writer, echoed
+
+    async def scenario(server_limit: int, client_limit: int) -> None:
+        server = await start_server(tls, token, max_streams=server_limit)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", echo_port)},
+                                          max_streams=client_limit)
+        await wait_listening("127.0.0.1", public)
+        held = [await connect(public) for _ in range(3)]
+        try:
+            assert [echoed for _, _, echoed in held] == [b"x", b"x", b"x"]
+            refused = [await connect(public) for _ in range(2)]
+            assert [echoed for _, _, echoed in refused] == [b"", b""]
+            for _ in range(100):  # the client's refusal comes back as a reset: counted when it arrives
+                if metric(server, "tcp_dataplane_refused_total", port=str(public), reason="client_stream_limit") == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="client_stream_limit") == 2
+            for _, writer, _ in held + refused:
+                writer.close()
+            for _ in range(100):  # a slot is free once a held stream is gone
+                if (await connect(public))[2] == b"x":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("no connection got through after the held ones closed")
+        finally:
+            await stop(task)
+            await server.stop()
+
+    run(scenario(server_limit=3, client_limit=1024))  # the server's --max-client-streams
+    run(scenario(server_limit=4096, client_limit=3))  # the client's --max-streams
 
 
 # ------------------------------------------------ token rotation, drain, logs

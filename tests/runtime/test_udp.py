@@ -189,6 +189,35 @@ def test_a_burst_loses_datagrams_not_memory(tmp_path: Path, tls: TlsFiles, token
         sink.close()
 
 
+def test_a_datagram_past_a_stream_limit_is_counted_as_dropped(tls: TlsFiles, token: str) -> None:
+    """Found by a review helper: datagrams of new sources past the client's flows were lost with no dropped sample
+    and no log line (the client's TOO_MANY_STREAMS reset was not counted), and the server's --max-client-streams
+    did not bound the flows at all."""
+    async def scenario(server_limit: int, client_limit: int) -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token, max_streams=server_limit)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)},
+                                          max_streams=client_limit)
+        udp = server.udp_ports[f"udp:{public}"]
+        answered = []
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # a flow each; the third is one past the limit
+            try:
+                answered += await ask(public, [source.encode()], source=source, timeout=1)
+            except asyncio.TimeoutError:
+                pass
+        for _ in range(100):  # bounded: 5 s
+            if udp.counters.dropped:
+                break
+            await asyncio.sleep(0.05)
+        assert answered == [b"127.0.0.1", b"127.0.0.2"] and udp.counters.dropped == {"client_stream_limit": 1}
+        await stop(task)
+        await server.stop()
+
+    run(scenario(server_limit=2, client_limit=1024))  # the server's --max-client-streams
+    run(scenario(server_limit=4096, client_limit=2))  # the client's --max-streams
+
+
 def test_a_flood_of_udp_sources_leaves_streams_for_tcp(tmp_path: Path, tls: TlsFiles, token_file: Path,
                                                        echo_port: int) -> None:
     """One datagram from each of many source addresses (anyone can send them, and forge the source) opens a
