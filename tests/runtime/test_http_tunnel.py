@@ -321,6 +321,19 @@ def test_reused_stream_closed_before_answering_is_retried_once(env):
     assert env["app"].stats.connections == before + 2  # the second on a fresh stream
 
 
+def _busy_users(app, port: int, host: str, count: int, seconds: int) -> list[socket.socket]:
+    """``count`` users whose requests take ``seconds``, returned once the upstream has them all."""
+    users = []
+    for _ in range(count):
+        sock = socket.create_connection((LOOPBACK, port), timeout=10)
+        sock.sendall(b"GET /slow?d=%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (seconds, host.encode()))
+        users.append(sock)
+    deadline = time.monotonic() + 5
+    while sum(r["target"].startswith("/slow") for r in app.stats.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return users
+
+
 def test_a_stream_the_client_refuses_for_its_limit_is_tried_again_once_one_closes(env, tls, token):
     """A client at its --max-streams refuses the next stream before any upstream sees the request: while
     every stream carries a request, the server sends it again once a user who left has let go of a stream
@@ -328,14 +341,7 @@ def test_a_stream_the_client_refuses_for_its_limit_is_tried_again_once_one_close
     app, up = env["stack"].upstream("LIMITED")
     server = env["stack"].server(tls, token)
     env["stack"].client(server, tls, token, [f"http://{LOOPBACK}:{up}"], max_streams=2)
-    holders = []
-    for _ in range(2):  # two users whose requests take 4 s: both streams busy, nothing to give up
-        sock = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
-        sock.sendall(b"GET /slow?d=4 HTTP/1.1\r\nHost: limited.test\r\n\r\n")
-        holders.append(sock)
-    deadline = time.monotonic() + 5
-    while sum(r["target"].startswith("/slow") for r in app.stats.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    holders = _busy_users(app, server.data_port, "limited.test", 2, 4)  # both streams busy, nothing to give up
     started = time.monotonic()
     code, body = status_of(server.data_port, "/third", "limited.test")  # nobody leaves: refused each time
     assert code == 502 and b"too many streams" in body and time.monotonic() - started >= 0.7
@@ -365,16 +371,9 @@ def test_the_servers_max_client_streams_gives_idle_users_streams_up_then_answers
         conn.request("GET", name, headers={"Host": "capped.test"})
         assert conn.getresponse().read()
         idle.append(conn)
-    code, body = status_of(server.data_port, "/c", "capped.test")
-    assert code == 200 and json.loads(body)["target"] == "/c"
-    busy = []
-    for _ in range(2):  # both streams carry a request for 3 s: none to give up
-        sock = socket.create_connection((LOOPBACK, server.data_port), timeout=10)
-        sock.sendall(b"GET /slow?d=3 HTTP/1.1\r\nHost: capped.test\r\n\r\n")
-        busy.append(sock)
-    deadline = time.monotonic() + 5
-    while sum(r["target"].startswith("/slow") for r in app.stats.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # two users whose requests take 3 s get the idle users' streams, which then all carry a request
+    busy = _busy_users(app, server.data_port, "capped.test", 2, 3)
+    assert sum(r["target"].startswith("/slow") for r in app.stats.requests) == 2
     code, body = status_of(server.data_port, "/d", "capped.test")
     assert code == 503 and b"is at its stream limit (limit of 2 open streams)" in body, (code, body)
     assert "/d" not in [r["target"] for r in app.stats.requests]
