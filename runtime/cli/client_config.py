@@ -10,19 +10,35 @@ from ..client.dialer import ClientConfig, FatalClientError, TunnelClient, connec
 from ..client.group import ClientGroup
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
-from ..client.outbound_proxy import with_password
-from ..core.auth import PROXY_PASSWORD, TokenError, read_tokens, warn_if_others_can_read
+from ..client.outbound_proxy import check_password_fits, with_password
+from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.tls import TlsConfigError, client_context
 from ..core.session import Channel
-from .config import fail
+from .config import check_given_once, fail
+
+
+def _proxy_password_source(password_file: Path | None) -> str:
+    return PROXY_PASSWORD.file_option if password_file else f"${PROXY_PASSWORD.env}"
 
 
 def proxy_setting(proxy: str | None, password_file: Path | None) -> str | None:
     """--proxy completed with the password from --proxy-password-file or $INLETS_PROXY_PASSWORD (TokenError,
     ProxyConfigError when they do not fit): the clients' and ``inlets status``'s."""
-    source = PROXY_PASSWORD.file_option if password_file else f"${PROXY_PASSWORD.env}"
-    return with_password(proxy, PROXY_PASSWORD.read(None, password_file), source)
+    return with_password(proxy, PROXY_PASSWORD.read(None, password_file), _proxy_password_source(password_file))
+
+
+def check_secrets(flags: SimpleNamespace, secrets: tuple[SecretOption, ...] = (TOKEN,)) -> None:
+    """Each secret given once, and a proxy password (its file or $INLETS_PROXY_PASSWORD) only with a --proxy that
+    can take it, checked as written: no file read. In ``check``, so ``--generate`` (which kept one value of a
+    secret given twice and dropped the other) refuses in the client's words; ``secrets`` in the order ``run`` reads them."""
+    check_given_once(flags, secrets)
+    if flags.proxy_password_file is None and PROXY_PASSWORD.read(None, None) is None:  # no password to add
+        return
+    try:
+        check_password_fits(flags.proxy, _proxy_password_source(flags.proxy_password_file))
+    except ProxyConfigError as exc:
+        fail(str(exc))
 
 
 def check_servers(flags: SimpleNamespace) -> None:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from ..core import logs
+from ..core.auth import SecretOption, TokenError
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
@@ -21,6 +22,17 @@ def fail(message: str, status: int = 2) -> NoReturn:
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inlets"
+
+
+def check_given_once(flags: SimpleNamespace, secrets: tuple[SecretOption, ...]) -> None:
+    """Each secret of ``secrets`` given inline or as a file, not both (no file read). In the commands' ``check``, so
+    ``--generate``, which would keep one and drop the other, refuses in the same line and status as the run."""
+    for secret in secrets:
+        attribute = secret.option.lstrip("-").replace("-", "_")  # --bearer-token: flags.bearer_token(_file)
+        try:
+            secret.check_given_once(getattr(flags, attribute), getattr(flags, f"{attribute}_file") or None)
+        except TokenError as exc:
+            fail(str(exc))
 
 
 def maybe_generate(kind: str | None, command: list[str], replicas: int | None = None,

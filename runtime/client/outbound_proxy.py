@@ -126,10 +126,9 @@ def normalize(url: str, source: str) -> str:
     return url
 
 
-def with_password(setting: str | None, password: str | None, source: str) -> str | None:
-    """``--proxy http://USER@HOST:PORT`` completed with the password kept in a file or the environment."""
-    if password is None:
-        return setting
+def check_password_fits(setting: str | None, source: str) -> SplitResult:
+    """``setting`` split, if a password from ``source`` (a file, the environment) can complete it: a --proxy
+    http://USER@HOST:PORT without one of its own. No password is read, so ``--generate`` checks this too."""
     if not setting or setting.strip().lower() in DIRECT:
         raise ProxyConfigError(f"{source}: a proxy password needs --proxy http://USER@HOST:PORT")
     parts = split(setting, "--proxy")
@@ -137,6 +136,14 @@ def with_password(setting: str | None, password: str | None, source: str) -> str
         raise ProxyConfigError(f"{source}: --proxy {redact(setting)} names no user: use http://USER@HOST:PORT")
     if parts.password is not None:
         raise ProxyConfigError(f"{source}: --proxy {redact(setting)} already holds a password: give it once")
+    return parts
+
+
+def with_password(setting: str | None, password: str | None, source: str) -> str | None:
+    """``--proxy http://USER@HOST:PORT`` completed with the password kept in a file or the environment."""
+    if password is None:
+        return setting
+    parts = check_password_fits(setting, source)
     netloc = f"{parts.username}:{quote(password, safe='')}@{parts.netloc.rpartition('@')[2]}"
     return urlunsplit(parts._replace(netloc=netloc))
 

@@ -43,12 +43,17 @@ class SecretOption:
     def file_option(self) -> str:
         return f"{self.option}-file"
 
+    def check_given_once(self, value: str | None, file: object | None) -> None:
+        """Refuse the secret given both inline and as a file, without reading the file: which one to take would be
+        a guess. The run path and ``--generate`` (which turns it into one file) share this check."""
+        if value is not None and file is not None:
+            raise TokenError(f"give {self.option} or {self.file_option}, not both")
+
     def read(self, value: str | None, file: Path | None) -> str | None:
         """The secret from the option, else its file (first line), else the environment; None if none is given.
 
         Stripped as the token is: a blank one (spaces only) is refused, never taken as the secret "   "."""
-        if value is not None and file is not None:
-            raise TokenError(f"give {self.option} or {self.file_option}, not both")
+        self.check_given_once(value, file)
         if value is not None:
             if not value.strip():
                 raise TokenError(f"{self.option} is blank: give the secret, or use {self.file_option} or ${self.env}")
@@ -130,8 +135,7 @@ def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "i
 
 def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
     """Tokens from ``--token``, else ``--token-file`` (one per line), else $INLETS_TOKEN; each checked."""
-    if token is not None and token_file is not None:
-        raise TokenError("give --token or --token-file, not both")
+    TOKEN.check_given_once(token, token_file)
     if token is not None:
         return [_option_token(token)]
     if token_file is not None:

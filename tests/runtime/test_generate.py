@@ -221,6 +221,49 @@ def test_flag_combinations_the_command_refuses_are_refused_by_generate_in_its_wo
     assert generated.stdout == "" and generated.stderr == ran.stderr, (generated.stderr, ran.stderr)
 
 
+# ------------------------------------------------------------- a secret given inline and as a file
+
+HTTP_UP = ["--url", "wss://h:8123", *UPSTREAM["http"], "--token-file", "{token}"]
+TCP_UP = ["--url", "wss://h:8123", *UPSTREAM["tcp"], "--token-file", "{token}"]
+SERVER_TLS = {"systemd": ["--auto-tls", "--auto-tls-path", "{folder}/certs"],  # k8s_yaml refuses --auto-tls
+              "k8s_yaml": ["--tls-cert", "{secret}", "--tls-key", "{secret}"]}
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("argv, says", [
+    (["tcp", "server", "--token-file", "{token}", "--token", "x"], "give --token or --token-file, not both"),
+    (["http", "server", "--token", "x", "--token-file", "{token}"], "give --token or --token-file, not both"),
+    (["tcp", "client", *TCP_UP, "--token", "x"], "give --token or --token-file, not both"),
+    (["http", "client", *HTTP_UP, "--token", "x"], "give --token or --token-file, not both"),
+    (["http", "client", *HTTP_UP, "--bearer-token", "x", "--bearer-token-file", "{secret}"],
+     "give --bearer-token or --bearer-token-file, not both"),
+    (["http", "client", *HTTP_UP, "--basic-auth-username", "a", "--basic-auth-password", "x",
+      "--basic-auth-password-file", "{secret}"], "give --basic-auth-password or --basic-auth-password-file, not both"),
+    (["tcp", "client", *TCP_UP, "--proxy", "http://u:p@127.0.0.1:3", "--proxy-password-file", "{secret}"],
+     "--proxy-password-file: --proxy http://u@127.0.0.1:3 already holds a password: give it once"),
+    (["http", "client", *HTTP_UP, "--proxy", "http://u:p@127.0.0.1:3", "--proxy-password-file", "{secret}"],
+     "--proxy-password-file: --proxy http://u@127.0.0.1:3 already holds a password: give it once"),
+])
+def test_a_secret_given_inline_and_as_a_file_is_refused_by_generate_as_by_the_command(
+        kind: str, argv: list[str], says: str) -> None:
+    """--generate kept one of the two values and dropped the other (exit 0), where the command refuses both in one
+    line: it now runs the command's own check. Real files, in a folder the unit's user may enter, so that nothing
+    but the secret given twice could refuse the unit (the run path refuses before it reads or makes any file)."""
+    with folder_outside_tmp() as folder:
+        for name in ("token", "secret"):
+            (folder / name).write_text(f"{name}-Vk3\n")
+            (folder / name).chmod(0o600)
+        server = argv[1] == "server"
+        argv = [arg.format(folder=folder, token=folder / "token", secret=folder / "secret")
+                for arg in argv + (SERVER_TLS[kind] if server else [])]
+        ran = inlets(*argv)
+        generated = (unit_inlets if kind == "systemd" else inlets)(*argv, f"--generate={kind}")
+        one_line_error(ran, says)
+        one_line_error(generated, says)
+        assert generated.stdout == "" and generated.stderr == ran.stderr, (generated.stderr, ran.stderr)
+        assert not (folder / "certs").exists()
+
+
 # ------------------------------------------------------------- folders the service writes
 
 @pytest.mark.parametrize("option, extra", [

@@ -5,11 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
-from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TokenError
+from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN, TokenError
 from ...core.heap import freeze_startup_objects
 from ...core.tls import TlsConfigError
 from ...http.options import HttpOptions, OptionError
-from ..client_config import check_servers, client_configs, tunnel_client
+from ..client_config import check_secrets, check_servers, client_configs, tunnel_client
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
 
@@ -25,6 +25,7 @@ def check(flags: SimpleNamespace) -> dict:
     except (UpstreamError, OptionError) as exc:
         fail(str(exc))
     check_servers(flags)
+    check_secrets(flags, (BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN))
     return mapping
 
 

@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 from ... import __version__
 from ...core.allowlist import SourceAllowList
+from ...core.auth import TOKEN
 from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
 from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
-from ..config import check_logs, default_data_dir, fail, setup_logs
+from ..config import check_given_once, check_logs, default_data_dir, fail, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
                              warn_if_plaintext_reachable)
@@ -75,6 +76,7 @@ def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | N
     if https:
         listeners.append(("--https-port", flags.data_addr, {flags.https_port}))
     check_distinct_ports(listeners)
+    check_given_once(flags, (TOKEN,))
     return dataplane, trusted
 
 

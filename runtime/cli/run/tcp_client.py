@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from ...client.local_forward import LocalForwarder, parse_local_forward
 from ...core.hosts import HostError, check_bind_address, check_host
 from ...client.tcp_upstreams import TcpUpstreams, UpstreamError, parse_upstreams
-from ..client_config import check_servers, client_configs, tunnel_client
+from ..client_config import check_secrets, check_servers, client_configs, tunnel_client
 from ..config import check_logs, fail, setup_logs
 from ..lifecycle import run_client
 
@@ -31,6 +31,7 @@ def check(flags: SimpleNamespace) -> tuple[list, dict]:
     except UpstreamError as exc:
         fail(str(exc))
     check_servers(flags)
+    check_secrets(flags)
     return forwards, mapping
 
 

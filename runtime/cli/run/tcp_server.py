@@ -7,12 +7,13 @@ from types import SimpleNamespace
 
 from ... import __version__
 from ...core.allowlist import SourceAllowList, parse_target_rules
+from ...core.auth import TOKEN
 from ...core.hosts import authority
 from ...core.ports import parse_port_list
 from ...server.dataplane import DataPlaneOptions
 from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
-from ..config import check_logs, fail, setup_logs
+from ..config import check_given_once, check_logs, fail, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
                              warn_if_plaintext_reachable)
@@ -51,7 +52,9 @@ def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, Fo
             forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
         except ValueError as exc:
             fail(str(exc))
-    return allowed, options, forwarding, check_control(flags)
+    trusted = check_control(flags)
+    check_given_once(flags, (TOKEN,))
+    return allowed, options, forwarding, trusted
 
 
 def run(flags: SimpleNamespace) -> None:
