@@ -80,11 +80,18 @@ def _meta(name: str, app: str) -> dict[str, Any]:
     return {"name": name, "labels": _labels(app)}
 
 
+def _literal(value: str) -> str:
+    """``value`` as a container's command or args must spell it to reach the process unchanged: the kubelet expands
+    ``$(VAR)`` there and turns ``$$`` into ``$``, so every ``$`` is written ``$$`` (Kubernetes' own escape)."""
+    return value.replace("$", "$$")
+
+
 def _pod_template(name: str, args: list[str], ports: list[int], server: bool) -> dict[str, Any]:
     capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
     if server:
         capabilities["add"] = ["NET_BIND_SERVICE"]
-    container: dict[str, Any] = {"name": "inlets", "image": IMAGE, "command": ["inlets"], "args": args}
+    container: dict[str, Any] = {"name": "inlets", "image": IMAGE, "command": [_literal("inlets")],
+                                 "args": [_literal(arg) for arg in args]}
     if ports:
         container["ports"] = [{"containerPort": port, "protocol": "TCP"} for port in ports]
     container["securityContext"] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

@@ -81,6 +81,42 @@ def test_kubernetes_secret_holds_every_secret_and_the_args_none(tmp_path: Path) 
     assert base64.b64decode(secret["data"]["bearer-token"]).decode() == SECRETS["bearer"] + "\n"
 
 
+def _kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """What the kubelet makes of a container's command or args (its expansion package): ``$$`` is ``$``, ``$(VAR)``
+    of a known VAR is its value (of an unknown one, left as written), any other ``$`` stays."""
+    out, index = [], 0
+    while index < len(text):
+        if text.startswith("$$", index):
+            out.append("$")
+            index += 2
+        elif text.startswith("$(", index) and (end := text.find(")", index)) > 0:
+            name = text[index + 2:end]
+            out.append(env.get(name, text[index:end + 1]))
+            index = end + 1
+        else:
+            out.append(text[index])
+            index += 1
+    return "".join(out)
+
+
+def test_kubernetes_args_are_escaped_against_the_kubelets_variable_expansion() -> None:
+    """A header value with ``$(VAR)`` or ``$$`` reached the pod expanded (the Service's address, one ``$``): every
+    ``$`` in the args is now ``$$``, which the kubelet turns back into the value given; other values are unchanged."""
+    header = "X-A: $(KUBERNETES_SERVICE_HOST) a$$b $HOME"
+    result = inlets("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--token", "t",
+                    "--request-header-add", header, "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    container = next(d for d in yaml.safe_load_all(result.stdout) if d["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    written = args[args.index("--request-header-add") + 1]
+    assert written == "X-A: $$(KUBERNETES_SERVICE_HOST) a$$$$b $$HOME", written
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "HOME": "/root"}
+    assert _kubelet_expand(written, env) == header
+    assert args[args.index("--upstream") + 1] == "http://127.0.0.1:3000"  # no "$": as given
+    assert args[:2] == ["http", "client"] and container["command"] == ["inlets"]
+
+
 # ------------------------------------------------------------- the unit's own sandbox
 
 
