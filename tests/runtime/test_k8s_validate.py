@@ -3,6 +3,7 @@ release (the ``kubernetes-validate`` package carries them; strict: an unknown fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,38 @@ def test_the_check_fails_what_kubernetes_would_refuse(token_file: Path) -> None:
     service["spec"]["ports"][0]["port"] = "eighty"
     with pytest.raises(AssertionError, match="not valid Kubernetes"):
         _valid(yaml.safe_dump(service))
+
+
+def _published(docs: list[dict[str, Any]]) -> tuple[set[tuple[int, str]], dict[str, set[tuple[int, str]]]]:
+    """The pod's (containerPort, protocol)s and each Service's (port, protocol)s, its port names checked as the API
+    server checks them (unique in the Service, at most 15 characters, lowercase letters, digits and '-')."""
+    pod = next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))["spec"]["template"]["spec"]
+    container = {(p["containerPort"], p["protocol"]) for p in pod["containers"][0]["ports"]}
+    services = {}
+    for service in (d for d in docs if d["kind"] == "Service"):
+        names = [p["name"] for p in service["spec"]["ports"]]
+        assert len(set(names)) == len(names), names
+        assert all(len(name) <= 15 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) for name in names), names
+        services[service["metadata"]["name"]] = {(p["port"], p["protocol"]) for p in service["spec"]["ports"]}
+    return container, services
+
+
+def test_allowed_data_ports_are_published_for_udp_too(tls: TlsFiles, token_file: Path) -> None:
+    """--allow-ports admits a client's UDP data port as well as its TCP one (the server learns which at the
+    handshake), but the Service and the pod published TCP only: a UDP port such a server opened was unreachable."""
+    both = {(port, protocol) for port in (53, 80) for protocol in ("TCP", "UDP")}
+    result = inlets("tcp", "server", "--plaintext", "--allow-ports", "80,53", "--token-file", str(token_file),
+                    "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    container, services = _published(_valid(result.stdout))
+    assert container == services["inlets-tcp-server"] == both | {(8123, "TCP")}
+    replicated = _published(_replicated("tcp", tls, token_file)[1])[1]
+    assert replicated["inlets-tcp-server-data"] == {(port, protocol) for port in (80, 443) for protocol in ("TCP", "UDP")}
+    assert replicated["inlets-tcp-server-0"] == {(8123, "TCP")}  # the control plane: TCP only
+    http = inlets("http", "server", "--plaintext", "--token-file", str(token_file), "--generate=k8s_yaml")
+    assert _published(_valid(http.stdout)) == ({(8000, "TCP"), (8123, "TCP")},
+                                               {"inlets-http-server": {(8000, "TCP"), (8123, "TCP")}})
+    assert "for TCP and UDP" in result.stdout and "UDP" not in http.stdout  # the comment on mixed protocols
 
 
 # ------------------------------------------------- --replicas: the FAQ's two servers, a client holding both
