@@ -245,9 +245,15 @@ def test_active_droplet_whose_tunnel_never_answers_times_out_saying_how_to_see_w
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False) as silent:
         result = run_cli(capsys, *_do(silent, token_file, state, "create", "silent", "--provider", "digitalocean",
                                       "--timeout", "3", "--control-port", str(free_port())))
-        line = one_line_error(result, "timed out", "/healthz never answered", "inletsctl delete silent",
-                              "no SSH key (--ssh-key)", "cloud-init status --long", "journalctl -u inlets")
+        # the wheel does not fit DigitalOcean's user-data: the VM waits for create to send it
+        line = one_line_error(result, "timed out", "/inlets/runtime-wheel never took the runtime wheel",
+                              "inletsctl delete silent", "no SSH key (--ssh-key)", "cloud-init status --long",
+                              "journalctl -u inlets")
         assert "(last: cannot reach" in line
+        by_spec = run_cli(capsys, *_do(silent, token_file, state, "create", "by-spec", "--provider", "digitalocean",
+                                       "--timeout", "3", "--control-port", str(free_port()),
+                                       "--runtime-spec", "inlets-py==0.1.0"))  # pip installs it: nothing to send
+        one_line_error(by_spec, "timed out", "/healthz never answered", "inletsctl delete by-spec", "cloud-init status")
         keyed = run_cli(capsys, *_do(silent, token_file, state, "create", "keyed", "--provider", "digitalocean",
                                      "--timeout", "3", "--control-port", str(free_port()), "--ssh-key", "12345"))
         ip = silent.ip_of(max(silent.droplets))
