@@ -176,10 +176,7 @@ def build_spec(
         raise ProvisionError(f"invalid --http-port {http_port}: ports are 1-65535")
     if http_port == control_port:
         raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
-    names = tuple(dict.fromkeys(check_domain(d) for d in domains))
-    if len(names) < len(domains):  # refused as a port given twice is, not dropped without a word
-        twice = next(n for n in names if [check_domain(d) for d in domains].count(n) > 1)
-        raise ProvisionError(f"--domain {twice} is given twice: give each domain once")
+    names = tuple(dict.fromkeys(check_domain(d) for d in domains))  # Example.COM. and example.com are one name
     url = _untrimmed(upstream or DEFAULT_HTTP_UPSTREAM, "http")
     try:  # the client's own check, as for tcp
         http_upstreams.parse_upstream_url(url)

@@ -163,8 +163,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
                                                                           "wheel_delivery": "push"}, "push": True},
     "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
-    # wheel_delivery = "auto" chooses as inletsctl create does (fitting_user_data): DigitalOcean's 64 KiB
-    # holds the TCP wheel and not, with the margin, the HTTP one; a limit between the two sizes decides each
+    # wheel_delivery = "auto" chooses as inletsctl create does (fitting_user_data): GCE's 256 KiB holds the
+    # wheels, DigitalOcean's 64 KiB (with the 4 KiB margin) neither the TCP nor the HTTP one
+    "tcp_auto_gce": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 256 * 1024}, "auto": 256 * 1024},
     "tcp_auto_digitalocean": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},
     "http_auto_digitalocean": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
                                                                                "wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},

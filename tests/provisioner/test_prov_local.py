@@ -509,11 +509,9 @@ def test_a_file_in_the_way_of_a_name_is_named_not_taken_for_an_exit_server(tmp_p
 @pytest.mark.parametrize("args, message", [
     (["--upstream", "127.0.0.1:18080"], "invalid --upstream '127.0.0.1:18080' for --mode tcp: give the host alone"),
     (["--upstream", "19991=127.0.0.1:18080"], "invalid --upstream '19991=127.0.0.1:18080' for --mode tcp: give the host"),
-    (["--mode", "http", "--domain", "a.test", "--domain", "A.test"], "--domain a.test is given twice"),
 ])
 def test_flags_create_would_take_otherwise_than_meant_are_refused(tmp_path: Path, capsys, args, message) -> None:
-    """The tcp --upstream error offered PUBLIC_PORT=HOST:PORT, which create always refused; a domain given twice
-    was dropped without a word, where a port given twice is refused."""
+    """The tcp --upstream error offered PUBLIC_PORT=HOST:PORT, which create always refused."""
     one_line_error(run_cli(capsys, "create", "flags", *args, "--state-dir", str(tmp_path / "state")), message)
     assert not (tmp_path / "state" / "flags").exists()
 

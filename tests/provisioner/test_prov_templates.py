@@ -194,7 +194,7 @@ def test_user_data_over_the_provider_limit_is_a_clear_error() -> None:
 def test_a_wheel_that_does_not_fit_is_pushed_instead() -> None:
     spec, _ = VARIANTS["tcp-defaults"]
     wheel = build_runtime_wheel()
-    embedded, push = fitting_user_data(spec, MATERIAL, UserDataOptions("fits", "", wheel, limit=64 * 1024))
+    embedded, push = fitting_user_data(spec, MATERIAL, UserDataOptions("fits", "", wheel, limit=256 * 1024))  # GCE's
     assert not push and wheel_xz_base64(wheel) in embedded
     pushed, push = fitting_user_data(spec, MATERIAL, UserDataOptions("small", "", wheel, limit=16 * 1024))
     assert push and wheel_xz_base64(wheel) not in pushed
