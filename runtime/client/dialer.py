@@ -41,6 +41,9 @@ from .outbound_proxy import (
 
 log = logging.getLogger("inlets.client")
 
+#: A session up this long was no failed attempt: the backoff starts over after it.
+STEADY_AFTER = 10.0
+
 
 class BoundedClientConnection(BoundedReplies, ClientConnection):
     def connection_lost(self, exc: Exception | None) -> None:
@@ -108,7 +111,10 @@ class TunnelClient:
         #: first one's new session, replaced by the second's, was never drained (an orphan the server kept).
         self._rotating = asyncio.Lock()
         self._reconnecting: asyncio.Future | None = None  # a reconnection the server's GOAWAY asked for
+        self._session_since = 0.0  # when the current session began (loop time)
+        self._goaway_delay = 0.0  # the backoff of reconnections GOAWAY asks for soon after connecting (_replace_if_current)
         self._stopping = False
+        self._stopped = asyncio.Event()  # ends a backoff wait at once on shutdown
         self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
@@ -170,7 +176,7 @@ class TunnelClient:
                 if self._stopping:
                     return
                 log.warning("event=disconnected url=%s", logfmt(self.config.url))
-                if loop.time() - started > 10:
+                if loop.time() - started > STEADY_AFTER:
                     delay = self.config.backoff_initial  # it was up for a while: start over
             sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
             delay = min(delay * 2, self.config.backoff_max)
@@ -221,6 +227,7 @@ class TunnelClient:
     async def _follow(self, session: Session) -> None:
         """Serve until the current session closes, following replacements made by ``rotate``."""
         self.session = session
+        self._session_since = asyncio.get_running_loop().time()
         self.connected.set()
         if self.on_change is not None:
             self.on_change()
@@ -278,8 +285,24 @@ class TunnelClient:
             self._reconnecting = asyncio.ensure_future(self._replace_if_current(session))
 
     async def _replace_if_current(self, session: Session) -> None:
+        """Replace ``session``, at once if it lived a while. A GOAWAY soon after connecting, again and again (a
+        server that drains every connection, or a hostile one), had this client reconnect 500 times a second
+        with its log silenced by the repeat limit: such reconnections back off as failed connects do."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._session_since < STEADY_AFTER:
+            cfg = self.config
+            self._goaway_delay = min(max(self._goaway_delay * 2, cfg.backoff_initial), cfg.backoff_max)
+            wait = self._goaway_delay * random.uniform(0.5, 1.0)
+            log.warning("event=goaway_soon_after_connect url=%s lived=%.1fs retry_in=%.1fs", logfmt(cfg.url),
+                        loop.time() - self._session_since, wait)
+            try:
+                await asyncio.wait_for(self._stopped.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+        else:
+            self._goaway_delay = 0.0
         async with self._rotating:
-            if session is self.session:
+            if session is self.session and not self._stopping:
                 await self._replace()
 
     async def _replace(self) -> None:
@@ -293,6 +316,7 @@ class TunnelClient:
             await new.close(1000, "not needed")  # it), or SIGTERM came while connecting: ``shutdown`` drains old
             return
         self.session = new
+        self._session_since = asyncio.get_running_loop().time()
         self._changed.set()
         if self.on_change is not None:
             self.on_change()
@@ -304,6 +328,7 @@ class TunnelClient:
         """Graceful stop: no new streams, open ones finish within the drain timeout, on the current session and on
         those it replaced that are still draining (each within its own drain timeout)."""
         self._stopping = True
+        self._stopped.set()
         draining = list(self._draining)
         streams = sum(len(session.channels) for session in [self.session] if session is not None)
         if streams:  # said, as the server says it: else a stop that waits up to --drain-timeout looks like a hang

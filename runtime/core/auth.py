@@ -161,10 +161,12 @@ class TokenSet:
         self._tokens = [t.encode() for t in tokens]
 
     def check_header(self, authorization: str | None) -> bool:
-        """True when the ``Authorization: Bearer`` value matches one token, compared in constant time."""
-        if not authorization or not authorization.startswith("Bearer "):
+        """True when the ``Authorization: Bearer`` value matches one token, compared in constant time. The scheme
+        is case-insensitive (RFC 9110 11.1), as the HTTP data plane's --bearer-token takes it."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
             return False
-        offered = authorization[len("Bearer ") :].strip().encode()
+        offered = value.strip().encode()
         ok = False
         for token in self._tokens:  # check every token: timing says nothing about which
             ok |= hmac.compare_digest(offered, token)

@@ -286,6 +286,34 @@ def test_every_route_the_control_port_serves_is_its_own_label(tls, token):
     run(scenario(), 30)
 
 
+def test_the_bearer_scheme_is_taken_in_any_case_and_the_token_still_exactly(tls, token):
+    """``Authorization: bearer TOKEN`` got a 401 from the control port (found by a review helper) while the HTTP
+    data plane's --bearer-token took it: the scheme is case-insensitive (RFC 9110 11.1), the token is not."""
+
+    async def scenario() -> dict[str, int]:
+        server = await start_server(tls, token)
+        codes: dict[str, int] = {}
+        try:
+            control = server.control.addresses[0]
+            context = ssl.create_default_context(cafile=str(tls.ca))
+            for value in (f"bearer {token}", f"BEARER {token}", f"Bearer {token}", f"Bearer {token.upper()}",
+                          f"Basic {token}", f"Bearer{token}"):
+                request = urllib.request.Request(f"https://{control[0]}:{control[1]}/status",
+                                                 headers={"Authorization": value})
+                try:
+                    await asyncio.to_thread(lambda: urllib.request.urlopen(request, context=context, timeout=10).read())
+                    codes[value.replace(token, "T").replace(token.upper(), "UPPER")] = 200
+                except urllib.error.HTTPError as exc:
+                    codes[value.replace(token, "T").replace(token.upper(), "UPPER")] = exc.code
+        finally:
+            await server.stop()
+        return codes
+
+    assert token != token.upper()
+    assert run(scenario(), 30) == {"bearer T": 200, "BEARER T": 200, "Bearer T": 200, "Bearer UPPER": 401,
+                                   "Basic T": 401, "BearerT": 401}
+
+
 def _tls_exchange(control: tuple, tls, request: bytes) -> bytes:
     """Send one raw request to the control port over TLS; everything until the server closes."""
     context = ssl.create_default_context(cafile=str(tls.ca))

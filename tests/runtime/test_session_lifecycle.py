@@ -282,3 +282,31 @@ def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(t
 
     with caplog.at_level(logging.WARNING, logger="inlets.session"):
         run(scenario(), 30)
+
+
+def test_a_goaway_soon_after_each_connect_backs_off_as_a_failed_connect_does(tls: TlsFiles, token: str, caplog) -> None:
+    """A server that says GOAWAY on every connection (draining each, or hostile) had the client reconnect at
+    once, each time: about 600 connections a second from a review helper's fake server, the log silenced by the
+    repeat limit after 20 lines. Such reconnections now back off (--backoff as for a failed connect) and say so."""
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)})
+        seen: set[int] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3
+        try:
+            while loop.time() < deadline:  # bounded: 3 s; every new session is told to go away at once
+                for session in list(server.control.clients):
+                    if id(session) not in seen:
+                        seen.add(id(session))
+                        session.go_away("draining")
+                await asyncio.sleep(0.005)
+        finally:
+            await stop(task)
+            await server.stop()
+        # backoff 0.1 s doubling to 0.5 s (start_client's), halved at most by jitter: about 10 in 3 s
+        assert 3 <= len(seen) <= 20, len(seen)
+
+    with caplog.at_level(logging.WARNING, logger="inlets.client"):
+        run(scenario())
+    assert "event=goaway_soon_after_connect" in caplog.text and "retry_in=" in caplog.text
