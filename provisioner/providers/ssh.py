@@ -132,8 +132,9 @@ class SshProvider:
             supervise = SUPERVISE.format(name=plan.name, opt=opt, exec_start=shlex.join(argv))
             upload(sftp, f"{stage}/supervise", supervise.encode(), 0o755)
         except (OSError, paramiko.SSHException) as exc:
-            if isinstance(exc.__context__, KeyboardInterrupt):  # a Ctrl-C cut a packet short, and closing the
-                raise exc.__context__ from None  # file then failed on the broken session: the Ctrl-C is what happened
+            interrupt = _interrupt_under(exc)
+            if interrupt is not None:  # a Ctrl-C cut a packet short, and closing the file then failed on the
+                raise interrupt from None  # broken session: the Ctrl-C is what happened
             try:
                 run(client, f"rm -rf {shlex.quote(stage)}")
             except ProvisionError:
@@ -230,6 +231,17 @@ class SshProvider:
 def _close_all(clients: dict[str, paramiko.SSHClient]) -> None:
     for client in clients.values():
         client.close()
+
+
+def _interrupt_under(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) that ``exc`` was raised while handling, a few links down its chain (paramiko's
+    'Server connection dropped' comes from an EOFError raised during the KeyboardInterrupt)."""
+    seen: BaseException | None = exc.__context__
+    for _ in range(5):
+        if seen is None or isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _last(text: str) -> str:
