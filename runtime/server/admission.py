@@ -23,6 +23,7 @@ import ssl
 from typing import Callable
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
@@ -126,6 +127,23 @@ class ControlConnection(BoundedReplies, ServerConnection):
     """A control-port websocket connection that counts as pending until ``authenticated``."""
 
     ticket: Ticket | None = None
+    #: told of a request the library answered itself, before any hook of ours saw it: 414 (request line) or 431
+    #: (header fields) too large. Else a hostile peer's oversized requests were neither logged nor counted.
+    on_oversized: Callable[[ControlConnection, int], None] | None = None
+    peer: object = None  # the remote address, kept: remote_address is None once the library has closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peer = transport.get_extra_info("peername")
+        super().connection_made(transport)
+
+    async def handshake(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # the library's signature
+        await super().handshake(*args, **kwargs)
+        refused = self.protocol.handshake_exc
+        if self.request is None and self.on_oversized is not None:
+            if isinstance(refused, RequestLineTooLong):
+                self.on_oversized(self, 414)
+            elif isinstance(refused, (HeaderLineTooLong, TooManyHeaders)):
+                self.on_oversized(self, 431)
 
     def authenticated(self) -> None:
         if self.ticket is not None:

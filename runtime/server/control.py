@@ -196,9 +196,21 @@ class ControlPlane:
             server_header=None,
             logger=logging.getLogger("inlets.websockets"),
             create_connection=lambda *args, **kwargs: self.admission.connection(
-                lambda: ControlConnection(*args, **kwargs), cfg.ssl_context
+                lambda: self._connection(*args, **kwargs), cfg.ssl_context
             ),
         )
+
+    def _connection(self, *args, **kwargs) -> ControlConnection:  # type: ignore[no-untyped-def]
+        connection = ControlConnection(*args, **kwargs)
+        connection.on_oversized = self._oversized
+        return connection
+
+    def _oversized(self, connection: ControlConnection, status: int) -> None:
+        """A request too large to parse, which the library answered: logged and counted as ours are."""
+        log.warning("event=request_refused remote=%s status=%d reason=%s", logfmt(format_address(connection.peer)),
+                    status, logfmt("request line too long" if status == 414 else "header fields too large"))
+        if self.config.on_request is not None:
+            self.config.on_request("", status)  # no path was read: the metrics' _other
 
     def serves(self, path: str) -> bool:
         """Whether the control port answers ``path``: asked per request, so a route added after the metrics
