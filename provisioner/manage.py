@@ -62,7 +62,8 @@ def delete(
         host_id = str(meta["id"])
     elif host_id is None:
         try:
-            host_id = _find(provider, name=name, ip=ip).id
+            found = _find(provider, name=name, ip=ip)
+            host_id, name = found.id, name or found.name or None  # --ip: said by its name, not its id twice
         except NotFound:
             group = replicas.cloud_group(provider, name) if name is not None and meta is None else None
             if group is not None:  # made with --replicas on another machine: its droplets carry the group's tag
@@ -81,11 +82,12 @@ def delete(
             return f"{provider_name} has no exit server named {name}; {removed}removed its local state ({root / name})"
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
-    if by_id and meta is None and not any(h.id == host_id for h in provider.list()):
+    known = next((h for h in provider.list() if h.id == host_id), None) if by_id and meta is None else None
+    if by_id and meta is None and known is None:
         # a mistyped --id must never delete a VM inletsctl did not make (a database, a web server)
         raise NotFound(f"{provider_name}: no exit server with id {host_id} among those inletsctl made (tagged {TAG}); "
                        "inletsctl deletes nothing else: see them with inletsctl list --provider " + provider_name)
-    label = (meta or {}).get("name") or name or host_id
+    label = (meta or {}).get("name") or name or (known.name if known is not None else None) or host_id
     try:
         started = time.monotonic()
         provider.delete(host_id, timeout)

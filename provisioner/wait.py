@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -231,6 +231,8 @@ def wait_until_balanced(
             balancer = provider.balancer_status(balancer.id)
         except NotFound:
             raise ProvisionError(f"load balancer {balancer.name!r} ({balancer.id}) disappeared while starting") from None
+        except Transient as exc:  # a 429 or a blip: asked again, as the VMs' waits do (it failed create, left all)
+            balancer = replace(balancer, detail=f"the API did not answer ({exc})")
         if balancer.status == FAILED:
             raise ProvisionError(f"load balancer {balancer.name!r} failed: {balancer.detail}")
         if balancer.status == ACTIVE and balancer.ip:

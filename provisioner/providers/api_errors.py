@@ -75,6 +75,8 @@ def transport_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, (requests.exceptions.InvalidHeader, UnicodeEncodeError)):
         return Fault(REQUEST, message="a header holds characters HTTP cannot carry (a line break, a control "
                                       "character or a letter outside Latin-1)")
+    if isinstance(exc, json.JSONDecodeError):  # requests' own is a RequestException too: the API answered
+        return Fault(ANSWER, message=not_json(exc.doc))
     if isinstance(exc, requests.exceptions.RequestException):
         return Fault(NETWORK, message=network_words(exc))
     return answer_fault(exc)
@@ -139,7 +141,8 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     if fault.kind == NOT_FOUND:
         return NotFound(f"{provider}: not found while {what}{detail}")
     if fault.kind == AUTH:
-        return ProvisionError(f"{provider}: {credentials} rejected{code} while {what}{detail}")
+        return ProvisionError(f"{provider}: {credentials} rejected{code} while {what}{detail}; check them (revoked, "
+                              "expired, or without the permission this needs?), or give others")
     if fault.kind == QUOTA:
         return ProvisionError(f"{provider}: {what} failed{code}, an account limit was reached{detail}; "
                               f"delete servers you no longer need or ask {provider} to raise the limit")
@@ -155,6 +158,9 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     if fault.kind == ANSWER:
         return ProvisionError(f"{provider}: unexpected answer from {where} while {what}{detail}; try again later, "
                               "or check --api-url if you set it")
+    if isinstance(fault.status, int) and fault.status >= 500:  # the cloud's own trouble
+        return ProvisionError(f"{provider}: {what} failed{code}{detail}; the API had trouble of its own: try again "
+                              "later")
     return ProvisionError(f"{provider}: {what} failed{code}{detail}")
 
 

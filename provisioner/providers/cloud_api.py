@@ -59,12 +59,14 @@ def strict_responses(connection: Any) -> None:
 
 
 def point(connection: Any, endpoint: Endpoint | None, timeout: float = 30.0) -> Endpoint:
-    """Send a libcloud connection's requests to ``endpoint`` (or keep its default)."""
+    """Send a libcloud connection's requests to ``endpoint`` (or keep its default), under its path if it has one
+    (a gateway's /prefix: it was dropped, and the requests went to the gateway's root)."""
     connection.timeout = timeout
     if endpoint is not None:
         connection.host, connection.port, connection.secure = endpoint.host, endpoint.port, endpoint.secure
+        connection.request_path = endpoint.path  # prefixed to every action (libcloud's morph_action_hook)
         connection.connect()  # drivers connect to their default host in the constructor
-    return Endpoint(bool(connection.secure), connection.host, int(connection.port))
+    return Endpoint(bool(connection.secure), connection.host, int(connection.port), connection.request_path or "")
 
 
 def libcloud_fault(exc: BaseException) -> Fault | None:

@@ -43,14 +43,11 @@ class DigitalOceanProvider:
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
+        from .cloud_api import point
+
         self._driver = get_driver(Provider.DIGITAL_OCEAN)(token)
-        conn = self._driver.connection
-        conn.timeout = timeout
-        if api_url:
-            endpoint = parse_api_url("digitalocean", api_url, PROVIDER.api_url_env[0])
-            conn.host, conn.secure, conn.port = endpoint.host, endpoint.secure, endpoint.port
-        self._endpoint = f"{'https' if conn.secure else 'http'}://{conn.host}:{conn.port}"
-        conn.connect()  # the constructor already connected to the default host
+        endpoint = parse_api_url("digitalocean", api_url, PROVIDER.api_url_env[0]) if api_url else None
+        self._endpoint = point(self._driver.connection, endpoint, timeout).url
 
     def _api(self, what: str) -> ContextManager[None]:
         return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")

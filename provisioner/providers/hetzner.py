@@ -12,7 +12,7 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from .api_errors import AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, one_line
+from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, by_status, not_json, one_line
 from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 
@@ -151,6 +151,11 @@ def hcloud_fault(exc: BaseException) -> Fault | None:
 
     if not isinstance(exc, APIException):
         return None
+    content = exc.details.get("content") if isinstance(exc.details, dict) else None
+    if isinstance(exc.code, int) and isinstance(content, bytes):  # no JSON error: the SDK gives the HTTP reason
+        if isinstance(exc.__cause__, (TypeError, ValueError)):  # a body that is not JSON (a proxy's page)
+            return Fault(ANSWER, exc.code, not_json(content))
+        return by_status(exc.code, one_line(exc.message))
     message = one_line(exc.message)
     if exc.code in ("not_found", 404):
         return Fault(NOT_FOUND, exc.code)

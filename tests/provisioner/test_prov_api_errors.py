@@ -67,6 +67,55 @@ def test_scaleway_quota_is_not_read_as_a_refused_key(api: RecordedAPI, tmp_path:
                     r"quota\(s\) exceeded", text) and "secret key rejected" not in text, text
 
 
+def test_sdk_answers_that_are_not_json_are_said_as_such_not_as_the_network(api: RecordedAPI) -> None:
+    """Found by a review helper: Scaleway called an answer that is not JSON a network failure ('cannot reach the
+    API ... the connection failed', retried by the waits as a blip), and Hetzner said 'failed (200): OK'."""
+    pytest.importorskip("scaleway", reason="the Scaleway SDK is not installed")
+    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
+    from inlets_py.provisioner.providers.hetzner import HetznerProvider
+    from inlets_py.provisioner.providers.scaleway import ScalewayProvider
+
+    api.route("GET", "/instance/v1/zones/fr-par-1/servers", Answer(200, "{oops", {"Content-Type": "application/json"}))
+    scaleway = ScalewayProvider("SCWXXXXXXXXXXXXXXXXX", "00000000-0000-4000-8000-00000000000a",
+                                "00000000-0000-4000-8000-00000000000b", api.url)
+    with pytest.raises(ProvisionError) as info:
+        scaleway.list()
+    assert "unexpected answer from" in _one_line(info) and "it is not JSON (it begins '{oops')" in _one_line(info)
+    api.route("GET", "/v1/servers", Answer(200, "{oops", {"Content-Type": "application/json"}))
+    with pytest.raises(ProvisionError) as info:
+        HetznerProvider("H" * 64, api.url + "/v1").list()
+    assert "it is not JSON (it begins '{oops')" in _one_line(info) and "(200): OK" not in _one_line(info), _one_line(info)
+
+
+@pytest.mark.parametrize("status, says", [
+    (401, "credentials rejected (401) while listing instances: Invalid API key; check them (revoked, expired, or "
+          "without the permission this needs?), or give others"),
+    (503, "listing instances failed (503): Service Unavailable; the API had trouble of its own: try again later"),
+])
+def test_refusals_say_what_to_do_next(api: RecordedAPI, status: int, says: str) -> None:
+    """A 401 named no next step, and a 5xx read as if the request were wrong (a review helper's findings)."""
+    message = "Invalid API key" if status == 401 else "Service Unavailable"
+    api.route("GET", "/v2/instances", Answer(status, {"error": message, "status": status}))
+    with pytest.raises(ProvisionError) as info:
+        VultrProvider("K" * 36, parse_api_url("vultr", api.url, "VULTR_API_URL")).list()
+    assert _one_line(info) == f"vultr: {says}"
+
+
+def test_an_api_url_with_a_path_is_followed_under_that_path(api: RecordedAPI, capsys) -> None:
+    """--api-url http://HOST:PORT/prefix (a gateway) lost its path on the libcloud providers: the requests went to
+    the gateway's root (found by a review helper). The root answers 500 here, so a lost prefix fails."""
+    from helpers.prov_support import run_cli
+
+    api.route("GET", "/v2/droplets", Answer(500, {"id": "wrong", "message": "the prefix was dropped"}))
+    api.route("GET", "/v2/instances", Answer(500, {"error": "the prefix was dropped", "status": 500}))
+    api.route("GET", "/gw/v2/droplets", Answer(200, {"droplets": [], "links": {}, "meta": {"total": 0}}))
+    api.route("GET", "/gw/v2/instances", Answer(200, {"instances": [], "meta": {"total": 0, "links": {}}}))
+    listed = run_cli(capsys, "list", "--provider", "digitalocean", "--access-token", "dop_v1_x", "--api-url",
+                     api.url + "/gw/", "--json")
+    assert listed.code == 0 and listed.json()["servers"] == [], listed
+    assert VultrProvider("K" * 36, parse_api_url("vultr", api.url + "/gw", "VULTR_API_URL")).list() == []
+
+
 def _do_list(capsys, url: str, *more: str) -> str:
     from helpers.prov_support import one_line_error, run_cli
 

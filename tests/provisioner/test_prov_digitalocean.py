@@ -279,6 +279,7 @@ def test_list_flags_one_sided_entries_and_delete_by_ip_and_id(fake: FakeDigitalO
     assert "digitalocean only" in table.out and "local state only" in table.out
     by_ip = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--ip", fake.ip_of(orphan["id"])))
     assert by_ip.code == 0 and orphan["id"] not in fake.droplets, by_ip
+    assert by_ip.out.strip() == f"deleted made-elsewhere (digitalocean {orphan['id']})", by_ip  # its name, not its id twice
     missing = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id", "999"))
     one_line_error(missing, "no exit server with id 999")
     no_provider = run_cli(capsys, *_do(fake, token_file, state, "delete", "--ip", "203.0.113.1"))

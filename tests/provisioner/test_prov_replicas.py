@@ -139,6 +139,26 @@ def test_a_balancer_made_by_a_create_whose_answer_failed_is_deleted_with_the_gro
     assert fake.balancers == {} and fake.droplets == {} and "load balancer" in deleted.out
 
 
+def test_a_rate_limited_read_of_the_balancer_is_asked_again(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """One 429 while create waited for the balancer failed it ('wait a minute and try again', which the name now
+    taken would refuse), leaving both droplets and the balancer billed; the VMs' own waits already asked again."""
+    route = fake._balancer_route
+    limited = {"left": 2}
+
+    def rate_limited_once(method: str, rest: list[str], query: dict, body: object):
+        if method == "GET" and rest and limited["left"] > 0:
+            limited["left"] -= 1
+            return 429, {"id": "too_many_requests", "message": "API Rate limit exceeded."}
+        return route(method, rest, query, body)
+
+    fake._balancer_route = rate_limited_once  # type: ignore[method-assign]
+    summary = _create(fake, token_file, tmp_path / "state", capsys)
+    assert limited["left"] == 0 and summary["ip"] == next(iter(fake.balancers.values()))["ip"]
+    assert run_cli(capsys, *_do(fake, token_file, tmp_path / "state", "delete", "ha")).code == 0
+
+
 def test_an_expired_group_is_pruned_from_a_machine_without_its_state(
     fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
 ) -> None:
