@@ -95,10 +95,11 @@ def answer_fault(exc: BaseException) -> Fault | None:
     return None
 
 
-def not_json(body: object) -> str:
-    """An answer that is not JSON, with how it begins (an HTML error page, a proxy's text)."""
+def not_json(body: object, form: str = "JSON") -> str:
+    """An answer that is not JSON (or the XML an API such as EC2's speaks), with how it begins (an HTML error
+    page, a proxy's text)."""
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
-    return f"it is not JSON (it begins {one_line(text, 60)!r})" if text.strip() else "it is empty, not JSON"
+    return f"it is not {form} (it begins {one_line(text, 60)!r})" if text.strip() else f"it is empty, not {form}"
 
 
 def network_words(exc: BaseException) -> str:

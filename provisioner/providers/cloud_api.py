@@ -85,8 +85,8 @@ def libcloud_fault(exc: BaseException) -> Fault | None:
 
 def libcloud_words(exc: LibcloudError) -> str:
     """A libcloud error's own words: its str() is a repr naming the driver object."""
-    if isinstance(exc, MalformedResponseError):
-        return not_json(exc.body)
+    if isinstance(exc, MalformedResponseError):  # libcloud's words: "Failed to parse JSON" or "... XML"
+        return not_json(exc.body, "XML" if "XML" in str(exc.value) else "JSON")
     return one_line(exc.value)
 
 

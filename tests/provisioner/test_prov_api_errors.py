@@ -116,6 +116,18 @@ def test_an_api_url_with_a_path_is_followed_under_that_path(api: RecordedAPI, ca
     assert VultrProvider("K" * 36, parse_api_url("vultr", api.url + "/gw", "VULTR_API_URL")).list() == []
 
 
+def test_an_xml_api_that_answers_something_else_is_said_not_xml(api: RecordedAPI, capsys) -> None:
+    """EC2 speaks XML, and its unreadable answers were called 'not JSON' (a review helper's finding)."""
+    from helpers.prov_support import one_line_error, run_cli
+
+    api.route("GET", "/", Answer(200, "{oops", {"Content-Type": "text/plain"}))
+    api.route("POST", "/", Answer(200, "{oops", {"Content-Type": "text/plain"}))
+    result = run_cli(capsys, "list", "--provider", "ec2", "--access-token", "AKIA" + "X" * 16, "--secret-key", "s" * 40,
+                     "--api-url", api.url)
+    line = one_line_error(result, "it is not XML (it begins '{oops')")
+    assert "JSON" not in line, line
+
+
 def _do_list(capsys, url: str, *more: str) -> str:
     from helpers.prov_support import one_line_error, run_cli
 
