@@ -106,6 +106,8 @@ def prov_ssh_name(request: pytest.FixtureRequest) -> Iterator[str]:
     shutil.rmtree(f"/opt/inlets/{name}", ignore_errors=True)
     shutil.rmtree(f"/etc/inlets/{name}", ignore_errors=True)
     Path(f"/opt/inlets/.{name}.installing").unlink(missing_ok=True)
+    for stage in Path("/tmp").glob(f"inletsctl.{name}.*"):  # a failed test's uploads: a token and a key
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _ssh_args(sshd: Sshd, tmp_path: Path, *extra: str) -> list[str]:
