@@ -69,7 +69,7 @@ MaxClientBuffer = Annotated[int, typer.Option(
     help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "
     "(for users that have not taken the data yet).")]
 MaxServerStreams = Annotated[int, typer.Option(
-    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once (more are refused).")]
+    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once, and the client's own --local ones at once (more are refused).")]
 MaxBuffer = Annotated[int, typer.Option(
     "--max-buffer", min=1, max=1_000_000,
     help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "

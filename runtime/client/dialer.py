@@ -45,6 +45,23 @@ log = logging.getLogger("inlets.client")
 STEADY_AFTER = 10.0
 
 
+class Backoff:
+    """Waits between attempts: ``initial`` doubling to ``most``, each a random half to all of its step (jitter:
+    reconnecting clients do not stampede)."""
+
+    def __init__(self, initial: float, most: float) -> None:
+        self.initial, self.most = initial, most
+        self.step = initial
+
+    def next_wait(self) -> float:
+        wait = self.step * random.uniform(0.5, 1.0)
+        self.step = min(self.step * 2, self.most)
+        return wait
+
+    def reset(self) -> None:
+        self.step = self.initial
+
+
 class BoundedClientConnection(BoundedReplies, ClientConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         """Through an HTTP proxy websockets makes this the transport's protocol before TLS starts; when TLS
@@ -112,7 +129,8 @@ class TunnelClient:
         self._rotating = asyncio.Lock()
         self._reconnecting: asyncio.Future | None = None  # a reconnection the server's GOAWAY asked for
         self._session_since = 0.0  # when the current session began (loop time)
-        self._goaway_delay = 0.0  # the backoff of reconnections GOAWAY asks for soon after connecting (_replace_if_current)
+        #: reconnections a GOAWAY asks for soon after connecting wait as failed connects do (_replace_if_current)
+        self._goaway_backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._stopping = False
         self._stopped = asyncio.Event()  # ends a backoff wait at once on shutdown
         self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
@@ -158,7 +176,7 @@ class TunnelClient:
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = self.config.backoff_initial
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         if self.proxy.url:
             log.info("event=proxy proxy=%s source=%s", logfmt(self.proxy.shown), logfmt(self.proxy.source))
         while not self._stopping:
@@ -169,7 +187,7 @@ class TunnelClient:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
-                            logfmt(_describe(exc)), delay)
+                            logfmt(_describe(exc)), backoff.step)
             else:
                 started = loop.time()
                 await self._follow(session)
@@ -177,9 +195,8 @@ class TunnelClient:
                     return
                 log.warning("event=disconnected url=%s", logfmt(self.config.url))
                 if loop.time() - started > STEADY_AFTER:
-                    delay = self.config.backoff_initial  # it was up for a while: start over
-            sleep = delay * random.uniform(0.5, 1.0)  # jitter: reconnecting clients do not stampede
-            delay = min(delay * 2, self.config.backoff_max)
+                    backoff.reset()  # it was up for a while: start over
+            sleep = backoff.next_wait()
             try:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:
@@ -290,17 +307,15 @@ class TunnelClient:
         with its log silenced by the repeat limit: such reconnections back off as failed connects do."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._session_since < STEADY_AFTER:
-            cfg = self.config
-            self._goaway_delay = min(max(self._goaway_delay * 2, cfg.backoff_initial), cfg.backoff_max)
-            wait = self._goaway_delay * random.uniform(0.5, 1.0)
-            log.warning("event=goaway_soon_after_connect url=%s lived=%.1fs retry_in=%.1fs", logfmt(cfg.url),
+            wait = self._goaway_backoff.next_wait()
+            log.warning("event=goaway_soon_after_connect url=%s lived=%.1fs retry_in=%.1fs", logfmt(self.config.url),
                         loop.time() - self._session_since, wait)
             try:
                 await asyncio.wait_for(self._stopped.wait(), wait)
             except asyncio.TimeoutError:
                 pass
         else:
-            self._goaway_delay = 0.0
+            self._goaway_backoff.reset()
         async with self._rotating:
             if session is self.session and not self._stopping:
                 await self._replace()
