@@ -113,6 +113,10 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+#: what loading a key without its passphrase raises (TypeError: cryptography's "password-protected")
+_ENCRYPTED = (paramiko.PasswordRequiredException, TypeError)
+
+
 def load_key(path: str) -> paramiko.PKey:
     """The private key in ``path``, or a one-line error saying what the file is instead."""
     problem = _not_a_key_file(Path(path))
@@ -120,7 +124,7 @@ def load_key(path: str) -> paramiko.PKey:
         raise ProvisionError(f"--ssh-key {path} {problem}")
     try:
         return paramiko.PKey.from_path(path)
-    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
+    except _ENCRYPTED:
         raise ProvisionError(f"--ssh-key {path} is encrypted: load it into ssh-agent and leave out --ssh-key") from None
     except OSError as exc:
         raise ProvisionError(f"--ssh-key {path}: {os_words(exc)}") from None
@@ -244,7 +248,7 @@ def _default_keys() -> list[Path]:
 def _encrypted(path: Path) -> bool:
     try:
         paramiko.PKey.from_path(path)
-    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password-protected"
+    except _ENCRYPTED:
         return True
     except (OSError, paramiko.SSHException, ValueError, UnicodeDecodeError):
         return False

@@ -110,20 +110,20 @@ def network_words(exc: BaseException) -> str:
         return "timed out connecting"
     if isinstance(exc, requests.exceptions.Timeout):
         return "no answer in time"
-    causes = list(_causes(exc))
-    tls = next((c for c in causes if isinstance(c, ssl.SSLError)), None)
+    chain = list(causes(exc))
+    tls = next((c for c in chain if isinstance(c, ssl.SSLError)), None)
     if isinstance(exc, requests.exceptions.SSLError) or tls is not None:
         why = (getattr(tls, "verify_message", None) or getattr(tls, "reason", None) or "") if tls else ""
         return "the TLS handshake failed" + (f" ({str(why).lower().replace('_', ' ')})" if why else "")
-    if any(isinstance(c, socket.gaierror) for c in causes):
+    if any(isinstance(c, socket.gaierror) for c in chain):
         return "the host name does not resolve"
-    failed = next((c for c in causes if isinstance(c, OSError) and isinstance(c.errno, int) and c.errno > 0), None)
+    failed = next((c for c in chain if isinstance(c, OSError) and isinstance(c.errno, int) and c.errno > 0), None)
     if failed is not None:
         return os.strerror(failed.errno).lower()
     return "the connection failed"
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
+def causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it wraps (requests wraps urllib3, which wraps the socket's error)."""
     todo, seen = [exc], set()
     while todo:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import NotFound, ProvisionError
 from ..spec import ServerFiles, server_argv
+from .api_errors import causes
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, ProviderInfo
 from .ssh_scripts import DELETE, DELETE_STAGES, INSTALL, STATUS, SUPERVISE
 
@@ -132,9 +133,11 @@ class SshProvider:
             supervise = SUPERVISE.format(name=plan.name, opt=opt, exec_start=shlex.join(argv))
             upload(sftp, f"{stage}/supervise", supervise.encode(), 0o755)
         except (OSError, paramiko.SSHException) as exc:
-            interrupt = _interrupt_under(exc)
-            if interrupt is not None:  # a Ctrl-C cut a packet short, and closing the file then failed on the
-                raise interrupt from None  # broken session: the Ctrl-C is what happened
+            # a Ctrl-C cut a packet short, and closing the file then failed on the broken session: the Ctrl-C is
+            # what happened (paramiko's 'Server connection dropped' is raised from an EOFError raised during it)
+            interrupt = next((c for c in causes(exc) if isinstance(c, KeyboardInterrupt)), None)
+            if interrupt is not None:
+                raise interrupt from None
             try:
                 run(client, f"rm -rf {shlex.quote(stage)}")
             except ProvisionError:
@@ -231,17 +234,6 @@ class SshProvider:
 def _close_all(clients: dict[str, paramiko.SSHClient]) -> None:
     for client in clients.values():
         client.close()
-
-
-def _interrupt_under(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C (or SIGTERM) that ``exc`` was raised while handling, a few links down its chain (paramiko's
-    'Server connection dropped' comes from an EOFError raised during the KeyboardInterrupt)."""
-    seen: BaseException | None = exc.__context__
-    for _ in range(5):
-        if seen is None or isinstance(seen, KeyboardInterrupt):
-            return seen
-        seen = seen.__context__
-    return None
 
 
 def _last(text: str) -> str:
