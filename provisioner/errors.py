@@ -57,7 +57,12 @@ class NotFound(ProvisionError):
 
 
 class Transient(ProvisionError):
-    """The API could not answer now (rate limited, unreachable): a wait asks again instead of giving up."""
+    """The API could not answer now (rate limited, unreachable, in trouble): a wait asks again instead of giving
+    up, no sooner than ``retry_after`` seconds when the API said when (its Retry-After)."""
+
+    def __init__(self, message: str, exit_code: int = 1, retry_after: float | None = None) -> None:
+        super().__init__(message, exit_code)
+        self.retry_after = retry_after
 
 
 def os_words(exc: OSError) -> str:

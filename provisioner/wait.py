@@ -100,6 +100,7 @@ def wait_until_ready(
     deadline = started + timeout
     seen = host.detail or f"status {host.status!r}"
     while True:
+        pause = interval
         try:
             host = _merge(host, provider.status(host.id))
             seen = host.detail or f"status {host.status!r}"
@@ -107,8 +108,8 @@ def wait_until_ready(
             if deleted is not None and deleted():
                 raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for it to start") from None
             seen = "not visible in the API yet"
-        except Transient as exc:  # a 429 or a network blip is no reason to give up on (or delete) a booting VM
-            seen = f"the API did not answer ({exc})"
+        except Transient as exc:  # a 429, a 5xx or a network blip is no reason to give up on (or delete) a booting VM
+            seen, pause = f"the API did not answer ({exc})", _pause(interval, exc)
         if host.status == FAILED:
             raise ProvisionError(f"exit server {host.name!r} failed: {seen}")
         if host.status == ACTIVE and host.ip:
@@ -116,7 +117,7 @@ def wait_until_ready(
         progress(f"waiting for {host.provider} to start {host.name!r}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {host.name!r} to become active; last seen: {seen}")
-        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
     port = host.control_port or 8123
     ip = host.ip
     assert ip is not None
@@ -135,24 +136,35 @@ def _waited(started: float, timeout: float) -> str:
     return f"{time.monotonic() - started:.0f}s of {timeout:.0f}s"
 
 
+def _pause(interval: float, exc: Transient) -> float:
+    """The time to the next ask after ``exc``: the poll interval, or longer if the API said when (Retry-After).
+    Asking sooner only meets the same refusal, and may count against the limit again."""
+    return max(interval, exc.retry_after or 0.0)
+
+
 def _poll(
     check: Callable[[], ProbeError | str | None], provider: Provisioner, host: Host, target: str, never: str,
     started: float, timeout: float, progress: Progress, hint: str,
 ) -> None:
-    """Call ``check`` until it returns None (done), the VM is gone or failed, or the deadline passes."""
+    """Call ``check`` until it returns None (done), the VM is gone or failed, or the deadline passes.
+
+    The tunnel is asked every half second, the cloud's API only every poll interval (or after its Retry-After)."""
     deadline = started + timeout
+    ask_api = time.monotonic()
     while True:
         error = check()
         if error is None:
             return
-        try:
-            current = provider.status(host.id)
-            if current.status == FAILED:
-                raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
-        except NotFound:
-            raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
-        except Transient:
-            pass  # the tunnel's own answer is what is waited for
+        if time.monotonic() >= ask_api:
+            ask_api = time.monotonic() + provider.poll_interval
+            try:
+                current = provider.status(host.id)
+                if current.status == FAILED:
+                    raise ProvisionError(f"exit server {host.name!r} failed: {current.detail}")
+            except NotFound:
+                raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for its tunnel") from None
+            except Transient as exc:  # the tunnel's own answer is what is waited for
+                ask_api = time.monotonic() + _pause(provider.poll_interval, exc)
         seen = "not listening yet" if isinstance(error, Unreachable) else str(error)  # starting, not failing
         progress(f"waiting for the tunnel server at {target}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
@@ -200,12 +212,13 @@ def wait_until_gone(
     interval = provider.poll_interval if interval is None else interval
     name = ""
     while True:
+        pause = interval
         try:
             host = provider.status(host_id)
         except NotFound:
             return
         except Transient as exc:  # asked again, as while creating
-            seen = f"the API did not answer ({exc})"
+            seen, pause = f"the API did not answer ({exc})", _pause(interval, exc)
         else:
             if host.status == FAILED and getattr(provider, "failed_is_gone", False):
                 return
@@ -217,7 +230,7 @@ def wait_until_gone(
                 f"{provider.name}: {name or host_id} ({host_id}) is still there {timeout:.0f}s after it was "
                 f"deleted (last seen: {seen}); run the delete again later, and look at it in {provider.name} if it stays"
             )
-        time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
 def wait_until_balanced(
@@ -227,12 +240,13 @@ def wait_until_balanced(
     started = time.monotonic() if started is None else started
     deadline = started + timeout
     while True:
+        pause = provider.poll_interval
         try:
             balancer = provider.balancer_status(balancer.id)
         except NotFound:
             raise ProvisionError(f"load balancer {balancer.name!r} ({balancer.id}) disappeared while starting") from None
         except Transient as exc:  # a 429 or a blip: asked again, as the VMs' waits do (it failed create, left all)
-            balancer = replace(balancer, detail=f"the API did not answer ({exc})")
+            balancer, pause = replace(balancer, detail=f"the API did not answer ({exc})"), _pause(pause, exc)
         if balancer.status == FAILED:
             raise ProvisionError(f"load balancer {balancer.name!r} failed: {balancer.detail}")
         if balancer.status == ACTIVE and balancer.ip:
@@ -242,7 +256,7 @@ def wait_until_balanced(
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for load balancer {balancer.name!r} to become "
                               f"active; last seen: {balancer.detail}")
-        time.sleep(max(0.0, min(provider.poll_interval, deadline - time.monotonic())))
+        time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 
 def status_json(host: str, port: int, ca_file: Path, token: str) -> dict[str, object]:

@@ -10,6 +10,7 @@ Transport failures and answers that cannot be parsed are classified here, once.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -17,7 +18,9 @@ import socket
 import ssl
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
+
+from inlets_py.runtime.acme import retry_after as retry_after_header
 
 from ..errors import NotFound, ProvisionError, Transient
 
@@ -43,6 +46,13 @@ class Fault:
     kind: str
     status: int | str | None = None  # HTTP status or the SDK's code, shown in brackets
     message: str = ""  # the API's own words, one line
+    retry_after: float | None = None  # seconds the API asked us to wait before asking again, when it said
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one."""
+    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
+    return retry_after_header.parse(value, datetime.datetime.now(datetime.timezone.utc))
 
 
 Classifier = Callable[[BaseException], "Fault | None"]
@@ -52,17 +62,17 @@ def one_line(text: object, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
 
-def by_status(status: int | None, message: str) -> Fault:
-    """The usual meaning of an HTTP error status (and of quota wording in its message)."""
+def by_status(status: int | None, message: str, wait: float | None = None) -> Fault:
+    """The usual meaning of an HTTP error status (and of quota wording in its message); ``wait``: its Retry-After."""
     if status == 404:
         return Fault(NOT_FOUND, status)
     if status == 429 or _RATE_WORDS.search(message):
-        return Fault(RATE_LIMIT, status, message)
+        return Fault(RATE_LIMIT, status, message, wait)
     if status in (401, 403) and not _QUOTA_WORDS.search(message):
         return Fault(AUTH, status, message)
     if _QUOTA_WORDS.search(message):
         return Fault(QUOTA, status, message)
-    return Fault(REFUSED, status, message)
+    return Fault(REFUSED, status, message, wait)
 
 
 def transport_fault(exc: BaseException) -> Fault | None:
@@ -149,7 +159,7 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
                               f"delete servers you no longer need or ask {provider} to raise the limit")
     if fault.kind == RATE_LIMIT:
         return Transient(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
-                         "wait a minute and try again")
+                         f"wait {_wait_words(fault.retry_after, 'a minute')} and try again", retry_after=fault.retry_after)
     if fault.kind == NETWORK:
         return Transient(f"{provider}: cannot reach the API at {where} while {what}: {fault.message}; check the "
                          "network (and --api-url if you set it), then try again")
@@ -159,10 +169,17 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     if fault.kind == ANSWER:
         return ProvisionError(f"{provider}: unexpected answer from {where} while {what}{detail}; try again later, "
                               "or check --api-url if you set it")
-    if isinstance(fault.status, int) and fault.status >= 500:  # the cloud's own trouble
-        return ProvisionError(f"{provider}: {what} failed{code}{detail}; the API had trouble of its own: try again "
-                              "later")
+    if isinstance(fault.status, int) and fault.status >= 500:  # the cloud's own trouble: a wait asks again
+        return Transient(f"{provider}: {what} failed{code}{detail}; the API had trouble of its own: try again "
+                         f"{'in ' + _wait_words(fault.retry_after, '') if fault.retry_after else 'later'}",
+                         retry_after=fault.retry_after)
     return ProvisionError(f"{provider}: {what} failed{code}{detail}")
+
+
+def _wait_words(seconds: float | None, otherwise: str) -> str:
+    if not seconds:
+        return otherwise
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
 
 
 @contextmanager

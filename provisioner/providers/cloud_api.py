@@ -14,7 +14,7 @@ from typing import Any, ContextManager
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
-from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line
+from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line, retry_after
 from .api_url import Endpoint
 
 
@@ -74,7 +74,7 @@ def libcloud_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, message=api_message(exc.value))
     if isinstance(exc, BaseHTTPError):
-        return by_status(exc.code, exc.message)
+        return by_status(exc.code, exc.message, retry_after(exc.headers))
     if isinstance(exc, ProviderError):  # drivers that keep their own error types (GCE)
         message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else one_line(exc.value)
         return by_status(exc.http_code, message)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, ContextManager
 
 from ..errors import NotFound
-from .api_errors import AUTH, REFUSED, Fault, api_errors
+from .api_errors import AUTH, Fault, api_errors
 from ..spec import TunnelSpec
 from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
                    parse_expiry_tag, tag_list)
@@ -168,7 +168,8 @@ class DigitalOceanProvider:
 
 
 def _fault(exc: BaseException) -> Fault | None:
-    """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and keeps the status in its messages."""
+    """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and ends its messages with the status
+    (" (code: 503)"), which the one-line error already shows."""
     from libcloud.common.types import InvalidCredsError
 
     from .cloud_api import libcloud_fault
@@ -176,7 +177,8 @@ def _fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, 401, str(exc.value))
     fault = libcloud_fault(exc)
-    return replace(fault, status=None) if fault is not None and fault.kind == REFUSED else fault
+    suffix = f" (code: {fault.status})" if fault is not None else ""
+    return replace(fault, message=fault.message.removesuffix(suffix)) if fault is not None else None
 
 
 def build(creds: Credentials, state_root: Path) -> DigitalOceanProvider:

@@ -12,7 +12,7 @@ from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
 
-from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, one_line
+from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, one_line, retry_after
 from .cloud_api import libcloud_words
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
@@ -84,9 +84,10 @@ def fault(exc: BaseException) -> Fault | None:
         if message.startswith(_GONE_CODES):
             return Fault(NOT_FOUND, message=message)
         if message.startswith(_THROTTLE_CODES):
-            return Fault(RATE_LIMIT, message=message)
+            return Fault(RATE_LIMIT, message=message, retry_after=retry_after(exc.headers))
         kind = QUOTA if message.split(":", 1)[0].endswith("LimitExceeded") else REFUSED
-        return Fault(kind, message=message)
+        trouble = isinstance(exc.code, int) and exc.code >= 500  # InternalError, Unavailable: shown, and asked again
+        return Fault(kind, exc.code if trouble else None, message, retry_after(exc.headers))
     if isinstance(exc, LibcloudError):
         return Fault(ANSWER, message=libcloud_words(exc))
     return None

@@ -18,7 +18,7 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from .api_errors import QUOTA, Fault, api_errors, by_status, one_line
+from .api_errors import QUOTA, Fault, api_errors, by_status, one_line, retry_after
 from .api_url import parse_api_url
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
@@ -205,7 +205,7 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
         pass
     if kind == "quotas_exceeded":  # answered with 403, which would otherwise read as a refused key
         return Fault(QUOTA, exc.status_code, text)
-    return by_status(exc.status_code, text)
+    return by_status(exc.status_code, text, retry_after(getattr(exc.response, "headers", None)))
 
 
 def build(creds: Credentials, state_root: Path) -> ScalewayProvider:

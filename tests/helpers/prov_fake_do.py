@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,6 +82,9 @@ class FakeDigitalOcean:
         self.create_answer: tuple[int, Any] | None = None
         self.broken_after_create: tuple[int, Any] | None = None
         self.rate_limited_reads = 0  # the next GETs of one droplet are answered 429, as DigitalOcean's rate limit does
+        # the next GETs of one droplet answered (status, headers) in turn: a 503, a 429 with Retry-After, ...
+        self.failed_reads: list[tuple[int, dict[str, str]]] = []
+        self.read_times: list[float] = []  # when each GET of one droplet came (time.monotonic())
         self._created = False
         self.droplets: dict[int, dict[str, Any]] = {}
         self.balancers: dict[str, dict[str, Any]] = {}
@@ -238,11 +242,13 @@ class FakeDigitalOcean:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _send(self, status: int, body: Any = None) -> None:
+            def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
                 data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
                 if body is not None:
                     self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 try:
                     self.end_headers()
@@ -261,9 +267,14 @@ class FakeDigitalOcean:
                     return self._send(401, {"id": "Unauthorized", "message": "Unable to authenticate you"})
                 if fake._created and fake.broken_after_create is not None:
                     return self._send(*fake.broken_after_create)
-                if method == "GET" and url.path.count("/") == 3 and fake.rate_limited_reads > 0:
-                    fake.rate_limited_reads -= 1
-                    return self._send(429, {"id": "too_many_requests", "message": "API Rate limit exceeded."})
+                if method == "GET" and url.path.count("/") == 3:
+                    fake.read_times.append(time.monotonic())
+                    if fake.rate_limited_reads > 0:
+                        fake.rate_limited_reads -= 1
+                        return self._send(429, {"id": "too_many_requests", "message": "API Rate limit exceeded."})
+                    if fake.failed_reads:
+                        status, headers = fake.failed_reads.pop(0)
+                        return self._send(status, {"id": "failed", "message": HTTPStatus(status).phrase}, headers)
                 with fake._lock:
                     status, answer = fake._route(method, url.path, query, body)
                 if (method, url.path, status) == ("POST", "/v2/droplets", 202):

@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan
-from inlets_py.provisioner.errors import ProvisionError
+from inlets_py.provisioner.errors import ProvisionError, Transient
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.providers.vultr import VultrProvider
 
@@ -36,6 +36,26 @@ def test_libcloud_rate_limit_says_wait(api: RecordedAPI) -> None:
         provider.list()
     assert _one_line(info) == ("vultr: the API is limiting requests (429) while listing instances: Rate limit exceeded; "
                                "wait a minute and try again")
+
+
+@pytest.mark.parametrize("status, retry_after, says, wait", [
+    (429, "30", "the API is limiting requests (429) while listing instances: Rate limit exceeded; wait 30s and try "
+                "again", 30.0),
+    (429, "Fri, 31 Dec 1999 23:59:59 GMT", "the API is limiting requests (429) while listing instances: Rate limit "
+                                           "exceeded; wait a minute and try again", 0.0),  # a date past: no wait
+    (503, "600", "listing instances failed (503): Down for maintenance; the API had trouble of its own: try again in "
+                 "10 minutes", 600.0),
+])
+def test_retry_after_is_said_and_kept_for_the_waits(api: RecordedAPI, status: int, retry_after: str, says: str,
+                                                    wait: float | None) -> None:
+    """A 429's or 503's Retry-After was ignored: 'wait a minute', and the waits asked again at their own pace. A 5xx
+    was final, so one during create's minutes of polling failed it (and --delete-on-failure deleted the VM)."""
+    message = "Rate limit exceeded" if status == 429 else "Down for maintenance"
+    api.route("GET", "/v2/instances", Answer(status, {"error": message, "status": status}, {"Retry-After": retry_after}))
+    with pytest.raises(Transient) as info:
+        VultrProvider("K" * 36, parse_api_url("vultr", api.url, "VULTR_API_URL")).list()
+    assert _one_line(info) == f"vultr: {says}"
+    assert info.value.retry_after == wait
 
 
 def test_hcloud_resource_limit_is_a_quota(api: RecordedAPI, tmp_path: Path) -> None:

@@ -208,6 +208,21 @@ def test_a_rate_limited_poll_while_the_droplet_boots_is_waited_out(
     assert run_cli(capsys, *_do(fake, token_file, state, "delete", "limited")).code == 0
 
 
+def test_a_failing_api_while_the_droplet_boots_is_asked_again_when_it_says(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """A 5xx while create polled the droplet (the API's own trouble) ended create, and with --delete-on-failure
+    deleted a droplet that was booting fine; a 429's Retry-After was not waited for (the next poll came 2 s later)."""
+    state = tmp_path / "state"
+    fake.failed_reads = [(503, {}), (429, {"Retry-After": "4"}), (502, {})]
+    created = run_cli(capsys, *_do(fake, token_file, state, "create", "shaky", "--provider", "digitalocean",
+                                   "--ports", str(free_port()), "--control-port", str(free_port()), "--timeout", "60",
+                                   "--delete-on-failure", "--json"))
+    assert created.code == 0, created.err
+    assert fake.failed_reads == [] and len(fake.droplets) == 1
+    assert fake.read_times[2] - fake.read_times[1] >= 3.9, fake.read_times  # the 429's, then the next ask
+    assert run_cli(capsys, *_do(fake, token_file, state, "delete", "shaky")).code == 0
+
+
 def test_names_already_taken_locally_or_in_the_cloud(fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state"
     fake.add_droplet("taken-in-cloud", ["inlets"])
