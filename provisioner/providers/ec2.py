@@ -9,7 +9,6 @@ needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it agai
 from __future__ import annotations
 
 import time
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
@@ -17,6 +16,7 @@ from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from . import ec2_regions
 from .api_errors import api_errors
+from .api_url import parse_api_url
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, parse_expiry_tag
 from .ec2_config import (
     DEFAULT_REGION, ENDPOINT_ENV, KEY_ENV, REGION_ENV, AwsCredentials, aws_credentials, default_region, endpoint_url,
@@ -51,12 +51,11 @@ class EC2Provider:
         self._creds, self._timeout, self._state_root = creds, timeout, state_root
         self._kwargs: dict[str, Any] = {}
         self._url = endpoint_url(api_url)
-        if self._url:
-            parsed = urllib.parse.urlsplit(self._url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ProvisionError(f"invalid EC2 endpoint URL {self._url!r}: use http(s)://HOST[:PORT]")
-            self._kwargs = {"host": parsed.hostname, "secure": parsed.scheme == "https",
-                            "port": parsed.port or (443 if parsed.scheme == "https" else 80)}
+        self._path = ""  # a gateway's /prefix: it was dropped, and the requests went to its root
+        if self._url:  # checked as every provider's: a bad port or [v6 address was a traceback
+            endpoint = parse_api_url(PROVIDER.name, self._url, ENDPOINT_ENV[0])
+            self._kwargs = {"host": endpoint.host, "secure": endpoint.secure, "port": endpoint.port}
+            self._path = endpoint.path
         self._use_region(region or default_region())
         self._source = creds.source
 
@@ -73,6 +72,7 @@ class EC2Provider:
             ) from None
         self.region = region
         conn = self._driver.connection
+        conn.request_path = self._path  # prefixed to every action, and signed with it
         self._endpoint = self._url or f"https://{conn.host}"
 
     def _recorded_region(self, host_id: str) -> None:

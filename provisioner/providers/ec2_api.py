@@ -10,7 +10,9 @@ from typing import Any
 
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
+from libcloud.compute.drivers.ec2 import (
+    NAMESPACE, VALID_EC2_REGIONS, BaseEC2NodeDriver, EC2Connection, EC2NodeDriver, EC2Response,
+)
 
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, one_line, retry_after
 from .cloud_api import libcloud_words
@@ -19,6 +21,8 @@ _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
 _THROTTLE_CODES = ("RequestLimitExceeded", "Throttling")
 _XMLNS = re.compile(r'xmlns="http://ec2\.amazonaws\.com/doc/[^"]*"')
+#: an AWS region's name (eu-west-1, us-gov-east-1, ap-southeast-7): two letters, words, a number
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
 
 
 class _TolerantResponse(EC2Response):
@@ -65,9 +69,23 @@ class _Connection(EC2Connection):
 
 
 class Driver(EC2NodeDriver):
-    """libcloud's EC2 driver over the connection above."""
+    """libcloud's EC2 driver over the connection above, in any region AWS names: libcloud's list of regions
+    stops at the ones it knew when released (no il-central-1, ca-west-1, mx-central-1, ...), which it refused."""
 
     connectionCls = _Connection
+
+    def __init__(self, key: str, secret: str | None = None, secure: bool = True, host: str | None = None,
+                 port: int | None = None, region: str = "us-east-1", token: str | None = None,
+                 signature_version: str | None = None, **kwargs: Any) -> None:
+        if region in VALID_EC2_REGIONS or not _REGION.fullmatch(region):  # a name no region has: ValueError
+            super().__init__(key, secret, secure, host, port, region, token, signature_version, **kwargs)
+            return
+        self.region_name, self.token = region, token
+        self.api_name, self.country = "ec2_" + region.replace("-", "_"), region
+        self.signature_version = signature_version or "4"  # every region opened since 2014 takes only v4
+        domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+        BaseEC2NodeDriver.__init__(self, key=key, secret=secret, secure=secure, host=host or f"ec2.{region}.{domain}",
+                                   port=port, **kwargs)
 
 
 def _local(tag: str) -> str:

@@ -490,3 +490,41 @@ def test_firewall_note_names_the_ports_the_security_group_opens_for_another_http
     assert opened == [443, 8080, 8123]
     assert note == "security group inlets-ec2-8080 lets in tcp 8123 and 443,8080, nothing else"
     provider.delete(host.id)
+
+
+def test_an_api_url_with_a_bad_port_is_one_line_and_its_path_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port out of range or an unclosed [v6 address was urlsplit's traceback; a gateway's /prefix was dropped
+    and the requests went to its root."""
+    from libcloud.compute.drivers.ec2 import NAMESPACE
+
+    from helpers.prov_cloud_recorded import Answer, RecordedAPI
+
+    _env_credentials(monkeypatch)
+    state = ["--state-dir", str(tmp_path / "state")]
+    for url in ("http://127.0.0.1:99999", "http://[::1", "http://127.0.0.1:abc"):
+        one_line_error(run_cli(capsys, "list", "--provider", "ec2", "--api-url", url, *state), "invalid ec2 API URL")
+    api = RecordedAPI()
+    try:
+        empty = f'<DescribeInstancesResponse xmlns="{NAMESPACE}"><reservationSet/></DescribeInstancesResponse>'
+        api.route("GET", "/gateway/ec2/?", Answer(200, empty, {"Content-Type": "text/xml"}))
+        result = run_cli(capsys, "list", "--provider", "ec2", "--api-url", api.url + "/gateway/ec2", *state)
+        assert result.code == 0, result.err
+        assert [s.path for s in api.seen] == ["/gateway/ec2/"]
+    finally:
+        api.close()
+
+
+def test_a_region_newer_than_libclouds_list_is_used(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """libcloud knows the regions of its release only: il-central-1, ca-west-1, mx-central-1 were 'unknown'."""
+    from inlets_py.provisioner.providers.ec2_api import Driver
+
+    assert Driver("k", "s", region="mx-central-1").connection.host == "ec2.mx-central-1.amazonaws.com"
+    assert Driver("k", "s", region="cn-northwest-9").connection.host == "ec2.cn-northwest-9.amazonaws.com.cn"
+    _env_credentials(monkeypatch)
+    result = run_cli(capsys, "list", "--provider", "ec2", "--region", "il-central-1", "--api-url", prov_ec2_moto.url,
+                     "--state-dir", str(tmp_path / "state"))
+    assert result.code == 0, result.err
