@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
 
-from ..errors import ProvisionError, os_words
+from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .api_url import Endpoint, endpoint_of
@@ -230,7 +230,13 @@ class AzureProvider:
                 if not body.get("nextLink"):
                     break
                 path, params = _next_page(body["nextLink"])
-        return [self.status(g["name"]) for g in groups]
+        hosts = []
+        for group in groups:
+            try:
+                hosts.append(self.status(group["name"]))
+            except NotFound:  # deleted since the list was read (another delete's last moments): not there now
+                pass
+        return hosts
 
     def _host(self, group: str, name: str, tags: dict[str, str], vm: dict[str, Any], view: dict[str, Any],
               ip_answer: dict[str, Any]) -> Host:
