@@ -186,17 +186,24 @@ class GCEProvider:
             if tag == firewall_name(name, PROVIDER.firewall_name_max):
                 self._delete_firewall(tag)
 
-    def _delete_orphan_firewall(self, instance: str) -> None:
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The rule of an instance create never recorded (cut short before or while the instance was made): the
+        rule stayed, and the next create of the name failed on it (409, already exists)."""
+        return [f"firewall rule {firewall_name(name, PROVIDER.firewall_name_max)}"] if self._delete_orphan_firewall(name) else []
+
+    def _delete_orphan_firewall(self, instance: str) -> bool:
         """The rule create made for an instance already gone (deleted in the console, or a delete cut short):
-        named after it and targeting only its tag, so a rule of the user's is never taken for it."""
+        named after it and targeting only its tag, so a rule of the user's is never taken for it. True: deleted."""
         tag = firewall_name(instance, PROVIDER.firewall_name_max)
         try:
             with self._api(f"reading firewall rule {tag}"):
                 rule = self._request(f"/global/firewalls/{tag}")
         except NotFound:
-            return
-        if rule.get("targetTags") == [tag]:
-            self._delete_firewall(tag)
+            return False
+        if rule.get("targetTags") != [tag]:
+            return False
+        self._delete_firewall(tag)
+        return True
 
     def _delete_firewall(self, name: str) -> None:
         try:

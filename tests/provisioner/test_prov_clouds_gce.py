@@ -160,3 +160,26 @@ def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api:
         del RENAME["inlets-gone"]
     assert api.requests("DELETE", PREFIX + "global/firewalls/inlets-gone")
     assert not api.requests("DELETE", PREFIX + "zones/.*")
+
+
+def test_delete_of_a_create_cut_short_before_an_instance_removes_its_firewall_rule(
+    api: RecordedAPI, key_json: str, tmp_path: Path
+) -> None:
+    """create makes the rule first: cut short there (Ctrl-C, a refused instance whose rule delete failed), its state
+    had no id, and `inletsctl delete NAME` removed only the local state ("gce has no exit server named ..."); the
+    rule stayed, and the next create of the name failed with 409 (already exists)."""
+    from inlets_py.provisioner.providers.base import delete_leftovers
+
+    rule = json.loads((LIBCLOUD_FIXTURES / "gce" / "global_firewalls_lcfirewall.json").read_text())
+    api.routes.insert(0, ("GET", re.compile(re.escape(PREFIX) + "global/firewalls/inlets-cut"),
+                          Answer(200, rule | {"name": "inlets-cut", "targetTags": ["inlets-cut"]})))
+    api.routes.insert(0, ("GET", re.compile(re.escape(PREFIX) + "global/firewalls/inlets-users"),
+                          Answer(200, rule | {"name": "inlets-users", "targetTags": ["web"]})))  # not one create made
+    RENAME["inlets-cut"] = "lcfirewall"
+    try:
+        gce = provider(api, key_json, tmp_path)
+        assert delete_leftovers(gce, "cut") == ["firewall rule inlets-cut"]
+        assert delete_leftovers(gce, "users") == []
+    finally:
+        del RENAME["inlets-cut"]
+    assert [s.path for s in api.requests("DELETE")] == [PREFIX + "global/firewalls/inlets-cut"]
