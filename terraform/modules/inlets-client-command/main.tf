@@ -30,6 +30,14 @@ output "command" {
   description = "The exact, copy-pasteable client command, as inletsctl prints it."
   value       = local.command
 
+  precondition {
+    condition     = var.mode == "http" || length(var.ports) > 0
+    error_message = "For mode tcp give the data ports (ports): the client needs --ports."
+  }
+  precondition {
+    condition     = var.mode == "http" || !contains(var.ports, var.control_port)
+    error_message = "A data port equals the control port (${var.control_port}); choose other ports."
+  }
   # The client's own rules for --upstream, in their structure (inletsctl runs the client's parser itself):
   # tcp, a host alone (the ports come from --ports); http, scheme://host[:port] with no path, query or user.
   precondition {

@@ -1,6 +1,10 @@
 variable "host" {
   description = "Public IP address (or DNS name) of the exit server."
   type        = string
+  validation {
+    condition     = can(regex("^[^\\s/@?#]+$", var.host))
+    error_message = "The host must be the exit server's IP address or DNS name: not empty, no spaces, no scheme or path."
+  }
 }
 
 variable "mode" {
@@ -17,18 +21,30 @@ variable "ports" {
   description = "TCP mode: the data ports the client serves."
   type        = list(number)
   default     = []
+  validation {
+    condition     = alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
+    error_message = "The ports must be distinct whole numbers from 1 to 65535, as the client's --ports."
+  }
 }
 
 variable "domains" {
   description = "HTTP mode: the domains the client serves (none: catch-all)."
   type        = list(string)
   default     = []
+  validation {
+    condition     = alltrue([for d in var.domains : can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253])
+    error_message = "Every domain must be a valid DNS name, such as example.com."
+  }
 }
 
 variable "control_port" {
   description = "The control-plane port."
   type        = number
   default     = 8123
+  validation {
+    condition     = var.control_port == floor(var.control_port) && var.control_port >= 1 && var.control_port <= 65535
+    error_message = "The control_port must be a port from 1 to 65535."
+  }
 }
 
 variable "upstream" {

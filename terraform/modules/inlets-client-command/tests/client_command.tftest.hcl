@@ -80,3 +80,59 @@ run "takes_an_ipv6_upstream" {
     error_message = "the IPv6 upstream URL, shell-quoted"
   }
 }
+
+# What the client itself refuses must fail at plan, not be printed as a command that cannot run.
+run "rejects_ports_the_client_refuses" {
+  command = plan
+  variables {
+    host  = "203.0.113.10"
+    ports = [0, 70000, 80, 80]
+  }
+  expect_failures = [var.ports]
+}
+
+run "rejects_a_bad_control_port" {
+  command = plan
+  variables {
+    host         = "203.0.113.10"
+    ports        = [80]
+    control_port = 0
+  }
+  expect_failures = [var.control_port]
+}
+
+run "rejects_a_bad_domain" {
+  command = plan
+  variables {
+    host    = "203.0.113.10"
+    mode    = "http"
+    domains = ["bad domain!"]
+  }
+  expect_failures = [var.domains]
+}
+
+run "rejects_an_empty_host" {
+  command = plan
+  variables {
+    host  = ""
+    ports = [80]
+  }
+  expect_failures = [var.host]
+}
+
+run "rejects_tcp_mode_without_ports" {
+  command = plan
+  variables {
+    host = "203.0.113.10"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_a_data_port_on_the_control_port" {
+  command = plan
+  variables {
+    host  = "203.0.113.10"
+    ports = [8123]
+  }
+  expect_failures = [output.command]
+}
