@@ -71,8 +71,13 @@ def delete(
                 if damaged is not None:
                     damaged.state.remove()
                 return done
-            if name is None or (meta is None and damaged is None):
+            if name is None:
                 raise
+            if meta is None and damaged is None:  # no state here: only what a create cut short left, by its name
+                removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}", False)
+                if not removed:
+                    raise
+                return f"{provider_name} has no exit server named {name}; {removed.removesuffix('; ')}"
             made_with = meta.get("provider") if meta is not None else damaged.provider  # type: ignore[union-attr]
             if made_with not in (None, provider_name):  # the other provider may well have it: keep its state
                 raise NotFound(f"{provider_name} has no exit server named {name}, and {name} was made with "
@@ -107,7 +112,7 @@ def delete(
     return done
 
 
-def _leftovers(root: Path, provider: Provisioner, name: str, gone: str) -> str:
+def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: bool = True) -> str:
     """Delete what create made for the gone host ``name`` (a Hetzner or Linode firewall, which its bare-number id
     cannot lead to); "deleted its firewall inlets-NAME; " or "". A failure keeps the local state, which holds the name."""
     try:
@@ -115,8 +120,9 @@ def _leftovers(root: Path, provider: Provisioner, name: str, gone: str) -> str:
     except NotFound:
         removed = []
     except ProvisionError as exc:
-        raise ProvisionError(f"{gone}, but its firewall could not be deleted ({exc}); its local state is kept, as only "
-                             f"it names that firewall: run {delete_command(name, root)} again") from None
+        kept = "its local state is kept, as only it names that firewall: run" if state else "run"
+        command = delete_command(name, root) + ("" if state else f" --provider {provider.name}")
+        raise ProvisionError(f"{gone}, but its firewall could not be deleted ({exc}); {kept} {command} again") from None
     return f"deleted its {', '.join(removed)}; " if removed else ""
 
 

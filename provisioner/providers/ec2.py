@@ -157,8 +157,18 @@ class EC2Provider:
         return plan.ssh_key
 
     def _security_group(self, plan: Plan, name: str, made: list[tuple[str, str]]) -> str:
+        try:
+            with self._api(f"creating security group {name!r}"):
+                group = self._driver.ex_create_security_group(name, f"inlets exit server {plan.name} ({plan.spec.mode})")
+        except ProvisionError as exc:
+            if "InvalidGroup.Duplicate" not in str(exc):
+                raise
+            raise ProvisionError(  # left by a create cut short, or whose clean-up failed: it refused every create
+                f"ec2: a security group {name!r} already exists in {self.region}: if an earlier create of "
+                f"{plan.name!r} left it, `inletsctl delete {plan.name} --provider ec2 --region {self.region}` deletes it; "
+                "otherwise delete "
+                "it in AWS, or choose another name") from None
         with self._api(f"creating security group {name!r}"):
-            group = self._driver.ex_create_security_group(name, f"inlets exit server {plan.name} ({plan.spec.mode})")
             group_id = group["group_id"]
             made.append(("group", group_id))
             # tagged too: a group left behind (an instance its --ttl terminated) is still findable
@@ -168,6 +178,25 @@ class EC2Provider:
             for port in inbound_ports(plan.spec):  # IPv4: default VPCs have no IPv6
                 self._driver.ex_authorize_security_group_ingress(group_id, port, port, cidr_ips=[ANY_IPV4], protocol="tcp")
         return group_id
+
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The security group create made for ``name``, whose instance is gone or was never made (a create cut short,
+        or whose clean-up failed): named inlets-NAME and tagged with the name, so that a group of the user's is
+        never taken for it; one an instance still uses stays."""
+        wanted = firewall_name(name, PROVIDER.firewall_name_max)
+        with self._api(f"reading security group {wanted}"):
+            groups = self._driver.ex_get_security_groups(
+                filters={"group-name": wanted, "tag:inlets-name": name, f"tag:{TAG}": "true"})
+        removed = []
+        for group in groups:
+            try:
+                self._cleanup([("group", group.id)], deadline=time.monotonic())  # no wait: in use is not left over
+            except ProvisionError as exc:
+                if "DependencyViolation" in str(exc):
+                    continue
+                raise
+            removed.append(f"security group {wanted}")
+        return removed
 
     def _cleanup(self, made: list[tuple[str, str]], deadline: float | None = None) -> None:
         """Delete what create made; a group stays in use for a while after its instance ends."""
