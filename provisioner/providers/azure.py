@@ -24,6 +24,7 @@ from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, rea
 from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import firewall_name, inbound_ports
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
+from .api_errors import one_line
 from .api_url import Endpoint, endpoint_of
 
 if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
@@ -76,27 +77,41 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
 
 
 def _driver_class(endpoint: Endpoint | None) -> type[AzureNodeDriver]:
-    """libcloud signs in on port 443 of the login host only: with ``endpoint``, sign in and call ARM there."""
+    """libcloud signs in on port 443 of the login host only: with ``endpoint``, sign in and call ARM there.
+
+    The sign-in is libcloud's, but for an answer that is not JSON (a gateway's 502 page, a proxy's login page):
+    libcloud's own failed there on its missing ``driver`` (an AttributeError, said as 'its JSON is not shaped as
+    the API documents'), so neither the status nor the page was told."""
     from libcloud.common.azure_arm import AzureAuthJsonResponse
+    from libcloud.common.types import MalformedResponseError
     from libcloud.compute.drivers.azure_arm import AzureNodeDriver
 
-    if endpoint is None:
-        return AzureNodeDriver
+    from .cloud_api import api_message
+
+    class Answer(AzureAuthJsonResponse):  # type: ignore[misc]
+        def parse_error(self) -> str:
+            try:
+                return str(super().parse_error())
+            except MalformedResponseError:  # an error page: its status is raised with its words
+                return one_line(api_message(self.body), 120) or f"HTTP {self.status}"
 
     class Connection(AzureNodeDriver.connectionCls):  # type: ignore[name-defined,misc]
         def get_token_from_credentials(self) -> None:
-            conn = self.conn_class(endpoint.host, endpoint.port, secure=endpoint.secure, timeout=self.timeout)
+            host, port, secure = (endpoint.host, endpoint.port, endpoint.secure) if endpoint else (self.login_host, 443, True)
+            conn = self.conn_class(host, port, secure=secure, timeout=self.timeout)
+            conn.driver = self.driver  # named by libcloud's error for an answer that is not JSON
             conn.connect()
             body = urlencode({"grant_type": "client_credentials", "client_id": self.user_id,
                               "client_secret": self.key, "resource": self.login_resource})
             conn.request("POST", f"/{self.tenant_id}/oauth2/token", body,
                          {"Content-type": "application/x-www-form-urlencoded"})
-            answer = AzureAuthJsonResponse(conn.getresponse(), conn)
+            answer = Answer(conn.getresponse(), conn)
             self.access_token = answer.object["access_token"]
             self.expires_on = answer.object["expires_on"]
 
         def connect(self, *args: Any, **kwargs: Any) -> Any:
-            self.host, self.port, self.secure = endpoint.host, endpoint.port, endpoint.secure
+            if endpoint is not None:
+                self.host, self.port, self.secure = endpoint.host, endpoint.port, endpoint.secure
             return super().connect(*args, **kwargs)
 
     return type("EndpointAzureNodeDriver", (AzureNodeDriver,), {"connectionCls": Connection})

@@ -76,6 +76,8 @@ def libcloud_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, BaseHTTPError):
         return by_status(exc.code, exc.message, retry_after(exc.headers))
     if isinstance(exc, ProviderError):  # drivers that keep their own error types (GCE)
+        if isinstance(exc.http_code, int) and 200 <= exc.http_code < 300:  # a 200 that is not JSON: a proxy's page
+            return Fault(ANSWER, message=not_json(exc.value))
         message = api_message(exc.value) if isinstance(exc.value, (dict, list)) else one_line(exc.value)
         return by_status(exc.http_code, message)
     if isinstance(exc, LibcloudError):

@@ -128,7 +128,12 @@ class GCEProvider:
         conn = self._driver.connection
         data = json.dumps(body) if body is not None else None
         call = conn.async_request if wait else conn.request
-        return call(path, method=method, data=data, params=params).object
+        answer = call(path, method=method, data=data, params=params)
+        if not 200 <= int(answer.status) < 300:  # libcloud reads an error with an empty body as the object ''
+            from .cloud_api import ApiError
+
+            raise ApiError(code=int(answer.status), message="", headers=answer.headers)
+        return answer.object
 
     def create(self, plan: Plan) -> Host:
         from libcloud.compute.drivers.gce import GCEDiskType, GCENetwork, GCENodeImage, GCENodeSize, GCEZone

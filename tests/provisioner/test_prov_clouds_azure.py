@@ -17,7 +17,7 @@ import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
 from inlets_py.provisioner.providers.api_url import parse_api_url
-from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.errors import NotFound, ProvisionError, Transient
 from inlets_py.provisioner.providers.azure import AzureProvider, service_principal
 
 TENANT = "77777777-7777-7777-7777-777777777777"  # the tenant of libcloud's recorded token
@@ -177,3 +177,22 @@ def test_a_group_deleted_while_listing_is_left_out(api: RecordedAPI) -> None:
     api.routes.insert(0, ("GET", re.compile(GROUP), Answer(404, {"error": {"code": "ResourceGroupNotFound",
                                                                             "message": "Resource group not found."}})))
     assert provider(api).list() == []
+
+
+@pytest.mark.parametrize("answer, says, transient", [
+    (Answer(502, b"Bad Gateway", {"Content-Type": "text/plain"}),
+     "azure: signing in with the service principal failed (502): Bad Gateway; the API had trouble of its own: try "
+     "again later", True),
+    (Answer(200, b"<html>proxy login</html>", {"Content-Type": "text/html"}),
+     "unexpected answer from http://127.0.0.1:PORT while signing in with the service principal: it is not JSON (it "
+     "begins '<html>proxy login</html>')", False),
+])
+def test_a_sign_in_answer_that_is_not_json_says_its_status_or_its_words(
+        api: RecordedAPI, answer: Answer, says: str, transient: bool) -> None:
+    """libcloud's sign-in failed on such an answer with an AttributeError of its own (no ``driver``), said as 'its
+    JSON is not shaped as the API documents': neither the 502 nor the page was told (a review helper's finding)."""
+    api.routes.insert(0, ("POST", re.compile(f"/{TENANT}/oauth2/token"), answer))
+    with pytest.raises(ProvisionError) as info:
+        provider(api)
+    assert says.replace("PORT", str(api.url.rsplit(":", 1)[1])) in str(info.value), info.value
+    assert isinstance(info.value, Transient) == transient

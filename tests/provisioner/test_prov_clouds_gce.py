@@ -183,3 +183,18 @@ def test_delete_of_a_create_cut_short_before_an_instance_removes_its_firewall_ru
     finally:
         del RENAME["inlets-cut"]
     assert [s.path for s in api.requests("DELETE")] == [PREFIX + "global/firewalls/inlets-cut"]
+
+
+@pytest.mark.parametrize("answer, says", [
+    (Answer(500, b""), "gce: reading instance europe-west2-a/foo failed (500); the API had trouble of its own"),
+    (Answer(200, b"<html>hi</html>"), "while reading instance europe-west2-a/foo: it is not JSON (it begins "
+                                      "'<html>hi</html>')"),
+])
+def test_an_answer_that_is_not_json_says_its_status_or_its_words(
+        api: RecordedAPI, key_json: str, tmp_path: Path, answer: Answer, says: str) -> None:
+    """An empty 500 was read as the object '' ('its JSON is not shaped as the API documents'), and a proxy's 200
+    page as 'failed (200): <html>...' (a review helper's findings)."""
+    api.routes.insert(0, ("GET", re.compile(re.escape(PREFIX) + "zones/europe-west2-a/instances/foo"), answer))
+    with pytest.raises(ProvisionError) as info:
+        provider(api, key_json, tmp_path).status("europe-west2-a/foo")
+    assert says in str(info.value), info.value
