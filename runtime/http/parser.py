@@ -107,6 +107,11 @@ class Reader:
         self._replaying = False
 
     @property
+    def in_head(self) -> bool:
+        """A message's head has begun and is not complete yet (the header timeout's concern)."""
+        return self._in_head
+
+    @property
     def refusal(self) -> HttpError | None:
         """What was refused: every later feed raises it (``feed_within`` first returns the events before it)."""
         return self._error

@@ -126,8 +126,7 @@ class HttpTunnelServer:
             for conn in [c for c in self.connections if c.drain is not None]:  # the proxy's own answers too
                 self._check_sending(conn, now, deadline)
             slow = now - self.header_timeout
-            for conn in [c for c in self.connections if c.idle_since is not None and c.head_since is not None
-                         and c.idle_since <= c.head_since <= slow]:
+            for conn in [c for c in self.connections if c.idle_since is not None and _head_late(c, slow)]:
                 self.connections.discard(conn)
                 conn.header_timed_out()
             idle = now - self.idle_timeout
@@ -206,3 +205,14 @@ class HttpTunnelServer:
             if host != "*":
                 self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)
             log.info("event=no_clients service=%s", service)
+
+
+def _head_late(conn: FrontConnection, slow: float) -> bool:
+    """The request head awaited began at or before ``slow``: its first bytes came while the connection
+    waited, or before (with the connection itself, or behind the request just answered; ``head_since`` is
+    only noted while waiting), and then the wait counts from its start."""
+    idle_since, head_since = conn.idle_since, conn.head_since
+    assert idle_since is not None
+    if head_since is not None and head_since >= idle_since:
+        return head_since <= slow
+    return conn.reader.in_head and idle_since <= slow

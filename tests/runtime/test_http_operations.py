@@ -124,3 +124,29 @@ def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(sta
     assert requests_counted(server, "408") == 1
     slow.close()
     idle.close()
+
+
+def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_timeout(stack, tls, token) -> None:
+    """Bytes that came before the connection waited for a request (with the connection itself, before its
+    coroutine ran; or behind the request in flight) began a head too: it used to have the idle timeout only."""
+    import time
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, header_timeout=1.0, idle_timeout=30.0)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    with_connection = socket.create_connection((LOOPBACK, server.data_port), timeout=5)
+    with_connection.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\nX-Slow: ")
+    behind = socket.create_connection((LOOPBACK, server.data_port), timeout=5)
+    behind.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\nGET /second HTTP/1.1\r\nX-Slow: ")
+    started = time.monotonic()
+    for user in (with_connection, behind):
+        answer = b""
+        while b"HTTP/1.1 408" not in answer:
+            data = user.recv(65536)
+            if not data:
+                break
+            answer += data
+        assert b"HTTP/1.1 408" in answer, answer
+    assert time.monotonic() - started < 3.5
+    with_connection.close()
+    behind.close()
