@@ -28,6 +28,11 @@ NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 #: Names a client may not add or remove: the proxy writes framing, Host (``--rewrite-host``) and hop-by-hop
 #: headers itself; a second Content-Length, or none, would smuggle requests or leave responses unframed.
 RESERVED = HOP_BY_HOP | NEVER_HOP
+#: The X-Forwarded-* the proxy sets, in every spelling with "_" too: CGI and WSGI servers (wsgiref, PHP) name
+#: "X_Forwarded_Proto" and "X-Forwarded-Proto" alike (HTTP_X_FORWARDED_PROTO), so a user's would reach the app
+#: joined to the proxy's, first ("https,http"). nginx drops names with "_" for this.
+FORWARDED = frozenset(b"x%sforwarded%s%s" % (one, two, name) for name in (b"for", b"proto", b"host")
+                      for one in (b"-", b"_") for two in (b"-", b"_"))
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: "$" matches before a final newline too
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # fullmatch
@@ -186,8 +191,7 @@ class HttpOptions:
     @cached_property
     def request_drop(self) -> frozenset[bytes]:
         """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
-        return HOP_BY_HOP | (self.request_remove - NEVER_HOP) | {b"x-forwarded-for", b"x-forwarded-proto",
-                                                                 b"x-forwarded-host"}
+        return HOP_BY_HOP | (self.request_remove - NEVER_HOP) | FORWARDED
 
     @cached_property
     def guarded_drop(self) -> frozenset[bytes]:

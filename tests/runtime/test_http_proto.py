@@ -231,6 +231,20 @@ def test_options_made_without_build_never_drop_nor_add_framing_or_host():
         b"content-length: 2"]
 
 
+
+def test_the_forwarded_headers_a_user_spells_with_underscores_stay_behind():
+    """CGI and WSGI servers read X_Forwarded_Proto as X-Forwarded-Proto (wsgiref joins them, the user's first):
+    a user would choose the scheme and host the app believes the proxy saw."""
+    raw = (b"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_Proto: https\r\nX_Forwarded-Host: evil\r\n"
+           b"x-forwarded_for: 6.6.6.6\r\nX_Other: kept\r\n\r\n")
+    head = RequestReader().feed(raw)[0]
+    lines = request_head(head, "http:a", HttpOptions(), False, b"10.0.0.1", b"http").split(b"\r\n")
+    names = [line.partition(b":")[0].lower().replace(b"_", b"-") for line in lines[1:] if line]
+    assert names.count(b"x-forwarded-proto") == names.count(b"x-forwarded-host") == 1, lines
+    assert names.count(b"x-forwarded-for") == 1 and b"X-Forwarded-For: 10.0.0.1" in lines, lines
+    assert b"X_Other: kept" in lines, lines
+
+
 # ------------------------------------------------------------------ issue 14: hostile input
 
 
