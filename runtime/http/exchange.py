@@ -32,6 +32,9 @@ from .options import HttpOptions
 from .messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
 from .write import LAST_CHUNK, SimpleResponse, chunk, chunk_parts, request_head, response_head
 
+#: nginx's "client closed request": a user who left before the answer ended (no error of the upstream's)
+CLIENT_CLOSED = 499
+
 
 class Gateway(Protocol):
     """The HTTP server as an exchange sees it (``server.HttpTunnelServer`` is one)."""
@@ -227,6 +230,7 @@ def progress(front: Front) -> None:
                        else str(failure) if failure is not None else "upstream closed the connection")
                 log.info("event=answer_cut status=%d host=%s reason=%s", ex.response.status, logfmt(ex.label or "-"),
                          logfmt(why + " in the middle of the answer"))
+                front.server.observe(502, ex.label, head.method, ex.started)  # what the user got: a bad gateway
                 _abort(front)  # cut mid-response: the user must see the connection fail
                 return
             done = True
@@ -256,10 +260,12 @@ def resumed(front: Front) -> None:
         ex.leg.release()
 
 
-def abandon(front: Front) -> None:
-    """The user went away mid-exchange."""
+def abandon(front: Front, gone: bool = True) -> None:
+    """The user went away mid-exchange (``gone``: counted as nginx does, 499), or the server is stopping."""
     ex = front.exchange
     if ex is not None:
+        if gone:
+            front.server.observe(CLIENT_CLOSED, ex.label, ex.head.method, ex.started)
         _detach(front, ex)
         _end(front, ex, False)
 

@@ -421,7 +421,7 @@ class FrontConnection(asyncio.Protocol):
             if pump is not None and not pump.done():
                 pump.cancel()
             if self.exchange is exchange:  # cancelled (shutdown): let go of the stream
-                http_exchange.abandon(self)
+                http_exchange.abandon(self, gone=False)
         if isinstance(outcome, ResponseHead):  # 101 Switching Protocols
             return await switch_protocols(self, head, outcome, leg, options, label, started)
         return bool(outcome)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 OTHER = "_other"
 METHODS = frozenset("GET HEAD POST PUT DELETE OPTIONS PATCH TRACE CONNECT".split())
 #: The status codes that become labels (IANA's registry, as Python knows it); others count as ``OTHER``.
-CODES = frozenset(int(status) for status in HTTPStatus)
+CODES = frozenset(int(status) for status in HTTPStatus) | {499}  # and nginx's "client closed request"
 #: Latency buckets from sub-millisecond (loopback) to the default upstream timeout.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -311,7 +311,8 @@ async def test_a_fresh_stream_closed_without_answering_is_not_retried() -> None:
 async def test_a_response_cut_after_its_head_aborts_the_user_connection_and_says_why(
     caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The user's connection is reset; the operator used to see nothing of it."""
+    """The user's connection is reset; the operator used to see nothing of it, in the log or in the metrics: it
+    counts as what the user got, a bad gateway (a review helper's finding)."""
     s = session()
     front = Front([Leg(s, SERVICE), Leg(s, SERVICE)])
     leg = start(front, request())
@@ -319,16 +320,36 @@ async def test_a_response_cut_after_its_head_aborts_the_user_connection_and_says
     with caplog.at_level(logging.INFO, logger="inlets.http"):
         leg.on_reset(int(ResetCode.CANCEL), "client went away")
     assert front.transport is not None and front.transport.aborted
-    assert front.server.observed == []  # never completed: not counted as a 200
+    assert front.server.observed == [(502, "app.example", b"GET")]  # never completed: not counted as a 200
     timed_out = Front([Leg(s, SERVICE)])
     leg = start(timed_out, request())
     feed(leg, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
     with caplog.at_level(logging.INFO, logger="inlets.http"):
         leg.fire_timeout()
+    assert timed_out.server.observed == [(502, "app.example", b"GET")]
     assert [r.getMessage() for r in caplog.records] == [
         'event=answer_cut status=200 host=app.example reason="the tunnel stream was reset in the middle of the answer"',
         f'event=answer_cut status=200 host=app.example reason="upstream sent nothing for '
         f'{timed_out.server.upstream_timeout:g}s in the middle of the answer"']
+
+
+@in_loop
+async def test_a_user_who_leaves_before_the_answer_ends_is_counted_as_nginx_counts_one() -> None:
+    """Counted nowhere before: a download the user closed halfway, or a request left waiting, was missing from
+    the request rate and the durations. It counts as 499 (nginx's "client closed request"): no 5xx."""
+    s = session()
+    for answer in (b"", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial"):
+        front = Front([Leg(s, SERVICE)])
+        leg = start(front, request())
+        if answer:
+            feed(leg, answer)
+        exchange.abandon(front)  # the user's connection was lost
+        assert front.server.observed == [(exchange.CLIENT_CLOSED, "app.example", b"GET")]
+        assert front.exchange is None
+    stopping = Front([Leg(s, SERVICE)])
+    start(stopping, request())
+    exchange.abandon(stopping, gone=False)  # the server is stopping: not the user's doing
+    assert stopping.server.observed == []
 
 
 @in_loop
