@@ -250,7 +250,10 @@ class Session:
     # -------------------------------------------------------------------- streams
 
     def open_stream(self, target: str, handler: StreamHandler) -> Channel:
-        if self.closed.is_set():
+        """Open a stream to the peer. Refused (``StreamError``: callers try another client) from a protocol
+        error on, not only once the connection closed: the peer may never answer the close, and streams opened
+        meanwhile went nowhere (nothing is sent after a close frame) until the close timeout or keepalive."""
+        if self.closed.is_set() or self._closing is not None:
             raise StreamError("session is closed")
         stream_id = self.mux.open_stream(target)
         channel = Channel(self, stream_id, target)

@@ -838,3 +838,42 @@ def test_a_protocol_version_of_another_type_is_refused(protocol: object) -> None
         with pytest.raises(HandshakeError) as refused:
             parse(json.dumps(message))
         assert refused.value.code == 4001
+
+
+def test_a_client_the_server_is_closing_gets_no_new_connections(tls: TlsFiles, token: str) -> None:
+    """After a protocol error the server closes that client, which may never answer the close: until the connection
+    is gone (close timeout, keepalive) no new user connection may go to it. They went round robin, and one in two
+    users hung for seconds, then got a reset, while another client served the port."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, keepalive=10.0)
+        echo = await echo_server()
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        await wait_listening("127.0.0.1", public)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{public}"]))["type"] == "welcome"
+        ws.transport.pause_reading()  # never answers the close that follows
+        await ws.send(HEADER.pack(FrameType.DATA, 1, 1) + b"x")  # data for a stream never opened
+        for _ in range(100):
+            hostile = [s for s in server.control.clients if s.name == "hostile"]
+            if hostile and hostile[0]._closing is not None:
+                break
+            await asyncio.sleep(0.02)
+
+        async def user(i: int) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", public)
+            writer.write(b"user %d" % i)
+            writer.write_eof()
+            try:
+                return await asyncio.wait_for(reader.read(), 3)
+            finally:
+                writer.close()
+
+        answers = await asyncio.gather(*(user(i) for i in range(6)), return_exceptions=True)
+        assert answers == [b"user %d" % i for i in range(6)]
+        ws.transport.abort()
+        await stop(task)
+        echo.close()
+        await server.stop()
+
+    run(scenario())
