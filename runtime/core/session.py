@@ -250,10 +250,11 @@ class Session:
     # -------------------------------------------------------------------- streams
 
     def open_stream(self, target: str, handler: StreamHandler) -> Channel:
-        """Open a stream to the peer. Refused (``StreamError``: callers try another client) from a protocol
-        error on, not only once the connection closed: the peer may never answer the close, and streams opened
-        meanwhile went nowhere (nothing is sent after a close frame) until the close timeout or keepalive."""
-        if self.closed.is_set() or self._closing is not None:
+        """Open a stream to the peer. Refused (``StreamError``: callers try another client) from the moment the
+        connection starts closing (our protocol error, the library's), not only once it closed: the peer may never
+        answer the close, and streams opened meanwhile went nowhere (nothing is sent after a close frame) until
+        the close timeout or keepalive."""
+        if self.closed.is_set() or self._closing is not None or self.websocket.closing:
             raise StreamError("session is closed")
         stream_id = self.mux.open_stream(target)
         channel = Channel(self, stream_id, target)

@@ -208,6 +208,12 @@ class BoundedReplies:
             if self._waiting_replies > REPLY_LIMIT:
                 self.gate.hold("replies")
 
+    @property
+    def closing(self) -> bool:
+        """The closing handshake began (a close frame went or came: a protocol error, a message too big) or the
+        connection is going: ``write_binary`` writes nothing from now on."""
+        return self.protocol.state is not _OPEN or self.transport.is_closing()  # type: ignore[attr-defined]
+
     def write_binary(self, pieces: list[bytes | memoryview], length: int) -> bool:
         """Write one binary message of ``pieces`` now; False, writing nothing, once the connection is
         no longer open (the closing handshake began: no data frame may follow a close frame). The

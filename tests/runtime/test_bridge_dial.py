@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,9 +16,12 @@ from inlets_py.runtime.core import bridge
 from inlets_py.runtime.core.mux import Multiplexer
 from inlets_py.runtime.core.session import Session
 
+#: The websocket of a Session that never runs: no wire, never closing.
+NO_WIRE = SimpleNamespace(closing=False)
+
 
 def stream() -> tuple[Session, object]:
-    s = Session(None, Multiplexer(client=True), name="test")  # type: ignore[arg-type]  # no wire needed
+    s = Session(NO_WIRE, Multiplexer(client=True), name="test")  # type: ignore[arg-type]  # no wire needed
     return s, s.open_stream("tcp:80", None)  # type: ignore[arg-type]  # dial attaches its bridge
 
 

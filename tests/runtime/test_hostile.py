@@ -840,7 +840,11 @@ def test_a_protocol_version_of_another_type_is_refused(protocol: object) -> None
         assert refused.value.code == 4001
 
 
-def test_a_client_the_server_is_closing_gets_no_new_connections(tls: TlsFiles, token: str) -> None:
+@pytest.mark.parametrize("breach", [
+    HEADER.pack(FrameType.DATA, 1, 1) + b"x",  # data for a stream never opened: the session's close
+    b"\x82\xff" + (1 << 62).to_bytes(8, "big") + b"mask",  # a frame too large: the library's close
+], ids=["protocol-error", "message-too-big"])
+def test_a_client_the_server_is_closing_gets_no_new_connections(tls: TlsFiles, token: str, breach: bytes) -> None:
     """After a protocol error the server closes that client, which may never answer the close: until the connection
     is gone (close timeout, keepalive) no new user connection may go to it. They went round robin, and one in two
     users hung for seconds, then got a reset, while another client served the port."""
@@ -853,10 +857,13 @@ def test_a_client_the_server_is_closing_gets_no_new_connections(tls: TlsFiles, t
         ws = await raw_client(server, tls, token)
         assert (await hello(ws, [f"tcp:{public}"]))["type"] == "welcome"
         ws.transport.pause_reading()  # never answers the close that follows
-        await ws.send(HEADER.pack(FrameType.DATA, 1, 1) + b"x")  # data for a stream never opened
+        if breach[0] == 0x82:
+            ws.transport.write(breach)  # a raw frame header: the library would not send one
+        else:
+            await ws.send(breach)
         for _ in range(100):
             hostile = [s for s in server.control.clients if s.name == "hostile"]
-            if hostile and hostile[0]._closing is not None:
+            if hostile and hostile[0].websocket.closing:
                 break
             await asyncio.sleep(0.02)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from types import SimpleNamespace
 from typing import Awaitable, Callable
 
 import pytest
@@ -23,6 +24,9 @@ from inlets_py.runtime.http.options import HttpOptions
 from inlets_py.runtime.http.messages import HttpError, RequestHead
 from inlets_py.runtime.http.parser import RequestReader
 from inlets_py.runtime.http.write import request_head
+
+#: The websocket of a Session that never runs: no wire, never closing.
+NO_WIRE = SimpleNamespace(closing=False)
 
 SERVICE = "http:app.example"
 
@@ -118,7 +122,7 @@ class Front:
 
 
 def session() -> Session:
-    return Session(None, Multiplexer(client=False), name="test")  # type: ignore[arg-type]
+    return Session(NO_WIRE, Multiplexer(client=False), name="test")  # type: ignore[arg-type]
 
 
 def request(raw: bytes = b"GET /x HTTP/1.1\r\nHost: app.example\r\n\r\n") -> RequestHead:
