@@ -186,8 +186,9 @@ class TunnelClient:
             except FatalClientError:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                sleep = backoff.next_wait()  # the wait the line names is the one taken (jitter included)
                 log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
-                            logfmt(_describe(exc)), backoff.step)
+                            logfmt(_describe(exc)), sleep)
             else:
                 started = loop.time()
                 await self._follow(session)
@@ -196,7 +197,7 @@ class TunnelClient:
                 log.warning("event=disconnected url=%s", logfmt(self.config.url))
                 if loop.time() - started > STEADY_AFTER:
                     backoff.reset()  # it was up for a while: start over
-            sleep = backoff.next_wait()
+                sleep = backoff.next_wait()
             try:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:

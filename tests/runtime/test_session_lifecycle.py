@@ -310,3 +310,22 @@ def test_a_goaway_soon_after_each_connect_backs_off_as_a_failed_connect_does(tls
     with caplog.at_level(logging.WARNING, logger="inlets.client"):
         run(scenario())
     assert "event=goaway_soon_after_connect" in caplog.text and "retry_in=" in caplog.text
+
+
+def test_connect_failed_names_the_wait_it_takes(monkeypatch, caplog) -> None:
+    """event=connect_failed's retry_in was the backoff step, while the wait taken was a random half to all of it:
+    'retry_in=4.0s' and the next attempt 2.9 s later. The line now names the wait itself."""
+    from inlets_py.runtime.client import dialer
+
+    monkeypatch.setattr(dialer.random, "uniform", lambda low, high: low)  # jitter at its most: half the step
+
+    async def scenario() -> None:
+        client, task = await start_client(f"ws://127.0.0.1:{free_port()}", "t", None, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False, backoff_initial=0.2, backoff_max=0.4)
+        await asyncio.sleep(0.5)
+        await stop(task)
+
+    with caplog.at_level(logging.WARNING, logger="inlets.client"):
+        run(scenario())
+    waits = [line.split("retry_in=")[1] for line in caplog.text.splitlines() if "event=connect_failed" in line]
+    assert waits[:2] == ["0.1s", "0.2s"], waits
