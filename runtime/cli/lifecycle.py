@@ -87,6 +87,7 @@ def run_until_signalled(
 
 #: the flag that sets each of a server's listeners (``core.listen.BindError.role``)
 LISTEN_FLAGS = {"control": "--control-port", "data": "--port", "https": "--https-port"}
+ADDR_FLAGS = {"control": "--control-addr", "data": "--data-addr", "https": "--data-addr"}
 
 
 def listen_failure(exc: OSError) -> str:
@@ -116,6 +117,9 @@ def run_server(
             flag = LISTEN_FLAGS.get(exc.role, "")
             step = (f": another program uses it: stop it, or give another {flag}"
                     if exc.cause.errno == errno.EADDRINUSE and flag else "")
+            if exc.cause.errno == errno.EADDRNOTAVAIL and exc.role in ADDR_FLAGS:
+                step = (f": it is not an address of this machine: give one of its own in {ADDR_FLAGS[exc.role]}, "
+                        "or leave it out for every interface")
             fail(f"cannot listen on {exc.where} ({exc.role} port): {listen_failure(exc.cause)}{step}", 1)
         except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
             fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)

@@ -57,3 +57,17 @@ def test_a_server_port_in_use_names_the_port_and_the_flag_that_moves_it(tls: Tls
         assert result.stderr.strip().splitlines()[-1] == (
             f"inlets: error: cannot listen on 127.0.0.1:{taken} ({role} port): Address already in use: "
             f"another program uses it: stop it, or give another {flag}"), result.stderr
+
+
+def test_an_address_not_of_this_machine_names_the_flag_that_sets_it(tls: TlsFiles, token_file: Path) -> None:
+    """--control-addr 192.0.2.1 (no interface has it) ended in 'Cannot assign requested address' alone."""
+    common = ("--token-file", str(token_file), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    control = inlets("tcp", "server", *common, "--control-addr", "192.0.2.1", "--control-port", str(free_port()))
+    data = inlets("http", "server", *common, "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+                  "--data-addr", "192.0.2.1", "--port", str(free_port()))
+    for result, role, flag in ((control, "control", "--control-addr"), (data, "data", "--data-addr")):
+        assert result.returncode == 1, result
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith("inlets: error: cannot listen on 192.0.2.1:") and f"({role} port)" in line, line
+        assert line.endswith(f"Cannot assign requested address: it is not an address of this machine: give one of "
+                             f"its own in {flag}, or leave it out for every interface"), line
