@@ -357,7 +357,8 @@ class ControlPlane:
                 )
             if hello.extra.get("forwards"):
                 if self.config.forwarding is None:
-                    raise HandshakeError(CLOSE_SERVICE_REFUSED, "this server does not offer client forwarding")
+                    raise HandshakeError(CLOSE_SERVICE_REFUSED, "this server does not offer client forwarding: start it with "
+                                         "--client-forwarding --client-forwarding-allow HOST:PORT")
                 self.config.forwarding.check_hello(hello)
             mux = Multiplexer(
                 client=False,

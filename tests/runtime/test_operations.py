@@ -76,7 +76,9 @@ def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, tok
     finally:
         stop_all(server)
     assert result.returncode == 1
-    assert "this server does not offer client forwarding" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (  # and what to do: the server's flags that offer it
+        "inlets: error: the server refused this client: this server does not offer client forwarding: start it with "
+        "--client-forwarding --client-forwarding-allow HOST:PORT"), result.stderr
 
     control = free_port()
     server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow",
