@@ -19,6 +19,24 @@ def port_flag(value: str | int) -> int:
     return port
 
 
+def count_flag(high: int) -> Callable[[str | int], int]:
+    """The ``parser=`` of a count flag (streams, MiB, replicas): a whole number from 1 to ``high`` in the digits
+    0-9, as ports and durations are (``int()`` took "８" or "٣" as 8 and 3, and --generate wrote them as given)."""
+
+    def parse(value: str | int) -> int:
+        text = str(value)
+        if not (text.isascii() and text.isdecimal()) or not 1 <= int(text) <= high:
+            raise typer.BadParameter(f"{text!r} is not a whole number from 1 to {high} in the digits 0-9")
+        return int(text)
+
+    return parse
+
+
+def count_option(*names: str, high: int = 1_000_000, help: str) -> Any:
+    """A count flag: parsed by ``count_flag``, shown as N in --help with its range."""
+    return typer.Option(*names, parser=count_flag(high), metavar="N", help=f"{help} (1 to {high})")
+
+
 def print_version(name: str) -> Callable[[bool], None]:
     """The ``--version`` callback of both CLIs: ``NAME VERSION`` on stdout, then exit 0 before any other flag is read."""
 
@@ -55,23 +73,23 @@ AutoTlsPath = Annotated[
 AutoTlsSan = Annotated[Optional[list[str]], typer.Option(help="Name or IP the certificate is for (repeatable).")]
 Plaintext = Annotated[bool, typer.Option(help="Plain ws://, only behind a TLS-terminating proxy.")]
 MaxClientStreams = Annotated[
-    int, typer.Option(min=1, max=1_000_000, help="Streams one client may have open at once (more are refused).")
+    int, count_option(help="Streams one client may have open at once (more are refused).")
 ]
 TrustedProxies = Annotated[Optional[str], typer.Option(
     help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
     "for failed-login limits and logs.")]
-MaxHandshakes = Annotated[int, typer.Option(
-    min=1, max=1_000_000, help="Control-port connections not yet authenticated, at once (more are closed at once).")]
-MaxHandshakesPerSource = Annotated[int, typer.Option(
-    min=1, max=1_000_000, help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
-MaxClientBuffer = Annotated[int, typer.Option(
-    "--max-client-buffer", min=1, max=1_000_000,
+MaxHandshakes = Annotated[int, count_option(
+    help="Control-port connections not yet authenticated, at once (more are closed at once).")]
+MaxHandshakesPerSource = Annotated[int, count_option(
+    help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
+MaxClientBuffer = Annotated[int, count_option(
+    "--max-client-buffer",
     help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "
     "(for users that have not taken the data yet).")]
-MaxServerStreams = Annotated[int, typer.Option(
-    "--max-streams", min=1, max=1_000_000, help="Streams the server may have open on this client at once, and the client's own --local ones at once (more are refused).")]
-MaxBuffer = Annotated[int, typer.Option(
-    "--max-buffer", min=1, max=1_000_000,
+MaxServerStreams = Annotated[int, count_option(
+    "--max-streams", help="Streams the server may have open on this client at once, and the client's own --local ones at once (more are refused).")]
+MaxBuffer = Annotated[int, count_option(
+    "--max-buffer",
     help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "
     "(for upstreams that have not taken the data yet).")]
 AllowIps = Annotated[
@@ -86,8 +104,8 @@ LbProxyProtocol = Annotated[
 Generate = Annotated[
     Optional[str], typer.Option(help="Print a systemd unit (systemd) or Kubernetes YAML (k8s_yaml) running these flags.")
 ]
-Replicas = Annotated[Optional[int], typer.Option(
-    min=1, max=100, help="With --generate=k8s_yaml: a StatefulSet of this many servers, a Service for each one's "
+Replicas = Annotated[Optional[int], count_option(
+    high=100, help="With --generate=k8s_yaml: a StatefulSet of this many servers, a Service for each one's "
     "control plane (a client gives one --url per replica) and one balancing the data plane over all.")]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 LogFormat = Annotated[str, typer.Option(help="text (key=value) or json.")]

@@ -149,9 +149,16 @@ def _before_any_inlets_line(err: str) -> bool:
 @pytest.mark.parametrize("args, line", [
     (["status", "--url"], "inlets status: error: Option '--url' requires an argument. (see --help)"),
     (["tcp", "client", "--url", "wss://h:1", "--max-streams", "x"],
-     "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number. (see --help)"),
-    (["tcp", "client", "--url", "wss://h:1", "--max-streams", "it's"],  # click quotes it with " then
-     "inlets tcp client: error: Invalid value for '--max-streams': \"it's\" is not a whole number. (see --help)"),
+     "inlets tcp client: error: Invalid value for '--max-streams': 'x' is not a whole number from 1 to 1000000 in the "
+     "digits 0-9 (see --help)"),
+    (["tcp", "client", "--url", "wss://h:1", "--max-streams", "it's"],  # quoted with " then
+     "inlets tcp client: error: Invalid value for '--max-streams': \"it's\" is not a whole number from 1 to 1000000 "
+     "in the digits 0-9 (see --help)"),
+    # int() took "８" as 8 (and --generate wrote it into the unit as given), where a port or a duration is refused
+    (["tcp", "server", "--max-client-streams", "８"], "inlets tcp server: error: Invalid value for "
+     "'--max-client-streams': '８' is not a whole number from 1 to 1000000 in the digits 0-9 (see --help)"),
+    (["tcp", "server", "--replicas", "101"], "inlets tcp server: error: Invalid value for "
+     "'--replicas': '101' is not a whole number from 1 to 100 in the digits 0-9 (see --help)"),
     # an unknown flag offers only what looks like a typo of it: click offered "--bogus" "Did you mean --host?"
     (["tcp", "server", "--tokn", "x"], "inlets tcp server: error: No such option: --tokn (did you mean --token?) (see --help)"),
     (["tcp", "server", "--bogus"], "inlets tcp server: error: No such option: --bogus (see --help)"),
