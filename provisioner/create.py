@@ -336,9 +336,13 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         endpoints = endpoints or [f"http://{d}:{meta['http_port']}" for d in meta["domains"]] or [
             f"http://{_hostport(data_host, meta['http_port'])}"
         ]
+    # a data plane on an address of its own (local: 127.0.0.2), which the domains' DNS does not name: said beside
+    served_at = (_hostport(data_host, meta["http_port"]) if meta["mode"] == "http" and meta["domains"]
+                 and not meta.get("letsencrypt") and data_host != meta.get("ip") else None)
     return {
         "name": meta["name"], "provider": meta["provider"], "id": meta["id"], "ip": meta["ip"],
         "mode": meta["mode"], "ports": meta["ports"], "domains": meta["domains"], "endpoints": endpoints,
+        **({"served_at": served_at} if served_at else {}),
         "control_port": meta["control_port"], "created_at": meta["created_at"], "expires_at": meta["expires_at"],
         "token_file": str(state.token_file), "ca_file": str(state.ca_file),
         "client_command": meta["client_command"], "status_command": meta.get("status_command"),

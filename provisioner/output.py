@@ -67,7 +67,9 @@ def print_summary(summary: dict[str, Any], token: str | None) -> None:
         ("mode", summary["mode"]),
         ("ports" if summary["mode"] == "tcp" else "domains",
          ",".join(map(str, summary["ports"])) if summary["mode"] == "tcp" else ",".join(summary["domains"]) or "(any host)"),
-        ("public", " ".join(summary["endpoints"]) + (" (load balancer)" if summary.get("replicas") else "")),
+        ("public", " ".join(summary["endpoints"]) + (" (load balancer)" if summary.get("replicas") else "")
+         + (f" (served at {summary['served_at']}: curl -H 'Host: {summary['domains'][0]}' "
+            f"http://{summary['served_at']}/)" if summary.get("served_at") else "")),
         *([("replicas", " ".join(f"{r['name']}={r['ip']}" for r in summary["replicas"]))] if summary.get("replicas") else []),
         ("expires", summary["expires_at"] or "never (no --ttl)"),
         ("token", f"kept in {summary['token_file']} (--show-token prints it)" if token is None else token),

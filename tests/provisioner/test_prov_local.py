@@ -157,6 +157,8 @@ def test_http_mode_with_a_random_name(tmp_path: Path, capsys) -> None:
     inlets, mode, role = summary["client_command"].split()[:3]  # inlets: the full path where PATH lacks this one
     assert (mode, role) == ("http", "client") and Path(inlets).name == "inlets", summary["client_command"]
     assert f"--upstream app.example.test=http://127.0.0.1:{upstream_port}" in summary["client_command"]
+    # 'public http://app.example.test:PORT' alone: a name no DNS points at 127.0.0.2, where the server listens
+    assert summary["served_at"] == f"127.0.0.2:{data_port}", summary
     try:
         with http_upstream(upstream_port), run_client(summary["client_command"], tmp_path / "client.log"):
             logs = (tmp_path / "client.log", state / summary["name"] / "server.log")
