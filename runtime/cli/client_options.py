@@ -21,5 +21,5 @@ Proxy = Annotated[Optional[str], typer.Option(
     help="Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
     "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
 ProxyPasswordFile = Annotated[Optional[Path], typer.Option(
-    help="File holding the password for the --proxy user [env: INLETS_PROXY_PASSWORD] "
+    help="File holding the password for the --proxy user (or the password itself in $INLETS_PROXY_PASSWORD) "
     "(a password inside --proxy shows in ps).")]

@@ -35,11 +35,11 @@ def http_client(
     basic_auth_password: Annotated[Optional[str], typer.Option(
         help="Password for --basic-auth-username (shows in ps: prefer the file or $INLETS_BASIC_AUTH_PASSWORD).")] = None,
     basic_auth_password_file: Annotated[Optional[Path], typer.Option(
-        help="File holding the --basic-auth-username password [env: INLETS_BASIC_AUTH_PASSWORD].")] = None,
+        help="File holding the --basic-auth-username password (or the password itself in $INLETS_BASIC_AUTH_PASSWORD).")] = None,
     bearer_token: Annotated[Optional[str], typer.Option(
         help="Protect the site: require this bearer token (shows in ps: prefer the file or $INLETS_BEARER_TOKEN).")] = None,
     bearer_token_file: Annotated[Optional[Path], typer.Option(
-        help="File holding the bearer token the site requires [env: INLETS_BEARER_TOKEN].")] = None,
+        help="File holding the bearer token the site requires (or the token itself in $INLETS_BEARER_TOKEN).")] = None,
     token: Token = None,
     token_file: TokenFiles = None,
     tls_ca: TlsCa = None,

@@ -285,3 +285,13 @@ def test_both_commands_print_the_projects_version() -> None:
     ctl = subprocess.run([sys.executable, "-c", "from inlets_py.provisioner.cli import main; main()", "--version"],
                          capture_output=True, text=True, timeout=60)
     assert (ctl.returncode, ctl.stdout, ctl.stderr) == (0, f"inletsctl {version}\n", ""), ctl
+
+
+def test_a_secret_files_help_says_its_variable_holds_the_secret_not_a_file() -> None:
+    """'--proxy-password-file ... [env: INLETS_PROXY_PASSWORD]' read, in click's words, as a variable naming the
+    file: it holds the password itself."""
+    for command, flag, variable in ((("tcp", "client"), "--proxy-password-file", "INLETS_PROXY_PASSWORD"),
+                                    (("http", "client"), "--basic-auth-password-file", "INLETS_BASIC_AUTH_PASSWORD"),
+                                    (("http", "client"), "--bearer-token-file", "INLETS_BEARER_TOKEN")):
+        text = " ".join(inlets(*command, "--help").stdout.split())
+        assert f"[env: {variable}]" not in text and f"itself in ${variable}" in text[text.index(flag):], text
