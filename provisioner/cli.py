@@ -12,7 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from inlets_py.runtime.cli.options import port_option, print_version
+from inlets_py.runtime.cli.durations import seconds_option
+from inlets_py.runtime.cli.options import count_option, port_option, print_version
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
@@ -115,9 +116,9 @@ def create_cmd(
     remote_python: Annotated[str, typer.Option(help="ssh: the host's Python; the exit server's venv reuses the packages it has (nothing downloaded when it has them all).")] = "python3",
     data_addr: Annotated[Optional[str], typer.Option(help="ssh: address the data ports listen on [default: all interfaces].")] = None,
     ttl: Annotated[Optional[str], typer.Option(help="Lifetime, e.g. 30m, 2h, 1d: the server stops and powers off then.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the VM and its tunnel server (each API call waits 30 s at most, less when this is shorter).")] = 600.0,
+    timeout: Annotated[float, seconds_option("Seconds to wait for the VM and its tunnel server (each API call waits 30 s at most, less when this is shorter).", 0.001)] = 600.0,
     delete_on_failure: Annotated[bool, typer.Option("--delete-on-failure", help="Delete the VM if it never comes up.")] = False,
-    replicas: Annotated[int, typer.Option(help="Exit servers sharing one token and CA behind the cloud's load balancer (health-checked on the data ports); the printed client connects to every one [" + registry.replicas_help() + "; other providers refuse it].")] = 1,
+    replicas: Annotated[int, count_option(high=registry.MAX_REPLICAS, help="Exit servers sharing one token and CA behind the cloud's load balancer (health-checked on the data ports); the printed client connects to every one [" + registry.replicas_help() + "; other providers refuse it].")] = 1,
     runtime_spec: Annotated[Optional[str], typer.Option(help="pip requirement the VM installs instead of this inletsctl's server wheel [default: the wheel, in the user-data or sent by create].")] = None,
     embed_wheel: Annotated[bool, typer.Option("--embed-wheel", hidden=True, help="Kept for old scripts: the wheel is the default now.")] = False,
     show_token: Annotated[bool, typer.Option("--show-token", help="Print the token too.")] = False,
@@ -186,7 +187,7 @@ def delete_cmd(
     secret_key: Secret = None,
     region: Region = None,
     api_url: ApiUrl = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait until the VM is gone (each API call waits 30 s at most, less when this is shorter).")] = 300.0,
+    timeout: Annotated[float, seconds_option("Seconds to wait until the VM is gone (each API call waits 30 s at most, less when this is shorter).", 0.001)] = 300.0,
     state_dir: StateDir = None,
 ) -> None:
     """Delete an exit server, wait until it is gone, and remove its local state."""

@@ -19,7 +19,7 @@ from .providers import registry
 from .providers.base import ACTIVE, Balancer, Balancing, Host, Provisioner
 from .wait import Progress, wait_until_gone
 
-MAX_REPLICAS = 10
+MAX_REPLICAS = registry.MAX_REPLICAS
 
 
 def check(provider_name: str, replicas: int) -> None:

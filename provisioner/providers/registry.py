@@ -100,6 +100,10 @@ def ssh_key_help() -> str:
     return "; ".join(f"{p.name}: {p.ssh_key}" for p in _all() if p.ssh_key)
 
 
+#: ``create --replicas``: at most this many exit servers behind one balancer
+MAX_REPLICAS = 10
+
+
 def replicas_help() -> str:
     return "; ".join(f"{p.name}: {p.balancer}" for p in _all() if p.balancer)
 

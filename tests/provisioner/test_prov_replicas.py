@@ -106,7 +106,7 @@ def test_replicas_are_refused_where_no_balancer_is_made(tmp_path: Path, capsys) 
         refused = run_cli(capsys, "create", "--provider", provider, "--replicas", "2", "--state-dir", str(tmp_path))
         one_line_error(refused, f"--replicas is not offered on --provider {provider}", "digitalocean")
     one_line_error(run_cli(capsys, "create", "--provider", "digitalocean", "--replicas", "11", "--state-dir",
-                           str(tmp_path)), "--replicas 11")
+                           str(tmp_path)), "'11' is not a whole number from 1 to 10")
     assert not any(tmp_path.iterdir())
 
 
