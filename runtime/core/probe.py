@@ -158,15 +158,15 @@ def get(
             raise ProbeError(f"{endpoint.host}:{endpoint.port} answers plain HTTP, not TLS: for a server run with "
                              "--plaintext use ws:// in --url; else give its control port (8123 unless set), "
                              "not a data port") from None
-        raise ProbeError(f"{endpoint.host}:{endpoint.port}: the TLS handshake failed: is --url's port the "
+        raise ProbeError(f"{endpoint.host}:{endpoint.port}: the TLS handshake failed: is {endpoint.port} the "
                          "server's control port?") from None
     except http.client.RemoteDisconnected:  # no HTTP answer: ws:// to a TLS port closes without one
         if not endpoint.tls and _speaks_tls(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url") from None
-        raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is --url's "
-                         "port the server's control port?") from None
+        raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is "
+                         f"{endpoint.port} the server's control port?") from None
     except http.client.BadStatusLine:  # (RemoteDisconnected, above, is one too) an echo, a database: not HTTP
-        raise ProbeError(f"{endpoint.host}:{endpoint.port} does not answer HTTP: is --url's port the server's "
+        raise ProbeError(f"{endpoint.host}:{endpoint.port} does not answer HTTP: is {endpoint.port} the server's "
                          "control port?") from None
     except TimeoutError:  # in the TLS handshake its words are OpenSSL's: "_ssl.c:989: The handshake operation timed out"
         raise ProbeError(f"{endpoint.host}:{endpoint.port} accepted the connection but gave no answer within "

@@ -212,4 +212,4 @@ def test_a_port_that_echoes_what_it_is_sent_is_not_http_in_words(token_file: Pat
         port = listener.getsockname()[1]
         line = status_line(f"ws://127.0.0.1:{port}", token_file)
         echo.join(10)
-    assert line == f"inlets: error: 127.0.0.1:{port} does not answer HTTP: is --url's port the server's control port?"
+    assert line == f"inlets: error: 127.0.0.1:{port} does not answer HTTP: is {port} the server's control port?"
