@@ -109,9 +109,10 @@ class HttpTunnelServer:
     async def _sweep(self) -> None:
         """Time out exchanges where nothing moved for ``upstream_timeout``, users who take nothing for as long,
         and idle keep-alive connections: one timer for all (a timer per request costs as much as routing it).
-        Also drops the metric series of hosts unserved past their grace."""
+        Also drops the metric series of hosts unserved past their grace. Each timeout fires within 5% of its
+        length (at most a second) after it: with --upstream-timeout 2 a 504 came up to 0.5 s late."""
         assert self._loop is not None
-        interval = min(1.0, self.upstream_timeout / 4, self.idle_timeout / 4, self.header_timeout / 4)
+        interval = min(1.0, self.upstream_timeout / 20, self.idle_timeout / 20, self.header_timeout / 20)
         while True:
             await asyncio.sleep(interval)
             now = self._loop.time()
