@@ -41,6 +41,8 @@ SERVICE_USER = "inlets"
 UNPACK_XZ = "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read()))"
 CONFIG_DIR = "/etc/inlets"
 RECEIVER_SCRIPT = "/opt/inlets/receive-wheel.py"
+#: HTTP mode with Let's Encrypt: the drop-in giving the server its state folder (scripts/gen_terraform_template.py reads it)
+LETSENCRYPT_DROPIN = "inlets.service.d/letsencrypt.conf"
 #: Go's JSON escapes (Terraform's jsonencode()) beyond Python's, so both write the same bytes
 _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 #: what JSON leaves raw but YAML refuses (DEL, C1 controls) or reads as a line break (NEL)
@@ -121,7 +123,7 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
         }
     units = {"inlets.service": systemd_unit(server_argv(spec, VM_FILES), spec.mode)}
     if spec.letsencrypt is not None:  # a writable state folder for the certificates (ProtectSystem=strict)
-        units["inlets.service.d/letsencrypt.conf"] = render("inlets-letsencrypt.conf.j2")
+        units[LETSENCRYPT_DROPIN] = render("inlets-letsencrypt.conf.j2")
     if expires:
         units["inlets-expire.service"] = render("inlets-expire.service.j2", expires_at=expires["iso"])
         units["inlets-expire.timer"] = render(

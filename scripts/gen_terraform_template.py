@@ -42,7 +42,7 @@ _checkout.__path__ = [str(ROOT)]
 from jinja2 import nodes  # noqa: E402
 
 from inlets_py.provisioner import render  # noqa: E402
-from inlets_py.provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, TunnelSpec, server_argv  # noqa: E402
+from inlets_py.provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, LetsEncrypt, TunnelSpec, server_argv  # noqa: E402
 from inlets_py.provisioner.wheel import build_runtime_wheel, constraints  # noqa: E402
 from inlets_py.runtime.generate.templating import environment, template_dir  # noqa: E402
 
@@ -217,9 +217,9 @@ def placeholders(text: str, names: set[str]) -> str:
     return re.sub(r"@@([a-z_]+)@@", r"${\1}", text)
 
 
-def runtime_json(mode: str) -> str:
+def runtime_json(mode: str, letsencrypt: bool = False) -> str:
     """The module's default runtime for ``mode``: inletsctl's server-only wheel, as its user-data carries it."""
-    wheel = build_runtime_wheel(mode)
+    wheel = build_runtime_wheel(mode, letsencrypt=letsencrypt)
     return json.dumps(
         {
             "notice": NOTICE.replace("templates/*.j2", "runtime/ (provisioner/wheel.py)"),
@@ -230,6 +230,25 @@ def runtime_json(mode: str) -> str:
         },
         indent=2,
     ) + "\n"
+
+
+def letsencrypt_flags() -> dict[str, str]:
+    """inletsctl's Let's Encrypt flags, read off ``server_argv``: the flag of each value, in the order they
+    end the command line (one flag per domain, then the email, then the issuer).
+
+    The module builds the flags from these (its domains are a list, the email optional), quoting each value
+    as ``exec_word`` does; the generator stops if the Python code puts them elsewhere or in another order."""
+    values = {"domain": "@@le_domain@@", "email": "@@le_email@@", "issuer": "@@le_issuer@@"}
+    plain = TunnelSpec("http", domains=(values["domain"],), http_port=80)
+    with_le = TunnelSpec("http", domains=(values["domain"],), http_port=80,
+                         letsencrypt=LetsEncrypt(email=values["email"], issuer=values["issuer"]))
+    argv, argv_le = server_argv(plain, VM_FILES), server_argv(with_le, VM_FILES)
+    tail = argv_le[len(argv):]
+    flags = {key: tail[tail.index(value) - 1] for key, value in values.items() if value in tail}
+    rebuilt = [word for key in values for word in (flags.get(key, "?"), values[key])]
+    if argv_le[: len(argv)] != argv or tail != rebuilt:
+        raise Unsupported(f"server_argv's Let's Encrypt flags are not a tail of domain, email, issuer flags: {tail}")
+    return flags
 
 
 def outputs() -> dict[Path, str]:
@@ -250,6 +269,15 @@ def outputs() -> dict[Path, str]:
         unit = render.systemd_unit(server_argv(spec, VM_FILES), mode)
         names = {"control_port", "ports"} if mode == "tcp" else {"control_port", "http_port"}
         files[USERDATA_DIR / f"inlets.service.{mode}.tftpl"] = placeholders(unit, names)
+    # HTTP mode with Let's Encrypt: the same unit with the flags ending its command line (the module writes
+    # them, see letsencrypt_flags), and the drop-in giving the server a state folder for its keys
+    le_flags = letsencrypt_flags()
+    spec = TunnelSpec("http", http_port="@@http_port@@", control_port="@@control_port@@")  # type: ignore[arg-type]
+    unit = render.systemd_unit(server_argv(spec, VM_FILES) + ["@@letsencrypt_args@@"], "http")
+    files[USERDATA_DIR / "inlets.service.http-letsencrypt.tftpl"] = placeholders(
+        unit, {"control_port", "http_port", "letsencrypt_args"}
+    )
+    files[USERDATA_DIR / "inlets-letsencrypt.conf.tftpl"] = placeholders(render.render("inlets-letsencrypt.conf.j2"), set())
     files[USERDATA_DIR / "inlets-expire.service.tftpl"] = placeholders(
         render.render("inlets-expire.service.j2", expires_at="@@expires_at@@"), {"expires_at"}
     )
@@ -269,11 +297,14 @@ def outputs() -> dict[Path, str]:
             "embed_margin": render.EMBED_MARGIN,
             "control_port": CONTROL_PORT,
             "tls_server_name": TLS_SERVER_NAME,
+            "letsencrypt_flags": le_flags,
+            "letsencrypt_dropin": render.LETSENCRYPT_DROPIN,
         },
         indent=2,
     ) + "\n"
     for mode in ("tcp", "http"):
         files[RUNTIME_DIR / f"{mode}.json"] = runtime_json(mode)
+    files[RUNTIME_DIR / "http-letsencrypt.json"] = runtime_json("http", letsencrypt=True)
     files[CLIENT_DIR / "client-command.tftpl"] = translate(
         "client-command.j2",
         {
