@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
+from inlets_py.provisioner.create import CreateOptions, _letsencrypt
 from inlets_py.provisioner.material import Material, generate
 from inlets_py.provisioner.render import UserDataOptions, client_command, fitting_user_data, user_data, wheel_xz_base64
-from inlets_py.provisioner.spec import build_spec, parse_ttl
+from inlets_py.provisioner.spec import TunnelSpec, build_spec, parse_ttl
 from inlets_py.provisioner.wheel import DIST, build_runtime_wheel, version
 from inlets_py.runtime.core.certs import Pem
 from helpers.tunnel import free_port
@@ -127,8 +128,9 @@ def apply_root(root: Path, modules: dict[str, dict[str, Any]], outputs: dict[str
 
 
 WHEEL = build_runtime_wheel()
-#: the module's default runtime per mode: the server wheel and the constraints pinned when it was generated
-RUNTIME = {mode: json.loads((TF_DIR / f"modules/inlets-userdata/runtime/{mode}.json").read_text()) for mode in ("tcp", "http")}
+#: the module's default runtime per mode (and HTTP with Let's Encrypt): the server wheel and the constraints pinned when it was generated
+RUNTIME = {name: json.loads((TF_DIR / f"modules/inlets-userdata/runtime/{name}.json").read_text())
+           for name in ("tcp", "http", "http-letsencrypt")}
 WEIRD = Material(
     token="tok-" + "x" * 60,
     ca_cert=MATERIAL.ca_cert,
@@ -139,7 +141,8 @@ WEIRD = Material(
         key=MATERIAL.server.key.replace(b"-----\n", b"-----\n\n", 1) + b"\n\n",
     ),
 )
-#: name -> (build_spec args, Terraform-only inputs, user_data options, material)
+#: name -> (build_spec args, Terraform-only inputs, user_data options, material); "le": inletsctl create's
+#: Let's Encrypt options (its default rule for a cloud provider applies to every variant, as in the module)
 VARIANTS: dict[str, dict[str, Any]] = {
     "tcp_defaults": {"spec": ("tcp", None, []), "tf": {}},
     "tcp_low_high_ports_ttl": {
@@ -151,8 +154,35 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "package": "inlets-py @ https://example.com/inlets_py-0.1.0-py3-none-any.whl",
     },
     # the HTTP wheel embedded needs more than DigitalOcean's 64 KiB (the module's default limit): GCE's 256 KiB
-    "http_domains": {"spec": ("http", None, ["example.com", "api.example.com"]),
-                     "tf": {"mode": "http", "domains": ["example.com", "api.example.com"], "limit": 256 * 1024}},
+    "http_domains_no_letsencrypt": {"spec": ("http", None, ["example.com", "api.example.com"]), "le": {"letsencrypt": False},
+                                    "tf": {"mode": "http", "domains": ["example.com", "api.example.com"], "limit": 256 * 1024,
+                                           "letsencrypt": False}},
+    # Let's Encrypt: on by default for domains on port 80, as inletsctl create on a cloud provider
+    "http_letsencrypt_default_domains": {
+        "spec": ("http", None, ["example.com", "API.example.com.", "www.example.com", "example.com"]),
+        "tf": {"mode": "http", "domains": ["example.com", "API.example.com.", "www.example.com", "example.com"],
+               "limit": 256 * 1024},
+    },
+    "http_letsencrypt_email_staging_ttl": {
+        "spec": ("http", None, ["tunnel.example.org"]), "le": {"letsencrypt_email": "ops+tunnel@example.org", "letsencrypt_issuer": "staging"},
+        "tf": {"mode": "http", "domains": ["tunnel.example.org"], "letsencrypt_email": "ops+tunnel@example.org",
+               "letsencrypt_issuer": "staging", "ttl": "2h", "limit": 256 * 1024}, "ttl": "2h",
+    },
+    # words systemd needs quoted: the module quotes them as systemd_quote.exec_word() does
+    "http_letsencrypt_quoted_email_issuer_url": {
+        "spec": ("http", None, ["example.com"]), "le": {"letsencrypt": True, "letsencrypt_email": "o'neil&\"co\\%x$y@example.com",
+                                                         "letsencrypt_issuer": "https://acme.example.test:14000/dir?a=%41&b=$x#frag"},
+        "tf": {"mode": "http", "domains": ["example.com"], "letsencrypt": True, "letsencrypt_email": "o'neil&\"co\\%x$y@example.com",
+               "letsencrypt_issuer": "https://acme.example.test:14000/dir?a=%41&b=$x#frag", "wheel_delivery": "push"}, "push": True,
+    },
+    "http_letsencrypt_auto_digitalocean": {
+        "spec": ("http", None, ["example.com"]),
+        "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024,
+    },
+    "http_letsencrypt_auto_gce": {
+        "spec": ("http", None, ["example.com"]),
+        "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "auto", "limit": 256 * 1024}, "auto": 256 * 1024,
+    },
     "http_catch_all_port_ttl": {
         "spec": ("http", None, []), "spec_kw": {"http_port": 8080},
         "tf": {"mode": "http", "http_port": 8080, "ttl": "45s", "limit": 256 * 1024}, "ttl": "45s",
@@ -160,26 +190,43 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tcp_given_wheel_ttl": {
         "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True}, "ttl": "90m", "wheel": True,
     },
-    "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
-                                                                          "wheel_delivery": "push"}, "push": True},
+    "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "le": {"letsencrypt": False},
+                          "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "push", "letsencrypt": False},
+                          "push": True},
     "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
     # wheel_delivery = "auto" chooses as inletsctl create does (fitting_user_data): GCE's 256 KiB holds the
     # wheels, DigitalOcean's 64 KiB (with the 4 KiB margin) neither the TCP nor the HTTP one
     "tcp_auto_gce": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 256 * 1024}, "auto": 256 * 1024},
     "tcp_auto_digitalocean": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},
-    "http_auto_digitalocean": {"spec": ("http", None, ["example.com"]), "tf": {"mode": "http", "domains": ["example.com"],
-                                                                               "wheel_delivery": "auto", "limit": 64 * 1024}, "auto": 64 * 1024},
+    "http_auto_digitalocean": {"spec": ("http", None, ["example.com"]), "le": {"letsencrypt": False},
+                               "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "auto", "limit": 64 * 1024,
+                                      "letsencrypt": False}, "auto": 64 * 1024},
     "tcp_auto_small_limit": {"spec": ("tcp", "443", []), "tf": {"ports": [443], "wheel_delivery": "auto", "limit": 16 * 1024},
                              "auto": 16 * 1024},
 }
 
 
+def variant_spec(name: str) -> TunnelSpec:
+    """The variant's spec as ``inletsctl create --provider digitalocean`` builds it: Let's Encrypt by its own rule."""
+    v = VARIANTS[name]
+    mode, ports, domains = v["spec"]
+    kw = dict(v.get("spec_kw", {}))
+    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode=mode, ports=ports, domains=list(domains),
+                         http_port=kw.get("http_port"), **v.get("le", {}))
+    letsencrypt = _letsencrypt(opts, kw.get("http_port", 80))
+    return build_spec(mode, ports, domains, **kw, letsencrypt=letsencrypt)
+
+
+def runtime_name(spec: TunnelSpec) -> str:
+    return "http-letsencrypt" if spec.letsencrypt is not None else spec.mode
+
+
 def python_user_data(name: str) -> str:
     v = VARIANTS[name]
-    spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
+    spec = variant_spec(name)
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
-    runtime = RUNTIME[spec.mode]
-    wheel = build_runtime_wheel(spec.mode)
+    runtime = RUNTIME[runtime_name(spec)]
+    wheel = build_runtime_wheel(spec.mode, letsencrypt=spec.letsencrypt is not None)
     assert wheel_xz_base64(wheel) == runtime["wheel_xz_base64"], "stale: run python scripts/gen_terraform_template.py"
     options = UserDataOptions(
         name=name, package=v.get("package", ""), wheel=None if v.get("package") else WHEEL if v.get("wheel") else wheel,
@@ -196,9 +243,9 @@ def python_user_data(name: str) -> str:
 def inletsctl_pushes(name: str) -> bool:
     """Whether inletsctl create sends the wheel rather than embedding it, for an "auto" variant."""
     v = VARIANTS[name]
-    spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
-    options = UserDataOptions(name=name, package="", wheel=build_runtime_wheel(spec.mode), limit=v["auto"],
-                              constraints=tuple(RUNTIME[spec.mode]["constraints"]))
+    spec = variant_spec(name)
+    options = UserDataOptions(name=name, package="", wheel=build_runtime_wheel(spec.mode, letsencrypt=spec.letsencrypt is not None),
+                              limit=v["auto"], constraints=tuple(RUNTIME[runtime_name(spec)]["constraints"]))
     return fitting_user_data(spec, v.get("material", MATERIAL), options)[1]
 
 
@@ -243,7 +290,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     modules: dict[str, dict[str, Any]] = {f"ud_{n}": terraform_inputs(n) for n in VARIANTS}
     outputs = {f"ud_{n}": (f"${{module.ud_{n}.user_data}}", True) for n in VARIANTS}
     outputs |= {f"meta_{n}": (f"${{[module.ud_{n}.expires_at, module.ud_{n}.expires_unix, module.ud_{n}.firewall_ports, "
-                              f"module.ud_{n}.wheel == null ? null : module.ud_{n}.wheel.delivery]}}", False) for n in VARIANTS}
+                              f"module.ud_{n}.wheel == null ? null : module.ud_{n}.wheel.delivery, module.ud_{n}.letsencrypt]}}", False)
+                for n in VARIANTS}
     for case, (_, _, host, token_file, ca_file, extra) in CLIENT_CASES.items():
         modules[f"cc_{case}"] = {"source": "../modules/inlets-client-command", "host": host, "token_file": token_file,
                                  "ca_file": ca_file, **extra}
@@ -268,8 +316,9 @@ def test_expiry_and_firewall_outputs_match_inletsctl(rendered: dict[str, Any]) -
 
     created = datetime.datetime.fromisoformat(CREATED.replace("Z", "+00:00"))
     for name, v in VARIANTS.items():
-        expires_at, expires_unix, firewall, _ = rendered[f"meta_{name}"]
-        spec = build_spec(*v["spec"], **v.get("spec_kw", {}))
+        expires_at, expires_unix, firewall, _, letsencrypt = rendered[f"meta_{name}"]
+        spec = variant_spec(name)
+        assert letsencrypt == (spec.letsencrypt is not None), name
         if v.get("ttl"):
             when = created + parse_ttl(v["ttl"])
             assert expires_at == when.strftime("%Y-%m-%dT%H:%M:%SZ")

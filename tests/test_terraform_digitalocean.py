@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 import test_terraform as tfh
+from inlets_py.provisioner.create import CreateOptions, _letsencrypt
 from inlets_py.provisioner.render import UserDataOptions, fitting_user_data
-from inlets_py.provisioner.spec import build_spec
+from inlets_py.provisioner.spec import TunnelSpec, build_spec
 from inlets_py.provisioner.wheel import build_runtime_wheel
 
 MODULE = "modules/digitalocean-exit-server"
@@ -98,10 +99,19 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return results
 
 
+def inletsctl_spec(mode: str) -> TunnelSpec:
+    """inletsctl create --provider digitalocean's spec: HTTP mode with a domain on port 80 gets Let's Encrypt."""
+    if mode == "tcp":
+        return build_spec("tcp", "80,443", [])
+    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode="http", domains=["example.com"])
+    return build_spec("http", None, ["example.com"], letsencrypt=_letsencrypt(opts, 80))
+
+
 def inletsctl_user_data(mode: str) -> tuple[str, bool]:
-    spec = build_spec("tcp", "80,443", []) if mode == "tcp" else build_spec("http", None, ["example.com"])
-    options = UserDataOptions(name=f"tf-do-{mode}", package="", wheel=build_runtime_wheel(mode), limit=64 * 1024,
-                              constraints=tuple(tfh.RUNTIME[mode]["constraints"]))
+    spec = inletsctl_spec(mode)
+    options = UserDataOptions(name=f"tf-do-{mode}", package="", limit=64 * 1024,
+                              wheel=build_runtime_wheel(mode, letsencrypt=spec.letsencrypt is not None),
+                              constraints=tuple(tfh.RUNTIME[tfh.runtime_name(spec)]["constraints"]))
     return fitting_user_data(spec, tfh.MATERIAL, options)
 
 
@@ -126,7 +136,8 @@ def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict
         script, where, wheel_digest, token_digest = pushed.splitlines()
         assert script.endswith("/tools/push_wheel.py"), script
         assert where == "host=127.0.0.1 port=8123 timeout=7"
-        assert wheel_digest.split()[0] == hashlib.sha256(tfh.RUNTIME[mode]["wheel_xz_base64"].encode()).hexdigest()
+        runtime = tfh.RUNTIME[tfh.runtime_name(inletsctl_spec(mode.removesuffix("-embedded")))]
+        assert wheel_digest.split()[0] == hashlib.sha256(runtime["wheel_xz_base64"].encode()).hexdigest()
         assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
 
 

@@ -38,13 +38,32 @@ locals {
   )
   expires_unix = local.expires == null ? null : local.created_unix + local.ttl_seconds
 
-  service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${var.mode}.tftpl", {
-    control_port = format("%d", var.control_port)
-    ports        = local.ports_csv
-    http_port    = format("%d", var.http_port)
+  # Let's Encrypt: inletsctl's default on a cloud provider (provisioner/create.py _letsencrypt()), and its
+  # flags ending the server's command line (their names, order and the drop-in are generated.json's,
+  # read off inletsctl's server_argv()), each word quoted as systemd_quote.exec_word() quotes it
+  letsencrypt    = var.mode == "http" && (var.letsencrypt != null ? var.letsencrypt : length(local.domains) > 0 && var.http_port == 80)
+  le_flags       = local.generated.letsencrypt_flags
+  le_email       = var.letsencrypt_email == null ? "" : var.letsencrypt_email
+  le_words       = concat(flatten([for d in local.domains : [local.le_flags.domain, d]]), local.le_email == "" ? [] : [local.le_flags.email, local.le_email], [local.le_flags.issuer, var.letsencrypt_issuer])
+  le_args        = join(" ", [for w in local.le_words : can(regex("^[A-Za-z0-9_@+=:,./-]+$", w)) ? w : "\"${replace(replace(replace(replace(w, "\\", "\\\\"), "\"", "\\\""), "%", "%%"), "$", "$$")}\""])
+  unit_template  = local.letsencrypt ? "http-letsencrypt" : var.mode
+  runtime_name   = local.letsencrypt ? "http-letsencrypt" : var.mode
+  le_domains_ok  = alltrue([for d in local.domains : strcontains(d, ".") && !can(regex("\\.[0-9]+$", d))])
+  le_issuer_used = var.letsencrypt_issuer != "prod" || local.le_email != ""
+
+  service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${local.unit_template}.tftpl", {
+    control_port     = format("%d", var.control_port)
+    ports            = local.ports_csv
+    http_port        = format("%d", var.http_port)
+    letsencrypt_args = local.le_args
   })]
-  units = concat(
+  # the units the creation time does not change: the server's, and Let's Encrypt's drop-in for it
+  base_units = concat(
     [local.service_unit],
+    local.letsencrypt ? [[local.generated.letsencrypt_dropin, file("${path.module}/templates/inlets-letsencrypt.conf.tftpl")]] : [],
+  )
+  units = concat(
+    local.base_units,
     local.expires == null ? [] : [
       ["inlets-expire.service", templatefile("${path.module}/templates/inlets-expire.service.tftpl", {
         expires_at = local.expires.iso
@@ -57,8 +76,9 @@ locals {
   )
 
   # The runtime: inletsctl's server-only wheel for the mode (runtime/MODE.json, generated with its
-  # pinned dependencies), or the one given; var.package installs a pip requirement instead.
-  runtime        = jsondecode(file("${path.module}/runtime/${var.mode}.json"))
+  # pinned dependencies; with Let's Encrypt runtime/http-letsencrypt.json, which adds its ACME client),
+  # or the one given; var.package installs a pip requirement instead.
+  runtime        = jsondecode(file("${path.module}/runtime/${local.runtime_name}.json"))
   use_wheel      = var.package == null
   wheel_filename = coalesce(var.wheel_filename, local.runtime.wheel_filename)
   wheel_xz       = var.wheel_xz_base64 == null ? local.runtime.wheel_xz_base64 : replace(var.wheel_xz_base64, "/\\s+/", "") # one line: the user-data's plain scalar
@@ -109,7 +129,7 @@ locals {
   # The user-data less its creation time: both renderings without the expiry, with what picks one and what
   # sets the expiry's distance (the expiry's text has one length, so the pick cannot turn on created_at).
   # It must not read var.created_at: the exit-server modules take a new creation time when it changes.
-  template_timeless = merge(local.template_base, { units = [local.service_unit], expires = null })
+  template_timeless = merge(local.template_base, { units = local.base_units, expires = null })
   vm_key = nonsensitive(sha256(jsonencode([
     local.ttl_seconds, var.wheel_delivery, var.limit,
     sha256(templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_timeless, { wheel = local.embedded, receiver = null }))),

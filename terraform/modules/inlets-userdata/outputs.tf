@@ -28,6 +28,30 @@ output "user_data" {
     error_message = "Give wheel_filename, wheel_xz_base64 and wheel_sha256 together (or none)."
   }
   precondition {
+    condition     = var.letsencrypt != true || var.mode == "http"
+    error_message = "Let's Encrypt (letsencrypt = true) is for mode http."
+  }
+  precondition {
+    condition     = !local.letsencrypt || length(local.domains) > 0
+    error_message = "Let's Encrypt needs domains: certificates are issued for names, not the catch-all (or set letsencrypt = false)."
+  }
+  precondition {
+    condition     = !local.letsencrypt || var.http_port == 80
+    error_message = "Let's Encrypt validates on port 80, not http_port ${var.http_port}: set http_port = 80 or letsencrypt = false."
+  }
+  precondition {
+    condition     = !local.letsencrypt || var.control_port != 443
+    error_message = "The control_port 443 is where Let's Encrypt's HTTPS listens: choose another control_port (default 8123), or letsencrypt = false."
+  }
+  precondition {
+    condition     = !local.letsencrypt || local.le_domains_ok
+    error_message = "Let's Encrypt needs every domain to be a DNS name with a dot and a top-level label that is not all digits (no IP addresses, no single labels), such as example.com."
+  }
+  precondition {
+    condition     = local.letsencrypt || !local.le_issuer_used
+    error_message = "letsencrypt_email and letsencrypt_issuer need Let's Encrypt: mode http with domains on http_port 80 (or letsencrypt = true)."
+  }
+  precondition {
     condition     = local.user_data_bytes <= var.limit
     error_message = "The rendered user-data is ${local.user_data_bytes} bytes, over the provider's limit of ${var.limit}${local.use_wheel && local.wheel_delivery == "embed" ? ": set wheel_delivery = \"push\"" : ""}."
   }
@@ -76,6 +100,11 @@ output "http_port" {
 output "control_port" {
   description = "The control-plane port."
   value       = var.control_port
+}
+
+output "letsencrypt" {
+  description = "Whether the server gets Let's Encrypt certificates for its domains and serves HTTPS on 443 (inletsctl's rule when letsencrypt is null)."
+  value       = local.letsencrypt
 }
 
 output "firewall_ports" {

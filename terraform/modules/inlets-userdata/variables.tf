@@ -188,3 +188,33 @@ variable "limit" {
     error_message = "The limit must be a whole number of bytes of at least 1, the provider's user-data limit (DigitalOcean 65536, EC2 16384)."
   }
 }
+
+variable "letsencrypt" {
+  description = "HTTP mode: HTTPS on 443 with Let's Encrypt certificates for each domain (HTTP-01 on port 80, which then redirects to HTTPS), as inletsctl's --letsencrypt/--no-letsencrypt. Null: inletsctl's default on a cloud provider, on in mode http with domains on http_port 80. Point the domains' DNS at the server; using it accepts the CA's terms."
+  type        = bool
+  default     = null
+}
+
+variable "letsencrypt_email" {
+  description = "Contact address for the Let's Encrypt account (expiry notices), as inletsctl's --letsencrypt-email: printable ASCII (the server's unit quotes it as inletsctl does). Null or empty: none."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.letsencrypt_email == null ? true : var.letsencrypt_email == "" || can(regex("^[^@:/]+@[^@:/]+\\.[^@:/]+$", var.letsencrypt_email)) && can(regex("^[!-~]+$", var.letsencrypt_email))
+    error_message = "The letsencrypt_email must be an email address such as ops@example.com: printable ASCII, one @, a dot in the domain, no spaces, colons or slashes."
+  }
+}
+
+variable "letsencrypt_issuer" {
+  description = "The ACME CA, as inletsctl's --letsencrypt-issuer: prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL (a host name, optionally a port, then printable ASCII)."
+  type        = string
+  default     = "prod"
+  nullable    = false
+  validation {
+    condition = contains(["prod", "staging"], var.letsencrypt_issuer) || (
+      can(regex("^https://[A-Za-z0-9._~-]+(?::[1-9][0-9]{0,4})?(?:[/?#][!-~]*)?$", var.letsencrypt_issuer))
+      && alltrue([for port in regexall("^https://[^/?#:]+:([0-9]+)", var.letsencrypt_issuer) : tonumber(port[0]) <= 65535])
+    )
+    error_message = "The letsencrypt_issuer must be prod, staging or an https:// ACME directory URL such as https://acme.example.com:14000/dir (a host name, an optional port 1-65535, then printable ASCII without spaces)."
+  }
+}

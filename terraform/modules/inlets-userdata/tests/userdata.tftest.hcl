@@ -474,3 +474,176 @@ run "vm_key_follows_the_wheel_delivery" {
     error_message = "A pushed wheel replaces the VM (its user-data no longer holds the wheel): vm_key must change."
   }
 }
+
+# Let's Encrypt, as inletsctl on a cloud provider: on by default in mode http with domains on port 80.
+# Pushed wheel throughout: the Let's Encrypt wheel does not fit the default 64 KiB, and a run expecting
+# a failed precondition must fail for its own reason, not for the size.
+
+run "letsencrypt_by_default_for_domains_on_port_80" {
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com", "www.example.com"]
+  }
+  assert {
+    condition     = output.letsencrypt && strcontains(output.user_data, "--port 80 --letsencrypt-domain example.com --letsencrypt-domain www.example.com --letsencrypt-issuer prod\n")
+    error_message = "HTTP mode with domains on port 80 runs the server with Let's Encrypt for each domain, as inletsctl."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "- path: /etc/systemd/system/inlets.service.d/letsencrypt.conf\n") && strcontains(output.user_data, "StateDirectory=inlets\n")
+    error_message = "Let's Encrypt's drop-in gives the server a state folder for its keys."
+  }
+  assert {
+    condition     = output.firewall_ports == [80, 443, 8123]
+    error_message = "HTTPS on 443 is opened."
+  }
+}
+
+run "letsencrypt_email_and_staging" {
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_email  = "ops@example.com"
+    letsencrypt_issuer = "staging"
+  }
+  assert {
+    condition     = strcontains(output.user_data, "--letsencrypt-domain example.com --letsencrypt-email ops@example.com --letsencrypt-issuer staging\n")
+    error_message = "The email and issuer follow the domains, as in inletsctl's server_argv()."
+  }
+}
+
+run "letsencrypt_off_without_domains_or_when_asked" {
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com"]
+    letsencrypt    = false
+  }
+  assert {
+    condition     = !output.letsencrypt && !strcontains(output.user_data, "letsencrypt")
+    error_message = "letsencrypt = false is inletsctl's --no-letsencrypt: no flags, no drop-in."
+  }
+}
+
+run "letsencrypt_off_for_the_catch_all" {
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+  }
+  assert {
+    condition     = !output.letsencrypt && !strcontains(output.user_data, "letsencrypt")
+    error_message = "Without domains there is nothing to certify: plain HTTP, as inletsctl."
+  }
+}
+
+run "rejects_an_email_that_is_not_one" {
+  command = plan
+  variables {
+    wheel_delivery    = "push"
+    mode              = "http"
+    domains           = ["example.com"]
+    letsencrypt_email = "ops at example.com"
+  }
+  expect_failures = [var.letsencrypt_email]
+}
+
+run "rejects_an_issuer_that_is_not_https" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "http://acme.example.com/directory"
+  }
+  expect_failures = [var.letsencrypt_issuer]
+}
+
+run "rejects_an_issuer_port_out_of_range" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://acme.example.com:70000/directory"
+  }
+  expect_failures = [var.letsencrypt_issuer]
+}
+
+run "rejects_letsencrypt_in_tcp_mode" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    letsencrypt    = true
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_letsencrypt_without_domains" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    letsencrypt    = true
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_letsencrypt_off_port_80" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com"]
+    http_port      = 8080
+    letsencrypt    = true
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_letsencrypt_with_control_port_443" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com"]
+    control_port   = 443
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_letsencrypt_for_a_single_label_domain" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["localhost"]
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_an_email_without_letsencrypt" {
+  command = plan
+  variables {
+    wheel_delivery    = "push"
+    mode              = "http"
+    domains           = ["example.com"]
+    http_port         = 8080
+    letsencrypt_email = "ops@example.com"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "vm_key_follows_letsencrypt" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com"]
+    letsencrypt    = false
+  }
+  assert {
+    condition     = output.vm_key != run.letsencrypt_by_default_for_domains_on_port_80.vm_key
+    error_message = "Turning Let's Encrypt off replaces the VM: vm_key must change."
+  }
+}
