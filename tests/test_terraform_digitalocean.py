@@ -71,7 +71,8 @@ def stand_in(ws: Path) -> Path:
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each mode's module applied once, with the default wheel delivery (auto: both send the wheel, as inletsctl
-    does on DigitalOcean since the TCP wheel passed the 4 KiB margin), and a TCP one with the wheel embedded."""
+    does on DigitalOcean since the TCP wheel passed the 4 KiB margin; HTTP gets Let's Encrypt by default), a TCP
+    one with the wheel embedded, and an HTTP one with a Let's Encrypt email and the staging issuer."""
     if tfh.TERRAFORM is None:
         pytest.skip(tfh.NO_TERRAFORM)
     tmp = tmp_path_factory.mktemp("tf-do")
@@ -86,6 +87,9 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                  "python": str(recorder), "push_timeout": 7},
         "tcp-embedded": {"source": f"../{MODULE}", "name": "tf-do-tcp-embedded", "ports": [80, 443],
                          "python": str(recorder), "push_timeout": 7, "wheel_delivery": "embed"},
+        # the module's Let's Encrypt inputs reach the user-data: inletsctl's --letsencrypt-email/-issuer
+        "http-staging": {"source": f"../{MODULE}", "name": "tf-do-http-staging", "mode": "http", "domains": ["example.com"],
+                         "python": str(recorder), "push_timeout": 7, **{f"letsencrypt_{k}": v for k, v in STAGING.items()}},
     }
     results: dict[str, Any] = {}
     for mode, inputs in modules.items():
@@ -99,34 +103,39 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return results
 
 
+STAGING = {"email": "ops@example.com", "issuer": "staging"}
+
+
 def inletsctl_spec(mode: str) -> TunnelSpec:
     """inletsctl create --provider digitalocean's spec: HTTP mode with a domain on port 80 gets Let's Encrypt."""
-    if mode == "tcp":
+    if mode.startswith("tcp"):
         return build_spec("tcp", "80,443", [])
-    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode="http", domains=["example.com"])
+    le = {f"letsencrypt_{k}": v for k, v in STAGING.items()} if mode == "http-staging" else {}
+    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode="http", domains=["example.com"], **le)
     return build_spec("http", None, ["example.com"], letsencrypt=_letsencrypt(opts, 80))
 
 
 def inletsctl_user_data(mode: str) -> tuple[str, bool]:
     spec = inletsctl_spec(mode)
     options = UserDataOptions(name=f"tf-do-{mode}", package="", limit=64 * 1024,
-                              wheel=build_runtime_wheel(mode, letsencrypt=spec.letsencrypt is not None),
+                              wheel=build_runtime_wheel(spec.mode, letsencrypt=spec.letsencrypt is not None),
                               constraints=tuple(tfh.RUNTIME[tfh.runtime_name(spec)]["constraints"]))
     return fitting_user_data(spec, tfh.MATERIAL, options)
 
 
-@pytest.mark.parametrize("mode", ["tcp", "http"])
+@pytest.mark.parametrize("mode", ["tcp", "http", "http-staging"])
 def test_droplet_user_data_is_inletsctls_for_digitalocean(applied: dict[str, Any], mode: str) -> None:
     expected, push = inletsctl_user_data(mode)
     got = applied[mode]
     assert got["droplet"]["user_data"] == expected
     assert got["wheel"]["delivery"] == ("push" if push else "embed")
-    assert "inlets" in got["droplet"]["tags"] and f"inlets-mode:{mode}" in got["droplet"]["tags"]
+    assert "inlets" in got["droplet"]["tags"] and f"inlets-mode:{inletsctl_spec(mode).mode}" in got["droplet"]["tags"]
+    assert ("--letsencrypt-domain example.com" in expected) == mode.startswith("http"), "inletsctl's default changed"
 
 
 def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict[str, Any]) -> None:
     deliveries = {mode: applied[mode]["wheel"]["delivery"] for mode in applied}
-    assert deliveries == {"tcp": "push", "http": "push", "tcp-embedded": "embed"}, deliveries
+    assert deliveries == {"tcp": "push", "http": "push", "tcp-embedded": "embed", "http-staging": "push"}, deliveries
     for mode, delivery in deliveries.items():
         pushed = applied[mode]["pushed"]
         if delivery == "embed":
@@ -136,7 +145,7 @@ def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict
         script, where, wheel_digest, token_digest = pushed.splitlines()
         assert script.endswith("/tools/push_wheel.py"), script
         assert where == "host=127.0.0.1 port=8123 timeout=7"
-        runtime = tfh.RUNTIME[tfh.runtime_name(inletsctl_spec(mode.removesuffix("-embedded")))]
+        runtime = tfh.RUNTIME[tfh.runtime_name(inletsctl_spec(mode))]
         assert wheel_digest.split()[0] == hashlib.sha256(runtime["wheel_xz_base64"].encode()).hexdigest()
         assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
 

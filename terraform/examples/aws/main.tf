@@ -1,4 +1,6 @@
-# An HTTP exit server on EC2 for example.com, proxied to http://127.0.0.1:8080 here.
+# An HTTP exit server on EC2 for example.com, proxied to http://127.0.0.1:8080 here. As with
+# inletsctl, a domain on port 80 turns on Let's Encrypt: HTTPS on 443 once example.com's DNS points
+# at the server (letsencrypt = false for plain HTTP; letsencrypt_email for expiry notices).
 #   export AWS_REGION=eu-west-1 (and credentials the usual AWS way)
 #   terraform init && terraform apply
 # then follow the printed next_steps.
@@ -45,6 +47,6 @@ output "next_steps" {
     terraform output -raw token > inlets-token && chmod 600 inlets-token
     terraform output -raw ca_cert > inlets-ca.crt
     ${module.exit_server.client_command}
-    Point example.com's DNS at ${module.exit_server.ip}. Delete: ${module.exit_server.delete_hint}
+    Point example.com's DNS at ${module.exit_server.ip}${module.exit_server.letsencrypt ? ", then open https://example.com" : ""}. Delete: ${module.exit_server.delete_hint}
   EOT
 }

@@ -42,24 +42,27 @@ resource "terraform_data" "created_at" {
 }
 
 module "userdata" {
-  source          = "../inlets-userdata"
-  name            = var.name
-  mode            = var.mode
-  ports           = var.ports
-  domains         = var.domains
-  http_port       = var.http_port
-  control_port    = var.control_port
-  token           = module.secrets.token
-  server_cert     = module.secrets.server_cert
-  server_key      = module.secrets.server_key
-  package         = var.package
-  wheel_filename  = var.wheel_filename
-  wheel_xz_base64 = var.wheel_xz_base64
-  wheel_sha256    = var.wheel_sha256
-  wheel_delivery  = "push" # the wheel does not fit EC2's 16 KiB: terraform_data.runtime sends it
-  ttl             = var.ttl
-  created_at      = var.ttl == null ? null : terraform_data.created_at.output
-  limit           = 16 * 1024 # EC2's user-data limit
+  source             = "../inlets-userdata"
+  name               = var.name
+  mode               = var.mode
+  ports              = var.ports
+  domains            = var.domains
+  http_port          = var.http_port
+  control_port       = var.control_port
+  letsencrypt        = var.letsencrypt
+  letsencrypt_email  = var.letsencrypt_email
+  letsencrypt_issuer = var.letsencrypt_issuer
+  token              = module.secrets.token
+  server_cert        = module.secrets.server_cert
+  server_key         = module.secrets.server_key
+  package            = var.package
+  wheel_filename     = var.wheel_filename
+  wheel_xz_base64    = var.wheel_xz_base64
+  wheel_sha256       = var.wheel_sha256
+  wheel_delivery     = "push" # the wheel does not fit EC2's 16 KiB: terraform_data.runtime sends it
+  ttl                = var.ttl
+  created_at         = var.ttl == null ? null : terraform_data.created_at.output
+  limit              = 16 * 1024 # EC2's user-data limit
 }
 
 data "aws_ami" "ubuntu" {

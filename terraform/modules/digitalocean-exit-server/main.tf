@@ -44,24 +44,27 @@ resource "terraform_data" "created_at" {
 }
 
 module "userdata" {
-  source          = "../inlets-userdata"
-  name            = var.name
-  mode            = var.mode
-  ports           = var.ports
-  domains         = var.domains
-  http_port       = var.http_port
-  control_port    = var.control_port
-  token           = module.secrets.token
-  server_cert     = module.secrets.server_cert
-  server_key      = module.secrets.server_key
-  package         = var.package
-  wheel_filename  = var.wheel_filename
-  wheel_xz_base64 = var.wheel_xz_base64
-  wheel_sha256    = var.wheel_sha256
-  wheel_delivery  = var.wheel_delivery
-  ttl             = var.ttl
-  created_at      = var.ttl == null ? null : terraform_data.created_at.output
-  limit           = 64 * 1024
+  source             = "../inlets-userdata"
+  name               = var.name
+  mode               = var.mode
+  ports              = var.ports
+  domains            = var.domains
+  http_port          = var.http_port
+  control_port       = var.control_port
+  letsencrypt        = var.letsencrypt
+  letsencrypt_email  = var.letsencrypt_email
+  letsencrypt_issuer = var.letsencrypt_issuer
+  token              = module.secrets.token
+  server_cert        = module.secrets.server_cert
+  server_key         = module.secrets.server_key
+  package            = var.package
+  wheel_filename     = var.wheel_filename
+  wheel_xz_base64    = var.wheel_xz_base64
+  wheel_sha256       = var.wheel_sha256
+  wheel_delivery     = var.wheel_delivery
+  ttl                = var.ttl
+  created_at         = var.ttl == null ? null : terraform_data.created_at.output
+  limit              = 64 * 1024
 }
 
 resource "digitalocean_droplet" "exit_server" {
@@ -80,7 +83,8 @@ resource "digitalocean_droplet" "exit_server" {
 }
 
 # Where the server wheel is not in the user-data (wheel_delivery push, or auto where it does not fit
-# with inletsctl's margin: the HTTP wheel today), the droplet waits for it on the control port and
+# with inletsctl's margin: every mode's wheel today, TCP, HTTP and HTTP with Let's Encrypt, once the
+# token and certificates are in), the droplet waits for it on the control port and
 # this sends it, as inletsctl create does. With an embedded wheel there is nothing to send: the
 # command is a no-op then (known only once the token and certificates are, so not a count).
 resource "terraform_data" "runtime" {

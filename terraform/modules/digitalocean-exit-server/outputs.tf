@@ -43,3 +43,8 @@ output "open_ports" {
   description = "The TCP ports the tunnel listens on (no DigitalOcean firewall is made, as with inletsctl)."
   value       = module.userdata.firewall_ports
 }
+
+output "letsencrypt" {
+  description = "Whether the server gets Let's Encrypt certificates for its domains and serves HTTPS on 443 (inletsctl's rule when letsencrypt is null)."
+  value       = module.userdata.letsencrypt
+}

@@ -61,6 +61,24 @@ variable "control_port" {
   default     = 8123
 }
 
+variable "letsencrypt" {
+  description = "HTTP mode: HTTPS on 443 with Let's Encrypt certificates for each domain (port 80 answers the HTTP-01 challenges, then redirects), as inletsctl's --letsencrypt/--no-letsencrypt. Null: as inletsctl on a cloud provider, on in mode http with domains on http_port 80. Point the domains' DNS at the server's IP; using it accepts the CA's terms."
+  type        = bool
+  default     = null
+}
+
+variable "letsencrypt_email" {
+  description = "Contact address for the Let's Encrypt account (expiry notices); null: none."
+  type        = string
+  default     = null
+}
+
+variable "letsencrypt_issuer" {
+  description = "prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL."
+  type        = string
+  default     = "prod"
+}
+
 variable "upstream" {
   description = "What the printed client forwards to: a host (tcp) or URL (http); null: 127.0.0.1 / http://127.0.0.1:8080."
   type        = string
