@@ -118,6 +118,10 @@ class SshProvider:
         wheel = build_runtime_wheel(plan.spec.mode)
         code, stage, err = run(client, f"mktemp -d {shlex.quote(STAGE_TEMPLATE.format(name=plan.name))}")
         stage = stage.strip()
+        if code != 0 and "mktemp" not in err:  # the first command: the login shell itself refused (nologin, false)
+            said = "; ".join(filter(None, (_last(err), _last(stage)))) or f"exit status {code}"
+            raise ProvisionError(f"ssh: {opts.user} on {opts.host} cannot run commands ({said}): is its shell nologin? "
+                                 "log in as root, or as a user with a login shell and passwordless sudo")
         if code != 0 or not stage.startswith(f"/tmp/inletsctl.{plan.name}."):
             raise ProvisionError(f"ssh: cannot make a temporary folder on {opts.host}: {_last(err)}")
         try:

@@ -720,11 +720,24 @@ def test_a_remote_python_that_is_no_python_is_said_so(prov_ssh_sshd: Sshd, prov_
 def prov_ssh_plain_user(prov_ssh_sshd: Sshd) -> Iterator[str]:
     """A user of this machine that is not root, for one test (removed after it). Its password is '*', which
     OpenSSH does not take for a locked account, so the sshd's shared authorized key logs it in."""
+    yield from _user(prov_ssh_sshd, "/bin/sh")
+
+
+@pytest.fixture
+def prov_ssh_nologin_user(prov_ssh_sshd: Sshd) -> Iterator[str]:
+    """As ``prov_ssh_plain_user``, with no login shell (a service account's /usr/sbin/nologin)."""
+    nologin = shutil.which("nologin") or "/usr/sbin/nologin"
+    if not Path(nologin).exists():
+        pytest.skip("nologin (Debian's login package) is not installed")
+    yield from _user(prov_ssh_sshd, nologin)
+
+
+def _user(prov_ssh_sshd: Sshd, shell: str) -> Iterator[str]:
     useradd, userdel = shutil.which("useradd"), shutil.which("userdel")
     if not useradd or not userdel:
         pytest.skip("useradd/userdel (Debian's passwd package) are not installed")
     name = f"inl{os.getpid() % 100000}"
-    subprocess.run([useradd, "-M", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*", name], check=True, timeout=30)
+    subprocess.run([useradd, "-M", "-d", "/nonexistent", "-s", shell, "-p", "*", name], check=True, timeout=30)
     keys = prov_ssh_sshd.user_keys / name
     keys.write_text(prov_ssh_sshd.client_key.with_suffix(".pub").read_text())
     keys.chmod(0o644)
@@ -752,3 +765,16 @@ def test_a_user_who_cannot_become_root_is_told_what_to_do(
                                "log in as root (--host root@127.0.0.1) or install sudo there")
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
     assert not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))  # the uploaded token and key are not left there
+
+
+def test_a_user_without_a_login_shell_is_told_so(
+    prov_ssh_sshd: Sshd, prov_ssh_name: str, prov_ssh_nologin_user: str, tmp_path: Path, capsys
+) -> None:
+    """A service account (shell nologin) said 'cannot make a temporary folder on 127.0.0.1: Could not chdir to
+    home directory /nonexistent: No such file or directory', a line of sshd's, not why (a review helper's finding)."""
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--host") + 1] = f"{prov_ssh_nologin_user}@127.0.0.1"
+    result = run_cli(capsys, "create", prov_ssh_name, *args)
+    one_line_error(result, f"ssh: {prov_ssh_nologin_user} on 127.0.0.1 cannot run commands",
+                   "This account is currently not available", "log in as root")
+    assert not (tmp_path / "state" / prov_ssh_name).exists()
