@@ -250,7 +250,10 @@ class CertStore:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()  # left by a crash
         os.symlink(version, link)
-        os.replace(link, home / CURRENT)  # the switch: one rename
+        current = home / CURRENT
+        if current.is_dir() and not current.is_symlink():  # a folder made by hand: no link can be renamed over it,
+            os.replace(current, home / f"{CURRENT}.damaged-{version}")  # and each retry lost another issued certificate
+        os.replace(link, current)  # the switch: one rename
         _fsync_dir(home)
         self._remove_except(home, {version, previous})
         self._remove_legacy(domain)

@@ -149,3 +149,16 @@ def test_a_certificate_stored_by_a_server_from_before_is_served(tmp_path: Path, 
     manager.load()
     assert DOMAIN in manager.contexts and manager.due(datetime.datetime.now(datetime.timezone.utc)) == []
     assert manager.certs[DOMAIN].chain == manager.store.dir / f"{DOMAIN}.crt"
+
+
+def test_a_current_that_is_a_folder_is_moved_aside_by_the_save(tmp_path: Path, certs) -> None:
+    """``current`` made a folder (by hand, a restore): the load re-issues, and the save put the link in place. It
+    failed with "Is a directory" after the CA had issued, so every retry ordered, and lost, another certificate."""
+    store = CertStore(tmp_path / "le", URL)
+    store.prepare()
+    (store.domain_dir(DOMAIN) / "current").mkdir(parents=True)
+    assert store.load(DOMAIN) is None
+    _save(store, certs[0])
+    assert os.readlink(store.domain_dir(DOMAIN) / "current") == "1"
+    assert _loaded(store.load(DOMAIN)) == _expected(certs[0])
+    assert (store.domain_dir(DOMAIN) / "current.damaged-1").is_dir()
