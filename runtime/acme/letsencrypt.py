@@ -21,6 +21,7 @@ import datetime
 import importlib.util
 import json
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, readable_file
 from . import retry_after as retry_after_header
-from .store import Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email, directory_url
+from .store import (CHAIN, CURRENT, KEY, NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
+                    directory_url)
 
 log = logging.getLogger("inlets.letsencrypt")
 #: The ACME client runs as a child process: ``python -m`` this module (acme/client.py).
@@ -105,6 +107,10 @@ class LetsEncrypt:
         self.store.prepare()
         for domain in self.domains:
             cert = self.store.load(domain)
+            current = self.store.domain_dir(domain) / CURRENT
+            if cert is None and os.path.lexists(current):  # a damaged note re-issued with not a word of why
+                log.warning("event=certificate_unusable domain=%s error=%s next=reissue", domain, logfmt(
+                    f"{current} does not lead to a whole set ({CHAIN}, {KEY}, {NOTE}): damaged?"))
             if cert is not None:
                 try:
                     self._install(cert)

@@ -162,3 +162,16 @@ def test_a_current_that_is_a_folder_is_moved_aside_by_the_save(tmp_path: Path, c
     assert os.readlink(store.domain_dir(DOMAIN) / "current") == "1"
     assert _loaded(store.load(DOMAIN)) == _expected(certs[0])
     assert (store.domain_dir(DOMAIN) / "current.damaged-1").is_dir()
+
+
+def test_a_damaged_validity_note_is_said_before_the_certificate_is_asked_for_again(tmp_path: Path, certs, caplog) -> None:
+    """A damaged chain was logged (``certificate_unusable``); a damaged note re-issued silently, and the operator
+    saw an order at start, spending the CA's limit, with no word of why."""
+    manager = configure([DOMAIN], tmp_path / "le", issuer=URL)
+    stored = _save(manager.store, certs[0])
+    stored.chain.with_name("validity.json").write_text("{")
+    with caplog.at_level("WARNING", logger="inlets.letsencrypt"):
+        manager.load()
+    assert DOMAIN not in manager.contexts
+    assert any("event=certificate_unusable" in r.getMessage() and "validity.json" in r.getMessage()
+               for r in caplog.records), caplog.text
