@@ -70,18 +70,20 @@ def serve_one(conn, token, digest, deadline):
     if not (length.isascii() and length.isdigit()) or int(length) > MAX_WHEEL:
         answer(conn, "400 Bad Request", "Content-Length must be given, at most 16 MiB")
         return None
+    offered = headers.get("authorization", "")
+    authorised = hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
     chunks, size = [body], len(body)
     while size < int(length):  # read it all before answering, so the sender reads the answer
         chunk = recv(conn, 65536, deadline)
         if not chunk:
             raise ValueError("the request body ended early")
-        chunks.append(chunk)
+        if authorised:  # a peer without the token is read, not kept: MAX_CONNECTIONS of them held 16 MiB each
+            chunks.append(chunk)
         size += len(chunk)
-    body = b"".join(chunks)[: int(length)]
-    offered = headers.get("authorization", "")
-    if not hmac.compare_digest(offered.encode(), f"Bearer {token}".encode()):
+    if not authorised:
         answer(conn, "401 Unauthorized", "wrong token")
         return None
+    body = b"".join(chunks)[: int(length)]
     if hashlib.sha256(body).hexdigest() != digest:
         answer(conn, "422 Unprocessable Content", "the wheel's SHA-256 is not the one in the user-data")
         return None

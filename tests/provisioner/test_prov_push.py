@@ -126,3 +126,44 @@ def test_the_terraform_tool_sends_the_modules_wheel(tmp_path: Path, vm_tls: TlsF
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_peers_without_the_token_are_given_no_memory_for_their_bodies(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    """The receiver kept every body before it looked at the token: 32 peers on the internet sending 16 MiB each
+    without it made it hold 512 MiB, more than a small VM has (the OOM killer then ends the receiver, and the VM
+    never gets its server)."""
+    import socket
+    import ssl
+    import threading
+
+    proc, port, out = start_receiver(tmp_path, vm_tls, "t" * 64, "0" * 64)
+    context = ssl.create_default_context(cafile=str(vm_tls.ca))
+    length, sent = 16 * 1024 * 1024, threading.Semaphore(0)
+    peers = [context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=EXIT_SERVER_NAME)
+             for _ in range(8)]
+
+    def send(peer: ssl.SSLSocket) -> None:
+        peer.sendall(f"PUT /inlets/runtime-wheel HTTP/1.1\r\nAuthorization: Bearer {'x' * 64}\r\n"
+                     f"Content-Length: {length}\r\n\r\n".encode())
+        for _ in range(length // 65536 - 1):  # all but the last piece: the receiver is still reading
+            peer.sendall(b"A" * 65536)
+        sent.release()
+
+    def rss_mib() -> int:
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+    try:
+        before = rss_mib()
+        for peer in peers:
+            threading.Thread(target=send, args=(peer,), daemon=True).start()
+        for _ in peers:
+            assert sent.acquire(timeout=60)
+        time.sleep(0.5)
+        assert rss_mib() - before < 32  # 8 x 16 MiB were kept
+        assert proc.poll() is None and not out.exists()
+    finally:
+        for peer in peers:
+            peer.close()
+        proc.kill()
+        proc.wait()
