@@ -8,13 +8,15 @@ authorised by the tunnel token, and the file accepted only if its digest is the 
 the user-data. Then the boot goes on as with an embedded wheel. Nothing else is answered
 (``/healthz`` says 503: the server is still being installed).
 
-Each connection is served in a thread of its own and has CONNECTION_TIME seconds in all, so that a
-peer that connects and trickles bytes (the port faces the internet) cannot hold off create's push.
+Each connection is served in a thread of its own and has CONNECTION_TIME seconds in all, and one address
+holds at most MAX_PER_PEER of them, so that a peer that connects and trickles bytes, or holds every place
+it can (the port faces the internet), cannot hold off create's push.
 """
 
 import argparse
 import hashlib
 import hmac
+import ipaddress
 import socket
 import ssl
 import sys
@@ -25,6 +27,7 @@ PATH = "/inlets/runtime-wheel"
 MAX_WHEEL = 16 * 1024 * 1024
 MAX_HEAD = 8192
 MAX_CONNECTIONS = 32  # served at once; more are closed unanswered
+MAX_PER_PEER = 4  # of those from one address (an IPv6 /64): one peer alone cannot take every place
 CONNECTION_TIME = 60.0  # seconds one connection may take in all: handshake, head and body
 
 
@@ -32,6 +35,13 @@ def answer(conn, status, text):
     body = (text + "\n").encode()
     head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     conn.sendall(head.encode() + body)
+
+
+def peer_key(addr):
+    """The address a peer's connections are counted under: an IPv4 address, or an IPv6 address's /64 (its first
+    four groups)."""
+    ip = ipaddress.ip_address(addr.partition("%")[0])
+    return ip.exploded[:19] if ip.version == 6 and not ip.ipv4_mapped else addr
 
 
 def recv(conn, size, deadline):
@@ -114,6 +124,7 @@ def main():
     else:
         server = socket.create_server(("0.0.0.0", args.port))
     got = []  # (wheel, sender) once one was accepted
+    live = []  # the threads serving connections, each named by its peer's peer_key
 
     def handle(raw, peer):
         try:
@@ -134,10 +145,13 @@ def main():
             raw, peer = server.accept()
         except socket.timeout:
             continue
-        if threading.active_count() > MAX_CONNECTIONS:
+        live = [thread for thread in live if thread.is_alive()]
+        key = peer_key(peer[0])
+        if len(live) >= MAX_CONNECTIONS or sum(thread.name == key for thread in live) >= MAX_PER_PEER:
             raw.close()
         else:
-            threading.Thread(target=handle, args=(raw, peer), daemon=True).start()
+            live.append(threading.Thread(target=handle, args=(raw, peer), name=key, daemon=True))
+            live[-1].start()
     if got:
         data, sender = got[0]
         with open(args.out, "wb") as file:

@@ -140,7 +140,7 @@ def test_peers_without_the_token_are_given_no_memory_for_their_bodies(tmp_path: 
     context = ssl.create_default_context(cafile=str(vm_tls.ca))
     length, sent = 16 * 1024 * 1024, threading.Semaphore(0)
     peers = [context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=EXIT_SERVER_NAME)
-             for _ in range(8)]
+             for _ in range(4)]  # wheel_receiver.MAX_PER_PEER
 
     def send(peer: ssl.SSLSocket) -> None:
         peer.sendall(f"PUT /inlets/runtime-wheel HTTP/1.1\r\nAuthorization: Bearer {'x' * 64}\r\n"
@@ -160,10 +160,52 @@ def test_peers_without_the_token_are_given_no_memory_for_their_bodies(tmp_path: 
         for _ in peers:
             assert sent.acquire(timeout=60)
         time.sleep(0.5)
-        assert rss_mib() - before < 32  # 8 x 16 MiB were kept
+        assert rss_mib() - before < 32  # 4 x 16 MiB were kept
         assert proc.poll() is None and not out.exists()
     finally:
         for peer in peers:
             peer.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_one_peer_cannot_take_every_connection(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    """Past MAX_CONNECTIONS the receiver closes new connections unanswered: one peer holding that many idle TCP
+    connections (no TLS, no byte; each reopened when closed) kept every push of create out until its wait ended."""
+    import socket
+    import threading
+
+    wheel = build_runtime_wheel()
+    proc, port, out = start_receiver(tmp_path, vm_tls, "t" * 64, wheel.sha256)
+    stop, idle = threading.Event(), []
+
+    def hold() -> None:  # from 127.0.0.2: another peer than create's
+        while not stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
+            except OSError:  # the receiver ended
+                return
+            idle.append(sock)
+            try:
+                sock.recv(1)  # until the receiver closes it
+            except OSError:
+                pass
+
+    for _ in range(40):
+        threading.Thread(target=hold, daemon=True).start()
+    try:
+        time.sleep(1)
+        deadline, error = time.monotonic() + 10, "never tried"
+        while time.monotonic() < deadline:
+            error = deliver_error("127.0.0.1", port, vm_tls.ca, Delivery(wheel, "t" * 64))
+            if error is None:
+                break
+            time.sleep(0.5)
+        assert error is None
+        assert proc.wait(timeout=15) == 0 and out.read_bytes() == wheel.data
+    finally:
+        stop.set()
+        for sock in idle:
+            sock.close()
         proc.kill()
         proc.wait()
