@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -74,7 +75,8 @@ def delete(
             if name is None:
                 raise
             if meta is None and damaged is None:  # no state here: only what a create cut short left, by its name
-                removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}", False)
+                removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}", False,
+                                     creds.region)
                 if not removed:
                     raise
                 return f"{provider_name} has no exit server named {name}; {removed.removesuffix('; ')}"
@@ -112,7 +114,8 @@ def delete(
     return done
 
 
-def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: bool = True) -> str:
+def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: bool = True,
+               region: str | None = None) -> str:
     """Delete what create made for the gone host ``name`` (a Hetzner or Linode firewall, which its bare-number id
     cannot lead to); "deleted its firewall inlets-NAME; " or "". A failure keeps the local state, which holds the name."""
     try:
@@ -121,7 +124,9 @@ def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: b
         removed = []
     except ProvisionError as exc:
         kept = "its local state is kept, as only it names that firewall: run" if state else "run"
-        command = delete_command(name, root) + ("" if state else f" --provider {provider.name}")
+        # without state only the command line says where: its --region too (EC2's groups are regional)
+        where = f" --provider {provider.name}" + (f" --region {shlex.quote(region)}" if region else "")
+        command = delete_command(name, root) + ("" if state else where)
         raise ProvisionError(f"{gone}, but its firewall could not be deleted ({exc}); {kept} {command} again") from None
     return f"deleted its {', '.join(removed)}; " if removed else ""
 

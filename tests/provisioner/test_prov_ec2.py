@@ -552,3 +552,25 @@ def test_a_security_group_a_create_left_is_named_by_create_and_removed_by_delete
     one_line_error(kept, "no exit server named 'ec2-mine'")
     groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]]
     assert left not in groups and mine in groups
+
+
+def test_a_left_security_group_that_cannot_be_deleted_names_the_region_to_delete_again_in(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no local state the region is only on the command line: the `delete` to run again said none, and
+    run as said it looked in the default region and found nothing there."""
+    from inlets_py.provisioner.providers.ec2 import EC2Provider
+
+    _env_credentials(monkeypatch)
+    ec2 = boto3.client("ec2", endpoint_url=prov_ec2_moto.url, region_name="us-west-2", aws_access_key_id=KEY_ID,
+                       aws_secret_access_key=SECRET)
+    left = ec2.create_security_group(GroupName="inlets-ec2-west", Description="left")["GroupId"]
+    ec2.create_tags(Resources=[left], Tags=[{"Key": "inlets", "Value": "true"}, {"Key": "inlets-name", "Value": "ec2-west"}])
+
+    def refuse(self: EC2Provider, made: list[tuple[str, str]], deadline: float | None = None) -> None:
+        raise ProvisionError("ec2: deleting group failed (500): InternalError: try again later")
+
+    monkeypatch.setattr(EC2Provider, "_cleanup", refuse)
+    refused = run_cli(capsys, "delete", "ec2-west", "--provider", "ec2", "--region", "us-west-2",
+                      "--state-dir", str(tmp_path / "state"))
+    one_line_error(refused, "run inletsctl delete ec2-west", "--provider ec2 --region us-west-2 again")
