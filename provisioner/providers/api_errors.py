@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import re
 import socket
@@ -179,7 +180,8 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
 def _wait_words(seconds: float | None, otherwise: str) -> str:
     if not seconds:
         return otherwise
-    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f} minutes"
+    # rounded up: an HTTP-date's wait has a fraction of a second ("0s"), and a shorter wait meets the refusal again
+    return f"{math.ceil(seconds)}s" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
 
 
 @contextmanager

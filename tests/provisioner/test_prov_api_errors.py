@@ -218,3 +218,13 @@ def test_an_api_that_never_answers_is_given_up_on_within_the_create_timeout(tmp_
         took = time.monotonic() - started
     one_line_error(result, f"digitalocean: cannot reach the API at {url} while listing droplets: no answer in time")
     assert took < 10, took
+
+
+@pytest.mark.parametrize("seconds, says", [(0.4, "wait 1s"), (29.2, "wait 30s"), (150.0, "wait 3 minutes")])
+def test_a_wait_is_said_rounded_up(seconds: float, says: str) -> None:
+    """An HTTP-date Retry-After leaves a fraction of a second (the date has whole seconds, the clock not):
+    'wait 0s and try again' was said, and 150 s was '2 minutes', each a refusal more if followed."""
+    from inlets_py.provisioner.providers.api_errors import by_status, error_for
+
+    text = str(error_for("vultr", "api", "listing instances", by_status(429, "slow", seconds)))
+    assert f"; {says} and try again" in text, text
