@@ -6,6 +6,13 @@
 * The plain port answers ``/.well-known/acme-challenge/TOKEN`` from the challenges in
   flight and redirects everything else to https (308 keeps the method and body), one
   request per connection, with a deadline for the request head.
+
+Connections still in their TLS handshake on the HTTPS port are capped as the control
+port's are (``server.admission``): each held up to ~57 KiB in the event loop's TLS layer,
+and 8,000 stalled ClientHellos took the server from 31 MB to 449-513 MB, only the
+descriptor limit bounding it. Here at most ``MAX_HANDSHAKES_PER_SOURCE`` from one address
+and ``MAX_HANDSHAKES`` in all, the oldest closed at that cap; a connection stops counting
+when its handshake is done (a user's browser takes milliseconds).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
 from ..http.parser import RequestReader
 from ..http.write import SimpleResponse
+from ..server.admission import Admission
 from .letsencrypt import LetsEncrypt
 
 log = logging.getLogger("inlets.http")
@@ -27,6 +35,13 @@ log = logging.getLogger("inlets.http")
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
+#: Connections in their TLS handshake on the HTTPS port, at once: a public site's users, not a few tunnel
+#: clients (the control port allows 128). A handshake takes a few milliseconds, so 1,024 pending is some
+#: hundred thousand handshakes a second; at ~57 KiB each the cap holds the TLS layer to ~60 MiB.
+MAX_HANDSHAKES = 1024
+#: Of those, from one address: room for a NAT or carrier-grade NAT with many users (browsers open up to six
+#: connections per site each), while one flooding address takes at most 1/16 of the total.
+MAX_HANDSHAKES_PER_SOURCE = 64
 
 
 class HttpsServer(FrontServer, Protocol):
@@ -107,9 +122,14 @@ class PlainFront(asyncio.Protocol):
 class HttpsFront:
     """Both listeners and the certificate manager, started and stopped with the tunnel server."""
 
-    def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443) -> None:
+    def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443, max_handshakes: int = MAX_HANDSHAKES,
+                 max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE) -> None:
         self.letsencrypt = letsencrypt
         self.https_port = https_port
+        # No trusted proxies: --lb-proxy-protocol cannot be combined with --letsencrypt-domain. Plain HTTP on the
+        # HTTPS port is closed, as the TLS layer did before.
+        self.admission = Admission(max_handshakes, max_handshakes_per_source, until_tls=True, listener="https",
+                                   answer_plain_http=False)
         self._plain: asyncio.base_events.Server | None = None
         self._tls: asyncio.base_events.Server | None = None
 
@@ -121,8 +141,11 @@ class HttpsFront:
         self.letsencrypt.load()
         self._plain = await listen_as("data", lambda: PlainFront(self.letsencrypt, self.https_port), server.data_addr, server.port)
         try:
-            self._tls = await listen_as("https", lambda: TlsFrontConnection(server), server.data_addr, self.https_port,
-                                     ssl_context=self.letsencrypt.context, ssl_handshake_timeout=HEAD_TIMEOUT)
+            # no ssl_context: admission starts TLS itself (letsencrypt.context: the certificate by SNI), once a
+            # connection is within the caps
+            self._tls = await listen_as(
+                "https", lambda: self.admission.connection(lambda: TlsFrontConnection(server), self.letsencrypt.context),
+                server.data_addr, self.https_port)
         except OSError:
             self._plain.close()
             raise
@@ -134,3 +157,4 @@ class HttpsFront:
         for listener in (self._plain, self._tls):
             if listener is not None:
                 listener.close()
+        self.admission.abort_handshakes()

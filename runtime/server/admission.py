@@ -1,12 +1,18 @@
-"""Connections to the control port that have not authenticated yet: capped, and their memory given back.
+"""Connections that have not proved anything yet: capped, and their memory given back.
 
 Such a connection costs memory before it has proved anything (a TLS handshake buffers
 up to a few hundred KiB), so at most ``max_per_source`` of them are admitted from one
 address (one more is closed as soon as it is accepted, before TLS starts) and at most
 ``max_total`` at once: at that cap the oldest still pending is closed to make room, so
 a flood of silent connections cannot keep out a client that completes its handshake in
-milliseconds. A connection stops counting once its token checks out, or when it closes.
-A trusted reverse proxy carries many users' connections: it is held to the total only.
+milliseconds. A trusted reverse proxy carries many users' connections: it is held to the
+total only.
+
+Two listeners use it. On the control port (``until_tls=False``) a connection stops
+counting once its token checks out (``ControlConnection.authenticated``), or when it
+closes. On the HTTPS data plane (``acme.https_front``, ``until_tls=True``) it stops
+counting once its TLS handshake is done: what follows is ordinary HTTP, bounded as on
+the plain port.
 
 Freed memory tends to stay with the process (the allocator keeps it for reuse), so
 when the last of a burst of pending connections has gone, unreachable objects are
@@ -60,10 +66,21 @@ class Admission:
         max_total: int = DEFAULT_MAX_TOTAL,
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         trusted_proxies: SourceAllowList | None = None,
+        *,
+        until_tls: bool = False,
+        listener: str = "control",
+        answer_plain_http: bool = True,
     ) -> None:
         self.max_total = max_total
         self.max_per_source = max_per_source
         self.trusted_proxies = trusted_proxies
+        #: True: a connection's place is given back when its TLS handshake is done; False: when the connection
+        #: says so (``ControlConnection.authenticated``), or closes.
+        self.until_tls = until_tls
+        self.listener = listener  # named in the log lines: "control" or "https"
+        #: Plain HTTP on the TLS port is answered ``PLAIN_HTTP_ANSWER`` (the control port's words) and logged; if
+        #: False, it is closed as anything else that is no TLS handshake is.
+        self.answer_plain_http = answer_plain_http
         self.per_source: collections.Counter[str] = collections.Counter()
         self.pending: dict[Ticket, None] = {}  # oldest first
         self.refused = 0  # over the per-source cap
@@ -94,8 +111,8 @@ class Admission:
     def _report(self, event: str, source: str) -> None:
         if event not in self._reported:
             self._reported.add(event)
-            log.warning("event=%s remote=%s pending=%d limit=%d per_source_limit=%d",
-                        event, source, len(self.pending), self.max_total, self.max_per_source)
+            log.warning("event=%s listener=%s remote=%s pending=%d limit=%d per_source_limit=%d",
+                        event, self.listener, source, len(self.pending), self.max_total, self.max_per_source)
 
     def _release(self, ticket: Ticket) -> None:
         if self.pending.pop(ticket, False) is False:
@@ -106,15 +123,17 @@ class Admission:
         if not self.pending:
             self._reported.clear()
             if self._burst >= TRIM_AFTER:
-                log.info("event=handshake_burst_over most_pending=%d evicted=%d refused=%d action=memory_returned",
-                         self._burst, self.evicted, self.refused)
+                log.info("event=handshake_burst_over listener=%s most_pending=%d evicted=%d refused=%d "
+                         "action=memory_returned", self.listener, self._burst, self.evicted, self.refused)
                 self._burst = 0
                 gc.collect()
                 if self._trim is not None:
                     self._trim()
 
-    def connection(self, make: Callable[[], ControlConnection], ssl_context: ssl.SSLContext | None) -> asyncio.Protocol:
-        """The protocol for a newly accepted socket (websockets' ``create_connection`` hook)."""
+    def connection(self, make: Callable[[], asyncio.Protocol], ssl_context: ssl.SSLContext | None) -> asyncio.Protocol:
+        """The protocol for a newly accepted socket (websockets' ``create_connection`` hook, or a listener's factory):
+        ``make()``'s protocol takes the connection over once TLS is up. Unless ``until_tls``, it must be one with a
+        ``ticket`` it gives back itself (``ControlConnection``)."""
         return _Pending(self, make(), ssl_context)
 
     def abort_handshakes(self) -> None:
@@ -175,9 +194,10 @@ class _Pending(asyncio.Protocol):
     after all three.
     """
 
-    def __init__(self, admission: Admission, connection: ControlConnection, ssl_context: ssl.SSLContext | None):
+    def __init__(self, admission: Admission, connection: asyncio.Protocol, ssl_context: ssl.SSLContext | None):
         self.admission = admission
         self.connection = connection
+        self.ticket: Ticket | None = None  # this connection's place, until given back or passed on to ``connection``
         self.ssl_context = ssl_context
         self.early: list[bytes] = []
         self.transport: asyncio.BaseTransport | None = None
@@ -189,8 +209,9 @@ class _Pending(asyncio.Protocol):
         if ticket is None:
             transport.abort()
             return
-        self.connection.ticket = ticket
+        self.ticket = ticket
         if self.ssl_context is None:
+            self._pass_ticket_on()
             transport.set_protocol(self.connection)
             self.connection.connection_made(transport)
             return
@@ -208,8 +229,8 @@ class _Pending(asyncio.Protocol):
         if data[0] == TLS_HANDSHAKE_RECORD:
             self._start_tls(transport)
             return
-        if data[:1].isalpha() and self.connection.ticket is not None:
-            PLAINTEXT_ATTEMPTS.seen(self.connection.ticket.source)
+        if data[:1].isalpha() and self.admission.answer_plain_http and self.ticket is not None:
+            PLAINTEXT_ATTEMPTS.seen(self.ticket.source)
             transport.write(PLAIN_HTTP_ANSWER)  # type: ignore[attr-defined]
             transport.close()
         else:
@@ -229,7 +250,21 @@ class _Pending(asyncio.Protocol):
             self.silence.cancel()
         if self.transport is not None:
             self.admission._handshakes.discard(self.transport)  # type: ignore[arg-type]
-        self.connection.authenticated()  # gives its place back
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """The connection has gone or failed before the hand-off: its place is free."""
+        if self.ticket is not None:
+            self.ticket.release()
+            self.ticket = None
+
+    def _pass_ticket_on(self) -> None:
+        """At the hand-off: on the HTTPS front the place is free now that TLS is up; on the control port the
+        connection keeps it until its token checks out."""
+        if self.admission.until_tls:
+            self._give_back()
+        else:
+            self.connection.ticket, self.ticket = self.ticket, None  # type: ignore[attr-defined]
 
     def _feed_early(self, transport: asyncio.BaseTransport) -> None:
         tls = transport.get_protocol()
@@ -257,10 +292,11 @@ class _Pending(asyncio.Protocol):
             # closed meanwhile (evicted, say): asyncio then returns None, uvloop a closing transport
             if tls is None or tls.is_closing() or transport.is_closing():
                 transport.abort()  # type: ignore[attr-defined]
-                self.connection.authenticated()  # gives its place back
+                self._give_back()
                 tls = None
         if tls is None:
             return
+        self._pass_ticket_on()
         decrypted = tls.get_protocol()
         tls.set_protocol(self.connection)
         self.connection.connection_made(tls)
