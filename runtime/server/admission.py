@@ -179,14 +179,15 @@ _PLAIN_HTTP_BODY = b"This is an inlets tunnel server's TLS port: use https:// (w
 PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(_PLAIN_HTTP_BODY)) + _PLAIN_HTTP_BODY
 TLS_HANDSHAKE_RECORD = 0x16
+TLS_MAX_RECORD = 16384 + 2048  # a TLS record's payload at most (RFC 5246 6.2.3, ciphertext's)
 
 
 class _Pending(asyncio.Protocol):
     """The accepted socket's protocol until the caps admit it and TLS is up; then the connection's.
 
-    TLS starts on the first bytes, once they show a TLS handshake record; plain HTTP (a
-    request's method: letters) is answered 400 in words, anything else closed. The first
-    bytes, and any that come before TLS takes over, are kept and fed to the TLS protocol
+    TLS starts once the first bytes show a TLS handshake record and that record has come
+    whole; plain HTTP (a request's method: letters) is answered 400 in words (on the
+    control port), anything else closed. The first bytes, and any that come before TLS takes over, are kept and fed to the TLS protocol
     right after its ``connection_made``, before it reads anything else. ``start_tls``
     (asyncio's and uvloop's alike) pauses reading, installs the TLS protocol and schedules
     its ``connection_made`` and the resumption of reading in its first step; a callback
@@ -201,7 +202,9 @@ class _Pending(asyncio.Protocol):
         self.ssl_context = ssl_context
         self.early: list[bytes] = []
         self.transport: asyncio.BaseTransport | None = None
-        self.silence: asyncio.TimerHandle | None = None  # closes a connection that sends nothing
+        #: closes a connection whose first TLS record (its ClientHello) has not all come in time
+        self.silence: asyncio.TimerHandle | None = None
+        self.starting = False  # TLS is starting: bytes that still come here go to it after the first ones
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # uvloop's are no asyncio.Transport
         peer = transport.get_extra_info("peername")
@@ -222,19 +225,38 @@ class _Pending(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:  # only before TLS takes over: ClientHello bytes
         self.early.append(data)
         transport = self.transport
-        if transport is None or len(self.early) > 1:
+        if transport is None or self.starting:
             return  # TLS is starting: these go to it with the first
+        if self.early[0][0] == TLS_HANDSHAKE_RECORD:
+            if self._first_record_whole():
+                if self.silence is not None:
+                    self.silence.cancel()
+                self.starting = True
+                self._start_tls(transport)
+            return  # else wait for the rest, still within ``silence``
         if self.silence is not None:
             self.silence.cancel()
-        if data[0] == TLS_HANDSHAKE_RECORD:
-            self._start_tls(transport)
-            return
         if data[:1].isalpha() and self.admission.answer_plain_http and self.ticket is not None:
             PLAINTEXT_ATTEMPTS.seen(self.ticket.source)
             transport.write(PLAIN_HTTP_ANSWER)  # type: ignore[attr-defined]
             transport.close()
         else:
             transport.abort()  # type: ignore[attr-defined]
+
+    def _first_record_whole(self) -> bool:
+        """Whether the first TLS record (the ClientHello's, mostly all of it) has arrived: TLS starts only then.
+
+        The event loop's TLS layer costs ~256 KiB a connection (asyncio's read buffer) from ``start_tls`` on,
+        where these few bytes cost nothing: a peer that sends part of a ClientHello and stalls holds no more than
+        one that sends nothing, and both are closed at ``HANDSHAKE_TIMEOUT``. A record's length above TLS's
+        limit is left to the TLS layer to refuse."""
+        if len(self.early) > 1 and len(self.early[0]) < 5:  # a record header cut into pieces: joined
+            self.early[:] = [b"".join(self.early)]
+        first = self.early[0]
+        if len(first) < 5:
+            return False
+        length = min(int.from_bytes(first[3:5], "big"), TLS_MAX_RECORD)
+        return sum(len(chunk) for chunk in self.early) >= 5 + length
 
     def _start_tls(self, transport: asyncio.BaseTransport) -> None:
         transport.pause_reading()  # type: ignore[attr-defined]

@@ -577,6 +577,63 @@ def test_unauthenticated_connections_are_capped_per_source_and_in_total(tls: Tls
     run(scenario())
 
 
+def test_tls_starts_once_the_client_hello_is_whole_and_one_cut_short_holds_no_tls_layer(
+    tls: TlsFiles, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS started on the first byte: a peer sending part of a ClientHello and stalling held the event loop's
+    TLS layer (a 256 KiB read buffer among it) until the handshake timeout. Now TLS starts once the first record
+    is whole, a ClientHello arriving in pieces (its record header cut too) still completes, and one cut short
+    is closed at the timeout without a TLS layer ever made for it."""
+    from inlets_py.runtime.server import admission
+
+    monkeypatch.setattr(admission, "HANDSHAKE_TIMEOUT", 0.5)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        port = server.control.addresses[0][1]
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        user = client_context(tls.ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            user.do_handshake()
+        hello = outgoing.read()
+        stalled = silent_connection(port, "127.0.0.7")
+        stalled.sendall(hello[:43])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for piece in (hello[:1], hello[1:3], hello[3:7], hello[7:]):
+            writer.write(piece)
+            await asyncio.sleep(0.05)
+        while True:
+            try:
+                user.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                data = await asyncio.wait_for(reader.read(65536), 5)
+                assert data, "closed during the handshake"
+                incoming.write(data)
+        user.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        writer.write(outgoing.read())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data, answer
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                answer += user.read(65536)
+        assert answer.startswith(b"HTTP/1.1 "), answer
+        waiting = server.control.admission._handshakes  # the stalled one's socket, still with no TLS layer on it
+        assert len(server.control.admission.pending) == 2 and len(waiting) == 1
+        assert type(next(iter(waiting)).get_protocol()) is admission._Pending
+        assert not closed_by_server(stalled)
+        await asyncio.sleep(0.5)
+        assert closed_by_server(stalled)
+        stalled.close()
+        writer.close()
+        await server.stop()
+
+    run(scenario())
+
+
 def test_the_tls_control_port_answers_plain_http_in_words_and_closes_silence_and_garbage(
     tls: TlsFiles, token: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

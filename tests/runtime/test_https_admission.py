@@ -25,9 +25,8 @@ from inlets_py.runtime.acme.letsencrypt import configure
 DOMAIN = "site.example.test"
 FLOOD = 4000
 SOURCES = 100  # 40 from each: within the per-source cap, so the total cap is what holds
-#: MiB the server may grow by: each handshake under way holds the event loop's TLS layer (a 256 KiB read buffer
-#: among it), and those evicted leave the allocator's heap fragmented
-RSS_GROWTH = 176
+#: MiB the server may grow by: a stalled partial ClientHello holds a socket and a few bytes, no TLS layer
+RSS_GROWTH = 32
 
 
 class _App(BaseHTTPRequestHandler):
