@@ -14,7 +14,7 @@ from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
-    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, port_option,
+    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, count_option, port_option,
 )
 
 
@@ -28,6 +28,10 @@ LetsEncryptPath = Annotated[Optional[Path], typer.Option(
 LetsEncryptCa = Annotated[Optional[Path], typer.Option(
     help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
+MaxHttpsHandshakes = Annotated[int, count_option(
+    help="HTTPS-port connections still in their TLS handshake, at once (at the cap the oldest is closed to make room).")]
+MaxHttpsHandshakesPerSource = Annotated[int, count_option(
+    help="Of those, from one address (more are closed at once, before TLS).")]
 
 
 @http_app.command("server")
@@ -67,6 +71,8 @@ def http_server(
     letsencrypt_path: LetsEncryptPath = None,
     letsencrypt_ca: LetsEncryptCa = None,
     https_port: HttpsPort = 443,
+    max_https_handshakes: MaxHttpsHandshakes = 1024,
+    max_https_handshakes_per_source: MaxHttpsHandshakesPerSource = 64,
 ) -> None:
     """Run an HTTP tunnel server: requests on --port go to the client serving their Host.
 

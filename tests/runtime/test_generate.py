@@ -46,6 +46,19 @@ def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
     assert "ReadOnlyPaths=-/etc/inlets" in result.stdout  # "-": a folder not made yet is no start failure
 
 
+def test_the_https_handshake_caps_go_into_the_unit_as_given(tmp_path: Path) -> None:
+    """--max-https-handshakes(-per-source) are the HTTPS front's caps (not the control port's --max-handshakes)."""
+    result = unit_inlets("http", "server", "--auto-tls", "--token-file", "/etc/inlets/token", "--letsencrypt-domain",
+                         "a.example.com", "--max-https-handshakes", "2048", "--max-https-handshakes-per-source", "128",
+                         "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    exec_start = _verified(tmp_path, result.stdout, "inlets-http-server.service")
+    assert "--max-https-handshakes 2048 --max-https-handshakes-per-source 128" in exec_start, exec_start
+    refused = inlets("http", "server", "--plaintext", "--token-file", "/etc/inlets/token", "--max-https-handshakes",
+                     "2048", "--generate=systemd")
+    assert refused.returncode == 2 and "need --letsencrypt-domain" in refused.stderr, refused.stderr
+
+
 def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path: Path) -> None:
     bearer = Path("/etc/inlets/site-bearer")  # a file given is referenced where it is (need not exist yet)
     env = {"INLETS_BEARER_TOKEN": SECRETS["bearer"], "INLETS_TOKEN": SECRETS["token"]}

@@ -142,3 +142,4 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
     assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_evicted listener=https" in log, log[-2000:]
+    assert f"limit={MAX_HANDSHAKES} per_source_limit={MAX_HANDSHAKES_PER_SOURCE}" in log, log[-2000:]

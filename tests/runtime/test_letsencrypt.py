@@ -421,6 +421,12 @@ def test_cli_bad_options_are_one_line_errors() -> None:
          "--letsencrypt-ca /tmp is a directory: give the file itself"),
         (["--letsencrypt-email", "ops@example.com"], "need --letsencrypt-domain"),
         (["--https-port", "8443"], "need --letsencrypt-domain"),
+        (["--max-https-handshakes", "2048"], "need --letsencrypt-domain"),
+        (["--max-https-handshakes-per-source", "128"], "need --letsencrypt-domain"),
+        (["--letsencrypt-domain", "a.example.com", "--max-https-handshakes", "0"],
+         "Invalid value for '--max-https-handshakes'"),
+        (["--letsencrypt-domain", "a.example.com", "--max-https-handshakes-per-source", "８"],
+         "Invalid value for '--max-https-handshakes-per-source'"),
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-path", "/dev/null/le"], "cannot keep certificates"),
     ]
     for args, expected in cases:

@@ -24,8 +24,10 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
     """The ``--letsencrypt-*`` flags as written, no file read (``--generate`` too): one line when they can never work."""
     if not flags.letsencrypt_domain:
         if (flags.letsencrypt_email or flags.letsencrypt_issuer != "prod" or flags.letsencrypt_path
-                or flags.letsencrypt_ca or flags.https_port != 443):
-            fail("--letsencrypt-email/-issuer/-path/-ca and --https-port need --letsencrypt-domain")
+                or flags.letsencrypt_ca or flags.https_port != 443 or flags.max_https_handshakes != 1024
+                or flags.max_https_handshakes_per_source != 64):
+            fail("--letsencrypt-email/-issuer/-path/-ca, --https-port and --max-https-handshakes(-per-source) need "
+                 "--letsencrypt-domain")
         return
     if flags.lb_proxy_protocol:
         fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
@@ -43,7 +45,8 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
 
 
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
-                       ca: Path | None, https_port: int):  # -> HttpsFront | None
+                       ca: Path | None, https_port: int, max_handshakes: int = 1024,
+                       max_handshakes_per_source: int = 64):  # -> HttpsFront | None
     """The HTTPS front for ``--letsencrypt-*`` (checked by ``check_lets_encrypt``), or None without a domain."""
     if not domains:
         return None
@@ -59,7 +62,7 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
                             ca_bundle=ca)
     except AcmeConfigError as exc:
         fail(str(exc))
-    return HttpsFront(manager, https_port)
+    return HttpsFront(manager, https_port, max_handshakes, max_handshakes_per_source)
 
 
 def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | None]:
@@ -93,7 +96,8 @@ def run(flags: SimpleNamespace) -> None:
         trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
-                               flags.letsencrypt_ca, flags.https_port)
+                               flags.letsencrypt_ca, flags.https_port, flags.max_https_handshakes,
+                               flags.max_https_handshakes_per_source)
     port = flags.port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
                              idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,
