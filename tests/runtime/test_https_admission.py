@@ -16,6 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from helpers.faults import rss_kib
 from helpers.process import spawn, terminate, wait_for_text
 from helpers.tunnel import free_port, make_tls
 
@@ -42,8 +43,7 @@ class _App(BaseHTTPRequestHandler):
 
 
 def _rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    return rss_kib(pid) / 1024
 
 
 def _sockets(pid: int) -> int:
