@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from ..core.logs import logfmt
@@ -17,6 +18,9 @@ from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel
 
 log = logging.getLogger("inlets.udp")
+
+#: Seconds between two log lines about one flow's dropped datagrams (the server's metrics cannot see these).
+DROP_LOG_INTERVAL = 10.0
 
 
 class UdpUpstream(asyncio.DatagramProtocol):
@@ -29,6 +33,8 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self.on_close = on_close  # told once, when the flow ends (TcpUpstreams counts the live ones)
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
+        self._unlogged = 0  # dropped since the last log line about it
+        self._logged_at = float("-inf")
         self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (bounded)
         self._closed = False
 
@@ -43,7 +49,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, address: tuple) -> None:
         if len(data) > MAX_DATAGRAM or not self.channel.write_whole(data):  # whole or not at all
-            self.dropped += 1
+            self._drop()
 
     def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on
         log.debug("event=udp_upstream_error error=%s", logfmt(exc))
@@ -62,7 +68,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         elif len(self._early) < 64:
             self._early.append(data)
         else:
-            self.dropped += 1
+            self._drop()
         self.channel.consumed(len(data))
 
     def on_eof(self) -> None:
@@ -74,9 +80,27 @@ class UdpUpstream(asyncio.DatagramProtocol):
     def on_writable(self) -> None:
         pass
 
+    def _drop(self) -> None:
+        """A datagram lost here, on the client: said in the log (at once, then at most every DROP_LOG_INTERVAL
+        seconds and when the flow ends), as the server's udp_dataplane_dropped_total never sees it."""
+        self.dropped += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= DROP_LOG_INTERVAL:
+            self._log_drops(now)
+
+    def _log_drops(self, now: float) -> None:
+        log.warning("event=udp_dropped service=%s dropped=%d flow_total=%d", self.channel.target, self._unlogged,
+                    self.dropped)
+        self._unlogged = 0
+        self._logged_at = now
+
     def close(self) -> None:
-        if not self._closed and self.on_close is not None:
-            self.on_close()
+        if not self._closed:
+            if self.on_close is not None:
+                self.on_close()
+            if self._unlogged:
+                self._log_drops(time.monotonic())
         self._closed = True
         if self.transport is not None:
             self.transport.close()

@@ -492,3 +492,30 @@ def test_an_empty_datagram_leaves_the_socket_non_blocking(monkeypatch: pytest.Mo
     blocking, data = asyncio.run(scenario())
     assert data == b""
     assert not blocking, "the transport's descriptor was left blocking"
+
+
+def test_datagrams_the_client_drops_are_said_in_its_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The server's udp_dataplane_dropped_total never sees a datagram the client could not put in the tunnel
+    (an upstream answering faster than it carries): the client's log says how many, at once and at the flow's end."""
+    from inlets_py.runtime.client.udp_upstream import UdpUpstream
+
+    class FullChannel:  # a tunnel with no credit left for this flow
+        target = "udp:5353"
+
+        def write_whole(self, data: bytes) -> bool:
+            return False
+
+        def consumed(self, count: int) -> None:
+            pass
+
+    closed = []
+    flow = UdpUpstream(FullChannel(), on_close=lambda: closed.append(True))  # type: ignore[arg-type]
+    caplog.set_level("INFO", logger="inlets.udp")
+    for _ in range(5):
+        flow.datagram_received(b"answer", ("127.0.0.1", 53))
+    flow.close()
+    flow.close()
+    lines = [r.getMessage() for r in caplog.records if "event=udp_dropped" in r.getMessage()]
+    assert lines == ["event=udp_dropped service=udp:5353 dropped=1 flow_total=1",
+                     "event=udp_dropped service=udp:5353 dropped=4 flow_total=5"]
+    assert closed == [True]
