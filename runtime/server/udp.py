@@ -35,14 +35,14 @@ class UdpCounters:
     bytes_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
 class _Flow:
     """One source address on the server: a stream to a client."""
 
-    __slots__ = ("port", "address", "local", "channel", "last_seen")
+    __slots__ = ("port", "address", "local", "channel", "last_seen", "carried")
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
@@ -52,6 +52,7 @@ class _Flow:
         self.local = local  # the address the source wrote to, for the answers' source (see udp_socket)
         self.channel: Channel | None = None
         self.last_seen = asyncio.get_running_loop().time()
+        self.carried = 0  # datagrams put in the tunnel: all lost if the client refuses the flow
 
     # StreamHandler: datagrams coming back from the client's upstream
     def on_data(self, data: bytes | memoryview) -> None:
@@ -68,8 +69,8 @@ class _Flow:
         self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
 
     def on_reset(self, code: int, reason: str) -> None:
-        if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams (or its flows' half): a datagram lost
-            self.port.counters.drop("client_stream_limit")
+        if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams (or its flows' half): refused at open,
+            self.port.counters.drop("client_stream_limit", self.carried)  # so every datagram sent on it is lost
         self.port.end(self, reset=False)
 
     def on_writable(self) -> None:
@@ -125,6 +126,7 @@ class UdpPort:
         if not flow.channel.write_whole(data):  # the tunnel is congested: drop it whole (a part of it went, cut short)
             self.counters.drop("congested")
             return
+        flow.carried += 1
         self.counters.datagrams_in += 1
         self.counters.bytes_in += len(data)
 

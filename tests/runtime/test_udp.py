@@ -519,3 +519,32 @@ def test_datagrams_the_client_drops_are_said_in_its_log(caplog: pytest.LogCaptur
     assert lines == ["event=udp_dropped service=udp:5353 dropped=1 flow_total=1",
                      "event=udp_dropped service=udp:5353 dropped=4 flow_total=5"]
     assert closed == [True]
+
+
+def test_every_datagram_of_a_flow_the_client_refuses_is_counted_as_dropped(tls: TlsFiles, token: str) -> None:
+    """Found by a review helper: a new source that sent 5 datagrams before the client's TOO_MANY_STREAMS reset came
+    back lost all 5 (each counted in udp_dataplane_datagrams_total{direction="in"}), but dropped_total said 1."""
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)},
+                                          max_streams=1)
+        udp = server.udp_ports[f"udp:{public}"]
+        assert await ask(public, [b"first"], source="127.0.0.1") == [b"first"]  # takes the client's one stream
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.2", 0))
+        for i in range(5):  # in one go: all sent on the flow before the client's refusal is back
+            sock.sendto(b"late %d" % i, ("127.0.0.1", public))
+        for _ in range(100):  # bounded: 5 s
+            if udp.counters.dropped:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        sock.close()
+        assert udp.counters.datagrams_in == 6
+        assert udp.counters.dropped == {"client_stream_limit": 5}
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
