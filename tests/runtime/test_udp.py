@@ -97,12 +97,12 @@ def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> 
         public = udp_free_port()
         client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
         udp = server.udp_ports[f"udp:{public}"]
-        udp.idle_timeout = 0.6
+        udp.idle_timeout = 2.0  # 0.6 s ended the first flow before the second was asked, once on a busy machine
         assert await ask(public, [b"one"], source="127.0.0.1") == [b"one"]
         assert await ask(public, [b"two"], source="127.0.0.2") == [b"two"]
         assert len(udp.flows) == 2 and {a[0] for a in udp.flows} == {"127.0.0.1", "127.0.0.2"}
         assert client.session.open_streams == 2
-        for _ in range(60):
+        for _ in range(120):  # the sweep first wakes 5 s after the start (the default timeout's), then each 1 s
             if not udp.flows:
                 break
             await asyncio.sleep(0.1)
