@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,7 +41,8 @@ def status(
     proxy_password_file: ProxyPasswordFile = None,
 ) -> None:
     """Show a server's clients, their services, streams and traffic. With several --url (servers behind
-    one balancer), each server's, then which servers each client holds.
+    one balancer), each server's, then which servers each client holds; a server that does not answer is
+    named on stderr, the others still shown, and the exit status is 1.
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
@@ -57,18 +59,37 @@ def status(
     files: list[Path | None] = list(token_file or [None])
     if len(files) not in (1, len(url)):
         fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
-    documents = {server: _status(server, token, file, tls_ca, tls_server_name, timeout, len(url) > 1, proxy)
-                 for server, file in zip(url, files * len(url) if len(files) == 1 else files)}
+    pairs = list(zip(url, files * len(url) if len(files) == 1 else files))
     if len(url) == 1:
-        (document,) = documents.values()
+        ((server, file),) = pairs
+        try:
+            document = _status(server, token, file, tls_ca, tls_server_name, timeout, False, proxy)
+        except _Unanswered as exc:
+            fail(str(exc), 1)
         typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
         return
+    # Several servers (behind one balancer): one that is down is what status is asked about then, so it is
+    # named on stderr while the others' clients are still shown; exit 1 when any did not answer.
+    documents: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    for server, file in pairs:
+        try:
+            documents[server] = _status(server, token, file, tls_ca, tls_server_name, timeout, True, proxy)
+        except _Unanswered as exc:
+            errors[server] = str(exc)
+            print(f"inlets: error: {exc}", file=sys.stderr, flush=True)
     if json_:
-        typer.echo(json.dumps({"servers": documents}, indent=2))
-        return
-    for server, document in documents.items():
-        typer.echo(f"{server}\n{render_table(document)}\n")
-    typer.echo(render_holdings(documents))
+        typer.echo(json.dumps({"servers": documents, **({"errors": errors} if errors else {})}, indent=2))
+    else:
+        for server, document in documents.items():
+            typer.echo(f"{server}\n{render_table(document)}\n")
+        typer.echo(render_holdings(documents, servers=url))
+    if errors:
+        raise SystemExit(1)
+
+
+class _Unanswered(Exception):
+    """A server that did not give its status (down, refused the token, not a tunnel): exit status 1."""
 
 
 def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path | None, tls_server_name: str | None,
@@ -89,22 +110,25 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     except TlsConfigError as exc:
         fail(f"{where}{exc}")
     except ProbeError as exc:
-        fail(f"{where}{exc}", 1)
+        raise _Unanswered(f"{where}{exc}")
     if answer.status == 401:
-        fail(f"{where}the server refused the token (HTTP 401): check --token/--token-file", 1)
+        raise _Unanswered(f"{where}the server refused the token (HTTP 401): check --token/--token-file")
     if answer.status == 404:
-        fail(f"{where}/status answered HTTP 404: is --url a tunnel server's control port (wss://HOST:8123)?", 1)
+        raise _Unanswered(f"{where}/status answered HTTP 404: is --url a tunnel server's control port "
+                          "(wss://HOST:8123)?")
     if answer.status != 200:  # one line of the answer, never a page of HTML
         words = _summary(answer.status, answer.body)
-        fail(f"{where}/status answered HTTP {answer.status}" + (f": {words}" if words else ""), 1)
+        raise _Unanswered(f"{where}/status answered HTTP {answer.status}" + (f": {words}" if words else ""))
     try:
         document = load_json(answer.body)
     except RepeatedKey as exc:  # which of the two is meant? Python's parser took the last, others the first
-        fail(f"{where}/status answered JSON that names {exc.shown} twice in one object: is --url a tunnel server?", 1)
+        raise _Unanswered(f"{where}/status answered JSON that names {exc.shown} twice in one object: "
+                          "is --url a tunnel server?") from None
     except ValueError:
-        fail(f"{where}/status did not answer JSON: is --url a tunnel server?", 1)
+        raise _Unanswered(f"{where}/status did not answer JSON: is --url a tunnel server?")
     if not _is_status(document) or not _standard(document):
-        fail(f"{where}/status answered JSON that is not a tunnel server's status: is --url a tunnel server?", 1)
+        raise _Unanswered(f"{where}/status answered JSON that is not a tunnel server's status: "
+                          "is --url a tunnel server?")
     return document
 
 

@@ -65,9 +65,12 @@ def render_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_holdings(documents: dict[str, dict[str, Any]]) -> str:
+def render_holdings(documents: dict[str, dict[str, Any]], servers: list[str] | None = None) -> str:
     """Which of these servers each client holds (by its client id): a client serving through a
-    balancer should hold every one, else the balancer sends some users where it is not."""
+    balancer should hold every one, else the balancer sends some users where it is not. ``servers``:
+    every server asked, those that did not answer (no document) included, so they count as not held."""
+    if servers is not None:
+        documents = {server: documents.get(server, {}) for server in servers}
     held: dict[str, list[str]] = {}
     for server, doc in documents.items():
         for client in doc.get("clients", []):

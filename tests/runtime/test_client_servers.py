@@ -4,6 +4,7 @@ say which servers it holds. Real processes on loopback; every wait bounded."""
 
 from __future__ import annotations
 
+import json
 import signal
 import urllib.request
 from pathlib import Path
@@ -74,6 +75,13 @@ def test_a_tcp_client_serves_through_both_servers_and_survives_one(tmp_path: Pat
         assert echo_once(echo_port, b"still", DATA_ADDRS[1]) == b"still"
         one = inlets(*args)
         assert one.returncode == 1 and one.stderr.startswith(f"inlets: error: wss://127.0.0.1:{controls[0]}: "), one.stderr
+        # the server still up is shown all the same: a server down is when status is asked for
+        assert f"wss://127.0.0.1:{controls[1]}\n" in one.stdout, one.stdout
+        assert (f"holds 1/2 servers: wss://127.0.0.1:{controls[1]} (not wss://127.0.0.1:{controls[0]})"
+                in one.stdout), one.stdout
+        as_json = json.loads(inlets(*args, "--json").stdout)
+        assert list(as_json["servers"]) == [f"wss://127.0.0.1:{controls[1]}"], as_json
+        assert list(as_json["errors"]) == [f"wss://127.0.0.1:{controls[0]}"], as_json
         # it comes back: the client reconnects to it by itself
         servers[0] = _server("tcp", controls[0], tls, tokens[0], DATA_ADDRS[0], tmp_path / "server-0b.log")
         _held(client_log, "event=servers held=2/2", times=2)
