@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
-from ..core.cert_expiry import not_after_pem, warn_if_ending
+from ..core.cert_expiry import iso, not_after_pem, not_before_pem, warn_if_ending
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
@@ -106,9 +107,14 @@ def warn_if_certificate_ending(cert: Path, hint: str) -> None:
     """At start: a warning when the certificate has ended or ends within 30 days (cert_expiry.WARN_WITHIN).
     OpenSSL has just loaded it, so a certificate this reader cannot parse is left to OpenSSL, not refused."""
     try:
-        not_after = not_after_pem(cert.read_bytes())
+        pem = cert.read_bytes()
+        not_before, not_after = not_before_pem(pem), not_after_pem(pem)
     except ValueError:
         return
+    if not_before > datetime.datetime.now(datetime.timezone.utc):  # clients refuse it until then
+        log.warning("event=certificate_not_yet_valid cert=%s not_before=%s hint=%s", logfmt(cert), iso(not_before),
+                    logfmt("clients refuse the certificate until then: check this machine's clock (and the one "
+                           "where it was made), or give a certificate valid now (--tls-cert/--tls-key)"))
     warn_if_ending(log, f"cert={logfmt(cert)}", not_after, hint)
 
 

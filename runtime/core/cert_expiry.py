@@ -61,6 +61,18 @@ def not_after_der(der: bytes) -> datetime.datetime:
 
 
 def _not_after(der: bytes) -> datetime.datetime:
+    return _validity(der)[1]
+
+
+def not_before_pem(pem: bytes) -> datetime.datetime:
+    """notBefore of the first certificate of a PEM file; ``ValueError`` if none."""
+    try:
+        return _validity(_first_der(pem))[0]
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ValueError("not an X.509 certificate") from exc
+
+
+def _validity(der: bytes) -> tuple[datetime.datetime, datetime.datetime]:
     """Certificate > TBSCertificate > [0] version, serialNumber, signature, issuer, validity > notBefore, notAfter."""
     start, _ = _element(der, 0, _SEQUENCE)
     at, _ = _element(der, start, _SEQUENCE)
@@ -69,15 +81,23 @@ def _not_after(der: bytes) -> datetime.datetime:
     for tag in (_INTEGER, _SEQUENCE, _SEQUENCE):  # serialNumber, signature, issuer
         at = _element(der, at, tag)[1]
     validity, _ = _element(der, at, _SEQUENCE)
-    after = _element(der, validity, der[validity])[1]  # notBefore, whichever of the two time types
-    tag = der[after]
-    if tag not in (_UTC_TIME, _GENERALIZED_TIME):
-        raise ValueError("not an X.509 certificate")
-    return _time(tag, der[slice(*_element(der, after, tag))])
+    times = []
+    at = validity
+    for _ in range(2):  # notBefore, notAfter: each either of the two time types
+        tag = der[at]
+        if tag not in (_UTC_TIME, _GENERALIZED_TIME):
+            raise ValueError("not an X.509 certificate")
+        start, at = _element(der, at, tag)
+        times.append(_time(tag, der[start:at]))
+    return times[0], times[1]
 
 
 def not_after_pem(pem: bytes) -> datetime.datetime:
     """notAfter of the first certificate of a PEM file (a chain starts with the leaf); ``ValueError`` if none."""
+    return not_after_der(_first_der(pem))
+
+
+def _first_der(pem: bytes) -> bytes:
     found = _PEM.search(pem)
     if found is None:
         raise ValueError("no PEM certificate")
@@ -85,7 +105,7 @@ def not_after_pem(pem: bytes) -> datetime.datetime:
         der = base64.b64decode(b"".join(found.group(1).split()), validate=True)
     except binascii.Error as exc:
         raise ValueError("not an X.509 certificate") from exc
-    return not_after_der(der)
+    return der
 
 
 def peer_not_after(peercert: dict | None) -> datetime.datetime | None:

@@ -17,6 +17,7 @@ log = logging.getLogger("inlets.tls")
 #: known still verifies, while the per-server CA keeps it pinned.
 EXIT_SERVER_NAME = "inlets-exit-server"
 X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code (x509_vfy.h), for the leaf or any CA above it
+X509_V_ERR_CERT_NOT_YET_VALID = 9  # the same, for a notBefore still to come
 
 
 class DirectSSLObject(ssl.SSLObject):
@@ -149,6 +150,9 @@ def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
     elif exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED:  # "check --tls-ca" sent users to a CA that was right
         hint = ("the server's certificate or its CA has ended, or this machine's clock is wrong: the server needs a "
                 "new certificate (an exit server inletsctl made: create a new one)")
+    elif exc.verify_code == X509_V_ERR_CERT_NOT_YET_VALID:  # the CA is right: a clock is wrong, or it starts later
+        hint = ("the server's certificate or its CA starts later, or this machine's clock is behind: check the clocks "
+                "here and where the certificate was made, or give the server one valid now")
     else:
         hint = "check --tls-ca: it must be the CA that signed the server's certificate"
     return f"TLS certificate verification failed: {exc.verify_message} ({hint})"

@@ -196,3 +196,28 @@ def test_an_ended_certificate_is_said_by_the_server_and_named_by_the_refusing_cl
     message = run(scenario(), timeout=30)
     assert "certificate has expired" in message and "the server needs a new certificate" in message, message
     assert "check --tls-ca" not in message
+
+
+def test_a_certificate_not_yet_valid_is_said_by_the_server_and_named_by_the_refusing_client(
+        tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A notBefore still to come: the CA is right, so "check --tls-ca" would send the user the wrong way."""
+    caplog.set_level(logging.INFO)
+    ca = generate_ca()
+    files = write_tls(tmp_path, ca, signed(ca, NOW + datetime.timedelta(days=2), NOW + datetime.timedelta(days=90)))
+    config = server_config(files, token)
+    assert [w.split(" not_before=")[0] for w in warnings(caplog, "inlets")] == [
+        f"event=certificate_not_yet_valid cert={files.cert}"]
+
+    async def scenario() -> str:
+        server = TcpTunnelServer(config, data_addr="127.0.0.1")
+        await server.start()
+        try:
+            with pytest.raises(FatalClientError) as refused:
+                await start_client(control_url(server), token, files, {free_port(): Upstream("127.0.0.1", 9)})
+        finally:
+            await server.stop()
+        return str(refused.value)
+
+    message = run(scenario(), timeout=30)
+    assert "certificate is not yet valid" in message and "clock" in message, message
+    assert "check --tls-ca" not in message
