@@ -91,6 +91,13 @@ def _no_pass_phrase() -> bytes:
     raise _PassPhraseAsked
 
 
+def _certificates_in(path: Path) -> int:
+    try:
+        return Path(path).read_bytes().count(b"-----BEGIN CERTIFICATE-----")
+    except OSError:
+        return 0
+
+
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -104,6 +111,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
                              f"give it unencrypted (openssl pkey -in {key} -out KEY.pem), kept 0600") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
+            if _certificates_in(cert) > 1:  # a chain: OpenSSL pairs the key with the first certificate only
+                raise TlsConfigError(f"the key {key} does not belong to the first certificate in {cert}: in a chain "
+                                     "file the server's own certificate comes first, then the CA(s) that signed it; "
+                                     "else give the key the certificate was made with") from None
             raise TlsConfigError(f"the key {key} does not belong to the certificate {cert}: give the key "
                                  "the certificate was made with") from None
         raise TlsConfigError(f"cannot load TLS certificate {cert} / key {key}: they must be PEM files "

@@ -217,6 +217,16 @@ def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls
     assert "KEY_VALUES_MISMATCH" not in line
 
 
+def test_a_chain_file_with_the_ca_first_is_said_in_words(tmp_path: Path, tls, files) -> None:
+    """The right key with a chain in the wrong order: "give the key the certificate was made with" alone would
+    send the user after another key; the order is what to change."""
+    reversed_chain = tmp_path / "chain.pem"
+    reversed_chain.write_bytes(Path(tls.ca).read_bytes() + Path(tls.cert).read_bytes())
+    result = inlets("tcp", "server", "--token-file", files["tok"], "--tls-cert", str(reversed_chain),
+                    "--tls-key", str(tls.key))
+    one_line_error(result, "the server's own certificate comes first, then the CA(s) that signed it")
+
+
 def test_ctrl_c_while_the_command_module_itself_loads_exits_130_quietly() -> None:
     """The timed test above can miss the first milliseconds: ``inlets``'s own module imports its helpers before
     ``main()`` runs, and a Ctrl-C there (seen on a loaded machine, a fresh clone compiling its bytecode) was a
