@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
-from urllib.parse import unquote
 
 from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
@@ -51,8 +50,9 @@ def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parsed.host)
         authority = f"[{host}]:{port}" if ":" in host else target
         request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: inlets\r\n"
-        if parsed.username is not None:
-            credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+        if parsed.username is not None:  # parse_proxy has percent-decoded both already: decoding again would
+            # send "p%41ss" (a password given as p%2541ss, or from a file) as "pAss"
+            credentials = f"{parsed.username}:{parsed.password or ''}"
             request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
         sock.sendall((request + "\r\n").encode())
         status, reason = _answer_status(sock, shown, target)
@@ -81,8 +81,10 @@ def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, s
         if not chunk:
             raise ProbeError(f"proxy {shown} closed the connection without answering CONNECT {target}")
         head += chunk
-        if len(head) > MAX_ANSWER_HEAD:
-            break
+        if len(head) > MAX_ANSWER_HEAD and b"\r\n\r\n" not in head:  # not a CONNECT answer: TLS would follow
+            # on the rest of it and fail as if the server's port were wrong
+            raise ProbeError(f"proxy {shown} sent an answer to CONNECT {target} longer than "
+                             f"{MAX_ANSWER_HEAD // 1024} KiB without ending it (is it an HTTP proxy?)")
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     parts = line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():

@@ -1,0 +1,64 @@
+"""``inlets status``'s blocking dial through an HTTP proxy, against a scripted proxy on loopback."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import threading
+
+import pytest
+
+from runtime.client.proxy_dial import dial
+from runtime.core.probe import ProbeError
+
+
+def scripted_proxy(answer: bytes) -> tuple[int, list[bytes], threading.Thread]:
+    """A one-connection proxy: records the CONNECT request, sends ``answer``, closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                seen.append(head)
+                try:
+                    conn.sendall(answer)
+                except OSError:
+                    pass  # the client gave up reading, as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], seen, thread
+
+
+@pytest.mark.parametrize("password, given", [("p%41ss:w/rd@x", "p%2541ss%3Aw%2Frd%40x"), ("50%off", "50%25off")])
+def test_a_password_with_percent_signs_is_sent_as_given(password: str, given: str) -> None:
+    """parse_proxy decodes the URL's user and password once; the dial decoded them again, so a password
+    holding "%41" (from --proxy-password-file, $INLETS_PROXY_PASSWORD, or percent-encoded in --proxy) went
+    out as "A": the proxy refused credentials that the tunnel client itself sends correctly."""
+    port, seen, thread = scripted_proxy(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(ProbeError, match="HTTP 403"):
+        dial(f"http://alice:{given}@127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5)
+    thread.join(10)
+    header = next(line for line in seen[0].split(b"\r\n") if line.startswith(b"Proxy-Authorization: Basic "))
+    assert base64.b64decode(header.split()[-1]).decode() == f"alice:{password}"
+
+
+def test_an_endless_answer_head_is_the_proxys_fault_not_the_servers() -> None:
+    """A head past 16 KiB was cut there and its status line taken as the answer: "200" then led to a TLS
+    handshake over the rest of the head, reported as the server's port speaking no TLS."""
+    junk = b"HTTP/1.1 200 Connection established\r\n" + b"X-Junk: " + b"a" * 40_000 + b"\r\n"
+    port, _, thread = scripted_proxy(junk)
+    with pytest.raises(ProbeError) as raised:
+        dial(f"http://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5)
+    thread.join(10)
+    assert f"proxy http://127.0.0.1:{port} sent an answer to CONNECT 127.0.0.1:8123 longer than 16 KiB" in str(raised.value)
