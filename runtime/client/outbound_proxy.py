@@ -73,8 +73,24 @@ class ProxyChoice:
         return redact(self.url) if self.url else "none"
 
 
+def _misread_credentials(url: str) -> tuple[str, str, str] | None:
+    """(scheme, user ("" if it is the misread part), the rest after the last ``@``) when ``url`` holds credentials
+    that urlsplit would misread:
+    a ``/``, ``?`` or ``#`` in the password (or user) ends the authority there, so the password's start became
+    the host or the port, and the true host part went to the path, query or fragment. Else None."""
+    scheme, _, rest = (url if "://" in url else "http://" + url).partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if not at or not any(c in userinfo for c in "/?#"):
+        return None
+    user = userinfo.partition(":")[0]
+    return scheme, "" if any(c in user for c in "/?#") else user, after
+
+
 def redact(url: str) -> str:
     """``scheme://[user@]host:port``: the password never reaches a log or an error."""
+    if (misread := _misread_credentials(url)) is not None:  # shown without the password, as meant
+        scheme, user, after = misread
+        url = f"{scheme}://{user}@{after}" if user else f"{scheme}://{after}"
     try:
         parts = urlsplit(url if "://" in url else "http://" + url)
         host = parts.hostname or "?"
@@ -90,6 +106,10 @@ def redact(url: str) -> str:
 def split(url: str, source: str) -> SplitResult:
     """A proxy URL split (a bare ``host:port`` read as http://), or ProxyConfigError in one line: urlsplit raises
     on a bad [IPv6] bracket, and websockets takes a port of 0 for none (port 80), so the port is checked here."""
+    if _misread_credentials(url) is not None:  # else the password's start is reported as the host or the port
+        raise ProxyConfigError(f"{source}: invalid proxy {redact(url)}: a '/', '?' or '#' in its user or password must "
+                               "be percent-encoded (%2F, %3F, %23); or keep the password in --proxy-password-file or "
+                               "$INLETS_PROXY_PASSWORD")
     try:
         parts = urlsplit(url if "://" in url else "http://" + url)
     except ValueError:
@@ -173,6 +193,8 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
             name = _env_name(key)
             if key == "socks" and value.startswith("http://"):  # as websockets reads SOCKS_PROXY
                 value = "socks5h://" + value[len("http://"):]
+            elif key == "socks" and "://" not in value:  # SOCKS_PROXY=HOST:PORT names a SOCKS proxy, not an HTTP one
+                value = "socks5h://" + value.strip()
             return ProxyChoice(normalize(value, name), name)
     return ProxyChoice(None, "environment")
 

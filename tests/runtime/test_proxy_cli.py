@@ -200,6 +200,12 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
     ("http://u@127.0.0.1:0", {"INLETS_PROXY_PASSWORD": "hush-hush"}, "invalid proxy http://u@127.0.0.1:0: '0' is not"),
     ("http://127.0.0.1:٣١٢٨", {}, "invalid proxy http://127.0.0.1:٣١٢٨: '٣١٢٨' is not a port between 1 and 65535"),
     (None, {"HTTPS_PROXY": "http://127.0.0.1:0"}, "HTTPS_PROXY: invalid proxy http://127.0.0.1:0: '0' is not a port"),
+    # a '#', '/' or '?' in the password ends urlsplit's authority there: the password's start was then shown as the
+    # host and port ("invalid proxy http://u:hush-hush: 'hush-hush' is not a port between 1 and 65535")
+    ("http://u:hush-hush#1@127.0.0.1:3128", {}, "invalid proxy http://u@127.0.0.1:3128: a '/', '?' or '#' in its"),
+    (None, {"HTTPS_PROXY": "http://u:hush-hush/1@127.0.0.1:3128"}, "HTTPS_PROXY: invalid proxy http://u@127.0.0.1:3128"),
+    (None, {"ALL_PROXY": "socks5://u:hush-hush?1@127.0.0.1:1080"}, "ALL_PROXY: invalid proxy socks5://u@127.0.0.1:1080"),
+    ("http://hush-hush/1@127.0.0.1:3128", {}, "invalid proxy http://127.0.0.1:3128: a '/', '?' or '#' in its"),
 ])
 def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None, env: dict, message: str) -> None:
     upstream = ["--upstream", "22=127.0.0.1:22"] if command == "tcp" else ["--upstream", "http://127.0.0.1:8080"]
@@ -231,6 +237,16 @@ def test_a_malformed_proxy_url_is_one_line_with_a_password_or_generate(args: lis
     done = subprocess.run([*INLETS, *args, "--url", "wss://127.0.0.1:1", "--token", "x"], capture_output=True,
                           text=True, timeout=30, cwd=ROOT, env=clean_env(**env))
     assert (done.returncode, done.stderr) == (2, f"inlets: error: {MALFORMED}\n"), done
+
+
+def test_generate_never_puts_a_misread_proxy_password_into_the_definition() -> None:
+    """A password beginning with a number and holding a '/' (http://u:8080/hush-hush@HOST:PORT) split as host "u",
+    port 8080 and no password, so --generate kept the whole URL, password and all, in the Deployment's args."""
+    args = ["tcp", "client", "--url", "wss://127.0.0.1:1", "--token", "x", "--upstream", "22=127.0.0.1:22", "--proxy",
+            "http://u:8080/hush-hush@127.0.0.1:3128", "--generate", "k8s_yaml"]
+    done = subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=clean_env())
+    assert done.returncode == 2 and "hush-hush" not in done.stdout + done.stderr, done
+    assert "invalid proxy http://u@127.0.0.1:3128: a '/', '?' or '#' in its user or password" in done.stderr, done
 
 
 def _status(control: int, token_file: Path, tls: TlsFiles, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 
 import pytest
@@ -173,6 +174,21 @@ def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ProxyConfigError, match=why) as raised:
             choose(bad, "wss://h:8123/connect")
         assert "secret" not in str(raised.value)
+
+
+def test_socks_proxy_as_a_bare_host_and_port_is_a_socks_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SOCKS_PROXY=HOST:PORT was read as an HTTP proxy (a bare host:port means one elsewhere), so the client sent
+    CONNECT to a SOCKS server and was told "sent no valid HTTP answer (is it an HTTP proxy?)"."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SOCKS_PROXY", "127.0.0.1:1080")
+    choice = choose(None, "wss://h:8123/connect")
+    assert (choice.url, choice.source) == ("socks5h://127.0.0.1:1080", "SOCKS_PROXY")
+    monkeypatch.setenv("SOCKS_PROXY", "http://127.0.0.1:1080")  # as websockets reads it
+    assert choose(None, "wss://h:8123/connect").url == "socks5h://127.0.0.1:1080"
+    monkeypatch.setenv("SOCKS_PROXY", "socks5://127.0.0.1:1080")
+    assert choose(None, "wss://h:8123/connect").url == "socks5://127.0.0.1:1080"
 
 
 # ------------------------------------------------------------ refusals: one line, retried
