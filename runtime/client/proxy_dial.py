@@ -89,7 +89,9 @@ def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, s
     parts = line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():
         raise ProbeError(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
-    return int(parts[1]), parts[2] if len(parts) > 2 else ""
+    # the proxy's own words, printed to a terminal: no escape sequence of its choosing gets through
+    reason = "".join(c if c.isprintable() else "?" for c in parts[2])[:200] if len(parts) > 2 else ""
+    return int(parts[1]), reason
 
 
 def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str) -> socket.socket:

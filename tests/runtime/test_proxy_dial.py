@@ -62,3 +62,14 @@ def test_an_endless_answer_head_is_the_proxys_fault_not_the_servers() -> None:
         dial(f"http://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5)
     thread.join(10)
     assert f"proxy http://127.0.0.1:{port} sent an answer to CONNECT 127.0.0.1:8123 longer than 16 KiB" in str(raised.value)
+
+
+def test_the_proxys_reason_phrase_reaches_the_terminal_without_control_characters() -> None:
+    """`inlets status` printed a refusal's reason phrase as the proxy sent it, terminal escapes included."""
+    port, _, thread = scripted_proxy(b"HTTP/1.1 403 Nope\x1b[2J\x9b31m\x07 " + b"x" * 500 + b"\r\n\r\n")
+    with pytest.raises(ProbeError) as raised:
+        dial(f"http://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5)
+    thread.join(10)
+    message = str(raised.value)
+    assert "HTTP 403 Nope?[2J?31m? xxx" in message and message.isprintable(), message
+    assert len(message) < 400, message
