@@ -409,7 +409,8 @@ class TunnelClient:
             if not self.proxy.url:
                 raise
             parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries
-            target = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+            host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # CONNECT [::1]:8123
+            target = f"{host}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
             raise explain_proxy_failure(exc, self.proxy.url, target) from None
         sock = websocket.transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

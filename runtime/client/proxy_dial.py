@@ -37,10 +37,10 @@ def dialer_for(url: str, setting: str | None = None) -> Dial | None:
 
 def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line."""
-    shown, target = redact(proxy), f"{host}:{port}"
+    shown, target = redact(proxy), f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     parsed = parse_proxy(proxy)
     if parsed.scheme.startswith("socks"):
-        return _socks(parsed, host, port, timeout, shown)
+        return _socks(parsed, host, port, timeout, shown, target)
     try:
         sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
     except OSError as exc:
@@ -48,7 +48,7 @@ def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     try:
         if parsed.scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parsed.host)
-        authority = f"[{host}]:{port}" if ":" in host else target
+        authority = target
         request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: inlets\r\n"
         if parsed.username is not None:  # parse_proxy has percent-decoded both already: decoding again would
             # send "p%41ss" (a password given as p%2541ss, or from a file) as "pAss"
@@ -94,7 +94,7 @@ def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, s
     return int(parts[1]), reason
 
 
-def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str) -> socket.socket:
+def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str, target: str) -> socket.socket:
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
     from python_socks.sync import Proxy
 
@@ -109,8 +109,8 @@ def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: st
         raise Unreachable(f"proxy {shown} unreachable: {exc}") from None
     except ProxyTimeoutError:
         raise ProbeError(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "
-                         f"{host}:{port} answered in time") from None
+                         f"{target} answered in time") from None
     except ProxyError as exc:
-        raise ProbeError(f"proxy {shown} refused the connection to {host}:{port}: {exc}") from None
+        raise ProbeError(f"proxy {shown} refused the connection to {target}: {exc}") from None
     except OSError as exc:
         raise ProbeError(f"through proxy {shown}: {exc.strerror or exc}") from None

@@ -73,3 +73,13 @@ def test_the_proxys_reason_phrase_reaches_the_terminal_without_control_character
     message = str(raised.value)
     assert "HTTP 403 Nope?[2J?31m? xxx" in message and message.isprintable(), message
     assert len(message) < 400, message
+
+
+def test_an_ipv6_target_is_named_in_brackets() -> None:
+    """"refused CONNECT ::1:8123": which part is the port? The request says [::1]:8123, and so does the error."""
+    port, seen, thread = scripted_proxy(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+    with pytest.raises(ProbeError) as raised:
+        dial(f"http://127.0.0.1:{port}", "::1", 8123, timeout=5)
+    thread.join(10)
+    assert seen[0].startswith(b"CONNECT [::1]:8123 HTTP/1.1\r\nHost: [::1]:8123\r\n"), seen
+    assert "refused CONNECT [::1]:8123: HTTP 403" in str(raised.value), raised.value
