@@ -1,8 +1,10 @@
 """Failed logins per source address: a token guesser is slowed to a crawl, and logged once.
 
 A fixed window per source: after ``limit`` failures within ``window`` seconds, every
-request from that source is answered 429 until the window ends, without looking at
-its token. The table is bounded, so a spray of sources cannot grow it without end.
+request from that source with a wrong token is answered 429 until the window ends (the
+control port checks the token first: a right one is never refused for failures others
+made from the same address, behind one NAT). The table is bounded, so a spray of
+sources cannot grow it without end.
 """
 
 from __future__ import annotations
