@@ -7,7 +7,12 @@ dead client is detected no new connection fails on it.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Iterable, TypeVar
+
+from ..core.mux import StreamError, StreamLimit
+
+if TYPE_CHECKING:
+    from ..core.session import Channel, Session, StreamHandler
 
 S = TypeVar("S")
 
@@ -58,3 +63,20 @@ class Registry(Generic[S]):
     def serves(self, service: str) -> bool:
         """Whether a session serves ``service`` (``sessions_for`` without the copy: looked at per request)."""
         return bool(self._serving.get(service))
+
+
+def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHandler) -> Channel | str:
+    """A stream on the first of ``sessions`` that takes one, in their order; else why none did, the reason the
+    TCP and UDP data planes count: ``client_stream_limit`` (a client holds --max-client-streams already),
+    ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``."""
+    draining = full = 0
+    for session in sessions:
+        if session.closed.is_set():
+            continue
+        try:
+            return session.open_stream(service, handler)
+        except StreamLimit:
+            full += 1
+        except StreamError:
+            draining += 1
+    return "client_stream_limit" if full else "client_draining" if draining else "no_client"

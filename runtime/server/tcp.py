@@ -19,8 +19,8 @@ from .control import ControlConfig, ControlPlane
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
-from ..core.mux import ResetCode, StreamError, StreamLimit
-from .registry import Registry
+from ..core.mux import ResetCode
+from .registry import Registry, open_on_first
 from ..core.session import Session
 from .status import status_route
 from .udp import UdpCounters, UdpPort
@@ -63,33 +63,22 @@ class DataPlaneConnection(TcpBridge):
         if not self.server.options.allows(source):
             self._refuse("source_not_allowed", source)
             return
-        draining = full = 0
-        for session in self.server.registry.candidates(self.service):
-            if session.closed.is_set():
-                continue
-            try:
-                self.attach(session.open_stream(self.service, self))
-            except StreamLimit:  # this client holds --max-client-streams already: the next one may not
-                full += 1
-                continue
-            except StreamError:  # draining (GOAWAY either way) until its client has reconnected
-                draining += 1
-                continue
-            self.counters.open += 1
-            self.counters.total += 1
-            self._counted = True
-            version = self.server.options.proxy_protocol
-            if version:  # through the bridge, which keeps what finds no credit: a header dropped would let the
-                # user's own first bytes (a PROXY header of theirs) name the source the upstream trusts
-                TcpBridge.data_received(self, encode_proxy_header(version, source, destination or self._local()))
-            if rest:
-                self.data_received(rest)
+        channel = open_on_first(self.server.registry.candidates(self.service), self.service, self)
+        if isinstance(channel, str):  # why no client took it
+            if channel == "no_client":
+                log.info("event=no_client service=%s", self.service)
+            self._refuse(channel)
             return
-        if full or draining:  # clients there, none taking new streams: not "no_client"
-            self._refuse("client_stream_limit" if full else "client_draining")
-            return
-        log.info("event=no_client service=%s", self.service)
-        self._refuse("no_client")
+        self.attach(channel)
+        self.counters.open += 1
+        self.counters.total += 1
+        self._counted = True
+        version = self.server.options.proxy_protocol
+        if version:  # through the bridge, which keeps what finds no credit: a header dropped would let the
+            # user's own first bytes (a PROXY header of theirs) name the source the upstream trusts
+            TcpBridge.data_received(self, encode_proxy_header(version, source, destination or self._local()))
+        if rest:
+            self.data_received(rest)
 
     def _refuse(self, reason: str, source: Address | None = None) -> None:
         self._count_refused(reason, source)

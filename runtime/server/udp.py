@@ -14,9 +14,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..core.mux import ResetCode, StreamError, StreamLimit
+from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.session import Channel, Session
+from .registry import open_on_first
 from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.udp")
@@ -141,23 +142,13 @@ class UdpPort:
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
-        draining = full = 0
-        for session in self.candidates(self.service):
-            if session.closed.is_set():
-                continue
-            try:
-                flow.channel = session.open_stream(self.service, flow)
-            except StreamLimit:  # this client holds --max-client-streams already
-                full += 1
-                continue
-            except StreamError:  # draining (GOAWAY either way) until its client has reconnected
-                draining += 1
-                continue
-            self.flows[address] = flow
-            return flow
-        # as a TCP connection is refused
-        self.counters.drop("client_stream_limit" if full else "client_draining" if draining else "no_client")
-        return None
+        channel = open_on_first(self.candidates(self.service), self.service, flow)
+        if isinstance(channel, str):  # why no client took it, as a TCP connection's refusal is counted
+            self.counters.drop(channel)
+            return None
+        flow.channel = channel
+        self.flows[address] = flow
+        return flow
 
     def end_session(self, session: Session) -> None:
         """A client leaves (GOAWAY: it drains): its flows end now, and a source's next datagram opens one on
