@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.tunnel import TlsFiles, make_tls
+from helpers.tunnel import TlsFiles, free_port, make_tls
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,10 @@ def echo_port():
             except ConnectionResetError:  # tests that reset their users (failover): not the echo's error to print
                 pass
 
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Echo)
+    # a port of this worker's own slice, not bind(0)'s: tests serve the echo's port number again on 127.0.0.2
+    # (a data port), where an ephemeral number may be taken by another worker's connection (seen once in CI:
+    # "server cannot listen on 127.0.0.2:39661: port in use there")
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), Echo)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
