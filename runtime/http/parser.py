@@ -228,8 +228,9 @@ class Reader:
         cl = self._noted.get(b"content-length", ())
         if len(te) > 1 or len(cl) > 1 or (te and cl):
             raise self._fail(400, "conflicting or duplicate Content-Length / Transfer-Encoding")
-        if te and te[0].strip().lower() != b"chunked":
-            raise self._fail(400, "unsupported Transfer-Encoding (only chunked)")
+        if te and te[0].strip().lower() != b"chunked":  # RFC 9112 6.1: 501 for a coding not understood, as nginx
+            raise self._fail(501, f"Transfer-Encoding {te[0].strip().decode('latin-1')[:40]!r} is not supported: "
+                                  "send the body chunked or with Content-Length")
         if cl:
             text = cl[0].strip()
             if not text.isdigit() or len(text) > 18:

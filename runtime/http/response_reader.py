@@ -51,6 +51,9 @@ class ResponseReader(Reader):
         try:
             chunked, length = self._framing()
         except HttpError as exc:
+            if exc.status == 501:  # a coding besides chunked: nginx's 502 too, as the body cannot be passed on framed
+                coding = self._noted[b"transfer-encoding"][0].strip().decode("latin-1")[:40]
+                raise self._fail(502, f"upstream sent Transfer-Encoding {coding!r}: only chunked can be passed on") from None
             raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
         tokens = header_tokens(self._noted.get(b"connection"))
         if status == 101 and not (b"upgrade" in tokens and b"upgrade" in self._noted):
