@@ -1,7 +1,8 @@
 """The process lifecycle every ``inlets`` command shares.
 
 Servers: SIGTERM/SIGINT drain (no new connections, open ones get ``--drain-timeout``),
-SIGHUP re-reads ``--token-file`` (clients whose token was removed are disconnected).
+SIGHUP re-reads ``--token-file`` (clients whose token was removed are disconnected) and
+``--tls-cert``/``--tls-key`` (new handshakes get the new pair).
 Clients: SIGTERM/SIGINT drain the same way; SIGHUP reconnects make-before-break,
 re-reading the token file (token rotation without downtime).
 """
@@ -105,8 +106,10 @@ def run_server(
     token: str | None,
     token_file: Path | None,
     started: Callable[[], None] | None = None,
+    tls_files: tuple[Path, Path] | None = None,
 ) -> None:
-    """Start ``server`` (then ``started``); SIGHUP re-reads the token file; SIGTERM drains then exits 0."""
+    """Start ``server`` (then ``started``); SIGHUP re-reads the token file and ``tls_files`` (certificate, key);
+    SIGTERM drains then exits 0."""
 
     from ..core.listen import BindError  # here: a client has no use for it
 
@@ -127,8 +130,13 @@ def run_server(
             started()
 
     async def reload() -> None:
+        if tls_files is not None:
+            from .server_config import reload_certificate
+            reload_certificate(server.control.config, *tls_files)
         if token or token_file is None:
-            log.warning("event=reload_ignored reason=%s", logfmt("tokens come from --token/$INLETS_TOKEN, not a file"))
+            if tls_files is None:
+                log.warning("event=reload_ignored reason=%s", logfmt(
+                    "nothing to re-read: tokens come from --token/$INLETS_TOKEN, not a file, and TLS from no --tls-cert"))
             return
         try:
             tokens = read_tokens(None, token_file)

@@ -64,7 +64,7 @@ Token = Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-f
 TokenFile = Annotated[
     Optional[Path], typer.Option(help="File holding the token (server: one per line, re-read on SIGHUP).")
 ]
-TlsCert = Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM) for the control plane.")]
+TlsCert = Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM) for the control plane (re-read with --tls-key on SIGHUP).")]
 TlsKey = Annotated[Optional[Path], typer.Option(help="TLS private key (PEM).")]
 AutoTls = Annotated[bool, typer.Option(help="Generate a CA and server certificate (reused on restart).")]
 AutoTlsPath = Annotated[

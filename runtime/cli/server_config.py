@@ -79,6 +79,7 @@ def control_config(
     try:
         if tls_cert and tls_key:
             ssl_context = server_context(tls_cert, tls_key)
+            warn_if_others_can_read(Path(tls_key), "TLS key")
             warn_if_certificate_ending(Path(tls_cert), TLS_FILES_HINT)
         elif auto_tls:
             names = auto_tls_names(auto_tls_san) if auto_tls_san else [
@@ -96,11 +97,29 @@ def control_config(
     )
 
 
-TLS_FILES_HINT = ("clients refuse the certificate once it has ended: give the server a new one (--tls-cert/--tls-key) "
-                  "signed by the CA its clients pin; for an exit server inletsctl made, create a new exit server")
+TLS_FILES_HINT = ("clients refuse the certificate once it has ended: write a new one to --tls-cert/--tls-key, "
+                  "signed by the CA its clients pin, and send the server SIGHUP; for an exit server inletsctl made, create a new exit server")
 #: --auto-tls re-issues the server certificate from its CA as needed: what ends is the CA itself.
 AUTO_TLS_HINT = ("its CA {ca} ends then too, and clients refuse both: before that, move ca.crt and ca.key away and "
                  "restart to make a new CA, then give clients the new ca.crt")
+
+
+def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:
+    """SIGHUP: the pair now in --tls-cert/--tls-key serves every handshake from then on (a renewed certificate
+    without cutting a client); connections already up keep theirs. The pair is loaded into a new context, so
+    files caught half-written, or a key not matching, leave the current pair serving."""
+    try:
+        context = server_context(cert, key)
+    except TlsConfigError as exc:
+        log.error("event=reload_failed error=%s keeping=current_certificate", logfmt(exc))
+        return
+    config.ssl_context = context
+    try:
+        not_after = iso(not_after_pem(Path(cert).read_bytes()))
+    except (OSError, ValueError):
+        not_after = "-"
+    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), not_after)
+    warn_if_certificate_ending(Path(cert), TLS_FILES_HINT)
 
 
 def warn_if_certificate_ending(cert: Path, hint: str) -> None:

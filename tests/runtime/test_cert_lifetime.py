@@ -11,6 +11,9 @@ import datetime
 import ipaddress
 import logging
 import re
+import signal
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from helpers.tunnel import TlsFiles, control_url, free_port, run, start_client, stop
+from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, control_url, free_port, make_tls, run, start_client, stop
 
 from inlets_py.provisioner.material import generate
 from inlets_py.runtime.core.cert_expiry import WARN_WITHIN, not_after_der, not_after_pem
@@ -217,3 +221,55 @@ def test_a_certificate_not_yet_valid_is_said_by_the_server_and_named_by_the_refu
     message = _refusal(config, token, files)
     assert "certificate is not yet valid" in message and "clock" in message, message
     assert "check --tls-ca" not in message
+
+
+def _verifies(port: int, ca: Path) -> bool:
+    """Whether a new TLS connection to the control port presents a certificate ``ca`` signed."""
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1"):
+            return True
+    except ssl.SSLCertVerificationError:
+        return False
+
+
+def _install(pair: TlsFiles, live: TlsFiles) -> None:
+    live.cert.write_bytes(pair.cert.read_bytes())
+    live.key.write_bytes(pair.key.read_bytes())
+    live.key.chmod(0o600)
+
+
+def test_sighup_serves_a_renewed_certificate_to_new_clients_and_keeps_connected_ones(
+        tmp_path: Path, token_file: Path, echo_port: int) -> None:
+    """A renewed --tls-cert/--tls-key (certbot's, cert-manager's) took a restart, which cut every client."""
+    first, renewed = make_tls(tmp_path / "first"), make_tls(tmp_path / "renewed")  # two CAs: who signed tells
+    live = TlsFiles(first.ca, tmp_path / "server.crt", tmp_path / "server.key")
+    _install(first, live)
+    control, old_port, new_port = free_port(), free_port(), free_port()
+    logs = {name: tmp_path / f"{name}.log" for name in ("server", "old", "new")}
+    server = spawn(*server_args(control, live, token_file), log=logs["server"])
+    old = spawn(*client_args(control, first, token_file, "--upstream", f"{old_port}=127.0.0.1:{echo_port}"),
+                log=logs["old"])
+    new = None
+    try:
+        wait_port(old_port)
+        live.key.write_text("-----BEGIN PRIVATE KEY-----\n")  # caught half-written: the first pair keeps serving
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(logs["server"], "event=reload_failed")
+        assert "keeping=current_certificate" in logs["server"].read_text()
+        assert _verifies(control, first.ca)
+
+        _install(renewed, live)
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(logs["server"], "event=certificate_reloaded")
+        assert _verifies(control, renewed.ca) and not _verifies(control, first.ca)
+        new = spawn(*client_args(control, renewed, token_file, "--upstream", f"{new_port}=127.0.0.1:{echo_port}"),
+                    log=logs["new"])
+        wait_port(new_port)
+        assert echo_once(new_port, b"renewed") == b"renewed"
+        assert echo_once(old_port, b"kept") == b"kept"  # the client connected before is still served, never cut
+        assert logs["old"].read_text().count("event=connected") == 1
+        assert "Traceback" not in logs["server"].read_text()
+    finally:
+        stop_all(*[p for p in (server, old, new) if p is not None])

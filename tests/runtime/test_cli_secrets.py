@@ -148,3 +148,22 @@ def test_plaintext_on_an_address_others_reach_is_warned_of(control_addr: str, wa
     if warned:
         assert "use --auto-tls" in lines[0]
 
+
+
+def test_a_tls_key_others_can_read_gets_one_warning(tmp_path, tls, token_file) -> None:
+    """A token file others could read was warned of; the server's private key, the one file that lets
+    anyone impersonate the server, was not."""
+    from helpers.process import server_args
+    from helpers.tunnel import TlsFiles, free_port
+
+    key = tmp_path / "server.key"
+    key.write_bytes(tls.key.read_bytes())
+    key.chmod(0o644)
+    log = tmp_path / "server.log"
+    server = spawn(*server_args(free_port(), TlsFiles(tls.ca, tls.cert, key), token_file), log=log)
+    try:
+        text = wait_for_text(log, "event=started", timeout=15)
+    finally:
+        stop_all(server)
+    assert text.count(f"TLS key {key} can be read by other users (mode 0644): run chmod 600 {key}") == 1, text
+    assert "PRIVATE KEY" not in text

@@ -116,4 +116,5 @@ def run(flags: SimpleNamespace) -> None:
                      ",".join(https.letsencrypt.domains))
 
     run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}, data {data}",
-               drain_timeout=flags.drain_timeout, token=flags.token, token_file=flags.token_file, started=started)
+               drain_timeout=flags.drain_timeout, token=flags.token, token_file=flags.token_file, started=started,
+               tls_files=(flags.tls_cert, flags.tls_key) if flags.tls_cert and flags.tls_key else None)
