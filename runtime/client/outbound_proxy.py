@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import ssl
@@ -183,7 +184,7 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
         return ProxyChoice(None, "environment")
     parts = urlsplit(ws_url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    if urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
+    if no_proxy_covers(parts.hostname or "", port) or urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
         return ProxyChoice(None, "NO_PROXY")
     proxies = urllib.request.getproxies()
     keys = ["wss", "socks", "https"] if parts.scheme == "wss" else ["ws", "socks", "https", "http"]
@@ -197,6 +198,49 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
                 value = "socks5h://" + value.strip()
             return ProxyChoice(normalize(value, name), name)
     return ProxyChoice(None, "environment")
+
+
+def no_proxy_covers(host: str, port: int) -> bool:
+    """Whether ``NO_PROXY`` names ``host``, read as curl (7.86+) and Go read it: ``*``; a name, covering the names
+    under it (a leading dot or not); an IP address or a CIDR range (``10.0.0.0/8``, ``[::1]``, ``fd00::/8``); each
+    with ``:PORT`` optional. urllib reads names only, so a cluster's ``NO_PROXY=10.0.0.0/8`` sent a client dialling
+    ``wss://10.1.2.3`` through the corporate proxy. No name is resolved, as in curl."""
+    setting = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in (part.strip().lower() for part in setting.split(",")):
+        if entry == "*":
+            return True
+        name, entry_port = _entry_parts(entry)
+        if not name or (entry_port is not None and entry_port != port):
+            continue
+        try:
+            network = ipaddress.ip_network(name, strict=False)
+        except ValueError:
+            name = name.lstrip(".").rstrip(".")
+            if name and (host == name or host.endswith("." + name)):
+                return True
+            continue
+        if address is not None and address in network:
+            return True
+    return False
+
+
+def _entry_parts(entry: str) -> tuple[str, int | None]:
+    """A NO_PROXY entry as (name or address or range, port or None): ``[v6]:PORT``, ``HOST:PORT``, bare IPv6."""
+    if entry.startswith("["):
+        name, _, rest = entry[1:].partition("]")
+        if not rest:
+            return name, None
+        port = rest[1:] if rest.startswith(":") else "?"
+    elif entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+    else:
+        return entry, None
+    return (name, int(port)) if port.isascii() and port.isdigit() else ("", None)  # a port not digits: no match
 
 
 def _environment_may_name_a_proxy() -> bool:

@@ -112,6 +112,7 @@ def test_64_mib_each_way_through_a_socks5_proxy(tls: TlsFiles, token: str, socks
     ({"https_proxy": "127.0.0.1:{http_port}"}, "tinyproxy"),  # bare host:port, as curl takes it
     ({"ALL_PROXY": "socks5://127.0.0.1:{socks_port}"}, "danted"),
     ({"HTTPS_PROXY": "{http}", "NO_PROXY": "localhost,127.0.0.1"}, "direct"),
+    ({"HTTPS_PROXY": "{http}", "NO_PROXY": "10.0.0.0/8, 127.0.0.0/8"}, "direct"),  # CIDR, as curl and Go read it
 ])
 def test_proxy_from_the_environment(
     tls: TlsFiles, token: str, open_proxy: Daemon, socks_proxy: Daemon, monkeypatch: pytest.MonkeyPatch,
@@ -143,6 +144,33 @@ def test_proxy_from_the_environment(
             await server.stop()
 
     run(scenario(), timeout=30)
+
+
+@pytest.mark.parametrize("no_proxy, url, direct", [
+    ("10.0.0.0/8", "wss://10.1.2.3:8123", True),
+    ("10.0.0.0/8", "wss://11.1.2.3:8123", False),
+    ("[::1]", "wss://[::1]:8123", True),
+    ("::1", "wss://[::1]:8123", True),
+    ("fd00::/8", "wss://[fd00::5]:8123", True),
+    ("fd00::/8", "wss://10.1.2.3:8123", False),
+    ("[fd00::5]:8123", "wss://[fd00::5]:8123", True),
+    ("[fd00::5]:443", "wss://[fd00::5]:8123", False),
+    ("127.0.0.1:9999", "wss://127.0.0.1:8123", False),
+    ("127.0.0.1:8123", "wss://127.0.0.1:8123", True),
+    ("example.com:x", "wss://example.com:8123", False),
+    (".example.com", "wss://tunnel.example.com:8123", True),
+    ("example.com", "wss://tunnel.example.com:8123", True),
+    ("example.com", "wss://badexample.com:8123", False),
+    ("Example.COM.", "wss://EXAMPLE.com.:8123", True),
+    (" a.test , * ", "wss://anything:8123", True),
+    ("10.1.2.0/24", "wss://tunnel.internal:8123", False),  # a name is not resolved to match a range
+])
+def test_no_proxy_names_ranges_and_ports(monkeypatch: pytest.MonkeyPatch, no_proxy: str, url: str, direct: bool) -> None:
+    for name in ("NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy", "ALL_PROXY", "all_proxy", "SOCKS_PROXY", "socks_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://corp:3128")
+    monkeypatch.setenv("NO_PROXY", no_proxy)
+    assert (choose(None, url + "/connect").url is None) == direct
 
 
 def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
