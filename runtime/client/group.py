@@ -85,9 +85,13 @@ class ClientGroup:
                 self.refused[url] = error if error.startswith(url) else f"{url}: {error}"
             if len(self.refused) == len(self.clients):
                 raise FatalClientError("every server refused this client: " + "; ".join(self.refused.values()))
-            log.error("event=server_refused url=%s error=%s retry_in=%.0fs next=%s", logfmt(url), logfmt(error),
-                      self.fatal_retry, logfmt("serving through the other servers; fix this one (the token file is "
-                                               "re-read at each try), then send SIGHUP to try it at once"))
+            others = [other for other in self.held() if other != url]
+            now = (f"serving through {', '.join(others)}" if others else
+                   "no other server holds this client now, so users are not served until one does")
+            log.error("event=server_refused url=%s error=%s retry_in=%.0fs next=%s", logfmt(url),
+                      logfmt(error.removeprefix(url).removeprefix(": ")), self.fatal_retry,
+                      logfmt(f"{now}; fix this one (the token file is re-read at each try), "
+                             "then send SIGHUP to try it at once"))
             self._report()
             try:
                 await asyncio.wait_for(self._retry_now.wait(), self.fatal_retry)

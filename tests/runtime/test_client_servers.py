@@ -145,7 +145,8 @@ def test_a_server_refusing_the_token_costs_only_its_own_session(tmp_path: Path, 
         _held(client_log, "event=servers held=1/2")
         refused = [line for line in client_log.read_text().splitlines() if "event=server_refused" in line]
         assert len(refused) == 1 and f"url={urls[0]}" in refused[0] and "HTTP 401" in refused[0], refused
-        assert "SIGHUP" in refused[0] and "other servers" in refused[0]
+        assert "SIGHUP" in refused[0] and refused[0].count(urls[0]) == 1, refused
+        assert f"serving through {urls[1]}" in refused[0] or "no other server holds this client now" in refused[0]
         wait_port(echo_port, host=DATA_ADDRS[1])
         assert echo_once(echo_port, b"through the other", DATA_ADDRS[1]) == b"through the other"
         assert client.poll() is None  # still running
@@ -157,6 +158,27 @@ def test_a_server_refusing_the_token_costs_only_its_own_session(tmp_path: Path, 
         assert not any(t.read_text().strip() in client_log.read_text() for t in tokens)
     finally:
         for process in (client, *servers):
+            terminate(process)
+
+
+def test_a_refusal_while_no_other_server_is_held_says_so(tmp_path: Path, tls: TlsFiles) -> None:
+    """The line said 'serving through the other servers' while the only other one was down."""
+    tokens = _tokens(tmp_path)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-token-of-server-0\n")
+    control, down = free_port(), free_port()
+    server = _server("tcp", control, tls, tokens[0], DATA_ADDRS[0], tmp_path / "server.log")
+    client_log = tmp_path / "client.log"
+    client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--url", f"wss://127.0.0.1:{down}",
+                   "--token-file", str(wrong), "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80",
+                   log=client_log)
+    try:
+        _held(client_log, "event=server_refused")
+        refused = [line for line in client_log.read_text().splitlines() if "event=server_refused" in line]
+        assert "no other server holds this client now" in refused[0] and "serving through" not in refused[0], refused
+        assert client.poll() is None  # the other server may come up: it keeps trying both
+    finally:
+        for process in (client, server):
             terminate(process)
 
 
