@@ -190,6 +190,8 @@ def test_a_plain_tcp_create_boots_clean_and_carries_bytes_byte_exact(boots: Boot
 
 def test_systemd_in_the_vm_passes_quoted_values_byte_for_byte(boots: Boots) -> None:
     """runtime/generate/systemd_quote.py's ExecStart, read by the VM's systemd: each hostile word arrives as one argument."""
+    if str(ROOT / "tests/runtime") not in sys.path:  # there only when pytest collected tests/runtime too
+        sys.path.append(str(ROOT / "tests/runtime"))
     from test_unit_quoting import HOSTILE_WORDS
 
     world, (result, _) = boots.get("tcp")
