@@ -21,10 +21,11 @@ CACHE_ENV = "INLETS_TEST_CACHE"
 DEFAULT_CACHE = "/var/cache/inlets-tests"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-#: what a cloud image has (systemd, cloud-init, python3 with venv, sshd, sudo for the default user);
-#: python3-cffi-backend is named because debootstrap does not resolve it for cloud-init's dependencies
+#: what a cloud image has (systemd, cloud-init, python3, sshd, sudo for the default user); python3-cffi-backend
+#: is named because debootstrap does not resolve it for cloud-init's dependencies. Not python3-venv: cloud
+#: images lack it, and the user-data installs it (with it here, a user-data that forgot it booted fine).
 PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-venv", "python3-cffi-backend",
+    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-cffi-backend",
     "openssh-server", "sudo", "ca-certificates", "iproute2", "procps",
 )
 #: cloud-init as a cloud configures it: the NoCloud seed only, and a locale minbase has
