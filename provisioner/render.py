@@ -15,6 +15,7 @@ the user-data where it fits; elsewhere ``create`` delivers it over the control p
 from __future__ import annotations
 
 import base64
+import gzip
 import datetime
 import functools
 import json
@@ -190,5 +191,8 @@ def wheel_xz_base64(wheel: ServerWheel) -> str:
 
 
 def receiver_script() -> str:
-    """provisioner/wheel_receiver.py as the user-data carries it (without docstrings and comments)."""
-    return compact_source(Path(wheel_receiver.__file__).read_text())
+    """provisioner/wheel_receiver.py as the user-data carries it: without docstrings and comments, gzipped (mtime 0,
+    so the same bytes every time, which the Terraform module's copy relies on) and base64 for ``encoding: gz+b64``.
+    Plain, it took 5.3 KB of EC2's 16 KiB; gzipped, 2.6."""
+    source = compact_source(Path(wheel_receiver.__file__).read_text()).encode()
+    return base64.b64encode(gzip.compress(source, compresslevel=9, mtime=0)).decode()

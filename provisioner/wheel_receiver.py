@@ -8,9 +8,10 @@ authorised by the tunnel token, and the file accepted only if its digest is the 
 the user-data. Then the boot goes on as with an embedded wheel. Nothing else is answered
 (``/healthz`` says 503: the server is still being installed).
 
-Each connection is served in a thread of its own and has CONNECTION_TIME seconds in all, and one address
-holds at most MAX_PER_PEER of them, so that a peer that connects and trickles bytes, or holds every place
-it can (the port faces the internet), cannot hold off create's push.
+Each connection is served in a thread of its own and has CONNECTION_TIME seconds in all, one address
+holds at most MAX_PER_PEER of them, and past MAX_CONNECTIONS a new one closes the oldest not yet
+authorised, so that peers that connect and trickle bytes, or hold every place they can (the port faces
+the internet), cannot hold off create's push.
 """
 
 import argparse
@@ -82,6 +83,7 @@ def serve_one(conn, token, digest, deadline):
         return None
     offered = headers.get("authorization", "")
     authorised = hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+    threading.current_thread().authorised = authorised  # no longer the one a new connection may close
     chunks, size = [body], len(body)
     while size < int(length):  # read it all before answering, so the sender reads the answer
         chunk = recv(conn, 65536, deadline)
@@ -129,7 +131,9 @@ def main():
     def handle(raw, peer):
         try:
             raw.settimeout(CONNECTION_TIME)
-            with context.wrap_socket(raw, server_side=True) as conn:
+            with context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False) as conn:
+                threading.current_thread().sock = conn  # what a later connection closes to make room
+                conn.do_handshake()
                 data = serve_one(conn, token, args.sha256, time.monotonic() + CONNECTION_TIME)
             if data is not None:
                 got.append((data, peer[0]))
@@ -145,13 +149,22 @@ def main():
             raw, peer = server.accept()
         except socket.timeout:
             continue
-        live = [thread for thread in live if thread.is_alive()]
+        live = [thread for thread in live if thread.is_alive() and not thread.closed]
         key = peer_key(peer[0])
-        if len(live) >= MAX_CONNECTIONS or sum(thread.name == key for thread in live) >= MAX_PER_PEER:
+        waiting = [thread for thread in live if not thread.authorised]
+        if sum(thread.name == key for thread in live) >= MAX_PER_PEER or (len(live) >= MAX_CONNECTIONS and not waiting):
             raw.close()
-        else:
-            live.append(threading.Thread(target=handle, args=(raw, peer), name=key, daemon=True))
-            live[-1].start()
+            continue
+        if len(live) >= MAX_CONNECTIONS:  # the oldest not yet authorised makes room: its thread ends at once
+            waiting[0].closed = True
+            try:
+                socket.socket.shutdown(waiting[0].sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        thread = threading.Thread(target=handle, args=(raw, peer), name=key, daemon=True)
+        thread.sock, thread.authorised, thread.closed = raw, False, False
+        live.append(thread)
+        thread.start()
     if got:
         data, sender = got[0]
         with open(args.out, "wb") as file:
