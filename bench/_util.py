@@ -264,6 +264,22 @@ def median(values: list[float]) -> float:
     return percentile(values, 50) if values else float("nan")
 
 
+def run_main(main, name: str) -> None:
+    """Run a bench's ``main`` and exit: SIGTERM (``kill``, a CI timeout) unwinds like Ctrl-C, so the
+    context managers stop every child process and remove the temp dir (by default Python dies at once and
+    leaves them all running); a BenchError or an interrupt ends with one line, not a traceback."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        code = main()
+    except BenchError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; child processes stopped", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 def which(cmd: str, *extra_dirs: str) -> str | None:
     path = shutil.which(cmd)
     if path:

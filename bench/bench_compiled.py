@@ -34,7 +34,7 @@ from typing import Callable
 
 import _paths
 from _report import StealMark, machine_line, steal_line
-from _util import LOOPBACK, BenchError, raise_nofile
+from _util import LOOPBACK, BenchError, raise_nofile, run_main
 from bench_http import Result, ensure_packages, measure_case, nginx, tunnel
 
 ROOT = FsPath(__file__).resolve().parent.parent
@@ -203,8 +203,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_compiled: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "bench_compiled")

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import (MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median, port_accepts,  # noqa: E402
-                   round_order, spawn, wait_until)
+from _util import (MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median,  # noqa: E402
+                   port_accepts, round_order, run_main, spawn, wait_until)
 
 ADDRS = ("127.0.0.2", "127.0.0.3")
 FRONT = "127.0.0.4"
@@ -273,4 +273,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "bench_ha")

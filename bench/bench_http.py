@@ -41,7 +41,7 @@ from types import SimpleNamespace
 
 import _paths  # noqa: E402
 from _report import SSH_CIPHER, StealMark, machine_line, steal_line  # noqa: E402
-from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, descendants, free_port, port_accepts,  # noqa: E402
+from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, run_main, descendants, free_port, port_accepts,  # noqa: E402
                    raise_nofile, round_order, spawn, wait_until, which)
 
 PATHS = ("direct", "tunnel", "tcp-tunnel", "py-relay", "ssh-R", "ssh-L")
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmpdir:
         tmp = FsPath(tmpdir)
         with nginx(tmp) as upstream, contextlib.ExitStack() as stack:
-            sshd = stack.enter_context(_paths.sshd(tmp)) if {"ssh-R", "ssh-L"} & set(paths) else None
+            sshd: _paths.Sshd | None = None  # started with the first ssh path: a missing OpenSSH fails those only
             targets: dict[str, _paths.Path] = {}
             for name in paths:  # all up at once: an idle path costs nothing
                 print(f"{name}: setting up", file=sys.stderr)
@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                         make = _paths.tunnel if name == "tcp-tunnel" else _paths.py_relay
                         targets[name] = stack.enter_context(make(nginx_only, tmp))  # type: ignore[arg-type]
                     else:
-                        targets[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))  # type: ignore[arg-type]
+                        sshd = sshd or stack.enter_context(_paths.sshd(tmp))
+                        targets[name] = stack.enter_context(ssh("-R" if name == "ssh-R" else "-L", upstream, sshd))
                 except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                     for case, _, _ in cases:
                         results[case][name] = Result(name, error=str(exc))
@@ -348,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ssh_version() -> str:
-    out = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10)
+    try:
+        out = subprocess.run(["ssh", "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "no OpenSSH client"
     return (out.stderr or out.stdout).strip().split(",")[0]
 
 
@@ -361,4 +365,4 @@ def _has_uvloop() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "bench_http")

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import LOOPBACK, BenchError, connect, free_port, raise_nofile, which  # noqa: E402
+from _util import LOOPBACK, BenchError, connect, free_port, raise_nofile, run_main, which  # noqa: E402
 from bench_http import nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,8 +225,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_instructions: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, "bench_instructions")

@@ -33,7 +33,7 @@ import time
 from pathlib import Path as FsPath
 
 from _report import StealMark, machine_line, steal_line
-from _util import BenchError, raise_nofile, rss_mib
+from _util import BenchError, raise_nofile, rss_mib, run_main
 from bench_compiled import finish, measure_cases, print_tables, python_path, tunnels
 from bench_http import Result, ensure_packages, nginx
 
@@ -147,8 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        print(f"bench_interpreter: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main, "bench_interpreter")

@@ -40,7 +40,8 @@ from pathlib import Path as FsPath
 
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import LOOPBACK, BenchError, Proc, free_ports, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
+from _util import (LOOPBACK, BenchError, Proc, free_ports, port_accepts, raise_nofile, rss_mib, run_main, spawn,  # noqa: E402
+                   wait_until)
 
 # The runtime's public client entry points (one import line to change if the package moves).
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient  # noqa: E402
@@ -346,4 +347,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "bench_scale")

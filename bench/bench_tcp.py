@@ -34,7 +34,7 @@ import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import Config, Result, StealMark, environment, table, targets  # noqa: E402
 from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
-from _util import (MIB, BenchError, cpu_seconds, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
+from _util import (MIB, BenchError, cpu_seconds, run_main, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
                    median, percentile, raise_nofile, round_order, rss_mib)
 
 PATHS = {"direct": "direct", "tunnel": "tunnel", "py-relay": "py relay", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
@@ -334,4 +334,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "bench_tcp")

@@ -1,0 +1,90 @@
+"""The benches' own plumbing: cleanup on SIGTERM, one-line errors for missing tools.
+
+Real processes (the bench scripts as users run them); loopback only, every run bounded in time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_bench_children_and_removes_its_temp_dir(tmp_path: Path) -> None:
+    """``kill PID`` (or a CI timeout) used to end the bench at once, leaving the target, tunnels, sshd and
+    the temp dir with tokens and ssh keys behind."""
+    err = open(tmp_path / "stderr", "wb")
+    bench = subprocess.Popen([sys.executable, str(BENCH / "bench_tcp.py"), "--paths", "direct", "--quick",
+                              "--seconds", "5", "--max-mib", "100000", "--conns", "10", "--idle", "10"],
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    target = None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"throughput runs" not in (tmp_path / "stderr").read_bytes():
+            assert bench.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        target = next(p for p in _children(bench.pid) if b"_target.py" in Path(f"/proc/{p}/cmdline").read_bytes())
+        workdir = Path(os.readlink(f"/proc/{target}/fd/1")).parent  # its log is in the bench's temp dir
+        assert workdir.is_dir()
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(20) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 5
+        while _alive(target) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(target), "the target process outlived the bench"
+        assert not workdir.exists(), "the bench's temp dir was left behind"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        if target is not None and _alive(target):
+            os.kill(target, signal.SIGKILL)
+        err.close()
+
+
+def test_bench_http_without_its_tools_says_so_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()  # no wrk, curl or apt-get on PATH
+    done = subprocess.run([sys.executable, str(BENCH / "bench_http.py"), "--quick"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PATH=str(empty)))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["bench_http: missing wrk curl: apt-get install wrk curl"]
+
+
+@pytest.mark.skipif(not (shutil.which("wrk") and shutil.which("curl") and shutil.which("nginx", path="/usr/sbin:/usr/bin")),
+                    reason="needs wrk, curl and nginx")
+def test_bench_http_without_openssh_fails_the_ssh_paths_only(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("wrk", "curl"):  # and no ssh
+        (bindir / tool).symlink_to(shutil.which(tool))
+    done = subprocess.run([sys.executable, str(BENCH / "bench_http.py"), "--quick", "--paths", "direct,ssh-L",
+                           "--cases", "1 KiB", "--seconds", "1"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PATH=str(bindir)))
+    assert "Traceback" not in done.stderr, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith(("direct ", "ssh-L "))}
+    assert "FAILED: OpenSSH (sshd, ssh, ssh-keygen) is not available" in rows["ssh-L"]
+    assert "FAILED" not in rows["direct"]
+    assert done.returncode == 1
