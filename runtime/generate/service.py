@@ -28,6 +28,10 @@ TOKEN_PATH = f"{SECRET_DIR}/token"
 K8S_SECRET_DIR = "/var/run/secrets/inlets"
 #: Options whose value is a file the service must read.
 FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
+#: Of those, certificates: no secret, so the setup line leaves one the unit's user can read already as it is.
+#: Handing it over with chmod 600 made a shared one, such as /etc/ssl/certs/ca-certificates.crt, unreadable to
+#: every other user of the host (their TLS checks failed); the service only needs to read it.
+PUBLIC_FILE_OPTIONS = ("--tls-cert", "--tls-ca", "--upstream-ca")
 #: Options whose value is a folder the service writes (its certificates). ProtectSystem=strict leaves only the
 #: StateDirectory writable, so without a ReadWritePaths= of its own such a server failed at every start.
 WRITTEN_DIR_OPTIONS = ("--auto-tls-path", "--letsencrypt-path")
@@ -196,7 +200,8 @@ def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> 
 def _check_reachable(runtime: list[str], files: list[tuple[str, str]], dirs: list[tuple[str, str]]) -> None:
     """Refuse a unit its user could not start: a folder it cannot enter on the way to what it runs or reads failed
     every start with "Permission denied" (see reachable.py). The files and folders the setup line hands to the
-    user need only their way in; what this inlets runs must itself be readable (and a program runnable) by it."""
+    user need only their way in; what this inlets runs must itself be
+    readable (and a program runnable) by it."""
     for path in runtime:
         if found := reachable.blocked(path, SERVICE_USER, reachable.READ | reachable.EXECUTE):  # run, or list and enter
             raise GenerateError(
@@ -249,7 +254,10 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     needed = runtime + files + dirs + [os.path.realpath(p) for p in runtime + files + dirs]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
-        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files})
+        # a folder it both reads and writes is only a ReadWritePaths=: given both, systemd keeps the read-only one
+        # (namespace.c drop_duplicates: "the more restrictive mode" wins), and --auto-tls failed at every start
+        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files
+                                  if str(Path(f).parent) not in dirs})
         read_write_paths = sorted({path_value(d) for d in dirs})  # made by the setup hint; a missing one fails the start
         for file in files:  # named in the setup hint's comment line too
             path_value(file)
@@ -257,6 +265,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     _check_not_private_tmp(runtime, named_files + written_dirs)  # after quoting: a path with a line break is refused above
     _check_reachable(runtime, named_files, written_dirs)
+    handed = [path for option, path in named_files if not _readable_certificate(option, path)]
     return render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
@@ -267,8 +276,14 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         read_only_paths=read_only_paths,
         read_write_paths=read_write_paths,
         protect_home=_protect_home(needed, dirs),
-        setup_hint=_setup_hint(files, dirs),
+        setup_hint=_setup_hint(handed, dirs),
     )
+
+
+def _readable_certificate(option: str, path: str) -> bool:
+    """A certificate the unit's user can read now: the setup line leaves it alone (see PUBLIC_FILE_OPTIONS)."""
+    return option in PUBLIC_FILE_OPTIONS and os.path.isfile(path) and not reachable.blocked(
+        path, SERVICE_USER, reachable.READ)
 
 
 def _protect_home(needed: list[str], dirs: list[str]) -> str:
@@ -282,8 +297,10 @@ def _setup_hint(files: list[str], dirs: list[str] | None = None) -> str:
     """The shell line that makes the service user and hands it the files (and the folders it writes), each path
     shell-quoted so the line can be pasted as it is. It lands in a comment, which systemd ignores whole (no %
     specifiers there), and path_value has refused line breaks, quotes and backslashes in these paths already."""
-    paths = shlex.join(sorted(set(files)))
-    hint = f"useradd --system --no-create-home {SERVICE_USER}; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"
+    hint = f"useradd --system --no-create-home {SERVICE_USER}"
+    if files:  # a certificate its user can read already is not among them
+        paths = shlex.join(sorted(set(files)))
+        hint += f"; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"
     if dirs:
         folders = shlex.join(sorted(set(dirs)))
         hint += f"; mkdir -p {folders}; chown {SERVICE_USER}: {folders}; chmod 700 {folders}"

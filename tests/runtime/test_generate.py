@@ -330,6 +330,41 @@ def test_a_folder_the_server_writes_is_writable_in_the_unit(option: str, extra: 
     assert f"; mkdir -p {folder}; chown inlets: {folder}; chmod 700 {folder}" in result.stdout
 
 
+def test_a_folder_the_server_writes_and_reads_a_file_from_is_only_writable(tmp_path: Path) -> None:
+    """The token kept in the --auto-tls-path folder made it a ReadOnlyPaths= and a ReadWritePaths= both: systemd
+    keeps the more restrictive of two mounts of one path (namespace.c, drop_duplicates), so the server could not
+    write its CA there and failed at every start. The folder is now only writable (the token still read there)."""
+    with folder_outside_tmp() as folder:
+        (folder / "token").write_text("tok-Rw71\n")
+        (folder / "token").chmod(0o600)
+        result = unit_inlets("tcp", "server", "--auto-tls", "--auto-tls-path", str(folder), "--token-file",
+                             str(folder / "token"), "--generate=systemd")
+        assert result.returncode == 0, result.stderr
+        assert f" --token-file {folder}/token" in _verified(tmp_path, result.stdout, "inlets-tcp-server.service")
+        paths = [line for line in result.stdout.splitlines() if line.startswith(("ReadOnlyPaths=", "ReadWritePaths="))]
+        assert paths == [f"ReadWritePaths={folder}"], paths
+
+
+def test_the_setup_line_leaves_a_certificate_others_read_as_it_is(tmp_path: Path) -> None:
+    """``--tls-ca /etc/ssl/certs/ca-certificates.crt`` had the setup line chown that shared bundle to the unit's user
+    and chmod it 600: every other user of the host could no longer verify TLS. A certificate the unit's user can read
+    is left alone; one it cannot read (0600 root's) is still handed over, as the secrets are."""
+    with folder_outside_tmp() as folder:
+        shared, private = folder / "shared-ca.crt", folder / "private-ca.crt"
+        for path, mode in ((shared, 0o644), (private, 0o600)):
+            path.write_text("-----BEGIN CERTIFICATE-----\n")
+            path.chmod(mode)
+        hints = []
+        for ca in (shared, private):
+            result = unit_inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
+                                 "--tls-ca", str(ca), "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+            assert result.returncode == 0, result.stderr
+            assert f" --tls-ca {ca}" in _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
+            hints.append(next(line for line in result.stdout.splitlines() if line.startswith("# Before the first")))
+        assert str(shared) not in hints[0] and "chmod 600 /etc/inlets/token" in hints[0], hints[0]
+        assert f"chmod 600 /etc/inlets/token {private}" in hints[1], hints[1]
+
+
 def test_a_written_folder_under_tmp_is_refused() -> None:
     result = inlets("tcp", "server", "--auto-tls", "--auto-tls-path", "/tmp/inlets-certs", "--token-file",
                     "/etc/inlets/token", "--generate=systemd")
