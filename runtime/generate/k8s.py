@@ -13,6 +13,7 @@ and one token reach all of them. The client command, one ``--url`` per replica, 
 from __future__ import annotations
 
 import base64
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,18 @@ def _ports(option: str, value: str | None) -> list[int]:
         return parse_port_list(value or "")
     except ValueError as exc:
         raise GenerateError(f"{option}: {exc}") from None
+
+
+#: A server's listening addresses: the Service (and a client in another pod) reaches the pod's own address only.
+BIND_OPTIONS = ("--control-addr", "--data-addr")
+
+
+def _loopback(value: str | None) -> bool:
+    host = (value or "").strip("[]").lower()
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost" or host.endswith(".localhost")
 
 
 def _replicas(pairs: Pairs) -> tuple[Pairs, int]:
@@ -169,6 +182,9 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
             key = option.lstrip("-")
             secret[key] = _b64(_read(option, value))
             value = f"{K8S_SECRET_DIR}/{key}"
+        if option in BIND_OPTIONS and server and _loopback(value):
+            raise GenerateError(f"{option} {value} cannot be used with --generate=k8s_yaml: the Service reaches the pod "
+                                "at the pod's own address, never its loopback; leave it out")
         if option == "--control-port":
             control = next(iter(_ports(option, value)), control)
         elif option == "--port":  # the HTTP data port
@@ -179,6 +195,10 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
         if value is not None:
             args.append(value)
     ports = _both([control, *data], udp) if server else []
+    forwarding = any(option == "--client-forwarding" for option, _ in pairs)  # clients' --local: the control port only
+    if server and replicas == 1 and not forwarding and not sorted(set(data) - {control}):  # --replicas: see below
+        raise GenerateError("--generate=k8s_yaml needs --allow-ports for a tcp server: its Service publishes only "
+                            "the data ports named there, so a port a client opened could not be reached")
     note = MIXED_PROTOCOLS if server and udp else ""
     docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, name),
                                    "type": "Opaque", "data": dict(sorted(secret.items()))}]

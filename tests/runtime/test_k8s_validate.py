@@ -73,7 +73,8 @@ def test_generated_yaml_is_valid_kubernetes(argv: tuple[str, ...], token_file: P
 
 def test_the_check_fails_what_kubernetes_would_refuse(token_file: Path) -> None:
     """A control: the same output with a misspelt field or a port as text is refused."""
-    result = inlets("tcp", "server", "--plaintext", "--token-file", str(token_file), "--generate=k8s_yaml")
+    result = inlets("tcp", "server", "--plaintext", "--allow-ports", "80", "--token-file", str(token_file),
+                    "--generate=k8s_yaml")
     docs = _valid(result.stdout)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     deployment["spec"]["replica"] = 2
@@ -202,6 +203,29 @@ def test_replicas_misused_get_one_line(argv: tuple[str, ...], error: str, token_
     result = inlets(*argv, "--token-file", str(token_file))
     assert result.returncode == 2 and result.stdout == "", result
     assert result.stderr.startswith(f"inlets: error: {error}") and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize("argv, error", [
+    (("tcp", "server"), "--generate=k8s_yaml needs --allow-ports for a tcp server: its Service publishes only"),
+    (("tcp", "server", "--allow-ports", "80", "--control-addr", "127.0.0.1"), "--control-addr 127.0.0.1 cannot be used"),
+    (("http", "server", "--data-addr", "::1"), "--data-addr ::1 cannot be used with --generate=k8s_yaml"),
+    (("tcp", "server", "--allow-ports", "80", "--data-addr=localhost"), "--data-addr localhost cannot be used"),
+], ids=["tcp-no-allow-ports", "control-loopback", "data-loopback-v6", "data-localhost"])
+def test_a_server_its_service_could_not_reach_is_refused(argv: tuple[str, ...], error: str, token_file: Path) -> None:
+    """A tcp server without --allow-ports got a Service with the control port only (the ports its clients opened
+    unreachable), and one listening on loopback a Service that reaches the pod's address: both printed, exit 0."""
+    result = inlets(*argv, "--plaintext", "--token-file", str(token_file), "--generate=k8s_yaml")
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith(f"inlets: error: {error}") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_forwarding_only_server_needs_no_data_ports(token_file: Path) -> None:
+    """--client-forwarding without data ports (the clients' --local reach in through the control port) is served."""
+    result = inlets("tcp", "server", "--plaintext", "--client-forwarding", "--client-forwarding-allow", "db:5432",
+                    "--token-file", str(token_file), "--data-addr", "0.0.0.0", "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    service = next(d for d in _valid(result.stdout) if d["kind"] == "Service")
+    assert [port["port"] for port in service["spec"]["ports"]] == [8123]
 
 
 @pytest.mark.parametrize("argv, advice", [
