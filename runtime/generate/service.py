@@ -141,6 +141,25 @@ def _split_proxy(value: str) -> SplitResult:
         raise GenerateError(str(exc)) from None
 
 
+def _environment_proxy(command: list[str], pairs: Pairs) -> Pairs:
+    """A client without --proxy takes its proxy from HTTPS_PROXY and the like, which a unit's environment lacks: the
+    command connected through it, the unit tried directly (and failed where only the proxy gets out). The proxy the
+    environment names for the --urls becomes the unit's --proxy (its password a file, as for --proxy's own)."""
+    if command[-1] != "client" or any(option == "--proxy" for option, _ in pairs):
+        return pairs
+    from ..client.outbound_proxy import ProxyConfigError, choose
+
+    try:
+        chosen = {choose(None, url).url for option, url in pairs if option == "--url" and url}
+    except ProxyConfigError as exc:
+        raise GenerateError(str(exc)) from None
+    if len(chosen) > 1:
+        raise GenerateError("the environment's proxy settings (HTTPS_PROXY, NO_PROXY, ...) send these --urls different "
+                            "ways, which one --proxy cannot say: give --proxy URL or --proxy none")
+    proxy = next(iter(chosen), None)
+    return pairs if proxy is None else [*pairs, ("--proxy", proxy)]
+
+
 def _check_token(found: FoundSecret) -> None:
     """The checks a running command applies to its token, applied before it goes into a unit or a Secret:
     an empty or blank file, a value that is the next flag, characters a header cannot carry."""
@@ -229,7 +248,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     secret given inline or in the environment becomes a file in /etc/inlets for the
     operator to write: ``--token X`` becomes ``--token-file /etc/inlets/token``.
     """
-    pairs, secrets = split_secrets(command, without_generate(argv))
+    pairs, secrets = split_secrets(command, _environment_proxy(command, without_generate(argv)))
     if not any(found.secret is TOKEN for found in secrets):  # none given here: the operator writes the file
         secrets.append(FoundSecret(TOKEN, None, None))
     for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator

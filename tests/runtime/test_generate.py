@@ -365,6 +365,24 @@ def test_the_setup_line_leaves_a_certificate_others_read_as_it_is(tmp_path: Path
         assert f"chmod 600 /etc/inlets/token {private}" in hints[1], hints[1]
 
 
+def test_the_proxy_the_environment_names_goes_into_the_unit(tmp_path: Path) -> None:
+    """The client took HTTPS_PROXY from its environment, which a unit does not have: the unit connected directly and,
+    where only the proxy gets out, never connected. It becomes the unit's --proxy, its password a file; NO_PROXY is
+    honoured; --urls the environment sends different ways are refused in one line."""
+    client = ["tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token", "--upstream",
+              "127.0.0.1", "--ports", "80", "--generate=systemd"]
+    result = unit_inlets(*client, env={"HTTPS_PROXY": "http://al:pw-Px4@proxy.corp:3128"})
+    assert result.returncode == 0, result.stderr
+    exec_start = _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
+    assert " --proxy http://al@proxy.corp:3128 " in exec_start and "pw-Px4" not in result.stdout, exec_start
+    assert "--proxy-password-file /etc/inlets/proxy-password" in exec_start
+    bypassed = unit_inlets(*client, env={"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "203.0.113.10"})
+    assert bypassed.returncode == 0 and "--proxy" not in bypassed.stdout, bypassed.stderr
+    mixed = inlets(*client, "--url", "wss://203.0.113.11:8123",
+                   env={"HTTPS_PROXY": "http://proxy.corp:3128", "NO_PROXY": "203.0.113.10"})
+    one_line_error(mixed, "the environment's proxy settings (HTTPS_PROXY, NO_PROXY, ...) send these --urls different")
+
+
 def test_a_written_folder_under_tmp_is_refused() -> None:
     result = inlets("tcp", "server", "--auto-tls", "--auto-tls-path", "/tmp/inlets-certs", "--token-file",
                     "/etc/inlets/token", "--generate=systemd")
