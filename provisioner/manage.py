@@ -97,6 +97,8 @@ def delete(
     label = (meta or {}).get("name") or name or (known.name if known is not None else None) or host_id
     try:
         started = time.monotonic()
+        if meta is not None and not by_id:
+            _check_serves(provider, host_id, meta["name"])
         provider.delete(host_id, timeout)
         progress(f"deleting {label} ({provider_name} {host_id})")
         wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started)
@@ -203,7 +205,8 @@ def list_servers(
                 seen = balancer is not None or any(members)
                 rows.append(replicas.group_row(meta, members, balancer, "both" if seen else "local state only"))
                 continue
-            host = by_id.pop(str(meta.get("id") or _named(by_id.values(), meta.get("name"))), None)
+            host_id = str(meta.get("id") or _named(by_id.values(), meta.get("name")))
+            host = None if _serves_another(by_id.get(host_id), meta["name"]) else by_id.pop(host_id, None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
@@ -281,6 +284,7 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
             result["id"] = host_id
     try:
         host = provider.status(str(meta.get("id")))
+        _check_serves(provider, str(meta.get("id")), name, host)
         result["vm"] = host.detail or host.status
         if not meta.get("ip") and host.ip:
             meta = meta | {"ip": host.ip}
@@ -303,6 +307,24 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
             f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
         ) from None
     return result
+
+
+def _serves_another(host: Host | None, name: object) -> bool:
+    """``host``, found by the pid a local exit server's state recorded, is another local exit server's process: the
+    pid was reused after this one died (a reboot, a kill -9), and must never be shown, asked or stopped as this one."""
+    return host is not None and host.provider == "local" and bool(host.name) and host.name != name
+
+
+def _check_serves(provider: Provisioner, host_id: str, name: object, host: Host | None = None) -> None:
+    """NotFound (gone) when the local process ``host_id`` serves another exit server than ``name``."""
+    if provider.name != "local":
+        return
+    try:
+        host = host or provider.status(host_id)
+    except NotFound:
+        return
+    if _serves_another(host, name):
+        raise NotFound(f"local: process {host_id} now serves exit server {host.name}, not {name}")
 
 
 def _named(hosts: Iterable[Host], name: object) -> str | None:
