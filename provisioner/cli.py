@@ -17,7 +17,7 @@ from inlets_py.runtime.cli.options import count_option, port_option, print_versi
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
-from .errors import ProvisionError, command_starts, finished, interrupted_status
+from .errors import ProvisionError, command_starts, finished, interrupted_status, os_words
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -160,11 +160,19 @@ def create_cmd(
             output.print_summary(summary, token)
             if summary.get("firewall"):
                 print(f"\nFirewall: {summary['firewall']}")
+        sys.stdout.flush()  # a full disk is found out here, where the server it made can still be named
         finished()
     except KeyboardInterrupt as exc:
         raise ProvisionError(f"interrupted: exit server {summary['name']!r} is ready; see its client command with: "
                              f"{inletsctl_command('status', summary['name'], opts.state_root)}",
                              exit_code=interrupted_status(exc)) from None
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # stdout on a full disk: the server is up all the same
+        _drop_stdout()
+        raise ProvisionError(f"exit server {summary['name']!r} is ready, but its summary could not be written "
+                             f"({os_words(exc)}); see its client command with: "
+                             f"{inletsctl_command('status', summary['name'], opts.state_root)}") from None
 
 
 @app.command(
@@ -307,12 +315,29 @@ for _command in app.registered_commands:
     _command.name = _command.callback.__name__.removesuffix("_cmd")  # type: ignore[union-attr]
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered can never be written, and the interpreter's own flush at
+    exit would otherwise print a second error."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (the tests' capture): nothing is flushed at exit either
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors and ProvisionErrors as one line on stderr, non-zero exit."""
     command_starts()
     try:
         status = app(args=argv, prog_name="inletsctl", standalone_mode=False)
+        sys.stdout.flush()  # here, not at the interpreter's exit, so that a failed write is said below
         finished()
+    except BrokenPipeError:  # `inletsctl list | head -1`: the reader wanted no more
+        _drop_stdout()
+        sys.exit(1)
     except typer.TyperException as exc:  # click usage errors: bad flags and values
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(exc.format_message(), err=True)
@@ -326,6 +351,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort) as exc:
         sys.exit(interrupted_status(exc))
+    except OSError as exc:  # the output could not be written (a full disk): one line, not a traceback
+        _drop_stdout()
+        where = f" ({exc.filename})" if exc.filename else " writing the output"
+        typer.echo(f"inletsctl: error: {os_words(exc)}{where}: make room (or write elsewhere) and run it again", err=True)
+        sys.exit(1)
     if status == 130:  # typer's status for a KeyboardInterrupt no command caught (a SIGTERM's is 143)
         status = interrupted_status()
     sys.exit(status if isinstance(status, int) else 0)
