@@ -317,20 +317,29 @@ class TunnelClient:
                 pass
         else:
             self._goaway_backoff.reset()
-        async with self._rotating:
-            if session is self.session and not self._stopping:
-                await self._replace()
+        # A server restarting (SIGTERM, then started again) refuses the first try: tried once, the client kept the
+        # draining session, which refuses every new stream, until its last stream ended (up to --drain-timeout).
+        retry = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        while True:
+            async with self._rotating:
+                if session is not self.session or self._stopping or session.closed.is_set() or await self._replace():
+                    return
+            waits = {asyncio.ensure_future(session.closed.wait()), asyncio.ensure_future(self._stopped.wait())}
+            await asyncio.wait(waits, timeout=retry.next_wait(), return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
 
-    async def _replace(self) -> None:
+    async def _replace(self) -> bool:
+        """Whether the session was replaced (or need not be any more)."""
         old = self.session
         try:
             new = await self.open_session()
         except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
             log.warning("event=reconnect_failed error=%s keeping=current_connection", logfmt(_describe(exc)))
-            return
+            return False
         if old is None or self.session is not old or self._stopping:  # closed meanwhile (the reconnect loop has
             await new.close(1000, "not needed")  # it), or SIGTERM came while connecting: ``shutdown`` drains old
-            return
+            return True
         self.session = new
         self._session_since = asyncio.get_running_loop().time()
         self._changed.set()
@@ -339,6 +348,7 @@ class TunnelClient:
         draining = asyncio.ensure_future(old.drain(self.config.drain_timeout, "client reconnected"))
         self._draining.add(draining)
         draining.add_done_callback(self._draining.discard)
+        return True
 
     async def shutdown(self) -> None:
         """Graceful stop: no new streams, open ones finish within the drain timeout, on the current session and on

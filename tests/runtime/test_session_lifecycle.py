@@ -329,3 +329,46 @@ def test_connect_failed_names_the_wait_it_takes(monkeypatch, caplog) -> None:
         run(scenario())
     waits = [line.split("retry_in=")[1] for line in caplog.text.splitlines() if "event=connect_failed" in line]
     assert waits[:2] == ["0.1s", "0.2s"], waits
+
+
+def test_a_client_whose_server_restarts_while_a_local_connection_is_open_reconnects_when_it_is_back(
+        tls: TlsFiles, token: str) -> None:
+    """The server drains (SIGTERM) and is started again a moment later. The client tried to reconnect once, at the
+    GOAWAY, while nothing listened; it then kept the draining session, which refused every new --local
+    connection until the open one ended (up to --drain-timeout), though the new server was up. Now it retries."""
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        policy = ForwardingPolicy(True, parse_target_rules("127.0.0.1:*"))
+        old = await start_server(tls, token, forwarding=policy)
+        port = old.control.addresses[0][1]
+        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]})
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+        await forwarder.start()
+        new = None
+        reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+        draining = asyncio.ensure_future(old.drain(20))
+        try:
+            writer.write(b"held\n")
+            assert await asyncio.wait_for(reader.readline(), 5) == b"held\n"
+            first = client.session
+            assert await _until(lambda: first is not None and first.mux.peer_going_away)
+            await asyncio.sleep(0.3)  # the first reconnection has failed: nothing listens
+            new = await start_server(tls, token, port=port, forwarding=policy)
+            assert await _until(lambda: client.session is not first, 5), "still on the draining session"
+            r2, w2 = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            w2.write(b"new\n")
+            assert await asyncio.wait_for(r2.readline(), 5) == b"new\n"
+            w2.close()
+        finally:
+            writer.close()
+            forwarder.stop()
+            await stop(task, draining)
+            await old.stop()
+            if new is not None:
+                await new.stop()
+            echo.close()
+
+    run(scenario(), 30)
