@@ -17,7 +17,7 @@ from typing import Callable
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
 from ..core.listen import listen
-from ..core.mux import StreamError
+from ..core.mux import ResetCode, StreamError
 from ..core.ports import parse_port
 from ..core.services import FORWARD_PREFIX, format_target, parse_target
 from ..core.session import Session
@@ -70,6 +70,14 @@ class _LocalConnection(TcpBridge):
             log.warning("event=forward_refused local_port=%d remote=%s reason=%s", self.forward.local_port,
                         logfmt(self.forward.target), logfmt(exc))
             self.abort()
+
+    def on_reset(self, code: int, reason: str) -> None:
+        """The server refused the stream (its service down, its --max-client-streams, its allow-list): the user
+        only sees a reset, so the server's reason is logged here; the server's log is not the user's to read."""
+        if code != ResetCode.CANCEL:
+            log.warning("event=forward_failed local_port=%d remote=%s reason=%s", self.forward.local_port,
+                        logfmt(self.forward.target), logfmt(reason))
+        super().on_reset(code, reason)
 
 
 class ForwardListenError(OSError):

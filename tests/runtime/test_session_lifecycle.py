@@ -241,6 +241,35 @@ def test_a_local_connection_the_session_refuses_is_logged(tls: TlsFiles, token: 
         run(scenario(), 30)
 
 
+def test_a_local_connection_the_server_resets_is_logged_with_its_reason(tls: TlsFiles, token: str, caplog) -> None:
+    """The service on the server's side is down: the user got a reset and the client's log said nothing (only the
+    server's log, on another machine, said "Connection refused"). The client now logs the server's reason."""
+
+    async def scenario() -> None:
+        closed = free_port()  # nothing listens there
+        forward = LocalForward(free_port(), "127.0.0.1", closed)
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]})
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+        await forwarder.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        finally:
+            forwarder.stop()
+            await stop(task)
+            await server.stop()
+        lines = [r.getMessage() for r in caplog.records if r.name == "inlets.forward"]
+        assert any(f"event=forward_failed local_port={forward.local_port}" in line and "Connection refused" in line
+                   for line in lines), lines
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 30)
+
+
 def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(tls: TlsFiles, token: str, caplog) -> None:
     """--keepalive 2, the relay stalls just after a message reached the client, a little after a watchdog check:
     the check on a fixed beat saw that message as fresh and slept a whole beat more, then the ping waited
