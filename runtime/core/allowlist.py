@@ -51,9 +51,12 @@ class TargetRule:
             return False
         if "/" in self.host:
             try:
-                return ipaddress.ip_address(host) in ipaddress.ip_network(self.host, strict=False)
+                address = ipaddress.ip_address(host)
             except ValueError:
                 return False  # a name never matches a network rule: no DNS games
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped  # ::ffff:127.0.0.1 is dialled as 127.0.0.1: an IPv6 rule (::/0) let it by
+            return address in ipaddress.ip_network(self.host, strict=False)
         return host.lower() == self.host.lower()
 
 

@@ -163,6 +163,35 @@ def test_a_client_reaches_only_the_forward_targets_it_declared(tls: TlsFiles, to
     run(scenario())
 
 
+def test_an_ipv6_forwarding_rule_does_not_let_a_client_reach_ipv4_hosts(tls: TlsFiles, token: str) -> None:
+    """``--client-forwarding-allow '::/0:PORT'`` (any IPv6 host) let a client declare ``[::ffff:127.0.0.1]:PORT``,
+    which the server dials as 127.0.0.1: an IPv4 host no rule allowed. An IPv4-mapped target now matches as the
+    IPv4 address it is."""
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+    from inlets_py.runtime.server.forwarding import ForwardingPolicy
+    from inlets_py.runtime.core.services import format_target
+    from inlets_py.runtime.client.dialer import FatalClientError
+
+    dialled: list[int] = []
+
+    async def scenario() -> None:
+        bait = await serve(lambda r, w: asyncio.sleep(0, dialled.append(1)))
+        port = port_of(bait)
+        rules = parse_target_rules(f"::/0:{port}")
+        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, rules))
+        try:
+            with pytest.raises(FatalClientError, match="not in the server's --client-forwarding-allow list"):
+                await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                   extra={"forwards": [format_target("::ffff:127.0.0.1", port)]})
+        finally:
+            await server.stop()
+            bait.close()
+        assert dialled == []
+        assert any(rule.matches("::ffff:127.0.0.1", 5432) for rule in parse_target_rules("127.0.0.0/8:*"))
+
+    run(scenario())
+
+
 def test_client_never_dials_what_it_did_not_advertise(tls: TlsFiles, token: str) -> None:
     """A server (compromised, say) asking the client for another target gets a reset."""
     from helpers.streams import AsyncStream
