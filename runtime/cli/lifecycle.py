@@ -154,15 +154,22 @@ def run_server(
     run_until_signalled(start, stop=stop, reload=reload)
 
 
-def run_client(client: TunnelClient | ClientGroup, start: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run ``client`` until signalled: SIGHUP reconnects make-before-break, SIGTERM drains."""
+def run_client(client: TunnelClient | ClientGroup, start: Callable[[], Awaitable[None]] | None = None,
+               stopping: Callable[[], None] | None = None) -> None:
+    """Run ``client`` until signalled: SIGHUP reconnects make-before-break, SIGTERM drains (``stopping`` first:
+    the --local listeners close, so users are refused rather than accepted and reset while it drains)."""
     from ..client.dialer import FatalClientError
 
     async def begin() -> None:
         if start is not None:
             await start()
 
+    async def stop() -> None:
+        if stopping is not None:
+            stopping()
+        await client.shutdown()
+
     try:
-        run_until_signalled(begin, client.run_forever, stop=client.shutdown, reload=client.rotate)
+        run_until_signalled(begin, client.run_forever, stop=stop, reload=client.rotate)
     except FatalClientError as exc:
         fail(str(exc), 1)

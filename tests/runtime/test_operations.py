@@ -67,6 +67,34 @@ def test_local_forwarding_reaches_a_database_on_the_servers_loopback(
         assert stop_all(client, server) == [0, 0]
 
 
+def test_a_draining_client_refuses_new_local_connections(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """SIGTERM with a --local connection open: the client drains it (up to --drain-timeout), and its --local
+    listeners went on accepting new connections only to reset each (event=forward_refused, a line apiece).
+    They now close at SIGTERM: a new user is refused, as by the server's data ports while it drains."""
+    control, local = free_port(), free_port()
+    echo = socket.create_server(("127.0.0.1", 0))
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow",
+                                f"127.0.0.1:{echo.getsockname()[1]}"), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:127.0.0.1:{echo.getsockname()[1]}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        held = socket.create_connection(("127.0.0.1", local), timeout=5)
+        echo.settimeout(5)
+        upstream, _ = echo.accept()  # the stream is open through the tunnel
+        client.send_signal(signal.SIGTERM)
+        wait_for_text(tmp_path / "client.log", "event=draining")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", local), timeout=5).recv(1)
+        held.close()
+        upstream.close()
+        assert client.wait(15) == 0
+    finally:
+        stop_all(client, server)
+        echo.close()
+    assert "event=forward_refused" not in (tmp_path / "client.log").read_text()
+
+
 def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
     control = free_port()
     server = spawn(*server_args(control, tls, token_file), log=tmp_path / "plain.log")

@@ -63,4 +63,4 @@ def run(flags: SimpleNamespace) -> None:
         except OSError as exc:  # ForwardListenError: which port, why, what to do
             fail(exc.strerror or f"cannot listen on {flags.local_addr} for --flags.local", 1)
 
-    run_client(client, start)
+    run_client(client, start, forwarder.stop)
