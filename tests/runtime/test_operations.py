@@ -309,7 +309,12 @@ def test_generated_systemd_units_verify(tmp_path: Path) -> None:
 
 
 def test_generated_kubernetes_yaml(tls: TlsFiles, token: str, token_file: Path) -> None:
-    result = inlets(*server_args(9123, tls, token_file, "--allow-ports", "2222", "--generate", "k8s_yaml"))
+    loopback = server_args(9123, tls, token_file, "--allow-ports", "2222", "--generate", "k8s_yaml")
+    refused = inlets(*loopback)  # the Service reaches the pod's own address, never its loopback
+    assert refused.returncode == 2 and "--control-addr 127.0.0.1 cannot be used with --generate=k8s_yaml" in refused.stderr
+    pod = [arg for n, arg in enumerate(loopback) if arg not in ("--control-addr", "--data-addr")
+           and loopback[n - 1] not in ("--control-addr", "--data-addr")]
+    result = inlets(*pod)
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all(result.stdout))
     kinds = {doc["kind"]: doc for doc in docs}
