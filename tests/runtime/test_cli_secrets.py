@@ -126,7 +126,8 @@ def test_other_secret_files_others_can_read_get_one_warning_too(tmp_path, secret
 def test_a_token_that_starts_with_one_dash_is_a_token() -> None:
     """secrets.token_urlsafe, which makes inletsctl's tokens, starts one in 64 with '-': only '--'
     (a flag taken for the value) is refused."""
-    result = inlets(*SERVER, "--generate", "k8s_yaml", "--token", f"-{SECRET}-0123456789", env={"INLETS_TOKEN": ""})
+    pod = ["tcp", "server", "--plaintext", "--control-port", "20033", "--allow-ports", "2222"]  # k8s: no loopback
+    result = inlets(*pod, "--generate", "k8s_yaml", "--token", f"-{SECRET}-0123456789", env={"INLETS_TOKEN": ""})
     assert result.returncode == 0 and "Traceback" not in result.stderr, result
 
 
