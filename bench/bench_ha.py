@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import (MIB, BenchError, Proc, Procs, cpu_seconds, descendants, free_ports, median,  # noqa: E402
+from _util import (MIB, BenchError, Proc, Procs, connect, cpu_seconds, descendants, free_ports, median,  # noqa: E402
                    port_accepts, round_order, run_main, spawn, wait_until)
 
 ADDRS = ("127.0.0.2", "127.0.0.3")
@@ -187,7 +187,7 @@ def failover(args: argparse.Namespace, tmp: Path) -> dict[str, float | int | str
                     while not stop.is_set() and budget.acquire(blocking=False):
                         started = time.monotonic()
                         try:
-                            with socket.create_connection((FRONT, front), timeout=3) as s:
+                            with connect(front, timeout=3, host=FRONT) as s:  # TCP_NODELAY, as every bench socket
                                 s.sendall(b"ping")
                                 ok = s.recv(16) == b"ping"
                         except OSError:

@@ -119,6 +119,7 @@ class Load(threading.Thread):
             try:
                 if self.kind == "tcp":
                     with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         sock.sendall(payload)
                         sock.shutdown(socket.SHUT_WR)
                         got = b""
@@ -129,6 +130,7 @@ class Load(threading.Thread):
                     self.ok += 1
                 else:
                     with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         reader = sock.makefile("rb")
                         for _ in range(20):
                             sock.sendall(b"GET / HTTP/1.1\r\nHost: soak.test\r\n\r\n")
