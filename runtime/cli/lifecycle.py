@@ -106,10 +106,10 @@ def run_server(
     token: str | None,
     token_file: Path | None,
     started: Callable[[], None] | None = None,
-    tls_files: tuple[Path, Path] | None = None,
+    reload_tls: Callable[[], None] | None = None,
 ) -> None:
-    """Start ``server`` (then ``started``); SIGHUP re-reads the token file and ``tls_files`` (certificate, key);
-    SIGTERM drains then exits 0."""
+    """Start ``server`` (then ``started``); SIGHUP re-reads the token file and calls ``reload_tls`` (given by the
+    caller, which has the server's modules: a client's lifecycle imports none); SIGTERM drains then exits 0."""
 
     from ..core.listen import BindError  # here: a client has no use for it
 
@@ -130,11 +130,10 @@ def run_server(
             started()
 
     async def reload() -> None:
-        if tls_files is not None:
-            from .server_config import reload_certificate
-            reload_certificate(server.control.config, *tls_files)
+        if reload_tls is not None:
+            reload_tls()
         if token or token_file is None:
-            if tls_files is None:
+            if reload_tls is None:
                 log.warning("event=reload_ignored reason=%s", logfmt(
                     "nothing to re-read: tokens come from --token/$INLETS_TOKEN, not a file, and TLS from no --tls-cert"))
             return

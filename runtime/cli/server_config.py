@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
@@ -102,6 +103,13 @@ TLS_FILES_HINT = ("clients refuse the certificate once it has ended: write a new
 #: --auto-tls re-issues the server certificate from its CA as needed: what ends is the CA itself.
 AUTO_TLS_HINT = ("its CA {ca} ends then too, and clients refuse both: before that, move ca.crt and ca.key away and "
                  "restart to make a new CA, then give clients the new ca.crt")
+
+
+def tls_reloader(config: ControlConfig, cert: Path | None, key: Path | None) -> Callable[[], None] | None:
+    """What SIGHUP runs for --tls-cert/--tls-key (None without them: --auto-tls and --plaintext keep theirs)."""
+    if not (cert and key):
+        return None
+    return lambda: reload_certificate(config, cert, key)
 
 
 def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:

@@ -16,7 +16,7 @@ from ...server.tcp import TcpTunnelServer
 from ..config import check_given_once, check_logs, fail, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
-                             warn_if_plaintext_reachable)
+                             tls_reloader, warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
 
@@ -82,4 +82,4 @@ def run(flags: SimpleNamespace) -> None:
 
     run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}", drain_timeout=flags.drain_timeout,
                token=flags.token, token_file=flags.token_file, started=started,
-               tls_files=(flags.tls_cert, flags.tls_key) if flags.tls_cert and flags.tls_key else None)
+               reload_tls=tls_reloader(config, flags.tls_cert, flags.tls_key))
