@@ -126,6 +126,7 @@ def main():
     else:
         server = socket.create_server(("0.0.0.0", args.port))
     got = []  # (wheel, sender) once one was accepted
+    failed = []  # the addresses of connections that failed before showing the token
     live = []  # the threads serving connections, each named by its peer's peer_key
 
     def handle(raw, peer):
@@ -138,7 +139,10 @@ def main():
             if data is not None:
                 got.append((data, peer[0]))
         except (OSError, ValueError) as exc:
-            print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
+            if getattr(threading.current_thread(), "authorised", False):  # create's: worth a line
+                print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
+            else:  # a flood's would fill the log (and block on a full pipe): counted, said once at the end
+                failed.append(peer[0])
         finally:
             raw.close()
 
@@ -165,6 +169,9 @@ def main():
         thread.sock, thread.authorised, thread.closed = raw, False, False
         live.append(thread)
         thread.start()
+    if failed:
+        print(f"receive-wheel: {len(failed)} connections without the token failed or were closed "
+              f"(from {len(set(failed))} addresses)", file=sys.stderr)
     if got:
         data, sender = got[0]
         with open(args.out, "wb") as file:
