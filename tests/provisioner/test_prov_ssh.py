@@ -206,11 +206,12 @@ def _plain_supervisor_restarts_the_server(supervisor: int, control: int, ca: Pat
 def test_install_failure_leaves_nothing_behind(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
     args[args.index("--remote-python") + 1] = "/nonexistent/python3"
-    stages_before = set(Path("/tmp").glob("inletsctl.*"))  # other runs on this machine may hold theirs
+    ours = f"inletsctl.{prov_ssh_name}.*"  # the stage is named after the server: others' (other workers) are not
+    stages_before = set(Path("/tmp").glob(ours))
     result = run_cli(capsys, "create", prov_ssh_name, *args)
     one_line_error(result, "installing on 127.0.0.1 failed", "no /nonexistent/python3 on the host", "--remote-python")
     assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not Path(f"/etc/inlets/{prov_ssh_name}").exists()
-    left = [stage for stage in set(Path("/tmp").glob("inletsctl.*")) - stages_before if (stage / "server.key").exists()]
+    left = [stage for stage in set(Path("/tmp").glob(ours)) - stages_before if (stage / "server.key").exists()]
     assert not left  # the uploaded secrets went with the stage
     assert not (tmp_path / "state" / prov_ssh_name).exists()
 
