@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
 import shlex
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +16,7 @@ from .errors import NotFound, ProvisionError, interrupted_status
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers
+from .output import command_word
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
@@ -212,7 +210,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         ips = [host.ip or "" for host in hosts]
         if not group:
             meta.update(ip=hosts[0].ip, data_addr=hosts[0].data_addr or hosts[0].ip)
-        inlets = inlets_word()
+        inlets = command_word("inlets")
         meta["client_command"] = client_command(spec, ips, state.token_file, state.ca_file, inlets)
         meta["status_command"] = status_command(spec, ips[0], state.token_file, state.ca_file, inlets)
         if group:
@@ -349,20 +347,6 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         "delete_command": delete_command(meta["name"], state.root),
     } | ({"replicas": meta["replicas"], "balancer_id": meta["balancer_id"],
           "status_commands": meta.get("status_commands", [])} if replicas.is_group(meta) else {})
-
-
-def inlets_word() -> str:
-    """How the printed commands name this installation's ``inlets``: the bare word when the shell's PATH finds
-    that very program, else its full path. Printed bare, they failed as printed when inletsctl was run by its
-    path (a venv not activated: "inlets: command not found"), or ran another program called inlets."""
-    mine = Path(sys.executable).with_name("inlets")
-    found = shutil.which("inlets")
-    try:
-        if not mine.exists() or (found is not None and os.path.samefile(found, mine)):
-            return "inlets"
-    except OSError:
-        pass
-    return str(mine)
 
 
 def status_command(spec: TunnelSpec, host: str, token_file: Path, ca_file: Path, inlets: str = "inlets") -> str:

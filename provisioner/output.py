@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+
+def command_word(program: str) -> str:
+    """How printed commands name this installation's ``inlets`` or ``inletsctl``: the bare word when the shell's PATH
+    finds that very program, else its full path. Printed bare, they failed as printed when inletsctl was run by its
+    path (a venv not activated: "inletsctl: command not found"), or ran another program of that name."""
+    mine = Path(sys.executable).with_name(program)
+    found = shutil.which(program)
+    try:
+        if not mine.exists() or (found is not None and os.path.samefile(found, mine)):
+            return program
+    except OSError:
+        pass
+    return str(mine)
 
 
 class Progress:

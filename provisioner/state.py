@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotFound, ProvisionError, os_words
+from .output import command_word
 from .names import NAME_RE as _NAME_RE
 
 STATE_ENV = "INLETSCTL_STATE_DIR"
@@ -308,4 +309,4 @@ def delete_command(name: str, root: Path) -> str:
 def inletsctl_command(verb: str, name: str, root: Path) -> str:
     """``inletsctl VERB NAME``, with ``--state-dir`` when ``root`` is not the default: a command that acts on it."""
     extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
-    return f"inletsctl {verb} {name}{extra}"
+    return f"{shlex.quote(command_word('inletsctl'))} {verb} {name}{extra}"

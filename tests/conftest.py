@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from helpers.tunnel import TlsFiles, free_port, make_tls
+
+# The suite runs as a user with this installation's commands on PATH (an activated venv), so the commands inletsctl
+# prints name them bare (provisioner/output.command_word); test_prov_cli_output.py runs inletsctl without them.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")

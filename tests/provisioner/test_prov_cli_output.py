@@ -52,3 +52,26 @@ def test_a_reader_that_stops_early_gets_no_error_message(tmp_path: Path) -> None
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1
     assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err, err
+
+
+def test_printed_commands_name_inletsctl_and_inlets_by_path_when_path_does_not_find_them(tmp_path: Path) -> None:
+    """Run by its path (a venv not activated), create printed `inletsctl delete NAME`, which the same shell then
+    could not run ("inletsctl: command not found"); the client command already named inlets by its path."""
+    import json
+    import shlex
+
+    state = tmp_path / "state"
+    env = {**user_env(), "PATH": "/usr/bin:/bin"}  # no inlets, no inletsctl
+    run = lambda *a: subprocess.run([str(INLETSCTL), *a, "--state-dir", str(state)],  # noqa: E731
+                                    capture_output=True, text=True, timeout=90, env=env, stdin=subprocess.DEVNULL)
+    created = run("create", "by-path", "--ports", str(free_port("127.0.0.2")), "--json")
+    try:
+        assert created.returncode == 0, created.stderr
+        summary = json.loads(created.stdout)
+        assert shlex.split(summary["delete_command"])[0] == str(INLETSCTL), summary["delete_command"]
+        assert shlex.split(summary["client_command"])[0] == str(INLETSCTL.with_name("inlets"))
+        deleted = subprocess.run(summary["delete_command"], shell=True, capture_output=True, text=True, timeout=90,
+                                 env=env)  # exactly as printed, in that user's shell
+        assert deleted.returncode == 0 and "deleted by-path" in deleted.stdout + deleted.stderr, deleted.stderr
+    finally:
+        run("delete", "by-path")
