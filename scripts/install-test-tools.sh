@@ -5,11 +5,13 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# systemd-container (systemd-nspawn), debootstrap and slirp4netns boot the user-data in a Debian
-# container (tests/boot; its root file system is cached in $INLETS_TEST_CACHE, /var/cache/inlets-tests)
+# systemd-container (systemd-nspawn), debootstrap and slirp4netns boot the user-data in an Ubuntu 24.04
+# container (tests/boot; its root file system is cached in $INLETS_TEST_CACHE, /var/cache/inlets-tests);
+# zstd unpacks Ubuntu's packages and gpgv checks the archive's signature with tests/boot/ubuntu-archive-2018.gpg
+# (Debian has no package with Ubuntu's archive key, so it ships in the repository)
 # haproxy: the load balancer of the high-availability tests (tests/runtime/test_ha_haproxy.py)
 apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx haproxy wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd
-  systemd-container debootstrap slirp4netns iproute2 util-linux)
+  systemd-container debootstrap zstd gpgv slirp4netns iproute2 util-linux)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -1,11 +1,11 @@
-"""A cloud VM on this machine: a Debian container booted by systemd-nspawn from a NoCloud seed.
+"""A cloud VM on this machine: an Ubuntu container booted by systemd-nspawn from a NoCloud seed.
 
 The container boots the cached root file system (rootfs.py) read-only with a throw-away
 overlay, so cloud-init runs the user-data under test as on a droplet's first boot. PID 1
 here is not systemd, so nspawn runs with ``--register=no --keep-unit`` and commands reach
 the container through ``nsenter`` into its systemd's namespaces.
 
-Networks are namespaces the test makes: the VM's own (egress to Debian's archive and PyPI
+Networks are namespaces the test makes: the VM's own (egress to Ubuntu's archive and PyPI
 through slirp4netns, so nothing listens on this machine's network) and the user's side,
 where inletsctl, the printed client and the services behind it run, joined to the VM by a
 veth pair. The VM's "public IP" is its end of that pair.
