@@ -176,7 +176,7 @@ class ServerState:
         """The metadata; NotFound when there is no such exit server, Damaged when it cannot be used."""
         check_root(self.root)
         try:
-            meta = json.loads((self.dir / METADATA).read_bytes())
+            meta = json.loads(_read_regular(self.dir / METADATA))
         except (FileNotFoundError, NotADirectoryError):
             if not self.dir.is_dir():
                 raise NotFound(f"no exit server named {self.name!r} in {self.root}") from None
@@ -196,9 +196,11 @@ class ServerState:
 
     def token(self) -> str:
         try:
-            return self.token_file.read_text().strip()
+            return _read_regular(self.token_file).decode().strip()
         except OSError as exc:
-            raise ProvisionError(f"cannot read token file {self.token_file}: {exc.strerror}") from None
+            raise ProvisionError(f"cannot read token file {self.token_file}: {os_words(exc)}") from None
+        except UnicodeDecodeError:
+            raise ProvisionError(f"cannot read token file {self.token_file}: it is not text, cut short or edited") from None
 
     def remove(self) -> None:
         if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond
@@ -299,6 +301,16 @@ def damage(root: Path, name: str) -> Damaged | None:
     except NotFound:
         pass
     return None
+
+
+def _read_regular(path: Path) -> bytes:
+    """A state file's bytes; OSError for anything but a regular file: a FIFO put in its place (by hand) made every
+    ``list`` and ``status`` wait forever on it, as reading a FIFO waits for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        return file.read()
 
 
 def delete_command(name: str, root: Path) -> str:

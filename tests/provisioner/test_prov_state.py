@@ -13,6 +13,7 @@ import pytest
 
 from helpers.prov_support import free_port, no_traceback, one_line_error, run_cli, run_inletsctl
 
+FIFO = b"(a FIFO)"
 DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages say)
     "empty-object": (b"{}", "server.json names no exit server"),
     "cut-short": (b'{"name": "cut-sh', "server.json is not valid JSON, cut short or edited"),
@@ -21,6 +22,7 @@ DAMAGED = {  # folder -> (server.json bytes or None for none, what the messages 
     "no-provider": (b'{"name": "no-provider", "control_port": 8123}', "server.json names no provider"),
     "bad-expiry": (b'{"name": "bad-expiry", "provider": "local", "control_port": 8123, "expires_at": "2030-13-01T00:00:00Z"}',
                    "server.json has an expiry that is not a UTC time"),
+    "a-fifo": (FIFO, "server.json cannot be read (not a regular file)"),  # list waited on it forever
 }
 #: not shown by list (a folder create has just made looks the same, and other keys are optional there)
 UNLISTED = {"missing": (None, "server.json is missing"),
@@ -35,7 +37,9 @@ def state(tmp_path: Path) -> Path:
     for name, (content, _) in (DAMAGED | UNLISTED).items():
         (root / name).mkdir(parents=True)
         (root / name / "token").write_text("t\n")
-        if content is not None:
+        if content == FIFO:
+            os.mkfifo(root / name / "server.json")
+        elif content is not None:
             (root / name / "server.json").write_bytes(content)
     return root
 
