@@ -14,7 +14,9 @@ When nothing else waits, that costs one ``poll`` per connection.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import select
 import socket
 import ssl
@@ -108,6 +110,17 @@ class _Drain:
             conn.close()
 
 
+def _no_socket() -> OSError:
+    """Why ``create_server`` made no socket: asyncio and uvloop skip an address whose ``socket()`` fails, as if
+    its family were unsupported, and return a server listening nowhere. Out of descriptors (EMFILE), a TCP server
+    logged event=listening and welcomed a client to ports nobody could reach: the error, made again, says so."""
+    try:
+        socket.socket().close()
+    except OSError as exc:
+        return exc
+    return OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+
 async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int, *,
                  ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None) -> asyncio.Server:
     """``loop.create_server`` with ``LISTEN_BACKLOG``, whose every accept also takes the rest of the queue, and
@@ -115,6 +128,9 @@ async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str
     drain = _Drain(protocol_factory, ssl_context, ssl_handshake_timeout)
     kwargs = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": ssl_handshake_timeout}
     server = await asyncio.get_running_loop().create_server(drain, host, port, backlog=LISTEN_BACKLOG, **kwargs)
+    if not server.sockets:
+        server.close()
+        raise _no_socket()
     for sock in server.sockets:
         tune_socket(sock)  # every socket it accepts inherits TCP_NOTSENT_LOWAT: none is tuned one by one
     drain.listen_on(server.sockets)

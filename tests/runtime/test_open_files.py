@@ -1,0 +1,81 @@
+"""Open files: a server started under a shell's soft limit takes its hard one, so that one client's many data
+ports cannot leave other clients' users without a descriptor (their connections were closed unlogged)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+from pathlib import Path
+
+from helpers.process import INLETS, ROOT, server_args, wait_port
+from helpers.tunnel import TlsFiles, free_port
+from websockets.asyncio.client import connect
+
+from inlets_py.runtime.core.handshake import Hello
+from inlets_py.runtime.core.tls import client_context
+
+SOFT = 64  # a shell's 1,024, scaled down: the server uses a dozen descriptors of its own
+
+
+def _soft_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def _hard_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, SOFT))
+
+
+def _start(tmp_path: Path, tls: TlsFiles, token_file: Path, limit) -> tuple[subprocess.Popen, int, Path]:  # noqa: ANN001
+    control = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "w") as handle:
+        server = subprocess.Popen([*INLETS, *server_args(control, tls, token_file)], stdout=handle,
+                                  stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=limit)
+    wait_port(control)
+    return server, control, log
+
+
+def _limits(pid: int) -> tuple[str, str]:
+    line = next(ln for ln in Path(f"/proc/{pid}/limits").read_text().splitlines() if ln.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return soft, hard
+
+
+async def _advertise(control: int, tls: TlsFiles, token: str, ports: list[int]) -> str:
+    async with connect(f"wss://127.0.0.1:{control}/connect", ssl=client_context(tls.ca), compression=None,
+                       additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        await ws.send(Hello("tcp", [f"tcp:{port}" for port in ports], "many-ports", 1 << 20).encode())
+        try:
+            return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+        except Exception:  # noqa: BLE001 - refused: the close reason says why
+            return f"refused: {ws.close_reason}"
+
+
+def test_a_server_under_a_low_soft_limit_opens_more_ports_than_it(tmp_path: Path, tls: TlsFiles, token: str,
+                                                                    token_file: Path) -> None:
+    server, control, log = _start(tmp_path, tls, token_file, _soft_limit)
+    try:
+        soft, hard = _limits(server.pid)
+        assert soft == hard, (soft, hard)
+        ports = [free_port() for _ in range(SOFT + 16)]
+        assert asyncio.run(_advertise(control, tls, token, ports)) == "welcome", log.read_text()[-600:]
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def test_ports_past_the_hard_limit_are_refused_not_welcomed_unreachable(tmp_path: Path, tls: TlsFiles, token: str,
+                                                                         token_file: Path) -> None:
+    """create_server skipped the address whose socket() failed (EMFILE) and listened nowhere: the client was
+    welcomed to ports where users were refused, and the log said event=listening for each."""
+    server, control, log = _start(tmp_path, tls, token_file, _hard_limit)
+    try:
+        ports = [free_port() for _ in range(SOFT + 16)]
+        answer = asyncio.run(_advertise(control, tls, token, ports))
+        assert answer.startswith("refused: server cannot listen on 127.0.0.1:") and "Too many open files" in answer, answer
+        assert asyncio.run(_advertise(control, tls, token, ports[:3])) == "welcome"  # the ports it did open, freed
+    finally:
+        server.terminate()
+        server.wait(15)
