@@ -42,6 +42,23 @@ def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
     os._exit(1)
 
 
+def raise_open_files_limit() -> None:
+    """Take the hard limit on open files as the soft one, as Go's runtime does for Go's inlets. A shell's soft
+    limit is 1,024 (systemd's too, without LimitNOFILE): one client advertising 1,000 ports, or 1,000 users, took
+    every descriptor, and each connection after was closed unanswered and unlogged, other clients' users too."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == hard:
+        return  # Linux has no unlimited descriptors; elsewhere, leave the operator's choice
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.debug("event=nofile_unchanged soft=%d hard=%d error=%s", soft, hard, logfmt(exc))
+
+
 def run_until_signalled(
     start: Callable[[], Awaitable[None]],
     main: Callable[[], Awaitable[None]] | None = None,
@@ -76,6 +93,7 @@ def run_until_signalled(
             task.result()  # re-raise a failure of main
 
     keep_freed_heap()
+    raise_open_files_limit()
     try:
         import uvloop
     except ImportError:
