@@ -64,6 +64,12 @@ def parse_upstream_url(text: str) -> HttpUpstream:
     return HttpUpstream(parts.scheme, parts.hostname, port)
 
 
+def _a_label(name: str) -> str:
+    """An IDN as browsers send it in Host, its A-label (``bücher.de`` -> ``xn--bcher-kva.de``), as the server's
+    --letsencrypt-domain and --auto-tls-san take it; it was refused as an "invalid host name"."""
+    return name if name.isascii() else name.encode("idna").decode("ascii")
+
+
 def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
     """``NAME=URL`` (exact host) or a bare ``URL`` (catch-all) -> {service: upstream}."""
     mapping: dict[str, HttpUpstream] = {}
@@ -74,8 +80,8 @@ def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
         elif "://" in name:
             raise UpstreamError(f"expected HOSTNAME=URL or URL, got {item!r}")
         try:
-            service = http_service(parse_http_service("http:" + name.strip().lower().rstrip(".")))
-        except HandshakeError:
+            service = http_service(parse_http_service("http:" + _a_label(name.strip().lower().rstrip("."))))
+        except (HandshakeError, UnicodeError):
             raise UpstreamError(f"invalid host name {name!r} in --upstream {item!r}") from None
         if service in mapping:
             what = "catch-all URL" if service.endswith("*") else f"upstream for {name}"
