@@ -380,9 +380,13 @@ class FrontConnection(asyncio.Protocol):
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
         guard = server.guards.get(service)
-        if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
-            await self._refuse(401, "unauthorized", head, close=close_on_refusal,
-                               extra=guard.challenges(), host=label, started=started)
+        refused = None if guard is None else server.guards.refusal(guard, head.noted.get(b"authorization", (None,))[0],
+                                                                    self.peer)
+        if guard is not None and refused is not None:
+            limited = refused == 429
+            await self._refuse(refused, "too many failed logins: try again later" if limited else "unauthorized", head,
+                               close=close_on_refusal, extra=[] if limited else guard.challenges(), host=label,
+                               started=started)
             return not close_on_refusal
         try:
             leg = self.pick(service)

@@ -13,9 +13,13 @@ token, is trusted with.
 
 from __future__ import annotations
 
+import logging
 from typing import Hashable
 
+from ..server.ratelimit import FailedLoginLimiter
 from .options import HttpOptions
+
+log = logging.getLogger("inlets.http")
 
 
 class Protection:
@@ -43,6 +47,27 @@ class Protection:
 class Guards(dict[str, Protection]):
     """``http:NAME`` (or ``http:*``) -> its ``Protection``, for the names a client declared protected.
     A dict, so that the lookup on every request costs what a dict's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Wrong credentials per user address, counted as the control port counts wrong tokens: one connection
+        #: tried 10,000 passwords a second, each a 401, where the control port answers 429 after 10 a minute.
+        self.failures = FailedLoginLimiter()
+
+    def refusal(self, protection: Protection, authorization: bytes | None, source: bytes) -> int | None:
+        """None when ``authorization`` passes; else 401, or 429 once ``source`` has sent too many wrong ones. A
+        right credential is never refused, and a request without one (a browser's first) is no failed guess."""
+        if protection.authorized(authorization):
+            return None
+        if authorization is None:
+            return 401
+        where = source.decode(errors="replace")
+        if self.failures.blocked(where):
+            return 429
+        if self.failures.failed(where):  # once per window per source
+            log.warning("event=auth_rate_limited source=%s failures=%d window=%.0fs", where, self.failures.limit,
+                        self.failures.window)
+        return 401
 
     def admit(self, session: Hashable, services: list[str], options: HttpOptions) -> None:
         for service in services:

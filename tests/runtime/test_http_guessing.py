@@ -1,0 +1,37 @@
+"""A protected site's password is guessed no faster than the control port's token: 429 after 10 wrong a minute."""
+
+from __future__ import annotations
+
+import base64
+
+from helpers.http import LOOPBACK, Stack, raw_request
+from inlets_py.runtime.http.options import HttpOptions
+
+
+def _status(port: int, *headers: str) -> bytes:
+    """The status code of one request for the protected name."""
+    head = "".join(f"{h}\r\n" for h in ("GET / HTTP/1.1", "Host: guarded.test", "Connection: close", *headers))
+    return raw_request(port, (head + "\r\n").encode()).split(b" ", 2)[1]
+
+
+def _basic(user: str, password: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_wrong_site_passwords_from_one_source_get_429_and_the_right_one_still_passes(tls, token) -> None:
+    """Every wrong password was a 401, at 10,000 a second over one connection, unlogged."""
+    stack = Stack()
+    try:
+        _, up = stack.upstream("G")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"guarded.test=http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(basic_auth=("alice", "right-password")))
+        port = server.data_port
+        wrong = [_status(port, _basic("alice", f"guess-{i}")) for i in range(12)]
+        without = _status(port)  # a browser's first request: a challenge, not a guess
+        right = _status(port, _basic("alice", "right-password"))
+        still = _status(port, _basic("alice", "guess-again"))
+    finally:
+        stack.close()
+    assert wrong == [b"401"] * 10 + [b"429"] * 2
+    assert (without, right, still) == (b"401", b"200", b"429")
