@@ -404,6 +404,31 @@ def test_protection_belongs_to_the_name():
     assert "http:s" not in guards
 
 
+def test_protections_left_by_clients_are_bounded_oldest_forgotten_first(caplog: pytest.LogCaptureFixture) -> None:
+    """Each client may declare 1,024 protected names, kept after it leaves: 300 clients declaring new ones and
+    leaving took a server from 29 to 189 MiB, and each leaving client scanned every name ever kept."""
+    import logging
+
+    protect = HttpOptions.build(bearer_token="t")
+    guards = Guards(max_left=3)
+    for n in range(5):
+        guards.admit(n, [f"http:s{n}"], protect)
+    guards.admit("live", ["http:live"], protect)
+    with caplog.at_level(logging.WARNING, logger="inlets.http"):
+        for n in range(5):
+            guards.release(n)
+    assert sorted(guards) == ["http:live", "http:s2", "http:s3", "http:s4"]  # s0, s1 forgotten, the live one kept
+    assert [r.getMessage() for r in caplog.records if "protection_forgotten" in r.getMessage()][0].startswith(
+        "event=protection_forgotten names=1 kept=3")
+    guards.admit("again", ["http:s2"], protect)  # served again: no longer among those kept
+    guards.release("live")
+    assert sorted(guards) == ["http:live", "http:s2", "http:s3", "http:s4"]
+    for n in range(1000):  # clients that come and go: nothing grows past the bound
+        guards.admit(("churn", n), [f"http:c{n}"], protect)
+        guards.release(("churn", n))
+    assert len(guards) == 4 and "http:s2" in guards and len(guards._sessions) == 1
+
+
 # ---------------------------------------------------------------- what RFC 9110/9112 ask of a proxy (issue 17's audit)
 
 @pytest.mark.parametrize("host", [
