@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import NotFound, ProvisionError
 from ..firewall import firewall_name, inbound_rules, made_for
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
 from .api_url import Endpoint, endpoint_of
@@ -73,7 +73,10 @@ class VultrProvider:
                     ex_hostname=plan.name, ex_tag=TAG, ex_firewall_group_id=group["id"], ex_enable_ipv6=True,
                 )
         except BaseException:
-            self._delete_firewall(str(group["id"]))
+            try:
+                self._delete_firewall(str(group["id"]))
+            except ProvisionError:  # the first error is the one to show (a 400 for a bad region, not a cleanup's 500)
+                pass
             raise
         return Host(id=str(node.id), name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
 

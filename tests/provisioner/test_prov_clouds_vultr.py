@@ -118,6 +118,21 @@ def test_a_failed_create_removes_its_firewall(api: RecordedAPI, tmp_path: Path) 
     assert api.requests("DELETE", f"/v2/firewalls/{GROUP}")
 
 
+def test_a_failed_create_whose_firewall_cannot_go_either_says_why_the_create_failed(
+    api: RecordedAPI, tmp_path: Path
+) -> None:
+    """The firewall group's removal failed too (a 500): its error replaced the create's, so a user who gave a bad
+    --region read "deleting firewall group ... failed (500) ... try again later" instead of "Invalid region"."""
+    api.routes.insert(0, ("POST", __import__("re").compile("/v2/instances"),
+                          Answer(400, {"error": "Invalid region: xxx", "status": 400})))
+    api.routes.insert(0, ("DELETE", __import__("re").compile(f"/v2/firewalls/{GROUP}"),
+                          Answer(500, {"error": "Internal error", "status": 500})))
+    with pytest.raises(ProvisionError, match="Invalid region") as info:
+        provider(api).create(make_plan(tmp_path))
+    assert "firewall" not in str(info.value)
+    assert api.requests("DELETE", f"/v2/firewalls/{GROUP}")
+
+
 def test_rejected_key_is_one_line(api: RecordedAPI, tmp_path: Path) -> None:
     api.routes.insert(0, ("POST", __import__("re").compile("/v2/firewalls"),
                           Answer(401, {"error": "Invalid API token.", "status": 401})))
