@@ -40,6 +40,12 @@ class HetznerProvider:
         parse_api_url(PROVIDER.name, self._url, PROVIDER.api_url_env[0], "http(s)://HOST[:PORT]/v1")  # before the SDK
         self._client = Client(token=token, api_endpoint=self._url, application_name="inletsctl", timeout=timeout,
                               poll_interval=1.0, poll_max_retries=60)
+        # the SDK sends a request again up to 5 times after a timeout (a POST too: a firewall or server made twice)
+        # and after a 429/502/504, backing off up to 60 s: one call took minutes, not --timeout's "30 s at most".
+        # inletsctl's waits ask again themselves, and a failed create is looked for by name; the SDK has no option
+        base = getattr(self._client, "_client", None)
+        if hasattr(base, "_retry_max_retries"):
+            base._retry_max_retries = 0
 
     def _api(self, what: str) -> ContextManager[None]:
         return api_errors(self.name, self._url, what, hcloud_fault, credentials="token")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -119,6 +120,21 @@ def test_a_refused_create_removes_its_firewall_with_one_line(api: RecordedAPI, t
         provider(api).create(make_plan(tmp_path, size="cx-nope"))
     assert "\n" not in str(info.value)
     assert api.requests("DELETE", "/v1/firewalls/38")
+
+
+def test_a_create_call_that_times_out_is_sent_once_within_its_timeout(api: RecordedAPI, tmp_path: Path) -> None:
+    """The hcloud SDK sent a timed-out POST /v1/firewalls again 5 times, backing off between: `create --timeout 5`
+    took 44 s on one call (documented: each API call waits at most --timeout), asking Hetzner for 6 firewalls."""
+    def slow(seen: object) -> Answer:
+        time.sleep(2.5)
+        return Answer(201, recorded("hetzner", "firewalls_create.json"))
+
+    api.routes.insert(0, ("POST", re.compile("/v1/firewalls"), slow))
+    started = time.monotonic()
+    with pytest.raises(ProvisionError, match="no answer in time"):
+        HetznerProvider("H" * 64, api.url + "/v1", timeout=1.0).create(make_plan(tmp_path))
+    assert time.monotonic() - started < 2.5
+    assert len(api.requests("POST", "/v1/firewalls")) == 1
 
 
 def test_a_failed_create_whose_firewall_cannot_go_either_says_why_the_create_failed(api: RecordedAPI, tmp_path: Path) -> None:
