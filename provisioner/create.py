@@ -289,8 +289,17 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
     except ProvisionError as again:
         return ProvisionError(f"{exc}; whether {opts.provider} created {name!r} all the same could not be checked "
                               f"({again}): `{delete}` deletes it if it did, and removes the local state"), False
-    if found is None:
-        return exc, True
+    if found is None:  # what it made first may exist all the same (a firewall whose POST timed out): named
+        # inlets-NAME, it made the next create of NAME fail ("label must be unique"), and no state was left to delete it
+        try:
+            removed = delete_leftovers(provider, name)
+        except NotFound:
+            removed = []
+        except ProvisionError as again:
+            return ProvisionError(f"{exc}; whether {opts.provider} made a firewall for {name!r} all the same could not "
+                                  f"be checked ({again}): `{delete}` deletes it if it did, and removes the local "
+                                  "state"), False
+        return (ProvisionError(f"{exc}; deleted its {', '.join(removed)}") if removed else exc), True
     hosts.append(found)
     replica = next((i for i, r in enumerate(meta.get("replicas") or []) if r.get("name") == name), None)
     _record_id(meta, replica, found.id)

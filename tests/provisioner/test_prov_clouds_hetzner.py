@@ -227,6 +227,23 @@ def test_delete_after_a_create_cut_short_by_an_outage_deletes_its_firewall(
     assert len(api.requests("DELETE", "/v1/firewalls/38")) == 2 and not (tmp_path / "cut").exists()
 
 
+def test_a_create_whose_firewall_call_failed_deletes_the_firewall_made_all_the_same(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /v1/firewalls failed (a 503, a timeout) but Hetzner made the firewall: create removed its state and
+    said "try again", and trying again failed on the name inlets-NAME, unique per project, with no hint of why."""
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    none = {"servers": [], "meta": {"pagination": {"page": 1, "per_page": 25, "previous_page": None, "next_page": None,
+                                                   "last_page": 1, "total_entries": 0}}}
+    api.routes.insert(0, ("GET", re.compile("/v1/servers"), Answer(200, none)))
+    api.routes.insert(0, ("POST", re.compile("/v1/firewalls"), Answer(503, {"error": {
+        "code": "unavailable", "message": "the service is temporarily unavailable", "details": {}}})))
+    api.route("GET", "/v1/firewalls", Answer(200, _firewalls(name="inlets-cut")))
+    made = run_cli(capsys, "create", "cut", "--provider", "hetzner", "--runtime-spec", "inlets-py==0.1.0",
+                   "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    one_line_error(made, "temporarily unavailable", "deleted its firewall inlets-cut")
+    assert len(api.requests("DELETE", "/v1/firewalls/38")) == 1 and not (tmp_path / "cut").exists()
+
+
 def test_delete_by_id_of_a_server_gone_and_unknown_here_is_one_line_and_deletes_nothing(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without local state nothing names the server, so no firewall is guessed at: a one-line error, exit 1."""
