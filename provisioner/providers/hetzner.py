@@ -171,7 +171,15 @@ def hcloud_fault(exc: BaseException) -> Fault | None:
         return Fault(RATE_LIMIT, exc.code, message)
     if exc.code == "resource_limit_exceeded":
         return Fault(QUOTA, exc.code, message)
+    if exc.code in _TROUBLE:  # the API's own trouble: waits ask again, and the user reads "try again later"
+        return Fault(REFUSED, _TROUBLE[exc.code], message)
     return Fault(REFUSED, exc.code, message)
+
+
+#: Hetzner's error codes for trouble of its own, as the HTTP status they come with (a create's wait gave up on a
+#: booting server at the first "unavailable", where every other provider's 5xx is asked again)
+_TROUBLE = {"service_error": 500, "server_error": 500, "bad_gateway": 502, "unavailable": 503, "maintenance": 503,
+            "timeout": 504}
 
 
 def build(creds: Credentials, state_root: Path) -> HetznerProvider:

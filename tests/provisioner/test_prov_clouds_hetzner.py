@@ -19,7 +19,7 @@ pytest.importorskip("hcloud", reason="the hcloud SDK is not installed (pip insta
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded, write_state  # noqa: E402
 from helpers.prov_support import one_line_error, run_cli  # noqa: E402
-from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
+from inlets_py.provisioner.errors import NotFound, ProvisionError, Transient  # noqa: E402
 from inlets_py.provisioner.providers.hetzner import HetznerProvider  # noqa: E402
 
 NOT_FOUND = Answer(404, {"error": {"code": "not_found", "message": "server with ID '1' not found", "details": {}}})
@@ -135,6 +135,15 @@ def test_a_create_call_that_times_out_is_sent_once_within_its_timeout(api: Recor
         HetznerProvider("H" * 64, api.url + "/v1", timeout=1.0).create(make_plan(tmp_path))
     assert time.monotonic() - started < 2.5
     assert len(api.requests("POST", "/v1/firewalls")) == 1
+
+
+def test_the_apis_own_trouble_while_a_server_boots_is_asked_again(api: RecordedAPI, tmp_path: Path) -> None:
+    """One 503 "unavailable" while polling a booting server made create give up ("reading server 1 failed
+    (unavailable)"); a 5xx is Transient for every other provider, so waits ask again."""
+    api.routes.insert(0, ("GET", re.compile("/v1/servers/1"), Answer(503, {"error": {
+        "code": "unavailable", "message": "the service is temporarily unavailable", "details": {}}})))
+    with pytest.raises(Transient, match=r"reading server 1 failed \(503\).*try again later"):
+        provider(api).status("1")
 
 
 def test_a_failed_create_whose_firewall_cannot_go_either_says_why_the_create_failed(api: RecordedAPI, tmp_path: Path) -> None:
