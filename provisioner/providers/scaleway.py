@@ -45,7 +45,7 @@ class ScalewayProvider:
     firewall_note = PROVIDER.firewall_note
 
     def __init__(self, access_key: str, secret_key: str, project_id: str, api_url: str | None = None,
-                 zone: str | None = None) -> None:
+                 zone: str | None = None, timeout: float = 30.0) -> None:
         from scaleway import Client
         from scaleway.instance.v1.custom_api import InstanceUtilsV1API
 
@@ -58,6 +58,7 @@ class ScalewayProvider:
                         api_allow_insecure=self._url.startswith("http://"), default_project_id=project_id,
                         default_zone=self.zone)
         self._project = project_id
+        _bound_requests(timeout)
         try:
             self._api_client = InstanceUtilsV1API(client)  # validates the key formats
         except ValueError as exc:
@@ -190,6 +191,23 @@ class ScalewayProvider:
         )
 
 
+def _bound_requests(timeout: float) -> None:
+    """Give every request the SDK sends a timeout: it calls ``requests.request`` without one and has no option for
+    it, so an API that stopped answering held ``create --timeout 5`` (and list, status, delete) for ever."""
+    import requests
+    import scaleway_core.api as core_api
+
+    class TimedRequests:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(requests, name)
+
+        @staticmethod
+        def request(*args: Any, **kwargs: Any) -> Any:
+            return requests.request(*args, **({"timeout": timeout} | kwargs))
+
+    core_api.requests = TimedRequests()  # type: ignore[assignment]
+
+
 def scaleway_fault(exc: BaseException) -> Fault | None:
     """What the Scaleway SDK's ScalewayException means: its HTTP status, with the API's message and type."""
     from scaleway_core.api import ScalewayException
@@ -211,4 +229,4 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
 def build(creds: Credentials, state_root: Path) -> ScalewayProvider:
     secret = PROVIDER.token(creds)
     return ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
-                            PROVIDER.api_url(creds))
+                            PROVIDER.api_url(creds), timeout=creds.api_timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -161,3 +162,18 @@ def test_a_create_failing_after_the_server_deletes_its_root_volume_too(api: Reco
         provider(api).create(make_plan(tmp_path))
     assert api.requests("DELETE", f"{ZONE}/servers/{OLD}") and api.requests("DELETE", f"{ZONE}/volumes/{VOLUME}")
     assert api.requests("DELETE", f"{ZONE}/security_groups/{SG}")
+
+
+def test_an_api_that_stops_answering_is_given_up_on_within_the_timeout(api: RecordedAPI) -> None:
+    """The SDK sent every request without a timeout: `inletsctl create --provider scaleway --timeout 5` against an
+    API that accepted the connection and never answered was still waiting, silent, 45 s later."""
+    def silent(seen: object) -> Answer:
+        time.sleep(3)
+        return Answer(404, {"message": "resource is not found", "type": "not_found"})
+
+    api.routes.insert(0, ("GET", re.compile("/instance/v1/zones/fr-par-1/servers/.*"), silent))
+    slow = ScalewayProvider("SCWXXXXXXXXXXXXXXXXX", "00000000-0000-4000-8000-00000000000a", PROJECT, api.url, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(ProvisionError, match="no answer in time"):
+        slow.status("fr-par-1/11111111-1111-4111-8111-111111111111")
+    assert time.monotonic() - started < 2.5
