@@ -119,7 +119,13 @@ class LinodeProvider:
         wait_until_gone(self, host_id, timeout)
         for firewall in firewalls:
             if made_for(firewall.get("label"), label, PROVIDER.firewall_name_max):
-                self._quiet(f"/v4/networking/firewalls/{firewall['id']}")
+                # not quietly: a failure said "deleted", removed the state and left the firewall, whose label (unique
+                # per account) then failed the next create of this name; now the state stays for the next delete
+                try:
+                    with self._api(f"deleting firewall {firewall.get('label')} of instance {host_id}"):
+                        self._request(f"/v4/networking/firewalls/{firewall['id']}", "DELETE")
+                except NotFound:
+                    pass
 
     def delete_leftovers(self, name: str) -> list[str]:
         """The Cloud Firewall ``create`` made for the instance ``name``, already gone: labelled inlets-NAME, tagged

@@ -202,3 +202,27 @@ def test_delete_after_a_create_cut_short_by_an_outage_deletes_its_firewall(
     assert result.code == 0, result.err
     assert result.out.startswith("linode has no exit server named cut; deleted its firewall inlets-cut; removed its local state")
     assert len(api.requests("DELETE", "/v4/networking/firewalls/123")) == 2 and not (tmp_path / "cut").exists()
+
+
+def test_a_firewall_that_cannot_be_deleted_keeps_the_state_for_the_next_delete(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The firewall's DELETE failed (a 500) after the instance was gone: delete said "deleted", exit 0, and removed
+    the state, leaving the firewall, whose label (unique per account) then made the next create of the name fail."""
+    monkeypatch.setenv("LINODE_TOKEN", "T" * 64)
+    write_state(tmp_path, "tunnel", "linode", NODE)
+    node = json.loads(libcloud_fixture("linode_v4", "create_node.json")) | {"status": "running", "label": "tunnel"}
+    api.route("GET", f"/v4/linode/instances/{NODE}", [Answer(200, node), NOT_FOUND])
+    api.routes.insert(0, ("DELETE", re.compile("/v4/networking/firewalls/123"),
+                          [Answer(500, {"errors": [{"reason": "Internal error"}]}), Answer(200, {})]))
+    mine = _inlets_firewall()
+    mine["data"][0]["label"] = "inlets-tunnel"
+    api.routes.insert(0, ("GET", re.compile(f"/v4/linode/instances/{NODE}/firewalls"), Answer(200, mine)))
+    api.route("GET", "/v4/networking/firewalls", Answer(200, _firewalls(label="inlets-tunnel")))
+    api.route("GET", "/v4/networking/firewalls/123/devices", Answer(200, {"data": [], "page": 1, "pages": 1}))
+    where = ("--api-url", api.url, "--state-dir", str(tmp_path))
+    failed = run_cli(capsys, "delete", "tunnel", *where)
+    one_line_error(failed, "deleting firewall inlets-tunnel", "Internal error")
+    assert (tmp_path / "tunnel" / "server.json").exists()
+    again = run_cli(capsys, "delete", "tunnel", *where)
+    assert again.code == 0 and "deleted its firewall inlets-tunnel" in again.out, again
+    assert len(api.requests("DELETE", "/v4/networking/firewalls/123")) == 2 and not (tmp_path / "tunnel").exists()
