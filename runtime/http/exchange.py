@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -149,7 +150,7 @@ def try_start(front: Front, head: RequestHead) -> bool:
     if not _send_request(leg, request):
         return False
     front.parked = True  # the coroutine leaves the connection to the callbacks until this ends
-    start(front, head, leg, options, label, front.loop.time(), request, None)
+    start(front, head, leg, options, label, time.monotonic(), request, None)
     return True
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import Protocol
 
 from . import exchange as http_exchange
@@ -103,7 +104,7 @@ class FrontConnection(asyncio.Protocol):
     def header_timed_out(self) -> None:
         """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
         log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
-        self.server.observe(408, "", b"", self.loop.time())
+        self.server.observe(408, "", b"", time.monotonic())
         if self.transport is not None and not self.transport.is_closing():
             timeout = self.server.header_timeout
             message = f"the request head did not arrive within {timeout:g}s\n".encode()
@@ -113,7 +114,7 @@ class FrontConnection(asyncio.Protocol):
     def _forbid(self, reason: str) -> None:
         """Refuse the connection with a 403 before reading any request (counted, logged)."""
         log.info("event=refused reason=%s source=%s", reason, self.peer.decode(errors="replace"))
-        self.server.observe(403, "", b"", self.loop.time())
+        self.server.observe(403, "", b"", time.monotonic())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
                                  b"Connection: close\r\n\r\nforbidden\n")
@@ -335,7 +336,7 @@ class FrontConnection(asyncio.Protocol):
         if head is not None:
             self.server.observe(status, host, head.method, started)
         else:
-            self.server.observe(status, "", b"", self.loop.time())
+            self.server.observe(status, "", b"", time.monotonic())
         http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
 
     def pick(self, service: str) -> Leg | None:
@@ -371,7 +372,7 @@ class FrontConnection(asyncio.Protocol):
     async def _exchange(self, head: RequestHead) -> bool:
         """Proxy one request; returns whether the user connection stays open."""
         server = self.server
-        started = self.loop.time()
+        started = time.monotonic()  # for the duration histogram: see HttpTunnelServer.observe
         service, label = server.route(head.host)
         # An answer given before the body was read ends the connection: the body is not drained.
         close_on_refusal = head.has_body or head.upgrade or not head.keep_alive

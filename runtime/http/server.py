@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from ..core.logs import logfmt
@@ -168,8 +169,10 @@ class HttpTunnelServer:
         return self.options.get(session, self._default_options)
 
     def observe(self, status: int, label: str, method: bytes, started: float) -> None:
-        assert self._loop is not None
-        self.metrics.observe(status, label or OTHER, method, self._loop.time() - started)
+        """Count a request that began at ``started`` (``time.monotonic()``). Not the loop's clock: uvloop's is
+        whole milliseconds, read at the start of each loop iteration, which put 0.4 ms requests in the 2.5 ms bucket
+        and left the sub-millisecond buckets empty or full by chance."""
+        self.metrics.observe(status, label or OTHER, method, time.monotonic() - started)
 
     # ------------------------------------------------------------ control plane
 
