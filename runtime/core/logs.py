@@ -8,11 +8,13 @@ fields that client wrote.
 A peer can make an event happen as often as it likes (a stream refused per OPEN it
 sends), so each kind of line (logger and message template) is written at most
 ``RepeatLimit.burst`` times per ``RepeatLimit.window`` seconds; the first line of the
-next window says how many were left out (``suppressed=N``).
+next window says how many were left out (``suppressed=N``); at exit, the last line left out of
+each kind says so for those no later line told (a flood that ended, then silence, else left no trace).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
@@ -111,7 +113,7 @@ class RepeatLimit(logging.Filter):
     def __init__(self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.burst, self.window, self._clock = burst, window, clock
-        self._kinds: dict[tuple, list] = {}  # kind -> [window start, lines written, lines left out]
+        self._kinds: dict[tuple, list] = {}  # kind -> [window start, lines written, lines left out, last left out]
 
     def filter(self, record: logging.LogRecord) -> bool:
         now = self._clock()
@@ -121,7 +123,7 @@ class RepeatLimit(logging.Filter):
             if len(self._kinds) > 4096:  # message templates are few; forget old windows now and then
                 self._kinds = {k: e for k, e in self._kinds.items() if now - e[0] < self.window}
             left_out = entry[2] if entry is not None else 0
-            self._kinds[kind] = [now, 1, 0]
+            self._kinds[kind] = [now, 1, 0, None]
             if left_out:
                 record.msg, record.args = f"{record.getMessage()} suppressed={left_out}", None
             return True
@@ -129,12 +131,28 @@ class RepeatLimit(logging.Filter):
             entry[1] += 1
             return True
         entry[2] += 1
+        entry[3] = record
         return False
+
+    def held_back(self) -> list[logging.LogRecord]:
+        """The last line left out of each kind that no later line has told of, saying how many others were
+        (``suppressed=N``), oldest first; those kinds then count afresh."""
+        lines = []
+        for entry in self._kinds.values():
+            left_out, last = entry[2], entry[3]
+            if left_out and last is not None:
+                if left_out > 1:
+                    last.msg, last.args = f"{last.getMessage()} suppressed={left_out - 1}", None
+                entry[2], entry[3] = 0, None
+                lines.append(last)
+        return sorted(lines, key=lambda record: record.created)
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RepeatLimit())
+    limit = RepeatLimit()
+    handler.addFilter(limit)
+    atexit.register(_tell_held_back, handler, limit)  # before logging's own (flush, close): it runs after this
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -144,3 +162,13 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # The websockets library logs handshake failures with tracebacks at ERROR; ours say enough.
     logging.getLogger("inlets.websockets").setLevel(logging.CRITICAL)
+
+
+def _tell_held_back(handler: logging.Handler, limit: RepeatLimit) -> None:
+    """At exit: the lines ``limit`` left out that no later line told of (past the filter, which would hold them)."""
+    for record in limit.held_back():
+        handler.acquire()
+        try:
+            handler.emit(record)
+        finally:
+            handler.release()

@@ -105,3 +105,21 @@ def test_a_log_call_that_passes_a_raw_newline_still_writes_one_line() -> None:
     lines = result.stderr.splitlines()
     assert result.returncode == 0 and len(lines) == 1, result.stderr
     assert lines[0].endswith(r"event=x value=a\n2026-01-01T00:00:00.000Z level=INFO event=forged"), lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_lines_left_out_that_no_later_line_told_of_are_told_at_exit(fmt: str) -> None:
+    """500 users asking for a host nobody serves made 20 lines and then silence: the 480 left out were told only
+    by a line of the same kind in a later window, so a flood that ended (then a restart) left no trace of them.
+    At exit the last one left out of each kind is written, saying how many others were."""
+    script = ("import logging; from inlets_py.runtime.core import logs; logs.setup('info', %r)\n"
+              "log = logging.getLogger('inlets.http')\n"
+              "for i in range(25):\n    log.info('event=answered status=503 host=%%s', f'h{i}.test')\n"
+              "for i in range(21):\n    log.info('event=refused reason=%%s', i)\n"
+              "log.info('event=stopped')\n" % fmt)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = result.stderr.splitlines()
+    messages = [json.loads(line)["msg"] if fmt == "json" else line.partition(" level=INFO ")[2] for line in lines]
+    assert result.returncode == 0 and len(lines) == 20 + 20 + 1 + 2, result.stderr
+    assert messages[40] == "event=stopped"
+    assert messages[41:] == ["event=answered status=503 host=h24.test suppressed=4", "event=refused reason=20"]
