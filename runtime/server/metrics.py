@@ -90,6 +90,9 @@ class HttpMetrics(ServerMetrics):
         super().__init__("http", connected, serves)
         self.series: dict[tuple[str, str, str], list[float]] = {}  # labels -> [count, sum, per-bucket counts]
         self._keys: dict[tuple[int, str, bytes], list[float]] = {}
+        #: host -> its entries in ``series`` and ``_keys``: dropping a host scanned every series, for each host
+        #: dropped (3,000 hosts leaving at once stalled the proxy for a second)
+        self._of_host: dict[str, tuple[list, list]] = {}
         self.unserved: dict[str, float] = {}  # host -> when its last client left (loop time), oldest first
         self.grace = self.GRACE
 
@@ -99,9 +102,14 @@ class HttpMetrics(ServerMetrics):
         if values is None:
             name = method.decode("latin-1")
             labels = (str(code) if code in CODES else OTHER, host, name if name in METHODS else OTHER)
-            values = self.series.setdefault(labels, [0.0, 0.0] + [0.0] * len(DURATION_BUCKETS))
+            series, keys = self._of_host.setdefault(host, ([], []))
+            values = self.series.get(labels)
+            if values is None:
+                values = self.series[labels] = [0.0, 0.0] + [0.0] * len(DURATION_BUCKETS)
+                series.append(labels)
             if len(self._keys) < 10_000:  # distinct raw methods are bounded by llhttp's list anyway
                 self._keys[(code, host, method)] = values
+                keys.append((code, host, method))
         values[0] += 1
         values[1] += seconds
         index = bisect_left(DURATION_BUCKETS, seconds)
@@ -134,10 +142,11 @@ class HttpMetrics(ServerMetrics):
     def forget_host(self, host: str) -> None:
         """Drop the series of a host no client serves any more (keeps label sets bounded)."""
         self.unserved.pop(host, None)
-        for key in [k for k in self._keys if k[1] == host]:
-            del self._keys[key]
-        for labels in [labels for labels in self.series if labels[1] == host]:
-            del self.series[labels]
+        series, keys = self._of_host.pop(host, ((), ()))
+        for key in keys:
+            self._keys.pop(key, None)
+        for labels in series:
+            self.series.pop(labels, None)
 
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily

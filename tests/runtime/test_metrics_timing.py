@@ -1,5 +1,5 @@
-"""The duration histogram of `inlets http server` as a real process (on uvloop, as users run it), against the times
-the user measured for the same requests."""
+"""Time and the HTTP metrics: the duration histogram of `inlets http server` as a real process (on uvloop, as users
+run it) against the times the user measured for the same requests, and what dropping hosts' series costs the loop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from helpers.http import LOOPBACK
 from helpers.tunnel import free_port
+from inlets_py.runtime.server.metrics import HttpMetrics
 
 INLETS = [str(Path(sys.executable).parent / "inlets")]
 
@@ -114,3 +115,23 @@ def test_no_request_is_counted_slower_than_its_user_saw_it(tmp_path):
         counted = after[le] - before.get(le, 0.0)
         within = sum(duration <= le for duration in seen)
         assert counted >= within, f"le={le}: the histogram counts {counted:.0f} of 300, the user saw {within} end within it"
+
+
+def test_dropping_the_series_of_many_hosts_at_once_does_not_stall_the_proxy():
+    """Each host dropped (its client gone, past the 1,024 kept or the grace) scanned every series: 3,000 hosts with
+    7 methods each leaving at once stalled a real server's proxy for 0.985 s, 4,000 here took 1.07 s. Now each host's
+    series are listed with it."""
+    metrics = HttpMetrics(lambda: 0, lambda path: False)
+    hosts = [f"h{i}.test" for i in range(4000)]
+    for host in hosts:
+        for method in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"):
+            metrics.observe(200, host, method, 0.001)
+    began = time.perf_counter()
+    for host in hosts:
+        metrics.host_unserved(host, 0.0)
+    metrics.expire(metrics.grace + 1)
+    assert time.perf_counter() - began < 0.25
+    assert metrics.series == {} and metrics.unserved == {}
+    metrics.observe(404, "h1.test", b"GET", 0.001)  # a host served again counts afresh, and is dropped again
+    metrics.forget_host("h1.test")
+    assert metrics.series == {}
