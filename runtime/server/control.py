@@ -259,7 +259,7 @@ class ControlPlane:
 
     # ------------------------------------------------------------- HTTP requests
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None | Awaitable:
         return self._answer(connection, request)
 
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
@@ -268,13 +268,24 @@ class ControlPlane:
         if self.config.on_request is not None:
             self.config.on_request(request.path.split("?", 1)[0], response.status_code)
 
-    def _answer(self, connection: ServerConnection, request: Request) -> Response | None:
+    def _answer(self, connection: ServerConnection, request: Request) -> Response | None | Awaitable:
         response = self._route(connection, request)
+        if callable(response):
+            return self._built(response, request.method == "HEAD")
         if response is not None and request.method == "HEAD":
             response.body = b""  # answered as its GET would be, Content-Length included, without the body
         return response
 
-    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _built(self, route: Route, head: bool) -> Response:
+        """An authenticated route's answer, made in a thread: built on the loop, a scrape of 21,000 HTTP series
+        (3,000 hosts, 7 methods) stopped every tunnel for 3.7 s. The routes read the counters as they are."""
+        status, content_type, body = await asyncio.to_thread(route)
+        response = _response(status, body, content_type)
+        if head:
+            response.body = b""
+        return response
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | Route | None:
         path = request.path.split("?", 1)[0]
         route = self.config.routes.get(path)
         if not self.serves(path):
@@ -308,8 +319,7 @@ class ControlPlane:
         if isinstance(connection, ControlConnection):
             connection.authenticated()
         if route is not None:
-            status, content_type, body = route()
-            return _response(status, body, content_type)
+            return route  # built off the loop (``_built``)
         return None  # carry on with the websocket upgrade
 
     # ------------------------------------------------------------- tunnel clients

@@ -49,7 +49,7 @@ class ServerMetrics:
         return self._registry
 
     def route(self) -> tuple[int, str, bytes]:
-        """The ``GET /metrics`` route of the control plane (behind the bearer token)."""
+        """The ``GET /metrics`` route of the control plane (behind the bearer token), run in a thread."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
@@ -157,7 +157,8 @@ class HttpMetrics(ServerMetrics):
         duration = HistogramMetricFamily(
             "http_dataplane_request_duration_seconds", "Time from request head to the end of the response.",
             labels=["code", "host", "method"])
-        for labels, values in list(self.series.items()):
+        for labels, counted in list(self.series.items()):
+            values = counted[:]  # one request's count, sum and bucket together: a scrape runs in a thread
             requests.add_metric(labels, values[0])
             cumulative, buckets = 0.0, []
             for bound, count in zip(DURATION_BUCKETS, values[2:]):
