@@ -219,14 +219,20 @@ def progress(front: Front) -> None:
         if leg.timed_out or failure is not None or leg.eof:
             if ex.response is None:
                 if (leg.eof and failure is None and not leg.timed_out and ex.reused and not ex.retried
-                        and ex.request is not None and head.method in IDEMPOTENT):
+                        and ex.request is not None and head.method in IDEMPOTENT and not leg.request_ended):
                     _retry(front, ex)
+                elif leg.eof and failure is None and leg.request_ended:  # it stopped as the user left (``end_request``)
+                    abandon(front)
                 elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
                     _retry_refused(front, ex)
                 else:
                     _fail(front, ex, failure)
                 return
             if not (leg.eof and failure is None and ex.response.close_delimited):
+                if leg.eof and failure is None and leg.request_ended:  # it stopped as the user left: not a 502
+                    front.server.observe(CLIENT_CLOSED, ex.label, head.method, ex.started)
+                    _abort(front)
+                    return
                 why = (f"upstream sent nothing for {front.server.upstream_timeout:g}s" if leg.timed_out
                        else str(failure) if failure is not None else "upstream closed the connection")
                 log.info("event=answer_cut status=%d host=%s reason=%s", ex.response.status, logfmt(ex.label or "-"),

@@ -235,8 +235,16 @@ class FrontConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        ex = self.exchange
+        if ex is not None and not ex.body_pending:
+            self.pass_fin(ex.leg)
         self.wake()
         return True  # answer what was asked before closing
+
+    def pass_fin(self, leg: Leg) -> None:
+        """The user closed its side after the request in flight, all of which went: the upstream sees it too."""
+        if self.eof and not self.unparsed and all(type(event) is EndOfMessage for event in self.events):
+            leg.end_request()  # a user that only half-closed still gets what the upstream answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -447,6 +455,7 @@ class FrontConnection(asyncio.Protocol):
                 elif type(event) is EndOfMessage:
                     if chunked:
                         await leg.write(LAST_CHUNK)
+                    self.pass_fin(leg)
                     return
         except (LegFailed, HttpError, UpstreamTimeout):
             return  # the exchange saw it too and answers the user

@@ -57,7 +57,8 @@ class UpstreamTimeout(Exception):
 
 class Leg:
     __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
-                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener", "refused")
+                 "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener", "refused",
+                 "request_ended")
 
     def __init__(self, session: Session, service: str) -> None:
         self.session = session
@@ -70,6 +71,7 @@ class Leg:
         self.timed_out = False
         self.refused = False  # the client refused the stream (its --max-streams): the request never reached the upstream
         self.received = 0  # bytes received in the current exchange
+        self.request_ended = False  # the user's FIN went upstream (``end_request``): no other request follows
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None
         self._unconsumed = 0
@@ -119,7 +121,7 @@ class Leg:
     @property
     def usable(self) -> bool:
         """Can carry another request (kept alive, nothing pending, client still there)."""
-        return (not self.eof and self.failure is None and not self.raw and not self.events
+        return (not self.eof and not self.request_ended and self.failure is None and not self.raw and not self.events
                 and not self.session.closed.is_set() and self.channel.is_open)
 
     def start_exchange(self, head_request: bool, upgrade: bool = False) -> None:
@@ -197,6 +199,14 @@ class Leg:
             self.channel.reset(ResetCode.CANCEL, str(failure)[:200])
         self._wake()
         self._wake_writer()
+
+    def end_request(self) -> None:
+        """The user closed its side with nothing more to send: half-close the upstream too, so an upstream
+        waiting to answer (a long poll) sees its user leave and can stop, as nginx cuts it then. Without it,
+        an abandoned request held its upstream connection, and a client stream, until the upstream answered."""
+        if self.channel.is_open and not self.request_ended:
+            self.request_ended = True
+            self.channel.write_eof()
 
     def finish(self) -> None:
         """Done with this stream: half-close when it is idle, else reset it."""

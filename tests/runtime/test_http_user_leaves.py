@@ -1,0 +1,85 @@
+"""A user who closes its connection while the upstream has not answered yet (a long poll, a slow report): the
+upstream must see it go, as behind nginx, which closes the upstream connection then. Real server, tunnel client
+and upstreams on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import queue
+import time
+
+import pytest
+
+from helpers.http import LOOPBACK, Stack
+
+
+class LongPoll:
+    """Reads a request head, then waits (up to 10 s) for the answer to be due or for the proxy to close its side."""
+
+    def __init__(self) -> None:
+        self.ended: queue.Queue[float | None] = queue.Queue()  # per request: seconds until the proxy's FIN, or None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        started = time.monotonic()
+        seen: float | None = None
+        try:
+            while await asyncio.wait_for(reader.read(65536), 10):
+                pass  # the body, if any; then the proxy's FIN, or nothing until the answer is due
+            seen = time.monotonic() - started
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+        writer.close()
+        self.ended.put(seen)
+
+
+async def _answer_after_fin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers once the proxy half-closed: as an upstream that finishes a request whatever its user did."""
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.read()  # the proxy's FIN
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        poll = LongPoll()
+        poll_port = stack.serve(poll.handle)
+        fin_port = stack.serve(_answer_after_fin)
+        server = stack.server(tls, token, upstream_timeout=30.0)
+        stack.client(server, tls, token, [f"poll.test=http://{LOOPBACK}:{poll_port}",
+                                          f"fin.test=http://{LOOPBACK}:{fin_port}"])
+        yield dict(server=server, poll=poll)
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("request_", [
+    b"GET /events?wait=60 HTTP/1.1\r\nHost: poll.test\r\n\r\n",
+    b"POST /graphql HTTP/1.1\r\nHost: poll.test\r\nContent-Length: 2\r\n\r\n{}",  # a body: the coroutine's path
+    b"POST /graphql HTTP/1.1\r\nHost: poll.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+], ids=["get", "post", "post-chunked"])
+def test_a_user_leaving_a_long_poll_closes_the_upstream_connection(env, request_):
+    """Measured: the upstream's connection stayed open until it answered (up to --upstream-timeout, 60 s), its
+    handler running and a client stream held for a user long gone; nginx closes it at once (499)."""
+    poll = env["poll"]
+    with socket.create_connection((LOOPBACK, env["server"].data_port), timeout=5) as sock:
+        sock.sendall(request_)
+        time.sleep(0.3)  # the request reached the upstream, which waits
+    seen = poll.ended.get(timeout=12)
+    assert seen is not None and seen < 2, "the upstream never saw its user leave"
+
+
+def test_a_user_that_half_closes_still_gets_an_upstreams_answer(env):
+    """A user that sends its request and then its FIN (shutdown(SHUT_WR)) gets what the upstream answers."""
+    with socket.create_connection((LOOPBACK, env["server"].data_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: fin.test\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"later"), answer
