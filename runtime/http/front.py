@@ -42,6 +42,9 @@ HIGH_WATER = 512 * 1024
 #: against ``HIGH_WATER``: else a stream of 1-byte chunks queued ~35 MB before reading paused.
 EVENT_COST = 128
 PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
+#: Seconds a user that closed its side gives the request in flight before the upstream is told (``pass_fin``): a
+#: user that only half-closed (``nc -N``) still gets a prompt answer, from upstreams that stop at a FIN too (aiohttp).
+FIN_GRACE = 1.0
 
 
 class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
@@ -237,14 +240,19 @@ class FrontConnection(asyncio.Protocol):
         self.eof = True
         ex = self.exchange
         if ex is not None and not ex.body_pending:
-            self.pass_fin(ex.leg)
+            self.pass_fin(ex)
         self.wake()
         return True  # answer what was asked before closing
 
-    def pass_fin(self, leg: Leg) -> None:
-        """The user closed its side after the request in flight, all of which went: the upstream sees it too."""
+    def pass_fin(self, ex: http_exchange.Exchange) -> None:
+        """The user closed its side after the request in flight, all of which went: unless answered within
+        ``FIN_GRACE``, the upstream sees it too (a long poll its user left stops, as nginx closes it then)."""
         if self.eof and not self.unparsed and all(type(event) is EndOfMessage for event in self.events):
-            leg.end_request()  # a user that only half-closed still gets what the upstream answers
+            self.loop.call_later(FIN_GRACE, self._pass_fin_now, ex)
+
+    def _pass_fin_now(self, ex: http_exchange.Exchange) -> None:
+        if self.exchange is ex and self.transport is not None:
+            ex.leg.end_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
@@ -455,7 +463,7 @@ class FrontConnection(asyncio.Protocol):
                 elif type(event) is EndOfMessage:
                     if chunked:
                         await leg.write(LAST_CHUNK)
-                    self.pass_fin(leg)
+                    self.pass_fin(exchange)
                     return
         except (LegFailed, HttpError, UpstreamTimeout):
             return  # the exchange saw it too and answers the user
