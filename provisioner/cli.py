@@ -288,22 +288,42 @@ def status_cmd(
     flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     result = manage.status(state_root(state_dir), creds, name)
+    replicas = result.get("replicas", [])
     if json_output:
         output.print_json(result)
-        return
+    else:
+        _print_status(result)
+    down = [r for r in replicas if "server" not in r]  # a group serving with a replica down is degraded: as with
+    if down:  # ``inlets status --url A --url B``, exit 1, so ``inletsctl status ha || alert`` sees it
+        names = ", ".join(f"{r['name']} ({r['error']})" for r in down)
+        print(f"inletsctl: error: {len(down)} of {len(replicas)} replicas of {name} did not answer: {names}",
+              file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _print_status(result: dict) -> None:
+    from inlets_py.runtime.cli.status_view import render_holdings, render_table  # the same view as ``inlets status``
+
     for key in ("name", "provider", "id", "ip", "vm"):
         print(f"{key:<9} {result[key]}")
     if result.get("client_command"):
         print(f"{'client':<9} {result['client_command']}")
-    for replica in result.get("replicas", []):
+    replicas = result.get("replicas", [])
+    for replica in replicas:
         answer = "answered" if "server" in replica else replica["error"]
         print(f"{'replica':<9} {replica['name']} {replica['ip']} ({replica['vm']}; {answer})")
+    if replicas:  # each replica's own clients: the first one's alone hid a client holding only another replica
+        documents = {r["name"]: r["server"]["status"] for r in replicas
+                     if isinstance(r.get("server", {}).get("status"), dict)}
+        for replica, document in documents.items():
+            print(f"\n{replica}\n{render_table(document)}")
+        print()
+        print(render_holdings(documents, servers=[r["name"] for r in replicas]))
+        return
     server = result["server"]
     if server["endpoint"] == "/healthz":
         print(f"{'server':<9} /healthz answered {server['http_status']} {server['body']}".rstrip())
     elif isinstance(server["status"], dict):
-        from inlets_py.runtime.cli.status_view import render_table  # the same view as ``inlets status``
-
         print()
         print(render_table(server["status"]))
     else:

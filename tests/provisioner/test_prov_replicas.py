@@ -182,3 +182,31 @@ def test_a_name_too_long_for_its_replicas_is_refused_before_anything_is_made(
     one_line_error(created, f"the name {name!r} is too long for --replicas 10: its VMs are named {name}-1 to {name}-10, "
                             "and a name is at most 63 characters; use at most 60")
     assert not fake.droplets and not fake.balancers and not (state / name).exists()
+
+
+def test_status_shows_each_replica_and_fails_while_one_is_down(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """Only the first replica's clients were shown, and a dead replica still exited 0: a client holding one replica
+    of two looked like "no clients connected", and `inletsctl status ha || alert` never fired for a dead replica."""
+    state = tmp_path / "state"
+    summary = _create(fake, token_file, state, capsys)
+    argv = shlex.split(summary["client_command"])
+    first_url = argv.index("--url")
+    del argv[first_url:first_url + 2]  # a client holding only the second replica
+    try:
+        with run_client(shlex.join(argv), tmp_path / "client.log"):
+            deadline = time.monotonic() + 20
+            while "holds 1/2 servers" not in (out := run_cli(capsys, *_do(fake, token_file, state, "status", "ha")).out):
+                assert time.monotonic() < deadline, out
+                time.sleep(0.2)
+            assert "ha-1" in out and "ha-2" in out and "(not ha-1" in out
+            first = min(fake.processes)
+            fake.processes[first].send_signal(signal.SIGKILL)
+            fake.processes[first].wait(timeout=10)
+            down = run_cli(capsys, *_do(fake, token_file, state, "status", "ha"))
+            assert down.code == 1 and "holds 1/2 servers" in down.out, down
+            one_line_error(down, "ha-1")
+            assert run_cli(capsys, *_do(fake, token_file, state, "status", "ha", "--json")).code == 1
+    finally:
+        assert run_cli(capsys, *_do(fake, token_file, state, "delete", "ha")).code == 0
