@@ -438,7 +438,7 @@ class TunnelClient:
 
     async def _handshake(self, websocket: ClientConnection):
         hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,
-                      extra=self.config.extra)
+                      extra={**self.config.extra, "max_streams": self.config.max_streams})  # the server skips us when full
         await websocket.send(hello.encode())
         try:
             return parse_welcome(await asyncio.wait_for(websocket.recv(), 15))

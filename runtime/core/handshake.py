@@ -142,6 +142,16 @@ def parse_hello(message: str | bytes) -> Hello:
     return Hello(mode, services, client_id, _window(data), data["protocol"], str(data.get("version", "")), extra)
 
 
+def client_max_streams(hello: Hello, limit: int) -> int:
+    """The streams a server may open on this client: its own --max-client-streams, or fewer when the client's
+    --max-streams (sent in the hello) is lower, so a full client is skipped for another instead of resetting the
+    user (an older client that sends none: ``limit``)."""
+    value = hello.extra.get("max_streams")
+    if type(value) is int and 1 <= value < limit:
+        return value
+    return limit
+
+
 def parse_welcome(message: str | bytes) -> Welcome:
     data = _load(message, "welcome")
     services, max_frame = data.get("services"), data.get("max_frame")

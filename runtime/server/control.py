@@ -29,7 +29,8 @@ from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
 from .ratelimit import FailedLoginLimiter
 from ..core.handshake import (
-    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome, parse_hello,
+    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome,
+    client_max_streams, parse_hello,
 )
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from ..core.session import Session
@@ -375,7 +376,7 @@ class ControlPlane:
                 recv_window=self.config.window,
                 send_window=hello.window,
                 max_frame=self.config.max_frame,
-                max_streams=self.config.max_streams,
+                max_streams=client_max_streams(hello, self.config.max_streams),
                 initial_recv_window=self.initial_window,
                 recv_budget=self.config.max_buffer,
             )
