@@ -205,3 +205,25 @@ def test_the_client_exits_only_when_every_server_refused_it(tmp_path: Path, tls:
     finally:
         for process in servers:
             terminate(process)
+
+
+def test_a_refusal_worded_around_its_url_keeps_it_in_the_log_line(tmp_path: Path, tls: TlsFiles) -> None:
+    """A --url that answers plain HTTP logged error=" answers plain HTTP, not TLS: ...": the URL was cut off the
+    front of a message that is not "URL: reason", leaving a sentence without its subject and a leading space."""
+    tokens = _tokens(tmp_path)
+    control = free_port()
+    server = _server("tcp", control, tls, tokens[0], DATA_ADDRS[0], tmp_path / "server.log")
+    plain = free_port()
+    with http_upstream(plain):  # a plain HTTP site where a control port should be
+        plain_url = f"wss://127.0.0.1:{plain}"
+        client_log = tmp_path / "client.log"
+        client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--url", plain_url,
+                       "--token-file", str(tokens[0]), "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80",
+                       log=client_log)
+        try:
+            _held(client_log, "event=server_refused")
+            (refused,) = [line for line in client_log.read_text().splitlines() if "event=server_refused" in line]
+            assert f'error="{plain_url} answers plain HTTP, not TLS' in refused, refused
+        finally:
+            for process in (client, server):
+                terminate(process)
