@@ -376,7 +376,9 @@ class ControlPlane:
                 recv_window=self.config.window,
                 send_window=hello.window,
                 max_frame=self.config.max_frame,
-                max_streams=client_max_streams(hello, self.config.max_streams),
+                # TCP: a full client is skipped for another (HTTP retries a refused stream itself, waiting for one)
+                max_streams=client_max_streams(hello, self.config.max_streams) if self.mode == "tcp" else
+                self.config.max_streams,
                 initial_recv_window=self.initial_window,
                 recv_budget=self.config.max_buffer,
             )
