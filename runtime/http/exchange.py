@@ -73,7 +73,7 @@ class Front(Protocol):
     idle_since: float | None
     drain: asyncio.Future | None
 
-    def pick(self, service: str) -> Leg | None: ...  # a leg to a client serving ``service`` (kept or new)
+    def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None: ...  # a leg to a client of ``service``
 
     def on_leg(self) -> None: ...  # the leg's listener while the exchange runs: calls ``progress``
 
@@ -95,7 +95,8 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 class Exchange:
     __slots__ = ("head", "leg", "options", "label", "started", "request", "response", "chunked", "close",
-                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "awaiting_body", "refusals")
+                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "awaiting_body", "refusals",
+                 "unreachable_on")
 
     def __init__(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                  request: bytes | None, reused: bool, waiter: asyncio.Future | None) -> None:
@@ -116,6 +117,7 @@ class Exchange:
         self.body_pending = False  # the coroutine is still sending the request body
         self.awaiting_body = False  # ... and waits for the user's next piece of it (not for the upstream to read)
         self.refusals = 0  # streams the client refused for this request (its --max-streams)
+        self.unreachable_on: list[Session] = []  # clients that could not dial their upstream for it
 
 
 #: Body pieces from this size on are written as they are, with the response head and the rest of the
@@ -225,6 +227,8 @@ def progress(front: Front) -> None:
                     abandon(front)
                 elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
                     _retry_refused(front, ex)
+                elif leg.unreachable and ex.request is not None:
+                    _retry_elsewhere(front, ex, failure)
                 else:
                     _fail(front, ex, failure)
                 return
@@ -310,6 +314,14 @@ def _retry(front: Front, ex: Exchange) -> None:
     _resend(front, ex, "upstream closed the connection without answering")
 
 
+def _retry_elsewhere(front: Front, ex: Exchange, failure: Exception | None) -> None:
+    """The client could not dial its upstream (down behind that client only, say): the request reached no upstream,
+    so it goes to another client serving the host, any method, each client tried once; 502 when none is left."""
+    ex.unreachable_on.append(ex.leg.session)
+    _detach(front, ex)
+    _resend(front, ex, f"bad gateway: {failure}", avoid=ex.unreachable_on)
+
+
 def _retry_refused(front: Front, ex: Exchange) -> None:
     """The client refused the stream for its --max-streams: the request never reached the upstream, so it
     goes again on a fresh stream once one is free: a user between requests gives theirs up now
@@ -343,9 +355,9 @@ def _resend_if_waiting(front: Front, ex: Exchange) -> None:
         _resend(front, ex, "bad gateway: the tunnel client has too many streams open")
 
 
-def _resend(front: Front, ex: Exchange, failure: str) -> None:
+def _resend(front: Front, ex: Exchange, failure: str, avoid: list[Session] | None = None) -> None:
     try:
-        leg = front.pick(ex.leg.service)
+        leg = front.pick(ex.leg.service, avoid)
     except StreamLimit:  # every client serving it holds --max-client-streams, each stream carrying a request
         leg = None
     if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it

@@ -355,7 +355,7 @@ class FrontConnection(asyncio.Protocol):
             self.server.observe(status, "", b"", time.monotonic())
         http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
 
-    def pick(self, service: str) -> Leg | None:
+    def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None:
         """A stream to a client serving ``service``: this connection's own while it can take the request, else
         the next client's; None when none can. StreamLimit when each one there holds --max-client-streams."""
         leg = self.leg
@@ -366,7 +366,7 @@ class FrontConnection(asyncio.Protocol):
             self.leg = None
         full: StreamLimit | None = None
         for session in self.server.registry.candidates(service):
-            if session.closed.is_set():
+            if session.closed.is_set() or (avoid is not None and session in avoid):  # ``avoid``: failed this request
                 continue
             try:
                 self.leg = Leg(session, service)

@@ -58,7 +58,7 @@ class UpstreamTimeout(Exception):
 class Leg:
     __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
                  "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener", "refused",
-                 "request_ended")
+                 "request_ended", "unreachable")
 
     def __init__(self, session: Session, service: str) -> None:
         self.session = session
@@ -70,6 +70,7 @@ class Leg:
         self.raw = False  # after 101 Switching Protocols: bytes pass as they are
         self.timed_out = False
         self.refused = False  # the client refused the stream (its --max-streams): the request never reached the upstream
+        self.unreachable = False  # the client could not dial its upstream: nothing of the request reached one
         self.received = 0  # bytes received in the current exchange
         self.request_ended = False  # the user's FIN went upstream (``end_request``): no other request follows
         self._waiter: asyncio.Future | None = None
@@ -110,6 +111,7 @@ class Leg:
             log.debug("event=stream_reset service=%s code=%d reason=%s", self.service, code, logfmt(reason))
             self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
             self.refused = code == ResetCode.TOO_MANY_STREAMS and not self.received
+            self.unreachable = code == ResetCode.REFUSED and not self.received
         self._wake()
         self._wake_writer()
 

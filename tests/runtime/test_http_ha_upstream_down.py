@@ -1,0 +1,34 @@
+"""Several HTTP clients serving one name: one client's upstream down costs its users nothing while another serves."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.tunnel import free_port
+
+
+def test_a_client_whose_upstream_is_down_hands_the_request_to_another(tls, token) -> None:
+    """Found by a review helper: two clients for one host, the first one's upstream stopped: 10 of 20 users got
+    502 "the tunnel client could not reach its upstream" while the other client served, for as long as it lasted.
+    A client that could not dial its upstream sent nothing to any upstream, so the request (any method) goes to
+    the next client; 502 only when every client failed it."""
+    stack = Stack()
+    try:
+        app, up = stack.upstream("UP")
+        down = free_port()  # nothing listens there: the first client's upstream is down
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"ha.test=http://{LOOPBACK}:{down}"])
+        stack.client(server, tls, token, [f"ha.test=http://{LOOPBACK}:{up}"])
+        answers = [raw_request(server.data_port, method + b" /r HTTP/1.1\r\nHost: ha.test\r\nConnection: close\r\n\r\n")
+                   for method in (b"GET", b"POST") * 10]
+        assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:120] for a in answers if b" 200 " not in a[:20]]
+        assert {json.loads(a.partition(b"\r\n\r\n")[2])["upstream"] for a in answers} == {"UP"}
+        assert len(app.stats.requests) == 20  # each once
+        only_down = stack.server(tls, token)
+        stack.client(only_down, tls, token, [f"ha.test=http://{LOOPBACK}:{down}"])
+        stack.client(only_down, tls, token, [f"ha.test=http://{LOOPBACK}:{down}"])
+        answer = raw_request(only_down.data_port, b"GET / HTTP/1.1\r\nHost: ha.test\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 502 ") and b"could not reach its upstream" in answer, answer[:300]
+    finally:
+        stack.close()
