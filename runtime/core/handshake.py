@@ -143,9 +143,9 @@ def parse_hello(message: str | bytes) -> Hello:
 
 
 def client_max_streams(hello: Hello, limit: int) -> int:
-    """The streams a server may open on this client: its own --max-client-streams, or fewer when the client's
-    --max-streams (sent in the hello) is lower, so a full client is skipped for another instead of resetting the
-    user (an older client that sends none: ``limit``)."""
+    """The streams the client takes from the server at once: its --max-streams, sent in the hello, or ``limit``
+    (the server's own) when higher or not sent (an older client). A client at it is tried last for a new user,
+    so another client takes the user instead of this one resetting them."""
     value = hello.extra.get("max_streams")
     if type(value) is int and 1 <= value < limit:
         return value

@@ -124,10 +124,15 @@ class Multiplexer(FrameQueue):
         self._peer_parity = 0 if client else 1
         self._peer_highest = 0
         self._peer_open = 0  # streams the peer opened that are still live
+        self.peer_max_streams: int | None = None  # the streams the peer takes from us (its --max-streams), if it said
         self.going_away = False  # we sent GOAWAY
         self.peer_going_away = False  # the peer sent GOAWAY
 
     # ----------------------------------------------------------------- local calls
+
+    def at_peer_limit(self) -> bool:
+        """Whether the peer would refuse another stream of ours (TOO_MANY_STREAMS), by the limit it sent."""
+        return self.peer_max_streams is not None and len(self._streams) - self._peer_open >= self.peer_max_streams
 
     def open_stream(self, target: str) -> int:
         if self.going_away or self.peer_going_away:

@@ -376,12 +376,11 @@ class ControlPlane:
                 recv_window=self.config.window,
                 send_window=hello.window,
                 max_frame=self.config.max_frame,
-                # TCP: a full client is skipped for another (HTTP retries a refused stream itself, waiting for one)
-                max_streams=client_max_streams(hello, self.config.max_streams) if self.mode == "tcp" else
-                self.config.max_streams,
+                max_streams=self.config.max_streams,
                 initial_recv_window=self.initial_window,
                 recv_budget=self.config.max_buffer,
             )
+            mux.peer_max_streams = client_max_streams(hello, self.config.max_streams)  # open_on_first tries it last
             on_stream = None
             if self.config.forwarding is not None:  # only what this client declared (check_hello checked the list)
                 on_stream = partial(self.config.forwarding.on_stream, declared=frozenset(hello.extra.get("forwards") or ()))
