@@ -107,7 +107,7 @@ class Front:
         self.resumed = 0
         self.woken = 0
 
-    def pick(self, service: str) -> Leg | None:
+    def pick(self, service: str, avoid: list | None = None) -> Leg | None:
         self.leg = self.legs.pop(0) if self.legs else None
         return self.leg
 
