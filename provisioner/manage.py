@@ -166,8 +166,8 @@ def _find(provider: Provisioner, name: str | None = None, ip: str | None = None)
     what = f"named {name!r}" if name is not None else f"with IP {ip}"
     if len(found) > 1:
         choices = ", ".join(f"{h.name} (--id {h.id})" if h.name else f"--id {h.id}" for h in found)
-        raise ProvisionError(f"{provider.name}: {len(found)} exit servers {what}: {choices}; "
-                             "say which with its NAME or --id")
+        which = "--id" if name is not None else "its NAME or --id"  # several of one name: the name cannot tell them
+        raise ProvisionError(f"{provider.name}: {len(found)} exit servers {what}: {choices}; say which with {which}")
     if not found:
         raise NotFound(f"{provider.name}: no exit server {what} (tagged inlets)")
     return found[0]

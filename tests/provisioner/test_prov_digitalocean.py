@@ -301,6 +301,10 @@ def test_list_flags_one_sided_entries_and_delete_by_ip_and_id(fake: FakeDigitalO
     one_line_error(no_provider, "--provider")
     lost = run_cli(capsys, *_do(fake, token_file, state, "delete", "lost"))
     assert lost.code == 0 and "already gone" in lost.out and not (state / "lost").exists()
+    twins = [fake.add_droplet("twin", ["inlets", "inlets-mode:tcp"]) for _ in range(2)]  # a name cannot tell them
+    refused = run_cli(capsys, *_do(fake, token_file, state, "delete", "twin", "--provider", "digitalocean"))
+    one_line_error(refused, "digitalocean: 2 exit servers named 'twin'", "say which with --id")
+    assert "NAME" not in refused.err and all(twin["id"] in fake.droplets for twin in twins), refused.err
 
 
 def test_status_of_a_droplet_deleted_elsewhere_says_it_is_gone_and_how_to_clean_up(
