@@ -22,10 +22,12 @@ from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
 
 @contextlib.asynccontextmanager
-async def _forwarding_client(tls: TlsFiles, token: str) -> AsyncIterator[tuple[TunnelClient, LocalForward]]:
-    """A server that lets clients forward, and a client bringing its echo server to a local port (--local)."""
+async def _forwarding_client(tls: TlsFiles, token: str, target_port: int | None = None
+                             ) -> AsyncIterator[tuple[TunnelClient, LocalForward]]:
+    """A server that lets clients forward, and a client bringing its echo server (or ``target_port``) to a local
+    port (--local)."""
     echo = await echo_server()
-    forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+    forward = LocalForward(free_port(), "127.0.0.1", target_port or port_of(echo))
     server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
     client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
                                       extra={"forwards": [forward.target]})
@@ -246,22 +248,11 @@ def test_a_local_connection_the_server_resets_is_logged_with_its_reason(tls: Tls
     server's log, on another machine, said "Connection refused"). The client now logs the server's reason."""
 
     async def scenario() -> None:
-        closed = free_port()  # nothing listens there
-        forward = LocalForward(free_port(), "127.0.0.1", closed)
-        server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
-        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]})
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
-        await forwarder.start()
-        try:
+        async with _forwarding_client(tls, token, target_port=free_port()) as (_, forward):  # nothing listens there
             reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
             with pytest.raises(ConnectionResetError):
                 await asyncio.wait_for(reader.read(), 5)
             writer.close()
-        finally:
-            forwarder.stop()
-            await stop(task)
-            await server.stop()
         lines = [r.getMessage() for r in caplog.records if r.name == "inlets.forward"]
         assert any(f"event=forward_failed local_port={forward.local_port}" in line and "Connection refused" in line
                    for line in lines), lines
