@@ -17,6 +17,7 @@ per connection, no copies beyond the socket's own. Backpressure:
 from __future__ import annotations
 
 import asyncio
+import errno as errno_codes
 import logging
 import os
 import socket
@@ -222,6 +223,19 @@ def reset(transport: asyncio.BaseTransport) -> None:
 
 
 DIAL_TIMEOUT = 10.0
+_ERRNO_OF = {ConnectionResetError: errno_codes.ECONNRESET, ConnectionAbortedError: errno_codes.ECONNABORTED,
+             ConnectionRefusedError: errno_codes.ECONNREFUSED, BrokenPipeError: errno_codes.EPIPE}
+
+
+def _tls_failure(exc: ssl.SSLError) -> str:
+    """An https:// upstream's failed handshake in words: its errno (OpenSSL's 1) read as "Operation not
+    permitted" for an upstream that speaks plain HTTP or only TLS below 1.2."""
+    code = exc.reason or ""
+    if code == "WRONG_VERSION_NUMBER":
+        return "TLS handshake failed: the upstream does not speak TLS (for a plain HTTP one use http://)"
+    if "PROTOCOL_VERSION" in code or code == "UNSUPPORTED_PROTOCOL":
+        return "TLS handshake failed: the upstream offers no TLS 1.2 or newer"
+    return f"TLS handshake failed: {code.replace('_', ' ').lower() or 'the connection ended'}"
 
 
 def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
@@ -256,8 +270,11 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         reason = f"TLS verification failed: {exc.verify_message}"
     elif isinstance(exc, socket.gaierror):  # the resolver's words: its codes (-2, -3) are no errno ("Unknown error -2")
         reason = exc.strerror or "the name does not resolve"
+    elif isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's code (1: "Operation not permitted")
+        reason = _tls_failure(exc)
     elif isinstance(exc, OSError):  # the errno's words: asyncio's own strerror repeats the address
-        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or "dial failed"
+        errno = exc.errno or _ERRNO_OF.get(type(exc))  # asyncio's TLS handshake raises ConnectionResetError()
+        reason = os.strerror(errno) if errno else exc.strerror or "dial failed"
     else:  # ValueError, UnicodeError: a host name IDNA refuses ("a..b"); anything else is a bug
         reason = "invalid host name"
         if not isinstance(exc, ValueError):

@@ -133,3 +133,71 @@ def test_empty_data_frames_for_a_byte_stream_are_not_queued_while_it_dials() -> 
         assert handler._early == [b"x"]
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("upstream, said", [
+    ("plain", "TLS handshake failed: the upstream does not speak TLS (for a plain HTTP one use http://)"),
+    ("tls1.1", "TLS handshake failed: the upstream offers no TLS 1.2 or newer"),
+    ("closes", "Connection reset by peer"),
+])
+def test_a_failed_tls_handshake_is_said_in_words(upstream: str, said: str, tmp_path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """An SSLError's errno is OpenSSL's code, 1: an https:// upstream that speaks plain HTTP, or only TLS 1.1,
+    was logged as error="Operation not permitted"; one that closed at once (asyncio raises a bare
+    ConnectionResetError()) as "dial failed"."""
+    import ssl
+    import threading
+    import warnings
+
+    from helpers.tunnel import make_tls
+
+    tls = make_tls(tmp_path)
+    server_tls = None
+    if upstream == "tls1.1":
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(tls.cert, tls.key)
+        with warnings.catch_warnings():  # TLS 1.1 is deprecated: the point of this upstream
+            warnings.simplefilter("ignore", DeprecationWarning)
+            server_tls.minimum_version = ssl.TLSVersion.TLSv1_1
+            server_tls.maximum_version = ssl.TLSVersion.TLSv1_1
+        server_tls.set_ciphers("ALL:@SECLEVEL=0")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if upstream == "plain":
+            await reader.read(1)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    def handshake_once(listener: socket.socket) -> None:
+        """A blocking TLS server, as http.server's: it answers a ClientHello for 1.2 with its alert."""
+        conn, _ = listener.accept()
+        try:
+            server_tls.wrap_socket(conn, server_side=True)  # type: ignore[union-attr]
+        except (ssl.SSLError, OSError):
+            pass
+        conn.close()
+
+    async def run() -> None:
+        if server_tls is None:
+            server = await asyncio.start_server(answer, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+        else:
+            listener = socket.create_server(("127.0.0.1", 0))
+            port = listener.getsockname()[1]
+            thread = threading.Thread(target=handshake_once, args=(listener,), daemon=True)
+            thread.start()
+        client_tls = ssl.create_default_context(cafile=str(tls.ca))
+        _, channel = stream()
+        bridge.dial(channel, "127.0.0.1", port, tls=client_tls)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+        if server_tls is None:
+            server.close()
+        else:
+            thread.join(5)
+            listener.close()
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(run())
+    assert f'error="{said}"' in caplog.text, caplog.text
+    assert "Operation not permitted" not in caplog.text
