@@ -119,6 +119,9 @@ async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     try:
         await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
-    except OSError as exc:
+    except OSError as exc:  # said here, as a TCP dial says it: the server logs no reset, and datagrams vanished
+        reason = exc.strerror or str(exc)
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason))
         upstream.close()
-        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {host}:{port}: {exc.strerror or exc}")
+        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {host}:{port}: {reason}")

@@ -201,3 +201,20 @@ def test_a_failed_tls_handshake_is_said_in_words(upstream: str, said: str, tmp_p
         asyncio.run(run())
     assert f'error="{said}"' in caplog.text, caplog.text
     assert "Operation not permitted" not in caplog.text
+
+
+def test_a_udp_upstream_that_does_not_resolve_is_said_in_the_clients_log(caplog: pytest.LogCaptureFixture) -> None:
+    """The flow was reset with the reason, which the server does not log: every datagram to that port vanished
+    with no line anywhere (`--upstream udp:5353=dns.typo:53`)."""
+    from inlets_py.runtime.client.udp_upstream import dial_udp
+
+    async def run() -> None:
+        s = Session(NO_WIRE, Multiplexer(client=True), name="test")  # type: ignore[arg-type]
+        channel = s.open_stream("udp:53", None)  # type: ignore[arg-type]
+        dial_udp(channel, "doesnotexist.invalid", 53)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.udp"):
+        asyncio.run(run())
+    assert 'event=upstream_failed upstream=doesnotexist.invalid:53 proto=udp error="Name or service not known"' \
+        in caplog.text, caplog.text
