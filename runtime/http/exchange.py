@@ -139,8 +139,9 @@ def try_start(front: Front, head: RequestHead) -> bool:
     if service is None:
         return False
     guard = server.guards.get(service)
-    if guard is not None and not guard.authorized(head.noted.get(b"authorization", (None,))[0]):
-        return False
+    if guard is not None and (not guard.authorized(head.noted.get(b"authorization", (None,))[0])
+                              or server.guards.limited(front.peer)):
+        return False  # the coroutine answers it (401, 429)
     try:
         leg = front.pick(service)
     except StreamLimit:  # the coroutine answers it (503)

@@ -66,18 +66,23 @@ class Guards(dict[str, Protection]):
 
     def refusal(self, protection: Protection, authorization: bytes | None, source: bytes) -> int | None:
         """None when ``authorization`` passes; else 401, or 429 once ``source`` has sent too many wrong ones. A
-        right credential is never refused, and a request without one (a browser's first) is no failed guess."""
+        request without one (a browser's first) is no failed guess. While ``source`` is limited, every credential
+        it sends is 429, the right one too: passing the right one told a guesser which it was (3,000 a second)."""
+        if authorization is None:
+            return None if protection.authorized(None) else 401
+        if self.limited(source):
+            return 429
         if protection.authorized(authorization):
             return None
-        if authorization is None:
-            return 401
         where = source.decode(errors="replace")
-        if self.failures.blocked(where):
-            return 429
         if self.failures.failed(where):  # once per window per source
             log.warning("event=auth_rate_limited source=%s failures=%d window=%.0fs", where, self.failures.limit,
                         self.failures.window)
         return 401
+
+    def limited(self, source: bytes) -> bool:
+        """Whether ``source`` sent too many wrong credentials this window (none of its credentials passes)."""
+        return self.failures.blocked(source.decode(errors="replace"))
 
     def admit(self, session: Hashable, services: list[str], options: HttpOptions) -> None:
         for service in services:
