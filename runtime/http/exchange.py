@@ -320,7 +320,7 @@ def _retry_elsewhere(front: Front, ex: Exchange, failure: Exception | None) -> N
     so it goes to another client serving the host, any method, each client tried once; 502 when none is left."""
     ex.unreachable_on.append(ex.leg.session)
     _detach(front, ex)
-    _resend(front, ex, f"bad gateway: {failure}", avoid=ex.unreachable_on)
+    _resend(front, ex, f"bad gateway: {failure}")
 
 
 def _retry_refused(front: Front, ex: Exchange) -> None:
@@ -356,9 +356,11 @@ def _resend_if_waiting(front: Front, ex: Exchange) -> None:
         _resend(front, ex, "bad gateway: the tunnel client has too many streams open")
 
 
-def _resend(front: Front, ex: Exchange, failure: str, avoid: list[Session] | None = None) -> None:
+def _resend(front: Front, ex: Exchange, failure: str) -> None:
+    """Send the request again on a fresh stream, to none of the clients that could not dial their upstream for it
+    (each retry's: a retry after a refused stream dialled the unreachable one again, up to 6 times a request)."""
     try:
-        leg = front.pick(ex.leg.service, avoid)
+        leg = front.pick(ex.leg.service, ex.unreachable_on or None)
     except StreamLimit:  # every client serving it holds --max-client-streams, each stream carrying a request
         leg = None
     if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it

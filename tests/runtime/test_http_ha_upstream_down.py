@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.tunnel import free_port
@@ -32,3 +36,39 @@ def test_a_client_whose_upstream_is_down_hands_the_request_to_another(tls, token
         assert answer.startswith(b"HTTP/1.1 502 ") and b"could not reach its upstream" in answer, answer[:300]
     finally:
         stack.close()
+
+
+def test_a_client_that_could_not_dial_is_not_tried_again_for_the_request(tls, token, caplog) -> None:
+    """Found by a review helper: the other client at its --max-streams refused the retried request's stream, and
+    each retry after that refusal went to the client whose upstream is down again: 6 dials (6 upstream_failed lines
+    at that client) for one request, where it was known unreachable after the first."""
+    caplog.set_level(logging.INFO)
+    stack = Stack()
+    try:
+        release = asyncio.Event()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await asyncio.wait_for(release.wait(), 10)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        up = stack.serve(slow)
+        down = free_port()
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"ms.test=http://{LOOPBACK}:{down}"])
+        stack.client(server, tls, token, [f"ms.test=http://{LOOPBACK}:{up}"], max_streams=1)
+        request = b"GET / HTTP/1.1\r\nHost: ms.test\r\nConnection: close\r\n\r\n"
+        with ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(raw_request, server.data_port, request)  # holds the second client's one stream
+            time.sleep(0.5)
+            caplog.clear()
+            refused = raw_request(server.data_port, request)
+            stack.loop.call_soon_threadsafe(release.set)
+            assert busy.result(15).startswith(b"HTTP/1.1 200 ")
+    finally:
+        stack.close()
+    assert refused.startswith(b"HTTP/1.1 502 "), refused[:200]
+    dials = [r for r in caplog.records if "upstream_failed" in r.getMessage()]
+    assert len(dials) <= 1, [r.getMessage() for r in dials]
