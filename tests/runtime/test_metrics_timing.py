@@ -105,12 +105,18 @@ def test_no_request_is_counted_slower_than_its_user_saw_it(tmp_path):
             seen.append(ask()[0])
             time.sleep(0.002)  # an idle loop between requests, as most servers' loops are
         after = _buckets(urllib.request.urlopen(scrape, context=context, timeout=10).read().decode())
+        answers.close()  # the file holds the socket open past user.close(): the user would stay kept alive
         user.close()
     finally:
         for proc in reversed(procs):
             proc.terminate()
         for proc in procs:
-            proc.communicate(timeout=10)
+            try:
+                proc.communicate(timeout=40)  # a server drains for up to --drain-timeout (30 s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
     # The server reads its clock after writing the answer: a server descheduled right then (3 test workers on 2
     # cores) counts a few requests later than their user saw them end. The loop's clock lost ~40% of them.
     slack = 15
