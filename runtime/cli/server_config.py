@@ -16,7 +16,7 @@ from typing import Callable
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read
 from ..core.cert_expiry import iso, not_after_pem, not_before_pem, warn_if_ending
-from ..core.hosts import HostError, check_bind_address, check_host, is_ip
+from ..core.hosts import HostError, check_bind_address, check_host, is_ip, is_loopback
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
@@ -148,21 +148,11 @@ def warn_if_certificate_ending(cert: Path, hint: str) -> None:
 def warn_if_plaintext_reachable(control_addr: str) -> None:
     """Once the server runs (after every flag was checked: a bad one stays the only line): --plaintext where others
     reach the control port sends tokens in clear, which the flag's help says it is not for."""
-    if not _loopback(control_addr):
+    if not is_loopback(control_addr):
         log.warning("event=plaintext_control_plane addr=%s hint=%s", control_addr or "*",
                     logfmt("--plaintext on an address others reach sends the token and every tunnelled byte "
                            "unencrypted: give --control-addr 127.0.0.1 behind a TLS-terminating proxy, "
                            "or use --auto-tls"))
-
-
-def _loopback(address: str) -> bool:
-    """Whether a bind address stays on this machine (empty: every interface, so no)."""
-    if address.strip("[]").lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind_addresses(control_addr: str, data_addr: str, resolve: bool = True) -> None:

@@ -30,6 +30,18 @@ def is_ip(host: str) -> bool:
     return True
 
 
+def is_loopback(address: str | None) -> bool:
+    """Whether a bind address (brackets allowed) stays on this machine: a loopback IP or localhost. Empty, every
+    interface, so no."""
+    host = (address or "").strip("[]").lower()
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_host(host: str, what: str) -> str:
     """``host`` unchanged when it is an IP address or a valid DNS name (IDN allowed); HostError otherwise."""
     if is_ip(host):

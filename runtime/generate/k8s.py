@@ -13,12 +13,12 @@ and one token reach all of them. The client command, one ``--url`` per replica, 
 from __future__ import annotations
 
 import base64
-import ipaddress
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..core.hosts import is_loopback
 from ..core.ports import parse_port_list
 from ..core.auth import MAX_SECRET_FILE, TOKEN, SecretFileTooLarge, read_secret_file
 from .service import FILE_OPTIONS, K8S_SECRET_DIR, GenerateError, Pairs, name_of, split_secrets, without_generate
@@ -76,14 +76,6 @@ def _ports(option: str, value: str | None) -> list[int]:
 
 #: A server's listening addresses: the Service (and a client in another pod) reaches the pod's own address only.
 BIND_OPTIONS = ("--control-addr", "--data-addr")
-
-
-def _loopback(value: str | None) -> bool:
-    host = (value or "").strip("[]").lower()
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost" or host.endswith(".localhost")
 
 
 def _replicas(pairs: Pairs) -> tuple[Pairs, int]:
@@ -182,7 +174,7 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
             key = option.lstrip("-")
             secret[key] = _b64(_read(option, value))
             value = f"{K8S_SECRET_DIR}/{key}"
-        if option in BIND_OPTIONS and server and _loopback(value):
+        if option in BIND_OPTIONS and server and is_loopback(value):
             raise GenerateError(f"{option} {value} cannot be used with --generate=k8s_yaml: the Service reaches the pod "
                                 "at the pod's own address, never its loopback; leave it out")
         if option == "--control-port":
