@@ -219,8 +219,7 @@ def _check_not_private_tmp(runtime: list[str], files: list[tuple[str, str]]) -> 
 def _check_reachable(runtime: list[str], files: list[tuple[str, str]], dirs: list[tuple[str, str]]) -> None:
     """Refuse a unit its user could not start: a folder it cannot enter on the way to what it runs or reads failed
     every start with "Permission denied" (see reachable.py). The files and folders the setup line hands to the
-    user need only their way in; what this inlets runs must itself be
-    readable (and a program runnable) by it."""
+    user need only their way in; what this inlets runs must itself be readable (and a program runnable) by it."""
     for path in runtime:
         if found := reachable.blocked(path, SERVICE_USER, reachable.READ | reachable.EXECUTE):  # run, or list and enter
             raise GenerateError(

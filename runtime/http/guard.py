@@ -68,8 +68,8 @@ class Guards(dict[str, Protection]):
         """None when ``authorization`` passes; else 401, or 429 once ``source`` has sent too many wrong ones. A
         request without one (a browser's first) is no failed guess. While ``source`` is limited, every credential
         it sends is 429, the right one too: passing the right one told a guesser which it was (3,000 a second)."""
-        if authorization is None:
-            return None if protection.authorized(None) else 401
+        if authorization is None:  # a protected name: its challenge
+            return 401
         if self.limited(source):
             return 429
         if protection.authorized(authorization):
@@ -101,9 +101,11 @@ class Guards(dict[str, Protection]):
     def release(self, session: Hashable) -> None:
         for service in self._sessions.pop(session, ()):
             protection = self.get(service)
-            options = None if protection is None else protection.declared.pop(session, None)
-            if options is not None and not protection.declared:  # type: ignore[union-attr]
-                protection.left = [options]  # type: ignore[union-attr]
+            if protection is None:  # lifted meanwhile by a client serving it unprotected
+                continue
+            options = protection.declared.pop(session, None)
+            if options is not None and not protection.declared:
+                protection.left = [options]
                 self._left[service] = None
         while len(self._left) > self.max_left:  # the oldest kept goes: its name falls back to the catch-all
             oldest = next(iter(self._left))
