@@ -13,11 +13,12 @@ import socket
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from helpers.faults import rss_kib
 from helpers.process import spawn, terminate, wait_for_text
+from helpers.prov_support import HelloUpstream
 from helpers.tunnel import free_port, make_tls
 
 from inlets_py.runtime.acme.https_front import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE
@@ -28,18 +29,6 @@ FLOOD = 4000
 SOURCES = 100  # 40 from each: within the per-source cap, so the total cap is what holds
 #: MiB the server may grow by: a stalled partial ClientHello holds a socket and a few bytes, no TLS layer
 RSS_GROWTH = 32
-
-
-class _App(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        body = b"hello over https\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 def _rss_mib(pid: int) -> float:
@@ -79,7 +68,7 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
     issuer = f"https://127.0.0.1:{free_port()}/dir"  # never asked: the stored certificate is valid
     le_path = tmp_path / "letsencrypt"
     configure([DOMAIN], le_path, issuer=issuer).store.save(DOMAIN, site.cert.read_bytes(), site.key.read_bytes())
-    app = ThreadingHTTPServer(("127.0.0.1", 0), _App)
+    app = ThreadingHTTPServer(("127.0.0.1", 0), HelloUpstream)
     threading.Thread(target=app.serve_forever, daemon=True).start()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
@@ -99,7 +88,7 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
     try:
         wait_for_text(tmp_path / "client.log", "connected", timeout=20)
         deadline = time.monotonic() + 20
-        while b"hello over https" not in _https_get(https_port, user):
+        while b"hello from the upstream" not in _https_get(https_port, user):
             assert time.monotonic() < deadline, "the site never answered over https"
             time.sleep(0.2)
         time.sleep(1)
@@ -121,7 +110,7 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
         # a user during the flood, well within the 10 s the stalled handshakes may wait
         assert time.monotonic() - flood_began < 9, "the flood took too long to be a flood"
         answer = _https_get(https_port, user)
-        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello over https\n"), answer[:200]
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello from the upstream, path=/"), answer[:200]
         for sock in held:
             sock.close()
         held.clear()
