@@ -15,6 +15,7 @@ the internet), cannot hold off create's push.
 """
 
 import argparse
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -126,7 +127,7 @@ def main():
     else:
         server = socket.create_server(("0.0.0.0", args.port))
     got = []  # (wheel, sender) once one was accepted
-    failed = []  # the addresses of connections that failed before showing the token
+    failed = collections.Counter()  # connections that failed before showing the token, per address (at most 1,024)
     live = []  # the threads serving connections, each named by its peer's peer_key
 
     def handle(raw, peer):
@@ -142,7 +143,10 @@ def main():
             if getattr(threading.current_thread(), "authorised", False):  # create's: worth a line
                 print(f"receive-wheel: {peer[0]}: {exc}", file=sys.stderr)
             else:  # a flood's would fill the log (and block on a full pipe): counted, said once at the end
-                failed.append(peer[0])
+                if peer[0] in failed or len(failed) < 1024:  # a list of them grew by each: a flood's, without bound
+                    failed[peer[0]] += 1
+                else:
+                    failed["other"] += 1
         finally:
             raw.close()
 
@@ -170,8 +174,8 @@ def main():
         live.append(thread)
         thread.start()
     if failed:
-        print(f"receive-wheel: {len(failed)} connections without the token failed or were closed "
-              f"(from {len(set(failed))} addresses)", file=sys.stderr)
+        print(f"receive-wheel: {sum(failed.values())} connections without the token failed or were closed "
+              f"(from {len(failed)}{'+' if 'other' in failed else ''} addresses)", file=sys.stderr)
     if got:
         data, sender = got[0]
         with open(args.out, "wb") as file:
