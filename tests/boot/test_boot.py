@@ -1,7 +1,7 @@
 """Exit servers that really boot (issue 13): the user-data a user gets, booted by cloud-init
 and systemd in an Ubuntu 24.04 container (what every provider boots), and used the way the user uses it.
 
-Four VMs boot at once when the module starts (each in its own network namespaces):
+Five VMs boot at once when the module starts (each in its own network namespaces):
 - tcp: a plain ``inletsctl create --provider digitalocean --ports 80 --ttl ...``; checked for
   cloud-init's verdict and schema, the unit's user and capabilities, the secrets' modes, the
   printed client carrying bytes byte-exact, and last seen powering itself off when the ttl
@@ -11,7 +11,9 @@ Four VMs boot at once when the module starts (each in its own network namespaces
 - broken: ``create --runtime-spec`` of a release that does not exist: create times out
   naming how to see why, cloud-init reports the error, the unit ends failed;
 - terraform: the inlets-userdata module's rendering (the server wheel pushed, as the AWS
-  module does) with terraform/tools/push_wheel.py sending the wheel, then its client command.
+  module does) with terraform/tools/push_wheel.py sending the wheel, then its client command;
+- gce: a plain ``create --provider gce --mode http`` (fake GCE API): the one cloud whose user-data
+  carries the server wheel itself (xz, base64), unpacked and installed by cloud-init.
 Where containers cannot boot here, every test skips saying why.
 """
 
@@ -34,6 +36,7 @@ from vm import VM_ADDR, BootUnavailable, check_available
 from worlds import World
 
 from inlets_py.provisioner.material import generate
+from inlets_py.provisioner.wheel import build_runtime_wheel
 from inlets_py.runtime.core.probe import Endpoint, ProbeError, get
 from inlets_py.runtime.generate.systemd_quote import exec_command
 
@@ -54,7 +57,7 @@ class Boots:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
         self.ssh_key = key
         self.worlds: dict[str, World] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=5)
         self._jobs: dict[str, concurrent.futures.Future[Any]] = {}
 
     def start(self, name: str, job: Callable[[World], Any]) -> None:
@@ -96,6 +99,12 @@ def create_broken(world: World) -> Result:
                            "--runtime-spec", BROKEN_SPEC, "--timeout", "90")
 
 
+def create_gce(world: World) -> Result:
+    world.gce()
+    return world.inletsctl("create", "boot-gce", "--provider", "gce", "--mode", "http", "--json",
+                           "--timeout", CREATE_TIMEOUT)
+
+
 def boot_terraform(world: World) -> dict[str, Any]:
     """The inlets-userdata and inlets-client-command modules' outputs, the VM booted from the former."""
     if tfh.TERRAFORM is None:
@@ -134,6 +143,7 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boots]:
         farm.start("http", create_http)
         farm.start("broken", create_broken)
         farm.start("terraform", boot_terraform)
+        farm.start("gce", create_gce)
         yield farm
     finally:
         farm.close()
@@ -215,8 +225,13 @@ def test_a_plain_http_create_boots_clean_and_serves_through_the_printed_client(b
     assert_cloud_init_clean(world)
     proc = unit_process(world, "inlets.service")
     assert proc["User"] == "inlets" and proc["CapEff"] == CAP_NET_BIND_SERVICE, proc
+    serves_http_through_the_printed_client(world, summary["client_command"])
+
+
+def serves_http_through_the_printed_client(world: World, command: str) -> None:
+    """The printed client, run verbatim, serves a local upstream on the VM's port 80."""
     world.http_upstream(8080)
-    world.run_printed(summary["client_command"], "client.log")
+    world.run_printed(command, "client.log")
 
     def fetch() -> str:
         import urllib.request
@@ -295,6 +310,27 @@ def test_terraform_rendered_user_data_boots_and_serves_after_the_wheel_is_pushed
     world.echo_server(2222)
     world.run_printed(rendered["command"], "client.log")
     world.echo_through(2222, size=1024 * 1024)
+
+
+# ---------------------------------------------------------------------------------- gce
+
+
+def test_a_gce_create_boots_the_wheel_its_user_data_carries_and_serves(boots: Boots) -> None:
+    """The embedded wheel (no other boot test has one): cloud-init writes it from base64, python unpacks the xz,
+    pip installs it; the unit runs it, with nothing pushed to the control port."""
+    world, result = boots.get("gce")
+    summary = created(result, world)
+    assert world.gce_api is not None and world.vm is not None
+    (user_data,) = world.gce_api.user_data.values()
+    assert "encoding: b64" in user_data and "receive-wheel" not in user_data, "the gce user-data no longer embeds the wheel"
+    assert_cloud_init_clean(world)
+    assert "recoverable_errors: {}" in world.vm.wait_cloud_init(), world.vm.sh("cloud-init status --long").stdout
+    wheel = build_runtime_wheel("http")
+    installed = world.vm.sh(f"sha256sum /opt/inlets/{wheel.filename}; /opt/inlets/venv/bin/pip show inlets-py").stdout
+    assert installed.startswith(wheel.sha256) and "Location: /opt/inlets/venv/" in installed, installed
+    proc = unit_process(world, "inlets.service")
+    assert proc["ActiveState"] == "active" and proc["User"] == "inlets" and proc["CapEff"] == CAP_NET_BIND_SERVICE, proc
+    serves_http_through_the_printed_client(world, summary["client_command"])
 
 
 # ------------------------------------------------------------------- last: the tcp VM's ttl

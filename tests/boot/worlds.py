@@ -4,13 +4,15 @@ A World is one user-side network namespace (where ``inletsctl``, the printed cli
 the services it forwards to run, exactly as printed) and one VM (a booted container). The
 fake DigitalOcean API listens on the user's side and boots each droplet's user-data in
 the World's VM, so ``inletsctl create --provider digitalocean`` runs its real path: the
-API, the boot, the wait for /healthz over pinned TLS, the summary.
+API, the boot, the wait for /healthz over pinned TLS, the summary. A fake GCE API does the
+same for ``--provider gce``, the cloud whose user-data carries the server wheel itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import socket
 import socketserver
@@ -20,11 +22,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen
 from helpers.prov_fake_do import FakeDigitalOcean
 from helpers.prov_support import INLETSCTL, HelloUpstream, Result, user_env
 from vm import VM_ADDR, Container, Network
 
 DO_TOKEN = "dop_v1_" + "b" * 64
+GCE_PROJECT = "inlets-boot"
 
 
 class World:
@@ -34,6 +38,7 @@ class World:
         self.net = Network(tag).up()
         self.vm: Container | None = None
         self.api: FakeDigitalOcean | None = None
+        self.gce_api: FakeGCE | None = None
         self.state = workdir / "state"
         self._closers: list[object] = []
 
@@ -51,6 +56,13 @@ class World:
             self.api.__enter__()
         return self.api
 
+    def gce(self) -> "FakeGCE":
+        """A fake GCE API on the user's side, and the service-account key ``--access-token-file`` takes."""
+        if self.gce_api is None:
+            self.gce_api = self.net.on_user_side(lambda: FakeGCE(self))
+            (self.workdir / "gce-key.json").write_text(gce_key_json())
+        return self.gce_api
+
     def boot(self, droplet_id: int, user_data: str) -> str:
         self.boot_vm(user_data)
         return VM_ADDR
@@ -67,6 +79,8 @@ class World:
             argv += ["--state-dir", str(self.state)]
             if self.api is not None and "--provider" in args and "digitalocean" in args:
                 argv += ["--api-url", self.api.url, "--access-token-file", str(self.workdir / "do-token")]
+            if self.gce_api is not None and "--provider" in args and "gce" in args:
+                argv += ["--api-url", self.gce_api.url, "--access-token-file", str(self.workdir / "gce-key.json")]
         done = subprocess.run(self.net.user_argv(*argv), capture_output=True, text=True, timeout=timeout,
                               env=user_env(), stdin=subprocess.DEVNULL)
         return Result(done.returncode, done.stdout, done.stderr)
@@ -136,7 +150,76 @@ class World:
             self.vm.stop()
         if self.api is not None:
             self.api.__exit__(None, None, None)
+        if self.gce_api is not None:
+            self.gce_api.close()
         self.net.down()
+
+
+def gce_key_json() -> str:
+    """A service-account key of its own (libcloud signs the token request with it for real)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return json.dumps({"type": "service_account", "project_id": GCE_PROJECT, "private_key": pem.decode(),
+                       "client_email": f"inlets@{GCE_PROJECT}.iam.gserviceaccount.com"})
+
+
+class FakeGCE(RecordedAPI):
+    """The Compute API calls ``create --provider gce`` makes, answered as Google does (operations done at once):
+    the instance's ``user-data`` metadata boots in the World's VM, whose address is its external IP."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__()
+        self.world = world
+        self.instances: dict[str, dict[str, object]] = {}
+        self.user_data: dict[str, str] = {}
+        base = f"/compute/v1/projects/{GCE_PROJECT}"
+        self.route("POST", "/o/oauth2/token", Answer(200, {"access_token": "ya29.boot", "token_type": "Bearer",
+                                                           "expires_in": 3600}))
+        self.route("GET", f"{base}/aggregated/instances", lambda seen: Answer(200, {"items": {
+            "zones/europe-west2-a": {"instances": list(self.instances.values())}}}))
+        self.route("POST", f"{base}/global/firewalls", lambda seen: self._done(seen, "insert"))
+        self.route("GET", f"{base}/global/firewalls/[^/]+", lambda seen: Answer(200, {
+            "kind": "compute#firewall", "id": "4241", "name": seen.path.rsplit("/", 1)[1], "network": f"{base}/global/networks/default",
+            "allowed": [], "sourceRanges": [], "targetTags": [], "selfLink": f"https://www.googleapis.com{seen.path}"}))
+        self.route("GET", f"{base}/global/networks/default", Answer(200, {
+            "kind": "compute#network", "id": "4240", "name": "default", "autoCreateSubnetworks": True,
+            "selfLink": f"https://www.googleapis.com{base}/global/networks/default"}))
+        self.route("GET", f"{base}/zones", Answer(200, {"kind": "compute#zoneList", "items": [{
+            "kind": "compute#zone", "id": "2290", "name": "europe-west2-a", "status": "UP",
+            "selfLink": f"https://www.googleapis.com{base}/zones/europe-west2-a"}]}))
+        self.route("POST", f"{base}/zones/[^/]+/instances", self._insert)
+        self.route("GET", f"{base}/zones/[^/]+/instances/[^/]+", self._get)
+        self.route("GET", f"{base}/global/operations/[^/]+", lambda seen: self._done(seen, "insert"))
+
+    def _done(self, seen: Seen, kind: str) -> Answer:
+        link = f"https://www.googleapis.com/compute/v1/projects/{GCE_PROJECT}/global/operations/operation-{kind}"
+        return Answer(200, {"kind": "compute#operation", "name": f"operation-{kind}", "operationType": kind,
+                            "status": "DONE", "progress": 100, "selfLink": link})
+
+    def _insert(self, seen: Seen) -> Answer:
+        body = seen.json
+        zone = seen.path.split("/zones/")[1].split("/")[0]
+        self.user_data[body["name"]] = next(i["value"] for i in body["metadata"]["items"] if i["key"] == "user-data")
+        self.world.boot_vm(self.user_data[body["name"]])
+        self.instances[body["name"]] = {
+            "kind": "compute#instance", "name": body["name"], "id": "4242", "status": "RUNNING",
+            "zone": f"https://www.googleapis.com/compute/v1/projects/{GCE_PROJECT}/zones/{zone}",
+            "machineType": body["machineType"], "labels": body.get("labels", {}), "tags": {**body.get("tags", {}), "fingerprint": "42WmSpB8rSM="},
+            "creationTimestamp": "2030-01-01T00:00:00.000-00:00", "metadata": body["metadata"], "disks": [],
+            "networkInterfaces": [{"network": body["networkInterfaces"][0]["network"], "networkIP": "10.154.0.2",
+                                   "accessConfigs": [{"type": "ONE_TO_ONE_NAT", "natIP": VM_ADDR}]}],
+            "selfLink": f"https://www.googleapis.com{seen.path}/{body['name']}",
+        }
+        return self._done(seen, "insert")
+
+    def _get(self, seen: Seen) -> Answer:
+        name = seen.path.rsplit("/", 1)[1]
+        if name not in self.instances:
+            return Answer(404, {"error": {"code": 404, "message": f"The resource '{name}' was not found"}})
+        return Answer(200, self.instances[name])
 
 
 def _echo(host: str, port: int, payload: bytes) -> bytes:
