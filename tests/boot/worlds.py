@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import os
 import socket
 import socketserver
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen, gce_service_account_key
 from helpers.prov_fake_do import FakeDigitalOcean
 from helpers.prov_support import INLETSCTL, HelloUpstream, Result, user_env
 from vm import VM_ADDR, Container, Network
@@ -60,7 +59,7 @@ class World:
         """A fake GCE API on the user's side, and the service-account key ``--access-token-file`` takes."""
         if self.gce_api is None:
             self.gce_api = self.net.on_user_side(lambda: FakeGCE(self))
-            (self.workdir / "gce-key.json").write_text(gce_key_json())
+            (self.workdir / "gce-key.json").write_text(gce_service_account_key(GCE_PROJECT))
         return self.gce_api
 
     def boot(self, droplet_id: int, user_data: str) -> str:
@@ -153,17 +152,6 @@ class World:
         if self.gce_api is not None:
             self.gce_api.close()
         self.net.down()
-
-
-def gce_key_json() -> str:
-    """A service-account key of its own (libcloud signs the token request with it for real)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return json.dumps({"type": "service_account", "project_id": GCE_PROJECT, "private_key": pem.decode(),
-                       "client_email": f"inlets@{GCE_PROJECT}.iam.gserviceaccount.com"})
 
 
 class FakeGCE(RecordedAPI):

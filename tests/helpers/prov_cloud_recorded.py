@@ -177,3 +177,14 @@ def cassette(provider: str, name: str) -> list[tuple[str, str, Answer]]:
                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server")}
         out.append((request["method"], path, Answer(int(response["status"]["code"]), body, headers)))
     return out
+
+
+def gce_service_account_key(project: str) -> str:
+    """A GCE service-account key of its own: libcloud signs its token request with it for real."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return json.dumps({"type": "service_account", "project_id": project, "private_key": pem.decode(),
+                       "client_email": f"inlets@{project}.iam.gserviceaccount.com"})

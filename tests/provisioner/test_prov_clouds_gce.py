@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, make_plan
+from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, gce_service_account_key, make_plan
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.firewall import firewall_name
@@ -47,10 +45,7 @@ def _fixture_answer(seen: Seen) -> Answer:
 
 @pytest.fixture(scope="module")
 def key_json() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return json.dumps({"type": "service_account", "project_id": PROJECT, "private_key": pem.decode(),
-                       "client_email": "inlets@project_name.iam.gserviceaccount.com"})
+    return gce_service_account_key(PROJECT)
 
 
 @pytest.fixture
