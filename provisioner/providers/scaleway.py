@@ -154,7 +154,30 @@ class ScalewayProvider:
         wait_until_gone(self, host_id, timeout)
         group = server.security_group
         if group is not None and made_for(group.name, str(server.name or ""), PROVIDER.firewall_name_max):
-            self._quiet(lambda: api.delete_security_group(security_group_id=group.id, zone=zone))
+            # not quietly: a refusal said "deleted", removed the state and left the group; now the state stays, and
+            # the next delete finds the group by its name (delete_leftovers)
+            self._delete_group(group.id, group.name, zone)
+
+    def _delete_group(self, group_id: str, name: str, zone: str) -> None:
+        try:
+            with self._api(f"deleting security group {name} in {zone}"):
+                self._api_client.delete_security_group(security_group_id=group_id, zone=zone)
+        except NotFound:
+            pass
+
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The security group ``create`` made for the server ``name``, already gone: named inlets-NAME, tagged inlets,
+        and used by no server, in any zone, so that a group of the user's (shared, or merely named alike) stays."""
+        wanted, removed = firewall_name(name, PROVIDER.firewall_name_max), []
+        for zone in self._zones():
+            with self._api(f"reading security group {wanted} in {zone}"):
+                groups = self._api_client.list_security_groups(zone=zone, name=wanted, project=self._project,
+                                                               tags=[TAG], per_page=PAGE_SIZE).security_groups
+            for group in groups:
+                if made_for(group.name, name, PROVIDER.firewall_name_max) and TAG in (group.tags or []) and not group.servers:
+                    self._delete_group(group.id, group.name, zone)
+                    removed.append(f"security group {wanted} ({zone})")
+        return removed
 
     def list(self) -> list[Host]:
         """Servers tagged ``inlets`` in every zone (as ``scw instance server list zone=all``): the API lists one

@@ -17,7 +17,8 @@ import pytest
 
 pytest.importorskip("scaleway", reason="the scaleway SDK is not installed (pip install scaleway)")
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded, write_state  # noqa: E402
+from helpers.prov_support import one_line_error, run_cli  # noqa: E402
 from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
 from inlets_py.provisioner.providers.scaleway import ScalewayProvider  # noqa: E402
 
@@ -177,3 +178,33 @@ def test_an_api_that_stops_answering_is_given_up_on_within_the_timeout(api: Reco
     with pytest.raises(ProvisionError, match="no answer in time"):
         slow.status("fr-par-1/11111111-1111-4111-8111-111111111111")
     assert time.monotonic() - started < 2.5
+
+
+def test_a_security_group_that_cannot_be_deleted_keeps_the_state_for_the_next_delete(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The group's DELETE was refused (a 409) after the server was gone: delete said "deleted", exit 0, and removed
+    the state, leaving the group inlets-NAME unlisted. Now it fails in one line, and the next delete removes it."""
+    for variable, value in (("SCW_SECRET_KEY", "00000000-0000-4000-8000-00000000000a"),
+                            ("SCW_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX"), ("SCW_DEFAULT_PROJECT_ID", PROJECT)):
+        monkeypatch.setenv(variable, value)
+    name = "test-sdk-python-fixture"
+    write_state(tmp_path, name, "scaleway", f"fr-par-1/{OLD}")
+    recorded_get = [a for m, path, a in cassette("scaleway", "server.cassette.yaml") if m == "GET"][0]
+    body = json.loads(recorded_get.body)
+    body["server"]["security_group"] = {"id": SG, "name": f"inlets-{name}"}
+    body["server"]["state"] = "running"
+    gone = Answer(404, {"type": "unknown_resource", "message": "resource is not found"})
+    api.routes.insert(0, ("GET", re.compile(re.escape(f"{ZONE}/servers/{OLD}")), [Answer(200, body), gone]))
+    api.routes.insert(0, ("DELETE", re.compile(f"{ZONE}/security_groups/{SG}"),
+                          [Answer(409, {"type": "conflict", "message": "group is in use by a server"}), Answer(204)]))
+    group = json.loads(recorded("scaleway", "handwritten_security_group_create.json"))["security_group"]
+    api.route("GET", f"{ZONE}/security_groups", Answer(200, {"security_groups": [group | {"name": f"inlets-{name}"}]}))
+    api.route("GET", "/instance/v1/zones/[a-z0-9-]+/security_groups", Answer(200, {"security_groups": []}))
+    where = ("--api-url", api.url, "--state-dir", str(tmp_path))
+    failed = run_cli(capsys, "delete", name, *where)
+    one_line_error(failed, f"deleting security group inlets-{name} in fr-par-1 failed (409)", "in use")
+    assert (tmp_path / name / "server.json").exists()
+    again = run_cli(capsys, "delete", name, *where)
+    assert again.code == 0 and f"deleted its security group inlets-{name} (fr-par-1)" in again.out, again
+    assert len(api.requests("DELETE", f"{ZONE}/security_groups/{SG}")) == 2 and not (tmp_path / name).exists()
+    assert api.requests("GET", f"{ZONE}/security_groups")[0].query["tags"] == ["inlets"]
