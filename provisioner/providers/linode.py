@@ -46,6 +46,7 @@ class LinodeProvider:
 
         self._driver = get_driver(Provider.LINODE)(token, api_version="4.0")
         strict_responses(self._driver.connection)
+        _keep_page_size(self._driver.connection)
         self._endpoint = point(self._driver.connection, endpoint, timeout)
 
     def _api(self, what: str) -> Any:
@@ -188,6 +189,21 @@ class LinodeProvider:
             detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"region": str(data.get("region", "")), "tags": json.dumps(tags)},
         )
+
+
+def _keep_page_size(connection: Any) -> None:
+    """Let a request's own page_size stand: the driver sets 25 on every request, so _pages' 20 pages "of 500" were
+    20 of 25, and list showed 500 exit servers of more, without a word (list --prune, delete --id missed the rest)."""
+    default = connection.add_default_params
+
+    def add_default_params(params: dict[str, Any]) -> dict[str, Any]:
+        size = params.get("page_size")
+        params = default(params)
+        if size is not None:
+            params["page_size"] = size
+        return params
+
+    connection.add_default_params = add_default_params
 
 
 def _private(address: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded, write_state
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen, libcloud_fixture, make_plan, recorded, write_state
 from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
@@ -226,3 +226,24 @@ def test_a_firewall_that_cannot_be_deleted_keeps_the_state_for_the_next_delete(
     again = run_cli(capsys, "delete", "tunnel", *where)
     assert again.code == 0 and "deleted its firewall inlets-tunnel" in again.out, again
     assert len(api.requests("DELETE", "/v4/networking/firewalls/123")) == 2 and not (tmp_path / "tunnel").exists()
+
+
+def test_list_pages_500_at_a_time_past_the_first_500(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libcloud's driver set page_size=25 on every request, over the 500 asked for: 20 pages of 25, and `inletsctl list`
+    showed 500 of an account's 530 exit servers, without a word."""
+    monkeypatch.setenv("LINODE_TOKEN", "T" * 64)
+    node = json.loads(libcloud_fixture("linode_v4", "list_nodes.json"))["data"][0]
+    total = 530
+
+    def paged(seen: Seen) -> Answer:
+        page, size = int(seen.query["page"][0]), min(int(seen.query["page_size"][0]), 500)
+        data = [node | {"id": 1000 + i, "label": f"edge-{i}", "tags": ["inlets"]}
+                for i in range((page - 1) * size, min(total, page * size))]
+        return Answer(200, {"data": data, "page": page, "pages": -(-total // size), "results": total})
+
+    api.routes.insert(0, ("GET", re.compile("/v4/linode/instances"), paged))
+    result = run_cli(capsys, "list", "--provider", "linode", "--json", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert len(json.loads(result.out)["servers"]) == total
+    assert [s.query["page_size"] for s in api.requests("GET", "/v4/linode/instances")] == [["500"], ["500"]]
