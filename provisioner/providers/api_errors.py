@@ -50,10 +50,21 @@ class Fault:
     retry_after: float | None = None  # seconds the API asked us to wait before asking again, when it said
 
 
-def retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one."""
-    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
-    return retry_after_header.parse(value, datetime.datetime.now(datetime.timezone.utc))
+def retry_after(headers: Mapping[str, str] | None, reset: bool = False) -> float | None:
+    """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one;
+    with ``reset``, else until its ``RateLimit-Reset`` (DigitalOcean's: a Unix time; the IETF draft's: seconds)."""
+    found = {k.lower(): v for k, v in (headers or {}).items()}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    wait = retry_after_header.parse(found.get("retry-after"), now)
+    if wait is not None or not reset:
+        return wait
+    try:
+        value = float(found.get("ratelimit-reset") or "")
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return max(value - now.timestamp(), 1.0) if value > 1e9 else value  # a past reset: the next second
 
 
 Classifier = Callable[[BaseException], "Fault | None"]

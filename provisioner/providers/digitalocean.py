@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, ContextManager
 
 from ..errors import NotFound
-from .api_errors import AUTH, Fault, api_errors
+from .api_errors import AUTH, RATE_LIMIT, Fault, api_errors, retry_after
 from ..spec import TunnelSpec
 from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
                    parse_expiry_tag, tag_list)
@@ -170,12 +170,15 @@ class DigitalOceanProvider:
 def _fault(exc: BaseException) -> Fault | None:
     """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and ends its messages with the status
     (" (code: 503)"), which the one-line error already shows."""
+    from libcloud.common.exceptions import RateLimitReachedError
     from libcloud.common.types import InvalidCredsError
 
     from .cloud_api import libcloud_fault
 
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, 401, str(exc.value))
+    if isinstance(exc, RateLimitReachedError):  # its message is libcloud's "429 Rate limit exceeded", not the API's
+        return Fault(RATE_LIMIT, 429, "", retry_after(exc.headers, reset=True))
     fault = libcloud_fault(exc)
     suffix = f" (code: {fault.status})" if fault is not None else ""
     return replace(fault, message=fault.message.removesuffix(suffix)) if fault is not None else None

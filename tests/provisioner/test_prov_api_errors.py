@@ -5,12 +5,14 @@ reached or requests come too fast. Each reads as one line that says what to do n
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan
+from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.errors import ProvisionError, Transient
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.providers.vultr import VultrProvider
@@ -228,3 +230,22 @@ def test_a_wait_is_said_rounded_up(seconds: float, says: str) -> None:
 
     text = str(error_for("vultr", "api", "listing instances", by_status(429, "slow", seconds)))
     assert f"; {says} and try again" in text, text
+
+
+@pytest.mark.parametrize("headers, wait", [
+    ({"ratelimit-limit": "5000", "ratelimit-remaining": "0", "ratelimit-reset": "{reset}"}, "wait 4[12]s"),
+    ({"Retry-After": "7", "ratelimit-reset": "{reset}"}, "wait 7s"),  # Retry-After, where given, goes first
+])
+def test_digitalocean_rate_limit_is_one_line_with_the_wait_it_says(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        headers: dict[str, str], wait: str) -> None:
+    """A 429 read "the API is limiting requests (429) while listing droplets: 429 Rate limit exceeded; wait a minute":
+    libcloud's own words, and DigitalOcean's RateLimit-Reset (a Unix time, its only hint) ignored."""
+    monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", "dop_v1_" + "f" * 64)
+    reset = str(int(time.time()) + 42)
+    api.route("GET", "/v2/droplets", Answer(429, {"id": "too_many_requests", "message": "API Rate limit exceeded."},
+                                            {k: v.format(reset=reset) for k, v in headers.items()}))
+    result = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", api.url, "--state-dir", str(tmp_path))
+    line = one_line_error(result, "digitalocean: the API is limiting requests (429) while listing droplets; ")
+    assert re.search(f"; {wait} and try again$", line), line
+
