@@ -7,12 +7,15 @@ $HCLOUD_ENDPOINT (the variable the hcloud CLI reads).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, by_status, not_json, one_line
+from .api_errors import (
+    ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, by_status, not_json, one_line, retry_after,
+)
 from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 
@@ -46,9 +49,23 @@ class HetznerProvider:
         base = getattr(self._client, "_client", None)
         if hasattr(base, "_retry_max_retries"):
             base._retry_max_retries = 0
+        # the SDK's APIException keeps no headers: a 429's Retry-After is read off the answer as it comes
+        self._wait: float | None = None
+        session = getattr(base, "_session", None)
+        if session is not None:
+            session.hooks["response"].append(self._remember_wait)
+
+    def _remember_wait(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        self._wait = retry_after(response.headers) if response.status_code == 429 or response.status_code >= 500 else None
+
+    def _fault(self, exc: BaseException) -> Fault | None:
+        fault = hcloud_fault(exc)
+        if fault is not None and fault.kind in (RATE_LIMIT, REFUSED) and fault.retry_after is None and self._wait:
+            return replace(fault, retry_after=self._wait)
+        return fault
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._url, what, hcloud_fault, credentials="token")
+        return api_errors(self.name, self._url, what, self._fault, credentials="token")
 
     def create(self, plan: Plan) -> Host:
         from hcloud.firewalls import FirewallRule

@@ -249,3 +249,15 @@ def test_digitalocean_rate_limit_is_one_line_with_the_wait_it_says(
     line = one_line_error(result, "digitalocean: the API is limiting requests (429) while listing droplets; ")
     assert re.search(f"; {wait} and try again$", line), line
 
+
+def test_hetzner_rate_limit_says_its_retry_after(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hetzner's 429 said "wait a minute" whatever its Retry-After said: the hcloud SDK's error keeps no headers."""
+    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    api.route("GET", "/v1/servers", Answer(429, {"error": {"code": "rate_limit_exceeded", "details": {},
+                                                           "message": "limit of 3600 requests per hour reached"}},
+                                           {"Retry-After": "17", "RateLimit-Remaining": "0"}))
+    result = run_cli(capsys, "list", "--provider", "hetzner", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    line = one_line_error(result, "hetzner: the API is limiting requests (rate_limit_exceeded) while listing servers")
+    assert line.endswith("; wait 17s and try again"), line
