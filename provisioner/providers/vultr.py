@@ -106,6 +106,26 @@ class VultrProvider:
             return False
         return made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max)
 
+    def delete_leftovers(self, name: str) -> list[str]:
+        """The firewall group ``create`` made for the instance ``name`` before it was cut short (Ctrl-C, a timeout on
+        the group's POST): described inlets-NAME and used by no instance. Vultr groups take no tags, so nothing else
+        led to it: list and delete --provider vultr never saw it."""
+        wanted, removed = firewall_name(name, PROVIDER.firewall_name_max), []
+        params: dict[str, Any] = {"per_page": 500}
+        with self._api(f"reading firewall group {wanted}"):
+            groups: list[dict[str, Any]] = []
+            for _ in range(MAX_PAGES):
+                body = self._request("/v2/firewalls", params=params)
+                groups += body.get("firewall_groups") or []
+                params["cursor"] = (body.get("meta") or {}).get("links", {}).get("next")
+                if not params["cursor"]:
+                    break
+        for group in groups:
+            if made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max) and not group.get("instance_count"):
+                self._delete_firewall(str(group["id"]))
+                removed.append(f"firewall group {wanted}")
+        return removed
+
     def _delete_firewall(self, group_id: str) -> None:
         try:
             with self._api(f"deleting firewall group {group_id}"):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded, write_state
+from helpers.prov_support import run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.providers.vultr import VultrProvider
@@ -139,3 +141,24 @@ def test_rejected_key_is_one_line(api: RecordedAPI, tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="credentials rejected.*Invalid API token") as info:
         provider(api).create(make_plan(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_delete_after_a_create_cut_short_deletes_the_firewall_group_made_for_it(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create stopped (SIGTERM, Ctrl-C) while its firewall group's POST was answered left the group inlets-NAME: the
+    delete command it printed said "vultr has no exit server named cut; removed its local state", exit 0, and
+    nothing led to the group again (Vultr groups take no tags). Only the group described inlets-NAME that no instance
+    uses goes: one in use, and another server's, stay."""
+    monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
+    write_state(tmp_path, "cut", "vultr", None)
+    api.routes.insert(0, ("GET", re.compile("/v2/instances"), Answer(200, {"instances": [], "meta": {"links": {"next": ""}}})))
+    group = json.loads(recorded("vultr", "firewall_group_create.json"))["firewall_group"]
+    groups = [group | {"description": "inlets-cut"}, group | {"id": "in-use", "description": "inlets-cut", "instance_count": 1},
+              group | {"id": "other", "description": "inlets-cutter"}]
+    api.route("GET", "/v2/firewalls", [Answer(200, {"firewall_groups": groups[:2], "meta": {"links": {"next": "p2"}}}),
+                                       Answer(200, {"firewall_groups": groups[2:], "meta": {"links": {"next": ""}}})])
+    result = run_cli(capsys, "delete", "cut", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert result.out.startswith("vultr has no exit server named cut; deleted its firewall group inlets-cut; removed its")
+    assert [s.path for s in api.requests("DELETE")] == [f"/v2/firewalls/{GROUP}"] and not (tmp_path / "cut").exists()
+    assert api.requests("GET", "/v2/firewalls")[1].query["cursor"] == ["p2"]
