@@ -34,6 +34,7 @@ from ..core.ports import url_port
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
 from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
+from .eyeballs import connect_socket, is_name
 from .outbound_proxy import (
     ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
     explain as explain_proxy_failure,
@@ -367,11 +368,16 @@ class TunnelClient:
     async def _connect(self) -> ClientConnection:
         cfg = self.config
         kwargs: dict = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.open_timeout
         if self.ws_url.startswith("wss://"):
             kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
             if cfg.server_name:
                 kwargs["server_hostname"] = cfg.server_name
         try:
+            parts = urlsplit(self.ws_url)
+            if not self.proxy.url and is_name(host := parts.hostname or ""):
+                kwargs["sock"] = await self._connect_named(host, url_port(parts, 443 if parts.scheme == "wss" else 80))
             websocket = await connect(
                 self.ws_url,
                 additional_headers={"Authorization": f"Bearer {self.current_token()}"},
@@ -381,7 +387,7 @@ class TunnelClient:
                 write_limit=512 * 1024,
                 ping_interval=None,  # Session runs its own keepalive
                 close_timeout=5,
-                open_timeout=cfg.open_timeout,
+                open_timeout=max(deadline - loop.time(), 0.001),  # what the dial to a name left of it
                 user_agent_header="inlets-py",
                 logger=logging.getLogger("inlets.websockets"),
                 proxy=self.proxy.url,
@@ -426,6 +432,15 @@ class TunnelClient:
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return websocket
+
+    async def _connect_named(self, host: str, port: int) -> socket.socket:
+        """A socket to the server at a name, the first of its addresses to answer: websockets (through the loop)
+        tried them in turn, each until --open-timeout, so a dead AAAA record (or A) kept the client from a server
+        that answered on its other address, forever."""
+        try:
+            return await asyncio.wait_for(connect_socket(host, port), self.config.open_timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s") from None
 
     async def _tls_port(self) -> FatalClientError | None:
         """The error for a ws:// --url whose port speaks TLS (the server, or a reverse proxy terminating TLS,

@@ -22,6 +22,7 @@ from ..core.mux import ResetCode
 from ..core.ports import url_port
 from ..core.session import Channel
 from ..core.tls import load_ca
+from .eyeballs import connect_socket, is_name
 
 log = logging.getLogger("inlets.http")
 
@@ -126,4 +127,5 @@ class HttpUpstreams:
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         tls = self.tls if upstream.scheme == "https" else None
-        dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log)
+        dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log,
+             opener=connect_socket if is_name(upstream.host) else None)

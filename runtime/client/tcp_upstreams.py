@@ -16,6 +16,7 @@ from ..core.mux import ResetCode
 from ..core.ports import parse_port
 from ..core.session import Channel
 from ..core.services import tcp_service
+from .eyeballs import connect_socket, is_name
 from .udp_upstream import dial_udp
 
 log = logging.getLogger("inlets.tcp")
@@ -159,7 +160,7 @@ class TcpUpstreams:
             self.udp_flows += 1
             dial_udp(channel, upstream.host, upstream.port, on_close=self._udp_flow_closed)
         else:
-            dial(channel, upstream.host, upstream.port)
+            dial(channel, upstream.host, upstream.port, opener=connect_socket if is_name(upstream.host) else None)
 
     def _udp_flow_closed(self) -> None:
         self.udp_flows -= 1

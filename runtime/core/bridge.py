@@ -24,6 +24,7 @@ import socket
 import ssl
 import struct
 import sys
+from typing import Awaitable, Callable
 
 from .logs import logfmt
 from .mux import ResetCode
@@ -239,21 +240,28 @@ def _tls_failure(exc: ssl.SSLError) -> str:
 
 
 def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
-         logger: logging.Logger = log) -> None:
+         logger: logging.Logger = log, opener: Callable[[str, int], Awaitable[socket.socket]] | None = None) -> None:
     """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
-    fails, logging why to ``logger`` under ``label`` (default host:port).
+    fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
+    when given (the client's for names: the loops try a name's addresses in turn, each until it fails).
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""
     bridge = TcpBridge()
     bridge.attach(channel)
     loop = asyncio.get_running_loop()
-    connecting = loop.create_task(loop.create_connection(lambda: bridge, host, port, ssl=tls,
-                                                         server_hostname=host if tls else None))
+    connecting = loop.create_task(_open(bridge, host, port, tls, opener) if opener else loop.create_connection(
+        lambda: bridge, host, port, ssl=tls, server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, connecting.cancel)
     bridge.connecting = connecting
     where = label or f"{host}:{port}"
     connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
+
+
+async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | None,
+                opener: Callable[[str, int], Awaitable[socket.socket]]) -> tuple:
+    return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=await opener(host, port), ssl=tls,
+                                                             server_hostname=host if tls else None)
 
 
 def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel, where: str,

@@ -1,0 +1,133 @@
+"""Dialling a name with several addresses, the first of which drops SYNs (a dead AAAA or A record, ``localhost`` as
+::1 where only 127.0.0.1 listens): the next one is tried after a quarter second (Happy Eyeballs), for upstreams and for
+the server alike. The loops tried them in turn, each until the dial timed out: every stream to such an upstream was
+reset after 10 s, and a client never reached such a server.
+
+The resolver cannot be told a name here without root (/etc/hosts is the machine's): the loop's ``getaddrinfo`` answers
+for one test name, as a hosts file would; every socket is real."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+
+from helpers.tunnel import echo_server, make_tls, port_of, run, start_client, start_server, stop
+
+from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
+from inlets_py.runtime.core import bridge
+from inlets_py.runtime.core.mux import Multiplexer
+from inlets_py.runtime.core.session import Session
+
+NAME = "twin.test"
+#: The client's upstreams: tcp:80 goes to NAME (the port is the resolver's, below).
+UPSTREAMS = TcpUpstreams({"tcp:80": Upstream(NAME, 1)})
+
+
+def stream() -> object:
+    """A stream of a Session that never runs (no wire needed): what ``dial`` bridges."""
+    session = Session(SimpleNamespace(closing=False), Multiplexer(client=True), name="test")  # type: ignore[arg-type]
+    return session.open_stream("tcp:80", None)  # type: ignore[arg-type]  # dial attaches its bridge
+
+
+async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def resolve(name: str, *addresses: tuple[str, int]) -> None:
+    """From now on the running loop resolves ``name`` to ``addresses``, in that order (the port asked is ignored)."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host != name:
+            return await real(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address) for address in addresses]
+
+    loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+
+
+@contextmanager
+def blackhole() -> Iterator[tuple[str, int]]:
+    """An address whose SYNs are dropped: a listener never accepting, its queue full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+    try:
+        yield listener.getsockname()
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
+
+
+def test_an_upstream_name_whose_first_address_drops_syns_is_reached_on_the_next(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 3.0)
+
+    async def scenario(dead: tuple[str, int]) -> float:
+        loop = asyncio.get_running_loop()
+        server = await echo_server()
+        resolve(NAME, dead, ("127.0.0.1", port_of(server)))
+        channel = stream()
+        started = loop.time()
+        UPSTREAMS.on_stream(channel)  # type: ignore[arg-type]
+        handler = channel.handler  # type: ignore[attr-defined]
+        await until(lambda: handler.transport is not None or not channel.is_open)  # type: ignore[attr-defined]
+        took = loop.time() - started
+        assert handler.transport is not None, caplog.text
+        handler.transport.close()
+        server.close()
+        return took
+
+    with blackhole() as dead, caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        took = asyncio.run(scenario(dead))
+    assert took < 1.5
+
+
+def test_a_name_whose_every_address_refuses_is_said_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        resolve(NAME, ("127.0.0.1", 9), ("127.0.0.1", 7))  # nobody listens there (discard, echo)
+        channel = stream()
+        UPSTREAMS.on_stream(channel)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(scenario())
+    assert f'upstream={NAME}:1 error="Connection refused"' in caplog.text
+
+
+def test_a_server_name_whose_first_address_drops_syns_is_connected_on_the_next(tmp_path: Path) -> None:
+    """The client timed out on the dead address at every attempt (--open-timeout, 15 s), never trying the other."""
+    tls = make_tls(tmp_path)
+
+    async def scenario(dead: tuple[str, int]) -> float:
+        loop = asyncio.get_running_loop()
+        server = await start_server(tls, "secret-token")
+        resolve(NAME, dead, server.control.addresses[0][:2])
+        started = loop.time()
+        client, task = await start_client(f"wss://{NAME}:{server.control.addresses[0][1]}", "secret-token", tls,
+                                          {8080: Upstream("127.0.0.1", 8080)}, server_name="127.0.0.1",
+                                          open_timeout=2.0)
+        took = loop.time() - started
+        await stop(task)
+        await server.stop()
+        return took
+
+    with blackhole() as dead:
+        took = run(scenario(dead), timeout=30)
+    assert took < 1.5
