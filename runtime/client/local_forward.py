@@ -16,6 +16,7 @@ from typing import Callable
 
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
+from ..core.hosts import authority
 from ..core.listen import listen
 from ..core.mux import ResetCode, StreamError
 from ..core.ports import parse_port
@@ -84,7 +85,7 @@ class ForwardListenError(OSError):
     """A --local port cannot be opened; str() says which, why, and what to do."""
 
     def __init__(self, host: str, port: int, exc: OSError) -> None:
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = authority(host, port)
         reason = os.strerror(exc.errno) if exc.errno else "the address cannot be used here"
         step = ("another program uses it: stop it, or pick another LOCAL_PORT" if exc.errno == errno.EADDRINUSE
                 else "check --local-addr")
@@ -112,7 +113,7 @@ class LocalForwarder:
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None
             self.listeners.append(listener)
-            log.info("event=forwarding local=%s:%d remote=%s", self.local_addr, forward.local_port, forward.target)
+            log.info("event=forwarding local=%s remote=%s", authority(self.local_addr, forward.local_port), forward.target)
 
     def stop(self) -> None:
         for listener in self.listeners:

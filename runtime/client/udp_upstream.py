@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Callable
 
+from ..core.hosts import authority
 from ..core.logs import logfmt
 from ..core.datagram import send_empty
 from ..core.mux import ResetCode
@@ -121,7 +122,7 @@ async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
         await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
     except OSError as exc:  # said here, as a TCP dial says it: the server logs no reset, and datagrams vanished
         reason = exc.strerror or str(exc)
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = authority(host, port)
         log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason))
         upstream.close()
-        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {host}:{port}: {reason}")
+        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {where}: {reason}")

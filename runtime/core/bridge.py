@@ -26,6 +26,7 @@ import struct
 import sys
 from typing import Awaitable, Callable
 
+from .hosts import authority
 from .logs import logfmt
 from .mux import ResetCode
 from .session import Channel
@@ -254,7 +255,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
         lambda: bridge, host, port, ssl=tls, server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, connecting.cancel)
     bridge.connecting = connecting
-    where = label or f"{host}:{port}"
+    where = label or authority(host, port)
     connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
 
 

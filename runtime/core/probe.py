@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .hosts import HostError, split_url
+from .hosts import HostError, authority, split_url
 from .ports import url_port
 from .tls import client_context, verify_failure
 
@@ -48,6 +48,11 @@ class Endpoint:
     tls: bool
     prefix: str  # path prefix, for a server behind a reverse proxy
 
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages, an IPv6 address in brackets (``[::1]:8123``)."""
+        return authority(self.host, self.port)
+
 
 def parse_url(url: str) -> Endpoint:
     """``wss://host:8123``, or ``ws://`` for a --plaintext server: the client's --url, so one message says what is
@@ -71,7 +76,7 @@ def _speaks_plain_http(endpoint: Endpoint, timeout: float, dial: Dial) -> bool:
     """Whether the port answers plain HTTP; only to name a wrong ``wss://`` (a --plaintext server)."""
     try:
         with dial(endpoint.host, endpoint.port, timeout) as sock:
-            sock.sendall(f"GET / HTTP/1.1\r\nHost: {endpoint.host}\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {authority(endpoint.host, endpoint.port)}\r\nConnection: close\r\n\r\n".encode())
             return sock.recv(5) == b"HTTP/"
     except (OSError, ProbeError):
         return False
@@ -112,7 +117,7 @@ def get(
     try:
         raw = dial(endpoint.host, endpoint.port, timeout)
     except OSError as exc:
-        raise Unreachable(f"cannot reach {endpoint.host}:{endpoint.port}: {exc.strerror or exc}") from None
+        raise Unreachable(f"cannot reach {endpoint.where}: {exc.strerror or exc}") from None
     sock: socket.socket = raw
     expired = threading.Event()
 
@@ -127,7 +132,7 @@ def get(
     if timer is not None:
         timer.daemon = True
         timer.start()
-    late = f"{endpoint.host}:{endpoint.port}: no complete answer within {deadline:g}s" if deadline is not None else ""
+    late = f"{endpoint.where}: no complete answer within {deadline:g}s" if deadline is not None else ""
     try:
         try:
             if endpoint.tls:
@@ -142,7 +147,7 @@ def get(
             response = http.client.HTTPResponse(sock)
             response.begin()
             if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout, dial):  # nginx's answer to that
-                raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url")
+                raise ProbeError(f"{endpoint.where} speaks TLS: use wss:// in --url")
             answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
         except (OSError, http.client.HTTPException):
             if expired.is_set():
@@ -155,25 +160,25 @@ def get(
         raise ProbeError(verify_failure(exc)) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
         if _speaks_plain_http(endpoint, timeout, dial):
-            raise ProbeError(f"{endpoint.host}:{endpoint.port} answers plain HTTP, not TLS: for a server run with "
+            raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "
                              "--plaintext use ws:// in --url; else give its control port (8123 unless set), "
                              "not a data port") from None
-        raise ProbeError(f"{endpoint.host}:{endpoint.port}: the TLS handshake failed: is {endpoint.port} the "
+        raise ProbeError(f"{endpoint.where}: the TLS handshake failed: is {endpoint.port} the "
                          "server's control port?") from None
     except http.client.RemoteDisconnected:  # no HTTP answer: ws:// to a TLS port closes without one
         if not endpoint.tls and _speaks_tls(endpoint, timeout, dial):
-            raise ProbeError(f"{endpoint.host}:{endpoint.port} speaks TLS: use wss:// in --url") from None
-        raise ProbeError(f"{endpoint.host}:{endpoint.port} closed the connection without an answer: is "
+            raise ProbeError(f"{endpoint.where} speaks TLS: use wss:// in --url") from None
+        raise ProbeError(f"{endpoint.where} closed the connection without an answer: is "
                          f"{endpoint.port} the server's control port?") from None
     except http.client.BadStatusLine:  # (RemoteDisconnected, above, is one too) an echo, a database: not HTTP
-        raise ProbeError(f"{endpoint.host}:{endpoint.port} does not answer HTTP: is {endpoint.port} the server's "
+        raise ProbeError(f"{endpoint.where} does not answer HTTP: is {endpoint.port} the server's "
                          "control port?") from None
     except TimeoutError:  # in the TLS handshake its words are OpenSSL's: "_ssl.c:989: The handshake operation timed out"
-        raise ProbeError(f"{endpoint.host}:{endpoint.port} accepted the connection but gave no answer within "
+        raise ProbeError(f"{endpoint.where} accepted the connection but gave no answer within "
                          f"{timeout:g}s") from None
     except (OSError, http.client.HTTPException) as exc:
         detail = getattr(exc, "strerror", None) or str(exc) or exc.__class__.__name__
-        raise ProbeError(f"{endpoint.host}:{endpoint.port}: {detail}") from None
+        raise ProbeError(f"{endpoint.where}: {detail}") from None
     finally:
         if timer is not None:
             timer.cancel()

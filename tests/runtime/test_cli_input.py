@@ -208,6 +208,36 @@ def test_the_ready_line_writes_an_ipv6_control_address_in_brackets(tmp_path: Pat
     assert f"control=ws://[::1]:{port} " in log
 
 
+def test_ipv6_addresses_in_log_lines_and_errors_are_in_brackets(tmp_path: Path, files) -> None:
+    """``::1:8080`` reads as a host ``::1:8080`` with no port: the client's lines and ``inlets status`` said it so."""
+    import contextlib
+    import socket
+
+    from helpers.process import spawn, stop_all, wait_for_text
+    from helpers.tunnel import free_port
+
+    control, public, dead, local = (free_port("::1") for _ in range(4))
+    server = spawn("tcp", "server", "--token-file", files["tok"], "--plaintext", "--control-addr", "::1",
+                   "--control-port", str(control), "--data-addr", "::1", "--client-forwarding",
+                   "--client-forwarding-allow", f"[::1]:{dead}", log=tmp_path / "server.log")
+    client = None
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+        client = spawn("tcp", "client", "--url", f"ws://[::1]:{control}", "--token-file", files["tok"],
+                       "--upstream", f"{public}=[::1]:{dead}", "--local", f"{local}:[::1]:{dead}", "--local-addr", "::1",
+                       log=tmp_path / "client.log")
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        with socket.create_connection(("::1", public), timeout=5) as user, contextlib.suppress(ConnectionResetError):
+            user.recv(1)  # the upstream refuses: the user is reset
+        log = wait_for_text(tmp_path / "client.log", "event=upstream_failed")
+    finally:
+        stop_all(*(p for p in (client, server) if p is not None))
+    assert f"event=forwarding local=[::1]:{local} " in log
+    assert f"upstream=[::1]:{dead} " in log
+    one_line_error(inlets("status", "--url", f"ws://[::1]:{dead}", "--token-file", files["tok"]),
+                   f"cannot reach [::1]:{dead}: Connection refused", status=1)
+
+
 def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls, files) -> None:
     from helpers.tunnel import make_tls
 

@@ -102,7 +102,7 @@ def run(flags: SimpleNamespace) -> None:
     server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
                              idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,
                              dataplane=dataplane)
-    data = f"{flags.data_addr or '*'}:{port}" + (f" and :{flags.https_port}" if https else "")
+    data = authority(flags.data_addr or "*", port) + (f" and :{flags.https_port}" if https else "")
 
     def started() -> None:
         freeze_startup_objects()
@@ -115,6 +115,6 @@ def run(flags: SimpleNamespace) -> None:
             log.info("event=https data=https://%s domains=%s", authority(flags.data_addr or "*", flags.https_port),
                      ",".join(https.letsencrypt.domains))
 
-    run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}, data {data}",
+    run_server(server, describe=f"control {authority(flags.control_addr or '*', flags.control_port)}, data {data}",
                drain_timeout=flags.drain_timeout, token=flags.token, token_file=flags.token_file, started=started,
                reload_tls=tls_reloader(config, flags.tls_cert, flags.tls_key))

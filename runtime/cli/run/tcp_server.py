@@ -80,6 +80,6 @@ def run(flags: SimpleNamespace) -> None:
         if not config.ssl_context:
             warn_if_plaintext_reachable(flags.control_addr)
 
-    run_server(server, describe=f"control {flags.control_addr or '*'}:{flags.control_port}", drain_timeout=flags.drain_timeout,
+    run_server(server, describe=f"control {authority(flags.control_addr or '*', flags.control_port)}", drain_timeout=flags.drain_timeout,
                token=flags.token, token_file=flags.token_file, started=started,
                reload_tls=tls_reloader(config, flags.tls_cert, flags.tls_key))
