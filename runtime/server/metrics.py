@@ -209,7 +209,8 @@ class TcpMetrics(ServerMetrics):
         gauge = GaugeMetricFamily("tcp_dataplane_connections_gauge",
                                   "Data-plane connections open now, by public port.", labels=["port"])
         total = CounterMetricFamily("tcp_dataplane_connections",
-                                    "Data-plane connections accepted and tunnelled, by public port.", labels=["port"])
+                                    "Data-plane connections handed to a client, by public port (those it refused "
+                                    "count in tcp_dataplane_refused too).", labels=["port"])
         volume = CounterMetricFamily("tcp_dataplane_bytes",
                                      "Bytes through the data plane: in = from the public side, out = to it.",
                                      labels=["port", "direction"])

@@ -29,6 +29,12 @@ from .udp_socket import UdpSocket
 log = logging.getLogger("inlets.tcp")
 
 
+#: A client's reset of a user's stream that means it refused the user, as ``tcp_dataplane_refused_total{reason}``.
+_CLIENT_REFUSALS = {ResetCode.TOO_MANY_STREAMS: "client_stream_limit",  # its --max-streams
+                    ResetCode.REFUSED: "upstream_failed",  # its upstream could not be dialled
+                    ResetCode.NOT_ALLOWED: "client_not_serving"}  # it does not serve this port (any more)
+
+
 class DataPlaneConnection(TcpBridge):
     """A user's connection to a data port: tunnelled to the next client serving it."""
 
@@ -92,8 +98,11 @@ class DataPlaneConnection(TcpBridge):
             log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
 
     def on_reset(self, code: int, reason: str) -> None:
-        if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams refused it: counted, as our limit's are
-            self._count_refused("client_stream_limit")
+        # The client refused it: counted by why, as our own refusals are, so connections_total less these is what was
+        # carried (a client whose upstream is down made every user a plain connection, reset, with no refused count)
+        why = _CLIENT_REFUSALS.get(code)
+        if why is not None and self._counted:
+            self._count_refused(why)
         super().on_reset(code, reason)
 
     def data_received(self, data: bytes) -> None:

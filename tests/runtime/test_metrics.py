@@ -247,6 +247,36 @@ def test_tcp_metrics_count_connections_and_bytes(tls, token):
     run(scenario(), 30)
 
 
+def test_tcp_users_the_client_refuses_for_its_upstream_down_are_counted_refused(tls, token):
+    """A client whose upstream is down resets each user: that must show as a refusal, not as carried connections."""
+    async def scenario() -> None:
+        from helpers.tunnel import free_port
+
+        server = await start_server(tls, token)
+        public, dead = free_port(), free_port()
+        client, task = await start_client(f"wss://127.0.0.1:{server.control.addresses[0][1]}", token, tls,
+                                          {public: Upstream("127.0.0.1", dead)})
+        try:
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection("127.0.0.1", public)
+                with pytest.raises(ConnectionResetError):
+                    await reader.read()
+                writer.close()
+            p, found = str(public), {}
+            for _ in range(50):  # the reset and its count arrive together; the scrape may come first
+                found = samples((await asyncio.to_thread(scrape, server.control.addresses[0], tls, token))[1])
+                if found.get(key("tcp_dataplane_refused_total", port=p, reason="upstream_failed")) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert found.get(key("tcp_dataplane_refused_total", port=p, reason="upstream_failed")) == 2
+            assert found[key("tcp_dataplane_connections_total", port=p)] == 2  # they reached the client
+        finally:
+            await stop(task)
+            await server.stop()
+
+    run(scenario(), 30)
+
+
 @pytest.mark.parametrize("path", ["/metrics?x=1", "/nothing-here"])
 def test_control_plane_paths_are_bounded_labels(tls, token, path):
     stack = Stack()
