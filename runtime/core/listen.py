@@ -20,6 +20,7 @@ import os
 import select
 import socket
 import ssl
+import weakref
 from typing import Callable, Iterable
 
 from .borrow import borrowed
@@ -110,6 +111,22 @@ class _Drain:
             conn.close()
 
 
+_watched: weakref.WeakSet = weakref.WeakSet()  # loops whose descriptors are watched
+
+
+def _watch_descriptors(loop: asyncio.AbstractEventLoop, said: float = -60.0) -> None:
+    """Out of descriptors, uvloop (libuv's EMFILE trick) closes waiting users unlogged: checked each second."""
+    _watched.add(loop)
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if loop.time() - said >= 60:
+            said = loop.time()
+            log.warning("event=out_of_descriptors error=%s next=%s", logfmt(exc.strerror),
+                        logfmt("raise the open-files limit (ulimit -n; LimitNOFILE=)"))
+    loop.call_later(1.0, _watch_descriptors, loop, said)
+
+
 def _no_socket() -> OSError:
     """Why ``create_server`` made no socket: asyncio and uvloop skip an address whose ``socket()`` fails, as if
     its family were unsupported, and return a server listening nowhere. Out of descriptors (EMFILE), a TCP server
@@ -134,4 +151,6 @@ async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str
     for sock in server.sockets:
         tune_socket(sock)  # every socket it accepts inherits TCP_NOTSENT_LOWAT: none is tuned one by one
     drain.listen_on(server.sockets)
+    if (loop := asyncio.get_running_loop()) not in _watched:
+        _watch_descriptors(loop)
     return server
