@@ -135,6 +135,8 @@ class Session:
         #: Called once when our stream ids run low: replace this session (see ``_retire``).
         self.on_retire: Callable[[Session], None] | None = None
         self._retired: object = None  # True, or the drain that retires it
+        #: The services whose upstream this peer could not dial a moment ago (the server's TCP data plane notes them)
+        self.unreachable: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -68,13 +68,14 @@ class Registry(Generic[S]):
 def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHandler) -> Channel | str:
     """A stream on the first of ``sessions`` that takes one, in their order; else why none did, the reason the
     TCP and UDP data planes count: ``client_stream_limit`` (a client holds --max-client-streams already),
-    ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``."""
+    ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``. A client whose
+    upstream for ``service`` could not be dialled a moment ago (``Session.unreachable``) is tried after the others."""
     draining = full = 0
-    later: list[Session] = []  # at the --max-streams its client sent: another client takes the user if one can
+    later: list[Session] = []  # at the --max-streams its client sent, or its upstream down: another client first
     for session in sessions:  # one plain loop, then the few at their limit: a generator cost 2.5% per connection
         if session.closed.is_set():
             continue
-        if session.mux.at_peer_limit():
+        if session.mux.at_peer_limit() or service in session.unreachable:  # the latter: its upstream, a moment ago
             later.append(session)
             continue
         try:

@@ -28,6 +28,10 @@ from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.tcp")
 
+#: Seconds (at most) a client that could not reach its upstream is tried after the others for new users of the port:
+#: one user in that time, not every other one, pays the detour (a blackholed upstream's: up to the 10 s dial timeout).
+UNREACHABLE_FOR = 5.0
+
 
 #: A client's reset of a user's stream that means it refused the user, as ``tcp_dataplane_refused_total{reason}``.
 _CLIENT_REFUSALS = {ResetCode.TOO_MANY_STREAMS: "client_stream_limit",  # its --max-streams
@@ -39,6 +43,8 @@ class DataPlaneConnection(TcpBridge):
     """A user's connection to a data port: tunnelled to the next client serving it."""
 
     accepted = True  # from ``listen``: TCP_NOTSENT_LOWAT came with the socket
+    #: The clients that could not reach their upstream for this user (set at the first; a class default costs nothing)
+    _tried = ()  # type: tuple[Session, ...]
 
     def __init__(self, server: TcpTunnelServer, service: str, counters: PortCounters) -> None:
         super().__init__()
@@ -48,6 +54,8 @@ class DataPlaneConnection(TcpBridge):
         self._counted = False
         self._header: HeaderReader | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        #: The user's bytes so far, until something shows a client reached an upstream (None from then on).
+        self._replay = b""  # type: bytes | bytearray | None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -82,7 +90,8 @@ class DataPlaneConnection(TcpBridge):
         version = self.server.options.proxy_protocol
         if version:  # through the bridge, which keeps what finds no credit: a header dropped would let the
             # user's own first bytes (a PROXY header of theirs) name the source the upstream trusts
-            TcpBridge.data_received(self, encode_proxy_header(version, source, destination or self._local()))
+            header = self._replay = encode_proxy_header(version, source, destination or self._local())
+            TcpBridge.data_received(self, header)
         if rest:
             self.data_received(rest)
 
@@ -98,12 +107,49 @@ class DataPlaneConnection(TcpBridge):
             log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
 
     def on_reset(self, code: int, reason: str) -> None:
+        if code == ResetCode.REFUSED and self._replay is not None and self._elsewhere():
+            return
         # The client refused it: counted by why, as our own refusals are, so connections_total less these is what was
         # carried (a client whose upstream is down made every user a plain connection, reset, with no refused count)
         why = _CLIENT_REFUSALS.get(code)
         if why is not None and self._counted:
             self._count_refused(why)
         super().on_reset(code, reason)
+
+    def _elsewhere(self) -> bool:
+        """The client could not dial its upstream (REFUSED) and nothing came back from it: no upstream saw the
+        user's bytes, so they go to the next client serving the port, each client tried once. False (the user is
+        reset) when none is left, or when the user sent more than the stream's first credit (``_pending``)."""
+        if self._done or self._eof_from_stream or self._pending is not None:
+            return False
+        service, session = self.service, self.channel.session  # type: ignore[union-attr]
+        tried = self._tried = (*self._tried, session)
+        session.unreachable.add(service)  # tried after the others (``open_on_first``) for a while
+        asyncio.get_running_loop().call_later(UNREACHABLE_FOR, session.unreachable.discard, service)
+        found = open_on_first([s for s in self.server.registry.sessions_for(service) if s not in tried], service, self)
+        log.info("event=upstream_unreachable service=%s client=%s action=%s", service, session.name,
+                 "reset" if isinstance(found, str) else "next_client")
+        if isinstance(found, str):  # counted refused by on_reset, as with one client
+            return False
+        self.attach(found)
+        self._eof_sent = False
+        if self._replay:  # bytes() copies a bytearray, which may grow while this waits for credit
+            TcpBridge.data_received(self, bytes(self._replay))
+        if self._eof_from_socket:
+            self.eof_received()
+        return True
+
+    def _keep(self, data: bytes) -> None:
+        """Keep ``data`` with the user's bytes so far, to send again if need be. Bounded by the stream's first credit:
+        beyond it the bridge holds the rest (``_pending``, no retry) and reads no more until credit comes back, and
+        credit coming back ends the keeping (``on_writable``)."""
+        replay = self._replay
+        if not replay:
+            self._replay = data  # the common case: one read before the answer, kept without a copy
+        else:
+            if type(replay) is bytes:
+                replay = self._replay = bytearray(replay)
+            replay += data  # type: ignore[operator]
 
     def data_received(self, data: bytes) -> None:
         if self._header is not None:
@@ -122,11 +168,18 @@ class DataPlaneConnection(TcpBridge):
             self._admit(header.source or self.peer, header.destination, rest)
             return
         self.counters.bytes_in += len(data)
+        if self._replay is not None:  # nothing shows yet that a client reached an upstream
+            self._keep(data)
         super().data_received(data)
 
     def on_data(self, data: bytes | memoryview) -> None:
+        self._replay = None  # the client answered: it reached its upstream, so nothing will be sent again
         self.counters.bytes_out += len(data)
         super().on_data(data)
+
+    def on_writable(self) -> None:
+        self._replay = None  # credit came back: the client's upstream took bytes (or the tunnel drained)
+        TcpBridge.on_writable(self)  # not super(): no object made per WINDOW frame
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:

@@ -1,0 +1,127 @@
+"""Several clients serving one TCP port: one client's upstream down costs its users nothing while another serves."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+
+from helpers.tunnel import (
+    TlsFiles, control_url, free_port, metric, pattern, port_of, run, serve, start_client, start_server, stop,
+)
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The working upstream: what the user sent, read to its FIN, answered by its size and digest."""
+    data = await reader.read(-1)
+    writer.write(b"UP %d %s\n" % (len(data), hashlib.sha256(data).hexdigest().encode()))
+    await writer.drain()
+
+
+async def _user(port: int, data: bytes) -> bytes:
+    """One user: sends ``data`` and its FIN before anything comes back, as a request does; the answer, or b"reset"."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(-1), 5) or b"closed"
+    except ConnectionResetError:
+        return b"reset"
+    finally:
+        writer.close()
+
+
+def _expected(data: bytes) -> bytes:
+    return b"UP %d %s\n" % (len(data), hashlib.sha256(data).hexdigest().encode())
+
+
+async def _two_clients(tls: TlsFiles, token: str, up: asyncio.base_events.Server):
+    """A server, then a client whose upstream port is closed and one whose upstream answers: the first user goes to
+    the first client (round robin starts there)."""
+    server = await start_server(tls, token)
+    public = free_port()
+    _, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", free_port())})
+    _, task_up = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
+    return server, public, (task_down, task_up)
+
+
+def test_a_client_whose_upstream_is_down_hands_the_user_to_another(tls: TlsFiles, token: str, caplog) -> None:
+    """Found by a review helper: two `inlets tcp client`s for one port, the first one's upstream port closed: 20 of
+    40 users were reset (real CLIs on loopback). A client that could not dial its upstream took nothing upstream and
+    sent nothing back, so the user's bytes so far go to the next client; and for a few seconds new users go to the
+    others first, so the down upstream is not dialled for every other user."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        up = await serve(_answer)
+        server, public, tasks = await _two_clients(tls, token, up)
+        try:
+            answers = [await _user(public, b"user %d\n" % i) for i in range(40)]
+            served = sum(answer == _expected(b"user %d\n" % i) for i, answer in enumerate(answers))
+            assert served == 40, answers
+            assert metric(server, "tcp_dataplane_connections_total", port=str(public)) == 40
+            assert metric(server, "tcp_dataplane_bytes_total", port=str(public), direction="in") == sum(
+                len(b"user %d\n" % i) for i in range(40))  # bytes sent again are not counted twice
+            assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="upstream_failed") == 0
+        finally:
+            await stop(*tasks)
+            await server.stop()
+            up.close()
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("event=upstream_unreachable" in line and "action=next_client" in line for line in lines), lines
+    assert sum("event=upstream_failed" in line for line in lines) == 1, [x for x in lines if "upstream_failed" in x]
+
+
+def test_the_bytes_sent_again_are_all_the_user_sent(tls: TlsFiles, token: str) -> None:
+    """A user who sent many reads' worth (200 kB, under a stream's first credit) and its FIN before the first client
+    refused: the next client's upstream gets the --proxy-protocol header, every byte once, in order, then the FIN."""
+
+    async def proxied(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        header = await reader.readline()
+        assert header.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "), header
+        await _answer(reader, writer)
+
+    async def scenario() -> None:
+        up = await serve(proxied)
+        server, public, tasks = await _two_clients(tls, token, up)
+        server.options = DataPlaneOptions(proxy_protocol="v1")
+        try:
+            big = pattern(200_000)
+            assert await _user(public, big) == _expected(big)
+        finally:
+            await stop(*tasks)
+            await server.stop()
+            up.close()
+
+    run(scenario())
+
+
+def test_a_user_is_reset_at_once_when_no_client_reaches_its_upstream(tls: TlsFiles, token: str, caplog) -> None:
+    """Both clients' upstreams down: the user is reset as soon as each client refused once, counted and logged."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        public = free_port()
+        tasks = [(await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", free_port())}))[1]
+                 for _ in range(2)]
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                assert await _user(public, b"hello\n") in (b"reset", b"closed")
+                assert time.monotonic() - started < 1.0
+            assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="upstream_failed") == 3
+        finally:
+            await stop(*tasks)
+            await server.stop()
+
+    run(scenario())
+    lines = [r.getMessage() for r in caplog.records if "upstream_unreachable" in r.getMessage()]
+    assert sum("action=next_client" in line for line in lines) == 3, lines  # each user: one client, then the other
+    assert sum("action=reset" in line for line in lines) == 3, lines
+    assert sum("event=refused" in line for line in lines) == 3, lines
