@@ -144,9 +144,10 @@ WEIRD = Material(
 #: name -> (build_spec args, Terraform-only inputs, user_data options, material); "le": inletsctl create's
 #: Let's Encrypt options (its default rule for a cloud provider applies to every variant, as in the module)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "tcp_defaults": {"spec": ("tcp", None, []), "tf": {}},
+    # the TCP wheel embedded no longer fits DigitalOcean's 64 KiB (the module's default limit) either: GCE's 256 KiB
+    "tcp_defaults": {"spec": ("tcp", None, []), "tf": {"limit": 256 * 1024}},
     "tcp_low_high_ports_ttl": {
-        "spec": ("tcp", "25,80,443,5432", []), "tf": {"ports": [25, 80, 443, 5432], "ttl": "1d2h"}, "ttl": "1d2h",
+        "spec": ("tcp", "25,80,443,5432", []), "tf": {"ports": [25, 80, 443, 5432], "ttl": "1d2h", "limit": 256 * 1024}, "ttl": "1d2h",
     },
     "tcp_control_port_runtime_spec": {
         "spec": ("tcp", "443", []), "spec_kw": {"control_port": 9443},
@@ -188,12 +189,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "tf": {"mode": "http", "http_port": 8080, "ttl": "45s", "limit": 256 * 1024}, "ttl": "45s",
     },
     "tcp_given_wheel_ttl": {
-        "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True}, "ttl": "90m", "wheel": True,
+        "spec": ("tcp", "80,443", []), "tf": {"ports": [80, 443], "ttl": "90m", "wheel": True, "limit": 256 * 1024}, "ttl": "90m", "wheel": True,
     },
     "http_pushed_wheel": {"spec": ("http", None, ["example.com"]), "le": {"letsencrypt": False},
                           "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "push", "letsencrypt": False},
                           "push": True},
-    "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222]}, "material": WEIRD},
+    "tcp_odd_pem_whitespace": {"spec": ("tcp", "2222", []), "tf": {"ports": [2222], "limit": 256 * 1024}, "material": WEIRD},
     # wheel_delivery = "auto" chooses as inletsctl create does (fitting_user_data): GCE's 256 KiB holds the
     # wheels, DigitalOcean's 64 KiB (with the 4 KiB margin) neither the TCP nor the HTTP one
     "tcp_auto_gce": {"spec": ("tcp", None, []), "tf": {"wheel_delivery": "auto", "limit": 256 * 1024}, "auto": 256 * 1024},
