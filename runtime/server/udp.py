@@ -134,6 +134,10 @@ class UdpPort:
     def send_failed(self) -> None:
         self.counters.drop("send_failed")
 
+    def overflowed(self, count: int) -> None:
+        """Datagrams the kernel dropped before we read them: the port's socket buffer was full."""
+        self.counters.drop("receive_buffer", count)
+
     def _open(self, address: tuple, local: bytes | None) -> _Flow | None:
         if not self.allows((str(address[0]), int(address[1]))):
             self.counters.drop("source_not_allowed")

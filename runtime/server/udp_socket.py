@@ -7,7 +7,9 @@ clients on a connected socket (dig, DNS resolvers, WireGuard) drop them. So each
 with the address it came to (``IP_PKTINFO``, ``IPV6_PKTINFO``), and its flow's answers name that
 address as their source, as unbound and dnsmasq do. asyncio's datagram transport reads with
 ``recvfrom``, which cannot return it: this reads with ``recvmsg`` from the loop's reader callback.
-UDP has no backpressure: an answer the socket has no room for is dropped and counted.
+UDP has no backpressure: an answer the socket has no room for is dropped and counted, and so is a datagram
+the kernel dropped because the socket's receive buffer was full (a burst faster than the loop reads):
+``SO_RXQ_OVFL`` makes each read carry the socket's count of those, else they were lost unseen.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Protocol
 
 #: Linux's value: Python's socket module does not export it.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+#: Linux's value, not exported either: each read then carries the socket's count of datagrams it dropped.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 #: Datagrams read per wake-up at most, so that a flood cannot hold the loop.
 READ_BATCH = 64
 #: Larger than any UDP payload: nothing is ever cut short.
 READ_SIZE = 65536
-_ANCILLARY = socket.CMSG_SPACE(20)  # one in6_pktinfo (20 bytes) or in_pktinfo (12)
+_ANCILLARY = socket.CMSG_SPACE(20) + socket.CMSG_SPACE(4)  # one in6_pktinfo (20 bytes) or in_pktinfo (12), a count
 
 
 class DatagramSink(Protocol):
@@ -34,6 +38,8 @@ class DatagramSink(Protocol):
     def datagram_received(self, data: bytes, address: tuple, local: bytes | None) -> None: ...
 
     def send_failed(self) -> None: ...
+
+    def overflowed(self, count: int) -> None: ...
 
     def connection_lost(self, exc: Exception | None) -> None: ...
 
@@ -52,6 +58,10 @@ class UdpSocket:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        self.overflows = 0  # the kernel's count of datagrams it dropped here, as last read
+        self.counts_overflows = sys.platform == "linux"
+        if self.counts_overflows:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self.closed = False
         sink.connection_made(self)
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -80,9 +90,10 @@ class UdpSocket:
         sock, sink = self.sock, self.sink
         for _ in range(READ_BATCH):
             try:
-                if self.pktinfo:
+                if self.pktinfo or self.counts_overflows:
                     data, ancillary, _, address = sock.recvmsg(READ_SIZE, _ANCILLARY)
-                    local = _answer_from(ancillary)
+                    local = _answer_from(ancillary) if self.pktinfo else None
+                    self._count_overflows(ancillary)
                 else:
                     data, address = sock.recvfrom(READ_SIZE)
                     local = None
@@ -93,6 +104,14 @@ class UdpSocket:
             sink.datagram_received(data, address, local)
             if self.closed:
                 return
+
+    def _count_overflows(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+                count = int.from_bytes(data[:4], sys.byteorder)
+                if count != self.overflows:
+                    self.sink.overflowed((count - self.overflows) % 2**32)  # a 32-bit count, that may wrap
+                    self.overflows = count
 
     def sendto(self, data: bytes | memoryview, address: tuple, local: bytes | None = None) -> None:
         """Send now or drop (counted): ``local`` makes the datagram leave from the address its flow wrote to."""
