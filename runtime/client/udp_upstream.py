@@ -22,6 +22,9 @@ log = logging.getLogger("inlets.udp")
 
 #: Seconds between two log lines about one flow's dropped datagrams (the server's metrics cannot see these).
 DROP_LOG_INTERVAL = 10.0
+#: Bytes a flow's socket may hold back (its send buffer full: a link slower than the tunnel) before datagrams
+#: are dropped. The loop's transport would keep every one, without bound, and send it minutes late.
+MAX_SEND_BACKLOG = 64 * 1024
 
 
 class UdpUpstream(asyncio.DatagramProtocol):
@@ -58,7 +61,9 @@ class UdpUpstream(asyncio.DatagramProtocol):
     # StreamHandler: datagrams from the server's side
     def _send(self, data: bytes | memoryview) -> None:
         assert self.transport is not None
-        if data:
+        if self.transport.get_write_buffer_size() >= MAX_SEND_BACKLOG:
+            self._drop()
+        elif data:
             self.transport.sendto(data)
         else:
             send_empty(self.transport)

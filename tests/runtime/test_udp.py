@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -578,6 +579,56 @@ def test_datagrams_the_public_socket_had_no_room_for_are_counted_as_dropped(tls:
         assert udp.counters.dropped.get("receive_buffer", 0) > 0, udp.counters.dropped
         assert udp.counters.datagrams_in + sum(udp.counters.dropped.values()) == sent, (udp.counters.datagrams_in,
                                                                                         udp.counters.dropped)
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+@pytest.fixture
+def slow_link():
+    """An address behind a 2 Mbit/s link (a veth into a namespace, shaped by tbf with a deep queue): the flow's
+    socket fills its send buffer, as on a slow uplink. Needs root and iproute2."""
+    if os.geteuid() != 0 or not all(map(shutil.which, ("ip", "tc"))):
+        pytest.skip("a shaped link needs root and iproute2 (ip, tc)")
+    tag = f"u{os.getpid() % 100000}"
+    net, octet = f"udpslow{tag}", os.getpid() % 200 + 20
+    commands = [f"ip netns add {net}", f"ip link add v{tag}a type veth peer name v{tag}b",
+                f"ip link set v{tag}b netns {net}", f"ip addr add 10.213.{octet}.1/24 dev v{tag}a", f"ip link set v{tag}a up",
+                f"ip netns exec {net} ip addr add 10.213.{octet}.2/24 dev v{tag}b", f"ip netns exec {net} ip link set v{tag}b up",
+                f"tc qdisc add dev v{tag}a root tbf rate 2mbit burst 16kb limit 20000000"]
+    try:
+        for command in commands:
+            subprocess.run(command.split(), check=True, capture_output=True, timeout=10)
+        yield f"10.213.{octet}.2"
+    finally:
+        subprocess.run(f"ip link del v{tag}a".split(), capture_output=True, timeout=10)
+        subprocess.run(f"ip netns del {net}".split(), capture_output=True, timeout=10)
+
+
+def test_datagrams_an_upstream_link_cannot_take_are_dropped_not_queued(tls: TlsFiles, token: str, slow_link: str) -> None:
+    """Found by a review helper: 30,000 datagrams of 1,400 bytes to an upstream behind a 2 Mbit/s link: the client
+    kept every one (RSS +48 MB) and the last arrived 175 s late. Its socket now holds back at most MAX_SEND_BACKLOG."""
+    from inlets_py.runtime.client.udp_upstream import MAX_SEND_BACKLOG
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream(slow_link, 9)})
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.connect(("127.0.0.1", public))
+        backlog = dropped = 0
+        for burst in range(40):  # 4 MB in 2 s, 16 s of that link
+            for _ in range(50):
+                sender.send(b"s" * 1400)
+            await asyncio.sleep(0.05)
+            for channel in list(client.session.channels.values()):
+                flow = channel.handler
+                if flow.transport is not None:
+                    backlog = max(backlog, flow.transport.get_write_buffer_size())
+                    dropped = flow.dropped
+        sender.close()
+        assert dropped > 0 and backlog <= MAX_SEND_BACKLOG + MAX_DATAGRAM, (backlog, dropped)
         await stop(task)
         await server.stop()
 
