@@ -98,6 +98,7 @@ def create_cmd(
     letsencrypt: Annotated[Optional[bool], typer.Option("--letsencrypt/--no-letsencrypt", help="http: HTTPS on 443 with Let's Encrypt certificates for each --domain, port 80 redirecting [default: on for a cloud provider with --domain on port 80]. Point the domains' DNS at the server; using it accepts the CA's terms.")] = None,
     letsencrypt_email: Annotated[Optional[str], typer.Option(help="Contact address for the Let's Encrypt account (expiry notices).")] = None,
     letsencrypt_issuer: Annotated[str, typer.Option(help="prod, staging (for trials: no rate limits, untrusted certificates) or an ACME directory URL.")] = "prod",
+    letsencrypt_ca: Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="PEM bundle the server verifies a private --letsencrypt-issuer's HTTPS with (e.g. step-ca's root); copied to the server.")] = None,
     control_port: Annotated[Optional[int], port_option("Control port [default: 8123; local: a free port].")] = None,
     region: Annotated[Optional[str], typer.Option(help=f"Cloud region [{registry.region_help()}].")] = None,
     plan: Annotated[Optional[str], typer.Option(help=f"VM size [{registry.size_help()}].")] = None,
@@ -139,6 +140,7 @@ def create_cmd(
         ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
         runtime_spec=runtime_spec, replicas=replicas,
         letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
+        letsencrypt_ca=letsencrypt_ca,
         creds=_creds(
             access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
             api_timeout=_api_timeout(timeout), ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import shlex
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class CreateOptions:
     letsencrypt: bool | None = None  # None: on for a cloud's http mode with --domain on port 80
     letsencrypt_email: str | None = None
     letsencrypt_issuer: str = "prod"
+    letsencrypt_ca: Path | None = None  # a private ACME CA's bundle, copied to the VM
     replicas: int = 1  # >1: that many exit servers sharing token and CA, behind the provider's load balancer
 
 
@@ -110,8 +112,8 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
         raise ProvisionError("--letsencrypt cannot be combined with --replicas: the balancer's health checks and "
                              "HTTP-01 challenges would reach either replica; serve plain HTTP behind it (--no-letsencrypt)")
     if not wanted:
-        if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod":
-            raise ProvisionError("--letsencrypt-email/--letsencrypt-issuer need Let's Encrypt: --mode http --domain "
+        if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod" or opts.letsencrypt_ca:
+            raise ProvisionError("--letsencrypt-email/--letsencrypt-issuer/--letsencrypt-ca need Let's Encrypt: --mode http --domain "
                                  "on a cloud provider (or --letsencrypt)")
         return None
     if opts.mode != "http":
@@ -119,7 +121,26 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
     if not cloud:
         raise ProvisionError(f"--letsencrypt needs a cloud provider; --provider {opts.provider} is not offered it "
                              "(run `inlets http server --letsencrypt-domain` there yourself)")
-    return LetsEncrypt(opts.letsencrypt_email, opts.letsencrypt_issuer)
+    return LetsEncrypt(opts.letsencrypt_email, opts.letsencrypt_issuer, _ca_bundle(opts))
+
+
+def _ca_bundle(opts: CreateOptions) -> str | None:
+    """The PEM of --letsencrypt-ca, checked here: on the VM a bad one failed every issuance, an hour apart."""
+    path = opts.letsencrypt_ca
+    if path is None:
+        return None
+    if opts.letsencrypt_issuer in ("prod", "staging"):
+        raise ProvisionError(f"--letsencrypt-ca is for a private CA's --letsencrypt-issuer URL; "
+                             f"{opts.letsencrypt_issuer} is verified with the system's CAs: drop --letsencrypt-ca")
+    try:
+        pem = path.read_text()
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, UnicodeDecodeError):  # SSLError first: it is an OSError too
+        raise ProvisionError(f"--letsencrypt-ca {path} holds no PEM certificate: give the CA's root "
+                             "(-----BEGIN CERTIFICATE-----)") from None
+    except OSError as exc:
+        raise ProvisionError(f"cannot read --letsencrypt-ca {path}: {(exc.strerror or str(exc)).lower()}") from None
+    return pem
 
 
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from inlets_py.runtime.generate.systemd_quote import exec_command
 from . import wheel_receiver
 from .errors import ProvisionError
 from .material import Material
-from .spec import TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, control_url, server_argv
+from .spec import LETSENCRYPT_CA, TLS_SERVER_NAME, VM_FILES, TunnelSpec, client_upstreams, control_url, server_argv
 from .wheel import ServerWheel, compact_source, constraints
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ def user_data(spec: TunnelSpec, material: Material, options: UserDataOptions) ->
         receiver=receiver,
         package=f"/opt/inlets/{options.wheel.filename}" if options.wheel else options.package,
         expires=expires,
+        letsencrypt_ca={"path": LETSENCRYPT_CA, "pem": spec.letsencrypt.ca_pem}
+        if spec.letsencrypt is not None and spec.letsencrypt.ca_pem else None,
     )
     size = len(text.encode())
     if size > options.limit:

@@ -42,6 +42,7 @@ class LetsEncrypt:
 
     email: str | None = None
     issuer: str = "prod"  # prod, staging or an ACME directory URL
+    ca_pem: str | None = None  # a private issuer's CA bundle, written to LETSENCRYPT_CA on the VM
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,8 @@ class ServerFiles:
 
 VM_FILES = ServerFiles("/etc/inlets/token", "/etc/inlets/server.crt", "/etc/inlets/server.key")
 VM_INLETS = "/opt/inlets/venv/bin/inlets"
+#: --letsencrypt-ca's bundle on the VM (root's, readable by the service: not a secret)
+LETSENCRYPT_CA = "/etc/inlets/letsencrypt-ca.crt"
 
 
 def server_argv(
@@ -270,6 +273,8 @@ def server_argv(
             if spec.letsencrypt.email:
                 argv += ["--letsencrypt-email", spec.letsencrypt.email]
             argv += ["--letsencrypt-issuer", spec.letsencrypt.issuer]
+            if spec.letsencrypt.ca_pem:
+                argv += ["--letsencrypt-ca", LETSENCRYPT_CA]
     return argv
 
 

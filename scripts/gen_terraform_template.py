@@ -259,7 +259,7 @@ def outputs() -> dict[Path, str]:
             "name": "string", "mode": "string", "user": "string", "config_dir": "string", "files": "object",
             "token": "string", "server_cert": "string", "server_key": "string", "units": "pairs",
             "constraints": "list", "wheel": "nullable", "receiver": "nullable", "package": "string",
-            "expires": "nullable",
+            "expires": "nullable", "letsencrypt_ca": "nullable",
         },
     )
     for mode in ("tcp", "http"):

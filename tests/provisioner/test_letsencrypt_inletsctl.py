@@ -27,6 +27,7 @@ import yaml
 from helpers.http import need  # noqa: E402
 from helpers.letsencrypt import dnsmasq, pebble, wait_until  # noqa: E402
 from helpers.prov_fake_do import FakeDigitalOcean  # noqa: E402
+from helpers.tunnel import make_tls  # noqa: E402
 from helpers.prov_support import free_port, http_upstream, one_line_error, run_cli, run_client  # noqa: E402
 from inlets_py.provisioner.material import generate  # noqa: E402
 from inlets_py.provisioner.render import UserDataOptions, user_data  # noqa: E402
@@ -103,6 +104,32 @@ def test_digitalocean_create_defaults_to_letsencrypt_for_domains(tmp_path: Path,
     argv = _exec_start(_units(text)["/etc/systemd/system/inlets.service"])
     assert argv[argv.index("--letsencrypt-domain") + 1] == DOMAIN
     assert argv[argv.index("--letsencrypt-issuer") + 1] == "prod" and "--letsencrypt-email" not in argv
+
+
+def test_a_private_issuers_ca_reaches_the_server_that_verifies_it(tmp_path: Path, token_file: Path, capsys) -> None:
+    """--letsencrypt-issuer takes a private CA's URL, whose HTTPS the server verifies only with --letsencrypt-ca:
+    without a way to send that bundle, a booted VM logged "could not be verified (a private ACME CA: give
+    --letsencrypt-ca)" every retry, an option create did not have."""
+    ca = make_tls(tmp_path / "private-ca", ["127.0.0.1"]).ca
+    state, issuer = str(tmp_path / "s"), "https://ca.internal:9000/acme/acme/directory"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False, active=False) as fake:
+        do = ["--provider", "digitalocean", "--api-url", fake.url, "--access-token-file", str(token_file)]
+        run_cli(capsys, "create", "le-ca", *do, "--mode", "http", "--domain", DOMAIN, "--letsencrypt-issuer", issuer,
+                "--letsencrypt-ca", str(ca), "--state-dir", state, "--timeout", "1")
+        (text,) = fake.user_data.values()
+        (tmp_path / "not-pem").write_text("hello\n")
+        for args, needle in [(["--letsencrypt-ca", str(ca)], "is for a private CA"),
+                             (["--letsencrypt-issuer", issuer, "--letsencrypt-ca", str(tmp_path / "not-pem")], "no PEM"),
+                             (["--letsencrypt-issuer", issuer, "--letsencrypt-ca", str(tmp_path / "gone")], "cannot read")]:
+            one_line_error(run_cli(capsys, "create", *do, "--mode", "http", "--domain", DOMAIN, *args, "--state-dir",
+                                   state), needle)
+    one_line_error(run_cli(capsys, "create", "--mode", "tcp", "--letsencrypt-ca", str(ca), "--provider",
+                           "digitalocean", "--access-token-file", str(token_file), "--state-dir", state), "need Let's Encrypt")
+    argv = _exec_start(_units(text)["/etc/systemd/system/inlets.service"])
+    assert argv[argv.index("--letsencrypt-issuer") + 1] == issuer
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    written = files[argv[argv.index("--letsencrypt-ca") + 1]]
+    assert written["content"] == ca.read_text() and written["permissions"] == "0644"
 
 
 class _Relay(socketserver.ThreadingTCPServer):

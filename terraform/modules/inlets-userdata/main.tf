@@ -112,6 +112,8 @@ locals {
     server_key  = var.server_key
     constraints = local.constraints
     package     = local.package
+    # inletsctl's --letsencrypt-ca (a private ACME CA's bundle): not offered by these modules yet
+    letsencrypt_ca = null
   }
   template_vars      = merge(local.template_base, { units = local.units, expires = local.expires })
   user_data_embedded = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = local.embedded, receiver = null }))
