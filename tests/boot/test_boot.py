@@ -13,7 +13,10 @@ Five VMs boot at once when the module starts (each in its own network namespaces
 - terraform: the inlets-userdata module's rendering (the server wheel pushed, as the AWS
   module does) with terraform/tools/push_wheel.py sending the wheel, then its client command;
 - gce: a plain ``create --provider gce --mode http`` (fake GCE API): the one cloud whose user-data
-  carries the server wheel itself (xz, base64), unpacked and installed by cloud-init.
+  carries the server wheel itself (xz, base64), unpacked and installed by cloud-init;
+- letsencrypt: ``create --mode http --domain example.test`` with pebble (on the user's side) as
+  ``--letsencrypt-issuer`` and its CA as ``--letsencrypt-ca``: the certificate issued under the
+  unit's sandbox, its keys 0600, served on 443 through the printed client, kept across a restart.
 Where containers cannot boot here, every test skips saying why.
 """
 
@@ -23,6 +26,8 @@ import concurrent.futures
 import datetime
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,7 +38,7 @@ import pytest
 import test_terraform as tfh
 from helpers.prov_support import Result, one_line_error
 from vm import VM_ADDR, BootUnavailable, check_available
-from worlds import World
+from worlds import World, iterate_until
 
 from inlets_py.provisioner.material import generate
 from inlets_py.provisioner.wheel import build_runtime_wheel
@@ -46,6 +51,7 @@ TTL = 150  # seconds: the tcp VM serves its checks (done after 50-100 s here), t
 CREATE_TIMEOUT = "420"
 BROKEN_SPEC = "inlets-py-no-such-release==0.0.1"
 CAP_NET_BIND_SERVICE = "0000000000000400"
+LE_DOMAIN = "example.test"
 
 
 class Boots:
@@ -57,7 +63,7 @@ class Boots:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
         self.ssh_key = key
         self.worlds: dict[str, World] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=5)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
         self._jobs: dict[str, concurrent.futures.Future[Any]] = {}
 
     def start(self, name: str, job: Callable[[World], Any]) -> None:
@@ -91,6 +97,14 @@ def create_http(world: World) -> tuple[Result, float]:
     created = world.inletsctl("create", "boot-http", "--provider", "digitalocean", "--mode", "http", "--json",
                               "--timeout", CREATE_TIMEOUT)
     return created, time.monotonic() - started
+
+
+def create_letsencrypt(world: World) -> Result:
+    world.cloud()
+    directory, api_ca = world.pebble()
+    return world.inletsctl("create", "boot-le", "--provider", "digitalocean", "--mode", "http", "--domain", LE_DOMAIN,
+                           "--letsencrypt-email", "ops@example.test", "--letsencrypt-issuer", directory,
+                           "--letsencrypt-ca", str(api_ca), "--json", "--timeout", CREATE_TIMEOUT)
 
 
 def create_broken(world: World) -> Result:
@@ -144,6 +158,7 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boots]:
         farm.start("broken", create_broken)
         farm.start("terraform", boot_terraform)
         farm.start("gce", create_gce)
+        farm.start("letsencrypt", create_letsencrypt)
         yield farm
     finally:
         farm.close()
@@ -331,6 +346,61 @@ def test_a_gce_create_boots_the_wheel_its_user_data_carries_and_serves(boots: Bo
     proc = unit_process(world, "inlets.service")
     assert proc["ActiveState"] == "active" and proc["User"] == "inlets" and proc["CapEff"] == CAP_NET_BIND_SERVICE, proc
     serves_http_through_the_printed_client(world, summary["client_command"])
+
+
+# -------------------------------------------------------------------------- letsencrypt
+
+
+def test_a_letsencrypt_create_gets_its_certificate_under_the_units_sandbox_and_serves_https(boots: Boots) -> None:
+    """The ACME child runs under the unit's ProtectSystem=strict as the inlets user: its account key and certificate
+    land in the state folder the drop-in gives it (0700 folders, 0600 keys), 443 presents pebble's certificate for
+    the domain, the printed client's app answers over HTTPS, and a restart serves the stored one without a new order."""
+    world, result = boots.get("letsencrypt")
+    summary = created(result, world)
+    assert summary["endpoints"] == [f"https://{LE_DOMAIN}"]
+    assert_cloud_init_clean(world)
+    assert world.vm is not None
+    journal = "journalctl -u inlets.service --no-pager -o cat"
+    for _ in iterate_until(120):
+        if "event=certificate_issued" in world.vm.sh(journal).stdout:
+            break
+    else:
+        raise AssertionError(world.vm.sh(journal).stdout[-3000:] + world.logs())
+    store = "/var/lib/inlets/letsencrypt"
+    modes = world.vm.sh(f"find {store} \\( -type d -o -name '*.key' -o -name key.pem \\) -printf '%p %m %u\\n'").stdout
+    found = {path: (mode, owner) for path, mode, owner in (line.split() for line in modes.splitlines())}
+    names = sorted(Path(path).name for path in found if path.endswith((".key", ".pem")))
+    assert names == ["account.key", "key.pem"] and set(found.values()) == {("700", "inlets"), ("600", "inlets")}, modes
+    assert all(mode == "600" for path, (mode, _) in found.items() if path.endswith((".key", ".pem"))), modes
+    root = world.workdir / "pebble-root.pem"
+    root.write_bytes(world.pebble_root())
+    context = ssl.create_default_context(cafile=str(root))
+
+    def served() -> dict[str, Any]:
+        with socket.create_connection((VM_ADDR, 443), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname=LE_DOMAIN) as tls:
+            return tls.getpeercert()
+
+    assert ("DNS", LE_DOMAIN) in world.net.on_user_side(served)["subjectAltName"]
+    world.http_upstream(8080)
+    world.run_printed(summary["client_command"], "client.log")
+    curl = world.net.user_argv("curl", "-sS", "--max-time", "10", "--cacert", str(root), "--resolve",
+                                f"{LE_DOMAIN}:443:{VM_ADDR}", f"https://{LE_DOMAIN}/over-https")
+    body = ""
+    for _ in iterate_until(60):
+        body = subprocess.run(curl, capture_output=True, text=True, timeout=20).stdout
+        if body == "hello from the upstream, path=/over-https":
+            break
+    assert body == "hello from the upstream, path=/over-https", body + world.logs()
+    world.vm.sh("systemctl restart inlets.service")
+    for _ in iterate_until(30):
+        after = world.vm.sh(f"{journal} --since=-30s").stdout
+        if "event=certificate_loaded" in after:
+            break
+    else:
+        raise AssertionError(world.vm.sh(journal).stdout[-3000:])
+    assert world.vm.sh(journal).stdout.count("event=certificate_requesting") == 1
+    assert ("DNS", LE_DOMAIN) in world.net.on_user_side(served)["subjectAltName"]
 
 
 # ------------------------------------------------------------------- last: the tcp VM's ttl

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import socket
 import socketserver
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen, gce_service_account_key
 from helpers.prov_fake_do import FakeDigitalOcean
 from helpers.prov_support import INLETSCTL, HelloUpstream, Result, user_env
-from vm import VM_ADDR, Container, Network
+from helpers.tunnel import make_tls
+from vm import USER_ADDR, VM_ADDR, Container, Network
 
 DO_TOKEN = "dop_v1_" + "b" * 64
 GCE_PROJECT = "inlets-boot"
+PEBBLE_PORT = 14000  # pebble's API; +1 management, +2 tls-alpn (unused), +3 its dnsmasq: in the user's namespace
 
 
 class World:
@@ -109,6 +114,38 @@ class World:
         server = self.net.on_user_side(lambda: http.server.ThreadingHTTPServer(("127.0.0.1", port), HelloUpstream))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self._closers.append(server)
+
+    def pebble(self) -> tuple[str, Path]:
+        """Pebble (Let's Encrypt's test CA) on the user's side, with a dnsmasq resolving ``*.example.test`` to the
+        VM, where it validates HTTP-01 on port 80 over the veth: (its directory URL, the CA of its own HTTPS)."""
+        pebble_dir = self.workdir / "pebble"
+        tls = make_tls(pebble_dir / "tls", [USER_ADDR])
+        config = {"listenAddress": f"{USER_ADDR}:{PEBBLE_PORT}", "managementListenAddress": f"{USER_ADDR}:{PEBBLE_PORT + 1}",
+                  "certificate": str(tls.cert), "privateKey": str(tls.key), "httpPort": 80, "tlsPort": PEBBLE_PORT + 2,
+                  "ocspResponderURL": "", "externalAccountBindingRequired": False}
+        (pebble_dir / "pebble.json").write_text(json.dumps({"pebble": config}))
+        dns = ["dnsmasq", "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+               f"--port={PEBBLE_PORT + 3}", "--listen-address=127.0.0.1", "--bind-interfaces", "--user=root",
+               f"--pid-file={pebble_dir / 'dnsmasq.pid'}", f"--address=/example.test/{VM_ADDR}", "--log-facility=-"]
+        serve = ["pebble", "-config", str(pebble_dir / "pebble.json"), "-dnsserver", f"127.0.0.1:{PEBBLE_PORT + 3}"]
+        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+        for argv, log in ((dns, "dnsmasq.log"), (serve, "pebble.log")):
+            with open(self.workdir / log, "wb") as out:
+                self._closers.append(subprocess.Popen(self.net.user_argv(*argv), stdout=out, stderr=out, env=env,
+                                                      cwd=pebble_dir, stdin=subprocess.DEVNULL))
+        for _ in iterate_until(15, 0.1):
+            try:
+                self.net.on_user_side(lambda: socket.create_connection((USER_ADDR, PEBBLE_PORT), timeout=1)).close()
+                return f"https://{USER_ADDR}:{PEBBLE_PORT}/dir", tls.ca
+            except OSError:
+                pass
+        raise AssertionError(f"pebble never listened{self.logs()}")
+
+    def pebble_root(self) -> bytes:
+        """The root pebble issues from (new on every start): what a browser trusting it would verify with."""
+        context = ssl.create_default_context(cafile=str(self.workdir / "pebble/tls/ca.crt"))
+        url = f"https://{USER_ADDR}:{PEBBLE_PORT + 1}/roots/0"
+        return self.net.on_user_side(lambda: urllib.request.urlopen(url, context=context, timeout=5).read())
 
     def echo_through(self, port: int, size: int = 4 * 1024 * 1024, timeout: float = 60) -> None:
         """Random bytes to the VM's data ``port`` come back byte-exact (through the tunnel and the echo)."""
