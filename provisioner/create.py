@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import functools
 import shlex
-import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,15 +131,19 @@ def _ca_bundle(opts: CreateOptions) -> str | None:
     if opts.letsencrypt_issuer in ("prod", "staging"):
         raise ProvisionError(f"--letsencrypt-ca is for a private CA's --letsencrypt-issuer URL; "
                              f"{opts.letsencrypt_issuer} is verified with the system's CAs: drop --letsencrypt-ca")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     try:
-        pem = path.read_text()
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
-    except (ssl.SSLError, UnicodeDecodeError):  # SSLError first: it is an OSError too
+        certificates = x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError:
         raise ProvisionError(f"--letsencrypt-ca {path} holds no PEM certificate: give the CA's root "
                              "(-----BEGIN CERTIFICATE-----)") from None
     except OSError as exc:
         raise ProvisionError(f"cannot read --letsencrypt-ca {path}: {(exc.strerror or str(exc)).lower()}") from None
-    return pem
+    # written out again, certificates only: what else the file held (openssl's "Bag Attributes", control
+    # characters) never reaches the user-data's YAML
+    return "".join(cert.public_bytes(Encoding.PEM).decode() for cert in certificates)
 
 
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:

@@ -111,11 +111,14 @@ def test_a_private_issuers_ca_reaches_the_server_that_verifies_it(tmp_path: Path
     without a way to send that bundle, a booted VM logged "could not be verified (a private ACME CA: give
     --letsencrypt-ca)" every retry, an option create did not have."""
     ca = make_tls(tmp_path / "private-ca", ["127.0.0.1"]).ca
+    # as openssl pkcs12 writes it: text around the certificate, here with a character YAML cannot carry
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text("Bag Attributes\n    friendlyName: root\x1c\nsubject=/CN=root\n" + ca.read_text())
     state, issuer = str(tmp_path / "s"), "https://ca.internal:9000/acme/acme/directory"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False, active=False) as fake:
         do = ["--provider", "digitalocean", "--api-url", fake.url, "--access-token-file", str(token_file)]
         run_cli(capsys, "create", "le-ca", *do, "--mode", "http", "--domain", DOMAIN, "--letsencrypt-issuer", issuer,
-                "--letsencrypt-ca", str(ca), "--state-dir", state, "--timeout", "1")
+                "--letsencrypt-ca", str(bundle), "--state-dir", state, "--timeout", "1")
         (text,) = fake.user_data.values()
         (tmp_path / "not-pem").write_text("hello\n")
         for args, needle in [(["--letsencrypt-ca", str(ca)], "is for a private CA"),
