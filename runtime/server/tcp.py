@@ -144,12 +144,9 @@ class DataPlaneConnection(TcpBridge):
         beyond it the bridge holds the rest (``_pending``, no retry) and reads no more until credit comes back, and
         credit coming back ends the keeping (``on_writable``)."""
         replay = self._replay
-        if not replay:
-            self._replay = data  # the common case: one read before the answer, kept without a copy
-        else:
-            if type(replay) is bytes:
-                replay = self._replay = bytearray(replay)
-            replay += data  # type: ignore[operator]
+        if type(replay) is bytes:
+            replay = self._replay = bytearray(replay)
+        replay += data  # type: ignore[operator]
 
     def data_received(self, data: bytes) -> None:
         if self._header is not None:
@@ -168,8 +165,12 @@ class DataPlaneConnection(TcpBridge):
             self._admit(header.source or self.peer, header.destination, rest)
             return
         self.counters.bytes_in += len(data)
-        if self._replay is not None:  # nothing shows yet that a client reached an upstream
-            self._keep(data)
+        replay = self._replay
+        if replay is not None:  # nothing shows yet that a client reached an upstream
+            if replay:
+                self._keep(data)
+            else:
+                self._replay = data  # the common case: one read before the answer, kept without a copy (no call)
         super().data_received(data)
 
     def on_data(self, data: bytes | memoryview) -> None:

@@ -124,4 +124,5 @@ def test_a_user_is_reset_at_once_when_no_client_reaches_its_upstream(tls: TlsFil
     lines = [r.getMessage() for r in caplog.records if "upstream_unreachable" in r.getMessage()]
     assert sum("action=next_client" in line for line in lines) == 3, lines  # each user: one client, then the other
     assert sum("action=reset" in line for line in lines) == 3, lines
-    assert sum("event=refused" in line for line in lines) == 3, lines
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=refused ")]
+    assert sum("reason=upstream_failed" in line for line in refused) == 3, refused
