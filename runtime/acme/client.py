@@ -46,9 +46,18 @@ def _new_key_pem(kind: str) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+#: Characters of an ACME error kept in a log line: its start (what failed) and its end (why), the middle cut.
+ERROR_KEPT = 300
+
+
 def _one_line(exc: BaseException) -> str:
+    """The CA's words on one line, at most ``ERROR_KEPT`` characters: cut at the end, a validation error lost its
+    reason ("... Fetching http://DOMAIN/.well-known/acme-challenge/TOKEN: ... no such host") to the token."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
+    if len(text) <= ERROR_KEPT:
+        return text
+    half = (ERROR_KEPT - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def _unreachable(exc: BaseException, ca_bundle: str | None = None) -> str:

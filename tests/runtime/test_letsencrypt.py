@@ -204,6 +204,7 @@ def test_a_domain_pebble_cannot_validate_fails_in_one_line_and_is_retried(tmp_pa
             wait_until(lambda: len(failed()) >= 2, 20, "a failure and its retry")
             message = failed()[0].getMessage()
             assert "nowhere.invalid" in message and "\n" not in message and "retry_in=1s" in message
+            assert "could not resolve" in message, message  # pebble's reason, at the end of its long words
             assert manager.certs == {}
             with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw:
                 with pytest.raises(ssl.SSLError):  # nothing to present yet: the handshake is refused
@@ -435,3 +436,14 @@ def test_cli_bad_options_are_one_line_errors() -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
 
+
+def test_a_long_acme_error_keeps_its_reason_at_the_end() -> None:
+    """pebble's and Boulder's validation errors name the URL they fetched, token and all, before the reason: cut at
+    300 characters, "...: no such host" never reached the log. The middle goes now, the start and the end stay."""
+    from inlets_py.runtime.acme.client import ERROR_KEPT, _one_line
+
+    words = ("example.test: challenge failed: urn:ietf:params:acme:error:dns :: Get \"http://example.test/.well-known/"
+             "acme-challenge/" + "t" * 300 + "\": dial tcp: lookup example.test on 127.0.0.53:53: no such host")
+    line = _one_line(Exception(words))
+    assert len(line) <= ERROR_KEPT and line.startswith("example.test: challenge failed") and line.endswith("no such host")
+    assert _one_line(Exception("short\n  and  spaced")) == "short and spaced"
