@@ -166,7 +166,7 @@ def test_a_protected_name_no_client_serves_any_more_is_no_label_past_the_grace(t
                                HttpOptions.build(basic_auth=("alice", "pw")))
         stack.stop_client(task)
         _until_no_clients(server)
-        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 401 "), answer  # still protected
         assert _hosts(server, tls, token) == {"gone.test": 1}  # within the grace
         server.metrics.grace = 0.0  # the next sweep (at most 1 s away) finds it past
@@ -174,7 +174,7 @@ def test_a_protected_name_no_client_serves_any_more_is_no_label_past_the_grace(t
             if "gone.test" not in _hosts(server, tls, token):
                 break
             time.sleep(0.05)
-        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n\r\n")
+        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\nConnection: close\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 401 "), answer
         assert _hosts(server, tls, token) == {"_other": 1}
     finally:
