@@ -135,8 +135,9 @@ class Session:
         #: Called once when our stream ids run low: replace this session (see ``_retire``).
         self.on_retire: Callable[[Session], None] | None = None
         self._retired: object = None  # True, or the drain that retires it
-        #: The services whose upstream this peer could not dial a moment ago (the server's TCP data plane notes them)
-        self.unreachable: set[str] = set()
+        #: The services whose upstream this peer could not dial, and until when (``time.monotonic``) it is tried after
+        #: others for them (the server's TCP data plane notes them: ``registry.unreachable``)
+        self.unreachable: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 

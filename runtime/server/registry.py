@@ -7,6 +7,7 @@ dead client is detected no new connection fails on it.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Generic, Iterable, TypeVar
 
 from ..core.mux import StreamError, StreamLimit
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     from ..core.session import Channel, Session, StreamHandler
 
 S = TypeVar("S")
+
+#: Seconds a client that could not reach its upstream for a service is tried after the others for it; then one user
+#: goes to it, and the next one this long after, until a stream shows it reaches its upstream again (``reached``). A
+#: blackholed upstream's dial takes 10 s: had the mark just lapsed, every user in those 10 s went to that client.
+UNREACHABLE_FOR = 5.0
 
 
 class Registry(Generic[S]):
@@ -69,13 +75,14 @@ def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHand
     """A stream on the first of ``sessions`` that takes one, in their order; else why none did, the reason the
     TCP and UDP data planes count: ``client_stream_limit`` (a client holds --max-client-streams already),
     ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``. A client whose
-    upstream for ``service`` could not be dialled a moment ago (``Session.unreachable``) is tried after the others."""
+    upstream for ``service`` could not be dialled (``unreachable``) is tried after the others, but for a user now
+    and then (``_resting``)."""
     draining = full = 0
     later: list[Session] = []  # at the --max-streams its client sent, or its upstream down: another client first
     for session in sessions:  # one plain loop, then the few at their limit: a generator cost 2.5% per connection
         if session.closed.is_set():
             continue
-        if session.mux.at_peer_limit() or service in session.unreachable:  # the latter: its upstream, a moment ago
+        if session.mux.at_peer_limit() or (session.unreachable and _resting(session, service)):
             later.append(session)
             continue
         try:
@@ -92,3 +99,27 @@ def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHand
         except StreamError:
             draining += 1
     return "client_stream_limit" if full else "client_draining" if draining else "no_client"
+
+
+def unreachable(session: Session, service: str) -> None:
+    """``session``'s client could not dial its upstream for ``service``: others take its users for a while."""
+    session.unreachable[service] = time.monotonic() + UNREACHABLE_FOR
+
+
+def reached(session: Session, service: str) -> None:
+    """A stream to ``session`` for ``service`` shows its client reaches its upstream: it takes its share again."""
+    if session.unreachable:
+        session.unreachable.pop(service, None)
+
+
+def _resting(session: Session, service: str) -> bool:
+    """Whether ``session`` is tried after the others for ``service``; when its time is up one user goes to it, and
+    the next one ``UNREACHABLE_FOR`` later (a timestamp, not a timer per refusal: a flood of them made thousands)."""
+    until = session.unreachable.get(service)
+    if until is None:
+        return False
+    now = time.monotonic()
+    if now < until:
+        return True
+    session.unreachable[service] = now + UNREACHABLE_FOR  # the mark holds while this one user finds out
+    return False

@@ -20,18 +20,13 @@ from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
 from ..core.mux import ResetCode
-from .registry import Registry, open_on_first
+from .registry import Registry, open_on_first, reached, unreachable
 from ..core.session import Session
 from .status import status_route
 from .udp import UdpCounters, UdpPort
 from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.tcp")
-
-#: Seconds (at most) a client that could not reach its upstream is tried after the others for new users of the port:
-#: one user in that time, not every other one, pays the detour (a blackholed upstream's: up to the 10 s dial timeout).
-UNREACHABLE_FOR = 5.0
-
 
 #: A client's reset of a user's stream that means it refused the user, as ``tcp_dataplane_refused_total{reason}``.
 _CLIENT_REFUSALS = {ResetCode.TOO_MANY_STREAMS: "client_stream_limit",  # its --max-streams
@@ -124,8 +119,7 @@ class DataPlaneConnection(TcpBridge):
             return False
         service, session = self.service, self.channel.session  # type: ignore[union-attr]
         tried = self._tried = (*self._tried, session)
-        session.unreachable.add(service)  # tried after the others (``open_on_first``) for a while
-        asyncio.get_running_loop().call_later(UNREACHABLE_FOR, session.unreachable.discard, service)
+        unreachable(session, service)  # tried after the others (``open_on_first``) for a while
         found = open_on_first([s for s in self.server.registry.sessions_for(service) if s not in tried], service, self)
         log.info("event=upstream_unreachable service=%s client=%s action=%s", service, session.name,
                  "reset" if isinstance(found, str) else "next_client")
@@ -174,13 +168,21 @@ class DataPlaneConnection(TcpBridge):
         super().data_received(data)
 
     def on_data(self, data: bytes | memoryview) -> None:
-        self._replay = None  # the client answered: it reached its upstream, so nothing will be sent again
+        if self._replay is not None:  # the client answered: it reached its upstream
+            self._reached()
         self.counters.bytes_out += len(data)
         super().on_data(data)
 
     def on_writable(self) -> None:
-        self._replay = None  # credit came back: the client's upstream took bytes (or the tunnel drained)
+        if self._replay is not None:  # credit came back: the client's upstream took bytes (or the tunnel drained)
+            self._reached()
         TcpBridge.on_writable(self)  # not super(): no object made per WINDOW frame
+
+    def _reached(self) -> None:
+        """The client reached its upstream: nothing will be sent again, and it takes its share of users again."""
+        self._replay = None
+        self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive
+        reached(self.channel.session, self.service)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:
