@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import resource
 import subprocess
 from pathlib import Path
@@ -113,3 +115,21 @@ def test_users_dropped_for_want_of_descriptors_are_logged(tmp_path: Path, tls: T
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_no_dev_null_is_not_said_to_be_a_lack_of_descriptors(monkeypatch, caplog) -> None:
+    """Found by a review helper: in a mount namespace without /dev/null (a bare chroot), a listener's watcher logged
+    'event=out_of_descriptors error="No such file or directory" next="raise the open-files limit"' each minute: only
+    EMFILE and ENFILE say descriptors ran out."""
+    from inlets_py.runtime.core.listen import listen
+
+    monkeypatch.setattr(os, "devnull", "/nonexistent/null")  # what a root without /dev sees
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> None:
+        server = await listen(asyncio.Protocol, "127.0.0.1", free_port())
+        await asyncio.sleep(1.2)  # the watcher's first probe and one more
+        server.close()
+
+    asyncio.run(scenario())
+    assert not [r.getMessage() for r in caplog.records if "out_of_descriptors" in r.getMessage()]
