@@ -86,8 +86,9 @@ MaxClientBuffer = Annotated[int, count_option(
     "--max-client-buffer",
     help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "
     "(for users that have not taken the data yet).")]
+#: A client's --max-streams; the TCP client's help adds its --local forwards (the HTTP client has none).
 MaxServerStreams = Annotated[int, count_option(
-    "--max-streams", help="Streams the server may have open on this client at once, and the client's own --local ones at once (more are refused).")]
+    "--max-streams", help="Streams the server may have open on this client at once (more are refused).")]
 MaxBuffer = Annotated[int, count_option(
     "--max-buffer",
     help="MiB the server's streams may make this client hold, all together, beyond each stream's first 256 KiB "

@@ -11,7 +11,11 @@ from .app import tcp_app
 from .config import maybe_generate
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
 from .durations import DrainTimeout, Keepalive
-from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token
+from .options import Generate, LogFormat, LogLevel, MaxBuffer, Token, count_option
+
+MaxStreams = Annotated[int, count_option("--max-streams", help=(
+    "Streams the server may have open on this client at once, and the client's own --local ones at once "
+    "(more are refused)."))]
 
 
 @tcp_app.command("client")
@@ -37,7 +41,7 @@ def tcp_client(
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
     keepalive: Keepalive = 20.0,
-    max_streams: MaxServerStreams = 1024,
+    max_streams: MaxStreams = 1024,
     max_buffer: MaxBuffer = 64,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,

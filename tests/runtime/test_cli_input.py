@@ -335,3 +335,11 @@ def test_a_secret_files_help_says_its_variable_holds_the_secret_not_a_file() -> 
                                     (("http", "client"), "--bearer-token-file", "INLETS_BEARER_TOKEN")):
         text = " ".join(inlets(*command, "--help").stdout.split())
         assert f"[env: {variable}]" not in text and f"itself in ${variable}" in text[text.index(flag):], text
+
+
+@pytest.mark.parametrize("command", [("tcp", "client"), ("http", "client")])
+def test_a_clients_help_names_only_its_own_flags(command: tuple[str, ...]) -> None:
+    """``inlets http client --help`` said --max-streams bounds "the client's own --local ones": it has no --local."""
+    text = inlets(*command, "--help", env={"COLUMNS": "400"}).stdout
+    own = set(re.findall(r"^ +(--[a-z-]+)", text, re.M)) | set(re.findall(r" / (--[a-z-]+)", text))
+    assert own and set(re.findall(r"--[a-z][a-z-]*[a-z]", text)) <= own, set(re.findall(r"--[a-z][a-z-]*[a-z]", text)) - own
