@@ -53,6 +53,21 @@ def logfmt(value: object) -> str:
     return '"' + "".join(_escaped(c) for c in text) + '"'
 
 
+#: One ``key=value`` as ``logfmt`` and the message templates write it, and the spaces after it: a key, then a bare
+#: value or a quoted one holding only the escapes ``logfmt`` writes (``\"``, ``\\``, ``\n``, ``\r``, ``\t``,
+#: ``\uXXXX``) and no raw control character.
+_PAIR = re.compile(r'([\w.-]+)=(?:(' + _BARE.pattern + r')|"((?:[^"\\\x00-\x1f]|\\["\\nrt]|\\u[\da-f]{4})*)")(?: +|$)')
+
+
+def logfmt_fields(text: str) -> dict[str, str]:
+    """The fields of a message written as ``key=value`` pairs (the exact inverse of ``logfmt``), or none when any of
+    it is not (a library's own words): a field is read as ``logfmt`` wrote it or not at all. A key given twice keeps
+    its last value. The pairs found one after another must leave nothing of the text (which then holds only pairs,
+    found where they start); a bare value cannot be empty, so an empty one means the quoted one, whose escapes are
+    JSON's (a surrogate pair reads as its one character, as in any JSON reader)."""
+    return {} if _PAIR.sub("", text) else {k: b or json.loads(f'"{q}"') for k, b, q in _PAIR.findall(text)}
+
+
 def _one_line(text: str) -> str:
     """A message with any control character left in it escaped: whatever a log call passed, one event, one line."""
     return text if text.isprintable() else "".join(c if c.isprintable() else _escaped(c) for c in text)
@@ -80,6 +95,10 @@ def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> str | Non
 
 
 class _JsonFormatter(logging.Formatter):
+    """One object per line: time, level, logger, the message whole as ``msg``, then each of its ``key=value`` as a key
+    of its own (strings, as written) and any traceback as ``exc``. ``jq 'select(.event=="x")'`` found nothing while
+    the fields stayed inside ``msg``."""
+
     def format(self, record: logging.LogRecord) -> str:
         line = {
             "time": _timestamp(record),
@@ -87,6 +106,8 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _one_line(record.getMessage()),
         }
+        for key, value in logfmt_fields(line["msg"]).items():  # one named as the line's own key: fields.NAME (logrus)
+            line["fields." + key if key in line or key == "exc" else key] = value
         trace = _trace(self, record)
         if trace is not None:
             line["exc"] = trace
@@ -153,10 +174,7 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     limit = RepeatLimit()
     handler.addFilter(limit)
     atexit.register(_tell_held_back, handler, limit)  # before logging's own (flush, close): it runs after this
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_TextFormatter())
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

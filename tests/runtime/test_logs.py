@@ -123,3 +123,53 @@ def test_lines_left_out_that_no_later_line_told_of_are_told_at_exit(fmt: str) ->
     assert result.returncode == 0 and len(lines) == 20 + 20 + 1 + 2, result.stderr
     assert messages[40] == "event=stopped"
     assert messages[41:] == ["event=answered status=503 host=h24.test suppressed=4", "event=refused reason=20"]
+
+
+def _no_surrogate_pair(text: str) -> bool:
+    """False for a high surrogate right before a low one: ``logfmt`` writes them as JSON does a pair
+    (``\\ud83d\\ude00``), which reads back, as in any JSON reader, as the one character they make."""
+    return not any("\ud800" <= a <= "\udbff" and "\udc00" <= b <= "\udfff" for a, b in zip(text, text[1:]))
+
+
+@given(st.text(st.characters(blacklist_categories=())).filter(_no_surrogate_pair))
+def test_parsing_is_the_exact_inverse_of_logfmt(text: str) -> None:
+    """JSON lines carry each field as a key, read back from the message: any value ``logfmt`` wrote (control
+    characters, quotes, backslashes, lone surrogates from a file name included) reads back as itself."""
+    from inlets_py.runtime.core.logs import logfmt, logfmt_fields
+
+    assert logfmt_fields(f"event=x reason={logfmt(text)} next=1") == {"event": "x", "reason": text, "next": "1"}
+    assert logfmt_fields(f"v={logfmt(text)}") == {"v": text}
+
+
+@pytest.mark.parametrize("message", [
+    "Starting server", "", " event=x", "x event=y", "event=x reason=two words", "event=x (browsers refuse it)",
+    'a="unterminated', 'a=b"c"', 'a="b"c', "a=b=c", "=v", 'a="\\x"', 'a="\\u001B"', 'a="\\b"', "a=\\n", 'a="\x01"',
+])
+def test_a_message_that_is_not_logfmt_gives_no_fields(message: str) -> None:
+    """Strict: a field is read as ``logfmt`` wrote it or not at all (a library's line keeps only ``msg``)."""
+    from inlets_py.runtime.core.logs import logfmt_fields
+
+    assert logfmt_fields(message) == {}
+
+
+def test_json_lines_carry_each_field_as_a_key() -> None:
+    """``{"msg": "event=x ..."}`` hid every field from ``jq 'select(.event=="x")'``; now each is a key (a string, as
+    written), ``msg`` stays whole, a field named like the line's own keys becomes ``fields.NAME``, and a library's
+    words keep only ``msg``."""
+    script = ("import logging; from inlets_py.runtime.core import logs; logs.setup('info', 'json')\n"
+              "log = logging.getLogger('inlets.tcp')\n"
+              "log.info('event=connected client=%s remote=%s n=%d', 'abc', logs.logfmt('[::1]:5555'), 7)\n"
+              "log.warning('event=odd level=%s msg=%s time=1 logger=x', logs.logfmt('a \"b\"\\n'), 'm')\n"
+              "logging.getLogger('inlets.websockets.x').critical('connection closed: code 1006')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert result.returncode == 0 and len(lines) == 3, result.stderr
+    connected, odd, library = lines
+    assert list(connected)[:5] == ["time", "level", "logger", "msg", "event"]
+    assert {k: connected[k] for k in ("level", "logger", "event", "client", "remote", "n")} == {
+        "level": "info", "logger": "inlets.tcp", "event": "connected", "client": "abc", "remote": "[::1]:5555",
+        "n": "7"}
+    assert connected["msg"] == "event=connected client=abc remote=[::1]:5555 n=7"
+    assert odd["level"] == "warning" and odd["logger"] == "inlets.tcp" and odd["msg"].startswith("event=odd level=")
+    assert (odd["fields.level"], odd["fields.msg"], odd["fields.time"], odd["fields.logger"]) == ('a "b"\n', "m", "1", "x")
+    assert set(library) == {"time", "level", "logger", "msg"} and library["msg"] == "connection closed: code 1006"

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.proxy_daemons import Daemon, _spawn, binary
-from helpers.process import client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.process import (
+    INLETS, ROOT, client_args, echo_once, inlets, server_args, spawn, stop_all, wait_for_text, wait_port,
+)
 from helpers.service_python import unit_inlets
 from helpers.tunnel import (
     TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
@@ -745,14 +750,36 @@ def test_sigterm_lets_open_streams_finish_then_exits(tmp_path: Path, tls: TlsFil
         listener.close()
 
 
-def test_json_logs_are_one_object_per_line(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
-    control = free_port()
-    server = spawn(*server_args(control, tls, token_file, "--log-format", "json"), log=tmp_path / "server.log")
+#: Reads JSON log lines on stdin as a pipeline does: one object each, or it fails; prints the objects as one list.
+JSON_LINES_READER = ("import json, sys\n"
+                     "records = [json.loads(line) for line in sys.stdin if line.strip()]\n"
+                     "assert all(isinstance(r, dict) for r in records)\n"
+                     "print(json.dumps(records))")
+
+
+def test_json_logs_have_one_key_per_field(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """The fields stayed inside ``msg`` (``"msg": "event=started mode=tcp ..."``): ``jq 'select(.event=="x")'``
+    found nothing. Each is a key of its own now, as a pipeline's JSON parser reads it; ``msg`` stays whole."""
+    control, upstream_port, public = free_port(), free_port(), free_port()
+    pipe_out, pipe_in = os.pipe()  # inlets ... 2>&1 | python -c READER
+    reader = subprocess.Popen([sys.executable, "-c", JSON_LINES_READER], stdin=pipe_out, stdout=subprocess.PIPE,
+                              text=True)
+    server = subprocess.Popen([*INLETS, *server_args(control, tls, token_file, "--log-format", "json")],
+                              stderr=pipe_in, stdout=subprocess.DEVNULL, cwd=ROOT)
+    os.close(pipe_out), os.close(pipe_in)  # the server holds the only writer: the reader ends when it does
+    client = spawn(*client_args(control, tls, token_file, "--upstream", f"{public}=127.0.0.1:{upstream_port}"), log=tmp_path / "client.log")
     try:
-        wait_port(control)
+        wait_for_text(tmp_path / "client.log", "event=connected")
     finally:
-        stop_all(server)
-    lines = [line for line in (tmp_path / "server.log").read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines]
-    assert records and all({"time", "level", "msg"} <= set(r) for r in records)
-    assert any("event=draining" in r["msg"] for r in records)
+        stop_all(client, server)
+    out, _ = reader.communicate(timeout=15)
+    assert reader.returncode == 0, out
+    records = json.loads(out)
+    assert records and all({"time", "level", "logger", "event", "msg"} <= set(r) for r in records), records
+    started = next(r for r in records if r["event"] == "started")
+    assert started["mode"] == "tcp" and started["control"] == f"wss://127.0.0.1:{control}"
+    assert started["msg"].startswith("event=started mode=tcp ")
+    joined = next(r for r in records if r["event"] == "client_connected")
+    assert re.fullmatch(r"[0-9a-f]{12}", joined["client"]) and joined["remote"].startswith("127.0.0.1:")
+    assert joined["services"] == f"tcp:{public}" and joined["logger"].startswith("inlets")
+    assert any(r["event"] == "draining" and r["timeout"] == "30.0s" for r in records)  # strings, as written
