@@ -12,9 +12,11 @@ runs exactly when the wheel is pushed, with the settings push_wheel.py reads.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import stat
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,9 @@ import pytest
 
 import test_terraform as tfh
 from inlets_py.provisioner.create import CreateOptions, _letsencrypt
-from inlets_py.provisioner.render import UserDataOptions, fitting_user_data
+from inlets_py.provisioner.render import UserDataOptions, fitting_user_data, wheel_xz_base64
 from inlets_py.provisioner.spec import TunnelSpec, build_spec
-from inlets_py.provisioner.wheel import build_runtime_wheel
+from inlets_py.provisioner.wheel import ServerWheel, build_runtime_wheel
 
 MODULE = "modules/digitalocean-exit-server"
 DROPLET = re.compile(r'^resource "digitalocean_droplet" "exit_server" \{\n(.*?)^\}\n', re.M | re.S)
@@ -34,6 +36,17 @@ RECORDER = """#!/bin/sh
 { printf '%s\\n' "$@"; printf 'host=%s port=%s timeout=%s\\n' "$INLETS_HOST" "$INLETS_PORT" "$INLETS_TIMEOUT"
   printf '%s' "$INLETS_WHEEL_XZ_BASE64" | sha256sum; printf '%s' "$INLETS_TOKEN" | sha256sum; } > "$0.log"
 """
+
+
+def _small_wheel() -> ServerWheel:
+    """A wheel that fits any user-data: one small module (Terraform only carries it here; pip never sees it)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        wheel.writestr("inlets_small/__init__.py", "")
+    return ServerWheel("inlets_small-0.0.1-py3-none-any.whl", buffer.getvalue())
+
+
+SMALL_WHEEL = _small_wheel()
 
 
 def stand_in(ws: Path) -> Path:
@@ -85,8 +98,12 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "tcp": {"source": f"../{MODULE}", "name": "tf-do-tcp", "ports": [80, 443], "python": str(recorder), "push_timeout": 7},
         "http": {"source": f"../{MODULE}", "name": "tf-do-http", "mode": "http", "domains": ["example.com"],
                  "python": str(recorder), "push_timeout": 7},
+        # a small wheel of the user's own: the runtime's no longer fits 64 KiB, and this case is about the module
+        # embedding a wheel (nothing to send), not about the runtime's size
         "tcp-embedded": {"source": f"../{MODULE}", "name": "tf-do-tcp-embedded", "ports": [80, 443],
-                         "python": str(recorder), "push_timeout": 7, "wheel_delivery": "embed"},
+                         "python": str(recorder), "push_timeout": 7, "wheel_delivery": "embed",
+                         "wheel_filename": SMALL_WHEEL.filename, "wheel_xz_base64": wheel_xz_base64(SMALL_WHEEL),
+                         "wheel_sha256": SMALL_WHEEL.sha256},
         # the module's Let's Encrypt inputs reach the user-data: inletsctl's --letsencrypt-email/-issuer
         "http-staging": {"source": f"../{MODULE}", "name": "tf-do-http-staging", "mode": "http", "domains": ["example.com"],
                          "python": str(recorder), "push_timeout": 7, **{f"letsencrypt_{k}": v for k, v in STAGING.items()}},
