@@ -218,3 +218,33 @@ def test_a_udp_upstream_that_does_not_resolve_is_said_in_the_clients_log(caplog:
         asyncio.run(run())
     assert 'event=upstream_failed upstream=doesnotexist.invalid:53 proto=udp error="Name or service not known"' \
         in caplog.text, caplog.text
+
+
+def test_every_dial_that_hangs_times_out_on_uvloop(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a review helper: uvloop's clock is whole milliseconds, so the timer's cancel was seen up to 1 ms
+    before its own ``when()`` and taken for a shutdown's: about 1 in 8 blackholed dials never reset their stream,
+    and the HTTP user waited the server's --upstream-timeout (504 at 60 s) instead of the next client at 10 s."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def never(host: str, port: int) -> socket.socket:
+        await asyncio.sleep(3600)  # a SYN that is never answered
+        raise AssertionError
+
+    async def run() -> int:
+        channels = []
+        for i in range(40):  # timeouts spread over the millisecond: some land before the clock's next tick
+            monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 0.2 + i * 0.00013)
+            _, channel = stream()
+            bridge.dial(channel, "127.0.0.1", 9, opener=never)  # type: ignore[arg-type]
+            channels.append(channel)
+            await asyncio.sleep(0.0003)
+        deadline = asyncio.get_running_loop().time() + 1.5
+        while any(c.is_open for c in channels) and asyncio.get_running_loop().time() < deadline:  # type: ignore[attr-defined]
+            await asyncio.sleep(0.02)
+        return sum(c.is_open for c in channels)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        hung = uvloop.run(run())
+    assert hung == 0, f"{hung} of 40 dials that hung never reset their stream"
+    assert caplog.text.count('error="dial timed out"') == 40
