@@ -27,6 +27,7 @@ from ..core.logs import logfmt
 from ..core.bridge import reset
 from ..core.mux import StreamLimit
 from ..core.session import Session
+from ..server.registry import reached, unreachable
 from .guard import Guards
 from .leg import Leg, LegFailed
 from .options import HttpOptions
@@ -200,6 +201,8 @@ def progress(front: Front) -> None:
             response: ResponseHead = event  # type: ignore[assignment]
             if response.status >= 200:
                 ex.response = response
+                if leg.session.unreachable:  # an answer: its client reaches its upstream again
+                    reached(leg.session, leg.service)
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited
                               or (response.chunked and not ex.chunked) or ex.body_pending)
@@ -317,8 +320,10 @@ def _retry(front: Front, ex: Exchange) -> None:
 
 def _retry_elsewhere(front: Front, ex: Exchange, failure: Exception | None) -> None:
     """The client could not dial its upstream (down behind that client only, say): the request reached no upstream,
-    so it goes to another client serving the host, any method, each client tried once; 502 when none is left."""
+    so it goes to another client serving the host, any method, each client tried once; 502 when none is left.
+    For a while new requests try that client after the others (a blackholed upstream cost each one the dial timeout)."""
     ex.unreachable_on.append(ex.leg.session)
+    unreachable(ex.leg.session, ex.leg.service)
     _detach(front, ex)
     _resend(front, ex, f"bad gateway: {failure}")
 

@@ -23,7 +23,7 @@ from typing import Protocol
 from . import exchange as http_exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
-from ..server.registry import Registry
+from ..server.registry import Registry, resting
 from ..core.hosts import sockname_authority
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
@@ -357,7 +357,8 @@ class FrontConnection(asyncio.Protocol):
 
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None:
         """A stream to a client serving ``service``: this connection's own while it can take the request, else
-        the next client's; None when none can. StreamLimit when each one there holds --max-client-streams."""
+        the next client's, one whose upstream failed a dial a moment ago (``registry.resting``) after the others;
+        None when none can. StreamLimit when each one there holds --max-client-streams."""
         leg = self.leg
         if leg is not None:
             if leg.service == service and leg.usable and not leg.session.mux.peer_going_away:  # not a draining client's
@@ -365,25 +366,42 @@ class FrontConnection(asyncio.Protocol):
             leg.finish()
             self.leg = None
         full: StreamLimit | None = None
+        later: list[Session] | None = None
         for session in self.server.registry.candidates(service):
             if session.closed.is_set() or (avoid is not None and session in avoid):  # ``avoid``: failed this request
                 continue
-            try:
-                self.leg = Leg(session, service)
-            except StreamLimit as exc:  # this client holds --max-client-streams: users between requests give
-                full = exc  # theirs up, as when the client refuses a stream for its own --max-streams
-                if not http_exchange.reclaim_idle_stream(self, session):
-                    continue
-                try:
-                    self.leg = Leg(session, service)
-                except StreamError:
-                    continue
-            except StreamError:
+            if session.unreachable and resting(session, service):  # tried last, not skipped: used when alone
+                later = [session] if later is None else later + [session]
                 continue
-            return self.leg
+            opened = self._open_leg(session, service)
+            if type(opened) is Leg:
+                return opened
+            full = opened or full
+        for session in later or ():
+            opened = self._open_leg(session, service)
+            if type(opened) is Leg:
+                return opened
+            full = opened or full
         if full is not None:
             raise full
         return None
+
+    def _open_leg(self, session: Session, service: str) -> Leg | StreamLimit | None:
+        """A new stream on ``session`` (this connection's leg now); its StreamLimit when the client holds
+        --max-client-streams and no idle user there gave one up; None when it takes no stream (draining)."""
+        try:
+            self.leg = Leg(session, service)
+        except StreamLimit as exc:  # this client holds --max-client-streams: users between requests give
+            # theirs up, as when the client refuses a stream for its own --max-streams
+            if not http_exchange.reclaim_idle_stream(self, session):
+                return exc
+            try:
+                self.leg = Leg(session, service)
+            except StreamError:
+                return exc
+        except StreamError:
+            return None
+        return self.leg
 
     async def _exchange(self, head: RequestHead) -> bool:
         """Proxy one request; returns whether the user connection stays open."""

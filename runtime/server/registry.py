@@ -76,13 +76,13 @@ def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHand
     TCP and UDP data planes count: ``client_stream_limit`` (a client holds --max-client-streams already),
     ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``. A client whose
     upstream for ``service`` could not be dialled (``unreachable``) is tried after the others, but for a user now
-    and then (``_resting``)."""
+    and then (``resting``)."""
     draining = full = 0
     later: list[Session] = []  # at the --max-streams its client sent, or its upstream down: another client first
     for session in sessions:  # one plain loop, then the few at their limit: a generator cost 2.5% per connection
         if session.closed.is_set():
             continue
-        if session.mux.at_peer_limit() or (session.unreachable and _resting(session, service)):
+        if session.mux.at_peer_limit() or (session.unreachable and resting(session, service)):
             later.append(session)
             continue
         try:
@@ -112,7 +112,7 @@ def reached(session: Session, service: str) -> None:
         session.unreachable.pop(service, None)
 
 
-def _resting(session: Session, service: str) -> bool:
+def resting(session: Session, service: str) -> bool:
     """Whether ``session`` is tried after the others for ``service``; when its time is up one user goes to it, and
     the next one ``UNREACHABLE_FOR`` later (a timestamp, not a timer per refusal: a flood of them made thousands)."""
     until = session.unreachable.get(service)
