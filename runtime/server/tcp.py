@@ -28,6 +28,10 @@ from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.tcp")
 
+#: Bytes of a user's kept to send to another client if this one cannot reach its upstream (OpenSSH-sized first
+#: reads fit many times over; an upload past it before any answer is not retried).
+REPLAY_LIMIT = 256 * 1024
+
 #: A client's reset of a user's stream that means it refused the user, as ``tcp_dataplane_refused_total{reason}``.
 _CLIENT_REFUSALS = {ResetCode.TOO_MANY_STREAMS: "client_stream_limit",  # its --max-streams
                     ResetCode.REFUSED: "upstream_failed",  # its upstream could not be dialled
@@ -134,10 +138,13 @@ class DataPlaneConnection(TcpBridge):
         return True
 
     def _keep(self, data: bytes) -> None:
-        """Keep ``data`` with the user's bytes so far, to send again if need be. Bounded by the stream's first credit:
-        beyond it the bridge holds the rest (``_pending``, no retry) and reads no more until credit comes back, and
-        credit coming back ends the keeping (``on_writable``)."""
+        """Keep ``data`` with the user's bytes so far, to send again if need be, up to ``REPLAY_LIMIT``: past it (an
+        upload the upstream takes without answering, or a user who sent that much before a refusal) nothing is kept
+        and no other client is tried."""
         replay = self._replay
+        if len(replay) + len(data) > REPLAY_LIMIT:  # type: ignore[arg-type]
+            self._replay = None
+            return
         if type(replay) is bytes:
             replay = self._replay = bytearray(replay)
         replay += data  # type: ignore[operator]
@@ -173,16 +180,15 @@ class DataPlaneConnection(TcpBridge):
         self.counters.bytes_out += len(data)
         super().on_data(data)
 
-    def on_writable(self) -> None:
-        if self._replay is not None:  # credit came back: the client's upstream took bytes (or the tunnel drained)
-            self._reached()
-        TcpBridge.on_writable(self)  # not super(): no object made per WINDOW frame
-
     def _reached(self) -> None:
-        """The client reached its upstream: nothing will be sent again, and it takes its share of users again."""
+        """The client answered, so it reached its upstream: nothing will be sent again, and it takes its share of
+        users again. (Credit coming back shows it too, but watching for it cost a call per WINDOW frame.)"""
         self._replay = None
-        self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive
-        reached(self.channel.session, self.service)  # type: ignore[union-attr]
+        if self._tried:
+            self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive
+        session = self.channel.session  # type: ignore[union-attr]
+        if session.unreachable:
+            reached(session, self.service)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._header_timer is not None:
