@@ -8,9 +8,12 @@ for a host this client did not advertise is reset.
 
 from __future__ import annotations
 
+import functools
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 from pathlib import Path
 
 from ..core.logs import logfmt
@@ -36,6 +39,12 @@ class HttpUpstream:
     scheme: str
     host: str
     port: int
+
+    @functools.cached_property
+    def opener(self) -> Callable[[str, int], Awaitable[socket.socket]] | None:
+        """How a stream's connection is made: the Happy Eyeballs race for a name, the loop's own for an address
+        (asked once per upstream, not at every stream)."""
+        return connect_socket if is_name(self.host) else None
 
     @property
     def host_header(self) -> str:
@@ -128,4 +137,4 @@ class HttpUpstreams:
             return
         tls = self.tls if upstream.scheme == "https" else None
         dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log,
-             opener=connect_socket if is_name(upstream.host) else None)
+             opener=upstream.opener)

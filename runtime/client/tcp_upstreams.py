@@ -6,8 +6,11 @@ is reset, whatever the server asks.
 
 from __future__ import annotations
 
+import functools
 import logging
+import socket
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from ..core.logs import logfmt
 from ..core.bridge import dial
@@ -30,6 +33,12 @@ class UpstreamError(ValueError):
 class Upstream:
     host: str
     port: int
+
+    @functools.cached_property
+    def opener(self) -> Callable[[str, int], Awaitable[socket.socket]] | None:
+        """How a stream's connection is made: the Happy Eyeballs race for a name, the loop's own for an address
+        (asked once per upstream, not at every stream)."""
+        return connect_socket if is_name(self.host) else None
 
 
 def _port(text: str, what: str) -> int:
@@ -160,7 +169,7 @@ class TcpUpstreams:
             self.udp_flows += 1
             dial_udp(channel, upstream.host, upstream.port, on_close=self._udp_flow_closed)
         else:
-            dial(channel, upstream.host, upstream.port, opener=connect_socket if is_name(upstream.host) else None)
+            dial(channel, upstream.host, upstream.port, opener=upstream.opener)
 
     def _udp_flow_closed(self) -> None:
         self.udp_flows -= 1

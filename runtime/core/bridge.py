@@ -255,14 +255,17 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
         lambda: bridge, host, port, ssl=tls, server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge)
     bridge.connecting = connecting
-    where = label or authority(host, port)
-    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, where, logger))
+    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, label or (host, port), logger))
 
 
 async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | None,
                 opener: Callable[[str, int], Awaitable[socket.socket]]) -> tuple:
     return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=await opener(host, port), ssl=tls,
                                                              server_hostname=host if tls else None)
+
+
+def _named(where: str | tuple[str, int]) -> str:
+    return where if isinstance(where, str) else authority(*where)
 
 
 def _time_out(bridge: TcpBridge) -> None:
@@ -273,8 +276,10 @@ def _time_out(bridge: TcpBridge) -> None:
         connecting.cancel()
 
 
-def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel, where: str,
-             logger: logging.Logger) -> None:
+def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel,
+             where: str | tuple[str, int], logger: logging.Logger) -> None:
+    """The dial ended: bridged, or the stream reset with why, logged under ``where`` (a label, or host and port
+    made one only here, on a failure: not at every dial)."""
     timer.cancel()
     timed_out, bridge.connecting = bridge.connecting is None, None
     if task.cancelled():
@@ -295,7 +300,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
     else:  # ValueError, UnicodeError: a host name IDNA refuses ("a..b"); anything else is a bug
         reason = "invalid host name"
         if not isinstance(exc, ValueError):
-            logger.error("event=dial_failed upstream=%s", logfmt(where), exc_info=exc)
-    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(where), logfmt(reason))
+            logger.error("event=dial_failed upstream=%s", logfmt(_named(where)), exc_info=exc)
+    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(_named(where)), logfmt(reason))
     bridge.fail()
     channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")
