@@ -109,20 +109,21 @@ class LetsEncrypt:
             cert = self.store.load(domain)
             current = self.store.domain_dir(domain) / CURRENT
             if cert is None and os.path.lexists(current):  # a damaged note re-issued with not a word of why
-                log.warning("event=certificate_unusable domain=%s error=%s next=reissue", domain, logfmt(
+                log.warning("event=certificate_unusable domain=%s error=%s next=reissue", logfmt(domain), logfmt(
                     f"{current} does not lead to a whole set ({CHAIN}, {KEY}, {NOTE}): damaged?"))
             if cert is not None:
                 try:
                     self._install(cert)
                 except (ssl.SSLError, OSError) as exc:
-                    log.warning("event=certificate_unusable domain=%s error=%s next=reissue", domain,
+                    log.warning("event=certificate_unusable domain=%s error=%s next=reissue", logfmt(domain),
                                 logfmt(_unusable(cert, exc)))
                     continue
                 if cert.validity.not_after <= datetime.datetime.now(datetime.timezone.utc):
                     log.warning("event=certificate_expired domain=%s not_after=%s serving=expired_until_renewed "
-                                "(browsers refuse it)", domain, _iso(cert.validity.not_after))
+                                "note=\"browsers refuse it\"", logfmt(domain), _iso(cert.validity.not_after))
                 else:
-                    log.info("event=certificate_loaded domain=%s not_after=%s", domain, _iso(cert.validity.not_after))
+                    log.info("event=certificate_loaded domain=%s not_after=%s", logfmt(domain),
+                             _iso(cert.validity.not_after))
 
     async def start(self) -> None:
         """Issue what is missing and renew what is due, from now on (the listeners are up)."""
@@ -172,7 +173,7 @@ class LetsEncrypt:
 
     async def _obtain(self, domain: str, loop: asyncio.AbstractEventLoop) -> None:
         renewing = domain in self.certs
-        log.info("event=%s domain=%s", "certificate_renewing" if renewing else "certificate_requesting", domain)
+        log.info("event=%s domain=%s", "certificate_renewing" if renewing else "certificate_requesting", logfmt(domain))
         try:
             cert = await self._issue(domain)
             self._install(cert)
@@ -181,12 +182,12 @@ class LetsEncrypt:
             asked = exc.retry_after if isinstance(exc, AcmeError) else None
             delay = self.retry_delay(failures, asked)
             self._not_before[domain] = loop.time() + delay
-            log.error("event=certificate_failed domain=%s error=%s retry_in=%.0fs retry_at=%s%s%s", domain, logfmt(exc),
-                      delay, _retry_at(delay), "" if asked is None else f" retry_after={asked:.0f}s",
+            log.error("event=certificate_failed domain=%s error=%s retry_in=%.0fs retry_at=%s%s%s", logfmt(domain),
+                      logfmt(exc), delay, _retry_at(delay), "" if asked is None else f" retry_after={asked:.0f}s",
                       self._expired_note(domain))
             return
         self.issued += 1
-        log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", domain,
+        log.info("event=certificate_%s domain=%s not_after=%s", "renewed" if renewing else "issued", logfmt(domain),
                  _iso(cert.validity.not_after))
         if cert.validity.due(datetime.datetime.now(datetime.timezone.utc)):
             self._due_on_arrival(cert, loop)
@@ -202,8 +203,8 @@ class LetsEncrypt:
         delay = self.retry_delay(failures)
         self._not_before[cert.domain] = loop.time() + delay
         log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%s retry_in=%.0fs retry_at=%s",
-                    cert.domain, _iso(cert.validity.not_after), logfmt("the certificate just issued is already due for "
-                    "renewal: is this machine's clock right?"), delay, _retry_at(delay))
+                    logfmt(cert.domain), _iso(cert.validity.not_after), logfmt("the certificate just issued is already "
+                    "due for renewal: is this machine's clock right?"), delay, _retry_at(delay))
 
     def _expired_note(self, domain: str) -> str:
         """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a

@@ -126,7 +126,7 @@ def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:
         not_after = iso(not_after_pem(Path(cert).read_bytes()))
     except (OSError, ValueError):
         not_after = "-"
-    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), not_after)
+    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), logfmt(not_after))
     warn_if_certificate_ending(Path(cert), TLS_FILES_HINT)
 
 
@@ -149,7 +149,7 @@ def warn_if_plaintext_reachable(control_addr: str) -> None:
     """Once the server runs (after every flag was checked: a bad one stays the only line): --plaintext where others
     reach the control port sends tokens in clear, which the flag's help says it is not for."""
     if not is_loopback(control_addr):
-        log.warning("event=plaintext_control_plane addr=%s hint=%s", control_addr or "*",
+        log.warning("event=plaintext_control_plane addr=%s hint=%s", logfmt(control_addr or "*"),
                     logfmt("--plaintext on an address others reach sends the token and every tunnelled byte "
                            "unencrypted: give --control-addr 127.0.0.1 behind a TLS-terminating proxy, "
                            "or use --auto-tls"))

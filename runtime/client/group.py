@@ -63,7 +63,7 @@ class ClientGroup:
         self._held = held
         missing = [c.config.url for c in self.clients if c.config.url not in held]
         log.info("event=servers held=%d/%d connected=%s missing=%s", len(held), len(self.clients),
-                 ",".join(held) or "-", ",".join(missing) or "-")
+                 logfmt(",".join(held) or "-"), logfmt(",".join(missing) or "-"))
 
     async def run_forever(self) -> None:
         """Every server's reconnect loop at once; ends (FatalClientError) only when every server refused this client."""
@@ -98,7 +98,7 @@ class ClientGroup:
             except asyncio.TimeoutError:
                 pass
             self.refused.pop(url, None)  # tried again: failed only if it refuses again
-            log.info("event=server_retry url=%s", url)
+            log.info("event=server_retry url=%s", logfmt(url))
 
     async def rotate(self) -> None:
         """SIGHUP: reconnect make-before-break to the servers held, and try the ones that refused at once."""

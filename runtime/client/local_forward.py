@@ -113,7 +113,8 @@ class LocalForwarder:
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None
             self.listeners.append(listener)
-            log.info("event=forwarding local=%s remote=%s", authority(self.local_addr, forward.local_port), forward.target)
+            log.info("event=forwarding local=%s remote=%s", logfmt(authority(self.local_addr, forward.local_port)),
+                     logfmt(forward.target))
 
     def stop(self) -> None:
         for listener in self.listeners:

@@ -96,8 +96,8 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self._log_drops(now)
 
     def _log_drops(self, now: float) -> None:
-        log.warning("event=udp_dropped service=%s dropped=%d flow_total=%d", self.channel.target, self._unlogged,
-                    self.dropped)
+        log.warning("event=udp_dropped service=%s dropped=%d flow_total=%d", logfmt(self.channel.target),
+                    self._unlogged, self.dropped)
         self._unlogged = 0
         self._logged_at = now
 

@@ -59,7 +59,7 @@ class PlaintextAttempts:
         if logged_at is not None and now - logged_at < self.interval:
             self._sources[source] = (logged_at, since)  # re-inserted: the most recent last
             return
-        log.warning("event=plaintext_on_tls_port source=%s attempts=%d hint=%s", source, since,
+        log.warning("event=plaintext_on_tls_port source=%s attempts=%d hint=%s", logfmt(source), since,
                     logfmt("a client sent plain HTTP to this TLS port: its --url must start with wss://, not ws://"))
         self._sources[source] = (now, 0)
         while len(self._sources) > self.max_sources:

@@ -25,6 +25,7 @@ from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
 from ..server.registry import Registry, resting
 from ..core.hosts import sockname_authority
+from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
@@ -106,7 +107,7 @@ class FrontConnection(asyncio.Protocol):
 
     def header_timed_out(self) -> None:
         """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
-        log.info("event=header_timeout source=%s", self.peer.decode(errors="replace"))
+        log.info("event=header_timeout source=%s", logfmt(self.peer.decode(errors="replace")))
         self.server.observe(408, "", b"", time.monotonic())
         if self.transport is not None and not self.transport.is_closing():
             timeout = self.server.header_timeout
@@ -116,7 +117,7 @@ class FrontConnection(asyncio.Protocol):
 
     def _forbid(self, reason: str) -> None:
         """Refuse the connection with a 403 before reading any request (counted, logged)."""
-        log.info("event=refused reason=%s source=%s", reason, self.peer.decode(errors="replace"))
+        log.info("event=refused reason=%s source=%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")))
         self.server.observe(403, "", b"", time.monotonic())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
@@ -335,7 +336,7 @@ class FrontConnection(asyncio.Protocol):
         except (ConnectionError, OSError):
             pass
         except Exception:  # noqa: BLE001 - one broken connection must not take the server down
-            log.exception("event=proxy_error peer=%s", self.peer.decode())
+            log.exception("event=proxy_error peer=%s", logfmt(self.peer.decode()))
         finally:
             self.server.connections.discard(self)
             if self.leg is not None:

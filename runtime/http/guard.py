@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Hashable
 
+from ..core.logs import logfmt
 from ..server.ratelimit import FailedLoginLimiter
 from .options import HttpOptions
 
@@ -76,8 +77,8 @@ class Guards(dict[str, Protection]):
             return None
         where = source.decode(errors="replace")
         if self.failures.failed(where):  # once per window per source
-            log.warning("event=auth_rate_limited source=%s failures=%d window=%.0fs", where, self.failures.limit,
-                        self.failures.window)
+            log.warning("event=auth_rate_limited source=%s failures=%d window=%.0fs", logfmt(where),
+                        self.failures.limit, self.failures.window)
         return 401
 
     def limited(self, source: bytes) -> bool:
@@ -114,5 +115,6 @@ class Guards(dict[str, Protection]):
         if self._forgotten and time.monotonic() - self._forgotten_said >= 60:
             self._forgotten_said = time.monotonic()
             log.warning("event=protection_forgotten names=%d kept=%d reason=%s", self._forgotten, self.max_left,
-                        "more protected names than kept were left by their clients: the oldest no longer get 401")
+                        logfmt("more protected names than kept were left by their clients: the oldest no longer "
+                               "get 401"))
             self._forgotten = 0

@@ -149,8 +149,8 @@ class HttpTunnelServer:
         conn.unsent = size
         if conn.stalled_since <= deadline:
             self.connections.discard(conn)
-            log.info("event=send_timeout source=%s unsent=%d reason=%s", conn.peer.decode(errors="replace"), size,
-                     logfmt(f"the user took none of the answer for {self.upstream_timeout:g}s"))
+            log.info("event=send_timeout source=%s unsent=%d reason=%s", logfmt(conn.peer.decode(errors="replace")),
+                     size, logfmt(f"the user took none of the answer for {self.upstream_timeout:g}s"))
             reset(transport)
 
     def route(self, host: str) -> tuple[str | None, str]:
@@ -208,7 +208,7 @@ class HttpTunnelServer:
             host = service.partition(":")[2]
             if host != "*":
                 self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)
-            log.info("event=no_clients service=%s", service)
+            log.info("event=no_clients service=%s", logfmt(service))
 
 
 def _head_late(conn: FrontConnection, slow: float) -> bool:

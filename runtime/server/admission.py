@@ -33,6 +33,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
+from ..core.logs import logfmt
 from ..core.tls import PLAINTEXT_ATTEMPTS
 from ..core.wsflow import BoundedReplies
 
@@ -112,7 +113,8 @@ class Admission:
         if event not in self._reported:
             self._reported.add(event)
             log.warning("event=%s listener=%s remote=%s pending=%d limit=%d per_source_limit=%d",
-                        event, self.listener, source, len(self.pending), self.max_total, self.max_per_source)
+                        event, logfmt(self.listener), logfmt(source), len(self.pending), self.max_total,
+                        self.max_per_source)
 
     def _release(self, ticket: Ticket) -> None:
         if self.pending.pop(ticket, False) is False:
@@ -124,7 +126,7 @@ class Admission:
             self._reported.clear()
             if self._burst >= TRIM_AFTER:
                 log.info("event=handshake_burst_over listener=%s most_pending=%d evicted=%d refused=%d "
-                         "action=memory_returned", self.listener, self._burst, self.evicted, self.refused)
+                         "action=memory_returned", logfmt(self.listener), self._burst, self.evicted, self.refused)
                 self._burst = 0
                 gc.collect()
                 if self._trim is not None:

@@ -308,12 +308,12 @@ class ControlPlane:
                 return _response(429, b"too many failed logins: try again later\n")
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
-                            source, self.logins.limit, self.logins.window)
+                            logfmt(source), self.logins.limit, self.logins.window)
             elif repeated:
-                log.info("event=bad_request remote=%s path=%s reason=%s", source, logfmt(path),
+                log.info("event=bad_request remote=%s path=%s reason=%s", logfmt(source), logfmt(path),
                          logfmt(f"{len(authorization)} Authorization headers"))
             else:
-                log.info("event=unauthorized remote=%s path=%s", source, logfmt(path))
+                log.info("event=unauthorized remote=%s path=%s", logfmt(source), logfmt(path))
             if repeated:
                 return _response(400, b"bad request: more than one Authorization header\n")
             return _response(401, b"unauthorized: missing or wrong bearer token\n")

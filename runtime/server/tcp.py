@@ -79,7 +79,7 @@ class DataPlaneConnection(TcpBridge):
         channel = open_on_first(self.server.registry.candidates(self.service), self.service, self)
         if isinstance(channel, str):  # why no client took it
             if channel == "no_client":
-                log.info("event=no_client service=%s", self.service)
+                log.info("event=no_client service=%s", logfmt(self.service))
             self._refuse(channel)
             return
         self.attach(channel)
@@ -103,7 +103,8 @@ class DataPlaneConnection(TcpBridge):
         refused = self.counters.refused
         refused[reason] = refused.get(reason, 0) + 1
         if reason != "no_client":
-            log.info("event=refused service=%s reason=%s source=%s", self.service, reason, (source or self.peer)[0])
+            log.info("event=refused service=%s reason=%s source=%s", logfmt(self.service), logfmt(reason),
+                     logfmt((source or self.peer)[0]))
 
     def on_reset(self, code: int, reason: str) -> None:
         if code == ResetCode.REFUSED and self._replay is not None and self._elsewhere():
@@ -125,7 +126,7 @@ class DataPlaneConnection(TcpBridge):
         tried = self._tried = (*self._tried, session)
         unreachable(session, service)  # tried after the others (``open_on_first``) for a while
         found = open_on_first([s for s in self.server.registry.sessions_for(service) if s not in tried], service, self)
-        log.info("event=upstream_unreachable service=%s client=%s action=%s", service, session.name,
+        log.info("event=upstream_unreachable service=%s client=%s action=%s", logfmt(service), session.name,
                  "reset" if isinstance(found, str) else "next_client")
         if isinstance(found, str):  # counted refused by on_reset, as with one client
             return False
@@ -154,7 +155,7 @@ class DataPlaneConnection(TcpBridge):
             try:
                 done = self._header.feed(data)
             except ProxyProtocolError as exc:
-                log.info("event=refused service=%s reason=bad_proxy_header error=%s", self.service, logfmt(exc))
+                log.info("event=refused service=%s reason=bad_proxy_header error=%s", logfmt(self.service), logfmt(exc))
                 self._refuse("bad_proxy_header")
                 return
             if done is None:
@@ -282,7 +283,7 @@ class TcpTunnelServer:
     async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:
         counters = self.metrics.port(port)
         listener = await listen(lambda: DataPlaneConnection(self, service, counters), self.data_addr, port)
-        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        log.info("event=listening service=%s addr=%s", logfmt(service), logfmt(self.data_addr or "*"))
         return listener
 
     async def _listen_udp(self, port: int, service: str) -> UdpSocket:
@@ -290,7 +291,7 @@ class TcpTunnelServer:
         udp = UdpPort(service, self.registry.candidates, allows=self.options.allows, counters=counters)
         transport = await UdpSocket.bind(self.data_addr, port, udp)  # no --data-addr: every interface, dual stack
         self.udp_ports[service] = udp
-        log.info("event=listening service=%s addr=%s", service, self.data_addr or "*")
+        log.info("event=listening service=%s addr=%s", logfmt(service), logfmt(self.data_addr or "*"))
         return transport
 
     def _release(self, session: Session) -> None:
@@ -299,6 +300,6 @@ class TcpTunnelServer:
             self.udp_ports.pop(service, None)
             if listener is not None:
                 listener.close()
-                log.info("event=closed service=%s reason=no_clients", service)
+                log.info("event=closed service=%s reason=no_clients", logfmt(service))
         for udp in self.udp_ports.values():  # ports other clients still serve: its flows move to them
             udp.end_session(session)

@@ -11,6 +11,7 @@ from ...core.allowlist import SourceAllowList
 from ...core.auth import TOKEN
 from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
+from ...core.logs import logfmt
 from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_given_once, check_logs, default_data_dir, fail, setup_logs
@@ -107,13 +108,15 @@ def run(flags: SimpleNamespace) -> None:
     def started() -> None:
         freeze_startup_objects()
         scheme = "wss" if config.ssl_context else "ws"
-        log.info("event=started mode=http control=%s://%s data=http://%s version=%s",
-                 scheme, authority(flags.control_addr or "*", flags.control_port), authority(flags.data_addr or "*", port), __version__)
+        log.info("event=started mode=http control=%s data=%s version=%s",
+                 logfmt(f"{scheme}://{authority(flags.control_addr or '*', flags.control_port)}"),
+                 logfmt(f"http://{authority(flags.data_addr or '*', port)}"), __version__)
         if not config.ssl_context:
             warn_if_plaintext_reachable(flags.control_addr)
         if https:
-            log.info("event=https data=https://%s domains=%s", authority(flags.data_addr or "*", flags.https_port),
-                     ",".join(https.letsencrypt.domains))
+            log.info("event=https data=%s domains=%s",
+                     logfmt(f"https://{authority(flags.data_addr or '*', flags.https_port)}"),
+                     logfmt(",".join(https.letsencrypt.domains)))
 
     run_server(server, describe=f"control {authority(flags.control_addr or '*', flags.control_port)}, data {data}",
                drain_timeout=flags.drain_timeout, token=flags.token, token_file=flags.token_file, started=started,

@@ -9,6 +9,7 @@ from ... import __version__
 from ...core.allowlist import SourceAllowList, parse_target_rules
 from ...core.auth import TOKEN
 from ...core.hosts import authority
+from ...core.logs import logfmt
 from ...core.ports import parse_port_list
 from ...server.dataplane import DataPlaneOptions
 from ...server.forwarding import ForwardingPolicy
@@ -75,8 +76,9 @@ def run(flags: SimpleNamespace) -> None:
     scheme = "wss" if config.ssl_context else "ws"
 
     def started() -> None:  # the ready line, as the HTTP server logs it: the control port accepts from now on
-        log.info("event=started mode=tcp control=%s://%s data_addr=%s version=%s",
-                 scheme, authority(flags.control_addr or "*", flags.control_port), flags.data_addr or "*", __version__)
+        log.info("event=started mode=tcp control=%s data_addr=%s version=%s",
+                 logfmt(f"{scheme}://{authority(flags.control_addr or '*', flags.control_port)}"),
+                 logfmt(flags.data_addr or "*"), __version__)
         if not config.ssl_context:
             warn_if_plaintext_reachable(flags.control_addr)
 
