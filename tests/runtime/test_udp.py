@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -632,4 +633,50 @@ def test_datagrams_an_upstream_link_cannot_take_are_dropped_not_queued(tls: TlsF
         await stop(task)
         await server.stop()
 
+    run(scenario())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's count of a socket's drops is Linux's SO_MEMINFO")
+def test_answers_the_kernel_dropped_on_a_flows_full_socket_are_said_in_the_clients_log(
+        tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a review helper: an upstream answering one datagram with 2,000 (a DNS server answering a flood, a
+    game server): 697 reached the asker, `ss -uamn` showed d9303 on the client's flow socket, and the client logged
+    nothing. Those are now counted with the client's own drops, in its event=udp_dropped lines."""
+    burst = 2000
+
+    class Burst(asyncio.DatagramProtocol):  # sends all at once: the client's flow socket cannot be read meanwhile
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, address) -> None:
+            for i in range(burst):
+                self.transport.sendto(b"%06d" % i + b"a" * 994, address)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        upstream, _ = await loop.create_datagram_endpoint(Burst, local_addr=("127.0.0.1", 0))
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls,
+                                          {f"udp:{public}": Upstream("127.0.0.1", upstream.get_extra_info("sockname")[1])})
+        udp = server.udp_ports[f"udp:{public}"]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.sendto(b"ask", ("127.0.0.1", public))
+        flow = None
+        for _ in range(100):  # bounded: 5 s; a look at the kernel's count comes KERNEL_DROPS_INTERVAL after answers
+            flows = [c.handler for c in client.session.channels.values()]
+            flow = flows[0] if flows else flow
+            if flow is not None and udp.counters.datagrams_out + flow.dropped >= burst:
+                break
+            await asyncio.sleep(0.05)
+        sender.close()
+        assert flow is not None and flow.dropped > 0
+        assert udp.counters.datagrams_out + flow.dropped == burst, (udp.counters.datagrams_out, flow.dropped)
+        await stop(task)  # the flow ends: its log says what it had not said yet
+        await server.stop()
+        upstream.close()
+        lines = [r.getMessage() for r in caplog.records if "event=udp_dropped" in r.getMessage()]
+        assert lines and sum(int(line.split(" dropped=")[1].split()[0]) for line in lines) == flow.dropped, lines
+
+    caplog.set_level("INFO", logger="inlets.udp")
     run(scenario())
