@@ -153,7 +153,7 @@ def test_first_setup_says_what_it_installs_and_later_runs_are_silent(tmp_path: P
 
 #: the third-party packages each exit server imports, and so all its wheel declares
 SERVER_DEPENDENCIES = {
-    ("tcp", False): {"prometheus-client", "typer", "uvloop", "websockets"},
+    ("tcp", False): {"aiohappyeyeballs", "prometheus-client", "typer", "uvloop", "websockets"},  # races a --local name
     ("http", False): {"httptools", "prometheus-client", "typer", "uvloop", "websockets"},
     ("http", True): {"acme", "cryptography", "httptools", "josepy", "prometheus-client", "requests", "typer", "uvloop",
                      "websockets"},  # Let's Encrypt: its ACME client runs in a child process

@@ -34,7 +34,7 @@ from ..core.ports import url_port
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
 from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
-from .eyeballs import connect_socket, is_name
+from ..core.eyeballs import connect_socket, is_name
 from .outbound_proxy import (
     ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
     explain as explain_proxy_failure,

@@ -25,7 +25,7 @@ from ..core.mux import ResetCode
 from ..core.ports import url_port
 from ..core.session import Channel
 from ..core.tls import load_ca
-from .eyeballs import connect_socket, is_name
+from ..core.eyeballs import connect_socket, is_name
 
 log = logging.getLogger("inlets.http")
 

@@ -19,7 +19,7 @@ from ..core.mux import ResetCode
 from ..core.ports import parse_port
 from ..core.session import Channel
 from ..core.services import tcp_service
-from .eyeballs import connect_socket, is_name
+from ..core.eyeballs import connect_socket, is_name
 from .udp_upstream import dial_udp
 
 log = logging.getLogger("inlets.tcp")

@@ -244,7 +244,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
          logger: logging.Logger = log, opener: Callable[[str, int], Awaitable[socket.socket]] | None = None) -> None:
     """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
     fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
-    when given (the client's for names: the loops try a name's addresses in turn, each until it fails).
+    when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails).
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""

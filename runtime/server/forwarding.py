@@ -15,6 +15,7 @@ import logging
 from ..core.logs import logfmt
 from ..core.allowlist import TargetRule
 from ..core.bridge import dial
+from ..core.eyeballs import connect_socket, is_name
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.hosts import authority
 from ..core.mux import ResetCode
@@ -62,5 +63,5 @@ class ForwardingPolicy:
             log.warning("event=forward_refused target=%s reason=%s", logfmt(channel.target), logfmt(reason))
             channel.reset(ResetCode.NOT_ALLOWED, reason)
             return
-        host, port = parse_target(channel.target)
-        dial(channel, host, port)
+        host, port = parse_target(channel.target)  # a name's addresses raced, as the client's upstreams are: in turn,
+        dial(channel, host, port, opener=connect_socket if is_name(host) else None)  # a dead one took the dial's 10 s

@@ -22,18 +22,20 @@ from helpers.tunnel import echo_server, make_tls, port_of, run, start_client, st
 
 from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
 from inlets_py.runtime.core import bridge
+from inlets_py.runtime.core.allowlist import parse_target_rules
 from inlets_py.runtime.core.mux import Multiplexer
 from inlets_py.runtime.core.session import Session
+from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
 NAME = "twin.test"
 #: The client's upstreams: tcp:80 goes to NAME (the port is the resolver's, below).
 UPSTREAMS = TcpUpstreams({"tcp:80": Upstream(NAME, 1)})
 
 
-def stream() -> object:
+def stream(target: str = "tcp:80") -> object:
     """A stream of a Session that never runs (no wire needed): what ``dial`` bridges."""
     session = Session(SimpleNamespace(closing=False), Multiplexer(client=True), name="test")  # type: ignore[arg-type]
-    return session.open_stream("tcp:80", None)  # type: ignore[arg-type]  # dial attaches its bridge
+    return session.open_stream(target, None)  # type: ignore[arg-type]  # dial attaches its bridge
 
 
 async def until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -86,6 +88,34 @@ def test_an_upstream_name_whose_first_address_drops_syns_is_reached_on_the_next(
         channel = stream()
         started = loop.time()
         UPSTREAMS.on_stream(channel)  # type: ignore[arg-type]
+        handler = channel.handler  # type: ignore[attr-defined]
+        await until(lambda: handler.transport is not None or not channel.is_open)  # type: ignore[attr-defined]
+        took = loop.time() - started
+        assert handler.transport is not None, caplog.text
+        handler.transport.close()
+        server.close()
+        return took
+
+    with blackhole() as dead, caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        took = asyncio.run(scenario(dead))
+    assert took < 1.5
+
+
+def test_a_forwarded_name_whose_first_address_drops_syns_is_reached_on_the_next(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's side of ``--local PORT:NAME:PORT``: it dialled the dead address until the dial timed out (10 s),
+    then reset the stream, never trying the next address."""
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 3.0)
+    target = f"forward:{NAME}:80"
+    policy = ForwardingPolicy(True, parse_target_rules(f"{NAME}:80"))
+
+    async def scenario(dead: tuple[str, int]) -> float:
+        loop = asyncio.get_running_loop()
+        server = await echo_server()
+        resolve(NAME, dead, ("127.0.0.1", port_of(server)))
+        channel = stream(target)
+        started = loop.time()
+        policy.on_stream(channel, frozenset({target}))  # type: ignore[arg-type]
         handler = channel.handler  # type: ignore[attr-defined]
         await until(lambda: handler.transport is not None or not channel.is_open)  # type: ignore[attr-defined]
         took = loop.time() - started

@@ -1,4 +1,5 @@
-"""Connecting to a host name with several addresses: Happy Eyeballs (RFC 8305), on asyncio and uvloop alike.
+"""Connecting to a host name with several addresses: Happy Eyeballs (RFC 8305), on asyncio and uvloop alike: the
+client's server and upstreams, and the server's local-forwarding targets.
 
 The event loops try a name's addresses one after another, each until it fails: an address that drops
 SYNs (``localhost`` as ::1 and 127.0.0.1 where only one listens behind a firewall, a dead A or AAAA
@@ -16,7 +17,7 @@ import socket
 
 from aiohappyeyeballs import start_connection
 
-from ..core.hosts import is_ip
+from .hosts import is_ip
 
 #: RFC 8305's recommended Connection Attempt Delay.
 DELAY = 0.25
