@@ -13,14 +13,56 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
+from typing import Any
 
 from aiohappyeyeballs import start_connection
 
-from .hosts import is_ip
+from .hosts import authority, is_ip
 
 #: RFC 8305's recommended Connection Attempt Delay.
 DELAY = 0.25
+#: At most this many addresses named per failure in ``AddressesFailed``: a name may have dozens.
+SHOWN = 4
+
+
+class AddressesFailed(OSError):
+    """Every address of a name failed, not all alike (refused on one, unreachable on another): no errno, the words
+    of each failure with its addresses as ``strerror``."""
+
+    def __str__(self) -> str:
+        return self.strerror or ""
+
+
+class _Noting:
+    """The running loop, noting each address's failed connect: aiohappyeyeballs keeps them to itself, and when
+    their errnos differ it raises one OSError without errno ("Multiple exceptions: ..."), logged as "dial failed"."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, failures: list[tuple[Any, OSError]]) -> None:
+        self._loop, self._failures = loop, failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        try:
+            await self._loop.sock_connect(sock, address)
+        except OSError as exc:
+            self._failures.append((address, exc))
+            raise
+
+
+def _words(failures: list[tuple[Any, OSError]]) -> str:
+    """``Connection refused on 127.0.0.1:80, [::1]:80; Network is unreachable on [2001:db8::1]:80``: each failure's
+    words, in the order they first came, with at most ``SHOWN`` of their addresses."""
+    where: dict[str, list[str]] = {}
+    for address, exc in failures:
+        words = (exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno else os.strerror(exc.errno)) or (
+            str(exc) or "the connection failed")  # a resolver's code (uvloop resolves an address again) is no errno
+        where.setdefault(words, []).append(authority(address[0], address[1]))
+    return "; ".join(f"{words} on {', '.join(named[:SHOWN])}" + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN
+                                                                  else "") for words, named in where.items())
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,8 +74,16 @@ def is_name(host: str) -> bool:
 
 async def connect_socket(host: str, port: int, delay: float = DELAY) -> socket.socket:
     """A connected non-blocking TCP socket to ``host``:``port``, the first of its addresses to answer. When none
-    does: one OSError whose errno all the failures shared (refused, as a rule), so the log names it."""
-    addresses = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    sock = await start_connection(addresses, happy_eyeballs_delay=delay)
+    does: one OSError whose errno all the failures shared (refused, as a rule), so the log names it, or, when they
+    differ, ``AddressesFailed`` saying each."""
+    loop = asyncio.get_running_loop()
+    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failures: list[tuple[Any, OSError]] = []
+    try:
+        sock = await start_connection(addresses, happy_eyeballs_delay=delay, loop=_Noting(loop, failures))  # type: ignore[arg-type]
+    except OSError as exc:
+        if exc.errno is not None or len(failures) < 2:
+            raise
+        raise AddressesFailed(None, _words(failures)) from None
     sock.setblocking(False)
     return sock

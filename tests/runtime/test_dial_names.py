@@ -53,7 +53,8 @@ def resolve(name: str, *addresses: tuple[str, int]) -> None:
     async def getaddrinfo(host, port, *args, **kwargs):  # type: ignore[no-untyped-def]
         if host != name:
             return await real(host, port, *args, **kwargs)
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address) for address in addresses]
+        return [(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 address) for address in addresses]
 
     loop.getaddrinfo = getaddrinfo  # type: ignore[method-assign]
 
@@ -139,6 +140,24 @@ def test_a_name_whose_every_address_refuses_is_said_in_words(caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="inlets.bridge"):
         asyncio.run(scenario())
     assert f'upstream={NAME}:1 error="Connection refused"' in caplog.text
+
+
+def test_a_name_whose_addresses_fail_differently_says_each_failure_and_where(caplog: pytest.LogCaptureFixture) -> None:
+    """Refused on one address, unreachable on another: aiohappyeyeballs raises one OSError without errno ("Multiple
+    exceptions: ..."), which the log said as "dial failed". Now each failure's words with its addresses, at most
+    ``SHOWN`` of them each. ff02::1 (multicast) is refused by the kernel at connect: no packet leaves."""
+    refusing = [("127.0.0.1", port) for port in (1, 2, 3, 4, 5)]  # nobody listens there
+
+    async def scenario() -> None:
+        resolve(NAME, *refusing, ("ff02::1", 80, 0, 0))
+        channel = stream()
+        UPSTREAMS.on_stream(channel)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(scenario())
+    assert (f'upstream={NAME}:1 error="Connection refused on 127.0.0.1:1, 127.0.0.1:2, 127.0.0.1:3, 127.0.0.1:4 and '
+            '1 more; Network is unreachable on [ff02::1]:80"') in caplog.text, caplog.text
 
 
 def test_a_server_name_whose_first_address_drops_syns_is_connected_on_the_next(tmp_path: Path) -> None:
