@@ -301,6 +301,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         reason = "invalid host name"
         if not isinstance(exc, ValueError):
             logger.error("event=dial_failed upstream=%s", logfmt(_named(where)), exc_info=exc)
-    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(_named(where)), logfmt(reason))
+    named = _named(where)
+    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(named), logfmt(reason))
     bridge.fail()
-    channel.reset(ResetCode.REFUSED, f"upstream {where}: {reason}")
+    channel.reset(ResetCode.REFUSED, f"upstream {named}: {reason}")  # the peer's log: host:port, not a Python tuple

@@ -245,17 +245,19 @@ def test_a_local_connection_the_session_refuses_is_logged(tls: TlsFiles, token: 
 
 def test_a_local_connection_the_server_resets_is_logged_with_its_reason(tls: TlsFiles, token: str, caplog) -> None:
     """The service on the server's side is down: the user got a reset and the client's log said nothing (only the
-    server's log, on another machine, said "Connection refused"). The client now logs the server's reason."""
+    server's log, on another machine, said "Connection refused"). The client now logs the server's reason, naming the
+    target as host:port (it said ``upstream ('127.0.0.1', 5432): ...``, a Python tuple)."""
+    target_port = free_port()
 
     async def scenario() -> None:
-        async with _forwarding_client(tls, token, target_port=free_port()) as (_, forward):  # nothing listens there
+        async with _forwarding_client(tls, token, target_port=target_port) as (_, forward):  # nothing listens there
             reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
             with pytest.raises(ConnectionResetError):
                 await asyncio.wait_for(reader.read(), 5)
             writer.close()
         lines = [r.getMessage() for r in caplog.records if r.name == "inlets.forward"]
-        assert any(f"event=forward_failed local_port={forward.local_port}" in line and "Connection refused" in line
-                   for line in lines), lines
+        assert any(f"event=forward_failed local_port={forward.local_port}" in line
+                   and f'reason="upstream 127.0.0.1:{target_port}: Connection refused"' in line for line in lines), lines
 
     with caplog.at_level(logging.INFO):
         run(scenario(), 30)
