@@ -99,10 +99,10 @@ def _seconds_to_bridge(open_stream, channel, caplog: pytest.LogCaptureFixture) -
     with blackhole() as dead, caplog.at_level(logging.INFO, logger="inlets.bridge"):
         return asyncio.run(scenario(dead))
 
+
 def test_an_upstream_name_whose_first_address_drops_syns_is_reached_on_the_next(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 3.0)
-
     assert _seconds_to_bridge(lambda channel: UPSTREAMS.on_stream(channel), stream(), caplog) < 1.5  # type: ignore[arg-type]
 
 
@@ -113,7 +113,6 @@ def test_a_forwarded_name_whose_first_address_drops_syns_is_reached_on_the_next(
     monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 3.0)
     target = f"forward:{NAME}:80"
     policy = ForwardingPolicy(True, parse_target_rules(f"{NAME}:80"))
-
     assert _seconds_to_bridge(lambda channel: policy.on_stream(channel, frozenset({target})), stream(target),  # type: ignore[arg-type]
                               caplog) < 1.5
 
