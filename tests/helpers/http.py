@@ -15,6 +15,7 @@ import shutil
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Coroutine
 
 import h11
@@ -310,3 +311,11 @@ def read_answer(sock: socket.socket) -> bytes:
     while len(body) < length:
         body += received(sock, head + b"\r\n\r\n" + body)
     return head + b"\r\n\r\n" + body
+
+
+def http_server_argv(folder: Path, control: int, data: int, token_file: Path, *extra: str) -> list[str]:
+    """``inlets http server``'s arguments as the CLI tests run it: loopback only, auto TLS in ``folder/tls`` (the
+    CA a client pins: ``folder/tls/ca.crt``)."""
+    return ["http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
+            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(folder / "tls"),
+            "--auto-tls-san", LOOPBACK, "--token-file", str(token_file), *extra]

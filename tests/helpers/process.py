@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from helpers.tunnel import TlsFiles
 
@@ -106,3 +107,15 @@ def terminate(process: subprocess.Popen, timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout)
+
+
+def wait_while_running(predicate: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen) -> None:
+    """Until ``predicate()`` holds; fails at once, with its stderr, if ``proc`` exits meanwhile (not at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited while waiting for {what}: {proc.stderr.read() if proc.stderr else ''}")
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, need
+from helpers.http import LOOPBACK, Stack, http_server_argv, need
+from helpers.process import wait_while_running
 from helpers.tunnel import free_port
 
 INLETS = [str(Path(sys.executable).parent / "inlets")]
@@ -56,17 +57,6 @@ def _status(pid: int, key: str) -> int:
     return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) // 1024  # type: ignore[union-attr]
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"process exited while waiting for {what}: {proc.stderr.read()}")  # type: ignore
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
     """The issue's bound: a 1 GiB chunked upload must not grow the server's memory past a few MiB;
     nor may a download whose user stopped reading."""
@@ -78,13 +68,10 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
     try:
         app, up = stack.upstream("U")
         control, data = free_port(), free_port()
-        server = subprocess.Popen(INLETS + [
-            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
-            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp_path / "tls"),
-            "--auto-tls-san", LOOPBACK, "--token-file", str(tmp_path / "token")],
+        server = subprocess.Popen(INLETS + http_server_argv(tmp_path, control, data, tmp_path / "token"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(server)
-        _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", server)
+        wait_while_running(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", server)
         client = subprocess.Popen(INLETS + [
             "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
             "--tls-ca", str(tmp_path / "tls" / "ca.crt"), "--upstream", f"up.test=http://{LOOPBACK}:{up}",
@@ -99,7 +86,7 @@ def test_processes_carry_a_1gib_upload_in_bounded_memory(tmp_path):
                                   f"http://{LOOPBACK}:{data}/"], capture_output=True, text=True, timeout=10)
             return out.stdout == "200"
 
-        _wait(served, 20, "the tunnel to serve", client)
+        wait_while_running(served, 20, "the tunnel to serve", client)
         # the client's flags reach the server: protection and response headers
         plain = subprocess.run(["curl", "-s", "-i", "-H", "Host: up.test", f"http://{LOOPBACK}:{data}/"],
                                capture_output=True, timeout=10).stdout
@@ -156,12 +143,9 @@ def test_site_protection_secrets_from_a_file_or_the_environment_stay_off_the_com
     try:
         app, up = stack.upstream("U")
         control, data = free_port(), free_port()
-        procs.append(subprocess.Popen(INLETS + [
-            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
-            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp_path / "tls"),
-            "--auto-tls-san", LOOPBACK, "--token-file", str(tmp_path / "token")],
+        procs.append(subprocess.Popen(INLETS + http_server_argv(tmp_path, control, data, tmp_path / "token"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", procs[0])
+        wait_while_running(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", procs[0])
         common = ["http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
                   "--tls-ca", str(tmp_path / "tls" / "ca.crt")]
         procs.append(subprocess.Popen(INLETS + common + [
@@ -177,7 +161,7 @@ def test_site_protection_secrets_from_a_file_or_the_environment_stay_off_the_com
                                    *credentials, f"http://{LOOPBACK}:{data}/"], capture_output=True, text=True,
                                   timeout=10).stdout
 
-        _wait(lambda: code("bearer.test") == "401" and code("basic.test") == "401", 20, "both sites", procs[1])
+        wait_while_running(lambda: code("bearer.test") == "401" and code("basic.test") == "401", 20, "both sites", procs[1])
         assert code("bearer.test", "-H", "Authorization: Bearer bearer-from-a-file") == "200"
         assert code("bearer.test", "-H", "Authorization: Bearer wrong") == "401"
         assert code("basic.test", "-u", "alice:basic-from-the-env") == "200"

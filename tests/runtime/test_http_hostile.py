@@ -16,7 +16,7 @@ import time
 import pytest
 
 from helpers.faults import rss_kib
-from helpers.http import LOOPBACK, Stack, raw_request, read_answer
+from helpers.http import LOOPBACK, Stack, http_server_argv, raw_request, read_answer
 from helpers.process import INLETS, ROOT, wait_port
 from inlets_py.runtime.cli.lifecycle import run_until_signalled
 from inlets_py.runtime.client.dialer import FatalClientError
@@ -293,10 +293,7 @@ def proc(tmp_path_factory):
     try:
         app, up = stack.upstream("P")
         control, data = free_port(), free_port()
-        procs.append(subprocess.Popen(NO_UVLOOP + [
-            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
-            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp / "tls"),
-            "--auto-tls-san", LOOPBACK, "--token-file", str(token), "--drain-timeout", "1"], cwd=ROOT,
+        procs.append(subprocess.Popen(NO_UVLOOP + http_server_argv(tmp, control, data, token, "--drain-timeout", "1"), cwd=ROOT,
             stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "w")))
         wait_port(control)
         wait_port(data)  # it listens a moment after the control port: a refusal below ended this fixture under load

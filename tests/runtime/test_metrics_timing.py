@@ -14,7 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers.http import LOOPBACK
+from helpers.http import LOOPBACK, http_server_argv
+from helpers.process import wait_while_running
 from helpers.tunnel import free_port
 from inlets_py.runtime.server.metrics import HttpMetrics
 
@@ -33,16 +34,6 @@ UPSTREAM = textwrap.dedent("""
         await server.serve_forever()
     asyncio.run(main())
 """)
-
-
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"process exited while waiting for {what}: {proc.stderr.read()}"  # type: ignore
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _accepts(port: int) -> bool:
@@ -70,17 +61,14 @@ def test_no_request_is_counted_slower_than_its_user_saw_it(tmp_path):
                                       stderr=subprocess.PIPE, text=True))
         up = int(procs[0].stdout.readline())  # type: ignore[union-attr]
         control, data = free_port(), free_port()
-        procs.append(subprocess.Popen(INLETS + [
-            "http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
-            "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(tmp_path / "tls"),
-            "--auto-tls-san", LOOPBACK, "--token-file", str(tmp_path / "token")],
+        procs.append(subprocess.Popen(INLETS + http_server_argv(tmp_path, control, data, tmp_path / "token"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        _wait(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", procs[1])
+        wait_while_running(lambda: (tmp_path / "tls" / "ca.crt").exists(), 20, "auto TLS", procs[1])
         procs.append(subprocess.Popen(INLETS + [
             "http", "client", "--url", f"wss://{LOOPBACK}:{control}", "--token-file", str(tmp_path / "token"),
             "--tls-ca", str(tmp_path / "tls" / "ca.crt"), "--upstream", f"t.test=http://{LOOPBACK}:{up}"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        _wait(lambda: _accepts(data), 20, "the data port", procs[1])
+        wait_while_running(lambda: _accepts(data), 20, "the data port", procs[1])
         user = socket.create_connection((LOOPBACK, data), timeout=10)
         answers = user.makefile("rb")
 
@@ -95,7 +83,7 @@ def test_no_request_is_counted_slower_than_its_user_saw_it(tmp_path):
             answers.read(length)
             return time.monotonic() - began, status
 
-        _wait(lambda: b" 200 " in ask()[1], 20, "the client", procs[2])
+        wait_while_running(lambda: b" 200 " in ask()[1], 20, "the client", procs[2])
         scrape = urllib.request.Request(f"https://{LOOPBACK}:{control}/metrics",
                                         headers={"Authorization": f"Bearer {(tmp_path / 'token').read_text().strip()}"})
         context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
