@@ -67,8 +67,8 @@ def _words(failures: list[tuple[Any, OSError]]) -> str:
 
 @functools.lru_cache(maxsize=64)
 def is_name(host: str) -> bool:
-    """Whether ``host`` is a name, which ``connect_socket`` dials (an address the loop dials at once); cached: an
-    upstream's host is asked at every stream."""
+    """Whether ``host`` is a name, which ``connect_socket`` dials (an address the loop dials at once); cached: a
+    ``--local`` target's host is asked at every stream (a client's upstreams ask once, ``Upstream.opener``)."""
     return bool(host) and not is_ip(host)
 
 
