@@ -41,7 +41,6 @@ PROVIDER = ProviderInfo(
 )
 GROUPS_API, NETWORK_API = "2021-04-01", "2023-09-01"
 WAIT = 300.0  # for Resource Manager to provision one resource
-MAX_PAGES = 20  # of a list answer (ARM pages them with nextLink)
 
 
 def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, str]:
@@ -236,15 +235,16 @@ class AzureProvider:
 
     def list(self) -> list[Host]:
         """Every tagged resource group, following ARM's ``nextLink`` (bounded): a long list comes a page at a time."""
-        groups: list[dict[str, Any]] = []
-        path, params = f"/subscriptions/{self._sub}/resourcegroups", {"api-version": GROUPS_API, "$filter": f"tagName eq '{TAG}'"}
+        from .paging import every_page
+
+        def page(link: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            path, params = _next_page(link) if link else (
+                f"/subscriptions/{self._sub}/resourcegroups", {"api-version": GROUPS_API, "$filter": f"tagName eq '{TAG}'"})
+            body = self._driver.connection.request(path, params=params).object
+            return list(body.get("value") or []), body.get("nextLink")
+
         with self._api("listing resource groups"):
-            for _ in range(MAX_PAGES):
-                body = self._driver.connection.request(path, params=params).object
-                groups += body.get("value", [])
-                if not body.get("nextLink"):
-                    break
-                path, params = _next_page(body["nextLink"])
+            groups = every_page(self.name, "listing resource groups", page)
         hosts = []
         for group in groups:
             try:

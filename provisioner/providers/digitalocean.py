@@ -18,6 +18,7 @@ from ..spec import TunnelSpec
 from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
                    parse_expiry_tag, tag_list)
 from .api_url import parse_api_url
+from .paging import every_page
 
 PROVIDER = ProviderInfo(
     name="digitalocean", title="DigitalOcean", user_data_limit=64 * 1024,
@@ -26,7 +27,6 @@ PROVIDER = ProviderInfo(
     ssh_key="key fingerprint or id to install",
     balancer="a DigitalOcean load balancer (TCP, PROXY protocol, health checks on the data ports)",
 )
-MAX_PAGES = 20
 _BALANCER_ID_RE = re.compile(r"[0-9a-fA-F-]{1,64}")
 #: DigitalOcean's smallest health-check settings: a dead replica leaves the pool in about 6 s
 HEALTH_CHECK = {"check_interval_seconds": 3, "response_timeout_seconds": 3, "unhealthy_threshold": 2,
@@ -82,15 +82,17 @@ class DigitalOceanProvider:
             self._driver.connection.request(f"/v2/droplets/{host_id}", method="DELETE")
 
     def list(self) -> list[Host]:
-        hosts: list[Host] = []
         with self._api("listing droplets"):
-            for page in range(1, MAX_PAGES + 1):
-                params = {"tag_name": TAG, "per_page": 200, "page": page}
-                body = self._driver.connection.request("/v2/droplets", params=params).object
-                hosts += [self._host(d) for d in body.get("droplets", [])]
-                if not body.get("links", {}).get("pages", {}).get("next"):
-                    break
-        return hosts
+            return [self._host(d) for d in self._pages("/v2/droplets", "droplets", {"tag_name": TAG}, "listing droplets")]
+
+    def _pages(self, path: str, key: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        """Every item of a list DigitalOcean pages by number (200 a page)."""
+        def page(number: int) -> tuple[list[dict[str, Any]], int | None]:
+            body = self._driver.connection.request(path, params=params | {"per_page": 200, "page": number}).object
+            more = body.get("links", {}).get("pages", {}).get("next")
+            return list(body.get(key) or []), number + 1 if more else None
+
+        return every_page(self.name, what, page, 1)
 
     def _host(self, data: dict[str, Any]) -> Host:
         ip = None
@@ -147,15 +149,9 @@ class DigitalOceanProvider:
             self._driver.connection.request(f"/v2/load_balancers/{balancer_id}", method="DELETE")
 
     def balancers(self) -> list[Balancer]:
-        found: list[Balancer] = []
         with self._api("listing load balancers"):
-            for page in range(1, MAX_PAGES + 1):
-                params = {"per_page": 200, "page": page}
-                body = self._driver.connection.request("/v2/load_balancers", params=params).object
-                found += [self._balancer(b) for b in body.get("load_balancers", [])]
-                if not body.get("links", {}).get("pages", {}).get("next"):
-                    break
-        return found
+            found = self._pages("/v2/load_balancers", "load_balancers", {}, "listing load balancers")
+            return [self._balancer(b) for b in found]
 
     def _balancer(self, data: dict[str, Any]) -> Balancer:
         status, ip = str(data.get("status", "unknown")), data.get("ip") or None

@@ -30,7 +30,6 @@ PROVIDER = ProviderInfo(
     firewall_note=("none: Equinix Metal has no cloud firewall, every port of the device's IP is reachable "
                    "(only the tunnel's listeners answer)"),
 )
-MAX_PAGES = 20
 
 
 class EquinixProvider:
@@ -91,15 +90,15 @@ class EquinixProvider:
             self._request(f"/metal/v1/devices/{host_id}", "DELETE")
 
     def list(self) -> list[Host]:
-        hosts: list[Host] = []
-        with self._api("listing devices"):
-            for page in range(1, MAX_PAGES + 1):
-                params = {"tag": TAG, "page": page, "per_page": 100}
-                body = self._request(f"/metal/v1/projects/{self._project}/devices", params=params)
-                hosts += [self._host(dev) for dev in body.get("devices", [])]  # filtered by the API
-                if not (body.get("meta") or {}).get("next"):
-                    break
-        return hosts
+        from .paging import every_page
+
+        def page(number: int) -> tuple[list[dict[str, Any]], int | None]:
+            params = {"tag": TAG, "page": number, "per_page": 100}
+            body = self._request(f"/metal/v1/projects/{self._project}/devices", params=params)
+            return list(body.get("devices") or []), number + 1 if (body.get("meta") or {}).get("next") else None
+
+        with self._api("listing devices"):  # filtered by the API
+            return [self._host(dev) for dev in every_page(self.name, "listing devices", page, 1)]
 
     def _host(self, data: dict[str, Any]) -> Host:
         ip = next((a.get("address") for a in data.get("ip_addresses") or []

@@ -218,17 +218,16 @@ class GCEProvider:
             pass
 
     def list(self) -> list[Host]:
-        hosts: list[Host] = []
-        params: dict[str, Any] = {"filter": f"labels.{TAG}=true", "maxResults": 500}
+        from .paging import every_page
+
+        def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            params = {"filter": f"labels.{TAG}=true", "maxResults": 500} | ({"pageToken": token} if token else {})
+            body = self._request("/aggregated/instances", params=params)
+            found = [i for scope in (body.get("items") or {}).values() for i in scope.get("instances", [])]
+            return found, body.get("nextPageToken")
+
         with self._api("listing instances"):
-            for _ in range(20):
-                body = self._request("/aggregated/instances", params=params)
-                for scope in (body.get("items") or {}).values():
-                    hosts += [self._host(i) for i in scope.get("instances", [])]
-                if not body.get("nextPageToken"):
-                    break
-                params["pageToken"] = body["nextPageToken"]
-        return hosts
+            return [self._host(i) for i in every_page(self.name, "listing instances", page)]
 
     def _host(self, data: dict[str, Any]) -> Host:
         zone = str(data.get("zone", "")).rsplit("/", 1)[-1]

@@ -18,6 +18,7 @@ from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
 from .api_url import Endpoint, endpoint_of
+from .paging import every_page
 
 PROVIDER = ProviderInfo(
     name="linode", title="Linode", user_data_limit=49_000,  # metadata.user_data is base64 and must stay under 65,535 bytes
@@ -28,7 +29,6 @@ PROVIDER = ProviderInfo(
     # API v4: an instance label has 3-64 characters, a firewall label 3-32; neither has "--" in it
     names=NameRule("a Linode label", min_len=3, max_len=64, single_hyphens=True), firewall_name_max=32,
 )
-MAX_PAGES = 20
 
 
 class LinodeProvider:
@@ -135,7 +135,7 @@ class LinodeProvider:
         wanted = firewall_name(name, PROVIDER.firewall_name_max)
         headers = {"X-Filter": json.dumps({"label": wanted})}
         with self._api(f"reading firewall {wanted}"):
-            found = self._pages("/v4/networking/firewalls", headers)
+            found = self._pages("/v4/networking/firewalls", headers, f"reading firewall {wanted}")
         removed = []
         for firewall in found:
             if not made_for(firewall.get("label"), name, PROVIDER.firewall_name_max) or TAG not in (firewall.get("tags") or []):
@@ -153,15 +153,13 @@ class LinodeProvider:
             removed.append(f"firewall {wanted}")
         return removed
 
-    def _pages(self, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
-        """Every item of a paged list (at most MAX_PAGES pages of 500)."""
-        items: list[dict[str, Any]] = []
-        for page in range(1, MAX_PAGES + 1):
-            body = self._request(path, params={"page": page, "page_size": 500}, headers=headers)
-            items += list(body.get("data") or [])
-            if page >= int(body.get("pages") or 1):
-                break
-        return items
+    def _pages(self, path: str, headers: dict[str, str], what: str) -> list[dict[str, Any]]:
+        """Every item of a paged list (pages of 500)."""
+        def page(number: int) -> tuple[list[dict[str, Any]], int | None]:
+            body = self._request(path, params={"page": number, "page_size": 500}, headers=headers)
+            return list(body.get("data") or []), number + 1 if number < int(body.get("pages") or 1) else None
+
+        return every_page(self.name, what, page, 1)
 
     def _quiet(self, path: str) -> None:
         """Best-effort DELETE while cleaning up (the first error is the one reported)."""
@@ -176,7 +174,7 @@ class LinodeProvider:
     def list(self) -> list[Host]:
         headers = {"X-Filter": json.dumps({"tags": TAG})}
         with self._api("listing instances"):
-            return [self._host(i) for i in self._pages("/v4/linode/instances", headers)]
+            return [self._host(i) for i in self._pages("/v4/linode/instances", headers, "listing instances")]
 
     def _host(self, data: dict[str, Any]) -> Host:
         ip = next((a for a in data.get("ipv4") or [] if not _private(a)), None)
@@ -192,8 +190,8 @@ class LinodeProvider:
 
 
 def _keep_page_size(connection: Any) -> None:
-    """Let a request's own page_size stand: the driver sets 25 on every request, so _pages' 20 pages "of 500" were
-    20 of 25, and list showed 500 exit servers of more, without a word (list --prune, delete --id missed the rest)."""
+    """Let a request's own page_size stand: the driver sets 25 on every request, so _pages' pages "of 500" were
+    of 25, and a page per 25 servers was asked for (when lists stopped at 20 pages: 500 shown of more, without a word)."""
     default = connection.add_default_params
 
     def add_default_params(params: dict[str, Any]) -> dict[str, Any]:

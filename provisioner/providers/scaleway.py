@@ -34,7 +34,7 @@ PROVIDER = ProviderInfo(
     firewall_note="security group dropping every inbound port but the tunnel's",
 )
 DEFAULT_API_URL = "https://api.scaleway.com"
-MAX_PAGES, PAGE_SIZE = 20, 100
+PAGE_SIZE = 100
 
 
 class ScalewayProvider:
@@ -182,15 +182,17 @@ class ScalewayProvider:
     def list(self) -> list[Host]:
         """Servers tagged ``inlets`` in every zone (as ``scw instance server list zone=all``): the API lists one
         zone at a time, and ``create --region`` may have put one in any of them."""
+        from .paging import every_page
+
         servers: list[Any] = []
         for zone in self._zones():
-            with self._api(f"listing servers in {zone}"):
-                for page in range(1, MAX_PAGES + 1):  # bounded (the SDK's list_servers_all is not)
-                    batch = self._api_client.list_servers(zone=zone, project=self._project, tags=[TAG],
-                                                          page=page, per_page=PAGE_SIZE).servers
-                    servers += batch
-                    if len(batch) < PAGE_SIZE:
-                        break
+            def page(number: int, zone: str = zone) -> tuple[list[Any], int | None]:
+                batch = self._api_client.list_servers(zone=zone, project=self._project, tags=[TAG], page=number,
+                                                      per_page=PAGE_SIZE).servers
+                return batch, number + 1 if len(batch) == PAGE_SIZE else None
+
+            with self._api(f"listing servers in {zone}"):  # bounded (the SDK's list_servers_all is not)
+                servers += every_page(self.name, f"listing servers in {zone}", page, 1)
         return [self._host(s) for s in servers]
 
     def _zones(self) -> list[str]:

@@ -13,6 +13,7 @@ from ..errors import NotFound, ProvisionError
 from ..firewall import firewall_name, inbound_rules, made_for
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
 from .api_url import Endpoint, endpoint_of
+from .paging import every_page
 
 PROVIDER = ProviderInfo(
     name="vultr", title="Vultr", user_data_limit=48 * 1024,  # sent base64-encoded; stays under 64 KiB on the wire
@@ -20,7 +21,6 @@ PROVIDER = ProviderInfo(
     region="lhr", size="vc2-1c-1gb", image="2284",  # os_id of "Ubuntu 24.04 LTS x64"
     firewall_note="firewall group opening only the tunnel's ports",
 )
-MAX_PAGES = 20
 
 
 class VultrProvider:
@@ -111,15 +111,8 @@ class VultrProvider:
         the group's POST): described inlets-NAME and used by no instance. Vultr groups take no tags, so nothing else
         led to it: list and delete --provider vultr never saw it."""
         wanted, removed = firewall_name(name, PROVIDER.firewall_name_max), []
-        params: dict[str, Any] = {"per_page": 500}
         with self._api(f"reading firewall group {wanted}"):
-            groups: list[dict[str, Any]] = []
-            for _ in range(MAX_PAGES):
-                body = self._request("/v2/firewalls", params=params)
-                groups += body.get("firewall_groups") or []
-                params["cursor"] = (body.get("meta") or {}).get("links", {}).get("next")
-                if not params["cursor"]:
-                    break
+            groups = self._pages("/v2/firewalls", "firewall_groups", {}, f"reading firewall group {wanted}")
         for group in groups:
             if made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max) and not group.get("instance_count"):
                 self._delete_firewall(str(group["id"]))
@@ -134,17 +127,16 @@ class VultrProvider:
             pass
 
     def list(self) -> list[Host]:
-        hosts: list[Host] = []
-        params: dict[str, Any] = {"tag": TAG, "per_page": 500}
-        with self._api("listing instances"):
-            for _ in range(MAX_PAGES):
-                body = self._request("/v2/instances", params=params)
-                hosts += [self._host(i) for i in body.get("instances", [])]  # filtered by the API
-                cursor = (body.get("meta") or {}).get("links", {}).get("next")
-                if not cursor:
-                    break
-                params["cursor"] = cursor
-        return hosts
+        with self._api("listing instances"):  # filtered by the API
+            return [self._host(i) for i in self._pages("/v2/instances", "instances", {"tag": TAG}, "listing instances")]
+
+    def _pages(self, path: str, key: str, params: dict[str, Any], what: str) -> list[dict[str, Any]]:
+        """Every item of a list Vultr pages with a cursor (500 a page)."""
+        def page(cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            body = self._request(path, params=params | {"per_page": 500} | ({"cursor": cursor} if cursor else {}))
+            return list(body.get(key) or []), (body.get("meta") or {}).get("links", {}).get("next")
+
+        return every_page(self.name, what, page)
 
     def _host(self, data: dict[str, Any]) -> Host:
         ip = data.get("main_ip") if data.get("main_ip") not in (None, "", "0.0.0.0") else None

@@ -176,3 +176,48 @@ def test_a_malformed_api_url_is_one_line_naming_it(capsys: pytest.CaptureFixture
     where = [] if by_env else ["--api-url", url]
     result = run_cli(capsys, "list", "--provider", provider, "--access-token", token, *where, "--state-dir", str(tmp_path))
     one_line_error(result, f"invalid {provider} API URL {url!r} (--api-url or ${env}): {says}")
+
+
+PAGES = 25  # lists stopped after 20 pages, with exit 0 and no word
+
+
+def vultr_page(seen, n: int, more: bool) -> Answer:
+    server = {"id": f"id-{n}", "label": f"srv{n}", "status": "active", "power_status": "running", "tags": ["inlets"]}
+    return Answer(200, {"instances": [server], "meta": {"links": {"next": str(n + 1) if more else ""}}})
+
+
+def linode_page(seen, n: int, more: bool) -> Answer:
+    server = {"id": n, "label": f"srv{n}", "status": "running", "tags": ["inlets"], "ipv4": []}
+    return Answer(200, {"data": [server], "page": n, "pages": PAGES})
+
+
+def droplet_page(seen, n: int, more: bool) -> Answer:
+    server = {"id": n, "name": f"srv{n}", "status": "active", "tags": ["inlets"], "networks": {"v4": []}}
+    return Answer(200, {"droplets": [server], "links": {"pages": {"next": f"/v2/droplets?page={n + 1}"} if more else {}}})
+
+
+@pytest.mark.parametrize("provider, path, env, cursor, answer", [
+    ("vultr", "/v2/instances", "VULTR_API_KEY", "cursor", vultr_page),
+    ("linode", "/v4/linode/instances", "LINODE_TOKEN", "page", linode_page),
+    ("digitalocean", "/v2/droplets", "DIGITALOCEAN_ACCESS_TOKEN", "page", droplet_page),
+])
+def test_list_follows_every_page_and_a_looping_api_is_an_error(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, api: RecordedAPI, monkeypatch: pytest.MonkeyPatch,
+        provider: str, path: str, env: str, cursor: str, answer) -> None:
+    """A user with more exit servers than 20 pages saw the first 20 pages' and exit 0 (list --prune took the rest
+    for local state only). Now every page is listed; an API that points back to a page it answered is an error."""
+    monkeypatch.setenv(env, "K" * 36)
+    first = 0 if provider == "vultr" else 1
+    api.route("GET", path, lambda seen: answer(seen, int((seen.query.get(cursor) or [first])[0]),
+                                               int((seen.query.get(cursor) or [first])[0]) < PAGES - 1 + first))
+    result = run_cli(capsys, "list", "--provider", provider, "--api-url", api.url, "--json", "--state-dir", str(tmp_path))
+    assert result.code == 0, result.err
+    assert sorted(r["name"] for r in result.json()["servers"]) == sorted(f"srv{n}" for n in range(first, PAGES + first))
+    assert len(api.requests("GET", path)) == PAGES
+
+    if provider == "linode":  # its pages are counted: they end
+        return
+    api.routes.insert(0, ("GET", __import__("re").compile(path), lambda seen: answer(seen, first + 1, True)))
+    looped = run_cli(capsys, "list", "--provider", provider, "--api-url", api.url, "--state-dir", str(tmp_path))
+    one_line_error(looped, f"{provider}: the API answered a page it had answered before", "nothing is listed")
+    assert len(api.requests("GET", path)) == PAGES + 2
