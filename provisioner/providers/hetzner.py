@@ -7,6 +7,7 @@ $HCLOUD_ENDPOINT (the variable the hcloud CLI reads).
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ContextManager
@@ -56,7 +57,8 @@ class HetznerProvider:
             session.hooks["response"].append(self._remember_wait)
 
     def _remember_wait(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        self._wait = retry_after(response.headers) if response.status_code == 429 or response.status_code >= 500 else None
+        status = response.status_code
+        self._wait = rate_wait(response.headers) if status == 429 else retry_after(response.headers) if status >= 500 else None
 
     def _fault(self, exc: BaseException) -> Fault | None:
         fault = hcloud_fault(exc)
@@ -166,6 +168,24 @@ class HetznerProvider:
             detail=f"server status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"labels": ",".join(f"{k}={v}" for k, v in labels.items())},
         )
+
+
+def rate_wait(headers: Any) -> float | None:
+    """How long a 429 asks to wait: its Retry-After if it has one (Hetzner's do not), else until one request is back.
+    Hetzner's docs: the remaining count "increases gradually" (one a second at the default 3600 an hour) until
+    RateLimit-Reset, the Unix time it is full again; so a request is back after (reset - now) / (limit - remaining)."""
+    wait = retry_after(headers)
+    if wait is not None:
+        return wait
+    found = {k.lower(): v for k, v in (headers or {}).items()}
+    try:
+        limit, remaining = int(found["ratelimit-limit"]), int(found.get("ratelimit-remaining") or 0)
+        reset = float(found["ratelimit-reset"])
+    except (KeyError, ValueError):
+        return None
+    if limit <= remaining or reset != reset:  # nothing missing, or NaN: no hint
+        return None
+    return min(max((reset - time.time()) / (limit - remaining), 1.0), 3600.0)
 
 
 def hcloud_fault(exc: BaseException) -> Fault | None:

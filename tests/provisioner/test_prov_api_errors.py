@@ -261,3 +261,20 @@ def test_hetzner_rate_limit_says_its_retry_after(
     result = run_cli(capsys, "list", "--provider", "hetzner", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
     line = one_line_error(result, "hetzner: the API is limiting requests (rate_limit_exceeded) while listing servers")
     assert line.endswith("; wait 17s and try again"), line
+
+
+@pytest.mark.parametrize("limit, says", [(3600, "wait 1s"), (360, "wait 1[01]s")])
+def test_hetzner_rate_limit_waits_as_its_docs_say_the_limit_refills(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        limit: int, says: str) -> None:
+    """Hetzner's 429 has no Retry-After, so it said "wait a minute"; its docs say the remaining count refills
+    gradually (one a second at 3600 an hour) until RateLimit-Reset, when it is full: one request is back after
+    (reset - now) / limit. A project allowed 360 an hour waits 10 s, which the create's waits now keep to as well."""
+    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
+    monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
+    headers = {"RateLimit-Limit": str(limit), "RateLimit-Remaining": "0", "RateLimit-Reset": str(int(time.time()) + 3600)}
+    api.route("GET", "/v1/servers", Answer(429, {"error": {"code": "rate_limit_exceeded", "details": {},
+                                                           "message": "limit reached"}}, headers))
+    result = run_cli(capsys, "list", "--provider", "hetzner", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
+    line = one_line_error(result, "hetzner: the API is limiting requests (rate_limit_exceeded) while listing servers")
+    assert re.search(f"; {says} and try again$", line), line
