@@ -26,6 +26,7 @@ from ..firewall import firewall_name, inbound_ports
 from .base import ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .api_errors import one_line
 from .api_url import Endpoint, endpoint_of
+from .paging import every_page
 
 if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
     from libcloud.compute.drivers.azure_arm import AzureNodeDriver
@@ -235,8 +236,6 @@ class AzureProvider:
 
     def list(self) -> list[Host]:
         """Every tagged resource group, following ARM's ``nextLink`` (bounded): a long list comes a page at a time."""
-        from .paging import every_page
-
         def page(link: str | None) -> tuple[list[dict[str, Any]], str | None]:
             path, params = _next_page(link) if link else (
                 f"/subscriptions/{self._sub}/resourcegroups", {"api-version": GROUPS_API, "$filter": f"tagName eq '{TAG}'"})

@@ -19,6 +19,7 @@ from .base import (
     ACTIVE, FAILED, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
 from .api_url import Endpoint, endpoint_of
+from .paging import every_page
 
 PROJECT_ENV = ("METAL_PROJECT_ID", "PACKET_PROJECT_ID")
 PROVIDER = ProviderInfo(
@@ -90,8 +91,6 @@ class EquinixProvider:
             self._request(f"/metal/v1/devices/{host_id}", "DELETE")
 
     def list(self) -> list[Host]:
-        from .paging import every_page
-
         def page(number: int) -> tuple[list[dict[str, Any]], int | None]:
             params = {"tag": TAG, "page": number, "per_page": 100}
             body = self._request(f"/metal/v1/projects/{self._project}/devices", params=params)

@@ -22,6 +22,7 @@ from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..names import NameRule
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .api_url import Endpoint, endpoint_of
+from .paging import every_page
 
 if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
     from libcloud.compute.drivers.gce import GCENodeDriver
@@ -218,8 +219,6 @@ class GCEProvider:
             pass
 
     def list(self) -> list[Host]:
-        from .paging import every_page
-
         def page(token: str | None) -> tuple[list[dict[str, Any]], str | None]:
             params = {"filter": f"labels.{TAG}=true", "maxResults": 500} | ({"pageToken": token} if token else {})
             body = self._request("/aggregated/instances", params=params)

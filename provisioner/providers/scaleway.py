@@ -23,6 +23,7 @@ from .api_url import parse_api_url
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
 )
+from .paging import every_page
 
 PROJECT_ENV = "SCW_DEFAULT_PROJECT_ID"
 ACCESS_ENV = "SCW_ACCESS_KEY"
@@ -182,8 +183,6 @@ class ScalewayProvider:
     def list(self) -> list[Host]:
         """Servers tagged ``inlets`` in every zone (as ``scw instance server list zone=all``): the API lists one
         zone at a time, and ``create --region`` may have put one in any of them."""
-        from .paging import every_page
-
         servers: list[Any] = []
         for zone in self._zones():
             def page(number: int, zone: str = zone) -> tuple[list[Any], int | None]:
