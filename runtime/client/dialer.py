@@ -76,6 +76,15 @@ class FatalClientError(Exception):
     """Retrying cannot help; the message says what to fix."""
 
 
+class _NoRedirects(connect):
+    """``connect`` that follows no redirect: websockets followed up to 10, so the server (or anything on a ws://
+    path) made the client dial any host:port it named, on the client's own network. A tunnel server never
+    redirects: a 3xx comes back as the ``InvalidStatus`` it is (``_connect`` says where it pointed)."""
+
+    def process_redirect(self, exc: Exception) -> Exception:
+        return exc
+
+
 @dataclass
 class ClientConfig:
     url: str
@@ -378,7 +387,7 @@ class TunnelClient:
             parts = urlsplit(self.ws_url)
             if not self.proxy.url and is_name(host := parts.hostname or ""):
                 kwargs["sock"] = await self._connect_named(host, url_port(parts, 443 if parts.scheme == "wss" else 80))
-            websocket = await connect(
+            websocket = await _NoRedirects(
                 self.ws_url,
                 additional_headers={"Authorization": f"Bearer {self.current_token()}"},
                 compression=None,
@@ -400,6 +409,11 @@ class TunnelClient:
                 raise FatalClientError("the server refused the token (HTTP 401): check --token/--token-file") from None
             if status == 404:
                 raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
+            if 300 <= status < 400:
+                locations = exc.response.headers.get_all("Location")  # get() raised on a repeated one
+                where = f" to {printable(locations[0], 300)}" if locations else ""
+                raise FatalClientError(f"{self.ws_url} answers a redirect (HTTP {status}){where}, which a tunnel "
+                                       "server never sends and this client does not follow: check --url") from None
             if status == 400 and (wrong := await self._tls_port()) is not None:  # nginx: "plain HTTP ... to HTTPS port"
                 raise wrong from None
             raise
