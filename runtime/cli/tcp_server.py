@@ -30,7 +30,7 @@ def tcp_server(
     auto_tls_path: AutoTlsPath = None,
     auto_tls_san: AutoTlsSan = None,
     plaintext: Plaintext = False,
-    allow_ports: Annotated[Optional[str], typer.Option(help="Only these data ports may be opened, e.g. 80,443.")] = None,
+    allow_ports: Annotated[Optional[str], typer.Option(help="Only these data ports may be opened, TCP and UDP alike, e.g. 80,443.")] = None,
     allow_ips: AllowIps = None,
     proxy_protocol: ProxyProtocolOpt = None,
     lb_proxy_protocol: LbProxyProtocol = None,
