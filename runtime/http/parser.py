@@ -105,6 +105,11 @@ class Reader:
         #: framing) when a body follows, and the body still to come.
         self._replay: tuple[bytes, int] | None = None
         self._replaying = False
+        #: A chunk's size line came and none of its data yet. After the last (empty) chunk the trailer section
+        #: follows, a field of which httptools joins in memory until its line ends: it is bounded as a head is.
+        self._chunk_fresh = False
+        self._trailer_fields = 0  # bytes of the trailer fields complete so far
+        self._trailer_line = 0  # bytes of the trailer line in progress
 
     @property
     def in_head(self) -> bool:
@@ -133,15 +138,21 @@ class Reader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Called per header: kept lean (the section's size is checked once, in ``_check_size``)."""
-        if self._in_head:  # else: chunked trailers, dropped
-            headers = self._headers
-            if len(headers) >= self.max_headers:
-                raise self._fail(431, f"more than {self.max_headers} header fields")
-            headers.append((name, value))
-            lname = name.lower()
-            self._lower.append(lname)
-            if lname in _NOTED:
-                self._noted.setdefault(lname, []).append(value)
+        if not self._in_head:  # chunked trailers: dropped, counted (``_trailer_held``)
+            self._trailer_fields += len(name) + len(value) + 4
+            return
+        headers = self._headers
+        if len(headers) >= self.max_headers:
+            raise self._fail(431, f"more than {self.max_headers} header fields")
+        headers.append((name, value))
+        lname = name.lower()
+        self._lower.append(lname)
+        if lname in _NOTED:
+            self._noted.setdefault(lname, []).append(value)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_fresh = True
+        self._trailer_fields = self._trailer_line = 0
 
     def _header_bytes(self) -> int:
         return sum(len(n) + len(v) + 4 for n, v in self._headers)
@@ -152,6 +163,7 @@ class Reader:
             raise self._fail(431, f"header section larger than {self.max_header_bytes} bytes")
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_fresh = False
         self._body_seen += len(body)
         if self._body_left > 0:
             self._body_left -= len(body)
@@ -159,6 +171,7 @@ class Reader:
 
     def on_message_complete(self) -> None:
         self._body_left = 0
+        self._chunk_fresh = False
         self._events.append(END_OF_MESSAGE)
 
     def _feed(self, data: bytes | memoryview) -> list[Event]:
@@ -182,6 +195,8 @@ class Reader:
             if "PRI" in str(exc):  # llhttp stops at HTTP/2's connection preface ("PRI * HTTP/2.0")
                 raise self._fail(505, "HTTP/2 is not spoken here: use HTTP/1.1") from None
             raise self._fail(400, f"bad HTTP message: {exc}") from None
+        if self._chunk_fresh and self._trailer_held(data) > self.max_header_bytes:
+            raise self._fail(431, f"trailer section larger than {self.max_header_bytes} bytes")
         if self._in_head:
             self._head_fed = self._held(data)
             if self._head_fed > self.max_header_bytes + MAX_TARGET:
@@ -221,6 +236,14 @@ class Reader:
             line = min(line, len(raw) - self._body_seen)
         self._line = line
         return line + self._header_bytes()
+
+    def _trailer_held(self, data: bytes | memoryview) -> int:
+        """Bytes of the trailer section so far (or 0: the chunk's data comes in a later read): its fields, and
+        the line in progress, which began after the read's last CRLF (the size line's, when it came in this read)."""
+        raw = data if isinstance(data, bytes) else bytes(data)
+        end = raw.rfind(b"\r\n")
+        self._trailer_line = len(raw) - end - 2 if end >= 0 else self._trailer_line + len(raw)
+        return self._trailer_line + self._trailer_fields
 
     def _framing(self) -> tuple[bool, int | None]:
         """(chunked, content_length); ``HttpError`` 400 for anything ambiguous (request smuggling)."""

@@ -35,6 +35,7 @@ class ResponseReader(Reader):
         if self._skip:  # previous answer to HEAD: llhttp still waits for its body
             self._parser = self._parser_class(self)
             self._skip = False
+            self._chunk_fresh = False
 
     def on_status(self, reason: bytes) -> None:
         self._start_text += reason
@@ -77,10 +78,12 @@ class ResponseReader(Reader):
             self._skip = True
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_fresh = False
         if not self._skip:
             self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
+        self._chunk_fresh = False
         if not self._skip and self.head is not None:
             self._events.append(END_OF_MESSAGE)
 

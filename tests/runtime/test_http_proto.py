@@ -528,3 +528,36 @@ def test_the_http_2_preface_is_505_in_words():
     with pytest.raises(HttpError) as info:
         RequestReader().feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     assert info.value.status == 505 and str(info.value) == "HTTP/2 is not spoken here: use HTTP/1.1"
+
+
+@pytest.mark.parametrize("piece", [b"v" * 1000, b"\r\nX-T: " + b"v" * 1000])
+def test_an_endless_trailer_section_is_431(piece):
+    """httptools joins a trailer field's pieces in memory until its line ends, and trailers were never
+    counted: one user sending 58 MiB of a trailer grew the server from 45 to 137 MiB (measured)."""
+    reader = RequestReader()
+    reader.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: ")
+    with pytest.raises(HttpError) as info:
+        for _ in range(200):
+            reader.feed(piece)
+    assert info.value.status == 431 and "trailer" in str(info.value)
+
+
+@pytest.mark.parametrize("step", [None, 7, 4096])
+def test_chunked_bodies_and_small_trailers_are_no_trailer_431(step):
+    """Only the trailer section counts: chunk data split across reads (no CRLF in it) is no trailer."""
+    data = b"d" * 200_000
+    raw = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(data) + data
+           + b"\r\n0\r\nX-Sum: 1\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    events = feed_all(RequestReader(), raw, step)
+    assert sum(len(e.data) for e in events if isinstance(e, Body)) == len(data)
+    assert [e.target for e in events if isinstance(e, RequestHead)] == [b"/", b"/next"]
+
+
+def test_an_upstreams_endless_trailer_is_502():
+    reader = ResponseReader()
+    reader.expect(False)
+    reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: ")
+    with pytest.raises(HttpError) as info:
+        for _ in range(200):
+            reader.feed(b"v" * 1000)
+    assert info.value.status == 502
