@@ -202,6 +202,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "http_auto_digitalocean": {"spec": ("http", None, ["example.com"]), "le": {"letsencrypt": False},
                                "tf": {"mode": "http", "domains": ["example.com"], "wheel_delivery": "auto", "limit": 64 * 1024,
                                       "letsencrypt": False}, "auto": 64 * 1024},
+    # the userdata module with its defaults (wheel_delivery auto, DigitalOcean's 64 KiB): inletsctl create's choice
+    "tcp_module_defaults": {"spec": ("tcp", None, []), "tf": {}, "auto": 64 * 1024},
     "tcp_auto_small_limit": {"spec": ("tcp", "443", []), "tf": {"ports": [443], "wheel_delivery": "auto", "limit": 16 * 1024},
                              "auto": 16 * 1024},
 }

@@ -109,9 +109,9 @@ variable "package" {
 }
 
 variable "wheel_delivery" {
-  description = "How the VM gets the server wheel: embed (in the user-data), push (the user-data waits on the control port for the wheel, sent by terraform/tools/push_wheel.py, as inletsctl create does where the wheel does not fit, e.g. EC2's 16 KiB), or auto (inletsctl's own choice: embed where the user-data leaves 4 KiB of the limit unused, else push; output wheel.delivery says which, known once the token and certificates are)."
+  description = "How the VM gets the server wheel: embed (in the user-data), push (the user-data waits on the control port for the wheel, sent by terraform/tools/push_wheel.py, as inletsctl create does where the wheel does not fit, e.g. EC2's 16 KiB), or auto (inletsctl's own choice: embed where the user-data leaves 4 KiB of the limit unused, else push; output wheel.delivery says which, known once the token and certificates are). Default auto: no server wheel embedded fits DigitalOcean's 64 KiB (the default limit), so embed there fails at plan."
   type        = string
-  default     = "embed"
+  default     = "auto"
   validation {
     condition     = contains(["embed", "push", "auto"], var.wheel_delivery)
     error_message = "The wheel_delivery must be embed, push or auto."

@@ -32,12 +32,48 @@ run "tcp_defaults" {
   }
   assert {
     condition     = strcontains(output.user_data, "--constraint, /opt/inlets/constraints.txt, \"/opt/inlets/inlets_py-") && strcontains(output.user_data, "encoding: b64\n")
-    error_message = "The embedded server wheel, its dependencies pinned, is the default."
+    error_message = "The embedded server wheel, its dependencies pinned, is the default where it fits (GCE's 256 KiB)."
   }
   assert {
     condition     = startswith(yamldecode(output.user_data).runcmd[0], "set -eu")
     error_message = "The boot script stops at the first failing step."
   }
+}
+
+# The module's defaults (DigitalOcean's 64 KiB, wheel_delivery auto) plan: no server wheel embedded fits
+# 64 KiB with inletsctl's 4 KiB to spare, so it is pushed, as inletsctl create does.
+run "defaults_plan_with_the_wheel_pushed" {
+  command = plan
+  variables {
+    limit = null # the default, 65536
+  }
+  assert {
+    condition     = output.wheel.delivery == "push" && strcontains(output.user_data, "/opt/inlets/receive-wheel.py") && output.user_data_bytes <= 65536
+    error_message = "With the defaults the wheel is pushed (it does not fit 64 KiB with 4 KiB to spare) and the plan succeeds."
+  }
+}
+
+run "defaults_plan_in_http_mode" {
+  command = plan
+  variables {
+    limit   = null
+    mode    = "http"
+    domains = ["example.com"]
+  }
+  assert {
+    condition     = output.letsencrypt && output.wheel.delivery == "push" && output.user_data_bytes <= 65536
+    error_message = "With the defaults HTTP mode (Let's Encrypt on) plans, the wheel pushed."
+  }
+}
+
+run "rejects_an_explicit_embed_over_the_limit" {
+  command = plan
+  variables {
+    limit          = null
+    mode           = "http"
+    wheel_delivery = "embed"
+  }
+  expect_failures = [output.user_data]
 }
 
 run "pushed_wheel" {
