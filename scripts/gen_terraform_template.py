@@ -42,7 +42,8 @@ _checkout.__path__ = [str(ROOT)]
 from jinja2 import nodes  # noqa: E402
 
 from inlets_py.provisioner import render  # noqa: E402
-from inlets_py.provisioner.spec import CONTROL_PORT, TLS_SERVER_NAME, VM_FILES, LetsEncrypt, TunnelSpec, server_argv  # noqa: E402
+from inlets_py.provisioner.spec import (CONTROL_PORT, LETSENCRYPT_CA, TLS_SERVER_NAME, VM_FILES, LetsEncrypt,  # noqa: E402
+                                        TunnelSpec, server_argv)
 from inlets_py.provisioner.wheel import build_runtime_wheel, constraints  # noqa: E402
 from inlets_py.runtime.generate.templating import environment, template_dir  # noqa: E402
 
@@ -234,7 +235,8 @@ def runtime_json(mode: str, letsencrypt: bool = False) -> str:
 
 def letsencrypt_flags() -> dict[str, str]:
     """inletsctl's Let's Encrypt flags, read off ``server_argv``: the flag of each value, in the order they
-    end the command line (one flag per domain, then the email, then the issuer).
+    end the command line (one flag per domain, then the email, then the issuer, then with a CA bundle
+    (--letsencrypt-ca) the flag ``ca`` naming LETSENCRYPT_CA, where the user-data writes it).
 
     The module builds the flags from these (its domains are a list, the email optional), quoting each value
     as ``exec_word`` does; the generator stops if the Python code puts them elsewhere or in another order."""
@@ -248,7 +250,13 @@ def letsencrypt_flags() -> dict[str, str]:
     rebuilt = [word for key in values for word in (flags.get(key, "?"), values[key])]
     if argv_le[: len(argv)] != argv or tail != rebuilt:
         raise Unsupported(f"server_argv's Let's Encrypt flags are not a tail of domain, email, issuer flags: {tail}")
-    return flags
+    with_ca = TunnelSpec("http", domains=(values["domain"],), http_port=80,
+                         letsencrypt=LetsEncrypt(email=values["email"], issuer=values["issuer"], ca_pem="@@le_ca@@"))
+    argv_ca = server_argv(with_ca, VM_FILES)
+    ca_tail = argv_ca[len(argv_le):]
+    if argv_ca[: len(argv_le)] != argv_le or len(ca_tail) != 2 or ca_tail[1] != LETSENCRYPT_CA:
+        raise Unsupported(f"server_argv's --letsencrypt-ca is not a flag naming {LETSENCRYPT_CA} after the issuer: {ca_tail}")
+    return flags | {"ca": ca_tail[0]}
 
 
 def outputs() -> dict[Path, str]:
@@ -299,6 +307,7 @@ def outputs() -> dict[Path, str]:
             "tls_server_name": TLS_SERVER_NAME,
             "letsencrypt_flags": le_flags,
             "letsencrypt_dropin": render.LETSENCRYPT_DROPIN,
+            "letsencrypt_ca_path": LETSENCRYPT_CA,
         },
         indent=2,
     ) + "\n"

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,20 @@ WEIRD = Material(
         key=MATERIAL.server.key.replace(b"-----\n", b"-----\n\n", 1) + b"\n\n",
     ),
 )
+
+
+def messy_ca_bundle() -> str:
+    """A private ACME CA's bundle as people have them: openssl's Bag Attributes, CRLF, base64 wrapped at 76,
+    a key block, an indented X509 CERTIFICATE block; inletsctl writes the certificates alone, re-wrapped."""
+    first = MATERIAL.ca_cert.decode().split("\n")
+    body = "".join(first[1:-2])
+    second = generate("terraform-test-2").ca_cert.decode().replace("CERTIFICATE", "X509 CERTIFICATE")
+    return ("Bag Attributes\r\n    friendlyName: step-ca root\r\nsubject=/CN=root\r\n" + first[0] + "\r\n"
+            + "\r\n".join(body[i:i + 76] for i in range(0, len(body), 76)) + "\r\n" + first[-2] + "\r\n"
+            + MATERIAL.server.key.decode() + "".join(f"  {line}\n" for line in second.splitlines()) + "\n\n")
+
+
+LE_CA = messy_ca_bundle()
 #: name -> (build_spec args, Terraform-only inputs, user_data options, material); "le": inletsctl create's
 #: Let's Encrypt options (its default rule for a cloud provider applies to every variant, as in the module)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -175,6 +190,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                                          "letsencrypt_issuer": "https://acme.example.test:14000/dir?a=%41&b=$x#frag"},
         "tf": {"mode": "http", "domains": ["example.com"], "letsencrypt": True, "letsencrypt_email": "o'neil&\"co\\%x$y@example.com",
                "letsencrypt_issuer": "https://acme.example.test:14000/dir?a=%41&b=$x#frag", "wheel_delivery": "push"}, "push": True,
+    },
+    # a private ACME CA (step-ca, pebble): its root, as inletsctl create --letsencrypt-ca writes it
+    "http_letsencrypt_private_ca": {
+        "spec": ("http", None, ["tunnel.example.org"]),
+        "le": {"letsencrypt_issuer": "https://ca.internal.example:9000/acme/acme/directory", "letsencrypt_ca": LE_CA},
+        "tf": {"mode": "http", "domains": ["tunnel.example.org"], "letsencrypt_issuer": "https://ca.internal.example:9000/acme/acme/directory",
+               "letsencrypt_ca": LE_CA, "wheel_delivery": "push"}, "push": True,
     },
     "http_letsencrypt_auto_digitalocean": {
         "spec": ("http", None, ["example.com"]),
@@ -214,9 +236,14 @@ def variant_spec(name: str) -> TunnelSpec:
     v = VARIANTS[name]
     mode, ports, domains = v["spec"]
     kw = dict(v.get("spec_kw", {}))
-    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode=mode, ports=ports, domains=list(domains),
-                         http_port=kw.get("http_port"), **v.get("le", {}))
-    letsencrypt = _letsencrypt(opts, kw.get("http_port", 80))
+    le = dict(v.get("le", {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        if "letsencrypt_ca" in le:  # --letsencrypt-ca takes a file
+            (Path(tmp) / "ca.pem").write_text(le["letsencrypt_ca"], newline="")
+            le["letsencrypt_ca"] = Path(tmp) / "ca.pem"
+        opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode=mode, ports=ports, domains=list(domains),
+                             http_port=kw.get("http_port"), **le)
+        letsencrypt = _letsencrypt(opts, kw.get("http_port", 80))
     return build_spec(mode, ports, domains, **kw, letsencrypt=letsencrypt)
 
 

@@ -52,6 +52,7 @@ module "userdata" {
   letsencrypt        = var.letsencrypt
   letsencrypt_email  = var.letsencrypt_email
   letsencrypt_issuer = var.letsencrypt_issuer
+  letsencrypt_ca     = var.letsencrypt_ca
   token              = module.secrets.token
   server_cert        = module.secrets.server_cert
   server_key         = module.secrets.server_key

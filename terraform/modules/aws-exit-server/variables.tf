@@ -55,6 +55,12 @@ variable "letsencrypt_issuer" {
   default     = "prod"
 }
 
+variable "letsencrypt_ca" {
+  description = "PEM certificates the server verifies a private letsencrypt_issuer URL's HTTPS with (e.g. step-ca's root: file(\"root_ca.crt\")), as inletsctl's --letsencrypt-ca; null: the system's CAs."
+  type        = string
+  default     = null
+}
+
 variable "upstream" {
   description = "What the printed client forwards to: a host (tcp) or URL (http); null: 127.0.0.1 / http://127.0.0.1:8080."
   type        = string

@@ -44,12 +44,29 @@ locals {
   letsencrypt    = var.mode == "http" && (var.letsencrypt != null ? var.letsencrypt : length(local.domains) > 0 && var.http_port == 80)
   le_flags       = local.generated.letsencrypt_flags
   le_email       = var.letsencrypt_email == null ? "" : var.letsencrypt_email
-  le_words       = concat(flatten([for d in local.domains : [local.le_flags.domain, d]]), local.le_email == "" ? [] : [local.le_flags.email, local.le_email], [local.le_flags.issuer, var.letsencrypt_issuer])
+  le_words       = concat(flatten([for d in local.domains : [local.le_flags.domain, d]]), local.le_email == "" ? [] : [local.le_flags.email, local.le_email], [local.le_flags.issuer, var.letsencrypt_issuer], local.le_ca == null ? [] : [local.le_flags.ca, local.generated.letsencrypt_ca_path])
   le_args        = join(" ", [for w in local.le_words : can(regex("^[A-Za-z0-9_@+=:,./-]+$", w)) ? w : "\"${replace(replace(replace(replace(w, "\\", "\\\\"), "\"", "\\\""), "%", "%%"), "$", "$$")}\""])
   unit_template  = local.letsencrypt ? "http-letsencrypt" : var.mode
   runtime_name   = local.letsencrypt ? "http-letsencrypt" : var.mode
   le_domains_ok  = alltrue([for d in local.domains : strcontains(d, ".") && !can(regex("\\.[0-9]+$", d))])
-  le_issuer_used = var.letsencrypt_issuer != "prod" || local.le_email != ""
+  le_issuer_used = var.letsencrypt_issuer != "prod" || local.le_email != "" || var.letsencrypt_ca != null
+
+  # letsencrypt_ca as inletsctl's _ca_bundle() writes it (cryptography's PEM of each certificate): the base64 of
+  # every CERTIFICATE block, whatever its wrapping, line ends or surrounding text, re-wrapped at 64 characters
+  le_ca_blocks = var.letsencrypt_ca == null ? [] : [
+    for block in regexall("-----BEGIN (?:X509 )?CERTIFICATE-----([^-]*)-----END (?:X509 )?CERTIFICATE-----", var.letsencrypt_ca) : replace(block[0], "/\\s+/", "")
+  ]
+  le_ca = var.letsencrypt_ca == null ? null : join("", [
+    for b in local.le_ca_blocks : "-----BEGIN CERTIFICATE-----\n${join("\n", regexall(".{1,64}", b))}\n-----END CERTIFICATE-----\n"
+  ])
+  # where inletsctl parses each certificate, this reads the length its DER starts with (30 82 HH LL) off the
+  # base64: a block cut short (a partial copy and paste) holds fewer bytes than it says
+  b64_digits = split("", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+  le_ca_whole = alltrue([for b in local.le_ca_blocks : try(
+    4 + ((index(local.b64_digits, substr(b, 2, 1)) % 4) * 64 + index(local.b64_digits, substr(b, 3, 1))) * 256
+    + index(local.b64_digits, substr(b, 4, 1)) * 4 + floor(index(local.b64_digits, substr(b, 5, 1)) / 16)
+    == length(b) / 4 * 3 - length(regexall("=", b)), false
+  )])
 
   service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${local.unit_template}.tftpl", {
     control_port     = format("%d", var.control_port)
@@ -112,8 +129,8 @@ locals {
     server_key  = var.server_key
     constraints = local.constraints
     package     = local.package
-    # inletsctl's --letsencrypt-ca (a private ACME CA's bundle): not offered by these modules yet
-    letsencrypt_ca = null
+    # inletsctl's --letsencrypt-ca (a private ACME CA's bundle), with Let's Encrypt only (a precondition says so)
+    letsencrypt_ca = local.letsencrypt && local.le_ca != null ? { path = local.generated.letsencrypt_ca_path, pem = local.le_ca } : null
   }
   template_vars      = merge(local.template_base, { units = local.units, expires = local.expires })
   user_data_embedded = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = local.embedded, receiver = null }))

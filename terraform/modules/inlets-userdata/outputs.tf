@@ -49,7 +49,15 @@ output "user_data" {
   }
   precondition {
     condition     = local.letsencrypt || !local.le_issuer_used
-    error_message = "letsencrypt_email and letsencrypt_issuer need Let's Encrypt: mode http with domains on http_port 80 (or letsencrypt = true)."
+    error_message = "letsencrypt_email, letsencrypt_issuer and letsencrypt_ca need Let's Encrypt: mode http with domains on http_port 80 (or letsencrypt = true)."
+  }
+  precondition {
+    condition     = var.letsencrypt_ca == null || !contains(["prod", "staging"], var.letsencrypt_issuer)
+    error_message = "The letsencrypt_ca is for a private CA's letsencrypt_issuer URL; ${var.letsencrypt_issuer} is verified with the system's CAs: drop letsencrypt_ca."
+  }
+  precondition {
+    condition     = local.le_ca_whole
+    error_message = "A certificate in letsencrypt_ca is cut short or is not one (its base64 holds fewer or more bytes than its DER says): give the CA's whole PEM file, e.g. file(\"root_ca.crt\")."
   }
   precondition {
     condition     = local.user_data_bytes <= var.limit

@@ -218,3 +218,16 @@ variable "letsencrypt_issuer" {
     error_message = "The letsencrypt_issuer must be prod, staging or an https:// ACME directory URL such as https://acme.example.com:14000/dir (a host name, an optional port 1-65535, then printable ASCII without spaces)."
   }
 }
+
+variable "letsencrypt_ca" {
+  description = "PEM certificates (a private ACME CA's root, e.g. step-ca's) the server verifies a letsencrypt_issuer URL's HTTPS with, as inletsctl's --letsencrypt-ca: written to /etc/inlets/letsencrypt-ca.crt, certificates only, re-wrapped as inletsctl writes them (e.g. file(\"root_ca.crt\")). Null: the system's CAs."
+  type        = string
+  default     = null
+  validation {
+    condition = var.letsencrypt_ca == null ? true : length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----", var.letsencrypt_ca)) > 0 && alltrue([
+      for block in regexall("-----BEGIN (?:X509 )?CERTIFICATE-----([^-]*)-----END (?:X509 )?CERTIFICATE-----", var.letsencrypt_ca) :
+      can(regex("^MI[I-L][A-Za-z0-9+/]{5,}={0,2}$", replace(block[0], "/\\s+/", ""))) && length(replace(block[0], "/\\s+/", "")) % 4 == 0
+    ]) && length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----", var.letsencrypt_ca)) == length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----[^-]*-----END (?:X509 )?CERTIFICATE-----", var.letsencrypt_ca))
+    error_message = "The letsencrypt_ca must hold PEM certificates (-----BEGIN CERTIFICATE----- base64 -----END CERTIFICATE-----), such as your ACME CA's root: give its file, e.g. file(\"root_ca.crt\")."
+  }
+}

@@ -685,3 +685,86 @@ run "vm_key_follows_letsencrypt" {
     error_message = "Turning Let's Encrypt off replaces the VM: vm_key must change."
   }
 }
+
+# letsencrypt_ca: inletsctl's --letsencrypt-ca (a private ACME CA's root), written as inletsctl writes it
+# (tests/test_terraform.py compares the bytes with a messier bundle). A real CA certificate: its DER length is checked.
+run "letsencrypt_ca_for_a_private_issuer" {
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://ca.internal.example:9000/acme/acme/directory"
+    letsencrypt_ca     = "Bag Attributes\r\n-----BEGIN CERTIFICATE-----\r\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\r\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\r\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\r\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\r\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\r\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\r\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\r\nDr8GoFP+jjuITMYyZlbXfTQCIBXWSfG7kvddtrze5KrY8AlGL1Y5qOEzQUym74tx\r\n7PhW\r\n-----END CERTIFICATE-----\r\n"
+  }
+  assert {
+    condition     = strcontains(output.user_data, "--letsencrypt-issuer https://ca.internal.example:9000/acme/acme/directory --letsencrypt-ca /etc/inlets/letsencrypt-ca.crt\n")
+    error_message = "The server verifies the private issuer with the CA file, as inletsctl's unit."
+  }
+  assert {
+    condition     = strcontains(output.user_data, "  - path: /etc/inlets/letsencrypt-ca.crt\n    permissions: '0644'\n    content: |\n      -----BEGIN CERTIFICATE-----\n      MIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\n") && !strcontains(output.user_data, "Bag Attributes") && !strcontains(output.user_data, "\r")
+    error_message = "The certificates alone are written, without what surrounds them or CR line ends."
+  }
+}
+
+run "letsencrypt_ca_rewrapped_at_64" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://ca.internal.example:9000/acme/acme/directory"
+    letsencrypt_ca     = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIwHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcNMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywNkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1UdEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/WfdEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkCDr8GoFP+jjuITMYyZlbXfTQCIBXWSfG7kvddtrze5KrY8AlGL1Y5qOEzQUym74tx7PhW\n-----END CERTIFICATE-----\n"
+  }
+  assert {
+    condition     = output.vm_key == run.letsencrypt_ca_for_a_private_issuer.vm_key
+    error_message = "A certificate on one line is the same file on the VM: wrapped at 64, as inletsctl writes it."
+  }
+}
+
+run "rejects_a_letsencrypt_ca_that_is_not_pem" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://ca.internal.example:9000/acme/acme/directory"
+    letsencrypt_ca     = "/etc/step-ca/root_ca.crt"
+  }
+  expect_failures = [var.letsencrypt_ca]
+}
+
+run "rejects_a_letsencrypt_ca_cut_short" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://ca.internal.example:9000/acme/acme/directory"
+    letsencrypt_ca     = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\n-----END CERTIFICATE-----\n"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_letsencrypt_ca_for_the_public_issuer" {
+  command = plan
+  variables {
+    wheel_delivery = "push"
+    mode           = "http"
+    domains        = ["example.com"]
+    letsencrypt_ca = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\nDr8GoFP+jjuITMYyZlbXfTQCIBXWSfG7kvddtrze5KrY8AlGL1Y5qOEzQUym74tx\n7PhW\n-----END CERTIFICATE-----\n"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_a_letsencrypt_ca_without_letsencrypt" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt        = false
+    letsencrypt_issuer = "https://ca.internal.example:9000/acme/acme/directory"
+    letsencrypt_ca     = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\nDr8GoFP+jjuITMYyZlbXfTQCIBXWSfG7kvddtrze5KrY8AlGL1Y5qOEzQUym74tx\n7PhW\n-----END CERTIFICATE-----\n"
+  }
+  expect_failures = [output.user_data]
+}
