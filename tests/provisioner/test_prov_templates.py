@@ -174,6 +174,7 @@ def test_embedded_wheel_installs_and_runs(tmp_path: Path) -> None:
     # the user-data's own unpacking step, as cloud-init runs it
     subprocess.run([sys.executable, "-c", unpack[2], str(tmp_path / "packed.xz"), str(path)], check=True, timeout=60)
     assert zipfile.ZipFile(path).testzip() is None
+    assert not (tmp_path / "packed.xz").exists()  # of no use once unpacked: it stayed on the VM, ~47 KB
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
                               "--target", str(target), str(path)], capture_output=True, text=True, timeout=90)
