@@ -15,7 +15,7 @@ from . import replicas
 from .errors import NotFound, ProvisionError, Transient, interrupted_status
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
-from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers
+from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers, leftover_words
 from .output import command_word
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
@@ -325,7 +325,7 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
             return ProvisionError(f"{exc}; whether {opts.provider} made a firewall for {name!r} all the same could not "
                                   f"be checked ({again}): `{delete}` deletes it if it did, and removes the local "
                                   "state"), False
-        return (ProvisionError(f"{exc}; deleted its {', '.join(removed)}") if removed else exc), True
+        return (ProvisionError(f"{exc}; {leftover_words(removed)}") if removed else exc), True
     hosts.append(found)
     replica = next((i for i, r in enumerate(meta.get("replicas") or []) if r.get("name") == name), None)
     _record_id(meta, replica, found.id)

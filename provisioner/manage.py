@@ -14,7 +14,7 @@ from inlets_py.runtime.core.tls import TlsConfigError
 from . import replicas
 from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
-from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Provisioner, delete_leftovers
+from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, scan
@@ -75,11 +75,14 @@ def delete(
             if name is None:
                 raise
             if meta is None and damaged is None:  # no state here: only what a create cut short left, by its name
-                removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}", False,
-                                     creds.region)
-                if not removed:
+                items = _leftover_items(root, provider, name, f"{provider_name} has no exit server named {name}", False,
+                                        creds.region)
+                if not items:
                     raise
-                return f"{provider_name} has no exit server named {name}; {removed.removesuffix('; ')}"
+                said = f"{provider_name} has no exit server named {name}; {leftover_words(items)}"
+                if all(isinstance(item, Kept) for item in items):  # nothing deleted: still no exit server of that name
+                    raise NotFound(said) from None
+                return said
             made_with = meta.get("provider") if meta is not None else damaged.provider  # type: ignore[union-attr]
             if made_with not in (None, provider_name):  # the other provider may well have it: keep its state
                 raise NotFound(f"{provider_name} has no exit server named {name}, and {name} was made with "
@@ -116,10 +119,16 @@ def delete(
     return done
 
 
-def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: bool = True,
-               region: str | None = None) -> str:
+def _leftovers(root: Path, provider: Provisioner, name: str, gone: str) -> str:
     """Delete what create made for the gone host ``name`` (a Hetzner or Linode firewall, which its bare-number id
     cannot lead to); "deleted its firewall inlets-NAME; " or "". A failure keeps the local state, which holds the name."""
+    said = leftover_words(_leftover_items(root, provider, name, gone))
+    return f"{said}; " if said else ""
+
+
+def _leftover_items(root: Path, provider: Provisioner, name: str, gone: str, state: bool = True,
+                    region: str | None = None) -> list[str]:
+    """``delete_leftovers``' answer; a failure is one line naming the command to run again."""
     try:
         removed = delete_leftovers(provider, name)
     except NotFound:
@@ -130,7 +139,7 @@ def _leftovers(root: Path, provider: Provisioner, name: str, gone: str, state: b
         where = f" --provider {provider.name}" + (f" --region {shlex.quote(region)}" if region else "")
         command = delete_command(name, root) + ("" if state else where)
         raise ProvisionError(f"{gone}, but its firewall could not be deleted ({exc}); {kept} {command} again") from None
-    return f"deleted its {', '.join(removed)}; " if removed else ""
+    return removed
 
 
 def _runs_locally(root: Path, creds: Credentials, name: str) -> bool:

@@ -160,13 +160,25 @@ class LeavesBehind(Protocol):
 
     def delete_leftovers(self, name: str) -> list[str]:
         """Delete what ``create`` made for the host ``name``, which is gone, and nothing else (a firewall of the
-        user's stays, even one named alike); what was deleted, in words ("firewall inlets-NAME")."""
+        user's stays, even one named alike); what was deleted, in words ("firewall inlets-NAME"), and as ``Kept``
+        what looks alike but was left. What create recorded for it is read under the state root ``build`` was given."""
         ...
 
 
 def delete_leftovers(provider: Provisioner, name: str) -> list[str]:
     """What ``create`` made for the gone host ``name``, deleted where the provider needs to be told its name."""
     return provider.delete_leftovers(name) if isinstance(provider, LeavesBehind) else []
+
+
+class Kept(str):
+    """An item of ``delete_leftovers``' answer that was found but left alone, as nothing shows inletsctl made it (a
+    Vultr group described inlets-NAME with no marker on record): the words the user reads, naming it by its id."""
+
+
+def leftover_words(items: list[str]) -> str:
+    """``delete_leftovers``' answer in words: "deleted its firewall inlets-NAME; left firewall group ID (...)"."""
+    deleted = [item for item in items if not isinstance(item, Kept)]
+    return "; ".join(([f"deleted its {', '.join(deleted)}"] if deleted else []) + [i for i in items if isinstance(i, Kept)])
 
 
 class Balancing(Protocol):

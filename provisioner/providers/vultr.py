@@ -6,12 +6,14 @@ The endpoint can be pointed elsewhere with ``--api-url`` or $VULTR_API_URL.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import firewall_name, inbound_rules, made_for
-from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo
+from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Kept, Plan, ProviderInfo
 from .api_url import Endpoint, endpoint_of
 from .paging import every_page
 
@@ -22,6 +24,27 @@ PROVIDER = ProviderInfo(
     firewall_note="firewall group opening only the tunnel's ports",
 )
 
+#: the file in an exit server's local state holding the markers of the firewall groups create made for it, one a
+#: line: Vultr groups take no tags, and a description alone (inlets-NAME) may be the user's own group's
+MARKERS = "vultr-firewall-markers"
+_MARKER_HEX = 8  # random hex digits ending the description: "inlets-NAME 1a2b3c4d"
+# The API documents no limit on a description (OpenAPI: a plain string); it stays within firewall_name_max all the same.
+_MARKED = re.compile(rf"(.+) ([0-9a-f]{{{_MARKER_HEX}}})")
+
+
+def _description(name: str, marker: str) -> str:
+    """The description of the group create makes for the instance ``name``: inlets-NAME and a marker of its own."""
+    return f"{firewall_name(name, PROVIDER.firewall_name_max - 1 - _MARKER_HEX)} {marker}"
+
+
+def _marker_of(description: str, name: str) -> str | None:
+    """The marker of a group described as create describes one for ``name``; "" for the old description, inlets-NAME
+    alone (an older inletsctl's, or the user's: nothing tells them apart); None for any other description."""
+    if made_for(description, name, PROVIDER.firewall_name_max):
+        return ""
+    marked = _MARKED.fullmatch(description)
+    return marked.group(2) if marked and description == _description(name, marked.group(2)) else None
+
 
 class VultrProvider:
     name = PROVIDER.name
@@ -30,7 +53,8 @@ class VultrProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0,
+                 state_root: Path | None = None) -> None:
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
@@ -39,6 +63,7 @@ class VultrProvider:
         self._driver = get_driver(Provider.VULTR)(token, api_version="2")
         strict_responses(self._driver.connection)
         self._endpoint = point(self._driver.connection, endpoint, timeout)
+        self._root = state_root  # where delete_leftovers reads the markers create recorded (None: none known)
 
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
@@ -52,7 +77,7 @@ class VultrProvider:
     def create(self, plan: Plan) -> Host:
         from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 
-        description = firewall_name(plan.name, PROVIDER.firewall_name_max)
+        description = _description(plan.name, _record_marker(plan.state_dir / MARKERS))
         with self._api(f"creating firewall group for {plan.name!r}"):
             group = self._request("/v2/firewalls", "POST", {"description": description})["firewall_group"]
         try:
@@ -104,19 +129,30 @@ class VultrProvider:
                 group = self._request(f"/v2/firewalls/{group_id}")["firewall_group"]
         except NotFound:
             return False
-        return made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max)
+        return _marker_of(str(group.get("description", "")), name) is not None
 
     def delete_leftovers(self, name: str) -> list[str]:
         """The firewall group ``create`` made for the instance ``name`` before it was cut short (Ctrl-C, a timeout on
-        the group's POST): described inlets-NAME and used by no instance. Vultr groups take no tags, so nothing else
-        led to it: list and delete --provider vultr never saw it."""
-        wanted, removed = firewall_name(name, PROVIDER.firewall_name_max), []
-        with self._api(f"reading firewall group {wanted}"):
-            groups = self._pages("/v2/firewalls", "firewall_groups", {}, f"reading firewall group {wanted}")
+        the group's POST), used by no instance. Vultr groups take no tags, so only the marker that create recorded in
+        the local state before the POST shows a group was made here: a group of the user's described inlets-NAME
+        (or an older inletsctl's, unmarked) is never deleted, only named, by its id, for the user to delete."""
+        ours = _read_markers(self._root / name / MARKERS) if self._root is not None else set()
+        what = f"reading firewall group {firewall_name(name, PROVIDER.firewall_name_max)}"
+        with self._api(what):
+            groups = self._pages("/v2/firewalls", "firewall_groups", {}, what)
+        removed: list[str] = []
         for group in groups:
-            if made_for(str(group.get("description", "")), name, PROVIDER.firewall_name_max) and not group.get("instance_count"):
+            description = str(group.get("description", ""))
+            marker = _marker_of(description, name)
+            if marker is None or group.get("instance_count"):
+                continue
+            if marker in ours:
                 self._delete_firewall(str(group["id"]))
-                removed.append(f"firewall group {wanted}")
+                removed.append(f"firewall group {description}")
+            else:
+                removed.append(Kept(f"left firewall group {group['id']} ({description!r}), unused: inletsctl has no "
+                                    f"record of making it; if it did, delete it with: vultr-cli firewall group delete "
+                                    f"{group['id']}"))
         return removed
 
     def _delete_firewall(self, group_id: str) -> None:
@@ -151,5 +187,27 @@ class VultrProvider:
         )
 
 
+def _record_marker(path: Path) -> str:
+    """A new marker, added to the exit server's local state before the group is asked for: a create cut short after
+    the POST leaves a group only this record shows to be inletsctl's."""
+    marker = secrets.token_hex(_MARKER_HEX // 2)
+    try:
+        with open(path, "a", encoding="ascii") as file:
+            file.write(marker + "\n")
+    except OSError as exc:
+        raise ProvisionError(f"cannot record the firewall group's marker in {path}: {os_words(exc)}; "
+                             "check the state folder, then create again") from None
+    return marker
+
+
+def _read_markers(path: Path) -> set[str]:
+    """The markers create recorded for one exit server; none when it has no state (or create never got that far)."""
+    try:
+        lines = path.read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return set()
+    return {line for line in lines if re.fullmatch(rf"[0-9a-f]{{{_MARKER_HEX}}}", line)}
+
+
 def build(creds: Credentials, state_root: Path) -> VultrProvider:
-    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout)
+    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout, state_root)

@@ -14,10 +14,11 @@ from typing import Iterator
 
 import pytest
 
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded, write_state
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, Seen, libcloud_fixture, make_plan, recorded
 from helpers.prov_support import run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers import vultr
 from inlets_py.provisioner.providers.vultr import VultrProvider
 
 GROUP = "cb676a46-66fd-4dfb-b839-443f2e6c0b60"
@@ -143,22 +144,80 @@ def test_rejected_key_is_one_line(api: RecordedAPI, tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_delete_after_a_create_cut_short_deletes_the_firewall_group_made_for_it(
+class Groups:
+    """Vultr's firewall groups, kept as the API keeps them: made by POST, listed in pages of two, gone by DELETE
+    (``failing`` DELETEs answer 500 first, as an API in trouble does)."""
+
+    def __init__(self, api: RecordedAPI, failing: int = 0) -> None:
+        self.groups: dict[str, dict[str, object]] = {}
+        self.failing = failing
+        api.routes[:0] = [("POST", re.compile("/v2/firewalls"), self.create), ("GET", re.compile("/v2/firewalls"), self.list),
+                          ("DELETE", re.compile("/v2/firewalls/[^/]+"), self.delete),
+                          ("POST", re.compile("/v2/firewalls/[^/]+/rules"),
+                           Answer(201, recorded("vultr", "firewall_rule_create.json")))]
+
+    def create(self, seen: Seen) -> Answer:
+        group = {"id": f"g{len(self.groups)}", "description": seen.json["description"], "instance_count": 0}
+        self.groups[str(group["id"])] = group
+        return Answer(201, {"firewall_group": group})
+
+    def list(self, seen: Seen) -> Answer:
+        start = int((seen.query.get("cursor") or ["0"])[0])
+        page = list(self.groups.values())[start:start + 2]
+        following = str(start + 2) if start + 2 < len(self.groups) else ""
+        return Answer(200, {"firewall_groups": page, "meta": {"links": {"next": following}}})
+
+    def delete(self, seen: Seen) -> Answer:
+        if self.failing:
+            self.failing -= 1
+            return Answer(500, {"error": "Internal error", "status": 500})
+        self.groups.pop(seen.path.rsplit("/", 1)[1], None)
+        return Answer(204)
+
+    def made(self, description: str, instances: int = 0) -> None:
+        """A group of the user's, made in Vultr's console."""
+        self.groups[f"g{len(self.groups)}"] = {"id": f"g{len(self.groups)}", "description": description,
+                                              "instance_count": instances}
+
+
+NO_INSTANCES = Answer(200, {"instances": [], "meta": {"links": {"next": ""}}})
+
+
+def test_delete_by_name_never_deletes_a_group_of_the_users_described_inlets_name(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A create stopped (SIGTERM, Ctrl-C) while its firewall group's POST was answered left the group inlets-NAME: the
-    delete command it printed said "vultr has no exit server named cut; removed its local state", exit 0, and
-    nothing led to the group again (Vultr groups take no tags). Only the group described inlets-NAME that no instance
-    uses goes: one in use, and another server's, stay."""
+    """``delete NAME --provider vultr`` with no exit server of that name deleted any unused group described exactly
+    inlets-NAME, the user's own among them (Vultr groups take no tags): it stays now, named by its id."""
     monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
-    write_state(tmp_path, "cut", "vultr", None)
-    api.routes.insert(0, ("GET", re.compile("/v2/instances"), Answer(200, {"instances": [], "meta": {"links": {"next": ""}}})))
-    group = json.loads(recorded("vultr", "firewall_group_create.json"))["firewall_group"]
-    groups = [group | {"description": "inlets-cut"}, group | {"id": "in-use", "description": "inlets-cut", "instance_count": 1},
-              group | {"id": "other", "description": "inlets-cutter"}]
-    api.route("GET", "/v2/firewalls", [Answer(200, {"firewall_groups": groups[:2], "meta": {"links": {"next": "p2"}}}),
-                                       Answer(200, {"firewall_groups": groups[2:], "meta": {"links": {"next": ""}}})])
+    api.routes.insert(0, ("GET", re.compile("/v2/instances"), NO_INSTANCES))
+    groups = Groups(api)
+    groups.made("inlets-mysite")
+    groups.made("inlets-mysite 0123abcd")  # another machine's inletsctl, whose create may be under way
+    result = run_cli(capsys, "delete", "mysite", "--provider", "vultr", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 1 and not api.requests("DELETE")
+    assert sorted(g["description"] for g in groups.groups.values()) == ["inlets-mysite", "inlets-mysite 0123abcd"]
+    assert "left firewall group g0 ('inlets-mysite'), unused: inletsctl has no record of making it" in result.err
+    assert "vultr-cli firewall group delete g1" in result.err and len(result.err.splitlines()) == 1
+
+
+def test_delete_after_a_create_cut_short_deletes_only_the_group_it_made(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create cut short after its group's POST (here: the instance's POST failed, and so did the group's DELETE)
+    leaves the group; ``delete NAME`` deletes it by the marker create recorded before the POST. The user's group
+    described inlets-NAME, one in use and another server's stay."""
+    monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
+    api.routes.insert(0, ("POST", re.compile("/v2/instances"), Answer(500, {"error": "Internal error", "status": 500})))
+    api.routes.insert(0, ("GET", re.compile("/v2/instances"), NO_INSTANCES))
+    groups = Groups(api, failing=2)  # create's own clean-up and its second look both fail
+    groups.made("inlets-cut")
+    groups.made("inlets-cutter")
+    result = run_cli(capsys, "create", "cut", "--provider", "vultr", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 1 and "delete cut" in result.err
+    (marker,) = (tmp_path / "cut" / vultr.MARKERS).read_text().split()
+    made = next(g for g in groups.groups.values() if g["description"] != "inlets-cut" and "cutter" not in str(g["description"]))
+    assert made["description"] == f"inlets-cut {marker}" and re.fullmatch("[0-9a-f]{8}", marker)
+    groups.made(f"inlets-cut {marker}", instances=1)  # in use: stays whatever its description
     result = run_cli(capsys, "delete", "cut", "--api-url", api.url, "--state-dir", str(tmp_path))
     assert result.code == 0, result.err
-    assert result.out.startswith("vultr has no exit server named cut; deleted its firewall group inlets-cut; removed its")
-    assert [s.path for s in api.requests("DELETE")] == [f"/v2/firewalls/{GROUP}"] and not (tmp_path / "cut").exists()
-    assert api.requests("GET", "/v2/firewalls")[1].query["cursor"] == ["p2"]
+    assert result.out.startswith(f"vultr has no exit server named cut; deleted its firewall group inlets-cut {marker}; "
+                                 f"left firewall group g0 ('inlets-cut')")
+    assert made["id"] not in groups.groups and len(groups.groups) == 3 and not (tmp_path / "cut").exists()
