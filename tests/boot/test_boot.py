@@ -343,6 +343,8 @@ def test_a_gce_create_boots_the_wheel_its_user_data_carries_and_serves(boots: Bo
     wheel = build_runtime_wheel("http")
     installed = world.vm.sh(f"sha256sum /opt/inlets/{wheel.filename}; /opt/inlets/venv/bin/pip show inlets-py").stdout
     assert installed.startswith(wheel.sha256) and "Location: /opt/inlets/venv/" in installed, installed
+    packed = world.vm.sh("ls /opt/inlets").stdout.split()
+    assert wheel.filename in packed and not [f for f in packed if f.endswith(".xz")], packed  # of no use once unpacked
     proc = unit_process(world, "inlets.service")
     assert proc["ActiveState"] == "active" and proc["User"] == "inlets" and proc["CapEff"] == CAP_NET_BIND_SERVICE, proc
     serves_http_through_the_printed_client(world, summary["client_command"])
