@@ -198,6 +198,14 @@ class TcpMetrics(ServerMetrics):
             counters = self.ports[port] = PortCounters()
         return counters
 
+    def forget_ports(self, tcp: set[int], udp: set[int]) -> None:
+        """Keep only these ports' counters: those a refused handshake made (its bind failed, or another port's did)
+        were scraped as a port at 0 that never served."""
+        for port in set(self.ports) - tcp:
+            del self.ports[port]
+        for port in set(self.udp) - udp:
+            del self.udp[port]
+
     def watch_udp(self, ports: Callable[[], dict]) -> None:
         """Report the flows of this server's open UDP ports (``{service: UdpPort}``) at scrape time; their
         counters are ``udp``'s, which every UdpPort of the same port shares."""

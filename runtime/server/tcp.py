@@ -260,6 +260,7 @@ class TcpTunnelServer:
         services = [f"{kind}:{port}" for kind, port in parsed]
         async with self._lock:
             opened = []
+            counted = (set(self.metrics.ports), set(self.metrics.udp))  # a port that never served gets no series
             try:
                 # Until none is missing: while one opens, a port found open may close, its last client gone
                 # (_release takes no lock); registering then would leave this client serving a closed port.
@@ -275,6 +276,8 @@ class TcpTunnelServer:
                     listener = self.listeners.pop(service, None)
                     if listener is not None:
                         listener.close()
+                    self.udp_ports.pop(service, None)
+                self.metrics.forget_ports(*counted)
                 control = frozenset(address[1] for address in self.control.addresses) if kind == "tcp" else frozenset()
                 raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc, control)) from None
             self.registry.add(session, services)

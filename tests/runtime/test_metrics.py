@@ -491,3 +491,42 @@ def test_udp_counters_keep_counting_when_the_client_reconnects(tls, token):
             await server.stop()
 
     run(scenario(), 30)
+
+
+def test_a_port_whose_client_was_refused_at_the_handshake_has_no_series(tls, token):
+    """Found by a review helper: a client refused because one of its ports was in use left every port it asked
+    for in the scrape (udp_dataplane_*, tcp_dataplane_* at 0), as ports the server served; none is there now."""
+    from helpers.tunnel import control_url, udp_free_port
+    from test_udp import ask, udp_echo
+
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        udp_busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp_busy = socket.socket()
+        try:
+            udp_busy.bind(("127.0.0.1", udp_free_port()))
+            tcp_busy.bind(("127.0.0.1", udp_free_port()))
+            tcp_busy.listen()
+            taken_udp, taken_tcp, free = udp_busy.getsockname()[1], tcp_busy.getsockname()[1], udp_free_port()
+            asked = [{f"udp:{taken_udp}": Upstream("127.0.0.1", echo)},  # its own bind fails
+                     {f"udp:{free}": Upstream("127.0.0.1", echo), f"tcp:{taken_tcp}": Upstream("127.0.0.1", 1)}]
+            for mapping in asked:
+                client, task = await start_client(control_url(server), token, tls, mapping, wait=False)
+                with pytest.raises(Exception, match="port in use"):
+                    await asyncio.wait_for(task, 10)
+            found = samples((await asyncio.to_thread(scrape, server.control.addresses[0], tls, token))[1])
+            ports = {labels.get("port") for (name, items) in found for labels in [dict(items)]} - {None}
+            assert not ports & {str(taken_udp), str(taken_tcp), str(free)}, sorted(ports)
+            assert not server.udp_ports and not server.listeners
+            client, task = await start_client(control_url(server), token, tls, {f"udp:{free}": Upstream("127.0.0.1", echo)})
+            assert await ask(free, [b"served"]) == [b"served"]  # a port served is in the scrape, as before
+            found = samples((await asyncio.to_thread(scrape, server.control.addresses[0], tls, token))[1])
+            assert found[key("udp_dataplane_datagrams_total", port=str(free), direction="in")] == 1
+            await stop(task)
+        finally:
+            udp_busy.close()
+            tcp_busy.close()
+            await server.stop()
+
+    run(scenario(), 30)
