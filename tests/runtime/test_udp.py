@@ -25,6 +25,7 @@ from inlets_py.runtime.core.probe import get, parse_url
 from inlets_py.runtime.core.tls import client_context
 from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
 from inlets_py.runtime.core.services import MAX_DATAGRAM
+from inlets_py.runtime.client.udp_upstream import UdpUpstream
 
 
 
@@ -638,11 +639,14 @@ def test_datagrams_an_upstream_link_cannot_take_are_dropped_not_queued(tls: TlsF
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the kernel's count of a socket's drops is Linux's SO_MEMINFO")
 def test_answers_the_kernel_dropped_on_a_flows_full_socket_are_said_in_the_clients_log(
-        tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture) -> None:
+        tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a review helper: an upstream answering one datagram with 2,000 (a DNS server answering a flood, a
     game server): 697 reached the asker, `ss -uamn` showed d9303 on the client's flow socket, and the client logged
     nothing. Those are now counted with the client's own drops, in its event=udp_dropped lines."""
+    from inlets_py.runtime.client.udp_upstream import BURST_FLOWS
+
     burst = 2000
+    monkeypatch.setattr(UdpUpstream, "bursting", BURST_FLOWS)  # all taken: this flow keeps the kernel's default buffer
 
     class Burst(asyncio.DatagramProtocol):  # sends all at once: the client's flow socket cannot be read meanwhile
         def connection_made(self, transport) -> None:
@@ -679,4 +683,86 @@ def test_answers_the_kernel_dropped_on_a_flows_full_socket_are_said_in_the_clien
         assert lines and sum(int(line.split(" dropped=")[1].split()[0]) for line in lines) == flow.dropped, lines
 
     caplog.set_level("INFO", logger="inlets.udp")
+    run(scenario())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the socket sizes measured are Linux's")
+def test_a_burst_of_answers_waits_in_the_flows_socket_not_dropped(tls: TlsFiles, token: str) -> None:
+    """Found by a review helper: an upstream answering one request with 10,000 datagrams of 1 KB, 608 to 753
+    reached the asker: the flow's socket, at the kernel's default, holds 92 of them (`ss -uamn`: d9381). A burst
+    the loop has not read yet now waits in a buffer of 8 MiB (3,640 of them)."""
+    burst = 200  # within the stream's first credit (256 KiB): only the socket's room decides
+
+    async def scenario() -> None:
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        upstream.bind(("127.0.0.1", 0))
+        upstream.setblocking(False)
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls,
+                                          {f"udp:{public}": Upstream("127.0.0.1", upstream.getsockname()[1])})
+        asker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        asker.setblocking(False)
+        try:
+            asker.sendto(b"ask", ("127.0.0.1", public))
+            for _ in range(100):  # bounded: 5 s
+                try:
+                    _, flow = upstream.recvfrom(100)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            for i in range(burst):  # all at once: the loop reads none of them meanwhile
+                upstream.sendto(b"%06d" % i + b"a" * 1018, flow)
+            got = 0
+            for _ in range(100):  # bounded: 5 s
+                await asyncio.sleep(0.05)
+                try:
+                    while True:
+                        asker.recv(2048)
+                        got += 1
+                except BlockingIOError:
+                    pass
+                if got == burst:
+                    break
+            assert got == burst, (got, [c.handler.dropped for c in client.session.channels.values()])
+            assert UdpUpstream.bursting == 1  # of BURST_FLOWS: their buffers' memory is bounded
+        finally:
+            asker.close()
+            upstream.close()
+            await stop(task)
+            await server.stop()
+        assert UdpUpstream.bursting == 0  # the flow ended: its share is free for the next
+
+    run(scenario())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the socket sizes measured are Linux's")
+def test_a_burst_of_requests_waits_in_the_public_ports_socket_not_dropped(tls: TlsFiles, token: str) -> None:
+    """Found by a review helper: 500 requests at once to a public port, 243 counted as receive_buffer drops: its
+    socket, at the kernel's default, holds about 90 datagrams of 1 KB. It takes a burst now."""
+    burst = 150
+
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        udp = server.udp_ports[f"udp:{public}"]
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(burst):  # all at once: the loop reads none of them meanwhile
+                sender.sendto(b"r" * 1200, ("127.0.0.1", public))
+            for _ in range(100):  # bounded: 5 s
+                if udp.counters.datagrams_in + sum(udp.counters.dropped.values()) >= burst:
+                    break
+                await asyncio.sleep(0.05)
+            sender.sendto(b"last", ("127.0.0.1", public))  # the kernel's count of drops comes with a read
+            await asyncio.sleep(0.2)
+            assert udp.counters.datagrams_in == burst + 1, (udp.counters.datagrams_in, udp.counters.dropped)
+        finally:
+            sender.close()
+            await stop(task)
+            await server.stop()
+
     run(scenario())
