@@ -56,6 +56,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self.dropped = 0
         self._unlogged = 0  # dropped since the last log line about it
         self._logged_at = float("-inf")
+        self._log_later: asyncio.TimerHandle | None = None  # the line for drops the interval held back
         self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (bounded)
         self._closed = False
         self._kernel_drops = 0  # the kernel's count, as last read
@@ -131,12 +132,21 @@ class UdpUpstream(asyncio.DatagramProtocol):
 
     def _drop(self, count: int = 1) -> None:
         """Datagrams lost here, on the client: said in the log (at once, then at most every DROP_LOG_INTERVAL
-        seconds and when the flow ends), as the server's udp_dataplane_dropped_total never sees them."""
+        seconds, and when the flow ends), as the server's udp_dataplane_dropped_total never sees them."""
         self.dropped += count
         self._unlogged += count
         now = time.monotonic()
         if now - self._logged_at >= DROP_LOG_INTERVAL:
             self._log_drops(now)
+        elif self._log_later is None:  # said when the interval is up: a burst's drops, then a quiet or a busy flow
+            # without more, waited for its end (60 s idle) or were never said
+            delay = self._logged_at + DROP_LOG_INTERVAL - now
+            self._log_later = asyncio.get_running_loop().call_later(delay, self._log_held_back)
+
+    def _log_held_back(self) -> None:
+        self._log_later = None
+        if self._unlogged:
+            self._log_drops(time.monotonic())
 
     def _log_drops(self, now: float) -> None:
         log.warning("event=udp_dropped service=%s dropped=%d flow_total=%d", logfmt(self.channel.target),
@@ -155,6 +165,9 @@ class UdpUpstream(asyncio.DatagramProtocol):
             if self._bursts:
                 UdpUpstream.bursting -= 1
                 self._bursts = False
+            if self._log_later is not None:
+                self._log_later.cancel()
+                self._log_later = None
             if self._unlogged:
                 self._log_drops(time.monotonic())
         self._closed = True

@@ -514,17 +514,49 @@ def test_datagrams_the_client_drops_are_said_in_its_log(caplog: pytest.LogCaptur
         def consumed(self, count: int) -> None:
             pass
 
-    closed = []
-    flow = UdpUpstream(FullChannel(), on_close=lambda: closed.append(True))  # type: ignore[arg-type]
+    async def scenario() -> None:
+        closed = []
+        flow = UdpUpstream(FullChannel(), on_close=lambda: closed.append(True))  # type: ignore[arg-type]
+        for _ in range(5):
+            flow.datagram_received(b"answer", ("127.0.0.1", 53))
+        flow.close()
+        flow.close()
+        assert closed == [True]
+
     caplog.set_level("INFO", logger="inlets.udp")
-    for _ in range(5):
-        flow.datagram_received(b"answer", ("127.0.0.1", 53))
-    flow.close()
-    flow.close()
+    run(scenario())
     lines = [r.getMessage() for r in caplog.records if "event=udp_dropped" in r.getMessage()]
     assert lines == ["event=udp_dropped service=udp:5353 dropped=1 flow_total=1",
                      "event=udp_dropped service=udp:5353 dropped=4 flow_total=5"]
-    assert closed == [True]
+
+
+def test_drops_after_the_first_line_are_said_when_the_interval_is_up_not_at_the_flows_end(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review helper: a burst of 10,000 answers, 5,195 dropped on the client, which logged dropped=1 at
+    once and the other 5,194 only 60 s later, when the flow ended idle (a flow still in use: never)."""
+    from inlets_py.runtime.client import udp_upstream
+
+    monkeypatch.setattr(udp_upstream, "DROP_LOG_INTERVAL", 0.3)
+
+    class FullChannel:  # a tunnel with no credit left for this flow
+        target = "udp:5353"
+
+        def write_whole(self, data: bytes) -> bool:
+            return False
+
+    async def scenario() -> None:
+        flow = udp_upstream.UdpUpstream(FullChannel())  # type: ignore[arg-type]
+        for _ in range(5):
+            flow.datagram_received(b"answer", ("127.0.0.1", 53))
+        await asyncio.sleep(0.6)  # the flow lives on, quiet
+        lines = [r.getMessage() for r in caplog.records if "event=udp_dropped" in r.getMessage()]
+        assert lines == ["event=udp_dropped service=udp:5353 dropped=1 flow_total=1",
+                         "event=udp_dropped service=udp:5353 dropped=4 flow_total=5"]
+        flow.close()  # nothing left to say
+        assert len([r for r in caplog.records if "event=udp_dropped" in r.getMessage()]) == 2
+
+    caplog.set_level("INFO", logger="inlets.udp")
+    run(scenario())
 
 
 def test_every_datagram_of_a_flow_the_client_refuses_is_counted_as_dropped(tls: TlsFiles, token: str) -> None:
