@@ -49,8 +49,10 @@ class UdpUpstream(asyncio.DatagramProtocol):
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
     bursting = 0  #: flows with a burst's buffer now, of BURST_FLOWS
 
-    def __init__(self, channel: Channel, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, channel: Channel, on_close: Callable[[], None] | None = None, where: str = "") -> None:
         self.channel = channel
+        self.where = where  # the upstream, HOST:PORT, for the log
+        self._failed = False  # its first error (ICMP) said, once per flow
         self.on_close = on_close  # told once, when the flow ends (TcpUpstreams counts the live ones)
         self.transport: asyncio.DatagramTransport | None = None
         self.dropped = 0
@@ -84,8 +86,15 @@ class UdpUpstream(asyncio.DatagramProtocol):
             # each read after it: a look scheduled from each read misses none
             self._watch = asyncio.get_running_loop().call_later(KERNEL_DROPS_INTERVAL, self._count_kernel_drops)
 
-    def error_received(self, exc: Exception) -> None:  # e.g. ICMP port unreachable: UDP carries on
-        log.debug("event=udp_upstream_error error=%s", logfmt(exc))
+    def error_received(self, exc: Exception) -> None:
+        """ICMP port unreachable (nothing listens there), say: UDP carries on, as the upstream may start. Said
+        once a flow, as a TCP dial's refusal is (the datagrams vanished, and the server counted them carried)."""
+        reason = getattr(exc, "strerror", None) or str(exc)
+        if self._failed:
+            log.debug("event=udp_upstream_error upstream=%s error=%s", logfmt(self.where), logfmt(reason))
+            return
+        self._failed = True
+        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason))
 
     # StreamHandler: datagrams from the server's side
     def _send(self, data: bytes | memoryview) -> None:
@@ -179,7 +188,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
 def dial_udp(channel: Channel, host: str, port: int, on_close: Callable[[], None] | None = None) -> None:
     """Attach a flow to ``channel`` now (its first datagram may share the OPEN's message),
     then connect a UDP socket to the upstream; reset the stream if that fails. ``on_close``: when the flow ends."""
-    upstream = UdpUpstream(channel, on_close)
+    upstream = UdpUpstream(channel, on_close, authority(host, port))
     channel.handler = upstream
     asyncio.ensure_future(_connect(upstream, host, port))
 

@@ -798,3 +798,32 @@ def test_a_burst_of_requests_waits_in_the_public_ports_socket_not_dropped(tls: T
             await server.stop()
 
     run(scenario())
+
+
+def test_an_upstream_nothing_listens_on_is_said_in_the_clients_log(
+        tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a review helper: --upstream udp:P=127.0.0.1:Q with nothing on Q (dnsmasq not started): each
+    datagram came back as ICMP port unreachable, the client said it at debug only and the server counted the
+    datagrams carried, so nothing told the user why no answer came. Said once a flow, as a TCP dial's refusal."""
+    async def scenario() -> None:
+        closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        closed.bind(("127.0.0.1", 0))
+        nowhere = closed.getsockname()[1]
+        closed.close()
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", nowhere)})
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(3):
+                sender.sendto(b"anyone?", ("127.0.0.1", public))
+                await asyncio.sleep(0.2)
+        finally:
+            sender.close()
+            await stop(task)
+            await server.stop()
+        lines = [r.getMessage() for r in caplog.records if "event=upstream_failed" in r.getMessage()]
+        assert lines == [f'event=upstream_failed upstream=127.0.0.1:{nowhere} proto=udp error="Connection refused"']
+
+    caplog.set_level("INFO", logger="inlets.udp")
+    run(scenario())
