@@ -138,6 +138,9 @@ class Session:
         #: The services whose upstream this peer could not dial, and until when (``time.monotonic``) it is tried after
         #: others for them (the server's TCP data plane notes them: ``registry.unreachable``)
         self.unreachable: dict[str, float] = {}
+        #: The services for which a stream opened on this peer waits for its first answer, none answered since, and
+        #: since when (``time.monotonic``; ``registry.opened``)
+        self.silent: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -201,7 +201,7 @@ def progress(front: Front) -> None:
             response: ResponseHead = event  # type: ignore[assignment]
             if response.status >= 200:
                 ex.response = response
-                if leg.session.unreachable:  # an answer: its client reaches its upstream again
+                if leg.session.unreachable or leg.session.silent:  # an answer: its client reaches its upstream
                     reached(leg.session, leg.service)
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited

@@ -23,7 +23,7 @@ from typing import Protocol
 from . import exchange as http_exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
-from ..server.registry import Registry, resting
+from ..server.registry import Registry, opened, resting
 from ..core.hosts import sockname_authority
 from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
@@ -371,7 +371,7 @@ class FrontConnection(asyncio.Protocol):
         for session in self.server.registry.candidates(service):
             if session.closed.is_set() or (avoid is not None and session in avoid):  # ``avoid``: failed this request
                 continue
-            if session.unreachable and resting(session, service):  # tried last, not skipped: used when alone
+            if (session.unreachable or session.silent) and resting(session, service):  # tried last, not skipped
                 later = [session] if later is None else later + [session]
                 continue
             opened = self._open_leg(session, service)
@@ -402,6 +402,7 @@ class FrontConnection(asyncio.Protocol):
                 return exc
         except StreamError:
             return None
+        opened(session, service)  # until an answer: a blackholed upstream's dial answers in 10 s
         return self.leg
 
     async def _exchange(self, head: RequestHead) -> bool:

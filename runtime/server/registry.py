@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Generic, Iterable, TypeVar
 
+from ..core.bridge import DIAL_TIMEOUT
 from ..core.mux import StreamError, StreamLimit
 
 if TYPE_CHECKING:
@@ -21,6 +22,13 @@ S = TypeVar("S")
 #: goes to it, and the next one this long after, until a stream shows it reaches its upstream again (``reached``). A
 #: blackholed upstream's dial takes 10 s: had the mark just lapsed, every user in those 10 s went to that client.
 UNREACHABLE_FOR = 5.0
+#: Seconds a client may leave a user's new stream unanswered, no other of its streams for the service answered
+#: since, before new users go to the others first: until its dial to a blackholed upstream failed (10 s), half of
+#: the users went to it (50 of 100 in 5 s). An upstream slower than this to answer only loses users to the others.
+SILENT_FOR = 0.5
+#: A stream unanswered for longer was no dial still going (it would have been refused by now): a user and an
+#: upstream both silent, which says nothing of the client; the mark is dropped.
+SILENT_MOST = DIAL_TIMEOUT + 1.0
 
 
 class Registry(Generic[S]):
@@ -76,13 +84,13 @@ def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHand
     TCP and UDP data planes count: ``client_stream_limit`` (a client holds --max-client-streams already),
     ``client_draining`` (GOAWAY either way, until its client has reconnected) or ``no_client``. A client whose
     upstream for ``service`` could not be dialled (``unreachable``) is tried after the others, but for a user now
-    and then (``resting``)."""
+    and then, and so is one that has not answered a stream for it for ``SILENT_FOR`` (``resting``)."""
     draining = full = 0
     later: list[Session] = []  # at the --max-streams its client sent, or its upstream down: another client first
     for session in sessions:  # one plain loop, then the few at their limit: a generator cost 2.5% per connection
         if session.closed.is_set():
             continue
-        if session.mux.at_peer_limit() or (session.unreachable and resting(session, service)):
+        if session.mux.at_peer_limit() or ((session.unreachable or session.silent) and resting(session, service)):
             later.append(session)
             continue
         try:
@@ -101,24 +109,43 @@ def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHand
     return "client_stream_limit" if full else "client_draining" if draining else "no_client"
 
 
+def opened(session: Session, service: str) -> None:
+    """A user's stream for ``service`` went to ``session``: when none was waiting for an answer there, note since
+    when one is (a timestamp per session, not a timer per stream; ``resting`` reads it)."""
+    silent = session.silent
+    if service not in silent:
+        silent[service] = time.monotonic()
+
+
 def unreachable(session: Session, service: str) -> None:
     """``session``'s client could not dial its upstream for ``service``: others take its users for a while."""
     session.unreachable[service] = time.monotonic() + UNREACHABLE_FOR
+    session.silent.pop(service, None)  # the dial's answer came: the mark above says what it was
 
 
 def reached(session: Session, service: str) -> None:
     """A stream to ``session`` for ``service`` shows its client reaches its upstream: it takes its share again."""
     if session.unreachable:
         session.unreachable.pop(service, None)
+    if session.silent:
+        session.silent.pop(service, None)
 
 
 def resting(session: Session, service: str) -> bool:
     """Whether ``session`` is tried after the others for ``service``; when its time is up one user goes to it, and
-    the next one ``UNREACHABLE_FOR`` later (a timestamp, not a timer per refusal: a flood of them made thousands)."""
+    the next one ``UNREACHABLE_FOR`` later (a timestamp, not a timer per refusal: a flood of them made thousands).
+    Also while a stream for it has waited more than ``SILENT_FOR`` for the client's first answer (its dial may be
+    hanging on a blackholed upstream), and nothing else answered since."""
+    now = time.monotonic()
+    since = session.silent.get(service)
+    if since is not None:
+        if now - since > SILENT_MOST:
+            del session.silent[service]
+        elif now - since > SILENT_FOR:
+            return True
     until = session.unreachable.get(service)
     if until is None:
         return False
-    now = time.monotonic()
     if now < until:
         return True
     session.unreachable[service] = now + UNREACHABLE_FOR  # the mark holds while this one user finds out

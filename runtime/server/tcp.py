@@ -20,7 +20,7 @@ from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
 from ..core.mux import ResetCode
-from .registry import Registry, open_on_first, reached, unreachable
+from .registry import Registry, open_on_first, opened, reached, unreachable
 from ..core.session import Session
 from .status import status_route
 from .udp import UdpCounters, UdpPort
@@ -83,6 +83,7 @@ class DataPlaneConnection(TcpBridge):
             self._refuse(channel)
             return
         self.attach(channel)
+        opened(channel.session, self.service)  # until it answers: a blackholed upstream's dial answers in 10 s
         self.counters.open += 1
         self.counters.total += 1
         self._counted = True
@@ -131,6 +132,7 @@ class DataPlaneConnection(TcpBridge):
         if isinstance(found, str):  # counted refused by on_reset, as with one client
             return False
         self.attach(found)
+        opened(found.session, service)
         self._eof_sent = False
         if self._replay:  # bytes() copies a bytearray, which may grow while this waits for credit
             TcpBridge.data_received(self, bytes(self._replay))
@@ -188,7 +190,7 @@ class DataPlaneConnection(TcpBridge):
         if self._tried:
             self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive
         session = self.channel.session  # type: ignore[union-attr]
-        if session.unreachable:
+        if session.unreachable or session.silent:
             reached(session, self.service)
 
     def connection_lost(self, exc: Exception | None) -> None:

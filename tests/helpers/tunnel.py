@@ -76,6 +76,21 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no free port in {_OWN_PORTS} on {host}")
 
 
+def blackhole() -> tuple[int, list[socket.socket]]:
+    """A loopback port that drops SYNs, as a dead host does: its accept queue (listen(0)) full, nothing accepted;
+    close the sockets returned when done."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", free_port()))
+    listener.listen(0)
+    kept = [listener]
+    for _ in range(3):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(listener.getsockname())
+        kept.append(sock)
+    return listener.getsockname()[1], kept
+
+
 
 def udp_free_port() -> int:
     """A port free for UDP and for TCP too (dnsmasq and the UDP tunnel's tests bind both)."""

@@ -9,7 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from helpers.http import LOOPBACK, Stack, raw_request
-from helpers.tunnel import free_port
+from helpers.tunnel import blackhole, free_port
+from inlets_py.runtime.core import bridge
+from inlets_py.runtime.server import registry
 
 
 def test_a_client_whose_upstream_is_down_hands_the_request_to_another(tls, token) -> None:
@@ -111,3 +113,38 @@ def test_a_client_that_could_not_dial_is_tried_after_the_others_for_a_while(tls,
             revived.close()
     finally:
         stack.close()
+
+
+def test_new_requests_go_elsewhere_while_the_first_dial_hangs(tls, token, monkeypatch) -> None:
+    """Found by a review helper: two `inlets http client`s, the first one's upstream blackholed, 100 users in 5 s
+    from the start: 50 waited the 10 s dial timeout, as nothing was known of that client until its first dial failed.
+    A client that has left a new stream unanswered for ``SILENT_FOR`` is tried after the others (5 of 100 waited)."""
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)  # the client's dial timeout: 10 s in earnest
+    monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
+    stack = Stack()
+    hole, kept = blackhole()
+    try:
+        _, up = stack.upstream("UP")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"hole.test=http://{LOOPBACK}:{hole}"])
+        stack.client(server, tls, token, [f"hole.test=http://{LOOPBACK}:{up}"])
+        request = b"GET / HTTP/1.1\r\nHost: hole.test\r\nConnection: close\r\n\r\n"
+
+        def user(_: int) -> tuple[float, bytes]:
+            started = time.monotonic()
+            answer = raw_request(server.data_port, request)
+            return time.monotonic() - started, answer
+
+        with ThreadPoolExecutor(30) as pool:
+            futures = []
+            for index in range(30):  # 50 a second for 0.6 s, all before the first dial to the blackhole fails
+                futures.append(pool.submit(user, index))
+                time.sleep(0.02)
+            results = [future.result() for future in futures]
+        assert all(a.startswith(b"HTTP/1.1 200 ") for _, a in results), [a[:120] for _, a in results]
+        detoured = sum(wait >= 0.9 for wait, _ in results)
+        assert 1 <= detoured <= 5, f"{detoured} of 30 requests waited for the blackholed upstream"
+    finally:
+        stack.close()
+        for sock in kept:
+            sock.close()

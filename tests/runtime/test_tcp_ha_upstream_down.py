@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 import time
 
 from helpers.tunnel import (
-    TlsFiles, control_url, free_port, metric, pattern, port_of, run, serve, start_client, start_server, stop,
+    TlsFiles, blackhole, control_url, free_port, metric, pattern, port_of, run, serve, start_client, start_server, stop,
 )
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core import bridge
@@ -131,20 +130,6 @@ def test_a_user_is_reset_at_once_when_no_client_reaches_its_upstream(tls: TlsFil
     assert sum("reason=upstream_failed" in line for line in refused) == 3, refused
 
 
-def _blackhole() -> tuple[int, list[socket.socket]]:
-    """A loopback port that drops SYNs, as a dead host does: its accept queue (listen(0)) full, nothing accepted."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", free_port()))
-    listener.listen(0)
-    kept = [listener]
-    for _ in range(3):
-        sock = socket.socket()
-        sock.setblocking(False)
-        sock.connect_ex(listener.getsockname())
-        kept.append(sock)
-    return listener.getsockname()[1], kept
-
-
 def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, token: str, monkeypatch) -> None:
     """Found by a review helper: two `inlets tcp client`s, the first one's upstream a host that drops SYNs, 10 users a
     second for 40 s: 97 users waited the 10 s dial timeout, half of all users from 20 s to 30 s. The mark lapsed 5 s
@@ -161,7 +146,7 @@ def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, tok
     async def scenario() -> None:
         nonlocal public
         up = await serve(_answer)
-        hole, kept = _blackhole()
+        hole, kept = blackhole()
         server = await start_server(tls, token)
         public = free_port()
         _, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", hole)})
@@ -175,6 +160,45 @@ def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, tok
             waits = await asyncio.gather(*users)
             detoured = sum(wait >= 0.9 for wait in waits)
             assert detoured <= 8, f"{detoured} of 60 users waited for the blackholed upstream"
+        finally:
+            await stop(task_down, task_up)
+            await server.stop()
+            up.close()
+            for sock in kept:
+                sock.close()
+
+    public = 0
+    run(scenario())
+
+
+def test_new_users_go_elsewhere_while_the_first_dial_hangs(tls: TlsFiles, token: str, monkeypatch) -> None:
+    """Found by a review helper: two `inlets tcp client`s, the first one's upstream blackholed, 100 users in 5 s
+    from the start: 50 waited the 10 s dial timeout, as nothing was known of that client until its first dial failed.
+    A client that has left a new stream unanswered for ``SILENT_FOR`` is tried after the others (5 of 100 waited)."""
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)  # the client's dial timeout: 10 s in earnest
+    monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
+
+    async def user(index: int) -> float:
+        started = time.monotonic()
+        assert await _user(public, b"user %d\n" % index) == _expected(b"user %d\n" % index)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        nonlocal public
+        up = await serve(_answer)
+        hole, kept = blackhole()
+        server = await start_server(tls, token)
+        public = free_port()
+        _, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", hole)})
+        _, task_up = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
+        try:
+            users = []
+            for index in range(30):  # 50 a second for 0.6 s, all before the first dial to the blackhole fails
+                users.append(asyncio.ensure_future(user(index)))
+                await asyncio.sleep(0.02)
+            waits = await asyncio.gather(*users)
+            detoured = sum(wait >= 0.9 for wait in waits)
+            assert 1 <= detoured <= 5, f"{detoured} of 30 users waited for the blackholed upstream"
         finally:
             await stop(task_down, task_up)
             await server.stop()
