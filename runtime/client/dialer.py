@@ -34,7 +34,7 @@ from ..core.ports import url_port
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
 from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
-from ..core.eyeballs import connect_socket, is_name
+from ..core.eyeballs import connect_socket, failure_words, is_name
 from .outbound_proxy import (
     ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
     explain as explain_proxy_failure,
@@ -451,10 +451,12 @@ class TunnelClient:
         """A socket to the server at a name, the first of its addresses to answer: websockets (through the loop)
         tried them in turn, each until --open-timeout, so a dead AAAA record (or A) kept the client from a server
         that answered on its other address, forever."""
+        failures: list = []  # said with the timeout: an address that refused, while another dropped SYNs
         try:
-            return await asyncio.wait_for(connect_socket(host, port), self.config.open_timeout)
+            return await asyncio.wait_for(connect_socket(host, port, failures=failures), self.config.open_timeout)
         except asyncio.TimeoutError:
-            raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s") from None
+            raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s"
+                               + (f"; {failure_words(failures)}" if failures else "")) from None
 
     async def _tls_port(self) -> FatalClientError | None:
         """The error for a ws:// --url whose port speaks TLS (the server, or a reverse proxy terminating TLS,

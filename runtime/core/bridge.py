@@ -241,26 +241,30 @@ def _tls_failure(exc: ssl.SSLError) -> str:
 
 
 def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
-         logger: logging.Logger = log, opener: Callable[[str, int], Awaitable[socket.socket]] | None = None) -> None:
+         logger: logging.Logger = log, opener: Callable[..., Awaitable[socket.socket]] | None = None) -> None:
     """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
     fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
-    when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails).
+    when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails),
+    called with ``failures=``, a list it notes each address's failure in.
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""
     bridge = TcpBridge()
     bridge.attach(channel)
     loop = asyncio.get_running_loop()
-    connecting = loop.create_task(_open(bridge, host, port, tls, opener) if opener else loop.create_connection(
+    failures: list | None = [] if opener else None  # each address's failure: said too if the dial times out
+    connecting = loop.create_task(_open(bridge, host, port, tls, opener, failures) if opener else loop.create_connection(
         lambda: bridge, host, port, ssl=tls, server_hostname=host if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge)
     bridge.connecting = connecting
-    connecting.add_done_callback(lambda task: _dialled(task, timer, bridge, channel, label or (host, port), logger))
+    connecting.add_done_callback(
+        lambda task: _dialled(task, timer, bridge, channel, label or (host, port), logger, failures))
 
 
 async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | None,
-                opener: Callable[[str, int], Awaitable[socket.socket]]) -> tuple:
-    return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=await opener(host, port), ssl=tls,
+                opener: Callable[..., Awaitable[socket.socket]], failures: list | None) -> tuple:
+    sock = await opener(host, port, failures=failures)
+    return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=sock, ssl=tls,
                                                              server_hostname=host if tls else None)
 
 
@@ -277,15 +281,19 @@ def _time_out(bridge: TcpBridge) -> None:
 
 
 def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, channel: Channel,
-             where: str | tuple[str, int], logger: logging.Logger) -> None:
+             where: str | tuple[str, int], logger: logging.Logger, failures: list | None = None) -> None:
     """The dial ended: bridged, or the stream reset with why, logged under ``where`` (a label, or host and port
-    made one only here, on a failure: not at every dial)."""
+    made one only here, on a failure: not at every dial). A name's dial that timed out says its addresses that
+    failed before (refused on one while another dropped SYNs)."""
     timer.cancel()
     timed_out, bridge.connecting = bridge.connecting is None, None
     if task.cancelled():
         if not timed_out:
             return  # cancelled at shutdown or by the stream's reset, not by the timer: the stream is reset already
         reason = "dial timed out"
+        if failures:  # imported here: the data plane that never dials a name does not load aiohappyeyeballs
+            from .eyeballs import failure_words
+            reason = f"dial timed out; {failure_words(failures)}"
     elif (exc := task.exception()) is None:
         return
     elif isinstance(exc, ssl.SSLCertVerificationError):

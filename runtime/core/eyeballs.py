@@ -53,7 +53,7 @@ class _Noting:
             raise
 
 
-def _words(failures: list[tuple[Any, OSError]]) -> str:
+def failure_words(failures: list[tuple[Any, OSError]]) -> str:
     """``Connection refused on 127.0.0.1:80, [::1]:80; Network is unreachable on [2001:db8::1]:80``: each failure's
     words, in the order they first came, with at most ``SHOWN`` of their addresses."""
     where: dict[str, list[str]] = {}
@@ -72,18 +72,21 @@ def is_name(host: str) -> bool:
     return bool(host) and not is_ip(host)
 
 
-async def connect_socket(host: str, port: int, delay: float = DELAY) -> socket.socket:
+async def connect_socket(host: str, port: int, delay: float = DELAY,
+                         failures: list[tuple[Any, OSError]] | None = None) -> socket.socket:
     """A connected non-blocking TCP socket to ``host``:``port``, the first of its addresses to answer. When none
     does: one OSError whose errno all the failures shared (refused, as a rule), so the log names it, or, when they
-    differ, ``AddressesFailed`` saying each."""
+    differ, ``AddressesFailed`` saying each. ``failures``, when given, gets each address's failure as it comes: a
+    caller whose timeout cancels the dial (one address refused, another dropping SYNs) can still say them."""
     loop = asyncio.get_running_loop()
     addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    failures: list[tuple[Any, OSError]] = []
+    if failures is None:
+        failures = []
     try:
         sock = await start_connection(addresses, happy_eyeballs_delay=delay, loop=_Noting(loop, failures))  # type: ignore[arg-type]
     except OSError as exc:
         if exc.errno is not None or len(failures) < 2:
             raise
-        raise AddressesFailed(None, _words(failures)) from None
+        raise AddressesFailed(None, failure_words(failures)) from None
     sock.setblocking(False)
     return sock

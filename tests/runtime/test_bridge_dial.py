@@ -227,7 +227,7 @@ def test_every_dial_that_hangs_times_out_on_uvloop(monkeypatch: pytest.MonkeyPat
     and the HTTP user waited the server's --upstream-timeout (504 at 60 s) instead of the next client at 10 s."""
     uvloop = pytest.importorskip("uvloop")
 
-    async def never(host: str, port: int) -> socket.socket:
+    async def never(host: str, port: int, failures: list | None = None) -> socket.socket:
         await asyncio.sleep(3600)  # a SYN that is never answered
         raise AssertionError
 

@@ -20,6 +20,7 @@ import pytest
 
 from helpers.tunnel import echo_server, make_tls, port_of, run, start_client, start_server, stop
 
+from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
 from inlets_py.runtime.core import bridge
 from inlets_py.runtime.core.allowlist import parse_target_rules
@@ -147,6 +148,24 @@ def test_a_name_whose_addresses_fail_differently_says_each_failure_and_where(cap
             '1 more; Network is unreachable on [ff02::1]:80"') in caplog.text, caplog.text
 
 
+def test_a_name_refused_on_one_address_and_blackholed_on_another_says_both(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a review helper (a name in /etc/hosts of a network namespace, one address refusing, one dropping
+    SYNs): the dial ended "dial timed out" after 10 s, and the refusal, which says the upstream is down there, was
+    lost. The timeout now says the failures that came before it."""
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)
+
+    async def scenario(dead: tuple[str, int]) -> None:
+        resolve(NAME, ("127.0.0.1", 9), dead)  # nobody listens on 9
+        channel = stream()
+        UPSTREAMS.on_stream(channel)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    with blackhole() as dead, caplog.at_level(logging.INFO, logger="inlets.bridge"):
+        asyncio.run(scenario(dead))
+    assert f'upstream={NAME}:1 error="dial timed out; Connection refused on 127.0.0.1:9"' in caplog.text, caplog.text
+
+
 def test_a_server_name_whose_first_address_drops_syns_is_connected_on_the_next(tmp_path: Path) -> None:
     """The client timed out on the dead address at every attempt (--open-timeout, 15 s), never trying the other."""
     tls = make_tls(tmp_path)
@@ -167,3 +186,19 @@ def test_a_server_name_whose_first_address_drops_syns_is_connected_on_the_next(t
     with blackhole() as dead:
         took = run(scenario(dead), timeout=30)
     assert took < 1.5
+
+
+def test_a_server_name_refused_on_one_address_and_blackholed_on_another_says_both() -> None:
+    """Found by a review helper: `inlets tcp client --url wss://NAME:PORT`, NAME refusing on one address and dropping
+    SYNs on the other: each attempt logged "no address of NAME answered within 15s", the refusal lost."""
+    async def scenario(dead: tuple[str, int]) -> str:
+        resolve(NAME, ("127.0.0.1", 9), dead)
+        config = ClientConfig(url=f"wss://{NAME}:{dead[1]}", token="t", mode="tcp", services=["tcp:80"],
+                              open_timeout=1.0)
+        with pytest.raises(TimeoutError) as caught:
+            await TunnelClient(config, lambda channel: None).open_session()
+        return str(caught.value)
+
+    with blackhole() as dead:
+        said = run(scenario(dead), timeout=30)
+    assert said == f"no address of {NAME} answered within 1s; Connection refused on 127.0.0.1:9", said
