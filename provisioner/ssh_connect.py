@@ -18,7 +18,7 @@ import logging
 import re
 import shlex
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import paramiko
@@ -85,6 +85,20 @@ class SshOptions:
             str(known_hosts.expanduser()) if known_hosts else None, supervisor, remote_python, data_addr,
         )
 
+    def _mistyped(self) -> str | None:
+        """The first field a hand edit gave the wrong type (paramiko would fail on it with a traceback), or None."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "port":
+                ok = type(value) is int and 1 <= value <= 65535
+            elif field.name == "accept_new":
+                ok = type(value) is bool
+            else:
+                ok = isinstance(value, str) and bool(value) or (value is None and "None" in str(field.type))
+            if not ok:
+                return f'"{field.name}"'
+        return None
+
     @property
     def target(self) -> str:
         return f"{self.user}@{self.host}" + (f":{self.port}" if self.port != 22 else "")
@@ -96,7 +110,11 @@ class SshOptions:
     @classmethod
     def load(cls, path: Path) -> "SshOptions":
         try:
-            return cls(**json.loads(path.read_bytes()))
+            opts = cls(**json.loads(path.read_bytes()))
+            bad = opts._mistyped()
+            if bad is None:
+                return opts
+            why = f"its {bad} is not what inletsctl writes there"
         except OSError as exc:
             why = os_words(exc)
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
