@@ -180,13 +180,19 @@ def _host_entry(host: str, port: int) -> str:
 class _Policy(paramiko.MissingHostKeyPolicy):
     """Called only for keys not in the loaded known_hosts: pinned fingerprint or accept-new, else refuse."""
 
-    def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None) -> None:
-        self._opts, self._pinned, self._known_hosts = opts, pinned, known_hosts
+    def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None,
+                 pinned_file: Path | None = None) -> None:
+        self._opts, self._pinned, self._known_hosts, self._pinned_file = opts, pinned, known_hosts, pinned_file
         self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
         where = f"{self._opts.host}:{self._opts.port}"
+        if self._pinned_file is not None:  # after create: the state's known_hosts was removed or edited
+            state = "holds no key for that host (edited or emptied)" if self._pinned_file.exists() else "is missing"
+            raise ProvisionError(f"{self._pinned_file}, which pins the host key of {where} seen at create, {state}; "
+                                 f"the host offers {key.get_name()} {seen}: refusing to connect; "
+                                 f"{_repin_advice(self._opts, self._pinned_file)}")
         if self._pinned is not None:
             if seen != self._pinned:
                 raise ProvisionError(
@@ -210,11 +216,12 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     known: Path | None = Path(opts.known_hosts) if opts.known_hosts else Path("~/.ssh/known_hosts").expanduser()
     pinned = opts.fingerprint
     if pinned_file is not None:
-        _load(client, pinned_file)
+        if pinned_file.exists():  # a missing one is said by the policy, once the host is known to answer
+            _load(client, pinned_file)
         known, pinned = None, "SHA256:(the key seen at create)"
     elif pinned is None and known is not None and known.exists():
         _load(client, known)
-    policy = _Policy(opts, pinned, known)
+    policy = _Policy(opts, pinned, known, pinned_file)
     client.set_missing_host_key_policy(policy)
     pkey = load_key(opts.key_file) if opts.key_file else None
     where = f"{opts.user}@{opts.host}:{opts.port}"
@@ -284,6 +291,12 @@ def _changed_key_advice(opts: SshOptions, pinned_file: Path | None, known: Path 
                 f"state: rm -r {shlex.quote(str(pinned_file.parent))}")
     where = f" -f {shlex.quote(str(known))}" if known is not None else ""
     return f"{check}, then forget the old one: ssh-keygen -R {shlex.quote(_host_entry(opts.host, opts.port))}{where}"
+
+
+def _repin_advice(opts: SshOptions, pinned_file: Path) -> str:
+    port = f"-p {opts.port} " if opts.port != 22 else ""
+    return (f"check the host's key there (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), then pin it again: "
+            f"ssh-keyscan {port}{shlex.quote(opts.host)} > {shlex.quote(str(pinned_file))}")
 
 
 def _load(client: paramiko.SSHClient, path: Path) -> None:

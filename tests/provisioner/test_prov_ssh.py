@@ -261,6 +261,26 @@ def test_a_host_key_changed_after_create_says_how_to_pin_the_new_one_and_that_wo
     assert deleted.code == 0 and not Path(f"/opt/inlets/{prov_ssh_name}").exists(), deleted.err
 
 
+@pytest.mark.parametrize("pinned", [None, "", "garbage\n", "[127.0.0.1]:1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGhK74sW+rQYXkARbC4wVLR5sDrwgxWVpCEM1VtYVuSB\n"])
+def test_a_pinned_host_key_file_removed_or_edited_says_how_to_pin_again(
+        pinned: str | None, prov_ssh_sshd: Sshd, tmp_path: Path, capsys) -> None:
+    """The state's known_hosts is the only trust after create: without a key for the host in it, status said
+    'not the pinned SHA256:(the key seen at create)' (a placeholder, no way out), or only 'No such file'."""
+    folder = tmp_path / "state" / "edge"
+    folder.mkdir(parents=True)
+    (folder / "server.json").write_text(json.dumps({"name": "edge", "provider": "ssh", "ip": "127.0.0.1",
+                                                    "id": f"root@127.0.0.1:{prov_ssh_sshd.port}/edge", "control_port": 8123}))
+    (folder / "ssh.json").write_text(json.dumps({"user": "root", "host": "127.0.0.1", "port": prov_ssh_sshd.port,
+                                                 "key_file": str(prov_ssh_sshd.client_key)}))
+    if pinned is not None:
+        (folder / "known_hosts").write_text(pinned)
+    for command in ("status", "delete"):
+        one_line_error(run_cli(capsys, command, "edge", "--state-dir", str(tmp_path / "state")),
+                       f"{folder / 'known_hosts'}, which pins the host key", prov_ssh_sshd.fingerprint, "refusing to connect",
+                       f"then pin it again: ssh-keyscan -p {prov_ssh_sshd.port} 127.0.0.1 > {folder / 'known_hosts'}")
+    assert (folder / "ssh.json").is_file()
+
+
 def test_accept_new_host_key_records_it_like_openssh(prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
     """accept-new adds the key to known_hosts; the next connection trusts known_hosts alone."""
     from inlets_py.provisioner.ssh_connect import SshOptions, connect, run

@@ -271,11 +271,8 @@ def test_a_state_root_this_user_cannot_change_is_the_folder_named_to_fix(as_a_us
         state.chmod(0o700)
 
 
-@pytest.mark.parametrize("edit", [{"host": 5}, {"port": None}, {"port": "22"}, {"user": ""}, {"accept_new": "yes"}])
-def test_a_hand_edited_ssh_record_of_the_wrong_type_is_one_line(edit: dict[str, object], tmp_path: Path, capsys) -> None:
-    """A field of the wrong type in ssh.json reached paramiko: a TypeError traceback ({"host": 5}), or a
-    connection to 127.0.0.1:None listed as a second exit server ({"port": null})."""
-    root = tmp_path / "state"
+def _ssh_state(root: Path, **edit: object) -> Path:
+    """A state folder of an ssh exit server named edge; ``edit`` changes its ssh.json."""
     (root / "edge").mkdir(parents=True)
     (root / "edge" / "server.json").write_text(json.dumps(
         {"name": "edge", "provider": "ssh", "id": "root@127.0.0.1:22/edge", "ip": "127.0.0.1", "control_port": 8123}))
@@ -283,8 +280,18 @@ def test_a_hand_edited_ssh_record_of_the_wrong_type_is_one_line(edit: dict[str, 
               "accept_new": False, "known_hosts": None, "supervisor": "plain", "remote_python": "python3",
               "data_addr": None} | edit
     (root / "edge" / "ssh.json").write_text(json.dumps(record))
+    return root / "edge"
+
+
+@pytest.mark.parametrize("edit", [{"host": 5}, {"port": None}, {"port": "22"}, {"user": ""}, {"accept_new": "yes"}])
+def test_a_hand_edited_ssh_record_of_the_wrong_type_is_one_line(edit: dict[str, object], tmp_path: Path, capsys) -> None:
+    """A field of the wrong type in ssh.json reached paramiko: a TypeError traceback ({"host": 5}), or a
+    connection to 127.0.0.1:None listed as a second exit server ({"port": null})."""
+    root = tmp_path / "state"
+    _ssh_state(root, **edit)
     field = next(iter(edit))
     one_line_error(run_cli(capsys, "status", "edge", "--state-dir", str(root)), f'ssh.json: its "{field}" is not what')
     listed = run_cli(capsys, "list", "--state-dir", str(root))
     no_traceback(listed)
     assert sum("edge" in line for line in listed.out.splitlines()) == 1, listed.out
+
