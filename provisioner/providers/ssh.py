@@ -151,7 +151,7 @@ class SshProvider:
             sftp.close()
         script = INSTALL.format(
             name=shlex.quote(plan.name), stage=shlex.quote(stage), py=shlex.quote(opts.remote_python),
-            wheel=shlex.quote(wheel.filename), sup=shlex.quote(opts.supervisor),
+            wheel=shlex.quote(wheel.filename), sup=shlex.quote(opts.supervisor), ports=_probes(plan, opts),
         )
         try:
             code, out, err = self._root_run(client, opts, script)
@@ -238,6 +238,14 @@ class SshProvider:
 def _close_all(clients: dict[str, paramiko.SSHClient]) -> None:
     for client in clients.values():
         client.close()
+
+
+def _probes(plan: Plan, opts: SshOptions) -> str:
+    """``ADDR:PORT:FLAG`` for each port the server will listen on (ADDR empty: all interfaces), shell-quoted."""
+    data_flag = "--ports" if plan.spec.mode == "tcp" else "--http-port"
+    probes = [f":{plan.spec.control_port}:--control-port"]
+    probes += [f"{opts.data_addr or ''}:{port}:{data_flag}" for port in plan.spec.data_ports]
+    return shlex.join(probes)
 
 
 def _last(text: str) -> str:

@@ -53,6 +53,23 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1
     *) fail "$py on the host is not a Python interpreter: give python3 (3.10 or newer) with --remote-python" ;;
   esac
 fi
+# the ports the server will listen on, bound as it will (SO_REUSEADDR), so one in use is refused before anything
+# is installed, not found out when the server exits (the control port) or a client connects (the data ports)
+"$py" - {ports} <<'PY' || exit 3
+import errno, socket, sys
+for arg in sys.argv[1:]:
+    addr, port, flag = arg.rsplit(":", 2)
+    for family, host in ((socket.AF_INET6, addr),) if ":" in addr else ((socket.AF_INET, addr or "0.0.0.0"),):
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(port)))
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL and addr:
+                    sys.exit(f"the host has no address {{addr}} (--data-addr): give one of its own addresses")
+                where = f"{{addr}}:{{port}}" if addr else f"port {{port}}"
+                sys.exit(f"{{where}} ({{flag}}) is in use on this host ({{exc.strerror}}): stop what uses it, or choose another {{flag}}")
+PY
 # from here on a failure leaves nothing of this exit server behind
 trap 'rm -rf "$stage" "$conf" "$opt" "$mark"; rm -f "/etc/systemd/system/inlets-$name.service"; rmdir /opt/inlets /etc/inlets 2>/dev/null || true' EXIT
 owner=root
