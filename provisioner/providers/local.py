@@ -91,6 +91,18 @@ def _last_error(log: Path) -> str:
     return last[:300] if "error:" in last or "level=ERROR" in last or "level=CRITICAL" in last else ""
 
 
+def _made_here(folder: Path) -> bool:
+    """``folder`` is the state of an exit server ``--provider local`` made (its server.json says so, or is not
+    written yet: a create still starting)."""
+    try:
+        meta = json.loads((folder / "server.json").read_bytes())
+    except FileNotFoundError:
+        return (folder / "ca.crt").is_file()  # create writes the CA with the token, server.json once it started
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("provider") == PROVIDER.name
+
+
 def _check_bindable(addr: str, port: int, choose: str) -> None:
     """Bind ``addr:port`` as the server will (SO_REUSEADDR), so a port something else holds is refused
     before the server starts, not found out when it exits."""
@@ -190,8 +202,13 @@ class LocalProvider:
             token = next((Path(a) for a in argv if Path(a).name == "token"), None)
             if taken and token is not None:
                 name, root = token.parent.name, token.parent.parent
+                ports_ = ",".join(map(str, taken))
+                if not _made_here(token.parent):  # an ssh exit server on this host, or one run by hand: a delete
+                    raise ProvisionError(  # of its folder as local state would take its token and key, not stop it
+                        f"port {ports_} is already served by another inlets server on this machine (pid {pid}, token "
+                        f"file {token}) on {self._data_addr}: choose other {flag}, or stop that server first")
                 raise ProvisionError(
-                    f"port {','.join(map(str, taken))} is already served by the local exit server {name!r} "
+                    f"port {ports_} is already served by the local exit server {name!r} "
                     f"({self._data_addr}): choose other {flag}, or first: {delete_command(name, root)}"
                 )
 

@@ -563,3 +563,29 @@ def test_a_state_naming_a_provider_this_inletsctl_does_not_know_is_removed_by_de
     deleted = run_cli(capsys, "delete", "a", "--state-dir", str(state))
     assert deleted.code == 0 and "removed the damaged local state of a" in deleted.out, deleted
     assert "--provider bogus" not in deleted.out and not (state / "a").exists()
+
+
+def test_a_port_an_inlets_server_not_made_here_serves_names_no_delete_that_would_take_its_files(
+        tmp_path: Path, capsys) -> None:
+    """A server ``--provider ssh`` installed on this machine (token in /etc/inlets/NAME) was called a local exit
+    server with 'first: inletsctl delete NAME --state-dir /etc/inlets', which removes its token and key as damaged
+    local state and leaves it running."""
+    from helpers.process import server_args, spawn, terminate, wait_port
+    from helpers.tunnel import make_tls
+
+    folder = tmp_path / "etc" / "edge"
+    folder.mkdir(parents=True)
+    (folder / "token").write_text("a-token-of-at-least-sixteen-chars\n")
+    port, control = free_port("127.0.0.2"), free_port()
+    args = server_args(control, make_tls(tmp_path / "tls"), folder / "token", "--allow-ports", str(port))
+    args[args.index("--data-addr") + 1] = "127.0.0.2"
+    server = spawn(*args, log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        line = one_line_error(run_cli(capsys, "create", "second", "--state-dir", str(tmp_path / "state"), "--ports", str(port)),
+                              f"port {port} is already served by another inlets server on this machine (pid {server.pid}",
+                              f"token file {folder / 'token'}", "stop that server first")
+        assert "inletsctl delete" not in line
+    finally:
+        terminate(server)
+    assert (folder / "token").is_file()
