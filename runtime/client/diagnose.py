@@ -75,6 +75,16 @@ def describe(exc: BaseException) -> str:
     return next((text for kind, text in _WITHOUT_REASON if isinstance(exc, kind)), "the connection failed")
 
 
+def how_closed(protocol) -> str:
+    """How a session's connection ended, for the client's ``disconnected`` line: the server's close (its code and
+    reason, as ``printable``: "1008 token revoked", "1001 server shutting down"), else that none came. The line
+    said only ``event=disconnected``: why, and when the next try is, were nowhere in the client's log."""
+    frame = protocol.close_rcvd or protocol.close_sent
+    if frame is None:
+        return "connection lost without a close"
+    return f"{frame.code} {printable(frame.reason)}".strip()
+
+
 async def speaks_plain_http(host: str, port: int, timeout: float = 5.0) -> bool:
     """Whether ``host:port`` answers a plain HTTP request; only to name a wrong ``wss://`` (a server run with --plaintext)."""
     try:

@@ -33,7 +33,7 @@ from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
-from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
+from .diagnose import describe as _describe, how_closed, printable, speaks_plain_http, speaks_tls
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from .outbound_proxy import (
     ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
@@ -201,13 +201,14 @@ class TunnelClient:
                             logfmt(_describe(exc)), sleep)
             else:
                 started = loop.time()
-                await self._follow(session)
+                session = await self._follow(session)
                 if self._stopping:
                     return
-                log.warning("event=disconnected url=%s", logfmt(self.config.url))
                 if loop.time() - started > STEADY_AFTER:
                     backoff.reset()  # it was up for a while: start over
                 sleep = backoff.next_wait()
+                log.warning("event=disconnected url=%s close=%s retry_in=%.1fs", logfmt(self.config.url),
+                            logfmt(how_closed(session.websocket.protocol)), sleep)
             try:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:
@@ -252,8 +253,9 @@ class TunnelClient:
         finally:
             await session.websocket.close()
 
-    async def _follow(self, session: Session) -> None:
-        """Serve until the current session closes, following replacements made by ``rotate``."""
+    async def _follow(self, session: Session) -> Session:
+        """Serve until the current session closes, following replacements made by ``rotate``; returns the one that
+        closed (its close is the one the log names)."""
         self.session = session
         self._session_since = asyncio.get_running_loop().time()
         self.connected.set()
@@ -270,7 +272,7 @@ class TunnelClient:
                 closed.cancel()
                 changed.cancel()
                 if not self._changed.is_set():
-                    return
+                    return current
         except asyncio.CancelledError:  # the owner stopped us: drop the connection now
             if self.session is not None:
                 self.session.websocket.transport.abort()

@@ -143,6 +143,32 @@ def test_client_whose_token_file_vanishes_keeps_retrying_with_the_token_it_read(
             process.wait(15)
 
 
+def test_a_client_cut_off_by_the_server_logs_why_and_when_it_tries_again(
+    tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int
+) -> None:
+    """Its token revoked (server SIGHUP), the client logged only ``event=disconnected``: neither the server's
+    reason nor when it would try again was anywhere in its log."""
+    control, public = free_port(), free_port()
+    server_tokens = tmp_path / "server-tokens"
+    server_tokens.write_text(token_file.read_text())
+    server = spawn(*server_args(control, tls, server_tokens), log=tmp_path / "server.log")
+    client = spawn(
+        "tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+        "--upstream", f"{public}=127.0.0.1:{echo_port}", log=tmp_path / "client.log",
+    )
+    try:
+        wait_port(public)
+        server_tokens.write_text("another-token-for-everyone-else\n")
+        server.send_signal(signal.SIGHUP)
+        assert client.wait(10) == 1
+    finally:
+        client.kill()
+        server.terminate()
+        server.wait(10)
+    line = next(line for line in (tmp_path / "client.log").read_text().splitlines() if "event=disconnected" in line)
+    assert 'close="1008 token revoked" retry_in=' in line
+
+
 def test_wrong_token_exits_with_a_clear_message(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
     control = free_port()
     server = spawn(
