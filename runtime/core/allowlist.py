@@ -49,15 +49,27 @@ class TargetRule:
     def matches(self, host: str, port: int) -> bool:
         if self.port is not None and self.port != port:
             return False
+        address = _address(host)
         if "/" in self.host:
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
+            if address is None:
                 return False  # a name never matches a network rule: no DNS games
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped  # ::ffff:127.0.0.1 is dialled as 127.0.0.1: an IPv6 rule (::/0) let it by
             return address in ipaddress.ip_network(self.host, strict=False)
+        rule = _address(self.host)
+        if rule is not None or address is not None:  # the same address spelled otherwise (::ffff:127.0.0.1, 0::1)
+            return rule == address
         return host.lower() == self.host.lower()
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` is, an IPv4-mapped one as the IPv4 address it is dialled as (an IPv6 rule such as
+    ::/0 let ::ffff:127.0.0.1 by); None for a name."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> list[TargetRule]:

@@ -127,6 +127,30 @@ def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, tok
     assert ipv6.returncode == 1 and "[::1]:22 is not in the server's" in ipv6.stderr, ipv6.stderr  # was "::1:22"
 
 
+def test_an_allowed_address_in_another_spelling_is_allowed(tmp_path: Path, tls: TlsFiles, token_file: Path,
+                                                          echo_port: int) -> None:
+    """``--client-forwarding-allow 127.0.0.1:PORT`` refused ``--local N:[::ffff:127.0.0.1]:PORT``, though the README
+    says an IPv4-mapped target matches as the IPv4 address it is: an address rule was compared as text, so the same
+    address spelled otherwise (``0:0:0:0:0:0:0:1`` for ``::1``) was refused too. Another address still is."""
+    from inlets_py.runtime.core.allowlist import parse_target_rules
+
+    rules = parse_target_rules("127.0.0.1:80,[::1]:22")
+    assert any(rule.matches("0:0:0:0:0:0:0:1", 22) for rule in rules)
+    for host, port in (("127.0.0.2", 80), ("::ffff:127.0.0.2", 80), ("127.1", 80), ("localhost", 80), ("::2", 22),
+                       ("::ffff:127.0.0.1", 22), ("fe80::1%lo", 22)):
+        assert not any(rule.matches(host, port) for rule in rules), (host, port)
+    control, local = free_port(), free_port()
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding",
+                                "--client-forwarding-allow", f"127.0.0.1:{echo_port}"), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:[::ffff:127.0.0.1]:{echo_port}"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        assert echo_once(local, b"mapped") == b"mapped"
+    finally:
+        assert stop_all(client, server) == [0, 0], (tmp_path / "client.log").read_text()
+
+
 def test_server_checks_every_forward_stream_not_only_the_handshake(tls: TlsFiles, token: str) -> None:
     """A client that declared an allowed target but opens a stream to another one gets a reset,
     and nothing is dialled."""
