@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -98,6 +99,63 @@ def test_a_draining_client_refuses_new_local_connections(tmp_path: Path, tls: Tl
         stop_all(client, server)
         echo.close()
     assert "event=forward_refused" not in (tmp_path / "client.log").read_text()
+
+
+def test_a_local_connection_made_before_the_tunnel_is_up_waits_for_it(tmp_path: Path, tls: TlsFiles,
+                                                                      token_file: Path, echo_port: int) -> None:
+    """The --local port listens before the tunnel connects (and stays open while it reconnects): a user who
+    connected then, such as a service started with the client that waited for the port, was reset at once
+    (event=forward_unavailable, at info) though the tunnel came up a moment later. It now waits for the tunnel."""
+    control, local = free_port(), free_port()
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:127.0.0.1:{echo_port}"),
+                   log=tmp_path / "client.log")
+    server = None
+    try:
+        wait_for_text(tmp_path / "client.log", "event=forwarding")
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as user:
+            user.sendall(b"early")
+            user.shutdown(socket.SHUT_WR)  # a half-close while it waits is passed on too
+            server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow",
+                                        f"127.0.0.1:{echo_port}"), log=tmp_path / "server.log")
+            assert user.recv(16) == b"early"
+            assert user.recv(16) == b""
+    finally:
+        stop_all(client, *([server] if server else []))
+    assert "event=forward_unavailable" not in (tmp_path / "client.log").read_text()
+
+
+def test_a_local_connection_the_tunnel_never_comes_for_is_reset_and_said(monkeypatch, caplog) -> None:
+    """Waiting for the tunnel is bounded: then the user is reset, and the client says why in one warning."""
+    from inlets_py.runtime.client import local_forward
+
+    monkeypatch.setattr(local_forward, "TUNNEL_WAIT", 0.3)
+    port = free_port()
+
+    async def scenario() -> None:
+        forwarder = local_forward.LocalForwarder([local_forward.LocalForward(port, "127.0.0.1", 9)], "127.0.0.1",
+                                                 lambda: None)
+        await forwarder.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hello")
+            started = time.monotonic()
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 5)
+            assert 0.25 < time.monotonic() - started < 3
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.sleep(0.05)
+            forwarder.stop()  # SIGTERM: those still waiting are reset, not left to the exit's FIN
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+        finally:
+            forwarder.stop()
+
+    with caplog.at_level(logging.INFO, logger="inlets.forward"):
+        run(scenario())
+    said = [r.getMessage() for r in caplog.records if "forward_unavailable" in r.getMessage()]
+    assert said == [f"event=forward_unavailable local_port={port} reason=tunnel_down waited=0.3s"], said
 
 
 def test_forwarding_needs_the_servers_consent(tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
