@@ -252,6 +252,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         secrets.append(FoundSecret(TOKEN, None, None))
     for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator
         pairs.append((found.option, found.file or f"{SECRET_DIR}/{found.key}"))
+    to_write = [f"{SECRET_DIR}/{found.key}" for found in secrets if found.file is None]
     args: list[str] = []
     named_files: list[tuple[str, str]] = []
     written_dirs: list[tuple[str, str]] = []
@@ -284,7 +285,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     _check_not_private_tmp(runtime, named_files + written_dirs)  # after quoting: a path with a line break is refused above
     _check_reachable(runtime, named_files, written_dirs)
     handed = [path for option, path in named_files if not _readable_certificate(option, path)]
-    return render(
+    unit = render(
         "inlets.service.j2",
         description=f"inlets {' '.join(command)}",
         exec_start=exec_start,
@@ -294,8 +295,12 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         read_only_paths=read_only_paths,
         read_write_paths=read_write_paths,
         protect_home=_protect_home(needed, dirs),
-        setup_hint=_setup_hint(handed, dirs),
+        setup_hint=_setup_hint(handed, dirs, to_write),
     )
+    if to_write:  # stdout is the unit, redirected to a file: only stderr reaches the user now
+        print(f"inlets: write these secrets, each on the first line of its file, once the unit's setup comment has "
+              f"made them 0600: {', '.join(to_write)}", file=sys.stderr)
+    return unit
 
 
 def _readable_certificate(option: str, path: str) -> bool:
@@ -311,11 +316,16 @@ def _protect_home(needed: list[str], dirs: list[str]) -> str:
     return "read-only" if any((p + "/").startswith(HOME_DIRS) for p in needed) else "true"
 
 
-def _setup_hint(files: list[str], dirs: list[str] | None = None) -> str:
+def _setup_hint(files: list[str], dirs: list[str] | None = None, made: list[str] | None = None) -> str:
     """The shell line that makes the service user and hands it the files (and the folders it writes), each path
     shell-quoted so the line can be pasted as it is. It lands in a comment, which systemd ignores whole (no %
-    specifiers there), and path_value has refused line breaks, quotes and backslashes in these paths already."""
+    specifiers there), and path_value has refused line breaks, quotes and backslashes in these paths already.
+
+    ``made``: the files of secrets given inline or in the environment, which nobody has written yet: the line makes
+    them empty before handing them over (its chown failed on them), so each secret goes into a file already 0600."""
     hint = f"useradd --system --no-create-home {SERVICE_USER}"
+    if made:
+        hint += f"; mkdir -p {SECRET_DIR}; touch {shlex.join(made)}"
     if files:  # a certificate its user can read already is not among them
         paths = shlex.join(sorted(set(files)))
         hint += f"; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"

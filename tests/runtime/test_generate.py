@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -390,3 +391,23 @@ def test_a_written_folder_under_tmp_is_refused() -> None:
     assert result.returncode == 2
     assert result.stderr == ("inlets: error: --auto-tls-path /tmp/inlets-certs is under /tmp, which the unit's "
                              "PrivateTmp=true hides from the service: keep it elsewhere (e.g. /etc/inlets/) and give that path\n")
+
+
+def test_a_secret_given_inline_gets_its_file_made_by_the_setup_line_and_named_on_stderr(tmp_path: Path) -> None:
+    """``--token X`` becomes ``--token-file /etc/inlets/token``, a file nobody has written: the setup line's chown
+    failed on it ("No such file or directory") and nothing said to write the token there, so the unit failed at
+    every start. The setup line makes it (0600, before the secret goes in) and stderr names it, never the secret."""
+    result = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token", SECRETS["token"], "--upstream",
+                         "127.0.0.1", "--ports", "80", "--generate=systemd", env={"INLETS_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
+    hint = next(line for line in result.stdout.splitlines() if line.startswith("# Before the first start: "))
+    commands = [shlex.split(part) for part in hint.removeprefix("# Before the first start: ").split("; ")]
+    made = commands.index(["touch", "/etc/inlets/token"])
+    assert commands.index(["mkdir", "-p", "/etc/inlets"]) < made < commands.index(["chown", "inlets:", "/etc/inlets/token"])
+    assert next(i for i, c in enumerate(commands) if c[0] == "chmod") > made
+    (note,) = result.stderr.strip().splitlines()
+    assert "/etc/inlets/token" in note and "write" in note and SECRETS["token"] not in result.stderr + result.stdout
+    given = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream",
+                        "127.0.0.1", "--ports", "80", "--generate=systemd", env={"INLETS_TOKEN": ""})
+    assert given.returncode == 0 and given.stderr == "" and "touch" not in given.stdout, given.stderr  # the user's file
