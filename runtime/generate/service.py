@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote
 
 from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption, TokenError, read_tokens
+from ..core.ports import parse_port
 from . import reachable
 from .systemd_quote import UnitValueError, exec_command, path_value
 from .templating import render
@@ -291,7 +292,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         exec_start=exec_start,
         user=SERVICE_USER,
         mode=command[0],
-        server=command[-1] == "server",
+        server=command[-1] == "server" or _listens_below_1024(pairs),  # the template: may bind ports under 1024
         read_only_paths=read_only_paths,
         read_write_paths=read_write_paths,
         protect_home=_protect_home(needed, dirs),
@@ -301,6 +302,13 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         print(f"inlets: write these secrets, each on the first line of its file, once the unit's setup comment has "
               f"made them 0600: {', '.join(to_write)}", file=sys.stderr)
     return unit
+
+
+def _listens_below_1024(pairs: Pairs) -> bool:
+    """A client's ``--local 443:HOST:PORT`` listens on 443 itself: without CAP_NET_BIND_SERVICE its unit failed at
+    every start with "cannot listen on 127.0.0.1:443 for --local: Permission denied" (the command checked the value)."""
+    ports = [parse_port(value.partition(":")[0]) for option, value in pairs if option == "--local" and value]
+    return any(port is not None and port < 1024 for port in ports)
 
 
 def _readable_certificate(option: str, path: str) -> bool:

@@ -411,3 +411,19 @@ def test_a_secret_given_inline_gets_its_file_made_by_the_setup_line_and_named_on
     given = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream",
                         "127.0.0.1", "--ports", "80", "--generate=systemd", env={"INLETS_TOKEN": ""})
     assert given.returncode == 0 and given.stderr == "" and "touch" not in given.stdout, given.stderr  # the user's file
+
+
+@pytest.mark.parametrize(("local", "binds_low"), [("443:127.0.0.1:8443", True), ("8443:127.0.0.1:443", False)])
+def test_a_client_listening_on_a_port_under_1024_may_bind_it(local: str, binds_low: bool, tmp_path: Path) -> None:
+    """A client's ``--local 443:...`` listens on 443 itself: its unit had no capability at all
+    (CapabilityBoundingSet= empty), so it failed at every start with "cannot listen on 127.0.0.1:443 for --local:
+    Permission denied". Such a client gets the server's one right, CAP_NET_BIND_SERVICE; any other keeps none."""
+    result = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--local",
+                         local, "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
+    lines = result.stdout.splitlines()
+    if binds_low:
+        assert {"AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"} <= set(lines)
+    else:
+        assert "CapabilityBoundingSet=" in lines and not any(line.startswith("AmbientCapabilities=") for line in lines)
