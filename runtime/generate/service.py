@@ -180,8 +180,11 @@ def name_of(command: list[str]) -> str:
 
 
 def _command() -> list[str]:
-    """How the service starts inlets: the ``inlets`` on PATH, the one beside this Python, or ``python -m`` the runtime package."""
-    found = shutil.which("inlets") or (str(p) if (p := Path(sys.executable).with_name("inlets")).exists() else None)
+    """How the service starts inlets: the ``inlets`` beside this Python (the installation running now), else the one
+    on PATH, else ``python -m`` the runtime package. PATH's came first: ``/opt/inlets/bin/inlets ... --generate``
+    wrote another installation (an older one, or one its user cannot reach) into the unit."""
+    beside = Path(sys.executable).with_name("inlets")
+    found = str(beside) if beside.exists() else shutil.which("inlets")
     return [found] if found else [sys.executable, "-m", RUNTIME_PACKAGE]
 
 

@@ -40,7 +40,7 @@ RUN = reachable.READ | reachable.EXECUTE
 @dataclass(frozen=True)
 class ServiceInlets:
     python: Path  # the Python the unit's ExecStart ends up running
-    bin: Path  # the folder of its ``inlets``: first on PATH, so --generate writes that one into ExecStart
+    bin: Path  # the folder of its ``inlets``, beside ``python``: the one --generate writes into ExecStart
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         """The caller's environment with ``extra``; PATH, unless ``extra`` gives one, starts with ``bin``."""

@@ -16,7 +16,7 @@ import yaml
 from helpers.proxy_daemons import binary
 from helpers.process import ROOT as PROCESS_ROOT
 from helpers.process import inlets, one_line_error
-from helpers.service_python import folder_outside_tmp, service_inlets, unit_inlets
+from helpers.service_python import ServiceInlets, folder_outside_tmp, make_venv, service_inlets, unit_inlets
 
 from inlets_py.runtime.generate import reachable
 
@@ -146,24 +146,21 @@ def test_a_file_under_tmp_is_refused_since_private_tmp_hides_it(tmp_path: Path) 
 
 def test_an_inlets_under_tmp_is_refused_and_one_under_home_gets_a_readable_home(tmp_path: Path) -> None:
     service = service_inlets()
-    installed = service.bin / "inlets"  # an installation the unit's user can run
     args = ["tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream", "127.0.0.1",
             "--ports", "80", "--generate=systemd"]
-    under_tmp = tmp_path / "bin"
-    under_tmp.mkdir()
-    (under_tmp / "inlets").symlink_to(installed)  # as if installed from a checkout under /tmp
-    refused = service.run(*args, env={"PATH": f"{under_tmp}{os.pathsep}{os.environ['PATH']}"})
+    under_tmp = ServiceInlets(make_venv(tmp_path / "venv", str(service.python)) / "python", tmp_path / "venv" / "bin")
+    refused = under_tmp.run(*args)  # as if installed from a checkout under /tmp
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
-    assert f"this inlets runs from {under_tmp / 'inlets'}, under /tmp, which the unit's PrivateTmp=true hides" in refused.stderr
+    assert f"this inlets runs from {under_tmp.bin / 'inlets'}, under /tmp, which the unit's PrivateTmp=true hides" in \
+        refused.stderr
     assert "pip install ." in refused.stderr
     home = _home_others_can_enter()
     try:
-        (home / "inlets").symlink_to(installed)
-        readable = service.run(*args, env={"PATH": f"{home}{os.pathsep}{os.environ['PATH']}"})
+        readable = ServiceInlets(make_venv(home / "venv", str(service.python)) / "python", home / "venv" / "bin").run(*args)
         assert readable.returncode == 0, readable.stderr
         assert "ProtectHome=read-only" in readable.stdout  # ProtectHome=true would make the command vanish
         exec_start = _verified(tmp_path, readable.stdout, "inlets-tcp-client.service")
-        assert exec_start.startswith(f"ExecStart={home / 'inlets'} tcp client --url wss://h:8123 ")
+        assert exec_start.startswith(f"ExecStart={home / 'venv' / 'bin' / 'inlets'} tcp client --url wss://h:8123 ")
     finally:
         shutil.rmtree(home)
 
@@ -427,3 +424,19 @@ def test_a_client_listening_on_a_port_under_1024_may_bind_it(local: str, binds_l
         assert {"AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"} <= set(lines)
     else:
         assert "CapabilityBoundingSet=" in lines and not any(line.startswith("AmbientCapabilities=") for line in lines)
+
+
+def test_the_unit_runs_the_inlets_that_generated_it_not_another_on_path(tmp_path: Path) -> None:
+    """``/opt/inlets/bin/inlets ... --generate=systemd``, as the README and the refusal say to run it, wrote the first
+    ``inlets`` on PATH into ExecStart: another installation (an older version, or the pyenv one under /root that was
+    refused, so the advice's own command was refused again). The unit runs the installation that printed it."""
+    service = service_inlets()
+    with folder_outside_tmp() as other:
+        (other / "inlets").write_text("#!/bin/sh\nexit 0\n")
+        (other / "inlets").chmod(0o755)
+        result = service.run("tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream",
+                             "127.0.0.1", "--ports", "80", "--generate=systemd",
+                             env={"PATH": f"{other}{os.pathsep}{service.bin}{os.pathsep}{os.environ.get('PATH', '')}"})
+        assert result.returncode == 0, result.stderr
+        exec_start = _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
+    assert exec_start.startswith(f"ExecStart={service.bin / 'inlets'} tcp client "), exec_start
