@@ -261,8 +261,8 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     named_files: list[tuple[str, str]] = []
     written_dirs: list[tuple[str, str]] = []
     for name, value in pairs:
-        if name in FILE_OPTIONS and value is not None:
-            value = str(Path(value).expanduser().resolve())
+        if name in FILE_OPTIONS and value is not None:  # absolute, a link kept: certbot's live/ links move on renewal
+            value = os.path.abspath(Path(value).expanduser())
             named_files.append((name, value))
         elif name in WRITTEN_DIR_OPTIONS and value:
             value = str(Path(value).expanduser().resolve())
@@ -273,13 +273,14 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     inlets = _command()
     runtime = _runtime_paths(inlets)
     files = [path for _, path in named_files]
+    real_files = [real for f in files if (real := os.path.realpath(f)) != f]  # a link's target: read there too
     dirs = [path for _, path in written_dirs]
     needed = runtime + files + dirs + [os.path.realpath(p) for p in runtime + files + dirs]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
         # a folder it both reads and writes is only a ReadWritePaths=: given both, systemd keeps the read-only one
         # (namespace.c drop_duplicates: "the more restrictive mode" wins), and --auto-tls failed at every start
-        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files
+        read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files + real_files
                                   if str(Path(f).parent) not in dirs})
         read_write_paths = sorted({path_value(d) for d in dirs})  # made by the setup hint; a missing one fails the start
         for file in files:  # named in the setup hint's comment line too

@@ -440,3 +440,22 @@ def test_the_unit_runs_the_inlets_that_generated_it_not_another_on_path(tmp_path
         assert result.returncode == 0, result.stderr
         exec_start = _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
     assert exec_start.startswith(f"ExecStart={service.bin / 'inlets'} tcp client "), exec_start
+
+
+def test_a_certificate_named_through_a_link_stays_the_link_so_a_renewal_is_reloaded(tmp_path: Path) -> None:
+    """certbot's live/DOMAIN/fullchain.pem links to archive/DOMAIN/fullchain1.pem and moves to fullchain2.pem at each
+    renewal. The unit named the link's target, so ``systemctl reload`` re-read the old certificate until it expired
+    (measured: after renewal and SIGHUP, event=certificate_reloaded cert=.../fullchain1.pem, the old subject served)."""
+    with folder_outside_tmp() as folder:
+        (folder / "archive").mkdir()
+        (folder / "live").mkdir()
+        for name in ("fullchain", "privkey"):
+            (folder / "archive" / f"{name}1.pem").write_text("renewed by certbot\n")
+            (folder / "live" / f"{name}.pem").symlink_to(f"../archive/{name}1.pem")
+        result = unit_inlets("http", "server", "--tls-cert", str(folder / "live" / "fullchain.pem"), "--tls-key",
+                             str(folder / "live" / "privkey.pem"), "--token-file", "/etc/inlets/token",
+                             "--generate=systemd")
+        assert result.returncode == 0, result.stderr
+        exec_start = _verified(tmp_path, result.stdout, "inlets-http-server.service")
+    assert f"--tls-cert {folder}/live/fullchain.pem --tls-key {folder}/live/privkey.pem" in exec_start, exec_start
+    assert f"ReadOnlyPaths=-{folder}/archive" in result.stdout.splitlines()  # where the kernel reads it, as before
