@@ -82,6 +82,9 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
       "--control-addr", "127.0.0.1", "--data-addr", "::"], "--control-port and --port both name port 20612"),
     (LE_SERVER + ["--port", "20613", "--https-port", "20613"], "--port and --https-port both name port 20613"),
     (SERVER + ["--allow-ports", "80,20777"], "--control-port and --allow-ports both name port 20777"),
+    # an empty value ("$PORTS" unset) was taken as the flag left out: every port opened
+    (SERVER + ["--allow-ports", ""], "--allow-ports is empty: give the ports clients may open"),
+    (SERVER + ["--allow-ports", "", "--generate", "systemd"], "--allow-ports is empty"),
     # a rule that could never match was taken, and the target it meant was refused at each use
     (SERVER + ["--client-forwarding", "--client-forwarding-allow", "127.0.0.1/33:*"],
      "'127.0.0.1/33' in '127.0.0.1/33:*' is not a CIDR network"),

@@ -22,8 +22,12 @@ from ..server_config import (check_bind_addresses, check_control, check_distinct
 log = logging.getLogger("inlets")
 
 def parse_allow_ports(text: str | None) -> set[int] | None:
-    if not text:
+    """--allow-ports as a set; None only when the flag is left out. An empty value (``--allow-ports "$PORTS"`` with
+    $PORTS unset) is refused: taken as absent, it let clients open every port."""
+    if text is None:
         return None
+    if not text.strip():
+        fail("--allow-ports is empty: give the ports clients may open, e.g. 80,443 (leave the flag out to allow every port)")
     try:
         allowed = set(parse_port_list(text))
     except ValueError as exc:
