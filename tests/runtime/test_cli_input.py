@@ -73,6 +73,9 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
                               ("https://127.0.0.1:abc/dir", "'abc' is not a port between 1 and 65535"),
                               ("https://127.0.0.1:0/dir", "'0' is not a port between 1 and 65535"))
       for generate in ([], ["--generate", "k8s_yaml"])],
+    # an empty --letsencrypt-path wrote the ACME account and certificate keys into the current directory
+    (LE_SERVER + ["--letsencrypt-path", ""], "--letsencrypt-path is empty (the current directory)"),
+    (LE_SERVER + ["--letsencrypt-path", "", "--generate", "systemd"], "--letsencrypt-path is empty"),
     # two of the server's own flags on one port: the OS's "Address already in use" blamed another program
     (["http", "server", "--token-file", "{tok}", "--plaintext", "--port", "20611", "--control-port", "20611"],
      "--control-port and --port both name port 20611: the server cannot listen on it twice"),

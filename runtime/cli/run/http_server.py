@@ -30,6 +30,9 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
             fail("--letsencrypt-email/-issuer/-path/-ca, --https-port and --max-https-handshakes(-per-source) need "
                  "--letsencrypt-domain")
         return
+    if flags.letsencrypt_path is not None and str(flags.letsencrypt_path) in ("", "."):  # as --auto-tls-path
+        fail("--letsencrypt-path is empty (the current directory): give a directory of its own for the account and "
+             "certificate keys, e.g. ~/.local/share/inlets/letsencrypt")
     if flags.lb_proxy_protocol:
         fail("--lb-proxy-protocol cannot be combined with --letsencrypt-domain (the balancer would have to pass TLS through)")
     try:
