@@ -38,6 +38,9 @@ class SecretOption:
     env: str  # INLETS_BEARER_TOKEN
     key: str  # bearer-token: its file in a generated unit (/etc/inlets/KEY), its key in a Kubernetes Secret
     commands: tuple[tuple[str, ...], ...] = CLIENTS  # the commands that take it
+    #: a site's protection: its variable set but blank (``INLETS_BEARER_TOKEN=$UNSET_VAR``) is refused, as a blank
+    #: option is, not taken as no secret (the site was served unprotected without a word)
+    guards_a_site: bool = False
 
     @property
     def file_option(self) -> str:
@@ -64,13 +67,16 @@ class SecretOption:
                 raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
             warn_if_others_can_read(file, f"{self.file_option} file")  # as for the token file: a secret all the same
             return lines[0].strip()
-        return os.environ.get(self.env, "").strip() or None
+        found = os.environ.get(self.env)
+        if found is not None and not found.strip() and self.guards_a_site:
+            raise TokenError(f"${self.env} is set but blank: put the secret in it, or unset it to serve without one")
+        return (found or "").strip() or None
 
 
 TOKEN = SecretOption("--token", TOKEN_ENV, "token", (("tcp", "server"), ("http", "server"), *CLIENTS))
-BEARER_TOKEN = SecretOption("--bearer-token", "INLETS_BEARER_TOKEN", "bearer-token", (("http", "client"),))
+BEARER_TOKEN = SecretOption("--bearer-token", "INLETS_BEARER_TOKEN", "bearer-token", (("http", "client"),), True)
 BASIC_AUTH_PASSWORD = SecretOption(
-    "--basic-auth-password", "INLETS_BASIC_AUTH_PASSWORD", "basic-auth-password", (("http", "client"),)
+    "--basic-auth-password", "INLETS_BASIC_AUTH_PASSWORD", "basic-auth-password", (("http", "client"),), True
 )
 PROXY_PASSWORD = SecretOption("--proxy-password", "INLETS_PROXY_PASSWORD", "proxy-password")
 SECRETS = (TOKEN, BEARER_TOKEN, BASIC_AUTH_PASSWORD, PROXY_PASSWORD)

@@ -88,6 +88,14 @@ def test_generate_k8s_yaml_reads_the_files_it_puts_in_the_secret_with_a_limit(fl
     one_line_error(result, f"{flag} /dev/zero is larger than {limit}, too large to go into the Secret: give the file itself")
 
 
+@pytest.mark.parametrize("variable", ["INLETS_BEARER_TOKEN", "INLETS_BASIC_AUTH_PASSWORD"])
+def test_a_site_secrets_variable_set_but_blank_is_refused_not_taken_as_none(variable: str, secrets) -> None:
+    """``INLETS_BEARER_TOKEN=$UNSET`` (blank) served the site unprotected without a word; a blank flag was refused."""
+    args = ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file",
+            secrets["good"]] + (["--basic-auth-username", "alice"] if "BASIC" in variable else [])
+    one_line_error(inlets(*args, env={variable: "  "}), f"${variable} is set but blank")
+
+
 def test_status_without_a_token_exits_2_like_every_command() -> None:
     result = inlets(*STATUS, env={"INLETS_TOKEN": ""})
     assert result.returncode == 2 and "no token" in result.stderr
