@@ -189,7 +189,7 @@ class HttpTunnelServer:
             raise HandshakeError(CLOSE_SERVICE_REFUSED, f"rewrite_host names services not advertised: {sorted(unknown)}")
         self.options[session] = options
         self.guards.admit(session, services, options)
-        self.registry.add(session, services)
+        self.registry.add(session, services, hello.client_id)
         for service in services:
             self.metrics.host_served(service.partition(":")[2])
         return services

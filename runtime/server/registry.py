@@ -29,15 +29,32 @@ SILENT_FOR = 0.5
 #: A stream unanswered for longer was no dial still going (it would have been refused by now): a user and an
 #: upstream both silent, which says nothing of the client; the mark is dropped.
 SILENT_MOST = DIAL_TIMEOUT + 1.0
+#: Client ids whose marks are kept once their session left, for its reconnection (``Registry.add``) to take.
+MARKS_KEPT = 1024
 
 
 class Registry(Generic[S]):
     def __init__(self) -> None:
         self._serving: dict[str, list[S]] = {}
         self._turn: dict[str, int] = {}
+        self._ids: dict[S, str] = {}  # a session's client id (the hello's), where it sent one
+        self._of_id: dict[str, list[S]] = {}  # and the other way round
+        #: Marks of a client id's sessions gone, when the last left: a reconnection (SIGHUP, a network blip) is a
+        #: new session, and one starting clean took users to a blackholed upstream again (9 of 100 slow, not 3).
+        self._left: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
 
-    def add(self, session: S, services: list[str]) -> list[str]:
-        """Register ``session`` for ``services``; returns the services that are new."""
+    def add(self, session: S, services: list[str], client_id: str = "") -> list[str]:
+        """Register ``session`` for ``services``; returns the services that are new. ``session`` takes the marks
+        of ``client_id``'s other sessions, live or left lately (``inherit``)."""
+        if client_id and session not in self._ids:
+            left = self._left.pop(client_id, None)
+            if left is not None and time.monotonic() - left[0] <= UNREACHABLE_FOR:
+                inherit(session, left[1], left[2])  # type: ignore[arg-type]
+            same = self._of_id.setdefault(client_id, [])
+            for other in same:  # a SIGHUP's new session comes before the old one leaves
+                inherit(session, other.unreachable, other.silent)  # type: ignore[attr-defined]
+            same.append(session)
+            self._ids[session] = client_id
         new = []
         for service in services:
             sessions = self._serving.setdefault(service, [])
@@ -48,7 +65,15 @@ class Registry(Generic[S]):
         return new
 
     def remove(self, session: S) -> list[str]:
-        """Forget ``session``; returns the services nobody serves any more."""
+        """Forget ``session``; returns the services nobody serves any more. Its marks are kept for its client id
+        a while (``UNREACHABLE_FOR``; of ``MARKS_KEPT`` ids at most)."""
+        client_id = self._ids.pop(session, None)
+        if client_id is not None:
+            same = self._of_id[client_id]
+            same.remove(session)
+            if not same:
+                del self._of_id[client_id]
+            self._keep_marks(client_id, session)
         gone = []
         for service, sessions in list(self._serving.items()):
             if session in sessions:
@@ -58,6 +83,19 @@ class Registry(Generic[S]):
                     self._turn.pop(service, None)
                     gone.append(service)
         return gone
+
+    def _keep_marks(self, client_id: str, session: S) -> None:
+        now = time.monotonic()
+        left = self._left
+        while left:  # oldest first: the ones gone longest, or past MARKS_KEPT
+            oldest = next(iter(left))
+            if now - left[oldest][0] <= UNREACHABLE_FOR and len(left) < MARKS_KEPT:
+                break
+            del left[oldest]
+        unreachable, silent = session.unreachable, session.silent  # type: ignore[attr-defined]
+        if unreachable or silent:
+            left.pop(client_id, None)
+            left[client_id] = (now, dict(unreachable), dict(silent))
 
     def candidates(self, service: str) -> list[S]:
         """Sessions for ``service`` in the order to try them, rotating the start each call."""
@@ -77,6 +115,20 @@ class Registry(Generic[S]):
     def serves(self, service: str) -> bool:
         """Whether a session serves ``service`` (``sessions_for`` without the copy: looked at per request)."""
         return bool(self._serving.get(service))
+
+
+def inherit(session: Session, unreachable: dict[str, float], silent: dict[str, float]) -> None:
+    """``session`` is a reconnection of the client these marks were of: it is tried after the others for the same
+    services, at most ``UNREACHABLE_FOR`` from now, then by one user at a time (``resting``) until one answers. So a
+    client that claims another's id makes that one's next session lose its users for 5 s at most."""
+    now = time.monotonic()
+    cap = now + UNREACHABLE_FOR
+    mine = session.unreachable
+    for service, until in unreachable.items():  # one lapsed but not cleared: the next user finds out
+        mine[service] = min(cap, max(until, mine.get(service, until)))
+    for service, since in silent.items():  # a dial that hangs: its upstream is likely blackholed
+        if SILENT_FOR < now - since <= SILENT_MOST:
+            mine[service] = cap
 
 
 def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHandler) -> Channel | str:

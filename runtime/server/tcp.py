@@ -282,7 +282,7 @@ class TcpTunnelServer:
                 self.metrics.forget_ports(*counted)
                 control = frozenset(address[1] for address in self.control.addresses) if kind == "tcp" else frozenset()
                 raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc, control)) from None
-            self.registry.add(session, services)
+            self.registry.add(session, services, hello.client_id)
         return services
 
     async def _listen(self, port: int, service: str) -> asyncio.base_events.Server:

@@ -208,3 +208,45 @@ def test_new_users_go_elsewhere_while_the_first_dial_hangs(tls: TlsFiles, token:
 
     public = 0
     run(scenario())
+
+
+def test_a_reconnected_client_keeps_its_marks(tls: TlsFiles, token: str, caplog) -> None:
+    """Found by a review helper: two `inlets tcp client`s, the first one's upstream blackholed, SIGHUP to it twice in
+    a 100-user run: 9 users waited the 10 s dial, 3 without the SIGHUPs: its new session started with no marks. A
+    reconnection (SIGHUP, or the connection lost) takes the marks of the client id's session before it."""
+    caplog.set_level(logging.INFO)
+
+    async def unreachable_after(users: range) -> int:
+        caplog.clear()
+        for index in users:
+            assert await _user(public, b"user %d\n" % index) == _expected(b"user %d\n" % index)
+        return sum("event=upstream_unreachable" in r.getMessage() for r in caplog.records)
+
+    async def scenario() -> None:
+        nonlocal public
+        up = await serve(_answer)
+        server = await start_server(tls, token)
+        public = free_port()
+        client, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", free_port())})
+        _, task_up = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
+        try:
+            assert await unreachable_after(range(1)) == 1  # the first user went to it: it is marked
+            await client.rotate()  # as SIGHUP does: make-before-break
+            assert await unreachable_after(range(1, 5)) == 0
+            old = client.session
+            assert old is not None
+            old.websocket.transport.abort()  # a network blip: the client reconnects
+            for _ in range(100):
+                if client.session not in (old, None) and len(server.control.clients) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert client.session not in (old, None) and len(server.control.clients) == 2
+            assert await unreachable_after(range(5, 9)) == 0
+        finally:
+            await stop(task_down, task_up)
+            await server.stop()
+            up.close()
+
+    public = 0
+    run(scenario())
+
