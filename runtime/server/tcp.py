@@ -183,6 +183,11 @@ class DataPlaneConnection(TcpBridge):
         self.counters.bytes_out += len(data)
         super().on_data(data)
 
+    def on_eof(self) -> None:
+        if self._replay is not None:  # its FIN, nothing said before: the dial worked (a failed one is REFUSED), and
+            self._reached()  # the upstream closed (a health check's connection: 28 of 30 users went to the other)
+        super().on_eof()
+
     def _reached(self) -> None:
         """The client answered, so it reached its upstream: nothing will be sent again, and it takes its share of
         users again. (Credit coming back shows it too, but watching for it cost a call per WINDOW frame.)"""
