@@ -209,6 +209,8 @@ def progress(front: Front) -> None:
                 out.append(response_head(response, ex.options, ex.chunked, ex.close,
                                          keep_alive=head.version == b"1.0" and not ex.close))
             elif response.status == 101 and head.upgrade:
+                if leg.session.unreachable or leg.session.silent:  # an answer too: a websocket accepted
+                    reached(leg.session, leg.service)
                 if out and front.transport is not None:
                     front.transport.write(b"".join(out))
                 _switch(front, ex, response)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,3 +149,44 @@ def test_new_requests_go_elsewhere_while_the_first_dial_hangs(tls, token, monkey
         stack.close()
         for sock in kept:
             sock.close()
+
+
+def test_a_websocket_answered_counts_as_an_answer(tls, token, monkeypatch) -> None:
+    """Found by a review helper: a 101 (a websocket accepted) did not clear the silent mark (``registry.opened``),
+    so the client that took one websocket got no new user of two for up to 11 s, its upstream answering all along
+    (0 of 20 requests, the other client 20). The 101 is its upstream's answer, as a 200 is: 10 and 10."""
+    monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
+    stack = Stack()
+    served: dict[str, int] = {"A": 0, "B": 0}
+    try:
+        def app(name: str):
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                try:
+                    while head := await reader.readuntil(b"\r\n\r\n"):
+                        if b"upgrade: websocket" in head.lower():
+                            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                         b"Connection: Upgrade\r\n\r\n")
+                            await writer.drain()
+                            await reader.read()  # held open, as a websocket is
+                            return
+                        served[name] += 1
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        await writer.drain()
+                except asyncio.IncompleteReadError:  # the tunnel's leg closed between requests
+                    pass
+            return handle
+
+        server = stack.server(tls, token)
+        for name in ("A", "B"):
+            stack.client(server, tls, token, [f"ws.test=http://{LOOPBACK}:{stack.serve(app(name))}"])
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as held:
+            held.sendall(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert held.recv(4096).startswith(b"HTTP/1.1 101 ")
+            time.sleep(0.3)  # past SILENT_FOR
+            answers = [raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: close\r\n\r\n")
+                       for _ in range(20)]
+        assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:120] for a in answers]
+        assert served == {"A": 10, "B": 10}, served
+    finally:
+        stack.close()
