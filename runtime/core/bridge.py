@@ -26,6 +26,7 @@ import struct
 import sys
 from typing import Awaitable, Callable
 
+from .dial_failures import failure_words
 from .hosts import authority
 from .logs import logfmt
 from .mux import ResetCode
@@ -291,8 +292,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         if not timed_out:
             return  # cancelled at shutdown or by the stream's reset, not by the timer: the stream is reset already
         reason = "dial timed out"
-        if failures:  # imported here: the data plane that never dials a name does not load aiohappyeyeballs
-            from .eyeballs import failure_words
+        if failures:
             reason = f"dial timed out; {failure_words(failures)}"
     elif (exc := task.exception()) is None:
         return

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import socket
 from typing import Any
 
 from aiohappyeyeballs import start_connection
 
-from .hosts import authority, is_ip
+from .dial_failures import failure_words
+from .hosts import is_ip
 
 #: RFC 8305's recommended Connection Attempt Delay.
 DELAY = 0.25
-#: At most this many addresses named per failure in ``AddressesFailed``: a name may have dozens.
-SHOWN = 4
 
 
 class AddressesFailed(OSError):
@@ -51,18 +49,6 @@ class _Noting:
         except OSError as exc:
             self._failures.append((address, exc))
             raise
-
-
-def failure_words(failures: list[tuple[Any, OSError]]) -> str:
-    """``Connection refused on 127.0.0.1:80, [::1]:80; Network is unreachable on [2001:db8::1]:80``: each failure's
-    words, in the order they first came, with at most ``SHOWN`` of their addresses."""
-    where: dict[str, list[str]] = {}
-    for address, exc in failures:
-        words = (exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno else os.strerror(exc.errno)) or (
-            str(exc) or "the connection failed")  # a resolver's code (uvloop resolves an address again) is no errno
-        where.setdefault(words, []).append(authority(address[0], address[1]))
-    return "; ".join(f"{words} on {', '.join(named[:SHOWN])}" + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN
-                                                                  else "") for words, named in where.items())
 
 
 @functools.lru_cache(maxsize=64)
