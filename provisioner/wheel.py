@@ -263,8 +263,10 @@ def _strings(tree: ast.AST) -> list[str]:
 
 
 def _is_command(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    """A typer command (``@app.command(...)``): its parameters' hints are its options."""
-    return any(".command" in ast.unparse(decorator) for decorator in function.decorator_list)
+    """A typer command or group callback (``@app.command(...)``, ``@app.callback()``): its parameters' hints are
+    its options (without them ``inlets --version`` became an option that wants a value)."""
+    return any(word in ast.unparse(decorator) for decorator in function.decorator_list
+               for word in (".command", ".callback"))
 
 
 def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerWheel:

@@ -189,6 +189,9 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert str(venv) in result.stdout and str(ROOT) not in result.stdout
+    version = subprocess.run([venv / "bin" / "inlets", "--version"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=60)  # the group callback's flag keeps its bool hint in the compacted source
+    assert version.returncode == 0 and version.stdout.startswith("inlets "), version.stdout + version.stderr
     (tmp_path / "token").write_text(token + "\n")
     control, data = free_port(), free_port()
     data_flag = ["--allow-ports", str(data)] if mode == "tcp" else ["--port", str(data)]
