@@ -193,6 +193,15 @@ def test_the_server_wheel_declares_only_what_a_server_imports_and_serves_on_its_
                              timeout=60)  # the group callback's flag keeps its bool hint in the compacted source
     assert version.returncode == 0 and version.stdout.startswith("inlets "), version.stdout + version.stderr
     (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    ports = ["--allow-ports", "2222"] if mode == "tcp" else []
+    for flags in (["--plaintext", "--generate", "systemd"], ["--auto-tls", "--auto-tls-path", str(tmp_path / "tls")]):
+        # what the wheel leaves out (generate/, core/certs) is refused in one line that says what to do instead
+        left_out = subprocess.run([venv / "bin" / "inlets", mode, "server", "--token-file", "token", *ports, *flags],
+                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert left_out.returncode != 0 and left_out.stdout == "", left_out.stdout + left_out.stderr
+        assert re.fullmatch(r"inlets: error: --\S+ is not in this server-only install of inlets [^\n]*\n",
+                            left_out.stderr), left_out.stderr
     control, data = free_port(), free_port()
     data_flag = ["--allow-ports", str(data)] if mode == "tcp" else ["--port", str(data)]
     log = tmp_path / "server.log"

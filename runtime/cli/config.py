@@ -48,8 +48,12 @@ def maybe_generate(kind: str | None, command: list[str], replicas: int | None = 
         return
     if flags is not None:
         importlib.import_module(f"{__package__}.run.{'_'.join(command)}").check(SimpleNamespace(**flags))
-    from ..generate.command import GenerateError
-    from ..generate.command import generate as generate_service
+    try:
+        from ..generate.command import GenerateError
+        from ..generate.command import generate as generate_service
+    except ModuleNotFoundError:  # the exit server's wheel (inletsctl's) carries no generate/
+        fail(f"--generate is not in this server-only install of inlets (an exit server's): run `inlets "
+             f"{' '.join(command)} --generate ...` where inlets-py is installed in full (pip install . in its checkout)")
 
     argv = sys.argv[1 + len(command) :]
     try:

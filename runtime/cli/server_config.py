@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -223,6 +224,9 @@ def auto_tls_directory(path: Path | None) -> Path:
 
 def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
     """Create or reuse the --auto-tls CA and certificate, in a child process (see core/certs.py's main)."""
+    if importlib.util.find_spec(CERTS_MODULE) is None:  # the exit server's wheel (inletsctl's) carries no certs
+        raise TlsConfigError("--auto-tls is not in this server-only install of inlets (an exit server's): pass "
+                             "--tls-cert and --tls-key, or install inlets-py in full (pip install . in its checkout)")
     result = subprocess.run(
         [sys.executable, "-m", CERTS_MODULE, str(directory), *names], capture_output=True, text=True, timeout=60
     )
