@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
-from ..core.tls import TlsConfigError, readable_file
+from ..core.tls import DirectSSLObject, TlsConfigError, readable_file
 from . import retry_after as retry_after_header
 from .store import (CHAIN, CURRENT, KEY, NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
                     directory_url)
@@ -55,6 +55,7 @@ def tls_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+    context.sslobject_class = DirectSSLObject  # a refused handshake ends with its alert, not an EOF
     return context
 
 
@@ -85,12 +86,14 @@ class LetsEncrypt:
     # ------------------------------------------------------------ TLS
 
     def _select(self, sock: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
-        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's."""
+        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's. Before any
+        is issued, the alert ``internal_error``, as Caddy sends for a name it has no certificate for yet (curl:
+        "tlsv1 alert internal error"; ``unrecognized_name`` told the user the name was wrong, not early)."""
         context = self.contexts.get((server_name or "").lower().rstrip("."))
         if context is None:
             context = next((self.contexts[d] for d in self.domains if d in self.contexts), None)
         if context is None:
-            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME  # nothing issued yet
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR  # nothing issued yet
         sock.context = context
         return None
 

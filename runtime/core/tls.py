@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import ssl
 import time
@@ -20,6 +21,11 @@ X509_V_ERR_CERT_HAS_EXPIRED = 10  # OpenSSL's verify code (x509_vfy.h), for the 
 X509_V_ERR_CERT_NOT_YET_VALID = 9  # the same, for a notBefore still to come
 
 
+#: Set around feeding a ClientHello to the loop's TLS layer (``server.admission``): the server TLS objects that
+#: refused it append themselves, so the feeder closes the connection once their alert is written.
+REFUSED: contextvars.ContextVar[list[ssl.SSLObject] | None] = contextvars.ContextVar("refused", default=None)
+
+
 class DirectSSLObject(ssl.SSLObject):
     """``ssl.SSLObject`` whose ``read``, ``write`` and ``pending`` are the C object's own methods.
 
@@ -28,12 +34,41 @@ class DirectSSLObject(ssl.SSLObject):
     ``sslobject_class`` (its documented hook), the loop calls the C methods straight, with the same
     arguments and results."""
 
+    _outgoing: ssl.MemoryBIO
+    _refused: ssl.SSLError | None
+
     @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:  # what ``wrap_bio`` calls, passed on as is
-        self: DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]  # private in typeshed
+    def _create(cls, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, *args: Any,
+                **kwargs: Any) -> DirectSSLObject:  # what ``wrap_bio`` calls, passed on as is
+        self: DirectSSLObject = super()._create(incoming, outgoing, *args, **kwargs)  # type: ignore[misc]  # private
         inner = self._sslobj  # type: ignore[attr-defined]
         self.read, self.write, self.pending = inner.read, inner.write, inner.pending  # type: ignore[method-assign]
+        self._outgoing, self._refused = outgoing, None
         return self
+
+    def do_handshake(self) -> None:
+        """A server's refusal reaches the client as OpenSSL's alert (``protocol_version`` for TLS 1.0,
+        ``internal_error`` for a name with no certificate yet), then fails as before.
+
+        The loop's TLS layer (asyncio's and uvloop's) closes the socket on a failed handshake without sending
+        what OpenSSL wrote for the peer: curl, ``openssl s_client`` and browsers saw an unexpected EOF, which
+        reads like a network fault. So the first failure is told to the loop as "wants more": it sends the
+        alert; the feeder told by ``REFUSED`` closes then (else the client's close on reading it, its next
+        bytes or the handshake timeout fail the handshake with the error kept here)."""
+        if self._refused is not None:
+            raise self._refused
+        try:
+            self._sslobj.do_handshake()  # type: ignore[attr-defined]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            if not self.server_side or not self._outgoing.pending:
+                raise
+            self._refused = exc
+            refused = REFUSED.get()
+            if refused is not None:
+                refused.append(self)
+            raise ssl.SSLWantReadError("handshake refused: the alert goes out first") from exc
 
 
 class TlsConfigError(Exception):

@@ -34,7 +34,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
 from ..core.logs import logfmt
-from ..core.tls import PLAINTEXT_ATTEMPTS
+from ..core.tls import PLAINTEXT_ATTEMPTS, REFUSED
 from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.server")
@@ -294,12 +294,19 @@ class _Pending(asyncio.Protocol):
         if transport.is_closing() or not hasattr(tls, "buffer_updated"):  # uvloop's is no BufferedProtocol
             return
         view, self.early = memoryview(self.early), bytearray()  # a new buffer: the old one stays whole under the view
-        while view:
-            buffer = tls.get_buffer(len(view))
-            count = min(len(buffer), len(view))
-            buffer[:count] = view[:count]
-            tls.buffer_updated(count)
-            view = view[count:]
+        refused: list[ssl.SSLObject] = []
+        reset = REFUSED.set(refused)
+        try:
+            while view:
+                buffer = tls.get_buffer(len(view))
+                count = min(len(buffer), len(view))
+                buffer[:count] = view[:count]
+                tls.buffer_updated(count)
+                view = view[count:]
+        finally:
+            REFUSED.reset(reset)
+        if refused:  # its alert is written: closed once sent, not held until the peer closes or the handshake times out
+            transport.close()
 
     async def _hand_over(self, transport: asyncio.BaseTransport, handshake: asyncio.Future) -> None:
         self.admission._handshakes.add(transport)  # type: ignore[arg-type]

@@ -105,8 +105,9 @@ def test_tls_below_1_2_is_refused(acme) -> None:
     except (ValueError, ssl.SSLError) as exc:
         pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
     with socket.create_connection(("127.0.0.1", acme["https"]), timeout=5) as raw:
-        with pytest.raises(ssl.SSLError):
+        with pytest.raises(ssl.SSLError) as refused:
             context.wrap_socket(raw, server_hostname=DOMAINS[0])
+    assert refused.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"  # told, not an EOF
 
 
 def test_plain_port_redirects_to_https_keeping_path_and_query(acme) -> None:
