@@ -28,7 +28,7 @@ from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
 from ..http.parser import RequestReader
 from ..http.write import SimpleResponse
-from ..server.admission import Admission
+from ..server.admission import Admission, plain_http_answer
 from .letsencrypt import LetsEncrypt
 
 log = logging.getLogger("inlets.http")
@@ -44,6 +44,10 @@ MAX_HANDSHAKES = 1024
 #: Of those, from one address: room for a NAT or carrier-grade NAT with many users (browsers open up to six
 #: connections per site each), while one flooding address takes at most 1/16 of the total.
 MAX_HANDSHAKES_PER_SOURCE = 64
+#: Plain HTTP sent to the HTTPS port (``http://example.com:443/``, a load balancer's check set to HTTP): curl
+#: said "Empty reply from server", a browser "connection reset". Go's servers (Caddy, Traefik) answer 400
+#: "Client sent an HTTP request to an HTTPS server.", nginx 400 "The plain HTTP request was sent to HTTPS port".
+PLAIN_HTTP_ON_HTTPS = plain_http_answer(b"This is an HTTPS port: use https://, not http://\n")
 
 
 class HttpsServer(FrontServer, Protocol):
@@ -129,9 +133,9 @@ class HttpsFront:
         self.letsencrypt = letsencrypt
         self.https_port = https_port
         # No trusted proxies: --lb-proxy-protocol cannot be combined with --letsencrypt-domain. Plain HTTP on the
-        # HTTPS port is closed, as the TLS layer did before.
+        # HTTPS port is told so in words, not logged (a visitor's typo, not the operator's)
         self.admission = Admission(max_handshakes, max_handshakes_per_source, until_tls=True, listener="https",
-                                   answer_plain_http=False)
+                                   answer_plain_http=PLAIN_HTTP_ON_HTTPS)
         self._plain: asyncio.base_events.Server | None = None
         self._tls: asyncio.base_events.Server | None = None
 

@@ -70,7 +70,7 @@ class Admission:
         *,
         until_tls: bool = False,
         listener: str = "control",
-        answer_plain_http: bool = True,
+        answer_plain_http: bytes | None = None,
     ) -> None:
         self.max_total = max_total
         self.max_per_source = max_per_source
@@ -79,9 +79,9 @@ class Admission:
         #: says so (``ControlConnection.authenticated``), or closes.
         self.until_tls = until_tls
         self.listener = listener  # named in the log lines: "control" or "https"
-        #: Plain HTTP on the TLS port is answered ``PLAIN_HTTP_ANSWER`` (the control port's words) and logged; if
-        #: False, it is closed as anything else that is no TLS handshake is.
-        self.answer_plain_http = answer_plain_http
+        #: What plain HTTP on the TLS port is answered (the control port's also logged per source): by default
+        #: ``PLAIN_HTTP_ANSWER``, the control port's words; empty: closed as anything else that is no TLS is.
+        self.answer_plain_http = PLAIN_HTTP_ANSWER if answer_plain_http is None else answer_plain_http
         self.per_source: collections.Counter[str] = collections.Counter()
         self.pending: dict[Ticket, None] = {}  # oldest first
         self.refused = 0  # over the per-source cap
@@ -178,8 +178,15 @@ class ControlConnection(BoundedReplies, ServerConnection):
 #: What a browser or curl given http:// for the TLS control port is told (Go's servers answer the same case
 #: "Client sent an HTTP request to an HTTPS server."), rather than a connection closed without a word.
 _PLAIN_HTTP_BODY = b"This is an inlets tunnel server's TLS port: use https:// (wss:// for inlets clients), not http://\n"
-PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(_PLAIN_HTTP_BODY)) + _PLAIN_HTTP_BODY
+
+
+def plain_http_answer(body: bytes) -> bytes:
+    """The whole 400 response for plain HTTP sent to a TLS port, then closed."""
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+PLAIN_HTTP_ANSWER = plain_http_answer(_PLAIN_HTTP_BODY)
 TLS_HANDSHAKE_RECORD = 0x16
 TLS_MAX_RECORD = 16384 + 2048  # a TLS record's payload at most (RFC 5246 6.2.3, ciphertext's)
 
@@ -241,8 +248,9 @@ class _Pending(asyncio.Protocol):
         if self.silence is not None:
             self.silence.cancel()
         if data[:1].isalpha() and self.admission.answer_plain_http and self.ticket is not None:
-            PLAINTEXT_ATTEMPTS.seen(self.ticket.source)
-            transport.write(PLAIN_HTTP_ANSWER)  # type: ignore[attr-defined]
+            if self.admission.listener == "control":  # an inlets client given ws://: the operator is told
+                PLAINTEXT_ATTEMPTS.seen(self.ticket.source)
+            transport.write(self.admission.answer_plain_http)  # type: ignore[attr-defined]
             transport.close()
         else:
             transport.abort()  # type: ignore[attr-defined]

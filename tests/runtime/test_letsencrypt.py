@@ -141,6 +141,18 @@ def test_plain_port_refusals_name_their_status(acme, request_bytes, status_line)
     assert raw_request(acme["http"], request_bytes).startswith(status_line)
 
 
+def test_plain_http_on_the_https_port_is_told_to_use_https(acme, caplog) -> None:
+    """curl http://DOMAIN:443/ said "Empty reply from server"; Go's servers and nginx answer 400 in words."""
+    curl = need("curl")
+    caplog.set_level(logging.INFO)
+    result = subprocess.run(
+        [curl, "-sS", "--max-time", "10", "-w", "%{http_code}", "--resolve", f"a.example.test:{acme['https']}:127.0.0.1",
+         f"http://a.example.test:{acme['https']}/"], capture_output=True, text=True, timeout=20,
+    )
+    assert result.stdout == "This is an HTTPS port: use https://, not http://\n400", result
+    assert "plaintext_on_tls_port" not in caplog.text  # the control port's line, about inlets clients
+
+
 def test_keys_are_private_and_never_logged(acme, caplog) -> None:
     store = acme["manager"].store
     assert stat.S_IMODE(store.dir.stat().st_mode) == 0o700
