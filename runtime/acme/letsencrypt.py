@@ -86,10 +86,15 @@ class LetsEncrypt:
     # ------------------------------------------------------------ TLS
 
     def _select(self, sock: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> int | None:
-        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's. Before any
-        is issued, the alert ``internal_error``, as Caddy sends for a name it has no certificate for yet (curl:
-        "tlsv1 alert internal error"; ``unrecognized_name`` told the user the name was wrong, not early)."""
-        context = self.contexts.get((server_name or "").lower().rstrip("."))
+        """SNI: the domain's context; a client without SNI or an unknown name gets the first domain's. A domain
+        of ours with no certificate yet (none issued, or its own not yet) gets the alert ``internal_error``, as
+        Caddy sends for a name it has no certificate for (curl: "tlsv1 alert internal error"): another domain's
+        certificate had curl say "no alternative certificate subject name matches" and browsers offer to click
+        through a name mismatch, as if the site were misconfigured rather than early."""
+        name = (server_name or "").lower().rstrip(".")
+        context = self.contexts.get(name)
+        if context is None and name in self.domains:
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR  # not issued yet (the log says why)
         if context is None:
             context = next((self.contexts[d] for d in self.domains if d in self.contexts), None)
         if context is None:

@@ -112,3 +112,17 @@ def test_a_domain_with_no_certificate_yet_gets_internal_error_as_from_caddy(loop
     assert told == "TLSV1_ALERT_INTERNAL_ERROR"
     assert received[:1] == b"\x15" and received[-2:] == b"\x02\x50", received.hex()  # alert record: fatal, 80
     assert seconds < 2, f"closed after {seconds:.1f}s"
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_a_domain_not_issued_yet_gets_internal_error_not_another_domains_certificate(loop_name: str,
+                                                                                     tmp_path: Path) -> None:
+    """Its neighbour issued, this one not (its DNS not pointed here yet): a name mismatch read as misconfigured."""
+    issued = "www.example.test"
+    site = make_tls(tmp_path / "site", [issued])
+    manager = configure([issued, NAME], tmp_path / "le", issuer="https://127.0.0.1:9/dir")
+    manager.store.save(issued, site.cert.read_bytes(), site.key.read_bytes())
+    manager.load()
+    told, (received, seconds) = _run(loop_name, manager.context, _modern_client())  # SNI: NAME
+    assert told == "TLSV1_ALERT_INTERNAL_ERROR"
+    assert received[-2:] == b"\x02\x50" and seconds < 2, (received.hex(), seconds)
