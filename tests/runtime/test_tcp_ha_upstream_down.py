@@ -130,21 +130,17 @@ def test_a_user_is_reset_at_once_when_no_client_reaches_its_upstream(tls: TlsFil
     assert sum("reason=upstream_failed" in line for line in refused) == 3, refused
 
 
-def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, token: str, monkeypatch) -> None:
-    """Found by a review helper: two `inlets tcp client`s, the first one's upstream a host that drops SYNs, 10 users a
-    second for 40 s: 97 users waited the 10 s dial timeout, half of all users from 20 s to 30 s. The mark lapsed 5 s
-    after a refusal and every user in the next dial's 10 s went to that client. Once the mark lapses one user tries
-    that client, and the mark holds while it does, until a stream to it shows it reaches its upstream."""
-    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)  # the client's dial timeout: 10 s in earnest
-    monkeypatch.setattr(registry, "UNREACHABLE_FOR", 0.5)
+def _waited_for_the_blackhole(tls: TlsFiles, token: str, users: int, every: float, first_waits: bool = False) -> int:
+    """Two clients, the first one's upstream blackholed (a 1 s dial timeout here): how many of ``users``, one each
+    ``every`` s, waited for its dial before the other client served them. ``first_waits``: a user goes first, alone,
+    to the first client (round robin starts there), and waits its dial out, so the client is marked."""
 
-    async def user(index: int) -> float:
+    async def user(public: int, index: int) -> float:
         started = time.monotonic()
         assert await _user(public, b"user %d\n" % index) == _expected(b"user %d\n" % index)
         return time.monotonic() - started
 
-    async def scenario() -> None:
-        nonlocal public
+    async def scenario() -> int:
         up = await serve(_answer)
         hole, kept = blackhole()
         server = await start_server(tls, token)
@@ -152,14 +148,13 @@ def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, tok
         _, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", hole)})
         _, task_up = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
         try:
-            assert await user(0) >= 1.0  # the first goes to the first client, waits its dial, then the other
-            users = []
-            for index in range(1, 61):  # 20 a second for 3 s: one probe each 0.5 s, each held 1 s
-                users.append(asyncio.ensure_future(user(index)))
-                await asyncio.sleep(0.05)
-            waits = await asyncio.gather(*users)
-            detoured = sum(wait >= 0.9 for wait in waits)
-            assert detoured <= 8, f"{detoured} of 60 users waited for the blackholed upstream"
+            if first_waits:
+                assert await user(public, 0) >= 1.0
+            started = []
+            for index in range(1, users + 1):
+                started.append(asyncio.ensure_future(user(public, index)))
+                await asyncio.sleep(every)
+            return sum(wait >= 0.9 for wait in await asyncio.gather(*started))
         finally:
             await stop(task_down, task_up)
             await server.stop()
@@ -167,8 +162,19 @@ def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, tok
             for sock in kept:
                 sock.close()
 
-    public = 0
-    run(scenario())
+    return run(scenario())  # type: ignore[return-value]
+
+
+def test_a_blackholed_upstream_is_tried_by_one_user_at_a_time(tls: TlsFiles, token: str, monkeypatch) -> None:
+    """Found by a review helper: two `inlets tcp client`s, the first one's upstream a host that drops SYNs, 10 users a
+    second for 40 s: 97 users waited the 10 s dial timeout, half of all users from 20 s to 30 s. The mark lapsed 5 s
+    after a refusal and every user in the next dial's 10 s went to that client. Once the mark lapses one user tries
+    that client, and the mark holds while it does, until a stream to it shows it reaches its upstream."""
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)  # the client's dial timeout: 10 s in earnest
+    monkeypatch.setattr(registry, "UNREACHABLE_FOR", 0.5)
+    # 20 a second for 3 s: one probe each 0.5 s, each held 1 s
+    detoured = _waited_for_the_blackhole(tls, token, 60, 0.05, first_waits=True)
+    assert detoured <= 8, f"{detoured} of 60 users waited for the blackholed upstream"
 
 
 def test_new_users_go_elsewhere_while_the_first_dial_hangs(tls: TlsFiles, token: str, monkeypatch) -> None:
@@ -177,37 +183,9 @@ def test_new_users_go_elsewhere_while_the_first_dial_hangs(tls: TlsFiles, token:
     A client that has left a new stream unanswered for ``SILENT_FOR`` is tried after the others (5 of 100 waited)."""
     monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 1.0)  # the client's dial timeout: 10 s in earnest
     monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
-
-    async def user(index: int) -> float:
-        started = time.monotonic()
-        assert await _user(public, b"user %d\n" % index) == _expected(b"user %d\n" % index)
-        return time.monotonic() - started
-
-    async def scenario() -> None:
-        nonlocal public
-        up = await serve(_answer)
-        hole, kept = blackhole()
-        server = await start_server(tls, token)
-        public = free_port()
-        _, task_down = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", hole)})
-        _, task_up = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
-        try:
-            users = []
-            for index in range(30):  # 50 a second for 0.6 s, all before the first dial to the blackhole fails
-                users.append(asyncio.ensure_future(user(index)))
-                await asyncio.sleep(0.02)
-            waits = await asyncio.gather(*users)
-            detoured = sum(wait >= 0.9 for wait in waits)
-            assert 1 <= detoured <= 5, f"{detoured} of 30 users waited for the blackholed upstream"
-        finally:
-            await stop(task_down, task_up)
-            await server.stop()
-            up.close()
-            for sock in kept:
-                sock.close()
-
-    public = 0
-    run(scenario())
+    # 50 a second for 0.6 s, all before the first dial to the blackhole fails
+    detoured = _waited_for_the_blackhole(tls, token, 30, 0.02)
+    assert 1 <= detoured <= 5, f"{detoured} of 30 users waited for the blackholed upstream"
 
 
 def _named(name: bytes):
