@@ -7,6 +7,8 @@ import contextlib
 import os
 import random
 import socket
+import ssl
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
@@ -277,3 +279,20 @@ async def malicious_server(
         yield f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
+
+
+def old_tls_client() -> ssl.SSLContext:
+    """A client offering TLS 1.0 and 1.1 only (the caller's test skips where this OpenSSL cannot)."""
+    import pytest
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with warnings.catch_warnings():  # offering TLS 1.0/1.1 is deprecated: that is the point here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError) as exc:
+        pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
+    return context

@@ -16,7 +16,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ from inlets_py.runtime.http.server import HttpTunnelServer
 from inlets_py.runtime.acme.https_front import HttpsFront, plain_answer
 from inlets_py.runtime.acme.letsencrypt import configure
 from inlets_py.runtime.core.tls import server_context
-from helpers.tunnel import free_port
+from helpers.tunnel import free_port, old_tls_client
 
 DOMAINS = ["a.example.test", "b.example.test"]
 
@@ -94,16 +93,7 @@ def test_each_domain_gets_its_own_certificate_by_sni(acme) -> None:
 
 
 def test_tls_below_1_2_is_refused(acme) -> None:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        with warnings.catch_warnings():  # offering TLS 1.0/1.1 is deprecated: that is the point here
-            warnings.simplefilter("ignore", DeprecationWarning)
-            context.minimum_version = ssl.TLSVersion.TLSv1
-            context.maximum_version = ssl.TLSVersion.TLSv1_1
-        context.set_ciphers("ALL:@SECLEVEL=0")
-    except (ValueError, ssl.SSLError) as exc:
-        pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
+    context = old_tls_client()
     with socket.create_connection(("127.0.0.1", acme["https"]), timeout=5) as raw:
         with pytest.raises(ssl.SSLError) as refused:
             context.wrap_socket(raw, server_hostname=DOMAINS[0])

@@ -13,32 +13,16 @@ import contextlib
 import socket
 import ssl
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
-from helpers.tunnel import make_tls
+from helpers.tunnel import make_tls, old_tls_client
 from inlets_py.runtime.acme.letsencrypt import configure
 from inlets_py.runtime.core.tls import server_context
 from inlets_py.runtime.server.admission import Admission
 
 NAME = "site.example.test"
-
-
-def _old_client() -> ssl.SSLContext:
-    """A client offering TLS 1.0 and 1.1 only."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        with warnings.catch_warnings():  # offering TLS 1.0/1.1 is deprecated: that is the point here
-            warnings.simplefilter("ignore", DeprecationWarning)
-            context.minimum_version = ssl.TLSVersion.TLSv1
-            context.maximum_version = ssl.TLSVersion.TLSv1_1
-        context.set_ciphers("ALL:@SECLEVEL=0")
-    except (ValueError, ssl.SSLError) as exc:
-        pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
-    return context
 
 
 def _modern_client() -> ssl.SSLContext:
@@ -99,7 +83,7 @@ def _run(loop_name: str, context: ssl.SSLContext, client: ssl.SSLContext) -> tup
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
 def test_tls_1_0_on_the_control_port_gets_the_protocol_version_alert(loop_name: str, tmp_path: Path) -> None:
     files = make_tls(tmp_path)
-    told, (received, seconds) = _run(loop_name, server_context(files.cert, files.key), _old_client())
+    told, (received, seconds) = _run(loop_name, server_context(files.cert, files.key), old_tls_client())
     assert told == "TLSV1_ALERT_PROTOCOL_VERSION"
     assert received[:1] == b"\x15" and received[-2:] == b"\x02\x46", received.hex()  # alert record: fatal, 70
     assert seconds < 2, f"closed after {seconds:.1f}s"
