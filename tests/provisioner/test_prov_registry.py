@@ -14,7 +14,7 @@ from inlets_py.provisioner.providers.base import ProviderInfo
 from inlets_py.provisioner.spec import build_spec
 
 #: the modules of providers/ that are not providers: shared parts, and parts of one provider (ec2_*, ssh_*)
-HELPERS = ("__init__", "base", "registry", "cloud_api", "api_errors", "api_url", "ec2_api", "ec2_config", "ec2_regions",
+HELPERS = ("__init__", "base", "registry", "cloud_api", "api_errors", "api_url", "paging", "ec2_api", "ec2_config", "ec2_regions",
            "ssh_scripts")
 PROVIDER_MODULES = sorted(p.stem for p in (Path(registry.__file__).parent).glob("*.py") if p.stem not in HELPERS)
 
