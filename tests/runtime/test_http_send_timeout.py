@@ -16,7 +16,7 @@ import pytest
 from helpers.http import LOOPBACK, Stack, received
 from inlets_py.runtime.http.options import HttpOptions
 
-TIMEOUT = 0.5  # --upstream-timeout of the server under test
+TIMEOUT = 1.5  # --upstream-timeout of the server under test: a loaded CI machine stalled a reader 0.5 s
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_a_user_who_takes_nothing_is_cut_and_logged(env, caplog):
         except ConnectionResetError:
             pass
     assert received < 4 << 20
-    assert "the user took none of the answer for 0.5s" in send_timeouts(caplog)[0]
+    assert f"the user took none of the answer for {TIMEOUT:g}s" in send_timeouts(caplog)[0]
     deadline = time.monotonic() + 5
     while len(env["server"].connections) > before:
         assert time.monotonic() < deadline, "the connection was kept"
