@@ -116,6 +116,12 @@ def split(url: str, source: str) -> SplitResult:
     except ValueError:
         raise ProxyConfigError(f"{source}: the proxy URL has a malformed [IPv6] address: write it as "
                                "http://[2001:db8::1]:PORT") from None
+    address = parts.netloc.rpartition("@")[2]
+    if address.count(":") > 1 and not address.startswith("["):  # http://::1:3128 read as host "" (a library's words)
+        raise ProxyConfigError(f"{source}: the proxy URL's IPv6 address needs brackets: write it as "
+                               "http://[2001:db8::1]:PORT")
+    if not parts.hostname:
+        raise ProxyConfigError(f"{source}: the proxy URL names no host: write it as http://HOST:PORT")
     try:
         url_port(parts, 0)
     except ValueError as exc:

@@ -191,7 +191,7 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
     ("http://u:hush-hush@corp:3128", {"INLETS_PROXY_PASSWORD": "hush-hush"},
      "$INLETS_PROXY_PASSWORD: --proxy http://u@corp:3128 already holds a password: give it once"),
     (None, {"INLETS_PROXY_PASSWORD": "hush-hush"}, "a proxy password needs --proxy http://USER@HOST:PORT"),
-    (None, {"HTTPS_PROXY": "http://u:hush-hush@:3128"}, "HTTPS_PROXY: invalid proxy"),
+    (None, {"HTTPS_PROXY": "http://u:hush-hush@:3128"}, "HTTPS_PROXY: the proxy URL names no host"),
     (None, {"ALL_PROXY": "gopher://corp:70"}, "ALL_PROXY: proxy scheme 'gopher' is not supported"),
     # websockets reads a port of 0 as none: the CONNECT went to port 80 (socks5: 1080)
     ("http://127.0.0.1:0", {}, "--proxy: invalid proxy http://127.0.0.1:0: '0' is not a port between 1 and 65535"),
@@ -206,6 +206,10 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
     (None, {"HTTPS_PROXY": "http://u:hush-hush/1@127.0.0.1:3128"}, "HTTPS_PROXY: invalid proxy http://u@127.0.0.1:3128"),
     (None, {"ALL_PROXY": "socks5://u:hush-hush?1@127.0.0.1:1080"}, "ALL_PROXY: invalid proxy socks5://u@127.0.0.1:1080"),
     ("http://hush-hush/1@127.0.0.1:3128", {}, "invalid proxy http://127.0.0.1:3128: a '/', '?' or '#' in its"),
+    # said as "invalid proxy http://?:3128: hostname isn't provided" (python-socks' words, the URL shown mangled)
+    ("http://::1:3128", {}, "--proxy: the proxy URL's IPv6 address needs brackets: write it as http://[2001:db8::1]:PORT"),
+    ("http://", {}, "--proxy: the proxy URL names no host: write it as http://HOST:PORT"),
+    ("socks5://u:hush-hush@:1080", {}, "--proxy: the proxy URL names no host"),
 ])
 def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None, env: dict, message: str) -> None:
     upstream = ["--upstream", "22=127.0.0.1:22"] if command == "tcp" else ["--upstream", "http://127.0.0.1:8080"]

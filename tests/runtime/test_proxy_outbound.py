@@ -198,7 +198,7 @@ def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
                          ("http://u:secret@corp", "http://u@corp"), ("http://[::1]:3128", "http://[::1]:3128")]:
         assert choose(given, "wss://h:8123/connect").shown == shown, given
     for bad, why in [("ftp://corp:21", "not supported"), ("http://u@corp:3128", "without password"),
-                     ("http://:3128", "hostname"), ("http://u:secret@corp:3128/path", "path")]:
+                     ("http://:3128", "names no host"), ("http://u:secret@corp:3128/path", "path")]:
         with pytest.raises(ProxyConfigError, match=why) as raised:
             choose(bad, "wss://h:8123/connect")
         assert "secret" not in str(raised.value)
