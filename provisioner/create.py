@@ -12,7 +12,7 @@ from typing import Any
 
 from . import material as material_mod
 from . import replicas
-from .errors import NotFound, ProvisionError, Transient, interrupted_status
+from .errors import LeftBehind, NotFound, ProvisionError, Transient, interrupted_status
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers, leftover_words
@@ -313,7 +313,7 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
     except ProvisionError as again:
         return ProvisionError(f"{exc}; whether {opts.provider} created {name!r} all the same could not be checked "
                               f"({again}): `{delete}` deletes it if it did, and removes the local state"), False
-    if found is None and not isinstance(exc, Transient):
+    if found is None and not isinstance(exc, (Transient, LeftBehind)):
         return exc, True
     if found is None:  # what it made first may exist all the same (a firewall whose POST timed out): named
         # inlets-NAME, it made the next create of NAME fail ("label must be unique"), and no state was left to delete it

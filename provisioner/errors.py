@@ -65,6 +65,11 @@ class Transient(ProvisionError):
         self.retry_after = retry_after
 
 
+class LeftBehind(ProvisionError):
+    """A create call failed after making something its own clean-up could not remove, which only the local state
+    shows to be inletsctl's (a Vultr firewall group's marker): create looks for it again before that state goes."""
+
+
 def os_words(exc: OSError) -> str:
     """The OS's reason for ``exc`` ("Permission denied"), not Python's wrapper around it."""
     if isinstance(exc, socket.gaierror):  # getaddrinfo's codes are no errno: strerror(-2) is "Unknown error -2"

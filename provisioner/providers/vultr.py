@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotFound, ProvisionError, os_words
+from ..errors import LeftBehind, NotFound, ProvisionError, Transient, os_words
 from ..firewall import firewall_name, inbound_rules, made_for
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Kept, Plan, ProviderInfo
 from .api_url import Endpoint, endpoint_of
@@ -97,11 +97,13 @@ class VultrProvider:
                     ex_ssh_key_ids=[plan.ssh_key] if plan.ssh_key else None, ex_userdata=plan.user_data,
                     ex_hostname=plan.name, ex_tag=TAG, ex_firewall_group_id=group["id"], ex_enable_ipv6=True,
                 )
-        except BaseException:
+        except BaseException as exc:
             try:
                 self._delete_firewall(str(group["id"]))
             except ProvisionError:  # the first error is the one to show (a 400 for a bad region, not a cleanup's 500)
-                pass
+                if isinstance(exc, ProvisionError) and not isinstance(exc, Transient):
+                    # left behind: create must look again while the state holding its marker is still there
+                    raise LeftBehind(str(exc), exc.exit_code) from None
             raise
         return Host(id=str(node.id), name=plan.name, provider=self.name, status="pending", mode=plan.spec.mode)
 

@@ -221,3 +221,28 @@ def test_delete_after_a_create_cut_short_deletes_only_the_group_it_made(
     assert result.out.startswith(f"vultr has no exit server named cut; deleted its firewall group inlets-cut {marker}; "
                                  f"left firewall group g0 ('inlets-cut')")
     assert made["id"] not in groups.groups and len(groups.groups) == 3 and not (tmp_path / "cut").exists()
+
+
+def test_a_create_refused_whose_group_cannot_go_keeps_the_marker_for_delete(
+        capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance's POST refused (a 400: bad region) and create's own removal of its group failed (a 500): the
+    local state, whose marker alone shows the group is inletsctl's, was removed with it, so the group was left for
+    good (``delete NAME``: "inletsctl has no record of making it"). It is looked for again, and deleted, now."""
+    monkeypatch.setenv("VULTR_API_KEY", "K" * 36)
+    api.routes.insert(0, ("POST", re.compile("/v2/instances"), Answer(400, {"error": "Invalid region: xxx", "status": 400})))
+    api.routes.insert(0, ("GET", re.compile("/v2/instances"), NO_INSTANCES))
+    groups = Groups(api, failing=1)  # create's own clean-up fails
+    result = run_cli(capsys, "create", "cut", "--provider", "vultr", "--api-url", api.url, "--state-dir", str(tmp_path))
+    said = result.err.splitlines()[-1]
+    assert result.code == 1 and "Invalid region: xxx" in said
+    assert not groups.groups, run_cli(capsys, "delete", "cut", "--provider", "vultr", "--api-url", api.url,
+                                      "--state-dir", str(tmp_path)).err  # deleted on the second look
+    assert "deleted its firewall group inlets-cut " in said and not (tmp_path / "cut").exists()
+    groups.failing = 2  # and when that fails too, the state (its marker) stays for delete NAME
+    result = run_cli(capsys, "create", "cut", "--provider", "vultr", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 1 and "Invalid region: xxx" in result.err and "delete cut" in result.err
+    assert len(groups.groups) == 1 and (tmp_path / "cut" / vultr.MARKERS).exists()
+    groups.failing = 0
+    result = run_cli(capsys, "delete", "cut", "--api-url", api.url, "--state-dir", str(tmp_path))
+    assert result.code == 0 and "deleted its firewall group inlets-cut " in result.out, result.err
+    assert not groups.groups
