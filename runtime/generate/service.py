@@ -113,6 +113,7 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
         if secret is None:
             rest.append((name, value))
         elif name == secret.option:
+            _refuse_blank(secret, value)
             found[secret.key] = FoundSecret(secret, value, None)
         elif secret is TOKEN:
             token_files.append(FoundSecret(secret, None, value))
@@ -120,8 +121,10 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
         else:
             found[secret.key] = FoundSecret(secret, None, value)
     for secret in SECRETS:
-        if secret.key not in found and tuple(command) in secret.commands and os.environ.get(secret.env):
-            found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+        if secret.key not in found and tuple(command) in secret.commands:
+            _refuse_blank(secret, None)
+            if os.environ.get(secret.env):
+                found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
     for token_found in [f for f in found.values() if f.secret is TOKEN] + token_files:
         _check_token(token_found)
     if len(token_files) > 1 and found[TOKEN.key] is token_files[0]:  # one file (or Secret key) per server
@@ -159,6 +162,16 @@ def _environment_proxy(command: list[str], pairs: Pairs) -> Pairs:
                             "ways, which one --proxy cannot say: give --proxy URL or --proxy none")
     proxy = next(iter(chosen), None)
     return pairs if proxy is None else [*pairs, ("--proxy", proxy)]
+
+
+def _refuse_blank(secret: SecretOption, value: str | None) -> None:
+    """A site's secret given blank, inline or as a set but blank variable, is refused as the command refuses it: the
+    unit served the site unprotected (a blank variable), or a Secret held a blank token the pod refused at each start."""
+    if secret.guards_a_site:
+        try:
+            secret.read(value, None)
+        except TokenError as exc:
+            raise GenerateError(str(exc)) from None
 
 
 def _check_token(found: FoundSecret) -> None:

@@ -34,8 +34,9 @@ def _verified(tmp_path: Path, text: str, name: str = "inlets-http-client.service
     return next(line for line in text.splitlines() if line.startswith("ExecStart="))
 
 
-def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path) -> None:
-    result = unit_inlets(*HTTP_CLIENT, "--generate=systemd", env={"INLETS_BEARER_TOKEN": ""})
+def test_systemd_unit_reads_every_secret_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INLETS_BEARER_TOKEN", raising=False)  # set but blank is refused: it must be unset
+    result = unit_inlets(*HTTP_CLIENT, "--generate=systemd")
     assert result.returncode == 0, result.stderr
     exec_start = _verified(tmp_path, result.stdout)
     for secret in SECRETS.values():
@@ -77,9 +78,10 @@ def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path
     assert "--bearer-token" not in server.stdout and "--token-file /etc/inlets/token" in server.stdout
 
 
-def test_kubernetes_secret_holds_every_secret_and_the_args_none(tmp_path: Path) -> None:
+def test_kubernetes_secret_holds_every_secret_and_the_args_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INLETS_BEARER_TOKEN", raising=False)  # set but blank is refused: it must be unset
     (tmp_path / "bearer").write_text(SECRETS["bearer"] + "\n")
-    result = inlets(*HTTP_CLIENT, "--generate=k8s_yaml", env={"INLETS_BEARER_TOKEN": ""})
+    result = inlets(*HTTP_CLIENT, "--generate=k8s_yaml")
     assert result.returncode == 0, result.stderr
     kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}
     data = {k: base64.b64decode(v).decode() for k, v in kinds["Secret"]["data"].items()}
@@ -309,6 +311,25 @@ def test_a_secret_given_inline_and_as_a_file_is_refused_by_generate_as_by_the_co
         one_line_error(generated, says)
         assert generated.stdout == "" and generated.stderr == ran.stderr, (generated.stderr, ran.stderr)
         assert not (folder / "certs").exists()
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("argv, env, says", [
+    ([], {"INLETS_BEARER_TOKEN": ""}, "$INLETS_BEARER_TOKEN is set but blank"),
+    (["--basic-auth-username", "alice"], {"INLETS_BASIC_AUTH_PASSWORD": " "}, "$INLETS_BASIC_AUTH_PASSWORD is set but blank"),
+    (["--bearer-token", " "], {}, "--bearer-token is blank"),
+])
+def test_a_blank_site_secret_is_refused_by_generate_as_by_the_command(
+        kind: str, argv: list[str], env: dict[str, str], says: str) -> None:
+    """``INLETS_BEARER_TOKEN=$UNSET --generate=systemd`` printed a unit serving the site unprotected (exit 0), where
+    the command refuses the blank variable: the definition now gets the command's own one line."""
+    argv = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
+            "--token", "tok-Zq81", *argv]
+    ran = inlets(*argv, env=env)
+    generated = (unit_inlets if kind == "systemd" else inlets)(*argv, f"--generate={kind}", env=env)
+    one_line_error(ran, says)
+    one_line_error(generated, says)
+    assert generated.stdout == ""
 
 
 # ------------------------------------------------------------- folders the service writes
