@@ -335,10 +335,35 @@ def _unpinned(text: str) -> object:
     return data
 
 
+def _stale_install() -> str | None:
+    """Why the wheels would be built from stale metadata: their Requires-Dist is the installed project's, so a
+    pyproject.toml edited since ``pip install -e .`` wrote wheels (and files here) that a fresh install does not."""
+    import tomllib
+    from importlib import metadata
+
+    def canonical(words: list[str]) -> set[str]:  # "websockets>=17.2,<18" and "websockets<18,>=17.2" alike
+        found = set()
+        for word in (w.replace(" ", "") for w in words if "extra==" not in w.replace(" ", "")):
+            name, specifiers = re.fullmatch(r"([^<>=!~;]+)([^;]*)", word).groups()  # type: ignore[union-attr]
+            found.add(name.lower() + ",".join(sorted(specifiers.split(","))))
+        return found
+
+    declared = canonical(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    installed = canonical(metadata.requires("inlets-py") or [])
+    if declared != installed:
+        return (f"the installed inlets-py declares {sorted(installed - declared)}, pyproject.toml "
+                f"{sorted(declared - installed)}: run bash scripts/setup.sh (pip install -e .), then this again")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report whether the checked-in files are current")
     args = parser.parse_args(argv)
+    stale_install = _stale_install()
+    if stale_install:
+        print(f"gen_terraform_template: {stale_install}", file=sys.stderr)
+        return 2
     try:
         wanted = outputs()
     except Unsupported as exc:
