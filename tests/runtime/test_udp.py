@@ -67,6 +67,16 @@ async def ask(port: int, payloads: list[bytes], source: str = "127.0.0.1", timeo
     return got
 
 
+
+async def udp_tunnel(tls: TlsFiles, token: str, upstream: int, **client: object) -> tuple:
+    """A server, a free UDP port on it, and a client serving that port to the upstream 127.0.0.1:``upstream``:
+    (server, public port, client, its task)."""
+    server = await start_server(tls, token)
+    public = udp_free_port()
+    found, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", upstream)},
+                                     **client)
+    return server, public, found, task
+
 def test_parse_udp_upstreams() -> None:
     mapping = parse_upstreams(["127.0.0.1", "udp:5353=10.0.0.2:53", "2222=10.0.0.3:22"], ["80"], ["53,51820"])
     assert mapping == {
@@ -78,9 +88,7 @@ def test_parse_udp_upstreams() -> None:
 def test_datagram_boundaries_and_sizes_survive(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        server, public, client, task = await udp_tunnel(tls, token, echo)
         sizes = [0, 1, 2, 100, 1400, 9000, 65000, MAX_DATAGRAM]  # 0: an empty datagram is one too
         payloads = [bytes([i]) * size for i, size in enumerate(sizes)]
         got = await ask(public, payloads)
@@ -96,9 +104,7 @@ def test_datagram_boundaries_and_sizes_survive(tls: TlsFiles, token: str) -> Non
 def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        server, public, client, task = await udp_tunnel(tls, token, echo)
         udp = server.udp_ports[f"udp:{public}"]
         udp.idle_timeout = 2.0  # 0.6 s ended the first flow before the second was asked, once on a busy machine
         assert await ask(public, [b"one"], source="127.0.0.1") == [b"one"]
@@ -417,9 +423,7 @@ def test_a_datagram_only_a_draining_client_could_take_is_counted_as_such(tls: Tl
     looking for a client that is there, as TCP connections are refused for "client_draining"."""
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        server, public, client, task = await udp_tunnel(tls, token, echo)
         udp = server.udp_ports[f"udp:{public}"]
         (session,) = server.control.clients
         session.mux.going_away = True  # the server's GOAWAY, as the moment before its client reconnects
@@ -564,10 +568,7 @@ def test_every_datagram_of_a_flow_the_client_refuses_is_counted_as_dropped(tls: 
     back lost all 5 (each counted in udp_dataplane_datagrams_total{direction="in"}), but dropped_total said 1."""
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)},
-                                          max_streams=1)
+        server, public, client, task = await udp_tunnel(tls, token, echo, max_streams=1)
         udp = server.udp_ports[f"udp:{public}"]
         assert await ask(public, [b"first"], source="127.0.0.1") == [b"first"]  # takes the client's one stream
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -593,9 +594,7 @@ def test_datagrams_the_public_socket_had_no_room_for_are_counted_as_dropped(tls:
     udp_dataplane_dropped_total said 86; the kernel had dropped 18,196 on the port's full socket buffer, unseen."""
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        server, public, client, task = await udp_tunnel(tls, token, echo)
         udp = server.udp_ports[f"udp:{public}"]
         server.listeners[f"udp:{public}"].sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)  # fills at once
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -691,10 +690,7 @@ def test_answers_the_kernel_dropped_on_a_flows_full_socket_are_said_in_the_clien
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         upstream, _ = await loop.create_datagram_endpoint(Burst, local_addr=("127.0.0.1", 0))
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls,
-                                          {f"udp:{public}": Upstream("127.0.0.1", upstream.get_extra_info("sockname")[1])})
+        server, public, client, task = await udp_tunnel(tls, token, upstream.get_extra_info("sockname")[1])
         udp = server.udp_ports[f"udp:{public}"]
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.sendto(b"ask", ("127.0.0.1", public))
@@ -729,10 +725,7 @@ def test_a_burst_of_answers_waits_in_the_flows_socket_not_dropped(tls: TlsFiles,
         upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         upstream.bind(("127.0.0.1", 0))
         upstream.setblocking(False)
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls,
-                                          {f"udp:{public}": Upstream("127.0.0.1", upstream.getsockname()[1])})
+        server, public, client, task = await udp_tunnel(tls, token, upstream.getsockname()[1])
         asker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         asker.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         asker.setblocking(False)
@@ -777,9 +770,7 @@ def test_a_burst_of_requests_waits_in_the_public_ports_socket_not_dropped(tls: T
 
     async def scenario() -> None:
         echo = await udp_echo()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        server, public, client, task = await udp_tunnel(tls, token, echo)
         udp = server.udp_ports[f"udp:{public}"]
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -810,9 +801,7 @@ def test_an_upstream_nothing_listens_on_is_said_in_the_clients_log(
         closed.bind(("127.0.0.1", 0))
         nowhere = closed.getsockname()[1]
         closed.close()
-        server = await start_server(tls, token)
-        public = udp_free_port()
-        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", nowhere)})
+        server, public, client, task = await udp_tunnel(tls, token, nowhere)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             for _ in range(3):
