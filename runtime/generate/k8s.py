@@ -109,24 +109,38 @@ def _both(ports: list[int], udp: list[int]) -> list[Port]:
     return sorted({(port, "TCP") for port in ports} | {(port, "UDP") for port in udp})
 
 
-def _pod_template(name: str, args: list[str], ports: list[Port], server: bool) -> dict[str, Any]:
-    capabilities: dict[str, list[str]] = {"drop": ["ALL"]}
-    if server:
-        capabilities["add"] = ["NET_BIND_SERVICE"]
+#: The sysctl that lets the pod's non-root user bind its ports under 1024, in the pod's own network namespace only
+#: (one of Kubernetes' safe sysctls since 1.22, allowed by the baseline and restricted Pod Security Standards). A
+#: capability would not do: NET_BIND_SERVICE in ``capabilities.add`` reaches a non-root user's bounding set only, and
+#: Kubernetes sets no ambient capabilities, so the exec leaves the process none (kubernetes/kubernetes#56374): an HTTP
+#: server on port 80 exited at start with "cannot listen on *:80 (data port): Permission denied".
+UNPRIVILEGED_PORT_START = "net.ipv4.ip_unprivileged_port_start"
+
+
+def _pod_security(ports: list[Port]) -> dict[str, Any]:
+    """The pod's securityContext: non-root, and the lowest port it binds made bindable when under 1024."""
+    context: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                               "seccompProfile": {"type": "RuntimeDefault"}}
+    lowest = min((port for port, _ in ports), default=1024)
+    if lowest < 1024:
+        context["sysctls"] = [{"name": UNPRIVILEGED_PORT_START, "value": str(lowest)}]
+    return context
+
+
+def _pod_template(name: str, args: list[str], ports: list[Port]) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "inlets", "image": IMAGE, "command": [_literal("inlets")],
                                  "args": [_literal(arg) for arg in args]}
     if ports:
         container["ports"] = [{"containerPort": port, "protocol": protocol} for port, protocol in ports]
     container["securityContext"] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": capabilities}
+                                    "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "secrets", "mountPath": K8S_SECRET_DIR, "readOnly": True}]
     return {
         "metadata": {"labels": _labels(name)},
         "spec": {
             "automountServiceAccountToken": False,
             # fsGroup: the kubelet makes the Secret's files (root's, defaultMode 0400) readable by this group
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "securityContext": _pod_security(ports),
             "containers": [container],
             "volumes": [{"name": "secrets", "secret": {"secretName": name, "defaultMode": 0o400}}],
         },
@@ -194,7 +208,7 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     note = MIXED_PROTOCOLS if server and udp else ""
     docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, name),
                                    "type": "Opaque", "data": dict(sorted(secret.items()))}]
-    template = _pod_template(name, args, ports, server)
+    template = _pod_template(name, args, ports)
     if replicas == 1:
         docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, name), "spec": {
             "replicas": 1, "selector": {"matchLabels": _labels(name)}, "template": template}})

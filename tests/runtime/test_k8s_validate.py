@@ -54,9 +54,10 @@ def test_two_minor_releases_are_checked() -> None:
 @pytest.mark.parametrize("argv", [
     ("tcp", "server", "--allow-ports", "80,443", "--control-port", "8123"),
     ("http", "server", "--port", "8000"),
+    ("http", "server", "--port", "80"),  # a pod sysctl lets its user bind it
     ("tcp", "client", "--url", "wss://inlets-tcp-server:8123", "--upstream", "127.0.0.1", "--ports", "80"),
     ("http", "client", "--url", "wss://inlets-http-server:8123", "--upstream", "http://web:3000"),
-], ids=["tcp-server", "http-server", "tcp-client", "http-client"])
+], ids=["tcp-server", "http-server", "http-server-80", "tcp-client", "http-client"])
 def test_generated_yaml_is_valid_kubernetes(argv: tuple[str, ...], token_file: Path, tmp_path: Path) -> None:
     extra = ["--plaintext"] if argv[1] == "server" else []
     result = inlets(*argv, *extra, "--token-file", str(token_file), "--generate=k8s_yaml")
