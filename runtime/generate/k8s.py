@@ -76,6 +76,12 @@ def _ports(option: str, value: str | None) -> list[int]:
 
 #: A server's listening addresses: the Service (and a client in another pod) reaches the pod's own address only.
 BIND_OPTIONS = ("--control-addr", "--data-addr")
+#: Where a client's --local ports listen in the pod when not told: its own address, which its Service reaches (the
+#: command's default, 127.0.0.1, is the pod's loopback: nothing else in the cluster could connect). IPv4, as most
+#: clusters are; an IPv6-only one gives ``--local-addr ::``.
+POD_LOCAL_ADDR = "0.0.0.0"
+LOCAL_FORWARDS = ("# The --local ports are this client's ClusterIP Service, in the cluster only; pods in the namespace\n"
+                  "# reach them at {where}. Any pod may connect: a NetworkPolicy narrows who.\n")
 
 
 def _replicas(pairs: Pairs) -> tuple[Pairs, int]:
@@ -147,8 +153,10 @@ def _pod_template(name: str, args: list[str], ports: list[Port]) -> dict[str, An
     }
 
 
-def _service(name: str, app: str, selector: dict[str, str], ports: list[Port], headless: bool = False) -> dict[str, Any]:
-    spec: dict[str, Any] = {"clusterIP": "None"} if headless else {"type": "LoadBalancer"}
+def _service(name: str, app: str, selector: dict[str, str], ports: list[Port], headless: bool = False,
+             internal: bool = False) -> dict[str, Any]:
+    """A LoadBalancer Service; ``internal``: ClusterIP, in the cluster only (a client's --local forwards)."""
+    spec: dict[str, Any] = {"clusterIP": "None"} if headless else {"type": "ClusterIP" if internal else "LoadBalancer"}
     spec["selector"] = selector
     spec["ports"] = [{"name": _port_name((p, protocol)), "port": p, "targetPort": p, "protocol": protocol}
                      for p, protocol in ports]
@@ -183,6 +191,10 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     args: list[str] = [*command]
     control, data = CONTROL_PORT, [HTTP_PORT] if command[0] == "http" else []
     udp: list[int] = []  # --allow-ports admits a UDP data port as well as a TCP one (the clients choose)
+    local: list[int] = []  # a client's --local ports, which it listens on
+    if not server and any(option == "--local" for option, _ in pairs) and not any(
+            option == "--local-addr" for option, _ in pairs):
+        pairs.append(("--local-addr", POD_LOCAL_ADDR))
     for option, value in pairs:
         if option in FILE_OPTIONS and value is not None and not value.startswith(K8S_SECRET_DIR + "/"):
             key = option.lstrip("-")
@@ -197,10 +209,15 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
             data = _ports(option, value)
         elif option == "--allow-ports":  # the tcp server's data ports, each TCP or UDP as a client asks
             data, udp = data + _ports(option, value), udp + _ports(option, value)
+        elif option == "--local" and value:  # LOCAL_PORT:HOST:REMOTE_PORT, checked by the command already
+            local += _ports(option, value.partition(":")[0])
+        elif option == "--local-addr" and is_loopback(value) and any(o == "--local" for o, _ in pairs):
+            raise GenerateError(f"--local-addr {value} cannot be used with --generate=k8s_yaml: nothing else in the "
+                                "cluster reaches the pod's loopback; leave it out (the pod's own address is used)")
         args.append(option)
         if value is not None:
             args.append(value)
-    ports = _both([control, *data], udp) if server else []
+    ports = _both([control, *data], udp) if server else _both(local, [])
     forwarding = any(option == "--client-forwarding" for option, _ in pairs)  # clients' --local: the control port only
     if server and replicas == 1 and not forwarding and not sorted(set(data) - {control}):  # --replicas: see below
         raise GenerateError("--generate=k8s_yaml needs --allow-ports for a tcp server: its Service publishes only "
@@ -212,8 +229,10 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     if replicas == 1:
         docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, name), "spec": {
             "replicas": 1, "selector": {"matchLabels": _labels(name)}, "template": template}})
-        if server:
-            docs.append(_service(name, name, _labels(name), ports))
+        if server or local:
+            docs.append(_service(name, name, _labels(name), ports, internal=not server))
+        if local:
+            note += LOCAL_FORWARDS.format(where=", ".join(f"{name}:{port}" for port in sorted(set(local))))
         return HEADER + note + yaml.safe_dump_all(docs, sort_keys=False)
     if not server:
         raise GenerateError("--replicas is for servers: a client holds every replica with one --url each")

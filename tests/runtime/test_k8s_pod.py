@@ -88,10 +88,12 @@ def _serve_pod(docs: list[dict[str, Any]]) -> tuple[dict[int, bool], str]:
 @pytest.mark.parametrize("argv", [
     ("http", "server", "--plaintext"),  # a control: ports 8000 and 8123, which any user may bind
     ("http", "server", "--plaintext", "--port", "80"),
-], ids=["http-server", "http-server-port-80"])
+    ("tcp", "client", "--url", "ws://10.244.0.9:8123", "--local", "80:127.0.0.1:80", "--local", "5432:db:5432"),
+], ids=["http-server", "http-server-port-80", "tcp-client-local-80"])
 def test_every_port_a_service_targets_answers_at_the_pod_address(argv: tuple[str, ...], tmp_path: Path) -> None:
     """An HTTP server on port 80 exited at once ("cannot listen on *:80 (data port): Permission denied": the
-    NET_BIND_SERVICE it was given does not survive a non-root user's exec)."""
+    NET_BIND_SERVICE it was given does not survive a non-root user's exec), and a client's --local ports had no
+    Service and listened on the pod's loopback, where nothing else in the cluster reaches them."""
     token = tmp_path / "token"
     token.write_text("pod-token-Zq81\n")
     result = inlets(*argv, "--token-file", str(token), "--generate=k8s_yaml")

@@ -246,3 +246,30 @@ def test_a_server_that_writes_its_certificates_is_refused(argv: tuple[str, ...],
     result = inlets(*argv, "--token-file", str(token_file), "--generate=k8s_yaml")
     line = one_line_error(result, f"{option} cannot be used with --generate=k8s_yaml: the pod's filesystem is read-only")
     assert advice in line and result.stdout == ""
+
+
+def test_a_client_s_local_ports_are_a_cluster_ip_service(token_file: Path) -> None:
+    """A client's --local (a service on the server's side brought into the cluster) got no Service and listened on
+    the pod's loopback: nothing else in the cluster could reach the ports. Now a ClusterIP Service (never a
+    LoadBalancer: the forwarded service stays inside) targets them, listened on at the pod's address."""
+    argv = ("tcp", "client", "--url", "wss://inlets-tcp-server:8123", "--local", "5432:127.0.0.1:5432",
+            "--local", "80:db:80", "--token-file", str(token_file), "--generate=k8s_yaml")
+    result = inlets(*argv)
+    assert result.returncode == 0, result.stderr
+    docs = _valid(result.stdout)
+    assert [d["kind"] for d in docs] == ["Secret", "Deployment", "Service"]
+    container, services = _published(docs)
+    assert container == services["inlets-tcp-client"] == {(80, "TCP"), (5432, "TCP")}
+    service, pod = docs[2]["spec"], docs[1]["spec"]["template"]
+    assert service["type"] == "ClusterIP" and service["selector"].items() <= pod["metadata"]["labels"].items()
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--local-addr") + 1] == "0.0.0.0"
+    assert "inlets-tcp-client:80, inlets-tcp-client:5432" in result.stdout  # the comment naming where they are
+    given = _valid(inlets(*argv, "--local-addr", "::").stdout)[1]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert given.count("--local-addr") == 1 and given[given.index("--local-addr") + 1] == "::"
+    line = one_line_error(inlets(*argv, "--local-addr", "127.0.0.1"), "--local-addr 127.0.0.1 cannot be used with "
+                          "--generate=k8s_yaml: nothing else in the cluster reaches the pod's loopback")
+    assert "leave it out" in line
+    plain = _valid(inlets("tcp", "client", "--url", "wss://s:8123", "--upstream", "127.0.0.1", "--ports", "80",
+                          "--token-file", str(token_file), "--generate=k8s_yaml").stdout)
+    assert [d["kind"] for d in plain] == ["Secret", "Deployment"]  # no --local: nothing listens, no Service
