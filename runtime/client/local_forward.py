@@ -53,33 +53,44 @@ def parse_local_forward(text: str) -> LocalForward:
 #: How long a local connection made while the tunnel is down (starting, reconnecting) waits for it before it is
 #: reset: the listeners open first, so a user who connected a moment too soon was reset though the tunnel was near.
 TUNNEL_WAIT = 10.0
-#: How often a waiting connection looks for the tunnel.
+#: How often the forwarder looks for the tunnel while connections wait: one timer for all of them.
 TUNNEL_POLL = 0.05
+#: Connections that may wait at once, all --local ports together (the client passes its --max-streams: it opens no
+#: more streams at once when the tunnel is back). The rest are reset at once: each waiting one holds a descriptor.
+MAX_WAITING = 1024
 
 
 class _LocalConnection(TcpBridge):
     accepted = True  # from ``listen``: TCP_NOTSENT_LOWAT came with the socket
 
-    def __init__(self, forward: LocalForward, session: Callable[[], Session | None],
-                 waiting: set[_LocalConnection]) -> None:
+    def __init__(self, forward: LocalForward, forwarder: LocalForwarder) -> None:
         super().__init__()
         self.forward = forward
-        self.session = session
-        self.waiting = waiting  # connections waiting for the tunnel, reset at shutdown (LocalForwarder.stop)
-        self._deadline = 0.0
-        self._held: list[bytes] = []  # what the user sent while waiting: one read, then reading pauses
+        self.forwarder = forwarder
+        self.deadline = 0.0  # loop time at which waiting for the tunnel ends
+        self._paused = False  # reading paused while waiting (resumed once attached)
+        self._held: list[bytes] = []  # what the user sent before reading paused: one read at most
         self._held_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._deadline = asyncio.get_running_loop().time() + TUNNEL_WAIT
-        self._open()
+        self.forwarder.arrived(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.forwarder.waiting.pop(self, None)  # the user left while waiting
+        super().connection_lost(exc)
+
+    def hold(self) -> None:
+        """Read nothing while the tunnel is down. Called soon after ``connection_made``: uvloop starts reading
+        after it, so a pause there is undone; one read that came first is kept (``data_received``)."""
+        if self.channel is None and not self._done and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         if self.channel is None and not self._done:  # waiting for the tunnel: keep it, and read no more until then
             self._held.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()  # type: ignore[attr-defined]  # uvloop: not yet in connection_made
+            self.hold()
             return
         super().data_received(data)
 
@@ -89,24 +100,10 @@ class _LocalConnection(TcpBridge):
             return True
         return super().eof_received()
 
-    def _open(self) -> None:
-        """Open the stream through the tunnel, or wait for the tunnel until TUNNEL_WAIT has passed."""
-        if self._done or self.transport is None:  # the user left while waiting
-            self.waiting.discard(self)
+    def open(self, session: Session) -> None:
+        """Open the stream through the tunnel and pass on what the user sent while waiting."""
+        if self._done or self.transport is None:  # the user left
             return
-        session = self.session()
-        if session is None or session.closed.is_set():
-            loop = asyncio.get_running_loop()
-            if loop.time() < self._deadline:
-                self.waiting.add(self)
-                loop.call_later(TUNNEL_POLL, self._open)
-                return
-            self.waiting.discard(self)
-            log.warning("event=forward_unavailable local_port=%d reason=tunnel_down waited=%gs",
-                        self.forward.local_port, TUNNEL_WAIT)
-            self.abort()
-            return
-        self.waiting.discard(self)
         try:
             self.attach(session.open_stream(self.forward.target, self))
         except StreamError as exc:  # the server drains (GOAWAY) or the session is closing: said, not a silent reset
@@ -119,8 +116,9 @@ class _LocalConnection(TcpBridge):
             super().data_received(data)
         if self._held_eof:
             super().eof_received()
-        elif held and self._pending is None:  # paused above; else on_writable resumes once the stream takes the rest
+        elif self._paused and self._pending is None:  # else on_writable resumes once the stream takes the rest
             self.transport.resume_reading()  # type: ignore[attr-defined]
+        self._paused = False
 
     def on_reset(self, code: int, reason: str) -> None:
         """The server refused the stream (its service down, its --max-client-streams, its allow-list): the user
@@ -143,14 +141,19 @@ class ForwardListenError(OSError):
 
 
 class LocalForwarder:
-    """The client's side: local listeners, one stream per accepted connection."""
+    """The client's side: local listeners, one stream per accepted connection. While the tunnel is down, accepted
+    connections wait for it in arrival order (at most ``max_waiting``), all looked after by one timer."""
 
-    def __init__(self, forwards: list[LocalForward], local_addr: str, session: Callable[[], Session | None]) -> None:
+    def __init__(self, forwards: list[LocalForward], local_addr: str, session: Callable[[], Session | None],
+                 max_waiting: int = MAX_WAITING) -> None:
         self.forwards = forwards
         self.local_addr = local_addr
         self.session = session
+        self.max_waiting = max_waiting
         self.listeners: list[asyncio.base_events.Server] = []
-        self.waiting: set[_LocalConnection] = set()
+        self.waiting: dict[_LocalConnection, None] = {}  # oldest first; reset at shutdown (``stop``)
+        self._timer: asyncio.TimerHandle | None = None
+        self._turned_away = 0  # users reset at once since the queue last emptied: said once
 
     @property
     def targets(self) -> list[str]:
@@ -159,7 +162,7 @@ class LocalForwarder:
     async def start(self) -> None:
         for forward in self.forwards:
             try:
-                listener = await listen(functools.partial(_LocalConnection, forward, self.session, self.waiting),
+                listener = await listen(functools.partial(_LocalConnection, forward, self),
                                         self.local_addr, forward.local_port)
             except OSError as exc:  # the OS's reason and the next step, not asyncio's wrapper with its Python tuple
                 raise ForwardListenError(self.local_addr, forward.local_port, exc) from None
@@ -167,11 +170,76 @@ class LocalForwarder:
             log.info("event=forwarding local=%s remote=%s", logfmt(authority(self.local_addr, forward.local_port)),
                      logfmt(forward.target))
 
+    def _up(self) -> Session | None:
+        session = self.session()
+        return None if session is None or session.closed.is_set() else session
+
+    def arrived(self, connection: _LocalConnection) -> None:
+        """A user connected: through the tunnel if it is up (after those waiting), else it waits, if there is room."""
+        session = self._up()
+        if session is not None:
+            self._release(session)
+            connection.open(session)
+            return
+        if len(self.waiting) >= self.max_waiting:
+            self._turned_away += 1
+            if self._turned_away == 1:  # once while the queue stays full, not a line per user
+                log.warning("event=forward_unavailable local_port=%d reason=too_many_waiting waiting=%d next=%s",
+                            connection.forward.local_port, len(self.waiting),
+                            logfmt("further local connections are reset until the tunnel is back; at most "
+                                   "--max-streams wait for it"))
+            connection.abort()
+            return
+        loop = asyncio.get_running_loop()
+        connection.deadline = loop.time() + TUNNEL_WAIT
+        self.waiting[connection] = None
+        loop.call_soon(connection.hold)
+        if self._timer is None:
+            self._timer = loop.call_later(TUNNEL_POLL, self._poll)
+
+    def _poll(self) -> None:
+        """Every TUNNEL_POLL while connections wait: all go through if the tunnel is back; those past their wait
+        are reset (the oldest first: a line per port, not per user)."""
+        self._timer = None
+        session = self._up()
+        if session is not None:
+            self._release(session)
+            return
+        loop = asyncio.get_running_loop()
+        expired: dict[int, int] = {}
+        while self.waiting:
+            oldest = next(iter(self.waiting))
+            if oldest.deadline > loop.time():
+                break
+            del self.waiting[oldest]
+            expired[oldest.forward.local_port] = expired.get(oldest.forward.local_port, 0) + 1
+            oldest.abort()
+        for port, users in expired.items():
+            log.warning("event=forward_unavailable local_port=%d reason=tunnel_down waited=%gs users=%d", port,
+                        TUNNEL_WAIT, users)
+        if self.waiting:
+            self._timer = loop.call_later(TUNNEL_POLL, self._poll)
+        else:
+            self._turned_away = 0
+
+    def _release(self, session: Session) -> None:
+        """The tunnel is up: those waiting go through, in the order they came."""
+        waiting, self.waiting = self.waiting, {}
+        self._turned_away = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for connection in waiting:
+            connection.open(session)
+
     def stop(self) -> None:
         """Close the listeners, and reset the users still waiting for the tunnel: no stream drains for them."""
         for listener in self.listeners:
             listener.close()
-        for connection in list(self.waiting):
+        waiting, self.waiting = self.waiting, {}
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for connection in waiting:
             connection.fail()
             connection.abort()
-        self.waiting.clear()
