@@ -80,7 +80,7 @@ class Admission:
         self.until_tls = until_tls
         self.listener = listener  # named in the log lines: "control" or "https"
         #: What plain HTTP on the TLS port is answered (the control port's also logged per source): by default
-        #: ``PLAIN_HTTP_ANSWER``, the control port's words; empty: closed as anything else that is no TLS is.
+        #: ``PLAIN_HTTP_ANSWER``, the control port's words; the HTTPS front passes its own.
         self.answer_plain_http = PLAIN_HTTP_ANSWER if answer_plain_http is None else answer_plain_http
         self.per_source: collections.Counter[str] = collections.Counter()
         self.pending: dict[Ticket, None] = {}  # oldest first
@@ -247,7 +247,7 @@ class _Pending(asyncio.Protocol):
             return  # else wait for the rest, still within ``silence``
         if self.silence is not None:
             self.silence.cancel()
-        if data[:1].isalpha() and self.admission.answer_plain_http and self.ticket is not None:
+        if data[:1].isalpha() and self.ticket is not None:
             if self.admission.listener == "control":  # an inlets client given ws://: the operator is told
                 PLAINTEXT_ATTEMPTS.seen(self.ticket.source)
             transport.write(self.admission.answer_plain_http)  # type: ignore[attr-defined]
