@@ -8,6 +8,7 @@ what the client advertised.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import logging
 import ssl
@@ -42,8 +43,12 @@ log = logging.getLogger("inlets.server")
 
 HELLO_TIMEOUT = 10.0
 
-#: An authenticated GET route on the control port (``/metrics``, ``/status``).
-Route = Callable[[], tuple[int, str, bytes]]
+#: An authenticated GET route on the control port (``/metrics``, ``/status``), given the request's headers (a
+#: scrape's Accept names its format): (status, content type, body).
+Route = Callable[[Headers], tuple[int, str, bytes]]
+#: Answers from this size on go gzipped to a client that takes it (Prometheus asks so at every scrape): 10,500 HTTP
+#: series were 21.5 MB of text, 0.6 MB gzipped, for 0.16 s of a thread.
+GZIP_FROM = 1024
 #: What the control port answers besides ``ControlConfig.routes``.
 BUILTIN_PATHS = frozenset((CONNECT_PATH, "/healthz"))
 
@@ -93,6 +98,26 @@ class ClientInfo:
 def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
     return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _rendered(route: Route, headers: Headers) -> tuple[int, str, bytes, bool]:
+    """``route``'s answer, gzipped (True) when large and the client takes gzip (``q=0`` refuses it)."""
+    status, content_type, body = route(headers)
+    gzipped = len(body) >= GZIP_FROM and _takes_gzip(headers)
+    return status, content_type, gzip.compress(body, 6) if gzipped else body, gzipped
+
+
+def _takes_gzip(headers: Headers) -> bool:
+    """Whether Accept-Encoding lists gzip with a weight above 0 (a header repeated counts as one list)."""
+    for coding in ",".join(headers.get_all("Accept-Encoding")).split(","):
+        name, _, weight = coding.partition(";")
+        if name.strip().lower() == "gzip":
+            weight = weight.strip().lower().removeprefix("q=")
+            try:
+                return not weight or float(weight) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def _close_reason(text: str) -> str:
@@ -272,17 +297,20 @@ class ControlPlane:
     def _answer(self, connection: ServerConnection, request: Request) -> Response | None | Awaitable:
         response = self._route(connection, request)
         if callable(response):
-            return self._built(response, request.method == "HEAD")
+            return self._built(response, request)
         if response is not None and request.method == "HEAD":
             response.body = b""  # answered as its GET would be, Content-Length included, without the body
         return response
 
-    async def _built(self, route: Route, head: bool) -> Response:
+    async def _built(self, route: Route, request: Request) -> Response:
         """An authenticated route's answer, made in a thread: built on the loop, a scrape of 21,000 HTTP series
         (3,000 hosts, 7 methods) stopped every tunnel for 3.7 s. The routes read the counters as they are."""
-        status, content_type, body = await asyncio.to_thread(route)
+        status, content_type, body, gzipped = await asyncio.to_thread(_rendered, route, request.headers)
         response = _response(status, body, content_type)
-        if head:
+        response.headers["Vary"] = "Accept, Accept-Encoding"
+        if gzipped:
+            response.headers["Content-Encoding"] = "gzip"
+        if request.method == "HEAD":
             response.body = b""
         return response
 

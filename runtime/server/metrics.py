@@ -48,11 +48,20 @@ class ServerMetrics:
             self._registry.register(self)
         return self._registry
 
-    def route(self) -> tuple[int, str, bytes]:
-        """The ``GET /metrics`` route of the control plane (behind the bearer token), run in a thread."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    def route(self, headers: Any = None) -> tuple[int, str, bytes]:
+        """The ``GET /metrics`` route of the control plane (behind the bearer token), run in a thread.
 
-        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        The format is the one the scraper's Accept asks for: Prometheus asks OpenMetrics first (its ``# EOF``
+        shows a scrape cut short), a plain scrape gets the text format. An Accept the library cannot read (a
+        version that is no number) gets the text format too, not a 500."""
+        from prometheus_client.exposition import choose_encoder, generate_latest
+
+        accept = ", ".join(headers.get_all("Accept")) if headers is not None else ""
+        try:
+            encode, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):
+            encode, content_type = generate_latest, "text/plain; version=0.0.4; charset=utf-8"
+        return 200, content_type, encode(self.registry)
 
     def collect(self) -> Iterator[Any]:
         """The registry's collector interface: the families, built from the counts at scrape time."""

@@ -48,7 +48,7 @@ def status_document(control: ControlPlane, extra: dict[str, Any] | None = None) 
 
 
 def status_route(control: ControlPlane):
-    def route() -> tuple[int, str, bytes]:
+    def route(headers: object = None) -> tuple[int, str, bytes]:
         body = json.dumps(status_document(control), indent=2).encode() + b"\n"
         return 200, "application/json", body
 
