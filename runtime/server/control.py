@@ -344,7 +344,9 @@ class ControlPlane:
                 log.info("event=unauthorized remote=%s path=%s", logfmt(source), logfmt(path))
             if repeated:
                 return _response(400, b"bad request: more than one Authorization header\n")
-            return _response(401, b"unauthorized: missing or wrong bearer token\n")
+            response = _response(401, b"unauthorized: missing or wrong bearer token\n")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="inlets"'  # a 401 must say which scheme (RFC 9110)
+            return response
         if isinstance(connection, ControlConnection):
             connection.authenticated()
         if route is not None:

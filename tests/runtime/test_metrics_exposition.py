@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import ssl
+import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
@@ -76,5 +78,22 @@ def test_a_scrape_gets_the_format_its_accept_asks_for_and_gzip_when_it_takes_it(
         headers, body = fetch(control, tls, token, Accept="application/openmetrics-text;version=x")
         assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers
         assert requests_counted(text_families(body.decode())) == {("200", "m.test", "GET"): 2}
+    finally:
+        stack.close()
+
+
+def test_a_scrape_without_the_right_token_is_told_the_scheme_and_nothing_else(tls, token):
+    """The control port's 401 named no scheme (RFC 9110: a 401 must send WWW-Authenticate; the data plane's did)."""
+    stack = Stack()
+    try:
+        control = stack.server(tls, token).control.addresses[0]
+        for sent in (None, "wrong-token"):
+            request = urllib.request.Request(f"https://{control[0]}:{control[1]}/metrics",
+                                             headers={"Authorization": f"Bearer {sent}"} if sent else {})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, context=ssl.create_default_context(cafile=str(tls.ca)), timeout=10)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"] == 'Bearer realm="inlets"'
+            assert refused.value.read() == b"unauthorized: missing or wrong bearer token\n"  # the same either way
     finally:
         stack.close()
