@@ -267,7 +267,7 @@ def outputs() -> dict[Path, str]:
             "name": "string", "mode": "string", "user": "string", "config_dir": "string", "files": "object",
             "token": "string", "server_cert": "string", "server_key": "string", "units": "pairs",
             "constraints": "list", "wheel": "nullable", "receiver": "nullable", "package": "string",
-            "expires": "nullable", "letsencrypt_ca": "nullable",
+            "expires": "nullable", "letsencrypt_ca": "nullable", "sysctl": "nullable",
         },
     )
     for mode in ("tcp", "http"):
@@ -308,6 +308,7 @@ def outputs() -> dict[Path, str]:
             "letsencrypt_flags": le_flags,
             "letsencrypt_dropin": render.LETSENCRYPT_DROPIN,
             "letsencrypt_ca_path": LETSENCRYPT_CA,
+            "sysctl": render.udp_sysctl(),
         },
         indent=2,
     ) + "\n"

@@ -18,8 +18,9 @@ import yaml
 from inlets_py.provisioner.errors import ProvisionError
 from inlets_py.provisioner.material import generate
 from inlets_py.provisioner.render import (
-    UserDataOptions, client_command, fitting_user_data, systemd_unit, user_data, wheel_xz_base64,
+    SYSCTL_FILE, UserDataOptions, client_command, fitting_user_data, systemd_unit, udp_sysctl, user_data, wheel_xz_base64,
 )
+from inlets_py.runtime.core.datagram import BURST_RECEIVE_BUFFER
 from inlets_py.provisioner.spec import VM_FILES, build_spec, server_argv
 from inlets_py.provisioner.wheel import build_runtime_wheel, constraints
 
@@ -127,6 +128,43 @@ def test_the_boot_script_stops_at_the_first_failure_and_starts_the_server_anyway
     assert pins == list(constraints(wheel.requires)) and "websockets==" + metadata.version("websockets") in pins
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_tcp_exit_server_raises_rmem_max_to_the_buffer_its_udp_ports_ask(variant: str) -> None:
+    """The unit's user is not root, so the kernel capped each UDP port's 4 MiB at the image's rmem_max (212,992:
+    a burst of 500 requests lost 243). TCP mode (UDP rides it) raises the cap to what the runtime asks, no higher,
+    in a file systemd-sysctl applies at every boot and at once by runcmd; HTTP mode opens no UDP port."""
+    text, spec = _render(variant)
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    commands = yaml.safe_load(text)["runcmd"]
+    if spec.mode == "http":  # type: ignore[attr-defined]
+        assert SYSCTL_FILE not in files and not any("rmem_max" in str(c) for c in commands)
+        return
+    sysctl = files[SYSCTL_FILE]
+    settings = [line for line in sysctl["content"].splitlines() if line and not line.startswith("#")]
+    assert sysctl["permissions"] == "0644" and settings == [f"net.core.rmem_max = {BURST_RECEIVE_BUFFER}"]
+    apply = commands.index(udp_sysctl()["apply"])
+    assert commands.index("trap 'systemctl enable --now inlets.service' EXIT") < apply < len(commands) - 1
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or not Path("/proc/sys/net/core/rmem_max").exists(),
+                    reason="unshare (util-linux) and Linux's net.core.rmem_max")
+def test_a_kernel_that_refuses_the_raise_is_said_and_the_install_goes_on(tmp_path: Path) -> None:
+    """In a network namespace of its own (a container) the kernel refuses rmem_max, and procps' sysctl -p exits 0
+    anyway: the line says so on stderr (cloud-init's log) and ``set -eu`` carries on to install the server. Asked here
+    for twice this machine's value, which no child namespace may set."""
+    host = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    conf = tmp_path / "rmem.conf"
+    conf.write_text(f"net.core.rmem_max = {2 * host}\n")
+    line = udp_sysctl()["apply"].replace(str(BURST_RECEIVE_BUFFER), str(2 * host)).replace(SYSCTL_FILE, str(conf))
+    done = subprocess.run(["unshare", "--net", "/bin/sh", "-c", f"set -eu\n{line}\necho next step"],
+                          capture_output=True, text=True, timeout=30)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"cannot make a network namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0 and done.stdout.strip() == "next step", done
+    assert f"inlets: net.core.rmem_max stays under {2 * host}" in done.stderr
+    assert Path("/proc/sys/net/core/rmem_max").read_text() == f"{host}\n"
+
+
 def test_a_failing_step_ends_the_boot_script_with_an_error_and_still_starts_the_server(tmp_path: Path) -> None:
     """The runcmd list as cloud-init writes it (cloudinit.util.shellify), run by /bin/sh with a
     failing pip: the script exits non-zero at that step, nothing after it runs, and the trap
@@ -140,7 +178,7 @@ def test_a_failing_step_ends_the_boot_script_with_an_error_and_still_starts_the_
     log = tmp_path / "calls"
     fakes = tmp_path / "bin"
     fakes.mkdir()
-    for tool in ("systemctl", "chown", "chmod", "python3"):
+    for tool in ("systemctl", "chown", "chmod", "python3", "sysctl"):  # sysctl: never this machine's rmem_max
         (fakes / tool).write_text(f"#!/bin/sh\necho {tool} \"$@\" >> {log}\n")
     pip_step = next(c for c in commands if isinstance(c, list) and c[0].endswith("/pip"))
     commands = [[str(fakes / "pip-fails"), *c[1:]] if c is pip_step else c for c in commands]

@@ -131,6 +131,8 @@ locals {
     package     = local.package
     # inletsctl's --letsencrypt-ca (a private ACME CA's bundle), with Let's Encrypt only (a precondition says so)
     letsencrypt_ca = local.letsencrypt && local.le_ca != null ? { path = local.generated.letsencrypt_ca_path, pem = local.le_ca } : null
+    # net.core.rmem_max raised to the UDP ports' receive buffer, in TCP mode (UDP rides it), as inletsctl's udp_sysctl()
+    sysctl = var.mode == "tcp" ? local.generated.sysctl : null
   }
   template_vars      = merge(local.template_base, { units = local.units, expires = local.expires })
   user_data_embedded = templatefile("${path.module}/templates/user-data.yaml.tftpl", merge(local.template_vars, { wheel = local.embedded, receiver = null }))
