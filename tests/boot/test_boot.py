@@ -4,8 +4,8 @@ and systemd in an Ubuntu 24.04 container (what every provider boots), and used t
 Five VMs boot at once when the module starts (each in its own network namespaces):
 - tcp: a plain ``inletsctl create --provider digitalocean --ports 80 --ttl ...``; checked for
   cloud-init's verdict and schema, the unit's user and capabilities, the secrets' modes, the
-  printed client carrying bytes byte-exact, and last seen powering itself off when the ttl
-  expires;
+  printed client carrying bytes byte-exact, its UDP port's receive buffer against net.core.rmem_max (which
+  the user-data raises), and last seen powering itself off when the ttl expires;
 - http: a plain ``create --mode http``, the printed client serving HTTP through it; then
   used as the host of ``--provider ssh`` (sshd and systemd on it);
 - broken: ``create --runtime-spec`` of a release that does not exist: create times out
@@ -26,6 +26,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -42,6 +43,7 @@ from worlds import World, iterate_until
 
 from inlets_py.provisioner.material import generate
 from inlets_py.provisioner.wheel import build_runtime_wheel
+from inlets_py.runtime.core.datagram import BURST_RECEIVE_BUFFER
 from inlets_py.runtime.core.probe import Endpoint, ProbeError, get
 from inlets_py.runtime.generate.systemd_quote import exec_command
 
@@ -228,6 +230,35 @@ def test_systemd_in_the_vm_passes_quoted_values_byte_for_byte(boots: Boots) -> N
     world.vm.sh(f"cat > /etc/systemd/system/argv-probe.service <<'EOF'\n{unit}EOF\n"
                 "systemctl daemon-reload && systemctl start argv-probe.service")
     assert json.loads(world.vm.sh("cat /run/argv.json").stdout) == HOSTILE_WORDS
+
+
+def test_the_tcp_vm_raises_rmem_max_and_its_udp_port_gets_the_buffer_it_asks(boots: Boots) -> None:
+    """The unit's user is not root, so the kernel caps a UDP port's 4 MiB at net.core.rmem_max, which the user-data
+    raises (/etc/sysctl.d/30-inlets-udp.conf, applied by runcmd). Checked as the VM has it: the file is systemd's last
+    word on the key (later boots apply it), cloud-init's log says so where the kernel refused it (a container's
+    network namespace: read-only, its host's value; non-fatal), and the server's UDP socket, opened for a client's
+    --udp-ports, holds what the kernel allows, 2 x min(asked, rmem_max), with the one warning exactly when short."""
+    world, (result, _) = boots.get("tcp")
+    summary = created(result, world)
+    assert world.vm is not None
+    config = world.vm.sh("systemd-analyze cat-config sysctl.d").stdout
+    settings = [line.replace(" ", "") for line in config.splitlines() if line.replace(" ", "").startswith("net.core.rmem_max=")]
+    assert settings[-1:] == [f"net.core.rmem_max={BURST_RECEIVE_BUFFER}"], config
+    rmem_max = int(world.vm.sh("sysctl -n net.core.rmem_max").stdout)
+    said = "net.core.rmem_max stays under" in world.vm.sh("cat /var/log/cloud-init-output.log").stdout
+    assert said == (rmem_max < BURST_RECEIVE_BUFFER), (rmem_max, said)
+    world.run_printed(f"{summary['client_command']} --udp-ports 80", "client-udp.log")
+    for _ in iterate_until(60):
+        sockets = world.vm.sh("ss -uamnH 'sport = :80'").stdout
+        if "rb" in sockets:
+            break
+    else:
+        raise AssertionError(f"no UDP socket on the VM's port 80: {world.logs()}")
+    rb = int(re.search(r"rb(\d+)", sockets).group(1))  # type: ignore[union-attr]
+    print(f"\nboot-tcp: rmem_max {rmem_max} in the VM, the server's UDP port got rb {rb}")
+    assert rb == 2 * min(BURST_RECEIVE_BUFFER, rmem_max), sockets
+    warned = world.vm.sh("journalctl -u inlets.service -o cat").stdout.count("event=udp_receive_buffer_small")
+    assert warned == (1 if rb < BURST_RECEIVE_BUFFER else 0)
 
 
 # --------------------------------------------------------------------------------- http
