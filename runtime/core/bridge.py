@@ -295,6 +295,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         if failures:
             reason = f"dial timed out; {failure_words(failures)}"
     elif (exc := task.exception()) is None:
+        channel.acknowledge()  # the server's sign this client reaches its upstream, before the upstream says a word
         return
     elif isinstance(exc, ssl.SSLCertVerificationError):
         reason = f"TLS verification failed: {exc.verify_message}"

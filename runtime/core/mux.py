@@ -19,7 +19,7 @@ grant towards ``recv_window`` as their data is consumed, while the growth of all
 streams together (``grown``) stays within ``recv_budget``; a stream whose reader
 stalls keeps what it had, and one that is consumed always gets its credit back. What
 the peer can make the receiver hold, credit outstanding and bytes not yet consumed, is
-then at most ``max_streams * initial_recv_window + recv_budget``.
+then at most ``max_streams * initial_recv_window + recv_budget`` (and a byte a stream ``acknowledge`` may grant).
 """
 
 from __future__ import annotations
@@ -222,6 +222,20 @@ class Multiplexer(FrameQueue):
             self._queue(_WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
             stream.recv_window += grant
             stream.unacked = 0
+
+    def acknowledge(self, stream_id: int) -> None:
+        """Say our dial for the peer's stream worked, before the upstream says a word (an idle pool connection never
+        draws one): a WINDOW frame, which every peer takes, granting what was consumed, else one byte. None after
+        the peer's FIN (``consumed`` grants nothing then either)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            return
+        grant = stream.unacked or 1
+        if stream.recv_window + grant > MAX_WINDOW:
+            return
+        self._queue(_WINDOW, stream_id, WINDOW_PAYLOAD.pack(grant))
+        stream.recv_window += grant
+        stream.unacked = 0
 
     def send_window(self, stream_id: int) -> int:
         stream = self._streams.get(stream_id)

@@ -95,6 +95,11 @@ class Channel:
         """Return credit for bytes the handler has passed on (written to its socket)."""
         self.session._consumed(self, count)
 
+    def acknowledge(self) -> None:
+        """Tell the peer this stream reached its far end (``Multiplexer.acknowledge``): the dial to it worked."""
+        self.session.mux.acknowledge(self.stream_id)
+        self.session._flush()
+
     @property
     def is_open(self) -> bool:
         return self.session.mux.is_open(self.stream_id)

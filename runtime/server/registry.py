@@ -183,6 +183,14 @@ def reached(session: Session, service: str) -> None:
         session.silent.pop(service, None)
 
 
+def credited(channel: Channel) -> bool:
+    """Whether the client granted ``channel`` credit (a WINDOW frame), which it does once its dial to the upstream
+    worked (``Multiplexer.acknowledge``): ``on_writable`` comes also when the session's own send buffer drains, which
+    says nothing of the client."""
+    mux = channel.session.mux
+    return mux.send_window(channel.stream_id) + channel.bytes_out > mux.initial_send_window
+
+
 def resting(session: Session, service: str) -> bool:
     """Whether ``session`` is tried after the others for ``service``; when its time is up one user goes to it, and
     the next one ``UNREACHABLE_FOR`` later (a timestamp, not a timer per refusal: a flood of them made thousands).

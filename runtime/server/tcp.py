@@ -20,7 +20,7 @@ from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.services import parse_port_service
 from .metrics import PortCounters, TcpMetrics
 from ..core.mux import ResetCode
-from .registry import Registry, open_on_first, opened, reached, unreachable
+from .registry import Registry, credited, open_on_first, opened, reached, unreachable
 from ..core.session import Session
 from .status import status_route
 from .udp import UdpCounters, UdpPort
@@ -188,9 +188,14 @@ class DataPlaneConnection(TcpBridge):
             self._reached()  # the upstream closed (a health check's connection: 28 of 30 users went to the other)
         super().on_eof()
 
+    def on_writable(self) -> None:
+        if self._replay is not None and credited(self.channel):  # the client's dial worked (it acknowledges each
+            self._reached()  # one): a pool's idle connection to a client-speaks-first upstream draws no answer
+        super().on_writable()
+
     def _reached(self) -> None:
-        """The client answered, so it reached its upstream: nothing will be sent again, and it takes its share of
-        users again. (Credit coming back shows it too, but watching for it cost a call per WINDOW frame.)"""
+        """The client answered, or acknowledged its dial, so it reached its upstream: nothing will be sent again, and
+        it takes its share of users again."""
         self._replay = None
         if self._tried:
             self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive

@@ -506,3 +506,25 @@ def test_an_empty_data_frame_is_an_event_and_costs_no_credit() -> None:
     events = receiver.receive(b"".join(sender.data_to_send()))
     assert [(type(e), getattr(e, "data", None)) for e in events] == [(StreamOpened, None), (DataReceived, b"")]
     assert sender.send_window(sid) == receiver.initial_send_window
+
+
+def test_acknowledge_grants_what_was_consumed_or_one_byte_and_nothing_after_fin() -> None:
+    """A client acknowledges each dial that worked (``acknowledge``) with a WINDOW frame: the server's sign that it
+    reaches its upstream before the upstream says a word. Any peer takes it, one that knows nothing of it too (it is
+    plain credit), and the credit stays exact: what was consumed, or one byte when nothing was."""
+    client, server = pair()
+    idle = server.open_stream("tcp:80")
+    spoke = server.open_stream("tcp:80")
+    ended = server.open_stream("tcp:80")
+    server.send_data(spoke, b"PING\r\n")
+    server.send_eof(ended)
+    deliver(server, client)
+    client.consumed(spoke, 6)  # under a quarter window: no WINDOW frame of its own
+    assert client.data_to_send() == []
+    for sid in (idle, spoke, ended):
+        client.acknowledge(sid)
+    assert deliver(client, server) == [WindowUpdated(idle), WindowUpdated(spoke)]
+    assert server.send_window(idle) == 64 * 1024 + 1
+    assert server.send_window(spoke) == 64 * 1024  # the 6 bytes back, no more
+    assert server.send_data(idle, b"x" * (64 * 1024 + 1)) == 64 * 1024 + 1
+    assert sum(len(e.data) for e in deliver(server, client)) == 64 * 1024 + 1  # within its window: no ProtocolError

@@ -272,3 +272,34 @@ def test_a_health_check_does_not_keep_users_from_a_client(tls: TlsFiles, token: 
                 up.close()
 
     run(scenario())
+
+
+def test_idle_pool_connections_do_not_keep_users_from_a_client(tls: TlsFiles, token: str, monkeypatch) -> None:
+    """Found by a review helper: two `inlets tcp client`s whose upstreams work and speak only when spoken to (Redis,
+    Postgres), a pool of 10 connections held open saying nothing, then 40 users: all 40 went to one client. Nothing
+    came back on the idle connections, which left both clients marked silent (``SILENT_FOR``), and the first to
+    answer a user took every user after. A client acknowledges each dial that worked, which clears the mark."""
+    monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
+
+    async def scenario() -> None:
+        ups = [await serve(_named(b"A")), await serve(_named(b"B"))]
+        server = await start_server(tls, token)
+        public = free_port()
+        tasks = [(await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))}))[1]
+                 for up in ups]
+        pool = []
+        try:
+            for _ in range(10):  # the pool: connected, nothing sent
+                pool.append((await asyncio.open_connection("127.0.0.1", public))[1])
+            await asyncio.sleep(0.3)  # past SILENT_FOR
+            answers = [await _user(public, b"user %d\n" % index) for index in range(10)]
+            assert sorted(answers) == [b"A"] * 5 + [b"B"] * 5, answers
+        finally:
+            for writer in pool:
+                writer.close()
+            await stop(*tasks)
+            await server.stop()
+            for up in ups:
+                up.close()
+
+    run(scenario())
