@@ -19,6 +19,7 @@ from .messages import Body, Event, HttpError, Upgraded
 from .response_reader import ResponseReader
 from ..core.mux import ResetCode, StreamError
 from ..core.session import Channel, Session
+from ..server.registry import credited, reached
 
 log = logging.getLogger("inlets.http")
 
@@ -116,6 +117,9 @@ class Leg:
         self._wake_writer()
 
     def on_writable(self) -> None:
+        session = self.session
+        if (session.unreachable or session.silent) and credited(self.channel):  # the client's dial worked (it
+            reached(session, self.service)  # acknowledges each one), as an answer shows: a long poll's may take minutes
         self._wake_writer()
 
     # ------------------------------------------------------------- proxy side

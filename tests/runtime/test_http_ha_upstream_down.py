@@ -190,3 +190,45 @@ def test_a_websocket_answered_counts_as_an_answer(tls, token, monkeypatch) -> No
         assert served == {"A": 10, "B": 10}, served
     finally:
         stack.close()
+
+
+def test_a_long_poll_in_flight_does_not_keep_users_from_its_client(tls, token, monkeypatch) -> None:
+    """Found by a review helper: two `inlets http client`s, a request whose answer takes 4 s (a long poll) in flight
+    on one of them, then 40 users: all 40 went to the other (0 and 40). The request unanswered left its client
+    marked silent (``SILENT_FOR``), yet its dial had worked at once. The client acknowledges each dial that worked,
+    which clears the mark as an answer does: 20 and 20. (Idle kept-alive users hold no stream: 20 and 20 before.)"""
+    monkeypatch.setattr(registry, "SILENT_FOR", 0.1)
+    stack = Stack()
+    served: dict[str, int] = {"A": 0, "B": 0}
+    try:
+        release = asyncio.Event()
+
+        def app(name: str):
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                try:
+                    while head := await reader.readuntil(b"\r\n\r\n"):
+                        if head.startswith(b"GET /poll "):
+                            await asyncio.wait_for(release.wait(), 10)
+                        else:
+                            served[name] += 1
+                        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        await writer.drain()
+                except asyncio.IncompleteReadError:  # the tunnel's leg closed between requests
+                    pass
+            return handle
+
+        server = stack.server(tls, token)
+        for name in ("A", "B"):
+            stack.client(server, tls, token, [f"poll.test=http://{LOOPBACK}:{stack.serve(app(name))}"])
+        with ThreadPoolExecutor(1) as pool:
+            poll = pool.submit(raw_request, server.data_port,
+                               b"GET /poll HTTP/1.1\r\nHost: poll.test\r\nConnection: close\r\n\r\n")
+            time.sleep(0.3)  # past SILENT_FOR
+            answers = [raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: poll.test\r\nConnection: close\r\n\r\n")
+                       for _ in range(20)]
+            stack.loop.call_soon_threadsafe(release.set)
+            assert poll.result(15).startswith(b"HTTP/1.1 200 ")
+        assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:120] for a in answers]
+        assert served == {"A": 10, "B": 10}, served
+    finally:
+        stack.close()
