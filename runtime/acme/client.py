@@ -84,7 +84,8 @@ def _tls_failure(text: str, ca_bundle: str | None) -> str:
     plain-HTTP port, a certificate for another name, or a --letsencrypt-ca already given."""
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "HTTP_REQUEST" in text:
         return "it does not speak HTTPS on that port (plain HTTP?): check the port in --letsencrypt-issuer"
-    if "mismatch, certificate is not valid for" in text:
+    # urllib3 2 leaves the check to ssl ("IP address mismatch, ..."); 1.26, which requests before 2.30 installs, says its own
+    if "mismatch, certificate is not valid for" in text or "doesn't match" in text:
         return "its HTTPS certificate is for another name: give the name it was issued for in --letsencrypt-issuer"
     if "certificate has expired" in text:
         return "its HTTPS certificate has expired (or this machine's clock is wrong)"
