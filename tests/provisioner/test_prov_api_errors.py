@@ -61,7 +61,6 @@ def test_retry_after_is_said_and_kept_for_the_waits(api: RecordedAPI, status: in
 
 
 def test_hcloud_resource_limit_is_a_quota(api: RecordedAPI, tmp_path: Path) -> None:
-    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
     from inlets_py.provisioner.providers.hetzner import HetznerProvider
 
     api.route("POST", "/v1/firewalls", Answer(403, {"error": {
@@ -74,7 +73,6 @@ def test_hcloud_resource_limit_is_a_quota(api: RecordedAPI, tmp_path: Path) -> N
 
 
 def test_scaleway_quota_is_not_read_as_a_refused_key(api: RecordedAPI, tmp_path: Path) -> None:
-    pytest.importorskip("scaleway", reason="the Scaleway SDK is not installed")
     from inlets_py.provisioner.providers.scaleway import ScalewayProvider
 
     api.route("POST", "/instance/v1/zones/fr-par-1/security_groups", Answer(403, {
@@ -92,8 +90,6 @@ def test_scaleway_quota_is_not_read_as_a_refused_key(api: RecordedAPI, tmp_path:
 def test_sdk_answers_that_are_not_json_are_said_as_such_not_as_the_network(api: RecordedAPI) -> None:
     """Found by a review helper: Scaleway called an answer that is not JSON a network failure ('cannot reach the
     API ... the connection failed', retried by the waits as a blip), and Hetzner said 'failed (200): OK'."""
-    pytest.importorskip("scaleway", reason="the Scaleway SDK is not installed")
-    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
     from inlets_py.provisioner.providers.hetzner import HetznerProvider
     from inlets_py.provisioner.providers.scaleway import ScalewayProvider
 
@@ -253,7 +249,6 @@ def test_digitalocean_rate_limit_is_one_line_with_the_wait_it_says(
 def test_hetzner_rate_limit_says_its_retry_after(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hetzner's 429 said "wait a minute" whatever its Retry-After said: the hcloud SDK's error keeps no headers."""
-    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
     monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
     api.route("GET", "/v1/servers", Answer(429, {"error": {"code": "rate_limit_exceeded", "details": {},
                                                            "message": "limit of 3600 requests per hour reached"}},
@@ -270,7 +265,6 @@ def test_hetzner_rate_limit_waits_as_its_docs_say_the_limit_refills(
     """Hetzner's 429 has no Retry-After, so it said "wait a minute"; its docs say the remaining count refills
     gradually (one a second at 3600 an hour) until RateLimit-Reset, when it is full: one request is back after
     (reset - now) / limit. A project allowed 360 an hour waits 10 s, which the create's waits now keep to as well."""
-    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
     monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
     headers = {"RateLimit-Limit": str(limit), "RateLimit-Remaining": "0", "RateLimit-Reset": str(int(time.time()) + 3600)}
     api.route("GET", "/v1/servers", Answer(429, {"error": {"code": "rate_limit_exceeded", "details": {},

@@ -100,7 +100,6 @@ def test_vultr_list_by_tag_and_delete_by_ip(capsys: pytest.CaptureFixture[str], 
 
 def test_hetzner_list_via_env_endpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                        api: RecordedAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("hcloud", reason="the hcloud SDK is not installed")
     monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
     monkeypatch.setenv("HCLOUD_ENDPOINT", api.url + "/v1")
     api.route("GET", "/v1/servers", Answer(200, recorded("hetzner", "servers_list.json")))

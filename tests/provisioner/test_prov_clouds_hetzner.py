@@ -15,12 +15,10 @@ from typing import Iterator
 
 import pytest
 
-pytest.importorskip("hcloud", reason="the hcloud SDK is not installed (pip install hcloud)")
-
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded, write_state  # noqa: E402
-from helpers.prov_support import one_line_error, run_cli  # noqa: E402
-from inlets_py.provisioner.errors import NotFound, ProvisionError, Transient  # noqa: E402
-from inlets_py.provisioner.providers.hetzner import HetznerProvider  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, make_plan, recorded, write_state
+from helpers.prov_support import one_line_error, run_cli
+from inlets_py.provisioner.errors import NotFound, ProvisionError, Transient
+from inlets_py.provisioner.providers.hetzner import HetznerProvider
 
 NOT_FOUND = Answer(404, {"error": {"code": "not_found", "message": "server with ID '1' not found", "details": {}}})
 

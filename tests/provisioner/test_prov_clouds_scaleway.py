@@ -15,12 +15,10 @@ from typing import Iterator
 
 import pytest
 
-pytest.importorskip("scaleway", reason="the scaleway SDK is not installed (pip install scaleway)")
-
-from helpers.prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded, write_state  # noqa: E402
-from helpers.prov_support import one_line_error, run_cli  # noqa: E402
-from inlets_py.provisioner.errors import NotFound, ProvisionError  # noqa: E402
-from inlets_py.provisioner.providers.scaleway import ScalewayProvider  # noqa: E402
+from helpers.prov_cloud_recorded import Answer, RecordedAPI, cassette, make_plan, recorded, write_state
+from helpers.prov_support import one_line_error, run_cli
+from inlets_py.provisioner.errors import NotFound, ProvisionError
+from inlets_py.provisioner.providers.scaleway import ScalewayProvider
 
 ZONE = "/instance/v1/zones/fr-par-1"
 PROJECT = "11111111-1111-1111-1111-111111111111"
