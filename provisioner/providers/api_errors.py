@@ -17,8 +17,11 @@ import os
 import re
 import socket
 import ssl
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
 from typing import Callable, Iterator, Mapping
 
 from inlets_py.runtime.acme import retry_after as retry_after_header
@@ -33,7 +36,10 @@ NETWORK = "network"  # the API did not answer
 REQUEST = "request"  # the request could not be sent as it is
 ANSWER = "answer"  # the API answered something we cannot read
 REFUSED = "refused"  # any other error the API answered with
+SDK = "sdk"  # the installed SDK lacks what our code calls: another version than inletsctl was written for
 
+#: how Python words a call that does not fit the callee's signature (a renamed or removed argument)
+_SIGNATURE = re.compile(r"unexpected keyword argument|missing \d+ required|positional arguments? but \d+|takes no arguments")
 #: words clouds use for an account limit (DigitalOcean, Hetzner, Scaleway, AWS, Azure, GCE, Linode)
 _QUOTA_WORDS = re.compile(r"quota|limit ?exceeded|exceeds? .{0,40}limit|limit (?:has been |was )?reached", re.I)
 #: ... and for too many requests (GCE answers those with 403, AWS with 503)
@@ -102,6 +108,65 @@ def transport_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, requests.exceptions.RequestException):
         return Fault(NETWORK, message=network_words(exc))
     return answer_fault(exc)
+
+
+def sdk_fault(exc: BaseException, sdk: str | None = None) -> Fault | None:
+    """Our own call that the installed SDK does not have (a renamed method, a removed argument): every such
+    AttributeError or TypeError read as 'its JSON is not shaped as the API documents', which sent users to
+    --api-url. Only what is raised outside the SDK counts: inside it the same exceptions come from an answer
+    of the wrong shape. ``sdk``: the distribution the caller calls (a TypeError does not name it)."""
+    if _raised_inside_a_package(exc):
+        return None
+    if isinstance(exc, AttributeError):
+        dist = _distribution(getattr(exc, "obj", None))  # None for a JSON value (None, dict, str, ...) or our own object
+        owner = exc.obj if isinstance(exc.obj, (type, ModuleType)) else type(exc.obj)
+        why = f"it has no {getattr(owner, '__name__', owner)}.{exc.name}" if exc.name else one_line(exc)
+    elif isinstance(exc, TypeError) and sdk and _SIGNATURE.search(str(exc)):
+        dist, why = sdk, one_line(exc)  # "InstanceUtilsV1API.create_server() got an unexpected keyword argument 'x'"
+    else:
+        return None
+    if dist is None:
+        return None
+    from ..wheel import _canonical, _own_requirements  # what pyproject.toml asks of it, as the wheel declares it
+
+    try:
+        installed = f"{dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        installed = dist
+    wanted = _own_requirements().get(_canonical(dist))
+    fix = f"pip install '{wanted}'" if wanted else f"reinstall inletsctl so pip picks a {dist} it works with"
+    return Fault(SDK, message=f"the installed {installed} is not a version inletsctl works with ({why}); "
+                              f"install one that is: {fix}")
+
+
+def _distributions_of() -> Mapping[str, list[str]]:
+    from ..wheel import _distributions_of as cached  # top-level import name -> distributions, read once
+
+    return cached()
+
+
+def _distribution(obj: object) -> str | None:
+    """The installed distribution that defines ``obj`` (a module, a class, or an instance of one)."""
+    name = obj.__name__ if isinstance(obj, ModuleType) else obj.__module__ if isinstance(obj, type) else type(obj).__module__
+    top = (name or "").split(".")[0]
+    if top in sys.stdlib_module_names or top in ("builtins", __name__.split(".")[0]):
+        return None
+    found = _distributions_of().get(top)
+    return found[0] if found else None
+
+
+def _raised_inside_a_package(exc: BaseException) -> bool:
+    """Whether the innermost frame outside the standard library that raised ``exc`` is an installed package's."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        top = str(frame.f_globals.get("__name__", "")).split(".")[0]
+        if top not in sys.stdlib_module_names:
+            return top != __name__.split(".")[0] and top in _distributions_of()
+    return False
 
 
 def answer_fault(exc: BaseException) -> Fault | None:
@@ -178,6 +243,8 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     if fault.kind == REQUEST:
         return ProvisionError(f"{provider}: cannot send the request while {what}: {fault.message}; check the "
                               f"{credentials} and --api-url")
+    if fault.kind == SDK:
+        return ProvisionError(f"{provider}: {what} failed: {fault.message}")
     if fault.kind == ANSWER:
         return ProvisionError(f"{provider}: unexpected answer from {where} while {what}{detail}; try again later, "
                               "or check --api-url if you set it")
@@ -197,14 +264,15 @@ def _wait_words(seconds: float | None, otherwise: str) -> str:
 
 @contextmanager
 def api_errors(provider: str, where: str, what: str, classify: Classifier,
-               credentials: str = "credentials") -> Iterator[None]:
-    """Turn what ``classify`` (then ``transport_fault``) recognises into one-line ProvisionErrors."""
+               credentials: str = "credentials", sdk: str | None = None) -> Iterator[None]:
+    """Turn what ``classify`` (then ``sdk_fault`` and ``transport_fault``) recognises into one-line ProvisionErrors;
+    ``sdk``: the distribution the calls inside go to (``hcloud``), named when its signatures do not fit them."""
     try:
         yield
     except ProvisionError:
         raise
     except Exception as exc:
-        fault = classify(exc) or transport_fault(exc)
+        fault = classify(exc) or sdk_fault(exc, sdk) or transport_fault(exc)
         if fault is None:
             raise
         raise error_for(provider, where, what, fault, credentials) from None

@@ -94,4 +94,4 @@ def libcloud_words(exc: LibcloudError) -> str:
 
 def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:
     """Driver and transport exceptions of a libcloud provider as one-line ProvisionErrors."""
-    return api_errors(provider, endpoint.url, what, libcloud_fault)
+    return api_errors(provider, endpoint.url, what, libcloud_fault, sdk="apache-libcloud")

@@ -50,7 +50,7 @@ class DigitalOceanProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout).url
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._endpoint, what, _fault, credentials="access token")
+        return api_errors(self.name, self._endpoint, what, _fault, credentials="access token", sdk="apache-libcloud")
 
     def create(self, plan: Plan) -> Host:
         from libcloud.compute.base import NodeImage, NodeLocation, NodeSize

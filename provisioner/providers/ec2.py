@@ -84,7 +84,8 @@ class EC2Provider:
     def _api(self, what: str) -> ContextManager[None]:
         from .ec2_api import fault
 
-        return api_errors(self.name, self._endpoint, what, fault, credentials=f"credentials ({self._source})")
+        return api_errors(self.name, self._endpoint, what, fault, credentials=f"credentials ({self._source})",
+                          sdk="apache-libcloud")
 
     def ubuntu_image(self) -> str:
         """The newest Canonical Ubuntu 24.04 LTS AMI in the region (names end in a build date)."""

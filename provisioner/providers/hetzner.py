@@ -67,7 +67,7 @@ class HetznerProvider:
         return fault
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._url, what, self._fault, credentials="token")
+        return api_errors(self.name, self._url, what, self._fault, credentials="token", sdk="hcloud")
 
     def create(self, plan: Plan) -> Host:
         from hcloud.firewalls import FirewallRule

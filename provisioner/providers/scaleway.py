@@ -66,7 +66,7 @@ class ScalewayProvider:
             raise ProvisionError(f"scaleway: {str(exc).split('. See')[0]}") from None
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._url, what, scaleway_fault, credentials="secret key")
+        return api_errors(self.name, self._url, what, scaleway_fault, credentials="secret key", sdk="scaleway")
 
     def create(self, plan: Plan) -> Host:
         from scaleway.instance.v1 import (

@@ -272,3 +272,59 @@ def test_hetzner_rate_limit_waits_as_its_docs_say_the_limit_refills(
     result = run_cli(capsys, "list", "--provider", "hetzner", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
     line = one_line_error(result, "hetzner: the API is limiting requests (rate_limit_exceeded) while listing servers")
     assert re.search(f"; {says} and try again$", line), line
+
+
+def test_a_scaleway_sdk_without_what_inletsctl_calls_is_named_not_blamed_on_the_answer(
+        api: RecordedAPI, tmp_path: Path) -> None:
+    """Scaleway SDKs before 2.11 have no InstanceUtilsV1API.create_server (their generated InstanceV1API, as
+    here, has only _create_server): the AttributeError read "unexpected answer ...: its JSON is not shaped as the
+    API documents; ... check --api-url", about an API that was never asked."""
+    from importlib import metadata
+
+    from scaleway.instance.v1.api import InstanceV1API
+
+    from inlets_py.provisioner.providers.scaleway import ScalewayProvider
+
+    api.route("POST", "/instance/v1/zones/fr-par-1/security_groups", Answer(201, {"security_group": {"id": "sg-1"}}))
+    api.route("POST", "/instance/v1/zones/fr-par-1/security_groups/sg-1/rules", Answer(201, {"rule": {}}))
+    api.route("DELETE", "/instance/v1/zones/fr-par-1/security_groups/sg-1", Answer(204))
+    provider = ScalewayProvider("SCWXXXXXXXXXXXXXXXXX", "00000000-0000-4000-8000-00000000000a",
+                                "00000000-0000-4000-8000-00000000000b", api.url)
+    provider._api_client = InstanceV1API(provider._api_client.client)  # the real SDK's API, in its pre-2.11 shape
+    with pytest.raises(ProvisionError) as info:
+        provider.create(make_plan(tmp_path))
+    assert _one_line(info) == (
+        f"scaleway: creating server 'rec-check' failed: the installed scaleway {metadata.version('scaleway')} is not a "
+        "version inletsctl works with (it has no InstanceV1API.create_server); install one that is: "
+        "pip install 'scaleway>=2.11'")
+    assert not api.requests("POST", "/instance/v1/zones/fr-par-1/servers")
+
+
+def test_an_sdk_signature_that_does_not_fit_the_call_is_named(api: RecordedAPI) -> None:
+    """A keyword the installed hcloud does not take (renamed between versions) is the SDK's version, not the answer."""
+    from importlib import metadata
+
+    from hcloud import Client
+
+    from inlets_py.provisioner.providers.api_errors import api_errors
+    from inlets_py.provisioner.providers.hetzner import hcloud_fault
+
+    servers = Client(token="H" * 64, api_endpoint=api.url + "/v1").servers
+    with pytest.raises(ProvisionError) as info:
+        with api_errors("hetzner", api.url, "creating server 'x'", hcloud_fault, sdk="hcloud"):
+            servers.create("x", server_kind="cx22")  # type: ignore[call-arg]
+    assert _one_line(info) == (
+        f"hetzner: creating server 'x' failed: the installed hcloud {metadata.version('hcloud')} is not a version "
+        "inletsctl works with (ServersClient.create() got an unexpected keyword argument 'server_kind'); install one "
+        "that is: pip install 'hcloud>=2.0'")
+    assert api.seen == []
+
+
+def test_a_type_error_inside_the_sdk_is_still_the_answer(api: RecordedAPI) -> None:
+    """The same exception types raised inside the SDK (reading an answer of the wrong shape) still say so."""
+    from inlets_py.provisioner.providers.hetzner import HetznerProvider
+
+    api.route("GET", "/v1/servers", Answer(200, {"servers": "none", "meta": {}}))
+    with pytest.raises(ProvisionError) as info:
+        HetznerProvider("H" * 64, api.url + "/v1").list()
+    assert "unexpected answer from" in _one_line(info) and "installed hcloud" not in _one_line(info), _one_line(info)
