@@ -206,3 +206,37 @@ def test_the_readme_lists_every_tool_the_tests_install_or_need() -> None:
     assert "**Terraform**" in tests and "/usr/local/bin/terraform" in tests and "$INLETS_TF_PLUGIN_DIRS" in tests
     assert f"`${SPECS_ENV}`" in tests and f"(default `{SPECS_DEFAULT}`" in tests
     assert f"`{SPEC_FILE}`" in tests and "https://github.com/digitalocean/openapi" in tests
+
+
+# ------------------------------------------------------------- flags and files named
+
+
+#: flags the README gives to other programs (curl, python -m http.server, systemctl, ...), not ours
+_OTHER_PROGRAMS_FLAGS = {
+    "--bind": "python3 -m http.server", "--directory": "python3 -m http.server", "--compressed": "curl",
+    "--http2": "curl", "--depth": "git clone", "--long": "cloud-init status", "--system": "cloud-init schema",
+    "--now": "systemctl enable", "--sdk-auth": "az ad sp create-for-rbac", "--boot": "systemd-nspawn",
+    "--variant": "debootstrap", "--minutes": "bench/soak.py",
+}
+
+
+def _helps() -> str:
+    """Every command's --help, unwrapped: the flags a reader can actually give."""
+    commands = [["inlets", *c.split()] for c in ("tcp server", "tcp client", "http server", "http client", "status")]
+    commands += [["inletsctl", c] for c in ("create", "list", "status", "delete")]
+    out = []
+    for command in commands:
+        result = subprocess.run([str(BIN / command[0]), *command[1:], "--help"], capture_output=True, text=True,
+                                env={**os.environ, "COLUMNS": "1000"}, timeout=30)
+        assert result.returncode == 0, (command, result.stderr)
+        out.append(result.stdout)
+    return "\n".join(out)
+
+
+def test_every_flag_the_readme_names_is_one_of_ours_or_another_programs() -> None:
+    """The README once sent a reader to `--image` for the VM's image, a flag no command has."""
+    ours = set(re.findall(r"--[a-z][a-z0-9-]*", _helps()))
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
+    unknown = sorted(named - ours - set(_OTHER_PROGRAMS_FLAGS))
+    assert not unknown, f"the README names flags that no inlets or inletsctl command has: {unknown}"
+
