@@ -240,3 +240,13 @@ def test_every_flag_the_readme_names_is_one_of_ours_or_another_programs() -> Non
     unknown = sorted(named - ours - set(_OTHER_PROGRAMS_FLAGS))
     assert not unknown, f"the README names flags that no inlets or inletsctl command has: {unknown}"
 
+
+def test_every_file_the_layout_table_names_is_in_its_folder() -> None:
+    """The layout once put eyeballs.py in runtime/client/ after it had moved to runtime/core/."""
+    text = README.read_text()
+    layout = text[text.index("\n## Layout\n"):]
+    rows = re.findall(r"^\| `([\w/]+/)` \| (.*) \|$", layout, re.M)
+    assert len(rows) >= 8, rows
+    missing = [(folder, name) for folder, row in rows for name in re.findall(r"`(?:[\w/]+/)?([\w]+\.py)`", row)
+               if not any((ROOT / folder).rglob(name))]
+    assert not missing, f"files the Layout table names that are not in the row's folder: {missing}"
