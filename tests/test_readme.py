@@ -4,12 +4,14 @@ explains how a block is found and run), and what it says about the tests matches
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -158,6 +160,66 @@ def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
                             env={**os.environ, "COLUMNS": "1000"}, timeout=20)
     assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
 
+
+def _targets_health(api: int, jobs: int, timeout: float = 30) -> dict[str, tuple[str, str]]:
+    """Each job's (health, lastError) once every one has been scraped (or what was seen by the deadline)."""
+    seen: dict[str, tuple[str, str]] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api}/api/v1/targets", timeout=5) as answer:
+                active = json.load(answer)["data"]["activeTargets"]
+            seen = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in active}
+        except OSError:
+            pass  # Prometheus still starting
+        if len(seen) == jobs and all(health != "unknown" for health, _ in seen.values()):
+            break
+        time.sleep(0.2)
+    return seen
+
+
+def test_prometheus_scrapes_with_the_readmes_config_as_printed(tmp_path: Path) -> None:
+    """The config's server_name suited only an inletsctl server, where the server just above it, made with
+    --auto-tls-san 203.0.113.10, has a certificate for that address alone: Prometheus said "x509: certificate is
+    not valid for any names, but wanted to match inlets-exit-server". As printed for the one, without its
+    server_name line (as its comment says) for the other, both targets are up."""
+    _need("prometheus")
+    _need("openssl")
+    shell = Shell(tmp_path)
+    name = None
+    try:
+        code, out = shell.run(f"inletsctl create --provider local --ports {_free_on_both('127.0.0.1', '127.0.0.2')}",
+                              timeout=90)
+        assert code == 0, out
+        name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
+        made = re.search(r"--url wss://127\.0\.0\.1:(\d+) --token-file (\S+) --tls-ca (\S+) ", out)
+        assert made is not None, out
+        control = _free_on_both("127.0.0.1")
+        code, out = shell.run(f"openssl rand -base64 32 > token.txt && chmod 600 token.txt\n"
+                              f"cp {made[2]} inletsctl-token.txt && cp {made[3]} inletsctl-ca.crt")
+        assert code == 0, out
+        shell.start(f"exec inlets tcp server --auto-tls --auto-tls-san 127.0.0.1 --auto-tls-path tls --token-file "
+                    f"token.txt --control-addr 127.0.0.1 --control-port {control}").wait_for("event=started")
+
+        printed = block("scrape-config")
+        assert printed.startswith("scrape_configs:\n") and printed.count("server_name:") == 1, printed
+        inletsctls = (printed.replace("ca.crt", "inletsctl-ca.crt").replace("token.txt", "inletsctl-token.txt")
+                      .replace("job_name: inlets", "job_name: inletsctl")
+                      .replace("203.0.113.10:8123", f"127.0.0.1:{made[1]}"))
+        auto_tls = "".join(line for line in printed.splitlines(keepends=True) if "server_name:" not in line)
+        auto_tls = auto_tls.replace("203.0.113.10:8123", f"127.0.0.1:{control}").replace("ca.crt", "tls/ca.crt")
+        jobs = auto_tls.split("\n", 1)[1]  # the list under scrape_configs:, one more job in it
+        (tmp_path / "prometheus.yml").write_text(f"global:\n  scrape_interval: 1s\n{inletsctls}{jobs}")
+
+        api = free_port()
+        shell.start(f"exec prometheus --config.file=prometheus.yml --web.listen-address=127.0.0.1:{api} "
+                    "--storage.tsdb.path=data")
+        health = _targets_health(api, jobs=2)
+        assert health == {"inletsctl": ("up", ""), "inlets": ("up", "")}, health
+    finally:
+        if name is not None:
+            shell.run(f"inletsctl delete {name}")
+        shell.close()
 
 def test_the_clouds_table_names_every_variable_each_provider_reads_in_order() -> None:
     """The README says the table and each PROVIDER declaration say the same; it once left out the
