@@ -10,7 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # zstd unpacks Ubuntu's packages and gpgv checks the archive's signature with tests/boot/ubuntu-archive-2018.gpg
 # (Debian has no package with Ubuntu's archive key, so it ships in the repository)
 # haproxy: the load balancer of the high-availability tests (tests/runtime/test_ha_haproxy.py)
-apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx haproxy wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble systemd
+# prometheus: its promtool lints a real scrape, and the README's scrape_config is run by Prometheus itself
+apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx haproxy wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble prometheus systemd
   systemd-container debootstrap zstd gpgv slirp4netns iproute2 util-linux)
 missing=()
 for pkg in "${apt_packages[@]}"; do
