@@ -350,6 +350,15 @@ def _drop_stdout() -> None:
         pass
 
 
+def _say(line: str) -> None:
+    """The error line on stderr; a stderr that cannot take it (the terminal closed: EIO) must not turn the exit
+    status into 1 with a traceback (a SIGHUP's 129, a Ctrl-C's 130 are what a caller acts on)."""
+    try:
+        typer.echo(line, err=True)
+    except OSError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors and ProvisionErrors as one line on stderr, non-zero exit."""
     command_starts()
@@ -369,14 +378,14 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"{command}: error: {usage_line(exc)} (see --help)", err=True)
         sys.exit(2)
     except ProvisionError as exc:
-        typer.echo(f"inletsctl: error: {exc}", err=True)
+        _say(f"inletsctl: error: {exc}")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort) as exc:
         sys.exit(interrupted_status(exc))
     except OSError as exc:  # the output could not be written (a full disk): one line, not a traceback
         _drop_stdout()
         where = f" ({exc.filename})" if exc.filename else " writing the output"
-        typer.echo(f"inletsctl: error: {os_words(exc)}{where}: make room (or write elsewhere) and run it again", err=True)
+        _say(f"inletsctl: error: {os_words(exc)}{where}: make room (or write elsewhere) and run it again")
         sys.exit(1)
     if status == 130:  # typer's status for a KeyboardInterrupt no command caught (a SIGTERM's is 143)
         status = interrupted_status()

@@ -6,17 +6,16 @@ time printed a traceback of whichever import it cut short, where a Ctrl-C a mome
 
 from __future__ import annotations
 
-import signal
 import sys
 
 
 def main() -> None:
     """Import and run ``cli.main``; a Ctrl-C while importing exits 130 like one while running (143 for SIGTERM,
-    which is taken as a Ctrl-C is: what was made is said, and nothing more is asked of a cloud)."""
+    129 for SIGHUP, each taken as a Ctrl-C is: what was made is said, and nothing more is asked of a cloud)."""
     try:
-        from .errors import interrupted_status, raise_interrupted
+        from .errors import catch_signals, interrupted_status
 
-        signal.signal(signal.SIGTERM, raise_interrupted)
+        catch_signals()
         from .cli import main as run
     except KeyboardInterrupt as exc:
         sys.exit(interrupted_status(exc))

@@ -15,19 +15,37 @@ class ProvisionError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM, taken as Ctrl-C is (the same words on what is left), with the exit status of a TERM: 143."""
+    """SIGTERM or SIGHUP, taken as Ctrl-C is (the same words on what is left), with that signal's exit status: 143
+    for a TERM, 129 for a HUP."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__()
+        self.signum = signum
 
 
 class _Signals:
-    """Whether a SIGTERM came during this command: typer turns a KeyboardInterrupt no command caught (one
+    """The SIGTERM or SIGHUP that came during this command: typer turns a KeyboardInterrupt no command caught (one
     while click parses the flags, say) into its exit status 130, and the Interrupted under it is lost."""
 
-    terminated = False
+    signum: int | None = None
 
 
 def interrupted_status(exc: BaseException | None = None) -> int:
-    """128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
-    return 143 if isinstance(exc, Interrupted) or _Signals.terminated else 130
+    """128 + the signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM, 129 for SIGHUP."""
+    if isinstance(exc, Interrupted):
+        return 128 + exc.signum
+    return 128 + (_Signals.signum or 2)
+
+
+def catch_signals() -> None:
+    """SIGTERM (a ``timeout``, a CI job's end) and SIGHUP (the terminal closed) are taken as Ctrl-C is: both killed
+    create without a word, a VM or server left running and a SIGHUP's state folder perhaps half written. A SIGHUP
+    already ignored (``nohup inletsctl create``) stays ignored."""
+    import signal
+
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, raise_interrupted)
 
 
 def finished() -> None:
@@ -39,17 +57,20 @@ def finished() -> None:
         return  # cli.main called by a program of its own (the tests): not the inletsctl script's signals to change
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signal.getsignal(signal.SIGHUP) is raise_interrupted:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def raise_interrupted(signum: int, frame: object) -> None:
-    """The SIGTERM handler: a ``timeout`` or a CI job ending create left its server running without a word."""
-    _Signals.terminated = True
-    raise Interrupted
+    """The SIGTERM and SIGHUP handler: a ``timeout``, a CI job's end or a closed terminal ended create without a
+    word, its server left running."""
+    _Signals.signum = signum
+    raise Interrupted(signum)
 
 
 def command_starts() -> None:
-    """Forget a SIGTERM of an earlier command run in this process (the tests run many)."""
-    _Signals.terminated = False
+    """Forget a SIGTERM or SIGHUP of an earlier command run in this process (the tests run many)."""
+    _Signals.signum = None
 
 
 class NotFound(ProvisionError):

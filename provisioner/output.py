@@ -70,9 +70,14 @@ class Progress:
             print(f"inletsctl: {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+        """Stop the spinner. A terminal that closed (EIO) is no error of create's: raised here, it took the place of
+        what create was saying (the server it left, the command that deletes it) and the exit status with it."""
+        status, self._status = self._status, None
+        if status is not None:
+            try:
+                status.stop()
+            except OSError:
+                pass
 
 
 def print_summary(summary: dict[str, Any], token: str | None) -> None:
