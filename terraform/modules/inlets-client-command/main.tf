@@ -3,13 +3,22 @@
 
 locals {
   generated = jsondecode(file("${path.module}/templates/generated.json"))
-  upstream  = coalesce(var.upstream, var.mode == "tcp" ? "127.0.0.1" : "http://127.0.0.1:8080")
+  upstream  = var.upstream != null ? var.upstream : var.mode == "tcp" ? "127.0.0.1" : "http://127.0.0.1:8080" # "" is refused, not the default
   domains   = distinct([for d in var.domains : trimsuffix(lower(trimspace(d)), ".")])
   upstreams = var.mode == "tcp" || length(local.domains) == 0 ? [local.upstream] : [for d in local.domains : "${d}=${local.upstream}"]
   url       = "wss://${length(regexall(":", var.host)) > 0 ? "[${var.host}]" : var.host}:${format("%d", var.control_port)}"
-  # An upstream's host, for the preconditions: a DNS name (no empty label; IPv4 is one too) or an IPv6 address.
-  name = "([A-Za-z0-9_-]+\\.)*[A-Za-z0-9_-]+\\.?"
-  ipv6 = "[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*"
+  # An upstream's host, for the preconditions, by the client's rule (runtime/core/hosts.py check_host): an IP
+  # address (Go's parser, as Python's ipaddress: no leading zeros), else dotted numbers are refused and a name
+  # has labels of 1-63 letters, digits, _ and inner hyphens, 253 characters in all.
+  label     = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+  url_parts = try(regex("^(?i:https?)://(?:\\[([^]]*)\\]|([^][:/?#@]*))(?::([0-9]{1,5}))?/?$", local.upstream), [null, null, null]) # [IPv6], host, port
+  bracketed = startswith(local.upstream, "[") && endswith(local.upstream, "]")
+  host = (var.mode == "tcp" ? (local.bracketed ? substr(local.upstream, 1, length(local.upstream) - 2) : local.upstream)
+  : try(coalesce(local.url_parts[0], local.url_parts[1]), ""))
+  host_ok = length(local.host) > 0 && (strcontains(local.host, ":") ? can(cidrhost("${local.host}/128", 0)) : (
+    can(regex("^[0-9]+(?:\\.[0-9]+)*\\.?$", local.host)) ? can(cidrhost("${local.host}/32", 0)) :
+    can(regex("^(?:${local.label}\\.)*${local.label}\\.?$", local.host)) && length(trimsuffix(local.host, ".")) <= 253
+  ))
 
   rendered = templatefile("${path.module}/templates/client-command.tftpl", {
     inlets      = var.inlets
@@ -41,15 +50,15 @@ output "command" {
   # The client's own rules for --upstream, in their structure (inletsctl runs the client's parser itself):
   # tcp, a host alone (the ports come from --ports); http, scheme://host[:port] with no path, query or user.
   precondition {
-    condition     = var.mode == "http" || can(regex("^(${local.name}|${local.ipv6}|\\[${local.ipv6}\\])$", local.upstream))
-    error_message = "For mode tcp the upstream is a host name or IP, without a port (the ports come from ports)."
+    condition     = var.mode == "http" || local.host_ok
+    error_message = "For mode tcp the upstream is an IP address or a host name such as backend.internal, without a port (the ports come from ports)."
   }
   precondition {
     condition = var.mode == "tcp" || (
-      can(regex("^https?://(${local.name}|\\[${local.ipv6}\\])(:[0-9]{1,5})?/?$", local.upstream))
-      && alltrue([for port in regexall(":([0-9]{1,5})/?$", local.upstream) : tonumber(port[0]) >= 1 && tonumber(port[0]) <= 65535])
+      local.host_ok && (local.url_parts[0] != null) == strcontains(local.host, ":")
+      && (local.url_parts[2] == null || try(tonumber(local.url_parts[2]) >= 1 && tonumber(local.url_parts[2]) <= 65535, false))
     )
-    error_message = "For mode http the upstream is a URL such as http://127.0.0.1:8080: no path, query or user name, a port 1-65535."
+    error_message = "For mode http the upstream is a URL such as http://127.0.0.1:8080 (an IP address or a host name; an IPv6 address in brackets): no path, query or user name, a port 1-65535."
   }
 }
 

@@ -51,6 +51,10 @@ variable "upstream" {
   description = "What the client forwards to: a host for tcp (default 127.0.0.1), a URL for http (default http://127.0.0.1:8080)."
   type        = string
   default     = null
+  validation {
+    condition     = var.upstream == null ? true : trimspace(var.upstream) != ""
+    error_message = "The upstream is empty: give a host for mode tcp (e.g. 127.0.0.1) or a URL for mode http (e.g. http://127.0.0.1:8080), or leave it null for that default."
+  }
 }
 
 variable "token_file" {

@@ -136,3 +136,80 @@ run "rejects_a_data_port_on_the_control_port" {
   }
   expect_failures = [output.command]
 }
+
+# The client's own host rule (runtime/core/hosts.py check_host), which inletsctl create applies to --upstream.
+run "rejects_an_empty_upstream" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    ports    = [80]
+    upstream = ""
+  }
+  expect_failures = [var.upstream]
+}
+
+run "rejects_an_upstream_of_numbers_that_is_no_ipv4_address" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    ports    = [80]
+    upstream = "999.1.1.1"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_an_upstream_that_is_no_ipv6_address" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    ports    = [80]
+    upstream = "1::2::3"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_an_upstream_label_with_an_outer_hyphen" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "http://-backend.internal:8080"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_an_http_upstream_of_numbers_that_is_no_ipv4_address" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "http://10.0.0.256:8080"
+  }
+  expect_failures = [output.command]
+}
+
+run "takes_upstreams_the_client_takes" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "HTTPS://Backend_1.internal.:8443/"
+  }
+  assert {
+    condition     = endswith(output.command, "--upstream HTTPS://Backend_1.internal.:8443/")
+    error_message = "Got: ${output.command}"
+  }
+}
+
+run "takes_a_bracketed_ipv6_tcp_upstream" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    ports    = [80]
+    upstream = "[::ffff:10.0.0.1]"
+  }
+  assert {
+    condition     = strcontains(output.command, "--upstream '[::ffff:10.0.0.1]' --ports 80")
+    error_message = "Got: ${output.command}"
+  }
+}
