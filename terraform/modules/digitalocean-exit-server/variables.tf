@@ -50,9 +50,9 @@ variable "domains" {
 }
 
 variable "http_port" {
-  description = "HTTP mode: the data-plane port."
+  description = "HTTP mode: the data-plane port (null: 80; refused in mode tcp, as inletsctl's --http-port)."
   type        = number
-  default     = 80
+  default     = null
 }
 
 variable "control_port" {

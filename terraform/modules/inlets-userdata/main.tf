@@ -8,6 +8,7 @@ locals {
 
   ports     = var.mode == "tcp" ? (var.ports == null ? [80, 443] : var.ports) : []
   ports_csv = join(",", [for p in local.ports : format("%d", p)])
+  http_port = var.http_port == null ? 80 : var.http_port
   domains   = var.mode == "http" ? distinct([for d in var.domains : trimsuffix(lower(trimspace(d)), ".")]) : []
 
   # ttl: inletsctl's syntax, in seconds
@@ -41,7 +42,7 @@ locals {
   # Let's Encrypt: inletsctl's default on a cloud provider (provisioner/create.py _letsencrypt()), and its
   # flags ending the server's command line (their names, order and the drop-in are generated.json's,
   # read off inletsctl's server_argv()), each word quoted as systemd_quote.exec_word() quotes it
-  letsencrypt    = var.mode == "http" && (var.letsencrypt != null ? var.letsencrypt : length(local.domains) > 0 && var.http_port == 80)
+  letsencrypt    = var.mode == "http" && (var.letsencrypt != null ? var.letsencrypt : length(local.domains) > 0 && local.http_port == 80)
   le_flags       = local.generated.letsencrypt_flags
   le_email       = var.letsencrypt_email == null ? "" : var.letsencrypt_email
   le_words       = concat(flatten([for d in local.domains : [local.le_flags.domain, d]]), local.le_email == "" ? [] : [local.le_flags.email, local.le_email], [local.le_flags.issuer, var.letsencrypt_issuer], local.le_ca == null ? [] : [local.le_flags.ca, local.generated.letsencrypt_ca_path])
@@ -71,7 +72,7 @@ locals {
   service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${local.unit_template}.tftpl", {
     control_port     = format("%d", var.control_port)
     ports            = local.ports_csv
-    http_port        = format("%d", var.http_port)
+    http_port        = format("%d", local.http_port)
     letsencrypt_args = local.le_args
   })]
   # the units the creation time does not change: the server's, and Let's Encrypt's drop-in for it
@@ -158,6 +159,6 @@ locals {
   ])))
 
   # sorted by number, as provisioner/firewall.py's inbound_ports()
-  firewall_wanted = var.mode == "tcp" ? concat([var.control_port], local.ports) : [var.http_port, 443, var.control_port]
+  firewall_wanted = var.mode == "tcp" ? concat([var.control_port], local.ports) : [local.http_port, 443, var.control_port]
   firewall_ports  = [for p in sort(distinct([for p in local.firewall_wanted : format("%05d", p)])) : tonumber(p)]
 }

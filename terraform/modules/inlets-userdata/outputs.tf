@@ -12,7 +12,11 @@ output "user_data" {
     error_message = "The domains are for mode http; give ports for mode tcp."
   }
   precondition {
-    condition     = !contains(local.ports, var.control_port) && (var.mode == "tcp" || var.http_port != var.control_port)
+    condition     = var.mode == "http" || var.http_port == null
+    error_message = "The http_port is for mode http; give ports for mode tcp."
+  }
+  precondition {
+    condition     = !contains(local.ports, var.control_port) && (var.mode == "tcp" || local.http_port != var.control_port)
     error_message = "A data port equals the control port (${var.control_port}); choose other ports."
   }
   precondition {
@@ -36,8 +40,8 @@ output "user_data" {
     error_message = "Let's Encrypt needs domains: certificates are issued for names, not the catch-all (or set letsencrypt = false)."
   }
   precondition {
-    condition     = !local.letsencrypt || var.http_port == 80
-    error_message = "Let's Encrypt validates on port 80, not http_port ${var.http_port}: set http_port = 80 or letsencrypt = false."
+    condition     = !local.letsencrypt || local.http_port == 80
+    error_message = "Let's Encrypt validates on port 80, not http_port ${local.http_port}: set http_port = 80 or letsencrypt = false."
   }
   precondition {
     condition     = !local.letsencrypt || var.control_port != 443
@@ -102,7 +106,7 @@ output "domains" {
 
 output "http_port" {
   description = "HTTP mode: the data-plane port (null in TCP mode)."
-  value       = var.mode == "http" ? var.http_port : null
+  value       = var.mode == "http" ? local.http_port : null
 }
 
 output "control_port" {

@@ -42,11 +42,11 @@ variable "domains" {
 }
 
 variable "http_port" {
-  description = "HTTP mode: the data-plane port."
+  description = "HTTP mode: the data-plane port. Null: 80, as inletsctl's --http-port; refused in mode tcp, as that flag is."
   type        = number
-  default     = 80
+  default     = null
   validation {
-    condition     = var.http_port == floor(var.http_port) && var.http_port >= 1 && var.http_port <= 65535
+    condition     = var.http_port == null ? true : var.http_port == floor(var.http_port) && var.http_port >= 1 && var.http_port <= 65535
     error_message = "The http_port must be a port from 1 to 65535."
   }
   validation {

@@ -768,3 +768,24 @@ run "rejects_a_letsencrypt_ca_without_letsencrypt" {
   }
   expect_failures = [output.user_data]
 }
+
+# A setting of the other mode is refused, as inletsctl refuses --http-port with --mode tcp: it was ignored.
+run "rejects_an_http_port_in_tcp_mode" {
+  command = plan
+  variables {
+    http_port = 8080
+  }
+  expect_failures = [output.user_data]
+}
+
+run "http_port_defaults_to_80_in_http_mode" {
+  command = plan
+  variables {
+    mode        = "http"
+    letsencrypt = false
+  }
+  assert {
+    condition     = output.http_port == 80 && output.firewall_ports == [80, 443, 8123] && strcontains(output.user_data, " --port 80\n")
+    error_message = "Left null, http_port is 80 in mode http, as inletsctl's --http-port."
+  }
+}
