@@ -551,6 +551,20 @@ def test_aws_module_validates_with_the_real_aws_provider(module: str, tmp_path: 
     tf(ws / module, "validate")
 
 
+def test_aws_module_terraform_test(tmp_path: Path) -> None:
+    """``terraform test`` of the aws-exit-server module's inputs (tests/*.tftest.hcl): planned with a mocked aws
+    provider, so no account or network; a bad CIDR, a network given twice or none at all is one line at plan."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    module = aws_workspace(tmp_path) / "modules/aws-exit-server"
+    assert sorted((module / "tests").glob("*.tftest.hcl")), "aws-exit-server has no .tftest.hcl files"
+    tf(module, "init", "-input=false", "-backend=false")
+    proc = tf(module, "test", check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"Success! (\d+) passed, (\d+) failed", proc.stdout)
+    assert match and int(match.group(1)) >= 8 and match.group(2) == "0", proc.stdout
+
+
 @pytest.fixture(scope="module")
 def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """moto's EC2 API server on loopback, as a separate process (its own state)."""

@@ -104,6 +104,13 @@ resource "aws_security_group" "exit_server" {
   description = "inlets exit server ${var.name} (${var.mode})"
   vpc_id      = var.vpc_id
   tags        = merge(var.tags, { Name = local.firewall_name, "inlets" = "true", "inlets-name" = var.name })
+
+  lifecycle {
+    precondition {
+      condition     = length(var.allowed_cidrs_ipv4) + length(var.allowed_cidrs_ipv6) > 0 || !var.deliver_wheel || var.package != null
+      error_message = "The allowed_cidrs_ipv4 and allowed_cidrs_ipv6 are both empty: no one could reach the tunnel, and apply would wait push_timeout to send the server wheel. Give your clients' networks (e.g. [\"198.51.100.7/32\"]), or set deliver_wheel = false and add rules to output security_group_id yourself."
+    }
+  }
 }
 
 # Inbound: exactly the control port and the data ports, nothing else (no SSH unless asked).

@@ -167,15 +167,33 @@ variable "key_name" {
 }
 
 variable "allowed_cidrs_ipv4" {
-  description = "IPv4 sources allowed to reach the control and data ports."
+  description = "IPv4 networks allowed to reach the control and data ports, each once, in CIDR form (0.0.0.0/0, 203.0.113.0/24, 198.51.100.7/32)."
   type        = list(string)
   default     = ["0.0.0.0/0"]
+  nullable    = false
+  validation {
+    condition     = alltrue([for c in var.allowed_cidrs_ipv4 : can(cidrnetmask(c)) && try("${cidrhost(c, 0)}/${split("/", c)[1]}" == c, false)])
+    error_message = "Each allowed_cidrs_ipv4 entry must be an IPv4 network in CIDR form, written from its first address, such as 0.0.0.0/0 or 203.0.113.0/24 (one address: 203.0.113.7/32); IPv6 networks go in allowed_cidrs_ipv6."
+  }
+  validation {
+    condition     = length(distinct(var.allowed_cidrs_ipv4)) == length(var.allowed_cidrs_ipv4)
+    error_message = "The allowed_cidrs_ipv4 list a network more than once: give each network once."
+  }
 }
 
 variable "allowed_cidrs_ipv6" {
-  description = "IPv6 sources allowed (default VPCs have no IPv6, as inletsctl assumes)."
+  description = "IPv6 networks allowed, each once, in CIDR form (default VPCs have no IPv6, as inletsctl assumes)."
   type        = list(string)
   default     = []
+  nullable    = false
+  validation {
+    condition     = alltrue([for c in var.allowed_cidrs_ipv6 : strcontains(c, ":") && try(cidrhost(c, 0) == cidrhost("${split("/", c)[0]}/128", 0), false)])
+    error_message = "Each allowed_cidrs_ipv6 entry must be an IPv6 network in CIDR form, written from its first address, such as ::/0 or 2001:db8::/32 (one address: 2001:db8::7/128); IPv4 networks go in allowed_cidrs_ipv4."
+  }
+  validation {
+    condition     = length(distinct(var.allowed_cidrs_ipv6)) == length(var.allowed_cidrs_ipv6)
+    error_message = "The allowed_cidrs_ipv6 list a network more than once: give each network once."
+  }
 }
 
 variable "tags" {
