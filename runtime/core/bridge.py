@@ -31,6 +31,7 @@ from .hosts import authority
 from .logs import logfmt
 from .mux import ResetCode
 from .session import Channel
+from .tls import upstream_verify_failure
 
 log = logging.getLogger("inlets.bridge")
 
@@ -298,7 +299,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         channel.acknowledge()  # the server's sign this client reaches its upstream, before the upstream says a word
         return
     elif isinstance(exc, ssl.SSLCertVerificationError):
-        reason = f"TLS verification failed: {exc.verify_message}"
+        reason = upstream_verify_failure(exc)
     elif isinstance(exc, socket.gaierror):  # the resolver's words: its codes (-2, -3) are no errno ("Unknown error -2")
         reason = exc.strerror or "the name does not resolve"
     elif isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's code (1: "Operation not permitted")

@@ -202,3 +202,18 @@ def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
     else:
         hint = "check --tls-ca: it must be the CA that signed the server's certificate"
     return f"TLS certificate verification failed: {exc.verify_message} ({hint})"
+
+
+def upstream_verify_failure(exc: ssl.SSLCertVerificationError) -> str:
+    """Why an https:// upstream's certificate was refused, and what fixes it: OpenSSL's words alone ("self-signed
+    certificate") named neither --upstream-ca nor --upstream-insecure."""
+    if "mismatch" in (exc.verify_message or ""):
+        hint = "the certificate is for another name: give the upstream by a name its certificate carries"
+    elif exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED:
+        hint = "the certificate or its CA has ended, or this machine's clock is wrong: renew the upstream's certificate"
+    elif exc.verify_code == X509_V_ERR_CERT_NOT_YET_VALID:
+        hint = "the certificate starts later, or this machine's clock is behind: check the clocks"
+    else:
+        hint = "give the CA that signed the upstream's certificate (or a self-signed one itself) with --upstream-ca FILE"
+    words = (exc.verify_message or "").rstrip(".")
+    return f"TLS verification failed: {words} ({hint}; or --upstream-insecure not to verify it)"
