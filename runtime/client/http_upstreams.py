@@ -115,6 +115,16 @@ def upstream_tls(ca: Path | None = None, insecure: bool = False) -> ssl.SSLConte
     return context
 
 
+def warn_unverified(mapping: dict[str, HttpUpstream]) -> None:
+    """Say once, at start, which upstreams ``--upstream-insecure`` leaves unverified: it was silent, so a client
+    left running with it (from a test, say) gave no sign of it."""
+    unverified = [str(upstream) for upstream in mapping.values() if upstream.scheme == "https"]
+    if unverified:
+        log.warning("event=upstream_tls_unverified upstreams=%s reason=%s", logfmt(",".join(unverified)),
+                    logfmt("--upstream-insecure: their certificates are not checked, so whoever is on the way to "
+                           "them can read and change what they are sent; give --upstream-ca FILE instead"))
+
+
 class HttpUpstreams:
     """Handles streams the server opens: dial the host's upstream and bridge bytes."""
 

@@ -66,6 +66,11 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     (["http", "server", "--upstream-timeout", "nan"], "'nan' is not a number of seconds"),
     # conflicting TLS flags
     (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-ca", "{notpem}", "--tls-insecure"], "not both"),
+    # --upstream-ca was silently ignored: the user believed the upstreams pinned to it
+    (HTTP_CLIENT + ["--upstream", "https://127.0.0.1:1", "--upstream-ca", "{notpem}", "--upstream-insecure"],
+     "give --upstream-ca or --upstream-insecure, not both"),
+    (HTTP_CLIENT + ["--upstream", "https://127.0.0.1:1", "--upstream-ca", "{notpem}", "--upstream-insecure",
+                    "--generate", "systemd"], "not both"),
     # a malformed --letsencrypt-issuer: urlsplit's ValueError was a traceback, and :0 was accepted
     *[(LE_SERVER + ["--letsencrypt-issuer", issuer, *generate], message)
       for issuer, message in (("https://[::1/dir", "an https:// directory URL, got 'https://[::1/dir'"),

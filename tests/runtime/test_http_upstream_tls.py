@@ -90,3 +90,22 @@ def test_an_upstream_certificate_refused_is_said_with_what_to_do(stack, tmp_path
     assert len(lines) == len(cases), lines  # one line per refused dial
     for line, (host, (_, words)) in zip(lines, cases.items()):
         assert words in line and "--upstream-insecure" in line, (host, line)
+
+
+def test_upstream_insecure_is_said_at_start_naming_the_upstreams_it_leaves_unverified(stack, tmp_path, tls, token,
+                                                                                      token_file) -> None:
+    """It said nothing: a client left running with it (from a test, say) gave no sign in its log."""
+    day = datetime.timedelta(days=1)
+    port = serving(stack, tmp_path, "self-signed", leaf(None, ["localhost"], NOW - day, NOW + day))
+    plain = stack.upstream("plain")[1]
+    server, client, log = start_client(stack, tmp_path, tls, token, token_file, "--upstream-insecure",
+                                       "--upstream", f"tls.test=https://localhost:{port}",
+                                       "--upstream", f"http://{LOOPBACK}:{plain}")
+    try:
+        answer = raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: tls.test\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        terminate(client)
+    warned = [line for line in log.read_text().splitlines() if "event=upstream_tls_unverified" in line]
+    assert len(warned) == 1 and "level=WARNING" in warned[0], warned
+    assert f"https://localhost:{port}" in warned[0] and str(plain) not in warned[0], warned[0]

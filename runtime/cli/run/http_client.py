@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls
+from ...client.http_upstreams import HttpUpstreams, UpstreamError, parse_upstreams, upstream_tls, warn_unverified
 from ...core.auth import BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN, TokenError
 from ...core.heap import freeze_startup_objects
 from ...core.tls import TlsConfigError
@@ -24,6 +24,8 @@ def check(flags: SimpleNamespace) -> dict:
                           response_add=flags.response_header_add or [], response_remove=flags.response_header_remove or [])
     except (UpstreamError, OptionError) as exc:
         fail(str(exc))
+    if flags.upstream_ca is not None and flags.upstream_insecure:  # the CA was ignored: the user believed it pinned
+        fail("give --upstream-ca or --upstream-insecure, not both: --upstream-insecure would ignore the CA")
     check_servers(flags)
     check_secrets(flags, (BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN))
     return mapping
@@ -46,6 +48,8 @@ def run(flags: SimpleNamespace) -> None:
     except TlsConfigError as exc:
         fail(str(exc))
     upstreams = HttpUpstreams(mapping, tls)
+    if flags.upstream_insecure:
+        warn_unverified(mapping)
     try:
         options = HttpOptions.build(
             request_add=flags.request_header_add or [], request_remove=flags.request_header_remove or [],
