@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import select
@@ -138,13 +139,43 @@ def _no_socket() -> OSError:
     return OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
 
 
+def _any_ipv6(host: str) -> bool:
+    """``::`` (however written): every address, as Linux and Go read it, so IPv4 too."""
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+def _dual_stack(port: int) -> socket.socket:
+    """A socket bound to ``[::]:port`` that takes IPv4 users too: asyncio and uvloop set IPV6_V6ONLY on every
+    IPv6 listener, so ``--data-addr ::`` refused IPv4 on a TCP port, while a UDP port on ``::`` took it."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server does
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_address(host: str | None, port: int) -> dict:
+    """``create_server``'s address arguments (``serve``'s too): ``::`` as a socket of its own that takes IPv4 too."""
+    if host is not None and _any_ipv6(host):
+        return {"host": None, "port": None, "sock": _dual_stack(port)}
+    return {"host": host, "port": port}
+
+
 async def listen(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None, port: int, *,
                  ssl_context: ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None) -> asyncio.Server:
     """``loop.create_server`` with ``LISTEN_BACKLOG``, whose every accept also takes the rest of the queue, and
     whose sockets are all accepted with TCP_NOTSENT_LOWAT (``bridge.tune_socket``)."""
     drain = _Drain(protocol_factory, ssl_context, ssl_handshake_timeout)
     kwargs = {} if ssl_context is None else {"ssl": ssl_context, "ssl_handshake_timeout": ssl_handshake_timeout}
-    server = await asyncio.get_running_loop().create_server(drain, host, port, backlog=LISTEN_BACKLOG, **kwargs)
+    server = await asyncio.get_running_loop().create_server(drain, **bind_address(host, port), backlog=LISTEN_BACKLOG,
+                                                            **kwargs)
     if not server.sockets:
         server.close()
         raise _no_socket()

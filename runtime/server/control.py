@@ -23,7 +23,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ..core.listen import BindError
+from ..core.listen import BindError, bind_address
 from ..core.logs import logfmt
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from ..core.allowlist import SourceAllowList
@@ -208,8 +208,7 @@ class ControlPlane:
     async def _serve(self, cfg: ControlConfig) -> Server:
         return await serve(
             self._handle,
-            cfg.host,
-            cfg.port,
+            **bind_address(cfg.host, cfg.port),  # "::" takes IPv4 too, as the data ports' does
             # no ssl=: admission starts TLS itself, once a connection is within the caps
             process_request=self._process_request,
             process_response=self._process_response,

@@ -1,0 +1,60 @@
+"""IPv6 in the address-taking flags, with the real `inlets` command: ``::`` listens for IPv4 users too (as the
+default, and a UDP port on ``::``, do)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers.process import echo_once, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+
+def _ipv6_loopback() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"::1 is not usable here: {exc}")
+
+
+def _echo_on_ipv6(port: int) -> subprocess.Popen:
+    """A one-file echo server on [::1]:port, in a process of its own (the tunnel client dials it)."""
+    code = ("import socket, socketserver\n"
+            "class H(socketserver.StreamRequestHandler):\n"
+            "    def handle(self):\n"
+            "        self.wfile.write(self.rfile.read())\n"
+            "class S(socketserver.ThreadingTCPServer):\n"
+            "    address_family = socket.AF_INET6\n"
+            "    daemon_threads = True\n"
+            f"S(('::1', {port}), H).serve_forever()\n")
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_a_tcp_port_on_the_any_ipv6_address_takes_ipv4_users_too(tls: TlsFiles, token_file: Path, tmp_path: Path) -> None:
+    """``--data-addr ::`` listened on IPv6 alone for TCP (asyncio sets IPV6_V6ONLY), while a UDP port of the same
+    server on ``::`` took IPv4 too, and so does Linux's ``::`` by default: 127.0.0.1 was refused (0 of 2 families
+    for IPv4). Now both families reach the tunnel, and the control port on ``::`` as well."""
+    _ipv6_loopback()
+    control, public, upstream = free_port("::"), free_port("::"), free_port("::1")
+    echo = _echo_on_ipv6(upstream)
+    server = spawn("tcp", "server", "--control-addr", "::", "--control-port", str(control), "--data-addr", "::",
+                   "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   log=tmp_path / "server.log")
+    client = None
+    try:
+        wait_port(control, host="::1")
+        wait_port(control, host="127.0.0.1")  # the control port on :: as well
+        client = spawn("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file),
+                       "--tls-ca", str(tls.ca), "--upstream", f"{public}=[::1]:{upstream}", log=tmp_path / "client.log")
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        wait_port(upstream, host="::1")
+        assert echo_once(public, b"over IPv6", host="::1") == b"over IPv6"
+        assert echo_once(public, b"over IPv4", host="127.0.0.1") == b"over IPv4"
+    finally:
+        stop_all(*(p for p in (client, server) if p is not None))
+        echo.kill()
+        echo.wait(10)
