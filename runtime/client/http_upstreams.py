@@ -20,7 +20,7 @@ from ..core.logs import logfmt
 from ..core.bridge import dial
 from ..core.services import http_service, parse_http_service
 from ..core.handshake import HandshakeError
-from ..core.hosts import HostError, split_url
+from ..core.hosts import HostError, is_ip, split_url
 from ..core.mux import ResetCode
 from ..core.ports import url_port
 from ..core.session import Channel
@@ -80,6 +80,11 @@ def _a_label(name: str) -> str:
     return name if name.isascii() else name.encode("idna").decode("ascii")
 
 
+def _unbracketed(name: str) -> str:
+    """``[2001:db8::1]`` as the address it writes; anything else as given."""
+    return name[1:-1] if name.startswith("[") and name.endswith("]") and is_ip(name[1:-1]) else name
+
+
 def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
     """``NAME=URL`` (exact host) or a bare ``URL`` (catch-all) -> {service: upstream}."""
     mapping: dict[str, HttpUpstream] = {}
@@ -90,7 +95,8 @@ def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
         elif "://" in name:
             raise UpstreamError(f"expected HOSTNAME=URL or URL, got {item!r}")
         try:
-            service = http_service(parse_http_service("http:" + _a_label(name.strip().lower().rstrip("."))))
+            name = _unbracketed(name.strip())  # [::1], as the Host header writes it, is the host ::1
+            service = http_service(parse_http_service("http:" + _a_label(name.lower().rstrip("."))))
         except (HandshakeError, UnicodeError):
             raise UpstreamError(f"invalid host name {name!r} in --upstream {item!r}") from None
         if service in mapping:

@@ -46,6 +46,9 @@ def check_host(host: str, what: str) -> str:
     """``host`` unchanged when it is an IP address or a valid DNS name (IDN allowed); HostError otherwise."""
     if is_ip(host):
         return host
+    if host.startswith("[") and host.endswith("]") and is_ip(host[1:-1]):  # as in a URL, but no port follows
+        raise HostError(f"{what}: give {host[1:-1]} without brackets (they go around an IPv6 address "
+                        "only when a :PORT follows)")
     if _DOTTED_NUMBERS.fullmatch(host):
         raise HostError(f"{what}: {host!r} is not an IP address: {HINT}")
     try:

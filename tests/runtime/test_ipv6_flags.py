@@ -1,5 +1,6 @@
 """IPv6 in the address-taking flags, with the real `inlets` command: ``::`` listens for IPv4 users too (as the
-default, and a UDP port on ``::``, do)."""
+default, and a UDP port on ``::``, do), and an address written in brackets where a bare host is read is refused
+in a line that gives the form accepted, or taken where brackets are how the address is written (a Host header)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.process import echo_once, spawn, stop_all, wait_for_text, wait_port
+from helpers.process import echo_once, inlets, one_line_error, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
 
@@ -58,3 +59,26 @@ def test_a_tcp_port_on_the_any_ipv6_address_takes_ipv4_users_too(tls: TlsFiles, 
         stop_all(*(p for p in (client, server) if p is not None))
         echo.kill()
         echo.wait(10)
+
+
+@pytest.mark.parametrize("flags, accepted", [
+    (["tcp", "server", "--plaintext", "--token", "x", "--control-addr", "[::1]"], "--control-addr: give ::1"),
+    (["tcp", "server", "--plaintext", "--token", "x", "--data-addr", "[::]"], "--data-addr: give ::"),
+    (["http", "server", "--plaintext", "--token", "x", "--data-addr", "[fd00::1]"], "--data-addr: give fd00::1"),
+    (["tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", "15432:[::1]:5432", "--local-addr", "[::1]"],
+     "--local-addr: give ::1"),
+])
+def test_a_bracketed_address_where_a_bare_host_is_read_says_the_form_accepted(flags: list[str], accepted: str) -> None:
+    """``--control-addr [::1]`` was refused as "not a valid host name: give an IP address or a DNS name", though
+    it is one: the line did not say to leave the brackets out."""
+    line = one_line_error(inlets(*flags, env={"INLETS_TOKEN": ""}), accepted)
+    assert "without brackets" in line, line
+
+
+def test_an_http_upstream_for_a_bracketed_ipv6_host_serves_that_host() -> None:
+    """Users write ``[::1]`` in the Host header; ``--upstream [::1]=URL`` was refused ("invalid host name"),
+    though ``::1=URL`` served ``Host: [::1]``. Both now name the same host."""
+    from inlets_py.runtime.client.http_upstreams import parse_upstreams
+
+    assert parse_upstreams(["[::1]=http://[::1]:3000"]).keys() == parse_upstreams(["::1=http://[::1]:3000"]).keys()
+    assert parse_upstreams(["[2001:DB8::1]=http://[::1]:3000"]).keys() == {"http:2001:db8::1"}
