@@ -30,6 +30,18 @@ def is_ip(host: str) -> bool:
     return True
 
 
+def unmapped(host: str) -> str:
+    """An IPv4 user's address as IPv4: a listener on ``::`` (dual-stack) sees ``::ffff:127.0.0.1``, which logs,
+    /status, X-Forwarded-For and per-source limits would otherwise show and count apart from ``127.0.0.1``."""
+    if host[:7].lower() == "::ffff:":
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        except ValueError:
+            return host
+        return str(mapped) if mapped is not None else host
+    return host
+
+
 def is_loopback(address: str | None) -> bool:
     """Whether a bind address (brackets allowed) stays on this machine: a loopback IP or localhost. Empty, every
     interface, so no."""

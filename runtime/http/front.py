@@ -24,7 +24,7 @@ from . import exchange as http_exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
 from ..server.registry import Registry, opened, resting
-from ..core.hosts import sockname_authority
+from ..core.hosts import sockname_authority, unmapped
 from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg, LegFailed, UpstreamTimeout
@@ -92,7 +92,7 @@ class FrontConnection(asyncio.Protocol):
         if not LISTENER_TUNES_ACCEPTED:  # else TCP_NOTSENT_LOWAT came from the listener (``listen``)
             tune_socket(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]).encode() if peer else b"unknown"
+        self.peer = unmapped(str(peer[0])).encode() if peer else b"unknown"
         self.reader.default_authority = sockname_authority(transport.get_extra_info("sockname"))
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         gate = self.server.dataplane

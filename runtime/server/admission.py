@@ -33,6 +33,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
+from ..core.hosts import unmapped
 from ..core.logs import logfmt
 from ..core.tls import PLAINTEXT_ATTEMPTS, REFUSED
 from ..core.wsflow import BoundedReplies
@@ -219,7 +220,7 @@ class _Pending(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # uvloop's are no asyncio.Transport
         peer = transport.get_extra_info("peername")
-        ticket = self.admission.admit(str(peer[0]) if peer else "?", transport)
+        ticket = self.admission.admit(unmapped(str(peer[0])) if peer else "?", transport)
         if ticket is None:
             transport.abort()
             return

@@ -23,6 +23,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..core.hosts import unmapped
 from ..core.listen import BindError, bind_address
 from ..core.logs import logfmt
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
@@ -141,7 +142,7 @@ def client_address(peer: object, headers: Headers, trusted: SourceAllowList | No
     """Who is asking: the peer, or, when the peer is a trusted reverse proxy, the address the
     proxies recorded in X-Forwarded-For: the rightmost entry not itself a trusted proxy (the
     entries left of it are whatever the client sent, and prove nothing)."""
-    host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+    host = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
     if trusted is None or not trusted.allows(host):
         return host
     hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
@@ -170,7 +171,7 @@ def _forwarded_ip(hop: str) -> str | None:
 
 def format_address(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
-        host = str(address[0])
+        host = unmapped(str(address[0]))
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address)
 
@@ -362,8 +363,8 @@ class ControlPlane:
         if trusted is None or websocket.request is None:
             return peer
         source = client_address(websocket.remote_address, websocket.request.headers, trusted)
-        host = websocket.remote_address[0] if isinstance(websocket.remote_address, tuple) else None
-        return peer if source == str(host) else f"{source} via {peer}"
+        host = unmapped(str(websocket.remote_address[0])) if isinstance(websocket.remote_address, tuple) else None
+        return peer if source == host else f"{source} via {peer}"
 
     async def _receive_hello(self, websocket: ServerConnection) -> Hello:
         """The client's hello, a text message, within ``HELLO_TIMEOUT``; a binary message first is refused at

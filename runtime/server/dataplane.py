@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..core.allowlist import SourceAllowList
+from ..core.hosts import unmapped
 from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
 
 #: A balancer sends its header at once; a connection that does not is dropped.
@@ -69,7 +70,7 @@ class HeaderReader:
 def address(info: object) -> Address:
     """(host, port) from a socket's peername/sockname (IPv6 ones have four fields)."""
     if isinstance(info, tuple) and len(info) >= 2:
-        return str(info[0]), int(info[1])
+        return unmapped(str(info[0])), int(info[1])
     return ("0.0.0.0", 0)
 
 

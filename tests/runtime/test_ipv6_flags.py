@@ -4,6 +4,7 @@ in a line that gives the form accepted, or taken where brackets are how the addr
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -55,6 +56,10 @@ def test_a_tcp_port_on_the_any_ipv6_address_takes_ipv4_users_too(tls: TlsFiles, 
         wait_port(upstream, host="::1")
         assert echo_once(public, b"over IPv6", host="::1") == b"over IPv6"
         assert echo_once(public, b"over IPv4", host="127.0.0.1") == b"over IPv4"
+        # the client came over IPv4 to the dual-stack control port: said as IPv4, as Go's inlets says it
+        log = (tmp_path / "server.log").read_text()
+        assert "event=client_connected" in log and "::ffff:" not in log, log
+        assert re.search(r"event=client_connected client=\S+ remote=127\.0\.0\.1:\d+ ", log), log
     finally:
         stop_all(*(p for p in (client, server) if p is not None))
         echo.kill()
@@ -82,3 +87,14 @@ def test_an_http_upstream_for_a_bracketed_ipv6_host_serves_that_host() -> None:
 
     assert parse_upstreams(["[::1]=http://[::1]:3000"]).keys() == parse_upstreams(["::1=http://[::1]:3000"]).keys()
     assert parse_upstreams(["[2001:DB8::1]=http://[::1]:3000"]).keys() == {"http:2001:db8::1"}
+
+
+@pytest.mark.parametrize("seen, said", [("::ffff:127.0.0.1", "127.0.0.1"), ("::FFFF:10.1.2.3", "10.1.2.3"),
+                                        ("::1", "::1"), ("127.0.0.1", "127.0.0.1"), ("::ffff:7f00:1", "127.0.0.1"),
+                                        ("fe80::ffff:1.2.3.4", "fe80::ffff:1.2.3.4"), ("::ffff:not.an.address", "::ffff:not.an.address")])
+def test_an_ipv4_users_mapped_address_is_said_as_ipv4(seen: str, said: str) -> None:
+    """What a dual-stack listener's peername gives for an IPv4 user (``::ffff:a.b.c.d``) is the IPv4 address in logs,
+    /status, X-Forwarded-For and per-source limits; anything else is left as it is."""
+    from inlets_py.runtime.core.hosts import unmapped
+
+    assert unmapped(seen) == said
