@@ -6,6 +6,7 @@ Every secret has three forms: its option (visible in ``ps``, so discouraged), a 
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
 import re
@@ -13,6 +14,7 @@ import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 TOKEN_ENV = "INLETS_TOKEN"
 #: Tokens travel in ``Authorization: Bearer``: visible ASCII (spaces inside allowed), short enough
@@ -86,10 +88,38 @@ class SecretFileTooLarge(ValueError):
     """A token or secret file holds more than MAX_SECRET_FILE bytes: not a token file (/dev/zero, a log...)."""
 
 
+class NotARegularFile(OSError):
+    """A file flag names a FIFO, a device or a socket (no errno: ``str()`` says which). A FIFO hung the command in
+    open() until something wrote to it; a device or socket is nothing the command can re-read (SIGHUP, reconnects)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"it is {kind}, not a regular file: put its contents in a file and give that")
+        self.kind = kind
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """``path`` opened to read, at once whatever it is: IsADirectoryError for a folder, NotARegularFile for anything
+    else not a regular file (checked on the open file, so nothing swapped in between). O_NONBLOCK: opening a FIFO
+    waits for a writer, forever when none comes; on a regular file it changes nothing."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    handle = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return handle
+    handle.close()
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    raise NotARegularFile(next((kind for test, kind in _KINDS if test(mode)), "not a file"))
+
+
 def read_secret_file(path: Path, limit: int = MAX_SECRET_FILE) -> bytes:
-    """A token or secret file's bytes, read up to ``limit`` (OSError as open() raises; SecretFileTooLarge
-    beyond): read whole, /dev/zero or a disk image given by mistake took all memory (a MemoryError traceback)."""
-    with path.open("rb") as handle:
+    """A token or secret file's bytes, read up to ``limit`` (OSError as open() raises, NotARegularFile for a FIFO or
+    device; SecretFileTooLarge beyond): read whole, /dev/zero or a disk image given by mistake took all memory."""
+    with open_regular_file(path) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise SecretFileTooLarge(f"{path} is larger than {limit // 1024} KiB")
@@ -104,6 +134,11 @@ def _read_text(path: Path, what: str) -> str:
     except SecretFileTooLarge:
         raise TokenError(f"{what} {path} is larger than {MAX_SECRET_FILE // 1024} KiB, more than tokens take: "
                          "give the file that holds the token") from None
+    except IsADirectoryError:
+        raise TokenError(f"{what} {path} is a directory: give the file that holds the secret") from None
+    except NotARegularFile as exc:
+        raise TokenError(f"{what} {path} is {exc.kind}, not a regular file: put the secret in a file (chmod 600) "
+                         "and give its path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .auth import NotARegularFile, open_regular_file
 from .logs import logfmt
 
 log = logging.getLogger("inlets.tls")
@@ -109,10 +110,12 @@ def readable_file(path: Path, what: str) -> None:
     ``--letsencrypt-ca``'s, so every file flag says the same."""
     if not path.exists():
         raise TlsConfigError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise TlsConfigError(f"{what} {path} is a directory: give the file itself")
     try:
-        path.open("rb").close()
+        open_regular_file(path).close()  # a FIFO hung here, and again in OpenSSL's open
+    except IsADirectoryError:
+        raise TlsConfigError(f"{what} {path} is a directory: give the file itself") from None
+    except NotARegularFile as exc:
+        raise TlsConfigError(f"{what} {path} is {exc.kind}, not a regular file: give the PEM file itself") from None
     except OSError as exc:
         raise TlsConfigError(f"cannot read {what} {path}: {(exc.strerror or 'unreadable').lower()}") from None
 

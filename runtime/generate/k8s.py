@@ -20,7 +20,7 @@ import yaml
 
 from ..core.hosts import is_loopback
 from ..core.ports import parse_port_list
-from ..core.auth import MAX_SECRET_FILE, TOKEN, SecretFileTooLarge, read_secret_file
+from ..core.auth import MAX_SECRET_FILE, TOKEN, NotARegularFile, SecretFileTooLarge, read_secret_file
 from .service import FILE_OPTIONS, K8S_SECRET_DIR, GenerateError, Pairs, name_of, split_secrets, without_generate
 
 IMAGE = "ghcr.io/inlets-py/inlets:latest"
@@ -63,6 +63,8 @@ def _read(option: str, path: str, limit: int = MAX_K8S_SECRET) -> bytes:
         size = "1 MiB" if limit == 1 << 20 else f"{limit // 1024} KiB"
         raise GenerateError(f"{option} {path} is larger than {size}, too large to go into the Secret: give the file "
                             "itself") from None
+    except NotARegularFile as exc:
+        raise GenerateError(f"{option} {path} is {exc.kind}, not a regular file: give the file itself") from None
     except OSError as exc:
         raise GenerateError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
 

@@ -96,18 +96,41 @@ def test_a_token_longer_than_any_header_limit_is_refused_before_anything_is_sent
     assert not api.seen
 
 
-@pytest.mark.parametrize("flags", [["--provider", "digitalocean", "--access-token-file", "/dev/zero"],
-                                   ["--provider", "gce", "--access-token-file", "/dev/zero"],
-                                   ["--provider", "azure", "--access-token-file", "/dev/zero"],
-                                   ["--provider", "ec2", "--access-token", "AKIA0", "--secret-key-file", "/dev/zero"]],
+@pytest.mark.parametrize("flags", [["--provider", "digitalocean", "--access-token-file", "{big}"],
+                                   ["--provider", "gce", "--access-token-file", "{big}"],
+                                   ["--provider", "azure", "--access-token-file", "{big}"],
+                                   ["--provider", "ec2", "--access-token", "AKIA0", "--secret-key-file", "{big}"]],
                          ids=lambda flags: flags[1])
 def test_a_token_file_larger_than_64_kib_is_refused_not_read_whole(flags: list[str], tmp_path: Path) -> None:
-    """/dev/zero was read whole: a MemoryError traceback under a memory limit (a separate process, capped)."""
+    """/dev/zero was read whole: a MemoryError traceback under a memory limit (a separate process, capped). A sparse
+    2 GiB file stands for it: /dev/zero itself is refused as a device, unread (the next test)."""
     from helpers.process import MEMORY_CAPPED
     from helpers.prov_support import run_inletsctl
 
-    result = run_inletsctl("list", *flags, "--state-dir", str(tmp_path), wrap=MEMORY_CAPPED)
-    one_line_error(result, "/dev/zero is larger than 64 KiB")
+    big = tmp_path / "big.img"
+    with big.open("wb") as handle:
+        handle.truncate(2 << 30)
+    result = run_inletsctl("list", *(flag.format(big=big) for flag in flags), "--state-dir", str(tmp_path),
+                           wrap=MEMORY_CAPPED)
+    one_line_error(result, f"{big} is larger than 64 KiB")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_token_file_that_is_a_fifo_or_a_device_is_refused_unread(kind: str, tmp_path: Path) -> None:
+    """A FIFO hung inletsctl in open() until something wrote to it."""
+    import os
+
+    from helpers.prov_support import run_inletsctl
+
+    odd = tmp_path / "fifo"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd = Path("/dev/zero")
+    result = run_inletsctl("list", "--provider", "digitalocean", "--access-token-file", str(odd), "--state-dir",
+                           str(tmp_path))
+    label = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    one_line_error(result, f"access token file {odd}: it is {label}, not a regular file: put its contents in a file")
 
 
 def test_a_large_token_file_says_its_size_not_its_first_line(api: RecordedAPI, tmp_path: Path, capsys) -> None:

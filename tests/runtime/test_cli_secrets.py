@@ -22,6 +22,10 @@ def secrets(tmp_path: Path) -> dict[str, str]:
         path.write_text(text)
         path.chmod(0o600)
         paths[name] = str(path)
+    sparse = tmp_path / "sparse.img"  # 2 GiB of zeros taking no disk: past the 1 GiB MEMORY_CAPPED if read whole
+    with sparse.open("wb") as handle:
+        handle.truncate(2 << 30)
+    paths["sparse"] = str(sparse)
     return paths
 
 
@@ -60,13 +64,14 @@ def test_bad_secrets_are_refused_in_one_line_that_does_not_quote_them(args, mess
 
 
 @pytest.mark.parametrize("args", [
-    SERVER + ["--token-file", "/dev/zero"], STATUS + ["--token-file", "/dev/zero"], CLIENT + ["--token-file", "/dev/zero"],
-    STATUS + ["--token-file", "{huge}"], SERVER + ["--generate", "systemd", "--token-file", "/dev/zero"],
+    SERVER + ["--token-file", "{sparse}"], STATUS + ["--token-file", "{sparse}"], CLIENT + ["--token-file", "{sparse}"],
+    STATUS + ["--token-file", "{huge}"], SERVER + ["--generate", "systemd", "--token-file", "{sparse}"],
     ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file", "{good}",
-     "--bearer-token-file", "/dev/zero"],
-], ids=lambda args: " ".join(args[:2] + args[-2:]))
+     "--bearer-token-file", "{sparse}"],
+], ids=lambda args: " ".join(args[:2] + args[-1:]))
 def test_a_token_file_larger_than_64_kib_is_refused_not_read_whole(args: list[str], secrets) -> None:
-    """/dev/zero (or a log given by mistake) was read whole: a MemoryError traceback under a memory limit."""
+    """/dev/zero (or a disk image or log given by mistake) was read whole: a MemoryError traceback under a memory
+    limit. (/dev/zero itself is now refused as a device, unread: see the next test.)"""
     import subprocess
 
     from helpers.process import INLETS, MEMORY_CAPPED, ROOT
@@ -83,9 +88,56 @@ def test_generate_k8s_yaml_reads_the_files_it_puts_in_the_secret_with_a_limit(fl
     from helpers.process import INLETS, MEMORY_CAPPED, ROOT
 
     args = ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032", "--token-file",
-            secrets["good"], flag, "/dev/zero", "--generate", "k8s_yaml"]
+            secrets["good"], flag, secrets["sparse"], "--generate", "k8s_yaml"]
     result = subprocess.run([*MEMORY_CAPPED, *INLETS, *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    one_line_error(result, f"{flag} /dev/zero is larger than {limit}, too large to go into the Secret: give the file itself")
+    one_line_error(result, f"{flag} {secrets['sparse']} is larger than {limit}, too large to go into the Secret: give "
+                   "the file itself")
+
+
+HTTP_CLIENT = ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "https://127.0.0.1:20032"]
+LE_SERVER = ["http", "server", "--plaintext", "--control-addr", "127.0.0.1", "--control-port", "20033", "--port",
+             "20034", "--letsencrypt-domain", "example.com", "--https-port", "20035"]
+
+
+@pytest.mark.parametrize("args, what", [
+    (SERVER + ["--token-file", "{odd}"], "token file"),
+    (CLIENT + ["--token-file", "{odd}"], "token file"),
+    (STATUS + ["--token-file", "{odd}"], "token file"),
+    (SERVER + ["--token-file", "{odd}", "--generate", "systemd"], "token file"),
+    (SERVER + ["--token-file", "{odd}", "--generate", "k8s_yaml"], "token file"),
+    (CLIENT + ["--token-file", "{good}", "--proxy", "http://alice@127.0.0.1:20036", "--proxy-password-file", "{odd}"],
+     "--proxy-password-file file"),
+    (HTTP_CLIENT + ["--token-file", "{good}", "--bearer-token-file", "{odd}"], "--bearer-token-file file"),
+    (HTTP_CLIENT + ["--token-file", "{good}", "--basic-auth-username", "alice", "--basic-auth-password-file", "{odd}"],
+     "--basic-auth-password-file file"),
+    (HTTP_CLIENT + ["--token-file", "{good}", "--bearer-token-file", "{odd}", "--generate", "k8s_yaml"],
+     "--bearer-token-file"),
+    (SERVER[:1] + ["server", "--token-file", "{good}", "--tls-cert", "{odd}", "--tls-key", "{odd}"], "TLS file"),
+    (SERVER[:1] + ["server", "--token-file", "{good}", "--tls-cert", "{odd}", "--tls-key", "{good}", "--generate",
+                   "k8s_yaml"], "--tls-cert"),
+    (CLIENT + ["--token-file", "{good}", "--tls-ca", "{odd}"], "CA file"),
+    (STATUS + ["--token-file", "{good}", "--tls-ca", "{odd}"], "CA file"),
+    (HTTP_CLIENT + ["--token-file", "{good}", "--upstream-ca", "{odd}"], "--upstream-ca file"),
+    (LE_SERVER + ["--token-file", "{good}", "--letsencrypt-ca", "{odd}", "--letsencrypt-path", "{le}"], "--letsencrypt-ca"),
+], ids=lambda value: " ".join(value[-2:]) if isinstance(value, list) else None)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_file_flag_given_a_fifo_or_a_device_is_refused_at_once(args: list[str], what: str, kind: str, secrets,
+                                                                 tmp_path: Path) -> None:
+    """A FIFO (``mkfifo``, or a file replaced by one) hung every command in open() until something wrote to it, without
+    a word; /dev/zero was read up to the limit and called a large file. Neither is a file a secret or a PEM is kept in,
+    nor one the runtime can read again (on SIGHUP, at each connection)."""
+    import os
+
+    odd = tmp_path / "fifo"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    else:
+        odd = Path("/dev/zero")
+    args = [arg.format(odd=odd, le=tmp_path / "le", **secrets) for arg in args]
+    result = inlets(*args, timeout=60, env={"INLETS_TOKEN": ""})  # a hang fails with TimeoutExpired
+    label = "a FIFO (named pipe)" if kind == "fifo" else "a character device"
+    line = one_line_error(result, f"{what} {odd} is {label}, not a regular file: ")
+    assert line.endswith(("give its path", "give the file itself", "give the PEM file itself")), line
 
 
 @pytest.mark.parametrize("variable", ["INLETS_BEARER_TOKEN", "INLETS_BASIC_AUTH_PASSWORD"])
