@@ -15,7 +15,12 @@ from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_to
 from ..core.hosts import HostError, check_host
 from ..core.tls import TlsConfigError, client_context
 from ..core.session import Channel
-from .config import check_given_once, fail
+from .config import check_given_once, fail, refuse_blank
+
+
+#: What a blank --proxy (``--proxy "$PROXY"``, PROXY unset) is told: taken as left out, the environment's proxy or a
+#: direct connection was used instead of the one meant.
+PROXY_INSTEAD = "give http://HOST:PORT, socks5://HOST:PORT or none (leave the flag out to take $HTTPS_PROXY or $ALL_PROXY)"
 
 
 def _proxy_password_source(password_file: Path | None) -> str:
@@ -60,6 +65,7 @@ def check_servers(flags: SimpleNamespace) -> None:
             check_host(flags.tls_server_name, "--tls-server-name")
     except (FatalClientError, HostError) as exc:
         fail(str(exc))
+    refuse_blank(flags.proxy, "--proxy", PROXY_INSTEAD)
     if flags.tls_ca is not None and flags.tls_insecure:
         fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
 

@@ -19,6 +19,14 @@ def fail(message: str, status: int = 2) -> NoReturn:
     raise SystemExit(status)
 
 
+def refuse_blank(value: str | None, flag: str, instead: str) -> None:
+    """A flag given but blank is refused in one line, not taken as left out: ``--flag "$VAR"`` with VAR unset
+    passes "", and read as no flag it silently changed what the command does (every port opened, every interface
+    listened on, the proxy or the site's login dropped). ``instead`` says what to give, and what leaving it out does."""
+    if value is not None and not value.strip():
+        fail(f"{flag} is empty: {instead}")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inlets"

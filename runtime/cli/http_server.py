@@ -37,12 +37,12 @@ MaxHttpsHandshakesPerSource = Annotated[int, count_option(
 @http_app.command("server")
 def http_server(
     port: Annotated[Optional[int], port_option("Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
-    data_addr: DataAddr = "",
+    data_addr: DataAddr = None,
     upstream_timeout: Annotated[float, seconds_option(
         "Seconds an upstream may stay silent before 504 (and a user may take none of an answer).", 0.1)] = 60.0,
     idle_timeout: Annotated[float, seconds_option("Seconds a kept-alive user connection may wait for its next request.", 0.1)] = 75.0,
     header_timeout: Annotated[float, seconds_option("Seconds a user has to send a whole request head once begun (else 408).", 0.1)] = 20.0,
-    control_addr: ControlAddr = "",
+    control_addr: ControlAddr = None,
     control_port: ControlPort = 8123,
     token: Token = None,
     token_file: TokenFile = None,

@@ -55,10 +55,11 @@ def port_option(help: str, *names: str) -> Any:
     return typer.Option(*names, parser=port_flag, metavar="PORT", help=help)
 
 
-ControlAddr = Annotated[str, typer.Option(help="Control-plane bind address (default: every interface, IPv4 and IPv6).")]
+ControlAddr = Annotated[Optional[str], typer.Option(
+    help="Control-plane bind address (default: every interface, IPv4 and IPv6).")]
 ControlPort = Annotated[int, port_option("Control-plane (websocket) port.")]
 DataAddr = Annotated[
-    str, typer.Option(help="Data-plane bind address; 127.0.0.1 keeps tunnelled services private to this host.")
+    Optional[str], typer.Option(help="Data-plane bind address; 127.0.0.1 keeps tunnelled services private to this host.")
 ]
 Token = Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")]
 TokenFile = Annotated[

@@ -22,7 +22,7 @@ from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
 from ..server.control import ControlConfig
 from ..server.dataplane import DataPlaneOptions
-from .config import default_data_dir, fail
+from .config import default_data_dir, fail, refuse_blank
 
 log = logging.getLogger("inlets")
 #: ``--auto-tls`` makes its files in a child process: ``python -m`` this module (see core/certs.py's main).
@@ -45,7 +45,12 @@ def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
     if flags.auto_tls_path is not None and str(flags.auto_tls_path) in ("", "."):
         fail("--auto-tls-path is empty (the current directory): give a directory of its own, "
              "e.g. ~/.local/share/inlets/auto-tls")
+    for flag, value, listens in (("--control-addr", flags.control_addr, "the control port listens on"),
+                                 ("--data-addr", flags.data_addr, "the data ports listen on")):
+        refuse_blank(value, flag, f"give the address {listens}, e.g. 127.0.0.1 (leave the flag out for every interface)")
     check_bind_addresses(flags.control_addr, flags.data_addr, resolve=False)
+    refuse_blank(flags.trusted_proxies, "--trusted-proxies", "give the proxies' addresses, e.g. 127.0.0.1 (leave the "
+                 "flag out to believe no X-Forwarded-For)")
     try:
         return SourceAllowList(parse_networks(flags.trusted_proxies, "--trusted-proxies")) if flags.trusted_proxies else None
     except ValueError as exc:
@@ -54,7 +59,7 @@ def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
 
 def control_config(
     *,
-    control_addr: str,
+    control_addr: str | None,
     control_port: int,
     token: str | None,
     token_file: Path | None,
@@ -146,7 +151,7 @@ def warn_if_certificate_ending(cert: Path, hint: str) -> None:
     warn_if_ending(log, f"cert={logfmt(cert)}", not_after, hint)
 
 
-def warn_if_plaintext_reachable(control_addr: str) -> None:
+def warn_if_plaintext_reachable(control_addr: str | None) -> None:
     """Once the server runs (after every flag was checked: a bad one stays the only line): --plaintext where others
     reach the control port sends tokens in clear, which the flag's help says it is not for."""
     if not is_loopback(control_addr):
@@ -156,7 +161,7 @@ def warn_if_plaintext_reachable(control_addr: str) -> None:
                            "or use --auto-tls"))
 
 
-def check_bind_addresses(control_addr: str, data_addr: str, resolve: bool = True) -> None:
+def check_bind_addresses(control_addr: str | None, data_addr: str | None, resolve: bool = True) -> None:
     """--control-addr and --data-addr: an IP address or a name that resolves, checked before anything
     listens (a bad --data-addr was only found when a client's handshake asked for a port, and hung).
     ``resolve=False`` checks the form only (``check_control``): a name may resolve only where a service runs."""
@@ -168,7 +173,7 @@ def check_bind_addresses(control_addr: str, data_addr: str, resolve: bool = True
         fail(str(exc))
 
 
-def _overlap(first: str, second: str) -> bool:
+def _overlap(first: str | None, second: str | None) -> bool:
     """Whether two bind addresses can share no port: the same address, or one covering the other ("" is every
     interface; 0.0.0.0 every IPv4 one; :: every one, IPv4 too as Linux binds it). Two names: only when equal
     (they are not resolved here; the listen still says what it finds)."""
@@ -181,7 +186,7 @@ def _overlap(first: str, second: str) -> bool:
     return one == two or any(a.is_unspecified and (a.version == 6 or b.version == 4) for a, b in ((one, two), (two, one)))
 
 
-def check_distinct_ports(listeners: list[tuple[str, str, set[int]]]) -> None:
+def check_distinct_ports(listeners: list[tuple[str, str | None, set[int]]]) -> None:
     """(flag, bind address, ports) of each of the server's own listeners: one port named by two of its flags on
     overlapping addresses is one line naming both, before anything listens (the OS's "Address already in use"
     sent users looking for another program)."""

@@ -18,8 +18,8 @@ from ..core.jsonload import RepeatedKey, loads as load_json
 from ..core.probe import ProbeError, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
-from .client_config import proxy_setting
-from .config import fail
+from .client_config import PROXY_INSTEAD, proxy_setting
+from .config import fail, refuse_blank
 from .durations import seconds_option
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
 from .status_view import render_holdings, render_table
@@ -46,6 +46,7 @@ def status(
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
+    refuse_blank(proxy, "--proxy", PROXY_INSTEAD)
     try:  # bad flags: one line before any server is asked
         if tls_server_name is not None:
             check_host(tls_server_name, "--tls-server-name")

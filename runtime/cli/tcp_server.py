@@ -19,9 +19,9 @@ from .options import (
 
 @tcp_app.command("server")
 def tcp_server(
-    control_addr: ControlAddr = "",
+    control_addr: ControlAddr = None,
     control_port: ControlPort = 8123,
-    data_addr: DataAddr = "",
+    data_addr: DataAddr = None,
     token: Token = None,
     token_file: TokenFile = None,
     tls_cert: TlsCert = None,

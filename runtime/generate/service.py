@@ -275,6 +275,8 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     written_dirs: list[tuple[str, str]] = []
     for name, value in pairs:
         if name in FILE_OPTIONS and value is not None:  # absolute, a link kept: certbot's live/ links move on renewal
+            if value.strip() in ("", "."):  # made absolute, the current folder: the unit failed at every start
+                raise GenerateError(f"{name} is empty: give the file's path")
             value = os.path.abspath(Path(value).expanduser())
             named_files.append((name, value))
         elif name in WRITTEN_DIR_OPTIONS and value:

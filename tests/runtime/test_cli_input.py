@@ -93,6 +93,8 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     # an empty value ("$PORTS" unset) was taken as the flag left out: every port opened
     (SERVER + ["--allow-ports", ""], "--allow-ports is empty: give the ports clients may open"),
     (SERVER + ["--allow-ports", "", "--generate", "systemd"], "--allow-ports is empty"),
+    # status as the clients: a blank --proxy took the environment's proxy, or none
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
     # a rule that could never match was taken, and the target it meant was refused at each use
     (SERVER + ["--client-forwarding", "--client-forwarding-allow", "127.0.0.1/33:*"],
      "'127.0.0.1/33' in '127.0.0.1/33:*' is not a CIDR network"),

@@ -237,6 +237,7 @@ def test_flags_the_command_would_refuse_are_refused_before_a_unit_is_written(kin
 
 
 TOKENS = [arg for n in range(3) for arg in ("--token-file", f"/etc/inlets/token-{n}")]
+QUIET_SERVER = ["--plaintext", "--control-addr", "127.0.0.1", "--control-port", "21110"]
 UPSTREAM = {"tcp": ["--upstream", "127.0.0.1", "--ports", "80"], "http": ["--upstream", "http://127.0.0.1:3000"]}
 
 
@@ -258,6 +259,19 @@ UPSTREAM = {"tcp": ["--upstream", "127.0.0.1", "--ports", "80"], "http": ["--ups
      "give --tls-ca or --tls-insecure, not both"),
     (["tcp", "client", "--url", "wss://a:1", "--tls-server-name", ".."], "--tls-server-name: '..' is not a valid host name"),
     (["http", "client", "--url", "wss://a:99999"], "'99999' is not a port"),
+    # blank ("$VAR" unset), each was taken as the flag left out: every interface, no trusted proxy, the environment's
+    # proxy or none, the site served without its login, no expiry notices (a port of this test's own, should one run)
+    (["tcp", "server", *QUIET_SERVER, "--control-addr", ""], "--control-addr is empty: give the address"),
+    (["tcp", "server", *QUIET_SERVER, "--data-addr", " "], "--data-addr is empty: give the address"),
+    (["http", "server", *QUIET_SERVER, "--port", "21111", "--data-addr", ""], "--data-addr is empty: give the address"),
+    (["tcp", "server", *QUIET_SERVER, "--trusted-proxies", ""], "--trusted-proxies is empty: give the proxies'"),
+    (["http", "server", *QUIET_SERVER, "--port", "21111", "--trusted-proxies", ""], "--trusted-proxies is empty: give the proxies'"),
+    (["tcp", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
+    (["http", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
+    (["http", "client", "--url", "wss://a:1", "--basic-auth-username", "", "--basic-auth-password-file",
+      "/etc/inlets/pw"], "--basic-auth-username is empty: give the user name"),
+    (["http", "server", *QUIET_SERVER, "--port", "21111", "--letsencrypt-domain", "a.example.com", "--letsencrypt-email", ""],
+     "--letsencrypt-email is empty: give an address"),
 ])
 def test_flag_combinations_the_command_refuses_are_refused_by_generate_in_its_words(
         kind: str, argv: list[str], says: str) -> None:
@@ -480,3 +494,15 @@ def test_a_certificate_named_through_a_link_stays_the_link_so_a_renewal_is_reloa
         exec_start = _verified(tmp_path, result.stdout, "inlets-http-server.service")
     assert f"--tls-cert {folder}/live/fullchain.pem --tls-key {folder}/live/privkey.pem" in exec_start, exec_start
     assert f"ReadOnlyPaths=-{folder}/archive" in result.stdout.splitlines()  # where the kernel reads it, as before
+
+
+@pytest.mark.parametrize("argv", [["tcp", "client", "--upstream", "127.0.0.1", "--ports", "80", "--tls-ca", ""],
+                                  ["http", "client", "--upstream", "https://127.0.0.1:3000", "--upstream-ca", ""]])
+def test_a_blank_file_flag_is_refused_not_made_the_current_folder(argv: list[str]) -> None:
+    """``--tls-ca "$CA"`` with CA unset: the unit named the folder --generate ran in as the file (made absolute), and
+    failed at every start with "is a directory", which the command says at once. (A blank token file is read, and
+    refused, as it is.)"""
+    result = unit_inlets(*argv, "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
+                         "--generate=systemd")
+    one_line_error(result, f"{argv[-2]} is empty: give the file's path")
+    assert result.stdout == ""

@@ -10,7 +10,7 @@ from ...core.heap import freeze_startup_objects
 from ...core.tls import TlsConfigError
 from ...http.options import HttpOptions, OptionError
 from ..client_config import check_secrets, check_servers, client_configs, tunnel_client
-from ..config import check_logs, fail, setup_logs
+from ..config import check_logs, fail, refuse_blank, setup_logs
 from ..lifecycle import run_client
 
 
@@ -26,6 +26,8 @@ def check(flags: SimpleNamespace) -> dict:
         fail(str(exc))
     if flags.upstream_ca is not None and flags.upstream_insecure:  # the CA was ignored: the user believed it pinned
         fail("give --upstream-ca or --upstream-insecure, not both: --upstream-insecure would ignore the CA")
+    refuse_blank(flags.basic_auth_username, "--basic-auth-username", "give the user name the site asks for (leave the "
+                 "flag out to serve the site without basic auth)")
     check_servers(flags)
     check_secrets(flags, (BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN))
     return mapping

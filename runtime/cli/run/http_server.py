@@ -14,7 +14,7 @@ from ...core.hosts import authority
 from ...core.logs import logfmt
 from ...http.server import HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
-from ..config import check_given_once, check_logs, default_data_dir, fail, setup_logs
+from ..config import check_given_once, check_logs, default_data_dir, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
                              tls_reloader, warn_if_plaintext_reachable)
@@ -30,6 +30,8 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
             fail("--letsencrypt-email/-issuer/-path/-ca, --https-port and --max-https-handshakes(-per-source) need "
                  "--letsencrypt-domain")
         return
+    refuse_blank(flags.letsencrypt_email, "--letsencrypt-email", "give an address for the CA's expiry notices (leave "
+                 "the flag out to register without one)")
     if flags.letsencrypt_path is not None and str(flags.letsencrypt_path) in ("", "."):  # as --auto-tls-path
         fail("--letsencrypt-path is empty (the current directory): give a directory of its own for the account and "
              "certificate keys, e.g. ~/.local/share/inlets/letsencrypt")

@@ -14,7 +14,7 @@ from ...core.ports import parse_port_list
 from ...server.dataplane import DataPlaneOptions
 from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
-from ..config import check_given_once, check_logs, fail, setup_logs
+from ..config import check_given_once, check_logs, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
                              tls_reloader, warn_if_plaintext_reachable)
@@ -24,10 +24,9 @@ log = logging.getLogger("inlets")
 def parse_allow_ports(text: str | None) -> set[int] | None:
     """--allow-ports as a set; None only when the flag is left out. An empty value (``--allow-ports "$PORTS"`` with
     $PORTS unset) is refused: taken as absent, it let clients open every port."""
+    refuse_blank(text, "--allow-ports", "give the ports clients may open, e.g. 80,443 (leave the flag out to allow every port)")
     if text is None:
         return None
-    if not text.strip():
-        fail("--allow-ports is empty: give the ports clients may open, e.g. 80,443 (leave the flag out to allow every port)")
     try:
         allowed = set(parse_port_list(text))
     except ValueError as exc:
