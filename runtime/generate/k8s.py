@@ -21,7 +21,8 @@ import yaml
 from ..core.hosts import is_loopback
 from ..core.ports import parse_port_list
 from ..core.auth import MAX_SECRET_FILE, TOKEN, NotARegularFile, SecretFileTooLarge, read_secret_file
-from .service import FILE_OPTIONS, K8S_SECRET_DIR, GenerateError, Pairs, name_of, split_secrets, without_generate
+from .service import (FILE_OPTIONS, K8S_SECRET_DIR, GenerateError, Pairs, name_of, split_secrets,
+                      warn_of_credential_headers, without_generate)
 
 IMAGE = "ghcr.io/inlets-py/inlets:latest"
 CONTROL_PORT = 8123
@@ -183,6 +184,7 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
         if option in WRITES_CERTIFICATES:
             raise GenerateError(f"{option} cannot be used with --generate=k8s_yaml: the pod's filesystem is read-only, "
                                 f"and {WRITES_CERTIFICATES[option]}")
+    warn_of_credential_headers(pairs, "the Deployment's args, which whoever may read Deployments sees (unlike the Secret)")
     if not any(found.secret is TOKEN for found in secrets):
         raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
     secret: dict[str, str] = {}

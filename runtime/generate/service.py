@@ -164,6 +164,22 @@ def _environment_proxy(command: list[str], pairs: Pairs) -> Pairs:
     return pairs if proxy is None else [*pairs, ("--proxy", proxy)]
 
 
+#: Request header names whose value is likely a credential: the upstream's own login, carried by the tunnel.
+_CREDENTIAL_HEADER = re.compile(r"authorization|cookie|.*(token|secret|key|auth|passw|session|credential).*", re.I)
+
+
+def warn_of_credential_headers(pairs: Pairs, where: str) -> None:
+    """One stderr line per ``--request-header-add`` whose name says its value is a credential: unlike the secrets
+    above, a header value has no file form, so it goes into ``where`` as given (the name is said, never the value).
+    A warning, not a refusal: the value may be no secret, and the unit is the user's to protect."""
+    for option, value in pairs:
+        name = (value or "").partition(":")[0].strip()
+        if option == "--request-header-add" and _CREDENTIAL_HEADER.fullmatch(name):
+            print(f"inlets: warning: --request-header-add {name}: a header's value has no file form, so it goes as "
+                  f"given into {where}; if it is the upstream's own login, let the upstream listen on 127.0.0.1 only "
+                  "and protect the site with --bearer-token-file or --basic-auth-password-file instead", file=sys.stderr)
+
+
 def _refuse_blank(secret: SecretOption, value: str | None) -> None:
     """A site's secret given blank, inline or as a set but blank variable, is refused as the command refuses it: the
     unit served the site unprotected (a blank variable), or a Secret held a blank token the pod refused at each start."""
@@ -317,6 +333,8 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         protect_home=_protect_home(needed, dirs),
         setup_hint=_setup_hint(handed, dirs, to_write),
     )
+    warn_of_credential_headers(pairs, "the unit's ExecStart, which every user of this host can read (systemctl show, "
+                               "ps)")
     if to_write:  # stdout is the unit, redirected to a file: only stderr reaches the user now
         print(f"inlets: write these secrets, each on the first line of its file, once the unit's setup comment has "
               f"made them 0600: {', '.join(to_write)}", file=sys.stderr)

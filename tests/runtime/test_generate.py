@@ -506,3 +506,26 @@ def test_a_blank_file_flag_is_refused_not_made_the_current_folder(argv: list[str
                          "--generate=systemd")
     one_line_error(result, f"{argv[-2]} is empty: give the file's path")
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+def test_a_credential_header_gets_a_warning_that_it_lands_in_the_unit(kind: str) -> None:
+    """``--request-header-add 'Authorization: Bearer ...'`` went into the unit's ExecStart (or the Deployment's args)
+    without a word, while every other secret becomes a file: a header's value has no file form, so it is said, by
+    name (the value never), and only for names that look like a credential."""
+    value = "Bearer hdr-Kq71"
+    with folder_outside_tmp() as folder:
+        token = folder / "token"
+        token.write_text("tok-Zq81\n")
+        token.chmod(0o600)
+        argv = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000",
+                "--token-file", str(token), "--request-header-add", "X-Env: dev", f"--generate={kind}"]
+        plain = (unit_inlets if kind == "systemd" else inlets)(*argv)
+        result = (unit_inlets if kind == "systemd" else inlets)(*argv, "--request-header-add", f"Authorization: {value}")
+    assert plain.returncode == 0 and "warning" not in plain.stderr, plain.stderr
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    where = "the unit's ExecStart" if kind == "systemd" else "the Deployment's args"
+    assert len(warnings) == 1 and warnings[0].startswith("inlets: warning: --request-header-add Authorization: "), warnings
+    assert where in warnings[0] and "--bearer-token-file" in warnings[0], warnings[0]
+    assert value not in result.stderr and value in result.stdout  # said by name; the unit still runs what was asked
