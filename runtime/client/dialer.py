@@ -24,7 +24,7 @@ from websockets.exceptions import (
     ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
 )
 
-from ..core.auth import TokenError, read_tokens
+from ..core.auth import OPEN_PIPES, TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
 from ..core.hosts import HostError, split_url
@@ -167,8 +167,8 @@ class TunnelClient:
         mid-rotation) does not end the client: it keeps the token it read last, says so
         once, and goes on retrying as it does while a server restarts.
         """
-        if self.config.token_file is None:
-            return self.config.token
+        if self.config.token_file is None or str(self.config.token_file).startswith(OPEN_PIPES):
+            return self.config.token  # a pipe (``<(pass show inlets)``) gave its token once, at start
         try:
             token = read_tokens(None, self.config.token_file)[0]
         except TokenError as exc:

@@ -10,8 +10,10 @@ import errno
 import hmac
 import os
 import re
+import select
 import stat
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -101,14 +103,21 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character de
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def open_regular_file(path: Path) -> BinaryIO:
+#: Paths naming a pipe this process already holds open: a shell's process substitution (``--token-file <(pass show
+#: inlets)``, /dev/fd/63) or a redirection (``/dev/stdin``). They are read; a FIFO anywhere else is refused.
+OPEN_PIPES = ("/dev/fd/", "/proc/self/fd/", "/dev/stdin")
+#: How long such a pipe may take to bring its secret (a password manager may ask for its own passphrase first).
+PIPE_WAIT = 30.0
+
+
+def open_regular_file(path: Path, pipes: bool = False) -> BinaryIO:
     """``path`` opened to read, at once whatever it is: IsADirectoryError for a folder, NotARegularFile for anything
-    else not a regular file (checked on the open file, so nothing swapped in between). O_NONBLOCK: opening a FIFO
-    waits for a writer, forever when none comes; on a regular file it changes nothing."""
+    else not a regular file (checked on the open file, so nothing swapped in between), a FIFO too unless ``pipes``.
+    O_NONBLOCK: opening a FIFO waits for a writer, forever when none comes; on a regular file it changes nothing."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     handle = os.fdopen(fd, "rb")
     mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
+    if stat.S_ISREG(mode) or (pipes and stat.S_ISFIFO(mode)):
         return handle
     handle.close()
     if stat.S_ISDIR(mode):
@@ -116,11 +125,31 @@ def open_regular_file(path: Path) -> BinaryIO:
     raise NotARegularFile(next((kind for test, kind in _KINDS if test(mode)), "not a file"))
 
 
+def _read_pipe(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` + 1 bytes of a pipe, until its writer closes it, within ``PIPE_WAIT`` (nonblocking: a writer
+    that never writes or never closes is refused, not waited for)."""
+    deadline = time.monotonic() + PIPE_WAIT
+    data = b""
+    while len(data) <= limit:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise NotARegularFile(f"a pipe whose writer did not finish within {PIPE_WAIT:g} s")
+        chunk = os.read(fd, limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def read_secret_file(path: Path, limit: int = MAX_SECRET_FILE) -> bytes:
     """A token or secret file's bytes, read up to ``limit`` (OSError as open() raises, NotARegularFile for a FIFO or
-    device; SecretFileTooLarge beyond): read whole, /dev/zero or a disk image given by mistake took all memory."""
-    with open_regular_file(path) as handle:
-        data = handle.read(limit + 1)
+    device; SecretFileTooLarge beyond): read whole, /dev/zero or a disk image given by mistake took all memory. A
+    pipe the process holds (``<(pass show inlets)``) is read too: the secret then touches no disk."""
+    with open_regular_file(path, pipes=str(path).startswith(OPEN_PIPES)) as handle:
+        if stat.S_ISFIFO(os.fstat(handle.fileno()).st_mode):
+            data = _read_pipe(handle.fileno(), limit)
+        else:
+            data = handle.read(limit + 1)
     if len(data) > limit:
         raise SecretFileTooLarge(f"{path} is larger than {limit // 1024} KiB")
     return data

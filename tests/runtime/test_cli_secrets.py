@@ -3,6 +3,7 @@ same way by every command and by --generate, and never written where ps or a uni
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,32 @@ def test_a_tls_key_others_can_read_gets_one_warning(tmp_path, tls, token_file) -
         stop_all(server)
     assert text.count(f"TLS key {key} can be read by other users (mode 0644): run chmod 600 {key}") == 1, text
     assert "PRIVATE KEY" not in text
+
+
+def test_a_token_given_through_a_pipe_connects_and_survives_a_reconnect(tmp_path, tls, token, token_file) -> None:
+    """``--token-file <(pass show inlets)`` keeps the token off disk and out of ``ps``: a FIFO's refusal refused this
+    pipe too. It is read once, at start: a reconnect uses it again, with no 'unreadable' warning for the empty pipe."""
+    import shlex
+    import subprocess
+
+    from helpers.process import INLETS, server_args
+    from helpers.tunnel import free_port
+
+    port, log = free_port(), tmp_path / "client.log"
+    server = spawn(*server_args(port, tls, token_file), log=tmp_path / "server.log")
+    client_argv = [*INLETS, "tcp", "client", "--url", f"wss://127.0.0.1:{port}", "--tls-ca", str(tls.ca),
+                   "--upstream", "127.0.0.1", "--ports", str(free_port())]
+    script = f'exec {shlex.join(client_argv)} --token-file <(printf "%s\\n" "$SECRET")'
+    with open(log, "w") as handle:
+        client = subprocess.Popen(["bash", "-c", script], stdout=handle, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "SECRET": token})
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+        wait_for_text(log, "event=connected")
+        stop_all(server)
+        server = spawn(*server_args(port, tls, token_file), log=tmp_path / "server2.log")
+        wait_for_text(tmp_path / "server2.log", "event=client_connected", timeout=20)
+    finally:
+        stop_all(client, server)
+    text = log.read_text()
+    assert "/dev/fd/" not in text and "token_file_unreadable" not in text and token not in text, text
