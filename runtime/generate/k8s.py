@@ -136,11 +136,29 @@ def _pod_security(ports: list[Port]) -> dict[str, Any]:
     return context
 
 
-def _pod_template(name: str, args: list[str], ports: list[Port]) -> dict[str, Any]:
+def _plaintext(pairs: Pairs) -> bool:
+    """Whether the control port speaks plain HTTP: the last of ``--plaintext`` / ``--no-plaintext`` wins."""
+    flags = [option for option, _ in pairs if option in ("--plaintext", "--no-plaintext")]
+    return bool(flags) and flags[-1] == "--plaintext"
+
+
+def _readiness(control: int, plaintext: bool) -> dict[str, Any]:
+    """A server's readinessProbe: ``/healthz`` on the control port, which answers 200 without a token from the
+    moment it listens and refuses connections once SIGTERM has it draining (its listener closes), so a Service
+    sends clients only to a pod that can take them. No livenessProbe: a loop stalled by a burst of work or a full
+    handshake queue would fail it, and the kubelet's restart would cut every tunnel the pod holds."""
+    return {"httpGet": {"path": "/healthz", "port": control, "scheme": "HTTP" if plaintext else "HTTPS"},
+            "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
+
+
+def _pod_template(name: str, args: list[str], ports: list[Port],
+                  readiness: dict[str, Any] | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "inlets", "image": IMAGE, "command": [_literal("inlets")],
                                  "args": [_literal(arg) for arg in args]}
     if ports:
         container["ports"] = [{"containerPort": port, "protocol": protocol} for port, protocol in ports]
+    if readiness is not None:
+        container["readinessProbe"] = readiness
     container["securityContext"] = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "capabilities": {"drop": ["ALL"]}}
     container["volumeMounts"] = [{"name": "secrets", "mountPath": K8S_SECRET_DIR, "readOnly": True}]
@@ -229,7 +247,8 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     note = MIXED_PROTOCOLS if server and udp else ""
     docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, name),
                                    "type": "Opaque", "data": dict(sorted(secret.items()))}]
-    template = _pod_template(name, args, ports)
+    plaintext = _plaintext(pairs)
+    template = _pod_template(name, args, ports, _readiness(control, plaintext) if server else None)
     if replicas == 1:
         docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, name), "spec": {
             "replicas": 1, "selector": {"matchLabels": _labels(name)}, "template": template}})
@@ -249,5 +268,5 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     docs.append(_service(headless, name, _labels(name), ports, headless=True))
     docs += [_service(f"{name}-{i}", name, {POD_NAME_LABEL: f"{name}-{i}"}, [(control, "TCP")]) for i in range(replicas)]
     docs.append(_service(f"{name}-data", name, _labels(name), _both(sorted(set(data) - {control}), udp)))
-    scheme = "ws" if any(option == "--plaintext" for option, _ in pairs) else "wss"
+    scheme = "ws" if plaintext else "wss"
     return HEADER + note + _client_hint(command, name, replicas, control, scheme) + yaml.safe_dump_all(docs, sort_keys=False)

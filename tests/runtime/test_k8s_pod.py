@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.process import INLETS, inlets
+from helpers.tunnel import TlsFiles
 
 POD_IP = "10.244.0.5"
 SECRET_DIR = "/var/run/secrets/inlets"
@@ -49,9 +50,25 @@ def _connects(pid: int, port: int) -> bool:
                           timeout=10).returncode == 0
 
 
-def _serve_pod(docs: list[dict[str, Any]]) -> tuple[dict[int, bool], str]:
+def _probe(pid: int, probe: dict[str, Any]) -> str:
+    """What an httpGet probe gets at the pod's address, as the kubelet asks: the manifest's scheme, port and path,
+    the certificate not verified. The status code, or the error that stood for none."""
+    get = probe["httpGet"]
+    url = f"{get['scheme'].lower()}://{POD_IP}:{get['port']}{get['path']}"
+    script = ("import ssl, sys, urllib.request\n"
+              "try:\n"
+              f"    print(urllib.request.urlopen({url!r}, timeout={probe['timeoutSeconds']}, "
+              "context=ssl._create_unverified_context()).status)\n"
+              "except Exception as exc:\n"
+              "    print(repr(exc))\n")
+    result = subprocess.run(["nsenter", "-t", str(pid), "-n", "python3", "-c", script], capture_output=True,
+                            text=True, timeout=30)
+    return (result.stdout or result.stderr).strip()
+
+
+def _serve_pod(docs: list[dict[str, Any]]) -> tuple[dict[int, bool], str, str | None]:
     """Run the Deployment's pod: for each port a Service targets, whether it accepted a connection within 15 s;
-    and what the pod printed."""
+    what the pod printed; and what its readinessProbe got once those ports listened (None: it has none)."""
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     services = [d for d in docs if d["kind"] == "Service"]
@@ -76,13 +93,15 @@ def _serve_pod(docs: list[dict[str, Any]]) -> tuple[dict[int, bool], str]:
                 reached[port] = _connects(process.pid, port)
                 if not reached[port]:
                     time.sleep(0.1)
+        readiness = pod["containers"][0].get("readinessProbe")
+        probed = _probe(process.pid, readiness) if readiness and all(reached.values()) else None
     finally:
         process.terminate()
         process.wait(15)
         shutil.rmtree(folder)
         log.seek(0)
         output = log.read().decode(errors="replace")
-    return reached, output
+    return reached, output, probed
 
 
 @pytest.mark.parametrize("argv", [
@@ -99,6 +118,29 @@ def test_every_port_a_service_targets_answers_at_the_pod_address(argv: tuple[str
     result = inlets(*argv, "--token-file", str(token), "--generate=k8s_yaml")
     assert result.returncode == 0, result.stderr
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    reached, output = _serve_pod(docs)
+    reached, output, _ = _serve_pod(docs)
     assert all(reached.values()), (reached, output)
+
+
+@pytest.mark.parametrize("mode", ["http-plaintext", "http-tls", "http-tls-replicas"])
+def test_a_server_s_readiness_probe_answers_200_at_the_pod_address(mode: str, tls: TlsFiles, tmp_path: Path) -> None:
+    """A server's pods had no probe, so a Service sent users to a pod before it listened. Its readinessProbe must
+    reach the running pod as the kubelet would: the manifest's scheme (HTTPS unless --plaintext), port and path."""
+    token = tmp_path / "token"
+    token.write_text("pod-token-Zq81\n")
+    argv = ["http", "server", "--plaintext"] if mode == "http-plaintext" else [
+        "http", "server", "--control-port", "9443", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
+    if mode == "http-tls-replicas":
+        argv += ["--replicas", "2"]
+    result = inlets(*argv, "--token-file", str(token), "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    if mode == "http-tls-replicas":  # one replica's pod: the StatefulSet's template, run as a Deployment's is
+        docs = [{**doc, "kind": "Deployment"} if doc["kind"] == "StatefulSet" else doc for doc in docs]
+    probe = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0][
+        "readinessProbe"]
+    assert probe["httpGet"]["scheme"] == ("HTTP" if mode == "http-plaintext" else "HTTPS"), probe
+    reached, output, probed = _serve_pod(docs)
+    assert all(reached.values()), (reached, output)
+    assert probed == "200", (probe, probed, output)
 

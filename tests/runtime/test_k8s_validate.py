@@ -273,3 +273,37 @@ def test_a_client_s_local_ports_are_a_cluster_ip_service(token_file: Path) -> No
     plain = _valid(inlets("tcp", "client", "--url", "wss://s:8123", "--upstream", "127.0.0.1", "--ports", "80",
                           "--token-file", str(token_file), "--generate=k8s_yaml").stdout)
     assert [d["kind"] for d in plain] == ["Secret", "Deployment"]  # no --local: nothing listens, no Service
+
+
+def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] in ("Deployment", "StatefulSet"))["spec"]["template"]["spec"][
+        "containers"][0]
+
+
+def test_a_server_s_pods_are_ready_when_healthz_answers_and_a_client_s_have_no_probe(tls: TlsFiles,
+                                                                                   token_file: Path) -> None:
+    """Server pods had no probe: a Service sent users to a pod before it listened. Now a readinessProbe GETs
+    /healthz (no token needed) on the control port, with the scheme the flags give it; no livenessProbe, whose
+    restart would cut every tunnel of a server that is only busy. A client serves no HTTP: no probe."""
+    def probe(*argv: str) -> dict[str, Any]:
+        result = inlets(*argv, "--token-file", str(token_file), "--generate=k8s_yaml")
+        assert result.returncode == 0, result.stderr
+        container = _container(_valid(result.stdout))
+        assert "livenessProbe" not in container and "startupProbe" not in container, container
+        return container["readinessProbe"]
+
+    plain = probe("http", "server", "--plaintext")
+    assert plain["httpGet"] == {"path": "/healthz", "port": 8123, "scheme": "HTTP"}
+    assert plain["timeoutSeconds"] < plain["periodSeconds"] and plain["failureThreshold"] > 1, plain
+    tls_files = ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    assert probe("tcp", "server", "--allow-ports", "80", "--control-port", "9443", *tls_files)["httpGet"] == {
+        "path": "/healthz", "port": 9443, "scheme": "HTTPS"}
+    assert probe("tcp", "server", "--allow-ports", "80", "--plaintext", "--no-plaintext", *tls_files)["httpGet"][
+        "scheme"] == "HTTPS"  # the last of the pair is what the server does
+    text, docs = _replicated("tcp", tls, token_file, "--plaintext", "--no-plaintext")
+    assert _container(docs)["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert "--url wss://" in text and "ws://" not in text.replace("wss://", "")  # the clients' hint too (was ws://)
+    client = inlets("tcp", "client", "--url", "wss://s:8123", "--local", "80:db:80", "--token-file", str(token_file),
+                    "--generate=k8s_yaml")
+    assert client.returncode == 0, client.stderr
+    assert not {"readinessProbe", "livenessProbe"} & set(_container(_valid(client.stdout))), client.stdout
