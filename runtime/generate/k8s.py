@@ -13,6 +13,7 @@ and one token reach all of them. The client command, one ``--url`` per replica, 
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,19 @@ def _readiness(control: int, plaintext: bool) -> dict[str, Any]:
             "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
 
 
-def _pod_template(name: str, args: list[str], ports: list[Port],
+#: Seconds past --drain-timeout before Kubernetes' SIGKILL: its default grace, 30 s, is --drain-timeout's default
+#: too, so the kill came as the drain ended (a tie the kill could win), and before it with a longer --drain-timeout.
+KILL_MARGIN = 5
+
+
+def _grace(pairs: Pairs) -> int:
+    """terminationGracePeriodSeconds: the drain the command was given (the last --drain-timeout, as typer takes
+    it; already checked a number), then ``KILL_MARGIN``."""
+    drain = next((float(value) for option, value in reversed(pairs) if option == "--drain-timeout" and value), 30.0)
+    return math.ceil(drain) + KILL_MARGIN
+
+
+def _pod_template(name: str, args: list[str], ports: list[Port], grace: int,
                   readiness: dict[str, Any] | None = None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "inlets", "image": IMAGE, "command": [_literal("inlets")],
                                  "args": [_literal(arg) for arg in args]}
@@ -166,6 +179,7 @@ def _pod_template(name: str, args: list[str], ports: list[Port],
         "metadata": {"labels": _labels(name)},
         "spec": {
             "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": grace,
             # fsGroup: the kubelet makes the Secret's files (root's, defaultMode 0400) readable by this group
             "securityContext": _pod_security(ports),
             "containers": [container],
@@ -248,7 +262,7 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, name),
                                    "type": "Opaque", "data": dict(sorted(secret.items()))}]
     plaintext = _plaintext(pairs)
-    template = _pod_template(name, args, ports, _readiness(control, plaintext) if server else None)
+    template = _pod_template(name, args, ports, _grace(pairs), _readiness(control, plaintext) if server else None)
     if replicas == 1:
         docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(name, name), "spec": {
             "replicas": 1, "selector": {"matchLabels": _labels(name)}, "template": template}})

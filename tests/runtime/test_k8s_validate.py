@@ -307,3 +307,18 @@ def test_a_server_s_pods_are_ready_when_healthz_answers_and_a_client_s_have_no_p
                     "--generate=k8s_yaml")
     assert client.returncode == 0, client.stderr
     assert not {"readinessProbe", "livenessProbe"} & set(_container(_valid(client.stdout))), client.stdout
+
+
+@pytest.mark.parametrize("drain, grace", [([], 35), (["--drain-timeout", "120"], 125),
+                                          (["--drain-timeout", "0.5", "--drain-timeout", "59.2"], 65)])
+def test_kubernetes_waits_out_the_drain_before_it_kills(drain: list[str], grace: int, tls: TlsFiles,
+                                                        token_file: Path) -> None:
+    """No terminationGracePeriodSeconds: Kubernetes' 30 s, which is --drain-timeout's default too, so its SIGKILL
+    came as the drain ended, and cut a longer --drain-timeout's streams. Now the drain the flags give, and 5 s."""
+    tls_files = ("--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    for argv in (("tcp", "server", "--allow-ports", "80", *tls_files),
+                 ("tcp", "client", "--url", "wss://s:8123", "--upstream", "127.0.0.1", "--ports", "80")):
+        result = inlets(*argv, *drain, "--token-file", str(token_file), "--generate=k8s_yaml")
+        assert result.returncode == 0, result.stderr
+        pod = next(d for d in _valid(result.stdout) if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] == grace, (argv, pod)
