@@ -381,13 +381,16 @@ class TunnelClient:
         kwargs: dict = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.open_timeout
+        parts = urlsplit(self.ws_url)
+        host = parts.hostname or ""
         if self.ws_url.startswith("wss://"):
             kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
             if cfg.server_name:
                 kwargs["server_hostname"] = cfg.server_name
+            elif "%" in host:  # fe80::1%eth0: the zone names this host's link, which no certificate can; curl drops it too
+                kwargs["server_hostname"] = host.partition("%")[0]
         try:
-            parts = urlsplit(self.ws_url)
-            if not self.proxy.url and is_name(host := parts.hostname or ""):
+            if not self.proxy.url and (is_name(host) or "%" in host):  # a zone: uvloop's own lookup could drop it
                 kwargs["sock"] = await self._connect_named(host, url_port(parts, 443 if parts.scheme == "wss" else 80))
             websocket = await _NoRedirects(
                 self.ws_url,

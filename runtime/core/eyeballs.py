@@ -12,7 +12,9 @@ interleaved. The name is resolved at every dial: a record that changes is follow
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import os
 import socket
 from typing import Any
 
@@ -45,10 +47,30 @@ class _Noting:
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         try:
-            await self._loop.sock_connect(sock, address)
+            if len(address) == 4 and address[3]:  # fe80::1%eth0: uvloop's sock_connect drops the zone (scope 0)
+                await _connect_scoped(self._loop, sock, address)
+            else:
+                await self._loop.sock_connect(sock, address)
         except OSError as exc:
             self._failures.append((address, exc))
             raise
+
+
+async def _connect_scoped(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple) -> None:
+    """Connect the non-blocking ``sock`` to an IPv6 address with its scope id, as asyncio's ``sock_connect`` does:
+    uvloop's resolves the address again and dials it with scope 0, so a link-local server failed with "Invalid
+    argument" (or timed out) where the system says "Network is unreachable" or connects."""
+    error = sock.connect_ex(address)
+    if error == errno.EINPROGRESS:
+        writable = loop.create_future()
+        loop.add_writer(sock.fileno(), lambda: writable.done() or writable.set_result(None))
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,7 +87,11 @@ async def connect_socket(host: str, port: int, delay: float = DELAY,
     differ, ``AddressesFailed`` saying each. ``failures``, when given, gets each address's failure as it comes: a
     caller whose timeout cancels the dial (one address refused, another dropping SYNs) can still say them."""
     loop = asyncio.get_running_loop()
-    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if "%" in host:  # fe80::1%eth0: uvloop's getaddrinfo drops the zone (scope 0: "Invalid argument", or a timeout
+        # where the system says "Network is unreachable"); numeric, so this lookup cannot block
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    else:
+        addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if failures is None:
         failures = []
     try:
