@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -13,10 +14,13 @@ from ..client.outbound_proxy import choose as choose_proxy
 from ..client.outbound_proxy import check_password_fits, with_password
 from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
+from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, client_context
 from ..core.session import Channel
 from .config import check_given_once, fail, refuse_blank
 
+
+log = logging.getLogger("inlets.client")
 
 #: What a blank --proxy (``--proxy "$PROXY"``, PROXY unset) is told: taken as left out, the environment's proxy or a
 #: direct connection was used instead of the one meant.
@@ -124,7 +128,20 @@ def client_configs(*, urls: list[str], token: str | None, token_files: list[Path
     files: list[Path | None] = list(token_files or [None])
     if len(files) == 1:
         files *= len(urls)
-    return [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
+    configs = [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
+    if options.get("tls_insecure"):
+        warn_unverified([config.url for config in configs if config.ssl_context is not None])
+    return configs
+
+
+def warn_unverified(urls: list[str]) -> None:
+    """Say once, at start, which servers ``--tls-insecure`` leaves unverified: it was silent, so a client left
+    running with it (from a test, say) gave no sign that anyone on the way could read its tunnel and the token."""
+    if urls:
+        log.warning("event=server_tls_unverified urls=%s reason=%s", logfmt(",".join(urls)),
+                    logfmt("--tls-insecure: the server's certificate is not checked, so whoever is on the way to it "
+                           "can read and change the tunnel's traffic and take the token; give --tls-ca FILE instead "
+                           "(the CA that signed the server's certificate)"))
 
 
 def tunnel_client(configs: list[ClientConfig], on_stream: Callable[[Channel], None]) -> TunnelClient | ClientGroup:
