@@ -12,6 +12,7 @@ import functools
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 from pathlib import Path
@@ -46,6 +47,14 @@ class HttpUpstream:
         (asked once per upstream, not at every stream)."""
         return connect_socket if is_name(self.host) else None
 
+    @functools.cached_property
+    def unanswered(self) -> Callable[[], None] | None:
+        """What a connection to an http:// upstream calls when it closed before a word of an answer (``dial``'s
+        ``unanswered``): one that serves TLS does so, and users got 502 with nothing in this client's log."""
+        if self.scheme != "http":
+            return None
+        return UnansweredHint(str(self), str(HttpUpstream("https", self.host, self.port)))
+
     @property
     def host_header(self) -> str:
         """What ``--rewrite-host`` puts in Host: the upstream's authority."""
@@ -55,6 +64,34 @@ class HttpUpstream:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host_header}"
+
+
+#: One ``upstream_closed_without_answer`` line per upstream per this many seconds: its users' every request fails
+#: alike, and one line says what to change.
+HINT_WINDOW = 60.0
+
+
+class UnansweredHint:
+    """Says, once per ``HINT_WINDOW`` for one upstream, that it closed connections before answering (how a TLS
+    server answers plain HTTP: a FIN from OpenSSL, a reset from Python's ssl); the next line counts those left out
+    (``suppressed=N``, as ``logs.RepeatLimit`` writes it)."""
+
+    __slots__ = ("url", "https", "said", "left_out")
+
+    def __init__(self, url: str, https: str) -> None:
+        self.url, self.https = url, https  # the same host and port as https:// (port 80 stays said)
+        self.said: float | None = None
+        self.left_out = 0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if self.said is not None and now - self.said < HINT_WINDOW:
+            self.left_out += 1
+            return
+        self.said, left_out, self.left_out = now, self.left_out, 0
+        log.warning("event=upstream_closed_without_answer upstream=%s hint=%s%s", logfmt(self.url),
+                    logfmt(f"it closed the connection before answering: if it serves TLS, use {self.https}"),
+                    f" suppressed={left_out}" if left_out else "")  # as RepeatLimit says it
 
 
 def parse_upstream_url(text: str) -> HttpUpstream:
@@ -153,4 +190,4 @@ class HttpUpstreams:
             return
         tls = self.tls if upstream.scheme == "https" else None
         dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log,
-             opener=upstream.opener)
+             opener=upstream.opener, unanswered=upstream.unanswered)

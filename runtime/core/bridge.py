@@ -63,6 +63,9 @@ class TcpBridge(asyncio.Protocol):
     #: True where the socket comes from a ``listen.listen`` listener, which set TCP_NOTSENT_LOWAT for all it
     #: accepts (on Linux): tuning each one again cost a socket object and a system call per connection.
     accepted = False
+    #: Called once when the socket ends (a FIN or a reset) before it sent a byte, after the stream sent it some:
+    #: an http:// upstream that serves TLS does so. Set by ``dial`` for those who ask; looked at only as a socket ends.
+    unanswered: Callable[[], None] | None = None
 
     def __init__(self, channel: Channel | None = None) -> None:
         self.channel = channel
@@ -115,6 +118,8 @@ class TcpBridge(asyncio.Protocol):
         """Pass the FIN on; keep a TCP socket open for the other direction. A TLS transport (https:// upstreams)
         closes anyway, and asking it not to made asyncio and uvloop log a warning at each upstream close."""
         self._eof_from_socket = True
+        if self.unanswered is not None:
+            self._closed_unanswered()
         if self._pending is None:
             self._send_eof()
         transport = self.transport
@@ -124,6 +129,8 @@ class TcpBridge(asyncio.Protocol):
         self.transport = None
         if self._done:
             return
+        if exc is not None and self.unanswered is not None:  # a reset (a FIN came by ``eof_received``)
+            self._closed_unanswered()
         self._done = True
         if self.channel is not None:
             if self._eof_sent and self._eof_from_stream:
@@ -178,6 +185,14 @@ class TcpBridge(asyncio.Protocol):
                 self.transport.resume_reading()
 
     # ---------------------------------------------------------------- helpers
+
+    def _closed_unanswered(self) -> None:
+        """The socket ended: tell ``unanswered`` when it never sent a byte to a stream that sent it some."""
+        tell, self.unanswered = self.unanswered, None
+        channel = self.channel
+        if (tell is not None and channel is not None and channel.bytes_in and not channel.bytes_out
+                and self._pending is None):
+            tell()
 
     def _send_eof(self) -> None:
         if self._eof_sent or self.channel is None:
@@ -243,15 +258,19 @@ def _tls_failure(exc: ssl.SSLError) -> str:
 
 
 def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
-         logger: logging.Logger = log, opener: Callable[..., Awaitable[socket.socket]] | None = None) -> None:
+         logger: logging.Logger = log, opener: Callable[..., Awaitable[socket.socket]] | None = None,
+         unanswered: Callable[[], None] | None = None) -> None:
     """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
     fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
     when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails),
-    called with ``failures=``, a list it notes each address's failure in.
+    called with ``failures=``, a list it notes each address's failure in. ``unanswered`` is called when the
+    connection ends before it said a word to what the stream sent it (``TcpBridge.unanswered``).
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""
     bridge = TcpBridge()
+    if unanswered is not None:
+        bridge.unanswered = unanswered
     bridge.attach(channel)
     loop = asyncio.get_running_loop()
     failures: list | None = [] if opener else None  # each address's failure: said too if the dial times out

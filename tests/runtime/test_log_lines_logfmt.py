@@ -36,6 +36,7 @@ FRAGMENTS = {
     "subject": 'cert="a b \\"c\\""',
     "self._expired_note(domain)": " serving=expired not_after=2026-01-01T00:00:00Z",
     "'' if asked is None else f' retry_after={asked:.0f}s'": " retry_after=30s",
+    "f' suppressed={left_out}' if left_out else ''": " suppressed=3",
 }
 _PLACEHOLDER = re.compile(r"%(?:%|[-+ #0]*\d*(?:\.\d+)?([sdifgrx]|o))")
 
