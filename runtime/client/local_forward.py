@@ -171,8 +171,13 @@ class LocalForwarder:
                      logfmt(forward.target))
 
     def _up(self) -> Session | None:
+        """The session new users go through, or None while they wait. One the server drains (GOAWAY: restarting)
+        counts as down: it refused them at once, while the client was already dialling its replacement. Our own
+        GOAWAY (this client stopping) does not: no replacement comes, so they are refused and it is said."""
         session = self.session()
-        return None if session is None or session.closed.is_set() else session
+        if session is None or session.closed.is_set() or session.mux.peer_going_away:
+            return None
+        return session
 
     def arrived(self, connection: _LocalConnection) -> None:
         """A user connected: through the tunnel if it is up (after those waiting), else it waits, if there is room."""

@@ -394,3 +394,46 @@ def test_a_client_whose_server_restarts_while_a_local_connection_is_open_reconne
             echo.close()
 
     run(scenario(), 30)
+
+
+def test_a_local_connection_made_while_the_server_drains_waits_for_the_new_server(tls: TlsFiles, token: str,
+                                                                                   caplog) -> None:
+    """The server restarts gracefully (SIGTERM, GOAWAY, a new one up a moment later). A --local connection made
+    while the draining session was the client's only one was reset at once (``forward_refused ... draining``),
+    though the client was already dialling its replacement; it now waits for it, as while the tunnel is down."""
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        policy = ForwardingPolicy(True, parse_target_rules("127.0.0.1:*"))
+        old = await start_server(tls, token, forwarding=policy)
+        port = old.control.addresses[0][1]
+        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]})
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
+        await forwarder.start()
+        new = None
+        held = await _echoes(forward.local_port)  # an open stream keeps the old server draining
+        draining = asyncio.ensure_future(old.drain(20))
+        try:
+            first = client.session
+            assert await _until(lambda: first is not None and first.mux.peer_going_away)
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            writer.write(b"early\n")  # made while only the draining session is there
+            await asyncio.sleep(0.3)
+            assert client.session is first  # nothing listens yet: still the draining one
+            new = await start_server(tls, token, port=port, forwarding=policy)
+            assert await asyncio.wait_for(reader.readline(), 8) == b"early\n"  # before: ConnectionResetError
+            writer.close()
+        finally:
+            held[1].close()
+            forwarder.stop()
+            await stop(task, draining)
+            await old.stop()
+            if new is not None:
+                await new.stop()
+            echo.close()
+        assert not [r for r in caplog.records if "event=forward_refused" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        run(scenario(), 30)
