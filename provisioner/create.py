@@ -112,8 +112,11 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
                              "HTTP-01 challenges would reach either replica; serve plain HTTP behind it (--no-letsencrypt)")
     if not wanted:
         if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod" or opts.letsencrypt_ca:
-            raise ProvisionError("--letsencrypt-email/--letsencrypt-issuer/--letsencrypt-ca need Let's Encrypt: --mode http --domain "
-                                 "on a cloud provider (or --letsencrypt)")
+            what = "--letsencrypt-email/--letsencrypt-issuer/--letsencrypt-ca need Let's Encrypt"
+            if not cloud:  # "(or --letsencrypt)" named a flag this provider then refuses
+                raise ProvisionError(f"{what}, and --provider {opts.provider} does not offer it: drop them (or run "
+                                     "`inlets http server --letsencrypt-domain` there yourself)")
+            raise ProvisionError(f"{what}: --mode http --domain on a cloud provider (or --letsencrypt)")
         return None
     if opts.mode != "http":
         raise ProvisionError("--letsencrypt is for --mode http")

@@ -95,6 +95,13 @@ def test_bad_combinations_are_one_line_errors(tmp_path: Path, token_file: Path, 
         one_line_error(run_cli(capsys, "create", "--state-dir", state, *args), needle)
 
 
+def test_local_letsencrypt_options_hint_names_only_what_local_takes(tmp_path: Path, capsys) -> None:
+    """The hint said "(or --letsencrypt)", which --provider local then refuses: it names what to do there instead."""
+    line = one_line_error(run_cli(capsys, "create", "--provider", "local", "--mode", "http", "--letsencrypt-email",
+                                  "x", "--state-dir", str(tmp_path / "s")), "need Let's Encrypt")
+    assert "--letsencrypt)" not in line and "--provider local does not offer it" in line, line
+
+
 def test_digitalocean_create_defaults_to_letsencrypt_for_domains(tmp_path: Path, token_file: Path, capsys) -> None:
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False, active=False) as fake:
         run_cli(capsys, "create", "le-default", "--provider", "digitalocean", "--mode", "http", "--domain", DOMAIN,
