@@ -35,7 +35,9 @@ def status(
         metavar="<path>", help="File holding the token: one for every --url, or one per --url in order.")] = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the server's JSON as is.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the server's /status JSON; with several --url, "
+                                        '{"servers": {URL: its JSON}, "errors": {URL: why}} ("errors" only when '
+                                        "one did not answer).")] = False,
     timeout: Annotated[float, seconds_option("Seconds to wait for the server.", 0.1)] = 5.0,
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,

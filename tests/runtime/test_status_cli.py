@@ -195,6 +195,14 @@ def test_help_describes_what_status_does_with_several_urls() -> None:
     assert not any(word in url_help for word in ("serve through", "reconnect", "session")), url_help
 
 
+def test_help_says_what_json_prints_with_several_urls() -> None:
+    """--json said "the server's JSON as is", but several --url print {"servers": ..., "errors": ...}."""
+    result = inlets("status", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result
+    json_help = " ".join(result.stdout.split("--json", 1)[1].split("--timeout", 1)[0].split())
+    assert '"servers"' in json_help and '"errors"' in json_help and "as is" not in json_help, json_help
+
+
 def test_a_port_that_echoes_what_it_is_sent_is_not_http_in_words(token_file: Path) -> None:
     """The error was '127.0.0.1:PORT: GET /status HTTP/1.1': the request's own first line, echoed back."""
     with socket.socket() as listener:
