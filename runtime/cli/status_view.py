@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.services import shown_service
+
 
 def _size(count: int) -> str:
     value = float(count)
@@ -54,7 +56,7 @@ def render_table(doc: dict[str, Any]) -> str:
                 _text(client.get("id", "")),
                 _text(client.get("remote", "")),
                 _text(client.get("connected_since", "")),
-                _text(",".join(client.get("services", [])) or "-"),
+                _text(",".join(map(shown_service, client.get("services", []))) or "-"),  # an older server sent http:::1
                 str(client.get("open_streams", 0)),
                 _size(int(client.get("bytes_in", 0))),
                 _size(int(client.get("bytes_out", 0))),

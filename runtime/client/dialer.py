@@ -31,6 +31,7 @@ from ..core.hosts import HostError, split_url
 from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
+from ..core.services import shown_service
 from ..core.session import Channel, Session
 from ..core.wsflow import BoundedReplies
 from .diagnose import describe as _describe, how_closed, printable, speaks_plain_http, speaks_tls
@@ -232,7 +233,8 @@ class TunnelClient:
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
         session.on_goaway = session.on_retire = self._reconnect_now
         asyncio.ensure_future(self._run(session))
-        log.info("event=connected url=%s services=%s", logfmt(self.config.url), logfmt(",".join(welcome.services)))
+        log.info("event=connected url=%s services=%s", logfmt(self.config.url),
+                 logfmt(",".join(map(shown_service, welcome.services))))
         self._warn_if_certificate_ending(websocket)
         return session
 

@@ -21,7 +21,7 @@ from ..core.logs import logfmt
 from ..core.bridge import dial
 from ..core.services import http_service, parse_http_service
 from ..core.handshake import HandshakeError
-from ..core.hosts import HostError, is_ip, split_url
+from ..core.hosts import HostError, canonical_ipv6, is_ip, split_url
 from ..core.mux import ResetCode
 from ..core.ports import url_port
 from ..core.session import Channel
@@ -132,7 +132,7 @@ def parse_upstreams(items: list[str]) -> dict[str, HttpUpstream]:
         elif "://" in name:
             raise UpstreamError(f"expected HOSTNAME=URL or URL, got {item!r}")
         try:
-            name = _unbracketed(name.strip())  # [::1], as the Host header writes it, is the host ::1
+            name = canonical_ipv6(_unbracketed(name.strip()))  # [::1] as Host writes it, 0:0::1 too: the host ::1
             service = http_service(parse_http_service("http:" + _a_label(name.lower().rstrip("."))))
         except (HandshakeError, UnicodeError):
             raise UpstreamError(f"invalid host name {name!r} in --upstream {item!r}") from None

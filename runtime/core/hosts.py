@@ -30,6 +30,17 @@ def is_ip(host: str) -> bool:
     return True
 
 
+def canonical_ipv6(host: str) -> str:
+    """An IPv6 address in its one compressed form (``0:0::1`` -> ``::1``), as browsers write it in Host, so that
+    every spelling of it names one HTTP host; anything else as given (a name costs one ``in``)."""
+    if ":" not in host:
+        return host
+    try:
+        return ipaddress.IPv6Address(host).compressed
+    except ValueError:
+        return host
+
+
 def unmapped(host: str) -> str:
     """An IPv4 user's address as IPv4: a listener on ``::`` (dual-stack) sees ``::ffff:127.0.0.1``, which logs,
     /status, X-Forwarded-For and per-source limits would otherwise show and count apart from ``127.0.0.1``."""

@@ -38,6 +38,13 @@ def http_service(host: str) -> str:
     return CATCH_ALL if host in ("", "*") else f"http:{host.lower().rstrip('.')}"
 
 
+def shown_service(service: str) -> str:
+    """A service as logs, /status and the status table show it: ``http:[::1]``, not ``http:::1`` (host ``::1``, or
+    ``:`` port 1?). Only shown: the wire keeps ``http:::1``, the name a stream's OPEN target is matched against."""
+    kind, _, host = service.partition(":")
+    return f"{kind}:[{host}]" if kind == "http" and ":" in host and is_ip(host) else service
+
+
 def parse_http_service(service: str) -> str:
     """The host name of an ``http:NAME`` service (``*`` for the catch-all); ``HandshakeError`` otherwise."""
     kind, _, host = service.partition(":")

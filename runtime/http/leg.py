@@ -15,6 +15,7 @@ import logging
 from typing import Protocol
 
 from ..core.logs import logfmt
+from ..core.services import shown_service
 from .messages import Body, Event, HttpError, Upgraded
 from .response_reader import ResponseReader
 from ..core.mux import ResetCode, StreamError
@@ -109,7 +110,7 @@ class Leg:
 
     def on_reset(self, code: int, reason: str) -> None:
         if self.failure is None:
-            log.debug("event=stream_reset service=%s code=%d reason=%s", logfmt(self.service), code, logfmt(reason))
+            log.debug("event=stream_reset service=%s code=%d reason=%s", logfmt(shown_service(self.service)), code, logfmt(reason))
             self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
             self.refused = code == ResetCode.TOO_MANY_STREAMS and not self.received
             self.unreachable = code == ResetCode.REFUSED and not self.received

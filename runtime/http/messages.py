@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..core.hosts import canonical_ipv6
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -109,8 +111,9 @@ def no_body_status(status: int) -> bool:
 
 
 def host_of(value: bytes) -> str:
-    """``Example.COM.:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``."""
+    """``Example.COM.:8080`` -> ``example.com``; ``[::1]:80`` and ``[0:0::1]`` -> ``::1`` (the form clients
+    advertise: curl sends the address as typed, browsers compressed)."""
     text = value.decode("latin-1").strip().lower()
     if text.startswith("["):
-        return text[1:].partition("]")[0]
+        return canonical_ipv6(text[1:].partition("]")[0])
     return text.rpartition(":")[0].rstrip(".") if ":" in text else text.rstrip(".")

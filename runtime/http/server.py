@@ -19,7 +19,7 @@ from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
 from ..core.listen import listen_as
 from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
-from ..core.services import CATCH_ALL, http_service, parse_http_service
+from ..core.services import CATCH_ALL, http_service, parse_http_service, shown_service
 from .guard import Guards
 from .options import HttpOptions, OptionError
 from .leg import Leg
@@ -208,7 +208,7 @@ class HttpTunnelServer:
             host = service.partition(":")[2]
             if host != "*":
                 self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)
-            log.info("event=no_clients service=%s", logfmt(service))
+            log.info("event=no_clients service=%s", logfmt(shown_service(service)))
 
 
 def _head_late(conn: FrontConnection, slow: float) -> bool:

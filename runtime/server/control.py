@@ -26,6 +26,7 @@ from websockets.http11 import Request, Response
 from ..core.hosts import unmapped
 from ..core.listen import BindError, bind_address
 from ..core.logs import logfmt
+from ..core.services import shown_service
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
@@ -435,7 +436,7 @@ class ControlPlane:
         info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
         self.clients[session] = info
         log.info("event=client_connected client=%s remote=%s services=%s", logfmt(info.client_id), logfmt(remote),
-                 logfmt(",".join(services)))
+                 logfmt(",".join(map(shown_service, services))))
         try:
             await session.run()
         finally:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .. import PROTOCOL_VERSION, __version__
+from ..core.services import shown_service
 from .control import ControlPlane
 
 
@@ -29,7 +30,7 @@ def status_document(control: ControlPlane, extra: dict[str, Any] | None = None) 
                 "id": info.client_id,
                 "remote": info.remote,
                 "connected_since": _iso(info.connected_at),
-                "services": info.services,
+                "services": [shown_service(service) for service in info.services],
                 "open_streams": session.open_streams,
                 "bytes_in": session.bytes_in,
                 "bytes_out": session.bytes_out,
