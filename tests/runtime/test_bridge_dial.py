@@ -205,18 +205,24 @@ def test_a_failed_tls_handshake_is_said_in_words(upstream: str, said: str, tmp_p
 
 def test_a_udp_upstream_that_does_not_resolve_is_said_in_the_clients_log(caplog: pytest.LogCaptureFixture) -> None:
     """The flow was reset with the reason, which the server does not log: every datagram to that port vanished
-    with no line anywhere (`--upstream udp:5353=dns.typo:53`)."""
+    with no line anywhere (`--upstream udp:5353=dns.typo:53`).
+
+    The name is longer than DNS allows (253), so the resolver refuses it here without asking a DNS server: a
+    plain ``doesnotexist.invalid`` was sent to this machine's server, off loopback (and read 'Temporary failure
+    in name resolution' where there is none)."""
     from inlets_py.runtime.client.udp_upstream import dial_udp
+
+    never = ".".join(["doesnotexist"] * 20) + ".invalid"
 
     async def run() -> None:
         s = Session(NO_WIRE, Multiplexer(client=True), name="test")  # type: ignore[arg-type]
         channel = s.open_stream("udp:53", None)  # type: ignore[arg-type]
-        dial_udp(channel, "doesnotexist.invalid", 53)  # type: ignore[arg-type]
+        dial_udp(channel, never, 53)  # type: ignore[arg-type]
         await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
 
     with caplog.at_level(logging.INFO, logger="inlets.udp"):
         asyncio.run(run())
-    assert 'event=upstream_failed upstream=doesnotexist.invalid:53 proto=udp error="Name or service not known"' \
+    assert f'event=upstream_failed upstream={never}:53 proto=udp error="Name or service not known"' \
         in caplog.text, caplog.text
 
 
