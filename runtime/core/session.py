@@ -44,6 +44,9 @@ log = logging.getLogger("inlets.session")
 OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
 
+#: How soon a stream whose dial worked is acknowledged when its upstream has not answered (``Channel.acknowledge``):
+#: well within the server's SILENT_FOR (0.5 s), past most answers on a LAN, which acknowledge it themselves.
+ACK_DELAY = 0.05
 RETIRE_TIMEOUT = 30.0  # how long a session out of stream ids lets its streams finish (--drain-timeout's default)
 
 _RUNNING, _DRAINING, _STOPPED = object(), object(), object()  # the writer's states besides idle and scheduled
@@ -96,9 +99,9 @@ class Channel:
         self.session._consumed(self, count)
 
     def acknowledge(self) -> None:
-        """Tell the peer this stream reached its far end (``Multiplexer.acknowledge``): the dial to it worked."""
-        self.session.mux.acknowledge(self.stream_id)
-        self.session._flush()
+        """Tell the peer this stream reached its far end (``Multiplexer.acknowledge``): the dial to it worked. Soon,
+        not now (``Session._ack_soon``): an upstream that answers first says so itself, at no cost."""
+        self.session._ack_soon(self)
 
     @property
     def is_open(self) -> bool:
@@ -146,6 +149,8 @@ class Session:
         #: The services for which a stream opened on this peer waits for its first answer, none answered since, and
         #: since when (``time.monotonic``; ``registry.opened``)
         self.silent: dict[str, float] = {}
+        self._acks: list[Channel] = []  # streams whose dial worked, acknowledged at ACK_DELAY unless answered by then
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -373,6 +378,22 @@ class Session:
         self.mux.consumed(channel.stream_id, count)
         if self.mux.buffered:
             self._flush()
+
+    def _ack_soon(self, channel: Channel) -> None:
+        """One timer for every stream dialled within ``ACK_DELAY``: sent at once, each acknowledgement was a message,
+        a TLS record and a send of its own before the upstream's answer (+4% and +6% instructions a connection)."""
+        self._acks.append(channel)
+        if self._ack_timer is None:
+            self._ack_timer = (self._loop or asyncio.get_running_loop()).call_later(ACK_DELAY, self._send_acks)
+
+    def _send_acks(self) -> None:
+        """Acknowledge the streams that sent nothing back yet (an idle pool's connection, a slow answer)."""
+        self._ack_timer = None
+        acks, self._acks = self._acks, []
+        for channel in acks:
+            if not channel.bytes_out:
+                self.mux.acknowledge(channel.stream_id)  # nothing for a stream gone meanwhile
+        self._flush()
 
     def _flush(self) -> None:
         """Send what the multiplexer queued, two loop turns from now.
