@@ -420,10 +420,12 @@ class FrontConnection(asyncio.Protocol):
         refused = None if guard is None else server.guards.refusal(guard, head.noted.get(b"authorization", (None,))[0],
                                                                     self.peer)
         if guard is not None and refused is not None:
-            limited = refused == 429
-            await self._refuse(refused, "too many failed logins: try again later" if limited else "unauthorized", head,
-                               close=close_on_refusal, extra=[] if limited else guard.challenges(), host=label,
-                               started=started)
+            if refused == 429:  # Retry-After: when this source's window ends (RFC 6585)
+                wait = server.guards.failures.retry_after(self.peer.decode(errors="replace"))
+                reason, extra = "too many failed logins: try again later", [(b"Retry-After", b"%d" % wait)]
+            else:
+                reason, extra = "unauthorized", guard.challenges()
+            await self._refuse(refused, reason, head, close=close_on_refusal, extra=extra, host=label, started=started)
             return not close_on_refusal
         try:
             leg = self.pick(service)

@@ -334,7 +334,9 @@ class ControlPlane:
         # The token first: a right one is never refused for failures others made from the same address.
         if repeated or not self.config.tokens.check_header(authorization[0] if authorization else None):
             if self.logins.blocked(source):
-                return _response(429, b"too many failed logins: try again later\n")
+                response = _response(429, b"too many failed logins: try again later\n")
+                response.headers["Retry-After"] = str(self.logins.retry_after(source))
+                return response
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             logfmt(source), self.logins.limit, self.logins.window)

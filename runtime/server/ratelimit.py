@@ -9,6 +9,7 @@ sources cannot grow it without end.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -45,6 +46,14 @@ class FailedLoginLimiter:
     def blocked(self, source: str) -> bool:
         entry = self._current(source)
         return entry is not None and entry.failures >= self.limit
+
+    def retry_after(self, source: str) -> int:
+        """Whole seconds until ``source``'s window ends (at least 1): a 429's Retry-After (RFC 6585), so a client
+        that reads it waits that long instead of guessing."""
+        entry = self._current(source)
+        if entry is None:
+            return 1
+        return max(1, math.ceil(entry.started + self.window - self._clock()))
 
     def failed(self, source: str) -> bool:
         """Record a failure; True when this one crossed the limit (log it, once per window)."""

@@ -202,6 +202,9 @@ def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles
         server_ref.append(await start_server(tls, token))
         codes = [await status("127.0.0.9", "guess-%d" % i) for i in range(14)]
         assert codes == [401] * 10 + [429] * 4
+        with pytest.raises(InvalidStatus) as limited:  # says when to come back (RFC 6585), within the minute
+            await raw_client(server_ref[0], tls, "guess-again", source="127.0.0.9")
+        assert 1 <= int(limited.value.response.headers["Retry-After"]) <= 60
         assert await status("127.0.0.1", "guess-x") == 401  # other sources are not affected
         # the right token is never refused: its holder may share the address with the guesser (NAT, a proxy)
         assert await status("127.0.0.9", token) == 101

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from helpers.http import LOOPBACK, Stack, raw_request
 from inlets_py.runtime.http.options import HttpOptions
@@ -32,6 +33,9 @@ def test_wrong_site_passwords_from_one_source_get_429_the_right_one_too(tls, tok
         without = _status(port)  # a browser's first request: a challenge, not a guess
         right = _status(port, _basic("alice", "right-password"))
         still = _status(port, _basic("alice", "guess-again"))
+        head = "GET / HTTP/1.1\r\nHost: guarded.test\r\nConnection: close\r\n" + _basic("alice", "x") + "\r\n\r\n"
+        limited = raw_request(port, head.encode())  # says when to come back (RFC 6585), within the minute
+        retry_after = re.search(rb"\r\nRetry-After: (\d+)\r\n", limited)
         stack.loop.call_soon_threadsafe(server.guards.failures._sources.clear)  # the minute is over
         after = _status(port, _basic("alice", "right-password"))
     finally:
@@ -39,3 +43,4 @@ def test_wrong_site_passwords_from_one_source_get_429_the_right_one_too(tls, tok
     assert wrong == [b"401"] * 10 + [b"429"] * 2
     assert (without, right, still) == (b"401", b"429", b"429")
     assert after == b"200"
+    assert limited.startswith(b"HTTP/1.1 429 ") and retry_after and 1 <= int(retry_after[1]) <= 60, limited
