@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .hosts import unmapped_address
 from .ports import parse_port
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -36,8 +37,7 @@ class SourceAllowList:
             address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = unmapped_address(address)
         return any(address in network for network in self.networks)
 
 
@@ -67,9 +67,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    return unmapped_address(address)
 
 
 def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> list[TargetRule]:

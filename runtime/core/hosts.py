@@ -15,6 +15,7 @@ from urllib.parse import SplitResult, urlsplit
 
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _DOTTED_NUMBERS = re.compile(r"[0-9]+(?:\.[0-9]+)*\.?")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 HINT = "give an IP address or a DNS name such as example.com"
 
 
@@ -41,15 +42,22 @@ def canonical_ipv6(host: str) -> str:
         return host
 
 
+def unmapped_address(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped address (``::ffff:127.0.0.1``, what a dual-stack socket sees of an IPv4 peer) as the IPv4
+    address it is; any other as it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def unmapped(host: str) -> str:
     """An IPv4 user's address as IPv4: a listener on ``::`` (dual-stack) sees ``::ffff:127.0.0.1``, which logs,
     /status, X-Forwarded-For and per-source limits would otherwise show and count apart from ``127.0.0.1``."""
-    if host[:7].lower() == "::ffff:":
+    if host[:7].lower() == "::ffff:":  # only these are parsed: this runs per connection
         try:
-            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+            return str(unmapped_address(ipaddress.IPv6Address(host)))
         except ValueError:
             return host
-        return str(mapped) if mapped is not None else host
     return host
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from ..core.hosts import unmapped_address
 from ..core.ports import parse_port
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -36,7 +37,7 @@ def encode(version: str, source: Address, destination: Address) -> bytes:
     """A header that tells the upstream this connection came from ``source`` to ``destination``."""
     src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
     if src.version != dst.version:  # e.g. IPv4 client on a dual-stack IPv6 socket
-        src, dst = _unmap(src), _unmap(dst)
+        src, dst = unmapped_address(src), unmapped_address(dst)
     if version == "v1":
         if src.version != dst.version:
             return b"PROXY UNKNOWN\r\n"
@@ -49,12 +50,6 @@ def encode(version: str, source: Address, destination: Address) -> bytes:
         body = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
         return _V2_HEADER.pack(V2_SIGNATURE, 0x21, family, len(body)) + body
     raise ValueError(f"PROXY protocol version must be v1 or v2, got {version!r}")
-
-
-def _unmap(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def parse(data: bytes, version: str) -> ProxyHeader | None:
