@@ -19,22 +19,27 @@ from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import parse_target_rules
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
+from inlets_py.runtime.server.tcp import TcpTunnelServer
+
+
+def _forwarding() -> ForwardingPolicy:
+    return ForwardingPolicy(True, parse_target_rules("127.0.0.1:*"))
 
 
 @contextlib.asynccontextmanager
 async def _forwarding_client(tls: TlsFiles, token: str, target_port: int | None = None
-                             ) -> AsyncIterator[tuple[TunnelClient, LocalForward]]:
-    """A server that lets clients forward, and a client bringing its echo server (or ``target_port``) to a local
-    port (--local)."""
+                             ) -> AsyncIterator[tuple[TunnelClient, LocalForward, TcpTunnelServer]]:
+    """A server that lets clients forward (``_forwarding``), and a client bringing its echo server (or
+    ``target_port``) to a local port (--local)."""
     echo = await echo_server()
     forward = LocalForward(free_port(), "127.0.0.1", target_port or port_of(echo))
-    server = await start_server(tls, token, forwarding=ForwardingPolicy(True, parse_target_rules("127.0.0.1:*")))
+    server = await start_server(tls, token, forwarding=_forwarding())
     client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
                                       extra={"forwards": [forward.target]})
     forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
     await forwarder.start()
     try:
-        yield client, forward
+        yield client, forward, server
     finally:
         forwarder.stop()
         await stop(task)
@@ -154,7 +159,7 @@ def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles,
     every local connection is served; before, the last id was followed by refusals, forever."""
 
     async def scenario() -> None:
-        async with _forwarding_client(tls, token) as (client, forward):
+        async with _forwarding_client(tls, token) as (client, forward, _):
             first_session = client.session
             assert first_session is not None
             first_session.mux._next_id = 0xFFFFFFFF - 2  # two odd ids left
@@ -229,7 +234,7 @@ def test_a_local_connection_the_session_refuses_is_logged(tls: TlsFiles, token: 
     """One server, draining: a --local connection it cannot take is refused with a log line saying why."""
 
     async def scenario() -> None:
-        async with _forwarding_client(tls, token) as (client, forward):
+        async with _forwarding_client(tls, token) as (client, forward, _):
             session = client.session
             assert session is not None
             session.mux.go_away("as the client's SIGTERM does")  # no new streams from this side
@@ -250,7 +255,7 @@ def test_a_local_connection_the_server_resets_is_logged_with_its_reason(tls: Tls
     target_port = free_port()
 
     async def scenario() -> None:
-        async with _forwarding_client(tls, token, target_port=target_port) as (_, forward):  # nothing listens there
+        async with _forwarding_client(tls, token, target_port=target_port) as (_, forward, _server):  # nothing listens there
             reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
             with pytest.raises(ConnectionResetError):
                 await asyncio.wait_for(reader.read(), 5)
@@ -360,38 +365,27 @@ def test_a_client_whose_server_restarts_while_a_local_connection_is_open_reconne
     connection until the open one ended (up to --drain-timeout), though the new server was up. Now it retries."""
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        policy = ForwardingPolicy(True, parse_target_rules("127.0.0.1:*"))
-        old = await start_server(tls, token, forwarding=policy)
-        port = old.control.addresses[0][1]
-        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]})
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
-        await forwarder.start()
-        new = None
-        reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
-        draining = asyncio.ensure_future(old.drain(20))
-        try:
-            writer.write(b"held\n")
-            assert await asyncio.wait_for(reader.readline(), 5) == b"held\n"
-            first = client.session
-            assert await _until(lambda: first is not None and first.mux.peer_going_away)
-            await asyncio.sleep(0.3)  # the first reconnection has failed: nothing listens
-            new = await start_server(tls, token, port=port, forwarding=policy)
-            assert await _until(lambda: client.session is not first, 5), "still on the draining session"
-            r2, w2 = await asyncio.open_connection("127.0.0.1", forward.local_port)
-            w2.write(b"new\n")
-            assert await asyncio.wait_for(r2.readline(), 5) == b"new\n"
-            w2.close()
-        finally:
-            writer.close()
-            forwarder.stop()
-            await stop(task, draining)
-            await old.stop()
-            if new is not None:
-                await new.stop()
-            echo.close()
+        async with _forwarding_client(tls, token) as (client, forward, old):
+            new, port = None, old.control.addresses[0][1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            draining = asyncio.ensure_future(old.drain(20))
+            try:
+                writer.write(b"held\n")
+                assert await asyncio.wait_for(reader.readline(), 5) == b"held\n"
+                first = client.session
+                assert await _until(lambda: first is not None and first.mux.peer_going_away)
+                await asyncio.sleep(0.3)  # the first reconnection has failed: nothing listens
+                new = await start_server(tls, token, port=port, forwarding=_forwarding())
+                assert await _until(lambda: client.session is not first, 5), "still on the draining session"
+                r2, w2 = await asyncio.open_connection("127.0.0.1", forward.local_port)
+                w2.write(b"new\n")
+                assert await asyncio.wait_for(r2.readline(), 5) == b"new\n"
+                w2.close()
+            finally:
+                writer.close()
+                await stop(draining)
+                if new is not None:
+                    await new.stop()
 
     run(scenario(), 30)
 
@@ -403,36 +397,25 @@ def test_a_local_connection_made_while_the_server_drains_waits_for_the_new_serve
     though the client was already dialling its replacement; it now waits for it, as while the tunnel is down."""
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        policy = ForwardingPolicy(True, parse_target_rules("127.0.0.1:*"))
-        old = await start_server(tls, token, forwarding=policy)
-        port = old.control.addresses[0][1]
-        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]})
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session)
-        await forwarder.start()
-        new = None
-        held = await _echoes(forward.local_port)  # an open stream keeps the old server draining
-        draining = asyncio.ensure_future(old.drain(20))
-        try:
-            first = client.session
-            assert await _until(lambda: first is not None and first.mux.peer_going_away)
-            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
-            writer.write(b"early\n")  # made while only the draining session is there
-            await asyncio.sleep(0.3)
-            assert client.session is first  # nothing listens yet: still the draining one
-            new = await start_server(tls, token, port=port, forwarding=policy)
-            assert await asyncio.wait_for(reader.readline(), 8) == b"early\n"  # before: ConnectionResetError
-            writer.close()
-        finally:
-            held[1].close()
-            forwarder.stop()
-            await stop(task, draining)
-            await old.stop()
-            if new is not None:
-                await new.stop()
-            echo.close()
+        async with _forwarding_client(tls, token) as (client, forward, old):
+            new, port = None, old.control.addresses[0][1]
+            held = await _echoes(forward.local_port)  # an open stream keeps the old server draining
+            draining = asyncio.ensure_future(old.drain(20))
+            try:
+                first = client.session
+                assert await _until(lambda: first is not None and first.mux.peer_going_away)
+                reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+                writer.write(b"early\n")  # made while only the draining session is there
+                await asyncio.sleep(0.3)
+                assert client.session is first  # nothing listens yet: still the draining one
+                new = await start_server(tls, token, port=port, forwarding=_forwarding())
+                assert await asyncio.wait_for(reader.readline(), 8) == b"early\n"  # before: ConnectionResetError
+                writer.close()
+            finally:
+                held[1].close()
+                await stop(draining)
+                if new is not None:
+                    await new.stop()
         assert not [r for r in caplog.records if "event=forward_refused" in r.getMessage()]
 
     with caplog.at_level(logging.INFO):
