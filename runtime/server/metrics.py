@@ -54,13 +54,13 @@ class ServerMetrics:
         The format is the one the scraper's Accept asks for: Prometheus asks OpenMetrics first (its ``# EOF``
         shows a scrape cut short), a plain scrape gets the text format. An Accept the library cannot read (a
         version that is no number) gets the text format too, not a 500."""
-        from prometheus_client.exposition import choose_encoder, generate_latest
+        from prometheus_client.exposition import choose_encoder
 
         accept = ", ".join(headers.get_all("Accept")) if headers is not None else ""
         try:
             encode, content_type = choose_encoder(accept)
         except (TypeError, ValueError):
-            encode, content_type = generate_latest, "text/plain; version=0.0.4; charset=utf-8"
+            encode, content_type = choose_encoder("")  # as a plain scrape
         return 200, content_type, encode(self.registry)
 
     def collect(self) -> Iterator[Any]:
