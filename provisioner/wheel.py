@@ -161,7 +161,7 @@ def server_modules(mode: str, letsencrypt: bool = False) -> tuple[list[str], set
 
 
 @functools.lru_cache(maxsize=None)
-def _own_requirements() -> dict[str, str]:
+def own_requirements() -> dict[str, str]:
     """Canonical name -> this project's requirement for it (extras' markers dropped), from its metadata."""
     try:
         reqs = metadata.requires(DIST) or []
@@ -171,17 +171,17 @@ def _own_requirements() -> dict[str, str]:
     for req in reqs:
         requirement, _, marker = req.partition(";")
         marker = _EXTRA_CLAUSE.sub("", marker).strip()
-        out.setdefault(_canonical(requirement), requirement.strip() + (f"; {marker}" if marker else ""))
+        out.setdefault(canonical_name(requirement), requirement.strip() + (f"; {marker}" if marker else ""))
     return out
 
 
-def _canonical(requirement: str) -> str:
+def canonical_name(requirement: str) -> str:
     match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
     return re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
 
 
 @functools.lru_cache(maxsize=None)
-def _distributions_of() -> dict[str, list[str]]:
+def distributions_of() -> dict[str, list[str]]:
     return metadata.packages_distributions()
 
 
@@ -189,15 +189,15 @@ def server_requirements(third_party: set[str]) -> tuple[str, ...]:
     """Requires-Dist for the imported top-level packages that are installed here (as ``pyproject.toml`` words them)."""
     found: set[str] = set()
     for top in third_party:
-        found.update(_canonical(dist) for dist in _distributions_of().get(top, []))
-    own = _own_requirements()
+        found.update(canonical_name(dist) for dist in distributions_of().get(top, []))
+    own = own_requirements()
     return tuple(sorted(own.get(name, name) for name in found))
 
 
 def constraints(requires: tuple[str, ...]) -> tuple[str, ...]:
     """``name==version`` for each requirement and everything it needs, as installed here (extras left out)."""
     pinned: dict[str, str] = {}
-    todo = [_canonical(req) for req in requires]
+    todo = [canonical_name(req) for req in requires]
     while todo:
         name = todo.pop()
         if name in pinned:
@@ -207,7 +207,7 @@ def constraints(requires: tuple[str, ...]) -> tuple[str, ...]:
         except metadata.PackageNotFoundError:
             continue  # not needed here (another platform's marker): pip resolves it on the VM
         pinned[name] = dist.version
-        todo += [_canonical(req) for req in dist.requires or [] if not _EXTRA.search(req)]
+        todo += [canonical_name(req) for req in dist.requires or [] if not _EXTRA.search(req)]
     return tuple(f"{name}=={ver}" for name, ver in sorted(pinned.items()))
 
 

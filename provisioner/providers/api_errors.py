@@ -127,22 +127,16 @@ def sdk_fault(exc: BaseException, sdk: str | None = None) -> Fault | None:
         return None
     if dist is None:
         return None
-    from ..wheel import _canonical, _own_requirements  # what pyproject.toml asks of it, as the wheel declares it
+    from ..wheel import canonical_name, own_requirements  # what pyproject.toml asks of it, as the wheel declares it
 
     try:
         installed = f"{dist} {metadata.version(dist)}"
     except metadata.PackageNotFoundError:
         installed = dist
-    wanted = _own_requirements().get(_canonical(dist))
+    wanted = own_requirements().get(canonical_name(dist))
     fix = f"pip install '{wanted}'" if wanted else f"reinstall inletsctl so pip picks a {dist} it works with"
     return Fault(SDK, message=f"the installed {installed} is not a version inletsctl works with ({why}); "
                               f"install one that is: {fix}")
-
-
-def _distributions_of() -> Mapping[str, list[str]]:
-    from ..wheel import _distributions_of as cached  # top-level import name -> distributions, read once
-
-    return cached()
 
 
 def _distribution(obj: object) -> str | None:
@@ -151,12 +145,16 @@ def _distribution(obj: object) -> str | None:
     top = (name or "").split(".")[0]
     if top in sys.stdlib_module_names or top in ("builtins", __name__.split(".")[0]):
         return None
-    found = _distributions_of().get(top)
+    from ..wheel import distributions_of  # top-level import name -> distributions, read once
+
+    found = distributions_of().get(top)
     return found[0] if found else None
 
 
 def _raised_inside_a_package(exc: BaseException) -> bool:
     """Whether the innermost frame outside the standard library that raised ``exc`` is an installed package's."""
+    from ..wheel import distributions_of  # read once, and only on an error (not at every start)
+
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -165,7 +163,7 @@ def _raised_inside_a_package(exc: BaseException) -> bool:
     for frame in reversed(frames):
         top = str(frame.f_globals.get("__name__", "")).split(".")[0]
         if top not in sys.stdlib_module_names:
-            return top != __name__.split(".")[0] and top in _distributions_of()
+            return top != __name__.split(".")[0] and top in distributions_of()
     return False
 
 
