@@ -23,14 +23,24 @@ def access_token(
     """The first credential given, in the documented order; a one-line error naming all ways.
 
     ``flags`` are the file flag and the value flag this credential is read from (ec2's secret key has its own)."""
+    return token_and_source(provider, token_file, token, env_names, flags)[0]
+
+
+def token_and_source(
+    provider: str, token_file: Path | None, token: str | None, env_names: tuple[str, ...],
+    flags: tuple[str, str] = ("--access-token-file", "--access-token"),
+) -> tuple[str, str]:
+    """``access_token`` and where it came from (``$DIGITALOCEAN_ACCESS_TOKEN``, ``--access-token-file PATH``), so
+    an API that rejects it can be answered with the variable or flag to fix, never the token."""
     others = f"{flags[1]} or ${env_names[0]}" if env_names else flags[1]
     if token_file is not None:
-        return _checked(_read_file(token_file, flags[0], others), f"{flags[0]} {token_file}")
+        where = f"{flags[0]} {token_file}"
+        return _checked(_read_file(token_file, flags[0], others), where), where
     if token and token.strip():
-        return _checked(token.strip(), flags[1])
+        return _checked(token.strip(), flags[1]), flags[1]
     for name in env_names:
         if os.environ.get(name, "").strip():
-            return _checked(os.environ[name].strip(), f"${name}")
+            return _checked(os.environ[name].strip(), f"${name}"), f"${name}"
     env_text = " or ".join(f"${name}" for name in env_names)
     raise ProvisionError(f"no {provider} {_noun(flags[0])}: give {flags[0]} FILE, {flags[1]} TOKEN, or set {env_text}")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..credentials import access_token
+from ..credentials import token_and_source
 from ..firewall import FIREWALL_NAME_MAX
 from ..names import NameRule
 from ..spec import TunnelSpec
@@ -72,7 +72,11 @@ class ProviderInfo:
 
     def token(self, creds: Credentials) -> str:
         """--access-token-file, --access-token, then this provider's variables; else a one-line error."""
-        return access_token(self.title, creds.token_file, creds.token, self.token_env)
+        return self.token_from(creds)[0]
+
+    def token_from(self, creds: Credentials) -> tuple[str, str]:
+        """``token`` and where it came from, for the error when the API rejects it."""
+        return token_and_source(self.title, creds.token_file, creds.token, self.token_env)
 
     def api_url(self, creds: Credentials) -> str | None:
         """--api-url, then this provider's variables; None: the cloud's own endpoint."""

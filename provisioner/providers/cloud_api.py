@@ -92,6 +92,6 @@ def libcloud_words(exc: LibcloudError) -> str:
     return one_line(exc.value)
 
 
-def libcloud_errors(provider: str, endpoint: Endpoint, what: str) -> ContextManager[None]:
+def libcloud_errors(provider: str, endpoint: Endpoint, what: str, credentials: str = "credentials") -> ContextManager[None]:
     """Driver and transport exceptions of a libcloud provider as one-line ProvisionErrors."""
-    return api_errors(provider, endpoint.url, what, libcloud_fault, sdk="apache-libcloud")
+    return api_errors(provider, endpoint.url, what, libcloud_fault, credentials=credentials, sdk="apache-libcloud")

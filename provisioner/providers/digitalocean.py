@@ -38,6 +38,7 @@ class DigitalOceanProvider:
     user_data_limit = PROVIDER.user_data_limit
     poll_interval = 2.0
     keeps_server_key = False
+    credentials = "access token"  # build names where it came from: the API's 401 then says what to fix
 
     def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
         from libcloud.compute.providers import get_driver
@@ -50,7 +51,7 @@ class DigitalOceanProvider:
         self._endpoint = point(self._driver.connection, endpoint, timeout).url
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._endpoint, what, _fault, credentials="access token", sdk="apache-libcloud")
+        return api_errors(self.name, self._endpoint, what, _fault, credentials=self.credentials, sdk="apache-libcloud")
 
     def create(self, plan: Plan) -> Host:
         from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
@@ -181,4 +182,7 @@ def _fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> DigitalOceanProvider:
-    return DigitalOceanProvider(PROVIDER.token(creds), PROVIDER.api_url(creds), creds.api_timeout)
+    token, source = PROVIDER.token_from(creds)
+    provider = DigitalOceanProvider(token, PROVIDER.api_url(creds), creds.api_timeout)
+    provider.credentials = f"access token ({source})"
+    return provider

@@ -40,6 +40,8 @@ class EquinixProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
+    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
+
     def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         if not project_id:
             raise ProvisionError(f"no Equinix Metal project: give --project-id or set ${PROJECT_ENV[0]}")
@@ -56,7 +58,7 @@ class EquinixProvider:
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
 
     def _request(self, path: str, method: str = "GET", params: Any = None) -> Any:
         return self._driver.connection.request(path, method=method, params=params).object
@@ -115,6 +117,8 @@ class EquinixProvider:
 
 
 def build(creds: Credentials, state_root: Path) -> EquinixProvider:
-    token = PROVIDER.token(creds)
+    token, source = PROVIDER.token_from(creds)
     project = next((os.environ[e].strip() for e in PROJECT_ENV if os.environ.get(e, "").strip()), "")
-    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout)
+    provider = EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout)
+    provider.credentials = f"credentials ({source})"
+    return provider

@@ -37,6 +37,8 @@ class HetznerProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
+    credentials = "token"  # build names where it came from: the API's 401 then says what to fix
+
     def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
         from hcloud import Client
 
@@ -67,7 +69,7 @@ class HetznerProvider:
         return fault
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._url, what, self._fault, credentials="token", sdk="hcloud")
+        return api_errors(self.name, self._url, what, self._fault, credentials=self.credentials, sdk="hcloud")
 
     def create(self, plan: Plan) -> Host:
         from hcloud.firewalls import FirewallRule
@@ -220,4 +222,7 @@ _TROUBLE = {"service_error": 500, "server_error": 500, "bad_gateway": 502, "unav
 
 
 def build(creds: Credentials, state_root: Path) -> HetznerProvider:
-    return HetznerProvider(PROVIDER.token(creds), PROVIDER.api_url(creds), creds.api_timeout)
+    token, source = PROVIDER.token_from(creds)
+    provider = HetznerProvider(token, PROVIDER.api_url(creds), creds.api_timeout)
+    provider.credentials = f"token ({source})"
+    return provider

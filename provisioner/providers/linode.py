@@ -38,6 +38,8 @@ class LinodeProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
+    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
+
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
@@ -52,7 +54,7 @@ class LinodeProvider:
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, **kwargs: Any) -> Any:
         data = json.dumps(body) if body is not None else None
@@ -212,4 +214,7 @@ def _private(address: str) -> bool:
 
 
 def build(creds: Credentials, state_root: Path) -> LinodeProvider:
-    return LinodeProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout)
+    token, source = PROVIDER.token_from(creds)
+    provider = LinodeProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout)
+    provider.credentials = f"credentials ({source})"
+    return provider

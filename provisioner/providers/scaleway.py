@@ -45,6 +45,8 @@ class ScalewayProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
+    credentials = "secret key"  # build names where it came from: the API's 401 then says what to fix
+
     def __init__(self, access_key: str, secret_key: str, project_id: str, api_url: str | None = None,
                  zone: str | None = None, timeout: float = 30.0) -> None:
         from scaleway import Client
@@ -66,7 +68,7 @@ class ScalewayProvider:
             raise ProvisionError(f"scaleway: {str(exc).split('. See')[0]}") from None
 
     def _api(self, what: str) -> ContextManager[None]:
-        return api_errors(self.name, self._url, what, scaleway_fault, credentials="secret key", sdk="scaleway")
+        return api_errors(self.name, self._url, what, scaleway_fault, credentials=self.credentials, sdk="scaleway")
 
     def create(self, plan: Plan) -> Host:
         from scaleway.instance.v1 import (
@@ -251,6 +253,8 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> ScalewayProvider:
-    secret = PROVIDER.token(creds)
-    return ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
-                            PROVIDER.api_url(creds), timeout=creds.api_timeout)
+    secret, source = PROVIDER.token_from(creds)
+    provider = ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
+                                PROVIDER.api_url(creds), timeout=creds.api_timeout)
+    provider.credentials = f"secret key ({source})"
+    return provider

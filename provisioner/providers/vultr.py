@@ -53,6 +53,8 @@ class VultrProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
+    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
+
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0,
                  state_root: Path | None = None) -> None:
         from libcloud.compute.providers import get_driver
@@ -68,7 +70,7 @@ class VultrProvider:
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None) -> Any:
         data = json.dumps(body) if body is not None else None
@@ -212,4 +214,7 @@ def _read_markers(path: Path) -> set[str]:
 
 
 def build(creds: Credentials, state_root: Path) -> VultrProvider:
-    return VultrProvider(PROVIDER.token(creds), endpoint_of(PROVIDER, creds), creds.api_timeout, state_root)
+    token, source = PROVIDER.token_from(creds)
+    provider = VultrProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout, state_root)
+    provider.credentials = f"credentials ({source})"
+    return provider

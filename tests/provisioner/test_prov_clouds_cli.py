@@ -114,7 +114,7 @@ def test_linode_rejected_token_is_one_line(capsys: pytest.CaptureFixture[str], t
     monkeypatch.setenv("LINODE_TOKEN", "bad")
     api.route("GET", "/v4/linode/instances", Answer(401, {"errors": [{"reason": "Invalid Token"}]}))
     result = run_cli(capsys, "list", "--provider", "linode", "--api-url", api.url, "--state-dir", str(tmp_path))
-    one_line_error(result, "linode: credentials rejected", "Invalid Token")
+    one_line_error(result, "linode: credentials ($LINODE_TOKEN) rejected", "Invalid Token")  # the variable to fix
 
 
 def test_bad_api_url_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,7 +100,7 @@ def test_credentials_come_from_file_flag_then_environment(fake: FakeDigitalOcean
     assert run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--state-dir", str(state)).code == 0
     monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", "wrong")
     rejected = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--state-dir", str(state))
-    one_line_error(rejected, "401")
+    one_line_error(rejected, "access token ($DIGITALOCEAN_ACCESS_TOKEN) rejected (401)")  # the variable to fix
     flagged = run_cli(capsys, "list", "--provider", "digitalocean", "--api-url", fake.url, "--access-token", TOKEN,
                       "--state-dir", str(state))
     assert flagged.code == 0, flagged.err
@@ -121,7 +121,7 @@ def test_api_errors_are_one_line_and_leave_nothing_behind(fake: FakeDigitalOcean
     with FakeDigitalOcean("another-token", tmp_path / "other") as other:
         wrong = run_cli(capsys, "create", "x1", "--provider", "digitalocean", "--api-url", other.url,
                         "--access-token-file", str(token_file), "--state-dir", str(state))
-    one_line_error(wrong, "access token rejected (401)")
+    one_line_error(wrong, f"access token (--access-token-file {token_file}) rejected (401)")
     unreachable = run_cli(capsys, "create", "x1", "--provider", "digitalocean", "--api-url", f"http://127.0.0.1:{free_port()}",
                           "--access-token-file", str(token_file), "--state-dir", str(state))
     one_line_error(unreachable, "cannot reach the API")
