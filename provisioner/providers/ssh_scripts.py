@@ -44,7 +44,7 @@ fi
 trap 'rm -rf "$stage" "$mark"; rmdir /opt/inlets /etc/inlets 2>/dev/null || true' EXIT
 trap 'exit 143' TERM HUP INT  # so the EXIT trap cleans up after a delete stops the install
 trap '' PIPE  # a write to the channel of an inletsctl that is gone (Ctrl-C) fails, not kills: the install ends as it would
-if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt)"; fi
+if [ -e "$conf" ] || [ -e "$opt" ]; then fail "an exit server named $name is already installed on this host ($opt): choose another name, or first delete that one with inletsctl delete $name where it was created"; fi
 command -v "$py" >/dev/null 2>&1 || fail "no $py on the host: install python3 (3.10 or newer) or pass --remote-python"
 if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
   version=$("$py" --version 2>&1 | head -n 1)

@@ -216,6 +216,17 @@ def test_install_failure_leaves_nothing_behind(prov_ssh_sshd: Sshd, prov_ssh_nam
     assert not (tmp_path / "state" / prov_ssh_name).exists()
 
 
+def test_a_name_already_installed_on_the_host_says_what_to_do(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """The same name created from another machine or --state-dir: the error named the folder but no way on."""
+    theirs = Path(f"/opt/inlets/{prov_ssh_name}")
+    theirs.mkdir(parents=True)
+    args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), f"already installed on this host ({theirs})",
+                   "choose another name", f"inletsctl delete {prov_ssh_name}")
+    assert theirs.is_dir() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
 def test_a_port_in_use_on_the_host_is_refused_before_anything_is_installed(
         prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     """A data port something on the host held (or a --data-addr the host lacks) was found out only when the client
