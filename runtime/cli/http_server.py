@@ -31,7 +31,7 @@ HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt
 MaxHttpsHandshakes = Annotated[int, count_option(
     help="HTTPS-port connections still in their TLS handshake, at once (at the cap the oldest is closed to make room).")]
 MaxHttpsHandshakesPerSource = Annotated[int, count_option(
-    help="Of those, from one address (more are closed at once, before TLS).")]
+    help="Of those, from one address, an IPv6 one's /64 (more are closed at once, before TLS).")]
 
 
 @http_app.command("server")

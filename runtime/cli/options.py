@@ -82,7 +82,7 @@ TrustedProxies = Annotated[Optional[str], typer.Option(
 MaxHandshakes = Annotated[int, count_option(
     help="Control-port connections not yet authenticated, at once (more are closed at once).")]
 MaxHandshakesPerSource = Annotated[int, count_option(
-    help="Of those, from one address (a --trusted-proxies address counts to the total only).")]
+    help="Of those, from one address, an IPv6 one's /64 (a --trusted-proxies address counts to the total only).")]
 MaxClientBuffer = Annotated[int, count_option(
     "--max-client-buffer",
     help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "

@@ -61,6 +61,26 @@ def unmapped(host: str) -> str:
     return host
 
 
+#: Per-source limits count an IPv6 source by its /64: a host is given a whole /64 (RFC 6177: every VPS, every SLAAC
+#: LAN), so counted per address one host was 2**64 sources, each with its own failed logins and pending handshakes.
+SOURCE_PREFIX_V6 = 64
+
+
+def source_key(host: str) -> str:
+    """What per-source limits count ``host`` (an address as ``unmapped`` gives it) as: an IPv6 address as its /64
+    (``2001:db8::/64``), anything else as it is."""
+    if ":" not in host:  # IPv4, or no address at all ("?"): one ``in`` per connection
+        return host
+    try:
+        address = ipaddress.IPv6Address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:  # an IPv4 user through a dual-stack socket, or a proxy's header
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(address) >> (128 - SOURCE_PREFIX_V6) << (128 - SOURCE_PREFIX_V6),
+                                      SOURCE_PREFIX_V6)))
+
+
 def is_loopback(address: str | None) -> bool:
     """Whether a bind address (brackets allowed) stays on this machine: a loopback IP or localhost. Empty, every
     interface, so no."""

@@ -2,7 +2,7 @@
 
 Such a connection costs memory before it has proved anything (a TLS handshake buffers
 up to a few hundred KiB), so at most ``max_per_source`` of them are admitted from one
-address (one more is closed as soon as it is accepted, before TLS starts) and at most
+address (an IPv6 one's /64) (one more is closed as soon as it is accepted, before TLS starts) and at most
 ``max_total`` at once: at that cap the oldest still pending is closed to make room, so
 a flood of silent connections cannot keep out a client that completes its handshake in
 milliseconds. A trusted reverse proxy carries many users' connections: it is held to the
@@ -33,7 +33,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
-from ..core.hosts import unmapped
+from ..core.hosts import source_key, unmapped
 from ..core.logs import logfmt
 from ..core.tls import PLAINTEXT_ATTEMPTS, REFUSED
 from ..core.wsflow import BoundedReplies
@@ -51,10 +51,11 @@ TRIM_AFTER = 32
 class Ticket:
     """One pending connection's place; giving it back twice is harmless."""
 
-    __slots__ = ("admission", "source", "transport")
+    __slots__ = ("admission", "source", "key", "transport")
 
     def __init__(self, admission: Admission, source: str, transport: asyncio.BaseTransport) -> None:
         self.admission, self.source, self.transport = admission, source, transport
+        self.key = source_key(source)  # what the per-source cap counts: an IPv6 source's /64
 
     def release(self) -> None:
         self.admission._release(self)
@@ -94,7 +95,7 @@ class Admission:
 
     def admit(self, source: str, transport: asyncio.BaseTransport) -> Ticket | None:
         capped = self.trusted_proxies is None or not self.trusted_proxies.allows(source)
-        if capped and self.per_source[source] >= self.max_per_source:
+        if capped and self.per_source[source_key(source)] >= self.max_per_source:
             self.refused += 1
             self._report("handshakes_refused", source)
             return None
@@ -106,7 +107,7 @@ class Admission:
             self._report("handshakes_evicted", oldest.source)
         ticket = Ticket(self, source, transport)
         self.pending[ticket] = None
-        self.per_source[source] += 1
+        self.per_source[ticket.key] += 1
         self._burst = max(self._burst, len(self.pending))
         return ticket
 
@@ -120,9 +121,9 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         if self.pending.pop(ticket, False) is False:
             return
-        self.per_source[ticket.source] -= 1
-        if self.per_source[ticket.source] <= 0:
-            del self.per_source[ticket.source]
+        self.per_source[ticket.key] -= 1
+        if self.per_source[ticket.key] <= 0:
+            del self.per_source[ticket.key]
         if not self.pending:
             self._reported.clear()
             if self._burst >= TRIM_AFTER:

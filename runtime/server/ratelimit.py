@@ -1,6 +1,6 @@
 """Failed logins per source address: a token guesser is slowed to a crawl, and logged once.
 
-A fixed window per source: after ``limit`` failures within ``window`` seconds, every
+A fixed window per source (an IPv6 address's /64, ``hosts.source_key``): after ``limit`` failures within ``window`` seconds, every
 request from that source with a wrong token is answered 429 until the window ends (the
 control port checks the token first: a right one is never refused for failures others
 made from the same address, behind one NAT). The table is bounded, so a spray of
@@ -13,6 +13,8 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from ..core.hosts import source_key
 
 
 @dataclass
@@ -37,9 +39,10 @@ class FailedLoginLimiter:
         self._sources: dict[str, _Window] = {}
 
     def _current(self, source: str) -> _Window | None:
-        entry = self._sources.get(source)
+        """``source``'s window (an IPv6 source's /64's: ``source_key``), None when it has none or it has ended."""
+        entry = self._sources.get(source_key(source))
         if entry is not None and self._clock() - entry.started >= self.window:
-            del self._sources[source]
+            del self._sources[source_key(source)]
             return None
         return entry
 
@@ -61,7 +64,7 @@ class FailedLoginLimiter:
         if entry is None:
             if len(self._sources) >= self.max_sources:
                 self._evict()
-            entry = self._sources[source] = _Window(self._clock())
+            entry = self._sources[source_key(source)] = _Window(self._clock())
         entry.failures += 1
         if entry.failures >= self.limit and not entry.reported:
             entry.reported = True
