@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
-from ..core.tls import DirectSSLObject, TlsConfigError, readable_file
+from ..core.tls import SERVER_CIPHERS, DirectSSLObject, TlsConfigError, readable_file
 from . import retry_after as retry_after_header
 from .store import (CHAIN, CURRENT, KEY, NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
                     directory_url)
@@ -54,6 +54,7 @@ def tls_context() -> ssl.SSLContext:
     """Server context for the HTTPS data plane: TLS 1.2 or newer, HTTP/1.1 by ALPN."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(SERVER_CIPHERS)
     context.set_alpn_protocols(["http/1.1"])
     context.sslobject_class = DirectSSLObject  # a refused handshake ends with its alert, not an EOF
     return context

@@ -383,6 +383,48 @@ def test_server_refuses_tls_older_than_1_2(tls: TlsFiles, token: str) -> None:
     run(scenario())
 
 
+#: TLS 1.2 suites in CBC mode, for either key type: graded weak (SSL Labs, testssl), left out by Mozilla's
+#: "intermediate"; Python's default server context took them.
+CBC_SUITES = "ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES256-SHA384"
+
+
+@pytest.mark.parametrize("listener", ["control", "https"])
+def test_tls_1_2_offers_only_aead_suites_with_forward_secrecy(tls: TlsFiles, token: str, listener: str) -> None:
+    """Found by review: ``openssl s_client -tls1_2 -cipher ECDHE-ECDSA-AES256-SHA384`` completed a handshake with the
+    control port (and the Let's Encrypt HTTPS front's context took the same); a client offering only CBC suites is
+    refused now, while one offering GCM gets in."""
+    from inlets_py.runtime.acme.letsencrypt import tls_context
+
+    async def handshake(port: int, suites: str) -> str:
+        ctx = client_context(tls.ca)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(suites)
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+        cipher = writer.get_extra_info("ssl_object").cipher()[0]
+        writer.close()
+        return cipher
+
+    async def scenario() -> None:
+        if listener == "control":
+            server = await start_server(tls, token)
+            port, stop_listener = server.control.addresses[0][1], server.stop
+        else:
+            context = tls_context()
+            context.load_cert_chain(tls.cert, tls.key)
+            front = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0, ssl=context)
+            port = port_of(front)
+
+            async def stop_listener() -> None:
+                front.close()
+        try:
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await handshake(port, CBC_SUITES)
+            assert "GCM" in await handshake(port, "ECDHE+AESGCM")
+        finally:
+            await stop_listener()
+
+    run(scenario())
+
 def test_upstream_refused_closes_the_user_connection_promptly(tls: TlsFiles, token: str) -> None:
     async def scenario() -> None:
         dead = free_port()  # nothing listens here
