@@ -149,6 +149,10 @@ class Session:
         #: The services for which a stream opened on this peer waits for its first answer, none answered since, and
         #: since when (``time.monotonic``; ``registry.opened``)
         self.silent: dict[str, float] = {}
+        #: HTTP: the services whose requests on this peer got no answer within the upstream timeout, how many in a row
+        #: (``registry.timed_out``), and past ``EJECT_AFTER`` until when it is tried after others for them
+        self.timeouts: dict[str, int] = {}
+        self.ejected: dict[str, float] = {}
         self._acks: list[Channel] = []  # streams whose dial worked, acknowledged at ACK_DELAY unless answered by then
         self._ack_timer: asyncio.TimerHandle | None = None
 

@@ -27,7 +27,9 @@ from ..core.logs import logfmt
 from ..core.bridge import reset
 from ..core.mux import StreamLimit
 from ..core.session import Session
-from ..server.registry import reached, unreachable
+from ..core.services import shown_service
+from ..server import registry
+from ..server.registry import answered, reached, timed_out, unreachable
 from .guard import Guards
 from .leg import Leg, LegFailed
 from .options import HttpOptions
@@ -203,6 +205,8 @@ def progress(front: Front) -> None:
                 ex.response = response
                 if leg.session.unreachable or leg.session.silent:  # an answer: its client reaches its upstream
                     reached(leg.session, leg.service)
+                if leg.session.timeouts:
+                    _answered(leg)
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited
                               or (response.chunked and not ex.chunked) or ex.body_pending)
@@ -211,6 +215,8 @@ def progress(front: Front) -> None:
             elif response.status == 101 and head.upgrade:
                 if leg.session.unreachable or leg.session.silent:  # an answer too: a websocket accepted
                     reached(leg.session, leg.service)
+                if leg.session.timeouts:
+                    _answered(leg)
                 if out and front.transport is not None:
                     front.transport.write(b"".join(out))
                 _switch(front, ex, response)
@@ -380,12 +386,23 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
     front.exchange = ex
 
 
+def _answered(leg: Leg) -> None:
+    """An answer came through ``leg``: its client's response timeouts start over, and one routed around is back."""
+    if answered(leg.session, leg.service):
+        log.info("event=client_returned client=%s service=%s", leg.session.name, logfmt(shown_service(leg.service)))
+
+
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
     # The user stalled (as nginx's client_body_timeout); not one who waits for a 100 Continue the upstream never sent
     if ex.leg.timed_out and ex.body_pending and ex.awaiting_body and not ex.head.expect_continue:
         status, message = 408, f"request body timed out: none of it came for {front.server.upstream_timeout:g}s"
     elif ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"
+        if timed_out(ex.leg.session, ex.leg.service):
+            log.warning("event=client_ejected client=%s service=%s timeouts=%d retry_in=%gs reason=%s",
+                        ex.leg.session.name, logfmt(shown_service(ex.leg.service)), registry.EJECT_AFTER,
+                        registry.EJECT_FOR, logfmt(f"its upstream answered none of {registry.EJECT_AFTER} requests in a "
+                                                   "row within --upstream-timeout, so the other clients take its requests: check that app"))
     elif isinstance(failure, HttpError) and failure.status < 500:  # the request's body was malformed
         status, message = failure.status, str(failure)
     elif isinstance(failure, HttpError):

@@ -23,7 +23,7 @@ from typing import Protocol
 from . import exchange as http_exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.session import Session
-from ..server.registry import Registry, opened, resting
+from ..server.registry import Registry, ejected, opened, resting
 from ..core.hosts import sockname_authority, unmapped
 from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
@@ -358,7 +358,8 @@ class FrontConnection(asyncio.Protocol):
 
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None:
         """A stream to a client serving ``service``: this connection's own while it can take the request, else
-        the next client's, one whose upstream failed a dial a moment ago (``registry.resting``) after the others;
+        the next client's, one whose upstream failed a dial a moment ago (``registry.resting``) or timed out requests
+        in a row (``registry.ejected``) after the others;
         None when none can. StreamLimit when each one there holds --max-client-streams."""
         leg = self.leg
         if leg is not None:
@@ -371,7 +372,8 @@ class FrontConnection(asyncio.Protocol):
         for session in self.server.registry.candidates(service):
             if session.closed.is_set() or (avoid is not None and session in avoid):  # ``avoid``: failed this request
                 continue
-            if (session.unreachable or session.silent) and resting(session, service):  # tried last, not skipped
+            if ((session.unreachable or session.silent) and resting(session, service)  # tried last, not skipped
+                    or session.ejected and ejected(session, service)):
                 later = [session] if later is None else later + [session]
                 continue
             opened = self._open_leg(session, service)

@@ -29,6 +29,14 @@ SILENT_FOR = 0.5
 #: A stream unanswered for longer was no dial still going (it would have been refused by now): a user and an
 #: upstream both silent, which says nothing of the client; the mark is dropped.
 SILENT_MOST = DIAL_TIMEOUT + 1.0
+#: Response timeouts in a row (the server's --upstream-timeout: 504) from one client's upstream for a host, none of
+#: its requests answered between, after which its new requests go to the other clients first: an upstream that
+#: accepts and never answers (a hung app) took every other request (20 of 40), its dial acknowledged like any other.
+#: A long poll answered within the timeout never counts, however slow; any answer starts the count over.
+EJECT_AFTER = 3
+#: Seconds such a client is tried after the others for the host (Envoy's outlier detection ejects for 30 s too); then
+#: one request goes to it, and the next one this long after, until one is answered.
+EJECT_FOR = 30.0
 #: Client ids whose marks are kept once their session left, for its reconnection (``Registry.add``) to take.
 MARKS_KEPT = 1024
 
@@ -189,6 +197,37 @@ def credited(channel: Channel) -> bool:
     says nothing of the client."""
     mux = channel.session.mux
     return mux.send_window(channel.stream_id) + channel.bytes_out > mux.initial_send_window
+
+
+def timed_out(session: Session, service: str) -> bool:
+    """A request to ``session`` for ``service`` got no answer within the upstream timeout: at ``EJECT_AFTER`` in a
+    row its client is tried after the others (``ejected``) for ``EJECT_FOR``. True when that began now (to be said)."""
+    count = session.timeouts[service] = session.timeouts.get(service, 0) + 1
+    if count < EJECT_AFTER:
+        return False
+    began = service not in session.ejected
+    session.ejected[service] = time.monotonic() + EJECT_FOR
+    return began
+
+
+def answered(session: Session, service: str) -> bool:
+    """``session``'s upstream answered a request for ``service``: the count of timeouts starts over; True when that
+    ends an ejection (to be said). Only an answer does: a hung app's dials are acknowledged too."""
+    session.timeouts.pop(service, None)
+    return session.ejected.pop(service, None) is not None
+
+
+def ejected(session: Session, service: str) -> bool:
+    """Whether ``session`` is tried after the others for ``service`` after ``EJECT_AFTER`` response timeouts in a row;
+    when its time is up one request goes to it, and the next one ``EJECT_FOR`` later, until one is answered."""
+    until = session.ejected.get(service)
+    if until is None:
+        return False
+    now = time.monotonic()
+    if now < until:
+        return True
+    session.ejected[service] = now + EJECT_FOR  # the mark holds while this one request finds out
+    return False
 
 
 def resting(session: Session, service: str) -> bool:
