@@ -74,7 +74,8 @@ def header_tokens(values: list[bytes] | None) -> set[bytes]:
 
 
 def is_keep_alive(version: bytes, tokens: set[bytes]) -> bool:
-    return b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+    """RFC 9112 9.3: ``close`` ends the connection whatever else Connection says (HTTP/1.0's ``keep-alive`` too)."""
+    return b"close" not in tokens and (version == b"1.1" or b"keep-alive" in tokens)
 
 
 class Reader:

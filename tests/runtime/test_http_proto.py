@@ -42,6 +42,21 @@ def test_pipelined_requests_keep_order():
     assert [(h.target, h.host, h.keep_alive) for h in heads] == [(b"/a", "a", True), (b"/b", "b", False)]
 
 
+@pytest.mark.parametrize("version, connection, keep_alive", [
+    (b"1.0", b"keep-alive, close", False), (b"1.0", b"close, Keep-Alive", False), (b"1.1", b"keep-alive, close", False),
+    (b"1.0", b"keep-alive", True), (b"1.1", b"keep-alive", True), (b"1.0", b"", False),
+])
+def test_close_outweighs_keep_alive_in_requests_and_responses(version, connection, keep_alive):
+    """RFC 9112 9.3: with ``close`` among the options the connection ends after this response, whatever else
+    Connection says; an HTTP/1.0 request with both was told ``Connection: keep-alive`` and left open."""
+    field = b"Connection: " + connection + b"\r\n" if connection else b""
+    request = RequestReader().feed(b"GET / HTTP/" + version + b"\r\nHost: a\r\n" + field + b"\r\n")[0]
+    reader = ResponseReader()
+    reader.expect(False)
+    response = reader.feed(b"HTTP/" + version + b" 200 OK\r\n" + field + b"Content-Length: 0\r\n\r\n")[0]
+    assert (request.keep_alive, response.keep_alive) == (keep_alive, keep_alive)
+
+
 @pytest.mark.parametrize("raw", [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",

@@ -122,6 +122,16 @@ def test_an_http_1_0_user_asking_to_keep_alive_is_told_and_served_twice(env):
             assert b"\r\nConnection: keep-alive" in head
 
 
+def test_an_http_1_0_user_asking_both_to_keep_alive_and_to_close_is_told_close_and_the_connection_ends(env):
+    """RFC 9112 9.3: ``close`` outweighs ``keep-alive``. The proxy answered ``Connection: keep-alive`` and kept the
+    connection for the idle timeout (75 s), so a user reading the answer to its end waited that long."""
+    with socket.create_connection((LOOPBACK, env), timeout=5) as sock:  # well under the idle timeout
+        sock.sendall(b"GET /k HTTP/1.0\r\nHost: echo.test\r\nConnection: keep-alive, close\r\n\r\n")
+        head = read_answer(sock).partition(b"\r\n\r\n")[0]
+        assert b"\r\nConnection: close" in head, head
+        assert _read_to_end(sock) == (b"", "eof")
+
+
 @pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test", b"..", b"echo..test", b":80"])
 def test_an_invalid_host_is_400_and_never_reaches_an_upstream(env, host):
     answer = raw_request(env, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
