@@ -199,6 +199,11 @@ class HttpOptions:
         return self.request_drop | {b"authorization"}
 
     @cached_property
+    def stamps_date(self) -> bool:
+        """Answers without Date get one (RFC 9110 6.6.1), unless this client's options remove or add it."""
+        return b"date" not in self.response_remove and all(n.lower() != b"date" for n, _ in self.response_add)
+
+    @cached_property
     def response_drop(self) -> frozenset[bytes]:
         return HOP_BY_HOP | (self.response_remove - NEVER_HOP)
 

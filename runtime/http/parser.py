@@ -39,7 +39,7 @@ PARSE_STEP = 4 * 1024
 
 #: Headers the proxy looks at; noted while parsing so that no later pass scans them all.
 _NOTED = frozenset(
-    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for".split()
+    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for date".split()
 )
 #: A Host value the proxy routes: a DNS name or IPv4 address (ASCII; IDNs arrive as punycode) or an IPv6
 #: literal, then an optional port of ASCII digits. Anything else (``/``, ``@``, spaces, a second name after a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -23,6 +24,21 @@ def add_kept(pieces: list[bytes], headers: Headers, lower: list[bytes], drop: fr
     for (name, value), lname in zip(headers, lower):
         if lname not in drop:
             pieces += (name, b": ", value, b"\r\n")
+
+
+_date_until = 0.0  # ``_date_line`` holds until this time.time()
+_date_line = b""
+
+
+def date_line() -> bytes:
+    """The ``Date: <now>`` line (IMF-fixdate, RFC 9110 5.6.7), made once a second: ~65 ns an answer, not ~3 us."""
+    global _date_until, _date_line
+    now = time.time()
+    if now >= _date_until:
+        second = int(now)
+        _date_until = second + 1.0
+        _date_line = b"Date: " + formatdate(second, usegmt=True).encode() + b"\r\n"
+    return _date_line
 
 
 def response_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
@@ -60,7 +76,7 @@ class SimpleResponse:
     headers: Headers = field(default_factory=list)
 
     def encode(self, close: bool, head_only: bool = False) -> bytes:
-        headers = [(b"Date", formatdate(usegmt=True).encode()),  # IMF-fixdate, RFC 9110 5.6.7
+        headers = [(b"Date", date_line()[6:-2]),  # IMF-fixdate, RFC 9110 5.6.7
                    (b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
         headers += self.headers
         if close:
@@ -104,6 +120,8 @@ def response_head(response: ResponseHead, options: HttpOptions, chunked: bool, c
         drop = drop | _LENGTH
     lines = [b"HTTP/1.1 %d " % status, response.reason, b"\r\n"]
     add_kept(lines, response.headers, response.lower, drop, response.connection)
+    if b"date" not in response.noted and status >= 200 and options.stamps_date:  # RFC 9110 6.6.1, as nginx does
+        lines.append(date_line())
     lines += options.response_add_lines
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")

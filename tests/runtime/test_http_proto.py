@@ -524,11 +524,36 @@ def test_response_head_drops_content_length_of_204_and_tells_http_1_0_users_it_k
     reader = ResponseReader()
     reader.expect(False)
     no_content = reader.feed(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n")[0]
-    assert response_head(no_content, HttpOptions(), False, False) == b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+    forwarded = response_head(no_content, HttpOptions(), False, False)
+    assert b"\r\n".join(line for line in forwarded.split(b"\r\n") if not line.startswith(b"Date: ")) == (
+        b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n")
     reader.expect(False)
     ok = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")[0]
     assert response_head(ok, HttpOptions(), False, False, keep_alive=True).endswith(b"Connection: keep-alive\r\n\r\n")
     assert b"Content-Length: 2" in response_head(ok, HttpOptions(), False, False)
+
+
+def _dates(head: bytes) -> list[bytes]:
+    return [line for line in head.split(b"\r\n") if line.lower().startswith(b"date:")]
+
+
+def test_a_forwarded_answer_without_a_date_gets_one_and_one_with_a_date_keeps_it():
+    """RFC 9110 6.6.1: a recipient with a clock that forwards a response without Date MUST add one (nginx does);
+    an upstream's own Date, a client's --response-header-add/remove Date and interim (1xx) answers stay as they are."""
+    def head(raw: bytes, options: HttpOptions = HttpOptions()) -> bytes:
+        reader = ResponseReader()
+        reader.expect(False)
+        return response_head(reader.feed(raw)[0], options, False, False)
+
+    undated = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    stamped = _dates(head(undated))
+    assert len(stamped) == 1 and re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", stamped[0]), stamped
+    dated = b"HTTP/1.1 404 Not Found\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\nContent-Length: 0\r\n\r\n"
+    assert _dates(head(dated)) == [b"date: Sun, 06 Nov 1994 08:49:37 GMT"]
+    assert _dates(head(b"HTTP/1.1 103 Early Hints\r\nLink: </s>\r\n\r\n")) == []
+    assert _dates(head(undated, HttpOptions.build(response_remove=["Date"]))) == []
+    assert _dates(head(undated, HttpOptions.build(response_add=["Date: Sun, 06 Nov 1994 08:49:37 GMT"]))) == [
+        b"Date: Sun, 06 Nov 1994 08:49:37 GMT"]
 
 
 def test_the_proxys_own_answers_carry_a_date():

@@ -132,6 +132,13 @@ def test_an_http_1_0_user_asking_both_to_keep_alive_and_to_close_is_told_close_a
         assert _read_to_end(sock) == (b"", "eof")
 
 
+def test_an_upstreams_answer_without_a_date_reaches_the_user_with_one(env):
+    """RFC 9110 6.6.1: a proxy with a clock that forwards a response without Date MUST add one, as nginx does
+    (this upstream sends none); the answer went on without it."""
+    head = raw_request(env, b"GET /d HTTP/1.1\r\nHost: echo.test\r\nConnection: close\r\n\r\n").partition(b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.count(b"\r\nDate: ") == 1, head
+
+
 @pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test", b"..", b"echo..test", b":80"])
 def test_an_invalid_host_is_400_and_never_reaches_an_upstream(env, host):
     answer = raw_request(env, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
