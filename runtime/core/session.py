@@ -8,9 +8,9 @@ writer, run as loop callbacks, sends what the multiplexer queued. Stream handler
 
 A peer that does not read is not read from: the writer takes one message at a time,
 so what waits stays counted in the multiplexer, and while it is ``backlogged`` the
-transport's reading is paused. Only traffic that does something (events) counts as a sign
-of life, so a peer repeating GOAWAY, or sending frames for streams long gone, still has to
-answer pings.
+transport's reading is paused. Only traffic a peer that reads nothing could not keep up counts
+as a sign of life (``_dispatch``), so a peer repeating GOAWAY, empty DATA, or credit for bytes
+it was not sent, or sending frames for streams long gone, still has to answer pings.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class StreamHandler(Protocol):
 class Channel:
     """One stream of a session, as seen by the code that bridges it."""
 
-    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out")
+    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out", "out_at_credit")
 
     def __init__(self, session: Session, stream_id: int, target: str) -> None:
         self.session = session
@@ -71,6 +71,7 @@ class Channel:
         self.handler: StreamHandler | None = None
         self.bytes_in = 0  # received from the peer
         self.bytes_out = 0  # sent to the peer
+        self.out_at_credit = 0  # bytes_out when the peer's credit last counted as a sign of life
 
     def write(self, data: bytes | memoryview) -> int:
         """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
@@ -181,9 +182,8 @@ class Session:
         except ProtocolError as exc:
             self._on_bad_message(f"protocol error: {exc}")
             return
-        if events:
+        if events and self._dispatch(events):
             self._last_rx = time.monotonic()
-            self._dispatch(events)
         self._flush()
         if self.mux.backlogged and not self._backlog_paused:
             self._until_drained()
@@ -301,11 +301,17 @@ class Session:
 
     # ----------------------------------------------------------------- internals
 
-    def _dispatch(self, events: list) -> None:
+    def _dispatch(self, events: list) -> bool:
+        """Hand the events to the streams; whether one is a sign of life. Empty DATA and credit for bytes we did
+        not send since the last credit that counted are not: a peer that reads nothing can send them without end
+        (it was served for as long as it sent them, its pings unanswered)."""
+        alive = False
         for event in events:
             channel = self.channels.get(event.stream_id)
             try:
                 if isinstance(event, DataReceived):
+                    if event.data:
+                        alive = True
                     if channel is not None:
                         size = len(event.data)
                         channel.bytes_in += size
@@ -316,35 +322,41 @@ class Session:
                         if handler is not None and (size or getattr(handler, "datagrams", False)):
                             handler.on_data(event.data)
                 elif isinstance(event, WindowUpdated):
+                    if channel is not None and channel.out_at_credit != channel.bytes_out:
+                        channel.out_at_credit = channel.bytes_out
+                        alive = True
                     if channel is not None and channel.handler is not None:
                         channel.handler.on_writable()
-                elif isinstance(event, StreamOpened):
-                    channel = Channel(self, event.stream_id, event.target)
-                    self.channels[event.stream_id] = channel
-                    if self.on_stream is None:
-                        self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
-                    else:
-                        self.on_stream(channel)
-                elif isinstance(event, StreamEnded):
-                    if channel is not None:
-                        if not self.mux.is_open(event.stream_id):
-                            self.channels.pop(event.stream_id, None)
-                        if channel.handler is not None:
-                            channel.handler.on_eof()
-                elif isinstance(event, GoAway):
-                    log.info("event=peer_draining session=%s reason=%s", self.name, logfmt(event.reason))
-                    if self.on_goaway is not None:
-                        self.on_goaway(self)
-                elif isinstance(event, StreamReset):
-                    self.channels.pop(event.stream_id, None)
-                    if channel is not None:
-                        self._blocked.discard(channel)
-                        if channel.handler is not None:
-                            channel.handler.on_reset(event.code, event.reason)
+                else:
+                    alive = True  # a stream opened, ended or reset, or GOAWAY: once each at most
+                    if isinstance(event, StreamOpened):
+                        channel = Channel(self, event.stream_id, event.target)
+                        self.channels[event.stream_id] = channel
+                        if self.on_stream is None:
+                            self._reset(channel, ResetCode.NOT_ALLOWED, "this side accepts no streams")
+                        else:
+                            self.on_stream(channel)
+                    elif isinstance(event, StreamEnded):
+                        if channel is not None:
+                            if not self.mux.is_open(event.stream_id):
+                                self.channels.pop(event.stream_id, None)
+                            if channel.handler is not None:
+                                channel.handler.on_eof()
+                    elif isinstance(event, GoAway):
+                        log.info("event=peer_draining session=%s reason=%s", self.name, logfmt(event.reason))
+                        if self.on_goaway is not None:
+                            self.on_goaway(self)
+                    elif isinstance(event, StreamReset):
+                        self.channels.pop(event.stream_id, None)
+                        if channel is not None:
+                            self._blocked.discard(channel)
+                            if channel.handler is not None:
+                                channel.handler.on_reset(event.code, event.reason)
             except Exception:  # one stream's failure must not take the tunnel down
                 log.exception("event=stream_handler_failed session=%s stream=%d", self.name, event.stream_id)
                 if channel is not None:
                     self._reset(channel, ResetCode.INTERNAL, "internal error")
+        return alive
 
     def _write(self, channel: Channel, data: bytes | memoryview) -> int:
         if self.mux.buffered >= OUT_HIGH_WATER:
