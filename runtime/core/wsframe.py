@@ -26,6 +26,9 @@ from websockets.frames import apply_mask  # the library's C speedup when built
 FIN_BINARY = 0x82  # FIN bit and opcode 2 (binary)
 MASK_BIT = 0x80
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE = 0, 1, 2, 8
+#: The opcodes handed out as raw frames (text, continuation, unfinished binary; ping, pong): any other, close
+#: and the reserved ones, turns the reader into a pass-through.
+_RAW_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY, 9, 10))
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
@@ -131,7 +134,7 @@ class FrameReader:
     """Splits the bytes after the opening handshake into frames (RFC 6455 5.2).
 
     ``masked`` is what the peer's frames must be (a server reads masked frames). A frame with
-    reserved bits, the wrong masking or over ``max_size`` bytes, and a close frame, turn the
+    reserved bits or a reserved opcode, the wrong masking or over ``max_size`` bytes, and a close frame, turn the
     reader into a pass-through: it and all that follows go to the library, which fails the
     connection or completes the closing handshake.
 
@@ -255,8 +258,8 @@ class FrameReader:
                 length = int.from_bytes(buf[at + 2 : at + 10], "big")
             first = buf[at]
             if first != FIN_BINARY or masked != mask_bit or length > limit:
-                opcode = first & 0x0F
-                if first & 0x70 or masked != mask_bit or opcode == OP_CLOSE or length > limit:
+                opcode = first & 0x0F  # a reserved one (3-7, 11-15) the library names, not as text or a fragment
+                if first & 0x70 or masked != mask_bit or opcode not in _RAW_OPCODES or length > limit:
                     self.passthrough = True
                     out.append((RAW_REST, bytes(view[at:size])))
                     return out, size

@@ -1,15 +1,20 @@
-"""Crafted websocket frames from an authenticated client: a client that never reads is dropped within the
-keepalive whatever it floods. A real server on loopback, with real TLS."""
+"""Crafted websocket frames from an authenticated client: the server closes it with a close code and a reason
+that name the fault, and a client that never reads is dropped within the keepalive whatever it floods.
+A real server on loopback, with real TLS."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import struct
 import time
 
 import pytest
 from helpers.tunnel import TlsFiles, free_port, run, start_server, wait_listening
 from test_hostile import hello, one_session, raw_client, still_serving
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import apply_mask
 
 from inlets_py.runtime.core.mux import HEADER, FrameType
 
@@ -59,3 +64,24 @@ def test_a_client_that_never_reads_is_dropped_whatever_it_floods(tls: TlsFiles, 
 
     run(scenario())
 
+
+def test_a_reserved_opcode_is_named_as_one(tls: TlsFiles, token: str, caplog) -> None:
+    """Opcodes 3-7 were taken for a text or fragmented message, and the close and the log said so."""
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+        mask = os.urandom(4)
+        ws.transport.write(bytes([0x83, 0x80 | 1]) + mask + apply_mask(b"x", mask))  # FIN, opcode 3, masked
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            1002, "invalid opcode")
+        await asyncio.sleep(0.1)
+        gone = [r.getMessage() for r in caplog.records if "event=client_disconnected client=hostile" in r.getMessage()]
+        assert len(gone) == 1 and 'close="1002 invalid opcode"' in gone[0], gone
+        await server.stop()
+
+    run(scenario())

@@ -91,7 +91,8 @@ def test_the_reader_gives_binary_payloads_and_the_rest_raw_whatever_the_read_siz
     bytes([0xC2]) + library_frame(Opcode.BINARY, b"x", mask=True)[1:],  # RSV1: no extension was negotiated
     library_frame(Opcode.BINARY, b"x" * 101, mask=True),  # over max_size
     library_frame(Opcode.CLOSE, b"\x03\xe8", mask=True),  # the closing handshake is the library's
-], ids=["unmasked", "rsv1", "too-large", "close"])  # masked frames differ per run: named, for pytest-xdist
+    bytes([0x83]) + library_frame(Opcode.BINARY, b"x", mask=True)[1:],  # opcode 3 is reserved: "invalid opcode"
+], ids=["unmasked", "rsv1", "too-large", "close", "reserved-opcode"])  # masked frames differ per run: named, for pytest-xdist
 def test_what_the_reader_cannot_vouch_for_goes_to_the_library_with_all_that_follows(bad: bytes) -> None:
     before, after = library_frame(Opcode.BINARY, b"ok", mask=True), library_frame(Opcode.BINARY, b"later", mask=True)
     reader = FrameReader(masked=True, max_size=100)
