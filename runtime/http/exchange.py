@@ -53,7 +53,7 @@ class Gateway(Protocol):
 
     def options_for(self, session: Session) -> HttpOptions: ...
 
-    def observe(self, status: int, label: str, method: bytes, started: float) -> None: ...
+    def observe(self, status: int, label: str, method: bytes, started: float, own: bool = False) -> None: ...
 
 
 class Front(Protocol):
@@ -253,7 +253,7 @@ def progress(front: Front) -> None:
                        else str(failure) if failure is not None else "upstream closed the connection")
                 log.info("event=answer_cut status=%d host=%s reason=%s", ex.response.status, logfmt(ex.label or "-"),
                          logfmt(why + " in the middle of the answer"))
-                front.server.observe(502, ex.label, head.method, ex.started)  # what the user got: a bad gateway
+                front.server.observe(502, ex.label, head.method, ex.started, True)  # the user got a bad gateway
                 _abort(front)  # cut mid-response: the user must see the connection fail
                 return
             done = True
@@ -418,7 +418,7 @@ def _reply(front: Front, ex: Exchange, status: int, message: str) -> None:
     if transport is not None:
         body = SimpleResponse(status, (message + "\n").encode())
         transport.write(body.encode(True, ex.head.method == b"HEAD"))
-    front.server.observe(status, ex.label, ex.head.method, ex.started)
+    front.server.observe(status, ex.label, ex.head.method, ex.started, True)
     log_answer(status, ex.label, ex.head.method, message)
     _end(front, ex, False)
 

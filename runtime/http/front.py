@@ -108,7 +108,7 @@ class FrontConnection(asyncio.Protocol):
     def header_timed_out(self) -> None:
         """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
         log.info("event=header_timeout source=%s", logfmt(self.peer.decode(errors="replace")))
-        self.server.observe(408, "", b"", time.monotonic())
+        self.server.observe(408, "", b"", time.monotonic(), True)
         if self.transport is not None and not self.transport.is_closing():
             timeout = self.server.header_timeout
             message = f"the request head did not arrive within {timeout:g}s\n".encode()
@@ -118,7 +118,7 @@ class FrontConnection(asyncio.Protocol):
     def _forbid(self, reason: str) -> None:
         """Refuse the connection with a 403 before reading any request (counted, logged)."""
         log.info("event=refused reason=%s source=%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")))
-        self.server.observe(403, "", b"", time.monotonic())
+        self.server.observe(403, "", b"", time.monotonic(), True)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
                                  b"Connection: close\r\n\r\nforbidden\n")
@@ -351,9 +351,9 @@ class FrontConnection(asyncio.Protocol):
         response = SimpleResponse(status, body, extra or [])
         await self.send(response.encode(close, head is not None and head.method == b"HEAD"))
         if head is not None:
-            self.server.observe(status, host, head.method, started)
+            self.server.observe(status, host, head.method, started, True)
         else:
-            self.server.observe(status, "", b"", time.monotonic())
+            self.server.observe(status, "", b"", time.monotonic(), True)
         http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
 
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None:

@@ -98,6 +98,8 @@ class HttpMetrics(ServerMetrics):
     def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
         super().__init__("http", connected, serves)
         self.series: dict[tuple[str, str, str], list[float]] = {}  # labels -> [count, sum, per-bucket counts]
+        #: (code, host) -> answers the proxy made itself: an app's own 502 and a tunnel's looked the same
+        self.own: dict[tuple[str, str], int] = {}
         self._keys: dict[tuple[int, str, bytes], list[float]] = {}
         #: host -> its entries in ``series`` and ``_keys``: dropping a host scanned every series, for each host
         #: dropped (3,000 hosts leaving at once stalled the proxy for a second)
@@ -105,8 +107,12 @@ class HttpMetrics(ServerMetrics):
         self.unserved: dict[str, float] = {}  # host -> when its last client left (loop time), oldest first
         self.grace = self.GRACE
 
-    def observe(self, code: int, host: str, method: bytes, seconds: float) -> None:
-        """Count one request; ``host`` must already be an advertised name or ``OTHER``."""
+    def observe(self, code: int, host: str, method: bytes, seconds: float, own: bool = False) -> None:
+        """Count one request; ``host`` must already be an advertised name or ``OTHER``; ``own``: the proxy
+        answered it (no client, an upstream unreachable, silent or cut, a bad request), not the upstream."""
+        if own:
+            labels = (str(code) if code in CODES else OTHER, host)
+            self.own[labels] = self.own.get(labels, 0) + 1  # its host has a series below: forget_host drops both
         values = self._keys.get((code, host, method))
         if values is None:
             name = method.decode("latin-1")
@@ -156,6 +162,7 @@ class HttpMetrics(ServerMetrics):
             self._keys.pop(key, None)
         for labels in series:
             self.series.pop(labels, None)
+            self.own.pop(labels[:2], None)
 
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -175,8 +182,15 @@ class HttpMetrics(ServerMetrics):
                 buckets.append((floatToGoString(bound), cumulative))
             buckets.append(("+Inf", values[0]))
             duration.add_metric(labels, buckets, values[1])
+        own = CounterMetricFamily(
+            "http_dataplane_proxy_responses", "Of those, the answers the proxy made itself, not an upstream: no "
+            "client (503), an upstream unreachable or cut mid-answer (502), silent (504), a bad request (4xx).",
+            labels=["code", "host"])
+        for labels2, count in list(self.own.items()):
+            own.add_metric(labels2, count)
         yield requests
         yield duration
+        yield own
 
 
 class PortCounters:

@@ -85,7 +85,7 @@ class Gateway:
     def options_for(self, session: Session) -> HttpOptions:
         return HttpOptions()
 
-    def observe(self, status: int, label: str, method: bytes, started: float) -> None:
+    def observe(self, status: int, label: str, method: bytes, started: float, own: bool = False) -> None:
         self.observed.append((status, label, method))
 
 
