@@ -207,8 +207,14 @@ class PortCounters:
 
 
 class TcpMetrics(ServerMetrics):
+    #: how long a port no client serves keeps its series, as ``HttpMetrics.GRACE``: a client churning through
+    #: ports left every port's series for ever
+    GRACE = HttpMetrics.GRACE
+
     def __init__(self, connected: Callable[[], int], serves: Callable[[str], bool]) -> None:
         super().__init__("tcp", connected, serves)
+        self.unserved: dict[tuple[str, int], float] = {}  # (kind, port) -> when its listener closed, oldest first
+        self.grace = self.GRACE
         self.ports: dict[int, PortCounters] = {}  # the server's own data ports: bounded by its configuration
         #: UDP port -> its udp.UdpCounters, kept as ``ports`` are: a port's listener (UdpPort) goes with its last
         #: client, and counters that went with it started again at 0 when the client reconnected.
@@ -216,6 +222,7 @@ class TcpMetrics(ServerMetrics):
         self._udp_ports: Callable[[], dict] | None = None
 
     def port(self, port: int) -> PortCounters:
+        self.unserved.pop(("tcp", port), None)
         counters = self.ports.get(port)
         if counters is None:
             counters = self.ports[port] = PortCounters()
@@ -228,6 +235,27 @@ class TcpMetrics(ServerMetrics):
             del self.ports[port]
         for port in set(self.udp) - udp:
             del self.udp[port]
+
+    def udp_port(self, port: int, make: Callable[[], Any]) -> Any:
+        """The counters of a UDP port (``make()`` the first time), kept while it is served."""
+        self.unserved.pop(("udp", port), None)
+        counters = self.udp.get(port)
+        if counters is None:
+            counters = self.udp[port] = make()
+        return counters
+
+    def port_closed(self, kind: str, port: int, now: float) -> None:
+        """The last client of a port left (its listener closed): its counters go on if a client comes back within
+        ``grace``; past it they go, at this or a later call (run on the loop, which updates them, not at a scrape)."""
+        self.unserved.pop((kind, port), None)
+        self.unserved[(kind, port)] = now
+        for (kind, port), since in list(self.unserved.items()):
+            if since > now - self.grace:
+                break
+            if kind == "tcp" and (counters := self.ports.get(port)) is not None and counters.open:
+                continue  # connections still draining count into it: dropped at a later call
+            del self.unserved[(kind, port)]
+            (self.ports if kind == "tcp" else self.udp).pop(port, None)
 
     def watch_udp(self, ports: Callable[[], dict]) -> None:
         """Report the flows of this server's open UDP ports (``{service: UdpPort}``) at scrape time; their

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
@@ -302,7 +303,7 @@ class TcpTunnelServer:
         return listener
 
     async def _listen_udp(self, port: int, service: str) -> UdpSocket:
-        counters = self.metrics.udp.setdefault(port, UdpCounters())  # kept across clients, as TCP ports' are
+        counters = self.metrics.udp_port(port, UdpCounters)  # kept across clients (for a grace), as TCP ports' are
         udp = UdpPort(service, self.registry.candidates, allows=self.options.allows, counters=counters)
         transport = await UdpSocket.bind(self.data_addr, port, udp)  # no --data-addr: every interface, dual stack
         self.udp_ports[service] = udp
@@ -315,6 +316,8 @@ class TcpTunnelServer:
             self.udp_ports.pop(service, None)
             if listener is not None:
                 listener.close()
+                kind, _, port = service.partition(":")
+                self.metrics.port_closed(kind, int(port), time.monotonic())
                 log.info("event=closed service=%s reason=no_clients", logfmt(service))
         for udp in self.udp_ports.values():  # ports other clients still serve: its flows move to them
             udp.end_session(session)
