@@ -64,6 +64,11 @@ class Backoff:
         self.step = self.initial
 
 
+def _host_port(host: str, port: int) -> str:
+    """``host:port`` as a user writes it: an IPv6 address in brackets."""
+    return f"[{printable(host)}]:{port}" if ":" in host else f"{printable(host)}:{port}"
+
+
 class BoundedClientConnection(BoundedReplies, ClientConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         """Through an HTTP proxy websockets makes this the transport's protocol before TLS starts; when TLS
@@ -384,19 +389,20 @@ class TunnelClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.open_timeout
         parts = urlsplit(self.ws_url)
-        host = parts.hostname or ""
+        host, port = parts.hostname or "", url_port(parts, 443 if parts.scheme == "wss" else 80)
         if self.ws_url.startswith("wss://"):
             kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
             if cfg.server_name:
                 kwargs["server_hostname"] = cfg.server_name
             elif "%" in host:  # fe80::1%eth0: the zone names this host's link, which no certificate can; curl drops it too
                 kwargs["server_hostname"] = host.partition("%")[0]
+        token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
         try:
-            if not self.proxy.url and (is_name(host) or "%" in host):  # a zone: uvloop's own lookup could drop it
-                kwargs["sock"] = await self._connect_named(host, url_port(parts, 443 if parts.scheme == "wss" else 80))
+            if not self.proxy.url:  # dialled here, an address too: a timeout then says which step got no answer
+                kwargs["sock"] = await self._dial(host, port)
             websocket = await _NoRedirects(
                 self.ws_url,
-                additional_headers={"Authorization": f"Bearer {self.current_token()}"},
+                additional_headers={"Authorization": f"Bearer {token}"},
                 compression=None,
                 max_size=16 * 1024 * 1024,
                 max_queue=64,
@@ -436,6 +442,11 @@ class TunnelClient:
                 raise wrong from None
             raise
         except (ProxyError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and "sock" in kwargs:  # connected (_dial): the server said nothing
+                raise TimeoutError(f"{_host_port(host, port)} accepted the connection but did not complete the TLS "
+                                   f"and websocket handshake within {cfg.open_timeout:g}s: check --url names the "
+                                   "server's control port (8123 unless set) and that the server is not stopped or "
+                                   "overloaded") from None
             parts = urlsplit(self.ws_url)
             if (not self.proxy.url and parts.scheme == "wss" and isinstance(exc, (ConnectionResetError, ssl.SSLError))
                     and await speaks_plain_http(parts.hostname or "", parts.port or 443)):
@@ -454,14 +465,19 @@ class TunnelClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return websocket
 
-    async def _connect_named(self, host: str, port: int) -> socket.socket:
-        """A socket to the server at a name, the first of its addresses to answer: websockets (through the loop)
-        tried them in turn, each until --open-timeout, so a dead AAAA record (or A) kept the client from a server
-        that answered on its other address, forever."""
+    async def _dial(self, host: str, port: int) -> socket.socket:
+        """A socket to the server, the first of its addresses to answer: websockets (through the loop) tried a name's
+        addresses in turn, each until --open-timeout, so a dead AAAA record (or A) kept the client from a server
+        that answered on its other address, forever. An address is dialled here too, so that a timeout says
+        whether TCP got no answer (here) or the server accepted and then said nothing (``_connect``)."""
         failures: list = []  # said with the timeout: an address that refused, while another dropped SYNs
         try:
             return await asyncio.wait_for(connect_socket(host, port, failures=failures), self.config.open_timeout)
         except asyncio.TimeoutError:
+            if not is_name(host):  # an address: SYNs dropped (a firewall), or no host there
+                raise TimeoutError(f"nothing answered at {_host_port(host, port)} within {self.config.open_timeout:g}s: "
+                                   "check the server runs and that its firewall (a cloud's security group too) "
+                                   "lets that port in") from None
             raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s"
                                + (f"; {failure_words(failures)}" if failures else "")) from None
 
