@@ -27,7 +27,7 @@ from websockets.exceptions import (
 from ..core.auth import OPEN_PIPES, TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from ..core.hosts import HostError, split_url
+from ..core.hosts import HostError, authority, split_url
 from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
 from ..core.ports import url_port
@@ -62,11 +62,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.step = self.initial
-
-
-def _host_port(host: str, port: int) -> str:
-    """``host:port`` as a user writes it: an IPv6 address in brackets."""
-    return f"[{printable(host)}]:{port}" if ":" in host else f"{printable(host)}:{port}"
 
 
 class BoundedClientConnection(BoundedReplies, ClientConnection):
@@ -443,7 +438,7 @@ class TunnelClient:
             raise
         except (ProxyError, OSError) as exc:
             if isinstance(exc, TimeoutError) and "sock" in kwargs:  # connected (_dial): the server said nothing
-                raise TimeoutError(f"{_host_port(host, port)} accepted the connection but did not complete the TLS "
+                raise TimeoutError(f"{authority(printable(host), port)} accepted the connection but did not complete the TLS "
                                    f"and websocket handshake within {cfg.open_timeout:g}s: check --url names the "
                                    "server's control port (8123 unless set) and that the server is not stopped or "
                                    "overloaded") from None
@@ -475,7 +470,7 @@ class TunnelClient:
             return await asyncio.wait_for(connect_socket(host, port, failures=failures), self.config.open_timeout)
         except asyncio.TimeoutError:
             if not is_name(host):  # an address: SYNs dropped (a firewall), or no host there
-                raise TimeoutError(f"nothing answered at {_host_port(host, port)} within {self.config.open_timeout:g}s: "
+                raise TimeoutError(f"nothing answered at {authority(printable(host), port)} within {self.config.open_timeout:g}s: "
                                    "check the server runs and that its firewall (a cloud's security group too) "
                                    "lets that port in") from None
             raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s"
