@@ -33,7 +33,8 @@ log = logging.getLogger("inlets")
 def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
     """The first SIGTERM/SIGINT drains; a second one while draining exits at once (as most servers do):
     the operator has decided not to wait for --drain-timeout."""
-    if not stopping.is_set():
+    if not stopping.is_set():  # said: else a client's log ended on its last connect_failed, as after a crash
+        log.info("event=stopping signal=%s", sig.name)
         stopping.set()
         return
     log.warning("event=forced_exit signal=%s reason=%s", sig.name,

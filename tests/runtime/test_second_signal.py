@@ -94,6 +94,23 @@ def test_a_clients_sigterm_says_it_waits_for_open_streams(
     assert "open_streams=1 timeout=20.0s" in line, line
 
 
+def test_a_client_stopped_while_it_cannot_connect_says_it_was_stopped(tmp_path: Path, tls: TlsFiles,
+                                                                     token_file: Path) -> None:
+    """A client retrying a server that is down exited 0 at SIGTERM without a word: its log ended on
+    event=connect_failed ... retry_in=..., which reads like a crash. Found by a review helper."""
+    port = free_port()  # nothing listens there
+    client = spawn(*client_args(port, tls, token_file, "--upstream", f"{free_port()}=127.0.0.1:9"),
+                   log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connect_failed")
+        client.send_signal(signal.SIGTERM)
+        assert client.wait(10) == 0
+    finally:
+        stop_all(client)
+    log = (tmp_path / "client.log").read_text()
+    assert "event=stopping signal=SIGTERM" in log.rsplit("event=connect_failed", 1)[1], log
+
+
 def test_a_sighup_while_the_client_drains_opens_no_new_connection(
         tmp_path: Path, tls: TlsFiles, token_file: Path, echo_port: int) -> None:
     """SIGHUP after SIGTERM connected anew: the server admitted a session that took new users' connections, which the
