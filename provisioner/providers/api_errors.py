@@ -58,18 +58,19 @@ class Fault:
 
 def retry_after(headers: Mapping[str, str] | None, reset: bool = False) -> float | None:
     """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one;
-    with ``reset``, else until its ``RateLimit-Reset`` (DigitalOcean's: a Unix time; the IETF draft's: seconds)."""
+    with ``reset``, else until its ``RateLimit-Reset`` (DigitalOcean's: a Unix time; the IETF draft's: seconds).
+    A ``Retry-After: 0`` (or a date past) beside a reset says nothing the reset does not: the reset is used."""
     found = {k.lower(): v for k, v in (headers or {}).items()}
     now = datetime.datetime.now(datetime.timezone.utc)
     wait = retry_after_header.parse(found.get("retry-after"), now)
-    if wait is not None or not reset:
+    if wait or not reset:
         return wait
     try:
         value = float(found.get("ratelimit-reset") or "")
     except ValueError:
-        return None
+        return wait
     if not math.isfinite(value) or value <= 0:
-        return None
+        return wait
     return max(value - now.timestamp(), 1.0) if value > 1e9 else value  # a past reset: the next second
 
 

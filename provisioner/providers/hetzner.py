@@ -177,16 +177,16 @@ def rate_wait(headers: Any) -> float | None:
     Hetzner's docs: the remaining count "increases gradually" (one a second at the default 3600 an hour) until
     RateLimit-Reset, the Unix time it is full again; so a request is back after (reset - now) / (limit - remaining)."""
     wait = retry_after(headers)
-    if wait is not None:
+    if wait:  # a "Retry-After: 0" says less than the reset beside it
         return wait
     found = {k.lower(): v for k, v in (headers or {}).items()}
     try:
         limit, remaining = int(found["ratelimit-limit"]), int(found.get("ratelimit-remaining") or 0)
         reset = float(found["ratelimit-reset"])
     except (KeyError, ValueError):
-        return None
+        return wait
     if limit <= remaining or reset != reset:  # nothing missing, or NaN: no hint
-        return None
+        return wait
     return min(max((reset - time.time()) / (limit - remaining), 1.0), 3600.0)
 
 

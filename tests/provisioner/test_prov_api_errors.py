@@ -231,6 +231,7 @@ def test_a_wait_is_said_rounded_up(seconds: float, says: str) -> None:
 @pytest.mark.parametrize("headers, wait", [
     ({"ratelimit-limit": "5000", "ratelimit-remaining": "0", "ratelimit-reset": "{reset}"}, "wait 4[12]s"),
     ({"Retry-After": "7", "ratelimit-reset": "{reset}"}, "wait 7s"),  # Retry-After, where given, goes first
+    ({"Retry-After": "0", "ratelimit-reset": "{reset}"}, "wait 4[12]s"),  # but "0" said "wait a minute"
 ])
 def test_digitalocean_rate_limit_is_one_line_with_the_wait_it_says(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -258,15 +259,17 @@ def test_hetzner_rate_limit_says_its_retry_after(
     assert line.endswith("; wait 17s and try again"), line
 
 
-@pytest.mark.parametrize("limit, says", [(3600, "wait 1s"), (360, "wait 1[01]s")])
+@pytest.mark.parametrize("limit, says, retry", [(3600, "wait 1s", None), (360, "wait 1[01]s", None),
+                                                (360, "wait 1[01]s", "0")])  # "Retry-After: 0" said "wait a minute"
 def test_hetzner_rate_limit_waits_as_its_docs_say_the_limit_refills(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        limit: int, says: str) -> None:
+        limit: int, says: str, retry: str | None) -> None:
     """Hetzner's 429 has no Retry-After, so it said "wait a minute"; its docs say the remaining count refills
     gradually (one a second at 3600 an hour) until RateLimit-Reset, when it is full: one request is back after
     (reset - now) / limit. A project allowed 360 an hour waits 10 s, which the create's waits now keep to as well."""
     monkeypatch.setenv("HCLOUD_TOKEN", "H" * 64)
     headers = {"RateLimit-Limit": str(limit), "RateLimit-Remaining": "0", "RateLimit-Reset": str(int(time.time()) + 3600)}
+    headers |= {"Retry-After": retry} if retry is not None else {}
     api.route("GET", "/v1/servers", Answer(429, {"error": {"code": "rate_limit_exceeded", "details": {},
                                                            "message": "limit reached"}}, headers))
     result = run_cli(capsys, "list", "--provider", "hetzner", "--api-url", api.url + "/v1", "--state-dir", str(tmp_path))
