@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import shlex
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ def delete(
         raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
     by_id = host_id is not None
     check_timeout(timeout)
+    if ip is not None:
+        _check_ip(ip)
     states = all_states(root)
     meta: dict[str, Any] | None = None
     damaged: Damaged | None = None
@@ -117,6 +120,15 @@ def delete(
         damaged.state.remove()
         done += f"; removed its damaged local state ({damaged.state.dir})"
     return done
+
+
+def _check_ip(ip: str) -> None:
+    """--ip before any cloud is asked: a typo read "no exit server with IP notanip", as if one had been looked for."""
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ProvisionError(f"--ip {ip!r} is not an IP address: give the exit server's public IPv4 or IPv6 "
+                             "address, as inletsctl list --provider P shows it") from None
 
 
 def _leftovers(root: Path, provider: Provisioner, name: str, gone: str) -> str:

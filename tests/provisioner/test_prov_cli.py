@@ -356,3 +356,10 @@ def test_printed_commands_work_from_a_shell_whose_path_lacks_this_installation(t
         assert json.loads(normal.out)["client_command"].startswith("inlets tcp client "), normal.err
     finally:
         run_inletsctl("delete", "on-path", "--state-dir", str(state))
+
+
+@pytest.mark.parametrize("provider", ["local", "ec2", "digitalocean"])
+def test_delete_ip_that_is_not_an_ip_address_says_so(tmp_path: Path, capsys, provider: str) -> None:
+    """It asked the cloud, then said 'no exit server with IP notanip' (or that credentials were missing)."""
+    result = run_cli(capsys, "delete", "--provider", provider, "--ip", "notanip", "--state-dir", str(tmp_path))
+    one_line_error(result, "--ip 'notanip' is not an IP address", "inletsctl list")
