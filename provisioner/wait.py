@@ -199,9 +199,9 @@ def _merge(old: Host, new: Host) -> Host:
 
 def wait_until_gone(
     provider: Watched, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
-    interval: float | None = None, *, started: float | None = None,
+    interval: float | None = None, *, started: float | None = None, name: str = "",
 ) -> None:
-    """Poll until ``host_id`` is gone (NotFound; FAILED where the provider says that means gone: a local
+    """Poll until ``host_id`` (called ``name``, when known) is gone (NotFound; FAILED where the provider says that means gone: a local
     process that exited) or raise WaitTimeout. A cloud VM in a failed state still exists until its delete ends.
 
     The one wait of every ``delete``: providers that remove more once the host is gone (a
@@ -210,7 +210,7 @@ def wait_until_gone(
     started = time.monotonic() if started is None else started
     deadline = started + timeout
     interval = provider.poll_interval if interval is None else interval
-    name = ""
+    there = False  # the last answer showed it: only then is it known to be "still there"
     while True:
         pause = interval
         try:
@@ -218,18 +218,21 @@ def wait_until_gone(
         except NotFound:
             return
         except Transient as exc:  # asked again, as while creating
-            seen, pause = f"the API did not answer ({exc})", _pause(interval, exc)
+            seen, pause, there = f"the API did not answer ({exc})", _pause(interval, exc), False
         else:
             if host.status == FAILED and getattr(provider, "failed_is_gone", False):
                 return
-            name, seen = host.name, host.detail or f"status {host.status!r}"
+            name, seen, there = host.name or name, host.detail or f"status {host.status!r}", True
         if progress is not None:
             progress(f"waiting for {name or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
-            raise WaitTimeout(
-                f"{provider.name}: {name or host_id} ({host_id}) is still there {timeout:.0f}s after it was "
-                f"deleted (last seen: {seen}); run the delete again later, and look at it in {provider.name} if it stays"
-            )
+            who = f"{name} ({host_id})" if name and name != host_id else host_id
+            if there:
+                what = f"is still there {timeout:.0f}s after it was deleted (last seen: {seen})"
+            else:  # a 503 the whole time says nothing of the VM: it may well be gone
+                what = f"was deleted, but whether it is gone is not known {timeout:.0f}s later: {seen}"
+            raise WaitTimeout(f"{provider.name}: {who} {what}; run the delete again later, and look at it in "
+                              f"{provider.name} if it stays")
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
 

@@ -398,3 +398,17 @@ def test_delete_of_a_droplet_that_never_goes_is_one_line_and_keeps_the_local_sta
     result = run_cli(capsys, *_do(fake, token_file, state, "delete", "stuck", "--timeout", "1"))
     one_line_error(result, f"digitalocean: stuck ({stuck['id']}) is still there 1s after it was deleted", "delete again")
     assert (state / "stuck" / "server.json").exists()  # so the same delete can be run again
+
+
+def test_a_delete_whose_api_never_answered_does_not_say_the_droplet_is_still_there(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """Every poll after the DELETE answered 503: the error said the droplet 'is still there', which nothing showed."""
+    state = tmp_path / "state"
+    droplet = fake.add_droplet("unseen", ["inlets", "inlets-mode:tcp"])
+    fake.failed_reads = [(503, {})] * 50
+    result = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id",
+                                  str(droplet["id"]), "--timeout", "2"))
+    line = one_line_error(result, f"digitalocean: unseen ({droplet['id']})", "the API did not answer",
+                          "run the delete again later")
+    assert "still there" not in line, line
+    assert ("DELETE", f"/v2/droplets/{droplet['id']}", None) in fake.requests
