@@ -292,9 +292,11 @@ def status_cmd(
     result = manage.status(state_root(state_dir), creds, name)
     replicas = result.get("replicas", [])
     if json_output:
-        output.print_json(result)
-    else:
+        output.print_json(result)  # a server down too: a script reads that it is, then the exit status
+    elif "error" not in result:
         _print_status(result)
+    if "error" in result:
+        raise ProvisionError(result["error"])
     down = [r for r in replicas if "server" not in r]  # a group serving with a replica down is degraded: as with
     if down:  # ``inlets status --url A --url B``, exit 1, so ``inletsctl status ha || alert`` sees it
         names = ", ".join(f"{r['name']} ({r['error']})" for r in down)

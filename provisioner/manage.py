@@ -286,7 +286,8 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
 
 
 def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
-    """The provider's view and the exit server's own answer over pinned TLS."""
+    """The provider's view and the exit server's own answer over pinned TLS; ``error`` instead of ``server`` when
+    it did not answer."""
     state = ServerState(root, check_name(name))
     meta = state.load()
     port = meta.get("control_port")
@@ -323,10 +324,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
         raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
-    except ProbeError as exc:
-        raise ProvisionError(
-            f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
-        ) from None
+    except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
+        result["error"] = f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
     return result
 
 

@@ -589,3 +589,27 @@ def test_a_port_an_inlets_server_not_made_here_serves_names_no_delete_that_would
     finally:
         terminate(server)
     assert (folder / "token").is_file()
+
+
+def test_status_json_of_a_server_that_does_not_answer_is_json_saying_so_and_exits_1(tmp_path: Path, capsys) -> None:
+    """--json printed nothing on stdout (only the error on stderr): a script reading it got no JSON at all."""
+    import json
+
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "mute", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir", str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    try:
+        meta = json.loads((state / "mute" / "server.json").read_text())
+        closed = free_port()  # nothing listens there: the server "does not answer"
+        (state / "mute" / "server.json").write_text(json.dumps(meta | {"control_port": closed}))
+        down = run_cli(capsys, "status", "mute", "--json", "--state-dir", str(state))
+        line = one_line_error(down, f"exit server mute at 127.0.0.1:{closed} did not answer")
+        answer = down.json()
+        assert (answer["name"], answer["id"], answer["error"]) == ("mute", str(pid), line.partition("error: ")[2]), answer
+        assert "server" not in answer and answer["vm"].startswith(f"process {pid} running"), answer
+        plain = run_cli(capsys, "status", "mute", "--state-dir", str(state))  # without --json: the one line, as before
+        assert plain.out == "" and one_line_error(plain, "did not answer") == line, plain
+    finally:
+        assert run_cli(capsys, "delete", "mute", "--state-dir", str(state)).code == 0
+        assert not _pid_alive(pid)
