@@ -203,3 +203,19 @@ def test_a_malformed_chunk_after_good_ones_in_the_same_read_is_a_400_at_once(env
         sock.settimeout(5)  # well under the upstream timeout (60 s) it waited for
         data, _ = _read_to_end(sock)
     assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data
+
+
+def test_hop_by_hop_headers_stop_at_the_proxy_and_framing_and_host_go_on(env):
+    """RFC 9110 7.6.1: each of these describes the user's hop only. Proxy-Authorization is the user's credential for
+    a proxy: passed on, the app behind the tunnel would read it. Content-Length and Host describe the message."""
+    hop = {b"Keep-Alive": b"timeout=5", b"Proxy-Connection": b"keep-alive", b"Proxy-Authenticate": b"Basic",
+           b"Proxy-Authorization": b"Basic dXNlcjpzZWNyZXQ=", b"TE": b"trailers", b"Trailer": b"X-Sum"}
+    head = b"".join(name + b": " + value + b"\r\n" for name, value in hop.items())
+    answer = raw_request(env, b"POST /hop HTTP/1.1\r\nHost: message.test\r\nConnection: close\r\n" + head
+                         + b"Content-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+    seen = answer.partition(b"\r\n\r\n")[2].lower()
+    assert seen.startswith(b"post /hop http/1.1\r\n") and seen.endswith(b"\r\n\r\nhello"), seen
+    assert b"\r\nhost: message.test\r\n" in seen and b"\r\ncontent-length: 5\r\n" in seen, seen
+    passed_on = [name for name in hop if b"\r\n" + name.lower() + b":" in seen]
+    assert not passed_on, f"hop-by-hop headers reached the upstream: {passed_on}"
