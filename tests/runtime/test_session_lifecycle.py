@@ -358,6 +358,27 @@ def test_connect_failed_names_the_wait_it_takes(monkeypatch, caplog) -> None:
     assert waits[:2] == ["0.1s", "0.2s"], waits
 
 
+def test_reconnect_waits_stop_growing_at_the_backoff_cap(monkeypatch, caplog) -> None:
+    """The wait doubles per failed connect up to backoff_max and stays there: uncapped, a server down for an hour left
+    its clients sleeping for hours after it came back."""
+    from inlets_py.runtime.client import dialer
+
+    monkeypatch.setattr(dialer.random, "uniform", lambda low, high: high)  # no jitter: the whole step
+
+    def waits() -> list[str]:
+        return [line.split("retry_in=")[1] for line in caplog.text.splitlines() if "event=connect_failed" in line]
+
+    async def scenario() -> None:
+        client, task = await start_client(f"ws://127.0.0.1:{free_port()}", "t", None, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False, backoff_initial=0.1, backoff_max=0.3)
+        await _until(lambda: len(waits()) >= 5 or any(float(w[:-1]) > 0.3 for w in waits()), 15.0)
+        await stop(task)
+
+    with caplog.at_level(logging.WARNING, logger="inlets.client"):
+        run(scenario())
+    assert waits()[:5] == ["0.1s", "0.2s", "0.3s", "0.3s", "0.3s"], waits()
+
+
 def test_a_client_whose_server_restarts_while_a_local_connection_is_open_reconnects_when_it_is_back(
         tls: TlsFiles, token: str) -> None:
     """The server drains (SIGTERM) and is started again a moment later. The client tried to reconnect once, at the
