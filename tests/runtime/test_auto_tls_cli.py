@@ -4,6 +4,7 @@ directories left as they are, keys others could read made private (and said so).
 from __future__ import annotations
 
 import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_
     args = server(token_file, "--control-port", str(free_port()), "--auto-tls-path", str(directory),
                   "--auto-tls-san", "bücher.example")
     for run, log in enumerate(("first.log", "second.log")):
-        if run:
+        if run:  # the keys the first run made are private from the start
+            assert [stat.S_IMODE((directory / key).stat().st_mode) for key in ("ca.key", "server.key")] == [0o600] * 2
             (directory / "server.key").chmod(0o644)
         process = spawn(*args, log=tmp_path / log)
         try:
@@ -68,3 +70,31 @@ def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_
     assert "event=auto_tls_path_open" in text
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
     assert stat.S_IMODE((directory / "server.key").stat().st_mode) == 0o600
+
+
+def test_a_kept_certificate_that_does_not_name_the_new_san_is_issued_again(tmp_path: Path, token_file: Path) -> None:
+    """The directory keeps the certificate between runs; started again with another --auto-tls-san, a certificate
+    naming only the old one would make every client that checks the new name refuse the server."""
+    import ssl
+
+    from inlets_py.runtime.core.tls import client_context
+
+    directory = tmp_path / "tls"
+    for san in ("one.example", "two.example"):
+        control = free_port()
+        log = tmp_path / f"{san}.log"
+        process = spawn(*server(token_file, "--control-port", str(control), "--auto-tls-path", str(directory),
+                                "--auto-tls-san", san), log=log)
+        try:
+            wait_for_text(log, "event=started", timeout=60)
+            context = client_context(directory / "ca.crt")
+            with socket.create_connection(("127.0.0.1", control), timeout=10) as raw:
+                try:
+                    with context.wrap_socket(raw, server_hostname=san) as tls_socket:
+                        named = tls_socket.getpeercert()["subjectAltName"]
+                except ssl.SSLCertVerificationError as exc:
+                    pytest.fail(f"started with --auto-tls-san {san}, the server's certificate does not name it: {exc}")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+        assert ("DNS", san) in named, named
