@@ -175,3 +175,15 @@ def test_a_damaged_validity_note_is_said_before_the_certificate_is_asked_for_aga
     assert DOMAIN not in manager.contexts
     assert any("event=certificate_unusable" in r.getMessage() and "validity.json" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+def test_a_certificate_that_does_not_name_its_domain_is_not_stored(tmp_path: Path, certs) -> None:
+    """A CA answer for another name (a misconfigured --letsencrypt-issuer, a proxy's) would be served for DOMAIN
+    until it expired, every browser refusing it. It is refused, and the set stored before stays current."""
+    store = CertStore(tmp_path / "le", URL)
+    store.prepare()
+    _save(store, certs[0])
+    other = make_tls(tmp_path / "other", ["b.example.test"])
+    with pytest.raises(ValueError, match="does not name it"):
+        store.save(DOMAIN, other.cert.read_bytes(), other.key.read_bytes())
+    assert _loaded(store.load(DOMAIN)) == _expected(certs[0])
