@@ -52,6 +52,7 @@ BAD_CREATE = [
     (["--provider", "digitalocean", "--access-token", "t", "--ttl", "3000000d"], "invalid --ttl '3000000d': at most 365d"),
     (["--region", "lon1"], "--region does not apply to --provider local: it is for digitalocean, ec2"),
     (["Not_A_Name"], "invalid name 'Not_A_Name'"),
+    (["demo\n"], "invalid name 'demo\\n'"),  # a pattern's $ takes a trailing newline: the name is checked whole
     ([""], "the exit server's name is empty"),
     (["--ports", ""], "--ports is empty"),
     (["--mode", "http", "--http-port", "8123", "--control-port", "8123"],

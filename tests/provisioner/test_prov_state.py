@@ -124,7 +124,7 @@ def test_delete_removes_state_the_provider_has_nothing_for(name: str, args: list
     assert not (state / name).exists()
 
 
-@pytest.mark.parametrize("name", ["..", "../state", ".", "a/b"])
+@pytest.mark.parametrize("name", ["..", "../state", ".", "a/b", "demo\n"])
 def test_a_name_that_is_not_one_folder_removes_nothing(name: str, state: Path, capsys) -> None:
     (state / "server.json").write_text(json.dumps({}))  # bait: the root itself looking damaged
     for command in ("delete", "status"):
