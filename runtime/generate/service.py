@@ -28,11 +28,12 @@ SECRET_DIR = "/etc/inlets"  # systemd: where the operator writes secrets given i
 TOKEN_PATH = f"{SECRET_DIR}/token"
 K8S_SECRET_DIR = "/var/run/secrets/inlets"
 #: Options whose value is a file the service must read.
-FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", *(s.file_option for s in SECRETS))
+FILE_OPTIONS = ("--tls-cert", "--tls-key", "--tls-ca", "--upstream-ca", "--letsencrypt-ca",
+                *(s.file_option for s in SECRETS))
 #: Of those, certificates: no secret, so the setup line leaves one the unit's user can read already as it is.
 #: Handing it over with chmod 600 made a shared one, such as /etc/ssl/certs/ca-certificates.crt, unreadable to
 #: every other user of the host (their TLS checks failed); the service only needs to read it.
-PUBLIC_FILE_OPTIONS = ("--tls-cert", "--tls-ca", "--upstream-ca")
+PUBLIC_FILE_OPTIONS = ("--tls-cert", "--tls-ca", "--upstream-ca", "--letsencrypt-ca")
 #: Options whose value is a folder the service writes (its certificates). ProtectSystem=strict leaves only the
 #: StateDirectory writable, so without a ReadWritePaths= of its own such a server failed at every start.
 WRITTEN_DIR_OPTIONS = ("--auto-tls-path", "--letsencrypt-path")

@@ -529,3 +529,15 @@ def test_a_credential_header_gets_a_warning_that_it_lands_in_the_unit(kind: str)
     assert len(warnings) == 1 and warnings[0].startswith("inlets: warning: --request-header-add Authorization: "), warnings
     assert where in warnings[0] and "--bearer-token-file" in warnings[0], warnings[0]
     assert value not in result.stderr and value in result.stdout  # said by name; the unit still runs what was asked
+
+
+def test_a_relative_letsencrypt_ca_becomes_absolute_in_the_unit(tmp_path: Path) -> None:
+    """``--letsencrypt-ca ca.pem`` stayed relative in ExecStart: the service runs in /, so it failed at every start
+    with "--letsencrypt-ca not found: ca.pem". It is made absolute as the other file flags are, and, a certificate
+    the unit's user can read, left alone by the setup line."""
+    result = unit_inlets("http", "server", "--auto-tls", "--token-file", "/etc/inlets/token", "--letsencrypt-domain",
+                         "tunnel.example.com", "--letsencrypt-ca", "ca.pem", "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    ca = PROCESS_ROOT.resolve() / "ca.pem"  # relative to where inlets ran
+    assert f" --letsencrypt-ca {ca} " in _verified(tmp_path, result.stdout, "inlets-http-server.service")
+    assert f"ReadOnlyPaths=-{ca.parent}" in result.stdout.splitlines()
