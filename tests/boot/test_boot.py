@@ -186,7 +186,7 @@ def unit_process(world: World, unit: str) -> dict[str, str]:
     """The unit's state and its main process's identity and capabilities, as the kernel reports them."""
     assert world.vm is not None
     script = (f"systemctl show {unit} -p ActiveState -p User -p MainPID; pid=$(systemctl show -p MainPID --value {unit}); "
-              "grep -E '^(Uid|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/$pid/status | sed 's/:\\s*/=/'; "
+              "grep -E '^(Uid|CapInh|CapPrm|CapEff|CapBnd|CapAmb|Seccomp):' /proc/$pid/status | sed 's/:\\s*/=/'; "
               "echo inlets_uid=$(id -u inlets)")
     lines = world.vm.sh(script).stdout.splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line)
@@ -204,6 +204,7 @@ def test_a_plain_tcp_create_boots_clean_and_carries_bytes_byte_exact(boots: Boot
     proc = unit_process(world, "inlets.service")
     assert proc["ActiveState"] == "active" and proc["User"] == "inlets" and proc["Uid"].split()[0] == proc["inlets_uid"]
     assert proc["CapEff"] == proc["CapPrm"] == proc["CapBnd"] == proc["CapAmb"] == CAP_NET_BIND_SERVICE, proc
+    assert proc["Seccomp"] == "2", proc  # the unit's SystemCallFilter= (2: filter mode), under which it serves below
     modes = world.vm.sh("stat -c '%n %a %U:%G' /etc/inlets /etc/inlets/token /etc/inlets/server.crt /etc/inlets/server.key").stdout
     assert modes.split("\n")[:4] == ["/etc/inlets 750 root:inlets", "/etc/inlets/token 600 inlets:inlets",
                                      "/etc/inlets/server.crt 600 inlets:inlets", "/etc/inlets/server.key 600 inlets:inlets"]
