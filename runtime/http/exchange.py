@@ -389,7 +389,7 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
 def _answered(leg: Leg) -> None:
     """An answer came through ``leg``: its client's response timeouts start over, and one routed around is back."""
     if answered(leg.session, leg.service):
-        log.info("event=client_returned client=%s service=%s", leg.session.name, logfmt(shown_service(leg.service)))
+        log.info("event=client_returned client=%s service=%s", logfmt(leg.session.name), logfmt(shown_service(leg.service)))
 
 
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
@@ -400,7 +400,7 @@ def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"
         if timed_out(ex.leg.session, ex.leg.service):
             log.warning("event=client_ejected client=%s service=%s timeouts=%d retry_in=%gs reason=%s",
-                        ex.leg.session.name, logfmt(shown_service(ex.leg.service)), registry.EJECT_AFTER,
+                        logfmt(ex.leg.session.name), logfmt(shown_service(ex.leg.service)), registry.EJECT_AFTER,
                         registry.EJECT_FOR, logfmt(f"its upstream answered none of {registry.EJECT_AFTER} requests in a "
                                                    "row within --upstream-timeout, so the other clients take its requests: check that app"))
     elif isinstance(failure, HttpError) and failure.status < 500:  # the request's body was malformed
