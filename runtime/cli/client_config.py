@@ -37,6 +37,14 @@ def proxy_setting(proxy: str | None, password_file: Path | None) -> str | None:
     return with_password(proxy, PROXY_PASSWORD.read(None, password_file), _proxy_password_source(password_file))
 
 
+def proxy_password_from(password_file: Path | None) -> str | None:
+    """Where the --proxy password was read (flag and path, or the variable), for the line a proxy's 407 or 401
+    leaves; None when there is none to add (it is in the proxy URL, or no password is needed)."""
+    if password_file is not None:
+        return f"{PROXY_PASSWORD.file_option} {password_file}"
+    return f"${PROXY_PASSWORD.env}" if PROXY_PASSWORD.read(None, None) is not None else None
+
+
 def check_secrets(flags: SimpleNamespace, secrets: tuple[SecretOption, ...] = (TOKEN,)) -> None:
     """Each secret given once, and a proxy password (its file or $INLETS_PROXY_PASSWORD) only with a --proxy that
     can take it, checked as written: no file read. In ``check``, so ``--generate`` (which kept one value of a
@@ -95,6 +103,7 @@ def client_config(
         tokens = read_tokens(token, token_file)
         if token_file is not None:
             warn_if_others_can_read(token_file)
+        password_from = proxy_password_from(proxy_password_file)
         proxy = proxy_setting(proxy, proxy_password_file)
     except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
@@ -116,6 +125,7 @@ def client_config(
         server_name=tls_server_name,
         keepalive=keepalive,
         proxy=proxy,
+        proxy_password_from=password_from,
         drain_timeout=drain_timeout,
         max_streams=max_streams,
         max_buffer=max_buffer_mib * 1024 * 1024,

@@ -18,7 +18,7 @@ from ..core.jsonload import RepeatedKey, loads as load_json
 from ..core.probe import ProbeError, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
-from .client_config import PROXY_INSTEAD, proxy_setting
+from .client_config import PROXY_INSTEAD, proxy_password_from, proxy_setting
 from .config import fail, refuse_blank
 from .durations import seconds_option
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
@@ -54,6 +54,7 @@ def status(
             check_host(tls_server_name, "--tls-server-name")
         if tls_ca is not None:
             client_context(tls_ca)
+        password_from = proxy_password_from(proxy_password_file)  # what a 407 names
         proxy = proxy_setting(proxy, proxy_password_file)
     except (HostError, TlsConfigError, TokenError, ProxyConfigError) as exc:
         fail(str(exc))
@@ -66,7 +67,7 @@ def status(
     if len(url) == 1:
         ((server, file),) = pairs
         try:
-            document = _status(server, token, file, tls_ca, tls_server_name, timeout, False, proxy)
+            document = _status(server, token, file, tls_ca, tls_server_name, timeout, False, proxy, password_from)
         except _Unanswered as exc:
             fail(str(exc), 1)
         typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
@@ -77,7 +78,7 @@ def status(
     errors: dict[str, str] = {}
     for server, file in pairs:
         try:
-            documents[server] = _status(server, token, file, tls_ca, tls_server_name, timeout, True, proxy)
+            documents[server] = _status(server, token, file, tls_ca, tls_server_name, timeout, True, proxy, password_from)
         except _Unanswered as exc:
             errors[server] = str(exc)
             print(f"inlets: error: {exc}", file=sys.stderr, flush=True)
@@ -96,7 +97,8 @@ class _Unanswered(Exception):
 
 
 def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path | None, tls_server_name: str | None,
-            timeout: float, several: bool, proxy: str | None = None) -> dict:
+            timeout: float, several: bool, proxy: str | None = None,
+            password_from: str | None = None) -> dict:
     """One server's /status document; a one-line error naming the server when there are several."""
     where = f"{url}: " if several else ""
     try:  # bad input: exit 2, as every command does
@@ -104,7 +106,7 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         if token_file is not None:
             warn_if_others_can_read(token_file)
         endpoint = parse_url(url)
-        dial = dialer_for(url, proxy)  # through the proxy the client would take (--proxy, else the environment)
+        dial = dialer_for(url, proxy, password_from)  # through the proxy the client would take (--proxy, else the environment)
     except (TokenError, ProbeError) as exc:
         fail(f"{where}{exc}")
     try:

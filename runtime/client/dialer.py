@@ -104,6 +104,7 @@ class ClientConfig:
     drain_timeout: float = 30.0
     open_timeout: float = 15.0  # seconds one connection attempt (proxy, TCP, TLS, websocket handshake) may take
     proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
+    proxy_password_from: str | None = None  # "--proxy-password-file PATH" or "$INLETS_PROXY_PASSWORD": what a 407 names
     #: What one server may make this client hold: streams open at once, and how far their windows
     #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
     max_streams: int = 1024
@@ -454,7 +455,8 @@ class TunnelClient:
             parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries
             host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # CONNECT [::1]:8123
             target = f"{host}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
-            raise explain_proxy_failure(exc, self.proxy.url, target) from None
+            raise explain_proxy_failure(exc, self.proxy.url, target, self.proxy.source,
+                                        cfg.proxy_password_from) from None
         sock = websocket.transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

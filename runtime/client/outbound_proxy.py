@@ -32,14 +32,11 @@ SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
 
 STATUS_HINTS = {
-    # the password from a file or the environment, never on the command line (where ps shows it)
-    407: "proxy credentials missing or wrong: give --proxy http://USER@HOST:PORT with --proxy-password-file FILE "
-         "or $INLETS_PROXY_PASSWORD",
-    # tinyproxy's answer to a wrong password
-    401: "proxy credentials wrong: check the --proxy user and its password (--proxy-password-file or "
-         "$INLETS_PROXY_PASSWORD)",
     403: "the proxy does not allow a tunnel to this host and port",
 }
+#: python-socks' words for a SOCKS5 proxy's refusal of the credentials: read as an HTTP proxy's 407 and 401 are
+SOCKS_AUTH_REFUSALS = {"No acceptable authentication methods were offered": 407,
+                       "Username and password authentication failure": 401}
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
@@ -278,19 +275,45 @@ async def certificate_failure(proxy: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def explain(exc: BaseException, proxy: str, target: str) -> ProxyFailure:
-    """One line saying which proxy answered what while reaching ``target`` (HOST:PORT)."""
+def refusal_hint(status: int, proxy: str, source: str = "--proxy", password_from: str | None = None) -> str | None:
+    """What to fix after a proxy's ``status`` (a SOCKS5 credentials refusal read as 407 or 401), named after where
+    the proxy's user and password came from: ``source`` (--proxy, HTTPS_PROXY, ...) and ``password_from`` (the
+    password file's flag and path, or $INLETS_PROXY_PASSWORD). A wrong password read from a file, or given in
+    $HTTPS_PROXY, was told to check --proxy and --proxy-password-file in general, not the file or variable at fault."""
+    if status not in (401, 407):
+        return STATUS_HINTS.get(status)
+    parts = urlsplit(proxy)
+    where = source if source.startswith("--") else f"${source}"
+    if not parts.username:
+        also = "" if source.startswith("--") else f" (or put USER:PASSWORD@ in {where})"
+        return (f"proxy credentials missing: give --proxy {parts.scheme}://USER@HOST:PORT with --proxy-password-file "
+                f"FILE or $INLETS_PROXY_PASSWORD{also}")
+    if password_from:
+        return f"proxy credentials refused: check the user in {where} and the password in {password_from}"
+    if source.startswith("--"):  # the password inside --proxy, where ps shows it
+        return (f"proxy credentials refused: check the user and password in {where} (better: the password in "
+                "--proxy-password-file FILE or $INLETS_PROXY_PASSWORD)")
+    return f"proxy credentials refused: check the user and password in {where}"
+
+
+def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy",
+            password_from: str | None = None) -> ProxyFailure:
+    """One line saying which proxy answered what while reaching ``target`` (HOST:PORT), and what to fix
+    (``refusal_hint``: ``source`` and ``password_from`` say where the proxy's credentials came from)."""
     shown = redact(proxy)
     if isinstance(exc, InvalidProxyStatus):
         response = exc.response
         line = f"proxy {shown} refused CONNECT {target}: HTTP {response.status_code} {response.reason_phrase}"
-        hint = STATUS_HINTS.get(response.status_code)
+        hint = refusal_hint(response.status_code, proxy, source, password_from)
         return ProxyFailure(f"{line} ({hint})" if hint else line)
     if isinstance(exc, InvalidProxyMessage):
         return ProxyFailure(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
     if isinstance(exc, ProxyError):  # SOCKS: the proxy's own reply is the cause
         cause = exc.__cause__
-        return ProxyFailure(f"proxy {shown} refused the connection to {target}: {cause or exc}")
+        line = f"proxy {shown} refused the connection to {target}: {cause or exc}"
+        status = SOCKS_AUTH_REFUSALS.get(str(cause or exc))
+        hint = refusal_hint(status, proxy, source, password_from) if status else None
+        return ProxyFailure(f"{line} ({hint})" if hint else line)
     if isinstance(exc, socket.gaierror):
         return ProxyFailure(f"through proxy {shown}: name resolution failed ({exc.strerror})")
     if isinstance(exc, OSError):

@@ -13,34 +13,40 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+from typing import Callable
 
 from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import Dial, ProbeError, Unreachable
-from .outbound_proxy import STATUS_HINTS, ProxyConfigError, choose, redact
+from .outbound_proxy import SOCKS_AUTH_REFUSALS, ProxyConfigError, choose, redact, refusal_hint
 
 MAX_ANSWER_HEAD = 16 * 1024
 
 
-def dialer_for(url: str, setting: str | None = None) -> Dial | None:
+def dialer_for(url: str, setting: str | None = None, password_from: str | None = None) -> Dial | None:
     """How to reach ``url`` (wss://HOST:PORT): through the proxy --proxy or the environment names, else None
-    (directly). A proxy setting that cannot work is a ProbeError, in the client's words."""
+    (directly). A proxy setting that cannot work is a ProbeError, in the client's words. ``password_from``: where
+    the --proxy password was read (``outbound_proxy.refusal_hint``)."""
     try:
-        proxy = choose(setting, url).url
+        choice = choose(setting, url)
     except ProxyConfigError as exc:
         raise ProbeError(str(exc)) from None
+    proxy = choice.url
     if proxy is None:
         return None
-    return lambda host, port, timeout: dial(proxy, host, port, timeout)
+    return lambda host, port, timeout: dial(proxy, host, port, timeout, choice.source, password_from)
 
 
-def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
-    """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line."""
+def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--proxy",
+         password_from: str | None = None) -> socket.socket:
+    """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line, a refusal
+    of the credentials naming where they came from (``source``, ``password_from``)."""
     shown, target = redact(proxy), f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     parsed = parse_proxy(proxy)
     if parsed.scheme.startswith("socks"):
-        return _socks(parsed, host, port, timeout, shown, target)
+        return _socks(parsed, host, port, timeout, shown, target, lambda status: refusal_hint(status, proxy, source,
+                                                                                               password_from))
     try:
         sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
     except OSError as exc:
@@ -68,7 +74,7 @@ def dial(proxy: str, host: str, port: int, timeout: float) -> socket.socket:
     if status != 200:
         sock.close()
         line = f"proxy {shown} refused CONNECT {target}: HTTP {status} {reason}".rstrip()
-        hint = STATUS_HINTS.get(status)
+        hint = refusal_hint(status, proxy, source, password_from)
         raise ProbeError(f"{line} ({hint})" if hint else line)
     return sock
 
@@ -94,7 +100,8 @@ def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, s
     return int(parts[1]), reason
 
 
-def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str, target: str) -> socket.socket:
+def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str, target: str,
+           hint: Callable[[int], str | None]) -> socket.socket:
     from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
     from python_socks.sync import Proxy
 
@@ -111,6 +118,9 @@ def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: st
         raise ProbeError(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "
                          f"{target} answered in time") from None
     except ProxyError as exc:
-        raise ProbeError(f"proxy {shown} refused the connection to {target}: {exc}") from None
+        status = SOCKS_AUTH_REFUSALS.get(str(exc))
+        words = hint(status) if status else None
+        raise ProbeError(f"proxy {shown} refused the connection to {target}: {exc}" + (f" ({words})" if words else "")
+                         ) from None
     except OSError as exc:
         raise ProbeError(f"through proxy {shown}: {exc.strerror or exc}") from None

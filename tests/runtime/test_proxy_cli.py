@@ -311,3 +311,46 @@ def test_status_through_socks_and_the_provisioners_wait_through_the_environments
         assert through.returncode == 0 and '"clients"' in through.stdout, through.stderr
     finally:
         open_socks.stop()
+
+
+@pytest.fixture(scope="module")
+def socks_users_only(tmp_path_factory: pytest.TempPathFactory):
+    daemon = dante(tmp_path_factory.mktemp("dante-users"), users_only=True)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.mark.parametrize("kind", ["http", "socks5"])
+def test_refused_proxy_credentials_name_where_they_were_read(
+    tmp_path: Path, tls: TlsFiles, auth_proxy: Daemon, socks_users_only: Daemon, tunnel_server, kind: str
+) -> None:
+    """A wrong proxy password read from a file was told "check --proxy and its password (--proxy-password-file or
+    $INLETS_PROXY_PASSWORD)", one from $HTTPS_PROXY the same (flags never given), and a SOCKS5 proxy's refusal had
+    no hint at all: each line now names the file or the variable to fix, the client's and `inlets status`'s alike."""
+    control, token_file, _ = tunnel_server
+    token_file.chmod(0o600)
+    proxy = f"127.0.0.1:{(auth_proxy if kind == 'http' else socks_users_only).port}"
+    wrong = tmp_path / "proxy-password"
+    wrong.write_text("not-" + PASSWORD + "\n")
+    wrong.chmod(0o600)
+    in_file = ["--proxy", f"{kind}://{USER}@{proxy}", "--proxy-password-file", str(wrong)]
+    variable = "HTTPS_PROXY" if kind == "http" else "ALL_PROXY"
+    cases = [  # (flags, environment, what the line must say)
+        (in_file, clean_env(), f"proxy credentials refused: check the user in --proxy and the password in "
+                               f"--proxy-password-file {wrong}"),
+        ([], clean_env(**{variable: f"{kind}://{USER}:not-{PASSWORD}@{proxy}"}),
+         f"proxy credentials refused: check the user and password in ${variable})"),
+        (["--proxy", f"{kind}://{proxy}"], clean_env(), f"proxy credentials missing: give --proxy {kind}://USER@HOST:PORT"
+                                                        " with --proxy-password-file FILE or $INLETS_PROXY_PASSWORD)"),
+    ]
+    for flags, env, said in cases:
+        status = _status(control, token_file, tls, env, *flags)
+        assert status.returncode == 1 and status.stderr.count("\n") == 1 and said in status.stderr, status.stderr
+        log = tmp_path / "client.log"
+        client = spawn([*client_args(control, token_file, tls, free_port(), 9), *flags], log, env)
+        try:
+            wait_for(lambda: "event=connect_failed" in log.read_text(), "a failed attempt")
+        finally:
+            assert finish(client) == 0
+        failed = next(line for line in log.read_text().splitlines() if "event=connect_failed" in line)
+        assert said in failed and PASSWORD not in log.read_text(), failed
