@@ -253,8 +253,9 @@ def _environment_may_name_a_proxy() -> bool:
 
 
 def _env_name(key: str) -> str:
-    upper = f"{key.upper()}_PROXY"
-    return upper if os.environ.get(upper) else f"{key}_proxy"
+    """The variable ``getproxies`` took ``key``'s proxy from: the lower-case one when set, as curl takes it too."""
+    lower = f"{key}_proxy"
+    return lower if os.environ.get(lower) else f"{key.upper()}_PROXY"
 
 
 async def certificate_failure(proxy: str, timeout: float = 5.0) -> str | None:

@@ -204,6 +204,21 @@ def test_choosing_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "secret" not in str(raised.value)
 
 
+def test_the_variable_named_is_the_one_whose_proxy_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HTTPS_PROXY and https_proxy both set, https_proxy's proxy is used (as curl and urllib take it), but the
+    log line and a refusal's "check the user and password in $HTTPS_PROXY" named the other variable."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", "http://upper:3128")
+    monkeypatch.setenv("https_proxy", "http://u:wrong@lower:3128")
+    choice = choose(None, "wss://h:8123/connect")
+    assert (choice.url, choice.source) == ("http://u:wrong@lower:3128", "https_proxy")
+    monkeypatch.delenv("https_proxy")
+    choice = choose(None, "wss://h:8123/connect")
+    assert (choice.url, choice.source) == ("http://upper:3128", "HTTPS_PROXY")
+
+
 def test_socks_proxy_as_a_bare_host_and_port_is_a_socks_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """SOCKS_PROXY=HOST:PORT was read as an HTTP proxy (a bare host:port means one elsewhere), so the client sent
     CONNECT to a SOCKS server and was told "sent no valid HTTP answer (is it an HTTP proxy?)"."""
