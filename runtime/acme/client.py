@@ -60,6 +60,17 @@ def _one_line(exc: BaseException) -> str:
     return f"{text[:half]} ... {text[-half:]}"
 
 
+def _what_to_check(domain: str, failed: list) -> str:
+    """What to check after a failed HTTP-01 validation, by the CA's problem type: its words alone ("dial tcp
+    ...: connection refused", "NXDOMAIN") named no DNS record and no port 80, the two things a user sets."""
+    kinds = {(getattr(error, "typ", "") or "").rpartition(":")[2] for error in failed}
+    if kinds & {"unauthorized", "incorrectResponse"}:  # an answer came, not ours
+        return (f"the CA reached {domain} on port 80 but not this server's answer: check that its DNS A/AAAA records "
+                "point only at this server and that nothing else (a proxy, a CDN, another web server) answers port 80")
+    return (f"check that the DNS A/AAAA records of {domain} point at this server and that port 80 is open to the "
+            "internet (firewall, security group, a port forward to --port)")
+
+
 def _unreachable(exc: BaseException, ca_bundle: str | None = None) -> str:
     """Why the ACME server could not be reached, in words: requests' own text is a Python repr
     ("HTTPSConnectionPool(host=...): Max retries exceeded ... NewConnectionError(...[Errno 111]...)")."""
@@ -175,10 +186,9 @@ class AcmeIssuer:
         except errors.TimeoutError:
             raise AcmeError(f"{domain}: the ACME server did not validate within {self.timeout:.0f}s") from None
         except errors.ValidationError as exc:
-            details = "; ".join(
-                _one_line(ch.error) for authz in exc.failed_authzrs for ch in authz.body.challenges if ch.error
-            )
-            raise AcmeError(f"{domain}: challenge failed: {details or 'invalid authorization'}") from None
+            failed = [ch.error for authz in exc.failed_authzrs for ch in authz.body.challenges if ch.error]
+            details = "; ".join(_one_line(error) for error in failed) or "invalid authorization"
+            raise AcmeError(f"{domain}: challenge failed: {details}: {_what_to_check(domain, failed)}") from None
         except requests.RequestException as exc:
             self._client = None
             raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc, self.ca_bundle)}") from None
