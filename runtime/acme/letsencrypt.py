@@ -136,6 +136,7 @@ class LetsEncrypt:
 
     async def start(self) -> None:
         """Issue what is missing and renew what is due, from now on (the listeners are up)."""
+        _quiet_undecodable_sni()
         self._task = asyncio.ensure_future(self._keep_current())
 
     async def stop(self) -> None:
@@ -272,6 +273,23 @@ class LetsEncrypt:
         await child.wait()
         last = (await child.stderr.read()).decode(errors="replace").strip().splitlines() or ["no output"]
         raise AcmeError(f"{domain}: the ACME run exited ({child.returncode}) saying: {last[-1][:300]}")
+
+
+def _quiet_undecodable_sni() -> None:
+    """Drop CPython's report of a server name it cannot give the SNI callback (not ASCII, which RFC 6066 requires):
+    it wrote "Exception ignored in: b'\\xc3...'" and a traceback to the log at every such handshake, so anyone could
+    fill the log. The handshake still fails with the alert ``internal_error``; other reports go on as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_sni", False):
+        return
+
+    def hook(args: sys.UnraisableHookArgs) -> None:
+        error = args.exc_value
+        if not (isinstance(error, UnicodeDecodeError) and isinstance(args.object, bytes) and error.object == args.object):
+            previous(args)
+
+    hook.quiets_sni = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _unusable(cert: StoredCert, exc: Exception) -> str:
