@@ -161,6 +161,34 @@ def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
     assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
 
 
+def test_the_metrics_curl_for_an_inletsctl_server_works_as_printed(tmp_path: Path) -> None:
+    """The README's only curl for /metrics named the server by its address, which an inletsctl server's
+    certificate does not carry (it names inlets-exit-server): curl said "no alternative certificate subject name
+    matches target host name" (exit 60). The README now gives such a server's own command; it works as printed."""
+    _need("curl")
+    shell = Shell(tmp_path)
+    name = None
+    try:
+        code, out = shell.run(f"inletsctl create --provider local --ports {_free_on_both('127.0.0.1', '127.0.0.2')}",
+                              timeout=90)
+        assert code == 0, out
+        name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
+        made = re.search(r"--url wss://127\.0\.0\.1:(\d+) --token-file (\S+) --tls-ca (\S+) ", out)
+        assert made is not None, out
+        code, out = shell.run(f"cp {made[2]} token.txt && cp {made[3]} ca.crt")
+        assert code == 0, out
+        shell.values.update({"8123": made[1], "203.0.113.10": "127.0.0.1"})
+        by_address = re.search(r"### Metrics\n\n    (curl .*)\n", README.read_text())[1]  # type: ignore[index]
+        code, out = shell.run(f"curl -sS {by_address[len('curl '):]}")
+        assert code == 60 and "127.0.0.1" in out, out  # why the README needs a second command
+        code, out = shell.run(f"curl -sS {block('metrics-curl-inletsctl').strip()[len('curl '):]}")
+        assert code == 0 and "\ntcp_controlplane_connected_gauge " in out, out
+    finally:
+        if name is not None:
+            shell.run(f"inletsctl delete {name}")
+        shell.close()
+
+
 def _targets_health(api: int, jobs: int, timeout: float = 30) -> dict[str, tuple[str, str]]:
     """Each job's (health, lastError) once every one has been scraped (or what was seen by the deadline)."""
     seen: dict[str, tuple[str, str]] = {}
@@ -278,7 +306,7 @@ _OTHER_PROGRAMS_FLAGS = {
     "--bind": "python3 -m http.server", "--directory": "python3 -m http.server", "--compressed": "curl",
     "--http2": "curl", "--depth": "git clone", "--long": "cloud-init status", "--system": "cloud-init schema",
     "--now": "systemctl enable", "--sdk-auth": "az ad sp create-for-rbac", "--boot": "systemd-nspawn",
-    "--variant": "debootstrap", "--minutes": "bench/soak.py",
+    "--variant": "debootstrap", "--minutes": "bench/soak.py", "--connect-to": "curl",
 }
 
 
