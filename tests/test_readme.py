@@ -331,6 +331,16 @@ def test_every_flag_the_readme_names_is_one_of_ours_or_another_programs() -> Non
     assert not unknown, f"the README names flags that no inlets or inletsctl command has: {unknown}"
 
 
+def test_the_layout_names_the_system_the_boot_tests_boot() -> None:
+    """The layout said the boot tests boot Debian containers after tests/boot/rootfs.py had moved them to Ubuntu."""
+    text = README.read_text()
+    layout = text[text.index("\n## Layout\n"):]
+    boot = re.search(r"`tests/boot/`: ([^;|]*)", layout)
+    assert boot is not None, layout
+    assert 'SUITE = "noble"' in (ROOT / "tests" / "boot" / "rootfs.py").read_text()  # Ubuntu 24.04's name
+    assert "Ubuntu 24.04" in boot[1] and "Debian" not in boot[1], boot[1]
+
+
 def test_every_file_the_layout_table_names_is_in_its_folder() -> None:
     """The layout once put eyeballs.py in runtime/client/ after it had moved to runtime/core/."""
     text = README.read_text()
