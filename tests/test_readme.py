@@ -87,6 +87,7 @@ def test_one_machine_tcp_tunnel_as_printed(tmp_path: Path) -> None:
         started = server.wait_for("event=started")
         client = shell.start_block("one-machine-client")
         connected = client.wait_for("event=connected")
+        wait_port(port)  # the block's background site: on a busy machine curl could beat its start (a reset stream)
         for log in (started, connected):  # the README's own steps draw no warning (a token file others may read)
             assert "warning" not in log.lower(), log
         code, out = shell.run_block("one-machine-request")
