@@ -154,6 +154,8 @@ class Session:
         #: (``registry.timed_out``), and past ``EJECT_AFTER`` until when it is tried after others for them
         self.timeouts: dict[str, int] = {}
         self.ejected: dict[str, float] = {}
+        #: The server's UDP flows on this peer, all ports together (``server/udp``): at most half its streams
+        self.udp_flows = 0
         self._acks: list[Channel] = []  # streams whose dial worked, acknowledged at ACK_DELAY unless answered by then
         self._ack_timer: asyncio.TimerHandle | None = None
 

@@ -146,11 +146,16 @@ class UdpPort:
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
-        channel = open_on_first(self.candidates(self.service), self.service, flow)
+        candidates = self.candidates(self.service)
+        # Half of a client's streams (--max-client-streams) at most, as the client keeps half of its --max-streams:
+        # else a flood of sources takes every stream and each TCP connection through that client is refused.
+        sessions = [s for s in candidates if s.udp_flows < max(1, s.mux.max_streams // 2)]
+        channel = open_on_first(sessions, self.service, flow) if sessions else "client_stream_limit"
         if isinstance(channel, str):  # why no client took it, as a TCP connection's refusal is counted
             self.counters.drop(channel)
             return None
         flow.channel = channel
+        channel.session.udp_flows += 1
         self.flows[address] = flow
         return flow
 
@@ -163,6 +168,8 @@ class UdpPort:
     def end(self, flow: _Flow, code: int = ResetCode.TIMEOUT, reason: str = "UDP flow idle", reset: bool = True) -> None:
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
+            if flow.channel is not None:
+                flow.channel.session.udp_flows -= 1
         if reset and flow.channel is not None:
             flow.channel.reset(code, reason)
 
