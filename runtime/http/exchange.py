@@ -48,6 +48,7 @@ class Gateway(Protocol):
     @property
     def connections(self) -> Iterable[Front]: ...  # the users' connections (scanned when a client refuses a stream)
     upstream_timeout: float
+    draining: bool  # the server stops (SIGTERM): answers close their connection
 
     def route(self, host: str) -> tuple[str | None, str]: ...  # (service or None, metrics label)
 
@@ -209,7 +210,7 @@ def progress(front: Front) -> None:
                     _answered(leg)
                 ex.chunked = response.chunked and head.version == b"1.1"
                 ex.close = (not head.keep_alive or head.upgrade or response.close_delimited
-                              or (response.chunked and not ex.chunked) or ex.body_pending)
+                              or (response.chunked and not ex.chunked) or ex.body_pending or front.server.draining)
                 out.append(response_head(response, ex.options, ex.chunked, ex.close,
                                          keep_alive=head.version == b"1.0" and not ex.close))
             elif response.status == 101 and head.upgrade:

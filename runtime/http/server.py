@@ -69,6 +69,7 @@ class HttpTunnelServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.exchanges: set[Leg] = set()  # requests waiting on an upstream, for the timeout sweep
         self._sweeper: asyncio.Task | None = None
+        self.draining = False  # SIGTERM: answers say Connection: close, users between requests are closed
 
     async def start(self) -> None:
         """Control plane, then the data plane; ``OSError`` (say, port taken) leaves nothing running."""
@@ -85,9 +86,14 @@ class HttpTunnelServer:
         self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def drain(self, timeout: float) -> None:
-        """Graceful stop: accept no new users or clients; requests in flight get ``timeout`` seconds."""
+        """Graceful stop: accept no new users or clients; requests in flight get ``timeout`` seconds, then their
+        connections close. A kept-alive user between requests held its stream open, so the drain took its whole
+        timeout (30 s with the data port closed) and then cut the user: such users are closed now (the sweep
+        closes those that answers leave idle), as nginx does on a graceful stop."""
+        self.draining = True
         if self._listener is not None:
             self._listener.close()
+        self._close_idle()
         await self.control.drain(timeout)
         await self.stop()
 
@@ -119,6 +125,8 @@ class HttpTunnelServer:
             now = self._loop.time()
             if self.metrics.unserved:
                 self.metrics.expire(now)
+            if self.draining:  # an answer begun before the drain left its user kept alive
+                self._close_idle()
             deadline = now - self.upstream_timeout
             # An upstream is not late while the user's socket is full: the proxy holds its credit back then
             for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline
@@ -136,6 +144,16 @@ class HttpTunnelServer:
                 self.connections.discard(conn)
                 if conn.transport is not None:
                     conn.transport.close()
+
+    def _close_idle(self) -> None:
+        """Close the users waiting between requests, with no request begun (a closed idle connection is one any
+        HTTP client expects: it sends its next request on a new one)."""
+        for conn in [c for c in self.connections if c.exchange is None and c.idle_since is not None
+                     and not c.events and not c.reader.in_head
+                     and (c.head_since is None or c.head_since < c.idle_since)]:  # no head begun since
+            self.connections.discard(conn)
+            if conn.transport is not None:
+                conn.transport.close()
 
     def _check_sending(self, conn: FrontConnection, now: float, deadline: float) -> None:
         """The user's socket is full: one who reads, however slowly, is waited for (nginx's send_timeout); one

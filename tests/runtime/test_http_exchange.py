@@ -77,6 +77,7 @@ class Gateway:
         self.exchanges: set[Leg] = set()
         self.connections: set[Front] = set()
         self.upstream_timeout = 60.0
+        self.draining = False
         self.observed: list[tuple[int, str, bytes]] = []
 
     def route(self, host: str) -> tuple[str | None, str]:

@@ -1,0 +1,35 @@
+"""An HTTP server's graceful stop (SIGTERM) with kept-alive users, on loopback with real TLS and sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from helpers.http import LOOPBACK, Stack, read_answer
+
+GET = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+def test_a_server_draining_closes_kept_alive_users_between_requests(tls, token):
+    """A user's kept-alive connection between two requests held its stream to the client open, so a server's SIGTERM
+    always waited its whole --drain-timeout (30 s: that long with no data port, as it is closed first), then cut
+    the user. Now an idle user is closed at once, and a request in flight is answered with Connection: close."""
+    stack = Stack()
+    try:
+        _, port = stack.upstream("A")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as idle, \
+                socket.create_connection((LOOPBACK, server.data_port), timeout=10) as busy:
+            for user in (idle, busy):
+                user.sendall(GET)
+                assert read_answer(user).startswith(b"HTTP/1.1 200")
+            busy.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: a.test\r\n\r\n")  # in flight as the drain starts
+            drained = asyncio.run_coroutine_threadsafe(server.drain(60.0), stack.loop)
+            answer = read_answer(busy)
+            assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
+            assert busy.recv(1) == b"", "the server kept the answered user's connection open while draining"
+            assert idle.recv(1) == b"", "the server kept an idle kept-alive user's connection open while draining"
+            drained.result(20)  # before the fix: a TimeoutError here, the drain waiting its whole 60 s
+    finally:
+        stack.close()
