@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path, PurePath
 from types import SimpleNamespace
@@ -23,6 +24,28 @@ from typing import Any, Callable
 #: The write end of the pipe to the parent, in the child that parses; None elsewhere.
 _to_parent: int | None = None
 _PLAIN = (type(None), bool, int, float, str, PurePath)
+#: A SIGHUP came before the tunnel's event loop took the signal (``hold_sighup``).
+_sighup_noted = False
+
+
+def hold_sighup() -> None:
+    """Note SIGHUP until the tunnel's loop handles it (``sighup_noted``). Its default action ends the process: a
+    ``systemctl reload`` or a rotation's ``kill -HUP`` in the first 0.3 s of a start (the child parsing, the
+    imports) killed a server or client without a line (status 129), where a moment later it reloads."""
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _note_sighup)
+
+
+def _note_sighup(signum: int, frame: object) -> None:
+    global _sighup_noted
+    _sighup_noted = True
+
+
+def sighup_noted() -> bool:
+    """Whether a SIGHUP came while held (once: the loop's reload answers it)."""
+    global _sighup_noted
+    noted, _sighup_noted = _sighup_noted, False
+    return noted
 
 
 def start(command: str, flags: dict[str, Any]) -> None:
@@ -59,6 +82,8 @@ def parse_then_run(parse: Callable[[], int], prefetch: Callable[[], None] | None
     readable, writable = os.pipe()
     pid = os.fork()
     if pid == 0:
+        if hasattr(signal, "SIGHUP"):  # a terminal's hangup ends the parse as before (the parent then exits 129)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
         os.close(readable)
         _to_parent = writable
         _exit(_status_of(parse))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from ..core.logs import logfmt
 from ..core.auth import TokenError, read_tokens
 from ..core.heap import IdleTrim, keep_freed_heap
+from . import handoff
 from .config import fail
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def run_until_signalled(
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
         await start()
+        if reload is not None and handoff.sighup_noted():  # sent while starting (main held it): answered now
+            asyncio.ensure_future(reload())
         idle_trim = IdleTrim.for_this_process()
         if idle_trim is not None:
             idle_trim.start()

@@ -54,6 +54,7 @@ def _command_path(argv: list[str]) -> str:
 def main() -> None:
     """Entry point: flags are parsed in a child process, the tunnel runs in this one (cli/handoff.py)."""
     lazy_modules.defer()  # before typer and websockets: memory kept for the life of the process
+    handoff.hold_sighup()  # a reload asked for while starting is one once running, not the end of the process
     argv = sys.argv[1:]
     sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv)))
 

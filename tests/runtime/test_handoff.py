@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers.process import ROOT, wait_port
+from helpers.process import ROOT, server_args, spawn, terminate, wait_for_text, wait_port
 from helpers.tunnel import free_port
 from inlets_py import runtime
 from inlets_py.runtime.cli import handoff
@@ -122,3 +123,29 @@ def test_while_the_child_parses_the_parent_imports_only_the_named_commands_body(
     assert result.returncode == 0, result.stderr
     # --help and --generate end in the child: their command's body would be imported for nothing
     assert result.stdout.splitlines() == ["[] False", "['tcp_server'] False", "['tcp_server']"]
+
+
+def test_a_sighup_while_the_child_parses_is_a_reload_once_running(tmp_path: Path, tls) -> None:
+    """A SIGHUP (`systemctl reload`, a rotation's `kill -HUP`) in the first moments of a start, while the child parsed
+    the flags, took its default action: the server died without a line (status 129). Now it is noted and runs one
+    reload once the server runs."""
+    control = free_port()
+    token = tmp_path / "token"
+    token.write_text("a-token-of-enough-length-0123456789\n")
+    token.chmod(0o600)
+    log = tmp_path / "server.log"
+    server = spawn(*server_args(control, tls, token), log=log)
+    try:
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+        deadline = time.monotonic() + 15
+        while not children.read_text().strip():  # the parent forked: its child parses the flags now
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.001)
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(log, "event=tokens_reloaded count=1")
+        assert server.poll() is None, log.read_text()
+        wait_port(control)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0, log.read_text()
+    finally:
+        terminate(server)
