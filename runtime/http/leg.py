@@ -60,7 +60,7 @@ class UpstreamTimeout(Exception):
 class Leg:
     __slots__ = ("session", "service", "channel", "reader", "events", "eof", "failure", "raw", "timed_out",
                  "_waiter", "_writable", "_unconsumed", "received", "last_activity", "_loop", "listener", "refused",
-                 "request_ended", "unreachable")
+                 "request_ended", "unreachable", "dropped")
 
     def __init__(self, session: Session, service: str) -> None:
         self.session = session
@@ -73,6 +73,9 @@ class Leg:
         self.timed_out = False
         self.refused = False  # the client refused the stream (its --max-streams): the request never reached the upstream
         self.unreachable = False  # the client could not dial its upstream: nothing of the request reached one
+        #: The client's connection to the upstream was lost (a reset, not a FIN) before a byte of the answer: an idle
+        #: kept-alive upstream connection that closed with the next request unread in its socket is reset so.
+        self.dropped = False
         self.received = 0  # bytes received in the current exchange
         self.request_ended = False  # the user's FIN went upstream (``end_request``): no other request follows
         self._waiter: asyncio.Future | None = None
@@ -114,6 +117,7 @@ class Leg:
             self.failure = LegFailed(RESET_MESSAGES.get(code, "the tunnel stream was reset"), reason)
             self.refused = code == ResetCode.TOO_MANY_STREAMS and not self.received
             self.unreachable = code == ResetCode.REFUSED and not self.received
+            self.dropped = code == ResetCode.CANCEL and not self.received
         self._wake()
         self._wake_writer()
 
