@@ -11,35 +11,21 @@ import asyncio
 import datetime
 import logging
 import random
-import socket
-import ssl
 import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
-)
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ..core.auth import OPEN_PIPES, TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
-from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, parse_welcome
-from ..core.hosts import HostError, authority, split_url
 from ..core.logs import logfmt
-from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_WINDOW, Multiplexer
-from ..core.ports import url_port
+from ..core.mux import DEFAULT_INITIAL_WINDOW, Multiplexer
 from ..core.services import shown_service
 from ..core.session import Channel, Session
-from ..core.wsflow import BoundedReplies
-from .diagnose import describe as _describe, how_closed, printable, speaks_plain_http, speaks_tls
-from ..core.eyeballs import connect_socket, failure_words, is_name
-from .outbound_proxy import (
-    ProxyConfigError, certificate_failure as proxy_certificate_failure, choose as choose_proxy,
-    explain as explain_proxy_failure,
-)
+from .connect import ClientConfig, FatalClientError, connect_url, handshake, open_websocket
+from .diagnose import describe as _describe, how_closed
+from .outbound_proxy import ProxyConfigError, choose as choose_proxy
 
 log = logging.getLogger("inlets.client")
 
@@ -62,69 +48,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.step = self.initial
-
-
-class BoundedClientConnection(BoundedReplies, ClientConnection):
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Through an HTTP proxy websockets makes this the transport's protocol before TLS starts; when TLS
-        fails (the proxy closed the tunnel it granted) the loss comes to a connection never made, and
-        websockets' handler raised AttributeError (no ``recv_messages``): a traceback in the log per attempt."""
-        if hasattr(self, "recv_messages"):  # set by connection_made
-            super().connection_lost(exc)
-
-
-class FatalClientError(Exception):
-    """Retrying cannot help; the message says what to fix."""
-
-
-class _NoRedirects(connect):
-    """``connect`` that follows no redirect: websockets followed up to 10, so the server (or anything on a ws://
-    path) made the client dial any host:port it named, on the client's own network. A tunnel server never
-    redirects: a 3xx comes back as the ``InvalidStatus`` it is (``_connect`` says where it pointed)."""
-
-    def process_redirect(self, exc: Exception) -> Exception:
-        return exc
-
-
-@dataclass
-class ClientConfig:
-    url: str
-    token: str
-    mode: str
-    services: list[str]
-    ssl_context: ssl.SSLContext | None = None
-    server_name: str | None = None  # verify the certificate for this name instead of the URL's host
-    keepalive: float = 20.0
-    window: int = DEFAULT_WINDOW
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    client_id: str = ""
-    extra: dict = field(default_factory=dict)  # mode options sent in the hello (HTTP: http_options)
-    token_file: Path | None = None  # when given, re-read at every connection (rotation)
-    drain_timeout: float = 30.0
-    open_timeout: float = 15.0  # seconds one connection attempt (proxy, TCP, TLS, websocket handshake) may take
-    proxy: str | None = None  # http://[user:pass@]host:port or socks5://...; "none": direct; None: HTTPS_PROXY etc.
-    proxy_password_from: str | None = None  # "--proxy-password-file PATH" or "$INLETS_PROXY_PASSWORD": what a 407 names
-    #: What one server may make this client hold: streams open at once, and how far their windows
-    #: grow beyond the first 256 KiB, all together (mux.py: at most max_streams * 256 KiB + max_buffer).
-    max_streams: int = 1024
-    max_buffer: int = 64 * 1024 * 1024
-
-
-def connect_url(url: str) -> str:
-    """The websocket URL for ``url``: its path is a prefix (reverse proxies), ``/connect`` appended."""
-    try:
-        parts = split_url(url)
-    except HostError as exc:
-        raise FatalClientError(str(exc)) from None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise FatalClientError(f"--url must be ws://HOST[:PORT] or wss://HOST[:PORT], got {url!r}")
-    try:
-        url_port(parts, 0)
-    except ValueError as exc:
-        raise FatalClientError(f"--url {url!r}: {exc}") from None
-    path = parts.path.rstrip("/") + CONNECT_PATH
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 class TunnelClient:
@@ -222,9 +145,10 @@ class TunnelClient:
 
     async def open_session(self) -> Session:
         """Connect, authenticate and shake hands; the session then runs in the background."""
-        websocket = await self._connect()
+        token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
+        websocket = await open_websocket(self.config, self.ws_url, self.proxy, token)
         try:
-            welcome = await self._handshake(websocket)
+            welcome = await handshake(websocket, self.config, self.client_id, self.initial_window)
         except BaseException:
             await websocket.close()
             raise
@@ -378,125 +302,3 @@ class TunnelClient:
         if self.session is not None:
             draining.append(asyncio.ensure_future(self.session.drain(self.config.drain_timeout, "client shutting down")))
         await asyncio.gather(*draining, return_exceptions=True)
-
-    async def _connect(self) -> ClientConnection:
-        cfg = self.config
-        kwargs: dict = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + cfg.open_timeout
-        parts = urlsplit(self.ws_url)
-        host, port = parts.hostname or "", url_port(parts, 443 if parts.scheme == "wss" else 80)
-        if self.ws_url.startswith("wss://"):
-            kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
-            if cfg.server_name:
-                kwargs["server_hostname"] = cfg.server_name
-            elif "%" in host:  # fe80::1%eth0: the zone names this host's link, which no certificate can; curl drops it too
-                kwargs["server_hostname"] = host.partition("%")[0]
-        token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
-        try:
-            if not self.proxy.url:  # dialled here, an address too: a timeout then says which step got no answer
-                kwargs["sock"] = await self._dial(host, port)
-            websocket = await _NoRedirects(
-                self.ws_url,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                compression=None,
-                max_size=16 * 1024 * 1024,
-                max_queue=64,
-                write_limit=512 * 1024,
-                ping_interval=None,  # Session runs its own keepalive
-                close_timeout=5,
-                open_timeout=max(deadline - loop.time(), 0.001),  # what the dial to a name left of it
-                user_agent_header="inlets-py",
-                logger=logging.getLogger("inlets.websockets"),
-                proxy=self.proxy.url,
-                create_connection=BoundedClientConnection,
-                **kwargs,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status == 401:
-                raise FatalClientError("the server refused the token (HTTP 401): check --token/--token-file") from None
-            if status == 404:
-                raise FatalClientError(f"no tunnel endpoint at {self.ws_url} (HTTP 404): check --url") from None
-            if 300 <= status < 400:
-                locations = exc.response.headers.get_all("Location")  # get() raised on a repeated one
-                where = f" to {printable(locations[0], 300)}" if locations else ""
-                raise FatalClientError(f"{self.ws_url} answers a redirect (HTTP {status}){where}, which a tunnel "
-                                       "server never sends and this client does not follow: check --url") from None
-            if status == 400 and (wrong := await self._tls_port()) is not None:  # nginx: "plain HTTP ... to HTTPS port"
-                raise wrong from None
-            raise
-        except ssl.SSLCertVerificationError as exc:
-            if self.proxy.url and (why := await proxy_certificate_failure(self.proxy.url)):
-                raise FatalClientError(f"proxy {self.proxy.shown}: its TLS certificate could not be verified: {why} "
-                                       "(an https:// proxy is checked against the system's trust store)") from None
-            raise FatalClientError(f"{self.config.url}: {_describe(exc)}") from None
-        except InvalidURI as exc:
-            raise FatalClientError(str(exc)) from None
-        except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one
-            if (wrong := await self._tls_port()) is not None:
-                raise wrong from None
-            raise
-        except (ProxyError, OSError) as exc:
-            if isinstance(exc, TimeoutError) and "sock" in kwargs:  # connected (_dial): the server said nothing
-                raise TimeoutError(f"{authority(printable(host), port)} accepted the connection but did not complete the TLS "
-                                   f"and websocket handshake within {cfg.open_timeout:g}s: check --url names the "
-                                   "server's control port (8123 unless set) and that the server is not stopped or "
-                                   "overloaded") from None
-            parts = urlsplit(self.ws_url)
-            if (not self.proxy.url and parts.scheme == "wss" and isinstance(exc, (ConnectionResetError, ssl.SSLError))
-                    and await speaks_plain_http(parts.hostname or "", parts.port or 443)):
-                fixed = urlunsplit(("ws",) + urlsplit(self.config.url)[1:])
-                raise FatalClientError(f"{self.config.url} answers plain HTTP, not TLS: for a server run with "
-                                       f"--plaintext use --url {fixed} (or give it --tls-cert/--tls-key); else give "
-                                       "its control port (8123 unless set), not a data port") from None
-            if not self.proxy.url:
-                raise
-            parts = urlsplit(self.ws_url)  # say which proxy answered what; run_forever retries
-            host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname  # CONNECT [::1]:8123
-            target = f"{host}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
-            raise explain_proxy_failure(exc, self.proxy.url, target, self.proxy.source,
-                                        cfg.proxy_password_from) from None
-        sock = websocket.transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return websocket
-
-    async def _dial(self, host: str, port: int) -> socket.socket:
-        """A socket to the server, the first of its addresses to answer: websockets (through the loop) tried a name's
-        addresses in turn, each until --open-timeout, so a dead AAAA record (or A) kept the client from a server
-        that answered on its other address, forever. An address is dialled here too, so that a timeout says
-        whether TCP got no answer (here) or the server accepted and then said nothing (``_connect``)."""
-        failures: list = []  # said with the timeout: an address that refused, while another dropped SYNs
-        try:
-            return await asyncio.wait_for(connect_socket(host, port, failures=failures), self.config.open_timeout)
-        except asyncio.TimeoutError:
-            if not is_name(host):  # an address: SYNs dropped (a firewall), or no host there
-                raise TimeoutError(f"nothing answered at {authority(printable(host), port)} within {self.config.open_timeout:g}s: "
-                                   "check the server runs and that its firewall (a cloud's security group too) "
-                                   "lets that port in") from None
-            raise TimeoutError(f"no address of {host} answered within {self.config.open_timeout:g}s"
-                               + (f"; {failure_words(failures)}" if failures else "")) from None
-
-    async def _tls_port(self) -> FatalClientError | None:
-        """The error for a ws:// --url whose port speaks TLS (the server, or a reverse proxy terminating TLS,
-        which answers plain HTTP with 400), else None: retrying the same URL can never work."""
-        parts = urlsplit(self.ws_url)
-        if parts.scheme == "ws" and not self.proxy.url and await speaks_tls(parts.hostname or "", parts.port or 80):
-            fixed = urlunsplit(("wss",) + urlsplit(self.config.url)[1:])
-            return FatalClientError(f"{self.config.url}: the server speaks TLS: use --url {fixed}")
-        return None
-
-    async def _handshake(self, websocket: ClientConnection):
-        hello = Hello(self.config.mode, self.config.services, self.client_id, self.initial_window,
-                      extra={**self.config.extra, "max_streams": self.config.max_streams})  # the server skips us when full
-        await websocket.send(hello.encode())
-        try:
-            return parse_welcome(await asyncio.wait_for(websocket.recv(), 15))
-        except ConnectionClosed as exc:
-            rcvd = exc.rcvd
-            if rcvd is not None and rcvd.code in FATAL_CLOSE_CODES:
-                raise FatalClientError(f"the server refused this client: {printable(rcvd.reason)}") from None
-            raise
-        except HandshakeError as exc:
-            raise FatalClientError(f"bad handshake from server: {printable(str(exc), 300)}") from None  # its version
