@@ -20,8 +20,7 @@ import logging
 import time
 from typing import Callable, Protocol
 
-from websockets.exceptions import ConnectionClosed
-
+from .keepalive import Keepalive
 from .logs import logfmt
 from .mux import (
     DataReceived,
@@ -109,7 +108,7 @@ class Channel:
         return self.session.mux.is_open(self.stream_id)
 
 
-class Session:
+class Session(Keepalive):
     """A live tunnel connection: one websocket carrying many streams."""
 
     def __init__(
@@ -211,43 +210,6 @@ class Session:
         log.warning("event=peer_not_reading session=%s queued=%d action=reading_paused", self.name, self.mux.buffered)
         self._backlog_paused = True
         self.websocket.gate.hold("backlog")
-
-    async def _watchdog(self) -> None:
-        """Detect a dead peer within ``keepalive`` seconds of its last sign of life, even on a stalled TCP connection.
-
-        Our own rather than the websockets library's: its ping waits on a full send
-        buffer and then on the closing handshake, so a stalled peer could hang it.
-        A message that did something counts as a sign of life, as does an answered ping. After half the
-        keepalive of silence a ping goes, and must be answered within what is left of it: a check on a fixed
-        beat that found traffic slept a whole beat more, and the ping waited another, up to 1.5x the keepalive.
-        """
-        assert self.keepalive is not None
-        quiet = self.keepalive / 2  # silence after which a ping is sent
-        self._last_rx = time.monotonic()
-        try:
-            while True:
-                await asyncio.sleep(max(0.0, self._last_rx + quiet - time.monotonic()))
-                silent = time.monotonic() - self._last_rx
-                if silent < quiet:
-                    continue  # traffic meanwhile: sleep until half the keepalive after it
-                try:
-                    await asyncio.wait_for(self._ping(), max(0.0, self.keepalive - silent))
-                except asyncio.TimeoutError:
-                    silent = time.monotonic() - self._last_rx
-                    if silent < self.keepalive:
-                        continue  # no answer yet, but a message that did something came meanwhile
-                    log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs", self.name, silent,
-                                self.keepalive)
-                    self._close_reason = "keepalive timeout"
-                    self.websocket.transport.abort()
-                    return
-                self._last_rx = time.monotonic()  # answered: alive now
-        except ConnectionClosed:
-            return
-
-    async def _ping(self) -> None:
-        pong = await self.websocket.ping()
-        await pong
 
     def go_away(self, reason: str = "") -> None:
         """Tell the peer to open no new streams here; open streams carry on."""

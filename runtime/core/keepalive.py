@@ -1,0 +1,65 @@
+"""The session's keepalive: a dead peer found within ``keepalive`` seconds of its last sign of life.
+
+Apart from ``session.py`` because it is a job of its own, run as one task beside the session's callbacks: it only
+reads when the peer last did something (``_last_rx``, which ``Session._on_message`` sets) and, after silence, pings
+and aborts the transport. ``Session`` takes it as a mixin, so nothing on the per-message path changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from websockets.exceptions import ConnectionClosed
+
+from .wsflow import BoundedConnection
+
+log = logging.getLogger("inlets.session")
+
+
+class Keepalive:
+    """``Session``'s watchdog task (``run`` starts it when ``keepalive`` is set)."""
+
+    websocket: BoundedConnection
+    name: str
+    keepalive: float | None
+    _last_rx: float
+    _close_reason: str
+
+    async def _watchdog(self) -> None:
+        """Detect a dead peer within ``keepalive`` seconds of its last sign of life, even on a stalled TCP connection.
+
+        Our own rather than the websockets library's: its ping waits on a full send
+        buffer and then on the closing handshake, so a stalled peer could hang it.
+        A message that did something counts as a sign of life, as does an answered ping. After half the
+        keepalive of silence a ping goes, and must be answered within what is left of it: a check on a fixed
+        beat that found traffic slept a whole beat more, and the ping waited another, up to 1.5x the keepalive.
+        """
+        assert self.keepalive is not None
+        quiet = self.keepalive / 2  # silence after which a ping is sent
+        self._last_rx = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._last_rx + quiet - time.monotonic()))
+                silent = time.monotonic() - self._last_rx
+                if silent < quiet:
+                    continue  # traffic meanwhile: sleep until half the keepalive after it
+                try:
+                    await asyncio.wait_for(self._ping(), max(0.0, self.keepalive - silent))
+                except asyncio.TimeoutError:
+                    silent = time.monotonic() - self._last_rx
+                    if silent < self.keepalive:
+                        continue  # no answer yet, but a message that did something came meanwhile
+                    log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs", self.name, silent,
+                                self.keepalive)
+                    self._close_reason = "keepalive timeout"
+                    self.websocket.transport.abort()
+                    return
+                self._last_rx = time.monotonic()  # answered: alive now
+        except ConnectionClosed:
+            return
+
+    async def _ping(self) -> None:
+        pong = await self.websocket.ping()
+        await pong
