@@ -10,7 +10,8 @@ from __future__ import annotations
 import httptools
 
 from .messages import END_OF_MESSAGE, Body, Event, HttpError, ResponseHead, no_body_status
-from .parser import MAX_HEADERS, MAX_HEADER_BYTES, NEVER_HOP, Reader, is_keep_alive, header_tokens
+from .header_values import header_tokens, is_keep_alive
+from .parser import MAX_HEADERS, MAX_HEADER_BYTES, NEVER_HOP, Reader
 
 
 class ResponseReader(Reader):
