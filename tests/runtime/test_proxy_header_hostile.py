@@ -1,0 +1,73 @@
+"""A balancer's PROXY header (--lb-proxy-protocol) that breaks the specification is refused at once and counted.
+
+Only well-formed headers were ever sent by the tests, so the parser's checks could all be removed with every test
+passing: a v1 header past its 107 bytes was buffered until the header timeout, a TCP4 header naming an IPv6
+address was believed, and a v2 header with a short address block or another version went unchecked (a short one
+raised out of the protocol callback, logged as a fatal error and counted nowhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from helpers.tunnel import (
+    TlsFiles, control_url, echo_server, free_port, metric, port_of, run, start_client, start_server, stop,
+    wait_listening,
+)
+
+from inlets_py.runtime.client.tcp_upstreams import Upstream
+from inlets_py.runtime.server.dataplane import DataPlaneOptions
+from inlets_py.runtime.server.proxy_protocol import V2_SIGNATURE, encode
+
+
+def v2(ver_cmd: int, family: int, body: bytes) -> bytes:
+    return V2_SIGNATURE + struct.pack("!BBH", ver_cmd, family, len(body)) + body
+
+
+BAD = {
+    "v1": [
+        b"PROXY TCP4 " + b"1" * 120,  # no CRLF within the 107 bytes a v1 header may take
+        b"PROXY TCP4 2001:db8::1 127.0.0.1 4242 80\r\n",  # an IPv6 address in a TCP4 header
+        b"PROXY TCP6 203.0.113.9 127.0.0.1 4242 80\r\n",  # and the other way round
+    ],
+    "v2": [
+        v2(0x21, 0x11, b"\xcb\x00\x71\x09"),  # TCP over IPv4, but the address block holds 4 bytes, not 12
+        v2(0x11, 0x11, bytes([203, 0, 113, 9, 127, 0, 0, 1]) + struct.pack("!HH", 4242, 80)),  # version 1 in a v2 header
+    ],
+}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFiles, token: str, version: str) -> None:
+    async def attempt(port: int, header: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(header + b"hello")
+        try:
+            return await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(lb_proxy_protocol=version)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        await wait_listening("127.0.0.1", public)
+        good = encode(version, ("203.0.113.9", 4242), ("127.0.0.1", public))
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)  # a right header: carried
+        writer.write(good + b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+        writer.close()
+        for header in BAD[version]:
+            assert await attempt(public, header) == b"", header
+        refused = metric(server, "tcp_dataplane_refused_total", port=str(public), reason="bad_proxy_header")
+        assert refused == len(BAD[version])
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
