@@ -821,3 +821,49 @@ def test_an_upstream_nothing_listens_on_is_said_in_the_clients_log(
 
     caplog.set_level("INFO", logger="inlets.udp")
     run(scenario())
+
+
+def test_flows_past_the_ports_bound_are_dropped_and_counted(tls: TlsFiles, token: str) -> None:
+    """A UDP port keeps at most ``max_flows`` flows (each holds a stream and a table entry): a spray of sources
+    grew the table without end when the bound was gone, with every test passing."""
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server, public, client, task = await udp_tunnel(tls, token, echo)
+        udp = server.udp_ports[f"udp:{public}"]
+        udp.max_flows = 2
+        answered = []
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # the third is one flow past the bound
+            try:
+                answered += await ask(public, [source.encode()], source=source, timeout=1)
+            except asyncio.TimeoutError:
+                pass
+        assert answered == [b"127.0.0.1", b"127.0.0.2"] and len(udp.flows) == 2
+        assert udp.counters.dropped == {"too_many_flows": 1}
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+
+
+def test_allow_ips_bounds_udp_sources_on_a_dual_stack_port(tls: TlsFiles, token: str) -> None:
+    """No --data-addr: the UDP port is dual stack, and an IPv4 user's address comes as ::ffff:127.0.0.2. The
+    allow-list matches it as the IPv4 address it is (--allow-ips 127.0.0.2 let none of it in when it did not),
+    and a datagram from outside it is dropped and counted."""
+    from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
+    from inlets_py.runtime.server.dataplane import DataPlaneOptions
+
+    async def scenario() -> None:
+        echo = await udp_echo()
+        server = await start_server(tls, token, data_addr=None)
+        server.options = DataPlaneOptions(allow_ips=SourceAllowList(parse_networks("127.0.0.2")))
+        public = udp_free_port()
+        client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)})
+        udp = server.udp_ports[f"udp:{public}"]
+        assert await ask(public, [b"inside"], source="127.0.0.2") == [b"inside"]
+        with pytest.raises(asyncio.TimeoutError):
+            await ask(public, [b"outside"], source="127.0.0.3", timeout=1)
+        assert udp.counters.dropped == {"source_not_allowed": 1} and len(udp.flows) == 1
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
