@@ -216,6 +216,43 @@ def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles
     assert token not in caplog.text and "guess-3" not in caplog.text
 
 
+def test_a_limited_source_gets_401_again_once_its_window_ends(tls: TlsFiles, token: str) -> None:
+    """The limit lasts a window (60 s), not for ever: a user who mistyped the token ten times, or shares a NAT with
+    a guesser, gets back in. With the window's end removed (every source limited until a restart) every test passed."""
+    async def status(server, offered: str) -> int:
+        try:
+            ws = await raw_client(server, tls, offered, source="127.0.0.9")
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    async def scenario() -> None:
+        server = await start_server(tls, token, login_limit=3, login_window=1.0)
+        assert [await status(server, f"guess-{i}") for i in range(4)] == [401] * 3 + [429]
+        codes = []
+        for _ in range(50):  # bounded: about 5 s, for a window of 1 s
+            codes.append(await status(server, "guess-later"))
+            if codes[-1] != 429:
+                break
+            await asyncio.sleep(0.1)
+        assert codes[-1] == 401, codes  # a fresh window: counted again, not refused
+        await server.stop()
+
+    run(scenario())
+
+
+def test_the_failed_login_table_is_bounded_the_oldest_source_forgotten() -> None:
+    """A spray of sources cannot grow the table without end: at ``max_sources`` the oldest window goes."""
+    from inlets_py.runtime.server.ratelimit import FailedLoginLimiter
+
+    limiter = FailedLoginLimiter(limit=1, window=600, max_sources=2)
+    for source in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        limiter.failed(source)
+    assert [limiter.blocked(s) for s in ("192.0.2.1", "192.0.2.2", "192.0.2.3")] == [False, True, True]
+    assert len(limiter._sources) == 2
+
+
 def test_a_repeated_authorization_header_is_refused_clearly_and_counted_as_a_failed_login(
     tls: TlsFiles, token: str, caplog
 ) -> None:
@@ -577,6 +614,26 @@ def test_unauthenticated_connections_are_capped_per_source_and_in_total(tls: Tls
         assert kept == [False] * 10 + [True] * 20
         await still_serving(server, tls, token)  # an honest client got in, past the full cap
         for s in one_source + many:
+            s.close()
+        await server.stop()
+
+    run(scenario())
+
+
+def test_a_trusted_reverse_proxy_is_held_to_the_total_cap_only(tls: TlsFiles, token: str) -> None:
+    """--trusted-proxies carries many users' connections from one address: the per-source cap would let no more
+    than 16 of them handshake at once (every other user refused at accept), so a trusted proxy is held to the
+    total only, and any other source still to its own cap."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, max_handshakes=20, max_handshakes_per_source=3,
+                                    trusted_proxies=SourceAllowList(parse_networks("127.0.0.2")))
+        port = server.control.addresses[0][1]
+        proxy = [silent_connection(port, "127.0.0.2") for _ in range(6)]
+        other = [silent_connection(port, "127.0.0.3") for _ in range(6)]
+        await asyncio.sleep(0.5)
+        assert [closed_by_server(s) for s in proxy] == [False] * 6
+        assert [closed_by_server(s) for s in other] == [False] * 3 + [True] * 3
+        for s in proxy + other:
             s.close()
         await server.stop()
 
