@@ -8,11 +8,12 @@ a flood of silent connections cannot keep out a client that completes its handsh
 milliseconds. A trusted reverse proxy carries many users' connections: it is held to the
 total only.
 
-Two listeners use it. On the control port (``until_tls=False``) a connection stops
+Three listeners use it. On the control port (``until_tls=False``) a connection stops
 counting once its token checks out (``ControlConnection.authenticated``), or when it
 closes. On the HTTPS data plane (``acme.https_front``, ``until_tls=True``) it stops
 counting once its TLS handshake is done: what follows is ordinary HTTP, bounded as on
-the plain port.
+the plain port. On that front's plain port (no TLS, ``until_tls=False``) a connection
+counts until it closes: it lives for one challenge answer or redirect.
 
 Freed memory tends to stay with the process (the allocator keeps it for reuse), so
 when the last of a burst of pending connections has gone, unreachable objects are
