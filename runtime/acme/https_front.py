@@ -4,7 +4,7 @@
   TLS, the certificate chosen by SNI (``letsencrypt.LetsEncrypt``); upstreams are told
   ``X-Forwarded-Proto: https``.
 * The plain port answers ``/.well-known/acme-challenge/TOKEN`` from the challenges in
-  flight and redirects everything else to https (308 keeps the method and body), one
+  flight and redirects requests for its domains to https (308 keeps the method and body), one
   request per connection, with a deadline for the request head.
 
 Connections still in their TLS handshake on the HTTPS port are capped as the control
@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Collection, Protocol
 
 from ..core.logs import logfmt
+from ..core.ports import parse_port
 from ..core.listen import listen_as
 from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
@@ -73,8 +74,13 @@ class TlsFrontConnection(FrontConnection):
         return False  # TLS closes on the peer's close_notify anyway; True only makes asyncio warn per connection
 
 
-def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int) -> tuple[int, bytes, list]:
-    """(status, body, extra headers) for a request on the plain port: no I/O, so tests call it directly."""
+def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int,
+                 domains: Collection[str]) -> tuple[int, bytes, list]:
+    """(status, body, extra headers) for a request on the plain port: no I/O, so tests call it directly.
+
+    Only ``domains`` (the --letsencrypt-domain names, the only ones with a certificate) are redirected, as Caddy
+    and Traefik redirect only the sites they serve: any other Host got ``Location: https://THAT-HOST/``, an open
+    redirect for whatever could set the Host (a shared cache, a page's fetch through a proxy)."""
     path = head.target.split(b"?", 1)[0]
     if path.startswith(CHALLENGE_PREFIX):
         token = path[len(CHALLENGE_PREFIX):].decode("ascii", "replace")
@@ -84,10 +90,14 @@ def plain_answer(head: RequestHead, challenges: dict[str, str], https_port: int)
         return 200, answer.encode(), []
     if not head.host:
         return 400, b"a Host header is needed to redirect to https\n", []
-    host = f"[{head.host}]" if ":" in head.host else head.host
-    port = "" if https_port == 443 else f":{https_port}"
+    port = head.noted.get(b"host", [b""])[0].strip(b" \t").rpartition(b"]")[2].partition(b":")[2]
+    if port and parse_port(port.decode("ascii", "replace")) is None:
+        return 400, b"invalid Host header: its port is not 1-65535\n", []
+    if head.host not in domains:
+        return 404, b"not a domain of this server: only its Let's Encrypt domains are redirected to https\n", []
+    port_part = "" if https_port == 443 else f":{https_port}"
     target = head.target if head.target.startswith(b"/") else b"/"
-    return 308, b"", [(b"Location", f"https://{host}{port}".encode() + target)]
+    return 308, b"", [(b"Location", f"https://{head.host}{port_part}".encode() + target)]
 
 
 class PlainFront(asyncio.Protocol):
@@ -116,7 +126,8 @@ class PlainFront(asyncio.Protocol):
             return
         head = next((e for e in events if isinstance(e, RequestHead)), None)
         if head is not None:
-            status, body, extra = plain_answer(head, self.letsencrypt.challenges, self.https_port)
+            status, body, extra = plain_answer(head, self.letsencrypt.challenges, self.https_port,
+                                               self.letsencrypt.domain_set)
             if status == 200:
                 log.info("event=acme_challenge_answered host=%s", logfmt(head.host or "-"))
             self._answer(status, body, extra, head.method == b"HEAD")

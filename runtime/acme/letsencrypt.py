@@ -63,6 +63,7 @@ def tls_context() -> ssl.SSLContext:
 class LetsEncrypt:
     def __init__(self, domains: list[str], store: CertStore, account: Account, *, retry: float = 60.0) -> None:
         self.domains = list(dict.fromkeys(domains))
+        self.domain_set = frozenset(self.domains)  # what port 80 redirects to https: one lookup per request
         self.store = store
         self.account = account
         self.retry = retry

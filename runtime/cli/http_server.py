@@ -78,7 +78,7 @@ def http_server(
     """Run an HTTP tunnel server: requests on --port go to the client serving their Host.
 
     With --letsencrypt-domain: HTTPS on --https-port with certificates from Let's Encrypt (obtained and
-    renewed while running), and --port answers HTTP-01 challenges and redirects everything else to https.
+    renewed while running), and --port answers HTTP-01 challenges and redirects its domains to https.
 
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
     (metrics: curl --cacert ca.crt -H "Authorization: Bearer $(cat token.txt)" https://203.0.113.10:8123/metrics)

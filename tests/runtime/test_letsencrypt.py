@@ -121,6 +121,27 @@ def test_plain_port_answers_only_known_challenges(acme) -> None:
     assert acme["manager"].challenges == {}  # withdrawn once validated
 
 
+@pytest.mark.parametrize("host, answer", [
+    ("A.Example.Test.", "308 https://a.example.test:{https}/login?next=1"),  # a domain of ours, any spelling
+    ("b.example.test:80", "308 https://b.example.test:{https}/login?next=1"),
+    ("evil.com", "404 "),  # not ours: no redirect to it (Caddy and Traefik answer a host they do not serve so)
+    ("127.0.0.1", "404 "),  # an address: no certificate names it
+    ("[::1]:80", "404 "),
+    ("a.example.test:99999", "400 "),  # no such port
+    ("x:0", "400 "),
+])
+def test_plain_port_redirects_only_its_own_domains(acme, host, answer) -> None:
+    """Port 80 redirected any Host: ``Host: evil.com`` got ``Location: https://evil.com/...`` (an open redirect
+    for whatever could set the Host, a shared cache say) and ``Host: x:99999`` was taken."""
+    curl = need("curl")
+    result = subprocess.run(
+        [curl, "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+         "-H", f"Host: {host}", f"http://127.0.0.1:{acme['http']}/login?next=1"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert result.stdout == answer.format(https=acme["https"]), result
+
+
 @pytest.mark.parametrize("request_bytes, status_line", [
     (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: a.example.test\r\n\r\n", b"HTTP/1.1 414 URI Too Long\r\n"),
     (b"GET / HTTP/1.1\r\nHost: a.example.test\r\nX-Big: " + b"h" * 20_000 + b"\r\n\r\n",
@@ -381,18 +402,23 @@ def _head(raw: bytes):
 
 
 def test_plain_answers() -> None:
-    challenges = {"tok": "tok.thumb"}
+    challenges, ours = {"tok": "tok.thumb"}, {"a.test"}
     assert plain_answer(_head(b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges,
-                        443) == (200, b"tok.thumb", [])
+                        443, ours) == (200, b"tok.thumb", [])
     assert plain_answer(_head(b"GET /.well-known/acme-challenge/other HTTP/1.1\r\nHost: a.test\r\n\r\n"),
-                        challenges, 443)[0] == 404
+                        challenges, 443, ours)[0] == 404
     assert plain_answer(_head(b"POST /form?a=1 HTTP/1.1\r\nHost: a.test:80\r\nContent-Length: 0\r\n\r\n"), challenges,
-                        443) == (308, b"", [(b"Location", b"https://a.test/form?a=1")])
-    assert plain_answer(_head(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 8443)[2] == [
+                        443, ours) == (308, b"", [(b"Location", b"https://a.test/form?a=1")])
+    assert plain_answer(_head(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 8443, ours)[2] == [
         (b"Location", b"https://a.test:8443/")]
-    assert plain_answer(_head(b"GET / HTTP/1.0\r\n\r\n"), challenges, 443)[0] == 400
-    assert plain_answer(_head(b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n"), challenges, 443)[2] == [
+    assert plain_answer(_head(b"GET / HTTP/1.0\r\n\r\n"), challenges, 443, ours)[0] == 400
+    assert plain_answer(_head(b"GET http://a.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n"), challenges, 443, ours)[2] == [
         (b"Location", b"https://a.test/x")]  # absolute form: the target's host and path (RFC 9112 3.2.2)
+    assert plain_answer(_head(b"GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 443,
+                        ours)[:2] == (404, b"not a domain of this server: only its Let's Encrypt domains are "
+                                           b"redirected to https\n")
+    assert plain_answer(_head(b"GET http://a.test:65536/x HTTP/1.1\r\nHost: a.test\r\n\r\n"), challenges, 443, ours)[0] == 400
+    assert plain_answer(_head(b"GET / HTTP/1.1\r\nHost: a.test:\r\n\r\n"), challenges, 443, ours)[0] == 308  # RFC 3986
 
 
 def test_an_existing_letsencrypt_path_keeps_its_mode_and_the_keys_folder_is_private(tmp_path: Path) -> None:
