@@ -30,7 +30,7 @@ from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
 from ..core.tls import SERVER_CIPHERS, DirectSSLObject, TlsConfigError, readable_file
 from . import retry_after as retry_after_header
-from .store import (CHAIN, CURRENT, KEY, NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
+from .store import (CHAIN, CURRENT, KEY, NOTE, RETRY_NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
                     directory_url)
 
 log = logging.getLogger("inlets.letsencrypt")
@@ -138,6 +138,7 @@ class LetsEncrypt:
     async def start(self) -> None:
         """Issue what is missing and renew what is due, from now on (the listeners are up)."""
         _quiet_undecodable_sni()
+        self._restore_waits(asyncio.get_running_loop())
         self._task = asyncio.ensure_future(self._keep_current())
 
     async def stop(self) -> None:
@@ -192,9 +193,9 @@ class LetsEncrypt:
             failures = self._failures[domain] = self._failures.get(domain, 0) + 1
             asked = exc.retry_after if isinstance(exc, AcmeError) else None
             delay = self.retry_delay(failures, asked)
-            self._not_before[domain] = loop.time() + delay
+            until = self._wait(domain, failures, delay, loop)
             log.error("event=certificate_failed domain=%s error=%s retry_in=%.0fs retry_at=%s%s%s", logfmt(domain),
-                      logfmt(exc), delay, _retry_at(delay), "" if asked is None else f" retry_after={asked:.0f}s",
+                      logfmt(exc), delay, _iso(until), "" if asked is None else f" retry_after={asked:.0f}s",
                       self._expired_note(domain))
             return
         self.issued += 1
@@ -205,6 +206,37 @@ class LetsEncrypt:
             return
         self._failures.pop(domain, None)
         self._not_before.pop(domain, None)
+        with contextlib.suppress(OSError):
+            self.store.clear_retry(domain)
+
+    def _wait(self, domain: str, failures: int, delay: float,
+              loop: asyncio.AbstractEventLoop) -> datetime.datetime:
+        """No try for ``domain`` within ``delay`` seconds, noted in the store too, so that a restart honours it:
+        5 restarts within an hour were 5 failed validations, Let's Encrypt's limit per hostname and hour.
+        Returns when, for the log line (the time a restart will say)."""
+        self._not_before[domain] = loop.time() + delay
+        until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay)
+        with contextlib.suppress(OSError):  # a full disk, say: the wait still holds until the next start
+            self.store.save_retry(domain, failures, until)
+        return until
+
+    def _restore_waits(self, loop: asyncio.AbstractEventLoop) -> None:
+        """At start: the waits a run before noted (``_wait``) and not yet over, each said in one line. A wait
+        is at most ``RETRY_AFTER_MAX`` from now, whatever the note says (a clock set back, a note edited)."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        latest = now + datetime.timedelta(seconds=retry_after_header.RETRY_AFTER_MAX)
+        for domain in self.domains:
+            kept = self.store.load_retry(domain)
+            if kept is None or kept[1] <= now:
+                continue
+            failures, when = kept[0], min(kept[1], latest)
+            wait = (when - now).total_seconds()
+            self._failures[domain] = failures
+            self._not_before[domain] = loop.time() + wait
+            log.warning("event=certificate_retry_kept domain=%s failures=%d retry_in=%.0fs retry_at=%s note=%s",
+                        logfmt(domain), failures, wait, _iso(when), logfmt(
+                            "the last attempt before this start failed: the CA is asked again no sooner (remove "
+                            f"{self.store.domain_dir(domain) / RETRY_NOTE} to ask at start)"))
 
     def _due_on_arrival(self, cert: StoredCert, loop: asyncio.AbstractEventLoop) -> None:
         """A certificate due for renewal as it arrives (this clock months ahead, or a CA issuing for seconds)
@@ -212,10 +244,10 @@ class LetsEncrypt:
         rate limit (5 duplicate certificates a week at Let's Encrypt) within seconds."""
         failures = self._failures[cert.domain] = self._failures.get(cert.domain, 0) + 1
         delay = self.retry_delay(failures)
-        self._not_before[cert.domain] = loop.time() + delay
+        until = self._wait(cert.domain, failures, delay, loop)
         log.warning("event=certificate_due_on_arrival domain=%s not_after=%s error=%s retry_in=%.0fs retry_at=%s",
                     logfmt(cert.domain), _iso(cert.validity.not_after), logfmt("the certificate just issued is already "
-                    "due for renewal: is this machine's clock right?"), delay, _retry_at(delay))
+                    "due for renewal: is this machine's clock right?"), delay, _iso(until))
 
     def _expired_note(self, domain: str) -> str:
         """`` serving=expired not_after=...`` when the certificate still served for ``domain`` has expired: a
@@ -300,11 +332,6 @@ def _unusable(cert: StoredCert, exc: Exception) -> str:
     if isinstance(exc, ssl.SSLError):
         return f"{cert.chain} and {cert.key} are not a readable PEM certificate chain and key (damaged?)"
     return f"cannot read {cert.chain} and {cert.key}: {(getattr(exc, 'strerror', None) or 'unreadable').lower()}"
-
-
-def _retry_at(delay: float) -> str:
-    """When the next try is, in UTC: ``retry_in`` alone left the reader adding seconds to the log's timestamp."""
-    return _iso(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay))
 
 
 def configure(

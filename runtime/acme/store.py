@@ -152,6 +152,8 @@ ROOM = 16 * 1024
 CURRENT, _NEXT_LINK = "current", ".current.tmp"
 _VERSION = re.compile(r"[0-9]{1,18}")
 CHAIN, KEY, NOTE = "chain.pem", "key.pem", "validity.json"
+#: In a domain's folder: when it may be asked for again after a failure, so that a restart waits too.
+RETRY_NOTE = "retry.json"
 
 
 class CertStore:
@@ -258,6 +260,29 @@ class CertStore:
         self._remove_except(home, {version, previous})
         self._remove_legacy(domain)
         return StoredCert(domain, folder / CHAIN, folder / KEY, when)
+
+    def save_retry(self, domain: str, failures: int, not_before: datetime.datetime) -> None:
+        """Note that ``domain`` is not to be asked for before ``not_before`` (0600, replaced whole): kept in
+        memory only, each restart asked at once, and 5 failed validations an hour is Let's Encrypt's limit."""
+        self.prepare()
+        _make_dirs(self.domain_dir(domain), stop=self.dir)
+        note = {"domain": domain, "failures": failures, "not_before": _iso(not_before)}
+        self._replace(self.domain_dir(domain) / RETRY_NOTE, json.dumps(note).encode())
+
+    def load_retry(self, domain: str) -> tuple[int, datetime.datetime] | None:
+        """(failures in a row, not before when) as ``save_retry`` noted them; None when absent or damaged."""
+        try:
+            data = json.loads((self.domain_dir(domain) / RETRY_NOTE).read_text())
+            failures = data["failures"]
+            if data["domain"] != domain or type(failures) is not int or failures < 1:
+                return None
+            return failures, _parse(data["not_before"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def clear_retry(self, domain: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.domain_dir(domain) / RETRY_NOTE).unlink()
 
     @staticmethod
     def _remove_except(home: Path, keep: set[str | None]) -> None:

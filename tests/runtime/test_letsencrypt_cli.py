@@ -12,6 +12,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -125,3 +126,36 @@ def test_an_acme_server_out_of_reach_is_said_in_words(tmp_path: Path, token_file
     assert (f"cannot reach the ACME server https://127.0.0.1:{dead}/dir: connection refused: check the network "
             "and --letsencrypt-issuer") in line
     assert not any(word in line for word in ("HTTPSConnectionPool", "Errno", "NewConnectionError"))
+
+
+def test_a_restart_keeps_the_wait_after_a_failure(tmp_path: Path, token_file: Path) -> None:
+    """Each start asked the CA at once: a failing domain's backoff lived in memory only, so 5 restarts within
+    an hour were 5 failed validations, Let's Encrypt's limit per hostname and hour (then refused for an hour)."""
+    dead = free_port()
+
+    def start(log: str):
+        return spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
+                     "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
+                     "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
+                     "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir",
+                     "--letsencrypt-path", str(tmp_path / "le"), log=tmp_path / log)
+
+    server = start("first.log")
+    try:
+        first = wait_for_text(tmp_path / "first.log", "event=certificate_failed", timeout=60)
+    finally:
+        stop_all(server)
+    retry_at = first.split("retry_at=")[1].split()[0]
+    server = start("second.log")
+    try:
+        kept = wait_for_text(tmp_path / "second.log", "event=certificate_retry_kept", timeout=20)
+        time.sleep(2)  # the second start would have asked by now (it asked within 0.3 s)
+        second = (tmp_path / "second.log").read_text()
+    finally:
+        codes = stop_all(server)
+    assert codes == [0], second
+    assert "event=certificate_requesting" not in second, second
+    line = next(line for line in kept.splitlines() if "event=certificate_retry_kept" in line)
+    assert f"domain={DOMAIN}" in line and f"retry_at={retry_at}" in line and "failures=1" in line, line
+    [note] = (tmp_path / "le").rglob("retry.json")
+    assert stat.S_IMODE(note.stat().st_mode) == 0o600 and str(note) in line, line

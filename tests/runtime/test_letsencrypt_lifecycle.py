@@ -75,6 +75,8 @@ def test_an_expired_certificate_being_served_is_said(tmp_path, tls, token, caplo
         finally:
             stack.close()
     not_after = manager.store.load(DOMAINS[0]).validity.not_after
+    for note in (tmp_path / "le").rglob("retry.json"):  # the 3 s certificate came due at once: a restart would wait
+        note.unlink()
     time.sleep(max(0.0, (not_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) + 1.1)
     caplog.clear()
     stack = Stack()
