@@ -2,26 +2,22 @@
 
 Mode-specific servers (TCP, HTTP) plug in through ``admit``/``release``: the control
 plane authenticates and shakes hands, then asks the mode whether it will serve
-what the client advertised.
+what the client advertised. The port's plain HTTP answers (``/healthz``, the
+authenticated routes, the 401/429 refusals) are in ``control_http.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import ipaddress
 import logging
 import ssl
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from ..core.hosts import unmapped
 from ..core.listen import BindError, bind_address
@@ -30,9 +26,10 @@ from ..core.services import shown_service
 from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
 from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
+from .control_http import ControlHTTP, Route, client_address, format_address
 from .ratelimit import FailedLoginLimiter
 from ..core.handshake import (
-    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, CONNECT_PATH, HandshakeError, Hello, Welcome,
+    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome,
     client_max_streams, parse_hello,
 )
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
@@ -44,15 +41,6 @@ if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forward
 log = logging.getLogger("inlets.server")
 
 HELLO_TIMEOUT = 10.0
-
-#: An authenticated GET route on the control port (``/metrics``, ``/status``), given the request's headers (a
-#: scrape's Accept names its format): (status, content type, body).
-Route = Callable[[Headers], tuple[int, str, bytes]]
-#: Answers from this size on go gzipped to a client that takes it (Prometheus asks so at every scrape): 10,500 HTTP
-#: series were 21.5 MB of text, 0.6 MB gzipped, for 0.16 s of a thread.
-GZIP_FROM = 1024
-#: What the control port answers besides ``ControlConfig.routes``.
-BUILTIN_PATHS = frozenset((CONNECT_PATH, "/healthz"))
 
 
 @dataclass
@@ -97,31 +85,6 @@ class ClientInfo:
     revoked: bool = False  # its token was removed; it finishes its open streams, if its client already drains it
 
 
-def _response(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close")])
-    return Response(status, HTTPStatus(status).phrase, headers, body)
-
-
-def _rendered(route: Route, headers: Headers) -> tuple[int, str, bytes, bool]:
-    """``route``'s answer, gzipped (True) when large and the client takes gzip (``q=0`` refuses it)."""
-    status, content_type, body = route(headers)
-    gzipped = len(body) >= GZIP_FROM and _takes_gzip(headers)
-    return status, content_type, gzip.compress(body, 6) if gzipped else body, gzipped
-
-
-def _takes_gzip(headers: Headers) -> bool:
-    """Whether Accept-Encoding lists gzip with a weight above 0 (a header repeated counts as one list)."""
-    for coding in ",".join(headers.get_all("Accept-Encoding")).split(","):
-        name, _, weight = coding.partition(";")
-        if name.strip().lower() == "gzip":
-            weight = weight.strip().lower().removeprefix("q=")
-            try:
-                return not weight or float(weight) > 0
-            except ValueError:
-                return False
-    return False
-
-
 def _close_reason(text: str) -> str:
     """A websocket close reason fits in 123 bytes of UTF-8: a longer one is cut after a word, marked '...'."""
     if len(text.encode()) <= 123:
@@ -139,45 +102,9 @@ def _how_closed(websocket: ServerConnection) -> str:
     return f"{frame.code} {frame.reason}".strip() if frame is not None else "connection lost without a close"
 
 
-def client_address(peer: object, headers: Headers, trusted: SourceAllowList | None) -> str:
-    """Who is asking: the peer, or, when the peer is a trusted reverse proxy, the address the
-    proxies recorded in X-Forwarded-For: the rightmost entry not itself a trusted proxy (the
-    entries left of it are whatever the client sent, and prove nothing)."""
-    host = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
-    if trusted is None or not trusted.allows(host):
-        return host
-    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
-    for hop in reversed(hops):
-        address = _forwarded_ip(hop)
-        if address is None:  # not an address: the chain says nothing more that can be used, in logs or as a key
-            return host
-        if not trusted.allows(address):
-            return address
-        host = address
-    return host
+class ControlPlane(ControlHTTP):
+    config: ControlConfig
 
-
-def _forwarded_ip(hop: str) -> str | None:
-    """An X-Forwarded-For entry as an IP address (some proxies add a port: ``203.0.113.9:4711``,
-    ``[2001:db8::1]:4711``), or None."""
-    if hop.startswith("["):
-        hop = hop[1:].partition("]")[0]
-    elif hop.count(":") == 1:
-        hop = hop.partition(":")[0]
-    try:
-        return str(ipaddress.ip_address(hop))
-    except ValueError:
-        return None
-
-
-def format_address(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = unmapped(str(address[0]))
-        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-    return str(address)
-
-
-class ControlPlane:
     def __init__(
         self,
         mode: str,
@@ -232,18 +159,6 @@ class ControlPlane:
         connection.on_oversized = self._oversized
         return connection
 
-    def _oversized(self, connection: ControlConnection, status: int) -> None:
-        """A request too large to parse, which the library answered: logged and counted as ours are."""
-        log.warning("event=request_refused remote=%s status=%d reason=%s", logfmt(format_address(connection.peer)),
-                    status, logfmt("request line too long" if status == 414 else "header fields too large"))
-        if self.config.on_request is not None:
-            self.config.on_request("", status)  # no path was read: the metrics' _other
-
-    def serves(self, path: str) -> bool:
-        """Whether the control port answers ``path``: asked per request, so a route added after the metrics
-        were made (``/status``) is its own label, not ``_other``, and no list of paths is kept apart."""
-        return path in BUILTIN_PATHS or path in self.config.routes
-
     @property
     def addresses(self) -> list[tuple]:
         assert self._server is not None
@@ -283,78 +198,6 @@ class ControlPlane:
                 asyncio.ensure_future(session.close(1008, "token revoked"))
             revoked += 1
         return revoked
-
-    # ------------------------------------------------------------- HTTP requests
-
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None | Awaitable:
-        return self._answer(connection, request)
-
-    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
-        """Count every answer by its real status, the library's own too: a /connect it refused (426 without
-        Upgrade, 400 for a bad Sec-WebSocket-Key) was counted as a 101 when counted before the handshake."""
-        if self.config.on_request is not None:
-            self.config.on_request(request.path.split("?", 1)[0], response.status_code)
-
-    def _answer(self, connection: ServerConnection, request: Request) -> Response | None | Awaitable:
-        response = self._route(connection, request)
-        if callable(response):
-            return self._built(response, request)
-        if response is not None and request.method == "HEAD":
-            response.body = b""  # answered as its GET would be, Content-Length included, without the body
-        return response
-
-    async def _built(self, route: Route, request: Request) -> Response:
-        """An authenticated route's answer, made in a thread: built on the loop, a scrape of 21,000 HTTP series
-        (3,000 hosts, 7 methods) stopped every tunnel for 3.7 s. The routes read the counters as they are."""
-        status, content_type, body, gzipped = await asyncio.to_thread(_rendered, route, request.headers)
-        response = _response(status, body, content_type)
-        response.headers["Vary"] = "Accept, Accept-Encoding"
-        if gzipped:
-            response.headers["Content-Encoding"] = "gzip"
-        if request.method == "HEAD":
-            response.body = b""
-        return response
-
-    def _route(self, connection: ServerConnection, request: Request) -> Response | Route | None:
-        path = request.path.split("?", 1)[0]
-        route = self.config.routes.get(path)
-        if not self.serves(path):
-            return _response(404, b"not found\n")
-        if path != CONNECT_PATH and request.method not in ("GET", "HEAD"):  # the library answers /connect's
-            response = _response(405, f"method not allowed: {path} answers GET and HEAD\n".encode())
-            response.headers["Allow"] = "GET, HEAD"
-            return response
-        if path == "/healthz":
-            return _response(200, b"OK\n")
-        source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
-        # get_all, not get: Headers.get raises on a repeated header, which the library answered 500, unlogged
-        # and uncounted. A repeated Authorization fails like a wrong token: counted, logged, refused.
-        authorization = request.headers.get_all("Authorization")
-        repeated = len(authorization) > 1
-        # The token first: a right one is never refused for failures others made from the same address.
-        if repeated or not self.config.tokens.check_header(authorization[0] if authorization else None):
-            if self.logins.blocked(source):
-                response = _response(429, b"too many failed logins: try again later\n")
-                response.headers["Retry-After"] = str(self.logins.retry_after(source))
-                return response
-            if self.logins.failed(source):  # once per window per source, not once per attempt
-                log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
-                            logfmt(source), self.logins.limit, self.logins.window)
-            elif repeated:
-                log.info("event=bad_request remote=%s path=%s reason=%s", logfmt(source), logfmt(path),
-                         logfmt(f"{len(authorization)} Authorization headers"))
-            else:
-                log.info("event=unauthorized remote=%s path=%s", logfmt(source), logfmt(path))
-            if repeated:
-                return _response(400, b"bad request: more than one Authorization header\n")
-            response = _response(401, b"unauthorized: missing or wrong bearer token\n")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="inlets"'  # a 401 must say which scheme (RFC 9110)
-            return response
-        if isinstance(connection, ControlConnection):
-            connection.authenticated()
-        if route is not None:
-            return route  # built off the loop (``_built``)
-        return None  # carry on with the websocket upgrade
 
     # ------------------------------------------------------------- tunnel clients
 

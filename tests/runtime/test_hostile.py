@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from inlets_py.runtime.server import control as control_plane
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks, parse_target_rules
-from inlets_py.runtime.server.control import client_address
+from inlets_py.runtime.server.control_http import client_address
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
 from inlets_py.runtime.core.services import format_target
 from inlets_py.runtime.core.handshake import PROTOCOL_VERSION, Hello, HandshakeError, parse_hello, parse_welcome
