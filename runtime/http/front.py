@@ -10,6 +10,7 @@ never held whole: reading from the user pauses when the queue passes
 ``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
 the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,
 the rest of the read waits unparsed and reading pauses until half of them are answered.
+Routing a parsed request to a tunnel client, and sending it, is ``routing.py``'s.
 """
 
 from __future__ import annotations
@@ -22,18 +23,14 @@ from typing import Protocol
 
 from . import exchange as http_exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
-from ..core.session import Session
-from ..server.registry import Registry, ejected, opened, resting
 from ..core.hosts import sockname_authority, unmapped
 from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
-from .leg import Leg, LegFailed, UpstreamTimeout
-from .options import HttpOptions
-from .upgrade import UpgradeGateway, switch_protocols
-from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, ResponseHead, Upgraded, merge_bodies
+from .leg import Leg
+from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, Upgraded, merge_bodies
 from .parser import RequestReader
-from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
-from ..core.mux import StreamError, StreamLimit
+from .routing import RequestRouting, RoutingServer
+from .write import SimpleResponse
 
 
 log = logging.getLogger("inlets.http")
@@ -48,16 +45,17 @@ PIPELINE_DEPTH = 32  # requests parsed ahead of the one being answered
 FIN_GRACE = 1.0
 
 
-class FrontServer(http_exchange.Gateway, UpgradeGateway, Protocol):
+class FrontServer(RoutingServer, Protocol):
     """The HTTP server as its user connections see it (``server.HttpTunnelServer`` is one)."""
 
     dataplane: DataPlaneOptions
     connections: set[FrontConnection]
     header_timeout: float
-    registry: Registry[Session]
 
 
-class FrontConnection(asyncio.Protocol):
+class FrontConnection(RequestRouting, asyncio.Protocol):
+    server: FrontServer
+
     def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
         self.server = server
         self.scheme = scheme  # what the user spoke: X-Forwarded-Proto (b"https" behind a TLS front)
@@ -344,152 +342,3 @@ class FrontConnection(asyncio.Protocol):
                 self.leg = None
             if self.transport is not None:
                 self.transport.close()
-
-    async def _refuse(self, status: int, message: str, head: RequestHead | None, *, close: bool,
-                      extra: list | None = None, host: str = "", started: float = 0.0) -> None:
-        body = (message.rstrip() + "\n").encode()
-        response = SimpleResponse(status, body, extra or [])
-        await self.send(response.encode(close, head is not None and head.method == b"HEAD"))
-        if head is not None:
-            self.server.observe(status, host, head.method, started, True)
-        else:
-            self.server.observe(status, "", b"", time.monotonic(), True)
-        http_exchange.log_answer(status, host, head.method if head is not None else b"", message.rstrip())
-
-    def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None:
-        """A stream to a client serving ``service``: this connection's own while it can take the request, else
-        the next client's, one whose upstream failed a dial a moment ago (``registry.resting``) or timed out requests
-        in a row (``registry.ejected``) after the others;
-        None when none can. StreamLimit when each one there holds --max-client-streams."""
-        leg = self.leg
-        if leg is not None:
-            if leg.service == service and leg.usable and not leg.session.mux.peer_going_away:  # not a draining client's
-                return leg
-            leg.finish()
-            self.leg = None
-        full: StreamLimit | None = None
-        later: list[Session] | None = None
-        for session in self.server.registry.candidates(service):
-            if session.closed.is_set() or (avoid is not None and session in avoid):  # ``avoid``: failed this request
-                continue
-            if ((session.unreachable or session.silent) and resting(session, service)  # tried last, not skipped
-                    or session.ejected and ejected(session, service)):
-                later = [session] if later is None else later + [session]
-                continue
-            opened = self._open_leg(session, service)
-            if type(opened) is Leg:
-                return opened
-            full = opened or full
-        for session in later or ():
-            opened = self._open_leg(session, service)
-            if type(opened) is Leg:
-                return opened
-            full = opened or full
-        if full is not None:
-            raise full
-        return None
-
-    def _open_leg(self, session: Session, service: str) -> Leg | StreamLimit | None:
-        """A new stream on ``session`` (this connection's leg now); its StreamLimit when the client holds
-        --max-client-streams and no idle user there gave one up; None when it takes no stream (draining)."""
-        try:
-            self.leg = Leg(session, service)
-        except StreamLimit as exc:  # this client holds --max-client-streams: users between requests give
-            # theirs up, as when the client refuses a stream for its own --max-streams
-            if not http_exchange.reclaim_idle_stream(self, session):
-                return exc
-            try:
-                self.leg = Leg(session, service)
-            except StreamError:
-                return exc
-        except StreamError:
-            return None
-        opened(session, service)  # until an answer: a blackholed upstream's dial answers in 10 s
-        return self.leg
-
-    async def _exchange(self, head: RequestHead) -> bool:
-        """Proxy one request; returns whether the user connection stays open."""
-        server = self.server
-        started = time.monotonic()  # for the duration histogram: see HttpTunnelServer.observe
-        service, label = server.route(head.host)
-        # An answer given before the body was read ends the connection: the body is not drained.
-        close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
-        if service is None:
-            await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
-                               close=close_on_refusal, host=label, started=started)
-            return not close_on_refusal
-        guard = server.guards.get(service)
-        refused = None if guard is None else server.guards.refusal(guard, head.noted.get(b"authorization", (None,))[0],
-                                                                    self.peer)
-        if guard is not None and refused is not None:
-            if refused == 429:  # Retry-After: when this source's window ends (RFC 6585)
-                wait = server.guards.failures.retry_after(self.peer.decode(errors="replace"))
-                reason, extra = "too many failed logins: try again later", [(b"Retry-After", b"%d" % wait)]
-            else:
-                reason, extra = "unauthorized", guard.challenges()
-            await self._refuse(refused, reason, head, close=close_on_refusal, extra=extra, host=label, started=started)
-            return not close_on_refusal
-        try:
-            leg = self.pick(service)
-        except StreamLimit as exc:
-            await self._refuse(503, f"every tunnel client of host {head.host!r} is at its stream limit ({exc}): "
-                               "try again later", head, close=close_on_refusal, host=label, started=started)
-            return not close_on_refusal
-        if leg is None:
-            await self._refuse(503, f"no tunnel client serves host {head.host!r}", head,
-                               close=close_on_refusal, host=label, started=started)
-            return not close_on_refusal
-        options = server.options_for(leg.session)
-        return await self._forward(head, leg, options, label, started, guard is not None)
-
-    async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
-                       guarded: bool) -> bool:
-        """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
-        request = request_head(head, leg.service, options, guarded, self.peer, self.scheme)
-        rest = leg.write_now(request)
-        if rest is not None:
-            try:
-                await leg.write(rest)
-            except (LegFailed, HttpError) as exc:
-                await self._refuse(502, f"bad gateway: {exc}", head, close=True, host=label, started=started)
-                return False
-        waiter = self.loop.create_future()
-        exchange = http_exchange.start(self, head, leg, options, label, started,
-                                       None if head.has_body else request, waiter)
-        pump = None
-        if head.has_body:
-            exchange.body_pending = True
-            pump = asyncio.ensure_future(self._pump(leg, head.chunked, exchange))
-        try:
-            outcome = await waiter
-        finally:
-            if pump is not None and not pump.done():
-                pump.cancel()
-            if self.exchange is exchange:  # cancelled (shutdown): let go of the stream
-                http_exchange.abandon(self, gone=False)
-        if isinstance(outcome, ResponseHead):  # 101 Switching Protocols
-            return await switch_protocols(self, head, outcome, leg, options, label, started)
-        return bool(outcome)
-
-    async def _pump(self, leg: Leg, chunked: bool, exchange: http_exchange.Exchange) -> None:
-        """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
-        try:
-            while True:
-                exchange.awaiting_body = True
-                event = await self.next_event()
-                exchange.awaiting_body = False
-                if event is None or isinstance(event, HttpError):
-                    leg.abort(event if isinstance(event, HttpError)  # the user's fault: a 400, not the upstream's 502
-                              else HttpError(400, "request body incomplete: the connection ended before all of it came"))
-                    return
-                if type(event) is Body:
-                    await leg.write(chunk(event.data) if chunked else event.data)  # type: ignore[union-attr]
-                elif type(event) is EndOfMessage:
-                    if chunked:
-                        await leg.write(LAST_CHUNK)
-                    self.pass_fin(exchange)
-                    return
-        except (LegFailed, HttpError, UpstreamTimeout):
-            return  # the exchange saw it too and answers the user
-        finally:
-            exchange.body_pending = False
