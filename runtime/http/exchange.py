@@ -11,7 +11,8 @@ Fast path: a plain request (no body, no upgrade, nothing to refuse) is also rout
 and sent from ``data_received`` (``try_start``), so a GET costs no coroutine hop
 at all, as with the TCP bridge (~6% more requests/s, p99 ~10% lower, measured).
 Everything else goes through the connection's coroutine, which sends the request
-(and its body), then waits on the exchange's ``waiter``.
+(and its body), then waits on the exchange's ``waiter``. ``Exchange`` and the interfaces it
+works through (``Gateway``, ``Front``) are in ``exchange_state.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Iterable
-from typing import Protocol
 
 from ..core.logs import logfmt
 from ..core.bridge import reset
@@ -30,61 +29,14 @@ from ..core.session import Session
 from ..core.services import shown_service
 from ..server import registry
 from ..server.registry import answered, reached, timed_out, unreachable
-from .guard import Guards
 from .leg import Leg, LegFailed
+from .exchange_state import Exchange, Front
 from .options import HttpOptions
 from .messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
 from .write import LAST_CHUNK, SimpleResponse, chunk, chunk_parts, request_head, response_head
 
 #: nginx's "client closed request": a user who left before the answer ended (no error of the upstream's)
 CLIENT_CLOSED = 499
-
-
-class Gateway(Protocol):
-    """The HTTP server as an exchange sees it (``server.HttpTunnelServer`` is one)."""
-
-    guards: Guards
-    exchanges: set[Leg]  # legs with an exchange in flight (timed out by the server's sweep)
-    @property
-    def connections(self) -> Iterable[Front]: ...  # the users' connections (scanned when a client refuses a stream)
-    upstream_timeout: float
-    draining: bool  # the server stops (SIGTERM): answers close their connection
-
-    def route(self, host: str) -> tuple[str | None, str]: ...  # (service or None, metrics label)
-
-    def options_for(self, session: Session) -> HttpOptions: ...
-
-    def observe(self, status: int, label: str, method: bytes, started: float, own: bool = False) -> None: ...
-
-
-class Front(Protocol):
-    """The user's connection as an exchange sees it (``front.FrontConnection`` is one; tests bring their own).
-
-    The exchange writes to ``transport``, sets ``exchange``/``parked``/``idle_since`` as it starts
-    and ends, and hands the connection back with ``resume_requests`` (fast path) or ``wake`` (the
-    connection's coroutine). ``drain`` is set while the user's socket is full.
-    """
-
-    @property
-    def server(self) -> Gateway: ...
-    transport: asyncio.Transport | None
-    loop: asyncio.AbstractEventLoop
-    peer: bytes
-    scheme: bytes
-    exchange: Exchange | None
-    leg: Leg | None
-    parked: bool
-    idle_since: float | None
-    drain: asyncio.Future | None
-
-    def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None: ...  # a leg to a client of ``service``
-
-    def on_leg(self) -> None: ...  # the leg's listener while the exchange runs: calls ``progress``
-
-    def resume_requests(self) -> None: ...
-
-    def wake(self) -> None: ...
-
 
 log = logging.getLogger("inlets.http")
 
@@ -95,33 +47,6 @@ RECLAIM_BATCH = 8
 #: Methods a proxy may send again by itself (RFC 9110 9.2.2: idempotent; a proxy MUST NOT retry others):
 #: a POST the upstream may have acted on before it closed is answered 502, not done twice.
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
-
-
-class Exchange:
-    __slots__ = ("head", "leg", "options", "label", "started", "request", "response", "chunked", "close",
-                 "out", "retried", "reused", "unreleased", "waiter", "body_pending", "awaiting_body", "refusals",
-                 "unreachable_on")
-
-    def __init__(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
-                 request: bytes | None, reused: bool, waiter: asyncio.Future | None) -> None:
-        self.head = head
-        self.leg = leg
-        self.options = options
-        self.label = label
-        self.started = started
-        self.request = request  # kept to send once more on a fresh stream (None: a body went, no retry)
-        self.response: ResponseHead | None = None
-        self.chunked = False
-        self.close = False
-        self.out: list[bytes | memoryview] = []
-        self.retried = False
-        self.reused = reused
-        self.unreleased = False  # credit held back while the user's socket drains
-        self.waiter = waiter  # the coroutine's: result True (keep the connection), False, or a 101 head
-        self.body_pending = False  # the coroutine is still sending the request body
-        self.awaiting_body = False  # ... and waits for the user's next piece of it (not for the upstream to read)
-        self.refusals = 0  # streams the client refused for this request (its --max-streams)
-        self.unreachable_on: list[Session] = []  # clients that could not dial their upstream for it
 
 
 #: Body pieces from this size on are written as they are, with the response head and the rest of the

@@ -22,6 +22,7 @@ import time
 from typing import Protocol
 
 from . import exchange as http_exchange
+from .exchange_state import Exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
 from ..core.hosts import sockname_authority, unmapped
 from ..core.logs import logfmt
@@ -78,7 +79,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self.loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
         self.idle_since: float | None = None  # waiting for the next request since (keep-alive timeout)
         self.head_since: float | None = None  # first byte of a request head still incomplete (slowloris)
-        self.exchange: http_exchange.Exchange | None = None  # the request in flight, answered by callbacks
+        self.exchange: Exchange | None = None  # the request in flight, answered by callbacks
         self.parked = False  # the fast path owns the connection: the coroutine waits (http_exchange)
         self._header: HeaderReader | None = None  # --lb-proxy-protocol: until the balancer's header is read
         self._header_timer: asyncio.TimerHandle | None = None
@@ -243,13 +244,13 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self.wake()
         return True  # answer what was asked before closing
 
-    def pass_fin(self, ex: http_exchange.Exchange) -> None:
+    def pass_fin(self, ex: Exchange) -> None:
         """The user closed its side after the request in flight, all of which went: unless answered within
         ``FIN_GRACE``, the upstream sees it too (a long poll its user left stops, as nginx closes it then)."""
         if self.eof and not self.unparsed and all(type(event) is EndOfMessage for event in self.events):
             self.loop.call_later(FIN_GRACE, self._pass_fin_now, ex)
 
-    def _pass_fin_now(self, ex: http_exchange.Exchange) -> None:
+    def _pass_fin_now(self, ex: Exchange) -> None:
         if self.exchange is ex and self.transport is not None:
             ex.leg.end_request()
 

@@ -14,6 +14,7 @@ import time
 from typing import Protocol
 
 from . import exchange as http_exchange
+from .exchange_state import Exchange, Gateway
 from ..core.session import Session
 from ..server.registry import Registry, ejected, opened, resting
 from .leg import Leg, LegFailed, UpstreamTimeout
@@ -24,7 +25,7 @@ from .write import LAST_CHUNK, SimpleResponse, chunk, request_head
 from ..core.mux import StreamError, StreamLimit
 
 
-class RoutingServer(http_exchange.Gateway, UpgradeGateway, Protocol):
+class RoutingServer(Gateway, UpgradeGateway, Protocol):
     """The HTTP server as a request's routing sees it (``front.FrontServer`` adds what the socket side reads)."""
 
     registry: Registry[Session]
@@ -38,7 +39,7 @@ class RequestRouting:
     peer: bytes
     scheme: bytes
     loop: asyncio.AbstractEventLoop
-    exchange: http_exchange.Exchange | None
+    exchange: Exchange | None
 
     async def _refuse(self, status: int, message: str, head: RequestHead | None, *, close: bool,
                       extra: list | None = None, host: str = "", started: float = 0.0) -> None:
@@ -166,7 +167,7 @@ class RequestRouting:
             return await switch_protocols(self, head, outcome, leg, options, label, started)
         return bool(outcome)
 
-    async def _pump(self, leg: Leg, chunked: bool, exchange: http_exchange.Exchange) -> None:
+    async def _pump(self, leg: Leg, chunked: bool, exchange: Exchange) -> None:
         """Request body, user -> upstream, as it arrives; a broken body fails the exchange."""
         try:
             while True:

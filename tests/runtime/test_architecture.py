@@ -16,7 +16,7 @@ from inlets_py.provisioner.wheel import import_graph
 CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client", "cli/run/tcp_client", "cli/run/http_client")
 #: What a client must never import: the server side, the HTTP reverse proxy and its parser (the HTTP
 #: client is a byte bridge), ACME, prometheus.
-SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/upgrade", "http/leg",
+SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/exchange_state", "http/upgrade", "http/leg",
                "http/guard", "http/parser", "http/header_values", "http/routing", "http/write", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server",
                "cli/run/http_server", "cli/server_config")
 

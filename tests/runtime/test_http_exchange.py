@@ -1,4 +1,4 @@
-"""The HTTP exchange's response side (``progress``) through its interface, ``exchange.Front``.
+"""The HTTP exchange's response side (``progress``) through its interface, ``exchange_state.Front``.
 
 A real ``Leg`` on a real ``Session`` and ``Multiplexer`` (no websocket: nothing here needs the
 wire) is fed an upstream's bytes as the tunnel would deliver them; the user's connection is a
@@ -18,6 +18,7 @@ import pytest
 from inlets_py.runtime.core.mux import Multiplexer, ResetCode
 from inlets_py.runtime.core.session import Session
 from inlets_py.runtime.http import exchange
+from inlets_py.runtime.http.exchange_state import Exchange
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.leg import Leg
 from inlets_py.runtime.http.options import HttpOptions
@@ -99,7 +100,7 @@ class Front:
         self.loop = asyncio.get_running_loop()
         self.peer = b"192.0.2.7"
         self.scheme = b"http"
-        self.exchange: exchange.Exchange | None = None
+        self.exchange: Exchange | None = None
         self.leg: Leg | None = None
         self.parked = False
         self.idle_since: float | None = None
