@@ -78,7 +78,7 @@ MaxClientStreams = Annotated[
 ]
 TrustedProxies = Annotated[Optional[str], typer.Option(
     help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
-    "for failed-login limits and logs.")]
+    "for failed-login limits and logs; an HTTP data-port connection from one counts to the total cap only.")]
 MaxHandshakes = Annotated[int, count_option(
     help="Control-port connections not yet authenticated, at once (more are closed at once).")]
 MaxHandshakesPerSource = Annotated[int, count_option(

@@ -24,6 +24,7 @@ from typing import Protocol
 from . import exchange as http_exchange
 from .exchange_state import Exchange
 from ..core.bridge import LISTENER_TUNES_ACCEPTED, tune_socket
+from ..server.admission import Admission, Ticket
 from ..core.hosts import sockname_authority, unmapped
 from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
@@ -52,10 +53,14 @@ class FrontServer(RoutingServer, Protocol):
     dataplane: DataPlaneOptions
     connections: set[FrontConnection]
     header_timeout: float
+    admission: Admission
 
 
 class FrontConnection(RequestRouting, asyncio.Protocol):
     server: FrontServer
+    #: its place among the data port's connections with no whole request head yet (``server.admission``), given
+    #: back at its first head or close; None over TLS (counted until its handshake was done)
+    ticket: Ticket | None = None
 
     def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:
         self.server = server
@@ -140,6 +145,9 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             self._header_timer.cancel()
         if header.source is not None:
             self.peer = header.source[0].encode()
+            if self.ticket is not None and not self.server.admission.move(self.ticket, unmapped(header.source[0])):
+                self.transport.abort()  # type: ignore[union-attr]  # its real source is at its cap: as at accept
+                return None
         if not self.server.dataplane.allows(header.source or ("", 0)) and header.source is not None:
             self._forbid("source_not_allowed")
             return None
@@ -181,6 +189,9 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
                 bodies += 1
             elif kind is RequestHead:
                 self.pipelined += 1
+                if self.ticket is not None:  # its first head: it has shown it is a user
+                    self.ticket, ticket = None, self.ticket
+                    ticket.release()
             elif kind is Upgraded:
                 self.raw = True
                 self.buffered += len(event.tail)  # type: ignore[union-attr]
@@ -257,6 +268,8 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.transport = None
+        if self.ticket is not None:
+            self.ticket.release()
         if self._header_timer is not None:
             self._header_timer.cancel()
         http_exchange.abandon(self)

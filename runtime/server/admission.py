@@ -8,12 +8,15 @@ a flood of silent connections cannot keep out a client that completes its handsh
 milliseconds. A trusted reverse proxy carries many users' connections: it is held to the
 total only.
 
-Three listeners use it. On the control port (``until_tls=False``) a connection stops
+Four listeners use it. On the control port (``until_tls=False``) a connection stops
 counting once its token checks out (``ControlConnection.authenticated``), or when it
 closes. On the HTTPS data plane (``acme.https_front``, ``until_tls=True``) it stops
 counting once its TLS handshake is done: what follows is ordinary HTTP, bounded as on
 the plain port. On that front's plain port (no TLS, ``until_tls=False``) a connection
-counts until it closes: it lives for one challenge answer or redirect.
+counts until it closes: it lives for one challenge answer or redirect. On the ordinary HTTP
+data port (``http.server``, ``until_tls=False``) a connection counts until its first request
+head is complete (``FrontConnection``); behind a PROXY-protocol balancer (``source_later``)
+by the source the balancer's header names (``move``), the balancer itself to the total only.
 
 Freed memory tends to stay with the process (the allocator keeps it for reuse), so
 when the last of a burst of pending connections has gone, unreachable objects are
@@ -74,10 +77,14 @@ class Admission:
         until_tls: bool = False,
         listener: str = "control",
         answer_plain_http: bytes | None = None,
+        source_later: bool = False,
     ) -> None:
         self.max_total = max_total
         self.max_per_source = max_per_source
         self.trusted_proxies = trusted_proxies
+        #: every peer is a balancer whose PROXY header names the real source: the peer counts to the total only, the
+        #: source it names to the per-source cap too (``move``)
+        self.source_later = source_later
         #: True: a connection's place is given back when its TLS handshake is done; False: when the connection
         #: says so (``ControlConnection.authenticated``), or closes.
         self.until_tls = until_tls
@@ -95,7 +102,7 @@ class Admission:
         self._handshakes: set[asyncio.Transport] = set()
 
     def admit(self, source: str, transport: asyncio.BaseTransport) -> Ticket | None:
-        capped = self.trusted_proxies is None or not self.trusted_proxies.allows(source)
+        capped = not self.source_later and (self.trusted_proxies is None or not self.trusted_proxies.allows(source))
         if capped and self.per_source[source_key(source)] >= self.max_per_source:
             self.refused += 1
             self._report("handshakes_refused", source)
@@ -111,6 +118,25 @@ class Admission:
         self.per_source[ticket.key] += 1
         self._burst = max(self._burst, len(self.pending))
         return ticket
+
+    def move(self, ticket: Ticket, source: str) -> bool:
+        """A balancer's PROXY header named the connection's real source: count it there. False when that source
+        is at its cap (the place is given back; the caller closes the connection)."""
+        key = source_key(source)
+        if ticket not in self.pending or key == ticket.key:
+            return True
+        if (self.trusted_proxies is None or not self.trusted_proxies.allows(source)) and \
+                self.per_source[key] >= self.max_per_source:
+            self.refused += 1
+            self._report("handshakes_refused", source)
+            ticket.release()
+            return False
+        self.per_source[ticket.key] -= 1
+        if self.per_source[ticket.key] <= 0:
+            del self.per_source[ticket.key]
+        ticket.source, ticket.key = source, key
+        self.per_source[key] += 1
+        return True
 
     def _report(self, event: str, source: str) -> None:
         if event not in self._reported:
