@@ -8,12 +8,14 @@ import stat
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from helpers.prov_support import (
     INLETSCTL,
+    Result,
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl, user_env,
 )
@@ -613,3 +615,59 @@ def test_status_json_of_a_server_that_does_not_answer_is_json_saying_so_and_exit
     finally:
         assert run_cli(capsys, "delete", "mute", "--state-dir", str(state)).code == 0
         assert not _pid_alive(pid)
+
+
+
+def _full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is full: a process given its write end as stderr stops at its first line until read."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    for size in (4096, 1):  # pages, then single bytes: not even a short line fits
+        try:
+            while True:
+                os.write(write_end, b"\0" * size)
+        except BlockingIOError:
+            pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+def _read_all(fd: int) -> str:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read().lstrip(b"\0").decode()
+
+
+def test_of_three_creates_of_one_name_run_at_once_exactly_one_wins(tmp_path: Path) -> None:
+    """Three ``inletsctl create same`` processes at once (three terminals, a script), all past the name check
+    before any reserves the name: with the reservation not exclusive (``mkdir(exist_ok=True)``) all three made an
+    exit server of that name. Each create's first line ('generating token and TLS material', said after the check)
+    waits on a full stderr pipe, so all three are released together; one wins and the others say so in one line."""
+    state = tmp_path / "state"
+    procs, readers = [], []
+    for _ in range(3):
+        read_end, write_end = _full_pipe()
+        procs.append(subprocess.Popen(
+            [str(INLETSCTL), "create", "same", "--provider", "local", "--ports", str(free_port("127.0.0.2")),
+             "--state-dir", str(state), "--timeout", "30"],
+            stdout=subprocess.PIPE, stderr=write_end, text=True, env=user_env(), stdin=subprocess.DEVNULL))
+        os.close(write_end)
+        readers.append(read_end)
+    deadline = time.monotonic() + 60
+    while not all(Path(f"/proc/{p.pid}/wchan").read_text().endswith("pipe_write") or p.poll() is not None
+                  for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with ThreadPoolExecutor(3) as pool:  # read all three at once: each goes on as its pipe empties
+        errs = list(pool.map(_read_all, readers))
+    results = [Result(p.wait(timeout=90), p.stdout.read(), err) for p, err in zip(procs, errs)]  # type: ignore
+    pids = [int(line.split()[1]) for r in results for line in r.out.splitlines() if line.strip().startswith("id ")]
+    try:
+        assert [r.code for r in results].count(0) == 1, [(r.code, r.err) for r in results]
+        for loser in (r for r in results if r.code != 0):
+            one_line_error(loser, "same", "choose another name")
+        listed = run_inletsctl("list", "--state-dir", str(state))
+        assert [line.split()[0] for line in listed.out.splitlines()[1:]] == ["same"], listed.out
+    finally:
+        run_inletsctl("delete", "same", "--state-dir", str(state))
+        for pid in pids:  # a second server of the name (the defect) has no state of its own to delete it by
+            if _pid_alive(pid):
+                os.kill(pid, 15)
