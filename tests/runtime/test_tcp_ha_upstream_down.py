@@ -303,3 +303,36 @@ def test_idle_pool_connections_do_not_keep_users_from_a_client(tls: TlsFiles, to
                 up.close()
 
     run(scenario())
+
+
+def test_a_client_whose_upstream_is_back_takes_its_share_once_a_user_reaches_it(tls: TlsFiles, token: str,
+                                                                                  monkeypatch) -> None:
+    """Once the one user let through to a marked client reaches its upstream (``registry.reached``), that client takes
+    its share again at once. With the mark kept, it got one user per ``UNREACHABLE_FOR`` (5 s) for good: 0 of the next
+    6 users, where round robin gives it 3."""
+    monkeypatch.setattr(registry, "UNREACHABLE_FOR", 0.3)
+
+    async def scenario() -> None:
+        up = await serve(_named(b"B"))
+        server = await start_server(tls, token)
+        public, down = free_port(), free_port()
+        _, task_a = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", down)})
+        _, task_b = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(up))})
+        back = None
+        try:
+            assert await _user(public, b"first\n") == b"B"  # tried on A first, refused there, handed to B: A marked
+            back = await asyncio.start_server(_named(b"A"), "127.0.0.1", down)  # A's upstream is back
+            await asyncio.sleep(0.4)  # the mark lapses: the next user goes to A, and the mark holds while it does
+            monkeypatch.setattr(registry, "UNREACHABLE_FOR", 60.0)  # a mark not cleared would outlast the test
+            probes = [await _user(public, b"probe\n") for _ in range(2)]  # round robin may start at B
+            assert b"A" in probes, probes
+            answers = [await _user(public, b"user %d\n" % index) for index in range(6)]
+            assert answers.count(b"A") >= 2, answers
+        finally:
+            await stop(task_a, task_b)
+            await server.stop()
+            up.close()
+            if back is not None:
+                back.close()
+
+    run(scenario())
