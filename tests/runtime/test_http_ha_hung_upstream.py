@@ -165,3 +165,37 @@ def test_a_client_routed_around_comes_back_once_its_upstream_answers(tls, token,
     messages = [r.getMessage() for r in caplog.records]
     assert sum("event=client_ejected" in m for m in messages) == 1, messages
     assert sum("event=client_returned" in m for m in messages) == 1, messages
+
+
+def test_only_timeouts_in_a_row_route_a_client_around(tls, token, caplog) -> None:
+    """An answer between response timeouts starts their count over (``registry.answered``): an app that hangs on one
+    path now and then is no hung app. Counted across answers, 2 timeouts, an answer and 2 more routed it around."""
+    caplog.set_level(logging.INFO)
+    stack = Stack()
+
+    async def hangs_on_one_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if head.startswith(b"GET /hang "):
+                    await _hung(reader, writer)
+                    return
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    def ejections() -> int:
+        return sum("event=client_ejected" in r.getMessage() for r in caplog.records)
+
+    try:
+        server = stack.server(tls, token, upstream_timeout=0.5)
+        stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(hangs_on_one_path)}"])
+        hang = GET.replace(b"GET / ", b"GET /hang ")
+        statuses = [raw_request(server.data_port, request)[:12] for request in (hang, hang, GET, hang, hang)]
+        assert statuses == [b"HTTP/1.1 504", b"HTTP/1.1 504", b"HTTP/1.1 200", b"HTTP/1.1 504", b"HTTP/1.1 504"]
+        assert ejections() == 0
+        assert raw_request(server.data_port, hang).startswith(b"HTTP/1.1 504 ")  # the third in a row
+        assert ejections() == 1
+    finally:
+        stack.close()
