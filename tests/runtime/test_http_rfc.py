@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from email.utils import parsedate_to_datetime
 
 import pytest
 
@@ -137,6 +138,19 @@ def test_an_upstreams_answer_without_a_date_reaches_the_user_with_one(env):
     (this upstream sends none); the answer went on without it."""
     head = raw_request(env, b"GET /d HTTP/1.1\r\nHost: echo.test\r\nConnection: close\r\n\r\n").partition(b"\r\n\r\n")[0]
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.count(b"\r\nDate: ") == 1, head
+
+
+
+def test_the_date_added_is_the_time_of_the_answer_not_of_an_earlier_one(env):
+    """The Date line is made once a second (``date_line``): each answer's says the second it left, a second later
+    too; one made once and kept would tell every user the time of the first answer."""
+    for _ in range(2):
+        before = int(time.time())
+        head = raw_request(env, b"GET /d HTTP/1.1\r\nHost: echo.test\r\nConnection: close\r\n\r\n")
+        after = time.time()
+        date = head.partition(b"\r\nDate: ")[2].partition(b"\r\n")[0].decode()
+        assert before <= parsedate_to_datetime(date).timestamp() <= after, (date, before, after)
+        time.sleep(1.1)  # into the next second at least: the line is made anew
 
 
 @pytest.mark.parametrize("host", [b"x/../y", b"user@echo.test", b"echo.test, other.test", b"..", b"echo..test", b":80"])
