@@ -17,7 +17,7 @@ from inlets_py.runtime.cli.options import count_option, port_option, print_versi
 from inlets_py.runtime.cli.usage import usage_line
 
 from . import flags, output
-from .errors import ProvisionError, command_starts, finished, interrupted_status, os_words
+from .errors import ProvisionError, StatusFailed, command_starts, finished, interrupted_status, os_words
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -289,7 +289,12 @@ def status_cmd(
 
     flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
-    result = manage.status(state_root(state_dir), creds, name)
+    try:
+        result = manage.status(state_root(state_dir), creds, name)
+    except StatusFailed as exc:
+        if json_output:  # one object every time: what was learned, with the error and its state word
+            output.print_json(exc.result)
+        raise
     replicas = result.get("replicas", [])
     if json_output:
         output.print_json(result)  # a server down too: a script reads that it is, then the exit status

@@ -77,6 +77,15 @@ class NotFound(ProvisionError):
     """The exit server (VM, process or local state) does not exist."""
 
 
+class StatusFailed(ProvisionError):
+    """``inletsctl status`` could not tell how the exit server is: ``state``, a word for scripts ("gone",
+    "stopped", ...), and ``result``, what was learned before, for ``status --json`` to print with the error."""
+
+    def __init__(self, message: str, state: str, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.state, self.result = state, result or {}
+
+
 class Transient(ProvisionError):
     """The API could not answer now (rate limited, unreachable, in trouble): a wait asks again instead of giving
     up, no sooner than ``retry_after`` seconds when the API said when (its Retry-After)."""

@@ -13,7 +13,7 @@ from inlets_py.runtime.core.probe import ProbeError
 from inlets_py.runtime.core.tls import TlsConfigError
 
 from . import replicas
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, StatusFailed
 from .providers import Credentials, make, registry
 from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
@@ -286,17 +286,39 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
 
 
 def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
-    """The provider's view and the exit server's own answer over pinned TLS; ``error`` instead of ``server`` when
-    it did not answer."""
-    state = ServerState(root, check_name(name))
-    meta = state.load()
+    """The provider's view and the exit server's own answer over pinned TLS; ``error`` (and ``state``
+    "unreachable") instead of ``server`` when it did not answer; StatusFailed, with what was learned before, for
+    every other failure (``status --json`` prints one object every time)."""
+    result: dict[str, Any] = {"name": name}
+    try:
+        return _status(root, creds, name, result)
+    except ProvisionError as exc:
+        # the local state's NotFound only: the provider's is "gone"; any other: the provider's API failed
+        state = (exc.state if isinstance(exc, StatusFailed) else "damaged" if isinstance(exc, Damaged) else
+                 "not_found" if isinstance(exc, NotFound) else "api_error")
+        if isinstance(exc, Damaged) and exc.provider:
+            result.setdefault("provider", exc.provider)
+        raise StatusFailed(str(exc), state, result | {"error": str(exc), "state": state}) from None
+
+
+def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = ServerState(root, check_name(name))
+        meta = state.load()
+    except (NotFound, Damaged):
+        raise
+    except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read
+        raise StatusFailed(state="invalid", message=str(exc)) from None
     port = meta.get("control_port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
         raise Damaged(state, "has no control port", meta["provider"])
-    result: dict[str, Any] = {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
+    result |= {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
         result["client_command"] = meta["client_command"]
-    provider = _provider_for(str(meta["provider"]), root, creds)
+    try:
+        provider = _provider_for(str(meta["provider"]), root, creds)
+    except ProvisionError as exc:
+        raise StatusFailed(state="no_credentials", message=str(exc)) from None
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)
     if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
@@ -313,19 +335,21 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
             result["ip"] = host.ip
     except NotFound:  # asking its old address could only fail, or reach whatever has that address now
         if meta.get("id"):
-            raise ProvisionError(f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or "
-                                 f"expired outside inletsctl): remove its local state with: {delete_command(name, root)}") from None
+            raise StatusFailed(state="gone", message=(
+                f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or expired outside "
+                f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None
         result["vm"] = "gone"
     else:
         if host.status == FAILED:  # asking its control port would only add "connection refused"
-            raise ProvisionError(f"exit server {name} is not running ({result['vm']}): delete it and create it again: "
-                                 f"{delete_command(name, root)}")
+            raise StatusFailed(state="stopped", message=f"exit server {name} is not running ({result['vm']}): delete it "
+                               f"and create it again: {delete_command(name, root)}")
     if not meta.get("ip"):
-        raise ProvisionError(f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
+        raise StatusFailed(state="no_ip", message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
         result["error"] = f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
+        result["state"] = "unreachable"
     return result
 
 
@@ -358,10 +382,14 @@ def _ask(state: ServerState, ip: str, port: int) -> dict[str, Any]:
     """The exit server's /status over TLS pinned to the CA kept in ``state``; a CA file that is missing or damaged
     there is said in one line with what to do (only that file lets anything check this server)."""
     try:
-        return status_json(ip, port, state.ca_file, state.token())
+        token = state.token()
+    except ProvisionError as exc:  # the state's, not the server's: a script should not retry it
+        raise StatusFailed(state="damaged", message=str(exc)) from None
+    try:
+        return status_json(ip, port, state.ca_file, token)
     except TlsConfigError as exc:
-        raise ProvisionError(f"{exc}; put back a copy of it, or delete the exit server and create it again: "
-                             f"{delete_command(state.name, state.root)}") from None
+        raise StatusFailed(state="damaged", message=f"{exc}; put back a copy of it, or delete the exit server and "
+                           f"create it again: {delete_command(state.name, state.root)}") from None
 
 
 def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
@@ -383,7 +411,8 @@ def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerStat
             row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
         rows.append(row)
     answered = next((r["server"] for r in rows if "server" in r), None)
-    if answered is None:
+    if answered is None:  # a result all the same, as one exit server's that did not answer
         why = "; ".join(f"{r['name']}: {r['error']}, vm: {r['vm']}" for r in rows)
-        raise ProvisionError(f"no replica of {meta['name']} answered ({why}); balancer: {vm}")
+        return {"vm": vm, "replicas": rows, "error": f"no replica of {meta['name']} answered ({why}); balancer: {vm}",
+                "state": "unreachable"}
     return {"vm": vm, "server": answered, "replicas": rows}

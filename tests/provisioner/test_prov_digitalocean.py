@@ -412,3 +412,30 @@ def test_a_delete_whose_api_never_answered_does_not_say_the_droplet_is_still_the
                           "run the delete again later")
     assert "still there" not in line, line
     assert ("DELETE", f"/v2/droplets/{droplet['id']}", None) in fake.requests
+
+
+def test_status_json_of_a_cloud_failure_is_one_object_with_the_error_and_a_state(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """A droplet gone, or an API that failed: --json printed nothing on stdout, only the error on stderr."""
+    state = tmp_path / "state"
+    sick = fake.add_droplet("sick", ["inlets", "inlets-mode:tcp"])
+    for name, droplet_id in (("lost", 123), ("sick", sick["id"])):
+        (state / name).mkdir(parents=True, mode=0o700)
+        (state / name / "server.json").write_text(json.dumps(
+            {"name": name, "provider": "digitalocean", "id": str(droplet_id), "ip": "127.0.0.1", "mode": "tcp",
+             "control_port": free_port()}))
+    cases = {"lost": ("gone", "is gone from digitalocean"), "sick": ("api_error", "")}
+    for name, (word, needle) in cases.items():
+        fake.failed_reads = [(401, {})] * 2 if name == "sick" else []  # a revoked token: no retry helps
+        plain = run_cli(capsys, *_do(fake, token_file, state, "status", name))
+        line = one_line_error(plain, needle)
+        assert plain.out == "", plain
+        answer = run_cli(capsys, *_do(fake, token_file, state, "status", name, "--json"))
+        assert (answer.code, one_line_error(answer, needle)) == (plain.code, line), answer
+        shown = answer.json()
+        assert (shown["name"], shown["state"], shown["error"]) == (name, word, line.partition("error: ")[2]), shown
+        assert (shown["provider"], shown["ip"], "server" in shown) == ("digitalocean", "127.0.0.1", False), shown
+    bare = run_cli(capsys, "status", "lost", "--json", "--api-url", fake.url, "--state-dir", str(state),
+                   "--access-token-file", str(tmp_path / "no-such-file"))
+    assert bare.json()["state"] == "no_credentials" and bare.json()["provider"] == "digitalocean", bare
+    assert bare.json()["error"] == one_line_error(bare).partition("error: ")[2]

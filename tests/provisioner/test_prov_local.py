@@ -671,3 +671,37 @@ def test_of_three_creates_of_one_name_run_at_once_exactly_one_wins(tmp_path: Pat
         for pid in pids:  # a second server of the name (the defect) has no state of its own to delete it by
             if _pid_alive(pid):
                 os.kill(pid, 15)
+
+
+def test_status_json_of_every_other_failure_is_one_object_with_the_error_and_a_state(tmp_path: Path, capsys) -> None:
+    """A server stopped, a name not there or invalid, a damaged state: --json printed nothing on stdout, only the
+    error on stderr, so a script reading it got no JSON at all."""
+    import json
+    import signal
+
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "halted", "--ports", str(free_port("127.0.0.2")), "--json", "--state-dir", str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (state / "cut").mkdir(mode=0o700)
+        (state / "cut" / "server.json").write_text("{")
+        cases = {"halted": ("stopped", "exit server halted is not running"), "nosuch": ("not_found", "no exit server named"),
+                 "Bad_Name": ("invalid", "invalid name 'Bad_Name'"), "cut": ("damaged", "the local state of 'cut' is damaged")}
+        for name, (word, needle) in cases.items():
+            plain = run_cli(capsys, "status", name, "--state-dir", str(state))
+            line = one_line_error(plain, needle)
+            assert plain.out == "", plain
+            answer = run_cli(capsys, "status", name, "--json", "--state-dir", str(state))
+            assert (answer.code, one_line_error(answer, needle)) == (plain.code, line), answer
+            shown = answer.json()
+            assert (shown["name"], shown["state"], shown["error"]) == (name, word, line.partition("error: ")[2]), shown
+            assert "server" not in shown, shown
+        halted = json.loads(run_cli(capsys, "status", "halted", "--json", "--state-dir", str(state)).out)
+        assert (halted["provider"], halted["id"], halted["vm"]) == ("local", str(pid), f"its process {pid} has exited")
+    finally:
+        run_cli(capsys, "delete", "halted", "--state-dir", str(state))
