@@ -7,13 +7,15 @@
   flight and redirects requests for its domains to https (308 keeps the method and body), one
   request per connection, with a deadline for the request head.
 
-Connections still in their TLS handshake on the HTTPS port are capped as the control
+Connections on the HTTPS port without a request head yet are capped as the control
 port's are (``server.admission``): uncapped, 8,000 stalled partial ClientHellos took the
 server from 31 MB to 449-513 MB, only the descriptor limit bounding it. Here at most
 ``MAX_HANDSHAKES_PER_SOURCE`` from one address and ``MAX_HANDSHAKES`` in all, the oldest
-closed at that cap; a connection stops counting when its handshake is done (a user's
-browser takes milliseconds). A partial ClientHello holds no TLS layer (admission starts
-TLS once the record is whole); a whole one that then stalls holds ~90 KiB until closed.
+closed at that cap; a connection stops counting at its first request head, as on the plain
+data port (a browser sends it within milliseconds of its handshake). Counted only until the
+handshake was done, 1,000 that completed TLS and sent nothing from one address were all held
+until --idle-timeout (RSS 31 -> 79 MiB). A partial ClientHello holds no TLS layer (admission
+starts TLS once the record is whole); a whole one that then stalls holds ~90 KiB until closed.
 
 Connections to the plain port are capped the same way, by an admission of their own (a flood of one port
 does not evict the other's), each counted until it closes: it lives for one request, a challenge answer or
@@ -42,10 +44,10 @@ log = logging.getLogger("inlets.http")
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
-#: Connections in their TLS handshake on the HTTPS port, at once: a public site's users, not a few tunnel
-#: clients (the control port allows 128). A handshake takes a few milliseconds, so 1,024 pending is some
-#: hundred thousand handshakes a second; at ~90 KiB for each whole ClientHello that stalls, the cap holds
-#: the TLS layer to ~100 MiB (measured: 4,000 such connections, RSS 31 -> 126 MiB).
+#: Connections on the HTTPS port in their TLS handshake or with no request head yet, at once: a public site's
+#: users, not a few tunnel clients (the control port allows 128). A handshake and a browser's first request take
+#: a few milliseconds, so 1,024 pending is some hundred thousand a second; at ~90 KiB for each whole
+#: ClientHello that stalls, or handshake done and silent, the cap holds the TLS layer to ~100 MiB (measured: 4,000 such connections, RSS 31 -> 126 MiB).
 MAX_HANDSHAKES = 1024
 #: Of those, from one address: room for a NAT or carrier-grade NAT with many users (browsers open up to six
 #: connections per site each), while one flooding address takes at most 1/16 of the total.
@@ -154,7 +156,8 @@ class HttpsFront:
         self.https_port = https_port
         # No trusted proxies: --lb-proxy-protocol cannot be combined with --letsencrypt-domain. Plain HTTP on the
         # HTTPS port is told so in words, not logged (a visitor's typo, not the operator's)
-        self.admission = Admission(max_handshakes, max_handshakes_per_source, until_tls=True, listener="https",
+        # a connection's place passes to its TlsFrontConnection once TLS is up, given back at its first request head
+        self.admission = Admission(max_handshakes, max_handshakes_per_source, listener="https",
                                    answer_plain_http=PLAIN_HTTP_ON_HTTPS)
         self.plain_admission = Admission(max_handshakes, max_handshakes_per_source, listener="http")
         self._plain: asyncio.base_events.Server | None = None

@@ -29,7 +29,8 @@ LetsEncryptCa = Annotated[Optional[Path], typer.Option(
     help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
 MaxHttpsHandshakes = Annotated[int, count_option(
-    help="HTTPS-port connections still in their TLS handshake, at once (at the cap the oldest is closed to make room); "
+    help="HTTPS-port connections in their TLS handshake or with no request head yet, at once (at the cap the oldest "
+         "is closed to make room); "
          "--port's connections are capped alike, counted apart.")]
 MaxHttpsHandshakesPerSource = Annotated[int, count_option(
     help="Of those, from one address, an IPv6 one's /64 (more are closed at once, before TLS).")]

@@ -58,8 +58,8 @@ class FrontServer(RoutingServer, Protocol):
 
 class FrontConnection(RequestRouting, asyncio.Protocol):
     server: FrontServer
-    #: its place among the data port's connections with no whole request head yet (``server.admission``), given
-    #: back at its first head or close; None over TLS (counted until its handshake was done)
+    #: its place among the data port's connections with no whole request head yet (``server.admission``; over TLS
+    #: the HTTPS front's, passed on after the handshake), given back at its first head or close
     ticket: Ticket | None = None
 
     def __init__(self, server: FrontServer, scheme: bytes = b"http") -> None:

@@ -8,15 +8,15 @@ a flood of silent connections cannot keep out a client that completes its handsh
 milliseconds. A trusted reverse proxy carries many users' connections: it is held to the
 total only.
 
-Four listeners use it. On the control port (``until_tls=False``) a connection stops
-counting once its token checks out (``ControlConnection.authenticated``), or when it
-closes. On the HTTPS data plane (``acme.https_front``, ``until_tls=True``) it stops
-counting once its TLS handshake is done: what follows is ordinary HTTP, bounded as on
-the plain port. On that front's plain port (no TLS, ``until_tls=False``) a connection
-counts until it closes: it lives for one challenge answer or redirect. On the ordinary HTTP
-data port (``http.server``, ``until_tls=False``) a connection counts until its first request
-head is complete (``FrontConnection``); behind a PROXY-protocol balancer (``source_later``)
-by the source the balancer's header names (``move``), the balancer itself to the total only.
+Four listeners use it. On the control port a connection stops counting once its token
+checks out (``ControlConnection.authenticated``), or when it closes. On the HTTPS data plane
+(``acme.https_front``) and the ordinary HTTP data port (``http.server``) a connection counts
+until its first request head is complete (``FrontConnection``), over TLS too: counted only
+until its handshake was done, one that then sent nothing sat uncounted until --idle-timeout.
+On the HTTPS front's plain port (no TLS) a connection counts until it closes: it lives for
+one challenge answer or redirect. On the ordinary data port behind a PROXY-protocol balancer
+(``source_later``) it counts by the source the balancer's header names (``move``), the
+balancer itself to the total only.
 
 Freed memory tends to stay with the process (the allocator keeps it for reuse), so
 when the last of a burst of pending connections has gone, unreachable objects are
@@ -85,8 +85,9 @@ class Admission:
         #: every peer is a balancer whose PROXY header names the real source: the peer counts to the total only, the
         #: source it names to the per-source cap too (``move``)
         self.source_later = source_later
-        #: True: a connection's place is given back when its TLS handshake is done; False: when the connection
-        #: says so (``ControlConnection.authenticated``), or closes.
+        #: True: a connection's place is given back when its TLS handshake is done (a protocol with no ``ticket``:
+        #: tests); False: passed on to it, given back when it says so (``ControlConnection.authenticated``,
+        #: ``FrontConnection`` at its first request head) or closes.
         self.until_tls = until_tls
         self.listener = listener  # named in the log lines: "control" or "https"
         #: What plain HTTP on the TLS port is answered (the control port's also logged per source): by default
@@ -319,8 +320,8 @@ class _Pending(asyncio.Protocol):
             self.ticket = None
 
     def _pass_ticket_on(self) -> None:
-        """At the hand-off: on the HTTPS front the place is free now that TLS is up; on the control port the
-        connection keeps it until its token checks out."""
+        """At the hand-off: the connection keeps the place until it has proved itself (a token, a request head);
+        with ``until_tls`` it is free now that TLS is up."""
         if self.admission.until_tls:
             self._give_back()
         else:

@@ -33,6 +33,7 @@ SOURCES = 100  # 40 from each: within the per-source cap, so the total cap is wh
 #: MiB the server may grow by: a stalled partial ClientHello holds a socket and a few bytes, no TLS layer
 RSS_GROWTH = 32
 PLAIN_FLOOD = 3000  # idle connections to the plain port, all from one address
+SILENT_FLOOD = 300  # connections that complete TLS and send nothing, all from one address
 
 
 def _rss_mib(pid: int) -> float:
@@ -53,6 +54,19 @@ def _client_hello_start() -> bytes:
     with contextlib.suppress(ssl.SSLWantReadError):
         probe.do_handshake()
     return outgoing.read()[:43]
+
+
+def _still_open(sock: ssl.SSLSocket) -> bool:
+    """Whether the server still holds this connection: nothing to read, neither a close nor a reset."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) != b""
+    except ssl.SSLWantReadError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
 
 
 def _https_get(port: int, context: ssl.SSLContext) -> bytes:
@@ -177,3 +191,53 @@ def test_idle_connections_on_the_plain_port_are_capped_and_a_user_is_still_redir
     assert settled <= MAX_HANDSHAKES_PER_SOURCE + 16, f"{settled} sockets open with {PLAIN_FLOOD} idle"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_refused listener=http " in log, log[-2000:]
+
+
+def test_silent_tls_connections_count_until_their_first_request_head(tmp_path: Path, tls, token: str) -> None:
+    """A connection stopped counting once its TLS handshake was done, so one that then sent nothing sat until
+    --idle-timeout (75 s) holding a socket and the TLS layer (~50 KiB): 1,000 from one address were all held,
+    RSS 31 -> 79 MiB. The plain data port counts a connection until its first request head; so does this one."""
+    held: list[ssl.SSLSocket] = []
+    with https_server(tmp_path, tls, token) as (server, _http_port, https_port, user):
+        try:
+            deadline = time.monotonic() + 20
+            while b"hello from the upstream" not in _https_get(https_port, user):
+                assert time.monotonic() < deadline, "the site never answered over https"
+                time.sleep(0.2)
+            for _ in range(SILENT_FLOOD):
+                with contextlib.suppress(OSError):
+                    raw = socket.create_connection(("127.0.0.1", https_port), timeout=5,
+                                                   source_address=("127.0.9.1", 0))
+                    try:
+                        held.append(user.wrap_socket(raw, server_hostname=DOMAIN))  # done, then silence
+                    except OSError:
+                        raw.close()
+            time.sleep(1)
+            settled = _sockets(server.pid)
+            open_ = [sock for sock in held if _still_open(sock)]
+            # a user from another address meanwhile
+            answer = _https_get(https_port, user)
+            # one of the silent ones sends a request, and keeps its connection: that head frees its place
+            open_[0].sendall(b"GET /kept HTTP/1.1\r\nHost: " + DOMAIN.encode() + b"\r\n\r\n")
+            kept = b""
+            while not kept.endswith(b"path=/kept") and (data := open_[0].recv(65536)):
+                kept += data
+            with socket.create_connection(("127.0.0.1", https_port), timeout=5,
+                                          source_address=("127.0.9.1", 0)) as raw:
+                with user.wrap_socket(raw, server_hostname=DOMAIN) as again:
+                    again.sendall(b"GET /again HTTP/1.1\r\nHost: " + DOMAIN.encode() + b"\r\nConnection: close\r\n\r\n")
+                    again_answer = b""
+                    while data := again.recv(65536):
+                        again_answer += data
+        finally:
+            for sock in held:
+                sock.close()
+    print(f"silent TLS connections: {len(held)} handshakes done, {len(open_)} still open, server sockets {settled}")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    # beyond the per-source cap: the listeners, the control connection and the tunnel's
+    assert len(open_) <= MAX_HANDSHAKES_PER_SOURCE, f"{len(open_)} of {SILENT_FLOOD} silent TLS connections held"
+    assert settled <= MAX_HANDSHAKES_PER_SOURCE + 16, f"{settled} sockets open with {SILENT_FLOOD} silent"
+    assert kept.startswith(b"HTTP/1.1 200 "), kept[:200]
+    assert again_answer.startswith(b"HTTP/1.1 200 ") and again_answer.endswith(b"path=/again"), again_answer[:200]
+    log = (tmp_path / "server.log").read_text()
+    assert "event=handshakes_refused listener=https " in log, log[-2000:]
