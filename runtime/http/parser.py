@@ -249,8 +249,10 @@ class RequestReader(Reader):
         self._check_size()
         parser = self._parser
         method = parser.get_method()
-        if method == b"CONNECT":
-            raise self._fail(405, "CONNECT is not supported by this reverse proxy")
+        if method == b"CONNECT":  # RFC 9110 9.1: 501 for a method not implemented; a 405 MUST carry Allow (15.5.6),
+            # which would have to list the upstream's methods: the proxy forwards every other one, knowing none
+            raise self._fail(501, "CONNECT is not supported by this reverse proxy: it forwards requests for a "
+                                  "Host, it does not open tunnels")
         version = parser.get_http_version().encode()
         if version not in (b"1.0", b"1.1"):
             raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")

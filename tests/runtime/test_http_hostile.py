@@ -313,7 +313,7 @@ def proc(tmp_path_factory):
 
 
 @pytest.mark.parametrize("request_bytes, status", [
-    (b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n", 405),
+    (b"CONNECT app.test:443 HTTP/1.1\r\nHost: app.test:443\r\n\r\n", 501),
     (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\nHost: app.test\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"h" * 70_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: app.test\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n", 431),
