@@ -11,6 +11,7 @@ from .messages import Headers, RequestHead, ResponseHead
 
 _HOST = frozenset((b"host",))
 _LENGTH = frozenset((b"content-length",))
+_EXPECT = frozenset((b"expect",))
 
 
 def add_kept(pieces: list[bytes], headers: Headers, lower: list[bytes], drop: frozenset[bytes],
@@ -93,8 +94,17 @@ def request_head(head: RequestHead, service: str, options: HttpOptions, guarded:
     drop = options.guarded_drop if guarded else options.request_drop
     if rewrite is not None:
         drop = drop | _HOST
+    # RFC 9110 10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0 request; passed on inside
+    # the HTTP/1.1 request sent upstream it would be live there (a 100 this user cannot take, or a 417)
+    voided = noted.get(b"expect") if head.version == b"1.0" else None
+    if voided:
+        drop = drop | _EXPECT
     lines = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
     add_kept(lines, head.headers, head.lower, drop, head.connection)
+    if voided:
+        kept = [m.strip() for v in voided for m in v.split(b",") if m.strip() and m.strip().lower() != b"100-continue"]
+        if kept:
+            lines += [b"Expect: ", b", ".join(kept), b"\r\n"]
     if rewrite is not None:
         lines.append(b"Host: " + rewrite + b"\r\n")
     forwarded_for = noted.get(b"x-forwarded-for", [])

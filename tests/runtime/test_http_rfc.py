@@ -233,3 +233,21 @@ def test_hop_by_hop_headers_stop_at_the_proxy_and_framing_and_host_go_on(env):
     assert b"\r\nhost: message.test\r\n" in seen and b"\r\ncontent-length: 5\r\n" in seen, seen
     passed_on = [name for name in hop if b"\r\n" + name.lower() + b":" in seen]
     assert not passed_on, f"hop-by-hop headers reached the upstream: {passed_on}"
+
+
+@pytest.mark.parametrize("version, expect, forwarded", [
+    (b"1.0", b"100-continue", None),
+    (b"1.0", b"100-Continue, x-trace", b"Expect: x-trace"),  # only the expectation 1.0 voids goes
+    (b"1.1", b"100-continue", b"Expect: 100-continue"),  # a live one: the upstream's to answer
+])
+def test_a_100_continue_expectation_in_http_1_0_does_not_go_upstream(env, version, expect, forwarded):
+    """RFC 9110 10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.0 request MUST ignore that
+    expectation." The proxy did for itself, but passed it on inside the HTTP/1.1 request it sends upstream, where it
+    is live: the upstream then answered 100 to a user who can take none, or 417."""
+    answer = raw_request(env, b"POST /e HTTP/" + version + b"\r\nHost: message.test\r\nConnection: close\r\n"
+                         b"Expect: " + expect + b"\r\nContent-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+    seen = answer.partition(b"\r\n\r\n")[2]
+    assert seen.startswith(b"POST /e HTTP/1.1\r\n") and seen.endswith(b"\r\n\r\nhello"), seen
+    sent = [line for line in seen.split(b"\r\n") if line.lower().startswith(b"expect:")]
+    assert sent == ([forwarded] if forwarded else []), seen
