@@ -328,7 +328,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         exec_start=exec_start,
         user=SERVICE_USER,
         mode=command[0],
-        server=command[-1] == "server" or _listens_below_1024(pairs),  # the template: may bind ports under 1024
+        binds_below_1024=_binds_below_1024(command, pairs),
         read_only_paths=read_only_paths,
         read_write_paths=read_write_paths,
         protect_home=_protect_home(needed, dirs),
@@ -342,11 +342,26 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     return unit
 
 
-def _listens_below_1024(pairs: Pairs) -> bool:
-    """A client's ``--local 443:HOST:PORT`` listens on 443 itself: without CAP_NET_BIND_SERVICE its unit failed at
-    every start with "cannot listen on 127.0.0.1:443 for --local: Permission denied" (the command checked the value)."""
-    ports = [parse_port(value.partition(":")[0]) for option, value in pairs if option == "--local" and value]
-    return any(port is not None and port < 1024 for port in ports)
+def _binds_below_1024(command: list[str], pairs: Pairs) -> bool:
+    """May the service bind a port under 1024, the one use of its CAP_NET_BIND_SERVICE (else it gets none)?
+
+    A client: its ``--local 443:HOST:PORT`` (without the right its unit failed at every start with "cannot listen on
+    127.0.0.1:443 for --local: Permission denied"). A server: its --control-port; a TCP server's data ports, which a
+    client names, so any port unless --allow-ports lists them; an HTTP server's --port and, with --letsencrypt-domain,
+    --https-port, whose defaults there are 80 and 443 (the others' defaults, 8123 and 8000, need no right)."""
+    given = dict(pairs)  # the last of a repeated flag, as the command takes it
+    if command[-1] != "server":
+        texts = [value.partition(":")[0] for option, value in pairs if option == "--local" and value]
+    elif command[0] == "tcp" and given.get("--allow-ports") is None:
+        return True
+    elif command[0] == "tcp":
+        texts = [given.get("--control-port") or "8123", *given["--allow-ports"].split(",")]  # type: ignore[union-attr]
+    else:
+        letsencrypt = "--letsencrypt-domain" in given
+        texts = [given.get("--control-port") or "8123", given.get("--port") or ("80" if letsencrypt else "8000")]
+        if letsencrypt:
+            texts.append(given.get("--https-port") or "443")
+    return any(port is None or port < 1024 for port in (parse_port(text.strip()) for text in texts if text.strip()))
 
 
 def _readable_certificate(option: str, path: str) -> bool:

@@ -461,6 +461,34 @@ def test_a_client_listening_on_a_port_under_1024_may_bind_it(local: str, binds_l
         assert "CapabilityBoundingSet=" in lines and not any(line.startswith("AmbientCapabilities=") for line in lines)
 
 
+@pytest.mark.parametrize(("flags", "binds_low"), [
+    (["tcp", "--allow-ports", "5432,6379"], False),
+    (["tcp", "--allow-ports", "5432,443"], True),
+    (["tcp", "--allow-ports", "5432", "--control-port", "443"], True),
+    (["tcp"], True),  # a client may ask for any port
+    (["http", "--port", "8000"], False),
+    (["http"], False),  # --port 8000, --control-port 8123
+    (["http", "--port", "80"], True),
+    (["http", "--letsencrypt-domain", "a.example.com"], True),  # --port 80, --https-port 443
+    (["http", "--letsencrypt-domain", "a.example.com", "--port", "8080"], True),  # still 443
+    (["http", "--letsencrypt-domain", "a.example.com", "--port", "8080", "--https-port", "8443"], False),
+])
+def test_a_server_may_bind_ports_under_1024_only_when_it_listens_on_one(flags: list[str], binds_low: bool,
+                                                                         tmp_path: Path) -> None:
+    """Every server unit had CAP_NET_BIND_SERVICE, whatever it bound (``--allow-ports 5432,6379``, ``--port 8000``):
+    a right it never used, left to whoever takes the process over. Now only a unit that may bind a port under 1024
+    has it; the others keep none (CapabilityBoundingSet= empty), as a client does."""
+    result = unit_inlets(flags[0], "server", "--auto-tls", "--token-file", "/etc/inlets/token", *flags[1:],
+                         "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    _verified(tmp_path, result.stdout, f"inlets-{flags[0]}-server.service")
+    lines = result.stdout.splitlines()
+    if binds_low:
+        assert {"AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"} <= set(lines)
+    else:
+        assert "CapabilityBoundingSet=" in lines and not any(line.startswith("AmbientCapabilities=") for line in lines)
+
+
 def test_the_unit_runs_the_inlets_that_generated_it_not_another_on_path(tmp_path: Path) -> None:
     """``/opt/inlets/bin/inlets ... --generate=systemd``, as the README and the refusal say to run it, wrote the first
     ``inlets`` on PATH into ExecStart: another installation (an older version, or the pyenv one under /root that was
