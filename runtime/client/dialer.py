@@ -12,6 +12,7 @@ import datetime
 import logging
 import random
 import uuid
+import weakref
 from typing import Callable
 
 from websockets.asyncio.client import ClientConnection
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ..core.auth import OPEN_PIPES, TokenError, read_tokens
 from ..core.cert_expiry import peer_not_after, warn_if_ending
+from ..core.handshake import CLOSE_TOKEN_REVOKED
 from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, Multiplexer
 from ..core.services import shown_service
@@ -72,6 +74,8 @@ class TunnelClient:
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
         self._draining: set[asyncio.Task] = set()
+        #: the token each session was opened with: after a revocation, whether the file holds another one now
+        self._opened_with: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._token_file_unreadable = False  # said once, until the file can be read again
         self._ending_said: datetime.datetime | None = None  # the server certificate's notAfter, once warned of (once per certificate)
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
@@ -129,15 +133,25 @@ class TunnelClient:
                 session = await self._follow(session)
                 if self._stopping:
                     return
-                if loop.time() - started > STEADY_AFTER:
-                    backoff.reset()  # it was up for a while: start over
-                sleep = backoff.next_wait()
+                if self._revoked_for_a_new_token(session):
+                    sleep = 0.0  # its wait doubled at each quick rotation (to 30 s) though the file had the new token
+                else:
+                    if loop.time() - started > STEADY_AFTER:
+                        backoff.reset()  # it was up for a while: start over
+                    sleep = backoff.next_wait()
                 log.warning("event=disconnected url=%s close=%s retry_in=%.1fs", logfmt(self.config.url),
                             logfmt(how_closed(session.websocket.protocol)), sleep)
             try:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:
                 pass
+
+    def _revoked_for_a_new_token(self, session: Session) -> bool:
+        """Whether the server revoked ``session``'s token and the token file holds another one now (a rotation whose
+        client SIGHUP was missed): that one is tried at once. The same token again waits, and its 401 ends the client."""
+        frame = session.websocket.protocol.close_rcvd
+        return (frame is not None and frame.code == CLOSE_TOKEN_REVOKED
+                and self.current_token() != self._opened_with.get(session))
 
     async def run_once(self) -> None:
         """One connection: returns when it closes; raises on failure to connect."""
@@ -157,6 +171,7 @@ class TunnelClient:
                           max_streams=cfg.max_streams, initial_recv_window=self.initial_window, recv_budget=cfg.max_buffer)
         session = Session(websocket, mux, on_stream=self.on_stream, name="server", keepalive=self.config.keepalive)
         session.on_goaway = session.on_retire = self._reconnect_now
+        self._opened_with[session] = token
         asyncio.ensure_future(self._run(session))
         log.info("event=connected url=%s services=%s", logfmt(self.config.url),
                  logfmt(",".join(map(shown_service, welcome.services))))

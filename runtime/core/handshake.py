@@ -28,6 +28,8 @@ CLOSE_PROTOCOL_VERSION = 4001
 CLOSE_WRONG_MODE = 4002
 CLOSE_SERVICE_REFUSED = 4003
 FATAL_CLOSE_CODES = range(4000, 4100)
+#: The server closes a live session whose token it no longer accepts (SIGHUP): policy violation.
+CLOSE_TOKEN_REVOKED = 1008
 
 
 class HandshakeError(Exception):

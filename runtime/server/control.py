@@ -29,7 +29,7 @@ from ..core.auth import TokenSet
 from .control_http import ControlHTTP, Route, client_address, format_address
 from .ratelimit import FailedLoginLimiter
 from ..core.handshake import (
-    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome,
+    CLOSE_BAD_HELLO, CLOSE_SERVICE_REFUSED, CLOSE_TOKEN_REVOKED, CLOSE_WRONG_MODE, HandshakeError, Hello, Welcome,
     client_max_streams, parse_hello,
 )
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
@@ -195,7 +195,7 @@ class ControlPlane(ControlHTTP):
                 session.on_stream = None  # a stream it opens now is refused ("this side accepts no streams")
                 asyncio.ensure_future(session.drain(grace, "token revoked"))
             else:
-                asyncio.ensure_future(session.close(1008, "token revoked"))
+                asyncio.ensure_future(session.close(CLOSE_TOKEN_REVOKED, "token revoked"))
             revoked += 1
         return revoked
 
