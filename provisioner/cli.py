@@ -53,7 +53,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for sc
 SecretFile = Annotated[Optional[Path], typer.Option(parser=flags.path_flag, metavar="PATH", help="ec2: file holding the secret access key (the key id goes in --access-token[-file]) [env: AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials].")]
 Secret = Annotated[Optional[str], typer.Option(help="ec2: the secret access key (prefer --secret-key-file or the environment).")]
 _EC2 = registry.info("ec2")
-Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in [env: {', '.join(_EC2.region_env)}; default {_EC2.region}].")]
+Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in [{registry.region_sources(_EC2)}].")]
 
 
 def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str], **more: object) -> Credentials:

@@ -53,6 +53,7 @@ class ProviderInfo:
     api_url_env: tuple[str, ...] = ()  # tried after --api-url
     region: str = ""  # default --region
     region_env: tuple[str, ...] = ()  # tried before the default region
+    region_config: str = ""  # where the region is read after region_env, before the default (ec2: the profile's)
     region_note: str = ""  # what a region is here: "a zone", "a metro"
     size: str = ""  # default --plan
     image: str = ""  # the Ubuntu 24.04 LTS image the VM boots

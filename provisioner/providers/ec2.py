@@ -30,6 +30,7 @@ PROVIDER = ProviderInfo(
     credentials="a key id (with --secret-key-file), $AWS_ACCESS_KEY_ID + $AWS_SECRET_ACCESS_KEY, or $AWS_PROFILE",
     token_env=KEY_ENV, api_url_env=ENDPOINT_ENV,
     region=DEFAULT_REGION, region_env=REGION_ENV, size="t3.micro",
+    region_config="the region of profile $AWS_PROFILE (else default) in $AWS_CONFIG_FILE or ~/.aws/config",
     image="ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*",  # Canonical's newest in the region
     ssh_key="key pair name or .pub file", login_user="ubuntu",
     firewall_note="security group {firewall} lets in tcp {control_port} and {data_ports}, nothing else",

@@ -84,10 +84,16 @@ def api_url_help() -> str:
     return ", ".join(env for p in _all() for env in p.api_url_env)
 
 
+def region_sources(p: ProviderInfo) -> str:
+    """Where a provider's region comes from without --region, in the order its code tries them: the help named
+    only ec2's $AWS_REGION, though $AWS_DEFAULT_REGION and the profile's region were read before the default."""
+    sources = [f"${env}" for env in p.region_env] + ([p.region_config] if p.region_config else [])
+    return ", ".join([*sources, f"else {p.region}"]) if sources else p.region
+
+
 def region_help() -> str:
     def one(p: ProviderInfo) -> str:
-        env = f"${p.region_env[0]} or " if p.region_env else ""
-        return f"{p.name}: {env}{p.region}" + (f" ({p.region_note})" if p.region_note else "")
+        return f"{p.name}: {region_sources(p)}" + (f" ({p.region_note})" if p.region_note else "")
 
     return "; ".join(one(p) for p in _all() if p.region)
 

@@ -39,6 +39,15 @@ def test_help_lists_what_every_provider_declares() -> None:
             assert f"{name}: " in text and declared.size in text.replace(" ", "")
 
 
+def test_region_help_names_every_place_the_region_is_read() -> None:
+    """ec2's --region help said "$AWS_REGION or eu-west-1": $AWS_DEFAULT_REGION and the profile's region in
+    ~/.aws/config were read too (ec2_config.default_region), and decided the region without --region."""
+    for command in ("create", "status", "list", "delete"):
+        text = " ".join(run_inletsctl(command, "--help").out.split()).replace("- ", "-")  # help wraps long words
+        for needed in ("$AWS_REGION,", "$AWS_DEFAULT_REGION,", "$AWS_PROFILE", "~/.aws/config", "else eu-west-1"):
+            assert needed in text, (command, needed)
+
+
 @pytest.mark.parametrize("mode, ports, http_port, data", [
     ("tcp", "22,80,443", None, "22,80,443"),
     ("http", None, 80, "80,443"),
