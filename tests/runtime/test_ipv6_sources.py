@@ -8,12 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from helpers.netns import namespace
 from helpers.process import INLETS, ROOT, terminate, wait_for_text
 from helpers.tunnel import make_tls
 
@@ -47,31 +47,15 @@ print(json.dumps({"codes": codes, "closed": [closed_soon(s) for s in silent]}))
 """
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A namespace whose ``lo`` takes every address of 2001:db8::/48; skipped, with why, where none can be made."""
-    name = f"v6src{uuid.uuid4().hex[:8]}"
-    try:
-        made = _ip("netns", "add", name)
-    except OSError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc}")
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        for step in (("link", "set", "lo", "up"), ("addr", "add", "2001:db8::1/64", "dev", "lo", "nodad"),
-                     ("-6", "route", "replace", "local", "2001:db8::/48", "dev", "lo")):
-            done = _ip("-n", name, *step)
-            assert done.returncode == 0, done.stderr
+    with namespace("v6src", ("addr", "add", "2001:db8::1/64", "dev", "lo", "nodad"),
+                   ("-6", "route", "replace", "local", "2001:db8::/48", "dev", "lo")) as name:
         nonlocal_bind = subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.ip_nonlocal_bind=1"],
                                        capture_output=True, text=True, timeout=10)
         assert nonlocal_bind.returncode == 0, nonlocal_bind.stderr
         yield name
-    finally:
-        _ip("netns", "del", name)
 
 
 def test_one_ipv6_host_is_one_source_for_failed_logins_and_pending_handshakes(netns: str, tmp_path: Path,

@@ -5,36 +5,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from helpers.netns import ip as _ip, namespace
 from helpers.process import INLETS, ROOT, terminate, wait_for_text
 from helpers.tunnel import make_tls
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
 
 
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with only ``lo`` up; skipped, with why, where one cannot be made (no root, no iproute2)."""
-    name = f"clienttls{uuid.uuid4().hex[:8]}"
-    try:
-        made = _ip("netns", "add", name)
-    except OSError as exc:
-        pytest.skip(f"cannot create a network namespace: {exc}")
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
-    try:
-        up = _ip("-n", name, "link", "set", "lo", "up")
-        assert up.returncode == 0, up.stderr
+    with namespace("clienttls") as name:
         yield name
-    finally:
-        _ip("netns", "del", name)
 
 
 def _spawn(netns: str, log: Path, *args: str) -> subprocess.Popen:
