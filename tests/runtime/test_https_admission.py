@@ -79,6 +79,13 @@ def _https_get(port: int, context: ssl.SSLContext) -> bytes:
     return received
 
 
+def _wait_for_the_site(port: int, context: ssl.SSLContext) -> None:
+    deadline = time.monotonic() + 20
+    while b"hello from the upstream" not in _https_get(port, context):
+        assert time.monotonic() < deadline, "the site never answered over https"
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def https_server(tmp_path: Path, tls, token: str) -> Iterator[tuple[subprocess.Popen, int, int, ssl.SSLContext]]:
     """A server process serving DOMAIN over HTTPS from a stored certificate, and a client serving the site:
@@ -117,10 +124,7 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
     held: list[socket.socket] = []
     with https_server(tmp_path, tls, token) as (server, _http_port, https_port, user):
         try:
-            deadline = time.monotonic() + 20
-            while b"hello from the upstream" not in _https_get(https_port, user):
-                assert time.monotonic() < deadline, "the site never answered over https"
-                time.sleep(0.2)
+            _wait_for_the_site(https_port, user)
             time.sleep(1)
             start = peak = _rss_mib(server.pid)
             most_sockets = 0
@@ -200,10 +204,7 @@ def test_silent_tls_connections_count_until_their_first_request_head(tmp_path: P
     held: list[ssl.SSLSocket] = []
     with https_server(tmp_path, tls, token) as (server, _http_port, https_port, user):
         try:
-            deadline = time.monotonic() + 20
-            while b"hello from the upstream" not in _https_get(https_port, user):
-                assert time.monotonic() < deadline, "the site never answered over https"
-                time.sleep(0.2)
+            _wait_for_the_site(https_port, user)
             for _ in range(SILENT_FLOOD):
                 with contextlib.suppress(OSError):
                     raw = socket.create_connection(("127.0.0.1", https_port), timeout=5,
