@@ -162,6 +162,20 @@ def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
     assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
 
 
+def _create_local(shell: Shell) -> tuple[str, re.Match]:
+    """``inletsctl create --provider local`` as the README runs it: the server's name, and its client command's
+    control port, token file and CA (groups 1-3)."""
+    code, out = shell.run(f"inletsctl create --provider local --ports {_free_on_both('127.0.0.1', '127.0.0.2')}",
+                          timeout=90)
+    assert code == 0, out
+    name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
+    made = re.search(r"--url wss://127\.0\.0\.1:(\d+) --token-file (\S+) --tls-ca (\S+) ", out)
+    if made is None:  # the caller never learns the name: delete it here
+        shell.run(f"inletsctl delete {name}")
+    assert made is not None, out
+    return name, made
+
+
 def test_the_metrics_curl_for_an_inletsctl_server_works_as_printed(tmp_path: Path) -> None:
     """The README's only curl for /metrics named the server by its address, which an inletsctl server's
     certificate does not carry (it names inlets-exit-server): curl said "no alternative certificate subject name
@@ -170,12 +184,7 @@ def test_the_metrics_curl_for_an_inletsctl_server_works_as_printed(tmp_path: Pat
     shell = Shell(tmp_path)
     name = None
     try:
-        code, out = shell.run(f"inletsctl create --provider local --ports {_free_on_both('127.0.0.1', '127.0.0.2')}",
-                              timeout=90)
-        assert code == 0, out
-        name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
-        made = re.search(r"--url wss://127\.0\.0\.1:(\d+) --token-file (\S+) --tls-ca (\S+) ", out)
-        assert made is not None, out
+        name, made = _create_local(shell)
         code, out = shell.run(f"cp {made[2]} token.txt && cp {made[3]} ca.crt")
         assert code == 0, out
         shell.values.update({"8123": made[1], "203.0.113.10": "127.0.0.1"})
@@ -217,12 +226,7 @@ def test_prometheus_scrapes_with_the_readmes_config_as_printed(tmp_path: Path) -
     shell = Shell(tmp_path)
     name = None
     try:
-        code, out = shell.run(f"inletsctl create --provider local --ports {_free_on_both('127.0.0.1', '127.0.0.2')}",
-                              timeout=90)
-        assert code == 0, out
-        name = re.search(r"^Exit server (\S+) is ready\.$", out, re.M)[1]  # type: ignore[index]
-        made = re.search(r"--url wss://127\.0\.0\.1:(\d+) --token-file (\S+) --tls-ca (\S+) ", out)
-        assert made is not None, out
+        name, made = _create_local(shell)
         control = _free_on_both("127.0.0.1")
         code, out = shell.run(f"openssl rand -base64 32 > token.txt && chmod 600 token.txt\n"
                               f"cp {made[2]} inletsctl-token.txt && cp {made[3]} inletsctl-ca.crt")
