@@ -17,8 +17,8 @@ handshake was done, 1,000 that completed TLS and sent nothing from one address w
 until --idle-timeout (RSS 31 -> 79 MiB). A partial ClientHello holds no TLS layer (admission
 starts TLS once the record is whole); a whole one that then stalls holds ~90 KiB until closed.
 
-Connections to the plain port are capped the same way, by an admission of their own (a flood of one port
-does not evict the other's), each counted until it closes: it lives for one request, a challenge answer or
+Connections to the plain port are capped the same way, by an admission of their own with --port's caps
+(``plain_caps``: --max-pending-connections(-per-source); a flood of one port does not evict the other's), each counted until it closes: it lives for one request, a challenge answer or
 a redirect. Uncapped, 3,000 idle connections from one address held 3,000 sockets (14,000, +38 MiB RSS, as
 fast as one address connected within the 10 s deadline), towards the descriptor limit all ports share.
 """
@@ -151,7 +151,8 @@ class HttpsFront:
     """Both listeners and the certificate manager, started and stopped with the tunnel server."""
 
     def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443, max_handshakes: int = MAX_HANDSHAKES,
-                 max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE) -> None:
+                 max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE, *,
+                 plain_caps: tuple[int, int] = (MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE)) -> None:
         self.letsencrypt = letsencrypt
         self.https_port = https_port
         # No trusted proxies: --lb-proxy-protocol cannot be combined with --letsencrypt-domain. Plain HTTP on the
@@ -159,7 +160,7 @@ class HttpsFront:
         # a connection's place passes to its TlsFrontConnection once TLS is up, given back at its first request head
         self.admission = Admission(max_handshakes, max_handshakes_per_source, listener="https",
                                    answer_plain_http=PLAIN_HTTP_ON_HTTPS)
-        self.plain_admission = Admission(max_handshakes, max_handshakes_per_source, listener="http")
+        self.plain_admission = Admission(*plain_caps, listener="http")  # --max-pending-connections(-per-source)
         self._plain: asyncio.base_events.Server | None = None
         self._tls: asyncio.base_events.Server | None = None
 

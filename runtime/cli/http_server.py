@@ -30,10 +30,15 @@ LetsEncryptCa = Annotated[Optional[Path], typer.Option(
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
 MaxHttpsHandshakes = Annotated[int, count_option(
     help="HTTPS-port connections in their TLS handshake or with no request head yet, at once (at the cap the oldest "
-         "is closed to make room); "
-         "--port's connections are capped alike, counted apart.")]
+         "is closed to make room); --port's are capped by --max-pending-connections.")]
 MaxHttpsHandshakesPerSource = Annotated[int, count_option(
     help="Of those, from one address, an IPv6 one's /64 (more are closed at once, before TLS).")]
+MaxPendingConnections = Annotated[int, count_option(
+    help="--port connections with no request head yet, at once (at the cap the oldest is closed to make room).")]
+MaxPendingConnectionsPerSource = Annotated[Optional[int], count_option(
+    help="Of those, from one address, an IPv6 one's /64 (more are closed at once): raise it for many users behind "
+         "one NAT, or list a balancer in --trusted-proxies (it then counts to the total only); default 64, or the "
+         "total if lower")]
 
 
 @http_app.command("server")
@@ -44,6 +49,8 @@ def http_server(
         "Seconds an upstream may stay silent before 504 (and a user may take none of an answer).", 0.1)] = 60.0,
     idle_timeout: Annotated[float, seconds_option("Seconds a kept-alive user connection may wait for its next request.", 0.1)] = 75.0,
     header_timeout: Annotated[float, seconds_option("Seconds a user has to send a whole request head once begun (else 408).", 0.1)] = 20.0,
+    max_pending_connections: MaxPendingConnections = 1024,
+    max_pending_connections_per_source: MaxPendingConnectionsPerSource = None,
     control_addr: ControlAddr = None,
     control_port: ControlPort = 8123,
     token: Token = None,

@@ -39,7 +39,8 @@ log = logging.getLogger("inlets.http")
 #: Data-port connections whose first request head is not complete yet, at once, and of those from one address (an
 #: IPv6 one's /64): the HTTPS front's caps for its handshakes (a public site's users: a browser sends its head at
 #: once, a NAT's users share an address). Uncapped, one address held 12,000 sockets in 13 s (RSS 46 -> 91 MiB)
-#: until --idle-timeout, towards the descriptor limit the control port shares.
+#: until --idle-timeout, towards the descriptor limit the control port shares. The defaults of
+#: --max-pending-connections(-per-source): one NAT's many users share one address's 64.
 MAX_PENDING = 1024
 MAX_PENDING_PER_SOURCE = 64
 
@@ -54,6 +55,7 @@ class HttpTunnelServer:
         header_timeout: float = 20.0,
         https: HttpsFront | None = None,
         dataplane: DataPlaneOptions | None = None,
+        pending: tuple[int, int] = (MAX_PENDING, MAX_PENDING_PER_SOURCE),
     ) -> None:
         self.port = port
         self.dataplane = dataplane or DataPlaneOptions()  # --allow-ips (403), --lb-proxy-protocol
@@ -64,7 +66,7 @@ class HttpTunnelServer:
         self.header_timeout = header_timeout  # a request head begun must be complete within this (slowloris)
         self.connections: set[FrontConnection] = set()
         # a --trusted-proxies balancer counts to the total only; behind --lb-proxy-protocol the source its header names
-        self.admission = Admission(MAX_PENDING, MAX_PENDING_PER_SOURCE, config.trusted_proxies, listener="data",
+        self.admission = Admission(*pending, config.trusted_proxies, listener="data",
                                    source_later=bool(self.dataplane.lb_proxy_protocol))
         self.registry: Registry[Session] = Registry()
         self.options: dict[Session, HttpOptions] = {}

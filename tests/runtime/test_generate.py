@@ -61,6 +61,27 @@ def test_the_https_handshake_caps_go_into_the_unit_as_given(tmp_path: Path) -> N
     assert refused.returncode == 2 and "need --letsencrypt-domain" in refused.stderr, refused.stderr
 
 
+def test_the_data_port_pending_caps_go_into_the_unit_and_the_k8s_args_as_given(tmp_path: Path) -> None:
+    """--max-pending-connections(-per-source): --port's caps, carried as written; one the server refuses is refused."""
+    caps = ["--max-pending-connections", "4096", "--max-pending-connections-per-source", "512"]
+    base = ["http", "server", "--auto-tls", "--token-file", "/etc/inlets/token", *caps]
+    result = unit_inlets(*base, "--generate=systemd")
+    assert result.returncode == 0, result.stderr
+    exec_start = _verified(tmp_path, result.stdout, "inlets-http-server.service")
+    assert " ".join(caps) in exec_start, exec_start
+    token = tmp_path / "token"
+    token.write_text("t0ken-of-the-test\n")
+    token.chmod(0o600)
+    k8s = inlets("http", "server", "--plaintext", "--token-file", str(token), *caps, "--generate=k8s_yaml")
+    assert k8s.returncode == 0, k8s.stderr
+    args = next(doc for doc in yaml.safe_load_all(k8s.stdout) if doc["kind"] == "Deployment")[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index(caps[0]):args.index(caps[0]) + 4] == caps, args
+    refused = inlets("http", "server", "--plaintext", "--token-file", "/etc/inlets/token", "--max-pending-connections",
+                     "32", "--max-pending-connections-per-source", "64", "--generate=systemd")
+    one_line_error(refused, "--max-pending-connections-per-source 64 is above --max-pending-connections 32")
+
+
 def test_secrets_from_the_environment_or_files_become_files_in_the_unit(tmp_path: Path) -> None:
     bearer = Path("/etc/inlets/site-bearer")  # a file given is referenced where it is (need not exist yet)
     env = {"INLETS_BEARER_TOKEN": SECRETS["bearer"], "INLETS_TOKEN": SECRETS["token"]}

@@ -17,7 +17,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
-from helpers.process import spawn, terminate, wait_for_text
+from helpers.process import inlets, one_line_error, spawn, terminate, wait_for_text
 from helpers.prov_support import HelloUpstream
 from helpers.tunnel import free_port
 
@@ -140,3 +140,44 @@ def test_behind_a_proxy_protocol_balancer_the_real_source_is_capped_not_the_bala
                     sock.close()
     assert one_open <= MAX_PENDING_PER_SOURCE, f"{one_open} of {count} from one real source open"
     assert many_open == count, f"{many_open} of {count} from {count} real sources open"
+
+
+def test_the_caps_are_the_operators_to_set(tmp_path: Path, tls, token: str) -> None:
+    """--max-pending-connections(-per-source): one NAT's many users share an address, so its cap is a knob."""
+    held: list[socket.socket] = []
+    spread: list[socket.socket] = []
+    with http_server(tmp_path, tls, token, "--max-pending-connections", "12",
+                     "--max-pending-connections-per-source", "8") as (_server, port):
+        try:
+            for _ in range(40):
+                sock = _connect(port, "127.0.10.21")
+                if sock is not None:
+                    held.append(sock)
+            time.sleep(1)
+            one_open = _still_open(held)
+            for i in range(40):  # 2 from each of 20 addresses: within 8 each, past 12 in all
+                sock = _connect(port, f"127.0.11.{i // 2 + 1}")
+                if sock is not None:
+                    spread.append(sock)
+            time.sleep(1)
+            all_open = _still_open(held) + _still_open(spread)
+            sock = _connect(port, "127.0.10.22")
+            assert sock is not None
+            with sock:
+                answer = _get(sock)
+        finally:
+            for sock in held + spread:
+                sock.close()
+    assert one_open == 8, f"{one_open} of 40 silent connections from one address open (--max-pending-connections-per-source 8)"
+    assert all_open <= 12, f"{all_open} of 80 silent connections open (--max-pending-connections 12)"
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_a_cap_that_cannot_work_is_refused_in_one_line() -> None:
+    for args, said in ((["--max-pending-connections-per-source", "0"], "Invalid value for '--max-pending-connections-per-source'"),
+                       (["--max-pending-connections", "-5"], "Invalid value for '--max-pending-connections'"),
+                       (["--max-pending-connections", "16", "--max-pending-connections-per-source", "64"],
+                        "--max-pending-connections-per-source 64 is above --max-pending-connections 16")):
+        result = inlets("http", "server", "--plaintext", "--token-file", "/etc/inlets/token", "--data-addr", "127.0.0.1",
+                        "--control-addr", "127.0.0.1", "--port", "23710", "--control-port", "23711", *args, timeout=20)
+        one_line_error(result, said)

@@ -12,7 +12,7 @@ from ...core.auth import TOKEN
 from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
 from ...core.logs import logfmt
-from ...http.server import HttpTunnelServer
+from ...http.server import MAX_PENDING, MAX_PENDING_PER_SOURCE, HttpTunnelServer
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_given_once, check_logs, default_data_dir, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
@@ -50,9 +50,22 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
         fail(str(exc))
 
 
+def pending_caps(flags: SimpleNamespace) -> tuple[int, int]:
+    """--port's caps on connections with no request head yet: (in all, per source). The per-source default is 64,
+    or the total if lower; one given above the total could never be reached, so it is refused rather than ignored."""
+    total, per_source = flags.max_pending_connections, flags.max_pending_connections_per_source
+    if per_source is None:
+        return total, min(total, MAX_PENDING_PER_SOURCE)
+    if per_source > total:
+        fail(f"--max-pending-connections-per-source {per_source} is above --max-pending-connections {total}: "
+             f"lower it, or raise --max-pending-connections")
+    return total, per_source
+
+
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
                        ca: Path | None, https_port: int, max_handshakes: int = 1024,
-                       max_handshakes_per_source: int = 64):  # -> HttpsFront | None
+                       max_handshakes_per_source: int = 64,
+                       plain_caps: tuple[int, int] = (MAX_PENDING, MAX_PENDING_PER_SOURCE)):  # -> HttpsFront | None
     """The HTTPS front for ``--letsencrypt-*`` (checked by ``check_lets_encrypt``), or None without a domain."""
     if not domains:
         return None
@@ -68,7 +81,7 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
                             ca_bundle=ca)
     except AcmeConfigError as exc:
         fail(str(exc))
-    return HttpsFront(manager, https_port, max_handshakes, max_handshakes_per_source)
+    return HttpsFront(manager, https_port, max_handshakes, max_handshakes_per_source, plain_caps=plain_caps)
 
 
 def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | None]:
@@ -77,6 +90,7 @@ def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | N
     check_logs(flags.log_level, flags.log_format)
     dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     check_lets_encrypt(flags)
+    pending_caps(flags)
     trusted = check_control(flags)
     https = bool(flags.letsencrypt_domain)
     port = flags.port or (80 if https else 8000)
@@ -101,13 +115,14 @@ def run(flags: SimpleNamespace) -> None:
         max_client_buffer_mib=flags.max_client_buffer,
         trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
     )
+    pending = pending_caps(flags)
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
                                flags.letsencrypt_ca, flags.https_port, flags.max_https_handshakes,
-                               flags.max_https_handshakes_per_source)
+                               flags.max_https_handshakes_per_source, pending)
     port = flags.port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
                              idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,
-                             dataplane=dataplane)
+                             dataplane=dataplane, pending=pending)
     data = authority(flags.data_addr or "*", port) + (f" and :{flags.https_port}" if https else "")
 
     def started() -> None:
