@@ -37,7 +37,8 @@ EJECT_AFTER = 3
 #: Seconds such a client is tried after the others for the host (Envoy's outlier detection ejects for 30 s too); then
 #: one request goes to it, and the next one this long after, until one is answered.
 EJECT_FOR = 30.0
-#: Client ids whose marks are kept once their session left, for its reconnection (``Registry.add``) to take.
+#: Client ids whose marks (unreachable, silent, response timeouts, ejected) are kept once their session left, for its
+#: reconnection (``Registry.add``) to take.
 MARKS_KEPT = 1024
 
 
@@ -49,7 +50,8 @@ class Registry(Generic[S]):
         self._of_id: dict[str, list[S]] = {}  # and the other way round
         #: Marks of a client id's sessions gone, when the last left: a reconnection (SIGHUP, a network blip) is a
         #: new session, and one starting clean took users to a blackholed upstream again (9 of 100 slow, not 3).
-        self._left: dict[str, tuple[float, dict[str, float], dict[str, float]]] = {}
+        #: A hung client's ejection too: reconnected clean it took 3 more requests to a 504 (3 of 20, not 0).
+        self._left: dict[str, tuple[float, dict[str, float], dict[str, float], dict[str, int], dict[str, float]]] = {}
 
     def add(self, session: S, services: list[str], client_id: str = "") -> list[str]:
         """Register ``session`` for ``services``; returns the services that are new. ``session`` takes the marks
@@ -57,10 +59,11 @@ class Registry(Generic[S]):
         if client_id and session not in self._ids:
             left = self._left.pop(client_id, None)
             if left is not None and time.monotonic() - left[0] <= UNREACHABLE_FOR:
-                inherit(session, left[1], left[2])  # type: ignore[arg-type]
+                inherit(session, *left[1:])  # type: ignore[arg-type]
             same = self._of_id.setdefault(client_id, [])
             for other in same:  # a SIGHUP's new session comes before the old one leaves
-                inherit(session, other.unreachable, other.silent)  # type: ignore[attr-defined]
+                inherit(session, other.unreachable, other.silent,  # type: ignore[attr-defined]
+                        other.timeouts, other.ejected)  # type: ignore[attr-defined]
             same.append(session)
             self._ids[session] = client_id
         new = []
@@ -100,10 +103,10 @@ class Registry(Generic[S]):
             if now - left[oldest][0] <= UNREACHABLE_FOR and len(left) < MARKS_KEPT:
                 break
             del left[oldest]
-        unreachable, silent = session.unreachable, session.silent  # type: ignore[attr-defined]
-        if unreachable or silent:
+        marks = (session.unreachable, session.silent, session.timeouts, session.ejected)  # type: ignore[attr-defined]
+        if any(marks):
             left.pop(client_id, None)
-            left[client_id] = (now, dict(unreachable), dict(silent))
+            left[client_id] = (now, *map(dict, marks))  # type: ignore[assignment]
 
     def candidates(self, service: str) -> list[S]:
         """Sessions for ``service`` in the order to try them, rotating the start each call."""
@@ -125,10 +128,12 @@ class Registry(Generic[S]):
         return bool(self._serving.get(service))
 
 
-def inherit(session: Session, unreachable: dict[str, float], silent: dict[str, float]) -> None:
+def inherit(session: Session, unreachable: dict[str, float], silent: dict[str, float], timeouts: dict[str, int],
+            ejected: dict[str, float]) -> None:
     """``session`` is a reconnection of the client these marks were of: it is tried after the others for the same
-    services, at most ``UNREACHABLE_FOR`` from now, then by one user at a time (``resting``) until one answers. So a
-    client that claims another's id makes that one's next session lose its users for 5 s at most."""
+    services, at most ``UNREACHABLE_FOR`` from now (``EJECT_FOR`` for a host it was ejected from), then by one user at
+    a time (``resting``, ``ejected``) until one answers; its response timeouts in a row count on. So a client that
+    claims another's id makes that one's next session lose its users for 30 s at most."""
     now = time.monotonic()
     cap = now + UNREACHABLE_FOR
     mine = session.unreachable
@@ -137,6 +142,11 @@ def inherit(session: Session, unreachable: dict[str, float], silent: dict[str, f
     for service, since in silent.items():  # a dial that hangs: its upstream is likely blackholed
         if SILENT_FOR < now - since <= SILENT_MOST:
             mine[service] = cap
+    for service, count in timeouts.items():
+        session.timeouts[service] = max(count, session.timeouts.get(service, 0))
+    cap = now + EJECT_FOR
+    for service, until in ejected.items():  # as above: one lapsed but not answered, the next request finds out
+        session.ejected[service] = min(cap, max(until, session.ejected.get(service, until)))
 
 
 def open_on_first(sessions: Iterable[Session], service: str, handler: StreamHandler) -> Channel | str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -96,6 +97,59 @@ def test_a_client_whose_upstream_never_answers_is_routed_around(tmp_path) -> Non
     assert len(timeouts) <= registry.EJECT_AFTER, f"{len(timeouts)} of 40 requests waited for the hung upstream"
     lines = [line for line in log.read_text().splitlines() if "event=client_ejected" in line]
     assert len(lines) == 1 and "service=http:hung.test" in lines[0], lines
+
+
+def test_a_hung_client_that_reconnects_stays_routed_around(tmp_path) -> None:
+    """Found by a review helper: after the hung client was routed around, a SIGHUP to it (a new session, make-before-
+    break) started it clean: 3 more of the next 20 requests waited for --upstream-timeout (504) and it was ejected a
+    second time. A reconnection takes its client id's ejection and count of timeouts, as it takes its other marks."""
+    stack = Stack()
+    served = {"UP": 0}
+    procs: list[subprocess.Popen] = []
+    try:
+        hung, up = stack.serve(_hung), stack.serve(_app("UP", served))
+        data, procs, log = _tunnel(tmp_path, [hung, up], "--upstream-timeout", "1")
+        first = [raw_request(data, GET, timeout=5) for _ in range(2 * registry.EJECT_AFTER)]
+        assert sum(a.startswith(b"HTTP/1.1 504 ") for a in first) == registry.EJECT_AFTER, [a[:40] for a in first]
+        assert log.read_text().count("event=client_ejected") == 1
+        procs[1].send_signal(signal.SIGHUP)  # the hung one's client: a new session, then the old one leaves
+        deadline = time.monotonic() + 20
+        while log.read_text().count("event=client_disconnected") < 1:
+            assert time.monotonic() < deadline and procs[1].poll() is None, log.read_text()
+            time.sleep(0.05)
+        assert log.read_text().count("event=client_connected") == 3  # both of its sessions were registered
+        answers = [raw_request(data, GET, timeout=5) for _ in range(20)]
+    finally:
+        for proc in reversed(procs):
+            terminate(proc)
+        stack.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:40] for a in answers]
+    assert log.read_text().count("event=client_ejected") == 1, log.read_text()
+
+
+def test_a_hung_client_whose_connection_was_lost_stays_routed_around(tls, token, caplog) -> None:
+    """As above, its connection lost instead (a network blip): its session left before the new one came, and the
+    new one takes the marks kept for its client id (``Registry._keep_marks``)."""
+    caplog.set_level(logging.INFO)
+    stack = Stack()
+    served = {"UP": 0}
+    try:
+        server = stack.server(tls, token, upstream_timeout=0.5)
+        client, _ = stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(_hung)}"])
+        stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(_app('UP', served))}"])
+        first = [raw_request(server.data_port, GET) for _ in range(2 * registry.EJECT_AFTER)]
+        assert sum(a.startswith(b"HTTP/1.1 504 ") for a in first) == registry.EJECT_AFTER, [a[:40] for a in first]
+        old = client.session
+        stack.loop.call_soon_threadsafe(old.websocket.transport.abort)
+        deadline = time.monotonic() + 10
+        while client.session in (old, None) or len(server.control.clients) != 2:
+            assert time.monotonic() < deadline, "the client did not reconnect"
+            time.sleep(0.05)
+        answers = [raw_request(server.data_port, GET) for _ in range(20)]
+    finally:
+        stack.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:40] for a in answers]
+    assert sum("event=client_ejected" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_long_polls_answered_within_the_timeout_keep_their_clients_share(tmp_path) -> None:
