@@ -31,8 +31,9 @@ HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt
 MaxHttpsHandshakes = Annotated[int, count_option(
     help="HTTPS-port connections in their TLS handshake or with no request head yet, at once (at the cap the oldest "
          "is closed to make room); --port's are capped by --max-pending-connections.")]
-MaxHttpsHandshakesPerSource = Annotated[int, count_option(
-    help="Of those, from one address, an IPv6 one's /64 (more are closed at once, before TLS).")]
+MaxHttpsHandshakesPerSource = Annotated[Optional[int], count_option(
+    help="Of those, from one address, an IPv6 one's /64 (more are closed at once, before TLS); default 64, or the "
+         "total if lower")]
 MaxPendingConnections = Annotated[int, count_option(
     help="--port connections with no request head yet, at once (at the cap the oldest is closed to make room).")]
 MaxPendingConnectionsPerSource = Annotated[Optional[int], count_option(
@@ -67,7 +68,7 @@ def http_server(
     max_client_streams: MaxClientStreams = 4096,
     max_client_buffer: MaxClientBuffer = 32,
     max_handshakes: MaxHandshakes = 128,
-    max_handshakes_per_source: MaxHandshakesPerSource = 16,
+    max_handshakes_per_source: MaxHandshakesPerSource = None,
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
@@ -81,7 +82,7 @@ def http_server(
     letsencrypt_ca: LetsEncryptCa = None,
     https_port: HttpsPort = 443,
     max_https_handshakes: MaxHttpsHandshakes = 1024,
-    max_https_handshakes_per_source: MaxHttpsHandshakesPerSource = 64,
+    max_https_handshakes_per_source: MaxHttpsHandshakesPerSource = None,
 ) -> None:
     """Run an HTTP tunnel server: requests on --port go to the client serving their Host.
 

@@ -81,8 +81,9 @@ TrustedProxies = Annotated[Optional[str], typer.Option(
     "for failed-login limits and logs; an HTTP data-port connection from one counts to the total cap only.")]
 MaxHandshakes = Annotated[int, count_option(
     help="Control-port connections not yet authenticated, at once (more are closed at once).")]
-MaxHandshakesPerSource = Annotated[int, count_option(
-    help="Of those, from one address, an IPv6 one's /64 (a --trusted-proxies address counts to the total only).")]
+MaxHandshakesPerSource = Annotated[Optional[int], count_option(
+    help="Of those, from one address, an IPv6 one's /64 (a --trusted-proxies address counts to the total only); "
+         "default 16, or the total if lower")]
 MaxClientBuffer = Annotated[int, count_option(
     "--max-client-buffer",
     help="MiB one client's streams may make the server hold, all together, beyond each stream's first 256 KiB "

@@ -20,6 +20,7 @@ from ..core.cert_expiry import iso, not_after_pem, not_before_pem, warn_if_endin
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip, is_loopback
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
+from ..server.admission import DEFAULT_MAX_PER_SOURCE
 from ..server.control import ControlConfig
 from ..server.dataplane import DataPlaneOptions
 from .config import default_data_dir, fail, refuse_blank
@@ -49,12 +50,31 @@ def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
                                  ("--data-addr", flags.data_addr, "the data ports listen on")):
         refuse_blank(value, flag, f"give the address {listens}, e.g. 127.0.0.1 (leave the flag out for every interface)")
     check_bind_addresses(flags.control_addr, flags.data_addr, resolve=False)
+    handshake_caps(flags)
     refuse_blank(flags.trusted_proxies, "--trusted-proxies", "give the proxies' addresses, e.g. 127.0.0.1 (leave the "
                  "flag out to believe no X-Forwarded-For)")
     try:
         return SourceAllowList(parse_networks(flags.trusted_proxies, "--trusted-proxies")) if flags.trusted_proxies else None
     except ValueError as exc:
         fail(str(exc))
+
+
+def per_source_caps(flags: SimpleNamespace, cap: str, default: int) -> tuple[int, int]:
+    """``--CAP`` and ``--CAP-per-source`` (attributes ``cap`` and ``cap``_per_source): (in all, per source). The
+    per-source default is ``default``, or the total if lower; one given above the total could never be reached, so it
+    is refused rather than ignored (the servers' ``check`` runs this, so ``--generate`` refuses it too)."""
+    total, per_source = getattr(flags, cap), getattr(flags, f"{cap}_per_source")
+    if per_source is None:
+        return total, min(total, default)
+    if per_source > total:
+        flag = "--" + cap.replace("_", "-")
+        fail(f"{flag}-per-source {per_source} is above {flag} {total}: lower it, or raise {flag}")
+    return total, per_source
+
+
+def handshake_caps(flags: SimpleNamespace) -> tuple[int, int]:
+    """The control port's --max-handshakes(-per-source): (in all, per source)."""
+    return per_source_caps(flags, "max_handshakes", DEFAULT_MAX_PER_SOURCE)
 
 
 def control_config(

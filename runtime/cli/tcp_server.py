@@ -44,7 +44,7 @@ def tcp_server(
     max_client_streams: MaxClientStreams = 4096,
     max_client_buffer: MaxClientBuffer = 32,
     max_handshakes: MaxHandshakes = 128,
-    max_handshakes_per_source: MaxHandshakesPerSource = 16,
+    max_handshakes_per_source: MaxHandshakesPerSource = None,
     trusted_proxies: TrustedProxies = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,

@@ -468,3 +468,35 @@ def test_the_servers_own_control_port_as_a_data_port_says_so(tmp_path: Path, tls
     assert result.returncode == 1
     assert result.stderr == (f"inlets: error: the server refused this client: server cannot listen on "
                              f"127.0.0.1:{control}: it is this server's control port: use --upstream OTHER_PORT=HOST:{control}\n")
+
+
+#: A server of each kind, on loopback ports it never gets to bind when refused.
+PLAIN_SERVER = ["--plaintext", "--token-file", "/etc/inlets/token", "--control-addr", "127.0.0.1", "--data-addr",
+                "127.0.0.1", "--control-port", "23910"]
+
+
+@pytest.mark.parametrize("server, cap", [
+    (["tcp", "server"], "--max-handshakes"),
+    (["http", "server", "--port", "23911"], "--max-handshakes"),
+    (["http", "server", "--port", "23911", "--letsencrypt-domain", "a.example.com"], "--max-https-handshakes"),
+])
+def test_a_per_source_handshake_cap_above_its_total_is_refused_in_one_line(server: list[str], cap: str) -> None:
+    """--max-handshakes 8 --max-handshakes-per-source 100 started, the 100 never reachable; now refused, by
+    --generate too (its unit would start a server that ignores the number written in it)."""
+    said = f"{cap}-per-source 100 is above {cap} 8: lower it, or raise {cap}"
+    args = [*server, *PLAIN_SERVER, cap, "8", f"{cap}-per-source", "100"]
+    one_line_error(inlets(*args), said)
+    one_line_error(inlets(*args, "--generate=systemd"), said)
+
+
+def test_a_total_handshake_cap_alone_below_the_per_source_default_still_starts(tmp_path: Path, token_file: Path) -> None:
+    """The per-source default (16) is the total when that is lower: --max-handshakes 8 alone is no error."""
+    control = free_port()
+    server = spawn("tcp", "server", "--plaintext", "--token-file", str(token_file), "--control-addr", "127.0.0.1",
+                   "--control-port", str(control), "--data-addr", "127.0.0.1", "--max-handshakes", "8",
+                   log=tmp_path / "server.log")
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(15)

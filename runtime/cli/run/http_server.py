@@ -17,16 +17,19 @@ from ...server.dataplane import DataPlaneOptions
 from ..config import check_given_once, check_logs, default_data_dir, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
-                             tls_reloader, warn_if_plaintext_reachable)
+                             handshake_caps, per_source_caps, tls_reloader, warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
+#: --max-https-handshakes-per-source's default: acme/https_front.py's MAX_HANDSHAKES_PER_SOURCE.
+HTTPS_HANDSHAKES_PER_SOURCE = 64
+
 
 def check_lets_encrypt(flags: SimpleNamespace) -> None:
     """The ``--letsencrypt-*`` flags as written, no file read (``--generate`` too): one line when they can never work."""
     if not flags.letsencrypt_domain:
         if (flags.letsencrypt_email or flags.letsencrypt_issuer != "prod" or flags.letsencrypt_path
                 or flags.letsencrypt_ca or flags.https_port != 443 or flags.max_https_handshakes != 1024
-                or flags.max_https_handshakes_per_source != 64):
+                or flags.max_https_handshakes_per_source is not None):
             fail("--letsencrypt-email/-issuer/-path/-ca, --https-port and --max-https-handshakes(-per-source) need "
                  "--letsencrypt-domain")
         return
@@ -48,18 +51,18 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
         check_email(flags.letsencrypt_email)
     except AcmeConfigError as exc:
         fail(str(exc))
+    https_caps(flags)
 
 
 def pending_caps(flags: SimpleNamespace) -> tuple[int, int]:
-    """--port's caps on connections with no request head yet: (in all, per source). The per-source default is 64,
-    or the total if lower; one given above the total could never be reached, so it is refused rather than ignored."""
-    total, per_source = flags.max_pending_connections, flags.max_pending_connections_per_source
-    if per_source is None:
-        return total, min(total, MAX_PENDING_PER_SOURCE)
-    if per_source > total:
-        fail(f"--max-pending-connections-per-source {per_source} is above --max-pending-connections {total}: "
-             f"lower it, or raise --max-pending-connections")
-    return total, per_source
+    """--port's caps on connections with no request head yet, --max-pending-connections(-per-source)."""
+    return per_source_caps(flags, "max_pending_connections", MAX_PENDING_PER_SOURCE)
+
+
+def https_caps(flags: SimpleNamespace) -> tuple[int, int]:
+    """--https-port's caps, --max-https-handshakes(-per-source); the per-source default is HttpsFront's
+    MAX_HANDSHAKES_PER_SOURCE (not imported: an installation may have no acme/)."""
+    return per_source_caps(flags, "max_https_handshakes", HTTPS_HANDSHAKES_PER_SOURCE)
 
 
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
@@ -108,17 +111,17 @@ def run(flags: SimpleNamespace) -> None:
     dataplane, proxies = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
+    handshakes = handshake_caps(flags)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
         auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+        trusted_proxies=proxies, max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
     )
     pending = pending_caps(flags)
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,
-                               flags.letsencrypt_ca, flags.https_port, flags.max_https_handshakes,
-                               flags.max_https_handshakes_per_source, pending)
+                               flags.letsencrypt_ca, flags.https_port, *https_caps(flags), pending)
     port = flags.port or (80 if https else 8000)
     server = HttpTunnelServer(config, port=port, data_addr=flags.data_addr or None, upstream_timeout=flags.upstream_timeout,
                              idle_timeout=flags.idle_timeout, header_timeout=flags.header_timeout, https=https,

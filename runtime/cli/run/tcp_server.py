@@ -17,7 +17,7 @@ from ...server.tcp import TcpTunnelServer
 from ..config import check_given_once, check_logs, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
 from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
-                             tls_reloader, warn_if_plaintext_reachable)
+                             handshake_caps, tls_reloader, warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
 
@@ -66,12 +66,13 @@ def run(flags: SimpleNamespace) -> None:
     allowed, options, forwarding, proxies = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
+    handshakes = handshake_caps(flags)
     config = control_config(
         control_addr=flags.control_addr, control_port=flags.control_port, token=flags.token, token_file=flags.token_file,
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
         auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=proxies, max_handshakes=flags.max_handshakes, max_handshakes_per_source=flags.max_handshakes_per_source,
+        trusted_proxies=proxies, max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
     )
     if forwarding is not None:
         config.forwarding = forwarding
