@@ -247,16 +247,22 @@ def list_cmd(
     root = state_root(state_dir)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     notes: list[str] = []
-    rows = manage.list_servers(root, creds, provider, notes)
     pruned: list[str] = []
     failed = 0
-    if prune:
-        progress = output.Progress(quiet=json_output)
-        try:
-            pruned, failed = manage.prune(root, creds, rows, progress)
-        finally:
-            progress.close()
-        rows = manage.list_servers(root, creds, provider, [])
+    try:
+        rows = manage.list_servers(root, creds, provider, notes)
+        if prune:
+            progress = output.Progress(quiet=json_output)
+            try:
+                pruned, failed = manage.prune(root, creds, rows, progress)
+            finally:
+                progress.close()
+            rows = manage.list_servers(root, creds, provider, [])
+    except StatusFailed as exc:  # --provider's cloud failed: --json still prints one object, as on success
+        if json_output:
+            output.print_json({"servers": exc.result.get("servers", []), "notes": notes, "pruned": pruned,
+                               "error": str(exc), "state": exc.state})
+        raise
     if json_output:
         output.print_json({"servers": rows, "notes": notes, "pruned": pruned})
     else:

@@ -78,11 +78,12 @@ class NotFound(ProvisionError):
 
 
 class StatusFailed(ProvisionError):
-    """``inletsctl status`` could not tell how the exit server is: ``state``, a word for scripts ("gone",
-    "stopped", ...), and ``result``, what was learned before, for ``status --json`` to print with the error."""
+    """``inletsctl status`` could not tell how the exit server is, or ``list --provider`` how its cloud's are:
+    ``state``, a word for scripts ("gone", "api_error", ...), and ``result``, what was learned before, for
+    ``--json`` to print with the error."""
 
-    def __init__(self, message: str, state: str, result: dict | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, state: str, result: dict | None = None, exit_code: int = 1) -> None:
+        super().__init__(message, exit_code)
         self.state, self.result = state, result or {}
 
 

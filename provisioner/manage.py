@@ -206,14 +206,18 @@ def list_servers(
     rows: list[dict[str, Any]] = [_damaged_row(d, notes) for d in damaged]
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
+        stage = "invalid"  # what failed, as ``status``'s state words: the name, the credentials, the API
         try:
+            registry.check(pname)
+            stage = "no_credentials"
             provider = _provider_for(pname, root, creds)
+            stage = "api_error"
             hosts = provider.list()
         except ProvisionError as exc:
-            if provider_name:
-                raise
-            notes.append(f"{pname}: not checked ({exc})")
             rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
+            if provider_name:  # the one cloud asked for: a failure, with the rows known (``list --json`` prints them)
+                raise StatusFailed(str(exc), stage, {"servers": rows}, exc.exit_code) from None
+            notes.append(f"{pname}: not checked ({exc})")
             continue
         by_id = {h.id: h for h in hosts}
         groups = [m for m in local_rows if replicas.is_group(m)] or [h for h in hosts if h.group]

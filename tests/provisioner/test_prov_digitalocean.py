@@ -439,3 +439,27 @@ def test_status_json_of_a_cloud_failure_is_one_object_with_the_error_and_a_state
                    "--access-token-file", str(tmp_path / "no-such-file"))
     assert bare.json()["state"] == "no_credentials" and bare.json()["provider"] == "digitalocean", bare
     assert bare.json()["error"] == one_line_error(bare).partition("error: ")[2]
+
+
+def test_list_json_of_a_cloud_failure_is_one_object_with_the_local_rows_the_error_and_a_state(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """A revoked token (401) or none at all: list --json --provider printed nothing on stdout, only stderr's line."""
+    state = tmp_path / "state"
+    (state / "web1").mkdir(parents=True, mode=0o700)
+    (state / "web1" / "server.json").write_text(json.dumps(
+        {"name": "web1", "provider": "digitalocean", "id": "123", "ip": "127.0.0.1", "mode": "tcp"}))
+    revoked = tmp_path / "revoked-token"
+    revoked.write_text("not-the-token\n")
+    revoked.chmod(0o600)
+    for word, token in (("api_error", str(revoked)), ("no_credentials", str(tmp_path / "no-such-file"))):
+        args = ["list", "--provider", "digitalocean", "--api-url", fake.url, "--access-token-file", token,
+                "--state-dir", str(state)]
+        plain = run_cli(capsys, *args)
+        line = one_line_error(plain, "rejected (401)" if word == "api_error" else "access token file not found")
+        assert plain.out == "", plain
+        answer = run_cli(capsys, *args, "--json")
+        assert (answer.code, one_line_error(answer)) == (plain.code, line), answer
+        shown = answer.json()
+        assert (shown["state"], shown["error"], shown["pruned"]) == (word, line.partition("error: ")[2], []), shown
+        assert [(r["name"], r["status"], r["where"]) for r in shown["servers"]] == [
+            ("web1", "unknown", "local state (cloud not checked)")], shown
