@@ -46,6 +46,16 @@ log = logging.getLogger("inlets.server")
 
 DEFAULT_MAX_TOTAL = 128
 DEFAULT_MAX_PER_SOURCE = 16
+#: A public site's connections with nothing proved yet, at once (the HTTP data port's until their first request head,
+#: the HTTPS front's through their handshake to it): its users, not a few tunnel clients. A handshake and a
+#: browser's first request take a few milliseconds, so 1,024 pending is some hundred thousand a second; at ~90 KiB
+#: for each whole ClientHello that stalls, or handshake done and silent, the cap holds the TLS layer to ~100 MiB
+#: (measured: 4,000 such connections, RSS 31 -> 126 MiB). The defaults of --max-pending-connections and
+#: --max-https-handshakes.
+PUBLIC_MAX_TOTAL = 1024
+#: Of those, from one address: room for a NAT's many users (browsers open up to six connections per site each),
+#: while one flooding address takes at most 1/16 of the total.
+PUBLIC_MAX_PER_SOURCE = 64
 HANDSHAKE_TIMEOUT = 10.0  # for TLS; the websocket handshake has its own (open_timeout)
 SHUTDOWN_TIMEOUT = 5.0
 #: Give memory back after a burst of at least this many pending connections has ended.
@@ -74,7 +84,6 @@ class Admission:
         max_per_source: int = DEFAULT_MAX_PER_SOURCE,
         trusted_proxies: SourceAllowList | None = None,
         *,
-        until_tls: bool = False,
         listener: str = "control",
         answer_plain_http: bytes | None = None,
         source_later: bool = False,
@@ -85,11 +94,7 @@ class Admission:
         #: every peer is a balancer whose PROXY header names the real source: the peer counts to the total only, the
         #: source it names to the per-source cap too (``move``)
         self.source_later = source_later
-        #: True: a connection's place is given back when its TLS handshake is done (a protocol with no ``ticket``:
-        #: tests); False: passed on to it, given back when it says so (``ControlConnection.authenticated``,
-        #: ``FrontConnection`` at its first request head) or closes.
-        self.until_tls = until_tls
-        self.listener = listener  # named in the log lines: "control" or "https"
+        self.listener = listener  # named in the log lines: "control", "https", "data" or "http"
         #: What plain HTTP on the TLS port is answered (the control port's also logged per source): by default
         #: ``PLAIN_HTTP_ANSWER``, the control port's words; the HTTPS front passes its own.
         self.answer_plain_http = PLAIN_HTTP_ANSWER if answer_plain_http is None else answer_plain_http
@@ -102,9 +107,18 @@ class Admission:
         self._trim = trimmer()
         self._handshakes: set[asyncio.Transport] = set()
 
+    def _at_cap(self, source: str) -> bool:
+        """Whether ``source`` has its most pending (a trusted proxy counts to the total only)."""
+        trusted = self.trusted_proxies is not None and self.trusted_proxies.allows(source)
+        return not trusted and self.per_source[source_key(source)] >= self.max_per_source
+
+    def _uncount(self, key: str) -> None:
+        self.per_source[key] -= 1
+        if self.per_source[key] <= 0:
+            del self.per_source[key]
+
     def admit(self, source: str, transport: asyncio.BaseTransport) -> Ticket | None:
-        capped = not self.source_later and (self.trusted_proxies is None or not self.trusted_proxies.allows(source))
-        if capped and self.per_source[source_key(source)] >= self.max_per_source:
+        if not self.source_later and self._at_cap(source):
             self.refused += 1
             self._report("handshakes_refused", source)
             return None
@@ -126,15 +140,12 @@ class Admission:
         key = source_key(source)
         if ticket not in self.pending or key == ticket.key:
             return True
-        if (self.trusted_proxies is None or not self.trusted_proxies.allows(source)) and \
-                self.per_source[key] >= self.max_per_source:
+        if self._at_cap(source):
             self.refused += 1
             self._report("handshakes_refused", source)
             ticket.release()
             return False
-        self.per_source[ticket.key] -= 1
-        if self.per_source[ticket.key] <= 0:
-            del self.per_source[ticket.key]
+        self._uncount(ticket.key)
         ticket.source, ticket.key = source, key
         self.per_source[key] += 1
         return True
@@ -149,9 +160,7 @@ class Admission:
     def _release(self, ticket: Ticket) -> None:
         if self.pending.pop(ticket, False) is False:
             return
-        self.per_source[ticket.key] -= 1
-        if self.per_source[ticket.key] <= 0:
-            del self.per_source[ticket.key]
+        self._uncount(ticket.key)
         if not self.pending:
             self._reported.clear()
             if self._burst >= TRIM_AFTER:
@@ -164,8 +173,9 @@ class Admission:
 
     def connection(self, make: Callable[[], asyncio.Protocol], ssl_context: ssl.SSLContext | None) -> asyncio.Protocol:
         """The protocol for a newly accepted socket (websockets' ``create_connection`` hook, or a listener's factory):
-        ``make()``'s protocol takes the connection over once TLS is up. Unless ``until_tls``, it must be one with a
-        ``ticket`` it gives back itself (``ControlConnection``)."""
+        ``make()``'s protocol takes the connection over once TLS is up, with its place (``ticket``), which it gives
+        back itself when it has proved something (``ControlConnection.authenticated``, ``FrontConnection`` at its
+        first request head) or closes."""
         return _Pending(self, make(), ssl_context)
 
     def abort_handshakes(self) -> None:
@@ -320,12 +330,8 @@ class _Pending(asyncio.Protocol):
             self.ticket = None
 
     def _pass_ticket_on(self) -> None:
-        """At the hand-off: the connection keeps the place until it has proved itself (a token, a request head);
-        with ``until_tls`` it is free now that TLS is up."""
-        if self.admission.until_tls:
-            self._give_back()
-        else:
-            self.connection.ticket, self.ticket = self.ticket, None  # type: ignore[attr-defined]
+        """At the hand-off: the connection keeps the place until it has proved itself (a token, a request head)."""
+        self.connection.ticket, self.ticket = self.ticket, None  # type: ignore[attr-defined]
 
     def _feed_early(self, transport: asyncio.BaseTransport) -> None:
         tls = transport.get_protocol()

@@ -61,7 +61,7 @@ def _silent(port: int, client: ssl.SSLContext) -> tuple[bytes, float]:
 
 async def _refusals(context: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str, tuple[bytes, float]]:
     loop = asyncio.get_running_loop()
-    admission = Admission(16, 16, until_tls=True, listener="https")
+    admission = Admission(16, 16, listener="https")
     server = await loop.create_server(lambda: admission.connection(asyncio.Protocol, context), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
