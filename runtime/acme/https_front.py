@@ -10,7 +10,7 @@
 Connections on the HTTPS port without a request head yet are capped as the control
 port's are (``server.admission``): uncapped, 8,000 stalled partial ClientHellos took the
 server from 31 MB to 449-513 MB, only the descriptor limit bounding it. Here at most
-``MAX_HANDSHAKES_PER_SOURCE`` from one address and ``MAX_HANDSHAKES`` in all, the oldest
+``PUBLIC_MAX_PER_SOURCE`` from one address and ``PUBLIC_MAX_TOTAL`` in all (``server.admission``), the oldest
 closed at that cap; a connection stops counting at its first request head, as on the plain
 data port (a browser sends it within milliseconds of its handshake). Counted only until the
 handshake was done, 1,000 that completed TLS and sent nothing from one address were all held
@@ -36,7 +36,7 @@ from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
 from ..http.parser import RequestReader
 from ..http.write import SimpleResponse
-from ..server.admission import Admission, Ticket, plain_http_answer
+from ..server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL, Admission, Ticket, plain_http_answer
 from .letsencrypt import LetsEncrypt
 
 log = logging.getLogger("inlets.http")
@@ -44,14 +44,6 @@ log = logging.getLogger("inlets.http")
 CHALLENGE_PREFIX = b"/.well-known/acme-challenge/"
 HEAD_TIMEOUT = 10.0  # seconds a port-80 client gets to send its request head
 MAX_REDIRECT_HEAD = 16 * 1024
-#: Connections on the HTTPS port in their TLS handshake or with no request head yet, at once: a public site's
-#: users, not a few tunnel clients (the control port allows 128). A handshake and a browser's first request take
-#: a few milliseconds, so 1,024 pending is some hundred thousand a second; at ~90 KiB for each whole
-#: ClientHello that stalls, or handshake done and silent, the cap holds the TLS layer to ~100 MiB (measured: 4,000 such connections, RSS 31 -> 126 MiB).
-MAX_HANDSHAKES = 1024
-#: Of those, from one address: room for a NAT or carrier-grade NAT with many users (browsers open up to six
-#: connections per site each), while one flooding address takes at most 1/16 of the total.
-MAX_HANDSHAKES_PER_SOURCE = 64
 #: Plain HTTP sent to the HTTPS port (``http://example.com:443/``, a load balancer's check set to HTTP): curl
 #: said "Empty reply from server", a browser "connection reset". Go's servers (Caddy, Traefik) answer 400
 #: "Client sent an HTTP request to an HTTPS server.", nginx 400 "The plain HTTP request was sent to HTTPS port".
@@ -150,9 +142,9 @@ class PlainFront(asyncio.Protocol):
 class HttpsFront:
     """Both listeners and the certificate manager, started and stopped with the tunnel server."""
 
-    def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443, max_handshakes: int = MAX_HANDSHAKES,
-                 max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE, *,
-                 plain_caps: tuple[int, int] = (MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE)) -> None:
+    def __init__(self, letsencrypt: LetsEncrypt, https_port: int = 443, max_handshakes: int = PUBLIC_MAX_TOTAL,
+                 max_handshakes_per_source: int = PUBLIC_MAX_PER_SOURCE, *,
+                 plain_caps: tuple[int, int] = (PUBLIC_MAX_TOTAL, PUBLIC_MAX_PER_SOURCE)) -> None:
         self.letsencrypt = letsencrypt
         self.https_port = https_port
         # No trusted proxies: --lb-proxy-protocol cannot be combined with --letsencrypt-domain. Plain HTTP on the

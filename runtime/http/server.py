@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..core.logs import logfmt
-from ..server.admission import Admission
+from ..server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL, Admission
 from ..server.control import ControlConfig, ControlPlane
 from ..server.dataplane import DataPlaneOptions
 from ..core.listen import listen_as
@@ -36,13 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("inlets.http")
 
-#: Data-port connections whose first request head is not complete yet, at once, and of those from one address (an
-#: IPv6 one's /64): the HTTPS front's caps for its handshakes (a public site's users: a browser sends its head at
-#: once, a NAT's users share an address). Uncapped, one address held 12,000 sockets in 13 s (RSS 46 -> 91 MiB)
-#: until --idle-timeout, towards the descriptor limit the control port shares. The defaults of
-#: --max-pending-connections(-per-source): one NAT's many users share one address's 64.
-MAX_PENDING = 1024
-MAX_PENDING_PER_SOURCE = 64
 
 class HttpTunnelServer:
     def __init__(
@@ -55,7 +48,7 @@ class HttpTunnelServer:
         header_timeout: float = 20.0,
         https: HttpsFront | None = None,
         dataplane: DataPlaneOptions | None = None,
-        pending: tuple[int, int] = (MAX_PENDING, MAX_PENDING_PER_SOURCE),
+        pending: tuple[int, int] = (PUBLIC_MAX_TOTAL, PUBLIC_MAX_PER_SOURCE),  # --max-pending-connections(-per-source)
     ) -> None:
         self.port = port
         self.dataplane = dataplane or DataPlaneOptions()  # --allow-ips (403), --lb-proxy-protocol

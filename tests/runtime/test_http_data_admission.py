@@ -21,7 +21,7 @@ from helpers.process import inlets, one_line_error, spawn, terminate, wait_for_t
 from helpers.prov_support import HelloUpstream
 from helpers.tunnel import free_port
 
-from inlets_py.runtime.http.server import MAX_PENDING_PER_SOURCE
+from inlets_py.runtime.server.admission import PUBLIC_MAX_PER_SOURCE
 
 HOST = b"app.test"
 FLOOD = 1000  # from one address: far past the per-source cap, well within the total
@@ -93,7 +93,7 @@ def test_silent_and_half_head_connections_are_capped_per_source_and_users_get_th
     with http_server(tmp_path, tls, token) as (_server, port):
         try:
             # more kept-alive users from one address than the per-source cap: each sent its head, none is pending
-            for _ in range(MAX_PENDING_PER_SOURCE + 20):
+            for _ in range(PUBLIC_MAX_PER_SOURCE + 20):
                 sock = _connect(port, "127.0.10.2")
                 assert sock is not None
                 users.append(sock)
@@ -113,7 +113,7 @@ def test_silent_and_half_head_connections_are_capped_per_source_and_users_get_th
             for sock in held + users:
                 sock.close()
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
-    assert flooding <= MAX_PENDING_PER_SOURCE, f"{flooding} of {FLOOD} connections without a request head open"
+    assert flooding <= PUBLIC_MAX_PER_SOURCE, f"{flooding} of {FLOOD} connections without a request head open"
     assert all(kept), f"{kept.count(False)} kept-alive users closed"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_refused listener=data " in log, log[-2000:]
@@ -124,7 +124,7 @@ def test_behind_a_proxy_protocol_balancer_the_real_source_is_capped_not_the_bala
     """--lb-proxy-protocol: the balancer carries many users, each counted by the source its header names."""
     one: list[socket.socket] = []
     many: list[socket.socket] = []
-    count = MAX_PENDING_PER_SOURCE * 3
+    count = PUBLIC_MAX_PER_SOURCE * 3
     with http_server(tmp_path, tls, token, "--lb-proxy-protocol", "v1") as (_server, port):
         try:
             for i in range(count):
@@ -138,7 +138,7 @@ def test_behind_a_proxy_protocol_balancer_the_real_source_is_capped_not_the_bala
             for sock in one + many:
                 if sock is not None:
                     sock.close()
-    assert one_open <= MAX_PENDING_PER_SOURCE, f"{one_open} of {count} from one real source open"
+    assert one_open <= PUBLIC_MAX_PER_SOURCE, f"{one_open} of {count} from one real source open"
     assert many_open == count, f"{many_open} of {count} from {count} real sources open"
 
 

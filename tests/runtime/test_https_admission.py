@@ -24,7 +24,7 @@ from helpers.process import spawn, terminate, wait_for_text
 from helpers.prov_support import HelloUpstream
 from helpers.tunnel import free_port, make_tls
 
-from inlets_py.runtime.acme.https_front import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE
+from inlets_py.runtime.server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL
 from inlets_py.runtime.acme.letsencrypt import configure
 
 DOMAIN = "site.example.test"
@@ -119,7 +119,7 @@ def https_server(tmp_path: Path, tls, token: str) -> Iterator[tuple[subprocess.P
 
 def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_gets_through(tmp_path: Path, tls,
                                                                                          token: str) -> None:
-    assert FLOOD // SOURCES < MAX_HANDSHAKES_PER_SOURCE and FLOOD > 3 * MAX_HANDSHAKES
+    assert FLOOD // SOURCES < PUBLIC_MAX_PER_SOURCE and FLOOD > 3 * PUBLIC_MAX_TOTAL
     hello = _client_hello_start()
     held: list[socket.socket] = []
     with https_server(tmp_path, tls, token) as (server, _http_port, https_port, user):
@@ -156,13 +156,13 @@ def test_stalled_client_hellos_on_the_https_port_are_capped_and_a_user_still_get
     print(f"sockets most={most_sockets} settled={settled}; RSS MiB start={start:.0f} peak={peak:.0f} after={after:.0f}")
     # beyond the cap: the listeners, the control connection and the tunnel's; while accepting, a batch being
     # admitted (core.listen.ACCEPT_BATCH) and the evicted being closed
-    assert settled <= MAX_HANDSHAKES + 16, f"{settled} sockets open in the server with {FLOOD} stalled handshakes"
-    assert most_sockets < MAX_HANDSHAKES * 3 // 2, f"{most_sockets} sockets open at most during {FLOOD} stalled handshakes"
+    assert settled <= PUBLIC_MAX_TOTAL + 16, f"{settled} sockets open in the server with {FLOOD} stalled handshakes"
+    assert most_sockets < PUBLIC_MAX_TOTAL * 3 // 2, f"{most_sockets} sockets open at most during {FLOOD} stalled handshakes"
     assert peak - start < RSS_GROWTH, f"RSS {start:.0f} MiB -> {peak:.0f} MiB with {FLOOD} stalled handshakes"
     assert after - start < 24, f"RSS {start:.0f} MiB -> {after:.0f} MiB once they closed"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_evicted listener=https" in log, log[-2000:]
-    assert f"limit={MAX_HANDSHAKES} per_source_limit={MAX_HANDSHAKES_PER_SOURCE}" in log, log[-2000:]
+    assert f"limit={PUBLIC_MAX_TOTAL} per_source_limit={PUBLIC_MAX_PER_SOURCE}" in log, log[-2000:]
 
 
 def test_idle_connections_on_the_plain_port_are_capped_and_a_user_is_still_redirected(tmp_path: Path, tls,
@@ -192,7 +192,7 @@ def test_idle_connections_on_the_plain_port_are_capped_and_a_user_is_still_redir
     assert answer.startswith(b"HTTP/1.1 308 "), answer[:200]
     assert f"Location: https://{DOMAIN}:".encode() in answer, answer[:300]
     # beyond the per-source cap: the listeners, the control connection and the tunnel's
-    assert settled <= MAX_HANDSHAKES_PER_SOURCE + 16, f"{settled} sockets open with {PLAIN_FLOOD} idle"
+    assert settled <= PUBLIC_MAX_PER_SOURCE + 16, f"{settled} sockets open with {PLAIN_FLOOD} idle"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_refused listener=http " in log, log[-2000:]
 
@@ -236,8 +236,8 @@ def test_silent_tls_connections_count_until_their_first_request_head(tmp_path: P
     print(f"silent TLS connections: {len(held)} handshakes done, {len(open_)} still open, server sockets {settled}")
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
     # beyond the per-source cap: the listeners, the control connection and the tunnel's
-    assert len(open_) <= MAX_HANDSHAKES_PER_SOURCE, f"{len(open_)} of {SILENT_FLOOD} silent TLS connections held"
-    assert settled <= MAX_HANDSHAKES_PER_SOURCE + 16, f"{settled} sockets open with {SILENT_FLOOD} silent"
+    assert len(open_) <= PUBLIC_MAX_PER_SOURCE, f"{len(open_)} of {SILENT_FLOOD} silent TLS connections held"
+    assert settled <= PUBLIC_MAX_PER_SOURCE + 16, f"{settled} sockets open with {SILENT_FLOOD} silent"
     assert kept.startswith(b"HTTP/1.1 200 "), kept[:200]
     assert again_answer.startswith(b"HTTP/1.1 200 ") and again_answer.endswith(b"path=/again"), again_answer[:200]
     log = (tmp_path / "server.log").read_text()

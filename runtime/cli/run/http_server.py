@@ -12,7 +12,8 @@ from ...core.auth import TOKEN
 from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
 from ...core.logs import logfmt
-from ...http.server import MAX_PENDING, MAX_PENDING_PER_SOURCE, HttpTunnelServer
+from ...http.server import HttpTunnelServer
+from ...server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_given_once, check_logs, default_data_dir, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
@@ -20,15 +21,13 @@ from ..server_config import (check_bind_addresses, check_control, check_distinct
                              handshake_caps, per_source_caps, tls_reloader, warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
-#: --max-https-handshakes-per-source's default: acme/https_front.py's MAX_HANDSHAKES_PER_SOURCE.
-HTTPS_HANDSHAKES_PER_SOURCE = 64
 
 
 def check_lets_encrypt(flags: SimpleNamespace) -> None:
     """The ``--letsencrypt-*`` flags as written, no file read (``--generate`` too): one line when they can never work."""
     if not flags.letsencrypt_domain:
         if (flags.letsencrypt_email or flags.letsencrypt_issuer != "prod" or flags.letsencrypt_path
-                or flags.letsencrypt_ca or flags.https_port != 443 or flags.max_https_handshakes != 1024
+                or flags.letsencrypt_ca or flags.https_port != 443 or flags.max_https_handshakes != PUBLIC_MAX_TOTAL
                 or flags.max_https_handshakes_per_source is not None):
             fail("--letsencrypt-email/-issuer/-path/-ca, --https-port and --max-https-handshakes(-per-source) need "
                  "--letsencrypt-domain")
@@ -56,19 +55,18 @@ def check_lets_encrypt(flags: SimpleNamespace) -> None:
 
 def pending_caps(flags: SimpleNamespace) -> tuple[int, int]:
     """--port's caps on connections with no request head yet, --max-pending-connections(-per-source)."""
-    return per_source_caps(flags, "max_pending_connections", MAX_PENDING_PER_SOURCE)
+    return per_source_caps(flags, "max_pending_connections", PUBLIC_MAX_PER_SOURCE)
 
 
 def https_caps(flags: SimpleNamespace) -> tuple[int, int]:
-    """--https-port's caps, --max-https-handshakes(-per-source); the per-source default is HttpsFront's
-    MAX_HANDSHAKES_PER_SOURCE (not imported: an installation may have no acme/)."""
-    return per_source_caps(flags, "max_https_handshakes", HTTPS_HANDSHAKES_PER_SOURCE)
+    """--https-port's caps, --max-https-handshakes(-per-source)."""
+    return per_source_caps(flags, "max_https_handshakes", PUBLIC_MAX_PER_SOURCE)
 
 
 def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str, path: Path | None,
-                       ca: Path | None, https_port: int, max_handshakes: int = 1024,
-                       max_handshakes_per_source: int = 64,
-                       plain_caps: tuple[int, int] = (MAX_PENDING, MAX_PENDING_PER_SOURCE)):  # -> HttpsFront | None
+                       ca: Path | None, https_port: int, max_handshakes: int = PUBLIC_MAX_TOTAL,
+                       max_handshakes_per_source: int = PUBLIC_MAX_PER_SOURCE,
+                       plain_caps: tuple[int, int] = (PUBLIC_MAX_TOTAL, PUBLIC_MAX_PER_SOURCE)):  # -> HttpsFront | None
     """The HTTPS front for ``--letsencrypt-*`` (checked by ``check_lets_encrypt``), or None without a domain."""
     if not domains:
         return None
