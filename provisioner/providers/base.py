@@ -71,12 +71,9 @@ class ProviderInfo:
     #: firewall.firewall_name shortens ``inlets-NAME`` to it, with a hash, when longer
     firewall_name_max: int = FIREWALL_NAME_MAX
 
-    def token(self, creds: Credentials) -> str:
-        """--access-token-file, --access-token, then this provider's variables; else a one-line error."""
-        return self.token_from(creds)[0]
-
     def token_from(self, creds: Credentials) -> tuple[str, str]:
-        """``token`` and where it came from, for the error when the API rejects it."""
+        """--access-token-file, --access-token, then this provider's variables (else a one-line error), and which
+        it was, for the error when the API rejects it."""
         return token_and_source(self.title, creds.token_file, creds.token, self.token_env)
 
     def api_url(self, creds: Credentials) -> str | None:
