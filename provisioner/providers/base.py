@@ -70,11 +70,14 @@ class ProviderInfo:
     #: the longest name this cloud takes for the firewall / security group (Azure: resource group) made for a VM;
     #: firewall.firewall_name shortens ``inlets-NAME`` to it, with a hash, when longer
     firewall_name_max: int = FIREWALL_NAME_MAX
+    #: what the API's 401 calls the token ("access token"); ``token_from`` adds where it came from
+    token_noun: str = "credentials"
 
     def token_from(self, creds: Credentials) -> tuple[str, str]:
-        """--access-token-file, --access-token, then this provider's variables (else a one-line error), and which
-        it was, for the error when the API rejects it."""
-        return token_and_source(self.title, creds.token_file, creds.token, self.token_env)
+        """--access-token-file, --access-token, then this provider's variables (else a one-line error), and the words
+        for it when the API rejects it: ``token_noun`` and where it came from, never the token."""
+        token, source = token_and_source(self.title, creds.token_file, creds.token, self.token_env)
+        return token, f"{self.token_noun} ({source})"
 
     def api_url(self, creds: Credentials) -> str | None:
         """--api-url, then this provider's variables; None: the cloud's own endpoint."""

@@ -21,6 +21,7 @@ from .api_url import parse_api_url
 from .paging import every_page
 
 PROVIDER = ProviderInfo(
+    token_noun="access token",
     name="digitalocean", title="DigitalOcean", user_data_limit=64 * 1024,
     credentials="$DIGITALOCEAN_ACCESS_TOKEN", token_env=("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN"),
     api_url_env=("DIGITALOCEAN_API_URL",), region="lon1", size="s-1vcpu-1gb", image="ubuntu-24-04-x64",
@@ -38,9 +39,10 @@ class DigitalOceanProvider:
     user_data_limit = PROVIDER.user_data_limit
     poll_interval = 2.0
     keeps_server_key = False
-    credentials = "access token"  # build names where it came from: the API's 401 then says what to fix
 
-    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
@@ -182,7 +184,5 @@ def _fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> DigitalOceanProvider:
-    token, source = PROVIDER.token_from(creds)
-    provider = DigitalOceanProvider(token, PROVIDER.api_url(creds), creds.api_timeout)
-    provider.credentials = f"access token ({source})"
-    return provider
+    token, words = PROVIDER.token_from(creds)
+    return DigitalOceanProvider(token, PROVIDER.api_url(creds), creds.api_timeout, credentials=words)

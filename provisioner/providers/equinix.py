@@ -40,9 +40,9 @@ class EquinixProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
-
-    def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, token: str, project_id: str, endpoint: Endpoint | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         if not project_id:
             raise ProvisionError(f"no Equinix Metal project: give --project-id or set ${PROJECT_ENV[0]}")
         from libcloud.compute.providers import get_driver
@@ -117,8 +117,6 @@ class EquinixProvider:
 
 
 def build(creds: Credentials, state_root: Path) -> EquinixProvider:
-    token, source = PROVIDER.token_from(creds)
+    token, words = PROVIDER.token_from(creds)
     project = next((os.environ[e].strip() for e in PROJECT_ENV if os.environ.get(e, "").strip()), "")
-    provider = EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout)
-    provider.credentials = f"credentials ({source})"
-    return provider
+    return EquinixProvider(token, project, endpoint_of(PROVIDER, creds), creds.api_timeout, credentials=words)

@@ -21,6 +21,7 @@ from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 
 PROVIDER = ProviderInfo(
+    token_noun="token",
     name="hetzner", title="Hetzner Cloud", user_data_limit=32 * 1024,  # the API's documented limit for user_data
     credentials="$HCLOUD_TOKEN", token_env=("HCLOUD_TOKEN", "INLETS_ACCESS_TOKEN"), api_url_env=("HCLOUD_ENDPOINT",),
     region="nbg1", size="cx22", image="ubuntu-24.04", ssh_key="name of an SSH key in the project",
@@ -37,9 +38,9 @@ class HetznerProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    credentials = "token"  # build names where it came from: the API's 401 then says what to fix
-
-    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, token: str, api_url: str | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         from hcloud import Client
 
         self._url = (api_url or DEFAULT_API_URL).rstrip("/")
@@ -222,7 +223,5 @@ _TROUBLE = {"service_error": 500, "server_error": 500, "bad_gateway": 502, "unav
 
 
 def build(creds: Credentials, state_root: Path) -> HetznerProvider:
-    token, source = PROVIDER.token_from(creds)
-    provider = HetznerProvider(token, PROVIDER.api_url(creds), creds.api_timeout)
-    provider.credentials = f"token ({source})"
-    return provider
+    token, words = PROVIDER.token_from(creds)
+    return HetznerProvider(token, PROVIDER.api_url(creds), creds.api_timeout, credentials=words)

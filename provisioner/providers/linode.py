@@ -38,9 +38,9 @@ class LinodeProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
-
-    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
@@ -214,7 +214,5 @@ def _private(address: str) -> bool:
 
 
 def build(creds: Credentials, state_root: Path) -> LinodeProvider:
-    token, source = PROVIDER.token_from(creds)
-    provider = LinodeProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout)
-    provider.credentials = f"credentials ({source})"
-    return provider
+    token, words = PROVIDER.token_from(creds)
+    return LinodeProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout, credentials=words)

@@ -28,6 +28,7 @@ from .paging import every_page
 PROJECT_ENV = "SCW_DEFAULT_PROJECT_ID"
 ACCESS_ENV = "SCW_ACCESS_KEY"
 PROVIDER = ProviderInfo(
+    token_noun="secret key",
     name="scaleway", title="Scaleway", user_data_limit=64 * 1024,  # conservative: well under what the endpoint takes
     credentials=f"$SCW_SECRET_KEY + ${ACCESS_ENV} + ${PROJECT_ENV}", token_env=("SCW_SECRET_KEY", "INLETS_ACCESS_TOKEN"),
     api_url_env=("SCW_API_URL",), region="fr-par-1", region_note="a zone", size="DEV1-S",
@@ -45,10 +46,9 @@ class ScalewayProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    credentials = "secret key"  # build names where it came from: the API's 401 then says what to fix
-
     def __init__(self, access_key: str, secret_key: str, project_id: str, api_url: str | None = None,
-                 zone: str | None = None, timeout: float = 30.0) -> None:
+                 zone: str | None = None, timeout: float = 30.0, *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         from scaleway import Client
         from scaleway.instance.v1.custom_api import InstanceUtilsV1API
 
@@ -253,8 +253,6 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
 
 
 def build(creds: Credentials, state_root: Path) -> ScalewayProvider:
-    secret, source = PROVIDER.token_from(creds)
-    provider = ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
-                                PROVIDER.api_url(creds), timeout=creds.api_timeout)
-    provider.credentials = f"secret key ({source})"
-    return provider
+    secret, words = PROVIDER.token_from(creds)
+    return ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
+                            PROVIDER.api_url(creds), timeout=creds.api_timeout, credentials=words)

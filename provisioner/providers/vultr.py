@@ -53,10 +53,9 @@ class VultrProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    credentials = "credentials"  # build names where they came from: the API's 401 then says what to fix
-
     def __init__(self, token: str, endpoint: Endpoint | None = None, timeout: float = 30.0,
-                 state_root: Path | None = None) -> None:
+                 state_root: Path | None = None, *, credentials: str = PROVIDER.token_noun) -> None:
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
@@ -214,7 +213,5 @@ def _read_markers(path: Path) -> set[str]:
 
 
 def build(creds: Credentials, state_root: Path) -> VultrProvider:
-    token, source = PROVIDER.token_from(creds)
-    provider = VultrProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout, state_root)
-    provider.credentials = f"credentials ({source})"
-    return provider
+    token, words = PROVIDER.token_from(creds)
+    return VultrProvider(token, endpoint_of(PROVIDER, creds), creds.api_timeout, state_root, credentials=words)
