@@ -71,14 +71,13 @@ def source_key(host: str) -> str:
     (``2001:db8::/64``), anything else as it is."""
     if ":" not in host:  # IPv4, or no address at all ("?"): one ``in`` per connection
         return host
-    try:
-        address = ipaddress.IPv6Address(host.partition("%")[0])
+    try:  # an IPv4-mapped one (a dual-stack socket's IPv4 user, a proxy's header) counts as its IPv4 address
+        address = unmapped_address(ipaddress.IPv6Address(host.partition("%")[0]))
     except ValueError:
         return host
-    if address.ipv4_mapped is not None:  # an IPv4 user through a dual-stack socket, or a proxy's header
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((int(address) >> (128 - SOURCE_PREFIX_V6) << (128 - SOURCE_PREFIX_V6),
-                                      SOURCE_PREFIX_V6)))
+    if address.version == 4:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, SOURCE_PREFIX_V6), strict=False))
 
 
 def is_loopback(address: str | None) -> bool:
