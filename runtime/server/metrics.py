@@ -249,13 +249,13 @@ class TcpMetrics(ServerMetrics):
         ``grace``; past it they go, at this or a later call (run on the loop, which updates them, not at a scrape)."""
         self.unserved.pop((kind, port), None)
         self.unserved[(kind, port)] = now
-        for (kind, port), since in list(self.unserved.items()):
+        for (old_kind, old_port), since in list(self.unserved.items()):
             if since > now - self.grace:
                 break
-            if kind == "tcp" and (counters := self.ports.get(port)) is not None and counters.open:
+            if old_kind == "tcp" and (counters := self.ports.get(old_port)) is not None and counters.open:
                 continue  # connections still draining count into it: dropped at a later call
-            del self.unserved[(kind, port)]
-            (self.ports if kind == "tcp" else self.udp).pop(port, None)
+            del self.unserved[(old_kind, old_port)]
+            (self.ports if old_kind == "tcp" else self.udp).pop(old_port, None)
 
     def watch_udp(self, ports: Callable[[], dict]) -> None:
         """Report the flows of this server's open UDP ports (``{service: UdpPort}``) at scrape time; their
