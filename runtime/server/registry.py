@@ -51,6 +51,7 @@ class Registry(Generic[S]):
         #: Marks of a client id's sessions gone, when the last left: a reconnection (SIGHUP, a network blip) is a
         #: new session, and one starting clean took users to a blackholed upstream again (9 of 100 slow, not 3).
         #: A hung client's ejection too: reconnected clean it took 3 more requests to a 504 (3 of 20, not 0).
+        #: Each is kept until the time first in its tuple.
         self._left: dict[str, tuple[float, dict[str, float], dict[str, float], dict[str, int], dict[str, float]]] = {}
 
     def add(self, session: S, services: list[str], client_id: str = "") -> list[str]:
@@ -58,7 +59,7 @@ class Registry(Generic[S]):
         of ``client_id``'s other sessions, live or left lately (``inherit``)."""
         if client_id and session not in self._ids:
             left = self._left.pop(client_id, None)
-            if left is not None and time.monotonic() - left[0] <= UNREACHABLE_FOR:
+            if left is not None and time.monotonic() <= left[0]:
                 inherit(session, *left[1:])  # type: ignore[arg-type]
             same = self._of_id.setdefault(client_id, [])
             for other in same:  # a SIGHUP's new session comes before the old one leaves
@@ -77,7 +78,7 @@ class Registry(Generic[S]):
 
     def remove(self, session: S) -> list[str]:
         """Forget ``session``; returns the services nobody serves any more. Its marks are kept for its client id
-        a while (``UNREACHABLE_FOR``; of ``MARKS_KEPT`` ids at most)."""
+        a while (``UNREACHABLE_FOR``, or as long as an ejection lasts; of ``MARKS_KEPT`` ids at most)."""
         client_id = self._ids.pop(session, None)
         if client_id is not None:
             same = self._of_id[client_id]
@@ -98,15 +99,17 @@ class Registry(Generic[S]):
     def _keep_marks(self, client_id: str, session: S) -> None:
         now = time.monotonic()
         left = self._left
-        while left:  # oldest first: the ones gone longest, or past MARKS_KEPT
+        while left:  # oldest first: the ones gone longest, or past MARKS_KEPT (a later one due first waits its turn)
             oldest = next(iter(left))
-            if now - left[oldest][0] <= UNREACHABLE_FOR and len(left) < MARKS_KEPT:
+            if now <= left[oldest][0] and len(left) < MARKS_KEPT:
                 break
             del left[oldest]
         marks = (session.unreachable, session.silent, session.timeouts, session.ejected)  # type: ignore[attr-defined]
         if any(marks):
+            # An ejection outlives a reconnection made later than UNREACHABLE_FOR (a client restarted by hand).
+            until = max(now + UNREACHABLE_FOR, max(session.ejected.values(), default=0.0))  # type: ignore[attr-defined]
             left.pop(client_id, None)
-            left[client_id] = (now, *map(dict, marks))  # type: ignore[assignment]
+            left[client_id] = (until, *map(dict, marks))  # type: ignore[assignment]
 
     def candidates(self, service: str) -> list[S]:
         """Sessions for ``service`` in the order to try them, rotating the start each call."""

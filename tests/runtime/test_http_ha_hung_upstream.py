@@ -253,3 +253,38 @@ def test_only_timeouts_in_a_row_route_a_client_around(tls, token, caplog) -> Non
         assert ejections() == 1
     finally:
         stack.close()
+
+
+def test_an_ejection_outlives_a_reconnection_later_than_the_other_marks_are_kept(monkeypatch) -> None:
+    """A session's marks were kept ``UNREACHABLE_FOR`` (5 s) once it left, its ejection too, though that lasts
+    ``EJECT_FOR`` (30 s): a hung client restarted by hand came back clean and took 3 more requests to a 504."""
+    clock = [1000.0]
+    monkeypatch.setattr(registry.time, "monotonic", lambda: clock[0])
+
+    class Marks:  # what the registry reads of a session
+        def __init__(self) -> None:
+            self.unreachable: dict = {}
+            self.silent: dict = {}
+            self.timeouts: dict = {}
+            self.ejected: dict = {}
+
+    session = Marks
+
+    table: registry.Registry = registry.Registry()
+    hung = session()
+    table.add(hung, ["hung.test"], "client-1")
+    for _ in range(registry.EJECT_AFTER):
+        registry.timed_out(hung, "hung.test")
+    assert registry.ejected(hung, "hung.test")
+    table.remove(hung)
+    clock[0] += registry.UNREACHABLE_FOR + 10  # restarted after a while, well within EJECT_FOR
+    back, other = session(), session()
+    table.add(back, ["hung.test"], "client-1")
+    table.add(other, ["hung.test"], "client-2")
+    assert registry.ejected(back, "hung.test") and not registry.ejected(other, "hung.test")
+    clock[0] += registry.EJECT_FOR  # past it: one request finds out, and the next client that left is kept 5 s
+    table.remove(back)
+    clock[0] += registry.UNREACHABLE_FOR + 1
+    again = session()
+    table.add(again, ["hung.test"], "client-1")
+    assert again.ejected == {} and again.timeouts == {}
