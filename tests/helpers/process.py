@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from helpers import cli_fork
 from helpers.tunnel import TlsFiles
 
 INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
@@ -18,9 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
-    )
+    """``inlets ARGS`` run to completion in a process of its own (forked from one with the imports done: cli_fork)."""
+    environment = {**os.environ, **(env or {})}
+    if os.environ.get("INLETS_TESTS_FRESH") == "1" or not hasattr(os, "fork"):
+        return subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                              env=environment)
+    return cli_fork.run(list(args), environment, ROOT, timeout)
 
 
 #: A prefix that runs a command with 1 GiB of address space: a file read without limit (/dev/zero) then ends in
