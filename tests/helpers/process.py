@@ -18,13 +18,16 @@ INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; ma
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def inlets(*args: str, timeout: float = 20, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``inlets ARGS`` run to completion in a process of its own (forked from one with the imports done: cli_fork)."""
-    environment = {**os.environ, **(env or {})}
+def inlets(*args: str, timeout: float = 20, env: dict | None = None, environment: dict | None = None,
+           cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``inlets ARGS`` run to completion in a process of its own (forked from one with the imports done: cli_fork),
+    with this environment and ``env``, or with ``environment`` alone."""
+    if environment is None:
+        environment = {**os.environ, **(env or {})}
     if os.environ.get("INLETS_TESTS_FRESH") == "1" or not hasattr(os, "fork"):
-        return subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        return subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                               env=environment)
-    return cli_fork.run(list(args), environment, ROOT, timeout)
+    return cli_fork.run(list(args), environment, cwd, timeout)
 
 
 #: A prefix that runs a command with 1 GiB of address space: a file read without limit (/dev/zero) then ends in

@@ -6,11 +6,10 @@ from __future__ import annotations
 import signal
 import socket
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.process import INLETS, inlets, spawn, wait_for_text
+from helpers.process import inlets, spawn, wait_for_text
 from helpers.tunnel import free_port
 
 
@@ -33,8 +32,7 @@ def test_bad_auto_tls_paths_and_names_are_one_worded_line(tmp_path: Path, token_
     (tmp_path / "damaged" / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\njunk\n")
     (tmp_path / "damaged" / "ca.key").write_text("junk\n")
     # run in tmp_path: an empty --auto-tls-path once meant the current directory (files written, chmod 0700)
-    result = subprocess.run([*INLETS, *server(token_file, *(arg.format(tmp=tmp_path) for arg in extra))],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = inlets(*server(token_file, *(arg.format(tmp=tmp_path) for arg in extra)), timeout=60, cwd=tmp_path)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert message in lines[-1], result.stderr

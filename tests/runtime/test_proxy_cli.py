@@ -7,17 +7,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
-from helpers.process import echo_once
+from helpers.process import INLETS, echo_once, inlets
 from helpers.tunnel import TlsFiles
 
 ROOT = Path(__file__).resolve().parents[2]
-INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
 USER, PASSWORD = "bob", "pw-Kx3-cli-never-logged"
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy",
               "SOCKS_PROXY", "socks_proxy", "HTTP_PROXY", "http_proxy")
@@ -216,7 +214,7 @@ def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None,
     args = [command, "client", "--url", "wss://127.0.0.1:1", "--token", "x", *upstream]
     if proxy:
         args += ["--proxy", proxy]
-    done = subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=clean_env(**env))
+    done = inlets(*args, timeout=30, environment=clean_env(**env))
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("inlets: error: "), done.stderr
@@ -238,8 +236,7 @@ MALFORMED = "--proxy: the proxy URL has a malformed [IPv6] address: write it as 
 def test_a_malformed_proxy_url_is_one_line_with_a_password_or_generate(args: list[str], env: dict) -> None:
     """Only the plain path checked the URL before splitting it: adding the password ($INLETS_PROXY_PASSWORD,
     --proxy-password-file) or taking it out for --generate met urlsplit's "ValueError: Invalid IPv6 URL"."""
-    done = subprocess.run([*INLETS, *args, "--url", "wss://127.0.0.1:1", "--token", "x"], capture_output=True,
-                          text=True, timeout=30, cwd=ROOT, env=clean_env(**env))
+    done = inlets(*args, "--url", "wss://127.0.0.1:1", "--token", "x", timeout=30, environment=clean_env(**env))
     assert (done.returncode, done.stderr) == (2, f"inlets: error: {MALFORMED}\n"), done
 
 
@@ -248,7 +245,7 @@ def test_generate_never_puts_a_misread_proxy_password_into_the_definition() -> N
     port 8080 and no password, so --generate kept the whole URL, password and all, in the Deployment's args."""
     args = ["tcp", "client", "--url", "wss://127.0.0.1:1", "--token", "x", "--upstream", "22=127.0.0.1:22", "--proxy",
             "http://u:8080/hush-hush@127.0.0.1:3128", "--generate", "k8s_yaml"]
-    done = subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=clean_env())
+    done = inlets(*args, timeout=30, environment=clean_env())
     assert done.returncode == 2 and "hush-hush" not in done.stdout + done.stderr, done
     assert "invalid proxy http://u@127.0.0.1:3128: a '/', '?' or '#' in its user or password" in done.stderr, done
 
@@ -256,7 +253,7 @@ def test_generate_never_puts_a_misread_proxy_password_into_the_definition() -> N
 def _status(control: int, token_file: Path, tls: TlsFiles, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
     args = ["status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca),
             "--json", *more]
-    return subprocess.run([*INLETS, *args], capture_output=True, text=True, timeout=30, cwd=ROOT, env=env)
+    return inlets(*args, timeout=30, environment=env)
 
 
 def test_status_asks_the_server_through_the_proxy_its_client_would_take(
