@@ -77,9 +77,21 @@ class NotFound(ProvisionError):
     """The exit server (VM, process or local state) does not exist."""
 
 
+# StatusFailed.state, and ``--json``'s "state": words scripts read, named here so that a typo fails at import
+STATE_INVALID = "invalid"  # a name that cannot be one, an unknown provider
+STATE_NOT_FOUND = "not_found"  # no local state of that name
+STATE_DAMAGED = "damaged"  # a local state (server.json, its token or CA) that cannot be read
+STATE_NO_CREDENTIALS = "no_credentials"  # the provider's credentials are missing or cannot be read
+STATE_API_ERROR = "api_error"  # the provider's API failed (refused the credentials, unreachable, in trouble)
+STATE_GONE = "gone"  # the provider says the exit server no longer exists
+STATE_STOPPED = "stopped"  # the VM or process will not run again
+STATE_NO_IP = "no_ip"  # create did not finish: no address to ask
+STATE_UNREACHABLE = "unreachable"  # the exit server did not answer on its control port (a result, not a StatusFailed)
+
+
 class StatusFailed(ProvisionError):
     """``inletsctl status`` could not tell how the exit server is, or ``list --provider`` how its cloud's are:
-    ``state``, a word for scripts ("gone", "api_error", ...), and ``result``, what was learned before, for
+    ``state``, a word for scripts (STATE_GONE, STATE_API_ERROR, ... above), and ``result``, what was learned before, for
     ``--json`` to print with the error."""
 
     def __init__(self, message: str, state: str, result: dict | None = None, exit_code: int = 1) -> None:

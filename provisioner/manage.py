@@ -13,7 +13,10 @@ from inlets_py.runtime.core.probe import ProbeError
 from inlets_py.runtime.core.tls import TlsConfigError
 
 from . import replicas
-from .errors import NotFound, ProvisionError, StatusFailed
+from .errors import (
+    STATE_API_ERROR, STATE_DAMAGED, STATE_GONE, STATE_INVALID, STATE_NO_CREDENTIALS, STATE_NO_IP, STATE_NOT_FOUND,
+    STATE_STOPPED, STATE_UNREACHABLE, NotFound, ProvisionError, StatusFailed,
+)
 from .providers import Credentials, make, registry
 from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
@@ -206,12 +209,12 @@ def list_servers(
     rows: list[dict[str, Any]] = [_damaged_row(d, notes) for d in damaged]
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
-        stage = "invalid"  # what failed, as ``status``'s state words: the name, the credentials, the API
+        stage = STATE_INVALID  # what failed, as ``status``'s state words: the name, the credentials, the API
         try:
             registry.check(pname)
-            stage = "no_credentials"
+            stage = STATE_NO_CREDENTIALS
             provider = _provider_for(pname, root, creds)
-            stage = "api_error"
+            stage = STATE_API_ERROR
             hosts = provider.list()
         except ProvisionError as exc:
             rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
@@ -298,8 +301,8 @@ def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
         return _status(root, creds, name, result)
     except ProvisionError as exc:
         # the local state's NotFound only: the provider's is "gone"; any other: the provider's API failed
-        state = (exc.state if isinstance(exc, StatusFailed) else "damaged" if isinstance(exc, Damaged) else
-                 "not_found" if isinstance(exc, NotFound) else "api_error")
+        state = (exc.state if isinstance(exc, StatusFailed) else STATE_DAMAGED if isinstance(exc, Damaged) else
+                 STATE_NOT_FOUND if isinstance(exc, NotFound) else STATE_API_ERROR)
         if isinstance(exc, Damaged) and exc.provider:
             result.setdefault("provider", exc.provider)
         raise StatusFailed(str(exc), state, result | {"error": str(exc), "state": state}) from None
@@ -312,7 +315,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     except (NotFound, Damaged):
         raise
     except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read
-        raise StatusFailed(state="invalid", message=str(exc)) from None
+        raise StatusFailed(state=STATE_INVALID, message=str(exc)) from None
     port = meta.get("control_port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
         raise Damaged(state, "has no control port", meta["provider"])
@@ -322,7 +325,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     try:
         provider = _provider_for(str(meta["provider"]), root, creds)
     except ProvisionError as exc:
-        raise StatusFailed(state="no_credentials", message=str(exc)) from None
+        raise StatusFailed(state=STATE_NO_CREDENTIALS, message=str(exc)) from None
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)
     if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
@@ -339,21 +342,21 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
             result["ip"] = host.ip
     except NotFound:  # asking its old address could only fail, or reach whatever has that address now
         if meta.get("id"):
-            raise StatusFailed(state="gone", message=(
+            raise StatusFailed(state=STATE_GONE, message=(
                 f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or expired outside "
                 f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None
         result["vm"] = "gone"
     else:
         if host.status == FAILED:  # asking its control port would only add "connection refused"
-            raise StatusFailed(state="stopped", message=f"exit server {name} is not running ({result['vm']}): delete it "
+            raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
                                f"and create it again: {delete_command(name, root)}")
     if not meta.get("ip"):
-        raise StatusFailed(state="no_ip", message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
+        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
         result["error"] = f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
-        result["state"] = "unreachable"
+        result["state"] = STATE_UNREACHABLE
     return result
 
 
@@ -388,11 +391,11 @@ def _ask(state: ServerState, ip: str, port: int) -> dict[str, Any]:
     try:
         token = state.token()
     except ProvisionError as exc:  # the state's, not the server's: a script should not retry it
-        raise StatusFailed(state="damaged", message=str(exc)) from None
+        raise StatusFailed(state=STATE_DAMAGED, message=str(exc)) from None
     try:
         return status_json(ip, port, state.ca_file, token)
     except TlsConfigError as exc:
-        raise StatusFailed(state="damaged", message=f"{exc}; put back a copy of it, or delete the exit server and "
+        raise StatusFailed(state=STATE_DAMAGED, message=f"{exc}; put back a copy of it, or delete the exit server and "
                            f"create it again: {delete_command(state.name, state.root)}") from None
 
 
@@ -418,5 +421,5 @@ def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerStat
     if answered is None:  # a result all the same, as one exit server's that did not answer
         why = "; ".join(f"{r['name']}: {r['error']}, vm: {r['vm']}" for r in rows)
         return {"vm": vm, "replicas": rows, "error": f"no replica of {meta['name']} answered ({why}); balancer: {vm}",
-                "state": "unreachable"}
+                "state": STATE_UNREACHABLE}
     return {"vm": vm, "server": answered, "replicas": rows}
