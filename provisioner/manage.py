@@ -209,17 +209,13 @@ def list_servers(
     rows: list[dict[str, Any]] = [_damaged_row(d, notes) for d in damaged]
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
-        stage = STATE_INVALID  # what failed, as ``status``'s state words: the name, the credentials, the API
         try:
-            registry.check(pname)
-            stage = STATE_NO_CREDENTIALS
-            provider = _provider_for(pname, root, creds)
-            stage = STATE_API_ERROR
+            provider = _connect(pname, root, creds)
             hosts = provider.list()
         except ProvisionError as exc:
             rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
             if provider_name:  # the one cloud asked for: a failure, with the rows known (``list --json`` prints them)
-                raise StatusFailed(str(exc), stage, {"servers": rows}, exc.exit_code) from None
+                raise _failed(exc, {"servers": rows}) from None
             notes.append(f"{pname}: not checked ({exc})")
             continue
         by_id = {h.id: h for h in hosts}
@@ -294,38 +290,57 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
 
 def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
     """The provider's view and the exit server's own answer over pinned TLS; ``error`` (and ``state``
-    "unreachable") instead of ``server`` when it did not answer; StatusFailed, with what was learned before, for
+    STATE_UNREACHABLE) instead of ``server`` when it did not answer; StatusFailed, with what was learned before, for
     every other failure (``status --json`` prints one object every time)."""
     result: dict[str, Any] = {"name": name}
     try:
         return _status(root, creds, name, result)
     except ProvisionError as exc:
-        # the local state's NotFound only: the provider's is "gone"; any other: the provider's API failed
-        state = (exc.state if isinstance(exc, StatusFailed) else STATE_DAMAGED if isinstance(exc, Damaged) else
-                 STATE_NOT_FOUND if isinstance(exc, NotFound) else STATE_API_ERROR)
-        if isinstance(exc, Damaged) and exc.provider:
-            result.setdefault("provider", exc.provider)
-        raise StatusFailed(str(exc), state, result | {"error": str(exc), "state": state}) from None
+        failed = _failed(exc, result)
+        failed.result |= {"error": str(failed), "state": failed.state}
+        raise failed from None
+
+
+def _connect(name: str, root: Path, creds: Credentials) -> Provisioner:
+    """The provider, for ``status`` and ``list``: an unknown name and missing credentials raised as StatusFailed."""
+    try:
+        registry.check(name)
+    except ProvisionError as exc:
+        raise StatusFailed(str(exc), STATE_INVALID, exit_code=exc.exit_code) from None
+    try:
+        return _provider_for(name, root, creds)
+    except ProvisionError as exc:
+        raise StatusFailed(str(exc), STATE_NO_CREDENTIALS, exit_code=exc.exit_code) from None
+
+
+def _failed(exc: ProvisionError, result: dict[str, Any]) -> StatusFailed:
+    """``exc`` as ``status`` and ``list --provider`` fail with, ``result`` (what was learned before) added: a
+    StatusFailed keeps the state word given where it was raised; any other error, which only the provider's API
+    raises past those, is STATE_API_ERROR."""
+    if not isinstance(exc, StatusFailed):
+        return StatusFailed(str(exc), STATE_API_ERROR, result, exc.exit_code)
+    exc.result = result | exc.result
+    return exc
 
 
 def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -> dict[str, Any]:
     try:
         state = ServerState(root, check_name(name))
         meta = state.load()
-    except (NotFound, Damaged):
-        raise
+    except NotFound as exc:
+        raise StatusFailed(str(exc), STATE_NOT_FOUND) from None
+    except Damaged as exc:
+        raise StatusFailed(str(exc), STATE_DAMAGED, {"provider": exc.provider} if exc.provider else None) from None
     except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read
         raise StatusFailed(state=STATE_INVALID, message=str(exc)) from None
     port = meta.get("control_port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
-        raise Damaged(state, "has no control port", meta["provider"])
+        damaged = Damaged(state, "has no control port", meta["provider"])
+        raise StatusFailed(str(damaged), STATE_DAMAGED, {"provider": meta["provider"]})
     result |= {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
         result["client_command"] = meta["client_command"]
-    try:
-        provider = _provider_for(str(meta["provider"]), root, creds)
-    except ProvisionError as exc:
-        raise StatusFailed(state=STATE_NO_CREDENTIALS, message=str(exc)) from None
+    provider = _connect(str(meta["provider"]), root, creds)
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)
     if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
