@@ -279,7 +279,8 @@ def _failed(
             except NotFound:  # gone already: what was made with it (a Hetzner or Linode firewall) goes by its name
                 delete_leftovers(provider, state.name)
             else:
-                wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started)
+                wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started,
+                                label=state.name)
     except NotFound:
         pass
     except ProvisionError as again:

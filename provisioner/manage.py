@@ -110,7 +110,7 @@ def delete(
             _check_serves(provider, host_id, meta["name"])
         provider.delete(host_id, timeout)
         progress(f"deleting {label} ({provider_name} {host_id})")
-        wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started, name=str(label))
+        wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started, label=str(label))
         done = f"deleted {label} ({provider_name} {host_id})"
     except NotFound:
         if meta is None:

@@ -85,7 +85,8 @@ def delete_group(provider: Provisioner, meta: dict[str, Any], timeout: float, pr
         try:
             balancers.delete_balancer(str(balancer_id))
             progress(f"deleting load balancer {meta['name']} ({balancer_id})")
-            wait_until_gone(BalancerHosts(balancers), str(balancer_id), timeout, progress, interval=1.0, started=started)
+            wait_until_gone(BalancerHosts(balancers), str(balancer_id), timeout, progress, interval=1.0, started=started,
+                            label=f"load balancer {meta['name']}")
             done.append(f"load balancer {balancer_id}")
         except NotFound:
             pass
@@ -99,8 +100,9 @@ def delete_group(provider: Provisioner, meta: dict[str, Any], timeout: float, pr
             deleted.append(str(replica["id"]))
         except NotFound:
             continue
+    names = {str(r["id"]): str(r["name"]) for r in meta["replicas"] if r.get("id")}
     for host_id in deleted:
-        wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started)
+        wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started, label=names[host_id])
     done += [f"{r['name']} ({r['id']})" for r in meta["replicas"] if str(r.get("id")) in deleted]
     if not done:
         raise NotFound(f"{provider.name}: nothing of {meta['name']} is left")

@@ -199,10 +199,12 @@ def _merge(old: Host, new: Host) -> Host:
 
 def wait_until_gone(
     provider: Watched, host_id: str, timeout: float = GONE_TIMEOUT, progress: Progress | None = None,
-    interval: float | None = None, *, started: float | None = None, name: str = "",
+    interval: float | None = None, *, started: float | None = None, label: str = "",
 ) -> None:
-    """Poll until ``host_id`` (called ``name``, when known) is gone (NotFound; FAILED where the provider says that means gone: a local
-    process that exited) or raise WaitTimeout. A cloud VM in a failed state still exists until its delete ends.
+    """Poll until ``host_id`` is gone (NotFound; FAILED where the provider says that means gone: a local process that
+    exited) or raise WaitTimeout. A cloud VM in a failed state still exists until its delete ends. ``label``: what
+    the progress lines and the error call it (the exit server's name) until the API answers with its own name: an
+    API that never answered left only the bare id ("waiting for 300244000 to be deleted").
 
     The one wait of every ``delete``: providers that remove more once the host is gone (a
     firewall) call it before that, and ``inletsctl delete`` after, with the same --timeout
@@ -222,11 +224,11 @@ def wait_until_gone(
         else:
             if host.status == FAILED and getattr(provider, "failed_is_gone", False):
                 return
-            name, seen, there = host.name or name, host.detail or f"status {host.status!r}", True
+            label, seen, there = host.name or label, host.detail or f"status {host.status!r}", True
         if progress is not None:
-            progress(f"waiting for {name or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
+            progress(f"waiting for {label or host_id} to be deleted", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
-            who = f"{name} ({host_id})" if name and name != host_id else host_id
+            who = f"{label} ({host_id})" if label and label != host_id else host_id
             if there:
                 what = f"is still there {timeout:.0f}s after it was deleted (last seen: {seen})"
             else:  # a 503 the whole time says nothing of the VM: it may well be gone

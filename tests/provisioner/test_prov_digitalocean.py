@@ -251,6 +251,19 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
         assert stuck.droplets == {} and not (state / "stuck").exists()
 
 
+def test_delete_on_failure_whose_api_never_answered_names_the_exit_server(token_file: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """Every poll answered 503, so the wait after --delete-on-failure's DELETE never learned the droplet's name:
+    its error said "digitalocean: 300244000 was deleted, ..." (and its progress "waiting for 300244000 ...")."""
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as stuck:
+        stuck.failed_reads = [(503, {})] * 200
+        result = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean",
+                                      "--timeout", "2", "--delete-on-failure"))
+    (droplet_id,) = [path.rsplit("/", 1)[1] for method, path, _ in stuck.requests if method == "DELETE"]
+    one_line_error(result, f"deleting it also failed (digitalocean: stuck ({droplet_id}) was deleted, but whether")
+
+
 def test_active_droplet_whose_tunnel_never_answers_times_out_saying_how_to_see_why(
     token_file: Path, tmp_path: Path, capsys
 ) -> None:

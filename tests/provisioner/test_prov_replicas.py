@@ -210,3 +210,18 @@ def test_status_shows_each_replica_and_fails_while_one_is_down(
             assert run_cli(capsys, *_do(fake, token_file, state, "status", "ha", "--json")).code == 1
     finally:
         assert run_cli(capsys, *_do(fake, token_file, state, "delete", "ha")).code == 0
+
+
+def test_a_group_delete_whose_api_never_answered_names_what_it_waited_for(
+    fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys
+) -> None:
+    """Every poll after the DELETEs answered 503: the errors named the balancer and each replica by bare id only."""
+    state = tmp_path / "state"
+    _create(fake, token_file, state, capsys)
+    (balancer_id,) = fake.balancers
+    fake.failed_reads = [(503, {})] * 200
+    first = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "2"))
+    one_line_error(first, f"digitalocean: load balancer ha ({balancer_id}) was deleted, but whether it is gone")
+    replica = next(str(d["id"]) for d in fake.droplets.values() if d["name"] == "ha-1")
+    again = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "2"))  # the balancer is gone now
+    one_line_error(again, f"digitalocean: ha-1 ({replica}) was deleted, but whether it is gone")
