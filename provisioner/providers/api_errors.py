@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -56,22 +57,29 @@ class Fault:
     retry_after: float | None = None  # seconds the API asked us to wait before asking again, when it said
 
 
-def retry_after(headers: Mapping[str, str] | None, reset: bool = False) -> float | None:
-    """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one;
-    with ``reset``, else until its ``RateLimit-Reset`` (DigitalOcean's: a Unix time; the IETF draft's: seconds).
-    A ``Retry-After: 0`` (or a date past) beside a reset says nothing the reset does not: the reset is used."""
+def retry_after(headers: Mapping[str, str] | None,
+                reset: Callable[[Mapping[str, str]], float | None] | None = None) -> float | None:
+    """The wait an answer's ``Retry-After`` asks for (RFC 9110 10.2.3: seconds or an HTTP-date), if it has one. With
+    ``reset`` (a 429's), where Retry-After asks no wait, the one ``reset`` reads off the rate-limit headers (their
+    names lower-cased) instead: a ``Retry-After: 0`` (or a date past) beside them says nothing they do not."""
     found = {k.lower(): v for k, v in (headers or {}).items()}
-    now = datetime.datetime.now(datetime.timezone.utc)
-    wait = retry_after_header.parse(found.get("retry-after"), now)
-    if wait or not reset:
+    wait = retry_after_header.parse(found.get("retry-after"), datetime.datetime.now(datetime.timezone.utc))
+    if wait or reset is None:
         return wait
+    later = reset(found)
+    return wait if later is None else later
+
+
+def ratelimit_reset(found: Mapping[str, str]) -> float | None:
+    """The wait until ``RateLimit-Reset`` (DigitalOcean's: a Unix time; the IETF draft's: seconds), for
+    ``retry_after``'s ``reset``; None without a usable one."""
     try:
         value = float(found.get("ratelimit-reset") or "")
     except ValueError:
-        return wait
+        return None
     if not math.isfinite(value) or value <= 0:
-        return wait
-    return max(value - now.timestamp(), 1.0) if value > 1e9 else value  # a past reset: the next second
+        return None
+    return max(value - time.time(), 1.0) if value > 1e9 else value  # a past reset: the next second
 
 
 Classifier = Callable[[BaseException], "Fault | None"]

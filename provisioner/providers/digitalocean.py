@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, ContextManager
 
 from ..errors import NotFound
-from .api_errors import AUTH, RATE_LIMIT, Fault, api_errors, retry_after
+from .api_errors import AUTH, RATE_LIMIT, Fault, api_errors, ratelimit_reset, retry_after
 from ..spec import TunnelSpec
 from .base import (ACTIVE, FAILED, GONE_TIMEOUT, TAG, Balancer, Credentials, Host, Plan, ProviderInfo, group_from_tags,
                    parse_expiry_tag, tag_list)
@@ -177,7 +177,7 @@ def _fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, 401, str(exc.value))
     if isinstance(exc, RateLimitReachedError):  # its message is libcloud's "429 Rate limit exceeded", not the API's
-        return Fault(RATE_LIMIT, 429, "", retry_after(exc.headers, reset=True))
+        return Fault(RATE_LIMIT, 429, "", retry_after(exc.headers, reset=ratelimit_reset))
     fault = libcloud_fault(exc)
     suffix = f" (code: {fault.status})" if fault is not None else ""
     return replace(fault, message=fault.message.removesuffix(suffix)) if fault is not None else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, ContextManager, Mapping
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
@@ -61,7 +61,8 @@ class HetznerProvider:
 
     def _remember_wait(self, response: Any, *args: Any, **kwargs: Any) -> None:
         status = response.status_code
-        self._wait = rate_wait(response.headers) if status == 429 else retry_after(response.headers) if status >= 500 else None
+        self._wait = retry_after(response.headers, reset=refill_wait) if status == 429 else (
+            retry_after(response.headers) if status >= 500 else None)
 
     def _fault(self, exc: BaseException) -> Fault | None:
         fault = hcloud_fault(exc)
@@ -173,21 +174,17 @@ class HetznerProvider:
         )
 
 
-def rate_wait(headers: Any) -> float | None:
-    """How long a 429 asks to wait: its Retry-After if it has one (Hetzner's do not), else until one request is back.
+def refill_wait(found: Mapping[str, str]) -> float | None:
+    """A 429's wait until one request is back, for ``retry_after``'s ``reset`` (Hetzner's 429s have no Retry-After).
     Hetzner's docs: the remaining count "increases gradually" (one a second at the default 3600 an hour) until
     RateLimit-Reset, the Unix time it is full again; so a request is back after (reset - now) / (limit - remaining)."""
-    wait = retry_after(headers)
-    if wait:  # a "Retry-After: 0" says less than the reset beside it
-        return wait
-    found = {k.lower(): v for k, v in (headers or {}).items()}
     try:
         limit, remaining = int(found["ratelimit-limit"]), int(found.get("ratelimit-remaining") or 0)
         reset = float(found["ratelimit-reset"])
     except (KeyError, ValueError):
-        return wait
+        return None
     if limit <= remaining or reset != reset:  # nothing missing, or NaN: no hint
-        return wait
+        return None
     return min(max((reset - time.time()) / (limit - remaining), 1.0), 3600.0)
 
 
