@@ -254,5 +254,7 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
 
 def build(creds: Credentials, state_root: Path) -> ScalewayProvider:
     secret, words = PROVIDER.token_from(creds)
+    # a 401 is either key's: name where each came from (the access key has only its variable)
+    words = f"access key (${ACCESS_ENV}) and {words}"
     return ScalewayProvider(os.environ.get(ACCESS_ENV, "").strip(), secret, os.environ.get(PROJECT_ENV, "").strip(),
                             PROVIDER.api_url(creds), timeout=creds.api_timeout, credentials=words)

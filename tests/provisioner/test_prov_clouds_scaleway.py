@@ -178,6 +178,22 @@ def test_an_api_that_stops_answering_is_given_up_on_within_the_timeout(api: Reco
     assert time.monotonic() - started < 2.5
 
 
+def test_rejected_keys_name_where_both_came_from(api: RecordedAPI, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 401 named only the secret key's source; the access key ($SCW_ACCESS_KEY) may as well be the wrong one."""
+    monkeypatch.setenv("SCW_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX")
+    monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", PROJECT)
+    monkeypatch.delenv("SCW_SECRET_KEY", raising=False)
+    key = tmp_path / "scw-secret"
+    key.write_text("00000000-0000-4000-8000-00000000000a\n")
+    key.chmod(0o600)
+    api.routes.insert(0, ("GET", re.compile(".*"), Answer(401, {"message": "authentication is denied", "method": "api_key",
+                                                                "reason": "invalid_argument", "type": "denied_authentication"})))
+    result = run_cli(capsys, "list", "--provider", "scaleway", "--access-token-file", str(key), "--api-url", api.url,
+                     "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, f"scaleway: access key ($SCW_ACCESS_KEY) and secret key (--access-token-file {key}) rejected (401)")
+
+
 def test_a_security_group_that_cannot_be_deleted_keeps_the_state_for_the_next_delete(
         capsys: pytest.CaptureFixture[str], api: RecordedAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The group's DELETE was refused (a 409) after the server was gone: delete said "deleted", exit 0, and removed
