@@ -31,6 +31,7 @@ KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
 PROVIDER = ProviderInfo(
     name="gce", title="GCE", user_data_limit=256 * 1024,  # one metadata value
+    token_noun="service-account key",
     credentials=f"a service-account key file (${KEY_ENV})", api_url_env=("GCE_API_URL",),
     region="europe-west2-a", region_note="a zone", size="e2-small",  # zone: London
     ssh_key="USER:PUBLIC-KEY line for the ssh-keys metadata",
@@ -42,12 +43,14 @@ COMPUTE = "https://www.googleapis.com/compute/v1"
 
 
 def service_account(key_file: Path | None, key_json: str | None) -> dict[str, str]:
-    """The service-account key: --access-token-file, --access-token (the JSON itself), then $GOOGLE_APPLICATION_CREDENTIALS."""
-    where = "--access-token"
+    """The service-account key: --access-token-file, --access-token (the JSON itself), then $GOOGLE_APPLICATION_CREDENTIALS;
+    ``source`` says which (with the file's path), for the words of a 401."""
+    where = source = "--access-token"
     text = key_json
     if key_file is not None or (not text and os.environ.get(KEY_ENV)):
         path = key_file or Path(os.environ[KEY_ENV])
         where = str(path)
+        source = f"--access-token-file {path}" if key_file is not None else f"${KEY_ENV}={path}"
         try:
             text = read_secret_file(path.expanduser()).decode()
         except SecretFileTooLarge:
@@ -65,7 +68,7 @@ def service_account(key_file: Path | None, key_json: str | None) -> dict[str, st
     try:
         key = json.loads(text)
         account = {"client_email": str(key["client_email"]), "private_key": str(key["private_key"]),
-                   "project_id": os.environ.get(PROJECT_ENV) or str(key.get("project_id") or "")}
+                   "project_id": os.environ.get(PROJECT_ENV) or str(key.get("project_id") or ""), "source": source}
     except (ValueError, KeyError, TypeError):
         raise ProvisionError(f"{where} is not a service-account JSON key (needs client_email and private_key)") from None
     if not _pem_private_key(account["private_key"]):  # else libcloud fails signing in, as if Google had
@@ -107,13 +110,15 @@ class GCEProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
         from .cloud_api import libcloud_errors
 
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with libcloud_errors(self.name, self._endpoint, "signing in with the service account"):
+        with libcloud_errors(self.name, self._endpoint, "signing in with the service account", credentials):
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
                 credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
@@ -123,7 +128,7 @@ class GCEProvider:
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
         conn = self._driver.connection
@@ -247,4 +252,5 @@ class GCEProvider:
 
 def build(creds: Credentials, state_root: Path) -> GCEProvider:
     account = service_account(creds.token_file, creds.token)
-    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds), creds.api_timeout)
+    return GCEProvider(account, state_root, endpoint_of(PROVIDER, creds), creds.api_timeout,
+                       credentials=f"{PROVIDER.token_noun} ({account['source']})")

@@ -18,10 +18,11 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import LIBCLOUD_FIXTURES, Answer, RecordedAPI, Seen, gce_service_account_key, make_plan
+from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.firewall import firewall_name
-from inlets_py.provisioner.providers.gce import GCEProvider, service_account
+from inlets_py.provisioner.providers.gce import KEY_ENV, GCEProvider, service_account
 
 PROJECT = "project_name"  # the project libcloud's fixtures were recorded with
 PREFIX = f"/compute/v1/projects/{PROJECT}/"
@@ -134,6 +135,25 @@ def test_not_found_and_bad_keys_are_one_line(api: RecordedAPI, key_json: str, tm
             service_account(None, json.dumps({**json.loads(key_json), "private_key": broken}))
     with pytest.raises(ProvisionError, match="GOOGLE_APPLICATION_CREDENTIALS"):
         service_account(None, None)
+
+
+@pytest.mark.parametrize("given", ["flag", "env"])
+def test_a_rejected_key_names_where_it_was_read(api: RecordedAPI, key_json: str, tmp_path: Path, given: str,
+                                                capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 401 read "gce: credentials rejected (401)": not which key file, nor whether a flag or $GOOGLE_APPLICATION_CREDENTIALS
+    gave it."""
+    key = tmp_path / "key.json"
+    key.write_text(key_json)
+    key.chmod(0o600)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    if given == "env":
+        monkeypatch.setenv(KEY_ENV, str(key))
+    api.routes.insert(0, ("GET", re.compile(".*"), Answer(401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                                          "message": "Request had invalid credentials."}})))
+    result = run_cli(capsys, "list", "--provider", "gce", *(["--access-token-file", str(key)] if given == "flag" else []),
+                     "--api-url", api.url, "--state-dir", str(tmp_path / "state"))
+    source = f"--access-token-file {key}" if given == "flag" else f"${KEY_ENV}={key}"
+    one_line_error(result, f"gce: service-account key ({source}) rejected (401) while listing instances")
 
 
 def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api: RecordedAPI, key_json: str,
