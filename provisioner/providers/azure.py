@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help rea
 ENV = ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
 PROVIDER = ProviderInfo(
     name="azure", title="Azure", user_data_limit=48 * 1024,  # customData is base64 and limited to 64 KiB
+    token_noun="service principal",
     credentials="an sdk-auth file or " + "/".join("$" + name for name in ENV), api_url_env=("AZURE_API_URL",),
     region="uksouth", size="Standard_B1s", login_user="azureuser", ssh_key="public key text",
     image="Canonical:ubuntu-24_04-lts:server:latest",  # publisher:offer:sku:version, as the az CLI writes it
@@ -45,12 +46,14 @@ WAIT = 300.0  # for Resource Manager to provision one resource
 
 
 def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, str]:
-    """tenant, subscription, client id and secret, from the auth file or the environment."""
+    """tenant, subscription, client id and secret, from the auth file or the environment; ``source`` says which (the
+    file's path, or the variables: --access-token for the secret it gave), for the words of a 401."""
     if auth_file is not None:
         try:
             data = json.loads(read_secret_file(auth_file.expanduser()).decode())
             return {"tenant": data["tenantId"], "subscription": data["subscriptionId"],
-                    "client": data["clientId"], "secret": data["clientSecret"]}
+                    "client": data["clientId"], "secret": data["clientSecret"],
+                    "source": f"--access-token-file {auth_file}"}
         except SecretFileTooLarge:
             raise ProvisionError(f"Azure auth file {auth_file} is larger than {MAX_SECRET_FILE // 1024} KiB: give the "
                                  "file `az ad sp create-for-rbac --sdk-auth` printed") from None
@@ -72,8 +75,9 @@ def service_principal(auth_file: Path | None, secret: str | None) -> dict[str, s
             "no Azure service principal: give --access-token-file AUTH.json (az ad sp create-for-rbac --sdk-auth), "
             f"or set {', '.join('$' + n for n in missing)} (--access-token may give the client secret)"
         )
+    source = ", ".join("--access-token" if name == "AZURE_CLIENT_SECRET" and secret else f"${name}" for name in ENV)
     return {"client": values["AZURE_CLIENT_ID"], "secret": values["AZURE_CLIENT_SECRET"],
-            "tenant": values["AZURE_TENANT_ID"], "subscription": values["AZURE_SUBSCRIPTION_ID"]}
+            "tenant": values["AZURE_TENANT_ID"], "subscription": values["AZURE_SUBSCRIPTION_ID"], "source": source}
 
 
 def _driver_class(endpoint: Endpoint | None) -> type[AzureNodeDriver]:
@@ -124,11 +128,14 @@ class AzureProvider:
     keeps_server_key = False
     firewall_note = PROVIDER.firewall_note
 
-    def __init__(self, principal: dict[str, str], endpoint: Endpoint | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, principal: dict[str, str], endpoint: Endpoint | None = None, timeout: float = 30.0,
+                 *, credentials: str = PROVIDER.token_noun) -> None:
         from .cloud_api import libcloud_errors, point, strict_responses
 
+        self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         self._sub = principal["subscription"]
-        with libcloud_errors(self.name, endpoint or Endpoint(True, "login.microsoftonline.com", 443), "signing in with the service principal"):
+        login = endpoint or Endpoint(True, "login.microsoftonline.com", 443)
+        with libcloud_errors(self.name, login, "signing in with the service principal", credentials):
             self._driver = _driver_class(endpoint)(principal["tenant"], self._sub, principal["client"], principal["secret"])
             conn = self._driver.connection
             # libcloud base64-encodes customData to bytes, which json.dumps refuses on Python 3
@@ -139,7 +146,7 @@ class AzureProvider:
     def _api(self, what: str) -> Any:
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what)
+        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
 
     def _request(self, path: str, version: str, method: str = "GET", body: Any = None) -> Any:
         return self._driver.connection.request(path, params={"api-version": version}, data=body, method=method).object
@@ -274,4 +281,5 @@ def _next_page(link: str) -> tuple[str, dict[str, str]]:
 
 def build(creds: Credentials, state_root: Path) -> AzureProvider:
     principal = service_principal(creds.token_file, creds.token)
-    return AzureProvider(principal, endpoint_of(PROVIDER, creds), creds.api_timeout)
+    return AzureProvider(principal, endpoint_of(PROVIDER, creds), creds.api_timeout,
+                         credentials=f"{PROVIDER.token_noun} ({principal['source']})")

@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI, libcloud_fixture, make_plan, recorded
+from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError, Transient
 from inlets_py.provisioner.providers.azure import AzureProvider, service_principal
@@ -150,6 +151,31 @@ def test_missing_principal_names_every_variable(monkeypatch: pytest.MonkeyPatch,
     bad.write_text("{}")
     with pytest.raises(ProvisionError, match="not an Azure auth file"):
         service_principal(bad, None)
+
+
+@pytest.mark.parametrize("given", ["file", "env", "env and --access-token"])
+def test_a_rejected_principal_names_where_it_was_read(api: RecordedAPI, tmp_path: Path, given: str,
+                                                      capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 401 read "azure: credentials rejected (401)": not whether the auth file or which variables gave them."""
+    env = {"AZURE_CLIENT_ID": "client-id", "AZURE_CLIENT_SECRET": "s3cret", "AZURE_TENANT_ID": TENANT,
+           "AZURE_SUBSCRIPTION_ID": SUB}
+    for name, value in env.items():
+        if given == "file":
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"clientId": "client-id", "clientSecret": "s3cret", "tenantId": TENANT, "subscriptionId": SUB}))
+    auth.chmod(0o600)
+    flags = {"file": ["--access-token-file", str(auth)], "env": [], "env and --access-token": ["--access-token", "s3cret"]}
+    api.routes.insert(0, ("POST", re.compile(f"/{TENANT}/oauth2/token"), Answer(401, {
+        "error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."})))
+    result = run_cli(capsys, "list", "--provider", "azure", *flags[given], "--api-url", api.url,
+                     "--state-dir", str(tmp_path / "state"))
+    source = {"file": f"--access-token-file {auth}",
+              "env": "$AZURE_CLIENT_ID, $AZURE_CLIENT_SECRET, $AZURE_TENANT_ID, $AZURE_SUBSCRIPTION_ID",
+              "env and --access-token": "$AZURE_CLIENT_ID, --access-token, $AZURE_TENANT_ID, $AZURE_SUBSCRIPTION_ID"}[given]
+    one_line_error(result, f"azure: service principal ({source}) rejected (401) while signing in")
 
 
 def test_list_follows_next_link_to_every_page(api: RecordedAPI) -> None:
