@@ -1,7 +1,7 @@
 """The ``inletsctl`` command: create, delete, list and status of exit servers.
 
 Every error a user can cause ends as one line on stderr and a non-zero exit. Each command imports what it
-runs (create, manage) when it runs: --help and the flag checks need only the providers' declarations.
+runs (create, manage, status) when it runs: --help and the flag checks need only the providers' declarations.
 """
 
 from __future__ import annotations
@@ -291,12 +291,12 @@ def status_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
-    from . import manage
+    from .status import status
 
     flags.refuse_empty(ctx)
     creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     try:
-        result = manage.status(state_root(state_dir), creds, name)
+        result = status(state_root(state_dir), creds, name)
     except StatusFailed as exc:
         if json_output:  # one object every time: what was learned, with the error and its state word
             output.print_json(exc.result)

@@ -1,4 +1,4 @@
-"""``inletsctl delete``, ``list`` and ``status``: the cloud joined with local state."""
+"""``inletsctl delete`` and ``list``: the cloud joined with local state (``status`` is in status.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,18 @@ import ipaddress
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Iterable
-
-from inlets_py.runtime.core.probe import ProbeError
-from inlets_py.runtime.core.tls import TlsConfigError
+from typing import Any
 
 from . import replicas
-from .errors import (
-    STATE_API_ERROR, STATE_DAMAGED, STATE_GONE, STATE_INVALID, STATE_NO_CREDENTIALS, STATE_NO_IP, STATE_NOT_FOUND,
-    STATE_STOPPED, STATE_UNREACHABLE, NotFound, ProvisionError, StatusFailed,
-)
+from .errors import NotFound, ProvisionError
 from .providers import Credentials, make, registry
-from .providers.base import FAILED, GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
+from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, scan
-from .wait import Progress, status_json, wait_until_gone
+from .status import as_failed, check_serves, connect, named, serves_another
+from .wait import Progress, wait_until_gone
+
 
 def _provider_for(name: str, root: Path, creds: Credentials) -> Provisioner:
     return make(registry.check(name), root, creds)
@@ -107,7 +103,7 @@ def delete(
     try:
         started = time.monotonic()
         if meta is not None and not by_id:
-            _check_serves(provider, host_id, meta["name"])
+            check_serves(provider, host_id, meta["name"])
         provider.delete(host_id, timeout)
         progress(f"deleting {label} ({provider_name} {host_id})")
         wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started, label=str(label))
@@ -210,12 +206,12 @@ def list_servers(
     for pname in names:
         local_rows = [m for m in states if m.get("provider") == pname]
         try:
-            provider = _connect(pname, root, creds)
+            provider = connect(pname, root, creds)
             hosts = provider.list()
         except ProvisionError as exc:
             rows += [_row(m, None, "local state (cloud not checked)") | {"status": "unknown"} for m in local_rows]
             if provider_name:  # the one cloud asked for: a failure, with the rows known (``list --json`` prints them)
-                raise _failed(exc, {"servers": rows}) from None
+                raise as_failed(exc, {"servers": rows}) from None
             notes.append(f"{pname}: not checked ({exc})")
             continue
         by_id = {h.id: h for h in hosts}
@@ -229,8 +225,8 @@ def list_servers(
                 seen = balancer is not None or any(members)
                 rows.append(replicas.group_row(meta, members, balancer, "both" if seen else "local state only"))
                 continue
-            host_id = str(meta.get("id") or _named(by_id.values(), meta.get("name")))
-            host = None if _serves_another(by_id.get(host_id), meta["name"]) else by_id.pop(host_id, None)
+            host_id = str(meta.get("id") or named(by_id.values(), meta.get("name")))
+            host = None if serves_another(by_id.get(host_id), meta["name"]) else by_id.pop(host_id, None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
@@ -286,155 +282,3 @@ def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: 
             done.append(f"could not delete {row['name']}: {exc}")
             failed += 1
     return done, failed
-
-
-def status(root: Path, creds: Credentials, name: str) -> dict[str, Any]:
-    """The provider's view and the exit server's own answer over pinned TLS; ``error`` (and ``state``
-    STATE_UNREACHABLE) instead of ``server`` when it did not answer; StatusFailed, with what was learned before, for
-    every other failure (``status --json`` prints one object every time)."""
-    result: dict[str, Any] = {"name": name}
-    try:
-        return _status(root, creds, name, result)
-    except ProvisionError as exc:
-        failed = _failed(exc, result)
-        failed.result |= {"error": str(failed), "state": failed.state}
-        raise failed from None
-
-
-def _connect(name: str, root: Path, creds: Credentials) -> Provisioner:
-    """The provider, for ``status`` and ``list``: an unknown name and missing credentials raised as StatusFailed."""
-    try:
-        registry.check(name)
-    except ProvisionError as exc:
-        raise StatusFailed(str(exc), STATE_INVALID, exit_code=exc.exit_code) from None
-    try:
-        return _provider_for(name, root, creds)
-    except ProvisionError as exc:
-        raise StatusFailed(str(exc), STATE_NO_CREDENTIALS, exit_code=exc.exit_code) from None
-
-
-def _failed(exc: ProvisionError, result: dict[str, Any]) -> StatusFailed:
-    """``exc`` as ``status`` and ``list --provider`` fail with, ``result`` (what was learned before) added: a
-    StatusFailed keeps the state word given where it was raised; any other error, which only the provider's API
-    raises past those, is STATE_API_ERROR."""
-    if not isinstance(exc, StatusFailed):
-        return StatusFailed(str(exc), STATE_API_ERROR, result, exc.exit_code)
-    exc.result = result | exc.result
-    return exc
-
-
-def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -> dict[str, Any]:
-    try:
-        state = ServerState(root, check_name(name))
-        meta = state.load()
-    except NotFound as exc:
-        raise StatusFailed(str(exc), STATE_NOT_FOUND) from None
-    except Damaged as exc:
-        raise StatusFailed(str(exc), STATE_DAMAGED, {"provider": exc.provider} if exc.provider else None) from None
-    except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read
-        raise StatusFailed(state=STATE_INVALID, message=str(exc)) from None
-    port = meta.get("control_port")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
-        damaged = Damaged(state, "has no control port", meta["provider"])
-        raise StatusFailed(str(damaged), STATE_DAMAGED, {"provider": meta["provider"]})
-    result |= {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
-    if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
-        result["client_command"] = meta["client_command"]
-    provider = _connect(str(meta["provider"]), root, creds)
-    if replicas.is_group(meta):
-        return result | _group_status(provider, meta, state)
-    if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
-        host_id = _named(provider.list(), name)
-        if host_id:  # as delete finds it: by name
-            meta = meta | {"id": host_id}
-            result["id"] = host_id
-    try:
-        host = provider.status(str(meta.get("id")))
-        _check_serves(provider, str(meta.get("id")), name, host)
-        result["vm"] = host.detail or host.status
-        if not meta.get("ip") and host.ip:
-            meta = meta | {"ip": host.ip}
-            result["ip"] = host.ip
-    except NotFound:  # asking its old address could only fail, or reach whatever has that address now
-        if meta.get("id"):
-            raise StatusFailed(state=STATE_GONE, message=(
-                f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or expired outside "
-                f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None
-        result["vm"] = "gone"
-    else:
-        if host.status == FAILED:  # asking its control port would only add "connection refused"
-            raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
-                               f"and create it again: {delete_command(name, root)}")
-    if not meta.get("ip"):
-        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
-    try:
-        result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
-    except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
-        result["error"] = f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
-        result["state"] = STATE_UNREACHABLE
-    return result
-
-
-def _serves_another(host: Host | None, name: object) -> bool:
-    """``host``, found by the pid a local exit server's state recorded, is another local exit server's process: the
-    pid was reused after this one died (a reboot, a kill -9), and must never be shown, asked or stopped as this one."""
-    return host is not None and host.provider == "local" and bool(host.name) and host.name != name
-
-
-def _check_serves(provider: Provisioner, host_id: str, name: object, host: Host | None = None) -> None:
-    """NotFound (gone) when the local process ``host_id`` serves another exit server than ``name``."""
-    if provider.name != "local":
-        return
-    try:
-        host = host or provider.status(host_id)
-    except NotFound:
-        return
-    if _serves_another(host, name):
-        raise NotFound(f"local: process {host_id} now serves exit server {host.name}, not {name}")
-
-
-def _named(hosts: Iterable[Host], name: object) -> str | None:
-    """The id of the one host called ``name``, for a state whose create was cut short before it recorded one
-    (Ctrl-C while the cloud made the VM, or while an ssh host was installed); none when several share the name."""
-    found = [h.id for h in hosts if h.name == name]
-    return found[0] if len(found) == 1 else None
-
-
-def _ask(state: ServerState, ip: str, port: int) -> dict[str, Any]:
-    """The exit server's /status over TLS pinned to the CA kept in ``state``; a CA file that is missing or damaged
-    there is said in one line with what to do (only that file lets anything check this server)."""
-    try:
-        token = state.token()
-    except ProvisionError as exc:  # the state's, not the server's: a script should not retry it
-        raise StatusFailed(state=STATE_DAMAGED, message=str(exc)) from None
-    try:
-        return status_json(ip, port, state.ca_file, token)
-    except TlsConfigError as exc:
-        raise StatusFailed(state=STATE_DAMAGED, message=f"{exc}; put back a copy of it, or delete the exit server and "
-                           f"create it again: {delete_command(state.name, state.root)}") from None
-
-
-def _group_status(provider: Provisioner, meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
-    """The balancer's state, and each replica's VM and /status; ``server`` is the first replica that answered."""
-    try:
-        vm = replicas.balancing(provider).balancer_status(str(meta.get("balancer_id"))).detail
-    except NotFound:
-        vm = "load balancer gone"
-    rows: list[dict[str, Any]] = []
-    for replica in meta["replicas"]:
-        row: dict[str, Any] = {"name": replica["name"], "id": replica.get("id"), "ip": replica.get("ip")}
-        try:
-            row["vm"] = provider.status(str(replica.get("id"))).detail
-        except NotFound:
-            row["vm"] = "gone"
-        try:
-            row["server"] = _ask(state, str(replica["ip"]), meta["control_port"])
-        except (ProbeError, KeyError, TypeError) as exc:
-            row["error"] = str(exc) if isinstance(exc, ProbeError) else "no IP yet (create did not finish)"
-        rows.append(row)
-    answered = next((r["server"] for r in rows if "server" in r), None)
-    if answered is None:  # a result all the same, as one exit server's that did not answer
-        why = "; ".join(f"{r['name']}: {r['error']}, vm: {r['vm']}" for r in rows)
-        return {"vm": vm, "replicas": rows, "error": f"no replica of {meta['name']} answered ({why}); balancer: {vm}",
-                "state": STATE_UNREACHABLE}
-    return {"vm": vm, "server": answered, "replicas": rows}

@@ -22,7 +22,7 @@ CLOUD = {"libcloud", "paramiko", "requests", "hcloud", "scaleway", "scaleway_cor
 #: --help and flag errors render nothing, show no progress, dial nothing and make no certificate
 RENDERING = {"jinja2", "rich", "websockets", "cryptography"}
 #: ... nor the modules that create, wait (the TLS probe) and build the wheel: they need only the declarations
-COMMANDS = {f"inlets_py.provisioner.{name}" for name in ("create", "manage", "wait", "render", "wheel")}
+COMMANDS = {f"inlets_py.provisioner.{name}" for name in ("create", "manage", "status", "wait", "render", "wheel")}
 
 
 #: runs the script named by argv[1] as its own ``__main__``, then writes ``sys.modules`` where $MODULES_OUT says
