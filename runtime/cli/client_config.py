@@ -16,7 +16,7 @@ from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_to
 from ..core.hosts import HostError, check_host
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, client_context
-from ..core.session import Channel
+from ..core.channel import Channel
 from .config import check_given_once, fail, refuse_blank
 
 

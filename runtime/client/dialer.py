@@ -24,7 +24,8 @@ from ..core.handshake import CLOSE_TOKEN_REVOKED
 from ..core.logs import logfmt
 from ..core.mux import DEFAULT_INITIAL_WINDOW, Multiplexer
 from ..core.services import shown_service
-from ..core.session import Channel, Session
+from ..core.channel import Channel
+from ..core.session import Session
 from .connect import ClientConfig, FatalClientError, connect_url, handshake, open_websocket
 from .diagnose import describe as _describe, how_closed
 from .outbound_proxy import ProxyConfigError, choose as choose_proxy

@@ -21,7 +21,8 @@ from dataclasses import replace
 from typing import Callable
 
 from ..core.logs import logfmt
-from ..core.session import Channel, Session
+from ..core.channel import Channel
+from ..core.session import Session
 from .dialer import ClientConfig, FatalClientError, TunnelClient
 
 log = logging.getLogger("inlets.client")

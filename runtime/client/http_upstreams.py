@@ -24,7 +24,7 @@ from ..core.handshake import HandshakeError
 from ..core.hosts import HostError, canonical_ipv6, is_ip, split_url
 from ..core.mux import ResetCode
 from ..core.ports import url_port
-from ..core.session import Channel
+from ..core.channel import Channel
 from ..core.tls import load_ca
 from ..core.eyeballs import connect_socket, is_name
 

@@ -17,7 +17,7 @@ from ..core.bridge import dial
 from ..core.hosts import HostError, check_host, is_ip
 from ..core.mux import ResetCode
 from ..core.ports import parse_port
-from ..core.session import Channel
+from ..core.channel import Channel
 from ..core.services import tcp_service
 from ..core.eyeballs import connect_socket, is_name
 from .udp_upstream import dial_udp

@@ -23,7 +23,7 @@ from ..core.logs import logfmt
 from ..core.datagram import raise_receive_buffer, send_empty
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
-from ..core.session import Channel
+from ..core.channel import Channel
 
 log = logging.getLogger("inlets.udp")
 

@@ -30,7 +30,7 @@ from .dial_failures import failure_words
 from .hosts import authority
 from .logs import logfmt
 from .mux import ResetCode
-from .session import Channel
+from .channel import Channel
 from .tls import upstream_verify_failure
 
 log = logging.getLogger("inlets.bridge")

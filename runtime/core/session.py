@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
+from .channel import OUT_HIGH_WATER, OUT_LOW_WATER, Channel, StreamHandler
 from .keepalive import Keepalive
 from .logs import logfmt
 from .mux import (
@@ -38,74 +39,12 @@ from .wsflow import BoundedConnection
 
 log = logging.getLogger("inlets.session")
 
-#: Above this many queued outgoing bytes, channels stop accepting data until the
-#: websocket drains: bounds memory across all streams, not just per stream.
-OUT_HIGH_WATER = 4 * 1024 * 1024
-OUT_LOW_WATER = 1024 * 1024
-
 #: How soon a stream whose dial worked is acknowledged when its upstream has not answered (``Channel.acknowledge``):
 #: well within the server's SILENT_FOR (0.5 s), past most answers on a LAN, which acknowledge it themselves.
 ACK_DELAY = 0.05
 RETIRE_TIMEOUT = 30.0  # how long a session out of stream ids lets its streams finish (--drain-timeout's default)
 
 _RUNNING, _DRAINING, _STOPPED = object(), object(), object()  # the writer's states besides idle and scheduled
-
-
-class StreamHandler(Protocol):
-    def on_data(self, data: bytes | memoryview) -> None: ...
-    def on_eof(self) -> None: ...
-    def on_reset(self, code: int, reason: str) -> None: ...
-    def on_writable(self) -> None: ...
-
-
-class Channel:
-    """One stream of a session, as seen by the code that bridges it."""
-
-    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out", "out_at_credit")
-
-    def __init__(self, session: Session, stream_id: int, target: str) -> None:
-        self.session = session
-        self.stream_id = stream_id
-        self.target = target
-        self.handler: StreamHandler | None = None
-        self.bytes_in = 0  # received from the peer
-        self.bytes_out = 0  # sent to the peer
-        self.out_at_credit = 0  # bytes_out when the peer's credit last counted as a sign of life
-
-    def write(self, data: bytes | memoryview) -> int:
-        """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
-        return self.session._write(self, data)
-
-    def write_whole(self, data: bytes) -> bool:
-        """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
-        mux = self.session.mux
-        if not data:  # _write's count of 0 says nothing here: whether an empty datagram can go is asked first
-            if mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
-                return False
-            self.session._write(self, data)
-            return True
-        if len(data) > mux.send_window(self.stream_id):
-            return False
-        return self.session._write(self, data) == len(data)
-
-    def write_eof(self) -> None:
-        self.session._write_eof(self)
-
-    def reset(self, code: int = int(ResetCode.CANCEL), reason: str = "") -> None:
-        self.session._reset(self, code, reason)
-
-    def consumed(self, count: int) -> None:
-        """Return credit for bytes the handler has passed on (written to its socket)."""
-        self.session._consumed(self, count)
-
-    def acknowledge(self) -> None:
-        """Tell the peer this stream reached its far end (``Multiplexer.acknowledge``): the dial to it worked. Soon,
-        not now (``Session._ack_soon``): an upstream that answers first says so itself, at no cost."""
-        self.session._ack_soon(self)
-
-    @property
-    def is_open(self) -> bool:
-        return self.session.mux.is_open(self.stream_id)
 
 
 class Session(Keepalive):

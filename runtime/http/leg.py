@@ -19,7 +19,8 @@ from ..core.services import shown_service
 from .messages import Body, Event, HttpError, Upgraded
 from .response_reader import ResponseReader
 from ..core.mux import ResetCode, StreamError
-from ..core.session import Channel, Session
+from ..core.channel import Channel
+from ..core.session import Session
 from ..server.registry import credited, reached
 
 log = logging.getLogger("inlets.http")

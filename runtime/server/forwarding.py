@@ -20,7 +20,7 @@ from ..core.handshake import CLOSE_SERVICE_REFUSED, HandshakeError, Hello
 from ..core.hosts import authority
 from ..core.mux import ResetCode
 from ..core.services import FORWARD_PREFIX, parse_target
-from ..core.session import Channel
+from ..core.channel import Channel
 
 log = logging.getLogger("inlets.forward")
 

@@ -14,7 +14,8 @@ from ..core.bridge import DIAL_TIMEOUT
 from ..core.mux import StreamError, StreamLimit
 
 if TYPE_CHECKING:
-    from ..core.session import Channel, Session, StreamHandler
+    from ..core.channel import Channel, StreamHandler
+    from ..core.session import Session
 
 S = TypeVar("S")
 

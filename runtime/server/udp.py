@@ -16,7 +16,8 @@ from typing import Callable
 
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
-from ..core.session import Channel, Session
+from ..core.channel import Channel
+from ..core.session import Session
 from .registry import open_on_first
 from .udp_socket import UdpSocket
 

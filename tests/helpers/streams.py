@@ -6,7 +6,7 @@ import asyncio
 import collections
 
 from inlets_py.runtime.core.mux import ResetCode
-from inlets_py.runtime.core.session import Channel
+from inlets_py.runtime.core.channel import Channel
 
 
 class AsyncStream:

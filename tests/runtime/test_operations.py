@@ -32,7 +32,7 @@ from helpers.tunnel import (
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.server.dataplane import DataPlaneOptions
 from inlets_py.runtime.core.mux import ResetCode
-from inlets_py.runtime.core.session import OUT_HIGH_WATER
+from inlets_py.runtime.core.channel import OUT_HIGH_WATER
 from inlets_py.runtime.server.proxy_protocol import encode
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 

@@ -1,0 +1,77 @@
+"""One stream of a ``Session`` as the code that bridges it sees it, and the callbacks it is handed.
+
+A ``Channel`` is a handle: its writes, resets and credit go through its session's single writer
+(``Session._write`` and the rest), which owns the multiplexer. It lives apart from session.py so
+that the bridges, upstreams and routing can name it without the session's machinery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .mux import ResetCode
+
+if TYPE_CHECKING:
+    from .session import Session
+
+#: Above this many queued outgoing bytes, channels stop accepting data until the
+#: websocket drains: bounds memory across all streams, not just per stream.
+OUT_HIGH_WATER = 4 * 1024 * 1024
+OUT_LOW_WATER = 1024 * 1024
+
+
+class StreamHandler(Protocol):
+    def on_data(self, data: bytes | memoryview) -> None: ...
+    def on_eof(self) -> None: ...
+    def on_reset(self, code: int, reason: str) -> None: ...
+    def on_writable(self) -> None: ...
+
+
+class Channel:
+    """One stream of a session, as seen by the code that bridges it."""
+
+    __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out", "out_at_credit")
+
+    def __init__(self, session: Session, stream_id: int, target: str) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.target = target
+        self.handler: StreamHandler | None = None
+        self.bytes_in = 0  # received from the peer
+        self.bytes_out = 0  # sent to the peer
+        self.out_at_credit = 0  # bytes_out when the peer's credit last counted as a sign of life
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Queue what credit allows; returns the count. ``on_writable`` follows a short write."""
+        return self.session._write(self, data)
+
+    def write_whole(self, data: bytes) -> bool:
+        """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
+        mux = self.session.mux
+        if not data:  # _write's count of 0 says nothing here: whether an empty datagram can go is asked first
+            if mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
+                return False
+            self.session._write(self, data)
+            return True
+        if len(data) > mux.send_window(self.stream_id):
+            return False
+        return self.session._write(self, data) == len(data)
+
+    def write_eof(self) -> None:
+        self.session._write_eof(self)
+
+    def reset(self, code: int = int(ResetCode.CANCEL), reason: str = "") -> None:
+        self.session._reset(self, code, reason)
+
+    def consumed(self, count: int) -> None:
+        """Return credit for bytes the handler has passed on (written to its socket)."""
+        self.session._consumed(self, count)
+
+    def acknowledge(self) -> None:
+        """Tell the peer this stream reached its far end (``Multiplexer.acknowledge``): the dial to it worked. Soon,
+        not now (``Session._ack_soon``): an upstream that answers first says so itself, at no cost."""
+        self.session._ack_soon(self)
+
+    @property
+    def is_open(self) -> bool:
+        return self.session.mux.is_open(self.stream_id)
