@@ -5,8 +5,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 bash scripts/install-test-tools.sh
-# Three workers on 2 cores (with two, the cores sat idle a quarter of the time while tests waited on
-# sockets, child processes and timers: 634 s against 518 s with three), each test file on one of them
-# (module fixtures such as the booted containers are made once);
+# Four workers on 2 cores (the tests wait on sockets, child processes and timers much of the time: with
+# two, the cores sat idle a quarter of it, 634 s against 518 s with three; with three 507 s, with four
+# 450 s), each test file on one of them (module fixtures such as the booted containers are made once);
 # the slowest tests are listed at the end. Later options win: `bash scripts/test.sh -n 0` runs in one process.
-exec .venv/bin/python -m pytest -n 3 --dist loadfile --durations=15 "$@"
+exec .venv/bin/python -m pytest -n 4 --dist loadfile --durations=15 "$@"
