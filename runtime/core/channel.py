@@ -1,4 +1,4 @@
-"""One stream of a ``Session`` as the code that bridges it sees it, and the callbacks it is handed.
+"""One stream of a session as the code that bridges it sees it, and the callbacks it is handed.
 
 A ``Channel`` is a handle: its writes, resets and credit go through its session's single writer
 (``Session._write`` and the rest), which owns the multiplexer. It lives apart from session.py so
@@ -7,12 +7,9 @@ that the bridges, upstreams and routing can name it without the session's machin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from .mux import ResetCode
-
-if TYPE_CHECKING:
-    from .session import Session
+from .mux import Multiplexer, ResetCode
 
 #: Above this many queued outgoing bytes, channels stop accepting data until the
 #: websocket drains: bounds memory across all streams, not just per stream.
@@ -27,12 +24,25 @@ class StreamHandler(Protocol):
     def on_writable(self) -> None: ...
 
 
+class ChannelOwner(Protocol):
+    """What a channel uses of its session. The session is a ``core.session.Session``, which this module may not
+    import (the runtime has no import cycle, not even through type hints): code that needs the rest of it casts."""
+
+    mux: Multiplexer
+
+    def _write(self, channel: Channel, data: bytes | memoryview) -> int: ...
+    def _write_eof(self, channel: Channel) -> None: ...
+    def _reset(self, channel: Channel, code: int, reason: str) -> None: ...
+    def _consumed(self, channel: Channel, count: int) -> None: ...
+    def _ack_soon(self, channel: Channel) -> None: ...
+
+
 class Channel:
     """One stream of a session, as seen by the code that bridges it."""
 
     __slots__ = ("session", "stream_id", "target", "handler", "bytes_in", "bytes_out", "out_at_credit")
 
-    def __init__(self, session: Session, stream_id: int, target: str) -> None:
+    def __init__(self, session: ChannelOwner, stream_id: int, target: str) -> None:
         self.session = session
         self.stream_id = stream_id
         self.target = target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
@@ -84,7 +85,7 @@ class DataPlaneConnection(TcpBridge):
             self._refuse(channel)
             return
         self.attach(channel)
-        opened(channel.session, self.service)  # until it answers: a blackholed upstream's dial answers in 10 s
+        opened(cast(Session, channel.session), self.service)  # until it answers: a blackholed upstream's dial answers in 10 s
         self.counters.open += 1
         self.counters.total += 1
         self._counted = True
@@ -124,7 +125,7 @@ class DataPlaneConnection(TcpBridge):
         reset) when none is left, or when the user sent more than the stream's first credit (``_pending``)."""
         if self._done or self._eof_from_stream or self._pending is not None:
             return False
-        service, session = self.service, self.channel.session  # type: ignore[union-attr]
+        service, session = self.service, cast(Session, self.channel.session)  # type: ignore[union-attr]
         tried = self._tried = (*self._tried, session)
         unreachable(session, service)  # tried after the others (``open_on_first``) for a while
         found = open_on_first([s for s in self.server.registry.sessions_for(service) if s not in tried], service, self)
@@ -200,7 +201,7 @@ class DataPlaneConnection(TcpBridge):
         self._replay = None
         if self._tried:
             self._tried = ()  # the clients tried before: a long connection kept them (closed ones too) alive
-        session = self.channel.session  # type: ignore[union-attr]
+        session = cast(Session, self.channel.session)  # type: ignore[union-attr]
         if session.unreachable or session.silent:
             reached(session, self.service)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, cast
 
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
@@ -156,7 +156,7 @@ class UdpPort:
             self.counters.drop(channel)
             return None
         flow.channel = channel
-        channel.session.udp_flows += 1
+        cast(Session, channel.session).udp_flows += 1
         self.flows[address] = flow
         return flow
 
@@ -170,7 +170,7 @@ class UdpPort:
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
             if flow.channel is not None:
-                flow.channel.session.udp_flows -= 1
+                cast(Session, flow.channel.session).udp_flows -= 1
         if reset and flow.channel is not None:
             flow.channel.reset(code, reason)
 
