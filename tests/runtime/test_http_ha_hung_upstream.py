@@ -5,6 +5,7 @@ however slow, never counts against its client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -13,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 from helpers.http import LOOPBACK, Stack, http_server_argv, raw_request
 from helpers.process import INLETS, terminate, wait_for_text
@@ -76,22 +78,29 @@ async def _hung(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 GET = b"GET / HTTP/1.1\r\nHost: hung.test\r\nConnection: close\r\n\r\n"
 
 
+@contextlib.contextmanager
+def _hung_and_up(folder: Path, served: dict[str, int]) -> Iterator[tuple[int, list[subprocess.Popen], Path]]:
+    """A server and two `inlets http client`s for hung.test, the first one's upstream hung (--upstream-timeout 1)."""
+    stack = Stack()
+    procs: list[subprocess.Popen] = []
+    try:
+        hung, up = stack.serve(_hung), stack.serve(_app("UP", served))
+        data, procs, log = _tunnel(folder, [hung, up], "--upstream-timeout", "1")
+        yield data, procs, log
+    finally:
+        for proc in reversed(procs):
+            terminate(proc)
+        stack.close()
+
+
 def test_a_client_whose_upstream_never_answers_is_routed_around(tmp_path) -> None:
     """Found by a review helper: two `inlets http client`s for one host, the first one's upstream accepting and never
     answering (a hung app): every other request waited for --upstream-timeout and got 504 (20 of 40), as the dial
     worked and the client acknowledged it. After ``EJECT_AFTER`` response timeouts in a row that client is tried after
     the other (3 of 40 got 504), and the server says so in one line."""
-    stack = Stack()
     served = {"UP": 0}
-    procs: list[subprocess.Popen] = []
-    try:
-        hung, up = stack.serve(_hung), stack.serve(_app("UP", served))
-        data, procs, log = _tunnel(tmp_path, [hung, up], "--upstream-timeout", "1")
+    with _hung_and_up(tmp_path, served) as (data, procs, log):
         answers = [raw_request(data, GET, timeout=5) for _ in range(40)]
-    finally:
-        for proc in reversed(procs):
-            terminate(proc)
-        stack.close()
     timeouts = [a for a in answers if a.startswith(b"HTTP/1.1 504 ")]
     assert len(timeouts) + served["UP"] == 40, [a[:80] for a in answers if b" 200 " not in a[:20]]
     assert len(timeouts) <= registry.EJECT_AFTER, f"{len(timeouts)} of 40 requests waited for the hung upstream"
@@ -103,12 +112,7 @@ def test_a_hung_client_that_reconnects_stays_routed_around(tmp_path) -> None:
     """Found by a review helper: after the hung client was routed around, a SIGHUP to it (a new session, make-before-
     break) started it clean: 3 more of the next 20 requests waited for --upstream-timeout (504) and it was ejected a
     second time. A reconnection takes its client id's ejection and count of timeouts, as it takes its other marks."""
-    stack = Stack()
-    served = {"UP": 0}
-    procs: list[subprocess.Popen] = []
-    try:
-        hung, up = stack.serve(_hung), stack.serve(_app("UP", served))
-        data, procs, log = _tunnel(tmp_path, [hung, up], "--upstream-timeout", "1")
+    with _hung_and_up(tmp_path, {"UP": 0}) as (data, procs, log):
         first = [raw_request(data, GET, timeout=5) for _ in range(2 * registry.EJECT_AFTER)]
         assert sum(a.startswith(b"HTTP/1.1 504 ") for a in first) == registry.EJECT_AFTER, [a[:40] for a in first]
         assert log.read_text().count("event=client_ejected") == 1
@@ -119,10 +123,6 @@ def test_a_hung_client_that_reconnects_stays_routed_around(tmp_path) -> None:
             time.sleep(0.05)
         assert log.read_text().count("event=client_connected") == 3  # both of its sessions were registered
         answers = [raw_request(data, GET, timeout=5) for _ in range(20)]
-    finally:
-        for proc in reversed(procs):
-            terminate(proc)
-        stack.close()
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:40] for a in answers]
     assert log.read_text().count("event=client_ejected") == 1, log.read_text()
 
