@@ -49,7 +49,10 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subp
             theirs.close()
             replies = mine.makefile("r")
             mine.settimeout(timeout)
-            pid = int(replies.readline())
+            started = replies.readline()
+            if not started:
+                raise RuntimeError(f"the test CLI server did not start inlets {' '.join(args)}: see its stderr above")
+            pid = int(started)
             try:
                 line = replies.readline()
             except TimeoutError:
