@@ -445,6 +445,7 @@ def test_the_ttl_powers_the_vm_off_when_it_expires(boots: Boots) -> None:
     summary = created(result, world)
     assert world.vm is not None
     expires = datetime.datetime.fromisoformat(summary["expires_at"].replace("Z", "+00:00")).timestamp()
-    assert time.time() < expires, "the checks above outlasted the ttl: raise TTL"
-    code = world.vm.wait_powered_off(timeout=expires - time.time() + 60)
-    assert time.time() >= expires - 1 and code == 0, (code, world.vm.tail())
+    code, powered_off_at = world.vm.wait_powered_off(timeout=max(expires - time.time(), 0) + 60)
+    assert code == 0, (code, world.vm.tail())
+    # when it powered off, not when this test looked: under load the other worlds' checks can run past the ttl
+    assert expires - 1 <= powered_off_at <= expires + 60, (powered_off_at - expires, world.vm.tail())

@@ -175,6 +175,7 @@ class Container:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self.started = 0.0
+        self.powered_off_at: float | None = None  # time.time() when nspawn exited, seen by _watch as it happened
 
     def start(self) -> "Container":
         binds = [f"--bind-ro={self.workdir / 'seed'}:/var/lib/cloud/seed/nocloud",
@@ -189,6 +190,7 @@ class Container:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.started = time.monotonic()
+        threading.Thread(target=self._watch, args=(self._proc,), daemon=True).start()
         self.pid()  # its systemd is up, and /dev has the modes a VM's has (_device_modes), before anything logs in
         return self
 
@@ -243,9 +245,21 @@ class Container:
                 raise AssertionError(f"cloud-init in {self.name} still running after {timeout:.0f}s:\n{status}{self.tail()}")
             time.sleep(1)
 
-    def wait_powered_off(self, timeout: float) -> int:
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Notes when the container powers off, so a test that looks later (its worker busy with others' checks)
+        still learns when it happened, not when it looked."""
+        proc.wait()
+        self.powered_off_at = time.time()
+
+    def wait_powered_off(self, timeout: float) -> tuple[int, float]:
+        """The container's exit status and the time.time() it powered off."""
         assert self._proc is not None
-        return self._proc.wait(timeout=timeout)
+        code = self._proc.wait(timeout=timeout)
+        for _ in range(100):  # _watch sets it just after wait() returns there too
+            if self.powered_off_at is not None:
+                return code, self.powered_off_at
+            time.sleep(0.01)
+        raise AssertionError(f"{self.name} exited ({code}) but its power-off time was not noted")
 
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
