@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
 
@@ -26,6 +27,8 @@ from .paging import every_page
 
 if TYPE_CHECKING:  # libcloud is imported where it is used: inletsctl --help reads only PROVIDER
     from libcloud.compute.drivers.gce import GCENodeDriver
+
+    from .api_errors import Fault
 
 KEY_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -112,23 +115,33 @@ class GCEProvider:
 
     def __init__(self, account: dict[str, str], state_root: Path, endpoint: Endpoint | None = None, timeout: float = 30.0,
                  *, credentials: str = PROVIDER.token_noun) -> None:
-        from .cloud_api import libcloud_errors
-
         self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
         state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with libcloud_errors(self.name, self._endpoint, "signing in with the service account", credentials):
+        with self._signing_in():
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
                 credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
             )
         self._base = f"{COMPUTE}/projects/{self.project}"
 
-    def _api(self, what: str) -> Any:
+    def _signing_in(self) -> ContextManager[None]:
+        from .api_errors import api_errors
+
+        return api_errors(self.name, self._endpoint.url, "signing in with the service account", _sign_in_fault,
+                          credentials=self.credentials, sdk="apache-libcloud")
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        """Errors of the calls inside as one line; first a new token if the one held (or cached by an earlier run)
+        has expired, which libcloud would fetch inside the call, its refusal then read as the call's."""
         from .cloud_api import libcloud_errors
 
-        return libcloud_errors(self.name, self._endpoint, what, self.credentials)
+        with self._signing_in():
+            self._driver.connection.oauth2_credential.access_token  # a property: signs in again once expired
+        with libcloud_errors(self.name, self._endpoint, what, self.credentials):
+            yield
 
     def _request(self, path: str, method: str = "GET", body: Any = None, params: Any = None, wait: bool = False) -> Any:
         conn = self._driver.connection
@@ -248,6 +261,21 @@ class GCEProvider:
             detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"zone": zone},
         )
+
+
+def _sign_in_fault(exc: BaseException) -> Fault | None:
+    """Google's sign-in refuses a key (deleted, its account removed, this machine's clock far off) with OAuth2's
+    400 invalid_grant (RFC 6749 section 5.2), which libcloud raises as any bad request, its error word dropped: it
+    read "signing in ... failed (400)", not that the key was refused. libcloud makes that request from the key
+    alone, so a 400 there is the key's."""
+    from libcloud.common.google import GoogleBaseError
+
+    from .api_errors import AUTH, Fault, one_line
+    from .cloud_api import libcloud_fault
+
+    if isinstance(exc, GoogleBaseError) and exc.http_code == 400:
+        return Fault(AUTH, 400, one_line(exc.value))
+    return libcloud_fault(exc)
 
 
 def build(creds: Credentials, state_root: Path) -> GCEProvider:

@@ -156,6 +156,30 @@ def test_a_rejected_key_names_where_it_was_read(api: RecordedAPI, key_json: str,
     one_line_error(result, f"gce: service-account key ({source}) rejected (401) while listing instances")
 
 
+@pytest.mark.parametrize("cached", ["none", "expired"])
+def test_a_key_the_sign_in_refuses_is_reported_as_a_rejected_key(api: RecordedAPI, key_json: str, tmp_path: Path,
+                                                                 cached: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Google's token endpoint refuses a deleted key (or one signed by a machine whose clock is off) with OAuth2's 400
+    invalid_grant, not a 401: it read "signing in with the service account failed (400): Invalid JWT Signature.",
+    naming neither the key nor that it was refused. With an expired token cached by an earlier run, libcloud signed in
+    again inside the first call, and it read "listing instances failed (400)"."""
+    key = tmp_path / "key.json"
+    key.write_text(key_json)
+    key.chmod(0o600)
+    state = tmp_path / "state"
+    if cached == "expired":  # as libcloud caches a token (under --state-dir), an hour old
+        state.mkdir(mode=0o700)
+        (state / f".gce-token-{PROJECT}").write_text(json.dumps(
+            {"access_token": "ya29.old", "token_type": "Bearer", "expires_in": 3600, "expire_time": "2026-01-01T00:00:00Z"}))
+    api.routes.insert(0, ("POST", re.compile("/o/oauth2/token"),
+                          Answer(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})))
+    result = run_cli(capsys, "list", "--provider", "gce", "--access-token-file", str(key),
+                     "--api-url", api.url, "--state-dir", str(state))
+    one_line_error(result, f"gce: service-account key (--access-token-file {key}) rejected (400) while "
+                           "signing in with the service account: Invalid JWT Signature.; check them")
+    assert len(api.requests("POST", "/o/oauth2/token")) == 1
+
+
 def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api: RecordedAPI, key_json: str,
                                                                            tmp_path: Path) -> None:
     """An instance deleted in the console (or by a delete interrupted after the instance went) left its firewall
