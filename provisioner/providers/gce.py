@@ -10,6 +10,7 @@ endpoint and the Compute API elsewhere. Host ids are ``ZONE/NAME``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -122,7 +123,7 @@ class GCEProvider:
         with self._signing_in():
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
-                credential_file=str(state_root / f".gce-token-{self.project}"), timeout=timeout,
+                credential_file=str(state_root / token_cache_name(account)), timeout=timeout,
             )
         self._base = f"{COMPUTE}/projects/{self.project}"
 
@@ -261,6 +262,14 @@ class GCEProvider:
             detail=f"instance status {status!r}" + (f", ip {ip}" if ip else ", no public IP yet"),
             extra={"zone": zone},
         )
+
+
+def token_cache_name(account: dict[str, str]) -> str:
+    """Where libcloud keeps the token between runs: one file per key, not per project. Per project, a user who gave
+    another key (another account, or one with the permission the first lacked) went on using the first key's token
+    for up to an hour, and its 403s with it."""
+    key = hashlib.sha256(f"{account['client_email']}\n{account['private_key']}".encode()).hexdigest()[:16]
+    return f".gce-token-{account['project_id']}-{key}"
 
 
 def _sign_in_fault(exc: BaseException) -> Fault | None:

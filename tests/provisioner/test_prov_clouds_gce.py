@@ -9,8 +9,10 @@ OpenAPI one in a registry package, so Prism is not used here.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import urllib.parse
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +24,7 @@ from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.errors import NotFound, ProvisionError
 from inlets_py.provisioner.firewall import firewall_name
-from inlets_py.provisioner.providers.gce import KEY_ENV, GCEProvider, service_account
+from inlets_py.provisioner.providers.gce import KEY_ENV, GCEProvider, service_account, token_cache_name
 
 PROJECT = "project_name"  # the project libcloud's fixtures were recorded with
 PREFIX = f"/compute/v1/projects/{PROJECT}/"
@@ -169,7 +171,7 @@ def test_a_key_the_sign_in_refuses_is_reported_as_a_rejected_key(api: RecordedAP
     state = tmp_path / "state"
     if cached == "expired":  # as libcloud caches a token (under --state-dir), an hour old
         state.mkdir(mode=0o700)
-        (state / f".gce-token-{PROJECT}").write_text(json.dumps(
+        (state / token_cache_name(service_account(None, key_json))).write_text(json.dumps(
             {"access_token": "ya29.old", "token_type": "Bearer", "expires_in": 3600, "expire_time": "2026-01-01T00:00:00Z"}))
     api.routes.insert(0, ("POST", re.compile("/o/oauth2/token"),
                           Answer(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})))
@@ -178,6 +180,25 @@ def test_a_key_the_sign_in_refuses_is_reported_as_a_rejected_key(api: RecordedAP
     one_line_error(result, f"gce: service-account key (--access-token-file {key}) rejected (400) while "
                            "signing in with the service account: Invalid JWT Signature.; check them")
     assert len(api.requests("POST", "/o/oauth2/token")) == 1
+
+
+def test_another_key_signs_in_with_itself_not_the_token_the_last_one_left(api: RecordedAPI, key_json: str,
+                                                                          tmp_path: Path) -> None:
+    """libcloud keeps the token between runs in --state-dir; it was one file per project, so a second key (another
+    account, or one given the permission the first lacked) went on with the first key's token for up to an hour."""
+    def token_for(seen: Seen) -> Answer:  # the token names the account whose signed JWT asked for it
+        claims = urllib.parse.parse_qs(seen.raw.decode())["assertion"][0].split(".")[1]
+        email = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["iss"]
+        return Answer(200, {"access_token": f"ya29.{email}", "token_type": "Bearer", "expires_in": 3600})
+
+    api.routes.insert(0, ("POST", re.compile("/o/oauth2/token"), token_for))
+    other = json.loads(gce_service_account_key(PROJECT)) | {"client_email": f"other@{PROJECT}.iam.gserviceaccount.com"}
+    for key in (key_json, json.dumps(other), key_json):
+        provider(api, key, tmp_path).list()
+    assert [s.headers["Authorization"] for s in api.requests("GET", PREFIX + "aggregated/instances")] == [
+        f"Bearer ya29.inlets@{PROJECT}.iam.gserviceaccount.com", f"Bearer ya29.other@{PROJECT}.iam.gserviceaccount.com",
+        f"Bearer ya29.inlets@{PROJECT}.iam.gserviceaccount.com"]
+    assert len(api.requests("POST", "/o/oauth2/token")) == 2  # the first key's token was kept for its second run
 
 
 def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api: RecordedAPI, key_json: str,
