@@ -300,6 +300,8 @@ def _udp_families(counted: dict[int, Any], ports: dict) -> Iterator[Any]:
                                   labels=["port", "reason"])
     flows = GaugeMetricFamily("udp_dataplane_flows_gauge", "UDP flows (source addresses) open now.",
                               labels=["port"])
+    evicted = CounterMetricFamily("udp_dataplane_flows_evicted", "UDP flows never answered, ended for a new source "
+                                  "when the flows were at their bound.", labels=["port"])
     flows_now = {service.partition(":")[2]: len(udp.flows) for service, udp in list(ports.items())}
     for number, counters in sorted(counted.items()):
         port = str(number)
@@ -310,4 +312,5 @@ def _udp_families(counted: dict[int, Any], ports: dict) -> Iterator[Any]:
         for reason, count in list(counters.dropped.items()):
             dropped.add_metric([port, reason], count)
         flows.add_metric([port], flows_now.get(port, 0))
-    yield from (datagrams, volume, dropped, flows)
+        evicted.add_metric([port], counters.evicted)
+    yield from (datagrams, volume, dropped, flows, evicted)

@@ -3,7 +3,10 @@
 Datagram boundaries survive because the multiplexer delivers each DATA frame as one
 event. UDP has no backpressure, so nothing waits: a datagram that finds no credit
 (or a full tunnel) is dropped and counted, as a congested network would drop it.
-The server keeps a flow per source address, ended after ``idle_timeout`` of silence.
+The server keeps a flow per source address, ended after ``idle_timeout`` of silence. When a
+port's flows or a client's are at their bound, a new source takes the place of the oldest flow
+never answered, as Linux's conntrack drops unassured entries first: else a spray of sources (one
+host's ports, or forged ones) held every flow for a minute and every new user was refused.
 The client's side of a flow is client/udp_upstream.py.
 """
 
@@ -36,6 +39,7 @@ class UdpCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    evicted: int = 0  # flows never answered, ended for a new source (see UdpPort._evict)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -44,7 +48,7 @@ class UdpCounters:
 class _Flow:
     """One source address on the server: a stream to a client."""
 
-    __slots__ = ("port", "address", "local", "channel", "last_seen", "carried")
+    __slots__ = ("port", "address", "local", "channel", "last_seen", "carried", "answered")
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
@@ -55,6 +59,7 @@ class _Flow:
         self.channel: Channel | None = None
         self.last_seen = asyncio.get_running_loop().time()
         self.carried = 0  # datagrams put in the tunnel: all lost if the client refuses the flow
+        self.answered = False  # the upstream has sent something back: no longer the first to go for a new source
 
     # StreamHandler: datagrams coming back from the client's upstream
     def on_data(self, data: bytes | memoryview) -> None:
@@ -66,6 +71,10 @@ class _Flow:
         if self.channel is not None:
             self.channel.consumed(len(data))
         self.last_seen = asyncio.get_running_loop().time()
+        if not self.answered:
+            self.answered = True
+            if self.port.unanswered.get(self.address) is self:
+                del self.port.unanswered[self.address]
 
     def on_eof(self) -> None:  # no half-close for a flow: ended without a reset, its stream stayed open here
         self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
@@ -97,6 +106,7 @@ class UdpPort:
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.flows: dict[tuple, _Flow] = {}
+        self.unanswered: dict[tuple, _Flow] = {}  # the flows no answer came back on, oldest first
         self.counters = counters if counters is not None else UdpCounters()  # the server's, kept per port
         self.transport: UdpSocket | None = None
         self._sweeper: asyncio.Task | None = None
@@ -143,22 +153,31 @@ class UdpPort:
         if not self.allows((str(address[0]), int(address[1]))):
             self.counters.drop("source_not_allowed")
             return None
-        if len(self.flows) >= self.max_flows:
+        if len(self.flows) >= self.max_flows and not self._evict(lambda session: True):
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
         candidates = self.candidates(self.service)
-        # Half of a client's streams (--max-client-streams) at most, as the client keeps half of its --max-streams:
-        # else a flood of sources takes every stream and each TCP connection through that client is refused.
-        sessions = [s for s in candidates if s.udp_flows < max(1, s.mux.max_streams // 2)]
+        sessions = _with_room(candidates)
+        if candidates and not sessions and self._evict(lambda session: session in candidates):
+            sessions = _with_room(candidates)
         channel = open_on_first(sessions, self.service, flow) if sessions else "client_stream_limit"
         if isinstance(channel, str):  # why no client took it, as a TCP connection's refusal is counted
             self.counters.drop(channel)
             return None
         flow.channel = channel
         cast(Session, channel.session).udp_flows += 1
-        self.flows[address] = flow
+        self.flows[address] = self.unanswered[address] = flow
         return flow
+
+    def _evict(self, on: Callable[[object], bool]) -> bool:
+        """End the oldest flow never answered on a client ``on`` takes, for a new source; False when there is none."""
+        for flow in self.unanswered.values():
+            if flow.channel is not None and on(flow.channel.session):
+                self.end(flow, ResetCode.CANCEL, "UDP flow never answered, ended for a new source")
+                self.counters.evicted += 1
+                return True
+        return False
 
     def end_session(self, session: Session) -> None:
         """A client leaves (GOAWAY: it drains): its flows end now, and a source's next datagram opens one on
@@ -167,6 +186,8 @@ class UdpPort:
             self.end(flow, ResetCode.CANCEL, "client draining")
 
     def end(self, flow: _Flow, code: int = ResetCode.TIMEOUT, reason: str = "UDP flow idle", reset: bool = True) -> None:
+        if self.unanswered.get(flow.address) is flow:
+            del self.unanswered[flow.address]
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
             if flow.channel is not None:
@@ -181,3 +202,11 @@ class UdpPort:
             cutoff = loop.time() - self.idle_timeout
             for flow in [f for f in self.flows.values() if f.last_seen < cutoff]:
                 self.end(flow)
+
+
+def _with_room(candidates: list[Session]) -> list[Session]:
+    """The clients with room for a flow: half of a client's streams at most, by the lower of --max-client-streams
+    and the client's own --max-streams (its hello's), of which the client keeps half for TCP too; else a flood of
+    sources takes every stream and each TCP connection through that client is refused. Known here, a client's
+    bound lets a new source take a flow never answered (_evict) instead of the client refusing it."""
+    return [s for s in candidates if s.udp_flows < max(1, (s.mux.peer_max_streams or s.mux.max_streams) // 2)]

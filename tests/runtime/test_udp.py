@@ -17,7 +17,8 @@ import pytest
 from helpers.faults import BlockingOnWrap, rss_kib
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
-from helpers.tunnel import TlsFiles, control_url, free_port, run, udp_free_port, start_client, start_server, stop, until_connected
+from helpers.tunnel import (TlsFiles, control_url, echo_server, free_port, run, udp_free_port, start_client, start_server, stop,
+                            until_connected)
 
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.core.datagram import send_empty
@@ -224,7 +225,7 @@ def test_a_datagram_past_a_stream_limit_is_counted_as_dropped(tls: TlsFiles, tok
         await server.stop()
 
     run(scenario(server_limit=4, client_limit=1024))  # the server's --max-client-streams, half of it for UDP
-    run(scenario(server_limit=4096, client_limit=2))  # the client's --max-streams
+    run(scenario(server_limit=4096, client_limit=4))  # the client's --max-streams, of which it keeps half for TCP
 
 
 @pytest.mark.parametrize("server_limit, client_limit", [([], ["--max-streams", "64"]),
@@ -570,15 +571,23 @@ def test_drops_after_the_first_line_are_said_when_the_interval_is_up_not_at_the_
 
 def test_every_datagram_of_a_flow_the_client_refuses_is_counted_as_dropped(tls: TlsFiles, token: str) -> None:
     """Found by a review helper: a new source that sent 5 datagrams before the client's TOO_MANY_STREAMS reset came
-    back lost all 5 (each counted in udp_dataplane_datagrams_total{direction="in"}), but dropped_total said 1."""
+    back lost all 5 (each counted in udp_dataplane_datagrams_total{direction="in"}), but dropped_total said 1.
+    The client refuses a flow the server had room for when TCP users hold the rest of its --max-streams."""
     async def scenario() -> None:
-        echo = await udp_echo()
-        server, public, client, task = await udp_tunnel(tls, token, echo, max_streams=1)
+        echo, tcp_echo = await udp_echo(), await echo_server()
+        server = await start_server(tls, token)
+        public, tcp_public = udp_free_port(), free_port()
+        _, task = await start_client(control_url(server), token, tls, max_streams=4, mapping={
+            f"udp:{public}": Upstream("127.0.0.1", echo), tcp_public: Upstream("127.0.0.1", tcp_echo.sockets[0].getsockname()[1])})
         udp = server.udp_ports[f"udp:{public}"]
-        assert await ask(public, [b"first"], source="127.0.0.1") == [b"first"]  # takes the client's one stream
+        users = [await asyncio.open_connection("127.0.0.1", tcp_public) for _ in range(3)]  # 3 of the client's 4
+        for reader, writer in users:
+            writer.write(b"held")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+        assert await ask(public, [b"first"], source="127.0.0.1") == [b"first"]  # takes the client's fourth stream
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.2", 0))
-        for i in range(5):  # in one go: all sent on the flow before the client's refusal is back
+        for i in range(5):  # in one go: all sent on the flow (the server had room: 1 of 2) before the refusal is back
             sock.sendto(b"late %d" % i, ("127.0.0.1", public))
         for _ in range(100):  # bounded: 5 s
             if udp.counters.dropped:
@@ -588,8 +597,11 @@ def test_every_datagram_of_a_flow_the_client_refuses_is_counted_as_dropped(tls: 
         sock.close()
         assert udp.counters.datagrams_in == 6
         assert udp.counters.dropped == {"client_stream_limit": 5}
+        for _, writer in users:
+            writer.close()
         await stop(task)
         await server.stop()
+        tcp_echo.close()
 
     run(scenario())
 
@@ -841,6 +853,67 @@ def test_flows_past_the_ports_bound_are_dropped_and_counted(tls: TlsFiles, token
         assert udp.counters.dropped == {"too_many_flows": 1}
         await stop(task)
         await server.stop()
+
+    run(scenario())
+
+
+class AnswersHello(asyncio.DatagramProtocol):
+    """An upstream that answers only what its protocol asks ("hi ..."): junk from a spray of sources goes unanswered."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, address) -> None:
+        if data.startswith(b"hi"):
+            self.transport.sendto(data, address)
+
+
+async def spray(public: int, count: int, source: str = "127.0.0.2") -> None:
+    """One datagram of junk from each of ``count`` new source ports, as a host (or a forger) sprays a port."""
+    for i in range(count):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one:
+            one.bind((source, 0))
+            one.sendto(b"junk", ("127.0.0.1", public))
+        if i % 10 == 9:
+            await asyncio.sleep(0.01)  # let the server read them: a full socket buffer would drop, not test
+
+
+@pytest.mark.parametrize("bound", ["port", "client"])
+def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: TlsFiles, token: str, bound: str) -> None:
+    """A spray of sources (one host's source ports, or forged ones) held every flow of a port (``max_flows``) or of
+    its client (half its --max-streams) for their minute of idle timeout, and each new user's datagrams were dropped
+    the while. As Linux's conntrack drops unassured entries first, a new source now takes the place of the oldest
+    flow no answer came back on; answered flows are kept, and a source past those is still dropped and counted."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        upstream, _ = await loop.create_datagram_endpoint(AnswersHello, local_addr=("127.0.0.1", 0))
+        limits = {"max_streams": 8} if bound == "client" else {}  # the client's 8 streams: 4 UDP flows
+        server, public, client, task = await udp_tunnel(tls, token, upstream.get_extra_info("sockname")[1], **limits)
+        udp = server.udp_ports[f"udp:{public}"]
+        if bound == "port":
+            udp.max_flows = 4
+        try:
+            answered = await ask(public, [b"hi 1"], source="127.0.0.1")
+            await spray(public, 30)
+            for _ in range(100):  # bounded: 5 s
+                if udp.counters.evicted == 27:  # 3 flows held by the spray, each new one in the oldest's place
+                    break
+                await asyncio.sleep(0.05)
+            assert len(udp.flows) == 4 and udp.counters.evicted == 27, (len(udp.flows), udp.counters)
+            for n in (3, 4, 5):
+                answered += await ask(public, [b"hi %d" % n], source=f"127.0.0.{n}", timeout=2)
+            assert answered == [b"hi 1", b"hi 3", b"hi 4", b"hi 5"] and udp.counters.dropped == {}
+            with pytest.raises(asyncio.TimeoutError):  # every flow is answered: nothing to take the place of
+                await ask(public, [b"hi 6"], source="127.0.0.6", timeout=1)
+            reason = "too_many_flows" if bound == "port" else "client_stream_limit"
+            assert udp.counters.dropped == {reason: 1} and sorted(a[0] for a in udp.flows) == [
+                "127.0.0.1", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+            metrics = await asyncio.to_thread(get, parse_url(control_url(server)), "/metrics", ca_file=tls.ca, token=token)
+            assert f'udp_dataplane_flows_evicted_total{{port="{public}"}} 30.0' in metrics.body.splitlines()
+        finally:
+            await stop(task)
+            await server.stop()
+            upstream.close()
 
     run(scenario())
 
