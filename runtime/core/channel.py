@@ -15,6 +15,10 @@ from .mux import Multiplexer, ResetCode
 #: websocket drains: bounds memory across all streams, not just per stream.
 OUT_HIGH_WATER = 4 * 1024 * 1024
 OUT_LOW_WATER = 1024 * 1024
+#: Datagrams (UDP) waiting to be sent beyond this are dropped, whatever room the rest has: a UDP flood filled
+#: all of OUT_HIGH_WATER by itself, which stopped every TCP stream of the tunnel, and each TCP byte then waited
+#: behind 4 MiB of datagrams. A late datagram is worth less than a dropped one (what UDP's users expect).
+DATAGRAM_SHARE = 512 * 1024
 
 
 class StreamHandler(Protocol):
@@ -31,6 +35,7 @@ class ChannelOwner(Protocol):
     mux: Multiplexer
 
     def _write(self, channel: Channel, data: bytes | memoryview) -> int: ...
+    def _write_datagram(self, channel: Channel, data: bytes) -> bool: ...
     def _write_eof(self, channel: Channel) -> None: ...
     def _reset(self, channel: Channel, code: int, reason: str) -> None: ...
     def _consumed(self, channel: Channel, count: int) -> None: ...
@@ -56,16 +61,12 @@ class Channel:
         return self.session._write(self, data)
 
     def write_whole(self, data: bytes) -> bool:
-        """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went."""
+        """Queue all of ``data`` or none of it (a UDP datagram: a part of one is a corrupt one); whether it went.
+        None while the tunnel is congested (OUT_HIGH_WATER) or datagrams fill their share (DATAGRAM_SHARE)."""
         mux = self.session.mux
-        if not data:  # _write's count of 0 says nothing here: whether an empty datagram can go is asked first
-            if mux.buffered >= OUT_HIGH_WATER or not mux.is_open(self.stream_id):
-                return False
-            self.session._write(self, data)
-            return True
-        if len(data) > mux.send_window(self.stream_id):
+        if mux.buffered >= OUT_HIGH_WATER or mux.datagram_buffered >= DATAGRAM_SHARE:
             return False
-        return self.session._write(self, data) == len(data)
+        return self.session._write_datagram(self, data)
 
     def write_eof(self) -> None:
         self.session._write_eof(self)

@@ -176,6 +176,15 @@ class Multiplexer(FrameQueue):
         stream.send_window -= count
         return count
 
+    def send_datagram(self, stream_id: int, data: bytes) -> bool:
+        """Queue all of ``data`` in one DATA frame, or none of it (a part of a datagram is a corrupt one)."""
+        stream = self._local_stream(stream_id)
+        if stream.local_closed or len(data) > stream.send_window or len(data) > self.max_frame:
+            return False
+        self._queue_datagram(stream_id, data)
+        stream.send_window -= len(data)
+        return True
+
     def send_eof(self, stream_id: int) -> None:
         stream = self._local_stream(stream_id)
         if stream.local_closed:

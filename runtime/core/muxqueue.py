@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 
 from . import muxframe
-from .muxframe import _RESET, MAX_REASON, FrameType
+from .muxframe import _DATA, _RESET, MAX_REASON, FrameType
 
 #: Bound by assignment, not imported: CPython 3.11 compiles ``NAME.pack(...)`` on an imported NAME as an
 #: attribute load and a call, making a bound method per frame (see ``mux``).
@@ -23,6 +23,9 @@ DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
 #: Frames queued together share one message up to this size: a websocket message costs
 #: far more CPU than copying its bytes, so several streams' DATA frames travel together.
 COALESCE_LIMIT = 256 * 1024
+#: How a datagram's DATA frame is queued (``_queue_datagram``), so that ``datagram_buffered`` sees it leave; on
+#: the wire it is a DATA frame like any other.
+_DATAGRAM = -1
 
 
 class FrameQueue:
@@ -32,6 +35,7 @@ class FrameQueue:
         self._out: collections.deque[tuple[int, bytes, bytes | memoryview]] = collections.deque()  # (type, header, payload)
         self.buffered = 0  # bytes queued in _out
         self.control_buffered = 0  # of which control frames, bar OPEN (see the module docstring)
+        self.datagram_buffered = 0  # of which datagrams (UDP), which the glue keeps to a share (channel.py)
         self.max_control_backlog = max_control_backlog
         self._backlogged = False
 
@@ -57,7 +61,7 @@ class FrameQueue:
         if not out:
             return None
         pieces: list[bytes | memoryview] = []
-        size = control = 0
+        size = control = datagrams = 0
         while out:
             ftype, header, payload = out[0]
             frame_size = len(header) + len(payload)
@@ -70,8 +74,11 @@ class FrameQueue:
             size += frame_size
             if ftype not in _UNBOUNDED_TYPES:
                 control += frame_size
+            elif ftype == _DATAGRAM:
+                datagrams += frame_size
         self.buffered -= size
         self.control_buffered -= control
+        self.datagram_buffered -= datagrams
         if self._backlogged and self.control_buffered <= self.max_control_backlog // 2:
             self._backlogged = False
         return pieces, size
@@ -84,6 +91,13 @@ class FrameQueue:
     def _queue_reset(self, stream_id: int, code: int, reason: str) -> None:
         raw = reason.encode()[:MAX_REASON]
         self._queue(_RESET, stream_id, RESET_CODE.pack(code) + raw)
+
+    def _queue_datagram(self, stream_id: int, payload: bytes) -> None:
+        """Queue a datagram as one DATA frame, counted in ``datagram_buffered`` until it leaves."""
+        size = HEADER.size + len(payload)
+        self._out.append((_DATAGRAM, HEADER.pack(_DATA, stream_id, len(payload)), payload))
+        self.buffered += size
+        self.datagram_buffered += size
 
     def _queue(self, ftype: int, stream_id: int, payload: bytes | memoryview) -> None:
         """Queue a frame as its header and payload, joined only into the message that carries it."""
@@ -98,4 +112,4 @@ class FrameQueue:
 
 #: Frames outside ``control_buffered``: DATA is bounded by credit and the glue's high-water
 #: mark, our OPENs by whatever local policy opens streams (accepting data-plane connections).
-_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN)))
+_UNBOUNDED_TYPES = frozenset((int(FrameType.DATA), int(FrameType.OPEN), _DATAGRAM))

@@ -277,6 +277,17 @@ class Session(Keepalive):
             self._flush()
         return count
 
+    def _write_datagram(self, channel: Channel, data: bytes) -> bool:
+        try:
+            if not self.mux.send_datagram(channel.stream_id, data):
+                return False
+        except StreamError:
+            return False
+        channel.bytes_out += len(data)
+        self.bytes_out += len(data)
+        self._flush()
+        return True
+
     def _write_eof(self, channel: Channel) -> None:
         try:
             self.mux.send_eof(channel.stream_id)

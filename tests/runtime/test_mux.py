@@ -531,3 +531,27 @@ def test_acknowledge_grants_what_was_consumed_or_one_byte_and_nothing_after_fin(
     assert server.send_window(spoke) == 64 * 1024  # the 6 bytes back, no more
     assert server.send_data(idle, b"x" * (64 * 1024 + 1)) == 64 * 1024 + 1
     assert sum(len(e.data) for e in deliver(server, client)) == 64 * 1024 + 1  # within its window: no ProtocolError
+
+
+def test_a_datagram_goes_whole_in_one_data_frame_or_not_at_all_and_its_share_is_counted_until_it_leaves() -> None:
+    """``send_datagram`` (UDP): one DATA frame the peer reads as one event, nothing of it past the stream's credit or
+    max_frame (a part of a datagram is a corrupt one), and ``datagram_buffered`` counting it, beside ``buffered``,
+    until it is taken to be sent: the glue keeps datagrams to a share of what waits (channel.DATAGRAM_SHARE)."""
+    client, server = pair(window=4096, max_frame=2048)
+    sid = server.open_stream("udp:53")
+    deliver(server, client)
+    assert server.send_datagram(sid, b"a" * 1000) and server.send_datagram(sid, b"")
+    assert not server.send_datagram(sid, b"b" * 2049)  # past max_frame: not split
+    assert server.send_data(sid, b"tcp") == 3  # a stream's plain DATA is not a datagram's share
+    assert server.datagram_buffered == 2 * HEADER.size + 1000 and server.buffered == 3 * HEADER.size + 1003
+    assert not server.send_datagram(sid, b"c" * 3094)  # one byte past the credit left (4096 - 1003)
+    assert server.send_window(sid) == 3093
+    messages = server.data_to_send()
+    assert server.datagram_buffered == 0 == server.buffered
+    events = [event for message in messages for event in client.receive(message)]
+    assert events == [DataReceived(sid, b"a" * 1000), DataReceived(sid, b""), DataReceived(sid, b"tcp")]
+    server.send_eof(sid)
+    assert not server.send_datagram(sid, b"late")
+    server.reset_stream(sid)
+    with pytest.raises(StreamError):
+        server.send_datagram(sid, b"gone")

@@ -18,6 +18,7 @@ from helpers.faults import BlockingOnWrap, rss_kib
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import (TlsFiles, control_url, echo_server, free_port, run, udp_free_port, start_client, start_server, stop,
+                            wait_listening,
                             until_connected)
 
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
@@ -26,6 +27,7 @@ from inlets_py.runtime.core.probe import get, parse_url
 from inlets_py.runtime.core.tls import client_context
 from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
 from inlets_py.runtime.core.services import MAX_DATAGRAM
+from inlets_py.runtime.core.channel import DATAGRAM_SHARE, OUT_HIGH_WATER
 from inlets_py.runtime.client.udp_upstream import UdpUpstream
 
 
@@ -916,6 +918,64 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
             upstream.close()
 
     run(scenario())
+
+
+def test_a_udp_flood_into_a_congested_tunnel_leaves_tcp_room_to_move(tmp_path: Path, tls: TlsFiles, token: str,
+                                                                      token_file: Path) -> None:
+    """Datagrams queued for a tunnel that is not being read (a client stopped, or a link slower than the flood) were
+    bounded only by the session's 4 MiB for everything: a flood across 128 sources filled it by itself, which stops
+    every stream, so a TCP user's bytes on the same tunnel waited until the client had read 3 MiB of datagrams.
+    Datagrams now wait up to their share (DATAGRAM_SHARE) and are dropped past it; TCP's bytes are taken at once."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the flood's upstream: never answers
+    sink.bind(("127.0.0.1", 0))
+
+    async def scenario() -> None:
+        tcp_echo = await echo_server()
+        server = await start_server(tls, token)
+        public, tcp_public = udp_free_port(), free_port()
+        port = int(control_url(server).rsplit(":", 1)[1])
+        client = spawn(*client_args(port, tls, token_file, "--upstream", f"udp:{public}=127.0.0.1:{sink.getsockname()[1]}",
+                                    "--upstream", f"{tcp_public}=127.0.0.1:{tcp_echo.sockets[0].getsockname()[1]}"),
+                       log=tmp_path / "client.log")
+        try:
+            await wait_listening("127.0.0.1", tcp_public)
+            (session,) = server.control.clients
+            client.send_signal(signal.SIGSTOP)  # reads nothing more: the tunnel backs up into the server's queue
+            sources = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(128)]  # 32 MiB of first credit
+            deadline = time.monotonic() + 20
+            for round_ in range(240):  # 128 x 240 x 1,200 B: 37 MB, bounded in time too
+                for source in sources:
+                    source.sendto(b"u" * 1200, ("127.0.0.1", public))
+                await asyncio.sleep(0)  # the server, on this loop, reads them
+                if time.monotonic() > deadline:
+                    break
+            for source in sources:
+                source.close()
+            await asyncio.sleep(0.5)
+            udp = server.udp_ports[f"udp:{public}"]
+            assert udp.counters.dropped.get("congested", 0) > 0, udp.counters  # the flood went past what waits
+            queued = session.mux.buffered
+            assert session.mux.datagram_buffered < DATAGRAM_SHARE + MAX_DATAGRAM and queued < OUT_HIGH_WATER, queued
+            reader, writer = await asyncio.open_connection("127.0.0.1", tcp_public)
+            writer.write(b"t" * 65536)
+            for _ in range(100):  # bounded: 5 s
+                if session.mux.buffered >= queued + 65536:
+                    break
+                await asyncio.sleep(0.05)
+            assert session.mux.buffered >= queued + 65536, (queued, session.mux.buffered)  # taken, not held back
+            client.send_signal(signal.SIGCONT)
+            assert await asyncio.wait_for(reader.readexactly(65536), 20) == b"t" * 65536
+            writer.close()
+        finally:
+            client.send_signal(signal.SIGCONT)
+            assert await asyncio.to_thread(stop_all, client) == [0]
+            await server.stop()
+            tcp_echo.close()
+
+    try:
+        run(scenario(), 60)
+    finally:
+        sink.close()
 
 
 def test_allow_ips_bounds_udp_sources_on_a_dual_stack_port(tls: TlsFiles, token: str) -> None:
