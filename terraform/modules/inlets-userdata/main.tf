@@ -60,14 +60,19 @@ locals {
   le_ca = var.letsencrypt_ca == null ? null : join("", [
     for b in local.le_ca_blocks : "-----BEGIN CERTIFICATE-----\n${join("\n", regexall(".{1,64}", b))}\n-----END CERTIFICATE-----\n"
   ])
-  # where inletsctl parses each certificate, this reads the length its DER starts with (30 82 HH LL) off the
-  # base64: a block cut short (a partial copy and paste) holds fewer bytes than it says
+  # where inletsctl parses each certificate (and the server loads its own at boot), this reads the length its
+  # DER starts with (30 82 HH LL) off the base64: a block cut short (a partial copy and paste) holds fewer bytes
+  # than it says
   b64_digits = split("", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-  le_ca_whole = alltrue([for b in local.le_ca_blocks : try(
+  pem_blocks = {
+    letsencrypt_ca = local.le_ca_blocks
+    server_cert    = [for block in regexall("-----BEGIN (?:X509 )?CERTIFICATE-----([^-]*)-----END (?:X509 )?CERTIFICATE-----", var.server_cert) : replace(block[0], "/\\s+/", "")]
+  }
+  pem_whole = { for name, blocks in local.pem_blocks : name => alltrue([for b in blocks : try(
     4 + ((index(local.b64_digits, substr(b, 2, 1)) % 4) * 64 + index(local.b64_digits, substr(b, 3, 1))) * 256
     + index(local.b64_digits, substr(b, 4, 1)) * 4 + floor(index(local.b64_digits, substr(b, 5, 1)) / 16)
     == length(b) / 4 * 3 - length(regexall("=", b)), false
-  )])
+  )]) }
 
   service_unit = ["inlets.service", templatefile("${path.module}/templates/inlets.service.${local.unit_template}.tftpl", {
     control_port     = format("%d", var.control_port)

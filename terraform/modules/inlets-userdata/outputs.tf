@@ -60,8 +60,12 @@ output "user_data" {
     error_message = "The letsencrypt_ca is for a private CA's letsencrypt_issuer URL; ${var.letsencrypt_issuer} is verified with the system's CAs: drop letsencrypt_ca."
   }
   precondition {
-    condition     = local.le_ca_whole
+    condition     = local.pem_whole.letsencrypt_ca
     error_message = "A certificate in letsencrypt_ca is cut short or is not one (its base64 holds fewer or more bytes than its DER says): give the CA's whole PEM file, e.g. file(\"root_ca.crt\")."
+  }
+  precondition {
+    condition     = local.pem_whole.server_cert
+    error_message = "A certificate in server_cert is cut short or is not one (its base64 holds fewer or more bytes than its DER says), so the server would not start: give the whole PEM file, e.g. file(\"server.crt\")."
   }
   precondition {
     condition     = local.user_data_bytes <= var.limit

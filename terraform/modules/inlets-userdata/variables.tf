@@ -11,6 +11,7 @@ variable "mode" {
   description = "Tunnel mode: tcp (raw TCP ports) or http (Host-routed reverse proxy)."
   type        = string
   default     = "tcp"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = contains(["tcp", "http"], var.mode)
     error_message = "The mode must be tcp or http."
@@ -35,6 +36,7 @@ variable "domains" {
   description = "HTTP mode: host names the client serves (none: the client is the catch-all)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = alltrue([for d in var.domains : can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253])
     error_message = "Every domain must be a valid DNS name, such as example.com."
@@ -59,6 +61,7 @@ variable "control_port" {
   description = "The tunnel's control-plane (websocket) port."
   type        = number
   default     = 8123
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = var.control_port == floor(var.control_port) && var.control_port >= 1 && var.control_port <= 65535
     error_message = "The control_port must be a port from 1 to 65535."
@@ -74,8 +77,10 @@ variable "token" {
   type        = string
   sensitive   = true
   validation {
-    condition     = can(regex("^[!-~]{16,}$", var.token))
-    error_message = "The token must be at least 16 printable ASCII characters without spaces or line breaks."
+    # the server reads it from a token file, one per line, where a line starting with # is a comment and a
+    # token over 4096 characters is refused (runtime/core/auth.py): either stopped the server at boot
+    condition     = can(regex("^[!-\"$-~][!-~]{15,}$", var.token)) && try(length(var.token) <= 4096, false)
+    error_message = "The token must be 16 to 4096 printable ASCII characters without spaces or line breaks, not starting with # (which the server's token file reads as a comment), such as the 64 letters and digits inlets-secrets makes."
   }
 }
 
@@ -83,8 +88,13 @@ variable "server_cert" {
   description = "PEM certificate of the exit server, naming inlets-exit-server and signed by the CA the client pins (the CA itself stays with the client)."
   type        = string
   validation {
-    condition     = can(regex("-----BEGIN CERTIFICATE-----", var.server_cert))
-    error_message = "The server_cert must be a PEM certificate."
+    # the whole of each block, as the server's TLS loader needs it at boot (a header alone or a block cut short
+    # passed and stopped the server on the VM)
+    condition = try(length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----", var.server_cert)) > 0 && alltrue([
+      for block in regexall("-----BEGIN (?:X509 )?CERTIFICATE-----([^-]*)-----END (?:X509 )?CERTIFICATE-----", var.server_cert) :
+      can(regex("^MI[I-L][A-Za-z0-9+/]{5,}={0,2}$", replace(block[0], "/\\s+/", ""))) && length(replace(block[0], "/\\s+/", "")) % 4 == 0
+    ]) && length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----", var.server_cert)) == length(regexall("-----BEGIN (?:X509 )?CERTIFICATE-----[^-]*-----END (?:X509 )?CERTIFICATE-----", var.server_cert)), false)
+    error_message = "The server_cert must be the whole PEM certificate (-----BEGIN CERTIFICATE----- base64 -----END CERTIFICATE-----) naming inlets-exit-server: give its file, e.g. file(\"server.crt\")."
   }
 }
 
@@ -93,8 +103,13 @@ variable "server_key" {
   type        = string
   sensitive   = true
   validation {
-    condition     = can(regex("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.server_key))
-    error_message = "The server_key must be a PEM private key."
+    # one whole unencrypted key, as the server loads it at boot: it cannot type an encrypted key's pass phrase
+    # (an ENCRYPTED block, or a legacy Proc-Type header, whose text is not base64)
+    condition = try(length(regexall("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.server_key)) == 1 && length([
+      for block in regexall("-----BEGIN (?:RSA |EC |DSA )?PRIVATE KEY-----([^-]*)-----END (?:RSA |EC |DSA )?PRIVATE KEY-----", var.server_key) : block
+      if can(regex("^M[A-P][A-Za-z0-9+/]{2,}={0,2}$", replace(block[0], "/\\s+/", ""))) && length(replace(block[0], "/\\s+/", "")) % 4 == 0
+    ]) == 1, false)
+    error_message = "The server_key must be one whole unencrypted PEM private key (-----BEGIN PRIVATE KEY----- base64 -----END PRIVATE KEY-----): decrypt it with openssl pkey -in KEY -out server.key and give that file, e.g. file(\"server.key\")."
   }
 }
 
@@ -112,6 +127,7 @@ variable "wheel_delivery" {
   description = "How the VM gets the server wheel: embed (in the user-data), push (the user-data waits on the control port for the wheel, sent by terraform/tools/push_wheel.py, as inletsctl create does where the wheel does not fit, e.g. EC2's 16 KiB), or auto (inletsctl's own choice: embed where the user-data leaves 4 KiB of the limit unused, else push; output wheel.delivery says which, known once the token and certificates are). Default auto: no server wheel embedded fits DigitalOcean's 64 KiB (the default limit), so embed there fails at plan."
   type        = string
   default     = "auto"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = contains(["embed", "push", "auto"], var.wheel_delivery)
     error_message = "The wheel_delivery must be embed, push or auto."

@@ -2,9 +2,10 @@
 # comparison with inletsctl's rendering is tests/test_terraform.py (it needs Python).
 
 variables {
-  name        = "tftest"
-  token       = "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD"
-  server_cert = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+  name  = "tftest"
+  token = "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD"
+  # a real certificate (the step-ca root below): plan checks its DER length, as the server loads it at boot
+  server_cert = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\nDr8GoFP+jjuITMYyZlbXfTQCIBXWSfG7kvddtrze5KrY8AlGL1Y5qOEzQUym74tx\n7PhW\n-----END CERTIFICATE-----\n"
   server_key  = "-----BEGIN PRIVATE KEY-----\nMIGHfake\n-----END PRIVATE KEY-----\n"
   limit       = 262144 # GCE's: no embedded server wheel fits DigitalOcean's 64 KiB any more (its module pushes it)
 }
@@ -27,7 +28,7 @@ run "tcp_defaults" {
     error_message = "No ttl, no expiry timer."
   }
   assert {
-    condition     = strcontains(output.user_data, "      -----BEGIN CERTIFICATE-----\n      MIIBfake\n      -----END CERTIFICATE-----\n  - path: /etc/inlets/server.key")
+    condition     = strcontains(output.user_data, "      -----BEGIN CERTIFICATE-----\n      MIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\n      HDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\n") && strcontains(output.user_data, "      7PhW\n      -----END CERTIFICATE-----\n  - path: /etc/inlets/server.key")
     error_message = "The certificate must be indented into its block scalar."
   }
   assert {
@@ -787,5 +788,87 @@ run "http_port_defaults_to_80_in_http_mode" {
   assert {
     condition     = output.http_port == 80 && output.firewall_ports == [80, 443, 8123] && strcontains(output.user_data, " --port 80\n")
     error_message = "Left null, http_port is 80 in mode http, as inletsctl's --http-port."
+  }
+}
+
+# Null, as a wrapper module passes an input it leaves unset, is the input's default (nullable = false): it
+# stopped plan with Terraform's "argument must not be null" or "Iteration over null value" inside a validation.
+run "takes_null_as_the_default" {
+  command = plan
+  variables {
+    mode           = null
+    domains        = null
+    control_port   = null
+    wheel_delivery = null
+  }
+  assert {
+    condition     = strcontains(output.user_data, "inlets tcp server --control-port 8123 ") && output.wheel.delivery == "embed"
+    error_message = "Null mode, domains, control_port and wheel_delivery are tcp, none, 8123 and auto."
+  }
+}
+
+# The server reads the token from /etc/inlets/token, one per line: a line starting with # is a comment ("token
+# file holds no token") and a token over 4096 characters is refused, so either stopped the server at boot.
+run "rejects_a_token_the_token_file_reads_as_a_comment" {
+  command = plan
+  variables {
+    token = "#0123456789abcdefABCDEF"
+  }
+  expect_failures = [var.token]
+}
+
+run "rejects_a_token_longer_than_the_server_takes" {
+  command = plan
+  variables {
+    token = format("a%04096d", 1) # 4097 characters
+  }
+  expect_failures = [var.token]
+}
+
+run "takes_a_token_of_4096_characters" {
+  command = plan
+  variables {
+    token = format("a%04095d", 1)
+  }
+}
+
+# The server loads its certificate and key at boot ("cannot load TLS certificate", "the key is encrypted"):
+# a header alone, a block cut short or an encrypted key passed plan and left a VM whose server never started.
+run "rejects_a_server_cert_that_is_a_header_alone" {
+  command = plan
+  variables {
+    server_cert = "-----BEGIN CERTIFICATE-----\n"
+  }
+  expect_failures = [var.server_cert]
+}
+
+run "rejects_a_server_cert_cut_short" {
+  command = plan
+  variables {
+    server_cert = "-----BEGIN CERTIFICATE-----\nMIIBfzCCASWgAwIBAgIUYsy1L/MvhlA63CxVxHP7WP39Ia0wCgYIKoZIzj0EAwIw\nHDEaMBgGA1UEAwwRaW5sZXRzIENBIHN0ZXAtY2EwHhcNMjYxMjA0MjMzMTI5WhcN\nMzYxMjAxMjMzMTI5WjAcMRowGAYDVQQDDBFpbmxldHMgQ0Egc3RlcC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABGZ9p5xPobfCoAscAOK1k54R+/7Pxl5sIywN\nkoF/Dbeq/dVbvT9lg+PMpT6WPMQKUS9Qzj4sBysdH+kayCefSE6jRTBDMBIGA1Ud\nEwEB/wQIMAYBAf8CAQAwDgYDVR0PAQH/BAQDAgGGMB0GA1UdDgQWBBR2HXrk/Wfd\nEwto/jRYp1UC4MRuRjAKBggqhkjOPQQDAgNIADBFAiEA3EiAobK3RAAl/0LFOhkC\n-----END CERTIFICATE-----\n"
+  }
+  expect_failures = [output.user_data]
+}
+
+run "rejects_an_encrypted_server_key" {
+  command = plan
+  variables {
+    server_key = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsfake\n-----END ENCRYPTED PRIVATE KEY-----\n"
+  }
+  expect_failures = [var.server_key]
+}
+
+run "rejects_a_server_key_encrypted_the_old_way" {
+  command = plan
+  variables {
+    server_key = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,34934EB3F97E0AB3B30247E924F048D9\n\nMIICfake\n-----END RSA PRIVATE KEY-----\n"
+  }
+  expect_failures = [var.server_key]
+}
+
+run "takes_an_ec_key_after_its_parameters" {
+  command = plan
+  variables {
+    server_key = "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n-----BEGIN EC PRIVATE KEY-----\nMHcCfake\n-----END EC PRIVATE KEY-----\n"
   }
 }
