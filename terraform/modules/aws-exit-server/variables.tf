@@ -11,6 +11,7 @@ variable "mode" {
   description = "Tunnel mode: tcp or http."
   type        = string
   default     = "tcp"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "ports" {
@@ -23,6 +24,7 @@ variable "domains" {
   description = "HTTP mode: domains the client serves (none: catch-all)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "http_port" {
@@ -35,6 +37,7 @@ variable "control_port" {
   description = "The control-plane port."
   type        = number
   default     = 8123
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "letsencrypt" {
@@ -53,6 +56,7 @@ variable "letsencrypt_issuer" {
   description = "prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL."
   type        = string
   default     = "prod"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "letsencrypt_ca" {
@@ -206,16 +210,24 @@ variable "deliver_wheel" {
   description = "Send the server wheel from here when the instance is up (false: send it yourself with terraform/tools/push_wheel.py, e.g. from a host that can reach the instance)."
   type        = bool
   default     = true
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "python" {
   description = "The Python 3 that runs terraform/tools/push_wheel.py here (the standard library is enough)."
   type        = string
   default     = "python3"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "push_timeout" {
   description = "Seconds to wait for the instance to take the server wheel."
   type        = number
   default     = 900
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # push_wheel.py gave up at once on 0 or less: apply made the instance, then failed, the wheel not sent
+    condition     = var.push_timeout > 0
+    error_message = "The push_timeout must be a positive number of seconds, such as 900: how long apply waits for the instance to take the server wheel."
+  }
 }

@@ -86,3 +86,29 @@ run "takes_no_network_when_you_add_the_rules" {
     error_message = "With deliver_wheel = false the rules may be yours to add to security_group_id."
   }
 }
+
+# Null, as a wrapper module passes an input it leaves unset, is the input's default: it stopped plan with
+# Terraform's "argument must not be null" (mode, control_port, deliver_wheel) or "Iteration over null value".
+run "takes_null_as_the_default" {
+  command = plan
+  variables {
+    mode          = null
+    domains       = null
+    control_port  = null
+    deliver_wheel = null
+    push_timeout  = null
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.tunnel) == 3 && length(terraform_data.runtime) == 1 && aws_instance.exit_server.tags["inlets-mode"] == "tcp"
+    error_message = "Null mode, domains, control_port and deliver_wheel are tcp, none, 8123 and true."
+  }
+}
+
+# inletsctl refuses --timeout 0; here apply made the instance, then push_wheel.py gave up at once.
+run "rejects_a_push_timeout_of_zero" {
+  command = plan
+  variables {
+    push_timeout = 0
+  }
+  expect_failures = [var.push_timeout]
+}
