@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatu
 
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome
-from ..core.hosts import HostError, authority, split_url
+from ..core.hosts import HostError, authority, split_url, tls_name
 from ..core.mux import DEFAULT_WINDOW
 from ..core.ports import url_port
 from ..core.wsflow import BoundedReplies
@@ -105,10 +105,7 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
     host, port = parts.hostname or "", url_port(parts, 443 if parts.scheme == "wss" else 80)
     if ws_url.startswith("wss://"):
         kwargs["ssl"] = cfg.ssl_context or ssl.create_default_context()
-        if cfg.server_name:
-            kwargs["server_hostname"] = cfg.server_name
-        elif "%" in host:  # fe80::1%eth0: the zone names this host's link, which no certificate can; curl drops it too
-            kwargs["server_hostname"] = host.partition("%")[0]
+        kwargs["server_hostname"] = tls_name(cfg.server_name or host)
     try:
         if not proxy.url:  # dialled here, an address too: a timeout then says which step got no answer
             kwargs["sock"] = await _dial(host, port, cfg.open_timeout)

@@ -42,6 +42,13 @@ def canonical_ipv6(host: str) -> str:
         return host
 
 
+def tls_name(host: str) -> str:
+    """The name a server's certificate is checked for (and sent as SNI): ``host`` without a link-local zone
+    (``fe80::1%eth0``) or a final dot (``example.com.``, a fully qualified name), which no certificate names; curl
+    and browsers drop both too (RFC 6066 3: SNI carries no final dot)."""
+    return host.partition("%")[0].rstrip(".") or host
+
+
 def unmapped_address(address: IPAddress) -> IPAddress:
     """An IPv4-mapped address (``::ffff:127.0.0.1``, what a dual-stack socket sees of an IPv4 peer) as the IPv4
     address it is; any other as it is."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .hosts import HostError, authority, split_url
+from .hosts import HostError, authority, split_url, tls_name
 from .ports import url_port
 from .tls import client_context, verify_failure
 
@@ -136,7 +136,7 @@ def get(
     try:
         try:
             if endpoint.tls:
-                sock = client_context(ca_file).wrap_socket(raw, server_hostname=name)
+                sock = client_context(ca_file).wrap_socket(raw, server_hostname=tls_name(name))
             host_header = f"[{name}]" if ":" in name else name
             request = f"{method} {endpoint.prefix}{path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nUser-Agent: inlets\r\n"
             if token:
