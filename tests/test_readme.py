@@ -156,7 +156,7 @@ def test_the_http_servers_help_gives_the_readmes_metrics_command() -> None:
     """The help's example once left out the CA (--auto-tls's is private: curl refused the certificate) and used a
     $TOKEN nothing had set, where the README's command works as printed."""
     text = README.read_text()
-    metrics = re.search(r"### Metrics\n\n    (curl .*)\n", text)[1]  # type: ignore[index]
+    metrics = re.search(r"### Metrics\n\n    (.*curl .*)\n", text)[1]  # type: ignore[index]
     result = subprocess.run([str(BIN / "inlets"), "http", "server", "--help"], capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "1000"}, timeout=20)
     assert result.returncode == 0 and metrics in " ".join(result.stdout.split()), (metrics, result.stdout)
@@ -179,20 +179,30 @@ def _create_local(shell: Shell) -> tuple[str, re.Match]:
 def test_the_metrics_curl_for_an_inletsctl_server_works_as_printed(tmp_path: Path) -> None:
     """The README's only curl for /metrics named the server by its address, which an inletsctl server's
     certificate does not carry (it names inlets-exit-server): curl said "no alternative certificate subject name
-    matches target host name" (exit 60). The README now gives such a server's own command; it works as printed."""
+    matches target host name" (exit 60). The README now gives such a server's own command; it works as printed.
+    Both once put the token in curl's arguments (``-H "Authorization: Bearer $(cat token.txt)"``), which ``ps``
+    shows to every user of the machine; curl now reads the header from stdin (``-H @-``)."""
     _need("curl")
     shell = Shell(tmp_path)
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{tmp_path}/curl-argv"\nexec {shutil.which("curl")} "$@"\n')
+    (shim / "curl").chmod(0o755)
+    shell.env["PATH"] = f"{shim}{os.pathsep}{shell.env['PATH']}"
     name = None
     try:
         name, made = _create_local(shell)
         code, out = shell.run(f"cp {made[2]} token.txt && cp {made[3]} ca.crt")
         assert code == 0, out
         shell.values.update({"8123": made[1], "203.0.113.10": "127.0.0.1"})
-        by_address = re.search(r"### Metrics\n\n    (curl .*)\n", README.read_text())[1]  # type: ignore[index]
-        code, out = shell.run(f"curl -sS {by_address[len('curl '):]}")
+        by_address = re.search(r"### Metrics\n\n    (.*curl .*)\n", README.read_text())[1]  # type: ignore[index]
+        code, out = shell.run(by_address.replace("curl ", "curl -sS ", 1))
         assert code == 60 and "127.0.0.1" in out, out  # why the README needs a second command
-        code, out = shell.run(f"curl -sS {block('metrics-curl-inletsctl').strip()[len('curl '):]}")
+        code, out = shell.run(block("metrics-curl-inletsctl").replace("curl ", "curl -sS ", 1))
         assert code == 0 and "\ntcp_controlplane_connected_gauge " in out, out
+        token = (tmp_path / "token.txt").read_text().strip()
+        argv = (tmp_path / "curl-argv").read_text()
+        assert "https://inlets-exit-server:" in argv and token not in argv, argv
     finally:
         if name is not None:
             shell.run(f"inletsctl delete {name}")

@@ -90,7 +90,8 @@ def http_server(
     renewed while running), and --port answers HTTP-01 challenges and redirects its domains to https.
 
     Example: inlets http server --port 8000 --auto-tls --auto-tls-san 203.0.113.10 --token-file token.txt
-    (metrics: curl --cacert ca.crt -H "Authorization: Bearer $(cat token.txt)" https://203.0.113.10:8123/metrics)
+    (metrics: printf 'Authorization: Bearer %s\\n' "$(cat token.txt)" | curl --cacert ca.crt -H @-
+    https://203.0.113.10:8123/metrics)
     """
     maybe_generate(generate, ["http", "server"], replicas, flags=locals())
     handoff.start("http_server", locals())  # run in the process that never loaded typer
