@@ -15,7 +15,7 @@ from ..client.proxy_dial import dialer_for
 from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.jsonload import RepeatedKey, loads as load_json
-from ..core.probe import ProbeError, get, parse_url
+from ..core.probe import ProbeError, Unreachable, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
 from .client_config import PROXY_INSTEAD, proxy_password_from, proxy_setting
@@ -114,6 +114,9 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
                      deadline=timeout, dial=dial)
     except TlsConfigError as exc:
         fail(f"{where}{exc}")
+    except Unreachable as exc:  # through a proxy, its own words name the proxy instead
+        hint = "" if dial else ": check that the server is running and that --url names its control port (8123 unless set)"
+        raise _Unanswered(f"{where}{exc}{hint}")
     except ProbeError as exc:
         raise _Unanswered(f"{where}{exc}")
     if answer.status == 401:

@@ -221,3 +221,15 @@ def test_a_port_that_echoes_what_it_is_sent_is_not_http_in_words(token_file: Pat
         line = status_line(f"ws://127.0.0.1:{port}", token_file)
         echo.join(10)
     assert line == f"inlets: error: 127.0.0.1:{port} does not answer HTTP: is {port} the server's control port?"
+
+
+def test_a_server_not_running_is_said_with_what_to_check(token_file: Path) -> None:
+    """Found by the README walk: a server not started (or a mistyped port) got "cannot reach 127.0.0.1:PORT:
+    Connection refused", which said what failed but not what to do; the line now says what to check."""
+    closed = free_port()
+    line = status_line(f"wss://127.0.0.1:{closed}", token_file)
+    assert line == (f"inlets: error: cannot reach 127.0.0.1:{closed}: Connection refused: check that the server is "
+                    "running and that --url names its control port (8123 unless set)"), line
+    both = inlets("status", "--url", f"wss://127.0.0.1:{closed}", "--url", f"wss://127.0.0.1:{free_port()}",
+                  "--token-file", str(token_file), "--timeout", "3")
+    assert both.returncode == 1 and both.stderr.count("check that the server is running") == 2, both.stderr
