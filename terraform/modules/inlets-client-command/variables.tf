@@ -11,6 +11,7 @@ variable "mode" {
   description = "Tunnel mode: tcp or http."
   type        = string
   default     = "tcp"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = contains(["tcp", "http"], var.mode)
     error_message = "The mode must be tcp or http."
@@ -21,6 +22,7 @@ variable "ports" {
   description = "TCP mode: the data ports the client serves."
   type        = list(number)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
     error_message = "The ports must be distinct whole numbers from 1 to 65535, as the client's --ports."
@@ -31,6 +33,7 @@ variable "domains" {
   description = "HTTP mode: the domains the client serves (none: catch-all)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = alltrue([for d in var.domains : can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253])
     error_message = "Every domain must be a valid DNS name, such as example.com."
@@ -41,6 +44,7 @@ variable "control_port" {
   description = "The control-plane port."
   type        = number
   default     = 8123
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
     condition     = var.control_port == floor(var.control_port) && var.control_port >= 1 && var.control_port <= 65535
     error_message = "The control_port must be a port from 1 to 65535."
@@ -61,16 +65,24 @@ variable "token_file" {
   description = "Where the client reads the token (the README writes it with terraform output -raw token)."
   type        = string
   default     = "inlets-token"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # "" was printed as --token-file '', which the client reads as the current folder
+    condition     = var.token_file != ""
+    error_message = "The token_file is empty: give the path of the file the client reads the token from, such as inlets-token."
+  }
 }
 
 variable "ca_file" {
   description = "Where the client reads the CA certificate it pins."
   type        = string
   default     = "inlets-ca.crt"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "inlets" {
   description = "The inlets command."
   type        = string
   default     = "inlets"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }

@@ -213,3 +213,47 @@ run "takes_a_bracketed_ipv6_tcp_upstream" {
     error_message = "Got: ${output.command}"
   }
 }
+
+# Null, as a wrapper module passes an input it leaves unset, is the input's default: null mode and
+# control_port stopped plan inside a validation with Terraform's "argument must not be null".
+run "takes_null_as_the_default" {
+  command = plan
+  variables {
+    host         = "203.0.113.10"
+    ports        = [80]
+    mode         = null
+    domains      = null
+    control_port = null
+    token_file   = null
+    ca_file      = null
+    inlets       = null
+  }
+  assert {
+    condition     = output.command == "inlets tcp client --url wss://203.0.113.10:8123 --token-file inlets-token --tls-ca inlets-ca.crt --tls-server-name inlets-exit-server --upstream 127.0.0.1 --ports 80"
+    error_message = "Got: ${output.command}"
+  }
+}
+
+run "takes_null_ports_as_none" {
+  command = plan
+  variables {
+    host  = "203.0.113.10"
+    mode  = "http"
+    ports = null
+  }
+  assert {
+    condition     = endswith(output.command, "--upstream http://127.0.0.1:8080")
+    error_message = "Got: ${output.command}"
+  }
+}
+
+# An empty token_file was printed as --token-file '', which the client reads as the current folder.
+run "rejects_an_empty_token_file" {
+  command = plan
+  variables {
+    host       = "203.0.113.10"
+    ports      = [80]
+    token_file = ""
+  }
+  expect_failures = [var.token_file]
+}
