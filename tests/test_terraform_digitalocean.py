@@ -117,6 +117,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "open_ports": ("${module.exit.open_ports}", False),
         })
         results[mode]["pushed"] = log.read_text() if log.exists() else None
+        results[mode]["root"] = ws / f"root-{mode}"  # initialised: later plans of other inputs need no init
     return results
 
 
@@ -165,6 +166,34 @@ def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict
         runtime = tfh.RUNTIME[tfh.runtime_name(inletsctl_spec(mode))]
         assert wheel_digest.split()[0] == hashlib.sha256(runtime["wheel_xz_base64"].encode()).hexdigest()
         assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
+
+
+#: every input with a default other than null: null, as a wrapper module passes an input it leaves unset, is that default
+DEFAULTED = ["region", "size", "image", "ssh_keys", "mode", "domains", "control_port", "letsencrypt_issuer", "wheel_delivery",
+             "deliver_wheel", "python", "push_timeout", "client_token_file", "client_ca_file", "tags"]
+
+
+def test_null_inputs_take_the_default_and_a_push_timeout_must_be_positive(applied: dict[str, Any]) -> None:
+    """Null inputs stopped plan with Terraform's "argument must not be null"; push_timeout 0 or less passed plan,
+    then apply made the droplet and push_wheel.py gave up at once (inletsctl refuses --timeout 0). Planned in the
+    applied TCP root (default inputs but ports, python and push_timeout, which only the push step reads)."""
+    root = applied["tcp"]["root"]
+    config_file = root / "main.tf.json"
+    applied_config = config_file.read_text()
+    config = json.loads(applied_config)
+    try:
+        config["module"]["exit"].update(dict.fromkeys(DEFAULTED))
+        config_file.write_text(json.dumps(config, indent=1))
+        proc = tfh.tf(root, "plan", "-input=false", "-detailed-exitcode", check=False)
+        assert proc.returncode == 0, f"null inputs are not the defaults the droplet was made with:\n{proc.stdout}{proc.stderr}"
+        for timeout in (0, -5):
+            config["module"]["exit"]["push_timeout"] = timeout
+            config_file.write_text(json.dumps(config, indent=1))
+            proc = tfh.tf(root, "plan", "-input=false", check=False)
+            assert proc.returncode == 1 and "The push_timeout must be a positive number of seconds" in proc.stderr, (
+                f"push_timeout {timeout}:\n{proc.stdout}{proc.stderr}")
+    finally:
+        config_file.write_text(applied_config)
 
 
 def test_a_ttl_set_later_counts_from_the_new_droplet(tmp_path: Path) -> None:

@@ -11,30 +11,35 @@ variable "region" {
   description = "DigitalOcean region slug."
   type        = string
   default     = "lon1"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "size" {
   description = "Droplet size slug."
   type        = string
   default     = "s-1vcpu-1gb"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "image" {
   description = "Droplet image slug (a current Ubuntu LTS, as inletsctl)."
   type        = string
   default     = "ubuntu-24-04-x64"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "ssh_keys" {
   description = "SSH key IDs or fingerprints to install (optional; the tunnel needs none)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "mode" {
   description = "Tunnel mode: tcp or http."
   type        = string
   default     = "tcp"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "ports" {
@@ -47,6 +52,7 @@ variable "domains" {
   description = "HTTP mode: domains the client serves (none: catch-all)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "http_port" {
@@ -59,6 +65,7 @@ variable "control_port" {
   description = "The control-plane port."
   type        = number
   default     = 8123
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "letsencrypt" {
@@ -77,6 +84,7 @@ variable "letsencrypt_issuer" {
   description = "prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL."
   type        = string
   default     = "prod"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "letsencrypt_ca" {
@@ -125,24 +133,33 @@ variable "wheel_delivery" {
   description = "How the droplet gets the server wheel: auto (as inletsctl: in the user-data where it fits DigitalOcean's 64 KiB with 4 KiB to spare, else sent from here once the droplet is up), embed or push."
   type        = string
   default     = "auto"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "deliver_wheel" {
   description = "Send the server wheel from here when it is pushed (false: send it yourself with terraform/tools/push_wheel.py, e.g. from a host that can reach the droplet)."
   type        = bool
   default     = true
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "python" {
   description = "The Python 3 that runs terraform/tools/push_wheel.py here when the wheel is pushed (the standard library is enough)."
   type        = string
   default     = "python3"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "push_timeout" {
   description = "Seconds to wait for the droplet to take a pushed server wheel."
   type        = number
   default     = 900
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # push_wheel.py gave up at once on 0 or less: apply made the droplet, then failed, the wheel not sent
+    condition     = var.push_timeout > 0
+    error_message = "The push_timeout must be a positive number of seconds, such as 900: how long apply waits for the droplet to take the server wheel."
+  }
 }
 
 variable "token" {
@@ -175,16 +192,19 @@ variable "client_token_file" {
   description = "Path of the token file in the printed client command."
   type        = string
   default     = "inlets-token"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "client_ca_file" {
   description = "Path of the CA file in the printed client command."
   type        = string
   default     = "inlets-ca.crt"
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
 
 variable "tags" {
   description = "Extra droplet tags (the inlets tags are always set)."
   type        = list(string)
   default     = []
+  nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
 }
