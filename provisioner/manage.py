@@ -15,7 +15,7 @@ from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
 from .names import check_name
-from .state import Damaged, ServerState, all_states, damage, delete_command, scan
+from .state import Damaged, ServerState, all_states, damage, delete_command, not_here, scan
 from .status import as_failed, check_serves, connect, named, serves_another
 from .wait import Progress, wait_until_gone
 
@@ -53,7 +53,7 @@ def delete(
                 return _remove_damaged(damaged)
             provider_name = "local"  # found below by name, stopped, then its damaged state removed
         if meta is None and provider_name is None:
-            raise NotFound(f"no exit server named {name!r} in {root} (to delete one made elsewhere add --provider)")
+            raise not_here(name, root, "to delete one made elsewhere add --provider")
     if provider_name is None:
         if meta is None:
             raise ProvisionError("--id and --ip need --provider")

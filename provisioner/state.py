@@ -179,7 +179,7 @@ class ServerState:
             meta = json.loads(_read_regular(self.dir / METADATA))
         except (FileNotFoundError, NotADirectoryError):
             if not self.dir.is_dir():
-                raise NotFound(f"no exit server named {self.name!r} in {self.root}") from None
+                raise not_here(self.name, self.root) from None
             raise Damaged(self, "is missing") from None
         except PermissionError as exc:  # the state is likely fine, only its mode is not: say how to fix that first
             raise Damaged(self, f"cannot be read ({os_words(exc)})",
@@ -316,6 +316,12 @@ def _read_regular(path: Path) -> bytes:
 def delete_command(name: str, root: Path) -> str:
     """``inletsctl delete NAME``, naming the state folder when it is not the default one."""
     return inletsctl_command("delete", name, root)
+
+
+def not_here(name: str, root: Path, elsewhere: str = "") -> NotFound:
+    """No state of exit server ``name`` in ``root``; ``elsewhere`` says how ``delete`` or ``status`` reaches one made
+    on another machine, with another --state-dir or by Terraform, which this state cannot know of."""
+    return NotFound(f"no exit server named {name!r} in {root}" + (f" ({elsewhere})" if elsewhere else ""))
 
 
 def inletsctl_command(verb: str, name: str, root: Path) -> str:

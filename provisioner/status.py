@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,9 +16,10 @@ from .errors import (
     STATE_STOPPED, STATE_UNREACHABLE, NotFound, ProvisionError, StatusFailed,
 )
 from .names import check_name
+from .output import command_word
 from .providers import Credentials, make, registry
 from .providers.base import FAILED, Host, Provisioner
-from .state import Damaged, ServerState, delete_command
+from .state import Damaged, ServerState, delete_command, not_here
 from .wait import status_json
 
 
@@ -60,8 +62,9 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     try:
         state = ServerState(root, check_name(name))
         meta = state.load()
-    except NotFound as exc:
-        raise StatusFailed(str(exc), STATE_NOT_FOUND) from None
+    except NotFound:  # status has no --provider, as delete has: list --provider sees one made elsewhere
+        see = f"to see one made elsewhere run {shlex.quote(command_word('inletsctl'))} list --provider PROVIDER"
+        raise StatusFailed(str(not_here(name, root, see)), STATE_NOT_FOUND) from None
     except Damaged as exc:
         raise StatusFailed(str(exc), STATE_DAMAGED, {"provider": exc.provider} if exc.provider else None) from None
     except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read

@@ -168,8 +168,11 @@ def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) ->
     state = str(tmp_path / "state")
     one_line_error(run_inletsctl("create", "--timeout", "soon", "--state-dir", state), "--timeout")
     one_line_error(run_inletsctl("create", "--no-such-flag", "--state-dir", state), "No such option")
-    one_line_error(run_inletsctl("status", "ghost", "--state-dir", state), "no exit server named 'ghost'")
-    one_line_error(run_inletsctl("delete", "ghost", "--state-dir", state), "no exit server named 'ghost'")
+    # each says what to do about one made elsewhere (status has no --provider: list has)
+    one_line_error(run_inletsctl("status", "ghost", "--state-dir", state),
+                   f"no exit server named 'ghost' in {state} (to see one made elsewhere run inletsctl list --provider PROVIDER)")
+    one_line_error(run_inletsctl("delete", "ghost", "--state-dir", state),
+                   f"no exit server named 'ghost' in {state} (to delete one made elsewhere add --provider)")
     one_line_error(run_inletsctl("delete", "--state-dir", state), "exactly one of NAME, --id ID or --ip IP")
     bare = run_inletsctl()
     assert bare.code != 0 and "create" in bare.err + bare.out and "Traceback" not in bare.err
