@@ -65,4 +65,6 @@ def refuse_foreign(ctx: typer.Context, provider: str) -> None:
     for name, flag in typed(ctx).items():
         names = readers(name)
         if names is not None and provider not in names:
-            raise ProvisionError(f"{flag} does not apply to --provider {provider}: it is for {', '.join(names)}")
+            # --port (ssh's SSH port) beside --ports: given to another provider it most likely meant the data ports
+            meant = " (the SSH port); did you mean --ports (the data ports)?" if name == "ssh_port" else ""
+            raise ProvisionError(f"{flag} does not apply to --provider {provider}: it is for {', '.join(names)}{meant}")

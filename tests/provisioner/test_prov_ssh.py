@@ -397,6 +397,9 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
     one_line_error(run_cli(capsys, "create", "--provider", "ssh", "--host", "root@h", "--supervisor", "runit", *state),
                    "unknown --supervisor")
     one_line_error(run_cli(capsys, "create", "--provider", "local", "--host", "root@h", *state), "--host does not apply to --provider local: it is for ssh")
+    # --port is ssh's SSH port; on another provider its user most likely meant the data ports
+    one_line_error(run_cli(capsys, "create", "--provider", "local", "--port", "8080", *state),
+                   "--port does not apply to --provider local: it is for ssh (the SSH port); did you mean --ports (the data ports)?")
 
 
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
