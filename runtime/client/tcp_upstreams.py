@@ -10,7 +10,7 @@ import functools
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, cast
 
 from ..core.logs import logfmt
 from ..core.bridge import dial
@@ -18,6 +18,7 @@ from ..core.hosts import HostError, check_host, is_ip
 from ..core.mux import ResetCode
 from ..core.ports import parse_port
 from ..core.channel import Channel
+from ..core.session import Session
 from ..core.services import tcp_service
 from ..core.eyeballs import connect_socket, is_name
 from .udp_upstream import dial_udp
@@ -143,14 +144,16 @@ class TcpUpstreams:
 
     UDP flows may hold at most ``max_udp_flows`` of the streams the client allows the server (``--max-streams``,
     half by default): a flow is opened by one datagram from a new source address, which anyone can send (and
-    forge), and a flood of them took every stream, so every TCP connection was refused for the flows' 60 s."""
+    forge), and a flood of them took every stream, so every TCP connection was refused for the flows' 60 s.
+    Counted per server (session), as --max-streams bounds each one's streams: a server bounds its flows by the same
+    half and ends one never answered for a new source there (server/udp), which it cannot do for another server's."""
 
     def __init__(self, mapping: dict[str, Upstream] | dict[int, Upstream], max_udp_flows: int = 512) -> None:
         self.by_service = {
             key if isinstance(key, str) else tcp_service(key): upstream for key, upstream in mapping.items()
         }
         self.max_udp_flows = max_udp_flows
-        self.udp_flows = 0
+        self.udp_flows = 0  # all servers' together; each session counts its own (Session.udp_flows), the bound
 
     @property
     def services(self) -> list[str]:
@@ -163,13 +166,16 @@ class TcpUpstreams:
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         if channel.target.startswith("udp:"):
-            if self.udp_flows >= self.max_udp_flows:
+            session = cast(Session, channel.session)
+            if session.udp_flows >= self.max_udp_flows:
                 channel.reset(ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_udp_flows} UDP flows")
                 return
+            session.udp_flows += 1
             self.udp_flows += 1
-            dial_udp(channel, upstream.host, upstream.port, on_close=self._udp_flow_closed)
+            dial_udp(channel, upstream.host, upstream.port, on_close=functools.partial(self._udp_flow_closed, session))
         else:
             dial(channel, upstream.host, upstream.port, opener=upstream.opener)
 
-    def _udp_flow_closed(self) -> None:
+    def _udp_flow_closed(self, session: Session) -> None:
+        session.udp_flows -= 1
         self.udp_flows -= 1

@@ -92,7 +92,8 @@ class Session(Keepalive):
         #: (``registry.timed_out``), and past ``EJECT_AFTER`` until when it is tried after others for them
         self.timeouts: dict[str, int] = {}
         self.ejected: dict[str, float] = {}
-        #: The server's UDP flows on this peer, all ports together (``server/udp``): at most half its streams
+        #: The UDP flows on this peer, all ports together (the server's: ``server/udp``; the client's: ``TcpUpstreams``):
+        #: at most half its streams
         self.udp_flows = 0
         self._acks: list[Channel] = []  # streams whose dial worked, acknowledged at ACK_DELAY unless answered by then
         self._ack_timer: asyncio.TimerHandle | None = None

@@ -25,7 +25,8 @@ from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.core.datagram import send_empty
 from inlets_py.runtime.core.probe import get, parse_url
 from inlets_py.runtime.core.tls import client_context
-from inlets_py.runtime.client.tcp_upstreams import Upstream, parse_upstreams
+from inlets_py.runtime.client.group import ClientGroup
+from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream, parse_upstreams
 from inlets_py.runtime.core.services import MAX_DATAGRAM
 from inlets_py.runtime.core.channel import DATAGRAM_SHARE, OUT_HIGH_WATER
 from inlets_py.runtime.client.udp_upstream import UdpUpstream
@@ -50,8 +51,9 @@ async def udp_echo() -> int:
     return transport.get_extra_info("sockname")[1]
 
 
-async def ask(port: int, payloads: list[bytes], source: str = "127.0.0.1", timeout: float = 5) -> list[bytes]:
-    """Send datagrams from one socket, collect the answers in order of arrival."""
+async def ask(port: int, payloads: list[bytes], source: str = "127.0.0.1", timeout: float = 5,
+              to: str = "127.0.0.1") -> list[bytes]:
+    """Send datagrams from one socket to ``to``:``port``, collect the answers in order of arrival."""
     loop = asyncio.get_running_loop()
     answers: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -59,7 +61,7 @@ async def ask(port: int, payloads: list[bytes], source: str = "127.0.0.1", timeo
         def datagram_received(self, data: bytes, address) -> None:
             answers.put_nowait(data)
 
-    transport, _ = await loop.create_datagram_endpoint(Collector, local_addr=(source, 0), remote_addr=("127.0.0.1", port))
+    transport, _ = await loop.create_datagram_endpoint(Collector, local_addr=(source, 0), remote_addr=(to, port))
     for payload in payloads:
         if payload:
             transport.sendto(payload)
@@ -915,6 +917,46 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
         finally:
             await stop(task)
             await server.stop()
+            upstream.close()
+
+    run(scenario())
+
+
+def test_a_spray_through_one_server_leaves_a_client_that_holds_two_room_for_the_others_users(tls: TlsFiles,
+                                                                                             token: str) -> None:
+    """Found by a review helper: a client holding two servers (--url A --url B) counted its UDP flows together, up to
+    half its --max-streams, while each server bounds (and evicts) by that half for its own session. Four sources
+    sprayed at A took the client's 4 flows; B, with none in its view, opened each new user's flow, the client refused
+    it (client_stream_limit), and B had no flow of its own to end in its place: its users were locked out for the
+    spray's idle minute. The client now counts flows per server, as its --max-streams bounds each one's streams."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        upstream, _ = await loop.create_datagram_endpoint(AnswersHello, local_addr=("127.0.0.1", 0))
+        public = udp_free_port()
+        servers = [await start_server(tls, token, data_addr=address) for address in ("127.0.0.1", "127.0.0.3")]
+        upstreams = TcpUpstreams({f"udp:{public}": Upstream("127.0.0.1", upstream.get_extra_info("sockname")[1])},
+                                 max_udp_flows=4)  # as the CLI sets it for --max-streams 8
+        group = ClientGroup([ClientConfig(url=control_url(server), token=token, mode="tcp", services=upstreams.services,
+                                          ssl_context=client_context(tls.ca), max_streams=8, backoff_initial=0.1,
+                                          backoff_max=0.5) for server in servers], upstreams.on_stream)
+        tasks = [asyncio.ensure_future(client.run_forever()) for client in group.clients]
+        try:
+            for client, task in zip(group.clients, tasks):
+                await until_connected(client, task)
+            at_a, at_b = (server.udp_ports[f"udp:{public}"] for server in servers)
+            await spray(public, 4)  # A's 4 flows, never answered
+            for _ in range(100):  # bounded: 5 s
+                if len(at_a.flows) == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(at_a.flows) == 4, at_a.counters
+            assert await ask(public, [b"hi b"], to="127.0.0.3", timeout=2) == [b"hi b"], at_b.counters
+            assert await ask(public, [b"hi a"], source="127.0.0.4", timeout=2) == [b"hi a"]  # A: in a sprayed flow's place
+            assert at_b.counters.dropped == {} and at_a.counters.evicted == 1
+        finally:
+            await stop(*tasks)
+            for server in servers:
+                await server.stop()
             upstream.close()
 
     run(scenario())
