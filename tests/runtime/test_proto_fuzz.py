@@ -13,6 +13,7 @@ from websockets.frames import apply_mask
 from inlets_py.runtime.core.mux import (
     HEADER, MAX_WINDOW, DataReceived, Multiplexer, ProtocolError, StreamError,
 )
+from inlets_py.runtime.core.muxqueue import _DATAGRAM as DATAGRAM
 from inlets_py.runtime.core.wsframe import GROW_TO, PAYLOAD, RAW_CONTROL, RAW_DATA, RAW_REST, READ_ROOM, FrameReader
 
 
@@ -91,7 +92,7 @@ wire = st.tuples(
 )
 steps = st.lists(st.one_of(
     st.tuples(st.just("receive"), st.lists(wire, min_size=1, max_size=4)),
-    st.tuples(st.sampled_from(["open", "send", "eof", "reset", "consume", "ack", "write", "goaway"]),
+    st.tuples(st.sampled_from(["open", "send", "datagram", "eof", "reset", "consume", "ack", "write", "goaway"]),
               st.integers(0, 100_000)),
 ), max_size=60)
 
@@ -120,6 +121,10 @@ def test_a_hostile_peer_gets_events_or_protocol_error_and_the_books_stay_bounded
                 mux.open_stream("tcp:1")
             elif step == "send":
                 mux.send_data(sid, b"y" * arg)
+            elif step == "datagram":  # whole or nothing: what went is one frame of it, all of it
+                before = mux.buffered
+                went = mux.send_datagram(sid, b"d" * arg)
+                assert mux.buffered - before == (HEADER.size + arg if went else 0)
             elif step == "eof":
                 mux.send_eof(sid)
             elif step == "reset":
@@ -141,5 +146,6 @@ def test_a_hostile_peer_gets_events_or_protocol_error_and_the_books_stay_bounded
         for s in streams.values():
             assert 0 <= s.recv_window <= MAX_WINDOW and 0 <= s.send_window <= MAX_WINDOW and s.held >= 0
         assert mux.buffered == sum(len(h) + len(p) for _, h, p in mux._out)
-        assert mux.control_buffered == sum(len(h) + len(p) for t, h, p in mux._out if t not in (1, 2))
+        assert mux.control_buffered == sum(len(h) + len(p) for t, h, p in mux._out if t not in (1, 2, DATAGRAM))
+        assert mux.datagram_buffered == sum(len(h) + len(p) for t, h, p in mux._out if t == DATAGRAM)
         assert mux.control_buffered <= 4096 + 2048 or mux.backlogged  # past the bound, the peer is not read
