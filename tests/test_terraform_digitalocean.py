@@ -175,8 +175,9 @@ DEFAULTED = ["region", "size", "image", "ssh_keys", "mode", "domains", "control_
 
 def test_null_inputs_take_the_default_and_a_push_timeout_must_be_positive(applied: dict[str, Any]) -> None:
     """Null inputs stopped plan with Terraform's "argument must not be null"; push_timeout 0 or less passed plan,
-    then apply made the droplet and push_wheel.py gave up at once (inletsctl refuses --timeout 0). Planned in the
-    applied TCP root (default inputs but ports, python and push_timeout, which only the push step reads)."""
+    then apply made the droplet and push_wheel.py gave up at once (inletsctl refuses --timeout 0); an empty client
+    file path was refused under the client command module's name. Planned in the applied TCP root (default inputs
+    but ports, python and push_timeout, which only the push step reads)."""
     root = applied["tcp"]["root"]
     config_file = root / "main.tf.json"
     applied_config = config_file.read_text()
@@ -192,6 +193,13 @@ def test_null_inputs_take_the_default_and_a_push_timeout_must_be_positive(applie
             proc = tfh.tf(root, "plan", "-input=false", check=False)
             assert proc.returncode == 1 and "The push_timeout must be a positive number of seconds" in proc.stderr, (
                 f"push_timeout {timeout}:\n{proc.stdout}{proc.stderr}")
+        config["module"]["exit"]["push_timeout"] = None
+        for name in ("client_token_file", "client_ca_file"):  # refused under the client module's name, not this one's
+            config["module"]["exit"][name] = ""
+            config_file.write_text(json.dumps(config, indent=1))
+            proc = tfh.tf(root, "plan", "-input=false", check=False)
+            assert proc.returncode == 1 and f"The {name} is empty" in proc.stderr, f"{name} '':\n{proc.stdout}{proc.stderr}"
+            config["module"]["exit"][name] = None
     finally:
         config_file.write_text(applied_config)
 

@@ -131,12 +131,20 @@ variable "client_token_file" {
   description = "Path of the token file in the printed client command."
   type        = string
   default     = "inlets-token"
+  validation {
+    condition     = var.client_token_file != ""
+    error_message = "The client_token_file is empty: give the path of the token file the printed client command reads, such as inlets-token."
+  }
 }
 
 variable "client_ca_file" {
   description = "Path of the CA file in the printed client command."
   type        = string
   default     = "inlets-ca.crt"
+  validation {
+    condition     = var.client_ca_file != ""
+    error_message = "The client_ca_file is empty: give the path of the CA certificate the printed client command reads, such as inlets-ca.crt."
+  }
 }
 
 

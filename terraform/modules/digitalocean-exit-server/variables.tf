@@ -193,6 +193,10 @@ variable "client_token_file" {
   type        = string
   default     = "inlets-token"
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    condition     = var.client_token_file != ""
+    error_message = "The client_token_file is empty: give the path of the token file the printed client command reads, such as inlets-token."
+  }
 }
 
 variable "client_ca_file" {
@@ -200,6 +204,10 @@ variable "client_ca_file" {
   type        = string
   default     = "inlets-ca.crt"
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    condition     = var.client_ca_file != ""
+    error_message = "The client_ca_file is empty: give the path of the CA certificate the printed client command reads, such as inlets-ca.crt."
+  }
 }
 
 variable "tags" {

@@ -78,6 +78,11 @@ variable "ca_file" {
   type        = string
   default     = "inlets-ca.crt"
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # "" was printed as --tls-ca '', which the client reads as the current folder
+    condition     = var.ca_file != ""
+    error_message = "The ca_file is empty: give the path of the CA certificate the client pins, such as inlets-ca.crt."
+  }
 }
 
 variable "inlets" {
@@ -85,4 +90,9 @@ variable "inlets" {
   type        = string
   default     = "inlets"
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # "" was printed as '' tcp client ..., a command no shell runs
+    condition     = trimspace(var.inlets) != ""
+    error_message = "The inlets command is empty: give the command that runs the client, such as inlets or /opt/inlets/venv/bin/inlets."
+  }
 }

@@ -112,3 +112,12 @@ run "rejects_a_push_timeout_of_zero" {
   }
   expect_failures = [var.push_timeout]
 }
+
+# An empty client_token_file was refused under the client command module's name (token_file), not this one's.
+run "rejects_an_empty_client_token_file" {
+  command = plan
+  variables {
+    client_token_file = ""
+  }
+  expect_failures = [var.client_token_file]
+}

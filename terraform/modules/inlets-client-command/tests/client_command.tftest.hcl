@@ -257,3 +257,25 @@ run "rejects_an_empty_token_file" {
   }
   expect_failures = [var.token_file]
 }
+
+# An empty ca_file was printed as --tls-ca '' (the client read the current folder), an empty inlets as the
+# command '' (which no shell runs).
+run "rejects_an_empty_ca_file" {
+  command = plan
+  variables {
+    host    = "203.0.113.10"
+    ports   = [80]
+    ca_file = ""
+  }
+  expect_failures = [var.ca_file]
+}
+
+run "rejects_an_empty_inlets_command" {
+  command = plan
+  variables {
+    host   = "203.0.113.10"
+    ports  = [80]
+    inlets = " "
+  }
+  expect_failures = [var.inlets]
+}
