@@ -153,7 +153,6 @@ class TcpUpstreams:
             key if isinstance(key, str) else tcp_service(key): upstream for key, upstream in mapping.items()
         }
         self.max_udp_flows = max_udp_flows
-        self.udp_flows = 0  # all servers' together; each session counts its own (Session.udp_flows), the bound
 
     @property
     def services(self) -> list[str]:
@@ -171,11 +170,9 @@ class TcpUpstreams:
                 channel.reset(ResetCode.TOO_MANY_STREAMS, f"limit of {self.max_udp_flows} UDP flows")
                 return
             session.udp_flows += 1
-            self.udp_flows += 1
             dial_udp(channel, upstream.host, upstream.port, on_close=functools.partial(self._udp_flow_closed, session))
         else:
             dial(channel, upstream.host, upstream.port, opener=upstream.opener)
 
     def _udp_flow_closed(self, session: Session) -> None:
         session.udp_flows -= 1
-        self.udp_flows -= 1

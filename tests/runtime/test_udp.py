@@ -115,13 +115,13 @@ def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> 
         assert await ask(public, [b"one"], source="127.0.0.1") == [b"one"]
         assert await ask(public, [b"two"], source="127.0.0.2") == [b"two"]
         assert len(udp.flows) == 2 and {a[0] for a in udp.flows} == {"127.0.0.1", "127.0.0.2"}
-        assert client.session.open_streams == 2
+        assert client.session.open_streams == 2 and client.session.udp_flows == 2
         for _ in range(120):  # the sweep first wakes 5 s after the start (the default timeout's), then each 1 s
             if not udp.flows:
                 break
             await asyncio.sleep(0.1)
         assert not udp.flows and client.session.open_streams == 0  # both ends forgot them
-        assert client.on_stream.__self__.udp_flows == 0  # and the client's count of flows (TcpUpstreams) with them
+        assert client.session.udp_flows == 0  # and the client's count of flows (TcpUpstreams counts per session)
         assert await ask(public, [b"again"]) == [b"again"]  # a new flow after the idle end
         await stop(task)
         await server.stop()
