@@ -176,6 +176,7 @@ class Container:
         self._pid: int | None = None
         self.started = 0.0
         self.powered_off_at: float | None = None  # time.time() when nspawn exited, seen by _watch as it happened
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> "Container":
         binds = [f"--bind-ro={self.workdir / 'seed'}:/var/lib/cloud/seed/nocloud",
@@ -190,7 +191,8 @@ class Container:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.started = time.monotonic()
-        threading.Thread(target=self._watch, args=(self._proc,), daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, args=(self._proc,), daemon=True)
+        self._watcher.start()
         self.pid()  # its systemd is up, and /dev has the modes a VM's has (_device_modes), before anything logs in
         return self
 
@@ -253,13 +255,11 @@ class Container:
 
     def wait_powered_off(self, timeout: float) -> tuple[int, float]:
         """The container's exit status and the time.time() it powered off."""
-        assert self._proc is not None
-        code = self._proc.wait(timeout=timeout)
-        for _ in range(100):  # _watch sets it just after wait() returns there too
-            if self.powered_off_at is not None:
-                return code, self.powered_off_at
-            time.sleep(0.01)
-        raise AssertionError(f"{self.name} exited ({code}) but its power-off time was not noted")
+        assert self._proc is not None and self._watcher is not None
+        self._watcher.join(timeout)
+        if self.powered_off_at is None:
+            raise AssertionError(f"{self.name} still running after {timeout:.0f}s: {self.tail()}")
+        return self._proc.returncode, self.powered_off_at
 
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
