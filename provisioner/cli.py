@@ -74,7 +74,7 @@ def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
     return SshOptions.from_flags(host, *rest)  # type: ignore[arg-type]
 
 
-@app.command(
+@app.command(cls=flags.SpellingCommand,
     epilog=(
         "Examples:\n\n"
         "  inletsctl create --provider local --ports 8080\n\n"
@@ -177,7 +177,7 @@ def create_cmd(
                              f"{inletsctl_command('status', summary['name'], opts.state_root)}") from None
 
 
-@app.command(
+@app.command(cls=flags.SpellingCommand,
     epilog=(
         "Examples:\n\n"
         "  inletsctl delete brave-otter-3f2a\n\n"
@@ -224,7 +224,7 @@ def delete_cmd(
     print(done)
 
 
-@app.command(
+@app.command(cls=flags.SpellingCommand,
     epilog="Examples:\n\n  inletsctl list\n\n  inletsctl list --provider digitalocean --prune\n\n  inletsctl list --json"
 )
 def list_cmd(
@@ -277,7 +277,7 @@ def list_cmd(
                              "'could not delete' above): fix that, then run inletsctl list --prune again")
 
 
-@app.command(epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
+@app.command(cls=flags.SpellingCommand, epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
 def status_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the exit server.")],

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+import click
+from typer.core import TyperCommand
 
 from .errors import ProvisionError
 from .providers import registry
@@ -23,9 +25,25 @@ CLOUD_ONLY = frozenset(("access_token_file", "access_token", "api_url", "runtime
 DECLARED = {"region": "region", "plan": "size", "ssh_key": "ssh_key"}
 
 
+class SpellingCommand(TyperCommand):
+    """Keeps the arguments as typed, so an error names a flag the way the user spelt it (``--ssh-port``, not
+    ``--port``): click records only that a parameter came from the command line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["inletsctl.args"] = tuple(args)
+        return super().parse_args(ctx, args)
+
+
+def _spelling(opts: list[str], args: tuple[str, ...]) -> str:
+    """The spelling of ``opts`` in ``args`` (the last one given, as click takes the last value); else the first."""
+    given = [a.partition("=")[0] for a in args if a.partition("=")[0] in opts]
+    return given[-1] if given else opts[0]
+
+
 def typed(ctx: typer.Context) -> dict[str, str]:
-    """The options given on the command line: parameter name -> the flag as --help spells it."""
-    return {p.name: p.opts[0] for p in ctx.command.params if p.param_type_name == "option" and p.name
+    """The options given on the command line: parameter name -> the flag as the user typed it."""
+    args: tuple[str, ...] = ctx.meta.get("inletsctl.args", ())
+    return {p.name: _spelling(p.opts, args) for p in ctx.command.params if p.param_type_name == "option" and p.name
             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"}
 
 
@@ -66,5 +84,5 @@ def refuse_foreign(ctx: typer.Context, provider: str) -> None:
         names = readers(name)
         if names is not None and provider not in names:
             # --port (ssh's SSH port) beside --ports: given to another provider it most likely meant the data ports
-            meant = " (the SSH port); did you mean --ports (the data ports)?" if name == "ssh_port" else ""
+            meant = " (the SSH port); did you mean --ports (the data ports)?" if flag == "--port" else ""
             raise ProvisionError(f"{flag} does not apply to --provider {provider}: it is for {', '.join(names)}{meant}")

@@ -400,6 +400,12 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
     # --port is ssh's SSH port; on another provider its user most likely meant the data ports
     one_line_error(run_cli(capsys, "create", "--provider", "local", "--port", "8080", *state),
                    "--port does not apply to --provider local: it is for ssh (the SSH port); did you mean --ports (the data ports)?")
+    # named as typed: its other spelling, --ssh-port, cannot have meant the data ports
+    for spelling in (["--ssh-port", "2222"], ["--ssh-port=2222"], ["--port", "1", "--ssh-port", "2222"]):
+        error = one_line_error(run_cli(capsys, "create", "--provider", "local", *spelling, *state),
+                               "--ssh-port does not apply to --provider local: it is for ssh")
+        assert "--ports" not in error
+    one_line_error(run_cli(capsys, "create", "--provider", "local", "--ssh-port", "", *state), "'--port' / '--ssh-port'")
 
 
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
