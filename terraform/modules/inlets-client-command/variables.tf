@@ -24,7 +24,7 @@ variable "ports" {
   default     = []
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
-    condition     = alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
+    condition     = alltrue([for p in var.ports : try(p == floor(p) && p >= 1 && p <= 65535, false)]) && length(distinct(var.ports)) == length(var.ports)
     error_message = "The ports must be distinct whole numbers from 1 to 65535, as the client's --ports."
   }
 }

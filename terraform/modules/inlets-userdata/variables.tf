@@ -23,7 +23,7 @@ variable "ports" {
   type        = list(number)
   default     = null
   validation {
-    condition     = var.ports == null ? true : length(var.ports) > 0 && alltrue([for p in var.ports : p == floor(p) && p >= 1 && p <= 65535]) && length(distinct(var.ports)) == length(var.ports)
+    condition     = var.ports == null ? true : length(var.ports) > 0 && alltrue([for p in var.ports : try(p == floor(p) && p >= 1 && p <= 65535, false)]) && length(distinct(var.ports)) == length(var.ports)
     error_message = "The ports must be distinct whole numbers from 1 to 65535 (at least one)."
   }
   validation {

@@ -91,6 +91,15 @@ run "rejects_ports_the_client_refuses" {
   expect_failures = [var.ports]
 }
 
+run "rejects_a_null_port" {
+  command = plan
+  variables {
+    host  = "203.0.113.10"
+    ports = [80, null] # a wrapper's unset element: refused by the rule, not an error inside Terraform's floor()
+  }
+  expect_failures = [var.ports]
+}
+
 run "rejects_a_bad_control_port" {
   command = plan
   variables {

@@ -243,6 +243,14 @@ run "rejects_a_bad_port" {
   expect_failures = [var.ports]
 }
 
+run "rejects_a_null_port" {
+  command = plan
+  variables {
+    ports = [80, null] # a wrapper's unset element: refused by the rule, not an error inside Terraform's floor()
+  }
+  expect_failures = [var.ports]
+}
+
 run "rejects_a_ttl_without_created_at" {
   command = plan
   variables {
