@@ -199,7 +199,7 @@ variable "allowed_cidrs_ipv6" {
   default     = []
   nullable    = false
   validation {
-    condition     = alltrue([for c in var.allowed_cidrs_ipv6 : strcontains(c, ":") && try(cidrhost(c, 0) == cidrhost("${split("/", c)[0]}/128", 0), false)])
+    condition     = alltrue([for c in var.allowed_cidrs_ipv6 : try(strcontains(c, ":") && cidrhost(c, 0) == cidrhost("${split("/", c)[0]}/128", 0), false)])
     error_message = "Each allowed_cidrs_ipv6 entry must be an IPv6 network in CIDR form, written from its first address, such as ::/0 or 2001:db8::/32 (one address: 2001:db8::7/128); IPv4 networks go in allowed_cidrs_ipv4."
   }
   validation {

@@ -38,7 +38,7 @@ variable "domains" {
   default     = []
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
   validation {
-    condition     = alltrue([for d in var.domains : can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253])
+    condition     = alltrue([for d in var.domains : try(can(regex("^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", trimsuffix(lower(trimspace(d)), "."))) && length(trimsuffix(lower(trimspace(d)), ".")) <= 253, false)])
     error_message = "Every domain must be a valid DNS name, such as example.com."
   }
 }

@@ -65,6 +65,14 @@ run "rejects_an_ipv4_network_among_the_ipv6_ones" {
   expect_failures = [var.allowed_cidrs_ipv6]
 }
 
+run "rejects_a_null_ipv6_network" {
+  command = plan
+  variables {
+    allowed_cidrs_ipv6 = ["2001:db8::/32", null] # refused by the rule, not an error inside Terraform's strcontains()
+  }
+  expect_failures = [var.allowed_cidrs_ipv6]
+}
+
 # No network at all: the security group let no one in, and apply waited out push_timeout (15 minutes)
 # sending the server wheel before failing.
 run "rejects_no_network_when_terraform_sends_the_wheel" {

@@ -120,6 +120,16 @@ run "rejects_a_bad_domain" {
   expect_failures = [var.domains]
 }
 
+run "rejects_a_null_domain" {
+  command = plan
+  variables {
+    host    = "203.0.113.10"
+    mode    = "http"
+    domains = ["example.com", null] # refused by the rule, not an error inside Terraform's trimspace()
+  }
+  expect_failures = [var.domains]
+}
+
 run "rejects_an_empty_host" {
   command = plan
   variables {

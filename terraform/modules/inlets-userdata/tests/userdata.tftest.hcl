@@ -243,6 +243,15 @@ run "rejects_a_bad_port" {
   expect_failures = [var.ports]
 }
 
+run "rejects_a_null_domain" {
+  command = plan
+  variables {
+    mode    = "http"
+    domains = ["example.com", null] # refused by the rule, not an error inside Terraform's trimspace()
+  }
+  expect_failures = [var.domains]
+}
+
 run "rejects_a_null_port" {
   command = plan
   variables {
