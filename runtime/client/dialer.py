@@ -226,6 +226,12 @@ class TunnelClient:
             if self.on_change is not None:
                 self.on_change()
 
+    def reconnect_now(self) -> None:
+        """A --local user waits for the tunnel: end the backoff wait (up to ``backoff_max``, 30 s) and connect now, as
+        SIGHUP does; the user, reset after 10 s, was reset though the server had been back for most of them."""
+        if self.session is None and not self._stopping:
+            self._retry_now.set()
+
     async def rotate(self) -> None:
         """Make before break: connect again (re-reading the token), then drain the old connection.
 

@@ -101,6 +101,11 @@ class ClientGroup:
             self.refused.pop(url, None)  # tried again: failed only if it refuses again
             log.info("event=server_retry url=%s", logfmt(url))
 
+    def reconnect_now(self) -> None:
+        """A --local user waits for the tunnel: every server not held is tried now, not at the end of its backoff."""
+        for client in self.clients:
+            client.reconnect_now()
+
     async def rotate(self) -> None:
         """SIGHUP: reconnect make-before-break to the servers held, and try the ones that refused at once."""
         self._retry_now.set()

@@ -58,6 +58,10 @@ TUNNEL_POLL = 0.05
 #: Connections that may wait at once, all --local ports together (the client passes its --max-streams: it opens no
 #: more streams at once when the tunnel is back). The rest are reset at once: each waiting one holds a descriptor.
 MAX_WAITING = 1024
+#: While connections wait, the client is asked to connect now (``wake``) at most this often: its backoff grows to
+#: 30 s, so a user who came when the server was back waited out TUNNEL_WAIT and was reset; a user who connects in
+#: a loop makes it dial once a second at most.
+WAKE_EVERY = 1.0
 
 
 class _LocalConnection(TcpBridge):
@@ -145,11 +149,13 @@ class LocalForwarder:
     connections wait for it in arrival order (at most ``max_waiting``), all looked after by one timer."""
 
     def __init__(self, forwards: list[LocalForward], local_addr: str, session: Callable[[], Session | None],
-                 max_waiting: int = MAX_WAITING) -> None:
+                 max_waiting: int = MAX_WAITING, wake: Callable[[], None] | None = None) -> None:
         self.forwards = forwards
         self.local_addr = local_addr
         self.session = session
         self.max_waiting = max_waiting
+        self.wake = wake  # the client's ``reconnect_now``: connect now, not at the end of its backoff
+        self._woken = float("-inf")  # loop time ``wake`` was last called
         self.listeners: list[asyncio.base_events.Server] = []
         self.waiting: dict[_LocalConnection, None] = {}  # oldest first; reset at shutdown (``stop``)
         self._timer: asyncio.TimerHandle | None = None
@@ -199,8 +205,15 @@ class LocalForwarder:
         connection.deadline = loop.time() + TUNNEL_WAIT
         self.waiting[connection] = None
         loop.call_soon(connection.hold)
+        self._wake(loop)
         if self._timer is None:
             self._timer = loop.call_later(TUNNEL_POLL, self._poll)
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Users wait: have the client connect now (at most every WAKE_EVERY), not when its backoff ends."""
+        if self.wake is not None and loop.time() - self._woken >= WAKE_EVERY:
+            self._woken = loop.time()
+            self.wake()
 
     def _poll(self) -> None:
         """Every TUNNEL_POLL while connections wait: all go through if the tunnel is back; those past their wait
@@ -223,6 +236,7 @@ class LocalForwarder:
             log.warning("event=forward_unavailable local_port=%d reason=tunnel_down waited=%gs users=%d", port,
                         TUNNEL_WAIT, users)
         if self.waiting:
+            self._wake(loop)  # the last try failed (the server still down): another, while they still wait
             self._timer = loop.call_later(TUNNEL_POLL, self._poll)
         else:
             self._turned_away = 0

@@ -51,7 +51,8 @@ def run(flags: SimpleNamespace) -> None:
         proxy_password_file=flags.proxy_password_file, drain_timeout=flags.drain_timeout, max_streams=flags.max_streams,
         max_buffer_mib=flags.max_buffer,
     )
-    forwarder = LocalForwarder(forwards, flags.local_addr, lambda: client.session, max_waiting=flags.max_streams)
+    forwarder = LocalForwarder(forwards, flags.local_addr, lambda: client.session, max_waiting=flags.max_streams,
+                               wake=lambda: client.reconnect_now())
     for config in configs:
         if forwards:
             config.extra["forwards"] = forwarder.targets
