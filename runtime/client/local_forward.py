@@ -18,7 +18,7 @@ from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
 from ..core.hosts import authority
 from ..core.listen import listen
-from ..core.mux import ResetCode, StreamError
+from ..core.mux import ResetCode, StreamError, StreamLimit
 from ..core.ports import parse_port
 from ..core.services import FORWARD_PREFIX, format_target, parse_target
 from ..core.session import Session
@@ -62,6 +62,16 @@ MAX_WAITING = 1024
 #: 30 s, so a user who came when the server was back waited out TUNNEL_WAIT and was reset; a user who connects in
 #: a loop makes it dial once a second at most.
 WAKE_EVERY = 1.0
+
+
+#: What a stream limit's "limit of N open streams" leaves out: whose limit it is, and the flag that moves it.
+OWN_LIMIT = "this client's --max-streams: raise it, or wait for open local connections to end"
+SERVER_LIMIT = "the server's --max-client-streams: raise it there, or wait for this client's connections to end"
+
+
+def _next(step: str) -> str:
+    """`` next=STEP`` (quoted) for a log line, or nothing."""
+    return f" next={logfmt(step)}" if step else ""
 
 
 class _LocalConnection(TcpBridge):
@@ -111,8 +121,9 @@ class _LocalConnection(TcpBridge):
         try:
             self.attach(session.open_stream(self.forward.target, self))
         except StreamError as exc:  # the server drains (GOAWAY) or the session is closing: said, not a silent reset
-            log.warning("event=forward_refused local_port=%d remote=%s reason=%s", self.forward.local_port,
-                        logfmt(self.forward.target), logfmt(exc))
+            next_step = _next(OWN_LIMIT if isinstance(exc, StreamLimit) else "")
+            log.warning("event=forward_refused local_port=%d remote=%s reason=%s%s", self.forward.local_port,
+                        logfmt(self.forward.target), logfmt(exc), next_step)
             self.abort()
             return
         held, self._held = self._held, []
@@ -128,8 +139,9 @@ class _LocalConnection(TcpBridge):
         """The server refused the stream (its service down, its --max-client-streams, its allow-list): the user
         only sees a reset, so the server's reason is logged here; the server's log is not the user's to read."""
         if code != ResetCode.CANCEL:
-            log.warning("event=forward_failed local_port=%d remote=%s reason=%s", self.forward.local_port,
-                        logfmt(self.forward.target), logfmt(reason))
+            next_step = _next(SERVER_LIMIT if code == ResetCode.TOO_MANY_STREAMS else "")
+            log.warning("event=forward_failed local_port=%d remote=%s reason=%s%s", self.forward.local_port,
+                        logfmt(self.forward.target), logfmt(reason), next_step)
         super().on_reset(code, reason)
 
 

@@ -1,9 +1,13 @@
-"""Local forwarding (--local) across a reconnect: in-process servers and clients on loopback, with real TLS."""
+"""Local forwarding (--local): across a reconnect (in-process servers and clients on loopback, with real TLS), and\nwhat the client says when a stream limit refuses a user (real processes)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
+import pytest
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text
 from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop
 from inlets_py.runtime.client import local_forward
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
@@ -54,3 +58,34 @@ def test_a_user_waiting_for_the_tunnel_has_the_client_connect_now(tls: TlsFiles,
             echo.close()
 
     run(scenario(), 40)
+
+
+@pytest.mark.parametrize("side, flag", [("client", "--max-streams"), ("server", "--max-client-streams")])
+def test_a_user_over_a_stream_limit_is_told_which_flag_to_raise(tmp_path: Path, tls: TlsFiles, token_file: Path,
+                                                                echo_port: int, side: str, flag: str) -> None:
+    """A --local user over the client's own --max-streams (event=forward_refused) or the server's
+    --max-client-streams (event=forward_failed) was logged with the same reason, "limit of 1 open streams": which
+    side's limit, and which flag moves it, was left to guess. Each line now names its flag."""
+    control, local = free_port(), free_port()
+    limits = {"client": [], "server": []}
+    limits[side] = [flag, "1"]
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow",
+                                f"127.0.0.1:{echo_port}", *limits["server"]), log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:127.0.0.1:{echo_port}",
+                                *limits["client"]), log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        with socket.create_connection(("127.0.0.1", local), timeout=5) as first:
+            first.sendall(b"one")
+            assert first.recv(16) == b"one"
+            # The reset can come before connect() has looked at its socket, so it may be connect() that sees it.
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                with socket.create_connection(("127.0.0.1", local), timeout=5) as second:
+                    second.sendall(b"two")
+                    second.recv(16)
+            log = wait_for_text(tmp_path / "client.log", "limit of 1 open streams")
+    finally:
+        stop_all(client, server)
+    line = next(line for line in log.splitlines() if "limit of 1 open streams" in line)
+    other = "--max-client-streams" if flag == "--max-streams" else "--max-streams"
+    assert flag in line and other not in line, line

@@ -37,6 +37,7 @@ FRAGMENTS = {
     "self._expired_note(domain)": " serving=expired not_after=2026-01-01T00:00:00Z",
     "'' if asked is None else f' retry_after={asked:.0f}s'": " retry_after=30s",
     "f' suppressed={left_out}' if left_out else ''": " suppressed=3",
+    "next_step": ' next="raise --max-streams"',  # client/local_forward.py: _next() quotes it with logfmt
 }
 _PLACEHOLDER = re.compile(r"%(?:%|[-+ #0]*\d*(?:\.\d+)?([sdifgrx]|o))")
 
