@@ -38,16 +38,26 @@ class LocalForward:
 
 
 def parse_local_forward(text: str) -> LocalForward:
-    """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT)."""
+    """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT). A port out of range is named:
+    "must be LOCAL_PORT:HOST:REMOTE_PORT" alone, for ``70000:127.0.0.1:5432``, blamed a shape the user had given."""
+    shape = f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}"
     local, sep, rest = text.partition(":")
-    local_port = parse_port(local)
-    if not sep or local_port is None:
-        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        colon, remote = tail[:1] == ":", tail[1:]
+    else:
+        host, colon, remote = rest.rpartition(":")
+        bracket = "-"
+    if not (sep and local and host and bracket and colon and remote):
+        raise ValueError(shape)
+    for name, port in (("LOCAL_PORT", local), ("REMOTE_PORT", remote)):
+        if parse_port(port) is None:
+            raise ValueError(f"{shape}: {name} {port!r} is not a port between 1 and 65535")
     try:
-        host, port = parse_target(FORWARD_PREFIX + rest)
+        host, number = parse_target(FORWARD_PREFIX + rest)
     except ValueError:
-        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}") from None
-    return LocalForward(local_port, host, port)
+        raise ValueError(shape) from None
+    return LocalForward(int(local), host, number)
 
 
 #: How long a local connection made while the tunnel is down (starting, reconnecting) waits for it before it is

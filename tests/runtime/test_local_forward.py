@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text
+from helpers.process import client_args, inlets, one_line_error, server_args, spawn, stop_all, wait_for_text
 from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop
 from inlets_py.runtime.client import local_forward
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
@@ -89,3 +89,18 @@ def test_a_user_over_a_stream_limit_is_told_which_flag_to_raise(tmp_path: Path, 
     line = next(line for line in log.splitlines() if "limit of 1 open streams" in line)
     other = "--max-client-streams" if flag == "--max-streams" else "--max-streams"
     assert flag in line and other not in line, line
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("0:127.0.0.1:5432", "got '0:127.0.0.1:5432': LOCAL_PORT '0' is not a port between 1 and 65535"),
+    ("70000:127.0.0.1:5432", "LOCAL_PORT '70000' is not a port between 1 and 65535"),
+    ("5432:127.0.0.1:0", "REMOTE_PORT '0' is not a port between 1 and 65535"),
+    ("5432:[::1]:070000", "REMOTE_PORT '070000' is not a port between 1 and 65535"),
+    ("5432:127.0.0.1", "got '5432:127.0.0.1'"),  # no REMOTE_PORT: the shape is what is wrong
+])
+def test_a_local_port_out_of_range_is_named(spec: str, message: str) -> None:
+    """``--local 70000:127.0.0.1:5432`` said only "--local must be LOCAL_PORT:HOST:REMOTE_PORT", which it is: the
+    port out of range went unnamed, where --upstream's says "public port must be a port between 1 and 65535"."""
+    line = one_line_error(inlets("tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", spec,
+                                 env={"INLETS_TOKEN": ""}), message)
+    assert line.startswith("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT, got "), line
