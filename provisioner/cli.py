@@ -130,7 +130,7 @@ def create_cmd(
     flags.refuse_empty(ctx)
     provider = registry.check(provider or "")
     flags.refuse_foreign(ctx, provider)
-    from .create import CreateOptions, create
+    from .create import CreateOptions, create, interrupted_when_ready
     from .replicas import check as check_replicas
 
     check_replicas(provider, replicas)  # before the provider's own flags are read
@@ -165,9 +165,7 @@ def create_cmd(
         sys.stdout.flush()  # a full disk is found out here, where the server it made can still be named
         finished()
     except KeyboardInterrupt as exc:
-        raise ProvisionError(f"interrupted: exit server {summary['name']!r} is ready; see its client command with: "
-                             f"{inletsctl_command('status', summary['name'], opts.state_root)}",
-                             exit_code=interrupted_status(exc)) from None
+        raise interrupted_when_ready(exc, summary["name"], opts.state_root) from None
     except BrokenPipeError:
         raise
     except OSError as exc:  # stdout on a full disk: the server is up all the same

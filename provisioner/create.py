@@ -20,7 +20,7 @@ from .output import command_word
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
-from .state import ServerState, delete_command, prepare_root
+from .state import ServerState, delete_command, inletsctl_command, prepare_root
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
 
@@ -233,6 +233,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         raise _failed(exc, provider, meta, state, opts, progress) from None
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, hosts, state, opts) from None
+    recorded = False  # the client command is in the state: a Ctrl-C from here on leaves a ready server
     try:  # a Ctrl-C here exited 130 without a word, the server up and its state without an address
         ips = [host.ip or "" for host in hosts]
         if not group:
@@ -243,10 +244,13 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         if group:
             meta["status_commands"] = [status_command(spec, ip, state.token_file, state.ca_file, inlets) for ip in ips]
         state.save(meta)
+        recorded = True
+        note = registry.firewall_note(opts.provider, name, spec)  # in the try: a Ctrl-C while the summary was
+        return summary(meta, state) | ({"firewall": note} if note else {})  # made exited 130 without a word
     except KeyboardInterrupt as exc:
+        if recorded:
+            raise interrupted_when_ready(exc, name, state.root) from None
         raise _interrupted(exc, hosts, state, opts) from None
-    note = registry.firewall_note(opts.provider, name, spec)
-    return summary(meta, state) | ({"firewall": note} if note else {})
 
 
 def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: dict[str, Any], state: ServerState,
@@ -344,6 +348,12 @@ def _interrupted(exc: KeyboardInterrupt, hosts: list[Host], state: ServerState, 
     return ProvisionError(f"interrupted: exit server {state.name!r} was left on {opts.provider} (id {ids}) without "
                           f"its client command; delete it with: {delete_command(state.name, state.root)}",
                           exit_code=interrupted_status(exc))
+
+
+def interrupted_when_ready(exc: KeyboardInterrupt, name: str, root: Path) -> ProvisionError:
+    """Ctrl-C (or SIGTERM) once the server is up and its client command recorded: where to see that command."""
+    return ProvisionError(f"interrupted: exit server {name!r} is ready; see its client command with: "
+                          f"{inletsctl_command('status', name, root)}", exit_code=interrupted_status(exc))
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:
