@@ -338,6 +338,9 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
         raise ProvisionError(f"ssh: running a command on the host failed: {describe(exc)}") from None
 
 
+_BANNER = "Error reading SSH protocol banner"  # paramiko's, for a timeout or a close before the greeting
+
+
 def describe(exc: BaseException, port_flag: bool = True) -> str:
     """What a failed SSH or socket call means, in words (never an exception class name); ``port_flag``: the
     command has --port to point elsewhere."""
@@ -349,7 +352,15 @@ def describe(exc: BaseException, port_flag: bool = True) -> str:
             return f"{os_words(exc)}: is sshd running there, on that port{' (--port)' if port_flag else ''}?"
     if isinstance(exc, OSError) and exc.errno:
         return os_words(exc)
-    text = " ".join(str(exc).split())[:200]
+    said = str(exc)
+    if said == "No existing session" or said.startswith(_BANNER) and isinstance(exc.__context__, socket.timeout):
+        # paramiko's words when the port took the connection and then said nothing (a firewall's tarpit, a stuck daemon)
+        return (f"the connection was taken but no SSH greeting came within {CONNECT_TIMEOUT:.0f} s: is the host too "
+                f"busy, or is that port{' (--port)' if port_flag else ''} not sshd's?")
+    if said.startswith((_BANNER, "Indecipherable protocol version")):  # a web server's answer, or a close
+        fix = "give --port the port the host's sshd listens on" if port_flag else "has the host's sshd moved to another port?"
+        return f"what answers there sent no SSH greeting (it is not an SSH server, or one refusing this client): {fix}"
+    text = " ".join(said.split())[:200]
     return text or "the connection failed"
 
 

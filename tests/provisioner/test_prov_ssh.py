@@ -518,9 +518,26 @@ def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: P
     finally:
         server.shutdown()
         server.server_close()
-    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{server.server_address[1]}:", "SSH protocol banner")
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{server.server_address[1]}: what answers "
+                          "there sent no SSH greeting (it is not an SSH server, or one refusing this client): give --port "
+                          "the port the host's sshd listens on")
     assert [ln for ln in result.err.splitlines() if not ln.startswith("inletsctl: ")] == [], result.err
     assert result.err.strip().splitlines()[-1] == line and not (tmp_path / "state" / "known_hosts").exists()
+
+
+def test_a_port_that_takes_the_connection_and_says_nothing_is_said_in_words(tmp_path: Path) -> None:
+    """A listener that never answers (a tarpit, a stuck daemon) read 'No existing session', paramiko's words for the
+    host key it never got, after the 10 s wait; and a web server's port 'Error reading SSH protocol banner'."""
+    with socket.socket() as silent:  # the kernel completes the handshake; nothing ever reads or writes
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(port),
+                               "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
+                               "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: the connection was taken but no SSH "
+                          "greeting came within 10 s: is the host too busy, or is that port (--port) not sshd's?")
+    assert "session" not in line and not list((tmp_path / "state").iterdir())
 
 
 def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(tmp_path: Path) -> None:
