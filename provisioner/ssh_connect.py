@@ -248,7 +248,7 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
             raise ProvisionError(f"ssh: {encrypted[0]} is encrypted and ssh-agent does not hold it: load it with "
                                  f"`ssh-add {encrypted[0]}`{other}") from None
         how = f"the key {opts.key_file}" if opts.key_file else "ssh-agent and ~/.ssh keys"
-        raise ProvisionError(f"ssh: {where} refused {how}") from None
+        raise ProvisionError(f"ssh: {where} refused {how}; {_refused_advice(opts, pinned_file)}") from None
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
         client.close()
         if str(exc) == "No authentication methods available":  # paramiko's words when it had no key to offer
@@ -262,6 +262,20 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         raise ProvisionError(f"ssh: cannot connect to {where}: {why}{then} that host is gone for good, remove this exit "
                              f"server's local state: rm -r {shlex.quote(str(pinned_file.parent))}") from None
     return client
+
+
+def _refused_advice(opts: SshOptions, pinned_file: Path | None) -> str:
+    """What to do about a refused login: let the host accept the key (ssh-copy-id), or, at create, give another;
+    after create the key is the one create used, which the host took then."""
+    copy = shlex.join(["ssh-copy-id", *(["-i", opts.key_file] if opts.key_file else []),
+                       *(["-p", str(opts.port)] if opts.port != 22 else []), f"{opts.user}@{opts.host}"])
+    allow = f"add its public key to {opts.user}'s ~/.ssh/authorized_keys there ({copy})"
+    if pinned_file is None:
+        return f"{allow}, or give --ssh-key the key it accepts" if opts.key_file else f"give --ssh-key the key it " \
+            f"accepts, or {allow.replace('its', 'your', 1)}"
+    return (f"it took this key at create: put its public key back in {opts.user}'s ~/.ssh/authorized_keys there "
+            f"({copy}); if that host is gone for good, remove this exit server's local state: "
+            f"rm -r {shlex.quote(str(pinned_file.parent))}")
 
 
 def _default_keys() -> list[Path]:

@@ -346,7 +346,35 @@ def test_key_the_host_does_not_accept_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_
     _keygen(stranger)
     args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
     args[args.index("--ssh-key") + 1] = str(stranger)
-    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "refused the key", str(stranger))
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), f"refused the key {stranger}; add its public key "
+                   f"to root's ~/.ssh/authorized_keys there (ssh-copy-id -i {stranger} -p {prov_ssh_sshd.port} "
+                   "root@127.0.0.1), or give --ssh-key the key it accepts")
+
+
+def test_a_key_the_host_stopped_accepting_says_how_to_let_it_in_or_drop_the_state(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """status and delete of an exit server whose host no longer took create's key said only 'refused the key K':
+    nothing to do next, and delete could never finish."""
+    key, root_keys, state = tmp_path / "key", prov_ssh_sshd.user_keys / "root", tmp_path / "state"
+    _keygen(key)
+    root_keys.write_text((tmp_path / "key.pub").read_text())  # sshd reads root's keys here too
+    try:
+        args = _ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--data-addr",
+                         DATA_ADDR, "--ports", str(free_port()), "--control-port", str(free_port()))
+        args[args.index("--ssh-key") + 1] = str(key)
+        created = run_inletsctl("create", prov_ssh_name, *args, "--timeout", "60", timeout=120)
+        assert created.code == 0, created.err
+        root_keys.unlink()  # the host's admin took the key away
+        for verb in ("status", "delete"):
+            one_line_error(run_cli(capsys, verb, prov_ssh_name, "--state-dir", str(state)),
+                           f"refused the key {key}; it took this key at create: put its public key back in root's "
+                           f"~/.ssh/authorized_keys there (ssh-copy-id -i {key} -p {prov_ssh_sshd.port} root@127.0.0.1); "
+                           f"if that host is gone for good, remove this exit server's local state: rm -r {state / prov_ssh_name}")
+        root_keys.write_text((tmp_path / "key.pub").read_text())  # done as said: delete now finishes
+        assert run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(state)).code == 0
+        assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (state / prov_ssh_name).exists()
+    finally:
+        root_keys.unlink(missing_ok=True)
 
 
 def test_without_ssh_key_an_encrypted_or_missing_home_key_is_named_with_what_to_do(
