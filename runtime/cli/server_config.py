@@ -113,7 +113,8 @@ def control_config(
                 "localhost", "127.0.0.1", "::1", socket.gethostname()]
             files = auto_tls_files(auto_tls_directory(auto_tls_path), names)
             ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
-            log.info("event=auto_tls ca=%s names=%s", logfmt(files["ca_cert"]), logfmt(",".join(names)))
+            log.info("event=auto_tls ca=%s cert=%s names=%s", logfmt(files["ca_cert"]), logfmt(files["cert"]),
+                     logfmt(",".join(names)))
             warn_if_certificate_ending(Path(files["cert"]), AUTO_TLS_HINT.format(ca=files["ca_cert"]))
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))

@@ -11,9 +11,13 @@ accepting clients after 825 days with no way to renew. The CA's own ten years ar
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
+import hashlib
 import ipaddress
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,36 +158,72 @@ def _load_ca(cert: Path, key: Path) -> tuple[Pem, datetime.datetime]:
     return ca, end
 
 
-def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None = None) -> AutoTlsFiles:
-    """Create (or reuse, on restart) a CA and a server certificate in ``directory``.
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    """Write beside, then rename over: a server loading the file meanwhile reads the old one or the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
 
-    Reusing keeps clients that pinned ``ca.crt`` working across restarts. A new name
-    in ``names``, or a server certificate that ends before the CA (one made when they lasted
-    825 days), re-issues the server certificate from the same CA. A directory made here is
-    0700; one that exists keeps its mode (it is the user's: the current directory, their home).
-    Keys found readable by others are made 0600 and listed in ``fixed``.
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Servers sharing the folder, started together (at boot), take turns: else each made a CA of its own,
+    or loaded one's certificate with the other's key."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+def _canonical(name: str) -> str:
+    bare = name.strip("[]")
+    return str(ipaddress.ip_address(bare)) if is_ip(bare) else name.lower().rstrip(".")
+
+
+def server_files_stem(names: list[str]) -> str:
+    """``server-<digest of the names>``: a certificate per set of names, so that servers sharing a folder (and
+    its CA, the one ca.crt their clients pin) with different --auto-tls-san no longer issue one server.crt over
+    each other at every start."""
+    canonical = ",".join(sorted({_canonical(name) for name in names}))
+    return "server-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None = None) -> AutoTlsFiles:
+    """Create (or reuse, on restart) a CA and a server certificate for ``names`` in ``directory``.
+
+    Reusing keeps clients that pinned ``ca.crt`` working across restarts. Each set of names has its own
+    certificate and key (``server_files_stem``), all signed by the folder's one CA. A certificate that is
+    damaged, or ends before the CA (one made when they lasted 825 days), is issued again from the same CA.
+    A directory made here is 0700; one that exists keeps its mode (it is the user's: the current directory,
+    their home). Keys found readable by others are made 0600 and listed in ``fixed``.
     """
     fixed = [] if fixed is None else fixed
-    if not directory.exists():
-        directory.mkdir(parents=True, mode=0o700)
-    elif not directory.is_dir():
+    if directory.exists() and not directory.is_dir():
         raise AutoTlsError(f"{directory} is a file, not a directory: give --auto-tls-path a directory")
-    files = AutoTlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)  # exist_ok: another server may make it first
+    stem = server_files_stem(names)
+    files = AutoTlsFiles(directory / "ca.crt", directory / f"{stem}.crt", directory / f"{stem}.key")
     ca_key_path = directory / "ca.key"
-    if files.ca_cert.exists() and ca_key_path.exists():
-        _owner_only(ca_key_path, fixed)
-        ca, ca_end = _load_ca(files.ca_cert, ca_key_path)
-    else:
-        ca = generate_ca()
-        ca_end = x509.load_pem_x509_certificate(ca.cert).not_valid_after_utc
-        files.ca_cert.write_bytes(ca.cert)
-        write_private(ca_key_path, ca.key)
-    if files.key.exists():
-        _owner_only(files.key, fixed)
-    if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names, ca_end)):
-        server = issue_server_cert(ca, names)
-        files.cert.write_bytes(server.cert)
-        write_private(files.key, server.key)
+    with _locked(directory):
+        if files.ca_cert.exists() and ca_key_path.exists():
+            _owner_only(ca_key_path, fixed)
+            ca, ca_end = _load_ca(files.ca_cert, ca_key_path)
+        else:
+            ca = generate_ca()
+            ca_end = x509.load_pem_x509_certificate(ca.cert).not_valid_after_utc
+            _replace(ca_key_path, ca.key, 0o600)
+            _replace(files.ca_cert, ca.cert, 0o644)
+        if files.key.exists():
+            _owner_only(files.key, fixed)
+        if not (files.cert.exists() and files.key.exists() and _covers(files.cert, names, ca_end)):
+            server = issue_server_cert(ca, names)
+            _replace(files.key, server.key, 0o600)
+            _replace(files.cert, server.cert, 0o644)
     return files
 
 

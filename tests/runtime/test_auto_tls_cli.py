@@ -3,14 +3,18 @@ directories left as they are, keys others could read made private (and said so).
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import stat
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from helpers.process import inlets, spawn, wait_for_text
 from helpers.tunnel import free_port
+
+from inlets_py.runtime.core.certs import server_files_stem
 
 
 def server(token_file: Path, *extra: str) -> list[str]:
@@ -53,10 +57,11 @@ def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_
     directory.chmod(0o755)
     args = server(token_file, "--control-port", str(free_port()), "--auto-tls-path", str(directory),
                   "--auto-tls-san", "bücher.example")
+    key = directory / f"{server_files_stem(['xn--bcher-kva.example'])}.key"
     for run, log in enumerate(("first.log", "second.log")):
         if run:  # the keys the first run made are private from the start
-            assert [stat.S_IMODE((directory / key).stat().st_mode) for key in ("ca.key", "server.key")] == [0o600] * 2
-            (directory / "server.key").chmod(0o644)
+            assert [stat.S_IMODE((directory / name).stat().st_mode) for name in ("ca.key", key.name)] == [0o600] * 2
+            key.chmod(0o644)
         process = spawn(*args, log=tmp_path / log)
         try:
             text = wait_for_text(tmp_path / log, "event=started", timeout=60)
@@ -64,10 +69,10 @@ def test_an_existing_directory_keeps_its_mode_keys_become_private_and_an_idn_is_
             process.send_signal(signal.SIGTERM)
             process.wait(15)
     assert "names=xn--bcher-kva.example" in text
-    assert f'event=auto_tls_key_mode_fixed file="{directory / "server.key"} (was 0644)"' in text
+    assert f'event=auto_tls_key_mode_fixed file="{key} (was 0644)"' in text
     assert "event=auto_tls_path_open" in text
     assert stat.S_IMODE(directory.stat().st_mode) == 0o755
-    assert stat.S_IMODE((directory / "server.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
 def test_a_kept_certificate_that_does_not_name_the_new_san_is_issued_again(tmp_path: Path, token_file: Path) -> None:
@@ -96,3 +101,67 @@ def test_a_kept_certificate_that_does_not_name_the_new_san_is_issued_again(tmp_p
             process.send_signal(signal.SIGTERM)
             process.wait(15)
         assert ("DNS", san) in named, named
+
+
+def _served(port: int, ca: Path, name: str) -> bytes:
+    """The certificate the server on ``port`` shows a client that pins ``ca`` and checks ``name`` (DER)."""
+    import ssl
+
+    from inlets_py.runtime.core.tls import client_context
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with client_context(ca).wrap_socket(raw, server_hostname=name) as tls_socket:
+                return tls_socket.getpeercert(binary_form=True) or b""
+        except ssl.SSLCertVerificationError as exc:
+            pytest.fail(f"the server started with --auto-tls-san {name} shows a certificate its clients refuse: {exc}")
+
+
+def test_servers_sharing_the_folder_each_keep_a_certificate_naming_their_sans(tmp_path: Path) -> None:
+    """Two servers with other --auto-tls-san and the default folder: the second's start issued server.crt over
+    the first's, so a server loading its files a moment later (both starting at boot) served the other's names,
+    or its certificate with the other's key. Each set of names now has its files, under the one CA."""
+    import subprocess
+    import sys
+
+    from inlets_py.runtime.cli.server_config import CERTS_MODULE
+    from inlets_py.runtime.core.tls import server_context
+
+    directory = tmp_path / "auto-tls"
+    made = {}
+    for name in ("one.example", "two.example"):  # as the servers do it: a child process each, one after the other
+        result = subprocess.run([sys.executable, "-m", CERTS_MODULE, str(directory), name],
+                                capture_output=True, text=True, timeout=60, check=True)
+        made[name] = json.loads(result.stdout)
+    for name, files in made.items():
+        server_context(Path(files["cert"]), Path(files["key"]))  # the key is the certificate's
+        cert = x509.load_pem_x509_certificate(Path(files["cert"]).read_bytes())
+        named = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert named.get_values_for_type(x509.DNSName) == [name], (name, files)
+        assert files["ca_cert"] == str(directory / "ca.crt")
+
+
+def test_two_servers_on_one_folder_start_together_and_restart_without_new_certificates(
+        tmp_path: Path, token_file: Path) -> None:
+    """Started at once, each serves its own names under the one CA (one made a CA of its own, or served the
+    other's certificate: 3 of 16 before); restarted, each serves the certificate it had (it issued a new one)."""
+    directory = tmp_path / "auto-tls"
+    ports = {"one.example": free_port(), "two.example": free_port()}
+    seen: dict[str, list[bytes]] = {name: [] for name in ports}
+    for run in range(2):
+        processes = []
+        try:
+            for name, port in ports.items():
+                log = tmp_path / f"{name}-{run}.log"
+                processes.append((spawn(*server(token_file, "--control-port", str(port), "--auto-tls-path",
+                                                str(directory), "--auto-tls-san", name), log=log), log))
+            for _, log in processes:
+                wait_for_text(log, "event=started", timeout=60)
+            for name, port in ports.items():
+                seen[name].append(_served(port, directory / "ca.crt", name))
+        finally:
+            for process, _ in processes:
+                process.send_signal(signal.SIGTERM)
+                process.wait(15)
+    for name, (first, second) in seen.items():
+        assert first == second, f"{name}: restarted, the server issued itself a new certificate"

@@ -377,8 +377,9 @@ def test_auto_tls_generates_once_and_reuses_on_restart(tmp_path: Path, token_fil
             server.terminate()
             server.wait(10)
     logs = "".join(p.read_text() for p in tmp_path.glob("server*.log"))
-    assert "PRIVATE KEY" not in logs and (tmp_path / "tls" / "server.key").read_text()[40:80] not in logs
-    assert oct((tmp_path / "tls" / "server.key").stat().st_mode & 0o777) == "0o600"
+    (key,) = (tmp_path / "tls").glob("server-*.key")
+    assert "PRIVATE KEY" not in logs and key.read_text()[40:80] not in logs
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
     assert oct((tmp_path / "tls").stat().st_mode & 0o777) == "0o700"
 
