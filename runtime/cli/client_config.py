@@ -122,6 +122,7 @@ def client_config(
         mode=mode,
         services=services,
         ssl_context=ssl_context,
+        tls_ca=tls_ca if ssl_context is not None and not tls_insecure else None,
         server_name=tls_server_name,
         keepalive=keepalive,
         proxy=proxy,

@@ -61,6 +61,7 @@ class ClientConfig:
     mode: str
     services: list[str]
     ssl_context: ssl.SSLContext | None = None
+    tls_ca: Path | None = None  # the file ssl_context pins: re-read when it changes (CA rotation)
     server_name: str | None = None  # verify the certificate for this name instead of the URL's host
     keepalive: float = 20.0
     window: int = DEFAULT_WINDOW

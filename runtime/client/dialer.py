@@ -26,6 +26,7 @@ from ..core.mux import DEFAULT_INITIAL_WINDOW, Multiplexer
 from ..core.services import shown_service
 from ..core.channel import Channel
 from ..core.session import Session
+from ..core.tls import PinnedCa, TlsConfigError
 from .connect import ClientConfig, FatalClientError, connect_url, handshake, open_websocket
 from .diagnose import describe as _describe, how_closed
 from .outbound_proxy import ProxyConfigError, choose as choose_proxy
@@ -78,6 +79,8 @@ class TunnelClient:
         #: the token each session was opened with: after a revocation, whether the file holds another one now
         self._opened_with: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._token_file_unreadable = False  # said once, until the file can be read again
+        self._pinned = PinnedCa(config.tls_ca, config.ssl_context) if config.tls_ca and config.ssl_context else None
+        self._ca_unusable = False  # said once, until the --tls-ca file can be used again
         self._ending_said: datetime.datetime | None = None  # the server certificate's notAfter, once warned of (once per certificate)
         self.on_change: Callable[[], None] | None = None  # told when connected is set or cleared (ClientGroup)
         try:
@@ -113,6 +116,23 @@ class TunnelClient:
             log.info("event=token_file_readable path=%s", logfmt(self.config.token_file))
         self.config.token = token
         return token
+
+    def refresh_ca(self) -> None:
+        """Verify the next connection against --tls-ca as the file is now (``PinnedCa``); one it cannot use now
+        keeps the CA read last, said once, as an unreadable token file keeps the token."""
+        if self._pinned is None:
+            return
+        try:
+            self.config.ssl_context, loaded = self._pinned.current()
+        except TlsConfigError as exc:
+            if not self._ca_unusable:
+                self._ca_unusable = True
+                log.warning("event=tls_ca_unreadable url=%s error=%s using=last_ca_read", logfmt(self.config.url),
+                            logfmt(exc))
+            return
+        if loaded:
+            self._ca_unusable = False
+            log.info("event=tls_ca_reloaded url=%s path=%s", logfmt(self.config.url), logfmt(self._pinned.path))
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -161,6 +181,7 @@ class TunnelClient:
     async def open_session(self) -> Session:
         """Connect, authenticate and shake hands; the session then runs in the background."""
         token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
+        self.refresh_ca()
         websocket = await open_websocket(self.config, self.ws_url, self.proxy, token)
         try:
             welcome = await handshake(websocket, self.config, self.client_id, self.initial_window)

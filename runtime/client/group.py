@@ -91,7 +91,7 @@ class ClientGroup:
                    "no other server holds this client now, so users are not served until one does")
             log.error("event=server_refused url=%s error=%s retry_in=%.0fs next=%s", logfmt(url),
                       logfmt(error.removeprefix(f"{url}: ")), self.fatal_retry,  # "URL answers ...": kept whole
-                      logfmt(f"{now}; fix this one (the token file is re-read at each try), "
+                      logfmt(f"{now}; fix this one (the token file and --tls-ca are re-read at each try), "
                              "then send SIGHUP to try it at once"))
             self._report()
             try:

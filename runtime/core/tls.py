@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import ssl
 import time
 from pathlib import Path
@@ -195,6 +196,33 @@ def client_context(ca: Path | None = None, *, insecure: bool = False) -> ssl.SSL
         return context
     load_ca(context, ca)
     return context
+
+
+class PinnedCa:
+    """A client's --tls-ca, loaded again when the file changes (inode, size or modification time), as its token
+    file is re-read: moving a server to a new CA then needs no client restart (put both CAs in the file, send the
+    client SIGHUP, move the server). Read once, a client kept the old CA alone and exited at the next reconnect."""
+
+    def __init__(self, path: Path, context: ssl.SSLContext) -> None:
+        self.path, self.context = path, context
+        self._seen = self._signature()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except OSError:
+            return None
+        return status.st_ino, status.st_size, status.st_mtime_ns
+
+    def current(self) -> tuple[ssl.SSLContext, bool]:
+        """The context for the next connection and whether it was just loaded; ``TlsConfigError`` when the file
+        changed and cannot be used now (caught mid-write, removed): ``self.context`` is then the one read last."""
+        seen = self._signature()
+        if seen == self._seen:
+            return self.context, False
+        context = client_context(self.path)
+        self.context, self._seen = context, seen
+        return context, True
 
 
 def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
