@@ -104,8 +104,8 @@ def delete(
         started = time.monotonic()
         if meta is not None and not by_id:
             check_serves(provider, host_id, meta["name"])
+        progress(f"deleting {label} ({provider_name} {host_id})")  # before: a local server drains for up to 10 s
         provider.delete(host_id, timeout)
-        progress(f"deleting {label} ({provider_name} {host_id})")
         wait_until_gone(provider, host_id, timeout, progress, interval=1.0, started=started, label=str(label))
         done = f"deleted {label} ({provider_name} {host_id})"
     except NotFound:
