@@ -77,6 +77,17 @@ def wait_for_text(path: Path, text: str, timeout: float = 15) -> str:
     raise AssertionError(f"{text!r} not in {path}:\n{path.read_text()}")
 
 
+def wait_count(path: Path, text: str, count: int, timeout: float = 30) -> str:
+    """The log once ``text`` is in it ``count`` times (a rotation's or a reconnect's steps repeat the same lines)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text()
+        if content.count(text) >= count:
+            return content
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not {count} times in {path}:\n{path.read_text()}")
+
+
 def echo_once(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
     with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(payload)

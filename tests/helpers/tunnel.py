@@ -156,6 +156,17 @@ async def until_connected(client: TunnelClient, task: asyncio.Future) -> None:
     assert client.connected.is_set(), "client did not connect"
 
 
+async def polled(condition: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` every 20 ms for at most ``timeout`` seconds; whether it came true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def stop(*tasks: asyncio.Task) -> None:
     for task in tasks:
         task.cancel()

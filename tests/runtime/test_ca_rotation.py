@@ -6,21 +6,10 @@ pinned the old one only, and exited at the server's next restart on the new cert
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
-from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text
+from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_count, wait_for_text
 from helpers.tunnel import TlsFiles, free_port, make_tls
-
-
-def wait_count(path: Path, text: str, count: int, timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text()
-        if content.count(text) >= count:
-            return content
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not {count} times in {path}:\n{path.read_text()}")
 
 
 def test_a_client_whose_ca_file_gained_the_new_ca_follows_the_server_to_it(

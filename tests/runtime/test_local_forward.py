@@ -8,23 +8,12 @@ from pathlib import Path
 
 import pytest
 from helpers.process import client_args, inlets, one_line_error, server_args, spawn, stop_all, wait_for_text
-from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop
+from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, polled, port_of, run, start_client, start_server, stop
 from inlets_py.runtime.client import local_forward
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import parse_target_rules
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
-
-
-async def _until(condition, timeout: float = 5.0) -> bool:
-    """Poll ``condition`` every 20 ms for at most ``timeout`` seconds; whether it came true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def test_a_user_waiting_for_the_tunnel_has_the_client_connect_now(tls: TlsFiles, token: str, monkeypatch) -> None:
@@ -45,7 +34,7 @@ def test_a_user_waiting_for_the_tunnel_has_the_client_connect_now(tls: TlsFiles,
         await forwarder.start()
         try:
             await server.stop()
-            assert await _until(lambda: not client.connected.is_set())
+            assert await polled(lambda: not client.connected.is_set())
             server = await start_server(tls, token, port=control, forwarding=policy)  # back; the client waits 10-20 s
             reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
             writer.write(b"after the outage")

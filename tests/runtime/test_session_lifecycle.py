@@ -11,7 +11,7 @@ from typing import AsyncIterator
 import pytest
 
 from helpers.tunnel import (
-    StallingRelay, TlsFiles, control_url, echo_server, free_port, port_of, run, start_client, start_server, stop,
+    StallingRelay, TlsFiles, control_url, echo_server, free_port, polled, port_of, run, start_client, start_server, stop,
     wait_listening,
 )
 from inlets_py.runtime.client.dialer import TunnelClient
@@ -47,17 +47,6 @@ async def _forwarding_client(tls: TlsFiles, token: str, target_port: int | None 
         echo.close()
 
 
-async def _until(condition, timeout: float = 5.0) -> bool:
-    """Poll ``condition`` every 20 ms for at most ``timeout`` seconds; whether it came true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
-
-
 def test_two_rotations_at_once_leave_no_orphan_session(tls: TlsFiles, token: str) -> None:
     """Two SIGHUPs close together: both rotations read the same old session, so the first one's new session was
     never drained: the server held 2 sessions for the client, and one outlived the client's graceful shutdown."""
@@ -68,11 +57,11 @@ def test_two_rotations_at_once_leave_no_orphan_session(tls: TlsFiles, token: str
                                           drain_timeout=2.0)
         try:
             await asyncio.gather(client.rotate(), client.rotate())
-            assert await _until(lambda: len(server.control.clients) == 1), len(server.control.clients)
+            assert await polled(lambda: len(server.control.clients) == 1), len(server.control.clients)
             await asyncio.sleep(0.3)  # nothing else closes later: the count stays
             assert len(server.control.clients) == 1 and client.session is not None
             await client.shutdown()
-            assert await _until(lambda: not server.control.clients), len(server.control.clients)
+            assert await polled(lambda: not server.control.clients), len(server.control.clients)
         finally:
             await stop(task)
             await server.stop()
@@ -93,10 +82,10 @@ def test_a_rotation_while_disconnected_connects_at_once_and_stays(tls: TlsFiles,
                                           backoff_initial=20.0, backoff_max=20.0)
         try:
             await server.stop()
-            assert await _until(lambda: not client.connected.is_set())
+            assert await polled(lambda: not client.connected.is_set())
             server = await start_server(tls, token, port=control)  # back, while the client waits 10-20 s
             await client.rotate()
-            assert await _until(client.connected.is_set, 3.0), "the client waited out its backoff"
+            assert await polled(client.connected.is_set, 3.0), "the client waited out its backoff"
             await asyncio.sleep(0.3)
             assert client.connected.is_set() and len(server.control.clients) == 1
             _, writer = await _echoes(public)
@@ -134,14 +123,14 @@ def test_a_server_out_of_stream_ids_has_the_client_reconnect(tls: TlsFiles, toke
             (old,) = server.control.clients
             old.mux._next_id = 0xFFFFFFFE  # the server's last even id
             reader, writer = await _echoes(public)
-            assert await _until(lambda: client.session not in (None, first_session) and len(server.control.clients) == 2)
+            assert await polled(lambda: client.session not in (None, first_session) and len(server.control.clients) == 2)
             for _ in range(3):
                 _, later = await _echoes(public)
                 later.close()
             writer.write(b"still here")  # the stream opened on the old session finishes on it
             assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
             writer.close()
-            assert await _until(lambda: list(server.control.clients) != [old] and len(server.control.clients) == 1)
+            assert await polled(lambda: list(server.control.clients) != [old] and len(server.control.clients) == 1)
         finally:
             await stop(task)
             await server.stop()
@@ -164,7 +153,7 @@ def test_a_client_out_of_stream_ids_for_local_forwards_reconnects(tls: TlsFiles,
             assert first_session is not None
             first_session.mux._next_id = 0xFFFFFFFF - 2  # two odd ids left
             kept = [await _echoes(forward.local_port) for _ in range(2)]
-            assert await _until(lambda: client.session not in (None, first_session))
+            assert await polled(lambda: client.session not in (None, first_session))
             for _ in range(3):
                 _, later = await _echoes(forward.local_port)
                 later.close()
@@ -203,11 +192,11 @@ def test_local_forwards_of_a_client_on_two_servers_avoid_the_one_that_drains(tls
         urls = [config.url for config in configs]
         draining: asyncio.Future | None = None
         try:
-            assert await _until(lambda: group.held() == urls)
+            assert await polled(lambda: group.held() == urls)
             assert group.session is group.clients[0].session  # the first server takes local forwards
             reader, writer = await _echoes(forward.local_port)
             draining = asyncio.ensure_future(servers[0].drain(20))
-            assert await _until(lambda: group.held() == urls[1:]), group.held()
+            assert await polled(lambda: group.held() == urls[1:]), group.held()
             for _ in range(3):
                 _, later = await _echoes(forward.local_port)
                 later.close()
@@ -371,7 +360,7 @@ def test_reconnect_waits_stop_growing_at_the_backoff_cap(monkeypatch, caplog) ->
     async def scenario() -> None:
         client, task = await start_client(f"ws://127.0.0.1:{free_port()}", "t", None, {free_port(): Upstream("127.0.0.1", 9)},
                                           wait=False, backoff_initial=0.1, backoff_max=0.3)
-        await _until(lambda: len(waits()) >= 5 or any(float(w[:-1]) > 0.3 for w in waits()), 15.0)
+        await polled(lambda: len(waits()) >= 5 or any(float(w[:-1]) > 0.3 for w in waits()), 15.0)
         await stop(task)
 
     with caplog.at_level(logging.WARNING, logger="inlets.client"):
@@ -394,10 +383,10 @@ def test_a_client_whose_server_restarts_while_a_local_connection_is_open_reconne
                 writer.write(b"held\n")
                 assert await asyncio.wait_for(reader.readline(), 5) == b"held\n"
                 first = client.session
-                assert await _until(lambda: first is not None and first.mux.peer_going_away)
+                assert await polled(lambda: first is not None and first.mux.peer_going_away)
                 await asyncio.sleep(0.3)  # the first reconnection has failed: nothing listens
                 new = await start_server(tls, token, port=port, forwarding=_forwarding())
-                assert await _until(lambda: client.session is not first, 5), "still on the draining session"
+                assert await polled(lambda: client.session is not first, 5), "still on the draining session"
                 r2, w2 = await asyncio.open_connection("127.0.0.1", forward.local_port)
                 w2.write(b"new\n")
                 assert await asyncio.wait_for(r2.readline(), 5) == b"new\n"
@@ -424,7 +413,7 @@ def test_a_local_connection_made_while_the_server_drains_waits_for_the_new_serve
             draining = asyncio.ensure_future(old.drain(20))
             try:
                 first = client.session
-                assert await _until(lambda: first is not None and first.mux.peer_going_away)
+                assert await polled(lambda: first is not None and first.mux.peer_going_away)
                 reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
                 writer.write(b"early\n")  # made while only the draining session is there
                 await asyncio.sleep(0.3)

@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 
-from helpers.process import client_args, server_args, spawn, stop_all
+from helpers.process import client_args, server_args, spawn, stop_all, wait_count
 from helpers.tunnel import TlsFiles, free_port
-
-
-def wait_count(path: Path, text: str, count: int, timeout: float = 20) -> str:
-    """The log once ``text`` is in it ``count`` times (a rotation's steps repeat the same lines)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text()
-        if content.count(text) >= count:
-            return content
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not {count} times in {path}:\n{path.read_text()}")
 
 
 def test_a_revoked_client_whose_token_file_has_a_new_token_reconnects_at_once_every_rotation(
