@@ -291,6 +291,9 @@ class TcpTunnelServer:
                     if listener is not None:
                         listener.close()
                     self.udp_ports.pop(service, None)
+                    opened_kind, _, opened_port = service.partition(":")
+                    if int(opened_port) in counted[opened_kind == "udp"]:  # in its grace before: back in it, else
+                        self.metrics.port_closed(opened_kind, int(opened_port), time.monotonic())  # kept for ever
                 self.metrics.forget_ports(*counted)
                 control = frozenset(address[1] for address in self.control.addresses) if kind == "tcp" else frozenset()
                 raise HandshakeError(CLOSE_SERVICE_REFUSED, bind_failure(self.data_addr, port, exc, control)) from None
