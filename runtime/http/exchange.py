@@ -319,6 +319,9 @@ def _answered(leg: Leg) -> None:
 
 
 def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
+    if ex.leg.timed_out and front.eof and not ex.body_pending:  # the user left before a silent upstream timed out:
+        abandon(front)  # 499, as when the upstream stops at its FIN; counted a tunnel 504, it set off the tunnel's alerts
+        return
     # The user stalled (as nginx's client_body_timeout); not one who waits for a 100 Continue the upstream never sent
     if ex.leg.timed_out and ex.body_pending and ex.awaiting_body and not ex.head.expect_continue:
         status, message = 408, f"request body timed out: none of it came for {front.server.upstream_timeout:g}s"

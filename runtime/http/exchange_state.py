@@ -41,7 +41,7 @@ class Front(Protocol):
 
     The exchange writes to ``transport``, sets ``exchange``/``parked``/``idle_since`` as it starts
     and ends, and hands the connection back with ``resume_requests`` (fast path) or ``wake`` (the
-    connection's coroutine). ``drain`` is set while the user's socket is full.
+    connection's coroutine). ``drain`` is set while the user's socket is full; ``eof`` once the user closed its side.
     """
 
     @property
@@ -55,6 +55,7 @@ class Front(Protocol):
     parked: bool
     idle_since: float | None
     drain: asyncio.Future | None
+    eof: bool
 
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None: ...  # a leg to a client of ``service``
 

@@ -105,6 +105,7 @@ class Front:
         self.parked = False
         self.idle_since: float | None = None
         self.drain: asyncio.Future | None = None
+        self.eof = False
         self.legs = legs
         self.resumed = 0
         self.woken = 0
