@@ -120,6 +120,19 @@ def listen_failure(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
+#: How often ``run_server``'s ``daily`` runs.
+DAY = 24 * 3600.0
+
+
+def every_day(loop: asyncio.AbstractEventLoop, job: Callable[[], None]) -> None:
+    """``job`` once a DAY from now, for as long as the loop runs."""
+    def run() -> None:
+        job()
+        loop.call_later(DAY, run)
+
+    loop.call_later(DAY, run)
+
+
 def run_server(
     server,
     *,
@@ -129,9 +142,11 @@ def run_server(
     token_file: Path | None,
     started: Callable[[], None] | None = None,
     reload_tls: Callable[[], None] | None = None,
+    daily: Callable[[], None] | None = None,
 ) -> None:
     """Start ``server`` (then ``started``); SIGHUP re-reads the token file and calls ``reload_tls`` (given by the
-    caller, which has the server's modules: a client's lifecycle imports none); SIGTERM drains then exits 0."""
+    caller, which has the server's modules: a client's lifecycle imports none); ``daily`` runs every DAY from the
+    start (the certificate's end, warned of); SIGTERM drains then exits 0."""
 
     from ..core.listen import BindError  # here: a client has no use for it
 
@@ -150,6 +165,8 @@ def run_server(
             fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)
         if started is not None:
             started()
+        if daily is not None:
+            every_day(asyncio.get_running_loop(), daily)
 
     async def reload() -> None:
         if reload_tls is not None:

@@ -21,7 +21,7 @@ from ..core.hosts import HostError, check_bind_address, check_host, is_ip, is_lo
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
 from ..server.admission import DEFAULT_MAX_PER_SOURCE
-from ..server.control import ControlConfig
+from ..server.control import ControlConfig, ServingCertificate
 from ..server.dataplane import DataPlaneOptions
 from .config import default_data_dir, fail, refuse_blank
 
@@ -102,12 +102,12 @@ def control_config(
             warn_if_others_can_read(token_file)
     except TokenError as exc:
         fail(str(exc))
-    ssl_context = None
+    ssl_context, serving = None, None
     try:
         if tls_cert and tls_key:
             ssl_context = server_context(tls_cert, tls_key)
             warn_if_others_can_read(Path(tls_key), "TLS key")
-            warn_if_certificate_ending(Path(tls_cert), TLS_FILES_HINT)
+            serving = serving_certificate(Path(tls_cert), TLS_FILES_HINT)
         elif auto_tls:
             names = auto_tls_names(auto_tls_san) if auto_tls_san else [
                 "localhost", "127.0.0.1", "::1", socket.gethostname()]
@@ -115,13 +115,13 @@ def control_config(
             ssl_context = server_context(Path(files["cert"]), Path(files["key"]))
             log.info("event=auto_tls ca=%s cert=%s names=%s", logfmt(files["ca_cert"]), logfmt(files["cert"]),
                      logfmt(",".join(names)))
-            warn_if_certificate_ending(Path(files["cert"]), AUTO_TLS_HINT.format(ca=files["ca_cert"]))
+            serving = serving_certificate(Path(files["cert"]), AUTO_TLS_HINT.format(ca=files["ca_cert"]))
     except (TlsConfigError, OSError) as exc:
         fail(str(exc))
     return ControlConfig(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
         max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=trusted_proxies,
-        max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source,
+        max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source, certificate=serving,
     )
 
 
@@ -149,27 +149,45 @@ def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:
         log.error("event=reload_failed error=%s keeping=current_certificate", logfmt(exc))
         return
     config.ssl_context = context
+    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), logfmt(_not_after_text(Path(cert))))
+    config.certificate = serving_certificate(Path(cert), TLS_FILES_HINT)
+
+
+def _not_after_text(cert: Path) -> str:
+    """The certificate's end for a log line; "-" for one the expiry reader cannot parse."""
     try:
-        not_after = iso(not_after_pem(Path(cert).read_bytes()))
+        return iso(not_after_pem(cert.read_bytes()))
     except (OSError, ValueError):
-        not_after = "-"
-    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), logfmt(not_after))
-    warn_if_certificate_ending(Path(cert), TLS_FILES_HINT)
+        return "-"
 
 
-def warn_if_certificate_ending(cert: Path, hint: str) -> None:
-    """At start: a warning when the certificate has ended or ends within 30 days (cert_expiry.WARN_WITHIN).
-    OpenSSL has just loaded it, so a certificate this reader cannot parse is left to OpenSSL, not refused."""
+def serving_certificate(cert: Path, hint: str) -> ServingCertificate:
+    """The certificate OpenSSL has just loaded, with a warning when it has ended, ends within 30 days
+    (cert_expiry.WARN_WITHIN) or is not valid yet. One this reader cannot parse is left to OpenSSL, not refused."""
     try:
         pem = cert.read_bytes()
         not_before, not_after = not_before_pem(pem), not_after_pem(pem)
-    except ValueError:
-        return
+    except (OSError, ValueError):
+        return ServingCertificate(cert, None, hint)
     if not_before > datetime.datetime.now(datetime.timezone.utc):  # clients refuse it until then
         log.warning("event=certificate_not_yet_valid cert=%s not_before=%s hint=%s", logfmt(cert), iso(not_before),
                     logfmt("clients refuse the certificate until then: check this machine's clock (and the one "
                            "where it was made), or give a certificate valid now (--tls-cert/--tls-key)"))
-    warn_if_ending(log, f"cert={logfmt(cert)}", not_after, hint)
+    serving = ServingCertificate(cert, not_after, hint)
+    warn_if_certificate_ending(serving)
+    return serving
+
+
+def warn_if_certificate_ending(serving: ServingCertificate | None) -> None:
+    """At start, at a reload, and every day (``DAILY``): a warning from 30 days before the serving certificate ends."""
+    if serving is not None and serving.end is not None:
+        warn_if_ending(log, f"cert={logfmt(serving.path)}", serving.end, serving.hint)
+
+
+def daily_certificate_check(config: ControlConfig) -> Callable[[], None]:
+    """What the server runs every day: a server that runs for months was warned of its certificate's end only at
+    start, when the end was still far."""
+    return lambda: warn_if_certificate_ending(config.certificate)
 
 
 def warn_if_plaintext_reachable(control_addr: str | None) -> None:

@@ -67,6 +67,7 @@ class HttpTunnelServer:
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
         self.control = ControlPlane("http", config, self._admit, self._release)
         self.metrics = HttpMetrics(lambda: len(self.control.clients), self.control.serves)
+        self.metrics.certificate_end = config.certificate_end
         config.routes.setdefault("/metrics", self.metrics.route)
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request

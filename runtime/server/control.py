@@ -9,11 +9,13 @@ authenticated routes, the 401/429 refusals) are in ``control_http.py``.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import ssl
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -44,6 +46,16 @@ HELLO_TIMEOUT = 10.0
 
 
 @dataclass
+class ServingCertificate:
+    """The control port's certificate as loaded (--tls-cert or --auto-tls): a server runs for months, so its end
+    is warned of every day and exposed as a metric to alert on, not only said at start."""
+
+    path: Path
+    end: datetime.datetime | None  # None: a certificate the expiry reader cannot parse (OpenSSL loaded it)
+    hint: str  # what to do before it ends, in the warning
+
+
+@dataclass
 class ControlConfig:
     tokens: TokenSet
     host: str | None = None  # None: every interface, IPv4 and IPv6
@@ -70,6 +82,12 @@ class ControlConfig:
     max_handshakes_per_source: int = DEFAULT_MAX_PER_SOURCE
     #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
     trusted_proxies: SourceAllowList | None = None
+    #: The certificate serving now (None: --plaintext): replaced by a SIGHUP reload.
+    certificate: ServingCertificate | None = None
+
+    def certificate_end(self) -> datetime.datetime | None:
+        """When the certificate serving now ends (the servers' metric); None with --plaintext."""
+        return self.certificate.end if self.certificate is not None else None
 
 
 @dataclass

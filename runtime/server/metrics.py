@@ -12,6 +12,7 @@ host and method), control-plane paths only when routed; everything else counts u
 
 from __future__ import annotations
 
+import datetime
 from bisect import bisect_left
 from http import HTTPStatus
 from typing import Any, Callable, Iterator
@@ -33,6 +34,8 @@ class ServerMetrics:
         self._serves = serves  # the control plane's own test (ControlPlane.serves): a label for each path it answers
         self.control_requests: dict[tuple[str, str], int] = {}  # (code, path) -> count
         self._registry: Any = None  # a prometheus_client CollectorRegistry, made at the first scrape
+        #: when the control port's certificate ends (the server sets it; None: --plaintext)
+        self.certificate_end: Callable[[], datetime.datetime | None] = lambda: None
 
     def control_request(self, path: str, code: int) -> None:
         labels = (str(code), path if self._serves(path) else OTHER)
@@ -74,6 +77,11 @@ class ServerMetrics:
         for labels, count in list(self.control_requests.items()):
             requests.add_metric(labels, count)
         yield requests
+        end = self.certificate_end()
+        if end is not None:  # what an alert reads, as blackbox_exporter's probe_ssl_earliest_cert_expiry
+            yield GaugeMetricFamily(f"{self.mode}_controlplane_certificate_expiry_timestamp_seconds",
+                                    "When the control port's TLS certificate ends (Unix time): renew it before.",
+                                    value=end.timestamp())
         yield from self.families()
 
     def families(self) -> Iterator[Any]:

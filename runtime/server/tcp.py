@@ -228,6 +228,7 @@ class TcpTunnelServer:
         self.registry: Registry[Session] = Registry()
         self.control = ControlPlane("tcp", config, self._admit, self._release)
         self.metrics = TcpMetrics(lambda: len(self.control.clients), self.control.serves)
+        self.metrics.certificate_end = config.certificate_end
         config.routes.setdefault("/metrics", self.metrics.route)  # behind the bearer token
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request

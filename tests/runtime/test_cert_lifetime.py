@@ -7,6 +7,7 @@ and the server (at start) and the client (per connection) warn from 30 days befo
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -14,6 +15,7 @@ import re
 import signal
 import socket
 import ssl
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
 from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, control_url, free_port, make_tls, run, start_client, stop
 
 from inlets_py.provisioner.material import generate
 from inlets_py.runtime.core.cert_expiry import WARN_WITHIN, not_after_der, not_after_pem
-from inlets_py.runtime.cli.server_config import TLS_FILES_HINT, control_config
+from inlets_py.runtime.cli import lifecycle
+from inlets_py.runtime.cli.server_config import TLS_FILES_HINT, control_config, daily_certificate_check
 from inlets_py.runtime.client.dialer import FatalClientError
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.certs import CA_VALIDITY, AutoTlsError, Pem, ensure_auto_tls, generate_ca, issue_server_cert
@@ -273,3 +277,54 @@ def test_sighup_serves_a_renewed_certificate_to_new_clients_and_keeps_connected_
         assert "Traceback" not in logs["server"].read_text()
     finally:
         stop_all(*[p for p in (server, old, new) if p is not None])
+
+
+def _expiry_metric(port: int, ca: Path, token: str) -> float | None:
+    """The server's ``tcp_controlplane_certificate_expiry_timestamp_seconds``, scraped as Prometheus would."""
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=str(ca)), timeout=10) as response:
+        families = text_string_to_metric_families(response.read().decode())
+        return next((sample.value for family in families for sample in family.samples
+                     if sample.name == "tcp_controlplane_certificate_expiry_timestamp_seconds"), None)
+
+
+def test_the_expiry_metric_follows_the_certificate_serving_through_a_reload(
+        tmp_path: Path, token: str, token_file: Path) -> None:
+    """Warned of only at start, a certificate that ended months into a server's run went unsaid: the end is a
+    metric to alert on (and a daily warning, below), and a SIGHUP renewal moves it."""
+    ca = generate_ca()
+    first, renewed = (issue_server_cert(ca, NAMES, not_after=NOW + datetime.timedelta(days=days)) for days in (200, 400))
+    live = write_tls(tmp_path, ca, first)
+    control = free_port()
+    log = tmp_path / "server.log"
+    server = spawn(*server_args(control, live, token_file), log=log)
+    try:
+        wait_port(control)
+        assert _expiry_metric(control, live.ca, token) == cert(first.cert).not_valid_after_utc.timestamp()
+        live.cert.write_bytes(renewed.cert)
+        live.key.write_bytes(renewed.key)
+        server.send_signal(signal.SIGHUP)
+        wait_for_text(log, "event=certificate_reloaded")
+        assert _expiry_metric(control, live.ca, token) == cert(renewed.cert).not_valid_after_utc.timestamp()
+    finally:
+        stop_all(server)
+
+
+def test_a_running_server_warns_of_its_certificates_end_every_day(
+        tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daily check (``run_server``'s ``daily``), with the day shortened: each day that falls within 30 days of
+    the end says it again, not only the start."""
+    caplog.set_level(logging.INFO)
+    ca = generate_ca()
+    config = server_config(write_tls(tmp_path, ca, issue_server_cert(ca, NAMES, not_after=NOW + datetime.timedelta(
+        days=10))), token)
+    assert len(warnings(caplog, "inlets")) == 1  # at start
+    monkeypatch.setattr(lifecycle, "DAY", 0.05)
+
+    async def three_days() -> None:
+        lifecycle.every_day(asyncio.get_running_loop(), daily_certificate_check(config))
+        await asyncio.sleep(0.18)
+
+    run(three_days(), timeout=10)
+    said = warnings(caplog, "inlets")
+    assert len(said) == 4 and all(line.startswith("event=certificate_expires_soon cert=") for line in said), said

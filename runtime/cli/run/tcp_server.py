@@ -16,8 +16,9 @@ from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_given_once, check_logs, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
-from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config, data_plane_options,
-                             handshake_caps, tls_reloader, warn_if_plaintext_reachable)
+from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config,
+                             daily_certificate_check, data_plane_options, handshake_caps, tls_reloader,
+                             warn_if_plaintext_reachable)
 
 log = logging.getLogger("inlets")
 
@@ -88,4 +89,4 @@ def run(flags: SimpleNamespace) -> None:
 
     run_server(server, describe=f"control {authority(flags.control_addr or '*', flags.control_port)}", drain_timeout=flags.drain_timeout,
                token=flags.token, token_file=flags.token_file, started=started,
-               reload_tls=tls_reloader(config, flags.tls_cert, flags.tls_key))
+               reload_tls=tls_reloader(config, flags.tls_cert, flags.tls_key), daily=daily_certificate_check(config))
