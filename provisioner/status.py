@@ -102,7 +102,8 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
             raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
                                f"and create it again: {delete_command(name, root)}")
     if not meta.get("ip"):
-        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}")
+        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}; "
+                           f"delete what it made with: {delete_command(name, root)}")
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails

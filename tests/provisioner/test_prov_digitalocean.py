@@ -243,6 +243,9 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
         assert time.monotonic() - started < 15
         one_line_error(kept, "timed out", "droplet status 'new'", "inletsctl delete stuck")
         assert len(stuck.droplets) == 1 and (state / "stuck").exists()
+        # no address yet: status says so, and how to delete what create made
+        one_line_error(run_cli(capsys, *_do(stuck, token_file, state, "status", "stuck")),
+                       "stuck has no IP yet (create did not finish)", "; delete what it made with: inletsctl delete stuck")
         gone = run_cli(capsys, *_do(stuck, token_file, state, "delete", "stuck"))
         assert gone.code == 0 and stuck.droplets == {} and not (state / "stuck").exists(), gone
         cleaned = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean",
