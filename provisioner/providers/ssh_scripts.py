@@ -164,7 +164,12 @@ case "$sup" in
          if [ -n "$pid" ] && grep -q "$opt/supervise" "/proc/$pid/cmdline" 2>/dev/null; then echo "plain active"
          elif [ -n "$(ours)" ]; then
            echo "plain active: the server runs but its supervisor is gone, so nothing restarts it: delete it and create it again"
-         else echo "plain stopped: $(grep -v '^supervise:' "$opt/server.log" 2>/dev/null | tail -n 1)"; fi;;
+         else last=$(grep -v '^supervise:' "$opt/server.log" 2>/dev/null | tail -n 1)
+           # the supervisor's last word is its giving up, with the server's own error before it; else nothing ended
+           # it (the host restarted, or both were killed), and the server's last line is only its "started"
+           if tail -n 1 "$opt/server.log" 2>/dev/null | grep -q '^supervise: .*giving up'; then echo "plain stopped: $last"
+           else echo "plain stopped: nothing runs it since the host restarted or it was killed, and the plain supervisor starts it only at create (the log's last line: $last)"; fi
+         fi;;
   *) echo "$sup";;
 esac
 """

@@ -462,6 +462,13 @@ def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh
         status = run_cli(capsys, "status", prov_ssh_name, "--json", "--state-dir", str(tmp_path / "state"))
         assert status.code == 0, status.err
         assert status.json()["vm"].startswith("plain supervisor: active: the server runs but its supervisor is gone")
+        # Then the server goes too, as at a restart of the host: the status gave only the log's last line (its
+        # "event=started", or a client's coming or going), as if that were why it stopped
+        os.kill(server, signal.SIGKILL)
+        stopped = run_cli(capsys, "status", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
+        one_line_error(stopped, f"exit server {prov_ssh_name} is not running (plain supervisor: stopped: nothing runs it "
+                       "since the host restarted or it was killed", "(the log's last line: ",
+                       f"delete it and create it again: inletsctl delete {prov_ssh_name}")
     finally:
         deleted = run_cli(capsys, "delete", prov_ssh_name, "--state-dir", str(tmp_path / "state"))
         assert deleted.code == 0, deleted.err
