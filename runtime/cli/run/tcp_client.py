@@ -62,6 +62,6 @@ def run(flags: SimpleNamespace) -> None:
         try:
             await forwarder.start()
         except OSError as exc:  # ForwardListenError: which port, why, what to do
-            fail(exc.strerror or f"cannot listen on {flags.local_addr} for --flags.local", 1)
+            fail(exc.strerror or f"cannot listen on {flags.local_addr} for --local", 1)
 
     run_client(client, start, forwarder.stop)
