@@ -132,9 +132,12 @@ class Leg:
 
     @property
     def usable(self) -> bool:
-        """Can carry another request (kept alive, nothing pending, client still there)."""
+        """Can carry another request (kept alive, nothing pending, client still there). Not once bytes came after
+        the answer, even the beginning of a head (``reader.in_head``): the next answer would be read on after them,
+        so an upstream whose Content-Length fell short set the next request's status and headers (RFC 9112 6.3:
+        such bytes are never a response)."""
         return (not self.eof and not self.request_ended and self.failure is None and not self.raw and not self.events
-                and not self.session.closed.is_set() and self.channel.is_open)
+                and not self.reader.in_head and not self.session.closed.is_set() and self.channel.is_open)
 
     def start_exchange(self, head_request: bool, upgrade: bool = False) -> None:
         self.reader.expect(head_request, upgrade)

@@ -1,0 +1,127 @@
+"""A broken or hostile upstream (the app behind the tunnel client), and a user who reads slowly or not at all:
+what the server sends users, and that it holds bounded memory and ends what makes no progress. Real server, tunnel
+client and upstreams on loopback (TLS between them); users are plain sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from helpers.http import LOOPBACK, Stack, read_answer
+
+#: What the streaming upstreams below send at most, so that a server that never stops them still ends each test.
+BUDGET = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    sent: dict[str, int] = {}
+    served: dict[str, int] = {}
+    try:
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [
+            f"short.test=http://{LOOPBACK}:{stack.serve(_short_length)}",
+            f"ext.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'ext', _EXT_HEAD, b'a' * 65536))}",
+            f"hints.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'hints', b'', _HINTS))}",
+            f"closing.test=http://{LOOPBACK}:{stack.serve(_closing(served))}",
+        ])
+        yield dict(stack=stack, server=server, port=server.data_port, sent=sent, served=served)
+    finally:
+        stack.close()
+
+
+async def _short_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Content-Length falls short of the body sent, whose rest begins a response head (kept alive)."""
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if b"GET /first " in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                             b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nX-Pad: ")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+_EXT_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x="  # then the extension's value, endless
+_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" * 1000
+
+
+def _streaming(sent: dict[str, int], name: str, first: bytes, block: bytes):
+    """An upstream that answers with ``first``, then ``block`` again and again, up to ``BUDGET`` (what went in ``sent``)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        sent[name] = 0
+        writer.write(first)
+        try:
+            while sent[name] < BUDGET:
+                writer.write(block)
+                await writer.drain()
+                sent[name] += len(block)
+            await asyncio.sleep(60)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    return handle
+
+
+def _closing(served: dict[str, int]):
+    """Answers of 200 KB, each closing its connection (so each request has a stream of its own); counted."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\nConnection: close\r\n\r\n" + b"b" * 200_000)
+            served["closing"] = served.get("closing", 0) + 1
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return handle
+
+
+def user(port: int, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(20)
+    sock.connect((LOOPBACK, port))
+    return sock
+
+
+def read_until_closed(sock: socket.socket, limit: int) -> tuple[bytes, str]:
+    """What comes until the server ends the connection (or ``limit`` bytes): (bytes, how it ended)."""
+    data = b""
+    try:
+        while len(data) < limit:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return data, "closed"
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    except socket.timeout:
+        return data, "timeout"
+    return data, f"still open after {limit} bytes"
+
+
+def test_bytes_after_a_short_content_length_never_answer_the_next_request(env):
+    """They began a 302 to another site: it used to be read on with the next answer and sent as its status and
+    headers (RFC 9112 6.3: a client MUST NOT forward such extra data as a response)."""
+    with user(env["port"]) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: short.test\r\n\r\n")
+        first = read_answer(sock)
+        time.sleep(0.2)  # what followed the answer has reached the server
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: short.test\r\n\r\n")
+        second = read_answer(sock)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\nfirst")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nsecond"), second
+    assert b"evil" not in second
