@@ -74,6 +74,10 @@ class Reader:
         self._chunk_fresh = False
         self._trailer_fields = 0  # bytes of the trailer fields complete so far
         self._trailer_line = 0  # bytes of the trailer line in progress
+        #: Bytes in a row that moved no message on (outside heads and trailers, bounded on their own): llhttp skips
+        #: chunk extensions, leading zeros of a chunk size and blank lines before a message, keeping none of them,
+        #: so an endless run of them held a request or an answer open, every byte counting as activity.
+        self._idle_run = 0
 
     @property
     def in_head(self) -> bool:
@@ -161,6 +165,13 @@ class Reader:
             raise self._fail(400, f"bad HTTP message: {exc}") from None
         if self._chunk_fresh and self._trailer_held(data) > self.max_header_bytes:
             raise self._fail(431, f"trailer section larger than {self.max_header_bytes} bytes")
+        if self._events or self._chunk_fresh or self._in_head:
+            self._idle_run = 0
+        else:
+            self._idle_run += len(data)
+            if self._idle_run > self.max_header_bytes:
+                raise self._fail(400, f"more than {self.max_header_bytes} bytes of chunk extensions, chunk-size "
+                                      "digits or blank lines, with no data")
         if self._in_head:
             self._head_fed = self._held(data)
             if self._head_fed > self.max_header_bytes + MAX_TARGET:

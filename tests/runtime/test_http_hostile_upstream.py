@@ -11,6 +11,8 @@ import time
 import pytest
 
 from helpers.http import LOOPBACK, Stack, read_answer
+from inlets_py.runtime.http.parser import RequestReader
+from inlets_py.runtime.http.messages import HttpError
 
 #: What the streaming upstreams below send at most, so that a server that never stops them still ends each test.
 BUDGET = 64 << 20
@@ -125,3 +127,22 @@ def test_bytes_after_a_short_content_length_never_answer_the_next_request(env):
     assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\nfirst")
     assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nsecond"), second
     assert b"evil" not in second
+
+
+def test_an_endless_chunk_extension_ends_the_answer_and_stops_the_upstream(env):
+    """llhttp skips an extension's bytes, keeping none: the server passed 6.4 GB of one in 20 s (a core busy), the user
+    waiting on a chunk that never came, and each byte put off the upstream timeout."""
+    with user(env["port"]) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: ext.test\r\n\r\n")
+        data, end = read_until_closed(sock, 1 << 20)
+    assert data.startswith(b"HTTP/1.1 200 ") and end == "reset", (data[:200], end)
+    assert env["sent"]["ext"] < BUDGET, "the upstream was never stopped"
+
+
+def test_a_request_body_of_endless_chunk_extensions_is_refused():
+    reader = RequestReader()
+    reader.feed(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
+    with pytest.raises(HttpError) as refused:
+        for _ in range(64):  # 4 MiB, bounded
+            reader.feed(b"a" * 65536)
+    assert refused.value.status == 400 and "chunk extensions" in str(refused.value)
