@@ -26,6 +26,7 @@ class ResponseReader(Reader):
         self._head_request = False
         self._upgrade = False
         self._skip = False
+        self._interim = 0  # bytes of interim (1xx) heads before the answer to this request
         self.head: ResponseHead | None = None
 
     def expect(self, head_request: bool, upgrade: bool = False) -> None:
@@ -33,6 +34,7 @@ class ResponseReader(Reader):
         self._head_request = head_request
         self._upgrade = upgrade
         self.head = None
+        self._interim = 0
         if self._skip:  # previous answer to HEAD: llhttp still waits for its body
             self._parser = self._parser_class(self)
             self._skip = False
@@ -70,6 +72,11 @@ class ResponseReader(Reader):
             head.chunked, head.content_length = False, None
         self._events.append(head)
         if 100 <= status < 200:
+            if status != 101:  # an endless run of them held the request open, every one counting as activity
+                self._interim += self._header_bytes() + len(self._start_text) + 16
+                if self._interim > self.max_header_bytes:
+                    raise self._fail(502, f"upstream sent more than {self.max_header_bytes} bytes of interim (1xx) "
+                                          "responses and no final one")
             return
         self.head = head
         if self._head_request:

@@ -146,3 +146,13 @@ def test_a_request_body_of_endless_chunk_extensions_is_refused():
         for _ in range(64):  # 4 MiB, bounded
             reader.feed(b"a" * 65536)
     assert refused.value.status == 400 and "chunk extensions" in str(refused.value)
+
+
+def test_endless_interim_answers_end_in_a_502(env):
+    """103 Early Hints without end: the user got 154 MB of them in 20 s, a core busy, and never a final answer."""
+    with user(env["port"]) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: hints.test\r\n\r\n")
+        data, end = read_until_closed(sock, 16 << 20)
+    hints, _, final = data.rpartition(b"HTTP/1.1 502 ")  # after any 103 that went on before the limit
+    assert final and b"interim (1xx)" in final and end == "closed", (data[-300:], end)
+    assert hints.replace(_HINTS[:len(_HINTS) // 1000], b"") == b"", hints[:300]
