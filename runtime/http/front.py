@@ -231,7 +231,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         events = self.events
         head = events[0] if events else None
         if self.idle_since is not None and type(head) is RequestHead and self.transport is not None:
-            if http_exchange.eligible(head) and http_exchange.try_start(self, head):
+            if self.drain is None and http_exchange.eligible(head) and http_exchange.try_start(self, head):
                 self.idle_since = None
                 events.popleft()
                 if events and type(events[0]) is EndOfMessage:
@@ -343,6 +343,12 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
                     break
                 if type(event) is not RequestHead:
                     continue  # the rest of a request already answered
+                if self.drain is not None:  # the user takes none of the answers so far: none more until it does.
+                    # Each answer with its own stream (Connection: close) went to the socket's buffer whole, so a
+                    # pipeline of them grew it without bound (a stream's credit holds back only its own upstream)
+                    await self.drain
+                    if self.transport is None:
+                        break
                 if not await self._exchange(event):  # type: ignore[arg-type]
                     break
         except (ConnectionError, OSError):

@@ -156,3 +156,20 @@ def test_endless_interim_answers_end_in_a_502(env):
     hints, _, final = data.rpartition(b"HTTP/1.1 502 ")  # after any 103 that went on before the limit
     assert final and b"interim (1xx)" in final and end == "closed", (data[-300:], end)
     assert hints.replace(_HINTS[:len(_HINTS) // 1000], b"") == b"", hints[:300]
+
+
+def test_a_user_who_pipelines_and_never_reads_answers_with_their_own_streams_holds_bounded_memory(env):
+    """Each answer closes its upstream connection, so each has a stream and its credit: the next request went on
+    while the user's socket was full, and the server buffered them all (1,000 of 200 KB: +189 MiB)."""
+    count = 300
+    with user(env["port"], rcvbuf=4096) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: closing.test\r\n\r\n" * count)
+        deadline, last, since = time.monotonic() + 15, -1, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < 1:  # until the upstream served none for 1 s
+            if env["served"].get("closing", 0) != last:
+                last, since = env["served"].get("closing", 0), time.monotonic()
+            time.sleep(0.05)
+        buffered = sum(c.transport.get_write_buffer_size() for c in list(env["server"].connections) if c.transport)
+    print(f"{last} of {count} pipelined answers served to a user who reads none; {buffered >> 10} KiB buffered")
+    assert buffered < 2 << 20, f"{buffered >> 20} MiB buffered for a user who reads nothing"
+    assert last < count
