@@ -9,7 +9,8 @@ response is passed on by the stream's callbacks (``exchange``). Bodies are
 never held whole: reading from the user pauses when the queue passes
 ``HIGH_WATER``, and credit returns to the tunnel only once the user's socket took
 the bytes. Pipelined requests likewise: past ``PIPELINE_DEPTH`` parsed and waiting,
-the rest of the read waits unparsed and reading pauses until half of them are answered.
+the rest of the read waits unparsed and reading pauses until half of them are answered; none is
+sent upstream while the user's socket is full.
 Routing a parsed request to a tunnel client, and sending it, is ``routing.py``'s.
 """
 
