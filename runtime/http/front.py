@@ -75,6 +75,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self.unparsed = b""  # read but not parsed: the pipeline was full
         self.raw = False
         self.eof = False
+        self.fin = False  # the user half-closed (``eof`` is also set when its connection was lost)
         self.leg: Leg | None = None
         self._waiter: asyncio.Future | None = None
         self.drain: asyncio.Future | None = None
@@ -249,7 +250,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         http_exchange.progress(self)
 
     def eof_received(self) -> bool:
-        self.eof = True
+        self.eof = self.fin = True
         ex = self.exchange
         if ex is not None and not ex.body_pending:
             self.pass_fin(ex)

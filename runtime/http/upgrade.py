@@ -3,6 +3,10 @@
 Once the upstream switched protocols the proxy stops parsing: the user's bytes go to
 the tunnel stream and back unchanged until either side closes, with the same
 backpressure as everything else (credit returns once the user's socket took them).
+A FIN passes as a FIN (half-close); a side that is gone (a reset, or a TLS user's close: TLS
+has no half-close) ends the other with a reset, as the TCP bridge does. A user's reset went
+upstream as a clean FIN, an upstream's reached the user as one (a cut stream passed for a whole
+one), and after a user left, an upstream that stayed open held the stream for ever.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from .leg import Leg
+from ..core.bridge import reset
+from .leg import Leg, LegFailed
 from .options import HttpOptions
 from .messages import Body, Event, HttpError, RequestHead, ResponseHead, Upgraded
 from .write import response_head
@@ -30,6 +35,7 @@ class UpgradeFront(Protocol):
     @property
     def server(self) -> UpgradeGateway: ...
     transport: asyncio.Transport | None
+    fin: bool  # the user sent a FIN (not: its connection was lost without one)
 
     async def send(self, data: bytes) -> None: ...  # waits while the user's socket is full
 
@@ -49,14 +55,23 @@ async def switch_protocols(front: UpgradeFront, head: RequestHead, response: Res
                 await leg.write(event.tail)  # type: ignore[union-attr]
             elif type(event) is Body:
                 await leg.write(event.data)  # type: ignore[union-attr]
-        leg.channel.write_eof()
+        if front.fin:
+            leg.channel.write_eof()
+        transport = front.transport
+        if (transport is None or not transport.can_write_eof()) and not downstream_done:
+            # the user is gone, not half-closed (TLS closes at the user's FIN): nothing more can reach it
+            raise ConnectionResetError("user went away")
+
+    downstream_done = False
 
     async def down() -> None:
+        nonlocal downstream_done
         while (event := await leg.next_event()) is not None:
             data = event.tail if type(event) is Upgraded else getattr(event, "data", b"")  # type: ignore[union-attr]
             if data:
                 await front.send(data)
             leg.release()
+        downstream_done = True
         transport = front.transport
         if transport is not None:
             if transport.can_write_eof():
@@ -65,12 +80,16 @@ async def switch_protocols(front: UpgradeFront, head: RequestHead, response: Res
                 transport.close()
 
     tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+    cut = False
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.exception()  # retrieved: a reset on either side just ends the bridge
+        cut = any(task.exception() is not None for task in done)  # a reset or a lost user on either side
     finally:
         for task in tasks:
             task.cancel()
         front.server.upgraded -= 1
+        if cut:
+            leg.abort(LegFailed("upgraded connection cut"))
+            if front.transport is not None:
+                reset(front.transport)
     return False
