@@ -68,6 +68,7 @@ class HttpTunnelServer:
         self.control = ControlPlane("http", config, self._admit, self._release)
         self.metrics = HttpMetrics(lambda: len(self.control.clients), self.control.serves)
         self.metrics.certificate_end = config.certificate_end
+        self.metrics.upgraded = lambda: self.upgraded
         config.routes.setdefault("/metrics", self.metrics.route)
         config.routes.setdefault("/status", status_route(self.control))
         config.on_request = self.metrics.control_request

@@ -45,9 +45,13 @@ class UpgradeFront(Protocol):
 async def switch_protocols(front: UpgradeFront, head: RequestHead, response: ResponseHead, leg: Leg,
                            options: HttpOptions, label: str, started: float) -> bool:
     """Answer 101 and bridge both ways until both are done; returns False (the connection ends after)."""
-    await front.send(response_head(response, options, False, False, upgrade=True))
+    front.server.upgraded += 1  # before the 101 goes: a user who has it is counted (the finally below undoes it)
+    try:
+        await front.send(response_head(response, options, False, False, upgrade=True))
+    except ConnectionError:
+        front.server.upgraded -= 1
+        raise
     front.server.observe(101, label, head.method, started)
-    front.server.upgraded += 1
 
     async def up() -> None:
         while (event := await front.next_event()) is not None:

@@ -114,6 +114,8 @@ class HttpMetrics(ServerMetrics):
         self._of_host: dict[str, tuple[list, list]] = {}
         self.unserved: dict[str, float] = {}  # host -> when its last client left (loop time), oldest first
         self.grace = self.GRACE
+        #: connections switched to another protocol (websockets) open now: each holds a stream until it ends
+        self.upgraded: Callable[[], int] = lambda: 0
 
     def observe(self, code: int, host: str, method: bytes, seconds: float, own: bool = False) -> None:
         """Count one request; ``host`` must already be an advertised name or ``OTHER``; ``own``: the proxy
@@ -173,7 +175,7 @@ class HttpMetrics(ServerMetrics):
             self.own.pop(labels[:2], None)
 
     def families(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
         from prometheus_client.utils import floatToGoString
 
         requests = CounterMetricFamily(
@@ -199,6 +201,8 @@ class HttpMetrics(ServerMetrics):
         yield requests
         yield duration
         yield own
+        yield GaugeMetricFamily("http_dataplane_upgraded_gauge", "Connections switched to another protocol "
+                                "(websockets) open now.", value=float(self.upgraded()))
 
 
 class PortCounters:

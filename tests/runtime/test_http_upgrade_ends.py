@@ -18,7 +18,7 @@ import time
 import pytest
 
 from helpers.http import LOOPBACK, Stack
-from helpers.tunnel import free_port, make_tls
+from helpers.tunnel import free_port, make_tls, metric
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import configure
 
@@ -151,3 +151,20 @@ def test_an_https_user_who_left_an_upgraded_connection_frees_its_stream(env):
     wait_for(lambda: len(upstream.ends) >= ends + users, "the upstream saw every user go")
     assert upstream.ends[ends:] == ["fin"] * users, "a user's close over TLS is a FIN to the upstream"
     wait_for(lambda: open_streams(server) == 0 and server.upgraded == 0, "the streams are closed")
+
+
+def test_open_upgraded_connections_are_a_metric(env):
+    """The server counted its upgraded connections and showed the count nowhere: a scrape could not tell 1,000
+    idle websockets holding streams from none (only each client's open_streams in /status, requests mixed in)."""
+    server = env["plain"]
+    users = [socket.create_connection((LOOPBACK, server.data_port), timeout=10) for _ in range(3)]
+    try:
+        for user in users:
+            user.sendall(UPGRADE % b"app.test")
+            switched(user)
+        assert metric(server, "http_dataplane_upgraded_gauge") == 3
+    finally:
+        for user in users:  # a reset: a FIN alone leaves the connection half-open, as the upstream keeps it
+            user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            user.close()
+    wait_for(lambda: metric(server, "http_dataplane_upgraded_gauge") == 0, "the gauge went back to 0")
