@@ -201,7 +201,7 @@ class HttpMetrics(ServerMetrics):
         yield requests
         yield duration
         yield own
-        yield GaugeMetricFamily("http_dataplane_upgraded_gauge", "Connections switched to another protocol "
+        yield GaugeMetricFamily("http_dataplane_upgraded_connections", "Connections switched to another protocol "
                                 "(websockets) open now.", value=float(self.upgraded()))
 
 

@@ -162,9 +162,9 @@ def test_open_upgraded_connections_are_a_metric(env):
         for user in users:
             user.sendall(UPGRADE % b"app.test")
             switched(user)
-        assert metric(server, "http_dataplane_upgraded_gauge") == 3
+        assert metric(server, "http_dataplane_upgraded_connections") == 3
     finally:
         for user in users:  # a reset: a FIN alone leaves the connection half-open, as the upstream keeps it
             user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             user.close()
-    wait_for(lambda: metric(server, "http_dataplane_upgraded_gauge") == 0, "the gauge went back to 0")
+    wait_for(lambda: metric(server, "http_dataplane_upgraded_connections") == 0, "the gauge went back to 0")
