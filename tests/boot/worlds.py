@@ -169,7 +169,18 @@ class World:
         out = ""
         for log in sorted(self.workdir.glob("*.log")):
             out += f"\n--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        return out + (self.vm.tail() if self.vm else "")
+        return out + (self.vm.tail() + self._inside() if self.vm else "")
+
+    def _inside(self) -> str:
+        """What only the VM's own logs say: runcmd's output (the wheel receiver's, pip's) and the units' journal. The
+        console stops at cloud-init's summary, so a receiver that never listened (a CI run, once) left no trace."""
+        assert self.vm is not None
+        try:
+            done = self.vm.sh("cloud-init status --long; tail -n 25 /var/log/cloud-init-output.log; "
+                              "journalctl --no-pager -n 25 -u 'inlets*'", timeout=30, check=False)
+        except (AssertionError, OSError, subprocess.SubprocessError) as exc:  # the VM is gone: the console must do
+            return f"\n--- inside the VM: not reachable ({exc})"
+        return f"\n--- inside the VM:\n{done.stdout[-6000:]}{done.stderr[-1000:]}"
 
     def close(self) -> None:
         for item in reversed(self._closers):
