@@ -269,13 +269,13 @@ def _refused_advice(opts: SshOptions, pinned_file: Path | None) -> str:
     after create the key is the one create used, which the host took then."""
     copy = shlex.join(["ssh-copy-id", *(["-i", opts.key_file] if opts.key_file else []),
                        *(["-p", str(opts.port)] if opts.port != 22 else []), f"{opts.user}@{opts.host}"])
-    allow = f"add its public key to {opts.user}'s ~/.ssh/authorized_keys there ({copy})"
-    if pinned_file is None:
-        return f"{allow}, or give --ssh-key the key it accepts" if opts.key_file else f"give --ssh-key the key it " \
-            f"accepts, or {allow.replace('its', 'your', 1)}"
-    return (f"it took this key at create: put its public key back in {opts.user}'s ~/.ssh/authorized_keys there "
-            f"({copy}); if that host is gone for good, remove this exit server's local state: "
-            f"rm -r {shlex.quote(str(pinned_file.parent))}")
+    keys = f"{opts.user}'s ~/.ssh/authorized_keys there ({copy})"
+    if pinned_file is not None:
+        return (f"it took this key at create: put its public key back in {keys}; if that host is gone for good, "
+                f"remove this exit server's local state: rm -r {shlex.quote(str(pinned_file.parent))}")
+    if opts.key_file:
+        return f"add its public key to {keys}, or give --ssh-key the key it accepts"
+    return f"give --ssh-key the key it accepts, or add your public key to {keys}"
 
 
 def _default_keys() -> list[Path]:

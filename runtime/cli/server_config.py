@@ -149,25 +149,21 @@ def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:
         log.error("event=reload_failed error=%s keeping=current_certificate", logfmt(exc))
         return
     config.ssl_context = context
-    log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), logfmt(_not_after_text(Path(cert))))
-    config.certificate = serving_certificate(Path(cert), TLS_FILES_HINT)
+    config.certificate = serving_certificate(Path(cert), TLS_FILES_HINT, reloaded=True)
 
 
-def _not_after_text(cert: Path) -> str:
-    """The certificate's end for a log line; "-" for one the expiry reader cannot parse."""
-    try:
-        return iso(not_after_pem(cert.read_bytes()))
-    except (OSError, ValueError):
-        return "-"
-
-
-def serving_certificate(cert: Path, hint: str) -> ServingCertificate:
-    """The certificate OpenSSL has just loaded, with a warning when it has ended, ends within 30 days
-    (cert_expiry.WARN_WITHIN) or is not valid yet. One this reader cannot parse is left to OpenSSL, not refused."""
+def serving_certificate(cert: Path, hint: str, reloaded: bool = False) -> ServingCertificate:
+    """The certificate OpenSSL has just loaded (``reloaded``: by SIGHUP, which is logged first), with a
+    warning when it has ended, ends within 30 days (cert_expiry.WARN_WITHIN) or is not valid yet. One this reader
+    cannot parse is left to OpenSSL, not refused."""
     try:
         pem = cert.read_bytes()
         not_before, not_after = not_before_pem(pem), not_after_pem(pem)
     except (OSError, ValueError):
+        not_before = not_after = None
+    if reloaded:
+        log.info("event=certificate_reloaded cert=%s not_after=%s", logfmt(cert), iso(not_after) if not_after else "-")
+    if not_before is None or not_after is None:
         return ServingCertificate(cert, None, hint)
     if not_before > datetime.datetime.now(datetime.timezone.utc):  # clients refuse it until then
         log.warning("event=certificate_not_yet_valid cert=%s not_before=%s hint=%s", logfmt(cert), iso(not_before),
@@ -179,7 +175,7 @@ def serving_certificate(cert: Path, hint: str) -> ServingCertificate:
 
 
 def warn_if_certificate_ending(serving: ServingCertificate | None) -> None:
-    """At start, at a reload, and every day (``DAILY``): a warning from 30 days before the serving certificate ends."""
+    """At start, at a reload, and every day (``lifecycle.DAY``): a warning from 30 days before the serving certificate ends."""
     if serving is not None and serving.end is not None:
         warn_if_ending(log, f"cert={logfmt(serving.path)}", serving.end, serving.hint)
 

@@ -159,12 +159,11 @@ def _load_ca(cert: Path, key: Path) -> tuple[Pem, datetime.datetime]:
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write beside, then rename over: a server loading the file meanwhile reads the old one or the new one."""
+    """Write beside (``write_private``: never briefly readable by others), then rename over: a server loading the
+    file meanwhile reads the old one or the new one."""
     temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(temporary, mode)
+    write_private(temporary, data)
+    os.chmod(temporary, mode)  # a certificate is no secret: 0644, as it was written before
     os.replace(temporary, path)
 
 
