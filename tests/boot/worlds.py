@@ -177,10 +177,12 @@ class World:
         assert self.vm is not None
         try:
             done = self.vm.sh("cloud-init status --long; tail -n 25 /var/log/cloud-init-output.log; "
+                              "ls -l /var/lib/cloud/seed/nocloud; "
+                              "grep -E 'DataSource|NoCloud|seed|WARNING|ERROR|Traceback' /var/log/cloud-init.log | tail -n 40; "
                               "journalctl --no-pager -n 25 -u 'inlets*'", timeout=30, check=False)
         except (AssertionError, OSError, subprocess.SubprocessError) as exc:  # the VM is gone: the console must do
             return f"\n--- inside the VM: not reachable ({exc})"
-        return f"\n--- inside the VM:\n{done.stdout[-6000:]}{done.stderr[-1000:]}"
+        return f"\n--- inside the VM:\n{done.stdout[-12000:]}{done.stderr[-1000:]}"
 
     def close(self) -> None:
         for item in reversed(self._closers):
