@@ -87,6 +87,8 @@ def reap_leftovers() -> None:
             os.kill(int(proc.name), signal.SIGTERM)  # nspawn then powers its container off
     for ns in owners:
         run("ip", "netns", "del", ns, check=False)
+    remove_cgroups([group for root in _cgroup_roots() if root.is_dir() for group in root.iterdir()
+                    if (match := re.fullmatch(r"[a-z]+-(\d+)", group.name)) and not Path(f"/proc/{match.group(1)}").exists()])
 
 
 def in_netns(netns: str, fn: Callable[[], T]) -> T:
@@ -110,6 +112,47 @@ def in_netns(netns: str, fn: Callable[[], T]) -> T:
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+def own_cgroups(name: str) -> list[Path]:
+    """A cgroup of its own for one container, in each hierarchy its systemd manages (``name=systemd`` and the
+    unified one), under this process's. nspawn puts its container in ``payload`` under its caller's cgroup, so
+    containers started from one test run shared ``/payload/system.slice/<unit>``: one container's systemd removed
+    ``cloud-init-local.service``'s cgroup as another's attached to it ("Failed to attach to cgroup ... No such
+    file or directory"), that VM's local stage never ran, and cloud-init came up with no datasource and none of
+    the user-data (a CI run's Let's Encrypt VM: no inlets units, 8123 refused for 420 s)."""
+    groups = [root / name for root in _cgroup_roots()]
+    for group in groups:
+        group.mkdir(parents=True, exist_ok=True)
+    return groups
+
+
+def _cgroup_roots() -> list[Path]:
+    """Where this run's containers' cgroups go: ``inlets-tests`` under this process's cgroup in each hierarchy."""
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, fs = line.split(" - ", 1)
+        fstype, _source, options = fs.split()[:3]
+        if fstype == "cgroup2":
+            mounts[""] = Path(fields.split()[4])
+        elif fstype == "cgroup" and "name=systemd" in options.split(","):
+            mounts["name=systemd"] = Path(fields.split()[4])
+    roots = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _id, controllers, path = line.split(":", 2)
+        if controllers in mounts:
+            roots.append(mounts[controllers] / path.lstrip("/") / "inlets-tests")
+    return roots
+
+
+def remove_cgroups(groups: list[Path]) -> None:
+    """The container's cgroups, once it has exited (what its systemd left, deepest first)."""
+    for group in groups:
+        for folder, _dirs, _files in sorted(os.walk(group), key=lambda entry: -len(entry[0])):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # still has a process (the container is going down): a later reap_leftovers removes it
 
 
 class Network:
@@ -177,15 +220,20 @@ class Container:
         self.started = 0.0
         self.powered_off_at: float | None = None  # time.time() when nspawn exited, seen by _watch as it happened
         self._watcher: threading.Thread | None = None
+        self.cgroups: list[Path] = []
 
     def start(self) -> "Container":
         binds = [f"--bind-ro={self.workdir / 'seed'}:/var/lib/cloud/seed/nocloud",
                  f"--bind-ro={self.workdir / 'resolv.conf'}:/etc/resolv.conf"]
         if HOST_CA.exists():  # pip in the VM reaches PyPI through this machine's TLS setup
             binds += [f"--bind-ro={HOST_CA}:/etc/inlets-tests-ca.crt", f"--bind-ro={self.workdir / 'pip.conf'}:/etc/pip.conf"]
+        self.cgroups = own_cgroups(self.name)
+        # the shell joins the container's own cgroups, then becomes nspawn (the same pid, so signals reach it)
+        join = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 1; shift; done; shift; exec "$@"'
         with open(self.console, "wb") as out:
             self._proc = subprocess.Popen(
-                ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--volatile=overlay", "--resolv-conf=off",
+                ["/bin/sh", "-c", join, "sh", *map(str, self.cgroups), "--",
+                 "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--volatile=overlay", "--resolv-conf=off",
                  "--console=read-only", f"--network-namespace-path=/run/netns/{self.net.vm}", "-M", self.name,
                  "-D", str(self.root), *binds],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -213,8 +261,17 @@ class Container:
                     raise AssertionError(f"no systemd in container {self.name}: {self.tail()}")
                 time.sleep(0.1)
             else:
+                self._own_cgroup()
                 self._device_modes()
         return self._pid
+
+    def _own_cgroup(self) -> None:
+        """Its systemd manages a cgroup no other container shares (own_cgroups says what sharing one did)."""
+        assert self._pid is not None
+        systemd_group = next(line.split(":", 2)[2] for line in Path(f"/proc/{self._pid}/cgroup").read_text().splitlines()
+                             if line.split(":")[1] in ("name=systemd", ""))
+        if f"/inlets-tests/{self.name}/" not in systemd_group + "/":
+            raise AssertionError(f"the container {self.name} runs in the cgroup {systemd_group}, not its own")
 
     def _device_modes(self) -> None:
         """The character devices every user may use, as a VM's devtmpfs has them (0666). nspawn copies them from
@@ -252,6 +309,7 @@ class Container:
         still learns when it happened, not when it looked."""
         proc.wait()
         self.powered_off_at = time.time()
+        remove_cgroups(self.cgroups)
 
     def wait_powered_off(self, timeout: float) -> tuple[int, float]:
         """The container's exit status and the time.time() it powered off."""
