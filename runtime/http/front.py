@@ -112,9 +112,15 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self._task = asyncio.ensure_future(self._run())
 
     def header_timed_out(self) -> None:
-        """The request head took longer than the header timeout to arrive (slowloris): 408, close."""
+        """The request head took longer than the header timeout to arrive (slowloris): 408, close. Its duration
+        runs from the head's first byte (or the wait for it), as a request's does: counted as 0 s, slowloris's
+        408s sat in the fastest bucket."""
         log.info("event=header_timeout source=%s", logfmt(self.peer.decode(errors="replace")))
-        self.server.observe(408, "", b"", time.monotonic(), True)
+        began = self.idle_since  # the head began before the wait (``server._head_late``), or during it:
+        if self.head_since is not None and (began is None or self.head_since >= began):
+            began = self.head_since
+        waited = self.loop.time() - began if began is not None else 0.0
+        self.server.observe(408, "", b"", time.monotonic() - waited, True)
         if self.transport is not None and not self.transport.is_closing():
             timeout = self.server.header_timeout
             message = f"the request head did not arrive within {timeout:g}s\n".encode()

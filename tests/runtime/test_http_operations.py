@@ -122,6 +122,8 @@ def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(sta
     idle.settimeout(5)
     assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # the quiet keep-alive user was not cut
     assert requests_counted(server, "408") == 1
+    # its duration is the wait for the head (at least the 1 s header timeout), not 0 s
+    assert metric(server, "http_dataplane_request_duration_seconds_sum", code="408") >= 1.0
     slow.close()
     idle.close()
 
