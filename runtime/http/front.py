@@ -104,7 +104,8 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         gate = self.server.dataplane
         if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
             self._header = HeaderReader(gate.lb_proxy_protocol)
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout")
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout",
+                                                      time.monotonic())
         elif not gate.allows(address(peer)):
             self._forbid("source_not_allowed")
             return
@@ -127,10 +128,11 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             self.transport.write(SimpleResponse(408, message).encode(True))
             self.transport.close()
 
-    def _forbid(self, reason: str) -> None:
-        """Refuse the connection with a 403 before reading any request (counted, logged)."""
+    def _forbid(self, reason: str, began: float | None = None) -> None:
+        """Refuse the connection with a 403 before reading any request (counted, logged); ``began``: when the
+        wait that ended in the refusal began (a balancer's PROXY header that never came), so its duration counts."""
         log.info("event=refused reason=%s source=%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")))
-        self.server.observe(403, "", b"", time.monotonic(), True)
+        self.server.observe(403, "", b"", time.monotonic() if began is None else began, True)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
                                  b"Connection: close\r\n\r\nforbidden\n")

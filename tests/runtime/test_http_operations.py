@@ -128,6 +128,24 @@ def test_slowloris_gets_408_while_an_idle_keepalive_connection_is_left_alone(sta
     idle.close()
 
 
+def test_a_balancers_header_that_never_comes_is_refused_and_counted_with_its_wait(stack, tls, token, monkeypatch) -> None:
+    """--lb-proxy-protocol: a connection that sends no PROXY header is refused when the header timeout ends, and
+    the 403's duration is that wait (it was counted as 0 s, as if refused at once)."""
+    from inlets_py.runtime.http import front
+
+    monkeypatch.setattr(front, "HEADER_TIMEOUT", 0.5)  # the server's 5 s, shortened: the same timer and code path
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, dataplane=DataPlaneOptions(lb_proxy_protocol="v1"))
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as silent:
+        answer = b""
+        while data := silent.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert metric(server, "http_dataplane_requests_total", code="403") == 1
+    assert metric(server, "http_dataplane_request_duration_seconds_sum", code="403") >= 0.5
+
+
 def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_timeout(stack, tls, token) -> None:
     """Bytes that came before the connection waited for a request (with the connection itself, before its
     coroutine ran; or behind the request in flight) began a head too: it used to have the idle timeout only."""
