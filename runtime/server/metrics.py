@@ -312,7 +312,7 @@ def _udp_families(counted: dict[int, Any], ports: dict) -> Iterator[Any]:
                                   labels=["port", "reason"])
     flows = GaugeMetricFamily("udp_dataplane_flows_gauge", "UDP flows (source addresses) open now.",
                               labels=["port"])
-    evicted = CounterMetricFamily("udp_dataplane_flows_evicted", "UDP flows never answered, ended for a new source "
+    evicted = CounterMetricFamily("udp_dataplane_flows_evicted", "UDP flows not assured, ended for a new source "
                                   "when the flows were at their bound.", labels=["port"])
     flows_now = {service.partition(":")[2]: len(udp.flows) for service, udp in list(ports.items())}
     for number, counters in sorted(counted.items()):

@@ -5,8 +5,12 @@ event. UDP has no backpressure, so nothing waits: a datagram that finds no credi
 (or a full tunnel) is dropped and counted, as a congested network would drop it.
 The server keeps a flow per source address, ended after ``idle_timeout`` of silence. When a
 port's flows or a client's are at their bound, a new source takes the place of the oldest flow
-never answered, as Linux's conntrack drops unassured entries first: else a spray of sources (one
-host's ports, or forged ones) held every flow for a minute and every new user was refused.
+never answered, else of the least recently active one not yet assured, as Linux's conntrack drops
+unassured entries first: else a spray of sources (one host's ports, or forged ones) held every flow
+for a minute and every new user was refused. As conntrack's, a flow is assured (keeps its place)
+once it carried a datagram ``assured_after`` (2 s) after it opened, an answer having come: a single
+answer did it before, and a spray at an upstream that answers each datagram (DNS, an echo) took
+every place for its minute.
 The client's side of a flow is client/udp_upstream.py.
 """
 
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Callable, cast
 
 from ..core.mux import ResetCode
@@ -28,6 +34,8 @@ log = logging.getLogger("inlets.udp")
 
 IDLE_TIMEOUT = 60.0
 MAX_FLOWS = 4096
+#: Seconds after it opened from which an answered flow's next datagram assures it, as conntrack's UDP streams.
+ASSURED_AFTER = 2.0
 
 
 @dataclass
@@ -39,7 +47,7 @@ class UdpCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    evicted: int = 0  # flows never answered, ended for a new source (see UdpPort._evict)
+    evicted: int = 0  # flows not assured, ended for a new source (see UdpPort._evict)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -48,7 +56,7 @@ class UdpCounters:
 class _Flow:
     """One source address on the server: a stream to a client."""
 
-    __slots__ = ("port", "address", "local", "channel", "last_seen", "carried", "answered")
+    __slots__ = ("port", "address", "local", "channel", "opened", "last_seen", "carried", "answered", "assured")
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
@@ -57,9 +65,10 @@ class _Flow:
         self.address = address
         self.local = local  # the address the source wrote to, for the answers' source (see udp_socket)
         self.channel: Channel | None = None
-        self.last_seen = asyncio.get_running_loop().time()
+        self.opened = self.last_seen = asyncio.get_running_loop().time()
         self.carried = 0  # datagrams put in the tunnel: all lost if the client refuses the flow
         self.answered = False  # the upstream has sent something back: no longer the first to go for a new source
+        self.assured = False  # answered and still going ASSURED_AFTER on: never ended for a new source
 
     # StreamHandler: datagrams coming back from the client's upstream
     def on_data(self, data: bytes | memoryview) -> None:
@@ -71,10 +80,7 @@ class _Flow:
         if self.channel is not None:
             self.channel.consumed(len(data))
         self.last_seen = asyncio.get_running_loop().time()
-        if not self.answered:
-            self.answered = True
-            if self.port.unanswered.get(self.address) is self:
-                del self.port.unanswered[self.address]
+        self.port.touch(self, answer=True)
 
     def on_eof(self) -> None:  # no half-close for a flow: ended without a reset, its stream stayed open here
         self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
@@ -106,7 +112,9 @@ class UdpPort:
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.flows: dict[tuple, _Flow] = {}
-        self.unanswered: dict[tuple, _Flow] = {}  # the flows no answer came back on, oldest first
+        self.unanswered: OrderedDict[tuple, _Flow] = OrderedDict()  # no answer came back on these: oldest first
+        self.unassured: OrderedDict[tuple, _Flow] = OrderedDict()  # answered, not assured: least recently active first
+        self.assured_after = ASSURED_AFTER
         self.counters = counters if counters is not None else UdpCounters()  # the server's, kept per port
         self.transport: UdpSocket | None = None
         self._sweeper: asyncio.Task | None = None
@@ -135,6 +143,8 @@ class UdpPort:
             flow.local = local  # the source now writes to another of our addresses: answer from that one
         assert flow.channel is not None
         flow.last_seen = asyncio.get_running_loop().time()
+        if flow.answered and not flow.assured:
+            self.touch(flow)
         if not flow.channel.write_whole(data):  # the tunnel is congested: drop it whole (a part of it went, cut short)
             self.counters.drop("congested")
             return
@@ -170,11 +180,31 @@ class UdpPort:
         self.flows[address] = self.unanswered[address] = flow
         return flow
 
+    def touch(self, flow: _Flow, answer: bool = False) -> None:
+        """A datagram went either way on ``flow`` (an ``answer`` from its upstream, or one more from its source).
+        Its first answer moves it from the first to go (``unanswered``) to the next (``unassured``); a datagram
+        after that, ``assured_after`` from its opening on, assures it: a one-shot exchange (a spray) never is. O(1)."""
+        address = flow.address
+        if not flow.answered:
+            if answer:
+                flow.answered = True
+                if self.unanswered.pop(address, None) is flow:  # else ended already: in no table
+                    self.unassured[address] = flow
+            return
+        if flow.assured or self.unassured.get(address) is not flow:
+            return
+        if flow.last_seen - flow.opened >= self.assured_after:
+            flow.assured = True
+            del self.unassured[address]
+        else:
+            self.unassured.move_to_end(address)
+
     def _evict(self, on: Callable[[object], bool]) -> bool:
-        """End the oldest flow never answered on a client ``on`` takes, for a new source; False when there is none."""
-        for flow in self.unanswered.values():
+        """End the oldest flow never answered, else the least recently active one not assured, on a client ``on``
+        takes, for a new source; False when there is none."""
+        for flow in chain(self.unanswered.values(), self.unassured.values()):
             if flow.channel is not None and on(flow.channel.session):
-                self.end(flow, ResetCode.CANCEL, "UDP flow never answered, ended for a new source")
+                self.end(flow, ResetCode.CANCEL, "UDP flow not assured, ended for a new source")
                 self.counters.evicted += 1
                 return True
         return False
@@ -188,6 +218,8 @@ class UdpPort:
     def end(self, flow: _Flow, code: int = ResetCode.TIMEOUT, reason: str = "UDP flow idle", reset: bool = True) -> None:
         if self.unanswered.get(flow.address) is flow:
             del self.unanswered[flow.address]
+        if self.unassured.get(flow.address) is flow:
+            del self.unassured[flow.address]
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
             if flow.channel is not None:

@@ -214,17 +214,19 @@ def test_a_datagram_past_a_stream_limit_is_counted_as_dropped(tls: TlsFiles, tok
         client, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", echo)},
                                           max_streams=client_limit)
         udp = server.udp_ports[f"udp:{public}"]
+        udp.assured_after = 0.0  # two exchanges assure a flow: not one a new source may take the place of
         answered = []
         for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # a flow each; the third is one past the limit
             try:
-                answered += await ask(public, [source.encode()], source=source, timeout=1)
+                answered += await ask(public, [source.encode()] * 2, source=source, timeout=1)
             except asyncio.TimeoutError:
                 pass
         for _ in range(100):  # bounded: 5 s
             if udp.counters.dropped:
                 break
             await asyncio.sleep(0.05)
-        assert answered == [b"127.0.0.1", b"127.0.0.2"] and udp.counters.dropped == {"client_stream_limit": 1}
+        assert answered == [b"127.0.0.1"] * 2 + [b"127.0.0.2"] * 2
+        assert udp.counters.dropped == {"client_stream_limit": 2}  # the third source's two datagrams
         await stop(task)
         await server.stop()
 
@@ -847,14 +849,15 @@ def test_flows_past_the_ports_bound_are_dropped_and_counted(tls: TlsFiles, token
         server, public, client, task = await udp_tunnel(tls, token, echo)
         udp = server.udp_ports[f"udp:{public}"]
         udp.max_flows = 2
+        udp.assured_after = 0.0  # two exchanges assure a flow: not one a new source may take the place of
         answered = []
         for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # the third is one flow past the bound
             try:
-                answered += await ask(public, [source.encode()], source=source, timeout=1)
+                answered += await ask(public, [source.encode()] * 2, source=source, timeout=1)
             except asyncio.TimeoutError:
                 pass
-        assert answered == [b"127.0.0.1", b"127.0.0.2"] and len(udp.flows) == 2
-        assert udp.counters.dropped == {"too_many_flows": 1}
+        assert answered == [b"127.0.0.1"] * 2 + [b"127.0.0.2"] * 2 and len(udp.flows) == 2
+        assert udp.counters.dropped == {"too_many_flows": 2}  # the third source's two datagrams
         await stop(task)
         await server.stop()
 
@@ -887,7 +890,7 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
     """A spray of sources (one host's source ports, or forged ones) held every flow of a port (``max_flows``) or of
     its client (half its --max-streams) for their minute of idle timeout, and each new user's datagrams were dropped
     the while. As Linux's conntrack drops unassured entries first, a new source now takes the place of the oldest
-    flow no answer came back on; answered flows are kept, and a source past those is still dropped and counted."""
+    flow no answer came back on; assured flows are kept, and a source past those is still dropped and counted."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         upstream, _ = await loop.create_datagram_endpoint(AnswersHello, local_addr=("127.0.0.1", 0))
@@ -896,8 +899,9 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
         udp = server.udp_ports[f"udp:{public}"]
         if bound == "port":
             udp.max_flows = 4
+        udp.assured_after = 0.0  # a datagram after the first answer assures a flow: no test waits the 2 s
         try:
-            answered = await ask(public, [b"hi 1"], source="127.0.0.1")
+            answered = await ask(public, [b"hi 1", b"hi 1"], source="127.0.0.1")
             await spray(public, 30)
             for _ in range(100):  # bounded: 5 s
                 if udp.counters.evicted == 27:  # 3 flows held by the spray, each new one in the oldest's place
@@ -905,9 +909,10 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
                 await asyncio.sleep(0.05)
             assert len(udp.flows) == 4 and udp.counters.evicted == 27, (len(udp.flows), udp.counters)
             for n in (3, 4, 5):
-                answered += await ask(public, [b"hi %d" % n], source=f"127.0.0.{n}", timeout=2)
-            assert answered == [b"hi 1", b"hi 3", b"hi 4", b"hi 5"] and udp.counters.dropped == {}
-            with pytest.raises(asyncio.TimeoutError):  # every flow is answered: nothing to take the place of
+                answered += await ask(public, [b"hi %d" % n] * 2, source=f"127.0.0.{n}", timeout=2)
+            assert answered == [b"hi 1", b"hi 1", b"hi 3", b"hi 3", b"hi 4", b"hi 4", b"hi 5", b"hi 5"]
+            assert udp.counters.dropped == {}
+            with pytest.raises(asyncio.TimeoutError):  # every flow is assured: nothing to take the place of
                 await ask(public, [b"hi 6"], source="127.0.0.6", timeout=1)
             reason = "too_many_flows" if bound == "port" else "client_stream_limit"
             assert udp.counters.dropped == {reason: 1} and sorted(a[0] for a in udp.flows) == [
@@ -918,6 +923,41 @@ def test_a_new_source_takes_the_place_of_the_oldest_flow_never_answered(tls: Tls
             await stop(task)
             await server.stop()
             upstream.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("bound", ["port", "client"])
+def test_a_spray_of_sources_an_upstream_answers_does_not_lock_new_users_out(tls: TlsFiles, token: str,
+                                                                           bound: str) -> None:
+    """Found by a review helper: a flow kept its place from its first answer, so 3,000 sources sprayed in 5 s at
+    an upstream that answers each datagram (an echo; DNS does too) took the client's 512 flows, and each new user
+    after it was dropped (client_stream_limit, 2,455 of them) for the flows' idle minute: 0 of 3 answered. As
+    conntrack's UDP entries, a flow now keeps its place once a datagram goes on it after its answer, ``assured_after``
+    from its opening (a stream, not a one-shot exchange); until then a new source may take its place."""
+    async def scenario() -> None:
+        echo = await udp_echo()
+        limits = {"max_streams": 8} if bound == "client" else {}  # the client's 8 streams: 4 UDP flows
+        server, public, client, task = await udp_tunnel(tls, token, echo, **limits)
+        udp = server.udp_ports[f"udp:{public}"]
+        if bound == "port":
+            udp.max_flows = 4
+        udp.assured_after = 0.0  # a datagram after the first answer assures a flow: no test waits the 2 s
+        try:
+            assert await ask(public, [b"steady", b"steady"], source="127.0.0.1") == [b"steady", b"steady"]
+            await spray(public, 30)  # each junk datagram echoed: 30 flows answered once
+            for _ in range(100):  # bounded: 5 s
+                if udp.counters.evicted + sum(udp.counters.dropped.values()) == 27:
+                    break
+                await asyncio.sleep(0.05)
+            assert udp.counters.evicted == 27 and udp.counters.dropped == {}, udp.counters
+            for n in (3, 4):  # new users, each in the place of the flow least recently active, never the steady one
+                assert await ask(public, [b"hi %d" % n], source=f"127.0.0.{n}", timeout=2) == [b"hi %d" % n]
+            assert udp.counters.evicted == 29 and udp.counters.dropped == {}, udp.counters
+            assert "127.0.0.1" in [address[0] for address in udp.flows]
+        finally:
+            await stop(task)
+            await server.stop()
 
     run(scenario())
 
