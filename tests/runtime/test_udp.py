@@ -934,28 +934,40 @@ def test_a_spray_of_sources_an_upstream_answers_does_not_lock_new_users_out(tls:
     an upstream that answers each datagram (an echo; DNS does too) took the client's 512 flows, and each new user
     after it was dropped (client_stream_limit, 2,455 of them) for the flows' idle minute: 0 of 3 answered. As
     conntrack's UDP entries, a flow now keeps its place once a datagram goes on it after its answer, ``assured_after``
-    from its opening (a stream, not a one-shot exchange); until then a new source may take its place."""
+    from its opening (a stream, not a one-shot exchange); until then a new source takes the place of the one least
+    recently active: a flow still going (here younger than ``assured_after``) is never that one."""
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
         echo = await udp_echo()
         limits = {"max_streams": 8} if bound == "client" else {}  # the client's 8 streams: 4 UDP flows
         server, public, client, task = await udp_tunnel(tls, token, echo, **limits)
         udp = server.udp_ports[f"udp:{public}"]
         if bound == "port":
             udp.max_flows = 4
-        udp.assured_after = 0.0  # a datagram after the first answer assures a flow: no test waits the 2 s
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Steady(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, address) -> None:
+                answers.put_nowait(data)
+
+        steady, _ = await loop.create_datagram_endpoint(Steady, local_addr=("127.0.0.1", 0),
+                                                        remote_addr=("127.0.0.1", public))
         try:
-            assert await ask(public, [b"steady", b"steady"], source="127.0.0.1") == [b"steady", b"steady"]
-            await spray(public, 30)  # each junk datagram echoed: 30 flows answered once
+            for n in range(15):  # a flow that goes on, 2 new sources (answered once each) between two of its datagrams
+                steady.sendto(b"steady %d" % n)
+                assert await asyncio.wait_for(answers.get(), 5) == b"steady %d" % n
+                await spray(public, 2)
             for _ in range(100):  # bounded: 5 s
-                if udp.counters.evicted + sum(udp.counters.dropped.values()) == 27:
+                if udp.counters.evicted + sum(udp.counters.dropped.values()) >= 27:
                     break
                 await asyncio.sleep(0.05)
-            assert udp.counters.evicted == 27 and udp.counters.dropped == {}, udp.counters
-            for n in (3, 4):  # new users, each in the place of the flow least recently active, never the steady one
+            assert udp.counters.evicted == 27 and udp.counters.dropped == {}, udp.counters  # never the steady flow
+            assert steady.get_extra_info("sockname") in udp.flows
+            for n in (3, 4):  # new users, each in the place of the flow least recently active
                 assert await ask(public, [b"hi %d" % n], source=f"127.0.0.{n}", timeout=2) == [b"hi %d" % n]
             assert udp.counters.evicted == 29 and udp.counters.dropped == {}, udp.counters
-            assert "127.0.0.1" in [address[0] for address in udp.flows]
         finally:
+            steady.close()
             await stop(task)
             await server.stop()
 
