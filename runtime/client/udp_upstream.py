@@ -32,6 +32,10 @@ DROP_LOG_INTERVAL = 10.0
 #: Bytes a flow's socket may hold back (its send buffer full: a link slower than the tunnel) before datagrams
 #: are dropped. The loop's transport would keep every one, without bound, and send it minutes late.
 MAX_SEND_BACKLOG = 64 * 1024
+#: Datagrams a flow keeps while its socket is made (its upstream's name resolving), and bytes all flows keep so:
+#: counted per flow alone, 64 of 64 KB waited in each, and 100 flows behind a silent DNS took 60 MB more.
+EARLY_DATAGRAMS = 64
+EARLY_BYTES = 4 * 1024 * 1024
 #: Seconds, at most, between an answer read and a look at the kernel's count of the flow's dropped ones.
 KERNEL_DROPS_INTERVAL = 1.0
 #: Linux's value, not in Python's socket module: the socket's memory figures, the ninth its drop count (Linux 4.6+).
@@ -48,6 +52,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
     bursting = 0  #: flows with a burst's buffer now, of BURST_FLOWS
+    early_bytes = 0  #: bytes of datagrams waiting for their flow's socket, in all flows, of EARLY_BYTES
 
     def __init__(self, channel: Channel, on_close: Callable[[], None] | None = None, where: str = "") -> None:
         self.channel = channel
@@ -59,7 +64,8 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self._unlogged = 0  # dropped since the last log line about it
         self._logged_at = float("-inf")
         self._log_later: asyncio.TimerHandle | None = None  # the line for drops the interval held back
-        self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (bounded)
+        self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (EARLY_* bound them)
+        self._early_bytes = 0
         self._closed = False
         self._kernel_drops = 0  # the kernel's count, as last read
         self._watch: asyncio.TimerHandle | None = None  # the next look at it, while answers come
@@ -75,7 +81,8 @@ class UdpUpstream(asyncio.DatagramProtocol):
         if UdpUpstream.bursting < BURST_FLOWS and raise_receive_buffer(transport.get_extra_info("socket")):
             UdpUpstream.bursting += 1
             self._bursts = True
-        early, self._early = self._early, []
+        early = self._early
+        self._release_early()
         for data in early:
             self._send(data)
 
@@ -109,8 +116,11 @@ class UdpUpstream(asyncio.DatagramProtocol):
     def on_data(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             self._send(data)
-        elif len(self._early) < 64:
+        elif (not self._closed and len(self._early) < EARLY_DATAGRAMS
+              and UdpUpstream.early_bytes + len(data) <= EARLY_BYTES):
             self._early.append(data)
+            self._early_bytes += len(data)
+            UdpUpstream.early_bytes += len(data)
         else:
             self._drop()
         self.channel.consumed(len(data))
@@ -163,8 +173,13 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self._unlogged = 0
         self._logged_at = now
 
+    def _release_early(self) -> None:
+        UdpUpstream.early_bytes -= self._early_bytes
+        self._early, self._early_bytes = [], 0
+
     def close(self) -> None:
         if not self._closed:
+            self._release_early()
             if self._watch is not None:
                 self._watch.cancel()
             if self._watches:

@@ -546,6 +546,34 @@ def test_datagrams_the_client_drops_are_said_in_its_log(caplog: pytest.LogCaptur
                      "event=udp_dropped service=udp:5353 dropped=4 flow_total=5"]
 
 
+def test_datagrams_waiting_for_their_flows_socket_are_bounded_in_bytes_across_flows() -> None:
+    """Found by a review helper: before its socket exists (the upstream's name still resolving) each flow kept 64
+    datagrams whatever their size, 4 MiB of 64 KB ones: 100 flows behind a DNS that never answered took the
+    client from 30 to 90 MB. Now all flows together keep EARLY_BYTES, the rest dropped and counted, and a flow
+    gives its share back when its socket comes or it ends."""
+    from inlets_py.runtime.client import udp_upstream
+
+    class Channel:  # the tunnel side: credit given back as the datagrams are taken
+        target = "udp:5353"
+
+        def consumed(self, count: int) -> None:
+            pass
+
+    async def scenario() -> None:
+        flows = [udp_upstream.UdpUpstream(Channel()) for _ in range(100)]  # type: ignore[arg-type]
+        for flow in flows:
+            for _ in range(64):
+                flow.on_data(b"d" * 60_000)  # no socket yet: they wait, or are dropped
+        waiting = sum(len(d) for flow in flows for d in flow._early)
+        assert waiting == udp_upstream.UdpUpstream.early_bytes <= udp_upstream.EARLY_BYTES
+        assert sum(flow.dropped for flow in flows) == 100 * 64 - waiting // 60_000
+        for flow in flows:
+            flow.close()
+        assert udp_upstream.UdpUpstream.early_bytes == 0  # their share is free for the next flows
+
+    run(scenario())
+
+
 def test_drops_after_the_first_line_are_said_when_the_interval_is_up_not_at_the_flows_end(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by a review helper: a burst of 10,000 answers, 5,195 dropped on the client, which logged dropped=1 at
