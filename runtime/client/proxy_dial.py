@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import time
 from typing import Callable
 
 from websockets.proxy import Proxy as ProxyAddress
@@ -41,8 +42,10 @@ def dialer_for(url: str, setting: str | None = None, password_from: str | None =
 def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--proxy",
          password_from: str | None = None) -> socket.socket:
     """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line, a refusal
-    of the credentials naming where they came from (``source``, ``password_from``)."""
+    of the credentials naming where they came from (``source``, ``password_from``). An HTTP proxy gets ``timeout``
+    for the connection and its whole answer to CONNECT, not for each read of it."""
     shown, target = redact(proxy), f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    deadline = time.monotonic() + timeout
     parsed = parse_proxy(proxy)
     if parsed.scheme.startswith("socks"):
         return _socks(parsed, host, port, timeout, shown, target, lambda status: refusal_hint(status, proxy, source,
@@ -61,7 +64,11 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
             credentials = f"{parsed.username}:{parsed.password or ''}"
             request += f"Proxy-Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
         sock.sendall((request + "\r\n").encode())
-        status, reason = _answer_status(sock, shown, target)
+        status, reason = _answer_status(sock, shown, target, deadline)
+    except TimeoutError:
+        sock.close()
+        raise ProbeError(f"proxy {shown} gave no complete answer to CONNECT {target} within {timeout:g}s: check that "
+                         f"the proxy is up and can reach {target}") from None
     except ProbeError:
         sock.close()
         raise
@@ -76,13 +83,19 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
         line = f"proxy {shown} refused CONNECT {target}: HTTP {status} {reason}".rstrip()
         hint = refusal_hint(status, proxy, source, password_from)
         raise ProbeError(f"{line} ({hint})" if hint else line)
+    sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
     return sock
 
 
-def _answer_status(sock: socket.socket, shown: str, target: str) -> tuple[int, str]:
-    """The proxy's answer to CONNECT, read up to its blank line (nothing more comes before we speak TLS)."""
+def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float) -> tuple[int, str]:
+    """The proxy's answer to CONNECT, read up to its blank line (nothing more comes before we speak TLS), by
+    ``deadline`` (``time.monotonic``): TimeoutError after it."""
     head = b""
     while b"\r\n\r\n" not in head:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        sock.settimeout(left)
         chunk = sock.recv(4096)
         if not chunk:
             raise ProbeError(f"proxy {shown} closed the connection without answering CONNECT {target}")

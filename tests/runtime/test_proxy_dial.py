@@ -83,3 +83,34 @@ def test_an_ipv6_target_is_named_in_brackets() -> None:
     thread.join(10)
     assert seen[0].startswith(b"CONNECT [::1]:8123 HTTP/1.1\r\nHost: [::1]:8123\r\n"), seen
     assert "refused CONNECT [::1]:8123: HTTP 403" in str(raised.value), raised.value
+
+
+def test_a_proxy_dripping_its_answer_is_given_the_timeout_once_not_per_line() -> None:
+    """Each read waited up to the timeout and the head may be 16 KiB, so a proxy sending a header line now and then
+    held `inlets status --timeout 5` for 51 s (measured: a line every 50 ms); one every 4 s, for 18 hours. Here it
+    drips 40 lines over 4 s and then grants the tunnel: the dial gives up at its 0.5 s instead of taking it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                try:
+                    conn.sendall(b"HTTP/1.1 200 Connection established\r\n")
+                    for number in range(40):
+                        threading.Event().wait(0.1)
+                        conn.sendall(b"X-Drip-%d: y\r\n" % number)
+                    conn.sendall(b"\r\n")
+                except OSError:
+                    pass  # the client gave up reading, as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    with pytest.raises(ProbeError) as raised:
+        dial(f"http://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=0.5).close()
+    thread.join(10)
+    assert str(raised.value).startswith(f"proxy http://127.0.0.1:{port} gave no complete answer to CONNECT "
+                                        "127.0.0.1:8123 within 0.5s"), raised.value
