@@ -117,8 +117,9 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     except Unreachable as exc:  # through a proxy, its own words name the proxy instead
         hint = "" if dial else ": check that the server is running and that --url names its control port (8123 unless set)"
         raise _Unanswered(f"{where}{exc}{hint}")
-    except ProbeError as exc:
-        raise _Unanswered(f"{where}{exc}")
+    except ProbeError as exc:  # once the proxy granted the tunnel, the failure came through it: it may be the cause
+        via = f"through proxy {dial.shown}: " if dial is not None and dial.granted else ""
+        raise _Unanswered(f"{where}{via}{exc}")
     if answer.status == 401:
         raise _Unanswered(f"{where}the server refused the token (HTTP 401): check --token/--token-file")
     if answer.status == 404:

@@ -19,13 +19,29 @@ from typing import Callable
 from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
-from ..core.probe import Dial, ProbeError, Unreachable
+from ..core.probe import ProbeError, Unreachable
 from .outbound_proxy import SOCKS_AUTH_REFUSALS, ProxyConfigError, choose, redact, refusal_hint
 
 MAX_ANSWER_HEAD = 16 * 1024
 
 
-def dialer_for(url: str, setting: str | None = None, password_from: str | None = None) -> Dial | None:
+class ProxyDial:
+    """A ``Dial`` through one proxy, which remembers whether the proxy granted a tunnel: what fails after that
+    (TLS, the server's answer) came through the proxy, which may be the cause (it closed the tunnel, or inspects
+    TLS with a certificate of its own), so the error names it, as the client's line does."""
+
+    def __init__(self, proxy: str, source: str, password_from: str | None) -> None:
+        self.proxy, self.source, self.password_from = proxy, source, password_from
+        self.shown = redact(proxy)
+        self.granted = False
+
+    def __call__(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = dial(self.proxy, host, port, timeout, self.source, self.password_from)
+        self.granted = True
+        return sock
+
+
+def dialer_for(url: str, setting: str | None = None, password_from: str | None = None) -> ProxyDial | None:
     """How to reach ``url`` (wss://HOST:PORT): through the proxy --proxy or the environment names, else None
     (directly). A proxy setting that cannot work is a ProbeError, in the client's words. ``password_from``: where
     the --proxy password was read (``outbound_proxy.refusal_hint``)."""
@@ -33,10 +49,9 @@ def dialer_for(url: str, setting: str | None = None, password_from: str | None =
         choice = choose(setting, url)
     except ProxyConfigError as exc:
         raise ProbeError(str(exc)) from None
-    proxy = choice.url
-    if proxy is None:
+    if choice.url is None:
         return None
-    return lambda host, port, timeout: dial(proxy, host, port, timeout, choice.source, password_from)
+    return ProxyDial(choice.url, choice.source, password_from)
 
 
 def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--proxy",

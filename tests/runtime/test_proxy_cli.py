@@ -3,17 +3,20 @@ for the proxy password, one-line errors for bad proxy settings."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
 from helpers.process import INLETS, echo_once, inlets
-from helpers.tunnel import TlsFiles
+from helpers.tunnel import TlsFiles, make_tls
 
 ROOT = Path(__file__).resolve().parents[2]
 USER, PASSWORD = "bob", "pw-Kx3-cli-never-logged"
@@ -351,3 +354,45 @@ def test_refused_proxy_credentials_name_where_they_were_read(
             assert finish(client) == 0
         failed = next(line for line in log.read_text().splitlines() if "event=connect_failed" in line)
         assert said in failed and PASSWORD not in log.read_text(), failed
+
+
+def _granting_proxy(then: ssl.SSLContext | None) -> tuple[int, threading.Thread]:
+    """A one-connection HTTP proxy that grants CONNECT, then closes (``then`` None) or speaks TLS itself with
+    ``then``'s certificate, as a TLS-inspecting corporate proxy does."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(20)
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                if then is not None:
+                    with contextlib.suppress(OSError):
+                        then.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.mark.parametrize("then", ["close", "own-certificate"])
+def test_status_names_the_proxy_when_the_tunnel_it_granted_fails(tmp_path: Path, tls: TlsFiles, then: str) -> None:
+    """Once a proxy granted CONNECT, what went wrong after was said as the server's alone: "127.0.0.1:P: the TLS
+    handshake failed: is P the server's control port?", or "check --tls-ca" for a proxy inspecting TLS with a
+    certificate of its own; the client's line says "through proxy ...", and now so does `inlets status`'s."""
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 32)
+    token_file.chmod(0o600)
+    context = None
+    if then == "own-certificate":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        own = make_tls(tmp_path / "inspecting", ["127.0.0.1"])
+        context.load_cert_chain(own.cert, own.key)
+    port, thread = _granting_proxy(context)
+    done = _status(free_port(), token_file, tls, clean_env(), "--proxy", f"http://127.0.0.1:{port}")
+    thread.join(20)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"inlets: error: through proxy http://127.0.0.1:{port}: "), done.stderr
