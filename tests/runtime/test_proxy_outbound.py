@@ -392,3 +392,37 @@ def test_an_https_proxy_whose_certificate_is_not_trusted_is_named_rather_than_th
     failure = str(run(scenario(), timeout=30))
     assert failure.startswith("proxy https://127.0.0.1:") and "its TLS certificate could not be verified" in failure, failure
     assert "--tls-ca" not in failure and "wss://" not in failure, failure
+
+
+def test_a_proxy_inspecting_tls_with_a_certificate_of_its_own_is_named(tmp_path, tls, token) -> None:
+    """A corporate proxy that grants CONNECT and then answers TLS itself (inspection) ended the client with
+    "wss://...: TLS certificate verification failed ... (check --tls-ca ...)": the proxy it went through unsaid."""
+    inspecting = make_tls(tmp_path / "inspecting-tls", ["127.0.0.1"])
+
+    async def scenario() -> BaseException | None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(inspecting.cert, inspecting.key)
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+            try:
+                await writer.start_tls(context)
+            except (OSError, ssl.SSLError):
+                pass  # the client refuses the certificate, as it should
+            writer.close()
+
+        proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client, task = await start_client(f"wss://127.0.0.1:{free_port()}", token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False, proxy=f"http://127.0.0.1:{port_of(proxy)}")
+        try:
+            await asyncio.wait([task], timeout=15)
+            assert task.done(), "the client kept retrying a certificate that will never verify"
+            return task.exception()
+        finally:
+            await stop(task)
+            proxy.close()
+
+    failure = str(run(scenario(), timeout=30))
+    assert "through proxy http://127.0.0.1:" in failure and "TLS certificate verification failed" in failure, failure
