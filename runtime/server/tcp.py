@@ -85,7 +85,9 @@ class DataPlaneConnection(TcpBridge):
             self._refuse(channel)
             return
         self.attach(channel)
-        opened(cast(Session, channel.session), self.service)  # until it answers: a blackholed upstream's dial answers in 10 s
+        session = cast(Session, channel.session)
+        self.server.registry.took(self.service, session)
+        opened(session, self.service)  # until it answers: a blackholed upstream's dial answers in 10 s
         self.counters.open += 1
         self.counters.total += 1
         self._counted = True
@@ -134,6 +136,7 @@ class DataPlaneConnection(TcpBridge):
         if isinstance(found, str):  # counted refused by on_reset, as with one client
             return False
         self.attach(found)
+        self.server.registry.took(service, found.session)
         opened(found.session, service)
         self._eof_sent = False
         if self._replay:  # bytes() copies a bytearray, which may grow while this waits for credit

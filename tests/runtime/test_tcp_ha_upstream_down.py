@@ -336,3 +336,28 @@ def test_a_client_whose_upstream_is_back_takes_its_share_once_a_user_reaches_it(
                 back.close()
 
     run(scenario())
+
+
+def test_the_users_of_a_client_tried_last_are_shared_by_the_others(tls: TlsFiles, token: str) -> None:
+    """Found by a review helper: three `inlets tcp client`s, the first one's upstream port closed, 300 users: 200 went
+    to the second client and 100 to the third. Round robin moved one place per user whoever took it, so each turn
+    that began at the client tried last fell to the one after it. The next turn now begins after the client that took
+    the user: 150 and 150."""
+
+    async def scenario() -> None:
+        ups = [await serve(_named(b"B")), await serve(_named(b"C"))]
+        server = await start_server(tls, token)
+        public = free_port()
+        tasks = [(await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port)}))[1]
+                 for port in (free_port(), *map(port_of, ups))]
+        try:
+            answers = [await _user(public, b"user %d\n" % index) for index in range(60)]
+            assert answers.count(b"B") + answers.count(b"C") == 60, answers
+            assert abs(answers.count(b"B") - answers.count(b"C")) <= 4, answers  # a probe of the first each 5 s
+        finally:
+            await stop(*tasks)
+            await server.stop()
+            for up in ups:
+                up.close()
+
+    run(scenario())
