@@ -101,6 +101,7 @@ class RequestRouting:
         except StreamError:
             return None
         opened(session, service)  # until an answer: a blackholed upstream's dial answers in 10 s
+        self.server.registry.took(service, session)  # the next turn begins after it, not at its client tried last
         return self.leg
 
     async def _exchange(self, head: RequestHead) -> bool:
