@@ -250,7 +250,7 @@ class AcmeIssuer:
         return key
 
     def _issue(self, domain: str) -> tuple[bytes, bytes]:
-        from acme import challenges, crypto_util
+        from acme import challenges, crypto_util, errors
 
         try:
             self.store.check_room()
@@ -274,7 +274,13 @@ class AcmeIssuer:
                 published.append(token)
                 acme.answer_challenge(challenge, response)
             deadline = datetime.datetime.now() + datetime.timedelta(seconds=self.timeout)
-            order = acme.poll_and_finalize(order, deadline)
+            order = acme.poll_authorizations(order, deadline)  # its timeout: not validated (_issue_or_say)
+            try:
+                order = acme.finalize_order(order, deadline)
+            except errors.TimeoutError:  # was "did not validate", sending the user to check DNS and port 80
+                raise AcmeError(f"{domain}: validated, but the ACME server did not issue the certificate within "
+                                f"{self.timeout:.0f}s (its order stayed 'processing'): nothing to change on this "
+                                "server, it is asked again; if this goes on, check the CA's status page") from None
         finally:
             for token in published:
                 self.withdraw(token)
