@@ -180,6 +180,10 @@ class AcmeIssuer:
         except AcmeError:
             raise
         except messages.Error as exc:
+            if exc.code == "badNonce":  # acme retried once: the CA's trouble, not the domain's (it read "refused DOMAIN")
+                raise AcmeError(f"{domain}: the ACME server refused this server's anti-replay nonce twice in a row "
+                                "(badNonce: the CA is busy or misbehaving): nothing to change on this server, it is "
+                                "asked again") from None
             refused = AcmeError(f"the ACME server refused {domain}: {_one_line(exc)}")
             refused.rate_limited = exc.typ == retry_after.RATE_LIMITED
             raise refused from None

@@ -94,8 +94,10 @@ def dnsmasq(directory: Path) -> Iterator[int]:
 
 
 @contextmanager
-def pebble(directory: Path, http_port: int, dns_port: int, validity: int | None = None) -> Iterator[Pebble]:
-    """Pebble on loopback; ``validity`` (seconds) makes short-lived certificates for renewal tests."""
+def pebble(directory: Path, http_port: int, dns_port: int, validity: int | None = None,
+           nonce_reject: int = 0) -> Iterator[Pebble]:
+    """Pebble on loopback; ``validity`` (seconds) makes short-lived certificates for renewal tests; ``nonce_reject``
+    is the percentage of good nonces it refuses as ``badNonce``."""
     exe = need("pebble")
     directory.mkdir(parents=True, exist_ok=True)
     tls = make_tls(directory / "pebble-tls", ["127.0.0.1", "localhost"])
@@ -115,7 +117,7 @@ def pebble(directory: Path, http_port: int, dns_port: int, validity: int | None 
     path = directory / "pebble.json"
     path.write_text(json.dumps({"pebble": config}))
     log = directory / "pebble.log"
-    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
+    env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": str(nonce_reject), "PEBBLE_AUTHZREUSE": "0"}
     process = subprocess.Popen([exe, "-config", str(path), "-dnsserver", f"127.0.0.1:{dns_port}"],
                                stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=directory)
     try:
