@@ -81,8 +81,9 @@ data "aws_ami" "ubuntu" {
 }
 
 locals {
-  ami           = var.ami != null ? var.ami : data.aws_ami.ubuntu[0].id # a newer Ubuntu image replaces the instance
-  firewall_name = substr("inlets-${var.name}", 0, 63)
+  ami = var.ami != null ? var.ami : data.aws_ami.ubuntu[0].id # a newer Ubuntu image replaces the instance
+  # inletsctl's firewall_name(NAME, 255): whole (a name has at most 63 characters), so inletsctl delete finds it
+  firewall_name = "inlets-${var.name}"
   rules = merge(
     { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv4) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = pair[1], ipv6 = null } },
     { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv6) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = null, ipv6 = pair[1] } },

@@ -129,3 +129,17 @@ run "rejects_an_empty_client_token_file" {
   }
   expect_failures = [var.client_token_file]
 }
+
+# inletsctl's ec2 provider names the group inlets-NAME in full (firewall_name(NAME, 255): EC2 takes 255
+# characters). Cut to 63 here, two names sharing their first 56 characters got one group name, and the
+# second apply stopped with AWS's InvalidGroup.Duplicate; inletsctl delete looked for the full name.
+run "names_the_security_group_as_inletsctl_does" {
+  command = plan
+  variables {
+    name = "acme-production-eu-west-1-customer-tunnel-for-region-one-a"
+  }
+  assert {
+    condition     = aws_security_group.exit_server.name == "inlets-acme-production-eu-west-1-customer-tunnel-for-region-one-a"
+    error_message = "The security group is inlets-NAME, whole, as inletsctl's ec2 provider names it."
+  }
+}
