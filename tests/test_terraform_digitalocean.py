@@ -168,6 +168,26 @@ def test_the_wheel_is_sent_exactly_when_it_is_not_in_the_user_data(applied: dict
         assert token_digest.split()[0] == hashlib.sha256(tfh.MATERIAL.token.encode()).hexdigest()
 
 
+@pytest.mark.parametrize("folder", ["inlets tools", "bob's inlets"])
+def test_the_push_step_runs_push_wheel_py_from_a_folder_whose_path_has_a_space(folder: str, tmp_path: Path) -> None:
+    """The module's path is relative to the root module: from ~/infra, source = "../inlets tools/terraform/..."
+    split the unquoted script path in two, and apply failed (python3: can't open file '../inlets') after
+    making the droplet; now the push step gets push_wheel.py's path as one word."""
+    if tfh.TERRAFORM is None:
+        pytest.skip(tfh.NO_TERRAFORM)
+    ws = tfh.workspace(tmp_path / folder)
+    stand_in(ws)
+    recorder = tmp_path / "python"
+    recorder.write_text(RECORDER)
+    recorder.chmod(recorder.stat().st_mode | stat.S_IXUSR)
+    root = tmp_path / "root"
+    tfh.apply_root(root, {"exit": {"source": f"../{folder}/terraform/{MODULE}", "name": "tf-do-space", "ports": [80, 443],
+                                   "python": str(recorder), "push_timeout": 7}},
+                   {"wheel": ("${module.exit.wheel}", False)})
+    script = recorder.with_name("python.log").read_text().splitlines()[0]
+    assert (root / script).resolve() == (ws / "tools/push_wheel.py").resolve(), script
+
+
 #: every input with a default other than null: null, as a wrapper module passes an input it leaves unset, is that default
 DEFAULTED = ["region", "size", "image", "ssh_keys", "mode", "domains", "control_port", "letsencrypt_issuer", "wheel_delivery",
              "deliver_wheel", "python", "push_timeout", "client_token_file", "client_ca_file", "tags"]

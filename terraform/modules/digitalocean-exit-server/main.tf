@@ -83,6 +83,12 @@ resource "digitalocean_droplet" "exit_server" {
   ))
 }
 
+# push_wheel.py quoted for local-exec's shell: path.module is relative to the root module, and a folder on the
+# way with a space (source = "../inlets tools/terraform/...") split it in two ("can't open file '../inlets'")
+locals {
+  push_wheel = "'${replace("${path.module}/../../tools/push_wheel.py", "'", "'\\''")}'"
+}
+
 # Where the server wheel is not in the user-data (wheel_delivery push, or auto where it does not fit
 # with inletsctl's margin: every mode's wheel today, TCP, HTTP and HTTP with Let's Encrypt, once the
 # token and certificates are in), the droplet waits for it on the control port and
@@ -93,7 +99,7 @@ resource "terraform_data" "runtime" {
   triggers_replace = [digitalocean_droplet.exit_server.id]
 
   provisioner "local-exec" {
-    command = module.userdata.wheel.delivery == "push" ? "${var.python} ${path.module}/../../tools/push_wheel.py" : "exit 0"
+    command = module.userdata.wheel.delivery == "push" ? "${var.python} ${local.push_wheel}" : "exit 0"
     environment = {
       INLETS_HOST            = digitalocean_droplet.exit_server.ipv4_address
       INLETS_PORT            = tostring(var.control_port)
