@@ -224,6 +224,23 @@ def test_null_inputs_take_the_default_and_a_push_timeout_must_be_positive(applie
         config_file.write_text(applied_config)
 
 
+def test_a_bad_name_is_refused_naming_the_input(applied: dict[str, Any]) -> None:
+    """A name inletsctl refuses was one line that did not say which input it was about ("Use 1-63 lower-case
+    letters..."); now it names the name and gives one to copy. Planned in the applied TCP root."""
+    root = applied["tcp"]["root"]
+    config_file = root / "main.tf.json"
+    applied_config = config_file.read_text()
+    config = json.loads(applied_config)
+    try:
+        for bad in ("My_Exit", "", "-exit", "x" * 64):
+            config["module"]["exit"]["name"] = bad
+            config_file.write_text(json.dumps(config, indent=1))
+            proc = tfh.tf(root, "plan", "-input=false", check=False)
+            assert proc.returncode == 1 and "The name must be 1-63 lower-case letters" in proc.stderr, f"{bad!r}:\n{proc.stderr}"
+    finally:
+        config_file.write_text(applied_config)
+
+
 def test_a_ttl_set_later_counts_from_the_new_droplet(tmp_path: Path) -> None:
     """A ttl added (or changed) after the first apply replaces the droplet (its user-data changes): the
     new droplet's expiry counts from then, not from the first droplet's creation (an expiry, and an

@@ -3,7 +3,7 @@ variable "name" {
   type        = string
   validation {
     condition     = can(regex("^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", var.name))
-    error_message = "Use 1-63 lower-case letters, digits and inner hyphens."
+    error_message = "The name must be 1-63 lower-case letters, digits and inner hyphens, as inletsctl's names, such as my-exit-1."
   }
 }
 
