@@ -80,7 +80,7 @@ def parse_ports(text: str) -> tuple[int, ...]:
 
 
 def check_domain(domain: str) -> str:
-    name = domain.strip().lower().rstrip(".")
+    name = domain.strip().lower().removesuffix(".")  # the root's dot alone (example.com.)
     if not _DOMAIN_RE.fullmatch(name):
         try:  # an international name: DNS, the Host header and Let's Encrypt all take its xn-- form
             ascii_name = name.encode("idna").decode("ascii")

@@ -59,7 +59,7 @@ def directory_url(issuer: str) -> str:
 
 def check_domain(domain: str) -> str:
     """A lower-case DNS name with at least one dot; wildcards need DNS-01, so they are refused."""
-    name = domain.strip().lower().rstrip(".")
+    name = domain.strip().lower().removesuffix(".")  # the root's dot alone (example.com.)
     if _DOMAIN.fullmatch(name) and name.rpartition(".")[2].isdigit():  # no top-level label is all digits: an address
         raise AcmeConfigError(f"--letsencrypt-domain {domain!r} is an IP address, not a DNS name: give a name whose DNS "
                               "points at this server (e.g. example.com); the CA would refuse it at every try")

@@ -30,6 +30,8 @@ BAD_CREATE = [
     (["--mode", "http", "--domain", "Bücher.Example"], "invalid domain 'Bücher.Example': give it in its ASCII (xn--) form: "
                                                       "--domain xn--bcher-kva.example"),
     (["--mode", "http", "--domain", "*.example.com"], "no wildcards"),
+    # one final dot is DNS's root (example.com. is example.com); two leave an empty label, as Terraform's module says
+    (["--mode", "http", "--domain", "example.com.."], "invalid domain 'example.com..': give a DNS name such as example.com"),
     (["--mode", "http", "--upstream", "127.0.0.1:8080"], "invalid --upstream"),
     # what the printed client command would refuse is refused here, in the client's words
     (["--upstream", "127.0.0.1:80"], "invalid --upstream '127.0.0.1:80' for --mode tcp: give the host alone (e.g. 127.0.0.1)"),

@@ -441,6 +441,7 @@ def test_cli_bad_options_are_one_line_errors() -> None:
 
     cases = [
         (["--letsencrypt-domain", "bad_name"], "is not a DNS name"),
+        (["--letsencrypt-domain", "example.com.."], "'example.com..' is not a DNS name"),  # was example.com
         (["--letsencrypt-domain", "203.0.113.10"], "'203.0.113.10' is an IP address, not a DNS name"),  # pebble:
         # "Order included a DNS identifier with an IP address value", at every retry, the server running on
         (["--letsencrypt-domain", "a.example.com", "--letsencrypt-issuer", "http://ca/dir"], "https:// directory URL"),
