@@ -23,6 +23,7 @@ from helpers.service_python import service_inlets
 from helpers.tunnel import free_port
 
 from inlets_py.provisioner.providers import registry
+from inlets_py.runtime.http.options import RESERVED, HttpOptions, OptionError
 from inlets_py.runtime.server.dataplane import bind_failure
 
 
@@ -277,6 +278,25 @@ def test_the_clouds_table_names_every_variable_each_provider_reads_in_order() ->
         assert all(env in row for env in named), (name, named, row)
         at = [row.index(env) for env in named[: len(declared.token_env)]]
         assert at == sorted(at), (name, "the token variables in the order they are read", row)
+
+
+def _reserved_listed(text: str) -> set[bytes]:
+    """The header names a "framing ..., Host and hop-by-hop headers (...) are the proxy's own" sentence lists."""
+    listed = re.search(r"(Content-Length[\w, ()-]*?) and hop-by-hop headers \(([^)]*)\) are the proxy's own",
+                       " ".join(text.split()))
+    assert listed is not None, text
+    words = re.findall(r"[\w*-]+", listed[1] + "," + listed[2])
+    return {word.lower().encode() for word in words if word != "framing"}
+
+
+def test_the_headers_the_readme_says_a_client_cannot_add_or_remove_are_those_refused() -> None:
+    """The README and the refusal said "Proxy-*", yet only three Proxy- headers are hop-by-hop: a client's
+    ``--request-header-add 'Proxy-Env: dev'`` was (rightly) accepted, where both said it would be refused."""
+    HttpOptions.build(request_add=["Proxy-Env: dev"])  # not hop-by-hop: an app's own header, passed on
+    with pytest.raises(OptionError) as refused:
+        HttpOptions.build(request_remove=["Proxy-Authorization"])
+    assert _reserved_listed(str(refused.value)) == RESERVED
+    assert _reserved_listed(README.read_text()) == RESERVED
 
 
 # ----------------------------------------------------------------- run as a service

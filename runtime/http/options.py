@@ -60,8 +60,9 @@ def _allowed(names: list[bytes], flag: str) -> list[bytes]:
     for name in names:
         if name.lower() in RESERVED:
             raise OptionError(f"{flag} {name.decode()}: framing (Content-Length, Transfer-Encoding), Host and "
-                              "hop-by-hop headers (Connection, Keep-Alive, Upgrade, TE, Trailer, Proxy-*) are the "
-                              "proxy's own and cannot be added or removed (--rewrite-host sets Host)")
+                              "hop-by-hop headers (Connection, Keep-Alive, Upgrade, TE, Trailer, Proxy-Connection, "
+                              "Proxy-Authenticate, Proxy-Authorization) are the proxy's own and cannot be added or "
+                              "removed (--rewrite-host sets Host)")
     return names
 
 
