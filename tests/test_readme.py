@@ -345,17 +345,21 @@ _OTHER_PROGRAMS_FLAGS = {
 }
 
 
+_COMMANDS = [("inlets", *c.split()) for c in ("tcp server", "tcp client", "http server", "http client", "status")]
+_COMMANDS += [("inletsctl", c) for c in ("create", "list", "status", "delete")]
+
+
+def _help(command: tuple[str, ...]) -> str:
+    """A command's --help, unwrapped."""
+    result = subprocess.run([str(BIN / command[0]), *command[1:], "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "1000"}, timeout=30)
+    assert result.returncode == 0, (command, result.stderr)
+    return result.stdout
+
+
 def _helps() -> str:
     """Every command's --help, unwrapped: the flags a reader can actually give."""
-    commands = [["inlets", *c.split()] for c in ("tcp server", "tcp client", "http server", "http client", "status")]
-    commands += [["inletsctl", c] for c in ("create", "list", "status", "delete")]
-    out = []
-    for command in commands:
-        result = subprocess.run([str(BIN / command[0]), *command[1:], "--help"], capture_output=True, text=True,
-                                env={**os.environ, "COLUMNS": "1000"}, timeout=30)
-        assert result.returncode == 0, (command, result.stderr)
-        out.append(result.stdout)
-    return "\n".join(out)
+    return "\n".join(_help(command) for command in _COMMANDS)
 
 
 def test_every_flag_the_readme_names_is_one_of_ours_or_another_programs() -> None:
@@ -364,6 +368,41 @@ def test_every_flag_the_readme_names_is_one_of_ours_or_another_programs() -> Non
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
     unknown = sorted(named - ours - set(_OTHER_PROGRAMS_FLAGS))
     assert not unknown, f"the README names flags that no inlets or inletsctl command has: {unknown}"
+
+
+def _printed_commands() -> list[tuple[tuple[str, ...], str]]:
+    """Each command the README prints, in a code block or in inline code, as (our command's words, its text
+    after them, comments left out); ``inlets tcp|http client`` stands for both."""
+    text = re.sub(r"\\\n\s*", " ", README.read_text())  # continuations joined
+    code, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif fenced or line.startswith("    "):
+            code.append(line)
+    found = []
+    for span in re.findall(r"`([^`\n]+)`", text) + code:
+        for at in re.finditer(r"(?<![\w/.-])inlets(ctl)? (?:(tcp|http|tcp\\\|http) (server|client)|(status|create|list|"
+                              r"delete))\b(.*)", span):
+            rest = at[5].split(" #")[0]
+            if at[1]:
+                found.append((("inletsctl", at[4]), rest))
+            elif at[4]:
+                found += [(("inlets", at[4]), rest)] if at[4] == "status" else []
+            else:
+                found += [(("inlets", mode, at[3]), rest) for mode in at[2].split("\\|")]
+    return found
+
+
+def test_every_flag_on_a_printed_command_is_that_commands() -> None:
+    """The test above asks only that some command have each flag; a command the README prints must itself take
+    the flags printed with it (``inlets status ... --tls-server-name`` where only the clients had it would pass)."""
+    printed = _printed_commands()
+    assert len(printed) >= 40 and {command for command, _ in printed} == set(_COMMANDS), printed
+    helps = {command: set(re.findall(r"--[a-z][a-z0-9-]*", _help(command))) for command in _COMMANDS}
+    wrong = sorted({(" ".join(command), flag) for command, rest in printed
+                    for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest) if flag not in helps[command]})
+    assert not wrong, f"flags the README prints with a command that does not take them: {wrong}"
 
 
 def test_the_layout_names_the_system_the_boot_tests_boot() -> None:
