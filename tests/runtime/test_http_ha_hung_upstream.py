@@ -134,7 +134,7 @@ def test_a_hung_client_whose_connection_was_lost_stays_routed_around(tls, token,
     stack = Stack()
     served = {"UP": 0}
     try:
-        server = stack.server(tls, token, upstream_timeout=0.5)
+        server = stack.server(tls, token, upstream_timeout=1.0)  # 0.5 s: a loaded CI run saw a 504 from a live app
         client, _ = stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(_hung)}"])
         stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(_app('UP', served))}"])
         first = [raw_request(server.data_port, GET) for _ in range(2 * registry.EJECT_AFTER)]
@@ -203,7 +203,7 @@ def test_a_client_routed_around_comes_back_once_its_upstream_answers(tls, token,
         async def hung_then_back(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await (answering if awake.is_set() else _hung)(reader, writer)
 
-        server = stack.server(tls, token, upstream_timeout=0.5)
+        server = stack.server(tls, token, upstream_timeout=1.0)  # 0.5 s: a loaded CI run saw a 504 from a live app
         stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(hung_then_back)}"])
         stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(_app('B', served))}"])
         first = [raw_request(server.data_port, GET) for _ in range(10)]
@@ -243,7 +243,7 @@ def test_only_timeouts_in_a_row_route_a_client_around(tls, token, caplog) -> Non
         return sum("event=client_ejected" in r.getMessage() for r in caplog.records)
 
     try:
-        server = stack.server(tls, token, upstream_timeout=0.5)
+        server = stack.server(tls, token, upstream_timeout=1.0)  # 0.5 s: a loaded CI run saw a 504 from a live app
         stack.client(server, tls, token, [f"hung.test=http://{LOOPBACK}:{stack.serve(hangs_on_one_path)}"])
         hang = GET.replace(b"GET / ", b"GET /hang ")
         statuses = [raw_request(server.data_port, request)[:12] for request in (hang, hang, GET, hang, hang)]
