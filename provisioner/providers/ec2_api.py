@@ -13,9 +13,11 @@ from libcloud.common.types import InvalidCredsError, LibcloudError
 from libcloud.compute.drivers.ec2 import (
     NAMESPACE, VALID_EC2_REGIONS, BaseEC2NodeDriver, EC2Connection, EC2NodeDriver, EC2Response,
 )
+from libcloud.utils.xml import findall, findtext
 
 from .api_errors import ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, one_line, retry_after
 from .cloud_api import libcloud_words
+from .paging import every_page
 
 _CRED_CODES = ("AuthFailure", "InvalidClientTokenId", "SignatureDoesNotMatch", "OptInRequired")
 _GONE_CODES = ("InvalidInstanceID.NotFound", "InvalidGroup.NotFound", "InvalidKeyPair.NotFound")
@@ -86,6 +88,27 @@ class Driver(EC2NodeDriver):
         domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
         BaseEC2NodeDriver.__init__(self, key=key, secret=secret, secure=secure, host=host or f"ec2.{region}.{domain}",
                                    port=port, **kwargs)
+
+    def list_nodes(self, ex_node_ids: list[str] | None = None, ex_filters: dict[str, Any] | None = None) -> list[Any]:
+        """libcloud's, over every page: it read the first answer alone, and DescribeInstances pages by ``nextToken``
+        (moto at 100 reservations, AWS when the answer is large), so list showed 100 of 105 and exit 0."""
+        params = {"Action": "DescribeInstances"}
+        if ex_node_ids:
+            params.update(self._pathlist("InstanceId", ex_node_ids))
+        if ex_filters:
+            params.update(self._build_filters(ex_filters))
+
+        def page(token: str | None) -> tuple[list[Any], str | None]:
+            elem = self.connection.request(self.path, params=params | ({"NextToken": token} if token else {})).object
+            nodes = [node for rs in findall(element=elem, xpath="reservationSet/item", namespace=NAMESPACE)
+                     for node in self._to_nodes(rs, "instancesSet/item")]
+            return nodes, findtext(element=elem, xpath="nextToken", namespace=NAMESPACE) or None
+
+        nodes = every_page("ec2", "listing instances", page)
+        addresses = self.ex_describe_addresses(nodes)  # libcloud's: elastic IPs join the public addresses
+        for node in nodes:
+            node.public_ips.extend(addresses[node.id])
+        return nodes
 
 
 def _local(tag: str) -> str:

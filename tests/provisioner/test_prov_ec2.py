@@ -574,3 +574,27 @@ def test_a_left_security_group_that_cannot_be_deleted_names_the_region_to_delete
     refused = run_cli(capsys, "delete", "ec2-west", "--provider", "ec2", "--region", "us-west-2",
                       "--state-dir", str(tmp_path / "state"))
     one_line_error(refused, "run inletsctl delete ec2-west", "--provider ec2 --region us-west-2 again")
+
+
+def test_list_follows_every_page_and_leaves_instances_inletsctl_did_not_make_alone(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DescribeInstances pages by nextToken (moto at 100 reservations): list read the first page alone and showed
+    100 of 102 exit servers, exit 0, so --prune and delete --ip missed the rest."""
+    _env_credentials(monkeypatch)
+    ec2 = prov_ec2_moto.client()
+    for n in range(102):  # a reservation each: moto pages by reservations
+        tags = [{"Key": "inlets", "Value": "true"}, {"Key": "inlets-name", "Value": f"many-{n:03d}"}]
+        ec2.run_instances(ImageId=NEWEST, MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                          TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])
+    ec2.run_instances(ImageId=NEWEST, MinCount=2, MaxCount=2, InstanceType="t3.micro",
+                      TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "theirs"}]}])
+    listed = run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state"))
+    assert listed.code == 0, listed.err
+    names = sorted(row["name"] for row in listed.json()["servers"])
+    assert names == [f"many-{n:03d}" for n in range(102)]
+    last = next(r for r in ec2.describe_instances(Filters=[{"Name": "tag:inlets-name", "Values": ["many-101"]}])["Reservations"])
+    gone = run_cli(capsys, "delete", "--provider", "ec2", "--ip", last["Instances"][0]["PublicIpAddress"],
+                   "--state-dir", str(tmp_path / "state"))  # found by list, on its second page
+    assert gone.code == 0, gone.err
+    assert len(run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state")).json()["servers"]) == 101
