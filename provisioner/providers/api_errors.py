@@ -233,6 +233,12 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     """The one-line error for ``fault`` while doing ``what`` against the API at ``where``."""
     code = f" ({fault.status})" if fault.status is not None else ""
     detail = f": {fault.message}" if fault.message else ""
+    if fault.kind == NOT_FOUND and what.startswith("listing "):
+        # a list is never missing: a 404 names the endpoint wrong, and callers took it for "no such server" (delete
+        # removed the state of a create cut short); the cloud's own answer is asked the same way
+        return ProvisionError(f"{provider}: the API at {where} answered not found{code} while {what}, which "
+                              f"{provider}'s API never does for a list: check that --api-url (or its variable) names "
+                              "the API's root")
     if fault.kind == NOT_FOUND:
         return NotFound(f"{provider}: not found while {what}{detail}")
     if fault.kind == AUTH:

@@ -254,6 +254,27 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
         assert stuck.droplets == {} and not (state / "stuck").exists()
 
 
+def test_an_api_url_answering_404_to_everything_never_has_delete_drop_a_running_droplets_state(
+        token_file: Path, tmp_path: Path, capsys) -> None:
+    """An --api-url with a wrong path (a gateway's prefix left out) answers 404 to every request: delete took the
+    DELETE's 404 for "already gone", removed the token and CA and exited 0, the droplet still running; list said
+    'not found while listing droplets' with nothing to do."""
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as api:
+        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "2"))
+        assert made.code != 0 and len(api.droplets) == 1, made
+        wrong = ["--api-url", f"{api.url}/v1", "--access-token-file", str(token_file), "--state-dir", str(state)]
+        listed = run_cli(capsys, "list", "--provider", "digitalocean", *wrong)
+        one_line_error(listed, "answered not found (404) while listing droplets", "check that --api-url")
+        kept = run_cli(capsys, "delete", "kept", *wrong)
+        one_line_error(kept, "answered not found (404) while listing droplets", "check that --api-url")
+        assert len(api.droplets) == 1 and (state / "kept" / "server.json").exists()
+        gone = run_cli(capsys, *_do(api, token_file, state, "delete", "kept"))
+        assert gone.code == 0 and api.droplets == {} and not (state / "kept").exists(), gone
+        again = run_cli(capsys, *_do(api, token_file, state, "delete", "kept"))
+        one_line_error(again, "no exit server named 'kept'")
+
+
 def test_delete_on_failure_whose_api_never_answered_names_the_exit_server(token_file: Path, tmp_path: Path,
                                                                           capsys) -> None:
     """Every poll answered 503, so the wait after --delete-on-failure's DELETE never learned the droplet's name:
