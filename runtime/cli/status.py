@@ -12,7 +12,8 @@ import typer
 
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.proxy_dial import dialer_for
-from ..core.auth import TokenError, read_tokens, warn_if_others_can_read
+from ..client.diagnose import printable
+from ..core.auth import TokenError, read_tokens, token_refused, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.jsonload import RepeatedKey, loads as load_json
 from ..core.probe import ProbeError, Unreachable, get, parse_url
@@ -120,8 +121,12 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     except ProbeError as exc:  # once the proxy granted the tunnel, the failure came through it: it may be the cause
         via = f"through proxy {dial.shown}: " if dial is not None and dial.granted else ""
         raise _Unanswered(f"{where}{via}{exc}")
-    if answer.status == 401:
-        raise _Unanswered(f"{where}the server refused the token (HTTP 401): check --token/--token-file")
+    if answer.status in (401, 429):
+        raise _Unanswered(f"{where}{token_refused(answer.status)}")
+    if 300 <= answer.status < 400:  # as the client says it
+        to = f" to {printable(answer.location, 300)}" if answer.location else ""
+        raise _Unanswered(f"{where}{parse_url(url).where} answers a redirect (HTTP {answer.status}){to}, which a "
+                          "tunnel server never sends: check --url")
     if answer.status == 404:
         raise _Unanswered(f"{where}/status answered HTTP 404: is --url a tunnel server's control port "
                           "(wss://HOST:8123)?")

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI, ProxyError
 
+from ..core.auth import token_refused
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome
 from ..core.hosts import HostError, authority, split_url, tls_name
@@ -128,8 +129,8 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
-        if status == 401:
-            raise FatalClientError("the server refused the token (HTTP 401): check --token/--token-file") from None
+        if status in (401, 429):
+            raise FatalClientError(token_refused(status)) from None
         if status == 404:
             raise FatalClientError(f"no tunnel endpoint at {ws_url} (HTTP 404): check --url") from None
         if 300 <= status < 400:

@@ -34,6 +34,14 @@ class TokenError(Exception):
     """No usable token (or secret) was given; the message says how to give one."""
 
 
+def token_refused(status: int) -> str:
+    """What a client and ``inlets status`` say when the server refuses the token: 401, or 429 once this address
+    sent too many wrong ones (a right token is never refused so: a 429 means this one is wrong too, and a client
+    retried it with "HTTP 429" alone until the minute was up and a 401 came)."""
+    why = "HTTP 401" if status == 401 else f"HTTP {status}: this address sent too many wrong tokens"
+    return f"the server refused the token ({why}): check --token/--token-file"
+
+
 @dataclass(frozen=True)
 class SecretOption:
     """A secret flag and the forms that keep it off the command line."""

@@ -39,6 +39,7 @@ class Unreachable(ProbeError):
 class Answer:
     status: int
     body: str
+    location: str | None = None  # a redirect's, to say where it pointed
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def get(
             response.begin()
             if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout, dial):  # nginx's answer to that
                 raise ProbeError(f"{endpoint.where} speaks TLS: use wss:// in --url")
-            answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"))
+            answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"),
+                            response.getheader("Location"))
         except (OSError, http.client.HTTPException):
             if expired.is_set():
                 raise ProbeError(late) from None

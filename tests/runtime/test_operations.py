@@ -408,6 +408,32 @@ def test_status_shows_clients_and_refuses_a_wrong_token(
     assert len(gone.stderr.strip().splitlines()) == 1
 
 
+def test_a_wrong_token_past_the_failed_login_limit_is_said_as_a_wrong_token(
+    tmp_path: Path, tls: TlsFiles, token_file: Path
+) -> None:
+    """After 10 wrong tokens from an address the server answers 429, and only to wrong tokens: the client retried
+    with "server rejected WebSocket connection: HTTP 429" alone until the minute was up, and status said "too many
+    failed logins". Both now say the token was refused, and the client exits as for a 401."""
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        url = f"wss://127.0.0.1:{control}"
+        statuses = [inlets("status", "--url", url, "--token", "nope", "--tls-ca", str(tls.ca)) for _ in range(11)]
+        assert "(HTTP 401)" in statuses[0].stderr
+        limited = statuses[-1]
+        assert limited.returncode == 1, limited.stderr
+        assert "the server refused the token (HTTP 429: this address sent too many wrong tokens): check --token" \
+            in limited.stderr, limited.stderr
+        client = inlets("tcp", "client", "--url", url, "--token", "nope", "--tls-ca", str(tls.ca), "--upstream",
+                        "127.0.0.1", "--ports", "80", timeout=30)
+        assert client.returncode == 1 and "refused the token (HTTP 429: this address sent too many wrong tokens)" \
+            in client.stderr.splitlines()[-1], client.stderr
+        assert inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca)).returncode == 0
+    finally:
+        stop_all(server)
+
+
 # ---------------------------------------------------------------- --generate
 
 

@@ -48,12 +48,14 @@ def test_a_wrong_scheme_is_named_with_its_fix(tmp_path: Path, tls: TlsFiles, tok
 
 
 @contextlib.contextmanager
-def web_answering(status: int, body: str, content_type: str = "text/plain") -> Iterator[int]:
+def web_answering(status: int, body: str, content_type: str = "text/plain", location: str = "") -> Iterator[int]:
     """A plain web server on loopback answering every GET with ``status`` and ``body``; yields its port."""
     class Fixed(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if location:
+                self.send_header("Location", location)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body.encode())
@@ -74,6 +76,14 @@ def test_a_web_server_that_is_no_tunnel_gets_one_line(token_file: Path) -> None:
     with web_answering(404, "Not Found\n") as port:
         line = status_line(f"ws://127.0.0.1:{port}", token_file)
     assert "HTTP 404: is --url a tunnel server's control port" in line
+
+
+def test_a_redirect_says_where_it_pointed_as_the_client_does(token_file: Path) -> None:
+    """It said "/status answered HTTP 301: Moved", where the client names the Location and says to check --url."""
+    with web_answering(301, "Moved\n", location="https://example.test/\x1b[2Jlogin") as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert line == (f"inlets: error: 127.0.0.1:{port} answers a redirect (HTTP 301) to https://example.test/\\x1b[2Jlogin, "
+                    "which a tunnel server never sends: check --url"), line
 
 
 def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
