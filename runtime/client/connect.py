@@ -26,8 +26,9 @@ from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, He
 from ..core.hosts import HostError, authority, split_url, tls_name
 from ..core.mux import DEFAULT_WINDOW
 from ..core.ports import url_port
+from ..core.tls import verify_failure
 from ..core.wsflow import BoundedReplies
-from .diagnose import describe as _describe, printable, speaks_plain_http, speaks_tls
+from .diagnose import printable, speaks_plain_http, speaks_tls
 from .outbound_proxy import (
     ProxyChoice, certificate_failure as proxy_certificate_failure, explain as explain_proxy_failure,
 )
@@ -146,7 +147,7 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
             raise FatalClientError(f"proxy {proxy.shown}: its TLS certificate could not be verified: {why} "
                                    "(an https:// proxy is checked against the system's trust store)") from None
         via = f"through proxy {proxy.shown}: " if proxy.url else ""  # which may be inspecting TLS with its own
-        raise FatalClientError(f"{via}{cfg.url}: {_describe(exc)}") from None
+        raise FatalClientError(f"{via}{cfg.url}: {verify_failure(exc, cfg.server_name)}") from None
     except InvalidURI as exc:
         raise FatalClientError(str(exc)) from None
     except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one

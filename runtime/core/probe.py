@@ -159,7 +159,7 @@ def get(
             raise ProbeError(late)
         return answer
     except ssl.SSLCertVerificationError as exc:
-        raise ProbeError(verify_failure(exc)) from None
+        raise ProbeError(verify_failure(exc, server_name)) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
         if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "

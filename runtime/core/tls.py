@@ -225,9 +225,13 @@ class PinnedCa:
         return context, True
 
 
-def verify_failure(exc: ssl.SSLCertVerificationError) -> str:
-    """Why the server's certificate was refused, and which option fixes it."""
-    if "mismatch" in (exc.verify_message or ""):  # a good certificate for another name
+def verify_failure(exc: ssl.SSLCertVerificationError, server_name: str | None = None) -> str:
+    """Why the server's certificate was refused, and which option fixes it; ``server_name``: --tls-server-name, when
+    given (the hint said to give it to a user who had, naming neither it nor what else to do)."""
+    if "mismatch" in (exc.verify_message or "") and server_name:
+        hint = (f"the certificate is not for {server_name}, the --tls-server-name given: give one of the names it "
+                f"carries (servers inletsctl made: --tls-server-name {EXIT_SERVER_NAME})")
+    elif "mismatch" in (exc.verify_message or ""):  # a good certificate for another name
         hint = (f"the certificate is for another name: give it with --tls-server-name "
                 f"(servers inletsctl made: --tls-server-name {EXIT_SERVER_NAME})")
     elif exc.verify_code == X509_V_ERR_CERT_HAS_EXPIRED:  # "check --tls-ca" sent users to a CA that was right

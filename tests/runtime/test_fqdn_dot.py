@@ -29,3 +29,23 @@ def test_a_server_name_with_a_final_dot_matches_the_certificate(tmp_path: Path, 
     finally:
         stop_all(*(p for p in (client, server) if p is not None))
     assert "mismatch" not in (tmp_path / "client.log").read_text()
+
+
+def test_a_server_name_the_certificate_does_not_carry_is_named_in_the_error(tmp_path: Path, token_file: Path) -> None:
+    """Found by the README walk: a --tls-server-name the certificate lacks was answered "the certificate is for
+    another name: give it with --tls-server-name", to a user who had given it; now the error names the name given."""
+    tls = make_tls(tmp_path / "tls", ["tunnel.example.com"])
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    try:
+        wait_port(control)
+        url = f"wss://127.0.0.1:{control}"
+        status = inlets("status", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+                        "--tls-server-name", "other.example.com")
+        client = inlets("tcp", "client", "--url", url, "--token-file", str(token_file), "--tls-ca", str(tls.ca),
+                        "--tls-server-name", "other.example.com", "--upstream", "127.0.0.1", "--ports", "80")
+    finally:
+        stop_all(server)
+    for result in (status, client):
+        assert result.returncode == 1 and "the certificate is not for other.example.com, the --tls-server-name " \
+            "given: give one of the names it carries" in result.stderr, result.stderr
