@@ -1,8 +1,8 @@
-"""An ACME server on loopback for answers pebble never gives: an order that stays "processing".
+"""ACME servers on loopback for answers pebble never gives: a refusal with Retry-After, an order that stays
+"processing". Real HTTPS, real JWS requests from the server's ACME child process.
 
-Real HTTPS, real JWS requests from the server's ACME child process; the account is taken, the
-authorization is already valid (as Let's Encrypt reuses one validated within 30 days), and the
-finalization answers with ``finalize_status`` on every poll.
+``AcmeHandler`` answers what every such server does (the directory, nonces, the account); a test's subclass
+answers the rest in ``on_get``/``on_post``, and ``serve`` runs it.
 """
 
 from __future__ import annotations
@@ -18,57 +18,60 @@ from typing import Iterator
 from inlets_py.runtime.core.tls import server_context
 
 
+class AcmeHandler(BaseHTTPRequestHandler):
+    seen: list[str]  # every request ("GET /directory", "POST /order/1", ...): set by ``serve``
+
+    def log_message(self, *_args) -> None:
+        pass
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.server.server_port}"
+
+    def _answer(self, status: int, body: dict | str | None, headers: dict[str, str] | None = None) -> None:
+        data = (json.dumps(body) if isinstance(body, dict) else body or "").encode()
+        self.send_response(status)  # with a Date header, as every HTTP server sends
+        self.send_header("Replay-Nonce", base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode())
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Type", "application/problem+json" if status >= 400 and isinstance(body, dict)
+                         else "application/json" if isinstance(body, dict) else "text/plain")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def directory(self) -> None:
+        self._answer(200, {"newNonce": f"{self.base}/nonce", "newAccount": f"{self.base}/account",
+                           "newOrder": f"{self.base}/order"})
+
+    def do_GET(self) -> None:
+        self.seen.append(f"GET {self.path}")
+        self.on_get()
+
+    def do_HEAD(self) -> None:
+        self.seen.append(f"HEAD {self.path}")
+        self._answer(200, None)
+
+    def do_POST(self) -> None:
+        self.seen.append(f"POST {self.path}")
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/account":
+            return self._answer(201, {"status": "valid"}, {"Location": f"{self.base}/account/1"})
+        self.on_post()
+
+    def on_get(self) -> None:
+        self.directory()
+
+    def on_post(self) -> None:
+        raise NotImplementedError
+
+
 @contextmanager
-def stuck_acme(tls, domain: str, finalize_status: str = "processing") -> Iterator[tuple[str, list[str]]]:
-    """Yields the directory URL and the requests seen ("POST /order/1", ...)."""
+def serve(handler: type[AcmeHandler], tls) -> Iterator[tuple[str, list[str]]]:
+    """``handler`` over HTTPS with ``tls``: yields its directory URL and the requests it saw."""
     seen: list[str] = []
-
-    class Acme(BaseHTTPRequestHandler):
-        def log_message(self, *_args) -> None:
-            pass
-
-        def _answer(self, status: int, body: dict | None, location: str | None = None) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(status)
-            self.send_header("Replay-Nonce", base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode())
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Content-Type", "application/json")
-            if location:
-                self.send_header("Location", location)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def _order(self, status: str) -> dict:
-            base = f"https://127.0.0.1:{self.server.server_port}"
-            return {"status": status, "identifiers": [{"type": "dns", "value": domain}],
-                    "authorizations": [f"{base}/authz/1"], "finalize": f"{base}/finalize/1"}
-
-        def do_GET(self) -> None:
-            seen.append(f"GET {self.path}")
-            base = f"https://127.0.0.1:{self.server.server_port}"
-            self._answer(200, {"newNonce": f"{base}/nonce", "newAccount": f"{base}/account",
-                               "newOrder": f"{base}/order"})
-
-        def do_HEAD(self) -> None:
-            seen.append(f"HEAD {self.path}")
-            self._answer(200, None)
-
-        def do_POST(self) -> None:
-            seen.append(f"POST {self.path}")
-            self.rfile.read(int(self.headers["Content-Length"]))
-            base = f"https://127.0.0.1:{self.server.server_port}"
-            if self.path == "/account":
-                return self._answer(201, {"status": "valid"}, f"{base}/account/1")
-            if self.path == "/order":
-                return self._answer(201, self._order("ready"), f"{base}/order/1")
-            if self.path == "/authz/1":
-                return self._answer(200, {"status": "valid", "identifier": {"type": "dns", "value": domain},
-                                          "challenges": [{"type": "http-01", "url": f"{base}/chall/1",
-                                                          "token": "x" * 43, "status": "valid"}]})
-            self._answer(200, self._order(finalize_status))  # /finalize/1 and every poll of /order/1
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Acme)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type(handler.__name__, (handler,), {"seen": seen}))
     server.socket = server_context(tls.cert, tls.key).wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -78,3 +81,26 @@ def stuck_acme(tls, domain: str, finalize_status: str = "processing") -> Iterato
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextmanager
+def stuck_acme(tls, domain: str, finalize_status: str = "processing") -> Iterator[tuple[str, list[str]]]:
+    """The account is taken, the authorization already valid (as Let's Encrypt reuses one validated within 30
+    days), and the finalization answers ``finalize_status`` on every poll."""
+
+    class Stuck(AcmeHandler):
+        def _order(self, status: str) -> dict:
+            return {"status": status, "identifiers": [{"type": "dns", "value": domain}],
+                    "authorizations": [f"{self.base}/authz/1"], "finalize": f"{self.base}/finalize/1"}
+
+        def on_post(self) -> None:
+            if self.path == "/order":
+                return self._answer(201, self._order("ready"), {"Location": f"{self.base}/order/1"})
+            if self.path == "/authz/1":
+                return self._answer(200, {"status": "valid", "identifier": {"type": "dns", "value": domain},
+                                          "challenges": [{"type": "http-01", "url": f"{self.base}/chall/1",
+                                                          "token": "x" * 43, "status": "valid"}]})
+            self._answer(200, self._order(finalize_status))  # /finalize/1 and every poll of /order/1
+
+    with serve(Stuck, tls) as found:
+        yield found

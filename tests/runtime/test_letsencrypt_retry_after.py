@@ -3,35 +3,31 @@
 Let's Encrypt answers a rate-limited order with HTTP 429 ``urn:ietf:params:acme:error:rateLimited`` and a
 Retry-After, and everything with 503 and a Retry-After while down for maintenance. Neither was read: the
 next try came after the usual backoff (60 s doubling to 1 h), refused again each time. Pebble has no rate
-limits, so a small ACME server on loopback answers here, over real HTTPS, as Let's Encrypt does on the wire:
-a directory, nonces, an account, then the refusal. The server runs its real ACME child process against it.
+limits, so a small ACME server on loopback (helpers/fake_acme.py) answers here, over real HTTPS, as Let's
+Encrypt does on the wire: a directory, nonces, an account, then the refusal. The server runs its real ACME
+child process against it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import email.utils
-import json
 import logging
-import os
 import re
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import pytest
 
+from helpers.fake_acme import AcmeHandler, serve
 from helpers.http import Stack
 from helpers.letsencrypt import wait_until
 from helpers.tunnel import free_port
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import configure
 from inlets_py.runtime.acme.retry_after import RETRY_AFTER_MAX, parse
-from inlets_py.runtime.core.tls import server_context
 from test_letsencrypt import DOMAINS, start_server
 
 RATE_LIMITED = {"type": "urn:ietf:params:acme:error:rateLimited", "status": 429,
@@ -47,31 +43,17 @@ def refusing_acme(tls, refuse: str, status: int, retry_after: RetryAfter,
     """An ACME server on loopback (HTTPS with ``tls``) refusing at ``refuse`` ("directory" or "order") with
     ``status`` and ``retry_after``, its clock ``skew`` seconds off; yields its directory URL and the requests
     it saw."""
-    seen: list[str] = []
 
-    class Acme(BaseHTTPRequestHandler):
+    class Refusing(AcmeHandler):
         now = 0.0  # the server's clock at this answer, in its Date header and a Retry-After made from it
-
-        def log_message(self, *_args) -> None:
-            pass
 
         def date_time_string(self, timestamp: float | None = None) -> str:
             return email.utils.formatdate(self.now, usegmt=True)
 
         def _answer(self, status: int, body: dict | str | None, headers: dict[str, str] | None = None) -> None:
-            data = (json.dumps(body) if isinstance(body, dict) else body or "").encode()
             if not self.now:  # not set by _refusal for this answer
                 self.now = time.time() + skew
-            self.send_response(status)  # with a Date header, as every HTTP server sends
-            self.send_header("Replay-Nonce", base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode())
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Content-Type", "application/problem+json" if status >= 400 and isinstance(body, dict)
-                             else "application/json" if isinstance(body, dict) else "text/plain")
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            super()._answer(status, body, headers)
 
         def _refusal(self) -> None:
             self.now = time.time() + skew
@@ -79,36 +61,14 @@ def refusing_acme(tls, refuse: str, status: int, retry_after: RetryAfter,
             headers = {} if value is None else {"Retry-After": value}
             self._answer(status, RATE_LIMITED if status == 429 else "down for maintenance", headers)
 
-        def do_GET(self) -> None:
-            seen.append(f"GET {self.path}")
-            if refuse == "directory":
-                return self._refusal()
-            base = f"https://127.0.0.1:{self.server.server_port}"
-            self._answer(200, {"newNonce": f"{base}/nonce", "newAccount": f"{base}/account",
-                               "newOrder": f"{base}/order"})
+        def on_get(self) -> None:
+            self._refusal() if refuse == "directory" else self.directory()
 
-        def do_HEAD(self) -> None:
-            seen.append(f"HEAD {self.path}")
-            self._answer(200, None)
-
-        def do_POST(self) -> None:
-            seen.append(f"POST {self.path}")
-            self.rfile.read(int(self.headers["Content-Length"]))
-            if self.path == "/account":
-                base = f"https://127.0.0.1:{self.server.server_port}"
-                return self._answer(201, {"status": "valid"}, {"Location": f"{base}/account/1"})
+        def on_post(self) -> None:
             self._refusal()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Acme)
-    server.socket = server_context(tls.cert, tls.key).wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_port}/directory", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve(Refusing, tls) as found:
+        yield found
 
 
 def _failure(tmp_path, tls, token, caplog, refuse: str, status: int, retry_after: RetryAfter, skew: float = 0.0):
