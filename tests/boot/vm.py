@@ -2,8 +2,9 @@
 
 The container boots the cached root file system (rootfs.py) read-only with a throw-away
 overlay, so cloud-init runs the user-data under test as on a droplet's first boot. PID 1
-here is not systemd, so nspawn runs with ``--register=no --keep-unit`` and commands reach
-the container through ``nsenter`` into its systemd's namespaces.
+here is not systemd, so nspawn runs with ``--register=no --keep-unit``, each container in a
+cgroup of its own (``own_cgroups``), and commands reach the container through ``nsenter``
+into its systemd's namespaces.
 
 Networks are namespaces the test makes: the VM's own (egress to Ubuntu's archive and PyPI
 through slirp4netns, so nothing listens on this machine's network) and the user's side,
@@ -87,8 +88,9 @@ def reap_leftovers() -> None:
             os.kill(int(proc.name), signal.SIGTERM)  # nspawn then powers its container off
     for ns in owners:
         run("ip", "netns", "del", ns, check=False)
-    remove_cgroups([group for root in _cgroup_roots() if root.is_dir() for group in root.iterdir()
-                    if (match := re.fullmatch(r"[a-z]+-(\d+)", group.name)) and not Path(f"/proc/{match.group(1)}").exists()])
+    gone = [group for root in _cgroup_roots() if root.is_dir() for group in root.iterdir()
+            if (match := re.fullmatch(r"[a-z]+-(\d+)", group.name)) and not Path(f"/proc/{match.group(1)}").exists()]
+    remove_cgroups(gone)  # named as the containers, after the pid of the run that made them
 
 
 def in_netns(netns: str, fn: Callable[[], T]) -> T:
@@ -268,8 +270,8 @@ class Container:
     def _own_cgroup(self) -> None:
         """Its systemd manages a cgroup no other container shares (own_cgroups says what sharing one did)."""
         assert self._pid is not None
-        systemd_group = next(line.split(":", 2)[2] for line in Path(f"/proc/{self._pid}/cgroup").read_text().splitlines()
-                             if line.split(":")[1] in ("name=systemd", ""))
+        lines = Path(f"/proc/{self._pid}/cgroup").read_text().splitlines()
+        systemd_group = next(line.split(":", 2)[2] for line in lines if line.split(":")[1] in ("name=systemd", ""))
         if f"/inlets-tests/{self.name}/" not in systemd_group + "/":
             raise AssertionError(f"the container {self.name} runs in the cgroup {systemd_group}, not its own")
 
