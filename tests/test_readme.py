@@ -18,11 +18,14 @@ from pathlib import Path
 import pytest
 from helpers.api_specs import SPEC_FILE, SPECS_DEFAULT, SPECS_ENV
 from helpers.process import wait_port
+from helpers.http import LOOPBACK, Stack, raw_request
 from helpers.readme_commands import BIN, README, ROOT, Shell, block, commands
+from helpers.readme_names import code_events, code_fields, code_literals, readme_events, readme_metrics, scrape, tcp_and_udp_scrape
 from helpers.service_python import service_inlets
-from helpers.tunnel import free_port
+from helpers.tunnel import free_port, run
 
 from inlets_py.provisioner.providers import registry
+from inlets_py.runtime.core.probe import get, parse_url
 from inlets_py.runtime.http.options import RESERVED, HttpOptions, OptionError
 from inlets_py.runtime.server.dataplane import bind_failure
 
@@ -424,3 +427,73 @@ def test_every_file_the_layout_table_names_is_in_its_folder() -> None:
     missing = [(folder, name) for folder, row in rows for name in re.findall(r"`(?:[\w/]+/)?([\w]+\.py)`", row)
                if not any((ROOT / folder).rglob(name))]
     assert not missing, f"files the Layout table names that are not in the row's folder: {missing}"
+
+
+# ------------------------------------------------------- log events and metrics quoted
+
+#: fields whose values are a closed set the code writes (a reason, an action), not a number or an address
+_CLOSED_FIELDS = ("reason", "action", "proto", "listener")
+
+
+def test_every_log_event_the_readme_quotes_is_logged_with_the_fields_it_quotes() -> None:
+    """A reader greps the log for what the README quotes; an event or field the code does not write finds nothing."""
+    quoted, logged, written = readme_events(), code_events(), code_fields()
+    assert len(quoted) >= 30, quoted
+    unknown = sorted({name for name, _ in quoted if name not in logged})
+    assert not unknown, f"events the README quotes that nothing logs: {unknown}"
+    fields = sorted({(name, key) for name, quote in quoted for key in quote if key not in logged[name].keys})
+    assert not fields, f"fields the README quotes on events whose log lines do not carry them: {fields}"
+    values = sorted({(name, f"{key}={value}") for name, quote in quoted for key, value in quote.items()
+                     if key in _CLOSED_FIELDS and re.fullmatch(r"[a-z][a-z0-9_]*", value)
+                     and f"{key}={value}" not in written and value not in logged[name].words})
+    assert not values, f"values the README quotes that the code never writes: {values}"
+
+
+#: where the values of each closed-set label are written
+_LABEL_SOURCES = {"reason": ("runtime/server/tcp.py", "runtime/server/udp.py", "runtime/server/registry.py")}
+
+
+def _readme_reasons() -> set[str]:
+    """The refusal and drop reasons the README's metrics paragraphs list in prose."""
+    text = " ".join(README.read_text().split())
+    tcp = re.search(r"`tcp_dataplane_refused_total\{port,reason\}` \(a connection the client refused, (.*?), is in", text)
+    udp = re.search(r"`udp_dataplane_dropped_total\{port,reason\}` as (.*?), as a congested network", text)
+    assert tcp is not None and udp is not None, "the README's lists of reasons moved: update this test"
+    return set(re.findall(r"`(\w+)`", tcp[1] + udp[1]))
+
+
+def test_every_metric_the_readme_quotes_is_exposed_with_those_labels(tls, token) -> None:
+    """Scrapes a TCP server carrying TCP and UDP and an HTTP server that served a request, as a reader's curl does."""
+    exposed = scrape(run(tcp_and_udp_scrape(tls, token)))
+    stack = Stack()
+    try:
+        _, up = stack.upstream("N")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"n.test=http://{LOOPBACK}:{up}"])
+        for host, answer in ((b"n.test", b"HTTP/1.1 200"), (b"none.test", b"HTTP/1.1 503")):  # the 503 the proxy's
+            assert raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+                               ).startswith(answer)
+        control = server.control.addresses[0]
+        exposed += scrape(get(parse_url(f"wss://{control[0]}:{control[1]}"), "/metrics", ca_file=Path(tls.ca),
+                              token=token).body)
+    finally:
+        stack.close()
+    quoted = readme_metrics()
+    assert len(quoted) >= 20, quoted
+    wrong = []
+    for name, braces in quoted:
+        label_sets = [set(labels) for sample, labels in exposed if sample == name]
+        selector = dict(re.findall(r'(\w+)="([^"]*)"', braces or ""))
+        if not label_sets:
+            wrong.append(f"{name}: not exposed")
+        elif braces is not None and not selector and set(braces.split(",")) not in label_sets:
+            wrong.append(f"{name}{{{braces}}}: its labels are {sorted(label_sets[0])}")
+        for label, value in selector.items():
+            seen = {labels[label] for sample, labels in exposed if sample == name and label in labels}
+            if label in _LABEL_SOURCES:
+                seen |= code_literals(*_LABEL_SOURCES[label])
+            if value not in seen:
+                wrong.append(f'{name}{{{label}="{value}"}}: no such {label}')
+    assert not wrong, f"metrics the README quotes that the servers do not expose so: {wrong}"
+    unknown = sorted(_readme_reasons() - code_literals(*_LABEL_SOURCES["reason"]))
+    assert not unknown, f"reasons the README lists that the data plane never counts: {unknown}"
