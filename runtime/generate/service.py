@@ -310,13 +310,13 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     needed = runtime + files + dirs + [os.path.realpath(p) for p in runtime + files + dirs]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
+        for file in files:  # named in the setup hint's comment line too; checked first, so an error names the file
+            path_value(file)
         # a folder it both reads and writes is only a ReadWritePaths=: given both, systemd keeps the read-only one
         # (namespace.c drop_duplicates: "the more restrictive mode" wins), and --auto-tls failed at every start
         read_only_paths = sorted({path_value(str(Path(f).parent), optional=True) for f in files + real_files
                                   if str(Path(f).parent) not in dirs})
         read_write_paths = sorted({path_value(d) for d in dirs})  # made by the setup hint; a missing one fails the start
-        for file in files:  # named in the setup hint's comment line too
-            path_value(file)
     except UnitValueError as exc:
         raise GenerateError(f"cannot write a systemd unit: {exc}") from None
     _check_not_private_tmp(runtime, named_files + written_dirs)  # after quoting: a path with a line break is refused above

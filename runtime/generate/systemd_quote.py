@@ -11,11 +11,15 @@ units alike.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 
 #: words systemd takes as they are: no quotes, escapes, specifiers or variables in them
 _PLAIN = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+#: A command-line byte that is not UTF-8 (a Latin-1 file name) is this plus the byte (Python's surrogateescape).
+#: Written raw, systemd ignored the whole line ("String is not UTF-8 clean") and printing it in a UTF-8 locale raised.
+_ESCAPED_BYTE = 0xDC00
 _C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -34,6 +38,8 @@ def exec_word(word: str) -> str:
             out.append(_C_ESCAPES[char])
         elif ord(char) < 0x20 or ord(char) == 0x7F:
             out.append(f"\\x{ord(char):02x}")
+        elif _ESCAPED_BYTE <= ord(char) <= _ESCAPED_BYTE + 0xFF:  # a byte not UTF-8: systemd's \xNN, not raw
+            out.append(f"\\x{ord(char) - _ESCAPED_BYTE:02x}")
         elif char in "%$":
             out.append(char * 2)
         else:
@@ -63,6 +69,10 @@ def path_value(path: str, *, optional: bool = False) -> str:
         raise UnitValueError(f"{path!r} is not an absolute path")
     if any(char in '"\\' or ord(char) < 0x20 or ord(char) == 0x7F for char in path):
         raise UnitValueError(f"the path {path!r} has a quote, backslash or control character: systemd cannot take it")
+    if any(_ESCAPED_BYTE <= ord(char) <= _ESCAPED_BYTE + 0xFF for char in path):
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise UnitValueError(f"the path {shown} is not UTF-8 (a byte such as Latin-1's), which a unit's paths cannot "
+                             "hold: rename it (or give a link to it) with a UTF-8 or ASCII name")
     escaped = ("-" if optional else "") + path.replace("%", "%%")
     return escaped if _PLAIN.fullmatch(path) else f'"{escaped}"'
 

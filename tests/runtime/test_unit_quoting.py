@@ -20,7 +20,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers.process import inlets
+from helpers.process import inlets, one_line_error
 from helpers.service_python import unit_inlets
 
 from inlets_py.provisioner.errors import ProvisionError
@@ -96,6 +96,26 @@ def test_generated_units_keep_hostile_values_inside_their_words(tmp_path: Path, 
     assert f'ReadOnlyPaths="-{odd}"'.replace("%", "%%") in unit.splitlines()
     assert f'"{token}"'.replace("%", "%%") in next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     _verify(unit, tmp_path, "inlets-tcp-client.service")
+
+
+def test_a_byte_that_is_not_utf8_reaches_the_program_as_that_byte(tmp_path: Path) -> None:
+    """A command-line byte that is not UTF-8 (a Latin-1 file name) arrives as a surrogate (Python's
+    surrogateescape): written as it was, systemd ignored the whole ExecStart ("String is not UTF-8 clean"), or
+    printing the unit raised UnicodeEncodeError in a UTF-8 locale. systemd's ``\\xNN`` escape carries the byte."""
+    assert exec_word("/srv/tok\udcff") == '"/srv/tok\\xff"'
+    assert exec_command(["/usr/bin/inlets", "--x", "caf\udce9 %"]) == '/usr/bin/inlets --x "caf\\xe9 %%"'
+    _verify(f"[Service]\nExecStart={exec_command(['/bin/echo', '/srv/tok' + chr(0xDCFF)])}\n", tmp_path)
+
+
+def test_a_file_path_that_is_not_utf8_is_a_one_line_error() -> None:
+    """ReadOnlyPaths= and the setup line, which name the file too, take no escapes: such a path is refused (it
+    printed a unit systemd would not load, or a traceback in a UTF-8 locale)."""
+    with pytest.raises(UnitValueError, match="not UTF-8"):
+        path_value("/srv/d\udcff")
+    result = inlets("tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/srv/d\udcff/token",
+                    "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd")
+    line = one_line_error(result, "not UTF-8")
+    assert "/srv/d\\xff/token" in line and "rename" in line, line
 
 
 def test_a_file_path_with_a_line_break_is_a_one_line_error(tmp_path: Path) -> None:
