@@ -79,7 +79,11 @@ def _removed(texts: list[str], flag: str) -> frozenset[bytes]:
 def header_pair(text: str) -> tuple[bytes, bytes]:
     """``'Name: value'`` -> (b'Name', b'value'); no CR/LF can slip into a value."""
     name, sep, value = text.partition(":")
-    raw = value.strip().encode("utf-8")
+    try:
+        raw = value.strip().encode("utf-8")
+    except UnicodeEncodeError:  # a command-line byte that is not UTF-8 (surrogateescape): it raised a traceback
+        raise OptionError(f"the value of header {name.strip()!r} is not UTF-8 (a byte such as Latin-1's): give it as "
+                          "UTF-8 text") from None
     if not sep or not _VALUE.fullmatch(raw) or len(raw) > MAX_VALUE:
         raise OptionError(f"expected 'Name: value' (printable value), got {text!r}")
     return header_name(name), raw

@@ -235,6 +235,8 @@ def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv, says", [
     (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--request-header-add", "X-A: a\nb"],
      "expected 'Name: value' (printable value)"),
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--request-header-add",
+      "X-A: caf\udce9"], "the value of header 'X-A' is not UTF-8"),  # a byte not UTF-8 (Latin-1 é): a traceback
     (["tcp", "server", "--auto-tls", "--auto-tls-san", "a b"], "--auto-tls-san: 'a b' is not a valid host name"),
     (["tcp", "server", "--allow-ports", "abc"], "--allow-ports must be a comma-separated list of ports"),
     (["http", "server", "--log-level", "bogus"], "--log-level must be debug, info, warning or error, got 'bogus'"),
