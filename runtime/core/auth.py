@@ -64,6 +64,13 @@ class SecretOption:
         if value is not None and file is not None:
             raise TokenError(f"give {self.option} or {self.file_option}, not both")
 
+    def given(self, value: str | None, file: object | None) -> bool:
+        """Is the secret given at all (inline, as a file, or set in the environment)? No file is read: ``check``
+        asks it, which ``--generate`` runs for a unit whose files may exist only where it will run. A site's secret
+        set but blank counts as given: reading it refuses it in its own words ("set but blank")."""
+        found = os.environ.get(self.env)
+        return value is not None or file is not None or found is not None and (self.guards_a_site or bool(found.strip()))
+
     def read(self, value: str | None, file: Path | None) -> str | None:
         """The secret from the option, else its file (first line), else the environment; None if none is given.
 

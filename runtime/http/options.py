@@ -76,14 +76,19 @@ def _removed(texts: list[str], flag: str) -> frozenset[bytes]:
     return frozenset(n.lower() for n in _allowed([header_name(h) for h in texts], flag))
 
 
+def _utf8(text: str, what: str) -> bytes:
+    """``text`` as UTF-8. A command-line byte that is not UTF-8 (Python's surrogateescape) raised a traceback; now
+    ``OptionError`` names ``what`` (never the value: it may be a secret)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OptionError(f"{what} is not UTF-8 (a byte such as Latin-1's): give it as UTF-8 text") from None
+
+
 def header_pair(text: str) -> tuple[bytes, bytes]:
     """``'Name: value'`` -> (b'Name', b'value'); no CR/LF can slip into a value."""
     name, sep, value = text.partition(":")
-    try:
-        raw = value.strip().encode("utf-8")
-    except UnicodeEncodeError:  # a command-line byte that is not UTF-8 (surrogateescape): it raised a traceback
-        raise OptionError(f"the value of header {name.strip()!r} is not UTF-8 (a byte such as Latin-1's): give it as "
-                          "UTF-8 text") from None
+    raw = _utf8(value.strip(), f"the value of header {name.strip()!r}")
     if not sep or not _VALUE.fullmatch(raw) or len(raw) > MAX_VALUE:
         raise OptionError(f"expected 'Name: value' (printable value), got {text!r}")
     return header_name(name), raw
@@ -122,8 +127,9 @@ class HttpOptions:
             _added(response_add, "--response-header-add"),
             _removed(response_remove, "--response-header-remove"),
             {s: h.encode("idna") for s, h in (rewrite_host or {}).items()},
-            _digest(f"{basic_auth[0]}:{basic_auth[1]}".encode()) if basic_auth else None,
-            _digest(bearer_token.encode()) if bearer_token else None,
+            _digest(_utf8(basic_auth[0], "--basic-auth-username") + b":" + _utf8(basic_auth[1], "--basic-auth-password"))
+            if basic_auth else None,
+            _digest(_utf8(bearer_token, "--bearer-token")) if bearer_token else None,
         )
 
     # ------------------------------------------------------------- handshake

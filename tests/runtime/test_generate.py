@@ -236,7 +236,19 @@ def test_a_token_file_per_url_stays_one_file_per_server(tmp_path: Path) -> None:
     (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--request-header-add", "X-A: a\nb"],
      "expected 'Name: value' (printable value)"),
     (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--request-header-add",
-      "X-A: caf\udce9"], "the value of header 'X-A' is not UTF-8"),  # a byte not UTF-8 (Latin-1 é): a traceback
+      "X-A: caf\udce9"], "the value of header 'X-A' is not UTF-8"),
+    # the command's checks of basic auth, which need no file read: --generate wrote a unit that failed at every start
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-username", "a:b",
+      "--basic-auth-password-file", "/etc/inlets/pw"], "--basic-auth-username must not contain ':'"),
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-username", "a"],
+     "--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together"),
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-password-file",
+      "/etc/inlets/pw"], "--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go"),
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-username", "a",
+      "--basic-auth-password-file", "/etc/inlets/pw", "--bearer-token-file", "/etc/inlets/bt"],
+     "choose one of --basic-auth-username/--basic-auth-password and --bearer-token"),
+    (["http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-username",
+      "caf\udce9", "--basic-auth-password-file", "/etc/inlets/pw"], "--basic-auth-username is not UTF-8"),  # a byte not UTF-8 (Latin-1 é): a traceback
     (["tcp", "server", "--auto-tls", "--auto-tls-san", "a b"], "--auto-tls-san: 'a b' is not a valid host name"),
     (["tcp", "server", "--allow-ports", "abc"], "--allow-ports must be a comma-separated list of ports"),
     (["http", "server", "--log-level", "bogus"], "--log-level must be debug, info, warning or error, got 'bogus'"),

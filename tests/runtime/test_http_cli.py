@@ -181,6 +181,9 @@ def test_site_protection_secrets_from_a_file_or_the_environment_stay_off_the_com
      "give --bearer-token or --bearer-token-file, not both"),
     (["--bearer-token-file", "/nonexistent/bearer"], {}, "--bearer-token-file file not found: /nonexistent/bearer"),
     (["--basic-auth-username", "u"], {"INLETS_BEARER_TOKEN": "t"}, "--basic-auth-password (or its file or"),
+    # a byte that is not UTF-8 (Latin-1 é) given inline: a UnicodeEncodeError traceback; the value is never shown
+    (["--bearer-token", "caf\udce9"], {}, "--bearer-token is not UTF-8"),
+    (["--basic-auth-username", "u", "--basic-auth-password", "caf\udce9"], {}, "--basic-auth-password is not UTF-8"),
 ])
 def test_secret_forms_are_one_line_errors(args, env, message):
     out = subprocess.run(INLETS + ["http", "client", "--url", "wss://h:1", "--token", "t", "--upstream", "http://a",

@@ -30,7 +30,22 @@ def check(flags: SimpleNamespace) -> dict:
                  "flag out to serve the site without basic auth)")
     check_servers(flags)
     check_secrets(flags, (BASIC_AUTH_PASSWORD, BEARER_TOKEN, TOKEN))
+    check_site_auth(flags)
     return mapping
+
+
+def check_site_auth(flags: SimpleNamespace) -> None:
+    """Basic auth's user and password together, not with a bearer token, a user without ':': checked by whether each
+    is given, not by reading its file. ``run`` alone checked them: --generate wrote a unit that failed at every start."""
+    username = flags.basic_auth_username
+    if bool(username) != BASIC_AUTH_PASSWORD.given(flags.basic_auth_password, flags.basic_auth_password_file):
+        fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
+    if username and BEARER_TOKEN.given(flags.bearer_token, flags.bearer_token_file):
+        fail("choose one of --basic-auth-username/--basic-auth-password and --bearer-token")
+    try:
+        HttpOptions.build(basic_auth=(username, "") if username else None)  # its own checks of the user name
+    except OptionError as exc:
+        fail(str(exc))
 
 
 def run(flags: SimpleNamespace) -> None:
