@@ -227,6 +227,10 @@ class LetsEncrypt:
         latest = now + datetime.timedelta(seconds=retry_after_header.RETRY_AFTER_MAX)
         for domain in self.domains:
             kept = self.store.load_retry(domain)
+            if kept is None and (note := self.store.domain_dir(domain) / RETRY_NOTE).exists():  # damaged: else unsaid
+                log.warning("event=certificate_retry_unreadable domain=%s path=%s note=%s", logfmt(domain),
+                            logfmt(note), logfmt("the wait noted after the last failure cannot be read: the CA is "
+                                                 "asked now, and the note written anew if that fails"))
             if kept is None or kept[1] <= now:
                 continue
             failures, when = kept[0], min(kept[1], latest)

@@ -159,3 +159,32 @@ def test_a_restart_keeps_the_wait_after_a_failure(tmp_path: Path, token_file: Pa
     assert f"domain={DOMAIN}" in line and f"retry_at={retry_at}" in line and "failures=1" in line, line
     [note] = (tmp_path / "le").rglob("retry.json")
     assert stat.S_IMODE(note.stat().st_mode) == 0o600 and str(note) in line, line
+
+
+def test_a_damaged_retry_note_is_said_and_the_ca_asked(tmp_path: Path, token_file: Path) -> None:
+    """Found by a review helper: a retry.json damaged (by hand, a full disk) was ignored without a word, and the CA
+    asked at start with nothing in the log to say why the wait noted was not kept."""
+    dead = free_port()
+
+    def start(log: str):
+        return spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
+                     "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
+                     "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
+                     "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir",
+                     "--letsencrypt-path", str(tmp_path / "le"), log=tmp_path / log)
+
+    server = start("first.log")
+    try:
+        wait_for_text(tmp_path / "first.log", "event=certificate_failed", timeout=60)
+    finally:
+        stop_all(server)
+    [note] = (tmp_path / "le").rglob("retry.json")
+    note.write_text("{")
+    server = start("second.log")
+    try:
+        second = wait_for_text(tmp_path / "second.log", "event=certificate_failed", timeout=60)
+    finally:
+        stop_all(server)
+    line = next(line for line in second.splitlines() if "event=certificate_retry_unreadable" in line)
+    assert f"domain={DOMAIN}" in line and str(note) in line and "the CA is asked now" in line, line
+    assert "Traceback" not in second
