@@ -9,6 +9,7 @@ libraries (each issuance runs in a child process).
 
 from __future__ import annotations
 
+import functools
 import stat
 import subprocess
 import threading
@@ -128,17 +129,19 @@ def test_an_acme_server_out_of_reach_is_said_in_words(tmp_path: Path, token_file
     assert not any(word in line for word in ("HTTPSConnectionPool", "Errno", "NewConnectionError"))
 
 
+def _start_unreachable(tmp_path: Path, token_file: Path, dead: int, log: str):
+    """An HTTP server whose --letsencrypt-issuer is a port nothing listens on, its store in tmp_path/le."""
+    return spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
+                 "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
+                 "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
+                 "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir",
+                 "--letsencrypt-path", str(tmp_path / "le"), log=tmp_path / log)
+
+
 def test_a_restart_keeps_the_wait_after_a_failure(tmp_path: Path, token_file: Path) -> None:
     """Each start asked the CA at once: a failing domain's backoff lived in memory only, so 5 restarts within
     an hour were 5 failed validations, Let's Encrypt's limit per hostname and hour (then refused for an hour)."""
-    dead = free_port()
-
-    def start(log: str):
-        return spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
-                     "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
-                     "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
-                     "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir",
-                     "--letsencrypt-path", str(tmp_path / "le"), log=tmp_path / log)
+    start = functools.partial(_start_unreachable, tmp_path, token_file, free_port())
 
     server = start("first.log")
     try:
@@ -164,14 +167,7 @@ def test_a_restart_keeps_the_wait_after_a_failure(tmp_path: Path, token_file: Pa
 def test_a_damaged_retry_note_is_said_and_the_ca_asked(tmp_path: Path, token_file: Path) -> None:
     """Found by a review helper: a retry.json damaged (by hand, a full disk) was ignored without a word, and the CA
     asked at start with nothing in the log to say why the wait noted was not kept."""
-    dead = free_port()
-
-    def start(log: str):
-        return spawn("http", "server", "--token-file", str(token_file), "--plaintext", "--control-addr", "127.0.0.1",
-                     "--control-port", str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()),
-                     "--https-port", str(free_port()), "--letsencrypt-domain", DOMAIN,
-                     "--letsencrypt-issuer", f"https://127.0.0.1:{dead}/dir",
-                     "--letsencrypt-path", str(tmp_path / "le"), log=tmp_path / log)
+    start = functools.partial(_start_unreachable, tmp_path, token_file, free_port())
 
     server = start("first.log")
     try:
