@@ -125,7 +125,7 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         raise _Unanswered(f"{where}{token_refused(answer.status)}")
     if 300 <= answer.status < 400:  # as the client says it
         to = f" to {printable(answer.location, 300)}" if answer.location else ""
-        raise _Unanswered(f"{where}{parse_url(url).where} answers a redirect (HTTP {answer.status}){to}, which a "
+        raise _Unanswered(f"{where}{endpoint.where} answers a redirect (HTTP {answer.status}){to}, which a "
                           "tunnel server never sends: check --url")
     if answer.status == 404:
         raise _Unanswered(f"{where}/status answered HTTP 404: is --url a tunnel server's control port "

@@ -125,9 +125,10 @@ class Registry(Generic[S]):
         """``session`` took the user ``candidates`` ordered: the next turn begins after it. Moving one place per user
         whoever took it gave every turn that began at a client tried last (``open_on_first``) to the one after it: of
         three clients, one upstream down, the other two got 200 and 100 of 300 users."""
-        sessions = self._serving.get(service)
-        if sessions and session in sessions:
-            self._turn[service] = sessions.index(session) + 1
+        try:
+            self._turn[service] = self._serving[service].index(session) + 1
+        except (KeyError, ValueError):  # it left meanwhile: the turn stays as it was
+            pass
 
     def services(self) -> list[str]:
         return list(self._serving)

@@ -80,7 +80,8 @@ class _Flow:
         if self.channel is not None:
             self.channel.consumed(len(data))
         self.last_seen = asyncio.get_running_loop().time()
-        self.port.touch(self, answer=True)
+        if not self.assured:  # per datagram: an assured flow has nothing left to move
+            self.port.touch(self, answer=True)
 
     def on_eof(self) -> None:  # no half-close for a flow: ended without a reset, its stream stayed open here
         self.port.end(self, ResetCode.CANCEL, "UDP flows do not half-close")
