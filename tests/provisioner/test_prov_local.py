@@ -443,15 +443,21 @@ def test_ctrl_c_between_the_wait_and_the_summary_says_what_to_do(tmp_path: Path,
     with monkeypatch.context() as patch:  # while the summary is printed: the server is up and recorded
         patch.setattr(output, "print_summary", _ctrl_c)
         late = run_cli(capsys, "create", "cut-late", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state))
-    assert late.code == 130, late
-    one_line_error(late, "interrupted: exit server 'cut-late' is ready; see its client command with: "
-                   f"inletsctl status cut-late --state-dir {state}")
-    shown = run_cli(capsys, "status", "cut-late", "--state-dir", str(state))
-    client = [line for line in shown.out.splitlines() if line.startswith("client    ")]
-    assert shown.code == 0 and len(client) == 1 and "inlets tcp client --url wss://127.0.0.1:" in client[0], shown
+    _ready_after_ctrl_c(capsys, late, "cut-late", state)
     for name in ("cut-early", "cut-late"):
         assert run_cli(capsys, "delete", name, "--state-dir", str(state)).code == 0
     assert not any(state.iterdir())
+
+
+def _ready_after_ctrl_c(capsys, cut, name: str, state: Path) -> None:
+    """A Ctrl-C once the server and its client command were recorded: exit 130, one line saying it is ready and
+    how to see that command, and ``status`` shows it."""
+    assert cut.code == 130, cut
+    one_line_error(cut, f"interrupted: exit server {name!r} is ready; see its client command with: "
+                   f"inletsctl status {name} --state-dir {state}")
+    shown = run_cli(capsys, "status", name, "--state-dir", str(state))
+    client = [line for line in shown.out.splitlines() if line.startswith("client    ")]
+    assert shown.code == 0 and len(client) == 1 and "inlets tcp client --url wss://127.0.0.1:" in client[0], shown
 
 
 def test_ctrl_c_while_the_summary_is_made_says_the_server_is_ready(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -464,11 +470,7 @@ def test_ctrl_c_while_the_summary_is_made_says_the_server_is_ready(tmp_path: Pat
     with monkeypatch.context() as patch:
         patch.setattr(create, "summary", _ctrl_c)
         cut = run_cli(capsys, "create", "cut-summary", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state))
-    assert cut.code == 130, cut
-    one_line_error(cut, "interrupted: exit server 'cut-summary' is ready; see its client command with: "
-                   f"inletsctl status cut-summary --state-dir {state}")
-    shown = run_cli(capsys, "status", "cut-summary", "--state-dir", str(state))
-    assert shown.code == 0 and "inlets tcp client --url wss://127.0.0.1:" in shown.out, shown
+    _ready_after_ctrl_c(capsys, cut, "cut-summary", state)
     assert run_cli(capsys, "delete", "cut-summary", "--state-dir", str(state)).code == 0
     assert not any(state.iterdir())
 
