@@ -65,6 +65,7 @@ class HttpTunnelServer:
         self.options: dict[Session, HttpOptions] = {}
         self.guards = Guards()  # basic auth / bearer protection, per host name
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
+        self.upgrades: set[asyncio.Future[None]] = set()  # each one's end (``end_upgrades``)
         self.control = ControlPlane("http", config, self._admit, self._release)
         self.metrics = HttpMetrics(lambda: len(self.control.clients), self.control.serves)
         self.metrics.certificate_end = config.certificate_end
@@ -98,11 +99,13 @@ class HttpTunnelServer:
         """Graceful stop: accept no new users or clients; requests in flight get ``timeout`` seconds, then their
         connections close. A kept-alive user between requests held its stream open, so the drain took its whole
         timeout (30 s with the data port closed) and then cut the user: such users are closed now (the sweep
-        closes those that answers leave idle), as nginx does on a graceful stop."""
+        closes those that answers leave idle), as nginx does on a graceful stop. Upgraded connections (websockets)
+        never finish by themselves: they are cut once no request is in flight (``end_upgrades``)."""
         self.draining = True
         if self._listener is not None:
             self._listener.close()
         self._close_idle()
+        self.end_upgrades()
         await self.control.drain(timeout)
         await self.stop()
 
@@ -136,6 +139,7 @@ class HttpTunnelServer:
                 self.metrics.expire(now)
             if self.draining:  # an answer begun before the drain left its user kept alive
                 self._close_idle()
+                self.end_upgrades()
             deadline = now - self.upstream_timeout
             # An upstream is not late while the user's socket is full: the proxy holds its credit back then
             for leg in [leg for leg in self.exchanges if leg.last_activity <= deadline
@@ -163,6 +167,15 @@ class HttpTunnelServer:
             self.connections.discard(conn)
             if conn.transport is not None:
                 conn.transport.close()
+
+    def end_upgrades(self) -> None:
+        """Draining, with no request left in flight: cut the upgraded connections (a reset both ways, as at the drain's
+        timeout). A websocket never ends by itself, so the drain waited its whole --drain-timeout (30 s) for them,
+        then cut them anyway; Caddy closes them at once at a reload. Requests still in flight keep them a while."""
+        if self.upgrades and not any(conn.exchange is not None for conn in self.connections):
+            for stop in self.upgrades:
+                if not stop.done():
+                    stop.set_result(None)
 
     def _check_sending(self, conn: FrontConnection, now: float, deadline: float) -> None:
         """The user's socket is full: one who reads, however slowly, is waited for (nginx's send_timeout); one

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
+
 from helpers.http import LOOPBACK, Stack, read_answer
 
 GET = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
@@ -30,6 +32,38 @@ def test_a_server_draining_closes_kept_alive_users_between_requests(tls, token):
             assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
             assert busy.recv(1) == b"", "the server kept the answered user's connection open while draining"
             assert idle.recv(1) == b"", "the server kept an idle kept-alive user's connection open while draining"
+            drained.result(20)  # before the fix: a TimeoutError here, the drain waiting its whole 60 s
+    finally:
+        stack.close()
+
+
+def test_a_server_draining_cuts_websockets_once_no_request_is_in_flight(tls, token):
+    """A websocket never finishes by itself: a drain with one open waited its whole --drain-timeout, then cut it.
+    Now a request in flight is still answered, and the upgraded connection is cut (a reset) once it is."""
+    async def websocket_then_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: Upgrade\r\n\r\n")
+        await reader.read()  # until the proxy ends it
+        writer.close()
+
+    stack = Stack()
+    try:
+        _, port = stack.upstream("A")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"ws.test=http://{LOOPBACK}:{stack.serve(websocket_then_silent)}",
+                                          f"http://{LOOPBACK}:{port}"])
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as ws, \
+                socket.create_connection((LOOPBACK, server.data_port), timeout=10) as busy:
+            ws.sendall(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += ws.recv(65536)
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            busy.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: a.test\r\n\r\n")  # in flight as the drain starts
+            drained = asyncio.run_coroutine_threadsafe(server.drain(60.0), stack.loop)
+            assert read_answer(busy).startswith(b"HTTP/1.1 200"), "the request in flight was not answered"
+            with pytest.raises(ConnectionResetError):  # before the fix: socket.timeout, the websocket held
+                assert ws.recv(1) == b"", "the websocket was ended with a FIN, as if its upstream had closed"
             drained.result(20)  # before the fix: a TimeoutError here, the drain waiting its whole 60 s
     finally:
         stack.close()

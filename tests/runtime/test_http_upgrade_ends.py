@@ -168,3 +168,26 @@ def test_open_upgraded_connections_are_a_metric(env):
             user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             user.close()
     wait_for(lambda: metric(server, "http_dataplane_upgraded_connections") == 0, "the gauge went back to 0")
+
+
+def test_a_half_closed_upgraded_connection_whose_upstream_ignores_the_fin_ends(tls, token):
+    """A user that half-closed (shutdown SHUT_WR) to an upstream that ignores FINs and stays silent: the connection
+    and its stream were held for ever (still open 20 s on with --upstream-timeout 5). Once one way has ended, nothing
+    moving for --upstream-timeout ends it (a reset both ways), as HAProxy's timeout client-fin does."""
+    stack = Stack()
+    try:
+        upstream = RawUpstream()
+        server = stack.server(tls, token, upstream_timeout=1.0)
+        stack.client(server, tls, token, [f"http://{LOOPBACK}:{stack.serve(upstream.handle)}"])
+        with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as user:
+            user.sendall(UPGRADE % b"app.test")
+            switched(user)
+            user.sendall(b"hello")
+            user.shutdown(socket.SHUT_WR)
+            wait_for(lambda: upstream.ends == ["fin"], "the upstream saw the user's FIN")
+            with pytest.raises(ConnectionResetError):  # before the fix: socket.timeout, the connection held
+                assert user.recv(1) == b"", "the user's connection ended with a FIN, as if the upstream had closed"
+        wait_for(lambda: upstream.closed == 1 and open_streams(server) == 0 and server.upgraded == 0,
+                 "the stream is closed")
+    finally:
+        stack.close()
