@@ -391,7 +391,10 @@ def _finish(front: Front, ex: Exchange) -> None:
         leg.abort(LegFailed("request body abandoned"))
         drop = True
     else:
-        drop = response.close_delimited or not response.keep_alive or not leg.usable or leg.session.mux.peer_going_away
+        # The next request already waits (pipelined): not on this stream, where bytes the upstream sent after this
+        # answer (past its Content-Length), still on their way, would be taken for that request's answer
+        drop = (response.close_delimited or not response.keep_alive or not leg.usable or leg.session.mux.peer_going_away
+                or front.pipelined > 0)
         if drop:
             leg.finish()
     if drop and front.leg is leg:

@@ -56,6 +56,7 @@ class Front(Protocol):
     idle_since: float | None
     drain: asyncio.Future | None
     eof: bool
+    pipelined: int  # request heads read and waiting behind the one in flight
 
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None: ...  # a leg to a client of ``service``
 

@@ -106,6 +106,7 @@ class Front:
         self.idle_since: float | None = None
         self.drain: asyncio.Future | None = None
         self.eof = False
+        self.pipelined = 0
         self.legs = legs
         self.resumed = 0
         self.woken = 0

@@ -27,6 +27,7 @@ def env(tls, token):
         server = stack.server(tls, token)
         stack.client(server, tls, token, [
             f"short.test=http://{LOOPBACK}:{stack.serve(_short_length)}",
+            f"late.test=http://{LOOPBACK}:{stack.serve(_answers_twice)}",
             f"ext.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'ext', _EXT_HEAD, b'a' * 65536))}",
             f"hints.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'hints', b'', _HINTS))}",
             f"closing.test=http://{LOOPBACK}:{stack.serve(_closing(served))}",
@@ -43,6 +44,22 @@ async def _short_length(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
             if b"GET /first " in head:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
                              b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nX-Pad: ")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def _answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers /first, then 50 ms later sends a second whole answer nobody asked for (kept alive)."""
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if b"GET /first " in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Length: 0\r\n\r\n")
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
             await writer.drain()
@@ -127,6 +144,18 @@ def test_bytes_after_a_short_content_length_never_answer_the_next_request(env):
     assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\nfirst")
     assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nsecond"), second
     assert b"evil" not in second
+
+
+def test_bytes_after_an_answer_never_answer_a_pipelined_request(env):
+    """A request pipelined behind one went upstream on the same stream the moment its answer ended: what the upstream
+    sent after that answer, still on its way through the tunnel, was taken for the next request's answer (the 302
+    below, 3 of 3 tries). A waiting request now goes on a stream of its own."""
+    with user(env["port"]) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: late.test\r\n\r\nGET /second HTTP/1.1\r\nHost: late.test\r\n\r\n")
+        first = read_answer(sock)
+        second = read_answer(sock)
+    assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\nfirst")
+    assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nsecond"), second
 
 
 def test_an_endless_chunk_extension_ends_the_answer_and_stops_the_upstream(env):
