@@ -171,7 +171,8 @@ def progress(front: Front) -> None:
                     _fail(front, ex, failure)
                 return
             if not (leg.eof and failure is None and ex.response.close_delimited):
-                if leg.eof and failure is None and leg.request_ended:  # it stopped as the user left: not a 502
+                # it stopped as the user left, or went silent after the user closed its side (as ``_fail``): not a 502
+                if leg.eof and failure is None and leg.request_ended or leg.timed_out and front.eof:
                     front.server.observe(CLIENT_CLOSED, ex.label, head.method, ex.started)
                     _abort(front)
                     return

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers.http import LOOPBACK, Stack
+from helpers.tunnel import metric
 
 
 class LongPoll:
@@ -55,6 +56,23 @@ async def _stop_at_fin(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.close()
 
 
+async def _slow_answer_stops_at_fin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers at once, its 30-byte body over 1.5 s; stops at the proxy's FIN (as aiohttp does)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\r\n")
+    await writer.drain()
+    fin = asyncio.ensure_future(reader.read())
+    for _ in range(3):
+        done, _ = await asyncio.wait([fin], timeout=0.5)
+        if done:
+            writer.transport.abort()
+            return
+        writer.write(b"x" * 10)
+        await writer.drain()
+    fin.cancel()
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def env(tls, token):
     stack = Stack()
@@ -63,10 +81,12 @@ def env(tls, token):
         poll_port = stack.serve(poll.handle)
         fin_port = stack.serve(_answer_after_fin)
         stop_port = stack.serve(_stop_at_fin)
+        slow_port = stack.serve(_slow_answer_stops_at_fin)
         server = stack.server(tls, token, upstream_timeout=30.0)
         stack.client(server, tls, token, [f"poll.test=http://{LOOPBACK}:{poll_port}",
                                           f"fin.test=http://{LOOPBACK}:{fin_port}",
-                                          f"stop.test=http://{LOOPBACK}:{stop_port}"])
+                                          f"stop.test=http://{LOOPBACK}:{stop_port}",
+                                          f"slow.test=http://{LOOPBACK}:{slow_port}"])
         yield dict(server=server, poll=poll)
     finally:
         stack.close()
@@ -99,3 +119,23 @@ def test_a_user_that_half_closes_still_gets_an_upstreams_answer(env, host, body)
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(body), answer
+
+
+def test_a_user_that_half_closes_gets_a_slow_answer_whole_and_counted_as_answered(env):
+    """The FIN went upstream a second after the user's, even once the answer had begun: an upstream that stops at a
+    FIN cut it, and the user, still reading, got the head and a reset, counted 499 "client closed". The README says
+    the FIN passes while the upstream has not answered; now so: the whole answer, counted 200."""
+    server = env["server"]
+    before = metric(server, "http_dataplane_requests_total", code="200", host="slow.test")
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as sock:
+        sock.sendall(b"GET /report HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            answer += b"<reset>"
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"x" * 30), answer
+    assert metric(server, "http_dataplane_requests_total", code="200", host="slow.test") == before + 1
+    assert metric(server, "http_dataplane_requests_total", code="499", host="slow.test") == 0
