@@ -312,7 +312,7 @@ class TcpTunnelServer:
 
     async def _listen_udp(self, port: int, service: str) -> UdpSocket:
         counters = self.metrics.udp_port(port, UdpCounters)  # kept across clients (for a grace), as TCP ports' are
-        udp = UdpPort(service, self.registry.candidates, allows=self.options.allows, counters=counters)
+        udp = UdpPort(service, self.registry, allows=self.options.allows, counters=counters)
         transport = await UdpSocket.bind(self.data_addr, port, udp)  # no --data-addr: every interface, dual stack
         self.udp_ports[service] = udp
         log.info("event=listening service=%s addr=%s", logfmt(service), logfmt(self.data_addr or "*"))

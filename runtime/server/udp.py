@@ -27,7 +27,7 @@ from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.channel import Channel
 from ..core.session import Session
-from .registry import open_on_first
+from .registry import Registry, open_on_first
 from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.udp")
@@ -101,14 +101,14 @@ class UdpPort:
     def __init__(
         self,
         service: str,
-        candidates: Callable[[str], list[Session]],
+        registry: Registry[Session],
         allows: Callable[[tuple[str, int]], bool] = lambda source: True,
         idle_timeout: float = IDLE_TIMEOUT,
         max_flows: int = MAX_FLOWS,
         counters: UdpCounters | None = None,
     ) -> None:
         self.service = service
-        self.candidates = candidates
+        self.registry = registry  # whose turn a new flow is: round robin, as a TCP connection's
         self.allows = allows
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
@@ -168,7 +168,7 @@ class UdpPort:
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
-        candidates = self.candidates(self.service)
+        candidates = self.registry.candidates(self.service)
         sessions = _with_room(candidates)
         if candidates and not sessions and self._evict(lambda session: session in candidates):
             sessions = _with_room(candidates)
@@ -177,7 +177,9 @@ class UdpPort:
             self.counters.drop(channel)
             return None
         flow.channel = channel
-        cast(Session, channel.session).udp_flows += 1
+        session = cast(Session, channel.session)
+        session.udp_flows += 1
+        self.registry.took(self.service, session)  # the next turn after it: else a full client's fell to the next
         self.flows[address] = self.unanswered[address] = flow
         return flow
 
