@@ -78,6 +78,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         if self._closed:
             transport.close()
             return
+        self.channel.acknowledge()  # the server's sign this client reaches its upstream, as a TCP dial's
         if UdpUpstream.bursting < BURST_FLOWS and raise_receive_buffer(transport.get_extra_info("socket")):
             UdpUpstream.bursting += 1
             self._bursts = True

@@ -27,7 +27,7 @@ from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.channel import Channel
 from ..core.session import Session
-from .registry import Registry, open_on_first
+from .registry import Registry, credited, open_on_first, reached, unreachable
 from .udp_socket import UdpSocket
 
 log = logging.getLogger("inlets.udp")
@@ -80,6 +80,8 @@ class _Flow:
         if self.channel is not None:
             self.channel.consumed(len(data))
         self.last_seen = asyncio.get_running_loop().time()
+        if not self.answered:  # an answer: the client reaches its upstream, and takes its share of flows again
+            self._reached()
         if not self.assured:  # per datagram: an assured flow has nothing left to move
             self.port.touch(self, answer=True)
 
@@ -89,10 +91,19 @@ class _Flow:
     def on_reset(self, code: int, reason: str) -> None:
         if code == ResetCode.TOO_MANY_STREAMS:  # the client's --max-streams (or its flows' half): refused at open,
             self.port.counters.drop("client_stream_limit", self.carried)  # so every datagram sent on it is lost
+        elif code == ResetCode.REFUSED and self.channel is not None:  # its upstream: no socket to it (a name that
+            self.port.counters.drop("upstream_failed", self.carried)  # does not resolve); new flows go to the others
+            unreachable(cast(Session, self.channel.session), self.port.service)  # first for a while, as TCP's do
         self.port.end(self, reset=False)
 
     def on_writable(self) -> None:
-        pass
+        if not self.answered and self.channel is not None and credited(self.channel):  # the client acknowledged
+            self._reached()  # its socket to the upstream: one that never answers (syslog, statsd) takes its share too
+
+    def _reached(self) -> None:
+        session = cast(Session, self.channel.session) if self.channel is not None else None
+        if session is not None and (session.unreachable or session.silent):
+            reached(session, self.port.service)
 
 
 class UdpPort:
