@@ -4,7 +4,8 @@ inletsctl's waits on a new exit server).
 The tunnel client reaches its server through a proxy with websockets' own support (asyncio);
 these commands use blocking sockets (``core/probe.py``), so the same proxies are spoken here:
 HTTP CONNECT through http:// and https:// proxies (basic auth), and SOCKS through python-socks'
-sync API, which websockets uses for SOCKS too. Which proxy applies is ``outbound_proxy.choose``'s
+sync API (websockets uses its asyncio API for SOCKS). Each gets ``timeout`` for the connection and
+the proxy's whole answer, as the client's one --open-timeout bounds its attempt. Which proxy applies is ``outbound_proxy.choose``'s
 answer, the client's own, so a command reaches a server the way its client does.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import socket
 import ssl
+import threading
 import time
 from typing import Callable
 
@@ -57,18 +59,18 @@ def dialer_for(url: str, setting: str | None = None, password_from: str | None =
 def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--proxy",
          password_from: str | None = None) -> socket.socket:
     """A socket to host:port through ``proxy``; ProbeError (Unreachable when the proxy is) in one line, a refusal
-    of the credentials naming where they came from (``source``, ``password_from``). An HTTP proxy gets ``timeout``
-    for the connection and its whole answer to CONNECT, not for each read of it."""
+    of the credentials naming where they came from (``source``, ``password_from``). The proxy gets ``timeout``
+    for the connection and its whole answer (CONNECT's, or the SOCKS exchange), not for each read of it."""
     shown, target = redact(proxy), f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     deadline = time.monotonic() + timeout
     parsed = parse_proxy(proxy)
-    if parsed.scheme.startswith("socks"):
-        return _socks(parsed, host, port, timeout, shown, target, lambda status: refusal_hint(status, proxy, source,
-                                                                                               password_from))
     try:
         sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
     except OSError as exc:
         raise Unreachable(f"proxy {shown} unreachable: {exc.strerror or exc}") from None
+    if parsed.scheme.startswith("socks"):
+        return _socks(parsed, sock, host, port, timeout, deadline, shown, target,
+                      lambda status: refusal_hint(status, proxy, source, password_from))
     try:
         if parsed.scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parsed.host)
@@ -128,27 +130,60 @@ def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float
     return int(parts[1]), reason
 
 
-def _socks(parsed: ProxyAddress, host: str, port: int, timeout: float, shown: str, target: str,
-           hint: Callable[[int], str | None]) -> socket.socket:
-    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
+class _Opened:
+    """python-socks' ``forward`` (a proxy in front of the proxy) standing for the socket already open to the proxy:
+    the socket is ours, so ``_socks`` can end the exchange at its deadline."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def connect(self, **_: object) -> socket.socket:
+        return self.sock
+
+
+def _socks(parsed: ProxyAddress, sock: socket.socket, host: str, port: int, timeout: float, deadline: float,
+           shown: str, target: str, hint: Callable[[int], str | None]) -> socket.socket:
+    """The SOCKS exchange on ``sock`` (open to the proxy) by ``deadline`` (``time.monotonic``). python-socks gives each
+    read the whole timeout, so a proxy sending its reply a byte at a time held `inlets status --timeout 5` for
+    minutes (a 262-byte reply): at the deadline the socket is shut down, which ends the read waiting then."""
+    from python_socks import ProxyError, ProxyTimeoutError, ProxyType
     from python_socks.sync import Proxy
 
     scheme = parsed.scheme
     kind = ProxyType.SOCKS4 if scheme.startswith("socks4") else ProxyType.SOCKS5
-    client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password, rdns=scheme in ("socks5h", "socks4a"))
+    client = Proxy(kind, parsed.host, parsed.port, parsed.username, parsed.password,
+                   rdns=scheme in ("socks5h", "socks4a"), forward=_Opened(sock))  # type: ignore[arg-type]
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0), expire)
+    timer.daemon = True
+    timer.start()
     try:
-        sock = client.connect(host, port, timeout=timeout)
-        sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
-        return sock
-    except ProxyConnectionError as exc:
-        raise Unreachable(f"proxy {shown} unreachable: {exc}") from None
-    except ProxyTimeoutError:
-        raise ProbeError(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "
-                         f"{target} answered in time") from None
-    except ProxyError as exc:
-        status = SOCKS_AUTH_REFUSALS.get(str(exc))
+        client.connect(host, port, timeout=timeout)
+        failure: BaseException | None = None
+    except (ProxyError, ProxyTimeoutError, OSError) as exc:
+        failure = exc
+    finally:
+        timer.cancel()
+        timer.join()  # an expire() already running has shut the socket down before this goes on
+    if failure is not None or expired.is_set():
+        sock.close()  # python-socks closed it too, on most failures
+    if expired.is_set() or isinstance(failure, ProxyTimeoutError):
+        raise ProbeError(f"proxy {shown} gave no complete SOCKS answer for {target} within {timeout:g}s: check that "
+                         f"the proxy is up and can reach {target}")
+    if isinstance(failure, ProxyError):
+        status = SOCKS_AUTH_REFUSALS.get(str(failure))
         words = hint(status) if status else None
-        raise ProbeError(f"proxy {shown} refused the connection to {target}: {exc}" + (f" ({words})" if words else "")
-                         ) from None
-    except OSError as exc:
-        raise ProbeError(f"through proxy {shown}: {exc.strerror or exc}") from None
+        raise ProbeError(f"proxy {shown} refused the connection to {target}: {failure}"
+                         + (f" ({words})" if words else ""))
+    if isinstance(failure, OSError):
+        raise ProbeError(f"through proxy {shown}: {failure.strerror or failure}")
+    sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
+    return sock

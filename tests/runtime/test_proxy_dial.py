@@ -1,4 +1,4 @@
-"""``inlets status``'s blocking dial through an HTTP proxy, against a scripted proxy on loopback."""
+"""``inlets status``'s blocking dial through an HTTP or SOCKS5 proxy, against a scripted proxy on loopback."""
 
 from __future__ import annotations
 
@@ -114,3 +114,49 @@ def test_a_proxy_dripping_its_answer_is_given_the_timeout_once_not_per_line() ->
     thread.join(10)
     assert str(raised.value).startswith(f"proxy http://127.0.0.1:{port} gave no complete answer to CONNECT "
                                         "127.0.0.1:8123 within 0.5s"), raised.value
+
+
+def scripted_socks5(steps: list[bytes], pause: float = 0.0) -> tuple[int, threading.Thread]:
+    """A one-connection SOCKS5 proxy: reads the greeting, sends ``steps[0]``, then for each later step reads the
+    client's next message and sends it; each step a byte at a time, ``pause`` seconds apart."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                try:
+                    for step in steps:
+                        conn.recv(512)
+                        for byte in step:
+                            threading.Event().wait(pause)
+                            conn.sendall(bytes([byte]))
+                    conn.recv(512)  # until the client closes
+                except OSError:
+                    pass  # the client gave up, as it should
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def test_a_socks_proxy_dripping_its_reply_is_given_the_timeout_once_not_per_read() -> None:
+    """python-socks gave each read the whole timeout, so a SOCKS5 proxy sending its reply a byte at a time held
+    `inlets status --timeout 5` for 156 s (a 262-byte reply, 0.3 s a byte). Here 12 bytes come 0.1 s apart: a
+    tunnel granted after 1.2 s, which the dial must not wait for with its 0.5 s."""
+    port, thread = scripted_socks5([b"\x05\x00", b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00"], pause=0.1)
+    with pytest.raises(ProbeError) as raised:
+        dial(f"socks5://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=0.5).close()
+    thread.join(10)
+    assert str(raised.value) == (f"proxy socks5://127.0.0.1:{port} gave no complete SOCKS answer for 127.0.0.1:8123 "
+                                 "within 0.5s: check that the proxy is up and can reach 127.0.0.1:8123"), raised.value
+
+
+def test_a_socks_proxy_granting_the_tunnel_in_time_gives_a_socket_with_the_timeout() -> None:
+    """The deadline ends only an exchange still going: a grant in time is a socket whose waits are bounded."""
+    port, thread = scripted_socks5([b"\x05\x00", b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00"])
+    with dial(f"socks5://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5) as sock:
+        assert sock.gettimeout() == 5
+    thread.join(10)
