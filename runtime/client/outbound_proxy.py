@@ -37,6 +37,17 @@ STATUS_HINTS = {
 #: python-socks' words for a SOCKS5 proxy's refusal of the credentials: read as an HTTP proxy's 407 and 401 are
 SOCKS_AUTH_REFUSALS = {"No acceptable authentication methods were offered": 407,
                        "Username and password authentication failure": 401}
+#: what to fix after a SOCKS5 proxy's reply (RFC 1928's REP, python-socks' ``error_code``): python-socks' words
+#: alone ("Host unreachable") said what happened, not what to do
+SOCKS_REPLY_HINTS = {
+    2: STATUS_HINTS[403],
+    3: "the proxy has no route to that network: check that --url names an address the proxy can reach",
+    4: "the proxy cannot reach that host: check that the server is up and that --url names an address the proxy "
+       "can reach",
+    5: "the server's host refused the proxy: check that the server runs and that --url names its control port "
+       "(8123 unless set)",
+}
+_SOCKS_CANNOT_REACH = (3, 4)  # said as "cannot reach": no refusal of the proxy's own
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
@@ -297,6 +308,26 @@ def refusal_hint(status: int, proxy: str, source: str = "--proxy", password_from
     return f"proxy credentials refused: check the user and password in {where}"
 
 
+def socks_refusal(error: BaseException, proxy: str, target: str, source: str = "--proxy",
+                  password_from: str | None = None) -> str:
+    """One line for a SOCKS proxy's refusal (python-socks' ProxyError): which proxy said what, and what to fix; the
+    client's and ``inlets status``'s. A SOCKS5 "no acceptable methods" (0xFF) to a client that offered a user and
+    password too means the proxy takes neither: it was read as those credentials refused."""
+    reason, code = str(error), getattr(error, "error_code", None)
+    status = SOCKS_AUTH_REFUSALS.get(reason)
+    parts = urlsplit(proxy)
+    if status == 407 and parts.username and parts.password:  # python-socks offers USER:PASSWORD only with both
+        hint: str | None = ("the proxy accepts neither no authentication nor a user and password, the only methods "
+                            "inlets speaks: ask its administrators for a user and password it takes")
+    elif status:
+        hint = refusal_hint(status, proxy, source, password_from)
+    else:
+        hint = SOCKS_REPLY_HINTS.get(code) if isinstance(code, int) else None
+    verb = "cannot reach" if code in _SOCKS_CANNOT_REACH else "refused the connection to"
+    line = f"proxy {redact(proxy)} {verb} {target}: {reason}"
+    return f"{line} ({hint})" if hint else line
+
+
 def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy",
             password_from: str | None = None) -> ProxyFailure:
     """One line saying which proxy answered what while reaching ``target`` (HOST:PORT), and what to fix
@@ -310,11 +341,7 @@ def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy"
     if isinstance(exc, InvalidProxyMessage):
         return ProxyFailure(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
     if isinstance(exc, ProxyError):  # SOCKS: the proxy's own reply is the cause
-        cause = exc.__cause__
-        line = f"proxy {shown} refused the connection to {target}: {cause or exc}"
-        status = SOCKS_AUTH_REFUSALS.get(str(cause or exc))
-        hint = refusal_hint(status, proxy, source, password_from) if status else None
-        return ProxyFailure(f"{line} ({hint})" if hint else line)
+        return ProxyFailure(socks_refusal(exc.__cause__ or exc, proxy, target, source, password_from))
     if isinstance(exc, socket.gaierror):
         return ProxyFailure(f"through proxy {shown}: name resolution failed ({exc.strerror})")
     if isinstance(exc, OSError):

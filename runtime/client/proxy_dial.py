@@ -22,7 +22,7 @@ from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import ProbeError, Unreachable
-from .outbound_proxy import SOCKS_AUTH_REFUSALS, ProxyConfigError, choose, redact, refusal_hint
+from .outbound_proxy import ProxyConfigError, choose, redact, refusal_hint, socks_refusal
 
 MAX_ANSWER_HEAD = 16 * 1024
 
@@ -70,7 +70,7 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
         raise Unreachable(f"proxy {shown} unreachable: {exc.strerror or exc}") from None
     if parsed.scheme.startswith("socks"):
         return _socks(parsed, sock, host, port, timeout, deadline, shown, target,
-                      lambda status: refusal_hint(status, proxy, source, password_from))
+                      lambda failure: socks_refusal(failure, proxy, target, source, password_from))
     try:
         if parsed.scheme == "https":
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parsed.host)
@@ -142,7 +142,7 @@ class _Opened:
 
 
 def _socks(parsed: ProxyAddress, sock: socket.socket, host: str, port: int, timeout: float, deadline: float,
-           shown: str, target: str, hint: Callable[[int], str | None]) -> socket.socket:
+           shown: str, target: str, refusal: Callable[[BaseException], str]) -> socket.socket:
     """The SOCKS exchange on ``sock`` (open to the proxy) by ``deadline`` (``time.monotonic``). python-socks gives each
     read the whole timeout, so a proxy sending its reply a byte at a time held `inlets status --timeout 5` for
     minutes (a 262-byte reply): at the deadline the socket is shut down, which ends the read waiting then."""
@@ -179,10 +179,7 @@ def _socks(parsed: ProxyAddress, sock: socket.socket, host: str, port: int, time
         raise ProbeError(f"proxy {shown} gave no complete SOCKS answer for {target} within {timeout:g}s: check that "
                          f"the proxy is up and can reach {target}")
     if isinstance(failure, ProxyError):
-        status = SOCKS_AUTH_REFUSALS.get(str(failure))
-        words = hint(status) if status else None
-        raise ProbeError(f"proxy {shown} refused the connection to {target}: {failure}"
-                         + (f" ({words})" if words else ""))
+        raise ProbeError(refusal(failure))
     if isinstance(failure, OSError):
         raise ProbeError(f"through proxy {shown}: {failure.strerror or failure}")
     sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is

@@ -160,3 +160,27 @@ def test_a_socks_proxy_granting_the_tunnel_in_time_gives_a_socket_with_the_timeo
     with dial(f"socks5://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5) as sock:
         assert sock.gettimeout() == 5
     thread.join(10)
+
+
+@pytest.mark.parametrize("steps, user, says", [
+    ([b"\x05\x00", b"\x05\x04\x00\x01\x00\x00\x00\x00\x00\x00"], "", "cannot reach 127.0.0.1:8123: Host unreachable "
+     "(the proxy cannot reach that host: check that the server is up and that --url names an address the proxy can "
+     "reach)"),
+    ([b"\x05\x00", b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00"], "", "cannot reach 127.0.0.1:8123: Network "
+     "unreachable (the proxy has no route to that network: check that --url names an address the proxy can reach)"),
+    ([b"\x05\xff"], "", "refused the connection to 127.0.0.1:8123: No acceptable authentication methods were offered "
+     "(proxy credentials missing: give --proxy socks5://USER@HOST:PORT with --proxy-password-file FILE or "
+     "$INLETS_PROXY_PASSWORD)"),
+    ([b"\x05\xff"], "alice:pw@", "refused the connection to 127.0.0.1:8123: No acceptable authentication methods were "
+     "offered (the proxy accepts neither no authentication nor a user and password, the only methods inlets speaks: "
+     "ask its administrators for a user and password it takes)"),
+])
+def test_a_socks5_refusal_says_what_to_do(steps: list[bytes], user: str, says: str) -> None:
+    """'refused the connection to HOST:PORT: Host unreachable' said nothing to do; a 0xFF to a client that offered a
+    user and password was read as the credentials refused, though the proxy takes no user and password at all."""
+    port, thread = scripted_socks5(steps)
+    with pytest.raises(ProbeError) as raised:
+        dial(f"socks5://{user}127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5).close()
+    thread.join(10)
+    user_shown = user.partition(":")[0] + "@" if user else ""
+    assert str(raised.value) == f"proxy socks5://{user_shown}127.0.0.1:{port} {says}", raised.value

@@ -312,9 +312,21 @@ def test_socks5_refusal_names_the_proxy_and_its_reason(tls, token, socks_proxy, 
 
 async def _lying_proxy(behaviour: str) -> asyncio.Server:
     """An HTTP proxy on loopback that reads the CONNECT, then: ``close`` without a word, ``tunnel-then-close``
-    (says 200, then closes before anything reaches the server), or stays ``silent``."""
+    (says 200, then closes before anything reaches the server), or stays ``silent``. Or a SOCKS5 proxy answering
+    ``socks-no-methods`` (0xFF to the greeting) or ``socks-host-unreachable`` (REP 4 to the CONNECT)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if behaviour.startswith("socks"):
+            await reader.read(512)
+            if behaviour == "socks-no-methods":
+                writer.write(b"\x05\xff")
+            else:
+                writer.write(b"\x05\x00")
+                await reader.read(512)
+                writer.write(b"\x05\x04\x00\x01\x00\x00\x00\x00\x00\x00")
+            await writer.drain()
+            writer.close()
+            return
         await reader.readuntil(b"\r\n\r\n")
         if behaviour == "tunnel-then-close":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -327,14 +339,15 @@ async def _lying_proxy(behaviour: str) -> asyncio.Server:
 
 
 def lied_to(behaviour: str, tls: TlsFiles, token: str, caplog: pytest.LogCaptureFixture, count: int,
-            open_timeout: float = 15.0) -> list[str]:
-    """The client's first ``count`` connect_failed lines through a ``_lying_proxy``; it keeps retrying."""
+            open_timeout: float = 15.0, scheme: str = "http://") -> list[str]:
+    """The client's first ``count`` connect_failed lines through a ``_lying_proxy`` (``scheme``: http:// or
+    socks5://, a user and password may follow); it keeps retrying."""
     caplog.set_level(logging.INFO, logger="inlets.client")
 
     async def scenario() -> list[str]:
         proxy = await _lying_proxy(behaviour)
         client, task = await start_client(f"wss://127.0.0.1:{free_port()}", token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          wait=False, proxy=f"http://127.0.0.1:{port_of(proxy)}", open_timeout=open_timeout)
+                                          wait=False, proxy=f"{scheme}127.0.0.1:{port_of(proxy)}", open_timeout=open_timeout)
         try:
             for _ in range(500):  # bounded: 500 x 50 ms (the silent proxy takes the open timeout)
                 lines = [r.getMessage() for r in caplog.records if "event=connect_failed" in r.getMessage()]
@@ -426,3 +439,18 @@ def test_a_proxy_inspecting_tls_with_a_certificate_of_its_own_is_named(tmp_path,
 
     failure = str(run(scenario(), timeout=30))
     assert "through proxy http://127.0.0.1:" in failure and "TLS certificate verification failed" in failure, failure
+
+
+@pytest.mark.parametrize("behaviour, scheme, says", [
+    ("socks-host-unreachable", "socks5://", "cannot reach 127.0.0.1:{port}: Host unreachable (the proxy cannot reach "
+     "that host: check that the server is up and that --url names an address the proxy can reach)"),
+    # a user and password were offered too: not "proxy credentials refused: check the user and password"
+    ("socks-no-methods", "socks5://alice:pw@", "refused the connection to 127.0.0.1:{port}: No acceptable "
+     "authentication methods were offered (the proxy accepts neither no authentication nor a user and password, "
+     "the only methods inlets speaks: ask its administrators for a user and password it takes)"),
+])
+def test_a_socks5_refusal_says_what_to_do(tls, token, caplog, behaviour: str, scheme: str, says: str) -> None:
+    """'refused the connection to HOST:PORT: Host unreachable' said what happened and nothing to do about it."""
+    lines = lied_to(behaviour, tls, token, caplog, 1, scheme=scheme)
+    port = lines[0].split("url=wss://127.0.0.1:")[1].split()[0]
+    assert says.format(port=port) in lines[0], lines[0]
