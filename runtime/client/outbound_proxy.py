@@ -198,7 +198,11 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
         return ProxyChoice(None, "environment")
     parts = urlsplit(ws_url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    if no_proxy_covers(parts.hostname or "", port) or urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
+    if no_proxy_covers(parts.hostname or "", port):
+        return ProxyChoice(None, "NO_PROXY")
+    # the system's exceptions (macOS, Windows), where NO_PROXY is not set: once it is, urllib reads it by rules of
+    # its own (".0.0.1" covered 127.0.0.1, an address taken as a name), not curl's
+    if not _no_proxy_setting() and urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
         return ProxyChoice(None, "NO_PROXY")
     proxies = urllib.request.getproxies()
     keys = ["wss", "socks", "https"] if parts.scheme == "wss" else ["ws", "socks", "https", "http"]
@@ -218,8 +222,10 @@ def no_proxy_covers(host: str, port: int) -> bool:
     """Whether ``NO_PROXY`` names ``host``, read as curl (7.86+) and Go read it: ``*``; a name, covering the names
     under it (a leading dot or not); an IP address or a CIDR range (``10.0.0.0/8``, ``[::1]``, ``fd00::/8``); each
     with ``:PORT`` optional. urllib reads names only, so a cluster's ``NO_PROXY=10.0.0.0/8`` sent a client dialling
-    ``wss://10.1.2.3`` through the corporate proxy. No name is resolved, as in curl."""
-    setting = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    ``wss://10.1.2.3`` through the corporate proxy. No name is resolved, as in curl, and an address is matched by
+    addresses and ranges only: a name's suffix rule took ``.0.0.1`` (or ``.1``) to cover 127.0.0.1, where curl
+    (7.88, measured) goes through the proxy."""
+    setting = _no_proxy_setting()
     host = host.strip("[]").rstrip(".").lower()
     try:
         address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
@@ -235,12 +241,17 @@ def no_proxy_covers(host: str, port: int) -> bool:
             network = ipaddress.ip_network(name, strict=False)
         except ValueError:
             name = name.lstrip(".").rstrip(".")
-            if name and (host == name or host.endswith("." + name)):
+            if address is None and name and (host == name or host.endswith("." + name)):
                 return True
             continue
         if address is not None and address in network:
             return True
     return False
+
+
+def _no_proxy_setting() -> str:
+    """``no_proxy`` (curl's first choice), else ``NO_PROXY``: "" when neither is set."""
+    return os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
 
 
 def _entry_parts(entry: str) -> tuple[str, int | None]:

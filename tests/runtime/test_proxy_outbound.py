@@ -164,6 +164,14 @@ def test_proxy_from_the_environment(
     ("Example.COM.", "wss://EXAMPLE.com.:8123", True),
     (" a.test , * ", "wss://anything:8123", True),
     ("10.1.2.0/24", "wss://tunnel.internal:8123", False),  # a name is not resolved to match a range
+    # an address is matched by addresses and ranges, never by a name's suffix rule: curl 7.88 takes the proxy for
+    # each of these (urllib's proxy_bypass, and ours, went direct)
+    (".0.0.1", "wss://127.0.0.1:8123", False),
+    ("0.0.1", "wss://127.0.0.1:8123", False),
+    (".1", "wss://127.0.0.1:8123", False),
+    ("0:0:1", "wss://[::1]:8123", False),
+    ("127.0.0.1", "wss://127.0.0.1:8123", True),
+    ("localhost", "wss://127.0.0.1:8123", False),  # no name is resolved, nor an address named
 ])
 def test_no_proxy_names_ranges_and_ports(monkeypatch: pytest.MonkeyPatch, no_proxy: str, url: str, direct: bool) -> None:
     for name in ("NO_PROXY", "no_proxy", "WSS_PROXY", "wss_proxy", "ALL_PROXY", "all_proxy", "SOCKS_PROXY", "socks_proxy"):
