@@ -15,6 +15,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import sys
@@ -22,8 +23,11 @@ import urllib.request
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
 
+from collections.abc import Generator
+
 from websockets.asyncio import client as websockets_client
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
+from websockets.http11 import Response
 from websockets.proxy import parse_proxy
 
 from ..core.ports import url_port
@@ -51,10 +55,39 @@ _SOCKS_CANNOT_REACH = (3, 4)  # said as "cannot reach": no refusal of the proxy'
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
+#: a proxy's status line answering CONNECT, as websockets reads it (HTTP/1.0 or 1.1, a code, a reason phrase of
+#: these bytes), except that the space before an empty reason may be missing: RFC 9112 lets the reason be empty, and
+#: curl, Go and Python take "HTTP/1.1 200", which websockets refused ("sent no valid HTTP answer") and status took
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]+)(?: ([\t\x20-\x7e\x80-\xff]*))?")
+
+
+def connect_status(line: bytes) -> tuple[int, str] | None:
+    """A proxy's answer to CONNECT, its status line without CRLF, as (code, reason); None if not HTTP. 2xx grants
+    the tunnel (RFC 9110 9.3.6). The client's and ``inlets status``'s one reading."""
+    match = _STATUS_LINE.fullmatch(line)
+    if match is None or not 100 <= int(match[1]) < 600:
+        return None
+    return int(match[1]), (match[2] or b"").decode("latin-1")
+
+
 class _ConnectProtocol(websockets_client.HTTPProxyConnection):
     """websockets' CONNECT exchange (17.4), except that a proxy closing without an answer ends it once: its
     ``connection_lost`` fed the end of the stream again after ``eof_received`` had, and the EOFError that
-    raised reached the log as a traceback at every attempt (the attempt itself failed cleanly already)."""
+    raised reached the log as a traceback at every attempt (the attempt itself failed cleanly already). And its
+    status line is read by ``connect_status``: "HTTP/1.1 200" without a reason's space is given one."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.status_read = False
+        self.parser = Response.parse(self.read_line, self.reader.read_exact, self.reader.read_to_eof, proxy=True)
+
+    def read_line(self, limit: int, *too_long: type[Exception]) -> Generator[None, None, bytes]:
+        line = yield from self.reader.read_line(limit, *too_long)
+        if not self.status_read:
+            self.status_read = True
+            if line.endswith(b"\r\n") and line.count(b" ") == 1 and connect_status(line[:-2]) is not None:
+                line = line[:-2] + b" \r\n"
+        return line
 
     def connection_lost(self, exc: Exception | None) -> None:
         with contextlib.suppress(EOFError):

@@ -22,7 +22,7 @@ from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import ProbeError, Unreachable
-from .outbound_proxy import ProxyConfigError, choose, redact, refusal_hint, socks_refusal
+from .outbound_proxy import ProxyConfigError, choose, connect_status, redact, refusal_hint, socks_refusal
 
 MAX_ANSWER_HEAD = 16 * 1024
 
@@ -95,7 +95,7 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
     except OSError as exc:
         sock.close()
         raise ProbeError(f"through proxy {shown}: {exc.strerror or exc or 'the connection failed'}") from None
-    if status != 200:
+    if not 200 <= status < 300:  # any 2xx grants the tunnel, as the client takes it (RFC 9110 9.3.6)
         sock.close()
         line = f"proxy {shown} refused CONNECT {target}: HTTP {status} {reason}".rstrip()
         hint = refusal_hint(status, proxy, source, password_from)
@@ -121,13 +121,11 @@ def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float
             # on the rest of it and fail as if the server's port were wrong
             raise ProbeError(f"proxy {shown} sent an answer to CONNECT {target} longer than "
                              f"{MAX_ANSWER_HEAD // 1024} KiB without ending it (is it an HTTP proxy?)")
-    line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() or not parts[1].isdigit():
+    status = connect_status(head.split(b"\r\n", 1)[0])  # as the client reads it
+    if status is None:
         raise ProbeError(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
     # the proxy's own words, printed to a terminal: no escape sequence of its choosing gets through
-    reason = "".join(c if c.isprintable() else "?" for c in parts[2])[:200] if len(parts) > 2 else ""
-    return int(parts[1]), reason
+    return status[0], "".join(c if c.isprintable() else "?" for c in status[1])[:200]
 
 
 class _Opened:

@@ -19,6 +19,8 @@ from helpers.tunnel import (
 )
 
 from inlets_py.runtime.client.outbound_proxy import ProxyConfigError, choose
+from inlets_py.runtime.client.proxy_dial import dial
+from inlets_py.runtime.core.probe import ProbeError
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 MiB = 1024 * 1024
@@ -320,7 +322,8 @@ def test_socks5_refusal_names_the_proxy_and_its_reason(tls, token, socks_proxy, 
 
 async def _lying_proxy(behaviour: str) -> asyncio.Server:
     """An HTTP proxy on loopback that reads the CONNECT, then: ``close`` without a word, ``tunnel-then-close``
-    (says 200, then closes before anything reaches the server), or stays ``silent``. Or a SOCKS5 proxy answering
+    (says 200, then closes before anything reaches the server), ``answer:STATUS LINE`` (that line, then closes), or
+    stays ``silent``. Or a SOCKS5 proxy answering
     ``socks-no-methods`` (0xFF to the greeting) or ``socks-host-unreachable`` (REP 4 to the CONNECT)."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -336,6 +339,9 @@ async def _lying_proxy(behaviour: str) -> asyncio.Server:
             writer.close()
             return
         await reader.readuntil(b"\r\n\r\n")
+        if behaviour.startswith("answer:"):  # this status line, then closes
+            writer.write(behaviour.removeprefix("answer:").encode("latin-1") + b"\r\n\r\n")
+            await writer.drain()
         if behaviour == "tunnel-then-close":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
@@ -462,3 +468,35 @@ def test_a_socks5_refusal_says_what_to_do(tls, token, caplog, behaviour: str, sc
     lines = lied_to(behaviour, tls, token, caplog, 1, scheme=scheme)
     port = lines[0].split("url=wss://127.0.0.1:")[1].split()[0]
     assert says.format(port=port) in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("line, granted", [
+    ("HTTP/1.1 200", True),  # RFC 9112: the reason may be empty; curl takes it without its space: status did, the client not
+    ("HTTP/1.1 200 ", True),
+    ("HTTP/1.1 200 Connection established", True),
+    ("HTTP/1.0 204 No Content", True),  # any 2xx grants the tunnel (RFC 9110): the client took it, status refused it
+    ("HTTP/1.2 200 OK", False),  # status took it, the client did not
+    ("HTTP/1.1 99 Early", False),
+    ("HTTP/1.1  200 OK", False),
+])
+def test_the_client_and_status_take_the_same_answers_to_connect(tls, token, caplog, line: str, granted: bool) -> None:
+    """`inlets status` and the client read a proxy's answer to CONNECT apart: each took a status line the other
+    refused as 'sent no valid HTTP answer'. Granted, the proxy here closes the tunnel at once, which the client
+    says in its own words; the status dial returns the socket."""
+    [client_line] = lied_to(f"answer:{line}", tls, token, caplog, 1)
+    refused = "sent no valid HTTP answer to CONNECT"
+    assert (refused not in client_line and "the connection closed before the server answered" in client_line
+            if granted else refused in client_line), client_line
+
+    async def status_dial() -> str:
+        proxy = await _lying_proxy(f"answer:{line}")
+        try:
+            (await asyncio.to_thread(dial, f"http://127.0.0.1:{port_of(proxy)}", "127.0.0.1", 8123, 5)).close()
+            return "granted"
+        except ProbeError as exc:
+            return str(exc)
+        finally:
+            proxy.close()
+
+    said = run(status_dial(), timeout=20)
+    assert said == "granted" if granted else refused in said, said
