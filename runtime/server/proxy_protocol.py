@@ -82,7 +82,11 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     except ValueError:
         raise ProxyProtocolError("bad address in PROXY v1 header") from None
     sport, dport = parse_port(parts[4], lowest=0), parse_port(parts[5], lowest=0)
-    if src.version != (4 if parts[1] == "TCP4" else 6) or sport is None or dport is None:
+    family = 4 if parts[1] == "TCP4" else 6
+    # Both addresses of the header's family, neither with a scope zone (%eth0), which the spec's forms lack: one
+    # believed here was passed on, an UNSPEC header or one the upstream refuses, the user's address lost.
+    if (src.version != family or dst.version != family or "%" in parts[2] + parts[3]
+            or sport is None or dport is None):
         raise ProxyProtocolError("bad address in PROXY v1 header")
     return ProxyHeader((str(src), sport), (str(dst), dport), end + 2)
 
