@@ -157,13 +157,28 @@ class DataPlaneConnection(TcpBridge):
             replay = self._replay = bytearray(replay)
         replay += data  # type: ignore[operator]
 
+    def _bad_header(self, error: object) -> None:
+        log.info("event=refused service=%s reason=bad_proxy_header error=%s", logfmt(self.service), logfmt(error))
+        self._refuse("bad_proxy_header")
+
+    def eof_received(self) -> bool:
+        if self._header is None:
+            return super().eof_received()
+        # The peer closed before its PROXY header was whole: refused now, not held until the header timeout and
+        # counted as a slow balancer's. One that sent nothing (a balancer's plain connect check) just closes.
+        if self._header.buffer:
+            self._bad_header(f"connection closed after {len(self._header.buffer)} bytes of the PROXY header")
+        else:
+            self._done = True
+            self.abort()
+        return False
+
     def data_received(self, data: bytes) -> None:
         if self._header is not None:
             try:
                 done = self._header.feed(data)
             except ProxyProtocolError as exc:
-                log.info("event=refused service=%s reason=bad_proxy_header error=%s", logfmt(self.service), logfmt(exc))
-                self._refuse("bad_proxy_header")
+                self._bad_header(exc)
                 return
             if done is None:
                 return

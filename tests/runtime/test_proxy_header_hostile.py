@@ -75,3 +75,35 @@ def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFile
         await server.stop()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_balancer_closing_within_its_header_is_refused_as_a_bad_header(tls: TlsFiles, token: str, version: str) -> None:
+    """A connection closed (FIN) part-way through its PROXY header was held until the header timeout (5 s) and
+    counted as ``proxy_header_timeout``, as if the balancer were slow; it is refused when the FIN comes, counted as
+    ``bad_proxy_header``; one that sent nothing (``wait_listening``'s connection here, a balancer's plain connect
+    check) closes uncounted."""
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)
+        server.options = DataPlaneOptions(lb_proxy_protocol=version)
+        public = free_port()
+        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+        await wait_listening("127.0.0.1", public)
+        header = encode(version, ("203.0.113.9", 4242), ("127.0.0.1", public))
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(header[:10])
+        writer.write_eof()
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        except ConnectionResetError:
+            pass
+        writer.close()
+        counted = {reason: metric(server, "tcp_dataplane_refused_total", port=str(public), reason=reason)
+                   for reason in ("bad_proxy_header", "proxy_header_timeout")}
+        assert counted == {"bad_proxy_header": 1, "proxy_header_timeout": 0}
+        await stop(task)
+        await server.stop()
+        echo.close()
+
+    run(scenario())
