@@ -99,17 +99,18 @@ class DataPlaneConnection(TcpBridge):
         if rest:
             self.data_received(rest)
 
-    def _refuse(self, reason: str, source: Address | None = None) -> None:
-        self._count_refused(reason, source)
+    def _refuse(self, reason: str, source: Address | None = None, error: object = None) -> None:
+        self._count_refused(reason, source, error)
         self._done = True
         self.abort()
 
-    def _count_refused(self, reason: str, source: Address | None = None) -> None:
+    def _count_refused(self, reason: str, source: Address | None = None, error: object = None) -> None:
+        """Count a refusal and log it in one line (``error``: what was wrong, when there is more to say)."""
         refused = self.counters.refused
         refused[reason] = refused.get(reason, 0) + 1
         if reason != "no_client":
-            log.info("event=refused service=%s reason=%s source=%s", logfmt(self.service), logfmt(reason),
-                     logfmt((source or self.peer)[0]))
+            log.info("event=refused service=%s reason=%s source=%s%s", logfmt(self.service), logfmt(reason),
+                     logfmt((source or self.peer)[0]), "" if error is None else f" error={logfmt(error)}")
 
     def on_reset(self, code: int, reason: str) -> None:
         if code == ResetCode.REFUSED and self._replay is not None and self._elsewhere():
@@ -158,8 +159,7 @@ class DataPlaneConnection(TcpBridge):
         replay += data  # type: ignore[operator]
 
     def _bad_header(self, error: object) -> None:
-        log.info("event=refused service=%s reason=bad_proxy_header error=%s", logfmt(self.service), logfmt(error))
-        self._refuse("bad_proxy_header")
+        self._refuse("bad_proxy_header", error=error)
 
     def eof_received(self) -> bool:
         if self._header is None:

@@ -9,6 +9,7 @@ raised out of the protocol callback, logged as a fatal error and counted nowhere
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
 import pytest
@@ -44,7 +45,10 @@ BAD = {
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFiles, token: str, version: str) -> None:
+def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFiles, token: str, version: str,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Refused at once, counted, and logged once with what was wrong and the source: each was two lines, one with
+    the error and one with the source, so counting the log's refusals counted these twice."""
     async def attempt(port: int, header: bytes) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(header + b"hello")
@@ -67,10 +71,14 @@ def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFile
         writer.write(good + b"hello")
         assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
         writer.close()
-        for header in BAD[version]:
-            assert await attempt(public, header) == b"", header
+        with caplog.at_level(logging.INFO, logger="inlets.tcp"):
+            for header in BAD[version]:
+                assert await attempt(public, header) == b"", header
         refused = metric(server, "tcp_dataplane_refused_total", port=str(public), reason="bad_proxy_header")
         assert refused == len(BAD[version])
+        lines = [r.getMessage() for r in caplog.records if "reason=bad_proxy_header" in r.getMessage()]
+        assert len(lines) == len(BAD[version]), lines
+        assert all("source=127.0.0.1" in line and "error=" in line for line in lines), lines
         await stop(task)
         await server.stop()
 
