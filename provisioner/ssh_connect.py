@@ -181,13 +181,18 @@ class _Policy(paramiko.MissingHostKeyPolicy):
     """Called only for keys not in the loaded known_hosts: pinned fingerprint or accept-new, else refuse."""
 
     def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None,
-                 pinned_file: Path | None = None) -> None:
+                 pinned_file: Path | None = None, revoked: set[str] | None = None) -> None:
         self._opts, self._pinned, self._known_hosts, self._pinned_file = opts, pinned, known_hosts, pinned_file
+        self._revoked = revoked or set()
         self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
         where = f"{self._opts.host}:{self._opts.port}"
+        if seen in self._revoked:  # never loaded as trusted (_load), so every revoked key comes here
+            raise ProvisionError(f"host key of {where} ({key.get_name()} {seen}) is marked @revoked in "
+                                 f"{self._pinned_file or self._known_hosts}: refusing to connect, as ssh does; the "
+                                 "host needs a new host key (or remove that @revoked line if it is a mistake)")
         if self._pinned_file is not None:  # after create: the state's known_hosts was removed or edited
             state = "holds no key for that host (edited or emptied)" if self._pinned_file.exists() else "is missing"
             raise ProvisionError(f"{self._pinned_file}, which pins the host key of {where} seen at create, {state}; "
@@ -215,13 +220,14 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     client = paramiko.SSHClient()
     known: Path | None = Path(opts.known_hosts) if opts.known_hosts else Path("~/.ssh/known_hosts").expanduser()
     pinned = opts.fingerprint
+    revoked: set[str] = set()
     if pinned_file is not None:
         if pinned_file.exists():  # a missing one is said by the policy, once the host is known to answer
-            _load(client, pinned_file)
+            revoked = _load(client, pinned_file)
         known, pinned = None, "SHA256:(the key seen at create)"
     elif pinned is None and known is not None and known.exists():
-        _load(client, known)
-    policy = _Policy(opts, pinned, known, pinned_file)
+        revoked = _load(client, known)
+    policy = _Policy(opts, pinned, known, pinned_file, revoked)
     client.set_missing_host_key_policy(policy)
     pkey = load_key(opts.key_file) if opts.key_file else None
     where = f"{opts.user}@{opts.host}:{opts.port}"
@@ -313,11 +319,37 @@ def _repin_advice(opts: SshOptions, pinned_file: Path) -> str:
             f"ssh-keyscan {port}{shlex.quote(opts.host)} > {shlex.quote(str(pinned_file))}")
 
 
-def _load(client: paramiko.SSHClient, path: Path) -> None:
+def _load(client: paramiko.SSHClient, path: Path) -> set[str]:
+    """Trust the keys of known_hosts ``path``; the fingerprints it marks ``@revoked`` (never trusted, so the policy
+    refuses them). paramiko's loader raised on markers and on a key not in base64: as OpenSSH, skip what cannot be
+    read, and @cert-authority lines (host certificates are not checked)."""
     try:
-        client.load_host_keys(str(path))
-    except (OSError, paramiko.SSHException) as exc:
-        raise ProvisionError(f"cannot read known_hosts {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise ProvisionError(f"cannot read known_hosts {path}: {os_words(exc)}") from None
+    revoked: set[str] = set()
+    entries: list[paramiko.hostkeys.HostKeyEntry] = []
+    for lineno, line in enumerate(lines, 1):
+        text = line.strip()
+        marker = text.split(None, 1)[0] if text.startswith("@") else ""
+        rest = text[len(marker):].strip()
+        if not rest or rest.startswith("#") or marker not in ("", "@revoked"):
+            continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(rest, lineno)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException):
+            continue
+        if entry is not None and marker:
+            revoked.add(fingerprint(entry.key))
+        elif entry is not None:
+            entries.append(entry)
+    keys = client.get_host_keys()
+    for entry in entries:
+        for name in entry.hostnames:  # the first key of a type for a host wins, as with paramiko's loader
+            known = keys.lookup(name)
+            if fingerprint(entry.key) not in revoked and (known is None or entry.key.get_name() not in known):
+                keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
 
 
 def pin(client: paramiko.SSHClient, opts: SshOptions, path: Path) -> str:

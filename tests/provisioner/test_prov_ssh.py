@@ -330,6 +330,43 @@ def test_accept_new_host_key_records_it_like_openssh(prov_ssh_sshd: Sshd, tmp_pa
     client.close()
 
 
+def _known_line(hosts: str, pub: Path) -> str:
+    return f"{hosts} {' '.join(pub.read_text().split()[:2])}\n"
+
+
+def test_known_hosts_with_openssh_markers_and_a_line_it_cannot_read_still_trusts_its_entries(
+        prov_ssh_sshd: Sshd, tmp_path: Path) -> None:
+    """A @cert-authority or @revoked line, or one line whose key is not base64, made paramiko's loader raise and
+    inletsctl end in a traceback; OpenSSH skips what it cannot read and honours the markers."""
+    from inlets_py.provisioner.ssh_connect import SshOptions, connect, run
+
+    other = tmp_path / "other"
+    _keygen(other)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(_known_line("@cert-authority *.example.com", other.with_suffix(".pub"))
+                  + _known_line("@revoked *", other.with_suffix(".pub")) + "typo.example.com ssh-rsa AAAAB3NzaC1yc2E\n"
+                  + _known_line(f"[127.0.0.1]:{prov_ssh_sshd.port}", prov_ssh_sshd.client_key.parent / "host_key.pub"))
+    client = connect(SshOptions("root", "127.0.0.1", prov_ssh_sshd.port, str(prov_ssh_sshd.client_key), known_hosts=str(kh)))
+    try:
+        assert run(client, "echo hi")[:2] == (0, "hi\n")
+    finally:
+        client.close()
+
+
+def test_a_host_key_known_hosts_marks_revoked_is_refused_even_when_listed(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """OpenSSH never accepts a key marked @revoked, whatever else known_hosts says; neither does accept-new."""
+    host_pub, kh = prov_ssh_sshd.client_key.parent / "host_key.pub", tmp_path / "known_hosts"
+    for listed in ("", _known_line(f"[127.0.0.1]:{prov_ssh_sshd.port}", host_pub)):
+        kh.write_text(_known_line("@revoked *", host_pub) + listed)
+        result = run_cli(capsys, "create", prov_ssh_name, *_ssh_args(prov_ssh_sshd, tmp_path, "--accept-new-host-key",
+                                                                     "--ports", "9"))
+        one_line_error(result, f"host key of 127.0.0.1:{prov_ssh_sshd.port}", prov_ssh_sshd.fingerprint,
+                       f"@revoked in {kh}", "refusing to connect")
+        assert kh.read_text() == _known_line("@revoked *", host_pub) + listed  # accept-new added nothing
+        assert not (tmp_path / "state" / prov_ssh_name).exists()
+
+
 def test_bad_key_file_is_one_line(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     junk = tmp_path / "not-a-key"
     junk.write_text("this is not a private key\n")
