@@ -34,6 +34,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0
 SUPERVISORS = ("auto", "systemd", "plain")
+#: ``ssh://USER@HOST:PORT/`` or ``USER@HOST:PORT`` (HOST an IPv6 address only in brackets), which --host does not take
+_HOST_PORT_RE = re.compile(r"(?P<scheme>ssh://)?(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[^]\s]+\]|[^:@/\s\[\]]+)(?::(?P<port>\d+))?/?")
 _FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")  # fullmatch: "$" matches before a final newline too
 
 
@@ -59,6 +61,11 @@ class SshOptions:
     ) -> "SshOptions":
         if not target:
             raise ProvisionError("--provider ssh needs --host USER@HOST")
+        url = _HOST_PORT_RE.fullmatch(target)
+        if url and (url["scheme"] or url["port"]):  # as ssh(1) or scp take it; an IPv6 address alone never matches
+            meant = f"--host {url['user'] + '@' if url['user'] else ''}{url['host'].strip('[]')}"
+            raise ProvisionError(f"invalid --host {target!r}: it takes USER@HOST, and the SSH port is --port's: give "
+                                 f"{meant}{' --port ' + url['port'] if url['port'] else ''}")
         user, _, host = target.rpartition("@")
         host = host.strip("[]")
         if not host or any(c.isspace() for c in target):

@@ -473,6 +473,19 @@ def test_ssh_flag_errors_are_one_line(tmp_path: Path, capsys) -> None:
     one_line_error(run_cli(capsys, "create", "--provider", "local", "--ssh-port", "", *state), "'--port' / '--ssh-port'")
 
 
+def test_a_host_written_with_its_port_or_as_an_url_says_how_to_give_it(tmp_path: Path, capsys) -> None:
+    """`--host root@H:2222` said only that 'H:2222' is no host name, `root@[::1]:2222` named '::1]:2222', and
+    `ssh://root@H` connected as a user called 'ssh://root': each now names the flags that say it."""
+    state = ["--state-dir", str(tmp_path / "state")]
+    for typed, meant in (("root@127.0.0.1:2222", "--host root@127.0.0.1 --port 2222"),
+                         ("root@[::1]:2222", "--host root@::1 --port 2222"), ("127.0.0.1:2222", "--host 127.0.0.1 --port 2222"),
+                         ("ssh://root@127.0.0.1", "--host root@127.0.0.1"),
+                         ("ssh://admin@example.com:2200/", "--host admin@example.com --port 2200")):
+        result = run_cli(capsys, "create", "--provider", "ssh", "--host", typed, "--ports", "9", *state)
+        one_line_error(result, f"invalid --host {typed!r}: it takes USER@HOST, and the SSH port is --port's: give {meant}")
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
 def test_plain_supervisor_http_mode_routes_by_host(prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
     """--mode http over SSH, host key already in known_hosts (as after ssh-keyscan or a first login)."""
     known = tmp_path / "known_hosts"
