@@ -16,7 +16,7 @@ from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_l
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, not_here, scan
-from .status import as_failed, check_serves, connect, named, serves_another
+from .status import as_failed, check_gone, check_serves, connect, named, serves_another
 from .wait import Progress, wait_until_gone
 
 
@@ -111,7 +111,7 @@ def delete(
     except NotFound:
         if meta is None:
             raise NotFound(f"{provider_name}: no exit server with id {host_id}") from None
-        _check_gone(provider, host_id, str(label))
+        check_gone(provider, host_id, str(label), "its local state is kept; run the same delete again in a minute")
         gone = f"{label} was already gone on {provider_name}"
         done = f"{gone}; {_leftovers(root, provider, str(meta['name']), gone)}removed its local state"
     if meta is not None:
@@ -120,15 +120,6 @@ def delete(
         damaged.state.remove()
         done += f"; removed its damaged local state ({damaged.state.dir})"
     return done
-
-
-def _check_gone(provider: Provisioner, host_id: str, label: str) -> None:
-    """A cloud's "not found" for a VM, checked against its list before the local state (token, CA) goes: an endpoint
-    that answers 404 to everything (an --api-url or its variable with a wrong path) had delete say "already gone",
-    remove the state and exit 0, the droplet still running. A failing list (that same 404) keeps the state."""
-    if provider.user_data_limit and any(host.id == host_id for host in provider.list()):
-        raise ProvisionError(f"{provider.name} answered that {label} ({host_id}) is not found, yet lists it: its "
-                             "local state is kept; run the same delete again in a minute")
 
 
 def _check_ip(ip: str) -> None:

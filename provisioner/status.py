@@ -58,6 +58,14 @@ def as_failed(exc: ProvisionError, result: dict[str, Any]) -> StatusFailed:
     return exc
 
 
+def check_gone(provider: Provisioner, host_id: str, label: str, then: str) -> None:
+    """A cloud's "not found" for a VM, checked against its list before it is believed: an endpoint that answers 404
+    to everything (an --api-url or its variable with a wrong path) had delete remove the local state (token, CA) and
+    status call the VM gone, the droplet still running. A failing list (that same 404) raises its own error."""
+    if provider.user_data_limit and any(host.id == host_id for host in provider.list()):
+        raise ProvisionError(f"{provider.name} answered that {label} ({host_id}) is not found, yet lists it: {then}")
+
+
 def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -> dict[str, Any]:
     try:
         state = ServerState(root, check_name(name))
@@ -93,6 +101,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
             result["ip"] = host.ip
     except NotFound:  # asking its old address could only fail, or reach whatever has that address now
         if meta.get("id"):
+            check_gone(provider, str(meta["id"]), name, "ask again in a minute")
             raise StatusFailed(state=STATE_GONE, message=(
                 f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or expired outside "
                 f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None

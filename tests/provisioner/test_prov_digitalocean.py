@@ -275,6 +275,25 @@ def test_an_api_url_answering_404_to_everything_never_has_delete_drop_a_running_
         one_line_error(again, "no exit server named 'kept'")
 
 
+def test_status_with_an_api_url_answering_404_to_everything_names_it_not_the_droplet_gone(
+        token_file: Path, tmp_path: Path, capsys) -> None:
+    """status read the droplet's 404 from an --api-url with a wrong path as "gone from digitalocean" and told the
+    user to delete it, the droplet still running; the list's 404 now names --api-url (state api_error), as delete's."""
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as api:
+        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "2"))
+        assert made.code != 0 and len(api.droplets) == 1, made
+        wrong = ["--api-url", f"{api.url}/v1", "--access-token-file", str(token_file), "--state-dir", str(state)]
+        said = run_cli(capsys, "status", "kept", *wrong)
+        line = one_line_error(said, "answered not found (404) while listing droplets", "check that --api-url")
+        assert "gone" not in line, line
+        as_json = run_cli(capsys, "status", "kept", "--json", *wrong)
+        assert as_json.code == 1 and as_json.json()["state"] == "api_error", as_json
+        api.droplets.clear()  # really gone: still said so
+        gone = run_cli(capsys, *_do(api, token_file, state, "status", "kept"))
+        one_line_error(gone, "exit server kept is gone from digitalocean")
+
+
 def test_delete_on_failure_whose_api_never_answered_names_the_exit_server(token_file: Path, tmp_path: Path,
                                                                           capsys) -> None:
     """Every poll answered 503, so the wait after --delete-on-failure's DELETE never learned the droplet's name:
