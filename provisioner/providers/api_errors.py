@@ -239,6 +239,11 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
         return ProvisionError(f"{provider}: the API at {where} answered not found{code} while {what}, which "
                               f"{provider}'s API never does for a list: check that --api-url (or its variable) names "
                               "the API's root")
+    if fault.kind == NOT_FOUND and what.startswith("creating "):
+        # "not found while creating droplet 'x'" named neither what was missing nor what to check
+        return ProvisionError(f"{provider}: the API at {where} answered not found{code} while {what}{detail}: check "
+                              "that --api-url (or its variable) names the API's root, and that the --region, --plan "
+                              f"and image asked for exist on {provider}")
     if fault.kind == NOT_FOUND:
         return NotFound(f"{provider}: not found while {what}{detail}")
     if fault.kind == AUTH:

@@ -294,6 +294,17 @@ def test_status_with_an_api_url_answering_404_to_everything_names_it_not_the_dro
         one_line_error(gone, "exit server kept is gone from digitalocean")
 
 
+def test_a_create_answered_404_names_what_to_check(token_file: Path, tmp_path: Path, capsys) -> None:
+    """A create call answered 404 (a gateway that routes reads only, a region, size or image the API does not know)
+    said only "digitalocean: not found while creating droplet 'w'"."""
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as api:
+        api.create_answer = (404, {"id": "not_found", "message": "The resource you were accessing could not be found."})
+        failed = run_cli(capsys, *_do(api, token_file, tmp_path / "state", "create", "w", "--provider", "digitalocean",
+                                      "--timeout", "2"))
+        one_line_error(failed, f"the API at {api.url} answered not found (404) while creating droplet 'w'",
+                       "check that --api-url", "--region", "--plan", "image")
+
+
 def test_delete_on_failure_whose_api_never_answered_names_the_exit_server(token_file: Path, tmp_path: Path,
                                                                           capsys) -> None:
     """Every poll answered 503, so the wait after --delete-on-failure's DELETE never learned the droplet's name:
