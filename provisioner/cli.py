@@ -14,7 +14,7 @@ import typer
 
 from inlets_py.runtime.cli.durations import seconds_option
 from inlets_py.runtime.cli.options import count_option, port_option, print_version
-from inlets_py.runtime.cli.usage import usage_line
+from inlets_py.runtime.cli.usage import shown, usage_line
 
 from . import flags, output
 from .errors import ProvisionError, StatusFailed, command_starts, finished, interrupted_status, os_words
@@ -365,7 +365,7 @@ def _say(line: str) -> None:
     """The error line on stderr; a stderr that cannot take it (the terminal closed: EIO) must not turn the exit
     status into 1 with a traceback (a SIGHUP's 129, a Ctrl-C's 130 are what a caller acts on)."""
     try:
-        typer.echo(line, err=True)
+        typer.echo(shown(line), err=True)
     except OSError:
         pass
 
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         ctx = getattr(exc, "ctx", None)
         command = ctx.command_path if ctx is not None else "inletsctl"
-        typer.echo(f"{command}: error: {usage_line(exc)} (see --help)", err=True)
+        typer.echo(shown(f"{command}: error: {usage_line(exc)} (see --help)"), err=True)
         sys.exit(2)
     except ProvisionError as exc:
         _say(f"inletsctl: error: {exc}")

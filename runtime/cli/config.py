@@ -15,7 +15,9 @@ from ..core.auth import SecretOption, TokenError
 
 def fail(message: str, status: int = 2) -> NoReturn:
     """One line on stderr, then exit; typer-free, as the process that runs a tunnel never loads typer."""
-    print(f"inlets: error: {message}", file=sys.stderr, flush=True)
+    from .usage import shown
+
+    print(f"inlets: error: {shown(message)}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
 

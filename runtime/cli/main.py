@@ -17,7 +17,7 @@ try:  # a Ctrl-C while these load (a fresh install compiles them first) is exit 
 
     from ..core import lazy_modules
     from . import handoff
-    from .usage import usage_line
+    from .usage import shown, usage_line
 except KeyboardInterrupt:
     sys.exit(130)
 
@@ -108,7 +108,7 @@ def _run(argv: list[str]) -> int:
             return 2
         command = ctx.command_path if ctx is not None else _command_path(argv)
         message = usage_line(exc)  # click's "'x' is not a valid int range." in words
-        typer.echo(f"{command}: error: {message} (see --help)", err=True)
+        typer.echo(shown(f"{command}: error: {message} (see --help)"), err=True)
         return 2 if ctx is not None else exc.exit_code
     except typer.Abort:
         return 130

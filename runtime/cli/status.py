@@ -24,6 +24,7 @@ from .config import fail, refuse_blank
 from .durations import seconds_option
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
 from .status_view import render_holdings, render_table
+from .usage import shown
 
 
 @app.command("status")
@@ -82,7 +83,7 @@ def status(
             documents[server] = _status(server, token, file, tls_ca, tls_server_name, timeout, True, proxy, password_from)
         except _Unanswered as exc:
             errors[server] = str(exc)
-            print(f"inlets: error: {exc}", file=sys.stderr, flush=True)
+            print(f"inlets: error: {shown(str(exc))}", file=sys.stderr, flush=True)
     if json_:
         typer.echo(json.dumps({"servers": documents, **({"errors": errors} if errors else {})}, indent=2))
     else:

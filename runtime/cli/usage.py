@@ -20,6 +20,19 @@ def users_words(message: str) -> str:
     return _NUMBER_TYPE.sub(lambda match: f" is not {_WORDS[match[1]]}", message)
 
 
+#: A command-line byte that is not UTF-8 reaches Python as a lone surrogate (surrogateescape: b"\xe9" is "\udce9"),
+#: raw in a message or escaped by repr(); an escape's backslash may not itself be escaped ("\\udce9" was typed so).
+_RAW_BYTE = re.compile("[\udc80-\udcff]")
+_ESCAPED_BYTE = re.compile(r"(?<!\\)((?:\\\\)*)\\udc([89a-f][0-9a-f])")
+
+
+def shown(message: str) -> str:
+    """``message`` with each command-line byte that was not UTF-8 shown as the user knows it (``\\xe9``): errors
+    showed Python's surrogate escape (``\\udce9``), a character nobody typed."""
+    message = _RAW_BYTE.sub(lambda match: f"\\x{ord(match[0]) - 0xDC00:02x}", message)
+    return _ESCAPED_BYTE.sub(lambda match: f"{match[1]}\\x{match[2]}", message)
+
+
 #: How alike an unknown flag and a real one must be to be offered (difflib's ratio): "--prot" -> "--port"
 #: (0.91) and "--tokn" -> "--token" (0.91) pass, "--bogus" -> "--host" (0.67) does not.
 CLOSE_ENOUGH = 0.75

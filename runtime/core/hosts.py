@@ -99,6 +99,15 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` came from UTF-8: a command-line byte that is not (Python's surrogateescape) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_host(host: str, what: str) -> str:
     """``host`` unchanged when it is an IP address or a valid DNS name (IDN allowed); HostError otherwise."""
     if is_ip(host):
@@ -106,6 +115,9 @@ def check_host(host: str, what: str) -> str:
     if host.startswith("[") and host.endswith("]") and is_ip(host[1:-1]):  # as in a URL, but no port follows
         raise HostError(f"{what}: give {host[1:-1]} without brackets (they go around an IPv6 address "
                         "only when a :PORT follows)")
+    if not is_utf8(host):  # idna's error for it blamed "an empty or over-long label"
+        raise HostError(f"{what}: {host!r} holds a byte that is not UTF-8 (Latin-1's, say): type it again as "
+                        "UTF-8, or give the name's ASCII (xn--) form")
     if _DOTTED_NUMBERS.fullmatch(host):
         raise HostError(f"{what}: {host!r} is not an IP address: {HINT}")
     try:

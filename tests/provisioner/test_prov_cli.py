@@ -199,6 +199,23 @@ def test_usage_errors_are_in_the_users_words_not_python_types(args: list[str], l
     assert (result.code, result.err) == (2, f"{line} (see --help)\n"), result
 
 
+@pytest.mark.parametrize("args, message", [
+    (["create", "caf\udce9"], "invalid name 'caf\\xe9'"),
+    (["create", "--upstream", "caf\udce9"], "'caf\\xe9' holds a byte that is not UTF-8"),
+    (["create", "--provider", "digitalocean", "--access-token", "x", "--api-url", "http://caf\udce9"],
+     "API URL 'http://caf\\xe9' (--api-url or $DIGITALOCEAN_API_URL): it holds a byte that is not UTF-8"),
+    (["create", "--provider", "digitalocean", "--access-token-file", "/nonexistent/caf\udce9"], "not found: /nonexistent/caf\\xe9"),
+    (["create", "--mode", "http", "--domain", "caf\udce9"], "invalid domain 'caf\\xe9'"),
+    (["delete", "--provider", "digitalocean", "--ip", "caf\udce9"], "--ip 'caf\\xe9' is not an IP address"),
+    (["create", "--caf\udce9"], "No such option: --caf\\xe9"),
+])
+def test_a_byte_that_is_not_utf8_is_shown_as_typed(args: list[str], message: str, tmp_path: Path) -> None:
+    """A Latin-1 byte showed as Python's surrogate escape ('caf\\udce9'); an --api-url holding one went to the
+    network, to fail as "cannot reach the API"."""
+    line = one_line_error(run_inletsctl(*args, "--state-dir", str(tmp_path)), message)
+    assert "udc" not in line, line
+
+
 def test_every_command_has_help_with_examples() -> None:
     for command in ("create", "delete", "list", "status"):
         result = run_inletsctl(command, "--help")

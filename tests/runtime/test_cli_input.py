@@ -356,3 +356,24 @@ def test_a_clients_help_names_only_its_own_flags(command: tuple[str, ...]) -> No
     text = inlets(*command, "--help", env={"COLUMNS": "400"}).stdout
     own = set(re.findall(r"^ +(--[a-z-]+)", text, re.M)) | set(re.findall(r" / (--[a-z-]+)", text))
     assert own and set(re.findall(r"--[a-z][a-z-]*[a-z]", text)) <= own, set(re.findall(r"--[a-z][a-z-]*[a-z]", text)) - own
+
+
+#: A Latin-1 "é" typed where UTF-8 was expected: Python holds the byte as the surrogate escape "\udce9".
+LATIN1 = "caf\udce9"
+
+
+@pytest.mark.parametrize("args, message", [
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-server-name", LATIN1], "--tls-server-name: 'caf\\xe9' holds a byte"),
+    (CLIENT + ["--url", f"wss://{LATIN1}:20100"], "--url: 'caf\\xe9' holds a byte that is not UTF-8"),
+    (STATUS + ["--url", f"wss://{LATIN1}:20100"], "--url: 'caf\\xe9' holds a byte that is not UTF-8"),
+    (HTTP_CLIENT + ["--upstream", f"http://{LATIN1}:1"], "'caf\\xe9' holds a byte that is not UTF-8"),
+    (["tcp", "client", "--token-file", "{tok}", "--url", "wss://127.0.0.1:1", "--upstream", LATIN1, "--ports", "20020"],
+     "--upstream 'caf\\xe9': 'caf\\xe9' holds a byte"),
+    (SERVER + ["--drain-timeout", LATIN1], "'caf\\xe9' is not a number of seconds"),
+    (STATUS + ["--url", "wss://127.0.0.1:20100", "--tls-ca", f"/nonexistent/{LATIN1}"], "not found: /nonexistent/caf\\xe9"),
+    (["tcp", "server", f"--{LATIN1}"], "No such option: --caf\\xe9"),
+])
+def test_a_byte_that_is_not_utf8_is_shown_as_typed(args: list[str], message: str, files: dict[str, str]) -> None:
+    """Errors showed Python's surrogate escape ('caf\\udce9'), and a host name blamed "an empty or over-long label"."""
+    line = one_line_error(inlets(*(a.format(**files) for a in args)), message)
+    assert "udc" not in line and "label" not in line, line
