@@ -12,7 +12,7 @@ from typing import Any
 
 from . import material as material_mod
 from . import replicas
-from .errors import LeftBehind, NotFound, ProvisionError, Transient, interrupted_status
+from .errors import LeftBehind, NotFound, ProvisionError, Transient, UsageError, interrupted_status
 from .names import check_name, random_name
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers, leftover_words
@@ -108,20 +108,20 @@ def _letsencrypt(opts: CreateOptions, http_port: int) -> LetsEncrypt | None:
     if wanted is None:
         wanted = cloud and opts.mode == "http" and bool(opts.domains) and http_port == 80 and opts.replicas == 1
     if wanted and opts.replicas > 1:
-        raise ProvisionError("--letsencrypt cannot be combined with --replicas: the balancer's health checks and "
+        raise UsageError("--letsencrypt cannot be combined with --replicas: the balancer's health checks and "
                              "HTTP-01 challenges would reach either replica; serve plain HTTP behind it (--no-letsencrypt)")
     if not wanted:
         if opts.letsencrypt_email or opts.letsencrypt_issuer != "prod" or opts.letsencrypt_ca:
             what = "--letsencrypt-email/--letsencrypt-issuer/--letsencrypt-ca need Let's Encrypt"
             if not cloud:  # "(or --letsencrypt)" named a flag this provider then refuses
-                raise ProvisionError(f"{what}, and --provider {opts.provider} does not offer it: drop them (or run "
+                raise UsageError(f"{what}, and --provider {opts.provider} does not offer it: drop them (or run "
                                      "`inlets http server --letsencrypt-domain` there yourself)")
-            raise ProvisionError(f"{what}: --mode http --domain on a cloud provider (or --letsencrypt)")
+            raise UsageError(f"{what}: --mode http --domain on a cloud provider (or --letsencrypt)")
         return None
     if opts.mode != "http":
-        raise ProvisionError("--letsencrypt is for --mode http")
+        raise UsageError("--letsencrypt is for --mode http")
     if not cloud:
-        raise ProvisionError(f"--letsencrypt needs a cloud provider; --provider {opts.provider} is not offered it "
+        raise UsageError(f"--letsencrypt needs a cloud provider; --provider {opts.provider} is not offered it "
                              "(run `inlets http server --letsencrypt-domain` there yourself)")
     return LetsEncrypt(opts.letsencrypt_email, opts.letsencrypt_issuer, _ca_bundle(opts))
 
@@ -132,7 +132,7 @@ def _ca_bundle(opts: CreateOptions) -> str | None:
     if path is None:
         return None
     if opts.letsencrypt_issuer in ("prod", "staging"):
-        raise ProvisionError(f"--letsencrypt-ca is for a private CA's --letsencrypt-issuer URL; "
+        raise UsageError(f"--letsencrypt-ca is for a private CA's --letsencrypt-issuer URL; "
                              f"{opts.letsencrypt_issuer} is verified with the system's CAs: drop --letsencrypt-ca")
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -140,10 +140,10 @@ def _ca_bundle(opts: CreateOptions) -> str | None:
     try:
         certificates = x509.load_pem_x509_certificates(path.read_bytes())
     except ValueError:
-        raise ProvisionError(f"--letsencrypt-ca {path} holds no PEM certificate: give the CA's root "
+        raise UsageError(f"--letsencrypt-ca {path} holds no PEM certificate: give the CA's root "
                              "(-----BEGIN CERTIFICATE-----)") from None
     except OSError as exc:
-        raise ProvisionError(f"cannot read --letsencrypt-ca {path}: {(exc.strerror or str(exc)).lower()}") from None
+        raise UsageError(f"cannot read --letsencrypt-ca {path}: {(exc.strerror or str(exc)).lower()}") from None
     # written out again, certificates only: what else the file held (openssl's "Bag Attributes", control
     # characters) never reaches the user-data's YAML
     return "".join(cert.public_bytes(Encoding.PEM).decode() for cert in certificates)

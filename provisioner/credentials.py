@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, MAX_TOKEN, SecretFileTooLarge, read_secret_file, warn_if_others_can_read
-from .errors import ProvisionError, os_words
+from .errors import UsageError, os_words
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # printable ASCII, no spaces (fullmatch)
 
@@ -42,7 +42,7 @@ def token_and_source(
         if os.environ.get(name, "").strip():
             return _checked(os.environ[name].strip(), f"${name}"), f"${name}"
     env_text = " or ".join(f"${name}" for name in env_names)
-    raise ProvisionError(f"no {provider} {_noun(flags[0])}: give {flags[0]} FILE, {flags[1]} TOKEN, or set {env_text}")
+    raise UsageError(f"no {provider} {_noun(flags[0])}: give {flags[0]} FILE, {flags[1]} TOKEN, or set {env_text}")
 
 
 def _noun(file_flag: str) -> str:
@@ -57,20 +57,20 @@ def _read_file(path: Path, flag: str, others: str) -> str:
     try:
         data = read_secret_file(path)
     except SecretFileTooLarge:  # /dev/zero was read whole: a MemoryError traceback
-        raise ProvisionError(f"{what} {path} is larger than {MAX_SECRET_FILE // 1024} KiB, more than a token takes: "
+        raise UsageError(f"{what} {path} is larger than {MAX_SECRET_FILE // 1024} KiB, more than a token takes: "
                              "give the file that holds the token") from None
     except FileNotFoundError:
-        raise ProvisionError(f"{what} not found: {path}; check the path, or give the token with {others}") from None
+        raise UsageError(f"{what} not found: {path}; check the path, or give the token with {others}") from None
     except IsADirectoryError:
-        raise ProvisionError(f"{what} {path} is a directory: give the file that holds the token") from None
+        raise UsageError(f"{what} {path} is a directory: give the file that holds the token") from None
     except OSError as exc:
-        raise ProvisionError(f"cannot read {what} {path}: {os_words(exc)}") from None
+        raise UsageError(f"cannot read {what} {path}: {os_words(exc)}") from None
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        raise ProvisionError(f"{what} {path} is not text (UTF-8): put the token in it, on one line") from None
+        raise UsageError(f"{what} {path} is not text (UTF-8): put the token in it, on one line") from None
     if not text.strip():
-        raise ProvisionError(f"{what} {path} is empty: put the token in it (one line), or give it with {others}")
+        raise UsageError(f"{what} {path} is empty: put the token in it (one line), or give it with {others}")
     warn_if_others_can_read(path, what, prog="inletsctl")
     return text.strip().split("\n")[0].strip()  # CRLF ends a line; a lone CR inside one is refused, not cut at
 
@@ -78,8 +78,8 @@ def _read_file(path: Path, flag: str, others: str) -> str:
 def _checked(token: str, where: str) -> str:
     """``token`` when it can be sent in an HTTP header; never quoted in the error (it is a secret)."""
     if len(token) > MAX_TOKEN:
-        raise ProvisionError(f"the token from {where} is longer than {MAX_TOKEN} characters: check it")
+        raise UsageError(f"the token from {where} is longer than {MAX_TOKEN} characters: check it")
     if not _TOKEN_RE.fullmatch(token):
-        raise ProvisionError(f"the token from {where} holds characters a token cannot have (spaces, control "
+        raise UsageError(f"the token from {where} holds characters a token cannot have (spaces, control "
                              "characters or letters outside ASCII): check it")
     return token

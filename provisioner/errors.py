@@ -14,6 +14,14 @@ class ProvisionError(Exception):
         self.exit_code = exit_code
 
 
+class UsageError(ProvisionError):
+    """A flag or argument the command cannot take (a bad value, one missing, two that conflict), found before anything
+    is made: exit status 2, as click's own usage errors and every ``inlets`` one have (1 was a failure at run time)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=2)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM or SIGHUP, taken as Ctrl-C is (the same words on what is left), with that signal's exit status: 143
     for a TERM, 129 for a HUP."""

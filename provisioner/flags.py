@@ -13,7 +13,7 @@ import typer
 import click
 from typer.core import TyperCommand
 
-from .errors import ProvisionError
+from .errors import UsageError
 from .providers import registry
 
 #: create's parameters only ``--provider ssh`` reads
@@ -54,7 +54,7 @@ def refuse_empty(ctx: typer.Context) -> None:
         values = value if isinstance(value, (list, tuple)) else [value]  # a repeatable flag: each one
         if any(isinstance(v, str) and not v.strip() for v in values):
             hint = f"choose one of {', '.join(registry.PROVIDERS)}" if name == "provider" else "give a value, or leave it out"
-            raise ProvisionError(f"{flag} is empty: {hint}")
+            raise UsageError(f"{flag} is empty: {hint}")
 
 
 def path_flag(value: str | Path) -> Path:
@@ -85,4 +85,4 @@ def refuse_foreign(ctx: typer.Context, provider: str) -> None:
         if names is not None and provider not in names:
             # --port (ssh's SSH port) beside --ports: given to another provider it most likely meant the data ports
             meant = " (the SSH port); did you mean --ports (the data ports)?" if flag == "--port" else ""
-            raise ProvisionError(f"{flag} does not apply to --provider {provider}: it is for {', '.join(names)}{meant}")
+            raise UsageError(f"{flag} does not apply to --provider {provider}: it is for {', '.join(names)}{meant}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import replicas
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, UsageError
 from .providers import Credentials, make, registry
 from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
 from .spec import check_timeout
@@ -36,7 +36,7 @@ def delete(
 ) -> str:
     """Delete by name (local state), or by --id / --ip on --provider; returns what was done."""
     if sum(x is not None for x in (name, host_id, ip)) != 1:
-        raise ProvisionError("give exactly one of NAME, --id ID or --ip IP")
+        raise UsageError("give exactly one of NAME, --id ID or --ip IP")
     by_id = host_id is not None
     check_timeout(timeout)
     if ip is not None:
@@ -56,7 +56,7 @@ def delete(
             raise not_here(name, root, "to delete one made elsewhere add --provider")
     if provider_name is None:
         if meta is None:
-            raise ProvisionError("--id and --ip need --provider")
+            raise UsageError("--id and --ip need --provider")
         provider_name = str(meta["provider"])
     provider = _provider_for(provider_name, root, creds)
     if replicas.is_group(meta) and meta is not None and meta.get("provider") == provider_name:
@@ -127,7 +127,7 @@ def _check_ip(ip: str) -> None:
     try:
         ipaddress.ip_address(ip)
     except ValueError:
-        raise ProvisionError(f"--ip {ip!r} is not an IP address: give the exit server's public IPv4 or IPv6 "
+        raise UsageError(f"--ip {ip!r} is not an IP address: give the exit server's public IPv4 or IPv6 "
                              "address, as inletsctl list --provider P shows it") from None
 
 

@@ -10,7 +10,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from .errors import ProvisionError
+from .errors import UsageError
 
 _ADJECTIVES = (
     "amber", "brave", "calm", "clever", "eager", "fancy", "gentle", "happy", "jolly", "keen",
@@ -33,9 +33,9 @@ def random_name() -> str:
 def check_name(name: str) -> str:
     """``name`` when it follows the rule; an empty one is an error, never a random name."""
     if not name:
-        raise ProvisionError("the exit server's name is empty: use 1-63 lower-case letters, digits and inner hyphens")
+        raise UsageError("the exit server's name is empty: use 1-63 lower-case letters, digits and inner hyphens")
     if not NAME_RE.fullmatch(name):
-        raise ProvisionError(
+        raise UsageError(
             f"invalid name {name!r}: use 1-63 lower-case letters, digits and inner hyphens"
         )
     return name
@@ -56,11 +56,11 @@ class NameRule:
         """A one-line error unless every host name (``name``, or its replicas' NAME-1..NAME-N) fits this cloud."""
         where = f"--provider {provider}: {self.what}"
         if min(len(host) for host in hosts) < self.min_len:
-            raise ProvisionError(f"the name {name!r} is too short for {where} has {self.min_len}-{self.max_len} "
+            raise UsageError(f"the name {name!r} is too short for {where} has {self.min_len}-{self.max_len} "
                                  f"characters; use a name of {self.min_len} to {min(self.max_len, 63)}")
         if self.letter_first and not name[:1].isalpha():
-            raise ProvisionError(f"the name {name!r} cannot be used on {where} starts with a letter; "
+            raise UsageError(f"the name {name!r} cannot be used on {where} starts with a letter; "
                                  "start the name with a lower-case letter")
         if self.single_hyphens and "--" in name:
-            raise ProvisionError(f"the name {name!r} cannot be used on {where} never has two hyphens in a row; "
+            raise UsageError(f"the name {name!r} cannot be used on {where} never has two hyphens in a row; "
                                  "use single hyphens")

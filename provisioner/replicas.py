@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from .errors import NotFound, ProvisionError
+from .errors import NotFound, ProvisionError, UsageError
 from .names import NAME_RE
 from .providers import registry
 from .providers.base import ACTIVE, Balancer, Balancing, Host, Provisioner
@@ -27,10 +27,10 @@ def check(provider_name: str, replicas: int) -> None:
     if replicas == 1:
         return
     if not 2 <= replicas <= MAX_REPLICAS:
-        raise ProvisionError(f"--replicas {replicas}: give 1 (one exit server) to {MAX_REPLICAS}")
+        raise UsageError(f"--replicas {replicas}: give 1 (one exit server) to {MAX_REPLICAS}")
     if not registry.info(provider_name).balancer:
         offered = ", ".join(registry.with_balancer())
-        raise ProvisionError(f"--replicas is not offered on --provider {provider_name}: inletsctl creates a load "
+        raise UsageError(f"--replicas is not offered on --provider {provider_name}: inletsctl creates a load "
                              f"balancer only on {offered}; create one exit server, or several and a balancer yourself")
 
 
@@ -47,7 +47,7 @@ def replica_names(name: str, replicas: int) -> list[str]:
     names = [f"{name}-{i}" for i in range(1, replicas + 1)]
     if not NAME_RE.fullmatch(names[-1]):
         longest = 63 - len(names[-1]) + len(name)
-        raise ProvisionError(f"the name {name!r} is too long for --replicas {replicas}: its VMs are named "
+        raise UsageError(f"the name {name!r} is too long for --replicas {replicas}: its VMs are named "
                              f"{name}-1 to {names[-1]}, and a name is at most 63 characters; use at most {longest}")
     return names
 

@@ -17,7 +17,7 @@ from inlets_py.runtime.core.hosts import is_ip
 from inlets_py.runtime.core.ports import parse_port
 from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
-from .errors import ProvisionError
+from .errors import UsageError
 
 Mode = Literal["tcp", "http"]
 CONTROL_PORT = 8123
@@ -66,15 +66,15 @@ class TunnelSpec:
 def parse_ports(text: str) -> tuple[int, ...]:
     """``80,443`` -> (80, 443); every port 1-65535, no duplicates."""
     if not text.strip():
-        raise ProvisionError("--ports is empty: give the data ports, e.g. --ports 80,443, or leave it out for the default")
+        raise UsageError("--ports is empty: give the data ports, e.g. --ports 80,443, or leave it out for the default")
     ports: list[int] = []
     for item in text.split(","):
         item = item.strip()
         port = parse_port(item)
         if port is None:
-            raise ProvisionError(f"invalid port {item!r} in --ports {text!r}: ports are 1-65535")
+            raise UsageError(f"invalid port {item!r} in --ports {text!r}: ports are 1-65535")
         if port in ports:
-            raise ProvisionError(f"port {item} given twice in --ports {text!r}")
+            raise UsageError(f"port {item} given twice in --ports {text!r}")
         ports.append(port)
     return tuple(ports)
 
@@ -87,8 +87,8 @@ def check_domain(domain: str) -> str:
         except UnicodeError:
             ascii_name = ""
         if ascii_name != name and _DOMAIN_RE.fullmatch(ascii_name):
-            raise ProvisionError(f"invalid domain {domain!r}: give it in its ASCII (xn--) form: --domain {ascii_name}")
-        raise ProvisionError(f"invalid domain {domain!r}: give a DNS name such as example.com (labels of letters, "
+            raise UsageError(f"invalid domain {domain!r}: give it in its ASCII (xn--) form: --domain {ascii_name}")
+        raise UsageError(f"invalid domain {domain!r}: give a DNS name such as example.com (labels of letters, "
                              "digits and inner hyphens, no wildcards)")
     return name
 
@@ -96,7 +96,7 @@ def check_domain(domain: str) -> str:
 def check_runtime_spec(text: str) -> str:
     """``--runtime-spec``: one pip requirement (``inlets-py==0.2.0``, ``inlets-py @ https://...``), on one line."""
     if not _RUNTIME_SPEC_RE.fullmatch(text):
-        raise ProvisionError(f"invalid --runtime-spec {text!r}: give one pip requirement on one line, "
+        raise UsageError(f"invalid --runtime-spec {text!r}: give one pip requirement on one line, "
                              "e.g. inlets-py==0.2.0 or 'inlets-py @ https://example.com/inlets_py-0.2.0-py3-none-any.whl'")
     return text
 
@@ -107,15 +107,15 @@ def parse_ttl(text: str) -> datetime.timedelta:
     Summed as Python ints first: timedelta and dates overflow (in C) long before a regex-valid number ends."""
     match = _TTL_RE.fullmatch(text.strip())
     if not text.strip() or not match or not any(match.groups()):
-        raise ProvisionError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
+        raise UsageError(f"invalid --ttl {text!r}: use e.g. 30m, 2h, 1d12h")
     if any(len(g or "") > 12 for g in match.groups()):  # int() refuses numbers of thousands of digits
         seconds = MAX_TTL_DAYS * 86400 + 1
     else:
         seconds = sum(int(g or 0) * unit for g, unit in zip(match.groups(), (86400, 3600, 60, 1), strict=True))
     if seconds < 1:
-        raise ProvisionError(f"invalid --ttl {text!r}: must be at least 1s")
+        raise UsageError(f"invalid --ttl {text!r}: must be at least 1s")
     if seconds > MAX_TTL_DAYS * 86400:
-        raise ProvisionError(f"invalid --ttl {text!r}: at most {MAX_TTL_DAYS}d; leave --ttl out for an exit server "
+        raise UsageError(f"invalid --ttl {text!r}: at most {MAX_TTL_DAYS}d; leave --ttl out for an exit server "
                              "that stays until you delete it")
     return datetime.timedelta(seconds=seconds)
 
@@ -123,7 +123,7 @@ def parse_ttl(text: str) -> datetime.timedelta:
 def check_timeout(seconds: float) -> float:
     """``--timeout``: float() takes 'nan' and 'inf' too, and neither ends a wait."""
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ProvisionError(f"--timeout must be a positive number of seconds such as 600, not {seconds:g}")
+        raise UsageError(f"--timeout must be a positive number of seconds such as 600, not {seconds:g}")
     return seconds
 
 
@@ -148,41 +148,41 @@ def build_spec(
     from inlets_py.runtime.client import http_upstreams, tcp_upstreams
 
     if mode not in ("tcp", "http"):
-        raise ProvisionError(f"unknown --mode {mode!r}: choose tcp or http")
+        raise UsageError(f"unknown --mode {mode!r}: choose tcp or http")
     if not 1 <= control_port <= 65535:
-        raise ProvisionError(f"invalid --control-port {control_port}: ports are 1-65535")
+        raise UsageError(f"invalid --control-port {control_port}: ports are 1-65535")
     if mode == "tcp":
         if domains:
-            raise ProvisionError("--domain is for --mode http; give --ports for --mode tcp")
+            raise UsageError("--domain is for --mode http; give --ports for --mode tcp")
         if http_port is not None:
-            raise ProvisionError("--http-port is for --mode http; give --ports for --mode tcp")
+            raise UsageError("--http-port is for --mode http; give --ports for --mode tcp")
         parsed = parse_ports(ports) if ports is not None else default_ports
         if control_port in parsed:
-            raise ProvisionError(f"port {control_port} is the control port; choose other --ports")
+            raise UsageError(f"port {control_port} is the control port; choose other --ports")
         host = _untrimmed(upstream or DEFAULT_TCP_UPSTREAM, "tcp")
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if "=" in host or (":" in bare and not is_ip(bare)):  # the client's forms for its own --ports, not create's
-            raise ProvisionError(f"invalid --upstream {host!r} for --mode tcp: give the host alone (e.g. 127.0.0.1); "
+            raise UsageError(f"invalid --upstream {host!r} for --mode tcp: give the host alone (e.g. 127.0.0.1); "
                                  "the client forwards each of --ports to the same port on it")
         try:  # the client's own check: the printed client command takes what create took
             tcp_upstreams.parse_upstreams([host], [",".join(map(str, parsed))])
         except tcp_upstreams.UpstreamError as exc:
-            raise ProvisionError(f"invalid --upstream for --mode tcp: {exc}") from None
+            raise UsageError(f"invalid --upstream for --mode tcp: {exc}") from None
         return TunnelSpec("tcp", ports=parsed, control_port=control_port, upstream=host,
                           lb_proxy_protocol=lb_proxy_protocol)
     if ports is not None:
-        raise ProvisionError("--ports is for --mode tcp; give --domain for --mode http")
+        raise UsageError("--ports is for --mode tcp; give --domain for --mode http")
     http_port = default_http_port if http_port is None else http_port
     if not 1 <= http_port <= 65535:
-        raise ProvisionError(f"invalid --http-port {http_port}: ports are 1-65535")
+        raise UsageError(f"invalid --http-port {http_port}: ports are 1-65535")
     if http_port == control_port:
-        raise ProvisionError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
+        raise UsageError(f"--http-port {http_port} is also the control port: choose another --http-port or --control-port")
     names = tuple(dict.fromkeys(check_domain(d) for d in domains))  # Example.COM. and example.com are one name
     url = _untrimmed(upstream or DEFAULT_HTTP_UPSTREAM, "http")
     try:  # the client's own check, as for tcp
         http_upstreams.parse_upstream_url(url)
     except http_upstreams.UpstreamError as exc:
-        raise ProvisionError(f"invalid --upstream for --mode http: {exc}") from None
+        raise UsageError(f"invalid --upstream for --mode http: {exc}") from None
     if letsencrypt is not None:
         _check_letsencrypt(letsencrypt, names, http_port, control_port)
     return TunnelSpec("http", domains=names, http_port=http_port, control_port=control_port, upstream=url,
@@ -195,19 +195,19 @@ def check_vm_ports(spec: TunnelSpec) -> TunnelSpec:
     Not for --provider local (no VM, no sshd: the data ports listen on 127.0.0.2)."""
     why = "the VM's SSH server (sshd) listens there"
     if spec.control_port == VM_SSH_PORT:
-        raise ProvisionError(f"--control-port {VM_SSH_PORT}: {why}; choose another --control-port (default {CONTROL_PORT})")
+        raise UsageError(f"--control-port {VM_SSH_PORT}: {why}; choose another --control-port (default {CONTROL_PORT})")
     if spec.mode == "tcp" and VM_SSH_PORT in spec.ports:
-        raise ProvisionError(f"--ports {','.join(map(str, spec.ports))} includes {VM_SSH_PORT}: {why}, so the tunnel "
+        raise UsageError(f"--ports {','.join(map(str, spec.ports))} includes {VM_SSH_PORT}: {why}, so the tunnel "
                              "cannot; choose other --ports (SSH to the VM needs no data port)")
     if spec.mode == "http" and spec.http_port == VM_SSH_PORT:
-        raise ProvisionError(f"--http-port {VM_SSH_PORT}: {why}; choose another --http-port (default {DEFAULT_HTTP_PORT})")
+        raise UsageError(f"--http-port {VM_SSH_PORT}: {why}; choose another --http-port (default {DEFAULT_HTTP_PORT})")
     return spec
 
 
 def _untrimmed(upstream: str, mode: str) -> str:
     """The client's parsers strip what they read; the value create writes into the VM's files must be bare."""
     if upstream != upstream.strip():
-        raise ProvisionError(f"invalid --upstream {upstream!r} for --mode {mode}: no spaces or line breaks around it")
+        raise UsageError(f"invalid --upstream {upstream!r} for --mode {mode}: no spaces or line breaks around it")
     return upstream
 
 
@@ -215,11 +215,11 @@ def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_
     from inlets_py.runtime.acme.store import AcmeConfigError, check_domain, check_email, directory_url
 
     if not domains:
-        raise ProvisionError("Let's Encrypt needs --domain: certificates are issued for names, not the catch-all")
+        raise UsageError("Let's Encrypt needs --domain: certificates are issued for names, not the catch-all")
     if http_port != 80:
-        raise ProvisionError(f"Let's Encrypt validates on port 80, not --http-port {http_port}; drop one of them")
+        raise UsageError(f"Let's Encrypt validates on port 80, not --http-port {http_port}; drop one of them")
     if control_port == HTTPS_PORT:  # the server refuses two listeners on one port: the unit would never start
-        raise ProvisionError(f"--control-port {HTTPS_PORT} is where Let's Encrypt's HTTPS listens: choose another "
+        raise UsageError(f"--control-port {HTTPS_PORT} is where Let's Encrypt's HTTPS listens: choose another "
                              f"--control-port (default {CONTROL_PORT}), or --no-letsencrypt")
     try:
         for domain in domains:
@@ -227,7 +227,7 @@ def _check_letsencrypt(letsencrypt: LetsEncrypt, domains: tuple[str, ...], http_
         check_email(letsencrypt.email)
         directory_url(letsencrypt.issuer)
     except AcmeConfigError as exc:
-        raise ProvisionError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 @dataclass(frozen=True)

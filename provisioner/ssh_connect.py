@@ -25,7 +25,7 @@ import paramiko
 
 from inlets_py.runtime.core.hosts import HostError, check_host
 
-from .errors import ProvisionError, os_words
+from .errors import ProvisionError, UsageError, os_words
 
 #: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
 #: without a handler Python prints them to stderr. connect() says what went wrong in one line.
@@ -60,30 +60,30 @@ class SshOptions:
         known_hosts: Path | None, supervisor: str, remote_python: str, data_addr: str | None,
     ) -> "SshOptions":
         if not target:
-            raise ProvisionError("--provider ssh needs --host USER@HOST")
+            raise UsageError("--provider ssh needs --host USER@HOST")
         url = _HOST_PORT_RE.fullmatch(target)
         if url and (url["scheme"] or url["port"]):  # as ssh(1) or scp take it; an IPv6 address alone never matches
             meant = f"--host {url['user'] + '@' if url['user'] else ''}{url['host'].strip('[]')}"
-            raise ProvisionError(f"invalid --host {target!r}: it takes USER@HOST, and the SSH port is --port's: give "
+            raise UsageError(f"invalid --host {target!r}: it takes USER@HOST, and the SSH port is --port's: give "
                                  f"{meant}{' --port ' + url['port'] if url['port'] else ''}")
         user, _, host = target.rpartition("@")
         host = host.strip("[]")
         if not host or any(c.isspace() for c in target):
-            raise ProvisionError(f"invalid --host {target!r}: use USER@HOST, e.g. root@203.0.113.10")
+            raise UsageError(f"invalid --host {target!r}: use USER@HOST, e.g. root@203.0.113.10")
         if not 1 <= port <= 65535:
-            raise ProvisionError(f"invalid --port {port}: ports are 1-65535")
+            raise UsageError(f"invalid --port {port}: ports are 1-65535")
         try:  # the exit server would refuse a bad --data-addr at each start, after the whole install
             check_host(host, "--host")
             if data_addr is not None:
                 check_host(data_addr, "--data-addr")
         except HostError as exc:
-            raise ProvisionError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         if fingerprint is not None and not _FINGERPRINT_RE.fullmatch(fingerprint.strip()):
-            raise ProvisionError(
+            raise UsageError(
                 f"invalid --host-key-fingerprint {fingerprint!r}: give SHA256:... as `ssh-keygen -lf KEY` prints it"
             )
         if supervisor not in SUPERVISORS:
-            raise ProvisionError(f"unknown --supervisor {supervisor!r}: choose one of {', '.join(SUPERVISORS)}")
+            raise UsageError(f"unknown --supervisor {supervisor!r}: choose one of {', '.join(SUPERVISORS)}")
         if key_file is not None:
             key_file = str(Path(key_file).expanduser().absolute())
             load_key(key_file)  # a bad key file is an error before anything is made

@@ -76,7 +76,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     except Damaged as exc:
         raise StatusFailed(str(exc), STATE_DAMAGED, {"provider": exc.provider} if exc.provider else None) from None
     except ProvisionError as exc:  # a name that cannot be one, a state folder that cannot be read
-        raise StatusFailed(state=STATE_INVALID, message=str(exc)) from None
+        raise StatusFailed(state=STATE_INVALID, message=str(exc), exit_code=exc.exit_code) from None
     port = meta.get("control_port")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:  # status needs it, list and delete not
         damaged = Damaged(state, "has no control port", meta["provider"])

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from inlets_py.runtime.core.hosts import is_utf8
 from inlets_py.runtime.core.ports import url_port
 
-from ..errors import ProvisionError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
     from .base import Credentials, ProviderInfo
@@ -41,14 +41,14 @@ def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://
     except ValueError:
         hostname = None
     if hostname is None or parsed.scheme not in ("http", "https"):
-        raise ProvisionError(f"{where}: use {hint}")
+        raise UsageError(f"{where}: use {hint}")
     if not is_utf8(api_url):  # it went to the network, to fail there as "cannot reach the API"
-        raise ProvisionError(f"{where}: it holds a byte that is not UTF-8 (Latin-1's, say): type it again as UTF-8")
+        raise UsageError(f"{where}: it holds a byte that is not UTF-8 (Latin-1's, say): type it again as UTF-8")
     secure = parsed.scheme == "https"
     try:
         port = url_port(parsed, 443 if secure else 80)
     except ValueError as exc:
-        raise ProvisionError(f"{where}: {exc}") from None
+        raise UsageError(f"{where}: {exc}") from None
     return Endpoint(secure, hostname, port, parsed.path.rstrip("/"))
 
 

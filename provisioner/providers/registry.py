@@ -16,7 +16,7 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-from ..errors import ProvisionError
+from ..errors import UsageError
 from ..firewall import firewall_name, inbound_rules
 from ..spec import TunnelSpec
 from .base import Credentials, ProviderInfo, Provisioner
@@ -32,9 +32,9 @@ def check(name: str) -> str:
     """``name`` when ``--provider`` takes it; else one short line that lists the providers it takes."""
     choose = f"choose one of {', '.join(PROVIDERS)}"
     if name in NOT_OFFERED:
-        raise ProvisionError(f"--provider {name} is not offered ({NOT_OFFERED[name]}): {choose}")
+        raise UsageError(f"--provider {name} is not offered ({NOT_OFFERED[name]}): {choose}")
     if name not in PROVIDERS:
-        raise ProvisionError(f"unknown provider {name!r}: {choose}")
+        raise UsageError(f"unknown provider {name!r}: {choose}")
     return name
 
 

@@ -87,6 +87,7 @@ def test_bad_create_input(args: list[str], message: str, tmp_path: Path, capsys,
     try:
         result = run_cli(capsys, "create", *args, "--state-dir", str(state))
         one_line_error(result, message)
+        assert result.code == 2, result  # a usage error, as click's own (it was 1, a failure at run time)
     finally:  # input taken for another meaning must not leave an exit server running
         for made in state.glob("*/server.json"):
             run_cli(capsys, "delete", made.parent.name, "--state-dir", str(state))
@@ -214,6 +215,33 @@ def test_a_byte_that_is_not_utf8_is_shown_as_typed(args: list[str], message: str
     network, to fail as "cannot reach the API"."""
     line = one_line_error(run_inletsctl(*args, "--state-dir", str(tmp_path)), message)
     assert "udc" not in line, line
+
+
+USAGE = [  # each refused before anything is made: exit status 2, as click's own and every ``inlets`` one (these were 1)
+    ["create", "--ports", "abc"], ["create", "--mode", "udp"], ["create", "--provider", "bogus"], ["create", "--ttl", "1x"],
+    ["create", "Bad_Name"], ["create", "--provider", "local", "--access-token", "t"], ["create", "--provider", "ssh"],
+    ["create", "--provider", "digitalocean", "--access-token", "x", "--api-url", "ftp://x"],
+    ["create", "--provider", "digitalocean", "--access-token-file", "/nonexistent/token"], ["create", "--replicas", "2"],
+    ["delete"], ["delete", "--id", "3"], ["delete", "--provider", "digitalocean", "--ip", "nope"], ["status", "Bad_Name"],
+    ["list", "--provider", "bogus"], ["list", "--provider", "bogus", "--json"],
+    # click's own, 2 before too
+    ["create", "--bogus"], ["create", "--timeout", "abc"], ["status"], ["list", "--provider"],
+]
+
+
+@pytest.mark.parametrize("args", USAGE, ids=" ".join)
+def test_usage_errors_exit_2_as_inlets_does(args: list[str], tmp_path: Path) -> None:
+    """inletsctl's own checks exited 1, click's 2: a script could not tell a mistyped flag from a cloud that failed."""
+    result = run_inletsctl(*args, "--state-dir", str(tmp_path), env={"DIGITALOCEAN_ACCESS_TOKEN": ""})
+    assert result.code == 2 and "Traceback" not in result.err and "error: " in result.err, result
+
+
+def test_a_failure_at_run_time_still_exits_1(tmp_path: Path) -> None:
+    """Not a usage error: the name is well formed, there is just no such exit server (or the API cannot be reached)."""
+    assert run_inletsctl("status", "ghost", "--state-dir", str(tmp_path)).code == 1
+    unreachable = run_inletsctl("list", "--provider", "digitalocean", "--access-token", "x", "--api-url",
+                                f"http://127.0.0.1:{free_port()}", "--state-dir", str(tmp_path))
+    assert unreachable.code == 1 and "cannot reach the API" in unreachable.err, unreachable
 
 
 def test_every_command_has_help_with_examples() -> None:
