@@ -103,7 +103,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         gate = self.server.dataplane
         if gate.lb_proxy_protocol:  # the balancer's header says who the user is: read it first
-            self._header = HeaderReader(gate.lb_proxy_protocol)
+            self._header = HeaderReader(gate.lb_proxy_protocol, address(peer))
             self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._forbid, "proxy_header_timeout",
                                                       time.monotonic())
         elif not gate.allows(address(peer)):
@@ -149,16 +149,15 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             return None
         if done is None:
             return None
-        header, rest = done
+        source, _, rest = done
         self._header = None
         if self._header_timer is not None:
             self._header_timer.cancel()
-        if header.source is not None:
-            self.peer = header.source[0].encode()
-            if self.ticket is not None and not self.server.admission.move(self.ticket, unmapped(header.source[0])):
-                self.transport.abort()  # type: ignore[union-attr]  # its real source is at its cap: as at accept
-                return None
-        if not self.server.dataplane.allows(header.source or ("", 0)) and header.source is not None:
+        self.peer = source[0].encode()  # the balancer's own for LOCAL/UNKNOWN, which its ticket already counts
+        if self.ticket is not None and not self.server.admission.move(self.ticket, unmapped(source[0])):
+            self.transport.abort()  # type: ignore[union-attr]  # its real source is at its cap: as at accept
+            return None
+        if not self.server.dataplane.allows(source):
             self._forbid("source_not_allowed")
             return None
         return rest

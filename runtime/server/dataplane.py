@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..core.allowlist import SourceAllowList
 from ..core.hosts import unmapped
-from .proxy_protocol import Address, ProxyHeader, ProxyProtocolError, parse
+from .proxy_protocol import Address, ProxyProtocolError, parse
 
 #: A balancer sends its header at once; a connection that does not is dropped.
 HEADER_TIMEOUT = 5.0
@@ -52,19 +52,23 @@ class DataPlaneOptions:
 
 
 class HeaderReader:
-    """Collects the first bytes of a connection until the balancer's PROXY header is complete."""
+    """Collects the first bytes of a connection until the balancer's PROXY header is complete: the TCP and HTTP
+    servers' one reader, so both take a balancer's connection by the same rules."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, peer: Address) -> None:
         self.version = version
+        self.peer = peer  # the balancer's own address
         self.buffer = bytearray()
 
-    def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | None:
-        """(header, the bytes after it) once complete; None before. Raises ProxyProtocolError."""
+    def feed(self, data: bytes) -> tuple[Address, Address | None, bytes] | None:
+        """(the source, the destination, the bytes after the header) once complete; None before. Raises
+        ProxyProtocolError. A header naming no source (LOCAL/UNKNOWN: the balancer's own connection, a health
+        check) gives the balancer's address, for ``--allow-ips`` to judge: the HTTP server let it through unjudged."""
         self.buffer += data
         header = parse(bytes(self.buffer), self.version)
         if header is None:
             return None
-        return header, bytes(self.buffer[header.length :])
+        return header.source or self.peer, header.destination, bytes(self.buffer[header.length :])
 
 
 def address(info: object) -> Address:

@@ -63,7 +63,7 @@ class DataPlaneConnection(TcpBridge):
         self.peer = address(transport.get_extra_info("peername"))
         version = self.server.options.lb_proxy_protocol
         if version:  # the real source comes in the balancer's header
-            self._header = HeaderReader(version)
+            self._header = HeaderReader(version, self.peer)
             self._header_timer = asyncio.get_running_loop().call_later(
                 HEADER_TIMEOUT, self._refuse, "proxy_header_timeout"
             )
@@ -182,11 +182,11 @@ class DataPlaneConnection(TcpBridge):
                 return
             if done is None:
                 return
-            header, rest = done
+            source, destination, rest = done
             self._header = None
             if self._header_timer is not None:
                 self._header_timer.cancel()
-            self._admit(header.source or self.peer, header.destination, rest)
+            self._admit(source, destination, rest)
             return
         self.counters.bytes_in += len(data)
         replay = self._replay
