@@ -128,10 +128,12 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             self.transport.write(SimpleResponse(408, message).encode(True))
             self.transport.close()
 
-    def _forbid(self, reason: str, began: float | None = None) -> None:
-        """Refuse the connection with a 403 before reading any request (counted, logged); ``began``: when the
-        wait that ended in the refusal began (a balancer's PROXY header that never came), so its duration counts."""
-        log.info("event=refused reason=%s source=%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")))
+    def _forbid(self, reason: str, began: float | None = None, error: object = None) -> None:
+        """Refuse the connection with a 403 before reading any request (counted, logged in one line); ``began``:
+        when the wait that ended in the refusal began (a balancer's PROXY header that never came), so its duration
+        counts; ``error``: what was wrong, when there is more to say."""
+        log.info("event=refused reason=%s source=%s%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")),
+                 "" if error is None else f" error={logfmt(error)}")
         self.server.observe(403, "", b"", time.monotonic() if began is None else began, True)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"
@@ -143,9 +145,8 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         assert self._header is not None
         try:
             done = self._header.feed(data)
-        except ProxyProtocolError:
-            self._header = None
-            self._forbid("bad_proxy_header")
+        except ProxyProtocolError as exc:
+            self._bad_header(exc)
             return None
         if done is None:
             return None
@@ -161,6 +162,10 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             self._forbid("source_not_allowed")
             return None
         return rest
+
+    def _bad_header(self, error: object) -> None:
+        self._header = None
+        self._forbid("bad_proxy_header", error=error)
 
     def data_received(self, data: bytes) -> None:
         idle_since = self.idle_since
@@ -257,6 +262,11 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         http_exchange.progress(self)
 
     def eof_received(self) -> bool:
+        if self._header is not None:  # closed within the balancer's header: refused as the TCP server refuses it
+            error = self._header.cut_short()
+            if error is not None:
+                self._bad_header(error)
+                return False
         self.eof = self.fin = True
         ex = self.exchange
         if ex is not None and not ex.body_pending:

@@ -70,6 +70,11 @@ class HeaderReader:
             return None
         return header.source or self.peer, header.destination, bytes(self.buffer[header.length :])
 
+    def cut_short(self) -> str | None:
+        """Why a connection closed (FIN) before its header was whole is refused, at once rather than held until the
+        header timeout as a slow balancer's; None when it sent nothing (a balancer's connect check): it just closes."""
+        return f"connection closed after {len(self.buffer)} bytes of the PROXY header" if self.buffer else None
+
 
 def address(info: object) -> Address:
     """(host, port) from a socket's peername/sockname (IPv6 ones have four fields)."""

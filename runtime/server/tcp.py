@@ -164,10 +164,9 @@ class DataPlaneConnection(TcpBridge):
     def eof_received(self) -> bool:
         if self._header is None:
             return super().eof_received()
-        # The peer closed before its PROXY header was whole: refused now, not held until the header timeout and
-        # counted as a slow balancer's. One that sent nothing (a balancer's plain connect check) just closes.
-        if self._header.buffer:
-            self._bad_header(f"connection closed after {len(self._header.buffer)} bytes of the PROXY header")
+        error = self._header.cut_short()
+        if error is not None:
+            self._bad_header(error)
         else:
             self._done = True
             self.abort()

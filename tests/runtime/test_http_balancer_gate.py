@@ -7,6 +7,8 @@ went uncounted and unlogged.
 
 from __future__ import annotations
 
+import logging
+import socket
 import struct
 
 import pytest
@@ -15,7 +17,7 @@ from helpers.tunnel import metric
 
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.server.dataplane import DataPlaneOptions
-from inlets_py.runtime.server.proxy_protocol import V2_SIGNATURE
+from inlets_py.runtime.server.proxy_protocol import V2_SIGNATURE, encode
 
 GET = b"GET /who HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"
 #: A header that names no source: the balancer's own connection (a health check), v1 UNKNOWN and v2 LOCAL.
@@ -33,6 +35,20 @@ def refused(server) -> float:
     return metric(server, "http_dataplane_requests_total", code="403")
 
 
+def closed_with_fin(port: int, data: bytes) -> bytes:
+    """Send ``data``, close our side, read until the server closes."""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    return answer
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_a_header_naming_no_source_is_judged_by_the_balancers_address(stack, tls, token, version: str) -> None:
     """LOCAL/UNKNOWN skipped --allow-ips altogether (a 200 for a balancer outside it, 2 of 2 versions), while the
@@ -47,3 +63,27 @@ def test_a_header_naming_no_source_is_judged_by_the_balancers_address(stack, tls
     outside = raw_request(port, NO_SOURCE[version] + GET, source=LOOPBACK)
     assert outside.startswith(b"HTTP/1.1 403"), outside[:100]
     assert refused(server) == 1
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_broken_balancer_header_is_refused_counted_and_logged_with_what_was_wrong(stack, tls, token, version: str,
+                                                                                   caplog) -> None:
+    """A connection closed (FIN) part-way through its header was closed uncounted and unlogged; it is refused as
+    ``bad_proxy_header``, as the TCP server refuses it, and each such line says what was wrong (``error=``), as the
+    TCP server's do. One that sent nothing (a balancer's connect check) still closes uncounted."""
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, dataplane=DataPlaneOptions(lb_proxy_protocol=version))
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    port = server.data_port
+    header = encode(version, ("203.0.113.9", 4242), (LOOPBACK, port))
+    with caplog.at_level(logging.INFO, logger="inlets.http"):
+        assert closed_with_fin(port, b"") == b""
+        assert refused(server) == 0
+        cut = closed_with_fin(port, header[:10])
+        assert cut.startswith(b"HTTP/1.1 403"), cut[:100]
+        assert raw_request(port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 403")  # no header at all
+    assert refused(server) == 2
+    lines = [r.getMessage() for r in caplog.records if "reason=bad_proxy_header" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert all("source=127.0.0.1" in line and "error=" in line for line in lines), lines
+    assert "connection closed after 10 bytes" in lines[0], lines
