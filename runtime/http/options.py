@@ -30,9 +30,10 @@ NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 RESERVED = HOP_BY_HOP | NEVER_HOP
 #: The X-Forwarded-* the proxy sets, in every spelling with "_" too: CGI and WSGI servers (wsgiref, PHP) name
 #: "X_Forwarded_Proto" and "X-Forwarded-Proto" alike (HTTP_X_FORWARDED_PROTO), so a user's would reach the app
-#: joined to the proxy's, first ("https,http"). nginx drops names with "_" for this.
+#: joined to the proxy's, first ("https,http"). nginx drops names with "_" for this. And RFC 7239's Forwarded, which
+#: says the same three things and which Rack 3 and Spring read before X-Forwarded-*: a user's would outrank the proxy's.
 FORWARDED = frozenset(b"x%sforwarded%s%s" % (one, two, name) for name in (b"for", b"proto", b"host")
-                      for one in (b"-", b"_") for two in (b"-", b"_"))
+                      for one in (b"-", b"_") for two in (b"-", b"_")) | {b"forwarded"}
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: "$" matches before a final newline too
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # fullmatch

@@ -23,6 +23,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from helpers.tunnel import until_connected
 
+from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.core.auth import TokenSet
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.server.control import ControlConfig
@@ -222,11 +223,14 @@ class Stack:
 
         return self.run(start())
 
-    def server(self, tls, token: str, max_client_streams: int | None = None, **kwargs) -> HttpTunnelServer:
+    def server(self, tls, token: str, max_client_streams: int | None = None, trusted_proxies: str = "",
+               **kwargs) -> HttpTunnelServer:
+        """``trusted_proxies``: --trusted-proxies, as the flag takes it (``127.0.0.1``)."""
         async def start():
             limit = {} if max_client_streams is None else {"max_streams": max_client_streams}
+            trusted = SourceAllowList(parse_networks(trusted_proxies)) if trusted_proxies else None
             config = ControlConfig(tokens=TokenSet([token]), host=LOOPBACK, port=0,
-                                   ssl_context=server_context(tls.cert, tls.key), **limit)
+                                   ssl_context=server_context(tls.cert, tls.key), trusted_proxies=trusted, **limit)
             server = HttpTunnelServer(config, port=0, data_addr=LOOPBACK, **kwargs)
             await server.start()
             self.closers.append(server.stop)

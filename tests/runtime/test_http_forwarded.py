@@ -1,0 +1,41 @@
+"""What an upstream learns of its user through the forwarding headers, and whose guesses a protected name counts,
+through a real server, client and h11 upstream on loopback; the server trusts 127.0.0.1 as a reverse proxy in front."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.http import LOOPBACK, Stack, raw_request
+
+
+@pytest.fixture(scope="module")
+def env(tls, token):
+    stack = Stack()
+    try:
+        app, up = stack.upstream("A")
+        server = stack.server(tls, token, trusted_proxies="127.0.0.1")
+        stack.client(server, tls, token, [f"plain.test=http://{LOOPBACK}:{up}"])
+        yield dict(stack=stack, server=server, port=server.data_port)
+    finally:
+        stack.close()
+
+
+def _headers(port: int, host: str, *lines: str) -> list[tuple[str, str]]:
+    """The headers the upstream saw for one request to ``host`` carrying ``lines``."""
+    head = "".join(f"{line}\r\n" for line in ("GET / HTTP/1.1", f"Host: {host}", "Connection: close", *lines))
+    answer = raw_request(port, (head + "\r\n").encode())
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    return [tuple(pair) for pair in json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]]
+
+
+def test_a_users_forwarded_header_stays_behind_as_its_x_forwarded_ones_do(env) -> None:
+    """A user's RFC 7239 Forwarded reached the upstream as sent: Rack 3 and Spring read it before X-Forwarded-*,
+    so ``proto=https;host=evil`` was the app's scheme and host (password-reset links to evil) whatever the proxy
+    set. Now no spelling of it passes, and the proxy's X-Forwarded-* are what the upstream has."""
+    seen = _headers(env["port"], "plain.test", "Forwarded: for=6.6.6.6;proto=https;host=evil",
+                    "forwarded: for=7.7.7.7", "X-Forwarded-Proto: https")
+    names = [name for name, _ in seen]
+    assert "forwarded" not in names, seen
+    assert ("x-forwarded-proto", "http") in seen and ("x-forwarded-host", "plain.test") in seen, seen
