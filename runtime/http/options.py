@@ -206,6 +206,13 @@ class HttpOptions:
         return HOP_BY_HOP | (self.request_remove - NEVER_HOP) | FORWARDED
 
     @cached_property
+    def own_forwarded(self) -> frozenset[bytes]:
+        """The X-Forwarded-* the proxy writes for this client: not one it removes (it asked for none), nor one it
+        adds (its value is the one: a second header beside the proxy's was read first by Django, last by others)."""
+        mine = self.request_remove | {n.lower() for n, _ in self.request_add}
+        return frozenset(n for n in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host") if n not in mine)
+
+    @cached_property
     def guarded_drop(self) -> frozenset[bytes]:
         """``request_drop`` on a protected name: the tunnel's credential stays at the tunnel."""
         return self.request_drop | {b"authorization"}

@@ -109,8 +109,17 @@ def request_head(head: RequestHead, service: str, options: HttpOptions, guarded:
         lines.append(b"Host: " + rewrite + b"\r\n")
     forwarded_for = noted.get(b"x-forwarded-for", [])
     host = noted.get(b"host", (b"",))[0]
-    lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]),
-              b"\r\nX-Forwarded-Proto: ", scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
+    own = options.own_forwarded
+    if len(own) == 3:  # the usual case: all three, in one step
+        lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]),
+                  b"\r\nX-Forwarded-Proto: ", scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
+    else:  # the client removes or sets some itself
+        if b"x-forwarded-for" in own:
+            lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]), b"\r\n"]
+        if b"x-forwarded-proto" in own:
+            lines += [b"X-Forwarded-Proto: ", scheme, b"\r\n"]
+        if b"x-forwarded-host" in own:
+            lines += [b"X-Forwarded-Host: ", host, b"\r\n"]
     lines += options.request_add_lines
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from helpers.http import LOOPBACK, Stack, raw_request
+from inlets_py.runtime.http.options import HttpOptions
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +18,9 @@ def env(tls, token):
         app, up = stack.upstream("A")
         server = stack.server(tls, token, trusted_proxies="127.0.0.1")
         stack.client(server, tls, token, [f"plain.test=http://{LOOPBACK}:{up}"])
+        stack.client(server, tls, token, [f"own.test=http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(request_add=["X-Forwarded-Proto: https"],
+                                       request_remove=["X-Forwarded-For", "x-forwarded-host"]))
         yield dict(stack=stack, server=server, port=server.data_port)
     finally:
         stack.close()
@@ -39,3 +43,12 @@ def test_a_users_forwarded_header_stays_behind_as_its_x_forwarded_ones_do(env) -
     names = [name for name, _ in seen]
     assert "forwarded" not in names, seen
     assert ("x-forwarded-proto", "http") in seen and ("x-forwarded-host", "plain.test") in seen, seen
+
+
+def test_a_clients_own_x_forwarded_headers_replace_the_proxys(env) -> None:
+    """``--request-header-add 'X-Forwarded-Proto: https'`` (a TLS front before the server) sent a second header
+    after the proxy's ``http``, which Django takes; ``--request-header-remove X-Forwarded-For`` and ``-Host`` did
+    nothing (a user's forged address still reached the upstream). Now the client's word is the only one."""
+    seen = _headers(env["port"], "own.test", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-Host: evil")
+    forwarded = [(name, value) for name, value in seen if name.startswith("x-forwarded")]
+    assert forwarded == [("x-forwarded-proto", "https")], seen
