@@ -69,7 +69,7 @@ def try_start(front: Front, head: RequestHead) -> bool:
         return False
     guard = server.guards.get(service)
     if guard is not None and (not guard.authorized(head.noted.get(b"authorization", (None,))[0])
-                              or server.guards.limited(front.peer)):
+                              or server.guards.limited(front.guard_source(head))):
         return False  # the coroutine answers it (401, 429)
     try:
         leg = front.pick(service)

@@ -58,6 +58,8 @@ class Front(Protocol):
     eof: bool
     pipelined: int  # request heads read and waiting behind the one in flight
 
+    def guard_source(self, head: RequestHead) -> bytes: ...  # whose credential: the failed-login limit's key
+
     def pick(self, service: str, avoid: list[Session] | None = None) -> Leg | None: ...  # a leg to a client of ``service``
 
     def on_leg(self) -> None: ...  # the leg's listener while the exchange runs: calls ``progress``

@@ -16,6 +16,8 @@ from typing import Protocol
 from . import exchange as http_exchange
 from .exchange_state import Exchange, Gateway
 from ..core.session import Session
+from ..core.allowlist import SourceAllowList
+from ..server.control_http import forwarded_client
 from ..server.registry import Registry, ejected, opened, resting
 from .leg import Leg, LegFailed, UpstreamTimeout
 from .options import HttpOptions
@@ -29,6 +31,7 @@ class RoutingServer(Gateway, UpgradeGateway, Protocol):
     """The HTTP server as a request's routing sees it (``front.FrontServer`` adds what the socket side reads)."""
 
     registry: Registry[Session]
+    trusted_proxies: SourceAllowList | None  # --trusted-proxies: whose X-Forwarded-For names the user
 
 
 class RequestRouting:
@@ -116,11 +119,12 @@ class RequestRouting:
                                close=close_on_refusal, host=label, started=started)
             return not close_on_refusal
         guard = server.guards.get(service)
+        source = self.peer if guard is None else self.guard_source(head)
         refused = None if guard is None else server.guards.refusal(guard, head.noted.get(b"authorization", (None,))[0],
-                                                                    self.peer)
+                                                                    source)
         if guard is not None and refused is not None:
             if refused == 429:  # Retry-After: when this source's window ends (RFC 6585)
-                wait = server.guards.failures.retry_after(self.peer.decode(errors="replace"))
+                wait = server.guards.failures.retry_after(source.decode(errors="replace"))
                 reason, extra = "too many failed logins: try again later", [(b"Retry-After", b"%d" % wait)]
             else:
                 reason, extra = "unauthorized", guard.challenges()
@@ -138,6 +142,16 @@ class RequestRouting:
             return not close_on_refusal
         options = server.options_for(leg.session)
         return await self._forward(head, leg, options, label, started, guard is not None)
+
+    def guard_source(self, head: RequestHead) -> bytes:
+        """Whose credential this is, for the failed-login limit: behind a --trusted-proxies balancer the user it
+        forwarded for (else one user's guesses had every user refused), as the control port counts them."""
+        trusted = self.server.trusted_proxies
+        peer = self.peer.decode(errors="replace")
+        if trusted is None or not trusted.allows(peer):
+            return self.peer
+        values = [value.decode("latin-1") for value in head.noted.get(b"x-forwarded-for", ())]
+        return forwarded_client(peer, values, trusted).encode()
 
     async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                        guarded: bool) -> bool:

@@ -64,6 +64,7 @@ class HttpTunnelServer:
         self.registry: Registry[Session] = Registry()
         self.options: dict[Session, HttpOptions] = {}
         self.guards = Guards()  # basic auth / bearer protection, per host name
+        self.trusted_proxies = config.trusted_proxies  # wrong credentials count against whom these forwarded for
         self.upgraded = 0  # connections switched to another protocol (websockets) right now
         self.upgrades: set[asyncio.Future[None]] = set()  # each one's end (``end_upgrades``)
         self.control = ControlPlane("http", config, self._admit, self._release)

@@ -71,7 +71,13 @@ def client_address(peer: object, headers: Headers, trusted: SourceAllowList | No
     host = unmapped(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
     if trusted is None or not trusted.allows(host):
         return host
-    hops = [hop.strip() for value in headers.get_all("X-Forwarded-For") for hop in value.split(",")]
+    return forwarded_client(host, headers.get_all("X-Forwarded-For"), trusted)
+
+
+def forwarded_client(host: str, values: list[str], trusted: SourceAllowList) -> str:
+    """``client_address`` for a trusted proxy at ``host`` that sent these X-Forwarded-For ``values``; the HTTP data
+    port's failed-login limit asks it too, with the values its parser noted."""
+    hops = [hop.strip() for value in values for hop in value.split(",")]
     for hop in reversed(hops):
         address = _forwarded_ip(hop)
         if address is None:  # not an address: the chain says nothing more that can be used, in logs or as a key

@@ -3,6 +3,7 @@ through a real server, client and h11 upstream on loopback; the server trusts 12
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -21,6 +22,8 @@ def env(tls, token):
         stack.client(server, tls, token, [f"own.test=http://{LOOPBACK}:{up}"],
                      HttpOptions.build(request_add=["X-Forwarded-Proto: https"],
                                        request_remove=["X-Forwarded-For", "x-forwarded-host"]))
+        stack.client(server, tls, token, [f"guarded.test=http://{LOOPBACK}:{up}"],
+                     HttpOptions.build(basic_auth=("alice", "right-password")))
         yield dict(stack=stack, server=server, port=server.data_port)
     finally:
         stack.close()
@@ -52,3 +55,26 @@ def test_a_clients_own_x_forwarded_headers_replace_the_proxys(env) -> None:
     seen = _headers(env["port"], "own.test", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-Host: evil")
     forwarded = [(name, value) for name, value in seen if name.startswith("x-forwarded")]
     assert forwarded == [("x-forwarded-proto", "https")], seen
+
+
+def _basic(password: str) -> str:
+    return "Authorization: Basic " + base64.b64encode(f"alice:{password}".encode()).decode()
+
+
+def _status(port: int, user: str, password: str) -> bytes:
+    """One request for the protected name through the trusted proxy, for the user at ``user``."""
+    head = (f"GET / HTTP/1.1\r\nHost: guarded.test\r\nConnection: close\r\nX-Forwarded-For: {user}\r\n"
+            f"{_basic(password)}\r\n\r\n")
+    return raw_request(port, head.encode()).split(b" ", 2)[1]
+
+
+def test_behind_a_trusted_proxy_one_users_guesses_do_not_lock_out_the_others(env) -> None:
+    """Behind a --trusted-proxies balancer every user's wrong passwords counted against the balancer's address:
+    one user's 10 guesses gave every user 429 for a minute, the right password too (1 of 1 refused). Now they
+    count against the address the balancer forwarded for, as on the control port."""
+    env["stack"].loop.call_soon_threadsafe(env["server"].guards.failures._sources.clear)
+    guesses = [_status(env["port"], "203.0.113.7", f"guess-{i}") for i in range(11)]
+    other = _status(env["port"], "203.0.113.8", "right-password")
+    guesser = _status(env["port"], "203.0.113.7", "right-password")
+    assert guesses == [b"401"] * 10 + [b"429"], guesses
+    assert (other, guesser) == (b"200", b"429")
