@@ -155,12 +155,24 @@ class Procs:
         return proc
 
     def stop_all(self) -> None:
+        """A Ctrl-C or SIGTERM (run_main's SystemExit) landing while this waits on one process used to end
+        the loop there and leave the rest running (bench_ha's teardown between rounds: 2 of 4 interrupts
+        left 2-8 tunnel processes); now the rest are killed at once and the interrupt goes on afterwards."""
+        interrupt: BaseException | None = None
         for proc in reversed(self.items):
             try:
-                proc.stop()
+                if interrupt is None:
+                    proc.stop()
+                else:
+                    proc.popen.kill()
             except Exception as exc:  # noqa: BLE001 - cleanup must go on
                 print(f"warning: stopping {proc.name}: {exc}", file=sys.stderr)
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit
+                interrupt = interrupt or exc
+                proc.popen.kill()
         self.items.clear()
+        if interrupt is not None:
+            raise interrupt
 
 
 def _status_kib(pid: int, key: str) -> int:

@@ -99,3 +99,42 @@ def test_bench_http_without_openssh_fails_the_ssh_paths_only(tmp_path: Path) -> 
     assert "FAILED: OpenSSH (sshd, ssh, ssh-keygen) is not available" in rows["ssh-L"]
     assert "FAILED" not in rows["direct"]
     assert done.returncode == 1
+
+
+_TEARDOWN = """
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from _util import Procs, spawn
+procs, logdir = Procs(), Path(sys.argv[2])
+sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+stubborn = [sys.executable, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)"]
+for n in range(3):
+    procs.add(spawn(f"sleeper-{n}", sleeper, logdir))
+last = procs.add(spawn("stubborn", stubborn, logdir))  # stopped first: its wait is where Ctrl-C lands
+while b"ready" not in last.log.read_bytes():
+    pass
+print(" ".join(str(p.popen.pid) for p in procs.items), flush=True)
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    procs.stop_all()
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_during_teardown_still_stops_every_process(tmp_path: Path) -> None:
+    """bench_ha stops a round's nine processes between rounds; a Ctrl-C then ended the teardown at the
+    process it was waiting on and left the others running (2 of 4 interrupts at 6-9 s left 2-8)."""
+    done = subprocess.run([sys.executable, "-c", _TEARDOWN, str(BENCH), str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    pids = [int(p) for p in done.stdout.split()]
+    try:
+        assert done.returncode == 130, done.stderr
+        assert len(pids) == 4
+        assert [p for p in pids if _alive(p)] == []
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
