@@ -23,7 +23,6 @@ one-request connections (connect, request, close).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import secrets
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import LOOPBACK, BenchError, connect, free_port, raise_nofile, run_main, which  # noqa: E402
+from _util import LOOPBACK, BenchError, connect, free_port, port_accepts, raise_nofile, run_main, which  # noqa: E402
 from bench_http import nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,13 +95,20 @@ class Callgrind:
                            "--upstream", upstream_flag]
         env = dict(os.environ, PYTHONPATH=str(pythonpath))
         self.procs: dict[str, subprocess.Popen] = {}
-        for side, argv in (("server", server + common), ("client", client + common)):
-            valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/{side}.%p", "--dump-instr=no"]
-            self.procs[side] = subprocess.Popen(valgrind + argv, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
-                                                stderr=open(tmp / f"{side}.log", "wb"))
-            if side == "server":
-                self._wait(lambda: (tls / "ca.crt").exists() and _accepts(self.control), "the tunnel server")
-        self._wait(self._serves, "the tunnel to answer")
+        try:
+            for side, argv in (("server", server + common), ("client", client + common)):
+                valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/{side}.%p", "--dump-instr=no"]
+                with open(tmp / f"{side}.log", "wb") as log:
+                    self.procs[side] = subprocess.Popen(valgrind + argv, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                                        stderr=log)
+                if side == "server":
+                    self._wait(lambda: (tls / "ca.crt").exists() and port_accepts(self.control), "the tunnel server")
+            self._wait(self._serves, "the tunnel to answer")
+        except BaseException:  # ``measure`` closes only a started tunnel: a Ctrl-C or failure here left both running
+            for proc in self.procs.values():
+                proc.kill()
+                proc.wait(10)
+            raise
 
     def _serves(self) -> bool:
         try:
@@ -153,12 +159,6 @@ class Callgrind:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 1):
-        return True
-    return False
 
 
 def measure(mode: str, pythonpath: Path, upstream: int, tmp: Path, requests: int, connections: int) -> dict[str, float]:

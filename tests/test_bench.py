@@ -138,3 +138,44 @@ def test_ctrl_c_during_teardown_still_stops_every_process(tmp_path: Path) -> Non
         for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo.extend(_children(out[-1]))
+    return out[1:]
+
+
+@pytest.mark.skipif(not (shutil.which("valgrind") and shutil.which("nginx", path="/usr/sbin:/usr/bin")),
+                    reason="needs valgrind and nginx")
+def test_ctrl_c_while_bench_instructions_starts_its_tunnel_stops_it(tmp_path: Path) -> None:
+    """The tunnel's two processes start under valgrind for seconds; a Ctrl-C (or a failed start) then left them
+    running, since only a started tunnel was closed."""
+    err = open(tmp_path / "stderr", "wb")
+    bench = subprocess.Popen([sys.executable, str(BENCH / "bench_instructions.py"), "--requests", "1"],
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(b"valgrind" in Path(f"/proc/{p}/cmdline").read_bytes()
+                                                      for p in _tree(bench.pid) if _alive(p)):
+            assert bench.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        started = _tree(bench.pid)
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(30) == 130
+        assert "Traceback" not in (tmp_path / "stderr").read_text()
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for p in started if _alive(p)] == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        err.close()
