@@ -37,7 +37,8 @@ import time
 from pathlib import Path as FsPath
 
 
-from _util import LOOPBACK, Procs, free_port, port_accepts, raise_nofile, rss_mib, spawn, wait_until  # noqa: E402
+from _util import (LOOPBACK, Procs, free_port, nodelay, port_accepts, raise_nofile, rss_mib, run_main,  # noqa: E402
+                   spawn, wait_until)
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
@@ -53,8 +54,8 @@ SETTLE = 5.0  # seconds after the attacker left before the last reading
 class Victim:
     """One ``inlets`` process of ``tree``, its RSS sampled while the attack runs."""
 
-    def __init__(self, tree: FsPath, work: FsPath, argv: list[str], name: str) -> None:
-        self.procs = Procs()
+    def __init__(self, tree: FsPath, work: FsPath, argv: list[str], name: str, procs: Procs) -> None:
+        self.procs = procs  # the Setup's: stopped at the end of each attack, and by main whatever happens
         self.proc = self.procs.add(spawn(name, [sys.executable, "-m", "runtime", *argv], work, cwd=tree))
         self.start = self.peak = 0.0
 
@@ -89,13 +90,14 @@ class Setup:
         self.token_file.write_text(self.token + "\n")
         self.token_file.chmod(0o600)
         self.tls = ensure_auto_tls(work / "tls", [LOOPBACK])
+        self.procs = Procs()
 
     def server(self) -> tuple[Victim, int]:
         port = free_port()
         victim = Victim(self.tree, self.work, [
             "tcp", "server", "--control-addr", LOOPBACK, "--control-port", str(port), "--data-addr", LOOPBACK,
             "--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key), "--token-file", str(self.token_file),
-        ], "victim-server")
+        ], "victim-server", self.procs)
         wait_until(lambda: port_accepts(port), 30, "the victim server", proc=victim.proc)
         victim.baseline()
         return victim, port
@@ -104,7 +106,7 @@ class Setup:
         victim = Victim(self.tree, self.work, [
             "tcp", "client", "--url", f"wss://{LOOPBACK}:{port}", "--tls-ca", str(self.tls.ca_cert),
             "--token-file", str(self.token_file), *upstream,
-        ], "victim-client")
+        ], "victim-client", self.procs)
         victim.baseline()
         return victim
 
@@ -258,7 +260,7 @@ async def half_open(setup: Setup, seconds: float, count: int) -> None:
                 writer.write(b"GET /connect HTTP/1.1\r\nHost: x\r\n")
                 held.append(writer)
             else:  # silent, or half a ClientHello
-                sock = socket.create_connection((LOOPBACK, port), source_address=(source, 0))
+                sock = nodelay(socket.create_connection((LOOPBACK, port), source_address=(source, 0)))
                 if kind == 1:
                     sock.sendall(hello[: len(hello) // 2])
                 held.append(sock)
@@ -307,7 +309,7 @@ async def stalled_upstream(setup: Setup, seconds: float, streams: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(listener)
-            accepted.append(conn)  # and never read from it
+            accepted.append(nodelay(conn))  # and never read from it
 
     async def attack(ws, hello) -> None:
         mux = Multiplexer(client=False, send_window=hello.window)
@@ -346,7 +348,7 @@ async def stalled_upstream(setup: Setup, seconds: float, streams: int) -> None:
     victim.procs.stop_all()
 
 
-def main() -> None:
+def main() -> int:
     names = ["open-flood", "ping-flood", "client-open-flood", "half-open", "stalled-upstream"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("attacks", nargs="*", metavar="ATTACK", help=f"any of {', '.join(names)} (default: all)")
@@ -362,16 +364,25 @@ def main() -> None:
     print(f"victim: {args.tree}  ({args.seconds:.0f} s per attack)", flush=True)
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         setup = Setup(args.tree.resolve(), FsPath(tmp))
-        for name in args.attacks or names:
-            run = {
-                "open-flood": lambda: open_flood(setup, args.seconds),
-                "ping-flood": lambda: ping_flood(setup, args.seconds),
-                "client-open-flood": lambda: client_open_flood(setup, args.seconds),
-                "half-open": lambda: half_open(setup, args.seconds, args.connections),
-                "stalled-upstream": lambda: stalled_upstream(setup, args.seconds, args.streams),
-            }[name]
-            asyncio.run(run())
+        try:
+            run_attacks(setup, args.attacks or names, args)
+        finally:  # a Ctrl-C or a failed attack left its victim running
+            setup.procs.stop_all()
+    return 0
+
+
+def run_attacks(setup: Setup, names: list[str], args: argparse.Namespace) -> None:
+    """Each attack in its own event loop, one after another."""
+    for name in names:
+        run = {
+            "open-flood": lambda: open_flood(setup, args.seconds),
+            "ping-flood": lambda: ping_flood(setup, args.seconds),
+            "client-open-flood": lambda: client_open_flood(setup, args.seconds),
+            "half-open": lambda: half_open(setup, args.seconds, args.connections),
+            "stalled-upstream": lambda: stalled_upstream(setup, args.seconds, args.streams),
+        }[name]
+        asyncio.run(run())
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "hostile")

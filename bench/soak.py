@@ -24,16 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import BenchError, Proc, Procs, free_ports, nodelay, port_accepts, run_main  # noqa: E402
 
 from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
 
 INLETS = [sys.executable, "-c", "from inlets_py.runtime.cli.main import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
@@ -49,12 +45,10 @@ def proc_stats(pid: int) -> tuple[float, int]:
 def wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if port_accepts(port):
             return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {port} never opened")
+        time.sleep(0.05)
+    raise BenchError(f"port {port} never opened")
 
 
 class Echo(threading.Thread):
@@ -69,7 +63,7 @@ class Echo(threading.Thread):
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(nodelay(conn),), daemon=True).start()
 
     @staticmethod
     def serve(conn: socket.socket) -> None:
@@ -149,7 +143,7 @@ class Load(threading.Thread):
                 time.sleep(0.05)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--reconnect-every", type=float, default=180.0, help="seconds")
@@ -159,83 +153,88 @@ def main() -> None:
     files = ensure_auto_tls(tmp / "tls", ["127.0.0.1"])
     token = tmp / "token"
     token.write_text(os.urandom(16).hex() + "\n")
+    token.chmod(0o600)
     echo = Echo()
     echo.start()
     web = Web(("127.0.0.1", 0), Hello)
     threading.Thread(target=web.serve_forever, daemon=True).start()
-    tcp_control, http_control, tcp_public, http_public = (free_port() for _ in range(4))
+    tcp_control, http_control, tcp_public, http_public = free_ports(4)
     common = ["--control-addr", "127.0.0.1", "--data-addr", "127.0.0.1", "--tls-cert", str(files.cert),
               "--tls-key", str(files.key), "--token-file", str(token)]
     logs = {name: open(tmp / f"{name}.log", "w") for name in ("tcp-server", "http-server", "tcp-client", "http-client")}
-    spawn = lambda name, argv: subprocess.Popen([*INLETS, *argv], stdout=logs[name], stderr=subprocess.STDOUT)  # noqa: E731
+    every = Procs()  # all started, restarted clients too: stopped whatever happens (a Ctrl-C left all four running)
+
+    def spawn(name: str, argv: list[str]) -> subprocess.Popen:
+        popen = subprocess.Popen([*INLETS, *argv], stdout=logs[name], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return every.add(Proc(name, popen, tmp / f"{name}.log")).popen
+
     client_argv = {
         "tcp-client": ["tcp", "client", "--url", f"wss://127.0.0.1:{tcp_control}", "--token-file", str(token),
                        "--tls-ca", str(files.ca_cert), "--upstream", f"{tcp_public}=127.0.0.1:{echo.port}"],
         "http-client": ["http", "client", "--url", f"wss://127.0.0.1:{http_control}", "--token-file", str(token),
                         "--tls-ca", str(files.ca_cert), "--upstream", f"http://127.0.0.1:{web.server_address[1]}"],
     }
-    procs = {
-        "tcp-server": spawn("tcp-server", ["tcp", "server", "--control-port", str(tcp_control), *common]),
-        "http-server": spawn("http-server", ["http", "server", "--control-port", str(http_control),
-                                             "--port", str(http_public), *common]),
-    }
-    wait_port(tcp_control)
-    wait_port(http_control)
-    for name, argv in client_argv.items():
-        procs[name] = spawn(name, argv)
-    wait_port(tcp_public)
-    wait_port(http_public)
-    time.sleep(2)
-    start = {name: proc_stats(p.pid) for name, p in procs.items()}
-    started = time.monotonic()
-    until = started + args.minutes * 60
-    loads = [Load(kind, port, until) for kind, port in (("tcp", tcp_public), ("http", http_public))
-             for _ in range(args.workers)]
-    for load in loads:
-        load.start()
-    print(f"soak: {args.minutes} min, reconnect every {args.reconnect_every:.0f}s, logs in {tmp}", flush=True)
-    reconnects = 0
-    next_reconnect = started + args.reconnect_every
-    seen_ok, seen_failed = 0, 0
-    while time.monotonic() < until:
-        time.sleep(1)
-        if time.monotonic() >= next_reconnect and next_reconnect + 30 < until:  # none just before the end
-            reconnects += 1
-            ok, failed = sum(l.ok for l in loads), sum(l.failed for l in loads)
-            before = "start" if reconnects == 1 else ("SIGHUP" if reconnects % 2 == 0 else "SIGKILL+restart")
-            action = "SIGHUP" if reconnects % 2 else "SIGKILL+restart"
-            print(f"  t={time.monotonic() - started:6.0f}s since the last event ({before}): "
-                  f"{ok - seen_ok} ok, {failed - seen_failed} failed; now reconnect #{reconnects} ({action})", flush=True)
-            seen_ok, seen_failed = ok, failed
-            for name in client_argv:
-                if action == "SIGHUP":
-                    procs[name].send_signal(signal.SIGHUP)  # make-before-break
-                else:
-                    procs[name].kill()  # a crash, and a systemd-like restart
-                    procs[name].wait(10)
-                    procs[name] = spawn(name, client_argv[name])
-            next_reconnect += args.reconnect_every
-    for load in loads:
-        load.join(30)
-    end = {name: proc_stats(p.pid) for name, p in procs.items()}
-    print(f"\n{'process':12s} {'RSS start':>10s} {'RSS end':>10s} {'fds start':>10s} {'fds end':>8s}")
-    for name in procs:
-        print(f"{name:12s} {start[name][0]:9.1f}M {end[name][0]:9.1f}M {start[name][1]:10d} {end[name][1]:8d}"
-              + ("   (restarted)" if name.endswith("client") and reconnects > 1 else ""))
-    for kind in ("tcp", "http"):
-        mine = [l for l in loads if l.kind == kind]
-        errors = {l.last_error for l in mine if l.last_error}
-        print(f"{kind}: {sum(l.ok for l in mine)} ok, {sum(l.failed for l in mine)} failed"
-              + (f" (last: {'; '.join(sorted(errors))[:200]})" if errors else ""))
-    print(f"reconnects: {reconnects}")
-    for process in procs.values():
-        process.send_signal(signal.SIGTERM)
-    for process in procs.values():
-        try:
-            process.wait(40)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    try:
+        procs = {
+            "tcp-server": spawn("tcp-server", ["tcp", "server", "--control-port", str(tcp_control), *common]),
+            "http-server": spawn("http-server", ["http", "server", "--control-port", str(http_control),
+                                                 "--port", str(http_public), *common]),
+        }
+        wait_port(tcp_control)
+        wait_port(http_control)
+        for name, argv in client_argv.items():
+            procs[name] = spawn(name, argv)
+        wait_port(tcp_public)
+        wait_port(http_public)
+        time.sleep(2)
+        start = {name: proc_stats(p.pid) for name, p in procs.items()}
+        started = time.monotonic()
+        until = started + args.minutes * 60
+        loads = [Load(kind, port, until) for kind, port in (("tcp", tcp_public), ("http", http_public))
+                 for _ in range(args.workers)]
+        for load in loads:
+            load.start()
+        print(f"soak: {args.minutes} min, reconnect every {args.reconnect_every:.0f}s, logs in {tmp}", flush=True)
+        reconnects = 0
+        next_reconnect = started + args.reconnect_every
+        seen_ok, seen_failed = 0, 0
+        while time.monotonic() < until:
+            time.sleep(1)
+            if time.monotonic() >= next_reconnect and next_reconnect + 30 < until:  # none just before the end
+                reconnects += 1
+                ok, failed = sum(l.ok for l in loads), sum(l.failed for l in loads)
+                before = "start" if reconnects == 1 else ("SIGHUP" if reconnects % 2 == 0 else "SIGKILL+restart")
+                action = "SIGHUP" if reconnects % 2 else "SIGKILL+restart"
+                print(f"  t={time.monotonic() - started:6.0f}s since the last event ({before}): "
+                      f"{ok - seen_ok} ok, {failed - seen_failed} failed; now reconnect #{reconnects} ({action})", flush=True)
+                seen_ok, seen_failed = ok, failed
+                for name in client_argv:
+                    if action == "SIGHUP":
+                        procs[name].send_signal(signal.SIGHUP)  # make-before-break
+                    else:
+                        procs[name].kill()  # a crash, and a systemd-like restart
+                        procs[name].wait(10)
+                        procs[name] = spawn(name, client_argv[name])
+                next_reconnect += args.reconnect_every
+        for load in loads:
+            load.join(30)
+        end = {name: proc_stats(p.pid) for name, p in procs.items()}
+        print(f"\n{'process':12s} {'RSS start':>10s} {'RSS end':>10s} {'fds start':>10s} {'fds end':>8s}")
+        for name in procs:
+            print(f"{name:12s} {start[name][0]:9.1f}M {end[name][0]:9.1f}M {start[name][1]:10d} {end[name][1]:8d}"
+                  + ("   (restarted)" if name.endswith("client") and reconnects > 1 else ""))
+        for kind in ("tcp", "http"):
+            mine = [l for l in loads if l.kind == kind]
+            errors = {l.last_error for l in mine if l.last_error}
+            print(f"{kind}: {sum(l.ok for l in mine)} ok, {sum(l.failed for l in mine)} failed"
+                  + (f" (last: {'; '.join(sorted(errors))[:200]})" if errors else ""))
+        print(f"reconnects: {reconnects}")
+    finally:
+        every.stop_all()
+        for fh in logs.values():
+            fh.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "soak")

@@ -179,3 +179,39 @@ def test_ctrl_c_while_bench_instructions_starts_its_tunnel_stops_it(tmp_path: Pa
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         err.close()
+
+
+@pytest.mark.parametrize("script, args, victim", [
+    ("soak.py", ["--minutes", "2"], b"client"),
+    ("hostile.py", ["open-flood", "--seconds", "30"], b"server"),
+])
+def test_ctrl_c_stops_the_tunnel_processes_of_soak_and_hostile(tmp_path: Path, script: str, args: list[str],
+                                                                victim: bytes) -> None:
+    """Neither stopped its tunnel processes on Ctrl-C: a traceback, and soak's four processes or hostile's
+    victim ran on with their ports open."""
+    err = open(tmp_path / "stderr", "wb")
+    bench = subprocess.Popen([sys.executable, str(BENCH / script), *args], stdout=subprocess.DEVNULL, stderr=err,
+                             start_new_session=True)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(victim in Path(f"/proc/{p}/cmdline").read_bytes()
+                                                      for p in _tree(bench.pid) if _alive(p)):
+            assert bench.poll() is None, (tmp_path / "stderr").read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        started = _tree(bench.pid)
+        assert started
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(30) == 130
+        assert (tmp_path / "stderr").read_text().strip().splitlines()[-1:] == [
+            f"{script[:-3]}: interrupted; child processes stopped"]
+        assert [p for p in started if _alive(p)] == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        err.close()
