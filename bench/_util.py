@@ -6,6 +6,7 @@ can reuse it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import shutil
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, NoReturn
 
 LOOPBACK = "127.0.0.1"
 MIB = 1024 * 1024
@@ -23,6 +25,29 @@ MIB = 1024 * 1024
 
 class BenchError(RuntimeError):
     """A path could not be set up or measured; the message says what was observed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, as the ``inlets`` CLI gives them: the usage block above buried the line
+    that says what was wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def at_least(low: float, kind: type = int, above: bool = False) -> Callable[[str], float]:
+    """An argparse type for a count or a bound: ``--repeat 0`` fell back to the default unnoticed (``or``), and
+    ``--repeat -1`` or ``--seconds -1`` ran and printed empty or zero rows with exit 0."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {low:g} (got {text})")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def round_order(items: list, round_no: int) -> list:

@@ -34,7 +34,7 @@ from typing import Callable
 
 import _paths
 from _report import StealMark, machine_line, steal_line
-from _util import LOOPBACK, BenchError, raise_nofile, run_main
+from _util import LOOPBACK, BenchError, Parser, raise_nofile, run_main
 from bench_http import Result, ensure_packages, measure_case, nginx, tunnel
 
 ROOT = FsPath(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def table(case: str, results: dict[str, Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every path and case (default 5)")
     ap.add_argument("--seconds", type=int, default=5, help="wrk duration per run (default 5)")
     args = ap.parse_args(argv)

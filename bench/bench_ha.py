@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import (MIB, BenchError, Proc, Procs, connect, cpu_seconds, descendants, free_ports, median,  # noqa: E402
+from _util import (MIB, BenchError, Parser, Proc, Procs, connect, cpu_seconds, descendants, free_ports, median,  # noqa: E402
                    port_accepts, round_order, run_main, spawn, wait_until)
 
 ADDRS = ("127.0.0.2", "127.0.0.3")
@@ -228,7 +228,7 @@ def failover(args: argparse.Namespace, tmp: Path) -> dict[str, float | int | str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: small transfers, one repetition")
     parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--streams", type=int, default=4)

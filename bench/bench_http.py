@@ -41,7 +41,7 @@ from types import SimpleNamespace
 
 import _paths  # noqa: E402
 from _report import SSH_CIPHER, StealMark, machine_line, steal_line  # noqa: E402
-from _util import (LOOPBACK, BenchError, Procs, cpu_seconds, run_main, descendants, free_port, port_accepts,  # noqa: E402
+from _util import (LOOPBACK, BenchError, Parser, at_least, Procs, cpu_seconds, run_main, descendants, free_port, port_accepts,  # noqa: E402
                    raise_nofile, round_order, spawn, wait_until, which)
 
 PATHS = ("direct", "tunnel", "tcp-tunnel", "py-relay", "ssh-R", "ssh-L")
@@ -280,13 +280,13 @@ def table(case: str, conns: int, results: dict[str, Result], args: argparse.Name
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s per path, one run")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
-    ap.add_argument("--seconds", type=int, default=None, help="wrk duration per run (default 10)")
-    ap.add_argument("--repeat", type=int, default=None, help="wrk runs per path, median reported (default 3)")
-    ap.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    ap.add_argument("--connections", type=int, default=64,
+    ap.add_argument("--seconds", type=at_least(1), default=None, help="wrk duration per run (default 10)")
+    ap.add_argument("--repeat", type=at_least(1), default=None, help="wrk runs per path, median reported (default 3)")
+    ap.add_argument("--threads", type=at_least(1), default=2, help="wrk threads (default 2)")
+    ap.add_argument("--connections", type=at_least(1), default=64,
                     help="wrk keep-alive connections in the 1 KiB and 64 KiB cases (default 64)")
     ap.add_argument("--cases", type=lambda v: [c.strip() for c in v.split(",")],
                     help=f"comma-separated subset of: {', '.join(c[0] for c in CASES)} (default: all)")
@@ -295,13 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases and (unknown_cases := set(args.cases) - {c[0] for c in CASES}):
         ap.error(f"unknown case(s): {', '.join(sorted(unknown_cases))}")
     args.repeat = args.repeat or (1 if args.quick else 3)
-    for flag, value in (("--seconds", args.seconds), ("--repeat", args.repeat), ("--threads", args.threads),
-                        ("--connections", args.connections)):
-        if value < 1:
-            ap.error(f"{flag} must be at least 1 (got {value})")
     paths = [p for p in args.paths.split(",") if p]
     if unknown := set(paths) - set(PATHS):
         ap.error(f"unknown path(s): {', '.join(sorted(unknown))}")
+    if not paths:
+        ap.error(f"--paths names no path; choose from {','.join(PATHS)}")
     raise_nofile()
     ensure_packages("wrk", "nginx", "curl")
     cases = [c for c in CASES if c[0] in args.cases] if args.cases else list(CASES)

@@ -22,7 +22,6 @@ one-request connections (connect, request, close).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import secrets
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import LOOPBACK, BenchError, connect, free_port, port_accepts, raise_nofile, run_main, which  # noqa: E402
+from _util import LOOPBACK, BenchError, Parser, connect, free_port, port_accepts, raise_nofile, run_main, which  # noqa: E402
 from bench_http import nginx  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +189,7 @@ def measure(mode: str, pythonpath: Path, upstream: int, tmp: Path, requests: int
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="HEAD", help="git ref to compare with (default HEAD: uncommitted changes)")
     ap.add_argument("--requests", type=int, default=1000, help="requests (and connections) counted per path")
     ap.add_argument("--connections", type=int, default=4,

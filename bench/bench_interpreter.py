@@ -33,7 +33,7 @@ import time
 from pathlib import Path as FsPath
 
 from _report import StealMark, machine_line, steal_line
-from _util import BenchError, raise_nofile, rss_mib, run_main
+from _util import BenchError, Parser, raise_nofile, rss_mib, run_main
 from bench_compiled import finish, measure_cases, print_tables, python_path, tunnels
 from bench_http import Result, ensure_packages, nginx
 
@@ -99,7 +99,7 @@ def table(case: str, names: list[str], results: dict[str, Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", type=interpreter, action="append", required=True, metavar="NAME=COMMAND",
                     help="another Python to run the tunnel's processes (repeatable)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every path and case (default 5)")

@@ -40,7 +40,7 @@ from pathlib import Path as FsPath
 
 import _paths  # noqa: E402
 from _report import StealMark, machine_line, steal_line  # noqa: E402
-from _util import (LOOPBACK, BenchError, Proc, free_ports, port_accepts, raise_nofile, rss_mib, run_main, spawn,  # noqa: E402
+from _util import (LOOPBACK, BenchError, Parser, at_least, Proc, free_ports, port_accepts, raise_nofile, rss_mib, run_main, spawn,  # noqa: E402
                    wait_until)
 
 # The runtime's public client entry points (one import line to change if the package moves).
@@ -308,12 +308,12 @@ def _runner() -> Callable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=1000, help="clients connected at once (default 1000)")
-    ap.add_argument("--sample", type=int, default=200, help="requests checked for routing, each time (default 200)")
-    ap.add_argument("--timeout", type=float, default=120.0, help="bound on each wait, s (default 120)")
-    ap.add_argument("--settle", type=float, default=1.0, help="pause before each memory reading, s (default 1)")
-    ap.add_argument("--per-source", type=int, default=1024,
+    ap.add_argument("--sample", type=at_least(1), default=200, help="requests checked for routing, each time (default 200)")
+    ap.add_argument("--timeout", type=at_least(0, float, above=True), default=120.0, help="bound on each wait, s (default 120)")
+    ap.add_argument("--settle", type=at_least(0, float), default=1.0, help="pause before each memory reading, s (default 1)")
+    ap.add_argument("--per-source", type=at_least(1), default=1024,
                     help="the server's --max-handshakes-per-source (default 1024: here every client comes from "
                          "127.0.0.1, where real ones come from their own addresses; the default 16 would make "
                          "this bench measure the cap and the clients' backoff)")

@@ -34,7 +34,7 @@ import _load  # noqa: E402
 import _paths  # noqa: E402
 from _report import Config, Result, StealMark, environment, table, targets  # noqa: E402
 from _report import SSH_CIPHER, SSH_CIPHER2  # noqa: E402
-from _util import (MIB, BenchError, cpu_seconds, run_main, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
+from _util import (MIB, BenchError, Parser, at_least, cpu_seconds, run_main, fd_count, foreign_share, machine_busy_seconds,  # noqa: E402
                    median, percentile, raise_nofile, round_order, rss_mib)
 
 PATHS = {"direct": "direct", "tunnel": "tunnel", "py-relay": "py relay", "ssh-R": "ssh -R", "ssh-L": "ssh -L",
@@ -239,23 +239,23 @@ class Bench:
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, list[str], FsPath | None]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 s, 512 MiB, 1 repeat, 200 conns/streams")
     ap.add_argument("--paths", default=DEFAULT_PATHS,
                     help=f"comma-separated subset of {','.join(PATHS)} (default {DEFAULT_PATHS})")
-    ap.add_argument("--seconds", type=float, help="time bound per throughput run (default 5)")
-    ap.add_argument("--max-mib", type=int, help="byte bound per throughput run, MiB (default 2048)")
-    ap.add_argument("--repeat", type=int,
+    ap.add_argument("--seconds", type=at_least(0, float, above=True), help="time bound per throughput run (default 5)")
+    ap.add_argument("--max-mib", type=at_least(1), help="byte bound per throughput run, MiB (default 2048)")
+    ap.add_argument("--repeat", type=at_least(1),
                     help="throughput runs per path, direction and stream count; median reported (default 3)")
-    ap.add_argument("--conns", type=int, help="sequential short connections (default 1000)")
-    ap.add_argument("--idle", type=int, help="idle streams held open for the memory reading (default 1000)")
+    ap.add_argument("--conns", type=at_least(1), help="sequential short connections (default 1000)")
+    ap.add_argument("--idle", type=at_least(1), help="idle streams held open for the memory reading (default 1000)")
     ap.add_argument("--ssh-cipher", default=SSH_CIPHER,
                     help=f"the ssh baseline's cipher, the ssh -R / ssh -L columns (default {SSH_CIPHER}, "
                          "OpenSSH's fastest with AES-NI)")
     ap.add_argument("--ssh-cipher2", default=SSH_CIPHER2,
                     help=f"the second ssh column's cipher, ssh-R2 / ssh-L2 (default {SSH_CIPHER2}, "
                          "OpenSSH's default)")
-    ap.add_argument("--quiet-wait", type=float,
+    ap.add_argument("--quiet-wait", type=at_least(0, float),
                     help="before each throughput round, wait up to this many seconds for other processes "
                          "to use < 15%% of the CPUs (default 60; 0 with --quick)")
     ap.add_argument("--json", type=FsPath, help="also write the results as JSON to this file")
@@ -274,8 +274,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, list[str], FsPath | None
     )
     wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = [p for p in wanted if p not in PATHS]
-    if unknown:
-        ap.error(f"unknown path(s) {unknown}; choose from {','.join(PATHS)}")
+    if unknown or not wanted:
+        ap.error(f"unknown path(s) {unknown}; choose from {','.join(PATHS)}" if unknown else
+                 f"--paths names no path; choose from {','.join(PATHS)}")
     return cfg, wanted, args.json
 
 

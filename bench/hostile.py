@@ -37,7 +37,7 @@ import time
 from pathlib import Path as FsPath
 
 
-from _util import (LOOPBACK, Procs, free_port, nodelay, port_accepts, raise_nofile, rss_mib, run_main,  # noqa: E402
+from _util import (LOOPBACK, Parser, Procs, at_least, free_port, nodelay, port_accepts, raise_nofile, rss_mib, run_main,  # noqa: E402
                    spawn, wait_until)
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
@@ -350,12 +350,12 @@ async def stalled_upstream(setup: Setup, seconds: float, streams: int) -> None:
 
 def main() -> int:
     names = ["open-flood", "ping-flood", "client-open-flood", "half-open", "stalled-upstream"]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("attacks", nargs="*", metavar="ATTACK", help=f"any of {', '.join(names)} (default: all)")
     parser.add_argument("--tree", type=FsPath, default=ROOT, help="checkout whose runtime is the victim")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each attack")
-    parser.add_argument("--connections", type=int, default=3000, help="half-open: how many")
-    parser.add_argument("--streams", type=int, default=300, help="stalled-upstream: how many")
+    parser.add_argument("--seconds", type=at_least(0, float, above=True), default=20.0, help="length of each attack")
+    parser.add_argument("--connections", type=at_least(1), default=3000, help="half-open: how many")
+    parser.add_argument("--streams", type=at_least(1), default=300, help="stalled-upstream: how many")
     args = parser.parse_args()
     unknown = sorted(set(args.attacks) - set(names))
     if unknown:

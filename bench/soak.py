@@ -12,7 +12,6 @@ failures per phase. Loopback only; every loop is bounded by --minutes.
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import os
 import signal
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import BenchError, Proc, Procs, free_ports, nodelay, port_accepts, run_main  # noqa: E402
+from _util import BenchError, Parser, Proc, Procs, at_least, free_ports, nodelay, port_accepts, run_main  # noqa: E402
 
 from inlets_py.runtime.core.certs import ensure_auto_tls  # noqa: E402
 
@@ -144,10 +143,10 @@ class Load(threading.Thread):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--reconnect-every", type=float, default=180.0, help="seconds")
-    parser.add_argument("--workers", type=int, default=2, help="load threads per protocol")
+    parser = Parser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=at_least(0, float, above=True), default=30.0)
+    parser.add_argument("--reconnect-every", type=at_least(0, float, above=True), default=180.0, help="seconds")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="load threads per protocol")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="inlets-soak-"))
     files = ensure_auto_tls(tmp / "tls", ["127.0.0.1"])

@@ -215,3 +215,26 @@ def test_ctrl_c_stops_the_tunnel_processes_of_soak_and_hostile(tmp_path: Path, s
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         err.close()
+
+
+@pytest.mark.parametrize("script, args, line", [
+    ("bench_tcp.py", ["--quick", "--paths", "direct", "--repeat", "0"],
+     "bench_tcp.py: error: argument --repeat: must be at least 1 (got 0) (see --help)"),
+    ("bench_tcp.py", ["--quick", "--paths", "direct", "--conns", "-1"],
+     "bench_tcp.py: error: argument --conns: must be at least 1 (got -1) (see --help)"),
+    ("bench_tcp.py", ["--quick", "--paths", ","],
+     "bench_tcp.py: error: --paths names no path; choose from direct,tunnel,py-relay,ssh-R,ssh-L,ssh-R2,ssh-L2 (see --help)"),
+    ("bench_tcp.py", ["--paths", "nope"], "bench_tcp.py: error: unknown path(s) ['nope']; choose from "
+     "direct,tunnel,py-relay,ssh-R,ssh-L,ssh-R2,ssh-L2 (see --help)"),
+    ("bench_http.py", ["--quick", "--repeat", "0"],
+     "bench_http.py: error: argument --repeat: must be at least 1 (got 0) (see --help)"),
+    ("bench_scale.py", ["--clients", "2", "--sample", "-1"],
+     "bench_scale.py: error: argument --sample: must be at least 1 (got -1) (see --help)"),
+    ("soak.py", ["--minutes", "-1"], "soak.py: error: argument --minutes: must be above 0 (got -1) (see --help)"),
+])
+def test_a_bad_flag_value_is_one_line_and_exit_2(script: str, args: list[str], line: str) -> None:
+    """--repeat 0 fell back to the default unnoticed; --repeat -1, --conns -1, an empty --paths or soak's
+    --minutes -1 ran and printed empty rows with exit 0; bench_scale's --sample -1 ended in a traceback; and
+    argparse's usage block came before every error line."""
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=90)
+    assert (done.returncode, (done.stdout + done.stderr).strip().splitlines()) == (2, [line])
