@@ -460,7 +460,7 @@ def test_udp_counters_keep_counting_when_the_client_reconnects(tls, token):
     reconnected started them again at 0 (datagrams_total 3, then 1), a counter going down while the server
     ran. They are kept per port now, as the TCP ports' are; the flows gauge says 0 while no client serves it."""
     from helpers.tunnel import control_url, udp_free_port
-    from test_udp import ask, udp_echo
+    from helpers.udp import ask, udp_echo
 
     async def scenario() -> None:
         echo = await udp_echo()
@@ -497,7 +497,7 @@ def test_a_port_whose_client_was_refused_at_the_handshake_has_no_series(tls, tok
     """Found by a review helper: a client refused because one of its ports was in use left every port it asked
     for in the scrape (udp_dataplane_*, tcp_dataplane_* at 0), as ports the server served; none is there now."""
     from helpers.tunnel import control_url, udp_free_port
-    from test_udp import ask, udp_echo
+    from helpers.udp import ask, udp_echo
 
     async def scenario() -> None:
         echo = await udp_echo()
