@@ -12,7 +12,7 @@ import time
 
 import pytest
 from helpers.tunnel import TlsFiles, free_port, run, start_server, wait_listening
-from test_hostile import hello, one_session, raw_client, still_serving
+from helpers.hostile import hello, one_session, raw_client, still_serving
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import apply_mask
 
