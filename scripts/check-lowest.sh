@@ -35,7 +35,8 @@ tests=(tests/runtime/test_cli_tcp.py tests/runtime/test_http_proto.py tests/runt
        tests/runtime/test_metrics.py tests/runtime/test_proxy_outbound.py tests/runtime/test_dial_names.py
        tests/runtime/test_generate.py tests/runtime/test_letsencrypt_issuer.py tests/runtime/test_auto_tls_cli.py
        tests/provisioner/test_prov_cli.py tests/provisioner/test_prov_cli_output.py
-       tests/provisioner/test_prov_local.py tests/provisioner/test_prov_ssh.py tests/provisioner/test_prov_templates.py
+       tests/provisioner/test_prov_local.py tests/provisioner/test_prov_ssh_install.py tests/provisioner/test_prov_ssh_keys.py
+       tests/provisioner/test_prov_ssh_connect.py tests/provisioner/test_prov_templates.py
        tests/provisioner/test_prov_digitalocean.py tests/provisioner/test_prov_clouds_linode.py
        tests/provisioner/test_prov_clouds_hetzner.py tests/provisioner/test_prov_clouds_scaleway.py)
 [ $# -gt 0 ] && tests=("$@")
