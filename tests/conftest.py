@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from helpers.tunnel import TlsFiles, free_port, make_tls
 # The suite runs as a user with this installation's commands on PATH (an activated venv), so the commands inletsctl
 # prints name them bare (provisioner/output.command_word); test_prov_cli_output.py runs inletsctl without them.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# A suite started in the background by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so would
+# every command it starts: the Ctrl-C tests' inletsctl and inlets then ran on through their SIGINT (4 ssh and 1 local
+# test failed so). A handled signal is reset to its default at exec, an ignored one is not: handle it here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
