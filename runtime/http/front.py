@@ -132,8 +132,11 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         """Refuse the connection with a 403 before reading any request (counted, logged in one line); ``began``:
         when the wait that ended in the refusal began (a balancer's PROXY header that never came), so its duration
         counts; ``error``: what was wrong, when there is more to say."""
-        log.info("event=refused reason=%s source=%s%s", logfmt(reason), logfmt(self.peer.decode(errors="replace")),
-                 "" if error is None else f" error={logfmt(error)}")
+        source = self.peer.decode(errors="replace")
+        if error is None:
+            log.info("event=refused reason=%s source=%s", logfmt(reason), logfmt(source))
+        else:
+            log.info("event=refused reason=%s source=%s error=%s", logfmt(reason), logfmt(source), logfmt(error))
         self.server.observe(403, "", b"", time.monotonic() if began is None else began, True)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n"

@@ -108,9 +108,15 @@ class DataPlaneConnection(TcpBridge):
         """Count a refusal and log it in one line (``error``: what was wrong, when there is more to say)."""
         refused = self.counters.refused
         refused[reason] = refused.get(reason, 0) + 1
-        if reason != "no_client":
-            log.info("event=refused service=%s reason=%s source=%s%s", logfmt(self.service), logfmt(reason),
-                     logfmt((source or self.peer)[0]), "" if error is None else f" error={logfmt(error)}")
+        if reason == "no_client":
+            return
+        source_host = (source or self.peer)[0]
+        if error is None:
+            log.info("event=refused service=%s reason=%s source=%s", logfmt(self.service), logfmt(reason),
+                     logfmt(source_host))
+        else:
+            log.info("event=refused service=%s reason=%s source=%s error=%s", logfmt(self.service), logfmt(reason),
+                     logfmt(source_host), logfmt(error))
 
     def on_reset(self, code: int, reason: str) -> None:
         if code == ResetCode.REFUSED and self._replay is not None and self._elsewhere():
