@@ -27,7 +27,7 @@ import sys
 from typing import Awaitable, Callable
 
 from .dial_failures import failure_words
-from .hosts import authority
+from .hosts import authority, tls_name
 from .logs import logfmt
 from .mux import ResetCode
 from .channel import Channel
@@ -264,7 +264,8 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
     fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
     when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails),
     called with ``failures=``, a list it notes each address's failure in. ``unanswered`` is called when the
-    connection ends before it said a word to what the stream sent it (``TcpBridge.unanswered``).
+    connection ends before it said a word to what the stream sent it (``TcpBridge.unanswered``). TLS checks and sends
+    as SNI ``tls_name(host)``: a final dot (``api.example.com.``) failed the check, and SNI may carry none.
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""
@@ -275,7 +276,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
     loop = asyncio.get_running_loop()
     failures: list | None = [] if opener else None  # each address's failure: said too if the dial times out
     connecting = loop.create_task(_open(bridge, host, port, tls, opener, failures) if opener else loop.create_connection(
-        lambda: bridge, host, port, ssl=tls, server_hostname=host if tls else None))
+        lambda: bridge, host, port, ssl=tls, server_hostname=tls_name(host) if tls else None))
     timer = loop.call_later(DIAL_TIMEOUT, _time_out, bridge)
     bridge.connecting = connecting
     connecting.add_done_callback(
@@ -286,7 +287,7 @@ async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | N
                 opener: Callable[..., Awaitable[socket.socket]], failures: list | None) -> tuple:
     sock = await opener(host, port, failures=failures)
     return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=sock, ssl=tls,
-                                                             server_hostname=host if tls else None)
+                                                             server_hostname=tls_name(host) if tls else None)
 
 
 def _named(where: str | tuple[str, int]) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -202,3 +203,37 @@ def test_a_server_name_refused_on_one_address_and_blackholed_on_another_says_bot
     with blackhole() as dead:
         said = run(scenario(dead), timeout=30)
     assert said == f"no address of {NAME} answered within 1s; Connection refused on 127.0.0.1:9", said
+
+
+def test_an_https_upstream_named_with_a_final_dot_is_verified_and_sent_as_sni_without_it(tmp_path: Path,
+                                                                                       caplog: pytest.LogCaptureFixture
+                                                                                       ) -> None:
+    """Found by a review helper: ``--upstream https://api.example.com.`` (the fully qualified form) was refused,
+    "Hostname mismatch, certificate is not valid for 'api.example.com.'", and SNI carried the dot, which RFC 6066 3
+    forbids (1 of 1 dials failed); the dot is dropped for the check and SNI, as for the server's own name."""
+    from inlets_py.runtime.client.http_upstreams import HttpUpstream, HttpUpstreams, upstream_tls
+
+    tls = make_tls(tmp_path, ["api.example.test"])
+    sent: list[str | None] = []
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(tls.cert, tls.key)
+    served.sni_callback = lambda _sock, name, _context: sent.append(name)  # type: ignore[assignment,func-returns-value]
+
+    async def scenario() -> bool:
+        server = await asyncio.start_server(lambda _r, w: None, "127.0.0.1", 0, ssl=served)
+        resolve("api.example.test.", ("127.0.0.1", port_of(server)))
+        upstreams = HttpUpstreams({"http:*": HttpUpstream("https", "api.example.test.", port_of(server))},
+                                  upstream_tls(tls.ca))
+        channel = stream("http:*")
+        upstreams.on_stream(channel)  # type: ignore[arg-type]
+        handler = channel.handler  # type: ignore[attr-defined]
+        await until(lambda: handler.transport is not None or not channel.is_open)  # type: ignore[attr-defined]
+        connected = handler.transport is not None
+        if connected:
+            handler.transport.close()
+        server.close()
+        return connected
+
+    with caplog.at_level(logging.INFO, logger="inlets.http"):
+        assert asyncio.run(scenario()), caplog.text
+    assert sent == ["api.example.test"]
