@@ -332,6 +332,7 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         if not isinstance(exc, ValueError):
             logger.error("event=dial_failed upstream=%s", logfmt(_named(where)), exc_info=exc)
     named = _named(where)
-    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(named), logfmt(reason))
+    logger.info("event=upstream_failed upstream=%s error=%s", logfmt(named), logfmt(reason),
+                extra={"cause": (named, reason)})  # each upstream's failure said, however busy another dead one is
     bridge.fail()
     channel.reset(ResetCode.REFUSED, f"upstream {named}: {reason}")  # the peer's log: host:port, not a Python tuple

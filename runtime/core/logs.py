@@ -10,6 +10,9 @@ sends), so each kind of line (logger and message template) is written at most
 ``RepeatLimit.burst`` times per ``RepeatLimit.window`` seconds; the first line of the
 next window says how many were left out (``suppressed=N``); at exit, the last line left out of
 each kind says so for those no later line told (a flood that ended, then silence, else left no trace).
+A line logged with ``extra={"cause": ...}`` (hashable: a dial's upstream and failure) is also said once per window
+for its cause, within its kind's limit: one busy cause (a dead upstream's every dial) took all of its kind's lines,
+and another's (a second upstream, refused once) was never said.
 """
 
 from __future__ import annotations
@@ -128,44 +131,69 @@ class _TextFormatter(logging.Formatter):
         return line if trace is None else f"{line} exc={json.dumps(trace)}"
 
 
+#: Causes followed at once (``RepeatLimit``); a line of a cause past them is limited by its kind alone.
+MOST_CAUSES = 1024
+
+
 class RepeatLimit(logging.Filter):
-    """At most ``burst`` lines of one kind per ``window`` seconds (see the module docstring)."""
+    """At most ``burst`` lines of one kind per ``window`` seconds, one of each cause (see the module docstring)."""
 
     def __init__(self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.burst, self.window, self._clock = burst, window, clock
         self._kinds: dict[tuple, list] = {}  # kind -> [window start, lines written, lines left out, last left out]
+        self._causes: dict[tuple, list] = {}  # (kind, cause) -> [window start, lines left out, last left out]
 
     def filter(self, record: logging.LogRecord) -> bool:
         now = self._clock()
         kind = (record.name, record.levelno, str(record.msg))
+        cause = getattr(record, "cause", None)
+        told = 0 if cause is None else self._first_of_cause((kind, cause), now, record)
+        if told is None:
+            return False
         entry = self._kinds.get(kind)
         if entry is None or now - entry[0] >= self.window:
             if len(self._kinds) > 4096:  # message templates are few; forget old windows now and then
                 self._kinds = {k: e for k, e in self._kinds.items() if now - e[0] < self.window}
-            left_out = entry[2] if entry is not None else 0
+            told += entry[2] if entry is not None else 0
             self._kinds[kind] = [now, 1, 0, None]
-            if left_out:
-                record.msg, record.args = f"{record.getMessage()} suppressed={left_out}", None
-            return True
-        if entry[1] < self.burst:
+        elif entry[1] < self.burst:
             entry[1] += 1
-            return True
-        entry[2] += 1
-        entry[3] = record
-        return False
+        else:
+            entry[2] += 1 + told  # its cause's count goes with it, told by the kind's next line
+            entry[3] = record
+            return False
+        if told:
+            record.msg, record.args = f"{record.getMessage()} suppressed={told}", None
+        return True
+
+    def _first_of_cause(self, key: tuple, now: float, record: logging.LogRecord) -> int | None:
+        """The lines of ``record``'s cause its last window left out, to tell on this one, the first of its window;
+        None when one was said in this window (this one is left out, counted)."""
+        entry = self._causes.get(key)
+        if entry is not None and now - entry[0] < self.window:
+            entry[1] += 1
+            entry[2] = record
+            return None
+        if entry is None and len(self._causes) >= MOST_CAUSES:
+            self._causes = {k: e for k, e in self._causes.items() if now - e[0] < self.window or e[1]}
+            if len(self._causes) >= MOST_CAUSES:  # so many at once (a peer choosing them): their kind's limit alone
+                return 0
+        self._causes[key] = [now, 0, None]
+        return entry[1] if entry is not None else 0
 
     def held_back(self) -> list[logging.LogRecord]:
         """The last line left out of each kind that no later line has told of, saying how many others were
         (``suppressed=N``), oldest first; those kinds then count afresh."""
         lines = []
-        for entry in self._kinds.values():
-            left_out, last = entry[2], entry[3]
-            if left_out and last is not None:
-                if left_out > 1:
-                    last.msg, last.args = f"{last.getMessage()} suppressed={left_out - 1}", None
-                entry[2], entry[3] = 0, None
-                lines.append(last)
+        for entries, at in ((self._kinds.values(), 2), (self._causes.values(), 1)):  # where each keeps its count
+            for entry in entries:
+                left_out, last = entry[at], entry[at + 1]
+                if left_out and last is not None:
+                    if left_out > 1:
+                        last.msg, last.args = f"{last.getMessage()} suppressed={left_out - 1}", None
+                    entry[at], entry[at + 1] = 0, None
+                    lines.append(last)
         return sorted(lines, key=lambda record: record.created)
 
 

@@ -173,3 +173,28 @@ def test_json_lines_carry_each_field_as_a_key() -> None:
     assert odd["level"] == "warning" and odd["logger"] == "inlets.tcp" and odd["msg"].startswith("event=odd level=")
     assert (odd["fields.level"], odd["fields.msg"], odd["fields.time"], odd["fields.logger"]) == ('a "b"\n', "m", "1", "x")
     assert set(library) == {"time", "level", "logger", "msg"} and library["msg"] == "connection closed: code 1006"
+
+
+def test_a_line_with_a_cause_is_said_once_per_window_and_no_other_cause_takes_its_place() -> None:
+    """A busy cause (a dead upstream's every dial) took all 20 lines of its kind, and another's was not said."""
+    now = [0.0]
+    limit = RepeatLimit(burst=3, window=10.0, clock=lambda: now[0])
+    failed = "event=upstream_failed upstream=%s error=%s"
+
+    def dial_failed(upstream: str) -> logging.LogRecord:
+        line = record(failed, upstream, "refused")
+        line.cause = (upstream, "refused")
+        return line
+
+    assert [limit.filter(dial_failed("a:1")) for _ in range(100)] == [True] + [False] * 99
+    assert limit.filter(dial_failed("b:2"))
+    assert [limit.filter(dial_failed(f"c:{port}")) for port in range(1000)] == [True] + [False] * 999, (
+        "causes a peer chooses (a server's --local targets) got a line each: the kind's limit holds for them all")
+    now[0] = 10.0
+    later = dial_failed("a:1")
+    assert limit.filter(later)  # the first of the kind's next window: its 99 and the kind's 999 others
+    assert later.getMessage() == "event=upstream_failed upstream=a:1 error=refused suppressed=1098"
+    for _ in range(5):
+        assert not limit.filter(dial_failed("a:1"))  # said in this window already
+    assert [line.getMessage() for line in limit.held_back()] == [  # at exit: the last left out, and the others
+        "event=upstream_failed upstream=a:1 error=refused suppressed=4"]

@@ -1,0 +1,52 @@
+"""A client's ``upstream_failed`` lines, with the real CLIs: each upstream's failure is said, however busy another
+dead one is, and a flood of one is told by its count, not line by line."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.tunnel import TlsFiles, free_port
+
+
+def _refused_user(port: int) -> None:
+    """One user of a public port whose upstream refuses: the tunnel resets it (on loopback, at times before
+    ``connect`` returns)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as user:
+            assert user.recv(1) == b""
+    except ConnectionResetError:
+        pass
+
+
+def test_a_second_dead_upstream_is_said_while_a_first_one_floods_and_the_flood_is_counted(
+        tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """Found by a review helper: 300 users of one dead upstream, then one of another: the log limits a kind of line
+    (20 per 10 s), so the first upstream's 20 identical lines took them all and the second upstream was not said
+    (0 of 1) while the client ran. Each upstream and failure is said once per window now, the rest counted."""
+    control, busy, other = free_port(), free_port(), free_port()
+    busy_dead, other_dead = free_port(), free_port()  # nothing listens on either
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = None
+    log = tmp_path / "client.log"
+    try:
+        wait_port(control)
+        client = spawn(*client_args(control, tls, token_file, "--upstream", f"{busy}=127.0.0.1:{busy_dead}",
+                                    "--upstream", f"{other}=127.0.0.1:{other_dead}"), log=log)
+        wait_for_text(log, "event=connected")
+        wait_for_text(tmp_path / "server.log", "event=client_connected")  # its ports listen before it is said
+        for _ in range(60):
+            _refused_user(busy)
+        _refused_user(other)
+        for _ in range(20):
+            _refused_user(busy)
+        said = wait_for_text(log, f"upstream=127.0.0.1:{other_dead} ", timeout=5)
+        busy_lines = [line for line in said.splitlines() if f"upstream=127.0.0.1:{busy_dead} " in line]
+        assert len(busy_lines) <= 3, busy_lines  # one per 10 s, however slow this machine
+    finally:
+        stop_all(*(p for p in (client, server) if p is not None))
+    busy_lines = [line for line in log.read_text().splitlines() if f"upstream=127.0.0.1:{busy_dead} " in line]
+    told = sum(1 + int(m.group(1)) if (m := re.search(r" suppressed=(\d+)$", line)) else 1 for line in busy_lines)
+    assert told == 80, busy_lines  # every failed dial said or counted, the last ones at exit
