@@ -43,9 +43,10 @@ class HttpUpstream:
 
     @functools.cached_property
     def opener(self) -> Callable[[str, int], Awaitable[socket.socket]] | None:
-        """How a stream's connection is made: the Happy Eyeballs race for a name, the loop's own for an address
-        (asked once per upstream, not at every stream)."""
-        return connect_socket if is_name(self.host) else None
+        """How a stream's connection is made: the Happy Eyeballs race for a name, the loop's own for an http://
+        address (asked once per upstream, not at every stream). An https:// one's socket is made apart from its TLS
+        too, so a handshake that times out is told from a connect that did (``bridge.dial``)."""
+        return connect_socket if is_name(self.host) or self.scheme == "https" else None
 
     @functools.cached_property
     def unanswered(self) -> Callable[[], None] | None:

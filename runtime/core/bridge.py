@@ -66,6 +66,8 @@ class TcpBridge(asyncio.Protocol):
     #: Called once when the socket ends (a FIN or a reset) before it sent a byte, after the stream sent it some:
     #: an http:// upstream that serves TLS does so. Set by ``dial`` for those who ask; looked at only as a socket ends.
     unanswered: Callable[[], None] | None = None
+    #: Set by ``dial`` once the TCP connection of a TLS dial is made: a timeout after it is the handshake's.
+    handshaking = False
 
     def __init__(self, channel: Channel | None = None) -> None:
         self.channel = channel
@@ -286,6 +288,8 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
 async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | None,
                 opener: Callable[..., Awaitable[socket.socket]], failures: list | None) -> tuple:
     sock = await opener(host, port, failures=failures)
+    if tls is not None:
+        bridge.handshaking = True
     return await asyncio.get_running_loop().create_connection(lambda: bridge, sock=sock, ssl=tls,
                                                              server_hostname=tls_name(host) if tls else None)
 
@@ -313,7 +317,10 @@ def _dialled(task: asyncio.Task, timer: asyncio.TimerHandle, bridge: TcpBridge, 
         if not timed_out:
             return  # cancelled at shutdown or by the stream's reset, not by the timer: the stream is reset already
         reason = "dial timed out"
-        if failures:
+        if bridge.handshaking:  # as the client's connect tells a port that never speaks TLS from one dropping SYNs
+            reason = (f"no TLS answer within {DIAL_TIMEOUT:g} s: the upstream accepted the connection but never "
+                      "answered the handshake (is it hung? a plain HTTP one waits for a request: use http://)")
+        elif failures:
             reason = f"dial timed out; {failure_words(failures)}"
     elif (exc := task.exception()) is None:
         channel.acknowledge()  # the server's sign this client reaches its upstream, before the upstream says a word

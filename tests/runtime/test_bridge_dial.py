@@ -254,3 +254,31 @@ def test_every_dial_that_hangs_times_out_on_uvloop(monkeypatch: pytest.MonkeyPat
         hung = uvloop.run(run())
     assert hung == 0, f"{hung} of 40 dials that hung never reset their stream"
     assert caplog.text.count('error="dial timed out"') == 40
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # an address; a name (its socket is dialled apart)
+def test_an_https_upstream_that_accepts_and_never_answers_the_handshake_is_told_from_one_that_drops_syns(
+        host: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a review helper: an https:// upstream whose kernel took the connection but whose app never answered
+    (hung, or a plain HTTP server waiting for a request line) was said "dial timed out", the words of a host down or
+    a firewall dropping packets (2 of 2 upstreams, CLIs); now the handshake's timeout says the upstream accepted."""
+    from inlets_py.runtime.client.http_upstreams import HttpUpstream, HttpUpstreams, upstream_tls
+
+    monkeypatch.setattr(bridge, "DIAL_TIMEOUT", 0.5)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)  # never accepts: the kernel completes the connect
+    port = listener.getsockname()[1]
+
+    async def run() -> None:
+        upstreams = HttpUpstreams({"http:*": HttpUpstream("https", host, port)}, upstream_tls())
+        session = Session(NO_WIRE, Multiplexer(client=True), name="test")  # type: ignore[arg-type]
+        channel = session.open_stream("http:*", None)  # type: ignore[arg-type]
+        upstreams.on_stream(channel)  # type: ignore[arg-type]
+        await until(lambda: not channel.is_open)  # type: ignore[attr-defined]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="inlets.http"):
+            asyncio.run(run())
+    finally:
+        listener.close()
+    assert (f'upstream=https://{host}:{port} error="no TLS answer within 0.5 s: the upstream accepted the connection '
+            'but never answered the handshake') in caplog.text, caplog.text
