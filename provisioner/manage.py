@@ -65,7 +65,7 @@ def delete(
         host_id = str(meta["id"])
     elif host_id is None:
         try:
-            found = _find(provider, name=name, ip=ip)
+            found = _find(provider, root, name=name, ip=ip)
             host_id, name = found.id, name or found.name or None  # --ip: said by its name, not its id twice
         except NotFound:
             group = replicas.cloud_group(provider, name) if name is not None and meta is None else None
@@ -97,8 +97,9 @@ def delete(
     known = next((h for h in provider.list() if h.id == host_id), None) if by_id and meta is None else None
     if by_id and meta is None and known is None:
         # a mistyped --id must never delete a VM inletsctl did not make (a database, a web server)
-        raise NotFound(f"{provider_name}: no exit server with id {host_id} among those inletsctl made (tagged {TAG}); "
-                       "inletsctl deletes nothing else: see them with inletsctl list --provider " + provider_name)
+        where, look = _made_where(provider, root)
+        raise NotFound(f"{provider_name}: no exit server with id {host_id} among those inletsctl made {where}; "
+                       f"inletsctl deletes nothing else: {look}")
     label = (meta or {}).get("name") or name or (known.name if known is not None else None) or host_id
     try:
         started = time.monotonic()
@@ -181,7 +182,18 @@ def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeo
     return done
 
 
-def _find(provider: Provisioner, name: str | None = None, ip: str | None = None) -> Host:
+def _made_where(provider: Provisioner, root: Path) -> tuple[str, str]:
+    """Where ``provider`` looked for the exit servers inletsctl made, and how to see them, for a not-found line: a
+    cloud by its tag; local and ssh (no cloud to tag in) only by the state folders under ``root``, so a name made
+    with another --state-dir is not found, which "tagged inlets" never said."""
+    look = f"see them with inletsctl list --provider {provider.name}"
+    if provider.user_data_limit:
+        return f"(tagged {TAG})", look
+    return (f"in {root} (--provider {provider.name} knows only those whose local state is there)",
+            f"{look}, or add the --state-dir it was made with")
+
+
+def _find(provider: Provisioner, root: Path, name: str | None = None, ip: str | None = None) -> Host:
     """The one exit server of that name or IP: several (every local one has 127.0.0.1) are refused, never guessed."""
     found = [h for h in provider.list() if (name is not None and h.name == name) or (ip is not None and h.ip == ip)]
     what = f"named {name!r}" if name is not None else f"with IP {ip}"
@@ -190,7 +202,8 @@ def _find(provider: Provisioner, name: str | None = None, ip: str | None = None)
         which = "--id" if name is not None else "its NAME or --id"  # several of one name: the name cannot tell them
         raise ProvisionError(f"{provider.name}: {len(found)} exit servers {what}: {choices}; say which with {which}")
     if not found:
-        raise NotFound(f"{provider.name}: no exit server {what} (tagged inlets)")
+        where, look = _made_where(provider, root)
+        raise NotFound(f"{provider.name}: no exit server {what} {where}: {look}")
     return found[0]
 
 

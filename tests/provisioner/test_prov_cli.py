@@ -181,6 +181,19 @@ def test_usage_errors_and_missing_names_as_a_separate_process(tmp_path: Path) ->
     assert bare.code != 0 and "create" in bare.err + bare.out and "Traceback" not in bare.err
 
 
+@pytest.mark.parametrize("provider", ["ssh", "local"])
+def test_delete_of_an_unknown_name_on_ssh_or_local_says_where_it_looked_not_a_cloud_tag(provider: str,
+                                                                                        tmp_path: Path) -> None:
+    """ssh and local exit servers are known only from the state folders of --state-dir: "(tagged inlets)", a cloud's
+    words, sent the reader looking for a tag; the line names the folder and what to run instead."""
+    state = str(tmp_path / "state")
+    for args in (["nope"], ["--id", "x"]):
+        line = one_line_error(run_inletsctl("delete", *args, "--provider", provider, "--state-dir", state),
+                              f"{provider}: no exit server ", f" in {state} (--provider {provider} knows only those "
+                              f"whose local state is there)", f"inletsctl list --provider {provider}", "--state-dir")
+        assert "tagged" not in line, line
+
+
 @pytest.mark.parametrize("args, line", [
     (["create", "--timeout", "abc"], "inletsctl create: error: Invalid value for '--timeout': 'abc' is not a number of "
                                      "seconds from 0.001 to 604800"),
