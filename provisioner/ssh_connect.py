@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paramiko
 
-from inlets_py.runtime.core.hosts import HostError, check_host
+from inlets_py.runtime.core.hosts import HostError, authority, check_host
 
 from .errors import ProvisionError, UsageError, os_words
 
@@ -108,7 +108,7 @@ class SshOptions:
 
     @property
     def target(self) -> str:
-        return f"{self.user}@{self.host}" + (f":{self.port}" if self.port != 22 else "")
+        return f"{self.user}@" + (authority(self.host, self.port) if self.port != 22 else self.host)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -195,7 +195,7 @@ class _Policy(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
-        where = f"{self._opts.host}:{self._opts.port}"
+        where = authority(self._opts.host, self._opts.port)
         if seen in self._revoked:  # never loaded as trusted (_load), so every revoked key comes here
             raise ProvisionError(f"host key of {where} ({key.get_name()} {seen}) is marked @revoked in "
                                  f"{self._pinned_file or self._known_hosts}: refusing to connect, as ssh does; the "
@@ -237,7 +237,7 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     policy = _Policy(opts, pinned, known, pinned_file, revoked)
     client.set_missing_host_key_policy(policy)
     pkey = load_key(opts.key_file) if opts.key_file else None
-    where = f"{opts.user}@{opts.host}:{opts.port}"
+    where = f"{opts.user}@{authority(opts.host, opts.port)}"
     try:
         client.connect(
             opts.host, port=opts.port, username=opts.user, pkey=pkey, look_for_keys=pkey is None,
@@ -250,7 +250,7 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     except paramiko.BadHostKeyException as exc:
         client.close()
         raise ProvisionError(
-            f"host key of {opts.host}:{opts.port} changed: it is {fingerprint(exc.key)}, known as "
+            f"host key of {authority(opts.host, opts.port)} changed: it is {fingerprint(exc.key)}, known as "
             f"{fingerprint(exc.expected_key)}: refusing to connect; {_changed_key_advice(opts, pinned_file, known)}"
         ) from None
     except paramiko.AuthenticationException:

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Iterable
 
+from inlets_py.runtime.core.hosts import authority
 from inlets_py.runtime.core.probe import ProbeError
 from inlets_py.runtime.core.tls import TlsConfigError
 
@@ -116,7 +117,8 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
-        result["error"] = f"exit server {name} at {meta['ip']}:{meta['control_port']} did not answer: {exc}; vm: {result['vm']}"
+        where = authority(str(meta["ip"]), meta["control_port"])
+        result["error"] = f"exit server {name} at {where} did not answer: {exc}; vm: {result['vm']}"
         result["state"] = STATE_UNREACHABLE
     return result
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Protocol
 
+from inlets_py.runtime.core.hosts import authority
 from inlets_py.runtime.core.probe import Answer, Dial, Endpoint, ProbeError, Unreachable, get
 from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
@@ -65,7 +66,7 @@ def _proxy_dial(host: str, port: int) -> Dial | None:
     from inlets_py.runtime.client.proxy_dial import dialer_for
 
     try:
-        return dialer_for(f"wss://{f'[{host}]' if ':' in host else host}:{port}")
+        return dialer_for(f"wss://{authority(host, port)}")
     except ProbeError as exc:
         raise ProvisionError(f"{exc}: the client command would fail the same way; fix or unset it") from None
 
@@ -123,11 +124,11 @@ def wait_until_ready(
     assert ip is not None
     hint = f"; {why(host)}" if why else ""
     if delivery is not None:
-        target = f"https://{ip}:{port}{RECEIVER_PATH}"
+        target = f"https://{authority(ip, port)}{RECEIVER_PATH}"
         _poll(lambda: deliver_error(ip, port, ca_file, delivery), provider, host, target, "never took the runtime wheel",
               started, timeout, progress, hint)
         progress(f"delivered the runtime wheel to {host.name!r}")
-    _poll(lambda: healthz_problem(ip, port, ca_file), provider, host, f"https://{ip}:{port}/healthz", "never answered",
+    _poll(lambda: healthz_problem(ip, port, ca_file), provider, host, f"https://{authority(ip, port)}/healthz", "never answered",
           started, timeout, progress, hint)
     return host
 

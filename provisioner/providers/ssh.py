@@ -146,7 +146,7 @@ class SshProvider:
                 run(client, f"rm -rf {shlex.quote(stage)}")
             except ProvisionError:
                 pass  # the connection is gone: delete removes the folder (delete_leftovers)
-            raise ProvisionError(f"ssh: uploading to {opts.host}:{stage} failed: {describe(exc)}") from None
+            raise ProvisionError(f"ssh: uploading to {stage} on {opts.host} failed: {describe(exc)}") from None
         finally:
             sftp.close()
         script = INSTALL.format(

@@ -67,7 +67,7 @@ for arg in sys.argv[1:]:
             except OSError as exc:
                 if exc.errno == errno.EADDRNOTAVAIL and addr:
                     sys.exit(f"the host has no address {{addr}} (--data-addr): give one of its own addresses")
-                where = f"{{addr}}:{{port}}" if addr else f"port {{port}}"
+                where = (f"[{{addr}}]:{{port}}" if ":" in addr else f"{{addr}}:{{port}}") if addr else f"port {{port}}"
                 sys.exit(f"{{where}} ({{flag}}) is in use on this host ({{exc.strerror}}): stop what uses it, or choose another {{flag}}")
 PY
 # from here on a failure leaves nothing of this exit server behind

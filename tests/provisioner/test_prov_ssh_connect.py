@@ -148,13 +148,16 @@ def test_a_port_that_takes_the_connection_and_says_nothing_is_said_in_words(tmp_
     assert "session" not in line and not list((tmp_path / "state").iterdir())
 
 
-def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(tmp_path: Path) -> None:
-    """paramiko words a refused connect as '[Errno None] Unable to connect to port 1 on 127.0.0.1'."""
-    port = free_port()  # a port just freed: nothing listens there
-    result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(port),
+@pytest.mark.parametrize("host, written", [("127.0.0.1", "127.0.0.1:{port}"), ("::1", "[::1]:{port}")])
+def test_a_port_nothing_listens_on_is_said_in_words_with_what_to_check(host: str, written: str, tmp_path: Path) -> None:
+    """paramiko words a refused connect as '[Errno None] Unable to connect to port 1 on 127.0.0.1'; an IPv6 host
+    was written ``root@::1:PORT``, which reads as a host ::1:PORT on port 22."""
+    port = free_port(host)  # a port just freed: nothing listens there
+    result = run_inletsctl("create", "--provider", "ssh", "--host", f"root@{host}", "--port", str(port),
                            "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
                            "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
-    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: Connection refused: is sshd running")
+    where = written.format(port=port)
+    line = one_line_error(result, f"ssh: cannot connect to root@{where}: Connection refused: is sshd running")
     assert "Errno" not in line
 
 
