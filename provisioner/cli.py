@@ -317,8 +317,9 @@ def status_cmd(
 def _print_status(result: dict) -> None:
     from inlets_py.runtime.cli.status_view import render_holdings, render_table  # the same view as ``inlets status``
 
-    for key in ("name", "provider", "id", "ip", "vm"):
-        print(f"{key:<9} {result[key]}")
+    for key in ("name", "provider", "id", "ip", "vm"):  # "vm" under the word for what its provider runs it on
+        label = registry.info(result["provider"]).runs_on if key == "vm" else key
+        print(f"{label:<9} {result[key]}")
     if result.get("client_command"):
         print(f"{'client':<9} {result['client_command']}")
     replicas = result.get("replicas", [])

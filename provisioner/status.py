@@ -86,6 +86,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
         result["client_command"] = meta["client_command"]
     provider = connect(str(meta["provider"]), root, creds)
+    on = registry.info(provider.name).runs_on  # "vm: plain supervisor: active" named an ssh host a VM
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)
     if not meta.get("id"):  # create was cut short before it learned the id; what it made may exist all the same
@@ -112,13 +113,13 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
             raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
                                f"and create it again: {delete_command(name, root)}")
     if not meta.get("ip"):
-        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); vm: {result['vm']}; "
+        raise StatusFailed(state=STATE_NO_IP, message=f"{name} has no IP yet (create did not finish); {on}: {result['vm']}; "
                            f"delete what it made with: {delete_command(name, root)}")
     try:
         result["server"] = _ask(state, str(meta["ip"]), meta["control_port"])
     except ProbeError as exc:  # a result all the same: ``status --json`` prints it, then fails
         where = authority(str(meta["ip"]), meta["control_port"])
-        result["error"] = f"exit server {name} at {where} did not answer: {exc}; vm: {result['vm']}"
+        result["error"] = f"exit server {name} at {where} did not answer: {exc}; {on}: {result['vm']}"
         result["state"] = STATE_UNREACHABLE
     return result
 

@@ -59,6 +59,8 @@ class ProviderInfo:
     image: str = ""  # the Ubuntu 24.04 LTS image the VM boots
     ssh_key: str = ""  # what --ssh-key names here, for its help
     login_user: str = "root"  # who logs in with --ssh-key on the image
+    #: what the exit server runs on, as ``status`` labels the provider's view of it (its ``--json`` key stays "vm")
+    runs_on: str = "vm"
     #: what stands in front of the exit server, for the create summary; may name
     #: {firewall}, {control_port} and {data_ports} (the ports the tunnel really needs)
     firewall_note: str | None = None

@@ -28,7 +28,7 @@ from .base import ACTIVE, FAILED, GONE_TIMEOUT, Credentials, Host, Plan, Provide
 
 CONTROL_ADDR = "127.0.0.1"
 DATA_ADDR = "127.0.0.2"
-PROVIDER = ProviderInfo(name="local", title="local", user_data_limit=0, note="this machine")
+PROVIDER = ProviderInfo(name="local", title="local", user_data_limit=0, note="this machine", runs_on="local")
 PID_FILE = "server.pid"
 STOP_TIMEOUT = 10.0
 

@@ -40,6 +40,7 @@ PROVIDER = ProviderInfo(
     name="ssh", title="SSH", user_data_limit=0,  # nothing to render: the host is set up over SSH
     note="a host you already have", ssh_key="private key file to log in with",
     firewall_note="none managed by inletsctl: the host's own firewall must let in tcp {control_port} and {data_ports}",
+    runs_on="host",
 )
 RECORD = "ssh.json"
 PINNED = "known_hosts"

@@ -50,7 +50,8 @@ def test_create_client_traffic_list_status_delete(tmp_path: Path) -> None:
     status = run_inletsctl("status", "readme-demo", "--state-dir", str(state), "--json")
     assert_server_answered(status)
     human = run_inletsctl("status", "readme-demo", "--state-dir", str(state))
-    assert human.code == 0 and "process" in human.out and "server" in human.out, human
+    assert human.code == 0 and "server" in human.out, human
+    assert human.out.splitlines()[4].startswith("local     process "), human.out  # was "vm": no VM here
     pid = int(summary["id"])
     deleted = run_inletsctl("delete", "readme-demo", "--state-dir", str(state))
     assert deleted.code == 0, deleted.err

@@ -60,7 +60,9 @@ def test_plain_supervisor_create_carries_traffic_then_delete(
     assert (row["name"], row["where"], row["status"]) == (name, "both", "active")
     status = run_cli(capsys, "status", name, "--json", "--state-dir", str(tmp_path / "state"))
     assert status.code == 0, status.err
-    assert status.json()["vm"].startswith("plain supervisor: active")
+    assert status.json()["vm"].startswith("plain supervisor: active")  # --json keeps its key; the table says "host"
+    human = run_cli(capsys, "status", name, "--state-dir", str(tmp_path / "state"))
+    assert human.code == 0 and human.out.splitlines()[4].startswith("host      plain supervisor: active"), human.out
 
     supervisor = int(Path(f"/opt/inlets/{name}/supervisor.pid").read_text())
     _plain_supervisor_restarts_the_server(supervisor, control, state / "ca.crt")
