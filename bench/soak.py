@@ -7,7 +7,8 @@ loopback, drives both with bounded load loops, and every --reconnect-every secon
 makes the clients reconnect (alternately SIGHUP: make-before-break, and SIGKILL plus
 restart: a crash). Prints resident memory and open file descriptors of every tunnel
 process at the start (after warm-up) and at the end, and the request counts and
-failures per phase. Loopback only; every loop is bounded by --minutes.
+failures per phase. Exits 1, saying which, when a phase after a SIGHUP had failed
+requests (make-before-break promises none). Loopback only; every loop is bounded by --minutes.
 """
 
 from __future__ import annotations
@@ -197,16 +198,25 @@ def main() -> int:
         reconnects = 0
         next_reconnect = started + args.reconnect_every
         seen_ok, seen_failed = 0, 0
+        broken: list[str] = []  # the SIGHUP phases with failed requests: the promise soak checks
+
+        def phase_end(then: str) -> None:
+            """Print the phase that ends now (it began with the previous event); a SIGHUP one with failures is broken."""
+            nonlocal seen_ok, seen_failed
+            ok, failed = sum(l.ok for l in loads), sum(l.failed for l in loads)
+            before = "start" if reconnects == 0 else ("SIGHUP" if reconnects % 2 else "SIGKILL+restart")
+            print(f"  t={time.monotonic() - started:6.0f}s since the last event ({before}): "
+                  f"{ok - seen_ok} ok, {failed - seen_failed} failed; {then}", flush=True)
+            if before == "SIGHUP" and failed > seen_failed:
+                broken.append(f"{failed - seen_failed} of {ok - seen_ok + failed - seen_failed} after reconnect #{reconnects}")
+            seen_ok, seen_failed = ok, failed
+
         while time.monotonic() < until:
             time.sleep(1)
             if time.monotonic() >= next_reconnect and next_reconnect + 30 < until:  # none just before the end
+                action = "SIGHUP" if reconnects % 2 == 0 else "SIGKILL+restart"
+                phase_end(f"now reconnect #{reconnects + 1} ({action})")
                 reconnects += 1
-                ok, failed = sum(l.ok for l in loads), sum(l.failed for l in loads)
-                before = "start" if reconnects == 1 else ("SIGHUP" if reconnects % 2 == 0 else "SIGKILL+restart")
-                action = "SIGHUP" if reconnects % 2 else "SIGKILL+restart"
-                print(f"  t={time.monotonic() - started:6.0f}s since the last event ({before}): "
-                      f"{ok - seen_ok} ok, {failed - seen_failed} failed; now reconnect #{reconnects} ({action})", flush=True)
-                seen_ok, seen_failed = ok, failed
                 for name in client_argv:
                     if action == "SIGHUP":
                         procs[name].send_signal(signal.SIGHUP)  # make-before-break
@@ -217,6 +227,7 @@ def main() -> int:
                 next_reconnect += args.reconnect_every
         for load in loads:
             load.join(30)
+        phase_end("end")  # the last phase: after a SIGHUP, it is held to the same promise
         end = {name: proc_stats(p.pid) for name, p in procs.items()}
         print(f"\n{'process':12s} {'RSS start':>10s} {'RSS end':>10s} {'fds start':>10s} {'fds end':>8s}")
         for name in procs:
@@ -232,6 +243,10 @@ def main() -> int:
         every.stop_all()
         for fh in logs.values():
             fh.close()
+    if broken:
+        print(f"soak: requests failed after a SIGHUP reconnect, where make-before-break should fail none: "
+              f"{'; '.join(broken)} (logs in {tmp})", file=sys.stderr)
+        return 1
     return 0
 
 
