@@ -148,29 +148,29 @@ def _tree(pid: int) -> list[int]:
     return out[1:]
 
 
-@pytest.mark.skipif(not (shutil.which("valgrind") and shutil.which("nginx", path="/usr/sbin:/usr/bin")),
-                    reason="needs valgrind and nginx")
-def test_ctrl_c_while_bench_instructions_starts_its_tunnel_stops_it(tmp_path: Path) -> None:
-    """The tunnel's two processes start under valgrind for seconds; a Ctrl-C (or a failed start) then left them
-    running, since only a started tunnel was closed."""
+def _interrupted_once_running(tmp_path: Path, argv: list[str], marker: bytes, settle: float = 0.0) -> str:
+    """Start a bench in its own session, wait (60 s at most) until a process of its with ``marker`` in its command
+    line runs, then ``settle`` seconds, and Ctrl-C it: it must exit 130 and leave none of its processes alive. Its
+    stderr is returned; whatever it left is killed either way."""
     err = open(tmp_path / "stderr", "wb")
-    bench = subprocess.Popen([sys.executable, str(BENCH / "bench_instructions.py"), "--requests", "1"],
-                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    bench = subprocess.Popen([sys.executable, *argv], stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
     started: list[int] = []
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(b"valgrind" in Path(f"/proc/{p}/cmdline").read_bytes()
+        while time.monotonic() < deadline and not any(marker in Path(f"/proc/{p}/cmdline").read_bytes()
                                                       for p in _tree(bench.pid) if _alive(p)):
             assert bench.poll() is None, (tmp_path / "stderr").read_text()
             time.sleep(0.05)
+        time.sleep(settle)
         started = _tree(bench.pid)
+        assert started
         bench.send_signal(signal.SIGINT)
         assert bench.wait(30) == 130
-        assert "Traceback" not in (tmp_path / "stderr").read_text()
         deadline = time.monotonic() + 5
         while any(_alive(p) for p in started) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [p for p in started if _alive(p)] == []
+        return (tmp_path / "stderr").read_text()
     finally:
         if bench.poll() is None:
             bench.kill()
@@ -179,6 +179,15 @@ def test_ctrl_c_while_bench_instructions_starts_its_tunnel_stops_it(tmp_path: Pa
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         err.close()
+
+
+@pytest.mark.skipif(not (shutil.which("valgrind") and shutil.which("nginx", path="/usr/sbin:/usr/bin")),
+                    reason="needs valgrind and nginx")
+def test_ctrl_c_while_bench_instructions_starts_its_tunnel_stops_it(tmp_path: Path) -> None:
+    """The tunnel's two processes start under valgrind for seconds; a Ctrl-C (or a failed start) then left them
+    running, since only a started tunnel was closed."""
+    stderr = _interrupted_once_running(tmp_path, [str(BENCH / "bench_instructions.py"), "--requests", "1"], b"valgrind")
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("script, args, victim", [
@@ -189,32 +198,8 @@ def test_ctrl_c_stops_the_tunnel_processes_of_soak_and_hostile(tmp_path: Path, s
                                                                 victim: bytes) -> None:
     """Neither stopped its tunnel processes on Ctrl-C: a traceback, and soak's four processes or hostile's
     victim ran on with their ports open."""
-    err = open(tmp_path / "stderr", "wb")
-    bench = subprocess.Popen([sys.executable, str(BENCH / script), *args], stdout=subprocess.DEVNULL, stderr=err,
-                             start_new_session=True)
-    started: list[int] = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(victim in Path(f"/proc/{p}/cmdline").read_bytes()
-                                                      for p in _tree(bench.pid) if _alive(p)):
-            assert bench.poll() is None, (tmp_path / "stderr").read_text()
-            time.sleep(0.05)
-        time.sleep(0.5)
-        started = _tree(bench.pid)
-        assert started
-        bench.send_signal(signal.SIGINT)
-        assert bench.wait(30) == 130
-        assert (tmp_path / "stderr").read_text().strip().splitlines()[-1:] == [
-            f"{script[:-3]}: interrupted; child processes stopped"]
-        assert [p for p in started if _alive(p)] == []
-    finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait(10)
-        for pid in started:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        err.close()
+    stderr = _interrupted_once_running(tmp_path, [str(BENCH / script), *args], victim, settle=0.5)
+    assert stderr.strip().splitlines()[-1:] == [f"{script[:-3]}: interrupted; child processes stopped"]
 
 
 @pytest.mark.parametrize("script, args, line", [
