@@ -295,6 +295,21 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, source: str | None
     return b"".join(chunks)
 
 
+def answer_after_fin(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data``, close our side, read until the server closes or resets; a server that does neither within
+    ``timeout`` fails the caller (``socket.timeout``), not passes for one that closed with nothing to say."""
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
+
+
 def received(sock: socket.socket, so_far: bytes, size: int = 65536) -> bytes:
     """The next bytes from ``sock``: the socket's timeout bounds a stall, and a close fails at once (a loop of
     empty reads would spin until pytest's timeout)."""

@@ -8,11 +8,10 @@ went uncounted and unlogged.
 from __future__ import annotations
 
 import logging
-import socket
 import struct
 
 import pytest
-from helpers.http import LOOPBACK, Stack, raw_request
+from helpers.http import LOOPBACK, Stack, answer_after_fin, raw_request
 from helpers.tunnel import metric
 
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
@@ -33,20 +32,6 @@ def stack():
 
 def refused(server) -> float:
     return metric(server, "http_dataplane_requests_total", code="403")
-
-
-def closed_with_fin(port: int, data: bytes) -> bytes:
-    """Send ``data``, close our side, read until the server closes."""
-    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    return answer
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -77,9 +62,9 @@ def test_a_broken_balancer_header_is_refused_counted_and_logged_with_what_was_wr
     port = server.data_port
     header = encode(version, ("203.0.113.9", 4242), (LOOPBACK, port))
     with caplog.at_level(logging.INFO, logger="inlets.http"):
-        assert closed_with_fin(port, b"") == b""
+        assert answer_after_fin(port, b"") == b""
         assert refused(server) == 0
-        cut = closed_with_fin(port, header[:10])
+        cut = answer_after_fin(port, header[:10])
         assert cut.startswith(b"HTTP/1.1 403"), cut[:100]
         assert raw_request(port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 403")  # no header at all
     assert refused(server) == 2

@@ -3,12 +3,11 @@ HttpError carrying a 4xx; nothing else escapes, and what it holds stays bounded.
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers.http import LOOPBACK, Stack
+from helpers.http import LOOPBACK, Stack, answer_after_fin
 
 from inlets_py.runtime.http.messages import HttpError, RequestHead
 from inlets_py.runtime.http.parser import MAX_HEADER_BYTES, RequestReader
@@ -79,14 +78,6 @@ def test_the_live_server_answers_every_request_with_a_status_line(stack, tls, to
         stack.client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
         test_the_live_server_answers_every_request_with_a_status_line.server = server
     server = test_the_live_server_answers_every_request_with_a_status_line.server
-    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
+    answer = answer_after_fin(server.data_port, request, 5)
     assert answer == b"" or answer.startswith((b"HTTP/1.1 1", b"HTTP/1.1 2", b"HTTP/1.1 3", b"HTTP/1.1 4",
                                                b"HTTP/1.1 5", b"HTTP/1.0 ")), answer[:100]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack
+from helpers.http import LOOPBACK, Stack, answer_after_fin
 from helpers.tunnel import metric
 
 
@@ -127,15 +127,7 @@ def test_a_user_that_half_closes_gets_a_slow_answer_whole_and_counted_as_answere
     the FIN passes while the upstream has not answered; now so: the whole answer, counted 200."""
     server = env["server"]
     before = metric(server, "http_dataplane_requests_total", code="200", host="slow.test")
-    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as sock:
-        sock.sendall(b"GET /report HTTP/1.1\r\nHost: slow.test\r\n\r\n")
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            answer += b"<reset>"
+    answer = answer_after_fin(server.data_port, b"GET /report HTTP/1.1\r\nHost: slow.test\r\n\r\n", 5)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"x" * 30), answer
     assert metric(server, "http_dataplane_requests_total", code="200", host="slow.test") == before + 1
     assert metric(server, "http_dataplane_requests_total", code="499", host="slow.test") == 0
