@@ -44,6 +44,18 @@ BAD = {
 }
 
 
+async def behind_a_balancer(tls: TlsFiles, token: str, version: str):
+    """A TCP server expecting ``version`` PROXY headers, a client serving an echo on a public port: (server, the
+    client's task, that port, the echo), once the port listens."""
+    echo = await echo_server()
+    server = await start_server(tls, token)
+    server.options = DataPlaneOptions(lb_proxy_protocol=version)
+    public = free_port()
+    _, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
+    await wait_listening("127.0.0.1", public)
+    return server, task, public, echo
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFiles, token: str, version: str,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
@@ -60,12 +72,7 @@ def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFile
             writer.close()
 
     async def scenario() -> None:
-        echo = await echo_server()
-        server = await start_server(tls, token)
-        server.options = DataPlaneOptions(lb_proxy_protocol=version)
-        public = free_port()
-        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
-        await wait_listening("127.0.0.1", public)
+        server, task, public, echo = await behind_a_balancer(tls, token, version)
         good = encode(version, ("203.0.113.9", 4242), ("127.0.0.1", public))
         reader, writer = await asyncio.open_connection("127.0.0.1", public)  # a right header: carried
         writer.write(good + b"hello")
@@ -81,6 +88,7 @@ def test_a_malformed_balancer_header_is_refused_at_once_and_counted(tls: TlsFile
         assert all("source=127.0.0.1" in line and "error=" in line for line in lines), lines
         await stop(task)
         await server.stop()
+        echo.close()
 
     run(scenario())
 
@@ -92,12 +100,7 @@ def test_a_balancer_closing_within_its_header_is_refused_as_a_bad_header(tls: Tl
     ``bad_proxy_header``; one that sent nothing (``wait_listening``'s connection here, a balancer's plain connect
     check) closes uncounted."""
     async def scenario() -> None:
-        echo = await echo_server()
-        server = await start_server(tls, token)
-        server.options = DataPlaneOptions(lb_proxy_protocol=version)
-        public = free_port()
-        client, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
-        await wait_listening("127.0.0.1", public)
+        server, task, public, echo = await behind_a_balancer(tls, token, version)
         header = encode(version, ("203.0.113.9", 4242), ("127.0.0.1", public))
         reader, writer = await asyncio.open_connection("127.0.0.1", public)
         writer.write(header[:10])
