@@ -320,16 +320,27 @@ def received(sock: socket.socket, so_far: bytes, size: int = 65536) -> bytes:
 
 def read_answer(sock: socket.socket) -> bytes:
     """One response with a Content-Length, read from a kept-alive connection."""
+    return read_answers(sock, 1)[0]
+
+
+def read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """``count`` responses with a Content-Length, each cut at its length: answers to pipelined requests may come in
+    one read, where reading them one by one took the second's bytes into the first."""
+    answers: list[bytes] = []
     data = b""
-    while b"\r\n\r\n" not in data:
-        data += received(sock, data)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
-    assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
-    length = int(lengths[0])
-    while len(body) < length:
-        body += received(sock, head + b"\r\n\r\n" + body)
-    return head + b"\r\n\r\n" + body
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            data += received(sock, data)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        assert len(lengths) == 1, f"the answer's framing is lost: {head!r}"
+        end = len(head) + 4 + int(lengths[0])
+        while len(data) < end:
+            data += received(sock, data)
+        answers.append(data[:end])
+        data = data[end:]
+    assert not data, f"bytes after the last answer: {data[:200]!r}"
+    return answers
 
 
 def http_server_argv(folder: Path, control: int, data: int, token_file: Path, *extra: str) -> list[str]:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, read_answer
+from helpers.http import LOOPBACK, Stack, read_answer, read_answers
 from inlets_py.runtime.http.parser import RequestReader
 from inlets_py.runtime.http.messages import HttpError
 
@@ -152,8 +152,7 @@ def test_bytes_after_an_answer_never_answer_a_pipelined_request(env):
     below, 3 of 3 tries). A waiting request now goes on a stream of its own."""
     with user(env["port"]) as sock:
         sock.sendall(b"GET /first HTTP/1.1\r\nHost: late.test\r\n\r\nGET /second HTTP/1.1\r\nHost: late.test\r\n\r\n")
-        first = read_answer(sock)
-        second = read_answer(sock)
+        first, second = read_answers(sock, 2)
     assert first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"\r\n\r\nfirst")
     assert second.startswith(b"HTTP/1.1 200 OK\r\n") and second.endswith(b"\r\n\r\nsecond"), second
 
