@@ -155,6 +155,14 @@ class Traffic(threading.Thread):
                 self.failures.append(repr(exc))
             time.sleep(0.01)
 
+    def carries(self, more: int = 10, timeout: float = 30) -> None:
+        """Wait until ``more`` further connections went through: traffic flows in this phase, however loaded the
+        machine (a fixed 0.5 s per phase carried 27 connections in all on a loaded machine, 50 were asked for)."""
+        target, deadline = self.ok + more, time.monotonic() + timeout
+        while self.ok < target and not self.failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.ok >= target, f"{self.ok} connections, {target} awaited: {self.failures[:3]}"
+
 
 def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, echo_port: int) -> None:
     old, new = "old-token-" + "a" * 40, "new-token-" + "b" * 40
@@ -169,18 +177,18 @@ def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, ech
     try:
         wait_port(public)
         traffic.start()
-        time.sleep(0.5)
+        traffic.carries()
         server_tokens.write_text(old + "\n" + new + "\n")  # 1. the server accepts both
         server.send_signal(signal.SIGHUP)
         wait_for_text(tmp_path / "server.log", "event=tokens_reloaded count=2")
         client_token.write_text(new + "\n")  # 2. the client reconnects with the new one, then lets the old go
         client.send_signal(signal.SIGHUP)
         wait_for_text(tmp_path / "server.log", "event=peer_draining")
-        time.sleep(0.5)
+        traffic.carries()
         server_tokens.write_text(new + "\n")  # 3. the old token is gone
         server.send_signal(signal.SIGHUP)
         wait_for_text(tmp_path / "server.log", "event=tokens_reloaded count=1")
-        time.sleep(0.5)
+        traffic.carries()
         traffic.halt.set()
         traffic.join(10)
         status = inlets("status", "--url", f"wss://127.0.0.1:{control}", "--token", new, "--tls-ca", str(tls.ca), "--json")
@@ -188,7 +196,7 @@ def test_token_rotation_keeps_traffic_flowing(tmp_path: Path, tls: TlsFiles, ech
     finally:
         traffic.halt.set()
         codes = stop_all(client, server)
-    assert traffic.failures == [] and traffic.ok > 50, (traffic.ok, traffic.failures[:3])
+    assert traffic.failures == [], (traffic.ok, traffic.failures[:3])
     logs = (tmp_path / "server.log").read_text() + (tmp_path / "client.log").read_text()
     assert old not in logs and new not in logs
     assert codes == [0, 0]
