@@ -85,13 +85,19 @@ install -m 0644 "$stage/$wheel" "$opt/$wheel"
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 "$py" -c 'import site; print("\n".join(site.getsitepackages()))' > "$site/_inlets_inherit.pth"
 pip="$venv/bin/python -m pip --disable-pip-version-check --no-input --quiet"
-if ! $pip --version >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c 'import pip' >/dev/null 2>&1; then  # not pip --version: that loads its whole CLI
   "$venv/bin/python" -m ensurepip --default-pip >/dev/null 2>&1 || fail "$py has no pip and no ensurepip: install python3-venv"
 fi
-$pip install --no-index --no-deps --ignore-installed "$opt/$wheel" >&2 || fail "pip could not install $wheel"
 install -m 0644 "$stage/constraints.txt" "$opt/constraints.txt"
+# one pip run installs the wheel and checks its dependencies against the inherited packages (each run costs the
+# host most of a second of CPU); the index is asked only when one is missing
 if ! $pip install --no-index "$opt/$wheel" >/dev/null 2>&1; then
   $pip install --constraint "$opt/constraints.txt" "$opt/$wheel" >&2 || fail "pip could not install the runtime's dependencies from the host's package index"
+fi
+# pip leaves the host Python's own inlets_py of the same version where it is (not an editable one): the venv then
+# has no runtime of its own, which the unit runs
+if [ ! -x "$venv/bin/inlets" ]; then
+  $pip install --no-index --no-deps --ignore-installed "$opt/$wheel" >&2 || fail "pip could not install $wheel"
 fi
 "$venv/bin/inlets" --help >/dev/null 2>&1 || fail "the installed runtime does not start: $venv/bin/inlets --help failed"
 install -m 0644 "$stage/unit" "$opt/inlets-$name.service"  # kept under plain too: the unit to switch to later
