@@ -131,7 +131,7 @@ def test_api_errors_are_one_line_and_leave_nothing_behind(fake: FakeDigitalOcean
 @pytest.mark.parametrize("fault, says", [
     ({"create_answer": (500, {"id": "server_error", "message": "Server Error"})}, "Server Error"),
     ({"create_answer": (202, {"links": {}})}, "it has no 'droplet' field"),
-    ({"create_delay": 3.0}, "no answer in time"),
+    ({"create_delay": 2.0}, "no answer in time"),
 ], ids=["500", "no-droplet-field", "no-answer-in-time"])
 def test_a_create_whose_answer_goes_wrong_finds_the_droplet_it_made_anyway(
         fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys, fault: dict, says: str) -> None:
@@ -140,7 +140,7 @@ def test_a_create_whose_answer_goes_wrong_finds_the_droplet_it_made_anyway(
     state = tmp_path / "state"
     for key, value in fault.items():
         setattr(fake, key, value)
-    kept = run_cli(capsys, *_do(fake, token_file, state, "create", "made", "--provider", "digitalocean", "--timeout", "2"))
+    kept = run_cli(capsys, *_do(fake, token_file, state, "create", "made", "--provider", "digitalocean", "--timeout", "1"))
     (droplet_id,) = fake.droplets
     one_line_error(kept, says, f"digitalocean created 'made' all the same (id {droplet_id})", "inletsctl delete made")
     assert json.loads((state / "made" / "server.json").read_text())["id"] == str(droplet_id)
@@ -150,7 +150,7 @@ def test_a_create_whose_answer_goes_wrong_finds_the_droplet_it_made_anyway(
     for key, value in fault.items():
         setattr(fake, key, value)
     cleaned = run_cli(capsys, *_do(fake, token_file, state, "create", "made", "--provider", "digitalocean",
-                                   "--timeout", "2", "--delete-on-failure"))
+                                   "--timeout", "1", "--delete-on-failure"))
     one_line_error(cleaned, says, "created 'made' all the same", "deleted it (--delete-on-failure)")
     assert fake.droplets == {} and not (state / "made").exists()
 
@@ -213,13 +213,13 @@ def test_a_failing_api_while_the_droplet_boots_is_asked_again_when_it_says(
     """A 5xx while create polled the droplet (the API's own trouble) ended create, and with --delete-on-failure
     deleted a droplet that was booting fine; a 429's Retry-After was not waited for (the next poll came 2 s later)."""
     state = tmp_path / "state"
-    fake.failed_reads = [(503, {}), (429, {"Retry-After": "4"}), (502, {})]
+    fake.failed_reads = [(503, {}), (429, {"Retry-After": "3"}), (502, {})]
     created = run_cli(capsys, *_do(fake, token_file, state, "create", "shaky", "--provider", "digitalocean",
                                    "--ports", str(free_port()), "--control-port", str(free_port()), "--timeout", "60",
                                    "--delete-on-failure", "--json"))
     assert created.code == 0, created.err
     assert fake.failed_reads == [] and len(fake.droplets) == 1
-    assert fake.read_times[2] - fake.read_times[1] >= 3.9, fake.read_times  # the 429's, then the next ask
+    assert fake.read_times[2] - fake.read_times[1] >= 2.9, fake.read_times  # the 429's, then the next ask (not 2 s)
     assert run_cli(capsys, *_do(fake, token_file, state, "delete", "shaky")).code == 0
 
 
@@ -239,7 +239,7 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
     state = tmp_path / "state"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as stuck:
         started = time.monotonic()
-        kept = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean", "--timeout", "3"))
+        kept = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean", "--timeout", "1"))
         assert time.monotonic() - started < 15
         one_line_error(kept, "timed out", "droplet status 'new'", "inletsctl delete stuck")
         assert len(stuck.droplets) == 1 and (state / "stuck").exists()
@@ -249,7 +249,7 @@ def test_never_active_times_out_non_zero_then_delete_on_failure(token_file: Path
         gone = run_cli(capsys, *_do(stuck, token_file, state, "delete", "stuck"))
         assert gone.code == 0 and stuck.droplets == {} and not (state / "stuck").exists(), gone
         cleaned = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean",
-                                       "--timeout", "3", "--delete-on-failure"))
+                                       "--timeout", "1", "--delete-on-failure"))
         one_line_error(cleaned, "timed out", "deleted it (--delete-on-failure)")
         assert stuck.droplets == {} and not (state / "stuck").exists()
 
@@ -261,7 +261,7 @@ def test_an_api_url_answering_404_to_everything_never_has_delete_drop_a_running_
     'not found while listing droplets' with nothing to do."""
     state = tmp_path / "state"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as api:
-        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "2"))
+        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "1"))
         assert made.code != 0 and len(api.droplets) == 1, made
         wrong = ["--api-url", f"{api.url}/v1", "--access-token-file", str(token_file), "--state-dir", str(state)]
         listed = run_cli(capsys, "list", "--provider", "digitalocean", *wrong)
@@ -281,7 +281,7 @@ def test_status_with_an_api_url_answering_404_to_everything_names_it_not_the_dro
     user to delete it, the droplet still running; the list's 404 now names --api-url (state api_error), as delete's."""
     state = tmp_path / "state"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as api:
-        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "2"))
+        made = run_cli(capsys, *_do(api, token_file, state, "create", "kept", "--provider", "digitalocean", "--timeout", "1"))
         assert made.code != 0 and len(api.droplets) == 1, made
         wrong = ["--api-url", f"{api.url}/v1", "--access-token-file", str(token_file), "--state-dir", str(state)]
         said = run_cli(capsys, "status", "kept", *wrong)
@@ -313,7 +313,7 @@ def test_delete_on_failure_whose_api_never_answered_names_the_exit_server(token_
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", active=False) as stuck:
         stuck.failed_reads = [(503, {})] * 200
         result = run_cli(capsys, *_do(stuck, token_file, state, "create", "stuck", "--provider", "digitalocean",
-                                      "--timeout", "2", "--delete-on-failure"))
+                                      "--timeout", "1", "--delete-on-failure"))
     (droplet_id,) = [path.rsplit("/", 1)[1] for method, path, _ in stuck.requests if method == "DELETE"]
     one_line_error(result, f"deleting it also failed (digitalocean: stuck ({droplet_id}) was deleted, but whether")
 
@@ -326,18 +326,18 @@ def test_active_droplet_whose_tunnel_never_answers_times_out_saying_how_to_see_w
     state = tmp_path / "state"
     with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False) as silent:
         result = run_cli(capsys, *_do(silent, token_file, state, "create", "silent", "--provider", "digitalocean",
-                                      "--timeout", "3", "--control-port", str(free_port())))
+                                      "--timeout", "1", "--control-port", str(free_port())))
         # the wheel does not fit DigitalOcean's user-data: the VM waits for create to send it
         line = one_line_error(result, "timed out", "/inlets/runtime-wheel never took the runtime wheel",
                               "inletsctl delete silent", "no SSH key (--ssh-key)", "cloud-init status --long",
                               "journalctl -u inlets")
         assert "(last: cannot reach" in line
         by_spec = run_cli(capsys, *_do(silent, token_file, state, "create", "by-spec", "--provider", "digitalocean",
-                                       "--timeout", "3", "--control-port", str(free_port()),
+                                       "--timeout", "1", "--control-port", str(free_port()),
                                        "--runtime-spec", "inlets-py==0.1.0"))  # pip installs it: nothing to send
         one_line_error(by_spec, "timed out", "/healthz never answered", "inletsctl delete by-spec", "cloud-init status")
         keyed = run_cli(capsys, *_do(silent, token_file, state, "create", "keyed", "--provider", "digitalocean",
-                                     "--timeout", "3", "--control-port", str(free_port()), "--ssh-key", "12345"))
+                                     "--timeout", "1", "--control-port", str(free_port()), "--ssh-key", "12345"))
         ip = silent.ip_of(max(silent.droplets))
         one_line_error(keyed, f"see why with: ssh root@{ip} 'cloud-init status --long; journalctl -u inlets",
                        "inletsctl delete keyed")
@@ -474,7 +474,7 @@ def test_a_delete_whose_api_never_answered_does_not_say_the_droplet_is_still_the
     droplet = fake.add_droplet("unseen", ["inlets", "inlets-mode:tcp"])
     fake.failed_reads = [(503, {})] * 50
     result = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id",
-                                  str(droplet["id"]), "--timeout", "2"))
+                                  str(droplet["id"]), "--timeout", "1"))
     line = one_line_error(result, f"digitalocean: unseen ({droplet['id']})", "the API did not answer",
                           "run the delete again later")
     assert "still there" not in line, line

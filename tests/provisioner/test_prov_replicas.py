@@ -6,6 +6,7 @@ loopback with the PROXY protocol; Prism checks the balancer requests in test_pro
 
 from __future__ import annotations
 
+import datetime
 import shlex
 import signal
 import time
@@ -164,8 +165,9 @@ def test_an_expired_group_is_pruned_from_a_machine_without_its_state(
 ) -> None:
     """The README's cron job: ``list --prune`` where the group was not made. Its row's id is the balancer's, which
     prune passed to delete as a droplet's: refused every run, and the group stayed up."""
-    _create(fake, token_file, tmp_path / "laptop", capsys, "--ttl", "3s")
-    time.sleep(3.5)
+    made = _create(fake, token_file, tmp_path / "laptop", capsys, "--ttl", "1s")  # expired by the time create returns
+    expires = datetime.datetime.strptime(made["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+    time.sleep(max(0.0, expires.timestamp() - time.time()))  # (else wait for it: prune must see it expired)
     pruned = run_cli(capsys, *_do(fake, token_file, tmp_path / "cron", "list", "--provider", "digitalocean", "--prune"))
     assert pruned.code == 0, pruned.err
     assert fake.balancers == {} and fake.droplets == {}
@@ -220,8 +222,8 @@ def test_a_group_delete_whose_api_never_answered_names_what_it_waited_for(
     _create(fake, token_file, state, capsys)
     (balancer_id,) = fake.balancers
     fake.failed_reads = [(503, {})] * 200
-    first = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "2"))
+    first = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "1"))
     one_line_error(first, f"digitalocean: load balancer ha ({balancer_id}) was deleted, but whether it is gone")
     replica = next(str(d["id"]) for d in fake.droplets.values() if d["name"] == "ha-1")
-    again = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "2"))  # the balancer is gone now
+    again = run_cli(capsys, *_do(fake, token_file, state, "delete", "ha", "--timeout", "1"))  # the balancer is gone now
     one_line_error(again, f"digitalocean: ha-1 ({replica}) was deleted, but whether it is gone")
