@@ -107,12 +107,12 @@ class World:
 
         server = self.net.on_user_side(lambda: socketserver.ThreadingTCPServer(("127.0.0.1", port), Echo))
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._closers.append(server)
 
     def http_upstream(self, port: int) -> None:
         server = self.net.on_user_side(lambda: http.server.ThreadingHTTPServer(("127.0.0.1", port), HelloUpstream))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._closers.append(server)
 
     def pebble(self) -> tuple[str, Path]:

@@ -73,7 +73,7 @@ def serve(handler: type[AcmeHandler], tls) -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), type(handler.__name__, (handler,), {"seen": seen}))
     server.socket = server_context(tls.cert, tls.key).wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"https://127.0.0.1:{server.server_port}/directory", seen

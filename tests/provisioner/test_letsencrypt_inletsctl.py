@@ -196,7 +196,7 @@ def test_a_droplet_gets_its_certificate_from_pebble_and_serves_https(tmp_path: P
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.api_ca))
         monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "droplet-data"))
         relay = _Relay(relay_port, lambda: fake.ip_of(next(iter(fake.droplets))))
-        threading.Thread(target=relay.serve_forever, daemon=True).start()
+        threading.Thread(target=relay.serve_forever, args=(0.05,), daemon=True).start()
         state = tmp_path / "state"
         try:
             created = run_cli(capsys, "create", "do-le", "--provider", "digitalocean", "--mode", "http",

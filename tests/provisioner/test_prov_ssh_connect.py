@@ -117,7 +117,7 @@ def test_a_port_that_does_not_speak_ssh_is_one_line_and_nothing_else(tmp_path: P
     import threading
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         result = run_inletsctl("create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port",
                                str(server.server_address[1]), "--ssh-key", str(_private_key(tmp_path / "key")),

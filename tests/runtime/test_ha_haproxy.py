@@ -70,7 +70,7 @@ def upstreams() -> Iterator[dict[str, int]]:
         server = _Quiet(("127.0.0.1", 0), _Named)
         server.label = label  # type: ignore[attr-defined]
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers[label] = server
     yield {label: s.server_address[1] for label, s in servers.items()}
     for server in servers.values():

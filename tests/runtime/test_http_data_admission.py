@@ -31,7 +31,7 @@ FLOOD = 1000  # from one address: far past the per-source cap, well within the t
 def http_server(tmp_path: Path, tls, token: str, *extra: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """A server process and a client serving HOST through it: (server, data port)."""
     app = ThreadingHTTPServer(("127.0.0.1", 0), HelloUpstream)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, args=(0.05,), daemon=True).start()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)

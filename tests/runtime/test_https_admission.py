@@ -95,7 +95,7 @@ def https_server(tmp_path: Path, tls, token: str) -> Iterator[tuple[subprocess.P
     le_path = tmp_path / "letsencrypt"
     configure([DOMAIN], le_path, issuer=issuer).store.save(DOMAIN, site.cert.read_bytes(), site.key.read_bytes())
     app = ThreadingHTTPServer(("127.0.0.1", 0), HelloUpstream)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, args=(0.05,), daemon=True).start()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)

@@ -70,7 +70,7 @@ def test_a_name_without_dns_says_so_and_the_other_domain_is_issued(tmp_path: Pat
 def test_another_web_server_on_port_80_is_named(tmp_path: Path, token_file: Path) -> None:
     """Port 80 answered by something else (an nginx left running, a proxy): the CA gets its 404, not the token."""
     other = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
-    threading.Thread(target=other.serve_forever, daemon=True).start()
+    threading.Thread(target=other.serve_forever, args=(0.05,), daemon=True).start()
     try:
         with dnsmasq(tmp_path) as dns, pebble(tmp_path / "pebble", other.server_address[1], dns) as ca:
             server = _server(tmp_path, ca, token_file, free_port(), ["site.example.test"])

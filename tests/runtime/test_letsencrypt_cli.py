@@ -40,7 +40,7 @@ class _App(BaseHTTPRequestHandler):
 def test_server_and_client_commands_serve_https_from_pebble(tmp_path: Path, tls, token: str) -> None:
     curl = need("curl")
     app = ThreadingHTTPServer(("127.0.0.1", 0), _App)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    threading.Thread(target=app.serve_forever, args=(0.05,), daemon=True).start()
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     control, http_port, https_port = free_port(), free_port(), free_port()

@@ -28,7 +28,7 @@ class _Nothing(BaseHTTPRequestHandler):
 @pytest.fixture
 def plain_http() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Nothing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
 

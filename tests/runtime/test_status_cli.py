@@ -64,7 +64,7 @@ def web_answering(status: int, body: str, content_type: str = "text/plain", loca
             pass
 
     web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
-    threading.Thread(target=web.serve_forever, daemon=True).start()
+    threading.Thread(target=web.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield web.server_address[1]
     finally:
