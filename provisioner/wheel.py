@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import functools
 import hashlib
 import io
+import json
+import os
 import re
 import sys
 import zipfile
@@ -273,7 +276,8 @@ def build_runtime_wheel(mode: str = "tcp", letsencrypt: bool = False) -> ServerW
     """A minimal, valid wheel (PEP 427) of the ``runtime`` modules an exit server in ``mode`` runs, and the ``inlets`` script.
 
     Built once per process and set of sources: a build takes about a second of CPU (every module
-    parsed twice and compacted), and create, the tests and the Terraform generator ask for it often."""
+    parsed twice and compacted), and create, the tests and the Terraform generator ask for it often. The
+    compacted modules are also kept on disk (``_compacted_modules``), for the next ``inletsctl`` process."""
     return _build_runtime_wheel(mode, letsencrypt, _sources_fingerprint(_package_dir()))
 
 
@@ -287,13 +291,12 @@ def _sources_fingerprint(package_dir: Path) -> tuple[tuple[str, int, int], ...]:
 def _build_runtime_wheel(mode: str, letsencrypt: bool, fingerprint: tuple[tuple[str, int, int], ...]) -> ServerWheel:
     ver = version()
     dist_info = f"inlets_py-{ver}.dist-info"
-    modules, third_party = server_modules(mode, letsencrypt)
+    sources, third_party = _compacted_modules(mode, letsencrypt)
     requires = server_requirements(third_party)
     files: dict[str, bytes] = {}
-    package_dir = _package_dir()
     prefix = runtime.__name__.replace(".", "/")
-    for name in modules:
-        files[f"{prefix}/{name}.py"] = compact_source((package_dir / f"{name}.py").read_text()).encode()
+    for name, source in sources.items():
+        files[f"{prefix}/{name}.py"] = source.encode()
     meta = ["Metadata-Version: 2.1", f"Name: {DIST}", f"Version: {ver}", "Requires-Python: >=3.10"]
     meta += [f"Requires-Dist: {req}" for req in requires]
     files[f"{dist_info}/METADATA"] = ("\n".join(meta) + "\n").encode()
@@ -309,3 +312,46 @@ def _build_runtime_wheel(mode: str, letsencrypt: bool, fingerprint: tuple[tuple[
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)
     return ServerWheel(f"inlets_py-{ver}-py3-none-any.whl", buffer.getvalue(), requires)
+
+
+def _compacted_modules(mode: str, letsencrypt: bool) -> tuple[dict[str, str], set[str]]:
+    """The server's modules, compacted, and the top-level packages they import: from the cache on disk when it was
+    made from the same sources by the same Python, else made (most of a second of CPU in every ``create``, a new
+    process each time) and kept there. Only one entry per mode is kept; a cache that cannot be read or written is
+    passed over."""
+    package_dir = _package_dir()
+    key = _cache_key(package_dir, mode, letsencrypt)
+    path = _cache_path(mode, letsencrypt)
+    try:
+        kept = json.loads(path.read_text())
+        if kept["key"] == key:
+            return dict(kept["modules"]), set(kept["third_party"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    names, third_party = server_modules(mode, letsencrypt)
+    modules = {name: compact_source((package_dir / f"{name}.py").read_text()) for name in names}
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"key": key, "modules": modules, "third_party": sorted(third_party)}))
+        os.replace(partial, path)  # whole or not at all, whatever other inletsctl processes do meanwhile
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+    return modules, third_party
+
+
+def _cache_path(mode: str, letsencrypt: bool) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inlets-py" / f"server-wheel-{mode}{'-letsencrypt' if letsencrypt else ''}.json"
+
+
+def _cache_key(package_dir: Path, mode: str, letsencrypt: bool) -> str:
+    """Every module's path and bytes, this file's (how modules are found and compacted), the Python version
+    (``ast.unparse``'s output is its own) and the mode: anything else makes another wheel."""
+    digest = hashlib.sha256(f"{sys.version}\0{mode}\0{letsencrypt}\0".encode())
+    digest.update(Path(__file__).read_bytes())
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(b"\0" + path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

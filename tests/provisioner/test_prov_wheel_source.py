@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import shutil
 import zipfile
 
@@ -93,3 +94,36 @@ def test_the_wheel_is_built_once_per_set_of_sources(tmp_path, monkeypatch) -> No
     before = _sources_fingerprint(sources)
     (sources / "core" / "unused.py").write_text("")  # a module added, even one nothing imports yet
     assert len(_sources_fingerprint(sources)) == len(before) + 1
+
+
+def test_the_compacted_modules_are_kept_on_disk_for_the_next_inletsctl(tmp_path, monkeypatch) -> None:
+    """Each ``create`` is a new process, which spent most of a second of CPU compacting the same modules again."""
+    sources = tmp_path / "runtime"
+    shutil.copytree(wheel_module._package_dir(), sources, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(wheel_module, "_package_dir", lambda: sources)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    kept = tmp_path / "cache" / "inlets-py" / "server-wheel-tcp.json"
+    made, third_party = wheel_module._compacted_modules("tcp", False)
+    assert json.loads(kept.read_text())["modules"] == made and "websockets" in third_party
+    wheel_module._build_runtime_wheel.cache_clear()
+    cold = build_runtime_wheel("tcp")
+    wheel_module._build_runtime_wheel.cache_clear()
+    kept.unlink()
+    assert build_runtime_wheel("tcp").data == cold.data  # from the cache, then made afresh: the same bytes
+
+    entry = json.loads(kept.read_text())
+    entry["modules"]["core/mux"] += "MARK = 1\n"
+    kept.write_text(json.dumps(entry))
+    assert wheel_module._compacted_modules("tcp", False)[0]["core/mux"].endswith("MARK = 1\n")  # read, not made
+    with open(sources / "core" / "mux.py", "a") as module:
+        module.write("EDITED = 1\n")
+    again = wheel_module._compacted_modules("tcp", False)[0]["core/mux"]
+    assert "EDITED = 1" in again and "MARK" not in again  # an edited module is made again, never the old entry
+
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    assert wheel_module._compacted_modules("tcp", False)[0]["core/mux"] == again  # no cache: made all the same
+    kept.write_text("{not json")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert wheel_module._compacted_modules("tcp", False)[0]["core/mux"] == again
+    assert json.loads(kept.read_text())["modules"]["core/mux"] == again  # and the broken entry replaced
