@@ -118,7 +118,7 @@ run "runtime_spec" {
     package = "inlets-py==0.2.0"
   }
   assert {
-    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, \"inlets-py==0.2.0\"]") && !strcontains(output.user_data, "constraints") && output.wheel == null
+    condition     = strcontains(output.user_data, "install, --quiet, --no-cache-dir, --disable-pip-version-check, \"inlets-py==0.2.0\"]") && !strcontains(output.user_data, "constraints") && output.wheel == null
     error_message = "A package spec is installed instead of the wheel."
   }
 }
