@@ -323,13 +323,15 @@ def _compacted_modules(mode: str, letsencrypt: bool) -> tuple[dict[str, str], se
     key = _cache_key(package_dir, mode, letsencrypt)
     path = _cache_path(mode, letsencrypt)
     try:
-        kept = json.loads(path.read_text())
-        if kept["key"] == key:
+        kept = json.loads(path.read_text()) if path is not None else {}
+        if kept.get("key") == key:
             return dict(kept["modules"]), set(kept["third_party"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     names, third_party = server_modules(mode, letsencrypt)
     modules = {name: compact_source((package_dir / f"{name}.py").read_text()) for name in names}
+    if path is None:
+        return modules, third_party
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,8 +343,15 @@ def _compacted_modules(mode: str, letsencrypt: bool) -> tuple[dict[str, str], se
     return modules, third_party
 
 
-def _cache_path(mode: str, letsencrypt: bool) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def _cache_path(mode: str, letsencrypt: bool) -> Path | None:
+    """Under $XDG_CACHE_HOME, else ~/.cache (a relative $XDG_CACHE_HOME is ignored, as the XDG spec says); None
+    without a home (a service's environment), where nothing is kept."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        base = os.path.join(home, ".cache")
     return Path(base) / "inlets-py" / f"server-wheel-{mode}{'-letsencrypt' if letsencrypt else ''}.json"
 
 

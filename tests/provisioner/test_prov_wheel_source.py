@@ -9,7 +9,11 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -127,3 +131,21 @@ def test_the_compacted_modules_are_kept_on_disk_for_the_next_inletsctl(tmp_path,
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert wheel_module._compacted_modules("tcp", False)[0]["core/mux"] == again
     assert json.loads(kept.read_text())["modules"]["core/mux"] == again  # and the broken entry replaced
+
+
+
+def test_without_a_home_nothing_is_kept_and_the_modules_are_made() -> None:
+    """A service's environment may have no $HOME and its user no passwd entry: then nothing is kept (never a folder
+    named ``~`` in the working directory), and a relative $XDG_CACHE_HOME is ignored, as the XDG spec says."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run as a user without a home")
+    with tempfile.TemporaryDirectory() as cwd:
+        os.chmod(cwd, 0o777)
+        script = ("from inlets_py.provisioner import wheel as w; print(w._cache_path('tcp', False)); "
+                  "print('core/mux' in w._compacted_modules('tcp', False)[0])")
+        run = subprocess.run([setpriv, "--reuid", "54321", "--regid", "54321", "--clear-groups", sys.executable, "-c",
+                              script], env={"PATH": os.defpath, "XDG_CACHE_HOME": "relative/cache"}, cwd=cwd,
+                             capture_output=True, text=True, timeout=60)
+        assert (run.returncode, run.stdout.split()) == (0, ["None", "True"]), run.stderr
+        assert os.listdir(cwd) == []
