@@ -145,12 +145,14 @@ done
 
 #: The pids of an exit server's own processes under plain: its supervisor and the servers it started, found by
 #: their command lines (``$opt/supervise``, ``$opt/venv/bin/...``), so a server whose supervisor died (killed, say)
-#: is still found. The script comes on stdin (``sh -s``): its own shell's command line names neither.
+#: is still found. The script comes on stdin (``sh -s``): its own shell's command line names neither. One grep picks
+#: the few candidates (a ``tr`` per process took 0.4 s with 237 processes, and delete scans again while it waits for
+#: them to go); each is then read as before, an argument at a time (grep's own line, read after it exited, is gone).
 _OURS = r"""
 ours() {{
-  for d in /proc/[0-9]*; do
-    case " $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in
-      *" $opt/supervise "*|*" $opt/venv/bin/"*) echo "${{d#/proc/}}";;
+  for f in $(grep -lsF -e "$opt/supervise" -e "$opt/venv/bin/" /proc/[0-9]*/cmdline); do
+    case " $(tr '\0' ' ' 2>/dev/null < "$f")" in
+      *" $opt/supervise "*|*" $opt/venv/bin/"*) d=${{f%/cmdline}}; echo "${{d#/proc/}}";;
     esac
   done
 }}
