@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
 from helpers.http import LOOPBACK, Stack, read_answer
 
 GET = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"
+SLOW = b"GET /slow?s=1 HTTP/1.1\r\nHost: a.test\r\n\r\n"
+
+
+def send_slow_request(user: socket.socket, app) -> None:
+    """A request the upstream takes 1 s to answer, in flight once the upstream has it. A drain started as it was sent
+    could run before the server read it (CI, once): the user looked idle, and was closed with it unread (a reset),
+    which is the keep-alive race every HTTP server has between requests, not what these tests are about."""
+    user.sendall(SLOW)
+    deadline = time.monotonic() + 10
+    while not any(request["target"] == "/slow?s=1" for request in app.stats.requests):
+        assert time.monotonic() < deadline, "the slow request never reached the upstream"
+        time.sleep(0.01)
 
 
 def test_a_server_draining_closes_kept_alive_users_between_requests(tls, token):
@@ -18,7 +31,7 @@ def test_a_server_draining_closes_kept_alive_users_between_requests(tls, token):
     the user. Now an idle user is closed at once, and a request in flight is answered with Connection: close."""
     stack = Stack()
     try:
-        _, port = stack.upstream("A")
+        app, port = stack.upstream("A")
         server = stack.server(tls, token)
         stack.client(server, tls, token, [f"http://{LOOPBACK}:{port}"])
         with socket.create_connection((LOOPBACK, server.data_port), timeout=10) as idle, \
@@ -26,7 +39,7 @@ def test_a_server_draining_closes_kept_alive_users_between_requests(tls, token):
             for user in (idle, busy):
                 user.sendall(GET)
                 assert read_answer(user).startswith(b"HTTP/1.1 200")
-            busy.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: a.test\r\n\r\n")  # in flight as the drain starts
+            send_slow_request(busy, app)  # in flight as the drain starts
             drained = asyncio.run_coroutine_threadsafe(server.drain(60.0), stack.loop)
             answer = read_answer(busy)
             assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
@@ -48,7 +61,7 @@ def test_a_server_draining_cuts_websockets_once_no_request_is_in_flight(tls, tok
 
     stack = Stack()
     try:
-        _, port = stack.upstream("A")
+        app, port = stack.upstream("A")
         server = stack.server(tls, token)
         stack.client(server, tls, token, [f"ws.test=http://{LOOPBACK}:{stack.serve(websocket_then_silent)}",
                                           f"http://{LOOPBACK}:{port}"])
@@ -59,7 +72,7 @@ def test_a_server_draining_cuts_websockets_once_no_request_is_in_flight(tls, tok
             while b"\r\n\r\n" not in head:
                 head += ws.recv(65536)
             assert head.startswith(b"HTTP/1.1 101 "), head
-            busy.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: a.test\r\n\r\n")  # in flight as the drain starts
+            send_slow_request(busy, app)  # in flight as the drain starts
             drained = asyncio.run_coroutine_threadsafe(server.drain(60.0), stack.loop)
             assert read_answer(busy).startswith(b"HTTP/1.1 200"), "the request in flight was not answered"
             with pytest.raises(ConnectionResetError):  # before the fix: socket.timeout, the websocket held
