@@ -22,17 +22,22 @@ from inlets_py.runtime.server.proxy_protocol import encode
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 
 
+async def answer_or_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """All the server sent until it closed, or nothing when it refused the connection with a reset; then closed."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()
+
+
 def test_allow_ips_refuses_other_sources_at_accept_and_counts_them(tls: TlsFiles, token: str) -> None:
     async def attempt(port: int, source: str) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
         writer.write(b"hi")
         writer.write_eof()
-        try:
-            return await asyncio.wait_for(reader.read(), 5)
-        except ConnectionResetError:
-            return b""
-        finally:
-            writer.close()
+        return await answer_or_reset(reader, writer)
 
     async def scenario() -> None:
         echo = await echo_server()
@@ -172,12 +177,7 @@ def test_balancer_header_sets_the_source_for_allow_list_and_upstream(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(encode(lb_version, claimed, ("192.0.2.1", port)))
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        try:
-            return await asyncio.wait_for(reader.read(), 5)
-        except ConnectionResetError:
-            return b""
-        finally:
-            writer.close()
+        return await answer_or_reset(reader, writer)
 
     async def scenario() -> None:
         server = await start_server(tls, token)
