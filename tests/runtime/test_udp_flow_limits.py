@@ -161,11 +161,26 @@ class AnswersHello(asyncio.DatagramProtocol):
             self.transport.sendto(data, address)
 
 
+_sprayed: set[tuple[str, int]] = set()  # every source a spray used: the kernel may hand a closed one's port out again
+
+
+def _new_source(source: str) -> socket.socket:
+    """A socket on a source port no spray used before: CI once got a sprayed source's port back while its flow was
+    still open, so the datagram went on that flow, opened none, and one eviction fewer came than the test counts."""
+    for _ in range(100):  # bounded: the ephemeral range holds thousands
+        one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        one.bind((source, 0))
+        if one.getsockname() not in _sprayed:
+            _sprayed.add(one.getsockname())
+            return one
+        one.close()
+    raise AssertionError(f"no new source port on {source} in 100 tries")
+
+
 async def spray(public: int, count: int, source: str = "127.0.0.2") -> None:
     """One datagram of junk from each of ``count`` new source ports, as a host (or a forger) sprays a port."""
     for i in range(count):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as one:
-            one.bind((source, 0))
+        with _new_source(source) as one:
             one.sendto(b"junk", ("127.0.0.1", public))
         if i % 10 == 9:
             await asyncio.sleep(0.01)  # let the server read them: a full socket buffer would drop, not test
