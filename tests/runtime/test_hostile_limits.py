@@ -90,9 +90,13 @@ def test_a_client_that_never_reads_is_not_read_from_and_is_dropped(tls: TlsFiles
             ws = await raw_client(server, tls, token)
             assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
             session = await one_session(server)
-            # 30 s: it stops within 1 s here, alone or beside four CPU burners; a CI run once saw it read on for 15 s
+            # The kernel's buffers each way, small: at their default sizes the sockets took ~150,000 OPENs' RESETs
+            # before any waited in the server (1.4 s here), and beside two CPU burners 188,416 came in 30 s with the
+            # buffers not yet full. At 64 KiB the server stops reading after 61,440, in 0.3-0.5 s.
+            for transport, option in ((ws.transport, socket.SO_RCVBUF), (session.websocket.transport, socket.SO_SNDBUF)):
+                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, option, 64 * 1024)
             stopped = await flood_without_reading(ws, 1, seconds=30)
-            # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; several times that fill the sockets' buffers first
+            # OPENs it took in: ~27,000 make 1 MiB of RESETs queued; twice that fill the small buffers first
             taken = (session.mux._peer_highest + 1) // 2
             assert stopped, (f"the server kept reading OPENs from a client that reads none of its RESETs: {taken:,} "
                              f"taken, read paused for {session.websocket.gate.reasons or 'nothing'}")
