@@ -15,7 +15,7 @@ from helpers.faults import BlockingOnWrap
 from helpers.proxy_daemons import binary
 from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text
 from helpers.tunnel import (
-    TlsFiles, control_url, free_port, run, udp_free_port, start_client, start_server, stop, until_connected,
+    TlsFiles, control_url, free_port, polled, run, udp_free_port, start_client, start_server, stop, until_connected,
 )
 from helpers.udp import ask, udp_echo, udp_tunnel
 
@@ -60,10 +60,8 @@ def test_a_flow_per_source_address_ends_when_idle(tls: TlsFiles, token: str) -> 
         assert await ask(public, [b"two"], source="127.0.0.2") == [b"two"]
         assert len(udp.flows) == 2 and {a[0] for a in udp.flows} == {"127.0.0.1", "127.0.0.2"}
         assert client.session.open_streams == 2 and client.session.udp_flows == 2
-        for _ in range(120):  # the sweep first wakes 5 s after the start (the default timeout's), then each 1 s
-            if not udp.flows and client.session.open_streams == client.session.udp_flows == 0:  # resets come later
-                break
-            await asyncio.sleep(0.1)
+        # the sweep first wakes 5 s after the start (the default), then each 1 s; the resets reach the client later
+        await polled(lambda: not udp.flows and client.session.open_streams == client.session.udp_flows == 0, 12)
         assert not udp.flows and client.session.open_streams == 0  # both ends forgot them
         assert client.session.udp_flows == 0  # and the client's count of flows (TcpUpstreams counts per session)
         assert await ask(public, [b"again"]) == [b"again"]  # a new flow after the idle end
@@ -123,10 +121,7 @@ def test_a_client_that_half_closes_flows_leaves_no_streams_on_the_server(tls: Tl
             for i in range(200):  # each one finds the last flow ended and opens another
                 sender.sendto(b"x", ("127.0.0.1", public))
                 await asyncio.sleep(0.002)
-        for _ in range(100):  # bounded: 5 s for the last FINs to come in
-            if session.open_streams == 0 and not server.udp_ports[f"udp:{public}"].flows:
-                break
-            await asyncio.sleep(0.05)
+        await polled(lambda: session.open_streams == 0 and not server.udp_ports[f"udp:{public}"].flows)  # the last FINs
         assert server.udp_ports[f"udp:{public}"].counters.datagrams_in > 20
         assert session.open_streams == 0 and not server.udp_ports[f"udp:{public}"].flows
         await stop(task)
