@@ -10,7 +10,7 @@ bash scripts/install-test-tools.sh
 # 450 s), each test file on one of them (module fixtures such as the booted containers are made once);
 # the slowest tests are listed at the end. Later options win: `bash scripts/test.sh -n 0` runs in one process.
 # Python's bytecode caches, as Python writes them by default: with PYTHONDONTWRITEBYTECODE set (CI's machine sets it),
-# each of the suite's ~700 inlets and inletsctl processes compiled the checkout's modules again (0.24 s of CPU to
+# each of the suite's ~600 inlets and inletsctl processes compiled the checkout's modules again (0.24 s of CPU to
 # import a TCP server's code, 0.11 s from the cache), and each worker rewrote every test module (8 s, 3 s cached).
 unset PYTHONDONTWRITEBYTECODE
 exec .venv/bin/python -m pytest -n 4 --dist loadfile --durations=15 "$@"
