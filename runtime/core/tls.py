@@ -155,7 +155,9 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
         raise TlsConfigError(f"the key {key} is encrypted (it asks for a pass phrase), which a server cannot type: "
                              f"give it unencrypted (openssl pkey -in {key} -out KEY.pem), kept 0600") from None
     except ssl.SSLError as exc:
-        if exc.reason == "KEY_VALUES_MISMATCH":
+        # A key of another type than the certificate's (an EC key for an RSA certificate) goes to OpenSSL's slot for
+        # that type, which holds no certificate: NO_CERTIFICATE_ASSIGNED, the same mistake in other words
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
             if _certificates_in(cert) > 1:  # a chain: OpenSSL pairs the key with the first certificate only
                 raise TlsConfigError(f"the key {key} does not belong to the first certificate in {cert}: in a chain "
                                      "file the server's own certificate comes first, then the CA(s) that signed it; "

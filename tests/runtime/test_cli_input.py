@@ -260,6 +260,22 @@ def test_a_key_that_is_not_the_certificates_is_said_in_words(tmp_path: Path, tls
     assert "KEY_VALUES_MISMATCH" not in line
 
 
+def test_a_key_of_another_type_than_the_certificates_is_said_in_words(tmp_path: Path, tls, files) -> None:
+    """An RSA key for an EC certificate: OpenSSL says NO_CERTIFICATE_ASSIGNED, not KEY_VALUES_MISMATCH, and the
+    user was told both files must be PEM, which they were."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = tmp_path / "rsa.key"
+    key.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)
+    for command in ("tcp", "http"):
+        result = inlets(command, "server", "--token-file", files["tok"], "--tls-cert", str(tls.cert), "--tls-key", str(key))
+        line = one_line_error(result, f"the key {key} does not belong to the certificate {tls.cert}")
+        assert "PEM" not in line
+
+
 def test_a_chain_file_with_the_ca_first_is_said_in_words(tmp_path: Path, tls, files) -> None:
     """The right key with a chain in the wrong order: "give the key the certificate was made with" alone would
     send the user after another key; the order is what to change."""
