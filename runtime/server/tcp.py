@@ -13,7 +13,7 @@ from typing import cast
 
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
-from ..core.listen import listen
+from ..core.listen import BindError, listen, listen_as
 from .dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address, bind_failure
 from .proxy_protocol import Address
 from .proxy_protocol import encode as encode_proxy_header
@@ -261,7 +261,19 @@ class TcpTunnelServer:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
+        if self.data_addr:
+            await self._check_data_addr()
         await self.control.start()
+
+    async def _check_data_addr(self) -> None:
+        """The data ports open only when clients ask for them: a --data-addr that is not this machine's is found
+        here, at start, by whoever runs the server (as the HTTP server's is), not by each client in its refusal."""
+        try:
+            probe = await listen_as("data", asyncio.Protocol, self.data_addr, 0)
+        except BindError as exc:
+            exc.where = self.data_addr or "*"  # no port of its own yet: the address is what is wrong
+            raise
+        probe.close()
 
     async def stop(self) -> None:
         self._close_listeners()

@@ -71,3 +71,15 @@ def test_an_address_not_of_this_machine_names_the_flag_that_sets_it(tls: TlsFile
         assert line.startswith("inlets: error: cannot listen on 192.0.2.1:") and f"({role} port)" in line, line
         assert line.endswith(f"Cannot assign requested address: it is not an address of this machine: give one of "
                              f"its own in {flag}, or leave it out for every interface"), line
+
+
+def test_a_tcp_servers_data_addr_not_of_this_machine_is_found_at_start(tls: TlsFiles, token_file: Path) -> None:
+    """The TCP server opens its data ports when clients ask: it started with such a --data-addr, and only each
+    client learnt of it, in its refusal; the HTTP server's own check says it at start."""
+    common = ("--token-file", str(token_file), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    result = inlets("tcp", "server", *common, "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+                    "--data-addr", "192.0.2.1")
+    assert result.returncode == 1, result
+    assert result.stderr.strip().splitlines()[-1] == (
+        "inlets: error: cannot listen on 192.0.2.1 (data port): Cannot assign requested address: it is not an "
+        "address of this machine: give one of its own in --data-addr, or leave it out for every interface"), result
