@@ -7,11 +7,11 @@ providers read what comes from their declarations (``PROVIDER`` in each module).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 import click
 from typer.core import TyperCommand
+
+from inlets_py.runtime.cli.options import path_flag  # noqa: F401 - the parser= of path flags, as inlets's
 
 from .errors import UsageError
 from .providers import registry
@@ -55,13 +55,6 @@ def refuse_empty(ctx: typer.Context) -> None:
         if any(isinstance(v, str) and not v.strip() for v in values):
             hint = f"choose one of {', '.join(registry.PROVIDERS)}" if name == "provider" else "give a value, or leave it out"
             raise UsageError(f"{flag} is empty: {hint}")
-
-
-def path_flag(value: str | Path) -> Path:
-    """The ``parser=`` of path flags, which typer would turn from '' into the current folder."""
-    if isinstance(value, str) and not value.strip():
-        raise typer.BadParameter("the path is empty: give a file or folder, or leave the flag out")
-    return Path(value)
 
 
 def readers(name: str) -> tuple[str, ...] | None:

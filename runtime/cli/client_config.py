@@ -80,6 +80,11 @@ def check_servers(flags: SimpleNamespace) -> None:
     refuse_blank(flags.proxy, "--proxy", PROXY_INSTEAD)
     if flags.tls_ca is not None and flags.tls_insecure:
         fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
+    if not any(url.startswith("wss://") for url in flags.url):  # ignored over ws://: the user believed it pinned
+        for flag, value in (("--tls-ca", flags.tls_ca), ("--tls-server-name", flags.tls_server_name)):
+            if value is not None:
+                fail(f"{flag} checks a wss:// server's certificate, and every --url is ws:// (no TLS): "
+                     "give the server's wss:// URL, or leave the flag out")
 
 
 def client_config(

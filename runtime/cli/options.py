@@ -19,6 +19,14 @@ def port_flag(value: str | int) -> int:
     return port
 
 
+def path_flag(value: str | Path) -> Path:
+    """The ``parser=`` of every path flag of both CLIs, which typer would turn from '' (``--token-file "$UNSET"``)
+    into the current folder: "token file . is a directory" named a path the user never typed."""
+    if isinstance(value, str) and not value.strip():
+        raise typer.BadParameter("the path is empty: give a file or folder, or leave the flag out")
+    return Path(value)
+
+
 def count_flag(high: int) -> Callable[[str | int], int]:
     """The ``parser=`` of a count flag (streams, MiB, replicas): a whole number from 1 to ``high`` in the digits
     0-9, as ports and durations are (``int()`` took "８" or "٣" as 8 and 3, and --generate wrote them as given)."""
@@ -63,10 +71,10 @@ DataAddr = Annotated[
 ]
 Token = Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")]
 TokenFile = Annotated[
-    Optional[Path], typer.Option(help="File holding the token (server: one per line, re-read on SIGHUP).")
+    Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="File holding the token (server: one per line, re-read on SIGHUP).")
 ]
-TlsCert = Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM) for the control plane (re-read with --tls-key on SIGHUP).")]
-TlsKey = Annotated[Optional[Path], typer.Option(help="TLS private key (PEM).")]
+TlsCert = Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="TLS certificate (PEM) for the control plane (re-read with --tls-key on SIGHUP).")]
+TlsKey = Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="TLS private key (PEM).")]
 AutoTls = Annotated[bool, typer.Option(help="Generate a CA and server certificate (reused on restart).")]
 AutoTlsPath = Annotated[
     Optional[Path], typer.Option(help="Where --auto-tls keeps its files [default: ~/.local/share/inlets/auto-tls].")

@@ -89,6 +89,8 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
     mapping: dict[str, Upstream] = {}
     plain_hosts: list[str] = []
     for item in upstreams:
+        if not item.strip():  # ``--upstream "$UNSET"`` beside another was skipped without a word
+            raise UpstreamError("--upstream is empty: give HOST (with --ports) or PUBLIC_PORT=HOST:PORT")
         if "=" in item:
             public, _, target = item.partition("=")
             kind, colon, number = public.strip().rpartition(":")
@@ -99,7 +101,7 @@ def parse_upstreams(upstreams: list[str], ports: list[str], udp_ports: list[str]
             if service in mapping:
                 raise UpstreamError(f"public port {service} is given twice in --upstream: one upstream each")
             mapping[service] = Upstream(host, port)
-        elif item.strip():
+        else:
             plain_hosts.append(_plain_host(item))
     lists = {"tcp": _entries(ports, "--ports"), "udp": _entries(udp_ports or [], "--udp-ports")}
     if len(plain_hosts) > 1:

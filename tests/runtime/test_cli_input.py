@@ -100,6 +100,19 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
      "'127.0.0.1/33' in '127.0.0.1/33:*' is not a CIDR network"),
     # credentials in --url would be logged on every line
     (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
+    # a path flag given '' ("$UNSET") was the current folder: "token file . is a directory", a path never typed
+    (SERVER[:2] + ["--plaintext", "--token-file", ""], "Invalid value for '--token-file': the path is empty"),
+    (SERVER[:4] + ["--tls-cert", "", "--tls-key", "{notpem}"], "Invalid value for '--tls-cert': the path is empty"),
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--tls-ca", ""], "Invalid value for '--tls-ca': the path is empty"),
+    (STATUS[:1] + ["--url", "wss://127.0.0.1:20100", "--token-file", ""], "'--token-file': the path is empty"),
+    (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", "--bearer-token-file", ""], "the path is empty"),
+    (LE_SERVER + ["--letsencrypt-ca", ""], "Invalid value for '--letsencrypt-ca': the path is empty"),
+    # ignored over ws://, without a word: the user believed the server pinned
+    (CLIENT + ["--url", "ws://127.0.0.1:20100", "--tls-ca", "{notpem}"], "--tls-ca checks a wss:// server's certificate"),
+    (HTTP_CLIENT[:4] + ["--url", "ws://127.0.0.1:20100", "--upstream", "http://127.0.0.1:1", "--tls-server-name", "a"],
+     "--tls-server-name checks a wss:// server's certificate, and every --url is ws://"),
+    # an empty --upstream beside another was skipped without a word
+    (CLIENT + ["--url", "wss://127.0.0.1:20100", "--upstream", ""], "--upstream is empty"),
 ])
 def test_bad_input_is_one_line(args: list[str], message: str, files: dict[str, str]) -> None:
     result = inlets(*(arg.format(**files) for arg in args))
