@@ -5,6 +5,7 @@ client and upstreams on loopback (TLS between them); users are plain sockets."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 
@@ -31,6 +32,7 @@ def env(tls, token):
             f"ext.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'ext', _EXT_HEAD, b'a' * 65536))}",
             f"hints.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'hints', b'', _HINTS))}",
             f"closing.test=http://{LOOPBACK}:{stack.serve(_closing(served))}",
+            f"status.test=http://{LOOPBACK}:{stack.serve(_status_of_path)}",
         ])
         yield dict(stack=stack, server=server, port=server.data_port, sent=sent, served=served)
     finally:
@@ -62,6 +64,18 @@ async def _answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWri
                 writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Length: 0\r\n\r\n")
             else:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def _status_of_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers ``GET /099`` with status 099 (any 3 digits, the path's) and Content-Length; others 200 (kept alive)."""
+    try:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            code = head.split(b" ")[1][1:]
+            writer.write(b"HTTP/1.1 %s Odd\r\nContent-Length: 2\r\n\r\nok" % code if len(code) == 3 and code.isdigit()
+                         else b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -184,6 +198,30 @@ def test_endless_interim_answers_end_in_a_502(env):
     hints, _, final = data.rpartition(b"HTTP/1.1 502 ")  # after any 103 that went on before the limit
     assert final and b"interim (1xx)" in final and end == "closed", (data[-300:], end)
     assert hints.replace(_HINTS[:len(_HINTS) // 1000], b"") == b"", hints[:300]
+
+
+@pytest.mark.parametrize("code", [b"099", b"000", b"600"])
+def test_a_status_outside_100_to_599_is_a_502_and_a_request_pipelined_behind_it_is_never_left_waiting(
+        env, code, caplog):
+    """RFC 9110 15: a status code is 100-599. llhttp takes any 3 digits: a 099 was read as a final answer yet sent on
+    as an interim one, its framing dropped (``HTTP/1.1 99 Odd``, then ``ok``), the request behind it never answered
+    and the connection held past every timeout, with a Traceback in the server's log; an HTTP/1.0 user got ``ok``."""
+    with caplog.at_level(logging.ERROR), user(env["port"]) as sock:
+        sock.settimeout(5)  # well under the upstream timeout the hung connection outlived
+        sock.sendall(b"GET /%s HTTP/1.1\r\nHost: status.test\r\n\r\n" % code
+                     + b"GET /next HTTP/1.1\r\nHost: status.test\r\n\r\n")
+        data, end = read_until_closed(sock, 1 << 20)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), data
+    said, _, after = body.partition(b"\n")
+    assert said == b"bad gateway: upstream sent a bad response: status %s is outside 100-599" % code, data
+    assert end == "closed" and (after == b"" if b"\r\nConnection: close" in head else after.endswith(b"\r\n\r\nsecond"))
+    with user(env["port"]) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"GET /%s HTTP/1.0\r\nHost: status.test\r\n\r\n" % code)
+        data, end = read_until_closed(sock, 1 << 20)
+    assert data.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and end == "closed", (data, end)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_a_user_who_pipelines_and_never_reads_answers_with_their_own_streams_holds_bounded_memory(env):
