@@ -12,6 +12,8 @@ pipeline once the caller holds enough requests.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import httptools
 from httptools.parser.errors import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
@@ -41,10 +43,19 @@ _NOTED = frozenset(
 )
 
 
+def _request_parser(reader: object) -> httptools.HttpRequestParser:
+    """llhttp refuses every version but 0.9, 1.0, 1.1 and 2.0 with a 400; its version leniency (which loosens
+    nothing else) takes any one digit each side of the dot (HTTP/1.10 stays a 400), so that ``on_headers_complete``
+    serves a higher minor version as 1.1 and answers another major 505 (RFC 9110 2.5, 15.6.6)."""
+    parser = httptools.HttpRequestParser(reader)
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
 class Reader:
     """Common callback plumbing: collects events, enforces header limits."""
 
-    def __init__(self, parser_class: type, max_header_bytes: int, max_headers: int) -> None:
+    def __init__(self, parser_class: Callable[[Any], Any], max_header_bytes: int, max_headers: int) -> None:
         self._parser = parser_class(self)
         self._parser_class = parser_class
         self.max_header_bytes = max_header_bytes
@@ -106,8 +117,10 @@ class Reader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Called per header: kept lean (the section's size is checked once, in ``_check_size``)."""
-        if not self._in_head:  # chunked trailers: dropped, counted (``_trailer_held``)
+        if not self._in_head:  # chunked trailers: dropped, counted (``_trailer_held`` across reads, here within one)
             self._trailer_fields += len(name) + len(value) + 4
+            if self._trailer_fields > self.max_header_bytes:
+                raise self._fail(431, f"trailer section larger than {self.max_header_bytes} bytes")
             return
         headers = self._headers
         if len(headers) >= self.max_headers:
@@ -242,7 +255,7 @@ class RequestReader(Reader):
 
     def __init__(self, max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS,
                  default_authority: bytes = b"") -> None:
-        super().__init__(httptools.HttpRequestParser, max_header_bytes, max_headers)
+        super().__init__(_request_parser, max_header_bytes, max_headers)
         #: The address the user connected to (``host:port``): the authority of an HTTP/1.0 request without
         #: Host, which goes upstream as HTTP/1.1 and so must name one (RFC 9112 3.2, 3.3).
         self.default_authority = default_authority
@@ -266,7 +279,9 @@ class RequestReader(Reader):
                                   "Host, it does not open tunnels")
         version = parser.get_http_version().encode()
         if version not in (b"1.0", b"1.1"):
-            raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
+            if not version.startswith(b"1."):
+                raise self._fail(505, f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1")
+            version = b"1.1"  # RFC 9110 2.5: a higher minor version is served as the highest one implemented
         noted = self._noted
         if version == b"1.0" and b"transfer-encoding" in noted:  # RFC 9112 6.1: faulty framing, as nginx says
             raise self._fail(400, "Transfer-Encoding in an HTTP/1.0 request: send Content-Length or use HTTP/1.1")

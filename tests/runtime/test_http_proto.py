@@ -603,3 +603,47 @@ def test_an_upstreams_endless_trailer_is_502():
         for _ in range(200):
             reader.feed(b"v" * 1000)
     assert info.value.status == 502
+
+
+@pytest.mark.parametrize("trailer", [b"X-T: " + b"t" * 70_000 + b"\r\n",
+                                     b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 1000) for i in range(70))])
+def test_a_trailer_section_past_the_limit_in_the_same_read_as_its_end_is_refused(trailer):
+    """Trailers were counted only while their section was unfinished at the end of a read: a request ending with one
+    70 KB trailer field in one read went on as a 200, though the section's bound is 64 KiB."""
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n" + trailer + b"\r\n"
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(raw)
+    assert info.value.status == 431 and str(info.value) == "trailer section larger than 65536 bytes"
+    with pytest.raises(HttpError) as info:
+        feed_all(RequestReader(), raw, 8000)  # the section's last read holds more than the bound's rest
+    assert info.value.status == 431
+    reader = ResponseReader()
+    reader.expect(False)
+    with pytest.raises(HttpError) as info:
+        reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailer + b"\r\n")
+    assert info.value.status == 502 and "trailer section larger than 65536 bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9"])
+def test_a_higher_http_1_minor_version_is_served_as_http_1_1(version):
+    """RFC 9110 2.5: a recipient SHOULD process a higher minor version as the highest it implements; llhttp said
+    400 "Invalid HTTP version". As 1.1: kept alive unless it says close, chunked allowed, sent upstream as 1.1."""
+    events = RequestReader().feed(b"GET /a HTTP/" + version + b"\r\nHost: a\r\n\r\n"
+                                  b"POST /b HTTP/" + version + b"\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                                  b"Connection: close\r\n\r\n0\r\n\r\n")
+    first, second = (e for e in events if isinstance(e, RequestHead))
+    assert (first.version, first.keep_alive, second.version, second.keep_alive, second.chunked) == (
+        b"1.1", True, b"1.1", False, True)
+    assert request_head(first, "http:a", HttpOptions(), False, b"127.0.0.1", b"http").startswith(b"GET /a HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("version, status", [
+    (b"2.0", 505), (b"3.0", 505), (b"9.9", 505), (b"0.9", 505),  # another major: not spoken here
+    (b"1.10", 400), (b"11.1", 400), (b"01.1", 400), (b"1.x", 400), (b"1", 400),  # no version at all
+])
+def test_another_major_http_version_is_505_and_a_malformed_one_400(version, status):
+    with pytest.raises(HttpError) as info:
+        RequestReader().feed(b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n")
+    assert info.value.status == status
+    if status == 505:
+        assert str(info.value) == f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1"

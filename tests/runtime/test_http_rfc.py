@@ -251,3 +251,17 @@ def test_a_100_continue_expectation_in_http_1_0_does_not_go_upstream(env, versio
     assert seen.startswith(b"POST /e HTTP/1.1\r\n") and seen.endswith(b"\r\n\r\nhello"), seen
     sent = [line for line in seen.split(b"\r\n") if line.lower().startswith(b"expect:")]
     assert sent == ([forwarded] if forwarded else []), seen
+
+
+def test_an_http_1_2_request_is_served_as_http_1_1_and_another_major_version_is_505(env):
+    """RFC 9110 2.5: a higher minor version is processed as the highest one implemented (llhttp said 400 "Invalid
+    HTTP version"); it goes upstream as HTTP/1.1 and the connection is kept alive, as for 1.1. HTTP/3.0 is 505."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        for path in (b"/v1", b"/v2"):
+            sock.sendall(b"GET " + path + b" HTTP/1.2\r\nHost: echo.test\r\n\r\n")
+            head, _, seen = read_answer(sock).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" not in head, head
+            assert seen.startswith(b"GET " + path + b" HTTP/1.1\r\n"), seen
+    answer = raw_request(env, b"GET / HTTP/3.0\r\nHost: echo.test\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n") and answer.endswith(
+        b"\r\n\r\nHTTP/3.0 is not spoken here: use HTTP/1.1\n"), answer
