@@ -567,7 +567,7 @@ def test_a_blank_file_flag_is_refused_not_made_the_current_folder(argv: list[str
     refused, as it is.)"""
     result = unit_inlets(*argv, "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
                          "--generate=systemd")
-    one_line_error(result, f"{argv[-2]} is empty: give the file's path")
+    one_line_error(result, f"Invalid value for '{argv[-2]}': the path is empty: give a file or folder, or leave the flag out")
     assert result.stdout == ""
 
 
