@@ -95,6 +95,22 @@ def test_bad_combinations_are_one_line_errors(tmp_path: Path, token_file: Path, 
         one_line_error(run_cli(capsys, "create", "--state-dir", state, *args), needle)
 
 
+def test_an_issuer_url_with_a_password_is_refused_before_anything_is_made(tmp_path: Path, token_file: Path,
+                                                                          capsys) -> None:
+    """create passed a user name and password in --letsencrypt-issuer on to the VM, whose server logged them at
+    every retry: refused here, as the server refuses them, before the cloud is asked for anything."""
+    state = tmp_path / "s"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=False, active=False) as fake:
+        result = run_cli(capsys, "create", "--provider", "digitalocean", "--api-url", fake.url, "--access-token-file",
+                         str(token_file), "--mode", "http", "--domain", DOMAIN, "--letsencrypt-issuer",
+                         "https://acme:S3CRETPW@ca.internal:9000/acme/directory", "--state-dir", str(state),
+                         "--timeout", "1")
+        one_line_error(result, "--letsencrypt-issuer must not carry a user name or password (the ACME account key is "
+                               "the credential): leave out the part up to '@'")
+        assert result.code == 2 and not fake.requests and not fake.user_data and not state.exists()
+    assert "S3CRETPW" not in result.err + result.out
+
+
 def test_local_letsencrypt_options_hint_names_only_what_local_takes(tmp_path: Path, capsys) -> None:
     """The hint said "(or --letsencrypt)", which --provider local then refuses: it names what to do there instead."""
     line = one_line_error(run_cli(capsys, "create", "--provider", "local", "--mode", "http", "--letsencrypt-email",

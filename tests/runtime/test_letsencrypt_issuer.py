@@ -14,6 +14,7 @@ import pytest
 
 from helpers.http import Stack
 from helpers.letsencrypt import wait_until
+from helpers.process import inlets, one_line_error
 from helpers.tunnel import free_port, make_tls
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import configure
@@ -92,3 +93,23 @@ def test_a_letsencrypt_ca_already_given_is_named_not_asked_for(tmp_path, tls, to
     port, _files = tls_server
     line = _failure(tmp_path, tls, token, caplog, f"https://127.0.0.1:{port}/dir", ca_bundle=tls.ca)  # another CA
     assert f"its HTTPS certificate is not signed by a CA in --letsencrypt-ca {tls.ca.resolve()}" in line, line
+
+
+@pytest.mark.parametrize("issuer", [
+    "https://acme:S3CRETPW@127.0.0.1:{dead}/dir",
+    "http://acme:S3CRETPW@127.0.0.1:{dead}/dir",  # refused for its scheme, in words that quoted the URL
+    "https://acme:S3CRETPW@[::1/dir",  # malformed, likewise
+    "acme:S3CRETPW@127.0.0.1/dir",  # https:// left out
+], ids=["https", "http", "malformed", "no-scheme"])
+def test_an_issuer_url_with_a_password_is_refused_without_showing_it(tmp_path, issuer: str) -> None:
+    """A user name and password in --letsencrypt-issuer went into the log at every retry ("cannot reach the ACME
+    server https://acme:S3CRETPW@..."), or into the error refusing the URL: refused as --url and --upstream refuse
+    them, before anything quotes the URL."""
+    result = inlets("http", "server", "--plaintext", "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+                    "--data-addr", "127.0.0.1", "--port", str(free_port()), "--https-port", str(free_port()),
+                    "--token", "tok12345", "--letsencrypt-domain", "example.com",
+                    "--letsencrypt-path", str(tmp_path / "le"), "--letsencrypt-issuer",
+                    issuer.format(dead=free_port()), timeout=10)
+    one_line_error(result, "--letsencrypt-issuer must not carry a user name or password (the ACME account key is the "
+                           "credential): leave out the part up to '@'")
+    assert "S3CRETPW" not in result.stderr + result.stdout and not (tmp_path / "le").exists()
