@@ -17,7 +17,7 @@ from inlets_py.runtime.cli.options import count_option, port_option, print_versi
 from inlets_py.runtime.cli.usage import shown, usage_line
 
 from . import flags, output
-from .errors import ProvisionError, StatusFailed, command_starts, finished, interrupted_status, os_words
+from .errors import ProvisionError, StatusFailed, UsageError, command_starts, finished, interrupted_status, os_words
 from .providers import Credentials
 from .providers.base import API_TIMEOUT
 from .providers import registry
@@ -57,6 +57,16 @@ Region = Annotated[Optional[str], typer.Option(help=f"ec2: the region to look in
 
 
 def _creds(token_file: Optional[Path], token: Optional[str], api_url: Optional[str], **more: object) -> Credentials:
+    """The credential flags, each inline secret refused when it is the next flag (``--access-token --json``): typer
+    took "--json" as the cloud token, and --json was lost. As ``inlets`` refuses ``--bearer-token --rewrite-host``."""
+    from inlets_py.runtime.core.auth import TokenError, refuse_left_out
+
+    try:
+        for value, flag in ((token, "--access-token"), (more.get("secret"), "--secret-key")):
+            if isinstance(value, str):
+                refuse_left_out(value, flag, f"{flag}-file")
+    except TokenError as exc:
+        raise UsageError(str(exc)) from None
     return Credentials(token_file, token, api_url, **more)  # type: ignore[arg-type]
 
 

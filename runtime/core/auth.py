@@ -14,9 +14,10 @@ import select
 import stat
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 TOKEN_ENV = "INLETS_TOKEN"
 #: Tokens travel in ``Authorization: Bearer``: visible ASCII (spaces inside allowed), short enough
@@ -42,6 +43,40 @@ def token_refused(status: int) -> str:
     return f"the server refused the token ({why}): check --token/--token-file"
 
 
+def check_token(token: str, where: str) -> str:
+    """``token`` when an HTTP header can carry it; the error names where it came from, never the token."""
+    if len(token) > MAX_TOKEN:
+        raise TokenError(f"the token from {where} is longer than {MAX_TOKEN} characters: use a shorter one "
+                         "(inletsctl makes 64)")
+    if not _TOKEN_TEXT.fullmatch(token):
+        raise TokenError(f"the token from {where} holds a character a token cannot have (a control character or "
+                         "a letter outside ASCII): use printable ASCII letters, digits and punctuation")
+    return token
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (C0, DEL or C1), which RFC 7617 forbids in basic auth's user name
+    and password: no browser sends one, so a site protected with it could never be entered."""
+    return any(unicodedata.category(char) == "Cc" for char in text)
+
+
+def check_password(password: str, where: str) -> str:
+    """A basic-auth password a browser can send: any printable text (UTF-8 included: it travels base64-encoded)."""
+    if has_control(password):
+        raise TokenError(f"the password from {where} holds a control character (a line break, a tab...), which no "
+                         "browser can send: use printable characters only")
+    return password
+
+
+def refuse_left_out(value: str, option: str, file_option: str) -> str:
+    """``value`` of an inline secret flag, unless it starts with '--': ``--bearer-token --rewrite-host`` gave the
+    flag the next one as its value (typer takes it so), the secret left out and the flag lost without a word."""
+    if value.startswith("--"):
+        raise TokenError(f"{option}'s value starts with '--': was the value left out? (a secret that starts with "
+                         f"'--' goes in {file_option})")
+    return value
+
+
 @dataclass(frozen=True)
 class SecretOption:
     """A secret flag and the forms that keep it off the command line."""
@@ -53,6 +88,8 @@ class SecretOption:
     #: a site's protection: its variable set but blank (``INLETS_BEARER_TOKEN=$UNSET_VAR``) is refused, as a blank
     #: option is, not taken as no secret (the site was served unprotected without a word)
     guards_a_site: bool = False
+    #: what the secret may hold, given it and where it came from (``check_token``); TokenError names the source
+    check: Callable[[str, str], str] | None = None
 
     @property
     def file_option(self) -> str:
@@ -79,23 +116,31 @@ class SecretOption:
         if value is not None:
             if not value.strip():
                 raise TokenError(f"{self.option} is blank: give the secret, or use {self.file_option} or ${self.env}")
-            return value.strip()
+            return self._checked(refuse_left_out(value, self.option, self.file_option).strip(), self.option)
         if file is not None:
             lines = _read_text(file, f"{self.file_option} file").splitlines()
             if not lines or not lines[0].strip():
                 raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
             warn_if_others_can_read(file, f"{self.file_option} file")  # as for the token file: a secret all the same
-            return lines[0].strip()
+            return self._checked(lines[0].strip(), f"{self.file_option} file {file}")
         found = os.environ.get(self.env)
         if found is not None and not found.strip() and self.guards_a_site:
             raise TokenError(f"${self.env} is set but blank: put the secret in it, or unset it to serve without one")
-        return (found or "").strip() or None
+        return self._checked(found.strip(), f"${self.env}") if found and found.strip() else None
+
+    def _checked(self, secret: str, where: str) -> str:
+        """A secret no header could carry (a control character in a bearer token) let the client start, and then no
+        request ever matched it: the site was locked without a word. Refused here, where the source is known."""
+        return self.check(secret, where) if self.check is not None else secret
 
 
-TOKEN = SecretOption("--token", TOKEN_ENV, "token", (("tcp", "server"), ("http", "server"), *CLIENTS))
-BEARER_TOKEN = SecretOption("--bearer-token", "INLETS_BEARER_TOKEN", "bearer-token", (("http", "client"),), True)
+TOKEN = SecretOption("--token", TOKEN_ENV, "token", (("tcp", "server"), ("http", "server"), *CLIENTS), check=check_token)
+#: checked as --token is: the proxy compares the Authorization value after "Bearer " (RFC 6750's b64token is stricter)
+BEARER_TOKEN = SecretOption("--bearer-token", "INLETS_BEARER_TOKEN", "bearer-token", (("http", "client"),), True,
+                            check_token)
 BASIC_AUTH_PASSWORD = SecretOption(
-    "--basic-auth-password", "INLETS_BASIC_AUTH_PASSWORD", "basic-auth-password", (("http", "client"),), True
+    "--basic-auth-password", "INLETS_BASIC_AUTH_PASSWORD", "basic-auth-password", (("http", "client"),), True,
+    check_password,
 )
 PROXY_PASSWORD = SecretOption("--proxy-password", "INLETS_PROXY_PASSWORD", "proxy-password")
 SECRETS = (TOKEN, BEARER_TOKEN, BASIC_AUTH_PASSWORD, PROXY_PASSWORD)
@@ -187,24 +232,6 @@ def _read_text(path: Path, what: str) -> str:
         raise TokenError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
 
 
-def check_token(token: str, where: str) -> str:
-    """``token`` when an HTTP header can carry it; the error names where it came from, never the token."""
-    if len(token) > MAX_TOKEN:
-        raise TokenError(f"the token from {where} is longer than {MAX_TOKEN} characters: use a shorter one "
-                         "(inletsctl makes 64)")
-    if not _TOKEN_TEXT.fullmatch(token):
-        raise TokenError(f"the token from {where} holds a character a token cannot have (a control character or "
-                         "a letter outside ASCII): use printable ASCII letters, digits and punctuation")
-    return token
-
-
-def _option_token(token: str) -> str:
-    if token.startswith("--"):  # ``--token --generate ...``: the value was left out and the next flag taken
-        raise TokenError("--token's value starts with '--': was the value left out? (a token that starts with '--' "
-                         "goes in --token-file)")
-    return check_token(TOKEN.read(token, None), "--token")  # type: ignore[arg-type]  # a value gives a str or raises
-
-
 def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
     """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
     mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)"""
@@ -222,7 +249,7 @@ def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
     """Tokens from ``--token``, else ``--token-file`` (one per line), else $INLETS_TOKEN; each checked."""
     TOKEN.check_given_once(token, token_file)
     if token is not None:
-        return [_option_token(token)]
+        return [TOKEN.read(token, None)]  # type: ignore[list-item]  # a value gives a str or raises
     if token_file is not None:
         text = _read_text(token_file, "token file")
         lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]

@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..core.auth import has_control
+
 #: Headers that describe one hop, not the message: never forwarded as received (RFC 9110 7.6.1).
 #: Here, not with the parser: the HTTP client builds these options and never parses (nor loads httptools).
 HOP_BY_HOP = frozenset(
@@ -122,6 +124,9 @@ class HttpOptions:
             raise OptionError("choose one of --basic-auth-username/--basic-auth-password and --bearer-token")
         if basic_auth and ":" in basic_auth[0]:
             raise OptionError("--basic-auth-username must not contain ':'")
+        if basic_auth and has_control(basic_auth[0]):  # RFC 7617 2: no browser sends one, the site would stay locked
+            raise OptionError("--basic-auth-username holds a control character (a line break, a tab...), which no "
+                              "browser can send: give the user name as it is typed")
         return cls(
             _added(request_add, "--request-header-add"),
             _removed(request_remove, "--request-header-remove"),

@@ -77,6 +77,23 @@ def test_a_token_no_http_header_can_carry_is_refused_before_anything_is_sent(
     assert token.strip() not in result.err + result.out and not api.seen
 
 
+@pytest.mark.parametrize("command, creds", [
+    (["list", "--provider", "digitalocean"], ["--access-token", "--json"]),
+    (["create", "--provider", "digitalocean"], ["--access-token", "--json"]),
+    (["list", "--provider", "ec2", "--region", "eu-west-1"], ["--access-token", "AKIA0", "--secret-key", "--json"]),
+], ids=["list", "create", "ec2-secret-key"])
+def test_a_secret_flag_whose_value_was_left_out_does_not_take_the_next_flag(
+        command: list[str], creds: list[str], api: RecordedAPI, tmp_path: Path, capsys, monkeypatch) -> None:
+    """``--access-token --json`` sent "--json" to the cloud as its token (and dropped --json): refused before any
+    call, as ``inlets`` refuses ``--bearer-token --rewrite-host``."""
+    monkeypatch.setenv("DIGITALOCEAN_ACCESS_TOKEN", TOKEN)  # a token the command could have fallen back on
+    flag = creds[-2]
+    result = run_cli(capsys, *command, "--api-url", api.url, *creds, "--state-dir", str(tmp_path / "state"))
+    one_line_error(result, f"{flag}'s value starts with '--': was the value left out? (a secret that starts with '--' "
+                           f"goes in {flag}-file)")
+    assert result.code == 2 and result.out == "" and not api.seen and not (tmp_path / "state").exists()
+
+
 @pytest.mark.parametrize("mode, warned", [(0o644, True), (0o640, True), (0o604, True), (0o600, False), (0o400, False)])
 def test_a_token_file_others_can_read_is_used_with_one_warning(mode: int, warned: bool, api: RecordedAPI, tmp_path: Path,
                                                                capsys) -> None:

@@ -149,6 +149,56 @@ def test_a_site_secrets_variable_set_but_blank_is_refused_not_taken_as_none(vari
     one_line_error(inlets(*args, env={variable: "  "}), f"${variable} is set but blank")
 
 
+HTTP_CLIENT = ["http", "client", "--url", "wss://127.0.0.1:20030", "--upstream", "http://127.0.0.1:20032",
+               "--token-file", "{good}"]
+BASIC = ["--basic-auth-username", "alice"]
+UNCARRIED = "holds a character a token cannot have (a control character or a letter outside ASCII)"
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--bearer-token", f"{SECRET}\x01x"], {}, f"the token from --bearer-token {UNCARRIED}"),
+    (["--bearer-token", f"{SECRET}\nx"], {}, f"the token from --bearer-token {UNCARRIED}"),
+    (["--bearer-token", f"{SECRET}été"], {}, f"the token from --bearer-token {UNCARRIED}"),
+    ([], {"INLETS_BEARER_TOKEN": f"{SECRET}\x01x"}, f"the token from $INLETS_BEARER_TOKEN {UNCARRIED}"),
+    (["--bearer-token-file", "{ctl}"], {}, f"the token from --bearer-token-file file {{ctl}} {UNCARRIED}"),
+    ([*BASIC, "--basic-auth-password", f"{SECRET}\nx"], {},
+     "the password from --basic-auth-password holds a control character (a line break, a tab...), which no browser"),
+    (BASIC, {"INLETS_BASIC_AUTH_PASSWORD": f"{SECRET}\x7fx"}, "the password from $INLETS_BASIC_AUTH_PASSWORD holds a "
+     "control character"),
+    ([*BASIC, "--basic-auth-password-file", "{ctl}"], {}, "the password from --basic-auth-password-file file {ctl} "
+     "holds a control character"),
+    (["--basic-auth-username", "ali\tce", "--basic-auth-password", SECRET], {},
+     "--basic-auth-username holds a control character"),
+    # --generate: refused before a unit is written, in the same words
+    (["--generate", "systemd", "--bearer-token", f"{SECRET}\x01x"], {}, f"the token from --bearer-token {UNCARRIED}"),
+    (["--generate", "systemd", *BASIC], {"INLETS_BASIC_AUTH_PASSWORD": f"{SECRET}\rx"},
+     "the password from $INLETS_BASIC_AUTH_PASSWORD holds a control character"),
+], ids=["bearer-ctl", "bearer-newline", "bearer-non-ascii", "bearer-env", "bearer-file", "password-newline",
+        "password-env-del", "password-file", "username-tab", "generate-bearer", "generate-password-env"])
+def test_a_site_secret_no_request_could_carry_is_refused_naming_where_it_came_from(args, env, message, secrets) -> None:
+    """A bearer token, or a basic-auth user or password, holding a control character (a line break, say) let the
+    client start, and then no request could ever carry it (RFC 9110 5.5, RFC 6750 2.1, RFC 7617 2): the site was
+    locked without a word. (A password outside ASCII is fine: it travels base64-encoded, see test_http_cli.)"""
+    result = inlets(*(arg.format(**secrets) for arg in HTTP_CLIENT + args), env={"INLETS_TOKEN": "", **env}, timeout=10)
+    one_line_error(result, message.format(**secrets))
+    assert SECRET not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["--bearer-token", "--rewrite-host"],
+    [*BASIC, "--basic-auth-password", "--upstream-insecure"],
+    ["--generate", "systemd", "--bearer-token", "--rewrite-host"],
+], ids=["bearer", "basic-password", "generate-bearer"])
+def test_a_secret_flag_whose_value_was_left_out_does_not_take_the_next_flag(args: list[str], secrets) -> None:
+    """``--bearer-token --rewrite-host`` ran with the token "--rewrite-host", and without --rewrite-host: only
+    --token had this guard."""
+    flag = args[-2]
+    result = inlets(*(arg.format(**secrets) for arg in HTTP_CLIENT + args), env={"INLETS_TOKEN": ""}, timeout=10)
+    one_line_error(result, f"{flag}'s value starts with '--': was the value left out? (a secret that starts with '--' "
+                           f"goes in {flag}-file)")
+    assert result.stdout == ""
+
+
 def test_status_without_a_token_exits_2_like_every_command() -> None:
     result = inlets(*STATUS, env={"INLETS_TOKEN": ""})
     assert result.returncode == 2 and "no token" in result.stderr
