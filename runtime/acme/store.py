@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..core.hosts import has_userinfo
 from ..core.ports import url_port
 
 ISSUERS = {
@@ -32,9 +33,6 @@ ISSUERS = {
 }
 # Whole-string patterns, used with fullmatch (a pattern ending in $ lets a trailing newline through).
 _DOMAIN = re.compile(r"(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-#: A URL's authority (after "//", up to the path, query or fragment; all of that part when "https://" was left out),
-#: read without urlsplit, which may raise: a user name and password in it would be quoted by every error below.
-_AUTHORITY = re.compile(r"(?:[^/?#]*//)?([^/?#]*)")
 _EMAIL = re.compile(r"[^@\s:/\x00-\x1f\x7f]+@[^@\s:/\x00-\x1f\x7f]+\.[^@\s:/\x00-\x1f\x7f]+")
 
 
@@ -46,7 +44,7 @@ def directory_url(issuer: str) -> str:
     """``prod``, ``staging`` or an ``https://`` ACME directory URL (a private CA such as pebble)."""
     if issuer in ISSUERS:
         return ISSUERS[issuer]
-    if "@" in _AUTHORITY.match(issuer).group(1):  # before any message that quotes the URL
+    if has_userinfo(issuer):  # before any message that quotes the URL
         raise AcmeConfigError("--letsencrypt-issuer must not carry a user name or password (the ACME account key is "
                               "the credential): leave out the part up to '@'")
     usage = f"--letsencrypt-issuer must be prod, staging or an https:// directory URL, got {issuer!r}"

@@ -129,15 +129,29 @@ def check_host(host: str, what: str) -> str:
     return host
 
 
+#: A URL's authority (after "//", up to the path, query or fragment; all of that part when the scheme was left out),
+#: read without urlsplit, which may raise: a user name and password in it would be quoted by the error.
+_AUTHORITY = re.compile(r"(?:[^/?#]*//)?([^/?#]*)")
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether ``url`` carries a user name or password: checked before any message quotes the URL."""
+    match = _AUTHORITY.match(url)
+    return match is not None and "@" in match.group(1)
+
+
 def split_url(url: str, what: str = "--url") -> SplitResult:
     """``urlsplit`` with its ValueErrors (a bad bracket, a bad IPv6 address) worded, the host checked,
     and credentials refused: a user name or password in a URL would show in every log line."""
+    if has_userinfo(url):  # before the malformed-address error, which quotes the URL
+        raise HostError(f"{what} must not carry a user name or password (the token is the credential): "
+                        "leave out the part up to '@'")
     try:
         parts = urlsplit(url)
         host = parts.hostname
     except ValueError:
         raise HostError(f"{what} {url!r} has a malformed [IPv6] address: write it as [2001:db8::1]:PORT") from None
-    if "@" in parts.netloc:
+    if "@" in parts.netloc:  # urlsplit's own reading, should it differ
         raise HostError(f"{what} must not carry a user name or password (the token is the credential): "
                         "leave out the part up to '@'")
     if host:

@@ -100,6 +100,8 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
      "'127.0.0.1/33' in '127.0.0.1/33:*' is not a CIDR network"),
     # credentials in --url would be logged on every line
     (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
+    (CLIENT + ["--url", "wss://user:pass@[::1"], "must not carry a user name or password"),  # was quoted as malformed
+    (HTTP_CLIENT + ["--upstream", "http://user:pass@[::1"], "--upstream must not carry a user name or password"),
     # a path flag given '' ("$UNSET") was the current folder: "token file . is a directory", a path never typed
     (SERVER[:2] + ["--plaintext", "--token-file", ""], "Invalid value for '--token-file': the path is empty"),
     (SERVER[:4] + ["--tls-cert", "", "--tls-key", "{notpem}"], "Invalid value for '--tls-cert': the path is empty"),
