@@ -11,7 +11,8 @@ import httptools
 
 from .messages import END_OF_MESSAGE, Body, Event, HttpError, ResponseHead, no_body_status
 from .header_values import header_tokens, is_keep_alive
-from .parser import MAX_HEADERS, MAX_HEADER_BYTES, NEVER_HOP, Reader
+from .options import NEVER_HOP  # what the Connection header may never make hop-by-hop
+from .parser import MAX_HEADERS, MAX_HEADER_BYTES, Reader
 
 
 class ResponseReader(Reader):
@@ -49,9 +50,10 @@ class ResponseReader(Reader):
         self._check_size()
         parser = self._parser
         status = parser.get_status_code()
-        if not 100 <= status <= 599:  # llhttp takes any 3 digits: 099 passed as a final answer here and as an
-            # interim one where it is sent on, which stripped its framing and hung the connection (RFC 9110 15)
-            raise self._fail(502, f"upstream sent a bad response: status {status:03d} is outside 100-599")
+        if status < 100:  # llhttp takes any 3 digits: 099 passed as a final answer here and as an interim one where
+            # it is sent on, which stripped its framing and hung the connection. RFC 9110 15: invalid, as are 600-999,
+            # which go on as they are (as nginx passes them; an app's /status/N): their framing is a final answer's
+            raise self._fail(502, f"upstream sent a bad response: status {status:03d} is below 100")
         if status == 101 and not self._upgrade:  # what follows would reach the user raw (RFC 9110 15.2.2)
             raise self._fail(502, "upstream switched protocols (101) for a request that asked for no upgrade")
         version = parser.get_http_version().encode()
