@@ -43,7 +43,7 @@ ROOT = FsPath(__file__).resolve().parent.parent
 #: library's, and ``core/bridge``'s ``TcpBridge`` is the base of classes in ``server/tcp`` and
 #: ``client/local_forward``, the latter holding an ``OSError`` subclass, which mypyc does not compile. (So
 #: ``acme/https_front``'s subclass of ``FrontConnection`` would not load: --letsencrypt-domain is not measured.)
-MODULES = ("http/parser", "http/response_reader", "http/exchange", "http/front", "http/leg", "http/messages",
+MODULES = ("http/parser", "http/request_reader", "http/response_reader", "http/exchange", "http/front", "http/leg", "http/messages",
            "http/write", "core/mux", "core/muxqueue", "core/muxframe", "core/session", "core/wsframe")
 CASES = (("1 KiB", "1k.bin"), ("64 KiB", "64k.bin"))
 MYPY_CONFIG = """[mypy]

@@ -34,7 +34,7 @@ from ..core.ports import parse_port
 from ..core.listen import listen_as
 from ..http.front import FrontConnection, FrontServer
 from ..http.messages import HttpError, RequestHead
-from ..http.parser import RequestReader
+from ..http.request_reader import RequestReader
 from ..http.write import SimpleResponse
 from ..server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL, Admission, Ticket, plain_http_answer
 from .letsencrypt import LetsEncrypt

@@ -31,7 +31,7 @@ from ..core.logs import logfmt
 from ..server.dataplane import HEADER_TIMEOUT, DataPlaneOptions, HeaderReader, ProxyProtocolError, address
 from .leg import Leg
 from .messages import Body, EndOfMessage, Event, HttpError, RequestHead, Upgraded, merge_bodies
-from .parser import RequestReader
+from .request_reader import RequestReader
 from .routing import RequestRouting, RoutingServer
 from .write import SimpleResponse
 

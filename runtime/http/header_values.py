@@ -1,6 +1,6 @@
 """Header values the proxy reads: the Host it routes on (checked, and remembered), Connection's tokens, keep-alive.
 
-Apart from ``parser.py`` (the llhttp callbacks and the ``Reader`` state machine) because these are pure functions of
+Apart from ``parser.py`` and the readers (the llhttp callbacks and the ``Reader`` state machine) because these are pure functions of
 a header's bytes, shared by requests (``parser``) and responses (``response_reader``), and testable alone.
 """
 

@@ -17,7 +17,7 @@ CLIENT_COMMANDS = ("cli/tcp_client", "cli/http_client", "cli/run/tcp_client", "c
 #: What a client must never import: the server side, the HTTP reverse proxy and its parser (the HTTP
 #: client is a byte bridge), ACME, prometheus.
 SERVER_SIDE = ("server/", "acme/", "http/server", "http/front", "http/exchange", "http/exchange_state", "http/upgrade", "http/leg",
-               "http/guard", "http/parser", "http/header_values", "http/routing", "http/write", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server",
+               "http/guard", "http/parser", "http/request_reader", "http/header_values", "http/routing", "http/write", "cli/tcp_server", "cli/http_server", "cli/run/tcp_server",
                "cli/run/http_server", "cli/server_config")
 
 
@@ -106,7 +106,7 @@ def test_a_client_process_loads_neither_the_server_nor_its_http_parser_nor_prome
             "assert _run(sys.argv[1:]) == 0\n"
             f"import {package}.cli.run.{mode}_client\n"
             f"loaded = sorted(m for m in sys.modules if m.startswith(('{package}.server', '{package}.acme', "
-            f"'{package}.http.server', '{package}.http.front', '{package}.http.parser', '{package}.http.response_reader', 'httptools', "
+            f"'{package}.http.server', '{package}.http.front', '{package}.http.parser', '{package}.http.request_reader', '{package}.http.response_reader', 'httptools', "
             "'prometheus_client')))\n"
             "print('LOADED', loaded)\n"
         )

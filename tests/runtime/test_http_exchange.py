@@ -23,7 +23,7 @@ from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.leg import Leg
 from inlets_py.runtime.http.options import HttpOptions
 from inlets_py.runtime.http.messages import HttpError, RequestHead
-from inlets_py.runtime.http.parser import RequestReader
+from inlets_py.runtime.http.request_reader import RequestReader
 from inlets_py.runtime.http.write import request_head
 
 #: The websocket of a Session that never runs: no wire, never closing.

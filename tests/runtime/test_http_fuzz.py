@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from helpers.http import LOOPBACK, Stack, answer_after_fin
 
 from inlets_py.runtime.http.messages import HttpError, RequestHead
-from inlets_py.runtime.http.parser import MAX_HEADER_BYTES, RequestReader
+from inlets_py.runtime.http.parser import MAX_HEADER_BYTES
+from inlets_py.runtime.http.request_reader import RequestReader
 
 METHODS = [b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"G\x00T", b""]
 NAMES = [b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"Upgrade", b"Expect", b"X-A", b"Ho st", b""]

@@ -10,7 +10,8 @@ import pytest
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.options import HOP_BY_HOP, HttpOptions, OptionError
 from inlets_py.runtime.http.messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead, Upgraded, host_of
-from inlets_py.runtime.http.parser import PARSE_STEP, RequestReader
+from inlets_py.runtime.http.parser import PARSE_STEP
+from inlets_py.runtime.http.request_reader import RequestReader
 from inlets_py.runtime.http.response_reader import ResponseReader
 from inlets_py.runtime.http.write import SimpleResponse, add_kept, request_head, response_head
 
@@ -647,3 +648,44 @@ def test_another_major_http_version_is_505_and_a_malformed_one_400(version, stat
     assert info.value.status == status
     if status == 505:
         assert str(info.value) == f"HTTP/{version.decode()} is not spoken here: use HTTP/1.1"
+
+
+@pytest.mark.parametrize("method", [b"VERSION-CONTROL", b"UPDATEREDIRECTREF", b"FOOBAR", b"GETX", b"CHECKIN", b"get", b"X"])
+@pytest.mark.parametrize("step", [None, 1, 3, 5])
+def test_an_extension_method_is_parsed_as_its_own_however_the_bytes_are_split(method: bytes, step: int | None):
+    """RFC 9110 9.1: a method is any token and the origin decides (501); llhttp's table is fixed and answered 400.
+    Split anywhere: within the method (CHECK|IN: llhttp took CHECK, then refused), before its space, within
+    the body; then a known method on the same connection is its own again."""
+    raw = (b"\r\n" + method + b" /dav?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+           b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = RequestReader()
+    events = []
+    for i in range(0, len(raw), step or len(raw)):  # a read ends where the second request begins, as a user's would
+        piece = raw[i : i + (step or len(raw))]
+        events += reader.feed(piece) if step else reader.feed(piece[:-31]) + reader.feed(piece[-31:])
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [(h.method, h.target) for h in heads] == [(method, b"/dav?x=1"), (b"GET", b"/next")]
+    assert b"".join(e.data for e in events if isinstance(e, Body)) == b"hello"
+    assert sum(isinstance(e, EndOfMessage) for e in events) == 2
+
+
+@pytest.mark.parametrize("raw", [
+    b"FO@O / HTTP/1.1\r\nHost: a\r\n\r\n",  # not a token
+    b"X" * 65 + b" / HTTP/1.1\r\nHost: a\r\n\r\n",  # longer than MAX_METHOD
+    b"FOO\t/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\nFOOBAR / HTTP/1.1\r\nHost: a\r\n\r\n",  # pipelined in one read: no offset to go by
+])
+def test_a_method_that_is_no_token_or_follows_a_request_in_its_read_is_400(raw: bytes):
+    reader = RequestReader()
+    with pytest.raises(HttpError) as info:
+        events, used = reader.feed_within(raw, 32)  # the requests before it come first, then the refusal
+        assert [e.method for e in events if isinstance(e, RequestHead)] == [b"GET"]
+        reader.feed_within(raw[used:], 32)
+    assert info.value.status == 400
+
+
+def test_an_extension_method_upgrade_hands_over_the_same_tail():
+    """The method's bytes are swapped for a stand-in before llhttp: the upgrade's tail is still what followed."""
+    raw = b"BREW /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: coffee\r\n\r\n\x81\x02hi"
+    events = RequestReader().feed(raw)
+    assert events[0].method == b"BREW" and events[0].upgrade and events[-1].tail == b"\x81\x02hi"

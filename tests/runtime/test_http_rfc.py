@@ -265,3 +265,15 @@ def test_an_http_1_2_request_is_served_as_http_1_1_and_another_major_version_is_
     answer = raw_request(env, b"GET / HTTP/3.0\r\nHost: echo.test\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n") and answer.endswith(
         b"\r\n\r\nHTTP/3.0 is not spoken here: use HTTP/1.1\n"), answer
+
+
+def test_an_extension_method_reaches_the_upstream_as_sent(env):
+    """RFC 9110 9.1: any token is a method, and the origin decides (501); llhttp's fixed table had the proxy answer
+    400 "Invalid method encountered" for registered ones (VERSION-CONTROL, UPDATEREDIRECTREF) and private ones, which
+    nginx, HAProxy and Go pass on. Kept alive: a known method after it on the same connection is its own."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        for method in (b"VERSION-CONTROL", b"FOOBAR", b"GET"):
+            sock.sendall(method + b" /x HTTP/1.1\r\nHost: message.test\r\nContent-Length: 2\r\n\r\nhi")
+            head, _, seen = read_answer(sock).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+            assert seen.startswith(method + b" /x HTTP/1.1\r\n") and seen.endswith(b"\r\n\r\nhi"), seen

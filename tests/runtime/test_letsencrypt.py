@@ -25,7 +25,7 @@ from helpers.letsencrypt import dnsmasq, pebble, served_certificate, wait_until
 from inlets_py.runtime.acme.store import AcmeConfigError, CertStore, Validity, check_domain, check_email, directory_url
 from inlets_py.runtime.core.auth import TokenSet
 from inlets_py.runtime.server.control import ControlConfig
-from inlets_py.runtime.http.parser import RequestReader
+from inlets_py.runtime.http.request_reader import RequestReader
 from inlets_py.runtime.http.server import HttpTunnelServer
 from inlets_py.runtime.acme.https_front import HttpsFront, plain_answer
 from inlets_py.runtime.acme.letsencrypt import configure
