@@ -91,10 +91,17 @@ def _utf8(text: str, what: str) -> bytes:
 def header_pair(text: str) -> tuple[bytes, bytes]:
     """``'Name: value'`` -> (b'Name', b'value'); no CR/LF can slip into a value."""
     name, sep, value = text.partition(":")
-    raw = _utf8(value.strip(), f"the value of header {name.strip()!r}")
-    if not sep or not _VALUE.fullmatch(raw) or len(raw) > MAX_VALUE:
-        raise OptionError(f"expected 'Name: value' (printable value), got {text!r}")
-    return header_name(name), raw
+    if not sep:  # the text is not shown, here nor below: a value may be a credential (Authorization: Bearer ...)
+        raise OptionError("expected 'Name: value' (printable value), got a header without ':'")
+    key = header_name(name)  # a valid name first: the errors below name the header, never show its value
+    what = f"the value of header {key.decode()!r}"
+    raw = _utf8(value.strip(), what)
+    if not _VALUE.fullmatch(raw):
+        raise OptionError(f"expected 'Name: value' (printable value): {what} holds a control character (a line "
+                          "break, a NUL...): give printable text")
+    if len(raw) > MAX_VALUE:
+        raise OptionError(f"expected 'Name: value' (printable value): {what} is longer than {MAX_VALUE} bytes")
+    return key, raw
 
 
 @dataclass

@@ -113,6 +113,10 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     (CLIENT + ["--url", "ws://127.0.0.1:20100", "--tls-ca", "{notpem}"], "--tls-ca checks a wss:// server's certificate"),
     (HTTP_CLIENT[:4] + ["--url", "ws://127.0.0.1:20100", "--upstream", "http://127.0.0.1:1", "--tls-server-name", "a"],
      "--tls-server-name checks a wss:// server's certificate, and every --url is ws://"),
+    # a header's value may be a credential: the error names the header, never shows the value
+    (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", "--request-header-add", "Authorization: Bearer pass@\x01"],
+     "the value of header 'Authorization' holds a control character"),
+    (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", "--response-header-add", "pass@"], "got a header without ':'"),
     # an empty --upstream beside another was skipped without a word
     (CLIENT + ["--url", "wss://127.0.0.1:20100", "--upstream", ""], "--upstream is empty"),
 ])
