@@ -10,11 +10,13 @@ re-reading the token file (token rotation without downtime).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -41,7 +43,33 @@ def _on_stop_signal(stopping: asyncio.Event, sig: signal.Signals) -> None:
     log.warning("event=forced_exit signal=%s reason=%s", sig.name,
                 logfmt("a second signal while draining: open connections cut"))
     logging.shutdown()
+    reset_on_exit()
     os._exit(1)
+
+
+def reset_on_exit() -> None:
+    """Every TCP connection the process holds closes with a reset when it exits, not a FIN: a user or upstream
+    reading until the close took the part a forced exit cut for the whole transfer (the drain timeout aborts them
+    so already). SO_LINGER 0 is the socket's own, so a duplicate descriptor sets it; the exit then closes each."""
+    try:
+        descriptors = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:  # not Linux: the exit closes them as it does
+        return
+    linger = struct.pack("ii", 1, 0)
+    for descriptor in descriptors:
+        try:
+            copy = os.dup(descriptor)
+        except OSError:  # closed since the listing (the listing's own)
+            continue
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:  # not a socket: the log file, a pipe
+            os.close(copy)
+            continue
+        with sock:
+            if sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
 
 
 def raise_open_files_limit() -> None:

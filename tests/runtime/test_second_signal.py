@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytest
 from helpers.process import client_args, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
@@ -32,6 +33,9 @@ def test_a_second_signal_during_the_drain_exits_at_once(
             server.send_signal(signal.SIGINT)
             code = server.wait(10)
             assert time.monotonic() - started < 5
+            # cut, so said with a reset: a FIN let a user reading until the close take a cut transfer for whole
+            with pytest.raises(ConnectionResetError):
+                user.recv(4)
     finally:
         stop_all(client, server)
     assert code == 1
