@@ -340,16 +340,27 @@ def refusal_hint(status: int, proxy: str, source: str = "--proxy", password_from
         return STATUS_HINTS.get(status)
     parts = urlsplit(proxy)
     where = source if source.startswith("--") else f"${source}"
-    if not parts.username:
+    if not _credentials_sent(parts):
         also = "" if source.startswith("--") else f" (or put USER:PASSWORD@ in {where})"
         return (f"proxy credentials missing: give --proxy {parts.scheme}://USER@HOST:PORT with --proxy-password-file "
                 f"FILE or $INLETS_PROXY_PASSWORD{also}")
+    if not parts.username:  # ":PASSWORD" went: "missing" sent the user looking for a password that had been sent
+        return (f"proxy credentials refused: the password in {where} was sent with no user: check it, and add the "
+                f"proxy's user if it needs one ({parts.scheme}://USER:PASSWORD@HOST:PORT)")
     if password_from:
         return f"proxy credentials refused: check the user in {where} and the password in {password_from}"
     if source.startswith("--"):  # the password inside --proxy, where ps shows it
         return (f"proxy credentials refused: check the user and password in {where} (better: the password in "
                 "--proxy-password-file FILE or $INLETS_PROXY_PASSWORD)")
     return f"proxy credentials refused: check the user and password in {where}"
+
+
+def _credentials_sent(parts: SplitResult) -> bool:
+    """Did the proxy get a user and password? An HTTP proxy gets Basic ``USER:PASSWORD`` whenever a password is
+    given, with no user too (``:PASSWORD``, as curl sends it); python-socks offers them only when both are non-empty."""
+    if parts.scheme.startswith("socks"):
+        return bool(parts.username and parts.password)
+    return parts.password is not None
 
 
 def socks_refusal(error: BaseException, proxy: str, target: str, source: str = "--proxy",

@@ -342,6 +342,11 @@ def test_refused_proxy_credentials_name_where_they_were_read(
          f"proxy credentials refused: check the user and password in ${variable})"),
         (["--proxy", f"{kind}://{proxy}"], clean_env(), f"proxy credentials missing: give --proxy {kind}://USER@HOST:PORT"
                                                         " with --proxy-password-file FILE or $INLETS_PROXY_PASSWORD)"),
+        # a password and no user: an HTTP proxy gets ":PASSWORD" (curl's way), so it refused them, not found none;
+        # python-socks offers no credentials without a user, so there they are missing
+        (["--proxy", f"{kind}://:not-{PASSWORD}@{proxy}"], clean_env(),
+         "proxy credentials refused: the password in --proxy was sent with no user: check it, and add the proxy's user"
+         if kind == "http" else f"proxy credentials missing: give --proxy {kind}://USER@HOST:PORT"),
     ]
     for flags, env, said in cases:
         status = _status(control, token_file, tls, env, *flags)
