@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 from ..client.dialer import ClientConfig, FatalClientError, TunnelClient, connect_url
 from ..client.group import ClientGroup
-from ..client.outbound_proxy import ProxyConfigError
+from ..client.outbound_proxy import DIRECT, ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
-from ..client.outbound_proxy import check_password_fits, with_password
+from ..client.outbound_proxy import check_password_fits, normalize, with_password
 from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_tokens, warn_if_others_can_read
 from ..core.hosts import HostError, check_host
 from ..core.logs import logfmt
@@ -78,6 +78,7 @@ def check_servers(flags: SimpleNamespace) -> None:
     except (FatalClientError, HostError) as exc:
         fail(str(exc))
     refuse_blank(flags.proxy, "--proxy", PROXY_INSTEAD)
+    check_proxy(flags.proxy, flags.proxy_password_file)
     if flags.tls_ca is not None and flags.tls_insecure:
         fail("give --tls-ca or --tls-insecure, not both: --tls-insecure would ignore the CA")
     if not any(url.startswith("wss://") for url in flags.url):  # ignored over ws://: the user believed it pinned
@@ -85,6 +86,20 @@ def check_servers(flags: SimpleNamespace) -> None:
             if value is not None:
                 fail(f"{flag} checks a wss:// server's certificate, and every --url is ws:// (no TLS): "
                      "give the server's wss:// URL, or leave the flag out")
+
+
+def check_proxy(proxy: str | None, password_file: Path | None) -> None:
+    """--proxy's own form (scheme, host, port), completed as the run completes it with the password of its file or
+    $INLETS_PROXY_PASSWORD, which is not read: only ``client_config`` checked it, so --generate wrote a unit that
+    failed at every start. The environment's *_PROXY is left to the run: where the unit runs it may differ."""
+    if proxy is None or proxy.strip().lower() in DIRECT:
+        return
+    try:
+        if password_file is not None or PROXY_PASSWORD.read(None, None) is not None:
+            proxy = with_password(proxy, "password", _proxy_password_source(password_file))
+        normalize(proxy, "--proxy")  # ``choose_proxy``'s check of a --proxy
+    except ProxyConfigError as exc:
+        fail(str(exc))
 
 
 def client_config(

@@ -208,7 +208,7 @@ def _client_hint(command: list[str], name: str, replicas: int, control: int, sch
 
 def k8s_yaml(command: list[str], argv: list[str]) -> str:
     """The YAML for ``inlets <command> <argv>`` (see the module's docstring)."""
-    pairs, secrets = split_secrets(command, without_generate(argv))
+    pairs, secrets = split_secrets(command, without_generate(command, argv))
     pairs, replicas = _replicas(pairs)
     name = name_of(command)
     server = command[-1] == "server"

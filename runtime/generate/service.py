@@ -47,34 +47,43 @@ class GenerateError(ValueError):
     """The flags cannot be turned into a service definition; the message says why."""
 
 
-#: Options that always take a value, as typer parses them: ``--token --MYSECRET`` is the token
-#: "--MYSECRET", not a flag and a flag (which put the secret on the unit's ExecStart line).
-VALUE_OPTIONS = (*FILE_OPTIONS, *(s.option for s in SECRETS))
+def value_options(command: list[str]) -> set[str]:
+    """The flags of ``inlets <command>`` that take a value, as typer parses them (all but its on/off flags): such a
+    flag takes the next item whatever it holds, so ``--token --MYSECRET`` is the token "--MYSECRET" (not two flags,
+    which put the secret on the unit's ExecStart line) and ``--request-header-add '--X-Y: a=b'`` one header."""
+    import typer
+
+    from ..cli.app import app  # the command running now has added itself to it
+
+    found = typer.main.get_command(app)
+    for word in command:
+        found = found.commands[word]  # type: ignore[attr-defined]
+    return {name for param in found.params if not getattr(param, "is_flag", False) for name in param.opts}
 
 
-def split_argv(argv: list[str]) -> list[tuple[str, str | None]]:
-    """``['--a', '1', '--b=2', '--flag']`` -> ``[('--a','1'), ('--b','2'), ('--flag', None)]``."""
-    pairs: list[tuple[str, str | None]] = []
+def split_argv(argv: list[str], takes_value: set[str]) -> Pairs:
+    """``['--a', '1', '--b=2', '--flag']`` -> ``[('--a','1'), ('--b','2'), ('--flag', None)]``, read as typer read
+    it: a flag of ``takes_value`` takes the next item, else its value follows its first ``=``. A guess from the
+    items themselves split a value such as ``--basic-auth-username '--token=X'`` into a flag of its own (an inline
+    token the unit was given, the user name dropped): the unit ran other flags than the command."""
+    pairs: Pairs = []
     index = 0
     while index < len(argv):
         item = argv[index]
-        if item.startswith("--") and "=" in item:
-            name, value = item.split("=", 1)
+        name, equals, value = item.partition("=")
+        if item in takes_value and index + 1 < len(argv):
+            pairs.append((item, argv[index + 1]))
+            index += 1
+        elif equals and name in takes_value:
             pairs.append((name, value))
-        elif item in VALUE_OPTIONS and index + 1 < len(argv):
-            pairs.append((item, argv[index + 1]))
-            index += 1
-        elif item.startswith("--") and index + 1 < len(argv) and not argv[index + 1].startswith("--"):
-            pairs.append((item, argv[index + 1]))
-            index += 1
         else:
             pairs.append((item, None))
         index += 1
     return pairs
 
 
-def without_generate(argv: list[str]) -> list[tuple[str, str | None]]:
-    return [(name, value) for name, value in split_argv(argv) if name != "--generate"]
+def without_generate(command: list[str], argv: list[str]) -> Pairs:
+    return [(name, value) for name, value in split_argv(argv, value_options(command)) if name != "--generate"]
 
 
 @dataclass
@@ -102,13 +111,15 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
     rest: Pairs = []
     found: dict[str, FoundSecret] = {}
     token_files: list[FoundSecret] = []  # a client of several servers: --token-file once per --url, in order
-    for name, value in pairs:
-        proxy = _split_proxy(value) if name == "--proxy" and value else None
-        if proxy is not None and proxy.password is not None:
+    last_proxy = max((index for index, (name, _) in enumerate(pairs) if name == "--proxy"), default=None)
+    for index, (name, value) in enumerate(pairs):
+        if name == "--proxy" and index != last_proxy:  # typer takes the last: an earlier one, and its password, the
+            continue  # command never used (kept, its password file went with --proxy none and refused every start)
+        if name == "--proxy" and value and (password := _proxy_password(value)) is not None:
             from ..client.outbound_proxy import redact  # scheme://USER@HOST:PORT, the password left out
 
-            rest.append((name, redact(value)))  # type: ignore[arg-type]
-            found[PROXY_PASSWORD.key] = FoundSecret(PROXY_PASSWORD, unquote(proxy.password), None)
+            rest.append((name, redact(value)))
+            found[PROXY_PASSWORD.key] = FoundSecret(PROXY_PASSWORD, password, None)
             continue
         secret = next((s for s in SECRETS if name in (s.option, s.file_option)), None)
         if secret is None:
@@ -144,6 +155,25 @@ def _split_proxy(value: str) -> SplitResult:
         return split(value, "--proxy")
     except ProxyConfigError as exc:
         raise GenerateError(str(exc)) from None
+
+
+def _proxy_password(value: str) -> str | None:
+    """The password --proxy holds, for a file the unit reads with --proxy-password-file; None if it holds none, or
+    an empty one (``http://USER:@HOST``: no secret, so the URL goes as given). One the file could not give back as
+    the command sends it is refused: the unit failed at every start, or sent another password."""
+    from ..client.outbound_proxy import redact
+
+    proxy = _split_proxy(value)
+    if not proxy.password:
+        return None
+    if not proxy.username:  # sent as ":PASSWORD", as curl sends it; --proxy-password-file completes a user only
+        raise GenerateError(f"--proxy {redact(value)} holds a password but no user, and a unit keeps the password in "
+                            "--proxy-password-file, which needs one: give --proxy http://USER:PASSWORD@HOST:PORT")
+    password = unquote(proxy.password)
+    if (password + "\n").splitlines()[0].strip() != password:  # a file's first line, stripped, is its password
+        raise GenerateError(f"--proxy {redact(value)}: its password begins or ends with a space or holds a line break, "
+                            "which --proxy-password-file (where a unit keeps it) cannot hold: change the password")
+    return password
 
 
 def _environment_proxy(command: list[str], pairs: Pairs) -> Pairs:
@@ -281,7 +311,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     secret given inline or in the environment becomes a file in /etc/inlets for the
     operator to write: ``--token X`` becomes ``--token-file /etc/inlets/token``.
     """
-    pairs, secrets = split_secrets(command, _environment_proxy(command, without_generate(argv)))
+    pairs, secrets = split_secrets(command, _environment_proxy(command, without_generate(command, argv)))
     if not any(found.secret is TOKEN for found in secrets):  # none given here: the operator writes the file
         secrets.append(FoundSecret(TOKEN, None, None))
     for found in secrets:  # a secret given inline or in the environment: a file in /etc/inlets for the operator
@@ -310,6 +340,7 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
     needed = runtime + files + dirs + [os.path.realpath(p) for p in runtime + files + dirs]
     try:  # systemd's quoting and escaping: no value can add a directive or expand a specifier
         exec_start = exec_command([*inlets, *command, *args])
+        _check_line_length(f"ExecStart={exec_start}")
         for file in files:  # named in the setup hint's comment line too; checked first, so an error names the file
             path_value(file)
         # a folder it both reads and writes is only a ReadWritePaths=: given both, systemd keeps the read-only one
@@ -340,6 +371,20 @@ def systemd_unit(command: list[str], argv: list[str]) -> str:
         print(f"inlets: write these secrets, each on the first line of its file, once the unit's setup comment has "
               f"made them 0600: {', '.join(to_write)}", file=sys.stderr)
     return unit
+
+
+#: systemd reads no unit-file line of this many bytes or more (LONG_LINE_MAX): the whole unit then fails to load
+LONG_LINE_MAX = 1 << 20
+
+
+def _check_line_length(line: str) -> None:
+    """A line too long for systemd was written without a word, and the unit never loaded ("No buffer space
+    available"), though the command itself ran with the same flags."""
+    size = len(line.encode("utf-8", "surrogateescape"))
+    if size >= LONG_LINE_MAX:
+        raise UnitValueError(f"its {line.partition('=')[0]}= line would be {size} bytes, and systemd loads no unit "
+                             f"with a line of {LONG_LINE_MAX} bytes or more (a % or $ is written twice there): give "
+                             "fewer or shorter flag values")
 
 
 def _binds_below_1024(command: list[str], pairs: Pairs) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -303,6 +304,15 @@ UPSTREAM = {"tcp": ["--upstream", "127.0.0.1", "--ports", "80"], "http": ["--ups
     (["http", "server", *QUIET_SERVER, "--port", "21111", "--trusted-proxies", ""], "--trusted-proxies is empty: give the proxies'"),
     (["tcp", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
     (["http", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
+    # --proxy's own form, which only the run checked (after reading the token): a unit that failed at every start
+    (["tcp", "client", "--url", "wss://a:1", "--proxy", "bogus://x"],
+     "--proxy: proxy scheme 'bogus' is not supported (use http://, https:// or socks5://)"),
+    (["http", "client", "--url", "wss://a:1", "--proxy", "http://127.0.0.1:3128/x"],
+     "--proxy: invalid proxy http://127.0.0.1:3128: path is meaningless"),
+    (["tcp", "client", "--url", "wss://a:1", "--proxy", "http://u@127.0.0.1:3128"],
+     "--proxy: invalid proxy http://u@127.0.0.1:3128: username provided without password (keep it in"),
+    (["http", "client", "--url", "wss://a:1", "--proxy", "http://u@127.0.0.1:3128?q", "--proxy-password-file",
+      "/etc/inlets/proxy-pw"], "--proxy: invalid proxy http://u@127.0.0.1:3128: query is meaningless"),
     (["http", "client", "--url", "wss://a:1", "--basic-auth-username", "", "--basic-auth-password-file",
       "/etc/inlets/pw"], "--basic-auth-username is empty: give the user name"),
     (["http", "server", *QUIET_SERVER, "--port", "21111", "--letsencrypt-domain", "a.example.com", "--letsencrypt-email", ""],
@@ -629,3 +639,118 @@ def test_a_generated_unit_filters_system_calls_and_keeps_its_files_private(argv:
     lines = result.stdout.splitlines()
     assert {"SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM", "UMask=0077"} <= set(lines)
     assert _exposure(tmp_path, result.stdout, "inlets-test.service") <= 2.0
+
+
+# ------------------------------------------------------------- the definition runs the argv the command runs
+
+def _unspecified(word: str) -> str:
+    """``word`` after systemd's specifier and variable passes: ``%%`` and ``$$`` made single (any other ``%`` or
+    ``$`` would be expanded, so none may be left)."""
+    out, index = [], 0
+    while index < len(word):
+        if word[index] in "%$":
+            assert word[index + 1:index + 2] == word[index], f"systemd would expand {word[index:index + 2]!r}: {word!r}"
+            index += 1
+        out.append(word[index])
+        index += 1
+    return "".join(out)
+
+
+def _exec_argv(unit: str) -> list[str]:
+    """The argv of a unit's ``ExecStart=`` as systemd reads it (config_parse_exec): words split at blanks outside
+    double quotes, C escapes undone (``\\\\ \\" \\n \\t \\r \\xNN``), then specifiers and variables."""
+    line = next(line for line in unit.splitlines() if line.startswith("ExecStart=")).removeprefix("ExecStart=")
+    escapes = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+    words = r'"((?:[^"\\]|\\.)*)"(?=\s|$)|([^\s"\\]+)'  # what exec_word writes: a plain word, or one quoted
+    assert re.fullmatch(rf"\s*(?:(?:{words})\s*)*", line), line
+    argv = []
+    for word in re.finditer(words, line):
+        text = word[2] if word[1] is None else re.sub(
+            r"\\(x[0-9a-fA-F]{2}|.)", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 3 else escapes[m[1]], word[1])
+        argv.append(_unspecified(text))
+    return argv
+
+
+def _definition_argv(kind: str, given: list[str]) -> list[str]:
+    """``inlets GIVEN --generate=KIND``: the argv its unit's ExecStart (less the program) or its Deployment runs."""
+    result = (unit_inlets if kind == "systemd" else inlets)(*given, f"--generate={kind}")
+    assert result.returncode == 0, result.stderr
+    if kind == "systemd":
+        return _exec_argv(result.stdout)[1:]
+    deployment = next(doc for doc in yaml.safe_load_all(result.stdout) if doc["kind"] == "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+HTTP_CLIENT_BASE = ["http", "client", "--url", "wss://203.0.113.10:8123", "--upstream", "http://127.0.0.1:3000"]
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("given, runs", [
+    # a value that starts with "--" and holds "=": --generate's own reading of argv took it for --NAME=VALUE, so the
+    # unit added the header "--X-Y: a" and a stray "b", or took the user name "--token=usr-Qv2" for an inline token
+    (["--request-header-add", "--X-Y: a=b"], None),
+    (["--basic-auth-username", "--token=usr-Qv2", "--basic-auth-password-file", "{pw}"], None),
+    (["--request-header-remove", "--X-Z", "--basic-auth-username", "--token=usr-Qv2",
+      "--basic-auth-password-file={pw}"],
+     ["--request-header-remove", "--X-Z", "--basic-auth-username", "--token=usr-Qv2", "--basic-auth-password-file",
+      "{pw}"]),
+    # an empty proxy password is no secret: its file would be empty, which the unit refused at every start
+    (["--proxy", "http://u:@127.0.0.1:3128"], None),
+    # typer takes the last --proxy: the unit kept both, with the first one's password in a file, and refused it
+    (["--proxy", "http://u:prx-Pw4@127.0.0.1:3128", "--proxy", "none"], ["--proxy", "none"]),
+])
+def test_the_definition_runs_exactly_the_flags_the_command_takes(kind: str, given: list[str],
+                                                                 runs: list[str] | None) -> None:
+    """What --generate writes, read as systemd (or the kubelet) reads it, is the argv the command ran with: the same
+    flags and values, each secret's file where the definition keeps it (last, where --generate puts it)."""
+    with folder_outside_tmp() as folder:
+        for name in ("token", "pw"):
+            (folder / name).write_text(f"{name}-Vk3\n")
+            (folder / name).chmod(0o600)
+        files = {"token": str(folder / "token"), "pw": str(folder / "pw")}
+        ran = [*HTTP_CLIENT_BASE, *[arg.format(**files) for arg in given], "--token-file", files["token"]]
+        argv = _definition_argv(kind, ran)
+    expected = [*HTTP_CLIENT_BASE, *[arg.format(**files) for arg in runs or given], "--token-file", files["token"]]
+    if kind == "k8s_yaml":  # the files are keys of the Secret, mounted here
+        expected = [{files["token"]: "/var/run/secrets/inlets/token", files["pw"]:
+                     "/var/run/secrets/inlets/basic-auth-password"}.get(arg, arg) for arg in expected]
+    assert argv == expected
+    assert "prx-Pw4" not in " ".join(argv)
+
+
+@pytest.mark.parametrize("kind", ["systemd", "k8s_yaml"])
+@pytest.mark.parametrize("proxy, says", [
+    # sent as ":PASSWORD" (curl's way): --proxy-password-file, where a unit keeps a password, needs a user
+    ("http://:prx-Pw4@127.0.0.1:3128", "--proxy http://127.0.0.1:3128 holds a password but no user, and a unit keeps"
+                                       " the password in --proxy-password-file, which needs one: give --proxy http://"),
+    # a file's first line, stripped, is its password: the unit would send another one
+    ("http://u:%20prx-Pw4@127.0.0.1:3128", "--proxy http://u@127.0.0.1:3128: its password begins or ends with a space"),
+    ("http://u:prx%0APw4@127.0.0.1:3128", "--proxy http://u@127.0.0.1:3128: its password begins or ends with a space"),
+])
+def test_a_proxy_password_no_file_can_carry_is_refused_in_one_line(kind: str, proxy: str, says: str) -> None:
+    """The command sends these; a unit reading the password from a file could not (it exited 2 at every start, or
+    sent another password): refused now, the password never shown."""
+    result = (unit_inlets if kind == "systemd" else inlets)(
+        *HTTP_CLIENT_BASE, "--token", "tok-Zq81", "--proxy", proxy, f"--generate={kind}", env={"INLETS_TOKEN": ""})
+    one_line_error(result, says)
+    assert result.stdout == "" and "prx" not in result.stderr and "Pw4" not in result.stderr, result.stderr
+
+
+def test_a_unit_whose_exec_start_systemd_could_not_read_is_refused(tmp_path: Path) -> None:
+    """systemd reads no unit-file line of 1 MiB or more (LONG_LINE_MAX): such a unit was written without a word,
+    and never loaded ("No buffer space available"), though the command ran with the same flags. Header values of
+    '%', written twice there, make a line over it; a few fewer make one under it, which systemd loads."""
+    value = "%" * 4096  # the longest value a header takes
+
+    def headers(count: int) -> list[str]:
+        return [arg for n in range(count) for flag in ("--request-header-add", "--response-header-add")
+                for arg in (flag, f"X-H{n}: {value}")]
+
+    base = [*HTTP_CLIENT_BASE, "--token-file", "/etc/inlets/token", "--generate=systemd"]
+    under = unit_inlets(*base, *headers(60), timeout=60)  # each failure message is short: the unit is 1 MB
+    assert under.returncode == 0, under.stderr[:300]
+    assert len(_verified(tmp_path, under.stdout)) > 980_000
+    over = unit_inlets(*base, *headers(64), timeout=60)
+    assert (over.returncode, over.stdout, over.stderr.count("\n")) == (2, "", 1), over.stderr[:300]
+    assert over.stderr.startswith("inlets: error: cannot write a systemd unit: its ExecStart= line would be ") and (
+        "bytes, and systemd loads no unit with a line of 1048576 bytes or more" in over.stderr), over.stderr[:300]
