@@ -170,3 +170,24 @@ def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_ti
     assert time.monotonic() - started < 3.5
     with_connection.close()
     behind.close()
+
+
+def test_a_head_begun_late_in_the_keep_alive_wait_gets_the_header_timeout_not_the_idle_one(stack, tls, token) -> None:
+    """nginx's keepalive_timeout ends at the next request's first byte. The idle sweep closed a connection whose head
+    began 1.5 s into a 2 s wait and was complete 0.9 s later, well within the header timeout: no answer, no 408."""
+    import time
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, header_timeout=1.5, idle_timeout=2.0)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as user:
+        user.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        assert user.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.5)
+        user.sendall(b"GET /second HTTP/1.1\r\n")
+        time.sleep(0.9)  # past the idle timeout's 2 s, within the header timeout's 1.5 s from the head's first byte
+        user.sendall(b"Host: site.test\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while data := user.recv(65536):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200"), answer
