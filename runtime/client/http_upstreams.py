@@ -97,6 +97,8 @@ class UnansweredHint:
 
 def parse_upstream_url(text: str) -> HttpUpstream:
     """``http[s]://HOST[:PORT]``, the host checked now: a bad one would leave each user's request hanging."""
+    if "," in text:  # no part of such a URL holds one: a list, as Go's inlets takes, said as a path was
+        raise UpstreamError(f"--upstream takes one HOST=URL (or one URL): repeat --upstream for each, got {text!r}")
     try:
         parts = split_url(text.strip(), "--upstream")
     except HostError as exc:

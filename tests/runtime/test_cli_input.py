@@ -117,6 +117,9 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", "--request-header-add", "Authorization: Bearer pass@\x01"],
      "the value of header 'Authorization' holds a control character"),
     (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", "--response-header-add", "pass@"], "got a header without ':'"),
+    # Go's inlets takes a list: the URL's ',' was said as a path
+    (HTTP_CLIENT + ["--upstream", "a.test=http://127.0.0.1:1,b.test=http://127.0.0.1:2"],
+     "--upstream takes one HOST=URL (or one URL): repeat --upstream for each"),
     # an empty --upstream beside another was skipped without a word
     (CLIENT + ["--url", "wss://127.0.0.1:20100", "--upstream", ""], "--upstream is empty"),
 ])
