@@ -69,14 +69,21 @@ def _allowed(names: list[bytes], flag: str) -> list[bytes]:
     return names
 
 
+def _at_most_rules(texts: list[str], flag: str) -> list[str]:
+    """The server takes at most MAX_RULES of each (``from_extra``): more let the client start, then be refused."""
+    if len(texts) > MAX_RULES:
+        raise OptionError(f"{flag} is given {len(texts)} times: a server takes at most {MAX_RULES}")
+    return texts
+
+
 def _added(texts: list[str], flag: str) -> list[tuple[bytes, bytes]]:
-    pairs = [header_pair(h) for h in texts]
+    pairs = [header_pair(h) for h in _at_most_rules(texts, flag)]
     _allowed([n for n, _ in pairs], flag)
     return pairs
 
 
 def _removed(texts: list[str], flag: str) -> frozenset[bytes]:
-    return frozenset(n.lower() for n in _allowed([header_name(h) for h in texts], flag))
+    return frozenset(n.lower() for n in _allowed([header_name(h) for h in _at_most_rules(texts, flag)], flag))
 
 
 def _utf8(text: str, what: str) -> bytes:

@@ -120,6 +120,9 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     # Go's inlets takes a list: the URL's ',' was said as a path
     (HTTP_CLIENT + ["--upstream", "a.test=http://127.0.0.1:1,b.test=http://127.0.0.1:2"],
      "--upstream takes one HOST=URL (or one URL): repeat --upstream for each"),
+    # more header rules than a server takes: the client started, then each server refused it
+    (HTTP_CLIENT + ["--upstream", "http://127.0.0.1:1", *["--request-header-add", "X-A: b"] * 65],
+     "--request-header-add is given 65 times: a server takes at most 64"),
     # an empty --upstream beside another was skipped without a word
     (CLIENT + ["--url", "wss://127.0.0.1:20100", "--upstream", ""], "--upstream is empty"),
 ])
