@@ -8,20 +8,20 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import path_flag
+from .options import path_option
 
 Urls = Annotated[list[str], typer.Option(
     "--url", metavar="<url>", help="Server URL: wss://HOST:8123 (a path is kept as a prefix). Repeat it to serve "
     "through several servers at once (high availability: one session each, each reconnecting on its own).")]
-TokenFiles = Annotated[Optional[list[Path]], typer.Option(
-    "--token-file", parser=path_flag, metavar="<path>", help="File holding the token, re-read at every connection. With several "
-    "--url: one file for all, or one per --url in the same order.")]
-TlsCa = Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="CA certificate to pin the server to (else the system trust store).")]
+TokenFiles = Annotated[Optional[list[Path]], path_option(
+    "File holding the token, re-read at every connection. With several --url: one file for all, or one per --url in "
+    "the same order.", "--token-file")]
+TlsCa = Annotated[Optional[Path], path_option("CA certificate to pin the server to (else the system trust store).")]
 TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server certificate must carry, when not the URL host.")]
 TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
 Proxy = Annotated[Optional[str], typer.Option(
     help="Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
     "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
-ProxyPasswordFile = Annotated[Optional[Path], typer.Option(
-    parser=path_flag, metavar="<path>", help="File holding the password for the --proxy user (or the password itself in $INLETS_PROXY_PASSWORD) "
+ProxyPasswordFile = Annotated[Optional[Path], path_option(
+    "File holding the password for the --proxy user (or the password itself in $INLETS_PROXY_PASSWORD) "
     "(a password inside --proxy shows in ps).")]

@@ -12,7 +12,7 @@ from .app import http_app
 from .config import maybe_generate
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsInsecure, TlsServerName, TokenFiles, Urls
 from .durations import DrainTimeout, Keepalive
-from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token, path_flag
+from .options import Generate, LogFormat, LogLevel, MaxBuffer, MaxServerStreams, Token, path_option
 
 Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repeatable).")]
 Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
@@ -25,7 +25,7 @@ def http_client(
         list[str], typer.Option(help="HOSTNAME=URL for one host, or a bare URL for every other host; repeatable.")
     ],
     upstream_insecure: Annotated[bool, typer.Option(help="Do not verify https:// upstreams.")] = False,
-    upstream_ca: Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="CA for https:// upstreams (else system store).")] = None,
+    upstream_ca: Annotated[Optional[Path], path_option("CA for https:// upstreams (else system store).")] = None,
     rewrite_host: Annotated[bool, typer.Option(help="Send the upstream's host in Host instead of the original.")] = False,
     request_header_add: Headers = None,
     request_header_remove: Names = None,
@@ -34,12 +34,12 @@ def http_client(
     basic_auth_username: Annotated[Optional[str], typer.Option(help="Protect the site with basic auth.")] = None,
     basic_auth_password: Annotated[Optional[str], typer.Option(
         help="Password for --basic-auth-username (shows in ps: prefer the file or $INLETS_BASIC_AUTH_PASSWORD).")] = None,
-    basic_auth_password_file: Annotated[Optional[Path], typer.Option(
-        parser=path_flag, metavar="<path>", help="File holding the --basic-auth-username password (or the password itself in $INLETS_BASIC_AUTH_PASSWORD).")] = None,
+    basic_auth_password_file: Annotated[Optional[Path], path_option(
+        "File holding the --basic-auth-username password (or the password itself in $INLETS_BASIC_AUTH_PASSWORD).")] = None,
     bearer_token: Annotated[Optional[str], typer.Option(
         help="Protect the site: require this bearer token (shows in ps: prefer the file or $INLETS_BEARER_TOKEN).")] = None,
-    bearer_token_file: Annotated[Optional[Path], typer.Option(
-        parser=path_flag, metavar="<path>", help="File holding the bearer token the site requires (or the token itself in $INLETS_BEARER_TOKEN).")] = None,
+    bearer_token_file: Annotated[Optional[Path], path_option(
+        "File holding the bearer token the site requires (or the token itself in $INLETS_BEARER_TOKEN).")] = None,
     token: Token = None,
     token_file: TokenFiles = None,
     tls_ca: TlsCa = None,

@@ -14,7 +14,7 @@ from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
     AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
     LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
-    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, count_option, path_flag, port_option,
+    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, count_option, path_option, port_option,
 )
 
 
@@ -25,8 +25,8 @@ LetsEncryptIssuer = Annotated[str, typer.Option(
     help="prod, staging, or an ACME directory URL (https://...). Using it accepts the CA's terms of service.")]
 LetsEncryptPath = Annotated[Optional[Path], typer.Option(
     help="Where account and certificate keys are kept (0700) [default: ~/.local/share/inlets/letsencrypt].")]
-LetsEncryptCa = Annotated[Optional[Path], typer.Option(
-    parser=path_flag, metavar="<path>", help="CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
+LetsEncryptCa = Annotated[Optional[Path], path_option(
+    "CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]
 MaxHttpsHandshakes = Annotated[int, count_option(
     help="HTTPS-port connections in their TLS handshake or with no request head yet, at once (at the cap the oldest "

@@ -58,6 +58,11 @@ def print_version(name: str) -> Callable[[bool], None]:
     return callback
 
 
+def path_option(help: str, *names: str) -> Any:
+    """A file or folder flag: parsed by ``path_flag``, shown as <path> in --help."""
+    return typer.Option(*names, parser=path_flag, metavar="<path>", help=help)
+
+
 def port_option(help: str, *names: str) -> Any:
     """A port flag: parsed by ``port_flag``, shown as PORT in --help."""
     return typer.Option(*names, parser=port_flag, metavar="PORT", help=help)
@@ -71,10 +76,11 @@ DataAddr = Annotated[
 ]
 Token = Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")]
 TokenFile = Annotated[
-    Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="File holding the token (server: one per line, re-read on SIGHUP).")
+    Optional[Path], path_option("File holding the token (server: one per line, re-read on SIGHUP).")
 ]
-TlsCert = Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="TLS certificate (PEM) for the control plane (re-read with --tls-key on SIGHUP).")]
-TlsKey = Annotated[Optional[Path], typer.Option(parser=path_flag, metavar="<path>", help="TLS private key (PEM).")]
+TlsCert = Annotated[Optional[Path], path_option(
+    "TLS certificate (PEM) for the control plane (re-read with --tls-key on SIGHUP).")]
+TlsKey = Annotated[Optional[Path], path_option("TLS private key (PEM).")]
 AutoTls = Annotated[bool, typer.Option(help="Generate a CA and server certificate (reused on restart).")]
 AutoTlsPath = Annotated[
     Optional[Path], typer.Option(help="Where --auto-tls keeps its files [default: ~/.local/share/inlets/auto-tls].")

@@ -24,7 +24,7 @@ from .config import fail, refuse_blank
 from .durations import seconds_option
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
 from .status_view import render_holdings, render_table
-from .options import path_flag
+from .options import path_option
 from .usage import shown
 
 
@@ -34,8 +34,8 @@ def status(
         "--url", metavar="<url>", help="Server URL: wss://HOST:8123 (a path is kept as a prefix). Repeat it for "
         "each server behind one balancer.")],
     token: Annotated[Optional[str], typer.Option(help="Auth token (prefer --token-file or $INLETS_TOKEN).")] = None,
-    token_file: Annotated[Optional[list[Path]], typer.Option(
-        parser=path_flag, metavar="<path>", help="File holding the token: one for every --url, or one per --url in order.")] = None,
+    token_file: Annotated[Optional[list[Path]], path_option(
+        "File holding the token: one for every --url, or one per --url in order.")] = None,
     tls_ca: TlsCa = None,
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's /status JSON; with several --url, "

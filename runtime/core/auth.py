@@ -258,8 +258,9 @@ def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
         if not tokens:
             raise TokenError(f"token file {token_file} holds no token")
         return tokens
-    if os.environ.get(TOKEN_ENV, "").strip():
-        return [check_token(os.environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}")]
+    from_env = TOKEN.read(None, None)  # $INLETS_TOKEN, checked as the flag's value is
+    if from_env is not None:
+        return [from_env]
     raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}")
 
 

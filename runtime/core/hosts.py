@@ -151,9 +151,6 @@ def split_url(url: str, what: str = "--url") -> SplitResult:
         host = parts.hostname
     except ValueError:
         raise HostError(f"{what} {url!r} has a malformed [IPv6] address: write it as [2001:db8::1]:PORT") from None
-    if "@" in parts.netloc:  # urlsplit's own reading, should it differ
-        raise HostError(f"{what} must not carry a user name or password (the token is the credential): "
-                        "leave out the part up to '@'")
     if host:
         check_host(host, what)
     return parts

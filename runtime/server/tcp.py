@@ -262,16 +262,16 @@ class TcpTunnelServer:
 
     async def start(self) -> None:
         if self.data_addr:
-            await self._check_data_addr()
+            await self._check_data_addr(self.data_addr)
         await self.control.start()
 
-    async def _check_data_addr(self) -> None:
+    async def _check_data_addr(self, data_addr: str) -> None:
         """The data ports open only when clients ask for them: a --data-addr that is not this machine's is found
         here, at start, by whoever runs the server (as the HTTP server's is), not by each client in its refusal."""
         try:
-            probe = await listen_as("data", asyncio.Protocol, self.data_addr, 0)
+            probe = await listen_as("data", asyncio.Protocol, data_addr, 0)
         except BindError as exc:
-            exc.where = self.data_addr or "*"  # no port of its own yet: the address is what is wrong
+            exc.where = data_addr  # no port of its own yet: the address is what is wrong
             raise
         probe.close()
 
