@@ -172,7 +172,8 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         idle_since = self.idle_since
-        if idle_since is not None and (self.head_since is None or self.head_since < idle_since):
+        if (idle_since is not None and (self.head_since is None or self.head_since < idle_since)
+                and not self.reader.in_head):  # one begun before the wait counts from the wait's start (``_head_late``)
             self.head_since = self.loop.time()  # a head has begun: it must be complete within the header timeout
         if self._header is not None:
             rest = self._accept_header(data)

@@ -172,6 +172,33 @@ def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_ti
     behind.close()
 
 
+def test_a_head_begun_before_the_wait_keeps_its_start_when_more_of_it_comes(stack, tls, token) -> None:
+    """A head whose first bytes came before the wait (behind the request in flight; or with the connection, before
+    its coroutine ran) counts from the wait's start. Its next bytes, in the wait, restarted the count: a slowloris
+    user sending one more byte just before the header timeout had nearly twice it."""
+    import time
+
+    app, app_port = stack.upstream("app")
+    server = stack.server(tls, token, header_timeout=1.0, idle_timeout=30.0)
+    stack.client(server, tls, token, [f"http://{LOOPBACK}:{app_port}"])
+    with socket.create_connection((LOOPBACK, server.data_port), timeout=5) as user:
+        user.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\nGET /second HTTP/1.1\r\nX-Slow: ")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += user.recv(65536)
+        waiting = time.monotonic()  # the first answer is here: the wait for /second's head has begun
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        time.sleep(0.8)
+        user.sendall(b"x")
+        while b"HTTP/1.1 408" not in answer:
+            data = user.recv(65536)
+            if not data:
+                break
+            answer += data
+        assert b"HTTP/1.1 408" in answer, answer
+        assert time.monotonic() - waiting < 1.5  # 1 s from the wait's start (and the sweep's 0.05 s), not from "x"
+
+
 def test_a_head_begun_late_in_the_keep_alive_wait_gets_the_header_timeout_not_the_idle_one(stack, tls, token) -> None:
     """nginx's keepalive_timeout ends at the next request's first byte. The idle sweep closed a connection whose head
     began 1.5 s into a 2 s wait and was complete 0.9 s later, well within the header timeout: no answer, no 408."""
