@@ -81,11 +81,16 @@ def offline_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def tf(workdir: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def tf(workdir: Path, *args: str, check: bool = True, timeout: float = 60,
+       debug_log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``debug_log``: where Terraform and its providers write their debug log (TF_LOG=DEBUG), each request too."""
     assert TERRAFORM is not None
+    env = offline_env(workdir.parent)
+    if debug_log is not None:
+        env.update(TF_LOG="DEBUG", TF_LOG_PATH=str(debug_log))
     proc = subprocess.run(
         [TERRAFORM, f"-chdir={workdir}", *args, "-no-color"],
-        capture_output=True, text=True, timeout=timeout, env=offline_env(workdir.parent), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL,
     )
     if check:
         assert proc.returncode == 0, f"terraform {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -621,9 +626,32 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
         "output": {k: {"value": f"${{module.exit.{k}}}"} for k in ("id", "ip", "client_command", "security_group_id", "expires_at", "delete_hint")},
     }, indent=1))
     tf(root, "init", "-input=false")
-    tf(root, "apply", "-auto-approve", "-input=false", timeout=150)
+    apply_against_moto(root, ec2)
     out = {k: v["value"] for k, v in json.loads(tf(root, "output", "-json").stdout).items()}
     return {"out": out, "ec2": ec2, "url": moto_ec2, "root": root}
+
+
+def apply_against_moto(root: Path, ec2: Any) -> None:
+    """``terraform apply``, and once more if the AWS SDK retried a CreateSecurityGroup that moto had done.
+
+    The SDK retries a request whose answer it did not get (up to 25 attempts), CreateSecurityGroup too, which
+    is not idempotent: moto answers the retry InvalidGroup.Duplicate, as EC2 would, and the apply fails with
+    the group made (CI, loaded, once in many runs). As a user would, the group left over is deleted and the
+    apply run again; any other failure fails with the SDK's retries and errors from the debug log."""
+    import warnings
+
+    log = root / "apply-debug.log"
+    first = tf(root, "apply", "-auto-approve", "-input=false", timeout=150, check=False, debug_log=log)
+    if first.returncode == 0:
+        return
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    report = "\n".join(line[:300] for line in lines if "retrying request" in line or "request failed" in line)
+    if "InvalidGroup.Duplicate" not in first.stderr or "retrying request EC2/CreateSecurityGroup" not in report:
+        raise AssertionError(f"terraform apply failed:\n{first.stdout}\n{first.stderr}\nthe SDK's retries:\n{report}")
+    warnings.warn(f"the AWS SDK retried CreateSecurityGroup, which moto had done; applied again:\n{report}")
+    for group in ec2.describe_security_groups(GroupNames=["inlets-tf-moto"])["SecurityGroups"]:
+        ec2.delete_security_group(GroupId=group["GroupId"])
+    tf(root, "apply", "-auto-approve", "-input=false", timeout=150)
 
 
 @pytest.mark.timeout(180)
