@@ -30,12 +30,25 @@ NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
 #: Names a client may not add or remove: the proxy writes framing, Host (``--rewrite-host``) and hop-by-hop
 #: headers itself; a second Content-Length, or none, would smuggle requests or leave responses unframed.
 RESERVED = HOP_BY_HOP | NEVER_HOP
-#: The X-Forwarded-* the proxy sets, in every spelling with "_" too: CGI and WSGI servers (wsgiref, PHP) name
-#: "X_Forwarded_Proto" and "X-Forwarded-Proto" alike (HTTP_X_FORWARDED_PROTO), so a user's would reach the app
-#: joined to the proxy's, first ("https,http"). nginx drops names with "_" for this. And RFC 7239's Forwarded, which
-#: says the same three things and which Rack 3 and Spring read before X-Forwarded-*: a user's would outrank the proxy's.
-FORWARDED = frozenset(b"x%sforwarded%s%s" % (one, two, name) for name in (b"for", b"proto", b"host")
-                      for one in (b"-", b"_") for two in (b"-", b"_")) | {b"forwarded"}
+def _spellings(name: bytes) -> frozenset[bytes]:
+    """``name`` with each "-" as "-" or "_": CGI and WSGI servers (wsgiref, PHP) read "X_Forwarded_Proto" and
+    "X-Forwarded-Proto" alike (HTTP_X_FORWARDED_PROTO), and nginx drops names with "_" for this."""
+    first, sep, rest = name.partition(b"-")
+    if not sep:
+        return frozenset((name,))
+    return frozenset(first + one + tail for one in (b"-", b"_") for tail in _spellings(rest))
+
+
+#: What a user may not tell the upstream about itself, in every spelling: the X-Forwarded-* the proxy sets (a
+#: user's would reach the app joined to the proxy's, first: "https,http"), and the headers apps read for the same
+#: facts from a proxy they trust, as Traefik drops them from untrusted sources. RFC 7239's Forwarded, and
+#: X-Forwarded-Ssl and -Scheme, say the scheme and host, and Rack 3 and Spring read them before X-Forwarded-Proto: a
+#: user's "X-Forwarded-Ssl: on" made a Rack app believe plain HTTP was HTTPS. X-Forwarded-Port and -Prefix are the
+#: links an app writes (Rack, Spring, Werkzeug's ProxyFix); X-Real-IP is the user's address to nginx's realip, chi,
+#: Echo and Gin. A client's own (``--request-header-add``) still goes on.
+FORWARDED = frozenset().union(*(_spellings(b"x-forwarded-" + name) for name in (
+    b"for", b"proto", b"host", b"port", b"prefix", b"ssl", b"scheme", b"server", b"uri", b"method",
+    b"tls-client-cert", b"tls-client-cert-info"))) | _spellings(b"x-real-ip") | {b"forwarded"}
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: "$" matches before a final newline too
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # fullmatch

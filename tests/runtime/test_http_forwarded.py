@@ -20,7 +20,7 @@ def env(tls, token):
         server = stack.server(tls, token, trusted_proxies="127.0.0.1")
         stack.client(server, tls, token, [f"plain.test=http://{LOOPBACK}:{up}"])
         stack.client(server, tls, token, [f"own.test=http://{LOOPBACK}:{up}"],
-                     HttpOptions.build(request_add=["X-Forwarded-Proto: https"],
+                     HttpOptions.build(request_add=["X-Forwarded-Proto: https", "X-Real-IP: 192.0.2.1"],
                                        request_remove=["X-Forwarded-For", "x-forwarded-host"]))
         stack.client(server, tls, token, [f"guarded.test=http://{LOOPBACK}:{up}"],
                      HttpOptions.build(basic_auth=("alice", "right-password")))
@@ -52,9 +52,20 @@ def test_a_clients_own_x_forwarded_headers_replace_the_proxys(env) -> None:
     """``--request-header-add 'X-Forwarded-Proto: https'`` (a TLS front before the server) sent a second header
     after the proxy's ``http``, which Django takes; ``--request-header-remove X-Forwarded-For`` and ``-Host`` did
     nothing (a user's forged address still reached the upstream). Now the client's word is the only one."""
-    seen = _headers(env["port"], "own.test", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-Host: evil")
-    forwarded = [(name, value) for name, value in seen if name.startswith("x-forwarded")]
-    assert forwarded == [("x-forwarded-proto", "https")], seen
+    seen = _headers(env["port"], "own.test", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-Host: evil", "X-Real-IP: 6.6.6.6")
+    forwarded = [(name, value) for name, value in seen if name.startswith(("x-forwarded", "x-real"))]
+    assert forwarded == [("x-forwarded-proto", "https"), ("x-real-ip", "192.0.2.1")], seen
+
+
+def test_a_users_word_on_its_scheme_port_prefix_and_address_stays_behind(env) -> None:
+    """What apps read from a proxy they trust passed through from any user: ``X-Forwarded-Ssl: on`` over plain
+    HTTP made a Rack app (which reads it before X-Forwarded-Proto) write https links, and X-Real-IP chose the
+    address chi, Echo and Gin log and limit. Now the upstream has only the proxy's X-Forwarded-*."""
+    seen = _headers(env["port"], "plain.test", "X-Forwarded-Ssl: on", "X-Forwarded-Scheme: https",
+                    "X-Forwarded-Port: 443", "X-Forwarded-Prefix: /evil", "X-Real-IP: 6.6.6.6", "X_Real_IP: 6.6.6.6")
+    forwarded = [(name, value) for name, value in seen if name.replace("_", "-").startswith(("x-forwarded", "x-real"))]
+    assert forwarded == [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
+                         ("x-forwarded-host", "plain.test")], seen
 
 
 def _basic(password: str) -> str:

@@ -279,6 +279,19 @@ def test_the_forwarded_headers_a_user_spells_with_underscores_stay_behind():
     assert b"X_Other: kept" in lines, lines
 
 
+@pytest.mark.parametrize("name", [b"X-Forwarded-Ssl", b"X_Forwarded_Scheme", b"X-Forwarded-Port", b"x-forwarded-prefix",
+                                  b"X-Real-IP", b"X_Real-Ip", b"X-Forwarded-Tls-Client-Cert", b"x-forwarded_server"])
+def test_what_apps_read_from_a_trusted_proxy_a_user_cannot_say(name):
+    """Rack reads X-Forwarded-Ssl and -Scheme before X-Forwarded-Proto, and Rack, Spring and ProxyFix build links
+    from X-Forwarded-Port and -Prefix; chi, Echo, Gin and nginx's realip take X-Real-IP as the user's address. A
+    user's passed through as sent; now they stay behind, in any spelling, as Traefik drops them."""
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": on\r\nX-Real-Ipx: kept\r\n\r\n"
+    head = RequestReader().feed(raw)[0]
+    sent = request_head(head, "http:a", HttpOptions(), False, b"10.0.0.1", b"http")
+    assert name + b":" not in sent and b"X-Real-Ipx: kept\r\n" in sent, sent
+    assert b"X-Forwarded-Proto: http\r\n" in sent, sent
+
+
 # ------------------------------------------------------------------ issue 14: hostile input
 
 
