@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from .k8s import k8s_yaml
-from .service import GenerateError, systemd_unit
+from .flags import GenerateError
+from .service import systemd_unit
 
 KINDS = ("systemd", "k8s_yaml")
 

@@ -22,8 +22,8 @@ import yaml
 from ..core.hosts import is_loopback
 from ..core.ports import parse_port_list
 from ..core.auth import MAX_SECRET_FILE, TOKEN, NotARegularFile, SecretFileTooLarge, read_secret_file
-from .service import (FILE_OPTIONS, K8S_SECRET_DIR, GenerateError, Pairs, name_of, split_secrets,
-                      warn_of_credential_headers, without_generate)
+from .flags import GenerateError, Pairs, split_secrets, warn_of_credential_headers, without_generate
+from .service import FILE_OPTIONS, K8S_SECRET_DIR, name_of
 
 IMAGE = "ghcr.io/inlets-py/inlets:latest"
 CONTROL_PORT = 8123
