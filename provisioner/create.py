@@ -321,6 +321,9 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
     except ProvisionError as again:
         return ProvisionError(f"{exc}; whether {opts.provider} created {name!r} all the same could not be checked "
                               f"({again}): `{delete}` deletes it if it did, and removes the local state"), False
+    if found is None and isinstance(exc, Transient) and exc.maybe_done:  # the API may still be making it, unlisted
+        return ProvisionError(f"{exc}; {opts.provider} does not list {name!r} yet but may still make it: `{delete}` "
+                              "deletes it if so, and removes the local state"), False
     if found is None and not isinstance(exc, (Transient, LeftBehind)):
         return exc, True
     if found is None:  # what it made first may exist all the same (a firewall whose POST timed out): named

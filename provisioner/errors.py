@@ -111,9 +111,11 @@ class Transient(ProvisionError):
     """The API could not answer now (rate limited, unreachable, in trouble): a wait asks again instead of giving
     up, no sooner than ``retry_after`` seconds when the API said when (its Retry-After)."""
 
-    def __init__(self, message: str, exit_code: int = 1, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, exit_code: int = 1, retry_after: float | None = None,
+                 maybe_done: bool = False) -> None:
         super().__init__(message, exit_code)
         self.retry_after = retry_after
+        self.maybe_done = maybe_done  # the request went out and no answer came: the API may still carry it out
 
 
 class LeftBehind(ProvisionError):

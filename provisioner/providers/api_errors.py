@@ -55,6 +55,7 @@ class Fault:
     status: int | str | None = None  # HTTP status or the SDK's code, shown in brackets
     message: str = ""  # the API's own words, one line
     retry_after: float | None = None  # seconds the API asked us to wait before asking again, when it said
+    maybe_done: bool = False  # NETWORK: the request went out, then no answer came (it may be carried out all the same)
 
 
 def retry_after(headers: Mapping[str, str] | None,
@@ -115,7 +116,7 @@ def transport_fault(exc: BaseException) -> Fault | None:
     if isinstance(exc, json.JSONDecodeError):  # requests' own is a RequestException too: the API answered
         return Fault(ANSWER, message=not_json(exc.doc))
     if isinstance(exc, requests.exceptions.RequestException):
-        return Fault(NETWORK, message=network_words(exc))
+        return Fault(NETWORK, message=network_words(exc), maybe_done=_sent(exc))
     return answer_fault(exc)
 
 
@@ -196,6 +197,22 @@ def not_json(body: object, form: str = "JSON") -> str:
     return f"it is not {form} (it begins {one_line(text, 60)!r})" if text.strip() else f"it is empty, not {form}"
 
 
+def _sent(exc: BaseException) -> bool:
+    """The request went out before the connection failed (no answer in time, or the connection cut while waiting
+    for one), so the API may carry it out all the same; not so when no connection was made."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    chain = list(causes(exc))
+    if any(isinstance(c, (socket.gaierror, ConnectionRefusedError)) for c in chain):
+        return False
+    return any(isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) or
+               type(c).__name__ in ("RemoteDisconnected", "ProtocolError") for c in chain)
+
+
 def network_words(exc: BaseException) -> str:
     """What a request that got no answer met: 'connection refused', 'no answer in time', ..."""
     import requests
@@ -255,6 +272,10 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
     if fault.kind == RATE_LIMIT:
         return Transient(f"{provider}: the API is limiting requests{code} while {what}{detail}; "
                          f"wait {_wait_words(fault.retry_after, 'a minute')} and try again", retry_after=fault.retry_after)
+    if fault.kind == NETWORK and fault.maybe_done:  # it was reached: "cannot reach" sent users to check the address
+        return Transient(f"{provider}: the request to the API at {where} while {what} went out, then "
+                         f"{fault.message}; check the network (and --api-url if you set it), then try again",
+                         maybe_done=True)
     if fault.kind == NETWORK:
         return Transient(f"{provider}: cannot reach the API at {where} while {what}: {fault.message}; check the "
                          "network (and --api-url if you set it), then try again")

@@ -79,6 +79,7 @@ class FakeDigitalOcean:
         # a create that makes the droplet but whose answer goes wrong: held back this many seconds, then
         # replaced by this answer; every later request answered by ``broken_after_create`` (the API fell over)
         self.create_delay = 0.0
+        self.create_late = False  # the delay comes before the droplet is made: not listed until it ends
         self.create_answer: tuple[int, Any] | None = None
         self.broken_after_create: tuple[int, Any] | None = None
         self.rate_limited_reads = 0  # the next GETs of one droplet are answered 429, as DigitalOcean's rate limit does
@@ -277,9 +278,11 @@ class FakeDigitalOcean:
                     if fake.failed_reads:
                         status, headers = fake.failed_reads.pop(0)
                         return self._send(status, {"id": "failed", "message": HTTPStatus(status).phrase}, headers)
+                if (method, url.path) == ("POST", "/v2/droplets") and fake.create_late:
+                    time.sleep(fake.create_delay)
                 with fake._lock:
                     status, answer = fake._route(method, url.path, query, body)
-                if (method, url.path, status) == ("POST", "/v2/droplets", 202):
+                if (method, url.path, status) == ("POST", "/v2/droplets", 202) and not fake.create_late:
                     fake._created = True
                     time.sleep(fake.create_delay)  # outside the lock: the droplet is listed meanwhile
                     status, answer = fake.create_answer or (status, answer)

@@ -155,6 +155,28 @@ def test_a_create_whose_answer_goes_wrong_finds_the_droplet_it_made_anyway(
     assert fake.droplets == {} and not (state / "made").exists()
 
 
+def test_a_create_with_no_answer_whose_droplet_comes_later_keeps_the_state_delete_needs(
+        fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
+    """The create call went out and no answer came in time, and DigitalOcean made the droplet only after create had
+    looked for it: the local state went, token and all, and the droplet ran on, billed, that `delete` said it did not
+    know. The state now stays, and the error names the delete that finds it by name; the API was reached, so it no
+    longer says "cannot reach the API"."""
+    import time
+
+    state = tmp_path / "state"
+    fake.create_delay, fake.create_late = 2.0, True
+    kept = run_cli(capsys, *_do(fake, token_file, state, "create", "late", "--provider", "digitalocean", "--timeout", "1"))
+    one_line_error(kept, "went out, then no answer in time", "digitalocean does not list 'late' yet but may still make it",
+                   "`inletsctl delete late --state-dir")
+    assert "cannot reach" not in kept.err and (state / "late" / "server.json").exists()
+    deadline = time.monotonic() + 10
+    while not fake.droplets and time.monotonic() < deadline:
+        time.sleep(0.05)
+    fake.create_delay, fake.create_late = 0.0, False
+    gone = run_cli(capsys, *_do(fake, token_file, state, "delete", "late"))
+    assert gone.code == 0 and fake.droplets == {} and not (state / "late").exists(), gone
+
+
 def test_a_create_that_fails_where_nobody_can_tell_keeps_the_state_delete_needs(
         fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     """The API falls over after making the droplet, so the look for it fails too: the state stays and the
