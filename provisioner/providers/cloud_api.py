@@ -45,6 +45,33 @@ def api_message(body: Any) -> str:
     return str(body)
 
 
+def error_words(body: Any) -> str:
+    """An error answer's words: the API's message from JSON, else what the page is (a gateway's HTML)."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        json.loads(text)
+    except ValueError:
+        return not_json(text) if text.strip() else ""
+    return api_message(text)
+
+
+def keep_status(connection: Any) -> None:
+    """For a driver that keeps its own error types (DigitalOcean's): an error answer it cannot parse (a gateway's
+    HTML page, JSON without a 'message') raises ApiError with its status, where the driver's MalformedResponseError
+    or KeyError lost it: a proxy's 502 while create waited ended create, not asked again, and a 401 page was
+    "not JSON: check --api-url"."""
+    base = connection.responseCls
+
+    def parse_error(self: Any) -> Any:
+        try:
+            return base.parse_error(self)
+        except (MalformedResponseError, KeyError, TypeError):
+            raise ApiError(code=int(self.status), message=error_words(self.body) or f"HTTP {self.status}",
+                           headers=self.headers) from None
+
+    connection.responseCls = type(f"StatusKept{base.__name__}", (base,), {"parse_error": parse_error})
+
+
 def strict_responses(connection: Any) -> None:
     """Make ``connection`` raise ApiError(status, message) on every non-2xx answer."""
     base = connection.responseCls

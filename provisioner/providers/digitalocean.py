@@ -46,9 +46,10 @@ class DigitalOceanProvider:
         from libcloud.compute.providers import get_driver
         from libcloud.compute.types import Provider
 
-        from .cloud_api import point
+        from .cloud_api import keep_status, point
 
         self._driver = get_driver(Provider.DIGITAL_OCEAN)(token)
+        keep_status(self._driver.connection)
         endpoint = parse_api_url("digitalocean", api_url, PROVIDER.api_url_env[0]) if api_url else None
         self._endpoint = point(self._driver.connection, endpoint, timeout).url
 
@@ -169,14 +170,14 @@ class DigitalOceanProvider:
 def _fault(exc: BaseException) -> Fault | None:
     """libcloud's meaning, but the driver raises InvalidCredsError only for 401 and ends its messages with the status
     (" (code: 503)"), which the one-line error already shows."""
-    from libcloud.common.exceptions import RateLimitReachedError
+    from libcloud.common.exceptions import BaseHTTPError
     from libcloud.common.types import InvalidCredsError
 
     from .cloud_api import libcloud_fault
 
     if isinstance(exc, InvalidCredsError):
         return Fault(AUTH, 401, str(exc.value))
-    if isinstance(exc, RateLimitReachedError):  # its message is libcloud's "429 Rate limit exceeded", not the API's
+    if isinstance(exc, BaseHTTPError) and exc.code == 429:  # libcloud's message is its own "429 Rate limit exceeded"
         return Fault(RATE_LIMIT, 429, "", retry_after(exc.headers, reset=ratelimit_reset))
     fault = libcloud_fault(exc)
     suffix = f" (code: {fault.status})" if fault is not None else ""

@@ -196,8 +196,10 @@ def hcloud_fault(exc: BaseException) -> Fault | None:
         return None
     content = exc.details.get("content") if isinstance(exc.details, dict) else None
     if isinstance(exc.code, int) and isinstance(content, bytes):  # no JSON error: the SDK gives the HTTP reason
-        if isinstance(exc.__cause__, (TypeError, ValueError)):  # a body that is not JSON (a proxy's page)
-            return Fault(ANSWER, exc.code, not_json(content))
+        if isinstance(exc.__cause__, (TypeError, ValueError)):  # a body that is not JSON (a proxy's page): its status
+            if 200 <= exc.code < 300:  # says what happened, as a JSON one's does (a gateway's 502 is asked again)
+                return Fault(ANSWER, exc.code, not_json(content))
+            return by_status(exc.code, not_json(content))
         return by_status(exc.code, one_line(exc.message))
     message = one_line(exc.message)
     if exc.code in ("not_found", 404):

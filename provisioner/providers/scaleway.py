@@ -18,7 +18,7 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from .api_errors import QUOTA, Fault, api_errors, by_status, one_line, retry_after
+from .api_errors import QUOTA, Fault, api_errors, by_status, not_json, one_line, retry_after
 from .api_url import parse_api_url
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
@@ -219,7 +219,9 @@ class ScalewayProvider:
 
 def _bound_requests(timeout: float) -> None:
     """Give every request the SDK sends a timeout: it calls ``requests.request`` without one and has no option for
-    it, so an API that stopped answering held ``create --timeout 5`` (and list, status, delete) for ever."""
+    it, so an API that stopped answering held ``create --timeout 5`` (and list, status, delete) for ever. And an
+    error answer that is not JSON (a gateway's HTML page) raises the SDK's ScalewayException with its status: the
+    SDK parsed it as JSON first, so a 502 read as "not JSON" (not asked again) and a 401 page sent users to --api-url."""
     import requests
     import scaleway_core.api as core_api
 
@@ -229,7 +231,13 @@ def _bound_requests(timeout: float) -> None:
 
         @staticmethod
         def request(*args: Any, **kwargs: Any) -> Any:
-            return requests.request(*args, **({"timeout": timeout} | kwargs))
+            response = requests.request(*args, **({"timeout": timeout} | kwargs))
+            if response.status_code >= 400:
+                try:
+                    response.json()
+                except ValueError:
+                    raise core_api.ScalewayException(response) from None
+            return response
 
     core_api.requests = TimedRequests()  # type: ignore[assignment]
 
@@ -245,7 +253,9 @@ def scaleway_fault(exc: BaseException) -> Fault | None:
     try:
         body = exc.response.json()
         text, kind = str(body.get("message") or text), str(body.get("type") or "")
-    except (ValueError, AttributeError):
+    except ValueError:  # a gateway's page
+        text = not_json(exc.response.text)
+    except AttributeError:
         pass
     if kind == "quotas_exceeded":  # answered with 403, which would otherwise read as a refused key
         return Fault(QUOTA, exc.status_code, text)

@@ -156,19 +156,52 @@ def _do_list(capsys, url: str, *more: str) -> str:
 
 
 @pytest.mark.parametrize("answer, says", [
-    (Answer(500, "<html><body>Internal error</body></html>", {"Content-Type": "text/html"}),
-     "it is not JSON (it begins '<html><body>Internal error</body></html>')"),
     (Answer(200, "garbage{", {"Content-Type": "text/html"}), "it is not JSON (it begins 'garbage{')"),
     (Answer(200, '"just a string"'), "its JSON is not shaped as the API documents"),
     (Answer(200, {"droplets": "none"}), "its JSON is not shaped as the API documents"),
     (Answer(200, {"droplets": [{"name": "no-id"}]}), "it has no 'id' field"),
-], ids=["html-500", "garbage", "a-string", "wrong-type", "missing-key"])
+], ids=["garbage", "a-string", "wrong-type", "missing-key"])
 def test_an_answer_that_is_not_the_documented_json_is_said_in_words(api: RecordedAPI, answer: Answer, says: str,
                                                                      capsys) -> None:
     api.route("GET", "/v2/droplets", answer)
     line = _do_list(capsys, api.url)
     assert line == (f"inletsctl: error: digitalocean: unexpected answer from {api.url} while listing droplets: {says}; "
                     "try again later, or check --api-url if you set it")
+
+
+PAGE = "<html><title>502 Bad Gateway</title></html>"
+
+
+@pytest.mark.parametrize("provider", ["digitalocean", "hetzner", "scaleway"])
+@pytest.mark.parametrize("status, headers, says", [
+    (502, {}, "listing {what} failed (502): it is not JSON (it begins '<html><title>502 Bad Gateway"),
+    (401, {}, "rejected (401) while listing {what}: it is not JSON"),
+    (429, {"Retry-After": "30"}, "the API is limiting requests (429) while listing {what}"),
+    (200, {}, "unexpected answer from {url} while listing {what}: it is not JSON"),
+], ids=["502", "401", "429", "200"])
+def test_an_error_page_that_is_not_json_keeps_its_status(api: RecordedAPI, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch, provider: str, status: int,
+                                                         headers: dict[str, str], says: str) -> None:
+    """A gateway's HTML page (Cloudflare's 502, a proxy's 401 or 429) lost its status on DigitalOcean, Hetzner and
+    Scaleway, whose drivers parse the body as JSON first: every one read "unexpected answer ...: it is not JSON; check
+    --api-url", so a 502 while create waited ended create, not asked again, and a 429's Retry-After was not read."""
+    from helpers.prov_support import one_line_error, run_cli
+
+    flags = {"digitalocean": ["--access-token", "dop_v1_x", "--api-url", api.url],
+             "hetzner": ["--access-token", "H" * 64, "--api-url", api.url + "/v1"],
+             "scaleway": ["--access-token", "00000000-0000-4000-8000-00000000000a", "--api-url", api.url]}[provider]
+    if provider == "scaleway":
+        monkeypatch.setenv("SCW_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX")
+        monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", "11111111-1111-1111-1111-111111111111")
+        monkeypatch.setenv("SCW_DEFAULT_ZONE", "fr-par-1")
+    api.routes.insert(0, ("GET", re.compile(".*"), Answer(status, PAGE, {"Content-Type": "text/html", **headers})))
+    result = run_cli(capsys, "list", "--provider", provider, *flags, "--state-dir", str(tmp_path))
+    what = {"digitalocean": "droplets", "hetzner": "servers", "scaleway": "servers in fr-par-1"}[provider]
+    line = one_line_error(result, says.format(what=what, url=flags[-1]))
+    if status == 429:
+        assert line.endswith("wait 30s and try again"), line
+    if status == 502:
+        assert "the API had trouble of its own: try again later" in line, line
 
 
 @pytest.mark.parametrize("answer, says", [
