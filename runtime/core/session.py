@@ -114,7 +114,7 @@ class Session(Keepalive):
             self._stop_sending()
             if watchdog is not None:
                 watchdog.cancel()
-            self._teardown(self._close_reason or "tunnel connection closed")
+            self.teardown(self._close_reason or "tunnel connection closed")
 
     def _on_message(self, message: bytes | memoryview) -> None:
         """One binary message from the peer, in the loop turn it arrived in."""
@@ -135,7 +135,8 @@ class Session(Keepalive):
         self.websocket.discard_messages()
         self._closing = asyncio.ensure_future(self.websocket.close(1002, reason[:120]))
 
-    def _teardown(self, reason: str) -> None:
+    def teardown(self, reason: str) -> None:
+        """Reset every stream (``run`` ends so; the server, for a session that never ran: its welcome not taken)."""
         if self.closed.is_set():
             return
         self.closed.set()

@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forward
 log = logging.getLogger("inlets.server")
 
 HELLO_TIMEOUT = 10.0
+#: A client that takes no welcome within this is dropped: admitted, its ports open, it was not yet a client
+#: (unlisted, unrevocable, no keepalive), and one that stopped reading held that state, and its users, for ever.
+WELCOME_TIMEOUT = 10.0
 
 
 @dataclass
@@ -290,14 +293,21 @@ class ControlPlane(ControlHTTP):
             return
         except (asyncio.TimeoutError, ConnectionClosed):
             return
-        try:
-            await websocket.send(Welcome(services, self.initial_window, self.config.max_frame).encode())
-        except ConnectionClosed:
-            self._release(session)
-            return
         session.on_goaway = self._release  # a draining client gets no new connections
         info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
-        self.clients[session] = info
+        self.clients[session] = info  # from admission on: its ports are open, so it is listed, and a token reload sees it
+        try:
+            await asyncio.wait_for(websocket.send(Welcome(services, self.initial_window, self.config.max_frame).encode()),
+                                   WELCOME_TIMEOUT)
+        except (ConnectionClosed, asyncio.TimeoutError):
+            self.clients.pop(session, None)
+            session.teardown("the client took no welcome")  # users routed to it meanwhile: reset, not left hanging
+            self._release(session)
+            if not websocket.transport.is_closing():
+                log.warning("event=handshake_refused remote=%s reason=%s", logfmt(remote),
+                            logfmt(f"the client took no welcome within {WELCOME_TIMEOUT:g}s"))
+                websocket.transport.abort()
+            return
         log.info("event=client_connected client=%s remote=%s services=%s", logfmt(info.client_id), logfmt(remote),
                  logfmt(",".join(map(shown_service, services))))
         try:

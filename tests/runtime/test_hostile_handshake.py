@@ -260,3 +260,92 @@ def test_a_protocol_version_of_another_type_is_refused(protocol: object) -> None
         with pytest.raises(HandshakeError) as refused:
             parse(json.dumps(message))
         assert refused.value.code == 4001
+
+
+_NOT_READING = '''
+import asyncio, json, socket, ssl, sys
+from websockets.asyncio.client import connect
+from websockets.frames import Frame, Opcode
+
+async def main():
+    port, data_port, ca, token = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    sock = socket.create_connection(("127.0.0.1", port))
+    ws = await connect(f"wss://127.0.0.1:{port}/connect", sock=sock, ssl=ssl.create_default_context(cafile=ca),
+                       server_hostname="127.0.0.1", compression=None, ping_interval=None,
+                       additional_headers={"Authorization": f"Bearer {token}"})
+    ws.transport.pause_reading()  # from here on it reads nothing: the pongs to its pings fill the server's buffer
+    for _ in range(int(sys.argv[5])):
+        ws.protocol.send_frame(Frame(Opcode.PING, b"p" * 125))
+    ws.protocol.send_text(json.dumps({"type": "hello", "protocol": 1, "version": "x", "mode": "tcp",
+                                      "client_id": "limbo", "services": [f"tcp:{data_port}"], "window": 1 << 20}).encode())
+    for data in ws.protocol.data_to_send():
+        ws.transport.write(data)
+    await asyncio.sleep(40)
+
+asyncio.run(main())
+'''
+
+_USER = '''
+import socket, sys, time
+started = time.monotonic()
+user = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+user.sendall(b"hello?")
+user.settimeout(25)
+try:
+    print("read", user.recv(100), round(time.monotonic() - started, 1))
+except OSError as exc:
+    print("error", type(exc).__name__, round(time.monotonic() - started, 1))
+'''
+
+
+def test_a_client_that_takes_no_welcome_is_dropped_and_its_users_reset(tls: TlsFiles, token: str, token_file, tmp_path) -> None:
+    """A client with a valid token that stopped reading (its pings' pongs filling the server's 512 KiB write limit)
+    sent its hello: admitted, its port open, the server's welcome then waited without end. Meanwhile it was no
+    client: not listed, not revoked by a token reload (it became a full client on a revoked token afterwards), no
+    keepalive; the users routed to it hung, and their sockets stayed in CLOSE-WAIT after it went. Now the welcome has
+    WELCOME_TIMEOUT (10 s), and then its users are reset and its port closed. In a network namespace of the test's own
+    with 4 KiB TCP buffers, so that 6,000 pongs (762 KB) pass the write limit, not the kernel's 4 MiB buffers."""
+    import subprocess
+    import sys
+
+    from helpers.netns import namespace
+    from helpers.process import INLETS
+
+    control, data = free_port(), free_port()
+    (tmp_path / "not_reading.py").write_text(_NOT_READING)
+    (tmp_path / "user.py").write_text(_USER)
+    log = tmp_path / "server.log"
+    with namespace("welc") as ns:
+        inside = ["ip", "netns", "exec", ns]
+        tuned = subprocess.run([*inside, "sysctl", "-q", "-w", "net.ipv4.tcp_wmem=4096 4096 4096",
+                                "net.ipv4.tcp_rmem=4096 4096 4096"], capture_output=True, text=True, timeout=10)
+        if tuned.returncode != 0:
+            pytest.skip(f"cannot size the namespace's TCP buffers: {tuned.stderr.strip()}")
+        with log.open("wb") as out:
+            server = subprocess.Popen([*inside, *INLETS, "tcp", "server", "--tls-cert", str(tls.cert), "--tls-key",
+                                       str(tls.key), "--token-file", str(token_file), "--control-addr", "127.0.0.1",
+                                       "--control-port", str(control), "--data-addr", "127.0.0.1"],
+                                      stdout=out, stderr=subprocess.STDOUT)
+        hostile = None
+        try:
+            deadline = time.monotonic() + 20
+            while "event=started" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            hostile = subprocess.Popen([*inside, sys.executable, str(tmp_path / "not_reading.py"), str(control), str(data),
+                                        str(tls.ca), token, "6000"], stderr=subprocess.DEVNULL)
+            while f"event=listening service=tcp:{data}" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert f"event=listening service=tcp:{data}" in log.read_text(), log.read_text()
+            user = subprocess.run([*inside, sys.executable, str(tmp_path / "user.py"), str(data)],
+                                  capture_output=True, text=True, timeout=40)
+            said = user.stdout.split()
+            assert said[:1] == ["error"] or said[:2] == ["read", "b''"], user.stdout + user.stderr  # not "hanging"
+            assert float(said[-1]) < 15, said
+            text = log.read_text()
+            assert "the client took no welcome within 10s" in text and "event=client_connected" not in text, text
+            assert f"event=closed service=tcp:{data}" in text, text
+        finally:
+            for proc in (hostile, server):
+                if proc is not None:
+                    proc.kill()
+                    proc.wait(timeout=10)
