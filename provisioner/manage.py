@@ -48,6 +48,8 @@ def delete(
         check_name(name)  # a folder under root: never "..", "" or a path
         meta = next((m for m in states if m.get("name") == name), None)
         damaged = damage(root, name) if meta is None else None
+        if damaged is not None and damaged.unchecked and provider_name in (None, damaged.provider):
+            return _remove_damaged(damaged)  # only that damaged file led to its exit server (ssh): none can look
         if damaged is not None and provider_name is None:
             if damaged.provider not in (None, "local") or not _runs_locally(root, creds, name):
                 return _remove_damaged(damaged)
@@ -167,8 +169,8 @@ def _remove_damaged(damaged: Damaged) -> str:
     damaged.state.remove()
     look = (f"`inletsctl list --provider {where}`, then `inletsctl delete {name} --provider {where}`" if where else
             f"`inletsctl list --provider P` for each provider you use, then `inletsctl delete {name} --provider P`")
-    return (f"removed the damaged local state of {name} ({damaged.state.dir}: {damaged.why}); inletsctl could not "
-            f"check whether its exit server or VM still runs: look with {look}")
+    unchecked = damaged.unchecked or f"inletsctl could not check whether its exit server or VM still runs: look with {look}"
+    return f"removed the damaged local state of {name} ({damaged.state.dir}: {damaged.why}); {unchecked}"
 
 
 def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeout: float, progress: Progress) -> str:

@@ -11,21 +11,19 @@ nothing else.
 from __future__ import annotations
 
 import base64
-import getpass
 import hashlib
-import json
 import logging
 import re
 import shlex
 import socket
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import paramiko
 
-from inlets_py.runtime.core.hosts import HostError, authority, check_host
+from inlets_py.runtime.core.hosts import authority
 
-from .errors import ProvisionError, UsageError, os_words
+from .errors import ProvisionError, os_words
+from .ssh_options import SshOptions  # cli and the tests import it from here too
 
 #: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
 #: without a handler Python prints them to stderr. connect() says what went wrong in one line.
@@ -33,103 +31,6 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0
-SUPERVISORS = ("auto", "systemd", "plain")
-#: ``ssh://USER@HOST:PORT/`` or ``USER@HOST:PORT`` (HOST an IPv6 address only in brackets), which --host does not take
-_HOST_PORT_RE = re.compile(r"(?P<scheme>ssh://)?(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[^]\s]+\]|[^:@/\s\[\]]+)(?::(?P<port>\d+))?/?")
-_FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")  # fullmatch: "$" matches before a final newline too
-
-
-@dataclass(frozen=True)
-class SshOptions:
-    """Where and how to reach the host; saved as ``ssh.json`` beside the exit server's secrets."""
-
-    user: str
-    host: str
-    port: int = 22
-    key_file: str | None = None
-    fingerprint: str | None = None
-    accept_new: bool = False
-    known_hosts: str | None = None
-    supervisor: str = "auto"
-    remote_python: str = "python3"
-    data_addr: str | None = None
-
-    @classmethod
-    def from_flags(
-        cls, target: str | None, port: int, key_file: str | None, fingerprint: str | None, accept_new: bool,
-        known_hosts: Path | None, supervisor: str, remote_python: str, data_addr: str | None,
-    ) -> "SshOptions":
-        if not target:
-            raise UsageError("--provider ssh needs --host USER@HOST")
-        url = _HOST_PORT_RE.fullmatch(target)
-        if url and (url["scheme"] or url["port"]):  # as ssh(1) or scp take it; an IPv6 address alone never matches
-            meant = f"--host {url['user'] + '@' if url['user'] else ''}{url['host'].strip('[]')}"
-            raise UsageError(f"invalid --host {target!r}: it takes USER@HOST, and the SSH port is --port's: give "
-                                 f"{meant}{' --port ' + url['port'] if url['port'] else ''}")
-        user, _, host = target.rpartition("@")
-        host = host.strip("[]")
-        if not host or any(c.isspace() for c in target):
-            raise UsageError(f"invalid --host {target!r}: use USER@HOST, e.g. root@203.0.113.10")
-        if not 1 <= port <= 65535:
-            raise UsageError(f"invalid --port {port}: ports are 1-65535")
-        try:  # the exit server would refuse a bad --data-addr at each start, after the whole install
-            check_host(host, "--host")
-            if data_addr is not None:
-                check_host(data_addr, "--data-addr")
-        except HostError as exc:
-            raise UsageError(str(exc)) from None
-        if fingerprint is not None and not _FINGERPRINT_RE.fullmatch(fingerprint.strip()):
-            raise UsageError(
-                f"invalid --host-key-fingerprint {fingerprint!r}: give SHA256:... as `ssh-keygen -lf KEY` prints it"
-            )
-        if supervisor not in SUPERVISORS:
-            raise UsageError(f"unknown --supervisor {supervisor!r}: choose one of {', '.join(SUPERVISORS)}")
-        if key_file is not None:
-            key_file = str(Path(key_file).expanduser().absolute())
-            load_key(key_file)  # a bad key file is an error before anything is made
-        return cls(
-            user or getpass.getuser(), host, port, key_file, fingerprint.strip() if fingerprint else None, accept_new,
-            str(known_hosts.expanduser()) if known_hosts else None, supervisor, remote_python, data_addr,
-        )
-
-    def _mistyped(self) -> str | None:
-        """The first field a hand edit gave the wrong type (paramiko would fail on it with a traceback), or None."""
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name == "port":
-                ok = type(value) is int and 1 <= value <= 65535
-            elif field.name == "accept_new":
-                ok = type(value) is bool
-            else:
-                ok = isinstance(value, str) and bool(value) or (value is None and "None" in str(field.type))
-            if not ok:
-                return f'"{field.name}"'
-        return None
-
-    @property
-    def target(self) -> str:
-        return f"{self.user}@" + (authority(self.host, self.port) if self.port != 22 else self.host)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-        path.chmod(0o600)
-
-    @classmethod
-    def load(cls, path: Path) -> "SshOptions":
-        try:
-            opts = cls(**json.loads(path.read_bytes()))
-            bad = opts._mistyped()
-            if bad is None:
-                return opts
-            why = f"its {bad} is not what inletsctl writes there"
-        except OSError as exc:
-            why = os_words(exc)
-        except ValueError:  # JSONDecodeError, UnicodeDecodeError
-            why = "it is not valid JSON, cut short or edited"
-        except TypeError:  # not an object, or other keys than SshOptions has
-            why = "it is not what inletsctl writes there"
-        raise ProvisionError(f"cannot read {path}: {why}; it says how to reach the exit server's host (put back a "
-                             "copy, or remove that host's /opt/inlets/NAME and /etc/inlets/NAME yourself)")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -188,17 +89,17 @@ class _Policy(paramiko.MissingHostKeyPolicy):
     """Called only for keys not in the loaded known_hosts: pinned fingerprint or accept-new, else refuse."""
 
     def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None,
-                 pinned_file: Path | None = None, revoked: set[str] | None = None) -> None:
+                 pinned_file: Path | None = None, revoked: dict[str, Path] | None = None) -> None:
         self._opts, self._pinned, self._known_hosts, self._pinned_file = opts, pinned, known_hosts, pinned_file
-        self._revoked = revoked or set()
+        self._revoked = revoked or {}
         self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
         where = authority(self._opts.host, self._opts.port)
-        if seen in self._revoked:  # never loaded as trusted (_load), so every revoked key comes here
+        if seen in self._revoked:  # never trusted (_trust), so every revoked key comes here
             raise ProvisionError(f"host key of {where} ({key.get_name()} {seen}) is marked @revoked in "
-                                 f"{self._pinned_file or self._known_hosts}: refusing to connect, as ssh does; the "
+                                 f"{self._revoked[seen]}: refusing to connect, as ssh does; the "
                                  "host needs a new host key (or remove that @revoked line if it is a mistake)")
         if self._pinned_file is not None:  # after create: the state's known_hosts was removed or edited
             state = "holds no key for that host (edited or emptied)" if self._pinned_file.exists() else "is missing"
@@ -227,13 +128,15 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     client = paramiko.SSHClient()
     known: Path | None = Path(opts.known_hosts) if opts.known_hosts else Path("~/.ssh/known_hosts").expanduser()
     pinned = opts.fingerprint
-    revoked: set[str] = set()
-    if pinned_file is not None:
-        if pinned_file.exists():  # a missing one is said by the policy, once the host is known to answer
-            revoked = _load(client, pinned_file)
+    # known_hosts' @revoked lines hold whatever else is trusted (a pinned fingerprint, the state's key), as ssh's do
+    entries, revoked = _read_known_hosts(known) if known is not None and known.exists() else ([], {})
+    if pinned_file is not None:  # its key alone is trusted; a missing file is said by the policy once the host answers
+        pinned_entries, pinned_revoked = _read_known_hosts(pinned_file) if pinned_file.exists() else ([], {})
+        entries, revoked = pinned_entries, pinned_revoked | revoked
         known, pinned = None, "SHA256:(the key seen at create)"
-    elif pinned is None and known is not None and known.exists():
-        revoked = _load(client, known)
+    elif pinned is not None:
+        entries = []  # the fingerprint alone is trusted
+    _trust(client, entries, revoked)
     policy = _Policy(opts, pinned, known, pinned_file, revoked)
     client.set_missing_host_key_policy(policy)
     pkey = load_key(opts.key_file) if opts.key_file else None
@@ -263,14 +166,17 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         how = f"the key {opts.key_file}" if opts.key_file else "ssh-agent and ~/.ssh keys"
         raise ProvisionError(f"ssh: {where} refused {how}; {_refused_advice(opts, pinned_file)}") from None
     except (paramiko.SSHException, socket.timeout, OSError) as exc:
+        transport = client.get_transport()
+        greeting = transport.remote_version if transport is not None else ""  # the host's "SSH-2.0-...", if it came
         client.close()
         if str(exc) == "No authentication methods available":  # paramiko's words when it had no key to offer
             fix = "give one with --ssh-key" if pinned_file is None else "load the key create used with ssh-add"
             raise ProvisionError(f"ssh: no key to log in to {where} with: ssh-agent holds none and ~/.ssh has no "
                                  f"id_ed25519, id_ecdsa or id_rsa; {fix}") from None
         if pinned_file is None:  # create: the flags say where
-            raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc)}") from None
-        why = describe(exc, port_flag=False)  # status, list, delete: where create recorded, which no flag changes
+            raise ProvisionError(f"ssh: cannot connect to {where}: {describe(exc, greeting=greeting)}") from None
+        # status, list, delete: where create recorded, which no flag changes
+        why = describe(exc, port_flag=False, greeting=greeting)
         then = " If" if why.endswith("?") else "; if"
         raise ProvisionError(f"ssh: cannot connect to {where}: {why}{then} that host is gone for good, remove this exit "
                              f"server's local state: rm -r {shlex.quote(str(pinned_file.parent))}") from None
@@ -326,15 +232,15 @@ def _repin_advice(opts: SshOptions, pinned_file: Path) -> str:
             f"ssh-keyscan {port}{shlex.quote(opts.host)} > {shlex.quote(str(pinned_file))}")
 
 
-def _load(client: paramiko.SSHClient, path: Path) -> set[str]:
-    """Trust the keys of known_hosts ``path``; the fingerprints it marks ``@revoked`` (never trusted, so the policy
-    refuses them). paramiko's loader raised on markers and on a key not in base64: as OpenSSH, skip what cannot be
-    read, and @cert-authority lines (host certificates are not checked)."""
+def _read_known_hosts(path: Path) -> tuple[list[paramiko.hostkeys.HostKeyEntry], dict[str, Path]]:
+    """The entries of known_hosts ``path``, and the fingerprints it marks ``@revoked`` (each with ``path``).
+    paramiko's loader raised on markers and on a key not in base64: as OpenSSH, skip what cannot be read, and
+    @cert-authority lines (host certificates are not checked)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError as exc:
         raise ProvisionError(f"cannot read known_hosts {path}: {os_words(exc)}") from None
-    revoked: set[str] = set()
+    revoked: dict[str, Path] = {}
     entries: list[paramiko.hostkeys.HostKeyEntry] = []
     for lineno, line in enumerate(lines, 1):
         text = line.strip()
@@ -347,16 +253,20 @@ def _load(client: paramiko.SSHClient, path: Path) -> set[str]:
         except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException):
             continue
         if entry is not None and marker:
-            revoked.add(fingerprint(entry.key))
+            revoked[fingerprint(entry.key)] = path
         elif entry is not None:
             entries.append(entry)
+    return entries, revoked
+
+
+def _trust(client: paramiko.SSHClient, entries: list[paramiko.hostkeys.HostKeyEntry], revoked: dict[str, Path]) -> None:
+    """Trust the keys of ``entries`` but the ``revoked`` ones (the policy refuses those)."""
     keys = client.get_host_keys()
     for entry in entries:
         for name in entry.hostnames:  # the first key of a type for a host wins, as with paramiko's loader
             known = keys.lookup(name)
             if fingerprint(entry.key) not in revoked and (known is None or entry.key.get_name() not in known):
                 keys.add(name, entry.key.get_name(), entry.key)
-    return revoked
 
 
 def pin(client: paramiko.SSHClient, opts: SshOptions, path: Path) -> str:
@@ -394,9 +304,9 @@ def run(client: paramiko.SSHClient, command: str, stdin: bytes = b"", timeout: f
 _BANNER = "Error reading SSH protocol banner"  # paramiko's, for a timeout or a close before the greeting
 
 
-def describe(exc: BaseException, port_flag: bool = True) -> str:
+def describe(exc: BaseException, port_flag: bool = True, greeting: str = "") -> str:
     """What a failed SSH or socket call means, in words (never an exception class name); ``port_flag``: the
-    command has --port to point elsewhere."""
+    command has --port to point elsewhere; ``greeting``: the SSH greeting the host sent, if any."""
     if isinstance(exc, socket.timeout):
         return "timed out"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
@@ -406,6 +316,9 @@ def describe(exc: BaseException, port_flag: bool = True) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os_words(exc)
     said = str(exc)
+    if said == "No existing session" and greeting:  # an sshd that is stuck, or a host too busy to go on
+        return (f"it sent its SSH greeting ({' '.join(greeting.split())[:80]}), then no answer to the key exchange "
+                f"within {CONNECT_TIMEOUT:.0f} s: is the host too busy, or its sshd stuck? try again later")
     if said == "No existing session" or said.startswith(_BANNER) and isinstance(exc.__context__, socket.timeout):
         # paramiko's words when the port took the connection and then said nothing (a firewall's tarpit, a stuck daemon)
         return (f"the connection was taken but no SSH greeting came within {CONNECT_TIMEOUT:.0f} s: is the host too "

@@ -192,6 +192,9 @@ class ServerState:
         if why:
             provider = meta.get("provider") if isinstance(meta, dict) else None
             raise Damaged(self, why, provider if _known_provider(provider) else None)
+        damaged = _provider_damage(self, meta)
+        if damaged is not None:
+            raise damaged
         return meta
 
     def token(self) -> str:
@@ -214,13 +217,27 @@ class ServerState:
 
 
 class Damaged(ProvisionError):
-    """A state folder whose metadata cannot be used: ``list`` shows it and ``delete`` removes it."""
+    """A state folder whose metadata (``file``: server.json, or a provider's own) cannot be used: ``list`` shows it
+    and ``delete`` removes it; ``unchecked``: what delete then says it could not check, where the provider has no
+    list of its own to look in (None: delete names the provider's list)."""
 
-    def __init__(self, state: ServerState, why: str, provider: object = None, fix: str = "remove it with") -> None:
-        self.state, self.why = state, f"{METADATA} {why}"  # why: what is wrong with the file, "is missing"
+    def __init__(self, state: ServerState, why: str, provider: object = None, fix: str = "remove it with",
+                 file: str = METADATA, unchecked: str | None = None) -> None:
+        self.state, self.why = state, f"{file} {why}"  # why: what is wrong with the file, "is missing"
         self.provider = provider if isinstance(provider, str) and provider else None
         self.advice = f"{fix}: {delete_command(state.name, state.root)}"
-        super().__init__(f"the local state of {state.name!r} is damaged: {state.dir / METADATA} {why}; {self.advice}")
+        self.unchecked = unchecked
+        super().__init__(f"the local state of {state.name!r} is damaged: {state.dir / file} {why}; {self.advice}")
+
+
+def _provider_damage(state: ServerState, meta: dict[str, Any]) -> Damaged | None:
+    """What is wrong with the files a provider keeps beside server.json (ssh's ssh.json, the only way to its host),
+    said by the provider module's ``state_damage``; None for providers that keep none."""
+    import importlib
+
+    module = importlib.import_module(f".providers.{meta['provider']}", __package__)  # a known provider (_unusable)
+    check = getattr(module, "state_damage", None)
+    return check(state, meta) if check is not None else None
 
 
 def _unusable(meta: object, name: str) -> str | None:

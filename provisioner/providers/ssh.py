@@ -23,7 +23,7 @@ from __future__ import annotations
 import shlex
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, ProvisionError
 from ..spec import ServerFiles, server_argv
@@ -34,7 +34,8 @@ from .ssh_scripts import DELETE, DELETE_STAGES, INSTALL, STATUS, SUPERVISE
 if TYPE_CHECKING:  # paramiko (ssh_connect) is imported where it is used: inletsctl --help reads only PROVIDER
     import paramiko
 
-    from ..ssh_connect import SshOptions
+    from ..ssh_options import SshOptions
+    from ..state import Damaged, ServerState
 
 PROVIDER = ProviderInfo(
     name="ssh", title="SSH", user_data_limit=0,  # nothing to render: the host is set up over SSH
@@ -51,6 +52,26 @@ def host_id(opts: SshOptions, name: str) -> str:
     return f"{opts.user}@{opts.host}:{opts.port}/{name}"
 
 
+def state_damage(state: ServerState, meta: dict[str, Any]) -> Damaged | None:
+    """ssh.json missing or unreadable once create has connected (pinned the host key) or finished: damaged state,
+    never an exit server gone, which only the host can say and nothing else leads to (state.load calls this)."""
+    from ..ssh_options import SshOptions
+    from ..state import Damaged
+
+    record = state.dir / RECORD
+    if not meta.get("id") and not record.exists() and not (state.dir / PINNED).exists():
+        return None  # create has not reached the host (yet): nothing there to find
+    opts, why = SshOptions.read(record)
+    if opts is not None:
+        return None
+    where, name = str(meta.get("id") or "").rpartition("/")[0] or meta.get("ip") or "its host", state.name
+    unchecked = (f"inletsctl could not check whether its exit server still runs on {where}: if it does, stop it "
+                 f"there (systemctl disable --now inlets-{name}, or kill -- -PID with the pid in "
+                 f"/opt/inlets/{name}/supervisor.pid) and remove /opt/inlets/{name} and /etc/inlets/{name}")
+    return Damaged(state, why, "ssh", f"put back a copy of it (it says how to reach {where}), or remove the state with",
+                   RECORD, unchecked)
+
+
 class SshProvider:
     name = PROVIDER.name
     user_data_limit = PROVIDER.user_data_limit
@@ -65,11 +86,12 @@ class SshProvider:
 
     # -- connections -------------------------------------------------------------------
     def _record(self, host_id_: str) -> tuple[str, Path, SshOptions]:
-        from ..ssh_connect import SshOptions
+        """The exit server's state folder and ssh.json; one without ssh.json is no gone exit server (state_damage)."""
+        from ..ssh_options import SshOptions
 
         name = host_id_.rsplit("/", 1)[-1]
         state_dir = self._root / name
-        if not name or "/" not in host_id_ or not (state_dir / RECORD).is_file():
+        if not name or "/" not in host_id_ or not state_dir.is_dir():
             raise NotFound(f"ssh: no exit server {host_id_!r} in {self._root} (ssh exit servers are kept in local state)")
         return name, state_dir, SshOptions.load(state_dir / RECORD)
 
@@ -128,7 +150,9 @@ class SshProvider:
         try:
             sftp = client.open_sftp()
         except (paramiko.SSHException, OSError) as exc:
-            raise ProvisionError(f"ssh: {opts.host} offers no SFTP ({describe(exc)})") from None
+            _drop_stage(client, stage)
+            raise ProvisionError(f"ssh: {opts.host} offers no SFTP ({describe(exc)}): enable it in the host's sshd_config "
+                                 "(Subsystem sftp internal-sftp), restart sshd, then run create again") from None
         try:
             for local in ("token", "server.crt", "server.key"):
                 upload(sftp, f"{stage}/{local}", (plan.state_dir / local).read_bytes())
@@ -143,13 +167,12 @@ class SshProvider:
             interrupt = next((c for c in causes(exc) if isinstance(c, KeyboardInterrupt)), None)
             if interrupt is not None:
                 raise interrupt from None
-            try:
-                run(client, f"rm -rf {shlex.quote(stage)}")
-            except ProvisionError:
-                pass  # the connection is gone: delete removes the folder (delete_leftovers)
+            _drop_stage(client, stage)
             raise ProvisionError(f"ssh: uploading to {stage} on {opts.host} failed: {describe(exc)}") from None
         finally:
             sftp.close()
+        # the key lives on the host only: nothing uses this copy now, and a Ctrl-C from here on would leave it
+        (plan.state_dir / "server.key").unlink(missing_ok=True)
         script = INSTALL.format(
             name=shlex.quote(plan.name), stage=shlex.quote(stage), py=shlex.quote(opts.remote_python),
             wheel=shlex.quote(wheel.filename), sup=shlex.quote(opts.supervisor), ports=_probes(plan, opts),
@@ -171,7 +194,6 @@ class SshProvider:
         elif code != 0:
             run(client, f"rm -rf {shlex.quote(stage)}")
             raise ProvisionError(f"ssh: installing on {opts.host} failed: {_last(err) or f'exit status {code}'}")
-        (plan.state_dir / "server.key").unlink(missing_ok=True)  # the key lives on the host only
         return Host(
             id=host_id(opts, plan.name), name=plan.name, provider=self.name, status="starting", ip=opts.host,
             data_addr=opts.data_addr, control_port=plan.spec.control_port, mode=plan.spec.mode, detail=detail,
@@ -205,10 +227,10 @@ class SshProvider:
     def delete_leftovers(self, name: str) -> list[str]:
         """The files a create cut short before its install uploaded to the host (the token and the server's key
         among them), which no install will remove; called by delete once the host says nothing is installed."""
-        from ..ssh_connect import SshOptions
+        from ..ssh_options import SshOptions
 
         record = self._root / name / RECORD
-        if not record.is_file():
+        if not record.exists() and not (record.parent / PINNED).exists():
             return []  # create never got as far as connecting
         opts = SshOptions.load(record)
         client = self._client(name, record.parent, opts)
@@ -218,14 +240,17 @@ class SshProvider:
         return [f"uploaded files {path}" for path in out.split()]
 
     def list(self) -> list[Host]:
-        """The ssh exit servers in local state, each asked over SSH (unreachable ones say so)."""
-        from ..ssh_connect import SshOptions
+        """The ssh exit servers in local state, each asked over SSH (unreachable ones say so); one whose ssh.json
+        cannot be read is left out, as the state shows it damaged (state_damage)."""
+        from ..ssh_options import SshOptions
 
         hosts: list[Host] = []
         if not self._root.is_dir():
             return hosts
         for record in sorted(self._root.glob(f"*/{RECORD}")):
-            opts = SshOptions.load(record)
+            opts, _ = SshOptions.read(record)
+            if opts is None:
+                continue
             ident = host_id(opts, record.parent.name)
             try:
                 hosts.append(self.status(ident))
@@ -239,6 +264,16 @@ class SshProvider:
 def _close_all(clients: dict[str, paramiko.SSHClient]) -> None:
     for client in clients.values():
         client.close()
+
+
+def _drop_stage(client: paramiko.SSHClient, stage: str) -> None:
+    """Remove the uploads folder of a create that failed before its install (whose trap removes it otherwise)."""
+    from ..ssh_connect import run
+
+    try:
+        run(client, f"rm -rf {shlex.quote(stage)}")
+    except ProvisionError:
+        pass  # the connection is gone: delete removes the folder (delete_leftovers)
 
 
 def _probes(plan: Plan, opts: SshOptions) -> str:

@@ -107,6 +107,7 @@ def test_every_kind_of_unusable_key_file_says_what_it_is(tmp_path: Path, capsys)
         result = run_cli(capsys, "create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", "1", "--ssh-key",
                          str(key), "--state-dir", str(tmp_path / "state"))
         line = one_line_error(result, f"--ssh-key {key} {says}")
+        assert result.code == 2, (key, result.code)  # a usage error, found before anything is made
         assert "Errno" not in line and "cryptography.io" not in line and "Error" not in line.split("error:", 1)[1], line
     assert not (tmp_path / "state").exists()
 
@@ -146,6 +147,39 @@ def test_a_port_that_takes_the_connection_and_says_nothing_is_said_in_words(tmp_
     line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: the connection was taken but no SSH "
                           "greeting came within 10 s: is the host too busy, or is that port (--port) not sshd's?")
     assert "session" not in line and not list((tmp_path / "state").iterdir())
+
+
+def test_a_port_that_greets_then_stalls_is_said_for_what_it_is(tmp_path: Path, capsys,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sshd that sent its greeting and then never answered the key exchange (a stuck daemon, a host out of
+    memory) was reported as 'no SSH greeting came within 10 s': the greeting had come."""
+    import threading
+
+    from inlets_py.provisioner import ssh_connect
+
+    monkeypatch.setattr(ssh_connect, "CONNECT_TIMEOUT", 2.0)
+    held: list[socket.socket] = []
+    with socket.socket() as stalls:
+        stalls.bind(("127.0.0.1", 0))
+        stalls.listen(4)
+        port = stalls.getsockname()[1]
+
+        def greet() -> None:
+            conn, _ = stalls.accept()
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            held.append(conn)  # open, and never another byte
+
+        threading.Thread(target=greet, daemon=True).start()
+        try:
+            result = run_cli(capsys, "create", "--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(port),
+                             "--ssh-key", str(_private_key(tmp_path / "key")), "--accept-new-host-key",
+                             "--known-hosts", str(tmp_path / "known_hosts"), "--state-dir", str(tmp_path / "state"))
+        finally:
+            for conn in held:
+                conn.close()
+    line = one_line_error(result, f"ssh: cannot connect to root@127.0.0.1:{port}: it sent its SSH greeting "
+                          "(SSH-2.0-OpenSSH_9.2), then no answer to the key exchange within 2 s")
+    assert "no SSH greeting" not in line and "session" not in line, line
 
 
 @pytest.mark.parametrize("host, written", [("127.0.0.1", "127.0.0.1:{port}"), ("::1", "[::1]:{port}")])

@@ -18,12 +18,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from helpers.process import terminate
 from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
-from helpers.prov_ssh import DATA_ADDR, Sshd, ssh_args
+from helpers.prov_ssh import DATA_ADDR, SSHD, Sshd, ssh_args
 
 
 def test_plain_supervisor_create_carries_traffic_then_delete(
@@ -316,6 +317,8 @@ def test_an_install_that_finishes_after_ctrl_c_leaves_no_secrets_in_tmp(
     try:
         assert not mark.exists(), "the install did not end"
         assert not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))
+        # the server's key lives on the host only, as after a create that finished (it stayed in the local state)
+        assert not (tmp_path / "state" / prov_ssh_name / "server.key").exists()
         # the state has no id (create never returned): status and list found it by name, not "no IP yet; vm: gone"
         listed = run_inletsctl("list", "--json", *state)
         rows = [r for r in json.loads(listed.out)["servers"] if r["name"] == prov_ssh_name]
@@ -437,3 +440,81 @@ def test_a_remote_python_that_is_no_python_is_said_so(prov_ssh_sshd: Sshd, prov_
         one_line_error(run_cli(capsys, "create", prov_ssh_name, *args),
                        f"{path} on the host is not a Python interpreter: give python3 (3.10 or newer) with --remote-python")
         assert not Path(f"/opt/inlets/{prov_ssh_name}").exists() and not (tmp_path / "state" / prov_ssh_name).exists()
+
+
+def test_a_missing_or_damaged_ssh_record_is_damaged_state_and_hides_no_other_server(
+        prov_ssh_sshd: Sshd, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """A missing ssh.json was taken for an exit server gone from its host: status said gone, and delete said 'already
+    gone' and removed the token and CA while the server ran on. One ssh.json cut short hid every ssh exit server
+    (`list --provider ssh` failed) and could never be deleted. Both are damaged state now, as a bad server.json is."""
+    root = tmp_path / "state"
+    state = ["--state-dir", str(root)]
+    created = run_inletsctl("create", prov_ssh_name, *ssh_args(
+        prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--data-addr", DATA_ADDR,
+        "--ports", str(free_port()), "--control-port", str(free_port()), "--timeout", "60"), timeout=120)
+    assert created.code == 0, created.err
+    cut = root / "cut-short"  # another ssh exit server, whose ssh.json was cut short
+    cut.mkdir(mode=0o700)
+    (cut / "server.json").write_text(json.dumps({"name": "cut-short", "provider": "ssh", "control_port": 8123,
+                                                 "id": f"root@127.0.0.1:{prov_ssh_sshd.port}/cut-short", "ip": "127.0.0.1"}))
+    (cut / "ssh.json").write_text('{"user": "root", "host": ')
+    for args in ([], ["--provider", "ssh"]):
+        listed = run_cli(capsys, "list", "--json", *args, *state)
+        assert listed.code == 0, listed.err
+        rows = {row["name"]: (row["status"], row["where"]) for row in listed.json()["servers"]}
+        assert rows == {prov_ssh_name: ("active", "both"), "cut-short": ("damaged", "local state (damaged)")}, rows
+    status = run_cli(capsys, "status", "cut-short", "--json", *state)
+    assert status.code == 1 and status.json()["state"] == "damaged", status
+    assert f"{cut / 'ssh.json'} is not valid JSON" in status.json()["error"], status.json()
+    deleted = run_cli(capsys, "delete", "cut-short", *state)
+    assert deleted.code == 0 and not cut.exists(), deleted
+    assert f"could not check whether its exit server still runs on root@127.0.0.1:{prov_ssh_sshd.port}" in deleted.out
+    assert "/opt/inlets/cut-short and /etc/inlets/cut-short" in deleted.out, deleted.out
+
+    (root / prov_ssh_name / "ssh.json").unlink()  # never "gone" without asking the host, which cannot be reached now
+    line = one_line_error(run_cli(capsys, "status", prov_ssh_name, *state), f"the local state of {prov_ssh_name!r} is "
+                          f"damaged: {root / prov_ssh_name / 'ssh.json'} is missing", f"inletsctl delete {prov_ssh_name}")
+    assert "gone" not in line, line
+    listed = run_cli(capsys, "list", "--json", *state)
+    assert [(r["name"], r["status"]) for r in listed.json()["servers"]] == [(prov_ssh_name, "damaged")], listed.out
+    deleted = run_cli(capsys, "delete", prov_ssh_name, *state)
+    assert deleted.code == 0 and "already gone" not in deleted.out, deleted
+    assert f"removed the damaged local state of {prov_ssh_name}" in deleted.out, deleted.out
+    assert f"could not check whether its exit server still runs on root@127.0.0.1:{prov_ssh_sshd.port}" in deleted.out
+    assert Path(f"/opt/inlets/{prov_ssh_name}").is_dir()  # untouched: the fixture removes it
+
+
+@pytest.fixture
+def prov_ssh_no_sftp(prov_ssh_sshd: Sshd) -> Iterator[int]:
+    """A second sshd, as the shared one but with no SFTP subsystem (a hardened host's sshd_config); its port."""
+    config = prov_ssh_sshd.client_key.parent / "sshd_config"
+    port = free_port()
+    lines = [f"Port {port}" if line.startswith("Port ") else line for line in config.read_text().splitlines()
+             if not line.startswith(("Subsystem", "PidFile"))]
+    nosftp = config.with_name("sshd_config_no_sftp")
+    nosftp.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(nosftp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the sshd without SFTP did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        terminate(proc)
+
+
+def test_a_host_without_sftp_says_what_to_enable_and_leaves_no_folder(
+        prov_ssh_sshd: Sshd, prov_ssh_no_sftp: int, prov_ssh_name: str, tmp_path: Path, capsys) -> None:
+    """'offers no SFTP (Channel closed.)' said nothing of what to do, and the folder made for the uploads stayed."""
+    args = ssh_args(prov_ssh_sshd, tmp_path, "--host-key-fingerprint", prov_ssh_sshd.fingerprint, "--ports", "9")
+    args[args.index("--port") + 1] = str(prov_ssh_no_sftp)
+    one_line_error(run_cli(capsys, "create", prov_ssh_name, *args), "ssh: 127.0.0.1 offers no SFTP",
+                   "enable it in the host's sshd_config (Subsystem sftp", "restart sshd")
+    assert not list(Path("/tmp").glob(f"inletsctl.{prov_ssh_name}.*"))
+    assert not (tmp_path / "state" / prov_ssh_name).exists()

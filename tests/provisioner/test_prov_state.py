@@ -138,13 +138,14 @@ def test_a_damaged_ssh_record_is_said_in_words(tmp_path: Path) -> None:
 
     record = tmp_path / "edge" / "ssh.json"
     record.parent.mkdir()
-    for content, why in ((b'{"user": "ro', "it is not valid JSON, cut short or edited"),
-                         (b"[1]", "it is not what inletsctl writes there"),
-                         (b'{"colour": "blue"}', "it is not what inletsctl writes there")):
+    for content, why in ((b'{"user": "ro', "is not valid JSON, cut short or edited"),
+                         (b"[1]", "is not what inletsctl writes there"),
+                         (b'{"colour": "blue"}', "is not what inletsctl writes there")):
         record.write_bytes(content)
         with pytest.raises(ProvisionError) as info:
             SshOptions.load(record)
-        assert str(info.value).startswith(f"cannot read {record}: {why}; it says how to reach the exit server's host")
+        assert str(info.value).startswith(f"{record} {why}; it says how to reach the exit server's host"), info.value
+        assert "/opt/inlets/edge and /etc/inlets/edge" in str(info.value)  # its name, not a literal NAME
 
 
 @pytest.mark.parametrize("content", [b'{"name": "elsewhere", "provider": "digitalocean", "id": "12345", "control_port": 8123}',
@@ -290,8 +291,47 @@ def test_a_hand_edited_ssh_record_of_the_wrong_type_is_one_line(edit: dict[str, 
     root = tmp_path / "state"
     _ssh_state(root, **edit)
     field = next(iter(edit))
-    one_line_error(run_cli(capsys, "status", "edge", "--state-dir", str(root)), f'ssh.json: its "{field}" is not what')
+    one_line_error(run_cli(capsys, "status", "edge", "--state-dir", str(root)),
+                   f'ssh.json holds a "{field}" that is not what inletsctl writes there')
     listed = run_cli(capsys, "list", "--state-dir", str(root))
     no_traceback(listed)
     assert sum("edge" in line for line in listed.out.splitlines()) == 1, listed.out
 
+
+
+def test_a_missing_ssh_record_is_damaged_state_that_delete_removes_saying_what_it_could_not_check(
+        tmp_path: Path, capsys) -> None:
+    """No ssh.json was taken for an exit server gone from its host (status 'gone', delete 'already gone'), though
+    nothing had asked the host; delete removed the token and CA of a server still running."""
+    root = tmp_path / "state"
+    folder = _ssh_state(root)
+    (folder / "ssh.json").unlink()
+    status = run_cli(capsys, "status", "edge", "--json", "--state-dir", str(root))
+    assert status.code == 1 and status.json()["state"] == "damaged", status
+    assert status.json()["error"].startswith(f"the local state of 'edge' is damaged: {folder / 'ssh.json'} is missing; "
+                                             "put back a copy of it (it says how to reach root@127.0.0.1:22)"), status.out
+    listed = run_cli(capsys, "list", "--json", "--provider", "ssh", "--state-dir", str(root))
+    assert listed.code == 0 and [(r["name"], r["status"]) for r in listed.json()["servers"]] == [("edge", "damaged")]
+    deleted = run_cli(capsys, "delete", "edge", "--state-dir", str(root))
+    assert deleted.code == 0 and not folder.exists(), deleted
+    assert deleted.out.startswith(f"removed the damaged local state of edge ({folder}: ssh.json is missing); inletsctl "
+                                  "could not check whether its exit server still runs on root@127.0.0.1:22: if it does, "
+                                  "stop it there"), deleted.out
+    assert "already gone" not in deleted.out and "/opt/inlets/edge and /etc/inlets/edge" in deleted.out
+
+
+def test_an_ssh_state_whose_create_never_reached_the_host_is_not_damaged(tmp_path: Path, capsys) -> None:
+    """Ctrl-C before create connected: no ssh.json, no pinned key, no id; nothing on any host, so delete just
+    removes the state (and --provider ssh says the same of a damaged ssh.json: nothing else leads to its host)."""
+    root = tmp_path / "state"
+    folder = _ssh_state(root)
+    (folder / "server.json").write_text(json.dumps({"name": "edge", "provider": "ssh", "id": None, "control_port": 8123}))
+    (folder / "ssh.json").unlink()
+    deleted = run_cli(capsys, "delete", "edge", "--state-dir", str(root))
+    assert deleted.code == 0 and not folder.exists(), deleted
+    assert deleted.out.strip() == f"ssh has no exit server named edge; removed its local state ({folder})"
+    folder = _ssh_state(root)
+    (folder / "ssh.json").write_text("[]")
+    deleted = run_cli(capsys, "delete", "edge", "--provider", "ssh", "--state-dir", str(root))
+    assert deleted.code == 0 and not folder.exists(), deleted
+    assert deleted.out.startswith("removed the damaged local state of edge"), deleted.out
