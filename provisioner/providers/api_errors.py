@@ -38,6 +38,7 @@ REQUEST = "request"  # the request could not be sent as it is
 ANSWER = "answer"  # the API answered something we cannot read
 REFUSED = "refused"  # any other error the API answered with
 SDK = "sdk"  # the installed SDK lacks what our code calls: another version than inletsctl was written for
+REDIRECT = "redirect"  # the API answered with a redirect, which inletsctl does not follow
 
 #: how Python words a call that does not fit the callee's signature (a renamed or removed argument)
 _SIGNATURE = re.compile(r"unexpected keyword argument|missing \d+ required|positional arguments? but \d+|takes no arguments")
@@ -84,6 +85,30 @@ def ratelimit_reset(found: Mapping[str, str]) -> float | None:
 
 
 Classifier = Callable[[BaseException], "Fault | None"]
+
+
+class Redirected(Exception):
+    """An API's redirect, refused where the SDK would follow it (``refuse_redirect``): a 307 or 308 sends the request
+    again, body and all (a create's user-data: the tunnel token and the server's key), to wherever it names."""
+
+    def __init__(self, status: int, headers: Mapping[str, str]) -> None:
+        super().__init__(f"redirect ({status})")
+        self.code, self.headers = status, headers
+
+
+def refuse_redirect(response: object, *args: object, **kwargs: object) -> None:
+    """A ``requests`` response hook: raise Redirected for a redirect instead of following it."""
+    if getattr(response, "is_redirect", False):
+        raise Redirected(int(response.status_code), dict(response.headers))  # type: ignore[attr-defined]
+
+
+def redirect_fault(exc: BaseException) -> Fault | None:
+    """A redirect answer, whichever SDK got it (Redirected, or a libcloud error with a 3xx status)."""
+    code, headers = getattr(exc, "code", None), getattr(exc, "headers", None) or {}
+    if not isinstance(code, int) or not 300 <= code < 400:
+        return None
+    location = next((v for k, v in headers.items() if k.lower() == "location"), "")
+    return Fault(REDIRECT, code, one_line(location, 120))
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -284,6 +309,11 @@ def error_for(provider: str, where: str, what: str, fault: Fault, credentials: s
                               f"{credentials} and --api-url")
     if fault.kind == SDK:
         return ProvisionError(f"{provider}: {what} failed: {fault.message}")
+    if fault.kind == REDIRECT:
+        to = f" to {fault.message}" if fault.message else ""
+        return ProvisionError(f"{provider}: the API at {where} answered with a redirect{code}{to} while {what}; inletsctl "
+                              "follows none (it would send the request, secrets and all, elsewhere): check --api-url "
+                              "(or its variable), and give the API's own address")
     if fault.kind == ANSWER:
         return ProvisionError(f"{provider}: unexpected answer from {where} while {what}{detail}; try again later, "
                               "or check --api-url if you set it")
@@ -311,7 +341,7 @@ def api_errors(provider: str, where: str, what: str, classify: Classifier,
     except ProvisionError:
         raise
     except Exception as exc:
-        fault = classify(exc) or sdk_fault(exc, sdk) or transport_fault(exc)
+        fault = redirect_fault(exc) or classify(exc) or sdk_fault(exc, sdk) or transport_fault(exc)
         if fault is None:
             raise
         raise error_for(provider, where, what, fault, credentials) from None

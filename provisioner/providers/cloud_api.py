@@ -14,8 +14,30 @@ from typing import Any, ContextManager
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
-from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line, retry_after
+import libcloud.http
+from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line, refuse_redirect, retry_after
 from .api_url import Endpoint
+
+
+def _refuse_redirects() -> None:
+    """Every libcloud connection's session raises Redirected at a redirect (``api_errors`` says it in one line):
+    libcloud followed them (requests' default), and a 307 or 308 to another host got the request again, a create's
+    user-data with the tunnel token and the server's key in it. On the class: libcloud makes a connection's session
+    anew when it reconnects."""
+    connection = libcloud.http.LibcloudBaseConnection
+    made = connection.__init__
+    if getattr(made, "refuses_redirects", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self.session.hooks["response"].append(refuse_redirect)
+
+    __init__.refuses_redirects = True  # type: ignore[attr-defined]
+    connection.__init__ = __init__  # type: ignore[method-assign]
+
+
+_refuse_redirects()
 
 
 class ApiError(BaseHTTPError):

@@ -15,7 +15,8 @@ from typing import Any, ContextManager, Mapping
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
 from .api_errors import (
-    ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, by_status, not_json, one_line, retry_after,
+    ANSWER, AUTH, NOT_FOUND, QUOTA, RATE_LIMIT, REFUSED, Fault, api_errors, by_status, not_json, one_line,
+    refuse_redirect, retry_after,
 )
 from .api_url import parse_api_url
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
@@ -57,7 +58,7 @@ class HetznerProvider:
         self._wait: float | None = None
         session = getattr(base, "_session", None)
         if session is not None:
-            session.hooks["response"].append(self._remember_wait)
+            session.hooks["response"] += [refuse_redirect, self._remember_wait]
 
     def _remember_wait(self, response: Any, *args: Any, **kwargs: Any) -> None:
         status = response.status_code

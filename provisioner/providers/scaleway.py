@@ -18,7 +18,7 @@ from typing import Any, ContextManager
 
 from ..errors import NotFound, ProvisionError
 from ..firewall import ANY_IPV4, ANY_IPV6, firewall_name, inbound_rules, made_for
-from .api_errors import QUOTA, Fault, api_errors, by_status, not_json, one_line, retry_after
+from .api_errors import QUOTA, Fault, api_errors, by_status, not_json, one_line, refuse_redirect, retry_after
 from .api_url import parse_api_url
 from .base import (
     ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, mode_from_tags, parse_expiry_tag, tag_list,
@@ -231,7 +231,8 @@ def _bound_requests(timeout: float) -> None:
 
         @staticmethod
         def request(*args: Any, **kwargs: Any) -> Any:
-            response = requests.request(*args, **({"timeout": timeout} | kwargs))
+            response = requests.request(*args, **({"timeout": timeout} | kwargs | {"allow_redirects": False}))
+            refuse_redirect(response)
             if response.status_code >= 400:
                 try:
                     response.json()

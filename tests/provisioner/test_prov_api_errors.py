@@ -204,6 +204,38 @@ def test_an_error_page_that_is_not_json_keeps_its_status(api: RecordedAPI, tmp_p
         assert "the API had trouble of its own: try again later" in line, line
 
 
+@pytest.mark.parametrize("provider", ["digitalocean", "hetzner", "scaleway", "linode"])
+def test_an_apis_redirect_is_not_followed_and_said(api: RecordedAPI, tmp_path: Path, capsys,
+                                                    monkeypatch: pytest.MonkeyPatch, provider: str) -> None:
+    """The SDKs followed an API's redirects: a 308 to another host got DigitalOcean's create again, body and all (the
+    user-data, with the tunnel token and the server's key in it), and the error blamed the first address. A redirect
+    is now refused in one line naming where it pointed; nothing is sent there."""
+    from helpers.prov_support import one_line_error, run_cli
+
+    elsewhere = RecordedAPI()
+    try:
+        for method in ("GET", "POST"):
+            elsewhere.route(method, ".*", Answer(200, {}))
+        flags = {"digitalocean": ["--access-token", "dop_v1_x", "--api-url", api.url],
+                 "hetzner": ["--access-token", "H" * 64, "--api-url", api.url + "/v1"],
+                 "scaleway": ["--access-token", "00000000-0000-4000-8000-00000000000a", "--api-url", api.url],
+                 "linode": ["--access-token", "L" * 64, "--api-url", api.url]}[provider]
+        monkeypatch.setenv("SCW_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX")
+        monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", "11111111-1111-1111-1111-111111111111")
+        monkeypatch.setenv("SCW_DEFAULT_ZONE", "fr-par-1")
+        for method in ("GET", "POST"):
+            api.routes.insert(0, (method, re.compile(".*"), Answer(308, "", {"Location": elsewhere.url + "/v2/droplets"})))
+        if provider == "digitalocean":  # the create's own call, with the user-data, is the one redirected
+            api.routes.insert(0, ("GET", re.compile("/v2/droplets"), Answer(200, {"droplets": [], "links": {}})))
+        command = ["create", "redirected"] if provider == "digitalocean" else ["list"]
+        result = run_cli(capsys, *command, "--provider", provider, *flags, "--state-dir", str(tmp_path))
+        one_line_error(result, f"the API at {flags[-1]} answered with a redirect (308) to {elsewhere.url}/v2/droplets",
+                       "inletsctl follows none", "check --api-url")
+        assert elsewhere.seen == [], elsewhere.seen
+    finally:
+        elsewhere.close()
+
+
 @pytest.mark.parametrize("answer, says", [
     (Answer(202, {"no_droplet": {}}), "it has no 'droplet' field"),
     (Answer(202, {"droplet": {"id": 5, "name": "x"}}), "it has no 'created_at' field"),
