@@ -13,7 +13,7 @@ from ..client.outbound_proxy import DIRECT, ProxyConfigError
 from ..client.outbound_proxy import choose as choose_proxy
 from ..client.outbound_proxy import check_password_fits, normalize, with_password
 from ..core.auth import PROXY_PASSWORD, TOKEN, SecretOption, TokenError, read_tokens, warn_if_others_can_read
-from ..core.hosts import HostError, check_host
+from ..core.hosts import HostError, check_host, is_loopback, split_url
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, client_context
 from ..core.channel import Channel
@@ -162,7 +162,18 @@ def client_configs(*, urls: list[str], token: str | None, token_files: list[Path
     configs = [client_config(url=url, token=token, token_file=file, **options) for url, file in zip(urls, files)]
     if options.get("tls_insecure"):
         warn_unverified([config.url for config in configs if config.ssl_context is not None])
+    warn_plaintext([url for url in urls if url.startswith("ws://") and not is_loopback(split_url(url).hostname)])
     return configs
+
+
+def warn_plaintext(urls: list[str]) -> None:
+    """Say once, at start, which servers get the token in clear: a ws:// --url to another host sent it, and every
+    tunnelled byte, unencrypted, without a word (the server warns of its --plaintext reachable from off the machine)."""
+    if urls:
+        log.warning("event=plaintext_url urls=%s reason=%s", logfmt(",".join(urls)),
+                    logfmt("ws:// sends the token and every tunnelled byte unencrypted to a host off this machine, "
+                           "where whoever is on the way can read them: use the server's wss:// URL (its --auto-tls, "
+                           "or a TLS-terminating proxy in front of it)"))
 
 
 def warn_unverified(urls: list[str]) -> None:
