@@ -110,7 +110,7 @@ def wait_until_ready(
                 raise ProvisionError(f"exit server {host.name!r} disappeared while waiting for it to start") from None
             seen = "not visible in the API yet"
         except Transient as exc:  # a 429, a 5xx or a network blip is no reason to give up on (or delete) a booting VM
-            seen, pause = f"the API did not answer ({exc})", _pause(interval, exc)
+            seen, pause = f"the API failed ({exc})", _pause(interval, exc)
         if host.status == FAILED:
             raise ProvisionError(f"exit server {host.name!r} failed: {seen}")
         if host.status == ACTIVE and host.ip:
@@ -221,7 +221,7 @@ def wait_until_gone(
         except NotFound:
             return
         except Transient as exc:  # asked again, as while creating
-            seen, pause, there = f"the API did not answer ({exc})", _pause(interval, exc), False
+            seen, pause, there = f"the API failed ({exc})", _pause(interval, exc), False
         else:
             if host.status == FAILED and getattr(provider, "failed_is_gone", False):
                 return
@@ -252,7 +252,7 @@ def wait_until_balanced(
         except NotFound:
             raise ProvisionError(f"load balancer {balancer.name!r} ({balancer.id}) disappeared while starting") from None
         except Transient as exc:  # a 429 or a blip: asked again, as the VMs' waits do (it failed create, left all)
-            balancer, pause = replace(balancer, detail=f"the API did not answer ({exc})"), _pause(pause, exc)
+            balancer, pause = replace(balancer, detail=f"the API failed ({exc})"), _pause(pause, exc)
         if balancer.status == FAILED:
             raise ProvisionError(f"load balancer {balancer.name!r} failed: {balancer.detail}")
         if balancer.status == ACTIVE and balancer.ip:

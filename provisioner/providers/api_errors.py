@@ -43,7 +43,8 @@ REDIRECT = "redirect"  # the API answered with a redirect, which inletsctl does 
 #: how Python words a call that does not fit the callee's signature (a renamed or removed argument)
 _SIGNATURE = re.compile(r"unexpected keyword argument|missing \d+ required|positional arguments? but \d+|takes no arguments")
 #: words clouds use for an account limit (DigitalOcean, Hetzner, Scaleway, AWS, Azure, GCE, Linode)
-_QUOTA_WORDS = re.compile(r"quota|limit ?exceeded|exceeds? .{0,40}limit|limit (?:has been |was )?reached", re.I)
+_QUOTA_WORDS = re.compile(r"quota|limit ?exceeded|exceeds? .{0,40}limit|limit (?:has been |was )?reached|"
+                          r"reached (?:your|the|its) .{0,40}limit", re.I)  # DigitalOcean: "You have reached your droplet limit"
 #: ... and for too many requests (GCE answers those with 403, AWS with 503)
 _RATE_WORDS = re.compile(r"rate ?limit|throttl|too many requests|slow ?down", re.I)
 
@@ -81,7 +82,8 @@ def ratelimit_reset(found: Mapping[str, str]) -> float | None:
         return None
     if not math.isfinite(value) or value <= 0:
         return None
-    return max(value - time.time(), 1.0) if value > 1e9 else value  # a past reset: the next second
+    wait = max(value - time.time(), 1.0) if value > 1e9 else value  # a past reset: the next second
+    return min(wait, 3600.0)  # a reset far off (a clock or a header gone wrong) said "wait 3391265 minutes"
 
 
 Classifier = Callable[[BaseException], "Fault | None"]

@@ -396,3 +396,17 @@ def test_a_type_error_inside_the_sdk_is_still_the_answer(api: RecordedAPI) -> No
     with pytest.raises(ProvisionError) as info:
         HetznerProvider("H" * 64, api.url + "/v1").list()
     assert "unexpected answer from" in _one_line(info) and "installed hcloud" not in _one_line(info), _one_line(info)
+
+
+def test_digitaloceans_droplet_limit_is_a_quota_and_a_far_reset_a_bounded_wait() -> None:
+    """A probe's findings: DigitalOcean's 403 "You have reached your droplet limit" read as a rejected token ("check
+    them"), and a RateLimit-Reset far off (a clock gone wrong) said "wait 3391265 minutes"."""
+    from inlets_py.provisioner.providers.api_errors import QUOTA, by_status, error_for, retry_after
+
+    fault = by_status(403, "You have reached your droplet limit. Please contact support to increase it.")
+    assert fault.kind == QUOTA
+    assert "an account limit was reached" in str(error_for("digitalocean", "api", "creating droplet 'x'", fault))
+    far = {"RateLimit-Reset": str(int(time.time()) + 200 * 365 * 86400)}
+    from inlets_py.provisioner.providers.api_errors import ratelimit_reset
+
+    assert retry_after(far, reset=ratelimit_reset) == 3600.0

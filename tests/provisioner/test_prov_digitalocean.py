@@ -497,7 +497,7 @@ def test_a_delete_whose_api_never_answered_does_not_say_the_droplet_is_still_the
     fake.failed_reads = [(503, {})] * 50
     result = run_cli(capsys, *_do(fake, token_file, state, "delete", "--provider", "digitalocean", "--id",
                                   str(droplet["id"]), "--timeout", "1"))
-    line = one_line_error(result, f"digitalocean: unseen ({droplet['id']})", "the API did not answer",
+    line = one_line_error(result, f"digitalocean: unseen ({droplet['id']})", "the API failed (digitalocean: ",
                           "run the delete again later")
     assert "still there" not in line, line
     assert ("DELETE", f"/v2/droplets/{droplet['id']}", None) in fake.requests
