@@ -303,7 +303,8 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
         leg = front.pick(ex.leg.service, ex.unreachable_on or None)
     except StreamLimit:  # every client serving it holds --max-client-streams, each stream carrying a request
         leg = None
-    if leg is None or not _send_request(leg, ex.request):  # type: ignore[arg-type]  # callers checked it
+    # ex.request is None where the body outgrew routing.KEPT_REQUEST meanwhile (a retry waiting for a free stream)
+    if leg is None or ex.request is None or not _send_request(leg, ex.request):
         _reply(front, ex, 502, failure)
         return
     leg.start_exchange(ex.head.method == b"HEAD", ex.head.upgrade)
