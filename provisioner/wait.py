@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from inlets_py.runtime.core.hosts import authority
-from inlets_py.runtime.core.probe import Answer, Dial, Endpoint, ProbeError, Unreachable, get
+from inlets_py.runtime.core.probe import Answer, CertificateRefused, Dial, Endpoint, ProbeError, Unreachable, get
 from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
 
 from .errors import NotFound, ProvisionError, Transient
@@ -55,8 +55,12 @@ def https_get(
 ) -> Answer:
     """GET over TLS verified against ``ca_file`` with the exit-server name (not the IP), through the proxy the
     environment names for it (as libcloud's API calls and the printed client command go)."""
-    return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
-               timeout=timeout, method=method, body=body, dial=_proxy_dial(host, port))
+    try:
+        return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
+                   timeout=timeout, method=method, body=body, dial=_proxy_dial(host, port))
+    except CertificateRefused:  # the probe's words name the client's --tls-ca, which inletsctl has not
+        raise ProbeError(f"the server at {authority(host, port)} is not the exit server inletsctl made: its "
+                         "certificate is not signed by the CA made for it (another machine on that address?)") from None
 
 
 def _proxy_dial(host: str, port: int) -> Dial | None:

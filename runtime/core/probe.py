@@ -35,6 +35,11 @@ class Unreachable(ProbeError):
     """Nothing accepted the connection (refused, no route, timed out): maybe not started yet."""
 
 
+class CertificateRefused(ProbeError):
+    """The server's certificate did not verify; the message names the client's flag that fixes it, which a caller
+    with no such flag (inletsctl's waits) says in its own words."""
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -159,7 +164,7 @@ def get(
             raise ProbeError(late)
         return answer
     except ssl.SSLCertVerificationError as exc:
-        raise ProbeError(verify_failure(exc, server_name)) from None
+        raise CertificateRefused(verify_failure(exc, server_name)) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
         if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "
