@@ -158,7 +158,8 @@ def progress(front: Front) -> None:
         failure = leg.failure
         if leg.timed_out or failure is not None or leg.eof:
             if ex.response is None:
-                if ((leg.eof and failure is None or leg.dropped) and not leg.timed_out and ex.reused and not ex.retried
+                if ((leg.eof and failure is None or leg.dropped) and not leg.timed_out and not ex.retried
+                        and (ex.reused or leg.dropped and leg.session.closed.is_set())  # or its client went away
                         and ex.request is not None and head.method in IDEMPOTENT and not leg.request_ended):
                     _retry(front, ex)
                 elif leg.eof and failure is None and leg.request_ended:  # it stopped as the user left (``end_request``)
@@ -247,7 +248,9 @@ def _switch(front: Front, ex: Exchange, response: ResponseHead) -> None:
 
 
 def _retry(front: Front, ex: Exchange) -> None:
-    """A kept-alive upstream closed (or reset) as its stream was reused: once more on a fresh stream."""
+    """A kept-alive upstream closed (or reset) as its stream was reused, or the client went away (killed, or silent
+    past its keepalive) before any answer: once more on a fresh stream, to another client in the second case, as
+    nginx sends an idempotent request to the next upstream (a GET to a paused client got 502)."""
     _detach(front, ex)
     ex.retried = True
     _resend(front, ex, "upstream closed the connection without answering")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -295,5 +296,44 @@ def test_the_requests_of_a_client_tried_last_are_shared_by_the_others(tls, token
                    for _ in range(60)]
         names = [json.loads(a.partition(b"\r\n\r\n")[2])["upstream"] for a in answers]
         assert abs(names.count("B") - names.count("C")) <= 4 and len(names) == 60, names  # a probe of the first each 5 s
+    finally:
+        stack.close()
+
+
+def test_an_idempotent_request_whose_client_goes_away_unanswered_goes_to_another(tls, token) -> None:
+    """A probe's finding: a GET on a fresh stream to a client that then went (paused past its keepalive, here
+    stopped) got 502 "the tunnel stream was reset", where nginx sends an idempotent request to the next upstream.
+    It now goes once more, to another client; a POST still gets 502 (its upstream may have acted on it)."""
+    stack = Stack()
+    try:
+        reached = threading.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            reached.set()
+            await asyncio.sleep(15)  # never answers
+
+        slow = stack.serve(silent)
+        app, up = stack.upstream("UP")
+        server = stack.server(tls, token)
+        _, going = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{slow}"])
+        stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{up}"])
+        answers = {}
+        for method in (b"GET", b"POST"):
+            with ThreadPoolExecutor(1) as pool:
+                for _ in range(4):  # round robin: until a request is at the client that goes
+                    reached.clear()
+                    pending = pool.submit(raw_request, server.data_port,
+                                          method + b" / HTTP/1.1\r\nHost: gone.test\r\nConnection: close\r\n\r\n")
+                    if reached.wait(2):
+                        break
+                    pending.result(10)
+                assert reached.is_set()
+                stack.stop_client(going)
+                answers[method] = pending.result(15)
+            _, going = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{slow}"])
+        assert answers[b"GET"].startswith(b"HTTP/1.1 200 "), answers[b"GET"][:200]
+        assert json.loads(answers[b"GET"].partition(b"\r\n\r\n")[2])["upstream"] == "UP"
+        assert answers[b"POST"].startswith(b"HTTP/1.1 502 "), answers[b"POST"][:200]
     finally:
         stack.close()
