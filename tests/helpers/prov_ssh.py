@@ -30,3 +30,23 @@ def ssh_args(sshd: Sshd, tmp_path: Path, *extra: str) -> list[str]:
     return ["--provider", "ssh", "--host", "root@127.0.0.1", "--port", str(sshd.port), "--ssh-key", str(sshd.client_key),
             "--known-hosts", str(tmp_path / "known_hosts"), "--supervisor", "plain",
             "--remote-python", sys.executable, "--state-dir", str(tmp_path / "state"), *extra]
+
+
+def wait_for_sshd(proc: subprocess.Popen, port: int, log: Path | None = None) -> None:
+    """Until the sshd ``proc`` accepts on ``port`` (15 s at most); fails the test with its log's end otherwise."""
+    import socket
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                said = log.read_text(errors="replace")[-2000:] if log is not None else ""
+                pytest.fail(f"sshd did not start: {said}")
+            time.sleep(0.1)
+

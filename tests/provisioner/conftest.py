@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +14,7 @@ import pytest
 
 from helpers.process import terminate
 from helpers.prov_support import free_port
-from helpers.prov_ssh import SSHD, Sshd, keygen
+from helpers.prov_ssh import SSHD, Sshd, keygen, wait_for_sshd
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +47,7 @@ def prov_ssh_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not start: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.1)
+        wait_for_sshd(proc, port, log)
         printed = subprocess.run(["ssh-keygen", "-lf", str(tmp / "host_key.pub")], capture_output=True, text=True,
                                  check=True, timeout=30).stdout
         yield Sshd(port, tmp / "client_key", printed.split()[1], log, user_keys)

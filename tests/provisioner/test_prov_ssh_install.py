@@ -24,7 +24,7 @@ import pytest
 
 from helpers.process import terminate
 from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl
-from helpers.prov_ssh import DATA_ADDR, SSHD, Sshd, ssh_args
+from helpers.prov_ssh import DATA_ADDR, SSHD, Sshd, ssh_args, wait_for_sshd
 
 
 def test_plain_supervisor_create_carries_traffic_then_delete(
@@ -496,14 +496,7 @@ def prov_ssh_no_sftp(prov_ssh_sshd: Sshd) -> Iterator[int]:
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(nosftp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the sshd without SFTP did not start"
-                time.sleep(0.1)
+        wait_for_sshd(proc, port)
         yield port
     finally:
         terminate(proc)

@@ -146,6 +146,17 @@ def test_a_balancers_header_that_never_comes_is_refused_and_counted_with_its_wai
     assert metric(server, "http_dataplane_request_duration_seconds_sum", code="403") >= 0.5
 
 
+def _read_until(user: socket.socket, marker: bytes) -> bytes:
+    """What ``user`` reads until ``marker`` has come, or the connection ends."""
+    answer = b""
+    while marker not in answer:
+        data = user.recv(65536)
+        if not data:
+            break
+        answer += data
+    return answer
+
+
 def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_timeout(stack, tls, token) -> None:
     """Bytes that came before the connection waited for a request (with the connection itself, before its
     coroutine ran; or behind the request in flight) began a head too: it used to have the idle timeout only."""
@@ -160,12 +171,7 @@ def test_a_head_begun_with_the_connection_or_behind_a_request_gets_the_header_ti
     behind.sendall(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\nGET /second HTTP/1.1\r\nX-Slow: ")
     started = time.monotonic()
     for user in (with_connection, behind):
-        answer = b""
-        while b"HTTP/1.1 408" not in answer:
-            data = user.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer = _read_until(user, b"HTTP/1.1 408")
         assert b"HTTP/1.1 408" in answer, answer
     assert time.monotonic() - started < 3.5
     with_connection.close()
@@ -190,11 +196,7 @@ def test_a_head_begun_before_the_wait_keeps_its_start_when_more_of_it_comes(stac
         assert answer.startswith(b"HTTP/1.1 200"), answer
         time.sleep(0.8)
         user.sendall(b"x")
-        while b"HTTP/1.1 408" not in answer:
-            data = user.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer += _read_until(user, b"HTTP/1.1 408")
         assert b"HTTP/1.1 408" in answer, answer
         assert time.monotonic() - waiting < 1.5  # 1 s from the wait's start (and the sweep's 0.05 s), not from "x"
 
