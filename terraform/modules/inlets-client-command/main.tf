@@ -8,15 +8,16 @@ locals {
   upstreams = var.mode == "tcp" || length(local.domains) == 0 ? [local.upstream] : [for d in local.domains : "${d}=${local.upstream}"]
   url       = "wss://${length(regexall(":", var.host)) > 0 ? "[${var.host}]" : var.host}:${format("%d", var.control_port)}"
   # An upstream's host, for the preconditions, by the client's rule (runtime/core/hosts.py check_host): an IP
-  # address (Go's parser, as Python's ipaddress: no leading zeros), else dotted numbers are refused and a name
-  # has labels of 1-63 letters, digits, _ and inner hyphens, 253 characters in all.
+  # address (as Python's ipaddress: no leading zeros, which cidrhost takes: 127.000.0.1 made a command the client
+  # refused), else dotted numbers are refused and a name has labels of 1-63 letters, digits, _ and inner hyphens,
+  # 253 characters in all.
   label     = "[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
   url_parts = try(regex("^(?i:https?)://(?:\\[([^]]*)\\]|([^][:/?#@]*))(?::([0-9]{1,5}))?/?$", local.upstream), [null, null, null]) # [IPv6], host, port
   bracketed = startswith(local.upstream, "[") && endswith(local.upstream, "]")
   host = (var.mode == "tcp" ? (local.bracketed ? substr(local.upstream, 1, length(local.upstream) - 2) : local.upstream)
   : try(coalesce(local.url_parts[0], local.url_parts[1]), ""))
   host_ok = length(local.host) > 0 && (strcontains(local.host, ":") ? can(cidrhost("${local.host}/128", 0)) : (
-    can(regex("^[0-9]+(?:\\.[0-9]+)*\\.?$", local.host)) ? can(cidrhost("${local.host}/32", 0)) :
+    can(regex("^[0-9]+(?:\\.[0-9]+)*\\.?$", local.host)) ? can(regex("^(?:0|[1-9][0-9]*)(?:\\.(?:0|[1-9][0-9]*)){3}$", local.host)) && can(cidrhost("${local.host}/32", 0)) :
     can(regex("^(?:${local.label}\\.)*${local.label}\\.?$", local.host)) && length(trimsuffix(local.host, ".")) <= 253
   ))
 

@@ -2,8 +2,12 @@ variable "host" {
   description = "Public IP address (or DNS name) of the exit server."
   type        = string
   validation {
-    condition     = can(regex("^[^\\s/@?#]+$", var.host))
-    error_message = "The host must be the exit server's IP address or DNS name: not empty, no spaces, no scheme or path."
+    # as the client reads --url's host: an IPv6 address (bracketed in the URL here), an IPv4 address without leading
+    # zeros, or a DNS name ("[::1]" made wss://[[::1]]:8123, and "example.com:8123" a bracketed name)
+    condition = (strcontains(var.host, ":") ? can(cidrhost("${var.host}/128", 0)) :
+      can(regex("^[0-9.]+$", var.host)) ? can(regex("^(?:0|[1-9][0-9]*)(?:\\.(?:0|[1-9][0-9]*)){3}$", var.host)) && can(cidrhost("${var.host}/32", 0)) :
+    can(regex("^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\\.)*[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\\.?$", var.host)) && length(trimsuffix(var.host, ".")) <= 253)
+    error_message = "The host must be the exit server's IP address (IPv6 without brackets) or DNS name, without a port, scheme or path."
   }
 }
 

@@ -2,7 +2,8 @@ variable "name" {
   description = "Name of the exit server (appears in the user-data's header comment): no control characters."
   type        = string
   validation {
-    condition     = can(regex("^[^\\x00-\\x1f\\x7f-\\x9f\\x{2028}\\x{2029}]+$", var.name))
+    # and no U+FFFE or U+FFFF, which YAML may not carry raw (jsonencode writes them so; cloud-init refused the file)
+    condition     = can(regex("^[^\\x00-\\x1f\\x7f-\\x9f\\x{2028}\\x{2029}\\x{fffe}\\x{ffff}]+$", var.name))
     error_message = "The name must be one line without control characters, such as the server name inletsctl would use (my-exit-1)."
   }
 }

@@ -298,3 +298,55 @@ run "rejects_an_empty_inlets_command" {
   }
   expect_failures = [var.inlets]
 }
+
+# A probe's findings: cidrhost takes leading zeros, which the client refuses, and a host with brackets or a port
+# made a --url the client refuses (wss://[[::1]]:8123, wss://[example.com:8123]:8123).
+run "rejects_an_upstream_address_with_leading_zeros" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    ports    = [80]
+    upstream = "127.000.0.1"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_an_http_upstream_address_with_leading_zeros" {
+  command = plan
+  variables {
+    host     = "203.0.113.10"
+    mode     = "http"
+    upstream = "http://010.0.0.1:8080"
+  }
+  expect_failures = [output.command]
+}
+
+run "rejects_a_bracketed_host" {
+  command = plan
+  variables {
+    host  = "[::1]"
+    ports = [80]
+  }
+  expect_failures = [var.host]
+}
+
+run "rejects_a_host_with_a_port" {
+  command = plan
+  variables {
+    host  = "example.com:8123"
+    ports = [80]
+  }
+  expect_failures = [var.host]
+}
+
+run "takes_an_ipv6_host_and_a_name" {
+  command = plan
+  variables {
+    host  = "2001:db8::7"
+    ports = [80]
+  }
+  assert {
+    condition     = strcontains(output.command, "--url 'wss://[2001:db8::7]:8123'") || strcontains(output.command, "--url wss://[2001:db8::7]:8123")
+    error_message = "the IPv6 host is bracketed once in the URL: ${output.command}"
+  }
+}

@@ -131,6 +131,15 @@ run "rejects_a_runtime_spec_on_two_lines" {
   expect_failures = [var.package]
 }
 
+# YAML may not carry U+FFFE or U+FFFF raw, which jsonencode writes so: cloud-init refused the file (a probe's finding)
+run "rejects_a_name_with_a_noncharacter" {
+  command = plan
+  variables {
+    name = "exit\uFFFE1"
+  }
+  expect_failures = [var.name]
+}
+
 run "tcp_low_ports_with_ttl" {
   variables {
     ports      = [25, 5432]
