@@ -37,7 +37,7 @@ def parse_port_list(text: str) -> list[int]:
 def url_port(parts: SplitResult, default: int) -> int:
     """The port of a split URL, ``default`` when it names none; ValueError for a bad one."""
     text = parts.netloc.rpartition("@")[2].rpartition("]")[2]
-    _, colon, number = text.rpartition(":")
+    _, colon, number = text.partition(":")  # the first: "h:443:1" is no port (it was 1), as urllib's .port says
     if not colon or not number:
         return default
     port = parse_port(number)

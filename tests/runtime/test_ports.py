@@ -40,6 +40,14 @@ def test_ports_that_are_ports() -> None:
     assert url_port(urlsplit("wss://host/"), 443) == 443
 
 
+@pytest.mark.parametrize("url", ["https://h:443:1/d", "wss://h::8123/", "wss://[::1]:80:81/"])
+def test_a_port_with_a_second_colon_is_no_port(url: str) -> None:
+    """A probe's finding: --letsencrypt-issuer https://h:443:1/d was taken, with port 1 (the part after the last
+    colon); urllib's .port refuses it."""
+    with pytest.raises(ValueError):
+        url_port(urlsplit(url), 443)
+
+
 def test_proxy_protocol_v1_ports_are_ascii_digits() -> None:
     header = parse(b"PROXY TCP4 192.0.2.1 192.0.2.2 1234 80\r\n", "v1")
     assert header is not None and header.source == ("192.0.2.1", 1234)
