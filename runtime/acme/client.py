@@ -193,6 +193,11 @@ class AcmeIssuer:
             failed = [ch.error for authz in exc.failed_authzrs for ch in authz.body.challenges if ch.error]
             details = "; ".join(_one_line(error) for error in failed) or "invalid authorization"
             raise AcmeError(f"{domain}: challenge failed: {details}: {_what_to_check(domain, failed)}") from None
+        except (requests.exceptions.JSONDecodeError, requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                requests.exceptions.InvalidSchema) as exc:  # RequestExceptions too:
+            self._client = None  # they read "cannot reach the ACME server", of one that had answered
+            raise self._not_acme(domain, "JSON that cannot be read" if isinstance(exc, ValueError)
+                                 else "a URL that cannot be used") from None
         except requests.RequestException as exc:
             self._client = None
             raise AcmeError(f"cannot reach the ACME server {self.url}: {_unreachable(exc, self.ca_bundle)}") from None
@@ -200,6 +205,13 @@ class AcmeIssuer:
             raise AcmeError(f"{domain}: {self._busy() or _one_line(exc)}") from None
         except (errors.Error, ValueError, OSError) as exc:
             raise AcmeError(f"{domain}: {_one_line(exc)}") from None
+        except (KeyError, TypeError, AttributeError, IndexError):  # an answer of the wrong shape broke the acme library:
+            self._client = None  # the log showed "KeyError: 'Directory field "newAccount" not found'"
+            raise self._not_acme(domain, "a field missing or of the wrong type") from None
+
+    def _not_acme(self, domain: str, what: str) -> AcmeError:
+        return AcmeError(f"{domain}: the ACME server {self.url} answered something that is not valid ACME ({what}): "
+                         "check --letsencrypt-issuer, e.g. https://acme-v02.api.letsencrypt.org/directory")
 
     def _account(self):  # -> acme.client.ClientV2
         """The ACME client with the account registered (an existing account is found by its key)."""
