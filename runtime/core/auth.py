@@ -232,16 +232,22 @@ def _read_text(path: Path, what: str) -> str:
         raise TokenError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
 
 
-def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
-    """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
-    mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)"""
+def loose_mode(path: Path) -> int | None:
+    """The permission bits of a regular file others (group or world) may read or write; None otherwise."""
     try:
         mode = path.stat().st_mode
     except OSError:
-        return
-    if stat.S_ISREG(mode) and mode & 0o077 and str(path) not in _warned_loose:
+        return None
+    return stat.S_IMODE(mode) if stat.S_ISREG(mode) and mode & 0o077 else None
+
+
+def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
+    """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
+    mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)"""
+    mode = loose_mode(path)
+    if mode is not None and str(path) not in _warned_loose:
         _warned_loose.add(str(path))
-        print(f"{prog}: warning: {what} {path} can be read by other users (mode {stat.S_IMODE(mode):04o}): "
+        print(f"{prog}: warning: {what} {path} can be read by other users (mode {mode:04o}): "
               f"run chmod 600 {path}", file=sys.stderr)
 
 

@@ -310,6 +310,28 @@ def test_the_expiry_metric_follows_the_certificate_serving_through_a_reload(
         stop_all(server)
 
 
+def test_a_reload_says_a_tls_key_others_can_read(tmp_path: Path, token: str, token_file: Path) -> None:
+    """Said at start only: a renewed key put in place as 0644 (a cp) and taken by SIGHUP was served without a word,
+    where the README says a --tls-key others can read gets a warning (a probe's finding)."""
+    ca = generate_ca()
+    first, renewed = (issue_server_cert(ca, NAMES, not_after=NOW + datetime.timedelta(days=days)) for days in (200, 400))
+    live = write_tls(tmp_path, ca, first)
+    live.key.chmod(0o600)
+    control = free_port()
+    log = tmp_path / "server.log"
+    server = spawn(*server_args(control, live, token_file), log=log)
+    try:
+        wait_port(control)
+        live.cert.write_bytes(renewed.cert)
+        live.key.write_bytes(renewed.key)
+        live.key.chmod(0o644)
+        server.send_signal(signal.SIGHUP)
+        text = wait_for_text(log, "event=tls_key_readable")
+        assert "mode=0644" in text and f"chmod 600 {live.key}" in text, text
+    finally:
+        stop_all(server)
+
+
 def test_a_running_server_warns_of_its_certificates_end_every_day(
         tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daily check (``run_server``'s ``daily``), with the day shortened: each day that falls within 30 days of
