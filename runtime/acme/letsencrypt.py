@@ -362,6 +362,10 @@ def configure(
     store = CertStore(root, url)
     try:
         store.prepare()
+    except (FileExistsError, NotADirectoryError):  # "File exists": a part of the path is a file, not a folder
+        blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), root)
+        raise AcmeConfigError(f"--letsencrypt-path {root}: {blocking} is not a folder: give a folder (it is "
+                              "made if missing)") from None
     except OSError as exc:
         raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}") from None
     return LetsEncrypt(names, store, account, retry=retry)

@@ -458,7 +458,7 @@ def test_cli_bad_options_are_one_line_errors() -> None:
          "Invalid value for '--max-https-handshakes'"),
         (["--letsencrypt-domain", "a.example.com", "--max-https-handshakes-per-source", "８"],
          "Invalid value for '--max-https-handshakes-per-source'"),
-        (["--letsencrypt-domain", "a.example.com", "--letsencrypt-path", "/dev/null/le"], "cannot keep certificates"),
+        (["--letsencrypt-domain", "a.example.com", "--letsencrypt-path", "/dev/null/le"], "/dev/null is not a folder"),
     ]
     for args, expected in cases:
         result = inlets("http", "server", "--plaintext", "--token", "t" * 32, *args)

@@ -17,6 +17,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from helpers.http import need
 from helpers.letsencrypt import dnsmasq, pebble
 from helpers.process import spawn, stop_all, wait_for_text
@@ -109,6 +111,21 @@ def test_https_port_taken_is_a_one_line_error(tmp_path: Path, tls, token: str) -
     assert result.returncode == 1, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f":{taken}" in lines[0] and "cannot listen" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("under", ["", "/sub"])
+def test_a_letsencrypt_path_that_is_a_file_is_said_so(tmp_path: Path, token: str, under: str) -> None:
+    """It said "cannot keep certificates in FILE/127.0.0.1-...: File exists" (mkdir's EEXIST), naming no file."""
+    from helpers.process import inlets
+
+    (tmp_path / "afile").write_text("x")
+    result = inlets("http", "server", "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+                    "--data-addr", "127.0.0.1", "--port", str(free_port()), "--https-port", str(free_port()),
+                    "--plaintext", "--token", token, "--letsencrypt-domain", DOMAIN,
+                    "--letsencrypt-path", str(tmp_path / "afile") + under)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result
+    assert f"{tmp_path / 'afile'} is not a folder" in lines[0] and "File exists" not in lines[0], lines[0]
 
 
 def test_an_acme_server_out_of_reach_is_said_in_words(tmp_path: Path, token_file: Path) -> None:
