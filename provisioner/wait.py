@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 from inlets_py.runtime.core.hosts import authority
 from inlets_py.runtime.core.probe import Answer, CertificateRefused, Dial, Endpoint, ProbeError, Unreachable, get
-from inlets_py.runtime.core.tls import EXIT_SERVER_NAME
+from inlets_py.runtime.core.tls import EXIT_SERVER_NAME, X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID
 
 from .errors import NotFound, ProvisionError, Transient
 from .providers.base import ACTIVE, FAILED, GONE_TIMEOUT, Balancer, Balancing, Host, Provisioner
@@ -58,7 +58,9 @@ def https_get(
     try:
         return get(Endpoint(host, port, True, ""), path, ca_file=ca_file, server_name=EXIT_SERVER_NAME, token=token,
                    timeout=timeout, method=method, body=body, dial=_proxy_dial(host, port))
-    except CertificateRefused:  # the probe's words name the client's --tls-ca, which inletsctl has not
+    except CertificateRefused as exc:  # the probe's words name the client's --tls-ca, which inletsctl has not
+        if exc.verify_code in (X509_V_ERR_CERT_HAS_EXPIRED, X509_V_ERR_CERT_NOT_YET_VALID):
+            raise  # a certificate ended, or a clock wrong: said in words that fit inletsctl too
         raise ProbeError(f"the server at {authority(host, port)} is not the exit server inletsctl made: its "
                          "certificate is not signed by the CA made for it (another machine on that address?)") from None
 

@@ -228,6 +228,7 @@ def _sent(exc: BaseException) -> bool:
     """The request went out before the connection failed (no answer in time, or the connection cut while waiting
     for one), so the API may carry it out all the same; not so when no connection was made."""
     import requests
+    from urllib3.exceptions import ProtocolError  # "Connection aborted.", "Connection broken": an answer cut
 
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return True
@@ -236,8 +237,9 @@ def _sent(exc: BaseException) -> bool:
     chain = list(causes(exc))
     if any(isinstance(c, (socket.gaierror, ConnectionRefusedError)) for c in chain):
         return False
-    return any(isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) or
-               type(c).__name__ in ("RemoteDisconnected", "ProtocolError") for c in chain)
+    # http.client's RemoteDisconnected (no answer at all) is a ConnectionResetError
+    return any(isinstance(c, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ProtocolError))
+               for c in chain)
 
 
 def network_words(exc: BaseException) -> str:

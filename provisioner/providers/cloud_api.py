@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any, ContextManager
 
+import libcloud.http
 from libcloud.common.exceptions import BaseHTTPError
 from libcloud.common.types import InvalidCredsError, LibcloudError, MalformedResponseError, ProviderError
 
-import libcloud.http
 from .api_errors import ANSWER, AUTH, Fault, api_errors, by_status, not_json, one_line, refuse_redirect, retry_after
 from .api_url import Endpoint
 
@@ -99,7 +99,7 @@ def strict_responses(connection: Any) -> None:
     base = connection.responseCls
 
     def parse_error(self: Any) -> Any:
-        raise ApiError(code=int(self.status), message=api_message(self.body) or f"HTTP {self.status}", headers=self.headers)
+        raise ApiError(code=int(self.status), message=error_words(self.body) or f"HTTP {self.status}", headers=self.headers)
 
     def success(self: Any) -> bool:
         return 200 <= int(self.status) < 300

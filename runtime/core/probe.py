@@ -37,7 +37,11 @@ class Unreachable(ProbeError):
 
 class CertificateRefused(ProbeError):
     """The server's certificate did not verify; the message names the client's flag that fixes it, which a caller
-    with no such flag (inletsctl's waits) says in its own words."""
+    with no such flag (inletsctl's waits) says in its own words. ``verify_code``: OpenSSL's reason."""
+
+    def __init__(self, message: str, verify_code: int | None = None) -> None:
+        super().__init__(message)
+        self.verify_code = verify_code
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ def get(
             raise ProbeError(late)
         return answer
     except ssl.SSLCertVerificationError as exc:
-        raise CertificateRefused(verify_failure(exc, server_name)) from None
+        raise CertificateRefused(verify_failure(exc, server_name), exc.verify_code) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
         if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "

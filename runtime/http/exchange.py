@@ -161,7 +161,8 @@ def progress(front: Front) -> None:
                 if ((leg.eof and failure is None or leg.dropped) and not leg.timed_out and not ex.retried
                         and (ex.reused or leg.dropped and leg.session.closed.is_set())  # or its client went away
                         and ex.request is not None and head.method in IDEMPOTENT and not leg.request_ended):
-                    _retry(front, ex)
+                    _retry(front, ex, f"bad gateway: {failure}" if failure is not None and not ex.reused
+                           else "upstream closed the connection without answering")
                 elif leg.eof and failure is None and leg.request_ended:  # it stopped as the user left (``end_request``)
                     abandon(front)
                 elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
@@ -247,13 +248,13 @@ def _switch(front: Front, ex: Exchange, response: ResponseHead) -> None:
     _end(front, ex, response)
 
 
-def _retry(front: Front, ex: Exchange) -> None:
+def _retry(front: Front, ex: Exchange, failure: str) -> None:
     """A kept-alive upstream closed (or reset) as its stream was reused, or the client went away (killed, or silent
     past its keepalive) before any answer: once more on a fresh stream, to another client in the second case, as
     nginx sends an idempotent request to the next upstream (a GET to a paused client got 502)."""
     _detach(front, ex)
     ex.retried = True
-    _resend(front, ex, "upstream closed the connection without answering")
+    _resend(front, ex, failure)  # the 502 when no other stream takes it
 
 
 def _retry_elsewhere(front: Front, ex: Exchange, failure: Exception | None) -> None:

@@ -227,4 +227,3 @@ async def _send_body(front: Front, exchange: Exchange, piece: bytes | memoryview
     except LegFailed:
         if exchange.request is None or front.exchange is not exchange:  # answered (a 502), or the user left
             raise
-

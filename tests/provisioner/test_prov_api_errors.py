@@ -172,7 +172,7 @@ def test_an_answer_that_is_not_the_documented_json_is_said_in_words(api: Recorde
 PAGE = "<html><title>502 Bad Gateway</title></html>"
 
 
-@pytest.mark.parametrize("provider", ["digitalocean", "hetzner", "scaleway"])
+@pytest.mark.parametrize("provider", ["digitalocean", "hetzner", "scaleway", "linode"])
 @pytest.mark.parametrize("status, headers, says", [
     (502, {}, "listing {what} failed (502): it is not JSON (it begins '<html><title>502 Bad Gateway"),
     (401, {}, "rejected (401) while listing {what}: it is not JSON"),
@@ -189,14 +189,15 @@ def test_an_error_page_that_is_not_json_keeps_its_status(api: RecordedAPI, tmp_p
 
     flags = {"digitalocean": ["--access-token", "dop_v1_x", "--api-url", api.url],
              "hetzner": ["--access-token", "H" * 64, "--api-url", api.url + "/v1"],
-             "scaleway": ["--access-token", "00000000-0000-4000-8000-00000000000a", "--api-url", api.url]}[provider]
+             "scaleway": ["--access-token", "00000000-0000-4000-8000-00000000000a", "--api-url", api.url],
+             "linode": ["--access-token", "L" * 64, "--api-url", api.url]}[provider]  # strict_responses: the same words
     if provider == "scaleway":
         monkeypatch.setenv("SCW_ACCESS_KEY", "SCWXXXXXXXXXXXXXXXXX")
         monkeypatch.setenv("SCW_DEFAULT_PROJECT_ID", "11111111-1111-1111-1111-111111111111")
         monkeypatch.setenv("SCW_DEFAULT_ZONE", "fr-par-1")
     api.routes.insert(0, ("GET", re.compile(".*"), Answer(status, PAGE, {"Content-Type": "text/html", **headers})))
     result = run_cli(capsys, "list", "--provider", provider, *flags, "--state-dir", str(tmp_path))
-    what = {"digitalocean": "droplets", "hetzner": "servers", "scaleway": "servers in fr-par-1"}[provider]
+    what = {"digitalocean": "droplets", "hetzner": "servers", "scaleway": "servers in fr-par-1", "linode": "instances"}[provider]
     line = one_line_error(result, says.format(what=what, url=flags[-1]))
     if status == 429:
         assert line.endswith("wait 30s and try again"), line

@@ -55,9 +55,10 @@ def write_tls(directory: Path, ca: Pem, server: Pem) -> TlsFiles:
     return files
 
 
-def signed(ca: Pem, not_before: datetime.datetime, not_after: datetime.datetime, *, self_signed: bool = False) -> Pem:
+def signed(ca: Pem, not_before: datetime.datetime, not_after: datetime.datetime, *, self_signed: bool = False,
+           dns: str | None = None) -> Pem:
     """A certificate with any validity (issue_server_cert makes none that has already ended): a CA when
-    ``self_signed``, else a server certificate for NAMES signed by ``ca``."""
+    ``self_signed``, else a server certificate for NAMES (or the name ``dns``) signed by ``ca``."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ended CA" if self_signed else NAMES[0])])
     signer = key if self_signed else serialization.load_pem_private_key(ca.key, password=None)
@@ -67,11 +68,45 @@ def signed(ca: Pem, not_before: datetime.datetime, not_after: datetime.datetime,
                .add_extension(x509.BasicConstraints(ca=self_signed, path_length=None), critical=True))
     if not self_signed:
         builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address(NAMES[0])), x509.DNSName(NAMES[1])]), critical=False)
+            [x509.DNSName(dns)] if dns else [x509.IPAddress(ipaddress.ip_address(NAMES[0])), x509.DNSName(NAMES[1])]),
+            critical=False)
     pem = builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return Pem(pem, key_pem)
+
+
+def test_inletsctl_says_an_ended_certificate_as_such_and_another_cas_as_another_server(tmp_path: Path) -> None:
+    """inletsctl's waits and status say a certificate its CA did not sign as "not the exit server inletsctl made" (the
+    probe's words named the client's --tls-ca, which inletsctl has not); one of its own that has ended keeps the
+    probe's words on that, not "another machine"."""
+    import threading
+
+    from inlets_py.provisioner.wait import healthz_error
+    from inlets_py.runtime.core.tls import EXIT_SERVER_NAME, server_context
+
+    ca, other = generate_ca(), generate_ca()
+    day = datetime.timedelta(days=1)
+    cases = [(signed(ca, NOW - 2 * day, NOW - day, dns=EXIT_SERVER_NAME), "has ended", "not the exit server"),
+             (signed(other, NOW - day, NOW + day, dns=EXIT_SERVER_NAME), "is not the exit server inletsctl made", "--tls-ca")]
+    for number, (leaf, says, not_says) in enumerate(cases):
+        (tmp_path / str(number)).mkdir()
+        files = write_tls(tmp_path / str(number), ca, leaf)
+        context = server_context(files.cert, files.key)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+
+            def handshake() -> None:
+                conn, _ = listener.accept()
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    conn.close()
+
+            thread = threading.Thread(target=handshake, daemon=True)
+            thread.start()
+            error = healthz_error("127.0.0.1", listener.getsockname()[1], files.ca) or ""
+            thread.join(5)
+        assert says in error and not_says not in error, error
 
 
 def test_an_exit_servers_certificate_lasts_as_long_as_its_ca() -> None:

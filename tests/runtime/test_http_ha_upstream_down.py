@@ -317,7 +317,7 @@ def test_an_idempotent_request_whose_client_goes_away_unanswered_goes_to_another
         app, up = stack.upstream("UP")
         server = stack.server(tls, token)
         _, going = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{slow}"])
-        stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{up}"])
+        _, other = stack.client(server, tls, token, [f"gone.test=http://{LOOPBACK}:{up}"])
         answers = {}
         for method in (b"GET", b"POST"):
             with ThreadPoolExecutor(1) as pool:
@@ -338,5 +338,14 @@ def test_an_idempotent_request_whose_client_goes_away_unanswered_goes_to_another
         assert answers[b"GET"].startswith(b"HTTP/1.1 200 "), answers[b"GET"][:200]
         assert json.loads(answers[b"GET"].partition(b"\r\n\r\n")[2])["upstream"] == "UP"
         assert answers[b"POST"].startswith(b"HTTP/1.1 502 "), answers[b"POST"][:200]
+        stack.stop_client(other)  # with no other client, the GET retried finds none: its 502 says why
+        reached.clear()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(raw_request, server.data_port, b"GET / HTTP/1.1\r\nHost: gone.test\r\n"
+                                  b"Connection: close\r\n\r\n")
+            assert reached.wait(10)
+            stack.stop_client(going)
+            answer = pending.result(15)
+        assert answer.startswith(b"HTTP/1.1 502 ") and b"tunnel stream was reset" in answer, answer[:300]
     finally:
         stack.close()
