@@ -16,7 +16,7 @@ from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_l
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, not_here, scan
-from .status import as_failed, check_gone, check_serves, connect, named, serves_another
+from .status import as_failed, check_gone, check_serves, connect, named, running_id, serves_another
 from .wait import Progress, wait_until_gone
 
 
@@ -64,7 +64,7 @@ def delete(
     if replicas.is_group(meta) and meta is not None and meta.get("provider") == provider_name:
         return _delete_group(root, provider, meta, timeout, progress)
     if meta is not None and meta.get("provider") == provider_name and meta.get("id"):
-        host_id = str(meta["id"])
+        host_id = running_id(provider, meta) or str(meta["id"])
     elif host_id is None:
         try:
             found = _find(provider, root, name=name, ip=ip)
@@ -241,7 +241,7 @@ def list_servers(
                 seen = balancer is not None or any(members)
                 rows.append(replicas.group_row(meta, members, balancer, "both" if seen else "local state only"))
                 continue
-            host_id = str(meta.get("id") or named(by_id.values(), meta.get("name")))
+            host_id = str(running_id(provider, meta, hosts) or meta.get("id") or named(by_id.values(), meta.get("name")))
             host = None if serves_another(by_id.get(host_id), meta["name"]) else by_id.pop(host_id, None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
@@ -262,7 +262,7 @@ def _row(meta: dict[str, Any] | None, host: Host | None, where: str) -> dict[str
     return {
         "name": meta.get("name") or (host.name if host else None),
         "provider": meta.get("provider") or (host.provider if host else None),
-        "id": str(meta.get("id") or (host.id if host else "")),
+        "id": str((host.id if host else None) or meta.get("id") or ""),
         "ip": (host.ip if host and host.ip else None) or meta.get("ip"),
         "mode": meta.get("mode") or (host.mode if host else None),
         "status": host.status if host else "absent",

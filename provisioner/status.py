@@ -142,6 +142,15 @@ def check_serves(provider: Provisioner, host_id: str, name: object, host: Host |
         raise NotFound(f"local: process {host_id} now serves exit server {host.name}, not {name}")
 
 
+def running_id(provider: Provisioner, meta: dict[str, Any], hosts: Iterable[Host] | None = None) -> str | None:
+    """For a local exit server, the process that runs from ``meta``'s state folder, whatever id ``server.json`` records:
+    the folder names it for sure. An edited or restored id hid it: delete said it was already gone and removed the
+    token and key from under the server, which went on serving. None for a cloud (its recorded id is the truth)."""
+    if provider.name != "local":
+        return None
+    return named(provider.list() if hosts is None else hosts, meta.get("name"))
+
+
 def named(hosts: Iterable[Host], name: object) -> str | None:
     """The id of the one host called ``name``, for a state whose create was cut short before it recorded one
     (Ctrl-C while the cloud made the VM, or while an ssh host was installed); none when several share the name."""

@@ -53,3 +53,29 @@ def test_a_recorded_pid_now_serving_another_exit_server_is_never_stopped_or_show
     finally:
         run_cli(capsys, "delete", "second", "--state-dir", str(state))
         assert not _alive(pids["second"])
+
+
+def test_a_running_server_whose_recorded_id_was_edited_is_listed_and_deleted_by_its_state_folder(
+        tmp_path: Path, capsys) -> None:
+    """A server.json edited or restored with another id: `list` showed the server twice (the state absent, the process
+    "local only") and `delete NAME` said it was already gone, removed the token and key and left the server serving."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "edited", "--ports", str(free_port("127.0.0.2")), "--json",
+                      "--state-dir", str(state))
+    assert created.code == 0, created.err
+    pid = int(created.json()["id"])
+    try:
+        meta_file = state / "edited" / "server.json"
+        meta_file.write_text(json.dumps(json.loads(meta_file.read_text()) | {"id": "12"}))
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+        rows = [(row["name"], row["id"], row["status"], row["where"]) for row in listed.json()["servers"]]
+        assert rows == [("edited", str(pid), "active", "both")], listed.out
+        deleted = run_cli(capsys, "delete", "edited", "--state-dir", str(state))
+        assert deleted.code == 0 and f"deleted edited (local {pid})" in deleted.out, deleted
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid) and not (state / "edited").exists()
+    finally:
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
