@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,7 +285,7 @@ def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:
     if not root.is_dir():
         return found, damaged
     for child in sorted(root.iterdir()):
-        if not _NAME_RE.fullmatch(child.name) or not _has_metadata(child):  # not ours, or none yet (create)
+        if not _NAME_RE.fullmatch(child.name) or not _has_metadata(child):  # not ours, or a create under way
             continue
         try:
             found.append(ServerState(root, child.name).load())
@@ -293,12 +294,21 @@ def scan(root: Path) -> tuple[list[dict[str, Any]], list[Damaged]]:
     return found, damaged
 
 
+#: A create writes server.json within milliseconds of making the folder: one without it for longer was cut short
+#: (a kill -9, a power cut) and blocks its name, so it shows as damaged rather than not at all.
+CREATE_WRITES_METADATA_WITHIN = 10.0
+
+
 def _has_metadata(folder: Path) -> bool:
-    """``folder`` holds a server.json, or cannot be looked into (unreadable state is shown, never hidden)."""
+    """``folder`` holds a server.json, or cannot be looked into, or has gone without one for longer than a create
+    takes to write it (unusable state is shown, never hidden)."""
     try:
         (folder / METADATA).stat()
     except (FileNotFoundError, NotADirectoryError):
-        return False
+        try:
+            return time.time() - folder.stat().st_mtime > CREATE_WRITES_METADATA_WITHIN
+        except OSError:
+            return False
     except OSError:
         return True
     return True
