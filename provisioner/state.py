@@ -199,12 +199,16 @@ class ServerState:
         return meta
 
     def token(self) -> str:
+        """The tunnel token; the error says what to do, as only this file holds it (no client connects without it)."""
         try:
             return _read_regular(self.token_file).decode().strip()
         except OSError as exc:
-            raise ProvisionError(f"cannot read token file {self.token_file}: {os_words(exc)}") from None
+            why = os_words(exc)
         except UnicodeDecodeError:
-            raise ProvisionError(f"cannot read token file {self.token_file}: it is not text, cut short or edited") from None
+            why = "it is not text, cut short or edited"
+        raise ProvisionError(f"cannot read token file {self.token_file}: {why}; put it back (or let this user read "
+                             f"it), else no client can connect: {delete_command(self.name, self.root)}, then create it "
+                             "again")
 
     def remove(self) -> None:
         if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond

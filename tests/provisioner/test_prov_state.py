@@ -351,3 +351,18 @@ def test_an_ssh_state_whose_create_never_reached_the_host_is_not_damaged(tmp_pat
     deleted = run_cli(capsys, "delete", "edge", "--provider", "ssh", "--state-dir", str(root))
     assert deleted.code == 0 and not folder.exists(), deleted
     assert deleted.out.startswith("removed the damaged local state of edge"), deleted.out
+
+
+def test_status_of_a_server_whose_token_file_went_says_what_to_do(tmp_path: Path, capsys) -> None:
+    """The token file is the only copy of the token: status said "cannot read token file ...: No such file or
+    directory" and no more, where other damaged state names the command that mends it."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "lost", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state))
+    assert created.code == 0, created.err
+    try:
+        (state / "lost" / "token").unlink()
+        status = run_cli(capsys, "status", "lost", "--state-dir", str(state))
+        one_line_error(status, f"cannot read token file {state / 'lost' / 'token'}: No such file or directory",
+                       "put it back", f"no client can connect: inletsctl delete lost --state-dir {state}")
+    finally:
+        assert run_cli(capsys, "delete", "lost", "--state-dir", str(state)).code == 0
