@@ -329,6 +329,9 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+        transport = self.transport
+        if transport is None or transport.is_closing():  # RFC 9112 9.6: no request after a close is processed (the
+            return None  # user was told, or is gone): a pipelined POST ran upstream, its answer never delivered
         event = self.events.popleft()
         kind = type(event)
         if kind is Body:

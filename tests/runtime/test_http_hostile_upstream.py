@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 
 import pytest
@@ -33,6 +34,7 @@ def env(tls, token):
             f"hints.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'hints', b'', _HINTS))}",
             f"closing.test=http://{LOOPBACK}:{stack.serve(_closing(served))}",
             f"status.test=http://{LOOPBACK}:{stack.serve(_status_of_path)}",
+            f"charge.test=http://{LOOPBACK}:{stack.serve(_charging(served))}",
         ])
         yield dict(stack=stack, server=server, port=server.data_port, sent=sent, served=served)
     finally:
@@ -117,6 +119,29 @@ def _closing(served: dict[str, int]):
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
+
+    return handle
+
+
+def _charging(served: dict[str, int]):
+    """``GET /bad``: an answer the proxy refuses (502, Connection: close); ``GET /slow``: 200 after 1 s; ``POST
+    /charge``: counted, as a payment would be (kept alive)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if head.startswith(b"POST /charge "):
+                    await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                    served["charge"] = served.get("charge", 0) + 1
+                elif head.startswith(b"GET /bad "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                    continue
+                elif head.startswith(b"GET /slow "):
+                    await asyncio.sleep(1)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
 
     return handle
 
@@ -239,3 +264,25 @@ def test_a_user_who_pipelines_and_never_reads_answers_with_their_own_streams_hol
     print(f"{last} of {count} pipelined answers served to a user who reads none; {buffered >> 10} KiB buffered")
     assert buffered < 2 << 20, f"{buffered >> 20} MiB buffered for a user who reads nothing"
     assert last < count
+
+
+_CHARGE = b"POST /charge HTTP/1.1\r\nHost: charge.test\r\nContent-Length: 9\r\n\r\namount=10"
+
+
+@pytest.mark.parametrize("first, user_resets", [(b"/bad", False), (b"/slow", True)])
+def test_a_request_pipelined_behind_the_connections_end_never_reaches_the_upstream(env, first, user_resets):
+    """RFC 9112 9.6: no request received after a close is processed. Behind a 502 with Connection: close, or a user
+    who reset the connection, the pipelined POST still went upstream and ran (counted a 499), though its answer could
+    never be delivered: a user told the connection closed retries it, and it ran twice."""
+    before = env["served"].get("charge", 0)
+    with user(env["port"]) as sock:
+        time.sleep(0.2)  # the connection's coroutine waits for the first request, as for any user slow to send
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: charge.test\r\n\r\n" % first + _CHARGE)
+        if user_resets:
+            time.sleep(0.3)  # the GET is upstream, the POST waits behind it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            data, end = read_until_closed(sock, 1 << 20)
+            assert data.startswith(b"HTTP/1.1 502 ") and b"\r\nConnection: close\r\n" in data and end == "closed", data
+    time.sleep(1.5)  # past the slow answer: a POST sent on would have been served by now
+    assert env["served"].get("charge", 0) == before, "the pipelined POST ran upstream after the connection ended"
