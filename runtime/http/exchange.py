@@ -149,6 +149,7 @@ def progress(front: Front) -> None:
                 return
             elif response.status != 101 and head.version == b"1.1":
                 out.append(response_head(response, ex.options, False, False))
+                ex.continued = ex.continued or response.status == 100
         elif kind is EndOfMessage:
             if ex.chunked:
                 out.append(LAST_CHUNK)
@@ -329,7 +330,8 @@ def _fail(front: Front, ex: Exchange, failure: Exception | None) -> None:
         abandon(front)  # 499, as when the upstream stops at its FIN; counted a tunnel 504, it set off the tunnel's alerts
         return
     # The user stalled (as nginx's client_body_timeout); not one who waits for a 100 Continue the upstream never sent
-    if ex.leg.timed_out and ex.body_pending and ex.awaiting_body and not ex.head.expect_continue:
+    # (one it sent leaves the stall to the user: counted against the client, three such users ejected it)
+    if ex.leg.timed_out and ex.body_pending and ex.awaiting_body and (not ex.head.expect_continue or ex.continued):
         status, message = 408, f"request body timed out: none of it came for {front.server.upstream_timeout:g}s"
     elif ex.leg.timed_out:
         status, message = 504, f"upstream did not answer within {front.server.upstream_timeout:g}s"

@@ -72,7 +72,7 @@ class Front(Protocol):
 class Exchange:
     __slots__ = ("head", "leg", "options", "label", "started", "request", "response", "chunked", "close",
                  "out", "retried", "reused", "unreleased", "waiter", "body_pending", "awaiting_body", "refusals",
-                 "unreachable_on")
+                 "unreachable_on", "continued")
 
     def __init__(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                  request: bytes | None, reused: bool, waiter: asyncio.Future | None) -> None:
@@ -94,3 +94,4 @@ class Exchange:
         self.awaiting_body = False  # ... and waits for the user's next piece of it (not for the upstream to read)
         self.refusals = 0  # streams the client refused for this request (its --max-streams)
         self.unreachable_on: list[Session] = []  # clients that could not dial their upstream for it
+        self.continued = False  # the upstream's 100 Continue went to the user: the body is the user's to send now

@@ -172,6 +172,28 @@ def test_a_user_who_stops_sending_the_body_gets_408_not_the_upstreams_504(env):
     assert 0.9 < time.monotonic() - started < 3.5
 
 
+def test_a_user_who_takes_the_100_continue_and_sends_no_body_gets_408_and_no_client_is_ejected(env, caplog):
+    """The upstream answered 100 Continue at once: the stall is the user's, yet it was a 504 counted against the
+    client, and three such anonymous requests ejected a healthy client for 30 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stall(_: int) -> bytes:
+        with socket.create_connection((LOOPBACK, env["port"]), timeout=10) as sock:
+            sock.sendall(b"POST /stall HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+
+    with caplog.at_level(logging.INFO, logger="inlets.http"), ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(stall, range(3)))
+    for data in answers:
+        interim, _, final = data.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100 "), data
+        assert final.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"request body timed out" in final, data
+    assert "client_ejected" not in caplog.text, caplog.text
+
+
 def test_no_client_502_and_504(env, tls, token):
     code, body = status_of(env["port"], "/", "down.test")
     assert code == 502 and b"could not reach its upstream" in body
