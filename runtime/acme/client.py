@@ -46,6 +46,9 @@ def _new_key_pem(kind: str) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
+#: Directory fields (RFC 8555 7.1.1) this client uses: each must be a URL.
+_ENDPOINTS = ("newNonce", "newAccount", "newOrder")
+
 #: Characters of an ACME error kept in a log line: its start (what failed) and its end (why), the middle cut.
 ERROR_KEPT = 300
 
@@ -213,7 +216,7 @@ class AcmeIssuer:
         return AcmeError(f"{domain}: the ACME server {self.url} answered something that is not valid ACME ({what}): "
                          "check --letsencrypt-issuer, e.g. https://acme-v02.api.letsencrypt.org/directory")
 
-    def _account(self):  # -> acme.client.ClientV2
+    def _account(self, domain: str):  # -> acme.client.ClientV2
         """The ACME client with the account registered (an existing account is found by its key)."""
         if self._client is not None:
             return self._client
@@ -238,6 +241,10 @@ class AcmeIssuer:
                 raise AcmeError(busy) from None
             raise AcmeError(f"{self.url} is not an ACME directory ({_not_a_directory(exc)}): check "
                             "--letsencrypt-issuer, e.g. https://acme-v02.api.letsencrypt.org/directory") from None
+        # acme reads a null newNonce as ACME v1's "HEAD each POST's URL", and failed later as "the connection failed"
+        unset = [name for name in _ENDPOINTS if not isinstance(directory.to_partial_json().get(name), str)]
+        if unset:
+            raise self._not_acme(domain, f"its directory gives no URL for {', '.join(unset)}")
         acme = client.ClientV2(directory, net)
         registration = (messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
                         if self.email else messages.NewRegistration(terms_of_service_agreed=True))
@@ -273,7 +280,7 @@ class AcmeIssuer:
         except OSError as exc:
             raise AcmeError(f"{domain}: cannot store certificates in {self.store.dir}: "
                             f"{(exc.strerror or str(exc)).lower()} (nothing was asked of the CA)") from None
-        acme = self._account()
+        acme = self._account(domain)
         key_pem = _new_key_pem("ec")
         order = acme.new_order(crypto_util.make_csr(key_pem, [domain]))
         published: list[str] = []

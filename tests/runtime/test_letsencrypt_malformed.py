@@ -28,6 +28,11 @@ class DirectoryAsAList(AcmeHandler):
         self._answer(200, "[1, 2, 3]", {"Content-Type": "application/json"})
 
 
+class DirectoryWithANullNonce(AcmeHandler):
+    def directory(self) -> None:  # acme HEADs each POST's URL for a nonce (ACME v1): it read "the connection failed"
+        self._answer(200, {"newNonce": None, "newAccount": f"{self.base}/account", "newOrder": f"{self.base}/order"})
+
+
 class OrderCutShort(AcmeHandler):
     def on_post(self) -> None:  # "cannot reach ..." of a server that had answered four requests
         self._answer(201, '{"status": "pend', {"Content-Type": "application/json", "Location": f"{self.base}/o/1"})
@@ -39,7 +44,8 @@ class OrderOfTheWrongShape(AcmeHandler):
                      {"Location": f"{self.base}/o/1"})
 
 
-@pytest.mark.parametrize("handler", [DirectoryWithoutAccounts, DirectoryAsAList, OrderCutShort, OrderOfTheWrongShape], ids=lambda h: h.__name__)
+@pytest.mark.parametrize("handler", [DirectoryWithoutAccounts, DirectoryAsAList, DirectoryWithANullNonce, OrderCutShort,
+                                     OrderOfTheWrongShape], ids=lambda h: h.__name__)
 def test_answers_that_are_not_acme_are_said_in_words(tmp_path, tls, token, caplog, handler) -> None:
     caplog.set_level(logging.INFO, logger="inlets.letsencrypt")
     with serve(handler, tls) as (url, _seen):
