@@ -113,8 +113,16 @@ class LetsEncrypt:
     # ------------------------------------------------------------ lifecycle
 
     def load(self) -> None:
-        """Serve what the store holds (even if due: better than nothing); ``OSError`` if the store is unusable."""
-        self.store.prepare()
+        """Serve what the store holds (even if due: better than nothing). A folder that cannot be written (a read-only
+        mount) is said once: ``configure`` lets it through only with a certificate to serve, as Caddy and certbot
+        serve theirs; refused, a restart with valid certificates took the site down."""
+        try:
+            self.store.prepare()
+        except OSError as exc:
+            log.warning("event=certificate_store_unwritable path=%s error=%s note=%s", logfmt(self.store.dir),
+                        logfmt(exc.strerror or exc), logfmt("the certificates stored are served, but none is obtained "
+                                                            "or renewed until this folder can be written: make it "
+                                                            "writable for the user the server runs as"))
         for domain in self.domains:
             cert = self.store.load(domain)
             current = self.store.domain_dir(domain) / CURRENT
@@ -213,11 +221,18 @@ class LetsEncrypt:
               loop: asyncio.AbstractEventLoop) -> datetime.datetime:
         """No try for ``domain`` within ``delay`` seconds, noted in the store too, so that a restart honours it:
         5 restarts within an hour were 5 failed validations, Let's Encrypt's limit per hostname and hour.
-        Returns when, for the log line (the time a restart will say)."""
+        Returns when, for the log line (the time a restart will say). A note that cannot be written (a full disk, a
+        read-only folder) is said: the wait holds until the next start only, and that went unsaid."""
         self._not_before[domain] = loop.time() + delay
         until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=delay)
-        with contextlib.suppress(OSError):  # a full disk, say: the wait still holds until the next start
+        try:
             self.store.save_retry(domain, failures, until)
+        except OSError as exc:
+            note = self.store.domain_dir(domain) / RETRY_NOTE
+            log.warning("event=certificate_retry_unsaved domain=%s path=%s retry_at=%s error=%s note=%s", logfmt(domain),
+                        logfmt(note), _iso(until), logfmt(exc.strerror or exc), logfmt(
+                            "the wait cannot be stored: a restart will not keep it and may ask the CA at once (make "
+                            "room on that disk, or make the folder writable)"))
         return until
 
     def _restore_waits(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -366,6 +381,8 @@ def configure(
         blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), root)
         raise AcmeConfigError(f"--letsencrypt-path {root}: {blocking} is not a folder: give a folder (it is "
                               "made if missing)") from None
-    except OSError as exc:
-        raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}") from None
+    except OSError as exc:  # a read-only folder: fatal only with nothing stored to serve (load says it otherwise)
+        if not any(store.load(name) is not None for name in names):
+            raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}: make it writable "
+                                  "for the user the server runs as, or give another --letsencrypt-path") from None
     return LetsEncrypt(names, store, account, retry=retry)

@@ -309,12 +309,17 @@ class CertStore:
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
         """Write beside, flush, then rename over: readers (and a restart after a power cut) see the old file or
-        the new one, 0600 either way."""
+        the new one, 0600 either way. A failed write (a full disk) removes the file it began, which was left behind empty."""
         temporary = path.with_name(path.name + ".tmp")
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()  # left by a crash
-        _write_new(temporary, data)
-        os.replace(temporary, path)
+        try:
+            _write_new(temporary, data)
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
         _fsync_dir(path.parent)
 
 
