@@ -470,6 +470,58 @@ def test_userdata_module_terraform_test(tmp_path: Path) -> None:
         assert match and int(match.group(1)) >= 3 and match.group(2) == "0", proc.stdout
 
 
+#: --letsencrypt-issuer URLs at the edges of what inletsctl takes (directory_url, url_port): the scheme's case,
+#: a port left empty, leading zeros, the port's range. The userdata module must take exactly the same ones.
+ISSUER_EDGES = [
+    "HTTPS://acme.example.com/dir", "hTTpS://acme.example.com:14000/dir", "https://acme.example.com:/dir",
+    "https://acme.example.com:", "https://acme.example.com:08443/dir", "https://acme.example.com:00443?x=1",
+    "https://acme.example.com:65535#f", "https://acme.example.com",
+    "https://acme.example.com:00000/dir", "https://acme.example.com:000443/dir", "https://acme.example.com:0/dir",
+    "https://acme.example.com:65536/dir", "https://acme.example.com:8443:1/dir", "https://acme.example.com:+443/dir",
+    "http://acme.example.com/dir", "HTTP://acme.example.com/dir", "https:///dir", "https://acme.example.com/a b", "PROD",
+]
+
+
+def inletsctl_issuer_exec_start(issuer: str) -> str | None:
+    """The server unit's ExecStart line ``inletsctl create --provider digitalocean --mode http --domain example.com
+    --letsencrypt-issuer ISSUER`` renders, or None where inletsctl refuses the issuer."""
+    from inlets_py.provisioner.errors import UsageError
+
+    opts = CreateOptions(provider="digitalocean", state_root=Path("."), mode="http", ports=None, domains=["example.com"],
+                         letsencrypt_issuer=issuer)
+    try:
+        spec = build_spec("http", None, ["example.com"], letsencrypt=_letsencrypt(opts, 80))
+    except UsageError:
+        return None
+    document = user_data(spec, MATERIAL, UserDataOptions(name="issuer", package=PINNED))
+    return next(line for line in document.splitlines() if "--letsencrypt-issuer" in line)
+
+
+def test_userdata_module_takes_the_issuer_urls_inletsctl_takes(tmp_path: Path) -> None:
+    """Each of ISSUER_EDGES is planned with the userdata module (one .tftest.hcl file each, as a file stops at its
+    first failing run): refused where inletsctl refuses it, else rendered into inletsctl's ExecStart line."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    module = workspace(tmp_path) / "modules/inlets-userdata"
+    inputs = {"name": "issuer", "token": MATERIAL.token, "server_cert": MATERIAL.server.cert.decode(),
+              "server_key": MATERIAL.server.key.decode(), "mode": "http", "domains": ["example.com"], "package": PINNED}
+    header = "variables {\n" + "".join(f"  {k} = {json.dumps(hcl_json(v))}\n" for k, v in inputs.items()) + "}\n"
+    files = []
+    for i, issuer in enumerate(ISSUER_EDGES):
+        line = inletsctl_issuer_exec_start(issuer)
+        check = ("  expect_failures = [var.letsencrypt_issuer]\n" if line is None else
+                 f"  assert {{\n    condition     = strcontains(output.user_data, {json.dumps(hcl_json(line + chr(10)))})\n"
+                 f"    error_message = {json.dumps(hcl_json(f'Not the ExecStart line inletsctl writes for {issuer}'))}\n  }}\n")
+        name = f"tests/issuer_{i:02d}.tftest.hcl"
+        (module / name).write_text(header + f'run "{"takes" if line else "refuses"}_issuer_{i:02d}" {{\n'
+                                   f"  command = plan\n  variables {{\n    letsencrypt_issuer = {json.dumps(hcl_json(issuer))}\n  }}\n{check}}}\n")
+        files.append(f"-filter={name}")
+    assert {inletsctl_issuer_exec_start(u) is None for u in ISSUER_EDGES} == {True, False}
+    tf(module, "init", "-input=false", "-backend=false")
+    proc = tf(module, "test", *files, check=False, timeout=120)
+    assert proc.returncode == 0 and f"Success! {len(files)} passed, 0 failed" in proc.stdout, proc.stdout + proc.stderr
+
+
 # ---------------------------------------------------------------- provider modules
 
 
@@ -503,6 +555,34 @@ def test_provider_module_validates(module: str, tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     tf(ws / module, "init", "-input=false", "-backend=false")
     tf(ws / module, "validate")
+
+
+def plan_variables(module: str, root: Path, inputs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``terraform plan`` of ``module``'s variables.tf alone: its inputs' validation rules, run without the
+    providers the module needs (the digitalocean one is not installed offline here)."""
+    root.mkdir()
+    shutil.copy(TF_DIR / module / "variables.tf", root)
+    (root / "inputs.auto.tfvars.json").write_text(json.dumps(inputs))
+    tf(root, "init", "-input=false", "-backend=false")
+    return tf(root, "plan", "-input=false", check=False)
+
+
+@pytest.mark.parametrize(("refused", "taken", "words"), [
+    ({"tags": ["team:edge", "inlets-expires:1700000000"]}, {"tags": ["team:edge", "inlets-expires"]},
+     "The tags must not set inlets-expires"),
+    ({"python": "python3 -X utf8"}, {"python": "/Users/me/Library/Application Support/py's/bin/python3"},
+     "The python must be one program"),
+], ids=["inlets_expires_tag", "python_with_options"])
+def test_digitalocean_module_refuses_at_plan(refused: dict[str, Any], taken: dict[str, Any], words: str, tmp_path: Path) -> None:
+    """As the AWS module's terraform test checks there: an inlets-expires tag of yours (inletsctl sets it from --ttl
+    alone; with ttl null yours was kept, and inletsctl list --prune deleted the droplet at its time), and options
+    after python (one program, its path quoted: a path with a space works)."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    proc = plan_variables("modules/digitalocean-exit-server", tmp_path / "refused", {"name": "tftest", **refused})
+    assert proc.returncode != 0 and words in " ".join(proc.stderr.split()), proc.stdout + proc.stderr
+    proc = plan_variables("modules/digitalocean-exit-server", tmp_path / "taken", {"name": "tftest", **taken})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------- AWS module with the real aws provider
@@ -612,6 +692,13 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
     ami = ec2.describe_images(Owners=["099720109477"])["Images"][0]["ImageId"]
     root = ws / "moto"
     root.mkdir()
+    # moto's instance has no address to send the wheel to: this stands in for the Python that runs
+    # terraform/tools/push_wheel.py (tested against a booted VM in tests/boot), so the push step is evaluated
+    # and run, sending nothing; it notes its arguments, and its folder has a space and a quote, as a path may
+    python = ws / "my python's bin" / "python3"
+    python.parent.mkdir()
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\n')
+    python.chmod(0o755)
     (root / "main.tf.json").write_text(json.dumps({
         "provider": {"aws": {
             "region": "eu-west-1", "access_key": "test", "secret_key": "test", "skip_credentials_validation": True,
@@ -619,16 +706,13 @@ def aws_applied(tmp_path_factory: pytest.TempPathFactory, moto_ec2: str) -> dict
             "endpoints": [{"ec2": moto_ec2, "sts": moto_ec2}],
         }},
         "module": {"exit": {"source": "../modules/aws-exit-server", "name": "tf-moto", "ports": [25, 80, 443],
-                            # moto's instance has no address to send the wheel to: `true` stands in for the
-                            # Python that runs terraform/tools/push_wheel.py (tested against a booted VM in
-                            # tests/boot), so the push step is evaluated and run, sending nothing
-                            "ttl": "2h", "ami": ami, "python": "true"}},
+                            "ttl": "2h", "ami": ami, "python": str(python)}},
         "output": {k: {"value": f"${{module.exit.{k}}}"} for k in ("id", "ip", "client_command", "security_group_id", "expires_at", "delete_hint")},
     }, indent=1))
     tf(root, "init", "-input=false")
     apply_against_moto(root, ec2)
     out = {k: v["value"] for k, v in json.loads(tf(root, "output", "-json").stdout).items()}
-    return {"out": out, "ec2": ec2, "url": moto_ec2, "root": root}
+    return {"out": out, "ec2": ec2, "url": moto_ec2, "root": root, "python": python}
 
 
 def apply_against_moto(root: Path, ec2: Any) -> None:
@@ -683,6 +767,14 @@ def test_aws_module_applies_against_moto_with_inletsctls_user_data_rules_and_tag
                     "inlets-sg": out["security_group_id"], "inlets-expires": expiry_tag(expires).split(":", 1)[1]}
     assert out["client_command"] == client_command(build_spec("tcp", "25,80,443", []), out["ip"], "inlets-token", "inlets-ca.crt")
     assert out["delete_hint"].startswith("terraform destroy")
+
+
+@pytest.mark.timeout(180)
+def test_aws_module_runs_push_wheel_with_the_python_given(aws_applied: dict[str, Any]) -> None:
+    """``python`` is one program, quoted for local-exec's shell: pasted in, a path with a space ran its first word
+    and one with a quote was a shell syntax error, and apply failed once the instance was made."""
+    argv = Path(f"{aws_applied['python']}.argv").read_text().splitlines()
+    assert len(argv) == 1 and argv[0].endswith("/tools/push_wheel.py"), argv
 
 
 @pytest.mark.timeout(300)  # the shared moto apply, then one plan with the aws provider

@@ -87,6 +87,8 @@ locals {
   # push_wheel.py quoted for local-exec's shell: path.module is relative to the root module, and a folder on
   # the way with a space (source = "../inlets tools/terraform/...") split it in two ("can't open file '../inlets'")
   push_wheel = "'${replace("${path.module}/../../tools/push_wheel.py", "'", "'\\''")}'"
+  # var.python quoted so too: one program, whose path may hold spaces ("Application Support")
+  python = "'${replace(var.python, "'", "'\\''")}'"
   rules = merge(
     { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv4) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = pair[1], ipv6 = null } },
     { for pair in setproduct(module.userdata.firewall_ports, var.allowed_cidrs_ipv6) : "${pair[0]}-${pair[1]}" => { port = pair[0], ipv4 = null, ipv6 = pair[1] } },
@@ -162,7 +164,7 @@ resource "terraform_data" "runtime" {
   triggers_replace = [aws_instance.exit_server.id]
 
   provisioner "local-exec" {
-    command = "${var.python} ${local.push_wheel}"
+    command = "${local.python} ${local.push_wheel}"
     environment = {
       INLETS_HOST            = aws_instance.exit_server.public_ip
       INLETS_PORT            = tostring(var.control_port)

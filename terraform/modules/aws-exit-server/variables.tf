@@ -209,9 +209,14 @@ variable "allowed_cidrs_ipv6" {
 }
 
 variable "tags" {
-  description = "Extra tags on the instance and security group (the inlets tags are always set)."
+  description = "Extra tags on the instance and security group (the inlets tags are always set; inlets-expires, the expiry, comes from ttl alone)."
   type        = map(string)
   default     = {}
+  validation {
+    # inletsctl sets it from --ttl alone, and list and --prune read it as the expiry: with ttl null, yours was kept
+    condition     = var.tags == null ? true : !contains(keys(var.tags), "inlets-expires")
+    error_message = "The tags must not set inlets-expires, the expiry inletsctl list shows and inletsctl list --prune deletes the server at: give a ttl instead, which sets it."
+  }
 }
 
 variable "deliver_wheel" {
@@ -222,10 +227,16 @@ variable "deliver_wheel" {
 }
 
 variable "python" {
-  description = "The Python 3 that runs terraform/tools/push_wheel.py here (the standard library is enough)."
+  description = "The Python 3 that runs terraform/tools/push_wheel.py here (the standard library is enough): one program, its name on PATH or its path (spaces are fine), without options; set Python's options in the environment Terraform runs in (e.g. PYTHONUTF8=1 for -X utf8)."
   type        = string
   default     = "python3"
   nullable    = false # null (a wrapper's unset input) is the default, not an error deep in a function
+  validation {
+    # local-exec runs it as one word (main.tf quotes it): "python3 -X utf8" would name no program, and apply
+    # failed only once the VM was made
+    condition     = can(regex("^\\S(?:.*\\S)?$", var.python)) && !can(regex("\\s-", var.python))
+    error_message = "The python must be one program, its name on PATH or its path (spaces are fine), without options: set Python's options in the environment you run Terraform in instead (e.g. PYTHONUTF8=1 for -X utf8)."
+  }
 }
 
 variable "push_timeout" {

@@ -84,9 +84,11 @@ resource "digitalocean_droplet" "exit_server" {
 }
 
 # push_wheel.py quoted for local-exec's shell: path.module is relative to the root module, and a folder on the
-# way with a space (source = "../inlets tools/terraform/...") split it in two ("can't open file '../inlets'")
+# way with a space (source = "../inlets tools/terraform/...") split it in two ("can't open file '../inlets'");
+# var.python quoted so too: one program, whose path may hold spaces ("Application Support")
 locals {
   push_wheel = "'${replace("${path.module}/../../tools/push_wheel.py", "'", "'\\''")}'"
+  python     = "'${replace(var.python, "'", "'\\''")}'"
 }
 
 # Where the server wheel is not in the user-data (wheel_delivery push, or auto where it does not fit
@@ -99,7 +101,7 @@ resource "terraform_data" "runtime" {
   triggers_replace = [digitalocean_droplet.exit_server.id]
 
   provisioner "local-exec" {
-    command = module.userdata.wheel.delivery == "push" ? "${var.python} ${local.push_wheel}" : "exit 0"
+    command = module.userdata.wheel.delivery == "push" ? "${local.python} ${local.push_wheel}" : "exit 0"
     environment = {
       INLETS_HOST            = digitalocean_droplet.exit_server.ipv4_address
       INLETS_PORT            = tostring(var.control_port)

@@ -186,12 +186,18 @@ variable "ttl" {
 }
 
 variable "created_at" {
-  description = "UTC time (RFC 3339, ending in Z) the ttl counts from. The exit-server modules pin the creation time; a fixed value keeps the user-data stable across plans."
+  description = "UTC time (RFC 3339, ending in Z, before the year 9999) the ttl counts from. The exit-server modules pin the creation time; a fixed value keeps the user-data stable across plans."
   type        = string
   default     = null
   validation {
     condition     = var.created_at == null ? true : can(regex("^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(?:\\.\\d+)?Z$", var.created_at)) && can(timeadd(var.created_at, "0s"))
     error_message = "The created_at must be an RFC 3339 UTC time that exists, such as 2030-01-02T03:04:05Z."
+  }
+  validation {
+    # its expiry, up to the ttl's 365 days later, must still have a four-digit year: timeadd() runs on into
+    # 10000, which formatdate() then refused in Go's words ("not a valid RFC3339 timestamp")
+    condition     = var.created_at == null ? true : try(tonumber(substr(var.created_at, 0, 4)) < 9999, true)
+    error_message = "The created_at must be before the year 9999, so that its expiry (up to 365 days later) has a four-digit year: give the time the exit server is created, such as 2030-01-02T03:04:05Z."
   }
 }
 
@@ -223,14 +229,16 @@ variable "letsencrypt_email" {
 }
 
 variable "letsencrypt_issuer" {
-  description = "The ACME CA, as inletsctl's --letsencrypt-issuer: prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL (a host name, optionally a port, then printable ASCII)."
+  description = "The ACME CA, as inletsctl's --letsencrypt-issuer: prod, staging (for trials: no rate limits, untrusted certificates) or an https:// ACME directory URL (a host name, optionally a port, then printable ASCII), passed to the server as written."
   type        = string
   default     = "prod"
   nullable    = false
   validation {
+    # as inletsctl's directory_url() (runtime/acme/store.py): the scheme in any case, and a port of up to 5 digits
+    # (leading zeros and all: 08443 is 8443) or none after the colon (443), as the server's ACME client reads them
     condition = contains(["prod", "staging"], var.letsencrypt_issuer) || (
-      can(regex("^https://[A-Za-z0-9._~-]+(?::[1-9][0-9]{0,4})?(?:[/?#][!-~]*)?$", var.letsencrypt_issuer))
-      && alltrue([for port in regexall("^https://[^/?#:]+:([0-9]+)", var.letsencrypt_issuer) : tonumber(port[0]) <= 65535])
+      can(regex("^(?i:https)://[A-Za-z0-9._~-]+(?::[0-9]{0,5})?(?:[/?#][!-~]*)?$", var.letsencrypt_issuer))
+      && alltrue([for port in regexall("^(?i:https)://[^/?#:]+:([0-9]+)", var.letsencrypt_issuer) : tonumber(port[0]) >= 1 && tonumber(port[0]) <= 65535])
     )
     error_message = "The letsencrypt_issuer must be prod, staging or an https:// ACME directory URL such as https://acme.example.com:14000/dir (a host name, an optional port 1-65535, then printable ASCII without spaces)."
   }

@@ -143,3 +143,23 @@ run "names_the_security_group_as_inletsctl_does" {
     error_message = "The security group is inlets-NAME, whole, as inletsctl's ec2 provider names it."
   }
 }
+
+# inletsctl sets inlets-expires from --ttl alone, and inletsctl list --prune deletes the server at that time:
+# with ttl null a tag of yours by that name was kept.
+run "rejects_an_inlets_expires_tag_of_yours" {
+  command = plan
+  variables {
+    tags = { "inlets-expires" = "1700000000", team = "edge" }
+  }
+  expect_failures = [var.tags]
+}
+
+# The python is one program (main.tf quotes it, so its path may hold spaces): options pasted after it were
+# run as part of the command before; now they would name no program, found only at apply once the VM is made.
+run "rejects_options_in_python" {
+  command = plan
+  variables {
+    python = "python3 -X utf8"
+  }
+  expect_failures = [var.python]
+}

@@ -440,6 +440,16 @@ run "rejects_a_created_at_that_does_not_exist" {
   expect_failures = [var.created_at]
 }
 
+# its expiry fell in the year 10000: Terraform's formatdate() error, not the module's words
+run "rejects_a_created_at_whose_expiry_passes_the_year_9999" {
+  command = plan
+  variables {
+    ttl        = "2h"
+    created_at = "9999-12-31T23:00:00Z"
+  }
+  expect_failures = [var.created_at]
+}
+
 # vm_key: what the exit-server modules take a new creation time on. It follows every change of
 # the user-data (each replaces the VM) except the expiry that created_at itself moves.
 run "vm_key_base" {
@@ -633,6 +643,36 @@ run "rejects_an_issuer_port_out_of_range" {
     letsencrypt_issuer = "https://acme.example.com:70000/directory"
   }
   expect_failures = [var.letsencrypt_issuer]
+}
+
+# inletsctl's --letsencrypt-issuer takes these (urlsplit lowers the scheme; url_port reads an empty port as 443
+# and 08443 as 8443, as the server's ACME client does): plan refused them, the server gets them as written
+run "takes_the_issuer_urls_inletsctl_takes" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "HTTPS://acme.example.com:08443/directory"
+  }
+  assert {
+    condition     = strcontains(output.user_data, " --letsencrypt-issuer HTTPS://acme.example.com:08443/directory\n")
+    error_message = "The issuer URL goes to the server as written, as inletsctl writes it."
+  }
+}
+
+run "takes_an_issuer_url_with_an_empty_port" {
+  command = plan
+  variables {
+    wheel_delivery     = "push"
+    mode               = "http"
+    domains            = ["example.com"]
+    letsencrypt_issuer = "https://acme.example.com:/directory"
+  }
+  assert {
+    condition     = strcontains(output.user_data, " --letsencrypt-issuer https://acme.example.com:/directory\n")
+    error_message = "The issuer URL goes to the server as written, as inletsctl writes it."
+  }
 }
 
 run "rejects_letsencrypt_in_tcp_mode" {
