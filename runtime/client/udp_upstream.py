@@ -102,7 +102,9 @@ class UdpUpstream(asyncio.DatagramProtocol):
             log.debug("event=udp_upstream_error upstream=%s error=%s", logfmt(self.where), logfmt(reason))
             return
         self._failed = True
-        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason))
+        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason),
+                 extra={"cause": (self.where, reason)})  # per upstream and error, as a TCP dial's: one busy dead
+        # upstream's flows took the kind's every line, and another's failure went unsaid
 
     # StreamHandler: datagrams from the server's side
     def _send(self, data: bytes | memoryview) -> None:
@@ -216,6 +218,7 @@ async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
     except OSError as exc:  # said here, as a TCP dial says it: the server logs no reset, and datagrams vanished
         reason = exc.strerror or str(exc)
         where = authority(host, port)
-        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason))
+        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason),
+                 extra={"cause": (where, reason)})
         upstream.close()
         upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {where}: {reason}")

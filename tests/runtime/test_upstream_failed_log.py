@@ -50,3 +50,31 @@ def test_a_second_dead_upstream_is_said_while_a_first_one_floods_and_the_flood_i
     busy_lines = [line for line in log.read_text().splitlines() if f"upstream=127.0.0.1:{busy_dead} " in line]
     told = sum(1 + int(m.group(1)) if (m := re.search(r" suppressed=(\d+)$", line)) else 1 for line in busy_lines)
     assert told == 80, busy_lines  # every failed dial said or counted, the last ones at exit
+
+
+def test_a_second_dead_udp_upstream_is_said_while_a_first_one_floods(
+        tmp_path: Path, tls: TlsFiles, token_file: Path) -> None:
+    """Found by a probe: UDP's upstream_failed (once a flow) had no cause, so 60 sources of one dead UDP upstream took
+    the kind's 20 lines and another dead UDP upstream's failure was never said (0 of 1), though TCP's was."""
+    control, busy, other = free_port(), free_port(), free_port()
+    busy_dead, other_dead = free_port(), free_port()  # nothing listens on either
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    client = None
+    log = tmp_path / "client.log"
+    try:
+        wait_port(control)
+        client = spawn(*client_args(control, tls, token_file, "--upstream", f"udp:{busy}=127.0.0.1:{busy_dead}",
+                                    "--upstream", f"udp:{other}=127.0.0.1:{other_dead}"), log=log)
+        wait_for_text(log, "event=connected")
+        wait_for_text(tmp_path / "server.log", "event=client_connected")
+        for _ in range(60):  # a flow each: a source of its own
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as user:
+                user.sendto(b"x", ("127.0.0.1", busy))
+        wait_for_text(log, f"upstream=127.0.0.1:{busy_dead} ", timeout=5)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as user:
+            user.sendto(b"y", ("127.0.0.1", other))
+        said = wait_for_text(log, f"upstream=127.0.0.1:{other_dead} ", timeout=5)
+        busy_lines = [line for line in said.splitlines() if f"upstream=127.0.0.1:{busy_dead} " in line]
+        assert len(busy_lines) <= 3, busy_lines  # one per 10 s, however slow this machine
+    finally:
+        stop_all(*(p for p in (client, server) if p is not None))
