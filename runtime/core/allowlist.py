@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .hosts import unmapped_address
+from .hosts import check_host, unmapped_address
 from .ports import parse_port
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,6 +88,11 @@ def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> 
                 ipaddress.ip_network(host, strict=False)
             except ValueError:
                 raise ValueError(f"{option}: {host!r} in {item!r} is not a CIDR network (e.g. 10.0.0.0/8)") from None
+        elif host == "*":  # taken as a name no target has: the server refused every client, saying nothing at start
+            raise ValueError(f"{option}: {item!r}: * is for the port only; for any address give 0.0.0.0/0:* "
+                             "(and ::/0:* for IPv6)")
+        else:  # "db internal", "127.0.0.1:5432" (of 127.0.0.1:5432:5432): names no target could ever have
+            check_host(host, f"{option} {item!r}")
         number = parse_port(port)
         if port == "*":
             rules.append(TargetRule(host, None))

@@ -98,6 +98,13 @@ LE_SERVER = ["http", "server", "--token-file", "{tok}", "--plaintext", "--letsen
     # a rule that could never match was taken, and the target it meant was refused at each use
     (SERVER + ["--client-forwarding", "--client-forwarding-allow", "127.0.0.1/33:*"],
      "'127.0.0.1/33' in '127.0.0.1/33:*' is not a CIDR network"),
+    # so were a host no target has (the server started, and refused every client's --local): found by a probe
+    (SERVER + ["--client-forwarding", "--client-forwarding-allow", "*:*"], "'*:*': * is for the port only; for any "
+     "address give 0.0.0.0/0:*"),
+    (SERVER + ["--client-forwarding", "--client-forwarding-allow", "db internal:5432"],
+     "'db internal' is not a valid host name"),
+    (SERVER + ["--client-forwarding", "--client-forwarding-allow", "127.0.0.1:5432:5432"],
+     "'127.0.0.1:5432' is not a valid host name"),
     # credentials in --url would be logged on every line
     (CLIENT + ["--url", "wss://user:pass@127.0.0.1:20030"], "must not carry a user name or password"),
     (CLIENT + ["--url", "wss://user:pass@[::1"], "must not carry a user name or password"),  # was quoted as malformed
