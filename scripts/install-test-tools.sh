@@ -11,8 +11,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # (Debian has no package with Ubuntu's archive key, so it ships in the repository)
 # haproxy: the load balancer of the high-availability tests (tests/runtime/test_ha_haproxy.py)
 # prometheus: its promtool lints a real scrape, and the README's scrape_config is run by Prometheus itself
+# buildah and crun build the Containerfile (tests/runtime/test_k8s_image.py): no daemon, vfs storage, chroot
+# isolation, its base the boot tests' Ubuntu root file system (Docker Hub's python image cannot be pulled here)
 apt_packages=(openssh-server openssh-client curl cloud-init tinyproxy dante-server nginx haproxy wrk redis-server redis-tools dnsmasq-base bind9-dnsutils pebble prometheus systemd
-  systemd-container debootstrap zstd gpgv slirp4netns iproute2 util-linux)
+  systemd-container debootstrap zstd gpgv slirp4netns iproute2 util-linux buildah crun)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
