@@ -73,6 +73,7 @@ class TunnelClient:
         self._stopping = False
         self._stopped = asyncio.Event()  # ends a backoff wait at once on shutdown
         self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
+        self._replace_now = asyncio.Event()  # a --local user waits while the server drains: try its replacement now
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
         self._draining: set[asyncio.Task] = set()
@@ -249,9 +250,14 @@ class TunnelClient:
 
     def reconnect_now(self) -> None:
         """A --local user waits for the tunnel: end the backoff wait (up to ``backoff_max``, 30 s) and connect now, as
-        SIGHUP does; the user, reset after 10 s, was reset though the server had been back for most of them."""
-        if self.session is None and not self._stopping:
+        SIGHUP does; the user, reset after 10 s, was reset though the server had been back for most of them. While
+        the server drains (GOAWAY) the wait cut short is that between attempts to replace its session."""
+        if self._stopping:
+            return
+        if self.session is None:
             self._retry_now.set()
+        else:
+            self._replace_now.set()
 
     async def rotate(self) -> None:
         """Make before break: connect again (re-reading the token), then drain the old connection.
@@ -282,6 +288,7 @@ class TunnelClient:
         if session is self.session and not self._stopping:
             if self.on_change is not None:  # no longer serving (a ClientGroup says so, and routes elsewhere)
                 self.on_change()
+            self._replace_now.clear()  # a user's wake from now on is for this replacement
             self._reconnecting = asyncio.ensure_future(self._replace_if_current(session))
 
     async def _replace_if_current(self, session: Session) -> None:
@@ -293,10 +300,7 @@ class TunnelClient:
             wait = self._goaway_backoff.next_wait()
             log.warning("event=goaway_soon_after_connect url=%s lived=%.1fs retry_in=%.1fs", logfmt(self.config.url),
                         loop.time() - self._session_since, wait)
-            try:
-                await asyncio.wait_for(self._stopped.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            await self._until_stopped_or_woken(session, wait)
         else:
             self._goaway_backoff.reset()
         # A server restarting (SIGTERM, then started again) refuses the first try: tried once, the client kept the
@@ -304,12 +308,20 @@ class TunnelClient:
         retry = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while True:
             async with self._rotating:
-                if session is not self.session or self._stopping or session.closed.is_set() or await self._replace():
+                if session is not self.session or self._stopping or session.closed.is_set():
                     return
-            waits = {asyncio.ensure_future(session.closed.wait()), asyncio.ensure_future(self._stopped.wait())}
-            await asyncio.wait(waits, timeout=retry.next_wait(), return_when=asyncio.FIRST_COMPLETED)
-            for waiting in waits:
-                waiting.cancel()
+                self._replace_now.clear()  # a user's wake from now on cuts the wait after this attempt short
+                if await self._replace():
+                    return
+            await self._until_stopped_or_woken(session, retry.next_wait())
+
+    async def _until_stopped_or_woken(self, session: Session, timeout: float) -> None:
+        """Wait ``timeout`` between replacement attempts, less if ``session`` closes, the client stops, or a --local
+        user waits (``reconnect_now``, at most each second): the backoff, up to 30 s, outlasted the user's 10 s."""
+        waits = {asyncio.ensure_future(event.wait()) for event in (session.closed, self._stopped, self._replace_now)}
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
 
     async def _replace(self) -> bool:
         """Whether the session was replaced (or need not be any more)."""

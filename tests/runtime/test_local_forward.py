@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers.process import client_args, inlets, one_line_error, server_args, spawn, stop_all, wait_for_text
 from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, polled, port_of, run, start_client, start_server, stop
-from inlets_py.runtime.client import local_forward
+from inlets_py.runtime.client import dialer, local_forward
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import parse_target_rules
@@ -44,6 +44,52 @@ def test_a_user_waiting_for_the_tunnel_has_the_client_connect_now(tls: TlsFiles,
             forwarder.stop()
             await stop(task)
             await server.stop()
+            echo.close()
+
+    run(scenario(), 40)
+
+
+def test_a_user_waiting_while_the_server_drains_has_the_client_try_its_replacement_now(tls: TlsFiles, token: str,
+                                                                                      monkeypatch) -> None:
+    """The server drains (SIGTERM: GOAWAY, an open stream keeps it up) and a new one comes up while a --local user
+    waits. The client tried the new server only at its backoff (10-20 s here; up to 30 s), since a waiting user woke
+    it only while it had no session at all: the user was reset at the end of its wait (3 s here). It now tries at
+    once, then each second, as while the tunnel is down."""
+    monkeypatch.setattr(local_forward, "TUNNEL_WAIT", 3.0)
+    monkeypatch.setattr(dialer, "STEADY_AFTER", 0.0)  # the session lived a while: no goaway_soon_after_connect wait
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
+        old = await start_server(tls, token, forwarding=policy)
+        new, control = None, old.control.addresses[0][1]
+        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]}, backoff_initial=20.0, backoff_max=20.0)
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
+        await forwarder.start()
+        held_reader, held = await asyncio.open_connection("127.0.0.1", forward.local_port)
+        draining = None
+        try:
+            held.write(b"held")  # an open stream: the old server drains, its session stays
+            assert await asyncio.wait_for(held_reader.readexactly(4), 5) == b"held"
+            first = client.session
+            draining = asyncio.ensure_future(old.drain(20))
+            assert await polled(lambda: first is not None and first.mux.peer_going_away)
+            await asyncio.sleep(0.3)  # the replacement tried at the GOAWAY has failed: nothing listens
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            writer.write(b"while draining")  # waits; its wake's attempt fails too
+            await asyncio.sleep(0.3)
+            new = await start_server(tls, token, port=control, forwarding=policy)
+            assert await asyncio.wait_for(reader.readexactly(14), 5) == b"while draining"  # before: reset at 3 s
+            writer.close()
+        finally:
+            held.close()
+            forwarder.stop()
+            await stop(task, *[d for d in [draining] if d is not None])
+            await old.stop()
+            if new is not None:
+                await new.stop()
             echo.close()
 
     run(scenario(), 40)
