@@ -20,10 +20,9 @@ import socket
 import ssl
 import sys
 import urllib.request
+from collections.abc import Generator
 from dataclasses import dataclass
 from urllib.parse import SplitResult, quote, urlsplit, urlunsplit
-
-from collections.abc import Generator
 
 from websockets.asyncio import client as websockets_client
 from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProxyStatus, ProxyError
@@ -53,6 +52,9 @@ SOCKS_REPLY_HINTS = {
 }
 _SOCKS_CANNOT_REACH = (3, 4)  # said as "cannot reach": no refusal of the proxy's own
 _UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
+#: CONNECT without an HTTP answer, said alike by the client and ``inlets status``: the proxy closed, or spoke no HTTP
+CONNECT_UNANSWERED = "proxy {shown} closed the connection without answering CONNECT {target}"
+CONNECT_NOT_HTTP = "proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)"
 
 
 #: a proxy's status line answering CONNECT, as websockets reads it (HTTP/1.0 or 1.1, a code, a reason phrase of
@@ -393,8 +395,9 @@ def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy"
         line = f"proxy {shown} refused CONNECT {target}: HTTP {response.status_code} {response.reason_phrase}"
         hint = refusal_hint(response.status_code, proxy, source, password_from)
         return ProxyFailure(f"{line} ({hint})" if hint else line)
-    if isinstance(exc, InvalidProxyMessage):
-        return ProxyFailure(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
+    if isinstance(exc, InvalidProxyMessage):  # EOF too: a proxy that closed was asked "is it an HTTP proxy?"
+        closed = isinstance(exc.__cause__, EOFError)
+        return ProxyFailure((CONNECT_UNANSWERED if closed else CONNECT_NOT_HTTP).format(shown=shown, target=target))
     if isinstance(exc, ProxyError):  # SOCKS: the proxy's own reply is the cause
         return ProxyFailure(socks_refusal(exc.__cause__ or exc, proxy, target, source, password_from))
     if isinstance(exc, socket.gaierror):

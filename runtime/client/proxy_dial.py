@@ -22,7 +22,9 @@ from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import ProbeError, Unreachable
-from .outbound_proxy import ProxyConfigError, choose, connect_status, redact, refusal_hint, socks_refusal
+from .outbound_proxy import (
+    CONNECT_NOT_HTTP, CONNECT_UNANSWERED, ProxyConfigError, choose, connect_status, redact, refusal_hint, socks_refusal,
+)
 
 MAX_ANSWER_HEAD = 16 * 1024
 
@@ -115,7 +117,7 @@ def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float
         sock.settimeout(left)
         chunk = sock.recv(4096)
         if not chunk:
-            raise ProbeError(f"proxy {shown} closed the connection without answering CONNECT {target}")
+            raise ProbeError(CONNECT_UNANSWERED.format(shown=shown, target=target))
         head += chunk
         if len(head) > MAX_ANSWER_HEAD and b"\r\n\r\n" not in head:  # not a CONNECT answer: TLS would follow
             # on the rest of it and fail as if the server's port were wrong
@@ -123,7 +125,7 @@ def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float
                              f"{MAX_ANSWER_HEAD // 1024} KiB without ending it (is it an HTTP proxy?)")
     status = connect_status(head.split(b"\r\n", 1)[0])  # as the client reads it
     if status is None:
-        raise ProbeError(f"proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)")
+        raise ProbeError(CONNECT_NOT_HTTP.format(shown=shown, target=target))
     # the proxy's own words, printed to a terminal: no escape sequence of its choosing gets through
     return status[0], "".join(c if c.isprintable() else "?" for c in status[1])[:200]
 

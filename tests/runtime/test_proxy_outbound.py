@@ -15,7 +15,8 @@ import pytest
 from helpers.integrity import Upstream as HashingUpstream, exchange, payloads
 from helpers.proxy_daemons import Daemon, dante, free_port, tinyproxy
 from helpers.tunnel import (
-    TlsFiles, control_url, echo_server, make_tls, port_of, run, start_client, start_server, stop, wait_listening,
+    TlsFiles, control_url, echo_server, make_tls, polled, port_of, run, start_client, start_server, stop,
+    wait_listening,
 )
 
 from inlets_py.runtime.client.outbound_proxy import ProxyConfigError, choose
@@ -393,8 +394,36 @@ def test_a_proxy_that_never_answers_times_out_in_words(tls, token, caplog) -> No
 
 def test_a_proxy_that_closes_without_answering_leaves_one_line_per_attempt_and_no_traceback(tls, token, caplog) -> None:
     lines = lied_to("close", tls, token, caplog, 2)
-    assert len(lines) >= 2 and "sent no valid HTTP answer to CONNECT" in lines[0], lines
+    assert len(lines) >= 2 and "closed the connection without answering CONNECT" in lines[0], lines
     assert "Traceback" not in caplog.text and "EOFError" not in caplog.text  # websockets fed the end twice
+
+
+def test_a_proxy_that_closes_without_answering_is_said_so_by_the_client_as_by_status(tls, token, caplog) -> None:
+    """A proxy that reads CONNECT and closes without a word: `inlets status` said so, the client said it "sent no
+    valid HTTP answer to CONNECT ... (is it an HTTP proxy?)", sending the user to check the wrong thing. Both now
+    say the same words, for the same proxy and server."""
+    caplog.set_level(logging.INFO, logger="inlets.client")
+
+    async def scenario() -> tuple[str, str]:
+        proxy = await _lying_proxy("close")
+        proxy_url, server_port = f"http://127.0.0.1:{port_of(proxy)}", free_port()
+        try:
+            with pytest.raises(ProbeError) as status:
+                await asyncio.to_thread(dial, proxy_url, "127.0.0.1", server_port, 5)
+            client, task = await start_client(f"wss://127.0.0.1:{server_port}", token, tls,
+                                              {free_port(): Upstream("127.0.0.1", 9)}, wait=False, proxy=proxy_url)
+            try:
+                assert await polled(lambda: "event=connect_failed" in caplog.text, 10)
+                return str(status.value), next(r.getMessage() for r in caplog.records
+                                               if "event=connect_failed" in r.getMessage())
+            finally:
+                await stop(task)
+        finally:
+            proxy.close()
+
+    said, line = run(scenario(), timeout=30)
+    assert "closed the connection without answering CONNECT 127.0.0.1:" in said, said
+    assert f'error="{said}"' in line, line  # was: sent no valid HTTP answer to CONNECT ... (is it an HTTP proxy?)
 
 
 def test_an_https_proxy_whose_certificate_is_not_trusted_is_named_rather_than_the_server(tmp_path, tls, token) -> None:
