@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import os
 import re
 import socket
@@ -30,6 +29,7 @@ from websockets.http11 import Response
 from websockets.proxy import parse_proxy
 
 from ..core.ports import url_port
+from .no_proxy import no_proxy_covers, no_proxy_setting
 
 SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 DIRECT = ("none", "direct")  # --proxy none: ignore the environment, connect directly
@@ -237,7 +237,7 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
         return ProxyChoice(None, "NO_PROXY")
     # the system's exceptions (macOS, Windows), where NO_PROXY is not set: once it is, urllib reads it by rules of
     # its own (".0.0.1" covered 127.0.0.1, an address taken as a name), not curl's
-    if not _no_proxy_setting() and urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
+    if not no_proxy_setting() and urllib.request.proxy_bypass(f"{parts.hostname}:{port}"):
         return ProxyChoice(None, "NO_PROXY")
     proxies = urllib.request.getproxies()
     keys = ["wss", "socks", "https"] if parts.scheme == "wss" else ["ws", "socks", "https", "http"]
@@ -251,56 +251,6 @@ def choose(setting: str | None, ws_url: str) -> ProxyChoice:
                 value = "socks5h://" + value.strip()
             return ProxyChoice(normalize(value, name), name)
     return ProxyChoice(None, "environment")
-
-
-def no_proxy_covers(host: str, port: int) -> bool:
-    """Whether ``NO_PROXY`` names ``host``, read as curl (7.86+) and Go read it: ``*``; a name, covering the names
-    under it (a leading dot or not); an IP address or a CIDR range (``10.0.0.0/8``, ``[::1]``, ``fd00::/8``); each
-    with ``:PORT`` optional. urllib reads names only, so a cluster's ``NO_PROXY=10.0.0.0/8`` sent a client dialling
-    ``wss://10.1.2.3`` through the corporate proxy. No name is resolved, as in curl, and an address is matched by
-    addresses and ranges only: a name's suffix rule took ``.0.0.1`` (or ``.1``) to cover 127.0.0.1, where curl
-    (7.88, measured) goes through the proxy."""
-    setting = _no_proxy_setting()
-    host = host.strip("[]").rstrip(".").lower()
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in (part.strip().lower() for part in setting.split(",")):
-        if entry == "*":
-            return True
-        name, entry_port = _entry_parts(entry)
-        if not name or (entry_port is not None and entry_port != port):
-            continue
-        try:
-            network = ipaddress.ip_network(name, strict=False)
-        except ValueError:
-            name = name.lstrip(".").rstrip(".")
-            if address is None and name and (host == name or host.endswith("." + name)):
-                return True
-            continue
-        if address is not None and address in network:
-            return True
-    return False
-
-
-def _no_proxy_setting() -> str:
-    """``no_proxy`` (curl's first choice), else ``NO_PROXY``: "" when neither is set."""
-    return os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
-
-
-def _entry_parts(entry: str) -> tuple[str, int | None]:
-    """A NO_PROXY entry as (name or address or range, port or None): ``[v6]:PORT``, ``HOST:PORT``, bare IPv6."""
-    if entry.startswith("["):
-        name, _, rest = entry[1:].partition("]")
-        if not rest:
-            return name, None
-        port = rest[1:] if rest.startswith(":") else "?"
-    elif entry.count(":") == 1:
-        name, _, port = entry.partition(":")
-    else:
-        return entry, None
-    return (name, int(port)) if port.isascii() and port.isdigit() else ("", None)  # a port not digits: no match
 
 
 def _environment_may_name_a_proxy() -> bool:
