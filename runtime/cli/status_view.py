@@ -56,7 +56,8 @@ def render_table(doc: dict[str, Any]) -> str:
                 _text(client.get("id", "")),
                 _text(client.get("remote", "")),
                 _text(client.get("connected_since", "")),
-                _text(",".join(map(shown_service, client.get("services", []))) or "-"),  # an older server sent http:::1
+                _text(",".join([*map(shown_service, client.get("services", [])),  # an older server sent http:::1
+                                *(f"forward:{target}" for target in client.get("forwards", []))]) or "-"),
                 str(client.get("open_streams", 0)),
                 _size(int(client.get("bytes_in", 0))),
                 _size(int(client.get("bytes_out", 0))),

@@ -103,6 +103,7 @@ class ClientInfo:
     services: list[str]
     authorization: str = field(default="", repr=False)  # to re-check on token rotation; never shown
     connected_at: float = field(default_factory=time.time)
+    forwards: list[str] = field(default_factory=list)  # the server-side targets it brings to its side (--local)
     revoked: bool = False  # its token was removed; it finishes its open streams, if its client already drains it
 
 
@@ -294,7 +295,8 @@ class ControlPlane(ControlHTTP):
         except (asyncio.TimeoutError, ConnectionClosed):
             return
         session.on_goaway = self._release  # a draining client gets no new connections
-        info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""))
+        info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""),
+                          forwards=list(hello.extra.get("forwards") or ()))
         self.clients[session] = info  # from admission on: its ports are open, so it is listed, and a token reload sees it
         try:
             await asyncio.wait_for(websocket.send(Welcome(services, self.initial_window, self.config.max_frame).encode()),

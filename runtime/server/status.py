@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .. import PROTOCOL_VERSION, __version__
-from ..core.services import shown_service
+from ..core.services import FORWARD_PREFIX, shown_service
 from .control import ControlPlane
 
 
@@ -31,6 +31,8 @@ def status_document(control: ControlPlane, extra: dict[str, Any] | None = None) 
                 "remote": info.remote,
                 "connected_since": _iso(info.connected_at),
                 "services": [shown_service(service) for service in info.services],
+                # what it reaches on the server's side (its --local targets): the operator's to know
+                "forwards": [target.removeprefix(FORWARD_PREFIX) for target in info.forwards],
                 "open_streams": session.open_streams,
                 "bytes_in": session.bytes_in,
                 "bytes_out": session.bytes_out,

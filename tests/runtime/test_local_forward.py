@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from pathlib import Path
 
@@ -139,3 +140,23 @@ def test_a_local_port_out_of_range_is_named(spec: str, message: str) -> None:
     line = one_line_error(inlets("tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", spec,
                                  env={"INLETS_TOKEN": ""}), message)
     assert line.startswith("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT, got "), line
+
+
+def test_status_shows_what_each_client_forwards_on_the_servers_side(tmp_path: Path, tls: TlsFiles, token_file: Path,
+                                                                    echo_port: int) -> None:
+    """Found by a probe: `inlets status` listed a client with --local forwards as SERVICES -, its --json naming none
+    of the targets, so an operator could not see which client reaches what on the server's side."""
+    control, local = free_port(), free_port()
+    target = f"127.0.0.1:{echo_port}"
+    server = spawn(*server_args(control, tls, token_file, "--client-forwarding", "--client-forwarding-allow", target),
+                   log=tmp_path / "server.log")
+    client = spawn(*client_args(control, tls, token_file, "--local", f"{local}:{target}"), log=tmp_path / "client.log")
+    try:
+        wait_for_text(tmp_path / "client.log", "event=connected")
+        ask = ["status", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca", str(tls.ca)]
+        table, document = inlets(*ask), inlets(*ask, "--json")
+    finally:
+        stop_all(client, server)
+    assert table.returncode == 0 and f"forward:{target}" in table.stdout, table
+    (row,) = json.loads(document.stdout)["clients"]
+    assert row["forwards"] == [target] and row["services"] == [], row
