@@ -367,6 +367,26 @@ def test_a_reload_says_a_tls_key_others_can_read(tmp_path: Path, token: str, tok
         stop_all(server)
 
 
+def test_a_reload_says_a_token_file_others_can_read(tmp_path: Path, token: str, token_file: Path) -> None:
+    """As for the TLS key above: a token file rotated as the README shows it (a second token added) and left 0644
+    was taken by SIGHUP with no word, where the same file at start gets a warning (a probe's finding)."""
+    ca = generate_ca()
+    live = write_tls(tmp_path, ca, issue_server_cert(ca, NAMES, not_after=NOW + datetime.timedelta(days=200)))
+    token_file.chmod(0o600)
+    control = free_port()
+    log = tmp_path / "server.log"
+    server = spawn(*server_args(control, live, token_file), log=log)
+    try:
+        wait_port(control)
+        token_file.write_text(token + "\n" + "rotated-" + "c" * 40 + "\n")
+        token_file.chmod(0o644)
+        server.send_signal(signal.SIGHUP)
+        text = wait_for_text(log, "event=token_file_readable")
+        assert "mode=0644" in text and f"chmod 600 {token_file}" in text and token not in text, text
+    finally:
+        stop_all(server)
+
+
 def test_a_running_server_warns_of_its_certificates_end_every_day(
         tmp_path: Path, token: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The daily check (``run_server``'s ``daily``), with the day shortened: each day that falls within 30 days of
