@@ -309,6 +309,37 @@ def test_a_key_of_another_type_than_the_certificates_is_said_in_words(tmp_path: 
         assert "PEM" not in line
 
 
+@pytest.mark.parametrize("key_size, digest, said", [
+    (1024, "sha256", "is too small for OpenSSL here (RSA under 2048 bits): make an RSA key of 2048 bits or more"),
+    (2048, "sha1", "is signed with a digest OpenSSL here refuses as too weak (SHA-1 or MD5): issue it again"),
+])
+def test_a_key_or_signature_openssl_finds_too_weak_is_said_in_words(tmp_path: Path, files, key_size: int, digest: str,
+                                                                   said: str) -> None:
+    """Found by a probe: well-formed PEM files whose RSA key has 1024 bits, or whose certificate a CA signed with
+    SHA-1, were refused as "they must be PEM files (-----BEGIN CERTIFICATE-----...)", which they were. Made with
+    openssl, as a user makes them (cryptography no longer signs with SHA-1)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (Debian's openssl package)")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=ca",
+            "-days", "30")
+    openssl("req", "-newkey", f"rsa:{key_size}", "-nodes", "-keyout", "weak.key", "-out", "weak.csr", "-subj",
+            "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", "weak.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", f"-{digest}",
+            "-days", "30", "-out", "weak.crt")
+    cert_file, key_file = tmp_path / "weak.crt", tmp_path / "weak.key"
+    key_file.chmod(0o600)
+    result = inlets("tcp", "server", "--token-file", files["tok"], "--tls-cert", str(cert_file), "--tls-key", str(key_file))
+    line = one_line_error(result, said)
+    assert f"the certificate {cert_file} " in line and "PEM" not in line, line
+
+
 def test_a_chain_file_with_the_ca_first_is_said_in_words(tmp_path: Path, tls, files) -> None:
     """The right key with a chain in the wrong order: "give the key the certificate was made with" alone would
     send the user after another key; the order is what to change."""
