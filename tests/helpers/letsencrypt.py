@@ -147,3 +147,17 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> N
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def fill_disk(folder: Path) -> None:
+    """Fill the small tmpfs ``folder`` is on until it refuses (ENOSPC): a full disk. Bounded (40 MiB at most)."""
+    import errno
+
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(10_000):  # a tmpfs of a few hundred KiB ends the loop at ENOSPC long before
+            os.write(fd, bytes(4096))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)

@@ -10,7 +10,6 @@ ACME server is needed.
 
 from __future__ import annotations
 
-import errno
 import os
 import ssl
 import subprocess
@@ -20,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers.letsencrypt import served_certificate
+from helpers.letsencrypt import fill_disk, served_certificate
 from helpers.process import inlets, one_line_error, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import free_port, make_tls
 from inlets_py.runtime.acme.store import CertStore
@@ -40,17 +39,6 @@ def disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-
-
-def _fill(folder: Path) -> None:
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for _ in range(1_000):  # 256 KiB at most: the loop ends at ENOSPC long before
-            os.write(fd, bytes(4096))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 @contextmanager
@@ -91,7 +79,7 @@ def test_a_wait_a_full_disk_cannot_store_is_said_and_leaves_no_temporary_file(tm
         pytest.skip("cannot mount a tmpfs here (not root?): no disk to fill")
     issuer = f"https://127.0.0.1:{free_port()}/dir"  # never reached: the room check fails first
     CertStore(disk / "le", issuer).prepare()
-    _fill(disk)
+    fill_disk(disk)
     server = spawn(*_server_args(token_file, disk / "le", issuer, free_port()), log=tmp_path / "server.log")
     try:
         log = wait_for_text(tmp_path / "server.log", "event=certificate_failed", timeout=60)

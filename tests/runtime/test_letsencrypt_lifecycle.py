@@ -9,9 +9,7 @@ server ask the CA again and again, and a full disk does not have the CA issue ce
 from __future__ import annotations
 
 import datetime
-import errno
 import logging
-import os
 import socket
 import ssl
 import subprocess
@@ -22,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from helpers.http import Stack
-from helpers.letsencrypt import dnsmasq, pebble, wait_until
+from helpers.letsencrypt import dnsmasq, fill_disk, pebble, wait_until
 from helpers.tunnel import free_port
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import RETRY_MAX, configure
@@ -126,17 +124,6 @@ def small_disk(tmp_path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def _fill(folder: Path) -> None:
-    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for _ in range(10_000):  # 64 KiB at most: the loop ends at ENOSPC long before
-            os.write(fd, bytes(4096))
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-
-
 def test_a_full_disk_is_said_before_the_ca_issues_certificates_that_are_lost(tmp_path, tls, token, caplog,
                                                                           small_disk) -> None:
     """With the disk full at renewal, each retry had the CA issue a certificate that could not be stored (pebble
@@ -149,7 +136,7 @@ def test_a_full_disk_is_said_before_the_ca_issues_certificates_that_are_lost(tmp
             manager = configure([DOMAINS[0]], small_disk / "le", issuer=ca.directory, ca_bundle=ca.api_ca, retry=0.5)
             start_server(stack, tls, token, HttpsFront(manager, https_port), http_port)
             wait_until(lambda: manager.issued == 1, 20, "the certificate")
-            _fill(small_disk)
+            fill_disk(small_disk)
             wait_until(lambda: len(_lines(caplog, "certificate_failed")) >= 3, 30, "three renewals failing")
         finally:
             stack.close()
