@@ -20,6 +20,7 @@ import time
 from typing import Hashable
 
 from ..core.logs import logfmt
+from ..core.services import shown_service
 from ..server.ratelimit import FailedLoginLimiter
 from .options import HttpOptions
 
@@ -86,6 +87,7 @@ class Guards(dict[str, Protection]):
         return self.failures.blocked(source.decode(errors="replace"))
 
     def admit(self, session: Hashable, services: list[str], options: HttpOptions) -> None:
+        lifted = []
         for service in services:
             protection = self.get(service)
             if options.protected:
@@ -98,8 +100,13 @@ class Guards(dict[str, Protection]):
             elif protection is not None and not protection.declared:
                 del self[service]
                 self._left.pop(service, None)
+                lifted.append(service)
+        if lifted:  # said: an operator saw a password prompt go, or a 503 turn into the site, with no word why
+            _said("protection_lifted", session, lifted, "a client serving these names without protection connected, "
+                  "while none that protects them was")
 
     def release(self, session: Hashable) -> None:
+        kept = []
         for service in self._sessions.pop(session, ()):
             protection = self.get(service)
             if protection is None:  # lifted meanwhile by a client serving it unprotected
@@ -108,6 +115,10 @@ class Guards(dict[str, Protection]):
             if options is not None and not protection.declared:
                 protection.left = [options]
                 self._left[service] = None
+                kept.append(service)
+        if kept:
+            _said("protection_kept", session, kept, "the last client protecting these names left: they still ask for "
+                  "its credentials (503 once given) until a client serves them, one without protection lifting it")
         while len(self._left) > self.max_left:  # the oldest kept goes: its name falls back to the catch-all
             oldest = next(iter(self._left))
             del self._left[oldest], self[oldest]
@@ -118,3 +129,10 @@ class Guards(dict[str, Protection]):
                         logfmt("more protected names than kept were left by their clients: the oldest no longer "
                                "get 401"))
             self._forgotten = 0
+
+
+def _said(event: str, session: Hashable, services: list[str], why: str) -> None:
+    """One line for a client's names, however many (a client may declare 1,024), naming the first."""
+    log.info("event=%s client=%s names=%d first=%s note=%s", event, logfmt(str(getattr(session, "name", session))),
+             len(services),
+             logfmt(shown_service(services[0])), logfmt(why))

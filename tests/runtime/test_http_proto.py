@@ -415,8 +415,12 @@ def test_other_target_forms_are_400(target):
     assert info.value.status == 400
 
 
-def test_protection_belongs_to_the_name():
-    """Sessions are any hashable here; the live behaviour is in test_http_hostile."""
+def test_protection_belongs_to_the_name(caplog: pytest.LogCaptureFixture):
+    """Sessions are any hashable here; the live behaviour is in test_http_hostile. Keeping and lifting are said (a
+    password prompt that stayed, or went, had no word in the log why)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="inlets.http")
     protect, other, plain = (HttpOptions.build(basic_auth=("alice", "pw")), HttpOptions.build(bearer_token="t"),
                              HttpOptions())
     alice = b"Basic " + base64.b64encode(b"alice:pw")
@@ -433,6 +437,9 @@ def test_protection_belongs_to_the_name():
     assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
     guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
     assert "http:s" not in guards
+    said = [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
+    assert [line.split(" note=")[0] for line in said] == [
+        "event=protection_kept client=C names=1 first=http:s", "event=protection_lifted client=D names=1 first=http:s"], said
 
 
 def test_protections_left_by_clients_are_bounded_oldest_forgotten_first(caplog: pytest.LogCaptureFixture) -> None:
