@@ -142,7 +142,11 @@ class HttpMetrics(ServerMetrics):
             values[2 + index] += 1
 
     def host_unserved(self, host: str, now: float) -> None:
-        """The last client of ``host`` left: its series stay for ``grace`` seconds (``expire``), then go."""
+        """The last client of ``host`` left: its series stay for ``grace`` seconds (``expire``), then go. Never those
+        of ``OTHER``, every unadvertised host's: a client serving a host named so, once gone, took them all with it
+        (a counter reset to Prometheus, which any token holder could cause)."""
+        if host == OTHER:
+            return
         self.unserved.pop(host, None)
         self.unserved[host] = now
         while len(self.unserved) > self.MAX_UNSERVED:

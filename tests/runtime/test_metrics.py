@@ -181,6 +181,26 @@ def test_a_protected_name_no_client_serves_any_more_is_no_label_past_the_grace(t
         stack.close()
 
 
+def test_a_client_serving_a_host_named_other_takes_no_counts_with_it_when_it_leaves(tls, token):
+    """Found by a probe: a client advertising the host _other, the label of every unadvertised host, left; past the
+    grace forget_host dropped every _other series: counters that went backwards, which any token holder could do."""
+    stack = Stack()
+    try:
+        _, up = stack.upstream("O")
+        server = stack.server(tls, token)
+        server.metrics.grace = 0.0  # the sweep (at most 1 s away) forgets a host at once
+        for n in range(3):
+            raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: nobody%d.test\r\nConnection: close\r\n\r\n" % n)
+        assert _hosts(server, tls, token) == {"_other": 3}
+        _, task = stack.client(server, tls, token, [f"_other=http://{LOOPBACK}:{up}"])
+        stack.stop_client(task)
+        _until_no_clients(server)
+        time.sleep(1.5)  # past the next sweep
+        assert _hosts(server, tls, token) == {"_other": 3}
+    finally:
+        stack.close()
+
+
 def test_a_host_whose_client_reconnects_keeps_its_counters_and_its_gap_is_counted_under_it(tls, token):
     """The series of a host went the moment its last client left: a client's restart reset its counters, and the
     503s of the gap counted under _other."""
