@@ -212,7 +212,8 @@ class HttpOptions:
 
         hosts = data.get("rewrite_host", {})
         if not isinstance(hosts, dict) or len(hosts) > MAX_RULES or not all(
-            isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9.\-:\[\]]{1,300}", v)
+            # the Host values a client's upstreams give: names with "_" (Docker Compose's), IPv6 zones ("%25lo")
+            isinstance(k, str) and isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._%\-:\[\]]{1,300}", v)
             for k, v in hosts.items()
         ):
             raise OptionError("rewrite_host must map services to host[:port]")

@@ -209,6 +209,18 @@ def test_options_round_trip_and_auth():
     assert bearer.authorized(b"Bearer tkn") and not bearer.authorized(b"Bearer nope")
 
 
+@pytest.mark.parametrize("url", ["http://web_app:3000", "http://[fe80::1%25lo]:9811", "https://bücher.test",
+                                 "http://127.0.0.1:8080", "http://[::1]:81"])
+def test_every_upstream_a_client_takes_gives_a_rewritten_host_the_server_takes(url):
+    """Found by a probe: --rewrite-host with a Docker Compose name (web_app) or an IPv6 zone passed the client's checks,
+    then the server refused the client at its handshake ("rewrite_host must map services to host[:port]")."""
+    from inlets_py.runtime.client.http_upstreams import HttpUpstreams, parse_upstreams
+
+    hosts = HttpUpstreams(parse_upstreams([f"app.test={url}"]), None).host_headers()
+    sent = HttpOptions.build(rewrite_host=hosts)
+    assert HttpOptions.from_extra(sent.to_extra()).rewrite_host == sent.rewrite_host
+
+
 @pytest.mark.parametrize("extra", [
     {"http": []},
     {"http": {"request_add": [["X-A", "1\r\nInjected: yes"]]}},
