@@ -18,20 +18,19 @@ works through (``Gateway``, ``Front``) are in ``exchange_state.py``.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 
 from ..core.logs import logfmt
 from ..core.bridge import reset
 from ..core.mux import StreamLimit
-from ..core.session import Session
 from ..core.services import shown_service
 from ..server import registry
 from ..server.registry import answered, reached, timed_out, unreachable
 from .leg import Leg, LegFailed
 from .exchange_state import Exchange, Front
 from .options import HttpOptions
+from .reclaim import reclaim_idle_stream
 from .messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead
 from .write import LAST_CHUNK, SimpleResponse, chunk, chunk_parts, request_head, response_head
 
@@ -42,8 +41,6 @@ log = logging.getLogger("inlets.http")
 
 #: Seconds to wait before each new try when the client refuses a request's stream (see ``_retry_refused``).
 REFUSED_RETRY_DELAYS = (0.02, 0.05, 0.1, 0.2, 0.4)
-#: Idle users' streams given up per refusal (``reclaim_idle_stream``).
-RECLAIM_BATCH = 8
 #: Methods a proxy may send again by itself (RFC 9110 9.2.2: idempotent; a proxy MUST NOT retry others):
 #: a POST the upstream may have acted on before it closed is answered 502, not done twice.
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -168,6 +165,9 @@ def progress(front: Front) -> None:
                     abandon(front)
                 elif leg.refused and ex.request is not None and ex.refusals < len(REFUSED_RETRY_DELAYS):
                     _retry_refused(front, ex)
+                elif leg.refused:  # it never reached the upstream: busy, as at the server's own stream limit
+                    _detach(front, ex)
+                    _reply(front, ex, *_at_stream_limit(ex))
                 elif leg.unreachable and ex.request is not None:
                     _retry_elsewhere(front, ex, failure)
                 else:
@@ -280,28 +280,22 @@ def _retry_refused(front: Front, ex: Exchange) -> None:
     front.loop.call_later(delay, _resend_if_waiting, front, ex)
 
 
-def reclaim_idle_stream(front: Front, session: Session) -> bool:
-    """A kept-alive user connection keeps its stream between requests, to reuse it: without this, as many
-    idle users as the client's --max-streams would have every new user answered 502. The users idle longest
-    on the refusing client (up to ``RECLAIM_BATCH``: one scan of the connections serves the refusals that
-    follow) give their streams up (a reset: freed at once at both ends, whatever the upstream makes of a
-    half-close) and open new ones with their next requests. Scanned only when a client refuses."""
-    idle = [(conn.idle_since, id(conn), conn) for conn in front.server.connections
-            if conn.exchange is None and conn.idle_since is not None and (leg := conn.leg) is not None
-            and leg.session is session and leg.listener is None and leg.usable]
-    for _, _, conn in heapq.nsmallest(RECLAIM_BATCH, idle):
-        leg, conn.leg = conn.leg, None
-        if leg is not None:  # it is: the scan above took only connections with a leg
-            leg.abort(LegFailed("idle stream given up for a refused request"))
-    return bool(idle)
-
-
 def _resend_if_waiting(front: Front, ex: Exchange) -> None:
     if front.exchange is ex:  # else the user went away meanwhile
-        _resend(front, ex, "bad gateway: the tunnel client has too many streams open")
+        status, failure = _at_stream_limit(ex)
+        _resend(front, ex, failure, status)
 
 
-def _resend(front: Front, ex: Exchange, failure: str) -> None:
+def _at_stream_limit(ex: Exchange) -> tuple[int, str]:
+    """The answer when a client refused the stream at its --max-streams until the retries ran out: 503, overload, as
+    the server's own --max-client-streams answers it (RFC 9110 15.6.4), not the bad gateway it was said as; still a
+    502 where another client could not reach its upstream for it (a site partly down, not only busy)."""
+    if ex.unreachable_on:
+        return 502, "bad gateway: the tunnel client has too many streams open"
+    return 503, f"every tunnel client of host {ex.head.host!r} is at its stream limit (its --max-streams): try again later"
+
+
+def _resend(front: Front, ex: Exchange, failure: str, status: int = 502) -> None:
     """Send the request again on a fresh stream, to none of the clients that could not dial their upstream for it
     (each retry's: a retry after a refused stream dialled the unreachable one again, up to 6 times a request)."""
     try:
@@ -310,7 +304,7 @@ def _resend(front: Front, ex: Exchange, failure: str) -> None:
         leg = None
     # ex.request is None where the body outgrew routing.KEPT_REQUEST meanwhile (a retry waiting for a free stream)
     if leg is None or ex.request is None or not _send_request(leg, ex.request):
-        _reply(front, ex, 502, failure)
+        _reply(front, ex, status, failure)
         return
     leg.start_exchange(ex.head.method == b"HEAD", ex.head.upgrade)
     ex.leg, ex.reused = leg, False

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from . import exchange as http_exchange
 from .exchange_state import Exchange, Front, Gateway
+from .reclaim import reclaim_idle_stream
 from ..core.session import Session
 from ..core.allowlist import SourceAllowList
 from ..server.control_http import forwarded_client
@@ -95,7 +96,7 @@ class RequestRouting:
             self.leg = Leg(session, service)
         except StreamLimit as exc:  # this client holds --max-client-streams: users between requests give
             # theirs up, as when the client refuses a stream for its own --max-streams
-            if not http_exchange.reclaim_idle_stream(self, session):
+            if not reclaim_idle_stream(self, session):
                 return exc
             try:
                 self.leg = Leg(session, service)
