@@ -39,6 +39,19 @@ def _spellings(name: bytes) -> frozenset[bytes]:
     return frozenset(first + one + tail for one in (b"-", b"_") for tail in _spellings(rest))
 
 
+#: A removed name's "-"/"_" spellings are all dropped up to this many of them (2**n: 16 a name, 1,024 for the 64 names a
+#: client may remove), its own and the all-"-" and all-"_" ones past it: the set is the client's to size.
+MAX_SPELLED = 4
+
+
+def _removed_spellings(name: bytes) -> frozenset[bytes]:
+    """A name a client removes, in the spellings a CGI/WSGI app reads as it (bounded: ``MAX_SPELLED``)."""
+    dashed = name.replace(b"_", b"-")
+    if dashed.count(b"-") <= MAX_SPELLED:
+        return _spellings(dashed)
+    return frozenset((name, dashed, dashed.replace(b"-", b"_")))
+
+
 #: What a user may not tell the upstream about itself, in every spelling: the X-Forwarded-* the proxy sets (a
 #: user's would reach the app joined to the proxy's, first: "https,http"), and the headers apps read for the same
 #: facts from a proxy they trust, as Traefik drops them from untrusted sources. RFC 7239's Forwarded, and
@@ -235,14 +248,18 @@ class HttpOptions:
 
     @cached_property
     def request_drop(self) -> frozenset[bytes]:
-        """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*)."""
-        return HOP_BY_HOP | (self.request_remove - NEVER_HOP) | FORWARDED
+        """Request headers never forwarded as received (the proxy sets its own X-Forwarded-*). A name removed goes in
+        every "-"/"_" spelling, as the proxy's own do: a user's X_Remote_User reached a WSGI app as the
+        HTTP_X_REMOTE_USER that --request-header-remove X-Remote-User was given to keep out."""
+        removed = frozenset().union(*(_removed_spellings(name) for name in self.request_remove))
+        return HOP_BY_HOP | (removed - NEVER_HOP) | FORWARDED
 
     @cached_property
     def own_forwarded(self) -> frozenset[bytes]:
         """The X-Forwarded-* the proxy writes for this client: not one it removes (it asked for none), nor one it
-        adds (its value is the one: a second header beside the proxy's was read first by Django, last by others)."""
-        mine = self.request_remove | {n.lower() for n, _ in self.request_add}
+        adds (its value is the one: a second header beside the proxy's was read first by Django, last by others),
+        in either spelling (an added X_Forwarded_Proto is the same header to a WSGI app)."""
+        mine = {n.lower().replace(b"_", b"-") for n in self.request_remove | {n for n, _ in self.request_add}}
         return frozenset(n for n in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host") if n not in mine)
 
     @cached_property

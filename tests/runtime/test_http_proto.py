@@ -255,6 +255,21 @@ def test_cli_option_errors():
         HttpOptions.build(basic_auth=("a", "b"), bearer_token="c")
 
 
+def test_a_removed_or_added_header_goes_in_every_spelling_a_wsgi_app_reads_as_it():
+    """Found by a probe: --request-header-remove X-Remote-User let X_Remote_User through, which wsgiref, PHP and other
+    CGI readers take as the same HTTP_X_REMOTE_USER; an added X_Forwarded_Proto went beside the proxy's own."""
+    options = HttpOptions.build(request_remove=["X-Remote-User", "a-b-c-d-e-f-g"],
+                                request_add=["X_Forwarded_Proto: https"])
+    raw = (b"GET / HTTP/1.1\r\nHost: a\r\nX_Remote_User: admin\r\nx-remote_user: admin\r\nX-Remote-User: admin\r\n"
+           b"a_b_c_d_e_f_g: 1\r\nA-B-C-D-E-F-G: 1\r\nX-Ok: 1\r\n\r\n")
+    sent = request_head(RequestReader().feed(raw)[0], "http:a", options, False, b"10.0.0.1", b"http").lower()
+    names = [line.partition(b":")[0] for line in sent.split(b"\r\n")[1:] if line]
+    assert not [n for n in names if n.replace(b"_", b"-") in (b"x-remote-user", b"a-b-c-d-e-f-g")], names
+    assert b"x-ok" in names and [n for n in names if n.replace(b"_", b"-") == b"x-forwarded-proto"] == [
+        b"x_forwarded_proto"], names
+    assert len(options.request_drop) < 200  # a name's spellings are bounded: 2**n for its n dashes, 4 at most
+
+
 def test_options_made_without_build_never_drop_nor_add_framing_or_host():
     """The second guard: options that skipped ``build``'s check still forward one framing header and Host."""
     reserved = [b"content-length", b"transfer-encoding", b"host", b"connection"]
