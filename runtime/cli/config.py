@@ -30,7 +30,12 @@ def refuse_blank(value: str | None, flag: str, instead: str) -> None:
 
 
 def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    """$XDG_DATA_HOME/inlets, else ~/.local/share/inlets. A blank or relative $XDG_DATA_HOME is ignored, as the XDG
+    Base Directory spec says: a relative one put the CA and keys under whatever folder the server started in, a blank
+    one in a folder named by its spaces."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "inlets"
 
 

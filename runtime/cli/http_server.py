@@ -24,7 +24,8 @@ LetsEncryptEmail = Annotated[Optional[str], typer.Option(help="Contact address f
 LetsEncryptIssuer = Annotated[str, typer.Option(
     help="prod, staging, or an ACME directory URL (https://...). Using it accepts the CA's terms of service.")]
 LetsEncryptPath = Annotated[Optional[Path], typer.Option(
-    help="Where account and certificate keys are kept (0700) [default: ~/.local/share/inlets/letsencrypt].")]
+    help="Where account and certificate keys are kept (0700) [default: ~/.local/share/inlets/letsencrypt, or "
+         "$XDG_DATA_HOME/inlets/letsencrypt where that is an absolute path].")]
 LetsEncryptCa = Annotated[Optional[Path], path_option(
     "CA bundle to verify the ACME server's own HTTPS (a private ACME CA) [default: system store].")]
 HttpsPort = Annotated[int, port_option("HTTPS data-plane port with --letsencrypt-domain.")]

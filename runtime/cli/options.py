@@ -83,7 +83,8 @@ TlsCert = Annotated[Optional[Path], path_option(
 TlsKey = Annotated[Optional[Path], path_option("TLS private key (PEM).")]
 AutoTls = Annotated[bool, typer.Option(help="Generate a CA and server certificate (reused on restart).")]
 AutoTlsPath = Annotated[
-    Optional[Path], typer.Option(help="Where --auto-tls keeps its files [default: ~/.local/share/inlets/auto-tls].")
+    Optional[Path], typer.Option(help="Where --auto-tls keeps its files [default: ~/.local/share/inlets/auto-tls, "
+                                      "or $XDG_DATA_HOME/inlets/auto-tls where that is an absolute path].")
 ]
 AutoTlsSan = Annotated[Optional[list[str]], typer.Option(help="Name or IP the certificate is for (repeatable).")]
 Plaintext = Annotated[bool, typer.Option(help="Plain ws://, only behind a TLS-terminating proxy.")]

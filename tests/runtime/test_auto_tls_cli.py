@@ -165,3 +165,18 @@ def test_two_servers_on_one_folder_start_together_and_restart_without_new_certif
                 process.wait(15)
     for name, (first, second) in seen.items():
         assert first == second, f"{name}: restarted, the server issued itself a new certificate"
+
+
+@pytest.mark.parametrize("value", ["rel/dir", "  ", ""])
+def test_a_blank_or_relative_xdg_data_home_is_ignored_as_the_xdg_spec_says(value: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a probe: XDG_DATA_HOME=rel/dir put --auto-tls's CA and keys under the folder the server started in,
+    and a blank one in a folder named by its spaces; the spec says a relative path there is to be ignored."""
+    from inlets_py.runtime.cli.config import default_data_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", value)
+    assert default_data_dir() == tmp_path / ".local" / "share" / "inlets"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert default_data_dir() == tmp_path / "data" / "inlets"
+
