@@ -188,6 +188,8 @@ def run_server(
             if exc.cause.errno == errno.EADDRNOTAVAIL and exc.role in ADDR_FLAGS:
                 step = (f": it is not an address of this machine: give one of its own in {ADDR_FLAGS[exc.role]}, "
                         "or leave it out for every interface")
+            elif exc.cause.errno == errno.EINVAL and exc.role in ADDR_FLAGS:  # the kernel's bare "Invalid argument"
+                step = f": {unbindable(exc.host or '', ADDR_FLAGS[exc.role])}"
             fail(f"cannot listen on {exc.where} ({exc.role} port): {listen_failure(exc.cause)}{step}", 1)
         except OSError as exc:  # the OS's reason: asyncio's wrapper repeats the address as a Python tuple
             fail(f"cannot listen ({describe}): {listen_failure(exc)}", 1)
@@ -222,6 +224,21 @@ def run_server(
         await server.drain(drain_timeout)
 
     run_until_signalled(start, stop=stop, reload=reload)
+
+
+def unbindable(host: str, flag: str) -> str:
+    """Why the kernel takes no socket bound to ``host`` (EINVAL, "Invalid argument"), and what to give ``flag``."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"an IPv4-mapped address cannot be listened on: give {address.ipv4_mapped} in {flag}"
+    if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+        return f"a link-local address needs its interface: give {host}%IFACE (eth0, say) in {flag}"
+    return f"this address cannot be listened on: give one of this machine's in {flag}"
 
 
 def run_client(client: TunnelClient | ClientGroup, start: Callable[[], Awaitable[None]] | None = None,

@@ -44,7 +44,7 @@ class BindError(OSError):
 
     def __init__(self, cause: OSError, role: str, host: str | None, port: int) -> None:
         super().__init__(cause.errno, cause.strerror)
-        self.cause, self.role = cause, role
+        self.cause, self.role, self.host = cause, role, host
         self.where = authority(host or "*", port)
 
 

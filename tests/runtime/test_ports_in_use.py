@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from helpers.process import client_args, inlets, server_args, spawn, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
@@ -71,6 +73,24 @@ def test_an_address_not_of_this_machine_names_the_flag_that_sets_it(tls: TlsFile
         assert line.startswith("inlets: error: cannot listen on 192.0.2.1:") and f"({role} port)" in line, line
         assert line.endswith(f"Cannot assign requested address: it is not an address of this machine: give one of "
                              f"its own in {flag}, or leave it out for every interface"), line
+
+
+@pytest.mark.parametrize("address, said", [
+    ("fe80::1", "a link-local address needs its interface: give fe80::1%IFACE (eth0, say) in"),
+    ("::ffff:127.0.0.1", "an IPv4-mapped address cannot be listened on: give 127.0.0.1 in"),
+])
+def test_an_address_the_kernel_cannot_bind_says_what_to_give(tls: TlsFiles, token_file: Path, address: str,
+                                                            said: str) -> None:
+    """Found by a probe: a link-local address without its interface, or an IPv4-mapped one, ended in the kernel's
+    bare 'Invalid argument', with no next step."""
+    common = ("--token-file", str(token_file), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key))
+    control = inlets("tcp", "server", *common, "--control-addr", address, "--control-port", str(free_port()))
+    data = inlets("http", "server", *common, "--control-addr", "127.0.0.1", "--control-port", str(free_port()),
+                  "--data-addr", address, "--port", str(free_port()))
+    for result, flag in ((control, "--control-addr"), (data, "--data-addr")):
+        assert result.returncode == 1, result
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.endswith(f"Invalid argument: {said} {flag}"), line
 
 
 def test_a_tcp_servers_data_addr_not_of_this_machine_is_found_at_start(tls: TlsFiles, token_file: Path) -> None:
