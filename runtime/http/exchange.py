@@ -65,9 +65,10 @@ def try_start(front: Front, head: RequestHead) -> bool:
     if service is None:
         return False
     guard = server.guards.get(service)
-    if guard is not None and (not guard.authorized(head.noted.get(b"authorization", (None,))[0])
+    credentials = head.noted.get(b"authorization", (None,))
+    if guard is not None and (len(credentials) > 1 or not guard.authorized(credentials[0])
                               or server.guards.limited(front.guard_source(head))):
-        return False  # the coroutine answers it (401, 429)
+        return False  # the coroutine answers it (400, 401, 429)
     try:
         leg = front.pick(service)
     except StreamLimit:  # the coroutine answers it (503)

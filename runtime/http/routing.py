@@ -121,8 +121,12 @@ class RequestRouting:
             return not close_on_refusal
         guard = server.guards.get(service)
         source = self.peer if guard is None else self.guard_source(head)
-        refused = None if guard is None else server.guards.refusal(guard, head.noted.get(b"authorization", (None,))[0],
-                                                                    source)
+        credentials = head.noted.get(b"authorization", (None,))
+        if guard is not None and len(credentials) > 1:  # a singleton field (RFC 9110 11.6.2): which one counts was
+            await self._refuse(400, "more than one Authorization header", head,  # the first; nginx answers 400 too
+                               close=close_on_refusal, host=label, started=started)
+            return not close_on_refusal
+        refused = None if guard is None else server.guards.refusal(guard, credentials[0], source)
         if guard is not None and refused is not None:
             if refused == 429:  # Retry-After: when this source's window ends (RFC 6585)
                 wait = server.guards.failures.retry_after(source.decode(errors="replace"))

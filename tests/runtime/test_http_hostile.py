@@ -234,6 +234,17 @@ def test_protection_covers_every_client_of_the_name(env):
         assert all("authorization" not in dict(r["headers"]) for r in app.stats.requests)
 
 
+@pytest.mark.parametrize("first, second", [(b"right", b"wrong"), (b"wrong", b"right")])
+def test_two_authorization_headers_on_a_protected_name_are_400_whichever_comes_first(env, first, second):
+    """Found by a probe: the first of two credentials decided (right then wrong: 200, wrong then right: 401).
+    Authorization is a singleton field (RFC 9110 11.6.2), and nginx refuses a duplicate with 400."""
+    wrong = b"Authorization: Basic " + base64.b64encode(b"alice:nope") + b"\r\n"
+    lines = {b"right": ALICE, b"wrong": wrong}
+    answer = raw_request(env["port"], b"GET /in HTTP/1.1\r\nHost: shared.test\r\n" + lines[first] + lines[second]
+                         + b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(b"more than one Authorization header\n"), answer
+
+
 def test_protected_name_whose_client_left_is_503_never_the_catch_all(env, tls, token):
     stack = env["stack"]
     assert raw_request(env["port"], b"GET / HTTP/1.1\r\nHost: leaving.test\r\n" + ALICE
