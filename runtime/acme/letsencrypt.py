@@ -381,8 +381,10 @@ def configure(
         blocking = next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), root)
         raise AcmeConfigError(f"--letsencrypt-path {root}: {blocking} is not a folder: give a folder (it is "
                               "made if missing)") from None
-    except OSError as exc:  # a read-only folder: fatal only with nothing stored to serve (load says it otherwise)
-        if not any(store.load(name) is not None for name in names):
-            raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc}: make it writable "
-                                  "for the user the server runs as, or give another --letsencrypt-path") from None
+    except OSError as exc:  # a read-only folder: fatal only with nothing stored to serve (load says it otherwise);
+        now = datetime.datetime.now(datetime.timezone.utc)  # one ended is nothing to serve: it can never be renewed
+        if not any((stored := store.load(name)) is not None and stored.validity.not_after > now for name in names):
+            raise AcmeConfigError(f"cannot keep certificates in {store.dir}: {exc.strerror or exc} (and it holds no "
+                                  "certificate still valid): make it writable for the user the server runs as, or "
+                                  "give another --letsencrypt-path") from None
     return LetsEncrypt(names, store, account, retry=retry)

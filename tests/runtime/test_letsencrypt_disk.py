@@ -136,12 +136,39 @@ def test_a_read_only_store_with_a_certificate_serves_it_and_says_renewals_fail(t
     assert f"event=certificate_loaded domain={DOMAIN}" in log and "event=certificate_requesting" not in log, log
 
 
+@pytest.mark.parametrize("held", ["nothing", "an ended certificate"])
 def test_a_read_only_store_with_nothing_to_serve_is_a_one_line_error(tmp_path: Path, token_file: Path,
-                                                                    disk: Path) -> None:
+                                                                    disk: Path, held: str) -> None:
+    """An ended certificate is nothing to serve either: the server started, serving it, with no way to renew it
+    (found by a review helper)."""
     issuer = f"https://127.0.0.1:{free_port()}/dir"
     store = CertStore(disk / "le", issuer)
     store.prepare()
+    if held != "nothing":
+        store.save(DOMAIN, *_ended_certificate())
     with _read_only(disk, store):
         result = inlets(*_server_args(token_file, disk / "le", issuer, free_port()))
     line = one_line_error(result, f"cannot keep certificates in {store.dir}: ")
     assert "make it writable for the user the server runs as" in line, line
+
+
+def _ended_certificate() -> tuple[bytes, bytes]:
+    """A self-signed certificate for DOMAIN that ended yesterday, and its key (PEM)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=90))
+            .not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
