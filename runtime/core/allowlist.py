@@ -89,8 +89,8 @@ def parse_target_rules(text: str, option: str = "--client-forwarding-allow") -> 
             except ValueError:
                 raise ValueError(f"{option}: {host!r} in {item!r} is not a CIDR network (e.g. 10.0.0.0/8)") from None
         elif host == "*":  # taken as a name no target has: the server refused every client, saying nothing at start
-            raise ValueError(f"{option}: {item!r}: * is for the port only; for any address give 0.0.0.0/0:* "
-                             "(and ::/0:* for IPv6)")
+            raise ValueError(f"{option}: {item!r}: * is for the port only; for any address give 0.0.0.0/0:{port} "
+                             f"(and ::/0:{port} for IPv6)")
         else:  # "db internal", "127.0.0.1:5432" (of 127.0.0.1:5432:5432): names no target could ever have
             check_host(host, f"{option} {item!r}")
         number = parse_port(port)

@@ -164,13 +164,16 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
                                      "else give the key the certificate was made with") from None
             raise TlsConfigError(f"the key {key} does not belong to the certificate {cert}: give the key "
                                  "the certificate was made with") from None
-        if exc.reason in ("EE_KEY_TOO_SMALL", "CA_KEY_TOO_SMALL"):  # PEM files, well formed: said "must be PEM"
+        if exc.reason == "EE_KEY_TOO_SMALL":  # PEM files, well formed: they were said "must be PEM"
             raise TlsConfigError(f"the key of the certificate {cert} is too small for OpenSSL here (RSA under 2048 "
                                  "bits): make an RSA key of 2048 bits or more, or an EC P-256 key, and a certificate "
                                  "for it") from None
-        if exc.reason in ("EE_MD_TOO_WEAK", "CA_MD_TOO_WEAK"):
-            raise TlsConfigError(f"the certificate {cert} is signed with a digest OpenSSL here refuses as too weak "
-                                 "(SHA-1 or MD5): issue it again signed with SHA-256") from None
+        if exc.reason in ("EE_MD_TOO_WEAK", "CA_MD_TOO_WEAK"):  # CA_: the signature a CA made, on it or on its chain
+            raise TlsConfigError(f"the certificate {cert}, or a CA certificate in it, is signed with a digest OpenSSL "
+                                 "here refuses as too weak (SHA-1 or MD5): issue it again signed with SHA-256") from None
+        if exc.reason == "CA_KEY_TOO_SMALL":  # the server's own key is fine: a CA's in its chain is not
+            raise TlsConfigError(f"a CA certificate in the chain file {cert} has a key too small for OpenSSL here (RSA "
+                                 "under 2048 bits): get the chain from a CA with a stronger key") from None
         raise TlsConfigError(f"cannot load TLS certificate {cert} / key {key}: they must be PEM files "
                              "(-----BEGIN CERTIFICATE----- and -----BEGIN PRIVATE KEY-----), the key unencrypted") from None
     except OSError as exc:
