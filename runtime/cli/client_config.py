@@ -50,11 +50,11 @@ def check_secrets(flags: SimpleNamespace, secrets: tuple[SecretOption, ...] = (T
     can take it, checked as written: no file read. In ``check``, so ``--generate`` (which kept one value of a
     secret given twice and dropped the other) refuses in the client's words; ``secrets`` in the order ``run`` reads them."""
     check_given_once(flags, secrets)
-    if flags.proxy_password_file is None and PROXY_PASSWORD.read(None, None) is None:  # no password to add
-        return
     try:
+        if flags.proxy_password_file is None and PROXY_PASSWORD.read(None, None) is None:  # no password to add
+            return
         check_password_fits(flags.proxy, _proxy_password_source(flags.proxy_password_file))
-    except ProxyConfigError as exc:
+    except (TokenError, ProxyConfigError) as exc:  # the variable set but blank, or not UTF-8
         fail(str(exc))
 
 
@@ -98,7 +98,7 @@ def check_proxy(proxy: str | None, password_file: Path | None) -> None:
         if password_file is not None or PROXY_PASSWORD.read(None, None) is not None:
             proxy = with_password(proxy, "password", _proxy_password_source(password_file))
         normalize(proxy, "--proxy")  # ``choose_proxy``'s check of a --proxy
-    except ProxyConfigError as exc:
+    except (TokenError, ProxyConfigError) as exc:
         fail(str(exc))
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from .hosts import is_utf8
+
 TOKEN_ENV = "INLETS_TOKEN"
 #: Tokens travel in ``Authorization: Bearer``: visible ASCII (spaces inside allowed), short enough
 #: for any server's header limit. A control character made the client log the header, token and all,
@@ -90,6 +92,9 @@ class SecretOption:
     guards_a_site: bool = False
     #: what the secret may hold, given it and where it came from (``check_token``); TokenError names the source
     check: Callable[[str, str], str] | None = None
+    #: a password is taken as written, without a line ending: RFC 7617 lets it begin or end with a space, and htpasswd
+    #: keeps them (stripped, the site refused the real password with 401); a token is stripped, as documented
+    as_written: bool = False
 
     @property
     def file_option(self) -> str:
@@ -103,15 +108,21 @@ class SecretOption:
 
     def given(self, value: str | None, file: object | None) -> bool:
         """Is the secret given at all (inline, as a file, or set in the environment)? No file is read: ``check``
-        asks it, which ``--generate`` runs for a unit whose files may exist only where it will run. A site's secret
-        set but blank counts as given: reading it refuses it in its own words ("set but blank")."""
+        asks it, which ``--generate`` runs for a unit whose files may exist only where it will run. A variable set
+        but blank counts as given: reading it refuses it in its own words ("set but blank")."""
+        return value is not None or file is not None or self.env in os.environ
+
+    def blank_variable(self) -> bool:
+        """Is its variable set but blank (``INLETS_TOKEN=$UNSET_VAR``)? Said so where it is read: "no token: give
+        ... $INLETS_TOKEN" sent the user to set the variable they had set."""
         found = os.environ.get(self.env)
         return value is not None or file is not None or found is not None and (self.guards_a_site or bool(found.strip()))
 
     def read(self, value: str | None, file: Path | None) -> str | None:
         """The secret from the option, else its file (first line), else the environment; None if none is given.
 
-        Stripped as the token is: a blank one (spaces only) is refused, never taken as the secret "   "."""
+        Stripped as the token is, unless ``as_written``: a blank one (spaces only) is refused, never taken as the
+        secret "   ", nor its variable set but blank as none."""
         self.check_given_once(value, file)
         if value is not None:
             if not value.strip():
@@ -122,7 +133,10 @@ class SecretOption:
             if not lines or not lines[0].strip():
                 raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
             warn_if_others_can_read(file, f"{self.file_option} file")  # as for the token file: a secret all the same
-            return self._checked(lines[0].strip(), f"{self.file_option} file {file}")
+            return self._checked(lines[0], f"{self.file_option} file {file}")
+        if self.blank_variable():
+            unset = "unset it to serve without one" if self.guards_a_site else "unset it"
+            raise TokenError(f"${self.env} is set but blank: put the secret in it, or {unset}")
         found = os.environ.get(self.env)
         if found is not None and not found.strip() and self.guards_a_site:
             raise TokenError(f"${self.env} is set but blank: put the secret in it, or unset it to serve without one")
@@ -130,8 +144,16 @@ class SecretOption:
 
     def _checked(self, secret: str, where: str) -> str:
         """A secret no header could carry (a control character in a bearer token) let the client start, and then no
-        request ever matched it: the site was locked without a word. Refused here, where the source is known."""
-        return self.check(secret, where) if self.check is not None else secret
+        request ever matched it: the site was locked without a word. Refused here, where the source is known; so is
+        a byte that is not UTF-8 (from the environment or the command line), which raised a traceback where it was
+        sent or written into a Kubernetes Secret."""
+        # as written, but for a line ending (a Kubernetes Secret made from a file gives it to the variable too)
+        secret = secret.removesuffix("\n").removesuffix("\r") if self.as_written else secret.strip()
+        checked = self.check(secret, where) if self.check is not None else secret
+        if not is_utf8(checked):
+            how = "set it" if where.startswith("$") else "give it"
+            raise TokenError(f"{where} is not UTF-8 (a byte such as Latin-1's): {how} as UTF-8 text")
+        return checked
 
 
 TOKEN = SecretOption("--token", TOKEN_ENV, "token", (("tcp", "server"), ("http", "server"), *CLIENTS), check=check_token)
@@ -140,7 +162,7 @@ BEARER_TOKEN = SecretOption("--bearer-token", "INLETS_BEARER_TOKEN", "bearer-tok
                             check_token)
 BASIC_AUTH_PASSWORD = SecretOption(
     "--basic-auth-password", "INLETS_BASIC_AUTH_PASSWORD", "basic-auth-password", (("http", "client"),), True,
-    check_password,
+    check_password, as_written=True,
 )
 PROXY_PASSWORD = SecretOption("--proxy-password", "INLETS_PROXY_PASSWORD", "proxy-password")
 SECRETS = (TOKEN, BEARER_TOKEN, BASIC_AUTH_PASSWORD, PROXY_PASSWORD)
@@ -262,6 +284,8 @@ def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
         tokens = [check_token(line, f"token file {token_file} (line {number})")
                   for number, line in lines if line and not line.startswith("#")]
         if not tokens:
+    if TOKEN.blank_variable():
+        raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}, which is set but blank")
             raise TokenError(f"token file {token_file} holds no token")
         return tokens
     from_env = TOKEN.read(None, None)  # $INLETS_TOKEN, checked as the flag's value is

@@ -3,7 +3,6 @@ in the environment, in --proxy's URL) for a file the service reads instead, chec
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote
 
 from ..core.auth import PROXY_PASSWORD, SECRETS, TOKEN, SecretOption, TokenError, read_tokens
+from ..core.hosts import is_utf8
 
 Pairs = list[tuple[str, str | None]]
 
@@ -97,7 +97,8 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
         if secret is None:
             rest.append((name, value))
         elif name == secret.option:
-            _refuse_blank(secret, value)
+            if secret.guards_a_site:  # the token is checked below
+                _read(secret, value)
             found[secret.key] = FoundSecret(secret, value, None)
         elif secret is TOKEN:
             token_files.append(FoundSecret(secret, None, value))
@@ -106,9 +107,9 @@ def split_secrets(command: list[str], pairs: Pairs) -> tuple[Pairs, list[FoundSe
             found[secret.key] = FoundSecret(secret, None, value)
     for secret in SECRETS:
         if secret.key not in found and tuple(command) in secret.commands:
-            _refuse_blank(secret, None)
-            if os.environ.get(secret.env):
-                found[secret.key] = FoundSecret(secret, os.environ[secret.env], None)
+            from_env = _read(secret, None)
+            if from_env is not None:
+                found[secret.key] = FoundSecret(secret, from_env, None)
     for token_found in [f for f in found.values() if f.secret is TOKEN] + token_files:
         _check_token(token_found)
     if len(token_files) > 1 and found[TOKEN.key] is token_files[0]:  # one file (or Secret key) per server
@@ -142,6 +143,9 @@ def _proxy_password(value: str) -> str | None:
         raise GenerateError(f"--proxy {redact(value)} holds a password but no user, and a unit keeps the password in "
                             "--proxy-password-file, which needs one: give --proxy http://USER:PASSWORD@HOST:PORT")
     password = unquote(proxy.password)
+    if not is_utf8(password):  # a Secret or a file holds text: writing it raised a traceback
+        raise GenerateError(f"--proxy {redact(value)}: its password is not UTF-8 (a byte such as Latin-1's): give it as "
+                            "UTF-8 text")
     if (password + "\n").splitlines()[0].strip() != password:  # a file's first line, stripped, is its password
         raise GenerateError(f"--proxy {redact(value)}: its password begins or ends with a space or holds a line break, "
                             "which --proxy-password-file (where a unit keeps it) cannot hold: change the password")
@@ -183,14 +187,14 @@ def warn_of_credential_headers(pairs: Pairs, where: str) -> None:
                   "and protect the site with --bearer-token-file or --basic-auth-password-file instead", file=sys.stderr)
 
 
-def _refuse_blank(secret: SecretOption, value: str | None) -> None:
-    """A site's secret given blank, inline or as a set but blank variable, is refused as the command refuses it: the
-    unit served the site unprotected (a blank variable), or a Secret held a blank token the pod refused at each start."""
-    if secret.guards_a_site:
-        try:
-            secret.read(value, None)
-        except TokenError as exc:
-            raise GenerateError(str(exc)) from None
+def _read(secret: SecretOption, value: str | None) -> str | None:
+    """The secret given inline (``value``) or in its variable, read as the command reads it, so refused in its words
+    (blank, set but blank, not UTF-8...): the unit served the site unprotected (a blank variable), a Secret held a
+    secret the pod refused at each start, or writing it raised a traceback; an error named --token for $INLETS_TOKEN."""
+    try:
+        return secret.read(value, None)
+    except TokenError as exc:
+        raise GenerateError(str(exc)) from None
 
 
 def _check_token(found: FoundSecret) -> None:

@@ -4,10 +4,11 @@ same way by every command and by --generate, and never written where ps or a uni
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.process import inlets, one_line_error, spawn, stop_all, wait_for_text
+from helpers.process import INLETS, inlets, one_line_error, spawn, stop_all, wait_for_text
 
 SECRET = "MYSECRET"
 
@@ -182,6 +183,122 @@ def test_a_site_secret_no_request_could_carry_is_refused_naming_where_it_came_fr
     result = inlets(*(arg.format(**secrets) for arg in HTTP_CLIENT + args), env={"INLETS_TOKEN": "", **env}, timeout=10)
     one_line_error(result, message.format(**secrets))
     assert SECRET not in result.stderr + result.stdout
+
+
+#: A byte that is not UTF-8 (Latin-1's ÿ) in a secret, as Python holds it: the surrogate escape of b"\xff".
+NOT_UTF8 = f"{SECRET}\udcff"
+TO_PROXY = ["--proxy", "http://bob@127.0.0.1:20036"]
+AS_K8S = ["--generate", "k8s_yaml"]
+BASIC_FILE = [*BASIC, "--basic-auth-password-file", "{good}"]
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (HTTP_CLIENT + TO_PROXY, {"INLETS_PROXY_PASSWORD": NOT_UTF8}, "$INLETS_PROXY_PASSWORD is not UTF-8"),
+    (STATUS + ["--token-file", "{good}", *TO_PROXY], {"INLETS_PROXY_PASSWORD": NOT_UTF8},
+     "$INLETS_PROXY_PASSWORD is not UTF-8"),
+    (HTTP_CLIENT + TO_PROXY + AS_K8S, {"INLETS_PROXY_PASSWORD": NOT_UTF8}, "$INLETS_PROXY_PASSWORD is not UTF-8"),
+    (HTTP_CLIENT + BASIC + AS_K8S, {"INLETS_BASIC_AUTH_PASSWORD": NOT_UTF8},
+     "$INLETS_BASIC_AUTH_PASSWORD is not UTF-8"),
+    (HTTP_CLIENT + [*BASIC, "--basic-auth-password", NOT_UTF8, *AS_K8S], {}, "--basic-auth-password is not UTF-8"),
+    (HTTP_CLIENT + ["--proxy", f"http://bob:{NOT_UTF8}@127.0.0.1:20036", *AS_K8S], {},
+     "--proxy http://bob@127.0.0.1:20036: its password is not UTF-8"),
+    # the run named the flag the user never typed: "--basic-auth-password is not UTF-8"
+    (HTTP_CLIENT + BASIC, {"INLETS_BASIC_AUTH_PASSWORD": NOT_UTF8}, "$INLETS_BASIC_AUTH_PASSWORD is not UTF-8"),
+], ids=["client-proxy-env", "status-proxy-env", "k8s-proxy-env", "k8s-password-env", "k8s-password-inline",
+        "k8s-proxy-url", "client-password-env"])
+def test_a_secret_holding_a_byte_that_is_not_utf8_is_one_line_naming_where_it_came_from(args, env, message,
+                                                                                      secrets) -> None:
+    """From the environment or the command line (not a file, whose error said so already), such a byte raised a
+    UnicodeEncodeError traceback where the secret was sent or written into the Kubernetes Secret."""
+    result = inlets(*(arg.format(**secrets) for arg in args), env={"INLETS_TOKEN": "", **env}, timeout=10)
+    line = one_line_error(result, message)
+    assert SECRET not in result.stderr + result.stdout and "udc" not in line, line
+
+
+@pytest.mark.parametrize("args, env, message", [
+    # with basic auth: "choose one of --basic-auth-username/--basic-auth-password and --bearer-token"
+    (HTTP_CLIENT + BASIC_FILE, {"INLETS_BEARER_TOKEN": ""},
+     "$INLETS_BEARER_TOKEN is set but blank: put the secret in it, or unset it to serve without one"),
+    (HTTP_CLIENT + BASIC_FILE + ["--generate", "systemd"], {"INLETS_BEARER_TOKEN": ""},
+     "$INLETS_BEARER_TOKEN is set but blank"),
+    # alone: "--basic-auth-username and --basic-auth-password (...) go together"
+    (HTTP_CLIENT, {"INLETS_BASIC_AUTH_PASSWORD": ""}, "$INLETS_BASIC_AUTH_PASSWORD is set but blank"),
+    # "no token: give --token, --token-file or $INLETS_TOKEN", which the user had set
+    (STATUS, {"INLETS_TOKEN": "  "},
+     "no token: give --token, --token-file or $INLETS_TOKEN, which is set but blank"),
+    # --generate: "--token is blank"
+    (SERVER + ["--generate", "systemd"], {"INLETS_TOKEN": "  "}, "$INLETS_TOKEN is set but blank"),
+    # "username provided without password (keep it in --proxy-password-file or $INLETS_PROXY_PASSWORD)"
+    (HTTP_CLIENT + TO_PROXY, {"INLETS_PROXY_PASSWORD": " "},
+     "$INLETS_PROXY_PASSWORD is set but blank: put the secret in it, or unset it"),
+    (STATUS + ["--token-file", "{good}", *TO_PROXY], {"INLETS_PROXY_PASSWORD": " "},
+     "$INLETS_PROXY_PASSWORD is set but blank"),
+], ids=["bearer-with-basic", "generate-bearer-with-basic", "password-alone", "status-token", "generate-token",
+        "client-proxy-password", "status-proxy-password"])
+def test_a_secrets_variable_set_but_blank_is_named_not_a_flag_never_typed(args, env, message, secrets) -> None:
+    """``INLETS_X=$UNSET_VAR``: the error named flags the user never typed, or asked for the variable they had set."""
+    one_line_error(inlets(*(arg.format(**secrets) for arg in args), env={"INLETS_TOKEN": "", **env}, timeout=10),
+                   message)
+
+
+def test_a_site_password_keeps_spaces_at_either_end(tmp_path: Path, tls, token_file) -> None:
+    """RFC 7617 lets a password begin or end with a space, and htpasswd keeps them: stripped, from a file, the
+    variable or the flag, the site refused the real password (401) and let in the stripped one. A line ending (a
+    file's, or a variable's from a Kubernetes Secret made from a file) is no part of it."""
+    import base64
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from helpers.tunnel import free_port
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    password = f"  {SECRET} pw "
+    (tmp_path / "password").write_text(password + "\r\n")
+    (tmp_path / "password").chmod(0o600)
+    control, data = free_port(), free_port()
+    server = spawn("http", "server", "--port", str(data), "--data-addr", "127.0.0.1", "--control-addr", "127.0.0.1",
+                   "--control-port", str(control), "--tls-cert", str(tls.cert), "--tls-key", str(tls.key),
+                   "--token-file", str(token_file), log=tmp_path / "server.log")
+    client = ["http", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file), "--tls-ca",
+              str(tls.ca), "--basic-auth-username", "carol"]
+    forms = {"file": ["--basic-auth-password-file", str(tmp_path / "password")],
+             "inline": ["--basic-auth-password", password], "env": []}
+    clients = []
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+        for form, args in forms.items():
+            env = {"INLETS_BASIC_AUTH_PASSWORD": password + "\n"} if form == "env" else {}  # a Secret made from a file
+            with open(tmp_path / f"{form}.log", "w") as log:
+                clients.append(subprocess.Popen([*INLETS, *client, *args, "--upstream",
+                                                 f"{form}.test=http://127.0.0.1:{upstream.server_port}"],
+                                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}))
+            wait_for_text(tmp_path / f"{form}.log", "event=connected")
+
+        def status(form: str, secret: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", data, timeout=5)
+            credentials = base64.b64encode(f"carol:{secret}".encode()).decode()
+            connection.request("GET", "/", headers={"Host": f"{form}.test", "Authorization": f"Basic {credentials}"})
+            code = connection.getresponse().status
+            connection.close()
+            return code
+
+        assert {form: status(form, password) for form in forms} == dict.fromkeys(forms, 200)
+        assert {form: status(form, password.strip()) for form in forms} == dict.fromkeys(forms, 401)
+    finally:
+        stop_all(server, *clients)
+        upstream.shutdown()
+        upstream.server_close()
 
 
 @pytest.mark.parametrize("args", [

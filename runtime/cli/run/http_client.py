@@ -36,7 +36,16 @@ def check(flags: SimpleNamespace) -> dict:
 
 def check_site_auth(flags: SimpleNamespace) -> None:
     """Basic auth's user and password together, not with a bearer token, a user without ':': checked by whether each
-    is given, not by reading its file. ``run`` alone checked them: --generate wrote a unit that failed at every start."""
+    is given, not by reading its file. ``run`` alone checked them: --generate wrote a unit that failed at every start.
+    A secret given inline or in its variable is read first: a variable set but blank (or not UTF-8) counts as given,
+    and was blamed on flags the user never typed ("choose one of ... --bearer-token")."""
+    for secret, value, file in ((BASIC_AUTH_PASSWORD, flags.basic_auth_password, flags.basic_auth_password_file),
+                                (BEARER_TOKEN, flags.bearer_token, flags.bearer_token_file)):
+        if file is None:
+            try:
+                secret.read(value, None)
+            except TokenError as exc:
+                fail(str(exc))
     username = flags.basic_auth_username
     if bool(username) != BASIC_AUTH_PASSWORD.given(flags.basic_auth_password, flags.basic_auth_password_file):
         fail("--basic-auth-username and --basic-auth-password (or its file or $INLETS_BASIC_AUTH_PASSWORD) go together")
