@@ -28,6 +28,7 @@ from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProx
 from websockets.http11 import Response
 from websockets.proxy import parse_proxy
 
+from ..core.hosts import HostError, check_host
 from ..core.ports import url_port
 from .no_proxy import no_proxy_covers, no_proxy_setting
 
@@ -165,8 +166,11 @@ def split(url: str, source: str) -> SplitResult:
                                "http://[2001:db8::1]:PORT")
     if not parts.hostname:
         raise ProxyConfigError(f"{source}: the proxy URL names no host: write it as http://HOST:PORT")
-    try:
+    try:  # 'not a host' was taken, then "name resolution failed" at every retry, for ever
+        check_host(parts.hostname, source)
         url_port(parts, 0)
+    except HostError as exc:
+        raise ProxyConfigError(str(exc)) from None
     except ValueError as exc:
         raise ProxyConfigError(f"{source}: invalid proxy {redact(url)}: {exc}") from None
     return parts

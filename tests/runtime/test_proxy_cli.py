@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -211,6 +212,10 @@ def test_wrong_proxy_password_is_one_line_per_attempt_and_the_client_keeps_retry
     ("http://::1:3128", {}, "--proxy: the proxy URL's IPv6 address needs brackets: write it as http://[2001:db8::1]:PORT"),
     ("http://", {}, "--proxy: the proxy URL names no host: write it as http://HOST:PORT"),
     ("socks5://u:hush-hush@:1080", {}, "--proxy: the proxy URL names no host"),
+    # a host no resolver could find was taken, then "name resolution failed" at every retry, for ever
+    ("not a host", {}, "--proxy: 'not a host' is not a valid host name: give an IP address or a DNS name"),
+    ("http://u:hush-hush@not a host:3128", {}, "--proxy: 'not a host' is not a valid host name"),
+    (None, {"HTTPS_PROXY": "http://not a host:3128"}, "HTTPS_PROXY: 'not a host' is not a valid host name"),
 ])
 def test_bad_proxy_settings_are_one_line_errors(command: str, proxy: str | None, env: dict, message: str) -> None:
     upstream = ["--upstream", "22=127.0.0.1:22"] if command == "tcp" else ["--upstream", "http://127.0.0.1:8080"]
@@ -251,6 +256,35 @@ def test_generate_never_puts_a_misread_proxy_password_into_the_definition() -> N
     done = inlets(*args, timeout=30, environment=clean_env())
     assert done.returncode == 2 and "hush-hush" not in done.stdout + done.stderr, done
     assert "invalid proxy http://u@127.0.0.1:3128: a '/', '?' or '#' in its user or password" in done.stderr, done
+
+
+@pytest.mark.parametrize("args", [["status"], ["tcp", "client", "--upstream", "22=127.0.0.1:22", "--generate", "systemd"]],
+                         ids=["status", "generate"])
+def test_a_proxy_host_that_is_no_host_name_is_refused_by_status_and_generate(args: list[str]) -> None:
+    """status retried the name and failed with "name resolution failed"; --generate wrote a unit that did so for ever."""
+    done = inlets(*args, "--url", "wss://127.0.0.1:1", "--token", "x", "--proxy", "http://not a host:3128", timeout=30,
+                  environment=clean_env())
+    assert (done.returncode, done.stdout) == (2, ""), done
+    assert done.stderr.startswith("inlets: error: --proxy: 'not a host' is not a valid host name") and \
+        done.stderr.count("\n") == 1, done.stderr
+
+
+#: The proxy variables as the client reads them, first to last (``outbound_proxy.choose``, as websockets reads them)
+PROXY_ORDER = ["NO_PROXY", "WSS_PROXY", "WS_PROXY", "SOCKS_PROXY", "HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"]
+
+
+def test_the_readme_names_every_proxy_variable_in_the_order_the_client_reads_them() -> None:
+    """The README said NO_PROXY, then HTTPS_PROXY, then ALL_PROXY: a WSS_PROXY or SOCKS_PROXY left set won over
+    HTTPS_PROXY without a word. Each variable named there wins over the next, as status shows (its proxies down)."""
+    text = (ROOT / "README.md").read_text()
+    paragraph = text[text.index("Without `--proxy` the client reads"):].partition("\n\n")[0]
+    named = list(dict.fromkeys(re.findall(r"`([A-Z]+_PROXY)`", paragraph)))
+    assert named == PROXY_ORDER, named
+    for first, then in [("WSS_PROXY", "SOCKS_PROXY"), ("SOCKS_PROXY", "HTTPS_PROXY"), ("HTTPS_PROXY", "ALL_PROXY")]:
+        ports = {first: free_port(), then: free_port()}
+        env = clean_env(**{name: f"http://127.0.0.1:{port}" for name, port in ports.items()})
+        done = inlets("status", "--url", "wss://127.0.0.1:1", "--token", "x", "--timeout", "2", environment=env)
+        assert done.returncode == 1 and f"127.0.0.1:{ports[first]} unreachable" in done.stderr, (first, done.stderr)
 
 
 def _status(control: int, token_file: Path, tls: TlsFiles, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
