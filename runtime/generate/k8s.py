@@ -42,6 +42,8 @@ _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0
 #: the path lowercase. One they refuse leaves the pod in InvalidImageName, long after the YAML was applied.
 IMAGE_REFERENCE = re.compile(rf"(?:{_HOST}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?"
                              r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?", re.ASCII)
+#: The longest name (registry and path, without tag or digest) they take: distribution/reference's NameTotalLengthMax.
+MAX_IMAGE_NAME = 255
 CONTROL_PORT = 8123
 HTTP_PORT = 8000
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
@@ -76,10 +78,18 @@ def _image() -> tuple[str, bool]:
     if not image:
         raise GenerateError(f"${IMAGE_ENV} is set but blank: set it to the image you pushed, or unset it for "
                             f"{DEFAULT_IMAGE}")
-    if not IMAGE_REFERENCE.fullmatch(image):
+    if not IMAGE_REFERENCE.fullmatch(image) or len(_image_name(image)) > MAX_IMAGE_NAME:
         raise GenerateError(f"${IMAGE_ENV} {image!r} is not an image reference: give one such as "
-                            f"registry.example.com/{IMAGE_NAME} (a lowercase name, then :TAG or @sha256:DIGEST)")
+                            f"registry.example.com/{IMAGE_NAME} (a lowercase name of at most {MAX_IMAGE_NAME} "
+                            "characters, then :TAG or @sha256:DIGEST)")
     return image, True
+
+
+def _image_name(image: str) -> str:
+    """An image reference's name: without its digest, nor its tag (a ':' in the last path component; one before
+    it is the registry's port)."""
+    head, slash, last = image.partition("@")[0].rpartition("/")
+    return head + slash + last.partition(":")[0]
 
 
 def _header(image: str, named: bool) -> str:

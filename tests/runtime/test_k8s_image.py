@@ -65,7 +65,8 @@ def test_the_yaml_names_this_versions_build_of_the_containerfile(replicas: list[
     "ghcr.io/someone/inlets-py/inlets@" + DIGEST,
     "[fd00::1]:5000/inlets:v1.2_rc-3",
     "inlets",  # Kubernetes takes a bare name (the runtime adds :latest): the user's choice
-], ids=["registry-port", "digest", "ipv6-registry", "bare-name"])
+    "registry.example.com:5000/" + "a" * 229 + ":v1",  # a name of 255 characters, the most runtimes take
+], ids=["registry-port", "digest", "ipv6-registry", "bare-name", "name-of-255"])
 def test_inlets_image_names_the_image_the_pods_run(image: str, token_file: Path) -> None:
     result = inlets(*SERVER, "--token-file", str(token_file), "--replicas", "2", "--generate=k8s_yaml",
                     env={"INLETS_IMAGE": image})
@@ -82,7 +83,10 @@ def test_inlets_image_names_the_image_the_pods_run(image: str, token_file: Path)
     ("registry.example.com/inlets:-1", "is not an image reference"),
     ("registry.example.com/inlets@sha256:abc", "is not an image reference"),
     ("", "$INLETS_IMAGE is set but blank"),  # INLETS_IMAGE=$UNSET_VAR: not the default without a word
-], ids=["uppercase", "newline", "space", "url", "tag-dash", "short-digest", "blank"])
+    # a name (registry and path) over 255 characters: distribution/reference refuses it, the pod InvalidImageName
+    ("registry.example.com:5000/" + "a" * 230 + ":v1", "is not an image reference"),
+    ("localhost/" + "a" * 300 + "@" + DIGEST, "is not an image reference"),
+], ids=["uppercase", "newline", "space", "url", "tag-dash", "short-digest", "blank", "name-of-256", "name-of-310"])
 def test_an_image_no_runtime_could_pull_is_refused_in_one_line(image: str, says: str, token_file: Path) -> None:
     result = inlets(*SERVER, "--token-file", str(token_file), "--generate=k8s_yaml", env={"INLETS_IMAGE": image})
     line = one_line_error(result, says)
