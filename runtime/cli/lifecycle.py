@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from ..core.logs import logfmt
-from ..core.auth import TokenError, loose_mode, read_tokens
+from ..core.auth import TokenError, read_tokens, warn_loose_on_reload
 from ..core.heap import IdleTrim, keep_freed_heap
 from . import handoff
 from .config import fail
@@ -214,10 +214,8 @@ def run_server(
         server.control.config.tokens.replace(tokens)
         revoked = server.control.revoke_stale_tokens(drain_timeout)
         log.info("event=tokens_reloaded count=%d clients_revoked=%d", len(tokens), revoked)
-        mode = loose_mode(Path(token_file))
-        if mode is not None:  # said at start only: a rotated file written 0644 (echo >>, cp) was taken without a word
-            log.warning("event=token_file_readable file=%s mode=%04o hint=%s", logfmt(str(token_file)), mode,
-                        logfmt(f"other users can read the tokens: run chmod 600 {token_file}"))
+        # not token_file_readable: a client says that when its token file can be read again
+        warn_loose_on_reload(Path(token_file), "token_file_loose", "the tokens")
 
     async def stop() -> None:
         log.info("event=draining timeout=%.1fs", drain_timeout)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Callable
 
 from ..core.allowlist import SourceAllowList, parse_networks
-from ..core.auth import TokenError, TokenSet, loose_mode, read_tokens, warn_if_others_can_read
+from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read, warn_loose_on_reload
 from ..core.cert_expiry import iso, not_after_pem, not_before_pem, warn_if_ending
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip, is_loopback
 from ..core.logs import logfmt
@@ -150,10 +150,7 @@ def reload_certificate(config: ControlConfig, cert: Path, key: Path) -> None:
         return
     config.ssl_context = context
     config.certificate = serving_certificate(Path(cert), TLS_FILES_HINT, reloaded=True)
-    mode = loose_mode(Path(key))
-    if mode is not None:  # said at start only: a renewed key put in 0644 (cp) was served without a word
-        log.warning("event=tls_key_readable file=%s mode=%04o hint=%s", logfmt(str(key)), mode,
-                    logfmt(f"other users can read the TLS key: run chmod 600 {key}"))
+    warn_loose_on_reload(Path(key), "tls_key_readable", "the TLS key")  # a renewed key put in 0644 (cp)
 
 
 def serving_certificate(cert: Path, hint: str, reloaded: bool = False) -> ServingCertificate:

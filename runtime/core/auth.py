@@ -116,7 +116,7 @@ class SecretOption:
         """Is its variable set but blank (``INLETS_TOKEN=$UNSET_VAR``)? Said so where it is read: "no token: give
         ... $INLETS_TOKEN" sent the user to set the variable they had set."""
         found = os.environ.get(self.env)
-        return value is not None or file is not None or found is not None and (self.guards_a_site or bool(found.strip()))
+        return found is not None and not found.strip()
 
     def read(self, value: str | None, file: Path | None) -> str | None:
         """The secret from the option, else its file (first line), else the environment; None if none is given.
@@ -127,7 +127,7 @@ class SecretOption:
         if value is not None:
             if not value.strip():
                 raise TokenError(f"{self.option} is blank: give the secret, or use {self.file_option} or ${self.env}")
-            return self._checked(refuse_left_out(value, self.option, self.file_option).strip(), self.option)
+            return self._checked(refuse_left_out(value, self.option, self.file_option), self.option)
         if file is not None:
             lines = _read_text(file, f"{self.file_option} file").splitlines()
             if not lines or not lines[0].strip():
@@ -138,9 +138,7 @@ class SecretOption:
             unset = "unset it to serve without one" if self.guards_a_site else "unset it"
             raise TokenError(f"${self.env} is set but blank: put the secret in it, or {unset}")
         found = os.environ.get(self.env)
-        if found is not None and not found.strip() and self.guards_a_site:
-            raise TokenError(f"${self.env} is set but blank: put the secret in it, or unset it to serve without one")
-        return self._checked(found.strip(), f"${self.env}") if found and found.strip() else None
+        return None if found is None else self._checked(found, f"${self.env}")
 
     def _checked(self, secret: str, where: str) -> str:
         """A secret no header could carry (a control character in a bearer token) let the client start, and then no
@@ -284,10 +282,10 @@ def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
         tokens = [check_token(line, f"token file {token_file} (line {number})")
                   for number, line in lines if line and not line.startswith("#")]
         if not tokens:
-    if TOKEN.blank_variable():
-        raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}, which is set but blank")
             raise TokenError(f"token file {token_file} holds no token")
         return tokens
+    if TOKEN.blank_variable():
+        raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}, which is set but blank")
     from_env = TOKEN.read(None, None)  # $INLETS_TOKEN, checked as the flag's value is
     if from_env is not None:
         return [from_env]
@@ -314,3 +312,16 @@ class TokenSet:
         for token in self._tokens:  # check every token: timing says nothing about which
             ok |= hmac.compare_digest(offered, token)
         return ok
+
+
+def warn_loose_on_reload(path: Path, event: str, what: str) -> None:
+    """A secret file others can read, re-read by SIGHUP: said in the log, as the start says it on stderr (a renewed
+    key or a rotated token file written 0644, by cp or echo >>, was taken without a word)."""
+    import logging  # here: only a server's reload logs it
+
+    from .logs import logfmt
+
+    mode = loose_mode(path)
+    if mode is not None:
+        logging.getLogger("inlets").warning("event=%s file=%s mode=%04o hint=%s", event, logfmt(str(path)), mode,
+                                            logfmt(f"other users can read {what}: run chmod 600 {path}"))

@@ -381,7 +381,7 @@ def test_a_reload_says_a_token_file_others_can_read(tmp_path: Path, token: str, 
         token_file.write_text(token + "\n" + "rotated-" + "c" * 40 + "\n")
         token_file.chmod(0o644)
         server.send_signal(signal.SIGHUP)
-        text = wait_for_text(log, "event=token_file_readable")
+        text = wait_for_text(log, "event=token_file_loose")
         assert "mode=0644" in text and f"chmod 600 {token_file}" in text and token not in text, text
     finally:
         stop_all(server)
