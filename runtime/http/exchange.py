@@ -304,7 +304,8 @@ def _resend(front: Front, ex: Exchange, failure: str, status: int = 502) -> None
     except StreamLimit:  # every client serving it holds --max-client-streams, each stream carrying a request
         leg = None
     # ex.request is None where the body outgrew routing.KEPT_REQUEST meanwhile (a retry waiting for a free stream)
-    if leg is None or ex.request is None or not _send_request(leg, ex.request):
+    # bytes(): the kept request may grow on (``routing._send_body``) while a copy of it waits to be sent
+    if leg is None or ex.request is None or not _send_request(leg, bytes(ex.request)):
         _reply(front, ex, status, failure)
         return
     leg.start_exchange(ex.head.method == b"HEAD", ex.head.upgrade)

@@ -81,7 +81,8 @@ class Exchange:
         self.options = options
         self.label = label
         self.started = started
-        self.request = request  # kept to send once more on a fresh stream (None: a body went, no retry)
+        #: kept to send once more on a fresh stream (a bytearray once body pieces join it; None: too much went, no retry)
+        self.request: bytes | bytearray | None = request
         self.response: ResponseHead | None = None
         self.chunked = False
         self.close = False

@@ -224,8 +224,12 @@ async def _send_body(front: Front, exchange: Exchange, piece: bytes | memoryview
     another leg (or goes once a stream is free)."""
     kept = exchange.request
     if kept is not None:
-        fits = exchange.response is None and len(kept) + len(piece) <= KEPT_REQUEST
-        exchange.request = kept + piece if fits else None
+        if exchange.response is None and len(kept) + len(piece) <= KEPT_REQUEST:
+            if type(kept) is bytes:  # grown in place: joined anew per piece, 64 KiB dripped a byte a read was 2 GiB of copies
+                kept = exchange.request = bytearray(kept)
+            kept += piece
+        else:
+            exchange.request = None
     leg = exchange.leg
     try:
         await leg.write(piece)
