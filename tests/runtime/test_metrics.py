@@ -192,10 +192,14 @@ def test_a_client_serving_a_host_named_other_takes_no_counts_with_it_when_it_lea
         for n in range(3):
             raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: nobody%d.test\r\nConnection: close\r\n\r\n" % n)
         assert _hosts(server, tls, token) == {"_other": 3}
-        _, task = stack.client(server, tls, token, [f"_other=http://{LOOPBACK}:{up}"])
+        _, task = stack.client(server, tls, token, [f"_other=http://{LOOPBACK}:{up}", f"seen.test=http://{LOOPBACK}:{up}"])
+        raw_request(server.data_port, b"GET / HTTP/1.1\r\nHost: seen.test\r\nConnection: close\r\n\r\n")
         stack.stop_client(task)
         _until_no_clients(server)
-        time.sleep(1.5)  # past the next sweep
+        for _ in range(200):  # bounded: 200 x 50 ms; seen.test's series gone is the sweep's proof it ran
+            if "seen.test" not in _hosts(server, tls, token):
+                break
+            time.sleep(0.05)
         assert _hosts(server, tls, token) == {"_other": 3}
     finally:
         stack.close()
