@@ -67,6 +67,19 @@ def _server_args(token_file: Path, path: Path, issuer: str, https_port: int) -> 
             "--letsencrypt-path", str(path)]
 
 
+def _unsaved_wait(tmp_path: Path, token_file: Path, path: Path, issuer: str, until: str) -> str:
+    """The line a server with its store at ``path`` logs for a wait it could not store, once ``until`` is logged; it
+    then stops cleanly."""
+    server = spawn(*_server_args(token_file, path, issuer, free_port()), log=tmp_path / "server.log")
+    try:
+        log = wait_for_text(tmp_path / "server.log", f"event={until}", timeout=60)
+    finally:
+        codes = stop_all(server)
+    assert codes == [0], log
+    assert "Traceback" not in log, log
+    return _line(log, "certificate_retry_unsaved")
+
+
 def _line(log: str, event: str) -> str:
     lines = [line for line in log.splitlines() if f"event={event} " in line]
     assert len(lines) == 1, log
@@ -80,15 +93,9 @@ def test_a_wait_a_full_disk_cannot_store_is_said_and_leaves_no_temporary_file(tm
     issuer = f"https://127.0.0.1:{free_port()}/dir"  # never reached: the room check fails first
     CertStore(disk / "le", issuer).prepare()
     fill_disk(disk)
-    server = spawn(*_server_args(token_file, disk / "le", issuer, free_port()), log=tmp_path / "server.log")
-    try:
-        log = wait_for_text(tmp_path / "server.log", "event=certificate_failed", timeout=60)
-    finally:
-        codes = stop_all(server)
-    assert codes == [0], log
-    line = _line(log, "certificate_retry_unsaved")
+    line = _unsaved_wait(tmp_path, token_file, disk / "le", issuer, "certificate_failed")
     assert f"domain={DOMAIN}" in line and 'error="No space left on device"' in line, line
-    assert "a restart will not keep it" in line and "retry.json" in line and "Traceback" not in log, line
+    assert "a restart will not keep it" in line and "retry.json" in line, line
     left = [str(path.relative_to(disk)) for path in disk.rglob("retry.json*")]
     assert left == [], left  # the empty retry.json.tmp was left behind
 
@@ -99,13 +106,7 @@ def test_a_wait_that_cannot_replace_its_note_is_said_and_leaves_no_temporary_fil
     issuer = f"https://127.0.0.1:{free_port()}/dir"
     store = CertStore(tmp_path / "le", issuer)
     (store.domain_dir(DOMAIN) / "retry.json").mkdir(parents=True)
-    server = spawn(*_server_args(token_file, tmp_path / "le", issuer, free_port()), log=tmp_path / "server.log")
-    try:
-        log = wait_for_text(tmp_path / "server.log", "event=certificate_retry_unsaved", timeout=60)
-    finally:
-        codes = stop_all(server)
-    assert codes == [0], log
-    line = _line(log, "certificate_retry_unsaved")
+    line = _unsaved_wait(tmp_path, token_file, tmp_path / "le", issuer, "certificate_retry_unsaved")
     assert 'error="Is a directory"' in line and "a restart will not keep it" in line, line
     assert not (store.domain_dir(DOMAIN) / "retry.json.tmp").exists()  # it was left, whole, beside the folder
 
