@@ -81,7 +81,7 @@ class Exchange:
         self.options = options
         self.label = label
         self.started = started
-        #: kept to send once more on a fresh stream (a bytearray once body pieces join it; None: too much went, no retry)
+        #: kept to send once more on a fresh stream (a bytearray once body pieces join it; None: too much went)
         self.request: bytes | bytearray | None = request
         self.response: ResponseHead | None = None
         self.chunked = False

@@ -225,7 +225,8 @@ async def _send_body(front: Front, exchange: Exchange, piece: bytes | memoryview
     kept = exchange.request
     if kept is not None:
         if exchange.response is None and len(kept) + len(piece) <= KEPT_REQUEST:
-            if type(kept) is bytes:  # grown in place: joined anew per piece, 64 KiB dripped a byte a read was 2 GiB of copies
+            # grown in place: joined anew per piece, 64 KiB dripped a byte a read was 2 GiB of copies
+            if type(kept) is bytes:
                 kept = exchange.request = bytearray(kept)
             kept += piece
         else:
