@@ -130,10 +130,13 @@ class Session(Keepalive):
             self._until_drained()
 
     def _on_bad_message(self, reason: str) -> None:
+        """Close with 1002 and reset every stream now: no frame of the peer's is read any more, so its users would
+        otherwise wait out the close timeout (5 s) for a peer that may never answer the close."""
         log.warning("event=protocol_error session=%s error=%s", self.name, logfmt(reason))
         self._close_reason = reason
         self.websocket.discard_messages()
         self._closing = asyncio.ensure_future(self.websocket.close(1002, reason[:120]))
+        self.teardown(reason)
 
     def teardown(self, reason: str) -> None:
         """Reset every stream (``run`` ends so; the server, for a session that never ran: its welcome not taken)."""

@@ -349,3 +349,31 @@ def test_a_client_that_takes_no_welcome_is_dropped_and_its_users_reset(tls: TlsF
                 if proc is not None:
                     proc.kill()
                     proc.wait(timeout=10)
+
+
+def test_users_of_a_session_closed_for_a_protocol_error_are_reset_at_once(tls: TlsFiles, token: str) -> None:
+    """Nothing the peer sends is read after its protocol error: its users were held until the close timeout (5 s)
+    when the peer did not answer the close, with nothing more to come."""
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        ws = await raw_client(server, tls, token)
+        public = free_port()
+        assert (await hello(ws, [f"tcp:{public}"]))["type"] == "welcome"
+        reader, writer = await asyncio.open_connection("127.0.0.1", public)
+        writer.write(b"x")
+        opened = await asyncio.wait_for(ws.recv(), 5)  # the stream's OPEN (and its first byte)
+        assert isinstance(opened, bytes)
+        ws.transport.pause_reading()  # a peer that never answers the close
+        await ws.send(HEADER.pack(99, 2, 0))  # an unknown frame type
+        started = time.monotonic()
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+        except ConnectionResetError:
+            pass
+        assert time.monotonic() - started < 2
+        writer.close()
+        ws.transport.abort()
+        await server.stop()
+
+    run(scenario())
