@@ -133,7 +133,10 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
         if status in (401, 429):
             raise FatalClientError(token_refused(status)) from None
         if status == 404:
-            raise FatalClientError(f"no tunnel endpoint at {ws_url} (HTTP 404): check --url") from None
+            hint = "check --url"
+            if urlsplit(ws_url).path.endswith(CONNECT_PATH + CONNECT_PATH):  # the user gave the endpoint's own path
+                hint = f"give --url without {CONNECT_PATH}: the client adds it"
+            raise FatalClientError(f"no tunnel endpoint at {ws_url} (HTTP 404): {hint}") from None
         if 300 <= status < 400:
             locations = exc.response.headers.get_all("Location")  # get() raised on a repeated one
             where = f" to {printable(locations[0], 300)}" if locations else ""

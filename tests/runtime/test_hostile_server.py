@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers.tunnel import port_of, run, serve
+from helpers.tunnel import control_url, port_of, run, serve, start_server
 
 from inlets_py.runtime.client.dialer import ClientConfig, FatalClientError, TunnelClient
+from inlets_py.runtime.core.tls import client_context
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # an address; a name (its socket is dialled apart)
@@ -38,5 +39,23 @@ def test_a_redirect_is_refused_in_words_and_its_location_never_dialled(host: str
         other.close()
         assert location in str(refused.value) and "redirect" in str(refused.value), refused.value
         assert dialled == [], "the client dialled the host the redirect named"
+
+    run(scenario(), 20)
+
+
+@pytest.mark.parametrize("path, hint", [("/connect", "give --url without /connect: the client adds it"),
+                                        ("/elsewhere", "check --url")])
+def test_a_404_says_to_leave_the_endpoint_path_out_when_the_url_named_it(tls, token: str, path: str,
+                                                                          hint: str) -> None:
+    """``--url wss://HOST:8123/connect`` asked for ``/connect/connect``, and the 404 said only "check --url"."""
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        client = TunnelClient(ClientConfig(url=control_url(server) + path, token=token, mode="tcp",
+                                           services=["tcp:80"], open_timeout=5, ssl_context=client_context(tls.ca)),
+                              lambda channel: None)
+        with pytest.raises(FatalClientError) as refused:
+            await client.open_session()
+        await server.stop()
+        assert "(HTTP 404)" in str(refused.value) and str(refused.value).endswith(hint), refused.value
 
     run(scenario(), 20)
