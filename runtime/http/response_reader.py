@@ -14,6 +14,13 @@ from .header_values import header_tokens, is_keep_alive
 from .options import NEVER_HOP  # what the Connection header may never make hop-by-hop
 from .parser import MAX_HEADERS, MAX_HEADER_BYTES, Reader
 
+#: Bytes a reason phrase may not hold (RFC 9112 4: HTAB, SP, VCHAR and obs-text only), which llhttp lets through
+#: (all but CR and LF): a NUL, ESC or DEL reached the user as sent, where the same in a header value is a 502.
+_REASON_CTL = bytes(range(9)) + bytes(range(10, 32)) + b"\x7f"
+#: Any byte after the head of an answer to HEAD (llhttp, not told, waits for the body its headers announce): the
+#: stream is dropped, as after any other answer, so that a late body is never read as the next request's answer.
+_AFTER_HEAD = "upstream sent bytes after its answer to HEAD, which has no body"
+
 
 class ResponseReader(Reader):
     """Bytes from an upstream -> response events, for one request at a time.
@@ -45,6 +52,8 @@ class ResponseReader(Reader):
         self._start_text += reason
 
     def on_headers_complete(self) -> None:
+        if self._skip:  # a second head in the read that ended an answer to HEAD
+            raise self._fail(502, _AFTER_HEAD)
         self._in_head = False
         self._head_fed = 0
         self._check_size()
@@ -56,6 +65,9 @@ class ResponseReader(Reader):
             raise self._fail(502, f"upstream sent a bad response: status {status:03d} is below 100")
         if status == 101 and not self._upgrade:  # what follows would reach the user raw (RFC 9110 15.2.2)
             raise self._fail(502, "upstream switched protocols (101) for a request that asked for no upgrade")
+        reason = self._start_text
+        if not reason.isalpha() and len(reason.translate(None, _REASON_CTL)) != len(reason):  # "OK": one test
+            raise self._fail(502, "upstream sent a bad response: control characters in its reason phrase")
         version = parser.get_http_version().encode()
         try:
             chunked, length = self._framing()
@@ -64,6 +76,9 @@ class ResponseReader(Reader):
                 coding = self._noted[b"transfer-encoding"][0].strip().decode("latin-1")[:40]
                 raise self._fail(502, f"upstream sent Transfer-Encoding {coding!r}: only chunked can be passed on") from None
             raise self._fail(502, f"upstream sent an ambiguous response: {exc}") from None
+        if chunked and b"\t" in self._noted[b"transfer-encoding"][0]:  # llhttp ends "chunked" at a space only: it
+            # reads the body as running to the close, and the user got its chunk framing as the body, chunked again
+            raise self._fail(502, "upstream sent an ambiguous response: a tab beside chunked in Transfer-Encoding")
         tokens = header_tokens(self._noted.get(b"connection"))
         if status == 101 and not (b"upgrade" in tokens and b"upgrade" in self._noted):
             # llhttp stops after any 101 but reports where only with both headers (else "Pause on CONNECT/Upgrade")
@@ -71,7 +86,10 @@ class ResponseReader(Reader):
                                   "Connection: upgrade (RFC 9110 7.8)")
         if tokens and not tokens.isdisjoint(NEVER_HOP):
             tokens -= NEVER_HOP  # framing stays, whatever Connection says
-        head = ResponseHead(status, self._start_text, version, self._headers, is_keep_alive(version, tokens),
+        # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; the connection is closed after
+        # it (the answer goes on: its chunks are whole), as for a request, which gets 400
+        keep_alive = is_keep_alive(version, tokens) and not (chunked and version == b"1.0")
+        head = ResponseHead(status, reason, version, self._headers, keep_alive,
                             chunked, length, self._lower, self._noted, tokens)
         if no_body_status(status):
             head.chunked, head.content_length = False, None
@@ -92,17 +110,22 @@ class ResponseReader(Reader):
 
     def on_body(self, body: bytes) -> None:
         self._chunk_fresh = False
-        if not self._skip:
-            self._events.append(Body(body))
+        if self._skip:  # a body after an answer to HEAD, in the read that ended its head
+            raise self._fail(502, _AFTER_HEAD)
+        self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
-        self._chunk_fresh = False
-        if not self._skip and self.head is not None:
+        if self._skip:  # at its head, an answer to HEAD that announced no body (Content-Length: 0, 304) ends here
+            if self._chunk_fresh:  # else a last chunk came after it
+                raise self._fail(502, _AFTER_HEAD)
+        elif self.head is not None:
             self._events.append(END_OF_MESSAGE)
+        self._chunk_fresh = False
 
     def feed(self, data: bytes | memoryview) -> list[Event]:
-        if self._skip:
-            return []  # nothing may follow an answer to HEAD until the next request
+        if self._skip:  # nothing may follow an answer to HEAD: such bytes were swallowed and the stream kept, where
+            # the rest of a late body (a forged answer) was read as the next request's answer
+            raise self._fail(502, _AFTER_HEAD)
         try:
             return self._feed(data)
         except HttpError as exc:
