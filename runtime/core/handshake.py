@@ -138,6 +138,11 @@ def parse_hello(message: str | bytes) -> Hello:
         raise HandshakeError(CLOSE_BAD_HELLO, "hello needs a mode and a short client_id (visible ASCII, no spaces)")
     if not _service_names(services):
         raise HandshakeError(CLOSE_BAD_HELLO, f"services must be a list of at most {MAX_SERVICES} names")
+    seen: set[str] = set()
+    for service in services:  # a client's services are a mapping's keys: no client repeats one
+        if service in seen:
+            raise HandshakeError(CLOSE_BAD_HELLO, f"hello lists the service {service} twice: list each service once")
+        seen.add(service)
     extra = data.get("extra", {})
     if not isinstance(extra, dict):
         raise HandshakeError(CLOSE_BAD_HELLO, "extra must be an object")

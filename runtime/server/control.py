@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forward
 log = logging.getLogger("inlets.server")
 
 HELLO_TIMEOUT = 10.0
+#: What a connection not yet a client is told when the server starts draining (SIGTERM): 1001, going away, which a
+#: client takes as "try again" (a 4xxx code would end it).
+SHUTTING_DOWN = "server shutting down"
 #: A client that takes no welcome within this is dropped: admitted, its ports open, it was not yet a client
 #: (unlisted, unrevocable, no keepalive), and one that stopped reading held that state, and its users, for ever.
 WELCOME_TIMEOUT = 10.0
@@ -115,6 +118,15 @@ def _close_reason(text: str) -> str:
     return (cut[: cut.rfind(" ")] if " " in cut else cut) + "..."
 
 
+async def _going_away(websocket: ServerConnection, timeout: float) -> None:
+    """Close a connection not yet a client with 1001 (``drain``); one that does not answer within ``timeout`` is cut,
+    so the drain ends in time."""
+    try:
+        await asyncio.wait_for(websocket.close(1001, SHUTTING_DOWN), timeout)
+    except asyncio.TimeoutError:
+        websocket.transport.abort()
+
+
 def _how_closed(websocket: ServerConnection) -> str:
     """How a session's connection ended, for its log line: the close this end sent when it was not a plain one
     (a protocol error, a message too big: the library's reason says which), else the peer's."""
@@ -143,6 +155,7 @@ class ControlPlane(ControlHTTP):
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
         self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
         self._server: Server | None = None
+        self.draining = False  # SIGTERM: a hello is refused (1001), so no client is admitted, no port opened
 
     @property
     def initial_window(self) -> int:
@@ -178,7 +191,7 @@ class ControlPlane(ControlHTTP):
 
     def _connection(self, *args, **kwargs) -> ControlConnection:  # type: ignore[no-untyped-def]
         connection = ControlConnection(*args, **kwargs)
-        connection.on_oversized = self._oversized
+        connection.on_refused = self._refused
         return connection
 
     @property
@@ -193,12 +206,30 @@ class ControlPlane(ControlHTTP):
             await self._server.wait_closed()
 
     async def drain(self, timeout: float) -> None:
-        """Graceful stop: accept no new clients, let open streams finish within ``timeout``."""
+        """Graceful stop: accept no new clients, let open streams finish within ``timeout``.
+
+        A connection upgraded but not yet a client (its hello not in, or being admitted) is closed at once, 1001:
+        left open, its hello was welcomed, opened data ports and held the exit until it left, and a silent one
+        held it for the hello timeout (``stop`` closes nothing: the library's ``close`` runs once)."""
+        self.draining = True
         if self._server is not None:
             self._server.close(close_connections=False)
         sessions = list(self.clients)
-        await asyncio.gather(*(s.drain(timeout, "server shutting down") for s in sessions), return_exceptions=True)
+        admitted = {session.websocket for session in sessions}
+        pending = [ws for ws in self._server.connections if ws not in admitted] if self._server is not None else []
+        await asyncio.gather(*(s.drain(timeout, SHUTTING_DOWN) for s in sessions),
+                             *(_going_away(ws, timeout) for ws in pending), return_exceptions=True)
         await self.stop()
+
+    def _refused_now(self, authorization: str) -> HandshakeError | None:
+        """Why a connection whose hello came is not admitted after all, though its upgrade was: the server began
+        draining, or its token was removed (SIGHUP) since the upgrade checked it. Asked with no await between it
+        and the registration in ``clients``, which ``revoke_stale_tokens`` walks: no connection escapes both."""
+        if self.draining:
+            return HandshakeError(1001, f"{SHUTTING_DOWN}: connect again in a moment")
+        if not self.config.tokens.check_header(authorization):
+            return HandshakeError(CLOSE_TOKEN_REVOKED, "token revoked")
+        return None
 
     def revoke_stale_tokens(self, grace: float) -> int:
         """After the token set changed: disconnect clients whose token is no longer accepted.
@@ -258,8 +289,11 @@ class ControlPlane(ControlHTTP):
 
     async def _handle(self, websocket: ServerConnection) -> None:
         remote = self._remote(websocket)
+        authorization = websocket.request.headers.get("Authorization", "")  # one: a repeated one was refused
         try:
             hello = await self._receive_hello(websocket)
+            if refused := self._refused_now(authorization):
+                raise refused
             if hello.mode != self.mode:
                 raise HandshakeError(
                     CLOSE_WRONG_MODE, f"this server serves {self.mode} tunnels; use 'inlets {self.mode} client'"
@@ -287,15 +321,24 @@ class ControlPlane(ControlHTTP):
                 keepalive=self.config.keepalive,
             )
             services = await self._admit(session, hello)
+            if refused := self._refused_now(authorization):  # it awaited (ports opening): asked again
+                session.teardown(str(refused))
+                self._release(session)
+                raise refused
         except HandshakeError as exc:
             log.warning("event=handshake_refused remote=%s reason=%s", logfmt(remote), logfmt(exc))
             websocket.discard_messages()  # binary ones held for a session read on: the closing handshake completes
             await websocket.close(exc.code, _close_reason(str(exc)))
             return
         except (asyncio.TimeoutError, ConnectionClosed):
+            sent = websocket.protocol.close_sent
+            if sent is not None and sent.code not in (1000, 1001):  # this end closed on a protocol error: said once
+                log.warning("event=handshake_refused remote=%s reason=%s close=%s", logfmt(remote),
+                            logfmt("the client broke the websocket protocol before its hello"),
+                            logfmt(_how_closed(websocket)))
             return
         session.on_goaway = self._release  # a draining client gets no new connections
-        info = ClientInfo(session, hello.client_id, remote, services, websocket.request.headers.get("Authorization", ""),
+        info = ClientInfo(session, hello.client_id, remote, services, authorization,
                           forwards=list(hello.extra.get("forwards") or ()))
         self.clients[session] = info  # from admission on: its ports are open, so it is listed, and a token reload sees it
         try:

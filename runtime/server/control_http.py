@@ -124,10 +124,11 @@ class ControlHTTP:
     config: HTTPConfig
     logins: FailedLoginLimiter
 
-    def _oversized(self, connection: ControlConnection, status: int) -> None:
-        """A request too large to parse, which the library answered: logged and counted as ours are."""
+    def _refused(self, connection: ControlConnection, status: int, reason: str) -> None:
+        """A request too large or too malformed to parse, which the library answered: logged and counted as ours
+        are."""
         log.warning("event=request_refused remote=%s status=%d reason=%s", logfmt(format_address(connection.peer)),
-                    status, logfmt("request line too long" if status == 414 else "header fields too large"))
+                    status, logfmt(reason))
         if self.config.on_request is not None:
             self.config.on_request("", status)  # no path was read: the metrics' _other
 
@@ -178,6 +179,10 @@ class ControlHTTP:
             return response
         if path == "/healthz":
             return _response(200, b"OK\n")
+        if path == CONNECT_PATH and len(request.headers.get_all("Host")) != 1:  # RFC 6455 4.2.1: refused, not upgraded
+            log.warning("event=request_refused remote=%s status=400 reason=%s",
+                        logfmt(format_address(connection.remote_address)), logfmt("no Host header, or more than one"))
+            return _response(400, b"bad request: a websocket upgrade needs one Host header\n")
         source = client_address(connection.remote_address, request.headers, self.config.trusted_proxies)
         # get_all, not get: Headers.get raises on a repeated header, which the library answered 500, unlogged
         # and uncounted. A repeated Authorization fails like a wrong token: counted, logged, refused.
