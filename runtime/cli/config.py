@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,10 +15,16 @@ from ..core.auth import SecretOption, TokenError
 
 
 def fail(message: str, status: int = 2) -> NoReturn:
-    """One line on stderr, then exit; typer-free, as the process that runs a tunnel never loads typer."""
+    """One line on stderr, then exit; typer-free, as the process that runs a tunnel never loads typer. Once the log
+    is JSON (``setup_logs``), that line is a record of it (``event=fatal_error``): a plain one broke a ``| jq``
+    pipeline, and the record of why the process ended was lost. Before (bad flags) it is plain, in either format."""
     from .usage import shown
 
-    print(f"inlets: error: {shown(message)}", file=sys.stderr, flush=True)
+    if logs.configured() == "json":
+        logging.getLogger("inlets").error("event=fatal_error error=%s exit_status=%d", logs.logfmt(shown(message)),
+                                          status)
+    else:
+        print(f"inlets: error: {shown(message)}", file=sys.stderr, flush=True)
     raise SystemExit(status)
 
 
@@ -81,7 +88,7 @@ def maybe_generate(kind: str | None, command: list[str], replicas: int | None = 
 def check_logs(level: str, fmt: str) -> None:
     if level.lower() not in ("debug", "info", "warning", "error"):
         fail(f"--log-level must be debug, info, warning or error, got {level!r}")
-    if fmt not in ("text", "json"):
+    if fmt.lower() not in ("text", "json"):
         fail(f"--log-format must be text or json, got {fmt!r}")
 
 

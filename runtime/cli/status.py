@@ -13,7 +13,8 @@ import typer
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.proxy_dial import dialer_for
 from ..client.diagnose import printable
-from ..core.auth import TokenError, read_tokens, token_refused, warn_if_others_can_read
+from ..core.auth import (TokenError, read_token_lines, read_tokens, several_tokens, token_refused,
+                         warn_if_others_can_read)
 from ..core.hosts import HostError, check_host
 from ..core.jsonload import RepeatedKey, loads as load_json
 from ..core.probe import ProbeError, Unreachable, get, parse_url
@@ -105,9 +106,14 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     """One server's /status document; a one-line error naming the server when there are several."""
     where = f"{url}: " if several else ""
     try:  # bad input: exit 2, as every command does
-        secret = read_tokens(token, token_file)[0]
+        tokens = read_token_lines(token_file) if token_file is not None and token is None else [
+            (1, read_tokens(token, token_file)[0])]  # --token with --token-file: read_tokens refuses it
+        secret = tokens[0][1]
         if token_file is not None:
             warn_if_others_can_read(token_file)
+            if len(tokens) > 1:  # a server's rotation file: only its first token is sent
+                print(f"inlets: warning: {where}{shown(several_tokens(len(tokens), token_file, tokens[0][0]))}",
+                      file=sys.stderr, flush=True)
         endpoint = parse_url(url)
         dial = dialer_for(url, proxy, password_from)  # through the proxy the client would take (--proxy, else the environment)
     except (TokenError, ProbeError) as exc:
@@ -124,7 +130,8 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         via = f"through proxy {dial.shown}: " if dial is not None and dial.granted else ""
         raise _Unanswered(f"{where}{via}{exc}")
     if answer.status in (401, 429):
-        raise _Unanswered(f"{where}{token_refused(answer.status)}")
+        first_of = (len(tokens), token_file) if token_file is not None and len(tokens) > 1 else None
+        raise _Unanswered(f"{where}{token_refused(answer.status, first_of)}")
     if 300 <= answer.status < 400:  # as the client says it
         to = f" to {printable(answer.location, 300)}" if answer.location else ""
         raise _Unanswered(f"{where}{endpoint.where} answers a redirect (HTTP {answer.status}){to}, which a "

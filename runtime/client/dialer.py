@@ -18,7 +18,7 @@ from typing import Callable
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ..core.auth import OPEN_PIPES, TokenError, read_tokens
+from ..core.auth import OPEN_PIPES, TokenError, read_token_lines, token_refused
 from ..core.cert_expiry import peer_not_after, warn_if_ending
 from ..core.handshake import CLOSE_TOKEN_REVOKED
 from ..core.logs import logfmt
@@ -80,6 +80,7 @@ class TunnelClient:
         #: the token each session was opened with: after a revocation, whether the file holds another one now
         self._opened_with: weakref.WeakKeyDictionary[Session, str] = weakref.WeakKeyDictionary()
         self._token_file_unreadable = False  # said once, until the file can be read again
+        self._tokens_in_file = 1  # at the last read: when several, only the first is sent (said once, and by a 401)
         self._pinned = PinnedCa(config.tls_ca, config.ssl_context) if config.tls_ca and config.ssl_context else None
         self._ca_unusable = False  # said once, until the --tls-ca file can be used again
         self._ending_said: datetime.datetime | None = None  # the server certificate's notAfter, once warned of (once per certificate)
@@ -104,7 +105,7 @@ class TunnelClient:
         if self.config.token_file is None or str(self.config.token_file).startswith(OPEN_PIPES):
             return self.config.token  # a pipe (``<(pass show inlets)``) gave its token once, at start
         try:
-            token = read_tokens(None, self.config.token_file)[0]
+            tokens = read_token_lines(self.config.token_file)
         except TokenError as exc:
             if not self._token_file_unreadable:
                 self._token_file_unreadable = True
@@ -115,8 +116,22 @@ class TunnelClient:
         if self._token_file_unreadable:
             self._token_file_unreadable = False
             log.info("event=token_file_readable path=%s", logfmt(self.config.token_file))
-        self.config.token = token
+        if len(tokens) > 1 and self._tokens_in_file < 2:  # a server's rotation file: which one goes, said once
+            log.warning("event=token_file_several url=%s file=%s tokens=%d sent_line=%d hint=%s",
+                        logfmt(self.config.url), logfmt(self.config.token_file), len(tokens), tokens[0][0],
+                        logfmt("only the first token is sent: give a file holding the one the server takes"))
+        self._tokens_in_file = len(tokens)
+        self.config.token = token = tokens[0][1]
         return token
+
+    def _refused_first_of_several(self, exc: FatalClientError) -> FatalClientError:
+        """A token refused that was the first of several in its file, said so: "the server refused the token" sent
+        the user to check a file that held the right one, on a line the client never sends."""
+        if self._tokens_in_file > 1 and self.config.token_file is not None:
+            for status in (401, 429):
+                if str(exc) == token_refused(status):
+                    return FatalClientError(token_refused(status, (self._tokens_in_file, self.config.token_file)))
+        return exc
 
     def refresh_ca(self) -> None:
         """Verify the next connection against --tls-ca as the file is now (``PinnedCa``); one it cannot use now
@@ -183,7 +198,10 @@ class TunnelClient:
         """Connect, authenticate and shake hands; the session then runs in the background."""
         token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
         self.refresh_ca()
-        websocket = await open_websocket(self.config, self.ws_url, self.proxy, token)
+        try:
+            websocket = await open_websocket(self.config, self.ws_url, self.proxy, token)
+        except FatalClientError as exc:
+            raise self._refused_first_of_several(exc) from None
         try:
             welcome = await handshake(websocket, self.config, self.client_id, self.initial_window)
         except BaseException:

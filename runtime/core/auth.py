@@ -37,12 +37,24 @@ class TokenError(Exception):
     """No usable token (or secret) was given; the message says how to give one."""
 
 
-def token_refused(status: int) -> str:
+def token_refused(status: int, first_of: tuple[int, Path] | None = None) -> str:
     """What a client and ``inlets status`` say when the server refuses the token: 401, or 429 once this address
     sent too many wrong ones (a right token is never refused so: a 429 means this one is wrong too, and a client
-    retried it with "HTTP 429" alone until the minute was up and a 401 came)."""
+    retried it with "HTTP 429" alone until the minute was up and a 401 came). ``first_of``: (tokens, file) when the
+    token was the first of a file holding several (a server's rotation file), of which only the first is sent."""
     why = "HTTP 401" if status == 401 else f"HTTP {status}: this address sent too many wrong tokens"
+    if first_of is not None and first_of[0] > 1:
+        count, path = first_of
+        return (f"the server refused the first of {count} tokens in {path} ({why}), the only one sent: put the token "
+                "this server takes first, or give a file holding only it")
     return f"the server refused the token ({why}): check --token/--token-file"
+
+
+def several_tokens(count: int, path: Path, line: int) -> str:
+    """The start's warning of a client or ``inlets status`` given a token file holding several (a server's rotation
+    file): only the first is sent, which the 401 of a server that retired it did not say."""
+    return (f"token file {path} holds {count} tokens: only the first (line {line}) is sent; give a file holding "
+            "the one token the server takes")
 
 
 def check_token(token: str, where: str) -> str:
@@ -261,12 +273,26 @@ def loose_mode(path: Path) -> int | None:
     return stat.S_IMODE(mode) if stat.S_ISREG(mode) and mode & 0o077 else None
 
 
+#: The event a loose file's warning is in a JSON log, by what the file is (as a SIGHUP's re-read names it).
+_LOOSE_EVENTS = {"token file": "token_file_loose", "TLS key": "tls_key_readable"}
+
+
 def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
     """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
-    mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)"""
+    mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)
+    Once the log is set up, its level applies (--log-level error hides it), and in JSON it is a record, as a
+    reload says it: a plain line broke a ``| jq`` pipeline."""
+    import logging
+
+    from . import logs
+
     mode = loose_mode(path)
-    if mode is not None and str(path) not in _warned_loose:
-        _warned_loose.add(str(path))
+    if mode is None or str(path) in _warned_loose:
+        return
+    _warned_loose.add(str(path))
+    if logs.configured() == "json":
+        warn_loose_on_reload(path, _LOOSE_EVENTS.get(what, "secret_file_loose"), f"the {what}")
+    elif logs.configured() is None or logging.getLogger("inlets").isEnabledFor(logging.WARNING):
         print(f"{prog}: warning: {what} {path} can be read by other users (mode {mode:04o}): "
               f"run chmod 600 {path}", file=sys.stderr)
 
@@ -277,19 +303,24 @@ def read_tokens(token: str | None, token_file: Path | None) -> list[str]:
     if token is not None:
         return [TOKEN.read(token, None)]  # type: ignore[list-item]  # a value gives a str or raises
     if token_file is not None:
-        text = _read_text(token_file, "token file")
-        lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
-        tokens = [check_token(line, f"token file {token_file} (line {number})")
-                  for number, line in lines if line and not line.startswith("#")]
-        if not tokens:
-            raise TokenError(f"token file {token_file} holds no token")
-        return tokens
+        return [token for _, token in read_token_lines(token_file)]
     if TOKEN.blank_variable():
         raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}, which is set but blank")
     from_env = TOKEN.read(None, None)  # $INLETS_TOKEN, checked as the flag's value is
     if from_env is not None:
         return [from_env]
     raise TokenError(f"no token: give --token, --token-file or ${TOKEN_ENV}")
+
+
+def read_token_lines(token_file: Path) -> list[tuple[int, str]]:
+    """A token file's tokens with their line numbers (blank lines and ``#`` comments skipped), each checked."""
+    text = _read_text(token_file, "token file")
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)]
+    tokens = [(number, check_token(line, f"token file {token_file} (line {number})"))
+              for number, line in lines if line and not line.startswith("#")]
+    if not tokens:
+        raise TokenError(f"token file {token_file} holds no token")
+    return tokens
 
 
 class TokenSet:
@@ -316,7 +347,8 @@ class TokenSet:
 
 def warn_loose_on_reload(path: Path, event: str, what: str) -> None:
     """A secret file others can read, re-read by SIGHUP: said in the log, as the start says it on stderr (a renewed
-    key or a rotated token file written 0644, by cp or echo >>, was taken without a word)."""
+    key or a rotated token file written 0644, by cp or echo >>, was taken without a word). The start's own warning
+    in a JSON log too (``warn_if_others_can_read``)."""
     import logging  # here: only a server's reload logs it
 
     from .logs import logfmt

@@ -137,15 +137,46 @@ class AutoTlsError(Exception):
 
 def _owner_only(path: Path, fixed: list[str]) -> None:
     """A private key found readable by others is made 0600 (and named in ``fixed``), not reused as it is."""
+    if not path.is_file():  # a folder in its place is said by ``_read``, not made 0600
+        return
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         os.chmod(path, 0o600)
         fixed.append(f"{path} (was {mode:04o})")
 
 
+def _read(path: Path) -> bytes:
+    """A kept file's bytes; ``AutoTlsError`` says it was reading that failed (``main``'s words are for writing: "cannot
+    write ca.key: permission denied" was said of a key this user may not read)."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise AutoTlsError(f"{path} is a directory, where --auto-tls keeps a file: move it away and put the file "
+                           "back") from None
+    except OSError as exc:
+        raise AutoTlsError(f"cannot read {path}: {(exc.strerror or 'failed').lower()}: let the user that runs the "
+                           "server read it (chown or chmod it)") from None
+
+
+def _ca_pair_missing(cert: Path, key: Path) -> str | None:
+    """Why the kept CA cannot be used, when half of it is gone (a link to nothing counts as there: a volume not
+    mounted); None when both are there or neither. Half a pair made a new CA over the other half without a word,
+    and every client pinning the old ca.crt refused the server."""
+    for path in (cert, key):
+        if path.is_symlink() and not path.exists():
+            return (f"{path} links to {os.readlink(path)}, which does not exist (a volume not mounted?): restore it, "
+                    f"or move {cert.name} and {key.name} away to make a new CA (clients then need the new ca.crt)")
+    there = [path for path in (cert, key) if os.path.lexists(path)]
+    if len(there) != 1:
+        return None
+    missing = key if there[0] == cert else cert
+    return (f"{there[0]} is there but {missing} is missing: restore {missing.name}, or move {there[0].name} away to "
+            "make a new CA (clients then need the new ca.crt)")
+
+
 def _load_ca(cert: Path, key: Path) -> tuple[Pem, datetime.datetime]:
     """The CA and when it ends; ``AutoTlsError`` when damaged or ended (nothing it signs would verify)."""
-    ca = Pem(cert.read_bytes(), key.read_bytes())
+    ca = Pem(_read(cert), _read(key))
     try:
         end = x509.load_pem_x509_certificate(ca.cert).not_valid_after_utc
         serialization.load_pem_private_key(ca.key, password=None)
@@ -209,7 +240,10 @@ def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None =
     files = AutoTlsFiles(directory / "ca.crt", directory / f"{stem}.crt", directory / f"{stem}.key")
     ca_key_path = directory / "ca.key"
     with _locked(directory):
-        if files.ca_cert.exists() and ca_key_path.exists():
+        missing = _ca_pair_missing(files.ca_cert, ca_key_path)
+        if missing is not None:
+            raise AutoTlsError(missing)
+        if os.path.lexists(ca_key_path):  # and ca.crt: a new CA only when neither is there
             _owner_only(ca_key_path, fixed)
             ca, ca_end = _load_ca(files.ca_cert, ca_key_path)
         else:
@@ -229,7 +263,7 @@ def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None =
 def _covers(cert_path: Path, names: list[str], ca_end: datetime.datetime) -> bool:
     """Whether the server certificate names every one of ``names`` and lasts as long as its CA."""
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = x509.load_pem_x509_certificate(_read(cert_path))
     except ValueError:  # damaged: issued again from the CA
         return False
     try:
@@ -261,6 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         where = exc.filename or args[0]
         if isinstance(exc, (FileExistsError, NotADirectoryError)):
             sys.exit(f"{where} (or a folder above it) is a file, not a directory: give --auto-tls-path a directory")
+        if isinstance(exc, IsADirectoryError):  # written over: a folder where a certificate or key goes
+            sys.exit(f"{where} is a directory, where --auto-tls keeps a file: move it away")
         sys.exit(f"cannot write {where}: {(exc.strerror or 'failed').lower()}: give a directory this user may write")
     print(json.dumps({"ca_cert": str(files.ca_cert), "cert": str(files.cert), "key": str(files.key), "fixed": fixed}))
 

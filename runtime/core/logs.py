@@ -197,7 +197,20 @@ class RepeatLimit(logging.Filter):
         return sorted(lines, key=lambda record: record.created)
 
 
+#: The format ``setup`` gave the log ("text" or "json"); None before it ran (``configured``).
+_format: str | None = None
+
+
+def configured() -> str | None:
+    """The log's format once ``setup`` ran, else None: what is said outside a logger (a start-up warning, the error
+    that ends the process) is a record when it is "json", where a plain line broke a ``| jq`` pipeline."""
+    return _format
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
+    global _format
+    fmt = fmt.lower()  # --log-format JSON, as --log-level WARNING is taken
+    _format = fmt
     handler = logging.StreamHandler(sys.stderr)
     limit = RepeatLimit()
     handler.addFilter(limit)

@@ -26,6 +26,12 @@ def check(flags: SimpleNamespace) -> dict:
         fail(str(exc))
     if flags.upstream_ca is not None and flags.upstream_insecure:  # the CA was ignored: the user believed it pinned
         fail("give --upstream-ca or --upstream-insecure, not both: --upstream-insecure would ignore the CA")
+    if not any(upstream.scheme == "https" for upstream in mapping.values()):  # ignored: the user believed it applied
+        for flag, given in (("--upstream-ca", flags.upstream_ca is not None),
+                            ("--upstream-insecure", flags.upstream_insecure)):
+            if given:
+                fail(f"{flag} is for an https:// upstream's certificate, and every --upstream is http:// (no TLS): "
+                     "give the upstream's https:// URL, or leave the flag out")
     refuse_blank(flags.basic_auth_username, "--basic-auth-username", "give the user name the site asks for (leave the "
                  "flag out to serve the site without basic auth)")
     check_servers(flags)
