@@ -47,12 +47,28 @@ def exec_word(word: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def exec_path(path: str, prefix: str = "") -> str:
+    """The program of ``ExecStart=`` (its first word, after systemd's ``prefix`` such as ``@``): unquoted, unescaped
+    and its specifiers expanded (``%`` as ``%%``), but no ``$`` variable in it, and one holding a quote, a backslash
+    or a control character is refused at load ("Executable name contains special characters"): refused here."""
+    if not path.startswith("/"):
+        raise UnitValueError(f"ExecStart needs an absolute program path, got {path!r}")
+    if any(char in "\"'\\" or ord(char) < 0x20 or ord(char) == 0x7F for char in path):
+        raise UnitValueError(f"the program {path!r} has a quote, backslash or control character in its path, which "
+                             "systemd cannot run: install it under a path without them")
+    escaped = "".join(f"\\x{ord(char) - _ESCAPED_BYTE:02x}" if _ESCAPED_BYTE <= ord(char) <= _ESCAPED_BYTE + 0xFF
+                      else "%%" if char == "%" else char for char in path)
+    return prefix + escaped if _PLAIN.fullmatch(path) else f'"{prefix}{escaped}"'
+
+
 def exec_command(argv: Iterable[str]) -> str:
     """The value of ``ExecStart=`` that runs ``argv`` as given (the first word is the program)."""
     words = list(argv)
-    if not words or not words[0].startswith("/"):
-        raise UnitValueError(f"ExecStart needs an absolute program path, got {words[:1]!r}")
-    return " ".join(exec_word(word) for word in words)
+    if not words:
+        raise UnitValueError("ExecStart needs an absolute program path, got none")
+    if "$" in words[0]:  # argv[0], a copy of the path, has its $ expanded at start: "@" gives it apart, $ as $$
+        return " ".join([exec_path(words[0], "@"), *(exec_word(word) for word in words)])
+    return " ".join([exec_path(words[0]), *(exec_word(word) for word in words[1:])])
 
 
 def path_value(path: str, *, optional: bool = False) -> str:

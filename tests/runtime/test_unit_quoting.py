@@ -21,7 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from helpers.process import inlets, one_line_error
-from helpers.service_python import unit_inlets
+from helpers.service_python import ServiceInlets, folder_outside_tmp, make_venv, service_inlets, unit_inlets
 
 from inlets_py.provisioner.errors import ProvisionError
 from inlets_py.provisioner.material import generate
@@ -105,6 +105,45 @@ def test_a_byte_that_is_not_utf8_reaches_the_program_as_that_byte(tmp_path: Path
     assert exec_word("/srv/tok\udcff") == '"/srv/tok\\xff"'
     assert exec_command(["/usr/bin/inlets", "--x", "caf\udce9 %"]) == '/usr/bin/inlets --x "caf\\xe9 %%"'
     _verify(f"[Service]\nExecStart={exec_command(['/bin/echo', '/srv/tok' + chr(0xDCFF)])}\n", tmp_path)
+
+
+def test_the_program_is_written_by_systemds_rules_for_the_executable_path(tmp_path: Path) -> None:
+    """ExecStart='s first word is taken literally, specifiers expanded but no ``$`` variable (systemd.service(5)):
+    written as an argument, ``$`` as ``$$``, it named another file and the unit never started. argv[0], a copy of the
+    path, does have its ``$`` expanded, so ``@`` gives it apart. systemd-analyze finds each program where it is."""
+    for name in ("d$x", "$HOME ${PATH}", "100% sure", "caf\udce9"):
+        program = tmp_path / name / "prog"
+        program.parent.mkdir()
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o755)
+        _verify(f"[Service]\nType=oneshot\nExecStart={exec_command([str(program), 'a$b'])}\n", tmp_path)
+    assert exec_command(["/opt/d$x/inlets", "a$b"]) == '"@/opt/d$x/inlets" "/opt/d$$x/inlets" "a$$b"'
+    assert exec_command(["/opt/100% sure/inlets", "%n"]) == '"/opt/100%% sure/inlets" "%%n"'
+    for bad in ("/opt/it's/inlets", '/opt/q"uote/inlets', "/opt/back\\slash/inlets", "/opt/tab\there/inlets"):
+        with pytest.raises(UnitValueError, match="systemd cannot run"):
+            exec_command([bad, "tcp"])
+
+
+@pytest.mark.parametrize("folder", ["d$x", "it's"])
+def test_generate_runs_an_inlets_installed_under_a_dollar_and_refuses_one_under_a_quote(folder: str,
+                                                                                         tmp_path: Path) -> None:
+    """``inlets ... --generate=systemd`` from an installation whose path holds a ``$`` writes a unit systemd runs; one
+    holding a quote, which systemd refuses ("Executable name contains special characters"), is one line saying so
+    (a unit that never loaded was printed)."""
+    args = ["tcp", "client", "--url", "wss://203.0.113.10:8123", "--token-file", "/etc/inlets/token",
+            "--upstream", "127.0.0.1", "--ports", "80", "--generate=systemd"]
+    with folder_outside_tmp() as scratch:
+        bin_dir = make_venv(scratch / folder, str(service_inlets().python))
+        result = ServiceInlets(bin_dir / "python", bin_dir).run(*args)
+        if "'" in folder:
+            line = one_line_error(result, "systemd cannot run")
+            assert repr(str(bin_dir / "inlets")) in line and "install it under a path without them" in line, line
+            return
+        assert result.returncode == 0, result.stderr
+        exec_start = next(line for line in result.stdout.splitlines() if line.startswith("ExecStart="))
+        program = f'"@{bin_dir}/inlets" "{scratch}/d$$x/bin/inlets"'  # the path as it is; argv[0] escaped
+        assert exec_start.startswith(f"ExecStart={program} tcp client "), exec_start
+        _verify(result.stdout, tmp_path, "inlets-tcp-client.service")
 
 
 def test_a_file_path_that_is_not_utf8_is_a_one_line_error() -> None:
