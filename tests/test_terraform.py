@@ -470,6 +470,39 @@ def test_userdata_module_terraform_test(tmp_path: Path) -> None:
         assert match and int(match.group(1)) >= 3 and match.group(2) == "0", proc.stdout
 
 
+def test_userdata_module_refuses_a_token_or_key_without_printing_it(tmp_path: Path) -> None:
+    """The userdata module used directly, the token and key given with file(): a token or key its checks refuse is
+    refused with its message, and no line of the secret is in plan's output, read by people or as -json. Checked in
+    validation blocks, both were printed: Terraform shows the value a validation tested, sensitive or not."""
+    if TERRAFORM is None:
+        pytest.skip(NO_TERRAFORM)
+    ws = workspace(tmp_path)
+    key = MATERIAL.server.key.decode()
+    cases = {  # what the files hold: a token the token file reads as a comment; a key cut short
+        "token": ("#" + MATERIAL.token + "\n", key, "The token must be 16 to 4096 printable ASCII characters"),
+        "server_key": (MATERIAL.token + "\n", key[: len(key) // 2], "The server_key must be one whole unencrypted"),
+    }
+    for name, (token, server_key, words) in cases.items():
+        root = ws / f"refused_{name}"
+        root.mkdir()
+        (root / "inlets-token").write_text(token)
+        (root / "server.key").write_text(server_key)
+        (root / "server.crt").write_bytes(MATERIAL.server.cert)
+        (root / "main.tf").write_text(
+            'module "ud" {\n  source      = "../modules/inlets-userdata"\n  name        = "refused"\n'
+            '  token       = file("inlets-token")\n  server_cert = file("server.crt")\n'
+            '  server_key  = file("server.key")\n}\n'
+            'output "user_data" {\n  value     = module.ud.user_data\n  sensitive = true\n}\n')
+        tf(root, "init", "-input=false", "-backend=false")
+        secrets = [line.strip("#") for line in (token + server_key).splitlines() if line and "-----" not in line]
+        assert MATERIAL.token in secrets and len(secrets) >= 3, secrets
+        for json_output in (False, True):
+            proc = tf(root, "plan", "-input=false", *(["-json"] if json_output else []), check=False, timeout=120)
+            output = proc.stdout + proc.stderr
+            assert proc.returncode != 0 and words in " ".join(output.split()), output
+            assert not [s for s in secrets if s in output], f"plan printed the {name}:\n{output}"
+
+
 #: --letsencrypt-issuer URLs at the edges of what inletsctl takes (directory_url, url_port): the scheme's case,
 #: a port left empty, leading zeros, the port's range. The userdata module must take exactly the same ones.
 ISSUER_EDGES = [

@@ -5,6 +5,9 @@
 
 locals {
   generated = jsondecode(file("${path.module}/templates/generated.json"))
+  # as inlets reads a token file (each line stripped) and push_wheel.py its INLETS_TOKEN: file("inlets-token") of
+  # a file ending in a line break, as inletsctl writes one, gives the token itself
+  token = trimspace(var.token)
 
   ports     = var.mode == "tcp" ? (var.ports == null ? [80, 443] : var.ports) : []
   ports_csv = join(",", [for p in local.ports : format("%d", p)])
@@ -130,7 +133,7 @@ locals {
     user        = local.generated.service_user
     config_dir  = local.generated.config_dir
     files       = local.generated.files
-    token       = var.token
+    token       = local.token
     server_cert = var.server_cert
     server_key  = var.server_key
     constraints = local.constraints

@@ -3,6 +3,23 @@ output "user_data" {
   value       = local.user_data
   sensitive   = true
 
+  # The token and the key are checked here, where Terraform marks them sensitive: a variable's validation block
+  # sees the caller's value unmarked (Terraform 1.11), and its error printed a token or key given with file().
+  precondition {
+    # the server reads it from a token file, one per line, where a line starting with # is a comment and a
+    # token over 4096 characters is refused (runtime/core/auth.py): either stopped the server at boot
+    condition     = can(regex("^[!-\"$-~][!-~]{15,}$", local.token)) && try(length(local.token) <= 4096, false)
+    error_message = "The token must be 16 to 4096 printable ASCII characters without spaces or line breaks, not starting with # (which the server's token file reads as a comment), such as the 64 letters and digits inlets-secrets makes."
+  }
+  precondition {
+    # one whole unencrypted key, as the server loads it at boot: it cannot type an encrypted key's pass phrase
+    # (an ENCRYPTED block, or a legacy Proc-Type header, whose text is not base64)
+    condition = try(length(regexall("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.server_key)) == 1 && length([
+      for block in regexall("-----BEGIN (?:RSA |EC |DSA )?PRIVATE KEY-----([^-]*)-----END (?:RSA |EC |DSA )?PRIVATE KEY-----", var.server_key) : block
+      if can(regex("^M[A-P][A-Za-z0-9+/]{2,}={0,2}$", replace(block[0], "/\\s+/", ""))) && length(replace(block[0], "/\\s+/", "")) % 4 == 0
+    ]) == 1, false)
+    error_message = "The server_key must be one whole unencrypted PEM private key (-----BEGIN PRIVATE KEY----- base64 -----END PRIVATE KEY-----): decrypt it with openssl pkey -in KEY -out server.key and give that file, e.g. file(\"server.key\")."
+  }
   precondition {
     condition     = var.mode == "tcp" || var.ports == null
     error_message = "The ports are for mode tcp; give domains for mode http."

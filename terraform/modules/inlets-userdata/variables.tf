@@ -74,15 +74,12 @@ variable "control_port" {
 }
 
 variable "token" {
-  description = "Bearer token the client authenticates with (one line; inletsctl and the exit-server modules make 64 letters and digits)."
+  description = "Bearer token the client authenticates with (one line; inletsctl and the exit-server modules make 64 letters and digits). White space around it, such as the line break ending a token file given with file(), is dropped, as inlets drops it reading a token file."
   type        = string
   sensitive   = true
-  validation {
-    # the server reads it from a token file, one per line, where a line starting with # is a comment and a
-    # token over 4096 characters is refused (runtime/core/auth.py): either stopped the server at boot
-    condition     = can(regex("^[!-\"$-~][!-~]{15,}$", var.token)) && try(length(var.token) <= 4096, false)
-    error_message = "The token must be 16 to 4096 printable ASCII characters without spaces or line breaks, not starting with # (which the server's token file reads as a comment), such as the 64 letters and digits inlets-secrets makes."
-  }
+  nullable    = false # null: "Required variable not set", not a function's error deep in the user-data
+  # Checked by a precondition of output user_data, not a validation block: Terraform (1.11) shows the value a
+  # failed validation tested, sensitive or not, so a token given with file() was printed in the error.
 }
 
 variable "server_cert" {
@@ -103,15 +100,8 @@ variable "server_key" {
   description = "PEM private key of server_cert."
   type        = string
   sensitive   = true
-  validation {
-    # one whole unencrypted key, as the server loads it at boot: it cannot type an encrypted key's pass phrase
-    # (an ENCRYPTED block, or a legacy Proc-Type header, whose text is not base64)
-    condition = try(length(regexall("-----BEGIN [A-Z ]*PRIVATE KEY-----", var.server_key)) == 1 && length([
-      for block in regexall("-----BEGIN (?:RSA |EC |DSA )?PRIVATE KEY-----([^-]*)-----END (?:RSA |EC |DSA )?PRIVATE KEY-----", var.server_key) : block
-      if can(regex("^M[A-P][A-Za-z0-9+/]{2,}={0,2}$", replace(block[0], "/\\s+/", ""))) && length(replace(block[0], "/\\s+/", "")) % 4 == 0
-    ]) == 1, false)
-    error_message = "The server_key must be one whole unencrypted PEM private key (-----BEGIN PRIVATE KEY----- base64 -----END PRIVATE KEY-----): decrypt it with openssl pkey -in KEY -out server.key and give that file, e.g. file(\"server.key\")."
-  }
+  nullable    = false # null: "Required variable not set", not a function's error deep in the user-data
+  # Checked by a precondition of output user_data, not a validation block: a failed validation printed the key.
 }
 
 variable "package" {

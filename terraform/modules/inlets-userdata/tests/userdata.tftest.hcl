@@ -880,7 +880,7 @@ run "rejects_a_token_the_token_file_reads_as_a_comment" {
   variables {
     token = "#0123456789abcdefABCDEF"
   }
-  expect_failures = [var.token]
+  expect_failures = [output.user_data]
 }
 
 run "rejects_a_token_longer_than_the_server_takes" {
@@ -888,7 +888,20 @@ run "rejects_a_token_longer_than_the_server_takes" {
   variables {
     token = format("a%04096d", 1) # 4097 characters
   }
-  expect_failures = [var.token]
+  expect_failures = [output.user_data]
+}
+
+# token = file("inlets-token") of a file ending in a line break (as inletsctl writes its token file): the token
+# itself, as inlets reads a token file, not a refusal
+run "takes_a_token_file_ending_in_a_line_break" {
+  command = plan
+  variables {
+    token = "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD\r\n"
+  }
+  assert {
+    condition     = strcontains(output.user_data, "    content: |\n      0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdefABCD\n  - path: /etc/inlets/server.crt\n")
+    error_message = "The token file holds the token without the line break."
+  }
 }
 
 run "takes_a_token_of_4096_characters" {
@@ -921,7 +934,7 @@ run "rejects_an_encrypted_server_key" {
   variables {
     server_key = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsfake\n-----END ENCRYPTED PRIVATE KEY-----\n"
   }
-  expect_failures = [var.server_key]
+  expect_failures = [output.user_data]
 }
 
 run "rejects_a_server_key_encrypted_the_old_way" {
@@ -929,7 +942,7 @@ run "rejects_a_server_key_encrypted_the_old_way" {
   variables {
     server_key = "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,34934EB3F97E0AB3B30247E924F048D9\n\nMIICfake\n-----END RSA PRIVATE KEY-----\n"
   }
-  expect_failures = [var.server_key]
+  expect_failures = [output.user_data]
 }
 
 run "takes_an_ec_key_after_its_parameters" {
