@@ -140,7 +140,7 @@ def create_cmd(
     flags.refuse_empty(ctx)
     provider = registry.check(provider or "")
     flags.refuse_foreign(ctx, provider)
-    from .create import CreateOptions, create, interrupted_when_ready
+    from .create import CreateOptions, create, credential_flags, interrupted_when_ready
     from .replicas import check as check_replicas
 
     check_replicas(provider, replicas)  # before the provider's own flags are read
@@ -175,7 +175,7 @@ def create_cmd(
         sys.stdout.flush()  # a full disk is found out here, where the server it made can still be named
         finished()
     except KeyboardInterrupt as exc:
-        raise interrupted_when_ready(exc, summary["name"], opts.state_root) from None
+        raise interrupted_when_ready(exc, summary["name"], opts.state_root, credential_flags(opts.creds)) from None
     except BrokenPipeError:
         raise
     except OSError as exc:  # stdout on a full disk: the server is up all the same

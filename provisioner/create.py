@@ -192,6 +192,9 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             "expires_at": _iso(expires_at) if expires_at else None, "region": opts.region, "size": opts.size,
             "id": None, "ip": None,
         }
+        api_url = registry.info(opts.provider).api_url(opts.creds)
+        if api_url:  # delete and status ask the API create used, whatever --api-url (or its variable) says then
+            meta["api_url"] = api_url
         if group:
             meta |= {"replicas": [{"name": n, "id": None, "ip": None} for n in names], "balancer_id": None}
         state.save(meta)
@@ -246,10 +249,11 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         state.save(meta)
         recorded = True
         note = registry.firewall_note(opts.provider, name, spec)  # in the try: a Ctrl-C while the summary was
-        return summary(meta, state) | ({"firewall": note} if note else {})  # made exited 130 without a word
+        made = summary(meta, state, credential_flags(opts.creds))  # made exited 130 without a word
+        return made | ({"firewall": note} if note else {})
     except KeyboardInterrupt as exc:
         if recorded:
-            raise interrupted_when_ready(exc, name, state.root) from None
+            raise interrupted_when_ready(exc, name, state.root, credential_flags(opts.creds)) from None
         raise _interrupted(exc, hosts, state, opts) from None
 
 
@@ -272,7 +276,7 @@ def _failed(
     if not state.dir.exists():  # deleted meanwhile (another inletsctl delete): a delete now finds nothing
         return ProvisionError(f"{exc}; it was deleted meanwhile (its local state is gone too)")
     if not opts.delete_on_failure:
-        return ProvisionError(f"{exc}; delete it with: {delete_command(state.name, state.root)}")
+        return ProvisionError(f"{exc}; delete it with: {_delete_command(state, opts)}")
     try:
         timeout, started = min(opts.timeout, GONE_TIMEOUT), time.monotonic()
         if replicas.is_group(meta):
@@ -288,7 +292,7 @@ def _failed(
     except NotFound:
         pass
     except ProvisionError as again:
-        return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command(state.name, state.root)}")
+        return ProvisionError(f"{exc}; deleting it also failed ({again}): {_delete_command(state, opts)}")
     state.remove()
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
 
@@ -309,7 +313,7 @@ def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: li
     Returns the error to go on with and whether it is known what exists: found, the VM joins ``hosts`` and is
     reported (or deleted) like one that never came up; not found, ``exc`` stands. Unknown (Ctrl-C, the API still
     failing): the state must stay, so that the delete command the error names finds the VM by name if it exists."""
-    delete = delete_command(state.name, state.root)
+    delete = _delete_command(state, opts)
     if isinstance(exc, KeyboardInterrupt):  # no API calls after Ctrl-C
         if hosts:
             return exc, True  # _interrupted says what is left
@@ -349,14 +353,14 @@ def _interrupted(exc: KeyboardInterrupt, hosts: list[Host], state: ServerState, 
     never a silent exit that leaves a server nobody knows of."""
     ids = ", ".join(host.id for host in hosts)
     return ProvisionError(f"interrupted: exit server {state.name!r} was left on {opts.provider} (id {ids}) without "
-                          f"its client command; delete it with: {delete_command(state.name, state.root)}",
+                          f"its client command; delete it with: {_delete_command(state, opts)}",
                           exit_code=interrupted_status(exc))
 
 
-def interrupted_when_ready(exc: KeyboardInterrupt, name: str, root: Path) -> ProvisionError:
+def interrupted_when_ready(exc: KeyboardInterrupt, name: str, root: Path, flags: str = "") -> ProvisionError:
     """Ctrl-C (or SIGTERM) once the server is up and its client command recorded: where to see that command."""
     return ProvisionError(f"interrupted: exit server {name!r} is ready; see its client command with: "
-                          f"{inletsctl_command('status', name, root)}", exit_code=interrupted_status(exc))
+                          f"{inletsctl_command('status', name, root)}{flags}", exit_code=interrupted_status(exc))
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:
@@ -376,8 +380,20 @@ def _iso(when: datetime.datetime) -> str:
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
-    """What ``create`` prints (and ``--json`` emits): everything but the token itself."""
+def credential_flags(creds: Credentials) -> str:
+    """The credential files create was given, as flags of the delete and status commands it prints: without them
+    those failed as printed ("no DigitalOcean access token"). Paths only: a token given inline is never printed."""
+    files = (("--access-token-file", creds.token_file), ("--secret-key-file", creds.secret_file))
+    return "".join(f" {flag} {shlex.quote(str(path))}" for flag, path in files if path is not None)
+
+
+def _delete_command(state: ServerState, opts: CreateOptions) -> str:
+    return delete_command(state.name, state.root) + credential_flags(opts.creds)
+
+
+def summary(meta: dict[str, Any], state: ServerState, flags: str = "") -> dict[str, Any]:
+    """What ``create`` prints (and ``--json`` emits): everything but the token itself; ``flags``: the credential
+    files its delete command needs (``credential_flags``)."""
     data_host = meta.get("data_addr") or meta.get("ip")
     if meta["mode"] == "tcp":
         endpoints = [f"{_hostport(data_host, p)}" for p in meta["ports"]]
@@ -396,7 +412,7 @@ def summary(meta: dict[str, Any], state: ServerState) -> dict[str, Any]:
         "control_port": meta["control_port"], "created_at": meta["created_at"], "expires_at": meta["expires_at"],
         "token_file": str(state.token_file), "ca_file": str(state.ca_file),
         "client_command": meta["client_command"], "status_command": meta.get("status_command"),
-        "delete_command": delete_command(meta["name"], state.root),
+        "delete_command": delete_command(meta["name"], state.root) + flags,
     } | ({"replicas": meta["replicas"], "balancer_id": meta["balancer_id"],
           "status_commands": meta.get("status_commands", [])} if replicas.is_group(meta) else {})
 

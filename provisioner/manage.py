@@ -12,7 +12,8 @@ from typing import Any
 from . import replicas
 from .errors import NotFound, ProvisionError, UsageError
 from .providers import Credentials, make, registry
-from .providers.base import GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words
+from .providers.base import (GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_leftovers, leftover_words,
+                             with_recorded_api_url)
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, not_here, scan
@@ -60,6 +61,8 @@ def delete(
         if meta is None:
             raise UsageError("--id and --ip need --provider")
         provider_name = str(meta["provider"])
+    if meta is not None and meta.get("provider") == provider_name:
+        creds = with_recorded_api_url(creds, meta)
     provider = _provider_for(provider_name, root, creds)
     if replicas.is_group(meta) and meta is not None and meta.get("provider") == provider_name:
         return _delete_group(root, provider, meta, timeout, progress)

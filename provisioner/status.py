@@ -19,7 +19,7 @@ from .errors import (
 from .names import check_name
 from .output import command_word
 from .providers import Credentials, make, registry
-from .providers.base import FAILED, Host, Provisioner
+from .providers.base import FAILED, Host, Provisioner, with_recorded_api_url
 from .state import Damaged, ServerState, delete_command, not_here
 from .wait import status_json
 
@@ -85,7 +85,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     result |= {"name": name, "provider": meta["provider"], "id": meta.get("id"), "ip": meta.get("ip")}
     if meta.get("client_command"):  # create's, for one who lost it (its output cut short by a Ctrl-C, say)
         result["client_command"] = meta["client_command"]
-    provider = connect(str(meta["provider"]), root, creds)
+    provider = connect(str(meta["provider"]), root, with_recorded_api_url(creds, meta))  # the API create used
     on = registry.info(provider.name).runs_on  # "vm: plain supervisor: active" named an ssh host a VM
     if replicas.is_group(meta):
         return result | _group_status(provider, meta, state)

@@ -113,6 +113,28 @@ def redirect_fault(exc: BaseException) -> Fault | None:
     return Fault(REDIRECT, code, one_line(location, 120))
 
 
+def unreadable_retry_after(exc: BaseException) -> Fault | None:
+    """An error answer whose ``Retry-After`` libcloud cannot read (``soon``: its RateLimitReachedError does
+    float() of it): the ValueError it raises while making its exception read as "a value in it is not what the API
+    documents", and a 429 ended create. Taken as that status with no usable Retry-After."""
+    if not isinstance(exc, (ValueError, OverflowError)):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        where = (frame.f_globals.get("__name__"), frame.f_code.co_name)
+        if where == ("libcloud.common.exceptions", "exception_from_message"):  # the answer's status and headers
+            code, headers = frame.f_locals.get("code"), frame.f_locals.get("headers") or {}
+            if not isinstance(code, int):
+                return None
+            usable = {k: v for k, v in headers.items() if str(k).lower() != "retry-after"}
+            if code == 429:  # libcloud's message is its own "429 Rate limit exceeded"
+                return Fault(RATE_LIMIT, code, "", retry_after(usable, reset=ratelimit_reset))
+            return by_status(code, one_line(frame.f_locals.get("message") or ""))
+        tb = tb.tb_next
+    return None
+
+
 def one_line(text: object, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
@@ -345,7 +367,8 @@ def api_errors(provider: str, where: str, what: str, classify: Classifier,
     except ProvisionError:
         raise
     except Exception as exc:
-        fault = redirect_fault(exc) or classify(exc) or sdk_fault(exc, sdk) or transport_fault(exc)
+        fault = (redirect_fault(exc) or unreadable_retry_after(exc) or classify(exc) or sdk_fault(exc, sdk)
+                 or transport_fault(exc))
         if fault is None:
             raise
         raise error_for(provider, where, what, fault, credentials) from None

@@ -6,6 +6,8 @@ reads it, without loading libcloud.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +36,10 @@ class Endpoint:
 def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://HOST[:PORT]") -> Endpoint:
     """``http(s)://HOST[:PORT][/PATH]`` or a one-line error naming the option and variable: urlsplit's own
     ValueError ("Invalid IPv6 URL") was a traceback, and a port of 0 or 99999 was blamed on the network later."""
+    authority = re.split(r"[/?#]", api_url.partition("//")[2] if "//" in api_url else api_url, maxsplit=1)[0]
+    if "@" in authority:  # checked before the URL is echoed in any error: it may hold a password
+        raise UsageError(f"invalid {provider} API URL (--api-url or ${env}, not shown): it holds a user name or "
+                         f"password (USER:PASSWORD@), which inletsctl never sends: give {hint}")
     where = f"invalid {provider} API URL {api_url!r} (--api-url or ${env})"
     try:
         parsed = urllib.parse.urlsplit(api_url)
@@ -49,7 +55,21 @@ def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://
         port = url_port(parsed, 443 if secure else 80)
     except ValueError as exc:
         raise UsageError(f"{where}: {exc}") from None
+    if not secure and not _loopback(hostname):
+        raise UsageError(f"{where}: plain http:// to a host that is not this machine would send the access token and "
+                         "the user-data (the tunnel token, the server's key) in cleartext: use https://, or http:// "
+                         "only to a loopback address (a local proxy or test API)")
     return Endpoint(secure, hostname, port, parsed.path.rstrip("/"))
+
+
+def _loopback(host: str) -> bool:
+    """``host`` is this machine: localhost, 127.0.0.0/8 or ::1 (the only hosts plain http may carry secrets to)."""
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -37,6 +37,13 @@ class Credentials:
     region: str | None = None  # ec2: the region list/delete/status look in
     ssh: Any = None  # ssh: ssh.SshOptions from the create flags
     api_timeout: float = API_TIMEOUT  # seconds one API call may take (a shorter --timeout bounds it too)
+
+
+def with_recorded_api_url(creds: Credentials, meta: dict[str, Any]) -> Credentials:
+    """``creds`` for the exit server ``meta`` describes: without --api-url, the API create used (kept in its state),
+    not the cloud's own endpoint nor what $..._API_URL says now, where its delete sent the token and found nothing."""
+    recorded = meta.get("api_url")
+    return replace(creds, api_url=recorded) if creds.api_url is None and isinstance(recorded, str) else creds
 
 
 @dataclass(frozen=True)
@@ -216,11 +223,21 @@ def expiry_tag(when: datetime.datetime) -> str:
 
 
 def parse_expiry_tag(tags: list[str]) -> str | None:
-    for tag in tags:
-        if tag.startswith("inlets-expires:") and tag.split(":", 1)[1].isdigit():
-            when = datetime.datetime.fromtimestamp(int(tag.split(":", 1)[1]), datetime.timezone.utc)
-            return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return None
+    found = (expiry_time(t.split(":", 1)[1]) for t in tags if t.startswith("inlets-expires:"))
+    return next((when for when in found if when is not None), None)
+
+
+def expiry_time(value: str) -> str | None:
+    """An ``inlets-expires`` tag's Unix time as list shows it; None (no expiry) for one that is no valid time: a tag
+    such as ``inlets-expires:99999999999999999999`` (set by hand on one VM) was an OverflowError that stopped list,
+    create and ``list --prune`` for the whole account, and ``--prune`` must never delete a VM for a bad tag."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    try:
+        when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # past year 9999, or beyond the platform's time_t
+        return None
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def tag_list(plan: Plan) -> list[str]:
@@ -250,11 +267,7 @@ def label_map(plan: Plan) -> dict[str, str]:
 
 
 def labels_expiry(labels: dict[str, str]) -> str | None:
-    value = labels.get("inlets-expires", "")
-    if not value.isdigit():
-        return None
-    when = datetime.datetime.fromtimestamp(int(value), datetime.timezone.utc)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return expiry_time(str(labels.get("inlets-expires", "")))
 
 
 def mode_from_tags(tags: list[str]) -> str | None:

@@ -8,11 +8,12 @@ needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it agai
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
-from ..errors import NotFound, ProvisionError
+from ..errors import NotFound, ProvisionError, UsageError
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from . import ec2_regions
 from .api_errors import api_errors
@@ -39,6 +40,8 @@ PROVIDER = ProviderInfo(
 #: Canonical's account; the newest Ubuntu 24.04 LTS AMI of the region is used
 UBUNTU_OWNER = "099720109477"
 GONE_STATES = ("terminated", "shutting-down")
+#: the most regions ``list`` asks (the current one and those local state records): one call each
+LIST_REGIONS = 8
 
 
 class EC2Provider:
@@ -57,6 +60,7 @@ class EC2Provider:
             endpoint = parse_api_url(PROVIDER.name, self._url, ENDPOINT_ENV[0])
             self._kwargs = {"host": endpoint.host, "secure": endpoint.secure, "port": endpoint.port}
             self._path = endpoint.path
+        self._found_in: dict[str, str] = {}  # instance id -> the region list found it in
         self._use_region(region or default_region())
         self._source = creds.source
 
@@ -67,9 +71,10 @@ class EC2Provider:
             self._driver = Driver(self._creds.key_id, self._creds.secret, region=region,
                                   token=self._creds.session_token, timeout=self._timeout,
                                   signature_version="4", **self._kwargs)  # v4: STS tokens, every region
-        except ValueError:
-            raise ProvisionError(
-                f"unknown EC2 region {region!r}: use one such as us-east-1, eu-west-1, ap-southeast-2"
+        except ValueError:  # a value the command line (or $AWS_REGION) gave, refused before anything is made: exit 2
+            lower = f" (names are lower case: {region.lower()})" if region != region.lower() else ""
+            raise UsageError(
+                f"unknown EC2 region {region!r}{lower}: use one such as us-east-1, eu-west-1, ap-southeast-2"
             ) from None
         self.region = region
         conn = self._driver.connection
@@ -78,7 +83,7 @@ class EC2Provider:
 
     def _recorded_region(self, host_id: str) -> None:
         """Delete/status go to the region create used (kept in the state folder), whatever is set now."""
-        region = ec2_regions.recorded_region(self._state_root, host_id)
+        region = ec2_regions.recorded_region(self._state_root, host_id) or self._found_in.get(host_id)
         if region is not None and region != self.region:
             self._use_region(region)
 
@@ -256,9 +261,36 @@ class EC2Provider:
         self._cleanup(list(reversed(made)), deadline)
 
     def list(self) -> list[Host]:
-        with self._api("listing instances"):
-            nodes = self._driver.list_nodes(ex_filters={"tag-key": TAG})
-        return [self._host(n) for n in nodes if n.extra.get("status") not in GONE_STATES]
+        """The current region's, and those of every region local state names: an instance made with --region
+        us-east-1 while $AWS_REGION said eu-west-1 was listed "absent", though status found it running."""
+        home, hosts = self.region, []
+        try:
+            for region in self._list_regions():
+                if region != self.region:
+                    try:
+                        self._use_region(region)
+                    except UsageError:
+                        continue  # no region has that name: a record edited by hand
+                with self._api("listing instances"):
+                    nodes = self._driver.list_nodes(ex_filters={"tag-key": TAG})
+                hosts += [self._host(n) for n in nodes if n.extra.get("status") not in GONE_STATES]
+        finally:
+            if self.region != home:
+                self._use_region(home)
+        self._found_in |= {host.id: host.extra["region"] for host in hosts}  # delete --id then goes there
+        return hosts
+
+    def _list_regions(self) -> list[str]:
+        """The current region, then those ec2.json records under the state root, at most LIST_REGIONS in all."""
+        regions = [self.region]
+        for record in sorted(self._state_root.glob(f"*/{ec2_regions.REGION_RECORD}")) if self._state_root else []:
+            try:
+                region = json.loads(record.read_text()).get("region")
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged record: status and delete say so for their server
+            if isinstance(region, str) and region not in regions:
+                regions.append(region)
+        return regions[:LIST_REGIONS]
 
     def _host(self, node: Node) -> Host:
         from libcloud.compute.types import NodeState

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..credentials import access_token
-from ..errors import ProvisionError, os_words
+from ..errors import ProvisionError, UsageError, os_words
 
 KEY_ENV = ("AWS_ACCESS_KEY_ID",)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY",)
@@ -43,16 +43,25 @@ def aws_credentials(
     env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID", ""), os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     if env_key.strip() and env_secret.strip():
         return AwsCredentials(env_key.strip(), env_secret.strip(), os.environ.get("AWS_SESSION_TOKEN") or None, "env")
+    if env_key.strip():  # as AWS's own chain: a key id without its secret is an error, not a reason to look on
+        raise UsageError("$AWS_ACCESS_KEY_ID is set but $AWS_SECRET_ACCESS_KEY is not: set it too, or unset "
+                         "$AWS_ACCESS_KEY_ID to use a profile of the AWS credentials file")
     profile = os.environ.get("AWS_PROFILE") or "default"
     path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials").expanduser()
     parser = _ini(path, "AWS credentials file")
-    if parser.has_option(profile, "aws_access_key_id") and parser.has_option(profile, "aws_secret_access_key"):
+    wanted = ("aws_access_key_id", "aws_secret_access_key")
+    missing = [key for key in wanted if not parser.get(profile, key, fallback="").strip()]
+    if not missing:
         section = parser[profile]
         return AwsCredentials(
             section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip(),
             section.get("aws_session_token", "").strip() or None, f"profile {profile!r} in {path}",
         )
-    raise ProvisionError(
+    if parser.has_section(profile):  # it is there: "add profile 'default'" sent users to add what they had
+        raise UsageError(f"profile {profile!r} in {path} has no {' and no '.join(missing)}: add it (`aws configure` "
+                         "writes both), or give the credentials another way (--access-token-file and "
+                         "--secret-key-file, or $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY)")
+    raise UsageError(
         "no AWS credentials: give --access-token-file FILE (key id) and --secret-key-file FILE, "
         "set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or add "
         f"profile {profile!r} to {path} (select another with $AWS_PROFILE)"

@@ -395,6 +395,23 @@ def test_status_and_delete_use_the_region_create_used(prov_ec2_moto: Moto, tmp_p
     assert gone["State"]["Name"] == "terminated"
 
 
+def test_list_asks_the_regions_local_state_names(
+    prov_ec2_moto: Moto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Made with --region us-east-1 while $AWS_REGION says eu-west-1: list asked eu-west-1 alone and showed it
+    "absent" (local state only), though status found it running."""
+    _env_credentials(monkeypatch)
+    east = make("ec2", tmp_path / "state", Credentials(region="us-east-1")).create(_plan(tmp_path, "ec2-east"))
+    here = make("ec2", tmp_path / "state", Credentials()).create(_plan(tmp_path, "ec2-here"))  # eu-west-1
+    listed = run_cli(capsys, "list", "--provider", "ec2", "--json", "--state-dir", str(tmp_path / "state"))
+    assert listed.code == 0, listed.err
+    rows = {row["id"]: row for row in listed.json()["servers"]}
+    assert rows[east.id]["status"] != "absent" and rows[here.id]["status"] != "absent", rows
+    provider = make("ec2", tmp_path / "state", Credentials())
+    assert {host.id: host.extra["region"] for host in provider.list()} == {east.id: "us-east-1", here.id: REGION}
+    assert provider.region == REGION  # back where it was: status and create go on there
+
+
 class _AnswerLosingProxy:
     """HTTP on loopback in front of moto: passes every call on, but RunInstances' answer never comes back
     (the connection closes after moto made the instance), as when a network drops it."""
