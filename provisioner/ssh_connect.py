@@ -10,20 +10,21 @@ nothing else.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import re
+import os
 import shlex
 import socket
 from pathlib import Path
+from typing import Callable
 
 import paramiko
 
 from inlets_py.runtime.core.hosts import authority
 
 from .errors import ProvisionError, os_words
-from .ssh_options import SshOptions  # cli and the tests import it from here too
+from .known_hosts import Known, host_entry, host_matches, read_known_hosts
+from .ssh_keys import ENCRYPTED, BadKey, fingerprint, load_key, read_key
+from .ssh_options import SshOptions  # cli and the tests import SshOptions from here too
 
 #: paramiko's transport thread logs failures with tracebacks (a port that is not SSH gives ~20 lines);
 #: without a handler Python prints them to stderr. connect() says what went wrong in one line.
@@ -33,74 +34,48 @@ CONNECT_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 300.0
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """``SHA256:...``, the form ``ssh-keygen -lf`` and OpenSSH's prompts print."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-
-
-#: what loading a key without its passphrase raises (TypeError: cryptography's "password-protected")
-_ENCRYPTED = (paramiko.PasswordRequiredException, TypeError)
-
-
-def load_key(path: str) -> paramiko.PKey:
-    """The private key in ``path``, or a one-line error saying what the file is instead."""
-    problem = _not_a_key_file(Path(path))
-    if problem:
-        raise ProvisionError(f"--ssh-key {path} {problem}")
-    try:
-        return paramiko.PKey.from_path(path)
-    except _ENCRYPTED:
-        raise ProvisionError(f"--ssh-key {path} is encrypted: load it into ssh-agent and leave out --ssh-key") from None
-    except OSError as exc:
-        raise ProvisionError(f"--ssh-key {path}: {os_words(exc)}") from None
-    except (paramiko.SSHException, ValueError, UnicodeDecodeError):
-        raise ProvisionError(f"--ssh-key {path} {_NOT_A_KEY}") from None
-
-
-_NOT_A_KEY = ("is not a private key inletsctl can read (OpenSSH or PEM format): give the file ssh-keygen wrote, "
-              "e.g. ~/.ssh/id_ed25519")
-#: how public keys begin: OpenSSH's one line, PEM, RFC 4716
-_PUBLIC_KEY_RE = re.compile(rb"\s*(?:(?:ssh|ecdsa|sk)-[\w@.-]+ +AAAA|-----BEGIN (?:RSA )?PUBLIC KEY-----|---- BEGIN SSH2 PUBLIC KEY ----)")
-
-
-def _not_a_key_file(path: Path) -> str | None:
-    """What ``path`` is when it cannot hold a private key (a folder, nothing, a public key); None otherwise."""
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        return "is a directory: give the private key file in it, e.g. id_ed25519"
-    except FileNotFoundError:
-        return "does not exist: give the private key file, e.g. ~/.ssh/id_ed25519"
-    except OSError as exc:
-        return f"cannot be read: {os_words(exc)}"
-    if not data.strip():
-        return "is empty: give the private key file, e.g. ~/.ssh/id_ed25519"
-    if _PUBLIC_KEY_RE.match(data):
-        return "is a public key: give the private key (the same file without .pub)"
-    return None
-
-
-def _host_entry(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
+def _saved_key_error(opts: SshOptions, pinned_file: Path, bad: BadKey, agent_tried: bool) -> ProvisionError:
+    """The key file create used and ssh.json keeps (no flag of status or delete names it) cannot be used."""
+    path = str(opts.key_file)
+    where = f"the key file {path} that create used (\"key_file\" in {pinned_file.with_name('ssh.json')})"
+    if not bad.agent:
+        return ProvisionError(f"ssh: {where} {bad.words}")
+    agent = "ssh-agent does not hold it either" if agent_tried else "no ssh-agent runs (SSH_AUTH_SOCK is not set)"
+    if bad.words == "is encrypted":
+        return ProvisionError(f"ssh: {where} is encrypted and {agent}: load it with `ssh-add {shlex.quote(path)}`, "
+                              "then run this again")
+    return ProvisionError(f"ssh: {where} does not exist and {agent}: put the key back there, or set \"key_file\" in "
+                          f"{pinned_file.with_name('ssh.json')} to where it is now (or load it with `ssh-add FILE`)")
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):
-    """Called only for keys not in the loaded known_hosts: pinned fingerprint or accept-new, else refuse."""
+    """Every host key comes here (paramiko's own store stays empty: it matches no patterns and compares one key of a
+    type): the known_hosts lines for the host, then the pinned fingerprint or accept-new, else refuse."""
 
     def __init__(self, opts: SshOptions, pinned: str | None, known_hosts: Path | None,
-                 pinned_file: Path | None = None, revoked: dict[str, Path] | None = None) -> None:
+                 pinned_file: Path | None = None, revoked: dict[str, Path] | None = None,
+                 known: list[Known] | None = None) -> None:
         self._opts, self._pinned, self._known_hosts, self._pinned_file = opts, pinned, known_hosts, pinned_file
         self._revoked = revoked or {}
+        self._known = known or []  # the lines whose patterns name the host
         self.accepted: paramiko.PKey | None = None
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         seen = fingerprint(key)
         where = authority(self._opts.host, self._opts.port)
-        if seen in self._revoked:  # never trusted (_trust), so every revoked key comes here
+        if seen in self._revoked:
             raise ProvisionError(f"host key of {where} ({key.get_name()} {seen}) is marked @revoked in "
                                  f"{self._revoked[seen]}: refusing to connect, as ssh does; the "
                                  "host needs a new host key (or remove that @revoked line if it is a mistake)")
+        if any(line.key.asbytes() == key.asbytes() for line in self._known):  # any line, as ssh: keys are rotated
+            self.accepted = key
+            return
+        # a line with another key of this type: changed (after create, any pinned key: it alone was seen then)
+        old = [line for line in self._known if self._pinned_file is not None or line.key.get_name() == key.get_name()]
+        if old:
+            known_as = " or ".join(f"{fingerprint(line.key)} ({line.where})" for line in old)
+            raise ProvisionError(f"host key of {where} changed: it is {seen}, known as {known_as}: refusing to "
+                                 f"connect; {_changed_key_advice(self._opts, self._pinned_file, self._known_hosts)}")
         if self._pinned_file is not None:  # after create: the state's known_hosts was removed or edited
             state = "holds no key for that host (edited or emptied)" if self._pinned_file.exists() else "is missing"
             raise ProvisionError(f"{self._pinned_file}, which pins the host key of {where} seen at create, {state}; "
@@ -119,7 +94,7 @@ class _Policy(paramiko.MissingHostKeyPolicy):
         elif self._known_hosts is not None:  # accept-new: remember it as OpenSSH does
             self._known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with open(self._known_hosts, "a") as out:
-                out.write(f"{_host_entry(self._opts.host, self._opts.port)} {key.get_name()} {key.get_base64()}\n")
+                out.write(f"{host_entry(self._opts.host, self._opts.port)} {key.get_name()} {key.get_base64()}\n")
         self.accepted = key
 
 
@@ -129,35 +104,42 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
     known: Path | None = Path(opts.known_hosts) if opts.known_hosts else Path("~/.ssh/known_hosts").expanduser()
     pinned = opts.fingerprint
     # known_hosts' @revoked lines hold whatever else is trusted (a pinned fingerprint, the state's key), as ssh's do
-    entries, revoked = _read_known_hosts(known) if known is not None and known.exists() else ([], {})
+    entries, revoked = read_known_hosts(known) if known is not None and known.exists() else ([], {})
     if pinned_file is not None:  # its key alone is trusted; a missing file is said by the policy once the host answers
-        pinned_entries, pinned_revoked = _read_known_hosts(pinned_file) if pinned_file.exists() else ([], {})
+        pinned_entries, pinned_revoked = read_known_hosts(pinned_file) if pinned_file.exists() else ([], {})
         entries, revoked = pinned_entries, pinned_revoked | revoked
         known, pinned = None, "SHA256:(the key seen at create)"
     elif pinned is not None:
         entries = []  # the fingerprint alone is trusted
-    _trust(client, entries, revoked)
-    policy = _Policy(opts, pinned, known, pinned_file, revoked)
+    name = host_entry(opts.host, opts.port)
+    lines = [line for line in entries if host_matches(line.hosts, name)]
+    policy = _Policy(opts, pinned, known, pinned_file, revoked, lines)
     client.set_missing_host_key_policy(policy)
-    pkey = load_key(opts.key_file) if opts.key_file else None
+    pkey: paramiko.PKey | None = None
+    saved_key: BadKey | None = None  # the key file ssh.json names cannot be used: ssh-agent may hold its key
+    if opts.key_file and pinned_file is not None:
+        try:
+            pkey = read_key(opts.key_file)
+        except BadKey as bad:
+            if not bad.agent or not os.environ.get("SSH_AUTH_SOCK"):
+                raise _saved_key_error(opts, pinned_file, bad, agent_tried=False) from None
+            saved_key = bad
+    elif opts.key_file:
+        pkey = load_key(opts.key_file)
     where = f"{opts.user}@{authority(opts.host, opts.port)}"
     try:
         client.connect(
-            opts.host, port=opts.port, username=opts.user, pkey=pkey, look_for_keys=pkey is None,
+            opts.host, port=opts.port, username=opts.user, pkey=pkey, look_for_keys=pkey is None and saved_key is None,
             allow_agent=pkey is None, timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
-            auth_timeout=CONNECT_TIMEOUT,
+            auth_timeout=CONNECT_TIMEOUT, transport_factory=_preferring({line.key.get_name() for line in lines}),
         )
     except ProvisionError:
         client.close()
         raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise ProvisionError(
-            f"host key of {authority(opts.host, opts.port)} changed: it is {fingerprint(exc.key)}, known as "
-            f"{fingerprint(exc.expected_key)}: refusing to connect; {_changed_key_advice(opts, pinned_file, known)}"
-        ) from None
     except paramiko.AuthenticationException:
         client.close()
+        if saved_key is not None and pinned_file is not None:
+            raise _saved_key_error(opts, pinned_file, saved_key, agent_tried=True) from None
         encrypted = [] if opts.key_file else [p for p in _default_keys() if _encrypted(p)]
         if encrypted:  # paramiko tried it, could not open it, and says only "refused"
             other = ", or give an unencrypted key with --ssh-key" if pinned_file is None else ""
@@ -169,6 +151,8 @@ def connect(opts: SshOptions, pinned_file: Path | None = None) -> paramiko.SSHCl
         transport = client.get_transport()
         greeting = transport.remote_version if transport is not None else ""  # the host's "SSH-2.0-...", if it came
         client.close()
+        if str(exc) == "No authentication methods available" and saved_key is not None and pinned_file is not None:
+            raise _saved_key_error(opts, pinned_file, saved_key, agent_tried=True) from None
         if str(exc) == "No authentication methods available":  # paramiko's words when it had no key to offer
             fix = "give one with --ssh-key" if pinned_file is None else "load the key create used with ssh-add"
             raise ProvisionError(f"ssh: no key to log in to {where} with: ssh-agent holds none and ~/.ssh has no "
@@ -206,7 +190,7 @@ def _default_keys() -> list[Path]:
 def _encrypted(path: Path) -> bool:
     try:
         paramiko.PKey.from_path(path)
-    except _ENCRYPTED:
+    except ENCRYPTED:
         return True
     except (OSError, paramiko.SSHException, ValueError, UnicodeDecodeError):
         return False
@@ -223,7 +207,7 @@ def _changed_key_advice(opts: SshOptions, pinned_file: Path | None, known: Path 
                 f"{shlex.quote(str(pinned_file))}; or, if the exit server went with the host, remove its local "
                 f"state: rm -r {shlex.quote(str(pinned_file.parent))}")
     where = f" -f {shlex.quote(str(known))}" if known is not None else ""
-    return f"{check}, then forget the old one: ssh-keygen -R {shlex.quote(_host_entry(opts.host, opts.port))}{where}"
+    return f"{check}, then forget the old one: ssh-keygen -R {shlex.quote(host_entry(opts.host, opts.port))}{where}"
 
 
 def _repin_advice(opts: SshOptions, pinned_file: Path) -> str:
@@ -232,47 +216,27 @@ def _repin_advice(opts: SshOptions, pinned_file: Path) -> str:
             f"ssh-keyscan {port}{shlex.quote(opts.host)} > {shlex.quote(str(pinned_file))}")
 
 
-def _read_known_hosts(path: Path) -> tuple[list[paramiko.hostkeys.HostKeyEntry], dict[str, Path]]:
-    """The entries of known_hosts ``path``, and the fingerprints it marks ``@revoked`` (each with ``path``).
-    paramiko's loader raised on markers and on a key not in base64: as OpenSSH, skip what cannot be read, and
-    @cert-authority lines (host certificates are not checked)."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise ProvisionError(f"cannot read known_hosts {path}: {os_words(exc)}") from None
-    revoked: dict[str, Path] = {}
-    entries: list[paramiko.hostkeys.HostKeyEntry] = []
-    for lineno, line in enumerate(lines, 1):
-        text = line.strip()
-        marker = text.split(None, 1)[0] if text.startswith("@") else ""
-        rest = text[len(marker):].strip()
-        if not rest or rest.startswith("#") or marker not in ("", "@revoked"):
-            continue
-        try:
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(rest, lineno)
-        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException):
-            continue
-        if entry is not None and marker:
-            revoked[fingerprint(entry.key)] = path
-        elif entry is not None:
-            entries.append(entry)
-    return entries, revoked
+#: the key type (``PKey.get_name()``) each host key algorithm shows, where they differ
+_ALGORITHM_KEY = {"rsa-sha2-512": "ssh-rsa", "rsa-sha2-256": "ssh-rsa"}
 
 
-def _trust(client: paramiko.SSHClient, entries: list[paramiko.hostkeys.HostKeyEntry], revoked: dict[str, Path]) -> None:
-    """Trust the keys of ``entries`` but the ``revoked`` ones (the policy refuses those)."""
-    keys = client.get_host_keys()
-    for entry in entries:
-        for name in entry.hostnames:  # the first key of a type for a host wins, as with paramiko's loader
-            known = keys.lookup(name)
-            if fingerprint(entry.key) not in revoked and (known is None or entry.key.get_name() not in known):
-                keys.add(name, entry.key.get_name(), entry.key)
+def _preferring(types: set[str]) -> Callable[..., paramiko.Transport]:
+    """A ``transport_factory`` asking first for the host key types known for the host, as ssh orders them: the host
+    then shows a key known_hosts has rather than one of another type (which it would take for a new host)."""
+    def make(sock: socket.socket, **kwargs: object) -> paramiko.Transport:
+        transport = paramiko.Transport(sock, **kwargs)  # type: ignore[arg-type]
+        options = transport.get_security_options()
+        first = [algorithm for algorithm in options.key_types if _ALGORITHM_KEY.get(algorithm, algorithm) in types]
+        options.key_types = first + [algorithm for algorithm in options.key_types if algorithm not in first]
+        return transport
+
+    return make if types else paramiko.Transport
 
 
 def pin(client: paramiko.SSHClient, opts: SshOptions, path: Path) -> str:
     """Write the key this connection presented to ``path`` (the state's known_hosts); its fingerprint."""
     key = client.get_transport().get_remote_server_key()  # type: ignore[union-attr]
-    path.write_text(f"{_host_entry(opts.host, opts.port)} {key.get_name()} {key.get_base64()}\n")
+    path.write_text(f"{host_entry(opts.host, opts.port)} {key.get_name()} {key.get_base64()}\n")
     path.chmod(0o600)
     return fingerprint(key)
 
