@@ -278,6 +278,9 @@ def list_cmd(
             print(line, file=sys.stderr)
         if rows:
             output.print_table(rows, ["name", "provider", "id", "ip", "mode", "status", "created", "expires", "where"])
+            for row in rows:  # why a server could not be asked (an ssh host's key file, say): the table has no room
+                if row.get("detail"):
+                    print(f"{row['name']}: {row['status']}: {row['detail']}", file=sys.stderr)
         else:
             print("no exit servers")
     if failed:

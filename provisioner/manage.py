@@ -272,7 +272,7 @@ def _row(meta: dict[str, Any] | None, host: Host | None, where: str) -> dict[str
         "created": meta.get("created_at") or (host.created_at if host else None),
         "expires": meta.get("expires_at") or (host.expires_at if host else None),
         "where": where,
-    }
+    } | ({"detail": host.detail} if host and host.status == "unreachable" and host.detail else {})
 
 
 def expired(row: dict[str, Any], now: datetime.datetime | None = None) -> bool:

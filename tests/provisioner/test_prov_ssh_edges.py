@@ -235,6 +235,12 @@ def test_the_saved_key_file_encrypted_or_gone_since_create_says_what_to_do_and_t
                               f'ssh: the key file {key} that create used ("key_file" in {record}) is encrypted and no '
                               f"ssh-agent runs", f"load it with `ssh-add {key}`")
         assert "--ssh-key" not in line
+    listed = run_cli(capsys, "list", "--provider", "ssh", *state)  # it said "unreachable", and not why
+    assert listed.code == 0 and "unreachable" in listed.out, listed
+    assert f'edge: unreachable: ssh: the key file {key} that create used ("key_file" in {record}) is encrypted' \
+        in listed.err, listed.err
+    assert run_cli(capsys, "list", "--provider", "ssh", *state, "--json").json()["servers"][0]["detail"].startswith(
+        f"ssh: the key file {key} that create used")
     monkeypatch.setenv("SSH_AUTH_SOCK", agent)
     one_line_error(run_cli(capsys, "status", "edge", *state), "is encrypted and ssh-agent does not hold it either")
     subprocess.run(["ssh-add", "-q", str(prov_ssh_sshd.client_key)], env={**os.environ, "SSH_AUTH_SOCK": agent},
