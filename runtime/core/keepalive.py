@@ -60,6 +60,20 @@ class Keepalive:
         except ConnectionClosed:
             return
 
+    def _found_stale(self) -> None:
+        """A stream opened after more than ``keepalive`` of silence, as this process sees it: it was stopped (SIGSTOP,
+        a suspended VM) or its loop stalled, so the watchdog could not run, and the peer has since given this connection
+        up, answered the user (502) or sent the request to another client. What it sent before that waited in the
+        socket: acted on now, a POST answered 502 ran all the same, a PUT ran twice, the late one last. Closed here
+        as the watchdog would have closed it, nothing more read (our own pings, answered, keep a live one's silence short)."""
+        silent = time.monotonic() - self._last_rx
+        log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs found=stream_open", self.name, silent,
+                    self.keepalive)
+        self._close_reason = "keepalive timeout"
+        self.websocket.discard_messages()
+        self.websocket.transport.abort()
+        self.teardown(self._close_reason)  # type: ignore[attr-defined]  # Session's
+
     async def _ping(self) -> None:
         pong = await self.websocket.ping()
         await pong

@@ -105,6 +105,7 @@ class Session(Keepalive):
         self._loop = asyncio.get_running_loop()
         self._sending = None
         self.websocket.on_drained = self._drained
+        self._last_rx = time.monotonic()  # before ``attach`` hands over messages that came early
         self._flush()  # what was queued before
         watchdog = asyncio.create_task(self._watchdog()) if self.keepalive else None
         try:
@@ -238,6 +239,9 @@ class Session(Keepalive):
                 else:
                     alive = True  # a stream opened, ended or reset, or GOAWAY: once each at most
                     if isinstance(event, StreamOpened):
+                        if self.keepalive and time.monotonic() - self._last_rx > self.keepalive:
+                            self._found_stale()  # opened before the peer gave us up: acted on, it ran twice
+                            return False
                         channel = Channel(self, event.stream_id, event.target)
                         self.channels[event.stream_id] = channel
                         if self.on_stream is None:
