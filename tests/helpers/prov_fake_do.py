@@ -39,6 +39,8 @@ import yaml
 from helpers.process import terminate
 from inlets_py.provisioner.render import RECEIVER_SCRIPT
 
+#: The access token the fake takes in the tests of tests/provisioner (its conftest writes the token file).
+DO_TOKEN = "dop_v1_" + "e" * 64
 VALID_REGIONS = {"lon1", "nyc3", "sfo3", "ams3", "fra1"}
 VALID_SIZES = {"s-1vcpu-1gb", "s-1vcpu-2gb", "s-2vcpu-2gb"}
 VALID_IMAGES = {"ubuntu-24-04-x64", "ubuntu-22-04-x64"}

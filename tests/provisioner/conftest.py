@@ -1,5 +1,6 @@
 """The ``--provider ssh`` tests' real sshd, started once per test process (not per module: the tests of
-three modules share it), and a unique exit-server name per test that is cleaned up after it."""
+three modules share it), and a unique exit-server name per test that is cleaned up after it; DigitalOcean's
+token file and fake API, which several modules use."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from helpers.process import terminate
+from helpers.prov_fake_do import DO_TOKEN, FakeDigitalOcean
 from helpers.prov_support import free_port
 from helpers.prov_ssh import SSHD, Sshd, keygen, wait_for_sshd
 
@@ -77,3 +79,19 @@ def prov_ssh_name(request: pytest.FixtureRequest) -> Iterator[str]:
     Path(f"/opt/inlets/.{name}.installing").unlink(missing_ok=True)
     for stage in Path("/tmp").glob(f"inletsctl.{name}.*"):  # a failed test's uploads: a token and a key
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    """A DigitalOcean access token file (``DO_TOKEN``), 0600 as inletsctl wants it."""
+    path = tmp_path / "do-token"
+    path.write_text(DO_TOKEN + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
+    """The fake DigitalOcean API, whose droplets boot."""
+    with FakeDigitalOcean(DO_TOKEN, tmp_path / "cloud", boot=True) as api:
+        yield api

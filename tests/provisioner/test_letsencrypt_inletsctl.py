@@ -26,7 +26,7 @@ import yaml
 
 from helpers.http import need  # noqa: E402
 from helpers.letsencrypt import dnsmasq, pebble, wait_until  # noqa: E402
-from helpers.prov_fake_do import FakeDigitalOcean  # noqa: E402
+from helpers.prov_fake_do import DO_TOKEN, FakeDigitalOcean  # noqa: E402
 from helpers.tunnel import make_tls  # noqa: E402
 from helpers.prov_support import free_port, http_upstream, one_line_error, run_cli, run_client  # noqa: E402
 from inlets_py.provisioner.material import generate  # noqa: E402
@@ -35,16 +35,8 @@ from inlets_py.provisioner.spec import LetsEncrypt, build_spec  # noqa: E402
 from inlets_py.provisioner.wheel import LETSENCRYPT_FOLDER, server_modules  # noqa: E402
 from inlets_py import runtime  # noqa: E402
 
-TOKEN = "dop_v1_" + "e" * 64
+TOKEN = DO_TOKEN  # conftest's token_file and fake take it
 DOMAIN = "site.example.test"
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "do-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
 
 
 def _units(text: str) -> dict[str, str]:

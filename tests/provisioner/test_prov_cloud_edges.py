@@ -16,10 +16,10 @@ from typing import Iterator
 import pytest
 
 from helpers.prov_cloud_recorded import Answer, RecordedAPI
-from helpers.prov_fake_do import FakeDigitalOcean
+from helpers.prov_fake_do import DO_TOKEN, FakeDigitalOcean
 from helpers.prov_support import free_port, one_line_error, run_cli
 
-TOKEN = "dop_v1_" + "e" * 64
+TOKEN = DO_TOKEN  # conftest's token_file and fake take it
 RATE_LIMITED = {"id": "too_many_requests", "message": "API Rate limit exceeded."}
 
 
@@ -38,20 +38,6 @@ def no_egress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
     for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN", "DIGITALOCEAN_API_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "do-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
-    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=True) as api:
-        yield api
 
 
 @pytest.fixture

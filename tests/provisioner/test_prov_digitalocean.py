@@ -6,31 +6,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from helpers.prov_fake_do import FakeDigitalOcean
+from helpers.prov_fake_do import DO_TOKEN, FakeDigitalOcean
 from helpers.prov_support import (
     assert_server_answered,
     free_port, get_through, http_upstream, one_line_error, run_cli, run_client, run_inletsctl,
 )
 
-TOKEN = "dop_v1_" + "f" * 64
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "do-token"
-    path.write_text(TOKEN + "\n")
-    path.chmod(0o600)
-    return path
-
-
-@pytest.fixture
-def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
-    with FakeDigitalOcean(TOKEN, tmp_path / "cloud", boot=True) as api:
-        yield api
+TOKEN = DO_TOKEN  # conftest's token_file and fake take it
 
 
 def _do(fake: FakeDigitalOcean, token_file: Path, state: Path, *args: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from helpers.prov_fake_do import FakeDigitalOcean
 from helpers.prov_support import free_port, get_through, http_upstream, one_line_error, run_cli, run_client
-from test_prov_digitalocean import _do, fake, token_file  # noqa: F401  (the same fake, token and flags)
+from test_prov_digitalocean import _do  # the same flags (conftest: the same fake and token)
 
 def _create(fake: FakeDigitalOcean, token_file: Path, state: Path, capsys, *more: str) -> dict:
     port, control = free_port(), free_port()
