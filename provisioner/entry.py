@@ -14,7 +14,9 @@ def main() -> None:
     129 for SIGHUP, each taken as a Ctrl-C is: what was made is said, and nothing more is asked of a cloud)."""
     try:
         from .errors import catch_signals, interrupted_status
+        from inlets_py.runtime.cli.handoff import open_closed_stdio
 
+        open_closed_stdio()  # ``inletsctl list >&-``: sys.stdout was None, and the next file opened took a free fd 0-2
         catch_signals()
         from .cli import main as run
     except KeyboardInterrupt as exc:

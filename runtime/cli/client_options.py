@@ -21,7 +21,8 @@ TlsServerName = Annotated[Optional[str], typer.Option(help="Name the server cert
 TlsInsecure = Annotated[bool, typer.Option(help="Do not verify the server certificate (testing only).")]
 Proxy = Annotated[Optional[str], typer.Option(
     help="Reach the server through this proxy: http://[USER@]HOST:PORT (CONNECT) or socks5://HOST:PORT; "
-    "'none' to connect directly. Default: $HTTPS_PROXY / $ALL_PROXY unless $NO_PROXY matches.")]
+    "'none' to connect directly. Default: the first set of $WSS_PROXY ($WS_PROXY for ws://), $SOCKS_PROXY, "
+    "$HTTPS_PROXY ($HTTP_PROXY too for ws://), $ALL_PROXY, unless $NO_PROXY matches.")]
 ProxyPasswordFile = Annotated[Optional[Path], path_option(
     "File holding the password for the --proxy user (or the password itself in $INLETS_PROXY_PASSWORD) "
     "(a password inside --proxy shows in ps).")]

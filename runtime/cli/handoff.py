@@ -28,6 +28,31 @@ _PLAIN = (type(None), bool, int, float, str, PurePath)
 _sighup_noted = False
 
 
+def open_closed_stdio() -> None:
+    """Give each of fds 0-2 that was closed at start (``inlets ... <&-``, ``>&-``) /dev/null, and Python a stream on it.
+
+    Else the next file opened takes the free number: uvloop's epoll fd became 0 or 1, and libuv aborts (status 134)
+    rather than close a standard fd when the loop ends, so a SIGTERM killed the tunnel instead of draining it; and
+    Python's ``sys.stdout`` was None, so printing (``--help``, the child's exit) raised a traceback."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: ``fd`` itself, as the ones below are open
+        except OSError:  # no /dev/null (a bare chroot): run as before
+            return
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            stream = open(fd, mode, closefd=False, encoding="utf-8", errors="backslashreplace")
+            setattr(sys, name, stream)
+            setattr(sys, f"__{name}__", stream)
+
+
 def hold_sighup() -> None:
     """Note SIGHUP until the tunnel's loop handles it (``sighup_noted``). Its default action ends the process: a
     ``systemctl reload`` or a rotation's ``kill -HUP`` in the first 0.3 s of a start (the child parsing, the
@@ -141,6 +166,8 @@ def _status_of(parse: Callable[[], int]) -> int:
 def _exit(status: int) -> None:
     """Leave the child without running the parent's exit handlers twice; what it printed is flushed first."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # no such fd when Python started, and parse_then_run was called without open_closed_stdio
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):

@@ -8,6 +8,7 @@ can cause ends as one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import os
 import sys
 
 try:  # a Ctrl-C while these load (a fresh install compiles them first) is exit 130, as it is a moment later
@@ -53,6 +54,7 @@ def _command_path(argv: list[str]) -> str:
 
 def main() -> None:
     """Entry point: flags are parsed in a child process, the tunnel runs in this one (cli/handoff.py)."""
+    handoff.open_closed_stdio()  # before anything opens a file (or the loop its epoll fd) on a free fd 0-2
     lazy_modules.defer()  # before typer and websockets: memory kept for the life of the process
     handoff.hold_sighup()  # a reload asked for while starting is one once running, not the end of the process
     argv = sys.argv[1:]
@@ -93,6 +95,44 @@ def quiet_ctrl_c(function: Callable[..., int], *args: Any) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    """``_parse``; output that cannot be written (a full disk) is one line on stderr and exit status 1, as inletsctl
+    says it; a reader gone (``| head -1``) is exit status 1 without a word."""
+    try:
+        try:
+            status = _parse(argv)
+        except SystemExit:  # --generate's exit: what it wrote may still be in the buffer
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()  # here, not at the child's exit, which cannot say that it failed
+        return status
+    except BrokenPipeError:
+        _drop_stdout()
+        return 1
+    except OSError as exc:
+        if exc.filename:  # not the output's: a file a command failed to say in its own words, a bug to show
+            raise
+        _drop_stdout()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        line = f"inlets: error: {reason} writing the output: make room (or write elsewhere) and run it again"
+        try:
+            print(shown(line), file=sys.stderr, flush=True)
+        except OSError:  # stderr cannot take it either: the status says it
+            pass
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered can never be written, and the flush at exit would
+    otherwise fail again (a second error, outside the child: Python's own)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing is flushed at exit either
+        pass
+
+
+def _parse(argv: list[str]) -> int:
     """Usage errors as one line (``inlets: error: ...``), exit status 2; the command's status otherwise."""
     import typer
 
