@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+import sys
 from dataclasses import dataclass
 
+from . import logs
 from .hosts import check_host, unmapped_address
 from .ports import parse_port
 
@@ -12,18 +15,45 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_networks(text: str, option: str = "--allow-ips") -> list[Network]:
-    """``10.0.0.0/8,2001:db8::/32,192.0.2.7`` -> networks; ValueError names the bad entry."""
+    """``10.0.0.0/8,2001:db8::/32,192.0.2.7`` -> networks; ValueError names the bad entry. An IPv4-mapped rule
+    (``::ffff:10.0.0.0/104``) is the IPv4 network it names (10.0.0.0/8): sources are matched unmapped, so as an IPv6
+    network it matched none and refused every user."""
     networks = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
+        address, percent, zone = item.partition("%")
+        if percent:  # fe80::1%eth0 was taken with its zone ignored: fe80::1 from every interface got in
+            bare = address + zone[zone.find("/"):] if "/" in zone else address
+            raise ValueError(f"{option}: {item!r}: a zone (%...) cannot be matched: give {bare}, which matches on "
+                             f"every interface")
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network: Network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise ValueError(f"{option}: {item!r} is not an IP address or CIDR network") from None
+        written = unmapped_address(ipaddress.ip_address(item.partition("/")[0]))
+        if written.version != network.version:  # IPv4-mapped
+            if network.prefixlen < 96:  # reaches past ::ffff:0:0/96: no IPv4 network is that
+                raise ValueError(f"{option}: {item!r}: an IPv4-mapped network needs a prefix of /96 or longer "
+                                 f"(::ffff:10.0.0.0/104 is 10.0.0.0/8); or write the IPv4 network")
+            network = ipaddress.ip_network(f"{written}/{network.prefixlen - 96}", strict=False)
+        if written != network.network_address:
+            _widened(option, item, network)
+        networks.append(network)
     if not networks:
         raise ValueError(f"{option} needs at least one address or network")
     return networks
+
+
+def _widened(option: str, item: str, network: Network) -> None:
+    """Say, once at start, that ``10.0.0.1/8`` is taken as 10.0.0.0/8, as nginx warns ("low address bits of
+    10.0.0.1/8 are meaningless"): a warning, not a refusal, which would stop servers whose flags always started."""
+    if logs.configured() is None:  # the flags are checked before the log is set up
+        print(f"inlets: warning: {option} {item} is taken as {network} (the low address bits are ignored): "
+              f"write {network}", file=sys.stderr)
+    else:
+        logging.getLogger("inlets").warning("event=network_widened option=%s given=%s using=%s", option,
+                                            logs.logfmt(item), network)
 
 
 class SourceAllowList:

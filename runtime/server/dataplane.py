@@ -63,12 +63,17 @@ class HeaderReader:
     def feed(self, data: bytes) -> tuple[Address, Address | None, bytes] | None:
         """(the source, the destination, the bytes after the header) once complete; None before. Raises
         ProxyProtocolError. A header naming no source (LOCAL/UNKNOWN: the balancer's own connection, a health
-        check) gives the balancer's address, for ``--allow-ips`` to judge: the HTTP server let it through unjudged."""
+        check) gives the balancer's address, for ``--allow-ips`` to judge: the HTTP server let it through unjudged.
+        An IPv4-mapped address (``TCP6 ::ffff:10.9.9.9``) is taken as the IPv4 one, as ``address`` takes a direct
+        user's: logs and the upstream's header named it ``::ffff:a09:909``."""
         self.buffer += data
         header = parse(bytes(self.buffer), self.version)
         if header is None:
             return None
-        return header.source or self.peer, header.destination, bytes(self.buffer[header.length :])
+        source, destination = header.source or self.peer, header.destination
+        if destination is not None:
+            destination = unmapped(destination[0]), destination[1]
+        return (unmapped(source[0]), source[1]), destination, bytes(self.buffer[header.length :])
 
     def cut_short(self) -> str | None:
         """Why a connection closed (FIN) before its header was whole is refused, at once rather than held until the

@@ -34,22 +34,38 @@ class ProxyHeader:
 
 
 def encode(version: str, source: Address, destination: Address) -> bytes:
-    """A header that tells the upstream this connection came from ``source`` to ``destination``."""
-    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
-    if src.version != dst.version:  # e.g. IPv4 client on a dual-stack IPv6 socket
-        src, dst = unmapped_address(src), unmapped_address(dst)
+    """A header that tells the upstream this connection came from ``source`` to ``destination``.
+
+    Both addresses are of one family, as the specification wants: IPv4 when both are (``::ffff:10.9.9.9`` taken as
+    10.9.9.9), else IPv6, an IPv4 one written IPv4-mapped (a balancer's IPv4 user reaching its IPv6 address):
+    v1 ``TCP6 ::ffff:a09:909 2001:db8::1``, in the hex groups the specification's TCP6 addresses are made of."""
+    src, dst = unmapped_address(ipaddress.ip_address(source[0])), unmapped_address(ipaddress.ip_address(destination[0]))
+    if src.version != dst.version:  # UNKNOWN / UNSPEC lost the user's address
+        src, dst = _mapped(src), _mapped(dst)
     if version == "v1":
-        if src.version != dst.version:
-            return b"PROXY UNKNOWN\r\n"
         family = "TCP4" if src.version == 4 else "TCP6"
-        return f"PROXY {family} {src} {dst} {source[1]} {destination[1]}\r\n".encode()
+        return f"PROXY {family} {_v1_text(src)} {_v1_text(dst)} {source[1]} {destination[1]}\r\n".encode()
     if version == "v2":
-        if src.version != dst.version:
-            return _V2_HEADER.pack(V2_SIGNATURE, 0x21, 0x00, 0)
         family = 0x11 if src.version == 4 else 0x21
         body = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
         return _V2_HEADER.pack(V2_SIGNATURE, 0x21, family, len(body)) + body
     raise ValueError(f"PROXY protocol version must be v1 or v2, got {version!r}")
+
+
+def _mapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """``address`` as IPv6: an IPv4 one as ``::ffff:a.b.c.d``."""
+    if isinstance(address, ipaddress.IPv6Address):
+        return address
+    return ipaddress.IPv6Address(0xFFFF << 32 | int(address))
+
+
+def _v1_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as a v1 header writes it: an IPv6 one in hex groups only, as the specification defines them
+    (Python 3.13 writes an IPv4-mapped one ``::ffff:10.9.9.9``)."""
+    if isinstance(address, ipaddress.IPv4Address) or address.ipv4_mapped is None:
+        return str(address)
+    low = int(address) & 0xFFFFFFFF
+    return f"::ffff:{low >> 16:x}:{low & 0xFFFF:x}"
 
 
 def parse(data: bytes, version: str) -> ProxyHeader | None:
@@ -103,7 +119,13 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     if len(data) < total:
         return None
     body = data[_V2_HEADER.size : total]
-    if ver_cmd & 0xF == 0 or family >> 4 not in (1, 2):  # LOCAL, or not IP: no address to use
+    if ver_cmd & 0xF == 0:  # LOCAL: the family is ignored
+        return ProxyHeader(None, None, total)
+    if family >> 4 > 3 or family & 0xF > 2:  # values the specification says receivers must reject
+        raise ProxyProtocolError("unsupported PROXY v2 address family or transport")
+    if family & 0xF == 2:  # DGRAM: a UDP datagram's addresses are not this TCP connection's (was taken as TCP)
+        raise ProxyProtocolError("PROXY v2 header for a datagram (UDP) connection on a TCP port")
+    if family not in (0x11, 0x21):  # UNSPEC, UNIX: no address to use
         return ProxyHeader(None, None, total)
     size = 4 if family >> 4 == 1 else 16
     if len(body) < 2 * size + 4:
