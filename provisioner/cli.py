@@ -250,14 +250,16 @@ def list_cmd(
 ) -> None:
     """List exit servers: the cloud (by tag) joined with local state, flagging one-sided ones."""
     from . import manage
+    from .errors import STATE_INVALID
 
-    flags.refuse_empty(ctx)
-    root = state_root(state_dir)
-    creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     notes: list[str] = []
     pruned: list[str] = []
     failed = 0
     try:
+        flags.refuse_empty(ctx)
+        root = state_root(state_dir)
+        creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key,
+                       region=region)
         rows = manage.list_servers(root, creds, provider, notes)
         if prune:
             progress = output.Progress(quiet=json_output)
@@ -266,10 +268,12 @@ def list_cmd(
             finally:
                 progress.close()
             rows = manage.list_servers(root, creds, provider, [])
-    except StatusFailed as exc:  # --provider's cloud failed: --json still prints one object, as on success
+    except ProvisionError as exc:  # --json still prints one object, as on success: --provider's cloud failed, or
+        # (state "invalid", as --provider nosuch) a flag given empty, a state folder that cannot be read
+        result, state = (exc.result, exc.state) if isinstance(exc, StatusFailed) else ({}, STATE_INVALID)
         if json_output:
-            output.print_json({"servers": exc.result.get("servers", []), "notes": notes, "pruned": pruned,
-                               "error": str(exc), "state": exc.state})
+            output.print_json({"servers": result.get("servers", []), "notes": notes, "pruned": pruned,
+                               "error": str(exc), "state": state})
         raise
     if json_output:
         output.print_json({"servers": rows, "notes": notes, "pruned": pruned})

@@ -26,7 +26,7 @@ def command_word(program: str) -> str:
 
 
 class Progress:
-    """Progress on stderr: a spinner on a terminal; elsewhere (logs, CI, a pipe) few plain lines.
+    """Progress on stderr: a spinner on a terminal; elsewhere (logs, CI, a pipe, a dumb terminal) few plain lines.
 
     ``progress(step)`` prints the step once. ``progress(step, detail)`` is a wait that is
     still going (detail: what was seen, the elapsed time and the timeout): on a terminal
@@ -47,7 +47,8 @@ class Progress:
         self._since = 0.0  # when the current step began
         self._printed: float | None = None  # when it was last printed
         self._status = None
-        if self._console.is_terminal and not quiet:
+        # rich draws nothing on a dumb terminal (TERM=dumb: Emacs' shell, some CI consoles): create showed no progress
+        if self._console.is_terminal and not self._console.is_dumb_terminal and not quiet:
             self._status = self._console.status("starting")
             self._status.start()
 

@@ -35,13 +35,29 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def state_root(override: Path | None = None) -> Path:
-    """``--state-dir``, else $INLETSCTL_STATE_DIR, else $XDG_CONFIG_HOME/inletsctl (~/.config)."""
+    """``--state-dir``, else $INLETSCTL_STATE_DIR, else $XDG_CONFIG_HOME/inletsctl (~/.config). A blank or relative
+    $XDG_CONFIG_HOME is ignored, as the XDG Base Directory spec says (a relative one kept the tokens under whatever
+    folder inletsctl ran in); ~ is $HOME, else the passwd entry's home (``user_home``), never the filesystem root."""
     if override is not None:
         return override.expanduser().absolute()
+    root = _default_root()
+    if root is None:
+        raise ProvisionError(f"no home folder to keep exit servers in: $HOME is not an absolute path and this user has "
+                             f"no home in /etc/passwd; set HOME, or give --state-dir (or ${STATE_ENV})")
+    return root
+
+
+def _default_root() -> Path | None:
+    """The state root without --state-dir; None when there is no home folder to put it in."""
     if os.environ.get(STATE_ENV):
         return Path(os.environ[STATE_ENV]).expanduser().absolute()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return (Path(base) / "inletsctl").absolute()
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if os.path.isabs(base):
+        return Path(base) / "inletsctl"
+    from inlets_py.runtime.cli.config import user_home  # imported here: --help needs no home
+
+    home = user_home()
+    return None if home is None else home / ".config" / "inletsctl"
 
 
 def prepare_root(root: Path) -> None:
@@ -357,5 +373,5 @@ def not_here(name: str, root: Path, elsewhere: str = "") -> NotFound:
 
 def inletsctl_command(verb: str, name: str, root: Path) -> str:
     """``inletsctl VERB NAME``, with ``--state-dir`` when ``root`` is not the default: a command that acts on it."""
-    extra = "" if root == state_root(None) else f" --state-dir {shlex.quote(str(root))}"
+    extra = "" if root == _default_root() else f" --state-dir {shlex.quote(str(root))}"
     return f"{shlex.quote(command_word('inletsctl'))} {verb} {name}{extra}"

@@ -36,14 +36,34 @@ def refuse_blank(value: str | None, flag: str, instead: str) -> None:
         fail(f"{flag} is empty: {instead}")
 
 
+def user_home() -> Path | None:
+    """$HOME, else (blank or relative) the home folder of this user's passwd entry, the one OpenSSH uses; None when
+    neither is an absolute path. A blank $HOME (``env HOME= ...``, some service managers) put ~ at the filesystem root:
+    the CA and keys in /.local/share/inlets, inletsctl's tokens in /.config/inletsctl; a relative one under the
+    current folder."""
+    home = os.environ.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:  # a uid with no passwd entry (a container run with --user 12345)
+            return None
+    return Path(home) if os.path.isabs(home) else None
+
+
 def default_data_dir() -> Path:
-    """$XDG_DATA_HOME/inlets, else ~/.local/share/inlets. A blank or relative $XDG_DATA_HOME is ignored, as the XDG
-    Base Directory spec says: a relative one put the CA and keys under whatever folder the server started in, a blank
-    one in a folder named by its spaces."""
+    """$XDG_DATA_HOME/inlets, else ~/.local/share/inlets (``user_home``). A blank or relative $XDG_DATA_HOME is
+    ignored, as the XDG Base Directory spec says: a relative one put the CA and keys under whatever folder the server
+    started in, a blank one in a folder named by its spaces."""
     base = os.environ.get("XDG_DATA_HOME", "")
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "inlets"
+    if os.path.isabs(base):
+        return Path(base) / "inlets"
+    home = user_home()
+    if home is None:
+        fail("no home folder to keep inlets' keys in: $HOME is not an absolute path and this user has no home in "
+             "/etc/passwd; set HOME or XDG_DATA_HOME, or give --auto-tls-path (--letsencrypt-path)")
+    return home / ".local" / "share" / "inlets"
 
 
 def check_given_once(flags: SimpleNamespace, secrets: tuple[SecretOption, ...]) -> None:

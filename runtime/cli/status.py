@@ -6,7 +6,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -21,7 +21,7 @@ from ..core.probe import ProbeError, Unreachable, get, parse_url
 from ..core.tls import TlsConfigError, client_context
 from .app import app
 from .client_config import PROXY_INSTEAD, proxy_password_from, proxy_setting
-from .config import fail, refuse_blank
+from .config import fail
 from .durations import seconds_option
 from .client_options import Proxy, ProxyPasswordFile, TlsCa, TlsServerName
 from .status_view import render_holdings, render_table
@@ -41,7 +41,7 @@ def status(
     tls_server_name: TlsServerName = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the server's /status JSON; with several --url, "
                                         '{"servers": {URL: its JSON}, "errors": {URL: why}} ("errors" only when '
-                                        "one did not answer).")] = False,
+                                        "one did not answer); on any failure, that object.")] = False,
     timeout: Annotated[float, seconds_option("Seconds to wait for the server.", 0.1)] = 5.0,
     proxy: Proxy = None,
     proxy_password_file: ProxyPasswordFile = None,
@@ -52,7 +52,11 @@ def status(
 
     Example: inlets status --url wss://203.0.113.10:8123 --token-file token.txt --tls-ca ca.crt
     """
-    refuse_blank(proxy, "--proxy", PROXY_INSTEAD)
+    def refused(message: str) -> NoReturn:  # a flag no server can be asked with: each --url's error under --json
+        _fail(message, 2, json_, {}, dict.fromkeys(url, message))
+
+    if proxy is not None and not proxy.strip():  # refuse_blank's line, which exits before --json could print
+        refused(f"--proxy is empty: {PROXY_INSTEAD}")
     try:  # bad flags: one line before any server is asked
         if tls_server_name is not None:
             check_host(tls_server_name, "--tls-server-name")
@@ -61,19 +65,20 @@ def status(
         password_from = proxy_password_from(proxy_password_file)  # what a 407 names
         proxy = proxy_setting(proxy, proxy_password_file)
     except (HostError, TlsConfigError, TokenError, ProxyConfigError) as exc:
-        fail(str(exc))
+        refused(str(exc))
     if len(set(url)) != len(url):  # one entry per server in the holdings: a repeat read as "holds 1/1 servers"
-        fail("the same --url is given twice: each server once")
+        refused("the same --url is given twice: each server once")
     files: list[Path | None] = list(token_file or [None])
     if len(files) not in (1, len(url)):
-        fail(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per --url")
+        refused(f"--token-file given {len(files)} times for {len(url)} --url: give one for every server, or one per "
+                "--url")
     pairs = list(zip(url, files * len(url) if len(files) == 1 else files))
     if len(url) == 1:
         ((server, file),) = pairs
         try:
             document = _status(server, token, file, tls_ca, tls_server_name, timeout, False, proxy, password_from)
-        except _Unanswered as exc:
-            fail(str(exc), 1)
+        except _Failed as exc:  # --json: the object two --url print when neither answered, not an empty stdout
+            _fail(str(exc), exc.status, json_, {}, {server: str(exc)})
         typer.echo(json.dumps(document, indent=2) if json_ else render_table(document))
         return
     # Several servers (behind one balancer): one that is down is what status is asked about then, so it is
@@ -86,6 +91,8 @@ def status(
         except _Unanswered as exc:
             errors[server] = str(exc)
             print(f"inlets: error: {shown(str(exc))}", file=sys.stderr, flush=True)
+        except _Failed as exc:  # its token file, its --url: the servers not asked yet are in neither
+            _fail(str(exc), exc.status, json_, documents, errors | {server: str(exc)})
     if json_:
         typer.echo(json.dumps({"servers": documents, **({"errors": errors} if errors else {})}, indent=2))
     else:
@@ -96,8 +103,24 @@ def status(
         raise SystemExit(1)
 
 
-class _Unanswered(Exception):
+class _Failed(Exception):
+    """Why a server could not be asked (its token file, its --url): exit status 2, as every command's bad input."""
+
+    status = 2
+
+
+class _Unanswered(_Failed):
     """A server that did not give its status (down, refused the token, not a tunnel): exit status 1."""
+
+    status = 1
+
+
+def _fail(message: str, status: int, json_: bool, documents: dict[str, dict], errors: dict[str, str]) -> NoReturn:
+    """The one-line error and its exit status; with --json, first the object several --url print, ``errors`` saying
+    why: a script reads JSON on every outcome (one --url down printed nothing, two printed that object)."""
+    if json_:
+        typer.echo(json.dumps({"servers": documents, "errors": errors}, indent=2))
+    fail(message, status)
 
 
 def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path | None, tls_server_name: str | None,
@@ -117,12 +140,12 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         endpoint = parse_url(url)
         dial = dialer_for(url, proxy, password_from)  # through the proxy the client would take (--proxy, else the environment)
     except (TokenError, ProbeError) as exc:
-        fail(f"{where}{exc}")
+        raise _Failed(f"{where}{exc}") from None
     try:
         answer = get(endpoint, "/status", ca_file=tls_ca, server_name=tls_server_name, token=secret, timeout=timeout,
                      deadline=timeout, dial=dial)
     except TlsConfigError as exc:
-        fail(f"{where}{exc}")
+        raise _Failed(f"{where}{exc}") from None
     except Unreachable as exc:  # through a proxy, its own words name the proxy instead
         hint = "" if dial else ": check that the server is running and that --url names its control port (8123 unless set)"
         raise _Unanswered(f"{where}{exc}{hint}")
