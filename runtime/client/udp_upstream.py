@@ -7,11 +7,14 @@ socket was full (an upstream answering in bursts faster than the loop reads), Li
 come and when the flow ends, not with every datagram: the loop's transport (``recvfrom``, in C) is kept, as a
 reader of our own with ``recvmsg`` read 15-30% fewer datagrams a second. Fewer are dropped so: the first
 BURST_FLOWS flows' sockets hold a burst of 3,640 answers of 1 KB, not the kernel default's 92.
+A flow whose upstream refuses it (ICMP unreachable) before any answer fails, as a refused TCP dial does (REFUSED):
+the server then sends that source's next datagram, and new flows, to its other clients first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import sys
@@ -21,7 +24,7 @@ from typing import Callable
 from ..core.hosts import authority
 from ..core.logs import logfmt
 from ..core.datagram import raise_receive_buffer, send_empty
-from ..core.mux import ResetCode
+from ..core.mux import DEFAULT_INITIAL_WINDOW, ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.channel import Channel
 
@@ -32,9 +35,10 @@ DROP_LOG_INTERVAL = 10.0
 #: Bytes a flow's socket may hold back (its send buffer full: a link slower than the tunnel) before datagrams
 #: are dropped. The loop's transport would keep every one, without bound, and send it minutes late.
 MAX_SEND_BACKLOG = 64 * 1024
-#: Datagrams a flow keeps while its socket is made (its upstream's name resolving), and bytes all flows keep so:
-#: counted per flow alone, 64 of 64 KB waited in each, and 100 flows behind a silent DNS took 60 MB more.
-EARLY_DATAGRAMS = 64
+#: Bytes a flow keeps while its socket is made (its upstream's name resolving; an address's is made at once), as
+#: many as its stream's first window lets the server send, and bytes all flows keep so: counted per flow alone, 64
+#: of 64 KB waited in each, and 100 flows behind a silent DNS took 60 MB more; 64 datagrams of 100 B cut a burst.
+EARLY_FLOW_BYTES = DEFAULT_INITIAL_WINDOW
 EARLY_BYTES = 4 * 1024 * 1024
 #: Seconds, at most, between an answer read and a look at the kernel's count of the flow's dropped ones.
 KERNEL_DROPS_INTERVAL = 1.0
@@ -42,6 +46,11 @@ KERNEL_DROPS_INTERVAL = 1.0
 SO_MEMINFO = 55
 _MEMINFO_SIZE = 9 * 4
 COUNTS_KERNEL_DROPS = sys.platform == "linux"
+#: What an unreachable upstream's ICMP reads as: a port nothing listens on, a host or network with no way there.
+_UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+#: When each upstream's refusal of a flow was last said: its flows fail one after another (a source's every
+#: datagram opens one), said once in DROP_LOG_INTERVAL. One key per --upstream: bounded.
+_refusals_said: dict[str, float] = {}
 #: Flows (in the process) whose socket takes bursts (raise_receive_buffer) at once: each may keep up to 8 MiB of
 #: answers waiting to be read, so 64 MiB at most together; flows past these keep the kernel's default buffer.
 BURST_FLOWS = 8
@@ -66,6 +75,8 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self._log_later: asyncio.TimerHandle | None = None  # the line for drops the interval held back
         self._early: list[bytes | memoryview] = []  # datagrams that came before the socket did (EARLY_* bound them)
         self._early_bytes = 0
+        self._sock: socket.socket | None = None  # an address's socket, made at once: used until the transport comes
+        self._answered = False  # the upstream answered: an ICMP error after that does not fail the flow
         self._closed = False
         self._kernel_drops = 0  # the kernel's count, as last read
         self._watch: asyncio.TimerHandle | None = None  # the next look at it, while answers come
@@ -74,6 +85,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._sock = None  # the transport's now, closed with it
         self._watches = COUNTS_KERNEL_DROPS
         if self._closed:
             transport.close()
@@ -85,9 +97,12 @@ class UdpUpstream(asyncio.DatagramProtocol):
         early = self._early
         self._release_early()
         for data in early:
+            if self.transport is None:  # refused (ICMP) meanwhile: the flow failed
+                break
             self._send(data)
 
     def datagram_received(self, data: bytes, address: tuple) -> None:
+        self._answered = True
         if len(data) > MAX_DATAGRAM or not self.channel.write_whole(data):  # whole or not at all
             self._drop()
         if self._watch is None and self._watches:  # the kernel drops only while answers wait in the socket,
@@ -95,9 +110,14 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self._watch = asyncio.get_running_loop().call_later(KERNEL_DROPS_INTERVAL, self._count_kernel_drops)
 
     def error_received(self, exc: Exception) -> None:
-        """ICMP port unreachable (nothing listens there), say: UDP carries on, as the upstream may start. Said
-        once a flow, as a TCP dial's refusal is (the datagrams vanished, and the server counted them carried)."""
+        """ICMP port unreachable (nothing listens there), say. Before any answer it fails the flow, as a refused
+        TCP dial does: else the server, told the socket was made, kept sending this client its share of new sources
+        (every other one lost, with two clients). After one, UDP carries on, as the upstream may be restarting:
+        said once a flow, as a TCP dial's refusal is."""
         reason = getattr(exc, "strerror", None) or str(exc)
+        if not self._answered and getattr(exc, "errno", None) in _UNREACHABLE:
+            self._refused(reason)
+            return
         if self._failed:
             log.debug("event=udp_upstream_error upstream=%s error=%s", logfmt(self.where), logfmt(reason))
             return
@@ -105,6 +125,21 @@ class UdpUpstream(asyncio.DatagramProtocol):
         log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason),
                  extra={"cause": (self.where, reason)})  # per upstream and error, as a TCP dial's: one busy dead
         # upstream's flows took the kind's every line, and another's failure went unsaid
+
+    def _refused(self, reason: str) -> None:
+        """Fail the flow: the server counts its datagrams as ``upstream_failed`` and marks this client unreachable
+        (``registry.unreachable``), so the source's next datagram opens a flow on another client first."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        if now - _refusals_said.get(self.where, float("-inf")) >= DROP_LOG_INTERVAL:
+            _refusals_said[self.where] = now
+            log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason),
+                     extra={"cause": (self.where, reason)})
+        else:
+            log.debug("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason))
+        self.close()
+        self.channel.reset(ResetCode.REFUSED, f"upstream udp {self.where}: {reason}")
 
     # StreamHandler: datagrams from the server's side
     def _send(self, data: bytes | memoryview) -> None:
@@ -119,7 +154,11 @@ class UdpUpstream(asyncio.DatagramProtocol):
     def on_data(self, data: bytes | memoryview) -> None:
         if self.transport is not None:
             self._send(data)
-        elif (not self._closed and len(self._early) < EARLY_DATAGRAMS
+        elif self._closed:
+            self._drop()
+        elif self._sock is not None:  # an address: sent now, nothing waits for the transport
+            self._send_now(self._sock, data)
+        elif (self._early_bytes + len(data) <= EARLY_FLOW_BYTES
               and UdpUpstream.early_bytes + len(data) <= EARLY_BYTES):
             self._early.append(data)
             self._early_bytes += len(data)
@@ -127,6 +166,16 @@ class UdpUpstream(asyncio.DatagramProtocol):
         else:
             self._drop()
         self.channel.consumed(len(data))
+
+    def _send_now(self, sock: socket.socket, data: bytes | memoryview) -> None:
+        """A datagram on the connected socket before its transport comes (the same turn of the loop: a whole
+        burst arrives in one websocket message); a full socket drops it, as the transport's would."""
+        try:
+            sock.send(data)  # b"" too: a plain socket sends an empty datagram
+        except (BlockingIOError, InterruptedError):
+            self._drop()
+        except OSError as exc:  # an earlier datagram's ICMP error, given to this send
+            self.error_received(exc)
 
     def on_eof(self) -> None:
         self.close()
@@ -205,17 +254,45 @@ class UdpUpstream(asyncio.DatagramProtocol):
 
 def dial_udp(channel: Channel, host: str, port: int, on_close: Callable[[], None] | None = None) -> None:
     """Attach a flow to ``channel`` now (its first datagram may share the OPEN's message),
-    then connect a UDP socket to the upstream; reset the stream if that fails. ``on_close``: when the flow ends."""
+    then connect a UDP socket to the upstream; reset the stream if that fails. ``on_close``: when the flow ends.
+    An address's socket is made now, so the datagrams that came with the OPEN go at once; a name's waits for it."""
     upstream = UdpUpstream(channel, on_close, authority(host, port))
     channel.handler = upstream
-    asyncio.ensure_future(_connect(upstream, host, port))
+    sock = upstream._sock = _connected_now(host, port)
+    asyncio.ensure_future(_connect(upstream, host, port, sock))
 
 
-async def _connect(upstream: UdpUpstream, host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
+def _connected_now(host: str, port: int) -> socket.socket | None:
+    """A UDP socket connected to ``host`` if it is an address (a UDP connect sends nothing: no wait); None for a
+    name, or a connect that failed (said by _connect, which tries again)."""
     try:
-        await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM,
+                                                             flags=socket.AI_NUMERICHOST)[0]
+    except (OSError, UnicodeError):  # a name: never resolved here
+        return None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+async def _connect(upstream: UdpUpstream, host: str, port: int, sock: socket.socket | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    if sock is not None and upstream._closed:  # ended (refused, reset) before its transport: nothing else closes it
+        sock.close()
+        return
+    try:
+        if sock is not None:
+            await loop.create_datagram_endpoint(lambda: upstream, sock=sock)
+        else:
+            await loop.create_datagram_endpoint(lambda: upstream, remote_addr=(host, port))
     except OSError as exc:  # said here, as a TCP dial says it: the server logs no reset, and datagrams vanished
+        if sock is not None:
+            sock.close()
         reason = exc.strerror or str(exc)
         where = authority(host, port)
         log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason),

@@ -7,10 +7,11 @@ The server keeps a flow per source address, ended after ``idle_timeout`` of sile
 port's flows or a client's are at their bound, a new source takes the place of the oldest flow
 never answered, else of the least recently active one not yet assured, as Linux's conntrack drops
 unassured entries first: else a spray of sources (one host's ports, or forged ones) held every flow
-for a minute and every new user was refused. As conntrack's, a flow is assured (keeps its place)
-once it carried a datagram ``assured_after`` (2 s) after it opened, an answer having come: a single
-answer did it before, and a spray at an upstream that answers each datagram (DNS, an echo) took
-every place for its minute.
+for a minute and every new user was refused. A client's bound counts its flows on all its ports, so the one
+that goes is the oldest of them all (``_ClientFlows``): a spray at one port locked the others' users out.
+As conntrack's, a flow is assured (keeps its place) once it carried a datagram ``assured_after`` (2 s)
+after it opened, an answer having come: a single answer did it before, and a spray at an upstream that
+answers each datagram (DNS, an echo) took every place for its minute.
 The client's side of a flow is client/udp_upstream.py.
 """
 
@@ -20,8 +21,8 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from itertools import chain
-from typing import Callable, cast
+from typing import Callable, Iterable, cast
+from weakref import WeakKeyDictionary
 
 from ..core.mux import ResetCode
 from ..core.services import MAX_DATAGRAM
@@ -47,7 +48,7 @@ class UdpCounters:
     bytes_in: int = 0
     bytes_out: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    evicted: int = 0  # flows not assured, ended for a new source (see UdpPort._evict)
+    evicted: int = 0  # flows not assured, ended for a new source (see _evict_flow)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -56,7 +57,8 @@ class UdpCounters:
 class _Flow:
     """One source address on the server: a stream to a client."""
 
-    __slots__ = ("port", "address", "local", "channel", "opened", "last_seen", "carried", "answered", "assured")
+    __slots__ = ("port", "address", "local", "channel", "client", "opened", "last_seen", "carried", "answered",
+                 "assured")
 
     datagrams = True  # an empty DATA frame is a datagram of zero bytes, passed on (see Session)
 
@@ -65,6 +67,7 @@ class _Flow:
         self.address = address
         self.local = local  # the address the source wrote to, for the answers' source (see udp_socket)
         self.channel: Channel | None = None
+        self.client: _ClientFlows | None = None  # its client's flows a new source may take the place of
         self.opened = self.last_seen = asyncio.get_running_loop().time()
         self.carried = 0  # datagrams put in the tunnel: all lost if the client refuses the flow
         self.answered = False  # the upstream has sent something back: no longer the first to go for a new source
@@ -104,6 +107,21 @@ class _Flow:
         session = cast(Session, self.channel.session) if self.channel is not None else None
         if session is not None and (session.unreachable or session.silent):
             reached(session, self.port.service)
+
+
+class _ClientFlows:
+    """A client's flows not assured, on all the ports it serves, in the order ``UdpPort`` tables them: the bound
+    they take the place of one another under is the client's, so a flow of any port may go for a new source."""
+
+    __slots__ = ("unanswered", "unassured")
+
+    def __init__(self) -> None:
+        self.unanswered: OrderedDict[_Flow, None] = OrderedDict()  # oldest first
+        self.unassured: OrderedDict[_Flow, None] = OrderedDict()  # least recently active first
+
+
+#: Each client's (session's) flows, all ports together; gone with the session.
+_clients: WeakKeyDictionary[Session, _ClientFlows] = WeakKeyDictionary()
 
 
 class UdpPort:
@@ -175,13 +193,13 @@ class UdpPort:
         if not self.allows((str(address[0]), int(address[1]))):
             self.counters.drop("source_not_allowed")
             return None
-        if len(self.flows) >= self.max_flows and not self._evict(lambda session: True):
+        if len(self.flows) >= self.max_flows and not self._evict():
             self.counters.drop("too_many_flows")
             return None
         flow = _Flow(self, address, local)
         candidates = self.registry.candidates(self.service)
         sessions = _with_room(candidates)
-        if candidates and not sessions and self._evict(lambda session: session in candidates):
+        if candidates and not sessions and _evict_for(candidates):
             sessions = _with_room(candidates)
         channel = open_on_first(sessions, self.service, flow) if sessions else "client_stream_limit"
         if isinstance(channel, str):  # why no client took it, as a TCP connection's refusal is counted
@@ -192,6 +210,10 @@ class UdpPort:
         session.udp_flows += 1
         self.registry.took(self.service, session)  # the next turn after it: else a full client's fell to the next
         self.flows[address] = self.unanswered[address] = flow
+        client = flow.client = _clients.get(session)
+        if client is None:
+            client = flow.client = _clients[session] = _ClientFlows()
+        client.unanswered[flow] = None
         return flow
 
     def touch(self, flow: _Flow, answer: bool = False) -> None:
@@ -204,24 +226,29 @@ class UdpPort:
                 flow.answered = True
                 if self.unanswered.pop(address, None) is flow:  # else ended already: in no table
                     self.unassured[address] = flow
+                    client = flow.client
+                    assert client is not None  # tabled with its port's
+                    del client.unanswered[flow]
+                    client.unassured[flow] = None
             return
         if flow.assured or self.unassured.get(address) is not flow:
             return
         if flow.last_seen - flow.opened >= self.assured_after:
             flow.assured = True
             del self.unassured[address]
+            del flow.client.unassured[flow]  # type: ignore[union-attr]
         else:
             self.unassured.move_to_end(address)
+            flow.client.unassured.move_to_end(flow)  # type: ignore[union-attr]  # per datagram: no cast() call
 
-    def _evict(self, on: Callable[[object], bool]) -> bool:
-        """End the oldest flow never answered, else the least recently active one not assured, on a client ``on``
-        takes, for a new source; False when there is none."""
-        for flow in chain(self.unanswered.values(), self.unassured.values()):
-            if flow.channel is not None and on(flow.channel.session):
-                self.end(flow, ResetCode.CANCEL, "UDP flow not assured, ended for a new source")
-                self.counters.evicted += 1
-                return True
-        return False
+    def _evict(self) -> bool:
+        """End this port's oldest flow never answered, else its least recently active one not assured, for a new
+        source; False when there is none."""
+        flow = next(iter(self.unanswered.values()), None) or next(iter(self.unassured.values()), None)
+        if flow is None:
+            return False
+        _evict_flow(flow)
+        return True
 
     def end_session(self, session: Session) -> None:
         """A client leaves (GOAWAY: it drains): its flows end now, and a source's next datagram opens one on
@@ -234,6 +261,10 @@ class UdpPort:
             del self.unanswered[flow.address]
         if self.unassured.get(flow.address) is flow:
             del self.unassured[flow.address]
+        client = flow.client
+        if client is not None:
+            client.unanswered.pop(flow, None)
+            client.unassured.pop(flow, None)
         if self.flows.get(flow.address) is flow:
             del self.flows[flow.address]
             if flow.channel is not None:
@@ -248,6 +279,28 @@ class UdpPort:
             cutoff = loop.time() - self.idle_timeout
             for flow in [f for f in self.flows.values() if f.last_seen < cutoff]:
                 self.end(flow)
+
+
+def _evict_flow(flow: _Flow) -> None:
+    """End ``flow``, not assured, for a new source (counted on its own port's metrics)."""
+    flow.port.end(flow, ResetCode.CANCEL, "UDP flow not assured, ended for a new source")
+    flow.port.counters.evicted += 1
+
+
+def _evict_for(sessions: Iterable[Session]) -> bool:
+    """End, for a new source, the oldest flow never answered of the clients ``sessions`` (each at its flows' bound),
+    on whichever port, else their least recently active one not assured; False when there is none. The head of each
+    client's tables: a few clients, not every flow."""
+    tables = [client for client in map(_clients.get, sessions) if client is not None]
+    heads = [next(iter(client.unanswered)) for client in tables if client.unanswered]
+    if heads:
+        _evict_flow(min(heads, key=lambda flow: flow.opened))
+        return True
+    heads = [next(iter(client.unassured)) for client in tables if client.unassured]
+    if heads:
+        _evict_flow(min(heads, key=lambda flow: flow.last_seen))
+        return True
+    return False
 
 
 def _with_room(candidates: list[Session]) -> list[Session]:
