@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from inlets_py.runtime.cli.durations import seconds_option
+from inlets_py.runtime.cli.handoff import drop_stdout
 from inlets_py.runtime.cli.options import count_option, port_option, print_version
 from inlets_py.runtime.cli.usage import shown, usage_line
 
@@ -179,7 +180,7 @@ def create_cmd(
     except BrokenPipeError:
         raise
     except OSError as exc:  # stdout on a full disk: the server is up all the same
-        _drop_stdout()
+        drop_stdout()
         raise ProvisionError(f"exit server {summary['name']!r} is ready, but its summary could not be written "
                              f"({os_words(exc)}); see its client command with: "
                              f"{inletsctl_command('status', summary['name'], opts.state_root)}") from None
@@ -366,19 +367,6 @@ for _command in app.registered_commands:
     _command.name = _command.callback.__name__.removesuffix("_cmd")  # type: ignore[union-attr]
 
 
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null: what is still buffered can never be written, and the interpreter's own flush at
-    exit would otherwise print a second error."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no real stdout (the tests' capture): nothing is flushed at exit either
-        pass
-
-
 def _say(line: str) -> None:
     """The error line on stderr; a stderr that cannot take it (the terminal closed: EIO) must not turn the exit
     status into 1 with a traceback (a SIGHUP's 129, a Ctrl-C's 130 are what a caller acts on)."""
@@ -396,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()  # here, not at the interpreter's exit, so that a failed write is said below
         finished()
     except BrokenPipeError:  # `inletsctl list | head -1`: the reader wanted no more
-        _drop_stdout()
+        drop_stdout()
         sys.exit(1)
     except typer.TyperException as exc:  # click usage errors: bad flags and values
         if type(exc).__name__ == "NoArgsIsHelpError":
@@ -412,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort) as exc:
         sys.exit(interrupted_status(exc))
     except OSError as exc:  # the output could not be written (a full disk): one line, not a traceback
-        _drop_stdout()
+        drop_stdout()
         where = f" ({exc.filename})" if exc.filename else " writing the output"
         _say(f"inletsctl: error: {os_words(exc)}{where}: make room (or write elsewhere) and run it again")
         sys.exit(1)

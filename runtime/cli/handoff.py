@@ -53,6 +53,17 @@ def open_closed_stdio() -> None:
             setattr(sys, f"__{name}__", stream)
 
 
+def drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered can never be written (a full disk, a reader gone), and
+    the interpreter's own flush at exit would print a second error. inletsctl's too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing is flushed at exit either
+        pass
+
+
 def hold_sighup() -> None:
     """Note SIGHUP until the tunnel's loop handles it (``sighup_noted``). Its default action ends the process: a
     ``systemctl reload`` or a rotation's ``kill -HUP`` in the first 0.3 s of a start (the child parsing, the

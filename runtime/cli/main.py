@@ -106,12 +106,12 @@ def _run(argv: list[str]) -> int:
         sys.stdout.flush()  # here, not at the child's exit, which cannot say that it failed
         return status
     except BrokenPipeError:
-        _drop_stdout()
+        handoff.drop_stdout()
         return 1
     except OSError as exc:
         if exc.filename:  # not the output's: a file a command failed to say in its own words, a bug to show
             raise
-        _drop_stdout()
+        handoff.drop_stdout()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         line = f"inlets: error: {reason} writing the output: make room (or write elsewhere) and run it again"
         try:
@@ -119,17 +119,6 @@ def _run(argv: list[str]) -> int:
         except OSError:  # stderr cannot take it either: the status says it
             pass
         return 1
-
-
-def _drop_stdout() -> None:
-    """Point stdout at /dev/null: what is still buffered can never be written, and the flush at exit would
-    otherwise fail again (a second error, outside the child: Python's own)."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no real stdout (a test's capture): nothing is flushed at exit either
-        pass
 
 
 def _parse(argv: list[str]) -> int:
