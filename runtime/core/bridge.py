@@ -66,6 +66,9 @@ class TcpBridge(asyncio.Protocol):
     #: Called once when the socket ends (a FIN or a reset) before it sent a byte, after the stream sent it some:
     #: an http:// upstream that serves TLS does so. Set by ``dial`` for those who ask; looked at only as a socket ends.
     unanswered: Callable[[], None] | None = None
+    #: Called instead of ``unanswered`` when the socket ended so while the stream's bytes were still being written to
+    #: it: no TLS server, but one that answered early (413, 401) and closed with the body unread, its answer lost.
+    cut_sending: Callable[[], None] | None = None
     #: Set by ``dial`` once the TCP connection of a TLS dial is made: a timeout after it is the handshake's.
     handshaking = False
 
@@ -78,6 +81,7 @@ class TcpBridge(asyncio.Protocol):
         self._eof_sent = False  # FIN passed to the stream
         self._eof_from_stream = False
         self._write_paused = False
+        self._write_failed = False  # a write found the socket gone: our bytes were unsent as it ended (``cut_sending``)
         self._unacked = 0
         self._done = False
         self.connecting: asyncio.Task | None = None  # the dial, until it is done (``dial``)
@@ -157,6 +161,8 @@ class TcpBridge(asyncio.Protocol):
                 self._early.append(data)
             return
         self.transport.write(data)
+        if self.unanswered is not None and self.transport.is_closing():  # the write failed: the socket ends now
+            self._write_failed = True
         if self._write_paused:
             self._unacked += len(data)
         elif self.channel is not None:
@@ -189,11 +195,15 @@ class TcpBridge(asyncio.Protocol):
     # ---------------------------------------------------------------- helpers
 
     def _closed_unanswered(self) -> None:
-        """The socket ended: tell ``unanswered`` when it never sent a byte to a stream that sent it some."""
+        """The socket ended: tell ``unanswered`` when it never sent a byte to a stream that sent it some, all of it
+        written (a TLS server reads a whole plain request, then closes); ``cut_sending`` when some was still unsent
+        (what was written failed, or waits in the transport's buffer)."""
         tell, self.unanswered = self.unanswered, None
         channel = self.channel
         if (tell is not None and channel is not None and channel.bytes_in and not channel.bytes_out
                 and self._pending is None):
+            if (self._write_paused or self._write_failed) and self.cut_sending is not None:
+                tell = self.cut_sending
             tell()
 
     def _send_eof(self) -> None:
@@ -274,6 +284,7 @@ def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None =
     bridge = TcpBridge()
     if unanswered is not None:
         bridge.unanswered = unanswered
+        bridge.cut_sending = lambda: _cut_sending(logger, label or (host, port))
     bridge.attach(channel)
     loop = asyncio.get_running_loop()
     failures: list | None = [] if opener else None  # each address's failure: said too if the dial times out
@@ -296,6 +307,16 @@ async def _open(bridge: TcpBridge, host: str, port: int, tls: ssl.SSLContext | N
 
 def _named(where: str | tuple[str, int]) -> str:
     return where if isinstance(where, str) else authority(*where)
+
+
+def _cut_sending(logger: logging.Logger, where: str | tuple[str, int]) -> None:
+    """An upstream closed as the request was still being sent, before a byte came back: said as ``unanswered`` says
+    its TLS hint (the same event), once per upstream per ``RepeatLimit`` window. Its early answer (a 413 to a large
+    upload) was lost with the reset that its close with the body unread sent, and the user got 502."""
+    named = _named(where)
+    logger.warning("event=upstream_closed_without_answer upstream=%s hint=%s", logfmt(named),
+                   logfmt("it closed the connection while the request was still being sent: it may have answered "
+                          "early (413, 401) without reading the body"), extra={"cause": (named, "cut_sending")})
 
 
 def _time_out(bridge: TcpBridge) -> None:
