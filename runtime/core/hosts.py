@@ -88,13 +88,13 @@ def source_key(host: str) -> str:
 
 
 def is_loopback(address: str | None) -> bool:
-    """Whether a bind address (brackets allowed) stays on this machine: a loopback IP or localhost. Empty, every
-    interface, so no."""
+    """Whether a bind address (brackets allowed) stays on this machine: a loopback IP (``::ffff:127.0.0.1`` too,
+    which Python's is_loopback calls no loopback) or localhost. Empty, every interface, so no."""
     host = (address or "").strip("[]").lower()
     if host in ("localhost", "localhost.") or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return unmapped_address(ipaddress.ip_address(host)).is_loopback
     except ValueError:
         return False
 

@@ -39,9 +39,11 @@ DEFAULT_IMAGE = f"localhost/{IMAGE_NAME}"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])"
 #: An image reference as container runtimes parse it (distribution/reference): [HOST[:PORT]/]path[:tag][@digest],
-#: the path lowercase. One they refuse leaves the pod in InvalidImageName, long after the YAML was applied.
+#: the path lowercase, the digest one go-digest validates: sha256, sha384 or sha512, in lowercase hex of its exact
+#: length (the grammar's looser ALGORITHM:HEX{32,} passes the parse, then fails that check). One they refuse leaves
+#: the pod in InvalidImageName, long after the YAML was applied.
 IMAGE_REFERENCE = re.compile(rf"(?:{_HOST}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*(?::\w[\w.-]{{0,127}})?"
-                             r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?", re.ASCII)
+                             r"(?:@(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}))?", re.ASCII)
 #: The longest name (registry and path, without tag or digest) they take: distribution/reference's NameTotalLengthMax.
 MAX_IMAGE_NAME = 255
 CONTROL_PORT = 8123
@@ -81,7 +83,7 @@ def _image() -> tuple[str, bool]:
     if not IMAGE_REFERENCE.fullmatch(image) or len(_image_name(image)) > MAX_IMAGE_NAME:
         raise GenerateError(f"${IMAGE_ENV} {image!r} is not an image reference: give one such as "
                             f"registry.example.com/{IMAGE_NAME} (a lowercase name of at most {MAX_IMAGE_NAME} "
-                            "characters, then :TAG or @sha256:DIGEST)")
+                            "characters, then :TAG or @sha256: and the digest's 64 lowercase hex digits)")
     return image, True
 
 
@@ -117,6 +119,28 @@ def _finish(image: str, named: bool, body: str) -> str:
     return _header(image, named) + body
 
 
+class _Dumper(yaml.SafeDumper):
+    """Every string value double-quoted: PyYAML leaves plain what YAML 1.1 reads as a string, yet Kubernetes' reader
+    (YAML 1.2 in part) took ``n``, ``1e3``, ``08080`` in the args for false, 1000, 8080, and refused the Deployment
+    ("is not of type 'string'"). Keys are this module's own names and stay plain; ints (ports) stay ints."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        return self.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+
+    def represent_mapping(self, tag: str, mapping: Any, flow_style: bool | None = None) -> yaml.MappingNode:
+        node = super().represent_mapping(tag, mapping, flow_style)
+        for key, _ in node.value:
+            key.style = None  # plain where YAML 1.1 reads it as the string it is; the emitter quotes it otherwise
+        return node
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+def _dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -133,6 +157,17 @@ def _read(option: str, path: str, limit: int = MAX_K8S_SECRET) -> bytes:
         raise GenerateError(f"{option} {path} is {exc.kind}, not a regular file: give the file itself") from None
     except OSError as exc:
         raise GenerateError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+
+
+def _check_secret_size(secret: dict[str, bytes], files: dict[str, str]) -> None:
+    """The API server refuses a Secret whose data adds up to more than 1 MiB, when it is applied: said now, naming
+    the files (each under 1 MiB alone, as ``_read`` checked) and their sizes."""
+    total = sum(len(data) for data in secret.values())
+    if total > MAX_K8S_SECRET:
+        named = ", ".join(f"{files[key]} ({len(data)} bytes)" for key, data in
+                          sorted(secret.items(), key=lambda item: -len(item[1])) if key in files)
+        raise GenerateError(f"the Secret would hold {total} bytes, more than the {MAX_K8S_SECRET} (1 MiB) Kubernetes "
+                            f"takes: {named}; give smaller files (a CA bundle of only the CAs the peer needs)")
 
 
 def _ports(option: str, value: str | None) -> list[int]:
@@ -284,11 +319,15 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     warn_of_credential_headers(pairs, "the Deployment's args, which whoever may read Deployments sees (unlike the Secret)")
     if not any(found.secret is TOKEN for found in secrets):
         raise GenerateError("no token: give --token-file (or --token / $INLETS_TOKEN) so it goes into the Secret")
-    secret: dict[str, str] = {}
+    secret: dict[str, bytes] = {}
+    files: dict[str, str] = {}  # a Secret key: the "--OPTION FILE" it was read from, for the size check's message
     for found in secrets:
-        secret[found.key] = _b64(found.value.encode() if found.file is None else
-                                 _read(found.option, found.file, MAX_SECRET_FILE))
+        secret[found.key] = (found.value.encode() if found.file is None else
+                             _read(found.option, found.file, MAX_SECRET_FILE))
+        if found.file is not None:
+            files[found.key] = f"{found.option} {found.file}"
         pairs.append((found.option, f"{K8S_SECRET_DIR}/{found.key}"))
+    keys = {content: key for key, content in secret.items()}  # the bytes a key holds: a file given twice is one key
     args: list[str] = [*command]
     control, data = CONTROL_PORT, [HTTP_PORT] if command[0] == "http" else []
     udp: list[int] = []  # --allow-ports admits a UDP data port as well as a TCP one (the clients choose)
@@ -298,8 +337,14 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
         pairs.append(("--local-addr", POD_LOCAL_ADDR))
     for option, value in pairs:
         if option in FILE_OPTIONS and value is not None and not value.startswith(K8S_SECRET_DIR + "/"):
-            key = option.lstrip("-")
-            secret[key] = _b64(_read(option, value))
+            content = _read(option, value)
+            key = keys.get(content)  # one CA bundle as --tls-ca and --upstream-ca: one key, mounted for both
+            if key is None:  # numbered when the option came before with another file (the command takes the last)
+                key, number = option.lstrip("-"), 1
+                while key in secret:
+                    number += 1
+                    key = f"{option.lstrip('-')}-{number}"
+                keys[content], secret[key], files[key] = key, content, f"{option} {value}"
             value = f"{K8S_SECRET_DIR}/{key}"
         if option in BIND_OPTIONS and server and is_loopback(value):
             raise GenerateError(f"{option} {value} cannot be used with --generate=k8s_yaml: the Service reaches the pod "
@@ -323,9 +368,10 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     if server and replicas == 1 and not forwarding and not sorted(set(data) - {control}):  # --replicas: see below
         raise GenerateError("--generate=k8s_yaml needs --allow-ports for a tcp server: its Service publishes only "
                             "the data ports named there, so a port a client opened could not be reached")
+    _check_secret_size(secret, files)
     note = MIXED_PROTOCOLS if server and udp else ""
     docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, name),
-                                   "type": "Opaque", "data": dict(sorted(secret.items()))}]
+                                   "type": "Opaque", "data": {key: _b64(data) for key, data in sorted(secret.items())}}]
     plaintext = _plaintext(pairs)
     template = _pod_template(name, image, args, ports, _grace(pairs), _readiness(control, plaintext) if server else None)
     if replicas == 1:
@@ -335,7 +381,7 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
             docs.append(_service(name, name, _labels(name), ports, internal=not server))
         if local:
             note += LOCAL_FORWARDS.format(where=", ".join(f"{name}:{port}" for port in sorted(set(local))))
-        return _finish(image, named, note + yaml.safe_dump_all(docs, sort_keys=False))
+        return _finish(image, named, note + _dump(docs))
     if not server:
         raise GenerateError("--replicas is for servers: a client holds every replica with one --url each")
     if not sorted(set(data) - {control}):
@@ -349,4 +395,4 @@ def k8s_yaml(command: list[str], argv: list[str]) -> str:
     docs.append(_service(f"{name}-data", name, _labels(name), _both(sorted(set(data) - {control}), udp)))
     scheme = "ws" if plaintext else "wss"
     return _finish(image, named, note + _client_hint(command, name, replicas, control, scheme)
-                   + yaml.safe_dump_all(docs, sort_keys=False))
+                   + _dump(docs))

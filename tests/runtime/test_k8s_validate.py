@@ -3,6 +3,7 @@ release (the ``kubernetes-validate`` package carries them; strict: an unknown fi
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,12 @@ def test_replicas_misused_get_one_line(argv: tuple[str, ...], error: str, token_
     (("tcp", "server", "--allow-ports", "80", "--control-addr", "127.0.0.1"), "--control-addr 127.0.0.1 cannot be used"),
     (("http", "server", "--data-addr", "::1"), "--data-addr ::1 cannot be used with --generate=k8s_yaml"),
     (("tcp", "server", "--allow-ports", "80", "--data-addr=localhost"), "--data-addr localhost cannot be used"),
-], ids=["tcp-no-allow-ports", "control-loopback", "data-loopback-v6", "data-localhost"])
+    # 127.0.0.1 as an IPv6 socket binds it: Python's is_loopback calls it no loopback, and it was let through
+    (("tcp", "server", "--allow-ports", "80", "--data-addr", "::ffff:127.0.0.1"),
+     "--data-addr ::ffff:127.0.0.1 cannot be used with --generate=k8s_yaml"),
+    (("http", "server", "--control-addr", "::FFFF:7f00:1"), "--control-addr ::FFFF:7f00:1 cannot be used"),
+], ids=["tcp-no-allow-ports", "control-loopback", "data-loopback-v6", "data-localhost", "data-loopback-v4-mapped",
+        "control-loopback-v4-mapped"])
 def test_a_server_its_service_could_not_reach_is_refused(argv: tuple[str, ...], error: str, token_file: Path) -> None:
     """A tcp server without --allow-ports got a Service with the control port only (the ports its clients opened
     unreachable), and one listening on loopback a Service that reaches the pod's address: both printed, exit 0."""
@@ -270,6 +276,7 @@ def test_a_client_s_local_ports_are_a_cluster_ip_service(token_file: Path) -> No
     line = one_line_error(inlets(*argv, "--local-addr", "127.0.0.1"), "--local-addr 127.0.0.1 cannot be used with "
                           "--generate=k8s_yaml: nothing else in the cluster reaches the pod's loopback")
     assert "leave it out" in line
+    one_line_error(inlets(*argv, "--local-addr", "::ffff:127.0.0.1"), "--local-addr ::ffff:127.0.0.1 cannot be used")
     plain = _valid(inlets("tcp", "client", "--url", "wss://s:8123", "--upstream", "127.0.0.1", "--ports", "80",
                           "--token-file", str(token_file), "--generate=k8s_yaml").stdout)
     assert [d["kind"] for d in plain] == ["Secret", "Deployment"]  # no --local: nothing listens, no Service
@@ -322,3 +329,93 @@ def test_kubernetes_waits_out_the_drain_before_it_kills(drain: list[str], grace:
         assert result.returncode == 0, result.stderr
         pod = next(d for d in _valid(result.stdout) if d["kind"] == "Deployment")["spec"]["template"]["spec"]
         assert pod["terminationGracePeriodSeconds"] == grace, (argv, pod)
+
+
+def _unquoted_strings(node: yaml.Node, path: str = "") -> list[str]:
+    """Where a string value is written plain: YAML 1.1 (PyYAML) and 1.2 (Kubernetes' reader, in part) disagree on
+    which plain scalars are strings, so only a quoted one reads as the same string in both."""
+    if isinstance(node, yaml.MappingNode):
+        return [spot for key, value in node.value for spot in _unquoted_strings(value, f"{path}/{key.value}")]
+    if isinstance(node, yaml.SequenceNode):
+        return [spot for n, item in enumerate(node.value) for spot in _unquoted_strings(item, f"{path}/{n}")]
+    plain = node.tag == "tag:yaml.org,2002:str" and node.style not in ('"', "'")
+    return [f"{path}: {node.value}"] if plain else []
+
+
+@pytest.mark.parametrize("argv, given", [
+    (("http", "client", "--url", "wss://h:8123", "--upstream", "http://127.0.0.1:3000", "--basic-auth-username", "n",
+      "--basic-auth-password", "pw-123456789", "--request-header-remove", "1e3"), ["n", "1e3"]),
+    (("http", "server", "--plaintext", "--port", "08080"), ["08080"]),
+    (("tcp", "server", "--plaintext", "--allow-ports", "80", "--control-port", "08123", "--drain-timeout", "09"),
+     ["08123", "09"]),
+], ids=["http-client", "http-server", "tcp-server"])
+def test_every_string_is_quoted_so_kubernetes_reads_the_args_as_given(argv: tuple[str, ...], given: list[str],
+                                                                      token_file: Path) -> None:
+    """PyYAML quoted only what YAML 1.1 reads as no string: ``- n``, ``- 1e3``, ``- 08080`` were written plain, and
+    kubectl (sigs.k8s.io/yaml) read them as false, 1000 and 8080: "False is not of type 'string'", the Deployment
+    refused. Every string value is quoted now; numbers the schema wants (ports, replicas) stay numbers."""
+    result = inlets(*argv, "--token-file", str(token_file), "--generate=k8s_yaml")
+    assert result.returncode == 0, result.stderr
+    assert [spot for node in yaml.compose_all(result.stdout) for spot in _unquoted_strings(node)] == []
+    docs = _valid(result.stdout)
+    args = _container(docs)["args"]
+    assert [args[args.index(value)] for value in given] == given, args
+    assert docs[1]["spec"]["replicas"] == 1
+    assert all(type(port["containerPort"]) is int for port in _container(docs).get("ports", [])), docs
+
+
+def test_a_secret_over_kubernetes_1_mib_is_refused_and_a_file_given_twice_is_stored_once(tls: TlsFiles,
+                                                                                         token_file: Path,
+                                                                                         tmp_path: Path) -> None:
+    """Each file was checked alone (under 1 MiB), never their sum, and one CA bundle given as --tls-ca and
+    --upstream-ca went in twice: a 669,600-byte bundle made a Secret of 1,339,221 bytes, which the API server
+    refuses (at most 1 MiB of data) only when applied. Now the one file is one key, and a sum over it is refused."""
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(tls.cert.read_bytes() * (640 * 1024 // len(tls.cert.read_bytes()) + 1))  # over half a MiB
+    argv = ["http", "client", "--url", "wss://h:8123", "--upstream", "https://127.0.0.1:3000",
+            "--token-file", str(token_file), "--generate=k8s_yaml"]
+    result = inlets(*argv, "--tls-ca", str(bundle), "--upstream-ca", str(bundle))
+    assert result.returncode == 0, result.stderr
+    docs = _valid(result.stdout)
+    assert sorted(docs[0]["data"]) == ["tls-ca", "token"], list(docs[0]["data"])
+    args = _container(docs)["args"]
+    assert args[args.index("--tls-ca") + 1] == args[args.index("--upstream-ca") + 1] == "/var/run/secrets/inlets/tls-ca"
+    other = tmp_path / "other.pem"
+    other.write_bytes(bundle.read_bytes() + b"\n")  # another file: both go in, over 1 MiB together
+    refused = inlets(*argv, "--tls-ca", str(bundle), "--upstream-ca", str(other))
+    assert refused.returncode == 2, refused.stderr  # (the YAML would be 2 MB of assertion message)
+    line = one_line_error(refused, f"the Secret would hold {2 * bundle.stat().st_size + 1 + token_file.stat().st_size}"
+                                   " bytes, more than the 1048576 (1 MiB) Kubernetes takes: ")
+    assert f"--upstream-ca {other} ({other.stat().st_size} bytes), --tls-ca {bundle} ({bundle.stat().st_size} " in line
+    assert "give smaller files" in line and refused.stdout == "" and "k8s-token" not in line
+    # an option given again with another file (the command takes the last): that file is a key of its own
+    again = inlets(*argv, "--tls-ca", str(tls.cert), "--upstream-ca", str(tls.cert), "--tls-ca", str(tls.ca))
+    docs = _valid(again.stdout)
+    args, data = _container(docs)["args"], docs[0]["data"]
+    mounted = {arg.rpartition("/")[2] for arg in args if arg.startswith("/var/run/secrets/inlets/")}
+    assert mounted == set(data) == {"tls-ca", "tls-ca-2", "token"}, (args, list(data))
+    last = args[len(args) - 1 - args[::-1].index("--tls-ca") + 1].rpartition("/")[2]
+    assert base64.b64decode(data[last]) == tls.ca.read_bytes() and base64.b64decode(
+        data[args[args.index("--upstream-ca") + 1].rpartition("/")[2]]) == tls.cert.read_bytes()
+
+
+@pytest.mark.parametrize("digest, taken", [
+    ("sha256:" + "0123456789abcdef" * 4, True),
+    ("sha512:" + "0123456789abcdef" * 8, True),
+    ("sha256:" + "a" * 32, False),  # the grammar's {32,}: go-digest wants sha256's 64 digits
+    ("sha256:" + "A" * 64, False),  # uppercase: go-digest's encoding is lowercase hex
+    ("md5:" + "a" * 32, False),  # no algorithm go-digest registers
+    ("sha256:" + "a" * 65, False),
+], ids=["sha256", "sha512", "sha256-short", "sha256-uppercase", "md5", "sha256-long"])
+def test_an_image_digest_the_kubelet_refuses_is_refused(digest: str, taken: bool, token_file: Path) -> None:
+    """distribution/reference's grammar takes any ALGORITHM:HEX{32,}, then go-digest's check refuses what is not a
+    registered algorithm with lowercase hex of its length: those passed here, and the pods sat in InvalidImageName."""
+    image = f"registry.example.com/inlets@{digest}"
+    result = inlets("tcp", "server", "--plaintext", "--allow-ports", "2222", "--token-file", str(token_file),
+                    "--generate=k8s_yaml", env={"INLETS_IMAGE": image})
+    if taken:
+        assert result.returncode == 0, result.stderr
+        assert _container(_valid(result.stdout))["image"] == image
+    else:
+        line = one_line_error(result, f"$INLETS_IMAGE {image!r} is not an image reference: ")
+        assert "@sha256: and the digest's 64 lowercase hex digits" in line and result.stdout == ""
