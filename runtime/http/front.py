@@ -81,6 +81,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self.drain: asyncio.Future | None = None
         self.unsent = 0  # while ``drain`` is pending: the write buffer's size when the sweep last looked
         self.stalled_since = 0.0  # ... and since when the user took none of it (the server's send timeout)
+        self.acked: int | None = None  # ... and the bytes the user's kernel had acknowledged then (TCP_INFO), if asked
         self._paused_reading = False
         self._task: asyncio.Task | None = None
         self.loop = asyncio.get_running_loop()  # cached: each lookup costs a getpid() on 3.11
@@ -307,6 +308,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
     def pause_writing(self) -> None:
         self.drain = self.loop.create_future()
         self.unsent, self.stalled_since = self.transport.get_write_buffer_size(), self.loop.time()  # type: ignore[union-attr]
+        self.acked = None
 
     def resume_writing(self) -> None:
         drain, self.drain = self.drain, None

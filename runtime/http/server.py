@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     from ..acme.https_front import HttpsFront
 
 log = logging.getLogger("inlets.http")
+
+#: Linux's ``struct tcp_info`` up to ``tcpi_bytes_acked`` (Linux 4.1+), a u64 at offset 120; a shorter answer (an
+#: older kernel) or another system (FreeBSD's TCP_INFO is another struct) leaves the write buffer's rule alone.
+_TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_BYTES_ACKED = struct.Struct("=120xQ")
 
 
 class HttpTunnelServer:
@@ -182,12 +190,13 @@ class HttpTunnelServer:
 
     def _check_sending(self, conn: FrontConnection, now: float, deadline: float) -> None:
         """The user's socket is full: one who reads, however slowly, is waited for (nginx's send_timeout); one
-        who took nothing since ``deadline`` is cut with a reset (a close would wait for the unread bytes)."""
+        who took nothing since ``deadline`` is cut with a reset (a close would wait for the unread bytes). Reading is
+        the write buffer shrinking or, when it did not, the kernel's send queue draining (``_took_more``)."""
         transport = conn.transport
         if transport is None:
             return
         size = transport.get_write_buffer_size()
-        if size < conn.unsent:
+        if size < conn.unsent or _took_more(conn, transport):
             conn.stalled_since = now
         conn.unsent = size
         if conn.stalled_since <= deadline:
@@ -252,6 +261,24 @@ class HttpTunnelServer:
             if host != "*":
                 self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)
             log.info("event=no_clients service=%s", logfmt(shown_service(service)))
+
+
+def _took_more(conn: FrontConnection, transport: asyncio.Transport) -> bool:
+    """The user acknowledged bytes since the sweep last asked (TCP_INFO's ``tcpi_bytes_acked``). The kernel's send
+    queue drains first, and the socket stays unwritable until it is nearly empty: the write buffer of a user reading
+    32 KiB/s did not shrink for seconds, and they were cut as one who took none. Asked only when it did not shrink."""
+    sock = transport.get_extra_info("socket")
+    if _TCP_INFO is None or sock is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _BYTES_ACKED.size)
+    except OSError:  # not TCP (a Unix socket), or closed meanwhile
+        return False
+    if len(info) < _BYTES_ACKED.size:
+        return False
+    (acked,) = _BYTES_ACKED.unpack(info)
+    before, conn.acked = conn.acked, acked
+    return before is not None and acked > before
 
 
 def _no_head_begun(conn: FrontConnection) -> bool:

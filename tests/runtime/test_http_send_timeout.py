@@ -72,6 +72,26 @@ def test_a_slow_but_steady_reader_gets_the_whole_download(env, caplog):
     assert not send_timeouts(caplog)
 
 
+def test_a_reader_slower_than_the_kernels_queue_drains_in_a_timeout_is_not_cut(env, caplog):
+    """Reading 4 KiB every 0.25 s (16 KiB/s): the server's kernel holds up to TCP_NOTSENT_LOWAT (128 KiB) unsent and
+    wakes the writer only below half of it, so the write buffer did not shrink for ~3 s, and the user was cut as one
+    who "took none of the answer" (a flood probe: reset at 4.8 s with --upstream-timeout 4, 59 KB read). The bytes
+    the user's kernel acknowledged count as reading too."""
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    with small_window_user(env["port"]) as sock:
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % (3 << 20))
+        got, started = 0, time.monotonic()
+        while time.monotonic() - started < 4 * TIMEOUT:  # bounded: the answer outlasts it
+            try:
+                data = sock.recv(4096)
+            except ConnectionResetError:
+                raise AssertionError(f"reset after {got} bytes, {time.monotonic() - started:.1f} s") from None
+            assert data, f"closed after {got} bytes"
+            got += len(data)
+            time.sleep(0.25)
+    assert not send_timeouts(caplog)
+
+
 def test_a_user_who_takes_nothing_is_cut_and_logged(env, caplog):
     caplog.set_level(logging.INFO, logger="inlets.http")
     before = len(env["server"].connections)
