@@ -30,19 +30,14 @@ import collections
 import gc
 import logging
 import ssl
+import time
 from typing import Callable
-
-from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import HeaderLineTooLong, InvalidMessage, RequestLineTooLong, TooManyHeaders
-from websockets.protocol import CONNECTING
-from websockets.server import ServerProtocol
 
 from ..core.allowlist import SourceAllowList
 from ..core.heap import trimmer
 from ..core.hosts import source_key, unmapped
 from ..core.logs import logfmt
 from ..core.tls import PLAINTEXT_ATTEMPTS, REFUSED
-from ..core.wsflow import BoundedReplies
 
 log = logging.getLogger("inlets.server")
 
@@ -62,6 +57,9 @@ HANDSHAKE_TIMEOUT = 10.0  # for TLS; the websocket handshake has its own (open_t
 SHUTDOWN_TIMEOUT = 5.0
 #: Give memory back after a burst of at least this many pending connections has ended.
 TRIM_AFTER = 32
+#: Addresses a burst's refusals and evictions name in the log, at most, and how long before they may be named again.
+REPORTED_MAX = 32
+REPORTED_WINDOW = 60.0
 
 
 class Ticket:
@@ -105,7 +103,8 @@ class Admission:
         self.refused = 0  # over the per-source cap
         self.evicted = 0  # closed to make room at the total cap
         self._burst = 0  # the most pending at once since memory was last given back
-        self._reported: set[str] = set()  # one log line per kind per burst
+        self._reported: set[tuple[str, str]] = set()  # one log line per kind and address, ``REPORTED_MAX`` at most
+        self._reported_since = 0.0  # when ``_reported`` was last emptied: a busy server is never without pending
         self._trim = trimmer()
         self._handshakes: set[asyncio.Transport] = set()
 
@@ -153,8 +152,17 @@ class Admission:
         return True
 
     def _report(self, event: str, source: str) -> None:
-        if event not in self._reported:
-            self._reported.add(event)
+        """One line per kind and address, until nothing is pending or a minute has passed, and ``REPORTED_MAX``
+        addresses at most (the burst's end counts them all): one line per kind named the first address only, and on
+        a busy server, never without a pending connection, no other ever (the README says to raise the per-source
+        cap for an address such a line names)."""
+        now = time.monotonic()
+        if now - self._reported_since > REPORTED_WINDOW:
+            self._reported.clear()
+            self._reported_since = now
+        key = (event, source_key(source))
+        if key not in self._reported and len(self._reported) < REPORTED_MAX:
+            self._reported.add(key)
             log.warning("event=%s listener=%s remote=%s pending=%d limit=%d per_source_limit=%d",
                         event, logfmt(self.listener), logfmt(source), len(self.pending), self.max_total,
                         self.max_per_source)
@@ -186,80 +194,6 @@ class Admission:
             transport.abort()
 
 
-def malformed(refused: InvalidMessage) -> str | None:
-    """What was wrong with a request the library could not parse, in a few words that repeat none of its bytes (a
-    malformed Authorization line holds a token); None when the peer closed before its request was whole."""
-    cause = refused.__cause__
-    if isinstance(cause, EOFError):
-        return "lines must end with CRLF" if str(cause.__cause__) == "line without CRLF" else None
-    if isinstance(cause, NotImplementedError):
-        return "Transfer-Encoding is not supported"
-    if isinstance(cause, UnicodeDecodeError):
-        return "the request line is not ASCII"
-    text = str(cause)
-    if text.startswith("unsupported protocol"):
-        return "HTTP/1.1 or HTTP/1.0 only"
-    if text == "unsupported request body":
-        return "a request to this port takes no body"
-    if "request line" in text:
-        return "malformed request line"
-    return "malformed header field" if "header" in text else "malformed request"
-
-
-class AnsweringProtocol(ServerProtocol):
-    """The library's server protocol, but a request it cannot parse (a request line of one word, a header without a
-    colon or with a NUL, a body) is answered 400 saying what was wrong: it closed such a connection without a word
-    (curl: "Empty reply from server"), where one too large got its 414 or 431."""
-
-    def send_eof(self) -> None:
-        refused = self.handshake_exc
-        if self.state is CONNECTING and not self.writes and isinstance(refused, InvalidMessage):
-            reason = malformed(refused)
-            if reason is not None:
-                self.writes.append(self.reject(400, f"bad request: {reason}\n").serialize())
-        super().send_eof()
-
-
-class ControlConnection(BoundedReplies, ServerConnection):
-    """A control-port websocket connection that counts as pending until ``authenticated``."""
-
-    ticket: Ticket | None = None
-    #: told of a request the library refused itself, before any hook of ours saw it, with the status and why: 414
-    #: (request line) or 431 (header fields) too large, 400 malformed. Else a hostile peer's requests were neither
-    #: logged nor counted.
-    on_refused: Callable[[ControlConnection, int, str], None] | None = None
-    peer: object = None  # the remote address, kept: remote_address is None once the library has closed
-
-    def __init__(self, protocol: ServerProtocol, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        protocol.__class__ = AnsweringProtocol  # serve() makes the protocol and takes no class for it
-        super().__init__(protocol, *args, **kwargs)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.peer = transport.get_extra_info("peername")
-        super().connection_made(transport)
-
-    async def handshake(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # the library's signature
-        await super().handshake(*args, **kwargs)
-        refused = self.protocol.handshake_exc
-        if self.request is None and self.on_refused is not None:
-            if isinstance(refused, RequestLineTooLong):
-                self.on_refused(self, 414, "request line too long")
-            elif isinstance(refused, (HeaderLineTooLong, TooManyHeaders)):
-                self.on_refused(self, 431, "header fields too large")
-            elif isinstance(refused, InvalidMessage) and (reason := malformed(refused)) is not None:
-                self.on_refused(self, 400, reason)
-
-    def authenticated(self) -> None:
-        if self.ticket is not None:
-            self.ticket.release()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.authenticated()  # not any more, but it no longer counts either
-        super().connection_lost(exc)
-
-
-#: What a browser or curl given http:// for the TLS control port is told (Go's servers answer the same case
-#: "Client sent an HTTP request to an HTTPS server."), rather than a connection closed without a word.
 _PLAIN_HTTP_BODY = b"This is an inlets tunnel server's TLS port: use https:// (wss:// for inlets clients), not http://\n"
 
 

@@ -25,7 +25,8 @@ from ..core.hosts import unmapped
 from ..core.listen import BindError, bind_address
 from ..core.logs import logfmt
 from ..core.services import shown_service
-from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission, ControlConnection
+from .admission import DEFAULT_MAX_PER_SOURCE, DEFAULT_MAX_TOTAL, Admission
+from .control_connection import ControlConnection
 from ..core.allowlist import SourceAllowList
 from ..core.auth import TokenSet
 from .control_http import ControlHTTP, Route, client_address, format_address

@@ -24,7 +24,7 @@ from ..core.auth import TokenSet
 from ..core.handshake import CONNECT_PATH
 from ..core.hosts import unmapped
 from ..core.logs import logfmt
-from .admission import ControlConnection
+from .control_connection import ControlConnection
 from .ratelimit import FailedLoginLimiter
 
 log = logging.getLogger("inlets.server")

@@ -104,6 +104,10 @@ def test_silent_and_half_head_connections_are_capped_per_source_and_users_get_th
                     held.append(sock)
             time.sleep(1)
             flooding = _still_open(held)
+            for _ in range(PUBLIC_MAX_PER_SOURCE + 5):  # a second address while the first's are pending: named too
+                sock = _connect(port, "127.0.10.4", b"")
+                if sock is not None:
+                    held.append(sock)
             sock = _connect(port, "127.0.10.3")  # a user from another address during the flood
             assert sock is not None
             with sock:
@@ -117,6 +121,7 @@ def test_silent_and_half_head_connections_are_capped_per_source_and_users_get_th
     assert all(kept), f"{kept.count(False)} kept-alive users closed"
     log = (tmp_path / "server.log").read_text()
     assert "event=handshakes_refused listener=data " in log, log[-2000:]
+    assert "remote=127.0.10.1 " in log and "remote=127.0.10.4 " in log, log[-2000:]  # each address it refused
 
 
 def test_behind_a_proxy_protocol_balancer_the_real_source_is_capped_not_the_balancer(tmp_path: Path, tls,
