@@ -52,13 +52,20 @@ class HetznerProvider:
         # and after a 429/502/504, backing off up to 60 s: one call took minutes, not --timeout's "30 s at most".
         # inletsctl's waits ask again themselves, and a failed create is looked for by name; the SDK has no option
         base = getattr(self._client, "_client", None)
-        if hasattr(base, "_retry_max_retries"):
-            base._retry_max_retries = 0
+        session = getattr(base, "_session", None)
+        if not hasattr(base, "_retry_max_retries") or not isinstance(getattr(session, "hooks", None), dict):
+            # before 2.6 (the client split from its ClientBase) neither was there: the redirect refusal was skipped
+            # without a word, and the token went along to wherever an answer redirected. Refused instead
+            from importlib import metadata
+
+            found = metadata.version("hcloud")
+            raise ProvisionError(f"hetzner: the installed hcloud {found} is not a version inletsctl works with (its "
+                                 "requests cannot be checked for redirects); install one that is: "
+                                 "pip install 'hcloud>=2.6'")
+        base._retry_max_retries = 0
         # the SDK's APIException keeps no headers: a 429's Retry-After is read off the answer as it comes
         self._wait: float | None = None
-        session = getattr(base, "_session", None)
-        if session is not None:
-            session.hooks["response"] += [refuse_redirect, self._remember_wait]
+        session.hooks["response"] += [refuse_redirect, self._remember_wait]
 
     def _remember_wait(self, response: Any, *args: Any, **kwargs: Any) -> None:
         status = response.status_code

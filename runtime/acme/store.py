@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..core.files import write_new
 from ..core.hosts import has_userinfo
 from ..core.ports import url_port
 
@@ -249,7 +250,7 @@ class CertStore:
         folder.mkdir(mode=0o700)
         os.chmod(folder, 0o700)  # whatever the umask
         for name, data in ((KEY, key_pem), (CHAIN, chain_pem), (NOTE, json.dumps(note).encode())):
-            _write_new(folder / name, data)
+            write_new(folder / name, data)
         _fsync_dir(folder)
         _fsync_dir(home)  # the folder's own entry, on disk before ``current`` may name it
         link = home / _NEXT_LINK
@@ -314,7 +315,7 @@ class CertStore:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()  # left by a crash
         try:
-            _write_new(temporary, data)
+            write_new(temporary, data)
             os.replace(temporary, path)
         except OSError:
             with contextlib.suppress(OSError):
@@ -344,19 +345,6 @@ def _make_dirs(path: Path, stop: Path) -> None:
     path.mkdir(mode=0o700)
     os.chmod(path, 0o700)
     _fsync_dir(path.parent)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """A new file, 0600 whatever the umask, written whole and flushed to disk before it is renamed into use."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        left = memoryview(data)
-        while left:
-            left = left[os.write(fd, left):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

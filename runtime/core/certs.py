@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .files import write_new
 from .hosts import is_ip
 from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
 
@@ -116,12 +118,9 @@ def issue_server_cert(ca: Pem, names: list[str], not_after: datetime.datetime | 
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only, never briefly world-readable."""
+    """Write a secret file readable by its owner only, never briefly world-readable (``_replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
+    _replace(path, data, 0o600)
 
 
 @dataclass(frozen=True)
@@ -190,12 +189,30 @@ def _load_ca(cert: Path, key: Path) -> tuple[Pem, datetime.datetime]:
 
 
 def _replace(path: Path, data: bytes, mode: int) -> None:
-    """Write beside (``write_private``: never briefly readable by others), then rename over: a server loading the
-    file meanwhile reads the old one or the new one."""
-    temporary = path.with_name(path.name + ".tmp")
-    write_private(temporary, data)
-    os.chmod(temporary, mode)  # a certificate is no secret: 0644, as it was written before
-    os.replace(temporary, path)
+    """Write beside, then rename over: a server loading the file meanwhile reads the old one or the new one.
+
+    The file beside is new (``files.write_new``, O_EXCL: no link followed, nothing someone else made reused), 0600
+    before a byte goes in, and its name random: at the fixed ``<name>.tmp`` a file another user had made kept its owner, and the
+    key written into it and renamed over ca.key was theirs to read."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        write_new(temporary, data)
+        if mode != 0o600:
+            os.chmod(temporary, mode)  # a certificate is no secret: 0644, as it was written before
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def _refuse_others_writing(directory: Path) -> None:
+    """``AutoTlsError`` when users other than the owner may write ``directory``: they could rename a CA key of their
+    own over ca.key (or, the sticky bit set, leave one there before the first start), and the server signed with it."""
+    mode = directory.stat().st_mode & 0o7777
+    if mode & 0o022:
+        raise AutoTlsError(f"{directory} is writable by other users (mode {mode:04o}), who could put their own CA key "
+                           f"there: run chmod go-w {directory}, or give --auto-tls-path a folder only you may write")
 
 
 @contextlib.contextmanager
@@ -230,12 +247,14 @@ def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None =
     certificate and key (``server_files_stem``), all signed by the folder's one CA. A certificate that is
     damaged, or ends before the CA (one made when they lasted 825 days), is issued again from the same CA.
     A directory made here is 0700; one that exists keeps its mode (it is the user's: the current directory,
-    their home). Keys found readable by others are made 0600 and listed in ``fixed``.
+    their home), but one that others may write is refused. Keys found readable by others are made 0600 and listed
+    in ``fixed``.
     """
     fixed = [] if fixed is None else fixed
     if directory.exists() and not directory.is_dir():
         raise AutoTlsError(f"{directory} is a file, not a directory: give --auto-tls-path a directory")
     directory.mkdir(parents=True, mode=0o700, exist_ok=True)  # exist_ok: another server may make it first
+    _refuse_others_writing(directory)
     stem = server_files_stem(names)
     files = AutoTlsFiles(directory / "ca.crt", directory / f"{stem}.crt", directory / f"{stem}.key")
     ca_key_path = directory / "ca.key"
