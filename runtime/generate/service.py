@@ -236,10 +236,14 @@ def _setup_hint(files: list[str], dirs: list[str] | None = None, made: list[str]
     specifiers there), and path_value has refused line breaks, quotes and backslashes in these paths already.
 
     ``made``: the files of secrets given inline or in the environment, which nobody has written yet: the line makes
-    them empty before handing them over (its chown failed on them), so each secret goes into a file already 0600."""
-    hint = f"useradd --system --no-create-home {SERVICE_USER}"
+    them empty before handing them over (its chown failed on them), so each secret goes into a file already 0600.
+    Made 0600 from the start (umask 077; ``touch`` keeps a secret already there) in a folder only root and the service
+    enter: ``touch`` under umask 022 made each 0644 in a 0755 folder, and a user who opened one before the chmod
+    kept reading what went into it."""
+    hint = f"useradd --system --user-group --no-create-home {SERVICE_USER}"
     if made:
-        hint += f"; mkdir -p {SECRET_DIR}; touch {shlex.join(made)}"
+        hint += (f"; install -d -m 0750 -o root -g {SERVICE_USER} {SECRET_DIR}"
+                 f"; (umask 077 && touch {shlex.join(made)})")
     if files:  # a certificate its user can read already is not among them
         paths = shlex.join(sorted(set(files)))
         hint += f"; chown {SERVICE_USER}: {paths}; chmod 600 {paths}"

@@ -102,6 +102,32 @@ def test_secrets_owner_only_and_service_hardened(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_secrets_folder_is_private_before_write_files_puts_them_in_it(variant: str, tmp_path: Path) -> None:
+    """cloud-init's write_files made /etc/inlets 0755 and each file 0644 until its chmod: a user of the VM could
+    open the token or the key meanwhile and read it later. bootcmd, which runs before write_files (deferred or not),
+    makes the folder 0700 first; once per instance (bootcmd runs at every boot, and runcmd opens the folder to the
+    service once: 0750 root:inlets). Its command, run on a stand-in folder 0755 under umask 022, leaves it 0700."""
+    text, _ = _render(variant)
+    doc = yaml.safe_load(text)
+    folders = {str(Path(path).parent) for path in (VM_FILES.token, VM_FILES.cert, VM_FILES.key)}
+    assert folders == {"/etc/inlets"}
+    (command,) = doc["bootcmd"]
+    assert command[:3] == ["cloud-init-per", "instance", "inlets-config-dir"] and command[-1] == "/etc/inlets"
+    runcmd = [c for c in doc["runcmd"] if isinstance(c, list)]
+    assert ["chown", "root:inlets", "/etc/inlets"] in runcmd and ["chmod", "0750", "/etc/inlets"] in runcmd
+    stand_in = tmp_path / "etc-inlets"
+    stand_in.mkdir(mode=0o755)
+    made = subprocess.run(["sh", "-c", 'umask 022; exec "$@"', "sh", *command[3:-1], str(stand_in)],
+                          capture_output=True, text=True, timeout=30)
+    assert made.returncode == 0 and stand_in.stat().st_mode & 0o777 == 0o700, made.stderr
+    order = Path("/etc/cloud/cloud.cfg")  # this host's cloud-init, where installed: the stage's module order
+    if order.exists():
+        entries = yaml.safe_load(order.read_text())["cloud_init_modules"]  # a name, or [name, frequency]
+        modules = [(m if isinstance(m, str) else m[0]).replace("-", "_") for m in entries]
+        assert modules.index("bootcmd") < modules.index("write_files"), modules
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_boot_script_stops_at_the_first_failure_and_starts_the_server_anyway(variant: str) -> None:
     """cloud-init runs runcmd as one /bin/sh script: ``set -eu`` first makes a failed step end it
     (cloud-init then reports an error), the expiry timer is armed before anything can fail, and

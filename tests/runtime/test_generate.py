@@ -480,14 +480,43 @@ def test_a_secret_given_inline_gets_its_file_made_by_the_setup_line_and_named_on
     _verified(tmp_path, result.stdout, "inlets-tcp-client.service")
     hint = next(line for line in result.stdout.splitlines() if line.startswith("# Before the first start: "))
     commands = [shlex.split(part) for part in hint.removeprefix("# Before the first start: ").split("; ")]
-    made = commands.index(["touch", "/etc/inlets/token"])
-    assert commands.index(["mkdir", "-p", "/etc/inlets"]) < made < commands.index(["chown", "inlets:", "/etc/inlets/token"])
+    made = commands.index(["(umask", "077", "&&", "touch", "/etc/inlets/token)"])  # 0600 from the start
+    folder = commands.index(["install", "-d", "-m", "0750", "-o", "root", "-g", "inlets", "/etc/inlets"])
+    assert folder < made < commands.index(["chown", "inlets:", "/etc/inlets/token"])
     assert next(i for i, c in enumerate(commands) if c[0] == "chmod") > made
     (note,) = result.stderr.strip().splitlines()
     assert "/etc/inlets/token" in note and "write" in note and SECRETS["token"] not in result.stderr + result.stdout
     given = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", "/etc/inlets/token", "--upstream",
                         "127.0.0.1", "--ports", "80", "--generate=systemd", env={"INLETS_TOKEN": ""})
     assert given.returncode == 0 and given.stderr == "" and "touch" not in given.stdout, given.stderr  # the user's file
+
+
+def test_the_setup_line_makes_the_secret_files_private_from_the_start(tmp_path: Path) -> None:
+    """``--token X`` in a unit: its setup line made /etc/inlets/token with ``mkdir -p; touch`` under umask 022, a 0644
+    file in a 0755 folder until the chmod, and a user who opened it meanwhile kept reading the token written into it.
+    The line's steps up to the hand-over, run in a shell (umask 022) on a stand-in for /etc/inlets: a folder only root
+    and the service enter, files 0600 from the start, and a token already there kept when the line is run again."""
+    import grp
+    import stat
+
+    result = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token", "tok-Zq81", "--upstream", "127.0.0.1",
+                         "--ports", "80", "--generate=systemd", env={"INLETS_TOKEN": ""})
+    assert result.returncode == 0, result.stderr
+    hint = next(line for line in result.stdout.splitlines() if line.startswith("# Before the first start: "))
+    steps = hint.removeprefix("# Before the first start: ").split("; ")
+    making = [step for step in steps if not step.startswith(("useradd ", "chown ", "chmod "))]  # no user made here
+    folder = tmp_path / "etc-inlets"
+    script = "; ".join(making).replace("/etc/inlets", str(folder))
+    group = grp.getgrgid(os.getgid()).gr_name
+    script = script.replace("-g inlets", f"-g {group}").replace("-o root", f"-o {os.getuid()}")
+    for run in range(2):
+        made = subprocess.run(["sh", "-ec", f"umask 022; {script}"], capture_output=True, text=True, timeout=30)
+        assert made.returncode == 0, made.stderr
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750, script
+        assert stat.S_IMODE((folder / "token").stat().st_mode) == 0o600, script
+        if not run:
+            (folder / "token").write_text("tok-Zq81\n")
+    assert (folder / "token").read_text() == "tok-Zq81\n"  # the line run again keeps the secret written
 
 
 @pytest.mark.parametrize(("local", "binds_low"), [("443:127.0.0.1:8443", True), ("8443:127.0.0.1:443", False)])
