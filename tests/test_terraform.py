@@ -445,6 +445,27 @@ def test_generated_certificates_last_as_long_as_inletsctls() -> None:
     assert hours == dict.fromkeys(hours, CA_VALIDITY // datetime.timedelta(hours=1)), hours
 
 
+@pytest.mark.parametrize("doc", ["README.md", "terraform/README.md", "terraform/examples/aws/main.tf",
+                                 "terraform/examples/digitalocean/main.tf"])
+def test_the_token_the_docs_write_is_never_readable_by_others(doc: str, tmp_path: Path) -> None:
+    """``terraform output -raw token > inlets-token && chmod 600 inlets-token`` made the file 0644 (umask 022) while
+    terraform wrote the token into it: another user who opened it then kept reading it. Each doc's line, run in a
+    shell with umask 022 and a stand-in terraform that notes the file's mode as it writes, makes it 0600 from the
+    start."""
+    (line,) = [text.strip() for text in (ROOT / doc).read_text().splitlines() if "terraform output -raw token >" in text]
+    fake = tmp_path / "bin" / "terraform"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nstat -c %a inlets-token > mode-while-written\nprintf tok-Zq81\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["sh", "-ec", f"umask 022\n{line}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "mode-while-written").read_text().strip() == "600", line
+    token = tmp_path / "inlets-token"
+    assert token.read_text() == "tok-Zq81" and token.stat().st_mode & 0o777 == 0o600, line
+
+
 def test_terraform_fmt_check() -> None:
     if TERRAFORM is None:
         pytest.skip(NO_TERRAFORM)

@@ -43,7 +43,7 @@ output "client_command" {
 
 output "next_steps" {
   value = <<-EOT
-    terraform output -raw token > inlets-token && chmod 600 inlets-token
+    (umask 077; terraform output -raw token > inlets-token)
     terraform output -raw ca_cert > inlets-ca.crt
     ${module.exit_server.client_command}
     Delete: ${module.exit_server.delete_hint}
