@@ -307,3 +307,13 @@ def old_tls_client() -> ssl.SSLContext:
     except (ValueError, ssl.SSLError) as exc:
         pytest.skip(f"this OpenSSL cannot even offer TLS 1.1: {exc}")
     return context
+
+
+async def answer_or_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """All the server sent until it closed, or nothing when it refused the connection with a reset; then closed."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:
+        return b""
+    finally:
+        writer.close()

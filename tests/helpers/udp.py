@@ -58,3 +58,16 @@ async def udp_tunnel(tls: TlsFiles, token: str, upstream: int, **client: object)
     found, task = await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", upstream)},
                                      **client)
     return server, public, found, task
+
+
+class Tagged(asyncio.DatagramProtocol):
+    """An upstream that answers each datagram with its own name, so the user sees which client carried the flow."""
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, address) -> None:
+        self.transport.sendto(self.name, address)

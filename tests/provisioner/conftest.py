@@ -1,6 +1,7 @@
 """The ``--provider ssh`` tests' real sshd, started once per test process (not per module: the tests of
 three modules share it), and a unique exit-server name per test that is cleaned up after it; DigitalOcean's
-token file and fake API, which several modules use."""
+token file and fake API, and a recorded cloud API, which several modules use (a module may have
+its own)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Iterator
 import pytest
 
 from helpers.process import terminate
+from helpers.prov_cloud_recorded import RecordedAPI
 from helpers.prov_fake_do import DO_TOKEN, FakeDigitalOcean
 from helpers.prov_support import free_port
 from helpers.prov_ssh import SSHD, Sshd, keygen, wait_for_sshd
@@ -95,3 +97,11 @@ def fake(tmp_path: Path) -> Iterator[FakeDigitalOcean]:
     """The fake DigitalOcean API, whose droplets boot."""
     with FakeDigitalOcean(DO_TOKEN, tmp_path / "cloud", boot=True) as api:
         yield api
+
+
+@pytest.fixture
+def api() -> Iterator[RecordedAPI]:
+    """A recorded cloud API on loopback, answering what a test queues."""
+    server = RecordedAPI()
+    yield server
+    server.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -16,13 +15,6 @@ from helpers.prov_support import one_line_error, run_cli
 from inlets_py.provisioner.errors import ProvisionError, Transient
 from inlets_py.provisioner.providers.api_url import parse_api_url
 from inlets_py.provisioner.providers.vultr import VultrProvider
-
-
-@pytest.fixture
-def api() -> Iterator[RecordedAPI]:
-    server = RecordedAPI()
-    yield server
-    server.close()
 
 
 def _one_line(info: pytest.ExceptionInfo[ProvisionError]) -> str:

@@ -11,7 +11,6 @@ import os
 import shlex
 import socket
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -38,13 +37,6 @@ def no_egress(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
     for name in ("DIGITALOCEAN_ACCESS_TOKEN", "INLETS_ACCESS_TOKEN", "DIGITALOCEAN_API_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def api() -> Iterator[RecordedAPI]:
-    server = RecordedAPI()
-    yield server
-    server.close()
 
 
 def _do(url: str, token_file: Path, state: Path, *args: str) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,13 +24,6 @@ CLOUD_ENV = ("DIGITALOCEAN_API_URL", "VULTR_API_KEY", "LINODE_TOKEN", "LINODE_CL
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in CLOUD_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def api() -> Iterator[RecordedAPI]:
-    server = RecordedAPI()
-    yield server
-    server.close()
 
 
 @pytest.mark.parametrize("provider, env", [

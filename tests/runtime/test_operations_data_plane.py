@@ -11,8 +11,8 @@ import pytest
 from helpers.proxy_daemons import _spawn, binary
 from helpers.process import client_args, spawn, stop_all
 from helpers.tunnel import (
-    TlsFiles, control_url, echo_server, free_port, metric, port_of, run, serve, start_client, start_server, stop,
-    wait_listening,
+    TlsFiles, answer_or_reset, control_url, echo_server, free_port, metric, port_of, run, serve, start_client,
+    start_server, stop, wait_listening,
 )
 
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
@@ -20,16 +20,6 @@ from inlets_py.runtime.server.dataplane import DataPlaneOptions
 from inlets_py.runtime.core.channel import OUT_HIGH_WATER
 from inlets_py.runtime.server.proxy_protocol import encode
 from inlets_py.runtime.client.tcp_upstreams import Upstream
-
-
-async def answer_or_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """All the server sent until it closed, or nothing when it refused the connection with a reset; then closed."""
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    except ConnectionResetError:
-        return b""
-    finally:
-        writer.close()
 
 
 def test_allow_ips_refuses_other_sources_at_accept_and_counts_them(tls: TlsFiles, token: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers.process import echo_once, inlets, one_line_error, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import (
-    TlsFiles, control_url, echo_server, free_port, metric, polled, port_of, run, serve, start_client, start_server, stop,
-    wait_listening,
+    TlsFiles, answer_or_reset, control_url, echo_server, free_port, metric, polled, port_of, run, serve, start_client,
+    start_server, stop, wait_listening,
 )
 
 from inlets_py.runtime.client.tcp_upstreams import Upstream
@@ -31,17 +31,12 @@ def v2_addresses(source: str, destination: str, ports: tuple[int, int] = (5555, 
     return ipaddress.ip_address(source).packed + ipaddress.ip_address(destination).packed + struct.pack("!HH", *ports)
 
 
-async def answer_or_reset(host: str, port: int, payload: bytes, source: str | None = None) -> bytes:
+async def send_and_read(host: str, port: int, payload: bytes, source: str | None = None) -> bytes:
     """What the server sent back for ``payload`` until it closed; nothing when it refused the connection."""
     reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0) if source else None)
     writer.write(payload)
     writer.write_eof()
-    try:
-        return await asyncio.wait_for(reader.read(), 5)
-    except ConnectionResetError:
-        return b""
-    finally:
-        writer.close()
+    return await answer_or_reset(reader, writer)
 
 
 def test_ipv4_mapped_allow_rules_admit_the_ipv4_users_they_name(tls: TlsFiles, token: str) -> None:
@@ -55,9 +50,9 @@ def test_ipv4_mapped_allow_rules_admit_the_ipv4_users_they_name(tls: TlsFiles, t
         _, task = await start_client(control_url(server), token, tls, {public: Upstream("127.0.0.1", port_of(echo))})
         await wait_listening("127.0.0.1", public)
         try:
-            assert await answer_or_reset("127.0.0.1", public, b"hi") == b"hi"
-            assert await answer_or_reset("127.0.0.1", public, b"hi", "127.0.4.9") == b"hi"  # the /120 is 127.0.4.0/24
-            assert await answer_or_reset("127.0.0.1", public, b"hi", "127.0.0.3") == b""
+            assert await send_and_read("127.0.0.1", public, b"hi") == b"hi"
+            assert await send_and_read("127.0.0.1", public, b"hi", "127.0.4.9") == b"hi"  # the /120 is 127.0.4.0/24
+            assert await send_and_read("127.0.0.1", public, b"hi", "127.0.0.3") == b""
             assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="source_not_allowed") == 1
         finally:
             await stop(task)
@@ -133,7 +128,7 @@ def test_a_balancers_ipv4_mapped_source_is_the_ipv4_address_for_logs_and_the_ups
         try:
             with caplog.at_level(logging.INFO, logger="inlets.tcp"):
                 for header in headers[version]:
-                    await answer_or_reset("127.0.0.1", public, header + b"DATA")
+                    await send_and_read("127.0.0.1", public, header + b"DATA")
                     await asyncio.sleep(0.1)  # the upstream has what it got before the next one
             assert await polled(lambda: len(firsts) == 2), firsts
         finally:
@@ -169,8 +164,8 @@ def test_a_v2_header_for_udp_or_an_unknown_family_is_refused(tls: TlsFiles, toke
         await wait_listening("127.0.0.1", public)
         try:
             good = encode("v2", ("203.0.113.9", 4242), ("127.0.0.1", public))
-            assert await answer_or_reset("127.0.0.1", public, good + b"hello") == b"hello"
-            assert await answer_or_reset("127.0.0.1", public, v2(family, body) + b"hello") == b""
+            assert await send_and_read("127.0.0.1", public, good + b"hello") == b"hello"
+            assert await send_and_read("127.0.0.1", public, v2(family, body) + b"hello") == b""
             assert metric(server, "tcp_dataplane_refused_total", port=str(public), reason="bad_proxy_header") == 1
         finally:
             await stop(task)

@@ -8,24 +8,12 @@ from collections import Counter
 
 from helpers.tunnel import (TlsFiles, control_url, polled, run, start_client, start_server, stop, udp_free_port,
                             until_connected)
+from helpers.udp import Tagged
 
 from inlets_py.runtime.client.dialer import ClientConfig, TunnelClient
 from inlets_py.runtime.client.tcp_upstreams import TcpUpstreams, Upstream
 from inlets_py.runtime.core.tls import client_context
 from inlets_py.runtime.server import registry
-
-
-class Tagged(asyncio.DatagramProtocol):
-    """An upstream that answers each datagram with its own name, so the user sees which client carried the flow."""
-
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, address) -> None:
-        self.transport.sendto(self.name, address)
 
 
 async def tagged(name: bytes) -> tuple[asyncio.DatagramTransport, int]:

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 from helpers.tunnel import TlsFiles, control_url, polled, run, start_client, start_server, stop, udp_free_port
-from helpers.udp import ask, udp_echo
+from helpers.udp import Tagged, ask, udp_echo
 
 from inlets_py.runtime.client import udp_upstream
 from inlets_py.runtime.client.tcp_upstreams import Upstream
@@ -23,19 +23,6 @@ class Counting(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, address) -> None:
         self.received += 1
-
-
-class Tagged(asyncio.DatagramProtocol):
-    """An upstream that answers each datagram with its own name: the user sees which client carried the flow."""
-
-    def __init__(self, name: bytes) -> None:
-        self.name = name
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, address) -> None:
-        self.transport.sendto(self.name, address)
 
 
 async def _endpoint(protocol: asyncio.DatagramProtocol) -> tuple[asyncio.DatagramTransport, int]:
