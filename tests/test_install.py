@@ -73,7 +73,7 @@ def test_readme_pip_install_gives_working_commands_outside_the_checkout(tmp_path
         ports = ["--allow-ports", "2222"] if mode == "tcp" else []  # what its Service publishes
         unit = subprocess.run([venv / "bin" / "inlets", mode, "server", "--plaintext", "--token-file", "token", *ports,
                                "--generate", "k8s_yaml"], cwd=outside, capture_output=True, text=True, timeout=60)
-        assert unit.returncode == 0 and "kind: Deployment" in unit.stdout, unit.stderr
+        assert unit.returncode == 0 and 'kind: "Deployment"' in unit.stdout, unit.stderr  # every string quoted
     where = subprocess.run(
         [venv / "bin" / "python", "-c", "import importlib.util; from inlets_py import runtime, provisioner; print(runtime.__file__, provisioner.__file__); "
          "print('top-level:', [n for n in ('runtime', 'provisioner', 'templates') if importlib.util.find_spec(n)])"],
