@@ -108,6 +108,8 @@ class TcpBridge(asyncio.Protocol):
             self._write_eof_to_socket()
 
     def data_received(self, data: bytes) -> None:
+        if self.unanswered is not None:  # it answered: nothing to tell at its end, and no write of ours to watch
+            self.unanswered = None
         channel = self.channel
         if channel is None or self._done:
             return
@@ -162,7 +164,7 @@ class TcpBridge(asyncio.Protocol):
             return
         self.transport.write(data)
         if self.unanswered is not None and self.transport.is_closing():  # the write failed: the socket ends now
-            self._write_failed = True
+            self._write_failed = True  # (``unanswered`` is cleared at the answer's first byte: no call after it)
         if self._write_paused:
             self._unacked += len(data)
         elif self.channel is not None:

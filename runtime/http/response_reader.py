@@ -103,6 +103,8 @@ class ResponseReader(Reader):
             return
         self.head = head
         if self._head_request:
+            if head.chunked or head.content_length:  # a body announced: an upstream that sends it anyway, after the
+                head.keep_alive = False  # next request went out on this stream, would answer that one with it
             head.chunked = False  # keep content-length: it describes the GET answer
             head.bodiless = True
             self._events.append(END_OF_MESSAGE)
