@@ -48,6 +48,10 @@ _MEMINFO_SIZE = 9 * 4
 COUNTS_KERNEL_DROPS = sys.platform == "linux"
 #: What an unreachable upstream's ICMP reads as: a port nothing listens on, a host or network with no way there.
 _UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+#: A refusal fails a flow that has had no answer only within this of its start: one-way upstreams (syslog, statsd)
+#: never answer, and a long-lived flow's ICMP error while such a collector restarts took the flow and marked the
+#: client unreachable for the service.
+REFUSAL_WINDOW = 2.0
 #: When each upstream's refusal of a flow was last said: its flows fail one after another (a source's every
 #: datagram opens one), said once in DROP_LOG_INTERVAL. One key per --upstream: bounded.
 _refusals_said: dict[str, float] = {}
@@ -77,6 +81,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         self._early_bytes = 0
         self._sock: socket.socket | None = None  # an address's socket, made at once: used until the transport comes
         self._answered = False  # the upstream answered: an ICMP error after that does not fail the flow
+        self._opened = time.monotonic()  # nor one past REFUSAL_WINDOW: a one-way upstream never answers
         self._closed = False
         self._kernel_drops = 0  # the kernel's count, as last read
         self._watch: asyncio.TimerHandle | None = None  # the next look at it, while answers come
@@ -110,12 +115,13 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self._watch = asyncio.get_running_loop().call_later(KERNEL_DROPS_INTERVAL, self._count_kernel_drops)
 
     def error_received(self, exc: Exception) -> None:
-        """ICMP port unreachable (nothing listens there), say. Before any answer it fails the flow, as a refused
-        TCP dial does: else the server, told the socket was made, kept sending this client its share of new sources
+        """ICMP port unreachable (nothing listens there), say. Before any answer, in the flow's first
+        ``REFUSAL_WINDOW``, it fails the flow, as a refused TCP dial does: else the server, told the socket was made, kept sending this client its share of new sources
         (every other one lost, with two clients). After one, UDP carries on, as the upstream may be restarting:
         said once a flow, as a TCP dial's refusal is."""
         reason = getattr(exc, "strerror", None) or str(exc)
-        if not self._answered and getattr(exc, "errno", None) in _UNREACHABLE:
+        if (not self._answered and getattr(exc, "errno", None) in _UNREACHABLE
+                and time.monotonic() - self._opened < REFUSAL_WINDOW):
             self._refused(reason)
             return
         if self._failed:

@@ -188,3 +188,43 @@ async def _answer(one: socket.socket, timeout: float = 0.5) -> bytes | None:
         except BlockingIOError:
             await asyncio.sleep(0.01)
     return None
+
+
+def test_a_one_way_upstream_restarting_leaves_a_long_lived_flow_alone(tls: TlsFiles, token: str) -> None:
+    """A review of the refusal rule above: a one-way upstream (syslog, statsd) never answers, so any ICMP error, while
+    it restarts say, failed its long-lived flow and marked the client unreachable. Past the flow's first seconds
+    (``REFUSAL_WINDOW``) a refusal is only logged, as after an answer."""
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+
+        class Collector(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, address) -> None:
+                got.append(data)
+
+        collector, port = await _endpoint(Collector())
+        server = await start_server(tls, token)
+        public = udp_free_port()
+        task = (await start_client(control_url(server), token, tls, {f"udp:{public}": Upstream("127.0.0.1", port)}))[1]
+        udp = server.udp_ports[f"udp:{public}"]
+        source = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            source.sendto(b"first", ("127.0.0.1", public))
+            assert await polled(lambda: got == [b"first"], 5), got
+            await asyncio.sleep(udp_upstream.REFUSAL_WINDOW + 0.3)  # a long-lived flow, never answered
+            collector.close()  # the collector restarts: the next datagram comes back as ICMP port unreachable
+            source.sendto(b"lost", ("127.0.0.1", public))
+            await asyncio.sleep(0.3)
+            collector, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                Collector, local_addr=("127.0.0.1", port))
+            source.sendto(b"after", ("127.0.0.1", public))
+            assert await polled(lambda: got[-1:] == [b"after"], 5), got
+            assert "upstream_failed" not in udp.counters.dropped, udp.counters  # the flow carried on
+            assert len(udp.flows) == 1
+        finally:
+            source.close()
+            await stop(task)
+            await server.stop()
+            collector.close()
+
+    run(scenario())
