@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +207,19 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+#: The name ``_replace`` writes beside a file: one left by a write cut short (a crash, a full disk) matches it.
+_UNFINISHED = re.compile(r"\.[^/]+\.[0-9a-f]{16}\.tmp")
+
+
+def _sweep_unfinished(directory: Path) -> None:
+    """Remove what a write cut short left (``_UNFINISHED``), under the folder's lock: no write of ours is under way,
+    and each such file, a copy of a key, would otherwise stay for good (the fixed name before was written over)."""
+    for entry in os.scandir(directory):
+        if _UNFINISHED.fullmatch(entry.name):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 def _refuse_others_writing(directory: Path) -> None:
     """``AutoTlsError`` when users other than the owner may write ``directory``: they could rename a CA key of their
     own over ca.key (or, the sticky bit set, leave one there before the first start), and the server signed with it."""
@@ -259,6 +273,7 @@ def ensure_auto_tls(directory: Path, names: list[str], fixed: list[str] | None =
     files = AutoTlsFiles(directory / "ca.crt", directory / f"{stem}.crt", directory / f"{stem}.key")
     ca_key_path = directory / "ca.key"
     with _locked(directory):
+        _sweep_unfinished(directory)
         missing = _ca_pair_missing(files.ca_cert, ca_key_path)
         if missing is not None:
             raise AutoTlsError(missing)

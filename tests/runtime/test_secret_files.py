@@ -138,3 +138,17 @@ def test_an_hcloud_whose_requests_cannot_be_checked_for_redirects_is_refused(tmp
     assert result.stdout == ("hetzner: the installed hcloud 2.5.4 is not a version inletsctl works with (its requests "
                              "cannot be checked for redirects); install one that is: pip install 'hcloud>=2.6'\n"), \
         result.stdout
+
+
+def test_what_a_write_cut_short_left_beside_a_key_is_swept_at_the_next_start(tmp_path: Path) -> None:
+    """The random name beside a key is never written again: a copy of a key left by a crash stayed for good."""
+    directory = tmp_path / "tls"
+    directory.mkdir(mode=0o700)
+    left = directory / ".ca.key.0123456789abcdef.tmp"
+    left.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    left.chmod(0o600)
+    mine = directory / ".notes.tmp"  # not a name the writer makes: left alone
+    mine.write_bytes(b"mine")
+    result = prepare(directory, *NAMES)
+    assert result.returncode == 0, result.stderr
+    assert not left.exists() and mine.read_bytes() == b"mine"
