@@ -99,21 +99,27 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(15)
 
 
-@pytest.mark.parametrize("fmt", ["json", "JSON"])
-def test_a_json_log_stays_json_to_the_fatal_error_that_ends_the_client(tmp_path: Path, tls: TlsFiles, fmt: str) -> None:
-    """A 0644 token file (a Kubernetes secret mount) was warned of in plain text, and the 401 that ends the client
-    too: a ``| jq`` pipeline broke, and the record of why it exited was lost. --log-format JSON was refused while
-    --log-level WARNING is taken."""
+def _refused_with_a_loose_token(tmp_path: Path, tls: TlsFiles, *flags: str):
+    """A client run with a token file others can read (0644) against a server that refuses its token; its result,
+    that file and the server's control port (stopped by then)."""
     server, control = refusing_server(tmp_path, tls, "the-server-token-0123456789\n")
     loose = tmp_path / "client-token"
     loose.write_text("not-the-server-token-0123\n")
     loose.chmod(0o644)
     try:
         result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(loose),
-                        "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80", "--log-format", fmt,
-                        timeout=30)
+                        "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80", *flags, timeout=30)
     finally:
         stop(server)
+    return result, loose, control
+
+
+@pytest.mark.parametrize("fmt", ["json", "JSON"])
+def test_a_json_log_stays_json_to_the_fatal_error_that_ends_the_client(tmp_path: Path, tls: TlsFiles, fmt: str) -> None:
+    """A 0644 token file (a Kubernetes secret mount) was warned of in plain text, and the 401 that ends the client
+    too: a ``| jq`` pipeline broke, and the record of why it exited was lost. --log-format JSON was refused while
+    --log-level WARNING is taken."""
+    result, loose, control = _refused_with_a_loose_token(tmp_path, tls, "--log-format", fmt)
     assert result.returncode == 1, result
     records = [json.loads(line) for line in result.stderr.splitlines()]  # every line: one JSON object
     loose_warning = next(r for r in records if r.get("event") == "token_file_loose")
@@ -129,16 +135,7 @@ def test_a_json_log_stays_json_to_the_fatal_error_that_ends_the_client(tmp_path:
 
 
 def test_log_level_error_hides_the_loose_token_file_warning(tmp_path: Path, tls: TlsFiles) -> None:
-    server, control = refusing_server(tmp_path, tls, "the-server-token-0123456789\n")
-    loose = tmp_path / "client-token"
-    loose.write_text("not-the-server-token-0123\n")
-    loose.chmod(0o644)
-    try:
-        result = inlets("tcp", "client", "--url", f"wss://127.0.0.1:{control}", "--token-file", str(loose),
-                        "--tls-ca", str(tls.ca), "--upstream", "127.0.0.1", "--ports", "80", "--log-level", "ERROR",
-                        timeout=30)
-    finally:
-        stop(server)
+    result, _, _ = _refused_with_a_loose_token(tmp_path, tls, "--log-level", "ERROR")
     one_line_error(result, "inlets: error: the server refused the token (HTTP 401)", status=1)
 
 
