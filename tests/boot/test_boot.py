@@ -208,6 +208,10 @@ def test_a_plain_tcp_create_boots_clean_and_carries_bytes_byte_exact(boots: Boot
     modes = world.vm.sh("stat -c '%n %a %U:%G' /etc/inlets /etc/inlets/token /etc/inlets/server.crt /etc/inlets/server.key").stdout
     assert modes.split("\n")[:4] == ["/etc/inlets 750 root:inlets", "/etc/inlets/token 600 inlets:inlets",
                                      "/etc/inlets/server.crt 600 inlets:inlets", "/etc/inlets/server.key 600 inlets:inlets"]
+    # the bootcmd that makes /etc/inlets 0700 before write_files puts the secrets in it ran, once, and succeeded
+    # (cloud-init-per's mark: its exit status, a tab, the time; the final 750 above is runcmd's, and proves nothing of it)
+    made = world.vm.sh("cat /var/lib/cloud/instance/sem/bootper.inlets?config?dir.instance", check=False).stdout
+    assert made.startswith("0\t"), made
     venv = world.vm.sh("/opt/inlets/venv/bin/python -m pip list --format=freeze 2>/dev/null; du -sm /opt/inlets/venv").stdout
     packages = [line for line in venv.splitlines() if "==" in line]
     print(f"boot-tcp: the VM's venv: {len(packages)} packages, {venv.split()[-2]} MB: {' '.join(packages)}")
