@@ -52,9 +52,6 @@ _UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 #: never answer, and a long-lived flow's ICMP error while such a collector restarts took the flow and marked the
 #: client unreachable for the service.
 REFUSAL_WINDOW = 2.0
-#: When each upstream's refusal of a flow was last said: its flows fail one after another (a source's every
-#: datagram opens one), said once in DROP_LOG_INTERVAL. One key per --upstream: bounded.
-_refusals_said: dict[str, float] = {}
 #: Flows (in the process) whose socket takes bursts (raise_receive_buffer) at once: each may keep up to 8 MiB of
 #: answers waiting to be read, so 64 MiB at most together; flows past these keep the kernel's default buffer.
 BURST_FLOWS = 8
@@ -137,13 +134,10 @@ class UdpUpstream(asyncio.DatagramProtocol):
         (``registry.unreachable``), so the source's next datagram opens a flow on another client first."""
         if self._closed:
             return
-        now = time.monotonic()
-        if now - _refusals_said.get(self.where, float("-inf")) >= DROP_LOG_INTERVAL:
-            _refusals_said[self.where] = now
-            log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason),
-                     extra={"cause": (self.where, reason)})
-        else:
-            log.debug("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason))
+        # its flows fail one after another (a source's every datagram opens one): the log's RepeatLimit says it once
+        # a window per upstream and cause, counting the rest (suppressed=N), as for a TCP dial's refusals
+        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(self.where), logfmt(reason),
+                 extra={"cause": (self.where, reason)})
         self.close()
         self.channel.reset(ResetCode.REFUSED, f"upstream udp {self.where}: {reason}")
 
@@ -299,9 +293,4 @@ async def _connect(upstream: UdpUpstream, host: str, port: int, sock: socket.soc
     except OSError as exc:  # said here, as a TCP dial says it: the server logs no reset, and datagrams vanished
         if sock is not None:
             sock.close()
-        reason = exc.strerror or str(exc)
-        where = authority(host, port)
-        log.info("event=upstream_failed upstream=%s proto=udp error=%s", logfmt(where), logfmt(reason),
-                 extra={"cause": (where, reason)})
-        upstream.close()
-        upstream.channel.reset(ResetCode.REFUSED, f"upstream udp {where}: {reason}")
+        upstream._refused(exc.strerror or str(exc))
