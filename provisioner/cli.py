@@ -183,7 +183,8 @@ def create_cmd(
         drop_stdout()
         raise ProvisionError(f"exit server {summary['name']!r} is ready, but its summary could not be written "
                              f"({os_words(exc)}); see its client command with: "
-                             f"{inletsctl_command('status', summary['name'], opts.state_root)}") from None
+                             f"{inletsctl_command('status', summary['name'], opts.state_root)}"
+                             f"{credential_flags(opts.creds)}") from None
 
 
 @app.command(cls=flags.SpellingCommand,

@@ -6,13 +6,12 @@ reads it, without loading libcloud.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from inlets_py.runtime.core.hosts import is_utf8
+from inlets_py.runtime.core.hosts import is_loopback, is_utf8
 from inlets_py.runtime.core.ports import url_port
 
 from ..errors import UsageError
@@ -55,21 +54,11 @@ def parse_api_url(provider: str, api_url: str, env: str, hint: str = "http(s)://
         port = url_port(parsed, 443 if secure else 80)
     except ValueError as exc:
         raise UsageError(f"{where}: {exc}") from None
-    if not secure and not _loopback(hostname):
+    if not secure and not is_loopback(hostname):
         raise UsageError(f"{where}: plain http:// to a host that is not this machine would send the access token and "
                          "the user-data (the tunnel token, the server's key) in cleartext: use https://, or http:// "
                          "only to a loopback address (a local proxy or test API)")
     return Endpoint(secure, hostname, port, parsed.path.rstrip("/"))
-
-
-def _loopback(host: str) -> bool:
-    """``host`` is this machine: localhost, 127.0.0.0/8 or ::1 (the only hosts plain http may carry secrets to)."""
-    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def endpoint_of(provider: ProviderInfo, creds: Credentials) -> Endpoint | None:
