@@ -98,9 +98,11 @@ def connect_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, token: str) -> ClientConnection:
+async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, token: str,
+                         first_of: tuple[int, Path] | None = None) -> ClientConnection:
     """The websocket to the server at ``ws_url`` (``connect_url``), through ``proxy`` when it names one, with
-    ``token``; what retrying cannot fix raises ``FatalClientError``, its message saying what to fix."""
+    ``token``; what retrying cannot fix raises ``FatalClientError``, its message saying what to fix. ``first_of``:
+    (tokens, file) when the token is the first of a file holding several, which a refusal says (``token_refused``)."""
     kwargs: dict = {}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cfg.open_timeout
@@ -131,7 +133,7 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status in (401, 429):
-            raise FatalClientError(token_refused(status)) from None
+            raise FatalClientError(token_refused(status, first_of)) from None
         if status == 404:
             hint = "check --url"
             if urlsplit(ws_url).path.endswith(CONNECT_PATH + CONNECT_PATH):  # the user gave the endpoint's own path

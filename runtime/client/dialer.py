@@ -18,7 +18,7 @@ from typing import Callable
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from ..core.auth import OPEN_PIPES, TokenError, read_token_lines, token_refused
+from ..core.auth import OPEN_PIPES, TokenError, read_token_lines
 from ..core.cert_expiry import peer_not_after, warn_if_ending
 from ..core.handshake import CLOSE_TOKEN_REVOKED
 from ..core.logs import logfmt
@@ -124,15 +124,6 @@ class TunnelClient:
         self.config.token = token = tokens[0][1]
         return token
 
-    def _refused_first_of_several(self, exc: FatalClientError) -> FatalClientError:
-        """A token refused that was the first of several in its file, said so: "the server refused the token" sent
-        the user to check a file that held the right one, on a line the client never sends."""
-        if self._tokens_in_file > 1 and self.config.token_file is not None:
-            for status in (401, 429):
-                if str(exc) == token_refused(status):
-                    return FatalClientError(token_refused(status, (self._tokens_in_file, self.config.token_file)))
-        return exc
-
     def refresh_ca(self) -> None:
         """Verify the next connection against --tls-ca as the file is now (``PinnedCa``); one it cannot use now
         keeps the CA read last, said once, as an unreadable token file keeps the token."""
@@ -198,10 +189,8 @@ class TunnelClient:
         """Connect, authenticate and shake hands; the session then runs in the background."""
         token = self.current_token()  # read before dialling: an unreadable file is said while the server is down too
         self.refresh_ca()
-        try:
-            websocket = await open_websocket(self.config, self.ws_url, self.proxy, token)
-        except FatalClientError as exc:
-            raise self._refused_first_of_several(exc) from None
+        first_of = (self._tokens_in_file, self.config.token_file) if self.config.token_file is not None else None
+        websocket = await open_websocket(self.config, self.ws_url, self.proxy, token, first_of)
         try:
             welcome = await handshake(websocket, self.config, self.client_id, self.initial_window)
         except BaseException:
