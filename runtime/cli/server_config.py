@@ -106,7 +106,7 @@ def control_config(
     try:
         if tls_cert and tls_key:
             ssl_context = server_context(tls_cert, tls_key)
-            warn_if_others_can_read(Path(tls_key), "TLS key")
+            warn_if_others_can_read(Path(tls_key), "TLS key", event="tls_key_readable")
             serving = serving_certificate(Path(tls_cert), TLS_FILES_HINT)
         elif auto_tls:
             names = auto_tls_names(auto_tls_san) if auto_tls_san else [

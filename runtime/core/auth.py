@@ -144,7 +144,7 @@ class SecretOption:
             lines = _read_text(file, f"{self.file_option} file").splitlines()
             if not lines or not lines[0].strip():
                 raise TokenError(f"{self.file_option} file {file} is empty (or blank): put the secret on its first line")
-            warn_if_others_can_read(file, f"{self.file_option} file")  # as for the token file: a secret all the same
+            warn_if_others_can_read(file, f"{self.file_option} file", event="secret_file_loose")  # as for the token file: a secret all the same
             return self._checked(lines[0], f"{self.file_option} file {file}")
         if self.blank_variable():
             unset = "unset it to serve without one" if self.guards_a_site else "unset it"
@@ -273,11 +273,8 @@ def loose_mode(path: Path) -> int | None:
     return stat.S_IMODE(mode) if stat.S_ISREG(mode) and mode & 0o077 else None
 
 
-#: The event a loose file's warning is in a JSON log, by what the file is (as a SIGHUP's re-read names it).
-_LOOSE_EVENTS = {"token file": "token_file_loose", "TLS key": "tls_key_readable"}
-
-
-def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets") -> None:
+def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "inlets",
+                            event: str = "token_file_loose") -> None:
     """Once per file, on stderr, as ssh says of a loose key: a warning, not a refusal, since secret
     mounts (Kubernetes, Docker) are often 0644 and cannot be changed. (inletsctl's cloud tokens too.)
     Once the log is set up, its level applies (--log-level error hides it), and in JSON it is a record, as a
@@ -291,7 +288,7 @@ def warn_if_others_can_read(path: Path, what: str = "token file", prog: str = "i
         return
     _warned_loose.add(str(path))
     if logs.configured() == "json":
-        warn_loose_on_reload(path, _LOOSE_EVENTS.get(what, "secret_file_loose"), f"the {what}")
+        warn_loose_on_reload(path, event, f"the {what}")  # ``event``: as a SIGHUP's re-read names it
     elif logs.configured() is None or logging.getLogger("inlets").isEnabledFor(logging.WARNING):
         print(f"{prog}: warning: {what} {path} can be read by other users (mode {mode:04o}): "
               f"run chmod 600 {path}", file=sys.stderr)
