@@ -193,8 +193,8 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     """Write beside, then rename over: a server loading the file meanwhile reads the old one or the new one.
 
     The file beside is new (``files.write_new``, O_EXCL: no link followed, nothing someone else made reused), 0600
-    before a byte goes in, and its name random: at the fixed ``<name>.tmp`` a file another user had made kept its owner, and the
-    key written into it and renamed over ca.key was theirs to read."""
+    before a byte goes in, and its name random: at the fixed ``<name>.tmp`` a file another user had made kept its
+    owner, and the key written into it and renamed over ca.key was theirs to read."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         write_new(temporary, data)
