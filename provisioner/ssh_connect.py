@@ -41,7 +41,7 @@ def _saved_key_error(opts: SshOptions, pinned_file: Path, bad: BadKey, agent_tri
     if not bad.agent:
         return ProvisionError(f"ssh: {where} {bad.words}")
     agent = "ssh-agent does not hold it either" if agent_tried else "no ssh-agent runs (SSH_AUTH_SOCK is not set)"
-    if bad.words == "is encrypted":
+    if bad.encrypted:
         return ProvisionError(f"ssh: {where} is encrypted and {agent}: load it with `ssh-add {shlex.quote(path)}`, "
                               "then run this again")
     return ProvisionError(f"ssh: {where} does not exist and {agent}: put the key back there, or set \"key_file\" in "

@@ -34,11 +34,11 @@ ENCRYPTED = (paramiko.PasswordRequiredException, TypeError)
 
 class BadKey(Exception):
     """What a key file is instead of a usable private key, in words ("is encrypted"); ``agent``: ssh-agent may hold
-    the key all the same (the file is encrypted, or gone)."""
+    the key all the same (the file is encrypted, or gone); ``encrypted``: it is, which some advice depends on."""
 
-    def __init__(self, words: str, agent: bool = False) -> None:
+    def __init__(self, words: str, agent: bool = False, encrypted: bool = False) -> None:
         super().__init__(words)
-        self.words, self.agent = words, agent
+        self.words, self.agent, self.encrypted = words, agent, encrypted
 
 
 def load_key(path: str) -> paramiko.PKey:
@@ -46,7 +46,7 @@ def load_key(path: str) -> paramiko.PKey:
     try:
         return read_key(path)
     except BadKey as bad:
-        fix = ": load it into ssh-agent and leave out --ssh-key" if bad.words == "is encrypted" else ""
+        fix = ": load it into ssh-agent and leave out --ssh-key" if bad.encrypted else ""
         raise ProvisionError(f"--ssh-key {path} {bad.words}{fix}") from None
 
 
@@ -72,7 +72,7 @@ def read_key(path: str) -> paramiko.PKey:
     try:
         key = _parse_key(data)
     except ENCRYPTED:
-        raise BadKey("is encrypted", agent=True) from None
+        raise BadKey("is encrypted", agent=True, encrypted=True) from None
     except (paramiko.SSHException, ValueError, UnicodeDecodeError, UnsupportedAlgorithm):
         raise BadKey(_NOT_A_KEY) from None
     info = os.stat(path)
