@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import re
 import socket
@@ -28,6 +27,7 @@ from websockets.exceptions import InvalidProxy, InvalidProxyMessage, InvalidProx
 from websockets.http11 import Response
 from websockets.proxy import parse_proxy
 
+from ..core.dial_failures import UNREACHABLE
 from ..core.hosts import HostError, check_host
 from ..core.ports import url_port
 from .no_proxy import no_proxy_covers, no_proxy_setting
@@ -52,7 +52,6 @@ SOCKS_REPLY_HINTS = {
        "(8123 unless set)",
 }
 _SOCKS_CANNOT_REACH = (3, 4)  # said as "cannot reach": no refusal of the proxy's own
-_UNREACHABLE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 #: CONNECT without an HTTP answer, said alike by the client and ``inlets status``: the proxy closed, or spoke no HTTP
 CONNECT_UNANSWERED = "proxy {shown} closed the connection without answering CONNECT {target}"
 CONNECT_NOT_HTTP = "proxy {shown} sent no valid HTTP answer to CONNECT {target} (is it an HTTP proxy?)"
@@ -358,7 +357,7 @@ def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy"
         return ProxyFailure(f"through proxy {shown}: name resolution failed ({exc.strerror})")
     if isinstance(exc, OSError):
         root = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-        if root.errno in _UNREACHABLE:  # only the proxy is dialled: a refusal is the proxy's
+        if root.errno in UNREACHABLE:  # only the proxy is dialled: a refusal is the proxy's
             return ProxyFailure(f"proxy {shown} unreachable: {os.strerror(root.errno)}")
         if isinstance(exc, TimeoutError):  # websockets' own ("timed out during opening handshake") or asyncio's
             return ProxyFailure(f"through proxy {shown}: timed out: neither the proxy nor, through it, the server "

@@ -14,7 +14,6 @@ the server then sends that source's next datagram, and new flows, to its other c
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import sys
@@ -24,6 +23,7 @@ from typing import Callable
 from ..core.hosts import authority
 from ..core.logs import logfmt
 from ..core.datagram import raise_receive_buffer, send_empty
+from ..core.dial_failures import UNREACHABLE
 from ..core.mux import DEFAULT_INITIAL_WINDOW, ResetCode
 from ..core.services import MAX_DATAGRAM
 from ..core.channel import Channel
@@ -46,8 +46,6 @@ KERNEL_DROPS_INTERVAL = 1.0
 SO_MEMINFO = 55
 _MEMINFO_SIZE = 9 * 4
 COUNTS_KERNEL_DROPS = sys.platform == "linux"
-#: What an unreachable upstream's ICMP reads as: a port nothing listens on, a host or network with no way there.
-_UNREACHABLE = (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
 #: A refusal fails a flow that has had no answer only within this of its start: one-way upstreams (syslog, statsd)
 #: never answer, and a long-lived flow's ICMP error while such a collector restarts took the flow and marked the
 #: client unreachable for the service.
@@ -117,7 +115,7 @@ class UdpUpstream(asyncio.DatagramProtocol):
         (every other one lost, with two clients). After one, UDP carries on, as the upstream may be restarting:
         said once a flow, as a TCP dial's refusal is."""
         reason = getattr(exc, "strerror", None) or str(exc)
-        if (not self._answered and getattr(exc, "errno", None) in _UNREACHABLE
+        if (not self._answered and getattr(exc, "errno", None) in UNREACHABLE
                 and time.monotonic() - self._opened < REFUSAL_WINDOW):
             self._refused(reason)
             return

@@ -6,11 +6,16 @@ the HTTP exit server, which never dials a name, would otherwise carry that modul
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any
 
 from .hosts import authority
+
+#: What a dial's (or an ICMP error's) errno reads as when nothing at that address could be reached: a port nothing
+#: listens on, a host or network with no way there.
+UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
 
 #: At most this many addresses named per failure in ``AddressesFailed``: a name may have dozens.
 SHOWN = 4
