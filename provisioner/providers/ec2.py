@@ -8,7 +8,6 @@ needs (inletsctl's rule leaves out TCP ports under 1024); delete removes it agai
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
@@ -283,13 +282,7 @@ class EC2Provider:
     def _list_regions(self) -> list[str]:
         """The current region, then those ec2.json records under the state root, at most LIST_REGIONS in all."""
         regions = [self.region]
-        for record in sorted(self._state_root.glob(f"*/{ec2_regions.REGION_RECORD}")) if self._state_root else []:
-            try:
-                region = json.loads(record.read_text()).get("region")
-            except (OSError, ValueError, AttributeError):
-                continue  # a damaged record: status and delete say so for their server
-            if isinstance(region, str) and region not in regions:
-                regions.append(region)
+        regions += [region for region in ec2_regions.recorded_regions(self._state_root) if region not in regions]
         return regions[:LIST_REGIONS]
 
     def _host(self, node: Node) -> Host:

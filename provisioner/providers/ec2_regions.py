@@ -35,6 +35,17 @@ def recorded_region(state_root: Path | None, host_id: str) -> str | None:
     return None
 
 
+def recorded_regions(state_root: Path | None) -> list[str]:
+    """Every region a state folder under ``state_root`` records, once each, in the folders' order; a damaged record
+    is passed over (status and delete say so for their server)."""
+    regions: list[str] = []
+    for record in sorted(state_root.glob(f"*/{REGION_RECORD}")) if state_root is not None else []:
+        region = _read(record).get("region")
+        if isinstance(region, str) and region not in regions:
+            regions.append(region)
+    return regions
+
+
 def recorded_ids(data: dict) -> list[str]:
     ids = data.get("ids")
     if isinstance(ids, list):
