@@ -12,6 +12,7 @@ import typer
 
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.proxy_dial import dialer_for
+from ..client.connect import logins_refused
 from ..client.diagnose import printable
 from ..core.auth import (TokenError, read_token_lines, read_tokens, several_tokens, token_refused,
                          warn_if_others_can_read)
@@ -152,9 +153,12 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     except ProbeError as exc:  # once the proxy granted the tunnel, the failure came through it: it may be the cause
         via = f"through proxy {dial.shown}: " if dial is not None and dial.granted else ""
         raise _Unanswered(f"{where}{via}{exc}")
-    if answer.status in (401, 429):
+    if answer.status == 401:
         first_of = (len(tokens), token_file) if token_file is not None and len(tokens) > 1 else None
         raise _Unanswered(f"{where}{token_refused(answer.status, first_of)}")
+    if answer.status == 429:  # every login from this address, the right token's too: the seconds are in our body
+        wait = re.search(r"try again in ([0-9]{1,6}) s", answer.body)
+        raise _Unanswered(f"{where}{logins_refused(int(wait[1]) if wait else None)}: try again then")
     if 300 <= answer.status < 400:  # as the client says it
         to = f" to {printable(answer.location, 300)}" if answer.location else ""
         raise _Unanswered(f"{where}{endpoint.where} answers a redirect (HTTP {answer.status}){to}, which a "

@@ -10,6 +10,7 @@ certificate, a ws:// URL for a TLS port or a refused handshake, so those raise `
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import socket
 import ssl
@@ -18,8 +19,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, InvalidURI, ProxyError
+from websockets.exceptions import (
+    ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
+)
 
+from ..acme import retry_after as retry_after_header
 from ..core.auth import token_refused
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome
@@ -45,6 +49,29 @@ class BoundedClientConnection(BoundedReplies, ClientConnection):
 
 class FatalClientError(Exception):
     """Retrying cannot help; the message says what to fix."""
+
+
+#: The longest Retry-After a client waits for: the server's window is a minute; a longer one (a proxy's, a wrong
+#: clock) would leave the tunnel down for as long as it said. SIGHUP still ends the wait at once.
+LOGINS_WAIT_MAX = 600.0
+
+
+def logins_refused(seconds: float | None) -> str:
+    """What a client and ``inlets status`` say of a 429: the server refuses every login from this address, a right
+    token too, for the rest of a window after too many failed ones (``server/ratelimit.py``). Not "token refused":
+    the token may be right, and the wrong ones may be another client's behind the same address (one NAT)."""
+    when = f"for {seconds:.0f} s" if seconds is not None else "for up to a minute"
+    return (f"the server refuses logins from this address {when} after too many failed ones (a wrong token from "
+            "this address: this client's, or another client's behind the same address)")
+
+
+class LoginsRefused(InvalidHandshake):
+    """The server answered 429: no login from this address until ``retry_after`` seconds have passed (its
+    Retry-After, at most ``LOGINS_WAIT_MAX``; None when it gave none). Not fatal: the client retries after it."""
+
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__(logins_refused(retry_after))
+        self.retry_after = retry_after
 
 
 class _NoRedirects(connect):
@@ -132,8 +159,12 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
-        if status in (401, 429):
+        if status == 401:
             raise FatalClientError(token_refused(status, first_of)) from None
+        if status == 429:  # the token may be right: retried once the server's window has passed
+            given = exc.response.headers.get_all("Retry-After")  # get() raised on a repeated one
+            asked = retry_after_header.parse(given[0] if given else None, datetime.datetime.now(datetime.timezone.utc))
+            raise LoginsRefused(None if asked is None else min(asked, LOGINS_WAIT_MAX)) from None
         if status == 404:
             hint = "check --url"
             if urlsplit(ws_url).path.endswith(CONNECT_PATH + CONNECT_PATH):  # the user gave the endpoint's own path

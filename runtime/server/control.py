@@ -81,7 +81,7 @@ class ControlConfig:
     on_request: Callable[[str, int], None] | None = None
     #: Local forwarding (client-opened streams); None: refused.
     forwarding: ForwardingPolicy | None = None
-    #: Failed logins a source may make per window before it gets 429.
+    #: Failed logins a source may make per window before every login from it, a right token's too, gets 429.
     login_limit: int = 10
     login_window: float = 60.0
     #: Connections not yet authenticated, in total and from one source (see admission.py).

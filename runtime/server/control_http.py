@@ -1,5 +1,6 @@
 """The control port's plain HTTP answers: ``/healthz``, the authenticated routes (``/metrics``, ``/status``) built
-off the loop and gzipped, 404/405, and the 400/401/429 refusals of a missing, repeated or wrong token.
+off the loop and gzipped, 404/405, the 400/401 refusals of a missing, repeated or wrong token, and the 429 to every
+login from a source that sent too many wrong ones.
 
 Apart from ``control.py`` (websocket admission, the hello/welcome handshake, the registry of connected clients)
 because this is the request-by-request HTTP side of the port, which ends where the websocket upgrade begins.
@@ -188,12 +189,14 @@ class ControlHTTP:
         # and uncounted. A repeated Authorization fails like a wrong token: counted, logged, refused.
         authorization = request.headers.get_all("Authorization")
         repeated = len(authorization) > 1
-        # The token first: a right one is never refused for failures others made from the same address.
+        # A limited source first, its token not even compared: when the right one still got in, the one answer
+        # that was not 429 told a guesser which token was right, at full speed (as the data plane's passwords).
+        if self.logins.blocked(source):
+            wait = self.logins.retry_after(source)
+            response = _response(429, f"too many failed logins from this address: try again in {wait} s\n".encode())
+            response.headers["Retry-After"] = str(wait)
+            return response
         if repeated or not self.config.tokens.check_header(authorization[0] if authorization else None):
-            if self.logins.blocked(source):
-                response = _response(429, b"too many failed logins: try again later\n")
-                response.headers["Retry-After"] = str(self.logins.retry_after(source))
-                return response
             if self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             logfmt(source), self.logins.limit, self.logins.window)

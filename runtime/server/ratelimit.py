@@ -1,10 +1,10 @@
 """Failed logins per source address: a token guesser is slowed to a crawl, and logged once.
 
 A fixed window per source (an IPv6 address's /64, ``hosts.source_key``): after ``limit`` failures within ``window`` seconds, every
-request from that source with a wrong token is answered 429 until the window ends (the
-control port checks the token first: a right one is never refused for failures others
-made from the same address, behind one NAT). The table is bounded, so a spray of
-sources cannot grow it without end.
+request from that source that takes a token is answered 429 until the window ends, the right token's too,
+without comparing it (as OpenSSH's PerSourcePenalties): if the right one got in, the one answer that was not
+429 told a guesser which it was. The price: a client behind the same address as a guesser (one NAT) is kept
+out for the rest of that window. The table is bounded, so a spray of sources cannot grow it without end.
 """
 
 from __future__ import annotations

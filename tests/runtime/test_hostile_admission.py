@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import ssl
 
 import pytest
 from helpers.process import spawn, terminate
-from helpers.tunnel import TlsFiles, control_url, free_port, run, start_server, wait_listening
+from helpers.tunnel import (
+    TlsFiles, control_url, free_port, polled, run, start_client, start_server, stop, until_connected, wait_listening,
+)
 from helpers.hostile import raw_client, still_serving
 from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 
+from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import SourceAllowList, parse_networks
 from inlets_py.runtime.server.control_http import client_address
 from inlets_py.runtime.core.tls import client_context
@@ -43,14 +47,53 @@ def test_failed_logins_are_rate_limited_per_source_and_logged_once(tls: TlsFiles
             await raw_client(server_ref[0], tls, "guess-again", source="127.0.0.9")
         assert 1 <= int(limited.value.response.headers["Retry-After"]) <= 60
         assert await status("127.0.0.1", "guess-x") == 401  # other sources are not affected
-        # the right token is never refused: its holder may share the address with the guesser (NAT, a proxy)
-        assert await status("127.0.0.9", token) == 101
         await server_ref[0].stop()
 
     run(scenario())
     limited = [r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]
     assert len(limited) == 1 and "remote=127.0.0.9" in limited[0].getMessage()
     assert token not in caplog.text and "guess-3" not in caplog.text
+
+
+def test_a_limited_source_gets_429_for_the_right_token_too_its_token_not_even_compared(
+    tls: TlsFiles, token: str, caplog
+) -> None:
+    """Found by a probe: while limited, wrong tokens got 429 and the right one 101 (or 200 at /metrics), so a guesser
+    alternating guesses read "429 200 429 200" at full speed: 429 meant wrong. Now every login from a limited source
+    gets 429 with Retry-After, its token not compared at all (as the data plane, and OpenSSH's PerSourcePenalties);
+    /healthz, which takes none, still answers."""
+    caplog.set_level(logging.INFO, logger="inlets.server")
+
+    async def answer(server, path: str, offered: str) -> tuple[int, Headers | None, bytes]:
+        try:
+            ws = await connect(control_url(server) + path, ssl=client_context(tls.ca), compression=None,
+                               additional_headers={"Authorization": f"Bearer {offered}"}, local_addr=("127.0.0.9", 0))
+        except InvalidStatus as exc:
+            return exc.response.status_code, exc.response.headers, exc.response.body
+        await ws.close()
+        return 101, None, b""
+
+    async def scenario() -> None:
+        server = await start_server(tls, token)
+        assert [(await answer(server, "/connect", f"guess-{i}"))[0] for i in range(10)] == [401] * 10
+        tokens, compared = server.control.config.tokens, []
+        check = tokens.check_header
+        tokens.check_header = lambda value: compared.append(value) or check(value)  # type: ignore[method-assign]
+        limited = [await answer(server, path, offered) for path, offered in
+                   [("/connect", "guess-x"), ("/connect", token), ("/metrics", "guess-y"), ("/metrics", token),
+                    ("/status", token)]]
+        assert [status for status, _, _ in limited] == [429] * 5
+        for _, headers, body in limited:
+            assert headers is not None and 1 <= int(headers["Retry-After"]) <= 60
+            assert body == b"too many failed logins from this address: try again in %s s\n" % headers["Retry-After"].encode()
+        assert compared == []  # no token from a limited source was compared: its answer cannot depend on it
+        assert (await answer(server, "/healthz", "guess-z"))[0] == 200
+        assert (await answer(server, "/connect", token))[0] == 429 and compared == []
+        await server.stop()
+
+    run(scenario())
+    assert len([r for r in caplog.records if "event=auth_rate_limited" in r.getMessage()]) == 1  # once a window
+    assert token not in caplog.text
 
 
 def test_a_limited_source_gets_401_again_once_its_window_ends(tls: TlsFiles, token: str) -> None:
@@ -67,6 +110,7 @@ def test_a_limited_source_gets_401_again_once_its_window_ends(tls: TlsFiles, tok
     async def scenario() -> None:
         server = await start_server(tls, token, login_limit=3, login_window=1.0)
         assert [await status(server, f"guess-{i}") for i in range(4)] == [401] * 3 + [429]
+        assert await status(server, token) == 429  # the right token too, until the window ends
         codes = []
         for _ in range(50):  # bounded: about 5 s, for a window of 1 s
             codes.append(await status(server, "guess-later"))
@@ -74,9 +118,38 @@ def test_a_limited_source_gets_401_again_once_its_window_ends(tls: TlsFiles, tok
                 break
             await asyncio.sleep(0.1)
         assert codes[-1] == 401, codes  # a fresh window: counted again, not refused
+        assert await status(server, token) == 101  # and the right token gets in
         await server.stop()
 
     run(scenario())
+
+
+def test_a_client_kept_out_by_the_limit_says_why_retries_and_gets_in_once_the_window_ends(
+    tls: TlsFiles, token: str, caplog
+) -> None:
+    """A client with the right token behind an address that sent too many wrong ones (its own earlier, or another
+    client's behind one NAT) is told 429 now: it says the server refuses logins from this address, not that its
+    token was refused (it exited so, for a token that was right), and it keeps retrying until it gets in."""
+    caplog.set_level(logging.INFO, logger="inlets.client")
+
+    async def scenario() -> None:
+        server = await start_server(tls, token, login_limit=3, login_window=2.0)
+        for i in range(3):
+            with pytest.raises(InvalidStatus):
+                await raw_client(server, tls, f"guess-{i}")
+        client, task = await start_client(control_url(server), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          wait=False)
+        assert await polled(lambda: "event=connect_failed" in caplog.text), caplog.text
+        await until_connected(client, task)  # within 10 s, for a window of 2
+        await stop(task)
+        await server.stop()
+
+    run(scenario())
+    failed = [r.getMessage() for r in caplog.records if "event=connect_failed" in r.getMessage()]
+    assert re.search(r'error="the server refuses logins from this address for [12] s after too many failed ones '
+                     r"\(a wrong token from this address: this client's, or another client's behind the same "
+                     r'address\)" retry_in=', failed[0]), failed
+    assert "refused the token" not in caplog.text and token not in caplog.text
 
 
 def test_the_failed_login_table_is_bounded_the_oldest_source_forgotten() -> None:
@@ -115,7 +188,7 @@ def test_a_repeated_authorization_header_is_refused_clearly_and_counted_as_a_fai
         assert answers[0] == (400, b"bad request: more than one Authorization header\n")
         assert [status for status, _ in answers] == [400] * 10 + [429]
         assert (await answer(server, "/metrics", ["Bearer a", "Bearer b"]))[0] == 429
-        assert (await answer(server, "/connect", [f"Bearer {token}"]))[0] == 101  # the right token still gets in
+        assert (await answer(server, "/connect", [f"Bearer {token}"]))[0] == 429  # the right token too, for now
         await server.stop()
 
     run(scenario())
