@@ -155,7 +155,7 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
         raise _Unanswered(f"{where}{via}{exc}")
     if answer.status == 401:
         first_of = (len(tokens), token_file) if token_file is not None and len(tokens) > 1 else None
-        raise _Unanswered(f"{where}{token_refused(answer.status, first_of)}")
+        raise _Unanswered(f"{where}{token_refused(first_of)}")
     if answer.status == 429:  # every login from this address, the right token's too: the seconds are in our body
         wait = re.search(r"try again in ([0-9]{1,6}) s", answer.body)
         raise _Unanswered(f"{where}{logins_refused(int(wait[1]) if wait else None)}: try again then")

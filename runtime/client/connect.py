@@ -160,7 +160,7 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 401:
-            raise FatalClientError(token_refused(status, first_of)) from None
+            raise FatalClientError(token_refused(first_of)) from None
         if status == 429:  # the token may be right: retried once the server's window has passed
             given = exc.response.headers.get_all("Retry-After")  # get() raised on a repeated one
             asked = retry_after_header.parse(given[0] if given else None, datetime.datetime.now(datetime.timezone.utc))

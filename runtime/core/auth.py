@@ -37,17 +37,15 @@ class TokenError(Exception):
     """No usable token (or secret) was given; the message says how to give one."""
 
 
-def token_refused(status: int, first_of: tuple[int, Path] | None = None) -> str:
-    """What a client and ``inlets status`` say when the server refuses the token: 401, or 429 once this address
-    sent too many wrong ones (a right token is never refused so: a 429 means this one is wrong too, and a client
-    retried it with "HTTP 429" alone until the minute was up and a 401 came). ``first_of``: (tokens, file) when the
+def token_refused(first_of: tuple[int, Path] | None = None) -> str:
+    """What a client and ``inlets status`` say when the server refuses the token (401; a 429 refuses every login
+    from an address, the right token too: ``client.connect.logins_refused``). ``first_of``: (tokens, file) when the
     token was the first of a file holding several (a server's rotation file), of which only the first is sent."""
-    why = "HTTP 401" if status == 401 else f"HTTP {status}: this address sent too many wrong tokens"
     if first_of is not None and first_of[0] > 1:
         count, path = first_of
-        return (f"the server refused the first of {count} tokens in {path} ({why}), the only one sent: put the token "
-                "this server takes first, or give a file holding only it")
-    return f"the server refused the token ({why}): check --token/--token-file"
+        return (f"the server refused the first of {count} tokens in {path} (HTTP 401), the only one sent: put the "
+                "token this server takes first, or give a file holding only it")
+    return "the server refused the token (HTTP 401): check --token/--token-file"
 
 
 def several_tokens(count: int, path: Path, line: int) -> str:
