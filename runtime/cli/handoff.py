@@ -8,6 +8,12 @@ typer and handles everything that ends quickly itself (``--help``, usage errors,
 pipe (as JSON) instead of running, and this process, which never imported typer, runs it (same PID, so
 signals and service managers see no difference). Without ``fork`` (or when a command function
 is called directly) the command runs in the calling process, as before.
+
+While the child lives, SIGTERM, SIGINT and SIGHUP sent to this process's PID are passed on to it
+(but a SIGHUP while a tunnel command is parsed: the reload ``hold_sighup`` notes), and this process
+then ends as the child did; the child dies with this process, SIGKILL included (Linux). Else ``kill
+PID`` (``Popen.terminate()``) left ``inlets status``'s child running on its own until ``--timeout``,
+printing the status table after its command had exited.
 """
 
 from __future__ import annotations
@@ -107,37 +113,96 @@ def run(command: str, flags: dict[str, Any]) -> None:
     importlib.import_module(f"{__package__}.run.{command}").run(SimpleNamespace(**flags))
 
 
-def parse_then_run(parse: Callable[[], int], prefetch: Callable[[], None] | None = None) -> int:
+def parse_then_run(parse: Callable[[], int], prefetch: Callable[[], None] | None = None,
+                   runs_tunnel: bool = False) -> int:
     """Fork; the child runs ``parse`` (typer) and exits; run what it handed over, else take its exit status.
 
     ``prefetch`` runs here while the child parses (imports the command's body: on two cores the
-    start then costs about what it did in one process)."""
+    start then costs about what it did in one process). ``runs_tunnel``: the command hands a tunnel
+    over (not ``--help``, ``--generate`` or ``inlets status``), so a SIGHUP meanwhile is noted for its
+    reload, as ``hold_sighup`` does, not passed on to end the parse."""
     global _to_parent
     if not hasattr(os, "fork"):
         return parse()
+    parent = os.getpid()
     readable, writable = os.pipe()
+    passed = [sig for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None))  # one ignored (a
+              if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN]  # background job's SIGINT) stays so
+    signal.pthread_sigmask(signal.SIG_BLOCK, passed)  # until each side has its handlers: none is lost or misrouted
     pid = os.fork()
     if pid == 0:
+        _die_with(parent)
         if hasattr(signal, "SIGHUP"):  # a terminal's hangup ends the parse as before (the parent then exits 129)
             signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupt_once)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, passed)
         os.close(readable)
         _to_parent = writable
         _exit(_status_of(parse))
     os.close(writable)
-    if prefetch is not None:
-        prefetch()
-    chunks = []
-    with os.fdopen(readable, "rb") as pipe:
-        while chunk := pipe.read(65536):
-            chunks.append(chunk)
-    _, wait_status = os.waitpid(pid, 0)
+    stopped: list[int] = []  # the stop signals passed on: what the child handed over is not run
+
+    def pass_on(signum: int, frame: object) -> None:
+        if signum == getattr(signal, "SIGHUP", None) and runs_tunnel:
+            _note_sighup(signum, frame)
+            return
+        stopped.append(signum)
+        os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in passed}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, passed)
+    try:
+        if prefetch is not None:
+            prefetch()
+        chunks = []
+        with os.fdopen(readable, "rb") as pipe:
+            while chunk := pipe.read(65536):
+                chunks.append(chunk)
+    finally:  # the pipe's end: the child is exiting (or a prefetch failed: the child dies with this process)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: a handler set outside Python
+    _, wait_status = os.waitpid(pid, 0)  # reaped once nothing is passed on: ``pid`` was the child's for every kill
+    code = os.waitstatus_to_exitcode(wait_status)
+    if stopped and (code < 0 or chunks):  # it ended by what was passed on, or handed over as that came: nothing runs
+        return _end_as(-code if code < 0 else stopped[0])
     if not chunks:
-        code = os.waitstatus_to_exitcode(wait_status)
         return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
     command, plain = json.loads(b"".join(chunks))  # from our own child, over a pipe only it holds
     flags = {name: _unplain(value) for name, value in plain.items()}
     run(command, flags)
     return 0
+
+
+def _die_with(parent: int) -> None:
+    """In the child: end when ``parent`` does, SIGKILL included, which passes nothing on (Linux's
+    PR_SET_PDEATHSIG). ctypes only here: the child is short-lived, and a tunnel imports it anyway (core/heap.py)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl in this libc: the signals passed on still reach the child
+            pass
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(128 + signal.SIGKILL)
+
+
+def _end_as(signum: int) -> int:
+    """End as ``signum`` ends a process alone, as it ended this one before the fork: killed by it (a service manager
+    tells a stop by SIGTERM from a failure by that); SIGINT was a KeyboardInterrupt, exit status 130."""
+    if signum != signal.SIGINT:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+    return 128 + signum  # a signal whose default is not to end a process
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """The child's Ctrl-C: one KeyboardInterrupt. The terminal's SIGINT reaches it and the parent's passed-on copy
+    too; a second one, raised while the first unwound, printed a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _plain(value: Any) -> Any:

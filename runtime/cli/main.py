@@ -58,11 +58,23 @@ def main() -> None:
     lazy_modules.defer()  # before typer and websockets: memory kept for the life of the process
     handoff.hold_sighup()  # a reload asked for while starting is one once running, not the end of the process
     argv = sys.argv[1:]
-    sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv)))
+    sys.exit(quiet_ctrl_c(handoff.parse_then_run, lambda: quiet_ctrl_c(_run, argv), lambda: _prefetch(argv),
+                          _tunnel_command(argv) is not None))
 
 
 #: Flags whose command ends in the parsing child (help text, a printed unit): the body is never run.
 ENDS_IN_CHILD = ("--help", "--generate")
+
+
+def _tunnel_command(argv: list[str]) -> str | None:
+    """The module of the tunnel command ``argv`` runs (``tcp_server``); None for one that ends in the child."""
+    if any(arg == flag or arg.startswith(flag + "=") for arg in argv for flag in ENDS_IN_CHILD):
+        return None
+    for group, modules in COMMANDS:
+        for module in modules:
+            if group is not None and argv[:2] == module.split("_"):
+                return module
+    return None
 
 
 def _prefetch(argv: list[str]) -> None:
@@ -70,15 +82,12 @@ def _prefetch(argv: list[str]) -> None:
 
     Not for ``--help`` or ``--generate``: the import would cost as much CPU as the child's whole
     parse (0.3 s measured) for a command that prints and exits."""
-    if any(arg == flag or arg.startswith(flag + "=") for arg in argv for flag in ENDS_IN_CHILD):
-        return
-    for group, modules in COMMANDS:
-        for module in modules:
-            if group is not None and argv[:2] == module.split("_"):
-                try:
-                    importlib.import_module(f"{__package__}.run.{module}")
-                except ImportError:  # not in this installation: the child says so
-                    pass
+    module = _tunnel_command(argv)
+    if module is not None:
+        try:
+            importlib.import_module(f"{__package__}.run.{module}")
+        except ImportError:  # not in this installation: the child says so
+            pass
 
 
 def quiet_ctrl_c(function: Callable[..., int], *args: Any) -> int:

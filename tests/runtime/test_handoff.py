@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
-from helpers.process import ROOT, server_args, spawn, terminate, wait_for_text, wait_port
+from helpers.process import INLETS, ROOT, server_args, spawn, terminate, wait_for_text, wait_port
 from helpers.tunnel import free_port
 from inlets_py import runtime
 from inlets_py.runtime.cli import handoff
@@ -149,3 +153,72 @@ def test_a_sighup_while_the_child_parses_is_a_reload_once_running(tmp_path: Path
         assert server.wait(timeout=20) == 0, log.read_text()
     finally:
         terminate(server)
+
+
+
+@contextlib.contextmanager
+def _status_against_a_deaf_server(**popen: Any) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``inlets status`` asking a server that accepts and never answers, its child waiting out ``--timeout``: the
+    command and its child's PID once the child has connected."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        command = subprocess.Popen([*INLETS, "status", "--timeout", "60", "--url",
+                                    f"wss://127.0.0.1:{listener.getsockname()[1]}", "--token", "x"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, **popen)
+        try:
+            listener.settimeout(15)
+            held, _ = listener.accept()  # the child asks now
+            with held:
+                children = Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text().split()
+                assert len(children) == 1, children
+                yield command, int(children[0])
+        finally:
+            command.kill()
+            command.wait(10)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left to an init that does not reap has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _ended(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not _running(pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hup"])
+def test_status_killed_by_its_pid_ends_its_child_and_dies_of_that_signal(sig: signal.Signals) -> None:
+    """Found by a probe: ``kill PID`` (``Popen.terminate()``) ended the parent only, and the child ran on alone until
+    its --timeout, then printed the status table; a SIGHUP to the PID was noted for a reload nothing would run. Now the
+    signal is passed on and the parent ends as the child did, as one process would."""
+    with _status_against_a_deaf_server() as (command, child):
+        command.send_signal(sig)
+        assert command.wait(timeout=10) == -sig
+        assert _ended(child), f"the child {child} runs on after its parent"
+        assert command.communicate(timeout=5) == ("", "")
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["pid", "ctrl-c"])
+def test_sigint_by_its_pid_or_by_ctrl_c_ends_status_and_its_child_quietly(group: bool) -> None:
+    """SIGINT to the PID ended the parent (130) only. Ctrl-C signals the whole group: the child gets the terminal's
+    SIGINT and the parent's copy, and must still end in one quiet exit status 130 (a second KeyboardInterrupt while
+    the first unwound would print a traceback)."""
+    with _status_against_a_deaf_server(start_new_session=group) as (command, child):
+        (os.killpg if group else os.kill)(command.pid, signal.SIGINT)
+        assert command.wait(timeout=10) == 130
+        assert _ended(child), f"the child {child} runs on after its parent"
+        assert command.communicate(timeout=5) == ("", "")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_status_whose_parent_is_killed_with_sigkill_ends_too() -> None:
+    """SIGKILL passes nothing on: the child asks the kernel to end it when its parent dies (PR_SET_PDEATHSIG)."""
+    with _status_against_a_deaf_server() as (command, child):
+        command.kill()
+        assert command.wait(timeout=10) == -signal.SIGKILL
+        assert _ended(child), f"the child {child} runs on after its parent"
