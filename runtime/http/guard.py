@@ -3,12 +3,13 @@
 Several clients may serve one name, and clients come and go. Protection must not
 depend on which of them a request meets: while any client serving a name declared
 protection, every request for the name must pass it (any declared credential will
-do), and no upstream ever sees that credential. When the protecting clients leave,
-their protection stays: requests for the name get 503 (after 401 without the
-credential), never the catch-all's answer with the credential forwarded. A client
-that later serves the name without protection, while no protecting client is
-connected, lifts it: serving a name is what every client, holding the tunnel's
-token, is trusted with. Kept protections of names no client serves are bounded
+do), and no upstream ever sees that credential. When the protecting clients leave
+and no client serves the name, their protection stays: requests for the name get
+503 (after 401 without the credential), never the catch-all's answer with the
+credential forwarded. A client that serves the name without protection while no
+protecting client is connected (it connects later, or still serves the name as
+the last protecting client leaves) lifts it: serving a name is what every client,
+holding the tunnel's token, is trusted with. Kept protections of names no client serves are bounded
 (MAX_LEFT, the oldest forgotten first): every client may declare 1,024 names, and
 300 clients that each declared new ones and left took the server from 29 to 189 MiB.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Hashable
+from typing import Callable, Hashable
 
 from ..core.logs import logfmt
 from ..core.services import shown_service
@@ -105,20 +106,32 @@ class Guards(dict[str, Protection]):
             _said("protection_lifted", session, lifted, "a client serving these names without protection connected, "
                   "while none that protects them was")
 
-    def release(self, session: Hashable) -> None:
-        kept = []
+    def release(self, session: Hashable, served: Callable[[str], bool]) -> None:
+        """``session`` left (or drains); ``served``: whether a client still serves a name, ``session`` no longer
+        counted. A name still served when its last protecting client leaves is served without protection only:
+        lifted, as that client's connecting would have lifted it (kept, its site stayed 401 until it reconnected)."""
+        kept, lifted = [], []
         for service in self._sessions.pop(session, ()):
             protection = self.get(service)
             if protection is None:  # lifted meanwhile by a client serving it unprotected
                 continue
             options = protection.declared.pop(session, None)
-            if options is not None and not protection.declared:
+            if options is None or protection.declared:
+                continue
+            if served(service):
+                del self[service]
+                lifted.append(service)
+            else:
                 protection.left = [options]
                 self._left[service] = None
                 kept.append(service)
         if kept:
-            _said("protection_kept", session, kept, "the last client protecting these names left: they still ask for "
-                  "its credentials (503 once given) until a client serves them, one without protection lifting it")
+            _said("protection_kept", session, kept, "the last client protecting these names left and none serves "
+                  "them: they still ask for its credentials (503 once given) until a client serves them, one without "
+                  "protection lifting it")
+        if lifted:
+            _said("protection_lifted", session, lifted, "the last client protecting these names left, while a client "
+                  "serving them without protection is connected")
         while len(self._left) > self.max_left:  # the oldest kept goes: its name falls back to the catch-all
             oldest = next(iter(self._left))
             del self._left[oldest], self[oldest]

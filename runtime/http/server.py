@@ -255,8 +255,9 @@ class HttpTunnelServer:
             if leg is not None:
                 leg.finish()
         self.options.pop(session, None)
-        self.guards.release(session)
-        for service in self.registry.remove(session):
+        gone = self.registry.remove(session)
+        self.guards.release(session, self.registry.serves)  # after remove: only the other clients count as serving
+        for service in gone:
             host = service.partition(":")[2]
             if host != "*":
                 self.metrics.host_unserved(host, self._loop.time() if self._loop else 0.0)

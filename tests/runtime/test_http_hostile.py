@@ -267,6 +267,33 @@ def test_protected_name_whose_client_left_is_503_never_the_catch_all(env, tls, t
                        + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
 
 
+def test_protection_lifts_when_its_last_client_leaves_a_name_an_unprotected_client_serves(tls, token, caplog):
+    """Found by a probe: client A served the catch-all unprotected, client B the catch-all with a bearer token; once B
+    left, A's public site answered 401 (200 with B's token) until A reconnected, though the README lifts protection
+    once a client serves the name without it while none that protects it is connected: both held."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    stack = Stack()
+    try:
+        open_app, up_open = stack.upstream("OPEN")
+        guarded, up_guarded = stack.upstream("GUARDED")
+        server = stack.server(tls, token)
+        stack.client(server, tls, token, [f"http://{LOOPBACK}:{up_open}"])
+        _, protecting = stack.client(server, tls, token, [f"http://{LOOPBACK}:{up_guarded}"],
+                                     HttpOptions.build(bearer_token="bt"))
+        port, get = server.data_port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"
+        assert raw_request(port, get).startswith(b"HTTP/1.1 401 ")
+        stack.stop_client(protecting)
+        wait_until(lambda: len(server.registry.sessions_for("http:*")) == 1)
+        answer = raw_request(port, get)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"upstream": "OPEN"' in answer, answer[:300]
+        said = [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith("event=protection_lifted ") and "first=http:*" in said[0], said
+    finally:
+        stack.close()
+
+
 # ---------------------------------------------------------------- 8: absolute-form targets
 
 

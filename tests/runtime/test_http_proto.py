@@ -452,21 +452,27 @@ def test_protection_belongs_to_the_name(caplog: pytest.LogCaptureFixture):
                              HttpOptions())
     alice = b"Basic " + base64.b64encode(b"alice:pw")
     guards = Guards()
+    nobody = lambda service: False  # noqa: E731 - the registry's ``serves`` once the leaving client is removed
     guards.admit("A", ["http:s"], protect)
     guards.admit("B", ["http:s"], plain)  # serves the name too: protected all the same
     guards.admit("C", ["http:s"], other)
     assert guards["http:s"].authorized(alice) and guards["http:s"].authorized(b"Bearer t")
     assert not guards["http:s"].authorized(None) and len(guards["http:s"].challenges()) == 2
-    guards.release("A")
-    guards.release("C")
+    guards.release("A", nobody)
+    guards.release("B", nobody)
+    guards.release("C", nobody)
     assert guards["http:s"].authorized(b"Bearer t") and not guards["http:s"].authorized(alice)  # the last to leave
-    guards.release("B")
     assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
     guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
     assert "http:s" not in guards
+    guards.admit("E", ["http:s", "http:t"], protect)
+    guards.release("E", lambda service: service == "http:s")  # D still serves s, unprotected: lifted; t is kept
+    assert "http:s" not in guards and "http:t" in guards
     said = [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
     assert [line.split(" note=")[0] for line in said] == [
-        "event=protection_kept client=C names=1 first=http:s", "event=protection_lifted client=D names=1 first=http:s"], said
+        "event=protection_kept client=C names=1 first=http:s", "event=protection_lifted client=D names=1 first=http:s",
+        "event=protection_kept client=E names=1 first=http:t", "event=protection_lifted client=E names=1 first=http:s"
+    ], said
 
 
 def test_protections_left_by_clients_are_bounded_oldest_forgotten_first(caplog: pytest.LogCaptureFixture) -> None:
@@ -476,21 +482,22 @@ def test_protections_left_by_clients_are_bounded_oldest_forgotten_first(caplog: 
 
     protect = HttpOptions.build(bearer_token="t")
     guards = Guards(max_left=3)
+    nobody = lambda service: False  # noqa: E731
     for n in range(5):
         guards.admit(n, [f"http:s{n}"], protect)
     guards.admit("live", ["http:live"], protect)
     with caplog.at_level(logging.WARNING, logger="inlets.http"):
         for n in range(5):
-            guards.release(n)
+            guards.release(n, nobody)
     assert sorted(guards) == ["http:live", "http:s2", "http:s3", "http:s4"]  # s0, s1 forgotten, the live one kept
     assert [r.getMessage() for r in caplog.records if "protection_forgotten" in r.getMessage()][0].startswith(
         "event=protection_forgotten names=1 kept=3")
     guards.admit("again", ["http:s2"], protect)  # served again: no longer among those kept
-    guards.release("live")
+    guards.release("live", nobody)
     assert sorted(guards) == ["http:live", "http:s2", "http:s3", "http:s4"]
     for n in range(1000):  # clients that come and go: nothing grows past the bound
         guards.admit(("churn", n), [f"http:c{n}"], protect)
-        guards.release(("churn", n))
+        guards.release(("churn", n), nobody)
     assert len(guards) == 4 and "http:s2" in guards and len(guards._sessions) == 1
 
 
