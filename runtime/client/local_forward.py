@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..core.logs import logfmt
 from ..core.bridge import TcpBridge
-from ..core.hosts import authority
+from ..core.hosts import authority, is_ip
 from ..core.listen import listen
 from ..core.mux import ResetCode, StreamError, StreamLimit
 from ..core.ports import parse_port
@@ -39,15 +39,20 @@ class LocalForward:
 
 def parse_local_forward(text: str) -> LocalForward:
     """``5432:127.0.0.1:5432`` or ``6379:[::1]:6379`` (LOCAL_PORT:HOST:REMOTE_PORT). A port out of range is named:
-    "must be LOCAL_PORT:HOST:REMOTE_PORT" alone, for ``70000:127.0.0.1:5432``, blamed a shape the user had given."""
+    "must be LOCAL_PORT:HOST:REMOTE_PORT" alone, for ``70000:127.0.0.1:5432``, blamed a shape the user had given.
+    A HOST with a colon must be an IPv6 address in brackets, as --upstream's: ``foo:bar`` or ``127.0.0.1:42200``
+    (a port too many) was sent to the server as ``forward:[foo:bar]:5432``, which only a live server refused."""
     shape = f"--local must be LOCAL_PORT:HOST:REMOTE_PORT, got {text!r}"
     local, sep, rest = text.partition(":")
     if rest.startswith("["):
         host, bracket, tail = rest[1:].partition("]")
         colon, remote = tail[:1] == ":", tail[1:]
+        ipv6 = ":" in host and is_ip(host)
     else:
         host, colon, remote = rest.rpartition(":")
-        bracket = "-"
+        bracket, ipv6 = "-", ":" not in host
+    if not ipv6:
+        raise ValueError(f"--local must be LOCAL_PORT:HOST:REMOTE_PORT (an IPv6 HOST in brackets: [::1]), got {text!r}")
     if not (sep and local and host and bracket and colon and remote):
         raise ValueError(shape)
     for name, port in (("LOCAL_PORT", local), ("REMOTE_PORT", remote)):

@@ -160,3 +160,17 @@ def test_status_shows_what_each_client_forwards_on_the_servers_side(tmp_path: Pa
     assert table.returncode == 0 and f"forward:{target}" in table.stdout, table
     (row,) = json.loads(document.stdout)["clients"]
     assert row["forwards"] == [target] and row["services"] == [], row
+@pytest.mark.parametrize("spec", ["42313:foo:bar:5432", "42315:127.0.0.1:42200:9", "5432:[foo:bar]:5432",
+                                  "5432:[db]:5432", "5432:::1:5432"])
+def test_a_local_host_with_a_colon_must_be_a_bracketed_ipv6_address(spec: str) -> None:
+    """Found by a probe: ``--local 42313:foo:bar:5432`` (or a port too many, ``127.0.0.1:42200:9``) started and
+    listened, as ``remote=forward:[foo:bar]:5432``: only a live server refused it, and only when a user came. It is
+    refused at once, as --upstream's HOST:PORT is; the README gives IPv6 hosts in brackets, so a bare one is too."""
+    line = one_line_error(inlets("tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", spec, timeout=10,
+                                 env={"INLETS_TOKEN": ""}), f"got {spec!r}")
+    assert line == ("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT (an IPv6 HOST in brackets: [::1]), "
+                    f"got {spec!r}"), line
+    assert local_forward.parse_local_forward("6379:[::1]:6380") == LocalForward(6379, "::1", 6380)
+    assert local_forward.parse_local_forward("6379:db:6380").target == "forward:db:6380"
+
+
