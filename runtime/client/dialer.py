@@ -73,6 +73,7 @@ class TunnelClient:
         self._stopping = False
         self._stopped = asyncio.Event()  # ends a backoff wait at once on shutdown
         self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
+        self._woken_by = ""  # who set _retry_now (local_connection, sighup): named by the line of its attempt
         self._replace_now = asyncio.Event()  # a --local user waits while the server drains: try its replacement now
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
@@ -146,16 +147,28 @@ class TunnelClient:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         if self.proxy.url:
             log.info("event=proxy proxy=%s source=%s", logfmt(self.proxy.shown), logfmt(self.proxy.source))
+        #: When the backoff's next attempt is due. One made sooner (a --local user or SIGHUP woke the client) that
+        #: fails leaves the backoff as it was and waits out the rest: each one doubled it, a waiting user's wake
+        #: each second took it to 30 s within seconds, and the line named a wait the next wake cut short.
+        due = loop.time()
         while not self._stopping:
             self._retry_now.clear()  # a SIGHUP from now on cuts the wait after this attempt short
+            woken, self._woken_by = self._woken_by, ""
             try:
                 session = await self.open_session()
             except FatalClientError:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                sleep = backoff.next_wait()  # the wait the line names is the one taken (jitter included)
-                log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
-                            logfmt(_describe(exc)), sleep)
+                if woken and loop.time() < due:  # said once per RepeatLimit window: a user's wake comes each second
+                    sleep = due - loop.time()
+                    log.warning("event=connect_failed url=%s error=%s woken_by=%s retry_in=%.1fs",
+                                logfmt(self.config.url), logfmt(_describe(exc)), woken, sleep,
+                                extra={"cause": (self.config.url, woken)})
+                else:
+                    sleep = backoff.next_wait()  # the wait the line names is the one taken (jitter included)
+                    log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
+                                logfmt(_describe(exc)), sleep)
+                    due = loop.time() + sleep
             else:
                 started = loop.time()
                 session = await self._follow(session)
@@ -169,6 +182,7 @@ class TunnelClient:
                     sleep = backoff.next_wait()
                 log.warning("event=disconnected url=%s close=%s retry_in=%.1fs", logfmt(self.config.url),
                             logfmt(how_closed(session.websocket.protocol)), sleep)
+                due = loop.time() + sleep
             try:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:
@@ -262,6 +276,7 @@ class TunnelClient:
         if self._stopping:
             return
         if self.session is None:
+            self._woken_by = self._woken_by or "local_connection"
             self._retry_now.set()
         else:
             self._replace_now.set()
@@ -277,7 +292,8 @@ class TunnelClient:
             return
         async with self._rotating:
             if self.session is None:  # disconnected: connect now rather than at the end of the backoff (a
-                self._retry_now.set()  # connection made here was closed as "not needed", its log said connected)
+                self._woken_by = "sighup"  # connection made here was closed as "not needed", its log said connected)
+                self._retry_now.set()
                 return
             await self._replace()
 
@@ -313,6 +329,7 @@ class TunnelClient:
         # A server restarting (SIGTERM, then started again) refuses the first try: tried once, the client kept the
         # draining session, which refuses every new stream, until its last stream ended (up to --drain-timeout).
         retry = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        due = loop.time()  # as in run_forever: a try a waiting user woke sooner leaves the backoff as it was
         while True:
             async with self._rotating:
                 if session is not self.session or self._stopping or session.closed.is_set():
@@ -320,7 +337,9 @@ class TunnelClient:
                 self._replace_now.clear()  # a user's wake from now on cuts the wait after this attempt short
                 if await self._replace():
                     return
-            await self._until_stopped_or_woken(session, retry.next_wait())
+            if loop.time() >= due:
+                due = loop.time() + retry.next_wait()
+            await self._until_stopped_or_woken(session, due - loop.time())
 
     async def _until_stopped_or_woken(self, session: Session, timeout: float) -> None:
         """Wait ``timeout`` between replacement attempts, less if ``session`` closes, the client stops, or a --local

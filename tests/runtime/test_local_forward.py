@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers.process import client_args, inlets, one_line_error, server_args, spawn, stop_all, wait_for_text
@@ -50,6 +52,51 @@ def test_a_user_waiting_for_the_tunnel_has_the_client_connect_now(tls: TlsFiles,
     run(scenario(), 40)
 
 
+def test_a_users_early_tries_leave_the_backoff_as_it_was_and_are_said_as_such(tls: TlsFiles, token: str, monkeypatch,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Found by a probe: with the server down, a waiting --local user woke the client each second, and each early
+    try that failed doubled its backoff: at 30 s (its most) by the time the user was reset, the next try up to 30 s
+    away, each line's ``retry_in=`` a wait the next wake cut short. An early try now leaves the backoff as it was,
+    waits out the rest of its wait, and its line says who woke it. Jitter off: the waits are 2 s, then 4 s."""
+    monkeypatch.setattr(local_forward, "TUNNEL_WAIT", 3.0)
+    monkeypatch.setattr(dialer, "random", SimpleNamespace(uniform=lambda low, high: high))
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
+        control, server = free_port(), None  # nothing listens yet
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        client, task = await start_client(f"wss://127.0.0.1:{control}", token, tls,
+                                          {free_port(): Upstream("127.0.0.1", 9)}, wait=False,
+                                          extra={"forwards": [forward.target]}, backoff_initial=2.0, backoff_max=60.0)
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
+        await forwarder.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)  # waits 3 s, then reset
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await asyncio.sleep(began + 4.0 - loop.time())  # tries at 0 s and 2 s (the next at 6 s), and 3 woken
+            server = await start_server(tls, token, port=control, forwarding=policy)
+            assert await polled(lambda: client.connected.is_set(), 4.0)  # before: at 18 s, the backoff at 32 s
+        finally:
+            forwarder.stop()
+            await stop(task)
+            if server is not None:
+                await server.stop()
+            echo.close()
+
+    with caplog.at_level(logging.INFO, logger="inlets.client"):
+        run(scenario(), 30)
+    failed = [record for record in caplog.records if "event=connect_failed" in record.getMessage()]
+    scheduled = [record.getMessage().rpartition(" ")[2] for record in failed if "woken_by" not in record.getMessage()]
+    woken = [record for record in failed if "woken_by=local_connection" in record.getMessage()]
+    assert scheduled == ["retry_in=2.0s", "retry_in=4.0s"], [record.getMessage() for record in failed]
+    assert woken and all(getattr(record, "cause", None) for record in woken), woken  # once per RepeatLimit window
+
+
 def test_a_user_waiting_while_the_server_drains_has_the_client_try_its_replacement_now(tls: TlsFiles, token: str,
                                                                                       monkeypatch) -> None:
     """The server drains (SIGTERM: GOAWAY, an open stream keeps it up) and a new one comes up while a --local user
@@ -84,6 +131,53 @@ def test_a_user_waiting_while_the_server_drains_has_the_client_try_its_replaceme
             new = await start_server(tls, token, port=control, forwarding=policy)
             assert await asyncio.wait_for(reader.readexactly(14), 5) == b"while draining"  # before: reset at 3 s
             writer.close()
+        finally:
+            held.close()
+            forwarder.stop()
+            await stop(task, *[d for d in [draining] if d is not None])
+            await old.stop()
+            if new is not None:
+                await new.stop()
+            echo.close()
+
+    run(scenario(), 40)
+
+
+def test_a_users_early_tries_at_a_draining_server_leave_the_backoff_as_it_was(tls: TlsFiles, token: str,
+                                                                             monkeypatch) -> None:
+    """The same while the server drains (GOAWAY): each early try to replace its session that failed doubled the
+    wait between tries, so the replacement, back after the user was reset, was tried up to 30 s later. Jitter
+    off: the waits are 2 s, then 4 s; the new server comes at 4 s and is tried at 6 s (before: at 18 s)."""
+    monkeypatch.setattr(local_forward, "TUNNEL_WAIT", 3.0)
+    monkeypatch.setattr(dialer, "STEADY_AFTER", 0.0)  # the session lived a while: no goaway_soon_after_connect wait
+    monkeypatch.setattr(dialer, "random", SimpleNamespace(uniform=lambda low, high: high))
+
+    async def scenario() -> None:
+        echo = await echo_server()
+        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
+        old = await start_server(tls, token, forwarding=policy)
+        new, control = None, old.control.addresses[0][1]
+        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                          extra={"forwards": [forward.target]}, backoff_initial=2.0, backoff_max=60.0)
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
+        await forwarder.start()
+        held_reader, held = await asyncio.open_connection("127.0.0.1", forward.local_port)
+        draining = None
+        try:
+            held.write(b"held")  # an open stream: the old server drains, its session stays
+            assert await asyncio.wait_for(held_reader.readexactly(4), 5) == b"held"
+            first = client.session
+            draining = asyncio.ensure_future(old.drain(30))
+            assert await polled(lambda: first is not None and first.mux.peer_going_away)
+            began = asyncio.get_running_loop().time()
+            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)  # waits 3 s, then reset
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            await asyncio.sleep(began + 4.0 - asyncio.get_running_loop().time())
+            new = await start_server(tls, token, port=control, forwarding=policy)
+            assert await polled(lambda: client.session is not first and client.serving, 4.0)
         finally:
             held.close()
             forwarder.stop()
@@ -142,6 +236,20 @@ def test_a_local_port_out_of_range_is_named(spec: str, message: str) -> None:
     assert line.startswith("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT, got "), line
 
 
+@pytest.mark.parametrize("spec", ["42313:foo:bar:5432", "42315:127.0.0.1:42200:9", "5432:[foo:bar]:5432",
+                                  "5432:[db]:5432", "5432:::1:5432"])
+def test_a_local_host_with_a_colon_must_be_a_bracketed_ipv6_address(spec: str) -> None:
+    """Found by a probe: ``--local 42313:foo:bar:5432`` (or a port too many, ``127.0.0.1:42200:9``) started and
+    listened, as ``remote=forward:[foo:bar]:5432``: only a live server refused it, and only when a user came. It is
+    refused at once, as --upstream's HOST:PORT is; the README gives IPv6 hosts in brackets, so a bare one is too."""
+    line = one_line_error(inlets("tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", spec, timeout=10,
+                                 env={"INLETS_TOKEN": ""}), f"got {spec!r}")
+    assert line == ("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT (an IPv6 HOST in brackets: [::1]), "
+                    f"got {spec!r}"), line
+    assert local_forward.parse_local_forward("6379:[::1]:6380") == LocalForward(6379, "::1", 6380)
+    assert local_forward.parse_local_forward("6379:db:6380").target == "forward:db:6380"
+
+
 def test_status_shows_what_each_client_forwards_on_the_servers_side(tmp_path: Path, tls: TlsFiles, token_file: Path,
                                                                     echo_port: int) -> None:
     """Found by a probe: `inlets status` listed a client with --local forwards as SERVICES -, its --json naming none
@@ -160,17 +268,3 @@ def test_status_shows_what_each_client_forwards_on_the_servers_side(tmp_path: Pa
     assert table.returncode == 0 and f"forward:{target}" in table.stdout, table
     (row,) = json.loads(document.stdout)["clients"]
     assert row["forwards"] == [target] and row["services"] == [], row
-@pytest.mark.parametrize("spec", ["42313:foo:bar:5432", "42315:127.0.0.1:42200:9", "5432:[foo:bar]:5432",
-                                  "5432:[db]:5432", "5432:::1:5432"])
-def test_a_local_host_with_a_colon_must_be_a_bracketed_ipv6_address(spec: str) -> None:
-    """Found by a probe: ``--local 42313:foo:bar:5432`` (or a port too many, ``127.0.0.1:42200:9``) started and
-    listened, as ``remote=forward:[foo:bar]:5432``: only a live server refused it, and only when a user came. It is
-    refused at once, as --upstream's HOST:PORT is; the README gives IPv6 hosts in brackets, so a bare one is too."""
-    line = one_line_error(inlets("tcp", "client", "--url", "wss://h:1", "--token", "x", "--local", spec, timeout=10,
-                                 env={"INLETS_TOKEN": ""}), f"got {spec!r}")
-    assert line == ("inlets: error: --local must be LOCAL_PORT:HOST:REMOTE_PORT (an IPv6 HOST in brackets: [::1]), "
-                    f"got {spec!r}"), line
-    assert local_forward.parse_local_forward("6379:[::1]:6380") == LocalForward(6379, "::1", 6380)
-    assert local_forward.parse_local_forward("6379:db:6380").target == "forward:db:6380"
-
-
