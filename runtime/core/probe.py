@@ -168,7 +168,7 @@ def get(
             raise ProbeError(late)
         return answer
     except ssl.SSLCertVerificationError as exc:
-        raise CertificateRefused(verify_failure(exc, server_name), exc.verify_code) from None
+        raise CertificateRefused(verify_failure(exc, server_name, ca_given=ca_file is not None), exc.verify_code) from None
     except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
         if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "

@@ -237,9 +237,10 @@ class PinnedCa:
         return context, True
 
 
-def verify_failure(exc: ssl.SSLCertVerificationError, server_name: str | None = None) -> str:
+def verify_failure(exc: ssl.SSLCertVerificationError, server_name: str | None = None, *, ca_given: bool = True) -> str:
     """Why the server's certificate was refused, and which option fixes it; ``server_name``: --tls-server-name, when
-    given (the hint said to give it to a user who had, naming neither it nor what else to do)."""
+    given (the hint said to give it to a user who had, naming neither it nor what else to do); ``ca_given``: whether
+    --tls-ca was (without it the system's CAs were used, and "check --tls-ca" named a flag the user had not given)."""
     if "mismatch" in (exc.verify_message or "") and server_name:
         hint = (f"the certificate is not for {server_name}, the --tls-server-name given: give one of the names it "
                 f"carries (servers inletsctl made: --tls-server-name {EXIT_SERVER_NAME})")
@@ -252,8 +253,11 @@ def verify_failure(exc: ssl.SSLCertVerificationError, server_name: str | None = 
     elif exc.verify_code == X509_V_ERR_CERT_NOT_YET_VALID:  # the CA is right: a clock is wrong, or it starts later
         hint = ("the server's certificate or its CA starts later, or this machine's clock is behind: check the clocks "
                 "here and where the certificate was made, or give the server one valid now")
-    else:
+    elif ca_given:
         hint = "check --tls-ca: it must be the CA that signed the server's certificate"
+    else:
+        hint = ("the server's certificate is not signed by a CA this machine trusts: give the CA that signed it with "
+                "--tls-ca FILE (an exit server inletsctl made: its ca.crt)")
     return f"TLS certificate verification failed: {exc.verify_message} ({hint})"
 
 

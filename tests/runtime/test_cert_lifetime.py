@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
-from helpers.process import client_args, echo_once, server_args, spawn, stop_all, wait_for_text, wait_port
+from helpers.process import (client_args, echo_once, inlets, one_line_error, server_args, spawn, stop_all,
+                             wait_for_text, wait_port)
 from helpers.tunnel import TlsFiles, control_url, free_port, make_tls, run, start_client, stop
 
 from inlets_py.provisioner.material import generate
@@ -260,6 +261,29 @@ def test_a_certificate_not_yet_valid_is_said_by_the_server_and_named_by_the_refu
     message = _refusal(config, token, files)
     assert "certificate is not yet valid" in message and "clock" in message, message
     assert "check --tls-ca" not in message
+
+
+def test_a_certificate_no_trusted_ca_signed_names_tls_ca_as_the_flag_to_give(tmp_path: Path, tls: TlsFiles,
+                                                                           token_file: Path) -> None:
+    """Found by a probe: a client given no --tls-ca (the system's CAs verify) was told "check --tls-ca: it must be
+    the CA that signed the server's certificate", a flag it had not given; so was ``inlets status``. Both are now
+    told to give one; a client that gave the wrong one is still told to check it."""
+    control = free_port()
+    server = spawn(*server_args(control, tls, token_file), log=tmp_path / "server.log")
+    url = ["--url", f"wss://127.0.0.1:{control}", "--token-file", str(token_file)]
+    client = ["tcp", "client", *url, "--upstream", f"{free_port()}=127.0.0.1:9"]
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+        untrusted = [inlets(*client), inlets("status", *url)]
+        wrong = inlets(*client, "--tls-ca", str(make_tls(tmp_path / "other").ca))
+    finally:
+        stop_all(server)
+    give = ("(the server's certificate is not signed by a CA this machine trusts: give the CA that signed it with "
+            "--tls-ca FILE (an exit server inletsctl made: its ca.crt))")
+    for result in untrusted:
+        line = one_line_error(result, give, status=1)
+        assert "check --tls-ca" not in line, line
+    one_line_error(wrong, "(check --tls-ca: it must be the CA that signed the server's certificate)", status=1)
 
 
 def _verifies(port: int, ca: Path) -> bool:
