@@ -75,7 +75,8 @@ HINT_WINDOW = 60.0
 class UnansweredHint:
     """Says, once per ``HINT_WINDOW`` for one upstream, that it closed connections before answering (how a TLS
     server answers plain HTTP: a FIN from OpenSSL, a reset from Python's ssl); the next line counts those left out
-    (``suppressed=N``, as ``logs.RepeatLimit`` writes it)."""
+    (``suppressed=N``, as ``logs.RepeatLimit`` writes it). Not when the user had left first: its FIN, passed on
+    (``TcpBridge.on_eof``), is what an upstream still silent (a long poll, a slow report) closed at."""
 
     __slots__ = ("url", "https", "said", "left_out")
 
@@ -84,7 +85,12 @@ class UnansweredHint:
         self.said: float | None = None
         self.left_out = 0
 
-    def __call__(self) -> None:
+    def __call__(self, channel: Channel | None = None) -> None:
+        if channel is not None and getattr(channel.handler, "_eof_from_stream", False):  # the bridge's: the user left
+            log.info("event=upstream_unanswered upstream=%s reason=user_left note=%s", logfmt(self.url),
+                     logfmt("the user closed its side before the upstream answered; the upstream then closed"),
+                     extra={"cause": (self.url, "user_left")})
+            return
         now = time.monotonic()
         if self.said is not None and now - self.said < HINT_WINDOW:
             self.left_out += 1
@@ -192,5 +198,6 @@ class HttpUpstreams:
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         tls = self.tls if upstream.scheme == "https" else None
-        dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log,
-             opener=upstream.opener, unanswered=upstream.unanswered)
+        unanswered = upstream.unanswered  # told of this stream: whether its user had left when the upstream closed
+        dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log, opener=upstream.opener,
+             unanswered=None if unanswered is None else functools.partial(unanswered, channel))

@@ -5,6 +5,7 @@ and upstreams on loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import queue
 import time
@@ -77,8 +78,8 @@ async def _slow_answer_stops_at_fin(reader: asyncio.StreamReader, writer: asynci
 def env(tls, token):
     stack = Stack()
     try:
-        poll = LongPoll()
-        poll_port = stack.serve(poll.handle)
+        poll, left = LongPoll(), LongPoll()
+        poll_port, left_port = stack.serve(poll.handle), stack.serve(left.handle)
         fin_port = stack.serve(_answer_after_fin)
         stop_port = stack.serve(_stop_at_fin)
         slow_port = stack.serve(_slow_answer_stops_at_fin)
@@ -86,8 +87,9 @@ def env(tls, token):
         stack.client(server, tls, token, [f"poll.test=http://{LOOPBACK}:{poll_port}",
                                           f"fin.test=http://{LOOPBACK}:{fin_port}",
                                           f"stop.test=http://{LOOPBACK}:{stop_port}",
-                                          f"slow.test=http://{LOOPBACK}:{slow_port}"])
-        yield dict(server=server, poll=poll)
+                                          f"slow.test=http://{LOOPBACK}:{slow_port}",
+                                          f"left.test=http://{LOOPBACK}:{left_port}"])
+        yield dict(server=server, poll=poll, left=left, left_port=left_port)
     finally:
         stack.close()
 
@@ -131,3 +133,22 @@ def test_a_user_that_half_closes_gets_a_slow_answer_whole_and_counted_as_answere
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"x" * 30), answer
     assert metric(server, "http_dataplane_requests_total", code="200", host="slow.test") == before + 1
     assert metric(server, "http_dataplane_requests_total", code="499", host="slow.test") == 0
+
+
+def test_an_upstream_closing_after_its_user_left_gets_no_tls_hint(env, caplog):
+    """Found by a probe: an upstream still silent when its user left (1.5 s in) closed at the FIN passed on to it,
+    and the client warned "it closed the connection before answering: if it serves TLS, use https://...", sending
+    the operator to a TLS fault there is none of. The user left first: an info line says so, and no hint."""
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    with socket.create_connection((LOOPBACK, env["server"].data_port), timeout=5) as sock:
+        sock.sendall(b"GET /report HTTP/1.1\r\nHost: left.test\r\n\r\n")
+        time.sleep(1.5)  # the request reached the upstream, which waits
+    assert env["left"].ended.get(timeout=12) is not None, "the upstream never saw its user leave"
+    upstream = f"upstream=http://{LOOPBACK}:{env['left_port']} "
+    deadline = time.monotonic() + 5  # the client logs as the upstream's close reaches it
+    while not (lines := [r.getMessage() for r in caplog.records if upstream in r.getMessage()]):
+        assert time.monotonic() < deadline, "the client said nothing of the upstream's close"
+        time.sleep(0.05)
+    assert not any("event=upstream_closed_without_answer" in line or "https://" in line for line in lines), lines
+    assert lines == [f"event=upstream_unanswered {upstream}reason=user_left "
+                     'note="the user closed its side before the upstream answered; the upstream then closed"'], lines
