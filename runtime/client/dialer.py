@@ -27,7 +27,7 @@ from ..core.services import shown_service
 from ..core.channel import Channel
 from ..core.session import Session
 from ..core.tls import PinnedCa, TlsConfigError
-from .connect import ClientConfig, FatalClientError, connect_url, handshake, open_websocket
+from .connect import ClientConfig, FatalClientError, LoginsRefused, connect_url, handshake, open_websocket
 from .diagnose import describe as _describe, how_closed
 from .outbound_proxy import ProxyConfigError, choose as choose_proxy
 
@@ -74,6 +74,9 @@ class TunnelClient:
         self._stopped = asyncio.Event()  # ends a backoff wait at once on shutdown
         self._retry_now = asyncio.Event()  # SIGHUP while disconnected: end the backoff wait, connect now
         self._woken_by = ""  # who set _retry_now (local_connection, sighup): named by the line of its attempt
+        #: Until when (loop time) the server refuses every login from this address (its 429's Retry-After): a
+        #: --local user's wake does not bring a try forward before it, as each would only get 429 again.
+        self._logins_refused_until = 0.0
         self._replace_now = asyncio.Event()  # a --local user waits while the server drains: try its replacement now
         #: Replaced sessions still finishing their streams (``_replace``): SIGTERM waits for them too, else a
         #: request in flight on the session a SIGHUP or a GOAWAY had just replaced was cut at exit.
@@ -164,8 +167,10 @@ class TunnelClient:
                     log.warning("event=connect_failed url=%s error=%s woken_by=%s retry_in=%.1fs",
                                 logfmt(self.config.url), logfmt(_describe(exc)), woken, sleep,
                                 extra={"cause": (self.config.url, woken)})
-                else:
-                    sleep = backoff.next_wait()  # the wait the line names is the one taken (jitter included)
+                else:  # the wait the line names is the one taken (jitter included); a 429's Retry-After at least
+                    refused = exc.retry_after if isinstance(exc, LoginsRefused) and exc.retry_after else 0.0
+                    sleep = max(backoff.next_wait(), refused)
+                    self._logins_refused_until = loop.time() + refused
                     log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
                                 logfmt(_describe(exc)), sleep)
                     due = loop.time() + sleep
@@ -276,6 +281,8 @@ class TunnelClient:
         if self._stopping:
             return
         if self.session is None:
+            if asyncio.get_running_loop().time() < self._logins_refused_until:
+                return
             self._woken_by = self._woken_by or "local_connection"
             self._retry_now.set()
         else:

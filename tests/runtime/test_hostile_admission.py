@@ -150,6 +150,10 @@ def test_a_client_kept_out_by_the_limit_says_why_retries_and_gets_in_once_the_wi
                      r"\(a wrong token from this address: this client's, or another client's behind the same "
                      r'address\)" retry_in=', failed[0]), failed
     assert "refused the token" not in caplog.text and token not in caplog.text
+    # it waited the 429's Retry-After (the rest of the window), not its own 0.5 s backoff, which tried again and
+    # got 429 again: one refusal, then in
+    assert len(failed) == 1, failed
+    assert float(re.search(r"retry_in=([0-9.]+)s", failed[0])[1]) >= int(re.search(r" for ([12]) s", failed[0])[1])
 
 
 def test_the_failed_login_table_is_bounded_the_oldest_source_forgotten() -> None:
