@@ -17,7 +17,8 @@ from .providers.base import (GONE_TIMEOUT, TAG, Host, Kept, Provisioner, delete_
 from .spec import check_timeout
 from .names import check_name
 from .state import Damaged, ServerState, all_states, damage, delete_command, not_here, scan
-from .status import as_failed, check_gone, check_serves, connect, named, running_id, serves_another
+from .status import (as_failed, check_gone, check_serves, connect, ended, named, running_id, serves_another,
+                     state_gone)
 from .wait import Progress, wait_until_gone
 
 
@@ -55,6 +56,8 @@ def delete(
             if damaged.provider not in (None, "local") or not _runs_locally(root, creds, name):
                 return _remove_damaged(damaged)
             provider_name = "local"  # found below by name, stopped, then its damaged state removed
+        if meta is None and damaged is None and provider_name is None and _runs_locally(root, creds, name):
+            provider_name = "local"  # its folder went (rm -rf) while it ran: list shows it, and so delete stops it
         if meta is None and provider_name is None:
             raise not_here(name, root, "to delete one made elsewhere add --provider")
     if provider_name is None:
@@ -76,9 +79,7 @@ def delete(
             group = replicas.cloud_group(provider, name) if name is not None and meta is None else None
             if group is not None:  # made with --replicas on another machine: its droplets carry the group's tag
                 done = _delete_group(root, provider, group, timeout, progress)
-                if damaged is not None:
-                    damaged.state.remove()
-                return done
+                return done if damaged is None else _said(done, damaged.state.remove())
             if name is None:
                 raise
             if meta is None and damaged is None:  # no state here: only what a create cut short left, by its name
@@ -95,8 +96,9 @@ def delete(
                 raise NotFound(f"{provider_name} has no exit server named {name}, and {name} was made with "
                                f"--provider {made_with}: its state is kept (delete it with --provider {made_with})") from None
             removed = _leftovers(root, provider, name, f"{provider_name} has no exit server named {name}")
-            ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
-            return f"{provider_name} has no exit server named {name}; {removed}removed its local state ({root / name})"
+            kept = ServerState(root, name).remove()  # create never got as far as an id, or the state is damaged
+            return _said(f"{provider_name} has no exit server named {name}; {removed}removed its local state "
+                         f"({root / name})", kept)
     if meta is None:
         meta = next((m for m in states if m.get("provider") == provider_name and str(m.get("id")) == host_id), None)
     known = next((h for h in provider.list() if h.id == host_id), None) if by_id and meta is None else None
@@ -121,11 +123,15 @@ def delete(
         gone = f"{label} was already gone on {provider_name}"
         done = f"{gone}; {_leftovers(root, provider, str(meta['name']), gone)}removed its local state"
     if meta is not None:
-        ServerState(root, str(meta["name"])).remove()
+        done = _said(done, ServerState(root, str(meta["name"])).remove())
     elif damaged is not None:
-        damaged.state.remove()
-        done += f"; removed its damaged local state ({damaged.state.dir})"
+        done = _said(f"{done}; removed its damaged local state ({damaged.state.dir})", damaged.state.remove())
     return done
+
+
+def _said(done: str, kept: str) -> str:
+    """What delete did, and ``ServerState.remove``'s word on a folder it kept (it held files not inletsctl's)."""
+    return f"{done}; {kept}" if kept else done
 
 
 def _check_ip(ip: str) -> None:
@@ -169,11 +175,12 @@ def _runs_locally(root: Path, creds: Credentials, name: str) -> bool:
 def _remove_damaged(damaged: Damaged) -> str:
     """Remove a state folder that cannot be read, saying what inletsctl could not check."""
     name, where = damaged.state.name, damaged.provider
-    damaged.state.remove()
+    kept = damaged.state.remove()
     look = (f"`inletsctl list --provider {where}`, then `inletsctl delete {name} --provider {where}`" if where else
             f"`inletsctl list --provider P` for each provider you use, then `inletsctl delete {name} --provider P`")
     unchecked = damaged.unchecked or f"inletsctl could not check whether its exit server or VM still runs: look with {look}"
-    return f"removed the damaged local state of {name} ({damaged.state.dir}: {damaged.why}); {unchecked}"
+    done = _said(f"removed the damaged local state of {name} ({damaged.state.dir}: {damaged.why})", kept)
+    return f"{done}; {unchecked}"
 
 
 def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeout: float, progress: Progress) -> str:
@@ -183,8 +190,7 @@ def _delete_group(root: Path, provider: Provisioner, meta: dict[str, Any], timeo
         done = f"deleted {name} ({provider.name}: " + ", ".join(replicas.delete_group(provider, meta, timeout, progress)) + ")"
     except NotFound:
         done = f"{name} was already gone on {provider.name}; removed its local state"
-    ServerState(root, name).remove()
-    return done
+    return _said(done, ServerState(root, name).remove())
 
 
 def _made_where(provider: Provisioner, root: Path) -> tuple[str, str]:
@@ -249,6 +255,9 @@ def list_servers(
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
+        if pname == "local":  # a local server's folder gone while it ran (rm -rf): say so, as status does
+            shown = {d.state.name for d in damaged}  # a damaged folder has a note of its own
+            notes += [state_gone(host, root) for host in alone if host.name and host.name not in shown]
     return rows
 
 
@@ -276,11 +285,7 @@ def _row(meta: dict[str, Any] | None, host: Host | None, where: str) -> dict[str
 
 
 def expired(row: dict[str, Any], now: datetime.datetime | None = None) -> bool:
-    if not row.get("expires"):
-        return False
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    when = datetime.datetime.strptime(row["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
-    return when <= now
+    return ended(row.get("expires"), now)
 
 
 def prune(root: Path, creds: Credentials, rows: list[dict[str, Any]], progress: Progress) -> tuple[list[str], int]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import datetime
+import errno
 import os
+import re
 import shlex
-import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -61,7 +62,10 @@ def _default_root() -> Path | None:
 
 
 def prepare_root(root: Path) -> None:
-    """Create the state root (0700) before anything is made, or say in one line why it cannot be."""
+    """Create the state root (0700) before anything is made, or say in one line why it cannot be. One that exists
+    keeps its mode: it may be the user's own (--state-dir ~/projects), and each exit server's folder in it is 0700
+    already; but one another user owns or may write is refused, as they could put a folder of their own (their CA,
+    for the client to pin) in place of an exit server's."""
     try:
         shared = root.is_dir() and bool(root.stat().st_mode & stat.S_ISVTX)
     except OSError:
@@ -71,7 +75,10 @@ def prepare_root(root: Path) -> None:
                              f"private (0700) would lock them out; give --state-dir a folder of its own, "
                              f"e.g. {root / 'inlets'}")
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        _check_existing_root(root)
+        return
     except OSError as exc:
         if isinstance(exc, PermissionError) and exc.filename:
             why = f"no permission to write in {Path(exc.filename).parent}"
@@ -79,11 +86,27 @@ def prepare_root(root: Path) -> None:
             why = _file_in_the_way(root) or os_words(exc)
         raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
     try:
-        os.chmod(root, 0o700)
-    except OSError as exc:  # EPERM: another user's folder, which only its owner can make private
-        why = "it belongs to another user, and tokens are kept only where no one else can read them (0700)" \
-            if isinstance(exc, PermissionError) else os_words(exc)
-        raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
+        os.chmod(root, 0o700)  # whatever the umask took from mkdir's mode
+    except OSError as exc:
+        raise ProvisionError(f"cannot keep exit servers in {root}: {os_words(exc)}; {_CHOOSE}") from None
+
+
+def _check_existing_root(root: Path) -> None:
+    """A state root that exists (``prepare_root``): a folder of this user's that no one else may write."""
+    try:
+        info = root.stat()
+    except OSError as exc:
+        raise ProvisionError(f"cannot keep exit servers in {root}: {os_words(exc)}; {_CHOOSE}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ProvisionError(f"cannot keep exit servers in {root}: {_file_in_the_way(root)}; {_CHOOSE}")
+    if info.st_uid != os.geteuid():
+        raise ProvisionError(f"cannot keep exit servers in {root}: it belongs to another user, and tokens are kept "
+                             f"only where no one else can read them (0700); {_CHOOSE}")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise ProvisionError(f"cannot keep exit servers in {root}: other users may write in it (mode {mode:04o}), and "
+                             f"could put a folder of their own in place of an exit server's; run chmod go-w "
+                             f"{shlex.quote(str(root))}, or {_CHOOSE}")
 
 
 def check_root(root: Path) -> None:
@@ -150,7 +173,8 @@ class ServerState:
         return self.dir / "server.key"
 
     def exists(self) -> bool:
-        return _has_metadata(self.dir)
+        """The folder holds a file inletsctl writes (or cannot be looked into): an exit server's state, if damaged."""
+        return _holds_ours(self.dir)
 
     def check_free(self) -> None:
         """Fail, saying what is there, when the name's folder is taken: by an exit server (delete it), or by a
@@ -159,7 +183,12 @@ class ServerState:
             raise ProvisionError(f"{self.dir} is in the way of an exit server named {self.name!r}: it is a "
                                  f"{'symbolic link' if self.dir.is_symlink() else 'file'}, not inletsctl's; "
                                  "move it away, or choose another name")
-        if self.exists() or self.dir.exists():
+        foreign = self.dir.is_dir() and not self.exists() and (not _young(self.dir) or bool(os.listdir(self.dir)))
+        if foreign:  # a project's folder, another --state-dir (young and empty: a create under way): delete finds none
+            raise ProvisionError(f"{self.dir} is in the way of an exit server named {self.name!r}: it is a folder "
+                                 "inletsctl did not make (none of its files are in it); move it away, or choose "
+                                 "another name")
+        if self.dir.exists():
             raise ProvisionError(f"an exit server named {self.name!r} already exists ({self.dir}); "
                                  f"choose another name, or first: {delete_command(self.name, self.root)}")
 
@@ -195,7 +224,7 @@ class ServerState:
         try:
             meta = json.loads(_read_regular(self.dir / METADATA))
         except (FileNotFoundError, NotADirectoryError):
-            if not self.dir.is_dir():
+            if not self.dir.is_dir() or not self.exists():  # a project's folder, another --state-dir: never ours
                 raise not_here(self.name, self.root) from None
             raise Damaged(self, "is missing") from None
         except PermissionError as exc:  # the state is likely fine, only its mode is not: say how to fix that first
@@ -226,15 +255,72 @@ class ServerState:
                              f"it), else no client can connect: {delete_command(self.name, self.root)}, then create it "
                              "again")
 
-    def remove(self) -> None:
+    def remove(self) -> str:
+        """Remove the files inletsctl writes in this folder (``STATE_FILES``), then the folder once empty; never
+        anything else, as a folder that only looked like state was a user's (a project, another --state-dir nested
+        here). '' when the folder is gone, else a clause saying it was kept and what it still holds."""
         if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond
             raise ProvisionError(f"invalid name {self.name!r}: nothing removed")
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if os.path.lexists(self.dir):  # never say it is gone when it is not
-            parent = self.dir.parent  # removing the folder itself takes write access to the one holding it
-            fix = (_chmod(self.dir) if os.access(parent, os.W_OK | os.X_OK)
-                   else f"chmod u+rwx {shlex.quote(str(parent))}, the folder holding it")
-            raise ProvisionError(f"cannot remove {self.dir}: let this user change it ({fix}) and run the command again")
+        if self.dir.is_symlink():  # its files are wherever it leads: not this state root's to remove
+            raise ProvisionError(f"{self.dir} is a symbolic link, not a folder inletsctl made: nothing removed; "
+                                 "remove the link by hand if it is no longer needed")
+        others: list[str] = []
+        try:
+            with os.scandir(self.dir) as entries:
+                for entry in entries:
+                    if _ours(entry.name) and not entry.is_dir(follow_symlinks=False):
+                        Path(entry.path).unlink(missing_ok=True)
+                    else:
+                        others.append(repr(entry.name))  # repr: one line, whatever the name holds
+            if not others:
+                self.dir.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise self._cannot_remove() from None
+            others = ["a file written meanwhile"]
+        if not others:
+            return ""
+        shown = ", ".join(sorted(others)[:3]) + (", ..." if len(others) > 3 else "")
+        return (f"kept {self.dir}: it also holds what inletsctl did not write there ({shown}); move that away, then "
+                "remove the folder")
+
+    def _cannot_remove(self) -> ProvisionError:
+        parent = self.dir.parent  # removing the folder itself takes write access to the one holding it
+        fix = (_chmod(self.dir) if os.access(parent, os.W_OK | os.X_OK)
+               else f"chmod u+rwx {shlex.quote(str(parent))}, the folder holding it")
+        return ProvisionError(f"cannot remove {self.dir}: let this user change it ({fix}) and run the command again")
+
+
+#: The files inletsctl writes in an exit server's folder, for any provider: a folder holding none of them was never
+#: one (list and delete pass it by), and delete removes these only, never what else a folder holds.
+STATE_FILES = frozenset({
+    METADATA, METADATA + ".tmp",  # ServerState.save
+    "token", "ca.crt", "server.crt", "server.key",  # create: the secrets, and the TLS files of a server run here
+    "server.log", "server.pid",  # providers/local.py
+    "ssh.json", "known_hosts",  # providers/ssh.py: how to reach the host, and its pinned key
+    "ec2.json",  # providers/ec2_regions.py: the region
+    "vultr-firewall-markers",  # providers/vultr.py
+})
+#: What a write of one of them cut short leaves beside it (runtime.core.certs' ``_replace``: ".token.<16 hex>.tmp").
+_UNFINISHED = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
+
+
+def _ours(name: str) -> bool:
+    """``name`` is one of the files inletsctl writes in an exit server's folder."""
+    unfinished = _UNFINISHED.fullmatch(name)
+    return name in STATE_FILES or (unfinished is not None and unfinished["name"] in STATE_FILES)
+
+
+def _holds_ours(folder: Path) -> bool:
+    """``folder`` holds a file inletsctl writes, or cannot be looked into (said as damaged, never hidden)."""
+    try:
+        return any(_ours(name) for name in os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 class Damaged(ProvisionError):
@@ -320,18 +406,24 @@ CREATE_WRITES_METADATA_WITHIN = 10.0
 
 
 def _has_metadata(folder: Path) -> bool:
-    """``folder`` holds a server.json, or cannot be looked into, or has gone without one for longer than a create
-    takes to write it (unusable state is shown, never hidden)."""
+    """``folder`` holds a server.json, or cannot be looked into, or holds other files of inletsctl's and has gone
+    without server.json for longer than a create takes to write it (unusable state is shown, never hidden); one
+    holding none of inletsctl's files was never an exit server's, however old."""
     try:
         (folder / METADATA).stat()
     except (FileNotFoundError, NotADirectoryError):
-        try:
-            return time.time() - folder.stat().st_mtime > CREATE_WRITES_METADATA_WITHIN
-        except OSError:
-            return False
+        return _holds_ours(folder) and not _young(folder)
     except OSError:
         return True
     return True
+
+
+def _young(folder: Path) -> bool:
+    """Made too recently for a create to have written server.json into it yet."""
+    try:
+        return time.time() - folder.stat().st_mtime <= CREATE_WRITES_METADATA_WITHIN
+    except OSError:
+        return False
 
 
 def all_states(root: Path) -> list[dict[str, Any]]:

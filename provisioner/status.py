@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import shlex
 from pathlib import Path
 from typing import Any, Iterable
@@ -72,6 +73,10 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
         state = ServerState(root, check_name(name))
         meta = state.load()
     except NotFound:  # status has no --provider, as delete has: list --provider sees one made elsewhere
+        host = next((h for h in connect("local", root, creds).list() if h.name == name), None)
+        if host is not None:  # its folder went while it ran (rm -rf): list shows it, and so does status
+            raise StatusFailed(state_gone(host, root), STATE_DAMAGED, {"provider": host.provider, "id": host.id,
+                                                                       "ip": host.ip, "vm": host.detail}) from None
         see = f"to see one made elsewhere run {shlex.quote(command_word('inletsctl'))} list --provider PROVIDER"
         raise StatusFailed(str(not_here(name, root, see)), STATE_NOT_FOUND) from None
     except Damaged as exc:
@@ -104,11 +109,16 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     except NotFound:  # asking its old address could only fail, or reach whatever has that address now
         if meta.get("id"):
             check_gone(provider, str(meta["id"]), name, "ask again in a minute")
+            if ended(meta.get("expires_at")):
+                raise StatusFailed(state=STATE_GONE, message=_ended_words(name, meta, root)) from None
             raise StatusFailed(state=STATE_GONE, message=(
                 f"exit server {name} is gone from {meta['provider']} (id {meta['id']}; deleted or expired outside "
                 f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None
         result["vm"] = "gone"
     else:
+        soon = datetime.datetime.now(datetime.timezone.utc) + _TTL_EARLY
+        if host.status == FAILED and ended(meta.get("expires_at"), soon):  # not a crash: the end its --ttl set
+            raise StatusFailed(state=STATE_STOPPED, message=_ended_words(name, meta, root))
         if host.status == FAILED:  # asking its control port would only add "connection refused"
             raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
                                f"and create it again: {delete_command(name, root)}")
@@ -122,6 +132,32 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
         result["error"] = f"exit server {name} at {where} did not answer: {exc}; {on}: {result['vm']}"
         result["state"] = STATE_UNREACHABLE
     return result
+
+
+def state_gone(host: Host, root: Path) -> str:
+    """A local exit server still running whose state folder was removed: what ``status`` says, and ``list`` notes."""
+    return (f"exit server {host.name} runs on this machine ({host.detail or f'process {host.id}'}), but its local "
+            f"state ({root / str(host.name)}) is gone, and with it the token and CA that reach it: stop it with: "
+            f"{delete_command(str(host.name), root)}")
+
+
+#: How long before its recorded expiry a local exit server may end: ``timeout`` counts whole seconds from a start
+#: that came after create rounded the time the expiry counts from down to a whole second.
+_TTL_EARLY = datetime.timedelta(seconds=2)
+
+
+def ended(expires: object, now: datetime.datetime | None = None) -> bool:
+    """The --ttl expiry ``expires`` (as create writes it: 2030-01-02T03:04:05Z) has passed; False when there is none."""
+    try:
+        when = datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ")  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return when.replace(tzinfo=datetime.timezone.utc) <= (now or datetime.datetime.now(datetime.timezone.utc))
+
+
+def _ended_words(name: str, meta: dict[str, Any], root: Path) -> str:
+    return (f"exit server {name} ended at its --ttl expiry ({meta['expires_at']}), as asked: remove its local state "
+            f"with: {delete_command(name, root)}, then create it again for a new one")
 
 
 def serves_another(host: Host | None, name: object) -> bool:

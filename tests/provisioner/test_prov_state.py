@@ -366,3 +366,141 @@ def test_status_of_a_server_whose_token_file_went_says_what_to_do(tmp_path: Path
                        "put it back", f"no client can connect: inletsctl delete lost --state-dir {state}")
     finally:
         assert run_cli(capsys, "delete", "lost", "--state-dir", str(state)).code == 0
+
+
+def _aged(folder: Path) -> Path:
+    """``folder`` as if made an hour ago: no create could still be writing it."""
+    made = time.time() - 3600
+    os.utime(folder, (made, made))
+    return folder
+
+
+def test_a_folder_holding_no_file_of_inletsctls_is_no_exit_server_and_delete_never_removes_it(
+        tmp_path: Path, capsys) -> None:
+    """--state-dir given a folder of projects: every folder older than 10 s was listed as a damaged exit server, and
+    `delete myapp`, as list advised, removed myapp/src/main.c with the rest of it; so was a --state-dir nested in the
+    default one (work/w1: `delete work` took w1's token and key from under its running server)."""
+    state = tmp_path / "projects"
+    (state / "myapp" / "src").mkdir(parents=True)
+    (state / "myapp" / "src" / "main.c").write_text("int main(void) { return 0; }\n")
+    (state / "work" / "w1").mkdir(parents=True)  # a state root of its own: w1 is an exit server there, work is none
+    for name in ("server.json", "token", "ca.crt"):
+        (state / "work" / "w1" / name).write_text("kept\n")
+    for name in ("myapp", "work"):
+        _aged(state / name)
+    listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+    assert listed.code == 0 and listed.json()["servers"] == [] and listed.json()["notes"] == [], listed
+    for name in ("myapp", "work"):
+        one_line_error(run_cli(capsys, "delete", name, "--state-dir", str(state)),
+                       f"no exit server named {name!r} in {state}")
+        status = run_cli(capsys, "status", name, "--json", "--state-dir", str(state))
+        assert status.code == 1 and status.json()["state"] == "not_found", status
+        one_line_error(run_cli(capsys, "create", name, "--state-dir", str(state)),
+                       f"{state / name} is in the way of an exit server named {name!r}: it is a folder inletsctl did "
+                       "not make", "move it away, or choose another name")
+    assert (state / "myapp" / "src" / "main.c").read_text() == "int main(void) { return 0; }\n"
+    assert sorted(p.name for p in (state / "work" / "w1").iterdir()) == ["ca.crt", "server.json", "token"]
+
+
+def test_delete_of_damaged_state_removes_only_inletsctls_files_and_says_what_it_kept(state: Path, capsys) -> None:
+    """Delete of damaged state was an rm -rf: a file of the user's put in the folder went with it."""
+    folder = state / "missing"
+    (folder / "notes.txt").write_text("mine\n")
+    (folder / "backup").mkdir()
+    (folder / "known_hosts").write_text("pinned\n")  # the ssh provider's
+    (folder / ".token.0123456789abcdef.tmp").write_text("t\n")  # what a write cut short leaves
+    _aged(folder)
+    deleted = run_cli(capsys, "delete", "missing", "--state-dir", str(state))
+    assert deleted.code == 0, deleted.err
+    assert (f"removed the damaged local state of missing ({folder}: server.json is missing); kept {folder}: it also "
+            "holds what inletsctl did not write there ('backup', 'notes.txt'); move that away, then remove the "
+            "folder; inletsctl could not check") in deleted.out, deleted.out
+    assert len(deleted.out.splitlines()) == 1, deleted.out
+    assert sorted(p.name for p in folder.iterdir()) == ["backup", "notes.txt"]
+    listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+    assert "missing" not in {row["name"] for row in listed.json()["servers"]}, listed.out
+
+
+def test_every_file_a_provider_writes_in_a_state_folder_is_one_delete_removes() -> None:
+    """A file a provider writes that ``STATE_FILES`` lacks would be kept by delete, its folder with it."""
+    from inlets_py.provisioner.providers import ec2_regions, local, ssh, vultr
+    from inlets_py.provisioner.state import STATE_FILES
+
+    assert {ssh.RECORD, ssh.PINNED, local.PID_FILE, ec2_regions.REGION_RECORD, vultr.MARKERS} <= STATE_FILES
+
+
+def test_a_state_root_that_exists_keeps_its_mode_and_one_made_is_private(tmp_path: Path, capsys) -> None:
+    """An existing --state-dir (a folder of projects, 0755) was made 0700, even by a create that then failed."""
+    given = tmp_path / "projects"
+    (given / "taken").mkdir(parents=True)
+    (given / "taken" / "token").write_text("t\n")
+    given.chmod(0o755)
+    one_line_error(run_cli(capsys, "create", "taken", "--state-dir", str(given)), "already exists")
+    port = str(free_port("127.0.0.2"))
+    created = run_cli(capsys, "create", "fresh", "--ports", port, "--state-dir", str(given))
+    assert created.code == 0, created.err
+    try:
+        assert (given.stat().st_mode & 0o777, (given / "fresh").stat().st_mode & 0o777) == (0o755, 0o700)
+    finally:
+        assert run_cli(capsys, "delete", "fresh", "--state-dir", str(given)).code == 0
+    made = tmp_path / "new" / "state"
+    created = run_cli(capsys, "create", "fresh", "--ports", port, "--state-dir", str(made))
+    assert created.code == 0, created.err
+    try:
+        assert made.stat().st_mode & 0o777 == 0o700
+    finally:
+        assert run_cli(capsys, "delete", "fresh", "--state-dir", str(made)).code == 0
+    writable = tmp_path / "shared-by-a-group"
+    writable.mkdir()
+    writable.chmod(0o775)  # others could put a folder (their CA) in place of an exit server's
+    one_line_error(run_cli(capsys, "create", "x", "--state-dir", str(writable)),
+                   f"cannot keep exit servers in {writable}: other users may write in it (mode 0775)",
+                   f"run chmod go-w {writable}")
+    assert writable.stat().st_mode & 0o777 == 0o775 and list(writable.iterdir()) == []
+
+
+def test_a_local_server_whose_folder_was_removed_is_found_by_status_and_delete_as_list_shows_it(
+        tmp_path: Path, capsys) -> None:
+    """rm -rf of a running server's folder: list showed it 'local only', but status said no such exit server and
+    delete failed the same way unless given --provider local, the default."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "d3", "--ports", str(free_port("127.0.0.2")), "--json",
+                      "--state-dir", str(state))
+    assert created.code == 0, created.err
+    pid = created.json()["id"]
+    try:
+        shutil.rmtree(state / "d3")
+        said = (f"exit server d3 runs on this machine (process {pid} running), but its local state ({state / 'd3'}) "
+                f"is gone, and with it the token and CA that reach it: stop it with: inletsctl delete d3 --state-dir "
+                f"{state}")
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(state))
+        assert [(r["name"], r["where"]) for r in listed.json()["servers"]] == [("d3", "local only")], listed.out
+        assert listed.json()["notes"] == [said], listed.out
+        status = run_cli(capsys, "status", "d3", "--json", "--state-dir", str(state))
+        assert one_line_error(status, said) and status.json()["state"] == "damaged", status
+        assert (status.json()["provider"], status.json()["id"]) == ("local", pid), status.out
+        deleted = run_cli(capsys, "delete", "d3", "--state-dir", str(state))
+        assert deleted.code == 0 and deleted.out.strip() == f"deleted d3 (local {pid})", deleted
+    finally:
+        run_cli(capsys, "delete", "--provider", "local", "--id", pid, "--state-dir", str(state))
+    assert run_cli(capsys, "list", "--json", "--state-dir", str(state)).json()["servers"] == []
+
+
+def test_status_of_a_local_server_past_its_ttl_says_it_ended_then_not_that_it_crashed(tmp_path: Path, capsys) -> None:
+    """--ttl ended the server as asked, and status called it a crash: "is not running (its process N has exited)"."""
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "tt", "--ttl", "2s", "--ports", str(free_port("127.0.0.2")), "--json",
+                      "--state-dir", str(state))
+    assert created.code == 0, created.err
+    expires = created.json()["expires_at"]
+    try:
+        deadline = time.monotonic() + 30
+        status = run_cli(capsys, "status", "tt", "--json", "--state-dir", str(state))
+        while status.json().get("state") in (None, "unreachable") and time.monotonic() < deadline:
+            time.sleep(0.3)
+            status = run_cli(capsys, "status", "tt", "--json", "--state-dir", str(state))
+        one_line_error(status, f"exit server tt ended at its --ttl expiry ({expires}), as asked: remove its local "
+                               f"state with: inletsctl delete tt --state-dir {state}, then create it again")
+        assert status.json()["state"] == "stopped" and "not running" not in status.json()["error"], status.out
+    finally:
+        assert run_cli(capsys, "delete", "tt", "--state-dir", str(state)).code == 0
