@@ -138,31 +138,39 @@ def create_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Create an exit server, wait until its tunnel answers, print the client command."""
-    flags.refuse_empty(ctx)
-    provider = registry.check(provider or "")
-    flags.refuse_foreign(ctx, provider)
-    from .create import CreateOptions, create, credential_flags, interrupted_when_ready
-    from .replicas import check as check_replicas
-
-    check_replicas(provider, replicas)  # before the provider's own flags are read
-    opts = CreateOptions(
-        provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
-        domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
-        ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
-        runtime_spec=runtime_spec, replicas=replicas,
-        letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
-        letsencrypt_ca=letsencrypt_ca,
-        creds=_creds(
-            access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
-            api_timeout=_api_timeout(timeout), ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
-                             known_hosts, supervisor, remote_python, data_addr),
-        ),
-    )
-    progress = output.Progress(quiet=json_output)
     try:
-        summary = create(opts, progress)
-    except BaseException:
-        progress.close()
+        flags.refuse_empty(ctx)
+        provider = registry.check(provider or "")
+        flags.refuse_foreign(ctx, provider)
+        from .create import CreateOptions, create, credential_flags, interrupted_when_ready
+        from .replicas import check as check_replicas
+
+        check_replicas(provider, replicas)  # before the provider's own flags are read
+        opts = CreateOptions(
+            provider=provider, state_root=state_root(state_dir), name=name, mode=mode, ports=ports,
+            domains=list(domain or []), http_port=http_port, upstream=upstream, control_port=control_port, region=region, size=plan,
+            ssh_key=ssh_key, ttl=ttl, timeout=timeout, delete_on_failure=delete_on_failure,
+            runtime_spec=runtime_spec, replicas=replicas,
+            letsencrypt=letsencrypt, letsencrypt_email=letsencrypt_email, letsencrypt_issuer=letsencrypt_issuer,
+            letsencrypt_ca=letsencrypt_ca,
+            creds=_creds(
+                access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region,
+                api_timeout=_api_timeout(timeout), ssh=_ssh_options(provider, host, ssh_port, ssh_key, host_key_fingerprint, accept_new_host_key,
+                                 known_hosts, supervisor, remote_python, data_addr),
+            ),
+        )
+        progress = output.Progress(quiet=json_output)
+        try:
+            summary = create(opts, progress)
+        except BaseException:
+            progress.close()
+            raise
+    except ProvisionError as exc:  # --json prints one object, as ``status --json`` does: what was known, error, state
+        if json_output:
+            from .errors import STATE_INVALID
+
+            output.print_json(exc.result if isinstance(exc, StatusFailed) else {  # a flag refused before create ran
+                "name": name, "provider": provider, "id": None, "ip": None, "error": str(exc), "state": STATE_INVALID})
         raise
     try:  # the server is up and recorded: a Ctrl-C while it is printed must not leave the user with nothing
         progress.close()

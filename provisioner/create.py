@@ -12,15 +12,17 @@ from typing import Any
 
 from . import material as material_mod
 from . import replicas
-from .errors import LeftBehind, NotFound, ProvisionError, Transient, UsageError, interrupted_status
+from .errors import (STATE_API_ERROR, STATE_GONE, STATE_INVALID, STATE_NO_IP, LeftBehind, NotFound, ProvisionError,
+                     StatusFailed, Transient, UsageError, interrupted_status)
 from .names import check_name, random_name
-from .providers import Credentials, make, registry
+from .providers import Credentials, registry
 from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers, leftover_words
 from .output import command_word
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
 from .state import ServerState, delete_command, inletsctl_command, prepare_root
+from .status import as_failed, connect
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
 from .wheel import build_runtime_wheel
 
@@ -149,10 +151,48 @@ def _ca_bundle(opts: CreateOptions) -> str | None:
     return "".join(cert.public_bytes(Encoding.PEM).decode() for cert in certificates)
 
 
+@dataclass
+class _Known:
+    """What a create that failed had learned, for ``create --json`` to print as ``status --json`` prints its failures:
+    the fields status shows, and how far the create got, which picks the state word."""
+
+    result: dict[str, Any]
+    asking: bool = False  # the failure is the provider's answer (its API, an ssh host): STATE_API_ERROR
+    folder: Path | None = None  # the state folder this create reserved
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def failed(self, exc: ProvisionError) -> StatusFailed:
+        """``exc`` with ``result`` and its state: made and kept for its delete command, ``no_ip`` (create did not
+        finish, as ``status`` then says too); made and deleted, ``gone``; nothing made, why not."""
+        self.result |= {"id": self.meta.get("id"), "ip": self.meta.get("ip")} if self.meta else {}
+        made = self.folder is not None and self.folder.exists()
+        if isinstance(exc, StatusFailed):  # connect's: the provider unknown, its credentials missing
+            state = exc.state
+        elif exc.exit_code == 2:  # a UsageError
+            state = STATE_INVALID
+        elif made or self.meta.get("id"):
+            state = STATE_NO_IP if made else STATE_GONE
+        else:
+            state = STATE_API_ERROR if self.asking else STATE_INVALID
+        failed = as_failed(StatusFailed(str(exc), state, None, exc.exit_code), self.result)
+        failed.result |= {"error": str(failed), "state": failed.state}
+        return failed
+
+
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     """Create one exit server (or ``--replicas`` of it behind a balancer) and return its summary; what was
-    made is left alone on failure unless asked."""
+    made is left alone on failure unless asked. A failure is a StatusFailed whose ``result`` is the object
+    ``create --json`` prints: the name, provider, id and ip known, ``error`` and ``state``."""
+    learned = _Known({"name": opts.name, "provider": opts.provider, "id": None, "ip": None})
+    try:
+        return _create(opts, progress, learned)
+    except ProvisionError as exc:
+        raise learned.failed(exc) from None
+
+
+def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[str, Any]:
     name = check_name(opts.name) if opts.name is not None else random_name()
+    learned.result["name"] = name
     replicas.check(opts.provider, opts.replicas)
     group = name if opts.replicas > 1 else None
     names = replicas.replica_names(name, opts.replicas) if group else [name]
@@ -163,10 +203,13 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     expires_at = now + parse_ttl(opts.ttl) if opts.ttl else None
     prepare_root(opts.state_root)  # before the provider is asked anything
-    provider = make(opts.provider, opts.state_root, opts.creds)
+    provider = connect(opts.provider, opts.state_root, opts.creds)  # credentials missing: STATE_NO_CREDENTIALS
     state = ServerState(opts.state_root, name)
     state.check_free()
-    if provider.user_data_limit and any(h.name in names or (group and h.group == group) for h in provider.list()):
+    learned.asking = True
+    listed = provider.list() if provider.user_data_limit else []
+    learned.asking = False
+    if any(h.name in names or (group and h.group == group) for h in listed):
         raise ProvisionError(f"{opts.provider} already has an exit server named {name!r}; choose another name")
     progress("generating token and TLS material")
     secrets = material_mod.generate(name)
@@ -177,6 +220,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
         text, push = fitting_user_data(spec, secrets, options)
         delivery = Delivery(wheel, secrets.token) if push and wheel else None
     state.reserve()
+    learned.folder = state.dir
     hosts: list[Host] = []
     creating: str | None = None  # the host whose create call is under way: it may exist though the call failed
     try:
@@ -192,6 +236,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
             "expires_at": _iso(expires_at) if expires_at else None, "region": opts.region, "size": opts.size,
             "id": None, "ip": None,
         }
+        learned.meta = meta
         api_url = registry.info(opts.provider).api_url(opts.creds)
         if api_url:  # delete and status ask the API create used, whatever --api-url (or its variable) says then
             meta["api_url"] = api_url
@@ -214,6 +259,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
                 raise exc from None  # the state stays, for the delete command it names
         if not hosts:
             state.remove()
+            learned.asking = creating is not None and opts.provider != "local"  # local: this machine (a port taken)
             raise exc
         if isinstance(exc, KeyboardInterrupt):
             raise _interrupted(exc, hosts, state, opts) from None
@@ -225,7 +271,7 @@ def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     try:
         for index, host in enumerate(hosts):
             host.control_port = host.control_port or spec.control_port
-            remaining = max(1.0, opts.timeout - (time.monotonic() - started))
+            remaining = max(0.0, opts.timeout - (time.monotonic() - started))  # each wait looks at least once
             hosts[index] = wait_until_ready(provider, host, state.ca_file, remaining, progress, provider.poll_interval,
                                             delivery=delivery, why=why, deleted=lambda: not state.dir.exists())
             if group:

@@ -31,6 +31,11 @@ DATA_ADDR = "127.0.0.2"
 PROVIDER = ProviderInfo(name="local", title="local", user_data_limit=0, note="this machine", runs_on="local")
 PID_FILE = "server.pid"
 STOP_TIMEOUT = 10.0
+# What the server reads from its environment, and nothing else: it outlives the create that started it, and inherited
+# that shell's cloud tokens and keys (DIGITALOCEAN_ACCESS_TOKEN, AWS_SECRET_ACCESS_KEY, INLETS_*, a proxy's password)
+# for any process that can read its /proc/PID/environ (as a VM is given no API token). Its keys are files it is named.
+SERVER_ENV = ("PATH", "HOME", "TZ", "LANG", "LANGUAGE", "TMPDIR", "XDG_DATA_HOME", "PYTHONPATH", "GLIBC_TUNABLES")
+SERVER_ENV_PREFIXES = ("LC_", "MALLOC_")  # the locale; glibc's allocator tuning, which the server's heap trimming heeds
 
 
 def inlets_command() -> list[str]:
@@ -39,6 +44,11 @@ def inlets_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from inlets_py.runtime.cli.main import main; sys.exit(main())"]
+
+
+def server_environment() -> dict[str, str]:
+    """This environment cut down to ``SERVER_ENV``: the server's own settings, none of inletsctl's secrets."""
+    return {k: v for k, v in os.environ.items() if k in SERVER_ENV or k.startswith(SERVER_ENV_PREFIXES)}
 
 
 def free_port(host: str = CONTROL_ADDR) -> int:
@@ -153,8 +163,9 @@ class LocalProvider:
         log_path = plan.state_dir / "server.log"
         log = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+            proc = subprocess.Popen(  # in /: the folder create ran in stayed busy (no unmount) while the server ran
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                env=server_environment(), cwd="/",
             )
         except OSError as exc:
             raise ProvisionError(f"cannot start the local exit server: {exc.strerror}") from None

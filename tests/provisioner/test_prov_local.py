@@ -729,3 +729,99 @@ def test_status_json_of_every_other_failure_is_one_object_with_the_error_and_a_s
         assert (halted["provider"], halted["id"], halted["vm"]) == ("local", str(pid), f"its process {pid} has exited")
     finally:
         run_cli(capsys, "delete", "halted", "--state-dir", str(state))
+
+
+def test_the_server_gets_none_of_the_creates_secrets_nor_its_folder(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The server inherited create's whole environment, a cloud token and AWS secret key with it, readable in its
+    /proc/PID/environ for as long as it ran; and its working folder, which stayed busy (no unmount) meanwhile."""
+    secrets = {"DIGITALOCEAN_ACCESS_TOKEN": "dop_v1_secretvalue", "AWS_SECRET_ACCESS_KEY": "awssecret",
+               "INLETS_TOKEN": "inlets-token-of-the-shell", "INLETS_PROXY_PASSWORD": "proxypass"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TZ", "UTC")
+    where = tmp_path / "where-create-ran"
+    where.mkdir()
+    monkeypatch.chdir(where)
+    state = tmp_path / "state"
+    created = run_cli(capsys, "create", "clean-env", "--ports", str(free_port("127.0.0.2")), "--json",
+                      "--state-dir", str(state), "--timeout", "30")
+    assert created.code == 0, created.err
+    try:
+        pid = int(created.json()["id"])
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        environ = dict(entry.decode().partition("=")[::2] for entry in raw.split(b"\0") if entry)
+        assert not any(value.encode() in raw for value in secrets.values()), sorted(environ)
+        assert environ["PATH"] == os.environ["PATH"] and environ["HOME"] == os.environ["HOME"], environ
+        assert environ["TZ"] == "UTC", environ  # what it reads (its log's clock, its keys' home) is kept
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert_server_answered(run_cli(capsys, "status", "clean-env", "--json", "--state-dir", str(state)))
+    finally:
+        assert run_cli(capsys, "delete", "clean-env", "--state-dir", str(state)).code == 0
+
+
+def _never_listening(monkeypatch) -> None:
+    """A stand-in server that runs and never listens: a wait for it lasts exactly as long as --timeout lets it."""
+    from inlets_py.provisioner.providers import local
+
+    monkeypatch.setattr(local, "inlets_command", lambda: [sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_timeout_under_a_second_is_waited_as_given(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--timeout takes 0.001 and up, and create waited at least 1 s whatever it was given."""
+    from inlets_py.provisioner import create
+
+    _never_listening(monkeypatch)
+    real_wait, waits = create.wait_until_ready, []
+
+    def timed(*args, **kwargs):
+        started = time.monotonic()
+        try:
+            return real_wait(*args, **kwargs)
+        finally:
+            waits.append(time.monotonic() - started)
+
+    monkeypatch.setattr(create, "wait_until_ready", timed)
+    state = tmp_path / "state"
+    result = run_cli(capsys, "create", "hasty", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state),
+                     "--timeout", "0.05", "--delete-on-failure")
+    one_line_error(result, "timed out after 0s: 'hasty' is active", "never answered", "deleted it (--delete-on-failure)")
+    assert len(waits) == 1 and waits[0] < 0.8, waits  # one look at the server and its port, then the deadline
+    assert not (state / "hasty").exists()
+
+
+def test_create_json_of_a_failure_is_one_object_with_the_error_and_a_state(tmp_path: Path, capsys, monkeypatch) -> None:
+    """create --json printed nothing on stdout when it failed, only the error on stderr, where list --json and
+    status --json print one object: what was known, the error (stderr's line) and a state word."""
+    monkeypatch.delenv("DIGITALOCEAN_ACCESS_TOKEN", raising=False)
+    monkeypatch.delenv("INLETS_ACCESS_TOKEN", raising=False)
+    state, port = tmp_path / "state", free_port("127.0.0.2")
+    with socket.socket() as taken:  # something else serves the port asked for: refused before anything is made
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        cases = [(["Bad_Name"], 2, "invalid", "invalid name 'Bad_Name'"),
+                 (["x", "--provider", "nosuch"], 2, "invalid", "unknown provider 'nosuch'"),
+                 (["x", "--ports", ""], 2, "invalid", "--ports"),
+                 (["x", "--provider", "digitalocean"], 2, "no_credentials", "no DigitalOcean access token"),
+                 (["x", "--ports", busy], 1, "invalid", f"127.0.0.2:{busy} cannot be used on this machine")]
+        for args, code, word, needle in cases:
+            plain = run_cli(capsys, "create", *args, "--state-dir", str(state))
+            line = one_line_error(plain, needle)
+            assert (plain.code, plain.out) == (code, ""), plain
+            answer = run_cli(capsys, "create", *args, "--json", "--state-dir", str(state))
+            assert (answer.code, one_line_error(answer, needle)) == (code, line), answer
+            shown = answer.json()
+            assert (shown["name"], shown["state"], shown["error"]) == (args[0], word, line.partition("error: ")[2])
+            assert (shown["id"], shown["ip"]) == (None, None) and "client_command" not in shown, shown
+    _never_listening(monkeypatch)  # made, then the wait fails: its id, and how it was left
+    for extra, word in (([], "no_ip"), (["--delete-on-failure"], "gone")):
+        answer = run_cli(capsys, "create", "slow", "--ports", str(port), "--timeout", "0.05", "--json",
+                         "--state-dir", str(state), *extra)
+        line = one_line_error(answer, "timed out after 0s: 'slow' is active")
+        shown = answer.json()
+        assert (answer.code, shown["state"], shown["error"]) == (1, word, line.partition("error: ")[2]), shown
+        assert (shown["name"], shown["provider"]) == ("slow", "local") and shown["id"].isdigit(), shown
+        assert _pid_alive(int(shown["id"])) == (word == "no_ip")
+        if word == "no_ip":
+            assert run_cli(capsys, "delete", "slow", "--state-dir", str(state)).code == 0
+    assert not any(state.iterdir())
