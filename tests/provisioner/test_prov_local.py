@@ -784,7 +784,7 @@ def test_a_timeout_under_a_second_is_waited_as_given(tmp_path: Path, capsys, mon
     state = tmp_path / "state"
     result = run_cli(capsys, "create", "hasty", "--ports", str(free_port("127.0.0.2")), "--state-dir", str(state),
                      "--timeout", "0.05", "--delete-on-failure")
-    one_line_error(result, "timed out after 0s: 'hasty' is active", "never answered", "deleted it (--delete-on-failure)")
+    one_line_error(result, "timed out after 0.05s: 'hasty' is active", "never answered", "deleted it (--delete-on-failure)")
     assert len(waits) == 1 and waits[0] < 0.8, waits  # one look at the server and its port, then the deadline
     assert not (state / "hasty").exists()
 
@@ -817,7 +817,7 @@ def test_create_json_of_a_failure_is_one_object_with_the_error_and_a_state(tmp_p
     for extra, word in (([], "no_ip"), (["--delete-on-failure"], "gone")):
         answer = run_cli(capsys, "create", "slow", "--ports", str(port), "--timeout", "0.05", "--json",
                          "--state-dir", str(state), *extra)
-        line = one_line_error(answer, "timed out after 0s: 'slow' is active")
+        line = one_line_error(answer, "timed out after 0.05s: 'slow' is active")
         shown = answer.json()
         assert (answer.code, shown["state"], shown["error"]) == (1, word, line.partition("error: ")[2]), shown
         assert (shown["name"], shown["provider"]) == ("slow", "local") and shown["id"].isdigit(), shown
