@@ -17,6 +17,11 @@ from .wsflow import BoundedConnection
 
 log = logging.getLogger("inlets.session")
 
+#: Seconds a session has to answer the ping ``probe`` sends (its client id connected again) before it is dropped: its
+#: client gave it up and reconnected, and users sent to it hung until this side's --keepalive (20 s) found it dead. A
+#: live one answers in a round trip; the bound only spares a slow link (its --keepalive bounds it too, if lower).
+PROBE_TIMEOUT = 5.0
+
 
 class Keepalive:
     """``Session``'s watchdog task (``run`` starts it when ``keepalive`` is set)."""
@@ -24,8 +29,11 @@ class Keepalive:
     websocket: BoundedConnection
     name: str
     keepalive: float | None
+    closed: asyncio.Event
     _last_rx: float
     _close_reason: str
+    #: While ``probe``'s ping waits: the server opens new streams on its client's other sessions (``Registry``).
+    probing: bool = False
 
     async def _watchdog(self) -> None:
         """Detect a dead peer within ``keepalive`` seconds of its last sign of life, even on a stalled TCP connection.
@@ -66,13 +74,41 @@ class Keepalive:
         up, answered the user (502) or sent the request to another client. What it sent before that waited in the
         socket: acted on now, a POST answered 502 ran all the same, a PUT ran twice, the late one last. Closed here
         as the watchdog would have closed it, nothing more read (our own pings, answered, keep a live one's silence short)."""
+        self._drop_stale("stream_open")
+
+    def _drop_stale(self, found: str) -> None:
+        """Close the connection now, as the watchdog would have, nothing more read; its streams are reset at once."""
         silent = time.monotonic() - self._last_rx
-        log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs found=stream_open", self.name, silent,
-                    self.keepalive)
+        log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs found=%s", self.name, silent,
+                    self.keepalive, found)
         self._close_reason = "keepalive timeout"
         self.websocket.discard_messages()
         self.websocket.transport.abort()
         self.teardown(self._close_reason)  # type: ignore[attr-defined]  # Session's
+
+    def probe(self) -> asyncio.Task | None:
+        """Ask now whether the peer is alive: another session came with its client id, likely its client back after
+        giving this connection up, which may never answer again. New streams go elsewhere (``probing``) until a ping
+        is answered, within ``PROBE_TIMEOUT``; else it is dropped as a keepalive timeout. The id is the client's
+        word, so that is all it does: a live session another repeats the id of is out of rotation for a round trip.
+        One probe at a time; None when one is already out or the session is closed."""
+        if self.probing or self.closed.is_set():
+            return None
+        self.probing = True  # from now, not from the task's first step
+        return asyncio.ensure_future(self._probe())
+
+    async def _probe(self) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._ping(), min(self.keepalive or PROBE_TIMEOUT, PROBE_TIMEOUT))
+            self._last_rx = time.monotonic()
+        except asyncio.TimeoutError:
+            if self._last_rx <= started and not self.closed.is_set():  # nor a message that did something meanwhile
+                self._drop_stale("client_reconnected")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.probing = False
 
     async def _ping(self) -> None:
         pong = await self.websocket.ping()

@@ -152,6 +152,7 @@ class ControlPlane(ControlHTTP):
         self._admit = admit
         self._release = release
         self.clients: dict[Session, ClientInfo] = {}
+        self._probes: set[asyncio.Task] = set()  # pings to sessions whose client id connected again
         self.started_at = time.time()
         self.logins = FailedLoginLimiter(config.login_limit, config.login_window)
         self.admission = Admission(config.max_handshakes, config.max_handshakes_per_source, config.trusted_proxies)
@@ -255,6 +256,19 @@ class ControlPlane(ControlHTTP):
 
     # ------------------------------------------------------------- tunnel clients
 
+    def _probe_earlier(self, session: Session, client_id: str) -> None:
+        """``session`` came with the id of live sessions: most likely their client gave them up (its own keepalive
+        found the path dead) and reconnected, while this side's keepalive would take up to --keepalive to notice, and
+        new users sent there hung. Each is pinged now and takes no new users until it answers (``Keepalive.probe``).
+        The id is the client's word, not proof: so a live session only misses new users for a round trip; one that
+        cannot answer within ``PROBE_TIMEOUT`` is dropped as a keepalive timeout (its client, if alive, reconnects)."""
+        if not client_id:
+            return
+        for other, info in self.clients.items():
+            if other is not session and info.client_id == client_id and (probe := other.probe()) is not None:
+                self._probes.add(probe)  # held until done: the loop keeps only a weak reference to a task
+                probe.add_done_callback(self._probes.discard)
+
     def _remote(self, websocket: ServerConnection) -> str:
         """Who the client is, for logs and /status: behind a trusted reverse proxy, the address it forwarded for
         (as failed logins are counted), then the proxy's (every client read as the proxy's address before)."""
@@ -356,6 +370,7 @@ class ControlPlane(ControlHTTP):
             return
         log.info("event=client_connected client=%s remote=%s services=%s", logfmt(info.client_id), logfmt(remote),
                  logfmt(",".join(map(shown_service, services))))
+        self._probe_earlier(session, info.client_id)
         try:
             await session.run()
         finally:

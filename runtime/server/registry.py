@@ -113,13 +113,19 @@ class Registry(Generic[S]):
             left[client_id] = (until, *map(dict, marks))  # type: ignore[assignment]
 
     def candidates(self, service: str) -> list[S]:
-        """Sessions for ``service`` in the order to try them, rotating the start each call."""
+        """Sessions for ``service`` in the order to try them, rotating the start each call. One being asked whether
+        it is alive (``Keepalive.probe``: its client id connected again) is left out while another serves ``service``:
+        its client likely gave it up, and a user sent there waited for this side's keepalive."""
         sessions = self._serving.get(service)
         if not sessions:
             return []
         turn = self._turn.get(service, 0) % len(sessions)
         self._turn[service] = turn + 1
-        return sessions[turn:] + sessions[:turn]
+        ordered = sessions[turn:] + sessions[:turn]
+        for session in sessions:  # a plain loop: asked per user connection, and rarely one is probed
+            if session.probing:  # type: ignore[attr-defined]
+                return [s for s in ordered if not s.probing] or ordered  # type: ignore[attr-defined]
+        return ordered
 
     def took(self, service: str, session: S) -> None:
         """``session`` took the user ``candidates`` ordered: the next turn begins after it. Moving one place per user

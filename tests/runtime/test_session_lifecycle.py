@@ -11,13 +11,14 @@ from typing import AsyncIterator
 import pytest
 
 from helpers.tunnel import (
-    StallingRelay, TlsFiles, control_url, echo_server, free_port, polled, port_of, run, start_client, start_server, stop,
-    wait_listening,
+    StallingRelay, TlsFiles, control_url, echo_server, free_port, polled, port_of, run, serve, start_client, start_server,
+    stop, wait_listening,
 )
 from inlets_py.runtime.client.dialer import TunnelClient
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import parse_target_rules
+from inlets_py.runtime.core.keepalive import PROBE_TIMEOUT
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
 from inlets_py.runtime.server.tcp import TcpTunnelServer
 
@@ -298,6 +299,144 @@ def test_keepalive_detects_a_stalled_peer_within_keepalive_of_its_last_message(t
 
     with caplog.at_level(logging.WARNING, logger="inlets.session"):
         run(scenario(), 30)
+
+
+class _FreezingRelay(StallingRelay):
+    """A relay in front of the control port whose ``freeze`` stops only the connections open now, both ways, without
+    closing them: a NAT that lost its mapping, which the client gives up (its keepalive) and gets through anew."""
+
+    def __init__(self, control_port: int) -> None:
+        super().__init__(control_port)
+        self._gates: list[asyncio.Event] = []
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        gate = asyncio.Event()
+        gate.set()
+        self._gates.append(gate)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.control_port)
+        self.upstream.append(up_writer)
+        await asyncio.gather(self._gated(reader, up_writer, gate), self._gated(up_reader, writer, gate),
+                             return_exceptions=True)
+
+    @staticmethod
+    async def _gated(src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
+        while data := await src.read(65536):
+            await gate.wait()
+            dst.write(data)
+            await dst.drain()
+
+    def freeze(self) -> None:
+        for gate in self._gates:
+            gate.clear()
+
+    def thaw(self) -> None:
+        for gate in self._gates:
+            gate.set()
+
+
+async def _tagged(tag: bytes) -> asyncio.base_events.Server:
+    """An upstream that answers every connection's first byte with ``tag``: which client a user reached."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(tag)
+        await writer.drain()
+
+    return await serve(handle)
+
+
+def test_a_client_back_past_its_frozen_connection_is_served_at_once_and_the_frozen_one_dropped(
+        tls: TlsFiles, token: str, caplog) -> None:
+    """A client's connection froze (not closed); its --keepalive 1 gave it up and it connected again under the same
+    client id, while the server's --keepalive is 20. The server kept the frozen session in rotation: users sent
+    there hung until its keepalive (20 s), and a user's stream on it was not reset before either. Now the frozen one
+    is pinged at the reconnection, takes no new user meanwhile, and is dropped when the ping goes unanswered."""
+    async def scenario() -> None:
+        echo = await echo_server()
+        server = await start_server(tls, token)  # --keepalive 20
+        relay = _FreezingRelay(server.control.addresses[0][1])
+        relay_port = await relay.start()
+        public = free_port()
+        client, task = await start_client(f"wss://127.0.0.1:{relay_port}", token, tls,
+                                          {public: Upstream("127.0.0.1", port_of(echo))}, server_name="127.0.0.1",
+                                          keepalive=1.0)
+        loop = asyncio.get_running_loop()
+        first = client.session
+        try:
+            await wait_listening("127.0.0.1", public)
+            held_reader, held_writer = await _echoes(public)  # a user's stream on the session about to freeze
+            [frozen] = server.control.clients
+            relay.freeze()
+            assert await polled(lambda: client.session not in (first, None) and len(server.control.clients) == 2, 5)
+            back = loop.time()
+            for n in range(4):  # round robin: before, every other user went to the frozen session and hung
+                _, writer = await asyncio.wait_for(_echoes(public, b"user%d" % n), 2)
+                writer.close()
+            try:
+                ended = await asyncio.wait_for(held_reader.read(), PROBE_TIMEOUT + 2)
+            except ConnectionResetError:
+                ended = b""
+            assert ended == b"" and loop.time() - back <= PROBE_TIMEOUT + 1, "the frozen session's user was not reset"
+            assert await polled(lambda: frozen not in server.control.clients, 2)
+            assert len(server.control.clients) == 1
+            held_writer.close()
+        finally:
+            await stop(task)
+            relay.close()
+            await server.stop()
+            echo.close()
+        dropped = [r.getMessage() for r in caplog.records if "found=client_reconnected" in r.getMessage()]
+        assert len(dropped) == 1 and "event=keepalive_timeout" in dropped[0], dropped
+
+    with caplog.at_level(logging.WARNING, logger="inlets.session"):
+        run(scenario(), 40)
+
+
+def test_a_live_session_whose_client_id_another_repeats_takes_users_again_once_it_answers(
+        tls: TlsFiles, token: str, caplog) -> None:
+    """The client id is the client's word: another client holding a token may send the same. The session it
+    repeats, slow to answer for a moment (its connection stalled 1 s), takes no new users until it answers the
+    server's ping (before: every other user went to it and waited), then takes its share again and stays up."""
+    async def scenario() -> None:
+        upstream_a, upstream_b = await _tagged(b"A"), await _tagged(b"B")
+        server = await start_server(tls, token)
+        relay = _FreezingRelay(server.control.addresses[0][1])
+        relay_port = await relay.start()
+        public = free_port()
+        first, first_task = await start_client(f"wss://127.0.0.1:{relay_port}", token, tls,
+                                               {public: Upstream("127.0.0.1", port_of(upstream_a))},
+                                               server_name="127.0.0.1", client_id="shared")
+        second_task = None
+        try:
+            await wait_listening("127.0.0.1", public)
+            [stalled] = server.control.clients
+            relay.freeze()
+            _, second_task = await start_client(control_url(server), token, tls,
+                                                {public: Upstream("127.0.0.1", port_of(upstream_b))}, client_id="shared")
+
+            async def reached() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", public)
+                writer.write(b"?")
+                try:
+                    return await asyncio.wait_for(reader.read(1), 2)
+                finally:
+                    writer.close()
+
+            assert [await reached() for _ in range(4)] == [b"B"] * 4  # before: b"A" of them hung
+            assert stalled.probing
+            relay.thaw()  # within the probe's bound: its pong comes
+            assert await polled(lambda: not stalled.probing, 3)
+            assert {await reached() for _ in range(6)} == {b"A", b"B"}
+            assert not stalled.closed.is_set() and len(server.control.clients) == 2
+        finally:
+            await stop(first_task, *([second_task] if second_task else []))
+            relay.close()
+            await server.stop()
+            upstream_a.close()
+            upstream_b.close()
+        assert "event=keepalive_timeout" not in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="inlets.session"):
+        run(scenario(), 40)
 
 
 def test_a_goaway_soon_after_each_connect_backs_off_as_a_failed_connect_does(tls: TlsFiles, token: str, caplog) -> None:
