@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,6 +99,45 @@ def test_a_users_early_tries_leave_the_backoff_as_it_was_and_are_said_as_such(tl
     assert woken and all(getattr(record, "cause", None) for record in woken), woken  # once per RepeatLimit window
 
 
+@contextlib.asynccontextmanager
+async def _a_draining_server(tls: TlsFiles, token: str, backoff_initial: float, backoff_max: float,
+                             drain_for: float) -> AsyncIterator[SimpleNamespace]:
+    """A --local client whose server drains (SIGTERM: GOAWAY; a held stream keeps it up) with nothing yet to replace
+    it. Yields the client, the forward's local port, the draining session and ``start_new()``, which brings up the
+    replacement on the same control port."""
+    echo = await echo_server()
+    forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
+    policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
+    old = await start_server(tls, token, forwarding=policy)
+    control, started = old.control.addresses[0][1], []
+    client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
+                                      extra={"forwards": [forward.target]}, backoff_initial=backoff_initial,
+                                      backoff_max=backoff_max)
+    forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
+    await forwarder.start()
+    held_reader, held = await asyncio.open_connection("127.0.0.1", forward.local_port)
+    draining = None
+
+    async def start_new() -> None:
+        started.append(await start_server(tls, token, port=control, forwarding=policy))
+
+    try:
+        held.write(b"held")  # an open stream: the old server drains, its session stays
+        assert await asyncio.wait_for(held_reader.readexactly(4), 5) == b"held"
+        first = client.session
+        draining = asyncio.ensure_future(old.drain(drain_for))
+        assert await polled(lambda: first is not None and first.mux.peer_going_away)
+        yield SimpleNamespace(client=client, port=forward.local_port, first=first, start_new=start_new)
+    finally:
+        held.close()
+        forwarder.stop()
+        await stop(task, *[d for d in [draining] if d is not None])
+        await old.stop()
+        for new in started:
+            await new.stop()
+        echo.close()
+
+
 def test_a_user_waiting_while_the_server_drains_has_the_client_try_its_replacement_now(tls: TlsFiles, token: str,
                                                                                       monkeypatch) -> None:
     """The server drains (SIGTERM: GOAWAY, an open stream keeps it up) and a new one comes up while a --local user
@@ -107,38 +148,14 @@ def test_a_user_waiting_while_the_server_drains_has_the_client_try_its_replaceme
     monkeypatch.setattr(dialer, "STEADY_AFTER", 0.0)  # the session lived a while: no goaway_soon_after_connect wait
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
-        old = await start_server(tls, token, forwarding=policy)
-        new, control = None, old.control.addresses[0][1]
-        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]}, backoff_initial=20.0, backoff_max=20.0)
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
-        await forwarder.start()
-        held_reader, held = await asyncio.open_connection("127.0.0.1", forward.local_port)
-        draining = None
-        try:
-            held.write(b"held")  # an open stream: the old server drains, its session stays
-            assert await asyncio.wait_for(held_reader.readexactly(4), 5) == b"held"
-            first = client.session
-            draining = asyncio.ensure_future(old.drain(20))
-            assert await polled(lambda: first is not None and first.mux.peer_going_away)
+        async with _a_draining_server(tls, token, 20.0, 20.0, drain_for=20) as tunnel:
             await asyncio.sleep(0.3)  # the replacement tried at the GOAWAY has failed: nothing listens
-            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)
             writer.write(b"while draining")  # waits; its wake's attempt fails too
             await asyncio.sleep(0.3)
-            new = await start_server(tls, token, port=control, forwarding=policy)
+            await tunnel.start_new()
             assert await asyncio.wait_for(reader.readexactly(14), 5) == b"while draining"  # before: reset at 3 s
             writer.close()
-        finally:
-            held.close()
-            forwarder.stop()
-            await stop(task, *[d for d in [draining] if d is not None])
-            await old.stop()
-            if new is not None:
-                await new.stop()
-            echo.close()
 
     run(scenario(), 40)
 
@@ -153,39 +170,15 @@ def test_a_users_early_tries_at_a_draining_server_leave_the_backoff_as_it_was(tl
     monkeypatch.setattr(dialer, "random", SimpleNamespace(uniform=lambda low, high: high))
 
     async def scenario() -> None:
-        echo = await echo_server()
-        forward = LocalForward(free_port(), "127.0.0.1", port_of(echo))
-        policy = ForwardingPolicy(True, parse_target_rules(f"127.0.0.1:{port_of(echo)}"))
-        old = await start_server(tls, token, forwarding=policy)
-        new, control = None, old.control.addresses[0][1]
-        client, task = await start_client(control_url(old), token, tls, {free_port(): Upstream("127.0.0.1", 9)},
-                                          extra={"forwards": [forward.target]}, backoff_initial=2.0, backoff_max=60.0)
-        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
-        await forwarder.start()
-        held_reader, held = await asyncio.open_connection("127.0.0.1", forward.local_port)
-        draining = None
-        try:
-            held.write(b"held")  # an open stream: the old server drains, its session stays
-            assert await asyncio.wait_for(held_reader.readexactly(4), 5) == b"held"
-            first = client.session
-            draining = asyncio.ensure_future(old.drain(30))
-            assert await polled(lambda: first is not None and first.mux.peer_going_away)
+        async with _a_draining_server(tls, token, 2.0, 60.0, drain_for=30) as tunnel:
             began = asyncio.get_running_loop().time()
-            reader, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)  # waits 3 s, then reset
+            reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)  # waits 3 s, then reset
             with pytest.raises(ConnectionResetError):
                 await asyncio.wait_for(reader.read(), 5)
             writer.close()
             await asyncio.sleep(began + 4.0 - asyncio.get_running_loop().time())
-            new = await start_server(tls, token, port=control, forwarding=policy)
-            assert await polled(lambda: client.session is not first and client.serving, 4.0)
-        finally:
-            held.close()
-            forwarder.stop()
-            await stop(task, *[d for d in [draining] if d is not None])
-            await old.stop()
-            if new is not None:
-                await new.stop()
-            echo.close()
+            await tunnel.start_new()
+            assert await polled(lambda: tunnel.client.session is not tunnel.first and tunnel.client.serving, 4.0)
 
     run(scenario(), 40)
 
