@@ -25,7 +25,7 @@ from importlib import metadata
 from types import ModuleType
 from typing import Callable, Iterator, Mapping
 
-from inlets_py.runtime.acme import retry_after as retry_after_header
+from inlets_py.runtime.core import retry_after as retry_after_header
 
 from ..errors import NotFound, ProvisionError, Transient
 

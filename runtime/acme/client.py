@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.logs import logfmt
-from . import retry_after
+from ..core import retry_after
 from .store import Account, CertStore
 
 log = logging.getLogger("inlets.letsencrypt")

@@ -29,7 +29,7 @@ from pathlib import Path
 from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
 from ..core.tls import SERVER_CIPHERS, DirectSSLObject, TlsConfigError, readable_file
-from . import retry_after as retry_after_header
+from ..core import retry_after as retry_after_header
 from .store import (CHAIN, CURRENT, KEY, NOTE, RETRY_NOTE, Account, AcmeConfigError, CertStore, StoredCert, check_domain, check_email,
                     directory_url)
 

@@ -23,7 +23,7 @@ from websockets.exceptions import (
     ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus, InvalidURI, ProxyError,
 )
 
-from ..acme import retry_after as retry_after_header
+from ..core import retry_after as retry_after_header
 from ..core.auth import token_refused
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome

@@ -165,7 +165,7 @@ class TunnelClient:
                 if woken and loop.time() < due:  # said once per RepeatLimit window: a user's wake comes each second
                     sleep = due - loop.time()
                     log.warning("event=connect_failed url=%s error=%s woken_by=%s retry_in=%.1fs",
-                                logfmt(self.config.url), logfmt(_describe(exc)), woken, sleep,
+                                logfmt(self.config.url), logfmt(_describe(exc)), logfmt(woken), sleep,
                                 extra={"cause": (self.config.url, woken)})
                 else:  # the wait the line names is the one taken (jitter included); a 429's Retry-After at least
                     refused = exc.retry_after if isinstance(exc, LoginsRefused) and exc.retry_after else 0.0

@@ -13,6 +13,7 @@ import time
 
 from websockets.exceptions import ConnectionClosed
 
+from .logs import logfmt
 from .wsflow import BoundedConnection
 
 log = logging.getLogger("inlets.session")
@@ -80,7 +81,7 @@ class Keepalive:
         """Close the connection now, as the watchdog would have, nothing more read; its streams are reset at once."""
         silent = time.monotonic() - self._last_rx
         log.warning("event=keepalive_timeout session=%s after=%.1fs keepalive=%gs found=%s", self.name, silent,
-                    self.keepalive, found)
+                    self.keepalive, logfmt(found))
         self._close_reason = "keepalive timeout"
         self.websocket.discard_messages()
         self.websocket.transport.abort()

@@ -27,7 +27,7 @@ from helpers.letsencrypt import wait_until
 from helpers.tunnel import free_port
 from inlets_py.runtime.acme.https_front import HttpsFront
 from inlets_py.runtime.acme.letsencrypt import configure
-from inlets_py.runtime.acme.retry_after import RETRY_AFTER_MAX, parse
+from inlets_py.runtime.core.retry_after import RETRY_AFTER_MAX, parse
 from test_letsencrypt import DOMAINS, start_server
 
 RATE_LIMITED = {"type": "urn:ietf:params:acme:error:rateLimited", "status": 429,

@@ -1,4 +1,5 @@
-"""How long an ACME server asked us to wait: its ``Retry-After`` (RFC 9110 10.2.3, RFC 8555 6.6).
+"""How long a server asked us to wait: its ``Retry-After`` (RFC 9110 10.2.3): an ACME server's (RFC 8555 6.6), a
+cloud API's, a tunnel server's that refuses logins from this address for a while (its 429).
 
 Let's Encrypt sends it with a rate-limit refusal (HTTP 429, ``urn:ietf:params:acme:error:rateLimited``) and
 when down for maintenance (HTTP 503). Retrying sooner only meets the same refusal, and each refused try can
