@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from inlets_py.runtime.core.child_env import child_environment
+
 from ..errors import NotFound, ProvisionError, os_words
 from ..spec import ServerFiles, server_argv
 from ..state import delete_command
@@ -31,11 +33,6 @@ DATA_ADDR = "127.0.0.2"
 PROVIDER = ProviderInfo(name="local", title="local", user_data_limit=0, note="this machine", runs_on="local")
 PID_FILE = "server.pid"
 STOP_TIMEOUT = 10.0
-# What the server reads from its environment, and nothing else: it outlives the create that started it, and inherited
-# that shell's cloud tokens and keys (DIGITALOCEAN_ACCESS_TOKEN, AWS_SECRET_ACCESS_KEY, INLETS_*, a proxy's password)
-# for any process that can read its /proc/PID/environ (as a VM is given no API token). Its keys are files it is named.
-SERVER_ENV = ("PATH", "HOME", "TZ", "LANG", "LANGUAGE", "TMPDIR", "XDG_DATA_HOME", "PYTHONPATH", "GLIBC_TUNABLES")
-SERVER_ENV_PREFIXES = ("LC_", "MALLOC_")  # the locale; glibc's allocator tuning, which the server's heap trimming heeds
 
 
 def inlets_command() -> list[str]:
@@ -44,11 +41,6 @@ def inlets_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from inlets_py.runtime.cli.main import main; sys.exit(main())"]
-
-
-def server_environment() -> dict[str, str]:
-    """This environment cut down to ``SERVER_ENV``: the server's own settings, none of inletsctl's secrets."""
-    return {k: v for k, v in os.environ.items() if k in SERVER_ENV or k.startswith(SERVER_ENV_PREFIXES)}
 
 
 def free_port(host: str = CONTROL_ADDR) -> int:
@@ -165,7 +157,7 @@ class LocalProvider:
         try:
             proc = subprocess.Popen(  # in /: the folder create ran in stayed busy (no unmount) while the server ran
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-                env=server_environment(), cwd="/",
+                env=child_environment(), cwd="/",  # the server's own settings, none of inletsctl's secrets
             )
         except OSError as exc:
             raise ProvisionError(f"cannot start the local exit server: {exc.strerror}") from None

@@ -17,6 +17,7 @@ from typing import Callable
 from ..core.allowlist import SourceAllowList, parse_networks
 from ..core.auth import TokenError, TokenSet, read_tokens, warn_if_others_can_read, warn_loose_on_reload
 from ..core.cert_expiry import iso, not_after_pem, not_before_pem, warn_if_ending
+from ..core.child_env import child_environment
 from ..core.hosts import HostError, check_bind_address, check_host, is_ip, is_loopback
 from ..core.logs import logfmt
 from ..core.tls import TlsConfigError, server_context
@@ -268,8 +269,9 @@ def auto_tls_files(directory: Path, names: list[str]) -> dict[str, str]:
     if importlib.util.find_spec(CERTS_MODULE) is None:  # the exit server's wheel (inletsctl's) carries no certs
         raise TlsConfigError("--auto-tls is not in this server-only install of inlets (an exit server's): pass "
                              "--tls-cert and --tls-key, or install inlets-py in full (pip install . in its checkout)")
-    result = subprocess.run(
-        [sys.executable, "-m", CERTS_MODULE, str(directory), *names], capture_output=True, text=True, timeout=60
+    result = subprocess.run(  # it only makes certificates: none of the server's secrets ($INLETS_TOKEN, a cloud's)
+        [sys.executable, "-m", CERTS_MODULE, str(directory), *names], capture_output=True, text=True, timeout=60,
+        env=child_environment(),
     )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["unknown error"])[-1]

@@ -4,16 +4,19 @@ directories left as they are, keys others could read made private (and said so).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from helpers.process import inlets, spawn, wait_for_text
+from helpers.process import INLETS, ROOT, inlets, spawn, wait_for_text
 from helpers.tunnel import free_port
 
+from inlets_py.runtime.cli.server_config import CERTS_MODULE
 from inlets_py.runtime.core.certs import server_files_stem
 
 
@@ -180,3 +183,35 @@ def test_a_blank_or_relative_xdg_data_home_is_ignored_as_the_xdg_spec_says(value
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     assert default_data_dir() == tmp_path / "data" / "inlets"
 
+
+
+def test_the_certificate_child_gets_none_of_the_servers_secrets(tmp_path: Path, token: str) -> None:
+    """--auto-tls makes its files in a child process, which inherited the server's whole environment: $INLETS_TOKEN
+    and any cloud token its shell held, though it only makes certificates. A sitecustomize on $PYTHONPATH (which the
+    child keeps: Python finds this installation's modules with it) writes down each Python process's environment."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "argv = open('/proc/self/cmdline', 'rb').read().decode().split('\\0')\n"
+        "with open(os.path.join(os.path.dirname(__file__), f'{os.getpid()}.json'), 'w') as file:\n"
+        "    json.dump({'argv': argv, 'env': dict(os.environ)}, file)\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**{k: v for k, v in os.environ.items() if k != "XDG_DATA_HOME"}, "PYTHONPATH": path, "INLETS_TOKEN": token,
+           "DIGITALOCEAN_ACCESS_TOKEN": "do-secret", "HOME": str(tmp_path)}
+    log = tmp_path / "server.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([*INLETS, "tcp", "server", "--auto-tls", "--control-addr", "127.0.0.1",
+                                    "--control-port", str(free_port()), "--data-addr", "127.0.0.1"],
+                                   stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    try:
+        wait_for_text(log, "event=started", timeout=60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    seen = [json.loads(path.read_text()) for path in site.glob("*.json")]
+    children = [entry["env"] for entry in seen if CERTS_MODULE in entry["argv"]]
+    assert len(children) == 1, [entry["argv"] for entry in seen]
+    assert "INLETS_TOKEN" not in children[0] and "DIGITALOCEAN_ACCESS_TOKEN" not in children[0], sorted(children[0])
+    assert children[0]["HOME"] == str(tmp_path)  # kept: where the default folder and the user's site-packages are
+    assert (tmp_path / ".local/share/inlets/auto-tls/ca.crt").exists()
