@@ -132,6 +132,7 @@ def main():
 
     def handle(raw, peer):
         try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait on each TLS flight and answer
             raw.settimeout(CONNECTION_TIME)
             with context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False) as conn:
                 threading.current_thread().sock = conn  # what a later connection closes to make room

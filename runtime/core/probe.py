@@ -15,7 +15,7 @@ from typing import Callable
 
 from .hosts import HostError, authority, split_url, tls_name
 from .ports import url_port
-from .tls import client_context, verify_failure
+from .tls import client_context, too_old, too_old_words, verify_failure
 
 
 #: How to reach (host, port) within a timeout: ``socket.create_connection``'s shape, or a proxy's
@@ -24,7 +24,14 @@ Dial = Callable[[str, int, float], socket.socket]
 
 
 def _direct(host: str, port: int, timeout: float) -> socket.socket:
-    return socket.create_connection((host, port), timeout=timeout)
+    return nodelay(socket.create_connection((host, port), timeout=timeout))
+
+
+def nodelay(sock: socket.socket) -> socket.socket:
+    """``sock`` with TCP_NODELAY, as the event loop sets it on its own sockets: without it the last small segment of
+    a write (a TLS flight, a request's tail) waits on Nagle for the peer's delayed ACK, up to 40 ms each time."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 class ProbeError(Exception):
@@ -169,7 +176,10 @@ def get(
         return answer
     except ssl.SSLCertVerificationError as exc:
         raise CertificateRefused(verify_failure(exc, server_name, ca_given=ca_file is not None), exc.verify_code) from None
-    except ssl.SSLError:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
+    except ssl.SSLError as exc:  # OpenSSL's words (WRONG_VERSION_NUMBER, _ssl.c:NNNN) mean nothing to a user
+        if too_old(exc):  # a TLS port, not an inlets server's (1.2 and 1.3): another port, or a proxy in front
+            raise ProbeError(f"{too_old_words(endpoint.where)}: upgrade what serves it, or check that {endpoint.port} "
+                             "is the server's control port (an inlets server speaks TLS 1.2 and 1.3)") from None
         if _speaks_plain_http(endpoint, timeout, dial):
             raise ProbeError(f"{endpoint.where} answers plain HTTP, not TLS: for a server run with "
                              "--plaintext use ws:// in --url; else give its control port (8123 unless set), "

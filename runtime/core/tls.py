@@ -237,6 +237,18 @@ class PinnedCa:
         return context, True
 
 
+def too_old(exc: ssl.SSLError) -> bool:
+    """Whether a handshake failed on the peer's TLS version: its alert refusing ours, or our refusal of its own (TLS
+    1.1 or older, under every inlets context's minimum). OpenSSL's words for it name its source file (_ssl.c:1006)."""
+    code = exc.reason or ""
+    return "PROTOCOL_VERSION" in code or code == "UNSUPPORTED_PROTOCOL"
+
+
+def too_old_words(where: str) -> str:
+    """``where`` (a peer: "HOST:PORT", "proxy URL") speaks only a TLS older than 1.2, in the user's words."""
+    return f"{where} offers no TLS 1.2 or newer (its newest is older)"
+
+
 def verify_failure(exc: ssl.SSLCertVerificationError, server_name: str | None = None, *, ca_given: bool = True) -> str:
     """Why the server's certificate was refused, and which option fixes it; ``server_name``: --tls-server-name, when
     given (the hint said to give it to a user who had, naming neither it nor what else to do); ``ca_given``: whether

@@ -107,6 +107,52 @@ def test_a_peer_that_trickles_bytes_cannot_hold_off_the_push(tmp_path: Path, vm_
         proc.wait()
 
 
+def _nodelay_in(pid: int, peer: tuple) -> int | None:
+    """TCP_NODELAY of process ``pid``'s socket connected to ``peer``, read on a copy of its descriptor
+    (pidfd_getfd: Linux 5.6, allowed on one's own children); None when it has no such socket."""
+    import ctypes
+    import socket
+
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+    pidfd = os.pidfd_open(pid)
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            copy = syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd, the same number on every architecture
+            if copy < 0:
+                pytest.skip(f"pidfd_getfd cannot copy the receiver's socket here: {os.strerror(ctypes.get_errno())}")
+            with socket.socket(fileno=copy) as sock:
+                try:
+                    if sock.getpeername() == peer:
+                        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                except OSError:  # the listener, or not an internet socket
+                    continue
+    finally:
+        os.close(pidfd)
+    return None
+
+
+def test_the_receivers_connections_have_nodelay(tmp_path: Path, vm_tls: TlsFiles) -> None:
+    """The receiver's accepted sockets had no TCP_NODELAY, which every other socket of inlets has: each TLS flight
+    and answer could wait on Nagle for create's delayed ACK. Read in the receiver's process once TLS is up."""
+    import socket
+    import ssl
+
+    proc, port, _ = start_receiver(tmp_path, vm_tls, "t" * 64, "0" * 64)
+    context = ssl.create_default_context(cafile=str(vm_tls.ca))
+    try:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname=EXIT_SERVER_NAME) as conn:  # the handshake done: so is accept's work
+            assert _nodelay_in(proc.pid, conn.getsockname()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_receiver_nobody_sends_to_ends_with_an_error(tmp_path: Path, vm_tls: TlsFiles) -> None:
     proc, _, out = start_receiver(tmp_path, vm_tls, "t" * 64, "0" * 64, timeout=2)
     assert proc.wait(timeout=30) == 1 and not out.exists()

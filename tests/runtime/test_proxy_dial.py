@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 
@@ -189,3 +190,41 @@ def test_a_socks5_refusal_says_what_to_do(steps: list[bytes], user: str, says: s
     thread.join(10)
     user_shown = user.partition(":")[0] + "@" if user else ""
     assert str(raised.value) == f"proxy socks5://{user_shown}127.0.0.1:{port} {says}", raised.value
+
+
+@pytest.mark.parametrize("kind", ["http", "socks5"])
+def test_the_socket_to_the_proxy_has_nodelay(kind: str) -> None:
+    """The blocking dial's socket (`inlets status --proxy`, inletsctl's waits and wheel push) had no TCP_NODELAY,
+    which every other socket of inlets has: each request's tail waited on Nagle for the proxy's delayed ACK."""
+    if kind == "http":
+        port, _, thread = scripted_proxy(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    else:
+        port, thread = scripted_socks5([b"\x05\x00", b"\x05\x00\x00\x01\x7f\x00\x00\x01\x00\x00"])
+    with dial(f"{kind}://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    thread.join(10)
+
+
+def test_an_https_proxy_that_speaks_plain_http_is_said_so_without_openssls_words() -> None:
+    """TLS with an https:// proxy that failed was said in OpenSSL's words: "[SSL: WRONG_VERSION_NUMBER] wrong
+    version number (_ssl.c:1006)"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                conn.settimeout(10)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    with pytest.raises(ProbeError) as raised:
+        dial(f"https://127.0.0.1:{port}", "127.0.0.1", 8123, timeout=5)
+    thread.join(10)
+    assert str(raised.value) == (f"proxy https://127.0.0.1:{port} does not speak TLS: for a proxy that takes plain "
+                                 "HTTP, give it as http://"), raised.value

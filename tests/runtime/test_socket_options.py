@@ -1,5 +1,6 @@
 """Every tunnelled TCP socket: TCP_NODELAY (set by the event loop itself) and TCP_NOTSENT_LOWAT (bridge.tune_socket,
-on each dialled socket and once on each listener, whose accepted sockets inherit it).
+on each dialled socket and once on each listener, whose accepted sockets inherit it). The blocking probe's socket
+(`inlets status`, inletsctl's waits) has TCP_NODELAY too, set by ``probe.nodelay``.
 
 ``tune_socket`` relies on asyncio and uvloop setting TCP_NODELAY on every TCP transport they
 make, accepted or dialled, plain or TLS: this checks that on both loops, on real sockets.
@@ -8,8 +9,10 @@ make, accepted or dialled, plain or TLS: this checks that on both loops, on real
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from helpers.tunnel import make_tls
 from inlets_py.runtime.core import bridge
 from inlets_py.runtime.core.bridge import _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT, TcpBridge, tune_socket
 from inlets_py.runtime.core.listen import listen
+from inlets_py.runtime.core.probe import Endpoint, get
 from inlets_py.runtime.core.tls import client_context, server_context
 
 
@@ -138,3 +142,41 @@ def test_an_accepted_bridge_tunes_its_own_socket_only_where_the_listener_cannot(
 
     seen = asyncio.run(_accepted(2, plain_server))
     assert seen == [(1, 0 if inherits else NOTSENT_LOWAT)] * 2
+
+
+def _own_end_nodelay(peer: tuple) -> int | None:
+    """TCP_NODELAY of this process's socket whose local address is ``peer`` (read on a duplicate of its
+    descriptor, found in /proc/self/fd), or None when no such socket is open."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(fd))) as sock:
+                if sock.type == socket.SOCK_STREAM and sock.getsockname() == peer:
+                    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        except OSError:
+            continue  # closed meanwhile, or not an internet socket
+    return None
+
+
+def test_the_blocking_probe_dials_with_nodelay() -> None:
+    """`inlets status` and inletsctl's waits (and its wheel push) dial with the socket module, not the loop: their
+    socket had no TCP_NODELAY. Read here on the probe's own socket while the server holds the request."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    seen: list[int | None] = []
+
+    def serve() -> None:
+        with listener:
+            conn, peer = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(4096)
+                seen.append(_own_end_nodelay(peer))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    answer = get(Endpoint("127.0.0.1", listener.getsockname()[1], False, ""), "/healthz", timeout=5)
+    thread.join(10)
+    assert answer.status == 200 and seen == [1]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -243,3 +245,40 @@ def test_a_server_not_running_is_said_with_what_to_check(token_file: Path) -> No
     both = inlets("status", "--url", f"wss://127.0.0.1:{closed}", "--url", f"wss://127.0.0.1:{free_port()}",
                   "--token-file", str(token_file), "--timeout", "3")
     assert both.returncode == 1 and both.stderr.count("check that the server is running") == 2, both.stderr
+
+
+@pytest.fixture
+def tls11_port(tmp_path: Path, tls: TlsFiles) -> Iterator[int]:
+    """A real TLS 1.1-only port (an old proxy or balancer): ``openssl s_server -tls1_1``, skipped where openssl
+    cannot speak TLS 1.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command here to serve TLS 1.1")
+    port, log = free_port(), tmp_path / "s_server.log"
+    with open(log, "w") as handle:
+        server = subprocess.Popen([openssl, "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_1", "-cipher",
+                                   "DEFAULT:@SECLEVEL=0", "-www", "-cert", str(tls.cert), "-key", str(tls.key)],
+                                  stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while "ACCEPT" not in log.read_text():
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.skip(f"openssl s_server -tls1_1 did not start here: {log.read_text().strip()[-300:]}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_a_port_offering_only_tls_1_1_is_said_so_not_called_a_wrong_port(token_file: Path, tls11_port: int) -> None:
+    """`inlets status` said "the TLS handshake failed: is PORT the server's control port?" of a TLS port that is
+    only too old, and through an https:// proxy that is, OpenSSL's own words ("[SSL: TLSV1_ALERT_PROTOCOL_VERSION]
+    tlsv1 alert protocol version (_ssl.c:1006)")."""
+    line = status_line(f"wss://127.0.0.1:{tls11_port}", token_file)
+    assert line == (f"inlets: error: 127.0.0.1:{tls11_port} offers no TLS 1.2 or newer (its newest is older): upgrade "
+                    f"what serves it, or check that {tls11_port} is the server's control port (an inlets server "
+                    "speaks TLS 1.2 and 1.3)"), line
+    line = status_line("wss://127.0.0.1:8123", token_file, "--proxy", f"https://127.0.0.1:{tls11_port}")
+    assert line == (f"inlets: error: proxy https://127.0.0.1:{tls11_port} offers no TLS 1.2 or newer (its newest is "
+                    "older): upgrade the proxy, or use one that speaks TLS 1.2 or 1.3"), line
