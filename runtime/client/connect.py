@@ -183,7 +183,8 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
             raise FatalClientError(f"proxy {proxy.shown}: its TLS certificate could not be verified: {why} "
                                    "(an https:// proxy is checked against the system's trust store)") from None
         via = f"through proxy {proxy.shown}: " if proxy.url else ""  # which may be inspecting TLS with its own
-        raise FatalClientError(f"{via}{cfg.url}: {verify_failure(exc, cfg.server_name, ca_given=cfg.tls_ca is not None)}") from None
+        why = verify_failure(exc, cfg.server_name, ca_given=cfg.tls_ca is not None)
+        raise FatalClientError(f"{via}{cfg.url}: {why}") from None
     except InvalidURI as exc:
         raise FatalClientError(str(exc)) from None
     except InvalidMessage:  # no HTTP answer: a ws:// URL for a TLS server closes without one

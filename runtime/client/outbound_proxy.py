@@ -30,6 +30,7 @@ from websockets.proxy import parse_proxy
 from ..core.dial_failures import UNREACHABLE
 from ..core.hosts import HostError, check_host
 from ..core.ports import url_port
+from ..core.tls import too_old, too_old_words
 from .no_proxy import no_proxy_covers, no_proxy_setting
 
 SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
@@ -338,6 +339,21 @@ def socks_refusal(error: BaseException, proxy: str, target: str, source: str = "
     return f"{line} ({hint})" if hint else line
 
 
+def proxy_tls_failure(exc: ssl.SSLError, shown: str, through: bool = False) -> str:
+    """Why TLS with an https:// proxy failed, in one line saying what to do, not in OpenSSL's words (``_ssl.c``).
+    ``through``: the failure may also be the server's, reached through the proxy (the client's own dial cannot
+    tell the two handshakes apart)."""
+    if too_old(exc):
+        if through:
+            return (f"through proxy {shown}: {too_old_words('the proxy, or the server through it,')}: upgrade it, or "
+                    "use a proxy that speaks TLS 1.2 or 1.3")
+        return f"{too_old_words(f'proxy {shown}')}: upgrade the proxy, or use one that speaks TLS 1.2 or 1.3"
+    if exc.reason == "WRONG_VERSION_NUMBER" and not through:  # plain HTTP (or something else) where TLS was to be
+        return f"proxy {shown} does not speak TLS: for a proxy that takes plain HTTP, give it as http://"
+    reason = (exc.reason or "").replace("_", " ").lower() or "the connection closed during it"
+    return f"through proxy {shown}: TLS {'' if through else 'with the proxy '}failed: {reason}"
+
+
 def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy",
             password_from: str | None = None) -> ProxyFailure:
     """One line saying which proxy answered what while reaching ``target`` (HOST:PORT), and what to fix
@@ -355,6 +371,8 @@ def explain(exc: BaseException, proxy: str, target: str, source: str = "--proxy"
         return ProxyFailure(socks_refusal(exc.__cause__ or exc, proxy, target, source, password_from))
     if isinstance(exc, socket.gaierror):
         return ProxyFailure(f"through proxy {shown}: name resolution failed ({exc.strerror})")
+    if isinstance(exc, ssl.SSLError) and exc.reason:  # OpenSSL's words named its source file (_ssl.c:1006)
+        return ProxyFailure(proxy_tls_failure(exc, shown, through=True))
     if isinstance(exc, OSError):
         root = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
         if root.errno in UNREACHABLE:  # only the proxy is dialled: a refusal is the proxy's

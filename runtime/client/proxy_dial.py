@@ -22,9 +22,9 @@ from websockets.proxy import Proxy as ProxyAddress
 from websockets.proxy import parse_proxy
 
 from ..core.probe import ProbeError, Unreachable, nodelay
-from ..core.tls import too_old, too_old_words
 from .outbound_proxy import (
-    CONNECT_NOT_HTTP, CONNECT_UNANSWERED, ProxyConfigError, choose, connect_status, redact, refusal_hint, socks_refusal,
+    CONNECT_NOT_HTTP, CONNECT_UNANSWERED, ProxyConfigError, choose, connect_status, proxy_tls_failure, redact,
+    refusal_hint, socks_refusal,
 )
 
 MAX_ANSWER_HEAD = 16 * 1024
@@ -97,7 +97,7 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
         raise ProbeError(f"proxy {shown}: its certificate failed verification: {exc.verify_message or exc}") from None
     except ssl.SSLError as exc:  # an https:// proxy's: OpenSSL's words name its source file ("... (_ssl.c:1006)")
         sock.close()
-        raise ProbeError(_tls_failure(exc, shown)) from None
+        raise ProbeError(proxy_tls_failure(exc, shown)) from None
     except OSError as exc:
         sock.close()
         raise ProbeError(f"through proxy {shown}: {exc.strerror or exc or 'the connection failed'}") from None
@@ -108,16 +108,6 @@ def dial(proxy: str, host: str, port: int, timeout: float, source: str = "--prox
         raise ProbeError(f"{line} ({hint})" if hint else line)
     sock.settimeout(timeout)  # each later wait bounded, as create_connection's socket is
     return sock
-
-
-def _tls_failure(exc: ssl.SSLError, shown: str) -> str:
-    """Why TLS with an https:// proxy failed, in one line saying what to do."""
-    if too_old(exc):
-        return f"{too_old_words(f'proxy {shown}')}: upgrade the proxy, or use one that speaks TLS 1.2 or 1.3"
-    if exc.reason == "WRONG_VERSION_NUMBER":  # plain HTTP (or something else) where TLS was to be
-        return f"proxy {shown} does not speak TLS: for a proxy that takes plain HTTP, give it as http://"
-    reason = (exc.reason or "").replace("_", " ").lower() or "the connection closed during it"
-    return f"through proxy {shown}: TLS with the proxy failed: {reason}"
 
 
 def _answer_status(sock: socket.socket, shown: str, target: str, deadline: float) -> tuple[int, str]:

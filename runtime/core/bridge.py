@@ -31,7 +31,7 @@ from .hosts import authority, tls_name
 from .logs import logfmt
 from .mux import ResetCode
 from .channel import Channel
-from .tls import upstream_verify_failure
+from .tls import too_old, upstream_verify_failure
 
 log = logging.getLogger("inlets.bridge")
 
@@ -266,7 +266,7 @@ def _tls_failure(exc: ssl.SSLError) -> str:
     code = exc.reason or ""
     if code == "WRONG_VERSION_NUMBER":
         return "TLS handshake failed: the upstream does not speak TLS (for a plain HTTP one use http://)"
-    if "PROTOCOL_VERSION" in code or code == "UNSUPPORTED_PROTOCOL":
+    if too_old(exc):
         return "TLS handshake failed: the upstream offers no TLS 1.2 or newer"
     return f"TLS handshake failed: {code.replace('_', ' ').lower() or 'the connection ended'}"
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers.process import inlets, server_args, spawn, wait_port
+from helpers.process import client_args, inlets, server_args, spawn, stop_all, wait_for_text, wait_port
 from helpers.tunnel import TlsFiles, free_port
 
 from inlets_py.runtime.core.tls import server_context
@@ -282,3 +282,19 @@ def test_a_port_offering_only_tls_1_1_is_said_so_not_called_a_wrong_port(token_f
     line = status_line("wss://127.0.0.1:8123", token_file, "--proxy", f"https://127.0.0.1:{tls11_port}")
     assert line == (f"inlets: error: proxy https://127.0.0.1:{tls11_port} offers no TLS 1.2 or newer (its newest is "
                     "older): upgrade the proxy, or use one that speaks TLS 1.2 or 1.3"), line
+
+
+def test_a_client_through_a_tls_1_1_proxy_says_so_not_in_openssls_words(tmp_path: Path, token_file: Path, tls: TlsFiles,
+                                                                        tls11_port: int) -> None:
+    """The tunnel client's connect_failed line through such an https:// proxy carried OpenSSL's own words
+    ("[SSL: TLSV1_ALERT_PROTOCOL_VERSION] tlsv1 alert protocol version (_ssl.c:1006)"), as `inlets status` did."""
+    log = tmp_path / "client.log"
+    client = spawn(*client_args(free_port(), tls, token_file, "--upstream", "127.0.0.1", "--ports", str(free_port()),
+                                "--proxy", f"https://127.0.0.1:{tls11_port}"), log=log)
+    try:
+        line = next(line for line in wait_for_text(log, "event=connect_failed").splitlines() if "connect_failed" in line)
+    finally:
+        stop_all(client)
+    assert "_ssl.c" not in line and "SSL:" not in line, line
+    assert (f'error="through proxy https://127.0.0.1:{tls11_port}: the proxy, or the server through it, offers no TLS '
+            '1.2 or newer (its newest is older): upgrade it, or use a proxy that speaks TLS 1.2 or 1.3"') in line, line
