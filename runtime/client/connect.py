@@ -26,9 +26,11 @@ from websockets.exceptions import (
 from ..core import retry_after as retry_after_header
 from ..core.auth import token_refused
 from ..core.eyeballs import connect_socket, failure_words, is_name
-from ..core.handshake import CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome
+from ..core.handshake import (
+    CLOSE_BAD_HELLO, CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome,
+)
 from ..core.hosts import HostError, authority, split_url, tls_name
-from ..core.mux import DEFAULT_WINDOW
+from ..core.mux import DEFAULT_MAX_FRAME, DEFAULT_WINDOW, max_message
 from ..core.ports import url_port
 from ..core.tls import verify_failure
 from ..core.wsflow import BoundedReplies
@@ -51,6 +53,8 @@ class FatalClientError(Exception):
     """Retrying cannot help; the message says what to fix."""
 
 
+#: How long the server may take to answer the hello with its welcome, the websocket up.
+WELCOME_TIMEOUT = 15.0
 #: The longest Retry-After a client waits for: the server's window is a minute; a longer one (a proxy's, a wrong
 #: clock) would leave the tunnel down for as long as it said. SIGHUP still ends the wait at once.
 LOGINS_WAIT_MAX = 600.0
@@ -145,7 +149,7 @@ async def open_websocket(cfg: ClientConfig, ws_url: str, proxy: ProxyChoice, tok
             ws_url,
             additional_headers={"Authorization": f"Bearer {token}"},
             compression=None,
-            max_size=16 * 1024 * 1024,
+            max_size=max_message(DEFAULT_MAX_FRAME),  # the welcome's max_frame sets it anew (``handshake``)
             max_queue=64,
             write_limit=512 * 1024,
             ping_interval=None,  # Session runs its own keepalive
@@ -248,12 +252,14 @@ async def _tls_port(url: str, ws_url: str, proxy: ProxyChoice) -> FatalClientErr
 
 
 async def handshake(websocket: ClientConnection, config: ClientConfig, client_id: str, initial_window: int) -> Welcome:
-    """Send the hello, return the server's welcome; a refusal or a welcome this client cannot read is fatal."""
+    """Send the hello, return the server's welcome; a refusal or a welcome this client cannot read is fatal. From then
+    on the server's messages are capped as it caps ours (``max_message`` of its ``max_frame``): a 16 MiB message of
+    OPENs held the client's loop for seconds."""
     hello = Hello(config.mode, config.services, client_id, initial_window,
                   extra={**config.extra, "max_streams": config.max_streams})  # the server skips us when full
     await websocket.send(hello.encode())
     try:
-        return parse_welcome(await asyncio.wait_for(websocket.recv(), 15))
+        welcome = parse_welcome(await _welcome_message(websocket))
     except ConnectionClosed as exc:
         rcvd = exc.rcvd
         if rcvd is not None and rcvd.code in FATAL_CLOSE_CODES:
@@ -261,3 +267,32 @@ async def handshake(websocket: ClientConnection, config: ClientConfig, client_id
         raise
     except HandshakeError as exc:
         raise FatalClientError(f"bad handshake from server: {printable(str(exc), 300)}") from None  # its version
+    websocket.limit_messages(max_message(welcome.max_frame))  # type: ignore[attr-defined]
+    return welcome
+
+
+async def _welcome_message(websocket: ClientConnection) -> str | bytes:
+    """The server's first message, a text one, within ``WELCOME_TIMEOUT``. A binary one first is refused at once
+    (``BoundedReplies.on_binary_first``): it was held for a session, unread, with reading paused, so the wait ran out
+    and the close after it waited out its own timeout too. Silence says what the server may be."""
+    if websocket.binary_first:  # type: ignore[attr-defined]  # before the hello went
+        websocket.discard_messages()  # type: ignore[attr-defined]  # read on: the closing handshake completes
+        raise HandshakeError(CLOSE_BAD_HELLO, "expected a text welcome message, got a binary one")
+    loop = asyncio.get_running_loop()
+    binary_first: asyncio.Future[None] = loop.create_future()
+    websocket.on_binary_first = lambda: None if binary_first.done() else binary_first.set_result(None)  # type: ignore[attr-defined]
+    received = loop.create_task(websocket.recv())
+    try:
+        done, _ = await asyncio.wait((received, binary_first), timeout=WELCOME_TIMEOUT,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        websocket.on_binary_first = None  # type: ignore[attr-defined]
+        if not received.done():
+            received.cancel()
+    if received in done:
+        return received.result()
+    if binary_first in done:
+        websocket.discard_messages()  # type: ignore[attr-defined]
+        raise HandshakeError(CLOSE_BAD_HELLO, "expected a text welcome message, got a binary one")
+    raise TimeoutError(f"the server accepted the websocket but sent no welcome within {WELCOME_TIMEOUT:g}s: "
+                       "is --url an inlets server's control port (8123 unless set)?")

@@ -222,8 +222,13 @@ class TunnelClient:
         session.on_goaway = session.on_retire = self._reconnect_now
         self._opened_with[session] = token
         asyncio.ensure_future(self._run(session))
+        # What this client serves, not what the welcome claims: a server's list went into the line as it came.
         log.info("event=connected url=%s services=%s", logfmt(self.config.url),
-                 logfmt(",".join(map(shown_service, welcome.services))))
+                 logfmt(",".join(map(shown_service, cfg.services))))
+        asked = set(cfg.services)
+        if unasked := [service for service in welcome.services if service not in asked]:
+            log.warning("event=welcome_lists_unasked_services url=%s count=%d services=%s", logfmt(self.config.url),
+                        len(unasked), logfmt(",".join(map(shown_service, unasked[:10]))))
         self._warn_if_certificate_ending(websocket)
         return session
 

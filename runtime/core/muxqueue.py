@@ -3,7 +3,8 @@ control frames that stops reading from a peer that does not read.
 
 Control frames (all but DATA and our own OPENs) are counted in ``control_buffered``: a peer can make
 us queue them (a RESET per OPEN, a WINDOW per read) without reading any, so beyond
-``max_control_backlog`` the glue reads nothing more from it until half of them are sent.
+``max_control_backlog`` the glue reads nothing more from it until half of them are sent. That check comes
+between messages: within one, the ``Multiplexer`` bounds the RESETs it queues itself (``REFUSALS_SHARE``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import collections
 
 from . import muxframe
-from .muxframe import _DATA, _RESET, MAX_REASON, FrameType
+from .muxframe import _DATA, _RESET, MAX_REASON, FrameType, ProtocolError, ResetCode
 
 #: Bound by assignment, not imported: CPython 3.11 compiles ``NAME.pack(...)`` on an imported NAME as an
 #: attribute load and a call, making a bound method per frame (see ``mux``).
@@ -23,6 +24,21 @@ DEFAULT_MAX_CONTROL_BACKLOG = 1024 * 1024
 #: Frames queued together share one message up to this size: a websocket message costs
 #: far more CPU than copying its bytes, so several streams' DATA frames travel together.
 COALESCE_LIMIT = 256 * 1024
+#: The share of ``max_control_backlog`` the RESETs refusing one message's OPENs may take: past it the message is a
+#: protocol error (``Multiplexer``). A 16 MiB message of OPENs past the limit queued 62 MB of RESETs in one pass.
+REFUSALS_SHARE = 2
+#: Room a peer's websocket message may take beyond the frames it carries (``max_message``).
+MESSAGE_ROOM = 64 * 1024
+
+
+def max_message(max_frame: int) -> int:
+    """The largest websocket message to take from a peer whose DATA frames are at most ``max_frame`` bytes: one such
+    frame alone, or frames packed up to ``COALESCE_LIMIT`` (``next_message``), and ``MESSAGE_ROOM``. Both ends cap
+    what they read so (the client once the welcome named ``max_frame``); a larger message closes the connection
+    (1009) before the multiplexer parses a byte of it."""
+    return max(max_frame, COALESCE_LIMIT) + MESSAGE_ROOM
+
+
 #: How a datagram's DATA frame is queued (``_queue_datagram``), so that ``datagram_buffered`` sees it leave; on
 #: the wire it is a DATA frame like any other.
 _DATAGRAM = -1
@@ -38,6 +54,7 @@ class FrameQueue:
         self.datagram_buffered = 0  # of which datagrams (UDP), which the glue keeps to a share (channel.py)
         self.max_control_backlog = max_control_backlog
         self._backlogged = False
+        self._refused = 0  # streams refused in the message being parsed (``_refuse``; the Multiplexer counts anew)
 
     def data_to_send(self, limit: int | None = None) -> list[bytes]:
         """Up to ``limit`` messages to send (all when None), in order; see ``next_message``."""
@@ -87,6 +104,17 @@ class FrameQueue:
     def backlogged(self) -> bool:
         """Too many control frames wait to be sent: read nothing more from the peer for now."""
         return self._backlogged
+
+    def _refuse(self, stream_id: int, limit: int) -> None:
+        """Refuse the peer's stream past our ``limit`` of open streams with a RESET; past ``REFUSALS_SHARE``'s share
+        of ``max_control_backlog`` in RESETs for one message, end the connection instead: ``backlogged`` is looked
+        at between messages, and nothing honest opens thousands of streams past a limit in one message."""
+        reason = f"limit of {limit} open streams"
+        self._refused += 1
+        most = self.max_control_backlog // REFUSALS_SHARE // (HEADER.size + RESET_CODE.size + len(reason))
+        if self._refused > most:
+            raise ProtocolError(f"the peer opened more than {most} streams past the limit of {limit} in one message")
+        self._queue_reset(stream_id, ResetCode.TOO_MANY_STREAMS, reason)
 
     def _queue_reset(self, stream_id: int, code: int, reason: str) -> None:
         raw = reason.encode()[:MAX_REASON]

@@ -126,6 +126,13 @@ class BoundedReplies:
             on_message(self._early.popleft())
         self.gate.release("early")
 
+    def limit_messages(self, max_size: int) -> None:
+        """Take messages of at most ``max_size`` bytes from now on (the client, once the welcome named the server's
+        ``max_frame``: ``mux.max_message``); a larger one closes the connection (1009), as the library's limit does."""
+        self.protocol.max_message_size = max_size  # type: ignore[attr-defined]  # text, pings and the rest
+        if self._reader is not None:
+            self._reader._limit = max_size  # the tunnel's binary messages, which bypass the library (``FrameReader``)
+
     def discard_messages(self) -> None:
         """Drop the peer's messages from now on (closing after a protocol error); still read the rest,
         so that the closing handshake completes."""

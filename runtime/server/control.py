@@ -36,6 +36,7 @@ from ..core.handshake import (
     client_max_streams, parse_hello,
 )
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
+from ..core.muxqueue import max_message
 from ..core.session import Session
 
 if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
@@ -179,7 +180,7 @@ class ControlPlane(ControlHTTP):
             process_request=self._process_request,
             process_response=self._process_response,
             compression=None,
-            max_size=cfg.max_frame + 64 * 1024,
+            max_size=max_message(cfg.max_frame),  # the client caps what it reads from us alike
             max_queue=64,
             write_limit=512 * 1024,
             ping_interval=None,  # Session runs its own keepalive

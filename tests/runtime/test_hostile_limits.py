@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import logging
 import os
 import re
 import socket
@@ -13,7 +14,8 @@ import time
 
 import pytest
 from helpers.process import spawn, terminate
-from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, malicious_server, port_of, run, start_client
+from helpers.tunnel import TlsFiles, control_url, echo_server, free_port, malicious_server, polled, port_of, run
+from helpers.tunnel import start_client
 from helpers.tunnel import start_server, stop, wait_listening
 from helpers.hostile import hello, one_session, raw_client, still_serving
 from websockets.exceptions import ConnectionClosed
@@ -176,6 +178,60 @@ def test_a_server_that_never_reads_neither_floods_the_client_nor_its_log(tmp_pat
     assert 0 < len(refused) <= 20 * windows + 1 and len(lines) < 100, f"{len(lines)} log lines in {windows} windows"
     if len(refused) == 20 * windows + 1:  # each window's 20, and at exit the last left out says how many others were
         assert re.search(r" suppressed=\d+$", refused[-1]), refused[-1]
+
+
+@pytest.mark.parametrize("count, close", [
+    (20_000, "1002 protocol error: the peer opened more than 14979 streams past the limit of 30 in one message"),
+    (24_000, "1009 frame with 336000 bytes exceeds limit of 327680 bytes"),  # past the server's own cap
+], ids=["opens-past-the-limit", "message-too-big"])
+def test_one_message_of_opens_past_the_limit_closes_the_client_rather_than_queueing_without_bound(
+    tls: TlsFiles, token: str, count: int, close: str, caplog
+) -> None:
+    """A server sent one 16 MiB message of 1.68 million OPENs past the client's --max-streams: the client queued 62 MB
+    of RESETs, grew by 340 MB, held its loop for seconds and logged ``peer_not_reading``, of a peer that read. Its
+    messages are capped as the server caps the client's (``max_message``), and the refusals one message makes past
+    half the control-frame bound close the connection in words."""
+    caplog.set_level(logging.WARNING, logger="inlets.session")
+    closes: list[str] = []
+
+    async def attack(ws, hello_msg) -> None:
+        await ws.send(opens(2, count))
+        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        closes.append(f"{ws.close_code} {ws.close_reason}")
+
+    async def scenario() -> None:
+        async with malicious_server(tls, attack) as url:
+            client, task = await start_client(url, token, tls, {free_port(): Upstream("127.0.0.1", 9)}, max_streams=30)
+            assert await polled(lambda: closes, 10)
+            await stop(task)
+
+    run(scenario())
+    assert closes == [close]
+    if close.startswith("1002"):
+        assert [r.getMessage() for r in caplog.records if "event=protocol_error" in r.getMessage()] == [
+            f'event=protocol_error session=server error="{close[5:]}"']
+    assert not [r for r in caplog.records if "peer_not_reading" in r.getMessage()]
+
+
+def test_one_message_of_opens_past_the_limit_closes_a_client_too(tls: TlsFiles, token: str) -> None:
+    """The server reads its clients through the same multiplexer: the same bound, the same close."""
+    async def scenario() -> None:
+        server = await start_server(tls, token, max_streams=50)
+        try:
+            ws = await raw_client(server, tls, token)
+            assert (await hello(ws, [f"tcp:{free_port()}"]))["type"] == "welcome"
+            await ws.send(opens(1, 20_000))
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1002
+            assert "opened more than 14979 streams past the limit of 50 in one message" in closed.value.rcvd.reason
+            await still_serving(server, tls, token)
+        finally:
+            await server.stop()
+
+    run(scenario())
 
 
 def test_a_server_cannot_make_the_client_hold_more_than_its_limits(tls: TlsFiles, token: str) -> None:

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inlets_py.runtime.core.mux import (
+    COALESCE_LIMIT,
     DEFAULT_MAX_FRAME,
+    EMPTY_DATA_PER_MESSAGE,
     HEADER,
     ID_RESERVE,
     MAX_STREAM_ID,
@@ -25,6 +27,7 @@ from inlets_py.runtime.core.mux import (
     StreamOpened,
     StreamReset,
     WindowUpdated,
+    max_message,
 )
 
 
@@ -406,6 +409,40 @@ def test_a_peer_that_makes_us_queue_control_frames_is_not_read_past_a_bound() ->
     assert server.control_buffered <= 2048  # reading resumes below half the bound
     total = server.buffered
     assert sum(len(m) for m in server.data_to_send()) == total and server.buffered == server.control_buffered == 0
+
+
+def test_one_message_of_opens_past_the_limit_ends_the_connection_once_its_refusals_pass_half_the_bound() -> None:
+    """The backlog is looked at between messages: one message of 1.68 million OPENs past the limit queued 62 MB of
+    RESETs (the bound is 1 MiB) and held the loop for seconds. Now its refusals stop at half the bound: the message
+    is a protocol error, parsed no further. Fewer in one message are refused as before, counted anew per message."""
+    server = Multiplexer(client=False, max_streams=1, max_control_backlog=4096)
+    reset = len(frame(FrameType.RESET, 3, struct.pack("!H", 4) + b"limit of 1 open streams"))
+    most = 2048 // reset  # 64 refusals
+    opens = [frame(FrameType.OPEN, 1 + 2 * i, b"tcp:80") for i in range(1 + 3 * most)]
+    assert server.receive(b"".join(opens[: 1 + most])) == [StreamOpened(1, "tcp:80")]  # the bound's worth: refused
+    assert server.control_buffered == most * reset
+    server.data_to_send()  # the peer read them
+    with pytest.raises(ProtocolError, match=f"the peer opened more than {most} streams past the limit of 1 in one message"):
+        server.receive(b"".join(opens[1 + most :]))
+    assert server.control_buffered == most * reset  # not one RESET past the share, of 2 * most OPENs refused
+    assert max_message(DEFAULT_MAX_FRAME) == DEFAULT_MAX_FRAME + 64 * 1024  # the server's cap, the client's too
+    assert max_message(1024) == COALESCE_LIMIT + 64 * 1024  # a small max_frame still takes coalesced messages
+
+
+def test_empty_data_frames_in_one_message_become_at_most_a_bound_of_events() -> None:
+    """An empty DATA frame costs the peer no credit (a UDP flow's datagram of zero bytes): a message of 1.86 million
+    built as many events, ~3 s of held loop per 16 MiB message. Past ``EMPTY_DATA_PER_MESSAGE`` in one message they
+    are dropped, as UDP may drop datagrams; the stream's bytes, its end, and the next message's are not."""
+    sender, receiver = Multiplexer(client=True), Multiplexer(client=False)
+    sid = sender.open_stream("udp:53")
+    receiver.receive(b"".join(sender.data_to_send()))
+    empty = frame(FrameType.DATA, sid)
+    message = empty * (3 * EMPTY_DATA_PER_MESSAGE) + frame(FrameType.DATA, sid, b"x") + empty + frame(FrameType.FIN, sid)
+    events = receiver.receive(message)
+    assert events == [DataReceived(sid, b"")] * EMPTY_DATA_PER_MESSAGE + [DataReceived(sid, b"x"), StreamEnded(sid)]
+    other = sender.open_stream("udp:53")
+    receiver.receive(b"".join(sender.data_to_send()))
+    assert receiver.receive(frame(FrameType.DATA, other) * 3) == [DataReceived(other, b"")] * 3  # counted per message
 
 
 def test_data_to_send_with_a_limit_keeps_the_rest_in_order() -> None:
