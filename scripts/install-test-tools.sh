@@ -4,6 +4,10 @@
 # that need it are skipped with that reason (never passed).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Logs in the checkout (setup.sh made .venv), not at fixed names in /tmp: another user's file there made the
+# step report an old log, and a link planted there had root's run write through it.
+logs="$root/.venv"
+mkdir -p "$logs"
 
 # systemd-container (systemd-nspawn), debootstrap and slirp4netns boot the user-data in an Ubuntu 24.04
 # container (tests/boot; its root file system is cached in $INLETS_TEST_CACHE, /var/cache/inlets-tests);
@@ -22,8 +26,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "install-test-tools: installing ${missing[*]}"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >/tmp/inlets-apt.log 2>&1 \
-      || echo "install-test-tools: apt-get failed (see /tmp/inlets-apt.log); tests needing ${missing[*]} will skip"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") >"$logs/install-apt.log" 2>&1 \
+      || echo "install-test-tools: apt-get failed (see $logs/install-apt.log); tests needing ${missing[*]} will skip"
   else
     echo "install-test-tools: cannot install ${missing[*]} (need root and apt-get); tests needing them will skip"
   fi
@@ -35,8 +39,8 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "install-test-tools: installing nodejs npm"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm) \
-      >>/tmp/inlets-apt.log 2>&1 \
-      || echo "install-test-tools: apt-get could not install nodejs npm (see /tmp/inlets-apt.log); Prism tests will skip"
+      >>"$logs/install-apt.log" 2>&1 \
+      || echo "install-test-tools: apt-get could not install nodejs npm (see $logs/install-apt.log); Prism tests will skip"
   else
     echo "install-test-tools: node/npm missing (need root and apt-get to install them); Prism tests will skip"
   fi
@@ -51,8 +55,8 @@ command -v terraform >/dev/null || [ -x /usr/local/bin/terraform ] \
 if [ ! -x "$root/tools/node_modules/.bin/prism" ]; then
   if command -v npm >/dev/null; then
     echo "install-test-tools: installing Prism into tools/node_modules"
-    (cd "$root/tools" && npm ci --no-audit --no-fund) >/tmp/inlets-npm.log 2>&1 \
-      || echo "install-test-tools: npm ci in tools/ failed (see /tmp/inlets-npm.log); Prism tests will skip"
+    (cd "$root/tools" && npm ci --no-audit --no-fund) >"$logs/install-npm.log" 2>&1 \
+      || echo "install-test-tools: npm ci in tools/ failed (see $logs/install-npm.log); Prism tests will skip"
   else
     echo "install-test-tools: npm not found; the Prism (DigitalOcean spec) tests will skip"
   fi
