@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from inlets_py.runtime.generate import reachable
-from inlets_py.runtime.generate.service import SERVICE_USER, _runtime_paths
+from inlets_py.runtime.generate.service import PRIVATE_TMP_DIRS, SERVICE_USER, _runtime_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -93,6 +93,11 @@ def _build(dest: Path, python: str) -> None:
 @lru_cache(maxsize=1)
 def _find() -> ServiceInlets | str:
     own = Path(sys.executable).with_name("inlets")
+    hidden = [p for p in _runtime_paths([str(own)]) + [str(ROOT)]
+              if any((q + "/").startswith(PRIVATE_TMP_DIRS) for q in (p, os.path.realpath(p)))]
+    if hidden:  # the unit's PrivateTmp=true hides it from the service; a venv made in this checkout would be too
+        return (f"this checkout's inlets runs from {hidden[0]}, under /tmp or /var/tmp, which the unit's "
+                "PrivateTmp=true hides from the service: clone the checkout elsewhere to run these tests")
     if not (blocked := first_blocked(_runtime_paths([str(own)]))):
         return ServiceInlets(Path(sys.executable), own.parent)
     why = f"this .venv's inlets needs {blocked.named()}, but {blocked.reason(SERVICE_USER)}"

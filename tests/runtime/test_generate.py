@@ -161,8 +161,8 @@ def test_kubernetes_args_are_escaped_against_the_kubelets_variable_expansion() -
 def test_a_file_under_tmp_is_refused_since_private_tmp_hides_it(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("t\n")
-    result = inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token), "--upstream", "127.0.0.1",
-                    "--ports", "80", "--generate=systemd")
+    result = unit_inlets("tcp", "client", "--url", "wss://h:8123", "--token-file", str(token), "--upstream",
+                         "127.0.0.1", "--ports", "80", "--generate=systemd")
     assert result.returncode == 2
     assert result.stderr == (f"inlets: error: --token-file {token} is under /tmp, which the unit's PrivateTmp=true "
                              "hides from the service: keep it elsewhere (e.g. /etc/inlets/) and give that path\n")
@@ -463,8 +463,8 @@ def test_the_proxy_the_environment_names_goes_into_the_unit(tmp_path: Path) -> N
 
 
 def test_a_written_folder_under_tmp_is_refused() -> None:
-    result = inlets("tcp", "server", "--auto-tls", "--auto-tls-path", "/tmp/inlets-certs", "--token-file",
-                    "/etc/inlets/token", "--generate=systemd")
+    result = unit_inlets("tcp", "server", "--auto-tls", "--auto-tls-path", "/tmp/inlets-certs", "--token-file",
+                         "/etc/inlets/token", "--generate=systemd")
     assert result.returncode == 2
     assert result.stderr == ("inlets: error: --auto-tls-path /tmp/inlets-certs is under /tmp, which the unit's "
                              "PrivateTmp=true hides from the service: keep it elsewhere (e.g. /etc/inlets/) and give that path\n")
