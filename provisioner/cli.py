@@ -27,6 +27,8 @@ from .state import STATE_ENV, ServerState, inletsctl_command, state_root
 app = typer.Typer(
     name="inletsctl",
     help="Create exit servers for inlets tunnels and print the exact client command that connects to them.",
+    epilog="Start on this machine, no cloud account needed:\n\n  inletsctl create --provider local --ports 8080\n\n"
+           "then run the client command it prints. `inletsctl COMMAND --help` shows each command's options and examples.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -85,7 +87,7 @@ def _ssh_options(provider: str, host: Optional[str], *rest: object) -> object:
     return SshOptions.from_flags(host, *rest)  # type: ignore[arg-type]
 
 
-@app.command(cls=flags.SpellingCommand,
+@app.command(cls=flags.SpellingCommand, short_help="Create an exit server and print the client command for it.",
     epilog=(
         "Examples:\n\n"
         "  inletsctl create --provider local --ports 8080\n\n"
@@ -195,7 +197,7 @@ def create_cmd(
                              f"{credential_flags(opts.creds)}") from None
 
 
-@app.command(cls=flags.SpellingCommand,
+@app.command(cls=flags.SpellingCommand, short_help="Delete an exit server and its local state.",
     epilog=(
         "Examples:\n\n"
         "  inletsctl delete brave-otter-3f2a\n\n"
@@ -242,7 +244,7 @@ def delete_cmd(
     print(done)
 
 
-@app.command(cls=flags.SpellingCommand,
+@app.command(cls=flags.SpellingCommand, short_help="List exit servers, in the cloud and in local state.",
     epilog="Examples:\n\n  inletsctl list\n\n  inletsctl list --provider digitalocean --prune\n\n  inletsctl list --json"
 )
 def list_cmd(
@@ -302,7 +304,7 @@ def list_cmd(
                              "'could not delete' above): fix that, then run inletsctl list --prune again")
 
 
-@app.command(cls=flags.SpellingCommand, epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
+@app.command(cls=flags.SpellingCommand, short_help="Ask an exit server how it is.", epilog="Examples:\n\n  inletsctl status brave-otter-3f2a\n\n  inletsctl status brave-otter-3f2a --json")
 def status_cmd(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the exit server.")],

@@ -11,13 +11,16 @@ from .options import print_version
 app = typer.Typer(
     name="inlets",
     help="Tunnels over one authenticated TLS websocket. Run a server on a public host, a client inside your network.",
+    epilog="Each end's options:\n\n  inlets tcp server --help\n\n  inlets tcp client --help\n\n"
+           "(http likewise). An exit server on this machine, with the client command to run printed:\n\n"
+           "  inletsctl create --provider local --ports 8080",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 tcp_app = typer.Typer(help="TCP (and UDP) tunnels: forward ports byte for byte, datagram for datagram.",
-                      no_args_is_help=True)
+                      short_help="TCP and UDP tunnels: ports forwarded byte for byte.", no_args_is_help=True)
 http_app = typer.Typer(help="HTTP tunnels: a Host-routed reverse proxy to your apps.", no_args_is_help=True)
 
 

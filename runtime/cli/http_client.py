@@ -18,7 +18,7 @@ Headers = Annotated[Optional[list[str]], typer.Option(help="'Name: value' (repea
 Names = Annotated[Optional[list[str]], typer.Option(help="Header name (repeatable).")]
 
 
-@http_app.command("client")
+@http_app.command("client", short_help="Run an HTTP tunnel client: serve your apps by Host.")
 def http_client(
     url: Urls,
     upstream: Annotated[

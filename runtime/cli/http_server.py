@@ -43,7 +43,7 @@ MaxPendingConnectionsPerSource = Annotated[Optional[int], count_option(
          "total if lower")]
 
 
-@http_app.command("server")
+@http_app.command("server", short_help="Run an HTTP tunnel server (the exit server).")
 def http_server(
     port: Annotated[Optional[int], port_option("Data-plane (HTTP) port [default: 8000; 80 with --letsencrypt-domain].")] = None,
     data_addr: DataAddr = None,

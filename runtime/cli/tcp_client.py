@@ -18,7 +18,7 @@ MaxStreams = Annotated[int, count_option("--max-streams", help=(
     "(more are refused)."))]
 
 
-@tcp_app.command("client")
+@tcp_app.command("client", short_help="Run a TCP tunnel client: serve your ports.")
 def tcp_client(
     url: Urls,
     upstream: Annotated[
