@@ -55,7 +55,7 @@ WRITEV_FROM = 16 * 1024
 
 
 def eligible(head: RequestHead) -> bool:
-    return not (head.chunked or head.content_length or head.upgrade or head.expect_continue)
+    return not (head.chunked or head.content_length or head.upgrade or head.expect_continue or head.own_answer)
 
 
 def try_start(front: Front, head: RequestHead) -> bool:
@@ -76,7 +76,7 @@ def try_start(front: Front, head: RequestHead) -> bool:
     if leg is None:
         return False
     options = server.options_for(leg.session)
-    request = request_head(head, leg.service, options, guard is not None, front.peer, front.scheme)
+    request = request_head(head, leg.service, options, guard is not None, front.peer, front.scheme, front.trusted)
     if not _send_request(leg, request):
         return False
     front.parked = True  # the coroutine leaves the connection to the callbacks until this ends

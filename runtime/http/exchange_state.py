@@ -50,6 +50,7 @@ class Front(Protocol):
     loop: asyncio.AbstractEventLoop
     peer: bytes
     scheme: bytes
+    trusted: bool  # ``peer`` is in --trusted-proxies
     exchange: Exchange | None
     leg: Leg | None
     parked: bool

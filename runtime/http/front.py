@@ -68,6 +68,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         self.scheme = scheme  # what the user spoke: X-Forwarded-Proto (b"https" behind a TLS front)
         self.transport: asyncio.Transport | None = None
         self.peer = b""
+        self.trusted = False  # ``peer`` is in --trusted-proxies: its X-Forwarded-For goes on, appended to
         self.reader = RequestReader()
         self.events: collections.deque[Event | HttpError] = collections.deque()
         self.buffered = 0
@@ -100,6 +101,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             tune_socket(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = unmapped(str(peer[0])).encode() if peer else b"unknown"
+        self._trust()
         self.reader.default_authority = sockname_authority(transport.get_extra_info("sockname"))
         transport.set_write_buffer_limits(high=256 * 1024)  # type: ignore[attr-defined]
         gate = self.server.dataplane
@@ -112,6 +114,11 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
             return
         self.server.connections.add(self)
         self._task = asyncio.ensure_future(self._run())
+
+    def _trust(self) -> None:
+        """Whether ``peer`` is a --trusted-proxies balancer: asked once a connection, not per request."""
+        trusted = self.server.trusted_proxies
+        self.trusted = trusted is not None and trusted.allows(self.peer.decode())
 
     def header_timed_out(self) -> None:
         """The request head took longer than the header timeout to arrive (slowloris): 408, close. Its duration
@@ -159,6 +166,7 @@ class FrontConnection(RequestRouting, asyncio.Protocol):
         if self._header_timer is not None:
             self._header_timer.cancel()
         self.peer = source[0].encode()  # the balancer's own for LOCAL/UNKNOWN, which its ticket already counts
+        self._trust()
         if self.ticket is not None and not self.server.admission.move(self.ticket, unmapped(source[0])):
             self.transport.abort()  # type: ignore[union-attr]  # its real source is at its cap: as at accept
             return None

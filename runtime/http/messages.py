@@ -39,6 +39,7 @@ class RequestHead:
     lower: list[bytes] = field(default_factory=list)  # header names, lower case, parallel to headers
     noted: dict[bytes, list[bytes]] = field(default_factory=dict)  # values of the _NOTED headers
     connection: set[bytes] = field(default_factory=set)  # tokens of the Connection header
+    own_answer: bool = False  # OPTIONS with Max-Forwards: 0 (RFC 9110 7.6.2): the proxy answers, nothing goes upstream
 
     @property
     def has_body(self) -> bool:

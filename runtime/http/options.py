@@ -58,10 +58,13 @@ def _removed_spellings(name: bytes) -> frozenset[bytes]:
 #: X-Forwarded-Ssl and -Scheme, say the scheme and host, and Rack 3 and Spring read them before X-Forwarded-Proto: a
 #: user's "X-Forwarded-Ssl: on" made a Rack app believe plain HTTP was HTTPS. X-Forwarded-Port and -Prefix are the
 #: links an app writes (Rack, Spring, Werkzeug's ProxyFix); X-Real-IP is the user's address to nginx's realip, chi,
-#: Echo and Gin. A client's own (``--request-header-add``) still goes on.
+#: Echo and Gin, and so are the CDNs' True-Client-IP (chi's RealIP reads it first), CF-Connecting-IP, Fastly-Client-IP
+#: and X-Client-IP, X-Cluster-Client-IP to others. A client's own (``--request-header-add``) still goes on.
 FORWARDED = frozenset().union(*(_spellings(b"x-forwarded-" + name) for name in (
     b"for", b"proto", b"host", b"port", b"prefix", b"ssl", b"scheme", b"server", b"uri", b"method",
-    b"tls-client-cert", b"tls-client-cert-info"))) | _spellings(b"x-real-ip") | {b"forwarded"}
+    b"tls-client-cert", b"tls-client-cert-info")), *(_spellings(name) for name in (
+    b"x-real-ip", b"true-client-ip", b"cf-connecting-ip", b"fastly-client-ip", b"x-client-ip",
+    b"x-cluster-client-ip"))) | {b"forwarded"}
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # fullmatch: "$" matches before a final newline too
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # fullmatch

@@ -31,9 +31,10 @@ MAX_TARGET = 8 * 1024
 #: at about its bound (llhttp cannot be paused between messages through httptools).
 PARSE_STEP = 4 * 1024
 
-#: Headers the proxy looks at; noted while parsing so that no later pass scans them all.
+#: Headers the proxy looks at; noted while parsing so that no later pass scans them all (one more name costs none).
 _NOTED = frozenset(
-    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for date".split()
+    b"host connection transfer-encoding content-length upgrade expect authorization x-forwarded-for date "
+    b"max-forwards".split()
 )
 
 
@@ -73,6 +74,7 @@ class Reader:
         #: follows, a field of which httptools joins in memory until its line ends: it is bounded as a head is.
         self._chunk_fresh = False
         self._trailer_fields = 0  # bytes of the trailer fields complete so far
+        self._trailer_count = 0  # ... and how many
         self._trailer_line = 0  # bytes of the trailer line in progress
         #: Bytes in a row that moved no message on (outside heads and trailers, bounded on their own): llhttp skips
         #: chunk extensions, leading zeros of a chunk size and blank lines before a message, keeping none of them,
@@ -110,6 +112,9 @@ class Reader:
             self._trailer_fields += len(name) + len(value) + 4
             if self._trailer_fields > self.max_header_bytes:
                 raise self._fail(431, f"trailer section larger than {self.max_header_bytes} bytes")
+            self._trailer_count += 1  # as a head's: 5,000 small fields were well within the bytes
+            if self._trailer_count > self.max_headers:
+                raise self._fail(431, f"more than {self.max_headers} trailer fields")
             return
         headers = self._headers
         if len(headers) >= self.max_headers:
@@ -122,7 +127,7 @@ class Reader:
 
     def on_chunk_header(self) -> None:
         self._chunk_fresh = True
-        self._trailer_fields = self._trailer_line = 0
+        self._trailer_fields = self._trailer_line = self._trailer_count = 0
 
     def _header_bytes(self) -> int:
         return sum(len(n) + len(v) + 4 for n, v in self._headers)

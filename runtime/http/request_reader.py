@@ -29,6 +29,8 @@ _METHOD = re.compile(rb"[\r\n]*([!#$%%&'*+.^_`|~0-9A-Za-z-]{1,%d})( |\Z)" % MAX_
 #: What llhttp is given in place of a method it does not know: for a request, no method changes how llhttp frames
 #: it (RFC 9112 6.3: Content-Length or Transfer-Encoding alone), so the message parses as it would with its own.
 STAND_IN = b"GET"
+#: Methods the proxy acts on itself (``_own_method``): one set test where CONNECT's comparison was, for every method.
+_OWN_METHODS = frozenset((b"CONNECT", b"TRACE", b"OPTIONS"))
 
 
 def _request_parser(reader: object) -> httptools.HttpRequestParser:
@@ -68,10 +70,7 @@ class RequestReader(Reader):
         method = parser.get_method()
         if self._method is not None:
             method, self._method = self._method, None
-        if method == b"CONNECT":  # RFC 9110 9.1: 501 for a method not implemented; a 405 MUST carry Allow (15.5.6),
-            # which would have to list the upstream's methods: the proxy forwards every other one, knowing none
-            raise self._fail(501, "CONNECT is not supported by this reverse proxy: it forwards requests for a "
-                                  "Host, it does not open tunnels")
+        here = method in _OWN_METHODS and self._own_method(method)
         version = parser.get_http_version().encode()
         if version not in (b"1.0", b"1.1"):
             if not version.startswith(b"1."):
@@ -123,9 +122,32 @@ class RequestReader(Reader):
         self._events.append(
             RequestHead(
                 method, target, version, self._headers, host,
-                is_keep_alive(version, tokens), chunked, length, upgrade, expect, self._lower, noted, tokens,
+                is_keep_alive(version, tokens), chunked, length, upgrade, expect, self._lower, noted, tokens, here,
             )
         )
+
+    def _own_method(self, method: bytes) -> bool:
+        """CONNECT and TRACE refused, OPTIONS's Max-Forwards counted down (RFC 9110 7.6.2): True when it was 0, for
+        the proxy to answer as the request's final recipient. RFC 9110 9.1: 501 for a method not implemented; a 405
+        MUST carry Allow (15.5.6), which would have to list the upstream's methods: the proxy forwards every other
+        one, knowing none."""
+        if method == b"CONNECT":
+            raise self._fail(501, "CONNECT is not supported by this reverse proxy: it forwards requests for a "
+                                  "Host, it does not open tunnels")
+        if method == b"TRACE":  # as nginx refuses it: the echo would hand a page the cookies it cannot read
+            raise self._fail(501, "TRACE is not supported by this reverse proxy: it would send the request's "
+                                  "cookies and credentials back to whoever sent it (cross-site tracing)")
+        forwards = self._noted.get(b"max-forwards")
+        if forwards is None:
+            return False
+        text = forwards[0].strip()
+        if len(forwards) > 1 or not text.isdigit() or len(text) > 18:
+            raise self._fail(400, "invalid Max-Forwards: give one number of hops (0 asks the proxy itself)")
+        hops = int(text)
+        if hops:  # forwarded, one hop less
+            i = self._lower.index(b"max-forwards")
+            self._headers[i] = (self._headers[i][0], b"%d" % (hops - 1))
+        return not hops
 
     def _ignore_upgrade(self, chunked: bool, length: int | None) -> None:
         """An Upgrade in HTTP/1.0 (RFC 9110 7.8: ignored), or on a request with a body, which is HTTP's

@@ -42,6 +42,7 @@ class RequestRouting:
     leg: Leg | None
     peer: bytes
     scheme: bytes
+    trusted: bool
     loop: asyncio.AbstractEventLoop
     exchange: Exchange | None
 
@@ -115,6 +116,12 @@ class RequestRouting:
         service, label = server.route(head.host)
         # An answer given before the body was read ends the connection: the body is not drained.
         close_on_refusal = head.has_body or head.upgrade or not head.keep_alive
+        if head.own_answer:  # OPTIONS with Max-Forwards: 0: its final recipient answers (RFC 9110 7.6.2), with no
+            # Allow, which would list the upstream's methods (9.3.7 makes it optional)
+            await self.send(SimpleResponse(200, b"").encode(close_on_refusal))
+            server.observe(200, label, head.method, started, True)
+            http_exchange.log_answer(200, label, head.method, "OPTIONS with Max-Forwards: 0 answered by the proxy")
+            return not close_on_refusal
         if service is None:
             await self._refuse(503, f"no tunnel client serves host {head.host or '(none)'!r}", head,
                                close=close_on_refusal, host=label, started=started)
@@ -161,7 +168,7 @@ class RequestRouting:
     async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                        guarded: bool) -> bool:
         """Send the request (and its body, as it comes); the exchange's callbacks answer the user."""
-        request = request_head(head, leg.service, options, guarded, self.peer, self.scheme)
+        request = request_head(head, leg.service, options, guarded, self.peer, self.scheme, self.trusted)
         rest = leg.write_now(request)
         if rest is not None:
             try:

@@ -77,8 +77,10 @@ class SimpleResponse:
     headers: Headers = field(default_factory=list)
 
     def encode(self, close: bool, head_only: bool = False) -> bytes:
-        headers = [(b"Date", date_line()[6:-2]),  # IMF-fixdate, RFC 9110 5.6.7
-                   (b"Content-Type", b"text/plain; charset=utf-8"), (b"Content-Length", b"%d" % len(self.body))]
+        headers = [(b"Date", date_line()[6:-2])]  # IMF-fixdate, RFC 9110 5.6.7
+        if self.body:  # an empty one (the 200 to OPTIONS with Max-Forwards: 0) has no type
+            headers.append((b"Content-Type", b"text/plain; charset=utf-8"))
+        headers.append((b"Content-Length", b"%d" % len(self.body)))
         headers += self.headers
         if close:
             headers.append((b"Connection", b"close"))
@@ -86,9 +88,18 @@ class SimpleResponse:
         return response_bytes(self.status, reason, headers) + (b"" if head_only else self.body)
 
 
-def request_head(head: RequestHead, service: str, options: HttpOptions, guarded: bool, peer: bytes, scheme: bytes) -> bytes:
+#: RFC 9110 7.6.3: a gateway MUST send Via in each inbound request, naming the protocol received (a user's own Via,
+#: before it, is kept: it claims no address). Closes the line that X-Forwarded-Host's value leaves open.
+_VIA_11 = b"\r\nVia: 1.1 inlets\r\n"
+_VIA_10 = b"\r\nVia: 1.0 inlets\r\n"
+
+
+def request_head(head: RequestHead, service: str, options: HttpOptions, guarded: bool, peer: bytes, scheme: bytes,
+                 trusted: bool = False) -> bytes:
     """The head sent upstream for a user at ``peer`` who spoke ``scheme``: hop-by-hop and removed headers dropped, X-Forwarded-* set, one pass.
-    On a protected name the credential stays here, whichever client's upstream this is."""
+    On a protected name the credential stays here, whichever client's upstream this is. ``trusted``: ``peer`` is in
+    --trusted-proxies, whose X-Forwarded-For is kept and appended to; anyone else's is replaced by its address (Echo,
+    Gin and chi read the leftmost entry), as Traefik and Caddy do."""
     noted = head.noted
     rewrite = options.rewrite_host.get(service)
     drop = options.guarded_drop if guarded else options.request_drop
@@ -107,19 +118,25 @@ def request_head(head: RequestHead, service: str, options: HttpOptions, guarded:
             lines += [b"Expect: ", b", ".join(kept), b"\r\n"]
     if rewrite is not None:
         lines.append(b"Host: " + rewrite + b"\r\n")
-    forwarded_for = noted.get(b"x-forwarded-for", [])
+    forwarded_for = peer
+    if trusted:  # a balancer's chain, unless its Connection names it (RFC 9110 7.6.1: it ends at that hop)
+        chain = noted.get(b"x-forwarded-for")
+        if chain and b"x-forwarded-for" not in head.connection:
+            forwarded_for = b", ".join(chain + [peer])
     host = noted.get(b"host", (b"",))[0]
+    via = _VIA_11 if head.version == b"1.1" else _VIA_10
     own = options.own_forwarded
     if len(own) == 3:  # the usual case: all three, in one step
-        lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]),
-                  b"\r\nX-Forwarded-Proto: ", scheme, b"\r\nX-Forwarded-Host: ", host, b"\r\n"]
+        lines += [b"X-Forwarded-For: ", forwarded_for,
+                  b"\r\nX-Forwarded-Proto: ", scheme, b"\r\nX-Forwarded-Host: ", host, via]
     else:  # the client removes or sets some itself
         if b"x-forwarded-for" in own:
-            lines += [b"X-Forwarded-For: ", b", ".join(forwarded_for + [peer]), b"\r\n"]
+            lines += [b"X-Forwarded-For: ", forwarded_for, b"\r\n"]
         if b"x-forwarded-proto" in own:
             lines += [b"X-Forwarded-Proto: ", scheme, b"\r\n"]
         if b"x-forwarded-host" in own:
             lines += [b"X-Forwarded-Host: ", host, b"\r\n"]
+        lines.append(via[2:])
     lines += options.request_add_lines
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -137,6 +154,8 @@ def response_head(response: ResponseHead, options: HttpOptions, chunked: bool, c
     drop = options.response_drop
     if status < 200 or status == 204:  # RFC 9110 8.6: no Content-Length in these
         drop = drop | _LENGTH
+    elif status == 426 and b"upgrade" in response.noted:  # RFC 9110 15.5.22: a 426 MUST name the protocols in
+        upgrade = True  # Upgrade, which the user may then ask for through this proxy (as nginx passes it on)
     lines = [b"HTTP/1.1 %d " % status, response.reason, b"\r\n"]
     add_kept(lines, response.headers, response.lower, drop, response.connection)
     if b"date" not in response.noted and status >= 200 and options.stamps_date:  # RFC 9110 6.6.1, as nginx does

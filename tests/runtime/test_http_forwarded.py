@@ -29,10 +29,11 @@ def env(tls, token):
         stack.close()
 
 
-def _headers(port: int, host: str, *lines: str) -> list[tuple[str, str]]:
-    """The headers the upstream saw for one request to ``host`` carrying ``lines``."""
+def _headers(port: int, host: str, *lines: str, source: str | None = None) -> list[tuple[str, str]]:
+    """The headers the upstream saw for one request to ``host`` carrying ``lines``, from ``source`` (a loopback
+    address; 127.0.0.1 is the trusted proxy)."""
     head = "".join(f"{line}\r\n" for line in ("GET / HTTP/1.1", f"Host: {host}", "Connection: close", *lines))
-    answer = raw_request(port, (head + "\r\n").encode())
+    answer = raw_request(port, (head + "\r\n").encode(), source=source)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
     return [tuple(pair) for pair in json.loads(answer.partition(b"\r\n\r\n")[2])["headers"]]
 
@@ -66,6 +67,33 @@ def test_a_users_word_on_its_scheme_port_prefix_and_address_stays_behind(env) ->
     forwarded = [(name, value) for name, value in seen if name.replace("_", "-").startswith(("x-forwarded", "x-real"))]
     assert forwarded == [("x-forwarded-for", "127.0.0.1"), ("x-forwarded-proto", "http"),
                          ("x-forwarded-host", "plain.test")], seen
+
+
+@pytest.mark.parametrize("name", ["True-Client-IP", "CF-Connecting-IP", "X-Client-IP", "Fastly-Client-IP",
+                                  "X-Cluster-Client-IP", "True_Client_IP"])
+def test_a_users_claim_of_its_client_address_stays_behind(env, name) -> None:
+    """The CDNs' client-address headers reached the upstream as a user sent them, and chi's RealIP takes
+    True-Client-IP before X-Real-IP and X-Forwarded-For: any user chose the address the app logs and limits."""
+    seen = _headers(env["port"], "plain.test", f"{name}: 1.2.3.4", "X-Client-Ipx: kept")
+    assert [value for _, value in seen if value == "1.2.3.4"] == [] and ("x-client-ipx", "kept") in seen, seen
+
+
+def test_an_untrusted_users_x_forwarded_for_is_replaced_by_its_address(env) -> None:
+    """A user's ``X-Forwarded-For: 9.9.9.9`` reached the upstream as ``9.9.9.9, 127.0.0.2``, and Echo, Gin and chi
+    take the leftmost entry: the user chose its address. As Traefik and Caddy, only a --trusted-proxies balancer's
+    chain is appended to; anyone else's is replaced by its own address."""
+    untrusted = _headers(env["port"], "plain.test", "X-Forwarded-For: 9.9.9.9", source="127.0.0.2")
+    trusted = _headers(env["port"], "plain.test", "X-Forwarded-For: 9.9.9.9", source="127.0.0.1")
+    assert [value for name, value in untrusted if name == "x-forwarded-for"] == ["127.0.0.2"], untrusted
+    assert [value for name, value in trusted if name == "x-forwarded-for"] == ["9.9.9.9, 127.0.0.1"], trusted
+
+
+def test_an_x_forwarded_for_its_connection_names_ends_at_the_balancer(env) -> None:
+    """RFC 9110 7.6.1: a header that Connection names is for this hop only; a trusted balancer's named
+    X-Forwarded-For was still joined to the proxy's entry (``5.5.5.5, 127.0.0.1``)."""
+    seen = _headers(env["port"], "plain.test", "Connection: x-forwarded-for", "X-Forwarded-For: 5.5.5.5",
+                    source="127.0.0.1")
+    assert [value for name, value in seen if name == "x-forwarded-for"] == ["127.0.0.1"], seen
 
 
 def _basic(password: str) -> str:

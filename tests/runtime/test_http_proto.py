@@ -324,6 +324,8 @@ def test_what_apps_read_from_a_trusted_proxy_a_user_cannot_say(name):
 
 @pytest.mark.parametrize("raw, status", [
     (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 501),
+    (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+    (b"OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 1\r\nMax-Forwards: 0\r\n\r\n", 400),
     (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
     (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 70_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
@@ -677,6 +679,35 @@ def test_a_trailer_section_past_the_limit_in_the_same_read_as_its_end_is_refused
     with pytest.raises(HttpError) as info:
         reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + trailer + b"\r\n")
     assert info.value.status == 502 and "trailer section larger than 65536 bytes" in str(info.value)
+
+
+def test_a_trailer_section_holds_at_most_100_fields_as_a_head_does():
+    """The README bounds trailers at 100 fields and 64 KiB, as heads; only the bytes were counted, so 5,000 small
+    fields (~50 KB) passed. The count restarts with each chunked message: 100 in each of two pass."""
+    fields = b"".join(b"X-T%d: t\r\n" % i for i in range(100))
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n" + fields + b"\r\n"
+    events = feed_all(RequestReader(), raw * 2, 1000)
+    assert [type(e) for e in events].count(EndOfMessage) == 2
+    with pytest.raises(HttpError) as info:
+        feed_all(RequestReader(), raw.replace(fields, fields + b"X-More: t\r\n"), 1000)
+    assert info.value.status == 431 and str(info.value) == "more than 100 trailer fields"
+    reader = ResponseReader()
+    reader.expect(False)
+    with pytest.raises(HttpError) as info:
+        reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+                    + b"".join(b"X-T%d: t\r\n" % i for i in range(5000)) + b"\r\n")
+    assert info.value.status == 502 and "more than 100 trailer fields" in str(info.value)
+
+
+def test_options_max_forwards_is_counted_down_and_0_is_the_proxys_to_answer():
+    """RFC 9110 7.6.2; other methods' Max-Forwards go on as sent (a recipient MAY ignore it)."""
+    events = RequestReader().feed(b"OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n"
+                                  b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nmax-forwards:  10 \r\n\r\n"
+                                  b"GET / HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\n\r\n")
+    heads = [e for e in events if isinstance(e, RequestHead)]
+    assert [h.own_answer for h in heads] == [True, False, False]
+    assert [dict(h.headers).get(b"max-forwards", dict(h.headers).get(b"Max-Forwards")) for h in heads] == [
+        b"0", b"9", b"0"]
 
 
 @pytest.mark.parametrize("version", [b"1.2", b"1.9"])

@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, raw_request, read_answer
+from helpers.http import LOOPBACK, Stack, raw_request, read_answer, read_answers
 
 
 async def _cut_after_a_chunk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +72,27 @@ async def _switches_unnamed(reader: asyncio.StreamReader, writer: asyncio.Stream
     writer.close()
 
 
+async def _upgrade_required(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers 426 naming the protocol it wants, as a websocket server answers a plain GET (Node's ws)."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Content-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _trailers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers chunked, then after a pause as many small trailer fields as the path says (``/101``)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    count = int(head.split(b" ")[1][1:])
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the head has gone on to the user: a refusal now can only cut the answer
+    writer.write(b"0\r\n" + b"".join(b"X-T%d: t\r\n" % i for i in range(count)) + b"\r\n")
+    await writer.drain()
+    writer.close()
+
+
 @pytest.fixture(scope="module")
 def env(tls, token):
     stack = Stack()
@@ -79,7 +100,8 @@ def env(tls, token):
         server = stack.server(tls, token)
         upstreams = {name: stack.serve(handler) for name, handler in
                      (("cut", _cut_after_a_chunk), ("echo", _echo_head), ("switch", _switches_unasked),
-                                       ("message", _echo_message), ("unnamed", _switches_unnamed))}
+                                       ("message", _echo_message), ("unnamed", _switches_unnamed),
+                                       ("upgrade", _upgrade_required), ("trailers", _trailers))}
         stack.client(server, tls, token, [f"{name}.test=http://{LOOPBACK}:{port}" for name, port in upstreams.items()]
                      + [f"http://{LOOPBACK}:{upstreams['echo']}"])  # the catch-all: requests without a name
         yield server.data_port
@@ -277,3 +299,67 @@ def test_an_extension_method_reaches_the_upstream_as_sent(env):
             head, _, seen = read_answer(sock).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
             assert seen.startswith(method + b" /x HTTP/1.1\r\n") and seen.endswith(b"\r\n\r\nhi"), seen
+
+
+def test_trace_is_501_and_never_reaches_the_upstream(env):
+    """TRACE went upstream, whose answer echoes the request: the cookies and credentials a page's script cannot
+    read (cross-site tracing); Max-Forwards: 0 was forwarded too (RFC 9110 7.6.2). Refused as nginx refuses it,
+    501 as CONNECT (a 405 MUST list the upstream's methods in Allow, which the proxy cannot know)."""
+    for forwards in (b"", b"Max-Forwards: 0\r\n"):
+        answer = raw_request(env, b"TRACE /t HTTP/1.1\r\nHost: message.test\r\nCookie: session=secret\r\n" + forwards
+                             + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 501 Not Implemented\r\n") and b"cross-site tracing" in answer, answer
+        assert b"secret" not in answer, answer
+
+
+def test_options_with_max_forwards_0_is_answered_by_the_proxy_and_a_higher_one_goes_on_one_less(env):
+    """RFC 9110 7.6.2: an intermediary MUST NOT forward an OPTIONS whose Max-Forwards is 0 (it answers as the final
+    recipient) and MUST decrement it otherwise; both went upstream as sent. The 200 has no body and no Allow (the
+    proxy cannot know the upstream's methods); the connection goes on."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"OPTIONS * HTTP/1.1\r\nHost: echo.test\r\nMax-Forwards: 0\r\n\r\n"
+                     b"OPTIONS /o HTTP/1.1\r\nHost: echo.test\r\nMax-Forwards: 5\r\n\r\n")
+        own, forwarded = read_answers(sock, 2)
+    head, _, body = own.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: 0" in head and body == b"", own
+    assert b"Allow" not in head and b"Connection: close" not in head, own
+    seen = forwarded.partition(b"\r\n\r\n")[2]
+    assert seen.startswith(b"OPTIONS /o HTTP/1.1\r\n") and b"\r\nMax-Forwards: 4\r\n" in seen, forwarded
+    answer = raw_request(env, b"OPTIONS * HTTP/1.1\r\nHost: echo.test\r\nMax-Forwards: -1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"Max-Forwards" in answer, answer
+
+
+@pytest.mark.parametrize("version, user_via, sent", [
+    (b"1.1", b"", [b"Via: 1.1 inlets"]),
+    (b"1.0", b"", [b"Via: 1.0 inlets"]),
+    (b"1.1", b"Via: 1.1 cdn.example\r\n", [b"Via: 1.1 cdn.example", b"Via: 1.1 inlets"]),
+])
+def test_the_upstream_is_told_of_the_proxy_in_via(env, version, user_via, sent):
+    """RFC 9110 7.6.3: a gateway MUST send Via in each inbound request, naming the protocol it received, after any
+    the request already had; the upstream never had one."""
+    answer = raw_request(env, b"GET /via HTTP/" + version + b"\r\nHost: echo.test\r\nConnection: close\r\n"
+                         + user_via + b"\r\n")
+    seen = answer.partition(b"\r\n\r\n")[2]
+    assert [line for line in seen.split(b"\r\n") if line.lower().startswith(b"via:")] == sent, seen
+
+
+def test_a_426_keeps_its_upgrade_header(env):
+    """RFC 9110 15.5.22: a 426 MUST send Upgrade (the protocols it asks for, which the user may ask for through
+    the proxy), as nginx passes it on; it was dropped as hop-by-hop."""
+    head = raw_request(env, b"GET / HTTP/1.1\r\nHost: upgrade.test\r\nConnection: close\r\n\r\n").partition(
+        b"\r\n\r\n")[0]
+    assert head.startswith(b"HTTP/1.1 426 ") and b"\r\nUpgrade: websocket" in head, head
+    assert b"\r\nConnection: upgrade" in head, head
+
+
+def test_an_upstreams_trailer_section_holds_at_most_100_fields(env):
+    """The README's bound on an answer's trailers (100 fields, as its head) counted bytes only: 5,000 small fields
+    went through. Past it the answer, whose head has gone, is cut with a reset, never passed off as complete."""
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"GET /100 HTTP/1.1\r\nHost: trailers.test\r\nConnection: close\r\n\r\n")
+        data, end = _read_to_end(sock)
+    assert (end, data.endswith(b"\r\n2\r\nok\r\n0\r\n\r\n")) == ("eof", True), data
+    with socket.create_connection((LOOPBACK, env), timeout=10) as sock:
+        sock.sendall(b"GET /101 HTTP/1.1\r\nHost: trailers.test\r\nConnection: close\r\n\r\n")
+        data, end = _read_to_end(sock)
+    assert end == "reset" and not data.endswith(b"0\r\n\r\n"), data

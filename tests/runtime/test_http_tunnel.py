@@ -81,7 +81,8 @@ def test_get_carries_forwarding_headers(env):
     headers = dict(seen["headers"])
     assert seen["upstream"] == "A" and seen["target"] == "/hello?q=1"
     assert headers["host"] == "app.test"  # preserved by default
-    assert headers["x-forwarded-for"] == "203.0.113.7, 127.0.0.1"
+    assert headers["x-forwarded-for"] == "127.0.0.1"  # the user's claim is replaced: it is no --trusted-proxies one
+    assert headers["via"] == "1.1 inlets"
     assert headers["x-forwarded-proto"] == "http"  # the user's claim is replaced
     assert headers["x-forwarded-host"] == "app.test"
 
