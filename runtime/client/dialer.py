@@ -162,15 +162,14 @@ class TunnelClient:
             except FatalClientError:
                 raise
             except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                due = max(due, self._refused_until(exc))  # a 429's Retry-After, whichever try met it
                 if woken and loop.time() < due:  # said once per RepeatLimit window: a user's wake comes each second
                     sleep = due - loop.time()
                     log.warning("event=connect_failed url=%s error=%s woken_by=%s retry_in=%.1fs",
                                 logfmt(self.config.url), logfmt(_describe(exc)), logfmt(woken), sleep,
                                 extra={"cause": (self.config.url, woken)})
-                else:  # the wait the line names is the one taken (jitter included); a 429's Retry-After at least
-                    refused = exc.retry_after if isinstance(exc, LoginsRefused) and exc.retry_after else 0.0
-                    sleep = max(backoff.next_wait(), refused)
-                    self._logins_refused_until = loop.time() + refused
+                else:  # the wait the line names is the one taken (jitter included)
+                    sleep = max(backoff.next_wait(), due - loop.time())
                     log.warning("event=connect_failed url=%s error=%s retry_in=%.1fs", logfmt(self.config.url),
                                 logfmt(_describe(exc)), sleep)
                     due = loop.time() + sleep
@@ -192,6 +191,14 @@ class TunnelClient:
                 await asyncio.wait_for(self._retry_now.wait(), sleep)
             except asyncio.TimeoutError:
                 pass
+
+    def _refused_until(self, exc: BaseException) -> float:
+        """When (loop time) the server takes logins from this address again: after a 429's Retry-After (every login
+        refused, the right token too), noted so that no try, woken by a --local user or not, comes before it."""
+        if isinstance(exc, LoginsRefused) and exc.retry_after:
+            until = asyncio.get_running_loop().time() + exc.retry_after
+            self._logins_refused_until = max(self._logins_refused_until, until)
+        return self._logins_refused_until
 
     def _revoked_for_a_new_token(self, session: Session) -> bool:
         """Whether the server revoked ``session``'s token and the token file holds another one now (a rotation whose
@@ -285,9 +292,9 @@ class TunnelClient:
         the server drains (GOAWAY) the wait cut short is that between attempts to replace its session."""
         if self._stopping:
             return
+        if asyncio.get_running_loop().time() < self._logins_refused_until:
+            return  # the server refuses every login from here until then: a try would only get 429 again
         if self.session is None:
-            if asyncio.get_running_loop().time() < self._logins_refused_until:
-                return
             self._woken_by = self._woken_by or "local_connection"
             self._retry_now.set()
         else:
@@ -351,6 +358,7 @@ class TunnelClient:
                     return
             if loop.time() >= due:
                 due = loop.time() + retry.next_wait()
+            due = max(due, self._logins_refused_until)  # a 429's Retry-After (``_replace`` notes it)
             await self._until_stopped_or_woken(session, due - loop.time())
 
     async def _until_stopped_or_woken(self, session: Session, timeout: float) -> None:
@@ -367,6 +375,7 @@ class TunnelClient:
         try:
             new = await self.open_session()
         except (FatalClientError, OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            self._refused_until(exc)
             log.warning("event=reconnect_failed error=%s keeping=current_connection", logfmt(_describe(exc)))
             return False
         if old is None or self.session is not old or self._stopping:  # closed meanwhile (the reconnect loop has

@@ -18,6 +18,7 @@ from inlets_py.runtime.client import dialer, local_forward
 from inlets_py.runtime.client.local_forward import LocalForward, LocalForwarder
 from inlets_py.runtime.client.tcp_upstreams import Upstream
 from inlets_py.runtime.core.allowlist import parse_target_rules
+from inlets_py.runtime.core.tls import server_context
 from inlets_py.runtime.server.forwarding import ForwardingPolicy
 
 
@@ -261,3 +262,45 @@ def test_status_shows_what_each_client_forwards_on_the_servers_side(tmp_path: Pa
     assert table.returncode == 0 and f"forward:{target}" in table.stdout, table
     (row,) = json.loads(document.stdout)["clients"]
     assert row["forwards"] == [target] and row["services"] == [], row
+
+
+def test_a_429_met_by_a_try_a_waiting_user_brought_forward_is_waited_out(tls: TlsFiles, token: str,
+                                                                        monkeypatch) -> None:
+    """Found by review: the first 429 (every login from this address refused, Retry-After: 30) met by a try a
+    --local user woke was not noted, and the client asked again each second while the user waited, every try
+    another 429. One try now, then nothing before the server's Retry-After."""
+    monkeypatch.setattr(local_forward, "TUNNEL_WAIT", 5.0)
+    monkeypatch.setattr(dialer, "random", SimpleNamespace(uniform=lambda low, high: high))
+    asked: list[float] = []
+
+    async def scenario() -> None:
+        control = free_port()
+
+        async def refuse_every_login(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            asked.append(asyncio.get_running_loop().time())
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        forward = LocalForward(free_port(), "127.0.0.1", 9)
+        client, task = await start_client(f"wss://127.0.0.1:{control}", token, tls,
+                                          {free_port(): Upstream("127.0.0.1", 9)}, wait=False,
+                                          extra={"forwards": [forward.target]}, backoff_initial=10.0, backoff_max=60.0)
+        await asyncio.sleep(0.3)  # its first try found nothing listening: the next is 10 s away
+        server = await asyncio.start_server(refuse_every_login, "127.0.0.1", control,
+                                            ssl=server_context(tls.cert, tls.key))
+        forwarder = LocalForwarder([forward], "127.0.0.1", lambda: client.session, wake=client.reconnect_now)
+        await forwarder.start()
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", forward.local_port)  # wakes the client each second
+            await asyncio.sleep(4.5)
+            writer.close()
+        finally:
+            forwarder.stop()
+            await stop(task)
+            server.close()
+
+    run(scenario(), 30)
+    assert len(asked) == 1, asked  # before: 5 in 4.5 s
