@@ -26,6 +26,7 @@ import ssl
 import sys
 from pathlib import Path
 
+from ..core.child_env import child_environment
 from ..core.cert_expiry import iso as _iso
 from ..core.logs import logfmt
 from ..core.tls import SERVER_CIPHERS, DirectSSLObject, TlsConfigError, readable_file
@@ -283,8 +284,9 @@ class LetsEncrypt:
                 "--domain", domain, "--timeout", str(account.timeout)]
         argv += ["--email", account.email] if account.email else []
         argv += ["--ca-bundle", account.ca_bundle] if account.ca_bundle else []
-        child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
-                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        child = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,  # none of our secrets
+                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                     env=child_environment(network=True))
         published: set[str] = set()
         try:
             return await asyncio.wait_for(self._converse(child, domain, published), account.timeout + CHILD_GRACE)

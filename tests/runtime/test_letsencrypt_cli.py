@@ -10,6 +10,8 @@ libraries (each issuance runs in a child process).
 from __future__ import annotations
 
 import functools
+import json
+import os
 import stat
 import subprocess
 import threading
@@ -21,7 +23,7 @@ import pytest
 
 from helpers.http import need
 from helpers.letsencrypt import dnsmasq, pebble
-from helpers.process import spawn, stop_all, wait_for_text
+from helpers.process import INLETS, ROOT, spawn, stop_all, wait_for_text
 from helpers.tunnel import free_port
 
 DOMAIN = "site.example.test"
@@ -201,3 +203,37 @@ def test_a_damaged_retry_note_is_said_and_the_ca_asked(tmp_path: Path, token_fil
     line = next(line for line in second.splitlines() if "event=certificate_retry_unreadable" in line)
     assert f"domain={DOMAIN}" in line and str(note) in line and "the CA is asked now" in line, line
     assert "Traceback" not in second
+
+
+def test_the_acme_child_gets_the_proxy_and_ca_settings_but_none_of_the_servers_secrets(tmp_path: Path,
+                                                                                       token: str) -> None:
+    """Each issuance runs in a child process, which inherited the server's whole environment ($INLETS_TOKEN, any
+    cloud token its shell held). It keeps what dialling the CA reads (the proxy and CA variables), nothing more. A
+    sitecustomize on $PYTHONPATH (kept: Python finds this installation's modules with it) writes each process's."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "argv = open('/proc/self/cmdline', 'rb').read().decode().split('\\0')\n"
+        "with open(os.path.join(os.path.dirname(__file__), f'{os.getpid()}.json'), 'w') as file:\n"
+        "    json.dump({'argv': argv, 'env': dict(os.environ)}, file)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+           "INLETS_TOKEN": token, "DIGITALOCEAN_ACCESS_TOKEN": "do-secret", "NO_PROXY": "127.0.0.1",
+           "SSL_CERT_FILE": str(tmp_path / "ca.pem")}
+    log = tmp_path / "server.log"
+    with open(log, "w") as handle:
+        server = subprocess.Popen(
+            [*INLETS, "http", "server", "--plaintext", "--control-addr", "127.0.0.1", "--control-port",
+             str(free_port()), "--data-addr", "127.0.0.1", "--port", str(free_port()), "--https-port",
+             str(free_port()), "--letsencrypt-domain", DOMAIN, "--letsencrypt-issuer",
+             f"https://127.0.0.1:{free_port()}/dir", "--letsencrypt-path", str(tmp_path / "le")],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    try:
+        wait_for_text(log, "event=certificate_failed", timeout=60)
+    finally:
+        stop_all(server)
+    seen = [json.loads(path.read_text()) for path in site.glob("*.json")]
+    children = [entry["env"] for entry in seen if "inlets_py.runtime.acme.client" in entry["argv"]]
+    assert children, [entry["argv"] for entry in seen]
+    assert "INLETS_TOKEN" not in children[0] and "DIGITALOCEAN_ACCESS_TOKEN" not in children[0], sorted(children[0])
+    assert (children[0]["NO_PROXY"], children[0]["SSL_CERT_FILE"]) == ("127.0.0.1", str(tmp_path / "ca.pem"))
