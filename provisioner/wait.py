@@ -123,7 +123,7 @@ def wait_until_ready(
             break
         progress(f"waiting for {host.provider} to start {host.name!r}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {round(timeout, 2):g}s waiting for {host.name!r} to become active; last seen: {seen}")
+            raise WaitTimeout(f"timed out after {seconds(timeout)}s waiting for {host.name!r} to become active; last seen: {seen}")
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
     port = host.control_port or 8123
     ip = host.ip
@@ -139,8 +139,13 @@ def wait_until_ready(
     return host
 
 
+def seconds(value: float) -> str:
+    """A --timeout as the user gave it: ``0.05``, ``600``, ``1000000`` (``:g`` wrote 1e+06, ``:.0f`` wrote 0 for 0.05)."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def _waited(started: float, timeout: float) -> str:
-    return f"{time.monotonic() - started:.0f}s of {timeout:.0f}s"
+    return f"{time.monotonic() - started:.0f}s of {seconds(timeout)}s"
 
 
 def _pause(interval: float, exc: Transient) -> float:
@@ -176,7 +181,7 @@ def _poll(
         progress(f"waiting for the tunnel server at {target}", f"{seen}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
             raise WaitTimeout(
-                f"timed out after {round(timeout, 2):g}s: {host.name!r} is {host.status} at {host.ip} but {target} {never} "
+                f"timed out after {seconds(timeout)}s: {host.name!r} is {host.status} at {host.ip} but {target} {never} "
                 f"(last: {error}){hint}"
             )
         time.sleep(max(0.0, min(0.5, deadline - time.monotonic())))
@@ -266,7 +271,7 @@ def wait_until_balanced(
         progress(f"waiting for {provider.name} to start load balancer {balancer.name!r}",
                  f"{balancer.detail}; {_waited(started, timeout)}")
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {round(timeout, 2):g}s waiting for load balancer {balancer.name!r} to become "
+            raise WaitTimeout(f"timed out after {seconds(timeout)}s waiting for load balancer {balancer.name!r} to become "
                               f"active; last seen: {balancer.detail}")
         time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
