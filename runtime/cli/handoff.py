@@ -129,7 +129,13 @@ def parse_then_run(parse: Callable[[], int], prefetch: Callable[[], None] | None
     passed = [sig for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None))  # one ignored (a
               if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN]  # background job's SIGINT) stays so
     signal.pthread_sigmask(signal.SIG_BLOCK, passed)  # until each side has its handlers: none is lost or misrouted
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN, ENOMEM: parsed here instead, with the signals as they were
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, passed)
+        os.close(readable)
+        os.close(writable)
+        return parse()
     if pid == 0:
         _die_with(parent)
         if hasattr(signal, "SIGHUP"):  # a terminal's hangup ends the parse as before (the parent then exits 129)
