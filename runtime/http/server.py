@@ -119,6 +119,7 @@ class HttpTunnelServer:
         await self.stop()
 
     async def stop(self) -> None:
+        self.guards.close()  # no protection is lifted by a timer after the server stopped
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._listener is not None:

@@ -20,6 +20,7 @@ from helpers.http import LOOPBACK, Stack, http_server_argv, raw_request, read_an
 from helpers.process import INLETS, ROOT, wait_port
 from inlets_py.runtime.cli.lifecycle import run_until_signalled
 from inlets_py.runtime.client.dialer import FatalClientError
+from inlets_py.runtime.http import guard
 from inlets_py.runtime.http.options import HttpOptions
 from helpers.tunnel import free_port
 
@@ -267,29 +268,84 @@ def test_protected_name_whose_client_left_is_503_never_the_catch_all(env, tls, t
                        + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
 
 
-def test_protection_lifts_when_its_last_client_leaves_a_name_an_unprotected_client_serves(tls, token, caplog):
-    """Found by a probe: client A served the catch-all unprotected, client B the catch-all with a bearer token; once B
-    left, A's public site answered 401 (200 with B's token) until A reconnected, though the README lifts protection
-    once a client serves the name without it while none that protects it is connected: both held."""
-    import logging
-
-    caplog.set_level(logging.INFO, logger="inlets.http")
+def _protected_catch_all(tls, token) -> tuple:
+    """A server whose catch-all two clients serve: one unprotected (upstream OPEN), one with bearer token ``bt`` (its
+    upstreams and task returned, to stop it and start it again)."""
     stack = Stack()
     try:
-        open_app, up_open = stack.upstream("OPEN")
-        guarded, up_guarded = stack.upstream("GUARDED")
+        _, up_open = stack.upstream("OPEN")
+        _, up_guarded = stack.upstream("GUARDED")
         server = stack.server(tls, token)
         stack.client(server, tls, token, [f"http://{LOOPBACK}:{up_open}"])
-        _, protecting = stack.client(server, tls, token, [f"http://{LOOPBACK}:{up_guarded}"],
-                                     HttpOptions.build(bearer_token="bt"))
-        port, get = server.data_port, b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"
-        assert raw_request(port, get).startswith(b"HTTP/1.1 401 ")
+        upstreams = [f"http://{LOOPBACK}:{up_guarded}"]
+        _, task = stack.client(server, tls, token, upstreams, HttpOptions.build(bearer_token="bt"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack, server, upstreams, task
+
+
+GET_OTHER = b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n"
+GET_OTHER_BT = b"GET / HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer bt\r\nConnection: close\r\n\r\n"
+
+
+def _protection_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
+
+
+def test_protection_lifts_a_grace_after_its_last_client_leaves_a_name_an_unprotected_client_serves(
+        tls, token, caplog, monkeypatch):
+    """Found by a probe: client A served the catch-all unprotected, client B the catch-all with a bearer token; once B
+    left, A's public site answered 401 (200 with B's token) until A reconnected, though the README lifts protection
+    once a client serves the name without it while none that protects it is connected. Lifted at once, it failed open
+    while B restarted (a drain, an upgrade): lifted once B's grace ends, 401 until then."""
+    import logging
+
+    monkeypatch.setattr(guard, "PROTECTION_GRACE", 2.0)
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    stack, server, _, protecting = _protected_catch_all(tls, token)
+    try:
+        port = server.data_port
+        assert raw_request(port, GET_OTHER).startswith(b"HTTP/1.1 401 ")
+        left = time.monotonic()
         stack.stop_client(protecting)
         wait_until(lambda: len(server.registry.sessions_for("http:*")) == 1)
-        answer = raw_request(port, get)
+        answer = raw_request(port, GET_OTHER)
+        assert answer.startswith(b"HTTP/1.1 401 "), (time.monotonic() - left, answer[:300])  # within the grace
+        answer = raw_request(port, GET_OTHER_BT)  # the gone client's credential opens it, the open client serves it
         assert answer.startswith(b"HTTP/1.1 200 ") and b'"upstream": "OPEN"' in answer, answer[:300]
-        said = [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
-        assert len(said) == 1 and said[0].startswith("event=protection_lifted ") and "first=http:*" in said[0], said
+        wait_until(lambda: raw_request(port, GET_OTHER).startswith(b"HTTP/1.1 200 "))
+        assert time.monotonic() - left >= 2.0
+        answer = raw_request(port, GET_OTHER)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"upstream": "OPEN"' in answer, answer[:300]
+        said = [line.split(" note=")[0] for line in _protection_lines(caplog)]
+        assert [line.split(" client=")[0] for line in said] == ["event=protection_kept", "event=protection_lifted"]
+        assert all(line.endswith("names=1 first=http:*") for line in said), said
+    finally:
+        stack.close()
+
+
+def test_protection_stays_while_its_last_client_restarts_within_the_grace(tls, token, caplog, monkeypatch):
+    """Found by a review: lifted as soon as the protecting client left, a restart (its drain's GOAWAY, then a
+    reconnect a second or two later) let requests reach the unprotected client without credentials meanwhile."""
+    import logging
+
+    monkeypatch.setattr(guard, "PROTECTION_GRACE", 1.5)
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    stack, server, upstreams, protecting = _protected_catch_all(tls, token)
+    try:
+        port = server.data_port
+        stack.stop_client(protecting)
+        wait_until(lambda: len(server.registry.sessions_for("http:*")) == 1)
+        assert raw_request(port, GET_OTHER).startswith(b"HTTP/1.1 401 ")
+        stack.client(server, tls, token, upstreams, HttpOptions.build(bearer_token="bt"))  # back, restarted
+        deadline = time.monotonic() + 2.5  # past the grace
+        while time.monotonic() < deadline:
+            assert raw_request(port, GET_OTHER).startswith(b"HTTP/1.1 401 ")
+            time.sleep(0.25)
+        assert raw_request(port, GET_OTHER_BT).startswith(b"HTTP/1.1 200 ")
+        said = _protection_lines(caplog)
+        assert not [line for line in said if line.startswith("event=protection_lifted ")], said
     finally:
         stack.close()
 

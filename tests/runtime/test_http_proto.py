@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 
 import pytest
 
+from inlets_py.runtime.http import guard
 from inlets_py.runtime.http.guard import Guards
 from inlets_py.runtime.http.options import HOP_BY_HOP, HttpOptions, OptionError
 from inlets_py.runtime.http.messages import Body, EndOfMessage, HttpError, RequestHead, ResponseHead, Upgraded, host_of
@@ -444,11 +446,12 @@ def test_other_target_forms_are_400(target):
     assert info.value.status == 400
 
 
-def test_protection_belongs_to_the_name(caplog: pytest.LogCaptureFixture):
+def test_protection_belongs_to_the_name(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
     """Sessions are any hashable here; the live behaviour is in test_http_hostile. Keeping and lifting are said (a
     password prompt that stayed, or went, had no word in the log why)."""
     import logging
 
+    monkeypatch.setattr(guard, "PROTECTION_GRACE", 0.05)
     caplog.set_level(logging.INFO, logger="inlets.http")
     protect, other, plain = (HttpOptions.build(basic_auth=("alice", "pw")), HttpOptions.build(bearer_token="t"),
                              HttpOptions())
@@ -467,14 +470,47 @@ def test_protection_belongs_to_the_name(caplog: pytest.LogCaptureFixture):
     assert "http:s" in guards  # nobody serves it: still protected (503, not the catch-all)
     guards.admit("D", ["http:s"], plain)  # a client serves it unprotected while no protecting one is there
     assert "http:s" not in guards
-    guards.admit("E", ["http:s", "http:t"], protect)
-    guards.release("E", lambda service: service == "http:s")  # D still serves s, unprotected: lifted; t is kept
-    assert "http:s" not in guards and "http:t" in guards
+
+    async def leaves_while_d_serves_s() -> None:
+        guards.admit("E", ["http:s", "http:t"], protect)
+        guards.release("E", lambda service: service == "http:s")  # D still serves s, unprotected: E may be restarting
+        assert guards["http:s"].authorized(alice) and not guards["http:s"].authorized(None) and "http:t" in guards
+        await asyncio.sleep(0.2)  # the grace ended with no protecting client back: s lifted, t (served by none) kept
+
+    asyncio.run(leaves_while_d_serves_s())
+    assert "http:s" not in guards and "http:t" in guards and not guards._grace
     said = [r.getMessage() for r in caplog.records if "event=protection_" in r.getMessage()]
     assert [line.split(" note=")[0] for line in said] == [
         "event=protection_kept client=C names=1 first=http:s", "event=protection_lifted client=D names=1 first=http:s",
-        "event=protection_kept client=E names=1 first=http:t", "event=protection_lifted client=E names=1 first=http:s"
+        "event=protection_kept client=E names=1 first=http:t", "event=protection_kept client=E names=1 first=http:s",
+        "event=protection_lifted client=E names=1 first=http:s"
     ], said
+
+
+def test_protection_grace_is_one_timer_bounded_and_ends_with_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each name waits for its latest leave only; however many names wait, one timer is pending, and the names stay
+    within the bound on names left (MAX_LEFT); once the server stops, nothing is lifted."""
+    protect = HttpOptions.build(bearer_token="t")
+    served = lambda service: True  # noqa: E731 - a client serving every name without protection
+    monkeypatch.setattr(guard, "PROTECTION_GRACE", 0.05)
+
+    async def churn() -> None:
+        guards = Guards(max_left=3)
+        timer = None
+        for n in range(50):  # clients that come and go, each leaving its names to an unprotected client
+            guards.admit(n, ["http:s", f"http:c{n}"], protect)
+            guards.release(n, served)
+            timer = timer or guards._timer
+            assert guards._timer is timer  # the first leave's, none more
+        assert len(guards._grace) == 3 and set(guards._grace) <= set(guards._left) and len(guards._left) == 3
+        guards.admit("back", ["http:s"], protect)  # a protecting client is back
+        guards.close()
+        assert timer is not None and timer.cancelled() and guards._timer is None and not guards._grace
+        guards.release("back", served)  # leaving after the server stopped: kept, no timer
+        await asyncio.sleep(0.1)
+        assert "http:s" in guards and "http:c49" in guards and guards._timer is None
+
+    asyncio.run(churn())
 
 
 def test_protections_left_by_clients_are_bounded_oldest_forgotten_first(caplog: pytest.LogCaptureFixture) -> None:
