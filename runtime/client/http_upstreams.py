@@ -49,7 +49,7 @@ class HttpUpstream:
         return connect_socket if is_name(self.host) or self.scheme == "https" else None
 
     @functools.cached_property
-    def unanswered(self) -> Callable[[], None] | None:
+    def unanswered(self) -> Callable[[bool], None] | None:
         """What a connection to an http:// upstream calls when it closed before a word of an answer (``dial``'s
         ``unanswered``): one that serves TLS does so, and users got 502 with nothing in this client's log."""
         if self.scheme != "http":
@@ -76,7 +76,9 @@ class UnansweredHint:
     """Says, once per ``HINT_WINDOW`` for one upstream, that it closed connections before answering (how a TLS
     server answers plain HTTP: a FIN from OpenSSL, a reset from Python's ssl); the next line counts those left out
     (``suppressed=N``, as ``logs.RepeatLimit`` writes it). Not when the user had left first: its FIN, passed on
-    (``TcpBridge.on_eof``), is what an upstream still silent (a long poll, a slow report) closed at."""
+    (``TcpBridge.unanswered``'s ``user_left``), is what an upstream still silent (a long poll, a slow report) closed
+    at. A TLS server closes at the plain request, long before the server passes on a FIN (a second after the whole
+    request): a user that sent its request and half-closed at once still gets the hint said."""
 
     __slots__ = ("url", "https", "said", "left_out")
 
@@ -85,8 +87,8 @@ class UnansweredHint:
         self.said: float | None = None
         self.left_out = 0
 
-    def __call__(self, channel: Channel | None = None) -> None:
-        if channel is not None and getattr(channel.handler, "_eof_from_stream", False):  # the bridge's: the user left
+    def __call__(self, user_left: bool) -> None:
+        if user_left:
             log.info("event=upstream_unanswered upstream=%s reason=user_left note=%s", logfmt(self.url),
                      logfmt("the user closed its side before the upstream answered; the upstream then closed"),
                      extra={"cause": (self.url, "user_left")})
@@ -198,6 +200,5 @@ class HttpUpstreams:
             channel.reset(ResetCode.NOT_ALLOWED, f"{channel.target} is not served by this client")
             return
         tls = self.tls if upstream.scheme == "https" else None
-        unanswered = upstream.unanswered  # told of this stream: whether its user had left when the upstream closed
         dial(channel, upstream.host, upstream.port, tls=tls, label=str(upstream), logger=log, opener=upstream.opener,
-             unanswered=None if unanswered is None else functools.partial(unanswered, channel))
+             unanswered=upstream.unanswered)

@@ -65,7 +65,9 @@ class TcpBridge(asyncio.Protocol):
     accepted = False
     #: Called once when the socket ends (a FIN or a reset) before it sent a byte, after the stream sent it some:
     #: an http:// upstream that serves TLS does so. Set by ``dial`` for those who ask; looked at only as a socket ends.
-    unanswered: Callable[[], None] | None = None
+    #: Told ``user_left``: the stream's FIN (a user's, which the server passes on only a second after a whole request)
+    #: had gone to the socket first, so its close may answer that FIN (a long poll that stops), not plain HTTP to TLS.
+    unanswered: Callable[[bool], None] | None = None
     #: Called instead of ``unanswered`` when the socket ended so while the stream's bytes were still being written to
     #: it: no TLS server, but one that answered early (413, 401) and closed with the body unread, its answer lost.
     cut_sending: Callable[[], None] | None = None
@@ -205,8 +207,9 @@ class TcpBridge(asyncio.Protocol):
         if (tell is not None and channel is not None and channel.bytes_in and not channel.bytes_out
                 and self._pending is None):
             if (self._write_paused or self._write_failed) and self.cut_sending is not None:
-                tell = self.cut_sending
-            tell()
+                self.cut_sending()
+            else:
+                tell(self._eof_from_stream)
 
     def _send_eof(self) -> None:
         if self._eof_sent or self.channel is None:
@@ -273,13 +276,14 @@ def _tls_failure(exc: ssl.SSLError) -> str:
 
 def dial(channel: Channel, host: str, port: int, *, tls: ssl.SSLContext | None = None, label: str = "",
          logger: logging.Logger = log, opener: Callable[..., Awaitable[socket.socket]] | None = None,
-         unanswered: Callable[[], None] | None = None) -> None:
+         unanswered: Callable[[bool], None] | None = None) -> None:
     """Bridge ``channel`` to a new connection to host:port (TLS with ``tls``); reset the stream if that
     fails, logging why to ``logger`` under ``label`` (default host:port). ``opener`` makes the TCP connection
     when given (``eyeballs.connect_socket`` for names: the loops try a name's addresses in turn, each until it fails),
     called with ``failures=``, a list it notes each address's failure in. ``unanswered`` is called when the
-    connection ends before it said a word to what the stream sent it (``TcpBridge.unanswered``). TLS checks and sends
-    as SNI ``tls_name(host)``: a final dot (``api.example.com.``) failed the check, and SNI may carry none.
+    connection ends before it said a word to what the stream sent it, told whether the stream's FIN had gone to it
+    first (``TcpBridge.unanswered``). TLS checks and sends as SNI ``tls_name(host)``: a final dot
+    (``api.example.com.``) failed the check, and SNI may carry none.
 
     One task for the connect and a timer, with a done-callback: not a coroutine around
     ``wait_for``, which adds a task, a future and their steps to every stream opened."""

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 import queue
+import ssl
 import time
 
 import pytest
@@ -83,13 +84,17 @@ def env(tls, token):
         fin_port = stack.serve(_answer_after_fin)
         stop_port = stack.serve(_stop_at_fin)
         slow_port = stack.serve(_slow_answer_stops_at_fin)
+        serves_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        serves_tls.load_cert_chain(tls.cert, tls.key)
+        tls_port = stack.upstream("tls", ssl=serves_tls)[1]  # told http://: it resets a plain request at once
         server = stack.server(tls, token, upstream_timeout=30.0)
         stack.client(server, tls, token, [f"poll.test=http://{LOOPBACK}:{poll_port}",
                                           f"fin.test=http://{LOOPBACK}:{fin_port}",
                                           f"stop.test=http://{LOOPBACK}:{stop_port}",
                                           f"slow.test=http://{LOOPBACK}:{slow_port}",
-                                          f"left.test=http://{LOOPBACK}:{left_port}"])
-        yield dict(server=server, poll=poll, left=left, left_port=left_port)
+                                          f"left.test=http://{LOOPBACK}:{left_port}",
+                                          f"tls.test=http://{LOOPBACK}:{tls_port}"])
+        yield dict(server=server, poll=poll, left=left, left_port=left_port, tls_port=tls_port)
     finally:
         stack.close()
 
@@ -152,3 +157,24 @@ def test_an_upstream_closing_after_its_user_left_gets_no_tls_hint(env, caplog):
     assert not any("event=upstream_closed_without_answer" in line or "https://" in line for line in lines), lines
     assert lines == [f"event=upstream_unanswered {upstream}reason=user_left "
                      'note="the user closed its side before the upstream answered; the upstream then closed"'], lines
+
+
+def test_a_user_that_half_closes_after_its_request_keeps_the_tls_hint(env, caplog):
+    """A user that sends its whole request and half-closes at once still waits for the answer: an http:// upstream
+    that serves TLS closed at the plain request, its fault, before the server passed the FIN on (``FIN_GRACE`` after
+    the request), so the client gives the https:// hint, not "the user left"."""
+    caplog.set_level(logging.INFO, logger="inlets.http")
+    with socket.create_connection((LOOPBACK, env["server"].data_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 502 "), answer
+    upstream = f"upstream=http://{LOOPBACK}:{env['tls_port']} "
+    deadline = time.monotonic() + 5  # the client logs as the upstream's close reaches it, before the 502
+    while not (lines := [r.getMessage() for r in caplog.records if upstream in r.getMessage()]):
+        assert time.monotonic() < deadline, "the client said nothing of the upstream's close"
+        time.sleep(0.05)
+    assert len(lines) == 1 and lines[0].startswith(f"event=upstream_closed_without_answer {upstream}"), lines
+    assert f"use https://{LOOPBACK}:{env['tls_port']}" in lines[0] and "user_left" not in lines[0], lines
