@@ -12,9 +12,8 @@ import typer
 
 from ..client.outbound_proxy import ProxyConfigError
 from ..client.proxy_dial import dialer_for
-from ..client.connect import logins_refused
 from ..client.diagnose import printable
-from ..core.auth import (TokenError, read_token_lines, read_tokens, several_tokens, token_refused,
+from ..core.auth import (TokenError, logins_refused, read_token_lines, read_tokens, several_tokens, token_refused,
                          warn_if_others_can_read)
 from ..core.hosts import HostError, check_host
 from ..core.jsonload import RepeatedKey, loads as load_json
@@ -156,9 +155,8 @@ def _status(url: str, token: str | None, token_file: Path | None, tls_ca: Path |
     if answer.status == 401:
         first_of = (len(tokens), token_file) if token_file is not None and len(tokens) > 1 else None
         raise _Unanswered(f"{where}{token_refused(first_of)}")
-    if answer.status == 429:  # every login from this address, the right token's too: the seconds are in our body
-        wait = re.search(r"try again in ([0-9]{1,6}) s", answer.body)
-        raise _Unanswered(f"{where}{logins_refused(int(wait[1]) if wait else None)}: try again then")
+    if answer.status == 429:  # every login from this address, the right token's too, for its Retry-After
+        raise _Unanswered(f"{where}{logins_refused(answer.retry_after)}: try again then")
     if 300 <= answer.status < 400:  # as the client says it
         to = f" to {printable(answer.location, 300)}" if answer.location else ""
         raise _Unanswered(f"{where}{endpoint.where} answers a redirect (HTTP {answer.status}){to}, which a "

@@ -24,7 +24,7 @@ from websockets.exceptions import (
 )
 
 from ..core import retry_after as retry_after_header
-from ..core.auth import token_refused
+from ..core.auth import logins_refused, token_refused
 from ..core.eyeballs import connect_socket, failure_words, is_name
 from ..core.handshake import (
     CLOSE_BAD_HELLO, CONNECT_PATH, FATAL_CLOSE_CODES, HandshakeError, Hello, Welcome, parse_welcome,
@@ -58,15 +58,6 @@ WELCOME_TIMEOUT = 15.0
 #: The longest Retry-After a client waits for: the server's window is a minute; a longer one (a proxy's, a wrong
 #: clock) would leave the tunnel down for as long as it said. SIGHUP still ends the wait at once.
 LOGINS_WAIT_MAX = 600.0
-
-
-def logins_refused(seconds: float | None) -> str:
-    """What a client and ``inlets status`` say of a 429: the server refuses every login from this address, a right
-    token too, for the rest of a window after too many failed ones (``server/ratelimit.py``). Not "token refused":
-    the token may be right, and the wrong ones may be another client's behind the same address (one NAT)."""
-    when = f"for {seconds:.0f} s" if seconds is not None else "for up to a minute"
-    return (f"the server refuses logins from this address {when} after too many failed ones (a wrong token from "
-            "this address: this client's, or another client's behind the same address)")
 
 
 class LoginsRefused(InvalidHandshake):

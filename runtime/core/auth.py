@@ -39,13 +39,23 @@ class TokenError(Exception):
 
 def token_refused(first_of: tuple[int, Path] | None = None) -> str:
     """What a client and ``inlets status`` say when the server refuses the token (401; a 429 refuses every login
-    from an address, the right token too: ``client.connect.logins_refused``). ``first_of``: (tokens, file) when the
+    from an address, the right token too: ``logins_refused``). ``first_of``: (tokens, file) when the
     token was the first of a file holding several (a server's rotation file), of which only the first is sent."""
     if first_of is not None and first_of[0] > 1:
         count, path = first_of
         return (f"the server refused the first of {count} tokens in {path} (HTTP 401), the only one sent: put the "
                 "token this server takes first, or give a file holding only it")
     return "the server refused the token (HTTP 401): check --token/--token-file"
+
+
+def logins_refused(seconds: float | None) -> str:
+    """What a client and ``inlets status`` say of a 429: the server refuses every login from this address, a right
+    token too, for ``seconds`` (its Retry-After), the rest of a window after too many failed ones
+    (``server/ratelimit.py``). Not "token refused": the token may be right, and the wrong ones may be another
+    client's behind the same address (one NAT)."""
+    when = f"for {seconds:.0f} s" if seconds is not None else "for up to a minute"
+    return (f"the server refuses logins from this address {when} after too many failed ones (a wrong token from "
+            "this address: this client's, or another client's behind the same address)")
 
 
 def several_tokens(count: int, path: Path, line: int) -> str:

@@ -5,6 +5,7 @@ Blocking on purpose: used by one-shot commands (``inlets status``, inletsctl's w
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import socket
 import ssl
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import retry_after
 from .hosts import HostError, authority, split_url, tls_name
 from .ports import url_port
 from .tls import client_context, too_old, too_old_words, verify_failure
@@ -56,6 +58,7 @@ class Answer:
     status: int
     body: str
     location: str | None = None  # a redirect's, to say where it pointed
+    retry_after: float | None = None  # seconds its Retry-After asks to wait (a 429's), read as the client reads it
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,10 @@ def get(
             response.begin()
             if response.status == 400 and not endpoint.tls and _speaks_tls(endpoint, timeout, dial):  # nginx's answer to that
                 raise ProbeError(f"{endpoint.where} speaks TLS: use wss:// in --url")
+            waits = response.msg.get_all("Retry-After")  # the first, as the client takes it: getheader joins repeats
+            wait = retry_after.parse(waits[0], datetime.datetime.now(datetime.timezone.utc)) if waits else None
             answer = Answer(response.status, response.read(4 * 1024 * 1024).decode(errors="replace"),
-                            response.getheader("Location"))
+                            response.getheader("Location"), wait)
         except (OSError, http.client.HTTPException):
             if expired.is_set():
                 raise ProbeError(late) from None

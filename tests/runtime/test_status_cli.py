@@ -50,7 +50,8 @@ def test_a_wrong_scheme_is_named_with_its_fix(tmp_path: Path, tls: TlsFiles, tok
 
 
 @contextlib.contextmanager
-def web_answering(status: int, body: str, content_type: str = "text/plain", location: str = "") -> Iterator[int]:
+def web_answering(status: int, body: str, content_type: str = "text/plain", location: str = "",
+                  retry_after: tuple[str, ...] = ()) -> Iterator[int]:
     """A plain web server on loopback answering every GET with ``status`` and ``body``; yields its port."""
     class Fixed(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -58,6 +59,8 @@ def web_answering(status: int, body: str, content_type: str = "text/plain", loca
             self.send_header("Content-Type", content_type)
             if location:
                 self.send_header("Location", location)
+            for value in retry_after:
+                self.send_header("Retry-After", value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body.encode())
@@ -86,6 +89,19 @@ def test_a_redirect_says_where_it_pointed_as_the_client_does(token_file: Path) -
         line = status_line(f"ws://127.0.0.1:{port}", token_file)
     assert line == (f"inlets: error: 127.0.0.1:{port} answers a redirect (HTTP 301) to https://example.test/\\x1b[2Jlogin, "
                     "which a tunnel server never sends: check --url"), line
+
+
+@pytest.mark.parametrize("given, said", [(("30",), "for 30 s"), (("30", "5"), "for 30 s"), ((), "for up to a minute")],
+                         ids=["retry-after", "repeated", "none"])
+def test_a_429_says_its_retry_after_as_the_client_reads_it(token_file: Path, given: tuple[str, ...], said: str) -> None:
+    """Status read the wait from the server's English body ("try again in N s"), the client from Retry-After: a
+    proxy's 429 in front (nginx's limit_req page with Retry-After added) was said "for up to a minute". Now both
+    read the header, the first of repeated ones."""
+    with web_answering(429, "<html><title>429 Too Many Requests</title></html>", "text/html", retry_after=given) as port:
+        line = status_line(f"ws://127.0.0.1:{port}", token_file)
+    assert line == (f"inlets: error: the server refuses logins from this address {said} after too many failed ones "
+                    "(a wrong token from this address: this client's, or another client's behind the same address): "
+                    "try again then"), line
 
 
 def test_status_takes_the_clients_url_schemes_only(token_file: Path) -> None:
