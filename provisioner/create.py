@@ -1,4 +1,5 @@
-"""``inletsctl create``: secrets, user-data, the VM, the wait, and the summary, in that order."""
+"""``inletsctl create``: secrets, user-data, the VM, the wait, and the summary, in that order; what a create that
+fails says and leaves is ``create_failure``'s."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ from typing import Any
 
 from . import material as material_mod
 from . import replicas
-from .errors import (STATE_API_ERROR, STATE_GONE, STATE_INVALID, STATE_NO_IP, LeftBehind, NotFound, ProvisionError,
-                     StatusFailed, Transient, UsageError, interrupted_status)
+from .create_failure import (Learned, credential_flags, failed_after_making, interrupted_after_making,
+                             interrupted_when_ready, made_anyway, record_id)
+from .errors import NotFound, ProvisionError, UsageError
 from .names import check_name, random_name
 from .providers import Credentials, registry
-from .providers.base import GONE_TIMEOUT, Host, Plan, Provisioner, delete_leftovers, leftover_words
+from .providers.base import Host, Plan, Provisioner
 from .output import command_word
 from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
-from .state import ServerState, delete_command, inletsctl_command, prepare_root
-from .status import as_failed, connect
-from .wait import Delivery, Progress, wait_until_balanced, wait_until_gone, wait_until_ready
+from .state import ServerState, delete_command, prepare_root
+from .status import connect
+from .wait import Delivery, Progress, wait_until_balanced, wait_until_ready
 from .wheel import build_runtime_wheel
 
 LOCAL_DEFAULT_PORTS = (8080,)
@@ -151,46 +153,18 @@ def _ca_bundle(opts: CreateOptions) -> str | None:
     return "".join(cert.public_bytes(Encoding.PEM).decode() for cert in certificates)
 
 
-@dataclass
-class _Known:
-    """What a create that failed had learned, for ``create --json`` to print as ``status --json`` prints its failures:
-    the fields status shows, and how far the create got, which picks the state word."""
-
-    result: dict[str, Any]
-    asking: bool = False  # the failure is the provider's answer (its API, an ssh host): STATE_API_ERROR
-    folder: Path | None = None  # the state folder this create reserved
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def failed(self, exc: ProvisionError) -> StatusFailed:
-        """``exc`` with ``result`` and its state: made and kept for its delete command, ``no_ip`` (create did not
-        finish, as ``status`` then says too); made and deleted, ``gone``; nothing made, why not."""
-        self.result |= {"id": self.meta.get("id"), "ip": self.meta.get("ip")} if self.meta else {}
-        made = self.folder is not None and self.folder.exists()
-        if isinstance(exc, StatusFailed):  # connect's: the provider unknown, its credentials missing
-            state = exc.state
-        elif exc.exit_code == 2:  # a UsageError
-            state = STATE_INVALID
-        elif made or self.meta.get("id"):
-            state = STATE_NO_IP if made else STATE_GONE
-        else:
-            state = STATE_API_ERROR if self.asking else STATE_INVALID
-        failed = as_failed(StatusFailed(str(exc), state, None, exc.exit_code), self.result)
-        failed.result |= {"error": str(failed), "state": failed.state}
-        return failed
-
-
 def create(opts: CreateOptions, progress: Progress) -> dict[str, Any]:
     """Create one exit server (or ``--replicas`` of it behind a balancer) and return its summary; what was
     made is left alone on failure unless asked. A failure is a StatusFailed whose ``result`` is the object
     ``create --json`` prints: the name, provider, id and ip known, ``error`` and ``state``."""
-    learned = _Known({"name": opts.name, "provider": opts.provider, "id": None, "ip": None})
+    learned = Learned({"name": opts.name, "provider": opts.provider, "id": None, "ip": None})
     try:
         return _create(opts, progress, learned)
     except ProvisionError as exc:
         raise learned.failed(exc) from None
 
 
-def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[str, Any]:
+def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[str, Any]:
     name = check_name(opts.name) if opts.name is not None else random_name()
     learned.result["name"] = name
     replicas.check(opts.provider, opts.replicas)
@@ -249,12 +223,12 @@ def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[st
             creating = host_name
             hosts.append(provider.create(plan))
             creating = None
-            _record_id(meta, index if group else None, hosts[-1].id)
+            record_id(meta, index if group else None, hosts[-1].id)
             state.save(meta)
     except BaseException as exc:
         cloud_unsure = provider.user_data_limit and isinstance(exc, ProvisionError) and not isinstance(exc, NotFound)
         if creating is not None and (cloud_unsure or isinstance(exc, KeyboardInterrupt)):  # it may exist all the same
-            exc, known = _made_anyway(exc, provider, creating, hosts, meta, state, opts)
+            exc, known = made_anyway(exc, provider, creating, hosts, meta, state, opts)
             if not known:
                 raise exc from None  # the state stays, for the delete command it names
         if not hosts:
@@ -262,10 +236,10 @@ def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[st
             learned.asking = creating is not None and opts.provider != "local"  # local: this machine (a port taken)
             raise exc
         if isinstance(exc, KeyboardInterrupt):
-            raise _interrupted(exc, hosts, state, opts) from None
+            raise interrupted_after_making(exc, hosts, state, opts) from None
         if not isinstance(exc, ProvisionError):
             raise
-        raise _failed(exc, provider, meta, state, opts, progress) from None
+        raise failed_after_making(exc, provider, meta, state, opts, progress) from None
     started = time.monotonic()
     why = functools.partial(_why_hint, opts) if provider.user_data_limit else None
     try:
@@ -279,9 +253,9 @@ def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[st
         if group:
             _balance(provider, hosts, spec, meta, state, opts, progress, started)
     except ProvisionError as exc:
-        raise _failed(exc, provider, meta, state, opts, progress) from None
+        raise failed_after_making(exc, provider, meta, state, opts, progress) from None
     except KeyboardInterrupt as exc:
-        raise _interrupted(exc, hosts, state, opts) from None
+        raise interrupted_after_making(exc, hosts, state, opts) from None
     recorded = False  # the client command is in the state: a Ctrl-C from here on leaves a ready server
     try:  # a Ctrl-C here exited 130 without a word, the server up and its state without an address
         ips = [host.ip or "" for host in hosts]
@@ -300,7 +274,7 @@ def _create(opts: CreateOptions, progress: Progress, learned: _Known) -> dict[st
     except KeyboardInterrupt as exc:
         if recorded:
             raise interrupted_when_ready(exc, name, state.root, credential_flags(opts.creds)) from None
-        raise _interrupted(exc, hosts, state, opts) from None
+        raise interrupted_after_making(exc, hosts, state, opts) from None
 
 
 def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: dict[str, Any], state: ServerState,
@@ -315,98 +289,6 @@ def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: d
     meta.update(ip=balancer.ip, data_addr=balancer.ip)
 
 
-def _failed(
-    exc: ProvisionError, provider: Provisioner, meta: dict[str, Any], state: ServerState, opts: CreateOptions,
-    progress: Progress,
-) -> ProvisionError:
-    if not state.dir.exists():  # deleted meanwhile (another inletsctl delete): a delete now finds nothing
-        return ProvisionError(f"{exc}; it was deleted meanwhile (its local state is gone too)")
-    if not opts.delete_on_failure:
-        return ProvisionError(f"{exc}; delete it with: {_delete_command(state, opts)}")
-    try:
-        timeout, started = min(opts.timeout, GONE_TIMEOUT), time.monotonic()
-        if replicas.is_group(meta):
-            replicas.delete_group(provider, meta, timeout, progress, started)
-        else:
-            try:
-                provider.delete(str(meta["id"]), timeout)
-            except NotFound:  # gone already: what was made with it (a Hetzner or Linode firewall) goes by its name
-                delete_leftovers(provider, state.name)
-            else:
-                wait_until_gone(provider, str(meta["id"]), timeout, progress, interval=1.0, started=started,
-                                label=state.name)
-    except NotFound:
-        pass
-    except ProvisionError as again:
-        return ProvisionError(f"{exc}; deleting it also failed ({again}): {_delete_command(state, opts)}")
-    state.remove()
-    return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
-
-
-def _record_id(meta: dict[str, Any], replica: int | None, host_id: str) -> None:
-    if replica is not None:
-        meta["replicas"][replica]["id"] = host_id
-    else:
-        meta["id"] = host_id
-
-
-def _made_anyway(exc: BaseException, provider: Provisioner, name: str, hosts: list[Host], meta: dict[str, Any],
-                 state: ServerState, opts: CreateOptions) -> tuple[BaseException, bool]:
-    """A create call was interrupted (Ctrl-C: a VM requested, a host half set up over SSH, a process started), or a
-    cloud's failed after it may have been sent (no answer in time, a 500, an answer that cannot be read): it may
-    exist and bill or serve all the same, so look for it by name.
-
-    Returns the error to go on with and whether it is known what exists: found, the VM joins ``hosts`` and is
-    reported (or deleted) like one that never came up; not found, ``exc`` stands. Unknown (Ctrl-C, the API still
-    failing): the state must stay, so that the delete command the error names finds the VM by name if it exists."""
-    delete = _delete_command(state, opts)
-    if isinstance(exc, KeyboardInterrupt):  # no API calls after Ctrl-C
-        if hosts:
-            return exc, True  # _interrupted says what is left
-        return ProvisionError(f"interrupted while creating {name!r} on {opts.provider}, which may have made it: "
-                              f"`{delete}` deletes it if so, and removes the local state",
-                              exit_code=interrupted_status(exc)), False
-    try:
-        found = next((h for h in provider.list() if h.name == name), None)
-    except ProvisionError as again:
-        return ProvisionError(f"{exc}; whether {opts.provider} created {name!r} all the same could not be checked "
-                              f"({again}): `{delete}` deletes it if it did, and removes the local state"), False
-    if found is None and isinstance(exc, Transient) and exc.maybe_done:  # the API may still be making it, unlisted
-        return ProvisionError(f"{exc}; {opts.provider} does not list {name!r} yet but may still make it: `{delete}` "
-                              "deletes it if so, and removes the local state"), False
-    if found is None and not isinstance(exc, (Transient, LeftBehind)):
-        return exc, True
-    if found is None:  # what it made first may exist all the same (a firewall whose POST timed out): named
-        # inlets-NAME, it made the next create of NAME fail ("label must be unique"), and no state was left to delete it
-        try:
-            removed = delete_leftovers(provider, name)
-        except NotFound:
-            removed = []
-        except ProvisionError as again:
-            return ProvisionError(f"{exc}; whether {opts.provider} made a firewall for {name!r} all the same could not "
-                                  f"be checked ({again}): `{delete}` deletes it if it did, and removes the local "
-                                  "state"), False
-        return (ProvisionError(f"{exc}; {leftover_words(removed)}") if removed else exc), True
-    hosts.append(found)
-    replica = next((i for i, r in enumerate(meta.get("replicas") or []) if r.get("name") == name), None)
-    _record_id(meta, replica, found.id)
-    state.save(meta)
-    return ProvisionError(f"{exc}; {opts.provider} created {name!r} all the same (id {found.id})"), True
-
-
-def _interrupted(exc: KeyboardInterrupt, hosts: list[Host], state: ServerState, opts: CreateOptions) -> ProvisionError:
-    """Ctrl-C (or SIGTERM) once something exists: say what is left and how to remove it (as a failed wait does),
-    never a silent exit that leaves a server nobody knows of."""
-    ids = ", ".join(host.id for host in hosts)
-    return ProvisionError(f"interrupted: exit server {state.name!r} was left on {opts.provider} (id {ids}) without "
-                          f"its client command; delete it with: {_delete_command(state, opts)}",
-                          exit_code=interrupted_status(exc))
-
-
-def interrupted_when_ready(exc: KeyboardInterrupt, name: str, root: Path, flags: str = "") -> ProvisionError:
-    """Ctrl-C (or SIGTERM) once the server is up and its client command recorded: where to see that command."""
-    return ProvisionError(f"interrupted: exit server {name!r} is ready; see its client command with: "
-                          f"{inletsctl_command('status', name, root)}{flags}", exit_code=interrupted_status(exc))
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:
@@ -424,17 +306,6 @@ def _why_hint(opts: CreateOptions, host: Host) -> str:
 
 def _iso(when: datetime.datetime) -> str:
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def credential_flags(creds: Credentials) -> str:
-    """The credential files create was given, as flags of the delete and status commands it prints: without them
-    those failed as printed ("no DigitalOcean access token"). Paths only: a token given inline is never printed."""
-    files = (("--access-token-file", creds.token_file), ("--secret-key-file", creds.secret_file))
-    return "".join(f" {flag} {shlex.quote(str(path))}" for flag, path in files if path is not None)
-
-
-def _delete_command(state: ServerState, opts: CreateOptions) -> str:
-    return delete_command(state.name, state.root) + credential_flags(opts.creds)
 
 
 def summary(meta: dict[str, Any], state: ServerState, flags: str = "") -> dict[str, Any]:

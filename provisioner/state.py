@@ -1,8 +1,8 @@
 """Per-exit-server secrets and metadata on the user's machine.
 
-One folder (0700) per exit server under the state root: the token, the CA the
-client pins, the server's key and certificate where the server runs locally, and
-``server.json``. Secret files are 0600 from the moment they exist.
+One folder (0700) per exit server under the state root (``state_root``): the token,
+the CA the client pins, the server's key and certificate where the server runs
+locally, and ``server.json``. Secret files are 0600 from the moment they exist.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import datetime
 import errno
+import functools
 import os
-import re
 import shlex
 import stat
 import time
@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inlets_py.runtime.core.files import UNFINISHED
+
 from .errors import NotFound, ProvisionError, os_words
 from .output import command_word
 from .names import NAME_RE as _NAME_RE
+from .state_root import STATE_ENV, state_root  # noqa: F401  # re-exported: the CLI's
+from .state_root import check_root, chmod_command, default_root, prepare_root
 
-STATE_ENV = "INLETSCTL_STATE_DIR"
 METADATA = "server.json"
+TOKEN, CA_CERT, SERVER_CERT, SERVER_KEY = "token", "ca.crt", "server.crt", "server.key"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -33,116 +37,6 @@ def _write_private(path: Path, data: bytes) -> None:
     from inlets_py.runtime.core.certs import write_private
 
     write_private(path, data)
-
-
-def state_root(override: Path | None = None) -> Path:
-    """``--state-dir``, else $INLETSCTL_STATE_DIR, else $XDG_CONFIG_HOME/inletsctl (~/.config). A blank or relative
-    $XDG_CONFIG_HOME is ignored, as the XDG Base Directory spec says (a relative one kept the tokens under whatever
-    folder inletsctl ran in); ~ is $HOME, else the passwd entry's home (``user_home``), never the filesystem root."""
-    if override is not None:
-        return override.expanduser().absolute()
-    root = _default_root()
-    if root is None:
-        raise ProvisionError(f"no home folder to keep exit servers in: $HOME is not an absolute path and this user has "
-                             f"no home in /etc/passwd; set HOME, or give --state-dir (or ${STATE_ENV})")
-    return root
-
-
-def _default_root() -> Path | None:
-    """The state root without --state-dir; None when there is no home folder to put it in."""
-    if os.environ.get(STATE_ENV):
-        return Path(os.environ[STATE_ENV]).expanduser().absolute()
-    base = os.environ.get("XDG_CONFIG_HOME", "")
-    if os.path.isabs(base):
-        return Path(base) / "inletsctl"
-    from inlets_py.runtime.cli.config import user_home  # imported here: --help needs no home
-
-    home = user_home()
-    return None if home is None else home / ".config" / "inletsctl"
-
-
-def prepare_root(root: Path) -> None:
-    """Create the state root (0700) before anything is made, or say in one line why it cannot be. One that exists
-    keeps its mode: it may be the user's own (--state-dir ~/projects), and each exit server's folder in it is 0700
-    already; but one another user owns or may write is refused, as they could put a folder of their own (their CA,
-    for the client to pin) in place of an exit server's."""
-    try:
-        shared = root.is_dir() and bool(root.stat().st_mode & stat.S_ISVTX)
-    except OSError:
-        shared = False
-    if shared:  # /tmp, /var/tmp: made 0700 below, every other user and service would lose it
-        raise ProvisionError(f"cannot keep exit servers in {root}: every user shares it (like /tmp), and making it "
-                             f"private (0700) would lock them out; give --state-dir a folder of its own, "
-                             f"e.g. {root / 'inlets'}")
-    try:
-        root.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        _check_existing_root(root)
-        return
-    except OSError as exc:
-        if isinstance(exc, PermissionError) and exc.filename:
-            why = f"no permission to write in {Path(exc.filename).parent}"
-        else:
-            why = _file_in_the_way(root) or os_words(exc)
-        raise ProvisionError(f"cannot keep exit servers in {root}: {why}; {_CHOOSE}") from None
-    try:
-        os.chmod(root, 0o700)  # whatever the umask took from mkdir's mode
-    except OSError as exc:
-        raise ProvisionError(f"cannot keep exit servers in {root}: {os_words(exc)}; {_CHOOSE}") from None
-
-
-def _check_existing_root(root: Path) -> None:
-    """A state root that exists (``prepare_root``): a folder of this user's that no one else may write."""
-    try:
-        info = root.stat()
-    except OSError as exc:
-        raise ProvisionError(f"cannot keep exit servers in {root}: {os_words(exc)}; {_CHOOSE}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise ProvisionError(f"cannot keep exit servers in {root}: {_file_in_the_way(root)}; {_CHOOSE}")
-    if info.st_uid != os.geteuid():
-        raise ProvisionError(f"cannot keep exit servers in {root}: it belongs to another user, and tokens are kept "
-                             f"only where no one else can read them (0700); {_CHOOSE}")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o022:
-        raise ProvisionError(f"cannot keep exit servers in {root}: other users may write in it (mode {mode:04o}), and "
-                             f"could put a folder of their own in place of an exit server's; run chmod go-w "
-                             f"{shlex.quote(str(root))}, or {_CHOOSE}")
-
-
-def check_root(root: Path) -> None:
-    """A state root that is (or lies under) a file, or that this user cannot read, is a mistake, never a root
-    with no exit servers."""
-    why, choose = _file_in_the_way(root), _CHOOSE
-    if why is None:
-        try:
-            os.listdir(root)  # reading its names
-            os.stat(os.path.join(root, "."))  # and entering it, to read each server's files
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except OSError as exc:
-            why, choose = os_words(exc), f"let this user read it ({_chmod(root)}) or {_CHOOSE}"
-    if why:
-        raise ProvisionError(f"cannot read exit servers from {root}: {why}; {choose}")
-
-
-_CHOOSE = f"give --state-dir (or ${STATE_ENV}) a folder you can write"
-
-
-def _chmod(folder: Path) -> str:
-    return f"chmod -R u+rwX {shlex.quote(str(folder))}"
-
-
-def _file_in_the_way(path: Path) -> str | None:
-    """``path`` or the first of its parents that is a file, said in words; None when there is none."""
-    for part in (path, *path.parents):
-        try:
-            part.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError:  # cannot be looked into: check_root says so
-            return None
-        return None if part.is_dir() else f"{part} is a file, not a folder"
-    return None
 
 
 @dataclass(frozen=True)
@@ -158,19 +52,19 @@ class ServerState:
 
     @property
     def token_file(self) -> Path:
-        return self.dir / "token"
+        return self.dir / TOKEN
 
     @property
     def ca_file(self) -> Path:
-        return self.dir / "ca.crt"
+        return self.dir / CA_CERT
 
     @property
     def cert_file(self) -> Path:
-        return self.dir / "server.crt"
+        return self.dir / SERVER_CERT
 
     @property
     def key_file(self) -> Path:
-        return self.dir / "server.key"
+        return self.dir / SERVER_KEY
 
     def exists(self) -> bool:
         """The folder holds a file inletsctl writes (or cannot be looked into): an exit server's state, if damaged."""
@@ -229,7 +123,7 @@ class ServerState:
             raise Damaged(self, "is missing") from None
         except PermissionError as exc:  # the state is likely fine, only its mode is not: say how to fix that first
             raise Damaged(self, f"cannot be read ({os_words(exc)})",
-                          fix=f"let this user read it ({_chmod(self.dir)}), or remove it with") from None
+                          fix=f"let this user read it ({chmod_command(self.dir)}), or remove it with") from None
         except OSError as exc:
             raise Damaged(self, f"cannot be read ({os_words(exc)})") from None
         except ValueError:  # JSONDecodeError, UnicodeDecodeError
@@ -256,7 +150,7 @@ class ServerState:
                              "again")
 
     def remove(self) -> str:
-        """Remove the files inletsctl writes in this folder (``STATE_FILES``), then the folder once empty; never
+        """Remove the files inletsctl writes in this folder (``state_files``), then the folder once empty; never
         anything else, as a folder that only looked like state was a user's (a project, another --state-dir nested
         here). '' when the folder is gone, else a clause saying it was kept and what it still holds."""
         if not _NAME_RE.fullmatch(self.name):  # only ever one exit server's own folder, never the root or beyond
@@ -288,29 +182,33 @@ class ServerState:
 
     def _cannot_remove(self) -> ProvisionError:
         parent = self.dir.parent  # removing the folder itself takes write access to the one holding it
-        fix = (_chmod(self.dir) if os.access(parent, os.W_OK | os.X_OK)
+        fix = (chmod_command(self.dir) if os.access(parent, os.W_OK | os.X_OK)
                else f"chmod u+rwx {shlex.quote(str(parent))}, the folder holding it")
         return ProvisionError(f"cannot remove {self.dir}: let this user change it ({fix}) and run the command again")
 
 
-#: The files inletsctl writes in an exit server's folder, for any provider: a folder holding none of them was never
-#: one (list and delete pass it by), and delete removes these only, never what else a folder holds.
-STATE_FILES = frozenset({
-    METADATA, METADATA + ".tmp",  # ServerState.save
-    "token", "ca.crt", "server.crt", "server.key",  # create: the secrets, and the TLS files of a server run here
-    "server.log", "server.pid",  # providers/local.py
-    "ssh.json", "known_hosts",  # providers/ssh.py: how to reach the host, and its pinned key
-    "ec2.json",  # providers/ec2_regions.py: the region
-    "vultr-firewall-markers",  # providers/vultr.py
-})
-#: What a write of one of them cut short leaves beside it (runtime.core.certs' ``_replace``: ".token.<16 hex>.tmp").
-_UNFINISHED = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{16}\.tmp")
+@functools.cache
+def state_files() -> frozenset[str]:
+    """The files inletsctl writes in an exit server's folder, for any provider: a folder holding none of them was
+    never one (list and delete pass it by), and delete removes these only, never what else a folder holds. Named by
+    the providers that write them, read when first asked: providers/local imports this module."""
+    from .providers import ec2_regions, local, ssh, vultr
+
+    return frozenset({
+        METADATA, METADATA + ".tmp",  # ServerState.save
+        TOKEN, CA_CERT, SERVER_CERT, SERVER_KEY,  # create: the secrets, and the TLS files of a server run here
+        local.PID_FILE, "server.log",  # the local server's pid and log (local.py names the log only where it is used)
+        ssh.RECORD, ssh.PINNED,  # how to reach the host, and its pinned key
+        ec2_regions.REGION_RECORD,
+        vultr.MARKERS,
+    })
 
 
 def _ours(name: str) -> bool:
-    """``name`` is one of the files inletsctl writes in an exit server's folder."""
-    unfinished = _UNFINISHED.fullmatch(name)
-    return name in STATE_FILES or (unfinished is not None and unfinished["name"] in STATE_FILES)
+    """``name`` is one of the files inletsctl writes in an exit server's folder, or what a write of one cut short
+    left beside it (``files.temporary_beside``: ".token.<16 hex>.tmp")."""
+    unfinished = UNFINISHED.fullmatch(name)
+    return name in state_files() or (unfinished is not None and unfinished["name"] in state_files())
 
 
 def _holds_ours(folder: Path) -> bool:
@@ -465,5 +363,5 @@ def not_here(name: str, root: Path, elsewhere: str = "") -> NotFound:
 
 def inletsctl_command(verb: str, name: str, root: Path) -> str:
     """``inletsctl VERB NAME``, with ``--state-dir`` when ``root`` is not the default: a command that acts on it."""
-    extra = "" if root == _default_root() else f" --state-dir {shlex.quote(str(root))}"
+    extra = "" if root == default_root() else f" --state-dir {shlex.quote(str(root))}"
     return f"{shlex.quote(command_word('inletsctl'))} {verb} {name}{extra}"

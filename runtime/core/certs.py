@@ -17,8 +17,6 @@ import fcntl
 import hashlib
 import ipaddress
 import os
-import re
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .files import write_new
+from .files import UNFINISHED, temporary_beside, write_new
 from .hosts import is_ip
 from .tls import EXIT_SERVER_NAME  # noqa: F401  # re-exported: the name inletsctl's certificates carry
 
@@ -195,7 +193,7 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
     The file beside is new (``files.write_new``, O_EXCL: no link followed, nothing someone else made reused), 0600
     before a byte goes in, and its name random: at the fixed ``<name>.tmp`` a file another user had made kept its
     owner, and the key written into it and renamed over ca.key was theirs to read."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    temporary = temporary_beside(path)
     try:
         write_new(temporary, data)
         if mode != 0o600:
@@ -207,15 +205,11 @@ def _replace(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-#: The name ``_replace`` writes beside a file: one left by a write cut short (a crash, a full disk) matches it.
-_UNFINISHED = re.compile(r"\.[^/]+\.[0-9a-f]{16}\.tmp")
-
-
 def _sweep_unfinished(directory: Path) -> None:
-    """Remove what a write cut short left (``_UNFINISHED``), under the folder's lock: no write of ours is under way,
+    """Remove what a write cut short left (``files.UNFINISHED``), under the folder's lock: no write of ours is under way,
     and each such file, a copy of a key, would otherwise stay for good (the fixed name before was written over)."""
     for entry in os.scandir(directory):
-        if _UNFINISHED.fullmatch(entry.name):
+        if UNFINISHED.fullmatch(entry.name):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 

@@ -4,7 +4,13 @@ Let's Encrypt's store (``acme.store``) and inletsctl's state."""
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from pathlib import Path
+
+#: The name ``temporary_beside`` gives: one left by a write cut short (a crash, a full disk) matches it, and ``name``
+#: is the file it was to replace, so a folder's owner (``certs``' sweep, ``inletsctl delete``) knows it for its own.
+UNFINISHED = re.compile(r"\.(?P<name>[^/]+)\.[0-9a-f]{16}\.tmp")
 
 
 def write_new(path: Path, data: bytes) -> None:
@@ -19,3 +25,9 @@ def write_new(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def temporary_beside(path: Path) -> Path:
+    """Where to write ``path``'s new content before renaming it over ``path``: random (``.NAME.<16 hex>.tmp``), as a
+    fixed ``NAME.tmp`` another user had made first kept its owner, and what was written into it was theirs to read."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")

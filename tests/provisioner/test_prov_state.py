@@ -422,11 +422,32 @@ def test_delete_of_damaged_state_removes_only_inletsctls_files_and_says_what_it_
 
 
 def test_every_file_a_provider_writes_in_a_state_folder_is_one_delete_removes() -> None:
-    """A file a provider writes that ``STATE_FILES`` lacks would be kept by delete, its folder with it."""
-    from inlets_py.provisioner.providers import ec2_regions, local, ssh, vultr
-    from inlets_py.provisioner.state import STATE_FILES
+    """A file a provider writes that ``state_files`` lacks would be kept by delete, its folder with it. Read from the
+    providers' own source: every name a provider module joins onto a folder (``plan.state_dir / "server.log"``,
+    ``state.dir / RECORD``), a literal or a constant of its module, but for the user's own (~/.aws)."""
+    import ast
+    import importlib
+    import pkgutil
 
-    assert {ssh.RECORD, ssh.PINNED, local.PID_FILE, ec2_regions.REGION_RECORD, vultr.MARKERS} <= STATE_FILES
+    from inlets_py.provisioner import providers
+    from inlets_py.provisioner.providers import ec2_regions, local, ssh, vultr
+    from inlets_py.provisioner.state import state_files
+
+    joined: dict[str, str] = {}
+    for found in pkgutil.iter_modules(providers.__path__):
+        module = importlib.import_module(f"{providers.__name__}.{found.name}")
+        for node in ast.walk(ast.parse(Path(str(module.__file__)).read_text())):
+            if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div)):
+                continue
+            if ast.unparse(node.left).startswith("Path.home()"):
+                continue
+            right = node.right
+            name = (right.value if isinstance(right, ast.Constant)
+                    else getattr(module, right.id, None) if isinstance(right, ast.Name) else None)
+            if isinstance(name, str):
+                joined[name] = f"providers/{found.name}.py:{node.lineno}"
+    assert {ssh.RECORD, ssh.PINNED, local.PID_FILE, ec2_regions.REGION_RECORD, vultr.MARKERS} <= joined.keys()
+    assert {name: where for name, where in joined.items() if name not in state_files()} == {}
 
 
 def test_a_state_root_that_exists_keeps_its_mode_and_one_made_is_private(tmp_path: Path, capsys) -> None:
