@@ -116,8 +116,7 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
                 f"inletsctl): remove its local state with: {delete_command(name, root)}")) from None
         result["vm"] = "gone"
     else:
-        soon = datetime.datetime.now(datetime.timezone.utc) + _TTL_EARLY
-        if host.status == FAILED and ended(meta.get("expires_at"), soon):  # not a crash: the end its --ttl set
+        if host.status == FAILED and ended(meta.get("expires_at")):  # not a crash: the end its --ttl set
             raise StatusFailed(state=STATE_STOPPED, message=_ended_words(name, meta, root))
         if host.status == FAILED:  # asking its control port would only add "connection refused"
             raise StatusFailed(state=STATE_STOPPED, message=f"exit server {name} is not running ({result['vm']}): delete it "
@@ -139,11 +138,6 @@ def state_gone(host: Host, root: Path) -> str:
     return (f"exit server {host.name} runs on this machine ({host.detail or f'process {host.id}'}), but its local "
             f"state ({root / str(host.name)}) is gone, and with it the token and CA that reach it: stop it with: "
             f"{delete_command(str(host.name), root)}")
-
-
-#: How long before its recorded expiry a local exit server may end: ``timeout`` counts whole seconds from a start
-#: that came after create rounded the time the expiry counts from down to a whole second.
-_TTL_EARLY = datetime.timedelta(seconds=2)
 
 
 def ended(expires: object, now: datetime.datetime | None = None) -> bool:

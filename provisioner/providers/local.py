@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import signal
@@ -147,7 +148,8 @@ class LocalProvider:
             plan.spec, files, inlets_command(), control_addr=CONTROL_ADDR, data_addr=self._data_addr
         )
         if plan.expires_at is not None:
-            seconds = max(1, int((plan.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
+            # rounded up: ``timeout`` counts whole seconds, and the server must not end before the expiry status reads
+            seconds = max(1, math.ceil((plan.expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
             timeout = shutil.which("timeout")
             if timeout is None:
                 raise ProvisionError("--ttl with --provider local needs coreutils' timeout command")
