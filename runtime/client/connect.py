@@ -33,7 +33,7 @@ from ..core.hosts import HostError, authority, split_url, tls_name
 from ..core.mux import DEFAULT_MAX_FRAME, DEFAULT_WINDOW, max_message
 from ..core.ports import url_port
 from ..core.tls import verify_failure
-from ..core.wsflow import BoundedReplies
+from ..core.wsflow import BinaryFirst, BoundedReplies, first_message
 from .diagnose import printable, speaks_plain_http, speaks_tls
 from .outbound_proxy import (
     ProxyChoice, certificate_failure as proxy_certificate_failure, explain as explain_proxy_failure,
@@ -263,27 +263,14 @@ async def handshake(websocket: ClientConnection, config: ClientConfig, client_id
 
 
 async def _welcome_message(websocket: ClientConnection) -> str | bytes:
-    """The server's first message, a text one, within ``WELCOME_TIMEOUT``. A binary one first is refused at once
-    (``BoundedReplies.on_binary_first``): it was held for a session, unread, with reading paused, so the wait ran out
-    and the close after it waited out its own timeout too. Silence says what the server may be."""
-    if websocket.binary_first:  # type: ignore[attr-defined]  # before the hello went
-        websocket.discard_messages()  # type: ignore[attr-defined]  # read on: the closing handshake completes
-        raise HandshakeError(CLOSE_BAD_HELLO, "expected a text welcome message, got a binary one")
-    loop = asyncio.get_running_loop()
-    binary_first: asyncio.Future[None] = loop.create_future()
-    websocket.on_binary_first = lambda: None if binary_first.done() else binary_first.set_result(None)  # type: ignore[attr-defined]
-    received = loop.create_task(websocket.recv())
+    """The server's first message, a text one, within ``WELCOME_TIMEOUT``: a binary one first is refused at once
+    (``wsflow.first_message``), and silence says what the server may be."""
     try:
-        done, _ = await asyncio.wait((received, binary_first), timeout=WELCOME_TIMEOUT,
-                                     return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        websocket.on_binary_first = None  # type: ignore[attr-defined]
-        if not received.done():
-            received.cancel()
-    if received in done:
-        return received.result()
-    if binary_first in done:
-        websocket.discard_messages()  # type: ignore[attr-defined]
-        raise HandshakeError(CLOSE_BAD_HELLO, "expected a text welcome message, got a binary one")
-    raise TimeoutError(f"the server accepted the websocket but sent no welcome within {WELCOME_TIMEOUT:g}s: "
-                       "is --url an inlets server's control port (8123 unless set)?")
+        message = await first_message(websocket, WELCOME_TIMEOUT)
+    except BinaryFirst:
+        websocket.discard_messages()  # type: ignore[attr-defined]  # read on: the closing handshake completes
+        raise HandshakeError(CLOSE_BAD_HELLO, "expected a text welcome message, got a binary one") from None
+    if message is None:
+        raise TimeoutError(f"the server accepted the websocket but sent no welcome within {WELCOME_TIMEOUT:g}s: "
+                           "is --url an inlets server's control port (8123 unless set)?")
+    return message

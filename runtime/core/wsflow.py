@@ -284,3 +284,30 @@ class BulkReads(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.connection.resume_writing()
+
+
+class BinaryFirst(Exception):
+    """The peer's first message was binary, where its hello (or welcome) is text: held for a session, unread."""
+
+
+async def first_message(websocket: Connection, timeout: float) -> str | bytes | None:
+    """The peer's first message within ``timeout`` (None when none came), the hello or the welcome: ``BinaryFirst``
+    at once when a binary one comes first (``BoundedReplies.on_binary_first``), which ``recv()`` never sees, so the
+    wait ran out (and a close after it waited out its own timeout, reading paused)."""
+    if websocket.binary_first:  # type: ignore[attr-defined]  # before this coroutine ran
+        raise BinaryFirst
+    loop = asyncio.get_running_loop()
+    binary_first: asyncio.Future[None] = loop.create_future()
+    websocket.on_binary_first = lambda: None if binary_first.done() else binary_first.set_result(None)  # type: ignore[attr-defined]
+    received = loop.create_task(websocket.recv())
+    try:
+        done, _ = await asyncio.wait((received, binary_first), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        websocket.on_binary_first = None  # type: ignore[attr-defined]
+        if not received.done():
+            received.cancel()
+    if received in done:
+        return received.result()
+    if binary_first in done:
+        raise BinaryFirst
+    return None

@@ -38,6 +38,7 @@ from ..core.handshake import (
 from ..core.mux import DEFAULT_INITIAL_WINDOW, DEFAULT_MAX_FRAME, DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, Multiplexer
 from ..core.muxqueue import max_message
 from ..core.session import Session
+from ..core.wsflow import BinaryFirst, first_message
 
 if TYPE_CHECKING:  # a type only: the HTTP server, which offers no local forwarding, never loads it
     from .forwarding import ForwardingPolicy
@@ -283,25 +284,14 @@ class ControlPlane(ControlHTTP):
 
     async def _receive_hello(self, websocket: ServerConnection) -> Hello:
         """The client's hello, a text message, within ``HELLO_TIMEOUT``; a binary message first is refused at
-        once (``BoundedReplies.on_binary_first``), and silence is refused in words when the time is up."""
-        if websocket.binary_first:  # type: ignore[attr-defined]  # before this coroutine ran
-            raise HandshakeError(CLOSE_BAD_HELLO, "expected a text hello message, got a binary one")
-        loop = asyncio.get_running_loop()
-        binary_first: asyncio.Future[None] = loop.create_future()
-        websocket.on_binary_first = lambda: None if binary_first.done() else binary_first.set_result(None)  # type: ignore[attr-defined]
-        received = loop.create_task(websocket.recv())
+        once (``wsflow.first_message``), and silence is refused in words when the time is up."""
         try:
-            done, _ = await asyncio.wait((received, binary_first), timeout=HELLO_TIMEOUT,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            websocket.on_binary_first = None  # type: ignore[attr-defined]
-            if not received.done():
-                received.cancel()
-        if received in done:
-            return parse_hello(received.result())
-        if binary_first in done:
-            raise HandshakeError(CLOSE_BAD_HELLO, "expected a text hello message, got a binary one")
-        raise HandshakeError(CLOSE_BAD_HELLO, f"no hello within {HELLO_TIMEOUT:g}s")
+            message = await first_message(websocket, HELLO_TIMEOUT)
+        except BinaryFirst:
+            raise HandshakeError(CLOSE_BAD_HELLO, "expected a text hello message, got a binary one") from None
+        if message is None:
+            raise HandshakeError(CLOSE_BAD_HELLO, f"no hello within {HELLO_TIMEOUT:g}s")
+        return parse_hello(message)
 
     async def _handle(self, websocket: ServerConnection) -> None:
         remote = self._remote(websocket)
