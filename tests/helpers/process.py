@@ -137,3 +137,24 @@ def wait_while_running(predicate: Callable[[], bool], timeout: float, what: str,
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def recording_environments(folder: Path) -> dict[str, str]:
+    """An environment for a process whose Python children should write down theirs: a sitecustomize on $PYTHONPATH
+    (which children keep: Python finds this installation's modules with it) saves each one's argv and environment
+    in ``folder``, read back with ``recorded_environments``."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "argv = open('/proc/self/cmdline', 'rb').read().decode().split('\\0')\n"
+        "with open(os.path.join(os.path.dirname(__file__), f'{os.getpid()}.json'), 'w') as file:\n"
+        "    json.dump({'argv': argv, 'env': dict(os.environ)}, file)\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def recorded_environments(folder: Path, module: str) -> list[dict[str, str]]:
+    """The environments ``recording_environments`` saved of the processes that ran ``python -m module``."""
+    import json
+
+    seen = [json.loads(path.read_text()) for path in folder.glob("*.json")]
+    return [entry["env"] for entry in seen if module in entry["argv"]]

@@ -4,7 +4,6 @@ directories left as they are, keys others could read made private (and said so).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import stat
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from helpers.process import INLETS, ROOT, inlets, spawn, wait_for_text
+from helpers.process import INLETS, ROOT, inlets, recorded_environments, recording_environments, spawn, wait_for_text
 from helpers.tunnel import free_port
 
 from inlets_py.runtime.cli.server_config import CERTS_MODULE
@@ -190,14 +189,7 @@ def test_the_certificate_child_gets_none_of_the_servers_secrets(tmp_path: Path, 
     and any cloud token its shell held, though it only makes certificates. A sitecustomize on $PYTHONPATH (which the
     child keeps: Python finds this installation's modules with it) writes down each Python process's environment."""
     site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import json, os\n"
-        "argv = open('/proc/self/cmdline', 'rb').read().decode().split('\\0')\n"
-        "with open(os.path.join(os.path.dirname(__file__), f'{os.getpid()}.json'), 'w') as file:\n"
-        "    json.dump({'argv': argv, 'env': dict(os.environ)}, file)\n")
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    env = {**{k: v for k, v in os.environ.items() if k != "XDG_DATA_HOME"}, "PYTHONPATH": path, "INLETS_TOKEN": token,
+    env = {**{k: v for k, v in recording_environments(site).items() if k != "XDG_DATA_HOME"}, "INLETS_TOKEN": token,
            "DIGITALOCEAN_ACCESS_TOKEN": "do-secret", "HOME": str(tmp_path)}
     log = tmp_path / "server.log"
     with open(log, "w") as handle:
@@ -209,9 +201,8 @@ def test_the_certificate_child_gets_none_of_the_servers_secrets(tmp_path: Path, 
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
-    seen = [json.loads(path.read_text()) for path in site.glob("*.json")]
-    children = [entry["env"] for entry in seen if CERTS_MODULE in entry["argv"]]
-    assert len(children) == 1, [entry["argv"] for entry in seen]
+    children = recorded_environments(site, CERTS_MODULE)
+    assert len(children) == 1, children
     assert "INLETS_TOKEN" not in children[0] and "DIGITALOCEAN_ACCESS_TOKEN" not in children[0], sorted(children[0])
     assert children[0]["HOME"] == str(tmp_path)  # kept: where the default folder and the user's site-packages are
     assert (tmp_path / ".local/share/inlets/auto-tls/ca.crt").exists()

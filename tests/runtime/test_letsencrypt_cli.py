@@ -10,8 +10,6 @@ libraries (each issuance runs in a child process).
 from __future__ import annotations
 
 import functools
-import json
-import os
 import stat
 import subprocess
 import threading
@@ -23,7 +21,7 @@ import pytest
 
 from helpers.http import need
 from helpers.letsencrypt import dnsmasq, pebble
-from helpers.process import INLETS, ROOT, spawn, stop_all, wait_for_text
+from helpers.process import INLETS, ROOT, recorded_environments, recording_environments, spawn, stop_all, wait_for_text
 from helpers.tunnel import free_port
 
 DOMAIN = "site.example.test"
@@ -211,15 +209,8 @@ def test_the_acme_child_gets_the_proxy_and_ca_settings_but_none_of_the_servers_s
     cloud token its shell held). It keeps what dialling the CA reads (the proxy and CA variables), nothing more. A
     sitecustomize on $PYTHONPATH (kept: Python finds this installation's modules with it) writes each process's."""
     site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import json, os\n"
-        "argv = open('/proc/self/cmdline', 'rb').read().decode().split('\\0')\n"
-        "with open(os.path.join(os.path.dirname(__file__), f'{os.getpid()}.json'), 'w') as file:\n"
-        "    json.dump({'argv': argv, 'env': dict(os.environ)}, file)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
-           "INLETS_TOKEN": token, "DIGITALOCEAN_ACCESS_TOKEN": "do-secret", "NO_PROXY": "127.0.0.1",
-           "SSL_CERT_FILE": str(tmp_path / "ca.pem")}
+    env = {**recording_environments(site), "INLETS_TOKEN": token, "DIGITALOCEAN_ACCESS_TOKEN": "do-secret",
+           "NO_PROXY": "127.0.0.1", "SSL_CERT_FILE": str(tmp_path / "ca.pem")}
     log = tmp_path / "server.log"
     with open(log, "w") as handle:
         server = subprocess.Popen(
@@ -232,8 +223,7 @@ def test_the_acme_child_gets_the_proxy_and_ca_settings_but_none_of_the_servers_s
         wait_for_text(log, "event=certificate_failed", timeout=60)
     finally:
         stop_all(server)
-    seen = [json.loads(path.read_text()) for path in site.glob("*.json")]
-    children = [entry["env"] for entry in seen if "inlets_py.runtime.acme.client" in entry["argv"]]
-    assert children, [entry["argv"] for entry in seen]
+    children = recorded_environments(site, "inlets_py.runtime.acme.client")
+    assert children
     assert "INLETS_TOKEN" not in children[0] and "DIGITALOCEAN_ACCESS_TOKEN" not in children[0], sorted(children[0])
     assert (children[0]["NO_PROXY"], children[0]["SSL_CERT_FILE"]) == ("127.0.0.1", str(tmp_path / "ca.pem"))
