@@ -12,9 +12,9 @@ from .app import http_app
 from .config import maybe_generate
 from .durations import DrainTimeout, Keepalive, seconds_option
 from .options import (
-    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
-    TlsCert, TlsKey, Token, TokenFile, TrustedProxies, count_option, path_option, port_option,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate, LbProxyProtocol, LogFormat,
+    LoginLimitExempt, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext,
+    Replicas, TlsCert, TlsKey, Token, TokenFile, TrustedProxies, count_option, path_option, port_option,
 )
 
 
@@ -71,6 +71,7 @@ def http_server(
     max_handshakes: MaxHandshakes = 128,
     max_handshakes_per_source: MaxHandshakesPerSource = None,
     trusted_proxies: TrustedProxies = None,
+    login_limit_exempt: LoginLimitExempt = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     replicas: Replicas = None,

@@ -94,6 +94,10 @@ MaxClientStreams = Annotated[
 TrustedProxies = Annotated[Optional[str], typer.Option(
     help="Reverse proxies in front (addresses or CIDRs, e.g. 127.0.0.1) whose X-Forwarded-For names the client, "
     "for failed-login limits and logs; an HTTP data-port connection from one counts to the total cap only.")]
+LoginLimitExempt = Annotated[Optional[str], typer.Option(
+    help="Sources (addresses or CIDRs, e.g. 10.0.0.0/8) the control port's failed-login limit never holds back: "
+    "their wrong tokens are logged but not counted, so a guesser behind the same NAT cannot keep them out; "
+    "a guesser among them is not slowed either.")]
 MaxHandshakes = Annotated[int, count_option(
     help="Control-port connections not yet authenticated, at once (more are closed at once).")]
 MaxHandshakesPerSource = Annotated[Optional[int], count_option(

@@ -10,6 +10,7 @@ import logging
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -31,10 +32,18 @@ log = logging.getLogger("inlets")
 CERTS_MODULE = __name__.rsplit(".", 2)[0] + ".core.certs"
 
 
-def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
+@dataclass(frozen=True)
+class ControlSources:
+    """The control port's address lists, parsed once by ``check_control`` (so a widened network is warned of once)."""
+
+    trusted_proxies: SourceAllowList | None  # --trusted-proxies
+    login_limit_exempt: SourceAllowList | None  # --login-limit-exempt
+
+
+def check_control(flags: SimpleNamespace) -> ControlSources:
     """The control-plane flags every server shares, checked as written: no file read, no name resolved. Here, not in
     ``control_config``, because ``--generate`` runs it too: a unit it wrote for flags the server refuses failed at
-    every start. Returns the parsed --trusted-proxies."""
+    every start. Returns the parsed address lists."""
     chosen = sum([bool(flags.tls_cert or flags.tls_key), flags.auto_tls, flags.plaintext])
     if chosen != 1:
         fail("choose one of --tls-cert/--tls-key, --auto-tls, or --plaintext")
@@ -54,8 +63,16 @@ def check_control(flags: SimpleNamespace) -> SourceAllowList | None:
     handshake_caps(flags)
     refuse_blank(flags.trusted_proxies, "--trusted-proxies", "give the proxies' addresses, e.g. 127.0.0.1 (leave the "
                  "flag out to believe no X-Forwarded-For)")
+    refuse_blank(flags.login_limit_exempt, "--login-limit-exempt", "give the addresses the failed-login limit spares, "
+                 "e.g. 10.0.0.0/8 (leave the flag out to limit every source)")
+    return ControlSources(source_list(flags.trusted_proxies, "--trusted-proxies"),
+                          source_list(flags.login_limit_exempt, "--login-limit-exempt"))
+
+
+def source_list(text: str | None, option: str) -> SourceAllowList | None:
+    """An address-list flag (``parse_networks``' rules and words); None when it is left out."""
     try:
-        return SourceAllowList(parse_networks(flags.trusted_proxies, "--trusted-proxies")) if flags.trusted_proxies else None
+        return SourceAllowList(parse_networks(text, option)) if text else None
     except ValueError as exc:
         fail(str(exc))
 
@@ -93,6 +110,7 @@ def control_config(
     max_client_streams: int = 4096,
     max_client_buffer_mib: int = 32,
     trusted_proxies: SourceAllowList | None = None,
+    login_limit_exempt: SourceAllowList | None = None,
     max_handshakes: int = 128,
     max_handshakes_per_source: int = 16,
 ) -> ControlConfig:
@@ -123,6 +141,7 @@ def control_config(
         tokens=tokens, host=control_addr or None, port=control_port, ssl_context=ssl_context, keepalive=keepalive,
         max_streams=max_client_streams, max_buffer=max_client_buffer_mib * 1024 * 1024, trusted_proxies=trusted_proxies,
         max_handshakes=max_handshakes, max_handshakes_per_source=max_handshakes_per_source, certificate=serving,
+        login_limit_exempt=login_limit_exempt,
     )
 
 

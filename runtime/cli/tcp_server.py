@@ -11,9 +11,9 @@ from .app import tcp_app
 from .config import maybe_generate
 from .durations import DrainTimeout, Keepalive
 from .options import (
-    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate,
-    LbProxyProtocol, LogFormat, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext, Replicas,
-    ProxyProtocolOpt, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
+    AllowIps, AutoTls, AutoTlsPath, AutoTlsSan, ControlAddr, ControlPort, DataAddr, Generate, LbProxyProtocol, LogFormat,
+    LoginLimitExempt, LogLevel, MaxClientBuffer, MaxClientStreams, MaxHandshakes, MaxHandshakesPerSource, Plaintext,
+    ProxyProtocolOpt, Replicas, TlsCert, TlsKey, Token, TokenFile, TrustedProxies,
 )
 
 
@@ -46,6 +46,7 @@ def tcp_server(
     max_handshakes: MaxHandshakes = 128,
     max_handshakes_per_source: MaxHandshakesPerSource = None,
     trusted_proxies: TrustedProxies = None,
+    login_limit_exempt: LoginLimitExempt = None,
     drain_timeout: DrainTimeout = 30.0,
     generate: Generate = None,
     replicas: Replicas = None,

@@ -91,6 +91,9 @@ class ControlConfig:
     max_handshakes_per_source: int = DEFAULT_MAX_PER_SOURCE
     #: Reverse proxies whose X-Forwarded-For names the client (login limits, logs); None: trust none.
     trusted_proxies: SourceAllowList | None = None
+    #: Sources the failed-login limit spares (--login-limit-exempt), as OpenSSH's PerSourcePenaltyExemptList: never
+    #: 429, their wrong tokens logged but not counted. None: every source is limited.
+    login_limit_exempt: SourceAllowList | None = None
     #: The certificate serving now (None: --plaintext): replaced by a SIGHUP reload.
     certificate: ServingCertificate | None = None
 

@@ -116,6 +116,7 @@ class HTTPConfig(Protocol):
     routes: dict[str, Route]
     on_request: Callable[[str, int], None] | None
     trusted_proxies: SourceAllowList | None
+    login_limit_exempt: SourceAllowList | None
 
 
 class ControlHTTP:
@@ -191,13 +192,15 @@ class ControlHTTP:
         repeated = len(authorization) > 1
         # A limited source first, its token not even compared: when the right one still got in, the one answer
         # that was not 429 told a guesser which token was right, at full speed (as the data plane's passwords).
-        if self.logins.blocked(source):
+        # A --login-limit-exempt source is never limited, nor counted: a guesser sharing its NAT cannot keep it out.
+        exempt = self.config.login_limit_exempt is not None and self.config.login_limit_exempt.allows(source)
+        if not exempt and self.logins.blocked(source):
             wait = self.logins.retry_after(source)
             response = _response(429, f"too many failed logins from this address: try again in {wait} s\n".encode())
             response.headers["Retry-After"] = str(wait)
             return response
         if repeated or not self.config.tokens.check_header(authorization[0] if authorization else None):
-            if self.logins.failed(source):  # once per window per source, not once per attempt
+            if not exempt and self.logins.failed(source):  # once per window per source, not once per attempt
                 log.warning("event=auth_rate_limited remote=%s failures=%d window=%.0fs",
                             logfmt(source), self.logins.limit, self.logins.window)
             elif repeated:

@@ -4,7 +4,8 @@ A fixed window per source (an IPv6 address's /64, ``hosts.source_key``): after `
 request from that source that takes a token is answered 429 until the window ends, the right token's too,
 without comparing it (as OpenSSH's PerSourcePenalties): if the right one got in, the one answer that was not
 429 told a guesser which it was. The price: a client behind the same address as a guesser (one NAT) is kept
-out for the rest of that window. The table is bounded, so a spray of sources cannot grow it without end.
+out for the rest of that window; on the control port, sources in --login-limit-exempt are never asked here (as
+OpenSSH's PerSourcePenaltyExemptList). The table is bounded, so a spray of sources cannot grow it without end.
 """
 
 from __future__ import annotations

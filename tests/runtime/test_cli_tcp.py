@@ -27,6 +27,13 @@ from helpers.tunnel import TlsFiles, free_port
         (["tcp", "server", "--control-port", "70000"], "Invalid value for '--control-port'"),
         (["tcp", "server", "--token", "x", "--plaintext", "--trusted-proxies", "10.0.0.300"],
          "--trusted-proxies: '10.0.0.300' is not an IP address or CIDR network"),
+        # the failed-login limit's exempt list: the project's address-list rules and words, on both servers
+        (["tcp", "server", "--token", "x", "--plaintext", "--login-limit-exempt", "10.0.0.0/8,10.0.0.300"],
+         "--login-limit-exempt: '10.0.0.300' is not an IP address or CIDR network"),
+        (["http", "server", "--token", "x", "--plaintext", "--login-limit-exempt", "fe80::1%eth0"],
+         "--login-limit-exempt: 'fe80::1%eth0': a zone (%...) cannot be matched: give fe80::1"),
+        (["tcp", "server", "--token", "x", "--plaintext", "--login-limit-exempt", ""],
+         "--login-limit-exempt is empty: give the addresses the failed-login limit spares"),
         (["tcp", "server", "--max-handshakes", "0"], "Invalid value for '--max-handshakes'"),
         (["tcp", "server", "--max-client-buffer", "0"], "Invalid value for '--max-client-buffer'"),
         (["tcp", "client", "--url", "wss://h:1", "--max-streams", "0"], "Invalid value for '--max-streams'"),

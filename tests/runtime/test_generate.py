@@ -302,6 +302,9 @@ UPSTREAM = {"tcp": ["--upstream", "127.0.0.1", "--ports", "80"], "http": ["--ups
     (["http", "server", *QUIET_SERVER, "--port", "21111", "--data-addr", ""], "--data-addr is empty: give the address"),
     (["tcp", "server", *QUIET_SERVER, "--trusted-proxies", ""], "--trusted-proxies is empty: give the proxies'"),
     (["http", "server", *QUIET_SERVER, "--port", "21111", "--trusted-proxies", ""], "--trusted-proxies is empty: give the proxies'"),
+    (["http", "server", *QUIET_SERVER, "--port", "21111", "--login-limit-exempt", ""],
+     "--login-limit-exempt is empty: give the addresses"),
+    (["tcp", "server", *QUIET_SERVER, "--login-limit-exempt", "bogus"], "--login-limit-exempt: 'bogus' is not an IP address"),
     (["tcp", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
     (["http", "client", "--url", "wss://a:1", "--proxy", ""], "--proxy is empty: give http://HOST:PORT"),
     # --proxy's own form, which only the run checked (after reading the token): a unit that failed at every start

@@ -11,7 +11,7 @@ import socket
 import ssl
 
 import pytest
-from helpers.process import spawn, terminate
+from helpers.process import spawn, terminate, wait_for_text
 from helpers.tunnel import (
     TlsFiles, control_url, free_port, polled, run, start_client, start_server, stop, until_connected, wait_listening,
 )
@@ -154,6 +154,42 @@ def test_a_client_kept_out_by_the_limit_says_why_retries_and_gets_in_once_the_wi
     # got 429 again: one refusal, then in
     assert len(failed) == 1, failed
     assert float(re.search(r"retry_in=([0-9.]+)s", failed[0])[1]) >= int(re.search(r" for ([12]) s", failed[0])[1])
+
+
+def test_a_source_in_login_limit_exempt_is_never_limited_its_right_token_gets_in(
+    tmp_path, tls: TlsFiles, token: str
+) -> None:
+    """The limit's price: a healthy client sharing an address with a guesser (a NAT, a /64) is kept out too. A server
+    started with --login-limit-exempt spares those sources, as OpenSSH's PerSourcePenaltyExemptList: 11 wrong tokens
+    from 127.0.0.1 are each 401 and logged, not counted (no auth_rate_limited), and the right token then gets in."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    server = spawn("tcp", "server", "--control-addr", "127.0.0.1", "--control-port", str(port), "--data-addr",
+                   "127.0.0.1", "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--token-file", str(token_file),
+                   "--login-limit-exempt", "127.0.0.0/8", log=tmp_path / "server.log")
+
+    async def status(offered: str) -> int:
+        try:
+            ws = await connect(f"wss://127.0.0.1:{port}/connect", ssl=client_context(tls.ca), compression=None,
+                               additional_headers={"Authorization": f"Bearer {offered}"}, local_addr=("127.0.0.1", 0))
+        except InvalidStatus as exc:
+            return exc.response.status_code
+        await ws.close()
+        return 101
+
+    async def scenario() -> list[int]:
+        return [await status(f"guess-{i}") for i in range(11)] + [await status(token)]
+
+    try:
+        wait_for_text(tmp_path / "server.log", "event=started")
+        assert run(scenario()) == [401] * 11 + [101]
+    finally:
+        terminate(server)
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("event=unauthorized remote=127.0.0.1 ") == 11, log
+    assert "event=auth_rate_limited" not in log and token not in log
 
 
 def test_the_failed_login_table_is_bounded_the_oldest_source_forgotten() -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ... import __version__
-from ...core.allowlist import SourceAllowList
 from ...core.auth import TOKEN
 from ...core.heap import freeze_startup_objects
 from ...core.hosts import authority
@@ -17,7 +16,7 @@ from ...server.admission import PUBLIC_MAX_PER_SOURCE, PUBLIC_MAX_TOTAL
 from ...server.dataplane import DataPlaneOptions
 from ..config import check_given_once, check_logs, default_data_dir, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
-from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config,
+from ..server_config import (ControlSources, check_bind_addresses, check_control, check_distinct_ports, control_config,
                              daily_certificate_check, data_plane_options, handshake_caps, per_source_caps, tls_reloader,
                              warn_if_plaintext_reachable)
 
@@ -86,14 +85,14 @@ def lets_encrypt_front(domains: list[str] | None, email: str | None, issuer: str
     return HttpsFront(manager, https_port, max_handshakes, max_handshakes_per_source, plain_caps=plain_caps)
 
 
-def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | None]:
+def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, ControlSources]:
     """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
-    (data-plane options, trusted proxies)."""
+    (data-plane options, the control port's address lists)."""
     check_logs(flags.log_level, flags.log_format)
     dataplane = data_plane_options(allow_ips=flags.allow_ips, proxy_protocol=None, lb_proxy_protocol=flags.lb_proxy_protocol)
     check_lets_encrypt(flags)
     pending_caps(flags)
-    trusted = check_control(flags)
+    sources = check_control(flags)
     https = bool(flags.letsencrypt_domain)
     port = flags.port or (80 if https else 8000)
     listeners = [("--control-port", flags.control_addr, {flags.control_port}),
@@ -102,12 +101,12 @@ def check(flags: SimpleNamespace) -> tuple[DataPlaneOptions, SourceAllowList | N
         listeners.append(("--https-port", flags.data_addr, {flags.https_port}))
     check_distinct_ports(listeners)
     check_given_once(flags, (TOKEN,))
-    return dataplane, trusted
+    return dataplane, sources
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run an HTTP tunnel server with the flags of ``inlets http server``."""
-    dataplane, proxies = check(flags)
+    dataplane, sources = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
     handshakes = handshake_caps(flags)
@@ -116,7 +115,8 @@ def run(flags: SimpleNamespace) -> None:
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
         auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=proxies, max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
+        trusted_proxies=sources.trusted_proxies, login_limit_exempt=sources.login_limit_exempt,
+        max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
     )
     pending = pending_caps(flags)
     https = lets_encrypt_front(flags.letsencrypt_domain, flags.letsencrypt_email, flags.letsencrypt_issuer, flags.letsencrypt_path,

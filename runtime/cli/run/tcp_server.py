@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 from ... import __version__
-from ...core.allowlist import SourceAllowList, parse_target_rules
+from ...core.allowlist import parse_target_rules
 from ...core.auth import TOKEN
 from ...core.hosts import authority
 from ...core.logs import logfmt
@@ -16,7 +16,7 @@ from ...server.forwarding import ForwardingPolicy
 from ...server.tcp import TcpTunnelServer
 from ..config import check_given_once, check_logs, fail, refuse_blank, setup_logs
 from ..lifecycle import run_server
-from ..server_config import (check_bind_addresses, check_control, check_distinct_ports, control_config,
+from ..server_config import (ControlSources, check_bind_addresses, check_control, check_distinct_ports, control_config,
                              daily_certificate_check, data_plane_options, handshake_caps, tls_reloader,
                              warn_if_plaintext_reachable)
 
@@ -37,9 +37,9 @@ def parse_allow_ports(text: str | None) -> set[int] | None:
     return allowed
 
 
-def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, ForwardingPolicy | None, SourceAllowList | None]:
+def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, ForwardingPolicy | None, ControlSources]:
     """What the flags say, checked without reading a file or resolving a name (``--generate`` runs this too):
-    (allowed ports, data-plane options, client forwarding, trusted proxies)."""
+    (allowed ports, data-plane options, client forwarding, the control port's address lists)."""
     check_logs(flags.log_level, flags.log_format)
     allowed = parse_allow_ports(flags.allow_ports)
     if allowed:  # a data port clients could never open
@@ -57,14 +57,14 @@ def check(flags: SimpleNamespace) -> tuple[set[int] | None, DataPlaneOptions, Fo
             forwarding = ForwardingPolicy(True, parse_target_rules(flags.client_forwarding_allow or ""))
         except ValueError as exc:
             fail(str(exc))
-    trusted = check_control(flags)
+    sources = check_control(flags)
     check_given_once(flags, (TOKEN,))
-    return allowed, options, forwarding, trusted
+    return allowed, options, forwarding, sources
 
 
 def run(flags: SimpleNamespace) -> None:
     """Run a TCP tunnel server with the flags of ``inlets tcp server``."""
-    allowed, options, forwarding, proxies = check(flags)
+    allowed, options, forwarding, sources = check(flags)
     setup_logs(flags.log_level, flags.log_format)
     check_bind_addresses(flags.control_addr, flags.data_addr)
     handshakes = handshake_caps(flags)
@@ -73,7 +73,8 @@ def run(flags: SimpleNamespace) -> None:
         tls_cert=flags.tls_cert, tls_key=flags.tls_key, auto_tls=flags.auto_tls, auto_tls_path=flags.auto_tls_path,
         auto_tls_san=flags.auto_tls_san, keepalive=flags.keepalive, max_client_streams=flags.max_client_streams,
         max_client_buffer_mib=flags.max_client_buffer,
-        trusted_proxies=proxies, max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
+        trusted_proxies=sources.trusted_proxies, login_limit_exempt=sources.login_limit_exempt,
+        max_handshakes=handshakes[0], max_handshakes_per_source=handshakes[1],
     )
     if forwarding is not None:
         config.forwarding = forwarding
