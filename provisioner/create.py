@@ -9,7 +9,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import material as material_mod
 from . import replicas
@@ -24,7 +24,7 @@ from .render import UserDataOptions, client_command, fitting_user_data
 from .spec import (CONTROL_PORT, DEFAULT_HTTP_PORT, TLS_SERVER_NAME, LetsEncrypt, TunnelSpec, build_spec,
                    check_runtime_spec, check_timeout, check_vm_ports, control_url, parse_ports, parse_ttl)
 from .state import ServerState, delete_command, prepare_root
-from .status import connect
+from .status import connect, state_gone
 from .wait import Delivery, Progress, wait_until_balanced, wait_until_ready
 from .wheel import build_runtime_wheel
 
@@ -180,6 +180,7 @@ def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[s
     provider = connect(opts.provider, opts.state_root, opts.creds)  # credentials missing: STATE_NO_CREDENTIALS
     state = ServerState(opts.state_root, name)
     state.check_free()
+    _refuse_orphan(opts, name)
     learned.asking = True
     listed = provider.list() if provider.user_data_limit else []
     learned.asking = False
@@ -194,7 +195,7 @@ def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[s
         text, push = fitting_user_data(spec, secrets, options)
         delivery = Delivery(wheel, secrets.token) if push and wheel else None
     state.reserve()
-    learned.folder = state.dir
+    learned.reserved = state
     hosts: list[Host] = []
     creating: str | None = None  # the host whose create call is under way: it may exist though the call failed
     try:
@@ -232,8 +233,10 @@ def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[s
             if not known:
                 raise exc from None  # the state stays, for the delete command it names
         if not hosts:
-            state.remove()
+            kept = state.remove()
             learned.asking = creating is not None and opts.provider != "local"  # local: this machine (a port taken)
+            if kept and isinstance(exc, ProvisionError):  # nothing made, yet the folder stays: say so, not a delete
+                raise ProvisionError(f"{exc}; {kept}", exc.exit_code) from None
             raise exc
         if isinstance(exc, KeyboardInterrupt):
             raise interrupted_after_making(exc, hosts, state, opts) from None
@@ -241,11 +244,14 @@ def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[s
             raise
         raise failed_after_making(exc, provider, meta, state, opts, progress) from None
     started = time.monotonic()
-    why = functools.partial(_why_hint, opts) if provider.user_data_limit else None
+    why = None
+    if provider.user_data_limit:
+        why = functools.partial(_seen, learned, functools.partial(_why_hint, opts), group)
     try:
         for index, host in enumerate(hosts):
             host.control_port = host.control_port or spec.control_port
             remaining = max(0.0, opts.timeout - (time.monotonic() - started))  # each wait looks at least once
+            learned.ip = None if group else host.ip  # local and ssh: known from the start; a cloud's: once active
             hosts[index] = wait_until_ready(provider, host, state.ca_file, remaining, progress, provider.poll_interval,
                                             delivery=delivery, why=why, deleted=lambda: not state.dir.exists())
             if group:
@@ -277,6 +283,14 @@ def _create(opts: CreateOptions, progress: Progress, learned: Learned) -> dict[s
         raise interrupted_after_making(exc, hosts, state, opts) from None
 
 
+def _refuse_orphan(opts: CreateOptions, name: str) -> None:
+    """Refuse the name of a local exit server still running after its folder was removed (``list``'s "local only"):
+    a new folder of that name hid it from ``delete NAME``, which then stopped the new exit server instead."""
+    orphan = next((h for h in connect("local", opts.state_root, opts.creds).list() if h.name == name), None)
+    if orphan is not None:
+        raise ProvisionError(f"{state_gone(orphan, opts.state_root, by_id=True)}; or choose another name")
+
+
 def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: dict[str, Any], state: ServerState,
              opts: CreateOptions, progress: Progress, started: float) -> None:
     """Put the provider's load balancer in front of the replicas' data ports and wait until it has an address."""
@@ -289,6 +303,14 @@ def _balance(provider: Provisioner, hosts: list[Host], spec: TunnelSpec, meta: d
     meta.update(ip=balancer.ip, data_addr=balancer.ip)
 
 
+
+
+def _seen(learned: Learned, why: Callable[[Host], str], group: str | None, host: Host) -> str:
+    """``why``, which the wait asks once the VM is active at its address: that address is then known, and a wait
+    that fails after raises without it (``create --json``'s failure said "ip": null beside "is active at IP")."""
+    if not group:  # a replica's is not the exit server's (its balancer's)
+        learned.ip = host.ip
+    return why(host)
 
 
 def _why_hint(opts: CreateOptions, host: Host) -> str:

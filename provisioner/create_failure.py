@@ -30,14 +30,16 @@ class Learned:
 
     result: dict[str, Any]
     asking: bool = False  # the failure is the provider's answer (its API, an ssh host): STATE_API_ERROR
-    folder: Path | None = None  # the state folder this create reserved
+    reserved: ServerState | None = None  # the state folder this create reserved
     meta: dict[str, Any] = field(default_factory=dict)
+    ip: str | None = None  # the address the wait saw, which ``meta`` gets only once create succeeds
 
     def failed(self, exc: ProvisionError) -> StatusFailed:
         """``exc`` with ``result`` and its state: made and kept for its delete command, ``no_ip`` (create did not
-        finish, as ``status`` then says too); made and deleted, ``gone``; nothing made, why not."""
-        self.result |= {"id": self.meta.get("id"), "ip": self.meta.get("ip")} if self.meta else {}
-        made = self.folder is not None and self.folder.exists()
+        finish, as ``status`` then says too); made and deleted, ``gone``; nothing made, why not. A folder kept for
+        what else it holds (``ServerState.remove``) is no exit server's: the error says so, not the state word."""
+        self.result |= {"id": self.meta.get("id"), "ip": self.meta.get("ip") or self.ip} if self.meta else {}
+        made = self.reserved is not None and self.reserved.exists()
         if isinstance(exc, StatusFailed):  # connect's: the provider unknown, its credentials missing
             state = exc.state
         elif exc.exit_code == 2:  # a UsageError
@@ -77,7 +79,9 @@ def failed_after_making(
         pass
     except ProvisionError as again:
         return ProvisionError(f"{exc}; deleting it also failed ({again}): {delete_command_for(state, opts)}")
-    state.remove()
+    kept = state.remove()
+    if kept:  # "deleted it" read as if nothing were left: the folder is, for what it holds that is not inletsctl's
+        return ProvisionError(f"{exc}; deleted the exit server (--delete-on-failure), but {kept}")
     return ProvisionError(f"{exc}; deleted it (--delete-on-failure)")
 
 

@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import shlex
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,9 @@ def list_servers(
             host = None if serves_another(by_id.get(host_id), meta["name"]) else by_id.pop(host_id, None)
             rows.append(_row(meta, host, "both" if host else "local state only"))
         cloud_rows, alone = replicas.cloud_groups(list(by_id.values()), balancers)
+        if pname == "local":  # a folder of its name that took no row of it is another exit server's: not its times
+            alone = [replace(h, created_at=None, expires_at=None) if (root / str(h.name)).exists() else h
+                     for h in alone]
         rows += cloud_rows + [_row(None, host, f"{pname} only") for host in alone]
         if pname == "local":  # a local server's folder gone while it ran (rm -rf): say so, as status does
             shown = {d.state.name for d in damaged}  # a damaged folder has a note of its own

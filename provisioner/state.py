@@ -25,7 +25,7 @@ from .errors import NotFound, ProvisionError, os_words
 from .output import command_word
 from .names import NAME_RE as _NAME_RE
 from .state_root import STATE_ENV, state_root  # noqa: F401  # re-exported: the CLI's
-from .state_root import check_root, chmod_command, default_root, prepare_root
+from .state_root import check_root, chmod_command, default_root, other_owner, prepare_root
 
 METADATA = "server.json"
 TOKEN, CA_CERT, SERVER_CERT, SERVER_KEY = "token", "ca.crt", "server.crt", "server.key"
@@ -115,6 +115,9 @@ class ServerState:
     def load(self) -> dict[str, Any]:
         """The metadata; NotFound when there is no such exit server, Damaged when it cannot be used."""
         check_root(self.root)
+        owner = other_owner(self.dir)
+        if owner is not None:  # put there while the root was open to others: its client command, its CA are theirs
+            raise Damaged(self, f"is in a folder another user (uid {owner}) made, not inletsctl: it is not used")
         try:
             meta = json.loads(_read_regular(self.dir / METADATA))
         except (FileNotFoundError, NotADirectoryError):

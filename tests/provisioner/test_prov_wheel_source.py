@@ -134,6 +134,50 @@ def test_the_compacted_modules_are_kept_on_disk_for_the_next_inletsctl(tmp_path,
 
 
 
+def test_a_cache_others_may_write_is_never_shipped_and_a_new_one_is_private(tmp_path, monkeypatch) -> None:
+    """Under umask 002 the cache was 0775/0664: a group member edited its modules (keeping the key, a hash of the
+    sources only), and the next create shipped their code in the wheel, run as root on the exit server."""
+    sources = tmp_path / "runtime"
+    shutil.copytree(wheel_module._package_dir(), sources, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(wheel_module, "_package_dir", lambda: sources)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "inlets-py"
+    kept = folder / "server-wheel-tcp.json"
+    old = os.umask(0o002)
+    try:
+        made = wheel_module._compacted_modules("tcp", False)[0]
+    finally:
+        os.umask(old)
+    modes = [path.stat().st_mode & 0o777 for path in (tmp_path / "cache", folder, kept)]
+    assert modes == [0o700, 0o700, 0o600]
+
+    def tamper(mode: int, owner: int | None = None) -> None:
+        entry = json.loads(kept.read_text())
+        entry["modules"]["cli/main"] += "INJECTED = 1\n"
+        kept.unlink()
+        kept.write_text(json.dumps(entry))
+        kept.chmod(mode)
+        if owner is not None:
+            os.chown(kept, owner, owner)
+
+    def shipped() -> bytes:
+        wheel_module._build_runtime_wheel.cache_clear()
+        return zipfile.ZipFile(io.BytesIO(build_runtime_wheel("tcp").data)).read("inlets_py/runtime/cli/main.py")
+
+    cases = [(0o664, None), (0o646, None)] + ([(0o644, 65534)] if os.geteuid() == 0 else [])
+    for mode, owner in cases:
+        tamper(mode, owner)
+        assert b"INJECTED" not in shipped() and shipped().decode() == made["cli/main"], (mode, owner)
+        assert (kept.stat().st_mode & 0o777, kept.stat().st_uid) == (0o600, os.geteuid())  # made afresh, private
+        assert "INJECTED" not in kept.read_text()
+    folder.chmod(0o775)  # as an earlier inletsctl made it: made private again, then its file is used
+    tamper(0o600)
+    assert b"INJECTED" in shipped() and folder.stat().st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:  # a folder another user owns: nothing in it is read, nor written there
+        os.chown(folder, 65534, 65534)
+        assert b"INJECTED" not in shipped() and "INJECTED" in kept.read_text()
+
+
 def test_without_a_home_nothing_is_kept_and_the_modules_are_made() -> None:
     """A service's environment may have no $HOME and its user no passwd entry: then nothing is kept (never a folder
     named ``~`` in the working directory), and a relative $XDG_CACHE_HOME is ignored, as the XDG spec says."""
