@@ -16,7 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 import h11
 from websockets.asyncio.server import serve as ws_serve
@@ -349,3 +349,18 @@ def http_server_argv(folder: Path, control: int, data: int, token_file: Path, *e
     return ["http", "server", "--port", str(data), "--data-addr", LOOPBACK, "--control-addr", LOOPBACK,
             "--control-port", str(control), "--auto-tls", "--auto-tls-path", str(folder / "tls"),
             "--auto-tls-san", LOOPBACK, "--token-file", str(token_file), *extra]
+
+
+def answers_each(reply: Callable[[bytes], bytes]):
+    """An upstream (``Stack.serve``) answering each request head with ``reply(head)``, kept alive until the peer
+    closes: the scripted answers of the framing tests, each written once."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                writer.write(reply(head))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return handle

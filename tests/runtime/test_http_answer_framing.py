@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, read_answer, received
+from helpers.http import LOOPBACK, Stack, answers_each, read_answer, received
 
 _FORGED = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Poison: yes\r\n\r\nEVIL"
 
@@ -26,8 +26,8 @@ def env(tls, token):
             f"same.test=http://{LOOPBACK}:{stack.serve(_head_body(0))}",
             f"later.test=http://{LOOPBACK}:{stack.serve(_head_body(0.3))}",
             f"old.test=http://{LOOPBACK}:{stack.serve(_http10_chunked(connections))}",
-            f"reason.test=http://{LOOPBACK}:{stack.serve(_reason_of_path)}",
-            f"tab.test=http://{LOOPBACK}:{stack.serve(_coding_of_path)}",
+            f"reason.test=http://{LOOPBACK}:{stack.serve(answers_each(_reason_of_path))}",
+            f"tab.test=http://{LOOPBACK}:{stack.serve(answers_each(_coding_of_path))}",
         ])
         yield dict(stack=stack, port=server.data_port, connections=connections)
     finally:
@@ -75,26 +75,16 @@ def _http10_chunked(connections: dict[str, int]):
     return handle
 
 
-async def _reason_of_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _reason_of_path(head: bytes) -> bytes:
     """``GET /XX``: status 200 with the reason phrase ``O``, the byte 0xXX, ``K`` (kept alive)."""
-    try:
-        while head := await reader.readuntil(b"\r\n\r\n"):
-            byte = bytes([int(head.split(b" ")[1][1:], 16)])
-            writer.write(b"HTTP/1.1 200 O%sK\r\nContent-Length: 2\r\n\r\nok" % byte)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+    byte = bytes([int(head.split(b" ")[1][1:], 16)])
+    return b"HTTP/1.1 200 O%sK\r\nContent-Length: 2\r\n\r\nok" % byte
 
 
-async def _coding_of_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _coding_of_path(head: bytes) -> bytes:
     """``GET /HEX``: a chunked answer whose Transfer-Encoding is the bytes HEX names (kept alive)."""
-    try:
-        while head := await reader.readuntil(b"\r\n\r\n"):
-            coding = bytes.fromhex(head.split(b" ")[1][1:].decode())
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % coding)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+    coding = bytes.fromhex(head.split(b" ")[1][1:].decode())
+    return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n3\r\nabc\r\n0\r\n\r\n" % coding
 
 
 def user(port: int) -> socket.socket:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers.http import LOOPBACK, Stack, read_answer, read_answers
+from helpers.http import LOOPBACK, Stack, answers_each, read_answer, read_answers
 from inlets_py.runtime.http.request_reader import RequestReader
 from inlets_py.runtime.http.messages import HttpError
 
@@ -28,12 +28,12 @@ def env(tls, token):
     try:
         server = stack.server(tls, token)
         stack.client(server, tls, token, [
-            f"short.test=http://{LOOPBACK}:{stack.serve(_short_length)}",
+            f"short.test=http://{LOOPBACK}:{stack.serve(answers_each(_short_length))}",
             f"late.test=http://{LOOPBACK}:{stack.serve(_answers_twice)}",
             f"ext.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'ext', _EXT_HEAD, b'a' * 65536))}",
             f"hints.test=http://{LOOPBACK}:{stack.serve(_streaming(sent, 'hints', b'', _HINTS))}",
             f"closing.test=http://{LOOPBACK}:{stack.serve(_closing(served))}",
-            f"status.test=http://{LOOPBACK}:{stack.serve(_status_of_path)}",
+            f"status.test=http://{LOOPBACK}:{stack.serve(answers_each(_status_of_path))}",
             f"charge.test=http://{LOOPBACK}:{stack.serve(_charging(served))}",
         ])
         yield dict(stack=stack, server=server, port=server.data_port, sent=sent, served=served)
@@ -41,18 +41,12 @@ def env(tls, token):
         stack.close()
 
 
-async def _short_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _short_length(head: bytes) -> bytes:
     """Content-Length falls short of the body sent, whose rest begins a response head (kept alive)."""
-    try:
-        while head := await reader.readuntil(b"\r\n\r\n"):
-            if b"GET /first " in head:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
-                             b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nX-Pad: ")
-            else:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+    if b"GET /first " in head:
+        return (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nX-Pad: ")
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
 
 
 async def _answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -71,16 +65,12 @@ async def _answers_twice(reader: asyncio.StreamReader, writer: asyncio.StreamWri
         writer.close()
 
 
-async def _status_of_path(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _status_of_path(head: bytes) -> bytes:
     """Answers ``GET /099`` with status 099 (any 3 digits, the path's) and Content-Length; others 200 (kept alive)."""
-    try:
-        while head := await reader.readuntil(b"\r\n\r\n"):
-            code = head.split(b" ")[1][1:]
-            writer.write(b"HTTP/1.1 %s Odd\r\nContent-Length: 2\r\n\r\nok" % code if len(code) == 3 and code.isdigit()
-                         else b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond")
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+    code = head.split(b" ")[1][1:]
+    if len(code) == 3 and code.isdigit():
+        return b"HTTP/1.1 %s Odd\r\nContent-Length: 2\r\n\r\nok" % code
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"
 
 
 _EXT_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x="  # then the extension's value, endless
