@@ -40,6 +40,9 @@ MAX_SEND_BACKLOG = 64 * 1024
 #: of 64 KB waited in each, and 100 flows behind a silent DNS took 60 MB more; 64 datagrams of 100 B cut a burst.
 EARLY_FLOW_BYTES = DEFAULT_INITIAL_WINDOW
 EARLY_BYTES = 4 * 1024 * 1024
+#: What each datagram waiting for its socket counts beyond its bytes (about what Python keeps for it): empty ones,
+#: which cost the peer no credit, were counted as nothing and kept without bound.
+DATAGRAM_COST = 64
 #: Seconds, at most, between an answer read and a look at the kernel's count of the flow's dropped ones.
 KERNEL_DROPS_INTERVAL = 1.0
 #: Linux's value, not in Python's socket module: the socket's memory figures, the ninth its drop count (Linux 4.6+).
@@ -156,11 +159,11 @@ class UdpUpstream(asyncio.DatagramProtocol):
             self._drop()
         elif self._sock is not None:  # an address: sent now, nothing waits for the transport
             self._send_now(self._sock, data)
-        elif (self._early_bytes + len(data) <= EARLY_FLOW_BYTES
-              and UdpUpstream.early_bytes + len(data) <= EARLY_BYTES):
+        elif (self._early_bytes + (cost := len(data) + DATAGRAM_COST) <= EARLY_FLOW_BYTES
+              and UdpUpstream.early_bytes + cost <= EARLY_BYTES):
             self._early.append(data)
-            self._early_bytes += len(data)
-            UdpUpstream.early_bytes += len(data)
+            self._early_bytes += cost
+            UdpUpstream.early_bytes += cost
         else:
             self._drop()
         self.channel.consumed(len(data))

@@ -137,8 +137,14 @@ def test_a_flows_datagrams_waiting_for_a_names_socket_are_bounded_in_bytes_not_c
         for _ in range(10):
             big.on_data(b"d" * 60_000)
         assert len(big._early) == udp_upstream.EARLY_FLOW_BYTES // 60_000 and big.dropped == 10 - len(big._early)
+        empty = udp_upstream.UdpUpstream(Channel())  # type: ignore[arg-type]
+        for _ in range(10_000):  # empty datagrams cost the peer no credit: counted as nothing, kept without bound
+            empty.on_data(b"")
+        bound = udp_upstream.EARLY_FLOW_BYTES // udp_upstream.DATAGRAM_COST
+        assert len(empty._early) == bound and empty.dropped == 10_000 - bound, (len(empty._early), empty.dropped)
         flow.close()
         big.close()
+        empty.close()
         assert udp_upstream.UdpUpstream.early_bytes == 0
 
     run(scenario())
