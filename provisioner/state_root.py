@@ -86,21 +86,22 @@ def _check_existing_root(root: Path) -> None:
     _refuse_unsafe(root, info)
 
 
-def _refuse_unsafe(root: Path, info: os.stat_result) -> None:
+def _refuse_unsafe(root: Path, info: os.stat_result, doing: str = "keep exit servers in") -> None:
     """The one line for a state root (``info``: its stat) that is a file, shared, another user's or that others
-    may write: create refuses to write there, and list, status and delete to read the exit servers found there."""
+    may write: create refuses to write there, and list, status and delete to read the exit servers found there
+    (``doing``: the line's own words for which)."""
     if not stat.S_ISDIR(info.st_mode):
-        raise ProvisionError(f"cannot keep exit servers in {root}: {_file_in_the_way(root)}; {_CHOOSE}")
+        raise ProvisionError(f"cannot {doing} {root}: {_file_in_the_way(root)}; {_CHOOSE}")
     if info.st_mode & stat.S_ISVTX:  # /tmp, /var/tmp: made 0700, every other user and service would lose it
-        raise ProvisionError(f"cannot keep exit servers in {root}: every user shares it (like /tmp), and making it "
+        raise ProvisionError(f"cannot {doing} {root}: every user shares it (like /tmp), and making it "
                              f"private (0700) would lock them out; give --state-dir a folder of its own, "
                              f"e.g. {root / 'inlets'}")
     if info.st_uid != os.geteuid():
-        raise ProvisionError(f"cannot keep exit servers in {root}: it belongs to another user, and tokens are kept "
+        raise ProvisionError(f"cannot {doing} {root}: it belongs to another user, and tokens are kept "
                              f"only where no one else can read them (0700); {_CHOOSE}")
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o022:
-        raise ProvisionError(f"cannot keep exit servers in {root}: other users may write in it (mode {mode:04o}), and "
+        raise ProvisionError(f"cannot {doing} {root}: other users may write in it (mode {mode:04o}), and "
                              f"could put a folder of their own in place of an exit server's; run chmod go-w "
                              f"{shlex.quote(str(root))}, or {_CHOOSE}")
 
@@ -119,7 +120,7 @@ def check_root(root: Path) -> None:
         except OSError as exc:
             why, choose = os_words(exc), f"let this user read it ({chmod_command(root)}) or {_CHOOSE}"
         else:
-            _refuse_unsafe(root, info)
+            _refuse_unsafe(root, info, "read exit servers from")
     if why:
         raise ProvisionError(f"cannot read exit servers from {root}: {why}; {choose}")
 

@@ -502,7 +502,7 @@ def test_list_status_and_delete_refuse_a_root_others_may_write_or_own(tmp_path: 
     root.chmod(0o777)
     for command in (("list",), ("list", "--json"), ("status", "web", "--json"), ("delete", "web")):
         result = run_cli(capsys, *command, "--state-dir", str(root))
-        one_line_error(result, f"cannot keep exit servers in {root}: other users may write in it (mode 0777)",
+        one_line_error(result, f"cannot read exit servers from {root}: other users may write in it (mode 0777)",
                        f"run chmod go-w {root}")
         assert "attacker" not in result.out + result.err, command
     assert (planted / "server.json").is_file()  # delete removed nothing
@@ -512,7 +512,7 @@ def test_list_status_and_delete_refuse_a_root_others_may_write_or_own(tmp_path: 
     os.chown(root, 65534, 65534)
     for command in (("list",), ("status", "web", "--json"), ("delete", "web")):
         result = run_cli(capsys, *command, "--state-dir", str(root))
-        one_line_error(result, f"cannot keep exit servers in {root}: it belongs to another user")
+        one_line_error(result, f"cannot read exit servers from {root}: it belongs to another user")
         assert "attacker" not in result.out + result.err, command
 
 
