@@ -318,15 +318,19 @@ def status_cmd(
     state_dir: StateDir = None,
 ) -> None:
     """Ask an exit server how it is (its /status, or /healthz where /status is missing)."""
+    from .errors import STATE_INVALID
     from .status import status
 
-    flags.refuse_empty(ctx)
-    creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key, region=region)
     try:
+        flags.refuse_empty(ctx)
+        creds = _creds(access_token_file, access_token, api_url, secret_file=secret_key_file, secret=secret_key,
+                       region=region)
         result = status(state_root(state_dir), creds, name)
-    except StatusFailed as exc:
-        if json_output:  # one object every time: what was learned, with the error and its state word
-            output.print_json(exc.result)
+    except ProvisionError as exc:
+        if json_output:  # one object every time: what was learned, with the error and its state word (a flag given
+            # empty, credentials unusable: "invalid", as list says it)
+            output.print_json(exc.result if isinstance(exc, StatusFailed)
+                              else {"name": name, "error": str(exc), "state": STATE_INVALID})
         raise
     replicas = result.get("replicas", [])
     if json_output:

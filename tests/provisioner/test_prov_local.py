@@ -727,6 +727,9 @@ def test_status_json_of_every_other_failure_is_one_object_with_the_error_and_a_s
             assert "server" not in shown, shown
         halted = json.loads(run_cli(capsys, "status", "halted", "--json", "--state-dir", str(state)).out)
         assert (halted["provider"], halted["id"], halted["vm"]) == ("local", str(pid), f"its process {pid} has exited")
+        empty = run_cli(capsys, "status", "halted", "--region", "", "--json", "--state-dir", str(state))  # a flag
+        line = one_line_error(empty, "--region is empty")  # refused before status ran: no JSON came, README says one
+        assert empty.json() == {"name": "halted", "error": line.partition("error: ")[2], "state": "invalid"}, empty
     finally:
         run_cli(capsys, "delete", "halted", "--state-dir", str(state))
 
