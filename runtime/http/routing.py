@@ -158,12 +158,10 @@ class RequestRouting:
     def guard_source(self, head: RequestHead) -> bytes:
         """Whose credential this is, for the failed-login limit: behind a --trusted-proxies balancer the user it
         forwarded for (else one user's guesses had every user refused), as the control port counts them."""
-        trusted = self.server.trusted_proxies
-        peer = self.peer.decode(errors="replace")
-        if trusted is None or not trusted.allows(peer):
+        if not self.trusted:  # asked once a connection (FrontConnection._trust), not per request
             return self.peer
         values = [value.decode("latin-1") for value in head.noted.get(b"x-forwarded-for", ())]
-        return forwarded_client(peer, values, trusted).encode()
+        return forwarded_client(self.peer.decode(errors="replace"), values, self.server.trusted_proxies).encode()
 
     async def _forward(self, head: RequestHead, leg: Leg, options: HttpOptions, label: str, started: float,
                        guarded: bool) -> bool:
