@@ -105,7 +105,7 @@ def test_a_protocol_error_before_the_hello_is_logged(tls: TlsFiles, token: str, 
         ws.transport.write(frame)  # under the library: the bytes as they are
         code, reason = await closed_with(ws)
         assert f"{code} {reason}" == close
-        await asyncio.sleep(0.1)
+        await logged(caplog, "event=handshake_refused")
         lines = [r for r in caplog.records if "event=handshake_refused" in r.getMessage()]
         assert len(lines) == 1 and lines[0].levelno == logging.WARNING, caplog.text
         assert f'close="{close}"' in lines[0].getMessage() and "remote=127.0.0.1:" in lines[0].getMessage()

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 from helpers.process import client_args, spawn, stop_all
-from helpers.tunnel import TlsFiles, control_url, free_port, port_of, run, serve, start_server, wait_listening
+from helpers.tunnel import (
+    TlsFiles, control_url, free_port, polled, port_of, run, serve, start_server, wait_listening,
+)
 
 
 def test_a_client_stopped_past_its_keepalive_dials_no_upstream_for_what_waited(
@@ -30,8 +32,8 @@ def test_a_client_stopped_past_its_keepalive_dials_no_upstream_for_what_waited(
                                     f"{public}=127.0.0.1:{port_of(recorder)}"), log=tmp_path / "client.log")
         try:
             await wait_listening("127.0.0.1", public)
-            await asyncio.sleep(0.3)
-            received.clear()  # wait_listening's own connection
+            assert await polled(lambda: len(received) == 1, 5)  # wait_listening's own connection, then
+            received.clear()
             client.send_signal(signal.SIGSTOP)
             reader, writer = await asyncio.open_connection("127.0.0.1", public)
             writer.write(b"late")  # its OPEN and bytes wait in the stopped client's socket

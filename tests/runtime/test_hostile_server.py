@@ -89,7 +89,7 @@ def test_a_server_that_sends_no_text_welcome_is_named_at_once_or_when_the_wait_e
     """A binary first message was held for a session that never started, unread, with reading paused: 15 s of
     silence, "timed out", then the close waited out its own 5 s. Now it is refused at once, in the words a text
     welcome this client cannot read gets; silence is named as such when the wait ends."""
-    monkeypatch.setattr(connect, "WELCOME_TIMEOUT", 1.0, raising=False)
+    monkeypatch.setattr(connect, "WELCOME_TIMEOUT", 3.0, raising=False)
 
     async def scenario() -> None:
         first = HEADER.pack(FrameType.DATA, 2, 2) + b"zz" if binary else None
@@ -103,11 +103,11 @@ def test_a_server_that_sends_no_text_welcome_is_named_at_once_or_when_the_wait_e
             took = loop.time() - started
         if binary:
             assert str(failed.value) == "bad handshake from server: expected a text welcome message, got a binary one"
-            assert took < 0.9, f"{took:.1f} s"  # at once, its close too: within the 1 s wait for a welcome
+            assert took < 2.5, f"{took:.1f} s"  # at once, its close too: within the 3 s wait for a welcome
         else:
-            assert str(failed.value) == ("the server accepted the websocket but sent no welcome within 1s: is --url an "
+            assert str(failed.value) == ("the server accepted the websocket but sent no welcome within 3s: is --url an "
                                          "inlets server's control port (8123 unless set)?")
-            assert took < 3, f"{took:.1f} s"  # the wait, and a close the server answers: not the close's 5 s
+            assert took < 6, f"{took:.1f} s"  # the 3 s wait, and a close the server answers: not the close's 5 s more
 
     run(scenario(), 30)
 
